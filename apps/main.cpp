@@ -1,0 +1,67 @@
+// shardshift: the command-line tool. This file only dispatches to a subcommand (commands.h).
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string_view>
+
+#include "commands.h"
+
+namespace shardshift::app {
+
+int report_error(const Status& status) {
+  std::cerr << "shardshift: " << status.message() << "\n";
+  if (status.code() == Errc::invalid_argument) return EXIT_USAGE;
+  if (status.code() == Errc::interrupted) return EXIT_INTERRUPTED;
+  return EXIT_FAIL;
+}
+
+int usage_error(const std::string& command, const std::string& message) {
+  std::cerr << "shardshift " << command << ": " << message << "\n"
+            << "Run 'shardshift " << command << " --help' for the options.\n";
+  return EXIT_USAGE;
+}
+
+} // namespace shardshift::app
+
+static const char* const USAGE = R"(shardshift: convert Mixture-of-Experts safetensors checkpoints between the
+Hugging Face layout and NeMo Automodel's native layout, as a stream with bounded memory.
+
+Usage: shardshift COMMAND [ARGS...]
+
+Commands:
+  convert IN OUT   convert a checkpoint (HF <-> native), writing OUT shard by shard
+  plan IN          validate IN and print the conversion plan without writing anything
+  inspect PATH     validate a checkpoint and list its tensors
+  synth OUT        write a synthetic diffusion_gemma / gemma4_moe checkpoint (demo and test data)
+
+Run 'shardshift COMMAND --help' for the options of a command.
+Example:
+  shardshift synth demo-hf --model diffusion_gemma --layers 2 --scale 8
+  shardshift convert demo-hf demo-native
+)";
+
+int main(int argc, char** argv) {
+  using namespace shardshift::app;
+  if (argc < 2) {
+    std::cerr << USAGE;
+    return EXIT_USAGE;
+  }
+  std::string_view cmd = argv[1];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::cout << USAGE;
+    return EXIT_OK;
+  }
+  if (cmd == "--version") {
+    std::cout << "shardshift 0.1.0\n";
+    return EXIT_OK;
+  }
+  // Each command sees its own name as argv[0].
+  int sub_argc = argc - 1;
+  char** sub_argv = argv + 1;
+  if (cmd == "inspect") return cmd_inspect(sub_argc, sub_argv);
+  if (cmd == "synth") return cmd_synth(sub_argc, sub_argv);
+  if (cmd == "plan") return cmd_plan(sub_argc, sub_argv);
+  if (cmd == "convert") return cmd_convert(sub_argc, sub_argv);
+  std::cerr << "shardshift: unknown command '" << cmd << "'\n\n" << USAGE;
+  return EXIT_USAGE;
+}

@@ -1,0 +1,62 @@
+// checkpoint.h: a checkpoint on disk (one file, an indexed directory, or a directory of shards),
+// opened, mapped and validated, with lookup of any tensor by name.
+// Thread-safety: immutable after open(); all const members may be used from any thread.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardshift/mapped_file.h"
+#include "shardshift/safetensors.h"
+#include "shardshift/status.h"
+
+namespace shardshift {
+
+inline constexpr const char* INDEX_FILE_NAME = "model.safetensors.index.json";
+
+struct Shard {
+  std::string file_name; ///< relative to the checkpoint directory ("model-00001-of-00002.safetensors")
+  std::unique_ptr<MappedFile> file;
+  Header header;
+};
+
+struct TensorRef {
+  uint32_t shard = 0;  ///< index into Checkpoint::shards
+  uint32_t tensor = 0; ///< index into that shard's header.tensors
+};
+
+class Checkpoint {
+public:
+  /// Opens `path`: a `.safetensors` file, a directory with model.safetensors.index.json
+  /// (cross-checked against every shard header), or a directory of `*.safetensors` shards without
+  /// an index. Reports every problem found in every shard before failing.
+  static Result<Checkpoint> open(const std::filesystem::path& path);
+
+  std::filesystem::path root;        ///< the directory (or, for one file, its directory)
+  bool single_file = false;          ///< opened from a path to one .safetensors file
+  bool has_index = false;            ///< model.safetensors.index.json was present and used
+  std::vector<Shard> shards;         ///< sorted by file name
+  std::map<std::string, TensorRef, std::less<>> tensors; ///< every tensor, by name
+  std::vector<std::string> other_files; ///< other regular files of the directory (config.json...)
+  Metadata index_metadata;           ///< the index's "metadata" as strings (e.g. total_size)
+
+  /// Lookup by name; nullopt when absent.
+  std::optional<TensorRef> find(std::string_view name) const;
+  const TensorInfo& info(TensorRef ref) const { return shards[ref.shard].header.tensors[ref.tensor]; }
+  const Shard& shard(TensorRef ref) const { return shards[ref.shard]; }
+  /// File offset of the tensor's first byte in its shard.
+  uint64_t file_offset(TensorRef ref) const {
+    return shards[ref.shard].header.data_start + info(ref).begin;
+  }
+  /// The tensor's bytes in its shard's mapping (read them under guard_mapped_access()).
+  std::span<const std::byte> bytes(TensorRef ref) const;
+  uint64_t total_tensor_bytes() const;
+};
+
+} // namespace shardshift

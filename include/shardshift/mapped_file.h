@@ -1,0 +1,57 @@
+// mapped_file.h: a read-only memory mapping of one input file, with checked views.
+//
+// Every span handed out is bounds- and overflow-checked against the mapping. Files are mapped with
+// MADV_SEQUENTIAL; release() drops consumed pages (MADV_DONTNEED) so a long conversion keeps a
+// flat resident set. A file that shrinks while mapped raises SIGBUS on access: code that touches
+// mapped bytes runs inside guard_mapped_access(), which turns that signal into Errc::file_changed.
+// Thread-safety: a MappedFile is immutable after open(); view(), release() and the guard may be
+// called from any thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "shardshift/status.h"
+
+namespace shardshift {
+
+class MappedFile {
+public:
+  /// Opens and maps `path` read-only. An empty file is valid (its span is empty).
+  static Result<std::unique_ptr<MappedFile>> open(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_; }
+  uint64_t size() const { return size_; }
+  std::span<const std::byte> bytes() const { return {data_, size_}; }
+
+  /// The bytes [offset, offset + length); an error naming the file when the range does not fit.
+  Result<std::span<const std::byte>> view(uint64_t offset, uint64_t length) const;
+  /// Tells the kernel the range is no longer needed (whole pages inside it only). Never fails.
+  void release(uint64_t offset, uint64_t length) const;
+  /// Asks the kernel to read the range ahead (MADV_WILLNEED). Never fails.
+  void will_need(uint64_t offset, uint64_t length) const;
+
+private:
+  MappedFile() = default;
+  std::string path_;
+  int fd_ = -1;
+  const std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+/// Runs `fn`, which reads mapped memory of `file`. If a page of any mapping has vanished (the file
+/// shrank), returns Errc::file_changed naming `file` ("file changed while reading") instead of
+/// crashing. `fn` must not own objects with non-trivial destructors across the access (the
+/// recovery unwinds with siglongjmp). Nested guards on one thread are allowed.
+Status guard_mapped_access(const MappedFile& file, const std::function<void()>& fn);
+
+} // namespace shardshift

@@ -1,0 +1,105 @@
+// shard_writer.h: writes one safetensors file as a stream, and the index that commits a checkpoint.
+//
+// The header is computed up front from the planned tensors (build_header), written first, and the
+// tensor bytes follow strictly in header order, so a shard can go to a pipe as well as to a file.
+// Files are written to a temporary name in the destination directory, fsync'ed, renamed into place,
+// and the directory is fsync'ed (commit). Any failure is sticky: later calls return the first
+// error, and abandon() (or the destructor) removes the temporary file.
+// Thread-safety: a ShardWriter is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardshift/dtype.h"
+#include "shardshift/io.h"
+#include "shardshift/safetensors.h"
+#include "shardshift/status.h"
+
+namespace shardshift {
+
+struct PlannedTensor {
+  std::string name;
+  DType dtype = DType::U8;
+  std::vector<uint64_t> shape;
+};
+
+struct HeaderOptions {
+  Metadata metadata = {{"format", "pt"}};
+  /// When set, the header is padded with spaces so the data section starts at a file offset that
+  /// is congruent to this value modulo 4096 (lets copied runs keep their page alignment for
+  /// reflinks). Otherwise it is padded to a multiple of 8.
+  std::optional<uint64_t> data_start_mod_4096;
+};
+
+/// The 8-byte length prefix plus the JSON header for `tensors` laid out in the given order.
+/// Fails (Errc::invalid_argument) on a tensor named `__metadata__`, a duplicate name, a header over
+/// MAX_HEADER_BYTES or a size that overflows.
+Result<std::string> build_header(std::span<const PlannedTensor> tensors, const HeaderOptions& options);
+
+class ShardWriter {
+public:
+  explicit ShardWriter(Io& io = Io::system()) : io_(&io) {}
+  ~ShardWriter(); ///< abandons an unfinished file
+  ShardWriter(const ShardWriter&) = delete;
+  ShardWriter& operator=(const ShardWriter&) = delete;
+
+  /// Starts `final_path` (through a temporary file beside it) and writes `header`
+  /// (from build_header). `data_size` is the exact number of data bytes that will follow;
+  /// space for them is reserved up front so a full disk is found before most of the work.
+  Status open(const std::filesystem::path& final_path, std::string header, uint64_t data_size);
+  /// Starts a stream to an already open descriptor (a pipe or stdout): no temp file, no rename.
+  Status open_stream(int fd, std::string name, std::string header, uint64_t data_size);
+
+  /// Appends bytes (looping over short writes).
+  Status append(std::span<const std::byte> bytes);
+  /// Appends `length` bytes of `in_fd` from `in_offset` without passing them through user space:
+  /// copy_file_range to a file (reflinks where the filesystem shares extents), splice to a pipe.
+  /// Falls back to pwrite from `fallback` (the same bytes, e.g. from a mapping) when the kernel
+  /// refuses. Returns whether the zero-copy path was used in `*zero_copy` when non-null.
+  Status append_copy(int in_fd, uint64_t in_offset, uint64_t length,
+                     std::span<const std::byte> fallback, bool* zero_copy = nullptr);
+  /// Checks the byte count, fsyncs, renames into place and fsyncs the directory.
+  Status finish();
+  /// Removes the temporary file (no-op when finished or never opened).
+  void abandon();
+
+  const Status& status() const { return status_; }
+  uint64_t bytes_written() const { return position_; }
+  const std::string& path() const { return display_path_; }
+
+private:
+  Status fail(Status s);
+  Io* io_;
+  int fd_ = -1;
+  bool owns_fd_ = false;
+  bool is_stream_ = false;
+  std::filesystem::path final_path_, temp_path_;
+  std::string display_path_;
+  uint64_t expected_size_ = 0;
+  uint64_t position_ = 0;
+  Status status_;
+};
+
+/// Writes `dir`/model.safetensors.index.json atomically: {"metadata": {"total_size": N},
+/// "weight_map": {...}} with sorted keys and two-space indentation. Write it last: it commits a
+/// sharded checkpoint.
+Status write_index(Io& io, const std::filesystem::path& dir, uint64_t total_size,
+                   const std::map<std::string, std::string>& weight_map);
+
+/// Writes a whole small file atomically (temp, fsync, rename, dir fsync). Used for the index,
+/// for copied side files and by tests.
+Status write_file_atomic(Io& io, const std::filesystem::path& path, std::span<const std::byte> bytes);
+
+/// Removes leftover temporary files shardshift created in `dir` (name pattern `.*.shardshift-tmp*`).
+void remove_temp_files(const std::filesystem::path& dir);
+
+/// fsyncs a directory so a rename in it is durable.
+Status sync_directory(Io& io, const std::filesystem::path& dir);
+
+} // namespace shardshift

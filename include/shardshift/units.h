@@ -1,0 +1,21 @@
+// units.h: byte sizes as users write them ("64MiB", "5GB", "1.5GiB", "4096") and as we print them.
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "shardshift/status.h"
+
+namespace shardshift {
+
+/// Parses a size: a number with an optional suffix B, kB/KB, MB, GB, TB (powers of 1000) or KiB,
+/// MiB, GiB, TiB (powers of 1024), case-insensitive. Errc::invalid_argument when malformed.
+Result<uint64_t> parse_size(std::string_view text);
+/// "1.52 GB"-style decimal rendering with three significant digits.
+std::string format_bytes(uint64_t bytes);
+/// "2.41 GB/s".
+std::string format_rate(double bytes_per_second);
+
+} // namespace shardshift

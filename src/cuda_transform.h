@@ -1,0 +1,49 @@
+// cuda_transform.h: the CUDA transform stage. No CUDA or simdjson types appear here, so both the
+// .cu implementation and plain C++ (the pipeline, the stub used without CUDA) include it.
+//
+// A CudaTransformer owns one device context, a ring of `slots` staging sets (pinned input buffer,
+// device input, device output, one stream each) sized for `max_chunk_bytes` of input and of output.
+// run() is called concurrently from the pipeline's worker threads: each call takes a free slot,
+// copies the chunk from the (mapped) source into pinned memory, uploads it, runs the transpose-fold
+// kernel and downloads the result into args.dst (a pinned buffer from alloc_pinned()), so with
+// several threads uploads, kernels and downloads of different chunks overlap.
+// Thread-safety: run() and alloc/free_pinned are thread-safe; create/destroy are not.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "shardshift/status.h"
+#include "transpose.h"
+
+namespace shardshift {
+
+struct CudaTimings {  ///< per-call phase times measured with CUDA events, in nanoseconds
+  uint64_t stage_ns = 0, h2d_ns = 0, kernel_ns = 0, d2h_ns = 0;
+  int stream = 0; ///< which slot/stream ran the call
+  uint64_t start_ns = 0; ///< host steady_clock time (ns) when the call started
+};
+
+class CudaTransformer {
+public:
+  /// Number of usable CUDA devices; 0 when built without CUDA, with no driver or no GPU.
+  static int device_count();
+  /// Opens device `ordinal` with `slots` staging sets of `max_chunk_bytes` each.
+  static Result<std::unique_ptr<CudaTransformer>> create(int ordinal, uint64_t max_chunk_bytes,
+                                                         unsigned slots);
+  virtual ~CudaTransformer() = default;
+
+  virtual std::string device_name() const = 0;
+  /// Bytes of pinned host and device memory this transformer holds.
+  virtual uint64_t pinned_bytes() const = 0;
+  /// Page-locked host memory for outputs (so the download is a true async DMA); nullptr on failure.
+  virtual void* alloc_pinned(uint64_t bytes) = 0;
+  virtual void free_pinned(void* p) = 0;
+  /// Runs one chunk. args.src is host memory (the input mapping), args.dst host memory that
+  /// receives the result. Input and output must each fit in max_chunk_bytes.
+  virtual Status run(const TransposeArgs& args, CudaTimings* timings = nullptr) = 0;
+};
+
+} // namespace shardshift

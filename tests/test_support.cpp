@@ -1,0 +1,99 @@
+#include "test_support.h"
+
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+namespace shardshift::testing {
+
+namespace fs = std::filesystem;
+
+TempDir::TempDir() {
+  std::string tmpl = (fs::temp_directory_path() / "shardshift-test-XXXXXX").string();
+  char* made = mkdtemp(tmpl.data());
+  if (!made) throw std::runtime_error("mkdtemp failed");
+  path_ = made;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+void write_bytes(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string raw_safetensors(const std::string& header_json, const std::string& data) {
+  std::string out(8, '\0');
+  uint64_t n = header_json.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + header_json + data;
+}
+
+uint64_t test_seed() {
+  uint64_t seed;
+  if (const char* env = std::getenv("SHARDSHIFT_SEED")) {
+    seed = std::strtoull(env, nullptr, 0);
+  } else {
+    seed = std::random_device{}();
+    seed = (seed << 32) ^ std::random_device{}();
+  }
+  std::cout << "[ seed ] SHARDSHIFT_SEED=" << seed << "\n";
+  ::testing::Test::RecordProperty("seed", std::to_string(seed));
+  return seed;
+}
+
+std::string random_bytes(std::mt19937_64& rng, size_t n) {
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
+  return s;
+}
+
+static std::string slurp_and_remove(const fs::path& p) {
+  std::string s = read_bytes(p);
+  std::error_code ec;
+  fs::remove(p, ec);
+  return s;
+}
+
+CommandResult run_shell(const std::string& command) {
+  TempDir tmp;
+  auto out_path = tmp / "stdout";
+  auto err_path = tmp / "stderr";
+  std::string full = "(" + command + ") >" + out_path.string() + " 2>" + err_path.string();
+  int status = std::system(full.c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = slurp_and_remove(out_path);
+  r.err = slurp_and_remove(err_path);
+  return r;
+}
+
+CommandResult run_shardshift(const std::string& args) {
+  return run_shell(std::string(SHARDSHIFT_BINARY) + " " + args + " </dev/null");
+}
+
+std::vector<std::string> list_dir(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+} // namespace shardshift::testing

@@ -1,0 +1,53 @@
+// test_support.h: small helpers every test program shares: scratch directories, raw safetensors
+// files built byte by byte, seeded randomness, and running the shardshift binary.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace shardshift::testing {
+
+/// A fresh directory under the system temp dir, removed with everything in it on destruction.
+class TempDir {
+public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+private:
+  std::filesystem::path path_;
+};
+
+/// Writes `bytes` to `path` (creating or truncating it).
+void write_bytes(const std::filesystem::path& path, const std::string& bytes);
+std::string read_bytes(const std::filesystem::path& path);
+
+/// A raw safetensors file: 8-byte little-endian length of `header_json`, the JSON, then `data`.
+/// No validation: tests use it to build malformed files.
+std::string raw_safetensors(const std::string& header_json, const std::string& data);
+
+/// A seed for a randomized test: SHARDSHIFT_SEED from the environment, else random. Printed
+/// (via RecordProperty and stdout) so a failure can be replayed.
+uint64_t test_seed();
+/// Random bytes.
+std::string random_bytes(std::mt19937_64& rng, size_t n);
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+/// Runs the built shardshift binary with `args` (a shell-quoted string), capturing stdout and stderr.
+CommandResult run_shardshift(const std::string& args);
+/// Runs a shell command, capturing its output.
+CommandResult run_shell(const std::string& command);
+
+/// Names of the files in `dir` (not recursive), sorted.
+std::vector<std::string> list_dir(const std::filesystem::path& dir);
+
+} // namespace shardshift::testing
