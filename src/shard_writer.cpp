@@ -1,0 +1,556 @@
+// shard_writer.cpp: the write side of safetensors: header construction, the streaming shard
+// writer with its temp-file commit protocol, and the index that commits a sharded checkpoint.
+//
+// All system calls go through an Io so tests can inject a full disk, short writes or a broken
+// pipe. The app ignores SIGPIPE (apps/main.cpp), so a vanished pipe reader arrives here as EPIPE
+// from write()/splice() rather than killing the process, and is reported as Errc::broken_pipe.
+#include "shardshift/shard_writer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <random>
+#include <set>
+#include <string_view>
+#include <unistd.h>
+
+namespace shardshift {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::string_view TEMP_MARKER = ".shardshift-tmp";
+
+// True when `text` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
+// Headers must be valid UTF-8 for readers to accept them, so names are checked before writing.
+bool is_valid_utf8(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    int extra;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) {
+      extra = 1, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      extra = 2, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      extra = 3, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (static_cast<size_t>(extra) >= text.size() - i)
+      return false;
+    for (int k = 1; k <= extra; ++k) {
+      auto d = static_cast<unsigned char>(text[i + k]);
+      if ((d & 0xC0) != 0x80)
+        return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    static constexpr uint32_t MIN_FOR_LENGTH[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < MIN_FOR_LENGTH[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
+void append_hex4(std::string& out, unsigned value) {
+  static constexpr char HEX[] = "0123456789abcdef";
+  out += "\\u";
+  for (int shift = 12; shift >= 0; shift -= 4)
+    out += HEX[(value >> shift) & 0xF];
+}
+
+// A JSON string literal for a safetensors header: quotes, backslashes and control characters
+// escaped, everything else (UTF-8 included) passed through as the reference writer does.
+void append_json_string(std::string& out, std::string_view text) {
+  out += '"';
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20) {
+      append_hex4(out, c);
+    } else {
+      out += ch;
+    }
+  }
+  out += '"';
+}
+
+// A JSON string literal as Python's json.dumps writes it by default (ensure_ascii=True): short
+// escapes for the usual control characters, \uXXXX (lower-case hex, surrogate pairs above U+FFFF)
+// for everything outside printable ASCII. REQUIRES: valid UTF-8.
+void append_python_json_string(std::string& out, std::string_view text) {
+  out += '"';
+  size_t i = 0;
+  while (i < text.size()) {
+    auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x80) {
+      ++i;
+      switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      default:
+        if (c < 0x20 || c == 0x7F)
+          append_hex4(out, c);
+        else
+          out += static_cast<char>(c);
+      }
+      continue;
+    }
+    int extra = (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : 3;
+    uint32_t cp = c & (extra == 1 ? 0x1F : extra == 2 ? 0x0F : 0x07);
+    for (int k = 1; k <= extra; ++k)
+      cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
+    i += extra + 1;
+    if (cp >= 0x10000) {
+      cp -= 0x10000;
+      append_hex4(out, 0xD800 + (cp >> 10));
+      append_hex4(out, 0xDC00 + (cp & 0x3FF));
+    } else {
+      append_hex4(out, cp);
+    }
+  }
+  out += '"';
+}
+
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
+
+// The temporary name beside `final_path`: hidden, recognisable by remove_temp_files(), and unique
+// across processes (pid) and across writers of one process (random part plus a counter).
+fs::path temp_path_for(const fs::path& final_path) {
+  static std::atomic<uint64_t> counter{0};
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  char suffix[64];
+  std::snprintf(suffix, sizeof suffix, "-%ld-%016llx", static_cast<long>(::getpid()),
+                static_cast<unsigned long long>(rng() ^ counter.fetch_add(1)));
+  std::string name = "." + final_path.filename().string() + std::string(TEMP_MARKER) + suffix;
+  return final_path.parent_path() / name;
+}
+
+bool is_copy_refusal(int err) {
+  return err == EXDEV || err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == EBADF;
+}
+
+// Waits until a non-blocking stream can take more bytes (stdout may have been left O_NONBLOCK by
+// another process). Not an Io call: it moves no data, so there is nothing for a test to inject.
+void wait_writable(int fd) {
+  pollfd p{fd, POLLOUT, 0};
+  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+  }
+}
+
+} // namespace
+
+Result<std::string> build_header(std::span<const PlannedTensor> tensors,
+                                 const HeaderOptions& options) {
+  if (options.data_start_mod_4096 && *options.data_start_mod_4096 >= 4096)
+    return error(Errc::invalid_argument, "header: data_start_mod_4096 must be below 4096, got " +
+                                             std::to_string(*options.data_start_mod_4096));
+  std::string json = "{";
+  bool first = true;
+  if (!options.metadata.empty()) {
+    std::set<std::string_view> keys;
+    json += "\"__metadata__\":{";
+    for (const auto& [key, value] : options.metadata) {
+      if (!keys.insert(key).second)
+        return error(Errc::invalid_argument, "header: duplicate metadata key '" + key + "'");
+      if (!is_valid_utf8(key) || !is_valid_utf8(value))
+        return error(Errc::invalid_argument, "header: metadata key '" + key + "': not valid UTF-8");
+      if (keys.size() > 1)
+        json += ',';
+      append_json_string(json, key);
+      json += ':';
+      append_json_string(json, value);
+    }
+    json += '}';
+    first = false;
+  }
+
+  std::set<std::string_view> names;
+  uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    if (t.name == "__metadata__")
+      return error(Errc::invalid_argument,
+                   "header: tensor '__metadata__': the name is reserved by the format");
+    if (!is_valid_utf8(t.name))
+      return error(Errc::invalid_argument,
+                   "header: tensor '" + t.name + "': name is not valid UTF-8");
+    if (!names.insert(t.name).second)
+      return error(Errc::invalid_argument, "header: tensor '" + t.name + "': duplicate name");
+    auto size = tensor_byte_size(t.dtype, t.shape);
+    if (!size)
+      return error(Errc::invalid_argument,
+                   "header: tensor '" + t.name +
+                       "': size overflows 64 bits or is not a whole number of bytes");
+    if (offset > UINT64_MAX - *size)
+      return error(Errc::invalid_argument,
+                   "header: tensor '" + t.name + "': data offsets overflow 64 bits");
+    if (!first)
+      json += ',';
+    first = false;
+    append_json_string(json, t.name);
+    json += ":{\"dtype\":\"";
+    json += dtype_name(t.dtype);
+    json += "\",\"shape\":[";
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (i)
+        json += ',';
+      json += std::to_string(t.shape[i]);
+    }
+    json += "],\"data_offsets\":[" + std::to_string(offset) + ',' + std::to_string(offset + *size) +
+            "]}";
+    offset += *size;
+    // Fail early rather than build a gigantic string for a header that cannot be written anyway.
+    if (json.size() > MAX_HEADER_BYTES)
+      break;
+  }
+  json += '}';
+
+  // Pad with spaces (JSON whitespace, which readers accept) so the data section lands where asked:
+  // 8-byte alignment by default, the reference writer's convention.
+  uint64_t unpadded_end = 8 + json.size();
+  uint64_t pad = options.data_start_mod_4096
+                     ? (*options.data_start_mod_4096 + 4096 - unpadded_end % 4096) % 4096
+                     : (8 - unpadded_end % 8) % 8;
+  json.append(pad, ' ');
+  if (json.size() > MAX_HEADER_BYTES)
+    return error(Errc::invalid_argument, "header: " + std::to_string(json.size()) +
+                                             " bytes exceeds the format's limit of " +
+                                             std::to_string(MAX_HEADER_BYTES));
+
+  std::string out(8, '\0');
+  uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i)
+    out[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  out += json;
+  return out;
+}
+
+ShardWriter::~ShardWriter() {
+  abandon();
+}
+
+Status ShardWriter::fail(Status s) {
+  if (status_.ok())
+    status_ = std::move(s);
+  // A failed file is worthless: release its disk space now (a full disk is the usual cause)
+  // rather than when the caller gets around to abandoning it.
+  if (!is_stream_)
+    abandon();
+  return status_;
+}
+
+Status ShardWriter::open(const fs::path& final_path, std::string header, uint64_t data_size) {
+  if (!status_.ok())
+    return status_;
+  display_path_ = final_path.string();
+  if (fd_ >= 0 || !temp_path_.empty())
+    return fail(error(Errc::io, display_path_ + ": internal: writer opened twice"));
+  if (data_size > UINT64_MAX - header.size())
+    return fail(error(Errc::invalid_argument, display_path_ + ": size overflows 64 bits"));
+  final_path_ = final_path;
+  is_stream_ = false;
+  expected_size_ = header.size() + data_size;
+  position_ = 0;
+
+  // O_EXCL: never write through a name someone else created (a symlink planted in a shared
+  // directory, or a concurrent run that drew the same name).
+  for (int attempt = 0;; ++attempt) {
+    fs::path candidate = temp_path_for(final_path);
+    int fd = io_->open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      fd_ = fd;
+      owns_fd_ = true;
+      temp_path_ = std::move(candidate);
+      break;
+    }
+    int err = errno;
+    if (err == EEXIST && attempt < 8)
+      continue;
+    if (err == ENOSPC || err == EDQUOT)
+      return fail(
+          error(Errc::no_space, display_path_ + ": disk full after writing 0 of " +
+                                    std::to_string(expected_size_) +
+                                    " bytes; free space or choose another output directory"));
+    return fail(error(Errc::io, candidate.string() + ": cannot create: " + errno_text(err)));
+  }
+
+  // Reserve the whole file so a full disk shows up now, before the expensive part of the work,
+  // and so the filesystem can lay the file out contiguously.
+  if (expected_size_ > 0) {
+    int rc;
+    do {
+      rc = io_->fallocate(fd_, 0, static_cast<off_t>(expected_size_));
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      int err = errno;
+      if (err == ENOSPC || err == EDQUOT)
+        return fail(
+            error(Errc::no_space, display_path_ + ": disk full: cannot reserve " +
+                                      std::to_string(expected_size_) +
+                                      " bytes; free space or choose another output directory"));
+      if (err != EOPNOTSUPP && err != ENOSYS)
+        return fail(error(Errc::io, display_path_ + ": cannot reserve space: " + errno_text(err)));
+    }
+  }
+  return append(std::as_bytes(std::span(header)));
+}
+
+Status ShardWriter::open_stream(int fd, std::string name, std::string header, uint64_t data_size) {
+  if (!status_.ok())
+    return status_;
+  display_path_ = std::move(name);
+  is_stream_ = true;
+  if (fd_ >= 0 || !temp_path_.empty())
+    return fail(error(Errc::io, display_path_ + ": internal: writer opened twice"));
+  if (data_size > UINT64_MAX - header.size())
+    return fail(error(Errc::invalid_argument, display_path_ + ": size overflows 64 bits"));
+  fd_ = fd;
+  owns_fd_ = false;
+  expected_size_ = header.size() + data_size;
+  position_ = 0;
+  return append(std::as_bytes(std::span(header)));
+}
+
+// Every write-side errno becomes one of three messages; the byte counts tell the user how far the
+// file got, which matters when the cause is a full disk or a reader that stopped early.
+static Status write_error(const std::string& path, int err, uint64_t done, uint64_t total,
+                          const char* what) {
+  if (err == ENOSPC || err == EDQUOT)
+    return error(Errc::no_space, path + ": disk full after writing " + std::to_string(done) +
+                                     " of " + std::to_string(total) +
+                                     " bytes; free space or choose another output directory");
+  if (err == EPIPE)
+    return error(Errc::broken_pipe, path + ": the reader of the output pipe went away after " +
+                                        std::to_string(done) + " bytes");
+  return error(Errc::io, path + ": " + what + " failed after " + std::to_string(done) +
+                             " bytes: " + errno_text(err));
+}
+
+Status ShardWriter::append(std::span<const std::byte> bytes) {
+  if (!status_.ok())
+    return status_;
+  if (fd_ < 0)
+    return fail(error(Errc::io, display_path_ + ": internal: write to a closed writer"));
+  if (bytes.size() > expected_size_ - position_)
+    return fail(error(Errc::io, display_path_ + ": internal: writing past the planned size of " +
+                                    std::to_string(expected_size_) + " bytes"));
+  while (!bytes.empty()) {
+    size_t chunk = std::min(bytes.size(), MAX_IO_CHUNK);
+    ssize_t n = is_stream_ ? io_->write(fd_, bytes.data(), chunk)
+                           : io_->pwrite(fd_, bytes.data(), chunk, static_cast<off_t>(position_));
+    if (n < 0) {
+      int err = errno;
+      if (err == EINTR)
+        continue;
+      if (is_stream_ && (err == EAGAIN || err == EWOULDBLOCK)) {
+        wait_writable(fd_);
+        continue;
+      }
+      return fail(write_error(display_path_, err, position_, expected_size_, "write"));
+    }
+    if (n == 0)
+      return fail(error(Errc::io, display_path_ + ": write made no progress after " +
+                                      std::to_string(position_) + " bytes"));
+    position_ += static_cast<uint64_t>(n);
+    bytes = bytes.subspan(static_cast<size_t>(n));
+  }
+  return {};
+}
+
+Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
+                                std::span<const std::byte> fallback, bool* zero_copy) {
+  if (zero_copy)
+    *zero_copy = false;
+  if (!status_.ok())
+    return status_;
+  if (fd_ < 0)
+    return fail(error(Errc::io, display_path_ + ": internal: write to a closed writer"));
+  if (fallback.size() != length)
+    return fail(error(Errc::io, display_path_ + ": internal: fallback span has " +
+                                    std::to_string(fallback.size()) + " bytes for a copy of " +
+                                    std::to_string(length)));
+  if (length > expected_size_ - position_)
+    return fail(error(Errc::io, display_path_ + ": internal: writing past the planned size of " +
+                                    std::to_string(expected_size_) + " bytes"));
+
+  // The kernel copies (or shares extents) while we track both offsets ourselves. If it refuses
+  // the pair of descriptors (different filesystems on old kernels, a pipe for copy_file_range, a
+  // file for splice), the same bytes are written from the fallback span instead; a refusal after
+  // some bytes went through finishes the rest the same way, so the result never depends on it.
+  uint64_t done = 0;
+  while (done < length) {
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(length - done, MAX_IO_CHUNK));
+    auto in_off = static_cast<off_t>(in_offset + done);
+    ssize_t n;
+    if (is_stream_) {
+      n = io_->splice(in_fd, &in_off, fd_, nullptr, chunk);
+    } else {
+      auto out_off = static_cast<off_t>(position_);
+      n = io_->copy_file_range(in_fd, &in_off, fd_, &out_off, chunk);
+    }
+    if (n < 0) {
+      int err = errno;
+      if (err == EINTR)
+        continue;
+      if (is_stream_ && (err == EAGAIN || err == EWOULDBLOCK)) {
+        wait_writable(fd_);
+        continue;
+      }
+      bool refused = is_stream_ ? err == EINVAL || err == ENOSYS : is_copy_refusal(err);
+      if (refused)
+        return append(fallback.subspan(static_cast<size_t>(done)));
+      return fail(write_error(display_path_, err, position_, expected_size_,
+                              is_stream_ ? "splice" : "copy_file_range"));
+    }
+    if (n == 0)
+      return fail(error(Errc::io, display_path_ + ": input ended after " + std::to_string(done) +
+                                      " of " + std::to_string(length) +
+                                      " bytes of a copy (did an input file shrink?)"));
+    done += static_cast<uint64_t>(n);
+    position_ += static_cast<uint64_t>(n);
+  }
+  if (zero_copy)
+    *zero_copy = true;
+  return {};
+}
+
+Status ShardWriter::finish() {
+  if (!status_.ok())
+    return status_;
+  if (fd_ < 0)
+    return fail(error(Errc::io, display_path_ + ": internal: finish without open"));
+  if (position_ != expected_size_)
+    return fail(error(Errc::io, display_path_ + ": internal: wrote " + std::to_string(position_) +
+                                    " of " + std::to_string(expected_size_) + " bytes"));
+  if (is_stream_) {
+    // A pipe has nothing to sync; the descriptor belongs to the caller.
+    fd_ = -1;
+    return {};
+  }
+  if (io_->fsync(fd_) != 0) {
+    int err = errno;
+    return fail(write_error(display_path_, err, position_, expected_size_, "fsync"));
+  }
+  int fd = fd_;
+  fd_ = -1;
+  if (io_->close(fd) != 0) {
+    int err = errno;
+    return fail(write_error(display_path_, err, position_, expected_size_, "close"));
+  }
+  if (io_->rename(temp_path_.c_str(), final_path_.c_str()) != 0) {
+    int err = errno;
+    return fail(error(Errc::io, display_path_ + ": cannot rename " + temp_path_.string() +
+                                    " into place: " + errno_text(err)));
+  }
+  temp_path_.clear();
+  fs::path dir = final_path_.parent_path();
+  Status synced = sync_directory(*io_, dir.empty() ? fs::path(".") : dir);
+  if (!synced.ok())
+    status_ = synced;
+  return synced;
+}
+
+void ShardWriter::abandon() {
+  if (fd_ >= 0 && owns_fd_)
+    io_->close(fd_);
+  fd_ = -1;
+  if (!temp_path_.empty()) {
+    io_->unlink(temp_path_.c_str());
+    temp_path_.clear();
+  }
+}
+
+Status sync_directory(Io& io, const fs::path& dir) {
+  int fd = io.open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  if (fd < 0) {
+    int err = errno;
+    return error(Errc::io, dir.string() + ": cannot open directory to sync it: " + errno_text(err));
+  }
+  int rc = io.fsync(fd);
+  int err = errno;
+  io.close(fd);
+  // Some filesystems (a few FUSE and network ones) cannot fsync a directory at all; the rename
+  // has still happened, so that is not a failure of ours.
+  if (rc != 0 && err != EINVAL && err != ENOTSUP)
+    return error(Errc::io, dir.string() + ": cannot sync directory: " + errno_text(err));
+  return {};
+}
+
+Status write_file_atomic(Io& io, const fs::path& path, std::span<const std::byte> bytes) {
+  ShardWriter writer(io);
+  if (Status s = writer.open(path, std::string(), bytes.size()); !s.ok())
+    return s;
+  if (Status s = writer.append(bytes); !s.ok())
+    return s;
+  return writer.finish();
+}
+
+Status write_index(Io& io, const fs::path& dir, uint64_t total_size,
+                   const std::map<std::string, std::string>& weight_map) {
+  const fs::path path = dir / "model.safetensors.index.json";
+  // Byte for byte what transformers writes: json.dumps(index, indent=2, sort_keys=True) + "\n".
+  // std::map orders UTF-8 keys bytewise, which is code-point order, as Python sorts str keys.
+  std::string text = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
+                     "\n  },\n  \"weight_map\": {";
+  bool first = true;
+  for (const auto& [name, file] : weight_map) {
+    if (!is_valid_utf8(name) || !is_valid_utf8(file))
+      return error(Errc::invalid_argument,
+                   path.string() + ": tensor '" + name + "': name or file is not valid UTF-8");
+    text += first ? "\n    " : ",\n    ";
+    first = false;
+    append_python_json_string(text, name);
+    text += ": ";
+    append_python_json_string(text, file);
+  }
+  text += weight_map.empty() ? "}\n}\n" : "\n  }\n}\n";
+  return write_file_atomic(io, path, std::as_bytes(std::span(text)));
+}
+
+void remove_temp_files(const fs::path& dir) {
+  std::error_code ec;
+  std::vector<fs::path> doomed;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (name.size() > 1 && name[0] == '.' && name.find(TEMP_MARKER) != std::string::npos)
+      doomed.push_back(it->path());
+  }
+  for (const auto& p : doomed)
+    fs::remove(p, ec);
+}
+
+} // namespace shardshift
