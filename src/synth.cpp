@@ -1,0 +1,406 @@
+// synth.cpp: synthetic diffusion_gemma / gemma4_moe checkpoints (see synth.h for the layout).
+//
+// The run is three passes: derive the scaled sizes and the tensor inventory, cut the inventory
+// into shards, then stream every shard through a ShardWriter, filling one reusable buffer chunk by
+// chunk. No tensor is ever held whole (a real gate_up_proj is 1 GB), so peak memory is the chunk
+// buffer plus the process baseline, whatever the model size (docs/PERFORMANCE.md has the figures).
+#include "shardshift/synth.h"
+
+#include "shardshift/checkpoint.h"
+#include "shardshift/dtype.h"
+#include "shardshift/shard_writer.h"
+
+#include "numerics.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+namespace shardshift {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// 8 Mi BF16 elements = 16 MiB: large enough that one write call amortises its overhead, small
+// enough that the resident set stays flat.
+constexpr uint64_t CHUNK_ELEMENTS = uint64_t{8} << 20;
+constexpr uint64_t GRAIN_ELEMENTS = uint64_t{64} << 10;
+
+// How a tensor's values are distributed. Weights are centred on zero; norms, scales and
+// layer_scalar are centred on one, as trained checkpoints roughly are, so a folded product of a
+// synthetic checkpoint is as well-conditioned as a real one.
+enum class Init { weight, unit };
+
+struct SynthTensor {
+  PlannedTensor planned;
+  Init init = Init::weight;
+  uint64_t elements = 0;
+  uint64_t bytes = 0;
+};
+
+struct Dims {
+  uint64_t hidden, dense, intermediate, experts, vocab;
+  uint64_t q_sliding, kv_sliding, head_sliding, q_full, kv_full, head_full;
+  uint64_t vision_hidden, vision_mlp, vision_positions;
+};
+
+// splitmix64's finaliser: a bijection on 64 bits with full avalanche, so hashing a counter gives
+// independent-looking values that any chunk can compute without the ones before it.
+constexpr uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// One BF16 value from 64 random bits: the mean of four 16-bit uniforms (bell-shaped, bounded),
+// mapped to [-0.1, 0.1], plus 1 for Init::unit. Always finite, never NaN.
+inline uint16_t synth_value(uint64_t bits, Init init) {
+  uint32_t sum = static_cast<uint32_t>(bits & 0xFFFF) +
+                 static_cast<uint32_t>((bits >> 16) & 0xFFFF) +
+                 static_cast<uint32_t>((bits >> 32) & 0xFFFF) + static_cast<uint32_t>(bits >> 48);
+  float centred = static_cast<float>(sum) * (0.2f / (4.0f * 65535.0f)) - 0.1f;
+  return numerics::f32_to_bf16_rne(init == Init::unit ? 1.0f + centred : centred);
+}
+
+Result<Dims> derive_dims(const SynthOptions& o) {
+  if (o.scale_hidden == 0 || o.scale_experts == 0 || o.scale_vocab == 0 ||
+      o.scale_intermediate == 0)
+    return error(Errc::invalid_argument, "synth: scale factors must be at least 1");
+  Dims d{};
+  struct Item {
+    uint64_t* dim;
+    uint64_t real;
+    unsigned scale;
+    const char* what;
+  };
+  const Item items[] = {
+      {&d.hidden, 2816, o.scale_hidden, "hidden size 2816"},
+      {&d.dense, 2112, o.scale_hidden, "dense MLP size 2112"},
+      {&d.intermediate, 704, o.scale_intermediate, "expert intermediate size 704"},
+      {&d.experts, 128, o.scale_experts, "expert count 128"},
+      {&d.vocab, 262144, o.scale_vocab, "vocabulary 262144"},
+      {&d.q_sliding, 4096, o.scale_hidden, "sliding q_proj rows 4096"},
+      {&d.kv_sliding, 2048, o.scale_hidden, "sliding k/v_proj rows 2048"},
+      {&d.head_sliding, 256, o.scale_hidden, "sliding head dim 256"},
+      {&d.q_full, 8192, o.scale_hidden, "full q_proj rows 8192"},
+      {&d.kv_full, 1024, o.scale_hidden, "full k_proj rows 1024"},
+      {&d.head_full, 512, o.scale_hidden, "full head dim 512"},
+      {&d.vision_hidden, 1152, o.scale_hidden, "vision hidden size 1152"},
+      {&d.vision_mlp, 4304, o.scale_hidden, "vision MLP size 4304"},
+      {&d.vision_positions, 256, o.scale_hidden, "vision positions 256"},
+  };
+  for (const auto& item : items) {
+    *item.dim = item.real / item.scale;
+    if (*item.dim == 0)
+      return error(Errc::invalid_argument, "synth: scale " + std::to_string(item.scale) +
+                                               " leaves nothing of the " + item.what);
+  }
+  return d;
+}
+
+class Inventory {
+public:
+  void add(std::string name, std::vector<uint64_t> shape, Init init = Init::weight) {
+    SynthTensor t;
+    t.elements = 1;
+    for (uint64_t s : shape)
+      t.elements *= s;
+    t.bytes = t.elements * 2;
+    t.planned = {std::move(name), DType::BF16, std::move(shape)};
+    t.init = init;
+    tensors.push_back(std::move(t));
+  }
+  std::vector<SynthTensor> tensors;
+};
+
+// One decoder layer of the text backbone. Layers with L % 6 == 5 use full attention: twice the
+// head dim, two KV heads, and keys double as values, so there is no v_proj.
+void add_layer(Inventory& inv, const std::string& prefix, unsigned layer, const Dims& d) {
+  const std::string p = prefix + "layers." + std::to_string(layer) + ".";
+  const bool full = layer % 6 == 5;
+  const uint64_t h = d.hidden, q = full ? d.q_full : d.q_sliding;
+  const uint64_t kv = full ? d.kv_full : d.kv_sliding, head = full ? d.head_full : d.head_sliding;
+  inv.add(p + "input_layernorm.weight", {h}, Init::unit);
+  inv.add(p + "self_attn.q_proj.weight", {q, h});
+  inv.add(p + "self_attn.q_norm.weight", {head}, Init::unit);
+  inv.add(p + "self_attn.k_proj.weight", {kv, h});
+  inv.add(p + "self_attn.k_norm.weight", {head}, Init::unit);
+  if (!full)
+    inv.add(p + "self_attn.v_proj.weight", {kv, h});
+  inv.add(p + "self_attn.o_proj.weight", {h, q});
+  inv.add(p + "post_attention_layernorm.weight", {h}, Init::unit);
+  inv.add(p + "pre_feedforward_layernorm.weight", {h}, Init::unit);
+  inv.add(p + "mlp.gate_proj.weight", {d.dense, h});
+  inv.add(p + "mlp.up_proj.weight", {d.dense, h});
+  inv.add(p + "mlp.down_proj.weight", {h, d.dense});
+  inv.add(p + "post_feedforward_layernorm_1.weight", {h}, Init::unit);
+  inv.add(p + "router.proj.weight", {d.experts, h});
+  inv.add(p + "router.scale", {h}, Init::unit);
+  inv.add(p + "router.per_expert_scale", {d.experts}, Init::unit);
+  inv.add(p + "pre_feedforward_layernorm_2.weight", {h}, Init::unit);
+  inv.add(p + "experts.gate_up_proj", {d.experts, 2 * d.intermediate, h});
+  inv.add(p + "experts.down_proj", {d.experts, h, d.intermediate});
+  inv.add(p + "post_feedforward_layernorm_2.weight", {h}, Init::unit);
+  inv.add(p + "post_feedforward_layernorm.weight", {h}, Init::unit);
+  inv.add(p + "layer_scalar", {1}, Init::unit);
+}
+
+// A stand-in vision tower (SigLIP-shaped: 16x16 RGB patches, two blocks). Converters only pass it
+// through or drop it, so its exact inventory does not matter; its size keeps those paths honest.
+void add_vision_tower(Inventory& inv, const std::string& prefix, const Dims& d) {
+  const uint64_t vh = d.vision_hidden;
+  inv.add(prefix + "embeddings.patch_embedding.weight", {vh, 3, 16, 16});
+  inv.add(prefix + "embeddings.position_embedding.weight", {d.vision_positions, vh});
+  for (int block = 0; block < 2; ++block) {
+    const std::string p = prefix + "encoder.layers." + std::to_string(block) + ".";
+    inv.add(p + "layer_norm1.weight", {vh}, Init::unit);
+    for (const char* proj : {"q_proj", "k_proj", "v_proj", "out_proj"})
+      inv.add(p + "self_attn." + proj + ".weight", {vh, vh});
+    inv.add(p + "layer_norm2.weight", {vh}, Init::unit);
+    inv.add(p + "mlp.fc1.weight", {d.vision_mlp, vh});
+    inv.add(p + "mlp.fc2.weight", {vh, d.vision_mlp});
+  }
+  inv.add(prefix + "post_layernorm.weight", {vh}, Init::unit);
+}
+
+std::vector<SynthTensor> build_inventory(const SynthOptions& o, const Dims& d) {
+  Inventory inv;
+  if (o.model == "diffusion_gemma") {
+    const std::string decoder = "model.decoder.";
+    inv.add(decoder + "embed_tokens.weight", {d.vocab, d.hidden});
+    for (unsigned layer = 0; layer < o.layers; ++layer)
+      add_layer(inv, decoder, layer, d);
+    inv.add(decoder + "norm.weight", {d.hidden}, Init::unit);
+    inv.add(decoder + "self_conditioning.pre_norm.weight", {d.hidden}, Init::unit);
+    inv.add(decoder + "self_conditioning.gate_proj.weight", {d.dense, d.hidden});
+    inv.add(decoder + "self_conditioning.up_proj.weight", {d.dense, d.hidden});
+    inv.add(decoder + "self_conditioning.down_proj.weight", {d.hidden, d.dense});
+    for (unsigned layer = 0; layer < o.layers; ++layer)
+      inv.add("model.encoder.language_model.layers." + std::to_string(layer) + ".layer_scalar", {1},
+              Init::unit);
+    add_vision_tower(inv, "model.encoder.vision_tower.", d);
+  } else {
+    const std::string text = "model.language_model.";
+    inv.add(text + "embed_tokens.weight", {d.vocab, d.hidden});
+    for (unsigned layer = 0; layer < o.layers; ++layer)
+      add_layer(inv, text, layer, d);
+    inv.add(text + "norm.weight", {d.hidden}, Init::unit);
+    add_vision_tower(inv, "model.vision_tower.", d);
+    inv.add("lm_head.weight", {d.vocab, d.hidden});
+  }
+  return std::move(inv.tensors);
+}
+
+// Hugging Face's cut: start a new shard when the next tensor would take the current one past the
+// limit (an oversized tensor thus sits alone). Returns the index of the first tensor of each shard.
+std::vector<size_t> cut_shards(const std::vector<SynthTensor>& tensors, uint64_t max_shard_size) {
+  std::vector<size_t> starts;
+  uint64_t current = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const bool over = current > max_shard_size || tensors[i].bytes > max_shard_size - current;
+    if (starts.empty() || (current > 0 && over)) {
+      starts.push_back(i);
+      current = 0;
+    }
+    current += tensors[i].bytes;
+  }
+  return starts;
+}
+
+std::string shard_file_name(size_t index, size_t count) {
+  if (count == 1)
+    return "model.safetensors";
+  char name[64];
+  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", index + 1, count);
+  return name;
+}
+
+// Makes `out` ready: created when missing; when it exists it must be a directory, and a non-empty
+// one only with force, in which case the files a checkpoint consists of are removed so stale
+// shards of an earlier, differently cut run cannot mix with this one. Sets `*created`.
+Status prepare_output(const SynthOptions& o, bool* created) {
+  *created = false;
+  std::error_code ec;
+  const std::string out = o.out.string();
+  if (!fs::exists(o.out, ec)) {
+    if (!fs::create_directories(o.out, ec) && ec)
+      return error(Errc::io, out + ": cannot create directory: " + ec.message());
+    *created = true;
+    return {};
+  }
+  if (!fs::is_directory(o.out, ec))
+    return error(Errc::invalid_argument, out + " exists and is not a directory");
+  if (fs::directory_iterator(o.out, ec) == fs::directory_iterator()) {
+    if (ec)
+      return error(Errc::io, out + ": cannot list directory: " + ec.message());
+    return {};
+  }
+  if (!o.force)
+    return error(Errc::invalid_argument, out + " exists; pass --force to replace it");
+  remove_temp_files(o.out);
+  std::vector<fs::path> doomed;
+  for (const auto& entry : fs::directory_iterator(o.out, ec)) {
+    std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && (entry.path().extension() == ".safetensors" ||
+                                    name == INDEX_FILE_NAME || name == "config.json"))
+      doomed.push_back(entry.path());
+  }
+  for (const auto& p : doomed) {
+    if (!fs::remove(p, ec) && ec)
+      return error(Errc::io, p.string() + ": cannot remove: " + ec.message());
+  }
+  return {};
+}
+
+std::string config_json(const SynthOptions& o, const Dims& d) {
+  return "{\n  \"model_type\": \"" + o.model +
+         "\",\n  \"num_hidden_layers\": " + std::to_string(o.layers) +
+         ",\n  \"hidden_size\": " + std::to_string(d.hidden) +
+         ",\n  \"num_experts\": " + std::to_string(d.experts) +
+         ",\n  \"moe_intermediate_size\": " + std::to_string(d.intermediate) +
+         ",\n  \"vocab_size\": " + std::to_string(d.vocab) + "\n}\n";
+}
+
+// The write pass proper; synth() wraps it with preparation and cleanup.
+class SynthRun {
+public:
+  SynthRun(const SynthOptions& o, Io& io, const std::function<void(uint64_t, uint64_t)>& progress)
+      : o_(o), io_(io), progress_(progress) {}
+
+  Status run(const std::vector<SynthTensor>& tensors, const Dims& dims, SynthSummary* summary) {
+    uint64_t total = 0;
+    for (const auto& t : tensors)
+      total += t.bytes;
+    total_ = total;
+    const std::vector<size_t> starts = cut_shards(tensors, o_.max_shard_size);
+    std::vector<uint16_t> buffer(CHUNK_ELEMENTS);
+    std::map<std::string, std::string> weight_map;
+    const uint64_t stream_base = mix64(o_.seed);
+
+    for (size_t s = 0; s < starts.size(); ++s) {
+      const size_t first = starts[s];
+      const size_t last = s + 1 < starts.size() ? starts[s + 1] : tensors.size();
+      const std::string file = shard_file_name(s, starts.size());
+      std::vector<PlannedTensor> planned;
+      uint64_t data_size = 0;
+      for (size_t i = first; i < last; ++i) {
+        planned.push_back(tensors[i].planned);
+        data_size += tensors[i].bytes;
+        weight_map[tensors[i].planned.name] = file;
+      }
+      auto header = build_header(planned, HeaderOptions{});
+      if (!header.ok())
+        return header.status();
+
+      ShardWriter writer(io_);
+      const fs::path path = o_.out / file;
+      written_.push_back(path);
+      if (Status st = writer.open(path, std::move(header.value()), data_size); !st.ok())
+        return st;
+      for (size_t i = first; i < last; ++i) {
+        Status st = write_tensor(writer, tensors[i], mix64(stream_base ^ i), buffer);
+        if (!st.ok())
+          return st;
+      }
+      if (Status st = writer.finish(); !st.ok())
+        return st;
+    }
+
+    const std::string config = config_json(o_, dims);
+    written_.push_back(o_.out / "config.json");
+    if (Status st = write_file_atomic(io_, written_.back(), std::as_bytes(std::span(config)));
+        !st.ok())
+      return st;
+    // The index commits a sharded checkpoint, so it comes last.
+    if (starts.size() > 1) {
+      written_.push_back(o_.out / INDEX_FILE_NAME);
+      if (Status st = write_index(io_, o_.out, total, weight_map); !st.ok())
+        return st;
+    }
+    if (summary)
+      *summary = {tensors.size(), total, starts.size()};
+    return {};
+  }
+
+  /// Every final path this run created or was about to create, for cleanup after a failure.
+  const std::vector<fs::path>& written() const { return written_; }
+
+private:
+  Status write_tensor(ShardWriter& writer, const SynthTensor& t, uint64_t key,
+                      std::vector<uint16_t>& buffer) {
+    for (uint64_t start = 0; start < t.elements; start += CHUNK_ELEMENTS) {
+      if (o_.cancel && o_.cancel->load(std::memory_order_relaxed))
+        return error(Errc::interrupted, o_.out.string() + ": interrupted");
+      const uint64_t count = std::min(CHUNK_ELEMENTS, t.elements - start);
+      // Element i depends only on (key, i), so the split across threads cannot change the bytes.
+      tbb::parallel_for(tbb::blocked_range<uint64_t>(0, count, GRAIN_ELEMENTS),
+                        [&](const tbb::blocked_range<uint64_t>& r) {
+                          for (uint64_t j = r.begin(); j < r.end(); ++j) {
+                            const uint16_t v = synth_value(mix64(key + start + j), t.init);
+                            // safetensors is little-endian; store the bytes explicitly.
+                            auto* out = reinterpret_cast<unsigned char*>(&buffer[j]);
+                            out[0] = static_cast<unsigned char>(v & 0xFF);
+                            out[1] = static_cast<unsigned char>(v >> 8);
+                          }
+                        });
+      Status st = writer.append(std::as_bytes(std::span(buffer.data(), count)));
+      if (!st.ok())
+        return st;
+      done_ += count * 2;
+      if (progress_)
+        progress_(done_, total_);
+    }
+    return {};
+  }
+
+  const SynthOptions& o_;
+  Io& io_;
+  const std::function<void(uint64_t, uint64_t)>& progress_;
+  std::vector<fs::path> written_;
+  uint64_t done_ = 0, total_ = 0;
+};
+
+} // namespace
+
+Status synth(const SynthOptions& options, Io& io,
+             const std::function<void(uint64_t done, uint64_t total)>& progress,
+             SynthSummary* summary) {
+  if (options.model != "diffusion_gemma" && options.model != "gemma4_moe")
+    return error(Errc::invalid_argument, "synth: unknown model '" + options.model +
+                                             "' (expected diffusion_gemma or gemma4_moe)");
+  if (options.max_shard_size == 0)
+    return error(Errc::invalid_argument, "synth: the maximum shard size must be positive");
+  if (options.out.empty())
+    return error(Errc::invalid_argument, "synth: no output directory");
+  auto dims = derive_dims(options);
+  if (!dims.ok())
+    return dims.status();
+  const std::vector<SynthTensor> tensors = build_inventory(options, dims.value());
+
+  bool created = false;
+  if (Status st = prepare_output(options, &created); !st.ok())
+    return st;
+
+  SynthRun run(options, io, progress);
+  Status st = run.run(tensors, dims.value(), summary);
+  if (!st.ok()) {
+    // No partial checkpoint: the failed writer removed its own temporary file; committed files
+    // of this run go too, and the directory when this run made it.
+    std::error_code ec;
+    for (const auto& p : run.written())
+      fs::remove(p, ec);
+    if (created)
+      fs::remove(options.out, ec); // only succeeds while empty
+  }
+  return st;
+}
+
+} // namespace shardshift
