@@ -1,0 +1,73 @@
+// convert.h: the whole conversion, as the app and tests call it.
+//
+// convert() reads as its passes: open and validate the input, plan, prepare a staging directory,
+// run the pipeline (copy / transform / write, bounded by max_memory), copy side files, write the
+// index, commit (rename the staging directory to the output). On any error or cancellation the
+// staging directory is removed: the output either appears whole or not at all.
+// Thread-safety: one conversion per ConvertOptions; callbacks are invoked from one thread at a time.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shardshift/io.h"
+#include "shardshift/plan.h"
+#include "shardshift/profiler.h"
+#include "shardshift/status.h"
+
+namespace shardshift {
+
+struct ConvertOptions {
+  std::filesystem::path input, output;
+  PlanOptions plan;
+  unsigned threads = 0;                 ///< 0 = all hardware threads (-j)
+  uint64_t max_memory = uint64_t{1} << 30; ///< budget for buffers and mapped input in flight
+  std::string device = "auto";          ///< auto | cpu | cuda | cuda:N
+  bool force = false;                   ///< replace an existing output directory
+  const std::atomic<bool>* cancel = nullptr; ///< set (e.g. by SIGINT) to stop; result: interrupted
+  Io* io = nullptr;                     ///< nullptr = Io::system()
+  bool trace = false;                   ///< keep per-span events for Profiler::write_trace
+};
+
+struct Progress {
+  uint64_t bytes_done = 0, bytes_total = 0; ///< output bytes written / planned
+  uint32_t file = 0, files = 0;             ///< current output file (1-based) / count
+  uint64_t in_flight_bytes = 0;             ///< buffer bytes held by chunks in the pipeline
+  double elapsed_s = 0;
+};
+
+struct ConvertSummary {
+  std::string adapter;
+  Direction direction = Direction::from_hf;
+  std::string device;            ///< "cpu (avx512)" or "cuda:0 (NVIDIA H200)"
+  uint64_t tensors = 0, files = 0;
+  uint64_t output_bytes = 0;     ///< all output files, headers included
+  uint64_t zero_copy_bytes = 0;  ///< pass-through bytes moved by copy_file_range / splice
+  uint64_t fallback_copy_bytes = 0; ///< pass-through bytes the kernel refused to move (pwrite)
+  uint64_t transformed_bytes = 0;   ///< bytes produced by transpose-fold and ones
+  uint64_t cpu_bytes = 0, gpu_bytes = 0; ///< transformed bytes by device
+  uint64_t dropped = 0, excluded = 0;
+  uint64_t chunk_bytes = 0, tokens = 0; ///< the memory budget's split
+  double seconds = 0;
+  uint64_t peak_rss = 0;
+  std::vector<StageSummary> stages;
+};
+
+struct ConvertCallbacks {
+  std::function<void(const Progress&)> progress; ///< called at most ~5 times a second
+  std::function<void(const Plan&)> planned;      ///< called once the plan is made
+};
+
+/// Converts options.input into options.output. `profiler` (optional) receives the timings.
+Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallbacks& callbacks = {},
+                               Profiler* profiler = nullptr);
+
+/// Opens the input and makes its plan without writing anything (`shardshift plan`).
+Result<Plan> plan_conversion(const std::filesystem::path& input, const PlanOptions& options);
+
+} // namespace shardshift

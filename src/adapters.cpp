@@ -1,0 +1,155 @@
+// adapters.cpp: the rule tables of every model adapter (docs: semantics.md sections 1-3).
+#include <algorithm>
+#include <array>
+
+#include "adapter.h"
+
+namespace shardshift {
+
+namespace {
+
+// Patterns shared by both models. Router and expert keys are recognised by the `layers.N` path
+// inside them, wherever the prefix is.
+constexpr std::string_view ROUTER_RENAME = R"(^(.*layers\.\d+)\.router\.(proj\.weight|scale)$)";
+constexpr std::string_view GATE_TO_ROUTER = R"(^(.*layers\.\d+)\.moe\.gate\.(proj\.weight|scale)$)";
+
+const AdapterSpec DIFFUSION_GEMMA_FROM_HF = {
+    .model = "diffusion_gemma",
+    .direction = Direction::from_hf,
+    .rules =
+        {
+            // The encoder's layer_scalar copies and the vision tower are not part of the native model.
+            {RuleAction::drop, R"(^model\.encoder\.)"},
+            {RuleAction::rename_continue, R"(^model\.decoder\.(.*)$)", "model.$1"},
+            {RuleAction::expert_scale, R"((layers\.\d+)\.router\.per_expert_scale$)"},
+            {RuleAction::rename, ROUTER_RENAME, "$1.moe.gate.$2"},
+            {RuleAction::expert_gate_up, R"((layers\.\d+)\.experts\.gate_up_proj$)",
+             "model.{layer}.moe.experts.gate_and_up_projs"},
+            {RuleAction::expert_down, R"((layers\.\d+)\.experts\.down_proj$)",
+             "model.{layer}.moe.experts.down_projs"},
+        },
+    .tied_head_source = "model.embed_tokens.weight",
+    .fold_scale = true,
+};
+
+const AdapterSpec DIFFUSION_GEMMA_TO_HF = {
+    .model = "diffusion_gemma",
+    .direction = Direction::to_hf,
+    .rules =
+        {
+            {RuleAction::drop, R"(^lm_head\.weight$)"},
+            {RuleAction::rename, R"(^model\.(.*layers\.\d+)\.moe\.gate\.(proj\.weight|scale)$)",
+             "model.decoder.$1.router.$2"},
+            // The reference strips six characters without checking them; we refuse instead.
+            {RuleAction::reject, GATE_TO_ROUTER,
+             "router gate key does not start with 'model.'; native diffusion_gemma keys are "
+             "model.layers.N.moe.gate.*"},
+            {RuleAction::expert_gate_up, R"((layers\.\d+)\.moe\.experts\.gate_and_up_projs$)",
+             "model.decoder.{layer}.experts.gate_up_proj"},
+            {RuleAction::expert_down, R"((layers\.\d+)\.moe\.experts\.down_projs$)",
+             "model.decoder.{layer}.experts.down_proj", "model.decoder.{layer}.router.per_expert_scale"},
+            {RuleAction::rename, R"(^model\.(.*)$)", "model.decoder.$1"},
+        },
+    .honours_exclude = true,
+};
+
+const AdapterSpec GEMMA4_MOE_FROM_HF = {
+    .model = "gemma4_moe",
+    .direction = Direction::from_hf,
+    .rules =
+        {
+            {RuleAction::expert_scale, R"((layers\.\d+)\.(moe|experts|router)\.per_expert_scale$)"},
+            {RuleAction::rename, ROUTER_RENAME, "$1.moe.gate.$2"},
+            {RuleAction::expert_gate_up, R"((layers\.\d+)\.(moe|experts)\.gate_up_proj$)",
+             "{P}language_model.{layer}.moe.experts.gate_and_up_projs"},
+            {RuleAction::expert_down, R"((layers\.\d+)\.(moe|experts)\.down_proj$)",
+             "{P}language_model.{layer}.moe.experts.down_projs"},
+        },
+    .fold_scale = true,
+};
+
+const AdapterSpec GEMMA4_MOE_TO_HF = {
+    .model = "gemma4_moe",
+    .direction = Direction::to_hf,
+    .rules =
+        {
+            {RuleAction::rename, GATE_TO_ROUTER, "$1.router.$2"},
+            {RuleAction::expert_gate_up, R"((layers\.\d+)\.moe\.experts\.gate_and_up_projs$)",
+             "{P}language_model.{layer}.experts.gate_up_proj"},
+            {RuleAction::expert_down, R"((layers\.\d+)\.moe\.experts\.down_projs$)",
+             "{P}language_model.{layer}.experts.down_proj",
+             "{P}language_model.{layer}.router.per_expert_scale"},
+        },
+    .honours_exclude = true,
+};
+
+const std::array<const AdapterSpec*, 4> ALL_ADAPTERS = {
+    &DIFFUSION_GEMMA_FROM_HF, &DIFFUSION_GEMMA_TO_HF, &GEMMA4_MOE_FROM_HF, &GEMMA4_MOE_TO_HF};
+
+bool any_key(std::span<const std::string> keys, auto&& pred) {
+  return std::any_of(keys.begin(), keys.end(), pred);
+}
+bool contains(std::string_view s, std::string_view part) {
+  return s.find(part) != std::string_view::npos;
+}
+
+} // namespace
+
+const AdapterSpec* find_adapter(std::string_view model, Direction direction) {
+  for (const AdapterSpec* a : ALL_ADAPTERS)
+    if (a->model == model && a->direction == direction) return a;
+  return nullptr;
+}
+
+std::vector<std::string_view> adapter_models() { return {"diffusion_gemma", "gemma4_moe"}; }
+
+Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
+                                          std::span<const std::string> keys,
+                                          std::string_view forced_model,
+                                          std::optional<Direction> forced_direction) {
+  std::string model(forced_model);
+  if (model.empty()) {
+    if (config_model_type == "diffusion_gemma" || contains(config_model_type, "diffusion"))
+      model = "diffusion_gemma";
+    else if (config_model_type.starts_with("gemma4") || config_model_type.starts_with("gemma3n"))
+      model = "gemma4_moe";
+    else if (any_key(keys, [](auto& k) { return k.starts_with("model.decoder.") || k.starts_with("model.encoder."); }))
+      model = "diffusion_gemma";
+    else if (any_key(keys, [](auto& k) { return contains(k, "language_model."); }))
+      model = "gemma4_moe";
+    else if (any_key(keys, [](auto& k) { return k.starts_with("model.layers."); }))
+      model = "diffusion_gemma"; // native diffusion_gemma keeps one stack at model.*
+    else
+      return Status(Errc::invalid_argument,
+                    "cannot tell the model of this checkpoint (config.json model_type '" +
+                        std::string(config_model_type) +
+                        "', no recognisable keys); pass --adapter diffusion_gemma or gemma4_moe");
+  }
+  Direction direction;
+  if (forced_direction) {
+    direction = *forced_direction;
+  } else {
+    bool native = any_key(keys, [](auto& k) {
+      return contains(k, ".moe.experts.gate_and_up_projs") || contains(k, ".moe.experts.down_projs") ||
+             contains(k, ".moe.gate.");
+    });
+    bool hf = any_key(keys, [](auto& k) {
+      return contains(k, ".experts.gate_up_proj") || contains(k, ".experts.down_proj") ||
+             contains(k, ".router.") || k.starts_with("model.decoder.") ||
+             k.starts_with("model.encoder.");
+    });
+    if (native == hf)
+      return Status(Errc::invalid_argument,
+                    std::string("cannot tell the direction of this checkpoint (") +
+                        (native ? "it has both Hugging Face and native keys" : "no router or expert keys") +
+                        "); pass --direction from_hf or to_hf");
+    direction = native ? Direction::to_hf : Direction::from_hf;
+  }
+  const AdapterSpec* spec = find_adapter(model, direction);
+  if (!spec)
+    return Status(Errc::invalid_argument,
+                  "unknown adapter '" + model + "'; known: diffusion_gemma, gemma4_moe");
+  return spec;
+}
+
+} // namespace shardshift

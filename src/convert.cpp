@@ -1,0 +1,205 @@
+// convert.cpp: the driver. Read it top to bottom: open, plan, stage, pipeline, side files, index,
+// commit. Where a tensor's bytes go is decided in planner.cpp and moved in pipeline.cpp.
+#include "shardshift/convert.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include <tbb/global_control.h>
+
+#include "cuda_transform.h"
+#include "pipeline.h"
+#include "shardshift/shard_writer.h"
+#include "transpose.h"
+
+namespace shardshift {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Where the output is built before it is renamed into place: beside it, so the rename is atomic.
+fs::path staging_path(const fs::path& output, const char* what) {
+  std::random_device rd;
+  return output.parent_path() / ("." + output.filename().string() + ".shardshift-" + what + "-" +
+                                 std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
+}
+
+Status check_output(const ConvertOptions& o) {
+  std::error_code ec;
+  fs::path out = fs::absolute(o.output, ec);
+  fs::path in = fs::absolute(o.input, ec);
+  if (fs::exists(out, ec)) {
+    if (fs::equivalent(out, in, ec) || (fs::is_regular_file(in, ec) && fs::equivalent(out, in.parent_path(), ec)))
+      return Status(Errc::invalid_argument, o.output.string() + ": the output must not be the input");
+    if (!o.force)
+      return Status(Errc::invalid_argument,
+                    o.output.string() + ": already exists; pass --force to replace it");
+    if (!fs::is_directory(out, ec))
+      return Status(Errc::invalid_argument, o.output.string() + ": exists and is not a directory");
+  }
+  fs::path parent = out.parent_path();
+  if (!fs::is_directory(parent, ec))
+    return Status(Errc::invalid_argument,
+                  parent.string() + ": the output's parent directory does not exist");
+  return {};
+}
+
+// Opens the CUDA stage when the device option asks for (or allows) it; nullptr means CPU.
+Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, uint64_t chunk,
+                                                     unsigned slots, std::string* description) {
+  *description = std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
+  if (device == "cpu") return std::unique_ptr<CudaTransformer>();
+  int ordinal = 0;
+  if (device.starts_with("cuda:")) ordinal = std::atoi(device.c_str() + 5);
+  else if (device != "cuda" && device != "auto")
+    return Status(Errc::invalid_argument, "--device '" + device + "': use auto, cpu, cuda or cuda:N");
+  const int count = CudaTransformer::device_count();
+  if (count == 0) {
+    if (device == "auto") return std::unique_ptr<CudaTransformer>();
+    return Status(Errc::cuda, "--device " + device +
+                                  ": no usable CUDA GPU (no driver, no device, or built without "
+                                  "CUDA); use --device cpu or auto");
+  }
+  if (ordinal < 0 || ordinal >= count)
+    return Status(Errc::invalid_argument, "--device " + device + ": there are " + std::to_string(count) +
+                                              " CUDA device(s), numbered from 0");
+  auto gpu = CudaTransformer::create(ordinal, chunk, slots);
+  if (!gpu) {
+    if (device == "auto") return std::unique_ptr<CudaTransformer>(); // usable GPU or fall back
+    return gpu.status();
+  }
+  *description = "cuda:" + std::to_string(ordinal) + " (" + (*gpu)->device_name() + ")";
+  return std::move(gpu.value());
+}
+
+Status copy_side_files(Io& io, const Checkpoint& input, const Plan& plan, const fs::path& dir) {
+  for (const std::string& name : plan.side_files) {
+    std::ifstream in(input.root / name, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof())
+      return Status(Errc::io, (input.root / name).string() + ": cannot read side file");
+    Status s = write_file_atomic(io, dir / name, std::as_bytes(std::span(bytes)));
+    if (!s.ok()) return s;
+  }
+  return {};
+}
+
+// Renames the finished staging directory to the output, replacing an old output when forced.
+Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bool force) {
+  std::error_code ec;
+  fs::path old;
+  if (force && fs::exists(output, ec)) {
+    old = staging_path(output, "old");
+    if (io.rename(output.c_str(), old.c_str()) != 0)
+      return Status(Errc::io, output.string() + ": cannot move the old output aside: " + std::strerror(errno));
+  }
+  if (io.rename(staging.c_str(), output.c_str()) != 0) {
+    Status s(Errc::io, output.string() + ": cannot rename the finished output into place: " +
+                           std::strerror(errno));
+    if (!old.empty()) io.rename(old.c_str(), output.c_str());
+    return s;
+  }
+  if (!old.empty()) fs::remove_all(old, ec);
+  return sync_directory(io, fs::absolute(output).parent_path());
+}
+
+
+} // namespace
+
+Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
+  auto checkpoint = Checkpoint::open(input);
+  if (!checkpoint) return checkpoint.status();
+  return make_plan(*checkpoint, options);
+}
+
+Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallbacks& callbacks,
+                               Profiler* external_profiler) {
+  Profiler local_profiler(options.trace);
+  Profiler& profiler = external_profiler ? *external_profiler : local_profiler;
+  Io& io = options.io ? *options.io : Io::system();
+  const uint64_t plan_t0 = profiler.now();
+
+  // 1. Open and validate the input; plan the output. Nothing is written before this succeeds.
+  if (Status s = check_output(options); !s.ok()) return s;
+  auto opened = Checkpoint::open(options.input);
+  if (!opened) return opened.status();
+  const Checkpoint& input = *opened;
+  auto planned = make_plan(input, options.plan);
+  if (!planned) return planned.status();
+  const Plan& plan = *planned;
+  if (callbacks.planned) callbacks.planned(plan);
+  profiler.record(Stage::plan, plan_t0, profiler.now(), 0);
+
+  // 2. Size the pipeline from the memory budget and pick the device.
+  const unsigned threads = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
+  PipelineConfig config;
+  const unsigned gpu_slots = options.device == "cpu" ? 0 : 3;
+  size_pipeline(options.max_memory, threads, gpu_slots, &config.chunk_bytes, &config.tokens);
+  std::string device;
+  auto gpu = open_device(options.device, config.chunk_bytes, gpu_slots, &device);
+  if (!gpu) return gpu.status();
+  if (!*gpu) size_pipeline(options.max_memory, threads, 0, &config.chunk_bytes, &config.tokens);
+  config.gpu = gpu->get();
+  config.io = &io;
+  config.cancel = options.cancel;
+  config.progress = callbacks.progress;
+
+  // 3. Build the output in a staging directory beside it; remove it on any failure.
+  const fs::path output = fs::absolute(options.output);
+  const fs::path staging = staging_path(output, "tmp");
+  std::error_code ec;
+  if (!fs::create_directory(staging, ec))
+    return Status(Errc::io, staging.string() + ": cannot create the staging directory: " + ec.message());
+  struct Cleanup {
+    fs::path dir;
+    bool armed = true;
+    ~Cleanup() {
+      std::error_code e;
+      if (armed) fs::remove_all(dir, e);
+    }
+  } cleanup{staging};
+
+  auto moved = run_pipeline(input, plan, staging, config, profiler);
+  if (!moved) return moved.status();
+  if (options.cancel && options.cancel->load()) return Status(Errc::interrupted, "interrupted");
+
+  // 4. Side files, then the index (the commit point of a sharded checkpoint), then the rename.
+  const uint64_t c0 = profiler.now();
+  if (Status s = copy_side_files(io, input, plan, staging); !s.ok()) return s;
+  if (plan.write_index)
+    if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok()) return s;
+  if (Status s = commit_output(io, staging, output, options.force); !s.ok()) return s;
+  cleanup.armed = false;
+  profiler.record(Stage::commit, c0, profiler.now(), 0);
+
+  ConvertSummary sum;
+  sum.adapter = plan.adapter;
+  sum.direction = plan.direction;
+  sum.device = device;
+  sum.tensors = plan.tensors.size();
+  sum.files = plan.files.size();
+  sum.output_bytes = moved->output_bytes;
+  sum.zero_copy_bytes = moved->zero_copy_bytes;
+  sum.fallback_copy_bytes = moved->fallback_copy_bytes;
+  sum.cpu_bytes = moved->cpu_bytes;
+  sum.gpu_bytes = moved->gpu_bytes;
+  sum.transformed_bytes = moved->cpu_bytes + moved->gpu_bytes + moved->ones_bytes;
+  sum.dropped = plan.dropped;
+  sum.excluded = plan.excluded;
+  sum.chunk_bytes = config.chunk_bytes;
+  sum.tokens = config.tokens;
+  sum.seconds = static_cast<double>(profiler.now()) / 1e9;
+  sum.peak_rss = peak_rss_bytes();
+  sum.stages = profiler.summaries();
+  return sum;
+}
+
+} // namespace shardshift
