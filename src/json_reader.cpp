@@ -1,0 +1,233 @@
+// json_reader.cpp: see json_reader.h.
+#include "json_reader.h"
+
+#include <set>
+
+namespace shardshift::json {
+
+std::string_view type_name(simdjson::ondemand::json_type type) {
+  using simdjson::ondemand::json_type;
+  switch (type) {
+  case json_type::object:
+    return "object";
+  case json_type::array:
+    return "array";
+  case json_type::string:
+    return "string";
+  case json_type::number:
+    return "number";
+  case json_type::boolean:
+    return "boolean";
+  case json_type::null:
+    return "null";
+  }
+  return "unknown";
+}
+
+std::string_view trim_space(std::string_view token) {
+  while (!token.empty()) {
+    char c = token.back();
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+      break;
+    token.remove_suffix(1);
+  }
+  return token;
+}
+
+UintToken parse_uint_token(std::string_view token, uint64_t& value) {
+  token = trim_space(token);
+  if (token.empty())
+    return UintToken::malformed;
+  if (token.front() == '-')
+    return UintToken::negative;
+  bool digits_only = true;
+  for (char c : token) {
+    if (c == '.')
+      return UintToken::fraction;
+    if (c == 'e' || c == 'E')
+      return UintToken::exponent;
+    if (c < '0' || c > '9')
+      digits_only = false;
+  }
+  // JSON forbids leading zeros ("01"); "0" itself is fine.
+  if (!digits_only || (token.size() > 1 && token.front() == '0'))
+    return UintToken::malformed;
+  uint64_t v = 0;
+  for (char c : token) {
+    if (__builtin_mul_overflow(v, uint64_t{10}, &v) ||
+        __builtin_add_overflow(v, uint64_t(c - '0'), &v))
+      return UintToken::too_large;
+  }
+  value = v;
+  return UintToken::ok;
+}
+
+std::string describe_uint_problem(UintToken problem, std::string_view token) {
+  std::string quoted = std::string(trim_space(token));
+  switch (problem) {
+  case UintToken::ok:
+    return quoted + " is fine";
+  case UintToken::negative:
+    return quoted + " is negative";
+  case UintToken::fraction:
+    return quoted + " has a fraction (integers only)";
+  case UintToken::exponent:
+    return quoted + " is in exponent form (plain integers only)";
+  case UintToken::too_large:
+    return quoted + " does not fit in 64 bits";
+  case UintToken::malformed:
+    return quoted + " is not a plain non-negative integer";
+  }
+  return quoted;
+}
+
+std::string printable(std::string_view text) {
+  static const char* const HEX = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c == '\\' || c == '\'') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += HEX[c >> 4];
+      out += HEX[c & 15];
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+void append_json_string(std::string& out, std::string_view text) {
+  static const char* const HEX = "0123456789abcdef";
+  out += '"';
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+    case '"':
+      out += "\\\"";
+      break;
+    case '\\':
+      out += "\\\\";
+      break;
+    case '\n':
+      out += "\\n";
+      break;
+    case '\r':
+      out += "\\r";
+      break;
+    case '\t':
+      out += "\\t";
+      break;
+    case '\b':
+      out += "\\b";
+      break;
+    case '\f':
+      out += "\\f";
+      break;
+    default:
+      if (c < 0x20) {
+        out += "\\u00";
+        out += HEX[c >> 4];
+        out += HEX[c & 15];
+      } else {
+        out += ch;
+      }
+    }
+  }
+  out += '"';
+}
+
+simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,
+                                   std::vector<std::string>& problems) {
+  using simdjson::ondemand::json_type;
+  json_type type;
+  if (auto ec = value.type().get(type))
+    return ec;
+  switch (type) {
+  case json_type::object: {
+    simdjson::ondemand::object object;
+    if (auto ec = value.get_object().get(object))
+      return ec;
+    std::set<std::string, std::less<>> seen;
+    out += '{';
+    bool first = true;
+    for (auto field_result : object) {
+      simdjson::ondemand::field field;
+      if (auto ec = std::move(field_result).get(field))
+        return ec;
+      std::string_view key;
+      if (auto ec = field.unescaped_key().get(key))
+        return ec;
+      if (!seen.emplace(key).second)
+        problems.push_back("duplicate key '" + printable(key) + "'");
+      if (!first)
+        out += ',';
+      first = false;
+      append_json_string(out, key);
+      out += ':';
+      if (auto ec = visit_compact(field.value(), out, problems))
+        return ec;
+    }
+    out += '}';
+    return simdjson::SUCCESS;
+  }
+  case json_type::array: {
+    simdjson::ondemand::array array;
+    if (auto ec = value.get_array().get(array))
+      return ec;
+    out += '[';
+    bool first = true;
+    for (auto element : array) {
+      simdjson::ondemand::value child;
+      if (auto ec = std::move(element).get(child))
+        return ec;
+      if (!first)
+        out += ',';
+      first = false;
+      if (auto ec = visit_compact(child, out, problems))
+        return ec;
+    }
+    out += ']';
+    return simdjson::SUCCESS;
+  }
+  case json_type::string: {
+    std::string_view text;
+    if (auto ec = value.get_string().get(text))
+      return ec;
+    append_json_string(out, text);
+    return simdjson::SUCCESS;
+  }
+  case json_type::number: {
+    // Parsing validates the token; the text is kept as written (no float round trip).
+    double ignored;
+    std::string_view token = trim_space(value.raw_json_token());
+    if (auto ec = value.get_double().get(ignored))
+      return ec;
+    out += token;
+    return simdjson::SUCCESS;
+  }
+  case json_type::boolean: {
+    bool b;
+    if (auto ec = value.get_bool().get(b))
+      return ec;
+    out += b ? "true" : "false";
+    return simdjson::SUCCESS;
+  }
+  case json_type::null: {
+    bool is_null = false;
+    if (auto ec = value.is_null().get(is_null))
+      return ec;
+    if (!is_null)
+      return simdjson::INCORRECT_TYPE;
+    out += "null";
+    return simdjson::SUCCESS;
+  }
+  }
+  return simdjson::INCORRECT_TYPE;
+}
+
+} // namespace shardshift::json

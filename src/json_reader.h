@@ -1,0 +1,46 @@
+// json_reader.h: small helpers shared by the two hardened JSON readers (safetensors headers and
+// model.safetensors.index.json) on top of simdjson On-Demand.
+//
+// On-Demand validates only what it visits and keeps duplicate keys, so both readers visit every
+// value, keep a set of unescaped keys per object, and read integers from their raw token text so
+// that "1e3", "1.0" and "-1" can be told apart from plain integers.
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <simdjson.h>
+
+namespace shardshift::json {
+
+/// "object", "array", "string", "number", "boolean" or "null".
+std::string_view type_name(simdjson::ondemand::json_type type);
+
+/// The token without the JSON whitespace simdjson's raw_json_token() leaves after it.
+std::string_view trim_space(std::string_view token);
+
+enum class UintToken { ok, negative, fraction, exponent, too_large, malformed };
+
+/// Reads a JSON number token as an unsigned 64-bit integer; anything but plain decimal digits
+/// (no sign, fraction, exponent or leading zero) that fit in 64 bits is refused with the reason.
+UintToken parse_uint_token(std::string_view token, uint64_t& value);
+/// "is negative", "has a fraction", ... for messages; `token` is quoted in the text.
+std::string describe_uint_problem(UintToken problem, std::string_view token);
+
+/// A string safe to print inside quotes in a message: control bytes, quotes and backslashes are
+/// escaped; valid UTF-8 text is kept as is.
+std::string printable(std::string_view text);
+
+/// Visits `value` completely (so simdjson validates all of it) and appends its compact JSON text to
+/// `out`. Duplicate keys at any depth are appended to `problems` as "duplicate key 'k'".
+/// Returns a simdjson error when the JSON itself is malformed.
+simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,
+                                   std::vector<std::string>& problems);
+
+/// Appends `text` to `out` as a JSON string literal (quotes included).
+void append_json_string(std::string& out, std::string_view text);
+
+} // namespace shardshift::json
