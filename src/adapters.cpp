@@ -134,7 +134,7 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
              contains(k, ".moe.gate.");
     });
     bool hf = any_key(keys, [](auto& k) {
-      return contains(k, ".experts.gate_up_proj") || contains(k, ".experts.down_proj") ||
+      return k.ends_with(".gate_up_proj") || k.ends_with(".down_proj") ||
              contains(k, ".router.") || k.starts_with("model.decoder.") ||
              k.starts_with("model.encoder.");
     });
