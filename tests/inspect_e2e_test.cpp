@@ -1,0 +1,181 @@
+// inspect_e2e_test.cpp: `shardshift inspect` end to end: listing, --json, invalid files, usage.
+#include "test_support.h"
+
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <simdjson.h>
+
+namespace shardshift {
+namespace {
+
+using testing::raw_safetensors;
+using testing::run_shardshift;
+using testing::TempDir;
+using testing::write_bytes;
+
+std::string quoted(const std::filesystem::path& p) {
+  return "'" + p.string() + "'";
+}
+
+// Two tensors: "b.weight" BF16 [2, 3] (12 bytes) first in data order, then "a.bias" F32 [2].
+std::string two_tensor_file() {
+  return raw_safetensors(R"({"__metadata__":{"format":"pt"},)"
+                         R"("b.weight":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]},)"
+                         R"("a.bias":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+                         std::string(20, '\x01'));
+}
+
+std::vector<std::string> lines_of(const std::string& s) {
+  std::vector<std::string> lines;
+  size_t start = 0;
+  while (start < s.size()) {
+    size_t nl = s.find('\n', start);
+    if (nl == std::string::npos)
+      nl = s.size();
+    lines.push_back(s.substr(start, nl - start));
+    start = nl + 1;
+  }
+  return lines;
+}
+
+TEST(InspectE2E, ListsTensorsSortedByName) {
+  TempDir dir;
+  write_bytes(dir / "model.safetensors", two_tensor_file());
+  auto r = run_shardshift("inspect " + quoted(dir / "model.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  auto lines = lines_of(r.out);
+  ASSERT_GE(lines.size(), 4u) << r.out;
+  // Sorted by name: a.bias before b.weight, whatever the data order.
+  EXPECT_EQ(lines[0].rfind("a.bias", 0), 0u) << r.out;
+  for (const char* piece : {"F32", "[2]", " 8 ", "model.safetensors"})
+    EXPECT_NE(lines[0].find(piece), std::string::npos) << lines[0] << " lacks " << piece;
+  EXPECT_EQ(lines[1].rfind("b.weight", 0), 0u);
+  for (const char* piece : {"BF16", "[2, 3]", " 12 ", "model.safetensors"})
+    EXPECT_NE(lines[1].find(piece), std::string::npos) << lines[1] << " lacks " << piece;
+  EXPECT_NE(r.out.find("2 tensors, 20 bytes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 shard"), std::string::npos);
+  EXPECT_NE(r.out.find("format=pt"), std::string::npos);
+}
+
+TEST(InspectE2E, ShardedDirectoryShowsIndexMetadataAndOtherFiles) {
+  TempDir dir;
+  write_bytes(dir / "model-00001-of-00002.safetensors",
+              raw_safetensors(R"({"x":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})", "abc"));
+  write_bytes(dir / "model-00002-of-00002.safetensors",
+              raw_safetensors(R"({"y":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "d"));
+  write_bytes(dir / "model.safetensors.index.json",
+              R"({"metadata":{"total_size":4},"weight_map":{)"
+              R"("x":"model-00001-of-00002.safetensors","y":"model-00002-of-00002.safetensors"}})");
+  write_bytes(dir / "config.json", "{}");
+  auto r = run_shardshift("inspect " + quoted(dir.path()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("2 tensors, 4 bytes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 shards (indexed)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("index metadata: total_size=4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("other files: config.json"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model-00002-of-00002.safetensors"), std::string::npos);
+}
+
+TEST(InspectE2E, JsonOutputParses) {
+  TempDir dir;
+  write_bytes(dir / "model.safetensors", two_tensor_file());
+  write_bytes(dir / "config.json", "{}");
+  auto r = run_shardshift("inspect --json " + quoted(dir.path()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  ASSERT_EQ(parser.parse(r.out).get(doc), simdjson::SUCCESS) << r.out;
+  EXPECT_EQ(bool(doc["valid"]), true);
+  EXPECT_EQ(std::string_view(doc["path"]), dir.path().string());
+  EXPECT_EQ(uint64_t(doc["tensor_count"]), 2u);
+  EXPECT_EQ(uint64_t(doc["total_bytes"]), 20u);
+
+  simdjson::dom::array shards = doc["shards"];
+  ASSERT_EQ(shards.size(), 1u);
+  EXPECT_EQ(std::string_view(shards.at(0)["file"]), "model.safetensors");
+  EXPECT_EQ(uint64_t(shards.at(0)["tensors"]), 2u);
+  EXPECT_EQ(uint64_t(shards.at(0)["bytes"]), 20u);
+  EXPECT_EQ(std::string_view(shards.at(0)["metadata"]["format"]), "pt");
+
+  simdjson::dom::array tensors = doc["tensors"];
+  ASSERT_EQ(tensors.size(), 2u);
+  simdjson::dom::element w = tensors.at(1);
+  EXPECT_EQ(std::string_view(w["name"]), "b.weight");
+  EXPECT_EQ(std::string_view(w["dtype"]), "BF16");
+  simdjson::dom::array shape = w["shape"];
+  ASSERT_EQ(shape.size(), 2u);
+  EXPECT_EQ(uint64_t(shape.at(0)), 2u);
+  EXPECT_EQ(uint64_t(shape.at(1)), 3u);
+  EXPECT_EQ(uint64_t(w["bytes"]), 12u);
+  EXPECT_EQ(std::string_view(w["shard"]), "model.safetensors");
+  // The data section starts after the 8-byte prefix and the header.
+  uint64_t header_length = two_tensor_file().size() - 8 - 20;
+  EXPECT_EQ(uint64_t(w["offset"]), 8 + header_length);
+  EXPECT_EQ(uint64_t(tensors.at(0)["offset"]), 8 + header_length + 12);
+
+  simdjson::dom::array others = doc["other_files"];
+  ASSERT_EQ(others.size(), 1u);
+  EXPECT_EQ(std::string_view(others.at(0)), "config.json");
+}
+
+TEST(InspectE2E, MalformedFileFailsWithAllProblemsOnStderr) {
+  TempDir dir;
+  auto path = dir / "bad.safetensors";
+  write_bytes(path, raw_safetensors(R"({"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,10]},)"
+                                    R"("v":{"dtype":"F99","shape":[1],"data_offsets":[10,12]}})",
+                                    std::string(12, '\0')));
+  auto r = run_shardshift("inspect " + quoted(path));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("shardshift: " + path.string() +
+                       ": tensor 'w': shape [2,3] x BF16 is 12 bytes but data_offsets span 10"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find(path.string() + ": tensor 'v': unknown dtype 'F99'"), std::string::npos)
+      << r.err;
+
+  // --json still says why, as data, and fails the same way.
+  auto j = run_shardshift("inspect --json " + quoted(path));
+  EXPECT_EQ(j.exit_code, 1);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  ASSERT_EQ(parser.parse(j.out).get(doc), simdjson::SUCCESS) << j.out;
+  EXPECT_EQ(bool(doc["valid"]), false);
+  EXPECT_EQ(simdjson::dom::array(doc["errors"]).size(), 2u);
+}
+
+TEST(InspectE2E, MissingPathFails) {
+  TempDir dir;
+  auto r = run_shardshift("inspect " + quoted(dir / "nothing"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("no such file or directory"), std::string::npos) << r.err;
+}
+
+TEST(InspectE2E, UsageErrors) {
+  auto bad_flag = run_shardshift("inspect --no-such-flag x");
+  EXPECT_EQ(bad_flag.exit_code, 2);
+  EXPECT_EQ(bad_flag.out, "");
+  EXPECT_NE(bad_flag.err.find("--help"), std::string::npos) << bad_flag.err;
+
+  auto no_path = run_shardshift("inspect");
+  EXPECT_EQ(no_path.exit_code, 2);
+  EXPECT_NE(no_path.err.find("PATH"), std::string::npos) << no_path.err;
+
+  auto two_paths = run_shardshift("inspect a b");
+  EXPECT_EQ(two_paths.exit_code, 2);
+}
+
+TEST(InspectE2E, HelpExplainsEveryFlag) {
+  auto r = run_shardshift("inspect --help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* piece : {"--json", "--help", "Examples:", "Exit status"})
+    EXPECT_NE(r.out.find(piece), std::string::npos) << piece;
+}
+
+} // namespace
+} // namespace shardshift
