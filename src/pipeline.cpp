@@ -22,7 +22,7 @@ void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, ui
   unsigned t = std::max(3u, threads + 2);
   uint64_t chunk = max_memory / (2ull * t + gpu_slots);
   chunk &= ~uint64_t{4095};
-  chunk = std::clamp<uint64_t>(chunk, 64 << 10, 256ull << 20);
+  chunk = std::clamp<uint64_t>(chunk, 64 << 10, 64ull << 20);
   *chunk_bytes = chunk;
   *tokens = t;
 }
@@ -347,9 +347,23 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
           s = view.status();
           break;
         }
+        // Filesystems share extents (reflink) only for whole blocks at block-aligned offsets on
+        // both sides. When the plan kept this run's offset modulo 4096, copy the unaligned head
+        // and tail separately so the aligned middle can be shared instead of copied.
+        uint64_t head = 0, body = item->length;
+        const uint64_t out_pos = writer->bytes_written();
+        if (item->in_offset % 4096 == out_pos % 4096 && item->length > 2 * 4096) {
+          head = (4096 - item->in_offset % 4096) % 4096;
+          body = (item->length - head) & ~uint64_t{4095};
+        }
+        const uint64_t pieces[3][2] = {{0, head}, {head, body}, {head + body, item->length - head - body}};
         Status copy_status;
         s = guard_mapped_access(in, [&] {
-          copy_status = writer->append_copy(in.fd(), item->in_offset, item->length, *view, &zero_copy);
+          for (auto& [off, len] : pieces) {
+            if (len == 0 || !copy_status.ok()) continue;
+            copy_status = writer->append_copy(in.fd(), item->in_offset + off, len, view->subspan(off, len),
+                                              &zero_copy);
+          }
         });
         if (s.ok()) s = copy_status;
         (zero_copy ? result.zero_copy_bytes : result.fallback_copy_bytes) += item->length;

@@ -42,7 +42,7 @@ struct PipelineResult {
 
 /// Chunk size and token count for a memory budget and thread count (the formula of README
 /// "Memory"): tokens = threads + 2 (at least 3), chunk = budget / (2 * tokens + gpu_slots),
-/// rounded down to 4 KiB and clamped to [64 KiB, 256 MiB].
+/// rounded down to 4 KiB and clamped to [64 KiB, 64 MiB].
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, uint64_t* chunk_bytes,
                    unsigned* tokens);
 
