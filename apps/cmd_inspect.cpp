@@ -220,7 +220,7 @@ int cmd_inspect(int argc, char** argv) {
   po::variables_map vm;
   try {
     auto parsed =
-        po::command_line_parser(argc - 1, argv + 1).options(flags).positional(positional).run();
+        po::command_line_parser(argc, argv).options(flags).positional(positional).run();
     po::store(parsed, vm);
     po::notify(vm);
   } catch (const po::error& e) {
