@@ -400,5 +400,51 @@ TEST(HeaderAccepts, LargestPlainIntegers) {
   EXPECT_EQ(r->tensors[0].shape[1], UINT64_MAX);
 }
 
+// ---- Randomized: corrupted headers never crash and never yield an inconsistent Header ---------
+
+TEST(HeaderRandomized, MutatedHeadersAreRejectedOrConsistent) {
+  std::mt19937_64 rng(testing::test_seed());
+  const std::string header =
+      "{" + entry("a", "BF16", "[2,3]", 0, 12) + "," + R"("__metadata__":{"format":"pt"},)" +
+      entry("b", "F4", "[4]", 12, 14) + "," + entry("c", "U8", "[0]", 14, 14) + "," +
+      entry("d", "F32", "[]", 14, 18) + "}";
+  const std::string data(18, '\x33');
+  const std::string alphabet = "{}[]\",:0123456789-+.eE \\u\x00\xff";
+  for (int iteration = 0; iteration < 3000; ++iteration) {
+    std::string h = header;
+    int edits = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < edits; ++k) {
+      size_t pos = rng() % h.size();
+      switch (rng() % 3) {
+      case 0:
+        h[pos] = alphabet[rng() % alphabet.size()];
+        break;
+      case 1:
+        h.erase(pos, 1);
+        break;
+      default:
+        h.insert(pos, 1, alphabet[rng() % alphabet.size()]);
+        break;
+      }
+    }
+    std::string file = raw_safetensors(h, data.substr(0, rng() % 2 ? data.size() : rng() % 19));
+    auto r = parse(file);
+    if (!r.ok()) {
+      ASSERT_EQ(r.status().code(), Errc::format);
+      for (const auto& line : lines_of(r.status().message()))
+        ASSERT_EQ(line.rfind(PATH + ": ", 0), 0u) << line;
+      continue;
+    }
+    // Accepted: the tensors must tile the data section exactly, with sizes that match.
+    uint64_t cursor = 0;
+    for (const auto& t : r->tensors) {
+      ASSERT_EQ(t.begin, cursor) << h;
+      ASSERT_EQ(tensor_byte_size(t.dtype, t.shape), t.size()) << h;
+      cursor = t.end;
+    }
+    ASSERT_EQ(r->data_start + cursor, file.size()) << h;
+  }
+}
+
 } // namespace
 } // namespace shardshift
