@@ -219,8 +219,7 @@ int cmd_inspect(int argc, char** argv) {
   positional.add("path", 1);
   po::variables_map vm;
   try {
-    auto parsed =
-        po::command_line_parser(argc, argv).options(flags).positional(positional).run();
+    auto parsed = po::command_line_parser(argc, argv).options(flags).positional(positional).run();
     po::store(parsed, vm);
     po::notify(vm);
   } catch (const po::error& e) {

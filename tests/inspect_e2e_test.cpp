@@ -135,8 +135,10 @@ TEST(InspectE2E, MalformedFileFailsWithAllProblemsOnStderr) {
                        ": tensor 'w': shape [2,3] x BF16 is 12 bytes but data_offsets span 10"),
             std::string::npos)
       << r.err;
-  EXPECT_NE(r.err.find(path.string() + ": tensor 'v': unknown dtype 'F99'"), std::string::npos)
+  EXPECT_NE(r.err.find("shardshift: " + path.string() + ": tensor 'v': unknown dtype 'F99'"),
+            std::string::npos)
       << r.err;
+  EXPECT_EQ(lines_of(r.err).size(), 2u) << r.err;
 
   // --json still says why, as data, and fails the same way.
   auto j = run_shardshift("inspect --json " + quoted(path));
