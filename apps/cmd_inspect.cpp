@@ -236,7 +236,10 @@ int cmd_inspect(int argc, char** argv) {
   if (!ckpt.ok()) {
     if (json)
       print_json_errors(path, ckpt.status());
-    return report_error(ckpt.status());
+    // One problem per line, each with the tool's prefix, so every line can be grepped alone.
+    for (const auto& line : split_lines(ckpt.status().message()))
+      std::cerr << "shardshift: " << line << "\n";
+    return EXIT_FAIL;
   }
   if (json)
     print_json(path, *ckpt);
