@@ -1,0 +1,393 @@
+// cuda_transformer.cu: CudaTransformer (cuda_transform.h) on the CUDA runtime.
+//
+// A slot is everything one chunk needs on its way through the GPU: a stream, a pinned staging
+// buffer for the input, device buffers for input, output and scales, and four timing events.
+// run() takes a free slot, so up to `slots` chunks are in flight from different threads; the
+// copy engines (one per direction) and the SMs then work on different chunks at once.
+//
+// Staging. The source is pageable (the input mapping), which the GPU cannot read directly, so it
+// is first copied into the slot's pinned buffer. That host copy is the slowest step of a chunk,
+// so it is cut into pieces and each piece's upload is queued right after its copy: the DMA of
+// piece k runs while the CPU copies piece k + 1, and only the last piece's upload is exposed.
+//
+// Errors. Every runtime call is checked; a failure becomes Errc::cuda with the call, the
+// runtime's message and the device. After a failure the slot's stream is synchronized before the
+// slot is reused, so no queued copy can still be writing into a buffer that the next chunk uses.
+#include "cuda_transform.h"
+#include "transpose_cuda.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+namespace shardshift {
+
+namespace {
+
+/// Pieces of the host staging copy: at most this many, each at least MIN_PIECE bytes.
+constexpr uint64_t MAX_PIECES = 4;
+constexpr uint64_t MIN_PIECE = uint64_t(1) << 20;
+/// Initial capacity of a slot's scale buffers (grown on demand; a scale is at most 4 bytes).
+constexpr uint64_t INITIAL_SCALE_BYTES = 4096;
+
+uint64_t steady_ns() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now().time_since_epoch())
+                      .count());
+}
+
+uint64_t event_ns(cudaEvent_t from, cudaEvent_t to) {
+  float ms = 0;
+  if (cudaEventElapsedTime(&ms, from, to) != cudaSuccess)
+    return 0;
+  return uint64_t(double(ms) * 1e6);
+}
+
+class CudaTransformerImpl final : public CudaTransformer {
+public:
+  CudaTransformerImpl(int ordinal, uint64_t max_chunk_bytes)
+      : ordinal_(ordinal), max_chunk_(max_chunk_bytes) {}
+  ~CudaTransformerImpl() override;
+
+  Status init(unsigned slots);
+
+  std::string device_name() const override { return name_; }
+  uint64_t pinned_bytes() const override;
+  void* alloc_pinned(uint64_t bytes) override;
+  void free_pinned(void* p) override;
+  Status run(const TransposeArgs& args, CudaTimings* timings) override;
+
+private:
+  enum Event { H2D_START, H2D_END, KERNEL_END, D2H_END, EVENTS };
+  struct Slot {
+    int index = 0;
+    cudaStream_t stream = nullptr;
+    std::byte* host_in = nullptr; ///< pinned staging for the input
+    std::byte* dev_in = nullptr;
+    std::byte* dev_out = nullptr;
+    std::byte* host_scales = nullptr; ///< pinned
+    std::byte* dev_scales = nullptr;
+    uint64_t scale_capacity = 0;
+    cudaEvent_t events[EVENTS] = {};
+  };
+
+  /// Status for a failed runtime call, "CUDA error in <call>: <message> (device N <name>)".
+  Status fail(cudaError_t err, const char* call) const;
+  Status check(cudaError_t err, const char* call) const {
+    return err == cudaSuccess ? Status{} : fail(err, call);
+  }
+  Status init_slot(Slot& s);
+  Status grow_scales(Slot& s, uint64_t bytes);
+  Status run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes, uint64_t out_bytes,
+                CudaTimings* timings);
+  Slot* acquire();
+  void release(Slot* s);
+
+  const int ordinal_;
+  const uint64_t max_chunk_;
+  std::string name_;
+  std::vector<Slot> slots_;
+
+  std::mutex slots_mu_;
+  std::condition_variable slot_freed_;
+  std::vector<Slot*> free_;
+
+  mutable std::mutex pinned_mu_;
+  std::unordered_map<void*, uint64_t> pinned_; ///< alloc_pinned() blocks and their sizes
+  uint64_t slot_bytes_ = 0;                    ///< pinned + device bytes of the slots
+};
+
+Status CudaTransformerImpl::fail(cudaError_t err, const char* call) const {
+  return error(Errc::cuda, std::string("CUDA error in ") + call + ": " + cudaGetErrorString(err) +
+                               " (device " + std::to_string(ordinal_) +
+                               (name_.empty() ? "" : " " + name_) + ")");
+}
+
+Status CudaTransformerImpl::init(unsigned slots) {
+  if (Status s = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !s)
+    return s;
+  cudaDeviceProp props{};
+  if (Status s = check(cudaGetDeviceProperties(&props, ordinal_), "cudaGetDeviceProperties"); !s)
+    return s;
+  name_ = props.name;
+  slots_.resize(slots);
+  for (unsigned i = 0; i < slots; ++i) {
+    slots_[i].index = int(i);
+    if (Status s = init_slot(slots_[i]); !s)
+      return s;
+    free_.push_back(&slots_[i]);
+  }
+  return {};
+}
+
+Status CudaTransformerImpl::init_slot(Slot& s) {
+  if (Status st = check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking),
+                        "cudaStreamCreateWithFlags");
+      !st)
+    return st;
+  for (auto& ev : s.events)
+    if (Status st = check(cudaEventCreate(&ev), "cudaEventCreate"); !st)
+      return st;
+  // Portable: the staging buffer is read by this device's copy engine whatever the thread.
+  if (Status st = check(
+          cudaHostAlloc(reinterpret_cast<void**>(&s.host_in), max_chunk_, cudaHostAllocPortable),
+          "cudaHostAlloc");
+      !st)
+    return st;
+  slot_bytes_ += max_chunk_;
+  if (Status st = check(cudaMalloc(reinterpret_cast<void**>(&s.dev_in), max_chunk_), "cudaMalloc");
+      !st)
+    return st;
+  slot_bytes_ += max_chunk_;
+  if (Status st = check(cudaMalloc(reinterpret_cast<void**>(&s.dev_out), max_chunk_), "cudaMalloc");
+      !st)
+    return st;
+  slot_bytes_ += max_chunk_;
+  return grow_scales(s, INITIAL_SCALE_BYTES);
+}
+
+Status CudaTransformerImpl::grow_scales(Slot& s, uint64_t bytes) {
+  if (bytes <= s.scale_capacity)
+    return {};
+  // The old buffers may still be read by this slot's previous chunk: wait for it first.
+  if (Status st = check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize"); !st)
+    return st;
+  {
+    std::lock_guard lock(pinned_mu_);
+    slot_bytes_ -= 2 * s.scale_capacity;
+  }
+  cudaFreeHost(s.host_scales);
+  cudaFree(s.dev_scales);
+  s.host_scales = s.dev_scales = nullptr;
+  s.scale_capacity = 0;
+  const uint64_t capacity = std::max(bytes, 2 * INITIAL_SCALE_BYTES);
+  if (Status st = check(
+          cudaHostAlloc(reinterpret_cast<void**>(&s.host_scales), capacity, cudaHostAllocPortable),
+          "cudaHostAlloc");
+      !st)
+    return st;
+  if (Status st =
+          check(cudaMalloc(reinterpret_cast<void**>(&s.dev_scales), capacity), "cudaMalloc");
+      !st) {
+    cudaFreeHost(s.host_scales);
+    s.host_scales = nullptr;
+    return st;
+  }
+  s.scale_capacity = capacity;
+  std::lock_guard lock(pinned_mu_);
+  slot_bytes_ += 2 * capacity;
+  return {};
+}
+
+CudaTransformerImpl::~CudaTransformerImpl() {
+  // Errors are ignored here: there is no one to report them to, and at process exit the runtime
+  // may already be unloading (cudaErrorCudartUnloading).
+  cudaSetDevice(ordinal_);
+  for (auto& s : slots_) {
+    if (s.stream)
+      cudaStreamSynchronize(s.stream);
+    for (auto ev : s.events)
+      if (ev)
+        cudaEventDestroy(ev);
+    if (s.stream)
+      cudaStreamDestroy(s.stream);
+    cudaFreeHost(s.host_in);
+    cudaFreeHost(s.host_scales);
+    cudaFree(s.dev_in);
+    cudaFree(s.dev_out);
+    cudaFree(s.dev_scales);
+  }
+  for (auto& [p, bytes] : pinned_)
+    cudaFreeHost(p);
+}
+
+uint64_t CudaTransformerImpl::pinned_bytes() const {
+  std::lock_guard lock(pinned_mu_);
+  uint64_t total = slot_bytes_;
+  for (const auto& [p, bytes] : pinned_)
+    total += bytes;
+  return total;
+}
+
+void* CudaTransformerImpl::alloc_pinned(uint64_t bytes) {
+  void* p = nullptr;
+  if (cudaHostAlloc(&p, std::max<uint64_t>(bytes, 1), cudaHostAllocPortable) != cudaSuccess)
+    return nullptr;
+  std::lock_guard lock(pinned_mu_);
+  pinned_[p] = bytes;
+  return p;
+}
+
+void CudaTransformerImpl::free_pinned(void* p) {
+  if (!p)
+    return;
+  {
+    std::lock_guard lock(pinned_mu_);
+    pinned_.erase(p);
+  }
+  cudaFreeHost(p);
+}
+
+CudaTransformerImpl::Slot* CudaTransformerImpl::acquire() {
+  std::unique_lock lock(slots_mu_);
+  slot_freed_.wait(lock, [&] { return !free_.empty(); });
+  Slot* s = free_.back();
+  free_.pop_back();
+  return s;
+}
+
+void CudaTransformerImpl::release(Slot* s) {
+  {
+    std::lock_guard lock(slots_mu_);
+    free_.push_back(s);
+  }
+  slot_freed_.notify_one();
+}
+
+Status CudaTransformerImpl::run(const TransposeArgs& args, CudaTimings* timings) {
+  const uint64_t start_ns = steady_ns();
+  if (timings)
+    *timings = CudaTimings{};
+  if (timings)
+    timings->start_ns = start_ns;
+  const bool fold = args.scales != nullptr;
+  if (Status s = check_transpose_supported(args.src_dtype, fold, args.scale_dtype, args.dst_dtype);
+      !s)
+    return s;
+  if (args.col_begin > args.B || args.cols > args.B - args.col_begin)
+    return error(Errc::invalid_argument, "CUDA transform: columns [" +
+                                             std::to_string(args.col_begin) + ", " +
+                                             std::to_string(args.col_begin + args.cols) +
+                                             ") outside a row of " + std::to_string(args.B));
+  const uint64_t in_elem = dtype_bits(args.src_dtype) / 8,
+                 out_elem = dtype_bits(args.dst_dtype) / 8;
+  uint64_t in_bytes = 0, out_bytes = 0;
+  if (__builtin_mul_overflow(args.experts, args.A, &in_bytes) ||
+      __builtin_mul_overflow(in_bytes, args.B, &in_bytes) ||
+      __builtin_mul_overflow(in_bytes, in_elem, &in_bytes) ||
+      __builtin_mul_overflow(args.experts, args.cols, &out_bytes) ||
+      __builtin_mul_overflow(out_bytes, args.A, &out_bytes) ||
+      __builtin_mul_overflow(out_bytes, out_elem, &out_bytes) || in_bytes > max_chunk_ ||
+      out_bytes > max_chunk_)
+    return error(Errc::invalid_argument,
+                 "CUDA transform: a chunk of " + std::to_string(args.experts) + " x " +
+                     std::to_string(args.A) + " x " + std::to_string(args.B) +
+                     " elements does not fit the staging buffers of " + std::to_string(max_chunk_) +
+                     " bytes");
+  if (args.experts == 0 || args.A == 0 || args.cols == 0)
+    return {};
+
+  Slot* slot = acquire();
+  Status status = run_on(*slot, args, in_bytes, out_bytes, timings);
+  if (!status)
+    cudaStreamSynchronize(slot->stream); // nothing queued may outlive the call
+  release(slot);
+  if (timings)
+    timings->stream = slot->index;
+  return status;
+}
+
+Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes,
+                                   uint64_t out_bytes, CudaTimings* timings) {
+  // Runtime calls act on the calling thread's current device; pipeline threads are not ours.
+  if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
+    return st;
+  const bool fold = args.scales != nullptr;
+  const uint64_t scale_bytes = fold ? args.experts * (dtype_bits(args.scale_dtype) / 8) : 0;
+  if (Status st = grow_scales(s, scale_bytes); !st)
+    return st;
+
+  // Stage and upload in pieces (see the file comment).
+  const uint64_t t0 = steady_ns();
+  const uint64_t piece = (std::max(MIN_PIECE, (in_bytes + MAX_PIECES - 1) / MAX_PIECES) + 4095) /
+                         4096 * 4096; // whole pages
+
+  for (uint64_t off = 0; off < in_bytes; off += piece) {
+    const uint64_t n = std::min(piece, in_bytes - off);
+    std::memcpy(s.host_in + off, args.src + off, n);
+    if (off == 0)
+      if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
+        return st;
+    if (Status st = check(
+            cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n, cudaMemcpyHostToDevice, s.stream),
+            "cudaMemcpyAsync");
+        !st)
+      return st;
+  }
+  if (fold) {
+    std::memcpy(s.host_scales, args.scales, scale_bytes);
+    if (Status st = check(cudaMemcpyAsync(s.dev_scales, s.host_scales, scale_bytes,
+                                          cudaMemcpyHostToDevice, s.stream),
+                          "cudaMemcpyAsync");
+        !st)
+      return st;
+  }
+  const uint64_t t1 = steady_ns();
+  if (Status st = check(cudaEventRecord(s.events[H2D_END], s.stream), "cudaEventRecord"); !st)
+    return st;
+
+  TransposeArgs dev = args;
+  dev.src = s.dev_in;
+  dev.dst = s.dev_out;
+  dev.scales = fold ? s.dev_scales : nullptr;
+  if (Status st = check(launch_transpose_fold(dev, s.stream), "transpose_fold kernel launch"); !st)
+    return st;
+  if (Status st = check(cudaEventRecord(s.events[KERNEL_END], s.stream), "cudaEventRecord"); !st)
+    return st;
+  if (Status st =
+          check(cudaMemcpyAsync(args.dst, s.dev_out, out_bytes, cudaMemcpyDeviceToHost, s.stream),
+                "cudaMemcpyAsync");
+      !st)
+    return st;
+  if (Status st = check(cudaEventRecord(s.events[D2H_END], s.stream), "cudaEventRecord"); !st)
+    return st;
+  // Kernel faults surface here (asynchronous errors are reported by the next synchronizing call).
+  if (Status st = check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize"); !st)
+    return st;
+
+  if (timings) {
+    timings->stage_ns = t1 - t0;
+    timings->h2d_ns = event_ns(s.events[H2D_START], s.events[H2D_END]);
+    timings->kernel_ns = event_ns(s.events[H2D_END], s.events[KERNEL_END]);
+    timings->d2h_ns = event_ns(s.events[KERNEL_END], s.events[D2H_END]);
+  }
+  return {};
+}
+
+} // namespace
+
+int CudaTransformer::device_count() {
+  // With the static runtime this is safe without a driver: it returns cudaErrorNoDevice or
+  // cudaErrorInsufficientDriver, which mean "no GPU" here like any other failure.
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError(); // clear, so a later unrelated check does not report it
+    return 0;
+  }
+  return count;
+}
+
+Result<std::unique_ptr<CudaTransformer>>
+CudaTransformer::create(int ordinal, uint64_t max_chunk_bytes, unsigned slots) {
+  const int count = device_count();
+  if (ordinal < 0 || ordinal >= count)
+    return error(Errc::cuda, count == 0
+                                 ? std::string("no usable CUDA device (no GPU or no driver)")
+                                 : "CUDA device " + std::to_string(ordinal) + " does not exist (" +
+                                       std::to_string(count) + " found)");
+  if (slots == 0 || max_chunk_bytes == 0)
+    return error(Errc::invalid_argument,
+                 "CUDA transform: need at least one slot and a non-zero chunk size");
+  auto impl = std::make_unique<CudaTransformerImpl>(ordinal, max_chunk_bytes);
+  if (Status s = impl->init(slots); !s)
+    return s; // the destructor frees what was allocated
+  return std::unique_ptr<CudaTransformer>(std::move(impl));
+}
+
+} // namespace shardshift
