@@ -2,8 +2,9 @@
 // writer with its temp-file commit protocol, and the index that commits a sharded checkpoint.
 //
 // All system calls go through an Io so tests can inject a full disk, short writes or a broken
-// pipe. The app ignores SIGPIPE (apps/main.cpp), so a vanished pipe reader arrives here as EPIPE
-// from write()/splice() rather than killing the process, and is reported as Errc::broken_pipe.
+// pipe. The app ignores SIGPIPE before it writes to a stream (apps/cmd_convert.cpp), so a vanished
+// pipe reader arrives here as EPIPE from write()/splice() rather than killing the process, and is
+// reported as Errc::broken_pipe.
 #include "shardshift/shard_writer.h"
 
 #include <algorithm>
