@@ -1,0 +1,441 @@
+// cuda_bench.cpp: the CUDA stage against its physical ceilings, one line per case:
+//
+//   name : X GB/s (ratio)
+//
+// (a) device memory: a large device-to-device copy, bytes read + written: the kernel's ceiling.
+// (b) PCIe: pinned host-to-device alone, device-to-host alone, and both at once on two streams.
+// (c) the transpose-fold kernel on real expert shapes (gate_up [128, 1408, 2816], down
+//     [128, 2816, 704]), bytes read + written, median of repeats with CUDA events, inputs rotated
+//     so that the 60 MB L2 never holds the next input; ratio to (a), target >= 0.75.
+// (d) the staged pipeline: CudaTransformer::run() over an 8 GB pageable buffer standing in for the
+//     input mapping (pageable -> pinned -> GPU -> pinned output) from N threads on N slots; input
+//     bytes per second, ratio to the host-to-device rate of (b) measured while both directions
+//     run, target >= 0.80. Plus the host staging copy alone, which bounds (d) from the CPU side.
+//
+// A plain program, not Google Benchmark: each number needs its own timing method (events for
+// device work, wall clock for the pipeline). Without CUDA it prints "no CUDA" and exits 0.
+// Usage: cuda_bench [--quick] [--kernels]
+//   --quick    1 GB pipeline buffer, fewer repeats
+//   --kernels  only (c), one timed run per case: for ncu and compute-sanitizer
+#include <cstdio>
+#include <cstring>
+
+#if !defined(SHARDSHIFT_HAVE_CUDA)
+int main() {
+  std::printf("no CUDA\n");
+  return 0;
+}
+#else
+#include "cuda_transform.h"
+#include "transpose.h"
+#include "transpose_cuda.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+namespace {
+
+using namespace shardshift;
+
+bool g_quick = false;
+bool g_kernels_only = false; // --kernels: section (c) only, one timed run each (for profilers)
+
+void check(cudaError_t err, const char* what) {
+  if (err == cudaSuccess)
+    return;
+  std::fprintf(stderr, "cuda_bench: %s: %s\n", what, cudaGetErrorString(err));
+  std::exit(1);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double gbps(double bytes, double seconds) {
+  return bytes / seconds / 1e9;
+}
+
+void line(const std::string& name, double rate, double ceiling) {
+  if (ceiling > 0)
+    std::printf("%-44s : %7.1f GB/s (%.2f)\n", name.c_str(), rate, rate / ceiling);
+  else
+    std::printf("%-44s : %7.1f GB/s\n", name.c_str(), rate);
+  std::fflush(stdout);
+}
+
+/// Fills device memory with pseudo-random bytes (never zeros: they can run faster than data).
+void fill_device(std::byte* dev, uint64_t bytes) {
+  static std::vector<std::byte> pattern = [] {
+    std::vector<std::byte> p(uint64_t(64) << 20);
+    std::mt19937_64 rng(42);
+    for (size_t i = 0; i < p.size(); i += 8) {
+      const uint64_t r = rng();
+      std::memcpy(p.data() + i, &r, 8);
+    }
+    return p;
+  }();
+  for (uint64_t off = 0; off < bytes; off += pattern.size())
+    check(cudaMemcpy(dev + off, pattern.data(), std::min<uint64_t>(pattern.size(), bytes - off),
+                     cudaMemcpyHostToDevice),
+          "fill");
+}
+
+/// Median seconds of `reps` runs of `work` on `stream`, timed with events, after one warm-up.
+template <class F> double time_events(cudaStream_t stream, int reps, F&& work) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  work(-1);
+  check(cudaStreamSynchronize(stream), "warm-up");
+  std::vector<double> times;
+  for (int r = 0; r < reps; ++r) {
+    check(cudaEventRecord(start, stream), "cudaEventRecord");
+    work(r);
+    check(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    times.push_back(ms / 1e3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return median(times);
+}
+
+// --- (a) device memory ---------------------------------------------------------------------------
+
+double bench_device_copy() {
+  const uint64_t bytes = uint64_t(4) << 30;
+  std::byte *a = nullptr, *b = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&a), bytes), "cudaMalloc");
+  check(cudaMalloc(reinterpret_cast<void**>(&b), bytes), "cudaMalloc");
+  fill_device(a, bytes);
+  const double t = time_events(nullptr, g_quick ? 5 : 20, [&](int) {
+    check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, nullptr), "d2d");
+  });
+  cudaFree(a);
+  cudaFree(b);
+  const double rate = gbps(2.0 * double(bytes), t);
+  line("(a) device-to-device copy, 4 GiB (r+w)", rate, 0);
+  return rate;
+}
+
+// --- (b) PCIe ----------------------------------------------------------------------------------
+
+struct Pcie {
+  double h2d = 0, d2h = 0, both_h2d = 0, both_d2h = 0;
+};
+
+Pcie bench_pcie() {
+  const uint64_t bytes = uint64_t(2) << 30;
+  std::byte *host_a = nullptr, *host_b = nullptr, *dev_a = nullptr, *dev_b = nullptr;
+  check(cudaHostAlloc(reinterpret_cast<void**>(&host_a), bytes, 0), "cudaHostAlloc");
+  check(cudaHostAlloc(reinterpret_cast<void**>(&host_b), bytes, 0), "cudaHostAlloc");
+  std::memset(host_a, 0x5A, bytes);
+  std::memset(host_b, 0x3C, bytes);
+  check(cudaMalloc(reinterpret_cast<void**>(&dev_a), bytes), "cudaMalloc");
+  check(cudaMalloc(reinterpret_cast<void**>(&dev_b), bytes), "cudaMalloc");
+  cudaStream_t s1, s2;
+  check(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking), "cudaStreamCreate");
+  check(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking), "cudaStreamCreate");
+  const int reps = g_quick ? 3 : 7;
+  Pcie p;
+  p.h2d = gbps(double(bytes), time_events(s1, reps, [&](int) {
+                 check(cudaMemcpyAsync(dev_a, host_a, bytes, cudaMemcpyHostToDevice, s1), "h2d");
+               }));
+  p.d2h = gbps(double(bytes), time_events(s1, reps, [&](int) {
+                 check(cudaMemcpyAsync(host_b, dev_b, bytes, cudaMemcpyDeviceToHost, s1), "d2h");
+               }));
+  // Both at once: s2 starts with s1 and s1's end waits for s2, so the events span both copies;
+  // each direction's own span is timed too.
+  cudaEvent_t fork, d2h_done;
+  check(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventCreate(&d2h_done), "cudaEventCreate");
+  std::vector<double> h2d_t, d2h_t;
+  cudaEvent_t s1_start, s1_end, s2_start;
+  check(cudaEventCreate(&s1_start), "cudaEventCreate");
+  check(cudaEventCreate(&s1_end), "cudaEventCreate");
+  check(cudaEventCreate(&s2_start), "cudaEventCreate");
+  for (int r = 0; r < reps + 1; ++r) {
+    check(cudaEventRecord(s1_start, s1), "record");
+    check(cudaEventRecord(fork, s1), "record");
+    check(cudaStreamWaitEvent(s2, fork), "wait");
+    check(cudaEventRecord(s2_start, s2), "record");
+    check(cudaMemcpyAsync(dev_a, host_a, bytes, cudaMemcpyHostToDevice, s1), "h2d");
+    check(cudaMemcpyAsync(host_b, dev_b, bytes, cudaMemcpyDeviceToHost, s2), "d2h");
+    check(cudaEventRecord(s1_end, s1), "record");
+    check(cudaEventRecord(d2h_done, s2), "record");
+    check(cudaDeviceSynchronize(), "sync");
+    float ms1 = 0, ms2 = 0;
+    check(cudaEventElapsedTime(&ms1, s1_start, s1_end), "elapsed");
+    check(cudaEventElapsedTime(&ms2, s2_start, d2h_done), "elapsed");
+    if (r > 0) { // the first is a warm-up
+      h2d_t.push_back(ms1 / 1e3);
+      d2h_t.push_back(ms2 / 1e3);
+    }
+  }
+  p.both_h2d = gbps(double(bytes), median(h2d_t));
+  p.both_d2h = gbps(double(bytes), median(d2h_t));
+  line("(b) pinned host-to-device alone", p.h2d, 0);
+  line("(b) pinned device-to-host alone", p.d2h, 0);
+  line("(b) both at once: host-to-device", p.both_h2d, 0);
+  line("(b) both at once: device-to-host", p.both_d2h, 0);
+  line("(b) both at once: sum", p.both_h2d + p.both_d2h, 0);
+  for (auto ev : {fork, d2h_done, s1_start, s1_end, s2_start})
+    cudaEventDestroy(ev);
+  cudaStreamDestroy(s1);
+  cudaStreamDestroy(s2);
+  cudaFreeHost(host_a);
+  cudaFreeHost(host_b);
+  cudaFree(dev_a);
+  cudaFree(dev_b);
+  return p;
+}
+
+// --- (c) the kernel ----------------------------------------------------------------------------
+
+struct KernelCase {
+  const char* name;
+  uint64_t experts, A, B, col_begin, cols;
+  DType src, dst;
+  bool fold;
+  DType scale;
+  CudaTileVariant variant;
+};
+
+void bench_kernel(const KernelCase& k, double ceiling) {
+  const uint64_t in_bytes = k.experts * k.A * k.B * (dtype_bits(k.src) / 8);
+  const uint64_t out_bytes = k.experts * k.cols * k.A * (dtype_bits(k.dst) / 8);
+  // Enough input sets that consecutive runs never find their input in L2.
+  const int sets = 3;
+  std::vector<std::byte*> in(sets), out(sets);
+  for (int s = 0; s < sets; ++s) {
+    check(cudaMalloc(reinterpret_cast<void**>(&in[s]), in_bytes), "cudaMalloc");
+    check(cudaMalloc(reinterpret_cast<void**>(&out[s]), out_bytes), "cudaMalloc");
+    fill_device(in[s], in_bytes);
+  }
+  std::byte* scales = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&scales), k.experts * 4), "cudaMalloc");
+  fill_device(scales, k.experts * 4);
+  const double t = time_events(nullptr,
+                               g_kernels_only ? 1
+                               : g_quick      ? 5
+                                              : 15,
+                               [&](int r) {
+                                 const int s = (r + sets) % sets;
+                                 TransposeArgs a;
+                                 a.src = in[s];
+                                 a.dst = out[s];
+                                 a.scales = k.fold ? scales : nullptr;
+                                 a.experts = k.experts;
+                                 a.A = k.A;
+                                 a.B = k.B;
+                                 a.col_begin = k.col_begin;
+                                 a.cols = k.cols;
+                                 a.src_dtype = k.src;
+                                 a.dst_dtype = k.dst;
+                                 a.scale_dtype = k.scale;
+                                 check(launch_transpose_fold(a, nullptr, k.variant), k.name);
+                               });
+  check(cudaDeviceSynchronize(), k.name);
+  // Bytes the kernel must move: the selected columns of the input (whole rows when cols == B)
+  // and the output.
+  const double moved = double(in_bytes) * double(k.cols) / double(k.B) + double(out_bytes);
+  line(std::string("(c) ") + k.name, gbps(moved, t), ceiling);
+  for (int s = 0; s < sets; ++s) {
+    cudaFree(in[s]);
+    cudaFree(out[s]);
+  }
+  cudaFree(scales);
+}
+
+// --- (d) the staged pipeline -------------------------------------------------------------------
+
+struct HostBuffer {
+  std::unique_ptr<std::byte[]> data;
+  uint64_t bytes = 0;
+};
+
+/// Pageable memory, touched and filled in parallel so that page faults stay out of the timing.
+HostBuffer make_host_buffer(uint64_t bytes) {
+  HostBuffer h;
+  h.data.reset(new std::byte[bytes]);
+  h.bytes = bytes;
+  const unsigned n = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < n; ++t)
+    threads.emplace_back([&, t] {
+      const uint64_t begin = bytes / n * t, end = t + 1 == n ? bytes : bytes / n * (t + 1);
+      uint64_t x = 0x9E3779B97F4A7C15ull * (t + 1);
+      for (uint64_t i = begin; i + 8 <= end; i += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::memcpy(h.data.get() + i, &x, 8);
+      }
+    });
+  for (auto& th : threads)
+    th.join();
+  return h;
+}
+
+void bench_staging_copy(const HostBuffer& host, unsigned threads_n) {
+  // The host half of a chunk's trip: pageable -> pinned memcpy, from threads_n threads at once.
+  const uint64_t per_thread = uint64_t(512) << 20;
+  std::vector<std::byte*> pinned(threads_n);
+  for (auto& p : pinned)
+    check(cudaHostAlloc(reinterpret_cast<void**>(&p), per_thread, 0), "cudaHostAlloc");
+  auto run = [&] {
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < threads_n; ++t)
+      threads.emplace_back([&, t] {
+        const uint64_t off = (per_thread * t) % (host.bytes - per_thread);
+        std::memcpy(pinned[t], host.data.get() + off, per_thread);
+      });
+    for (auto& th : threads)
+      th.join();
+  };
+  run(); // warm-up: first touch of the pinned pages
+  const auto t0 = std::chrono::steady_clock::now();
+  run();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  line("(d) host staging memcpy, " + std::to_string(threads_n) + " threads",
+       gbps(double(per_thread) * threads_n, s), 0);
+  for (auto p : pinned)
+    cudaFreeHost(p);
+}
+
+void bench_pipeline(const HostBuffer& host, unsigned slots, bool fold, double ceiling) {
+  // gate_up (or down) chunks of 8 experts, laid end to end over the host buffer.
+  const uint64_t A = fold ? 2816 : 1408, B = fold ? 704 : 2816, experts = 8;
+  const uint64_t chunk = experts * A * B * 2;
+  const uint64_t chunks = host.bytes / chunk;
+  auto made = CudaTransformer::create(0, chunk, slots);
+  if (!made.ok()) {
+    std::fprintf(stderr, "cuda_bench: %s\n", made.status().message().c_str());
+    std::exit(1);
+  }
+  CudaTransformer& t = *made.value();
+  std::vector<std::byte> scales(experts * 2, std::byte{0x3F}); // BF16 0x3F3F: about 0.75
+  auto pass = [&](std::vector<CudaTimings>* timings) {
+    std::atomic<uint64_t> next{0};
+    std::atomic<bool> failed{false};
+    std::vector<std::thread> threads;
+    for (unsigned k = 0; k < slots; ++k)
+      threads.emplace_back([&, k] {
+        auto* out = static_cast<std::byte*>(t.alloc_pinned(chunk));
+        if (!out) {
+          failed = true;
+          return;
+        }
+        for (uint64_t c; (c = next.fetch_add(1)) < chunks;) {
+          TransposeArgs a;
+          a.src = host.data.get() + c * chunk;
+          a.dst = out;
+          a.scales = fold ? scales.data() : nullptr;
+          a.experts = experts;
+          a.A = A;
+          a.B = B;
+          a.cols = B;
+          CudaTimings tm;
+          const Status s = t.run(a, &tm);
+          if (!s.ok()) {
+            std::fprintf(stderr, "cuda_bench: %s\n", s.message().c_str());
+            failed = true;
+            break;
+          }
+          if (timings && k == 0)
+            timings->push_back(tm);
+        }
+        t.free_pinned(out);
+      });
+    for (auto& th : threads)
+      th.join();
+    if (failed)
+      std::exit(1);
+  };
+  pass(nullptr); // warm-up: first touch of the output buffers, module load
+  std::vector<CudaTimings> timings;
+  const auto t0 = std::chrono::steady_clock::now();
+  pass(&timings);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string name = std::string("(d) staged pipeline, ") + (fold ? "down+fold" : "gate_up") +
+                           ", " + std::to_string(slots) + " slots";
+  line(name, gbps(double(chunks * chunk), s), ceiling);
+  double stage = 0, h2d = 0, kernel = 0, d2h = 0;
+  for (const auto& tm : timings) {
+    stage += double(tm.stage_ns);
+    h2d += double(tm.h2d_ns);
+    kernel += double(tm.kernel_ns);
+    d2h += double(tm.d2h_ns);
+  }
+  const double n = double(std::max<size_t>(timings.size(), 1)) * 1e6;
+  std::printf("    per %.0f MB chunk (one thread's average): stage %.2f ms, h2d %.2f ms, "
+              "kernel %.2f ms, d2h %.2f ms\n",
+              double(chunk) / 1e6, stage / n, h2d / n, kernel / n, d2h / n);
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::strcmp(argv[i], "--quick") == 0)
+      g_quick = true;
+  if (CudaTransformer::device_count() == 0) {
+    std::printf("no CUDA device\n");
+    return 0;
+  }
+  check(cudaSetDevice(0), "cudaSetDevice");
+  cudaDeviceProp props{};
+  check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
+  std::printf("device: %s, %d SMs, %.0f MB L2, %.1f GB\n", props.name, props.multiProcessorCount,
+              props.l2CacheSize / 1e6, double(props.totalGlobalMem) / 1e9);
+
+  const double copy = g_kernels_only ? 0 : bench_device_copy();
+  const Pcie pcie = g_kernels_only ? Pcie{} : bench_pcie();
+
+  const auto BF16 = DType::BF16, F32 = DType::F32, F16 = DType::F16;
+  const auto STD = CudaTileVariant::standard, TALL = CudaTileVariant::tall;
+  const KernelCase cases[] = {
+      {"gate_up BF16 transpose [128,1408,2816]", 128, 1408, 2816, 0, 2816, BF16, BF16, false, BF16,
+       STD},
+      {"gate_up BF16 transpose, tall tiles", 128, 1408, 2816, 0, 2816, BF16, BF16, false, BF16,
+       TALL},
+      {"down BF16 x BF16 fold [128,2816,704]", 128, 2816, 704, 0, 704, BF16, BF16, true, BF16, STD},
+      {"down BF16 x BF16 fold, tall tiles", 128, 2816, 704, 0, 704, BF16, BF16, true, BF16, TALL},
+      {"down BF16 fold, EP slice cols 352..704", 128, 2816, 704, 352, 352, BF16, BF16, true, BF16,
+       STD},
+      {"down F16 x F16 fold", 128, 2816, 704, 0, 704, F16, F16, true, F16, STD},
+      {"gate_up F32 transpose", 128, 1408, 2816, 0, 2816, F32, F32, false, F32, STD},
+      {"down F32 x F32 fold", 128, 2816, 704, 0, 704, F32, F32, true, F32, STD},
+      {"down BF16 x BF16 fold -> F32", 128, 2816, 704, 0, 704, BF16, F32, true, BF16, STD},
+      {"gate_up F32 -> BF16 cast", 128, 1408, 2816, 0, 2816, F32, BF16, false, F32, STD},
+      {"U8 transpose [128,1408,2816]", 128, 1408, 2816, 0, 2816, DType::U8, DType::U8, false,
+       DType::U8, STD},
+      {"F64 transpose [64,1408,2816]", 64, 1408, 2816, 0, 2816, DType::F64, DType::F64, false,
+       DType::F64, STD},
+      {"odd shape BF16 transpose [128,1407,2815]", 128, 1407, 2815, 0, 2815, BF16, BF16, false,
+       BF16, STD},
+  };
+  for (const auto& k : cases)
+    bench_kernel(k, copy);
+
+  const HostBuffer host = make_host_buffer(g_quick ? uint64_t(1) << 30 : uint64_t(8) << 30);
+  for (unsigned n : {1u, 4u, 8u})
+    bench_staging_copy(host, n);
+  for (unsigned slots : {2u, 4u, 8u})
+    bench_pipeline(host, slots, false, pcie.both_h2d);
+  bench_pipeline(host, 4, true, pcie.both_h2d);
+  return 0;
+}
+#endif
