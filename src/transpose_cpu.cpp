@@ -1,0 +1,914 @@
+// transpose_cpu.cpp: the transpose-fold of transpose.h on the CPU.
+//
+// Shape of the work: each expert matrix is cut into tiles of TILE_I input rows by TILE_J input
+// columns that fit in L1; a tile is transposed in square blocks held in SIMD registers (16x16 for
+// 2-byte elements, 8x8 for 4-byte ones), converted in registers, and written out. Large outputs
+// go through a tile buffer in L1 and leave it with non-temporal stores of whole cache lines: the
+// output is written once and read back much later (by the writer), so fetching its lines into
+// the cache first (read-for-ownership) would cost a third of the memory traffic for nothing.
+//
+// Exactness: the SIMD paths compute the same integer rounding as numerics.h. The one place where
+// SIMD and scalar would differ is a NaN product, whose bit pattern the hardware chooses; a block
+// that produced any NaN is simply recomputed by the scalar reference, which writes the canonical
+// NaN. Elements outside whole blocks (matrix edges) are done by the same scalar code. So every
+// SimdLevel gives the same bits, which tests/transpose_test.cpp checks.
+#include "numerics.h"
+#include "transpose.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#if defined(__x86_64__) || defined(__i386__)
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), a self-initialised variable that
+// -Wmaybe-uninitialized reports once inlined (GCC bug 105593, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#define SHARDSHIFT_X86 1
+#define SHARDSHIFT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+// The block helpers must be inlined into the tile loops: called, their 16 registers go through
+// memory.
+#define SHARDSHIFT_INLINE inline __attribute__((always_inline))
+// ... and their fixed-count loops unrolled, so the arrays of registers stay in registers.
+#define SHARDSHIFT_UNROLL _Pragma("GCC unroll 16")
+#define SHARDSHIFT_TARGET_AVX512                                                                   \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define SHARDSHIFT_TARGET_AVX512_BF16                                                              \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
+#else
+#define SHARDSHIFT_X86 0
+#endif
+
+namespace shardshift {
+
+namespace {
+
+using namespace numerics;
+
+bool is_arith_float(DType t) {
+  return t == DType::BF16 || t == DType::F16 || t == DType::F32;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar element operations: the reference every other path must match.
+
+template <DType T> struct Storage;
+template <> struct Storage<DType::BF16> { using type = uint16_t; };
+template <> struct Storage<DType::F16> { using type = uint16_t; };
+template <> struct Storage<DType::F32> { using type = uint32_t; };
+
+template <DType T> inline float widen(typename Storage<T>::type x) {
+  if constexpr (T == DType::BF16)
+    return bf16_to_f32(x);
+  else if constexpr (T == DType::F16)
+    return f16_to_f32(x);
+  else
+    return f32_from_bits(x);
+}
+
+/// Rounds an f32 value to T and returns the result's bits (NaN: canonical, sign kept).
+template <DType T> inline typename Storage<T>::type narrow(float v) {
+  if constexpr (T == DType::BF16)
+    return f32_to_bf16_rne(v);
+  else if constexpr (T == DType::F16)
+    return f32_to_f16_rne(v);
+  else
+    return f32_canonical_bits(f32_bits(v));
+}
+
+/// Bytes moved unchanged: the transpose without fold or cast, for any element width.
+template <class T> struct MoveOp {
+  using In = T;
+  using Out = T;
+  T operator()(T x) const { return x; }
+};
+
+/// src S, product dtype P (when SCALED), destination D. Without SCALED this is a plain cast.
+template <DType S, DType P, DType D, bool SCALED> struct ConvertOp {
+  using In = typename Storage<S>::type;
+  using Out = typename Storage<D>::type;
+  float scale = 1.0f;
+  Out operator()(In x) const {
+    float v = widen<S>(x);
+    if constexpr (SCALED) {
+      // PyTorch: the product in f32, rounded once to the promoted dtype P, then cast to D.
+      v = mul_f32(v, scale);
+      if constexpr (P != DType::F32)
+        v = widen<P>(narrow<P>(v));
+    }
+    return narrow<D>(v);
+  }
+};
+
+template <class T> inline T load_elem(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+template <class T> inline void store_elem(std::byte* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+/// dst[j][i] = op(src[i][j]) for i in [i0, i1), j in [j0, j1). Strides are in bytes.
+template <class Op>
+void scalar_rect(const Op& op, const std::byte* src, uint64_t src_stride, std::byte* dst,
+                 uint64_t dst_stride, uint64_t i0, uint64_t i1, uint64_t j0, uint64_t j1) {
+  using In = typename Op::In;
+  using Out = typename Op::Out;
+  for (uint64_t j = j0; j < j1; ++j) {
+    std::byte* out = dst + j * dst_stride;
+    const std::byte* in = src + j * sizeof(In);
+    for (uint64_t i = i0; i < i1; ++i)
+      store_elem<Out>(out + i * sizeof(Out), op(load_elem<In>(in + i * src_stride)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver: tiles, edges, NaN fix-ups and streaming stores, shared by all levels.
+
+// A tile is TILE_I x TILE_J input elements: the SIMD blocks of one tile read TILE_I rows of
+// TILE_J * width bytes and write TILE_J rows of TILE_I * width bytes. While one tile is worked on,
+// the input lines of the next one are prefetched: the rows of a tile are too many streams for
+// the hardware prefetchers to follow. 64 x 32 was the fastest shape measured on the BF16 fold of
+// [1408, 2816] and [2816, 704] experts (Zen 5): each input line read is used whole by one tile,
+// and each output row gets two whole lines per tile (perf/transpose_bench.cpp; the variants
+// tried are listed in docs/PERFORMANCE.md).
+#ifndef SHARDSHIFT_TILE_I
+#define SHARDSHIFT_TILE_I 64
+#define SHARDSHIFT_TILE_J 32
+#endif
+constexpr uint64_t TILE_I = SHARDSHIFT_TILE_I;
+constexpr uint64_t TILE_J = SHARDSHIFT_TILE_J;
+// Outputs at least this large are written with non-temporal stores (see the file comment). A
+// smaller output may still be in cache when the writer reads it, so it is stored normally.
+#ifndef SHARDSHIFT_STREAM_MIN_BYTES
+#define SHARDSHIFT_STREAM_MIN_BYTES (uint64_t(8) << 20)
+#endif
+constexpr uint64_t STREAM_MIN_BYTES = SHARDSHIFT_STREAM_MIN_BYTES;
+
+struct Matrix {
+  const std::byte* src; ///< element (0, col_begin) of one expert
+  std::byte* dst;       ///< element (0, 0) of its output
+  uint64_t A, B, cols;
+};
+
+/// A SIMD tile function: transposes and converts ni x nj input elements (ni a multiple of the
+/// kernel's block_i, nj of block_j) from `src` to `dst` (row strides in bytes), with
+/// non-temporal stores when `stream`. Returns true when some block needs the scalar
+/// recomputation (a NaN or subnormal product the SIMD code does not round exactly).
+using TileFn = bool (*)(float scale, const std::byte* src, uint64_t src_stride, std::byte* dst,
+                        uint64_t dst_stride, uint64_t ni, uint64_t nj, bool stream);
+
+template <class Op> struct Kernel {
+  Op op;                 ///< the scalar reference, for edges and fix-ups
+  float scale = 1.0f;    ///< the expert's scale, passed to tile
+  TileFn tile = nullptr; ///< nullptr: scalar only
+  uint64_t block_i = 1, block_j = 1;
+  uint64_t stream_align = 0; ///< 0: never stream; else the output row alignment streaming needs
+};
+
+inline void prefetch_rows(const std::byte* p, uint64_t stride, uint64_t rows, uint64_t bytes) {
+  for (uint64_t r = 0; r < rows; ++r)
+    for (uint64_t b = 0; b < bytes; b += 64)
+      __builtin_prefetch(p + r * stride + b);
+}
+
+template <class Op> void run_matrix(const Kernel<Op>& k, const Matrix& m, bool stream) {
+  using In = typename Op::In;
+  using Out = typename Op::Out;
+  const uint64_t src_stride = m.B * sizeof(In);
+  const uint64_t dst_stride = m.A * sizeof(Out);
+  if (k.tile == nullptr) {
+    for (uint64_t i0 = 0; i0 < m.A; i0 += TILE_I)
+      for (uint64_t j0 = 0; j0 < m.cols; j0 += TILE_J)
+        scalar_rect(k.op, m.src, src_stride, m.dst, dst_stride, i0, std::min(m.A, i0 + TILE_I), j0,
+                    std::min(m.cols, j0 + TILE_J));
+    return;
+  }
+  // Whole blocks first; the bottom rows and right columns that do not fill a block are scalar.
+  const uint64_t a_full = m.A - m.A % k.block_i;
+  const uint64_t cols_full = m.cols - m.cols % k.block_j;
+  // Tiles in row-major order: a strip of TILE_I input rows is read front to back.
+  const uint64_t tiles_j = (cols_full + TILE_J - 1) / TILE_J;
+  const uint64_t tiles = (a_full + TILE_I - 1) / TILE_I * tiles_j;
+  for (uint64_t t = 0; t < tiles; ++t) {
+    const uint64_t i0 = t / tiles_j * TILE_I, j0 = t % tiles_j * TILE_J;
+    const uint64_t ni = std::min(a_full - i0, TILE_I), nj = std::min(cols_full - j0, TILE_J);
+    if (t + 1 < tiles) {
+      const uint64_t pi = (t + 1) / tiles_j * TILE_I, pj = (t + 1) % tiles_j * TILE_J;
+      prefetch_rows(m.src + pi * src_stride + pj * sizeof(In), src_stride,
+                    std::min(a_full - pi, TILE_I), std::min(cols_full - pj, TILE_J) * sizeof(In));
+    }
+    const std::byte* in = m.src + i0 * src_stride + j0 * sizeof(In);
+    std::byte* out = m.dst + j0 * dst_stride + i0 * sizeof(Out);
+    if (k.tile(k.scale, in, src_stride, out, dst_stride, ni, nj, stream))
+      scalar_rect(k.op, in, src_stride, out, dst_stride, 0, ni, 0, nj);
+  }
+  if (a_full < m.A)
+    scalar_rect(k.op, m.src, src_stride, m.dst, dst_stride, a_full, m.A, 0, cols_full);
+  if (cols_full < m.cols)
+    for (uint64_t i0 = 0; i0 < m.A; i0 += TILE_I)
+      scalar_rect(k.op, m.src, src_stride, m.dst, dst_stride, i0, std::min(m.A, i0 + TILE_I),
+                  cols_full, m.cols);
+}
+
+/// Runs all experts of the call. `make` builds the kernel of one expert from its scale.
+template <class Op, class Make> void run_experts(const TransposeArgs& a, Make make) {
+  using In = typename Op::In;
+  using Out = typename Op::Out;
+  const uint64_t out_bytes = a.experts * a.cols * a.A * sizeof(Out);
+  for (uint64_t e = 0; e < a.experts; ++e) {
+    const Kernel<Op> k = make(e);
+    // Streaming needs every output row to start on the kernel's alignment (so whole lines are
+    // written) and the output to be large enough not to be wanted in cache right after.
+    const bool stream = k.stream_align != 0 && out_bytes >= STREAM_MIN_BYTES &&
+                        reinterpret_cast<uintptr_t>(a.dst) % k.stream_align == 0 &&
+                        (a.A * sizeof(Out)) % k.stream_align == 0;
+    const Matrix m{a.src + (e * a.A * a.B + a.col_begin) * sizeof(In),
+                   a.dst + e * a.cols * a.A * sizeof(Out), a.A, a.B, a.cols};
+    run_matrix(k, m, stream);
+  }
+}
+
+float load_scale(DType dtype, const std::byte* scales, uint64_t e) {
+  switch (dtype) {
+  case DType::BF16:
+    return bf16_to_f32(load_elem<uint16_t>(scales + 2 * e));
+  case DType::F16:
+    return f16_to_f32(load_elem<uint16_t>(scales + 2 * e));
+  default:
+    return f32_from_bits(load_elem<uint32_t>(scales + 4 * e));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 kernels: 16x16 blocks of 2-byte elements, 8x8 blocks of 4-byte ones, in ymm registers.
+
+#if SHARDSHIFT_X86
+
+/// In-register transpose of 16 rows of 16 16-bit elements: r[k] becomes column k.
+SHARDSHIFT_TARGET_AVX2 SHARDSHIFT_INLINE void transpose_16x16_epi16(__m256i (&r)[16]) {
+  // After the three unpack stages, each 128-bit lane holds 8 rows of one column: lane L of v[c]
+  // is column 8L + c of rows 0-7, of w[c] the same for rows 8-15. The last stage joins lanes.
+  __m256i t[16], u[16];
+  SHARDSHIFT_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm256_unpacklo_epi16(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_epi16(r[2 * k], r[2 * k + 1]);
+  }
+  SHARDSHIFT_UNROLL
+  for (int m = 0; m < 4; ++m) {
+    u[4 * m + 0] = _mm256_unpacklo_epi32(t[4 * m], t[4 * m + 2]);
+    u[4 * m + 1] = _mm256_unpackhi_epi32(t[4 * m], t[4 * m + 2]);
+    u[4 * m + 2] = _mm256_unpacklo_epi32(t[4 * m + 1], t[4 * m + 3]);
+    u[4 * m + 3] = _mm256_unpackhi_epi32(t[4 * m + 1], t[4 * m + 3]);
+  }
+  SHARDSHIFT_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    const __m256i v0 = _mm256_unpacklo_epi64(u[q], u[4 + q]);
+    const __m256i v1 = _mm256_unpackhi_epi64(u[q], u[4 + q]);
+    const __m256i w0 = _mm256_unpacklo_epi64(u[8 + q], u[12 + q]);
+    const __m256i w1 = _mm256_unpackhi_epi64(u[8 + q], u[12 + q]);
+    r[2 * q] = _mm256_permute2x128_si256(v0, w0, 0x20);
+    r[2 * q + 8] = _mm256_permute2x128_si256(v0, w0, 0x31);
+    r[2 * q + 1] = _mm256_permute2x128_si256(v1, w1, 0x20);
+    r[2 * q + 9] = _mm256_permute2x128_si256(v1, w1, 0x31);
+  }
+}
+
+/// In-register transpose of 8 rows of 8 32-bit elements: r[k] becomes column k.
+SHARDSHIFT_TARGET_AVX2 SHARDSHIFT_INLINE void transpose_8x8_epi32(__m256i (&r)[8]) {
+  __m256i t[8];
+  SHARDSHIFT_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  }
+  // Lane L of v[c] is column 4L + c of rows 0-3, of w[c] of rows 4-7.
+  const __m256i v0 = _mm256_unpacklo_epi64(t[0], t[2]), v1 = _mm256_unpackhi_epi64(t[0], t[2]);
+  const __m256i v2 = _mm256_unpacklo_epi64(t[1], t[3]), v3 = _mm256_unpackhi_epi64(t[1], t[3]);
+  const __m256i w0 = _mm256_unpacklo_epi64(t[4], t[6]), w1 = _mm256_unpackhi_epi64(t[4], t[6]);
+  const __m256i w2 = _mm256_unpacklo_epi64(t[5], t[7]), w3 = _mm256_unpackhi_epi64(t[5], t[7]);
+  r[0] = _mm256_permute2x128_si256(v0, w0, 0x20);
+  r[4] = _mm256_permute2x128_si256(v0, w0, 0x31);
+  r[1] = _mm256_permute2x128_si256(v1, w1, 0x20);
+  r[5] = _mm256_permute2x128_si256(v1, w1, 0x31);
+  r[2] = _mm256_permute2x128_si256(v2, w2, 0x20);
+  r[6] = _mm256_permute2x128_si256(v2, w2, 0x31);
+  r[3] = _mm256_permute2x128_si256(v3, w3, 0x20);
+  r[7] = _mm256_permute2x128_si256(v3, w3, 0x31);
+}
+
+/// f32 bits -> BF16 bits in the low half of each 32-bit lane, round to nearest even: the same
+/// integer rounding as f32_to_bf16_rne (NaN lanes come out wrong: the caller recomputes them).
+SHARDSHIFT_TARGET_AVX2 SHARDSHIFT_INLINE __m256i round_bf16_avx2(__m256i p) {
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(p, 16), _mm256_set1_epi32(1));
+  const __m256i biased = _mm256_add_epi32(p, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
+  return _mm256_srli_epi32(biased, 16);
+}
+
+// Row converters: one output row of 16 2-byte or 8 4-byte elements, flagging the lanes that need
+// the scalar recomputation.
+
+struct Avx2Move {
+  explicit Avx2Move(float) {}
+  SHARDSHIFT_TARGET_AVX2 SHARDSHIFT_INLINE __m256i operator()(__m256i x, __m256&) const {
+    return x;
+  }
+};
+
+struct Avx2FoldBf16 {
+  __m256 scale;
+  SHARDSHIFT_TARGET_AVX2 explicit Avx2FoldBf16(float s) : scale(_mm256_set1_ps(s)) {}
+  SHARDSHIFT_TARGET_AVX2 SHARDSHIFT_INLINE __m256i operator()(__m256i x, __m256& fix) const {
+    // Zero-interleaving puts each BF16 in the high half of a 32-bit lane: its exact f32 value.
+    // packus then restores the order the unpacks changed (both work within 128-bit lanes).
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256 lo = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, x)), scale);
+    const __m256 hi = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, x)), scale);
+    fix = _mm256_or_ps(fix, _mm256_cmp_ps(lo, hi, _CMP_UNORD_Q)); // a NaN in either
+    return _mm256_packus_epi32(round_bf16_avx2(_mm256_castps_si256(lo)),
+                               round_bf16_avx2(_mm256_castps_si256(hi)));
+  }
+};
+
+struct Avx2FoldF16 {
+  __m256 scale;
+  SHARDSHIFT_TARGET_AVX2 explicit Avx2FoldF16(float s) : scale(_mm256_set1_ps(s)) {}
+  SHARDSHIFT_TARGET_AVX2 SHARDSHIFT_INLINE __m256i operator()(__m256i x, __m256& fix) const {
+    // F16 widens exactly; the product of two F16 values is exact in f32 and never subnormal
+    // there, and vcvtps2ph rounds to nearest even with F16 subnormals and overflow to infinity.
+    const __m256 lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(x)), scale);
+    const __m256 hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(x, 1)), scale);
+    fix = _mm256_or_ps(fix, _mm256_cmp_ps(lo, hi, _CMP_UNORD_Q));
+    constexpr int ROUND = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    return _mm256_set_m128i(_mm256_cvtps_ph(hi, ROUND), _mm256_cvtps_ph(lo, ROUND));
+  }
+};
+
+struct Avx2FoldF32 {
+  __m256 scale;
+  SHARDSHIFT_TARGET_AVX2 explicit Avx2FoldF32(float s) : scale(_mm256_set1_ps(s)) {}
+  SHARDSHIFT_TARGET_AVX2 SHARDSHIFT_INLINE __m256i operator()(__m256i x, __m256& fix) const {
+    const __m256 p = _mm256_mul_ps(_mm256_castsi256_ps(x), scale);
+    fix = _mm256_or_ps(fix, _mm256_cmp_ps(p, p, _CMP_UNORD_Q));
+    return _mm256_castps_si256(p);
+  }
+};
+
+SHARDSHIFT_TARGET_AVX2 SHARDSHIFT_INLINE void store_avx2(std::byte* p, __m256i v, bool stream) {
+  if (stream)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+  else
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+}
+
+// The AVX2 tiles transpose two register blocks side by side in i and store each output row's
+// two halves back to back, so that every 64-byte line is written whole at once (a streaming
+// store of half a line would leave a partly filled write-combining buffer).
+
+template <class Conv>
+SHARDSHIFT_TARGET_AVX2 bool avx2_tile_16x16(float scale, const std::byte* src, uint64_t ss,
+                                            std::byte* dst, uint64_t ds, uint64_t ni, uint64_t nj,
+                                            bool stream) {
+  const Conv conv(scale);
+  __m256 fix = _mm256_setzero_ps();
+  for (uint64_t jb = 0; jb < nj; jb += 16) {
+    for (uint64_t ib = 0; ib < ni; ib += 32) {
+      __m256i first[16], second[16];
+      const std::byte* in = src + ib * ss + jb * 2;
+      SHARDSHIFT_UNROLL
+      for (int k = 0; k < 16; ++k)
+        first[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + k * ss));
+      transpose_16x16_epi16(first);
+      SHARDSHIFT_UNROLL
+      for (int k = 0; k < 16; ++k)
+        first[k] = conv(first[k], fix);
+      in += 16 * ss;
+      SHARDSHIFT_UNROLL
+      for (int k = 0; k < 16; ++k)
+        second[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + k * ss));
+      transpose_16x16_epi16(second);
+      std::byte* out = dst + jb * ds + ib * 2;
+      SHARDSHIFT_UNROLL
+      for (int k = 0; k < 16; ++k) {
+        store_avx2(out + k * ds, first[k], stream);
+        store_avx2(out + k * ds + 32, conv(second[k], fix), stream);
+      }
+    }
+  }
+  return _mm256_movemask_ps(fix) != 0;
+}
+
+template <class Conv>
+SHARDSHIFT_TARGET_AVX2 bool avx2_tile_8x8(float scale, const std::byte* src, uint64_t ss,
+                                          std::byte* dst, uint64_t ds, uint64_t ni, uint64_t nj,
+                                          bool stream) {
+  const Conv conv(scale);
+  __m256 fix = _mm256_setzero_ps();
+  for (uint64_t jb = 0; jb < nj; jb += 8) {
+    for (uint64_t ib = 0; ib < ni; ib += 16) {
+      __m256i first[8], second[8];
+      const std::byte* in = src + ib * ss + jb * 4;
+      SHARDSHIFT_UNROLL
+      for (int k = 0; k < 8; ++k) {
+        first[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + k * ss));
+        second[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + (k + 8) * ss));
+      }
+      transpose_8x8_epi32(first);
+      transpose_8x8_epi32(second);
+      std::byte* out = dst + jb * ds + ib * 4;
+      SHARDSHIFT_UNROLL
+      for (int k = 0; k < 8; ++k) {
+        store_avx2(out + k * ds, conv(first[k], fix), stream);
+        store_avx2(out + k * ds + 32, conv(second[k], fix), stream);
+      }
+    }
+  }
+  return _mm256_movemask_ps(fix) != 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 kernels: blocks whose output rows are whole 64-byte lines (32 rows x 16 columns of
+// 2-byte elements, 16 x 16 of 4-byte ones), so streaming stores write full lines directly.
+
+/// Loads 32 rows of 16 16-bit elements and transposes them: r[c] becomes column c, 32 elements.
+SHARDSHIFT_TARGET_AVX512 SHARDSHIFT_INLINE void
+load_transpose_32x16_epi16(const std::byte* in, uint64_t ss, __m512i (&r)[16]) {
+  // Register k holds input row k (low 256 bits) and row k + 16 (high 256 bits). The three
+  // unpack stages work within 128-bit lanes, so they transpose the four 8x8 blocks of rows
+  // {0-7 | 8-15 | 16-23 | 24-31} at once: afterwards lane L of v[c] is column c + 8 (L & 1) of
+  // rows 0-7 (L < 2) or 16-23 (L >= 2), and w[c] the same for rows 8-15 / 24-31.
+  __m512i t[16], u[16], v[8], w[8];
+  SHARDSHIFT_UNROLL
+  for (int k = 0; k < 16; ++k) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + k * ss));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + (k + 16) * ss));
+    r[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+  SHARDSHIFT_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_epi16(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_epi16(r[2 * k], r[2 * k + 1]);
+  }
+  SHARDSHIFT_UNROLL
+  for (int m = 0; m < 4; ++m) {
+    u[4 * m + 0] = _mm512_unpacklo_epi32(t[4 * m], t[4 * m + 2]);
+    u[4 * m + 1] = _mm512_unpackhi_epi32(t[4 * m], t[4 * m + 2]);
+    u[4 * m + 2] = _mm512_unpacklo_epi32(t[4 * m + 1], t[4 * m + 3]);
+    u[4 * m + 3] = _mm512_unpackhi_epi32(t[4 * m + 1], t[4 * m + 3]);
+  }
+  SHARDSHIFT_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    v[2 * q] = _mm512_unpacklo_epi64(u[q], u[4 + q]);
+    v[2 * q + 1] = _mm512_unpackhi_epi64(u[q], u[4 + q]);
+    w[2 * q] = _mm512_unpacklo_epi64(u[8 + q], u[12 + q]);
+    w[2 * q + 1] = _mm512_unpackhi_epi64(u[8 + q], u[12 + q]);
+  }
+  // Column c is [v lane 0, w lane 0, v lane 2, w lane 2] of v[c], w[c]; column c + 8 the same
+  // with lanes 1 and 3 (indices are 64-bit elements, 8 and up from w).
+  const __m512i low_lanes = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+  const __m512i high_lanes = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+  SHARDSHIFT_UNROLL
+  for (int c = 0; c < 8; ++c) {
+    r[c] = _mm512_permutex2var_epi64(v[c], low_lanes, w[c]);
+    r[c + 8] = _mm512_permutex2var_epi64(v[c], high_lanes, w[c]);
+  }
+}
+
+/// Loads 16 rows of 16 32-bit elements and transposes them: r[c] becomes column c.
+SHARDSHIFT_TARGET_AVX512 SHARDSHIFT_INLINE void
+load_transpose_16x16_epi32(const std::byte* in, uint64_t ss, __m512i (&r)[16]) {
+  // After two unpack stages lane L of u[4m + c] is column 4L + c of rows 4m..4m+3; two stages
+  // of 128-bit lane shuffles then gather the four lanes of each column.
+  __m512i t[16], u[16];
+  SHARDSHIFT_UNROLL
+  for (int k = 0; k < 16; ++k)
+    r[k] = _mm512_loadu_si512(reinterpret_cast<const void*>(in + k * ss));
+  SHARDSHIFT_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  }
+  SHARDSHIFT_UNROLL
+  for (int m = 0; m < 4; ++m) {
+    u[4 * m + 0] = _mm512_unpacklo_epi64(t[4 * m], t[4 * m + 2]);
+    u[4 * m + 1] = _mm512_unpackhi_epi64(t[4 * m], t[4 * m + 2]);
+    u[4 * m + 2] = _mm512_unpacklo_epi64(t[4 * m + 1], t[4 * m + 3]);
+    u[4 * m + 3] = _mm512_unpackhi_epi64(t[4 * m + 1], t[4 * m + 3]);
+  }
+  SHARDSHIFT_UNROLL
+  for (int c = 0; c < 4; ++c) {
+    const __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i y0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i y1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    r[c] = _mm512_shuffle_i32x4(x0, y0, _MM_SHUFFLE(2, 0, 2, 0));
+    r[c + 4] = _mm512_shuffle_i32x4(x0, y0, _MM_SHUFFLE(3, 1, 3, 1));
+    r[c + 8] = _mm512_shuffle_i32x4(x1, y1, _MM_SHUFFLE(2, 0, 2, 0));
+    r[c + 12] = _mm512_shuffle_i32x4(x1, y1, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+}
+
+// Row converters: one output row of 32 2-byte or 16 4-byte elements.
+
+struct Avx512Move {
+  explicit Avx512Move(float) {}
+  SHARDSHIFT_TARGET_AVX512 SHARDSHIFT_INLINE __m512i operator()(__m512i x, __mmask16&) const {
+    return x;
+  }
+};
+
+struct Avx512FoldF16 {
+  __m512 scale;
+  SHARDSHIFT_TARGET_AVX512 explicit Avx512FoldF16(float s) : scale(_mm512_set1_ps(s)) {}
+  SHARDSHIFT_TARGET_AVX512 SHARDSHIFT_INLINE __m512i operator()(__m512i x, __mmask16& fix) const {
+    const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(x)), scale);
+    const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(x, 1)), scale);
+    fix |= _mm512_cmp_ps_mask(lo, hi, _CMP_UNORD_Q);
+    constexpr int ROUND = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(lo, ROUND)),
+                              _mm512_cvtps_ph(hi, ROUND), 1);
+  }
+};
+
+struct Avx512FoldF32 {
+  __m512 scale;
+  SHARDSHIFT_TARGET_AVX512 explicit Avx512FoldF32(float s) : scale(_mm512_set1_ps(s)) {}
+  SHARDSHIFT_TARGET_AVX512 SHARDSHIFT_INLINE __m512i operator()(__m512i x, __mmask16& fix) const {
+    const __m512 p = _mm512_mul_ps(_mm512_castsi512_ps(x), scale);
+    fix |= _mm512_cmp_ps_mask(p, p, _CMP_UNORD_Q);
+    return _mm512_castps_si512(p);
+  }
+};
+
+/// The BF16 fold with AVX512-BF16's vcvtne2ps2bf16, which rounds to nearest even exactly like
+/// f32_to_bf16_rne for normal, zero and infinite values. It flushes subnormal inputs and keeps
+/// NaN payloads, so products that are NaN or subnormal are flagged for the scalar path.
+struct Avx512Bf16FoldBf16 {
+  __m512 scale;
+  SHARDSHIFT_TARGET_AVX512 explicit Avx512Bf16FoldBf16(float s) : scale(_mm512_set1_ps(s)) {}
+  SHARDSHIFT_TARGET_AVX512_BF16 SHARDSHIFT_INLINE __m512i operator()(__m512i x,
+                                                                     __mmask16& fix) const {
+    // vpermw with a zeroing mask puts element t (lo) or 16 + t (hi) in the high half of 32-bit
+    // lane t: the exact f32 value of the BF16, in order.
+    const __m512i to_lo = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7,
+                                           0, 6, 0, 5, 0, 4, 0, 3, 0, 2, 0, 1, 0, 0, 0);
+    const __m512i to_hi = _mm512_add_epi16(to_lo, _mm512_set1_epi16(16));
+    constexpr __mmask32 HIGH_HALVES = 0xAAAAAAAAu;
+    const __m512 lo = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(HIGH_HALVES, to_lo, x));
+    const __m512 hi = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(HIGH_HALVES, to_hi, x));
+    const __m512 plo = _mm512_mul_ps(lo, scale), phi = _mm512_mul_ps(hi, scale);
+    constexpr int NAN_OR_SUBNORMAL = 0x01 | 0x20 | 0x80; // quiet NaN, subnormal, signalling NaN
+    fix |= _mm512_fpclass_ps_mask(plo, NAN_OR_SUBNORMAL) |
+           _mm512_fpclass_ps_mask(phi, NAN_OR_SUBNORMAL);
+    return (__m512i)_mm512_cvtne2ps_pbh(phi, plo);
+  }
+};
+
+SHARDSHIFT_TARGET_AVX512 SHARDSHIFT_INLINE void store_avx512(std::byte* p, __m512i v, bool stream) {
+  if (stream)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+  else
+    _mm512_storeu_si512(reinterpret_cast<void*>(p), v);
+}
+
+template <class Conv>
+SHARDSHIFT_TARGET_AVX512 bool avx512_tile_32x16(float scale, const std::byte* src, uint64_t ss,
+                                                std::byte* dst, uint64_t ds, uint64_t ni,
+                                                uint64_t nj, bool stream) {
+  const Conv conv(scale);
+  __mmask16 fix = 0;
+  for (uint64_t jb = 0; jb < nj; jb += 16) {
+    for (uint64_t ib = 0; ib < ni; ib += 32) {
+      __m512i r[16];
+      load_transpose_32x16_epi16(src + ib * ss + jb * 2, ss, r);
+      std::byte* out = dst + jb * ds + ib * 2;
+      SHARDSHIFT_UNROLL
+      for (int c = 0; c < 16; ++c)
+        store_avx512(out + c * ds, conv(r[c], fix), stream);
+    }
+  }
+  return fix != 0;
+}
+
+// The same loop for the AVX512-BF16 converter, which needs its wider target to be inlined.
+SHARDSHIFT_TARGET_AVX512_BF16 bool avx512bf16_tile_32x16(float scale, const std::byte* src,
+                                                         uint64_t ss, std::byte* dst, uint64_t ds,
+                                                         uint64_t ni, uint64_t nj, bool stream) {
+  const Avx512Bf16FoldBf16 conv(scale);
+  __mmask16 fix = 0;
+  for (uint64_t jb = 0; jb < nj; jb += 16) {
+    for (uint64_t ib = 0; ib < ni; ib += 32) {
+      __m512i r[16];
+      load_transpose_32x16_epi16(src + ib * ss + jb * 2, ss, r);
+      std::byte* out = dst + jb * ds + ib * 2;
+      SHARDSHIFT_UNROLL
+      for (int c = 0; c < 16; ++c)
+        store_avx512(out + c * ds, conv(r[c], fix), stream);
+    }
+  }
+  return fix != 0;
+}
+
+template <class Conv>
+SHARDSHIFT_TARGET_AVX512 bool avx512_tile_16x16(float scale, const std::byte* src, uint64_t ss,
+                                                std::byte* dst, uint64_t ds, uint64_t ni,
+                                                uint64_t nj, bool stream) {
+  const Conv conv(scale);
+  __mmask16 fix = 0;
+  for (uint64_t jb = 0; jb < nj; jb += 16) {
+    for (uint64_t ib = 0; ib < ni; ib += 16) {
+      __m512i r[16];
+      load_transpose_16x16_epi32(src + ib * ss + jb * 4, ss, r);
+      std::byte* out = dst + jb * ds + ib * 4;
+      SHARDSHIFT_UNROLL
+      for (int c = 0; c < 16; ++c)
+        store_avx512(out + c * ds, conv(r[c], fix), stream);
+    }
+  }
+  return fix != 0;
+}
+
+#endif // SHARDSHIFT_X86
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch: pick the kernel of a dtype combination at a level.
+
+struct TileSpec {
+  TileFn fn = nullptr; ///< nullptr: scalar only
+  uint64_t block_i = 1, block_j = 1;
+  uint64_t stream_align = 0;
+};
+
+struct CpuFeatures {
+  SimdLevel level = SimdLevel::portable;
+  bool avx512_bf16 = false;
+};
+
+CpuFeatures detect_cpu() {
+  CpuFeatures f;
+#if SHARDSHIFT_X86
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    f.level = SimdLevel::avx512;
+    f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+  } else if (avx2) {
+    f.level = SimdLevel::avx2;
+  }
+#endif
+  return f;
+}
+
+const CpuFeatures& cpu() {
+  static const CpuFeatures features = detect_cpu();
+  return features;
+}
+
+// The element operations that have SIMD tiles.
+enum class SimdOp { none, move2, move4, fold_bf16, fold_f16, fold_f32 };
+
+TileSpec tile_for(SimdOp op, SimdLevel level) {
+#if SHARDSHIFT_X86
+  if (level == SimdLevel::avx512) {
+    switch (op) {
+    case SimdOp::move2:
+      return {&avx512_tile_32x16<Avx512Move>, 32, 16, 64};
+    case SimdOp::move4:
+      return {&avx512_tile_16x16<Avx512Move>, 16, 16, 64};
+    case SimdOp::fold_bf16:
+      // Without AVX512-BF16 the AVX2 kernel (exact integer rounding) is the faster choice.
+      if (cpu().avx512_bf16)
+        return {&avx512bf16_tile_32x16, 32, 16, 64};
+      return tile_for(op, SimdLevel::avx2);
+    case SimdOp::fold_f16:
+      return {&avx512_tile_32x16<Avx512FoldF16>, 32, 16, 64};
+    case SimdOp::fold_f32:
+      return {&avx512_tile_16x16<Avx512FoldF32>, 16, 16, 64};
+    case SimdOp::none:
+      return {};
+    }
+  }
+  if (level == SimdLevel::avx2) {
+    switch (op) {
+    case SimdOp::move2:
+      return {&avx2_tile_16x16<Avx2Move>, 32, 16, 64};
+    case SimdOp::move4:
+      return {&avx2_tile_8x8<Avx2Move>, 16, 8, 64};
+    case SimdOp::fold_bf16:
+      return {&avx2_tile_16x16<Avx2FoldBf16>, 32, 16, 64};
+    case SimdOp::fold_f16:
+      return {&avx2_tile_16x16<Avx2FoldF16>, 32, 16, 64};
+    case SimdOp::fold_f32:
+      return {&avx2_tile_8x8<Avx2FoldF32>, 16, 8, 64};
+    case SimdOp::none:
+      return {};
+    }
+  }
+#endif
+  (void)op;
+  (void)level;
+  return {};
+}
+
+/// Runs `Op` for every expert of the call, with the SIMD tile of `simd` at `level` when there is
+/// one, else scalar.
+template <class Op> void run(const TransposeArgs& a, SimdLevel level, SimdOp simd = SimdOp::none) {
+  const TileSpec spec = tile_for(simd, level);
+  run_experts<Op>(a, [&](uint64_t e) {
+    Kernel<Op> k{};
+    k.scale = a.scales != nullptr ? load_scale(a.scale_dtype, a.scales, e) : 1.0f;
+    if constexpr (requires { k.op.scale; })
+      k.op.scale = k.scale;
+    k.tile = spec.fn;
+    k.block_i = spec.block_i;
+    k.block_j = spec.block_j;
+    k.stream_align = spec.stream_align;
+    return k;
+  });
+}
+
+/// A fold or cast with dtypes known at compile time except the destination.
+template <DType S, DType P, bool SCALED>
+void run_convert_to(const TransposeArgs& a, SimdLevel level) {
+  switch (a.dst_dtype) {
+  case DType::BF16:
+    return run<ConvertOp<S, P, DType::BF16, SCALED>>(a, level);
+  case DType::F16:
+    return run<ConvertOp<S, P, DType::F16, SCALED>>(a, level);
+  default:
+    return run<ConvertOp<S, P, DType::F32, SCALED>>(a, level);
+  }
+}
+
+void run_fold(const TransposeArgs& a, SimdLevel level) {
+  using enum DType;
+  const DType p = promote_types(a.src_dtype, a.scale_dtype);
+  // The hot paths, a product kept in its own dtype, have SIMD tiles.
+  if (a.dst_dtype == p) {
+    if (a.src_dtype == BF16 && p == BF16)
+      return run<ConvertOp<BF16, BF16, BF16, true>>(a, level, SimdOp::fold_bf16);
+    if (a.src_dtype == F16 && p == F16)
+      return run<ConvertOp<F16, F16, F16, true>>(a, level, SimdOp::fold_f16);
+    if (a.src_dtype == F32)
+      return run<ConvertOp<F32, F32, F32, true>>(a, level, SimdOp::fold_f32);
+  }
+  switch (a.src_dtype) {
+  case BF16:
+    if (p == BF16)
+      return run_convert_to<BF16, BF16, true>(a, level);
+    return run_convert_to<BF16, F32, true>(a, level);
+  case F16:
+    if (p == F16)
+      return run_convert_to<F16, F16, true>(a, level);
+    return run_convert_to<F16, F32, true>(a, level);
+  default:
+    return run_convert_to<F32, F32, true>(a, level);
+  }
+}
+
+void run_cast(const TransposeArgs& a, SimdLevel level) {
+  switch (a.src_dtype) {
+  case DType::BF16:
+    return run_convert_to<DType::BF16, DType::BF16, false>(a, level);
+  case DType::F16:
+    return run_convert_to<DType::F16, DType::F16, false>(a, level);
+  default:
+    return run_convert_to<DType::F32, DType::F32, false>(a, level);
+  }
+}
+
+void run_move(const TransposeArgs& a, SimdLevel level) {
+  switch (dtype_bits(a.src_dtype)) {
+  case 8:
+    return run<MoveOp<uint8_t>>(a, level);
+  case 16:
+    return run<MoveOp<uint16_t>>(a, level, SimdOp::move2);
+  case 32:
+    return run<MoveOp<uint32_t>>(a, level, SimdOp::move4);
+  default:
+    return run<MoveOp<uint64_t>>(a, level);
+  }
+}
+
+} // namespace
+
+DType promote_types(DType a, DType b) {
+  if (a == b)
+    return a;
+  // Rank in PyTorch's float lattice; BF16 and F16 share a rank and meet at F32.
+  auto rank = [](DType t) {
+    switch (t) {
+    case DType::BF16:
+    case DType::F16:
+      return 1;
+    case DType::F32:
+      return 2;
+    case DType::F64:
+      return 3;
+    default:
+      return 0;
+    }
+  };
+  const int ra = rank(a), rb = rank(b);
+  if (ra == 0)
+    return rb == 0 ? a : b; // an integer times a float is that float
+  if (rb == 0)
+    return a;
+  if (ra == rb)
+    return DType::F32; // BF16 x F16
+  return ra > rb ? a : b;
+}
+
+Status check_transpose_supported(DType src, bool has_scale, DType scale, DType dst) {
+  const std::string src_name(dtype_name(src));
+  const std::string dst_name(dtype_name(dst));
+  if (!has_scale && src == dst) {
+    const unsigned bits = dtype_bits(src);
+    if (bits == 8 || bits == 16 || bits == 32 || bits == 64)
+      return {};
+    return error(Errc::unsupported, "cannot transpose " + src_name + " tensors: elements of " +
+                                        std::to_string(bits) +
+                                        " bits are not supported (whole bytes only)");
+  }
+  if (has_scale) {
+    if (!is_arith_float(src))
+      return error(Errc::unsupported, "cannot fold a per-expert scale into " + src_name +
+                                          " tensors: only BF16, F16 and F32 are supported");
+    if (!is_arith_float(scale))
+      return error(Errc::unsupported, "cannot fold a per-expert scale of dtype " +
+                                          std::string(dtype_name(scale)) +
+                                          ": only BF16, F16 and F32 scales are supported");
+    if (!is_arith_float(dst))
+      return error(Errc::unsupported, "cannot cast folded expert tensors to " + dst_name +
+                                          ": only BF16, F16 and F32 are supported");
+    return {};
+  }
+  if (!is_arith_float(src))
+    return error(Errc::unsupported, "cannot cast " + src_name + " tensors to " + dst_name +
+                                        ": only BF16, F16 and F32 tensors can be cast");
+  if (!is_arith_float(dst))
+    return error(Errc::unsupported, "cannot cast " + src_name + " tensors to " + dst_name +
+                                        ": only BF16, F16 and F32 are supported as targets");
+  return {};
+}
+
+SimdLevel detect_simd_level() {
+  const SimdLevel best = cpu().level;
+  // Read on every call (cheap next to a kernel call) so a test or a user can change the cap.
+  const char* cap = std::getenv("SHARDSHIFT_SIMD");
+  if (cap == nullptr)
+    return best;
+  const std::string_view name(cap);
+  SimdLevel requested = best;
+  if (name == "portable")
+    requested = SimdLevel::portable;
+  else if (name == "avx2")
+    requested = SimdLevel::avx2;
+  else if (name == "avx512")
+    requested = SimdLevel::avx512;
+  return std::min(best, requested);
+}
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+  case SimdLevel::portable:
+    return "portable";
+  case SimdLevel::avx2:
+    return "avx2";
+  case SimdLevel::avx512:
+    return "avx512";
+  }
+  return "unknown";
+}
+
+void transpose_fold_cpu(const TransposeArgs& args) {
+  transpose_fold_cpu(args, detect_simd_level());
+}
+
+void transpose_fold_cpu(const TransposeArgs& args, SimdLevel level) {
+  level = level > cpu().level ? SimdLevel::portable : level;
+  if (args.experts == 0 || args.A == 0 || args.cols == 0)
+    return;
+  if (args.scales != nullptr)
+    run_fold(args, level);
+  else if (args.src_dtype == args.dst_dtype)
+    run_move(args, level);
+  else
+    run_cast(args, level);
+#if SHARDSHIFT_X86
+  // Non-temporal stores are weakly ordered: fence so that whoever is told the output is ready
+  // (another thread, after this call returns) sees all of it.
+  if (level != SimdLevel::portable)
+    _mm_sfence();
+#endif
+}
+
+} // namespace shardshift
