@@ -225,7 +225,8 @@ int cmd_convert(int argc, char** argv) {
       "Examples:\n"
       "  shardshift convert diffusiongemma-26B nemo-26B                  # HF -> native, detected\n"
       "  shardshift convert nemo-26B hf-26B --direction to_hf --dtype bf16\n"
-      "  shardshift convert hf ep-r1 --ep-size 4 --ep-rank 1 --max-memory 4GiB -j 8 --stats";
+      "  shardshift convert hf ep-r1 --ep-size 4 --ep-rank 1 --max-memory 4GiB -j 8 --stats\n"
+      "  shardshift convert hf - --only model-00002-of-00011.safetensors | aws s3 cp - s3://b/m2";
   po::options_description visible("Options");
   add_plan_options(visible);
   visible.add_options()
@@ -235,6 +236,9 @@ int cmd_convert(int argc, char** argv) {
     ("device", po::value<std::string>()->default_value("auto")->value_name("D"),
      "where expert tensors are transformed: auto (GPU when usable), cpu, cuda, cuda:N")
     ("force", "replace OUT if it exists")
+    ("only", po::value<std::string>()->value_name("NAME"),
+     "with OUT '-': stream this one output file (a shard, model.safetensors.index.json or a side "
+     "file) to stdout, e.g. into an upload tool; not needed when the output is a single file")
     ("stats", "print a per-stage table (count, bytes, busy time, share, rate, p50/p99) on stderr")
     ("trace", po::value<std::string>()->value_name("FILE"),
      "write a Chrome trace (open in https://ui.perfetto.dev or chrome://tracing)")
@@ -260,6 +264,9 @@ int cmd_convert(int argc, char** argv) {
   o.max_memory = *mem;
   o.device = vm["device"].as<std::string>();
   o.force = vm.count("force") > 0;
+  if (vm.count("only")) o.only = vm["only"].as<std::string>();
+  if (o.output == "-" && vm.count("json"))
+    return usage_error("convert", "--json and OUT '-' both write to stdout; use one");
   o.trace = vm.count("trace") > 0;
   o.cancel = &interrupted;
   const bool quiet = vm.count("quiet") > 0, json = vm.count("json") > 0;

@@ -31,7 +31,17 @@ fs::path staging_path(const fs::path& output, const char* what) {
                                  std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
 }
 
+bool is_stream(const ConvertOptions& o) { return o.output == "-"; }
+
 Status check_output(const ConvertOptions& o) {
+  if (is_stream(o)) {
+    if (isatty(STDOUT_FILENO))
+      return Status(Errc::invalid_argument,
+                    "refusing to write safetensors data to a terminal; pipe it (OUT '-' is stdout)");
+    return {};
+  }
+  if (!o.only.empty())
+    return Status(Errc::invalid_argument, "--only streams one file and needs OUT '-' (stdout)");
   std::error_code ec;
   fs::path out = fs::absolute(o.output, ec);
   fs::path in = fs::absolute(o.input, ec);
@@ -111,6 +121,47 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
 }
 
 
+// Which file of the plan a stream writes: --only NAME, or the single output file.
+Result<std::string> stream_target(const Plan& plan, const std::string& only) {
+  if (!only.empty()) return only;
+  if (plan.files.size() == 1) return plan.files[0].name;
+  std::string names;
+  for (auto& f : plan.files) names += (names.empty() ? "" : ", ") + f.name;
+  return Status(Errc::invalid_argument,
+                "the output has " + std::to_string(plan.files.size()) +
+                    " files and OUT '-' streams one: pass --only NAME with one of " + names +
+                    ", model.safetensors.index.json or a side file (sizes: shardshift plan IN "
+                    "--print-size)");
+}
+
+Status write_all(int fd, std::string_view bytes, const std::string& name) {
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd, bytes.data(), std::min<size_t>(bytes.size(), MAX_IO_CHUNK));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      return Status(errno == EPIPE ? Errc::broken_pipe : Errc::io,
+                    name + ": cannot write to stdout: " + std::strerror(errno));
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return {};
+}
+
+// Streams the index or a side file (small files) to fd.
+Status stream_small_file(int fd, const Checkpoint& input, const Plan& plan, const std::string& name) {
+  if (name == INDEX_FILE_NAME) {
+    if (!plan.write_index)
+      return Status(Errc::invalid_argument,
+                    "--only " + name + ": this output is a single file and has no index");
+    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
+    if (!text) return text.status();
+    return write_all(fd, *text, name);
+  }
+  std::ifstream in(input.root / name, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) return Status(Errc::io, (input.root / name).string() + ": cannot read");
+  return write_all(fd, bytes, name);
+}
+
 } // namespace
 
 Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
@@ -152,40 +203,64 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   config.cancel = options.cancel;
   config.progress = callbacks.progress;
 
-  // 3. Build the output in a staging directory beside it; remove it on any failure.
-  const fs::path output = fs::absolute(options.output);
-  const fs::path staging = staging_path(output, "tmp");
-  std::error_code ec;
-  if (!fs::create_directory(staging, ec))
-    return Status(Errc::io, staging.string() + ": cannot create the staging directory: " + ec.message());
-  struct Cleanup {
-    fs::path dir;
-    bool armed = true;
-    ~Cleanup() {
-      std::error_code e;
-      if (armed) fs::remove_all(dir, e);
+  Result<PipelineResult> moved = PipelineResult{};
+  uint64_t streamed_tensors = 0;
+  if (is_stream(options)) {
+    // 3'. Stream one output file to stdout (for uploads that never land on local disk). There is
+    // nothing to commit: a failure shows as the exit code, and the reader must discard the data.
+    auto target = stream_target(plan, options.only);
+    if (!target) return target.status();
+    auto file = std::find_if(plan.files.begin(), plan.files.end(),
+                             [&](const OutputFile& f) { return f.name == *target; });
+    if (file == plan.files.end()) {
+      bool side = std::find(plan.side_files.begin(), plan.side_files.end(), *target) != plan.side_files.end();
+      if (!side && *target != INDEX_FILE_NAME)
+        return Status(Errc::invalid_argument, "--only " + *target + ": the output has no such file (see "
+                                              "shardshift plan IN --print-size)");
+      if (Status s = stream_small_file(STDOUT_FILENO, input, plan, *target); !s.ok()) return s;
+    } else {
+      streamed_tensors = file->tensors.size();
+      config.stream_fd = STDOUT_FILENO;
+      config.only_file = static_cast<uint32_t>(file - plan.files.begin());
+      moved = run_pipeline(input, plan, {}, config, profiler);
+      if (!moved) return moved.status();
     }
-  } cleanup{staging};
+  } else {
+    // 3. Build the output in a staging directory beside it; remove it on any failure.
+    const fs::path output = fs::absolute(options.output);
+    const fs::path staging = staging_path(output, "tmp");
+    std::error_code ec;
+    if (!fs::create_directory(staging, ec))
+      return Status(Errc::io, staging.string() + ": cannot create the staging directory: " + ec.message());
+    struct Cleanup {
+      fs::path dir;
+      bool armed = true;
+      ~Cleanup() {
+        std::error_code e;
+        if (armed) fs::remove_all(dir, e);
+      }
+    } cleanup{staging};
 
-  auto moved = run_pipeline(input, plan, staging, config, profiler);
-  if (!moved) return moved.status();
-  if (options.cancel && options.cancel->load()) return Status(Errc::interrupted, "interrupted");
+    moved = run_pipeline(input, plan, staging, config, profiler);
+    if (!moved) return moved.status();
+    if (options.cancel && options.cancel->load()) return Status(Errc::interrupted, "interrupted");
 
-  // 4. Side files, then the index (the commit point of a sharded checkpoint), then the rename.
-  const uint64_t c0 = profiler.now();
-  if (Status s = copy_side_files(io, input, plan, staging); !s.ok()) return s;
-  if (plan.write_index)
-    if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok()) return s;
-  if (Status s = commit_output(io, staging, output, options.force); !s.ok()) return s;
-  cleanup.armed = false;
-  profiler.record(Stage::commit, c0, profiler.now(), 0);
+    // 4. Side files, then the index (the commit point of a sharded checkpoint), then the rename.
+    const uint64_t c0 = profiler.now();
+    if (Status s = copy_side_files(io, input, plan, staging); !s.ok()) return s;
+    if (plan.write_index)
+      if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok()) return s;
+    if (Status s = commit_output(io, staging, output, options.force); !s.ok()) return s;
+    cleanup.armed = false;
+    profiler.record(Stage::commit, c0, profiler.now(), 0);
+  }
 
   ConvertSummary sum;
   sum.adapter = plan.adapter;
   sum.direction = plan.direction;
   sum.device = device;
-  sum.tensors = plan.tensors.size();
-  sum.files = plan.files.size();
+  sum.tensors = is_stream(options) ? streamed_tensors : plan.tensors.size();
+  sum.files = is_stream(options) ? 1 : plan.files.size();
   sum.output_bytes = moved->output_bytes;
   sum.zero_copy_bytes = moved->zero_copy_bytes;
   sum.fallback_copy_bytes = moved->fallback_copy_bytes;

@@ -85,11 +85,12 @@ private:
 // Walks the plan and cuts it into work items, in output order.
 class Emitter {
 public:
-  Emitter(const Checkpoint& in, const Plan& plan, uint64_t chunk, CudaTransformer* gpu)
-      : in_(in), plan_(plan), chunk_(chunk), gpu_(gpu) {}
+  Emitter(const Checkpoint& in, const Plan& plan, uint64_t chunk, CudaTransformer* gpu,
+          size_t first_file, size_t end_file)
+      : in_(in), plan_(plan), chunk_(chunk), gpu_(gpu), f_(first_file), end_(end_file) {}
 
   std::unique_ptr<Item> next() {
-    while (f_ < plan_.files.size()) {
+    while (f_ < end_) {
       const OutputFile& file = plan_.files[f_];
       if (!opened_) {
         opened_ = true;
@@ -214,7 +215,7 @@ private:
   const Plan& plan_;
   uint64_t chunk_;
   CudaTransformer* gpu_;
-  size_t f_ = 0, k_ = 0;
+  size_t f_, end_, k_ = 0;
   bool opened_ = false;
   uint64_t e_ = 0, c_ = 0;
 };
@@ -239,7 +240,9 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
                                     Profiler& profiler) {
   Io& io = config.io ? *config.io : Io::system();
   BufferPool pool(config.chunk_bytes, config.gpu);
-  Emitter emitter(input, plan, config.chunk_bytes, config.gpu);
+  const bool stream = config.stream_fd >= 0;
+  Emitter emitter(input, plan, config.chunk_bytes, config.gpu, stream ? config.only_file : 0,
+                  stream ? config.only_file + 1 : plan.files.size());
   PipelineResult result;
 
   std::mutex error_mu;
@@ -252,7 +255,8 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   };
 
   uint64_t total = 0;
-  for (const OutputFile& f : plan.files) total += f.size();
+  for (size_t f = 0; f < plan.files.size(); ++f)
+    if (!stream || f == config.only_file) total += plan.files[f].size();
   std::atomic<uint64_t> in_flight{0};
   std::unique_ptr<ShardWriter> writer;
   uint64_t done = 0;
@@ -336,7 +340,8 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
       switch (item->kind) {
       case ItemKind::open_file:
         writer = std::make_unique<ShardWriter>(io);
-        s = writer->open(dir / file.name, file.header, file.data_size);
+        s = stream ? writer->open_stream(config.stream_fd, file.name, file.header, file.data_size)
+                   : writer->open(dir / file.name, file.header, file.data_size);
         done += file.header.size();
         break;
       case ItemKind::copy_run: {

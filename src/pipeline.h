@@ -32,6 +32,10 @@ struct PipelineConfig {
   Io* io = nullptr;
   const std::atomic<bool>* cancel = nullptr;
   std::function<void(const Progress&)> progress;
+  /// Stream mode: write only plan.files[only_file] to the descriptor stream_fd (a pipe or
+  /// stdout) instead of writing every file into the directory.
+  int stream_fd = -1;
+  uint32_t only_file = 0;
 };
 
 struct PipelineResult {
@@ -46,7 +50,8 @@ struct PipelineResult {
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, uint64_t* chunk_bytes,
                    unsigned* tokens);
 
-/// Writes every file of `plan` into `dir` (each committed by rename as it completes).
+/// Writes every file of `plan` into `dir` (each committed by rename as it completes), or in stream
+/// mode the one file config.only_file to config.stream_fd.
 Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
                                     const std::filesystem::path& dir, const PipelineConfig& config,
                                     Profiler& profiler);

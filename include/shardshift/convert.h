@@ -23,7 +23,9 @@
 namespace shardshift {
 
 struct ConvertOptions {
-  std::filesystem::path input, output;
+  std::filesystem::path input;
+  std::filesystem::path output; ///< a directory, or "-": stream one file to stdout (see `only`)
+  std::string only;             ///< with output "-": the output file to stream (shard, index, side file)
   PlanOptions plan;
   unsigned threads = 0;                 ///< 0 = all hardware threads (-j)
   uint64_t max_memory = uint64_t{1} << 30; ///< budget for buffers and mapped input in flight

@@ -92,6 +92,9 @@ private:
 Status write_index(Io& io, const std::filesystem::path& dir, uint64_t total_size,
                    const std::map<std::string, std::string>& weight_map);
 
+/// The text write_index writes (for streaming the index to a pipe).
+Result<std::string> index_json(uint64_t total_size, const std::map<std::string, std::string>& weight_map);
+
 /// Writes a whole small file atomically (temp, fsync, rename, dir fsync). Used for the index,
 /// for copied side files and by tests.
 Status write_file_atomic(Io& io, const std::filesystem::path& path, std::span<const std::byte> bytes);
