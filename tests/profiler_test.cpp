@@ -98,7 +98,7 @@ TEST(Profiler, TraceFollowsTheTraceEventFormat) {
   EXPECT_EQ(worker_tids.size(), 3u); // one track per worker thread
   EXPECT_TRUE(thread_names.count("worker 2"));
   EXPECT_TRUE(thread_names.count("cuda stream 0"));
-  EXPECT_EQ(names, 4);
+  EXPECT_EQ(names, 5); // three workers, the main thread (it recorded the GPU span), one stream
 }
 
 TEST(Profiler, DisabledTraceKeepsNoEvents) {
