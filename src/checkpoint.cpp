@@ -331,19 +331,19 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
 
   if (ckpt.has_index) {
     std::string index_path = (ckpt.root / INDEX_FILE_NAME).string();
-    std::set<std::string> opened;
-    for (const auto& s : ckpt.shards)
-      if (s.file)
-        opened.insert(s.file_name);
+    // Only shards whose header was read: a broken shard's problems are already reported, and
+    // listing all its tensors as missing would bury them.
+    std::map<std::string, const Shard*, std::less<>> opened;
+    for (size_t i = 0; i < ckpt.shards.size(); ++i)
+      if (shard_status[i].ok())
+        opened.emplace(ckpt.shards[i].file_name, &ckpt.shards[i]);
     std::map<std::string, std::string, std::less<>> listed(index.weight_map.begin(),
                                                            index.weight_map.end());
     for (const auto& [name, file] : index.weight_map) {
-      if (!opened.count(file))
+      auto shard_it = opened.find(file);
+      if (shard_it == opened.end())
         continue; // unusable or missing shard: reported above
-      const Shard* shard = nullptr;
-      for (const auto& s : ckpt.shards)
-        if (s.file_name == file)
-          shard = &s;
+      const Shard* shard = shard_it->second;
       if (shard->header.find(name))
         continue;
       auto elsewhere = ckpt.tensors.find(name);

@@ -375,12 +375,12 @@ bool HeaderParser::parse_uint_array(Entry& entry, simdjson::ondemand::value valu
     json_type etype;
     if (auto ec = element.type().get(etype))
       return json_error(ec);
-    std::string prefix = std::string(what) + " entry " + std::to_string(index);
-    ++index;
+    auto prefix = [&] { return std::string(what) + " entry " + std::to_string(index); };
     if (etype != json_type::number) {
-      tensor_problem(entry.info.name,
-                     prefix + " must be an integer, found " + std::string(json::type_name(etype)));
+      tensor_problem(entry.info.name, prefix() + " must be an integer, found " +
+                                          std::string(json::type_name(etype)));
       all_ok = false;
+      ++index;
       continue;
     }
     // The raw token tells "3" from "3.0" and "3e0", which the number parser would all accept.
@@ -388,16 +388,18 @@ bool HeaderParser::parse_uint_array(Entry& entry, simdjson::ondemand::value valu
     uint64_t v = 0;
     auto kind = json::parse_uint_token(token, v);
     if (kind != json::UintToken::ok) {
-      tensor_problem(entry.info.name, prefix + " " + json::describe_uint_problem(kind, token));
+      tensor_problem(entry.info.name, prefix() + " " + json::describe_uint_problem(kind, token));
       // A token that is not even a JSON number ("01", "1x") means the text is malformed, and
       // nothing after it can be trusted.
       double ignored;
       if (element.get_double().get(ignored) != simdjson::SUCCESS)
         return false;
       all_ok = false;
+      ++index;
       continue;
     }
     out.push_back(v);
+    ++index;
   }
   ok = all_ok;
   return true;

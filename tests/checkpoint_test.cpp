@@ -255,5 +255,13 @@ TEST(CheckpointIndex, EveryProblemReportedTogether) {
                3);
 }
 
+TEST(CheckpointIndex, BrokenShardIsNotAlsoReportedAsMissingTensors) {
+  TempDir dir;
+  write_bytes(dir / A, "short");
+  write_bytes(dir / B, safetensors_file({{"c", "3"}}));
+  write_bytes(dir / INDEX_FILE_NAME, index_json({{"a", A}, {"b", A}, {"c", B}}));
+  expect_fails(dir.path(), {(dir / A).string() + ": file is 5 bytes"}, 1);
+}
+
 } // namespace
 } // namespace shardshift
