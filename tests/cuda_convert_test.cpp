@@ -1,0 +1,91 @@
+// cuda_convert_test.cpp: whole conversions are byte-identical between --device cpu and
+// --device cuda (and across thread counts and memory budgets on the GPU). Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include "cuda_transform.h"
+#include "shardshift/convert.h"
+#include "shardshift/synth.h"
+#include "test_support.h"
+
+namespace shardshift {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+std::string all_bytes(const fs::path& dir) {
+  std::string all;
+  for (auto& name : testing::list_dir(dir)) all += name + ":" + testing::read_bytes(dir / name);
+  return all;
+}
+
+Result<ConvertSummary> convert_on(const fs::path& in, const fs::path& out, const std::string& device,
+                                  unsigned threads = 0, uint64_t mem = uint64_t{1} << 30,
+                                  std::optional<DType> dtype = std::nullopt) {
+  ConvertOptions o;
+  o.input = in;
+  o.output = out;
+  o.device = device;
+  o.threads = threads;
+  o.max_memory = mem;
+  o.plan.expert_dtype = dtype;
+  o.plan.max_shard_size = 20'000'000;
+  return convert(o);
+}
+
+TEST(CudaConvert, DevicesGiveByteIdenticalCheckpoints) {
+  if (CudaTransformer::device_count() == 0) GTEST_SKIP() << "no usable CUDA device";
+  TempDir tmp;
+  for (const char* model : {"diffusion_gemma", "gemma4_moe"}) {
+    SCOPED_TRACE(model);
+    SynthOptions so;
+    so.out = tmp / (std::string(model) + "-hf");
+    so.model = model;
+    so.layers = 3;
+    so.seed = testing::test_seed();
+    so.scale_hidden = so.scale_intermediate = 4;
+    so.scale_experts = 8;
+    so.scale_vocab = 16;
+    ASSERT_TRUE(synth(so, Io::system(), {}).ok());
+    for (std::optional<DType> dtype : {std::optional<DType>(), std::optional<DType>(DType::F16),
+                                       std::optional<DType>(DType::F32)}) {
+      std::string tag = std::string(model) + (dtype ? std::string(dtype_name(*dtype)) : "keep");
+      auto cpu = convert_on(so.out, tmp / (tag + "-cpu"), "cpu", 0, uint64_t{1} << 30, dtype);
+      ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+      auto gpu = convert_on(so.out, tmp / (tag + "-gpu"), "cuda", 0, uint64_t{1} << 30, dtype);
+      ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+      EXPECT_GT(gpu->gpu_bytes, 0u) << "the GPU transformed nothing";
+      EXPECT_EQ(gpu->cpu_bytes, 0u);
+      EXPECT_TRUE(all_bytes(tmp / (tag + "-cpu")) == all_bytes(tmp / (tag + "-gpu"))) << tag;
+      // And back to HF on the GPU, compared with the CPU again.
+      auto back_cpu = convert_on(tmp / (tag + "-cpu"), tmp / (tag + "-back-cpu"), "cpu");
+      auto back_gpu = convert_on(tmp / (tag + "-gpu"), tmp / (tag + "-back-gpu"), "cuda:0");
+      ASSERT_TRUE(back_cpu.ok() && back_gpu.ok());
+      EXPECT_TRUE(all_bytes(tmp / (tag + "-back-cpu")) == all_bytes(tmp / (tag + "-back-gpu"))) << tag;
+    }
+    // Small budgets cut experts differently; the bytes must not change.
+    for (uint64_t mem : {uint64_t{4} << 20, uint64_t{64} << 20}) {
+      fs::path out = tmp / (std::string(model) + "-gpu-" + std::to_string(mem));
+      ASSERT_TRUE(convert_on(so.out, out, "cuda", 2, mem).ok());
+      EXPECT_TRUE(all_bytes(out) == all_bytes(tmp / (std::string(model) + "keep-cpu"))) << mem;
+    }
+  }
+}
+
+TEST(CudaConvert, AutoPicksTheGpuAndSaysSo) {
+  if (CudaTransformer::device_count() == 0) GTEST_SKIP() << "no usable CUDA device";
+  TempDir tmp;
+  SynthOptions so;
+  so.out = tmp / "hf";
+  so.layers = 1;
+  so.scale_hidden = so.scale_intermediate = so.scale_vocab = 8;
+  ASSERT_TRUE(synth(so, Io::system(), {}).ok());
+  auto r = convert_on(so.out, tmp / "n", "auto");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->device.rfind("cuda:0", 0), 0u) << r->device;
+  auto bad = convert_on(so.out, tmp / "m", "cuda:99");
+  EXPECT_FALSE(bad.ok());
+}
+
+} // namespace
+} // namespace shardshift
