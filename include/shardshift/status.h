@@ -63,8 +63,12 @@ public:
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
-  /// The error; an ok Status when there is a value.
-  Status status() const { return ok() ? Status{} : std::get<1>(v_); }
+  /// The error; an ok Status when there is a value. A reference, so
+  /// `const std::string& m = r.status().message();` stays valid as long as `r`.
+  const Status& status() const {
+    static const Status OK;
+    return ok() ? OK : std::get<1>(v_);
+  }
 
 private:
   std::variant<T, Status> v_;
