@@ -11,6 +11,7 @@
 #include <boost/program_options.hpp>
 
 #include "commands.h"
+#include "shardshift/json_text.h"
 #include "shardshift/convert.h"
 #include "shardshift/units.h"
 
@@ -25,19 +26,6 @@ std::atomic<bool> interrupted{false};
 void on_signal(int) {
   // A second Ctrl-C while cleaning up stops at once.
   if (interrupted.exchange(true)) std::_Exit(EXIT_INTERRUPTED);
-}
-
-std::string json_escape(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') out += {'\\', static_cast<char>(c)};
-    else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else out += static_cast<char>(c);
-  }
-  return out + "\"";
 }
 
 std::string shape_json(const std::vector<uint64_t>& shape) {
@@ -165,22 +153,22 @@ void print_plan_text(const Plan& plan, bool sizes_only) {
 
 void print_plan_json(const Plan& plan) {
   std::ostringstream o;
-  o << "{\"adapter\": " << json_escape(plan.adapter) << ", \"direction\": \""
+  o << "{\"adapter\": " << json_string(plan.adapter) << ", \"direction\": \""
     << direction_name(plan.direction) << "\", \"total_size\": " << plan.total_tensor_bytes
     << ", \"copy_bytes\": " << plan.copy_bytes << ", \"transform_bytes\": " << plan.transform_bytes
     << ", \"dropped\": " << plan.dropped << ", \"excluded\": " << plan.excluded << ", \"index\": "
     << (plan.write_index ? "true" : "false") << ", \"side_files\": [";
-  for (size_t i = 0; i < plan.side_files.size(); ++i) o << (i ? ", " : "") << json_escape(plan.side_files[i]);
+  for (size_t i = 0; i < plan.side_files.size(); ++i) o << (i ? ", " : "") << json_string(plan.side_files[i]);
   o << "], \"files\": [";
   for (size_t f = 0; f < plan.files.size(); ++f) {
     const OutputFile& file = plan.files[f];
-    o << (f ? ",\n  " : "\n  ") << "{\"name\": " << json_escape(file.name) << ", \"size\": " << file.size()
+    o << (f ? ",\n  " : "\n  ") << "{\"name\": " << json_string(file.name) << ", \"size\": " << file.size()
       << ", \"header_size\": " << file.header.size() << ", \"tensors\": [";
     for (size_t k = 0; k < file.tensors.size(); ++k) {
       const OutputTensor& t = plan.tensors[file.tensors[k]];
-      o << (k ? ",\n    " : "\n    ") << "{\"name\": " << json_escape(t.name) << ", \"dtype\": \""
+      o << (k ? ",\n    " : "\n    ") << "{\"name\": " << json_string(t.name) << ", \"dtype\": \""
         << dtype_name(t.dtype) << "\", \"shape\": " << shape_json(t.shape) << ", \"offset\": " << t.offset
-        << ", \"size\": " << t.size << ", \"op\": \"" << op_name(t.op) << "\", \"note\": " << json_escape(t.note)
+        << ", \"size\": " << t.size << ", \"op\": \"" << op_name(t.op) << "\", \"note\": " << json_string(t.note)
         << "}";
     }
     o << "]}";
@@ -333,8 +321,8 @@ int cmd_convert(int argc, char** argv) {
   }
   if (json) {
     std::ostringstream j;
-    j << "{\"adapter\": " << json_escape(s.adapter) << ", \"direction\": \"" << direction_name(s.direction)
-      << "\", \"device\": " << json_escape(s.device) << ", \"output\": " << json_escape(o.output.string())
+    j << "{\"adapter\": " << json_string(s.adapter) << ", \"direction\": \"" << direction_name(s.direction)
+      << "\", \"device\": " << json_string(s.device) << ", \"output\": " << json_string(o.output.string())
       << ", \"tensors\": " << s.tensors << ", \"files\": " << s.files << ", \"output_bytes\": " << s.output_bytes
       << ", \"zero_copy_bytes\": " << s.zero_copy_bytes << ", \"fallback_copy_bytes\": " << s.fallback_copy_bytes
       << ", \"transformed_bytes\": " << s.transformed_bytes << ", \"cpu_bytes\": " << s.cpu_bytes

@@ -4,6 +4,7 @@
 #include "shardshift/units.h"
 
 #include "commands.h"
+#include "shardshift/json_text.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -47,39 +48,6 @@ Examples:
   shardshift inspect demo-hf/model-00001-of-00002.safetensors
   shardshift inspect --json demo-native > tensors.json
 )";
-
-// Appends `text` as a JSON string literal. Names in safetensors headers are arbitrary UTF-8, so
-// quotes, backslashes and control characters must be escaped; other bytes pass through.
-void append_json_string(std::string& out, std::string_view text) {
-  static const char* const HEX = "0123456789abcdef";
-  out += '"';
-  for (char ch : text) {
-    auto c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c < 0x20 || c == 0x7f) {
-      out += "\\u00";
-      out += HEX[c >> 4];
-      out += HEX[c & 15];
-    } else {
-      out += ch;
-    }
-  }
-  out += '"';
-}
-
-std::string json_string(std::string_view text) {
-  std::string s;
-  append_json_string(s, text);
-  return s;
-}
 
 std::string json_metadata(const Metadata& metadata) {
   std::string s = "{";

@@ -1,6 +1,8 @@
 // json_reader.cpp: see json_reader.h.
 #include "json_reader.h"
 
+#include "shardshift/json_text.h"
+
 #include <set>
 
 namespace shardshift::json {
@@ -99,46 +101,6 @@ std::string printable(std::string_view text) {
     }
   }
   return out;
-}
-
-void append_json_string(std::string& out, std::string_view text) {
-  static const char* const HEX = "0123456789abcdef";
-  out += '"';
-  for (char ch : text) {
-    auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-    case '"':
-      out += "\\\"";
-      break;
-    case '\\':
-      out += "\\\\";
-      break;
-    case '\n':
-      out += "\\n";
-      break;
-    case '\r':
-      out += "\\r";
-      break;
-    case '\t':
-      out += "\\t";
-      break;
-    case '\b':
-      out += "\\b";
-      break;
-    case '\f':
-      out += "\\f";
-      break;
-    default:
-      if (c < 0x20) {
-        out += "\\u00";
-        out += HEX[c >> 4];
-        out += HEX[c & 15];
-      } else {
-        out += ch;
-      }
-    }
-  }
-  out += '"';
 }
 
 simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,

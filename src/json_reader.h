@@ -40,7 +40,4 @@ std::string printable(std::string_view text);
 simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,
                                    std::vector<std::string>& problems);
 
-/// Appends `text` to `out` as a JSON string literal (quotes included).
-void append_json_string(std::string& out, std::string_view text);
-
 } // namespace shardshift::json

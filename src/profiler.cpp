@@ -1,5 +1,7 @@
 #include "shardshift/profiler.h"
 
+#include "shardshift/json_text.h"
+
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -103,22 +105,6 @@ std::vector<StageSummary> Profiler::summaries() const {
 }
 
 namespace {
-void json_string(std::string& out, std::string_view s) {
-  out += '"';
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-}
 std::string micros(uint64_t ns) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.3f", static_cast<double>(ns) / 1000.0);
@@ -140,7 +126,7 @@ Status Profiler::write_trace(const std::filesystem::path& path) const {
     sep();
     out += "{\"ph\":\"M\",\"pid\":" + std::to_string(pid) + ",\"tid\":" + std::to_string(tid) +
            ",\"name\":\"thread_name\",\"args\":{\"name\":";
-    json_string(out, name);
+    append_json_string(out, name);
     out += "}},\n{\"ph\":\"M\",\"pid\":" + std::to_string(pid) + ",\"tid\":" + std::to_string(tid) +
            ",\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":" + std::to_string(sort) + "}}";
   };
@@ -159,7 +145,7 @@ Status Profiler::write_trace(const std::filesystem::path& path) const {
              std::to_string(e.bytes);
       if (!e.tensor.empty()) {
         out += ",\"tensor\":";
-        json_string(out, e.tensor);
+        append_json_string(out, e.tensor);
       }
       out += "}}";
     }
@@ -167,7 +153,7 @@ Status Profiler::write_trace(const std::filesystem::path& path) const {
   for (const CounterSample& c : counters_) {
     sep();
     out += "{\"ph\":\"C\",\"pid\":1,\"name\":";
-    json_string(out, c.name);
+    append_json_string(out, c.name);
     out += ",\"ts\":" + micros(c.t) + ",\"args\":{\"value\":" + std::to_string(c.value) + "}}";
   }
   out += "\n]}\n";

@@ -7,6 +7,8 @@
 // reported as Errc::broken_pipe.
 #include "shardshift/shard_writer.h"
 
+#include "shardshift/json_text.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -69,24 +71,6 @@ void append_hex4(std::string& out, unsigned value) {
   out += "\\u";
   for (int shift = 12; shift >= 0; shift -= 4)
     out += HEX[(value >> shift) & 0xF];
-}
-
-// A JSON string literal for a safetensors header: quotes, backslashes and control characters
-// escaped, everything else (UTF-8 included) passed through as the reference writer does.
-void append_json_string(std::string& out, std::string_view text) {
-  out += '"';
-  for (char ch : text) {
-    auto c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (c < 0x20) {
-      append_hex4(out, c);
-    } else {
-      out += ch;
-    }
-  }
-  out += '"';
 }
 
 // A JSON string literal as Python's json.dumps writes it by default (ensure_ascii=True): short
