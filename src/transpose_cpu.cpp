@@ -1,17 +1,20 @@
 // transpose_cpu.cpp: the transpose-fold of transpose.h on the CPU.
 //
-// Shape of the work: each expert matrix is cut into tiles of TILE_I input rows by TILE_J input
-// columns that fit in L1; a tile is transposed in square blocks held in SIMD registers (16x16 for
-// 2-byte elements, 8x8 for 4-byte ones), converted in registers, and written out. Large outputs
-// go through a tile buffer in L1 and leave it with non-temporal stores of whole cache lines: the
-// output is written once and read back much later (by the writer), so fetching its lines into
-// the cache first (read-for-ownership) would cost a third of the memory traffic for nothing.
+// Shape of the work: each expert matrix is cut into tiles of a few input rows by a few input
+// columns (see TILE_IN_BYTES), visited row-major while the next tile's input is prefetched. A
+// tile is transposed in blocks held in SIMD registers: AVX-512 loads 32 rows x 16 columns of a
+// 2-byte type (16 x 16 of a 4-byte one) so that every transposed row is one whole 64-byte line;
+// AVX2 transposes two 16x16 (8x8) blocks side by side for the same reason. Each row is converted
+// in registers (widen, multiply, round) and stored. Large outputs are written with non-temporal
+// stores: they are written once and read much later (by the writer), so fetching their lines
+// into the cache first (read-for-ownership) would cost a third of the memory traffic for nothing.
 //
-// Exactness: the SIMD paths compute the same integer rounding as numerics.h. The one place where
-// SIMD and scalar would differ is a NaN product, whose bit pattern the hardware chooses; a block
-// that produced any NaN is simply recomputed by the scalar reference, which writes the canonical
-// NaN. Elements outside whole blocks (matrix edges) are done by the same scalar code. So every
-// SimdLevel gives the same bits, which tests/transpose_test.cpp checks.
+// Exactness: the SIMD paths round exactly as numerics.h does (the same integer rounding on AVX2,
+// F16C's and AVX512-BF16's round-to-nearest-even conversions otherwise). Where they could differ
+// (a NaN product, whose bit pattern the hardware chooses, or a subnormal product, which
+// AVX512-BF16 flushes) the SIMD code only flags the tile, and the scalar code built on
+// numerics.h recomputes it. Elements outside whole blocks (matrix edges) are scalar too. So
+// every SimdLevel gives the same bits, which tests/transpose_test.cpp checks.
 #include "numerics.h"
 #include "transpose.h"
 
@@ -23,22 +26,28 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), a self-initialised variable that
-// -Wmaybe-uninitialized reports once inlined (GCC bug 105593, fixed in GCC 13).
+// -Wmaybe-uninitialized reports once inlined (GCC bug 105593, fixed in GCC 13). The warning is
+// located in the header, so ignoring it there is enough.
 #if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#include <cpuid.h>
 #define SHARDSHIFT_X86 1
 #define SHARDSHIFT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-// The block helpers must be inlined into the tile loops: called, their 16 registers go through
-// memory.
-#define SHARDSHIFT_INLINE inline __attribute__((always_inline))
-// ... and their fixed-count loops unrolled, so the arrays of registers stay in registers.
-#define SHARDSHIFT_UNROLL _Pragma("GCC unroll 16")
 #define SHARDSHIFT_TARGET_AVX512                                                                   \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define SHARDSHIFT_TARGET_AVX512_BF16                                                              \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
+// The block helpers must be inlined into the tile loops: called, their 16 registers go through
+// memory...
+#define SHARDSHIFT_INLINE inline __attribute__((always_inline))
+// ... and their fixed-count loops unrolled, so the arrays of registers stay in registers.
+#define SHARDSHIFT_UNROLL _Pragma("GCC unroll 16")
 #else
 #define SHARDSHIFT_X86 0
 #endif
@@ -130,21 +139,22 @@ void scalar_rect(const Op& op, const std::byte* src, uint64_t src_stride, std::b
 // ---------------------------------------------------------------------------------------------
 // The driver: tiles, edges, NaN fix-ups and streaming stores, shared by all levels.
 
-// A tile is TILE_I x TILE_J input elements: the SIMD blocks of one tile read TILE_I rows of
-// TILE_J * width bytes and write TILE_J rows of TILE_I * width bytes. While one tile is worked on,
-// the input lines of the next one are prefetched: the rows of a tile are too many streams for
-// the hardware prefetchers to follow. 64 x 32 was the fastest shape measured on the BF16 fold of
-// [1408, 2816] and [2816, 704] experts (Zen 5): each input line read is used whole by one tile,
-// and each output row gets two whole lines per tile (perf/transpose_bench.cpp; the variants
-// tried are listed in docs/PERFORMANCE.md).
-#ifndef SHARDSHIFT_TILE_I
-#define SHARDSHIFT_TILE_I 64
-#define SHARDSHIFT_TILE_J 32
+// A tile is tile_i x tile_j input elements: the SIMD blocks of one tile read tile_i rows of
+// TILE_IN_BYTES and write tile_j rows of TILE_OUT_BYTES. While one tile is worked on, the input
+// lines of the next one are prefetched: the rows of a tile are too many streams for the hardware
+// prefetchers to follow. One input line and two output lines per row was the fastest shape
+// measured (BF16 [1408, 2816] and [2816, 704] experts, Zen 5; docs/PERFORMANCE.md): each input
+// line is used whole by one tile, and rows of 64 elements or more in flight stall on misses.
+#ifndef SHARDSHIFT_TILE_IN_BYTES
+#define SHARDSHIFT_TILE_IN_BYTES 64
+#define SHARDSHIFT_TILE_OUT_BYTES 128
 #endif
-constexpr uint64_t TILE_I = SHARDSHIFT_TILE_I;
-constexpr uint64_t TILE_J = SHARDSHIFT_TILE_J;
+constexpr uint64_t TILE_IN_BYTES = SHARDSHIFT_TILE_IN_BYTES;
+constexpr uint64_t TILE_OUT_BYTES = SHARDSHIFT_TILE_OUT_BYTES;
 // Outputs at least this large are written with non-temporal stores (see the file comment). A
-// smaller output may still be in cache when the writer reads it, so it is stored normally.
+// smaller output may still be in cache when the writer reads it, so it is stored normally: for
+// 4 MiB outputs each copied out right after, normal stores were 1.3x faster in all (Zen 5,
+// 32 MiB L3), while for outputs larger than the caches streaming is 1.5x faster.
 #ifndef SHARDSHIFT_STREAM_MIN_BYTES
 #define SHARDSHIFT_STREAM_MIN_BYTES (uint64_t(8) << 20)
 #endif
@@ -182,6 +192,9 @@ template <class Op> void run_matrix(const Kernel<Op>& k, const Matrix& m, bool s
   using Out = typename Op::Out;
   const uint64_t src_stride = m.B * sizeof(In);
   const uint64_t dst_stride = m.A * sizeof(Out);
+  // Multiples of every kernel's block (at most 32 x 16 elements).
+  constexpr uint64_t TILE_I = std::max<uint64_t>(TILE_OUT_BYTES / sizeof(Out), 32);
+  constexpr uint64_t TILE_J = std::max<uint64_t>(TILE_IN_BYTES / sizeof(In), 16);
   if (k.tile == nullptr) {
     for (uint64_t i0 = 0; i0 < m.A; i0 += TILE_I)
       for (uint64_t j0 = 0; j0 < m.cols; j0 += TILE_J)
@@ -654,8 +667,11 @@ CpuFeatures detect_cpu() {
   CpuFeatures f;
 #if SHARDSHIFT_X86
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
+  // F16C through cpuid: clang's __builtin_cpu_supports does not know the name. (Every AVX2 CPU
+  // has it, but the AVX2 kernels use it, so check.)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     f.level = SimdLevel::avx512;
