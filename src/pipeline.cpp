@@ -404,7 +404,8 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
     if (now - last_progress > 200'000'000 || item->kind == ItemKind::close_file) {
       last_progress = now;
       profiler.counter("bytes in flight", now, static_cast<int64_t>(in_flight.load()));
-      profiler.counter("buffers in use", now, static_cast<int64_t>(pool.in_use()));
+      profiler.counter(config.gpu ? "pinned buffers in use" : "buffers in use", now,
+                       static_cast<int64_t>(pool.in_use()));
       profiler.counter("rss", now, static_cast<int64_t>(current_rss_bytes()));
       if (config.progress) {
         Progress p;
