@@ -10,13 +10,16 @@
 // (d) the staged pipeline: CudaTransformer::run() over an 8 GB pageable buffer standing in for the
 //     input mapping (pageable -> pinned -> GPU -> pinned output) from N threads on N slots; input
 //     bytes per second, ratio to the host-to-device rate of (b) measured while both directions
-//     run, target >= 0.80. Plus the host staging copy alone, which bounds (d) from the CPU side.
+//     run, target >= 0.80. Beside it, what bounds it from the host side: the staging memcpy
+//     alone, and the pipeline's host-side traffic replayed without the transformer (copy, then
+//     + upload, then + download), and the alternative of page-locking chunks in place.
 //
 // A plain program, not Google Benchmark: each number needs its own timing method (events for
 // device work, wall clock for the pipeline). Without CUDA it prints "no CUDA" and exits 0.
 // Usage: cuda_bench [--quick] [--kernels]
 //   --quick    1 GB pipeline buffer, fewer repeats
 //   --kernels  only (c), one timed run per case: for ncu and compute-sanitizer
+//   --pipeline only (b) and (d)
 #include <cstdio>
 #include <cstring>
 
@@ -47,7 +50,8 @@ namespace {
 using namespace shardshift;
 
 bool g_quick = false;
-bool g_kernels_only = false; // --kernels: section (c) only, one timed run each (for profilers)
+bool g_kernels_only = false;  // --kernels: section (c) only, one timed run each (for profilers)
+bool g_pipeline_only = false; // --pipeline: sections (b) and (d) only
 
 void check(cudaError_t err, const char* what) {
   if (err == cudaSuccess)
@@ -261,15 +265,20 @@ void bench_kernel(const KernelCase& k, double ceiling) {
 
 // --- (d) the staged pipeline -------------------------------------------------------------------
 
+struct FreeDeleter {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+
 struct HostBuffer {
-  std::unique_ptr<std::byte[]> data;
+  std::unique_ptr<std::byte, FreeDeleter> data;
   uint64_t bytes = 0;
 };
 
 /// Pageable memory, touched and filled in parallel so that page faults stay out of the timing.
 HostBuffer make_host_buffer(uint64_t bytes) {
   HostBuffer h;
-  h.data.reset(new std::byte[bytes]);
+  // Page aligned: chunks registered in place by different threads must not share a page.
+  h.data.reset(static_cast<std::byte*>(std::aligned_alloc(4096, bytes)));
   h.bytes = bytes;
   const unsigned n = std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::thread> threads;
@@ -315,6 +324,87 @@ void bench_staging_copy(const HostBuffer& host, unsigned threads_n) {
     cudaFreeHost(p);
 }
 
+/// The host side of the pipeline without the transformer, to see where its time goes: n threads
+/// take 63 MB chunks of the pageable buffer and (copy) copy each into their own pinned buffer in
+/// four pieces, (upload) queueing each piece's upload right after its copy as run() does,
+/// (download) then download a chunk-sized result into a pinned output; (register) page-locks the
+/// chunk in place with cudaHostRegister and uploads from it directly, with no copy.
+enum class Staging { copy, upload, download, register_in_place };
+
+void bench_staging_chunks(const HostBuffer& host, unsigned n, Staging mode) {
+  const uint64_t chunk = uint64_t(8) * 1408 * 2816 * 2, piece = chunk / 4;
+  const uint64_t chunks = host.bytes / chunk;
+  const bool up = mode != Staging::copy;
+  const bool down = mode == Staging::download || mode == Staging::register_in_place;
+  struct Lane {
+    std::byte *pinned = nullptr, *out = nullptr, *dev = nullptr;
+    cudaStream_t stream = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  std::vector<Lane> lanes(n);
+  for (auto& l : lanes) {
+    check(cudaHostAlloc(reinterpret_cast<void**>(&l.pinned), chunk, 0), "cudaHostAlloc");
+    check(cudaHostAlloc(reinterpret_cast<void**>(&l.out), chunk, 0), "cudaHostAlloc");
+    std::memset(l.pinned, 0, chunk);
+    std::memset(l.out, 0, chunk);
+    check(cudaMalloc(reinterpret_cast<void**>(&l.dev), chunk), "cudaMalloc");
+    check(cudaStreamCreateWithFlags(&l.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreateWithFlags(&l.done, cudaEventBlockingSync), "cudaEventCreate");
+  }
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> register_failed{false};
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (unsigned k = 0; k < n; ++k)
+    threads.emplace_back([&, k] {
+      Lane& l = lanes[k];
+      for (uint64_t c; (c = next.fetch_add(1)) < chunks;) {
+        std::byte* src = host.data.get() + c * chunk;
+        if (mode == Staging::register_in_place) {
+          if (cudaHostRegister(src, chunk, cudaHostRegisterReadOnly) != cudaSuccess) {
+            cudaGetLastError();
+            register_failed = true;
+            return;
+          }
+          check(cudaMemcpyAsync(l.dev, src, chunk, cudaMemcpyHostToDevice, l.stream), "h2d");
+        } else {
+          for (uint64_t off = 0; off < chunk; off += piece) {
+            std::memcpy(l.pinned + off, src + off, piece);
+            if (up)
+              check(cudaMemcpyAsync(l.dev + off, l.pinned + off, piece, cudaMemcpyHostToDevice,
+                                    l.stream),
+                    "h2d");
+          }
+        }
+        if (down)
+          check(cudaMemcpyAsync(l.out, l.dev, chunk, cudaMemcpyDeviceToHost, l.stream), "d2h");
+        if (up) {
+          check(cudaEventRecord(l.done, l.stream), "record");
+          check(cudaEventSynchronize(l.done), "sync");
+        }
+        if (mode == Staging::register_in_place)
+          check(cudaHostUnregister(src), "unregister");
+      }
+    });
+  for (auto& th : threads)
+    th.join();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const char* names[] = {"copy", "copy + upload", "copy + upload + download",
+                         "register + upload + download"};
+  if (register_failed)
+    std::printf("(d) %s: cudaHostRegister failed\n", names[int(mode)]);
+  else
+    line(std::string("(d) ") + names[int(mode)] + ", " + std::to_string(n) + " threads",
+         gbps(double(chunks * chunk), s), 0);
+  for (auto& l : lanes) {
+    cudaFreeHost(l.pinned);
+    cudaFreeHost(l.out);
+    cudaFree(l.dev);
+    cudaStreamDestroy(l.stream);
+    cudaEventDestroy(l.done);
+  }
+}
+
 void bench_pipeline(const HostBuffer& host, unsigned slots, bool fold, double ceiling) {
   // gate_up (or down) chunks of 8 experts, laid end to end over the host buffer.
   const uint64_t A = fold ? 2816 : 1408, B = fold ? 704 : 2816, experts = 8;
@@ -327,17 +417,23 @@ void bench_pipeline(const HostBuffer& host, unsigned slots, bool fold, double ce
   }
   CudaTransformer& t = *made.value();
   std::vector<std::byte> scales(experts * 2, std::byte{0x3F}); // BF16 0x3F3F: about 0.75
+  // Outputs are allocated once, outside the timing (cudaHostAlloc and cudaFreeHost are slow and
+  // synchronize), as the pipeline's buffer pool does.
+  std::vector<std::byte*> outs(slots);
+  for (auto& out : outs) {
+    out = static_cast<std::byte*>(t.alloc_pinned(chunk));
+    if (!out) {
+      std::fprintf(stderr, "cuda_bench: alloc_pinned failed\n");
+      std::exit(1);
+    }
+  }
   auto pass = [&](std::vector<CudaTimings>* timings) {
     std::atomic<uint64_t> next{0};
     std::atomic<bool> failed{false};
     std::vector<std::thread> threads;
     for (unsigned k = 0; k < slots; ++k)
       threads.emplace_back([&, k] {
-        auto* out = static_cast<std::byte*>(t.alloc_pinned(chunk));
-        if (!out) {
-          failed = true;
-          return;
-        }
+        std::byte* out = outs[k];
         for (uint64_t c; (c = next.fetch_add(1)) < chunks;) {
           TransposeArgs a;
           a.src = host.data.get() + c * chunk;
@@ -357,7 +453,6 @@ void bench_pipeline(const HostBuffer& host, unsigned slots, bool fold, double ce
           if (timings && k == 0)
             timings->push_back(tm);
         }
-        t.free_pinned(out);
       });
     for (auto& th : threads)
       th.join();
@@ -380,6 +475,8 @@ void bench_pipeline(const HostBuffer& host, unsigned slots, bool fold, double ce
     d2h += double(tm.d2h_ns);
   }
   const double n = double(std::max<size_t>(timings.size(), 1)) * 1e6;
+  for (auto* out : outs)
+    t.free_pinned(out);
   std::printf("    per %.0f MB chunk (one thread's average): stage %.2f ms, h2d %.2f ms, "
               "kernel %.2f ms, d2h %.2f ms\n",
               double(chunk) / 1e6, stage / n, h2d / n, kernel / n, d2h / n);
@@ -391,6 +488,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::strcmp(argv[i], "--quick") == 0)
       g_quick = true;
+    else if (std::strcmp(argv[i], "--kernels") == 0)
+      g_kernels_only = true;
+    else if (std::strcmp(argv[i], "--pipeline") == 0)
+      g_pipeline_only = true;
   if (CudaTransformer::device_count() == 0) {
     std::printf("no CUDA device\n");
     return 0;
@@ -401,18 +502,18 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, %.0f MB L2, %.1f GB\n", props.name, props.multiProcessorCount,
               props.l2CacheSize / 1e6, double(props.totalGlobalMem) / 1e9);
 
-  const double copy = g_kernels_only ? 0 : bench_device_copy();
+  const double copy = g_kernels_only || g_pipeline_only ? 0 : bench_device_copy();
   const Pcie pcie = g_kernels_only ? Pcie{} : bench_pcie();
 
   const auto BF16 = DType::BF16, F32 = DType::F32, F16 = DType::F16;
-  const auto STD = CudaTileVariant::standard, TALL = CudaTileVariant::tall;
+  const auto STD = CudaTileVariant::standard, SMALL = CudaTileVariant::small;
   const KernelCase cases[] = {
       {"gate_up BF16 transpose [128,1408,2816]", 128, 1408, 2816, 0, 2816, BF16, BF16, false, BF16,
        STD},
-      {"gate_up BF16 transpose, tall tiles", 128, 1408, 2816, 0, 2816, BF16, BF16, false, BF16,
-       TALL},
+      {"gate_up BF16 transpose, small tiles", 128, 1408, 2816, 0, 2816, BF16, BF16, false, BF16,
+       SMALL},
       {"down BF16 x BF16 fold [128,2816,704]", 128, 2816, 704, 0, 704, BF16, BF16, true, BF16, STD},
-      {"down BF16 x BF16 fold, tall tiles", 128, 2816, 704, 0, 704, BF16, BF16, true, BF16, TALL},
+      {"down BF16 x BF16 fold, small tiles", 128, 2816, 704, 0, 704, BF16, BF16, true, BF16, SMALL},
       {"down BF16 fold, EP slice cols 352..704", 128, 2816, 704, 352, 352, BF16, BF16, true, BF16,
        STD},
       {"down F16 x F16 fold", 128, 2816, 704, 0, 704, F16, F16, true, F16, STD},
@@ -431,11 +532,15 @@ int main(int argc, char** argv) {
     bench_kernel(k, copy);
 
   const HostBuffer host = make_host_buffer(g_quick ? uint64_t(1) << 30 : uint64_t(8) << 30);
-  for (unsigned n : {1u, 4u, 8u})
+  for (unsigned n : {1u, 4u, 8u, 16u})
     bench_staging_copy(host, n);
-  for (unsigned slots : {2u, 4u, 8u})
+  for (Staging mode :
+       {Staging::copy, Staging::upload, Staging::download, Staging::register_in_place})
+    for (unsigned n : {8u, 16u})
+      bench_staging_chunks(host, n, mode);
+  for (unsigned slots : {2u, 4u, 8u, 12u, 16u})
     bench_pipeline(host, slots, false, pcie.both_h2d);
-  bench_pipeline(host, 4, true, pcie.both_h2d);
+  bench_pipeline(host, 8, true, pcie.both_h2d);
   return 0;
 }
 #endif

@@ -9,6 +9,10 @@
 // is first copied into the slot's pinned buffer. That host copy is the slowest step of a chunk,
 // so it is cut into pieces and each piece's upload is queued right after its copy: the DMA of
 // piece k runs while the CPU copies piece k + 1, and only the last piece's upload is exposed.
+// Page-locking the source in place instead (cudaHostRegister per chunk) was measured on an H200
+// host at a third of the staged rate (docs/PERFORMANCE.md), so the copy stays. Each input byte
+// thus crosses host memory four times (copy read and write, upload, download of the result):
+// with enough slots the stage runs at the host's memory bandwidth, not at the PCIe rate.
 //
 // Errors. Every runtime call is checked; a failure becomes Errc::cuda with the call, the
 // runtime's message and the device. After a failure the slot's stream is synchronized before the
@@ -26,6 +30,10 @@
 
 #include <cuda_runtime_api.h>
 
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 namespace shardshift {
 
 namespace {
@@ -40,6 +48,36 @@ uint64_t steady_ns() {
   return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
                       std::chrono::steady_clock::now().time_since_epoch())
                       .count());
+}
+
+/// memcpy into pinned staging memory, with non-temporal stores where the CPU has them. The bytes
+/// are read next by the GPU's copy engine, not by this CPU: written through the caches they would
+/// first be read from memory (read-for-ownership: glibc's memcpy streams only copies larger than a
+/// cache-dependent threshold, above our piece size), evict useful lines, and be snooped out of the
+/// caches by the DMA. The fence orders the streamed stores before the upload is queued.
+void copy_to_staging(std::byte* dst, const std::byte* src, uint64_t n) {
+#if defined(__x86_64__)
+  const uint64_t head = std::min<uint64_t>(n, (16 - (reinterpret_cast<uintptr_t>(dst) & 15)) & 15);
+  std::memcpy(dst, src, head);
+  dst += head;
+  src += head;
+  n -= head;
+  auto* d = reinterpret_cast<__m128i*>(dst);
+  const auto* s = reinterpret_cast<const __m128i*>(src);
+  const uint64_t blocks = n / 64;
+  for (uint64_t i = 0; i < blocks; ++i, d += 4, s += 4) {
+    const __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1);
+    const __m128i c = _mm_loadu_si128(s + 2), e = _mm_loadu_si128(s + 3);
+    _mm_stream_si128(d, a);
+    _mm_stream_si128(d + 1, b);
+    _mm_stream_si128(d + 2, c);
+    _mm_stream_si128(d + 3, e);
+  }
+  std::memcpy(d, s, n % 64);
+  _mm_sfence();
+#else
+  std::memcpy(dst, src, n);
+#endif
 }
 
 uint64_t event_ns(cudaEvent_t from, cudaEvent_t to) {
@@ -131,9 +169,15 @@ Status CudaTransformerImpl::init_slot(Slot& s) {
                         "cudaStreamCreateWithFlags");
       !st)
     return st;
-  for (auto& ev : s.events)
-    if (Status st = check(cudaEventCreate(&ev), "cudaEventCreate"); !st)
+  // The last event of a chunk is waited on: blocking sync puts the waiting thread to sleep
+  // instead of spinning, leaving the core to the threads that stage other chunks.
+  for (int i = 0; i < EVENTS; ++i) {
+    const unsigned flags = i == D2H_END ? cudaEventBlockingSync : cudaEventDefault;
+    if (Status st =
+            check(cudaEventCreateWithFlags(&s.events[i], flags), "cudaEventCreateWithFlags");
+        !st)
       return st;
+  }
   // Portable: the staging buffer is read by this device's copy engine whatever the thread.
   if (Status st = check(
           cudaHostAlloc(reinterpret_cast<void**>(&s.host_in), max_chunk_, cudaHostAllocPortable),
@@ -156,7 +200,7 @@ Status CudaTransformerImpl::grow_scales(Slot& s, uint64_t bytes) {
   if (bytes <= s.scale_capacity)
     return {};
   // The old buffers may still be read by this slot's previous chunk: wait for it first.
-  if (Status st = check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize"); !st)
+  if (Status st = check(cudaEventSynchronize(s.events[D2H_END]), "cudaEventSynchronize"); !st)
     return st;
   {
     std::lock_guard lock(pinned_mu_);
@@ -310,7 +354,7 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
 
   for (uint64_t off = 0; off < in_bytes; off += piece) {
     const uint64_t n = std::min(piece, in_bytes - off);
-    std::memcpy(s.host_in + off, args.src + off, n);
+    copy_to_staging(s.host_in + off, args.src + off, n);
     if (off == 0)
       if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
         return st;
@@ -348,7 +392,7 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   if (Status st = check(cudaEventRecord(s.events[D2H_END], s.stream), "cudaEventRecord"); !st)
     return st;
   // Kernel faults surface here (asynchronous errors are reported by the next synchronizing call).
-  if (Status st = check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize"); !st)
+  if (Status st = check(cudaEventSynchronize(s.events[D2H_END]), "cudaEventSynchronize"); !st)
     return st;
 
   if (timings) {

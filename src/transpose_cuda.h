@@ -11,9 +11,10 @@
 
 namespace shardshift {
 
-/// Tile shape of the 2-byte to 2-byte kernels. `standard` is what run() uses; `tall` (twice the
-/// tile rows, twice the bytes in flight per thread) is kept so perf/cuda_bench can compare them.
-enum class CudaTileVariant { standard = 0, tall = 1 };
+/// Tile shape of the 2-byte to 2-byte kernels: `standard` (128 x 64 elements) is what run()
+/// uses; `small` (64 x 64, half the bytes in flight per block) is kept so that perf/cuda_bench can
+/// compare them.
+enum class CudaTileVariant { standard = 0, small = 1 };
 
 /// Enqueues the transpose-fold of `args` on `stream`. args.src, args.dst and args.scales are
 /// device pointers (any alignment: accesses narrow from 16 bytes down to the element size when

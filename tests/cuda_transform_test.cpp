@@ -534,7 +534,7 @@ TEST_F(CudaTransform, KernelOnMisalignedDevicePointers) {
 }
 
 TEST_F(CudaTransform, BothTileVariantsAgree) {
-  // The `tall` tiles exist for the benchmark; they must compute the same function.
+  // The `small` tiles exist for the benchmark; they must compute the same function.
   const Case c{2, 200, 300, 10, 280, DType::BF16, DType::BF16, true, DType::BF16};
   const Inputs in = make_inputs(rng_, c);
   std::byte *dev_src = nullptr, *dev_dst = nullptr, *dev_scales = nullptr;
@@ -545,7 +545,7 @@ TEST_F(CudaTransform, BothTileVariantsAgree) {
             cudaSuccess);
   ASSERT_EQ(cudaMemcpy(dev_scales, in.scales.data(), in.scales.size(), cudaMemcpyHostToDevice),
             cudaSuccess);
-  for (CudaTileVariant v : {CudaTileVariant::standard, CudaTileVariant::tall}) {
+  for (CudaTileVariant v : {CudaTileVariant::standard, CudaTileVariant::small}) {
     for (bool fold : {true, false}) {
       Case cv = c;
       cv.fold = fold;
