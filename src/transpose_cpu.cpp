@@ -192,9 +192,11 @@ template <class Op> void run_matrix(const Kernel<Op>& k, const Matrix& m, bool s
   using Out = typename Op::Out;
   const uint64_t src_stride = m.B * sizeof(In);
   const uint64_t dst_stride = m.A * sizeof(Out);
-  // Multiples of every kernel's block (at most 32 x 16 elements).
+  // Multiples of every kernel's block (at most 32 x 16 elements), and whole lines per row so that
+  // streamed rows stay 64-byte aligned.
   constexpr uint64_t TILE_I = std::max<uint64_t>(TILE_OUT_BYTES / sizeof(Out), 32);
   constexpr uint64_t TILE_J = std::max<uint64_t>(TILE_IN_BYTES / sizeof(In), 16);
+  static_assert(TILE_I % 32 == 0 && TILE_J % 16 == 0 && TILE_I * sizeof(Out) % 64 == 0);
   if (k.tile == nullptr) {
     for (uint64_t i0 = 0; i0 < m.A; i0 += TILE_I)
       for (uint64_t j0 = 0; j0 < m.cols; j0 += TILE_J)
