@@ -493,8 +493,9 @@ cudaError_t launch_tiles(const TransposeArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Tile shapes: input rows of 128 or 256 bytes, output rows of 128 to 512 bytes, 8 to 16 KB per
-// tile: 256 threads each keep two to four 16-byte loads in flight.
+// Tile shapes: input rows of 128 or 256 bytes, output rows of 128 to 512 bytes, 8 or 16 KB of
+// input per tile. Larger tiles spread the per-tile bookkeeping over more elements a thread: for
+// 2-byte elements 128 x 64 beats 64 x 64 by 6-9% (docs/PERFORMANCE.md).
 template <class Op>
 cudaError_t launch_op(const TransposeArgs& a, cudaStream_t stream, CudaTileVariant variant) {
   constexpr int S = sizeof(typename Op::In), D = sizeof(typename Op::Out);
