@@ -192,7 +192,9 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   const unsigned threads = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
   PipelineConfig config;
-  const unsigned gpu_slots = options.device == "cpu" ? 0 : 3;
+  // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
+  // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
+  const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
   size_pipeline(options.max_memory, threads, gpu_slots, &config.chunk_bytes, &config.tokens);
   std::string device;
   auto gpu = open_device(options.device, config.chunk_bytes, gpu_slots, &device);
