@@ -5,7 +5,8 @@
 // floating-point environment: subnormals are produced and consumed exactly even where the
 // hardware flushes them (CUDA -ftz, DAZ/FTZ on x86). The one floating-point operation is the
 // f32 multiplication of mul_f32(); it must be a plain IEEE multiply, so never build this with
-// -ffast-math, and never run it with FTZ/DAZ set (a subnormal product would become zero).
+// -ffast-math or CUDA's --use_fast_math / -ftz=true, and never run it with FTZ/DAZ or a directed
+// rounding mode set (transpose_fold_cpu clears them for the duration of each call).
 //
 // NaN policy: PyTorch's own paths disagree on NaN bit patterns, and x86 and CUDA produce
 // different NaNs for the same operation (x86 returns a negative "default NaN" for inf * 0, CUDA

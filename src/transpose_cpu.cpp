@@ -651,6 +651,28 @@ SHARDSHIFT_TARGET_AVX512 bool avx512_tile_16x16(float scale, const std::byte* sr
 
 #endif // SHARDSHIFT_X86
 
+/// The one floating-point operation, the multiply, must be a plain IEEE multiply: round to
+/// nearest even, subnormal inputs and results kept. A library built with -ffast-math sets
+/// flush-to-zero and denormals-are-zero for the whole process at load time; this guard clears
+/// them (and any directed rounding) for the duration of a call and restores the caller's state.
+class FloatEnvironmentGuard {
+public:
+#if SHARDSHIFT_X86
+  FloatEnvironmentGuard() : saved_(_mm_getcsr()) {
+    if ((saved_ & NOT_IEEE) != 0)
+      _mm_setcsr(saved_ & ~NOT_IEEE);
+  }
+  ~FloatEnvironmentGuard() {
+    if ((saved_ & NOT_IEEE) != 0)
+      _mm_setcsr(saved_);
+  }
+
+private:
+  static constexpr unsigned NOT_IEEE = 0x8000u /*FTZ*/ | 0x6000u /*rounding*/ | 0x0040u /*DAZ*/;
+  unsigned saved_;
+#endif
+};
+
 // ---------------------------------------------------------------------------------------------
 // Dispatch: pick the kernel of a dtype combination at a level.
 
@@ -915,6 +937,7 @@ void transpose_fold_cpu(const TransposeArgs& args, SimdLevel level) {
   level = level > cpu().level ? SimdLevel::portable : level;
   if (args.experts == 0 || args.A == 0 || args.cols == 0)
     return;
+  [[maybe_unused]] const FloatEnvironmentGuard ieee{};
   if (args.scales != nullptr)
     run_fold(args, level);
   else if (args.src_dtype == args.dst_dtype)

@@ -326,14 +326,28 @@ std::vector<SimdLevel> supported_levels() {
 
 /// Runs `a` at every supported level into a fresh buffer and compares with `expected` bit for
 /// bit. Also checks that every NaN written by a fold or cast is the canonical one.
+/// `mxcsr`, when not zero, is the x86 floating-point control word the kernel runs under (the
+/// reference never does).
 void expect_all_levels_match(TransposeArgs a, const std::vector<std::byte>& expected,
-                             const std::string& what, size_t dst_offset = 0) {
+                             const std::string& what, size_t dst_offset = 0, unsigned mxcsr = 0) {
   const unsigned out_w = bytes_of(a.dst_dtype);
   const bool canonical = a.scales != nullptr || a.src_dtype != a.dst_dtype;
   for (SimdLevel level : supported_levels()) {
     Buffer dst(expected.size(), dst_offset);
     a.dst = dst.data();
+#if defined(__x86_64__)
+    const unsigned saved = _mm_getcsr();
+    if (mxcsr != 0)
+      _mm_setcsr(mxcsr);
     transpose_fold_cpu(a, level);
+    const unsigned after = _mm_getcsr();
+    _mm_setcsr(saved);
+    if (mxcsr != 0)
+      EXPECT_EQ(after, mxcsr) << "the kernel changed the caller's MXCSR";
+#else
+    (void)mxcsr;
+    transpose_fold_cpu(a, level);
+#endif
     size_t reported = 0, mismatches = 0;
     for (size_t k = 0; k < expected.size() / out_w; ++k) {
       const uint64_t got = load_bits(dst.data() + k * out_w, out_w);
@@ -649,7 +663,7 @@ uint64_t short_value(DType dtype, int exponent, int bits, std::mt19937_64& rng) 
 /// Builds experts whose every element is a product exactly halfway between two values of the
 /// product dtype (found by search), and checks every level rounds them like the reference. The
 /// last expert's products lie in the subnormal range of the dtype.
-void run_ties(DType dtype, std::mt19937_64& rng) {
+void run_ties(DType dtype, std::mt19937_64& rng, unsigned mxcsr = 0) {
   const Format f = format_of(dtype);
   const unsigned w = bytes_of(dtype);
   const uint64_t experts = 3, A = 48, B = 40;
@@ -697,7 +711,7 @@ void run_ties(DType dtype, std::mt19937_64& rng) {
   a.B = B;
   a.cols = B;
   a.src_dtype = a.scale_dtype = a.dst_dtype = dtype;
-  expect_all_levels_match(a, reference_output(a), "ties " + describe(a));
+  expect_all_levels_match(a, reference_output(a), "ties " + describe(a), 0, mxcsr);
 }
 
 TEST(TransposeFold, ExactTiesRoundToEven) {
@@ -775,6 +789,18 @@ TEST(TransposeFold, OverflowAndInfinitiesInsideSimdBlocks) {
   };
   run_specials("large specials", large_or_zero, large_finite);
 }
+
+#if defined(__x86_64__)
+TEST(TransposeFold, IgnoresFlushToZeroAndDirectedRounding) {
+  // As if a -ffast-math library had set FTZ and DAZ, plus round-toward-zero: the kernel must
+  // still produce IEEE round-to-nearest-even results with subnormals, and leave MXCSR as it was.
+  const unsigned hostile = _mm_getcsr() | 0x8000u /*FTZ*/ | 0x0040u /*DAZ*/ | 0x6000u /*to 0*/;
+  std::mt19937_64 rng(testing::test_seed());
+  run_ties(DType::BF16, rng, hostile);
+  run_ties(DType::F16, rng, hostile);
+  run_ties(DType::F32, rng, hostile);
+}
+#endif
 
 TEST(TransposeFold, NothingToDoWritesNothing) {
   Buffer src(64), dst(64);
