@@ -93,6 +93,20 @@ void MappedFile::release(uint64_t offset, uint64_t length) const {
   (void)madvise(const_cast<std::byte*>(data_) + first, last - first, MADV_DONTNEED);
 }
 
+void MappedFile::populate(uint64_t offset, uint64_t length) const {
+#ifdef MADV_POPULATE_READ
+  if (!data_ || offset >= size_)
+    return;
+  uint64_t end = length > size_ - offset ? size_ : offset + length;
+  uint64_t first = offset / page_size() * page_size();
+  // EINVAL on kernels before 5.14: the pages then fault in one by one as they are read.
+  (void)madvise(const_cast<std::byte*>(data_) + first, end - first, MADV_POPULATE_READ);
+#else
+  (void)offset;
+  (void)length;
+#endif
+}
+
 void MappedFile::will_need(uint64_t offset, uint64_t length) const {
   if (!data_ || offset >= size_)
     return;

@@ -305,6 +305,9 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
     if (item->kind != ItemKind::transform) return item;
     const uint64_t t0 = profiler.now();
     const MappedFile& file = *item->shard->file;
+    // The kernels read the input through the mapping; fault its pages in with one call.
+    file.populate(static_cast<uint64_t>(item->args.src - file.bytes().data()),
+                  item->args.experts * item->args.A * item->args.B * (dtype_bits(item->args.src_dtype) / 8));
     if (item->on_gpu) {
       CudaTimings tm;
       Status gpu_status;

@@ -37,6 +37,11 @@ public:
   Result<std::span<const std::byte>> view(uint64_t offset, uint64_t length) const;
   /// Tells the kernel the range is no longer needed (whole pages inside it only). Never fails.
   void release(uint64_t offset, uint64_t length) const;
+  /// Maps the range's pages into the process in one call (MADV_POPULATE_READ), much cheaper than
+  /// faulting them in one 4 KiB page at a time when a kernel then reads them. Reads the data from
+  /// disk if needed, so call it where waiting is fine (a worker thread). Never fails; a file that
+  /// shrank is left for the guarded read to report. No-op before Linux 5.14.
+  void populate(uint64_t offset, uint64_t length) const;
   /// Asks the kernel to read the range ahead (MADV_WILLNEED). Never fails.
   void will_need(uint64_t offset, uint64_t length) const;
 
