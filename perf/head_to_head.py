@@ -29,7 +29,6 @@ Examples:
 
 import argparse
 import datetime
-import filecmp
 import json
 import os
 import platform
@@ -251,11 +250,35 @@ def same_files(a, b):
     bn = sorted(os.path.relpath(f, b) for f in files_of(b))
     if an != bn:
         return [f"file lists differ: {an} vs {bn}"]
-    return [f"{n} differs" for n in an
-            if not filecmp.cmp(os.path.join(a, n), os.path.join(b, n), shallow=False)]
+    return [f"{n} differs" for n in an if not same_bytes(os.path.join(a, n), os.path.join(b, n))]
+
+
+def same_bytes(a, b, chunk=64 << 20):
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def annotate(results, in_bytes):
+    """Adds GB/s (input bytes per second) and the ratios to both copies to every result."""
+    floor = next((r for r in results if r["case"] == "cp -r + fsync"), None)
+    plain = next((r for r in results if r["case"] == "cp -r"), None)
+    for r in results:
+        r["gb_per_s"] = in_bytes / r["seconds"] / 1e9 if r["seconds"] > 0 else 0
+        r["ratio_to_cp"] = r["seconds"] / floor["seconds"] if floor and floor["seconds"] else None
+        r["ratio_to_plain_cp"] = r["seconds"] / plain["seconds"] if plain and plain["seconds"] else None
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+T0 = time.monotonic()
 
 
 def main():
@@ -274,6 +297,8 @@ def main():
     ap.add_argument("--runs", type=int, default=1,
                     help="timed runs per case; 1-2: the last is reported, 3+: the median")
     ap.add_argument("--python-runs", type=int, default=None, help="runs of the python case")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds this run may take: repeats are skipped once half is spent")
     ap.add_argument("--max-memory", default=None, help="--max-memory for shardshift")
     ap.add_argument("--jobs", default=None, help="-j for shardshift")
     ap.add_argument("--wait-idle", type=float, default=600,
@@ -312,8 +337,8 @@ def main():
     else:
         src = os.path.join(work, "in")
         layers, scale = args.layers, args.scale
-        # About 1.63 GB per real layer plus 2.6 GB of embedding and vision tower, over scale^2.
-        need = (1.63e9 * layers + 2.7e9) / (scale * scale)
+        # About 1.63 GB per real layer plus 1.6 GB of embedding, vision tower and the rest, over scale^2.
+        need = (1.63e9 * layers + 1.7e9) / (scale * scale)
         if free_bytes(work) < need * 2.2 + 1e9:
             sys.exit(f"head_to_head: {work}: {free_bytes(work) / 1e9:.1f} GB free, need about "
                      f"{(need * 2.2 + 1e9) / 1e9:.1f} GB (input, one output, margin)")
@@ -327,6 +352,24 @@ def main():
     in_files = len([f for f in files_of(src) if f.endswith(".safetensors")])
 
     results, failures = [], []
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    def write_json(summary=None, identity=None, complete=False):
+        """Writes what is known so far, so a run cut short still leaves its finished cases."""
+        if not args.json_out:
+            return
+        annotate(results, in_bytes)
+        doc = {"date": started, "complete": complete, "machine": machine,
+               "command": " ".join(sys.argv), "binary": bin_path,
+               "checkpoint": {"path": src, "bytes": in_bytes, "files": in_files, "layers": layers,
+                              "scale": scale},
+               "cases": results, "summary": summary or [], "identity": identity,
+               "failures": failures}
+        tmp = args.json_out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, args.json_out)
     outputs = {}  # case -> output directory kept for the comparisons
 
     def run_case(name, label, make_cmd, out_dir, runs, keep=None):
@@ -334,12 +377,15 @@ def main():
         times, rsss, fsyncs, loads = [], [], [], []
         extra = None
         for i in range(runs):
+            if i and args.budget and time.monotonic() - T0 > args.budget / 2:
+                log(f"  {name}: repeat skipped, half of the {args.budget:.0f} s budget is spent")
+                break
             remove(out_dir)
             sync_all()
             warm(src)
             n, load = wait_idle(args.wait_idle)
             loads.append({"load1": round(load[0], 2), "compilers": n})
-            need = in_bytes * 1.1 + 1e9
+            need = in_bytes * 1.1 + 2e9
             if free_bytes(work) < need and name == "shardshift cuda" and "cpu" in outputs:
                 log("  not enough disk to keep the cpu output for the device comparison: removed")
                 remove(outputs.pop("cpu"))
@@ -363,7 +409,7 @@ def main():
                     extra = json.loads(out.strip().splitlines()[-1])
                 except ValueError:
                     pass
-        pick = (lambda v: v[-1]) if runs <= 2 else statistics.median
+        pick = (lambda v: v[-1]) if len(times) <= 2 else statistics.median
         out_bytes = dir_bytes(out_dir)
         res = {"case": name, "label": label, "seconds": pick(times), "runs": times,
                "fsync_seconds": pick(fsyncs), "peak_rss_bytes": int(pick(rsss)),
@@ -394,6 +440,7 @@ def main():
                 synced = dict(r, case="cp -r + fsync", label="cp -r + fsync",
                               seconds=r["seconds"] + r["fsync_seconds"])
                 results.append(synced)
+                write_json()
         elif case in ("cpu", "cuda"):
             keep = case == "cuda" or not ("cuda" in cases and args.no_compare_devices)
             r = run_case(f"shardshift {case}", f"shardshift --device {case}",
@@ -402,6 +449,7 @@ def main():
                          out_dir, args.runs, case if keep else None)
             if r:
                 results.append(r)
+                write_json()
                 if case == "cuda" and "cpu" in outputs:
                     diffs = same_files(outputs["cpu"], outputs["cuda"])
                     r["same_files_as_cpu"] = not diffs
@@ -420,6 +468,7 @@ def main():
                 r["label"] = f"python ({io})"
                 r["case"] = r["label"]
                 results.append(r)
+                write_json()
 
     # Identity: Python's output against shardshift's (cuda if it ran, else cpu).
     identity = None
@@ -436,17 +485,13 @@ def main():
         remove(src)
         shutil.rmtree(work, ignore_errors=True)
 
-    floor = next((r for r in results if r["case"] == "cp -r + fsync"), None)
-    plain = next((r for r in results if r["case"] == "cp -r"), None)
+    annotate(results, in_bytes)
     print(f"checkpoint: {src} ({in_bytes / 1e9:.2f} GB in {in_files} file(s)"
           + (f", {layers} layers, scale {scale}" if layers is not None else "") + ")")
     print(f"machine: {machine['cpu']}, {machine['nproc']} cores, {machine['ram_gb']} GB RAM"
           + (f", {', '.join(machine['gpus'])}" if machine["gpus"] else ", no GPU")
           + f"; scratch {machine['scratch_fs']}")
     for r in results:
-        r["gb_per_s"] = in_bytes / r["seconds"] / 1e9 if r["seconds"] > 0 else 0
-        r["ratio_to_cp"] = r["seconds"] / floor["seconds"] if floor and floor["seconds"] else None
-        r["ratio_to_plain_cp"] = r["seconds"] / plain["seconds"] if plain and plain["seconds"] else None
         ratio = f"{r['ratio_to_cp']:.2f}x cp" if r["ratio_to_cp"] else "n/a"
         print(f"{r['label']:<38}: {r['seconds']:8.2f} s, {r['gb_per_s']:6.2f} GB/s, "
               f"peak RSS {r['peak_rss_bytes'] / 1e6:8.0f} MB, {ratio}")
@@ -471,16 +516,7 @@ def main():
     for f in failures:
         print(f"FAILED: {f}")
 
-    if args.json_out:
-        doc = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": machine, "command": " ".join(sys.argv),
-               "binary": bin_path,
-               "checkpoint": {"path": src, "bytes": in_bytes, "files": in_files, "layers": layers,
-                              "scale": scale},
-               "cases": results, "summary": summary, "identity": identity, "failures": failures}
-        with open(args.json_out, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+    write_json(summary=summary, identity=identity, complete=True)
     if failures or (identity and not identity["identical"]):
         sys.exit(1)
     if "python" in cases and (identity is None):
