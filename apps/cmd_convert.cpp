@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "shardshift/json_text.h"
 #include "shardshift/convert.h"
+#include "shardshift/shard_writer.h"
 #include "shardshift/units.h"
 
 namespace po = boost::program_options;
@@ -127,11 +128,20 @@ int parse(const char* command, int argc, char** argv, po::options_description& v
   return 0;
 }
 
-void print_plan_text(const Plan& plan, bool sizes_only) {
-  if (sizes_only) {
-    for (const OutputFile& f : plan.files) std::cout << f.size() << "\t" << f.name << "\n";
-    return;
+// Every file OUT will hold, with its exact size: what an upload loop needs ahead of time.
+void print_sizes(const Plan& plan, const std::filesystem::path& input) {
+  for (const OutputFile& f : plan.files) std::cout << f.size() << "\t" << f.name << "\n";
+  if (plan.write_index)
+    if (auto text = index_json(plan.total_tensor_bytes, plan.weight_map))
+      std::cout << text->size() << "\t" << INDEX_FILE_NAME << "\n";
+  for (const std::string& name : plan.side_files) {
+    std::error_code ec;
+    uint64_t size = std::filesystem::file_size(input / name, ec);
+    if (!ec) std::cout << size << "\t" << name << "\n";
   }
+}
+
+void print_plan_text(const Plan& plan) {
   std::cout << "adapter " << plan.adapter << " " << direction_name(plan.direction) << ": "
             << plan.tensors.size() << " tensors in " << plan.files.size() << " file(s), "
             << format_bytes(plan.total_tensor_bytes) << " (" << format_bytes(plan.copy_bytes)
@@ -188,7 +198,8 @@ int cmd_plan(int argc, char** argv) {
       "  shardshift plan demo-hf --print-size     # exact size of each output file, for upload tools";
   po::options_description visible("Options");
   add_plan_options(visible);
-  visible.add_options()("print-size", "print only 'SIZE<TAB>FILE' for each output file");
+  visible.add_options()("print-size", "print only 'SIZE<TAB>FILE' for every file OUT will hold "
+                                      "(shards, index, side files)");
   po::options_description all;
   all.add(visible).add_options()("input", po::value<std::string>());
   po::positional_options_description pos;
@@ -201,7 +212,8 @@ int cmd_plan(int argc, char** argv) {
   auto plan = plan_conversion(vm["input"].as<std::string>(), *opts);
   if (!plan) return report_error(plan.status());
   if (vm.count("json")) print_plan_json(*plan);
-  else print_plan_text(*plan, vm.count("print-size") > 0);
+  else if (vm.count("print-size")) print_sizes(*plan, vm["input"].as<std::string>());
+  else print_plan_text(*plan);
   return EXIT_OK;
 }
 
