@@ -14,6 +14,8 @@
 #include <regex>
 #include <set>
 
+#include <simdjson.h>
+
 #include "adapter.h"
 #include "shardshift/plan.h"
 #include "shardshift/shard_writer.h"
@@ -141,19 +143,17 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
   std::vector<std::string> keys;
   for (TensorRef r : order) keys.push_back(input.info(r).name);
 
+  // The model type comes from config.json when the checkpoint has one; a missing or unreadable
+  // config is not an error (the key names decide then).
   std::string model_type;
-  // config.json's model_type was read by the caller into index_metadata? No: read it here from
-  // the side file, cheaply, without a JSON dependency: the adapter only needs the string.
   if (std::find(input.other_files.begin(), input.other_files.end(), "config.json") !=
       input.other_files.end()) {
-    if (FILE* f = std::fopen((input.root / "config.json").c_str(), "rb")) {
-      std::string text(1 << 16, '\0');
-      text.resize(std::fread(text.data(), 1, text.size(), f));
-      std::fclose(f);
-      std::smatch m;
-      static const std::regex MODEL_TYPE(R"re("model_type"\s*:\s*"([^"]*)")re");
-      if (std::regex_search(text, m, MODEL_TYPE)) model_type = m[1].str();
-    }
+    simdjson::dom::parser parser;
+    simdjson::dom::element config;
+    std::string_view type;
+    if (parser.load((input.root / "config.json").string()).get(config) == simdjson::SUCCESS &&
+        config["model_type"].get_string().get(type) == simdjson::SUCCESS)
+      model_type = std::string(type);
   }
   auto selected = select_adapter(model_type, keys, options.adapter, options.direction);
   if (!selected) return selected.status();
