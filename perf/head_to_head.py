@@ -349,6 +349,14 @@ def main():
         log(f"  synth took {time.perf_counter() - t0:.1f} s")
         generated = True
     in_bytes = dir_bytes(src)
+    config = {}
+    try:
+        with open(os.path.join(src, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        pass
+    if layers is None and isinstance(config.get("num_hidden_layers"), int):
+        layers = config["num_hidden_layers"]
     in_files = len([f for f in files_of(src) if f.endswith(".safetensors")])
 
     results, failures = [], []
@@ -362,7 +370,8 @@ def main():
         doc = {"date": started, "complete": complete, "machine": machine,
                "command": " ".join(sys.argv), "binary": bin_path,
                "checkpoint": {"path": src, "bytes": in_bytes, "files": in_files, "layers": layers,
-                              "scale": scale},
+                              "scale": scale, "hidden_size": config.get("hidden_size"),
+                              "num_experts": config.get("num_experts")},
                "cases": results, "summary": summary or [], "identity": identity,
                "failures": failures}
         tmp = args.json_out + ".tmp"
@@ -487,7 +496,9 @@ def main():
 
     annotate(results, in_bytes)
     print(f"checkpoint: {src} ({in_bytes / 1e9:.2f} GB in {in_files} file(s)"
-          + (f", {layers} layers, scale {scale}" if layers is not None else "") + ")")
+          + (f", {layers} layers" if layers is not None else "")
+          + (f", hidden {config['hidden_size']}" if config.get("hidden_size") else "")
+          + (f", scale {scale}" if scale else "") + ")")
     print(f"machine: {machine['cpu']}, {machine['nproc']} cores, {machine['ram_gb']} GB RAM"
           + (f", {', '.join(machine['gpus'])}" if machine["gpus"] else ", no GPU")
           + f"; scratch {machine['scratch_fs']}")

@@ -50,8 +50,11 @@ def main():
     where = ", ".join(m.get("gpus") or []) or "no GPU"
     size = f"{ck['bytes'] / 1e9:.2f} GB"
     if ck.get("layers") is not None:
-        size += f", {ck['layers']} layers" + (f", scale {ck['scale']}" if ck.get("scale", 1) != 1
-                                               else ", real dimensions")
+        size += f", {ck['layers']} layers"
+    if ck.get("hidden_size"):
+        size += ", real dimensions" if ck["hidden_size"] == 2816 else f", hidden {ck['hidden_size']}"
+    elif ck.get("scale"):
+        size += ", real dimensions" if ck["scale"] == 1 else f", scale {ck['scale']}"
     title = args.title or (f"diffusion_gemma HF -> native, {size}\n{m['cpu']}, {m['nproc']} cores, "
                            f"{m['ram_gb']:.0f} GB RAM, {where}")
 
@@ -62,6 +65,9 @@ def main():
         note = f"{c['seconds']:.1f} s"
         if c.get("ratio_to_cp"):
             note += f"\n{c['ratio_to_cp']:.2f}x cp"
+        # Only shardshift fsyncs what it writes; show what the others left to the page cache.
+        if not c["label"].startswith(("shardshift", "cp -r + fsync")) and c.get("fsync_seconds", 0) > 0.5:
+            note += f"\n(+{c['fsync_seconds']:.1f} s fsync after)"
         ax_t.annotate(note, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                       va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
     ax_t.set_ylabel("wall time (s), lower is better")
@@ -71,7 +77,7 @@ def main():
     for b, c in zip(bars, cases):
         note = f"{c['peak_rss_bytes'] / 1e6:.0f} MB"
         if python and c is not python and c["label"].startswith("shardshift"):
-            note += f"\n{python['peak_rss_bytes'] / max(c['peak_rss_bytes'], 1):.0f}x less than python"
+            note += f"\n{python['peak_rss_bytes'] / max(c['peak_rss_bytes'], 1):.0f}x less\nthan python"
         if python and c is python:
             ours = [d for d in cases if d["label"].startswith("shardshift")]
             if ours:
