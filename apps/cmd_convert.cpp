@@ -236,6 +236,8 @@ int cmd_convert(int argc, char** argv) {
     ("device", po::value<std::string>()->default_value("auto")->value_name("D"),
      "where expert tensors are transformed: auto (GPU when usable), cpu, cuda, cuda:N")
     ("force", "replace OUT if it exists")
+    ("no-sync", "skip fsync: faster, and still never a partial file under a final name, but a power "
+     "loss can lose what the page cache had not written (cp does not sync either)")
     ("only", po::value<std::string>()->value_name("NAME"),
      "with OUT '-': stream this one output file (a shard, model.safetensors.index.json or a side "
      "file) to stdout, e.g. into an upload tool; not needed when the output is a single file")
@@ -264,6 +266,7 @@ int cmd_convert(int argc, char** argv) {
   o.max_memory = *mem;
   o.device = vm["device"].as<std::string>();
   o.force = vm.count("force") > 0;
+  o.sync = vm.count("no-sync") == 0;
   if (vm.count("only")) o.only = vm["only"].as<std::string>();
   if (o.output == "-" && vm.count("json"))
     return usage_error("convert", "--json and OUT '-' both write to stdout; use one");

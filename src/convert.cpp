@@ -33,6 +33,30 @@ fs::path staging_path(const fs::path& output, const char* what) {
 
 bool is_stream(const ConvertOptions& o) { return o.output == "-"; }
 
+// --no-sync: the kernel's I/O without fsync. Files are still written to temporary names and
+// renamed, so a crash cannot leave a half-written file under a final name, but a power loss may
+// lose data the page cache had not written yet.
+class NoSyncIo final : public Io {
+public:
+  explicit NoSyncIo(Io& base) : base_(base) {}
+  int fsync(int) override { return 0; }
+  int open(const char* p, int f, unsigned m) override { return base_.open(p, f, m); }
+  int close(int fd) override { return base_.close(fd); }
+  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override { return base_.pwrite(fd, b, n, o); }
+  ssize_t write(int fd, const void* b, size_t n) override { return base_.write(fd, b, n); }
+  ssize_t copy_file_range(int i, off_t* io, int o, off_t* oo, size_t n) override {
+    return base_.copy_file_range(i, io, o, oo, n);
+  }
+  ssize_t splice(int i, off_t* io, int o, off_t* oo, size_t n) override { return base_.splice(i, io, o, oo, n); }
+  int ftruncate(int fd, off_t n) override { return base_.ftruncate(fd, n); }
+  int fallocate(int fd, off_t o, off_t n) override { return base_.fallocate(fd, o, n); }
+  int rename(const char* a, const char* b) override { return base_.rename(a, b); }
+  int unlink(const char* p) override { return base_.unlink(p); }
+
+private:
+  Io& base_;
+};
+
 Status check_output(const ConvertOptions& o) {
   if (is_stream(o)) {
     if (isatty(STDOUT_FILENO))
@@ -174,7 +198,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
                                Profiler* external_profiler) {
   Profiler local_profiler(options.trace);
   Profiler& profiler = external_profiler ? *external_profiler : local_profiler;
-  Io& io = options.io ? *options.io : Io::system();
+  NoSyncIo no_sync_io(options.io ? *options.io : Io::system());
+  Io& io = !options.sync ? no_sync_io : options.io ? *options.io : Io::system();
   const uint64_t plan_t0 = profiler.now();
 
   // 1. Open and validate the input; plan the output. Nothing is written before this succeeds.

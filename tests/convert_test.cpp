@@ -752,6 +752,30 @@ TEST_F(ConvertTest, CancelledRunLeavesNothing) {
   EXPECT_EQ(testing::list_dir(tmp.path()), std::vector<std::string>{"hf"});
 }
 
+// Counts fsync calls and passes everything to the kernel.
+class CountingIo : public Io {
+public:
+  int fsync(int fd) override {
+    ++syncs;
+    return Io::fsync(fd);
+  }
+  int syncs = 0;
+};
+
+TEST_F(ConvertTest, NoSyncSkipsFsyncButStillCommitsByRename) {
+  Dict in = tiny_diffusion(rng, 2, 2, 4, 2);
+  write_checkpoint(tmp / "hf", in, 1, "diffusion_gemma");
+  CountingIo synced, unsynced;
+  ASSERT_TRUE(run(tmp / "hf", tmp / "a", opts([&](ConvertOptions& o) { o.io = &synced; })).ok());
+  ASSERT_TRUE(run(tmp / "hf", tmp / "b", opts([&](ConvertOptions& o) {
+                    o.io = &unsynced;
+                    o.sync = false;
+                  })).ok());
+  EXPECT_GE(synced.syncs, 3); // the shard, config.json, the directories
+  EXPECT_EQ(unsynced.syncs, 0);
+  expect_same(read_checkpoint(tmp / "b"), read_checkpoint(tmp / "a"));
+}
+
 TEST_F(ConvertTest, ShardsFollowTheSizeLimitAndIndexIsConsistent) {
   Dict in = tiny_diffusion(rng, 4, 4, 16, 8);
   write_checkpoint(tmp / "hf", in, 1, "diffusion_gemma");

@@ -33,6 +33,7 @@ struct ConvertOptions {
   bool force = false;                   ///< replace an existing output directory
   const std::atomic<bool>* cancel = nullptr; ///< set (e.g. by SIGINT) to stop; result: interrupted
   Io* io = nullptr;                     ///< nullptr = Io::system()
+  bool sync = true;                     ///< fsync files and directories (--no-sync: false)
   bool trace = false;                   ///< keep per-span events for Profiler::write_trace
 };
 
