@@ -232,7 +232,7 @@ int cmd_convert(int argc, char** argv) {
   visible.add_options()
     ("jobs,j", po::value<unsigned>()->default_value(0)->value_name("N"), "worker threads (0: all cores)")
     ("max-memory", po::value<std::string>()->default_value("1GiB")->value_name("SIZE"),
-     "budget for buffers and mapped input in flight; peak memory is this plus ~100 MB")
+     "budget for buffers and mapped input in flight; peak memory stays within this plus ~200 MB")
     ("device", po::value<std::string>()->default_value("auto")->value_name("D"),
      "where expert tensors are transformed: auto (GPU when usable), cpu, cuda, cuda:N")
     ("force", "replace OUT if it exists")
