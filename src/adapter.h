@@ -44,7 +44,7 @@ struct AdapterSpec {
   std::vector<Rule> rules;
   /// from_hf diffusion_gemma: write lm_head.weight as a copy of this output tensor when the input
   /// has no lm_head.weight and no LoRA keys (`.lora_`). Empty: no tied head.
-  std::string_view tied_head_source;
+  std::string_view tied_head_source = {};
   bool fold_scale = false;         ///< from_hf: expert_down multiplies by the layer's scale
   bool honours_exclude = false;    ///< to_hf: the exclusion pattern applies
 };
