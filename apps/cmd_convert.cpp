@@ -111,23 +111,6 @@ Result<PlanOptions> plan_options(const po::variables_map& vm) {
   return o;
 }
 
-// Parses argv; returns 0 to continue, or an exit code (help printed, or usage error).
-int parse(const char* command, int argc, char** argv, po::options_description& visible,
-          po::positional_options_description& pos, po::options_description& all, po::variables_map& vm,
-          const char* usage) {
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    return usage_error(command, e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << usage << "\n" << visible << "\n";
-    return -1;
-  }
-  return 0;
-}
-
 // Every file OUT will hold, with its exact size: what an upload loop needs ahead of time.
 void print_sizes(const Plan& plan, const std::filesystem::path& input) {
   for (const OutputFile& f : plan.files) std::cout << f.size() << "\t" << f.name << "\n";
@@ -205,7 +188,11 @@ int cmd_plan(int argc, char** argv) {
   po::positional_options_description pos;
   pos.add("input", 1);
   po::variables_map vm;
-  if (int rc = parse("plan", argc, argv, visible, pos, all, vm, USAGE)) return rc < 0 ? EXIT_OK : rc;
+  if (int rc; !parse_args("plan", argc, argv, all, pos, vm, &rc)) return rc;
+  if (vm.count("help")) {
+    std::cout << USAGE << "\n\n" << visible << "\n";
+    return EXIT_OK;
+  }
   if (!vm.count("input")) return usage_error("plan", "missing the input checkpoint IN");
   auto opts = plan_options(vm);
   if (!opts) return usage_error("plan", opts.status().message());
@@ -250,7 +237,11 @@ int cmd_convert(int argc, char** argv) {
   po::positional_options_description pos;
   pos.add("input", 1).add("output", 1);
   po::variables_map vm;
-  if (int rc = parse("convert", argc, argv, visible, pos, all, vm, USAGE)) return rc < 0 ? EXIT_OK : rc;
+  if (int rc; !parse_args("convert", argc, argv, all, pos, vm, &rc)) return rc;
+  if (vm.count("help")) {
+    std::cout << USAGE << "\n\n" << visible << "\n";
+    return EXIT_OK;
+  }
   if (!vm.count("input") || !vm.count("output"))
     return usage_error("convert", "expected two arguments: IN OUT");
   auto opts = plan_options(vm);

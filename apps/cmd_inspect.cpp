@@ -186,13 +186,8 @@ int cmd_inspect(int argc, char** argv) {
   po::positional_options_description positional;
   positional.add("path", 1);
   po::variables_map vm;
-  try {
-    auto parsed = po::command_line_parser(argc, argv).options(flags).positional(positional).run();
-    po::store(parsed, vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    return usage_error("inspect", e.what());
-  }
+  if (int rc; !parse_args("inspect", argc, argv, flags, positional, vm, &rc))
+    return rc;
   if (vm.count("help")) {
     std::cout << INSPECT_HELP;
     return EXIT_OK;

@@ -123,13 +123,8 @@ int cmd_synth(int argc, char** argv) {
   positional.add("out", 1);
 
   po::variables_map vm;
-  try {
-    auto parsed = po::command_line_parser(argc, argv).options(flags).positional(positional).run();
-    po::store(parsed, vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    return usage_error("synth", e.what());
-  }
+  if (int rc; !parse_args("synth", argc, argv, flags, positional, vm, &rc))
+    return rc;
   if (vm.count("help")) {
     std::cout << SYNTH_HELP;
     return EXIT_OK;

@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include <boost/program_options.hpp>
+
 #include "shardshift/status.h"
 
 namespace shardshift::app {
@@ -21,5 +23,12 @@ int cmd_convert(int argc, char** argv);
 int report_error(const Status& status);
 /// Prints a usage error with a hint to run `shardshift CMD --help`; returns 2.
 int usage_error(const std::string& command, const std::string& message);
+
+/// Parses a subcommand's argv (argv[0] is its name) into `vm`. Returns true when parsing
+/// succeeded; otherwise prints the usage error and sets `*exit_code` to 2.
+bool parse_args(const std::string& command, int argc, char** argv,
+                const boost::program_options::options_description& options,
+                const boost::program_options::positional_options_description& positional,
+                boost::program_options::variables_map& vm, int* exit_code);
 
 } // namespace shardshift::app

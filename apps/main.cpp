@@ -21,6 +21,21 @@ int usage_error(const std::string& command, const std::string& message) {
   return EXIT_USAGE;
 }
 
+bool parse_args(const std::string& command, int argc, char** argv,
+                const boost::program_options::options_description& options,
+                const boost::program_options::positional_options_description& positional,
+                boost::program_options::variables_map& vm, int* exit_code) {
+  namespace po = boost::program_options;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(options).positional(positional).run(), vm);
+    po::notify(vm);
+    return true;
+  } catch (const po::error& e) {
+    *exit_code = usage_error(command, e.what());
+    return false;
+  }
+}
+
 } // namespace shardshift::app
 
 static const char* const USAGE = R"(shardshift: convert Mixture-of-Experts safetensors checkpoints between the
