@@ -96,19 +96,16 @@ bool parse_index(const std::string& path, Index& index, Problems& problems) {
   bool have_weight_map = false, usable = true;
   std::set<std::string, std::less<>> seen;
   for (auto field_result : root) {
-    simdjson::ondemand::field field;
-    if (auto ec = std::move(field_result).get(field))
+    std::string key;
+    simdjson::ondemand::value value;
+    bool duplicate;
+    if (auto ec = json::read_field(std::move(field_result), seen, key, value, duplicate))
       return json_error(ec);
-    std::string_view key_view;
-    if (auto ec = field.unescaped_key().get(key_view))
-      return json_error(ec);
-    std::string key(key_view);
-    if (!seen.insert(key).second) {
+    if (duplicate) {
       fail("duplicate key '" + json::printable(key) + "'");
       usable = false;
       continue;
     }
-    simdjson::ondemand::value value = field.value();
     json_type vtype;
     if (auto ec = value.type().get(vtype))
       return json_error(ec);
@@ -124,19 +121,16 @@ bool parse_index(const std::string& path, Index& index, Problems& problems) {
         return json_error(ec);
       std::set<std::string, std::less<>> names;
       for (auto entry_result : object) {
-        simdjson::ondemand::field entry;
-        if (auto ec = std::move(entry_result).get(entry))
+        std::string name;
+        simdjson::ondemand::value v;
+        bool duplicate;
+        if (auto ec = json::read_field(std::move(entry_result), names, name, v, duplicate))
           return json_error(ec);
-        std::string_view name_view;
-        if (auto ec = entry.unescaped_key().get(name_view))
-          return json_error(ec);
-        std::string name(name_view);
-        if (!names.insert(name).second) {
+        if (duplicate) {
           fail(key + ": duplicate key '" + json::printable(name) + "'");
           usable = false;
           continue;
         }
-        simdjson::ondemand::value v = entry.value();
         json_type etype;
         if (auto ec = v.type().get(etype))
           return json_error(ec);

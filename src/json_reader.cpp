@@ -103,6 +103,21 @@ std::string printable(std::string_view text) {
   return out;
 }
 
+simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::field> field_result,
+                                std::set<std::string, std::less<>>& seen, std::string& key,
+                                simdjson::ondemand::value& value, bool& duplicate) {
+  simdjson::ondemand::field field;
+  if (auto ec = std::move(field_result).get(field))
+    return ec;
+  std::string_view key_view;
+  if (auto ec = field.unescaped_key().get(key_view))
+    return ec;
+  key.assign(key_view);
+  duplicate = !seen.insert(key).second;
+  value = field.value();
+  return simdjson::SUCCESS;
+}
+
 simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,
                                    std::vector<std::string>& problems) {
   using simdjson::ondemand::json_type;
@@ -118,20 +133,19 @@ simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string&
     out += '{';
     bool first = true;
     for (auto field_result : object) {
-      simdjson::ondemand::field field;
-      if (auto ec = std::move(field_result).get(field))
+      std::string key;
+      simdjson::ondemand::value field_value;
+      bool duplicate;
+      if (auto ec = read_field(std::move(field_result), seen, key, field_value, duplicate))
         return ec;
-      std::string_view key;
-      if (auto ec = field.unescaped_key().get(key))
-        return ec;
-      if (!seen.emplace(key).second)
+      if (duplicate)
         problems.push_back("duplicate key '" + printable(key) + "'");
       if (!first)
         out += ',';
       first = false;
       append_json_string(out, key);
       out += ':';
-      if (auto ec = visit_compact(field.value(), out, problems))
+      if (auto ec = visit_compact(field_value, out, problems))
         return ec;
     }
     out += '}';

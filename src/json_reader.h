@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +35,14 @@ std::string describe_uint_problem(UintToken problem, std::string_view token);
 /// A string safe to print inside quotes in a message: control bytes, quotes and backslashes are
 /// escaped; valid UTF-8 text is kept as is.
 std::string printable(std::string_view text);
+
+/// Reads one field of an object being iterated: its unescaped key (copied: the view dies with
+/// the next token) and its value. `duplicate` is set when an earlier field of the same object had
+/// the same key (keys are compared after unescaping; `seen` holds them and must be one set per
+/// object). Returns a simdjson error when the JSON itself is malformed.
+simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::field> field_result,
+                                std::set<std::string, std::less<>>& seen, std::string& key,
+                                simdjson::ondemand::value& value, bool& duplicate);
 
 /// Visits `value` completely (so simdjson validates all of it) and appends its compact JSON text to
 /// `out`. Duplicate keys at any depth are appended to `problems` as "duplicate key 'k'".

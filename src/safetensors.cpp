@@ -176,14 +176,12 @@ bool HeaderParser::parse_json(const std::string& text) {
 
   std::set<std::string, std::less<>> seen;
   for (auto field_result : root) {
-    simdjson::ondemand::field field;
-    if (auto ec = std::move(field_result).get(field))
+    std::string key;
+    simdjson::ondemand::value field_value;
+    bool duplicate;
+    if (auto ec = json::read_field(std::move(field_result), seen, key, field_value, duplicate))
       return json_error(ec);
-    std::string_view key_view;
-    if (auto ec = field.unescaped_key().get(key_view))
-      return json_error(ec);
-    std::string key(key_view);
-    if (!seen.insert(key).second) {
+    if (duplicate) {
       if (key == "__metadata__") {
         problem("duplicate key '__metadata__'");
       } else {
@@ -193,8 +191,7 @@ bool HeaderParser::parse_json(const std::string& text) {
       }
       continue; // the value is skipped; the file is rejected anyway
     }
-    bool ok =
-        key == "__metadata__" ? parse_metadata(field.value()) : parse_entry(key, field.value());
+    bool ok = key == "__metadata__" ? parse_metadata(field_value) : parse_entry(key, field_value);
     if (!ok)
       return false;
   }
@@ -221,18 +218,16 @@ bool HeaderParser::parse_metadata(simdjson::ondemand::value value) {
     return json_error(ec);
   std::set<std::string, std::less<>> seen;
   for (auto field_result : object) {
-    simdjson::ondemand::field field;
-    if (auto ec = std::move(field_result).get(field))
+    std::string key;
+    simdjson::ondemand::value field_value;
+    bool duplicate;
+    if (auto ec = json::read_field(std::move(field_result), seen, key, field_value, duplicate))
       return json_error(ec);
-    std::string_view key_view;
-    if (auto ec = field.unescaped_key().get(key_view))
-      return json_error(ec);
-    std::string key(key_view);
-    if (!seen.insert(key).second) {
+    if (duplicate) {
       problem("__metadata__: duplicate key '" + json::printable(key) + "'");
       continue;
     }
-    simdjson::ondemand::value v = field.value();
+    simdjson::ondemand::value v = field_value;
     json_type vtype;
     if (auto ec = v.type().get(vtype))
       return json_error(ec);
@@ -266,14 +261,12 @@ bool HeaderParser::parse_entry(std::string_view name, simdjson::ondemand::value 
     return json_error(ec);
   std::set<std::string, std::less<>> seen;
   for (auto field_result : object) {
-    simdjson::ondemand::field field;
-    if (auto ec = std::move(field_result).get(field))
+    std::string key;
+    simdjson::ondemand::value field_value;
+    bool duplicate;
+    if (auto ec = json::read_field(std::move(field_result), seen, key, field_value, duplicate))
       return json_error(ec);
-    std::string_view key_view;
-    if (auto ec = field.unescaped_key().get(key_view))
-      return json_error(ec);
-    std::string key(key_view);
-    if (!seen.insert(key).second) {
+    if (duplicate) {
       tensor_problem(name, "duplicate key '" + json::printable(key) + "' in its entry");
       // A repeated key makes the entry ambiguous; the value read first would be kept otherwise.
       if (key == "dtype")
@@ -287,14 +280,14 @@ bool HeaderParser::parse_entry(std::string_view name, simdjson::ondemand::value 
     bool ok = true;
     if (key == "dtype") {
       entry.has_dtype = true;
-      ok = parse_dtype(entry, field.value());
+      ok = parse_dtype(entry, field_value);
     } else if (key == "shape") {
       entry.has_shape = true;
-      ok = parse_uint_array(entry, field.value(), "shape", entry.info.shape, entry.shape_ok);
+      ok = parse_uint_array(entry, field_value, "shape", entry.info.shape, entry.shape_ok);
     } else if (key == "data_offsets") {
       entry.has_offsets = true;
       std::vector<uint64_t> offsets;
-      ok = parse_uint_array(entry, field.value(), "data_offsets", offsets, entry.offsets_ok);
+      ok = parse_uint_array(entry, field_value, "data_offsets", offsets, entry.offsets_ok);
       if (ok && entry.offsets_ok) {
         if (offsets.size() != 2) {
           tensor_problem(name, "data_offsets must be exactly two integers [BEGIN, END], found " +
