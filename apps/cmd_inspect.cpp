@@ -1,10 +1,10 @@
 // cmd_inspect.cpp: `shardshift inspect PATH`: validates a checkpoint (every rule of
 // docs/format.md) and lists its tensors, as aligned text or as one JSON object.
 #include "shardshift/checkpoint.h"
+#include "shardshift/json_text.h"
 #include "shardshift/units.h"
 
 #include "commands.h"
-#include "shardshift/json_text.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -3,11 +3,11 @@
 // 0 success, 1 failure, 2 usage error, 130 interrupted.
 #pragma once
 
+#include "shardshift/status.h"
+
 #include <string>
 
 #include <boost/program_options.hpp>
-
-#include "shardshift/status.h"
 
 namespace shardshift::app {
 

@@ -1,17 +1,19 @@
 // shardshift: the command-line tool. This file only dispatches to a subcommand (commands.h).
+#include "commands.h"
+
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <string_view>
 
-#include "commands.h"
-
 namespace shardshift::app {
 
 int report_error(const Status& status) {
   std::cerr << "shardshift: " << status.message() << "\n";
-  if (status.code() == Errc::invalid_argument) return EXIT_USAGE;
-  if (status.code() == Errc::interrupted) return EXIT_INTERRUPTED;
+  if (status.code() == Errc::invalid_argument)
+    return EXIT_USAGE;
+  if (status.code() == Errc::interrupted)
+    return EXIT_INTERRUPTED;
   return EXIT_FAIL;
 }
 
@@ -27,7 +29,8 @@ bool parse_args(const std::string& command, int argc, char** argv,
                 boost::program_options::variables_map& vm, int* exit_code) {
   namespace po = boost::program_options;
   try {
-    po::store(po::command_line_parser(argc, argv).options(options).positional(positional).run(), vm);
+    po::store(po::command_line_parser(argc, argv).options(options).positional(positional).run(),
+              vm);
     po::notify(vm);
     return true;
   } catch (const po::error& e) {
@@ -38,7 +41,8 @@ bool parse_args(const std::string& command, int argc, char** argv,
 
 } // namespace shardshift::app
 
-static const char* const USAGE = R"(shardshift: convert Mixture-of-Experts safetensors checkpoints between the
+static const char* const USAGE =
+    R"(shardshift: convert Mixture-of-Experts safetensors checkpoints between the
 Hugging Face layout and NeMo Automodel's native layout, as a stream with bounded memory.
 
 Usage: shardshift COMMAND [ARGS...]
@@ -73,10 +77,14 @@ int main(int argc, char** argv) {
   // Each command sees its own name as argv[0].
   int sub_argc = argc - 1;
   char** sub_argv = argv + 1;
-  if (cmd == "inspect") return cmd_inspect(sub_argc, sub_argv);
-  if (cmd == "synth") return cmd_synth(sub_argc, sub_argv);
-  if (cmd == "plan") return cmd_plan(sub_argc, sub_argv);
-  if (cmd == "convert") return cmd_convert(sub_argc, sub_argv);
+  if (cmd == "inspect")
+    return cmd_inspect(sub_argc, sub_argv);
+  if (cmd == "synth")
+    return cmd_synth(sub_argc, sub_argv);
+  if (cmd == "plan")
+    return cmd_plan(sub_argc, sub_argv);
+  if (cmd == "convert")
+    return cmd_convert(sub_argc, sub_argv);
   std::cerr << "shardshift: unknown command '" << cmd << "'\n\n" << USAGE;
   return EXIT_USAGE;
 }

@@ -10,13 +10,13 @@
 // Thread-safety: the tables are immutable.
 #pragma once
 
+#include "shardshift/plan.h"
+
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "shardshift/plan.h"
 
 namespace shardshift {
 
@@ -45,8 +45,8 @@ struct AdapterSpec {
   /// from_hf diffusion_gemma: write lm_head.weight as a copy of this output tensor when the input
   /// has no lm_head.weight and no LoRA keys (`.lora_`). Empty: no tied head.
   std::string_view tied_head_source = {};
-  bool fold_scale = false;         ///< from_hf: expert_down multiplies by the layer's scale
-  bool honours_exclude = false;    ///< to_hf: the exclusion pattern applies
+  bool fold_scale = false;      ///< from_hf: expert_down multiplies by the layer's scale
+  bool honours_exclude = false; ///< to_hf: the exclusion pattern applies
 };
 
 /// The adapter for (model, direction); nullptr when unknown.

@@ -1,8 +1,8 @@
 // adapters.cpp: the rule tables of every model adapter (docs: semantics.md sections 1-3).
+#include "adapter.h"
+
 #include <algorithm>
 #include <array>
-
-#include "adapter.h"
 
 namespace shardshift {
 
@@ -18,7 +18,8 @@ const AdapterSpec DIFFUSION_GEMMA_FROM_HF = {
     .direction = Direction::from_hf,
     .rules =
         {
-            // The encoder's layer_scalar copies and the vision tower are not part of the native model.
+            // The encoder's layer_scalar copies and the vision tower are not part of the native
+            // model.
             {RuleAction::drop, R"(^model\.encoder\.)"},
             {RuleAction::rename_continue, R"(^model\.decoder\.(.*)$)", "model.$1"},
             {RuleAction::expert_scale, R"((layers\.\d+)\.router\.per_expert_scale$)"},
@@ -47,7 +48,8 @@ const AdapterSpec DIFFUSION_GEMMA_TO_HF = {
             {RuleAction::expert_gate_up, R"((layers\.\d+)\.moe\.experts\.gate_and_up_projs$)",
              "model.decoder.{layer}.experts.gate_up_proj"},
             {RuleAction::expert_down, R"((layers\.\d+)\.moe\.experts\.down_projs$)",
-             "model.decoder.{layer}.experts.down_proj", "model.decoder.{layer}.router.per_expert_scale"},
+             "model.decoder.{layer}.experts.down_proj",
+             "model.decoder.{layer}.router.per_expert_scale"},
             {RuleAction::rename, R"(^model\.(.*)$)", "model.decoder.$1"},
         },
     .honours_exclude = true,
@@ -97,11 +99,14 @@ bool contains(std::string_view s, std::string_view part) {
 
 const AdapterSpec* find_adapter(std::string_view model, Direction direction) {
   for (const AdapterSpec* a : ALL_ADAPTERS)
-    if (a->model == model && a->direction == direction) return a;
+    if (a->model == model && a->direction == direction)
+      return a;
   return nullptr;
 }
 
-std::vector<std::string_view> adapter_models() { return {"diffusion_gemma", "gemma4_moe"}; }
+std::vector<std::string_view> adapter_models() {
+  return {"diffusion_gemma", "gemma4_moe"};
+}
 
 Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
                                           std::span<const std::string> keys,
@@ -113,7 +118,9 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
       model = "diffusion_gemma";
     else if (config_model_type.starts_with("gemma4") || config_model_type.starts_with("gemma3n"))
       model = "gemma4_moe";
-    else if (any_key(keys, [](auto& k) { return k.starts_with("model.decoder.") || k.starts_with("model.encoder."); }))
+    else if (any_key(keys, [](auto& k) {
+               return k.starts_with("model.decoder.") || k.starts_with("model.encoder.");
+             }))
       model = "diffusion_gemma";
     else if (any_key(keys, [](auto& k) { return contains(k, "language_model."); }))
       model = "gemma4_moe";
@@ -130,19 +137,19 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
     direction = *forced_direction;
   } else {
     bool native = any_key(keys, [](auto& k) {
-      return contains(k, ".moe.experts.gate_and_up_projs") || contains(k, ".moe.experts.down_projs") ||
-             contains(k, ".moe.gate.");
+      return contains(k, ".moe.experts.gate_and_up_projs") ||
+             contains(k, ".moe.experts.down_projs") || contains(k, ".moe.gate.");
     });
     bool hf = any_key(keys, [](auto& k) {
-      return k.ends_with(".gate_up_proj") || k.ends_with(".down_proj") ||
-             contains(k, ".router.") || k.starts_with("model.decoder.") ||
-             k.starts_with("model.encoder.");
+      return k.ends_with(".gate_up_proj") || k.ends_with(".down_proj") || contains(k, ".router.") ||
+             k.starts_with("model.decoder.") || k.starts_with("model.encoder.");
     });
     if (native == hf)
-      return Status(Errc::invalid_argument,
-                    std::string("cannot tell the direction of this checkpoint (") +
-                        (native ? "it has both Hugging Face and native keys" : "no router or expert keys") +
-                        "); pass --direction from_hf or to_hf");
+      return Status(
+          Errc::invalid_argument,
+          std::string("cannot tell the direction of this checkpoint (") +
+              (native ? "it has both Hugging Face and native keys" : "no router or expert keys") +
+              "); pass --direction from_hf or to_hf");
     direction = native ? Direction::to_hf : Direction::from_hf;
   }
   const AdapterSpec* spec = find_adapter(model, direction);

@@ -2,7 +2,11 @@
 // commit. Where a tensor's bytes go is decided in planner.cpp and moved in pipeline.cpp.
 #include "shardshift/convert.h"
 
-#include <unistd.h>
+#include "shardshift/shard_writer.h"
+
+#include "cuda_transform.h"
+#include "pipeline.h"
+#include "transpose.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -10,13 +14,9 @@
 #include <fstream>
 #include <random>
 #include <thread>
+#include <unistd.h>
 
 #include <tbb/global_control.h>
-
-#include "cuda_transform.h"
-#include "pipeline.h"
-#include "shardshift/shard_writer.h"
-#include "transpose.h"
 
 namespace shardshift {
 
@@ -31,7 +31,9 @@ fs::path staging_path(const fs::path& output, const char* what) {
                                  std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
 }
 
-bool is_stream(const ConvertOptions& o) { return o.output == "-"; }
+bool is_stream(const ConvertOptions& o) {
+  return o.output == "-";
+}
 
 // --no-sync: the kernel's I/O without fsync. Files are still written to temporary names and
 // renamed, so a crash cannot leave a half-written file under a final name, but a power loss may
@@ -42,12 +44,16 @@ public:
   int fsync(int) override { return 0; }
   int open(const char* p, int f, unsigned m) override { return base_.open(p, f, m); }
   int close(int fd) override { return base_.close(fd); }
-  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override { return base_.pwrite(fd, b, n, o); }
+  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override {
+    return base_.pwrite(fd, b, n, o);
+  }
   ssize_t write(int fd, const void* b, size_t n) override { return base_.write(fd, b, n); }
   ssize_t copy_file_range(int i, off_t* io, int o, off_t* oo, size_t n) override {
     return base_.copy_file_range(i, io, o, oo, n);
   }
-  ssize_t splice(int i, off_t* io, int o, off_t* oo, size_t n) override { return base_.splice(i, io, o, oo, n); }
+  ssize_t splice(int i, off_t* io, int o, off_t* oo, size_t n) override {
+    return base_.splice(i, io, o, oo, n);
+  }
   int ftruncate(int fd, off_t n) override { return base_.ftruncate(fd, n); }
   int fallocate(int fd, off_t o, off_t n) override { return base_.fallocate(fd, o, n); }
   int rename(const char* a, const char* b) override { return base_.rename(a, b); }
@@ -60,8 +66,9 @@ private:
 Status check_output(const ConvertOptions& o) {
   if (is_stream(o)) {
     if (isatty(STDOUT_FILENO))
-      return Status(Errc::invalid_argument,
-                    "refusing to write safetensors data to a terminal; pipe it (OUT '-' is stdout)");
+      return Status(
+          Errc::invalid_argument,
+          "refusing to write safetensors data to a terminal; pipe it (OUT '-' is stdout)");
     return {};
   }
   if (!o.only.empty())
@@ -70,8 +77,10 @@ Status check_output(const ConvertOptions& o) {
   fs::path out = fs::absolute(o.output, ec);
   fs::path in = fs::absolute(o.input, ec);
   if (fs::exists(out, ec)) {
-    if (fs::equivalent(out, in, ec) || (fs::is_regular_file(in, ec) && fs::equivalent(out, in.parent_path(), ec)))
-      return Status(Errc::invalid_argument, o.output.string() + ": the output must not be the input");
+    if (fs::equivalent(out, in, ec) ||
+        (fs::is_regular_file(in, ec) && fs::equivalent(out, in.parent_path(), ec)))
+      return Status(Errc::invalid_argument,
+                    o.output.string() + ": the output must not be the input");
     if (!o.force)
       return Status(Errc::invalid_argument,
                     o.output.string() + ": already exists; pass --force to replace it");
@@ -89,24 +98,30 @@ Status check_output(const ConvertOptions& o) {
 Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, uint64_t chunk,
                                                      unsigned slots, std::string* description) {
   *description = std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
-  if (device == "cpu") return std::unique_ptr<CudaTransformer>();
+  if (device == "cpu")
+    return std::unique_ptr<CudaTransformer>();
   int ordinal = 0;
-  if (device.starts_with("cuda:")) ordinal = std::atoi(device.c_str() + 5);
+  if (device.starts_with("cuda:"))
+    ordinal = std::atoi(device.c_str() + 5);
   else if (device != "cuda" && device != "auto")
-    return Status(Errc::invalid_argument, "--device '" + device + "': use auto, cpu, cuda or cuda:N");
+    return Status(Errc::invalid_argument,
+                  "--device '" + device + "': use auto, cpu, cuda or cuda:N");
   const int count = CudaTransformer::device_count();
   if (count == 0) {
-    if (device == "auto") return std::unique_ptr<CudaTransformer>();
+    if (device == "auto")
+      return std::unique_ptr<CudaTransformer>();
     return Status(Errc::cuda, "--device " + device +
                                   ": no usable CUDA GPU (no driver, no device, or built without "
                                   "CUDA); use --device cpu or auto");
   }
   if (ordinal < 0 || ordinal >= count)
-    return Status(Errc::invalid_argument, "--device " + device + ": there are " + std::to_string(count) +
+    return Status(Errc::invalid_argument, "--device " + device + ": there are " +
+                                              std::to_string(count) +
                                               " CUDA device(s), numbered from 0");
   auto gpu = CudaTransformer::create(ordinal, chunk, slots);
   if (!gpu) {
-    if (device == "auto") return std::unique_ptr<CudaTransformer>(); // usable GPU or fall back
+    if (device == "auto")
+      return std::unique_ptr<CudaTransformer>(); // usable GPU or fall back
     return gpu.status();
   }
   *description = "cuda:" + std::to_string(ordinal) + " (" + (*gpu)->device_name() + ")";
@@ -120,7 +135,8 @@ Status copy_side_files(Io& io, const Checkpoint& input, const Plan& plan, const 
     if (!in.good() && !in.eof())
       return Status(Errc::io, (input.root / name).string() + ": cannot read side file");
     Status s = write_file_atomic(io, dir / name, std::as_bytes(std::span(bytes)));
-    if (!s.ok()) return s;
+    if (!s.ok())
+      return s;
   }
   return {};
 }
@@ -132,25 +148,30 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
   if (force && fs::exists(output, ec)) {
     old = staging_path(output, "old");
     if (io.rename(output.c_str(), old.c_str()) != 0)
-      return Status(Errc::io, output.string() + ": cannot move the old output aside: " + std::strerror(errno));
+      return Status(Errc::io, output.string() +
+                                  ": cannot move the old output aside: " + std::strerror(errno));
   }
   if (io.rename(staging.c_str(), output.c_str()) != 0) {
     Status s(Errc::io, output.string() + ": cannot rename the finished output into place: " +
                            std::strerror(errno));
-    if (!old.empty()) io.rename(old.c_str(), output.c_str());
+    if (!old.empty())
+      io.rename(old.c_str(), output.c_str());
     return s;
   }
-  if (!old.empty()) fs::remove_all(old, ec);
+  if (!old.empty())
+    fs::remove_all(old, ec);
   return sync_directory(io, fs::absolute(output).parent_path());
 }
 
-
 // Which file of the plan a stream writes: --only NAME, or the single output file.
 Result<std::string> stream_target(const Plan& plan, const std::string& only) {
-  if (!only.empty()) return only;
-  if (plan.files.size() == 1) return plan.files[0].name;
+  if (!only.empty())
+    return only;
+  if (plan.files.size() == 1)
+    return plan.files[0].name;
   std::string names;
-  for (auto& f : plan.files) names += (names.empty() ? "" : ", ") + f.name;
+  for (auto& f : plan.files)
+    names += (names.empty() ? "" : ", ") + f.name;
   return Status(Errc::invalid_argument,
                 "the output has " + std::to_string(plan.files.size()) +
                     " files and OUT '-' streams one: pass --only NAME with one of " + names +
@@ -161,7 +182,8 @@ Result<std::string> stream_target(const Plan& plan, const std::string& only) {
 Status write_all(int fd, std::string_view bytes, const std::string& name) {
   while (!bytes.empty()) {
     ssize_t n = ::write(fd, bytes.data(), std::min<size_t>(bytes.size(), MAX_IO_CHUNK));
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINTR)
+      continue;
     if (n < 0)
       return Status(errno == EPIPE ? Errc::broken_pipe : Errc::io,
                     name + ": cannot write to stdout: " + std::strerror(errno));
@@ -171,18 +193,21 @@ Status write_all(int fd, std::string_view bytes, const std::string& name) {
 }
 
 // Streams the index or a side file (small files) to fd.
-Status stream_small_file(int fd, const Checkpoint& input, const Plan& plan, const std::string& name) {
+Status stream_small_file(int fd, const Checkpoint& input, const Plan& plan,
+                         const std::string& name) {
   if (name == INDEX_FILE_NAME) {
     if (!plan.write_index)
       return Status(Errc::invalid_argument,
                     "--only " + name + ": this output is a single file and has no index");
     auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
-    if (!text) return text.status();
+    if (!text)
+      return text.status();
     return write_all(fd, *text, name);
   }
   std::ifstream in(input.root / name, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!in.good() && !in.eof()) return Status(Errc::io, (input.root / name).string() + ": cannot read");
+  if (!in.good() && !in.eof())
+    return Status(Errc::io, (input.root / name).string() + ": cannot read");
   return write_all(fd, bytes, name);
 }
 
@@ -190,7 +215,8 @@ Status stream_small_file(int fd, const Checkpoint& input, const Plan& plan, cons
 
 Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
   auto checkpoint = Checkpoint::open(input);
-  if (!checkpoint) return checkpoint.status();
+  if (!checkpoint)
+    return checkpoint.status();
   return make_plan(*checkpoint, options);
 }
 
@@ -203,18 +229,23 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   const uint64_t plan_t0 = profiler.now();
 
   // 1. Open and validate the input; plan the output. Nothing is written before this succeeds.
-  if (Status s = check_output(options); !s.ok()) return s;
+  if (Status s = check_output(options); !s.ok())
+    return s;
   auto opened = Checkpoint::open(options.input);
-  if (!opened) return opened.status();
+  if (!opened)
+    return opened.status();
   const Checkpoint& input = *opened;
   auto planned = make_plan(input, options.plan);
-  if (!planned) return planned.status();
+  if (!planned)
+    return planned.status();
   const Plan& plan = *planned;
-  if (callbacks.planned) callbacks.planned(plan);
+  if (callbacks.planned)
+    callbacks.planned(plan);
   profiler.record(Stage::plan, plan_t0, profiler.now(), 0);
 
   // 2. Size the pipeline from the memory budget and pick the device.
-  const unsigned threads = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  const unsigned threads =
+      options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
   PipelineConfig config;
   // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
@@ -223,8 +254,10 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   size_pipeline(options.max_memory, threads, gpu_slots, &config.chunk_bytes, &config.tokens);
   std::string device;
   auto gpu = open_device(options.device, config.chunk_bytes, gpu_slots, &device);
-  if (!gpu) return gpu.status();
-  if (!*gpu) size_pipeline(options.max_memory, threads, 0, &config.chunk_bytes, &config.tokens);
+  if (!gpu)
+    return gpu.status();
+  if (!*gpu)
+    size_pipeline(options.max_memory, threads, 0, &config.chunk_bytes, &config.tokens);
   config.gpu = gpu->get();
   config.io = &io;
   config.cancel = options.cancel;
@@ -236,21 +269,26 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
     // 3'. Stream one output file to stdout (for uploads that never land on local disk). There is
     // nothing to commit: a failure shows as the exit code, and the reader must discard the data.
     auto target = stream_target(plan, options.only);
-    if (!target) return target.status();
+    if (!target)
+      return target.status();
     auto file = std::find_if(plan.files.begin(), plan.files.end(),
                              [&](const OutputFile& f) { return f.name == *target; });
     if (file == plan.files.end()) {
-      bool side = std::find(plan.side_files.begin(), plan.side_files.end(), *target) != plan.side_files.end();
+      bool side = std::find(plan.side_files.begin(), plan.side_files.end(), *target) !=
+                  plan.side_files.end();
       if (!side && *target != INDEX_FILE_NAME)
-        return Status(Errc::invalid_argument, "--only " + *target + ": the output has no such file (see "
-                                              "shardshift plan IN --print-size)");
-      if (Status s = stream_small_file(STDOUT_FILENO, input, plan, *target); !s.ok()) return s;
+        return Status(Errc::invalid_argument, "--only " + *target +
+                                                  ": the output has no such file (see "
+                                                  "shardshift plan IN --print-size)");
+      if (Status s = stream_small_file(STDOUT_FILENO, input, plan, *target); !s.ok())
+        return s;
     } else {
       streamed_tensors = file->tensors.size();
       config.stream_fd = STDOUT_FILENO;
       config.only_file = static_cast<uint32_t>(file - plan.files.begin());
       moved = run_pipeline(input, plan, {}, config, profiler);
-      if (!moved) return moved.status();
+      if (!moved)
+        return moved.status();
     }
   } else {
     // 3. Build the output in a staging directory beside it; remove it on any failure.
@@ -258,26 +296,33 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
     const fs::path staging = staging_path(output, "tmp");
     std::error_code ec;
     if (!fs::create_directory(staging, ec))
-      return Status(Errc::io, staging.string() + ": cannot create the staging directory: " + ec.message());
+      return Status(Errc::io,
+                    staging.string() + ": cannot create the staging directory: " + ec.message());
     struct Cleanup {
       fs::path dir;
       bool armed = true;
       ~Cleanup() {
         std::error_code e;
-        if (armed) fs::remove_all(dir, e);
+        if (armed)
+          fs::remove_all(dir, e);
       }
     } cleanup{staging};
 
     moved = run_pipeline(input, plan, staging, config, profiler);
-    if (!moved) return moved.status();
-    if (options.cancel && options.cancel->load()) return Status(Errc::interrupted, "interrupted");
+    if (!moved)
+      return moved.status();
+    if (options.cancel && options.cancel->load())
+      return Status(Errc::interrupted, "interrupted");
 
     // 4. Side files, then the index (the commit point of a sharded checkpoint), then the rename.
     const uint64_t c0 = profiler.now();
-    if (Status s = copy_side_files(io, input, plan, staging); !s.ok()) return s;
+    if (Status s = copy_side_files(io, input, plan, staging); !s.ok())
+      return s;
     if (plan.write_index)
-      if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok()) return s;
-    if (Status s = commit_output(io, staging, output, options.force); !s.ok()) return s;
+      if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok())
+        return s;
+    if (Status s = commit_output(io, staging, output, options.force); !s.ok())
+      return s;
     cleanup.armed = false;
     profiler.record(Stage::commit, c0, profiler.now(), 0);
   }

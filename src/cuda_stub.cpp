@@ -4,7 +4,9 @@
 
 namespace shardshift {
 
-int CudaTransformer::device_count() { return 0; }
+int CudaTransformer::device_count() {
+  return 0;
+}
 
 Result<std::unique_ptr<CudaTransformer>> CudaTransformer::create(int, uint64_t, unsigned) {
   return Status(Errc::cuda,

@@ -10,19 +10,20 @@
 // Thread-safety: run() and alloc/free_pinned are thread-safe; create/destroy are not.
 #pragma once
 
+#include "shardshift/status.h"
+
+#include "transpose.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 
-#include "shardshift/status.h"
-#include "transpose.h"
-
 namespace shardshift {
 
-struct CudaTimings {  ///< per-call phase times measured with CUDA events, in nanoseconds
+struct CudaTimings { ///< per-call phase times measured with CUDA events, in nanoseconds
   uint64_t stage_ns = 0, h2d_ns = 0, kernel_ns = 0, d2h_ns = 0;
-  int stream = 0; ///< which slot/stream ran the call
+  int stream = 0;        ///< which slot/stream ran the call
   uint64_t start_ns = 0; ///< host steady_clock time (ns) when the call started
 };
 

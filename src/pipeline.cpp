@@ -1,19 +1,19 @@
 #include "pipeline.h"
 
-#include <sys/mman.h>
+#include "shardshift/shard_writer.h"
+
+#include "transpose.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <sys/mman.h>
 #include <vector>
 
 #include <tbb/parallel_pipeline.h>
 #include <tbb/task_arena.h>
-
-#include "shardshift/shard_writer.h"
-#include "transpose.h"
 
 namespace shardshift {
 
@@ -52,7 +52,8 @@ class BufferPool {
 public:
   BufferPool(uint64_t bytes, CudaTransformer* gpu) : bytes_(bytes), gpu_(gpu) {}
   ~BufferPool() {
-    for (std::byte* p : all_) gpu_ ? gpu_->free_pinned(p) : std::free(p);
+    for (std::byte* p : all_)
+      gpu_ ? gpu_->free_pinned(p) : std::free(p);
   }
   Result<std::byte*> acquire() {
     std::lock_guard lock(mu_);
@@ -62,7 +63,9 @@ public:
       return p;
     }
     void* p = gpu_ ? gpu_->alloc_pinned(bytes_) : std::aligned_alloc(4096, bytes_);
-    if (!p) return Status(Errc::io, "out of memory allocating a " + std::to_string(bytes_) + "-byte buffer");
+    if (!p)
+      return Status(Errc::io,
+                    "out of memory allocating a " + std::to_string(bytes_) + "-byte buffer");
     all_.push_back(static_cast<std::byte*>(p));
     return static_cast<std::byte*>(p);
   }
@@ -105,7 +108,8 @@ public:
       }
       const OutputTensor& t = plan_.tensors[file.tensors[k_]];
       switch (t.op) {
-      case OpKind::copy: return copy_run(file);
+      case OpKind::copy:
+        return copy_run(file);
       case OpKind::ones: {
         auto item = make(ItemKind::ones);
         item->tensor = &t;
@@ -114,7 +118,8 @@ public:
         return item;
       }
       case OpKind::transpose:
-        if (auto item = transform_chunk(t)) return item;
+        if (auto item = transform_chunk(t))
+          return item;
         break; // an empty tensor: nothing to do, move on
       }
     }
@@ -139,7 +144,8 @@ private:
     uint64_t end = item->in_offset;
     while (k_ < file.tensors.size()) {
       const OutputTensor& t = plan_.tensors[file.tensors[k_]];
-      if (t.op != OpKind::copy || t.source.shard != first.source.shard || in_.file_offset(t.source) != end)
+      if (t.op != OpKind::copy || t.source.shard != first.source.shard ||
+          in_.file_offset(t.source) != end)
         break;
       end += t.size;
       ++item->run_tensors;
@@ -157,7 +163,7 @@ private:
     const TensorInfo& src = in_.info(t.source);
     const uint64_t A = src.shape[1], B = src.shape[2];
     const uint64_t es_in = dtype_bits(src.dtype) / 8, es_out = dtype_bits(t.dtype) / 8;
-    const uint64_t out_row = A * es_out;                 // one output row (one input column)
+    const uint64_t out_row = A * es_out; // one output row (one input column)
     const uint64_t expert_out = t.cols * out_row;
     const uint64_t expert_in = A * B * es_in;
     if (t.experts == 0 || t.cols == 0 || A == 0) {
@@ -224,13 +230,24 @@ void fill_ones(std::byte* dst, DType dtype, uint64_t count) {
   const uint64_t es = dtype_bits(dtype) / 8;
   uint64_t one = 0;
   switch (dtype) {
-  case DType::BF16: one = 0x3F80; break;
-  case DType::F16: one = 0x3C00; break;
-  case DType::F32: one = 0x3F800000u; break;
-  case DType::F64: one = 0x3FF0000000000000ull; break;
-  default: one = 1; break; // integer types
+  case DType::BF16:
+    one = 0x3F80;
+    break;
+  case DType::F16:
+    one = 0x3C00;
+    break;
+  case DType::F32:
+    one = 0x3F800000u;
+    break;
+  case DType::F64:
+    one = 0x3FF0000000000000ull;
+    break;
+  default:
+    one = 1;
+    break; // integer types
   }
-  for (uint64_t i = 0; i < count; ++i) std::memcpy(dst + i * es, &one, es); // little-endian
+  for (uint64_t i = 0; i < count; ++i)
+    std::memcpy(dst + i * es, &one, es); // little-endian
 }
 
 } // namespace
@@ -250,13 +267,15 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   std::atomic<bool> failed{false};
   auto fail = [&](Status s) {
     std::lock_guard lock(error_mu);
-    if (first_error.ok()) first_error = std::move(s);
+    if (first_error.ok())
+      first_error = std::move(s);
     failed = true;
   };
 
   uint64_t total = 0;
   for (size_t f = 0; f < plan.files.size(); ++f)
-    if (!stream || f == config.only_file) total += plan.files[f].size();
+    if (!stream || f == config.only_file)
+      total += plan.files[f].size();
   std::atomic<uint64_t> in_flight{0};
   std::unique_ptr<ShardWriter> writer;
   uint64_t done = 0;
@@ -265,7 +284,8 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
 
   auto emit = [&](tbb::flow_control& fc) -> Item* {
     if (failed || (config.cancel && config.cancel->load())) {
-      if (!failed) fail(Status(Errc::interrupted, "interrupted"));
+      if (!failed)
+        fail(Status(Errc::interrupted, "interrupted"));
       fc.stop();
       return nullptr;
     }
@@ -286,39 +306,48 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
       item->args.dst = *buf;
       in_flight += item->length;
     }
-    profiler.record(Stage::read, t0, profiler.now(), item->kind == ItemKind::transform ? item->length : 0,
+    profiler.record(Stage::read, t0, profiler.now(),
+                    item->kind == ItemKind::transform ? item->length : 0,
                     item->tensor ? std::string_view(item->tensor->name) : std::string_view());
     return item.release();
   };
 
   auto transform = [&](Item* item) -> Item* {
-    if (failed) return item;
+    if (failed)
+      return item;
     static thread_local const Profiler* named = nullptr;
     if (named != &profiler) {
-      profiler.name_thread("worker " + std::to_string(tbb::this_task_arena::current_thread_index()));
+      profiler.name_thread("worker " +
+                           std::to_string(tbb::this_task_arena::current_thread_index()));
       named = &profiler;
     }
     if (item->kind == ItemKind::ones) {
-      fill_ones(item->buffer, item->tensor->dtype, item->tensor->shape.empty() ? 1 : item->tensor->shape[0]);
+      fill_ones(item->buffer, item->tensor->dtype,
+                item->tensor->shape.empty() ? 1 : item->tensor->shape[0]);
       return item;
     }
-    if (item->kind != ItemKind::transform) return item;
+    if (item->kind != ItemKind::transform)
+      return item;
     const uint64_t t0 = profiler.now();
     const MappedFile& file = *item->shard->file;
     // The kernels read the input through the mapping; fault its pages in with one call.
     file.populate(static_cast<uint64_t>(item->args.src - file.bytes().data()),
-                  item->args.experts * item->args.A * item->args.B * (dtype_bits(item->args.src_dtype) / 8));
+                  item->args.experts * item->args.A * item->args.B *
+                      (dtype_bits(item->args.src_dtype) / 8));
     if (item->on_gpu) {
       CudaTimings tm;
       Status gpu_status;
-      Status guard = guard_mapped_access(file, [&] { gpu_status = config.gpu->run(item->args, &tm); });
+      Status guard =
+          guard_mapped_access(file, [&] { gpu_status = config.gpu->run(item->args, &tm); });
       item->status = guard.ok() ? gpu_status : guard;
       const uint64_t t1 = profiler.now();
       profiler.record(Stage::transform_gpu, t0, t1, item->length, item->tensor->name);
       int track = profiler.track_id("cuda stream " + std::to_string(tm.stream));
       uint64_t t = t0;
-      for (auto [stage, ns] : {std::pair{Stage::gpu_stage, tm.stage_ns}, {Stage::gpu_h2d, tm.h2d_ns},
-                               {Stage::gpu_kernel, tm.kernel_ns}, {Stage::gpu_d2h, tm.d2h_ns}}) {
+      for (auto [stage, ns] : {std::pair{Stage::gpu_stage, tm.stage_ns},
+                               {Stage::gpu_h2d, tm.h2d_ns},
+                               {Stage::gpu_kernel, tm.kernel_ns},
+                               {Stage::gpu_d2h, tm.d2h_ns}}) {
         profiler.record(stage, t, t + ns, item->length, item->tensor->name, track);
         t += ns;
       }
@@ -328,15 +357,18 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
       profiler.record(Stage::transform_cpu, t0, profiler.now(), item->length, item->tensor->name);
       cpu_bytes += item->length;
     }
-    if (!item->status.ok()) fail(item->status);
+    if (!item->status.ok())
+      fail(item->status);
     return item;
   };
 
   auto write = [&](Item* raw) {
     std::unique_ptr<Item> item(raw);
     const uint64_t t0 = profiler.now();
-    if (last_write_end) profiler.record(Stage::wait, last_write_end, t0, 0);
-    const std::string_view name = item->tensor ? std::string_view(item->tensor->name) : std::string_view();
+    if (last_write_end)
+      profiler.record(Stage::wait, last_write_end, t0, 0);
+    const std::string_view name =
+        item->tensor ? std::string_view(item->tensor->name) : std::string_view();
     if (!failed) {
       Status s;
       const OutputFile& file = plan.files[item->file];
@@ -364,16 +396,19 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
           head = (4096 - item->in_offset % 4096) % 4096;
           body = (item->length - head) & ~uint64_t{4095};
         }
-        const uint64_t pieces[3][2] = {{0, head}, {head, body}, {head + body, item->length - head - body}};
+        const uint64_t pieces[3][2] = {
+            {0, head}, {head, body}, {head + body, item->length - head - body}};
         Status copy_status;
         s = guard_mapped_access(in, [&] {
           for (auto& [off, len] : pieces) {
-            if (len == 0 || !copy_status.ok()) continue;
-            copy_status = writer->append_copy(in.fd(), item->in_offset + off, len, view->subspan(off, len),
-                                              &zero_copy);
+            if (len == 0 || !copy_status.ok())
+              continue;
+            copy_status = writer->append_copy(in.fd(), item->in_offset + off, len,
+                                              view->subspan(off, len), &zero_copy);
           }
         });
-        if (s.ok()) s = copy_status;
+        if (s.ok())
+          s = copy_status;
         (zero_copy ? result.zero_copy_bytes : result.fallback_copy_bytes) += item->length;
         profiler.record(Stage::write_copy, t0, profiler.now(), item->length, name);
         done += item->length;
@@ -382,7 +417,8 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
       case ItemKind::transform:
       case ItemKind::ones:
         s = writer->append({item->buffer, item->length});
-        if (item->kind == ItemKind::ones) result.ones_bytes += item->length;
+        if (item->kind == ItemKind::ones)
+          result.ones_bytes += item->length;
         profiler.record(Stage::write_data, t0, profiler.now(), item->length, name);
         done += item->length;
         break;
@@ -395,9 +431,11 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
         break;
       }
       }
-      if (!s.ok()) fail(s);
+      if (!s.ok())
+        fail(s);
     }
-    if (item->release_length) item->shard->file->release(item->release_offset, item->release_length);
+    if (item->release_length)
+      item->shard->file->release(item->release_offset, item->release_length);
     if (item->buffer) {
       pool.release(item->buffer);
       in_flight -= item->length;
@@ -424,12 +462,14 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   };
 
   profiler.name_thread("main");
-  tbb::parallel_pipeline(config.tokens,
-                         tbb::make_filter<void, Item*>(tbb::filter_mode::serial_in_order, emit) &
-                             tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel, transform) &
-                             tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order, write));
-  if (writer) writer->abandon();
-  if (failed) return first_error;
+  tbb::parallel_pipeline(
+      config.tokens, tbb::make_filter<void, Item*>(tbb::filter_mode::serial_in_order, emit) &
+                         tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel, transform) &
+                         tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order, write));
+  if (writer)
+    writer->abandon();
+  if (failed)
+    return first_error;
   result.cpu_bytes = cpu_bytes;
   result.gpu_bytes = gpu_bytes;
   return result;

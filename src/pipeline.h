@@ -11,17 +11,18 @@
 // Thread-safety: run_pipeline is called once per conversion.
 #pragma once
 
-#include <atomic>
-#include <cstdint>
-#include <filesystem>
-#include <functional>
-
-#include "cuda_transform.h"
 #include "shardshift/checkpoint.h"
 #include "shardshift/convert.h"
 #include "shardshift/io.h"
 #include "shardshift/plan.h"
 #include "shardshift/profiler.h"
+
+#include "cuda_transform.h"
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
 
 namespace shardshift {
 

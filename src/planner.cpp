@@ -8,6 +8,12 @@
 //   4. shard like Hugging Face (greedy in input order, max_shard_size), copies first in each file;
 //   5. build each file's exact header.
 // Every problem found in 1-3 is collected; the plan fails with all of them at once.
+#include "shardshift/plan.h"
+#include "shardshift/shard_writer.h"
+
+#include "adapter.h"
+#include "transpose.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -16,20 +22,20 @@
 
 #include <simdjson.h>
 
-#include "adapter.h"
-#include "shardshift/plan.h"
-#include "shardshift/shard_writer.h"
-#include "transpose.h"
-
 namespace shardshift {
 
-const char* direction_name(Direction d) { return d == Direction::from_hf ? "from_hf" : "to_hf"; }
+const char* direction_name(Direction d) {
+  return d == Direction::from_hf ? "from_hf" : "to_hf";
+}
 
 const char* op_name(OpKind op) {
   switch (op) {
-  case OpKind::copy: return "copy";
-  case OpKind::transpose: return "transpose";
-  case OpKind::ones: return "ones";
+  case OpKind::copy:
+    return "copy";
+  case OpKind::transpose:
+    return "transpose";
+  case OpKind::ones:
+    return "ones";
   }
   return "?";
 }
@@ -38,7 +44,8 @@ namespace {
 
 std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
 }
 
@@ -91,7 +98,8 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
   std::string name = key;
   for (const CompiledRule& cr : rules) {
     std::smatch m;
-    if (!std::regex_search(name, m, cr.re)) continue;
+    if (!std::regex_search(name, m, cr.re))
+      continue;
     // Expert rules capture the layer path as group 1.
     std::string layer = m.size() > 1 ? m[1].str() : std::string();
     switch (cr.rule->action) {
@@ -113,7 +121,8 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
       c.action = cr.rule->action;
       c.layer = layer;
       c.output = expand(cr.rule->output, m, layer, prefix);
-      if (!cr.rule->extra.empty()) c.extra = expand(cr.rule->extra, m, layer, prefix);
+      if (!cr.rule->extra.empty())
+        c.extra = expand(cr.rule->extra, m, layer, prefix);
       return c;
     }
   }
@@ -125,7 +134,8 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
 // Expert-parallel range of rank r among w for e experts (semantics 1.2).
 std::pair<uint64_t, uint64_t> ep_range(uint64_t e, uint64_t w, uint64_t r) {
   uint64_t base = e / w, rem = e % w;
-  if (r < rem) return {r * (base + 1), base + 1};
+  if (r < rem)
+    return {r * (base + 1), base + 1};
   return {r * base + rem, base};
 }
 
@@ -139,9 +149,11 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
   // input is read front to back.
   std::vector<TensorRef> order;
   for (uint32_t s = 0; s < input.shards.size(); ++s)
-    for (uint32_t t = 0; t < input.shards[s].header.tensors.size(); ++t) order.push_back({s, t});
+    for (uint32_t t = 0; t < input.shards[s].header.tensors.size(); ++t)
+      order.push_back({s, t});
   std::vector<std::string> keys;
-  for (TensorRef r : order) keys.push_back(input.info(r).name);
+  for (TensorRef r : order)
+    keys.push_back(input.info(r).name);
 
   // The model type comes from config.json when the checkpoint has one; a missing or unreadable
   // config is not an error (the key names decide then).
@@ -156,7 +168,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
       model_type = std::string(type);
   }
   auto selected = select_adapter(model_type, keys, options.adapter, options.direction);
-  if (!selected) return selected.status();
+  if (!selected)
+    return selected.status();
   const AdapterSpec& spec = **selected;
   const Direction dir = spec.direction;
 
@@ -170,7 +183,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
                   "expert-parallel export (--ep-size, --ep-shard-size) applies to from_hf only");
 
   std::vector<CompiledRule> rules;
-  for (const Rule& r : spec.rules) rules.push_back({&r, std::regex(r.pattern.begin(), r.pattern.end())});
+  for (const Rule& r : spec.rules)
+    rules.push_back({&r, std::regex(r.pattern.begin(), r.pattern.end())});
   const bool any_model_prefix =
       std::any_of(keys.begin(), keys.end(), [](auto& k) { return k.starts_with("model."); });
   const std::string prefix = any_model_prefix ? "model." : "";
@@ -203,8 +217,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
                                 : c.action == RuleAction::expert_down  ? g.down
                                                                        : g.scale;
       if (slot)
-        problem("tensor '" + c.input_name + "': " + c.layer + " already has this expert piece in '" +
-                slot->input_name + "'");
+        problem("tensor '" + c.input_name + "': " + c.layer +
+                " already has this expert piece in '" + slot->input_name + "'");
       else
         slot = &c;
       break;
@@ -226,12 +240,16 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
     const TensorInfo* sc = g.scale ? &input.info(g.scale->ref) : nullptr;
     if (spec.fold_scale) {
       std::vector<std::string> missing;
-      if (!gu) missing.push_back("gate_up_proj");
-      if (!dn) missing.push_back("down_proj");
-      if (!sc) missing.push_back("per_expert_scale");
+      if (!gu)
+        missing.push_back("gate_up_proj");
+      if (!dn)
+        missing.push_back("down_proj");
+      if (!sc)
+        missing.push_back("per_expert_scale");
       if (!missing.empty()) {
         std::string m;
-        for (auto& s : missing) m += (m.empty() ? "" : ", ") + s;
+        for (auto& s : missing)
+          m += (m.empty() ? "" : ", ") + s;
         problem(layer + ": incomplete expert weights: missing " + m +
                 " (every MoE layer needs gate_up_proj, down_proj and router.per_expert_scale)");
         continue;
@@ -252,7 +270,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
               shape_text(sc->shape));
       ok = false;
     }
-    if (!ok) continue;
+    if (!ok)
+      continue;
     uint64_t e = gu ? gu->shape[0] : dn->shape[0];
     if (gu && dn && gu->shape[0] != dn->shape[0]) {
       problem(layer + ": expert count disagrees: '" + gu->name + "' " + shape_text(gu->shape) +
@@ -264,7 +283,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
               " scales but the layer has " + std::to_string(e) + " experts");
       ok = false;
     }
-    // Hidden size: from_hf gate_up [E, 2I, H] / down [E, H, I]; to_hf gate_and_up [E, H, 2I] / down [E, I, H].
+    // Hidden size: from_hf gate_up [E, 2I, H] / down [E, H, I]; to_hf gate_and_up [E, H, 2I] / down
+    // [E, I, H].
     if (gu && dn) {
       uint64_t h_gu = dir == Direction::from_hf ? gu->shape[2] : gu->shape[1];
       uint64_t h_dn = dir == Direction::from_hf ? dn->shape[1] : dn->shape[2];
@@ -278,9 +298,9 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
     DType down_p = dn ? dn->dtype : DType::BF16;
     if (dn) {
       bool fold = spec.fold_scale;
-      Status s = check_transpose_supported(dn->dtype, fold, sc ? sc->dtype : dn->dtype,
-                                           options.expert_dtype.value_or(
-                                               fold ? promote_types(dn->dtype, sc->dtype) : dn->dtype));
+      Status s = check_transpose_supported(
+          dn->dtype, fold, sc ? sc->dtype : dn->dtype,
+          options.expert_dtype.value_or(fold ? promote_types(dn->dtype, sc->dtype) : dn->dtype));
       if (!s.ok()) {
         problem("tensor '" + dn->name + "': " + s.message());
         ok = false;
@@ -296,7 +316,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
         ok = false;
       }
     }
-    if (!ok) continue;
+    if (!ok)
+      continue;
     eo.gate_dtype = options.expert_dtype.value_or(gu ? gu->dtype : DType::BF16);
     eo.down_dtype = options.expert_dtype.value_or(down_p);
     eo.ones_dtype = options.scale_dtype.value_or(eo.down_dtype);
@@ -309,7 +330,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
     // The second sharding keeps rows of output axis 1 (= input axis 2): refuse remainders.
     for (auto& [layer, g] : groups)
       for (const Classified* c : {g.gate_up, g.down}) {
-        if (!c || !expert_out.count(layer)) continue;
+        if (!c || !expert_out.count(layer))
+          continue;
         const TensorInfo& t = input.info(c->ref);
         if (t.shape[2] % options.ep_shard_size != 0)
           problem("tensor '" + t.name + "': axis of size " + std::to_string(t.shape[2]) +
@@ -323,8 +345,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
     try {
       exclude.emplace(*options.exclude);
     } catch (const std::regex_error& e) {
-      return Status(Errc::invalid_argument,
-                    "--exclude '" + *options.exclude + "' is not a valid regular expression: " + e.what());
+      return Status(Errc::invalid_argument, "--exclude '" + *options.exclude +
+                                                "' is not a valid regular expression: " + e.what());
     }
   }
   auto excluded = [&](const std::string& name) {
@@ -342,11 +364,12 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
     t.size = size.value_or(0);
     out.push_back(std::move(t));
   };
-  const bool has_lm_head = std::any_of(keys.begin(), keys.end(), [](auto& k) { return k == "lm_head.weight"; });
-  const bool has_lora = std::any_of(keys.begin(), keys.end(), [](auto& k) {
-    return k.find(".lora_") != std::string::npos;
-  });
-  const bool want_tied_head = !spec.tied_head_source.empty() && options.tied_head && !has_lm_head && !has_lora;
+  const bool has_lm_head =
+      std::any_of(keys.begin(), keys.end(), [](auto& k) { return k == "lm_head.weight"; });
+  const bool has_lora = std::any_of(keys.begin(), keys.end(),
+                                    [](auto& k) { return k.find(".lora_") != std::string::npos; });
+  const bool want_tied_head =
+      !spec.tied_head_source.empty() && options.tied_head && !has_lm_head && !has_lora;
   bool tied_head_done = false;
 
   for (const Classified& c : classified) {
@@ -366,7 +389,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
       t.shape = info.shape;
       t.op = OpKind::copy;
       t.source = c.ref;
-      if (c.output != c.input_name) t.note = "from " + c.input_name;
+      if (c.output != c.input_name)
+        t.note = "from " + c.input_name;
       emit(t);
       if (want_tied_head && c.output == spec.tied_head_source) {
         OutputTensor head = t;
@@ -380,7 +404,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
     case RuleAction::expert_gate_up:
     case RuleAction::expert_down: {
       auto it = expert_out.find(c.layer);
-      if (it == expert_out.end()) break; // the group had problems, already reported
+      if (it == expert_out.end())
+        break; // the group had problems, already reported
       const ExpertOut& eo = it->second;
       const ExpertGroup& g = groups[c.layer];
       bool down = c.action == RuleAction::expert_down;
@@ -440,7 +465,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
                       std::string(spec.model) + " " + direction_name(dir) + " adapter (" +
                       std::to_string(problems.size()) + " problem" +
                       (problems.size() > 1 ? "s" : "") + "):";
-    for (auto& p : problems) msg += "\n  " + p;
+    for (auto& p : problems)
+      msg += "\n  " + p;
     return Status(Errc::plan, msg);
   }
 
@@ -457,7 +483,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
     shards.back().push_back(i);
     current += out[i].size;
   }
-  if (shards.empty()) shards.emplace_back(); // an empty checkpoint is still one valid file
+  if (shards.empty())
+    shards.emplace_back(); // an empty checkpoint is still one valid file
 
   const size_t nfiles = shards.size();
   for (size_t f = 0; f < nfiles; ++f) {
@@ -491,7 +518,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
       uint64_t best_len = 0, best_in = 0, best_out = 0;
       for (size_t k = 0; k < file.tensors.size();) {
         const OutputTensor& first = out[file.tensors[k]];
-        if (first.op != OpKind::copy) break;
+        if (first.op != OpKind::copy)
+          break;
         uint64_t run_len = first.size;
         uint64_t in_end = input.file_offset(first.source) + first.size;
         size_t j = k + 1;
@@ -513,10 +541,12 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
       }
       // Only when that keeps the data section 8-byte aligned, as the reference writer does.
       uint64_t mod = (best_in - best_out) % 4096;
-      if (best_len >= 4096 && mod % 8 == 0) ho.data_start_mod_4096 = mod;
+      if (best_len >= 4096 && mod % 8 == 0)
+        ho.data_start_mod_4096 = mod;
     }
     auto header = build_header(planned, ho);
-    if (!header) return header.status();
+    if (!header)
+      return header.status();
     file.header = std::move(header.value());
     plan.files.push_back(std::move(file));
   }
@@ -524,10 +554,13 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options) {
   for (const OutputTensor& t : out) {
     plan.total_tensor_bytes += t.size;
     plan.weight_map[t.name] = plan.files[t.file].name;
-    (t.op == OpKind::copy ? plan.copy_bytes : t.op == OpKind::ones ? plan.ones_bytes : plan.transform_bytes) += t.size;
+    (t.op == OpKind::copy   ? plan.copy_bytes
+     : t.op == OpKind::ones ? plan.ones_bytes
+                            : plan.transform_bytes) += t.size;
   }
   plan.write_index = plan.files.size() > 1;
-  if (options.copy_side_files) plan.side_files = input.other_files;
+  if (options.copy_side_files)
+    plan.side_files = input.other_files;
   return plan;
 }
 

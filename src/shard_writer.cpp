@@ -504,7 +504,8 @@ Status write_file_atomic(Io& io, const fs::path& path, std::span<const std::byte
   return writer.finish();
 }
 
-Result<std::string> index_json(uint64_t total_size, const std::map<std::string, std::string>& weight_map) {
+Result<std::string> index_json(uint64_t total_size,
+                               const std::map<std::string, std::string>& weight_map) {
   // Byte for byte what transformers writes: json.dumps(index, indent=2, sort_keys=True) + "\n".
   // std::map orders UTF-8 keys bytewise, which is code-point order, as Python sorts str keys.
   std::string text = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
@@ -512,8 +513,8 @@ Result<std::string> index_json(uint64_t total_size, const std::map<std::string, 
   bool first = true;
   for (const auto& [name, file] : weight_map) {
     if (!is_valid_utf8(name) || !is_valid_utf8(file))
-      return error(Errc::invalid_argument,
-                   "model.safetensors.index.json: tensor '" + name + "': name or file is not valid UTF-8");
+      return error(Errc::invalid_argument, "model.safetensors.index.json: tensor '" + name +
+                                               "': name or file is not valid UTF-8");
     text += first ? "\n    " : ",\n    ";
     first = false;
     append_python_json_string(text, name);
@@ -529,7 +530,8 @@ Status write_index(Io& io, const fs::path& dir, uint64_t total_size,
   auto text = index_json(total_size, weight_map);
   if (!text)
     return error(text.status().code(), (dir / text.status().message()).string());
-  return write_file_atomic(io, dir / "model.safetensors.index.json", std::as_bytes(std::span(*text)));
+  return write_file_atomic(io, dir / "model.safetensors.index.json",
+                           std::as_bytes(std::span(*text)));
 }
 
 void remove_temp_files(const fs::path& dir) {

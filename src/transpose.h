@@ -15,21 +15,21 @@
 // Thread-safety: pure; any number of concurrent calls on disjoint outputs.
 #pragma once
 
+#include "shardshift/dtype.h"
+#include "shardshift/status.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
-#include "shardshift/dtype.h"
-#include "shardshift/status.h"
-
 namespace shardshift {
 
 struct TransposeArgs {
-  const std::byte* src = nullptr; ///< first element of expert 0 of the chunk
-  std::byte* dst = nullptr;       ///< output, experts * cols * A elements of dst_dtype
+  const std::byte* src = nullptr;    ///< first element of expert 0 of the chunk
+  std::byte* dst = nullptr;          ///< output, experts * cols * A elements of dst_dtype
   const std::byte* scales = nullptr; ///< `experts` values of scale_dtype, or nullptr: no fold
   uint64_t experts = 0;
-  uint64_t A = 0, B = 0;          ///< input matrix shape; input expert stride is A * B elements
+  uint64_t A = 0, B = 0;            ///< input matrix shape; input expert stride is A * B elements
   uint64_t col_begin = 0, cols = 0; ///< input columns kept (= output rows); cols == B for all
   DType src_dtype = DType::BF16;
   DType scale_dtype = DType::BF16;
@@ -48,7 +48,8 @@ enum class SimdLevel { portable = 0, avx2 = 1, avx512 = 2 };
 SimdLevel detect_simd_level();
 const char* simd_level_name(SimdLevel level);
 
-/// Runs the operation on the CPU at the detected SIMD level. REQUIRES: check_transpose_supported ok.
+/// Runs the operation on the CPU at the detected SIMD level. REQUIRES: check_transpose_supported
+/// ok.
 void transpose_fold_cpu(const TransposeArgs& args);
 /// Same at an explicit level (for tests and benchmarks; a level above the CPU's runs portable).
 void transpose_fold_cpu(const TransposeArgs& args, SimdLevel level);

@@ -14,30 +14,45 @@ Result<uint64_t> parse_size(std::string_view text) {
                   "invalid size '" + std::string(text) + "' (examples: 4096, 64MiB, 1GiB, 5GB)");
   };
   size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
-  if (i == 0) return bad();
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
+    ++i;
+  if (i == 0)
+    return bad();
   double number = 0;
   {
     std::string num(text.substr(0, i));
     char* end = nullptr;
     number = std::strtod(num.c_str(), &end);
-    if (end != num.c_str() + num.size()) return bad();
+    if (end != num.c_str() + num.size())
+      return bad();
   }
   std::string suffix;
-  for (char c : text.substr(i)) suffix += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char c : text.substr(i))
+    suffix += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   double mult;
-  if (suffix.empty() || suffix == "b") mult = 1;
-  else if (suffix == "kb" || suffix == "k") mult = 1e3;
-  else if (suffix == "mb" || suffix == "m") mult = 1e6;
-  else if (suffix == "gb" || suffix == "g") mult = 1e9;
-  else if (suffix == "tb" || suffix == "t") mult = 1e12;
-  else if (suffix == "kib") mult = 1024.0;
-  else if (suffix == "mib") mult = 1024.0 * 1024;
-  else if (suffix == "gib") mult = 1024.0 * 1024 * 1024;
-  else if (suffix == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
-  else return bad();
+  if (suffix.empty() || suffix == "b")
+    mult = 1;
+  else if (suffix == "kb" || suffix == "k")
+    mult = 1e3;
+  else if (suffix == "mb" || suffix == "m")
+    mult = 1e6;
+  else if (suffix == "gb" || suffix == "g")
+    mult = 1e9;
+  else if (suffix == "tb" || suffix == "t")
+    mult = 1e12;
+  else if (suffix == "kib")
+    mult = 1024.0;
+  else if (suffix == "mib")
+    mult = 1024.0 * 1024;
+  else if (suffix == "gib")
+    mult = 1024.0 * 1024 * 1024;
+  else if (suffix == "tib")
+    mult = 1024.0 * 1024 * 1024 * 1024;
+  else
+    return bad();
   double value = number * mult;
-  if (!std::isfinite(value) || value >= 1.8e19) return bad();
+  if (!std::isfinite(value) || value >= 1.8e19)
+    return bad();
   return static_cast<uint64_t>(std::llround(value));
 }
 
@@ -50,13 +65,20 @@ std::string format_bytes(uint64_t bytes) {
     ++u;
   }
   char buf[32];
-  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
-  else std::snprintf(buf, sizeof buf, v < 10 ? "%.2f %s" : v < 100 ? "%.1f %s" : "%.0f %s", v, UNITS[u]);
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  else
+    std::snprintf(buf, sizeof buf,
+                  v < 10    ? "%.2f %s"
+                  : v < 100 ? "%.1f %s"
+                            : "%.0f %s",
+                  v, UNITS[u]);
   return buf;
 }
 
 std::string format_rate(double bytes_per_second) {
-  if (!(bytes_per_second >= 0) || !std::isfinite(bytes_per_second)) return "- B/s";
+  if (!(bytes_per_second >= 0) || !std::isfinite(bytes_per_second))
+    return "- B/s";
   return format_bytes(static_cast<uint64_t>(bytes_per_second)) + "/s";
 }
 

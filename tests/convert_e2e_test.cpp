@@ -1,5 +1,9 @@
 // convert_e2e_test.cpp: the shardshift binary end to end: synth -> plan -> convert -> inspect ->
 // convert back, exit codes, stdout discipline, --print-size, --trace and Ctrl-C.
+#include "shardshift/checkpoint.h"
+
+#include "test_support.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <signal.h>
@@ -9,9 +13,6 @@
 
 #include <gtest/gtest.h>
 
-#include "shardshift/checkpoint.h"
-#include "test_support.h"
-
 namespace shardshift {
 namespace {
 
@@ -19,7 +20,9 @@ namespace fs = std::filesystem;
 using testing::run_shardshift;
 using testing::TempDir;
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) {
+  return "'" + p.string() + "'";
+}
 
 class ConvertCli : public ::testing::Test {
 protected:
@@ -32,9 +35,10 @@ protected:
 };
 
 TEST_F(ConvertCli, RoundTripThroughTheBinary) {
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "native") + " --max-shard-size 3MB");
+  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "native") +
+                          " --max-shard-size 3MB");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "");                                    // results go to stderr unless --json
+  EXPECT_EQ(r.out, ""); // results go to stderr unless --json
   EXPECT_NE(r.err.find("converted "), std::string::npos) << r.err; // the one-line summary
   EXPECT_NE(r.err.find("diffusion_gemma from_hf"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err; // no progress when not a tty
@@ -81,7 +85,8 @@ TEST_F(ConvertCli, JsonGoesToStdoutAlone) {
 TEST_F(ConvertCli, PrintSizeMatchesTheFilesWritten) {
   auto p = run_shardshift("plan " + q(tmp / "hf") + " --print-size --max-shard-size 2MB");
   ASSERT_EQ(p.exit_code, 0) << p.err;
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --max-shard-size 2MB");
+  auto r =
+      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --max-shard-size 2MB");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::istringstream lines(p.out);
   uint64_t size;
@@ -96,14 +101,19 @@ TEST_F(ConvertCli, PrintSizeMatchesTheFilesWritten) {
 
 TEST_F(ConvertCli, StreamsOneFileToStdout) {
   // Each output file streamed through a pipe equals the file a directory conversion writes.
-  ASSERT_EQ(run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "dir") + " --max-shard-size 2MB -q").exit_code, 0);
+  ASSERT_EQ(
+      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "dir") + " --max-shard-size 2MB -q")
+          .exit_code,
+      0);
   auto files = testing::list_dir(tmp / "dir");
   ASSERT_GT(files.size(), 3u);
   for (const std::string& name : files) {
     auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " + q(tmp / "hf") +
-                                " - --max-shard-size 2MB -q --only " + name + " | cat > " + q(tmp / "streamed"));
+                                " - --max-shard-size 2MB -q --only " + name + " | cat > " +
+                                q(tmp / "streamed"));
     ASSERT_EQ(r.exit_code, 0) << name << ": " << r.err;
-    EXPECT_TRUE(testing::read_bytes(tmp / "streamed") == testing::read_bytes(tmp / "dir" / name)) << name;
+    EXPECT_TRUE(testing::read_bytes(tmp / "streamed") == testing::read_bytes(tmp / "dir" / name))
+        << name;
   }
   auto many = run_shardshift("convert " + q(tmp / "hf") + " - --max-shard-size 2MB");
   EXPECT_EQ(many.exit_code, 2);
@@ -114,10 +124,14 @@ TEST_F(ConvertCli, StreamsOneFileToStdout) {
 }
 
 TEST_F(ConvertCli, ExitCodes) {
-  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf")).exit_code, 2);                 // missing OUT
-  EXPECT_EQ(run_shardshift("convert --bogus a b").exit_code, 2);                       // unknown flag
-  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --max-memory 12XB").exit_code, 2);
-  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --dtype int4").exit_code, 2);
+  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf")).exit_code, 2); // missing OUT
+  EXPECT_EQ(run_shardshift("convert --bogus a b").exit_code, 2);      // unknown flag
+  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --max-memory 12XB")
+                .exit_code,
+            2);
+  EXPECT_EQ(
+      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --dtype int4").exit_code,
+      2);
   EXPECT_EQ(run_shardshift("nonsense").exit_code, 2);
   auto missing = run_shardshift("convert " + q(tmp / "nope") + " " + q(tmp / "x"));
   EXPECT_EQ(missing.exit_code, 1);
@@ -132,8 +146,8 @@ TEST_F(ConvertCli, ExitCodes) {
   }
   auto help = run_shardshift("convert --help");
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* flag : {"--max-memory", "--device", "--dtype", "--exclude", "--ep-size", "--trace", "--stats",
-                           "--force", "--no-tied-head", "Example"})
+  for (const char* flag : {"--max-memory", "--device", "--dtype", "--exclude", "--ep-size",
+                           "--trace", "--stats", "--force", "--no-tied-head", "Example"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
 }
 
@@ -141,7 +155,8 @@ TEST_F(ConvertCli, CorruptInputFailsCleanly) {
   // Truncate one shard: the header promises more data than the file holds.
   fs::path shard;
   for (auto& e : fs::directory_iterator(tmp / "hf"))
-    if (e.path().extension() == ".safetensors") shard = e.path();
+    if (e.path().extension() == ".safetensors")
+      shard = e.path();
   fs::resize_file(shard, fs::file_size(shard) - 100);
   auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n"));
   EXPECT_EQ(r.exit_code, 1);
@@ -150,7 +165,8 @@ TEST_F(ConvertCli, CorruptInputFailsCleanly) {
 }
 
 TEST_F(ConvertCli, TraceIsChromeTraceJson) {
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --trace " + q(tmp / "t.json") + " --stats");
+  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --trace " +
+                          q(tmp / "t.json") + " --stats");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::string trace = testing::read_bytes(tmp / "t.json");
   EXPECT_EQ(trace.rfind("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 0), 0u);
@@ -165,9 +181,11 @@ TEST_F(ConvertCli, InterruptRemovesEverything) {
   auto big = run_shardshift("synth " + q(tmp / "big") + " --layers 4 --scale 4");
   ASSERT_EQ(big.exit_code, 0) << big.err;
   std::string in = (tmp / "big").string(), out = (tmp / "n").string();
-  const char* argv[] = {SHARDSHIFT_BINARY, "convert", in.c_str(), out.c_str(), "-j", "1", "--max-memory", "1MiB", nullptr};
+  const char* argv[] = {SHARDSHIFT_BINARY, "convert", in.c_str(), out.c_str(), "-j", "1",
+                        "--max-memory",    "1MiB",    nullptr};
   pid_t pid;
-  ASSERT_EQ(posix_spawn(&pid, SHARDSHIFT_BINARY, nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  ASSERT_EQ(
+      posix_spawn(&pid, SHARDSHIFT_BINARY, nullptr, nullptr, const_cast<char**>(argv), environ), 0);
   bool signalled = false;
   for (int i = 0; i < 20000 && !signalled; ++i) {
     for (auto& e : fs::directory_iterator(tmp.path()))
@@ -175,7 +193,8 @@ TEST_F(ConvertCli, InterruptRemovesEverything) {
         kill(pid, SIGINT);
         signalled = true;
       }
-    if (waitpid(pid, nullptr, WNOHANG) == pid) FAIL() << "finished before it could be interrupted";
+    if (waitpid(pid, nullptr, WNOHANG) == pid)
+      FAIL() << "finished before it could be interrupted";
     usleep(200);
   }
   ASSERT_TRUE(signalled);

@@ -1,11 +1,12 @@
 // cuda_convert_test.cpp: whole conversions are byte-identical between --device cpu and
 // --device cuda (and across thread counts and memory budgets on the GPU). Skips without a GPU.
-#include <gtest/gtest.h>
-
-#include "cuda_transform.h"
 #include "shardshift/convert.h"
 #include "shardshift/synth.h"
+
+#include "cuda_transform.h"
 #include "test_support.h"
+
+#include <gtest/gtest.h>
 
 namespace shardshift {
 namespace {
@@ -15,12 +16,14 @@ using testing::TempDir;
 
 std::string all_bytes(const fs::path& dir) {
   std::string all;
-  for (auto& name : testing::list_dir(dir)) all += name + ":" + testing::read_bytes(dir / name);
+  for (auto& name : testing::list_dir(dir))
+    all += name + ":" + testing::read_bytes(dir / name);
   return all;
 }
 
-Result<ConvertSummary> convert_on(const fs::path& in, const fs::path& out, const std::string& device,
-                                  unsigned threads = 0, uint64_t mem = uint64_t{1} << 30,
+Result<ConvertSummary> convert_on(const fs::path& in, const fs::path& out,
+                                  const std::string& device, unsigned threads = 0,
+                                  uint64_t mem = uint64_t{1} << 30,
                                   std::optional<DType> dtype = std::nullopt) {
   ConvertOptions o;
   o.input = in;
@@ -34,7 +37,8 @@ Result<ConvertSummary> convert_on(const fs::path& in, const fs::path& out, const
 }
 
 TEST(CudaConvert, DevicesGiveByteIdenticalCheckpoints) {
-  if (CudaTransformer::device_count() == 0) GTEST_SKIP() << "no usable CUDA device";
+  if (CudaTransformer::device_count() == 0)
+    GTEST_SKIP() << "no usable CUDA device";
   TempDir tmp;
   for (const char* model : {"diffusion_gemma", "gemma4_moe"}) {
     SCOPED_TRACE(model);
@@ -61,7 +65,8 @@ TEST(CudaConvert, DevicesGiveByteIdenticalCheckpoints) {
       auto back_cpu = convert_on(tmp / (tag + "-cpu"), tmp / (tag + "-back-cpu"), "cpu");
       auto back_gpu = convert_on(tmp / (tag + "-gpu"), tmp / (tag + "-back-gpu"), "cuda:0");
       ASSERT_TRUE(back_cpu.ok() && back_gpu.ok());
-      EXPECT_TRUE(all_bytes(tmp / (tag + "-back-cpu")) == all_bytes(tmp / (tag + "-back-gpu"))) << tag;
+      EXPECT_TRUE(all_bytes(tmp / (tag + "-back-cpu")) == all_bytes(tmp / (tag + "-back-gpu")))
+          << tag;
     }
     // Small budgets cut experts differently; the bytes must not change.
     for (uint64_t mem : {uint64_t{4} << 20, uint64_t{64} << 20}) {
@@ -73,7 +78,8 @@ TEST(CudaConvert, DevicesGiveByteIdenticalCheckpoints) {
 }
 
 TEST(CudaConvert, AutoPicksTheGpuAndSaysSo) {
-  if (CudaTransformer::device_count() == 0) GTEST_SKIP() << "no usable CUDA device";
+  if (CudaTransformer::device_count() == 0)
+    GTEST_SKIP() << "no usable CUDA device";
   TempDir tmp;
   SynthOptions so;
   so.out = tmp / "hf";

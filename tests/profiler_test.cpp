@@ -1,20 +1,22 @@
 // profiler_test.cpp: --stats aggregates and the Chrome trace event file, checked against the
 // trace event format (JSON object form, "traceEvents" array of X / M / C events).
+#include "shardshift/profiler.h"
+
+#include "test_support.h"
+
 #include <set>
 #include <thread>
 
 #include <gtest/gtest.h>
 #include <simdjson.h>
 
-#include "shardshift/profiler.h"
-#include "test_support.h"
-
 namespace shardshift {
 namespace {
 
 TEST(Profiler, SummariesCountBytesAndPercentiles) {
   Profiler p(false);
-  for (uint64_t i = 1; i <= 100; ++i) p.record(Stage::transform_cpu, 0, i * 1000, 10);
+  for (uint64_t i = 1; i <= 100; ++i)
+    p.record(Stage::transform_cpu, 0, i * 1000, 10);
   p.record(Stage::write_data, 5, 7, 3);
   auto s = p.summaries();
   ASSERT_EQ(s.size(), static_cast<size_t>(STAGE_COUNT));
@@ -35,9 +37,11 @@ TEST(Profiler, TraceFollowsTheTraceEventFormat) {
   for (int t = 0; t < 3; ++t)
     threads.emplace_back([&, t] {
       p.name_thread("worker " + std::to_string(t));
-      for (int i = 0; i < 5; ++i) p.record(Stage::transform_cpu, i * 100, i * 100 + 50, 4096, "layers.\"0\"\n.down");
+      for (int i = 0; i < 5; ++i)
+        p.record(Stage::transform_cpu, i * 100, i * 100 + 50, 4096, "layers.\"0\"\n.down");
     });
-  for (auto& th : threads) th.join();
+  for (auto& th : threads)
+    th.join();
   int stream = p.track_id("cuda stream 0");
   EXPECT_EQ(p.track_id("cuda stream 0"), stream);
   p.record(Stage::gpu_kernel, 10, 20, 8, "x", stream);

@@ -1,17 +1,18 @@
 // reflink_test.cpp: pass-through tensors share the input's extents on a filesystem that can
 // (XFS with reflink=1, loop-mounted here). Needs root and loop devices: skips cleanly without.
+#include "shardshift/convert.h"
+#include "shardshift/synth.h"
+
+#include "test_support.h"
+
+#include <fcntl.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/statvfs.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
-
-#include "shardshift/convert.h"
-#include "shardshift/synth.h"
-#include "test_support.h"
 
 namespace shardshift {
 namespace {
@@ -22,7 +23,8 @@ using testing::TempDir;
 // Bytes of `path` in extents the filesystem reports as shared (FIEMAP_EXTENT_SHARED).
 uint64_t shared_bytes(const fs::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return 0;
+  if (fd < 0)
+    return 0;
   const unsigned n = 512;
   std::vector<char> buf(sizeof(fiemap) + n * sizeof(fiemap_extent));
   auto* fm = reinterpret_cast<fiemap*>(buf.data());
@@ -33,15 +35,18 @@ uint64_t shared_bytes(const fs::path& path) {
     fm->fm_length = FIEMAP_MAX_OFFSET;
     fm->fm_flags = FIEMAP_FLAG_SYNC;
     fm->fm_extent_count = n;
-    if (ioctl(fd, FS_IOC_FIEMAP, fm) != 0 || fm->fm_mapped_extents == 0) break;
+    if (ioctl(fd, FS_IOC_FIEMAP, fm) != 0 || fm->fm_mapped_extents == 0)
+      break;
     bool last = false;
     for (unsigned i = 0; i < fm->fm_mapped_extents; ++i) {
       const fiemap_extent& e = fm->fm_extents[i];
-      if (e.fe_flags & FIEMAP_EXTENT_SHARED) shared += e.fe_length;
+      if (e.fe_flags & FIEMAP_EXTENT_SHARED)
+        shared += e.fe_length;
       start = e.fe_logical + e.fe_length;
       last |= (e.fe_flags & FIEMAP_EXTENT_LAST) != 0;
     }
-    if (last) break;
+    if (last)
+      break;
   }
   ::close(fd);
   return shared;
@@ -62,7 +67,8 @@ public:
       return;
     }
     auto img = tmp_ / "xfs.img";
-    auto r = testing::run_shell("truncate -s 400M " + img.string() + " && mkfs.xfs -q -m reflink=1 " + img.string());
+    auto r = testing::run_shell("truncate -s 400M " + img.string() +
+                                " && mkfs.xfs -q -m reflink=1 " + img.string());
     if (r.exit_code != 0) {
       why_ = "mkfs.xfs unavailable: " + r.err;
       return;
@@ -76,7 +82,8 @@ public:
     mounted_ = true;
   }
   ~XfsMount() {
-    if (mounted_) (void)testing::run_shell("umount " + mnt().string());
+    if (mounted_)
+      (void)testing::run_shell("umount " + mnt().string());
   }
   fs::path mnt() const { return tmp_ / "mnt"; }
   bool mounted() const { return mounted_; }
@@ -90,7 +97,8 @@ private:
 
 TEST(Reflink, PassThroughSharesExtentsAndCostsNoDataBlocks) {
   XfsMount xfs;
-  if (!xfs.mounted()) GTEST_SKIP() << xfs.why();
+  if (!xfs.mounted())
+    GTEST_SKIP() << xfs.why();
   SynthOptions so;
   so.out = xfs.mnt() / "hf";
   so.layers = 2;
@@ -115,7 +123,8 @@ TEST(Reflink, PassThroughSharesExtentsAndCostsNoDataBlocks) {
   // The embedding (and its tied copy) dominate the pass-through bytes; all but a page at each end
   // of the aligned run must be shared, and only the transformed bytes may cost new blocks.
   EXPECT_GT(r->zero_copy_bytes, r->transformed_bytes);
-  EXPECT_GE(shared + 4 * 4096 * 8, r->zero_copy_bytes / 2) << "too little of the pass-through is shared";
+  EXPECT_GE(shared + 4 * 4096 * 8, r->zero_copy_bytes / 2)
+      << "too little of the pass-through is shared";
   EXPECT_LT(after - before, r->transformed_bytes + fs::file_size(out) / 4)
       << "the output cost as many blocks as a plain copy";
   // Without alignment nothing can be shared: the control case proves the measurement can fail.

@@ -223,8 +223,8 @@ TEST(BuildHeader, EscapesNamesAndMetadata) {
   std::vector<PlannedTensor> tensors = {{name, DType::U8, {1}}};
   auto header = build_header(tensors, options);
   ASSERT_TRUE(header.ok()) << header.status().message();
-  const std::string expected_name = R"("q\"uote\\back\nline\u0001\u001f)" +
-                                    std::string("\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\"");
+  const std::string expected_name =
+      R"("q\"uote\\back\nline\u0001\u001f)" + std::string("\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\"");
   EXPECT_NE(header->find(expected_name), std::string::npos) << header.value();
   EXPECT_NE(header->find(R"("note":"tab\there \"x\"")"), std::string::npos) << header.value();
 

@@ -1,7 +1,5 @@
 #include "test_support.h"
 
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -9,6 +7,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <sys/wait.h>
 
 namespace shardshift::testing {
 
@@ -17,7 +16,8 @@ namespace fs = std::filesystem;
 TempDir::TempDir() {
   std::string tmpl = (fs::temp_directory_path() / "shardshift-test-XXXXXX").string();
   char* made = mkdtemp(tmpl.data());
-  if (!made) throw std::runtime_error("mkdtemp failed");
+  if (!made)
+    throw std::runtime_error("mkdtemp failed");
   path_ = made;
 }
 
@@ -29,7 +29,8 @@ TempDir::~TempDir() {
 void write_bytes(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (!out) throw std::runtime_error("cannot write " + path.string());
+  if (!out)
+    throw std::runtime_error("cannot write " + path.string());
 }
 
 std::string read_bytes(const fs::path& path) {
@@ -42,7 +43,8 @@ std::string read_bytes(const fs::path& path) {
 std::string raw_safetensors(const std::string& header_json, const std::string& data) {
   std::string out(8, '\0');
   uint64_t n = header_json.size();
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
   return out + header_json + data;
 }
 
@@ -61,7 +63,8 @@ uint64_t test_seed() {
 
 std::string random_bytes(std::mt19937_64& rng, size_t n) {
   std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng() & 0xff);
+  for (auto& c : s)
+    c = static_cast<char>(rng() & 0xff);
   return s;
 }
 
@@ -91,7 +94,8 @@ CommandResult run_shardshift(const std::string& args) {
 
 std::vector<std::string> list_dir(const fs::path& dir) {
   std::vector<std::string> names;
-  for (auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  for (auto& e : fs::directory_iterator(dir))
+    names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
 }

@@ -42,7 +42,8 @@ struct CommandResult {
   int exit_code = -1;
   std::string out, err;
 };
-/// Runs the built shardshift binary with `args` (a shell-quoted string), capturing stdout and stderr.
+/// Runs the built shardshift binary with `args` (a shell-quoted string), capturing stdout and
+/// stderr.
 CommandResult run_shardshift(const std::string& args);
 /// Runs a shell command, capturing its output.
 CommandResult run_shell(const std::string& command);

@@ -3,6 +3,10 @@
 // Thread-safety: immutable after open(); all const members may be used from any thread.
 #pragma once
 
+#include "shardshift/mapped_file.h"
+#include "shardshift/safetensors.h"
+#include "shardshift/status.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -12,16 +16,13 @@
 #include <string>
 #include <vector>
 
-#include "shardshift/mapped_file.h"
-#include "shardshift/safetensors.h"
-#include "shardshift/status.h"
-
 namespace shardshift {
 
 inline constexpr const char* INDEX_FILE_NAME = "model.safetensors.index.json";
 
 struct Shard {
-  std::string file_name; ///< relative to the checkpoint directory ("model-00001-of-00002.safetensors")
+  std::string
+      file_name; ///< relative to the checkpoint directory ("model-00001-of-00002.safetensors")
   std::unique_ptr<MappedFile> file;
   Header header;
 };
@@ -38,17 +39,19 @@ public:
   /// an index. Reports every problem found in every shard before failing.
   static Result<Checkpoint> open(const std::filesystem::path& path);
 
-  std::filesystem::path root;        ///< the directory (or, for one file, its directory)
-  bool single_file = false;          ///< opened from a path to one .safetensors file
-  bool has_index = false;            ///< model.safetensors.index.json was present and used
-  std::vector<Shard> shards;         ///< sorted by file name
+  std::filesystem::path root; ///< the directory (or, for one file, its directory)
+  bool single_file = false;   ///< opened from a path to one .safetensors file
+  bool has_index = false;     ///< model.safetensors.index.json was present and used
+  std::vector<Shard> shards;  ///< sorted by file name
   std::map<std::string, TensorRef, std::less<>> tensors; ///< every tensor, by name
   std::vector<std::string> other_files; ///< other regular files of the directory (config.json...)
-  Metadata index_metadata;           ///< the index's "metadata" as strings (e.g. total_size)
+  Metadata index_metadata;              ///< the index's "metadata" as strings (e.g. total_size)
 
   /// Lookup by name; nullopt when absent.
   std::optional<TensorRef> find(std::string_view name) const;
-  const TensorInfo& info(TensorRef ref) const { return shards[ref.shard].header.tensors[ref.tensor]; }
+  const TensorInfo& info(TensorRef ref) const {
+    return shards[ref.shard].header.tensors[ref.tensor];
+  }
   const Shard& shard(TensorRef ref) const { return shards[ref.shard]; }
   /// File offset of the tensor's first byte in its shard.
   uint64_t file_offset(TensorRef ref) const {

@@ -4,8 +4,14 @@
 // run the pipeline (copy / transform / write, bounded by max_memory), copy side files, write the
 // index, commit (rename the staging directory to the output). On any error or cancellation the
 // staging directory is removed: the output either appears whole or not at all.
-// Thread-safety: one conversion per ConvertOptions; callbacks are invoked from one thread at a time.
+// Thread-safety: one conversion per ConvertOptions; callbacks are invoked from one thread at a
+// time.
 #pragma once
+
+#include "shardshift/io.h"
+#include "shardshift/plan.h"
+#include "shardshift/profiler.h"
+#include "shardshift/status.h"
 
 #include <atomic>
 #include <cstdint>
@@ -15,26 +21,21 @@
 #include <string>
 #include <vector>
 
-#include "shardshift/io.h"
-#include "shardshift/plan.h"
-#include "shardshift/profiler.h"
-#include "shardshift/status.h"
-
 namespace shardshift {
 
 struct ConvertOptions {
   std::filesystem::path input;
   std::filesystem::path output; ///< a directory, or "-": stream one file to stdout (see `only`)
-  std::string only;             ///< with output "-": the output file to stream (shard, index, side file)
+  std::string only; ///< with output "-": the output file to stream (shard, index, side file)
   PlanOptions plan;
-  unsigned threads = 0;                 ///< 0 = all hardware threads (-j)
-  uint64_t max_memory = uint64_t{1} << 30; ///< budget for buffers and mapped input in flight
-  std::string device = "auto";          ///< auto | cpu | cuda | cuda:N
-  bool force = false;                   ///< replace an existing output directory
+  unsigned threads = 0;                      ///< 0 = all hardware threads (-j)
+  uint64_t max_memory = uint64_t{1} << 30;   ///< budget for buffers and mapped input in flight
+  std::string device = "auto";               ///< auto | cpu | cuda | cuda:N
+  bool force = false;                        ///< replace an existing output directory
   const std::atomic<bool>* cancel = nullptr; ///< set (e.g. by SIGINT) to stop; result: interrupted
-  Io* io = nullptr;                     ///< nullptr = Io::system()
-  bool sync = true;                     ///< fsync files and directories (--no-sync: false)
-  bool trace = false;                   ///< keep per-span events for Profiler::write_trace
+  Io* io = nullptr;                          ///< nullptr = Io::system()
+  bool sync = true;                          ///< fsync files and directories (--no-sync: false)
+  bool trace = false;                        ///< keep per-span events for Profiler::write_trace
 };
 
 struct Progress {
@@ -47,12 +48,12 @@ struct Progress {
 struct ConvertSummary {
   std::string adapter;
   Direction direction = Direction::from_hf;
-  std::string device;            ///< "cpu (avx512)" or "cuda:0 (NVIDIA H200)"
+  std::string device; ///< "cpu (avx512)" or "cuda:0 (NVIDIA H200)"
   uint64_t tensors = 0, files = 0;
-  uint64_t output_bytes = 0;     ///< all output files, headers included
-  uint64_t zero_copy_bytes = 0;  ///< pass-through bytes moved by copy_file_range / splice
-  uint64_t fallback_copy_bytes = 0; ///< pass-through bytes the kernel refused to move (pwrite)
-  uint64_t transformed_bytes = 0;   ///< bytes produced by transpose-fold and ones
+  uint64_t output_bytes = 0;             ///< all output files, headers included
+  uint64_t zero_copy_bytes = 0;          ///< pass-through bytes moved by copy_file_range / splice
+  uint64_t fallback_copy_bytes = 0;      ///< pass-through bytes the kernel refused to move (pwrite)
+  uint64_t transformed_bytes = 0;        ///< bytes produced by transpose-fold and ones
   uint64_t cpu_bytes = 0, gpu_bytes = 0; ///< transformed bytes by device
   uint64_t dropped = 0, excluded = 0;
   uint64_t chunk_bytes = 0, tokens = 0; ///< the memory budget's split
@@ -67,7 +68,8 @@ struct ConvertCallbacks {
 };
 
 /// Converts options.input into options.output. `profiler` (optional) receives the timings.
-Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallbacks& callbacks = {},
+Result<ConvertSummary> convert(const ConvertOptions& options,
+                               const ConvertCallbacks& callbacks = {},
                                Profiler* profiler = nullptr);
 
 /// Opens the input and makes its plan without writing anything (`shardshift plan`).

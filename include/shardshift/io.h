@@ -6,10 +6,9 @@
 // Thread-safety: the default Io is stateless and safe from any thread; test doubles say their own.
 #pragma once
 
-#include <sys/types.h>
-
 #include <cstddef>
 #include <cstdint>
+#include <sys/types.h>
 
 namespace shardshift {
 

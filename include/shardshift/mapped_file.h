@@ -8,6 +8,8 @@
 // called from any thread.
 #pragma once
 
+#include "shardshift/status.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -15,8 +17,6 @@
 #include <memory>
 #include <span>
 #include <string>
-
-#include "shardshift/status.h"
 
 namespace shardshift {
 

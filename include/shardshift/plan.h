@@ -3,16 +3,16 @@
 // Thread-safety: a Plan is an immutable value once make_plan() returns it.
 #pragma once
 
+#include "shardshift/checkpoint.h"
+#include "shardshift/dtype.h"
+#include "shardshift/status.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include "shardshift/checkpoint.h"
-#include "shardshift/dtype.h"
-#include "shardshift/status.h"
 
 namespace shardshift {
 
@@ -35,47 +35,49 @@ struct OutputTensor {
   uint64_t offset = 0; ///< within its file's data section
   uint32_t file = 0;   ///< index into Plan::files
   OpKind op = OpKind::copy;
-  TensorRef source{};                ///< copy / transpose: the input tensor
-  std::optional<TensorRef> scale;    ///< transpose: the folded per-expert scale
+  TensorRef source{};             ///< copy / transpose: the input tensor
+  std::optional<TensorRef> scale; ///< transpose: the folded per-expert scale
   // transpose: experts [expert_begin, expert_begin + experts) and input columns
   // [col_begin, col_begin + cols) of the [E, A, B] source are kept.
   uint64_t expert_begin = 0, experts = 0, col_begin = 0, cols = 0;
-  std::string note; ///< for humans: "alias of model.embed_tokens.weight", "fold router.per_expert_scale"
+  std::string
+      note; ///< for humans: "alias of model.embed_tokens.weight", "fold router.per_expert_scale"
 };
 
 struct OutputFile {
-  std::string name;               ///< "model-00001-of-00003.safetensors" or "model.safetensors"
-  std::vector<uint32_t> tensors;  ///< indices into Plan::tensors, in data order
-  std::string header;             ///< the exact header bytes (length prefix + JSON + padding)
+  std::string name;              ///< "model-00001-of-00003.safetensors" or "model.safetensors"
+  std::vector<uint32_t> tensors; ///< indices into Plan::tensors, in data order
+  std::string header;            ///< the exact header bytes (length prefix + JSON + padding)
   uint64_t data_size = 0;
   uint64_t size() const { return header.size() + data_size; }
 };
 
 struct Plan {
-  std::string adapter;  ///< "diffusion_gemma" or "gemma4_moe"
+  std::string adapter; ///< "diffusion_gemma" or "gemma4_moe"
   Direction direction = Direction::from_hf;
   std::vector<OutputTensor> tensors;
   std::vector<OutputFile> files;
-  bool write_index = false;               ///< more than one file
+  bool write_index = false; ///< more than one file
   std::map<std::string, std::string> weight_map;
-  uint64_t total_tensor_bytes = 0;        ///< index total_size
-  std::vector<std::string> side_files;    ///< copied verbatim (config.json, tokenizer files)
-  uint64_t dropped = 0;                   ///< input tensors not written (encoder, lm_head, scales)
-  uint64_t excluded = 0;                  ///< removed by the exclusion pattern
+  uint64_t total_tensor_bytes = 0;     ///< index total_size
+  std::vector<std::string> side_files; ///< copied verbatim (config.json, tokenizer files)
+  uint64_t dropped = 0;                ///< input tensors not written (encoder, lm_head, scales)
+  uint64_t excluded = 0;               ///< removed by the exclusion pattern
   uint64_t copy_bytes = 0, transform_bytes = 0, ones_bytes = 0; ///< output bytes by operation
 };
 
 struct PlanOptions {
-  std::string adapter;                   ///< "" = detect (config.json model_type, then key names)
-  std::optional<Direction> direction;    ///< nullopt = detect from key names
+  std::string adapter;                     ///< "" = detect (config.json model_type, then key names)
+  std::optional<Direction> direction;      ///< nullopt = detect from key names
   uint64_t max_shard_size = 5'000'000'000; ///< decimal 5 GB, like Hugging Face
-  std::optional<DType> expert_dtype;     ///< --dtype; nullopt = keep
-  std::optional<DType> scale_dtype;      ///< to_hf: dtype of the emitted ones (default: down's dtype)
-  std::optional<std::string> exclude = std::string(".*_extra_state.*"); ///< to_hf, re.match semantics
-  bool tied_head = true;                 ///< from_hf diffusion_gemma: emit lm_head.weight alias
-  unsigned ep_size = 1, ep_rank = 0;     ///< expert-parallel export (from_hf)
+  std::optional<DType> expert_dtype;       ///< --dtype; nullopt = keep
+  std::optional<DType> scale_dtype; ///< to_hf: dtype of the emitted ones (default: down's dtype)
+  std::optional<std::string> exclude =
+      std::string(".*_extra_state.*"); ///< to_hf, re.match semantics
+  bool tied_head = true;               ///< from_hf diffusion_gemma: emit lm_head.weight alias
+  unsigned ep_size = 1, ep_rank = 0;   ///< expert-parallel export (from_hf)
   unsigned ep_shard_size = 1, ep_shard_rank = 0;
-  bool align_for_reflink = true;         ///< pad headers so the largest copied run keeps its page offset
+  bool align_for_reflink = true; ///< pad headers so the largest copied run keeps its page offset
   bool copy_side_files = true;
 };
 

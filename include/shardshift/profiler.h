@@ -8,6 +8,8 @@
 // summaries() and write_trace() after the recording threads are done.
 #pragma once
 
+#include "shardshift/status.h"
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -17,8 +19,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "shardshift/status.h"
 
 namespace shardshift {
 

@@ -5,15 +5,15 @@
 // Thread-safety: pure functions over immutable inputs.
 #pragma once
 
+#include "shardshift/dtype.h"
+#include "shardshift/status.h"
+
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include "shardshift/dtype.h"
-#include "shardshift/status.h"
 
 namespace shardshift {
 
@@ -31,8 +31,8 @@ struct TensorInfo {
 using Metadata = std::vector<std::pair<std::string, std::string>>; // sorted by key
 
 struct Header {
-  uint64_t header_length = 0; ///< N, the length of the JSON text
-  uint64_t data_start = 0;    ///< 8 + N: file offset of the data section
+  uint64_t header_length = 0;      ///< N, the length of the JSON text
+  uint64_t data_start = 0;         ///< 8 + N: file offset of the data section
   std::vector<TensorInfo> tensors; ///< sorted by `begin` (data order), names unique
   Metadata metadata;               ///< `__metadata__`, sorted by key; empty when absent
 

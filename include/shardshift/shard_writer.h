@@ -8,6 +8,11 @@
 // Thread-safety: a ShardWriter is used by one thread at a time.
 #pragma once
 
+#include "shardshift/dtype.h"
+#include "shardshift/io.h"
+#include "shardshift/safetensors.h"
+#include "shardshift/status.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -15,11 +20,6 @@
 #include <span>
 #include <string>
 #include <vector>
-
-#include "shardshift/dtype.h"
-#include "shardshift/io.h"
-#include "shardshift/safetensors.h"
-#include "shardshift/status.h"
 
 namespace shardshift {
 
@@ -40,7 +40,8 @@ struct HeaderOptions {
 /// The 8-byte length prefix plus the JSON header for `tensors` laid out in the given order.
 /// Fails (Errc::invalid_argument) on a tensor named `__metadata__`, a duplicate name, a header over
 /// MAX_HEADER_BYTES or a size that overflows.
-Result<std::string> build_header(std::span<const PlannedTensor> tensors, const HeaderOptions& options);
+Result<std::string> build_header(std::span<const PlannedTensor> tensors,
+                                 const HeaderOptions& options);
 
 class ShardWriter {
 public:
@@ -93,13 +94,16 @@ Status write_index(Io& io, const std::filesystem::path& dir, uint64_t total_size
                    const std::map<std::string, std::string>& weight_map);
 
 /// The text write_index writes (for streaming the index to a pipe).
-Result<std::string> index_json(uint64_t total_size, const std::map<std::string, std::string>& weight_map);
+Result<std::string> index_json(uint64_t total_size,
+                               const std::map<std::string, std::string>& weight_map);
 
 /// Writes a whole small file atomically (temp, fsync, rename, dir fsync). Used for the index,
 /// for copied side files and by tests.
-Status write_file_atomic(Io& io, const std::filesystem::path& path, std::span<const std::byte> bytes);
+Status write_file_atomic(Io& io, const std::filesystem::path& path,
+                         std::span<const std::byte> bytes);
 
-/// Removes leftover temporary files shardshift created in `dir` (name pattern `.*.shardshift-tmp*`).
+/// Removes leftover temporary files shardshift created in `dir` (name pattern
+/// `.*.shardshift-tmp*`).
 void remove_temp_files(const std::filesystem::path& dir);
 
 /// fsyncs a directory so a rename in it is durable.

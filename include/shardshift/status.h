@@ -1,9 +1,9 @@
 // status.h: the one error vocabulary of shardshift.
 //
 // Every library call that can fail returns a Status or a Result<T>. Both are [[nodiscard]].
-// A message is shaped `path: tensor 'name': what went wrong`; validation that finds several problems
-// puts one per line. The library never prints and never exits: apps/ maps Errc to exit codes.
-// Thread-safety: values; no shared state.
+// A message is shaped `path: tensor 'name': what went wrong`; validation that finds several
+// problems puts one per line. The library never prints and never exits: apps/ maps Errc to exit
+// codes. Thread-safety: values; no shared state.
 #pragma once
 
 #include <cassert>
@@ -15,16 +15,16 @@ namespace shardshift {
 
 enum class Errc {
   ok = 0,
-  io,           ///< a system call failed (open, read, write, rename...)
-  no_space,     ///< the disk is full (ENOSPC, EDQUOT)
-  broken_pipe,  ///< the reader of a pipe went away (EPIPE)
-  format,       ///< an input file is not valid safetensors / index JSON
-  file_changed, ///< an input file shrank or changed while mapped (SIGBUS)
-  plan,         ///< the input does not fit the adapter (missing pieces, shapes, dtypes)
-  unsupported,  ///< a valid request shardshift cannot do (e.g. folding an integer tensor)
+  io,               ///< a system call failed (open, read, write, rename...)
+  no_space,         ///< the disk is full (ENOSPC, EDQUOT)
+  broken_pipe,      ///< the reader of a pipe went away (EPIPE)
+  format,           ///< an input file is not valid safetensors / index JSON
+  file_changed,     ///< an input file shrank or changed while mapped (SIGBUS)
+  plan,             ///< the input does not fit the adapter (missing pieces, shapes, dtypes)
+  unsupported,      ///< a valid request shardshift cannot do (e.g. folding an integer tensor)
   invalid_argument, ///< a bad option value (maps to exit code 2 in the app)
-  interrupted,  ///< cancelled (Ctrl-C)
-  cuda,         ///< a CUDA call failed or no usable GPU
+  interrupted,      ///< cancelled (Ctrl-C)
+  cuda,             ///< a CUDA call failed or no usable GPU
 };
 
 /// Short lower-case name of an error code ("io", "format", ...).
@@ -47,7 +47,9 @@ private:
   std::string message_;
 };
 
-inline Status error(Errc code, std::string message) { return {code, std::move(message)}; }
+inline Status error(Errc code, std::string message) {
+  return {code, std::move(message)};
+}
 
 /// A value or the Status that explains why there is none.
 template <class T> class [[nodiscard]] Result {

@@ -2,11 +2,11 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include "shardshift/status.h"
+
 #include <cstdint>
 #include <string>
 #include <string_view>
-
-#include "shardshift/status.h"
 
 namespace shardshift {
 
