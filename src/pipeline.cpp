@@ -436,6 +436,8 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
     }
     if (item->release_length)
       item->shard->file->release(item->release_offset, item->release_length);
+    // Sampled before this item's buffer goes back, so the figure includes the chunk just written.
+    const uint64_t flight = in_flight.load();
     if (item->buffer) {
       pool.release(item->buffer);
       in_flight -= item->length;
@@ -444,7 +446,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
     last_write_end = now;
     if (now - last_progress > 200'000'000 || item->kind == ItemKind::close_file) {
       last_progress = now;
-      profiler.counter("bytes in flight", now, static_cast<int64_t>(in_flight.load()));
+      profiler.counter("bytes in flight", now, static_cast<int64_t>(flight));
       profiler.counter(config.gpu ? "pinned buffers in use" : "buffers in use", now,
                        static_cast<int64_t>(pool.in_use()));
       profiler.counter("rss", now, static_cast<int64_t>(current_rss_bytes()));
@@ -454,7 +456,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
         p.bytes_total = total;
         p.file = item->file + 1;
         p.files = static_cast<uint32_t>(plan.files.size());
-        p.in_flight_bytes = in_flight.load();
+        p.in_flight_bytes = flight;
         p.elapsed_s = static_cast<double>(now) / 1e9;
         config.progress(p);
       }
