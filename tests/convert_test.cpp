@@ -12,6 +12,7 @@
 #include <map>
 #include <random>
 #include <regex>
+#include <set>
 
 #include <gtest/gtest.h>
 
@@ -811,9 +812,13 @@ TEST_F(ConvertTest, ToHfRejectsGateKeysWithoutModelPrefix) {
 }
 
 TEST_F(ConvertTest, OutputIsByteIdenticalAcrossThreadsAndMemoryBudgets) {
-  Dict in = tiny_diffusion(rng, 3, 16, 64, 24);
+  // One expert's output is 256 x 320 x 2 = 160 KiB: the smallest budgets cut single experts into
+  // row ranges, the middle ones group a few experts, 1 GiB takes whole tensors.
+  Dict in = tiny_diffusion(rng, 2, 8, 256, 160);
   write_checkpoint(tmp / "hf", in, 3);
+  const uint64_t expert_out = 256 * 320 * 2;
   std::string reference;
+  std::set<uint64_t> chunk_sizes;
   int n = 0;
   for (unsigned threads : {1u, 2u, 4u})
     for (uint64_t mem : {uint64_t{1} << 20, uint64_t{3} << 20, uint64_t{1} << 30}) {
@@ -821,9 +826,10 @@ TEST_F(ConvertTest, OutputIsByteIdenticalAcrossThreadsAndMemoryBudgets) {
       auto r = run(tmp / "hf", out, opts([&](ConvertOptions& o) {
                      o.threads = threads;
                      o.max_memory = mem;
-                     o.plan.max_shard_size = 40000;
+                     o.plan.max_shard_size = 2'000'000;
                    }));
       ASSERT_TRUE(r.ok()) << r.status().message();
+      chunk_sizes.insert(r->chunk_bytes);
       std::string all;
       for (auto& name : testing::list_dir(out))
         all += name + ":" + testing::read_bytes(out / name);
@@ -832,8 +838,10 @@ TEST_F(ConvertTest, OutputIsByteIdenticalAcrossThreadsAndMemoryBudgets) {
       else
         EXPECT_TRUE(all == reference) << "threads=" << threads << " max_memory=" << mem;
     }
-  // The chunking really differed: a 1 MiB budget cuts experts into several chunks.
-  EXPECT_GT(read_checkpoint(tmp / "o0").size(), 0u);
+  EXPECT_GE(chunk_sizes.size(), 4u);
+  EXPECT_LT(*chunk_sizes.begin(), expert_out);      // some run split single experts
+  EXPECT_GT(*chunk_sizes.rbegin(), 8 * expert_out); // some run took whole tensors
+  expect_same(read_checkpoint(tmp / "o0"), ref_from_hf(in, true, {}));
 }
 
 TEST_F(ConvertTest, ExistingOutputNeedsForce) {
