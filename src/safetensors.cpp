@@ -219,15 +219,14 @@ bool HeaderParser::parse_metadata(simdjson::ondemand::value value) {
   std::set<std::string, std::less<>> seen;
   for (auto field_result : object) {
     std::string key;
-    simdjson::ondemand::value field_value;
+    simdjson::ondemand::value v;
     bool duplicate;
-    if (auto ec = json::read_field(std::move(field_result), seen, key, field_value, duplicate))
+    if (auto ec = json::read_field(std::move(field_result), seen, key, v, duplicate))
       return json_error(ec);
     if (duplicate) {
       problem("__metadata__: duplicate key '" + json::printable(key) + "'");
       continue;
     }
-    simdjson::ondemand::value v = field_value;
     json_type vtype;
     if (auto ec = v.type().get(vtype))
       return json_error(ec);

@@ -66,69 +66,6 @@ bool is_valid_utf8(std::string_view text) {
   return true;
 }
 
-void append_hex4(std::string& out, unsigned value) {
-  static constexpr char HEX[] = "0123456789abcdef";
-  out += "\\u";
-  for (int shift = 12; shift >= 0; shift -= 4)
-    out += HEX[(value >> shift) & 0xF];
-}
-
-// A JSON string literal as Python's json.dumps writes it by default (ensure_ascii=True): short
-// escapes for the usual control characters, \uXXXX (lower-case hex, surrogate pairs above U+FFFF)
-// for everything outside printable ASCII. REQUIRES: valid UTF-8.
-void append_python_json_string(std::string& out, std::string_view text) {
-  out += '"';
-  size_t i = 0;
-  while (i < text.size()) {
-    auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x80) {
-      ++i;
-      switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7F)
-          append_hex4(out, c);
-        else
-          out += static_cast<char>(c);
-      }
-      continue;
-    }
-    int extra = (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : 3;
-    uint32_t cp = c & (extra == 1 ? 0x1F : extra == 2 ? 0x0F : 0x07);
-    for (int k = 1; k <= extra; ++k)
-      cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
-    i += extra + 1;
-    if (cp >= 0x10000) {
-      cp -= 0x10000;
-      append_hex4(out, 0xD800 + (cp >> 10));
-      append_hex4(out, 0xDC00 + (cp & 0x3FF));
-    } else {
-      append_hex4(out, cp);
-    }
-  }
-  out += '"';
-}
-
 std::string errno_text(int err) {
   return std::strerror(err);
 }
@@ -517,9 +454,9 @@ Result<std::string> index_json(uint64_t total_size,
                                                "': name or file is not valid UTF-8");
     text += first ? "\n    " : ",\n    ";
     first = false;
-    append_python_json_string(text, name);
+    append_json_string(text, name, /*ascii_only=*/true);
     text += ": ";
-    append_python_json_string(text, file);
+    append_json_string(text, file, /*ascii_only=*/true);
   }
   text += weight_map.empty() ? "}\n}\n" : "\n  }\n}\n";
   return text;

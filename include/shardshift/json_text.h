@@ -9,8 +9,10 @@
 
 namespace shardshift {
 
-/// Appends `text` to `out` as a JSON string literal, quotes included.
-void append_json_string(std::string& out, std::string_view text);
+/// Appends `text` to `out` as a JSON string literal, quotes included. With `ascii_only`, every
+/// character outside printable ASCII becomes \uXXXX (surrogate pairs above U+FFFF), as Python's
+/// json.dumps writes by default; REQUIRES then: `text` is valid UTF-8.
+void append_json_string(std::string& out, std::string_view text, bool ascii_only = false);
 /// `text` as a JSON string literal.
 std::string json_string(std::string_view text);
 
