@@ -2,6 +2,7 @@
 #include "json_reader.h"
 
 #include "shardshift/json_text.h"
+#include "shardshift/problems.h"
 
 #include <set>
 
@@ -84,23 +85,7 @@ std::string describe_uint_problem(UintToken problem, std::string_view token) {
 }
 
 std::string printable(std::string_view text) {
-  static const char* const HEX = "0123456789abcdef";
-  std::string out;
-  out.reserve(text.size());
-  for (char ch : text) {
-    auto c = static_cast<unsigned char>(ch);
-    if (c == '\\' || c == '\'') {
-      out += '\\';
-      out += ch;
-    } else if (c < 0x20 || c == 0x7f) {
-      out += "\\x";
-      out += HEX[c >> 4];
-      out += HEX[c & 15];
-    } else {
-      out += ch;
-    }
-  }
-  return out;
+  return shardshift::printable(text);
 }
 
 simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::field> field_result,

@@ -21,10 +21,6 @@ namespace shardshift {
 
 namespace {
 
-std::string errno_text(int err) {
-  return std::strerror(err);
-}
-
 uint64_t page_size() {
   static const uint64_t size = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   return size;

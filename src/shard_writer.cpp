@@ -66,10 +66,6 @@ bool is_valid_utf8(std::string_view text) {
   return true;
 }
 
-std::string errno_text(int err) {
-  return std::strerror(err);
-}
-
 // The temporary name beside `final_path`: hidden, recognisable by remove_temp_files(), and unique
 // across processes (pid) and across writers of one process (random part plus a counter).
 fs::path temp_path_for(const fs::path& final_path) {

@@ -51,6 +51,9 @@ inline Status error(Errc code, std::string message) {
   return {code, std::move(message)};
 }
 
+/// The system's text for an errno value ("No space left on device"); thread-safe.
+std::string errno_text(int err);
+
 /// A value or the Status that explains why there is none.
 template <class T> class [[nodiscard]] Result {
 public:
