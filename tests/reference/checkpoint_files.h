@@ -1,0 +1,37 @@
+// checkpoint_files.h: in-memory checkpoints (convert_reference.h) to and from disk, random test
+// models, and the element-by-element comparison the conversion tests use. Files are written byte
+// by byte here; reading goes through the library's Checkpoint (reading is not under test here).
+#pragma once
+
+#include "reference/convert_reference.h"
+
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace shardshift::reference {
+
+/// Writes `d` as `shards` safetensors files (round-robin by key) with an index when shards > 1,
+/// and a config.json naming `model_type` when given.
+void write_checkpoint(const std::filesystem::path& dir, const Dict& d, int shards = 1,
+                      const std::string& model_type = "");
+/// Every tensor of the checkpoint at `dir` (a failure to open it is a test failure).
+Dict read_checkpoint(const std::filesystem::path& dir);
+
+/// Element-by-element comparison as GoogleTest failures; any two NaNs are equal (semantics 1.1).
+void expect_same(const Dict& got, const Dict& want);
+
+/// Random tensor bytes; `special` mixes in infinities, NaNs, subnormals, signed zeros, huge values.
+Tensor random_tensor(std::mt19937_64& rng, DType d, std::vector<uint64_t> shape,
+                     bool special = false);
+
+/// A diffusion_gemma HF checkpoint in miniature: L layers, E experts, hidden H, intermediate I.
+Dict tiny_diffusion(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint64_t I,
+                    DType expert = DType::BF16, DType scale = DType::BF16, bool special = false);
+/// A gemma4_moe HF checkpoint in miniature, keys under model.language_model. (model_prefix) or
+/// language_model.; the per-expert scale under layers.N.<scale_at>. (none when empty).
+Dict tiny_gemma4(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint64_t I,
+                 bool model_prefix, const std::string& scale_at = "router");
+
+} // namespace shardshift::reference
