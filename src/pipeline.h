@@ -1,9 +1,11 @@
-// pipeline.h: the one bounded tbb::parallel_pipeline that moves a plan's bytes.
+// pipeline.h: the one bounded tbb::parallel_pipeline that moves a plan's bytes, through three
+// stage objects:
 //
-//   emit (serial, in order)  -> transform (parallel)         -> write (serial, in order)
-//   walks the plan, cuts       transpose-fold a chunk on the    appends to the current shard
-//   expert tensors in chunks,  CPU or the CUDA stage, or fills  (copy_file_range for runs),
-//   takes a buffer, prefetches ones                             frees the buffer, releases input
+//   Emitter (serial, in order) -> TransformStage (parallel)    -> WriteStage (serial, in order)
+//   walks the plan, cuts          transpose-fold a chunk on the   appends to the current file
+//   expert tensors in chunks,     CPU or the CUDA stage, or       (copy_file_range for runs)
+//   takes a buffer, prefetches    fills ones                      through an OutputTarget;
+//                                                                 frees the buffer, releases input
 //
 // At most `tokens` items are alive, each holding at most one buffer of `chunk_bytes` and reading at
 // most `chunk_bytes` of mapped input, so memory in flight is bounded by tokens * 2 * chunk_bytes
@@ -12,10 +14,10 @@
 #pragma once
 
 #include "shardshift/checkpoint.h"
-#include "shardshift/convert.h"
 #include "shardshift/io.h"
 #include "shardshift/plan.h"
 #include "shardshift/profiler.h"
+#include "shardshift/progress.h"
 
 #include "cuda_transform.h"
 

@@ -5,6 +5,7 @@
 
 #include "shardshift/checkpoint.h"
 #include "shardshift/dtype.h"
+#include "shardshift/profiler.h"
 #include "shardshift/status.h"
 
 #include <cstdint>
@@ -83,6 +84,8 @@ struct PlanOptions {
 
 /// Validates `input` against the adapter and computes the whole output. Reports every problem
 /// (missing expert pieces, shape or dtype disagreements, missing embedding...) before failing.
-Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options);
+/// Does no file I/O. Each planning pass is recorded as a `plan` span of `profiler` when given.
+Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options,
+                       Profiler* profiler = nullptr);
 
 } // namespace shardshift

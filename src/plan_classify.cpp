@@ -1,0 +1,129 @@
+// plan_classify.cpp: the first two planning passes. classify_keys runs every input key through the
+// adapter's rules (adapter.h says how rules match and what templates expand to);
+// group_expert_pieces gathers each layer's expert pieces for validation.
+#include "planner.h"
+
+#include <algorithm>
+
+namespace shardshift {
+
+namespace {
+
+// Expands an output template: $1..$9 are capture groups, {layer} the expert's `layers.N`,
+// {P} the "model." prefix when the input uses one.
+std::string expand(std::string_view tmpl, const std::smatch& m, std::string_view layer,
+                   std::string_view prefix) {
+  std::string out;
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    char c = tmpl[i];
+    if (c == '$' && i + 1 < tmpl.size() && tmpl[i + 1] >= '1' && tmpl[i + 1] <= '9') {
+      out += m[tmpl[i + 1] - '0'].str();
+      ++i;
+    } else if (tmpl.substr(i).starts_with("{layer}")) {
+      out += layer;
+      i += 6;
+    } else if (tmpl.substr(i).starts_with("{P}")) {
+      out += prefix;
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+struct CompiledRule {
+  const Rule* rule;
+  std::regex re;
+};
+
+// The first rule whose pattern matches decides; rename_continue rewrites the key and goes on.
+Classified classify(const std::vector<CompiledRule>& rules, const std::string& key,
+                    std::string_view prefix) {
+  Classified c;
+  c.input_name = key;
+  std::string name = key;
+  for (const CompiledRule& cr : rules) {
+    std::smatch m;
+    if (!std::regex_search(name, m, cr.re))
+      continue;
+    // Expert rules capture the layer path as group 1.
+    std::string layer = m.size() > 1 ? m[1].str() : std::string();
+    switch (cr.rule->action) {
+    case RuleAction::rename_continue:
+      name = expand(cr.rule->output, m, layer, prefix);
+      continue;
+    case RuleAction::drop:
+    case RuleAction::expert_scale:
+      c.action = cr.rule->action;
+      c.layer = layer;
+      return c;
+    case RuleAction::reject:
+      c.action = RuleAction::reject;
+      c.output = std::string(cr.rule->output);
+      return c;
+    case RuleAction::rename:
+    case RuleAction::expert_gate_up:
+    case RuleAction::expert_down:
+      c.action = cr.rule->action;
+      c.layer = layer;
+      c.output = expand(cr.rule->output, m, layer, prefix);
+      if (!cr.rule->extra.empty())
+        c.extra = expand(cr.rule->extra, m, layer, prefix);
+      return c;
+    }
+  }
+  c.action = RuleAction::rename; // no rule claims the key: it passes through unchanged
+  c.output = name;
+  return c;
+}
+
+} // namespace
+
+void classify_keys(PlanContext& ctx) {
+  std::vector<CompiledRule> rules;
+  for (const Rule& r : ctx.spec.rules)
+    rules.push_back({&r, std::regex(r.pattern.begin(), r.pattern.end())});
+  const std::vector<TensorRef> order = data_order(ctx.input);
+  const bool model_prefix = std::any_of(order.begin(), order.end(), [&](TensorRef r) {
+    return ctx.input.info(r).name.starts_with("model.");
+  });
+  const std::string prefix = model_prefix ? "model." : "";
+
+  ctx.classified.clear();
+  ctx.classified.reserve(order.size());
+  for (TensorRef r : order) {
+    Classified c = classify(rules, ctx.input.info(r).name, prefix);
+    c.ref = r;
+    ctx.classified.push_back(std::move(c));
+  }
+}
+
+void group_expert_pieces(PlanContext& ctx) {
+  for (const Classified& c : ctx.classified) {
+    switch (c.action) {
+    case RuleAction::reject:
+      ctx.problems.add(Errc::plan, "", c.input_name, c.output);
+      break;
+    case RuleAction::expert_gate_up:
+    case RuleAction::expert_down:
+    case RuleAction::expert_scale: {
+      ExpertGroup& g = ctx.groups[c.layer];
+      const Classified*& slot = c.action == RuleAction::expert_gate_up ? g.gate_up
+                                : c.action == RuleAction::expert_down  ? g.down
+                                                                       : g.scale;
+      if (slot)
+        ctx.problems.add(Errc::plan, "", c.input_name,
+                         c.layer + " already has this expert piece in '" +
+                             printable(slot->input_name) + "'");
+      else
+        slot = &c;
+      break;
+    }
+    default:
+      break;
+    }
+  }
+}
+
+} // namespace shardshift

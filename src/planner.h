@@ -1,0 +1,121 @@
+// planner.h: planning as a list of named passes over one context (the route from an input key to
+// an output tensor at an offset in a file). make_plan() in planner.cpp is the list; each pass
+// lives in a plan_*.cpp file, fits on one screen, records its own profiler span and is unit-tested
+// on its own (tests/planner_test.cpp).
+//
+//   classify_keys        every input key, in data order, through the adapter's rules
+//   group_expert_pieces  the expert pieces (gate_up, down, scale) of each layer, duplicates refused
+//   validate_groups      all pieces present, shapes and dtypes agree, the EP split is even
+//   emit_output_tensors  output tensors in input order (tied head, ones, --exclude)
+//   check_unique_names   no output name twice, no size past 64 bits
+//   cut_files            Hugging Face's greedy split into files, copies first in each file
+//   lay_out_headers      offsets and the exact header bytes of each file (page alignment)
+//   summarize            weight map, totals by operation, side files
+//
+// Passes never do file I/O: everything they read is in the opened Checkpoint. Problems are
+// collected in the context; make_plan fails with all of them after the checking passes.
+// Thread-safety: a PlanContext is used by one thread.
+#pragma once
+
+#include "shardshift/plan.h"
+#include "shardshift/problems.h"
+#include "shardshift/profiler.h"
+
+#include "adapter.h"
+
+#include <map>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace shardshift {
+
+/// What the rules decided for one input key.
+struct Classified {
+  TensorRef ref;
+  std::string input_name;
+  RuleAction action = RuleAction::rename; ///< rename = pass through under `output`
+  std::string output;                     ///< the output name (the message for `reject`)
+  std::string extra;                      ///< expert_down to_hf: the ones tensor's name
+  std::string layer;                      ///< expert pieces: "layers.N"
+};
+
+/// The pieces of one layer's experts (pointers into PlanContext::classified).
+struct ExpertGroup {
+  const Classified* gate_up = nullptr;
+  const Classified* down = nullptr;
+  const Classified* scale = nullptr;
+};
+
+/// What a valid group turns into (set by validate_groups).
+struct ExpertOut {
+  DType gate_dtype = DType::BF16, down_dtype = DType::BF16, ones_dtype = DType::BF16;
+  uint64_t expert_begin = 0, experts = 0; ///< this rank's experts (EP)
+};
+
+struct PlanContext {
+  PlanContext(const Checkpoint& in, const PlanOptions& opts, const AdapterSpec& adapter)
+      : input(in), options(opts), spec(adapter) {}
+
+  const Checkpoint& input;
+  const PlanOptions& options;
+  const AdapterSpec& spec;
+  std::optional<std::regex> exclude; ///< compiled --exclude when the adapter honours it
+
+  std::vector<Classified> classified; ///< every input key, in data order
+  std::map<std::string, ExpertGroup> groups;
+  std::map<std::string, ExpertOut> expert_out;     ///< only groups without problems
+  std::vector<std::vector<uint32_t>> file_tensors; ///< cut_files: tensor indices per file
+  ProblemList problems;
+  Plan plan; ///< filled pass by pass
+};
+
+/// Input tensors in data order: shard by shard, offset by offset. Output follows this order so
+/// the input is read front to back.
+std::vector<TensorRef> data_order(const Checkpoint& input);
+
+/// Checks the options that do not depend on the keys (EP ranks, --exclude) and compiles the
+/// exclusion pattern into ctx.exclude. A bad option fails at once (Errc::invalid_argument).
+Status check_options(PlanContext& ctx);
+
+void classify_keys(PlanContext& ctx);
+void group_expert_pieces(PlanContext& ctx);
+void validate_groups(PlanContext& ctx);
+void emit_output_tensors(PlanContext& ctx);
+void check_unique_names(PlanContext& ctx);
+void cut_files(PlanContext& ctx);
+Status lay_out_headers(PlanContext& ctx);
+void summarize(PlanContext& ctx);
+
+/// The page-alignment heuristic: the data-section start (mod 4096) that keeps the longest run of
+/// input-contiguous copies at its input offset modulo 4096, so copy_file_range can share those
+/// extents (reflink). nullopt when no run is worth it (< 4096 bytes) or when it would break the
+/// data section's 8-byte alignment. `tensors` are one file's tensors with offsets assigned.
+std::optional<uint64_t> reflink_alignment(const Checkpoint& input,
+                                          const std::vector<OutputTensor>& all,
+                                          const std::vector<uint32_t>& tensors);
+
+/// The expert-parallel range [begin, begin + count) of rank `r` among `w` for `e` experts
+/// (docs/semantics.md 1.2): the first e % w ranks get one expert more.
+std::pair<uint64_t, uint64_t> ep_range(uint64_t e, uint64_t w, uint64_t r);
+
+/// Records one pass as a plan-stage span named after it (when a profiler is given).
+class PassTimer {
+public:
+  PassTimer(Profiler* profiler, const char* name)
+      : profiler_(profiler), name_(name), t0_(profiler ? profiler->now() : 0) {}
+  ~PassTimer() {
+    if (profiler_)
+      profiler_->record(Stage::plan, t0_, profiler_->now(), 0, name_);
+  }
+  PassTimer(const PassTimer&) = delete;
+  PassTimer& operator=(const PassTimer&) = delete;
+
+private:
+  Profiler* profiler_;
+  const char* name_;
+  uint64_t t0_;
+};
+
+} // namespace shardshift

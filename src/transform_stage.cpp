@@ -1,0 +1,94 @@
+// transform_stage.cpp: running one chunk on the CPU or the CUDA stage, with its profiler spans.
+#include "transform_stage.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include <tbb/task_arena.h>
+
+namespace shardshift {
+
+uint64_t one_bits(DType dtype) {
+  switch (dtype) {
+  case DType::BF16:
+    return 0x3F80;
+  case DType::F16:
+    return 0x3C00;
+  case DType::F32:
+  case DType::C64: // 1 + 0i: the real part, then a zero imaginary part
+    return 0x3F800000u;
+  case DType::F64:
+    return 0x3FF0000000000000ull;
+  case DType::F8_E4M3: // exponent bias 7
+    return 0x38;
+  case DType::F8_E5M2: // exponent bias 15
+    return 0x3C;
+  case DType::F8_E4M3FNUZ: // exponent bias 8
+  case DType::F8_E5M2FNUZ: // exponent bias 16
+    return 0x40;
+  case DType::F8_E8M0: // 2^(e - 127)
+    return 0x7F;
+  default:
+    return 1; // integers and BOOL
+  }
+}
+
+void fill_ones(std::byte* dst, DType dtype, uint64_t count) {
+  const uint64_t es = dtype_bits(dtype) / 8;
+  const uint64_t one = one_bits(dtype);
+  std::memset(dst, 0, count * es);
+  for (uint64_t i = 0; i < count; ++i)
+    std::memcpy(dst + i * es, &one, std::min<uint64_t>(es, 8)); // little-endian
+}
+
+void TransformStage::run(Item& item) {
+  // Each worker thread names its profiler track once.
+  static thread_local const Profiler* named = nullptr;
+  if (named != &profiler_) {
+    profiler_.name_thread("worker " + std::to_string(tbb::this_task_arena::current_thread_index()));
+    named = &profiler_;
+  }
+  if (item.kind == ItemKind::ones) {
+    fill_ones(item.buffer, item.tensor->dtype,
+              item.tensor->shape.empty() ? 1 : item.tensor->shape[0]);
+    return;
+  }
+  if (item.kind != ItemKind::transform)
+    return;
+  const uint64_t t0 = profiler_.now();
+  const MappedFile& file = *item.shard->file;
+  // The kernels read the input through the mapping; fault its pages in with one call.
+  file.populate(static_cast<uint64_t>(item.args.src - file.bytes().data()),
+                item.args.experts * item.args.A * item.args.B *
+                    (dtype_bits(item.args.src_dtype) / 8));
+  item.on_gpu ? run_gpu(item, t0) : run_cpu(item, t0);
+}
+
+void TransformStage::run_gpu(Item& item, uint64_t t0) {
+  CudaTimings tm;
+  Status gpu_status;
+  Status guard =
+      guard_mapped_access(*item.shard->file, [&] { gpu_status = gpu_->run(item.args, &tm); });
+  item.status = guard.ok() ? gpu_status : guard;
+  profiler_.record(Stage::transform_gpu, t0, profiler_.now(), item.length, item.tensor->name);
+  // The phases measured on the device, laid end to end on the stream's own track.
+  const int track = profiler_.track_id("cuda stream " + std::to_string(tm.stream));
+  uint64_t t = t0;
+  for (auto [stage, ns] : {std::pair{Stage::gpu_stage, tm.stage_ns},
+                           {Stage::gpu_h2d, tm.h2d_ns},
+                           {Stage::gpu_kernel, tm.kernel_ns},
+                           {Stage::gpu_d2h, tm.d2h_ns}}) {
+    profiler_.record(stage, t, t + ns, item.length, item.tensor->name, track);
+    t += ns;
+  }
+  gpu_bytes_ += item.length;
+}
+
+void TransformStage::run_cpu(Item& item, uint64_t t0) {
+  item.status = guard_mapped_access(*item.shard->file, [&] { transpose_fold_cpu(item.args); });
+  profiler_.record(Stage::transform_cpu, t0, profiler_.now(), item.length, item.tensor->name);
+  cpu_bytes_ += item.length;
+}
+
+} // namespace shardshift

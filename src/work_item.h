@@ -1,0 +1,39 @@
+// work_item.h: the unit that flows through the pipeline (pipeline.h). The emitter cuts the plan
+// into items in output order; the transform stage fills the buffers of transform and ones items;
+// the write stage moves every item's bytes to its output file and releases what it held.
+// Thread-safety: an item belongs to one stage at a time (TBB hands it over).
+#pragma once
+
+#include "shardshift/checkpoint.h"
+#include "shardshift/plan.h"
+
+#include "transpose.h"
+
+#include <cstdint>
+
+namespace shardshift {
+
+enum class ItemKind {
+  open_file,  ///< start plan.files[file]: write its header
+  copy_run,   ///< pass-through tensors back to back in one input shard: one zero-copy range
+  transform,  ///< a chunk of an expert tensor (whole experts, or rows of one expert)
+  ones,       ///< a vector of ones
+  close_file, ///< finish plan.files[file]: check its size, fsync, rename
+};
+
+struct Item {
+  ItemKind kind;
+  uint32_t file = 0;
+  const OutputTensor* tensor = nullptr; ///< first tensor of a copy run; the tensor of a chunk
+  uint32_t run_tensors = 0;             ///< copy_run: how many tensors
+  const Shard* shard = nullptr;         ///< copy_run / transform: the input shard
+  uint64_t in_offset = 0;               ///< copy_run: file offset of the range in the shard
+  uint64_t length = 0;                  ///< copy_run: range length; transform/ones: output bytes
+  TransposeArgs args;                   ///< transform
+  std::byte* buffer = nullptr;          ///< transform / ones: the output bytes (from BufferPool)
+  uint64_t release_offset = 0, release_length = 0; ///< input range done once this is written
+  bool on_gpu = false;                             ///< transform: run by the CUDA stage
+  Status status;
+};
+
+} // namespace shardshift
