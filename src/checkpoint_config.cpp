@@ -1,0 +1,28 @@
+// checkpoint_config.cpp: reading config.json's model_type with simdjson.
+#include "checkpoint_config.h"
+
+#include <cerrno>
+
+#include <simdjson.h>
+
+namespace shardshift {
+
+Result<std::string> read_config_model_type(const std::filesystem::path& path) {
+  simdjson::padded_string text;
+  errno = 0;
+  if (simdjson::padded_string::load(path.string()).get(text) != simdjson::SUCCESS) {
+    const int err = errno;
+    return Status(Errc::io, path.string() + ": cannot read: " +
+                                (err ? errno_text(err) : std::string("I/O error")) +
+                                "; it is copied into the output as a side file");
+  }
+  simdjson::dom::parser parser;
+  simdjson::dom::element config;
+  std::string_view type;
+  if (parser.parse(text).get(config) == simdjson::SUCCESS && config.is_object() &&
+      config["model_type"].get_string().get(type) == simdjson::SUCCESS)
+    return std::string(type);
+  return std::string();
+}
+
+} // namespace shardshift

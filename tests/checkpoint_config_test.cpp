@@ -1,0 +1,48 @@
+// checkpoint_config_test.cpp: config.json's model_type is read when a checkpoint is opened, so
+// planning does no file I/O; a config that is not JSON leaves the decision to the key names.
+#include "shardshift/checkpoint.h"
+
+#include "checkpoint_config.h"
+#include "test_support.h"
+
+#include <gtest/gtest.h>
+
+namespace shardshift {
+namespace {
+
+using testing::raw_safetensors;
+using testing::TempDir;
+using testing::write_bytes;
+
+TEST(CheckpointConfig, ReadsModelTypeWhenOpening) {
+  TempDir dir;
+  write_bytes(dir / "model.safetensors",
+              raw_safetensors(R"({"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}})",
+                              std::string(8, 'x')));
+  write_bytes(dir / "config.json", R"({"architectures":["X"],"model_type":"gemma4_moe"})");
+  auto c = Checkpoint::open(dir.path());
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->config_model_type, "gemma4_moe");
+}
+
+TEST(CheckpointConfig, NotJsonOrNoStringModelTypeIsEmpty) {
+  TempDir dir;
+  for (const char* text : {"not json", "[1, 2]", R"({"model_type": 3})", "{}", ""}) {
+    write_bytes(dir / "config.json", text);
+    auto t = read_config_model_type(dir / "config.json");
+    ASSERT_TRUE(t.ok()) << text;
+    EXPECT_EQ(*t, "") << text;
+  }
+}
+
+TEST(CheckpointConfig, MissingFileIsAnIoErrorNamingIt) {
+  TempDir dir;
+  auto t = read_config_model_type(dir / "config.json");
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), Errc::io);
+  EXPECT_NE(t.status().message().find("config.json: cannot read"), std::string::npos)
+      << t.status().message();
+}
+
+} // namespace
+} // namespace shardshift
