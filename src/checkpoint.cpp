@@ -5,7 +5,9 @@
 // collected before failing, so one run shows everything that is wrong with a download.
 #include "shardshift/checkpoint.h"
 
-#include "json_reader.h"
+#include "shardshift/problems.h"
+
+#include "checkpoint_config.h"
 
 #include <algorithm>
 #include <set>
@@ -18,172 +20,6 @@ namespace shardshift {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Problems collected across files; the Status takes the code of the first one.
-struct Problems {
-  Errc code = Errc::ok;
-  std::vector<std::string> lines;
-
-  void add(Errc c, const std::string& message) {
-    if (code == Errc::ok)
-      code = c;
-    // Multi-line messages (a header with several problems) stay one problem per line.
-    size_t start = 0;
-    while (start <= message.size()) {
-      size_t nl = message.find('\n', start);
-      if (nl == std::string::npos)
-        nl = message.size();
-      if (nl > start)
-        lines.push_back(message.substr(start, nl - start));
-      start = nl + 1;
-    }
-  }
-  void add(const Status& s) { add(s.code(), s.message()); }
-  bool empty() const { return lines.empty(); }
-  Status status() const {
-    std::string message;
-    for (const auto& l : lines)
-      message += (message.empty() ? "" : "\n") + l;
-    return error(code, message);
-  }
-};
-
-struct Index {
-  std::vector<std::pair<std::string, std::string>> weight_map; // tensor -> shard file, file order
-  Metadata metadata;
-};
-
-// Parses model.safetensors.index.json with the same care as a safetensors header: one object,
-// duplicate keys refused at any level, every value visited. Returns false when the index cannot
-// be used at all (the problems say why).
-bool parse_index(const std::string& path, Index& index, Problems& problems) {
-  auto loaded = simdjson::padded_string::load(path);
-  if (loaded.error()) {
-    problems.add(Errc::io,
-                 path + ": cannot read the index: " + simdjson::error_message(loaded.error()));
-    return false;
-  }
-  simdjson::padded_string json = std::move(loaded).value_unsafe();
-  std::string_view text(json.data(), json.size());
-  auto fail = [&](const std::string& what) {
-    problems.add(Errc::format, path + ": " + what);
-    return false;
-  };
-  auto json_error = [&](simdjson::error_code ec) {
-    return fail(std::string("index is not valid JSON: ") + simdjson::error_message(ec));
-  };
-  if (!text.empty() && text[0] == '\0')
-    return fail("index starts with a NUL byte");
-  if (text.size() >= 3 && text.compare(0, 3, "\xEF\xBB\xBF") == 0)
-    return fail("index starts with a UTF-8 byte-order mark");
-  if (!simdjson::validate_utf8(text))
-    return fail("index is not valid UTF-8");
-
-  using simdjson::ondemand::json_type;
-  simdjson::ondemand::parser parser;
-  simdjson::ondemand::document doc;
-  if (auto ec = parser.iterate(json).get(doc))
-    return json_error(ec);
-  json_type type;
-  if (auto ec = doc.type().get(type))
-    return json_error(ec);
-  if (type != json_type::object)
-    return fail("index must be one JSON object, found " + std::string(json::type_name(type)));
-  simdjson::ondemand::object root;
-  if (auto ec = doc.get_object().get(root))
-    return json_error(ec);
-
-  bool have_weight_map = false, usable = true;
-  std::set<std::string, std::less<>> seen;
-  for (auto field_result : root) {
-    std::string key;
-    simdjson::ondemand::value value;
-    bool duplicate;
-    if (auto ec = json::read_field(std::move(field_result), seen, key, value, duplicate))
-      return json_error(ec);
-    if (duplicate) {
-      fail("duplicate key '" + json::printable(key) + "'");
-      usable = false;
-      continue;
-    }
-    json_type vtype;
-    if (auto ec = value.type().get(vtype))
-      return json_error(ec);
-
-    if (key == "weight_map" || key == "metadata") {
-      if (vtype != json_type::object) {
-        fail("'" + key + "' must be an object, found " + std::string(json::type_name(vtype)));
-        usable = false;
-        continue;
-      }
-      simdjson::ondemand::object object;
-      if (auto ec = value.get_object().get(object))
-        return json_error(ec);
-      std::set<std::string, std::less<>> names;
-      for (auto entry_result : object) {
-        std::string name;
-        simdjson::ondemand::value v;
-        bool duplicate;
-        if (auto ec = json::read_field(std::move(entry_result), names, name, v, duplicate))
-          return json_error(ec);
-        if (duplicate) {
-          fail(key + ": duplicate key '" + json::printable(name) + "'");
-          usable = false;
-          continue;
-        }
-        json_type etype;
-        if (auto ec = v.type().get(etype))
-          return json_error(ec);
-        std::string stored;
-        if (etype == json_type::string) {
-          std::string_view s;
-          if (auto ec = v.get_string().get(s))
-            return json_error(ec);
-          stored = std::string(s);
-        } else if (key == "weight_map") {
-          fail("weight_map: tensor '" + json::printable(name) +
-               "': the shard file name must be a string, found " +
-               std::string(json::type_name(etype)));
-          usable = false;
-          continue;
-        } else {
-          // Metadata values other than strings (total_size is a number) are kept as JSON text.
-          std::vector<std::string> nested;
-          if (auto ec = json::visit_compact(v, stored, nested))
-            return json_error(ec);
-          for (const auto& n : nested)
-            fail("metadata: '" + json::printable(name) + "': " + n);
-          if (!nested.empty())
-            usable = false;
-        }
-        if (key == "weight_map")
-          index.weight_map.emplace_back(std::move(name), std::move(stored));
-        else
-          index.metadata.emplace_back(std::move(name), std::move(stored));
-      }
-      if (key == "weight_map")
-        have_weight_map = true;
-    } else {
-      // Other top-level keys are not ours to interpret, but they must still be valid JSON.
-      std::string ignored;
-      std::vector<std::string> nested;
-      if (auto ec = json::visit_compact(value, ignored, nested))
-        return json_error(ec);
-      for (const auto& n : nested)
-        fail("'" + json::printable(key) + "': " + n);
-      if (!nested.empty())
-        usable = false;
-    }
-  }
-  // simdjson 3.0.1 has no document::at_end(); current_location() is OUT_OF_BOUNDS exactly when
-  // every token was consumed, so anything else means text after the object.
-  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS)
-    return fail("index has content after its JSON object (exactly one object is allowed)");
-  if (!have_weight_map)
-    return fail("index has no 'weight_map' object");
-  std::sort(index.metadata.begin(), index.metadata.end());
-  return usable;
-}
 
 // A shard path from the index must stay inside the checkpoint directory.
 bool safe_relative_path(const std::string& file) {
@@ -212,7 +48,7 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
     return error(Errc::io, path.string() + ": no such file or directory");
 
   Checkpoint ckpt;
-  Problems problems;
+  ProblemList problems;
   std::vector<std::string> shard_names;
   Index index;
 
@@ -233,17 +69,22 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
     std::string index_path = (path / INDEX_FILE_NAME).string();
     if (std::binary_search(regular_files.begin(), regular_files.end(), INDEX_FILE_NAME)) {
       ckpt.has_index = true;
-      if (!parse_index(index_path, index, problems))
-        return problems.status();
+      auto loaded = simdjson::padded_string::load(index_path);
+      if (loaded.error())
+        return error(Errc::io, index_path + ": cannot read the index: " +
+                                   simdjson::error_message(loaded.error()));
+      auto parsed = parse_index(index_path, std::string_view(loaded.value_unsafe()));
+      if (!parsed)
+        return parsed.status();
+      index = std::move(parsed).value();
       ckpt.index_metadata = index.metadata;
       std::set<std::string> listed, reported;
       for (const auto& [name, file] : index.weight_map) {
         if (!safe_relative_path(file)) {
           if (reported.insert(file).second)
-            problems.add(Errc::format,
-                         index_path + ": tensor '" + json::printable(name) + "': shard path '" +
-                             json::printable(file) +
-                             "' must be relative to the checkpoint directory, without '..'");
+            problems.tensor(Errc::format, index_path, name,
+                            "shard path '" + printable(file) +
+                                "' must be relative to the checkpoint directory, without '..'");
           continue;
         }
         listed.insert(file);
@@ -254,9 +95,9 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
           size_t count = 0;
           for (const auto& [name, f] : index.weight_map)
             count += f == file;
-          problems.add(Errc::format, index_path + ": shard '" + json::printable(file) +
-                                         "' is listed for " + std::to_string(count) +
-                                         " tensor(s) but is missing");
+          problems.add(Errc::format, index_path, {},
+                       "shard '" + printable(file) + "' is listed for " + std::to_string(count) +
+                           " tensor(s) but is missing");
           continue;
         }
         shard_names.push_back(file);
@@ -315,10 +156,9 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
       auto [it, inserted] = ckpt.tensors.emplace(tensors[j].name, TensorRef{i, j});
       if (!inserted) {
         duplicated.insert(tensors[j].name);
-        problems.add(Errc::format, ckpt.shards[i].file->path() + ": tensor '" +
-                                       json::printable(tensors[j].name) + "': also in shard '" +
-                                       ckpt.shards[it->second.shard].file_name +
-                                       "' (a tensor may be stored in only one shard)");
+        problems.tensor(Errc::format, ckpt.shards[i].file->path(), tensors[j].name,
+                        "also in shard '" + printable(ckpt.shards[it->second.shard].file_name) +
+                            "' (a tensor may be stored in only one shard)");
       }
     }
   }
@@ -341,22 +181,31 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
       if (shard->header.find(name))
         continue;
       auto elsewhere = ckpt.tensors.find(name);
-      std::string where =
-          elsewhere == ckpt.tensors.end()
-              ? "no shard has it"
-              : "it is in shard '" + ckpt.shards[elsewhere->second.shard].file_name + "'";
-      problems.add(Errc::format, index_path + ": tensor '" + json::printable(name) +
-                                     "': listed in shard '" + json::printable(file) +
-                                     "', which lacks it (" + where + ")");
+      std::string where = elsewhere == ckpt.tensors.end()
+                              ? "no shard has it"
+                              : "it is in shard '" +
+                                    printable(ckpt.shards[elsewhere->second.shard].file_name) + "'";
+      problems.tensor(Errc::format, index_path, name,
+                      "listed in shard '" + printable(file) + "', which lacks it (" + where + ")");
     }
     for (const auto& s : ckpt.shards) {
       for (const auto& t : s.header.tensors) {
         if (listed.count(t.name) || duplicated.count(t.name))
           continue;
-        problems.add(Errc::format, s.file->path() + ": tensor '" + json::printable(t.name) +
-                                       "': not listed in " + INDEX_FILE_NAME);
+        problems.tensor(Errc::format, s.file->path(), t.name,
+                        std::string("not listed in ") + INDEX_FILE_NAME);
       }
     }
+  }
+
+  // config.json names the model; read now so planning does no file I/O.
+  if (std::find(ckpt.other_files.begin(), ckpt.other_files.end(), "config.json") !=
+      ckpt.other_files.end()) {
+    auto model_type = read_config_model_type(ckpt.root / "config.json");
+    if (model_type)
+      ckpt.config_model_type = std::move(*model_type);
+    else
+      problems.add(model_type.status());
   }
 
   if (!problems.empty())

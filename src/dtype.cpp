@@ -95,4 +95,14 @@ std::optional<uint64_t> tensor_byte_size(DType dtype, std::span<const uint64_t> 
   return bits / 8;
 }
 
+std::string shape_text(std::span<const uint64_t> shape, std::string_view separator) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i)
+      text += separator;
+    text += std::to_string(shape[i]);
+  }
+  return text + "]";
+}
+
 } // namespace shardshift

@@ -84,8 +84,34 @@ std::string describe_uint_problem(UintToken problem, std::string_view token) {
   return quoted;
 }
 
-std::string printable(std::string_view text) {
-  return shardshift::printable(text);
+Precheck precheck(std::string_view text) {
+  if (!text.empty() && text[0] == '\0')
+    return Precheck::starts_with_nul;
+  if (text.starts_with("\xEF\xBB\xBF"))
+    return Precheck::starts_with_bom;
+  if (!simdjson::validate_utf8(text))
+    return Precheck::not_utf8;
+  return Precheck::ok;
+}
+
+std::string_view describe(Precheck problem) {
+  switch (problem) {
+  case Precheck::ok:
+    return "is fine";
+  case Precheck::starts_with_nul:
+    return "starts with a NUL byte";
+  case Precheck::starts_with_bom:
+    return "starts with a UTF-8 byte-order mark";
+  case Precheck::not_utf8:
+    return "is not valid UTF-8";
+  }
+  return "is unreadable";
+}
+
+bool at_end(simdjson::ondemand::document& doc) {
+  // simdjson 3.0.1 has no document::at_end(); current_location() is OUT_OF_BOUNDS exactly when
+  // every token was consumed, so anything else means text after the top-level value.
+  return doc.current_location().error() == simdjson::OUT_OF_BOUNDS;
 }
 
 simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::field> field_result,
@@ -124,7 +150,7 @@ simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string&
       if (auto ec = read_field(std::move(field_result), seen, key, field_value, duplicate))
         return ec;
       if (duplicate)
-        problems.push_back("duplicate key '" + printable(key) + "'");
+        problems.push_back("duplicate key '" + shardshift::printable(key) + "'");
       if (!first)
         out += ',';
       first = false;

@@ -1,5 +1,6 @@
 // json_reader.h: small helpers shared by the two hardened JSON readers (safetensors headers and
-// model.safetensors.index.json) on top of simdjson On-Demand.
+// model.safetensors.index.json) on top of simdjson On-Demand: the checks before and after a
+// document is parsed, field reading with duplicate-key detection, and plain-integer tokens.
 //
 // On-Demand validates only what it visits and keeps duplicate keys, so both readers visit every
 // value, keep a set of unescaped keys per object, and read integers from their raw token text so
@@ -32,9 +33,17 @@ UintToken parse_uint_token(std::string_view token, uint64_t& value);
 /// "is negative", "has a fraction", ... for messages; `token` is quoted in the text.
 std::string describe_uint_problem(UintToken problem, std::string_view token);
 
-/// A string safe to print inside quotes in a message: control bytes, quotes and backslashes are
-/// escaped; valid UTF-8 text is kept as is.
-std::string printable(std::string_view text);
+enum class Precheck { ok, starts_with_nul, starts_with_bom, not_utf8 };
+
+/// What makes `text` unreadable before any parsing: a leading NUL byte or UTF-8 byte-order mark
+/// (neither is JSON, and simdjson would misreport them) or invalid UTF-8 anywhere.
+Precheck precheck(std::string_view text);
+/// "starts with a NUL byte", "starts with a UTF-8 byte-order mark", "is not valid UTF-8", to
+/// follow the document's name in a message.
+std::string_view describe(Precheck problem);
+
+/// True when every token of `doc` was consumed, i.e. nothing follows the top-level value.
+bool at_end(simdjson::ondemand::document& doc);
 
 /// Reads one field of an object being iterated: its unescaped key (copied: the view dies with
 /// the next token) and its value. `duplicate` is set when an earlier field of the same object had

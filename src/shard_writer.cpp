@@ -1,5 +1,6 @@
-// shard_writer.cpp: the write side of safetensors: header construction, the streaming shard
-// writer with its temp-file commit protocol, and the index that commits a sharded checkpoint.
+// shard_writer.cpp: putting safetensors files on disk: the streaming shard writer with its
+// temp-file commit protocol, whole small files written the same way, and the index that commits
+// a sharded checkpoint. What the bytes are is decided in the safetensors module.
 //
 // All system calls go through an Io so tests can inject a full disk, short writes or a broken
 // pipe. The app ignores SIGPIPE before it writes to a stream (apps/cmd_convert.cpp), so a vanished
@@ -7,17 +8,13 @@
 // reported as Errc::broken_pipe.
 #include "shardshift/shard_writer.h"
 
-#include "shardshift/json_text.h"
-
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <cstring>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <random>
-#include <set>
 #include <string_view>
 #include <unistd.h>
 
@@ -29,43 +26,6 @@ namespace {
 
 constexpr std::string_view TEMP_MARKER = ".shardshift-tmp";
 
-// True when `text` is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
-// Headers must be valid UTF-8 for readers to accept them, so names are checked before writing.
-bool is_valid_utf8(std::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    int extra;
-    uint32_t cp;
-    if ((c & 0xE0) == 0xC0) {
-      extra = 1, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      extra = 2, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      extra = 3, cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (static_cast<size_t>(extra) >= text.size() - i)
-      return false;
-    for (int k = 1; k <= extra; ++k) {
-      auto d = static_cast<unsigned char>(text[i + k]);
-      if ((d & 0xC0) != 0x80)
-        return false;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    static constexpr uint32_t MIN_FOR_LENGTH[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < MIN_FOR_LENGTH[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-      return false;
-    i += extra + 1;
-  }
-  return true;
-}
-
 // The temporary name beside `final_path`: hidden, recognisable by remove_temp_files(), and unique
 // across processes (pid) and across writers of one process (random part plus a counter).
 fs::path temp_path_for(const fs::path& final_path) {
@@ -74,7 +34,10 @@ fs::path temp_path_for(const fs::path& final_path) {
   char suffix[64];
   std::snprintf(suffix, sizeof suffix, "-%ld-%016llx", static_cast<long>(::getpid()),
                 static_cast<unsigned long long>(rng() ^ counter.fetch_add(1)));
-  std::string name = "." + final_path.filename().string() + std::string(TEMP_MARKER) + suffix;
+  std::string name = ".";
+  name += final_path.filename().string();
+  name += TEMP_MARKER;
+  name += suffix;
   return final_path.parent_path() / name;
 }
 
@@ -91,91 +54,6 @@ void wait_writable(int fd) {
 }
 
 } // namespace
-
-Result<std::string> build_header(std::span<const PlannedTensor> tensors,
-                                 const HeaderOptions& options) {
-  if (options.data_start_mod_4096 && *options.data_start_mod_4096 >= 4096)
-    return error(Errc::invalid_argument, "header: data_start_mod_4096 must be below 4096, got " +
-                                             std::to_string(*options.data_start_mod_4096));
-  std::string json = "{";
-  bool first = true;
-  if (!options.metadata.empty()) {
-    std::set<std::string_view> keys;
-    json += "\"__metadata__\":{";
-    for (const auto& [key, value] : options.metadata) {
-      if (!keys.insert(key).second)
-        return error(Errc::invalid_argument, "header: duplicate metadata key '" + key + "'");
-      if (!is_valid_utf8(key) || !is_valid_utf8(value))
-        return error(Errc::invalid_argument, "header: metadata key '" + key + "': not valid UTF-8");
-      if (keys.size() > 1)
-        json += ',';
-      append_json_string(json, key);
-      json += ':';
-      append_json_string(json, value);
-    }
-    json += '}';
-    first = false;
-  }
-
-  std::set<std::string_view> names;
-  uint64_t offset = 0;
-  for (const auto& t : tensors) {
-    if (t.name == "__metadata__")
-      return error(Errc::invalid_argument,
-                   "header: tensor '__metadata__': the name is reserved by the format");
-    if (!is_valid_utf8(t.name))
-      return error(Errc::invalid_argument,
-                   "header: tensor '" + t.name + "': name is not valid UTF-8");
-    if (!names.insert(t.name).second)
-      return error(Errc::invalid_argument, "header: tensor '" + t.name + "': duplicate name");
-    auto size = tensor_byte_size(t.dtype, t.shape);
-    if (!size)
-      return error(Errc::invalid_argument,
-                   "header: tensor '" + t.name +
-                       "': size overflows 64 bits or is not a whole number of bytes");
-    if (offset > UINT64_MAX - *size)
-      return error(Errc::invalid_argument,
-                   "header: tensor '" + t.name + "': data offsets overflow 64 bits");
-    if (!first)
-      json += ',';
-    first = false;
-    append_json_string(json, t.name);
-    json += ":{\"dtype\":\"";
-    json += dtype_name(t.dtype);
-    json += "\",\"shape\":[";
-    for (size_t i = 0; i < t.shape.size(); ++i) {
-      if (i)
-        json += ',';
-      json += std::to_string(t.shape[i]);
-    }
-    json += "],\"data_offsets\":[" + std::to_string(offset) + ',' + std::to_string(offset + *size) +
-            "]}";
-    offset += *size;
-    // Fail early rather than build a gigantic string for a header that cannot be written anyway.
-    if (json.size() > MAX_HEADER_BYTES)
-      break;
-  }
-  json += '}';
-
-  // Pad with spaces (JSON whitespace, which readers accept) so the data section lands where asked:
-  // 8-byte alignment by default, the reference writer's convention.
-  uint64_t unpadded_end = 8 + json.size();
-  uint64_t pad = options.data_start_mod_4096
-                     ? (*options.data_start_mod_4096 + 4096 - unpadded_end % 4096) % 4096
-                     : (8 - unpadded_end % 8) % 8;
-  json.append(pad, ' ');
-  if (json.size() > MAX_HEADER_BYTES)
-    return error(Errc::invalid_argument, "header: " + std::to_string(json.size()) +
-                                             " bytes exceeds the format's limit of " +
-                                             std::to_string(MAX_HEADER_BYTES));
-
-  std::string out(8, '\0');
-  uint64_t n = json.size();
-  for (int i = 0; i < 8; ++i)
-    out[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
-  out += json;
-  return out;
-}
 
 ShardWriter::~ShardWriter() {
   abandon();
@@ -435,27 +313,6 @@ Status write_file_atomic(Io& io, const fs::path& path, std::span<const std::byte
   if (Status s = writer.append(bytes); !s.ok())
     return s;
   return writer.finish();
-}
-
-Result<std::string> index_json(uint64_t total_size,
-                               const std::map<std::string, std::string>& weight_map) {
-  // Byte for byte what transformers writes: json.dumps(index, indent=2, sort_keys=True) + "\n".
-  // std::map orders UTF-8 keys bytewise, which is code-point order, as Python sorts str keys.
-  std::string text = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total_size) +
-                     "\n  },\n  \"weight_map\": {";
-  bool first = true;
-  for (const auto& [name, file] : weight_map) {
-    if (!is_valid_utf8(name) || !is_valid_utf8(file))
-      return error(Errc::invalid_argument, "model.safetensors.index.json: tensor '" + name +
-                                               "': name or file is not valid UTF-8");
-    text += first ? "\n    " : ",\n    ";
-    first = false;
-    append_json_string(text, name, /*ascii_only=*/true);
-    text += ": ";
-    append_json_string(text, file, /*ascii_only=*/true);
-  }
-  text += weight_map.empty() ? "}\n}\n" : "\n  }\n}\n";
-  return text;
 }
 
 Status write_index(Io& io, const fs::path& dir, uint64_t total_size,

@@ -6,14 +6,13 @@
 // buffer plus the process baseline, whatever the model size (docs/PERFORMANCE.md has the figures).
 #include "shardshift/synth.h"
 
-#include "shardshift/checkpoint.h"
 #include "shardshift/dtype.h"
+#include "shardshift/safetensors.h"
 #include "shardshift/shard_writer.h"
 
 #include "numerics.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <map>
 #include <span>
 #include <string>
@@ -199,30 +198,6 @@ std::vector<SynthTensor> build_inventory(const SynthOptions& o, const Dims& d) {
   return std::move(inv.tensors);
 }
 
-// Hugging Face's cut: start a new shard when the next tensor would take the current one past the
-// limit (an oversized tensor thus sits alone). Returns the index of the first tensor of each shard.
-std::vector<size_t> cut_shards(const std::vector<SynthTensor>& tensors, uint64_t max_shard_size) {
-  std::vector<size_t> starts;
-  uint64_t current = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const bool over = current > max_shard_size || tensors[i].bytes > max_shard_size - current;
-    if (starts.empty() || (current > 0 && over)) {
-      starts.push_back(i);
-      current = 0;
-    }
-    current += tensors[i].bytes;
-  }
-  return starts;
-}
-
-std::string shard_file_name(size_t index, size_t count) {
-  if (count == 1)
-    return "model.safetensors";
-  char name[64];
-  std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", index + 1, count);
-  return name;
-}
-
 // Makes `out` ready: created when missing; when it exists it must be a directory, and a non-empty
 // one only with force, in which case the files a checkpoint consists of are removed so stale
 // shards of an earlier, differently cut run cannot mix with this one. Sets `*created`.
@@ -280,18 +255,19 @@ public:
     for (const auto& t : tensors)
       total += t.bytes;
     total_ = total;
-    const std::vector<size_t> starts = cut_shards(tensors, o_.max_shard_size);
+    std::vector<uint64_t> sizes;
+    for (const auto& t : tensors)
+      sizes.push_back(t.bytes);
+    const std::vector<std::vector<uint32_t>> shards = cut_shards(sizes, o_.max_shard_size);
     std::vector<uint16_t> buffer(CHUNK_ELEMENTS);
     std::map<std::string, std::string> weight_map;
     const uint64_t stream_base = mix64(o_.seed);
 
-    for (size_t s = 0; s < starts.size(); ++s) {
-      const size_t first = starts[s];
-      const size_t last = s + 1 < starts.size() ? starts[s + 1] : tensors.size();
-      const std::string file = shard_file_name(s, starts.size());
+    for (size_t s = 0; s < shards.size(); ++s) {
+      const std::string file = shard_file_name(s, shards.size());
       std::vector<PlannedTensor> planned;
       uint64_t data_size = 0;
-      for (size_t i = first; i < last; ++i) {
+      for (uint32_t i : shards[s]) {
         planned.push_back(tensors[i].planned);
         data_size += tensors[i].bytes;
         weight_map[tensors[i].planned.name] = file;
@@ -305,7 +281,7 @@ public:
       written_.push_back(path);
       if (Status st = writer.open(path, std::move(header.value()), data_size); !st.ok())
         return st;
-      for (size_t i = first; i < last; ++i) {
+      for (uint32_t i : shards[s]) {
         Status st = write_tensor(writer, tensors[i], mix64(stream_base ^ i), buffer);
         if (!st.ok())
           return st;
@@ -320,13 +296,13 @@ public:
         !st.ok())
       return st;
     // The index commits a sharded checkpoint, so it comes last.
-    if (starts.size() > 1) {
+    if (shards.size() > 1) {
       written_.push_back(o_.out / INDEX_FILE_NAME);
       if (Status st = write_index(io_, o_.out, total, weight_map); !st.ok())
         return st;
     }
     if (summary)
-      *summary = {tensors.size(), total, starts.size()};
+      *summary = {tensors.size(), total, shards.size()};
     return {};
   }
 

@@ -18,8 +18,6 @@
 
 namespace shardshift {
 
-inline constexpr const char* INDEX_FILE_NAME = "model.safetensors.index.json";
-
 struct Shard {
   std::string
       file_name; ///< relative to the checkpoint directory ("model-00001-of-00002.safetensors")
@@ -46,6 +44,7 @@ public:
   std::map<std::string, TensorRef, std::less<>> tensors; ///< every tensor, by name
   std::vector<std::string> other_files; ///< other regular files of the directory (config.json...)
   Metadata index_metadata;              ///< the index's "metadata" as strings (e.g. total_size)
+  std::string config_model_type; ///< config.json's "model_type"; empty when absent or not JSON
 
   /// Lookup by name; nullopt when absent.
   std::optional<TensorRef> find(std::string_view name) const;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace shardshift {
@@ -50,5 +51,9 @@ std::optional<uint64_t> element_count(std::span<const uint64_t> shape);
 /// Byte length of a tensor; nullopt when the element or bit count overflows 64 bits or the bit
 /// count is not a multiple of 8 (sub-byte dtypes).
 std::optional<uint64_t> tensor_byte_size(DType dtype, std::span<const uint64_t> shape);
+
+/// A shape as text: "[2, 3]" for people (messages, `inspect`), or "[2,3]" with separator ","
+/// as it appears in a header and in the header parser's messages that quote it.
+std::string shape_text(std::span<const uint64_t> shape, std::string_view separator = ", ");
 
 } // namespace shardshift

@@ -1,14 +1,14 @@
 // shard_writer.h: writes one safetensors file as a stream, and the index that commits a checkpoint.
 //
-// The header is computed up front from the planned tensors (build_header), written first, and the
-// tensor bytes follow strictly in header order, so a shard can go to a pipe as well as to a file.
+// The header is computed up front from the planned tensors (build_header, in safetensors.h, which
+// this header includes for its callers), written first, and the tensor bytes follow strictly in
+// header order, so a shard can go to a pipe as well as to a file.
 // Files are written to a temporary name in the destination directory, fsync'ed, renamed into place,
 // and the directory is fsync'ed (commit). Any failure is sticky: later calls return the first
 // error, and abandon() (or the destructor) removes the temporary file.
 // Thread-safety: a ShardWriter is used by one thread at a time.
 #pragma once
 
-#include "shardshift/dtype.h"
 #include "shardshift/io.h"
 #include "shardshift/safetensors.h"
 #include "shardshift/status.h"
@@ -16,32 +16,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
-#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 namespace shardshift {
-
-struct PlannedTensor {
-  std::string name;
-  DType dtype = DType::U8;
-  std::vector<uint64_t> shape;
-};
-
-struct HeaderOptions {
-  Metadata metadata = {{"format", "pt"}};
-  /// When set, the header is padded with spaces so the data section starts at a file offset that
-  /// is congruent to this value modulo 4096 (lets copied runs keep their page alignment for
-  /// reflinks). Otherwise it is padded to a multiple of 8.
-  std::optional<uint64_t> data_start_mod_4096;
-};
-
-/// The 8-byte length prefix plus the JSON header for `tensors` laid out in the given order.
-/// Fails (Errc::invalid_argument) on a tensor named `__metadata__`, a duplicate name, a header over
-/// MAX_HEADER_BYTES or a size that overflows.
-Result<std::string> build_header(std::span<const PlannedTensor> tensors,
-                                 const HeaderOptions& options);
 
 class ShardWriter {
 public:
@@ -87,15 +66,10 @@ private:
   Status status_;
 };
 
-/// Writes `dir`/model.safetensors.index.json atomically: {"metadata": {"total_size": N},
-/// "weight_map": {...}} with sorted keys and two-space indentation. Write it last: it commits a
-/// sharded checkpoint.
+/// Writes `dir`/model.safetensors.index.json (the text of index_json) atomically. Write it last:
+/// it commits a sharded checkpoint.
 Status write_index(Io& io, const std::filesystem::path& dir, uint64_t total_size,
                    const std::map<std::string, std::string>& weight_map);
-
-/// The text write_index writes (for streaming the index to a pipe).
-Result<std::string> index_json(uint64_t total_size,
-                               const std::map<std::string, std::string>& weight_map);
 
 /// Writes a whole small file atomically (temp, fsync, rename, dir fsync). Used for the index,
 /// for copied side files and by tests.

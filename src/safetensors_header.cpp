@@ -1,16 +1,16 @@
-// safetensors.cpp: the hardened header parser (docs/format.md lists every rule it enforces).
+// safetensors_header.cpp: the hardened header parser (docs/format.md lists every rule it enforces).
 //
 // The parser never trusts a number from the file: lengths are checked before any span is made,
 // products are checked for overflow, and the tensors' byte ranges must tile the data section
 // exactly. It collects every problem it can find instead of stopping at the first, because a user
 // fixing a broken writer wants the whole list at once. Once the JSON itself is malformed nothing
 // after that point can be trusted, so a JSON syntax error ends the collection.
+#include "shardshift/problems.h"
 #include "shardshift/safetensors.h"
 
 #include "json_reader.h"
 
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <set>
 
@@ -21,16 +21,6 @@ namespace shardshift {
 namespace {
 
 using simdjson::ondemand::json_type;
-
-std::string shape_text(std::span<const uint64_t> shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i)
-      s += ',';
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
 
 // What the parser learned about one tensor entry, valid or not.
 struct Entry {
@@ -46,9 +36,9 @@ public:
   Result<Header> parse(std::span<const std::byte> file);
 
 private:
-  void problem(const std::string& text) { problems_.push_back(path_ + ": " + text); }
-  void tensor_problem(std::string_view name, const std::string& text) {
-    problems_.push_back(path_ + ": tensor '" + json::printable(name) + "': " + text);
+  void problem(std::string text) { problems_.add(Errc::format, path_, {}, std::move(text)); }
+  void tensor_problem(std::string_view name, std::string text) {
+    problems_.tensor(Errc::format, path_, std::string(name), std::move(text));
   }
   // A malformed JSON text: report where, and stop reading it.
   bool json_error(simdjson::error_code ec) {
@@ -66,7 +56,7 @@ private:
   void check_layout(uint64_t data_size);
 
   std::string path_;
-  std::vector<std::string> problems_;
+  ProblemList problems_;
   std::vector<Entry> entries_;
   Metadata metadata_;
   bool duplicate_tensor_ = false;
@@ -77,7 +67,7 @@ Result<Header> HeaderParser::parse(std::span<const std::byte> file) {
   if (file.size() < 8) {
     problem("file is " + std::to_string(file.size()) +
             " bytes, shorter than the 8-byte header length prefix (not a safetensors file)");
-    return error(Errc::format, problems_.front());
+    return problems_.status();
   }
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i)
@@ -85,50 +75,36 @@ Result<Header> HeaderParser::parse(std::span<const std::byte> file) {
   if (n > MAX_HEADER_BYTES) {
     problem("header length " + std::to_string(n) + " exceeds the limit of " +
             std::to_string(MAX_HEADER_BYTES) + " bytes (corrupt length prefix?)");
-    return error(Errc::format, problems_.front());
+    return problems_.status();
   }
   uint64_t data_start = 0;
   if (__builtin_add_overflow(uint64_t{8}, n, &data_start) || data_start > file.size()) {
     problem("header length " + std::to_string(n) + " runs past the end of the file (size " +
             std::to_string(file.size()) + ")");
-    return error(Errc::format, problems_.front());
+    return problems_.status();
   }
 
   // Rule 4: the header text. Copy it out of the mapping into our own buffer: simdjson reads up to
   // SIMDJSON_PADDING bytes past its input, and the mapping may end right after the header.
   std::string text(reinterpret_cast<const char*>(file.data()) + 8, n);
-  if (!text.empty() && text[0] == '\0') {
-    problem("header starts with a NUL byte (expected a JSON object)");
-    return error(Errc::format, problems_.front());
-  }
-  if (text.size() >= 3 && text.compare(0, 3, "\xEF\xBB\xBF") == 0) {
-    problem("header starts with a UTF-8 byte-order mark (expected a JSON object)");
-    return error(Errc::format, problems_.front());
-  }
-  if (!simdjson::validate_utf8(text)) {
-    problem("header is not valid UTF-8");
-    return error(Errc::format, problems_.front());
+  if (auto bad = json::precheck(text); bad != json::Precheck::ok) {
+    // A NUL or a byte-order mark is where an object should open; say what was expected.
+    problem("header " + std::string(json::describe(bad)) +
+            (bad == json::Precheck::not_utf8 ? "" : " (expected a JSON object)"));
+    return problems_.status();
   }
 
   // Rules 5-14, entry by entry.
-  if (!parse_json(text)) {
-    std::string message;
-    for (const auto& p : problems_)
-      message += (message.empty() ? "" : "\n") + p;
-    return error(Errc::format, message);
-  }
+  if (!parse_json(text))
+    return problems_.status();
   for (const auto& entry : entries_)
     check_sizes(entry);
 
   // Rules 15-16: the byte ranges tile the data section exactly.
   check_layout(file.size() - data_start);
 
-  if (!problems_.empty()) {
-    std::string message;
-    for (const auto& p : problems_)
-      message += (message.empty() ? "" : "\n") + p;
-    return error(Errc::format, message);
-  }
+  if (!problems_.empty())
+    return problems_.status();
 
   Header header;
   header.header_length = n;
@@ -195,9 +171,7 @@ bool HeaderParser::parse_json(const std::string& text) {
     if (!ok)
       return false;
   }
-  // simdjson 3.0.1 has no document::at_end(); current_location() is OUT_OF_BOUNDS exactly when
-  // every token was consumed, so anything else means text after the object.
-  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) {
+  if (!json::at_end(doc)) {
     problem("header has content after its JSON object (exactly one object is allowed)");
     return false;
   }
@@ -224,14 +198,14 @@ bool HeaderParser::parse_metadata(simdjson::ondemand::value value) {
     if (auto ec = json::read_field(std::move(field_result), seen, key, v, duplicate))
       return json_error(ec);
     if (duplicate) {
-      problem("__metadata__: duplicate key '" + json::printable(key) + "'");
+      problem("__metadata__: duplicate key '" + printable(key) + "'");
       continue;
     }
     json_type vtype;
     if (auto ec = v.type().get(vtype))
       return json_error(ec);
     if (vtype != json_type::string) {
-      problem("__metadata__: value of '" + json::printable(key) + "' must be a string, found " +
+      problem("__metadata__: value of '" + printable(key) + "' must be a string, found " +
               std::string(json::type_name(vtype)));
       continue;
     }
@@ -266,7 +240,7 @@ bool HeaderParser::parse_entry(std::string_view name, simdjson::ondemand::value 
     if (auto ec = json::read_field(std::move(field_result), seen, key, field_value, duplicate))
       return json_error(ec);
     if (duplicate) {
-      tensor_problem(name, "duplicate key '" + json::printable(key) + "' in its entry");
+      tensor_problem(name, "duplicate key '" + printable(key) + "' in its entry");
       // A repeated key makes the entry ambiguous; the value read first would be kept otherwise.
       if (key == "dtype")
         entry.dtype_ok = false;
@@ -302,7 +276,7 @@ bool HeaderParser::parse_entry(std::string_view name, simdjson::ondemand::value 
         }
       }
     } else {
-      tensor_problem(name, "unknown key '" + json::printable(key) +
+      tensor_problem(name, "unknown key '" + printable(key) +
                                "' in its entry (allowed: dtype, shape, data_offsets)");
     }
     if (!ok)
@@ -332,8 +306,8 @@ bool HeaderParser::parse_dtype(Entry& entry, simdjson::ondemand::value value) {
     return json_error(ec);
   auto dtype = dtype_from_name(name);
   if (!dtype) {
-    tensor_problem(entry.info.name, "unknown dtype '" + json::printable(name) +
-                                        "' (dtype names are case-sensitive)");
+    tensor_problem(entry.info.name,
+                   "unknown dtype '" + printable(name) + "' (dtype names are case-sensitive)");
     return true;
   }
   entry.info.dtype = *dtype;
@@ -404,23 +378,24 @@ void HeaderParser::check_sizes(const Entry& entry) {
   const auto& t = entry.info;
   auto count = element_count(t.shape);
   if (!count) {
-    tensor_problem(t.name, "element count of shape " + shape_text(t.shape) + " overflows 64 bits");
+    tensor_problem(t.name,
+                   "element count of shape " + shape_text(t.shape, ",") + " overflows 64 bits");
     return;
   }
   uint64_t bits = 0;
   if (__builtin_mul_overflow(*count, uint64_t{dtype_bits(t.dtype)}, &bits)) {
-    tensor_problem(t.name, "bit count of shape " + shape_text(t.shape) + " x " +
+    tensor_problem(t.name, "bit count of shape " + shape_text(t.shape, ",") + " x " +
                                std::string(dtype_name(t.dtype)) + " overflows 64 bits");
     return;
   }
   if (bits % 8 != 0) {
-    tensor_problem(t.name, "shape " + shape_text(t.shape) + " x " +
+    tensor_problem(t.name, "shape " + shape_text(t.shape, ",") + " x " +
                                std::string(dtype_name(t.dtype)) + " is " + std::to_string(bits) +
                                " bits, not a whole number of bytes");
     return;
   }
   if (bits / 8 != t.end - t.begin) {
-    tensor_problem(t.name, "shape " + shape_text(t.shape) + " x " +
+    tensor_problem(t.name, "shape " + shape_text(t.shape, ",") + " x " +
                                std::string(dtype_name(t.dtype)) + " is " +
                                std::to_string(bits / 8) + " bytes but data_offsets span " +
                                std::to_string(t.end - t.begin));
@@ -456,13 +431,13 @@ void HeaderParser::check_layout(uint64_t data_size) {
                                     std::to_string(t->begin) + " unused bytes)");
       else
         tensor_problem(t->name, "gap of " + std::to_string(t->begin - cursor) +
-                                    " bytes before it: tensor '" + json::printable(previous->name) +
+                                    " bytes before it: tensor '" + printable(previous->name) +
                                     "' ends at " + std::to_string(cursor) +
                                     ", this one begins at " + std::to_string(t->begin));
     } else if (t->begin < cursor) {
-      tensor_problem(t->name, "overlaps tensor '" + json::printable(previous->name) +
-                                  "': it begins at " + std::to_string(t->begin) + ", before '" +
-                                  json::printable(previous->name) + "' ends at " +
+      tensor_problem(t->name, "overlaps tensor '" + printable(previous->name) + "': it begins at " +
+                                  std::to_string(t->begin) + ", before '" +
+                                  printable(previous->name) + "' ends at " +
                                   std::to_string(cursor));
     }
     if (t->end >= cursor) {
@@ -472,7 +447,7 @@ void HeaderParser::check_layout(uint64_t data_size) {
   }
 
   if (cursor < data_size) {
-    std::string where = previous ? "after the last tensor ('" + json::printable(previous->name) +
+    std::string where = previous ? "after the last tensor ('" + printable(previous->name) +
                                        "' ends at " + std::to_string(cursor) + ")"
                                  : "but the header lists no tensors";
     problem("data section has " + std::to_string(data_size - cursor) + " unused bytes " + where +
