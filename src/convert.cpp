@@ -38,29 +38,10 @@ bool is_stream(const ConvertOptions& o) {
 // --no-sync: the kernel's I/O without fsync. Files are still written to temporary names and
 // renamed, so a crash cannot leave a half-written file under a final name, but a power loss may
 // lose data the page cache had not written yet.
-class NoSyncIo final : public Io {
+class NoSyncIo final : public ForwardingIo {
 public:
-  explicit NoSyncIo(Io& base) : base_(base) {}
+  using ForwardingIo::ForwardingIo;
   int fsync(int) override { return 0; }
-  int open(const char* p, int f, unsigned m) override { return base_.open(p, f, m); }
-  int close(int fd) override { return base_.close(fd); }
-  ssize_t pwrite(int fd, const void* b, size_t n, off_t o) override {
-    return base_.pwrite(fd, b, n, o);
-  }
-  ssize_t write(int fd, const void* b, size_t n) override { return base_.write(fd, b, n); }
-  ssize_t copy_file_range(int i, off_t* io, int o, off_t* oo, size_t n) override {
-    return base_.copy_file_range(i, io, o, oo, n);
-  }
-  ssize_t splice(int i, off_t* io, int o, off_t* oo, size_t n) override {
-    return base_.splice(i, io, o, oo, n);
-  }
-  int ftruncate(int fd, off_t n) override { return base_.ftruncate(fd, n); }
-  int fallocate(int fd, off_t o, off_t n) override { return base_.fallocate(fd, o, n); }
-  int rename(const char* a, const char* b) override { return base_.rename(a, b); }
-  int unlink(const char* p) override { return base_.unlink(p); }
-
-private:
-  Io& base_;
 };
 
 Status check_output(const ConvertOptions& o) {
@@ -148,18 +129,18 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
   if (force && fs::exists(output, ec)) {
     old = staging_path(output, "old");
     if (io.rename(output.c_str(), old.c_str()) != 0)
-      return Status(Errc::io, output.string() +
-                                  ": cannot move the old output aside: " + std::strerror(errno));
+      return Status(Errc::io,
+                    output.string() + ": cannot move the old output aside: " + errno_text(errno));
   }
   if (io.rename(staging.c_str(), output.c_str()) != 0) {
-    Status s(Errc::io, output.string() + ": cannot rename the finished output into place: " +
-                           std::strerror(errno));
+    Status s(Errc::io, output.string() +
+                           ": cannot rename the finished output into place: " + errno_text(errno));
     if (!old.empty())
       io.rename(old.c_str(), output.c_str());
     return s;
   }
   if (!old.empty())
-    fs::remove_all(old, ec);
+    remove_tree(io, old).ignore(); // the new output is in place; a leftover is only clutter
   return sync_directory(io, fs::absolute(output).parent_path());
 }
 
@@ -179,21 +160,21 @@ Result<std::string> stream_target(const Plan& plan, const std::string& only) {
                     "--print-size)");
 }
 
-Status write_all(int fd, std::string_view bytes, const std::string& name) {
+Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name) {
   while (!bytes.empty()) {
-    ssize_t n = ::write(fd, bytes.data(), std::min<size_t>(bytes.size(), MAX_IO_CHUNK));
+    ssize_t n = io.write(fd, bytes.data(), std::min<size_t>(bytes.size(), MAX_IO_CHUNK));
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0)
       return Status(errno == EPIPE ? Errc::broken_pipe : Errc::io,
-                    name + ": cannot write to stdout: " + std::strerror(errno));
+                    name + ": cannot write to stdout: " + errno_text(errno));
     bytes.remove_prefix(static_cast<size_t>(n));
   }
   return {};
 }
 
 // Streams the index or a side file (small files) to fd.
-Status stream_small_file(int fd, const Checkpoint& input, const Plan& plan,
+Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& plan,
                          const std::string& name) {
   if (name == INDEX_FILE_NAME) {
     if (!plan.write_index)
@@ -202,13 +183,13 @@ Status stream_small_file(int fd, const Checkpoint& input, const Plan& plan,
     auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
     if (!text)
       return text.status();
-    return write_all(fd, *text, name);
+    return write_all(io, fd, *text, name);
   }
   std::ifstream in(input.root / name, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (!in.good() && !in.eof())
     return Status(Errc::io, (input.root / name).string() + ": cannot read");
-  return write_all(fd, bytes, name);
+  return write_all(io, fd, bytes, name);
 }
 
 } // namespace
@@ -280,7 +261,7 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
         return Status(Errc::invalid_argument, "--only " + *target +
                                                   ": the output has no such file (see "
                                                   "shardshift plan IN --print-size)");
-      if (Status s = stream_small_file(STDOUT_FILENO, input, plan, *target); !s.ok())
+      if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target); !s.ok())
         return s;
     } else {
       streamed_tensors = file->tensors.size();
@@ -294,19 +275,18 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
     // 3. Build the output in a staging directory beside it; remove it on any failure.
     const fs::path output = fs::absolute(options.output);
     const fs::path staging = staging_path(output, "tmp");
-    std::error_code ec;
-    if (!fs::create_directory(staging, ec))
-      return Status(Errc::io,
-                    staging.string() + ": cannot create the staging directory: " + ec.message());
+    if (io.mkdir(staging.c_str(), 0777) != 0)
+      return Status(Errc::io, staging.string() +
+                                  ": cannot create the staging directory: " + errno_text(errno));
     struct Cleanup {
+      Io& io;
       fs::path dir;
       bool armed = true;
       ~Cleanup() {
-        std::error_code e;
         if (armed)
-          fs::remove_all(dir, e);
+          remove_tree(io, dir).ignore(); // the failure being reported matters more
       }
-    } cleanup{staging};
+    } cleanup{io, staging};
 
     moved = run_pipeline(input, plan, staging, config, profiler);
     if (!moved)

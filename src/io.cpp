@@ -1,65 +1,171 @@
-// io.cpp: the default Io, a thin forwarding layer to the kernel. It adds nothing (no retry, no
-// wording) so that a test double that overrides one call exercises exactly the caller's handling.
+// io.cpp: the system Io, a thin layer over the kernel; ForwardingIo; and the directory helpers
+// built on Io. The system Io adds nothing (no retry, no wording) so that a test double that
+// overrides one call exercises exactly the caller's handling.
 #include "shardshift/io.h"
 
 #include <cstdio>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <vector>
 
 namespace shardshift {
 
-int Io::open(const char* path, int flags, unsigned mode) {
+namespace fs = std::filesystem;
+
+int SystemIo::open(const char* path, int flags, unsigned mode) {
   return ::open(path, flags, static_cast<mode_t>(mode));
 }
 
-int Io::close(int fd) {
+int SystemIo::close(int fd) {
   return ::close(fd);
 }
 
-ssize_t Io::pwrite(int fd, const void* buf, size_t count, off_t offset) {
+ssize_t SystemIo::pwrite(int fd, const void* buf, size_t count, off_t offset) {
   return ::pwrite(fd, buf, count, offset);
 }
 
-ssize_t Io::write(int fd, const void* buf, size_t count) {
+ssize_t SystemIo::write(int fd, const void* buf, size_t count) {
   return ::write(fd, buf, count);
 }
 
-ssize_t Io::copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) {
+ssize_t SystemIo::copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
+                                  size_t len) {
   return ::copy_file_range(fd_in, off_in, fd_out, off_out, len, 0);
 }
 
-ssize_t Io::splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) {
+ssize_t SystemIo::splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) {
   // SPLICE_F_MOVE is only a hint; SPLICE_F_MORE tells the pipe more data follows.
   return ::splice(fd_in, off_in, fd_out, off_out, len, SPLICE_F_MOVE | SPLICE_F_MORE);
 }
 
-int Io::ftruncate(int fd, off_t length) {
-  return ::ftruncate(fd, length);
-}
-
-int Io::fallocate(int fd, off_t offset, off_t length) {
+int SystemIo::fallocate(int fd, off_t offset, off_t length) {
   // fallocate(2) mode 0 rather than posix_fallocate: glibc's posix_fallocate emulates missing
   // support by writing a byte into every block, which would double the I/O of a large shard. A
   // filesystem without support reports EOPNOTSUPP, which the writer ignores.
   return ::fallocate(fd, 0, offset, length);
 }
 
-int Io::fsync(int fd) {
+int SystemIo::fsync(int fd) {
   return ::fsync(fd);
 }
 
-int Io::rename(const char* from, const char* to) {
+int SystemIo::rename(const char* from, const char* to) {
   return std::rename(from, to);
 }
 
-int Io::unlink(const char* path) {
+int SystemIo::unlink(const char* path) {
   return ::unlink(path);
 }
 
+int SystemIo::mkdir(const char* path, unsigned mode) {
+  return ::mkdir(path, static_cast<mode_t>(mode));
+}
+
+int SystemIo::rmdir(const char* path) {
+  return ::rmdir(path);
+}
+
 Io& Io::system() {
-  static Io instance;
+  static SystemIo instance;
   return instance;
+}
+
+int ForwardingIo::open(const char* path, int flags, unsigned mode) {
+  return base_.open(path, flags, mode);
+}
+
+int ForwardingIo::close(int fd) {
+  return base_.close(fd);
+}
+
+ssize_t ForwardingIo::pwrite(int fd, const void* buf, size_t count, off_t offset) {
+  return base_.pwrite(fd, buf, count, offset);
+}
+
+ssize_t ForwardingIo::write(int fd, const void* buf, size_t count) {
+  return base_.write(fd, buf, count);
+}
+
+ssize_t ForwardingIo::copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
+                                      size_t len) {
+  return base_.copy_file_range(fd_in, off_in, fd_out, off_out, len);
+}
+
+ssize_t ForwardingIo::splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) {
+  return base_.splice(fd_in, off_in, fd_out, off_out, len);
+}
+
+int ForwardingIo::fallocate(int fd, off_t offset, off_t length) {
+  return base_.fallocate(fd, offset, length);
+}
+
+int ForwardingIo::fsync(int fd) {
+  return base_.fsync(fd);
+}
+
+int ForwardingIo::rename(const char* from, const char* to) {
+  return base_.rename(from, to);
+}
+
+int ForwardingIo::unlink(const char* path) {
+  return base_.unlink(path);
+}
+
+int ForwardingIo::mkdir(const char* path, unsigned mode) {
+  return base_.mkdir(path, mode);
+}
+
+int ForwardingIo::rmdir(const char* path) {
+  return base_.rmdir(path);
+}
+
+Status make_directories(Io& io, const fs::path& dir) {
+  std::error_code ec;
+  if (fs::is_directory(dir, ec))
+    return {};
+  // Missing parents first. A parent that exists but is no directory is left for mkdir to
+  // report (ENOTDIR), naming the directory that was asked for.
+  const fs::path parent = dir.parent_path();
+  if (!parent.empty() && parent != dir && !fs::exists(parent, ec))
+    if (Status s = make_directories(io, parent); !s.ok())
+      return s;
+  if (io.mkdir(dir.c_str(), 0777) != 0) {
+    int err = errno;
+    // A concurrent creator may have won the race; only a directory will do.
+    if (err == EEXIST && fs::is_directory(dir, ec))
+      return {};
+    return error(Errc::io, dir.string() + ": cannot create directory: " + errno_text(err));
+  }
+  return {};
+}
+
+Status remove_tree(Io& io, const fs::path& path) {
+  std::error_code ec;
+  // symlink_status: a link to a directory is removed as a link, its target left alone.
+  const fs::file_status status = fs::symlink_status(path, ec);
+  if (ec || !fs::exists(status))
+    return {};
+  Status first;
+  if (fs::is_directory(status)) {
+    // Listed first, removed after: removing entries while the directory is read may skip some.
+    std::vector<fs::path> children;
+    for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec))
+      children.push_back(it->path());
+    if (ec)
+      first = error(Errc::io, path.string() + ": cannot list directory: " + ec.message());
+    for (const fs::path& child : children) {
+      Status s = remove_tree(io, child);
+      if (first.ok())
+        first = s;
+    }
+    if (io.rmdir(path.c_str()) != 0 && first.ok())
+      first = error(Errc::io, path.string() + ": cannot remove directory: " + errno_text(errno));
+  } else if (io.unlink(path.c_str()) != 0 && errno != ENOENT && first.ok()) {
+    first = error(Errc::io, path.string() + ": cannot remove: " + errno_text(errno));
+  }
+  return first;
 }
 
 } // namespace shardshift

@@ -324,7 +324,7 @@ Status write_index(Io& io, const fs::path& dir, uint64_t total_size,
                            std::as_bytes(std::span(*text)));
 }
 
-void remove_temp_files(const fs::path& dir) {
+void remove_temp_files(Io& io, const fs::path& dir) {
   std::error_code ec;
   std::vector<fs::path> doomed;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
@@ -332,8 +332,9 @@ void remove_temp_files(const fs::path& dir) {
     if (name.size() > 1 && name[0] == '.' && name.find(TEMP_MARKER) != std::string::npos)
       doomed.push_back(it->path());
   }
+  // Collected first: removing entries while the directory is being read may skip some.
   for (const auto& p : doomed)
-    fs::remove(p, ec);
+    io.unlink(p.c_str());
 }
 
 } // namespace shardshift

@@ -13,6 +13,7 @@
 #include "numerics.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <map>
 #include <span>
 #include <string>
@@ -201,13 +202,13 @@ std::vector<SynthTensor> build_inventory(const SynthOptions& o, const Dims& d) {
 // Makes `out` ready: created when missing; when it exists it must be a directory, and a non-empty
 // one only with force, in which case the files a checkpoint consists of are removed so stale
 // shards of an earlier, differently cut run cannot mix with this one. Sets `*created`.
-Status prepare_output(const SynthOptions& o, bool* created) {
+Status prepare_output(const SynthOptions& o, Io& io, bool* created) {
   *created = false;
   std::error_code ec;
   const std::string out = o.out.string();
   if (!fs::exists(o.out, ec)) {
-    if (!fs::create_directories(o.out, ec) && ec)
-      return error(Errc::io, out + ": cannot create directory: " + ec.message());
+    if (Status st = make_directories(io, o.out); !st.ok())
+      return st;
     *created = true;
     return {};
   }
@@ -220,7 +221,7 @@ Status prepare_output(const SynthOptions& o, bool* created) {
   }
   if (!o.force)
     return error(Errc::invalid_argument, out + " exists; pass --force to replace it");
-  remove_temp_files(o.out);
+  remove_temp_files(io, o.out);
   std::vector<fs::path> doomed;
   for (const auto& entry : fs::directory_iterator(o.out, ec)) {
     std::string name = entry.path().filename().string();
@@ -229,8 +230,8 @@ Status prepare_output(const SynthOptions& o, bool* created) {
       doomed.push_back(entry.path());
   }
   for (const auto& p : doomed) {
-    if (!fs::remove(p, ec) && ec)
-      return error(Errc::io, p.string() + ": cannot remove: " + ec.message());
+    if (io.unlink(p.c_str()) != 0 && errno != ENOENT)
+      return error(Errc::io, p.string() + ": cannot remove: " + errno_text(errno));
   }
   return {};
 }
@@ -362,7 +363,7 @@ Status synth(const SynthOptions& options, Io& io,
   const std::vector<SynthTensor> tensors = build_inventory(options, dims.value());
 
   bool created = false;
-  if (Status st = prepare_output(options, &created); !st.ok())
+  if (Status st = prepare_output(options, io, &created); !st.ok())
     return st;
 
   SynthRun run(options, io, progress);
@@ -370,11 +371,10 @@ Status synth(const SynthOptions& options, Io& io,
   if (!st.ok()) {
     // No partial checkpoint: the failed writer removed its own temporary file; committed files
     // of this run go too, and the directory when this run made it.
-    std::error_code ec;
     for (const auto& p : run.written())
-      fs::remove(p, ec);
+      io.unlink(p.c_str());
     if (created)
-      fs::remove(options.out, ec); // only succeeds while empty
+      io.rmdir(options.out.c_str()); // only succeeds while empty
   }
   return st;
 }

@@ -52,8 +52,9 @@ std::vector<std::string> temp_files(const fs::path& dir) {
 }
 
 // An Io that misbehaves on request. Every knob defaults to "behave like the kernel".
-class FaultIo : public Io {
+class FaultIo : public ForwardingIo {
 public:
+  FaultIo() : ForwardingIo(Io::system()) {}
   std::optional<uint64_t> space_left; ///< bytes pwrite/write accept before ENOSPC
   size_t max_per_call = SIZE_MAX;     ///< short writes: at most this many bytes per call
   int eintr_every = 0;                ///< every Nth write call fails with EINTR
@@ -68,28 +69,28 @@ public:
     ssize_t n = limit(count);
     if (n < 0)
       return n;
-    return Io::pwrite(fd, buf, static_cast<size_t>(n), offset);
+    return ForwardingIo::pwrite(fd, buf, static_cast<size_t>(n), offset);
   }
   ssize_t write(int fd, const void* buf, size_t count) override {
     ssize_t n = limit(count);
     if (n < 0)
       return n;
-    return Io::write(fd, buf, static_cast<size_t>(n));
+    return ForwardingIo::write(fd, buf, static_cast<size_t>(n));
   }
   ssize_t copy_file_range(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
     if (++copy_calls > copy_fail_after && copy_errno)
       return errno = copy_errno, -1;
-    return Io::copy_file_range(in, in_off, out, out_off, std::min(len, max_per_call));
+    return ForwardingIo::copy_file_range(in, in_off, out, out_off, std::min(len, max_per_call));
   }
   ssize_t splice(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
     if (++copy_calls > copy_fail_after && copy_errno)
       return errno = copy_errno, -1;
-    return Io::splice(in, in_off, out, out_off, std::min(len, max_per_call));
+    return ForwardingIo::splice(in, in_off, out, out_off, std::min(len, max_per_call));
   }
   int fallocate(int fd, off_t offset, off_t length) override {
     if (fallocate_errno)
       return errno = fallocate_errno, -1;
-    return Io::fallocate(fd, offset, length);
+    return ForwardingIo::fallocate(fd, offset, length);
   }
 
 private:
@@ -722,7 +723,7 @@ TEST(RemoveTempFiles, RemovesOnlyOurs) {
   for (const char* name : {".model.safetensors.shardshift-tmp-12-abcdef", ".x.shardshift-tmp",
                            "model.safetensors", ".hidden", "shardshift-tmp-visible"})
     testing::write_bytes(dir / name, "x");
-  remove_temp_files(dir.path());
+  remove_temp_files(Io::system(), dir.path());
   EXPECT_EQ(list_dir(dir.path()),
             (std::vector<std::string>{".hidden", "model.safetensors", "shardshift-tmp-visible"}));
 }

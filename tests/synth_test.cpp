@@ -21,8 +21,9 @@ using testing::list_dir;
 using testing::TempDir;
 
 // Counts writes and can run out of space after a byte budget.
-class BudgetIo : public Io {
+class BudgetIo : public ForwardingIo {
 public:
+  BudgetIo() : ForwardingIo(Io::system()) {}
   std::optional<uint64_t> space_left;
   size_t largest_write = 0;
   uint64_t chunk_writes = 0; ///< writes of exactly 16 MiB
@@ -37,7 +38,7 @@ public:
       count = static_cast<size_t>(std::min<uint64_t>(count, *space_left));
       *space_left -= count;
     }
-    return Io::pwrite(fd, buf, count, offset);
+    return ForwardingIo::pwrite(fd, buf, count, offset);
   }
   int fallocate(int, off_t, off_t) override { return errno = EOPNOTSUPP, -1; }
 };

@@ -1,13 +1,22 @@
-// io.h: the file-I/O seam. Every write-side system call shardshift makes goes through an Io, so
-// tests can inject a full disk, a short write or a broken pipe, and a default Io calls the kernel.
+// io.h: the file-I/O seam. Every write-side system call shardshift makes (creating, writing,
+// syncing, renaming and removing files and directories) goes through an Io, so tests can inject
+// a full disk, a short write or a broken pipe, and the system Io calls the kernel. Reads go
+// straight to the kernel (mapped files, directory listings): there is nothing to commit or undo.
 //
 // Calls return what the system call returns (-1 with errno set on failure); the looping, retrying
 // and error wording live in the callers (shard_writer.cpp), so injected faults exercise them.
-// Thread-safety: the default Io is stateless and safe from any thread; test doubles say their own.
+// Every method is pure virtual, and a decorator derives from ForwardingIo: a method added here
+// then either forwards through the decorator to the Io it wraps or fails to compile, so a
+// fault-injecting Io can never be bypassed silently.
+// Thread-safety: SystemIo and ForwardingIo are stateless and safe from any thread; test doubles
+// say their own.
 #pragma once
+
+#include "shardshift/status.h"
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <sys/types.h>
 
 namespace shardshift {
@@ -15,21 +24,76 @@ namespace shardshift {
 class Io {
 public:
   virtual ~Io() = default;
-  virtual int open(const char* path, int flags, unsigned mode);
-  virtual int close(int fd);
-  virtual ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset);
-  virtual ssize_t write(int fd, const void* buf, size_t count);
-  virtual ssize_t copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len);
-  virtual ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len);
-  virtual int ftruncate(int fd, off_t length);
-  virtual int fallocate(int fd, off_t offset, off_t length);
-  virtual int fsync(int fd);
-  virtual int rename(const char* from, const char* to);
-  virtual int unlink(const char* path);
+  virtual int open(const char* path, int flags, unsigned mode) = 0;
+  virtual int close(int fd) = 0;
+  virtual ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) = 0;
+  virtual ssize_t write(int fd, const void* buf, size_t count) = 0;
+  virtual ssize_t copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
+                                  size_t len) = 0;
+  virtual ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) = 0;
+  virtual int fallocate(int fd, off_t offset, off_t length) = 0;
+  virtual int fsync(int fd) = 0;
+  virtual int rename(const char* from, const char* to) = 0;
+  virtual int unlink(const char* path) = 0;
+  virtual int mkdir(const char* path, unsigned mode) = 0;
+  virtual int rmdir(const char* path) = 0;
 
-  /// The process-wide Io that calls the kernel.
+  /// The process-wide SystemIo.
   static Io& system();
 };
+
+/// The Io that calls the kernel, adding nothing (no retry, no wording).
+class SystemIo final : public Io {
+public:
+  int open(const char* path, int flags, unsigned mode) override;
+  int close(int fd) override;
+  ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) override;
+  ssize_t write(int fd, const void* buf, size_t count) override;
+  ssize_t copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
+                          size_t len) override;
+  ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override;
+  int fallocate(int fd, off_t offset, off_t length) override;
+  int fsync(int fd) override;
+  int rename(const char* from, const char* to) override;
+  int unlink(const char* path) override;
+  int mkdir(const char* path, unsigned mode) override;
+  int rmdir(const char* path) override;
+};
+
+/// The base of decorators: every call goes to the wrapped Io; a decorator overrides only what it
+/// changes and calls ForwardingIo::x (or base()) for the rest.
+class ForwardingIo : public Io {
+public:
+  explicit ForwardingIo(Io& base) : base_(base) {}
+  int open(const char* path, int flags, unsigned mode) override;
+  int close(int fd) override;
+  ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) override;
+  ssize_t write(int fd, const void* buf, size_t count) override;
+  ssize_t copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
+                          size_t len) override;
+  ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override;
+  int fallocate(int fd, off_t offset, off_t length) override;
+  int fsync(int fd) override;
+  int rename(const char* from, const char* to) override;
+  int unlink(const char* path) override;
+  int mkdir(const char* path, unsigned mode) override;
+  int rmdir(const char* path) override;
+
+protected:
+  Io& base() { return base_; }
+
+private:
+  Io& base_;
+};
+
+/// Creates `dir` and any missing parents through `io` (mode 0777 before the umask), like
+/// `mkdir -p`. An existing directory is fine; an existing non-directory is an error.
+Status make_directories(Io& io, const std::filesystem::path& dir);
+
+/// Removes `path` and, for a directory, everything under it, through `io` (unlink and rmdir),
+/// like `rm -rf`: symbolic links are removed, never followed; a missing path is fine. Keeps going
+/// past a failure and returns the first.
+Status remove_tree(Io& io, const std::filesystem::path& path);
 
 /// Largest byte count passed to one read, write or copy call (Linux moves at most ~2 GiB a call).
 inline constexpr size_t MAX_IO_CHUNK = size_t{1} << 30;

@@ -76,9 +76,9 @@ Status write_index(Io& io, const std::filesystem::path& dir, uint64_t total_size
 Status write_file_atomic(Io& io, const std::filesystem::path& path,
                          std::span<const std::byte> bytes);
 
-/// Removes leftover temporary files shardshift created in `dir` (name pattern
-/// `.*.shardshift-tmp*`).
-void remove_temp_files(const std::filesystem::path& dir);
+/// Removes, through `io`, leftover temporary files shardshift created in `dir` (name pattern
+/// `.*.shardshift-tmp*`). Best effort: what cannot be removed stays.
+void remove_temp_files(Io& io, const std::filesystem::path& dir);
 
 /// fsyncs a directory so a rename in it is durable.
 Status sync_directory(Io& io, const std::filesystem::path& dir);
