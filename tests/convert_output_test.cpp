@@ -2,6 +2,7 @@
 // counts and memory budgets, --force, cancellation, fsync, shard sizes and the index.
 #include "shardshift/checkpoint.h"
 #include "shardshift/convert.h"
+#include "shardshift/io.h"
 
 #include "convert_harness.h"
 #include "reference/checkpoint_files.h"
@@ -85,11 +86,12 @@ TEST_F(ConvertTest, CancelledRunLeavesNothing) {
 }
 
 // Counts fsync calls and passes everything to the kernel.
-class CountingIo : public Io {
+class CountingIo final : public ForwardingIo {
 public:
+  CountingIo() : ForwardingIo(Io::system()) {}
   int fsync(int fd) override {
     ++syncs;
-    return Io::fsync(fd);
+    return ForwardingIo::fsync(fd);
   }
   int syncs = 0;
 };
