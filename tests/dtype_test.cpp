@@ -86,5 +86,12 @@ TEST(DType, TensorByteSize) {
   EXPECT_FALSE(tensor_byte_size(DType::I32, std::vector<uint64_t>{1ull << 62}));
 }
 
+TEST(ShapeText, ForPeopleAndAsInAHeader) {
+  EXPECT_EQ(shape_text(std::vector<uint64_t>{}), "[]");
+  EXPECT_EQ(shape_text(std::vector<uint64_t>{7}), "[7]");
+  EXPECT_EQ(shape_text(std::vector<uint64_t>{2, 3, UINT64_MAX}), "[2, 3, 18446744073709551615]");
+  EXPECT_EQ(shape_text(std::vector<uint64_t>{2, 3}, ","), "[2,3]");
+}
+
 } // namespace
 } // namespace shardshift

@@ -1,0 +1,192 @@
+// shard_writer_stream_test.cpp: writing a shard to a pipe (broken pipe, splice and its
+// fallback), and the small files written whole: the index, write_file_atomic, temp-file cleanup
+// and directory sync.
+#include "shard_writer_support.h"
+#include "test_support.h"
+
+#include <fcntl.h>
+#include <map>
+#include <random>
+#include <signal.h>
+#include <thread>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+namespace shardshift {
+namespace {
+
+using namespace writer_test;
+using testing::list_dir;
+using testing::read_bytes;
+using testing::TempDir;
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+class IgnoreSigpipe {
+public:
+  IgnoreSigpipe() { old_ = ::signal(SIGPIPE, SIG_IGN); }
+  ~IgnoreSigpipe() { ::signal(SIGPIPE, old_); }
+
+private:
+  sighandler_t old_;
+};
+
+TEST(ShardWriterStream, BrokenPipe) {
+  IgnoreSigpipe ignore; // as the app does
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  ::close(fds[0]); // the reader is gone before anything is written
+  auto header = build_header(std::vector<PlannedTensor>{{"t", DType::U8, {10}}}, {});
+  ASSERT_TRUE(header.ok());
+  ShardWriter writer;
+  Status s = writer.open_stream(fds[1], "<stdout>", header.value(), 10);
+  EXPECT_EQ(s.code(), Errc::broken_pipe);
+  EXPECT_EQ(s.message(), "<stdout>: the reader of the output pipe went away after 0 bytes");
+  EXPECT_EQ(writer.append(as_span(std::string(10, 'z'))).code(), Errc::broken_pipe);
+  ::close(fds[1]);
+}
+
+// Writes a shard to a pipe with `io` while a thread drains it; returns the bytes that came out.
+std::string stream_through_pipe(Io& io, const std::string& header, const std::string& payload,
+                                int copy_fd, Status* status, bool* zero_copy) {
+  int fds[2];
+  EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  std::string received;
+  std::thread reader([&] {
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::read(fds[0], buf, sizeof buf)) > 0)
+      received.append(buf, static_cast<size_t>(n));
+  });
+  ShardWriter writer(io);
+  *status = writer.open_stream(fds[1], "<pipe>", header, payload.size());
+  if (status->ok())
+    *status = writer.append_copy(copy_fd, 0, payload.size(), as_span(payload), zero_copy);
+  if (status->ok())
+    *status = writer.finish();
+  ::close(fds[1]);
+  reader.join();
+  ::close(fds[0]);
+  return received;
+}
+
+TEST(ShardWriterStream, SpliceAndFallbackToAPipe) {
+  std::mt19937_64 rng(testing::test_seed());
+  TempDir dir;
+  const std::string payload = testing::random_bytes(rng, 1'000'000);
+  testing::write_bytes(dir / "payload.bin", payload);
+  int in = ::open((dir / "payload.bin").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(in, 0);
+  auto header = build_header(std::vector<PlannedTensor>{{"t", DType::U8, {payload.size()}}}, {});
+  ASSERT_TRUE(header.ok());
+
+  for (int refuse : {0, EINVAL}) {
+    SCOPED_TRACE(refuse);
+    FaultIo io;
+    io.copy_errno = refuse;
+    Status s;
+    bool zero_copy = false;
+    std::string out = stream_through_pipe(io, header.value(), payload, in, &s, &zero_copy);
+    ASSERT_TRUE(s.ok()) << s.message();
+    EXPECT_EQ(zero_copy, refuse == 0);
+    EXPECT_EQ(out, header.value() + payload);
+    auto parsed = parse_header("<pipe>", as_span(out));
+    EXPECT_TRUE(parsed.ok()) << parsed.status().message();
+  }
+  ::close(in);
+}
+
+TEST(ShardWriterStream, FinishChecksTheCount) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  auto header = build_header(std::vector<PlannedTensor>{{"t", DType::U8, {4}}}, {});
+  ASSERT_TRUE(header.ok());
+  ShardWriter writer;
+  ASSERT_TRUE(writer.open_stream(fds[1], "<pipe>", header.value(), 4).ok());
+  ASSERT_TRUE(writer.append(as_span(std::string(3, 'z'))).ok());
+  EXPECT_EQ(writer.finish().code(), Errc::io);
+  // The descriptor belongs to the caller: still open.
+  EXPECT_EQ(::write(fds[1], "x", 1), 1);
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Index and small files
+
+TEST(WriteIndex, MatchesPythonJsonDumps) {
+  TempDir dir;
+  std::map<std::string, std::string> weight_map = {
+      {"model.layers.1.w", "model-00002-of-00002.safetensors"},
+      {"lm_head.weight", "model-00001-of-00002.safetensors"},
+      {"model.layers.0.w", "model-00001-of-00002.safetensors"},
+      {"quote\"back\\slash\ttab\x7f", "model-00001-of-00002.safetensors"},
+      {"caf\xC3\xA9.\xF0\x9F\x98\x80", "model-00002-of-00002.safetensors"},
+  };
+  Status s = write_index(Io::system(), dir.path(), 123456789012, weight_map);
+  ASSERT_TRUE(s.ok()) << s.message();
+  // What json.dumps({"metadata": ..., "weight_map": ...}, indent=2, sort_keys=True) + "\n" gives.
+  const std::string expected = R"({
+  "metadata": {
+    "total_size": 123456789012
+  },
+  "weight_map": {
+    "caf\u00e9.\ud83d\ude00": "model-00002-of-00002.safetensors",
+    "lm_head.weight": "model-00001-of-00002.safetensors",
+    "model.layers.0.w": "model-00001-of-00002.safetensors",
+    "model.layers.1.w": "model-00002-of-00002.safetensors",
+    "quote\"back\\slash\ttab\u007f": "model-00001-of-00002.safetensors"
+  }
+}
+)";
+  EXPECT_EQ(read_bytes(dir / "model.safetensors.index.json"), expected);
+  EXPECT_EQ(list_dir(dir.path()), std::vector<std::string>{"model.safetensors.index.json"});
+}
+
+TEST(WriteIndex, EmptyWeightMap) {
+  TempDir dir;
+  ASSERT_TRUE(write_index(Io::system(), dir.path(), 0, {}).ok());
+  EXPECT_EQ(read_bytes(dir / "model.safetensors.index.json"),
+            "{\n  \"metadata\": {\n    \"total_size\": 0\n  },\n  \"weight_map\": {}\n}\n");
+}
+
+TEST(WriteFileAtomic, WritesAndLeavesNoTemp) {
+  TempDir dir;
+  const std::string text = "{\"model_type\": \"x\"}\n";
+  ASSERT_TRUE(write_file_atomic(Io::system(), dir / "config.json", as_span(text)).ok());
+  EXPECT_EQ(read_bytes(dir / "config.json"), text);
+  ASSERT_TRUE(write_file_atomic(Io::system(), dir / "empty", {}).ok());
+  EXPECT_EQ(read_bytes(dir / "empty"), "");
+  EXPECT_EQ(list_dir(dir.path()), (std::vector<std::string>{"config.json", "empty"}));
+
+  FaultIo full;
+  full.fallocate_errno = EOPNOTSUPP;
+  full.space_left = 3;
+  Status s = write_file_atomic(full, dir / "config.json", as_span(std::string("replacement")));
+  EXPECT_EQ(s.code(), Errc::no_space);
+  EXPECT_EQ(read_bytes(dir / "config.json"), text) << "the old file survives a failed write";
+  EXPECT_EQ(list_dir(dir.path()), (std::vector<std::string>{"config.json", "empty"}));
+}
+
+TEST(RemoveTempFiles, RemovesOnlyOurs) {
+  TempDir dir;
+  for (const char* name : {".model.safetensors.shardshift-tmp-12-abcdef", ".x.shardshift-tmp",
+                           "model.safetensors", ".hidden", "shardshift-tmp-visible"})
+    testing::write_bytes(dir / name, "x");
+  remove_temp_files(Io::system(), dir.path());
+  EXPECT_EQ(list_dir(dir.path()),
+            (std::vector<std::string>{".hidden", "model.safetensors", "shardshift-tmp-visible"}));
+}
+
+TEST(SyncDirectory, ReportsAMissingDirectory) {
+  TempDir dir;
+  EXPECT_TRUE(sync_directory(Io::system(), dir.path()).ok());
+  Status s = sync_directory(Io::system(), dir / "missing");
+  EXPECT_EQ(s.code(), Errc::io);
+  EXPECT_NE(s.message().find("missing"), std::string::npos);
+}
+
+} // namespace
+} // namespace shardshift
