@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <thread>
 #include <unistd.h>
@@ -82,11 +83,18 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
   if (device == "cpu")
     return std::unique_ptr<CudaTransformer>();
   int ordinal = 0;
-  if (device.starts_with("cuda:"))
-    ordinal = std::atoi(device.c_str() + 5);
-  else if (device != "cuda" && device != "auto")
+  if (device.starts_with("cuda:")) {
+    // Digits only: "cuda:x" or "cuda:1a" is a usage error, not GPU 0 or 1.
+    const std::string digits = device.substr(5);
+    if (digits.empty() || digits.size() > 4 ||
+        digits.find_first_not_of("0123456789") != std::string::npos)
+      return Status(Errc::invalid_argument,
+                    "--device '" + device + "': use auto, cpu, cuda or cuda:N (N a GPU number)");
+    ordinal = std::stoi(digits);
+  } else if (device != "cuda" && device != "auto") {
     return Status(Errc::invalid_argument,
                   "--device '" + device + "': use auto, cpu, cuda or cuda:N");
+  }
   const int count = CudaTransformer::device_count();
   if (count == 0) {
     if (device == "auto")
@@ -192,6 +200,138 @@ Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& pl
   return write_all(io, fd, bytes, name);
 }
 
+Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
+  auto checkpoint = Checkpoint::open(input);
+  if (!checkpoint)
+    return checkpoint.status();
+  return make_plan(*checkpoint, options);
+}
+
+// The pipeline's shape for this run: threads, writer lanes, chunks and tokens from the memory
+// budget, and the device (a GPU's staging slots come out of the same budget).
+struct Engine {
+  PipelineConfig config;
+  std::unique_ptr<CudaTransformer> gpu;
+  std::string device; ///< for the summary: "cpu (avx512)", "cuda:0 (NVIDIA H200)"
+};
+
+Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
+                                Io& io, const ConvertCallbacks& callbacks) {
+  Engine e;
+  PipelineConfig& c = e.config;
+  c.writers = options.writers ? options.writers : default_writers(threads, files);
+  // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
+  // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
+  const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
+  size_pipeline(options.max_memory, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
+  auto gpu = open_device(options.device, c.chunk_bytes, gpu_slots, &e.device);
+  if (!gpu)
+    return gpu.status();
+  e.gpu = std::move(gpu.value());
+  if (!e.gpu)
+    size_pipeline(options.max_memory, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
+  c.gpu = e.gpu.get();
+  c.io = &io;
+  c.cancel = options.cancel;
+  c.progress = callbacks.progress;
+  return e;
+}
+
+// OUT '-': one output file to stdout, for uploads that never land on local disk. There is nothing
+// to commit: a failure shows as the exit code, and the reader must discard the data.
+Result<PipelineResult> stream_one_file(const ConvertOptions& options, const Checkpoint& input,
+                                       const Plan& plan, const PipelineConfig& config, Io& io,
+                                       Profiler& profiler, uint64_t* tensors) {
+  auto target = stream_target(plan, options.only);
+  if (!target)
+    return target.status();
+  auto file = std::find_if(plan.files.begin(), plan.files.end(),
+                           [&](const OutputFile& f) { return f.name == *target; });
+  if (file == plan.files.end()) {
+    const bool side =
+        std::find(plan.side_files.begin(), plan.side_files.end(), *target) != plan.side_files.end();
+    if (!side && *target != INDEX_FILE_NAME)
+      return Status(Errc::invalid_argument, "--only " + *target +
+                                                ": the output has no such file (see "
+                                                "shardshift plan IN --print-size)");
+    if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target); !s.ok())
+      return s;
+    return PipelineResult{};
+  }
+  *tensors = file->tensors.size();
+  const uint32_t only[] = {static_cast<uint32_t>(file - plan.files.begin())};
+  StreamTarget stdout_target(STDOUT_FILENO);
+  return run_pipeline(input, plan, only, stdout_target, config, profiler);
+}
+
+// OUT a directory: build it in a staging directory beside it, then side files, the index (the
+// commit point of a sharded checkpoint) and one rename. The staging directory is removed on any
+// failure, so OUT appears whole or not at all.
+Result<PipelineResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
+                                       const Plan& plan, const PipelineConfig& config, Io& io,
+                                       Profiler& profiler) {
+  const fs::path output = fs::absolute(options.output);
+  const fs::path staging = staging_path(output, "tmp");
+  if (io.mkdir(staging.c_str(), 0777) != 0)
+    return Status(Errc::io,
+                  staging.string() + ": cannot create the staging directory: " + errno_text(errno));
+  struct Cleanup {
+    Io& io;
+    fs::path dir;
+    bool armed = true;
+    ~Cleanup() {
+      if (armed)
+        remove_tree(io, dir).ignore(); // the failure being reported matters more
+    }
+  } cleanup{io, staging};
+
+  std::vector<uint32_t> files(plan.files.size());
+  std::iota(files.begin(), files.end(), 0u);
+  DirectoryTarget target(staging);
+  auto moved = run_pipeline(input, plan, files, target, config, profiler);
+  if (!moved)
+    return moved;
+  if (options.cancel && options.cancel->load())
+    return Status(Errc::interrupted, "interrupted");
+
+  const uint64_t c0 = profiler.now();
+  if (Status s = copy_side_files(io, input, plan, staging); !s.ok())
+    return s;
+  if (plan.write_index)
+    if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok())
+      return s;
+  if (Status s = commit_output(io, staging, output, options.force); !s.ok())
+    return s;
+  cleanup.armed = false;
+  profiler.record(Stage::commit, c0, profiler.now(), 0);
+  return moved;
+}
+
+ConvertSummary summarize(const Plan& plan, const PipelineResult& moved, const Engine& engine,
+                         uint64_t tensors, uint64_t files, Profiler& profiler) {
+  ConvertSummary sum;
+  sum.adapter = plan.adapter;
+  sum.direction = plan.direction;
+  sum.device = engine.device;
+  sum.tensors = tensors;
+  sum.files = files;
+  sum.output_bytes = moved.output_bytes;
+  sum.zero_copy_bytes = moved.zero_copy_bytes;
+  sum.fallback_copy_bytes = moved.fallback_copy_bytes;
+  sum.cpu_bytes = moved.cpu_bytes;
+  sum.gpu_bytes = moved.gpu_bytes;
+  sum.transformed_bytes = moved.cpu_bytes + moved.gpu_bytes + moved.ones_bytes;
+  sum.dropped = plan.dropped;
+  sum.excluded = plan.excluded;
+  sum.chunk_bytes = engine.config.chunk_bytes;
+  sum.tokens = engine.config.tokens;
+  sum.writers = engine.config.writers;
+  sum.seconds = static_cast<double>(profiler.now()) / 1e9;
+  sum.peak_rss = peak_rss_bytes();
+  sum.stages = profiler.summaries();
+  return sum;
+}
+
 } // namespace
 
 Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
@@ -207,126 +347,42 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   Profiler& profiler = external_profiler ? *external_profiler : local_profiler;
   NoSyncIo no_sync_io(options.io ? *options.io : Io::system());
   Io& io = !options.sync ? no_sync_io : options.io ? *options.io : Io::system();
-  const uint64_t plan_t0 = profiler.now();
 
-  // 1. Open and validate the input; plan the output. Nothing is written before this succeeds.
+  // 1. Check OUT, open and validate the input, plan the output. Nothing is written before this.
   if (Status s = check_output(options); !s.ok())
     return s;
+  const uint64_t t0 = profiler.now();
   auto opened = Checkpoint::open(options.input);
   if (!opened)
     return opened.status();
   const Checkpoint& input = *opened;
-  auto planned = make_plan(input, options.plan);
+  profiler.record(Stage::plan, t0, profiler.now(), 0, "open_checkpoint");
+  auto planned = make_plan(input, options.plan, &profiler);
   if (!planned)
     return planned.status();
   const Plan& plan = *planned;
   if (callbacks.planned)
     callbacks.planned(plan);
-  profiler.record(Stage::plan, plan_t0, profiler.now(), 0);
 
-  // 2. Size the pipeline from the memory budget and pick the device.
+  // 2. Size the pipeline from the memory budget; pick the device and the writer lanes.
   const unsigned threads =
       options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
-  PipelineConfig config;
-  // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
-  // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
-  const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
-  size_pipeline(options.max_memory, threads, gpu_slots, &config.chunk_bytes, &config.tokens);
-  std::string device;
-  auto gpu = open_device(options.device, config.chunk_bytes, gpu_slots, &device);
-  if (!gpu)
-    return gpu.status();
-  if (!*gpu)
-    size_pipeline(options.max_memory, threads, 0, &config.chunk_bytes, &config.tokens);
-  config.gpu = gpu->get();
-  config.io = &io;
-  config.cancel = options.cancel;
-  config.progress = callbacks.progress;
+  auto engine = configure_engine(options, threads, plan.files.size(), io, callbacks);
+  if (!engine)
+    return engine.status();
 
-  Result<PipelineResult> moved = PipelineResult{};
-  uint64_t streamed_tensors = 0;
-  if (is_stream(options)) {
-    // 3'. Stream one output file to stdout (for uploads that never land on local disk). There is
-    // nothing to commit: a failure shows as the exit code, and the reader must discard the data.
-    auto target = stream_target(plan, options.only);
-    if (!target)
-      return target.status();
-    auto file = std::find_if(plan.files.begin(), plan.files.end(),
-                             [&](const OutputFile& f) { return f.name == *target; });
-    if (file == plan.files.end()) {
-      bool side = std::find(plan.side_files.begin(), plan.side_files.end(), *target) !=
-                  plan.side_files.end();
-      if (!side && *target != INDEX_FILE_NAME)
-        return Status(Errc::invalid_argument, "--only " + *target +
-                                                  ": the output has no such file (see "
-                                                  "shardshift plan IN --print-size)");
-      if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target); !s.ok())
-        return s;
-    } else {
-      streamed_tensors = file->tensors.size();
-      config.stream_fd = STDOUT_FILENO;
-      config.only_file = static_cast<uint32_t>(file - plan.files.begin());
-      moved = run_pipeline(input, plan, {}, config, profiler);
-      if (!moved)
-        return moved.status();
-    }
-  } else {
-    // 3. Build the output in a staging directory beside it; remove it on any failure.
-    const fs::path output = fs::absolute(options.output);
-    const fs::path staging = staging_path(output, "tmp");
-    if (io.mkdir(staging.c_str(), 0777) != 0)
-      return Status(Errc::io, staging.string() +
-                                  ": cannot create the staging directory: " + errno_text(errno));
-    struct Cleanup {
-      Io& io;
-      fs::path dir;
-      bool armed = true;
-      ~Cleanup() {
-        if (armed)
-          remove_tree(io, dir).ignore(); // the failure being reported matters more
-      }
-    } cleanup{io, staging};
-
-    moved = run_pipeline(input, plan, staging, config, profiler);
-    if (!moved)
-      return moved.status();
-    if (options.cancel && options.cancel->load())
-      return Status(Errc::interrupted, "interrupted");
-
-    // 4. Side files, then the index (the commit point of a sharded checkpoint), then the rename.
-    const uint64_t c0 = profiler.now();
-    if (Status s = copy_side_files(io, input, plan, staging); !s.ok())
-      return s;
-    if (plan.write_index)
-      if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok())
-        return s;
-    if (Status s = commit_output(io, staging, output, options.force); !s.ok())
-      return s;
-    cleanup.armed = false;
-    profiler.record(Stage::commit, c0, profiler.now(), 0);
-  }
-
-  ConvertSummary sum;
-  sum.adapter = plan.adapter;
-  sum.direction = plan.direction;
-  sum.device = device;
-  sum.tensors = is_stream(options) ? streamed_tensors : plan.tensors.size();
-  sum.files = is_stream(options) ? 1 : plan.files.size();
-  sum.output_bytes = moved->output_bytes;
-  sum.zero_copy_bytes = moved->zero_copy_bytes;
-  sum.fallback_copy_bytes = moved->fallback_copy_bytes;
-  sum.cpu_bytes = moved->cpu_bytes;
-  sum.gpu_bytes = moved->gpu_bytes;
-  sum.transformed_bytes = moved->cpu_bytes + moved->gpu_bytes + moved->ones_bytes;
-  sum.dropped = plan.dropped;
-  sum.excluded = plan.excluded;
-  sum.chunk_bytes = config.chunk_bytes;
-  sum.tokens = config.tokens;
-  sum.seconds = static_cast<double>(profiler.now()) / 1e9;
-  sum.peak_rss = peak_rss_bytes();
-  sum.stages = profiler.summaries();
-  return sum;
+  // 3. Move the bytes: one file to stdout, or the whole checkpoint into OUT.
+  uint64_t tensors = plan.tensors.size(), files = plan.files.size();
+  Result<PipelineResult> moved =
+      is_stream(options)
+          ? stream_one_file(options, input, plan, engine->config, io, profiler, &tensors)
+          : write_directory(options, input, plan, engine->config, io, profiler);
+  if (!moved)
+    return moved.status();
+  if (is_stream(options))
+    files = 1;
+  return summarize(plan, *moved, *engine, tensors, files, profiler);
 }
 
 } // namespace shardshift

@@ -8,23 +8,27 @@
 namespace shardshift {
 
 std::unique_ptr<Item> Emitter::next() {
-  while (f_ < end_) {
+  for (;;) {
+    if (!have_file_) {
+      if (!queue_.take(&f_))
+        return nullptr;
+      have_file_ = true;
+      opened_ = false;
+      k_ = 0;
+    }
     const OutputFile& file = plan_.files[f_];
     if (!opened_) {
       opened_ = true;
       return make(ItemKind::open_file);
     }
     if (k_ == file.tensors.size()) {
-      auto item = make(ItemKind::close_file);
-      ++f_;
-      k_ = 0;
-      opened_ = false;
-      return item;
+      have_file_ = false;
+      return make(ItemKind::close_file);
     }
     const OutputTensor& t = plan_.tensors[file.tensors[k_]];
     switch (t.op) {
     case OpKind::copy:
-      return copy_run(file);
+      return copy_piece(file);
     case OpKind::ones: {
       auto item = make(ItemKind::ones);
       item->tensor = &t;
@@ -38,7 +42,6 @@ std::unique_ptr<Item> Emitter::next() {
       break; // an empty tensor: nothing to do, move on
     }
   }
-  return nullptr;
 }
 
 std::unique_ptr<Item> Emitter::make(ItemKind kind) {
@@ -48,26 +51,45 @@ std::unique_ptr<Item> Emitter::make(ItemKind kind) {
   return item;
 }
 
-// A run of pass-through tensors that lie back to back in one input shard becomes one copy.
-std::unique_ptr<Item> Emitter::copy_run(const OutputFile& file) {
+// Pass-through tensors that lie back to back in one input shard form a run, copied as one range.
+// A run is cut into pieces of at most a chunk, so that a copy that falls back to writing from the
+// mapping (another filesystem, a pipe) holds at most a chunk of input pages before they are
+// released, like a transform chunk. Piece boundaries inside a run sit at page multiples of the
+// input offset, so a run whose output offset the plan kept congruent (reflink_alignment) is cut
+// at whole blocks on both sides and can still share extents.
+std::unique_ptr<Item> Emitter::copy_piece(const OutputFile& file) {
   const OutputTensor& first = plan_.tensors[file.tensors[k_]];
+  const uint64_t run_begin = in_.file_offset(first.source);
+  uint64_t run_end = run_begin;
+  size_t j = k_;
+  while (j < file.tensors.size()) {
+    const OutputTensor& t = plan_.tensors[file.tensors[j]];
+    if (t.op != OpKind::copy || t.source.shard != first.source.shard ||
+        in_.file_offset(t.source) != run_end)
+      break;
+    run_end += t.size;
+    ++j;
+  }
+  const uint64_t begin = run_begin + run_done_;
+  uint64_t end = run_end;
+  if (end - begin > chunk_) {
+    end = (begin + chunk_) / 4096 * 4096;
+    if (end <= begin)
+      end = begin + chunk_;
+  }
   auto item = make(ItemKind::copy_run);
   item->tensor = &first;
   item->shard = &in_.shard(first.source);
-  item->in_offset = in_.file_offset(first.source);
-  uint64_t end = item->in_offset;
-  while (k_ < file.tensors.size()) {
-    const OutputTensor& t = plan_.tensors[file.tensors[k_]];
-    if (t.op != OpKind::copy || t.source.shard != first.source.shard ||
-        in_.file_offset(t.source) != end)
-      break;
-    end += t.size;
-    ++item->run_tensors;
-    ++k_;
-  }
-  item->length = end - item->in_offset;
-  item->release_offset = item->in_offset;
+  item->in_offset = begin;
+  item->length = end - begin;
+  item->release_offset = begin;
   item->release_length = item->length;
+  if (end == run_end) {
+    k_ = j;
+    run_done_ = 0;
+  } else {
+    run_done_ = end - run_begin;
+  }
   return item;
 }
 

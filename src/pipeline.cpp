@@ -11,19 +11,28 @@
 #include <algorithm>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <vector>
 
+#include <tbb/parallel_for.h>
 #include <tbb/parallel_pipeline.h>
 
 namespace shardshift {
 
-void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, uint64_t* chunk_bytes,
-                   unsigned* tokens) {
-  unsigned t = std::max(3u, threads + 2);
-  uint64_t chunk = max_memory / (2ull * t + gpu_slots);
+void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
+                   uint64_t* chunk_bytes, unsigned* tokens) {
+  writers = std::max(1u, writers);
+  const unsigned t = std::max(3u, (threads + 2 + writers - 1) / writers);
+  uint64_t chunk = max_memory / (2ull * writers * t + gpu_slots);
   chunk &= ~uint64_t{4095};
   chunk = std::clamp<uint64_t>(chunk, 64 << 10, 64ull << 20);
   *chunk_bytes = chunk;
   *tokens = t;
+}
+
+unsigned default_writers(unsigned threads, size_t files) {
+  const size_t lanes = std::min<size_t>({std::max(1u, threads / 2), files, 16});
+  return static_cast<unsigned>(std::max<size_t>(1, lanes));
 }
 
 namespace {
@@ -49,62 +58,59 @@ private:
   std::atomic<bool> failed_{false};
 };
 
-} // namespace
+// What every lane shares.
+struct Shared {
+  const Checkpoint& input;
+  const Plan& plan;
+  const PipelineConfig& config;
+  Profiler& profiler;
+  Io& io;
+  OutputTarget& target;
+  FileQueue& queue;
+  FailureLatch& failure;
+  BufferPool& pool;
+  TransformStage& transformer;
+  ProgressMeter& meter;
+};
 
-Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
-                                    const std::filesystem::path& dir, const PipelineConfig& config,
-                                    Profiler& profiler) {
-  Io& io = config.io ? *config.io : Io::system();
-  const bool stream = config.stream_fd >= 0;
-  const size_t first = stream ? config.only_file : 0;
-  const size_t end = stream ? config.only_file + 1 : plan.files.size();
-  uint64_t total = 0;
-  for (size_t f = first; f < end; ++f)
-    total += plan.files[f].size();
-
-  FailureLatch failure;
-  BufferPool pool(config.chunk_bytes, config.gpu);
-  Emitter emitter(input, plan, config.chunk_bytes, config.gpu, first, end);
-  TransformStage transformer(config.gpu, profiler);
-  DirectoryTarget directory(dir);
-  StreamTarget stream_target(config.stream_fd);
-  WriteStage writer(io, plan, stream ? static_cast<OutputTarget&>(stream_target) : directory,
-                    profiler);
-  ProgressMeter meter(profiler, pool, config.gpu != nullptr, total,
-                      static_cast<uint32_t>(plan.files.size()), config.progress);
+// One writer lane: a bounded pipeline over the files it takes from the queue.
+WriteTotals run_lane(Shared& s) {
+  Emitter emitter(s.input, s.plan, s.config.chunk_bytes, s.config.gpu, s.queue);
+  WriteStage writer(s.io, s.plan, s.target, s.profiler);
+  uint64_t last_write_end = 0;
 
   // Stage 1: the next item, with a buffer when it needs one (a token holds at most one).
   auto emit = [&](tbb::flow_control& fc) -> Item* {
-    if (!failure.failed() && config.cancel && config.cancel->load())
-      failure.fail(Status(Errc::interrupted, "interrupted"));
-    const uint64_t t0 = profiler.now();
-    std::unique_ptr<Item> item = failure.failed() ? nullptr : emitter.next();
+    if (!s.failure.failed() && s.config.cancel && s.config.cancel->load())
+      s.failure.fail(Status(Errc::interrupted, "interrupted"));
+    const uint64_t t0 = s.profiler.now();
+    std::unique_ptr<Item> item = s.failure.failed() ? nullptr : emitter.next();
     if (item && (item->kind == ItemKind::transform || item->kind == ItemKind::ones)) {
-      auto buffer = pool.acquire();
+      auto buffer = s.pool.acquire();
       if (!buffer) {
-        failure.fail(buffer.status());
+        s.failure.fail(buffer.status());
         item.reset();
       } else {
         item->buffer = item->args.dst = *buffer;
-        meter.add_in_flight(item->length);
+        s.meter.add_in_flight(item->length);
       }
     }
     if (!item) {
       fc.stop();
       return nullptr;
     }
-    profiler.record(Stage::read, t0, profiler.now(),
-                    item->kind == ItemKind::transform ? item->length : 0,
-                    item->tensor ? std::string_view(item->tensor->name) : std::string_view());
+    s.profiler.record(Stage::read, t0, s.profiler.now(),
+                      item->kind == ItemKind::transform ? item->length : 0,
+                      item->tensor ? std::string_view(item->tensor->name) : std::string_view());
     return item.release();
   };
 
   // Stage 2: produce the item's bytes.
   auto transform = [&](Item* item) -> Item* {
-    if (!failure.failed()) {
-      transformer.run(*item);
+    if (!s.failure.failed()) {
+      s.transformer.run(*item);
       if (!item->status.ok())
-        failure.fail(item->status);
+        s.failure.fail(item->status);
     }
     return item;
   };
@@ -112,33 +118,66 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   // Stage 3: write in order, then give back what the item held (input pages, its buffer).
   auto write = [&](Item* raw) {
     std::unique_ptr<Item> item(raw);
-    meter.before_write(profiler.now());
-    if (!failure.failed())
-      if (Status s = writer.write(*item); !s.ok())
-        failure.fail(std::move(s));
+    const uint64_t t0 = s.profiler.now();
+    if (last_write_end)
+      s.profiler.record(Stage::wait, last_write_end, t0, 0);
+    const uint64_t before = writer.totals().done;
+    if (!s.failure.failed())
+      if (Status st = writer.write(*item); !st.ok())
+        s.failure.fail(std::move(st));
     if (item->release_length)
       item->shard->file->release(item->release_offset, item->release_length);
-    meter.after_write(*item, writer.totals().done);
+    s.meter.wrote(*item, writer.totals().done - before);
     if (item->buffer) {
-      pool.release(item->buffer);
-      meter.sub_in_flight(item->length);
+      s.pool.release(item->buffer);
+      s.meter.sub_in_flight(item->length);
     }
+    last_write_end = s.profiler.now();
   };
 
-  profiler.name_thread("main");
   tbb::parallel_pipeline(
-      config.tokens, tbb::make_filter<void, Item*>(tbb::filter_mode::serial_in_order, emit) &
-                         tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel, transform) &
-                         tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order, write));
+      s.config.tokens, tbb::make_filter<void, Item*>(tbb::filter_mode::serial_in_order, emit) &
+                           tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel, transform) &
+                           tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order, write));
   writer.abandon();
+  return writer.totals();
+}
+
+} // namespace
+
+Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
+                                    std::span<const uint32_t> files, OutputTarget& target,
+                                    const PipelineConfig& config, Profiler& profiler) {
+  uint64_t total = 0;
+  for (uint32_t f : files)
+    total += plan.files[f].size();
+  const unsigned lanes = std::max<unsigned>(
+      1, std::min<unsigned>(config.writers, static_cast<unsigned>(files.size())));
+
+  FileQueue queue(files);
+  FailureLatch failure;
+  BufferPool pool(config.chunk_bytes, config.gpu);
+  TransformStage transformer(config.gpu, profiler);
+  ProgressMeter meter(profiler, pool, config.gpu != nullptr, total,
+                      static_cast<uint32_t>(files.size()), config.progress);
+  Shared shared{input,  plan,  config,  profiler, config.io ? *config.io : Io::system(),
+                target, queue, failure, pool,     transformer,
+                meter};
+
+  // Lanes run side by side on the one task arena; each blocks only in its own write calls.
+  std::vector<WriteTotals> totals(lanes);
+  profiler.name_thread("main");
+  tbb::parallel_for(0u, lanes, [&](unsigned lane) { totals[lane] = run_lane(shared); });
   if (failure.failed())
     return failure.first();
-  const WriteTotals& t = writer.totals();
+
   PipelineResult result;
-  result.zero_copy_bytes = t.zero_copy_bytes;
-  result.fallback_copy_bytes = t.fallback_copy_bytes;
-  result.ones_bytes = t.ones_bytes;
-  result.output_bytes = t.output_bytes;
+  for (const WriteTotals& t : totals) {
+    result.zero_copy_bytes += t.zero_copy_bytes;
+    result.fallback_copy_bytes += t.fallback_copy_bytes;
+    result.ones_bytes += t.ones_bytes;
+    result.output_bytes += t.output_bytes;
+  }
   result.cpu_bytes = transformer.cpu_bytes();
   result.gpu_bytes = transformer.gpu_bytes();
   return result;

@@ -1,15 +1,18 @@
-// pipeline.h: the one bounded tbb::parallel_pipeline that moves a plan's bytes, through three
-// stage objects:
+// pipeline.h: moving a plan's bytes. Each output file is a unit of work; `writers` lanes take
+// files from one queue and each runs a bounded tbb::parallel_pipeline of three stage objects:
 //
 //   Emitter (serial, in order) -> TransformStage (parallel)    -> WriteStage (serial, in order)
-//   walks the plan, cuts          transpose-fold a chunk on the   appends to the current file
-//   expert tensors in chunks,     CPU or the CUDA stage, or       (copy_file_range for runs)
-//   takes a buffer, prefetches    fills ones                      through an OutputTarget;
-//                                                                 frees the buffer, releases input
+//   takes the lane's next file,   transpose-fold a chunk on the   appends to the lane's file
+//   cuts copy runs and experts    CPU or the CUDA stage, or       through an OutputTarget
+//   into chunks, takes a buffer   fills ones                      (copy_file_range / splice for
+//                                                                 runs); frees the buffer,
+//                                                                 releases the input pages
 //
-// At most `tokens` items are alive, each holding at most one buffer of `chunk_bytes` and reading at
-// most `chunk_bytes` of mapped input, so memory in flight is bounded by tokens * 2 * chunk_bytes
-// whatever the model's or a tensor's size (docs in README "Memory").
+// Lanes share the transform threads, the buffer pool and one memory budget: each lane has at
+// most `tokens` items alive, each holding at most one buffer of `chunk_bytes` and reading at most
+// `chunk_bytes` of mapped input, so memory in flight is at most writers * tokens * 2 * chunk_bytes
+// whatever the model's, a file's or a tensor's size (README "Memory"). Every file's bytes are a
+// function of the plan alone, so the output is the same for any number of lanes or threads.
 // Thread-safety: run_pipeline is called once per conversion.
 #pragma once
 
@@ -20,25 +23,23 @@
 #include "shardshift/progress.h"
 
 #include "cuda_transform.h"
+#include "write_stage.h"
 
 #include <atomic>
 #include <cstdint>
-#include <filesystem>
 #include <functional>
+#include <span>
 
 namespace shardshift {
 
 struct PipelineConfig {
   uint64_t chunk_bytes = 64 << 20;
-  unsigned tokens = 8;
+  unsigned tokens = 8;            ///< items alive per lane
+  unsigned writers = 1;           ///< lanes: output files written at once
   CudaTransformer* gpu = nullptr; ///< nullptr: transform on the CPU
   Io* io = nullptr;
   const std::atomic<bool>* cancel = nullptr;
   std::function<void(const Progress&)> progress;
-  /// Stream mode: write only plan.files[only_file] to the descriptor stream_fd (a pipe or
-  /// stdout) instead of writing every file into the directory.
-  int stream_fd = -1;
-  uint32_t only_file = 0;
 };
 
 struct PipelineResult {
@@ -47,16 +48,21 @@ struct PipelineResult {
   uint64_t output_bytes = 0;
 };
 
-/// Chunk size and token count for a memory budget and thread count (the formula of README
-/// "Memory"): tokens = threads + 2 (at least 3), chunk = budget / (2 * tokens + gpu_slots),
-/// rounded down to 4 KiB and clamped to [64 KiB, 64 MiB].
-void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, uint64_t* chunk_bytes,
-                   unsigned* tokens);
+/// Chunk size and per-lane token count for a memory budget, thread count and lane count (the
+/// formula of README "Memory"): tokens = max(3, ceil((threads + 2) / writers)),
+/// chunk = budget / (2 * writers * tokens + gpu_slots), rounded down to 4 KiB and clamped to
+/// [64 KiB, 64 MiB].
+void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
+                   uint64_t* chunk_bytes, unsigned* tokens);
 
-/// Writes every file of `plan` into `dir` (each committed by rename as it completes), or in stream
-/// mode the one file config.only_file to config.stream_fd.
+/// The default number of writer lanes: one per two threads (a lane's writes and the transforms
+/// feeding it), at most one per file and at most 16; 1 on a machine of 1-3 threads.
+unsigned default_writers(unsigned threads, size_t files);
+
+/// Writes plan.files[i] for every i in `files` through `target` (a directory: each file committed
+/// by rename as it completes; a stream: one file only).
 Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
-                                    const std::filesystem::path& dir, const PipelineConfig& config,
-                                    Profiler& profiler);
+                                    std::span<const uint32_t> files, OutputTarget& target,
+                                    const PipelineConfig& config, Profiler& profiler);
 
 } // namespace shardshift

@@ -1,12 +1,20 @@
 // progress_meter.cpp: sampling the pipeline's counters and reporting progress.
 #include "progress_meter.h"
 
+#include <algorithm>
+
 namespace shardshift {
 
-void ProgressMeter::after_write(const Item& item, uint64_t done) {
+void ProgressMeter::wrote(const Item& item, uint64_t bytes) {
+  const uint64_t done = done_ += bytes;
   const uint64_t flight = in_flight_.load();
+  if (item.kind == ItemKind::close_file)
+    ++files_done_;
+  // One lane reports at a time; the others go on writing instead of waiting to report.
+  std::unique_lock lock(report_mu_, std::try_to_lock);
+  if (!lock.owns_lock())
+    return;
   const uint64_t now = profiler_.now();
-  last_write_end_ = now;
   if (now - last_report_ <= 200'000'000 && item.kind != ItemKind::close_file)
     return;
   last_report_ = now;
@@ -19,7 +27,7 @@ void ProgressMeter::after_write(const Item& item, uint64_t done) {
   Progress p;
   p.bytes_done = done;
   p.bytes_total = total_;
-  p.file = item.file + 1;
+  p.file = std::min(files_done_.load() + 1, files_); // lanes may be writing several
   p.files = files_;
   p.in_flight_bytes = flight;
   p.elapsed_s = static_cast<double>(now) / 1e9;

@@ -1,7 +1,9 @@
-// progress_meter.h: what the pipeline reports while it runs. Tracks the buffer bytes in flight,
-// and after each written item (at most every 200 ms, and at each file's end) samples the trace
-// counters (bytes in flight, buffers in use, RSS) and calls the progress callback.
-// Thread-safety: add_in_flight/sub_in_flight from any thread; after_write from the write stage.
+// progress_meter.h: what the pipeline reports while it runs. Counts the output bytes written and
+// the buffer bytes in flight over every writer lane, and after a written item (at most every
+// 200 ms, and at each file's end) samples the trace counters (bytes in flight, buffers in use,
+// RSS) and calls the progress callback.
+// Thread-safety: every member may be called from any thread; the callback is called by one
+// thread at a time.
 #pragma once
 
 #include "shardshift/profiler.h"
@@ -13,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 
 namespace shardshift {
 
@@ -25,14 +28,10 @@ public:
 
   void add_in_flight(uint64_t bytes) { in_flight_ += bytes; }
   void sub_in_flight(uint64_t bytes) { in_flight_ -= bytes; }
-  /// The write stage starts an item: the time since the previous one is recorded as waiting.
-  void before_write(uint64_t t0) {
-    if (last_write_end_)
-      profiler_.record(Stage::wait, last_write_end_, t0, 0);
-  }
-  /// The write stage is done with `item` (before its buffer goes back, so the in-flight figure
-  /// includes the chunk just written); `done` is the output bytes written so far.
-  void after_write(const Item& item, uint64_t done);
+  /// A lane has written `bytes` of output for `item` (call before the item's buffer goes back,
+  /// so the in-flight figure includes the chunk just written).
+  void wrote(const Item& item, uint64_t bytes);
+  uint64_t done() const { return done_; }
 
 private:
   Profiler& profiler_;
@@ -41,8 +40,10 @@ private:
   const uint64_t total_;
   const uint32_t files_;
   std::function<void(const Progress&)> callback_;
-  std::atomic<uint64_t> in_flight_{0};
-  uint64_t last_write_end_ = 0, last_report_ = 0;
+  std::atomic<uint64_t> in_flight_{0}, done_{0};
+  std::atomic<uint32_t> files_done_{0};
+  std::mutex report_mu_;
+  uint64_t last_report_ = 0; ///< guarded by report_mu_
 };
 
 } // namespace shardshift

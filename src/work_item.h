@@ -15,17 +15,16 @@ namespace shardshift {
 
 enum class ItemKind {
   open_file,  ///< start plan.files[file]: write its header
-  copy_run,   ///< pass-through tensors back to back in one input shard: one zero-copy range
+  copy_run,   ///< (a piece of) a run of pass-through tensors back to back in one input shard
   transform,  ///< a chunk of an expert tensor (whole experts, or rows of one expert)
   ones,       ///< a vector of ones
   close_file, ///< finish plan.files[file]: check its size, fsync, rename
 };
 
 struct Item {
-  ItemKind kind;
+  ItemKind kind = ItemKind::open_file;
   uint32_t file = 0;
   const OutputTensor* tensor = nullptr; ///< first tensor of a copy run; the tensor of a chunk
-  uint32_t run_tensors = 0;             ///< copy_run: how many tensors
   const Shard* shard = nullptr;         ///< copy_run / transform: the input shard
   uint64_t in_offset = 0;               ///< copy_run: file offset of the range in the shard
   uint64_t length = 0;                  ///< copy_run: range length; transform/ones: output bytes

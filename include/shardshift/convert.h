@@ -11,6 +11,7 @@
 #include "shardshift/io.h"
 #include "shardshift/plan.h"
 #include "shardshift/profiler.h"
+#include "shardshift/progress.h"
 #include "shardshift/status.h"
 
 #include <atomic>
@@ -29,6 +30,7 @@ struct ConvertOptions {
   std::string only; ///< with output "-": the output file to stream (shard, index, side file)
   PlanOptions plan;
   unsigned threads = 0;                      ///< 0 = all hardware threads (-j)
+  unsigned writers = 0; ///< output files written at once; 0 = from threads and files (--writers)
   uint64_t max_memory = uint64_t{1} << 30;   ///< budget for buffers and mapped input in flight
   std::string device = "auto";               ///< auto | cpu | cuda | cuda:N
   bool force = false;                        ///< replace an existing output directory
@@ -36,13 +38,6 @@ struct ConvertOptions {
   Io* io = nullptr;                          ///< nullptr = Io::system()
   bool sync = true;                          ///< fsync files and directories (--no-sync: false)
   bool trace = false;                        ///< keep per-span events for Profiler::write_trace
-};
-
-struct Progress {
-  uint64_t bytes_done = 0, bytes_total = 0; ///< output bytes written / planned
-  uint32_t file = 0, files = 0;             ///< current output file (1-based) / count
-  uint64_t in_flight_bytes = 0;             ///< buffer bytes held by chunks in the pipeline
-  double elapsed_s = 0;
 };
 
 struct ConvertSummary {
@@ -56,7 +51,8 @@ struct ConvertSummary {
   uint64_t transformed_bytes = 0;        ///< bytes produced by transpose-fold and ones
   uint64_t cpu_bytes = 0, gpu_bytes = 0; ///< transformed bytes by device
   uint64_t dropped = 0, excluded = 0;
-  uint64_t chunk_bytes = 0, tokens = 0; ///< the memory budget's split
+  uint64_t chunk_bytes = 0, tokens = 0; ///< the memory budget's split (tokens per writer lane)
+  uint64_t writers = 0;                 ///< writer lanes (output files written at once)
   double seconds = 0;
   uint64_t peak_rss = 0;
   std::vector<StageSummary> stages;
@@ -74,5 +70,17 @@ Result<ConvertSummary> convert(const ConvertOptions& options,
 
 /// Opens the input and makes its plan without writing anything (`shardshift plan`).
 Result<Plan> plan_conversion(const std::filesystem::path& input, const PlanOptions& options);
+
+/// One file a conversion writes, with its exact size in bytes.
+struct OutputFileSize {
+  std::string name; ///< relative to the output directory
+  uint64_t size = 0;
+};
+
+/// Every file that converting `input` by `plan` writes: the shards in plan order, then the index
+/// (when the plan writes one), then the side files; each with its exact size, computed without
+/// writing anything (`shardshift plan --print-size`). REQUIRES: `plan` was made from `input`.
+/// Fails (Errc::io) when a side file cannot be stat'ed.
+Result<std::vector<OutputFileSize>> list_output_files(const Checkpoint& input, const Plan& plan);
 
 } // namespace shardshift
