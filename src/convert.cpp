@@ -220,6 +220,8 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   Engine e;
   PipelineConfig& c = e.config;
   c.writers = options.writers ? options.writers : default_writers(threads, files);
+  c.writers =
+      static_cast<unsigned>(std::clamp<size_t>(files, 1, c.writers)); // a lane per file at most
   // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
   // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);

@@ -1,0 +1,128 @@
+// convert_writers_test.cpp: output files as units of work. Several writer lanes, thread counts and
+// memory budgets (down to the smallest chunk, which cuts copy runs into many pieces) give the same
+// bytes as one lane, and those bytes match the independent reference; a failure in one lane stops
+// every lane and leaves nothing behind.
+#include "shardshift/io.h"
+
+#include "convert_harness.h"
+#include "pipeline.h"
+
+#include <cstring>
+
+namespace shardshift::testing {
+namespace {
+
+using reference::Dict;
+
+// Every file of a directory, by name.
+std::map<std::string, std::string> files_of(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const std::string& name : list_dir(dir))
+    out[name] = read_bytes(dir / name);
+  return out;
+}
+
+TEST_F(ConvertTest, WritersThreadsAndBudgetsGiveTheSameBytes) {
+  // Pass-through tensors larger than the smallest chunk (64 KiB), so copy runs are cut in pieces.
+  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
+  in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {512, 96});
+  reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
+
+  auto base = run(tmp / "hf", tmp / "w1", opts([](ConvertOptions& o) {
+                    o.writers = 1;
+                    o.plan.max_shard_size = 120'000;
+                  }));
+  ASSERT_TRUE(base.ok());
+  ASSERT_GE(base->files, 4u) << "the test needs several output files";
+  EXPECT_EQ(base->writers, 1u);
+  reference::expect_same(reference::read_checkpoint(tmp / "w1"),
+                         reference::ref_from_hf(in, true, {}));
+  const auto want = files_of(tmp / "w1");
+
+  int n = 0;
+  for (unsigned writers : {2u, 3u, 16u})
+    for (unsigned threads : {1u, 2u, 5u})
+      for (uint64_t budget : {uint64_t{256} << 10, uint64_t{1} << 30}) {
+        const std::string out = "out" + std::to_string(n++);
+        auto r = run(tmp / "hf", tmp / out, opts([&](ConvertOptions& o) {
+                       o.writers = writers;
+                       o.threads = threads;
+                       o.max_memory = budget;
+                       o.plan.max_shard_size = 120'000;
+                     }));
+        ASSERT_TRUE(r.ok()) << writers << " writers, " << threads << " threads";
+        EXPECT_EQ(r->writers, std::min<uint64_t>(writers, base->files));
+        EXPECT_EQ(files_of(tmp / out), want)
+            << writers << " writers, " << threads << " threads, budget " << budget;
+      }
+}
+
+// Fails the rename that commits one chosen output file.
+class FailOneCommit final : public ForwardingIo {
+public:
+  FailOneCommit(Io& base, std::string victim) : ForwardingIo(base), victim_(std::move(victim)) {}
+  int rename(const char* from, const char* to) override {
+    if (std::string_view(to).ends_with(victim_)) {
+      errno = EIO;
+      return -1;
+    }
+    return ForwardingIo::rename(from, to);
+  }
+
+private:
+  std::string victim_;
+};
+
+TEST_F(ConvertTest, AFailingLaneStopsEveryLaneAndLeavesNothing) {
+  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
+  reference::write_checkpoint(tmp / "hf", in, 2, "diffusion_gemma");
+  std::filesystem::create_directory(tmp / "parent");
+  PlanOptions plan_options;
+  plan_options.max_shard_size = 90'000;
+  auto plan = plan_conversion(tmp / "hf", plan_options);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_GE(plan->files.size(), 4u);
+  const std::string victim = plan->files[1].name;
+  FailOneCommit io(Io::system(), victim);
+  auto r = run(tmp / "hf", tmp / "parent" / "out", opts([&](ConvertOptions& o) {
+                 o.writers = 3;
+                 o.plan = plan_options;
+                 o.io = &io;
+               }));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::io);
+  EXPECT_NE(r.status().message().find(victim), std::string::npos) << r.status().message();
+  EXPECT_TRUE(list_dir(tmp / "parent").empty()) << "staging or output left behind";
+}
+
+TEST(WriterLanes, DefaultFollowsThreadsAndFiles) {
+  EXPECT_EQ(default_writers(1, 10), 1u);
+  EXPECT_EQ(default_writers(2, 10), 1u);
+  EXPECT_EQ(default_writers(16, 10), 8u);
+  EXPECT_EQ(default_writers(16, 3), 3u);
+  EXPECT_EQ(default_writers(64, 100), 16u);
+  EXPECT_EQ(default_writers(8, 0), 1u);
+}
+
+TEST(WriterLanes, MemoryInFlightStaysOneFormula) {
+  // writers * tokens * 2 chunks (+ GPU slots) fit the budget whatever the lane count.
+  for (unsigned writers : {1u, 2u, 4u, 8u, 16u})
+    for (unsigned threads : {2u, 16u})
+      for (unsigned slots : {0u, 16u}) {
+        uint64_t chunk = 0;
+        unsigned tokens = 0;
+        const uint64_t budget = uint64_t{1} << 30;
+        size_pipeline(budget, threads, slots, writers, &chunk, &tokens);
+        EXPECT_GE(tokens, 3u);
+        EXPECT_LE((2ull * writers * tokens + slots) * chunk, budget)
+            << writers << " writers, " << threads << " threads";
+        EXPECT_EQ(chunk % 4096, 0u);
+      }
+  uint64_t chunk = 0;
+  unsigned tokens = 0;
+  size_pipeline(uint64_t{1} << 30, 16, 0, 1, &chunk, &tokens);
+  EXPECT_EQ(tokens, 18u); // one lane: threads + 2, as before lanes existed
+}
+
+} // namespace
+} // namespace shardshift::testing
