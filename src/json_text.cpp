@@ -1,5 +1,9 @@
 #include "shardshift/json_text.h"
 
+#include <algorithm>
+#include <cassert>
+#include <charconv>
+#include <cmath>
 #include <cstdint>
 
 namespace shardshift {
@@ -73,6 +77,147 @@ std::string json_string(std::string_view text) {
   std::string s;
   append_json_string(s, text);
   return s;
+}
+
+// JsonWriter. Only the separators differ between the styles; everything else is shared so that
+// compact and spaced documents hold the same tokens.
+
+void JsonWriter::write_separator() {
+  Level& top = stack_.back();
+  if (!top.empty)
+    out_ += ',';
+  if (break_pending_) {
+    out_ += '\n';
+    out_.append(2 * stack_.size(), ' ');
+    break_pending_ = false;
+  } else if (!top.empty && style_ == JsonStyle::spaced) {
+    out_ += ' ';
+  }
+  top.empty = false;
+}
+
+void JsonWriter::before_value() {
+  if (stack_.empty()) {
+    assert(!started_ && "a JSON document has one top-level value");
+    started_ = true;
+    return;
+  }
+  Level& top = stack_.back();
+  if (top.object) {
+    assert(!top.key_due && "an object member needs key() first");
+    top.key_due = true;
+    return;
+  }
+  write_separator();
+}
+
+JsonWriter& JsonWriter::begin_object() {
+  before_value();
+  out_ += '{';
+  stack_.push_back({.object = true});
+  return *this;
+}
+
+JsonWriter& JsonWriter::end_object() {
+  assert(!stack_.empty() && stack_.back().object && stack_.back().key_due);
+  stack_.pop_back();
+  out_ += '}';
+  break_pending_ = false;
+  return *this;
+}
+
+JsonWriter& JsonWriter::begin_array() {
+  before_value();
+  out_ += '[';
+  stack_.push_back({.object = false});
+  return *this;
+}
+
+JsonWriter& JsonWriter::end_array() {
+  assert(!stack_.empty() && !stack_.back().object);
+  stack_.pop_back();
+  out_ += ']';
+  break_pending_ = false;
+  return *this;
+}
+
+JsonWriter& JsonWriter::key(std::string_view name) {
+  assert(!stack_.empty() && stack_.back().object && stack_.back().key_due);
+  write_separator();
+  append_json_string(out_, name);
+  out_ += style_ == JsonStyle::spaced ? ": " : ":";
+  stack_.back().key_due = false;
+  return *this;
+}
+
+JsonWriter& JsonWriter::value(std::string_view text) {
+  before_value();
+  append_json_string(out_, text);
+  return *this;
+}
+
+JsonWriter& JsonWriter::value(bool b) {
+  before_value();
+  out_ += b ? "true" : "false";
+  return *this;
+}
+
+JsonWriter& JsonWriter::unsigned_value(uint64_t number) {
+  before_value();
+  char buf[24];
+  auto end = std::to_chars(buf, buf + sizeof buf, number).ptr;
+  out_.append(buf, end);
+  return *this;
+}
+
+JsonWriter& JsonWriter::signed_value(int64_t number) {
+  before_value();
+  char buf[24];
+  auto end = std::to_chars(buf, buf + sizeof buf, number).ptr;
+  out_.append(buf, end);
+  return *this;
+}
+
+JsonWriter& JsonWriter::value(double number) {
+  if (!std::isfinite(number))
+    return null(); // JSON has no NaN or Infinity
+  before_value();
+  // std::to_chars without a format is locale-free and round-trips (shortest representation).
+  char buf[32];
+  auto end = std::to_chars(buf, buf + sizeof buf, number).ptr;
+  out_.append(buf, end);
+  return *this;
+}
+
+JsonWriter& JsonWriter::fixed(double number, int decimals) {
+  if (!std::isfinite(number))
+    return null();
+  // 309 integer digits of DBL_MAX, a sign, a point and the decimals fit.
+  char buf[400];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, number, std::chars_format::fixed,
+                                 std::clamp(decimals, 0, 30));
+  if (ec != std::errc())
+    return value(number);
+  before_value();
+  out_.append(buf, end);
+  return *this;
+}
+
+JsonWriter& JsonWriter::null() {
+  before_value();
+  out_ += "null";
+  return *this;
+}
+
+JsonWriter& JsonWriter::line_break() {
+  break_pending_ = true;
+  return *this;
+}
+
+std::string JsonWriter::take() {
+  std::string text = std::move(out_);
+  out_.clear();
+  return text;
 }
 
 } // namespace shardshift
