@@ -1,18 +1,19 @@
 // cmd_convert.cpp: `shardshift convert` and `shardshift plan`: flags, progress, summary, --json,
-// --stats and --trace. The work itself is shardshift::convert() / plan_conversion().
+// --stats and --trace. The work itself is shardshift::convert() / make_plan(), and the size of
+// every output file (--print-size) is list_output_files().
+#include "shardshift/checkpoint.h"
 #include "shardshift/convert.h"
 #include "shardshift/json_text.h"
-#include "shardshift/shard_writer.h"
+#include "shardshift/plan.h"
 #include "shardshift/units.h"
 
+#include "cli.h"
 #include "commands.h"
+#include "progress_line.h"
+#include "signals.h"
 
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <iostream>
-#include <sstream>
-#include <unistd.h>
 
 #include <boost/program_options.hpp>
 
@@ -22,15 +23,7 @@ namespace shardshift::app {
 
 namespace {
 
-std::atomic<bool> interrupted{false};
-
-void on_signal(int) {
-  // A second Ctrl-C while cleaning up stops at once.
-  if (interrupted.exchange(true))
-    std::_Exit(EXIT_INTERRUPTED);
-}
-
-std::string shape_json(const std::vector<uint64_t>& shape) {
+std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i)
     s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -47,38 +40,44 @@ std::string duration(double s) {
 }
 
 // Flags shared by plan and convert: what the output is.
-void add_plan_options(po::options_description& d) {
-  d.add_options()("adapter", po::value<std::string>()->value_name("MODEL"),
-                  "model adapter: diffusion_gemma or gemma4_moe (default: config.json model_type, "
-                  "then key names)")("direction", po::value<std::string>()->value_name("DIR"),
-                                     "from_hf (Hugging Face -> native) or to_hf (native -> Hugging "
-                                     "Face); default: from the key names")(
+FlagGroup output_flags() {
+  FlagGroup d("What to write");
+  d.flags.add_options()(
+      "adapter", po::value<std::string>()->value_name("MODEL"),
+      "Model adapter: diffusion_gemma or gemma4_moe. Default: the model_type of "
+      "config.json, else guessed from the key names. Example: --adapter gemma4_moe")(
+      "direction", po::value<std::string>()->value_name("DIRECTION"),
+      "from_hf (Hugging Face to native) or to_hf (native to Hugging Face). Default: guessed "
+      "from the key names. Example: --direction to_hf")(
       "max-shard-size", po::value<std::string>()->default_value("5GB")->value_name("SIZE"),
-      "largest output file (HF convention, decimal: 5GB = 5e9 bytes; also 64MiB, 1GiB...); a "
-      "larger "
-      "tensor gets a file of its own")(
-      "dtype", po::value<std::string>()->default_value("keep")->value_name("T"),
-      "expert tensor dtype: keep, bf16, f16 or f32 (other tensors are never cast)")(
-      "scale-dtype", po::value<std::string>()->value_name("T"),
-      "to_hf: dtype of the emitted per_expert_scale ones (default: the down_proj dtype)")(
+      (std::string("Largest output file; a tensor larger than SIZE gets a file of its own. ") +
+       SIZE_SYNTAX + " Example: --max-shard-size 64MiB")
+          .c_str())("dtype", po::value<std::string>()->default_value("keep")->value_name("DTYPE"),
+                    "Dtype of the expert tensors: keep, bf16, f16 or f32 (other tensors are "
+                    "never cast). Example: --dtype bf16")(
+      "scale-dtype", po::value<std::string>()->value_name("DTYPE"),
+      "to_hf: dtype of the per_expert_scale ones it writes: bf16, f16 or f32. Default: the "
+      "dtype of down_proj. Example: --scale-dtype f32")(
       "exclude", po::value<std::string>()->default_value(".*_extra_state.*")->value_name("REGEX"),
-      "to_hf: drop output keys matching REGEX at their start (Python re.match); '' keeps all")(
-      "no-tied-head",
-      "from_hf diffusion_gemma: do not write lm_head.weight as a copy of the embedding")(
-      "ep-size", po::value<unsigned>()->default_value(1)->value_name("W"),
-      "from_hf: expert-parallel world size; write only this rank's experts")(
-      "ep-rank", po::value<unsigned>()->default_value(0)->value_name("R"),
-      "from_hf: expert-parallel rank (0-based)")(
-      "ep-shard-size", po::value<unsigned>()->default_value(1)->value_name("S"),
-      "from_hf: second sharding of each expert tensor's axis 1 into S equal parts")(
-      "ep-shard-rank", po::value<unsigned>()->default_value(0)->value_name("K"),
-      "from_hf: which of those parts")(
-      "no-side-files",
-      "do not copy config.json, tokenizer files and other files of the input directory")(
-      "no-align",
-      "do not pad headers to keep copied tensors page-aligned (disables reflink sharing)")(
-      "json", "print a machine-readable JSON result on stdout (nothing else goes to stdout)")(
-      "help,h", "show this help");
+      "to_hf: drop output keys that REGEX matches at their start (like Python's re.match); an "
+      "empty REGEX keeps every key. Example: --exclude ''")(
+      "no-tied-head", "from_hf diffusion_gemma: do not write lm_head.weight as a copy of the "
+                      "embedding.")(
+      "ep-size", po::value<unsigned>()->default_value(1)->value_name("N"),
+      "from_hf: expert-parallel world size; only this rank's experts are written. Example: "
+      "--ep-size 4 --ep-rank 1")("ep-rank",
+                                 po::value<unsigned>()->default_value(0)->value_name("N"),
+                                 "from_hf: expert-parallel rank, counted from 0.")(
+      "ep-shard-size", po::value<unsigned>()->default_value(1)->value_name("N"),
+      "from_hf: also cut axis 1 of each expert tensor into N equal parts. Example: "
+      "--ep-shard-size 2 --ep-shard-rank 0")(
+      "ep-shard-rank", po::value<unsigned>()->default_value(0)->value_name("N"),
+      "from_hf: which of those parts, counted from 0.")(
+      "no-side-files", "Do not copy config.json, the tokenizer files and the other files of the "
+                       "input directory.")(
+      "no-align", "Do not pad headers to keep copied tensors page-aligned (this disables "
+                  "reflink sharing of their bytes).");
+  return d;
 }
 
 Result<std::optional<DType>> parse_dtype_flag(const std::string& text, const char* flag) {
@@ -134,155 +133,271 @@ Result<PlanOptions> plan_options(const po::variables_map& vm) {
   return o;
 }
 
-// Every file OUT will hold, with its exact size: what an upload loop needs ahead of time.
-void print_sizes(const Plan& plan, const std::filesystem::path& input) {
-  for (const OutputFile& f : plan.files)
-    std::cout << f.size() << "\t" << f.name << "\n";
-  if (plan.write_index)
-    if (auto text = index_json(plan.total_tensor_bytes, plan.weight_map))
-      std::cout << text->size() << "\t" << INDEX_FILE_NAME << "\n";
-  for (const std::string& name : plan.side_files) {
-    std::error_code ec;
-    uint64_t size = std::filesystem::file_size(input / name, ec);
-    if (!ec)
-      std::cout << size << "\t" << name << "\n";
-  }
-}
-
-void print_plan_text(const Plan& plan) {
-  std::cout << "adapter " << plan.adapter << " " << direction_name(plan.direction) << ": "
-            << plan.tensors.size() << " tensors in " << plan.files.size() << " file(s), "
-            << format_bytes(plan.total_tensor_bytes) << " (" << format_bytes(plan.copy_bytes)
-            << " copied, " << format_bytes(plan.transform_bytes) << " transformed); "
-            << plan.dropped << " input tensors dropped, " << plan.excluded << " excluded\n";
+std::string plan_text(const Plan& plan) {
+  std::string s = "adapter " + plan.adapter + " " + direction_name(plan.direction) + ": " +
+                  std::to_string(plan.tensors.size()) + " tensors in " +
+                  std::to_string(plan.files.size()) + " file(s), " +
+                  format_bytes(plan.total_tensor_bytes) + " (" + format_bytes(plan.copy_bytes) +
+                  " copied, " + format_bytes(plan.transform_bytes) + " transformed); " +
+                  std::to_string(plan.dropped) + " input tensors dropped, " +
+                  std::to_string(plan.excluded) + " excluded\n";
   for (const OutputFile& f : plan.files) {
-    std::cout << f.name << "  " << f.size() << " bytes, " << f.tensors.size() << " tensors\n";
+    s += f.name + "  " + std::to_string(f.size()) + " bytes, " + std::to_string(f.tensors.size()) +
+         " tensors\n";
     for (uint32_t i : f.tensors) {
       const OutputTensor& t = plan.tensors[i];
-      std::cout << "  " << t.offset << "\t" << t.size << "\t" << op_name(t.op) << "\t" << t.name
-                << "\t" << dtype_name(t.dtype) << shape_json(t.shape);
+      s += "  " + std::to_string(t.offset) + "\t" + std::to_string(t.size) + "\t" + op_name(t.op) +
+           "\t" + t.name + "\t" + std::string(dtype_name(t.dtype)) + shape_text(t.shape);
       if (!t.note.empty())
-        std::cout << "\t(" << t.note << ")";
-      std::cout << "\n";
+        s += "\t(" + t.note + ")";
+      s += "\n";
     }
   }
   if (plan.write_index)
-    std::cout << "model.safetensors.index.json\n";
-  for (auto& s : plan.side_files)
-    std::cout << s << " (copied)\n";
+    s += std::string(INDEX_FILE_NAME) + "\n";
+  for (auto& side : plan.side_files)
+    s += side + " (copied)\n";
+  return s;
 }
 
-void print_plan_json(const Plan& plan) {
-  std::ostringstream o;
-  o << "{\"adapter\": " << json_string(plan.adapter) << ", \"direction\": \""
-    << direction_name(plan.direction) << "\", \"total_size\": " << plan.total_tensor_bytes
-    << ", \"copy_bytes\": " << plan.copy_bytes << ", \"transform_bytes\": " << plan.transform_bytes
-    << ", \"dropped\": " << plan.dropped << ", \"excluded\": " << plan.excluded
-    << ", \"index\": " << (plan.write_index ? "true" : "false") << ", \"side_files\": [";
-  for (size_t i = 0; i < plan.side_files.size(); ++i)
-    o << (i ? ", " : "") << json_string(plan.side_files[i]);
-  o << "], \"files\": [";
-  for (size_t f = 0; f < plan.files.size(); ++f) {
-    const OutputFile& file = plan.files[f];
-    o << (f ? ",\n  " : "\n  ") << "{\"name\": " << json_string(file.name)
-      << ", \"size\": " << file.size() << ", \"header_size\": " << file.header.size()
-      << ", \"tensors\": [";
-    for (size_t k = 0; k < file.tensors.size(); ++k) {
-      const OutputTensor& t = plan.tensors[file.tensors[k]];
-      o << (k ? ",\n    " : "\n    ") << "{\"name\": " << json_string(t.name) << ", \"dtype\": \""
-        << dtype_name(t.dtype) << "\", \"shape\": " << shape_json(t.shape)
-        << ", \"offset\": " << t.offset << ", \"size\": " << t.size << ", \"op\": \""
-        << op_name(t.op) << "\", \"note\": " << json_string(t.note) << "}";
+// One line per output file and per tensor, so the JSON stays readable with grep.
+std::string plan_json(const Plan& plan, const std::vector<OutputFileSize>& outputs) {
+  JsonWriter w;
+  w.begin_object().key("adapter").value(plan.adapter);
+  w.key("direction").value(direction_name(plan.direction));
+  w.key("total_size").value(plan.total_tensor_bytes).key("copy_bytes").value(plan.copy_bytes);
+  w.key("transform_bytes").value(plan.transform_bytes).key("dropped").value(plan.dropped);
+  w.key("excluded").value(plan.excluded).key("index").value(plan.write_index);
+  w.key("side_files").begin_array();
+  for (const std::string& name : plan.side_files)
+    w.value(name);
+  w.end_array().key("files").begin_array();
+  for (const OutputFile& file : plan.files) {
+    w.line_break().begin_object().key("name").value(file.name).key("size").value(file.size());
+    w.key("header_size").value(file.header.size()).key("tensors").begin_array();
+    for (uint32_t i : file.tensors) {
+      const OutputTensor& t = plan.tensors[i];
+      w.line_break().begin_object().key("name").value(t.name).key("dtype").value(
+          dtype_name(t.dtype));
+      w.key("shape").begin_array();
+      for (uint64_t d : t.shape)
+        w.value(d);
+      w.end_array().key("offset").value(t.offset).key("size").value(t.size);
+      w.key("op").value(op_name(t.op)).key("note").value(t.note).end_object();
     }
-    o << "]}";
+    w.end_array().end_object();
   }
-  o << "]}\n";
-  std::cout << o.str();
+  w.end_array().key("outputs").begin_array();
+  for (const OutputFileSize& f : outputs)
+    w.line_break().begin_object().key("name").value(f.name).key("size").value(f.size).end_object();
+  w.end_array().end_object();
+  return w.take() + "\n";
+}
+
+std::string summary_json(const ConvertSummary& s, const std::string& output, double rate) {
+  JsonWriter w;
+  w.begin_object()
+      .key("adapter")
+      .value(s.adapter)
+      .key("direction")
+      .value(direction_name(s.direction));
+  w.key("device").value(s.device).key("output").value(output);
+  w.key("tensors").value(s.tensors).key("files").value(s.files);
+  w.key("output_bytes").value(s.output_bytes).key("zero_copy_bytes").value(s.zero_copy_bytes);
+  w.key("fallback_copy_bytes").value(s.fallback_copy_bytes);
+  w.key("transformed_bytes").value(s.transformed_bytes);
+  w.key("cpu_bytes").value(s.cpu_bytes).key("gpu_bytes").value(s.gpu_bytes);
+  w.key("dropped").value(s.dropped).key("excluded").value(s.excluded);
+  w.key("seconds").value(s.seconds).key("bytes_per_second").value(rate);
+  w.key("peak_rss").value(s.peak_rss).key("chunk_bytes").value(s.chunk_bytes);
+  w.key("tokens").value(s.tokens).key("stages").begin_object();
+  for (const StageSummary& st : s.stages) {
+    if (st.count == 0)
+      continue;
+    w.key(stage_name(st.stage)).begin_object().key("count").value(st.count);
+    w.key("bytes").value(st.bytes).key("busy_ns").value(st.busy_ns);
+    w.key("p50_ns").value(st.p50_ns).key("p99_ns").value(st.p99_ns).end_object();
+  }
+  w.end_object().end_object();
+  return w.take() + "\n";
+}
+
+std::string summary_line(const ConvertSummary& s, const std::string& output, double rate) {
+  char buf[1024];
+  std::snprintf(buf, sizeof buf,
+                "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
+                "zero-copy %s, transformed %s on %s; peak RSS %s\n",
+                static_cast<unsigned long long>(s.tensors), s.adapter.c_str(),
+                direction_name(s.direction), static_cast<unsigned long long>(s.files),
+                output.c_str(), format_bytes(s.output_bytes).c_str(), s.seconds,
+                format_rate(rate).c_str(),
+                format_bytes(s.zero_copy_bytes + s.fallback_copy_bytes).c_str(),
+                format_bytes(s.transformed_bytes).c_str(), s.device.c_str(),
+                format_bytes(s.peak_rss).c_str());
+  return buf;
+}
+
+void print_stats(const ConvertSummary& s) {
+  std::fprintf(stderr, "%-14s %8s %12s %10s %7s %12s %10s %10s\n", "stage", "count", "bytes",
+               "busy", "share", "rate", "p50", "p99");
+  for (const StageSummary& st : s.stages) {
+    if (st.count == 0)
+      continue;
+    double busy = static_cast<double>(st.busy_ns) / 1e9;
+    std::fprintf(stderr, "%-14s %8llu %12s %9.3fs %6.1f%% %12s %8.2fms %8.2fms\n",
+                 stage_name(st.stage), static_cast<unsigned long long>(st.count),
+                 format_bytes(st.bytes).c_str(), busy,
+                 s.seconds > 0 ? 100.0 * busy / s.seconds : 0.0,
+                 format_rate(busy > 0 ? static_cast<double>(st.bytes) / busy : 0).c_str(),
+                 static_cast<double>(st.p50_ns) / 1e6, static_cast<double>(st.p99_ns) / 1e6);
+  }
+  std::fprintf(
+      stderr,
+      "bytes: zero-copy %s, copied through the page cache %s, transformed %s (cpu %s, gpu %s)\n",
+      format_bytes(s.zero_copy_bytes).c_str(), format_bytes(s.fallback_copy_bytes).c_str(),
+      format_bytes(s.transformed_bytes).c_str(), format_bytes(s.cpu_bytes).c_str(),
+      format_bytes(s.gpu_bytes).c_str());
+  std::fprintf(stderr, "memory: %llu tokens x %s chunks; peak RSS %s\n",
+               static_cast<unsigned long long>(s.tokens), format_bytes(s.chunk_bytes).c_str(),
+               format_bytes(s.peak_rss).c_str());
+}
+
+std::string progress_text(const Progress& p) {
+  double rate = p.elapsed_s > 0 ? static_cast<double>(p.bytes_done) / p.elapsed_s : 0;
+  double eta = rate > 0 ? static_cast<double>(p.bytes_total - p.bytes_done) / rate : 0;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "[shard %u/%u] %s / %s  %s  ETA %s  in flight %s", p.file, p.files,
+                format_bytes(p.bytes_done).c_str(), format_bytes(p.bytes_total).c_str(),
+                format_rate(rate).c_str(), duration(eta).c_str(),
+                format_bytes(p.in_flight_bytes).c_str());
+  return buf;
 }
 
 } // namespace
 
 int cmd_plan(int argc, char** argv) {
-  static const char* const USAGE =
-      "Usage: shardshift plan IN [options]\n\n"
-      "Validates IN against its adapter and prints the complete output plan (every file, every\n"
-      "tensor with its offset, size and operation) without reading tensor data or writing "
-      "anything.\n\n"
-      "Example:\n  shardshift plan demo-hf --max-shard-size 64MiB\n"
-      "  shardshift plan demo-hf --print-size     # exact size of each output file, for upload "
-      "tools";
-  po::options_description visible("Options");
-  add_plan_options(visible);
-  visible.add_options()("print-size", "print only 'SIZE<TAB>FILE' for every file OUT will hold "
-                                      "(shards, index, side files)");
+  const HelpText help = {
+      .usage = "shardshift plan IN [options]",
+      .description =
+          "Validates the checkpoint IN against its adapter and prints the complete output plan "
+          "(every file, every tensor with its offset, size and operation) without reading "
+          "tensor data or writing anything. The flags that shape the output are those of "
+          "'shardshift convert', so a plan shows exactly what that convert would write.",
+      .examples = "shardshift plan demo-hf --max-shard-size 64MiB\n"
+                  "shardshift plan demo-hf --print-size    # exact size of every output file\n"
+                  "shardshift plan nemo-26B --direction to_hf --json > plan.json",
+      .exit_status = "0 the conversion is possible, 1 it is not (problems on stderr), 2 bad "
+                     "usage.",
+  };
+  FlagGroup what = output_flags();
+  FlagGroup report("Output of plan");
+  report.flags.add_options()(
+      "print-size", "Print only 'SIZE<TAB>NAME' for every file OUT will hold: the shards, "
+                    "the index and the side files, each with its exact size in bytes, e.g. "
+                    "for an upload tool that wants sizes ahead of time.");
+  add_common_flags(report,
+                   "Print nothing on stdout (unless --json or --print-size): only check that IN "
+                   "can be converted, and let the exit status say so.",
+                   "the totals, each output file with its tensors (name, dtype, shape, offset, "
+                   "size, op, note), and \"outputs\", every file with its size.");
   po::options_description all;
-  all.add(visible).add_options()("input", po::value<std::string>());
+  all.add(what.flags).add(report.flags).add_options()("input", po::value<std::string>());
   po::positional_options_description pos;
   pos.add("input", 1);
   po::variables_map vm;
   if (int rc; !parse_args("plan", argc, argv, all, pos, vm, &rc))
     return rc;
   if (vm.count("help")) {
-    std::cout << USAGE << "\n\n" << visible << "\n";
+    print_help(std::cout, help, {&what, &report});
     return EXIT_OK;
   }
   if (!vm.count("input"))
     return usage_error("plan", "missing the input checkpoint IN");
+  const bool json = vm.count("json") > 0, print_size = vm.count("print-size") > 0;
+  if (json && print_size)
+    return usage_error("plan", "--json and --print-size both choose what stdout holds; use one");
   auto opts = plan_options(vm);
   if (!opts)
     return usage_error("plan", opts.status().message());
-  auto plan = plan_conversion(vm["input"].as<std::string>(), *opts);
+
+  auto input = Checkpoint::open(vm["input"].as<std::string>());
+  if (!input)
+    return report_error(input.status());
+  auto plan = make_plan(*input, *opts);
   if (!plan)
     return report_error(plan.status());
-  if (vm.count("json"))
-    print_plan_json(*plan);
-  else if (vm.count("print-size"))
-    print_sizes(*plan, vm["input"].as<std::string>());
-  else
-    print_plan_text(*plan);
-  return EXIT_OK;
+  if (json || print_size) {
+    auto outputs = list_output_files(*input, *plan);
+    if (!outputs)
+      return report_error(outputs.status());
+    if (json) {
+      std::cout << plan_json(*plan, *outputs);
+    } else {
+      std::string lines;
+      for (const OutputFileSize& f : *outputs)
+        lines += std::to_string(f.size) + "\t" + f.name + "\n";
+      std::cout << lines;
+    }
+  } else if (!vm.count("quiet")) {
+    std::cout << plan_text(*plan);
+  }
+  return stdout_ok("plan") ? EXIT_OK : EXIT_FAIL;
 }
 
 int cmd_convert(int argc, char** argv) {
-  static const char* const USAGE =
-      "Usage: shardshift convert IN OUT [options]\n\n"
-      "Converts the checkpoint IN (a .safetensors file or a directory of shards) into the "
-      "directory\n"
-      "OUT, shard by shard with bounded memory. OUT appears complete or not at all.\n\n"
-      "Examples:\n"
-      "  shardshift convert diffusiongemma-26B nemo-26B                  # HF -> native, detected\n"
-      "  shardshift convert nemo-26B hf-26B --direction to_hf --dtype bf16\n"
-      "  shardshift convert hf ep-r1 --ep-size 4 --ep-rank 1 --max-memory 4GiB -j 8 --stats\n"
-      "  shardshift convert hf - --only model-00002-of-00011.safetensors | aws s3 cp - s3://b/m2";
-  po::options_description visible("Options");
-  add_plan_options(visible);
-  visible.add_options()("jobs,j", po::value<unsigned>()->default_value(0)->value_name("N"),
-                        "worker threads (0: all cores)")(
+  const HelpText help = {
+      .usage = "shardshift convert IN OUT [options]",
+      .description =
+          "Converts the checkpoint IN (a .safetensors file or a directory of shards) into the "
+          "directory OUT, shard by shard with bounded memory. OUT appears complete or not at "
+          "all: it is written under a temporary name and renamed into place, and Ctrl-C or an "
+          "error removes everything written so far.",
+      .examples = "shardshift convert diffusiongemma-26B nemo-26B    # HF -> native, detected\n"
+                  "shardshift convert nemo-26B hf-26B --direction to_hf --dtype bf16\n"
+                  "shardshift convert hf ep-r1 --ep-size 4 --ep-rank 1 --max-memory 4GiB -j 8\n"
+                  "shardshift convert hf nemo --stats --trace run.json.gz  # see ui.perfetto.dev\n"
+                  "shardshift convert hf - --only model-00002-of-00011.safetensors | upload-tool",
+      .exit_status = "0 converted, 1 failed (nothing is left behind), 2 bad usage, 130 "
+                     "interrupted.",
+  };
+  FlagGroup what = output_flags();
+  FlagGroup run("How to run");
+  run.flags.add_options()("jobs,j", po::value<unsigned>()->default_value(0)->value_name("N"),
+                          "Worker threads; 0 uses every core. Example: -j 8")(
       "max-memory", po::value<std::string>()->default_value("1GiB")->value_name("SIZE"),
-      "budget for buffers and mapped input in flight; peak memory stays within this plus ~200 MB")(
-      "device", po::value<std::string>()->default_value("auto")->value_name("D"),
-      "where expert tensors are transformed: auto (GPU when usable), cpu, cuda, cuda:N")(
-      "force", "replace OUT if it exists")(
-      "no-sync",
-      "skip fsync: faster, and still never a partial file under a final name, but a power "
-      "loss can lose what the page cache had not written (cp does not sync either)")(
+      (std::string("Budget for buffers and mapped input in flight; peak memory stays within "
+                   "it plus about 200 MB. ") +
+       SIZE_SYNTAX + " Example: --max-memory 4GiB")
+          .c_str())("device", po::value<std::string>()->default_value("auto")->value_name("DEVICE"),
+                    "Where expert tensors are transformed: auto (a GPU when one is usable, "
+                    "else the CPU), cpu, cuda (GPU 0) or cuda:N (GPU number N). Example: "
+                    "--device cuda:1")("force", "Replace OUT if it exists.")(
+      "no-sync", "Skip fsync: faster, and still never a partial file under a final name, but "
+                 "a power loss can lose what the page cache had not yet written (as with cp).")(
       "only", po::value<std::string>()->value_name("NAME"),
-      "with OUT '-': stream this one output file (a shard, model.safetensors.index.json or a side "
-      "file) to stdout, e.g. into an upload tool; not needed when the output is a single file")(
-      "stats", "print a per-stage table (count, bytes, busy time, share, rate, p50/p99) on stderr")(
+      "With OUT '-': stream only the output file NAME (a shard, the index or a side file) to "
+      "stdout, e.g. into an upload tool. Not needed when the output is a single file. "
+      "Example: - --only model-00001-of-00004.safetensors");
+  FlagGroup report("Reporting");
+  report.flags.add_options()("stats",
+                             "Print a table of the pipeline stages on stderr: count, bytes, "
+                             "busy time, share, rate, p50 and p99 per stage.")(
       "trace", po::value<std::string>()->value_name("FILE"),
-      "write a Chrome trace (open in https://ui.perfetto.dev or chrome://tracing)")(
-      "quiet,q", "no progress line and no summary");
+      "Write a Chrome trace of every stage to FILE, gzip-compressed when FILE ends in .gz; "
+      "open it in https://ui.perfetto.dev or chrome://tracing. Example: --trace run.json.gz");
+  add_common_flags(report, "No progress line and no summary on stderr.",
+                   "what was converted, the byte counts by path (zero-copy, transformed, cpu, "
+                   "gpu), time, rate, peak RSS and the per-stage figures of --stats.");
   po::options_description all;
-  all.add(visible).add_options()("input", po::value<std::string>())("output",
-                                                                    po::value<std::string>());
+  all.add(what.flags).add(run.flags).add(report.flags);
+  all.add_options()("input", po::value<std::string>())("output", po::value<std::string>());
   po::positional_options_description pos;
   pos.add("input", 1).add("output", 1);
   po::variables_map vm;
   if (int rc; !parse_args("convert", argc, argv, all, pos, vm, &rc))
     return rc;
   if (vm.count("help")) {
-    std::cout << USAGE << "\n\n" << visible << "\n";
+    print_help(std::cout, help, {&what, &run, &report});
     return EXIT_OK;
   }
   if (!vm.count("input") || !vm.count("output"))
@@ -302,41 +417,36 @@ int cmd_convert(int argc, char** argv) {
     return usage_error("convert", "--max-memory must be at least 1MiB");
   o.max_memory = *mem;
   o.device = vm["device"].as<std::string>();
+  // Strictly here: the library would read "cuda:x" as a GPU number.
+  if (std::string why = check_device(o.device); !why.empty())
+    return usage_error("convert", why);
   o.force = vm.count("force") > 0;
   o.sync = vm.count("no-sync") == 0;
   if (vm.count("only"))
     o.only = vm["only"].as<std::string>();
-  if (o.output == "-" && vm.count("json"))
+  const bool quiet = vm.count("quiet") > 0, json = vm.count("json") > 0;
+  if (o.output == "-" && json)
     return usage_error("convert", "--json and OUT '-' both write to stdout; use one");
   o.trace = vm.count("trace") > 0;
-  o.cancel = &interrupted;
-  const bool quiet = vm.count("quiet") > 0, json = vm.count("json") > 0;
 
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGPIPE, SIG_IGN);
-
-  const bool tty = isatty(STDERR_FILENO) && !quiet;
+  // Ctrl-C stops the pipeline at its next chunk, and convert() removes the staging directory.
+  CancelOnSignal cancel(/*ignore_sigpipe=*/true);
+  o.cancel = cancel.flag();
+  ProgressLine line(quiet);
   ConvertCallbacks cb;
-  if (tty) {
-    cb.progress = [](const Progress& p) {
-      double rate = p.elapsed_s > 0 ? static_cast<double>(p.bytes_done) / p.elapsed_s : 0;
-      double eta = rate > 0 ? static_cast<double>(p.bytes_total - p.bytes_done) / rate : 0;
-      std::fprintf(stderr, "\r\033[K[shard %u/%u] %s / %s  %s  ETA %s  in flight %s", p.file,
-                   p.files, format_bytes(p.bytes_done).c_str(), format_bytes(p.bytes_total).c_str(),
-                   format_rate(rate).c_str(), duration(eta).c_str(),
-                   format_bytes(p.in_flight_bytes).c_str());
-      std::fflush(stderr);
+  if (line.enabled())
+    cb.progress = [&line](const Progress& p) {
+      if (line.due())
+        line.draw(progress_text(p));
     };
-  }
   Profiler profiler(o.trace);
   auto result = convert(o, cb, &profiler);
-  if (tty)
-    std::fprintf(stderr, "\r\033[K");
-  if (o.trace) {
+  line.clear();
+
+  int exit_code = EXIT_OK;
+  if (o.trace)
     if (Status s = profiler.write_trace(vm["trace"].as<std::string>()); !s.ok())
-      std::cerr << "shardshift: " << s.message() << "\n";
-  }
+      exit_code = report_error(s);
   if (!result) {
     if (result.status().code() == Errc::interrupted) {
       std::cerr << "shardshift: interrupted; nothing was written to " << o.output.string() << "\n";
@@ -346,69 +456,16 @@ int cmd_convert(int argc, char** argv) {
   }
   const ConvertSummary& s = *result;
   const double rate = s.seconds > 0 ? static_cast<double>(s.output_bytes) / s.seconds : 0;
-  if (!quiet) {
-    std::fprintf(stderr,
-                 "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
-                 "zero-copy %s, transformed %s on %s; peak RSS %s\n",
-                 static_cast<unsigned long long>(s.tensors), s.adapter.c_str(),
-                 direction_name(s.direction), static_cast<unsigned long long>(s.files),
-                 o.output.c_str(), format_bytes(s.output_bytes).c_str(), s.seconds,
-                 format_rate(rate).c_str(),
-                 format_bytes(s.zero_copy_bytes + s.fallback_copy_bytes).c_str(),
-                 format_bytes(s.transformed_bytes).c_str(), s.device.c_str(),
-                 format_bytes(s.peak_rss).c_str());
-  }
-  if (vm.count("stats")) {
-    std::fprintf(stderr, "%-14s %8s %12s %10s %7s %12s %10s %10s\n", "stage", "count", "bytes",
-                 "busy", "share", "rate", "p50", "p99");
-    for (const StageSummary& st : s.stages) {
-      if (st.count == 0)
-        continue;
-      double busy = static_cast<double>(st.busy_ns) / 1e9;
-      std::fprintf(stderr, "%-14s %8llu %12s %9.3fs %6.1f%% %12s %8.2fms %8.2fms\n",
-                   stage_name(st.stage), static_cast<unsigned long long>(st.count),
-                   format_bytes(st.bytes).c_str(), busy,
-                   s.seconds > 0 ? 100.0 * busy / s.seconds : 0.0,
-                   format_rate(busy > 0 ? static_cast<double>(st.bytes) / busy : 0).c_str(),
-                   static_cast<double>(st.p50_ns) / 1e6, static_cast<double>(st.p99_ns) / 1e6);
-    }
-    std::fprintf(
-        stderr,
-        "bytes: zero-copy %s, copied through the page cache %s, transformed %s (cpu %s, gpu %s)\n",
-        format_bytes(s.zero_copy_bytes).c_str(), format_bytes(s.fallback_copy_bytes).c_str(),
-        format_bytes(s.transformed_bytes).c_str(), format_bytes(s.cpu_bytes).c_str(),
-        format_bytes(s.gpu_bytes).c_str());
-    std::fprintf(stderr, "memory: %llu tokens x %s chunks; peak RSS %s\n",
-                 static_cast<unsigned long long>(s.tokens), format_bytes(s.chunk_bytes).c_str(),
-                 format_bytes(s.peak_rss).c_str());
-  }
+  if (!quiet)
+    std::fputs(summary_line(s, o.output.string(), rate).c_str(), stderr);
+  if (vm.count("stats"))
+    print_stats(s);
   if (json) {
-    std::ostringstream j;
-    j << "{\"adapter\": " << json_string(s.adapter) << ", \"direction\": \""
-      << direction_name(s.direction) << "\", \"device\": " << json_string(s.device)
-      << ", \"output\": " << json_string(o.output.string()) << ", \"tensors\": " << s.tensors
-      << ", \"files\": " << s.files << ", \"output_bytes\": " << s.output_bytes
-      << ", \"zero_copy_bytes\": " << s.zero_copy_bytes
-      << ", \"fallback_copy_bytes\": " << s.fallback_copy_bytes
-      << ", \"transformed_bytes\": " << s.transformed_bytes << ", \"cpu_bytes\": " << s.cpu_bytes
-      << ", \"gpu_bytes\": " << s.gpu_bytes << ", \"dropped\": " << s.dropped
-      << ", \"excluded\": " << s.excluded << ", \"seconds\": " << s.seconds
-      << ", \"bytes_per_second\": " << rate << ", \"peak_rss\": " << s.peak_rss
-      << ", \"chunk_bytes\": " << s.chunk_bytes << ", \"tokens\": " << s.tokens
-      << ", \"stages\": {";
-    bool first = true;
-    for (const StageSummary& st : s.stages) {
-      if (st.count == 0)
-        continue;
-      j << (first ? "" : ", ") << "\"" << stage_name(st.stage) << "\": {\"count\": " << st.count
-        << ", \"bytes\": " << st.bytes << ", \"busy_ns\": " << st.busy_ns
-        << ", \"p50_ns\": " << st.p50_ns << ", \"p99_ns\": " << st.p99_ns << "}";
-      first = false;
-    }
-    j << "}}\n";
-    std::cout << j.str();
+    std::cout << summary_json(s, o.output.string(), rate);
+    if (!stdout_ok("convert"))
+      return EXIT_FAIL;
   }
-  return EXIT_OK;
+  return exit_code;
 }
 
 } // namespace shardshift::app

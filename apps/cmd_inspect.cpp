@@ -4,10 +4,10 @@
 #include "shardshift/json_text.h"
 #include "shardshift/units.h"
 
+#include "cli.h"
 #include "commands.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -20,52 +20,36 @@ namespace po = boost::program_options;
 
 namespace {
 
-const char* const INSPECT_HELP = R"(Usage: shardshift inspect PATH [options]
+const HelpText INSPECT_HELP = {
+    .usage = "shardshift inspect PATH [options]",
+    .description =
+        "Validates a safetensors checkpoint and lists its tensors. PATH is one .safetensors file, "
+        "a directory with model.safetensors.index.json (the index is cross-checked against every "
+        "shard), or a directory of *.safetensors shards without an index. Every header is checked "
+        "against every rule of docs/format.md (lengths, UTF-8, duplicate keys, dtypes, shapes, "
+        "offsets, gaps, overlaps, file size), and all problems of all files are reported, one per "
+        "line, before exiting.\n\n"
+        "Output: one line per tensor, sorted by name: name, dtype, shape, bytes, shard file; then "
+        "the totals, each shard's __metadata__, the index metadata and the other files of the "
+        "directory.\n\n"
+        "With --json, one object:\n\n"
+        "  {\"path\", \"valid\": true,\n"
+        "   \"shards\": [{\"file\", \"tensors\", \"bytes\", \"metadata\"}],\n"
+        "   \"tensors\": [{\"name\", \"dtype\", \"shape\", \"bytes\", \"shard\", \"offset\"}],\n"
+        "   \"total_bytes\", \"tensor_count\", \"index_metadata\", \"other_files\"}\n\n"
+        "where \"offset\" is the tensor's first byte in its shard file. An invalid checkpoint "
+        "prints {\"path\", \"valid\": false, \"errors\": [...]} (and the errors on stderr).",
+    .examples = "shardshift inspect demo-hf\n"
+                "shardshift inspect demo-hf/model-00001-of-00002.safetensors\n"
+                "shardshift inspect --json demo-native > tensors.json\n"
+                "shardshift inspect -q demo-hf && echo valid",
+    .exit_status = "0 valid, 1 invalid or unreadable (problems on stderr), 2 bad usage.",
+};
 
-Validates a safetensors checkpoint and lists its tensors. PATH is one .safetensors file, a
-directory with model.safetensors.index.json (the index is cross-checked against every shard), or
-a directory of *.safetensors shards without an index. Every header is checked against every rule
-of docs/format.md (lengths, UTF-8, duplicate keys, dtypes, shapes, offsets, gaps, overlaps, file
-size), and all problems of all files are reported, one per line, before exiting.
-
-Output: one line per tensor, sorted by name: name, dtype, shape, bytes, shard file; then the
-totals, each shard's __metadata__, the index metadata and the other files of the directory.
-
-Options:
-  --json       print one JSON object instead of text:
-               {"path", "valid", "shards": [{"file", "tensors", "bytes", "metadata"}],
-                "tensors": [{"name", "dtype", "shape", "bytes", "shard", "offset"}],
-                "total_bytes", "tensor_count", "index_metadata", "other_files"}
-               where "offset" is the tensor's first byte in its shard file. An invalid
-               checkpoint prints {"path", "valid": false, "errors": [...]} (and the errors on
-               stderr).
-  -h, --help   show this help
-
-Exit status: 0 valid, 1 invalid or unreadable (problems on stderr), 2 bad usage.
-
-Examples:
-  shardshift inspect demo-hf
-  shardshift inspect demo-hf/model-00001-of-00002.safetensors
-  shardshift inspect --json demo-native > tensors.json
-)";
-
-std::string json_metadata(const Metadata& metadata) {
-  std::string s = "{";
-  for (size_t i = 0; i < metadata.size(); ++i) {
-    if (i)
-      s += ", ";
-    s += json_string(metadata[i].first) + ": " + json_string(metadata[i].second);
-  }
-  return s + "}";
-}
-
-std::string shape_text(const std::vector<uint64_t>& shape, const char* separator) {
+std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i)
-      s += separator;
-    s += std::to_string(shape[i]);
-  }
+  for (size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
 }
 
@@ -89,14 +73,14 @@ std::string metadata_text(const Metadata& metadata) {
   return s;
 }
 
-void print_text(const Checkpoint& ckpt) {
+std::string listing_text(const Checkpoint& ckpt) {
   // ckpt.tensors is a std::map, so iteration is already sorted by name.
   size_t name_width = 4, dtype_width = 5, shape_width = 5, bytes_width = 5;
   for (const auto& [name, ref] : ckpt.tensors) {
     const TensorInfo& t = ckpt.info(ref);
     name_width = std::max(name_width, name.size());
     dtype_width = std::max(dtype_width, dtype_name(t.dtype).size());
-    shape_width = std::max(shape_width, shape_text(t.shape, ", ").size());
+    shape_width = std::max(shape_width, shape_text(t.shape).size());
     bytes_width = std::max(bytes_width, std::to_string(t.size()).size());
   }
   auto pad = [](std::string s, size_t width) {
@@ -110,7 +94,7 @@ void print_text(const Checkpoint& ckpt) {
   for (const auto& [name, ref] : ckpt.tensors) {
     const TensorInfo& t = ckpt.info(ref);
     out += pad(name, name_width) + "  " + pad(std::string(dtype_name(t.dtype)), dtype_width) +
-           "  " + pad(shape_text(t.shape, ", "), shape_width) + "  " +
+           "  " + pad(shape_text(t.shape), shape_width) + "  " +
            pad_left(std::to_string(t.size()), bytes_width) + "  " + ckpt.shard(ref).file_name +
            "\n";
   }
@@ -130,90 +114,92 @@ void print_text(const Checkpoint& ckpt) {
       out += " " + f;
     out += "\n";
   }
-  std::cout << out;
+  return out;
 }
 
-void print_json(const std::string& path, const Checkpoint& ckpt) {
-  std::string out = "{\"path\": " + json_string(path) + ", \"valid\": true, \"shards\": [";
-  for (size_t i = 0; i < ckpt.shards.size(); ++i) {
-    const Shard& s = ckpt.shards[i];
-    if (i)
-      out += ", ";
-    out += "{\"file\": " + json_string(s.file_name) +
-           ", \"tensors\": " + std::to_string(s.header.tensors.size()) +
-           ", \"bytes\": " + std::to_string(s.header.data_size()) +
-           ", \"metadata\": " + json_metadata(s.header.metadata) + "}";
+void write_metadata(JsonWriter& w, const Metadata& metadata) {
+  w.begin_object();
+  for (const auto& [key, value] : metadata)
+    w.key(key).value(value);
+  w.end_object();
+}
+
+std::string listing_json(const std::string& path, const Checkpoint& ckpt) {
+  JsonWriter w;
+  w.begin_object().key("path").value(path).key("valid").value(true);
+  w.key("shards").begin_array();
+  for (const Shard& s : ckpt.shards) {
+    w.begin_object().key("file").value(s.file_name);
+    w.key("tensors").value(s.header.tensors.size()).key("bytes").value(s.header.data_size());
+    w.key("metadata");
+    write_metadata(w, s.header.metadata);
+    w.end_object();
   }
-  out += "], \"tensors\": [";
-  bool first = true;
+  w.end_array().key("tensors").begin_array();
   for (const auto& [name, ref] : ckpt.tensors) {
     const TensorInfo& t = ckpt.info(ref);
-    if (!first)
-      out += ", ";
-    first = false;
-    out += "{\"name\": " + json_string(name) + ", \"dtype\": " + json_string(dtype_name(t.dtype)) +
-           ", \"shape\": " + shape_text(t.shape, ", ") +
-           ", \"bytes\": " + std::to_string(t.size()) +
-           ", \"shard\": " + json_string(ckpt.shard(ref).file_name) +
-           ", \"offset\": " + std::to_string(ckpt.file_offset(ref)) + "}";
+    w.begin_object().key("name").value(name).key("dtype").value(dtype_name(t.dtype));
+    w.key("shape").begin_array();
+    for (uint64_t d : t.shape)
+      w.value(d);
+    w.end_array().key("bytes").value(t.size()).key("shard").value(ckpt.shard(ref).file_name);
+    w.key("offset").value(ckpt.file_offset(ref)).end_object();
   }
-  out += "], \"total_bytes\": " + std::to_string(ckpt.total_tensor_bytes()) +
-         ", \"tensor_count\": " + std::to_string(ckpt.tensors.size()) +
-         ", \"index_metadata\": " + json_metadata(ckpt.index_metadata) + ", \"other_files\": [";
-  for (size_t i = 0; i < ckpt.other_files.size(); ++i)
-    out += (i ? ", " : "") + json_string(ckpt.other_files[i]);
-  out += "]}\n";
-  std::cout << out;
+  w.end_array().key("total_bytes").value(ckpt.total_tensor_bytes());
+  w.key("tensor_count").value(ckpt.tensors.size()).key("index_metadata");
+  write_metadata(w, ckpt.index_metadata);
+  w.key("other_files").begin_array();
+  for (const std::string& f : ckpt.other_files)
+    w.value(f);
+  w.end_array().end_object();
+  return w.take() + "\n";
 }
 
-void print_json_errors(const std::string& path, const Status& status) {
-  std::string out = "{\"path\": " + json_string(path) + ", \"valid\": false, \"errors\": [";
-  auto lines = split_lines(status.message());
-  for (size_t i = 0; i < lines.size(); ++i)
-    out += (i ? ", " : "") + json_string(lines[i]);
-  out += "]}\n";
-  std::cout << out;
+std::string errors_json(const std::string& path, const Status& status) {
+  JsonWriter w;
+  w.begin_object().key("path").value(path).key("valid").value(false).key("errors").begin_array();
+  for (const std::string& line : split_lines(status.message()))
+    w.value(line);
+  w.end_array().end_object();
+  return w.take() + "\n";
 }
 
 } // namespace
 
 int cmd_inspect(int argc, char** argv) {
-  std::string path;
-  bool json = false;
-  po::options_description flags("inspect options");
-  flags.add_options()("path", po::value(&path), "")("json", po::bool_switch(&json), "")("help,h",
-                                                                                        "");
+  FlagGroup flags("Options");
+  add_common_flags(flags,
+                   "Print nothing on stdout (unless --json): only check PATH, and let the exit "
+                   "status say whether it is valid. Problems still go to stderr.",
+                   "the tensors and shards as described above.");
+  po::options_description all;
+  all.add(flags.flags).add_options()("path", po::value<std::string>());
   po::positional_options_description positional;
   positional.add("path", 1);
   po::variables_map vm;
-  if (int rc; !parse_args("inspect", argc, argv, flags, positional, vm, &rc))
+  if (int rc; !parse_args("inspect", argc, argv, all, positional, vm, &rc))
     return rc;
   if (vm.count("help")) {
-    std::cout << INSPECT_HELP;
+    print_help(std::cout, INSPECT_HELP, {&flags});
     return EXIT_OK;
   }
-  if (path.empty())
+  if (!vm.count("path") || vm["path"].as<std::string>().empty())
     return usage_error("inspect", "missing the checkpoint PATH");
+  const std::string path = vm["path"].as<std::string>();
+  const bool json = vm.count("json") > 0, quiet = vm.count("quiet") > 0;
 
   auto ckpt = Checkpoint::open(path);
   if (!ckpt.ok()) {
     if (json)
-      print_json_errors(path, ckpt.status());
-    // One problem per line, each with the tool's prefix, so every line can be grepped alone.
-    for (const auto& line : split_lines(ckpt.status().message()))
-      std::cerr << "shardshift: " << line << "\n";
+      std::cout << errors_json(path, ckpt.status());
+    report_error(ckpt.status());
     return EXIT_FAIL;
   }
   if (json)
-    print_json(path, *ckpt);
-  else
-    print_text(*ckpt);
-  std::cout.flush();
-  if (!std::cout) {
-    std::cerr << "shardshift: cannot write the listing to stdout\n";
-    return EXIT_FAIL;
-  }
-  return EXIT_OK;
+    std::cout << listing_json(path, *ckpt);
+  else if (!quiet)
+    std::cout << listing_text(*ckpt);
+  return stdout_ok("inspect") ? EXIT_OK : EXIT_FAIL;
 }
 
 } // namespace shardshift::app

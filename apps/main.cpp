@@ -1,60 +1,31 @@
-// shardshift: the command-line tool. This file only dispatches to a subcommand (commands.h).
+// shardshift: the command-line tool. This file only dispatches to a subcommand (commands.h); what
+// the subcommands share (help layout, errors, exit codes) is in cli.h.
+#include "cli.h"
 #include "commands.h"
 
-#include <cstdio>
-#include <cstring>
 #include <iostream>
 #include <string_view>
 
-namespace shardshift::app {
-
-int report_error(const Status& status) {
-  std::cerr << "shardshift: " << status.message() << "\n";
-  if (status.code() == Errc::invalid_argument)
-    return EXIT_USAGE;
-  if (status.code() == Errc::interrupted)
-    return EXIT_INTERRUPTED;
-  return EXIT_FAIL;
-}
-
-int usage_error(const std::string& command, const std::string& message) {
-  std::cerr << "shardshift " << command << ": " << message << "\n"
-            << "Run 'shardshift " << command << " --help' for the options.\n";
-  return EXIT_USAGE;
-}
-
-bool parse_args(const std::string& command, int argc, char** argv,
-                const boost::program_options::options_description& options,
-                const boost::program_options::positional_options_description& positional,
-                boost::program_options::variables_map& vm, int* exit_code) {
-  namespace po = boost::program_options;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(options).positional(positional).run(),
-              vm);
-    po::notify(vm);
-    return true;
-  } catch (const po::error& e) {
-    *exit_code = usage_error(command, e.what());
-    return false;
-  }
-}
-
-} // namespace shardshift::app
-
 static const char* const USAGE =
     R"(shardshift: convert Mixture-of-Experts safetensors checkpoints between the
-Hugging Face layout and NeMo Automodel's native layout, as a stream with bounded memory.
+Hugging Face layout and NeMo Automodel's native layout, as a stream with
+bounded memory.
 
 Usage: shardshift COMMAND [ARGS...]
 
 Commands:
-  convert IN OUT   convert a checkpoint (HF <-> native), writing OUT shard by shard
-  plan IN          validate IN and print the conversion plan without writing anything
+  convert IN OUT   convert a checkpoint (HF <-> native), writing OUT shard by
+                   shard
+  plan IN          validate IN and print the conversion plan without writing
+                   anything
   inspect PATH     validate a checkpoint and list its tensors
-  synth OUT        write a synthetic diffusion_gemma / gemma4_moe checkpoint (demo and test data)
+  synth OUT        write a synthetic diffusion_gemma or gemma4_moe checkpoint
+                   (demo and test data)
 
+Every command takes -h/--help and -q/--quiet; --json prints its result as JSON.
 Run 'shardshift COMMAND --help' for the options of a command.
-Example:
+
+Examples:
   shardshift synth demo-hf --model diffusion_gemma --layers 2 --scale 8
   shardshift convert demo-hf demo-native
 )";

@@ -1,13 +1,20 @@
 #include "shardshift/profiler.h"
 
 #include "shardshift/json_text.h"
+#include "shardshift/shard_writer.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
-#include <map>
+#include <cstring>
+#include <fcntl.h>
+#include <functional>
+#include <optional>
 #include <sys/resource.h>
 #include <unistd.h>
+
+#include <boost/iostreams/filter/gzip.hpp>
+#include <boost/iostreams/operations.hpp>
 
 namespace shardshift {
 
@@ -112,67 +119,170 @@ std::vector<StageSummary> Profiler::summaries() const {
 }
 
 namespace {
-std::string micros(uint64_t ns) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.3f", static_cast<double>(ns) / 1000.0);
-  return buf;
+
+// A Boost.Iostreams sink over a descriptor that writes through Io, so a fault-injecting Io sees
+// every byte of the trace. The first failure's errno is kept in `*error` and thrown: the filter
+// in front of the sink stops at once, and write_trace turns the errno into its Status.
+class IoSink {
+public:
+  using char_type = char;
+  using category = boost::iostreams::sink_tag;
+  IoSink(Io& io, int fd, int* error) : io_(&io), fd_(fd), error_(error) {}
+  std::streamsize write(const char* s, std::streamsize n) {
+    std::streamsize done = 0;
+    while (done < n) {
+      size_t chunk = std::min(static_cast<size_t>(n - done), MAX_IO_CHUNK);
+      ssize_t w = io_->write(fd_, s + done, chunk);
+      if (w < 0 && errno == EINTR)
+        continue;
+      if (w <= 0) { // 0 would loop forever: report it as an I/O error
+        *error_ = w < 0 ? errno : EIO;
+        throw std::ios_base::failure("trace write failed");
+      }
+      done += w;
+    }
+    return n;
+  }
+
+private:
+  Io* io_;
+  int fd_;
+  int* error_;
+};
+
+// The trace's bytes on their way to the file: straight into the sink, or through gzip first.
+class TraceStream {
+public:
+  TraceStream(IoSink sink, bool gzip) : sink_(sink) {
+    if (gzip)
+      gzip_.emplace(boost::iostreams::gzip_params(), std::streamsize{1} << 16);
+  }
+  void write(std::string_view text) {
+    if (gzip_)
+      boost::iostreams::write(*gzip_, sink_, text.data(),
+                              static_cast<std::streamsize>(text.size()));
+    else
+      sink_.write(text.data(), static_cast<std::streamsize>(text.size()));
+  }
+  /// Flushes the compressor and writes the gzip trailer.
+  void close() {
+    if (gzip_)
+      boost::iostreams::close(*gzip_, sink_, std::ios_base::out);
+  }
+
+private:
+  IoSink sink_;
+  std::optional<boost::iostreams::gzip_compressor> gzip_;
+};
+
+// The trace's temporary name beside its final one, in the pattern remove_temp_files() knows.
+std::filesystem::path trace_temp_path(const std::filesystem::path& path, int attempt) {
+  static std::atomic<uint64_t> counter{0};
+  return path.parent_path() /
+         ("." + path.filename().string() + ".shardshift-tmp-" + std::to_string(::getpid()) + "-" +
+          std::to_string(counter.fetch_add(1)) + "-" + std::to_string(attempt));
 }
+
 } // namespace
 
-Status Profiler::write_trace(const std::filesystem::path& path) const {
-  std::lock_guard lock(mu_);
+void Profiler::write_trace_events(JsonWriter& w,
+                                  const std::function<void(std::string_view)>& flush) const {
   // Threads are tids 1..n of pid 1; extra tracks (CUDA streams) are tids 1000+k.
-  const int pid = 1;
-  std::string out = "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n";
-  bool first = true;
-  auto sep = [&] {
-    if (!first)
-      out += ",\n";
-    first = false;
+  // Timestamps are microseconds with nanosecond digits, as the format expects.
+  constexpr int PID = 1;
+  constexpr size_t FLUSH_BYTES = size_t{1} << 20;
+  auto micros = [](uint64_t ns) { return static_cast<double>(ns) / 1000.0; };
+  auto maybe_flush = [&] {
+    if (w.text().size() >= FLUSH_BYTES)
+      flush(w.take());
   };
-  auto meta = [&](int tid, const std::string& name, int sort) {
-    sep();
-    out += "{\"ph\":\"M\",\"pid\":" + std::to_string(pid) + ",\"tid\":" + std::to_string(tid) +
-           ",\"name\":\"thread_name\",\"args\":{\"name\":";
-    append_json_string(out, name);
-    out += "}},\n{\"ph\":\"M\",\"pid\":" + std::to_string(pid) + ",\"tid\":" + std::to_string(tid) +
-           ",\"name\":\"thread_sort_index\",\"args\":{\"sort_index\":" + std::to_string(sort) +
-           "}}";
+  auto thread_meta = [&](int tid, const std::string& name, int sort) {
+    w.line_break().begin_object().key("ph").value("M").key("pid").value(PID).key("tid").value(tid);
+    w.key("name").value("thread_name").key("args").begin_object().key("name").value(name);
+    w.end_object().end_object();
+    w.line_break().begin_object().key("ph").value("M").key("pid").value(PID).key("tid").value(tid);
+    w.key("name").value("thread_sort_index").key("args").begin_object().key("sort_index");
+    w.value(sort).end_object().end_object();
   };
-  sep();
-  out += "{\"ph\":\"M\",\"pid\":1,\"name\":\"process_name\",\"args\":{\"name\":\"shardshift\"}}";
+  w.begin_object().key("displayTimeUnit").value("ms").key("traceEvents").begin_array();
+  w.line_break().begin_object().key("ph").value("M").key("pid").value(PID);
+  w.key("name").value("process_name").key("args").begin_object().key("name").value("shardshift");
+  w.end_object().end_object();
   for (auto& b : buffers_)
-    meta(b->track + 1, b->name, b->track);
+    thread_meta(b->track + 1, b->name, b->track);
   for (size_t k = 0; k < extra_tracks_.size(); ++k)
-    meta(1000 + static_cast<int>(k), extra_tracks_[k], 1000 + static_cast<int>(k));
+    thread_meta(1000 + static_cast<int>(k), extra_tracks_[k], 1000 + static_cast<int>(k));
   for (auto& b : buffers_) {
     for (const Event& e : b->events) {
-      sep();
       int tid = e.track >= 0 ? 1000 + e.track : b->track + 1;
-      out += "{\"ph\":\"X\",\"pid\":1,\"tid\":" + std::to_string(tid) + ",\"cat\":\"" +
-             stage_name(e.stage) + "\",\"name\":\"" + stage_name(e.stage) +
-             "\",\"ts\":" + micros(e.t0) + ",\"dur\":" + micros(e.t1 > e.t0 ? e.t1 - e.t0 : 0) +
-             ",\"args\":{\"bytes\":" + std::to_string(e.bytes);
-      if (!e.tensor.empty()) {
-        out += ",\"tensor\":";
-        append_json_string(out, e.tensor);
-      }
-      out += "}}";
+      w.line_break().begin_object().key("ph").value("X").key("pid").value(PID).key("tid").value(
+          tid);
+      w.key("cat").value(stage_name(e.stage)).key("name").value(stage_name(e.stage));
+      w.key("ts").fixed(micros(e.t0), 3).key("dur").fixed(micros(e.t1 > e.t0 ? e.t1 - e.t0 : 0), 3);
+      w.key("args").begin_object().key("bytes").value(e.bytes);
+      if (!e.tensor.empty())
+        w.key("tensor").value(e.tensor);
+      w.end_object().end_object();
+      maybe_flush();
     }
   }
   for (const CounterSample& c : counters_) {
-    sep();
-    out += "{\"ph\":\"C\",\"pid\":1,\"name\":";
-    append_json_string(out, c.name);
-    out += ",\"ts\":" + micros(c.t) + ",\"args\":{\"value\":" + std::to_string(c.value) + "}}";
+    w.line_break().begin_object().key("ph").value("C").key("pid").value(PID).key("name").value(
+        c.name);
+    w.key("ts").fixed(micros(c.t), 3).key("args").begin_object().key("value").value(c.value);
+    w.end_object().end_object();
+    maybe_flush();
   }
-  out += "\n]}\n";
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(out.data(), static_cast<std::streamsize>(out.size()));
-  f.close();
-  if (!f)
-    return Status(Errc::io, path.string() + ": cannot write the trace file");
-  return {};
+  w.end_array().end_object();
+  flush(w.take() + "\n");
+}
+
+Status Profiler::write_trace(const std::filesystem::path& path, Io& io) const {
+  std::lock_guard lock(mu_);
+  const bool gzip = path.extension() == ".gz";
+
+  // O_EXCL: never write through a name someone else created.
+  std::filesystem::path temp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0; ++attempt) {
+    temp = trace_temp_path(path, attempt);
+    fd = io.open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && (errno != EEXIST || attempt >= 8))
+      return Status(Errc::io,
+                    path.string() + ": cannot create the trace file: " + std::strerror(errno));
+  }
+
+  // Stream the events through gzip (or not) into the temporary file, then make it durable and
+  // give it its name. Any failure removes the temporary file: a trace is whole or absent.
+  int write_error = 0;
+  const char* failed = "cannot write the trace file";
+  try {
+    TraceStream stream(IoSink(io, fd, &write_error), gzip);
+    JsonWriter w(JsonStyle::compact);
+    write_trace_events(w, [&](std::string_view chunk) { stream.write(chunk); });
+    stream.close();
+  } catch (const std::exception&) {
+    if (write_error == 0)
+      write_error = EIO; // the compressor itself failed (out of memory)
+  }
+  if (write_error == 0 && io.fsync(fd) != 0) {
+    write_error = errno;
+    failed = "cannot sync the trace file";
+  }
+  if (io.close(fd) != 0 && write_error == 0) {
+    write_error = errno;
+    failed = "cannot close the trace file";
+  }
+  if (write_error == 0 && io.rename(temp.c_str(), path.c_str()) != 0) {
+    write_error = errno;
+    failed = "cannot rename the trace file into place";
+  }
+  if (write_error != 0) {
+    io.unlink(temp.c_str());
+    return Status(write_error == ENOSPC || write_error == EDQUOT ? Errc::no_space : Errc::io,
+                  path.string() + ": " + failed + ": " + std::strerror(write_error));
+  }
+  return sync_directory(io, std::filesystem::absolute(path).parent_path());
 }
 
 uint64_t peak_rss_bytes() {

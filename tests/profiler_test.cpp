@@ -1,12 +1,19 @@
 // profiler_test.cpp: --stats aggregates and the Chrome trace event file, checked against the
-// trace event format (JSON object form, "traceEvents" array of X / M / C events).
+// trace event format (JSON object form, "traceEvents" array of X / M / C events), plain and
+// gzip-compressed, and written whole or not at all through the Io seam.
+#include "shardshift/io.h"
 #include "shardshift/profiler.h"
 
 #include "test_support.h"
 
+#include <cerrno>
 #include <set>
+#include <sstream>
 #include <thread>
 
+#include <boost/iostreams/copy.hpp>
+#include <boost/iostreams/filter/gzip.hpp>
+#include <boost/iostreams/filtering_stream.hpp>
 #include <gtest/gtest.h>
 #include <simdjson.h>
 
@@ -115,6 +122,107 @@ TEST(Profiler, DisabledTraceKeepsNoEvents) {
   EXPECT_EQ(text.find("\"ph\":\"X\""), std::string::npos);
   EXPECT_EQ(text.find("\"ph\":\"C\""), std::string::npos);
   EXPECT_EQ(p.summaries()[static_cast<int>(Stage::read)].count, 1u); // stats still counted
+}
+
+// A profiler with a little of everything, for the file tests.
+void record_some(Profiler& p, int spans) {
+  p.name_thread("writer");
+  for (int i = 0; i < spans; ++i)
+    p.record(Stage::write_data, i * 10, i * 10 + 5, 4096, "model.layers." + std::to_string(i));
+  p.counter("bytes in flight", 3, 42);
+}
+
+std::string gunzip(const std::string& compressed) {
+  std::istringstream in(compressed);
+  boost::iostreams::filtering_istream gz;
+  gz.push(boost::iostreams::gzip_decompressor());
+  gz.push(in);
+  std::ostringstream out;
+  boost::iostreams::copy(gz, out);
+  return out.str();
+}
+
+TEST(Profiler, GzTraceDecompressesToThePlainTrace) {
+  testing::TempDir tmp;
+  Profiler p(true);
+  record_some(p, 20000); // several megabytes of JSON: streamed in pieces through the compressor
+  ASSERT_TRUE(p.write_trace(tmp / "t.json").ok());
+  ASSERT_TRUE(p.write_trace(tmp / "t.json.gz").ok());
+  const std::string plain = testing::read_bytes(tmp / "t.json");
+  const std::string compressed = testing::read_bytes(tmp / "t.json.gz");
+  ASSERT_GE(compressed.size(), 2u);
+  EXPECT_EQ(static_cast<unsigned char>(compressed[0]), 0x1f); // the gzip magic
+  EXPECT_EQ(static_cast<unsigned char>(compressed[1]), 0x8b);
+  EXPECT_LT(compressed.size(), plain.size() / 4);
+  const std::string text = gunzip(compressed);
+  EXPECT_EQ(text, plain);
+
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  ASSERT_EQ(parser.parse(text).get(doc), simdjson::SUCCESS);
+  simdjson::dom::array events;
+  ASSERT_EQ(doc["traceEvents"].get_array().get(events), simdjson::SUCCESS);
+  size_t spans = 0;
+  for (simdjson::dom::element e : events)
+    if (std::string_view(e["ph"]) == "X")
+      ++spans;
+  EXPECT_EQ(spans, 20000u);
+  EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"t.json", "t.json.gz"}));
+}
+
+// Fails one kind of call (write, fsync or rename) with ENOSPC after letting `allowed` of them
+// through; everything else reaches the kernel.
+class FailingIo : public ForwardingIo {
+public:
+  enum Op { write_op, fsync_op, rename_op };
+  FailingIo(Op op, int allowed) : ForwardingIo(Io::system()), op_(op), allowed_(allowed) {}
+  ssize_t write(int fd, const void* buf, size_t count) override {
+    if (op_ == write_op && allowed_-- <= 0)
+      return fail();
+    return ForwardingIo::write(fd, buf, count);
+  }
+  int fsync(int fd) override {
+    if (op_ == fsync_op && allowed_-- <= 0)
+      return fail();
+    return ForwardingIo::fsync(fd);
+  }
+  int rename(const char* from, const char* to) override {
+    if (op_ == rename_op && allowed_-- <= 0)
+      return fail();
+    return ForwardingIo::rename(from, to);
+  }
+
+private:
+  int fail() {
+    errno = ENOSPC;
+    return -1;
+  }
+  Op op_;
+  int allowed_;
+};
+
+TEST(Profiler, FailedTraceWriteLeavesNoFile) {
+  struct Case {
+    FailingIo::Op op;
+    int allowed;
+    const char* name;
+  };
+  for (const Case& c :
+       {Case{FailingIo::write_op, 0, "t.json"}, Case{FailingIo::write_op, 2, "t.json.gz"},
+        Case{FailingIo::write_op, 0, "t.json.gz"}, Case{FailingIo::fsync_op, 0, "t.json.gz"},
+        Case{FailingIo::rename_op, 0, "t.json"}}) {
+    SCOPED_TRACE(std::string(c.name) + " op " + std::to_string(c.op) + " after " +
+                 std::to_string(c.allowed));
+    testing::TempDir tmp;
+    Profiler p(true);
+    record_some(p, 50000); // large enough that the compressed trace takes several writes
+    FailingIo io(c.op, c.allowed);
+    Status s = p.write_trace(tmp / c.name, io);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), Errc::no_space);
+    EXPECT_NE(s.message().find((tmp / c.name).string()), std::string::npos) << s.message();
+    EXPECT_TRUE(testing::list_dir(tmp.path()).empty()) << "neither the trace nor its temp file";
+  }
 }
 
 TEST(Profiler, PeakRssIsPlausible) {

@@ -1,6 +1,7 @@
 // profiler.h: the timers behind --stats, --trace and the progress line. One set of measurements
 // feeds all three: each pipeline stage records (start, end, bytes, tensor) spans; --stats
-// aggregates them per stage, --trace writes them as Chrome trace events (Perfetto opens them).
+// aggregates them per stage, --trace writes them as Chrome trace events (Perfetto opens them,
+// plain or gzip-compressed).
 //
 // Spans are buffered per thread and merged once at the end. With tracing off, only the per-stage
 // aggregates are kept (a few atomic adds per chunk), so the cost of a disabled trace is a branch.
@@ -8,12 +9,14 @@
 // summaries() and write_trace() after the recording threads are done.
 #pragma once
 
+#include "shardshift/io.h"
 #include "shardshift/status.h"
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -21,6 +24,8 @@
 #include <vector>
 
 namespace shardshift {
+
+class JsonWriter;
 
 enum class Stage : uint8_t {
   plan,          ///< open inputs, validate, plan
@@ -67,8 +72,11 @@ public:
   bool tracing() const { return keep_trace_; }
 
   std::vector<StageSummary> summaries() const;
-  /// Writes the Chrome trace event JSON (the object form with "traceEvents").
-  Status write_trace(const std::filesystem::path& path) const;
+  /// Writes the Chrome trace event JSON (the object form with "traceEvents") to `path`,
+  /// gzip-compressed when the name ends in ".gz" (Perfetto opens both). The text is streamed
+  /// through `io` into a temporary file beside `path`, fsync'ed and renamed into place: a failed
+  /// write leaves no file behind, and a fault-injecting Io sees every write.
+  Status write_trace(const std::filesystem::path& path, Io& io = Io::system()) const;
 
   struct Event {
     Stage stage;
@@ -85,6 +93,8 @@ public:
 
 private:
   ThreadBuffer& local();
+  // Builds the trace into `w`, handing each finished megabyte or so to `flush`.
+  void write_trace_events(JsonWriter& w, const std::function<void(std::string_view)>& flush) const;
   const bool keep_trace_;
   const std::chrono::steady_clock::time_point start_;
   mutable std::mutex mu_;

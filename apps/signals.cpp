@@ -1,0 +1,59 @@
+#include "signals.h"
+
+#include "cli.h"
+
+#include <cassert>
+#include <cstdlib>
+
+namespace shardshift::app {
+
+namespace {
+
+// A handler may only touch lock-free atomics, so the flag is a global; CancelOnSignal is the only
+// way to install the handler, and it allows one instance at a time.
+std::atomic<bool> cancel_requested{false};
+std::atomic<bool> guard_active{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
+extern "C" void on_cancel_signal(int) {
+  // The first signal asks the library to stop and clean up; a second one, while that cleanup
+  // runs, means the user will not wait.
+  if (cancel_requested.exchange(true))
+    std::_Exit(EXIT_INTERRUPTED);
+}
+
+} // namespace
+
+CancelOnSignal::CancelOnSignal(bool ignore_sigpipe) : ignore_sigpipe_(ignore_sigpipe) {
+  [[maybe_unused]] bool was_active = guard_active.exchange(true);
+  assert(!was_active && "one CancelOnSignal at a time");
+  cancel_requested.store(false);
+  struct sigaction action {};
+  action.sa_handler = on_cancel_signal;
+  sigemptyset(&action.sa_mask);
+  // SA_RESTART: a blocked read or write resumes instead of failing with EINTR; the library
+  // polls the flag between chunks, so cancellation still takes effect promptly.
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &action, &old_int_);
+  sigaction(SIGTERM, &action, &old_term_);
+  if (ignore_sigpipe_) {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGPIPE, &ignore, &old_pipe_);
+  }
+}
+
+CancelOnSignal::~CancelOnSignal() {
+  if (ignore_sigpipe_)
+    sigaction(SIGPIPE, &old_pipe_, nullptr);
+  sigaction(SIGTERM, &old_term_, nullptr);
+  sigaction(SIGINT, &old_int_, nullptr);
+  guard_active.store(false);
+}
+
+const std::atomic<bool>* CancelOnSignal::flag() const {
+  return &cancel_requested;
+}
+
+} // namespace shardshift::app

@@ -1,0 +1,32 @@
+// signals.h: how a long-running command stops on Ctrl-C or SIGTERM. While a CancelOnSignal is in
+// scope, SIGINT and SIGTERM set a flag that the library polls (ConvertOptions::cancel,
+// SynthOptions::cancel) so it can remove what it wrote and return Errc::interrupted; a second
+// signal exits at once with 130. Leaving the scope restores the dispositions found on entry.
+// Thread-safety: one CancelOnSignal at a time per process (the handler is process-wide).
+#pragma once
+
+#include <atomic>
+#include <signal.h>
+
+namespace shardshift::app {
+
+class CancelOnSignal {
+public:
+  /// With `ignore_sigpipe`, SIGPIPE is ignored too (restored likewise), so a closed stdout
+  /// becomes an EPIPE error the library reports and cleans up after, not a silent death.
+  explicit CancelOnSignal(bool ignore_sigpipe = false);
+  ~CancelOnSignal();
+  CancelOnSignal(const CancelOnSignal&) = delete;
+  CancelOnSignal& operator=(const CancelOnSignal&) = delete;
+
+  /// The flag to hand to the library.
+  const std::atomic<bool>* flag() const;
+  bool cancelled() const { return flag()->load(); }
+
+private:
+  struct sigaction old_int_ {
+  }, old_term_{}, old_pipe_{};
+  bool ignore_sigpipe_;
+};
+
+} // namespace shardshift::app

@@ -1,0 +1,205 @@
+// cli_e2e_test.cpp: the conventions every subcommand shares, checked on the binary: help that
+// fits 80 columns and explains every flag with examples, -q and --json everywhere they apply,
+// strict --device, --print-size and --json agreeing, and a gzip-compressed --trace.
+#include "test_support.h"
+
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <boost/iostreams/copy.hpp>
+#include <boost/iostreams/filter/gzip.hpp>
+#include <boost/iostreams/filtering_stream.hpp>
+#include <gtest/gtest.h>
+#include <simdjson.h>
+
+namespace shardshift {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::run_shardshift;
+using testing::TempDir;
+
+std::string q(const fs::path& p) {
+  return "'" + p.string() + "'";
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    lines.push_back(line);
+  return lines;
+}
+
+// The long flags a help text lists in its option sections (lines that start with a flag).
+std::vector<std::string> listed_flags(const std::string& help) {
+  std::vector<std::string> flags;
+  for (const std::string& line : lines_of(help)) {
+    if (line == "Examples:")
+      break;
+    size_t start = line.find_first_not_of(' ');
+    if (start == std::string::npos || start > 6 || line.compare(start, 1, "-") != 0)
+      continue;
+    size_t dashes = line.find("--", start);
+    if (dashes == std::string::npos)
+      continue;
+    size_t end = line.find_first_of(" ,", dashes);
+    flags.push_back(line.substr(dashes, end == std::string::npos ? end : end - dashes));
+  }
+  return flags;
+}
+
+TEST(CliHelp, FitsEightyColumnsAndExplainsEveryFlag) {
+  // Boost prints at 80 columns by default, and a line that fills all 80 is where a word would
+  // be cut; every line of every help stays shorter.
+  auto top = run_shardshift("--help");
+  ASSERT_EQ(top.exit_code, 0);
+  for (const std::string& line : lines_of(top.out))
+    EXPECT_LT(line.size(), 80u) << "shardshift --help: " << line;
+  for (const char* command : {"inspect", "plan", "convert", "synth"}) {
+    SCOPED_TRACE(command);
+    auto r = run_shardshift(std::string(command) + " --help");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    for (const std::string& line : lines_of(r.out)) {
+      EXPECT_LT(line.size(), 80u) << line;
+      EXPECT_TRUE(line.empty() || line.back() != ' ') << "trailing space: " << line;
+    }
+    EXPECT_EQ(r.out.rfind(std::string("Usage: shardshift ") + command, 0), 0u);
+    for (const char* piece :
+         {"\nExamples:\n  shardshift ", "\nExit status: 0 ", "  -h, --help", "  -q, --quiet"})
+      EXPECT_NE(r.out.find(piece), std::string::npos) << piece;
+    // Every flag comes with a description: the line after a flag's name is never another flag.
+    auto flags = listed_flags(r.out);
+    EXPECT_GE(flags.size(), 3u) << r.out;
+    for (const std::string& flag : flags)
+      EXPECT_EQ(std::count(flags.begin(), flags.end(), flag), 1) << flag << " listed twice";
+    // -h/--help is accepted the same way.
+    EXPECT_EQ(run_shardshift(std::string(command) + " -h").out, r.out);
+  }
+  auto convert = run_shardshift("convert --help").out;
+  for (const char* flag : {"--trace", "--device", "--max-memory", "--only", "--json", "--stats"})
+    EXPECT_NE(convert.find(flag), std::string::npos) << flag;
+  EXPECT_NE(convert.find(".gz"), std::string::npos);
+  EXPECT_NE(run_shardshift("synth --help").out.find("--json"), std::string::npos);
+  EXPECT_NE(run_shardshift("plan --help").out.find("--print-size"), std::string::npos);
+}
+
+class CliCheckpoint : public ::testing::Test {
+protected:
+  void SetUp() override {
+    auto r = run_shardshift("synth " + q(tmp / "hf") +
+                            " --layers 2 --scale 16 --max-shard-size "
+                            "2MB -q");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_EQ(r.err, "") << "-q silences synth's summary";
+    ASSERT_EQ(r.out, "");
+  }
+  TempDir tmp;
+};
+
+TEST_F(CliCheckpoint, DeviceMustBeAutoCpuCudaOrCudaNumber) {
+  for (const char* bad : {"cuda:x", "cuda:", "cuda:1x", "gpu0"}) {
+    auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "out") + " --device " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    EXPECT_NE(r.err.find("--device '" + std::string(bad) + "'"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(tmp / "out"));
+  }
+  auto cpu = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "out") + " --device cpu -q");
+  EXPECT_EQ(cpu.exit_code, 0) << cpu.err;
+}
+
+TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
+  // -q: nothing but errors; --json is printed even then.
+  auto inspect = run_shardshift("inspect -q " + q(tmp / "hf"));
+  EXPECT_EQ(inspect.exit_code, 0);
+  EXPECT_EQ(inspect.out + inspect.err, "");
+  auto plan = run_shardshift("plan --quiet " + q(tmp / "hf"));
+  EXPECT_EQ(plan.exit_code, 0);
+  EXPECT_EQ(plan.out + plan.err, "");
+  auto bad = run_shardshift("inspect -q " + q(tmp / "nothing"));
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err, "");
+
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  auto synth = run_shardshift("synth " + q(tmp / "s") + " --layers 1 --scale 32 -q --json");
+  ASSERT_EQ(synth.exit_code, 0) << synth.err;
+  EXPECT_EQ(synth.err, "");
+  ASSERT_EQ(parser.parse(synth.out).get(doc), simdjson::SUCCESS) << synth.out;
+  EXPECT_EQ(std::string_view(doc["output"]), (tmp / "s").string());
+  EXPECT_EQ(uint64_t(doc["shards"]), 1u);
+  const uint64_t tensors = doc["tensors"];
+  EXPECT_GT(tensors, 10u);
+  EXPECT_GT(uint64_t(doc["bytes"]), 0u);
+
+  auto ins = run_shardshift("inspect -q --json " + q(tmp / "s"));
+  ASSERT_EQ(ins.exit_code, 0);
+  ASSERT_EQ(parser.parse(ins.out).get(doc), simdjson::SUCCESS) << ins.out;
+  EXPECT_EQ(uint64_t(doc["tensor_count"]), tensors);
+}
+
+TEST_F(CliCheckpoint, PlanJsonOutputsMatchPrintSizeAndTheFilesWritten) {
+  // 2MB shards: several files and an index.
+  auto sizes = run_shardshift("plan " + q(tmp / "hf") + " --print-size --max-shard-size 2MB");
+  ASSERT_EQ(sizes.exit_code, 0) << sizes.err;
+  auto json = run_shardshift("plan " + q(tmp / "hf") + " --json --max-shard-size 2MB");
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(run_shardshift("plan " + q(tmp / "hf") + " --json --print-size").exit_code, 2);
+
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  ASSERT_EQ(parser.parse(json.out).get(doc), simdjson::SUCCESS) << json.out;
+  std::string from_json;
+  for (simdjson::dom::element f : simdjson::dom::array(doc["outputs"]))
+    from_json += std::to_string(uint64_t(f["size"])) + "\t" +
+                 std::string(std::string_view(f["name"])) + "\n";
+  EXPECT_EQ(from_json, sizes.out);
+  EXPECT_NE(sizes.out.find("\tmodel.safetensors.index.json\n"), std::string::npos) << sizes.out;
+  EXPECT_NE(sizes.out.find("\tconfig.json\n"), std::string::npos) << sizes.out;
+
+  ASSERT_EQ(
+      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --max-shard-size 2MB -q")
+          .exit_code,
+      0);
+  std::vector<std::string> listed;
+  for (const std::string& line : lines_of(sizes.out)) {
+    std::string name = line.substr(line.find('\t') + 1);
+    EXPECT_EQ(std::to_string(fs::file_size(tmp / "n" / name)), line.substr(0, line.find('\t')))
+        << name;
+    listed.push_back(name);
+  }
+  std::sort(listed.begin(), listed.end());
+  EXPECT_EQ(listed, testing::list_dir(tmp / "n")) << "every file written is listed, and no other";
+}
+
+TEST_F(CliCheckpoint, GzTraceOpensAsJson) {
+  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " -q --trace " +
+                          q(tmp / "run.json.gz"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream compressed(testing::read_bytes(tmp / "run.json.gz"));
+  boost::iostreams::filtering_istream gz;
+  gz.push(boost::iostreams::gzip_decompressor());
+  gz.push(compressed);
+  std::ostringstream text;
+  boost::iostreams::copy(gz, text);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  ASSERT_EQ(parser.parse(text.str()).get(doc), simdjson::SUCCESS) << text.str().substr(0, 200);
+  size_t spans = 0;
+  for (simdjson::dom::element e : simdjson::dom::array(doc["traceEvents"]))
+    spans += std::string_view(e["ph"]) == "X";
+  EXPECT_GT(spans, 10u);
+  // Only the trace and the inputs: no temporary file left beside it.
+  EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"hf", "n", "run.json.gz"}));
+
+  auto unwritable = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "m") +
+                                   " -q --trace " + q(tmp / "no-such-dir" / "t.json"));
+  EXPECT_EQ(unwritable.exit_code, 1);
+  EXPECT_NE(unwritable.err.find("no-such-dir"), std::string::npos) << unwritable.err;
+}
+
+} // namespace
+} // namespace shardshift
