@@ -61,7 +61,7 @@ public:
 };
 
 /// The base of decorators: every call goes to the wrapped Io; a decorator overrides only what it
-/// changes and calls ForwardingIo::x (or base()) for the rest.
+/// changes, calling ForwardingIo::x where it passes a call on.
 class ForwardingIo : public Io {
 public:
   explicit ForwardingIo(Io& base) : base_(base) {}
@@ -78,9 +78,6 @@ public:
   int unlink(const char* path) override;
   int mkdir(const char* path, unsigned mode) override;
   int rmdir(const char* path) override;
-
-protected:
-  Io& base() { return base_; }
 
 private:
   Io& base_;
