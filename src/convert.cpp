@@ -200,13 +200,6 @@ Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& pl
   return write_all(io, fd, bytes, name);
 }
 
-Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
-  auto checkpoint = Checkpoint::open(input);
-  if (!checkpoint)
-    return checkpoint.status();
-  return make_plan(*checkpoint, options);
-}
-
 // The pipeline's shape for this run: threads, writer lanes, chunks and tokens from the memory
 // budget, and the device (a GPU's staging slots come out of the same budget).
 struct Engine {
