@@ -210,7 +210,8 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("dropped").value(s.dropped).key("excluded").value(s.excluded);
   w.key("seconds").value(s.seconds).key("bytes_per_second").value(rate);
   w.key("peak_rss").value(s.peak_rss).key("chunk_bytes").value(s.chunk_bytes);
-  w.key("tokens").value(s.tokens).key("stages").begin_object();
+  w.key("tokens").value(s.tokens).key("writers").value(s.writers);
+  w.key("stages").begin_object();
   for (const StageSummary& st : s.stages) {
     if (st.count == 0)
       continue;
@@ -257,7 +258,8 @@ void print_stats(const ConvertSummary& s) {
       format_bytes(s.zero_copy_bytes).c_str(), format_bytes(s.fallback_copy_bytes).c_str(),
       format_bytes(s.transformed_bytes).c_str(), format_bytes(s.cpu_bytes).c_str(),
       format_bytes(s.gpu_bytes).c_str());
-  std::fprintf(stderr, "memory: %llu tokens x %s chunks; peak RSS %s\n",
+  std::fprintf(stderr, "memory: %llu writer lane(s) x %llu tokens x %s chunks; peak RSS %s\n",
+               static_cast<unsigned long long>(s.writers),
                static_cast<unsigned long long>(s.tokens), format_bytes(s.chunk_bytes).c_str(),
                format_bytes(s.peak_rss).c_str());
 }
@@ -364,6 +366,9 @@ int cmd_convert(int argc, char** argv) {
   FlagGroup run("How to run");
   run.flags.add_options()("jobs,j", po::value<unsigned>()->default_value(0)->value_name("N"),
                           "Worker threads; 0 uses every core. Example: -j 8")(
+      "writers", po::value<unsigned>()->default_value(0)->value_name("N"),
+      "Output files written at once, each by its own bounded pipeline within the one memory "
+      "budget; 0 picks from the thread count and the number of files. Example: --writers 2")(
       "max-memory", po::value<std::string>()->default_value("1GiB")->value_name("SIZE"),
       (std::string("Budget for buffers and mapped input in flight; peak memory stays within "
                    "it plus about 200 MB. ") +
@@ -410,6 +415,7 @@ int cmd_convert(int argc, char** argv) {
   o.output = vm["output"].as<std::string>();
   o.plan = *opts;
   o.threads = vm["jobs"].as<unsigned>();
+  o.writers = vm["writers"].as<unsigned>();
   auto mem = parse_size(vm["max-memory"].as<std::string>());
   if (!mem)
     return usage_error("convert", "--max-memory: " + mem.status().message());

@@ -6,7 +6,6 @@
 #include "shardshift/shard_writer.h"
 
 #include <cerrno>
-#include <cstring>
 #include <sys/stat.h>
 
 namespace shardshift {
@@ -27,8 +26,10 @@ Result<std::vector<OutputFileSize>> list_output_files(const Checkpoint& input, c
   for (const std::string& name : plan.side_files) {
     const std::filesystem::path path = input.root / name;
     struct stat st {};
-    if (::stat(path.c_str(), &st) != 0)
-      return Status(Errc::io, path.string() + ": cannot stat side file: " + std::strerror(errno));
+    if (::stat(path.c_str(), &st) != 0) {
+      const int err = errno; // before building the message can change it
+      return Status(Errc::io, path.string() + ": cannot stat side file: " + errno_text(err));
+    }
     files.push_back({name, static_cast<uint64_t>(st.st_size)});
   }
   return files;

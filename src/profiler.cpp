@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <fcntl.h>
 #include <functional>
 #include <optional>
@@ -247,9 +246,9 @@ Status Profiler::write_trace(const std::filesystem::path& path, Io& io) const {
   for (int attempt = 0; fd < 0; ++attempt) {
     temp = trace_temp_path(path, attempt);
     fd = io.open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0 && (errno != EEXIST || attempt >= 8))
-      return Status(Errc::io,
-                    path.string() + ": cannot create the trace file: " + std::strerror(errno));
+    const int err = errno; // before building the message can change it
+    if (fd < 0 && (err != EEXIST || attempt >= 8))
+      return Status(Errc::io, path.string() + ": cannot create the trace file: " + errno_text(err));
   }
 
   // Stream the events through gzip (or not) into the temporary file, then make it durable and
@@ -280,7 +279,7 @@ Status Profiler::write_trace(const std::filesystem::path& path, Io& io) const {
   if (write_error != 0) {
     io.unlink(temp.c_str());
     return Status(write_error == ENOSPC || write_error == EDQUOT ? Errc::no_space : Errc::io,
-                  path.string() + ": " + failed + ": " + std::strerror(write_error));
+                  path.string() + ": " + failed + ": " + errno_text(write_error));
   }
   return sync_directory(io, std::filesystem::absolute(path).parent_path());
 }

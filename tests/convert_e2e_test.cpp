@@ -133,6 +133,10 @@ TEST_F(ConvertCli, ExitCodes) {
       run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --dtype int4").exit_code,
       2);
   EXPECT_EQ(run_shardshift("nonsense").exit_code, 2);
+  // A --device that is not auto, cpu, cuda or cuda:DIGITS is a usage error, not GPU 0.
+  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --device cuda:x")
+                .exit_code,
+            2);
   auto missing = run_shardshift("convert " + q(tmp / "nope") + " " + q(tmp / "x"));
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("nope"), std::string::npos) << missing.err;
@@ -146,8 +150,9 @@ TEST_F(ConvertCli, ExitCodes) {
   }
   auto help = run_shardshift("convert --help");
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* flag : {"--max-memory", "--device", "--dtype", "--exclude", "--ep-size",
-                           "--trace", "--stats", "--force", "--no-tied-head", "Example"})
+  for (const char* flag :
+       {"--max-memory", "--device", "--dtype", "--exclude", "--ep-size", "--trace", "--stats",
+        "--force", "--no-tied-head", "--writers", "Example"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
 }
 

@@ -203,9 +203,9 @@ TEST(SynthCommand, FinerScalesOverrideScale) {
 TEST(SynthCommand, HelpAndUsageErrors) {
   auto help = run_shardshift("synth --help");
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* flag :
-       {"--model", "--layers", "--seed", "--scale", "--scale-hidden", "--scale-intermediate",
-        "--scale-experts", "--scale-vocab", "--max-shard-size", "--force", "Example"})
+  for (const char* flag : {"--model", "--layers", "--seed", "--scale", "--scale-hidden",
+                           "--scale-intermediate", "--scale-experts", "--scale-vocab",
+                           "--max-shard-size", "--force", "--json", "--quiet", "Example"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
 
   TempDir dir;
