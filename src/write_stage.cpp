@@ -19,14 +19,16 @@ Status WriteStage::write(const Item& item) {
 }
 
 void WriteStage::abandon() {
-  if (writer_)
-    writer_->abandon();
+  if (writer_ && open_file_)
+    target_.abandon(*writer_, *open_file_);
   writer_.reset();
+  open_file_ = nullptr;
 }
 
 Status WriteStage::open_file(const Item& item) {
   const OutputFile& file = plan_.files[item.file];
   writer_ = std::make_unique<ShardWriter>(io_);
+  open_file_ = &file;
   totals_.done += file.header.size();
   return target_.open(*writer_, file);
 }
@@ -74,8 +76,13 @@ Status WriteStage::append_chunk(const Item& item) {
 Status WriteStage::close_file(const Item& item) {
   const OutputFile& file = plan_.files[item.file];
   const uint64_t t0 = profiler_.now();
-  Status s = writer_->finish();
+  Status s = target_.finish(*writer_, file);
+  if (!s.ok()) {
+    abandon();
+    return s;
+  }
   writer_.reset();
+  open_file_ = nullptr;
   totals_.output_bytes += file.size();
   profiler_.record(Stage::commit, t0, profiler_.now(), file.size(), file.name);
   return s;

@@ -17,12 +17,23 @@
 
 namespace shardshift {
 
-/// Where an output file's bytes go.
+/// Where an output file's bytes go. open, then finish or abandon, once per file; several lanes
+/// may have different files open at once, so implementations keep per-file state thread-safe.
 class OutputTarget {
 public:
   virtual ~OutputTarget() = default;
   /// Starts `file` on `writer` (which writes its header).
   virtual Status open(ShardWriter& writer, const OutputFile& file) = 0;
+  /// Every byte of `file` has been written: make it final (rename, or a consumer's success).
+  virtual Status finish(ShardWriter& writer, const OutputFile& file) {
+    (void)file;
+    return writer.finish();
+  }
+  /// `file` failed or was cancelled: make sure nobody takes it for finished.
+  virtual void abandon(ShardWriter& writer, const OutputFile& file) {
+    (void)file;
+    writer.abandon();
+  }
 };
 
 /// Each file staged under a temporary name in `dir`, fsync'ed and renamed into place.
@@ -79,6 +90,7 @@ private:
   OutputTarget& target_;
   Profiler& profiler_;
   std::unique_ptr<ShardWriter> writer_;
+  const OutputFile* open_file_ = nullptr; ///< the file writer_ is writing
   WriteTotals totals_;
 };
 

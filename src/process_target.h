@@ -1,0 +1,56 @@
+// process_target.h: output files streamed into commands, one command per file (an uploader such
+// as `aws s3 cp - s3://bucket/{name}` or `rclone rcat remote:{name}`).
+//
+// For each file, `sh -c COMMAND` is started with {name} and {size} replaced by the file's name and
+// exact byte size (shell-quoted), and the file's bytes are written to its stdin (splice for
+// pass-through runs). A file is finished only when every byte went in and the command then exited
+// with status 0. A file that fails or is cancelled is never handed over as complete: the command
+// is interrupted (SIGINT, then SIGTERM, then SIGKILL, each after a grace period) *before* its stdin
+// is closed, so it sees a signal rather than an ordinary end of input, and uploaders that honour
+// SIGINT leave no object behind.
+//
+// REQUIRES: SIGPIPE is ignored (the app does so), so a command that exits early shows as EPIPE.
+// Thread-safety: open/finish/abandon may be called from several lanes for different files.
+#pragma once
+
+#include "write_stage.h"
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <string>
+#include <sys/types.h>
+
+namespace shardshift {
+
+/// `text` as one shell word: in single quotes, with each ' written as '\''.
+std::string shell_quote(std::string_view text);
+/// `command` with {name} and {size} replaced by shell-quoted values (other braces are kept).
+std::string expand_command(std::string_view command, std::string_view name, uint64_t size);
+
+class ProcessTarget final : public OutputTarget {
+public:
+  explicit ProcessTarget(std::string command,
+                         std::chrono::milliseconds grace = std::chrono::milliseconds(5000))
+      : command_(std::move(command)), grace_(grace) {}
+  ~ProcessTarget() override;
+
+  Status open(ShardWriter& writer, const OutputFile& file) override;
+  Status finish(ShardWriter& writer, const OutputFile& file) override;
+  void abandon(ShardWriter& writer, const OutputFile& file) override;
+
+private:
+  struct Child {
+    pid_t pid = -1;
+    int stdin_fd = -1;
+  };
+  Child take(const std::string& name);
+  void interrupt(Child& child);
+
+  std::string command_;
+  std::chrono::milliseconds grace_;
+  std::mutex mu_;
+  std::map<std::string, Child> children_; ///< by file name, while open
+};
+
+} // namespace shardshift

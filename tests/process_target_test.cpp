@@ -1,0 +1,168 @@
+// process_target_test.cpp: output files streamed into one command each. A finished file reaches
+// its command whole and then counts only if the command exits 0; a failed file's command is
+// interrupted before its input ends, so it cannot take the file for complete.
+#include "shardshift/checkpoint.h"
+#include "shardshift/convert.h"
+#include "shardshift/plan.h"
+
+#include "pipeline.h"
+#include "process_target.h"
+#include "reference/checkpoint_files.h"
+#include "test_support.h"
+
+#include <csignal>
+#include <numeric>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+namespace shardshift::testing {
+namespace {
+
+class ProcessTargetTest : public ::testing::Test {
+protected:
+  void SetUp() override { old_ = std::signal(SIGPIPE, SIG_IGN); } // as the app does
+  void TearDown() override { std::signal(SIGPIPE, old_); }
+  TempDir tmp;
+  void (*old_)(int) = nullptr;
+};
+
+// Waits until `path` exists (a command's sign that its signal traps are set).
+void wait_for_file(const std::filesystem::path& path) {
+  for (int i = 0; i < 1000 && !std::filesystem::exists(path); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(std::filesystem::exists(path)) << path;
+}
+
+OutputFile small_file(const std::string& name, const std::string& header, uint64_t data) {
+  OutputFile f;
+  f.name = name;
+  f.header = header;
+  f.data_size = data;
+  return f;
+}
+
+TEST(ProcessTargetCommand, QuotesEveryValue) {
+  EXPECT_EQ(shell_quote("a b"), "'a b'");
+  EXPECT_EQ(shell_quote("it's"), "'it'\\''s'");
+  EXPECT_EQ(expand_command("up {name} --size {size} {other}", "x'; rm -rf /; '", 42),
+            "up 'x'\\''; rm -rf /; '\\''' --size 42 {other}");
+}
+
+TEST_F(ProcessTargetTest, AFinishedFileReachesItsCommandWhole) {
+  ProcessTarget target("cat > " + shell_quote((tmp / "got").string()) + "-{name}");
+  const OutputFile f = small_file("a.bin", "HEADER", 5);
+  ShardWriter w;
+  ASSERT_TRUE(target.open(w, f).ok());
+  ASSERT_TRUE(w.append(std::as_bytes(std::span("12345", 5))).ok());
+  ASSERT_TRUE(target.finish(w, f).ok());
+  EXPECT_EQ(read_bytes(tmp.path().string() + "/got-a.bin"), "HEADER12345");
+}
+
+TEST_F(ProcessTargetTest, ACommandThatFailsFailsTheFile) {
+  ProcessTarget target("cat > /dev/null; exit 3");
+  const OutputFile f = small_file("b.bin", "H", 0);
+  ShardWriter w;
+  ASSERT_TRUE(target.open(w, f).ok());
+  Status s = target.finish(w, f);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("b.bin: the command for this file exited with status 3"),
+            std::string::npos)
+      << s.message();
+}
+
+TEST_F(ProcessTargetTest, AnAbandonedFileIsInterruptedBeforeItsInputEnds) {
+  // The command records how it ended: "eof" if it saw the end of its input, "interrupted" if a
+  // SIGINT came first.
+  const std::string marker = shell_quote((tmp / "marker").string());
+  const std::string ready = shell_quote((tmp / "ready").string());
+  ProcessTarget target("trap 'echo interrupted > " + marker + "; exit 130' INT; touch " + ready +
+                           "; cat > /dev/null; echo eof > " + marker,
+                       std::chrono::milliseconds(2000));
+  const OutputFile f = small_file("c.bin", "HEADER", 100);
+  ShardWriter w;
+  ASSERT_TRUE(target.open(w, f).ok());
+  ASSERT_TRUE(w.append(std::as_bytes(std::span("0123456789", 10))).ok());
+  wait_for_file(tmp / "ready");
+  target.abandon(w, f);
+  EXPECT_EQ(read_bytes(tmp / "marker"), "interrupted\n");
+}
+
+TEST_F(ProcessTargetTest, ACommandThatIgnoresSigintIsStoppedAnyway) {
+  const std::string marker = shell_quote((tmp / "marker").string());
+  const std::string ready = shell_quote((tmp / "ready").string());
+  ProcessTarget target("trap '' INT; touch " + ready + "; sleep 30; echo eof > " + marker,
+                       std::chrono::milliseconds(100));
+  const OutputFile f = small_file("d.bin", "H", 10);
+  ShardWriter w;
+  ASSERT_TRUE(target.open(w, f).ok());
+  wait_for_file(tmp / "ready");
+  const auto t0 = std::chrono::steady_clock::now();
+  target.abandon(w, f);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "marker"));
+}
+
+TEST_F(ProcessTargetTest, PipelineStreamsEveryFileIntoItsCommandWithSeveralLanes) {
+  std::mt19937_64 rng(test_seed());
+  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 4, 4, 64, 24), 2,
+                              "diffusion_gemma");
+  auto input = Checkpoint::open(tmp / "hf");
+  ASSERT_TRUE(input.ok()) << input.status().message();
+  PlanOptions po;
+  po.max_shard_size = 40'000;
+  auto plan = make_plan(*input, po);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  ASSERT_GE(plan->files.size(), 3u);
+
+  // The same files written into a directory, for comparison.
+  ConvertOptions o;
+  o.input = tmp / "hf";
+  o.output = tmp / "dir";
+  o.device = "cpu";
+  o.plan = po;
+  ASSERT_TRUE(convert(o).ok());
+
+  std::filesystem::create_directory(tmp / "piped");
+  ProcessTarget target("cat > " + shell_quote((tmp / "piped").string()) + "/{name}");
+  std::vector<uint32_t> files(plan->files.size());
+  std::iota(files.begin(), files.end(), 0u);
+  PipelineConfig config;
+  config.writers = 3;
+  config.chunk_bytes = 64 << 10;
+  config.tokens = 3;
+  Profiler profiler(false);
+  auto moved = run_pipeline(*input, *plan, files, target, config, profiler);
+  ASSERT_TRUE(moved.ok()) << moved.status().message();
+  for (const OutputFile& f : plan->files)
+    EXPECT_EQ(read_bytes(tmp / "piped" / f.name), read_bytes(tmp / "dir" / f.name)) << f.name;
+}
+
+TEST_F(ProcessTargetTest, AFailingCommandFailsThePipelineAndInterruptsTheOthers) {
+  std::mt19937_64 rng(test_seed());
+  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 4, 4, 64, 24), 1,
+                              "diffusion_gemma");
+  auto input = Checkpoint::open(tmp / "hf");
+  ASSERT_TRUE(input.ok());
+  PlanOptions po;
+  po.max_shard_size = 40'000;
+  auto plan = make_plan(*input, po);
+  ASSERT_TRUE(plan.ok());
+  const std::string victim = plan->files[0].name;
+  // The first file's command exits at once without reading (EPIPE for the writer, or a non-zero
+  // exit); the others would complete.
+  ProcessTarget target("if [ {name} = " + victim + " ]; then exit 7; fi; cat > /dev/null");
+  std::vector<uint32_t> files(plan->files.size());
+  std::iota(files.begin(), files.end(), 0u);
+  PipelineConfig config;
+  config.writers = 2;
+  config.chunk_bytes = 64 << 10;
+  config.tokens = 3;
+  Profiler profiler(false);
+  auto moved = run_pipeline(*input, *plan, files, target, config, profiler);
+  ASSERT_FALSE(moved.ok());
+  EXPECT_NE(moved.status().message().find(victim), std::string::npos) << moved.status().message();
+}
+
+} // namespace
+} // namespace shardshift::testing
