@@ -3,6 +3,7 @@
 // every output file (--print-size) is list_output_files().
 #include "shardshift/checkpoint.h"
 #include "shardshift/convert.h"
+#include "shardshift/dtype.h"
 #include "shardshift/json_text.h"
 #include "shardshift/plan.h"
 #include "shardshift/units.h"
@@ -22,13 +23,6 @@ namespace po = boost::program_options;
 namespace shardshift::app {
 
 namespace {
-
-std::string shape_text(const std::vector<uint64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i)
-    s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 std::string duration(double s) {
   char buf[32];

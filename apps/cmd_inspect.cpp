@@ -1,6 +1,7 @@
 // cmd_inspect.cpp: `shardshift inspect PATH`: validates a checkpoint (every rule of
 // docs/format.md) and lists its tensors, as aligned text or as one JSON object.
 #include "shardshift/checkpoint.h"
+#include "shardshift/dtype.h"
 #include "shardshift/json_text.h"
 #include "shardshift/units.h"
 
@@ -45,13 +46,6 @@ const HelpText INSPECT_HELP = {
                 "shardshift inspect -q demo-hf && echo valid",
     .exit_status = "0 valid, 1 invalid or unreadable (problems on stderr), 2 bad usage.",
 };
-
-std::string shape_text(const std::vector<uint64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i)
-    s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 std::vector<std::string> split_lines(const std::string& text) {
   std::vector<std::string> lines;

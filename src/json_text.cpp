@@ -17,6 +17,12 @@ void append_hex4(std::string& out, unsigned value) {
     out += HEX[(value >> shift) & 0xF];
 }
 
+// std::to_chars: locale-free, and exact for every 64-bit value.
+template <class Integer> void append_integer(std::string& out, Integer number) {
+  char buf[24];
+  out.append(buf, std::to_chars(buf, buf + sizeof buf, number).ptr);
+}
+
 } // namespace
 
 void append_json_string(std::string& out, std::string_view text, bool ascii_only) {
@@ -88,7 +94,8 @@ void JsonWriter::write_separator() {
     out_ += ',';
   if (break_pending_) {
     out_ += '\n';
-    out_.append(2 * stack_.size(), ' ');
+    if (style_ == JsonStyle::spaced) // compact documents are for programs: no indentation
+      out_.append(2 * stack_.size(), ' ');
     break_pending_ = false;
   } else if (!top.empty && style_ == JsonStyle::spaced) {
     out_ += ' ';
@@ -111,33 +118,19 @@ void JsonWriter::before_value() {
   write_separator();
 }
 
-JsonWriter& JsonWriter::begin_object() {
+JsonWriter& JsonWriter::open_container(bool object) {
   before_value();
-  out_ += '{';
-  stack_.push_back({.object = true});
+  out_ += object ? '{' : '[';
+  stack_.push_back({.object = object});
   return *this;
 }
 
-JsonWriter& JsonWriter::end_object() {
-  assert(!stack_.empty() && stack_.back().object && stack_.back().key_due);
+JsonWriter& JsonWriter::close_container(bool object) {
+  assert(!stack_.empty() && stack_.back().object == object && "closing what is not open");
+  assert((!object || stack_.back().key_due) && "a key without its value");
   stack_.pop_back();
-  out_ += '}';
-  break_pending_ = false;
-  return *this;
-}
-
-JsonWriter& JsonWriter::begin_array() {
-  before_value();
-  out_ += '[';
-  stack_.push_back({.object = false});
-  return *this;
-}
-
-JsonWriter& JsonWriter::end_array() {
-  assert(!stack_.empty() && !stack_.back().object);
-  stack_.pop_back();
-  out_ += ']';
-  break_pending_ = false;
+  out_ += object ? '}' : ']';
+  break_pending_ = false; // a closing bracket stays on the line of the last element
   return *this;
 }
 
@@ -164,17 +157,13 @@ JsonWriter& JsonWriter::value(bool b) {
 
 JsonWriter& JsonWriter::unsigned_value(uint64_t number) {
   before_value();
-  char buf[24];
-  auto end = std::to_chars(buf, buf + sizeof buf, number).ptr;
-  out_.append(buf, end);
+  append_integer(out_, number);
   return *this;
 }
 
 JsonWriter& JsonWriter::signed_value(int64_t number) {
   before_value();
-  char buf[24];
-  auto end = std::to_chars(buf, buf + sizeof buf, number).ptr;
-  out_.append(buf, end);
+  append_integer(out_, number);
   return *this;
 }
 

@@ -72,6 +72,10 @@ TEST(JsonWriter, LineBreaksIndentByDepth) {
     w.line_break().begin_object().key("n").value(i).end_object();
   w.end_array().end_object();
   EXPECT_EQ(w.text(), "{\"files\": [\n    {\"n\": 0},\n    {\"n\": 1}]}");
+
+  JsonWriter compact(JsonStyle::compact); // one element a line, nothing more
+  compact.begin_array().line_break().value(1).line_break().value(2).end_array();
+  EXPECT_EQ(compact.text(), "[\n1,\n2]");
 }
 
 TEST(JsonWriter, TakeStreamsTheDocumentInPieces) {

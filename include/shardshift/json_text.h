@@ -36,7 +36,8 @@ enum class JsonStyle {
 ///
 /// The same calls always give the same bytes. Object keys are written in call order (callers that
 /// want sorted keys iterate sorted containers). line_break() puts the next element on a line of
-/// its own, indented two spaces per open container, for long arrays a human may read with grep.
+/// its own (in the spaced style indented two spaces per open container), for long arrays that
+/// a person reads or greps line by line.
 /// A large document can be streamed: take() hands over the text built so far and the writer
 /// carries on from there.
 ///
@@ -46,10 +47,10 @@ class JsonWriter {
 public:
   explicit JsonWriter(JsonStyle style = JsonStyle::spaced) : style_(style) {}
 
-  JsonWriter& begin_object();
-  JsonWriter& end_object();
-  JsonWriter& begin_array();
-  JsonWriter& end_array();
+  JsonWriter& begin_object() { return open_container(true); }
+  JsonWriter& end_object() { return close_container(true); }
+  JsonWriter& begin_array() { return open_container(false); }
+  JsonWriter& end_array() { return close_container(false); }
   /// The next member's name. REQUIRES: inside an object, where a key is due.
   JsonWriter& key(std::string_view name);
 
@@ -89,6 +90,8 @@ private:
   };
   void before_value();
   void write_separator();
+  JsonWriter& open_container(bool object);
+  JsonWriter& close_container(bool object);
   JsonWriter& unsigned_value(uint64_t number);
   JsonWriter& signed_value(int64_t number);
 
