@@ -1,0 +1,748 @@
+// semantics_rules_test.cpp: rules of docs/semantics.md that no other test checked, through the
+// library's convert() and plan_conversion(): expert-group refusals, expert-parallel edges, the
+// to_hf options (--scale-dtype, --dtype, the ones, an empty --exclude), output order and file
+// cutting, the index's total_size, side files, model and direction detection, and the checks on
+// OUT. Expected values come from the document (and tests/reference/), not from src/.
+#include "shardshift/checkpoint.h"
+#include "shardshift/convert.h"
+#include "shardshift/units.h"
+
+#include "convert_harness.h"
+#include "reference/checkpoint_files.h"
+#include "reference/convert_reference.h"
+#include "test_support.h"
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace shardshift {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace reference;
+using testing::opts;
+using testing::run;
+
+class SemanticsRules : public testing::ConvertTest {};
+
+using Ordered = std::vector<std::pair<std::string, Tensor>>;
+
+// One safetensors file whose data section holds `tensors` in the given order, while its header
+// lists them sorted by name: the data order differs from the header's key order.
+void write_ordered(const fs::path& path, const Ordered& tensors) {
+  std::map<std::string, std::pair<uint64_t, const Tensor*>> by_name;
+  uint64_t offset = 0;
+  std::string data;
+  for (const auto& [name, t] : tensors) {
+    by_name[name] = {offset, &t};
+    offset += t.bytes.size();
+    data += t.bytes;
+  }
+  std::string json = "{\"__metadata__\":{\"format\":\"pt\"}";
+  for (const auto& [name, at] : by_name) {
+    const Tensor& t = *at.second;
+    json += ",\"" + name + "\":{\"dtype\":\"" + std::string(dtype_name(t.dtype)) + "\",\"shape\":[";
+    for (size_t i = 0; i < t.shape.size(); ++i)
+      json += (i ? "," : "") + std::to_string(t.shape[i]);
+    json += "],\"data_offsets\":[" + std::to_string(at.first) + "," +
+            std::to_string(at.first + t.bytes.size()) + "]}";
+  }
+  json += "}";
+  testing::write_bytes(path, testing::raw_safetensors(json, data));
+}
+
+// Tensor names of every file of the checkpoint at `dir`, file by file, each in data order.
+std::vector<std::vector<std::string>> names_in_data_order(const fs::path& dir) {
+  auto ck = Checkpoint::open(dir);
+  EXPECT_TRUE(ck.ok()) << ck.status().message();
+  std::vector<std::vector<std::string>> files;
+  if (!ck.ok())
+    return files;
+  for (const Shard& s : ck->shards) {
+    files.emplace_back();
+    for (const TensorInfo& t : s.header.tensors)
+      files.back().push_back(t.name);
+  }
+  return files;
+}
+
+// The files of an output directory, sorted, hidden ones left out: a hidden marker file that
+// names the directory as shardshift's is not one of the files these rules are about.
+std::vector<std::string> output_files(const fs::path& dir) {
+  std::vector<std::string> names = testing::list_dir(dir);
+  std::erase_if(names, [](const std::string& n) { return n.starts_with("."); });
+  return names;
+}
+
+// A tensor of `n` bytes (U8), filled with `fill`.
+Tensor bytes_tensor(uint64_t n, char fill = 'x') {
+  return Tensor{DType::U8, {n}, std::string(n, fill)};
+}
+
+// A native diffusion_gemma checkpoint made from a tiny HF one.
+Dict tiny_native(std::mt19937_64& rng, int layers, uint64_t e, uint64_t h, uint64_t i) {
+  return ref_from_hf(tiny_diffusion(rng, layers, e, h, i), true, {});
+}
+
+// --- 1.g: expert groups --------------------------------------------------------------------------
+
+TEST_F(SemanticsRules, TwoKeysForOneExpertPieceAreRefused) {
+  Dict in = tiny_diffusion(rng, 1, 2, 4, 2);
+  // A second down_proj for layers.0 under another prefix (sorted, hence stored, first).
+  in["model.decoder.extra.layers.0.experts.down_proj"] =
+      in.at("model.decoder.layers.0.experts.down_proj");
+  write_checkpoint(tmp / "hf", in);
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::plan);
+  EXPECT_NE(r.status().message().find(
+                "tensor 'model.decoder.layers.0.experts.down_proj': layers.0 already has this "
+                "expert piece in 'model.decoder.extra.layers.0.experts.down_proj'"),
+            std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(testing::list_dir(tmp.path()), std::vector<std::string>{"hf"});
+}
+
+TEST_F(SemanticsRules, ExpertTensorsMustBeThreeDAndScalesOneD) {
+  Dict in = tiny_diffusion(rng, 2, 2, 4, 2);
+  in["model.decoder.layers.0.experts.gate_up_proj"] = random_tensor(rng, DType::BF16, {2, 16});
+  in["model.decoder.layers.1.router.per_expert_scale"] = random_tensor(rng, DType::BF16, {2, 1});
+  write_checkpoint(tmp / "hf", in);
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::plan);
+  const std::string& m = r.status().message();
+  EXPECT_NE(m.find("tensor 'model.decoder.layers.0.experts.gate_up_proj': expert tensor must be "
+                   "3-D [E, A, B], has shape [2, 16]"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("tensor 'model.decoder.layers.1.router.per_expert_scale': per_expert_scale "
+                   "must be 1-D [E], has shape [2, 1]"),
+            std::string::npos)
+      << m;
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+}
+
+TEST_F(SemanticsRules, ExpertCountMustAgreeBetweenGateUpAndDown) {
+  Dict in = tiny_diffusion(rng, 1, 4, 8, 2);
+  in["model.decoder.layers.0.experts.down_proj"] = random_tensor(rng, DType::BF16, {3, 8, 2});
+  write_checkpoint(tmp / "hf", in);
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::plan);
+  EXPECT_NE(r.status().message().find(
+                "layers.0: expert count disagrees: 'model.decoder.layers.0.experts.gate_up_proj' "
+                "[4, 4, 8] vs 'model.decoder.layers.0.experts.down_proj' [3, 8, 2]"),
+            std::string::npos)
+      << r.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+}
+
+// --- 1.2: expert-parallel export ---------------------------------------------------------------
+
+TEST_F(SemanticsRules, RanksBeyondTheExpertCountWriteEmptyExpertTensors) {
+  // E = 2 experts over W = 3 ranks: ranks 0 and 1 keep one expert each, rank 2 keeps none.
+  Dict in = tiny_diffusion(rng, 1, 2, 4, 3);
+  write_checkpoint(tmp / "hf", in);
+  for (unsigned rank = 0; rank < 3; ++rank) {
+    const fs::path out = tmp / ("r" + std::to_string(rank));
+    auto r = run(tmp / "hf", out, opts([&](ConvertOptions& o) {
+                   o.plan.ep_size = 3;
+                   o.plan.ep_rank = rank;
+                 }));
+    ASSERT_TRUE(r.ok()) << "rank " << rank;
+    RefOptions ro;
+    ro.ep_size = 3;
+    ro.ep_rank = rank;
+    Dict got = read_checkpoint(out);
+    expect_same(got, ref_from_hf(in, true, ro));
+    const uint64_t kept = rank < 2 ? 1 : 0;
+    EXPECT_EQ(got.at("model.layers.0.moe.experts.gate_and_up_projs").shape,
+              (std::vector<uint64_t>{kept, 4, 6}))
+        << "rank " << rank;
+    EXPECT_EQ(got.at("model.layers.0.moe.experts.down_projs").shape,
+              (std::vector<uint64_t>{kept, 3, 4}))
+        << "rank " << rank;
+  }
+}
+
+TEST_F(SemanticsRules, RanksMustBeBelowTheirSizes) {
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 1, 4, 4, 2));
+  struct Case {
+    unsigned ep_size, ep_rank, shard_size, shard_rank;
+    const char* message;
+  };
+  for (Case c : {Case{2, 2, 1, 0, "--ep-rank must be below --ep-size"},
+                 Case{0, 0, 1, 0, "--ep-rank must be below --ep-size"},
+                 Case{1, 0, 2, 2, "--ep-shard-rank must be below --ep-shard-size"},
+                 Case{1, 0, 0, 0, "--ep-shard-rank must be below --ep-shard-size"}}) {
+    auto r = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) {
+                   o.plan.ep_size = c.ep_size;
+                   o.plan.ep_rank = c.ep_rank;
+                   o.plan.ep_shard_size = c.shard_size;
+                   o.plan.ep_shard_rank = c.shard_rank;
+                 }));
+    ASSERT_FALSE(r.ok()) << c.message;
+    EXPECT_EQ(r.status().code(), Errc::invalid_argument) << c.message;
+    EXPECT_EQ(r.status().message(), c.message);
+  }
+  EXPECT_EQ(testing::list_dir(tmp.path()), std::vector<std::string>{"hf"});
+}
+
+TEST_F(SemanticsRules, ExpertParallelToHfIsRefused) {
+  write_checkpoint(tmp / "native", tiny_native(rng, 1, 4, 4, 2));
+  for (bool second : {false, true}) {
+    auto r =
+        run(tmp / "native", tmp / "hf",
+            opts([&](ConvertOptions& o) { (second ? o.plan.ep_shard_size : o.plan.ep_size) = 2; }));
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Errc::invalid_argument);
+    EXPECT_EQ(r.status().message(),
+              "expert-parallel export (--ep-size, --ep-shard-size) applies to from_hf only");
+  }
+  EXPECT_FALSE(fs::exists(tmp / "hf"));
+}
+
+TEST_F(SemanticsRules, Gemma4SecondShardingKeepsRowsLikeDiffusionGemma) {
+  Dict in = tiny_gemma4(rng, 2, 4, 6, 4, true, "router");
+  write_checkpoint(tmp / "hf", in, 1, "gemma4");
+  auto r = run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) {
+                 o.plan.ep_size = 2;
+                 o.plan.ep_rank = 1;
+                 o.plan.ep_shard_size = 2;
+                 o.plan.ep_shard_rank = 1;
+               }));
+  ASSERT_TRUE(r.ok());
+  RefOptions ro;
+  ro.ep_size = 2;
+  ro.ep_rank = 1;
+  ro.ep_shard_size = 2;
+  ro.ep_shard_rank = 1;
+  Dict got = read_checkpoint(tmp / "n");
+  expect_same(got, ref_from_hf(in, false, ro));
+  // 2 experts of 4; gate_and_up [E, H, 2I] keeps H/2 = 3 rows, down [E, I, H] keeps I/2 = 2.
+  EXPECT_EQ(got.at("model.language_model.layers.1.moe.experts.gate_and_up_projs").shape,
+            (std::vector<uint64_t>{2, 3, 8}));
+  EXPECT_EQ(got.at("model.language_model.layers.1.moe.experts.down_projs").shape,
+            (std::vector<uint64_t>{2, 2, 6}));
+}
+
+// --- 3.b: gemma4 expert keys spelled moe.gate_up_proj / moe.down_proj --------------------------
+
+TEST_F(SemanticsRules, Gemma4ExpertKeysUnderMoe) {
+  Dict in = tiny_gemma4(rng, 2, 4, 6, 3, true, "moe");
+  Dict renamed;
+  for (auto& [k, t] : in) {
+    std::string name = k;
+    for (const char* piece : {"gate_up_proj", "down_proj"}) {
+      const std::string from = std::string(".experts.") + piece;
+      if (name.ends_with(from))
+        name = name.substr(0, name.size() - from.size()) + ".moe." + piece;
+    }
+    renamed[name] = t;
+  }
+  ASSERT_TRUE(renamed.count("model.language_model.layers.1.moe.down_proj"));
+  write_checkpoint(tmp / "hf", renamed, 1, "gemma4");
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_TRUE(r.ok());
+  // The same output as the experts.* spelling.
+  expect_same(read_checkpoint(tmp / "n"), ref_from_hf(in, false, {}));
+}
+
+// --- 2.4, 2.5, 2.6, 8: to_hf options -------------------------------------------------------------
+
+TEST_F(SemanticsRules, ScaleDtypeSetsTheDtypeOfTheOnes) {
+  Dict native = tiny_native(rng, 2, 3, 4, 2);
+  write_checkpoint(tmp / "native", native);
+  struct Case {
+    std::optional<DType> scale_dtype;
+    DType want;
+    std::string one; // the little-endian bytes of 1.0
+  };
+  int n = 0;
+  for (const Case& c : {Case{std::nullopt, DType::BF16, std::string("\x80\x3f", 2)},
+                        Case{DType::F32, DType::F32, std::string("\x00\x00\x80\x3f", 4)},
+                        Case{DType::F16, DType::F16, std::string("\x00\x3c", 2)}}) {
+    const fs::path out = tmp / ("hf" + std::to_string(n++));
+    auto r = run(tmp / "native", out,
+                 opts([&](ConvertOptions& o) { o.plan.scale_dtype = c.scale_dtype; }));
+    ASSERT_TRUE(r.ok());
+    Dict got = read_checkpoint(out);
+    for (int layer = 0; layer < 2; ++layer) {
+      const std::string p = "model.decoder.layers." + std::to_string(layer) + ".";
+      const Tensor& ones = got.at(p + "router.per_expert_scale");
+      EXPECT_EQ(ones.dtype, c.want);
+      EXPECT_EQ(ones.shape, std::vector<uint64_t>{3});
+      std::string want;
+      for (int i = 0; i < 3; ++i)
+        want += c.one;
+      EXPECT_EQ(ones.bytes, want);
+      // The expert tensors are not cast by --scale-dtype.
+      EXPECT_EQ(got.at(p + "experts.down_proj").dtype, DType::BF16);
+    }
+  }
+}
+
+TEST_F(SemanticsRules, ToHfOnesAreOneForFp8ExpertsAndSubByteOnesAreRefused) {
+  // Native FP8 (E4M3) experts: moved bit for bit, and the ones are 1.0 = 0x38 (section 12's old
+  // bug wrote 0x01).
+  const uint64_t E = 2, I = 2, H = 3;
+  Tensor down{DType::F8_E4M3, {E, I, H}, {}};
+  for (uint64_t i = 0; i < E * I * H; ++i)
+    down.bytes += static_cast<char>(0x20 + i);
+  Tensor gate{DType::F8_E4M3, {E, H, 2 * I}, std::string(E * H * 2 * I, '\x11')};
+  Dict native = {{"model.layers.0.moe.experts.down_projs", down},
+                 {"model.layers.0.moe.experts.gate_and_up_projs", gate},
+                 {"model.norm.weight", random_tensor(rng, DType::BF16, {H})}};
+  write_checkpoint(tmp / "native", native);
+  auto r = run(tmp / "native", tmp / "hf");
+  ASSERT_TRUE(r.ok());
+  Dict got = read_checkpoint(tmp / "hf");
+  const Tensor& ones = got.at("model.decoder.layers.0.router.per_expert_scale");
+  EXPECT_EQ(ones.dtype, DType::F8_E4M3);
+  EXPECT_EQ(ones.bytes, std::string("\x38\x38", 2));
+  const Tensor& hf_down = got.at("model.decoder.layers.0.experts.down_proj");
+  EXPECT_EQ(hf_down.shape, (std::vector<uint64_t>{E, H, I}));
+  for (uint64_t e = 0; e < E; ++e)
+    for (uint64_t h = 0; h < H; ++h)
+      for (uint64_t i = 0; i < I; ++i)
+        EXPECT_EQ(hf_down.bytes[(e * H + h) * I + i], down.bytes[(e * I + i) * H + h]);
+
+  // Ones in a sub-byte dtype have no encoding: refused, naming down_projs.
+  auto f4 = run(tmp / "native", tmp / "hf4",
+                opts([](ConvertOptions& o) { o.plan.scale_dtype = DType::F4; }));
+  ASSERT_FALSE(f4.ok());
+  EXPECT_EQ(f4.status().code(), Errc::unsupported);
+  EXPECT_NE(f4.status().message().find(
+                "tensor 'model.layers.0.moe.experts.down_projs': cannot write the per-expert "
+                "scale as ones in F4 (sub-byte dtype); pass --scale-dtype"),
+            std::string::npos)
+      << f4.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "hf4"));
+}
+
+TEST_F(SemanticsRules, NativeKeysWithoutModelPrefixKeepTheirName) {
+  Dict native = tiny_native(rng, 1, 2, 4, 2);
+  native["vision_tower.proj.weight"] = random_tensor(rng, DType::BF16, {3, 4});
+  native["decoder_extra.bias"] = random_tensor(rng, DType::F32, {5});
+  write_checkpoint(tmp / "native", native);
+  auto r = run(tmp / "native", tmp / "hf");
+  ASSERT_TRUE(r.ok());
+  Dict got = read_checkpoint(tmp / "hf");
+  expect_same(got, ref_to_hf(native, true, {}));
+  EXPECT_EQ(got.at("vision_tower.proj.weight").bytes, native.at("vision_tower.proj.weight").bytes);
+  EXPECT_EQ(got.at("decoder_extra.bias").bytes, native.at("decoder_extra.bias").bytes);
+  EXPECT_TRUE(got.count("model.decoder.norm.weight")); // model.X -> model.decoder.X
+}
+
+TEST_F(SemanticsRules, EmptyExcludeKeepsEveryKey) {
+  Dict native = tiny_native(rng, 1, 2, 4, 2);
+  native["model.layers.0.self_attn._extra_state"] = bytes_tensor(7);
+  write_checkpoint(tmp / "native", native);
+  auto by_default = run(tmp / "native", tmp / "default");
+  ASSERT_TRUE(by_default.ok());
+  EXPECT_EQ(by_default->excluded, 1u);
+  EXPECT_FALSE(
+      read_checkpoint(tmp / "default").count("model.decoder.layers.0.self_attn._extra_state"));
+
+  auto r = run(tmp / "native", tmp / "hf",
+               opts([](ConvertOptions& o) { o.plan.exclude = std::string(); }));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->excluded, 0u);
+  RefOptions ro;
+  ro.exclude = "";
+  Dict got = read_checkpoint(tmp / "hf");
+  expect_same(got, ref_to_hf(native, true, ro));
+  EXPECT_EQ(got.at("model.decoder.layers.0.self_attn._extra_state").bytes, std::string(7, 'x'));
+}
+
+TEST_F(SemanticsRules, DtypeOnToHfCastsTheExpertTensorsAndTheOnesFollow) {
+  Dict native = tiny_native(rng, 2, 3, 4, 2);
+  write_checkpoint(tmp / "native", native);
+  auto r = run(tmp / "native", tmp / "hf",
+               opts([](ConvertOptions& o) { o.plan.expert_dtype = DType::F32; }));
+  ASSERT_TRUE(r.ok());
+  RefOptions ro;
+  ro.cast = DType::F32;
+  Dict got = read_checkpoint(tmp / "hf");
+  expect_same(got, ref_to_hf(native, true, ro));
+  EXPECT_EQ(got.at("model.decoder.layers.1.experts.gate_up_proj").dtype, DType::F32);
+  EXPECT_EQ(got.at("model.decoder.layers.1.experts.down_proj").dtype, DType::F32);
+  EXPECT_EQ(got.at("model.decoder.layers.1.router.per_expert_scale").dtype, DType::F32);
+  // Pass-through tensors are never cast.
+  EXPECT_EQ(got.at("model.decoder.layers.1.router.proj.weight").dtype, DType::BF16);
+}
+
+// --- 4.1, 4.4: order ----------------------------------------------------------------------------
+
+TEST_F(SemanticsRules, FromHfOutputFollowsInputDataOrderWithCopiesFirstInAFile) {
+  const uint64_t E = 2, H = 4, I = 2;
+  fs::create_directories(tmp / "hf");
+  // Two files without an index, read in file-name order; in each, the data order (not the
+  // header's sorted key order) decides.
+  write_ordered(
+      tmp / "hf" / "a.safetensors",
+      {{"model.decoder.layers.0.experts.down_proj", random_tensor(rng, DType::BF16, {E, H, I})},
+       {"model.decoder.norm.weight", random_tensor(rng, DType::BF16, {H})},
+       {"model.encoder.vision_tower.w", random_tensor(rng, DType::BF16, {2})},
+       {"model.decoder.embed_tokens.weight", random_tensor(rng, DType::BF16, {8, H})},
+       {"model.decoder.layers.0.router.per_expert_scale", random_tensor(rng, DType::BF16, {E})},
+       {"model.decoder.layers.0.experts.gate_up_proj",
+        random_tensor(rng, DType::BF16, {E, 2 * I, H})}});
+  write_ordered(
+      tmp / "hf" / "b.safetensors",
+      {{"model.decoder.layers.0.router.scale", random_tensor(rng, DType::BF16, {H})},
+       {"model.decoder.layers.0.router.proj.weight", random_tensor(rng, DType::BF16, {E, H})}});
+  auto plan = plan_conversion(tmp / "hf", PlanOptions{});
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  std::vector<std::string> names;
+  for (const OutputTensor& t : plan->tensors)
+    names.push_back(t.name);
+  // Input order; the tied head right after the embedding; dropped keys leave no gap.
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "model.layers.0.moe.experts.down_projs", "model.norm.weight",
+                       "model.embed_tokens.weight", "lm_head.weight",
+                       "model.layers.0.moe.experts.gate_and_up_projs",
+                       "model.layers.0.moe.gate.scale", "model.layers.0.moe.gate.proj.weight"}));
+
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_TRUE(r.ok());
+  // One file: the copies first, then the transformed tensors, each group in that order.
+  EXPECT_EQ(names_in_data_order(tmp / "n"),
+            (std::vector<std::vector<std::string>>{
+                {"model.norm.weight", "model.embed_tokens.weight", "lm_head.weight",
+                 "model.layers.0.moe.gate.scale", "model.layers.0.moe.gate.proj.weight",
+                 "model.layers.0.moe.experts.down_projs",
+                 "model.layers.0.moe.experts.gate_and_up_projs"}}));
+}
+
+TEST_F(SemanticsRules, ToHfOnesComeRightAfterDownProj) {
+  const uint64_t E = 3, H = 4, I = 2;
+  fs::create_directories(tmp / "native");
+  write_ordered(
+      tmp / "native" / "model.safetensors",
+      {{"model.layers.0.moe.experts.down_projs", random_tensor(rng, DType::BF16, {E, I, H})},
+       {"model.norm.weight", random_tensor(rng, DType::BF16, {H})},
+       {"model.layers.0.moe.experts.gate_and_up_projs",
+        random_tensor(rng, DType::BF16, {E, H, 2 * I})},
+       {"model.layers.0.moe.gate.proj.weight", random_tensor(rng, DType::BF16, {E, H})}});
+  auto plan = plan_conversion(tmp / "native", PlanOptions{});
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  std::vector<std::string> names;
+  for (const OutputTensor& t : plan->tensors)
+    names.push_back(t.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"model.decoder.layers.0.experts.down_proj",
+                                             "model.decoder.layers.0.router.per_expert_scale",
+                                             "model.decoder.norm.weight",
+                                             "model.decoder.layers.0.experts.gate_up_proj",
+                                             "model.decoder.layers.0.router.proj.weight"}));
+  auto r = run(tmp / "native", tmp / "hf");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(names_in_data_order(tmp / "hf"),
+            (std::vector<std::vector<std::string>>{
+                {"model.decoder.norm.weight", "model.decoder.layers.0.router.proj.weight",
+                 "model.decoder.layers.0.experts.down_proj",
+                 "model.decoder.layers.0.router.per_expert_scale",
+                 "model.decoder.layers.0.experts.gate_up_proj"}}));
+}
+
+// --- 4.2, 4.3, 4.6: cutting, names, index -------------------------------------------------------
+
+TEST_F(SemanticsRules, ConverterCutsGreedilyInDataOrder) {
+  // Pass-through tensors of 60, 40, 1, 200, 0, 30 and 30 bytes under a limit of 100: [60, 40] fit
+  // exactly; 1 starts a file; 200 is alone (the file already holds a byte); the empty tensor
+  // would push the over-full file further past the limit, so it starts the last file, [0, 30, 30].
+  fs::create_directories(tmp / "in");
+  write_ordered(tmp / "in" / "model.safetensors", {{"t0", bytes_tensor(60)},
+                                                   {"t1", bytes_tensor(40)},
+                                                   {"t2", bytes_tensor(1)},
+                                                   {"t3", bytes_tensor(200)},
+                                                   {"t4", bytes_tensor(0)},
+                                                   {"t5", bytes_tensor(30)},
+                                                   {"t6", bytes_tensor(30)}});
+  auto r = run(tmp / "in", tmp / "out", opts([](ConvertOptions& o) {
+                 o.plan.adapter = "diffusion_gemma";
+                 o.plan.direction = Direction::from_hf;
+                 o.plan.tied_head = false;
+                 o.plan.max_shard_size = 100;
+               }));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->files, 4u);
+  EXPECT_EQ(output_files(tmp / "out"), (std::vector<std::string>{"model-00001-of-00004.safetensors",
+                                                                 "model-00002-of-00004.safetensors",
+                                                                 "model-00003-of-00004.safetensors",
+                                                                 "model-00004-of-00004.safetensors",
+                                                                 "model.safetensors.index.json"}));
+  EXPECT_EQ(
+      names_in_data_order(tmp / "out"),
+      (std::vector<std::vector<std::string>>{{"t0", "t1"}, {"t2"}, {"t3"}, {"t4", "t5", "t6"}}));
+  // The index: total_size is the sum of the tensor bytes (headers excluded), and its exact text.
+  EXPECT_EQ(testing::read_bytes(tmp / "out" / "model.safetensors.index.json"),
+            "{\n"
+            "  \"metadata\": {\n"
+            "    \"total_size\": 361\n"
+            "  },\n"
+            "  \"weight_map\": {\n"
+            "    \"t0\": \"model-00001-of-00004.safetensors\",\n"
+            "    \"t1\": \"model-00001-of-00004.safetensors\",\n"
+            "    \"t2\": \"model-00002-of-00004.safetensors\",\n"
+            "    \"t3\": \"model-00003-of-00004.safetensors\",\n"
+            "    \"t4\": \"model-00004-of-00004.safetensors\",\n"
+            "    \"t5\": \"model-00004-of-00004.safetensors\",\n"
+            "    \"t6\": \"model-00004-of-00004.safetensors\"\n"
+            "  }\n"
+            "}\n");
+}
+
+TEST_F(SemanticsRules, IndexTotalSizeCountsTheTiedHead) {
+  Dict in = tiny_diffusion(rng, 3, 4, 16, 8);
+  write_checkpoint(tmp / "hf", in, 2, "diffusion_gemma");
+  auto r =
+      run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) { o.plan.max_shard_size = 2000; }));
+  ASSERT_TRUE(r.ok());
+  ASSERT_GT(r->files, 1u);
+  uint64_t sum = 0;
+  Dict got = read_checkpoint(tmp / "n");
+  ASSERT_TRUE(got.count("lm_head.weight"));
+  for (auto& [name, t] : got)
+    sum += t.bytes.size();
+  const std::string index = testing::read_bytes(tmp / "n" / "model.safetensors.index.json");
+  EXPECT_NE(index.find("\"total_size\": " + std::to_string(sum) + "\n"), std::string::npos)
+      << index;
+}
+
+TEST_F(SemanticsRules, OneOutputFileIsModelSafetensorsWithoutIndex) {
+  // A sharded input (with an index) whose output fits in one file.
+  Dict in = tiny_diffusion(rng, 2, 2, 4, 2);
+  write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->files, 1u);
+  EXPECT_EQ(output_files(tmp / "n"),
+            (std::vector<std::string>{"config.json", "model.safetensors"}));
+  expect_same(read_checkpoint(tmp / "n"), ref_from_hf(in, true, {}));
+}
+
+TEST(SemanticsUnits, SizesTakeDecimalAndBinaryUnitsInAnyCase) {
+  struct Case {
+    const char* text;
+    uint64_t bytes;
+  };
+  for (Case c :
+       {Case{"123", 123}, Case{"123B", 123}, Case{"5GB", 5'000'000'000}, Case{"5gb", 5'000'000'000},
+        Case{"2kB", 2000}, Case{"2KB", 2000}, Case{"3MB", 3'000'000},
+        Case{"1TB", 1'000'000'000'000}, Case{"2KiB", 2048}, Case{"3MiB", 3u << 20},
+        Case{"1gib", uint64_t{1} << 30}, Case{"1TiB", uint64_t{1} << 40}, Case{"0", 0}}) {
+    auto v = parse_size(c.text);
+    ASSERT_TRUE(v.ok()) << c.text;
+    EXPECT_EQ(*v, c.bytes) << c.text;
+  }
+  for (const char* bad : {"", "GB", "5XB", "-1", "5 GB", "1e3"}) {
+    auto v = parse_size(bad);
+    EXPECT_FALSE(v.ok()) << bad;
+    if (!v.ok())
+      EXPECT_EQ(v.status().code(), Errc::invalid_argument) << bad;
+  }
+}
+
+// --- 4.7: side files ----------------------------------------------------------------------------
+
+TEST_F(SemanticsRules, SideFilesAreCopiedUnlessNoSideFiles) {
+  Dict in = tiny_diffusion(rng, 1, 2, 4, 2);
+  write_checkpoint(tmp / "hf", in, 2, "diffusion_gemma");
+  testing::write_bytes(tmp / "hf" / "tokenizer.json", "{\"tok\": 1}");
+  fs::create_directory(tmp / "hf" / "sub");
+  testing::write_bytes(tmp / "hf" / "sub" / "x.txt", "x");
+
+  auto r = run(tmp / "hf", tmp / "with");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(output_files(tmp / "with"),
+            (std::vector<std::string>{"config.json", "model.safetensors", "tokenizer.json"}));
+  for (const char* name : {"config.json", "tokenizer.json"})
+    EXPECT_EQ(testing::read_bytes(tmp / "with" / name), testing::read_bytes(tmp / "hf" / name))
+        << name;
+
+  auto none = run(tmp / "hf", tmp / "without",
+                  opts([](ConvertOptions& o) { o.plan.copy_side_files = false; }));
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(output_files(tmp / "without"), std::vector<std::string>{"model.safetensors"});
+  EXPECT_EQ(testing::read_bytes(tmp / "without" / "model.safetensors"),
+            testing::read_bytes(tmp / "with" / "model.safetensors"));
+}
+
+// --- 6: detection -------------------------------------------------------------------------------
+
+std::string detected(const fs::path& dir, PlanOptions o = {}) {
+  auto plan = plan_conversion(dir, o);
+  if (!plan.ok())
+    return "error: " + plan.status().message();
+  return plan->adapter + " " + direction_name(plan->direction);
+}
+
+TEST_F(SemanticsRules, ConfigModelTypeDecidesTheModelBeforeTheKeys) {
+  // Keys alone say diffusion_gemma (model.decoder.*).
+  Dict dg = tiny_diffusion(rng, 1, 2, 4, 2);
+  write_checkpoint(tmp / "dg", dg);
+  EXPECT_EQ(detected(tmp / "dg"), "diffusion_gemma from_hf");
+  for (const char* type : {"gemma3n", "gemma3n_text", "gemma4", "gemma4_text"}) {
+    testing::write_bytes(tmp / "dg" / "config.json",
+                         std::string("{\"model_type\": \"") + type + "\"}");
+    EXPECT_EQ(detected(tmp / "dg"), "gemma4_moe from_hf") << type;
+  }
+  // An unknown model_type falls through to the keys.
+  testing::write_bytes(tmp / "dg" / "config.json", "{\"model_type\": \"llama\"}");
+  EXPECT_EQ(detected(tmp / "dg"), "diffusion_gemma from_hf");
+
+  // Keys alone say gemma4_moe (language_model.*); a model_type containing "diffusion" wins.
+  Dict g4 = tiny_gemma4(rng, 1, 2, 4, 2, false, "router");
+  write_checkpoint(tmp / "g4", g4);
+  EXPECT_EQ(detected(tmp / "g4"), "gemma4_moe from_hf");
+  testing::write_bytes(tmp / "g4" / "config.json", "{\"model_type\": \"my_diffusion_lm\"}");
+  EXPECT_EQ(detected(tmp / "g4"), "diffusion_gemma from_hf");
+}
+
+TEST_F(SemanticsRules, LanguageModelKeysSelectGemma4WithoutConfig) {
+  for (bool model_prefix : {false, true}) {
+    const fs::path dir = tmp / (model_prefix ? "with" : "without");
+    Dict in = tiny_gemma4(rng, 1, 2, 4, 2, model_prefix, "router");
+    write_checkpoint(dir, in);
+    ASSERT_FALSE(fs::exists(dir / "config.json"));
+    EXPECT_EQ(detected(dir), "gemma4_moe from_hf") << dir;
+    auto r = run(dir, dir.string() + "-out");
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->adapter, "gemma4_moe");
+    expect_same(read_checkpoint(dir.string() + "-out"), ref_from_hf(in, false, {}));
+  }
+}
+
+TEST_F(SemanticsRules, UndetectableModelOrDirectionAndUnknownAdapterAreRefused) {
+  write_checkpoint(tmp / "anon", {{"foo.weight", random_tensor(rng, DType::BF16, {4})}});
+  auto model = plan_conversion(tmp / "anon", {});
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), Errc::invalid_argument);
+  EXPECT_EQ(model.status().message(),
+            "cannot tell the model of this checkpoint (config.json model_type '', no recognisable "
+            "keys); pass --adapter diffusion_gemma or gemma4_moe");
+  testing::write_bytes(tmp / "anon" / "config.json", "{\"model_type\": \"llama\"}");
+  model = plan_conversion(tmp / "anon", {});
+  ASSERT_FALSE(model.ok());
+  EXPECT_NE(model.status().message().find("(config.json model_type 'llama', no recognisable keys)"),
+            std::string::npos)
+      << model.status().message();
+
+  // model.layers.* says diffusion_gemma, but no key says which direction.
+  write_checkpoint(tmp / "plain", {{"model.layers.0.mlp.up_proj.weight",
+                                    random_tensor(rng, DType::BF16, {2, 4})}});
+  auto none = plan_conversion(tmp / "plain", {});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), Errc::invalid_argument);
+  EXPECT_EQ(none.status().message(), "cannot tell the direction of this checkpoint (no router or "
+                                     "expert keys); pass --direction from_hf or to_hf");
+  // Both a Hugging Face and a native key.
+  write_checkpoint(
+      tmp / "both",
+      {{"model.decoder.layers.0.router.proj.weight", random_tensor(rng, DType::BF16, {2, 4})},
+       {"model.layers.1.moe.gate.proj.weight", random_tensor(rng, DType::BF16, {2, 4})}});
+  auto both = plan_conversion(tmp / "both", {});
+  ASSERT_FALSE(both.ok());
+  EXPECT_EQ(both.status().message(),
+            "cannot tell the direction of this checkpoint (it has both Hugging Face and native "
+            "keys); pass --direction from_hf or to_hf");
+
+  // An unknown --adapter (checked once the direction is known: an input whose direction cannot
+  // be told gets the direction's error first).
+  PlanOptions unknown;
+  unknown.adapter = "llama";
+  write_checkpoint(tmp / "dg", tiny_diffusion(rng, 1, 2, 4, 2));
+  auto adapter = plan_conversion(tmp / "dg", unknown);
+  ASSERT_FALSE(adapter.ok());
+  EXPECT_EQ(adapter.status().code(), Errc::invalid_argument);
+  EXPECT_EQ(adapter.status().message(),
+            "unknown adapter 'llama'; known: diffusion_gemma, gemma4_moe");
+
+  // convert() refuses the same way and writes nothing.
+  auto r = run(tmp / "anon", tmp / "out");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::invalid_argument);
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+}
+
+TEST_F(SemanticsRules, UnreadableConfigIsAnErrorBeforeAnyOutput) {
+  if (geteuid() == 0)
+    GTEST_SKIP() << "root reads a file whatever its permissions";
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 1, 2, 4, 2), 1, "diffusion_gemma");
+  ASSERT_EQ(chmod((tmp / "hf" / "config.json").c_str(), 0), 0);
+  auto r = run(tmp / "hf", tmp / "n");
+  chmod((tmp / "hf" / "config.json").c_str(), 0644);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::io);
+  EXPECT_NE(r.status().message().find("config.json: cannot read"), std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(testing::list_dir(tmp.path()), std::vector<std::string>{"hf"});
+}
+
+// --- 7.2: invalid --exclude --------------------------------------------------------------------
+
+TEST_F(SemanticsRules, InvalidExcludeIsRefusedOnToHfOnly) {
+  write_checkpoint(tmp / "native", tiny_native(rng, 1, 2, 4, 2));
+  // Patterns that neither Python nor shardshift can compile.
+  for (const char* pattern : {"([unclosed", "*model", "model)"}) {
+    auto r = run(tmp / "native", tmp / "hf",
+                 opts([&](ConvertOptions& o) { o.plan.exclude = std::string(pattern); }));
+    ASSERT_FALSE(r.ok()) << pattern;
+    EXPECT_EQ(r.status().code(), Errc::invalid_argument) << pattern;
+    EXPECT_EQ(r.status().message().rfind(std::string("--exclude '") + pattern + "'", 0), 0u)
+        << r.status().message();
+  }
+  EXPECT_FALSE(fs::exists(tmp / "hf"));
+  // from_hf never uses the pattern, so it is not compiled there.
+  write_checkpoint(tmp / "hf_in", tiny_diffusion(rng, 1, 2, 4, 2));
+  auto from = run(tmp / "hf_in", tmp / "n",
+                  opts([](ConvertOptions& o) { o.plan.exclude = std::string("([unclosed"); }));
+  EXPECT_TRUE(from.ok());
+}
+
+// --- 10.1: checks on OUT ------------------------------------------------------------------------
+
+TEST_F(SemanticsRules, OutputChecksBeforeTheInputIsOpened) {
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 1, 2, 4, 2));
+  const std::string before = testing::read_bytes(tmp / "hf" / "model.safetensors");
+  auto expect_refused = [&](const fs::path& in, const fs::path& out, bool force,
+                            const std::string& message) {
+    auto r = run(in, out, opts([&](ConvertOptions& o) { o.force = force; }));
+    ASSERT_FALSE(r.ok()) << message;
+    EXPECT_EQ(r.status().code(), Errc::invalid_argument) << message;
+    // The rule's words begin the message; what follows is advice.
+    EXPECT_EQ(r.status().message().rfind(message, 0), 0u) << r.status().message();
+  };
+  // OUT is the input, with or without --force; for a single-file input, its directory.
+  expect_refused(tmp / "hf", tmp / "hf", false,
+                 (tmp / "hf").string() + ": the output must not be the input");
+  expect_refused(tmp / "hf", tmp / "hf", true,
+                 (tmp / "hf").string() + ": the output must not be the input");
+  expect_refused(tmp / "hf" / "model.safetensors", tmp / "hf", true,
+                 (tmp / "hf").string() + ": the output must not be the input");
+  // An existing OUT that is not a directory, even with --force.
+  testing::write_bytes(tmp / "file", "keep me");
+  expect_refused(tmp / "hf", tmp / "file", true,
+                 (tmp / "file").string() + ": exists and is not a directory");
+  EXPECT_EQ(testing::read_bytes(tmp / "file"), "keep me");
+  // A missing parent directory.
+  expect_refused(tmp / "hf", tmp / "no" / "out", false,
+                 (tmp / "no").string() + ": the output's parent directory does not exist");
+  // Checked before the input is opened: a missing input gives the same OUT error.
+  expect_refused(tmp / "missing", tmp / "no" / "out", false,
+                 (tmp / "no").string() + ": the output's parent directory does not exist");
+  EXPECT_EQ(testing::read_bytes(tmp / "hf" / "model.safetensors"), before);
+  EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"file", "hf"}));
+}
+
+} // namespace
+} // namespace shardshift
