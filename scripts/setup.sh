@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config libsimdjson-dev libtbb-dev libboost-program-options-dev
-          libboost-iostreams-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev xfsprogs)
+          libboost-iostreams-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libpcre2-dev
+          xfsprogs)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,10 +12,17 @@ namespace {
 
 // Adds `t` unless the exclusion pattern removes it (Python re.match: anchored at the start only).
 void emit(PlanContext& ctx, OutputTensor t) {
-  if (ctx.exclude &&
-      std::regex_search(t.name, *ctx.exclude, std::regex_constants::match_continuous)) {
-    ++ctx.plan.excluded;
-    return;
+  if (ctx.exclude) {
+    auto excluded = ctx.exclude->match(t.name);
+    if (!excluded) {
+      ctx.problems.add(excluded.status().code(), "", "",
+                       "--exclude: " + excluded.status().message());
+      return;
+    }
+    if (*excluded) {
+      ++ctx.plan.excluded;
+      return;
+    }
   }
   t.size = tensor_byte_size(t.dtype, t.shape).value_or(0); // overflow: check_unique_names says so
   ctx.plan.tensors.push_back(std::move(t));

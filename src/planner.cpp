@@ -42,12 +42,11 @@ Status check_options(PlanContext& ctx) {
     return Status(Errc::invalid_argument,
                   "expert-parallel export (--ep-size, --ep-shard-size) applies to from_hf only");
   if (ctx.spec.honours_exclude && o.exclude && !o.exclude->empty()) {
-    try {
-      ctx.exclude.emplace(*o.exclude);
-    } catch (const std::regex_error& e) {
-      return Status(Errc::invalid_argument, "--exclude '" + *o.exclude +
-                                                "' is not a valid regular expression: " + e.what());
-    }
+    auto pattern = KeyPattern::compile(*o.exclude);
+    if (!pattern)
+      return Status(Errc::invalid_argument,
+                    "--exclude '" + printable(*o.exclude) + "' " + pattern.status().message());
+    ctx.exclude = std::move(pattern).value();
   }
   return {};
 }

@@ -22,6 +22,7 @@
 #include "shardshift/profiler.h"
 
 #include "adapter.h"
+#include "key_pattern.h"
 
 #include <map>
 #include <optional>
@@ -61,7 +62,7 @@ struct PlanContext {
   const Checkpoint& input;
   const PlanOptions& options;
   const AdapterSpec& spec;
-  std::optional<std::regex> exclude; ///< compiled --exclude when the adapter honours it
+  std::optional<KeyPattern> exclude; ///< compiled --exclude (re.match) when the adapter honours it
 
   std::vector<Classified> classified; ///< every input key, in data order
   std::map<std::string, ExpertGroup> groups;

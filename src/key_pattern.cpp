@@ -1,0 +1,306 @@
+// key_pattern.cpp: see key_pattern.h. The translation walks the pattern once, tracking whether it
+// is inside a character class, and copies every construct both engines read the same way.
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include "key_pattern.h"
+
+#include "shardshift/problems.h"
+
+#include <pcre2.h>
+
+namespace shardshift {
+
+namespace {
+
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
+bool is_octal(char c) {
+  return c >= '0' && c <= '7';
+}
+bool is_hex(char c) {
+  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+bool is_ascii_letter(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+std::string pcre2_message(int code) {
+  PCRE2_UCHAR buffer[256];
+  if (pcre2_get_error_message(code, buffer, sizeof buffer) < 0)
+    return "PCRE2 error " + std::to_string(code);
+  return reinterpret_cast<const char*>(buffer);
+}
+
+class Translator {
+public:
+  explicit Translator(std::string_view p) : p_(p) {}
+
+  Result<std::string> run() {
+    while (i_ < p_.size()) {
+      Status s = p_[i_] == '\\' ? escape() : in_class_ ? class_char() : outside_char();
+      if (!s.ok())
+        return s;
+    }
+    return std::move(out_);
+  }
+
+private:
+  Status refuse(size_t at, size_t length, const std::string& why) const {
+    return Status(Errc::invalid_argument, "cannot be matched as Python's re would: '" +
+                                              printable(p_.substr(at, length)) + "' at offset " +
+                                              std::to_string(at) + ": " + why);
+  }
+
+  // Python's escapes, one by one. Letters Python does not know are errors in Python and mean
+  // something else in PCRE2, so only the listed ones pass.
+  Status escape() {
+    if (i_ + 1 >= p_.size())
+      return refuse(i_, 1, "a pattern cannot end with a backslash");
+    const char e = p_[i_ + 1];
+    if (is_digit(e)) {
+      if (e == '0') { // \0 and up to two more octal digits: a character in both
+        size_t j = i_ + 2;
+        while (j < p_.size() && j < i_ + 4 && is_octal(p_[j]))
+          ++j;
+        return copy(j - i_);
+      }
+      if (in_class_ || (i_ + 2 < p_.size() && is_digit(p_[i_ + 2])))
+        return refuse(i_, in_class_ ? 2 : 3,
+                      "octal escapes and backreferences above 9 are read differently by Python "
+                      "and PCRE2; use \\xHH or (?P<name>...) with (?P=name)");
+      return copy(2); // \1 .. \9: the same backreference in both
+    }
+    if (!is_ascii_letter(e))
+      return copy(2); // an escaped punctuation character is itself in both
+    switch (e) {
+    case 'd':
+    case 'D':
+    case 's':
+    case 'S':
+    case 'w':
+    case 'W':
+    case 'b': // a word boundary outside a class, a backspace inside one, in both
+    case 'a':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't':
+      return copy(2);
+    case 'A':
+    case 'B':
+    case 'Z':
+      if (in_class_)
+        return refuse(i_, 2, "Python refuses this escape inside a character class");
+      if (e == 'Z') { // Python's \Z is the very end; PCRE2's \Z also matches before a final \n
+        out_ += "\\z";
+        i_ += 2;
+        return {};
+      }
+      return copy(2);
+    case 'v': // a vertical tab in Python, any vertical space in PCRE2
+      out_ += "\\x0b";
+      i_ += 2;
+      return {};
+    case 'x':
+    case 'u':
+    case 'U': {
+      const size_t digits = e == 'x' ? 2 : e == 'u' ? 4 : 8;
+      if (i_ + 2 + digits > p_.size())
+        return refuse(i_, 2, "needs exactly " + std::to_string(digits) + " hex digits");
+      std::string hex(p_.substr(i_ + 2, digits));
+      for (char h : hex)
+        if (!is_hex(h))
+          return refuse(i_, 2 + digits, "needs exactly " + std::to_string(digits) + " hex digits");
+      if (std::stoul(hex, nullptr, 16) > 0x10FFFF)
+        return refuse(i_, 2 + digits, "is not a Unicode code point");
+      out_ += "\\x{" + hex + "}";
+      i_ += 2 + digits;
+      return {};
+    }
+    case 'N':
+      return refuse(
+          i_, 2, "named characters (\\N{...}) are not supported; write the character or \\uXXXX");
+    default:
+      return refuse(i_, 2,
+                    "Python has no such escape (it refuses the pattern) and PCRE2 gives it "
+                    "another meaning");
+    }
+  }
+
+  Status class_char() {
+    const char c = p_[i_];
+    if (c == '[' && i_ + 1 < p_.size() &&
+        (p_[i_ + 1] == ':' || p_[i_ + 1] == '.' || p_[i_ + 1] == '='))
+      return refuse_posix(i_);
+    if (c == ']' && i_ != class_first_)
+      in_class_ = false; // a ']' first in the class is a literal in both
+    return copy(1);
+  }
+
+  // "[:alpha:]" inside a class is a POSIX class for PCRE2 but the characters ":alph" for Python.
+  Status refuse_posix(size_t at) const {
+    size_t end = p_.find(']', at + 2);
+    return refuse(at, end == std::string_view::npos ? 2 : end + 1 - at,
+                  "POSIX classes mean a named class in PCRE2 but a set of characters in Python; "
+                  "write the characters out (e.g. [a-zA-Z] for [:alpha:])");
+  }
+
+  Status outside_char() {
+    const char c = p_[i_];
+    if (c == '[') {
+      out_ += '[';
+      ++i_;
+      if (i_ < p_.size() && p_[i_] == '^') {
+        out_ += '^';
+        ++i_;
+      }
+      // "[:alpha:]" without the outer brackets: a set in Python, an error in PCRE2.
+      if (i_ < p_.size() && (p_[i_] == ':' || p_[i_] == '.' || p_[i_] == '=') &&
+          p_.find(std::string{p_[i_], ']'}, i_ + 1) != std::string_view::npos)
+        return refuse_posix(i_ - 1);
+      in_class_ = true;
+      class_first_ = i_;
+      return {};
+    }
+    if (c == '{') { // Python reads {,n} as {0,n}; PCRE2 10.42 as the literal text
+      size_t j = i_ + 1;
+      if (j < p_.size() && p_[j] == ',') {
+        size_t k = j + 1;
+        while (k < p_.size() && is_digit(p_[k]))
+          ++k;
+        if (k < p_.size() && p_[k] == '}') {
+          out_ += "{0,";
+          out_ += p_.substr(j + 1, k - j - 1);
+          out_ += '}';
+          i_ = k + 1;
+          return {};
+        }
+      }
+      return copy(1);
+    }
+    if (c == '(' && i_ + 1 < p_.size() && p_[i_ + 1] == '*')
+      return refuse(i_, 2, "PCRE2 verbs ((*VERB)) are not Python syntax");
+    if (c == '(' && i_ + 1 < p_.size() && p_[i_ + 1] == '?')
+      return group();
+    return copy(1);
+  }
+
+  // "(?" extensions: the ones Python has, and the inline flags both read alike.
+  Status group() {
+    const std::string_view rest = p_.substr(i_ + 2);
+    auto starts = [&](std::string_view s) { return rest.starts_with(s); };
+    if (starts(":") || starts("=") || starts("!") || starts(">") || starts("<=") || starts("<!") ||
+        starts("P<") || starts("P=") || starts("#"))
+      return copy(2);
+    if (starts("(")) { // a conditional on a group number or name
+      size_t close = rest.find(')');
+      std::string_view id = rest.substr(1, close == std::string_view::npos ? 0 : close - 1);
+      bool plain = !id.empty() && id != "R" && id != "DEFINE" && !id.starts_with("R&") &&
+                   !id.starts_with("VERSION") &&
+                   (is_digit(id[0]) || id.find_first_of("<'+-&") == std::string_view::npos);
+      if (plain && is_digit(id[0]))
+        for (char d : id)
+          plain = plain && is_digit(d);
+      if (!plain)
+        return refuse(i_, 3 + id.size(), "only (?(number)...) and (?(name)...) are Python syntax");
+      return copy(2);
+    }
+    // Inline flags: (?imsx), (?imsx-imsx:...). 'u' is Python's default for str patterns.
+    size_t j = 0;
+    std::string flags;
+    while (j < rest.size() && (is_ascii_letter(rest[j]) || rest[j] == '-')) {
+      const char f = rest[j];
+      if (f == 'a' || f == 'L')
+        return refuse(i_, 3 + j,
+                      std::string("the flag '") + f +
+                          "' (ASCII-only or locale classes) cannot be matched alike");
+      if (f != 'i' && f != 'm' && f != 's' && f != 'x' && f != 'u' && f != '-')
+        return refuse(i_, 3 + j, "not Python syntax");
+      if (f != 'u')
+        flags += f;
+      ++j;
+    }
+    if (j == 0 || j >= rest.size() || (rest[j] != ')' && rest[j] != ':'))
+      return refuse(i_, 2 + std::min(rest.size(), j + 1), "not Python syntax");
+    if (flags.empty() || flags == "-") { // (?u) or (?u:...): nothing left to say
+      out_ += rest[j] == ')' ? "" : "(?:";
+    } else {
+      out_ += "(?" + flags + rest[j];
+    }
+    i_ += 3 + j;
+    return {};
+  }
+
+  Status copy(size_t n) {
+    out_.append(p_.substr(i_, n));
+    i_ += n;
+    return {};
+  }
+
+  std::string_view p_;
+  std::string out_;
+  size_t i_ = 0;
+  bool in_class_ = false;
+  size_t class_first_ = 0;
+};
+
+} // namespace
+
+struct KeyPattern::Code {
+  pcre2_code* code = nullptr;
+  ~Code() { pcre2_code_free(code); }
+};
+
+Result<std::string> translate_python_pattern(std::string_view python_pattern) {
+  return Translator(python_pattern).run();
+}
+
+Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
+  auto translated = translate_python_pattern(python_pattern);
+  if (!translated)
+    return translated.status();
+  // Newlines are "\n" alone, as in Python: '.', '$' and (?m)'s '^' look at nothing else.
+  std::unique_ptr<pcre2_compile_context, void (*)(pcre2_compile_context*)> context(
+      pcre2_compile_context_create(nullptr), pcre2_compile_context_free);
+  if (!context)
+    return Status(Errc::io, "cannot allocate a PCRE2 compile context");
+  pcre2_set_newline(context.get(), PCRE2_NEWLINE_LF);
+  pcre2_set_bsr(context.get(), PCRE2_BSR_UNICODE);
+  // ANCHORED: re.match tries the start only. UCP: \d \w \s \b are Unicode, as for Python str.
+  // ALT_CIRCUMFLEX: (?m)'s '^' also matches after a final newline, as in Python.
+  // MATCH_INVALID_UTF: a key is never an error, whatever bytes it holds.
+  const uint32_t options = PCRE2_ANCHORED | PCRE2_UTF | PCRE2_UCP | PCRE2_ALT_CIRCUMFLEX |
+                           PCRE2_MATCH_INVALID_UTF | PCRE2_NEVER_BACKSLASH_C;
+  int error_code = 0;
+  PCRE2_SIZE error_offset = 0;
+  auto code = std::make_shared<Code>();
+  code->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated->data()), translated->size(),
+                             options, &error_code, &error_offset, context.get());
+  if (!code->code)
+    return Status(Errc::invalid_argument,
+                  "is not a valid regular expression: " + pcre2_message(error_code) +
+                      " (near offset " + std::to_string(error_offset) + " of '" +
+                      printable(*translated) + "')");
+  KeyPattern pattern;
+  pattern.code_ = std::move(code);
+  pattern.pattern_ = std::string(python_pattern);
+  pattern.pcre2_ = std::move(translated).value();
+  return pattern;
+}
+
+Result<bool> KeyPattern::match(std::string_view key) const {
+  std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> data(
+      pcre2_match_data_create_from_pattern(code_->code, nullptr), pcre2_match_data_free);
+  if (!data)
+    return Status(Errc::io, "cannot allocate PCRE2 match data");
+  const int rc = pcre2_match(code_->code, reinterpret_cast<PCRE2_SPTR>(key.data()), key.size(), 0,
+                             0, data.get(), nullptr);
+  if (rc >= 0)
+    return true;
+  if (rc == PCRE2_ERROR_NOMATCH)
+    return false;
+  return Status(Errc::unsupported, "'" + printable(key) + "': " + pcre2_message(rc) +
+                                       " (Python would keep trying; simplify the pattern)");
+}
+
+} // namespace shardshift

@@ -1,0 +1,46 @@
+// key_pattern.h: a tensor-name pattern with the meaning of Python's re.match, for --exclude.
+//
+// The reference (NeMo Automodel) drops keys with re.match(pattern, key). shardshift compiles the
+// same text with PCRE2, the engine closest to Python's `re`, anchored at the start only, in UTF
+// mode with Unicode classes (\d, \w, \s, \b as in Python 3 str patterns). The spellings whose
+// meaning differs are translated first (\Z -> \z, {,n} -> {0,n}, \v, \uXXXX, \UXXXXXXXX), and
+// every construct that would still match differently, or that Python does not have (POSIX
+// classes, octal and multi-digit escapes, PCRE2-only groups and verbs, letter escapes Python does
+// not know), is refused with an error naming it, so a pattern never silently keeps or drops
+// different keys than the reference would.
+// Thread-safety: a compiled KeyPattern is immutable; match() may be called from any thread.
+#pragma once
+
+#include "shardshift/status.h"
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace shardshift {
+
+class KeyPattern {
+public:
+  /// Translates and compiles `python_pattern`. Fails (Errc::invalid_argument) with a message
+  /// naming the construct that Python and PCRE2 would read differently ("cannot be matched as
+  /// Python's re would: ...") or PCRE2's own error ("is not a valid regular expression: ..."),
+  /// worded to follow the pattern's name.
+  static Result<KeyPattern> compile(std::string_view python_pattern);
+
+  /// Whether re.match(pattern, key) would match. Fails only when PCRE2 gives up (its backtracking
+  /// limit), where Python would keep searching.
+  Result<bool> match(std::string_view key) const;
+
+  const std::string& pattern() const { return pattern_; }  ///< as the user wrote it
+  const std::string& translated() const { return pcre2_; } ///< as PCRE2 compiles it
+
+private:
+  struct Code;
+  std::shared_ptr<const Code> code_;
+  std::string pattern_, pcre2_;
+};
+
+/// The PCRE2 spelling of a Python `re` pattern, or the reason it has none (see above).
+Result<std::string> translate_python_pattern(std::string_view python_pattern);
+
+} // namespace shardshift
