@@ -269,6 +269,13 @@ std::string progress_text(const Progress& p) {
   return buf;
 }
 
+// The input's warnings (Checkpoint::warnings), one "shardshift: warning: ..." line each.
+void print_warnings(const std::vector<std::string>& warnings, bool quiet) {
+  if (!quiet)
+    for (const std::string& w : warnings)
+      std::cerr << "shardshift: warning: " << w << "\n";
+}
+
 } // namespace
 
 int cmd_plan(int argc, char** argv) {
@@ -319,6 +326,7 @@ int cmd_plan(int argc, char** argv) {
   auto input = Checkpoint::open(vm["input"].as<std::string>());
   if (!input)
     return report_error(input.status());
+  print_warnings(input->warnings, vm.count("quiet") > 0);
   auto plan = make_plan(*input, *opts);
   if (!plan)
     return report_error(plan.status());
@@ -428,6 +436,9 @@ int cmd_convert(int argc, char** argv) {
   if (o.output == "-" && json)
     return usage_error("convert", "--json and OUT '-' both write to stdout; use one");
   o.trace = vm.count("trace") > 0;
+
+  // convert() opens IN itself; its warnings come from the listing and the index alone.
+  print_warnings(checkpoint_warnings(o.input), quiet);
 
   // Ctrl-C stops the pipeline at its next chunk, and convert() removes the staging directory.
   CancelOnSignal cancel(/*ignore_sigpipe=*/true);

@@ -39,6 +39,40 @@ bool is_regular(const fs::directory_entry& entry) {
   return entry.is_regular_file(ec); // follows symlinks: hub caches link shards into blobs/
 }
 
+bool is_shard_name(const std::string& f) {
+  return f.size() > 12 && f.ends_with(".safetensors");
+}
+
+// The regular files of a directory, sorted by name.
+Result<std::vector<std::string>> regular_files_of(const fs::path& dir) {
+  std::error_code ec;
+  std::vector<std::string> files;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (is_regular(*it))
+      files.push_back(it->path().filename().string());
+  if (ec)
+    return error(Errc::io, dir.string() + ": cannot list the directory: " + ec.message());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// A *.safetensors file of an indexed directory that the index does not list is a leftover of
+// another download or run: it is neither read nor copied (it is not a side file), and the user
+// hears about it, since a wrong index is as likely as a stray file.
+std::vector<std::string> stray_shards(const std::vector<std::string>& regular_files,
+                                      const std::set<std::string>& listed) {
+  std::vector<std::string> stray;
+  for (const auto& f : regular_files)
+    if (is_shard_name(f) && !listed.count(f))
+      stray.push_back(f);
+  return stray;
+}
+
+std::string stray_warning(const fs::path& root, const std::string& file) {
+  return (root / file).string() + ": not listed in " + INDEX_FILE_NAME +
+         "; ignored (not converted, not copied into the output)";
+}
+
 } // namespace
 
 Result<Checkpoint> Checkpoint::open(const fs::path& path) {
@@ -58,13 +92,11 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
     shard_names.push_back(path.filename().string());
   } else if (fs::is_directory(status)) {
     ckpt.root = path;
-    std::vector<std::string> regular_files;
-    for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec))
-      if (is_regular(*it))
-        regular_files.push_back(it->path().filename().string());
-    if (ec)
-      return error(Errc::io, path.string() + ": cannot list the directory: " + ec.message());
-    std::sort(regular_files.begin(), regular_files.end());
+    auto listing = regular_files_of(path);
+    if (!listing)
+      return listing.status();
+    const std::vector<std::string>& regular_files = *listing;
+    std::vector<std::string> stray;
 
     std::string index_path = (path / INDEX_FILE_NAME).string();
     if (std::binary_search(regular_files.begin(), regular_files.end(), INDEX_FILE_NAME)) {
@@ -102,17 +134,23 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
         }
         shard_names.push_back(file);
       }
+      stray = stray_shards(regular_files, listed);
+      for (const auto& f : stray)
+        ckpt.warnings.push_back(stray_warning(path, f));
     } else {
       for (const auto& f : regular_files)
-        if (f.size() > 12 && f.ends_with(".safetensors"))
+        if (is_shard_name(f))
           shard_names.push_back(f);
       if (shard_names.empty())
         return error(Errc::format, path.string() + ": no *.safetensors files and no " +
                                        INDEX_FILE_NAME + " in this directory");
     }
-    std::set<std::string> shard_set(shard_names.begin(), shard_names.end());
+    std::set<std::string> not_side(shard_names.begin(), shard_names.end());
+    not_side.insert(stray.begin(), stray.end());
+    not_side.insert(INDEX_FILE_NAME);
+    not_side.insert(OUTPUT_MARKER_NAME); // a previous output's marker is not part of the model
     for (const auto& f : regular_files)
-      if (f != INDEX_FILE_NAME && !shard_set.count(f))
+      if (!not_side.count(f))
         ckpt.other_files.push_back(f);
   } else {
     return error(Errc::io, path.string() + ": not a file or directory");
@@ -211,6 +249,27 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
   if (!problems.empty())
     return problems.status();
   return ckpt;
+}
+
+std::vector<std::string> checkpoint_warnings(const fs::path& path) {
+  std::error_code ec;
+  const fs::path index_path = path / INDEX_FILE_NAME;
+  if (!fs::is_directory(path, ec) || !fs::is_regular_file(index_path, ec))
+    return {};
+  auto listing = regular_files_of(path);
+  simdjson::padded_string text;
+  if (!listing || simdjson::padded_string::load(index_path.string()).get(text))
+    return {};
+  auto index = parse_index(index_path.string(), std::string_view(text));
+  if (!index)
+    return {};
+  std::set<std::string> listed;
+  for (const auto& [name, file] : index->weight_map)
+    listed.insert(file);
+  std::vector<std::string> warnings;
+  for (const auto& f : stray_shards(*listing, listed))
+    warnings.push_back(stray_warning(path, f));
+  return warnings;
 }
 
 std::optional<TensorRef> Checkpoint::find(std::string_view name) const {

@@ -1,6 +1,8 @@
 // checkpoint_config.cpp: reading config.json's model_type with simdjson.
 #include "checkpoint_config.h"
 
+#include "json_reader.h"
+
 #include <cerrno>
 
 #include <simdjson.h>
@@ -16,6 +18,11 @@ Result<std::string> read_config_model_type(const std::filesystem::path& path) {
                                 (err ? errno_text(err) : std::string("I/O error")) +
                                 "; it is copied into the output as a side file");
   }
+  // The same depth cap as every reader (json_reader.h): a clear error instead of a parse that
+  // quietly finds no model_type.
+  if (json::nesting_depth(std::string_view(text)) > json::MAX_JSON_DEPTH)
+    return Status(Errc::format,
+                  path.string() + ": " + std::string(json::describe(json::Precheck::too_deep)));
   simdjson::dom::parser parser;
   simdjson::dom::element config;
   std::string_view type;

@@ -4,6 +4,7 @@
 #include "shardshift/json_text.h"
 #include "shardshift/problems.h"
 
+#include <algorithm>
 #include <set>
 
 namespace shardshift::json {
@@ -91,7 +92,32 @@ Precheck precheck(std::string_view text) {
     return Precheck::starts_with_bom;
   if (!simdjson::validate_utf8(text))
     return Precheck::not_utf8;
+  if (nesting_depth(text) > MAX_JSON_DEPTH)
+    return Precheck::too_deep;
   return Precheck::ok;
+}
+
+unsigned nesting_depth(std::string_view text, unsigned limit) {
+  unsigned depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        ++i; // the escaped character cannot end the string
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit)
+        return deepest;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
 }
 
 std::string_view describe(Precheck problem) {
@@ -104,6 +130,9 @@ std::string_view describe(Precheck problem) {
     return "starts with a UTF-8 byte-order mark";
   case Precheck::not_utf8:
     return "is not valid UTF-8";
+  case Precheck::too_deep:
+    static_assert(MAX_JSON_DEPTH == 64, "the message spells the limit out");
+    return "has nesting deeper than 64 levels of arrays and objects";
   }
   return "is unreadable";
 }
@@ -130,8 +159,10 @@ simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::fi
 }
 
 simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,
-                                   std::vector<std::string>& problems) {
+                                   std::vector<std::string>& problems, unsigned depth) {
   using simdjson::ondemand::json_type;
+  if (depth >= MAX_JSON_DEPTH)
+    return simdjson::DEPTH_ERROR;
   json_type type;
   if (auto ec = value.type().get(type))
     return ec;
@@ -156,7 +187,7 @@ simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string&
       first = false;
       append_json_string(out, key);
       out += ':';
-      if (auto ec = visit_compact(field_value, out, problems))
+      if (auto ec = visit_compact(field_value, out, problems, depth + 1))
         return ec;
     }
     out += '}';
@@ -175,7 +206,7 @@ simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string&
       if (!first)
         out += ',';
       first = false;
-      if (auto ec = visit_compact(child, out, problems))
+      if (auto ec = visit_compact(child, out, problems, depth + 1))
         return ec;
     }
     out += ']';

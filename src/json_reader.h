@@ -33,14 +33,25 @@ UintToken parse_uint_token(std::string_view token, uint64_t& value);
 /// "is negative", "has a fraction", ... for messages; `token` is quoted in the text.
 std::string describe_uint_problem(UintToken problem, std::string_view token);
 
-enum class Precheck { ok, starts_with_nul, starts_with_bom, not_utf8 };
+/// How deep arrays and objects may nest in any JSON shardshift reads (headers, the index,
+/// config.json). Real files nest a few levels; the cap keeps every reader's recursion (ours in
+/// visit_compact, simdjson's DOM) far from the stack's end, whatever the input holds.
+inline constexpr unsigned MAX_JSON_DEPTH = 64;
+
+enum class Precheck { ok, starts_with_nul, starts_with_bom, not_utf8, too_deep };
 
 /// What makes `text` unreadable before any parsing: a leading NUL byte or UTF-8 byte-order mark
-/// (neither is JSON, and simdjson would misreport them) or invalid UTF-8 anywhere.
+/// (neither is JSON, and simdjson would misreport them), invalid UTF-8 anywhere, or arrays and
+/// objects nested deeper than MAX_JSON_DEPTH (counted in one pass, outside strings).
 Precheck precheck(std::string_view text);
-/// "starts with a NUL byte", "starts with a UTF-8 byte-order mark", "is not valid UTF-8", to
-/// follow the document's name in a message.
+/// "starts with a NUL byte", "starts with a UTF-8 byte-order mark", "is not valid UTF-8", "has
+/// nesting deeper than 64 levels", to follow the document's name in a message.
 std::string_view describe(Precheck problem);
+
+/// The deepest nesting of arrays and objects in `text`, counting no further than `limit` + 1
+/// (brackets inside strings are not counted). Malformed text gives some number; the parser that
+/// follows reports the malformation.
+unsigned nesting_depth(std::string_view text, unsigned limit = MAX_JSON_DEPTH);
 
 /// True when every token of `doc` was consumed, i.e. nothing follows the top-level value.
 bool at_end(simdjson::ondemand::document& doc);
@@ -55,8 +66,9 @@ simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::fi
 
 /// Visits `value` completely (so simdjson validates all of it) and appends its compact JSON text to
 /// `out`. Duplicate keys at any depth are appended to `problems` as "duplicate key 'k'".
-/// Returns a simdjson error when the JSON itself is malformed.
+/// Returns a simdjson error when the JSON itself is malformed, and simdjson::DEPTH_ERROR below
+/// MAX_JSON_DEPTH levels (precheck() refuses such text first; this guards the recursion itself).
 simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,
-                                   std::vector<std::string>& problems);
+                                   std::vector<std::string>& problems, unsigned depth = 0);
 
 } // namespace shardshift::json

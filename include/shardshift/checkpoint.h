@@ -18,6 +18,11 @@
 
 namespace shardshift {
 
+/// The file shardshift writes into every output directory it creates ("shardshift-output 1" and
+/// a line of prose). `convert --force` replaces only directories that hold it; opening a
+/// checkpoint never lists it as a side file, so it is not copied along.
+inline constexpr const char* OUTPUT_MARKER_NAME = ".shardshift-output";
+
 struct Shard {
   std::string
       file_name; ///< relative to the checkpoint directory ("model-00001-of-00002.safetensors")
@@ -45,6 +50,10 @@ public:
   std::vector<std::string> other_files; ///< other regular files of the directory (config.json...)
   Metadata index_metadata;              ///< the index's "metadata" as strings (e.g. total_size)
   std::string config_model_type; ///< config.json's "model_type"; empty when absent or not JSON
+  /// Things that do not stop a conversion but that a user should hear about, one message each
+  /// ("path: what"), e.g. a *.safetensors file the index does not list (ignored, not copied).
+  /// The library never prints them; the apps do.
+  std::vector<std::string> warnings;
 
   /// Lookup by name; nullopt when absent.
   std::optional<TensorRef> find(std::string_view name) const;
@@ -60,5 +69,10 @@ public:
   std::span<const std::byte> bytes(TensorRef ref) const;
   uint64_t total_tensor_bytes() const;
 };
+
+/// The warnings Checkpoint::open(path) would give, from the directory listing and the index alone
+/// (no shard is mapped): for callers that hand the path to convert(), which opens it itself.
+/// Empty when `path` cannot be listed or its index read (open() reports those as errors).
+std::vector<std::string> checkpoint_warnings(const std::filesystem::path& path);
 
 } // namespace shardshift
