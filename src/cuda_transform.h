@@ -45,6 +45,9 @@ public:
   /// Runs one chunk. args.src is host memory (the input mapping), args.dst host memory that
   /// receives the result. Input and output must each fit in max_chunk_bytes.
   virtual Status run(const TransposeArgs& args, CudaTimings* timings = nullptr) = 0;
+  /// As run(), but only when a staging slot is free at once; otherwise sets *ran = false and
+  /// returns ok without doing anything, so the caller can do the chunk on the CPU instead.
+  virtual Status try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) = 0;
 };
 
 } // namespace shardshift

@@ -100,6 +100,7 @@ public:
   void* alloc_pinned(uint64_t bytes) override;
   void free_pinned(void* p) override;
   Status run(const TransposeArgs& args, CudaTimings* timings) override;
+  Status try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) override;
 
 private:
   enum Event { H2D_START, H2D_END, KERNEL_END, D2H_END, EVENTS };
@@ -124,8 +125,11 @@ private:
   Status grow_scales(Slot& s, uint64_t bytes);
   Status run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes, uint64_t out_bytes,
                 CudaTimings* timings);
-  Slot* acquire();
+  Slot* acquire(bool wait = true);
   void release(Slot* s);
+  Status check_args(const TransposeArgs& args, uint64_t* in_bytes, uint64_t* out_bytes) const;
+  Status run_checked(Slot* slot, const TransposeArgs& args, uint64_t in_bytes,
+                     uint64_t out_bytes, CudaTimings* timings, uint64_t start_ns);
 
   const int ordinal_;
   const uint64_t max_chunk_;
@@ -278,9 +282,12 @@ void CudaTransformerImpl::free_pinned(void* p) {
   cudaFreeHost(p);
 }
 
-CudaTransformerImpl::Slot* CudaTransformerImpl::acquire() {
+CudaTransformerImpl::Slot* CudaTransformerImpl::acquire(bool wait) {
   std::unique_lock lock(slots_mu_);
-  slot_freed_.wait(lock, [&] { return !free_.empty(); });
+  if (wait)
+    slot_freed_.wait(lock, [&] { return !free_.empty(); });
+  else if (free_.empty())
+    return nullptr;
   Slot* s = free_.back();
   free_.pop_back();
   return s;
@@ -294,12 +301,8 @@ void CudaTransformerImpl::release(Slot* s) {
   slot_freed_.notify_one();
 }
 
-Status CudaTransformerImpl::run(const TransposeArgs& args, CudaTimings* timings) {
-  const uint64_t start_ns = steady_ns();
-  if (timings)
-    *timings = CudaTimings{};
-  if (timings)
-    timings->start_ns = start_ns;
+Status CudaTransformerImpl::check_args(const TransposeArgs& args, uint64_t* in_bytes,
+                                       uint64_t* out_bytes) const {
   const bool fold = args.scales != nullptr;
   if (Status s = check_transpose_supported(args.src_dtype, fold, args.scale_dtype, args.dst_dtype);
       !s)
@@ -311,23 +314,28 @@ Status CudaTransformerImpl::run(const TransposeArgs& args, CudaTimings* timings)
                                              ") outside a row of " + std::to_string(args.B));
   const uint64_t in_elem = dtype_bits(args.src_dtype) / 8,
                  out_elem = dtype_bits(args.dst_dtype) / 8;
-  uint64_t in_bytes = 0, out_bytes = 0;
-  if (__builtin_mul_overflow(args.experts, args.A, &in_bytes) ||
-      __builtin_mul_overflow(in_bytes, args.B, &in_bytes) ||
-      __builtin_mul_overflow(in_bytes, in_elem, &in_bytes) ||
-      __builtin_mul_overflow(args.experts, args.cols, &out_bytes) ||
-      __builtin_mul_overflow(out_bytes, args.A, &out_bytes) ||
-      __builtin_mul_overflow(out_bytes, out_elem, &out_bytes) || in_bytes > max_chunk_ ||
-      out_bytes > max_chunk_)
+  if (__builtin_mul_overflow(args.experts, args.A, in_bytes) ||
+      __builtin_mul_overflow(*in_bytes, args.B, in_bytes) ||
+      __builtin_mul_overflow(*in_bytes, in_elem, in_bytes) ||
+      __builtin_mul_overflow(args.experts, args.cols, out_bytes) ||
+      __builtin_mul_overflow(*out_bytes, args.A, out_bytes) ||
+      __builtin_mul_overflow(*out_bytes, out_elem, out_bytes) || *in_bytes > max_chunk_ ||
+      *out_bytes > max_chunk_)
     return error(Errc::invalid_argument,
                  "CUDA transform: a chunk of " + std::to_string(args.experts) + " x " +
                      std::to_string(args.A) + " x " + std::to_string(args.B) +
                      " elements does not fit the staging buffers of " + std::to_string(max_chunk_) +
                      " bytes");
-  if (args.experts == 0 || args.A == 0 || args.cols == 0)
-    return {};
+  return {};
+}
 
-  Slot* slot = acquire();
+Status CudaTransformerImpl::run_checked(Slot* slot, const TransposeArgs& args, uint64_t in_bytes,
+                                        uint64_t out_bytes, CudaTimings* timings,
+                                        uint64_t start_ns) {
+  if (timings) {
+    *timings = CudaTimings{};
+    timings->start_ns = start_ns;
+  }
   Status status = run_on(*slot, args, in_bytes, out_bytes, timings);
   if (!status)
     cudaStreamSynchronize(slot->stream); // nothing queued may outlive the call
@@ -335,6 +343,35 @@ Status CudaTransformerImpl::run(const TransposeArgs& args, CudaTimings* timings)
   if (timings)
     timings->stream = slot->index;
   return status;
+}
+
+Status CudaTransformerImpl::run(const TransposeArgs& args, CudaTimings* timings) {
+  const uint64_t start_ns = steady_ns();
+  if (timings)
+    *timings = CudaTimings{};
+  uint64_t in_bytes = 0, out_bytes = 0;
+  if (Status s = check_args(args, &in_bytes, &out_bytes); !s)
+    return s;
+  if (args.experts == 0 || args.A == 0 || args.cols == 0)
+    return {};
+  return run_checked(acquire(), args, in_bytes, out_bytes, timings, start_ns);
+}
+
+Status CudaTransformerImpl::try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) {
+  const uint64_t start_ns = steady_ns();
+  *ran = false;
+  uint64_t in_bytes = 0, out_bytes = 0;
+  if (Status s = check_args(args, &in_bytes, &out_bytes); !s)
+    return s;
+  Slot* slot = acquire(false);
+  if (!slot)
+    return {};
+  *ran = true;
+  if (args.experts == 0 || args.A == 0 || args.cols == 0) {
+    release(slot);
+    return {};
+  }
+  return run_checked(slot, args, in_bytes, out_bytes, timings, start_ns);
 }
 
 Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes,

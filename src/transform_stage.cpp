@@ -62,14 +62,27 @@ void TransformStage::run(Item& item) {
   file.populate(static_cast<uint64_t>(item.args.src - file.bytes().data()),
                 item.args.experts * item.args.A * item.args.B *
                     (dtype_bits(item.args.src_dtype) / 8));
-  item.on_gpu ? run_gpu(item, t0) : run_cpu(item, t0);
+  // A chunk the GPU can take goes there when the router finds it the cheaper device and a
+  // staging slot is free; otherwise the CPU does it. Each records what it cost this thread.
+  if (item.on_gpu && router_.prefer_gpu() && run_gpu(item, t0)) {
+    router_.record(true, item.length, profiler_.now() - t0);
+    return;
+  }
+  run_cpu(item, t0);
+  if (item.on_gpu)
+    router_.record(false, item.length, profiler_.now() - t0);
 }
 
-void TransformStage::run_gpu(Item& item, uint64_t t0) {
+// The GPU takes the chunk when one of its staging slots is free at once; otherwise the CPU does
+// it (same bits), so a busy GPU never holds the pipeline back.
+bool TransformStage::run_gpu(Item& item, uint64_t t0) {
   CudaTimings tm;
   Status gpu_status;
-  Status guard =
-      guard_mapped_access(*item.shard->file, [&] { gpu_status = gpu_->run(item.args, &tm); });
+  bool ran = false;
+  Status guard = guard_mapped_access(
+      *item.shard->file, [&] { gpu_status = gpu_->try_run(item.args, &tm, &ran); });
+  if (guard.ok() && gpu_status.ok() && !ran)
+    return false;
   item.status = guard.ok() ? gpu_status : guard;
   profiler_.record(Stage::transform_gpu, t0, profiler_.now(), item.length, item.tensor->name);
   // The phases measured on the device, laid end to end on the stream's own track.
@@ -83,6 +96,7 @@ void TransformStage::run_gpu(Item& item, uint64_t t0) {
     t += ns;
   }
   gpu_bytes_ += item.length;
+  return true;
 }
 
 void TransformStage::run_cpu(Item& item, uint64_t t0) {

@@ -1,12 +1,16 @@
 // transform_stage.h: the parallel pipeline stage. Fills a transform item's buffer with the
-// transpose-fold of its chunk (on the CUDA stage when the item is marked for it, else on the CPU
-// with SIMD: same bits either way) and a ones item's buffer with ones. Other items pass through.
+// transpose-fold of its chunk and a ones item's buffer with ones; other items pass through. An
+// item the GPU can take goes to the CUDA stage when the DeviceRouter finds the GPU the cheaper
+// device and one of its staging slots is free at once, and is done on the CPU with SIMD
+// otherwise: the same bits either way, and the GPU adds to the CPU's throughput, never holds it
+// back.
 // Thread-safety: run() is called concurrently on different items.
 #pragma once
 
 #include "shardshift/profiler.h"
 
 #include "cuda_transform.h"
+#include "device_router.h"
 #include "work_item.h"
 
 #include <atomic>
@@ -25,11 +29,12 @@ public:
   uint64_t gpu_bytes() const { return gpu_bytes_; }
 
 private:
-  void run_gpu(Item& item, uint64_t t0);
+  bool run_gpu(Item& item, uint64_t t0); ///< false: no free GPU slot, nothing done
   void run_cpu(Item& item, uint64_t t0);
 
   CudaTransformer* gpu_;
   Profiler& profiler_;
+  DeviceRouter router_;
   std::atomic<uint64_t> cpu_bytes_{0}, gpu_bytes_{0};
 };
 

@@ -55,3 +55,45 @@ TEST(TransformStage, FillOnesWritesEveryElementLittleEndian) {
 
 } // namespace
 } // namespace shardshift
+
+namespace shardshift {
+namespace {
+
+TEST(DeviceRouter, WarmsUpOnBothThenPrefersTheCheaperAndProbesTheOther) {
+  DeviceRouter r;
+  int gpu = 0, cpu = 0;
+  // Warm-up: alternate until each device has WARMUP samples.
+  for (uint64_t i = 0; i < 2 * DeviceRouter::WARMUP; ++i) {
+    const bool g = r.prefer_gpu();
+    (g ? gpu : cpu)++;
+    r.record(g, 1000, g ? 3000 : 1000); // the GPU costs this thread 3 ns/byte, the CPU 1
+  }
+  EXPECT_EQ(gpu, static_cast<int>(DeviceRouter::WARMUP));
+  EXPECT_EQ(cpu, static_cast<int>(DeviceRouter::WARMUP));
+  EXPECT_DOUBLE_EQ(r.cpu_cost(), 1.0);
+  EXPECT_DOUBLE_EQ(r.gpu_cost(), 3.0);
+  // Then the CPU, with one probe of the GPU in every PROBE_EVERY chunks.
+  int probes = 0;
+  for (uint64_t i = 0; i < 10 * DeviceRouter::PROBE_EVERY; ++i) {
+    const bool g = r.prefer_gpu();
+    probes += g;
+    r.record(g, 1000, g ? 3000 : 1000);
+  }
+  EXPECT_EQ(probes, 10);
+  // When the GPU becomes cheaper, the probes see it and the choice turns.
+  for (int i = 0; i < 20; ++i)
+    r.record(true, 1000, 100);
+  int on_gpu = 0;
+  for (int i = 0; i < 100; ++i)
+    on_gpu += r.prefer_gpu();
+  EXPECT_GE(on_gpu, 95);
+}
+
+TEST(DeviceRouter, ZeroByteChunksAreNotCounted) {
+  DeviceRouter r;
+  r.record(true, 0, 5);
+  EXPECT_EQ(r.gpu_cost(), 0.0);
+}
+
+} // namespace
+} // namespace shardshift
