@@ -551,7 +551,8 @@ TEST(SemanticsUnits, SizesTakeDecimalAndBinaryUnitsInAnyCase) {
        {Case{"123", 123}, Case{"123B", 123}, Case{"5GB", 5'000'000'000}, Case{"5gb", 5'000'000'000},
         Case{"2kB", 2000}, Case{"2KB", 2000}, Case{"3MB", 3'000'000},
         Case{"1TB", 1'000'000'000'000}, Case{"2KiB", 2048}, Case{"3MiB", 3u << 20},
-        Case{"1gib", uint64_t{1} << 30}, Case{"1TiB", uint64_t{1} << 40}, Case{"0", 0}}) {
+        Case{"1gib", uint64_t{1} << 30}, Case{"1TiB", uint64_t{1} << 40}, Case{"0", 0},
+        Case{"2k", 2000}, Case{"1.5GB", 1'500'000'000}, Case{"0.5KiB", 512}}) {
     auto v = parse_size(c.text);
     ASSERT_TRUE(v.ok()) << c.text;
     EXPECT_EQ(*v, c.bytes) << c.text;
