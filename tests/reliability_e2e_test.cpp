@@ -1,0 +1,239 @@
+// reliability_e2e_test.cpp: the promises of issue 12 ("Nothing lost, ever") that this part keeps,
+// through the shardshift binary:
+//   - input is sacred: no flag removes or overwrites a path that is, contains or lies inside an
+//     input (real paths, links resolved, both directions); --force replaces only a directory
+//     holding shardshift's marker (or an empty one)            (defect 1: --force deleted IN)
+//   - a deeply nested index is a format error, not a crash     (defect 2: SIGSEGV)
+//   - OUT's problems fail before anything is written           (defect 8: dangling symlink)
+//   - a stray shard is a warning and is not copied             (defect 10)
+#include "shardshift/checkpoint.h"
+
+#include "test_support.h"
+
+#include <filesystem>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace shardshift {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::list_dir;
+using testing::read_bytes;
+using testing::run_shardshift;
+using testing::write_bytes;
+
+std::string q(const fs::path& p) {
+  return "'" + p.string() + "'";
+}
+
+class Reliability : public ::testing::Test {
+protected:
+  // p/in: a small sharded Hugging Face checkpoint; p/other.txt: an unrelated file beside it.
+  void SetUp() override {
+    fs::create_directory(tmp / "p");
+    auto r = run_shardshift("synth " + q(in()) + " --layers 1 --scale 32 --seed 1 -q " +
+                            "--max-shard-size 1MB");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    write_bytes(tmp / "p" / "other.txt", "keep me");
+    for (const std::string& name : list_dir(in()))
+      before_[name] = read_bytes(in() / name);
+    ASSERT_GT(before_.size(), 2u);
+  }
+  fs::path in() const { return tmp / "p" / "in"; }
+  // The input and the file beside it are exactly as they were.
+  void expect_input_intact() const {
+    std::map<std::string, std::string> now;
+    for (const std::string& name : list_dir(in()))
+      now[name] = read_bytes(in() / name);
+    EXPECT_TRUE(now == before_) << "the input changed";
+    EXPECT_EQ(read_bytes(tmp / "p" / "other.txt"), "keep me");
+  }
+  testing::CommandResult convert(const fs::path& from, const fs::path& to,
+                                 const std::string& flags = "--force -q") {
+    return run_shardshift("convert " + q(from) + " " + q(to) + " " + flags);
+  }
+
+  testing::TempDir tmp;
+  std::map<std::string, std::string> before_;
+};
+
+TEST_F(Reliability, ForceNeverReplacesOrWritesIntoTheInput) {
+  const fs::path shard = in() / "model-00001-of-00002.safetensors";
+  ASSERT_TRUE(fs::exists(shard));
+  struct Case {
+    fs::path from, to;
+    const char* relation;
+  };
+  const Case cases[] = {
+      {in(), tmp / "p", "OUT is the parent of IN (the reported defect)"},
+      {in(), tmp.path(), "OUT is an ancestor of IN"},
+      {in(), in(), "OUT is IN"},
+      {in(), in() / "sub", "OUT inside IN"},
+      {in(), in() / "model.safetensors.index.json", "OUT is a file of IN"},
+      {shard, in(), "IN a file whose directory is OUT"},
+      {shard, tmp / "p", "IN a file inside OUT"},
+      {shard, shard, "OUT is the input file"},
+      {in(), tmp / "p" / "." / "in" / "..", "OUT spelled with . and .."},
+  };
+  for (const Case& c : cases) {
+    for (const char* flags : {"--force -q", "-q"}) {
+      auto r = convert(c.from, c.to, flags);
+      EXPECT_EQ(r.exit_code, 2) << c.relation << " " << flags << ": " << r.err;
+      EXPECT_NE(r.err.find("the output must not"), std::string::npos) << c.relation << r.err;
+      expect_input_intact();
+    }
+  }
+  EXPECT_FALSE(fs::exists(in() / "sub"));
+  EXPECT_EQ(list_dir(tmp / "p"), (std::vector<std::string>{"in", "other.txt"}));
+}
+
+TEST_F(Reliability, RealPathsAreCompared) {
+  // A symlink to an ancestor of IN, used as OUT's parent: the real OUT contains IN.
+  fs::create_directory_symlink(tmp.path(), tmp / "alias");
+  auto r = convert(in(), tmp / "alias" / "p");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("the output must not be the input or contain it"), std::string::npos)
+      << r.err;
+  // IN given through a link, OUT its real parent.
+  r = convert(tmp / "alias" / "p" / "in", tmp / "p");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  // A hub-cache layout: the shards are links into blobs/ elsewhere. A directory holding blobs/
+  // (even one with shardshift's marker) is not replaced.
+  fs::create_directories(tmp / "cache" / "blobs");
+  fs::create_directories(tmp / "snap");
+  for (const std::string& name : list_dir(in())) {
+    fs::copy_file(in() / name, tmp / "cache" / "blobs" / name);
+    fs::create_symlink(tmp / "cache" / "blobs" / name, tmp / "snap" / name);
+  }
+  write_bytes(tmp / "cache" / OUTPUT_MARKER_NAME, "shardshift-output 1\n");
+  r = convert(tmp / "snap", tmp / "cache");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("blobs"), std::string::npos) << r.err;
+  EXPECT_EQ(list_dir(tmp / "cache" / "blobs").size(), before_.size());
+  expect_input_intact();
+}
+
+TEST_F(Reliability, ForceReplacesOnlyAPreviousOutput) {
+  // A directory shardshift did not write is refused, and left as it was.
+  fs::create_directory(tmp / "mine");
+  write_bytes(tmp / "mine" / "notes.txt", "precious");
+  auto r = convert(in(), tmp / "mine");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("exists and is not a previous shardshift output (it has no "
+                       ".shardshift-output file), so --force will not replace it"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(list_dir(tmp / "mine"), std::vector<std::string>{"notes.txt"});
+  // A marker that is not shardshift's, or a link to one, proves nothing.
+  write_bytes(tmp / "mine" / OUTPUT_MARKER_NAME, "something else\n");
+  EXPECT_EQ(convert(in(), tmp / "mine").exit_code, 2);
+  fs::remove(tmp / "mine" / OUTPUT_MARKER_NAME);
+  write_bytes(tmp / "marker", "shardshift-output 1\n");
+  fs::create_symlink(tmp / "marker", tmp / "mine" / OUTPUT_MARKER_NAME);
+  EXPECT_EQ(convert(in(), tmp / "mine").exit_code, 2);
+  EXPECT_EQ(read_bytes(tmp / "mine" / "notes.txt"), "precious");
+
+  // Every output carries the marker; --force replaces such an output, and an empty directory.
+  ASSERT_EQ(convert(in(), tmp / "out").exit_code, 0);
+  EXPECT_EQ(read_bytes(tmp / "out" / OUTPUT_MARKER_NAME).rfind("shardshift-output 1\n", 0), 0u);
+  write_bytes(tmp / "out" / "stale.txt", "from an older run");
+  r = convert(in(), tmp / "out");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(tmp / "out" / "stale.txt"));
+  EXPECT_TRUE(fs::exists(tmp / "out" / OUTPUT_MARKER_NAME));
+  fs::create_directory(tmp / "empty");
+  EXPECT_EQ(convert(in(), tmp / "empty").exit_code, 0);
+  // Without --force an existing output is refused as before.
+  r = convert(in(), tmp / "out", "-q");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("already exists; pass --force to replace it"), std::string::npos) << r.err;
+  expect_input_intact();
+}
+
+TEST_F(Reliability, OutputProblemsFailBeforeWriting) {
+  // A dangling symlink used to fail at the final rename, after the whole output was written.
+  fs::create_symlink(tmp / "nowhere" / "x", tmp / "dangling");
+  for (const char* flags : {"-q", "--force -q"}) {
+    auto r = convert(in(), tmp / "dangling", flags);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("dangling: is a symbolic link (to '" + (tmp / "nowhere" / "x").string() +
+                         "', which does not exist)"),
+              std::string::npos)
+        << r.err;
+  }
+  // A link to a directory: the rename would replace the link, not what it points to.
+  fs::create_directory(tmp / "real");
+  fs::create_directory_symlink(tmp / "real", tmp / "link");
+  EXPECT_EQ(convert(in(), tmp / "link").exit_code, 2);
+  // An existing file, with or without --force.
+  write_bytes(tmp / "file", "keep");
+  EXPECT_EQ(convert(in(), tmp / "file").exit_code, 2);
+  EXPECT_EQ(convert(in(), tmp / "file", "-q").exit_code, 2);
+  EXPECT_EQ(read_bytes(tmp / "file"), "keep");
+  // A parent that is a file, or missing.
+  EXPECT_EQ(convert(in(), tmp / "file" / "out").exit_code, 2);
+  EXPECT_EQ(convert(in(), tmp / "missing" / "out").exit_code, 2);
+  // Nothing was created anywhere: no output, no staging directory.
+  EXPECT_EQ(list_dir(tmp.path()),
+            (std::vector<std::string>{"dangling", "file", "link", "p", "real"}));
+  EXPECT_TRUE(list_dir(tmp / "real").empty());
+  expect_input_intact();
+}
+
+TEST_F(Reliability, UnwritableParentFailsBeforeWriting) {
+  if (geteuid() == 0)
+    GTEST_SKIP() << "root may write any directory";
+  fs::create_directory(tmp / "ro");
+  fs::permissions(tmp / "ro", fs::perms::owner_read | fs::perms::owner_exec);
+  auto r = convert(in(), tmp / "ro" / "out");
+  fs::permissions(tmp / "ro", fs::perms::owner_all);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("cannot create the output in this directory"), std::string::npos) << r.err;
+}
+
+TEST_F(Reliability, DeeplyNestedIndexIsAnErrorNotACrash) {
+  // 20,000 nested arrays (40 KB) in the index's metadata crashed every command (SIGSEGV).
+  const fs::path index = in() / INDEX_FILE_NAME;
+  std::string text = read_bytes(index);
+  const size_t at = text.find("\"metadata\"");
+  ASSERT_NE(at, std::string::npos) << text;
+  text.insert(text.find('{', at) + 1,
+              "\"deep\": " + std::string(20'000, '[') + std::string(20'000, ']') + ", ");
+  write_bytes(index, text);
+  for (const std::string& command :
+       {"inspect " + q(in()), "plan " + q(in()), "convert " + q(in()) + " " + q(tmp / "n")}) {
+    auto r = run_shardshift(command);
+    EXPECT_EQ(r.exit_code, 1) << command << ": " << r.err;
+    EXPECT_NE(r.err.find(index.string() +
+                         ": index has nesting deeper than 64 levels of arrays and objects"),
+              std::string::npos)
+        << command << ": " << r.err;
+  }
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+}
+
+TEST_F(Reliability, StrayShardIsAWarningAndIsNotCopied) {
+  fs::copy_file(in() / "model-00001-of-00002.safetensors", in() / "leftover.safetensors");
+  const std::string warning = "shardshift: warning: " + (in() / "leftover.safetensors").string() +
+                              ": not listed in model.safetensors.index.json; ignored (not "
+                              "converted, not copied into the output)\n";
+  for (const std::string& command :
+       {"inspect " + q(in()), "plan " + q(in()), "convert " + q(in()) + " " + q(tmp / "n")}) {
+    auto r = run_shardshift(command);
+    EXPECT_EQ(r.exit_code, 0) << command << ": " << r.err;
+    EXPECT_EQ(r.err.rfind(warning, 0), 0u) << command << ": " << r.err;
+    auto quiet = run_shardshift(command + " -q --force");
+    if (command.starts_with("convert"))
+      EXPECT_EQ(quiet.err, "") << command;
+  }
+  EXPECT_EQ(list_dir(tmp / "n"),
+            (std::vector<std::string>{".shardshift-output", "config.json", "model.safetensors"}));
+  EXPECT_EQ(run_shardshift("inspect " + q(in()) + " -q").err, "");
+}
+
+} // namespace
+} // namespace shardshift
