@@ -70,6 +70,15 @@ TEST_F(ConvertTest, ExistingOutputNeedsForce) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Errc::invalid_argument);
   EXPECT_TRUE(fs::exists(tmp / "n" / "old.txt"));
+  // --force replaces only a previous shardshift output (it carries the marker): a directory made
+  // by hand stays as it is.
+  auto forced = run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) { o.force = true; }));
+  ASSERT_FALSE(forced.ok());
+  EXPECT_EQ(forced.status().code(), Errc::invalid_argument);
+  EXPECT_TRUE(fs::exists(tmp / "n" / "old.txt"));
+  fs::remove_all(tmp / "n");
+  ASSERT_TRUE(run(tmp / "hf", tmp / "n").ok());
+  testing::write_bytes(tmp / "n" / "old.txt", "old");
   ASSERT_TRUE(run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) { o.force = true; })).ok());
   EXPECT_FALSE(fs::exists(tmp / "n" / "old.txt"));
   expect_same(read_checkpoint(tmp / "n"), ref_from_hf(in, true, {}));
@@ -119,7 +128,9 @@ TEST_F(ConvertTest, ShardsFollowTheSizeLimitAndIndexIsConsistent) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   auto files = testing::list_dir(tmp / "n");
   ASSERT_GT(r->files, 2u);
-  EXPECT_EQ(files.front(), "config.json");
+  ASSERT_GT(files.size(), 2u);
+  EXPECT_EQ(files[0], OUTPUT_MARKER_NAME); // "." sorts first
+  EXPECT_EQ(files[1], "config.json");
   EXPECT_NE(std::find(files.begin(), files.end(), "model.safetensors.index.json"), files.end());
   char last[64];
   std::snprintf(last, sizeof last, "model-%05llu-of-%05llu.safetensors",
