@@ -172,8 +172,9 @@ Status check_output(const ConvertOptions& o) {
 }
 
 // Opens the CUDA stage when the device option asks for (or allows) it; nullptr means CPU.
-Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, uint64_t chunk,
-                                                     unsigned slots, std::string* description) {
+Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, unsigned threads,
+                                                     uint64_t chunk, unsigned slots,
+                                                     std::string* description) {
   *description = std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
   if (device == "cpu")
     return std::unique_ptr<CudaTransformer>();
@@ -190,6 +191,12 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
     return Status(Errc::invalid_argument,
                   "--device '" + device + "': use auto, cpu, cuda or cuda:N");
   }
+  // auto: the GPU only where it was measured to make a conversion faster (docs/PERFORMANCE.md,
+  // "GPU or CPU"). Its stage costs a pipeline thread a copy of each chunk into pinned memory plus
+  // the wait for the transfers, which is more than the AVX2/AVX-512 kernel costs once there are
+  // 4 or more threads; with 2 threads, or a CPU that only has the portable kernel, it helps.
+  if (device == "auto" && threads > 2 && detect_simd_level() != SimdLevel::portable)
+    return std::unique_ptr<CudaTransformer>();
   const int count = CudaTransformer::device_count();
   if (count == 0) {
     if (device == "auto")
@@ -323,7 +330,7 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
   size_pipeline(options.max_memory, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
-  auto gpu = open_device(options.device, c.chunk_bytes, gpu_slots, &e.device);
+  auto gpu = open_device(options.device, threads, c.chunk_bytes, gpu_slots, &e.device);
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());
