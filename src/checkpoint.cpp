@@ -73,100 +73,117 @@ std::string stray_warning(const fs::path& root, const std::string& file) {
          "; ignored (not converted, not copied into the output)";
 }
 
-} // namespace
+// What opening a checkpoint collects on its way; the steps below fill it in order.
+struct Opening {
+  Checkpoint ckpt;
+  ProblemList problems;
+  std::vector<std::string> shard_names;          ///< the shards to read, sorted
+  Index index;                                   ///< when ckpt.has_index
+  std::vector<Status> shard_status;              ///< per shard: mapped and parsed, or why not
+  std::set<std::string, std::less<>> duplicated; ///< tensor names found in two shards
+};
 
-Result<Checkpoint> Checkpoint::open(const fs::path& path) {
+// The index's shards: each listed path must stay inside the directory and exist. Fails only when
+// the index itself cannot be read or parsed; other problems are collected.
+Status use_index(Opening& o, const fs::path& dir, const std::vector<std::string>& regular_files,
+                 std::vector<std::string>* stray) {
+  const std::string index_path = (dir / INDEX_FILE_NAME).string();
+  o.ckpt.has_index = true;
+  auto loaded = simdjson::padded_string::load(index_path);
+  if (loaded.error())
+    return error(Errc::io, index_path + ": cannot read the index: " +
+                               simdjson::error_message(loaded.error()));
+  auto parsed = parse_index(index_path, std::string_view(loaded.value_unsafe()));
+  if (!parsed)
+    return parsed.status();
+  o.index = std::move(parsed).value();
+  o.ckpt.index_metadata = o.index.metadata;
+  std::set<std::string> listed, reported;
+  for (const auto& [name, file] : o.index.weight_map) {
+    if (!safe_relative_path(file)) {
+      if (reported.insert(file).second)
+        o.problems.tensor(Errc::format, index_path, name,
+                          "shard path '" + printable(file) +
+                              "' must be relative to the checkpoint directory, without '..'");
+      continue;
+    }
+    listed.insert(file);
+  }
+  for (const auto& file : listed) {
+    std::error_code ec;
+    auto st = fs::status(dir / file, ec);
+    if (ec || !fs::is_regular_file(st)) {
+      size_t count = 0;
+      for (const auto& [name, f] : o.index.weight_map)
+        count += f == file;
+      o.problems.add(Errc::format, index_path, {},
+                     "shard '" + printable(file) + "' is listed for " + std::to_string(count) +
+                         " tensor(s) but is missing");
+      continue;
+    }
+    o.shard_names.push_back(file);
+  }
+  *stray = stray_shards(regular_files, listed);
+  for (const auto& f : *stray)
+    o.ckpt.warnings.push_back(stray_warning(dir, f));
+  return {};
+}
+
+// Which files are shards (one file; the index's; or every *.safetensors) and which are side
+// files to copy.
+Status find_files(Opening& o, const fs::path& path) {
   std::error_code ec;
   auto status = fs::status(path, ec);
   if (ec || !fs::exists(status))
     return error(Errc::io, path.string() + ": no such file or directory");
-
-  Checkpoint ckpt;
-  ProblemList problems;
-  std::vector<std::string> shard_names;
-  Index index;
-
   if (fs::is_regular_file(status)) {
-    ckpt.single_file = true;
-    ckpt.root = path.has_parent_path() ? path.parent_path() : fs::path(".");
-    shard_names.push_back(path.filename().string());
-  } else if (fs::is_directory(status)) {
-    ckpt.root = path;
-    auto listing = regular_files_of(path);
-    if (!listing)
-      return listing.status();
-    const std::vector<std::string>& regular_files = *listing;
-    std::vector<std::string> stray;
-
-    std::string index_path = (path / INDEX_FILE_NAME).string();
-    if (std::binary_search(regular_files.begin(), regular_files.end(), INDEX_FILE_NAME)) {
-      ckpt.has_index = true;
-      auto loaded = simdjson::padded_string::load(index_path);
-      if (loaded.error())
-        return error(Errc::io, index_path + ": cannot read the index: " +
-                                   simdjson::error_message(loaded.error()));
-      auto parsed = parse_index(index_path, std::string_view(loaded.value_unsafe()));
-      if (!parsed)
-        return parsed.status();
-      index = std::move(parsed).value();
-      ckpt.index_metadata = index.metadata;
-      std::set<std::string> listed, reported;
-      for (const auto& [name, file] : index.weight_map) {
-        if (!safe_relative_path(file)) {
-          if (reported.insert(file).second)
-            problems.tensor(Errc::format, index_path, name,
-                            "shard path '" + printable(file) +
-                                "' must be relative to the checkpoint directory, without '..'");
-          continue;
-        }
-        listed.insert(file);
-      }
-      for (const auto& file : listed) {
-        auto st = fs::status(path / file, ec);
-        if (ec || !fs::is_regular_file(st)) {
-          size_t count = 0;
-          for (const auto& [name, f] : index.weight_map)
-            count += f == file;
-          problems.add(Errc::format, index_path, {},
-                       "shard '" + printable(file) + "' is listed for " + std::to_string(count) +
-                           " tensor(s) but is missing");
-          continue;
-        }
-        shard_names.push_back(file);
-      }
-      stray = stray_shards(regular_files, listed);
-      for (const auto& f : stray)
-        ckpt.warnings.push_back(stray_warning(path, f));
-    } else {
-      for (const auto& f : regular_files)
-        if (is_shard_name(f))
-          shard_names.push_back(f);
-      if (shard_names.empty())
-        return error(Errc::format, path.string() + ": no *.safetensors files and no " +
-                                       INDEX_FILE_NAME + " in this directory");
-    }
-    std::set<std::string> not_side(shard_names.begin(), shard_names.end());
-    not_side.insert(stray.begin(), stray.end());
-    not_side.insert(INDEX_FILE_NAME);
-    not_side.insert(OUTPUT_MARKER_NAME); // a previous output's marker is not part of the model
-    for (const auto& f : regular_files)
-      if (!not_side.count(f))
-        ckpt.other_files.push_back(f);
-  } else {
-    return error(Errc::io, path.string() + ": not a file or directory");
+    o.ckpt.single_file = true;
+    o.ckpt.root = path.has_parent_path() ? path.parent_path() : fs::path(".");
+    o.shard_names.push_back(path.filename().string());
+    return {};
   }
-  std::sort(shard_names.begin(), shard_names.end());
+  if (!fs::is_directory(status))
+    return error(Errc::io, path.string() + ": not a file or directory");
+  o.ckpt.root = path;
+  auto listing = regular_files_of(path);
+  if (!listing)
+    return listing.status();
+  const std::vector<std::string>& regular_files = *listing;
+  std::vector<std::string> stray;
+  if (std::binary_search(regular_files.begin(), regular_files.end(), INDEX_FILE_NAME)) {
+    if (Status s = use_index(o, path, regular_files, &stray); !s.ok())
+      return s;
+  } else {
+    for (const auto& f : regular_files)
+      if (is_shard_name(f))
+        o.shard_names.push_back(f);
+    if (o.shard_names.empty())
+      return error(Errc::format, path.string() + ": no *.safetensors files and no " +
+                                     INDEX_FILE_NAME + " in this directory");
+  }
+  std::set<std::string> not_side(o.shard_names.begin(), o.shard_names.end());
+  not_side.insert(stray.begin(), stray.end());
+  not_side.insert(INDEX_FILE_NAME);
+  not_side.insert(OUTPUT_MARKER_NAME); // a previous output's marker is not part of the model
+  for (const auto& f : regular_files)
+    if (!not_side.count(f))
+      o.ckpt.other_files.push_back(f);
+  std::sort(o.shard_names.begin(), o.shard_names.end());
+  return {};
+}
 
-  // Map and validate every shard. Headers are independent, so they are read in parallel; each
-  // slot's Status is merged in shard order afterwards so messages come out deterministically.
-  ckpt.shards.resize(shard_names.size());
-  std::vector<Status> shard_status(shard_names.size());
-  tbb::parallel_for(size_t{0}, shard_names.size(), [&](size_t i) {
+// Map and validate every shard. Headers are independent, so they are read in parallel; each
+// slot's Status is merged in shard order afterwards so messages come out deterministically.
+void map_shards(Opening& o) {
+  Checkpoint& ckpt = o.ckpt;
+  ckpt.shards.resize(o.shard_names.size());
+  o.shard_status.assign(o.shard_names.size(), Status());
+  tbb::parallel_for(size_t{0}, o.shard_names.size(), [&](size_t i) {
     Shard& shard = ckpt.shards[i];
-    shard.file_name = shard_names[i];
+    shard.file_name = o.shard_names[i];
     auto mapped = MappedFile::open(ckpt.root / shard.file_name);
     if (!mapped) {
-      shard_status[i] = mapped.status();
+      o.shard_status[i] = mapped.status();
       return;
     }
     shard.file = std::move(mapped).value();
@@ -176,79 +193,91 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
     Status guarded = guard_mapped_access(
         *shard.file, [&] { header = parse_header(shard.file->path(), shard.file->bytes()); });
     if (!guarded.ok())
-      shard_status[i] = guarded;
+      o.shard_status[i] = guarded;
     else if (!header.ok())
-      shard_status[i] = header.status();
+      o.shard_status[i] = header.status();
     else
       shard.header = std::move(header).value();
   });
-  for (const auto& s : shard_status)
+  for (const auto& s : o.shard_status)
     if (!s.ok())
-      problems.add(s);
+      o.problems.add(s);
+}
 
-  // Every tensor, by name; a name in two shards is ambiguous whatever the index says.
-  std::set<std::string, std::less<>> duplicated;
+// Every tensor, by name; a name in two shards is ambiguous whatever the index says.
+void index_tensors(Opening& o) {
+  Checkpoint& ckpt = o.ckpt;
   for (uint32_t i = 0; i < ckpt.shards.size(); ++i) {
     const auto& tensors = ckpt.shards[i].header.tensors;
     for (uint32_t j = 0; j < tensors.size(); ++j) {
       auto [it, inserted] = ckpt.tensors.emplace(tensors[j].name, TensorRef{i, j});
       if (!inserted) {
-        duplicated.insert(tensors[j].name);
-        problems.tensor(Errc::format, ckpt.shards[i].file->path(), tensors[j].name,
-                        "also in shard '" + printable(ckpt.shards[it->second.shard].file_name) +
-                            "' (a tensor may be stored in only one shard)");
+        o.duplicated.insert(tensors[j].name);
+        o.problems.tensor(Errc::format, ckpt.shards[i].file->path(), tensors[j].name,
+                          "also in shard '" + printable(ckpt.shards[it->second.shard].file_name) +
+                              "' (a tensor may be stored in only one shard)");
       }
     }
   }
+}
 
-  if (ckpt.has_index) {
-    std::string index_path = (ckpt.root / INDEX_FILE_NAME).string();
-    // Only shards whose header was read: a broken shard's problems are already reported, and
-    // listing all its tensors as missing would bury them.
-    std::map<std::string, const Shard*, std::less<>> opened;
-    for (size_t i = 0; i < ckpt.shards.size(); ++i)
-      if (shard_status[i].ok())
-        opened.emplace(ckpt.shards[i].file_name, &ckpt.shards[i]);
-    std::map<std::string, std::string, std::less<>> listed(index.weight_map.begin(),
-                                                           index.weight_map.end());
-    for (const auto& [name, file] : index.weight_map) {
-      auto shard_it = opened.find(file);
-      if (shard_it == opened.end())
-        continue; // unusable or missing shard: reported above
-      const Shard* shard = shard_it->second;
-      if (shard->header.find(name))
-        continue;
-      auto elsewhere = ckpt.tensors.find(name);
-      std::string where = elsewhere == ckpt.tensors.end()
-                              ? "no shard has it"
-                              : "it is in shard '" +
-                                    printable(ckpt.shards[elsewhere->second.shard].file_name) + "'";
-      problems.tensor(Errc::format, index_path, name,
+// The index and the headers must agree: every listed tensor in its shard, every tensor listed.
+void check_index(Opening& o) {
+  const Checkpoint& ckpt = o.ckpt;
+  const std::string index_path = (ckpt.root / INDEX_FILE_NAME).string();
+  // Only shards whose header was read: a broken shard's problems are already reported, and
+  // listing all its tensors as missing would bury them.
+  std::map<std::string, const Shard*, std::less<>> opened;
+  for (size_t i = 0; i < ckpt.shards.size(); ++i)
+    if (o.shard_status[i].ok())
+      opened.emplace(ckpt.shards[i].file_name, &ckpt.shards[i]);
+  std::map<std::string, std::string, std::less<>> listed(o.index.weight_map.begin(),
+                                                         o.index.weight_map.end());
+  for (const auto& [name, file] : o.index.weight_map) {
+    auto shard_it = opened.find(file);
+    if (shard_it == opened.end() || shard_it->second->header.find(name))
+      continue; // present, or an unusable or missing shard: reported above
+    auto elsewhere = ckpt.tensors.find(name);
+    std::string where =
+        elsewhere == ckpt.tensors.end()
+            ? "no shard has it"
+            : "it is in shard '" + printable(ckpt.shards[elsewhere->second.shard].file_name) + "'";
+    o.problems.tensor(Errc::format, index_path, name,
                       "listed in shard '" + printable(file) + "', which lacks it (" + where + ")");
-    }
-    for (const auto& s : ckpt.shards) {
-      for (const auto& t : s.header.tensors) {
-        if (listed.count(t.name) || duplicated.count(t.name))
-          continue;
-        problems.tensor(Errc::format, s.file->path(), t.name,
-                        std::string("not listed in ") + INDEX_FILE_NAME);
-      }
-    }
   }
+  for (const auto& s : ckpt.shards)
+    for (const auto& t : s.header.tensors)
+      if (!listed.count(t.name) && !o.duplicated.count(t.name))
+        o.problems.tensor(Errc::format, s.file->path(), t.name,
+                          std::string("not listed in ") + INDEX_FILE_NAME);
+}
 
-  // config.json names the model; read now so planning does no file I/O.
-  if (std::find(ckpt.other_files.begin(), ckpt.other_files.end(), "config.json") !=
-      ckpt.other_files.end()) {
-    auto model_type = read_config_model_type(ckpt.root / "config.json");
-    if (model_type)
-      ckpt.config_model_type = std::move(*model_type);
-    else
-      problems.add(model_type.status());
-  }
+// config.json names the model; read now so planning does no file I/O.
+void read_config(Opening& o) {
+  const auto& side = o.ckpt.other_files;
+  if (std::find(side.begin(), side.end(), "config.json") == side.end())
+    return;
+  auto model_type = read_config_model_type(o.ckpt.root / "config.json");
+  if (model_type)
+    o.ckpt.config_model_type = std::move(*model_type);
+  else
+    o.problems.add(model_type.status());
+}
 
-  if (!problems.empty())
-    return problems.status();
-  return ckpt;
+} // namespace
+
+Result<Checkpoint> Checkpoint::open(const fs::path& path) {
+  Opening o;
+  if (Status s = find_files(o, path); !s.ok())
+    return s;
+  map_shards(o);
+  index_tensors(o);
+  if (o.ckpt.has_index)
+    check_index(o);
+  read_config(o);
+  if (!o.problems.empty())
+    return o.problems.status();
+  return std::move(o.ckpt);
 }
 
 std::vector<std::string> checkpoint_warnings(const fs::path& path) {
