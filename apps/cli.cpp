@@ -70,6 +70,12 @@ const char* const SIZE_SYNTAX =
     "SIZE is a byte count with an optional unit: kB, MB, GB, TB are powers of 1000 (5GB = 5e9 "
     "bytes, as Hugging Face counts); KiB, MiB, GiB, TiB are powers of 1024.";
 
+void print_warnings(const std::vector<std::string>& warnings, bool quiet) {
+  if (!quiet)
+    for (const std::string& w : warnings)
+      std::cerr << "shardshift: warning: " << w << "\n";
+}
+
 int report_error(const Status& status) {
   std::string text;
   for (std::string_view line : split(status.message(), "\n"))

@@ -33,6 +33,9 @@ inline constexpr unsigned HELP_WIDTH = 80;
 /// line, each greppable alone) and returns the exit code for it: 2 for invalid_argument, 130 for
 /// interrupted, 1 otherwise.
 int report_error(const Status& status);
+/// Prints each of the input's warnings (Checkpoint::warnings) as `shardshift: warning: ...` on
+/// stderr, unless `quiet`.
+void print_warnings(const std::vector<std::string>& warnings, bool quiet);
 /// Prints a usage error with a hint to run `shardshift CMD --help`; returns 2.
 int usage_error(const std::string& command, const std::string& message);
 

@@ -269,13 +269,6 @@ std::string progress_text(const Progress& p) {
   return buf;
 }
 
-// The input's warnings (Checkpoint::warnings), one "shardshift: warning: ..." line each.
-void print_warnings(const std::vector<std::string>& warnings, bool quiet) {
-  if (!quiet)
-    for (const std::string& w : warnings)
-      std::cerr << "shardshift: warning: " << w << "\n";
-}
-
 } // namespace
 
 int cmd_plan(int argc, char** argv) {
@@ -348,24 +341,34 @@ int cmd_plan(int argc, char** argv) {
   return stdout_ok("plan") ? EXIT_OK : EXIT_FAIL;
 }
 
-int cmd_convert(int argc, char** argv) {
-  const HelpText help = {
-      .usage = "shardshift convert IN OUT [options]",
-      .description =
-          "Converts the checkpoint IN (a .safetensors file or a directory of shards) into the "
-          "directory OUT, shard by shard with bounded memory. OUT appears complete or not at "
-          "all: it is written under a temporary name and renamed into place, and Ctrl-C or an "
-          "error removes everything written so far.",
-      .examples = "shardshift convert diffusiongemma-26B nemo-26B    # HF -> native, detected\n"
-                  "shardshift convert nemo-26B hf-26B --direction to_hf --dtype bf16\n"
-                  "shardshift convert hf ep-r1 --ep-size 4 --ep-rank 1 --max-memory 4GiB -j 8\n"
-                  "shardshift convert hf nemo --stats --trace run.json.gz  # see ui.perfetto.dev\n"
-                  "shardshift convert hf - --only model-00002-of-00011.safetensors | upload-tool",
-      .exit_status = "0 converted, 1 failed (nothing is left behind), 2 bad usage, 130 "
-                     "interrupted.",
-  };
+namespace {
+
+const HelpText CONVERT_HELP = {
+    .usage = "shardshift convert IN OUT [options]",
+    .description =
+        "Converts the checkpoint IN (a .safetensors file or a directory of shards) into the "
+        "directory OUT, shard by shard with bounded memory. OUT appears complete or not at "
+        "all: it is written under a temporary name and renamed into place, and Ctrl-C or an "
+        "error removes everything written so far.",
+    .examples = "shardshift convert diffusiongemma-26B nemo-26B    # HF -> native, detected\n"
+                "shardshift convert nemo-26B hf-26B --direction to_hf --dtype bf16\n"
+                "shardshift convert hf ep-r1 --ep-size 4 --ep-rank 1 --max-memory 4GiB -j 8\n"
+                "shardshift convert hf nemo --stats --trace run.json.gz  # see ui.perfetto.dev\n"
+                "shardshift convert hf - --only model-00002-of-00011.safetensors | upload-tool",
+    .exit_status = "0 converted, 1 failed (nothing is left behind), 2 bad usage, 130 "
+                   "interrupted.",
+};
+
+// The flags of `convert`, in the groups its --help shows.
+struct ConvertFlags {
   FlagGroup what = output_flags();
-  FlagGroup run("How to run");
+  FlagGroup run{"How to run"};
+  FlagGroup report{"Reporting"};
+};
+
+void add_convert_flags(ConvertFlags& f) {
+  FlagGroup& run = f.run;
+  FlagGroup& report = f.report;
   run.flags.add_options()("jobs,j", po::value<unsigned>()->default_value(0)->value_name("N"),
                           "Worker threads; 0 uses every core. Example: -j 8")(
       "writers", po::value<unsigned>()->default_value(0)->value_name("N"),
@@ -385,7 +388,6 @@ int cmd_convert(int argc, char** argv) {
       "With OUT '-': stream only the output file NAME (a shard, the index or a side file) to "
       "stdout, e.g. into an upload tool. Not needed when the output is a single file. "
       "Example: - --only model-00001-of-00004.safetensors");
-  FlagGroup report("Reporting");
   report.flags.add_options()("stats",
                              "Print a table of the pipeline stages on stderr: count, bytes, "
                              "busy time, share, rate, p50 and p99 per stage.")(
@@ -395,23 +397,13 @@ int cmd_convert(int argc, char** argv) {
   add_common_flags(report, "No progress line and no summary on stderr.",
                    "what was converted, the byte counts by path (zero-copy, transformed, cpu, "
                    "gpu), time, rate, peak RSS and the per-stage figures of --stats.");
-  po::options_description all;
-  all.add(what.flags).add(run.flags).add(report.flags);
-  all.add_options()("input", po::value<std::string>())("output", po::value<std::string>());
-  po::positional_options_description pos;
-  pos.add("input", 1).add("output", 1);
-  po::variables_map vm;
-  if (int rc; !parse_args("convert", argc, argv, all, pos, vm, &rc))
-    return rc;
-  if (vm.count("help")) {
-    print_help(std::cout, help, {&what, &run, &report});
-    return EXIT_OK;
-  }
-  if (!vm.count("input") || !vm.count("output"))
-    return usage_error("convert", "expected two arguments: IN OUT");
+}
+
+// ConvertOptions from the parsed flags; a bad value is a usage error (its message).
+Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   auto opts = plan_options(vm);
   if (!opts)
-    return usage_error("convert", opts.status().message());
+    return opts.status();
   ConvertOptions o;
   o.input = vm["input"].as<std::string>();
   o.output = vm["output"].as<std::string>();
@@ -420,31 +412,33 @@ int cmd_convert(int argc, char** argv) {
   o.writers = vm["writers"].as<unsigned>();
   auto mem = parse_size(vm["max-memory"].as<std::string>());
   if (!mem)
-    return usage_error("convert", "--max-memory: " + mem.status().message());
+    return Status(Errc::invalid_argument, "--max-memory: " + mem.status().message());
   if (*mem < (1u << 20))
-    return usage_error("convert", "--max-memory must be at least 1MiB");
+    return Status(Errc::invalid_argument, "--max-memory must be at least 1MiB");
   o.max_memory = *mem;
   o.device = vm["device"].as<std::string>();
   // Strictly here: the library would read "cuda:x" as a GPU number.
   if (std::string why = check_device(o.device); !why.empty())
-    return usage_error("convert", why);
+    return Status(Errc::invalid_argument, why);
   o.force = vm.count("force") > 0;
   o.sync = vm.count("no-sync") == 0;
   if (vm.count("only"))
     o.only = vm["only"].as<std::string>();
-  const bool quiet = vm.count("quiet") > 0, json = vm.count("json") > 0;
-  if (o.output == "-" && json)
-    return usage_error("convert", "--json and OUT '-' both write to stdout; use one");
+  if (o.output == "-" && vm.count("json"))
+    return Status(Errc::invalid_argument, "--json and OUT '-' both write to stdout; use one");
   o.trace = vm.count("trace") > 0;
+  return o;
+}
 
-  // convert() opens IN itself; its warnings come from the listing and the index alone.
-  print_warnings(checkpoint_warnings(o.input), quiet);
-
+// Runs the conversion with a progress line, Ctrl-C handling and the trace; prints the summary.
+int run_convert(ConvertOptions& o, const po::variables_map& vm) {
+  const bool quiet = vm.count("quiet") > 0;
   // Ctrl-C stops the pipeline at its next chunk, and convert() removes the staging directory.
   CancelOnSignal cancel(/*ignore_sigpipe=*/true);
   o.cancel = cancel.flag();
   ProgressLine line(quiet);
   ConvertCallbacks cb;
+  cb.warnings = [quiet](const std::vector<std::string>& w) { print_warnings(w, quiet); };
   if (line.enabled())
     cb.progress = [&line](const Progress& p) {
       if (line.due())
@@ -471,12 +465,37 @@ int cmd_convert(int argc, char** argv) {
     std::fputs(summary_line(s, o.output.string(), rate).c_str(), stderr);
   if (vm.count("stats"))
     print_stats(s);
-  if (json) {
+  if (vm.count("json")) {
     std::cout << summary_json(s, o.output.string(), rate);
     if (!stdout_ok("convert"))
       return EXIT_FAIL;
   }
   return exit_code;
+}
+
+} // namespace
+
+int cmd_convert(int argc, char** argv) {
+  ConvertFlags flags;
+  add_convert_flags(flags);
+  po::options_description all;
+  all.add(flags.what.flags).add(flags.run.flags).add(flags.report.flags);
+  all.add_options()("input", po::value<std::string>())("output", po::value<std::string>());
+  po::positional_options_description pos;
+  pos.add("input", 1).add("output", 1);
+  po::variables_map vm;
+  if (int rc; !parse_args("convert", argc, argv, all, pos, vm, &rc))
+    return rc;
+  if (vm.count("help")) {
+    print_help(std::cout, CONVERT_HELP, {&flags.what, &flags.run, &flags.report});
+    return EXIT_OK;
+  }
+  if (!vm.count("input") || !vm.count("output"))
+    return usage_error("convert", "expected two arguments: IN OUT");
+  auto options = convert_options(vm);
+  if (!options)
+    return usage_error("convert", options.status().message());
+  return run_convert(*options, vm);
 }
 
 } // namespace shardshift::app

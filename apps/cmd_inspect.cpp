@@ -158,13 +158,6 @@ std::string errors_json(const std::string& path, const Status& status) {
   return w.take() + "\n";
 }
 
-// The input's warnings (Checkpoint::warnings), one "shardshift: warning: ..." line each.
-void print_warnings(const std::vector<std::string>& warnings, bool quiet) {
-  if (!quiet)
-    for (const std::string& w : warnings)
-      std::cerr << "shardshift: warning: " << w << "\n";
-}
-
 } // namespace
 
 int cmd_inspect(int argc, char** argv) {

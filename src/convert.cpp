@@ -463,6 +463,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
     return opened.status();
   const Checkpoint& input = *opened;
   profiler.record(Stage::plan, t0, profiler.now(), 0, "open_checkpoint");
+  if (callbacks.warnings && !input.warnings.empty())
+    callbacks.warnings(input.warnings);
   auto planned = make_plan(input, options.plan, &profiler);
   if (!planned)
     return planned.status();

@@ -61,6 +61,8 @@ struct ConvertSummary {
 struct ConvertCallbacks {
   std::function<void(const Progress&)> progress; ///< called at most ~5 times a second
   std::function<void(const Plan&)> planned;      ///< called once the plan is made
+  /// Called once the input is open with each of its warnings (Checkpoint::warnings).
+  std::function<void(const std::vector<std::string>&)> warnings;
 };
 
 /// Converts options.input into options.output. `profiler` (optional) receives the timings.
