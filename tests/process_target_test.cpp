@@ -73,11 +73,12 @@ TEST_F(ProcessTargetTest, ACommandThatFailsFailsTheFile) {
 
 TEST_F(ProcessTargetTest, AnAbandonedFileIsInterruptedBeforeItsInputEnds) {
   // The command records how it ended: "eof" if it saw the end of its input, "interrupted" if a
-  // SIGINT came first.
+  // SIGINT came first. It reads with the shell's own `read`, so the signal reaches the reader
+  // itself rather than a child the shell waits for.
   const std::string marker = shell_quote((tmp / "marker").string());
   const std::string ready = shell_quote((tmp / "ready").string());
   ProcessTarget target("trap 'echo interrupted > " + marker + "; exit 130' INT; touch " + ready +
-                           "; cat > /dev/null; echo eof > " + marker,
+                           "; while read -r line; do :; done; echo eof > " + marker,
                        std::chrono::milliseconds(2000));
   const OutputFile f = small_file("c.bin", "HEADER", 100);
   ShardWriter w;
@@ -103,6 +104,19 @@ TEST_F(ProcessTargetTest, ACommandThatIgnoresSigintIsStoppedAnyway) {
   EXPECT_FALSE(std::filesystem::exists(tmp / "marker"));
 }
 
+// Runs the pipeline over every file of `plan` into `target`, in 64 KiB chunks, 3 tokens a lane.
+Result<PipelineResult> pipe_every_file(const Checkpoint& input, const Plan& plan,
+                                       OutputTarget& target, unsigned writers) {
+  std::vector<uint32_t> files(plan.files.size());
+  std::iota(files.begin(), files.end(), 0u);
+  PipelineConfig config;
+  config.writers = writers;
+  config.chunk_bytes = 64 << 10;
+  config.tokens = 3;
+  Profiler profiler(false);
+  return run_pipeline(input, plan, files, target, config, profiler);
+}
+
 TEST_F(ProcessTargetTest, PipelineStreamsEveryFileIntoItsCommandWithSeveralLanes) {
   std::mt19937_64 rng(test_seed());
   reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 4, 4, 64, 24), 2,
@@ -125,14 +139,7 @@ TEST_F(ProcessTargetTest, PipelineStreamsEveryFileIntoItsCommandWithSeveralLanes
 
   std::filesystem::create_directory(tmp / "piped");
   ProcessTarget target("cat > " + shell_quote((tmp / "piped").string()) + "/{name}");
-  std::vector<uint32_t> files(plan->files.size());
-  std::iota(files.begin(), files.end(), 0u);
-  PipelineConfig config;
-  config.writers = 3;
-  config.chunk_bytes = 64 << 10;
-  config.tokens = 3;
-  Profiler profiler(false);
-  auto moved = run_pipeline(*input, *plan, files, target, config, profiler);
+  auto moved = pipe_every_file(*input, *plan, target, /*writers=*/3);
   ASSERT_TRUE(moved.ok()) << moved.status().message();
   for (const OutputFile& f : plan->files)
     EXPECT_EQ(read_bytes(tmp / "piped" / f.name), read_bytes(tmp / "dir" / f.name)) << f.name;
@@ -152,14 +159,7 @@ TEST_F(ProcessTargetTest, AFailingCommandFailsThePipelineAndInterruptsTheOthers)
   // The first file's command exits at once without reading (EPIPE for the writer, or a non-zero
   // exit); the others would complete.
   ProcessTarget target("if [ {name} = " + victim + " ]; then exit 7; fi; cat > /dev/null");
-  std::vector<uint32_t> files(plan->files.size());
-  std::iota(files.begin(), files.end(), 0u);
-  PipelineConfig config;
-  config.writers = 2;
-  config.chunk_bytes = 64 << 10;
-  config.tokens = 3;
-  Profiler profiler(false);
-  auto moved = run_pipeline(*input, *plan, files, target, config, profiler);
+  auto moved = pipe_every_file(*input, *plan, target, /*writers=*/2);
   ASSERT_FALSE(moved.ok());
   EXPECT_NE(moved.status().message().find(victim), std::string::npos) << moved.status().message();
 }
