@@ -72,21 +72,31 @@ TEST_F(ProcessTargetTest, ACommandThatFailsFailsTheFile) {
 }
 
 TEST_F(ProcessTargetTest, AnAbandonedFileIsInterruptedBeforeItsInputEnds) {
-  // The command records how it ended: "eof" if it saw the end of its input, "interrupted" if a
-  // SIGINT came first. It reads with the shell's own `read`, so the signal reaches the reader
-  // itself rather than a child the shell waits for.
-  const std::string marker = shell_quote((tmp / "marker").string());
+  // The command records its reader's exit status once the reader is done. Fed to the end, the
+  // reader sees end of input and exits 0; abandoned, the command must be stopped by a signal
+  // while its input is still open, so it never gets to record anything.
+  const std::string status = shell_quote((tmp / "status").string());
   const std::string ready = shell_quote((tmp / "ready").string());
-  ProcessTarget target("trap 'echo interrupted > " + marker + "; exit 130' INT; touch " + ready +
-                           "; while read -r line; do :; done; echo eof > " + marker,
-                       std::chrono::milliseconds(2000));
-  const OutputFile f = small_file("c.bin", "HEADER", 100);
+  const std::string command = "touch " + ready + "; cat > /dev/null; echo $? > " + status;
+  const OutputFile f = small_file("c.bin", "HEADER", 10);
+  {
+    ProcessTarget target(command);
+    ShardWriter w;
+    ASSERT_TRUE(target.open(w, f).ok());
+    ASSERT_TRUE(w.append(std::as_bytes(std::span("0123456789", 10))).ok());
+    ASSERT_TRUE(target.finish(w, f).ok());
+    EXPECT_EQ(read_bytes(tmp / "status"), "0\n") << "the control: a finished file's command ends";
+  }
+  std::filesystem::remove(tmp / "status");
+  std::filesystem::remove(tmp / "ready");
+  ProcessTarget target(command, std::chrono::milliseconds(2000));
   ShardWriter w;
   ASSERT_TRUE(target.open(w, f).ok());
-  ASSERT_TRUE(w.append(std::as_bytes(std::span("0123456789", 10))).ok());
+  ASSERT_TRUE(w.append(std::as_bytes(std::span("01234", 5))).ok());
   wait_for_file(tmp / "ready");
   target.abandon(w, f);
-  EXPECT_EQ(read_bytes(tmp / "marker"), "interrupted\n");
+  EXPECT_FALSE(std::filesystem::exists(tmp / "status"))
+      << "the command finished normally: " << read_bytes(tmp / "status");
 }
 
 TEST_F(ProcessTargetTest, ACommandThatIgnoresSigintIsStoppedAnyway) {
