@@ -14,58 +14,43 @@ namespace shardshift {
 
 namespace fs = std::filesystem;
 
-int SystemIo::open(const char* path, int flags, unsigned mode) {
-  return ::open(path, flags, static_cast<mode_t>(mode));
-}
+namespace {
 
-int SystemIo::close(int fd) {
-  return ::close(fd);
-}
+// The system Io: each call is the system call itself.
+class SystemIo final : public Io {
+public:
+  int open(const char* path, int flags, unsigned mode) override {
+    return ::open(path, flags, static_cast<mode_t>(mode));
+  }
+  int close(int fd) override { return ::close(fd); }
+  ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) override {
+    return ::pwrite(fd, buf, count, offset);
+  }
+  ssize_t write(int fd, const void* buf, size_t count) override { return ::write(fd, buf, count); }
+  ssize_t copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
+                          size_t len) override {
+    return ::copy_file_range(fd_in, off_in, fd_out, off_out, len, 0);
+  }
+  ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override {
+    // SPLICE_F_MOVE is only a hint; SPLICE_F_MORE tells the pipe more data follows.
+    return ::splice(fd_in, off_in, fd_out, off_out, len, SPLICE_F_MOVE | SPLICE_F_MORE);
+  }
+  int fallocate(int fd, off_t offset, off_t length) override {
+    // fallocate(2) mode 0 rather than posix_fallocate: glibc's posix_fallocate emulates missing
+    // support by writing a byte into every block, which would double the I/O of a large shard. A
+    // filesystem without support reports EOPNOTSUPP, which the writer ignores.
+    return ::fallocate(fd, 0, offset, length);
+  }
+  int fsync(int fd) override { return ::fsync(fd); }
+  int rename(const char* from, const char* to) override { return std::rename(from, to); }
+  int unlink(const char* path) override { return ::unlink(path); }
+  int mkdir(const char* path, unsigned mode) override {
+    return ::mkdir(path, static_cast<mode_t>(mode));
+  }
+  int rmdir(const char* path) override { return ::rmdir(path); }
+};
 
-ssize_t SystemIo::pwrite(int fd, const void* buf, size_t count, off_t offset) {
-  return ::pwrite(fd, buf, count, offset);
-}
-
-ssize_t SystemIo::write(int fd, const void* buf, size_t count) {
-  return ::write(fd, buf, count);
-}
-
-ssize_t SystemIo::copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
-                                  size_t len) {
-  return ::copy_file_range(fd_in, off_in, fd_out, off_out, len, 0);
-}
-
-ssize_t SystemIo::splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) {
-  // SPLICE_F_MOVE is only a hint; SPLICE_F_MORE tells the pipe more data follows.
-  return ::splice(fd_in, off_in, fd_out, off_out, len, SPLICE_F_MOVE | SPLICE_F_MORE);
-}
-
-int SystemIo::fallocate(int fd, off_t offset, off_t length) {
-  // fallocate(2) mode 0 rather than posix_fallocate: glibc's posix_fallocate emulates missing
-  // support by writing a byte into every block, which would double the I/O of a large shard. A
-  // filesystem without support reports EOPNOTSUPP, which the writer ignores.
-  return ::fallocate(fd, 0, offset, length);
-}
-
-int SystemIo::fsync(int fd) {
-  return ::fsync(fd);
-}
-
-int SystemIo::rename(const char* from, const char* to) {
-  return std::rename(from, to);
-}
-
-int SystemIo::unlink(const char* path) {
-  return ::unlink(path);
-}
-
-int SystemIo::mkdir(const char* path, unsigned mode) {
-  return ::mkdir(path, static_cast<mode_t>(mode));
-}
-
-int SystemIo::rmdir(const char* path) {
-  return ::rmdir(path);
-}
+} // namespace
 
 Io& Io::system() {
   static SystemIo instance;

@@ -171,25 +171,21 @@ simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string&
     simdjson::ondemand::object object;
     if (auto ec = value.get_object().get(object))
       return ec;
-    std::set<std::string, std::less<>> seen;
     out += '{';
     bool first = true;
-    for (auto field_result : object) {
-      std::string key;
-      simdjson::ondemand::value field_value;
-      bool duplicate;
-      if (auto ec = read_field(std::move(field_result), seen, key, field_value, duplicate))
-        return ec;
-      if (duplicate)
-        problems.push_back("duplicate key '" + shardshift::printable(key) + "'");
-      if (!first)
-        out += ',';
-      first = false;
-      append_json_string(out, key);
-      out += ':';
-      if (auto ec = visit_compact(field_value, out, problems, depth + 1))
-        return ec;
-    }
+    auto ec = for_each_field(
+        object, [&](const std::string& key, simdjson::ondemand::value field_value, bool duplicate) {
+          if (duplicate)
+            problems.push_back("duplicate key '" + shardshift::printable(key) + "'");
+          if (!first)
+            out += ',';
+          first = false;
+          append_json_string(out, key);
+          out += ':';
+          return visit_compact(field_value, out, problems, depth + 1);
+        });
+    if (ec)
+      return ec;
     out += '}';
     return simdjson::SUCCESS;
   }

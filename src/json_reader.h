@@ -1,6 +1,7 @@
 // json_reader.h: small helpers shared by the two hardened JSON readers (safetensors headers and
 // model.safetensors.index.json) on top of simdjson On-Demand: the checks before and after a
-// document is parsed, field reading with duplicate-key detection, and plain-integer tokens.
+// document is parsed, walking an object's fields with duplicate-key detection, and plain-integer
+// tokens.
 //
 // On-Demand validates only what it visits and keeps duplicate keys, so both readers visit every
 // value, keep a set of unescaped keys per object, and read integers from their raw token text so
@@ -13,6 +14,8 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <simdjson.h>
@@ -59,10 +62,36 @@ bool at_end(simdjson::ondemand::document& doc);
 /// Reads one field of an object being iterated: its unescaped key (copied: the view dies with
 /// the next token) and its value. `duplicate` is set when an earlier field of the same object had
 /// the same key (keys are compared after unescaping; `seen` holds them and must be one set per
-/// object). Returns a simdjson error when the JSON itself is malformed.
+/// object). Returns a simdjson error when the JSON itself is malformed. for_each_field's step.
 simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::field> field_result,
                                 std::set<std::string, std::less<>>& seen, std::string& key,
                                 simdjson::ondemand::value& value, bool& duplicate);
+
+/// Calls `visit(key, value, duplicate)` for every field of `object`, in order: the unescaped key
+/// (a std::string the callback may move from), the value, and whether an earlier field of this
+/// object had the same key. A value the callback leaves unvisited is skipped. `visit` returns
+/// either a bool (false stops the walk) or a simdjson error code (anything but SUCCESS stops it).
+/// Returns the error that stopped the walk: a malformed field, found before `visit` sees it, or
+/// the code `visit` returned; SUCCESS when every field was visited or `visit` returned false.
+template <class Visit>
+simdjson::error_code for_each_field(simdjson::ondemand::object& object, Visit&& visit) {
+  std::set<std::string, std::less<>> seen;
+  for (auto field_result : object) {
+    std::string key;
+    simdjson::ondemand::value value;
+    bool duplicate;
+    if (auto ec = read_field(std::move(field_result), seen, key, value, duplicate))
+      return ec;
+    if constexpr (std::is_same_v<decltype(visit(key, value, duplicate)), bool>) {
+      if (!visit(key, value, duplicate))
+        return simdjson::SUCCESS;
+    } else {
+      if (auto ec = visit(key, value, duplicate))
+        return ec;
+    }
+  }
+  return simdjson::SUCCESS;
+}
 
 /// Visits `value` completely (so simdjson validates all of it) and appends its compact JSON text to
 /// `out`. Duplicate keys at any depth are appended to `problems` as "duplicate key 'k'".

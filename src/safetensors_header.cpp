@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <optional>
-#include <set>
 
 #include <simdjson.h>
 
@@ -150,27 +149,26 @@ bool HeaderParser::parse_json(const std::string& text) {
   if (auto ec = doc.get_object().get(root))
     return json_error(ec);
 
-  std::set<std::string, std::less<>> seen;
-  for (auto field_result : root) {
-    std::string key;
-    simdjson::ondemand::value field_value;
-    bool duplicate;
-    if (auto ec = json::read_field(std::move(field_result), seen, key, field_value, duplicate))
-      return json_error(ec);
-    if (duplicate) {
-      if (key == "__metadata__") {
-        problem("duplicate key '__metadata__'");
-      } else {
-        tensor_problem(key, "duplicate key: the tensor is listed twice");
-        // The second entry's byte range is not in entries_, so gaps found later would be noise.
-        duplicate_tensor_ = true;
-      }
-      continue; // the value is skipped; the file is rejected anyway
-    }
-    bool ok = key == "__metadata__" ? parse_metadata(field_value) : parse_entry(key, field_value);
-    if (!ok)
-      return false;
-  }
+  bool ok = true;
+  auto ec = json::for_each_field(
+      root, [&](const std::string& key, simdjson::ondemand::value field_value, bool duplicate) {
+        if (duplicate) {
+          if (key == "__metadata__") {
+            problem("duplicate key '__metadata__'");
+          } else {
+            tensor_problem(key, "duplicate key: the tensor is listed twice");
+            // The second entry's byte range is not in entries_, so gaps found later would be noise.
+            duplicate_tensor_ = true;
+          }
+          return true; // the value is skipped; the file is rejected anyway
+        }
+        ok = key == "__metadata__" ? parse_metadata(field_value) : parse_entry(key, field_value);
+        return ok;
+      });
+  if (ec)
+    return json_error(ec);
+  if (!ok)
+    return false;
   if (!json::at_end(doc)) {
     problem("header has content after its JSON object (exactly one object is allowed)");
     return false;
@@ -190,30 +188,28 @@ bool HeaderParser::parse_metadata(simdjson::ondemand::value value) {
   simdjson::ondemand::object object;
   if (auto ec = value.get_object().get(object))
     return json_error(ec);
-  std::set<std::string, std::less<>> seen;
-  for (auto field_result : object) {
-    std::string key;
-    simdjson::ondemand::value v;
-    bool duplicate;
-    if (auto ec = json::read_field(std::move(field_result), seen, key, v, duplicate))
-      return json_error(ec);
-    if (duplicate) {
-      problem("__metadata__: duplicate key '" + printable(key) + "'");
-      continue;
-    }
-    json_type vtype;
-    if (auto ec = v.type().get(vtype))
-      return json_error(ec);
-    if (vtype != json_type::string) {
-      problem("__metadata__: value of '" + printable(key) + "' must be a string, found " +
-              std::string(json::type_name(vtype)));
-      continue;
-    }
-    std::string_view s;
-    if (auto ec = v.get_string().get(s))
-      return json_error(ec);
-    metadata_.emplace_back(std::move(key), std::string(s));
-  }
+  auto ec = json::for_each_field(
+      object, [&](std::string& key, simdjson::ondemand::value v, bool duplicate) {
+        if (duplicate) {
+          problem("__metadata__: duplicate key '" + printable(key) + "'");
+          return simdjson::SUCCESS;
+        }
+        json_type vtype;
+        if (auto ec = v.type().get(vtype))
+          return ec;
+        if (vtype != json_type::string) {
+          problem("__metadata__: value of '" + printable(key) + "' must be a string, found " +
+                  std::string(json::type_name(vtype)));
+          return simdjson::SUCCESS;
+        }
+        std::string_view s;
+        if (auto ec = v.get_string().get(s))
+          return ec;
+        metadata_.emplace_back(std::move(key), std::string(s));
+        return simdjson::SUCCESS;
+      });
+  if (ec)
+    return json_error(ec);
   return true;
 }
 
@@ -232,56 +228,55 @@ bool HeaderParser::parse_entry(std::string_view name, simdjson::ondemand::value 
   simdjson::ondemand::object object;
   if (auto ec = value.get_object().get(object))
     return json_error(ec);
-  std::set<std::string, std::less<>> seen;
-  for (auto field_result : object) {
-    std::string key;
-    simdjson::ondemand::value field_value;
-    bool duplicate;
-    if (auto ec = json::read_field(std::move(field_result), seen, key, field_value, duplicate))
-      return json_error(ec);
-    if (duplicate) {
-      tensor_problem(name, "duplicate key '" + printable(key) + "' in its entry");
-      // A repeated key makes the entry ambiguous; the value read first would be kept otherwise.
-      if (key == "dtype")
-        entry.dtype_ok = false;
-      if (key == "shape")
-        entry.shape_ok = false;
-      if (key == "data_offsets")
-        entry.offsets_ok = false;
-      continue;
-    }
-    bool ok = true;
-    if (key == "dtype") {
-      entry.has_dtype = true;
-      ok = parse_dtype(entry, field_value);
-    } else if (key == "shape") {
-      entry.has_shape = true;
-      ok = parse_uint_array(entry, field_value, "shape", entry.info.shape, entry.shape_ok);
-    } else if (key == "data_offsets") {
-      entry.has_offsets = true;
-      std::vector<uint64_t> offsets;
-      ok = parse_uint_array(entry, field_value, "data_offsets", offsets, entry.offsets_ok);
-      if (ok && entry.offsets_ok) {
-        if (offsets.size() != 2) {
-          tensor_problem(name, "data_offsets must be exactly two integers [BEGIN, END], found " +
-                                   std::to_string(offsets.size()));
-          entry.offsets_ok = false;
-        } else if (offsets[1] < offsets[0]) {
-          tensor_problem(name, "data_offsets [" + std::to_string(offsets[0]) + "," +
-                                   std::to_string(offsets[1]) + "] end before they begin");
-          entry.offsets_ok = false;
-        } else {
-          entry.info.begin = offsets[0];
-          entry.info.end = offsets[1];
+  bool ok = true;
+  auto ec = json::for_each_field(
+      object, [&](const std::string& key, simdjson::ondemand::value field_value, bool duplicate) {
+        if (duplicate) {
+          tensor_problem(name, "duplicate key '" + printable(key) + "' in its entry");
+          // A repeated key makes the entry ambiguous; the value read first would be kept otherwise.
+          if (key == "dtype")
+            entry.dtype_ok = false;
+          if (key == "shape")
+            entry.shape_ok = false;
+          if (key == "data_offsets")
+            entry.offsets_ok = false;
+          return true;
         }
-      }
-    } else {
-      tensor_problem(name, "unknown key '" + printable(key) +
-                               "' in its entry (allowed: dtype, shape, data_offsets)");
-    }
-    if (!ok)
-      return false;
-  }
+        if (key == "dtype") {
+          entry.has_dtype = true;
+          ok = parse_dtype(entry, field_value);
+        } else if (key == "shape") {
+          entry.has_shape = true;
+          ok = parse_uint_array(entry, field_value, "shape", entry.info.shape, entry.shape_ok);
+        } else if (key == "data_offsets") {
+          entry.has_offsets = true;
+          std::vector<uint64_t> offsets;
+          ok = parse_uint_array(entry, field_value, "data_offsets", offsets, entry.offsets_ok);
+          if (ok && entry.offsets_ok) {
+            if (offsets.size() != 2) {
+              tensor_problem(name,
+                             "data_offsets must be exactly two integers [BEGIN, END], found " +
+                                 std::to_string(offsets.size()));
+              entry.offsets_ok = false;
+            } else if (offsets[1] < offsets[0]) {
+              tensor_problem(name, "data_offsets [" + std::to_string(offsets[0]) + "," +
+                                       std::to_string(offsets[1]) + "] end before they begin");
+              entry.offsets_ok = false;
+            } else {
+              entry.info.begin = offsets[0];
+              entry.info.end = offsets[1];
+            }
+          }
+        } else {
+          tensor_problem(name, "unknown key '" + printable(key) +
+                                   "' in its entry (allowed: dtype, shape, data_offsets)");
+        }
+        return ok;
+      });
+  if (ec)
+    return json_error(ec);
+  if (!ok)
+    return false;
   if (!entry.has_dtype)
     tensor_problem(name, "entry lacks 'dtype'");
   if (!entry.has_shape)

@@ -10,7 +10,6 @@
 #include "json_reader.h"
 
 #include <algorithm>
-#include <set>
 
 #include <simdjson.h>
 
@@ -46,89 +45,88 @@ bool read_index(std::string_view path, std::string_view text, Index& index, Prob
   if (auto ec = doc.get_object().get(root))
     return json_error(ec);
 
+  // Every callback below returns a simdjson error only for malformed JSON; a problem with the
+  // index's content is recorded and the walk goes on, so that all of them are reported.
   bool have_weight_map = false, usable = true;
-  std::set<std::string, std::less<>> seen;
-  for (auto field_result : root) {
-    std::string key;
-    simdjson::ondemand::value value;
-    bool duplicate;
-    if (auto ec = json::read_field(std::move(field_result), seen, key, value, duplicate))
-      return json_error(ec);
-    if (duplicate) {
-      fail("duplicate key '" + printable(key) + "'");
-      usable = false;
-      continue;
-    }
-    json_type vtype;
-    if (auto ec = value.type().get(vtype))
-      return json_error(ec);
-
-    if (key == "weight_map" || key == "metadata") {
-      if (vtype != json_type::object) {
-        fail("'" + key + "' must be an object, found " + std::string(json::type_name(vtype)));
-        usable = false;
-        continue;
-      }
-      simdjson::ondemand::object object;
-      if (auto ec = value.get_object().get(object))
-        return json_error(ec);
-      std::set<std::string, std::less<>> names;
-      for (auto entry_result : object) {
-        std::string name;
-        simdjson::ondemand::value v;
-        bool duplicate;
-        if (auto ec = json::read_field(std::move(entry_result), names, name, v, duplicate))
-          return json_error(ec);
+  auto ec = json::for_each_field(
+      root, [&](const std::string& key, simdjson::ondemand::value value, bool duplicate) {
         if (duplicate) {
-          fail(key + ": duplicate key '" + printable(name) + "'");
+          fail("duplicate key '" + printable(key) + "'");
           usable = false;
-          continue;
+          return simdjson::SUCCESS;
         }
-        json_type etype;
-        if (auto ec = v.type().get(etype))
-          return json_error(ec);
-        std::string stored;
-        if (etype == json_type::string) {
-          std::string_view s;
-          if (auto ec = v.get_string().get(s))
-            return json_error(ec);
-          stored = std::string(s);
-        } else if (key == "weight_map") {
-          fail("weight_map: tensor '" + printable(name) +
-               "': the shard file name must be a string, found " +
-               std::string(json::type_name(etype)));
-          usable = false;
-          continue;
+        json_type vtype;
+        if (auto ec = value.type().get(vtype))
+          return ec;
+
+        if (key == "weight_map" || key == "metadata") {
+          if (vtype != json_type::object) {
+            fail("'" + key + "' must be an object, found " + std::string(json::type_name(vtype)));
+            usable = false;
+            return simdjson::SUCCESS;
+          }
+          simdjson::ondemand::object object;
+          if (auto ec = value.get_object().get(object))
+            return ec;
+          auto entries_ec = json::for_each_field(
+              object, [&](std::string& name, simdjson::ondemand::value v, bool duplicate) {
+                if (duplicate) {
+                  fail(key + ": duplicate key '" + printable(name) + "'");
+                  usable = false;
+                  return simdjson::SUCCESS;
+                }
+                json_type etype;
+                if (auto ec = v.type().get(etype))
+                  return ec;
+                std::string stored;
+                if (etype == json_type::string) {
+                  std::string_view s;
+                  if (auto ec = v.get_string().get(s))
+                    return ec;
+                  stored = std::string(s);
+                } else if (key == "weight_map") {
+                  fail("weight_map: tensor '" + printable(name) +
+                       "': the shard file name must be a string, found " +
+                       std::string(json::type_name(etype)));
+                  usable = false;
+                  return simdjson::SUCCESS;
+                } else {
+                  // Metadata values other than strings (total_size is a number) are kept as JSON
+                  // text.
+                  std::vector<std::string> nested;
+                  if (auto ec = json::visit_compact(v, stored, nested))
+                    return ec;
+                  for (const auto& n : nested)
+                    fail("metadata: '" + printable(name) + "': " + n);
+                  if (!nested.empty())
+                    usable = false;
+                }
+                if (key == "weight_map")
+                  index.weight_map.emplace_back(std::move(name), std::move(stored));
+                else
+                  index.metadata.emplace_back(std::move(name), std::move(stored));
+                return simdjson::SUCCESS;
+              });
+          if (entries_ec)
+            return entries_ec;
+          if (key == "weight_map")
+            have_weight_map = true;
         } else {
-          // Metadata values other than strings (total_size is a number) are kept as JSON text.
+          // Other top-level keys are not ours to interpret, but they must still be valid JSON.
+          std::string ignored;
           std::vector<std::string> nested;
-          if (auto ec = json::visit_compact(v, stored, nested))
-            return json_error(ec);
+          if (auto ec = json::visit_compact(value, ignored, nested))
+            return ec;
+          // Appended rather than `"'" + ...`, on which GCC 12 warns falsely (-Wrestrict).
           for (const auto& n : nested)
-            fail("metadata: '" + printable(name) + "': " + n);
+            fail(std::string("'").append(printable(key)).append("': ").append(n));
           if (!nested.empty())
             usable = false;
         }
-        if (key == "weight_map")
-          index.weight_map.emplace_back(std::move(name), std::move(stored));
-        else
-          index.metadata.emplace_back(std::move(name), std::move(stored));
-      }
-      if (key == "weight_map")
-        have_weight_map = true;
-    } else {
-      // Other top-level keys are not ours to interpret, but they must still be valid JSON.
-      std::string ignored;
-      std::vector<std::string> nested;
-      if (auto ec = json::visit_compact(value, ignored, nested))
-        return json_error(ec);
-      // Appended rather than `"'" + ...`, on which GCC 12 warns falsely (-Wrestrict).
-      for (const auto& n : nested)
-        fail(std::string("'").append(printable(key)).append("': ").append(n));
-      if (!nested.empty())
-        usable = false;
-    }
-  }
+        return simdjson::SUCCESS;
+      });
+  if (ec)
+    return json_error(ec);
   if (!json::at_end(doc))
     return fail("index has content after its JSON object (exactly one object is allowed)");
   if (!have_weight_map)

@@ -8,7 +8,7 @@
 // Every method is pure virtual, and a decorator derives from ForwardingIo: a method added here
 // then either forwards through the decorator to the Io it wraps or fails to compile, so a
 // fault-injecting Io can never be bypassed silently.
-// Thread-safety: SystemIo and ForwardingIo are stateless and safe from any thread; test doubles
+// Thread-safety: Io::system() and ForwardingIo are stateless and safe from any thread; test doubles
 // say their own.
 #pragma once
 
@@ -38,26 +38,9 @@ public:
   virtual int mkdir(const char* path, unsigned mode) = 0;
   virtual int rmdir(const char* path) = 0;
 
-  /// The process-wide SystemIo.
+  /// The process-wide Io that calls the kernel, adding nothing (no retry, no wording). Its class
+  /// is private to io.cpp: nothing derives from it, and decorators wrap it through ForwardingIo.
   static Io& system();
-};
-
-/// The Io that calls the kernel, adding nothing (no retry, no wording).
-class SystemIo final : public Io {
-public:
-  int open(const char* path, int flags, unsigned mode) override;
-  int close(int fd) override;
-  ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) override;
-  ssize_t write(int fd, const void* buf, size_t count) override;
-  ssize_t copy_file_range(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
-                          size_t len) override;
-  ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override;
-  int fallocate(int fd, off_t offset, off_t length) override;
-  int fsync(int fd) override;
-  int rename(const char* from, const char* to) override;
-  int unlink(const char* path) override;
-  int mkdir(const char* path, unsigned mode) override;
-  int rmdir(const char* path) override;
 };
 
 /// The base of decorators: every call goes to the wrapped Io; a decorator overrides only what it
