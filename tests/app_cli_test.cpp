@@ -3,6 +3,7 @@
 // words, and --device values are checked strictly.
 #include "cli.h"
 #include "signals.h"
+#include "test_support.h"
 
 #include <csignal>
 #include <sstream>
@@ -11,6 +12,8 @@
 
 namespace shardshift::app {
 namespace {
+
+using testing::lines_of;
 
 volatile std::sig_atomic_t own_handler_calls = 0;
 extern "C" void own_handler(int) {
@@ -61,14 +64,6 @@ TEST(CancelOnSignal, SetsTheFlagAndRestoresWhatItFound) {
   sigaction(SIGINT, &before_int, nullptr);
   sigaction(SIGTERM, &before_term, nullptr);
   sigaction(SIGPIPE, &before_pipe, nullptr);
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    lines.push_back(line);
-  return lines;
 }
 
 TEST(WrapText, BreaksOnlyBetweenWordsAndStaysShort) {

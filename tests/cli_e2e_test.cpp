@@ -20,20 +20,10 @@ namespace shardshift {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::lines_of;
 using testing::run_shardshift;
+using testing::shell_quoted;
 using testing::TempDir;
-
-std::string q(const fs::path& p) {
-  return "'" + p.string() + "'";
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    lines.push_back(line);
-  return lines;
-}
 
 // The long flags a help text lists in its option sections (lines that start with a flag).
 std::vector<std::string> listed_flags(const std::string& help) {
@@ -92,7 +82,7 @@ TEST(CliHelp, FitsEightyColumnsAndExplainsEveryFlag) {
 class CliCheckpoint : public ::testing::Test {
 protected:
   void SetUp() override {
-    auto r = run_shardshift("synth " + q(tmp / "hf") +
+    auto r = run_shardshift("synth " + shell_quoted(tmp / "hf") +
                             " --layers 2 --scale 16 --max-shard-size "
                             "2MB -q");
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -104,30 +94,33 @@ protected:
 
 TEST_F(CliCheckpoint, DeviceMustBeAutoCpuCudaOrCudaNumber) {
   for (const char* bad : {"cuda:x", "cuda:", "cuda:1x", "gpu0"}) {
-    auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "out") + " --device " + bad);
+    auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                            shell_quoted(tmp / "out") + " --device " + bad);
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
     EXPECT_NE(r.err.find("--device '" + std::string(bad) + "'"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(tmp / "out"));
   }
-  auto cpu = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "out") + " --device cpu -q");
+  auto cpu = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                            shell_quoted(tmp / "out") + " --device cpu -q");
   EXPECT_EQ(cpu.exit_code, 0) << cpu.err;
 }
 
 TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
   // -q: nothing but errors; --json is printed even then.
-  auto inspect = run_shardshift("inspect -q " + q(tmp / "hf"));
+  auto inspect = run_shardshift("inspect -q " + shell_quoted(tmp / "hf"));
   EXPECT_EQ(inspect.exit_code, 0);
   EXPECT_EQ(inspect.out + inspect.err, "");
-  auto plan = run_shardshift("plan --quiet " + q(tmp / "hf"));
+  auto plan = run_shardshift("plan --quiet " + shell_quoted(tmp / "hf"));
   EXPECT_EQ(plan.exit_code, 0);
   EXPECT_EQ(plan.out + plan.err, "");
-  auto bad = run_shardshift("inspect -q " + q(tmp / "nothing"));
+  auto bad = run_shardshift("inspect -q " + shell_quoted(tmp / "nothing"));
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err, "");
 
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
-  auto synth = run_shardshift("synth " + q(tmp / "s") + " --layers 1 --scale 32 -q --json");
+  auto synth =
+      run_shardshift("synth " + shell_quoted(tmp / "s") + " --layers 1 --scale 32 -q --json");
   ASSERT_EQ(synth.exit_code, 0) << synth.err;
   EXPECT_EQ(synth.err, "");
   ASSERT_EQ(parser.parse(synth.out).get(doc), simdjson::SUCCESS) << synth.out;
@@ -137,7 +130,7 @@ TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
   EXPECT_GT(tensors, 10u);
   EXPECT_GT(uint64_t(doc["bytes"]), 0u);
 
-  auto ins = run_shardshift("inspect -q --json " + q(tmp / "s"));
+  auto ins = run_shardshift("inspect -q --json " + shell_quoted(tmp / "s"));
   ASSERT_EQ(ins.exit_code, 0);
   ASSERT_EQ(parser.parse(ins.out).get(doc), simdjson::SUCCESS) << ins.out;
   EXPECT_EQ(uint64_t(doc["tensor_count"]), tensors);
@@ -145,11 +138,13 @@ TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
 
 TEST_F(CliCheckpoint, PlanJsonOutputsMatchPrintSizeAndTheFilesWritten) {
   // 2MB shards: several files and an index.
-  auto sizes = run_shardshift("plan " + q(tmp / "hf") + " --print-size --max-shard-size 2MB");
+  auto sizes =
+      run_shardshift("plan " + shell_quoted(tmp / "hf") + " --print-size --max-shard-size 2MB");
   ASSERT_EQ(sizes.exit_code, 0) << sizes.err;
-  auto json = run_shardshift("plan " + q(tmp / "hf") + " --json --max-shard-size 2MB");
+  auto json = run_shardshift("plan " + shell_quoted(tmp / "hf") + " --json --max-shard-size 2MB");
   ASSERT_EQ(json.exit_code, 0) << json.err;
-  EXPECT_EQ(run_shardshift("plan " + q(tmp / "hf") + " --json --print-size").exit_code, 2);
+  EXPECT_EQ(run_shardshift("plan " + shell_quoted(tmp / "hf") + " --json --print-size").exit_code,
+            2);
 
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
@@ -162,10 +157,10 @@ TEST_F(CliCheckpoint, PlanJsonOutputsMatchPrintSizeAndTheFilesWritten) {
   EXPECT_NE(sizes.out.find("\tmodel.safetensors.index.json\n"), std::string::npos) << sizes.out;
   EXPECT_NE(sizes.out.find("\tconfig.json\n"), std::string::npos) << sizes.out;
 
-  ASSERT_EQ(
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --max-shard-size 2MB -q")
-          .exit_code,
-      0);
+  ASSERT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                           " --max-shard-size 2MB -q")
+                .exit_code,
+            0);
   std::vector<std::string> listed;
   for (const std::string& line : lines_of(sizes.out)) {
     std::string name = line.substr(line.find('\t') + 1);
@@ -182,8 +177,8 @@ TEST_F(CliCheckpoint, PlanJsonOutputsMatchPrintSizeAndTheFilesWritten) {
 }
 
 TEST_F(CliCheckpoint, GzTraceOpensAsJson) {
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " -q --trace " +
-                          q(tmp / "run.json.gz"));
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                          " -q --trace " + shell_quoted(tmp / "run.json.gz"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::istringstream compressed(testing::read_bytes(tmp / "run.json.gz"));
   boost::iostreams::filtering_istream gz;
@@ -201,8 +196,9 @@ TEST_F(CliCheckpoint, GzTraceOpensAsJson) {
   // Only the trace and the inputs: no temporary file left beside it.
   EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"hf", "n", "run.json.gz"}));
 
-  auto unwritable = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "m") +
-                                   " -q --trace " + q(tmp / "no-such-dir" / "t.json"));
+  auto unwritable =
+      run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "m") +
+                     " -q --trace " + shell_quoted(tmp / "no-such-dir" / "t.json"));
   EXPECT_EQ(unwritable.exit_code, 1);
   EXPECT_NE(unwritable.err.find("no-such-dir"), std::string::npos) << unwritable.err;
 }

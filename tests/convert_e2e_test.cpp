@@ -18,16 +18,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::run_shardshift;
+using testing::shell_quoted;
 using testing::TempDir;
-
-std::string q(const fs::path& p) {
-  return "'" + p.string() + "'";
-}
 
 class ConvertCli : public ::testing::Test {
 protected:
   void SetUp() override {
-    auto r = run_shardshift("synth " + q(tmp / "hf") +
+    auto r = run_shardshift("synth " + shell_quoted(tmp / "hf") +
                             " --layers 2 --scale 16 --max-shard-size 4MB --seed 7");
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
@@ -35,20 +32,20 @@ protected:
 };
 
 TEST_F(ConvertCli, RoundTripThroughTheBinary) {
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "native") +
-                          " --max-shard-size 3MB");
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                          shell_quoted(tmp / "native") + " --max-shard-size 3MB");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, ""); // results go to stderr unless --json
   EXPECT_NE(r.err.find("converted "), std::string::npos) << r.err; // the one-line summary
   EXPECT_NE(r.err.find("diffusion_gemma from_hf"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err; // no progress when not a tty
 
-  auto ins = run_shardshift("inspect " + q(tmp / "native"));
+  auto ins = run_shardshift("inspect " + shell_quoted(tmp / "native"));
   ASSERT_EQ(ins.exit_code, 0) << ins.err;
   EXPECT_NE(ins.out.find("model.layers.1.moe.experts.down_projs"), std::string::npos);
   EXPECT_NE(ins.out.find("lm_head.weight"), std::string::npos);
 
-  r = run_shardshift("convert " + q(tmp / "native") + " " + q(tmp / "back"));
+  r = run_shardshift("convert " + shell_quoted(tmp / "native") + " " + shell_quoted(tmp / "back"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("diffusion_gemma to_hf"), std::string::npos) << r.err;
   auto hf = Checkpoint::open(tmp / "hf");
@@ -72,21 +69,23 @@ TEST_F(ConvertCli, RoundTripThroughTheBinary) {
 }
 
 TEST_F(ConvertCli, JsonGoesToStdoutAlone) {
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --json -q");
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                          " --json -q");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err, "");
   EXPECT_EQ(r.out.front(), '{');
   EXPECT_NE(r.out.find("\"transformed_bytes\": "), std::string::npos) << r.out;
-  auto p = run_shardshift("plan " + q(tmp / "hf") + " --json");
+  auto p = run_shardshift("plan " + shell_quoted(tmp / "hf") + " --json");
   ASSERT_EQ(p.exit_code, 0) << p.err;
   EXPECT_NE(p.out.find("\"files\": ["), std::string::npos);
 }
 
 TEST_F(ConvertCli, PrintSizeMatchesTheFilesWritten) {
-  auto p = run_shardshift("plan " + q(tmp / "hf") + " --print-size --max-shard-size 2MB");
+  auto p =
+      run_shardshift("plan " + shell_quoted(tmp / "hf") + " --print-size --max-shard-size 2MB");
   ASSERT_EQ(p.exit_code, 0) << p.err;
-  auto r =
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --max-shard-size 2MB");
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                          " --max-shard-size 2MB");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::istringstream lines(p.out);
   uint64_t size;
@@ -101,49 +100,55 @@ TEST_F(ConvertCli, PrintSizeMatchesTheFilesWritten) {
 
 TEST_F(ConvertCli, StreamsOneFileToStdout) {
   // Each output file streamed through a pipe equals the file a directory conversion writes.
-  ASSERT_EQ(
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "dir") + " --max-shard-size 2MB -q")
-          .exit_code,
-      0);
+  ASSERT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "dir") +
+                           " --max-shard-size 2MB -q")
+                .exit_code,
+            0);
   auto files = testing::list_dir(tmp / "dir");
   std::erase(files, std::string(OUTPUT_MARKER_NAME)); // the directory's marker, not an output file
   ASSERT_GT(files.size(), 3u);
   for (const std::string& name : files) {
-    auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " + q(tmp / "hf") +
-                                " - --max-shard-size 2MB -q --only " + name + " | cat > " +
-                                q(tmp / "streamed"));
+    auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " +
+                                shell_quoted(tmp / "hf") + " - --max-shard-size 2MB -q --only " +
+                                name + " | cat > " + shell_quoted(tmp / "streamed"));
     ASSERT_EQ(r.exit_code, 0) << name << ": " << r.err;
     EXPECT_TRUE(testing::read_bytes(tmp / "streamed") == testing::read_bytes(tmp / "dir" / name))
         << name;
   }
-  auto many = run_shardshift("convert " + q(tmp / "hf") + " - --max-shard-size 2MB");
+  auto many = run_shardshift("convert " + shell_quoted(tmp / "hf") + " - --max-shard-size 2MB");
   EXPECT_EQ(many.exit_code, 2);
   EXPECT_NE(many.err.find("--only"), std::string::npos) << many.err;
-  auto unknown = run_shardshift("convert " + q(tmp / "hf") + " - --only nope.safetensors");
+  auto unknown =
+      run_shardshift("convert " + shell_quoted(tmp / "hf") + " - --only nope.safetensors");
   EXPECT_EQ(unknown.exit_code, 2);
-  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf") + " - --json").exit_code, 2);
+  EXPECT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " - --json").exit_code, 2);
 }
 
 TEST_F(ConvertCli, ExitCodes) {
-  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf")).exit_code, 2); // missing OUT
-  EXPECT_EQ(run_shardshift("convert --bogus a b").exit_code, 2);      // unknown flag
-  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --max-memory 12XB")
+  EXPECT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf")).exit_code, 2); // missing OUT
+  EXPECT_EQ(run_shardshift("convert --bogus a b").exit_code, 2);                 // unknown flag
+  EXPECT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "x") +
+                           " --max-memory 12XB")
                 .exit_code,
             2);
-  EXPECT_EQ(
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --dtype int4").exit_code,
-      2);
+  EXPECT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "x") +
+                           " --dtype int4")
+                .exit_code,
+            2);
   EXPECT_EQ(run_shardshift("nonsense").exit_code, 2);
   // A --device that is not auto, cpu, cuda or cuda:DIGITS is a usage error, not GPU 0.
-  EXPECT_EQ(run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --device cuda:x")
+  EXPECT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "x") +
+                           " --device cuda:x")
                 .exit_code,
             2);
-  auto missing = run_shardshift("convert " + q(tmp / "nope") + " " + q(tmp / "x"));
+  auto missing =
+      run_shardshift("convert " + shell_quoted(tmp / "nope") + " " + shell_quoted(tmp / "x"));
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("nope"), std::string::npos) << missing.err;
   // --device cuda without a GPU (or without CUDA) is a clear error, not a silent fallback.
   if (std::getenv("SHARDSHIFT_EXPECT_GPU") == nullptr) {
-    auto cuda = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --device cuda");
+    auto cuda = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                               shell_quoted(tmp / "x") + " --device cuda");
     if (cuda.exit_code != 0) {
       EXPECT_EQ(cuda.exit_code, 1);
       EXPECT_NE(cuda.err.find("--device"), std::string::npos) << cuda.err;
@@ -164,15 +169,15 @@ TEST_F(ConvertCli, CorruptInputFailsCleanly) {
     if (e.path().extension() == ".safetensors")
       shard = e.path();
   fs::resize_file(shard, fs::file_size(shard) - 100);
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n"));
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(shard.filename().string()), std::string::npos) << r.err;
   EXPECT_EQ(testing::list_dir(tmp.path()), std::vector<std::string>{"hf"}); // nothing left behind
 }
 
 TEST_F(ConvertCli, TraceIsChromeTraceJson) {
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --trace " +
-                          q(tmp / "t.json") + " --stats");
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                          " --trace " + shell_quoted(tmp / "t.json") + " --stats");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::string trace = testing::read_bytes(tmp / "t.json");
   EXPECT_EQ(trace.rfind("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 0), 0u);
@@ -184,7 +189,7 @@ TEST_F(ConvertCli, TraceIsChromeTraceJson) {
 TEST_F(ConvertCli, InterruptRemovesEverything) {
   // SIGINT as soon as the staging directory appears (the pipeline is running): exit 130, and
   // nothing but the inputs is left.
-  auto big = run_shardshift("synth " + q(tmp / "big") + " --layers 4 --scale 4");
+  auto big = run_shardshift("synth " + shell_quoted(tmp / "big") + " --layers 4 --scale 4");
   ASSERT_EQ(big.exit_code, 0) << big.err;
   std::string in = (tmp / "big").string(), out = (tmp / "n").string();
   const char* argv[] = {SHARDSHIFT_BINARY, "convert", in.c_str(), out.c_str(), "-j", "1",

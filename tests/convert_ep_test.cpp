@@ -15,13 +15,6 @@
 namespace shardshift {
 namespace {
 
-namespace fs = std::filesystem;
-using namespace reference;
-using testing::ConvertTest;
-using testing::opts;
-using testing::run;
-using testing::TempDir;
-
 TEST_F(ConvertTest, ExpertParallelSliceMatchesReference) {
   // E = 8 over 4 ranks: rank 1 keeps experts [2, 4); second sharding: rank 1 of 2 along axis 1.
   Dict in = tiny_diffusion(rng, 1, 8, 6, 4);

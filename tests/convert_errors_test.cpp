@@ -16,13 +16,6 @@
 namespace shardshift {
 namespace {
 
-namespace fs = std::filesystem;
-using namespace reference;
-using testing::ConvertTest;
-using testing::opts;
-using testing::run;
-using testing::TempDir;
-
 TEST_F(ConvertTest, MissingEmbeddingIsAnError) {
   Dict in = tiny_diffusion(rng, 1, 2, 4, 2);
   in.erase("model.decoder.embed_tokens.weight");

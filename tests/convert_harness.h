@@ -45,3 +45,16 @@ protected:
 };
 
 } // namespace shardshift::testing
+
+namespace shardshift {
+
+// The names the convert*_test programs (whose tests live in namespace shardshift) use unqualified:
+// the harness, the reference's Dict and generators, and fs.
+namespace fs = std::filesystem;
+using namespace reference;
+using testing::ConvertTest;
+using testing::opts;
+using testing::run;
+using testing::TempDir;
+
+} // namespace shardshift

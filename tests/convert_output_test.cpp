@@ -21,13 +21,6 @@
 namespace shardshift {
 namespace {
 
-namespace fs = std::filesystem;
-using namespace reference;
-using testing::ConvertTest;
-using testing::opts;
-using testing::run;
-using testing::TempDir;
-
 TEST_F(ConvertTest, OutputIsByteIdenticalAcrossThreadsAndMemoryBudgets) {
   // One expert's output is 256 x 320 x 2 = 160 KiB: the smallest budgets cut single experts into
   // row ranges, the middle ones group a few experts, 1 GiB takes whole tensors.

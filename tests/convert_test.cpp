@@ -18,13 +18,6 @@
 namespace shardshift {
 namespace {
 
-namespace fs = std::filesystem;
-using namespace reference;
-using testing::ConvertTest;
-using testing::opts;
-using testing::run;
-using testing::TempDir;
-
 TEST_F(ConvertTest, ReferenceRoundingMatchesHandPickedCases) {
   // The reference itself: exact ties go to even, overflow to infinity, subnormals kept.
   EXPECT_EQ(encode(DType::BF16, 1.0), 0x3F80u);

@@ -13,6 +13,7 @@
 namespace shardshift {
 namespace {
 
+using testing::lines_of;
 using testing::raw_safetensors;
 
 const std::string PATH = "x.safetensors";
@@ -25,19 +26,6 @@ std::string entry(const std::string& name, const std::string& dtype, const std::
                   uint64_t begin, uint64_t end) {
   return "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":" + shape +
          ",\"data_offsets\":[" + std::to_string(begin) + "," + std::to_string(end) + "]}";
-}
-
-std::vector<std::string> lines_of(const std::string& s) {
-  std::vector<std::string> lines;
-  size_t start = 0;
-  while (start < s.size()) {
-    size_t nl = s.find('\n', start);
-    if (nl == std::string::npos)
-      nl = s.size();
-    lines.push_back(s.substr(start, nl - start));
-    start = nl + 1;
-  }
-  return lines;
 }
 
 // Asserts the file is rejected with Errc::format, every line names the file, and the message

@@ -10,14 +10,12 @@
 namespace shardshift {
 namespace {
 
+using testing::lines_of;
 using testing::raw_safetensors;
 using testing::run_shardshift;
+using testing::shell_quoted;
 using testing::TempDir;
 using testing::write_bytes;
-
-std::string quoted(const std::filesystem::path& p) {
-  return "'" + p.string() + "'";
-}
 
 // Two tensors: "b.weight" BF16 [2, 3] (12 bytes) first in data order, then "a.bias" F32 [2].
 std::string two_tensor_file() {
@@ -27,23 +25,10 @@ std::string two_tensor_file() {
                          std::string(20, '\x01'));
 }
 
-std::vector<std::string> lines_of(const std::string& s) {
-  std::vector<std::string> lines;
-  size_t start = 0;
-  while (start < s.size()) {
-    size_t nl = s.find('\n', start);
-    if (nl == std::string::npos)
-      nl = s.size();
-    lines.push_back(s.substr(start, nl - start));
-    start = nl + 1;
-  }
-  return lines;
-}
-
 TEST(InspectE2E, ListsTensorsSortedByName) {
   TempDir dir;
   write_bytes(dir / "model.safetensors", two_tensor_file());
-  auto r = run_shardshift("inspect " + quoted(dir / "model.safetensors"));
+  auto r = run_shardshift("inspect " + shell_quoted(dir / "model.safetensors"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err, "");
   auto lines = lines_of(r.out);
@@ -70,7 +55,7 @@ TEST(InspectE2E, ShardedDirectoryShowsIndexMetadataAndOtherFiles) {
               R"({"metadata":{"total_size":4},"weight_map":{)"
               R"("x":"model-00001-of-00002.safetensors","y":"model-00002-of-00002.safetensors"}})");
   write_bytes(dir / "config.json", "{}");
-  auto r = run_shardshift("inspect " + quoted(dir.path()));
+  auto r = run_shardshift("inspect " + shell_quoted(dir.path()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("2 tensors, 4 bytes"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("2 shards (indexed)"), std::string::npos) << r.out;
@@ -83,7 +68,7 @@ TEST(InspectE2E, JsonOutputParses) {
   TempDir dir;
   write_bytes(dir / "model.safetensors", two_tensor_file());
   write_bytes(dir / "config.json", "{}");
-  auto r = run_shardshift("inspect --json " + quoted(dir.path()));
+  auto r = run_shardshift("inspect --json " + shell_quoted(dir.path()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   simdjson::dom::parser parser;
@@ -128,7 +113,7 @@ TEST(InspectE2E, MalformedFileFailsWithAllProblemsOnStderr) {
   write_bytes(path, raw_safetensors(R"({"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,10]},)"
                                     R"("v":{"dtype":"F99","shape":[1],"data_offsets":[10,12]}})",
                                     std::string(12, '\0')));
-  auto r = run_shardshift("inspect " + quoted(path));
+  auto r = run_shardshift("inspect " + shell_quoted(path));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("shardshift: " + path.string() +
@@ -141,7 +126,7 @@ TEST(InspectE2E, MalformedFileFailsWithAllProblemsOnStderr) {
   EXPECT_EQ(lines_of(r.err).size(), 2u) << r.err;
 
   // --json still says why, as data, and fails the same way.
-  auto j = run_shardshift("inspect --json " + quoted(path));
+  auto j = run_shardshift("inspect --json " + shell_quoted(path));
   EXPECT_EQ(j.exit_code, 1);
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
@@ -152,7 +137,7 @@ TEST(InspectE2E, MalformedFileFailsWithAllProblemsOnStderr) {
 
 TEST(InspectE2E, MissingPathFails) {
   TempDir dir;
-  auto r = run_shardshift("inspect " + quoted(dir / "nothing"));
+  auto r = run_shardshift("inspect " + shell_quoted(dir / "nothing"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("no such file or directory"), std::string::npos) << r.err;

@@ -24,18 +24,15 @@ namespace fs = std::filesystem;
 using testing::list_dir;
 using testing::read_bytes;
 using testing::run_shardshift;
+using testing::shell_quoted;
 using testing::write_bytes;
-
-std::string q(const fs::path& p) {
-  return "'" + p.string() + "'";
-}
 
 class Reliability : public ::testing::Test {
 protected:
   // p/in: a small sharded Hugging Face checkpoint; p/other.txt: an unrelated file beside it.
   void SetUp() override {
     fs::create_directory(tmp / "p");
-    auto r = run_shardshift("synth " + q(in()) + " --layers 1 --scale 32 --seed 1 -q " +
+    auto r = run_shardshift("synth " + shell_quoted(in()) + " --layers 1 --scale 32 --seed 1 -q " +
                             "--max-shard-size 1MB");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     write_bytes(tmp / "p" / "other.txt", "keep me");
@@ -54,7 +51,7 @@ protected:
   }
   testing::CommandResult convert(const fs::path& from, const fs::path& to,
                                  const std::string& flags = "--force -q") {
-    return run_shardshift("convert " + q(from) + " " + q(to) + " " + flags);
+    return run_shardshift("convert " + shell_quoted(from) + " " + shell_quoted(to) + " " + flags);
   }
 
   testing::TempDir tmp;
@@ -205,7 +202,8 @@ TEST_F(Reliability, DeeplyNestedIndexIsAnErrorNotACrash) {
               "\"deep\": " + std::string(20'000, '[') + std::string(20'000, ']') + ", ");
   write_bytes(index, text);
   for (const std::string& command :
-       {"inspect " + q(in()), "plan " + q(in()), "convert " + q(in()) + " " + q(tmp / "n")}) {
+       {"inspect " + shell_quoted(in()), "plan " + shell_quoted(in()),
+        "convert " + shell_quoted(in()) + " " + shell_quoted(tmp / "n")}) {
     auto r = run_shardshift(command);
     EXPECT_EQ(r.exit_code, 1) << command << ": " << r.err;
     EXPECT_NE(r.err.find(index.string() +
@@ -222,7 +220,8 @@ TEST_F(Reliability, StrayShardIsAWarningAndIsNotCopied) {
                               ": not listed in model.safetensors.index.json; ignored (not "
                               "converted, not copied into the output)\n";
   for (const std::string& command :
-       {"inspect " + q(in()), "plan " + q(in()), "convert " + q(in()) + " " + q(tmp / "n")}) {
+       {"inspect " + shell_quoted(in()), "plan " + shell_quoted(in()),
+        "convert " + shell_quoted(in()) + " " + shell_quoted(tmp / "n")}) {
     auto r = run_shardshift(command);
     EXPECT_EQ(r.exit_code, 0) << command << ": " << r.err;
     EXPECT_EQ(r.err.rfind(warning, 0), 0u) << command << ": " << r.err;
@@ -232,7 +231,7 @@ TEST_F(Reliability, StrayShardIsAWarningAndIsNotCopied) {
   }
   EXPECT_EQ(list_dir(tmp / "n"),
             (std::vector<std::string>{".shardshift-output", "config.json", "model.safetensors"}));
-  EXPECT_EQ(run_shardshift("inspect " + q(in()) + " -q").err, "");
+  EXPECT_EQ(run_shardshift("inspect " + shell_quoted(in()) + " -q").err, "");
 }
 
 } // namespace

@@ -12,9 +12,6 @@ namespace shardshift {
 namespace {
 
 using namespace writer_test;
-using testing::list_dir;
-using testing::read_bytes;
-using testing::TempDir;
 
 // ---------------------------------------------------------------------------------------------
 // build_header

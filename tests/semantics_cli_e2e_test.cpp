@@ -20,11 +20,8 @@ namespace {
 namespace fs = std::filesystem;
 using namespace reference;
 using testing::run_shardshift;
+using testing::shell_quoted;
 using testing::TempDir;
-
-std::string q(const fs::path& p) {
-  return "'" + p.string() + "'";
-}
 
 // The files of an output directory, sorted, hidden ones left out: a hidden marker file that
 // names the directory as shardshift's is not one of the files these rules are about.
@@ -54,7 +51,8 @@ protected:
 
 TEST_F(SemanticsCli, MaxShardSizeTakesUnitsAndRefusesZero) {
   auto sizes = [&](const std::string& limit) {
-    auto r = run_shardshift("plan " + q(tmp / "hf") + " --print-size --max-shard-size " + limit);
+    auto r = run_shardshift("plan " + shell_quoted(tmp / "hf") + " --print-size --max-shard-size " +
+                            limit);
     EXPECT_EQ(r.exit_code, 0) << limit << ": " << r.err;
     return r.out;
   };
@@ -66,20 +64,20 @@ TEST_F(SemanticsCli, MaxShardSizeTakesUnitsAndRefusesZero) {
   EXPECT_EQ(sizes("3072"), sizes("3KiB"));
   EXPECT_EQ(sizes("3072"), sizes("3kib"));
 
-  auto zero =
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --max-shard-size 0");
+  auto zero = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                             " --max-shard-size 0");
   EXPECT_EQ(zero.exit_code, 2);
   EXPECT_NE(zero.err.find("--max-shard-size must be positive"), std::string::npos) << zero.err;
-  auto bad =
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --max-shard-size 3XB");
+  auto bad = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                            " --max-shard-size 3XB");
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--max-shard-size: invalid size '3XB'"), std::string::npos) << bad.err;
   EXPECT_FALSE(fs::exists(tmp / "n"));
 }
 
 TEST_F(SemanticsCli, ScaleDtypeAndDtypeOnToHf) {
-  auto r =
-      run_shardshift("convert " + q(tmp / "native") + " " + q(tmp / "a") + " --scale-dtype f32 -q");
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
+                          shell_quoted(tmp / "a") + " --scale-dtype f32 -q");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   Dict a = open(tmp / "a");
   const Tensor& ones = a.at("model.decoder.layers.1.router.per_expert_scale");
@@ -89,14 +87,15 @@ TEST_F(SemanticsCli, ScaleDtypeAndDtypeOnToHf) {
                                     16));
   EXPECT_EQ(a.at("model.decoder.layers.1.experts.down_proj").dtype, DType::BF16);
 
-  r = run_shardshift("convert " + q(tmp / "native") + " " + q(tmp / "b") + " --dtype f32 -q");
+  r = run_shardshift("convert " + shell_quoted(tmp / "native") + " " + shell_quoted(tmp / "b") +
+                     " --dtype f32 -q");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   RefOptions cast;
   cast.cast = DType::F32;
   expect_same(open(tmp / "b"), ref_to_hf(native, true, cast));
 
-  auto bad =
-      run_shardshift("convert " + q(tmp / "native") + " " + q(tmp / "c") + " --scale-dtype int8");
+  auto bad = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
+                            shell_quoted(tmp / "c") + " --scale-dtype int8");
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--scale-dtype 'int8': use keep, bf16, f16 or f32"), std::string::npos)
       << bad.err;
@@ -104,55 +103,58 @@ TEST_F(SemanticsCli, ScaleDtypeAndDtypeOnToHf) {
 }
 
 TEST_F(SemanticsCli, EmptyExcludeKeepsEveryKeyAndInvalidExcludeIsRefused) {
-  auto def = run_shardshift("convert " + q(tmp / "native") + " " + q(tmp / "def") + " -q");
+  auto def = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
+                            shell_quoted(tmp / "def") + " -q");
   ASSERT_EQ(def.exit_code, 0) << def.err;
   EXPECT_FALSE(open(tmp / "def").count("model.decoder.layers.0.self_attn._extra_state"));
 
-  auto keep =
-      run_shardshift("convert " + q(tmp / "native") + " " + q(tmp / "keep") + " --exclude '' -q");
+  auto keep = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
+                             shell_quoted(tmp / "keep") + " --exclude '' -q");
   ASSERT_EQ(keep.exit_code, 0) << keep.err;
   RefOptions all;
   all.exclude = "";
   expect_same(open(tmp / "keep"), ref_to_hf(native, true, all));
   EXPECT_EQ(open(tmp / "keep").at("model.decoder.layers.0.self_attn._extra_state").bytes, "state");
 
-  auto bad = run_shardshift("convert " + q(tmp / "native") + " " + q(tmp / "bad") +
-                            " --exclude '([unclosed'");
+  auto bad = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
+                            shell_quoted(tmp / "bad") + " --exclude '([unclosed'");
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--exclude '([unclosed'"), std::string::npos) << bad.err;
   EXPECT_FALSE(fs::exists(tmp / "bad"));
 }
 
 TEST_F(SemanticsCli, NoSideFilesCopiesNothingButTheCheckpoint) {
-  auto r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --no-side-files -q");
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                          " --no-side-files -q");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(output_files(tmp / "n"), std::vector<std::string>{"model.safetensors"});
-  r = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "m") + " -q");
+  r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "m") + " -q");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(output_files(tmp / "m"),
             (std::vector<std::string>{"config.json", "model.safetensors"}));
 }
 
 TEST_F(SemanticsCli, AdapterDirectionAndDetectionErrorsAreUsageErrors) {
-  auto adapter =
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --adapter llama");
+  auto adapter = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                                shell_quoted(tmp / "n") + " --adapter llama");
   EXPECT_EQ(adapter.exit_code, 2);
   EXPECT_NE(adapter.err.find("unknown adapter 'llama'; known: diffusion_gemma, gemma4_moe"),
             std::string::npos)
       << adapter.err;
-  auto direction =
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --direction sideways");
+  auto direction = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                                  shell_quoted(tmp / "n") + " --direction sideways");
   EXPECT_EQ(direction.exit_code, 2);
   EXPECT_NE(direction.err.find("--direction 'sideways': use from_hf or to_hf"), std::string::npos)
       << direction.err;
 
   write_checkpoint(tmp / "anon", {{"foo.weight", Tensor{DType::U8, {3}, "abc"}}});
-  auto model = run_shardshift("convert " + q(tmp / "anon") + " " + q(tmp / "n"));
+  auto model =
+      run_shardshift("convert " + shell_quoted(tmp / "anon") + " " + shell_quoted(tmp / "n"));
   EXPECT_EQ(model.exit_code, 2);
   EXPECT_NE(model.err.find("cannot tell the model of this checkpoint"), std::string::npos)
       << model.err;
-  auto forced =
-      run_shardshift("convert " + q(tmp / "anon") + " " + q(tmp / "n") + " --adapter gemma4_moe");
+  auto forced = run_shardshift("convert " + shell_quoted(tmp / "anon") + " " +
+                               shell_quoted(tmp / "n") + " --adapter gemma4_moe");
   EXPECT_EQ(forced.exit_code, 2);
   EXPECT_NE(forced.err.find("cannot tell the direction of this checkpoint (no router or expert "
                             "keys); pass --direction from_hf or to_hf"),
@@ -162,16 +164,17 @@ TEST_F(SemanticsCli, AdapterDirectionAndDetectionErrorsAreUsageErrors) {
 }
 
 TEST_F(SemanticsCli, ExpertParallelFlagErrors) {
-  auto rank =
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") + " --ep-size 2 --ep-rank 2");
+  auto rank = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                             " --ep-size 2 --ep-rank 2");
   EXPECT_EQ(rank.exit_code, 2);
   EXPECT_NE(rank.err.find("--ep-rank must be below --ep-size"), std::string::npos) << rank.err;
-  auto shard = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "n") +
-                              " --ep-shard-size 2 --ep-shard-rank 5");
+  auto shard = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                              shell_quoted(tmp / "n") + " --ep-shard-size 2 --ep-shard-rank 5");
   EXPECT_EQ(shard.exit_code, 2);
   EXPECT_NE(shard.err.find("--ep-shard-rank must be below --ep-shard-size"), std::string::npos)
       << shard.err;
-  auto to_hf = run_shardshift("convert " + q(tmp / "native") + " " + q(tmp / "n") + " --ep-size 2");
+  auto to_hf = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
+                              shell_quoted(tmp / "n") + " --ep-size 2");
   EXPECT_EQ(to_hf.exit_code, 2);
   EXPECT_NE(
       to_hf.err.find("expert-parallel export (--ep-size, --ep-shard-size) applies to from_hf only"),
@@ -181,22 +184,25 @@ TEST_F(SemanticsCli, ExpertParallelFlagErrors) {
 }
 
 TEST_F(SemanticsCli, OutputChecks) {
-  auto same = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "hf") + " --force");
+  auto same = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                             shell_quoted(tmp / "hf") + " --force");
   EXPECT_EQ(same.exit_code, 2);
   EXPECT_NE(same.err.find("the output must not be the input"), std::string::npos) << same.err;
-  auto dir_of_file =
-      run_shardshift("convert " + q(tmp / "hf" / "part-0.safetensors") + " " + q(tmp / "hf") +
-                     " --force --adapter diffusion_gemma "
-                     "--direction from_hf");
+  auto dir_of_file = run_shardshift("convert " + shell_quoted(tmp / "hf" / "part-0.safetensors") +
+                                    " " + shell_quoted(tmp / "hf") +
+                                    " --force --adapter diffusion_gemma "
+                                    "--direction from_hf");
   EXPECT_EQ(dir_of_file.exit_code, 2);
   EXPECT_NE(dir_of_file.err.find("the output must not be the input"), std::string::npos)
       << dir_of_file.err;
   testing::write_bytes(tmp / "file", "keep me");
-  auto file = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "file") + " --force");
+  auto file = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                             shell_quoted(tmp / "file") + " --force");
   EXPECT_EQ(file.exit_code, 2);
   EXPECT_NE(file.err.find("exists and is not a directory"), std::string::npos) << file.err;
   EXPECT_EQ(testing::read_bytes(tmp / "file"), "keep me");
-  auto parent = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "no" / "out"));
+  auto parent = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                               shell_quoted(tmp / "no" / "out"));
   EXPECT_EQ(parent.exit_code, 2);
   EXPECT_NE(parent.err.find("the output's parent directory does not exist"), std::string::npos)
       << parent.err;
@@ -204,20 +210,21 @@ TEST_F(SemanticsCli, OutputChecks) {
 }
 
 TEST_F(SemanticsCli, StreamingASingleFileOutput) {
-  auto dir = run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "dir") + " -q");
+  auto dir = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                            shell_quoted(tmp / "dir") + " -q");
   ASSERT_EQ(dir.exit_code, 0) << dir.err;
   ASSERT_EQ(output_files(tmp / "dir"),
             (std::vector<std::string>{"config.json", "model.safetensors"}));
   // The single output file needs no --only.
-  auto streamed = run_shardshift("convert " + q(tmp / "hf") + " - -q");
+  auto streamed = run_shardshift("convert " + shell_quoted(tmp / "hf") + " - -q");
   ASSERT_EQ(streamed.exit_code, 0) << streamed.err;
   EXPECT_TRUE(streamed.out == testing::read_bytes(tmp / "dir" / "model.safetensors"));
-  auto side = run_shardshift("convert " + q(tmp / "hf") + " - -q --only config.json");
+  auto side = run_shardshift("convert " + shell_quoted(tmp / "hf") + " - -q --only config.json");
   ASSERT_EQ(side.exit_code, 0) << side.err;
   EXPECT_EQ(side.out, testing::read_bytes(tmp / "hf" / "config.json"));
   // A single-file output has no index to stream.
-  auto index =
-      run_shardshift("convert " + q(tmp / "hf") + " - -q --only model.safetensors.index.json");
+  auto index = run_shardshift("convert " + shell_quoted(tmp / "hf") +
+                              " - -q --only model.safetensors.index.json");
   EXPECT_EQ(index.exit_code, 2);
   EXPECT_EQ(index.out, "");
   EXPECT_NE(index.err.find("--only model.safetensors.index.json: this output is a single file and "
@@ -225,8 +232,8 @@ TEST_F(SemanticsCli, StreamingASingleFileOutput) {
             std::string::npos)
       << index.err;
   // --only needs OUT '-'.
-  auto only =
-      run_shardshift("convert " + q(tmp / "hf") + " " + q(tmp / "x") + " --only model.safetensors");
+  auto only = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "x") +
+                             " --only model.safetensors");
   EXPECT_EQ(only.exit_code, 2);
   EXPECT_NE(only.err.find("--only streams one file and needs OUT '-' (stdout)"), std::string::npos)
       << only.err;

@@ -26,11 +26,6 @@
 namespace shardshift {
 namespace {
 
-namespace fs = std::filesystem;
-using namespace reference;
-using testing::opts;
-using testing::run;
-
 class SemanticsRules : public testing::ConvertTest {};
 
 using Ordered = std::vector<std::pair<std::string, Tensor>>;

@@ -26,6 +26,7 @@ namespace shardshift::writer_test {
 namespace fs = std::filesystem;
 using testing::list_dir;
 using testing::read_bytes;
+using testing::TempDir;
 
 inline std::span<const std::byte> as_span(const std::string& s) {
   return std::as_bytes(std::span(s));

@@ -17,9 +17,6 @@
 namespace shardshift {
 namespace {
 
-namespace fs = std::filesystem;
-using testing::ConvertTest;
-
 bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }

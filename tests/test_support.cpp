@@ -92,6 +92,18 @@ CommandResult run_shardshift(const std::string& args) {
   return run_shell(std::string(SHARDSHIFT_BINARY) + " " + args + " </dev/null");
 }
 
+std::string shell_quoted(const fs::path& path) {
+  return "'" + path.string() + "'";
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    lines.push_back(line);
+  return lines;
+}
+
 std::vector<std::string> list_dir(const fs::path& dir) {
   std::vector<std::string> names;
   for (auto& e : fs::directory_iterator(dir))

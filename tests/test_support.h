@@ -47,6 +47,13 @@ struct CommandResult {
 CommandResult run_shardshift(const std::string& args);
 /// Runs a shell command, capturing its output.
 CommandResult run_shell(const std::string& command);
+/// `path` in single quotes, as one word of run_shardshift's or run_shell's argument string (the
+/// paths tests make hold no single quote).
+std::string shell_quoted(const std::filesystem::path& path);
+
+/// The lines of `text`, without their '\n'; a final line needs none, and no empty line follows
+/// a final '\n'.
+std::vector<std::string> lines_of(const std::string& text);
 
 /// Names of the files in `dir` (not recursive), sorted.
 std::vector<std::string> list_dir(const std::filesystem::path& dir);

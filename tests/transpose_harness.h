@@ -6,6 +6,7 @@
 
 #include "shardshift/dtype.h"
 
+#include "reference/numeric_reference.h"
 #include "transpose.h"
 
 #include <cstddef>
@@ -93,3 +94,12 @@ std::vector<Case> shapes(std::mt19937_64& rng);
 inline constexpr DType FLOATS[] = {DType::BF16, DType::F16, DType::F32};
 
 } // namespace shardshift::testing
+
+namespace shardshift {
+
+// The transpose*_test programs (whose tests live in namespace shardshift) use the reference and
+// this harness unqualified.
+using namespace reference;
+using namespace testing;
+
+} // namespace shardshift

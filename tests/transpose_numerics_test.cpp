@@ -24,9 +24,6 @@
 namespace shardshift {
 namespace {
 
-using namespace reference;
-using namespace testing;
-
 // ---------------------------------------------------------------------------------------------
 // The reference itself, on hand-worked values.
 

@@ -24,9 +24,6 @@
 namespace shardshift {
 namespace {
 
-using namespace reference;
-using namespace testing;
-
 /// A value of `dtype` with the given unbiased exponent, a random sign and `bits` random leading
 /// mantissa bits (the rest zero): short mantissas make exact ties common.
 uint64_t short_value(DType dtype, int exponent, int bits, std::mt19937_64& rng) {

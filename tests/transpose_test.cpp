@@ -22,9 +22,6 @@
 namespace shardshift {
 namespace {
 
-using namespace reference;
-using namespace testing;
-
 // ---------------------------------------------------------------------------------------------
 // The kernel: every dtype combination, every level, against the reference.
 
