@@ -1,9 +1,12 @@
 // shardshift: the command-line tool. This file only dispatches to a subcommand (commands.h); what
 // the subcommands share (help layout, errors, exit codes) is in cli.h.
+#include "shardshift/version.h"
+
 #include "cli.h"
 #include "commands.h"
 
 #include <iostream>
+#include <string>
 #include <string_view>
 
 static const char* const USAGE =
@@ -23,12 +26,37 @@ Commands:
                    (demo and test data)
 
 Every command takes -h/--help and -q/--quiet; --json prints its result as JSON.
-Run 'shardshift COMMAND --help' for the options of a command.
+Run 'shardshift COMMAND --help' for the options of a command, and
+'shardshift --version' for the version and the features of this build.
 
 Examples:
   shardshift synth demo-hf --model diffusion_gemma --layers 2 --scale 8
   shardshift convert demo-hf demo-native
 )";
+
+// The first line is what help2man and scripts read ("shardshift 0.1.0"); the others say what this
+// build can do, one "key: value" line each, so a bug report carries them.
+static int print_version() {
+  const shardshift::BuildInfo info = shardshift::build_info();
+  auto joined = [](const std::vector<std::string>& words) {
+    std::string text;
+    for (const std::string& w : words)
+      text += (text.empty() ? "" : " ") + w;
+    return text;
+  };
+  std::cout << "shardshift " << info.version << "\n"
+            << "revision: " << info.git_revision << "\n"
+            << "build: " << (info.build_type.empty() ? "default" : info.build_type) << "\n"
+            << "simd: " << joined(info.simd_compiled) << " (this CPU: " << info.simd_running
+            << ")\n"
+            << "cuda: " << (info.cuda ? "on" : "off");
+  if (info.cuda)
+    std::cout << " (architectures " << info.cuda_architectures << "; " << info.cuda_devices
+              << (info.cuda_devices == 1 ? " device" : " devices") << " usable)";
+  std::cout << "\nmodels: " << joined(info.models) << "\n";
+  return shardshift::app::stdout_ok("--version") ? shardshift::app::EXIT_OK
+                                                 : shardshift::app::EXIT_FAIL;
+}
 
 int main(int argc, char** argv) {
   using namespace shardshift::app;
@@ -41,10 +69,8 @@ int main(int argc, char** argv) {
     std::cout << USAGE;
     return EXIT_OK;
   }
-  if (cmd == "--version") {
-    std::cout << "shardshift 0.1.0\n";
-    return EXIT_OK;
-  }
+  if (cmd == "--version")
+    return print_version();
   // Each command sees its own name as argv[0].
   int sub_argc = argc - 1;
   char** sub_argv = argv + 1;

@@ -1,0 +1,148 @@
+# Packaging.cmake: shardshift installed like the Debian tools and C++ libraries it sits beside.
+# Included by the top-level CMakeLists.txt once the targets exist.
+#
+#   build_info()   include/shardshift/version.h, from generated/version_config.h: the version of
+#                  project(VERSION) (the one place it is set), the git revision at configure time
+#                  ("unknown" outside a git checkout) and the CUDA architectures of the library.
+#   shardshift.1   the man page, made by help2man from the built binary's --help plus a COMMANDS
+#                  section holding each command's own --help (cmake/man_page.cmake); skipped with
+#                  a note when help2man is missing (apt install help2man).
+#   shardshift.bash  bash completion; its commands, flags and model names are read from the built
+#                  binary (each command's --help, --version's "models:") so they cannot drift
+#                  (cmake/completion.cmake, completion/shardshift.bash.in).
+#   install        GNUInstallDirs paths in two components: Runtime (bin/shardshift, the man page,
+#                  the completion) and Development (include/shardshift/*.h, libshardshift.a, the
+#                  CMake package shardshift::shardshift, shardshift.pc).
+#   cpack -G DEB   shardshift_VERSION_ARCH.deb (Runtime; Depends computed by dpkg-shlibdeps) and
+#                  shardshift-dev_VERSION_ARCH.deb (Development; Depends on the -dev packages of
+#                  what the static library links). scripts/package.sh builds and checks both.
+
+# --- Version ------------------------------------------------------------------------------------
+set(SHARDSHIFT_GIT_REVISION unknown)
+find_package(Git QUIET)
+if(GIT_FOUND AND EXISTS ${PROJECT_SOURCE_DIR}/.git)
+  execute_process(COMMAND ${GIT_EXECUTABLE} describe --always --dirty --abbrev=12
+                  WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
+                  OUTPUT_VARIABLE revision RESULT_VARIABLE revision_rc
+                  OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+  if(revision_rc EQUAL 0 AND revision)
+    set(SHARDSHIFT_GIT_REVISION ${revision})
+  endif()
+endif()
+# The architectures the CUDA stage was compiled for, read back from the target (the truth).
+set(SHARDSHIFT_CUDA_ARCHITECTURES_BUILT "")
+if(SHARDSHIFT_HAVE_CUDA)
+  get_target_property(SHARDSHIFT_CUDA_ARCHITECTURES_BUILT shardshift_lib CUDA_ARCHITECTURES)
+endif()
+configure_file(${PROJECT_SOURCE_DIR}/cmake/version_config.h.in
+               ${PROJECT_BINARY_DIR}/generated/version_config.h @ONLY)
+message(STATUS "shardshift: version ${PROJECT_VERSION}, revision ${SHARDSHIFT_GIT_REVISION}")
+
+# --- Man page -----------------------------------------------------------------------------------
+find_program(SHARDSHIFT_HELP2MAN help2man)
+set(SHARDSHIFT_MAN_PAGE ${PROJECT_BINARY_DIR}/shardshift.1)
+if(SHARDSHIFT_HELP2MAN)
+  add_custom_command(
+    OUTPUT ${SHARDSHIFT_MAN_PAGE} ${SHARDSHIFT_MAN_PAGE}.gz
+    COMMAND ${CMAKE_COMMAND} -DSHARDSHIFT=$<TARGET_FILE:shardshift> -DHELP2MAN=${SHARDSHIFT_HELP2MAN}
+            -DVERSION=${PROJECT_VERSION} -DOUT=${SHARDSHIFT_MAN_PAGE}
+            -P ${PROJECT_SOURCE_DIR}/cmake/man_page.cmake
+    DEPENDS shardshift ${PROJECT_SOURCE_DIR}/cmake/man_page.cmake
+    COMMENT "Generating the man page shardshift.1 with help2man" VERBATIM)
+  add_custom_target(shardshift_man ALL DEPENDS ${SHARDSHIFT_MAN_PAGE}.gz)
+  install(FILES ${SHARDSHIFT_MAN_PAGE}.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man1
+          COMPONENT Runtime)
+else()
+  message(STATUS "shardshift: help2man not found: no man page (apt install help2man)")
+endif()
+
+# --- Bash completion ----------------------------------------------------------------------------
+set(SHARDSHIFT_COMPLETION ${PROJECT_BINARY_DIR}/shardshift.bash)
+add_custom_command(
+  OUTPUT ${SHARDSHIFT_COMPLETION}
+  COMMAND ${CMAKE_COMMAND} -DSHARDSHIFT=$<TARGET_FILE:shardshift>
+          -DTEMPLATE=${PROJECT_SOURCE_DIR}/completion/shardshift.bash.in
+          -DOUT=${SHARDSHIFT_COMPLETION} -P ${PROJECT_SOURCE_DIR}/cmake/completion.cmake
+  DEPENDS shardshift ${PROJECT_SOURCE_DIR}/cmake/completion.cmake
+          ${PROJECT_SOURCE_DIR}/completion/shardshift.bash.in
+  COMMENT "Generating bash completion shardshift.bash from the commands' --help" VERBATIM)
+add_custom_target(shardshift_completion ALL DEPENDS ${SHARDSHIFT_COMPLETION})
+install(FILES ${SHARDSHIFT_COMPLETION} DESTINATION ${CMAKE_INSTALL_DATADIR}/bash-completion/completions
+        RENAME shardshift COMPONENT Runtime)
+
+# --- Install ------------------------------------------------------------------------------------
+install(TARGETS shardshift RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT Runtime)
+install(TARGETS shardshift_lib EXPORT shardshiftTargets
+        ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development)
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/shardshift
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT Development FILES_MATCHING PATTERN "*.h")
+
+set(SHARDSHIFT_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/shardshift)
+install(EXPORT shardshiftTargets NAMESPACE shardshift:: DESTINATION ${SHARDSHIFT_CMAKE_DIR}
+        FILE shardshiftTargets.cmake COMPONENT Development)
+include(CMakePackageConfigHelpers)
+configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/shardshiftConfig.cmake.in
+                              ${PROJECT_BINARY_DIR}/shardshiftConfig.cmake
+                              INSTALL_DESTINATION ${SHARDSHIFT_CMAKE_DIR})
+# 0.x: a new minor version may change the API, so only the same minor version is compatible.
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/shardshiftConfigVersion.cmake
+                                 COMPATIBILITY SameMinorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/shardshiftConfig.cmake
+              ${PROJECT_BINARY_DIR}/shardshiftConfigVersion.cmake
+        DESTINATION ${SHARDSHIFT_CMAKE_DIR} COMPONENT Development)
+
+# pkg-config: the library is static, so what it links privately is listed too (Requires.private
+# for what has a .pc file, Libs.private for the rest). TBB and simdjson are public: their headers
+# appear in ours.
+set(SHARDSHIFT_PC_LIBS_PRIVATE "-lboost_iostreams")
+if(SHARDSHIFT_HAVE_CUDA)
+  string(APPEND SHARDSHIFT_PC_LIBS_PRIVATE " -L${CUDAToolkit_LIBRARY_DIR} -lcudart_static -ldl -lrt")
+endif()
+# The prefix is found from the .pc file's own place, so the file is right wherever the tree is
+# installed (cmake --install --prefix, the .deb's /usr).
+file(RELATIVE_PATH SHARDSHIFT_PC_PREFIX_FROM_PCDIR /prefix/${CMAKE_INSTALL_LIBDIR}/pkgconfig /prefix)
+configure_file(${PROJECT_SOURCE_DIR}/cmake/shardshift.pc.in ${PROJECT_BINARY_DIR}/shardshift.pc
+               @ONLY)
+install(FILES ${PROJECT_BINARY_DIR}/shardshift.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig
+        COMPONENT Development)
+
+# --- Debian package (cpack -G DEB) --------------------------------------------------------------
+set(CPACK_PACKAGE_NAME shardshift)
+set(CPACK_PACKAGE_VENDOR "shardshift")
+set(CPACK_PACKAGE_CONTACT "shardshift maintainers <shardshift@example.org>")
+set(CPACK_PACKAGE_DESCRIPTION_SUMMARY
+    "convert Mixture-of-Experts safetensors checkpoints between Hugging Face and NeMo layouts")
+set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
+set(CPACK_GENERATOR DEB)
+set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
+set(CPACK_DEB_COMPONENT_INSTALL ON)
+set(CPACK_COMPONENTS_ALL Runtime Development)
+set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT) # shardshift_0.1.0_amd64.deb
+set(CPACK_DEBIAN_PACKAGE_SECTION science)
+set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
+set(CPACK_DEBIAN_RUNTIME_PACKAGE_NAME shardshift)
+set(CPACK_DEBIAN_RUNTIME_PACKAGE_SECTION science)
+set(CPACK_DEBIAN_RUNTIME_DESCRIPTION
+    "${CPACK_PACKAGE_DESCRIPTION_SUMMARY}
+ shardshift converts safetensors checkpoints of Mixture-of-Experts models
+ (diffusion_gemma, gemma4_moe) between the Hugging Face layout and NeMo
+ Automodel's native layout as a stream with bounded memory: pass-through
+ tensors are copied without reading them (copy_file_range, reflinks), expert
+ tensors are transposed with AVX2/AVX-512 kernels or on a CUDA GPU.")
+# Depends of the tool: the shared libraries it links, found by dpkg-shlibdeps (dpkg-dev).
+set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON) # a no-op for -dev, which holds no shared object
+set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_NAME shardshift-dev)
+set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_SECTION libdevel)
+set(CPACK_DEBIAN_DEVELOPMENT_DESCRIPTION
+    "shardshift library: headers, static library, CMake package and pkg-config file
+ The C++ API of shardshift (find_package(shardshift), target
+ shardshift::shardshift): open and validate checkpoints, plan and run
+ conversions, or stream converted tensors to a program without writing files.")
+# A static library and headers: what a program built against them needs is the -dev packages of
+# the libraries that shardshiftConfig.cmake finds, which no tool computes; keep in step with it.
+set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_DEPENDS
+    "libsimdjson-dev, libtbb-dev, libboost-iostreams-dev, libpcre2-dev, pkg-config")
+set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_SUGGESTS "shardshift (= ${PROJECT_VERSION})")
+set(CPACK_COMPONENT_RUNTIME_DESCRIPTION "the shardshift tool")
+set(CPACK_COMPONENT_DEVELOPMENT_DESCRIPTION "the shardshift C++ library")
+include(CPack)
