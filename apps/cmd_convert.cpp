@@ -196,6 +196,18 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
       .key("direction")
       .value(direction_name(s.direction));
   w.key("device").value(s.device).key("output").value(output);
+  if (!s.deliveries.empty()) {
+    w.key("deliveries").begin_array();
+    for (const FileDelivery& d : s.deliveries)
+      w.begin_object().key("name").value(d.name).key("state").value(d.state).end_object();
+    w.end_array();
+  }
+  if (!s.checksums.empty()) {
+    w.key("sha256").begin_object();
+    for (const auto& [name, digest] : s.checksums)
+      w.key(name).value(digest);
+    w.end_object();
+  }
   w.key("tensors").value(s.tensors).key("files").value(s.files);
   w.key("output_bytes").value(s.output_bytes).key("zero_copy_bytes").value(s.zero_copy_bytes);
   w.key("fallback_copy_bytes").value(s.fallback_copy_bytes);
@@ -344,7 +356,8 @@ int cmd_plan(int argc, char** argv) {
 namespace {
 
 const HelpText CONVERT_HELP = {
-    .usage = "shardshift convert IN OUT [options]",
+    .usage = "shardshift convert IN OUT [options]\n       shardshift convert IN --pipe-to COMMAND "
+             "[options]",
     .description =
         "Converts the checkpoint IN (a .safetensors file or a directory of shards) into the "
         "directory OUT, shard by shard with bounded memory. OUT appears complete or not at "
@@ -354,6 +367,8 @@ const HelpText CONVERT_HELP = {
                 "shardshift convert nemo-26B hf-26B --direction to_hf --dtype bf16\n"
                 "shardshift convert hf ep-r1 --ep-size 4 --ep-rank 1 --max-memory 4GiB -j 8\n"
                 "shardshift convert hf nemo --stats --trace run.json.gz  # see ui.perfetto.dev\n"
+                "shardshift convert hf --pipe-to 'aws s3 cp - s3://b/nemo/{name} --expected-size "
+                "{size}' --checksums\n"
                 "shardshift convert hf - --only model-00002-of-00011.safetensors | upload-tool",
     .exit_status = "0 converted, 1 failed (nothing is left behind), 2 bad usage, 130 "
                    "interrupted.",
@@ -387,7 +402,18 @@ void add_convert_flags(ConvertFlags& f) {
       "only", po::value<std::string>()->value_name("NAME"),
       "With OUT '-': stream only the output file NAME (a shard, the index or a side file) to "
       "stdout, e.g. into an upload tool. Not needed when the output is a single file. "
-      "Example: - --only model-00001-of-00004.safetensors");
+      "Example: - --only model-00001-of-00004.safetensors")(
+      "pipe-to", po::value<std::string>()->value_name("COMMAND"),
+      "Instead of OUT: stream every output file into its own COMMAND (run by sh -c, {name} and "
+      "{size} replaced, shell-quoted), e.g. an uploader reading stdin. The index goes last, "
+      "only after every shard was delivered; a file that fails has its command interrupted "
+      "(SIGINT, then SIGTERM, SIGKILL) before its input ends, so the uploader discards it. "
+      "Example: --pipe-to 'aws s3 cp - s3://bucket/native/{name} --expected-size {size}'")(
+      "uploads", po::value<unsigned>()->default_value(4)->value_name("N"),
+      "With --pipe-to: commands running at once. Default: 4. Example: --uploads 8")(
+      "checksums", "Compute the SHA-256 of every output file while it is written (no second "
+                   "read) and write them as SHA256SUMS (sha256sum -c format) beside the output, "
+                   "or deliver it before the index with --pipe-to; also in --json.");
   report.flags.add_options()("stats",
                              "Print a table of the pipeline stages on stderr: count, bytes, "
                              "busy time, share, rate, p50 and p99 per stage.")(
@@ -406,7 +432,14 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
     return opts.status();
   ConvertOptions o;
   o.input = vm["input"].as<std::string>();
-  o.output = vm["output"].as<std::string>();
+  if (vm.count("output"))
+    o.output = vm["output"].as<std::string>();
+  if (vm.count("pipe-to"))
+    o.pipe_to = vm["pipe-to"].as<std::string>();
+  o.uploads = vm["uploads"].as<unsigned>();
+  if (o.uploads == 0)
+    return Status(Errc::invalid_argument, "--uploads must be at least 1");
+  o.checksums = vm.count("checksums") > 0;
   o.plan = *opts;
   o.threads = vm["jobs"].as<unsigned>();
   o.writers = vm["writers"].as<unsigned>();
@@ -454,19 +487,27 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
       exit_code = report_error(s);
   if (!result) {
     if (result.status().code() == Errc::interrupted) {
-      std::cerr << "shardshift: interrupted; nothing was written to " << o.output.string() << "\n";
+      if (!o.pipe_to.empty())
+        report_error(result.status()); // every file's state
+      else
+        std::cerr << "shardshift: interrupted; nothing was written to " << o.output.string()
+                  << "\n";
       return EXIT_INTERRUPTED;
     }
     return report_error(result.status());
   }
   const ConvertSummary& s = *result;
+  const std::string where = o.pipe_to.empty() ? o.output.string() : "--pipe-to commands";
   const double rate = s.seconds > 0 ? static_cast<double>(s.output_bytes) / s.seconds : 0;
   if (!quiet)
-    std::fputs(summary_line(s, o.output.string(), rate).c_str(), stderr);
+    std::fputs(summary_line(s, where, rate).c_str(), stderr);
+  if (!quiet)
+    for (const FileDelivery& d : s.deliveries)
+      std::fprintf(stderr, "  %s: %s\n", d.name.c_str(), d.state.c_str());
   if (vm.count("stats"))
     print_stats(s);
   if (vm.count("json")) {
-    std::cout << summary_json(s, o.output.string(), rate);
+    std::cout << summary_json(s, where, rate);
     if (!stdout_ok("convert"))
       return EXIT_FAIL;
   }
@@ -490,8 +531,8 @@ int cmd_convert(int argc, char** argv) {
     print_help(std::cout, CONVERT_HELP, {&flags.what, &flags.run, &flags.report});
     return EXIT_OK;
   }
-  if (!vm.count("input") || !vm.count("output"))
-    return usage_error("convert", "expected two arguments: IN OUT");
+  if (!vm.count("input") || (!vm.count("output") && !vm.count("pipe-to")))
+    return usage_error("convert", "expected two arguments: IN OUT (or IN --pipe-to COMMAND)");
   auto options = convert_options(vm);
   if (!options)
     return usage_error("convert", options.status().message());

@@ -6,7 +6,9 @@
 
 #include "cuda_transform.h"
 #include "pipeline.h"
+#include "sha256.h"
 #include "transpose.h"
+#include "upload.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -123,6 +125,15 @@ Status check_replaceable(const fs::path& output) {
 }
 
 Status check_output(const ConvertOptions& o) {
+  if (!o.pipe_to.empty()) {
+    if (!o.output.empty())
+      return Status(Errc::invalid_argument,
+                    "--pipe-to delivers every file to its command: give no OUT with it");
+    if (!o.only.empty())
+      return Status(Errc::invalid_argument, "--only streams one file to stdout; --pipe-to "
+                                            "delivers every file: use one of them");
+    return {};
+  }
   if (is_stream(o)) {
     if (isatty(STDOUT_FILENO))
       return Status(
@@ -219,15 +230,18 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
   return std::move(gpu.value());
 }
 
-Status copy_side_files(Io& io, const Checkpoint& input, const Plan& plan, const fs::path& dir) {
+// Side files, copied verbatim; with `sums`, their SHA-256 is added to it.
+Status copy_side_files(Io& io, const Checkpoint& input, const Plan& plan, const fs::path& dir,
+                       std::vector<std::pair<std::string, std::string>>* sums) {
   for (const std::string& name : plan.side_files) {
-    std::ifstream in(input.root / name, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in.good() && !in.eof())
-      return Status(Errc::io, (input.root / name).string() + ": cannot read side file");
-    Status s = write_file_atomic(io, dir / name, std::as_bytes(std::span(bytes)));
-    if (!s.ok())
+    auto bytes = read_side_file(input, name);
+    if (!bytes)
+      return bytes.status();
+    const auto view = std::as_bytes(std::span(*bytes));
+    if (Status s = write_file_atomic(io, dir / name, view); !s.ok())
       return s;
+    if (sums)
+      sums->emplace_back(name, sha256_hex(view));
   }
   return {};
 }
@@ -304,11 +318,10 @@ Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& pl
       return text.status();
     return write_all(io, fd, *text, name);
   }
-  std::ifstream in(input.root / name, std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!in.good() && !in.eof())
-    return Status(Errc::io, (input.root / name).string() + ": cannot read");
-  return write_all(io, fd, bytes, name);
+  auto bytes = read_side_file(input, name);
+  if (!bytes)
+    return bytes.status();
+  return write_all(io, fd, *bytes, name);
 }
 
 // The pipeline's shape for this run: threads, writer lanes, chunks and tokens from the memory
@@ -324,6 +337,8 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   Engine e;
   PipelineConfig& c = e.config;
   c.writers = options.writers ? options.writers : default_writers(threads, files);
+  if (!options.pipe_to.empty()) // each lane feeds one command: --uploads of them at once
+    c.writers = options.uploads ? options.uploads : 4;
   c.writers =
       static_cast<unsigned>(std::clamp<size_t>(files, 1, c.writers)); // a lane per file at most
   // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
@@ -345,9 +360,9 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
 
 // OUT '-': one output file to stdout, for uploads that never land on local disk. There is nothing
 // to commit: a failure shows as the exit code, and the reader must discard the data.
-Result<PipelineResult> stream_one_file(const ConvertOptions& options, const Checkpoint& input,
-                                       const Plan& plan, const PipelineConfig& config, Io& io,
-                                       Profiler& profiler, uint64_t* tensors) {
+Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler, uint64_t* tensors) {
   auto target = stream_target(plan, options.only);
   if (!target)
     return target.status();
@@ -362,20 +377,27 @@ Result<PipelineResult> stream_one_file(const ConvertOptions& options, const Chec
                                                 "shardshift plan IN --print-size)");
     if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target); !s.ok())
       return s;
-    return PipelineResult{};
+    return UploadResult{};
   }
   *tensors = file->tensors.size();
   const uint32_t only[] = {static_cast<uint32_t>(file - plan.files.begin())};
   StreamTarget stdout_target(STDOUT_FILENO);
-  return run_pipeline(input, plan, only, stdout_target, config, profiler);
+  auto moved = run_pipeline(input, plan, only, stdout_target, config, profiler);
+  if (!moved)
+    return moved.status();
+  UploadResult r;
+  r.moved = *moved;
+  if (config.digests)
+    r.checksums.emplace_back(file->name, (*config.digests)[only[0]]);
+  return r;
 }
 
 // OUT a directory: build it in a staging directory beside it, then side files, the index (the
 // commit point of a sharded checkpoint) and one rename. The staging directory is removed on any
 // failure, so OUT appears whole or not at all.
-Result<PipelineResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
-                                       const Plan& plan, const PipelineConfig& config, Io& io,
-                                       Profiler& profiler) {
+Result<UploadResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler) {
   const fs::path output = fs::absolute(options.output);
   const fs::path staging = staging_path(output, "tmp");
   if (io.mkdir(staging.c_str(), 0777) != 0)
@@ -396,26 +418,47 @@ Result<PipelineResult> write_directory(const ConvertOptions& options, const Chec
   DirectoryTarget target(staging);
   auto moved = run_pipeline(input, plan, files, target, config, profiler);
   if (!moved)
-    return moved;
+    return moved.status();
   if (options.cancel && options.cancel->load())
     return Status(Errc::interrupted, "interrupted");
 
+  UploadResult r;
+  r.moved = *moved;
+  auto* sums = config.digests ? &r.checksums : nullptr;
+  if (sums)
+    for (size_t f = 0; f < plan.files.size(); ++f)
+      sums->emplace_back(plan.files[f].name, (*config.digests)[f]);
   const uint64_t c0 = profiler.now();
-  if (Status s = copy_side_files(io, input, plan, staging); !s.ok())
+  if (Status s = copy_side_files(io, input, plan, staging, sums); !s.ok())
     return s;
-  if (plan.write_index)
+  if (plan.write_index) {
+    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
+    if (!text)
+      return text.status();
+    if (sums)
+      sums->emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(*text))));
     if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok())
       return s;
+  }
+  if (sums) {
+    const std::string text = sha256sums_text(*sums);
+    if (Status s = write_file_atomic(io, staging / "SHA256SUMS", std::as_bytes(std::span(text)));
+        !s.ok())
+      return s;
+  }
   if (Status s = commit_output(io, staging, output, options.force); !s.ok())
     return s;
   cleanup.armed = false;
   profiler.record(Stage::commit, c0, profiler.now(), 0);
-  return moved;
+  return r;
 }
 
-ConvertSummary summarize(const Plan& plan, const PipelineResult& moved, const Engine& engine,
+ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const Engine& engine,
                          uint64_t tensors, uint64_t files, Profiler& profiler) {
+  const PipelineResult& moved = delivered.moved;
   ConvertSummary sum;
+  sum.deliveries = delivered.files;
+  sum.checksums = delivered.checksums;
   sum.adapter = plan.adapter;
   sum.direction = plan.direction;
   sum.device = engine.device;
@@ -480,10 +523,15 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   if (!engine)
     return engine.status();
 
-  // 3. Move the bytes: one file to stdout, or the whole checkpoint into OUT.
+  // 3. Move the bytes: into OUT, one file to stdout, or every file into its own command.
+  std::vector<std::string> digests(plan.files.size());
+  if (options.checksums)
+    engine->config.digests = &digests;
   uint64_t tensors = plan.tensors.size(), files = plan.files.size();
-  Result<PipelineResult> moved =
-      is_stream(options)
+  Result<UploadResult> moved =
+      !options.pipe_to.empty()
+          ? upload_outputs(options.pipe_to, input, plan, engine->config, io, profiler)
+      : is_stream(options)
           ? stream_one_file(options, input, plan, engine->config, io, profiler, &tensors)
           : write_directory(options, input, plan, engine->config, io, profiler);
   if (!moved)

@@ -5,6 +5,7 @@
 #include "buffer_pool.h"
 #include "emitter.h"
 #include "progress_meter.h"
+#include "sha256.h"
 #include "transform_stage.h"
 #include "write_stage.h"
 
@@ -115,6 +116,37 @@ WriteTotals run_lane(Shared& s) {
     return item;
   };
 
+  // Stage 2b (--checksums): hash each file's bytes in order, from the buffers and, for copies, from
+  // the mapping (the pages the kernel copies from), while the write stage writes the item before.
+  Sha256 sha;
+  auto hash = [&](Item* item) -> Item* {
+    if (s.failure.failed())
+      return item;
+    const OutputFile& file = s.plan.files[item->file];
+    switch (item->kind) {
+    case ItemKind::open_file:
+      sha.reset();
+      sha.update(file.header);
+      break;
+    case ItemKind::copy_run: {
+      const MappedFile& in = *item->shard->file;
+      auto view = in.view(item->in_offset, item->length);
+      Status st = view ? guard_mapped_access(in, [&] { sha.update(*view); }) : view.status();
+      if (!st.ok())
+        s.failure.fail(std::move(st));
+      break;
+    }
+    case ItemKind::transform:
+    case ItemKind::ones:
+      sha.update({item->buffer, item->length});
+      break;
+    case ItemKind::close_file:
+      (*s.config.digests)[item->file] = sha.hex();
+      break;
+    }
+    return item;
+  };
+
   // Stage 3: write in order, then give back what the item held (input pages, its buffer).
   auto write = [&](Item* raw) {
     std::unique_ptr<Item> item(raw);
@@ -135,10 +167,16 @@ WriteTotals run_lane(Shared& s) {
     last_write_end = s.profiler.now();
   };
 
-  tbb::parallel_pipeline(
-      s.config.tokens, tbb::make_filter<void, Item*>(tbb::filter_mode::serial_in_order, emit) &
-                           tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel, transform) &
-                           tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order, write));
+  auto produce = tbb::make_filter<void, Item*>(tbb::filter_mode::serial_in_order, emit) &
+                 tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel, transform);
+  auto consume = tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order, write);
+  if (s.config.digests)
+    tbb::parallel_pipeline(
+        s.config.tokens,
+        produce & tbb::make_filter<Item*, Item*>(tbb::filter_mode::serial_in_order, hash) &
+            consume);
+  else
+    tbb::parallel_pipeline(s.config.tokens, produce & consume);
   writer.abandon();
   return writer.totals();
 }

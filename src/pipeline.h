@@ -29,6 +29,8 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <string>
+#include <vector>
 
 namespace shardshift {
 
@@ -40,6 +42,9 @@ struct PipelineConfig {
   Io* io = nullptr;
   const std::atomic<bool>* cancel = nullptr;
   std::function<void(const Progress&)> progress;
+  /// --checksums: when set (one entry per plan file), the SHA-256 of each file written is stored
+  /// at its index, computed by a serial stage of its lane between transform and write.
+  std::vector<std::string>* digests = nullptr;
 };
 
 struct PipelineResult {

@@ -114,6 +114,30 @@ ProcessTarget::Child ProcessTarget::take(const std::string& name) {
   return c;
 }
 
+void ProcessTarget::set_outcome(const std::string& name, Delivery::State state,
+                                std::string detail) {
+  std::lock_guard lock(mu_);
+  outcomes_[name] = Delivery{state, std::move(detail)};
+}
+
+Delivery ProcessTarget::outcome(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = outcomes_.find(name);
+  return it == outcomes_.end() ? Delivery{} : it->second;
+}
+
+Status ProcessTarget::deliver(const std::string& name, std::string_view bytes, Io& io) {
+  OutputFile file;
+  file.name = name;
+  file.header = std::string(bytes); // the whole file; no tensor data follows
+  ShardWriter writer(io);
+  if (Status s = open(writer, file); !s.ok()) {
+    abandon(writer, file);
+    return s;
+  }
+  return finish(writer, file);
+}
+
 Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
   Status written = writer.finish(); // checks that every planned byte went in
   Child child = take(file.name);
@@ -122,41 +146,57 @@ Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
                         : written;
   if (!written.ok()) {
     interrupt(child);
+    set_outcome(file.name, Delivery::failed, written.message());
     return written;
   }
   close(child.stdin_fd); // the end of input: the command may now complete its work
   int status = 0;
   while (waitpid(child.pid, &status, 0) < 0 && errno == EINTR) {
   }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    set_outcome(file.name, Delivery::delivered);
     return {};
-  return Status(Errc::io, file.name + ": the command for this file " + describe_exit(status) +
-                              " after reading all " + std::to_string(file.size()) +
-                              " bytes; the file is not delivered");
+  }
+  const std::string why = "the command " + describe_exit(status);
+  set_outcome(file.name, Delivery::failed, why);
+  return Status(Errc::io, file.name + ": " + why + " after reading all " +
+                              std::to_string(file.size()) + " bytes; the file is not delivered");
 }
 
 void ProcessTarget::abandon(ShardWriter& writer, const OutputFile& file) {
   Child child = take(file.name);
+  std::string ended;
   if (child.pid >= 0)
-    interrupt(child);
+    ended = interrupt(child);
   writer.abandon();
+  if (outcome(file.name).state == Delivery::failed)
+    return;
+  // A command that quit on its own shows first as a broken pipe; how it ended says more.
+  const Status& why = writer.status();
+  set_outcome(file.name, Delivery::failed,
+              why.code() == Errc::broken_pipe && !ended.empty()
+                  ? "the command " + ended + " before reading all of it"
+              : why.ok() ? "stopped before its end; its command was interrupted"
+                         : why.message());
 }
 
 // Signals first, pipe last: while the command still has its stdin open it cannot mistake the
-// interruption for a complete input.
-void ProcessTarget::interrupt(Child& child) {
+// interruption for a complete input. Returns how the command ended ("exited with status 3").
+std::string ProcessTarget::interrupt(Child& child) {
   int status = 0;
-  bool gone = false;
+  bool gone = waitpid(child.pid, &status, WNOHANG) == child.pid;
   for (int sig : {SIGINT, SIGTERM, SIGKILL}) {
-    kill(-child.pid, sig); // the whole group: the shell and the command it runs
-    if ((gone = wait_for(child.pid, sig == SIGKILL ? std::chrono::milliseconds(60'000) : grace_,
-                         &status)))
+    if (gone)
       break;
+    kill(-child.pid, sig); // the whole group: the shell and the command it runs
+    gone =
+        wait_for(child.pid, sig == SIGKILL ? std::chrono::milliseconds(60'000) : grace_, &status);
   }
   close(child.stdin_fd);
   if (!gone)
     waitpid(child.pid, &status, 0);
   child = {};
+  return describe_exit(status);
 }
 
 } // namespace shardshift

@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <sys/types.h>
 
 namespace shardshift {
@@ -27,6 +28,12 @@ namespace shardshift {
 std::string shell_quote(std::string_view text);
 /// `command` with {name} and {size} replaced by shell-quoted values (other braces are kept).
 std::string expand_command(std::string_view command, std::string_view name, uint64_t size);
+
+/// What became of one file handed to a ProcessTarget.
+struct Delivery {
+  enum State { not_started, delivered, failed } state = not_started;
+  std::string detail; ///< failed: why
+};
 
 class ProcessTarget final : public OutputTarget {
 public:
@@ -39,18 +46,26 @@ public:
   Status finish(ShardWriter& writer, const OutputFile& file) override;
   void abandon(ShardWriter& writer, const OutputFile& file) override;
 
+  /// Delivers a small file held in memory (a side file, the index, SHA256SUMS) the same way:
+  /// its own command, its bytes on stdin, delivered only if the command then exits 0.
+  Status deliver(const std::string& name, std::string_view bytes, Io& io);
+  /// The outcome of `name` so far (not_started if it was never opened).
+  Delivery outcome(const std::string& name) const;
+
 private:
   struct Child {
     pid_t pid = -1;
     int stdin_fd = -1;
   };
   Child take(const std::string& name);
-  void interrupt(Child& child);
+  std::string interrupt(Child& child);
 
   std::string command_;
   std::chrono::milliseconds grace_;
-  std::mutex mu_;
-  std::map<std::string, Child> children_; ///< by file name, while open
+  mutable std::mutex mu_;
+  std::map<std::string, Child> children_;    ///< by file name, while open
+  std::map<std::string, Delivery> outcomes_; ///< by file name, once opened
+  void set_outcome(const std::string& name, Delivery::State state, std::string detail = {});
 };
 
 } // namespace shardshift

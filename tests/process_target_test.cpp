@@ -66,7 +66,7 @@ TEST_F(ProcessTargetTest, ACommandThatFailsFailsTheFile) {
   ASSERT_TRUE(target.open(w, f).ok());
   Status s = target.finish(w, f);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("b.bin: the command for this file exited with status 3"),
+  EXPECT_NE(s.message().find("b.bin: the command exited with status 3"),
             std::string::npos)
       << s.message();
 }

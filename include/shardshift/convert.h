@@ -20,6 +20,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace shardshift {
@@ -29,7 +30,7 @@ struct ConvertOptions {
   std::filesystem::path output; ///< a directory, or "-": stream one file to stdout (see `only`)
   std::string only; ///< with output "-": the output file to stream (shard, index, side file)
   PlanOptions plan;
-  unsigned threads = 0;                      ///< 0 = all hardware threads (-j)
+  unsigned threads = 0; ///< 0 = all hardware threads (-j)
   unsigned writers = 0; ///< output files written at once; 0 = from threads and files (--writers)
   uint64_t max_memory = uint64_t{1} << 30;   ///< budget for buffers and mapped input in flight
   std::string device = "auto";               ///< auto | cpu | cuda | cuda:N
@@ -38,6 +39,17 @@ struct ConvertOptions {
   Io* io = nullptr;                          ///< nullptr = Io::system()
   bool sync = true;                          ///< fsync files and directories (--no-sync: false)
   bool trace = false;                        ///< keep per-span events for Profiler::write_trace
+  /// --pipe-to: instead of OUT, stream every output file into its own `sh -c` command ({name} and
+  /// {size} replaced, shell-quoted); the index goes last, only after every shard was delivered.
+  std::string pipe_to;
+  unsigned uploads = 0;   ///< --uploads: commands running at once (0 = 4)
+  bool checksums = false; ///< --checksums: SHA-256 of every output file, written as SHA256SUMS
+};
+
+/// What became of one output file delivered to a command (--pipe-to).
+struct FileDelivery {
+  std::string name;
+  std::string state; ///< "delivered", "failed: why" or "not started"
 };
 
 struct ConvertSummary {
@@ -56,6 +68,8 @@ struct ConvertSummary {
   double seconds = 0;
   uint64_t peak_rss = 0;
   std::vector<StageSummary> stages;
+  std::vector<FileDelivery> deliveries; ///< --pipe-to: every file with its state
+  std::vector<std::pair<std::string, std::string>> checksums; ///< --checksums: name, SHA-256
 };
 
 struct ConvertCallbacks {
