@@ -77,6 +77,52 @@ install(TARGETS shardshift_lib EXPORT shardshiftTargets
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/shardshift
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT Development FILES_MATCHING PATTERN "*.h")
 
+# The library is static, so a program linking it links everything it links, PRIVATE or not:
+# shardshiftConfig.cmake must find each of those, and shardshift-dev must depend on each one's
+# Debian -dev package. Both lists are made here from the target's own link libraries, so a
+# dependency added to the library cannot be forgotten: one this table does not know stops the
+# configuration.
+set(SHARDSHIFT_FIND_DEPENDENCIES "")
+set(SHARDSHIFT_DEV_DEPENDS "")
+get_target_property(shardshift_links shardshift_lib LINK_LIBRARIES)
+foreach(link IN LISTS shardshift_links)
+  if(link MATCHES "^simdjson::")
+    set(find "find_dependency(simdjson)")
+    set(deb libsimdjson-dev)
+  elseif(link MATCHES "^TBB::")
+    set(find "find_dependency(TBB)")
+    set(deb libtbb-dev)
+  elseif(link MATCHES "^Threads::")
+    set(find "find_dependency(Threads)")
+    set(deb "")
+  elseif(link MATCHES "^Boost::(.*)")
+    set(find "find_dependency(Boost ${Boost_VERSION_MAJOR}.${Boost_VERSION_MINOR} COMPONENTS ${CMAKE_MATCH_1})")
+    string(REPLACE "_" "-" component ${CMAKE_MATCH_1})
+    set(deb libboost-${component}-dev)
+  elseif(link MATCHES "^OpenSSL::")
+    set(find "find_dependency(OpenSSL)")
+    set(deb libssl-dev)
+  elseif(link STREQUAL "PkgConfig::PCRE2")
+    # Debian's PCRE2 has no CMake package: make the same imported target pkg-config made here.
+    set(find "if(NOT TARGET PkgConfig::PCRE2)\n  find_dependency(PkgConfig)\n  pkg_check_modules(PCRE2 REQUIRED QUIET IMPORTED_TARGET libpcre2-8)\nendif()")
+    set(deb "libpcre2-dev, pkg-config")
+  elseif(link MATCHES "^CUDA::")
+    set(find "find_dependency(CUDAToolkit)")
+    set(deb "") # the CUDA toolkit is not a Debian package shardshift-dev can name
+  else()
+    message(FATAL_ERROR "cmake/Packaging.cmake: shardshift_lib links '${link}', which the "
+                        "installed CMake package does not know how to find: add it to the table")
+  endif()
+  list(APPEND SHARDSHIFT_FIND_DEPENDENCIES "${find}")
+  if(deb)
+    list(APPEND SHARDSHIFT_DEV_DEPENDS "${deb}")
+  endif()
+endforeach()
+list(REMOVE_DUPLICATES SHARDSHIFT_FIND_DEPENDENCIES)
+list(REMOVE_DUPLICATES SHARDSHIFT_DEV_DEPENDS)
+list(JOIN SHARDSHIFT_FIND_DEPENDENCIES "\n" SHARDSHIFT_FIND_DEPENDENCIES)
+list(JOIN SHARDSHIFT_DEV_DEPENDS ", " SHARDSHIFT_DEV_DEPENDS)
+
 set(SHARDSHIFT_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/shardshift)
 install(EXPORT shardshiftTargets NAMESPACE shardshift:: DESTINATION ${SHARDSHIFT_CMAKE_DIR}
         FILE shardshiftTargets.cmake COMPONENT Development)
@@ -138,10 +184,9 @@ set(CPACK_DEBIAN_DEVELOPMENT_DESCRIPTION
  The C++ API of shardshift (find_package(shardshift), target
  shardshift::shardshift): open and validate checkpoints, plan and run
  conversions, or stream converted tensors to a program without writing files.")
-# A static library and headers: what a program built against them needs is the -dev packages of
-# the libraries that shardshiftConfig.cmake finds, which no tool computes; keep in step with it.
-set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_DEPENDS
-    "libsimdjson-dev, libtbb-dev, libboost-iostreams-dev, libpcre2-dev, pkg-config")
+# A static library and headers: a program built against them needs the -dev packages of what
+# the library links (SHARDSHIFT_DEV_DEPENDS, made from its link libraries above).
+set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_DEPENDS "${SHARDSHIFT_DEV_DEPENDS}")
 set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_SUGGESTS "shardshift (= ${PROJECT_VERSION})")
 set(CPACK_COMPONENT_RUNTIME_DESCRIPTION "the shardshift tool")
 set(CPACK_COMPONENT_DEVELOPMENT_DESCRIPTION "the shardshift C++ library")
