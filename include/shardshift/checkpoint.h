@@ -47,8 +47,10 @@ public:
   bool has_index = false;     ///< model.safetensors.index.json was present and used
   std::vector<Shard> shards;  ///< sorted by file name
   std::map<std::string, TensorRef, std::less<>> tensors; ///< every tensor, by name
-  std::vector<std::string> other_files; ///< other regular files of the directory (config.json...)
-  Metadata index_metadata;              ///< the index's "metadata" as strings (e.g. total_size)
+  /// The side files: the other regular files of the directory and of its subdirectories, as
+  /// sorted relative paths ("config.json", "original/params.json").
+  std::vector<std::string> other_files;
+  Metadata index_metadata;       ///< the index's "metadata" as strings (e.g. total_size)
   std::string config_model_type; ///< config.json's "model_type"; empty when absent or not JSON
   /// Things that do not stop a conversion but that a user should hear about, one message each
   /// ("path: what"), e.g. a *.safetensors file the index does not list (ignored, not copied).
@@ -69,10 +71,5 @@ public:
   std::span<const std::byte> bytes(TensorRef ref) const;
   uint64_t total_tensor_bytes() const;
 };
-
-/// The warnings Checkpoint::open(path) would give, from the directory listing and the index alone
-/// (no shard is mapped): for callers that hand the path to convert(), which opens it itself.
-/// Empty when `path` cannot be listed or its index read (open() reports those as errors).
-std::vector<std::string> checkpoint_warnings(const std::filesystem::path& path);
 
 } // namespace shardshift
