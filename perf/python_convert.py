@@ -3,7 +3,7 @@
 
 This is the baseline of perf/head_to_head.py: load every shard into memory with
 safetensors.torch.load_file, apply the state-dict adapter's from_hf transformation with PyTorch
-operations (as /work/shared/docs/semantics.md section 1 describes it), and save the result with
+operations (as docs/semantics.md sections 1 and 1.1 describe it), and save the result with
 safetensors.torch.save_file in greedy 5 GB shards plus model.safetensors.index.json, as Hugging
 Face's save_pretrained does. The whole input state dict stays alive while the output is built and
 saved, as it does when a caller holds it; that is why this way needs about twice the model in RAM.

@@ -7,7 +7,7 @@
 //
 // so the output is [experts, cols, A]: the last two axes swapped, optionally only the columns
 // [col_begin, col_begin + cols) of the input (expert-parallel row slicing), optionally each
-// element multiplied by its expert's scale. docs/semantics-numerics in README: the product is
+// element multiplied by its expert's scale. docs/semantics.md section 1.1: the product is
 // computed as PyTorch does (type promotion of src and scale dtypes, float32 arithmetic for 16-bit
 // types, one round-to-nearest-even), NaN results become the sign-preserving quiet NaN, then the
 // result is cast to dst_dtype. Without a scale and with dst == src, bytes are moved unchanged for

@@ -74,7 +74,7 @@ struct PlanOptions {
   std::optional<DType> expert_dtype;       ///< --dtype; nullopt = keep
   std::optional<DType> scale_dtype; ///< to_hf: dtype of the emitted ones (default: down's dtype)
   std::optional<std::string> exclude =
-      std::string(".*_extra_state.*"); ///< to_hf, re.match semantics
+      std::string(".*_extra_state.*"); ///< to_hf, Python re.match (docs/semantics.md 2.6, 7)
   bool tied_head = true;               ///< from_hf diffusion_gemma: emit lm_head.weight alias
   unsigned ep_size = 1, ep_rank = 0;   ///< expert-parallel export (from_hf)
   unsigned ep_shard_size = 1, ep_shard_rank = 0;
