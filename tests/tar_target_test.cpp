@@ -1,0 +1,121 @@
+// tar_target_test.cpp: the tar headers shardshift writes, read back by GNU tar: ustar names, names
+// split into prefix and name, pax headers for names ustar cannot hold and for sizes of 8 GiB or
+// more, directory entries, and a stream that stops between entries after a failure.
+#include "tar_target.h"
+#include "test_support.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+namespace shardshift::testing {
+namespace {
+
+// An archive of `files` (name, bytes) as TarTarget::deliver writes them, in a file at `path`;
+// `finished` adds the end-of-archive blocks, otherwise the stream ends as a failed run's does.
+void write_archive(const std::filesystem::path& path,
+                   const std::vector<std::pair<std::string, std::string>>& files, bool finished) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  TarTarget tar(Io::system(), fd);
+  for (const auto& [name, bytes] : files)
+    ASSERT_TRUE(tar.deliver(name, bytes).ok()) << name;
+  if (finished)
+    EXPECT_TRUE(tar.close().ok());
+  else
+    tar.end_incomplete();
+  ::close(fd);
+}
+
+unsigned checksum_of(const std::string& block) {
+  unsigned sum = 0;
+  for (size_t i = 0; i < 512; ++i)
+    sum += i >= 148 && i < 156 ? ' ' : static_cast<unsigned char>(block[i]);
+  return sum;
+}
+
+TEST(TarHeader, UstarFieldsAreFixedApartFromNameAndSize) {
+  const std::string h = tar_header("config.json", 1234);
+  ASSERT_EQ(h.size(), 512u);
+  EXPECT_EQ(h.substr(0, 12), std::string("config.json") + '\0');
+  EXPECT_EQ(h.substr(100, 8), std::string("0000644") + '\0');
+  EXPECT_EQ(h.substr(108, 16), std::string("0000000\0"
+                                           "0000000\0",
+                                           16));                   // uid, gid
+  EXPECT_EQ(h.substr(124, 12), std::string("00000002322") + '\0'); // 1234 in octal
+  EXPECT_EQ(h.substr(136, 12), std::string("00000000000") + '\0'); // mtime 0
+  EXPECT_EQ(h[156], '0');
+  EXPECT_EQ(h.substr(257, 8), std::string("ustar\0"
+                                          "00",
+                                          8));
+  EXPECT_EQ(h.substr(265, 64), std::string(64, '\0')); // no user or group name
+  EXPECT_EQ(std::stoul(h.substr(148, 6), nullptr, 8), checksum_of(h));
+  EXPECT_EQ(tar_header("config.json", 1234), h); // deterministic
+  EXPECT_EQ(tar_padding(0), 0u);
+  EXPECT_EQ(tar_padding(1), 511u);
+  EXPECT_EQ(tar_padding(1024), 0u);
+}
+
+TEST(TarHeader, PaxOnlyWhereUstarHasNoRoom) {
+  const std::string dir(120, 'd');
+  // Split at a '/' into prefix and name: still one ustar block.
+  EXPECT_EQ(tar_header(dir + "/params.json", 5).size(), 512u);
+  // No split fits (a last component over 100 bytes): a pax header with the path first.
+  const std::string long_name = std::string(130, 'n') + ".json";
+  const std::string h = tar_header(long_name, 5);
+  ASSERT_EQ(h.size(), 512u * 3); // 'x' header, its records, the ustar block
+  EXPECT_EQ(h[156], 'x');
+  const std::string record = " path=" + long_name + "\n";
+  const std::string length = std::to_string(record.size() + 3);
+  EXPECT_NE(h.find(length + record), std::string::npos);
+  // 8 GiB and more: ustar's 11 octal digits cannot say it; pax "size" does.
+  const std::string big = tar_header("model-00001-of-00002.safetensors", uint64_t{1} << 33);
+  EXPECT_EQ(big.size(), 512u * 3);
+  EXPECT_NE(big.find("19 size=8589934592\n"), std::string::npos);
+  TempDir tmp; // GNU tar reads the size from it (then finds the data missing)
+  write_bytes(tmp / "big.tar", big);
+  auto listed = run_shell("tar -tvf " + shell_quoted(tmp / "big.tar"));
+  EXPECT_NE(listed.out.find("8589934592 "), std::string::npos) << listed.out << listed.err;
+  EXPECT_EQ(tar_header("model.safetensors", (uint64_t{1} << 33) - 1).size(), 512u);
+}
+
+TEST(TarTarget, GnuTarExtractsEveryNameKind) {
+  TempDir tmp;
+  const std::string split_name = std::string(120, 'd') + "/params.json";
+  const std::string pax_name = "original/" + std::string(130, 'n') + ".json";
+  const std::vector<std::pair<std::string, std::string>> files = {
+      {"config.json", "{}"},
+      {"original/sub/tokenizer.model", std::string(1000, 't')},
+      {split_name, "split"},
+      {pax_name, std::string(513, 'p')},
+      {"empty", ""}};
+  write_archive(tmp / "a.tar", files, true);
+  std::filesystem::create_directory(tmp / "x");
+  auto r = run_shell("tar -xf " + shell_quoted(tmp / "a.tar") + " -C " + shell_quoted(tmp / "x"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const auto& [name, bytes] : files)
+    EXPECT_EQ(read_bytes(tmp / "x" / name), bytes) << name;
+  // The directories come as entries of their own (mode 0755), before the files in them.
+  auto list = run_shell("tar -tvf " + shell_quoted(tmp / "a.tar"));
+  EXPECT_LT(list.out.find("drwxr-xr-x 0/0"), list.out.find("original/sub/tokenizer.model"));
+  EXPECT_NE(list.out.find("original/sub/\n"), std::string::npos) << list.out;
+}
+
+TEST(TarTarget, AStreamThatStopsBetweenEntriesIsNoArchive) {
+  TempDir tmp;
+  // GNU tar takes an archive that ends at an entry boundary for complete (its control):
+  write_archive(tmp / "whole.tar", {{"a", "1"}}, true);
+  EXPECT_EQ(run_shell("tar -tf " + shell_quoted(tmp / "whole.tar")).exit_code, 0);
+  auto cut = read_bytes(tmp / "whole.tar").substr(0, 1024); // header and one data block
+  write_bytes(tmp / "cut.tar", cut);
+  EXPECT_EQ(run_shell("tar -tf " + shell_quoted(tmp / "cut.tar")).exit_code, 0);
+  // so a failed run ends with a block that is no header, and tar fails.
+  write_archive(tmp / "failed.tar", {{"a", "1"}}, false);
+  auto r = run_shell("tar -tf " + shell_quoted(tmp / "failed.tar"));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_EQ(read_bytes(tmp / "failed.tar").size(), 1536u);
+}
+
+} // namespace
+} // namespace shardshift::testing
