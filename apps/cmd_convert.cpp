@@ -357,7 +357,7 @@ namespace {
 
 const HelpText CONVERT_HELP = {
     .usage = "shardshift convert IN OUT [options]\n       shardshift convert IN --pipe-to COMMAND "
-             "[options]",
+             "[options]\n       shardshift convert IN - --format tar [options]",
     .description =
         "Converts the checkpoint IN (a .safetensors file or a directory of shards) into the "
         "directory OUT, shard by shard with bounded memory. OUT appears complete or not at "
@@ -369,7 +369,8 @@ const HelpText CONVERT_HELP = {
                 "shardshift convert hf nemo --stats --trace run.json.gz  # see ui.perfetto.dev\n"
                 "shardshift convert hf --pipe-to 'aws s3 cp - s3://b/nemo/{name} --expected-size "
                 "{size}' --checksums\n"
-                "shardshift convert hf - --only model-00002-of-00011.safetensors | upload-tool",
+                "shardshift convert hf - --only model-00002-of-00011.safetensors | upload-tool\n"
+                "shardshift convert hf - --format tar | ssh host tar x -C /models/nemo",
     .exit_status = "0 converted, 1 failed (nothing is left behind), 2 bad usage, 130 "
                    "interrupted.",
 };
@@ -409,6 +410,11 @@ void add_convert_flags(ConvertFlags& f) {
       "only after every shard was delivered; a file that fails has its command interrupted "
       "(SIGINT, then SIGTERM, SIGKILL) before its input ends, so the uploader discards it. "
       "Example: --pipe-to 'aws s3 cp - s3://bucket/native/{name} --expected-size {size}'")(
+      "format", po::value<std::string>()->default_value("dir")->value_name("FORMAT"),
+      "dir: OUT is a directory (or, with OUT '-', one of its files: --only). tar: the whole "
+      "output directory (shards, side files, SHA256SUMS, the index last) as one POSIX tar "
+      "stream to stdout; needs OUT '-'. A failed run ends the stream without the end-of-archive "
+      "blocks, so tar x reports it. Example: - --format tar | ssh host tar x -C /models/nemo")(
       "uploads", po::value<unsigned>()->default_value(4)->value_name("N"),
       "With --pipe-to: commands running at once. Default: 4. Example: --uploads 8")(
       "checksums", "Compute the SHA-256 of every output file while it is written (no second "
@@ -457,6 +463,10 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   o.sync = vm.count("no-sync") == 0;
   if (vm.count("only"))
     o.only = vm["only"].as<std::string>();
+  if (const std::string format = vm["format"].as<std::string>(); format == "tar")
+    o.format = OutputFormat::tar;
+  else if (format != "dir")
+    return Status(Errc::invalid_argument, "--format '" + format + "': use dir or tar");
   if (o.output == "-" && vm.count("json"))
     return Status(Errc::invalid_argument, "--json and OUT '-' both write to stdout; use one");
   o.trace = vm.count("trace") > 0;
@@ -487,8 +497,8 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
       exit_code = report_error(s);
   if (!result) {
     if (result.status().code() == Errc::interrupted) {
-      if (!o.pipe_to.empty())
-        report_error(result.status()); // every file's state
+      if (!o.pipe_to.empty() || o.output == "-")
+        report_error(result.status()); // every file's state, or how much went to stdout
       else
         std::cerr << "shardshift: interrupted; nothing was written to " << o.output.string()
                   << "\n";

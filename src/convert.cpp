@@ -7,6 +7,7 @@
 #include "cuda_transform.h"
 #include "pipeline.h"
 #include "sha256.h"
+#include "tar_target.h"
 #include "transpose.h"
 #include "upload.h"
 
@@ -45,6 +46,29 @@ class NoSyncIo final : public ForwardingIo {
 public:
   using ForwardingIo::ForwardingIo;
   int fsync(int) override { return 0; }
+};
+
+// Counts the bytes that reach one descriptor (stdout), so that a stream cut short can say how much
+// of it went out: a reader must discard all of it, and knowing how far it got tells which.
+class CountingIo final : public ForwardingIo {
+public:
+  CountingIo(Io& base, int fd) : ForwardingIo(base), fd_(fd) {}
+  ssize_t write(int fd, const void* buf, size_t count) override {
+    return counted(fd, ForwardingIo::write(fd, buf, count));
+  }
+  ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override {
+    return counted(fd_out, ForwardingIo::splice(fd_in, off_in, fd_out, off_out, len));
+  }
+  uint64_t count() const { return count_.load(); }
+
+private:
+  ssize_t counted(int fd, ssize_t n) {
+    if (fd == fd_ && n > 0)
+      count_ += static_cast<uint64_t>(n);
+    return n;
+  }
+  int fd_;
+  std::atomic<uint64_t> count_{0};
 };
 
 // What the marker file of an output directory says (OUTPUT_MARKER_NAME). Fixed text, so that
@@ -132,7 +156,18 @@ Status check_output(const ConvertOptions& o) {
     if (!o.only.empty())
       return Status(Errc::invalid_argument, "--only streams one file to stdout; --pipe-to "
                                             "delivers every file: use one of them");
+    if (o.format == OutputFormat::tar)
+      return Status(Errc::invalid_argument, "--format tar streams the whole output to stdout; "
+                                            "--pipe-to delivers each file: use one of them");
     return {};
+  }
+  if (o.format == OutputFormat::tar) {
+    if (!is_stream(o))
+      return Status(Errc::invalid_argument,
+                    "--format tar writes the output as one stream to stdout: give OUT '-'");
+    if (!o.only.empty())
+      return Status(Errc::invalid_argument, "--only streams one file; --format tar streams every "
+                                            "file: use one of them");
   }
   if (is_stream(o)) {
     if (isatty(STDOUT_FILENO))
@@ -238,6 +273,10 @@ Status copy_side_files(Io& io, const Checkpoint& input, const Plan& plan, const 
     if (!bytes)
       return bytes.status();
     const auto view = std::as_bytes(std::span(*bytes));
+    // A side file from a subdirectory of the input ("original/params.json") keeps its place.
+    if (name.find('/') != std::string::npos)
+      if (Status s = make_directories(io, (dir / name).parent_path()); !s.ok())
+        return s;
     if (Status s = write_file_atomic(io, dir / name, view); !s.ok())
       return s;
     if (sums)
@@ -293,6 +332,39 @@ Result<std::string> stream_target(const Plan& plan, const std::string& only) {
                     "--print-size)");
 }
 
+// The N of "model-00002-of-0000N.safetensors", the names the planner gives the shards of a plan
+// of N files; 0 for any other name.
+size_t shard_count_in_name(const std::string& name) {
+  constexpr std::string_view SUFFIX = ".safetensors";
+  const size_t of = name.rfind("-of-");
+  if (of == std::string::npos || !name.ends_with(SUFFIX))
+    return 0;
+  const std::string digits = name.substr(of + 4, name.size() - SUFFIX.size() - of - 4);
+  if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != digits.npos)
+    return 0;
+  return std::stoul(digits);
+}
+
+// --only NAME that the plan does not have. A shard name of another count means the plan it was
+// copied from (`shardshift plan --print-size`) was made with other flags, --max-shard-size most
+// often, and converting with these would not give the file that was asked for.
+Status not_in_plan(const Plan& plan, const std::string& name) {
+  const size_t count = shard_count_in_name(name);
+  const std::string files = std::to_string(plan.files.size()) +
+                            (plan.files.size() == 1 ? " file (" : " files (") +
+                            plan.files.front().name + (plan.files.size() > 1 ? ", ...)" : ")");
+  if (count > 0 && count != plan.files.size())
+    return Status(Errc::invalid_argument,
+                  "--only " + name + ": not in this plan, which has " + files +
+                      "; that name comes from a plan of " + std::to_string(count) +
+                      " files: pass the same --max-shard-size as to `shardshift plan` (and the "
+                      "same --dtype, --exclude, --no-tied-head and --ep-* flags)");
+  return Status(Errc::invalid_argument, "--only " + name + ": not in this plan, which has " +
+                                            files +
+                                            " and no such file (see shardshift plan IN "
+                                            "--print-size with the same flags)");
+}
+
 Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name) {
   while (!bytes.empty()) {
     ssize_t n = io.write(fd, bytes.data(), std::min<size_t>(bytes.size(), MAX_IO_CHUNK));
@@ -339,6 +411,8 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   c.writers = options.writers ? options.writers : default_writers(threads, files);
   if (!options.pipe_to.empty()) // each lane feeds one command: --uploads of them at once
     c.writers = options.uploads ? options.uploads : 4;
+  if (options.format == OutputFormat::tar) // one stream, its entries in order
+    c.writers = 1;
   c.writers =
       static_cast<unsigned>(std::clamp<size_t>(files, 1, c.writers)); // a lane per file at most
   // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
@@ -372,9 +446,7 @@ Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkp
     const bool side =
         std::find(plan.side_files.begin(), plan.side_files.end(), *target) != plan.side_files.end();
     if (!side && *target != INDEX_FILE_NAME)
-      return Status(Errc::invalid_argument, "--only " + *target +
-                                                ": the output has no such file (see "
-                                                "shardshift plan IN --print-size)");
+      return not_in_plan(plan, *target);
     if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target); !s.ok())
       return s;
     return UploadResult{};
@@ -453,6 +525,75 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
   return r;
 }
 
+// The entries of the tar stream, in the order that keeps every prefix of it consistent: the shards
+// (one lane, in plan order), the side files, SHA256SUMS and the index last, then the end blocks.
+Result<UploadResult> tar_entries(TarTarget& target, const ConvertOptions& options,
+                                 const Checkpoint& input, const Plan& plan,
+                                 const PipelineConfig& config, Profiler& profiler) {
+  std::vector<uint32_t> files(plan.files.size());
+  std::iota(files.begin(), files.end(), 0u);
+  auto moved = run_pipeline(input, plan, files, target, config, profiler);
+  if (!moved)
+    return moved.status();
+  auto cancelled = [&] { return options.cancel && options.cancel->load(); };
+  if (cancelled())
+    return Status(Errc::interrupted, "interrupted");
+
+  UploadResult r;
+  r.moved = *moved;
+  auto* sums = config.digests ? &r.checksums : nullptr;
+  if (sums)
+    for (size_t f = 0; f < plan.files.size(); ++f)
+      sums->emplace_back(plan.files[f].name, (*config.digests)[f]);
+  auto deliver = [&](const std::string& name, std::string_view bytes) {
+    if (cancelled())
+      return Status(Errc::interrupted, "interrupted");
+    r.moved.output_bytes += bytes.size();
+    return target.deliver(name, bytes);
+  };
+  for (const std::string& name : plan.side_files) {
+    auto bytes = read_side_file(input, name);
+    if (!bytes)
+      return bytes.status();
+    if (sums)
+      sums->emplace_back(name, sha256_hex(std::as_bytes(std::span(*bytes))));
+    if (Status s = deliver(name, *bytes); !s.ok())
+      return s;
+  }
+  std::string index;
+  if (plan.write_index) {
+    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
+    if (!text)
+      return text.status();
+    index = std::move(*text);
+    if (sums) // SHA256SUMS, which comes first, lists the index too
+      sums->emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(index))));
+  }
+  if (sums)
+    if (Status s = deliver("SHA256SUMS", sha256sums_text(*sums)); !s.ok())
+      return s;
+  if (plan.write_index)
+    if (Status s = deliver(INDEX_FILE_NAME, index); !s.ok())
+      return s;
+  if (cancelled())
+    return Status(Errc::interrupted, "interrupted");
+  if (Status s = target.close(); !s.ok())
+    return s;
+  return r;
+}
+
+// OUT '-' with --format tar: the whole output directory as one tar stream. Only a complete run
+// ends the archive; a failed one ends so that `tar x` fails (tar_target.h says how).
+Result<UploadResult> stream_tar(const ConvertOptions& options, const Checkpoint& input,
+                                const Plan& plan, const PipelineConfig& config, Io& io,
+                                Profiler& profiler) {
+  TarTarget target(io, STDOUT_FILENO);
+  auto entries = tar_entries(target, options, input, plan, config, profiler);
+  if (!entries)
+    target.end_incomplete();
+  return entries;
+}
+
 ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const Engine& engine,
                          uint64_t tensors, uint64_t files, Profiler& profiler) {
   const PipelineResult& moved = delivered.moved;
@@ -495,7 +636,9 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   Profiler local_profiler(options.trace);
   Profiler& profiler = external_profiler ? *external_profiler : local_profiler;
   NoSyncIo no_sync_io(options.io ? *options.io : Io::system());
-  Io& io = !options.sync ? no_sync_io : options.io ? *options.io : Io::system();
+  Io& base_io = !options.sync ? no_sync_io : options.io ? *options.io : Io::system();
+  CountingIo to_stdout(base_io, STDOUT_FILENO);
+  Io& io = is_stream(options) ? to_stdout : base_io;
 
   // 1. Check OUT, open and validate the input, plan the output. Nothing is written before this.
   if (Status s = check_output(options); !s.ok())
@@ -528,15 +671,23 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   if (options.checksums)
     engine->config.digests = &digests;
   uint64_t tensors = plan.tensors.size(), files = plan.files.size();
+  const bool tar = options.format == OutputFormat::tar;
   Result<UploadResult> moved =
       !options.pipe_to.empty()
           ? upload_outputs(options.pipe_to, input, plan, engine->config, io, profiler)
+      : tar ? stream_tar(options, input, plan, engine->config, io, profiler)
       : is_stream(options)
           ? stream_one_file(options, input, plan, engine->config, io, profiler, &tensors)
           : write_directory(options, input, plan, engine->config, io, profiler);
+  if (!moved && is_stream(options) && moved.status().code() == Errc::interrupted)
+    return Status(Errc::interrupted,
+                  "interrupted after " + std::to_string(to_stdout.count()) +
+                      " bytes had been written to stdout; what read them holds an incomplete " +
+                      (tar ? "archive (without its end-of-archive blocks)" : "file") +
+                      " and must discard it");
   if (!moved)
     return moved.status();
-  if (is_stream(options))
+  if (is_stream(options) && !tar)
     files = 1;
   return summarize(plan, *moved, *engine, tensors, files, profiler);
 }

@@ -25,9 +25,14 @@
 
 namespace shardshift {
 
+/// --format: the output as a directory (OUT, or with OUT '-' one of its files, see
+/// ConvertOptions::only), or the whole directory as one POSIX tar stream to stdout (OUT '-').
+enum class OutputFormat { dir, tar };
+
 struct ConvertOptions {
   std::filesystem::path input;
-  std::filesystem::path output; ///< a directory, or "-": stream one file to stdout (see `only`)
+  std::filesystem::path output; ///< a directory, or "-": stream to stdout (see `only`, `format`)
+  OutputFormat format = OutputFormat::dir; ///< tar: the whole output to stdout (output "-")
   std::string only; ///< with output "-": the output file to stream (shard, index, side file)
   PlanOptions plan;
   unsigned threads = 0; ///< 0 = all hardware threads (-j)
