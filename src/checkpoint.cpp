@@ -56,6 +56,46 @@ Result<std::vector<std::string>> regular_files_of(const fs::path& dir) {
   return files;
 }
 
+// The files in the subdirectories of `root` (tokenizer assets, Meta's original/), as relative paths
+// ("original/params.json"), appended to `files`. They are side files: copied verbatim to the same
+// place, streamed under that name; a *.safetensors among them is one too (the model's shards are
+// those at the top, or the index's). Regular files and links to regular files are taken, a link
+// wherever it points, as at the top (a hub cache links each file into its blobs/ directory).
+// Not taken: hidden subdirectories (.git, the .cache/ of `huggingface-cli download --local-dir`),
+// which hold a tool's state and would copy a git clone's LFS objects a second time; and links to
+// directories, which are reported as problems rather than followed, since one can lead out of the
+// input (and upload what is there) or back into it (a loop).
+void list_subdirectories(const fs::path& root, const fs::path& rel, std::vector<std::string>* files,
+                         ProblemList& problems) {
+  std::error_code ec;
+  const fs::path dir = root / rel;
+  std::vector<fs::path> subdirectories;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code entry_ec;
+    const fs::file_status link = it->symlink_status(entry_ec);
+    const fs::file_status target = it->status(entry_ec);
+    if (fs::is_directory(target)) {
+      if (fs::is_symlink(link)) {
+        std::error_code read_ec;
+        problems.add(Errc::format, it->path().string(), {},
+                     "a link to the directory '" + fs::read_symlink(it->path(), read_ec).string() +
+                         "'; side files are copied from real subdirectories only, and a "
+                         "link may lead out of the input: replace it by a copy (cp -rL) or "
+                         "remove it");
+      } else if (!name.starts_with(".")) {
+        subdirectories.push_back(rel / name);
+      }
+    } else if (!rel.empty() && fs::is_regular_file(target)) {
+      files->push_back((rel / name).generic_string());
+    }
+  }
+  if (ec)
+    problems.add(Errc::io, dir.string(), {}, "cannot list the directory: " + ec.message());
+  for (const fs::path& sub : subdirectories)
+    list_subdirectories(root, sub, files, problems);
+}
+
 // A *.safetensors file of an indexed directory that the index does not list is a leftover of
 // another download or run: it is neither read nor copied (it is not a side file), and the user
 // hears about it, since a wrong index is as likely as a stray file.
@@ -168,6 +208,14 @@ Status find_files(Opening& o, const fs::path& path) {
   for (const auto& f : regular_files)
     if (!not_side.count(f))
       o.ckpt.other_files.push_back(f);
+  // Below the top level only the index can name a shard ("sub/model.safetensors"); every other
+  // file there is a side file.
+  std::vector<std::string> below;
+  list_subdirectories(path, {}, &below, o.problems);
+  for (auto& f : below)
+    if (!not_side.count(f))
+      o.ckpt.other_files.push_back(std::move(f));
+  std::sort(o.ckpt.other_files.begin(), o.ckpt.other_files.end());
   std::sort(o.shard_names.begin(), o.shard_names.end());
   return {};
 }
@@ -278,27 +326,6 @@ Result<Checkpoint> Checkpoint::open(const fs::path& path) {
   if (!o.problems.empty())
     return o.problems.status();
   return std::move(o.ckpt);
-}
-
-std::vector<std::string> checkpoint_warnings(const fs::path& path) {
-  std::error_code ec;
-  const fs::path index_path = path / INDEX_FILE_NAME;
-  if (!fs::is_directory(path, ec) || !fs::is_regular_file(index_path, ec))
-    return {};
-  auto listing = regular_files_of(path);
-  simdjson::padded_string text;
-  if (!listing || simdjson::padded_string::load(index_path.string()).get(text))
-    return {};
-  auto index = parse_index(index_path.string(), std::string_view(text));
-  if (!index)
-    return {};
-  std::set<std::string> listed;
-  for (const auto& [name, file] : index->weight_map)
-    listed.insert(file);
-  std::vector<std::string> warnings;
-  for (const auto& f : stray_shards(*listing, listed))
-    warnings.push_back(stray_warning(path, f));
-  return warnings;
 }
 
 std::optional<TensorRef> Checkpoint::find(std::string_view name) const {
