@@ -1,0 +1,173 @@
+// stream_failure_test.cpp: what a stream to stdout leaves behind when the conversion fails or is
+// interrupted. A tar stream that failed inside an entry or between entries is refused by tar; an
+// interrupted stream's message says how many bytes had gone out; --only with a shard name from a
+// plan of another shard count names the flag that differs. convert() writes to fd 1, which each
+// test points at a file for the call.
+#include "convert_harness.h"
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace shardshift::testing {
+namespace {
+
+// Runs convert(o, cb) with stdout going to `path`.
+Result<ConvertSummary> convert_to_file(const std::filesystem::path& path, const ConvertOptions& o,
+                                       const ConvertCallbacks& cb = {}) {
+  std::fflush(stdout);
+  const int saved = ::dup(STDOUT_FILENO);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ::dup2(fd, STDOUT_FILENO);
+  ::close(fd);
+  auto r = convert(o, cb);
+  ::dup2(saved, STDOUT_FILENO);
+  ::close(saved);
+  return r;
+}
+
+// Fails every write to stdout with EIO once `limit` bytes went out (a disk or a pipe that broke);
+// with a cancel flag, sets it there instead (a Ctrl-C) and lets the writes go on.
+class FailingStdout final : public ForwardingIo {
+public:
+  FailingStdout(uint64_t limit, std::atomic<bool>* cancel = nullptr)
+      : ForwardingIo(Io::system()), limit_(limit), cancel_(cancel) {}
+  ssize_t write(int fd, const void* buf, size_t count) override {
+    if (fd != STDOUT_FILENO)
+      return ForwardingIo::write(fd, buf, count);
+    return pass(ForwardingIo::write(fd, buf, std::min<uint64_t>(count, room(count))));
+  }
+  ssize_t splice(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
+    if (out != STDOUT_FILENO)
+      return ForwardingIo::splice(in, in_off, out, out_off, len);
+    return pass(ForwardingIo::splice(in, in_off, out, out_off, room(len)));
+  }
+
+private:
+  // How much of `n` may still go; 0 means fail.
+  uint64_t room(uint64_t n) {
+    return cancel_ ? n : std::min<uint64_t>(n, limit_ - std::min(limit_, done_));
+  }
+  ssize_t pass(ssize_t n) {
+    if (n > 0)
+      done_ += static_cast<uint64_t>(n);
+    if (done_ >= limit_ && cancel_)
+      *cancel_ = true; // a Ctrl-C: the writes themselves go on
+    if (n == 0 && !cancel_) {
+      errno = EIO;
+      return -1;
+    }
+    return n;
+  }
+  uint64_t limit_, done_ = 0;
+  std::atomic<bool>* cancel_;
+};
+
+class StreamFailureTest : public ConvertTest {
+protected:
+  void SetUp() override {
+    ConvertTest::SetUp();
+    reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 4, 4, 64, 24), 2,
+                                "diffusion_gemma");
+    write_bytes(tmp / "hf" / "tokenizer.json", "{}");
+  }
+  // The names of the plan tar_options() makes.
+  std::vector<std::string> planned_files() {
+    PlanOptions po;
+    po.max_shard_size = 40'000;
+    auto plan = plan_conversion(tmp / "hf", po);
+    EXPECT_TRUE(plan.ok());
+    std::vector<std::string> names;
+    for (const OutputFile& f : plan->files)
+      names.push_back(f.name);
+    return names;
+  }
+  ConvertOptions tar_options() {
+    ConvertOptions o;
+    o.input = tmp / "hf";
+    o.output = "-";
+    o.format = OutputFormat::tar;
+    o.device = "cpu";
+    o.max_memory = 1 << 20;
+    o.plan.max_shard_size = 40'000;
+    return o;
+  }
+  int tar_list(const std::filesystem::path& file) {
+    return run_shell("tar -tf " + shell_quoted(file) + " > /dev/null").exit_code;
+  }
+};
+
+TEST_F(StreamFailureTest, AWriteFailingInsideAShardLeavesAnArchiveTarRefuses) {
+  ConvertOptions o = tar_options();
+  FailingStdout io(30'000);
+  o.io = &io;
+  auto r = convert_to_file(tmp / "out.tar", o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(read_bytes(tmp / "out.tar").size(), 30'000u);
+  EXPECT_NE(tar_list(tmp / "out.tar"), 0);
+  // The control: the same conversion, whole, lists fine.
+  ASSERT_TRUE(convert_to_file(tmp / "whole.tar", tar_options()).ok());
+  EXPECT_EQ(tar_list(tmp / "whole.tar"), 0);
+}
+
+TEST_F(StreamFailureTest, AFailureBetweenEntriesStillLeavesNoArchive) {
+  // The shards all go out; then the side file cannot be read (removed after planning). The
+  // stream stops at an entry boundary, where GNU tar would take it for complete.
+  ConvertCallbacks cb;
+  cb.planned = [&](const Plan&) { std::filesystem::remove(tmp / "hf" / "tokenizer.json"); };
+  auto r = convert_to_file(tmp / "out.tar", tar_options(), cb);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("tokenizer.json"), std::string::npos) << r.status().message();
+  EXPECT_NE(tar_list(tmp / "out.tar"), 0);
+}
+
+TEST_F(StreamFailureTest, AnInterruptedStreamSaysHowManyBytesWentOut) {
+  for (bool tar : {true, false}) {
+    std::atomic<bool> cancel{false};
+    ConvertOptions o = tar_options();
+    if (!tar) {
+      o.format = OutputFormat::dir;
+      o.only = planned_files().front();
+    }
+    FailingStdout io(20'000, &cancel);
+    o.io = &io;
+    o.cancel = &cancel;
+    auto r = convert_to_file(tmp / "out", o);
+    ASSERT_FALSE(r.ok()) << tar;
+    EXPECT_EQ(r.status().code(), Errc::interrupted);
+    const uint64_t went_out = read_bytes(tmp / "out").size();
+    EXPECT_GE(went_out, 20'000u);
+    EXPECT_NE(r.status().message().find("interrupted after " + std::to_string(went_out) +
+                                        " bytes had been written to stdout"),
+              std::string::npos)
+        << r.status().message();
+    if (tar)
+      EXPECT_NE(tar_list(tmp / "out"), 0);
+  }
+}
+
+TEST_F(StreamFailureTest, OnlyANameFromAPlanOfAnotherShardCountNamesTheFlag) {
+  ConvertOptions o = tar_options();
+  o.format = OutputFormat::dir;
+  const size_t count = planned_files().size();
+  ASSERT_GE(count, 2u);
+  o.only = "model-00002-of-0000" + std::to_string(count + 1) + ".safetensors";
+  auto r = convert_to_file(tmp / "out", o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::invalid_argument);
+  const std::string& m = r.status().message();
+  EXPECT_NE(m.find("not in this plan, which has " + std::to_string(count) + " files"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("--max-shard-size"), std::string::npos) << m;
+  o.only = "tokenizer.jsn"; // any other name: no flag to blame
+  auto other = convert_to_file(tmp / "out", o);
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.status().message().find("--max-shard-size"), std::string::npos);
+  EXPECT_EQ(read_bytes(tmp / "out"), "");
+}
+
+} // namespace
+} // namespace shardshift::testing
