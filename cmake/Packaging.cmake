@@ -79,36 +79,45 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/shardshift
 
 # The library is static, so a program linking it links everything it links, PRIVATE or not:
 # shardshiftConfig.cmake must find each of those, and shardshift-dev must depend on each one's
-# Debian -dev package. Both lists are made here from the target's own link libraries, so a
+# Debian -dev package, and shardshift.pc must name each. The lists are made here from the target's own link libraries, so a
 # dependency added to the library cannot be forgotten: one this table does not know stops the
 # configuration.
 set(SHARDSHIFT_FIND_DEPENDENCIES "")
 set(SHARDSHIFT_DEV_DEPENDS "")
+set(SHARDSHIFT_PC_REQUIRES "")
+set(SHARDSHIFT_PC_LIBS "")
 get_target_property(shardshift_links shardshift_lib LINK_LIBRARIES)
 foreach(link IN LISTS shardshift_links)
   if(link MATCHES "^simdjson::")
     set(find "find_dependency(simdjson)")
     set(deb libsimdjson-dev)
+    set(pc simdjson)
   elseif(link MATCHES "^TBB::")
     set(find "find_dependency(TBB)")
     set(deb libtbb-dev)
+    set(pc tbb)
   elseif(link MATCHES "^Threads::")
     set(find "find_dependency(Threads)")
     set(deb "")
+    set(pc -pthread)
   elseif(link MATCHES "^Boost::(.*)")
     set(find "find_dependency(Boost ${Boost_VERSION_MAJOR}.${Boost_VERSION_MINOR} COMPONENTS ${CMAKE_MATCH_1})")
     string(REPLACE "_" "-" component ${CMAKE_MATCH_1})
     set(deb libboost-${component}-dev)
-  elseif(link MATCHES "^OpenSSL::")
+    set(pc -lboost_${CMAKE_MATCH_1})
+  elseif(link MATCHES "^OpenSSL::(Crypto|SSL)$")
     set(find "find_dependency(OpenSSL)")
     set(deb libssl-dev)
+    string(TOLOWER "lib${CMAKE_MATCH_1}" pc)
   elseif(link STREQUAL "PkgConfig::PCRE2")
     # Debian's PCRE2 has no CMake package: make the same imported target pkg-config made here.
     set(find "if(NOT TARGET PkgConfig::PCRE2)\n  find_dependency(PkgConfig)\n  pkg_check_modules(PCRE2 REQUIRED QUIET IMPORTED_TARGET libpcre2-8)\nendif()")
     set(deb "libpcre2-dev, pkg-config")
+    set(pc libpcre2-8)
   elseif(link MATCHES "^CUDA::")
     set(find "find_dependency(CUDAToolkit)")
     set(deb "") # the CUDA toolkit is not a Debian package shardshift-dev can name
+    set(pc "-L${CUDAToolkit_LIBRARY_DIR} -lcudart_static -ldl -lrt")
   else()
     message(FATAL_ERROR "cmake/Packaging.cmake: shardshift_lib links '${link}', which the "
                         "installed CMake package does not know how to find: add it to the table")
@@ -117,11 +126,20 @@ foreach(link IN LISTS shardshift_links)
   if(deb)
     list(APPEND SHARDSHIFT_DEV_DEPENDS "${deb}")
   endif()
+  if(pc MATCHES "^-")
+    list(APPEND SHARDSHIFT_PC_LIBS "${pc}")
+  else()
+    list(APPEND SHARDSHIFT_PC_REQUIRES "${pc}")
+  endif()
 endforeach()
 list(REMOVE_DUPLICATES SHARDSHIFT_FIND_DEPENDENCIES)
 list(REMOVE_DUPLICATES SHARDSHIFT_DEV_DEPENDS)
 list(JOIN SHARDSHIFT_FIND_DEPENDENCIES "\n" SHARDSHIFT_FIND_DEPENDENCIES)
 list(JOIN SHARDSHIFT_DEV_DEPENDS ", " SHARDSHIFT_DEV_DEPENDS)
+list(REMOVE_DUPLICATES SHARDSHIFT_PC_REQUIRES)
+list(REMOVE_DUPLICATES SHARDSHIFT_PC_LIBS)
+list(JOIN SHARDSHIFT_PC_REQUIRES " " SHARDSHIFT_PC_REQUIRES)
+list(JOIN SHARDSHIFT_PC_LIBS " " SHARDSHIFT_PC_LIBS)
 
 set(SHARDSHIFT_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/shardshift)
 install(EXPORT shardshiftTargets NAMESPACE shardshift:: DESTINATION ${SHARDSHIFT_CMAKE_DIR}
@@ -137,16 +155,12 @@ install(FILES ${PROJECT_BINARY_DIR}/shardshiftConfig.cmake
               ${PROJECT_BINARY_DIR}/shardshiftConfigVersion.cmake
         DESTINATION ${SHARDSHIFT_CMAKE_DIR} COMPONENT Development)
 
-# pkg-config: the library is static, so what it links privately is listed too (Requires.private
-# for what has a .pc file, Libs.private for the rest). TBB and simdjson are public: their headers
-# appear in ours.
-set(SHARDSHIFT_PC_LIBS_PRIVATE "-lboost_iostreams")
-if(SHARDSHIFT_HAVE_CUDA)
-  string(APPEND SHARDSHIFT_PC_LIBS_PRIVATE " -L${CUDAToolkit_LIBRARY_DIR} -lcudart_static -ldl -lrt")
-endif()
+# pkg-config: the library is static and there is no shared one, so everything it links is listed
+# as a plain requirement (not .private): `pkg-config --cflags --libs shardshift` links a program.
 # The prefix is found from the .pc file's own place, so the file is right wherever the tree is
 # installed (cmake --install --prefix, the .deb's /usr).
 file(RELATIVE_PATH SHARDSHIFT_PC_PREFIX_FROM_PCDIR /prefix/${CMAKE_INSTALL_LIBDIR}/pkgconfig /prefix)
+string(REGEX REPLACE "/$" "" SHARDSHIFT_PC_PREFIX_FROM_PCDIR "${SHARDSHIFT_PC_PREFIX_FROM_PCDIR}")
 configure_file(${PROJECT_SOURCE_DIR}/cmake/shardshift.pc.in ${PROJECT_BINARY_DIR}/shardshift.pc
                @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/shardshift.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig
@@ -156,8 +170,8 @@ install(FILES ${PROJECT_BINARY_DIR}/shardshift.pc DESTINATION ${CMAKE_INSTALL_LI
 set(CPACK_PACKAGE_NAME shardshift)
 set(CPACK_PACKAGE_VENDOR "shardshift")
 set(CPACK_PACKAGE_CONTACT "shardshift maintainers <shardshift@example.org>")
-set(CPACK_PACKAGE_DESCRIPTION_SUMMARY
-    "convert Mixture-of-Experts safetensors checkpoints between Hugging Face and NeMo layouts")
+# Each package's description is its own summary line, then its text (CPack indents it); no
+# CPACK_PACKAGE_DESCRIPTION_SUMMARY, which CPack would put before both packages' descriptions.
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
@@ -169,21 +183,21 @@ set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_NAME shardshift)
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_SECTION science)
 set(CPACK_DEBIAN_RUNTIME_DESCRIPTION
-    "${CPACK_PACKAGE_DESCRIPTION_SUMMARY}
- shardshift converts safetensors checkpoints of Mixture-of-Experts models
- (diffusion_gemma, gemma4_moe) between the Hugging Face layout and NeMo
- Automodel's native layout as a stream with bounded memory: pass-through
- tensors are copied without reading them (copy_file_range, reflinks), expert
- tensors are transposed with AVX2/AVX-512 kernels or on a CUDA GPU.")
+    "convert Mixture-of-Experts checkpoints between Hugging Face and NeMo
+shardshift converts safetensors checkpoints of Mixture-of-Experts models
+(diffusion_gemma, gemma4_moe) between the Hugging Face layout and NeMo Automodel's native
+layout as a stream with bounded memory: pass-through tensors are copied without reading them
+(copy_file_range, reflinks), expert tensors are transposed with AVX2/AVX-512 kernels or on a
+CUDA GPU.")
 # Depends of the tool: the shared libraries it links, found by dpkg-shlibdeps (dpkg-dev).
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON) # a no-op for -dev, which holds no shared object
 set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_NAME shardshift-dev)
 set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_SECTION libdevel)
 set(CPACK_DEBIAN_DEVELOPMENT_DESCRIPTION
-    "shardshift library: headers, static library, CMake package and pkg-config file
- The C++ API of shardshift (find_package(shardshift), target
- shardshift::shardshift): open and validate checkpoints, plan and run
- conversions, or stream converted tensors to a program without writing files.")
+    "shardshift C++ library: headers, static library, CMake and pkg-config files
+The C++ API of shardshift, found with find_package(shardshift) as the target
+shardshift::shardshift or with pkg-config: open and validate checkpoints, plan and run
+conversions, or stream converted tensors to a program without writing files.")
 # A static library and headers: a program built against them needs the -dev packages of what
 # the library links (SHARDSHIFT_DEV_DEPENDS, made from its link libraries above).
 set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_DEPENDS "${SHARDSHIFT_DEV_DEPENDS}")
