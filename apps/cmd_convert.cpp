@@ -367,8 +367,8 @@ const HelpText CONVERT_HELP = {
                 "shardshift convert nemo-26B hf-26B --direction to_hf --dtype bf16\n"
                 "shardshift convert hf ep-r1 --ep-size 4 --ep-rank 1 --max-memory 4GiB -j 8\n"
                 "shardshift convert hf nemo --stats --trace run.json.gz  # see ui.perfetto.dev\n"
-                "shardshift convert hf --pipe-to 'aws s3 cp - s3://b/nemo/{name} --expected-size "
-                "{size}' --checksums\n"
+                "shardshift convert hf --checksums --pipe-to \\\n"
+                "    'aws s3 cp - s3://b/nemo/{name} --expected-size {size}'\n"
                 "shardshift convert hf - --only model-00002-of-00011.safetensors | upload-tool\n"
                 "shardshift convert hf - --format tar | ssh host tar x -C /models/nemo",
     .exit_status = "0 converted, 1 failed (nothing is left behind), 2 bad usage, 130 "

@@ -110,7 +110,9 @@ TEST(Checkpoint, ShardedWithIndex) {
   EXPECT_EQ(ckpt->info(*ckpt->find("b")).shape, (std::vector<uint64_t>{3}));
   EXPECT_EQ(ckpt->total_tensor_bytes(), 6u);
   EXPECT_EQ(ckpt->index_metadata, (Metadata{{"note", "hi"}, {"total_size", "6"}, {"x", "[1]"}}));
-  EXPECT_EQ(ckpt->other_files, (std::vector<std::string>{"config.json", "tokenizer.json"}));
+  // A subdirectory's files are side files too, by relative path (issue 11, item 6).
+  EXPECT_EQ(ckpt->other_files,
+            (std::vector<std::string>{"config.json", "subdir/nested.txt", "tokenizer.json"}));
 }
 
 TEST(Checkpoint, DirectoryWithoutIndex) {

@@ -191,9 +191,10 @@ TEST_F(SemanticsRules, SideFilesAreCopiedUnlessNoSideFiles) {
 
   auto r = run(tmp / "hf", tmp / "with");
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ(output_files(tmp / "with"),
-            (std::vector<std::string>{"config.json", "model.safetensors", "tokenizer.json"}));
-  for (const char* name : {"config.json", "tokenizer.json"})
+  EXPECT_EQ(
+      output_files(tmp / "with"),
+      (std::vector<std::string>{"config.json", "model.safetensors", "sub", "tokenizer.json"}));
+  for (const char* name : {"config.json", "tokenizer.json", "sub/x.txt"})
     EXPECT_EQ(testing::read_bytes(tmp / "with" / name), testing::read_bytes(tmp / "hf" / name))
         << name;
 
