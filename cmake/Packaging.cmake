@@ -33,6 +33,7 @@ endif()
 set(SHARDSHIFT_CUDA_ARCHITECTURES_BUILT "")
 if(SHARDSHIFT_HAVE_CUDA)
   get_target_property(SHARDSHIFT_CUDA_ARCHITECTURES_BUILT shardshift_lib CUDA_ARCHITECTURES)
+  string(REPLACE ";" " " SHARDSHIFT_CUDA_ARCHITECTURES_BUILT "${SHARDSHIFT_CUDA_ARCHITECTURES_BUILT}")
 endif()
 configure_file(${PROJECT_SOURCE_DIR}/cmake/version_config.h.in
                ${PROJECT_BINARY_DIR}/generated/version_config.h @ONLY)

@@ -17,10 +17,14 @@
 // the pieces of one tensor concatenated are exactly its bytes in a file convert() writes. A tensor
 // of zero bytes gets one call with an empty piece.
 //
-// Memory: a pass-through tensor's pieces are views of the mapped input (no copy), released from
-// the page cache's mapping once handed out; a transformed tensor's pieces come from one buffer of
-// about max_piece_bytes (at least one output row of an expert), reused for the next chunk. So the
-// memory held is bounded by a few pieces whatever the model's size.
+// Memory: a pass-through tensor's pieces are views of the mapped input (never copied) whose pages
+// are released (MADV_DONTNEED) once handed out; a transformed tensor's pieces come from one buffer
+// of about max_piece_bytes (at least one output row of an expert), reused for the next chunk. So
+// the memory held is a few pieces whatever the model's size.
+// Input that changes underneath: a view is handed out under guard_mapped_access() (mapped_file.h),
+// its pages read first, so an input file that shrank is reported as Errc::file_changed; should it
+// shrink while the callback reads the view, the call also ends with Errc::file_changed, but that
+// callback invocation is abandoned mid-way (siglongjmp): objects it created are not destroyed.
 // Thread-safety: the callback is called from the calling thread, one call at a time; concurrent
 // calls to for_each_converted_tensor() with different callbacks are independent.
 #pragma once
