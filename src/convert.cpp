@@ -7,6 +7,7 @@
 #include "cuda_transform.h"
 #include "pipeline.h"
 #include "sha256.h"
+#include "side_files.h"
 #include "tar_target.h"
 #include "transpose.h"
 #include "upload.h"
@@ -265,22 +266,17 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
   return std::move(gpu.value());
 }
 
-// Side files, copied verbatim; with `sums`, their SHA-256 is added to it.
+// Side files, copied verbatim as streams (side_files.h); with `sums`, their SHA-256 is added.
 Status copy_side_files(Io& io, const Checkpoint& input, const Plan& plan, const fs::path& dir,
-                       std::vector<std::pair<std::string, std::string>>* sums) {
+                       uint64_t chunk, std::vector<std::pair<std::string, std::string>>* sums) {
+  DirectoryTarget target(dir, &io);
   for (const std::string& name : plan.side_files) {
-    auto bytes = read_side_file(input, name);
-    if (!bytes)
-      return bytes.status();
-    const auto view = std::as_bytes(std::span(*bytes));
-    // A side file from a subdirectory of the input ("original/params.json") keeps its place.
-    if (name.find('/') != std::string::npos)
-      if (Status s = make_directories(io, (dir / name).parent_path()); !s.ok())
-        return s;
-    if (Status s = write_file_atomic(io, dir / name, view); !s.ok())
+    std::string digest;
+    if (Status s = deliver_side_file(target, io, input, name, chunk, sums ? &digest : nullptr);
+        !s.ok())
       return s;
     if (sums)
-      sums->emplace_back(name, sha256_hex(view));
+      sums->emplace_back(name, digest);
   }
   return {};
 }
@@ -380,7 +376,7 @@ Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name
 
 // Streams the index or a side file (small files) to fd.
 Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& plan,
-                         const std::string& name) {
+                         const std::string& name, uint64_t chunk) {
   if (name == INDEX_FILE_NAME) {
     if (!plan.write_index)
       return Status(Errc::invalid_argument,
@@ -390,10 +386,8 @@ Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& pl
       return text.status();
     return write_all(io, fd, *text, name);
   }
-  auto bytes = read_side_file(input, name);
-  if (!bytes)
-    return bytes.status();
-  return write_all(io, fd, *bytes, name);
+  StreamTarget target(fd);
+  return deliver_side_file(target, io, input, name, chunk, nullptr);
 }
 
 // The pipeline's shape for this run: threads, writer lanes, chunks and tokens from the memory
@@ -447,7 +441,8 @@ Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkp
         std::find(plan.side_files.begin(), plan.side_files.end(), *target) != plan.side_files.end();
     if (!side && *target != INDEX_FILE_NAME)
       return not_in_plan(plan, *target);
-    if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target); !s.ok())
+    if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target, config.chunk_bytes);
+        !s.ok())
       return s;
     return UploadResult{};
   }
@@ -501,7 +496,7 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
     for (size_t f = 0; f < plan.files.size(); ++f)
       sums->emplace_back(plan.files[f].name, (*config.digests)[f]);
   const uint64_t c0 = profiler.now();
-  if (Status s = copy_side_files(io, input, plan, staging, sums); !s.ok())
+  if (Status s = copy_side_files(io, input, plan, staging, config.chunk_bytes, sums); !s.ok())
     return s;
   if (plan.write_index) {
     auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
@@ -529,7 +524,7 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
 // (one lane, in plan order), the side files, SHA256SUMS and the index last, then the end blocks.
 Result<UploadResult> tar_entries(TarTarget& target, const ConvertOptions& options,
                                  const Checkpoint& input, const Plan& plan,
-                                 const PipelineConfig& config, Profiler& profiler) {
+                                 const PipelineConfig& config, Io& io, Profiler& profiler) {
   std::vector<uint32_t> files(plan.files.size());
   std::iota(files.begin(), files.end(), 0u);
   auto moved = run_pipeline(input, plan, files, target, config, profiler);
@@ -552,13 +547,15 @@ Result<UploadResult> tar_entries(TarTarget& target, const ConvertOptions& option
     return target.deliver(name, bytes);
   };
   for (const std::string& name : plan.side_files) {
-    auto bytes = read_side_file(input, name);
-    if (!bytes)
-      return bytes.status();
-    if (sums)
-      sums->emplace_back(name, sha256_hex(std::as_bytes(std::span(*bytes))));
-    if (Status s = deliver(name, *bytes); !s.ok())
+    if (cancelled())
+      return Status(Errc::interrupted, "interrupted");
+    std::string digest;
+    if (Status s = deliver_side_file(target, io, input, name, config.chunk_bytes,
+                                     sums ? &digest : nullptr, &r.moved.output_bytes);
+        !s.ok())
       return s;
+    if (sums)
+      sums->emplace_back(name, digest);
   }
   std::string index;
   if (plan.write_index) {
@@ -588,7 +585,7 @@ Result<UploadResult> stream_tar(const ConvertOptions& options, const Checkpoint&
                                 const Plan& plan, const PipelineConfig& config, Io& io,
                                 Profiler& profiler) {
   TarTarget target(io, STDOUT_FILENO);
-  auto entries = tar_entries(target, options, input, plan, config, profiler);
+  auto entries = tar_entries(target, options, input, plan, config, io, profiler);
   if (!entries)
     target.end_incomplete();
   return entries;

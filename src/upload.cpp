@@ -4,6 +4,7 @@
 
 #include "process_target.h"
 #include "sha256.h"
+#include "side_files.h"
 
 #include <fstream>
 #include <iterator>
@@ -11,43 +12,45 @@
 
 namespace shardshift {
 
-Result<std::string> read_side_file(const Checkpoint& input, const std::string& name) {
-  std::ifstream in(input.root / name, std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!in.good() && !in.eof())
-    return Status(Errc::io, (input.root / name).string() + ": cannot read side file");
-  return bytes;
-}
-
 namespace {
 
-// The small files, in delivery order: side files, SHA256SUMS, the index (which commits).
-Result<std::vector<std::pair<std::string, std::string>>>
-small_files(const Checkpoint& input, const Plan& plan, UploadResult& r, bool checksums) {
-  std::vector<std::pair<std::string, std::string>> files;
+// After the shards: the side files (streamed), SHA256SUMS, then the index, which commits.
+Status deliver_the_rest(ProcessTarget& target, const Checkpoint& input, const Plan& plan,
+                        const PipelineConfig& config, Io& io, UploadResult& r) {
+  auto cancelled = [&] { return config.cancel && config.cancel->load(); };
   for (const std::string& name : plan.side_files) {
-    auto bytes = read_side_file(input, name);
-    if (!bytes)
-      return bytes.status();
-    files.emplace_back(name, std::move(*bytes));
+    if (cancelled())
+      return Status(Errc::interrupted, "interrupted");
+    std::string digest;
+    if (Status s = deliver_side_file(target, io, input, name, config.chunk_bytes,
+                                     config.digests ? &digest : nullptr, &r.moved.output_bytes);
+        !s.ok())
+      return s;
+    if (config.digests)
+      r.checksums.emplace_back(name, digest);
   }
+  std::vector<std::pair<std::string, std::string>> small;
   std::string index;
   if (plan.write_index) {
     auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
     if (!text)
       return text.status();
     index = std::move(*text);
-  }
-  if (checksums) {
-    for (const auto& [name, bytes] : files)
-      r.checksums.emplace_back(name, sha256_hex(std::as_bytes(std::span(bytes))));
-    if (plan.write_index)
+    if (config.digests) // SHA256SUMS, which comes first, lists the index too
       r.checksums.emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(index))));
-    files.emplace_back("SHA256SUMS", sha256sums_text(r.checksums));
   }
+  if (config.digests)
+    small.emplace_back("SHA256SUMS", sha256sums_text(r.checksums));
   if (plan.write_index)
-    files.emplace_back(INDEX_FILE_NAME, std::move(index));
-  return files;
+    small.emplace_back(INDEX_FILE_NAME, std::move(index));
+  for (const auto& [name, bytes] : small) {
+    if (cancelled())
+      return Status(Errc::interrupted, "interrupted");
+    if (Status s = target.deliver(name, bytes, io); !s.ok())
+      return s;
+    r.moved.output_bytes += bytes.size();
+  }
+  return {};
 }
 
 // One line per file, for the error that ends a failed upload.
@@ -87,29 +90,15 @@ Result<UploadResult> upload_outputs(const std::string& command, const Checkpoint
   std::iota(shards.begin(), shards.end(), 0u);
   auto moved = run_pipeline(input, plan, shards, target, config, profiler);
 
-  // The small files go only after every shard was delivered, the index last of all.
+  // The rest goes only after every shard was delivered, the index last of all.
   Status first = moved.ok() ? Status() : moved.status();
-  std::vector<std::pair<std::string, std::string>> rest;
   if (first.ok()) {
     r.moved = *moved;
     if (config.digests)
       for (size_t f = 0; f < plan.files.size(); ++f)
         r.checksums.emplace_back(plan.files[f].name, (*config.digests)[f]);
-    auto small = small_files(input, plan, r, config.digests != nullptr);
-    if (!small)
-      first = small.status();
-    else
-      rest = std::move(*small);
+    first = deliver_the_rest(target, input, plan, config, io, r);
   }
-  for (const auto& [name, bytes] : rest) {
-    if (!first.ok() || (config.cancel && config.cancel->load()))
-      break;
-    first = target.deliver(name, bytes, io);
-    if (first.ok())
-      r.moved.output_bytes += bytes.size();
-  }
-  if (first.ok() && config.cancel && config.cancel->load())
-    first = Status(Errc::interrupted, "interrupted");
 
   for (const OutputFile& f : plan.files)
     r.files.push_back({f.name, state_text(target.outcome(f.name))});

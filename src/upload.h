@@ -31,7 +31,4 @@ Result<UploadResult> upload_outputs(const std::string& command, const Checkpoint
                                     const Plan& plan, const PipelineConfig& config, Io& io,
                                     Profiler& profiler);
 
-/// The bytes of a side file of `input` (config.json, tokenizer files...).
-Result<std::string> read_side_file(const Checkpoint& input, const std::string& name);
-
 } // namespace shardshift

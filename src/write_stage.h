@@ -37,15 +37,22 @@ public:
 };
 
 /// Each file staged under a temporary name in `dir`, fsync'ed and renamed into place.
+/// A file whose name has a directory part ("original/params.json", a side file) gets its
+/// subdirectories created first, through `io`.
 class DirectoryTarget final : public OutputTarget {
 public:
-  explicit DirectoryTarget(std::filesystem::path dir) : dir_(std::move(dir)) {}
+  explicit DirectoryTarget(std::filesystem::path dir, Io* io = nullptr)
+      : dir_(std::move(dir)), io_(io) {}
   Status open(ShardWriter& writer, const OutputFile& file) override {
+    if (io_ && file.name.find('/') != std::string::npos)
+      if (Status s = make_directories(*io_, (dir_ / file.name).parent_path()); !s.ok())
+        return s;
     return writer.open(dir_ / file.name, file.header, file.data_size);
   }
 
 private:
   std::filesystem::path dir_;
+  Io* io_;
 };
 
 /// The file's bytes written to an open descriptor (stdout or a pipe); nothing to rename.

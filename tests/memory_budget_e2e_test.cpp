@@ -2,11 +2,12 @@
 // process's own peak RSS (getrusage), so this program holds this one test only.
 //
 // The input (made by `shardshift synth` in another process, so it costs this one nothing) has a
-// 369 MB embedding: one pass-through run ten times the budget. It is converted (1) with the
-// kernel's copy refused, as across filesystems on many kernels, so every pass-through byte is
-// written from the mapping; (2) onto a tmpfs mounted for the test (another filesystem; skipped
-// without the privilege to mount); (3) to a pipe. Mapped input pages must be released chunk by
-// chunk on every path, so the peak stays near the budget, far below the embedding's size.
+// 369 MB embedding, one pass-through run ten times the budget, and a 320 MB side file. It is
+// converted (1) with the kernel's copy refused, as across filesystems on many kernels, so every
+// pass-through byte is written from the mapping; (2) onto a tmpfs mounted for the test (another
+// filesystem; skipped without the privilege to mount); (3) to a pipe. Mapped input pages must be
+// released chunk by chunk on every path, so the peak stays near the budget, far below the
+// embedding's size.
 #include "shardshift/convert.h"
 #include "shardshift/io.h"
 
@@ -63,6 +64,11 @@ TEST(MemoryBudget, HoldsWhenCopiesFallBackAcrossFilesystemsAndToPipes) {
   auto made = run_shardshift("synth " + (tmp / "in").string() +
                              " --model diffusion_gemma --layers 1 --scale 2");
   ASSERT_EQ(made.exit_code, 0) << made.err;
+  // A side file ten times the budget in a subdirectory (like Meta's original/*.pth): copied as a
+  // stream too. Sparse, so making it costs no disk; reading it maps real (zero) pages.
+  std::filesystem::create_directory(tmp / "in" / "original");
+  auto big = run_shell("truncate -s 320M " + shell_quoted(tmp / "in" / "original" / "big.pth"));
+  ASSERT_EQ(big.exit_code, 0) << big.err;
 
   NoKernelCopy no_copy(Io::system());
   auto fallback = convert_with(tmp / "in", tmp / "fallback", &no_copy);
@@ -72,7 +78,7 @@ TEST(MemoryBudget, HoldsWhenCopiesFallBackAcrossFilesystemsAndToPipes) {
   std::filesystem::remove_all(tmp / "fallback");
 
   std::filesystem::create_directory(tmp / "mnt");
-  const bool mounted = ::mount("tmpfs", (tmp / "mnt").c_str(), "tmpfs", 0, "size=1g") == 0;
+  const bool mounted = ::mount("tmpfs", (tmp / "mnt").c_str(), "tmpfs", 0, "size=3g") == 0;
   if (mounted) {
     auto across = convert_with(tmp / "in", tmp / "mnt" / "out", nullptr);
     EXPECT_TRUE(across.ok()) << across.status().message();
