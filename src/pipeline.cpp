@@ -74,112 +74,126 @@ struct Shared {
   ProgressMeter& meter;
 };
 
-// One writer lane: a bounded pipeline over the files it takes from the queue.
-WriteTotals run_lane(Shared& s) {
-  Emitter emitter(s.input, s.plan, s.config.chunk_bytes, s.config.gpu, s.queue);
-  WriteStage writer(s.io, s.plan, s.target, s.profiler);
-  uint64_t last_write_end = 0;
+// One writer lane: a bounded pipeline over the files it takes from the queue. Its stages are the
+// member functions below, in the order items pass through them.
+class Lane {
+public:
+  explicit Lane(Shared& s)
+      : s_(s), emitter_(s.input, s.plan, s.config.chunk_bytes, s.config.gpu, s.queue),
+        writer_(s.io, s.plan, s.target, s.profiler) {}
 
+  WriteTotals run() {
+    auto produce =
+        tbb::make_filter<void, Item*>(tbb::filter_mode::serial_in_order,
+                                      [this](tbb::flow_control& fc) { return emit(fc); }) &
+        tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel,
+                                       [this](Item* item) { return transform(item); });
+    auto consume = tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order,
+                                                 [this](Item* item) { write(item); });
+    if (s_.config.digests)
+      tbb::parallel_pipeline(s_.config.tokens, produce &
+                                                   tbb::make_filter<Item*, Item*>(
+                                                       tbb::filter_mode::serial_in_order,
+                                                       [this](Item* i) { return hash(i); }) &
+                                                   consume);
+    else
+      tbb::parallel_pipeline(s_.config.tokens, produce & consume);
+    writer_.abandon();
+    return writer_.totals();
+  }
+
+private:
   // Stage 1: the next item, with a buffer when it needs one (a token holds at most one).
-  auto emit = [&](tbb::flow_control& fc) -> Item* {
-    if (!s.failure.failed() && s.config.cancel && s.config.cancel->load())
-      s.failure.fail(Status(Errc::interrupted, "interrupted"));
-    const uint64_t t0 = s.profiler.now();
-    std::unique_ptr<Item> item = s.failure.failed() ? nullptr : emitter.next();
+  Item* emit(tbb::flow_control& fc) {
+    if (!s_.failure.failed() && s_.config.cancel && s_.config.cancel->load())
+      s_.failure.fail(Status(Errc::interrupted, "interrupted"));
+    const uint64_t t0 = s_.profiler.now();
+    std::unique_ptr<Item> item = s_.failure.failed() ? nullptr : emitter_.next();
     if (item && (item->kind == ItemKind::transform || item->kind == ItemKind::ones)) {
-      auto buffer = s.pool.acquire();
+      auto buffer = s_.pool.acquire();
       if (!buffer) {
-        s.failure.fail(buffer.status());
+        s_.failure.fail(buffer.status());
         item.reset();
       } else {
         item->buffer = item->args.dst = *buffer;
-        s.meter.add_in_flight(item->length);
+        s_.meter.add_in_flight(item->length);
       }
     }
     if (!item) {
       fc.stop();
       return nullptr;
     }
-    s.profiler.record(Stage::read, t0, s.profiler.now(),
-                      item->kind == ItemKind::transform ? item->length : 0,
-                      item->tensor ? std::string_view(item->tensor->name) : std::string_view());
+    s_.profiler.record(Stage::read, t0, s_.profiler.now(),
+                       item->kind == ItemKind::transform ? item->length : 0,
+                       item->tensor ? std::string_view(item->tensor->name) : std::string_view());
     return item.release();
-  };
+  }
 
   // Stage 2: produce the item's bytes.
-  auto transform = [&](Item* item) -> Item* {
-    if (!s.failure.failed()) {
-      s.transformer.run(*item);
+  Item* transform(Item* item) {
+    if (!s_.failure.failed()) {
+      s_.transformer.run(*item);
       if (!item->status.ok())
-        s.failure.fail(item->status);
+        s_.failure.fail(item->status);
     }
     return item;
-  };
+  }
 
-  // Stage 2b (--checksums): hash each file's bytes in order, from the buffers and, for copies, from
-  // the mapping (the pages the kernel copies from), while the write stage writes the item before.
-  Sha256 sha;
-  auto hash = [&](Item* item) -> Item* {
-    if (s.failure.failed())
+  // Stage 2b (--checksums): hash each file's bytes in order, from the buffers and, for copies,
+  // from the mapping (the pages the kernel copies from), while stage 3 writes the item before.
+  Item* hash(Item* item) {
+    if (s_.failure.failed())
       return item;
-    const OutputFile& file = s.plan.files[item->file];
     switch (item->kind) {
     case ItemKind::open_file:
-      sha.reset();
-      sha.update(file.header);
+      sha_.reset();
+      sha_.update(s_.plan.files[item->file].header);
       break;
     case ItemKind::copy_run: {
       const MappedFile& in = *item->shard->file;
       auto view = in.view(item->in_offset, item->length);
-      Status st = view ? guard_mapped_access(in, [&] { sha.update(*view); }) : view.status();
+      Status st = view ? guard_mapped_access(in, [&] { sha_.update(*view); }) : view.status();
       if (!st.ok())
-        s.failure.fail(std::move(st));
+        s_.failure.fail(std::move(st));
       break;
     }
     case ItemKind::transform:
     case ItemKind::ones:
-      sha.update({item->buffer, item->length});
+      sha_.update({item->buffer, item->length});
       break;
     case ItemKind::close_file:
-      (*s.config.digests)[item->file] = sha.hex();
+      (*s_.config.digests)[item->file] = sha_.hex();
       break;
     }
     return item;
-  };
+  }
 
   // Stage 3: write in order, then give back what the item held (input pages, its buffer).
-  auto write = [&](Item* raw) {
+  void write(Item* raw) {
     std::unique_ptr<Item> item(raw);
-    const uint64_t t0 = s.profiler.now();
-    if (last_write_end)
-      s.profiler.record(Stage::wait, last_write_end, t0, 0);
-    const uint64_t before = writer.totals().done;
-    if (!s.failure.failed())
-      if (Status st = writer.write(*item); !st.ok())
-        s.failure.fail(std::move(st));
+    const uint64_t t0 = s_.profiler.now();
+    if (last_write_end_)
+      s_.profiler.record(Stage::wait, last_write_end_, t0, 0);
+    const uint64_t before = writer_.totals().done;
+    if (!s_.failure.failed())
+      if (Status st = writer_.write(*item); !st.ok())
+        s_.failure.fail(std::move(st));
     if (item->release_length)
       item->shard->file->release(item->release_offset, item->release_length);
-    s.meter.wrote(*item, writer.totals().done - before);
+    s_.meter.wrote(*item, writer_.totals().done - before);
     if (item->buffer) {
-      s.pool.release(item->buffer);
-      s.meter.sub_in_flight(item->length);
+      s_.pool.release(item->buffer);
+      s_.meter.sub_in_flight(item->length);
     }
-    last_write_end = s.profiler.now();
-  };
+    last_write_end_ = s_.profiler.now();
+  }
 
-  auto produce = tbb::make_filter<void, Item*>(tbb::filter_mode::serial_in_order, emit) &
-                 tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel, transform);
-  auto consume = tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order, write);
-  if (s.config.digests)
-    tbb::parallel_pipeline(
-        s.config.tokens,
-        produce & tbb::make_filter<Item*, Item*>(tbb::filter_mode::serial_in_order, hash) &
-            consume);
-  else
-    tbb::parallel_pipeline(s.config.tokens, produce & consume);
-  writer.abandon();
-  return writer.totals();
-}
+  Shared& s_;
+  Emitter emitter_;
+  WriteStage writer_;
+  Sha256 sha_;
+  uint64_t last_write_end_ = 0;
+};
 
 } // namespace
 
@@ -205,7 +219,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   // Lanes run side by side on the one task arena; each blocks only in its own write calls.
   std::vector<WriteTotals> totals(lanes);
   profiler.name_thread("main");
-  tbb::parallel_for(0u, lanes, [&](unsigned lane) { totals[lane] = run_lane(shared); });
+  tbb::parallel_for(0u, lanes, [&](unsigned lane) { totals[lane] = Lane(shared).run(); });
   if (failure.failed())
     return failure.first();
 

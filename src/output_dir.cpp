@@ -1,0 +1,287 @@
+// output_dir.cpp: a conversion into a directory. OUT is checked before anything is read (never an
+// input, --force only over shardshift's own output), built in a staging directory beside it,
+// completed with the side files, SHA256SUMS and the index, marked, and renamed into place.
+#include "shardshift/shard_writer.h"
+
+#include "outputs.h"
+#include "sha256.h"
+#include "side_files.h"
+
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <unistd.h>
+
+namespace shardshift {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Where the output is built before it is renamed into place: beside it, so the rename is atomic.
+fs::path staging_path(const fs::path& output, const char* what) {
+  std::random_device rd;
+  return output.parent_path() / ("." + output.filename().string() + ".shardshift-" + what + "-" +
+                                 std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
+}
+
+// What the marker file of an output directory says (OUTPUT_MARKER_NAME). Fixed text, so that
+// outputs stay byte-identical from run to run; the number is the marker's format version.
+constexpr std::string_view OUTPUT_MARKER_TEXT =
+    "shardshift-output 1\n"
+    "This directory was written by shardshift convert; convert --force may replace it.\n";
+
+// `p` absolute, with every symlink of the part that exists resolved, normalized, and without a
+// trailing separator: two spellings of one place compare equal.
+fs::path real_path(const fs::path& p) {
+  std::error_code ec;
+  fs::path abs = fs::absolute(p, ec);
+  fs::path real = fs::weakly_canonical(abs, ec);
+  if (ec)
+    real = abs.lexically_normal();
+  if (!real.has_filename() && real.has_relative_path())
+    real = real.parent_path();
+  return real;
+}
+
+// Whether `inner` is `outer` or lies below it (both real paths).
+bool is_within(const fs::path& inner, const fs::path& outer) {
+  auto [o, i] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
+  return o == outer.end();
+}
+
+// Everything the conversion reads: IN, and for a directory each entry in it with its links
+// resolved (hub caches link shards into a blobs/ directory elsewhere).
+std::vector<fs::path> input_paths(const fs::path& input) {
+  std::vector<fs::path> paths{real_path(input)};
+  std::error_code ec;
+  if (fs::is_directory(input, ec))
+    for (fs::directory_iterator it(input, ec), end; !ec && it != end; it.increment(ec))
+      paths.push_back(real_path(it->path()));
+  return paths;
+}
+
+// No flag may let the output replace, or be written into, what the conversion reads.
+Status check_not_input(const ConvertOptions& o) {
+  const fs::path out = real_path(o.output);
+  const std::string name = o.output.string();
+  std::error_code ec;
+  for (const fs::path& in : input_paths(o.input)) {
+    if (is_within(in, out) || fs::equivalent(out, in, ec))
+      return Status(Errc::invalid_argument,
+                    name + ": the output must not be the input or contain it (" + in.string() +
+                        " is read by this conversion); choose another OUT");
+    if (is_within(out, in))
+      return Status(Errc::invalid_argument, name + ": the output must not lie inside the input " +
+                                                in.string() + "; choose an OUT outside it");
+  }
+  return {};
+}
+
+// --force replaces only what shardshift can tell it wrote: a directory holding its marker (a
+// regular file, not a link, in the format it writes), or an empty directory (nothing to lose).
+Status check_replaceable(const fs::path& output) {
+  std::error_code ec;
+  if (fs::is_symlink(fs::symlink_status(output, ec))) // replacing it would move the link only
+    return Status(Errc::invalid_argument, output.string() + ": is a symbolic link; --force "
+                                                            "replaces only a real directory");
+  const fs::path marker = output / OUTPUT_MARKER_NAME;
+  if (fs::is_regular_file(fs::symlink_status(marker, ec))) {
+    std::ifstream in(marker, std::ios::binary);
+    std::string first_line;
+    std::getline(in, first_line);
+    if (first_line.starts_with("shardshift-output "))
+      return {};
+  } else if (fs::is_empty(output, ec) && !ec) {
+    return {};
+  }
+  return Status(Errc::invalid_argument,
+                output.string() + ": exists and is not a previous shardshift output (it has no " +
+                    OUTPUT_MARKER_NAME +
+                    " file), so --force will not replace it; remove it yourself or choose "
+                    "another OUT");
+}
+
+} // namespace
+
+Status check_output(const ConvertOptions& o) {
+  if (!o.pipe_to.empty()) {
+    if (!o.output.empty())
+      return Status(Errc::invalid_argument,
+                    "--pipe-to delivers every file to its command: give no OUT with it");
+    if (!o.only.empty())
+      return Status(Errc::invalid_argument, "--only streams one file to stdout; --pipe-to "
+                                            "delivers every file: use one of them");
+    if (o.format == OutputFormat::tar)
+      return Status(Errc::invalid_argument, "--format tar streams the whole output to stdout; "
+                                            "--pipe-to delivers each file: use one of them");
+    return {};
+  }
+  if (o.format == OutputFormat::tar) {
+    if (!is_stream(o))
+      return Status(Errc::invalid_argument,
+                    "--format tar writes the output as one stream to stdout: give OUT '-'");
+    if (!o.only.empty())
+      return Status(Errc::invalid_argument, "--only streams one file; --format tar streams every "
+                                            "file: use one of them");
+  }
+  if (is_stream(o)) {
+    if (isatty(STDOUT_FILENO))
+      return Status(
+          Errc::invalid_argument,
+          "refusing to write safetensors data to a terminal; pipe it (OUT '-' is stdout)");
+    return {};
+  }
+  if (!o.only.empty())
+    return Status(Errc::invalid_argument, "--only streams one file and needs OUT '-' (stdout)");
+  if (Status s = check_not_input(o); !s.ok())
+    return s;
+
+  // Everything about OUT that would otherwise fail at the final rename fails now, before any
+  // byte is written.
+  std::error_code ec;
+  const fs::path out = fs::absolute(o.output, ec);
+  const std::string name = o.output.string();
+  const fs::file_status st = fs::symlink_status(out, ec);
+  if (fs::is_symlink(st)) {
+    std::error_code link_ec;
+    const fs::path target = fs::read_symlink(out, link_ec);
+    const bool dangling = !fs::exists(fs::status(out, link_ec));
+    // The final rename would replace the link itself, not what it points to.
+    return Status(Errc::invalid_argument,
+                  name + ": is a symbolic link (to '" + target.string() + "'" +
+                      (dangling ? ", which does not exist" : "") +
+                      "); give the real path of the output directory instead");
+  }
+  if (fs::exists(st)) {
+    if (!fs::is_directory(st))
+      return Status(Errc::invalid_argument,
+                    name + ": exists and is not a directory; remove it or choose another OUT");
+    if (!o.force)
+      return Status(Errc::invalid_argument, name + ": already exists; pass --force to replace it");
+    if (Status s = check_replaceable(out); !s.ok())
+      return s;
+  }
+  fs::path parent = out.parent_path();
+  if (!fs::is_directory(parent, ec))
+    return Status(Errc::invalid_argument,
+                  parent.string() + ": the output's parent directory does not exist");
+  // The staging directory and the final rename both need to write the parent.
+  if (access(parent.c_str(), W_OK | X_OK) != 0)
+    return Status(Errc::io, parent.string() + ": cannot create the output in this directory: " +
+                                errno_text(errno));
+  return {};
+}
+
+namespace {
+
+// Side files, copied verbatim as streams (side_files.h); with `sums`, their SHA-256 is added.
+Status copy_side_files(Io& io, const Checkpoint& input, const Plan& plan, const fs::path& dir,
+                       uint64_t chunk, std::vector<std::pair<std::string, std::string>>* sums) {
+  DirectoryTarget target(dir, &io);
+  for (const std::string& name : plan.side_files) {
+    std::string digest;
+    if (Status s = deliver_side_file(target, io, input, name, chunk, sums ? &digest : nullptr);
+        !s.ok())
+      return s;
+    if (sums)
+      sums->emplace_back(name, digest);
+  }
+  return {};
+}
+
+// Marks the finished staging directory as shardshift's and renames it to the output, replacing
+// an old output when forced.
+Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bool force) {
+  // Written last, so only a complete output carries the marker that lets --force replace it.
+  if (Status s = write_file_atomic(io, staging / OUTPUT_MARKER_NAME,
+                                   std::as_bytes(std::span(OUTPUT_MARKER_TEXT)));
+      !s.ok())
+    return s;
+  std::error_code ec;
+  fs::path old;
+  if (force && fs::exists(fs::symlink_status(output, ec))) {
+    // check_output proved this when the run began; the run can take minutes, so again now.
+    if (Status s = check_replaceable(output); !s.ok())
+      return s;
+    old = staging_path(output, "old");
+    if (io.rename(output.c_str(), old.c_str()) != 0)
+      return Status(Errc::io,
+                    output.string() + ": cannot move the old output aside: " + errno_text(errno));
+  }
+  if (io.rename(staging.c_str(), output.c_str()) != 0) {
+    Status s(Errc::io, output.string() +
+                           ": cannot rename the finished output into place: " + errno_text(errno));
+    if (!old.empty())
+      io.rename(old.c_str(), output.c_str());
+    return s;
+  }
+  if (!old.empty())
+    remove_tree(io, old).ignore(); // the new output is in place; a leftover is only clutter
+  return sync_directory(io, fs::absolute(output).parent_path());
+}
+
+} // namespace
+
+// OUT a directory: build it in a staging directory beside it, then side files, the index (the
+// commit point of a sharded checkpoint) and one rename. The staging directory is removed on any
+// failure, so OUT appears whole or not at all.
+Result<UploadResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler) {
+  const fs::path output = fs::absolute(options.output);
+  const fs::path staging = staging_path(output, "tmp");
+  if (io.mkdir(staging.c_str(), 0777) != 0)
+    return Status(Errc::io,
+                  staging.string() + ": cannot create the staging directory: " + errno_text(errno));
+  struct Cleanup {
+    Io& io;
+    fs::path dir;
+    bool armed = true;
+    ~Cleanup() {
+      if (armed)
+        remove_tree(io, dir).ignore(); // the failure being reported matters more
+    }
+  } cleanup{io, staging};
+
+  std::vector<uint32_t> files(plan.files.size());
+  std::iota(files.begin(), files.end(), 0u);
+  DirectoryTarget target(staging);
+  auto moved = run_pipeline(input, plan, files, target, config, profiler);
+  if (!moved)
+    return moved.status();
+  if (options.cancel && options.cancel->load())
+    return Status(Errc::interrupted, "interrupted");
+
+  UploadResult r;
+  r.moved = *moved;
+  auto* sums = config.digests ? &r.checksums : nullptr;
+  if (sums)
+    for (size_t f = 0; f < plan.files.size(); ++f)
+      sums->emplace_back(plan.files[f].name, (*config.digests)[f]);
+  const uint64_t c0 = profiler.now();
+  if (Status s = copy_side_files(io, input, plan, staging, config.chunk_bytes, sums); !s.ok())
+    return s;
+  if (plan.write_index) {
+    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
+    if (!text)
+      return text.status();
+    if (sums)
+      sums->emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(*text))));
+    if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok())
+      return s;
+  }
+  if (sums) {
+    const std::string text = sha256sums_text(*sums);
+    if (Status s = write_file_atomic(io, staging / "SHA256SUMS", std::as_bytes(std::span(text)));
+        !s.ok())
+      return s;
+  }
+  if (Status s = commit_output(io, staging, output, options.force); !s.ok())
+    return s;
+  cleanup.armed = false;
+  profiler.record(Stage::commit, c0, profiler.now(), 0);
+  return r;
+}
+
+} // namespace shardshift

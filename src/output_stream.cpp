@@ -1,0 +1,208 @@
+// output_stream.cpp: a conversion to stdout: one output file (--only), or the whole output as a
+// tar stream (--format tar) whose end-of-archive blocks come only after every entry succeeded.
+#include "shardshift/shard_writer.h"
+
+#include "outputs.h"
+#include "sha256.h"
+#include "side_files.h"
+#include "tar_target.h"
+
+#include <algorithm>
+#include <numeric>
+#include <unistd.h>
+
+namespace shardshift {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Which file of the plan a stream writes: --only NAME, or the single output file.
+Result<std::string> stream_target(const Plan& plan, const std::string& only) {
+  if (!only.empty())
+    return only;
+  if (plan.files.size() == 1)
+    return plan.files[0].name;
+  std::string names;
+  for (auto& f : plan.files)
+    names += (names.empty() ? "" : ", ") + f.name;
+  return Status(Errc::invalid_argument,
+                "the output has " + std::to_string(plan.files.size()) +
+                    " files and OUT '-' streams one: pass --only NAME with one of " + names +
+                    ", model.safetensors.index.json or a side file (sizes: shardshift plan IN "
+                    "--print-size)");
+}
+
+// The N of "model-00002-of-0000N.safetensors", the names the planner gives the shards of a plan
+// of N files; 0 for any other name.
+size_t shard_count_in_name(const std::string& name) {
+  constexpr std::string_view SUFFIX = ".safetensors";
+  const size_t of = name.rfind("-of-");
+  if (of == std::string::npos || !name.ends_with(SUFFIX))
+    return 0;
+  const std::string digits = name.substr(of + 4, name.size() - SUFFIX.size() - of - 4);
+  if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != digits.npos)
+    return 0;
+  return std::stoul(digits);
+}
+
+// --only NAME that the plan does not have. A shard name of another count means the plan it was
+// copied from (`shardshift plan --print-size`) was made with other flags, --max-shard-size most
+// often, and converting with these would not give the file that was asked for.
+Status not_in_plan(const Plan& plan, const std::string& name) {
+  const size_t count = shard_count_in_name(name);
+  const std::string files = std::to_string(plan.files.size()) +
+                            (plan.files.size() == 1 ? " file (" : " files (") +
+                            plan.files.front().name + (plan.files.size() > 1 ? ", ...)" : ")");
+  if (count > 0 && count != plan.files.size())
+    return Status(Errc::invalid_argument,
+                  "--only " + name + ": not in this plan, which has " + files +
+                      "; that name comes from a plan of " + std::to_string(count) +
+                      " files: pass the same --max-shard-size as to `shardshift plan` (and the "
+                      "same --dtype, --exclude, --no-tied-head and --ep-* flags)");
+  return Status(Errc::invalid_argument, "--only " + name + ": not in this plan, which has " +
+                                            files +
+                                            " and no such file (see shardshift plan IN "
+                                            "--print-size with the same flags)");
+}
+
+Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name) {
+  while (!bytes.empty()) {
+    ssize_t n = io.write(fd, bytes.data(), std::min<size_t>(bytes.size(), MAX_IO_CHUNK));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return Status(errno == EPIPE ? Errc::broken_pipe : Errc::io,
+                    name + ": cannot write to stdout: " + errno_text(errno));
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return {};
+}
+
+// Streams the index or a side file (small files) to fd.
+Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& plan,
+                         const std::string& name, uint64_t chunk) {
+  if (name == INDEX_FILE_NAME) {
+    if (!plan.write_index)
+      return Status(Errc::invalid_argument,
+                    "--only " + name + ": this output is a single file and has no index");
+    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
+    if (!text)
+      return text.status();
+    return write_all(io, fd, *text, name);
+  }
+  StreamTarget target(fd);
+  return deliver_side_file(target, io, input, name, chunk, nullptr);
+}
+
+} // namespace
+
+// OUT '-': one output file to stdout, for uploads that never land on local disk. There is nothing
+// to commit: a failure shows as the exit code, and the reader must discard the data.
+Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler, uint64_t* tensors) {
+  auto target = stream_target(plan, options.only);
+  if (!target)
+    return target.status();
+  auto file = std::find_if(plan.files.begin(), plan.files.end(),
+                           [&](const OutputFile& f) { return f.name == *target; });
+  if (file == plan.files.end()) {
+    const bool side =
+        std::find(plan.side_files.begin(), plan.side_files.end(), *target) != plan.side_files.end();
+    if (!side && *target != INDEX_FILE_NAME)
+      return not_in_plan(plan, *target);
+    if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target, config.chunk_bytes);
+        !s.ok())
+      return s;
+    return UploadResult{};
+  }
+  *tensors = file->tensors.size();
+  const uint32_t only[] = {static_cast<uint32_t>(file - plan.files.begin())};
+  StreamTarget stdout_target(STDOUT_FILENO);
+  auto moved = run_pipeline(input, plan, only, stdout_target, config, profiler);
+  if (!moved)
+    return moved.status();
+  UploadResult r;
+  r.moved = *moved;
+  if (config.digests)
+    r.checksums.emplace_back(file->name, (*config.digests)[only[0]]);
+  return r;
+}
+
+namespace {
+
+// The entries of the tar stream, in the order that keeps every prefix of it consistent: the shards
+// (one lane, in plan order), the side files, SHA256SUMS and the index last, then the end blocks.
+Result<UploadResult> tar_entries(TarTarget& target, const ConvertOptions& options,
+                                 const Checkpoint& input, const Plan& plan,
+                                 const PipelineConfig& config, Io& io, Profiler& profiler) {
+  std::vector<uint32_t> files(plan.files.size());
+  std::iota(files.begin(), files.end(), 0u);
+  auto moved = run_pipeline(input, plan, files, target, config, profiler);
+  if (!moved)
+    return moved.status();
+  auto cancelled = [&] { return options.cancel && options.cancel->load(); };
+  if (cancelled())
+    return Status(Errc::interrupted, "interrupted");
+
+  UploadResult r;
+  r.moved = *moved;
+  auto* sums = config.digests ? &r.checksums : nullptr;
+  if (sums)
+    for (size_t f = 0; f < plan.files.size(); ++f)
+      sums->emplace_back(plan.files[f].name, (*config.digests)[f]);
+  auto deliver = [&](const std::string& name, std::string_view bytes) {
+    if (cancelled())
+      return Status(Errc::interrupted, "interrupted");
+    r.moved.output_bytes += bytes.size();
+    return target.deliver(name, bytes);
+  };
+  for (const std::string& name : plan.side_files) {
+    if (cancelled())
+      return Status(Errc::interrupted, "interrupted");
+    std::string digest;
+    if (Status s = deliver_side_file(target, io, input, name, config.chunk_bytes,
+                                     sums ? &digest : nullptr, &r.moved.output_bytes);
+        !s.ok())
+      return s;
+    if (sums)
+      sums->emplace_back(name, digest);
+  }
+  std::string index;
+  if (plan.write_index) {
+    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
+    if (!text)
+      return text.status();
+    index = std::move(*text);
+    if (sums) // SHA256SUMS, which comes first, lists the index too
+      sums->emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(index))));
+  }
+  if (sums)
+    if (Status s = deliver("SHA256SUMS", sha256sums_text(*sums)); !s.ok())
+      return s;
+  if (plan.write_index)
+    if (Status s = deliver(INDEX_FILE_NAME, index); !s.ok())
+      return s;
+  if (cancelled())
+    return Status(Errc::interrupted, "interrupted");
+  if (Status s = target.close(); !s.ok())
+    return s;
+  return r;
+}
+
+} // namespace
+
+// OUT '-' with --format tar: the whole output directory as one tar stream. Only a complete run
+// ends the archive; a failed one ends so that `tar x` fails (tar_target.h says how).
+Result<UploadResult> stream_tar(const ConvertOptions& options, const Checkpoint& input,
+                                const Plan& plan, const PipelineConfig& config, Io& io,
+                                Profiler& profiler) {
+  TarTarget target(io, STDOUT_FILENO);
+  auto entries = tar_entries(target, options, input, plan, config, io, profiler);
+  if (!entries)
+    target.end_incomplete();
+  return entries;
+}
+
+} // namespace shardshift

@@ -1,0 +1,73 @@
+// outputs.h: where a conversion's bytes go, beside the driver (convert.cpp): into a directory
+// (output_dir.cpp: the checks on OUT, the staging directory, side files, SHA256SUMS, the commit)
+// or to stdout (output_stream.cpp: one file, or the whole output as a tar stream). Delivery to
+// commands (--pipe-to) is upload.h.
+// Thread-safety: one conversion at a time per call; CountingIo is thread-safe.
+#pragma once
+
+#include "shardshift/checkpoint.h"
+#include "shardshift/convert.h"
+#include "shardshift/io.h"
+#include "shardshift/plan.h"
+#include "shardshift/profiler.h"
+
+#include "pipeline.h"
+#include "upload.h"
+
+#include <atomic>
+#include <cstdint>
+
+namespace shardshift {
+
+/// OUT '-': the output goes to stdout.
+inline bool is_stream(const ConvertOptions& o) {
+  return o.output == "-";
+}
+
+/// Everything about OUT that can be checked before reading the input: never an input or inside
+/// one, --force only over a previous output, no symlink, a writable parent; the flag combinations
+/// of streams and --pipe-to. Errc::invalid_argument for usage, Errc::io for the filesystem.
+Status check_output(const ConvertOptions& o);
+
+/// OUT a directory: built in a staging directory beside it (shards by the writer lanes, then side
+/// files, SHA256SUMS with --checksums, the index), marked as shardshift's output and renamed into
+/// place; removed on any failure, so OUT appears whole or not at all.
+Result<UploadResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler);
+
+/// OUT '-': the one file --only names (a shard, the index or a side file; or the only file).
+/// `*tensors` is set to the number of tensors streamed.
+Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler, uint64_t* tensors);
+
+/// OUT '-' with --format tar: the whole output as one POSIX tar stream (tar_target.h).
+Result<UploadResult> stream_tar(const ConvertOptions& options, const Checkpoint& input,
+                                const Plan& plan, const PipelineConfig& config, Io& io,
+                                Profiler& profiler);
+
+// Counts the bytes that reach one descriptor (stdout), so that a stream cut short can say how much
+// of it went out: a reader must discard all of it, and knowing how far it got tells which.
+class CountingIo final : public ForwardingIo {
+public:
+  CountingIo(Io& base, int fd) : ForwardingIo(base), fd_(fd) {}
+  ssize_t write(int fd, const void* buf, size_t count) override {
+    return counted(fd, ForwardingIo::write(fd, buf, count));
+  }
+  ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override {
+    return counted(fd_out, ForwardingIo::splice(fd_in, off_in, fd_out, off_out, len));
+  }
+  uint64_t count() const { return count_.load(); }
+
+private:
+  ssize_t counted(int fd, ssize_t n) {
+    if (fd == fd_ && n > 0)
+      count_ += static_cast<uint64_t>(n);
+    return n;
+  }
+  int fd_;
+  std::atomic<uint64_t> count_{0};
+};
+
+} // namespace shardshift
