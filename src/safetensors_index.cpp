@@ -18,121 +18,131 @@ namespace shardshift {
 namespace {
 
 // Every problem goes to `problems`; returns false when there was any (the index cannot be used).
-bool read_index(std::string_view path, std::string_view text, Index& index, ProblemList& problems) {
-  auto fail = [&](std::string what) {
-    problems.add(Errc::format, std::string(path), {}, std::move(what));
+// Reads one index document into an Index, recording every problem with its content (a malformed
+// JSON text stops the walk; a wrong value is recorded and the walk goes on, so all are reported).
+class IndexReader {
+public:
+  IndexReader(std::string_view path, Index& index, ProblemList& problems)
+      : path_(path), index_(index), problems_(problems) {}
+
+  bool read(std::string_view text) {
+    if (auto bad = json::precheck(text); bad != json::Precheck::ok)
+      return fail("index " + std::string(json::describe(bad)));
+    // simdjson reads up to SIMDJSON_PADDING bytes past its input, so it gets a padded copy.
+    const simdjson::padded_string json(text);
+    simdjson::ondemand::parser parser;
+    simdjson::ondemand::document doc;
+    if (auto ec = parser.iterate(json).get(doc))
+      return json_error(ec);
+    json_type type;
+    if (auto ec = doc.type().get(type))
+      return json_error(ec);
+    if (type != json_type::object)
+      return fail("index must be one JSON object, found " + std::string(json::type_name(type)));
+    simdjson::ondemand::object root;
+    if (auto ec = doc.get_object().get(root))
+      return json_error(ec);
+    if (auto ec = json::for_each_field(root, [&](const std::string& key, value_t value, bool dup) {
+          return top_level(key, value, dup);
+        }))
+      return json_error(ec);
+    if (!json::at_end(doc))
+      return fail("index has content after its JSON object (exactly one object is allowed)");
+    if (!have_weight_map_)
+      return fail("index has no 'weight_map' object");
+    std::sort(index_.metadata.begin(), index_.metadata.end());
+    return usable_;
+  }
+
+private:
+  using json_type = simdjson::ondemand::json_type;
+  using value_t = simdjson::ondemand::value;
+
+  bool fail(std::string what) {
+    problems_.add(Errc::format, std::string(path_), {}, std::move(what));
     return false;
-  };
-  auto json_error = [&](simdjson::error_code ec) {
+  }
+  bool json_error(simdjson::error_code ec) {
     return fail(std::string("index is not valid JSON: ") + simdjson::error_message(ec));
-  };
-  if (auto bad = json::precheck(text); bad != json::Precheck::ok)
-    return fail("index " + std::string(json::describe(bad)));
+  }
+  // A problem with the content: recorded, the index is unusable, the walk goes on.
+  simdjson::error_code problem(std::string what) {
+    fail(std::move(what));
+    usable_ = false;
+    return simdjson::SUCCESS;
+  }
 
-  using simdjson::ondemand::json_type;
-  // simdjson reads up to SIMDJSON_PADDING bytes past its input, so it gets a padded copy.
-  const simdjson::padded_string json(text);
-  simdjson::ondemand::parser parser;
-  simdjson::ondemand::document doc;
-  if (auto ec = parser.iterate(json).get(doc))
-    return json_error(ec);
-  json_type type;
-  if (auto ec = doc.type().get(type))
-    return json_error(ec);
-  if (type != json_type::object)
-    return fail("index must be one JSON object, found " + std::string(json::type_name(type)));
-  simdjson::ondemand::object root;
-  if (auto ec = doc.get_object().get(root))
-    return json_error(ec);
+  simdjson::error_code top_level(const std::string& key, value_t value, bool duplicate) {
+    if (duplicate)
+      return problem("duplicate key '" + printable(key) + "'");
+    json_type type;
+    if (auto ec = value.type().get(type))
+      return ec;
+    if (key != "weight_map" && key != "metadata") {
+      // Other top-level keys are not ours to interpret, but they must still be valid JSON.
+      std::string ignored;
+      std::vector<std::string> nested;
+      if (auto ec = json::visit_compact(value, ignored, nested))
+        return ec;
+      // Appended rather than `"'" + ...`, on which GCC 12 warns falsely (-Wrestrict).
+      for (const auto& n : nested)
+        problem(std::string("'").append(printable(key)).append("': ").append(n));
+      return simdjson::SUCCESS;
+    }
+    if (type != json_type::object)
+      return problem("'" + key + "' must be an object, found " +
+                     std::string(json::type_name(type)));
+    simdjson::ondemand::object object;
+    if (auto ec = value.get_object().get(object))
+      return ec;
+    if (auto ec = json::for_each_field(object, [&](std::string& name, value_t v, bool dup) {
+          return entry(key, name, v, dup);
+        }))
+      return ec;
+    have_weight_map_ |= key == "weight_map";
+    return simdjson::SUCCESS;
+  }
 
-  // Every callback below returns a simdjson error only for malformed JSON; a problem with the
-  // index's content is recorded and the walk goes on, so that all of them are reported.
-  bool have_weight_map = false, usable = true;
-  auto ec = json::for_each_field(
-      root, [&](const std::string& key, simdjson::ondemand::value value, bool duplicate) {
-        if (duplicate) {
-          fail("duplicate key '" + printable(key) + "'");
-          usable = false;
-          return simdjson::SUCCESS;
-        }
-        json_type vtype;
-        if (auto ec = value.type().get(vtype))
-          return ec;
+  // One entry of weight_map (tensor -> shard file name) or metadata (name -> value as text).
+  simdjson::error_code entry(const std::string& section, std::string& name, value_t v,
+                             bool duplicate) {
+    if (duplicate)
+      return problem(section + ": duplicate key '" + printable(name) + "'");
+    json_type type;
+    if (auto ec = v.type().get(type))
+      return ec;
+    const bool weights = section == "weight_map";
+    std::string stored;
+    if (type == json_type::string) {
+      std::string_view text;
+      if (auto ec = v.get_string().get(text))
+        return ec;
+      stored = std::string(text);
+    } else if (weights) {
+      return problem("weight_map: tensor '" + printable(name) +
+                     "': the shard file name must be a string, found " +
+                     std::string(json::type_name(type)));
+    } else {
+      // Metadata values other than strings (total_size is a number) are kept as JSON text.
+      std::vector<std::string> nested;
+      if (auto ec = json::visit_compact(v, stored, nested))
+        return ec;
+      for (const auto& n : nested)
+        problem("metadata: '" + printable(name) + "': " + n);
+    }
+    (weights ? index_.weight_map : index_.metadata)
+        .emplace_back(std::move(name), std::move(stored));
+    return simdjson::SUCCESS;
+  }
 
-        if (key == "weight_map" || key == "metadata") {
-          if (vtype != json_type::object) {
-            fail("'" + key + "' must be an object, found " + std::string(json::type_name(vtype)));
-            usable = false;
-            return simdjson::SUCCESS;
-          }
-          simdjson::ondemand::object object;
-          if (auto ec = value.get_object().get(object))
-            return ec;
-          auto entries_ec = json::for_each_field(
-              object, [&](std::string& name, simdjson::ondemand::value v, bool duplicate) {
-                if (duplicate) {
-                  fail(key + ": duplicate key '" + printable(name) + "'");
-                  usable = false;
-                  return simdjson::SUCCESS;
-                }
-                json_type etype;
-                if (auto ec = v.type().get(etype))
-                  return ec;
-                std::string stored;
-                if (etype == json_type::string) {
-                  std::string_view s;
-                  if (auto ec = v.get_string().get(s))
-                    return ec;
-                  stored = std::string(s);
-                } else if (key == "weight_map") {
-                  fail("weight_map: tensor '" + printable(name) +
-                       "': the shard file name must be a string, found " +
-                       std::string(json::type_name(etype)));
-                  usable = false;
-                  return simdjson::SUCCESS;
-                } else {
-                  // Metadata values other than strings (total_size is a number) are kept as JSON
-                  // text.
-                  std::vector<std::string> nested;
-                  if (auto ec = json::visit_compact(v, stored, nested))
-                    return ec;
-                  for (const auto& n : nested)
-                    fail("metadata: '" + printable(name) + "': " + n);
-                  if (!nested.empty())
-                    usable = false;
-                }
-                if (key == "weight_map")
-                  index.weight_map.emplace_back(std::move(name), std::move(stored));
-                else
-                  index.metadata.emplace_back(std::move(name), std::move(stored));
-                return simdjson::SUCCESS;
-              });
-          if (entries_ec)
-            return entries_ec;
-          if (key == "weight_map")
-            have_weight_map = true;
-        } else {
-          // Other top-level keys are not ours to interpret, but they must still be valid JSON.
-          std::string ignored;
-          std::vector<std::string> nested;
-          if (auto ec = json::visit_compact(value, ignored, nested))
-            return ec;
-          // Appended rather than `"'" + ...`, on which GCC 12 warns falsely (-Wrestrict).
-          for (const auto& n : nested)
-            fail(std::string("'").append(printable(key)).append("': ").append(n));
-          if (!nested.empty())
-            usable = false;
-        }
-        return simdjson::SUCCESS;
-      });
-  if (ec)
-    return json_error(ec);
-  if (!json::at_end(doc))
-    return fail("index has content after its JSON object (exactly one object is allowed)");
-  if (!have_weight_map)
-    return fail("index has no 'weight_map' object");
-  std::sort(index.metadata.begin(), index.metadata.end());
-  return usable;
+  std::string_view path_;
+  Index& index_;
+  ProblemList& problems_;
+  bool have_weight_map_ = false, usable_ = true;
+};
+
+bool read_index(std::string_view path, std::string_view text, Index& index, ProblemList& problems) {
+  return IndexReader(path, index, problems).read(text);
 }
 
 } // namespace
