@@ -6,8 +6,6 @@
 #include "sha256.h"
 #include "side_files.h"
 
-#include <fstream>
-#include <iterator>
 #include <numeric>
 
 namespace shardshift {
