@@ -175,21 +175,6 @@ Status check_output(const ConvertOptions& o) {
 
 namespace {
 
-// Side files, copied verbatim as streams (side_files.h); with `sums`, their SHA-256 is added.
-Status copy_side_files(Io& io, const Checkpoint& input, const Plan& plan, const fs::path& dir,
-                       uint64_t chunk, std::vector<std::pair<std::string, std::string>>* sums) {
-  DirectoryTarget target(dir, &io);
-  for (const std::string& name : plan.side_files) {
-    std::string digest;
-    if (Status s = deliver_side_file(target, io, input, name, chunk, sums ? &digest : nullptr);
-        !s.ok())
-      return s;
-    if (sums)
-      sums->emplace_back(name, digest);
-  }
-  return {};
-}
-
 // Marks the finished staging directory as shardshift's and renames it to the output, replacing
 // an old output when forced.
 Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bool force) {
@@ -255,28 +240,16 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
 
   UploadResult r;
   r.moved = *moved;
-  auto* sums = config.digests ? &r.checksums : nullptr;
-  if (sums)
-    for (size_t f = 0; f < plan.files.size(); ++f)
-      sums->emplace_back(plan.files[f].name, (*config.digests)[f]);
   const uint64_t c0 = profiler.now();
-  if (Status s = copy_side_files(io, input, plan, staging, config.chunk_bytes, sums); !s.ok())
+  DirectoryTarget side_target(staging, &io);
+  if (Status s = deliver_after_shards(
+          side_target, io, input, plan, config.chunk_bytes, config.digests, options.cancel,
+          [&](const std::string& name, std::string_view bytes) {
+            return write_file_atomic(io, staging / name, std::as_bytes(std::span(bytes)));
+          },
+          &r.checksums, nullptr);
+      !s.ok())
     return s;
-  if (plan.write_index) {
-    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
-    if (!text)
-      return text.status();
-    if (sums)
-      sums->emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(*text))));
-    if (Status s = write_index(io, staging, plan.total_tensor_bytes, plan.weight_map); !s.ok())
-      return s;
-  }
-  if (sums) {
-    const std::string text = sha256sums_text(*sums);
-    if (Status s = write_file_atomic(io, staging / "SHA256SUMS", std::as_bytes(std::span(text)));
-        !s.ok())
-      return s;
-  }
   if (Status s = commit_output(io, staging, output, options.force); !s.ok())
     return s;
   cleanup.armed = false;

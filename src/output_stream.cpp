@@ -148,42 +148,14 @@ Result<UploadResult> tar_entries(TarTarget& target, const ConvertOptions& option
 
   UploadResult r;
   r.moved = *moved;
-  auto* sums = config.digests ? &r.checksums : nullptr;
-  if (sums)
-    for (size_t f = 0; f < plan.files.size(); ++f)
-      sums->emplace_back(plan.files[f].name, (*config.digests)[f]);
-  auto deliver = [&](const std::string& name, std::string_view bytes) {
-    if (cancelled())
-      return Status(Errc::interrupted, "interrupted");
-    r.moved.output_bytes += bytes.size();
-    return target.deliver(name, bytes);
-  };
-  for (const std::string& name : plan.side_files) {
-    if (cancelled())
-      return Status(Errc::interrupted, "interrupted");
-    std::string digest;
-    if (Status s = deliver_side_file(target, io, input, name, config.chunk_bytes,
-                                     sums ? &digest : nullptr, &r.moved.output_bytes);
-        !s.ok())
-      return s;
-    if (sums)
-      sums->emplace_back(name, digest);
-  }
-  std::string index;
-  if (plan.write_index) {
-    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
-    if (!text)
-      return text.status();
-    index = std::move(*text);
-    if (sums) // SHA256SUMS, which comes first, lists the index too
-      sums->emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(index))));
-  }
-  if (sums)
-    if (Status s = deliver("SHA256SUMS", sha256sums_text(*sums)); !s.ok())
-      return s;
-  if (plan.write_index)
-    if (Status s = deliver(INDEX_FILE_NAME, index); !s.ok())
-      return s;
+  if (Status s = deliver_after_shards(
+          target, io, input, plan, config.chunk_bytes, config.digests, options.cancel,
+          [&](const std::string& name, std::string_view bytes) {
+            return target.deliver(name, bytes);
+          },
+          &r.checksums, &r.moved.output_bytes);
+      !s.ok())
+    return s;
   if (cancelled())
     return Status(Errc::interrupted, "interrupted");
   if (Status s = target.close(); !s.ok())

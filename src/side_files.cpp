@@ -54,4 +54,49 @@ Status deliver_side_file(OutputTarget& target, Io& io, const Checkpoint& input,
   return {};
 }
 
+Status deliver_after_shards(
+    OutputTarget& target, Io& io, const Checkpoint& input, const Plan& plan, uint64_t chunk,
+    const std::vector<std::string>* shard_digests, const std::atomic<bool>* cancel,
+    const std::function<Status(const std::string& name, std::string_view bytes)>& deliver_small,
+    std::vector<std::pair<std::string, std::string>>* sums, uint64_t* written) {
+  auto cancelled = [&] { return cancel && cancel->load(); };
+  if (shard_digests)
+    for (size_t f = 0; f < plan.files.size(); ++f)
+      sums->emplace_back(plan.files[f].name, (*shard_digests)[f]);
+  for (const std::string& name : plan.side_files) {
+    if (cancelled())
+      return Status(Errc::interrupted, "interrupted");
+    std::string digest;
+    if (Status s = deliver_side_file(target, io, input, name, chunk,
+                                     shard_digests ? &digest : nullptr, written);
+        !s.ok())
+      return s;
+    if (shard_digests)
+      sums->emplace_back(name, digest);
+  }
+  std::vector<std::pair<std::string, std::string>> small;
+  std::string index;
+  if (plan.write_index) {
+    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
+    if (!text)
+      return text.status();
+    index = std::move(*text);
+    if (shard_digests) // SHA256SUMS, which comes before it, lists the index too
+      sums->emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(index))));
+  }
+  if (shard_digests)
+    small.emplace_back("SHA256SUMS", sha256sums_text(*sums));
+  if (plan.write_index)
+    small.emplace_back(INDEX_FILE_NAME, std::move(index));
+  for (const auto& [name, bytes] : small) {
+    if (cancelled())
+      return Status(Errc::interrupted, "interrupted");
+    if (Status s = deliver_small(name, bytes); !s.ok())
+      return s;
+    if (written)
+      *written += bytes.size();
+  }
+  return {};
+}
+
 } // namespace shardshift

@@ -8,11 +8,17 @@
 
 #include "shardshift/checkpoint.h"
 #include "shardshift/io.h"
+#include "shardshift/plan.h"
 
 #include "write_stage.h"
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 namespace shardshift {
 
@@ -22,5 +28,16 @@ namespace shardshift {
 Status deliver_side_file(OutputTarget& target, Io& io, const Checkpoint& input,
                          const std::string& name, uint64_t chunk, std::string* digest,
                          uint64_t* written = nullptr);
+
+/// What follows the shards of every output kind, in the order that keeps each prefix of the
+/// output consistent: the side files (streamed through `target`), then SHA256SUMS (when
+/// `shard_digests` is given: one digest per plan file, the side files' and the index's added) and
+/// the index last, both handed to `deliver_small` as text. `sums` receives every file's digest;
+/// `written` counts the bytes delivered. Stops with Errc::interrupted when `cancel` is set.
+Status deliver_after_shards(
+    OutputTarget& target, Io& io, const Checkpoint& input, const Plan& plan, uint64_t chunk,
+    const std::vector<std::string>* shard_digests, const std::atomic<bool>* cancel,
+    const std::function<Status(const std::string& name, std::string_view bytes)>& deliver_small,
+    std::vector<std::pair<std::string, std::string>>* sums, uint64_t* written);
 
 } // namespace shardshift

@@ -3,7 +3,6 @@
 #include "upload.h"
 
 #include "process_target.h"
-#include "sha256.h"
 #include "side_files.h"
 
 #include <numeric>
@@ -11,45 +10,6 @@
 namespace shardshift {
 
 namespace {
-
-// After the shards: the side files (streamed), SHA256SUMS, then the index, which commits.
-Status deliver_the_rest(ProcessTarget& target, const Checkpoint& input, const Plan& plan,
-                        const PipelineConfig& config, Io& io, UploadResult& r) {
-  auto cancelled = [&] { return config.cancel && config.cancel->load(); };
-  for (const std::string& name : plan.side_files) {
-    if (cancelled())
-      return Status(Errc::interrupted, "interrupted");
-    std::string digest;
-    if (Status s = deliver_side_file(target, io, input, name, config.chunk_bytes,
-                                     config.digests ? &digest : nullptr, &r.moved.output_bytes);
-        !s.ok())
-      return s;
-    if (config.digests)
-      r.checksums.emplace_back(name, digest);
-  }
-  std::vector<std::pair<std::string, std::string>> small;
-  std::string index;
-  if (plan.write_index) {
-    auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
-    if (!text)
-      return text.status();
-    index = std::move(*text);
-    if (config.digests) // SHA256SUMS, which comes first, lists the index too
-      r.checksums.emplace_back(INDEX_FILE_NAME, sha256_hex(std::as_bytes(std::span(index))));
-  }
-  if (config.digests)
-    small.emplace_back("SHA256SUMS", sha256sums_text(r.checksums));
-  if (plan.write_index)
-    small.emplace_back(INDEX_FILE_NAME, std::move(index));
-  for (const auto& [name, bytes] : small) {
-    if (cancelled())
-      return Status(Errc::interrupted, "interrupted");
-    if (Status s = target.deliver(name, bytes, io); !s.ok())
-      return s;
-    r.moved.output_bytes += bytes.size();
-  }
-  return {};
-}
 
 // One line per file, for the error that ends a failed upload.
 Status failure_report(const Status& first, const std::vector<FileDelivery>& files) {
@@ -92,10 +52,12 @@ Result<UploadResult> upload_outputs(const std::string& command, const Checkpoint
   Status first = moved.ok() ? Status() : moved.status();
   if (first.ok()) {
     r.moved = *moved;
-    if (config.digests)
-      for (size_t f = 0; f < plan.files.size(); ++f)
-        r.checksums.emplace_back(plan.files[f].name, (*config.digests)[f]);
-    first = deliver_the_rest(target, input, plan, config, io, r);
+    first = deliver_after_shards(
+        target, io, input, plan, config.chunk_bytes, config.digests, config.cancel,
+        [&](const std::string& name, std::string_view bytes) {
+          return target.deliver(name, bytes, io);
+        },
+        &r.checksums, &r.moved.output_bytes);
   }
 
   for (const OutputFile& f : plan.files)
