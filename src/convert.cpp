@@ -189,7 +189,11 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   if (!engine)
     return engine.status();
 
-  // 3. Move the bytes: into OUT, one file to stdout, or every file into its own command.
+  // 3. Move the bytes: into OUT, one file to stdout, or every file into its own command. A
+  // directory output first clears what killed runs into the same OUT left behind.
+  if (options.pipe_to.empty() && !is_stream(options))
+    if (auto notes = remove_stale_staging(io, options.output); !notes.empty() && callbacks.warnings)
+      callbacks.warnings(notes);
   std::vector<std::string> digests(plan.files.size());
   if (options.checksums)
     engine->config.digests = &digests;

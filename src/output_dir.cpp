@@ -7,9 +7,14 @@
 #include "sha256.h"
 #include "side_files.h"
 
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <sys/file.h>
 #include <unistd.h>
 
 namespace shardshift {
@@ -208,6 +213,43 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
 
 } // namespace
 
+std::vector<std::string> remove_stale_staging(Io& io, const fs::path& out) {
+  const fs::path output = fs::absolute(out);
+  // Only "-tmp-" staging: an "-old-" directory holds a previous output that --force moved aside,
+  // which is the user's to recover, not ours to delete.
+  const std::string prefix = "." + output.filename().string() + ".shardshift-tmp-";
+  std::vector<std::string> notes;
+  std::error_code ec;
+  for (fs::directory_iterator it(output.parent_path(), ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.starts_with(prefix) || !it->is_directory(ec) || it->is_symlink(ec))
+      continue;
+    // ".OUT.shardshift-tmp-PID-N": a run whose process is gone and whose lock is free.
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH))
+      continue;
+    const int fd = ::open(it->path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+      continue;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      uint64_t bytes = 0;
+      for (fs::recursive_directory_iterator f(it->path(), ec), fend; !ec && f != fend;
+           f.increment(ec))
+        if (f->is_regular_file(ec))
+          bytes += f->file_size(ec);
+      if (remove_tree(io, it->path()).ok())
+        notes.push_back(it->path().string() +
+                        ": removed the staging directory of an earlier run "
+                        "that did not finish (process " +
+                        std::to_string(pid) + " is gone); " + std::to_string(bytes) +
+                        " bytes freed");
+    }
+    ::close(fd);
+  }
+  return notes;
+}
+
 // OUT a directory: build it in a staging directory beside it, then side files, the index (the
 // commit point of a sharded checkpoint) and one rename. The staging directory is removed on any
 // failure, so OUT appears whole or not at all.
@@ -219,15 +261,24 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
   if (io.mkdir(staging.c_str(), 0777) != 0)
     return Status(Errc::io,
                   staging.string() + ": cannot create the staging directory: " + errno_text(errno));
+  // The staging directory is locked for as long as this run may write into it, so a later run
+  // can tell it from the leftover of a run that was killed (remove_stale_staging).
   struct Cleanup {
     Io& io;
     fs::path dir;
+    int lock = -1;
     bool armed = true;
     ~Cleanup() {
       if (armed)
         remove_tree(io, dir).ignore(); // the failure being reported matters more
+      if (lock >= 0)
+        ::close(lock);
     }
   } cleanup{io, staging};
+  cleanup.lock = ::open(staging.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cleanup.lock < 0 || flock(cleanup.lock, LOCK_EX | LOCK_NB) != 0)
+    return Status(Errc::io,
+                  staging.string() + ": cannot lock the staging directory: " + errno_text(errno));
 
   std::vector<uint32_t> files(plan.files.size());
   std::iota(files.begin(), files.end(), 0u);

@@ -16,6 +16,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace shardshift {
 
@@ -28,6 +30,11 @@ inline bool is_stream(const ConvertOptions& o) {
 /// one, --force only over a previous output, no symlink, a writable parent; the flag combinations
 /// of streams and --pipe-to. Errc::invalid_argument for usage, Errc::io for the filesystem.
 Status check_output(const ConvertOptions& o);
+
+/// Removes what runs into the same OUT left behind when they were killed: staging directories
+/// (".OUT.shardshift-tmp-PID-N") whose process is gone and whose lock is free. Returns one note per
+/// directory removed, with the bytes freed, for the user.
+std::vector<std::string> remove_stale_staging(Io& io, const std::filesystem::path& output);
 
 /// OUT a directory: built in a staging directory beside it (shards by the writer lanes, then side
 /// files, SHA256SUMS with --checksums, the index), marked as shardshift's output and renamed into

@@ -1,0 +1,63 @@
+// stale_staging_test.cpp: a run killed with kill -9 leaves its staging directory behind; the next
+// run into the same OUT removes it (its process is gone and its lock is free) and says how much
+// it freed. A staging directory whose process lives, or whose lock is held, is left alone.
+#include "convert_harness.h"
+
+#include <csignal>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+namespace shardshift::testing {
+namespace {
+
+// A pid no process has now (so the staging directory that names it is stale).
+pid_t dead_pid() {
+  for (pid_t p = 4'000'000; p > 300'000; p -= 7919)
+    if (::kill(p, 0) != 0 && errno == ESRCH)
+      return p;
+  return 0;
+}
+
+TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
+  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 2, 4, 64, 24), 1,
+                              "diffusion_gemma");
+  const pid_t dead = dead_pid();
+  ASSERT_NE(dead, 0);
+  const auto stale = tmp / (".out.shardshift-tmp-" + std::to_string(dead) + "-42");
+  std::filesystem::create_directory(stale);
+  write_bytes(stale / "model-00001-of-00002.safetensors", std::string(5000, 'x'));
+  // A staging directory of a live process (this one), and one whose lock is held: both stay.
+  const auto live = tmp / (".out.shardshift-tmp-" + std::to_string(::getpid()) + "-7");
+  std::filesystem::create_directory(live);
+  const auto locked = tmp / (".out.shardshift-tmp-" + std::to_string(dead_pid() - 1) + "-9");
+  std::filesystem::create_directory(locked);
+  const int lock = ::open(locked.c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_EQ(::flock(lock, LOCK_EX), 0);
+  // Something else's hidden directory with a similar name stays too.
+  std::filesystem::create_directory(tmp / ".other.shardshift-tmp-1-1");
+
+  std::vector<std::string> warnings;
+  ConvertOptions o;
+  o.input = tmp / "hf";
+  o.output = tmp / "out";
+  o.device = "cpu";
+  ConvertCallbacks cb;
+  cb.warnings = [&](const std::vector<std::string>& w) {
+    warnings.insert(warnings.end(), w.begin(), w.end());
+  };
+  auto r = convert(o, cb);
+  ::close(lock);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_FALSE(std::filesystem::exists(stale));
+  EXPECT_TRUE(std::filesystem::exists(live));
+  EXPECT_TRUE(std::filesystem::exists(locked));
+  EXPECT_TRUE(std::filesystem::exists(tmp / ".other.shardshift-tmp-1-1"));
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("removed the staging directory of an earlier run"), std::string::npos)
+      << warnings[0];
+  EXPECT_NE(warnings[0].find("5000 bytes freed"), std::string::npos) << warnings[0];
+}
+
+} // namespace
+} // namespace shardshift::testing
