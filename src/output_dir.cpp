@@ -14,6 +14,7 @@
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <regex>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -253,11 +254,47 @@ std::vector<std::string> remove_stale_staging(Io& io, const fs::path& out) {
 // OUT a directory: build it in a staging directory beside it, then side files, the index (the
 // commit point of a sharded checkpoint) and one rename. The staging directory is removed on any
 // failure, so OUT appears whole or not at all.
+namespace {
+
+// A message about a file being built names where the user will look for it: OUT/name, not the
+// hidden staging directory or the file's temporary name inside it.
+Status name_final_paths(const Status& s, const fs::path& staging, const fs::path& output) {
+  if (s.ok())
+    return s;
+  std::string m = s.message();
+  for (size_t at = m.find(staging.string()); at != std::string::npos;
+       at = m.find(staging.string(), at))
+    m.replace(at, staging.string().size(), output.string());
+  // ".model-00001-of-00002.safetensors.shardshift-tmp-PID-RANDOM" -> the file's own name.
+  static const std::regex TEMP_NAME(R"(/\.([^/]+?)\.shardshift-tmp-[0-9a-f-]+)");
+  m = std::regex_replace(m, TEMP_NAME, "/$1");
+  return Status(s.code(), m);
+}
+
+Result<UploadResult> build_directory(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler, const fs::path& output,
+                                     const fs::path& staging);
+
+} // namespace
+
 Result<UploadResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
                                      const Plan& plan, const PipelineConfig& config, Io& io,
                                      Profiler& profiler) {
   const fs::path output = fs::absolute(options.output);
   const fs::path staging = staging_path(output, "tmp");
+  auto built = build_directory(options, input, plan, config, io, profiler, output, staging);
+  if (!built)
+    return name_final_paths(built.status(), staging, output);
+  return built;
+}
+
+namespace {
+
+Result<UploadResult> build_directory(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler, const fs::path& output,
+                                     const fs::path& staging) {
   if (io.mkdir(staging.c_str(), 0777) != 0)
     return Status(Errc::io,
                   staging.string() + ": cannot create the staging directory: " + errno_text(errno));
@@ -307,5 +344,7 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
   profiler.record(Stage::commit, c0, profiler.now(), 0);
   return r;
 }
+
+} // namespace
 
 } // namespace shardshift

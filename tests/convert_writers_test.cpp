@@ -91,6 +91,12 @@ TEST_F(ConvertTest, AFailingLaneStopsEveryLaneAndLeavesNothing) {
                }));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Errc::io);
+  // The message names the file where the user will look for it, not the hidden staging path.
+  EXPECT_EQ(r.status().message().find(".shardshift-tmp"), std::string::npos)
+      << r.status().message();
+  EXPECT_NE(r.status().message().find((tmp / "parent" / "out" / victim).string()),
+            std::string::npos)
+      << r.status().message();
   EXPECT_NE(r.status().message().find(victim), std::string::npos) << r.status().message();
   EXPECT_TRUE(list_dir(tmp / "parent").empty()) << "staging or output left behind";
 }
