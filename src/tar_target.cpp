@@ -49,7 +49,8 @@ bool split_ustar_name(std::string_view name, std::string_view* prefix, std::stri
 // numbers 0.
 std::string ustar_block(std::string_view prefix, std::string_view name, uint64_t size, char type) {
   std::array<char, BLOCK> b{};
-  std::memcpy(&b[0], name.data(), std::min(name.size(), NAME_LEN));
+  if (!name.empty())
+    std::memcpy(&b[0], name.data(), std::min(name.size(), NAME_LEN));
   put_octal(&b[100], 8, type == '5' ? 0755 : 0644);
   put_octal(&b[108], 8, 0);                                  // uid
   put_octal(&b[116], 8, 0);                                  // gid
@@ -60,7 +61,8 @@ std::string ustar_block(std::string_view prefix, std::string_view name, uint64_t
   std::memcpy(&b[263], "00", 2);
   put_octal(&b[329], 8, 0); // devmajor
   put_octal(&b[337], 8, 0); // devminor
-  std::memcpy(&b[345], prefix.data(), std::min(prefix.size(), PREFIX_LEN));
+  if (!prefix.empty()) // an empty view may have no data pointer, which memcpy must not get
+    std::memcpy(&b[345], prefix.data(), std::min(prefix.size(), PREFIX_LEN));
   // The checksum is the sum of the block's bytes with its own field read as eight spaces.
   std::memset(&b[148], ' ', 8);
   unsigned sum = 0;
