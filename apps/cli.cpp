@@ -1,5 +1,7 @@
 #include "cli.h"
 
+#include "shardshift/convert.h"
+
 #include <algorithm>
 #include <cctype>
 #include <iostream>
@@ -192,16 +194,8 @@ bool stdout_ok(const std::string& command) {
 }
 
 std::string check_device(std::string_view device) {
-  if (device == "auto" || device == "cpu" || device == "cuda")
-    return {};
-  if (device.starts_with("cuda:")) {
-    std::string_view number = device.substr(5);
-    if (!number.empty() && number.size() <= 9 &&
-        std::all_of(number.begin(), number.end(), [](char c) { return c >= '0' && c <= '9'; }))
-      return {};
-  }
-  return "--device '" + std::string(device) +
-         "': use auto, cpu, cuda or cuda:N, where N is a GPU number (0, 1, ...)";
+  auto parsed = parse_device(device);
+  return parsed ? std::string() : parsed.status().message();
 }
 
 } // namespace shardshift::app

@@ -80,8 +80,8 @@ std::string wrap_text(std::string_view text, unsigned indent, unsigned width = H
 /// false.
 bool stdout_ok(const std::string& command);
 
-/// Checks a --device value strictly: auto, cpu, cuda or cuda:N where N is only digits (at most
-/// 9 of them). Returns an empty string when valid, else the reason.
+/// Checks a --device value with the library's parse_device, before any work, so that a bad value
+/// is a usage error. Returns an empty string when valid, else the reason.
 std::string check_device(std::string_view device);
 
 } // namespace shardshift::app

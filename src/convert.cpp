@@ -40,19 +40,10 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
   *description = std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
   if (device == "cpu")
     return std::unique_ptr<CudaTransformer>();
-  int ordinal = 0;
-  if (device.starts_with("cuda:")) {
-    // Digits only: "cuda:x" or "cuda:1a" is a usage error, not GPU 0 or 1.
-    const std::string digits = device.substr(5);
-    if (digits.empty() || digits.size() > 4 ||
-        digits.find_first_not_of("0123456789") != std::string::npos)
-      return Status(Errc::invalid_argument,
-                    "--device '" + device + "': use auto, cpu, cuda or cuda:N (N a GPU number)");
-    ordinal = std::stoi(digits);
-  } else if (device != "cuda" && device != "auto") {
-    return Status(Errc::invalid_argument,
-                  "--device '" + device + "': use auto, cpu, cuda or cuda:N");
-  }
+  auto parsed = parse_device(device);
+  if (!parsed)
+    return parsed.status();
+  const int ordinal = std::max(0, *parsed);
   // auto: the GPU only where it was measured to make a conversion faster (docs/PERFORMANCE.md,
   // "GPU or CPU"). Its stage costs a pipeline thread a copy of each chunk into pinned memory plus
   // the wait for the transfers, which is more than the AVX2/AVX-512 kernel costs once there are
@@ -147,6 +138,21 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
 
 } // namespace
 
+Result<int> parse_device(std::string_view device) {
+  if (device == "auto" || device == "cpu")
+    return -1;
+  if (device == "cuda")
+    return 0;
+  // Digits only: "cuda:x" or "cuda:1a" is a usage error, not GPU 0 or 1.
+  const std::string_view digits = device.starts_with("cuda:") ? device.substr(5) : "";
+  if (digits.empty() || digits.size() > 9 ||
+      digits.find_first_not_of("0123456789") != std::string_view::npos)
+    return Status(Errc::invalid_argument,
+                  "--device '" + std::string(device) +
+                      "': use auto, cpu, cuda or cuda:N, where N is a GPU number (0, 1, ...)");
+  return std::stoi(std::string(digits));
+}
+
 Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
   auto checkpoint = Checkpoint::open(input);
   if (!checkpoint)
@@ -166,6 +172,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   // 1. Check OUT, open and validate the input, plan the output. Nothing is written before this.
   if (Status s = check_output(options); !s.ok())
     return s;
+  if (auto device = parse_device(options.device); !device)
+    return device.status();
   const uint64_t t0 = profiler.now();
   auto opened = Checkpoint::open(options.input);
   if (!opened)

@@ -20,6 +20,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -88,6 +89,10 @@ struct ConvertCallbacks {
 Result<ConvertSummary> convert(const ConvertOptions& options,
                                const ConvertCallbacks& callbacks = {},
                                Profiler* profiler = nullptr);
+
+/// Checks a --device value: auto, cpu, cuda or cuda:N with N only digits (at most 9). Returns the
+/// GPU number it names (0 for cuda, -1 for auto and cpu), or Errc::invalid_argument saying why.
+Result<int> parse_device(std::string_view device);
 
 /// Opens the input and makes its plan without writing anything (`shardshift plan`).
 Result<Plan> plan_conversion(const std::filesystem::path& input, const PlanOptions& options);
