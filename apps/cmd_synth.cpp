@@ -47,85 +47,80 @@ po::typed_value<long long>* optional_into(std::optional<long long>& target) {
 
 } // namespace
 
-int cmd_synth(int argc, char** argv) {
+namespace {
+
+// The flags of `synth` and the values they are parsed into.
+struct SynthFlags {
   std::string model, max_shard_size;
   long long layers = 30, scale = 1;
   uint64_t seed = 0;
   std::optional<long long> scale_hidden, scale_intermediate, scale_experts, scale_vocab;
+  FlagGroup group{"Options"};
+};
 
-  FlagGroup flags("Options");
-  flags.flags.add_options()(
-      "model", po::value(&model)->default_value("diffusion_gemma")->value_name("MODEL"),
+void add_synth_flags(SynthFlags& f) {
+  f.group.flags.add_options()(
+      "model", po::value(&f.model)->default_value("diffusion_gemma")->value_name("MODEL"),
       "diffusion_gemma: keys under model.decoder.* and model.encoder.*, no lm_head; or "
       "gemma4_moe: keys under model.language_model.* and model.vision_tower.*, plus "
       "lm_head.weight. Example: --model gemma4_moe")(
-      "layers", po::value(&layers)->default_value(30)->value_name("N"),
+      "layers", po::value(&f.layers)->default_value(30)->value_name("N"),
       "Number of decoder layers (30 in the real model); layers with L % 6 == 5 are "
       "full-attention layers (no v_proj). Example: --layers 2")(
-      "seed", po::value(&seed)->default_value(0)->value_name("N"),
+      "seed", po::value(&f.seed)->default_value(0)->value_name("N"),
       "Seed of the values; the same seed gives identical bytes. Example: --seed 7")(
-      "scale", po::value(&scale)->default_value(1)->value_name("N"),
+      "scale", po::value(&f.scale)->default_value(1)->value_name("N"),
       "Divide every size by N: hidden 2816 (and the attention, dense-MLP and vision sizes), "
       "expert intermediate 704, experts 128, vocabulary 262144. Every size must stay at least "
       "1. Example: --scale 8")(
-      "scale-hidden", optional_into(scale_hidden),
+      "scale-hidden", optional_into(f.scale_hidden),
       "Divisor for the hidden, attention, dense-MLP and vision sizes instead of --scale.")(
-      "scale-intermediate", optional_into(scale_intermediate),
+      "scale-intermediate", optional_into(f.scale_intermediate),
       "Divisor for the expert intermediate size. Default: --scale-hidden.")(
-      "scale-experts", optional_into(scale_experts),
+      "scale-experts", optional_into(f.scale_experts),
       "Divisor for the number of experts instead of --scale. Example: --scale-experts 4")(
-      "scale-vocab", optional_into(scale_vocab),
+      "scale-vocab", optional_into(f.scale_vocab),
       "Divisor for the vocabulary size instead of --scale.")(
-      "max-shard-size", po::value(&max_shard_size)->default_value("5GB")->value_name("SIZE"),
+      "max-shard-size", po::value(&f.max_shard_size)->default_value("5GB")->value_name("SIZE"),
       (std::string("Largest shard; a tensor larger than SIZE gets a shard of its own. ") +
        SIZE_SYNTAX + " Example: --max-shard-size 64MiB")
           .c_str())("force", "Write into an existing non-empty OUT: its *.safetensors files, "
                              "index and config.json are removed first (other files are kept).");
-  add_common_flags(flags, "No progress line and no summary on stderr.",
+  add_common_flags(f.group, "No progress line and no summary on stderr.",
                    "the output directory, model, tensor count, bytes, shard count and seconds.");
-  po::options_description all;
-  all.add(flags.flags).add_options()("out", po::value<std::string>());
-  po::positional_options_description positional;
-  positional.add("out", 1);
+}
 
-  po::variables_map vm;
-  if (int rc; !parse_args("synth", argc, argv, all, positional, vm, &rc))
-    return rc;
-  if (vm.count("help")) {
-    print_help(std::cout, SYNTH_HELP, {&flags});
-    return EXIT_OK;
-  }
-  if (!vm.count("out") || vm["out"].as<std::string>().empty())
-    return usage_error("synth", "missing the output directory OUT");
-  const std::string out = vm["out"].as<std::string>();
-  const bool quiet = vm.count("quiet") > 0, json = vm.count("json") > 0;
-  if (layers < 0 || layers > 100000)
-    return usage_error("synth", "--layers must be between 0 and 100000");
+// SynthOptions from the parsed flags; a bad value is a usage error (its message).
+Result<SynthOptions> synth_options(const SynthFlags& f, const po::variables_map& vm) {
+  if (f.layers < 0 || f.layers > 100000)
+    return Status(Errc::invalid_argument, "--layers must be between 0 and 100000");
   // Scales are checked here (positive, 32-bit) and against the sizes they divide by synth().
-  for (long long value : {scale, scale_hidden.value_or(1), scale_intermediate.value_or(1),
-                          scale_experts.value_or(1), scale_vocab.value_or(1)})
+  for (long long value : {f.scale, f.scale_hidden.value_or(1), f.scale_intermediate.value_or(1),
+                          f.scale_experts.value_or(1), f.scale_vocab.value_or(1)})
     if (value < 1 || value > 1'000'000'000)
-      return usage_error("synth", "scale factors must be positive integers");
-
+      return Status(Errc::invalid_argument, "scale factors must be positive integers");
   SynthOptions options;
-  options.out = out;
-  options.model = model;
-  options.layers = static_cast<unsigned>(layers);
-  options.seed = seed;
-  options.scale_hidden = static_cast<unsigned>(scale_hidden.value_or(scale));
+  options.out = vm["out"].as<std::string>();
+  options.model = f.model;
+  options.layers = static_cast<unsigned>(f.layers);
+  options.seed = f.seed;
+  options.scale_hidden = static_cast<unsigned>(f.scale_hidden.value_or(f.scale));
   options.scale_intermediate =
-      static_cast<unsigned>(scale_intermediate.value_or(options.scale_hidden));
-  options.scale_experts = static_cast<unsigned>(scale_experts.value_or(scale));
-  options.scale_vocab = static_cast<unsigned>(scale_vocab.value_or(scale));
+      static_cast<unsigned>(f.scale_intermediate.value_or(options.scale_hidden));
+  options.scale_experts = static_cast<unsigned>(f.scale_experts.value_or(f.scale));
+  options.scale_vocab = static_cast<unsigned>(f.scale_vocab.value_or(f.scale));
   options.force = vm.count("force") > 0;
-
-  auto shard_size = parse_size(max_shard_size);
+  auto shard_size = parse_size(f.max_shard_size);
   if (!shard_size.ok())
-    return usage_error("synth", "--max-shard-size: " + shard_size.status().message());
+    return Status(Errc::invalid_argument, "--max-shard-size: " + shard_size.status().message());
   if (*shard_size == 0)
-    return usage_error("synth", "--max-shard-size must be positive");
+    return Status(Errc::invalid_argument, "--max-shard-size must be positive");
   options.max_shard_size = shard_size.value();
+  return options;
+}
 
+// Writes the checkpoint with a progress line and Ctrl-C handling; prints the summary.
+int run_synth(SynthOptions& options, bool quiet, bool json) {
   // Ctrl-C stops at the next chunk so synth() can remove what it wrote.
   CancelOnSignal cancel;
   options.cancel = cancel.flag();
@@ -146,6 +141,7 @@ int cmd_synth(int argc, char** argv) {
     return report_error(status);
 
   const double seconds = line.elapsed_seconds();
+  const std::string out = options.out.string();
   if (!quiet)
     std::fprintf(stderr, "synth: wrote %llu tensors, %s in %llu shard%s to %s (%.1f s)\n",
                  static_cast<unsigned long long>(summary.tensors),
@@ -154,8 +150,8 @@ int cmd_synth(int argc, char** argv) {
                  out.c_str(), seconds);
   if (json) {
     JsonWriter w;
-    w.begin_object().key("output").value(out).key("model").value(model);
-    w.key("layers").value(options.layers).key("seed").value(seed);
+    w.begin_object().key("output").value(out).key("model").value(options.model);
+    w.key("layers").value(options.layers).key("seed").value(options.seed);
     w.key("tensors").value(summary.tensors).key("bytes").value(summary.bytes);
     w.key("shards").value(summary.shards).key("seconds").value(seconds).end_object();
     std::cout << w.take() << "\n";
@@ -163,6 +159,31 @@ int cmd_synth(int argc, char** argv) {
       return EXIT_FAIL;
   }
   return EXIT_OK;
+}
+
+} // namespace
+
+int cmd_synth(int argc, char** argv) {
+  SynthFlags f;
+  add_synth_flags(f);
+  po::options_description all;
+  all.add(f.group.flags).add_options()("out", po::value<std::string>());
+  po::positional_options_description positional;
+  positional.add("out", 1);
+
+  po::variables_map vm;
+  if (int rc; !parse_args("synth", argc, argv, all, positional, vm, &rc))
+    return rc;
+  if (vm.count("help")) {
+    print_help(std::cout, SYNTH_HELP, {&f.group});
+    return EXIT_OK;
+  }
+  if (!vm.count("out") || vm["out"].as<std::string>().empty())
+    return usage_error("synth", "missing the output directory OUT");
+  auto options = synth_options(f, vm);
+  if (!options)
+    return usage_error("synth", options.status().message());
+  return run_synth(*options, vm.count("quiet") > 0, vm.count("json") > 0);
 }
 
 } // namespace shardshift::app
