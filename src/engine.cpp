@@ -1,0 +1,81 @@
+// engine.cpp: picking the device and splitting the memory budget for one run of the pipeline.
+#include "engine.h"
+
+#include "transpose.h"
+
+#include <algorithm>
+
+namespace shardshift {
+
+namespace {
+
+// Opens the CUDA stage when the device option asks for (or allows) it; nullptr means CPU.
+Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, unsigned threads,
+                                                     uint64_t chunk, unsigned slots,
+                                                     std::string* description) {
+  *description = std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
+  if (device == "cpu")
+    return std::unique_ptr<CudaTransformer>();
+  auto parsed = parse_device(device);
+  if (!parsed)
+    return parsed.status();
+  const int ordinal = std::max(0, *parsed);
+  // auto: the GPU only where it was measured to make a conversion faster (docs/PERFORMANCE.md,
+  // "GPU or CPU"). Its stage costs a pipeline thread a copy of each chunk into pinned memory plus
+  // the wait for the transfers, which is more than the AVX2/AVX-512 kernel costs once there are
+  // 4 or more threads; with 2 threads, or a CPU that only has the portable kernel, it helps.
+  if (device == "auto" && threads > 2 && detect_simd_level() != SimdLevel::portable)
+    return std::unique_ptr<CudaTransformer>();
+  const int count = CudaTransformer::device_count();
+  if (count == 0) {
+    if (device == "auto")
+      return std::unique_ptr<CudaTransformer>();
+    return Status(Errc::cuda, "--device " + device +
+                                  ": no usable CUDA GPU (no driver, no device, or built without "
+                                  "CUDA); use --device cpu or auto");
+  }
+  if (ordinal < 0 || ordinal >= count)
+    return Status(Errc::invalid_argument, "--device " + device + ": there are " +
+                                              std::to_string(count) +
+                                              " CUDA device(s), numbered from 0");
+  auto gpu = CudaTransformer::create(ordinal, chunk, slots);
+  if (!gpu) {
+    if (device == "auto")
+      return std::unique_ptr<CudaTransformer>(); // usable GPU or fall back
+    return gpu.status();
+  }
+  *description = "cuda:" + std::to_string(ordinal) + " (" + (*gpu)->device_name() + ")";
+  return std::move(gpu.value());
+}
+
+} // namespace
+
+Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
+                                Io& io, const ConvertCallbacks& callbacks) {
+  Engine e;
+  PipelineConfig& c = e.config;
+  c.writers = options.writers ? options.writers : default_writers(threads, files);
+  if (!options.pipe_to.empty()) // each lane feeds one command: --uploads of them at once
+    c.writers = options.uploads ? options.uploads : 4;
+  if (options.format == OutputFormat::tar) // one stream, its entries in order
+    c.writers = 1;
+  c.writers =
+      static_cast<unsigned>(std::clamp<size_t>(files, 1, c.writers)); // a lane per file at most
+  // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
+  // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
+  const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
+  size_pipeline(options.max_memory, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
+  auto gpu = open_device(options.device, threads, c.chunk_bytes, gpu_slots, &e.device);
+  if (!gpu)
+    return gpu.status();
+  e.gpu = std::move(gpu.value());
+  if (!e.gpu)
+    size_pipeline(options.max_memory, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
+  c.gpu = e.gpu.get();
+  c.io = &io;
+  c.cancel = options.cancel;
+  c.progress = callbacks.progress;
+  return e;
+}
+
+} // namespace shardshift

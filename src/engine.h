@@ -1,0 +1,32 @@
+// engine.h: the shape of one run of the pipeline (pipeline.h) for a set of options: threads,
+// writer lanes, chunk size and tokens from the memory budget, and the device (auto, cpu, cuda:N).
+// convert() and verify() both configure their runs here, so that a verification recomputes the
+// output exactly as the conversion it checks produced it, within the same budget.
+// Thread-safety: one call per run; the Engine belongs to that run.
+#pragma once
+
+#include "shardshift/convert.h"
+#include "shardshift/io.h"
+
+#include "cuda_transform.h"
+#include "pipeline.h"
+
+#include <memory>
+#include <string>
+
+namespace shardshift {
+
+struct Engine {
+  PipelineConfig config;
+  std::unique_ptr<CudaTransformer> gpu;
+  std::string device; ///< for the summary: "cpu (avx512)", "cuda:0 (NVIDIA H200)"
+};
+
+/// The engine for converting `files` output files with `threads` worker threads (the caller
+/// holds the tbb::global_control): writer lanes from options.writers (or --pipe-to's uploads, or
+/// one for tar), the memory split of size_pipeline, and the GPU when options.device asks for or
+/// allows one (its staging slots come out of the same budget). config.io is `io`.
+Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
+                                Io& io, const ConvertCallbacks& callbacks);
+
+} // namespace shardshift
