@@ -217,6 +217,7 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("seconds").value(s.seconds).key("bytes_per_second").value(rate);
   w.key("peak_rss").value(s.peak_rss).key("chunk_bytes").value(s.chunk_bytes);
   w.key("tokens").value(s.tokens).key("writers").value(s.writers);
+  w.key("kept_files").value(s.kept_files).key("kept_bytes").value(s.kept_bytes);
   w.key("stages").begin_object();
   for (const StageSummary& st : s.stages) {
     if (st.count == 0)
@@ -398,6 +399,11 @@ void add_convert_flags(ConvertFlags& f) {
                     "Where expert tensors are transformed: auto (a GPU when one is usable, "
                     "else the CPU), cpu, cuda (GPU 0) or cuda:N (GPU number N). Example: "
                     "--device cuda:1")("force", "Replace OUT if it exists.")(
+      "resume", "Continue a run into the same OUT that was killed, interrupted or failed: its "
+                "finished files are kept (when the same input files and flags give the same "
+                "plan) and only the rest is converted; if this run fails too, what "
+                "it finished is kept for the next --resume. Without --resume, such leftovers are "
+                "removed. Example: convert hf native --resume")(
       "no-sync", "Skip fsync: faster, and still never a partial file under a final name, but "
                  "a power loss can lose what the page cache had not yet written (as with cp).")(
       "only", po::value<std::string>()->value_name("NAME"),
@@ -460,6 +466,7 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   if (std::string why = check_device(o.device); !why.empty())
     return Status(Errc::invalid_argument, why);
   o.force = vm.count("force") > 0;
+  o.resume = vm.count("resume") > 0;
   o.sync = vm.count("no-sync") == 0;
   if (vm.count("only"))
     o.only = vm["only"].as<std::string>();
@@ -497,8 +504,8 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
       exit_code = report_error(s);
   if (!result) {
     if (result.status().code() == Errc::interrupted) {
-      if (!o.pipe_to.empty() || o.output == "-")
-        report_error(result.status()); // every file's state, or how much went to stdout
+      if (!o.pipe_to.empty() || o.output == "-" || o.resume)
+        report_error(result.status()); // every file's state, what went to stdout, what is kept
       else
         std::cerr << "shardshift: interrupted; nothing was written to " << o.output.string()
                   << "\n";
@@ -511,6 +518,9 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
   const double rate = s.seconds > 0 ? static_cast<double>(s.output_bytes) / s.seconds : 0;
   if (!quiet)
     std::fputs(summary_line(s, where, rate).c_str(), stderr);
+  if (!quiet && s.kept_files > 0)
+    std::fprintf(stderr, "  resumed: %llu file(s), %s, were kept from the earlier run\n",
+                 static_cast<unsigned long long>(s.kept_files), format_bytes(s.kept_bytes).c_str());
   if (!quiet)
     for (const FileDelivery& d : s.deliveries)
       std::fprintf(stderr, "  %s: %s\n", d.name.c_str(), d.state.c_str());

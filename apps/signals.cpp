@@ -4,6 +4,7 @@
 
 #include <cassert>
 #include <cstdlib>
+#include <unistd.h>
 
 namespace shardshift::app {
 
@@ -16,10 +17,16 @@ std::atomic<bool> guard_active{false};
 static_assert(std::atomic<bool>::is_always_lock_free);
 
 extern "C" void on_cancel_signal(int) {
-  // The first signal asks the library to stop and clean up; a second one, while that cleanup
-  // runs, means the user will not wait.
-  if (cancel_requested.exchange(true))
-    std::_Exit(EXIT_INTERRUPTED);
+  // The first signal asks the library to stop and clean up. Exiting on a later one would leave
+  // the staging directory behind and, with --pipe-to, let an uploader take the end of its input
+  // for the end of a file; cleaning up takes well under a second (docs/PERFORMANCE.md), so later
+  // signals only say that it is under way. write(2) is async-signal-safe; its result does not
+  // matter here.
+  if (cancel_requested.exchange(true)) {
+    static constexpr char NOTE[] =
+        "\nshardshift: stopping: removing what this run wrote (interrupting its commands)...\n";
+    [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, NOTE, sizeof NOTE - 1);
+  }
 }
 
 } // namespace

@@ -1,7 +1,7 @@
 // signals.h: how a long-running command stops on Ctrl-C or SIGTERM. While a CancelOnSignal is in
 // scope, SIGINT and SIGTERM set a flag that the library polls (ConvertOptions::cancel,
-// SynthOptions::cancel) so it can remove what it wrote and return Errc::interrupted; a second
-// signal exits at once with 130. Leaving the scope restores the dispositions found on entry.
+// SynthOptions::cancel) so it can remove what it wrote and return Errc::interrupted; later
+// signals do not cut that short (they print that cleanup is under way). Leaving the scope restores the dispositions found on entry.
 // Thread-safety: one CancelOnSignal at a time per process (the handler is process-wide).
 #pragma once
 

@@ -54,6 +54,8 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
   sum.chunk_bytes = engine.config.chunk_bytes;
   sum.tokens = engine.config.tokens;
   sum.writers = engine.config.writers;
+  sum.kept_files = delivered.kept_files;
+  sum.kept_bytes = delivered.kept_bytes;
   sum.seconds = static_cast<double>(profiler.now()) / 1e9;
   sum.peak_rss = peak_rss_bytes();
   sum.stages = profiler.summaries();
@@ -121,11 +123,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   if (!engine)
     return engine.status();
 
-  // 3. Move the bytes: into OUT, one file to stdout, or every file into its own command. A
-  // directory output first clears what killed runs into the same OUT left behind.
-  if (options.pipe_to.empty() && !is_stream(options))
-    if (auto notes = remove_stale_staging(io, options.output); !notes.empty() && callbacks.warnings)
-      callbacks.warnings(notes);
+  // 3. Move the bytes: into OUT (which first clears, or with --resume continues, what killed
+  // runs into it left), one file to stdout, or every file into its own command.
   std::vector<std::string> digests(plan.files.size());
   if (options.checksums)
     engine->config.digests = &digests;
@@ -137,7 +136,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
       : tar ? stream_tar(options, input, plan, engine->config, io, profiler)
       : is_stream(options)
           ? stream_one_file(options, input, plan, engine->config, io, profiler, &tensors)
-          : write_directory(options, input, plan, engine->config, io, profiler);
+          : write_directory(options, input, plan, engine->config, io, profiler,
+                            callbacks.warnings);
   if (!moved && is_stream(options) && moved.status().code() == Errc::interrupted)
     return Status(Errc::interrupted,
                   "interrupted after " + std::to_string(to_stdout.count()) +

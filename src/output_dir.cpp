@@ -4,6 +4,8 @@
 #include "shardshift/shard_writer.h"
 
 #include "outputs.h"
+#include "resume.h"
+#include "staging.h"
 #include "sha256.h"
 #include "side_files.h"
 
@@ -23,13 +25,6 @@ namespace shardshift {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Where the output is built before it is renamed into place: beside it, so the rename is atomic.
-fs::path staging_path(const fs::path& output, const char* what) {
-  std::random_device rd;
-  return output.parent_path() / ("." + output.filename().string() + ".shardshift-" + what + "-" +
-                                 std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
-}
 
 // What the marker file of an output directory says (OUTPUT_MARKER_NAME). Fixed text, so that
 // outputs stay byte-identical from run to run; the number is the marker's format version.
@@ -111,6 +106,10 @@ Status check_replaceable(const fs::path& output) {
 } // namespace
 
 Status check_output(const ConvertOptions& o) {
+  if (o.resume && (!o.pipe_to.empty() || is_stream(o)))
+    return Status(Errc::invalid_argument,
+                  "--resume continues a conversion into a directory; it cannot take back what "
+                  "went to stdout or to --pipe-to commands");
   if (!o.pipe_to.empty()) {
     if (!o.output.empty())
       return Status(Errc::invalid_argument,
@@ -214,43 +213,6 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
 
 } // namespace
 
-std::vector<std::string> remove_stale_staging(Io& io, const fs::path& out) {
-  const fs::path output = fs::absolute(out);
-  // Only "-tmp-" staging: an "-old-" directory holds a previous output that --force moved aside,
-  // which is the user's to recover, not ours to delete.
-  const std::string prefix = "." + output.filename().string() + ".shardshift-tmp-";
-  std::vector<std::string> notes;
-  std::error_code ec;
-  for (fs::directory_iterator it(output.parent_path(), ec), end; !ec && it != end;
-       it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (!name.starts_with(prefix) || !it->is_directory(ec) || it->is_symlink(ec))
-      continue;
-    // ".OUT.shardshift-tmp-PID-N": a run whose process is gone and whose lock is free.
-    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH))
-      continue;
-    const int fd = ::open(it->path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-      continue;
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
-      uint64_t bytes = 0;
-      for (fs::recursive_directory_iterator f(it->path(), ec), fend; !ec && f != fend;
-           f.increment(ec))
-        if (f->is_regular_file(ec))
-          bytes += f->file_size(ec);
-      if (remove_tree(io, it->path()).ok())
-        notes.push_back(it->path().string() +
-                        ": removed the staging directory of an earlier run "
-                        "that did not finish (process " +
-                        std::to_string(pid) + " is gone); " + std::to_string(bytes) +
-                        " bytes freed");
-    }
-    ::close(fd);
-  }
-  return notes;
-}
-
 // OUT a directory: build it in a staging directory beside it, then side files, the index (the
 // commit point of a sharded checkpoint) and one rename. The staging directory is removed on any
 // failure, so OUT appears whole or not at all.
@@ -271,62 +233,110 @@ Status name_final_paths(const Status& s, const fs::path& staging, const fs::path
   return Status(s.code(), m);
 }
 
-Result<UploadResult> build_directory(const ConvertOptions& options, const Checkpoint& input,
-                                     const Plan& plan, const PipelineConfig& config, Io& io,
-                                     Profiler& profiler, const fs::path& output,
-                                     const fs::path& staging);
+// The staging directory of this run: created and locked, or adopted from an earlier run
+// (--resume). Unless committed, it is removed when the run ends, or with --resume kept for the
+// next run.
+class StagingGuard {
+public:
+  StagingGuard(Io& io, fs::path dir, bool keep) : io_(io), dir_(std::move(dir)), keep_(keep) {}
+  ~StagingGuard() {
+    if (armed_ && !keep_)
+      remove_tree(io_, dir_).ignore(); // the failure being reported matters more
+    if (lock_ >= 0)
+      ::close(lock_);
+  }
+  StagingGuard(const StagingGuard&) = delete;
+  StagingGuard& operator=(const StagingGuard&) = delete;
 
-} // namespace
+  // Locked for as long as this run may write into it, so that a later run can tell it from the
+  // leftover of a run that was killed (staging.h).
+  Status create() {
+    if (io_.mkdir(dir_.c_str(), 0777) != 0)
+      return Status(Errc::io, dir_.string() + ": cannot create the staging directory: " +
+                                  errno_text(errno));
+    armed_ = true;
+    lock_ = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (lock_ < 0 || flock(lock_, LOCK_EX | LOCK_NB) != 0)
+      return Status(Errc::io,
+                    dir_.string() + ": cannot lock the staging directory: " + errno_text(errno));
+    return {};
+  }
+  void adopt(int lock) {
+    lock_ = lock;
+    armed_ = true;
+  }
+  void committed() { armed_ = false; }
 
-Result<UploadResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
-                                     const Plan& plan, const PipelineConfig& config, Io& io,
-                                     Profiler& profiler) {
-  const fs::path output = fs::absolute(options.output);
-  const fs::path staging = staging_path(output, "tmp");
-  auto built = build_directory(options, input, plan, config, io, profiler, output, staging);
-  if (!built)
-    return name_final_paths(built.status(), staging, output);
-  return built;
+private:
+  Io& io_;
+  fs::path dir_;
+  bool keep_;
+  bool armed_ = false;
+  int lock_ = -1;
+};
+
+using Notes = std::function<void(const std::vector<std::string>&)>;
+
+// Which plan files this run writes: all of them, or with an adopted staging directory those it
+// does not already hold. Files kept get their SHA-256 from disk (--checksums): this run does not
+// see their bytes go by.
+Result<std::vector<uint32_t>> files_to_write(Io& io, const Plan& plan,
+                                             const PipelineConfig& config,
+                                             const fs::path& output, const fs::path& staging,
+                                             const AdoptedStaging& adopted, const Notes& notes,
+                                             UploadResult& r) {
+  KeptFiles kept;
+  if (adopted.lock >= 0) {
+    kept = keep_finished_files(io, staging, plan);
+    r.kept_files = kept.files;
+    r.kept_bytes = kept.bytes;
+    if (notes)
+      notes({output.string() + ": resuming the run that left " + adopted.from + ": " +
+             std::to_string(kept.files) + " of " + std::to_string(plan.files.size()) +
+             " file(s) were finished (" + std::to_string(kept.bytes) + " bytes) and are kept"});
+  }
+  std::vector<uint32_t> files;
+  for (uint32_t i = 0; i < plan.files.size(); ++i) {
+    if (kept.finished.empty() || !kept.finished[i]) {
+      files.push_back(i);
+    } else if (config.digests) {
+      auto digest = sha256_of_file(staging / plan.files[i].name, config.chunk_bytes);
+      if (!digest)
+        return digest.status();
+      (*config.digests)[i] = *digest;
+    }
+  }
+  return files;
 }
 
-namespace {
-
 Result<UploadResult> build_directory(const ConvertOptions& options, const Checkpoint& input,
                                      const Plan& plan, const PipelineConfig& config, Io& io,
                                      Profiler& profiler, const fs::path& output,
-                                     const fs::path& staging) {
-  if (io.mkdir(staging.c_str(), 0777) != 0)
-    return Status(Errc::io,
-                  staging.string() + ": cannot create the staging directory: " + errno_text(errno));
-  // The staging directory is locked for as long as this run may write into it, so a later run
-  // can tell it from the leftover of a run that was killed (remove_stale_staging).
-  struct Cleanup {
-    Io& io;
-    fs::path dir;
-    int lock = -1;
-    bool armed = true;
-    ~Cleanup() {
-      if (armed)
-        remove_tree(io, dir).ignore(); // the failure being reported matters more
-      if (lock >= 0)
-        ::close(lock);
-    }
-  } cleanup{io, staging};
-  cleanup.lock = ::open(staging.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (cleanup.lock < 0 || flock(cleanup.lock, LOCK_EX | LOCK_NB) != 0)
-    return Status(Errc::io,
-                  staging.string() + ": cannot lock the staging directory: " + errno_text(errno));
+                                     const fs::path& staging, const AdoptedStaging& adopted,
+                                     const std::string& fingerprint, const Notes& notes) {
+  StagingGuard guard(io, staging, options.resume);
+  if (adopted.lock >= 0)
+    guard.adopt(adopted.lock);
+  else if (Status s = guard.create(); !s.ok())
+    return s;
+  // Before the first shard, so that a run killed at any later moment can be resumed.
+  const std::string fingerprint_text = fingerprint_file_text(fingerprint);
+  if (Status s = write_file_atomic(io, staging / PLAN_FINGERPRINT_NAME,
+                                   std::as_bytes(std::span(fingerprint_text)));
+      !s.ok())
+    return s;
 
-  std::vector<uint32_t> files(plan.files.size());
-  std::iota(files.begin(), files.end(), 0u);
+  UploadResult r;
+  auto files = files_to_write(io, plan, config, output, staging, adopted, notes, r);
+  if (!files)
+    return files.status();
   DirectoryTarget target(staging);
-  auto moved = run_pipeline(input, plan, files, target, config, profiler);
+  auto moved = run_pipeline(input, plan, *files, target, config, profiler);
   if (!moved)
     return moved.status();
   if (options.cancel && options.cancel->load())
     return Status(Errc::interrupted, "interrupted");
 
-  UploadResult r;
   r.moved = *moved;
   const uint64_t c0 = profiler.now();
   DirectoryTarget side_target(staging, &io);
@@ -338,13 +348,43 @@ Result<UploadResult> build_directory(const ConvertOptions& options, const Checkp
           &r.checksums, nullptr);
       !s.ok())
     return s;
+  const fs::path fingerprint_file = staging / PLAN_FINGERPRINT_NAME;
+  if (io.unlink(fingerprint_file.c_str()) != 0)
+    return Status(Errc::io, fingerprint_file.string() + ": cannot remove: " + errno_text(errno));
   if (Status s = commit_output(io, staging, output, options.force); !s.ok())
     return s;
-  cleanup.armed = false;
+  guard.committed();
   profiler.record(Stage::commit, c0, profiler.now(), 0);
   return r;
 }
 
 } // namespace
+
+Result<UploadResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
+                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     Profiler& profiler, const Notes& notes) {
+  const fs::path output = fs::absolute(options.output);
+  const fs::path staging = staging_path(output, "tmp");
+  const std::string fingerprint = plan_fingerprint(input, plan);
+  // An earlier run of this very conversion is taken over first (--resume); what other killed
+  // runs into the same OUT left is then cleared away.
+  AdoptedStaging adopted;
+  if (options.resume)
+    adopted = adopt_staging(io, output, fingerprint, staging);
+  if (auto removed = remove_stale_staging(io, output); !removed.empty() && notes)
+    notes(removed);
+  auto built = build_directory(options, input, plan, config, io, profiler, output, staging,
+                               adopted, fingerprint, notes);
+  if (built)
+    return built;
+  Status s = name_final_paths(built.status(), staging, output);
+  std::error_code ec;
+  if (options.resume && fs::is_directory(staging, ec))
+    s = Status(s.code(), s.message() + "\n" + output.string() +
+                             ": the files finished so far are kept in " + staging.string() +
+                             "; run the same command with --resume to continue from them (or "
+                             "without it to start over)");
+  return s;
+}
 
 } // namespace shardshift

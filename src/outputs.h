@@ -15,6 +15,7 @@
 #include "upload.h"
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -31,17 +32,17 @@ inline bool is_stream(const ConvertOptions& o) {
 /// of streams and --pipe-to. Errc::invalid_argument for usage, Errc::io for the filesystem.
 Status check_output(const ConvertOptions& o);
 
-/// Removes what runs into the same OUT left behind when they were killed: staging directories
-/// (".OUT.shardshift-tmp-PID-N") whose process is gone and whose lock is free. Returns one note per
-/// directory removed, with the bytes freed, for the user.
-std::vector<std::string> remove_stale_staging(Io& io, const std::filesystem::path& output);
-
-/// OUT a directory: built in a staging directory beside it (shards by the writer lanes, then side
-/// files, SHA256SUMS with --checksums, the index), marked as shardshift's output and renamed into
-/// place; removed on any failure, so OUT appears whole or not at all.
+/// OUT a directory: built in a staging directory beside it (staging.h; shards by the writer
+/// lanes, then side files, SHA256SUMS with --checksums, the index), marked as shardshift's output
+/// and renamed into place, so OUT appears whole or not at all. First clears what killed runs into
+/// the same OUT left (or, with options.resume, continues one: resume.h). On failure the staging
+/// directory is removed, or with options.resume kept for the next run, which the error says.
+/// `notes` receives what the user should hear before the work starts (directories removed, files
+/// kept).
 Result<UploadResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
                                      const Plan& plan, const PipelineConfig& config, Io& io,
-                                     Profiler& profiler);
+                                     Profiler& profiler,
+                                     const std::function<void(const std::vector<std::string>&)>& notes);
 
 /// OUT '-': the one file --only names (a shard, the index or a side file; or the only file).
 /// `*tensors` is set to the number of tensors streamed.

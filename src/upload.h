@@ -22,6 +22,7 @@ struct UploadResult {
   PipelineResult moved;
   std::vector<FileDelivery> files; ///< every output file in delivery order, with its state
   std::vector<std::pair<std::string, std::string>> checksums; ///< name, SHA-256 (with digests)
+  uint64_t kept_files = 0, kept_bytes = 0; ///< --resume: files an earlier run had finished
 };
 
 /// Delivers every output file of `plan` through `command` (see process_target.h for {name} and

@@ -41,6 +41,9 @@ struct ConvertOptions {
   uint64_t max_memory = uint64_t{1} << 30;   ///< budget for buffers and mapped input in flight
   std::string device = "auto";               ///< auto | cpu | cuda | cuda:N
   bool force = false;                        ///< replace an existing output directory
+  /// --resume: continue the staging directory a killed or interrupted run of the same conversion
+  /// into the same OUT left (its finished files kept), and keep this run's if it fails too.
+  bool resume = false;
   const std::atomic<bool>* cancel = nullptr; ///< set (e.g. by SIGINT) to stop; result: interrupted
   Io* io = nullptr;                          ///< nullptr = Io::system()
   bool sync = true;                          ///< fsync files and directories (--no-sync: false)
@@ -71,6 +74,7 @@ struct ConvertSummary {
   uint64_t dropped = 0, excluded = 0;
   uint64_t chunk_bytes = 0, tokens = 0; ///< the memory budget's split (tokens per writer lane)
   uint64_t writers = 0;                 ///< writer lanes (output files written at once)
+  uint64_t kept_files = 0, kept_bytes = 0; ///< --resume: finished by an earlier run, not rewritten
   double seconds = 0;
   uint64_t peak_rss = 0;
   std::vector<StageSummary> stages;

@@ -1,0 +1,69 @@
+// staging.cpp: naming staging directories, and finding and removing those of killed runs.
+#include "staging.h"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
+#include <random>
+#include <sys/file.h>
+#include <unistd.h>
+
+namespace shardshift {
+
+namespace fs = std::filesystem;
+
+fs::path staging_path(const fs::path& output, const char* what) {
+  // Beside OUT, so that the final rename stays within one filesystem and is atomic.
+  std::random_device rd;
+  return output.parent_path() / ("." + output.filename().string() + ".shardshift-" + what + "-" +
+                                 std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
+}
+
+std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
+  const fs::path output = fs::absolute(out);
+  const std::string prefix = "." + output.filename().string() + ".shardshift-tmp-";
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  for (fs::directory_iterator it(output.parent_path(), ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.starts_with(prefix) || it->is_symlink(ec) || !it->is_directory(ec))
+      continue;
+    // The process id in the name: a live process (or one we may not signal) keeps a directory
+    // that has no fingerprint yet, as it may not have taken the lock yet.
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    const bool gone = pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+    if (!gone && !fs::exists(it->path() / PLAN_FINGERPRINT_NAME, ec))
+      continue;
+    dirs.push_back(it->path());
+  }
+  return dirs;
+}
+
+std::vector<std::string> remove_stale_staging(Io& io, const fs::path& output) {
+  std::vector<std::string> notes;
+  for (const fs::path& dir : abandoned_staging_dirs(output)) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+      continue;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      uint64_t bytes = 0;
+      std::error_code ec;
+      for (fs::recursive_directory_iterator f(dir, ec), fend; !ec && f != fend; f.increment(ec))
+        if (f->is_regular_file(ec))
+          bytes += f->file_size(ec);
+      const std::string name = dir.filename().string();
+      const std::string after = name.substr(name.rfind("-tmp-") + 5); // "PID-N"
+      const std::string pid = after.substr(0, after.find('-'));
+      if (remove_tree(io, dir).ok())
+        notes.push_back(dir.string() +
+                        ": removed the staging directory of an earlier run that did not finish "
+                        "(process " + pid + "); " + std::to_string(bytes) + " bytes freed");
+    }
+    ::close(fd);
+  }
+  return notes;
+}
+
+} // namespace shardshift
