@@ -205,6 +205,10 @@ Status find_files(Opening& o, const fs::path& path) {
   not_side.insert(stray.begin(), stray.end());
   not_side.insert(INDEX_FILE_NAME);
   not_side.insert(OUTPUT_MARKER_NAME); // a previous output's marker is not part of the model
+  // Nor is a previous output's SHA256SUMS (--checksums): it holds the digests of the input's
+  // shards, which the conversion rewrites, so a copy would be wrong in OUT (and --checksums
+  // writes OUT's own under that name).
+  not_side.insert(CHECKSUMS_FILE_NAME);
   for (const auto& f : regular_files)
     if (!not_side.count(f))
       o.ckpt.other_files.push_back(f);

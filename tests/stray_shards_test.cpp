@@ -71,5 +71,21 @@ TEST_F(ConvertTest, OutputMarkerIsNoSideFile) {
   EXPECT_FALSE(contains(back->side_files, OUTPUT_MARKER_NAME));
 }
 
+TEST_F(ConvertTest, ChecksumFileIsNoSideFile) {
+  // A previous output's SHA256SUMS lists the digests of shards that converting it rewrites: it is
+  // not copied, so the round trip's own SHA256SUMS (with --checksums) or none stands in OUT.
+  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 1, 2, 4, 2), 1,
+                              "diffusion_gemma");
+  ASSERT_TRUE(testing::run(tmp / "hf", tmp / "n", testing::opts([](ConvertOptions& o) {
+                             o.checksums = true;
+                           })).ok());
+  ASSERT_TRUE(fs::exists(tmp / "n" / CHECKSUMS_FILE_NAME));
+  auto ckpt = Checkpoint::open(tmp / "n");
+  ASSERT_TRUE(ckpt.ok());
+  EXPECT_FALSE(contains(ckpt->other_files, CHECKSUMS_FILE_NAME));
+  ASSERT_TRUE(testing::run(tmp / "n", tmp / "back").ok());
+  EXPECT_FALSE(fs::exists(tmp / "back" / CHECKSUMS_FILE_NAME));
+}
+
 } // namespace
 } // namespace shardshift

@@ -23,6 +23,11 @@ namespace shardshift {
 /// checkpoint never lists it as a side file, so it is not copied along.
 inline constexpr const char* OUTPUT_MARKER_NAME = ".shardshift-output";
 
+/// The checksum file `convert --checksums` writes beside the output (GNU coreutils format) and
+/// `verify` checks. Like the marker, opening a checkpoint never lists it as a side file: it
+/// describes the files of a previous output, which a conversion rewrites.
+inline constexpr const char* CHECKSUMS_FILE_NAME = "SHA256SUMS";
+
 struct Shard {
   std::string
       file_name; ///< relative to the checkpoint directory ("model-00001-of-00002.safetensors")
