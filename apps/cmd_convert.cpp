@@ -1,6 +1,7 @@
 // cmd_convert.cpp: `shardshift convert` and `shardshift plan`: flags, progress, summary, --json,
-// --stats and --trace. The work itself is shardshift::convert() / make_plan(), and the size of
-// every output file (--print-size) is list_output_files().
+// --stats and --trace (the flags that shape the output are plan_flags.h's, shared with verify).
+// The work itself is shardshift::convert() / make_plan(), and the size of every output file
+// (--print-size) is list_output_files().
 #include "shardshift/checkpoint.h"
 #include "shardshift/convert.h"
 #include "shardshift/dtype.h"
@@ -10,6 +11,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "plan_flags.h"
 #include "progress_line.h"
 #include "signals.h"
 
@@ -31,100 +33,6 @@ std::string duration(double s) {
   else
     std::snprintf(buf, sizeof buf, "%d:%02d", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
   return buf;
-}
-
-// Flags shared by plan and convert: what the output is.
-FlagGroup output_flags() {
-  FlagGroup d("What to write");
-  d.flags.add_options()(
-      "adapter", po::value<std::string>()->value_name("MODEL"),
-      "Model adapter: diffusion_gemma or gemma4_moe. Default: the model_type of "
-      "config.json, else guessed from the key names. Example: --adapter gemma4_moe")(
-      "direction", po::value<std::string>()->value_name("DIRECTION"),
-      "from_hf (Hugging Face to native) or to_hf (native to Hugging Face). Default: guessed "
-      "from the key names. Example: --direction to_hf")(
-      "max-shard-size", po::value<std::string>()->default_value("5GB")->value_name("SIZE"),
-      (std::string("Largest output file; a tensor larger than SIZE gets a file of its own. ") +
-       SIZE_SYNTAX + " Example: --max-shard-size 64MiB")
-          .c_str())("dtype", po::value<std::string>()->default_value("keep")->value_name("DTYPE"),
-                    "Dtype of the expert tensors: keep, bf16, f16 or f32 (other tensors are "
-                    "never cast). Example: --dtype bf16")(
-      "scale-dtype", po::value<std::string>()->value_name("DTYPE"),
-      "to_hf: dtype of the per_expert_scale ones it writes: bf16, f16 or f32. Default: the "
-      "dtype of down_proj. Example: --scale-dtype f32")(
-      "exclude", po::value<std::string>()->default_value(".*_extra_state.*")->value_name("REGEX"),
-      "to_hf: drop output keys that REGEX matches at their start (like Python's re.match); an "
-      "empty REGEX keeps every key. Example: --exclude ''")(
-      "no-tied-head", "from_hf diffusion_gemma: do not write lm_head.weight as a copy of the "
-                      "embedding.")(
-      "ep-size", po::value<unsigned>()->default_value(1)->value_name("N"),
-      "from_hf: expert-parallel world size; only this rank's experts are written. Example: "
-      "--ep-size 4 --ep-rank 1")("ep-rank",
-                                 po::value<unsigned>()->default_value(0)->value_name("N"),
-                                 "from_hf: expert-parallel rank, counted from 0.")(
-      "ep-shard-size", po::value<unsigned>()->default_value(1)->value_name("N"),
-      "from_hf: also cut axis 1 of each expert tensor into N equal parts. Example: "
-      "--ep-shard-size 2 --ep-shard-rank 0")(
-      "ep-shard-rank", po::value<unsigned>()->default_value(0)->value_name("N"),
-      "from_hf: which of those parts, counted from 0.")(
-      "no-side-files", "Do not copy config.json, the tokenizer files and the other files of the "
-                       "input directory.")(
-      "no-align", "Do not pad headers to keep copied tensors page-aligned (this disables "
-                  "reflink sharing of their bytes).");
-  return d;
-}
-
-Result<std::optional<DType>> parse_dtype_flag(const std::string& text, const char* flag) {
-  if (text == "keep")
-    return std::optional<DType>();
-  if (text == "bf16" || text == "BF16")
-    return std::optional<DType>(DType::BF16);
-  if (text == "f16" || text == "F16" || text == "fp16")
-    return std::optional<DType>(DType::F16);
-  if (text == "f32" || text == "F32" || text == "fp32")
-    return std::optional<DType>(DType::F32);
-  return Status(Errc::invalid_argument,
-                std::string(flag) + " '" + text + "': use keep, bf16, f16 or f32");
-}
-
-Result<PlanOptions> plan_options(const po::variables_map& vm) {
-  PlanOptions o;
-  if (vm.count("adapter"))
-    o.adapter = vm["adapter"].as<std::string>();
-  if (vm.count("direction")) {
-    auto d = vm["direction"].as<std::string>();
-    if (d == "from_hf")
-      o.direction = Direction::from_hf;
-    else if (d == "to_hf")
-      o.direction = Direction::to_hf;
-    else
-      return Status(Errc::invalid_argument, "--direction '" + d + "': use from_hf or to_hf");
-  }
-  auto size = parse_size(vm["max-shard-size"].as<std::string>());
-  if (!size)
-    return Status(Errc::invalid_argument, "--max-shard-size: " + size.status().message());
-  if (*size == 0)
-    return Status(Errc::invalid_argument, "--max-shard-size must be positive");
-  o.max_shard_size = *size;
-  auto dt = parse_dtype_flag(vm["dtype"].as<std::string>(), "--dtype");
-  if (!dt)
-    return dt.status();
-  o.expert_dtype = *dt;
-  if (vm.count("scale-dtype")) {
-    auto sd = parse_dtype_flag(vm["scale-dtype"].as<std::string>(), "--scale-dtype");
-    if (!sd)
-      return sd.status();
-    o.scale_dtype = *sd;
-  }
-  o.exclude = vm["exclude"].as<std::string>();
-  o.tied_head = !vm.count("no-tied-head");
-  o.ep_size = vm["ep-size"].as<unsigned>();
-  o.ep_rank = vm["ep-rank"].as<unsigned>();
-  o.ep_shard_size = vm["ep-shard-size"].as<unsigned>();
-  o.ep_shard_rank = vm["ep-shard-rank"].as<unsigned>();
-  o.copy_side_files = !vm.count("no-side-files");
-  o.align_for_reflink = !vm.count("no-align");
-  return o;
 }
 
 std::string plan_text(const Plan& plan) {

@@ -9,5 +9,6 @@ int cmd_inspect(int argc, char** argv);
 int cmd_synth(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
 int cmd_convert(int argc, char** argv);
+int cmd_verify(int argc, char** argv);
 
 } // namespace shardshift::app

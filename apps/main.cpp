@@ -21,6 +21,8 @@ Commands:
                    shard
   plan IN          validate IN and print the conversion plan without writing
                    anything
+  verify IN OUT    check that OUT holds exactly what converting IN gives (after
+                   a copy or a download)
   inspect PATH     validate a checkpoint and list its tensors
   synth OUT        write a synthetic diffusion_gemma or gemma4_moe checkpoint
                    (demo and test data)
@@ -32,6 +34,7 @@ Run 'shardshift COMMAND --help' for the options of a command, and
 Examples:
   shardshift synth demo-hf --model diffusion_gemma --layers 2 --scale 8
   shardshift convert demo-hf demo-native
+  shardshift verify demo-hf demo-native
 )";
 
 // The first line is what help2man and scripts read ("shardshift 0.1.0"); the others say what this
@@ -82,6 +85,8 @@ int main(int argc, char** argv) {
     return cmd_plan(sub_argc, sub_argv);
   if (cmd == "convert")
     return cmd_convert(sub_argc, sub_argv);
+  if (cmd == "verify")
+    return cmd_verify(sub_argc, sub_argv);
   std::cerr << "shardshift: unknown command '" << cmd << "'\n\n" << USAGE;
   return EXIT_USAGE;
 }

@@ -6,7 +6,7 @@
 # --help goes into a COMMANDS section through help2man's --include file, verbatim (.nf), so the
 # page says exactly what the tool says.
 
-set(commands convert plan inspect synth)
+set(commands convert plan verify inspect synth)
 set(include_file "${OUT}.h2m")
 file(WRITE ${include_file} "[COMMANDS]\n")
 foreach(command IN LISTS commands)

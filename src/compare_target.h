@@ -33,7 +33,7 @@ namespace shardshift {
 
 /// What comparing one file found.
 struct FileComparison {
-  uint64_t compared_bytes = 0;             ///< bytes checked (within both files)
+  uint64_t compared_bytes = 0;              ///< bytes checked (within both files)
   std::optional<uint64_t> first_difference; ///< file offset of the first differing byte
   bool finished = false;                    ///< every produced byte reached the comparison
 };

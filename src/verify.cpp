@@ -58,9 +58,9 @@ constexpr size_t READ_BLOCK = size_t{1} << 20; // reads of OUT outside the pipel
 struct Expected {
   std::string name;
   uint64_t size = 0;
-  std::string_view head; ///< bytes known up front: a shard's header, or the whole index
-  int plan_file = -1;    ///< index into Plan::files, or -1 (index, side file)
-  bool present = false;  ///< OUT holds it as a regular file (step 1)
+  std::string_view head;  ///< bytes known up front: a shard's header, or the whole index
+  int plan_file = -1;     ///< index into Plan::files, or -1 (index, side file)
+  bool present = false;   ///< OUT holds it as a regular file (step 1)
   bool same_start = true; ///< its size and known bytes matched (step 1)
 };
 
@@ -203,9 +203,10 @@ Status check_files(const fs::path& out, std::vector<Expected>& expected,
     if (size != e.size) {
       e.same_start = false;
       found->push_back(difference(Kind::size, e.name,
-                        "size " + bytes_text(size) + ", expected " + bytes_text(e.size) + " (" +
-                            bytes_text(size < e.size ? e.size - size : size - e.size) +
-                            (size < e.size ? " short)" : " too many)")));
+                                  "size " + bytes_text(size) + ", expected " + bytes_text(e.size) +
+                                      " (" +
+                                      bytes_text(size < e.size ? e.size - size : size - e.size) +
+                                      (size < e.size ? " short)" : " too many)")));
     }
     if (e.head.empty())
       continue;
@@ -217,10 +218,11 @@ Status check_files(const fs::path& out, std::vector<Expected>& expected,
       e.same_start = false;
       const bool index = e.plan_file < 0;
       found->push_back(difference(Kind::header, e.name,
-                        (index ? "differs from the index the conversion writes at byte "
-                               : "header differs from the conversion's at byte ") +
-                            std::to_string(**differs) + " (of " + bytes_text(e.head.size()) + ")",
-                        **differs));
+                                  (index ? "differs from the index the conversion writes at byte "
+                                         : "header differs from the conversion's at byte ") +
+                                      std::to_string(**differs) + " (of " +
+                                      bytes_text(e.head.size()) + ")",
+                                  **differs));
     }
   }
   std::set<std::string> known{CHECKSUMS_FILE_NAME, OUTPUT_MARKER_NAME};
@@ -260,8 +262,8 @@ using KnownDigests = std::map<std::string, std::string>;
 // left out (step 1 reported them).
 Status compare_data(const VerifyOptions& options, const Checkpoint& input, const Plan& plan,
                     const std::vector<Expected>& expected, bool want_digests,
-                    const VerifyCallbacks& callbacks, VerifySummary* summary,
-                    KnownDigests* digests, Profiler& profiler) {
+                    const VerifyCallbacks& callbacks, VerifySummary* summary, KnownDigests* digests,
+                    Profiler& profiler) {
   std::vector<uint32_t> files;
   std::vector<const Expected*> side_files;
   for (const Expected& e : expected) {
@@ -284,8 +286,8 @@ Status compare_data(const VerifyOptions& options, const Checkpoint& input, const
   shape.cancel = options.cancel;
   ConvertCallbacks progress;
   progress.progress = callbacks.progress;
-  auto engine = configure_engine(shape, threads, std::max<size_t>(1, files.size()), target.io(),
-                                 progress);
+  auto engine =
+      configure_engine(shape, threads, std::max<size_t>(1, files.size()), target.io(), progress);
   if (!engine)
     return engine.status();
   summary->device = engine->device;
@@ -321,16 +323,15 @@ Status compare_data(const VerifyOptions& options, const Checkpoint& input, const
                      : "differs from the input's at byte " + std::to_string(*at);
       summary->differences.push_back(std::move(d));
     } else if (e.same_start && want_digests) {
-      (*digests)[e.name] = e.plan_file >= 0 ? shard_digests[static_cast<size_t>(e.plan_file)]
-                                            : side_digests[e.name];
+      (*digests)[e.name] =
+          e.plan_file >= 0 ? shard_digests[static_cast<size_t>(e.plan_file)] : side_digests[e.name];
     }
   }
   return {};
 }
 
 // Step 3: OUT/SHA256SUMS checked line by line, as `sha256sum -c` does, relative to OUT.
-Status check_checksum_file(const fs::path& out, const KnownDigests& known,
-                           VerifySummary* summary) {
+Status check_checksum_file(const fs::path& out, const KnownDigests& known, VerifySummary* summary) {
   const fs::path path = out / CHECKSUMS_FILE_NAME;
   std::ifstream in(path, std::ios::binary);
   if (!in)
@@ -439,20 +440,19 @@ Result<VerifySummary> verify(const VerifyOptions& options, const VerifyCallbacks
     summary.bytes += e.size;
   }
   std::error_code ec;
-  summary.checksum_file =
-      fs::is_regular_file(fs::status(options.output / CHECKSUMS_FILE_NAME, ec));
+  summary.checksum_file = fs::is_regular_file(fs::status(options.output / CHECKSUMS_FILE_NAME, ec));
 
   // 1. The files: list, sizes, headers and the index.
-  if (Status s = check_files(options.output, *expected, &summary.differences,
-                             &summary.compared_bytes);
+  if (Status s =
+          check_files(options.output, *expected, &summary.differences, &summary.compared_bytes);
       !s.ok())
     return s;
 
   if (!options.quick) {
     // 2. The data, recomputed as a stream and compared as it is produced.
     KnownDigests digests;
-    if (Status s = compare_data(options, input, plan, *expected, summary.checksum_file,
-                                callbacks, &summary, &digests, profiler);
+    if (Status s = compare_data(options, input, plan, *expected, summary.checksum_file, callbacks,
+                                &summary, &digests, profiler);
         !s.ok())
       return s;
     // 3. SHA256SUMS, like sha256sum -c.

@@ -126,9 +126,8 @@ TEST_F(VerifyTest, AConvertedOutputIsIdentical) {
 }
 
 TEST_F(VerifyTest, TheOtherDirectionToo) {
-  auto back = run(tmp / "out", tmp / "back", opts([](ConvertOptions& o) {
-                    o.plan.max_shard_size = SHARD_SIZE;
-                  }));
+  auto back = run(tmp / "out", tmp / "back",
+                  opts([](ConvertOptions& o) { o.plan.max_shard_size = SHARD_SIZE; }));
   ASSERT_TRUE(back.ok());
   auto r = check(tmp / "out", tmp / "back");
   ASSERT_TRUE(r.ok());
@@ -266,8 +265,7 @@ TEST_F(VerifyTest, MissingAndExtraFilesAreListed) {
     } else { // sha256sum -c: "FAILED open or read"
       ASSERT_EQ(r->differences.size(), 4u);
       EXPECT_EQ(r->differences[3].kind, Kind::checksum);
-      EXPECT_NE(r->differences[3].detail.find(f.name + ": FAILED open or read"),
-                std::string::npos);
+      EXPECT_NE(r->differences[3].detail.find(f.name + ": FAILED open or read"), std::string::npos);
     }
   }
 }

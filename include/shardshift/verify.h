@@ -34,12 +34,12 @@
 namespace shardshift {
 
 struct VerifyOptions {
-  std::filesystem::path input;  ///< the checkpoint that was converted
-  std::filesystem::path output; ///< the directory to check (not a stream)
-  PlanOptions plan;             ///< must be the options the conversion used
-  bool quick = false;           ///< step 1 only: files, sizes, headers and the index
-  unsigned threads = 0;         ///< 0 = all hardware threads (-j)
-  unsigned writers = 0;         ///< files compared at once; 0 = as convert picks
+  std::filesystem::path input;             ///< the checkpoint that was converted
+  std::filesystem::path output;            ///< the directory to check (not a stream)
+  PlanOptions plan;                        ///< must be the options the conversion used
+  bool quick = false;                      ///< step 1 only: files, sizes, headers and the index
+  unsigned threads = 0;                    ///< 0 = all hardware threads (-j)
+  unsigned writers = 0;                    ///< files compared at once; 0 = as convert picks
   uint64_t max_memory = uint64_t{1} << 30; ///< the same budget as convert's
   std::string device = "auto";             ///< auto | cpu | cuda | cuda:N
   const std::atomic<bool>* cancel = nullptr;
@@ -56,8 +56,8 @@ struct Difference {
     checksum, ///< a line of OUT's SHA256SUMS does not hold
   };
   Kind kind = Kind::missing;
-  std::string file;   ///< relative to OUT
-  std::string detail; ///< what differs, for people ("size 10 bytes, expected 12")
+  std::string file;    ///< relative to OUT
+  std::string detail;  ///< what differs, for people ("size 10 bytes, expected 12")
   uint64_t offset = 0; ///< header, data: the file offset of the first differing byte
   std::string tensor;  ///< data: the tensor holding that byte (empty in a side file)
   /// One line: `file: detail`, the name escaped like every name shardshift prints (printable()).
@@ -70,10 +70,10 @@ struct VerifySummary {
   Direction direction = Direction::from_hf;
   std::string device; ///< where the data was recomputed (empty with quick)
   bool quick = false;
-  uint64_t files = 0, bytes = 0; ///< the files the conversion writes, and their bytes
-  uint64_t compared_bytes = 0;   ///< bytes compared (headers and index in step 1, then data)
-  bool checksum_file = false;    ///< OUT has SHA256SUMS (checked unless quick)
-  uint64_t checksums_ok = 0;     ///< its lines that hold
+  uint64_t files = 0, bytes = 0;       ///< the files the conversion writes, and their bytes
+  uint64_t compared_bytes = 0;         ///< bytes compared (headers and index in step 1, then data)
+  bool checksum_file = false;          ///< OUT has SHA256SUMS (checked unless quick)
+  uint64_t checksums_ok = 0;           ///< its lines that hold
   std::vector<Difference> differences; ///< in the order of the steps; empty: identical
   double seconds = 0;
   uint64_t peak_rss = 0;
