@@ -50,7 +50,7 @@ TEST(CliHelp, FitsEightyColumnsAndExplainsEveryFlag) {
   ASSERT_EQ(top.exit_code, 0);
   for (const std::string& line : lines_of(top.out))
     EXPECT_LT(line.size(), 80u) << "shardshift --help: " << line;
-  for (const char* command : {"inspect", "plan", "convert", "synth"}) {
+  for (const char* command : {"inspect", "plan", "convert", "verify", "synth"}) {
     SCOPED_TRACE(command);
     auto r = run_shardshift(std::string(command) + " --help");
     ASSERT_EQ(r.exit_code, 0) << r.err;
