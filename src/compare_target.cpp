@@ -115,42 +115,43 @@ void CompareTarget::close_file(const OutputFile& file, bool finished) {
     }
 }
 
-// The produced bytes [position, position + count) against the file's. Once a file differs, the
-// rest of it is only counted: its first difference is what the user needs.
+// The produced bytes [position, position + count) against the file's, in blocks of
+// COMPARE_BLOCK: each block's pages are read in one call, compared and released (the partial
+// last page waits for the next block), so a lane holds at most one block of the file whatever
+// the size of the write, and the pipeline's budget (buffers and input) stays what bounds memory.
+// Once a file differs, the rest of it is only counted: its first difference is what the user
+// needs.
 ssize_t CompareTarget::compare(OpenFile& f, const void* buf, size_t count) {
+  constexpr uint64_t COMPARE_BLOCK = uint64_t{4} << 20;
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t pos = f.position;
   f.position += count;
   const MappedFile& out = *f.file;
-  const uint64_t begin = std::max(pos, f.from);
   const uint64_t end = std::min(pos + count, out.size());
-  if (begin >= end || f.result.first_difference)
-    return static_cast<ssize_t>(count);
-
-  const auto* produced = static_cast<const std::byte*>(buf) + (begin - pos);
-  const std::byte* found = out.bytes().data() + begin;
-  const uint64_t length = end - begin;
-  // Read the file's pages in one call rather than one fault at a time.
-  out.populate(begin, length);
-  std::optional<uint64_t> differs;
-  Status read = guard_mapped_access(out, [&] {
-    if (std::memcmp(produced, found, length) != 0)
-      differs = begin + static_cast<uint64_t>(
-                            std::mismatch(produced, produced + length, found).first - produced);
-  });
-  if (!read.ok()) {
-    std::lock_guard lock(mu_);
-    if (error_.ok())
-      error_ = std::move(read);
-    errno = EIO;
-    return -1;
+  for (uint64_t begin = std::max(pos, f.from); begin < end && !f.result.first_difference;) {
+    const uint64_t length = std::min(COMPARE_BLOCK, end - begin);
+    const auto* produced = static_cast<const std::byte*>(buf) + (begin - pos);
+    const std::byte* found = out.bytes().data() + begin;
+    out.populate(begin, length); // one call rather than one fault per page
+    std::optional<uint64_t> differs;
+    Status read = guard_mapped_access(out, [&] {
+      if (std::memcmp(produced, found, length) != 0)
+        differs = begin + static_cast<uint64_t>(
+                              std::mismatch(produced, produced + length, found).first - produced);
+    });
+    if (!read.ok()) {
+      std::lock_guard lock(mu_);
+      if (error_.ok())
+        error_ = std::move(read);
+      errno = EIO;
+      return -1;
+    }
+    f.result.compared_bytes += length;
+    f.result.first_difference = differs;
+    begin += length;
+    out.release(f.released, begin - f.released);
+    f.released = begin - begin % page;
   }
-  f.result.compared_bytes += length;
-  f.result.first_difference = differs;
-  // Compared pages are not needed again; release them (the partial last page waits for the next
-  // call) so that the resident set stays flat however large the file.
-  out.release(f.released, end - f.released);
-  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  f.released = end - end % page;
   return static_cast<ssize_t>(count);
 }
 
