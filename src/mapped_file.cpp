@@ -156,6 +156,12 @@ void install_sigbus_handler() {
 
 } // namespace
 
+Status file_changed_error(const std::string& path) {
+  return error(Errc::file_changed,
+               path + ": file changed while reading (it shrank or was truncated while "
+                             "mapped); re-run when no other process is writing it");
+}
+
 Status guard_mapped_access(const MappedFile& file, const std::function<void()>& fn) {
   install_sigbus_handler();
   sigjmp_buf jump;
@@ -163,9 +169,7 @@ Status guard_mapped_access(const MappedFile& file, const std::function<void()>& 
   // savemask = 1: the handler runs with SIGBUS blocked; siglongjmp must unblock it again.
   if (sigsetjmp(jump, 1) != 0) {
     t_guard_jump = outer;
-    return error(Errc::file_changed,
-                 file.path() + ": file changed while reading (it shrank or was truncated while "
-                               "mapped); re-run when no other process is writing it");
+    return file_changed_error(file.path());
   }
   t_guard_jump = &jump;
   try {

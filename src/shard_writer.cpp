@@ -8,6 +8,8 @@
 // reported as Errc::broken_pipe.
 #include "shardshift/shard_writer.h"
 
+#include "shardshift/mapped_file.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -157,6 +159,11 @@ static Status write_error(const std::string& path, int err, uint64_t done, uint6
 }
 
 Status ShardWriter::append(std::span<const std::byte> bytes) {
+  return write_bytes(bytes, nullptr);
+}
+
+// `source`: the input file the bytes are mapped from, named when the kernel cannot read them.
+Status ShardWriter::write_bytes(std::span<const std::byte> bytes, const std::string* source) {
   if (!status_.ok())
     return status_;
   if (fd_ < 0)
@@ -176,6 +183,8 @@ Status ShardWriter::append(std::span<const std::byte> bytes) {
         wait_writable(fd_);
         continue;
       }
+      if (err == EFAULT && source) // a mapping whose file shrank
+        return fail(file_changed_error(*source));
       return fail(write_error(display_path_, err, position_, expected_size_, "write"));
     }
     if (n == 0)
@@ -188,7 +197,8 @@ Status ShardWriter::append(std::span<const std::byte> bytes) {
 }
 
 Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
-                                std::span<const std::byte> fallback, bool* zero_copy) {
+                                std::span<const std::byte> fallback, bool* zero_copy,
+                                const std::string& source) {
   if (zero_copy)
     *zero_copy = false;
   if (!status_.ok())
@@ -228,14 +238,12 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
       }
       bool refused = is_stream_ ? err == EINVAL || err == ENOSYS : is_copy_refusal(err);
       if (refused)
-        return append(fallback.subspan(static_cast<size_t>(done)));
+        return write_bytes(fallback.subspan(static_cast<size_t>(done)), &source);
       return fail(write_error(display_path_, err, position_, expected_size_,
                               is_stream_ ? "splice" : "copy_file_range"));
     }
-    if (n == 0)
-      return fail(error(Errc::io, display_path_ + ": input ended after " + std::to_string(done) +
-                                      " of " + std::to_string(length) +
-                                      " bytes of a copy (did an input file shrink?)"));
+    if (n == 0) // the source ended early: it shrank
+      return fail(file_changed_error(source));
     done += static_cast<uint64_t>(n);
     position_ += static_cast<uint64_t>(n);
   }

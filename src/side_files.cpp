@@ -33,7 +33,7 @@ Status deliver_side_file(OutputTarget& target, Io& io, const Checkpoint& input,
     }
     Status copied;
     s = guard_mapped_access(in, [&] {
-      copied = writer.append_copy(in.fd(), off, n, *view);
+      copied = writer.append_copy(in.fd(), off, n, *view, nullptr, in.path());
       if (sha && copied.ok())
         sha->update(*view);
     });

@@ -55,7 +55,7 @@ Status WriteStage::copy_run(const Item& item) {
     for (auto& [off, len] : pieces)
       if (len != 0 && copied.ok())
         copied = writer_->append_copy(in.fd(), item.in_offset + off, len, view->subspan(off, len),
-                                      &zero_copy);
+                                      &zero_copy, in.path());
   });
   (zero_copy ? totals_.zero_copy_bytes : totals_.fallback_copy_bytes) += item.length;
   totals_.done += item.length;

@@ -59,4 +59,9 @@ private:
 /// recovery unwinds with siglongjmp). Nested guards on one thread are allowed.
 Status guard_mapped_access(const MappedFile& file, const std::function<void()>& fn);
 
+/// The error of an input file that changed while it was read (Errc::file_changed, naming `path`):
+/// what guard_mapped_access returns on SIGBUS, and what ShardWriter::append_copy returns when the
+/// kernel can no longer read its source (EFAULT from a mapping, a copy that ends early).
+Status file_changed_error(const std::string& path);
+
 } // namespace shardshift

@@ -41,9 +41,12 @@ public:
   /// Appends `length` bytes of `in_fd` from `in_offset` without passing them through user space:
   /// copy_file_range to a file (reflinks where the filesystem shares extents), splice to a pipe.
   /// Falls back to pwrite from `fallback` (the same bytes, e.g. from a mapping) when the kernel
-  /// refuses. Returns whether the zero-copy path was used in `*zero_copy` when non-null.
+  /// refuses. Returns whether the zero-copy path was used in `*zero_copy` when non-null. A source
+  /// the kernel can no longer read (it ends early, or EFAULT from a mapping whose file shrank)
+  /// fails with Errc::file_changed naming `source`, the input file's path.
   Status append_copy(int in_fd, uint64_t in_offset, uint64_t length,
-                     std::span<const std::byte> fallback, bool* zero_copy = nullptr);
+                     std::span<const std::byte> fallback, bool* zero_copy = nullptr,
+                     const std::string& source = "the input");
   /// Checks the byte count, fsyncs, renames into place and fsyncs the directory.
   Status finish();
   /// Removes the temporary file (no-op when finished or never opened).
@@ -55,6 +58,7 @@ public:
 
 private:
   Status fail(Status s);
+  Status write_bytes(std::span<const std::byte> bytes, const std::string* source);
   Io* io_;
   int fd_ = -1;
   bool owns_fd_ = false;

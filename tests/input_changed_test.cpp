@@ -1,0 +1,79 @@
+// input_changed_test.cpp: an input shard truncated by another process while its bytes are being
+// copied is reported against that input file, as "file changed while reading" (issue 12, defect
+// 6: it used to be "write failed: Bad address" or "input ended" against the output file), on each
+// pass-through path: copy_file_range, the pwrite fallback from the mapping, splice to a pipe.
+// Nothing is left under OUT.
+#include "convert_harness.h"
+
+#include <climits>
+#include <unistd.h>
+
+namespace shardshift::testing {
+namespace {
+
+// Truncates the source file of the first zero-copy call to a few bytes, as a process rewriting
+// the checkpoint would, then lets the call go through (`refuse` = false) or refuses it the way a
+// kernel refuses a cross-filesystem copy, so the bytes come from the mapping instead.
+class TruncateSourceOnFirstCopy final : public ForwardingIo {
+public:
+  explicit TruncateSourceOnFirstCopy(bool refuse) : ForwardingIo(Io::system()), refuse_(refuse) {}
+  ssize_t copy_file_range(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
+    if (truncate_source(in) && refuse_) {
+      errno = EXDEV;
+      return -1;
+    }
+    return ForwardingIo::copy_file_range(in, in_off, out, out_off, len);
+  }
+  ssize_t splice(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
+    truncate_source(in);
+    return ForwardingIo::splice(in, in_off, out, out_off, len);
+  }
+  const std::string& truncated() const { return truncated_; }
+
+private:
+  bool truncate_source(int fd) {
+    if (!truncated_.empty())
+      return false;
+    char path[PATH_MAX] = {};
+    const std::string link = "/proc/self/fd/" + std::to_string(fd);
+    const ssize_t n = ::readlink(link.c_str(), path, sizeof path - 1);
+    if (n <= 0 || ::truncate(path, 16) != 0)
+      return false;
+    truncated_ = path;
+    return true;
+  }
+  bool refuse_;
+  std::string truncated_;
+};
+
+TEST_F(ConvertTest, AnInputTruncatedWhileCopiedIsNamedAsTheFileThatChanged) {
+  struct Case {
+    const char* path;
+    bool refuse, pipe;
+  };
+  for (const Case& c : {Case{"copy_file_range", false, false},
+                        Case{"pwrite from the mapping", true, false}, Case{"splice", false, true}}) {
+    SCOPED_TRACE(c.path);
+    std::filesystem::remove_all(tmp / "hf");
+    reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 2, 4, 64, 24), 2,
+                                "diffusion_gemma");
+    TruncateSourceOnFirstCopy io(c.refuse);
+    auto r = run(tmp / "hf", c.pipe ? "" : tmp / "out", opts([&](ConvertOptions& o) {
+                   o.io = &io;
+                   o.writers = 1;
+                   if (c.pipe)
+                     o.pipe_to = "cat > /dev/null";
+                 }));
+    ASSERT_FALSE(io.truncated().empty()) << "no pass-through copy was made";
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Errc::file_changed) << r.status().message();
+    const std::string& m = r.status().message();
+    EXPECT_NE(m.find(io.truncated() + ": file changed while reading"), std::string::npos) << m;
+    EXPECT_EQ(m.find("Bad address"), std::string::npos) << m;
+    EXPECT_EQ(m.find("input ended"), std::string::npos) << m;
+    EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
+  }
+}
+
+} // namespace
+} // namespace shardshift::testing
