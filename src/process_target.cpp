@@ -1,6 +1,7 @@
 // process_target.cpp: starting, feeding, and ending (or interrupting) one command per file.
 #include "process_target.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -9,6 +10,8 @@
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
+#include <utility>
+#include <vector>
 
 extern char** environ;
 
@@ -71,37 +74,139 @@ ProcessTarget::~ProcessTarget() {
 
 Status ProcessTarget::open(ShardWriter& writer, const OutputFile& file) {
   const std::string command = expand_command(command_, file.name, file.size());
-  // The write end is close-on-exec, so no other file's command inherits it (an inherited copy
-  // would keep this pipe open and hide its end of input).
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0)
-    return Status(Errc::io,
-                  file.name + ": cannot create a pipe for the command: " + errno_text(errno));
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[0], STDIN_FILENO);
-  // Its own process group: signals reach the shell and whatever it started (the uploader), and a
-  // Ctrl-C at the terminal reaches shardshift alone, which then decides each file's fate.
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-  posix_spawnattr_setpgroup(&attr, 0);
-  const char* argv[] = {"sh", "-c", command.c_str(), nullptr};
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, "/bin/sh", &actions, &attr, const_cast<char**>(argv), environ);
-  posix_spawnattr_destroy(&attr);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[0]);
-  if (rc != 0) {
-    close(fds[1]);
-    return Status(Errc::io,
-                  file.name + ": cannot start the command '" + command + "': " + errno_text(rc));
-  }
+  Child child;
+  if (Status s = start(file.name, command, child); !s.ok())
+    return s;
   {
     std::lock_guard lock(mu_);
-    children_[file.name] = Child{pid, fds[1]};
+    children_[file.name] = child;
   }
-  return writer.open_stream(fds[1], file.name, file.header, file.data_size);
+  return writer.open_stream(child.stdin_fd, file.name, file.header, file.data_size);
+}
+
+namespace {
+
+// The guard's script. It leads the command's process group and ignores the signals that
+// shardshift sends the group to interrupt the command (it dies with the SIGKILL, as the command
+// does). fd 3 is a second write end of the command's stdin, fd 4 the lifeline's read end, $1 the
+// grace period in seconds. A line on the lifeline means "let go"; its end without one means that
+// shardshift is gone: the command must not take what it read for a complete input, so the guard
+// interrupts the group, then terminates it, then kills it and itself with it, holding fd 3 to
+// the end.
+constexpr const char* kGuardScript = "trap '' INT TERM\n"
+                                     "if read -r word <&4; then exit 0; fi\n"
+                                     "kill -s INT 0\n"
+                                     "sleep \"$1\"\n"
+                                     "kill -s TERM 0\n"
+                                     "sleep \"$1\"\n"
+                                     "kill -s KILL 0\n";
+
+// posix_spawn of /bin/sh with `args`, in process group `group` (0: a new one), SIGINT and
+// SIGTERM at their defaults and no signal blocked (an uploader must be interruptible whatever
+// its starter had), after the dup2s `moves` (from, to) and, with `quiet_stdio`, stdin and stdout
+// on /dev/null. Returns 0 or an errno.
+int spawn_sh(const std::vector<std::string>& args, const std::vector<std::pair<int, int>>& moves,
+             bool quiet_stdio, pid_t group, pid_t* pid) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (quiet_stdio) {
+    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  }
+  for (auto [from, to] : moves)
+    posix_spawn_file_actions_adddup2(&actions, from, to);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGINT);
+  sigaddset(&defaults, SIGTERM);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setpgroup(&attr, group);
+  std::vector<char*> argv;
+  for (const std::string& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const int rc = posix_spawn(pid, "/bin/sh", &actions, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  posix_spawn_file_actions_destroy(&actions);
+  return rc;
+}
+
+} // namespace
+
+// Starts the guard (a new process group) holding a second write end of a pipe, then the command
+// in the guard's group with that pipe on its stdin. The guard comes first, so there is no moment
+// at which the command runs and shardshift's death would close its input. Every descriptor is
+// close-on-exec, so no other file's command or guard inherits one (an inherited write end would
+// hide this pipe's end of input; an inherited lifeline would hide shardshift's death).
+Status ProcessTarget::start(const std::string& name, const std::string& command, Child& child) {
+  auto fail = [&](const std::string& what, int err) {
+    return Status(Errc::io, name + ": " + what + ": " + errno_text(err));
+  };
+  int data[2], life[2];
+  if (pipe2(data, O_CLOEXEC) != 0)
+    return fail("cannot create a pipe for the command", errno);
+  if (pipe2(life, O_CLOEXEC) != 0) {
+    const int err = errno;
+    close(data[0]);
+    close(data[1]);
+    return fail("cannot create a pipe for the command", err);
+  }
+  child.stdin_fd = data[1];
+  child.lifeline = life[1];
+  // Copies at 10 and above first, so that the dup2s to 3 and 4 cannot overwrite each other.
+  const int held = fcntl(data[1], F_DUPFD_CLOEXEC, 10);
+  const int lifeline_in = held < 0 ? -1 : fcntl(life[0], F_DUPFD_CLOEXEC, 10);
+  int rc = lifeline_in < 0 ? errno : 0;
+  close(life[0]);
+  const std::string grace_s = std::to_string(grace_.count() / 1000) + "." +
+                              std::to_string(1000 + grace_.count() % 1000).substr(1);
+  if (rc == 0)
+    rc = spawn_sh({"sh", "-c", kGuardScript, "shardshift-guard", grace_s},
+                  {{held, 3}, {lifeline_in, 4}}, true, 0, &child.guard);
+  for (int fd : {held, lifeline_in})
+    if (fd >= 0)
+      close(fd);
+  if (rc != 0) {
+    child.guard = -1;
+    for (int fd : {data[0], data[1], life[1]})
+      close(fd);
+    return fail("cannot start the guard of the command '" + command + "'", rc);
+  }
+  // The command's group is the guard's: signals reach the shell and whatever it started (the
+  // uploader), and a Ctrl-C at the terminal reaches shardshift alone, which then decides each
+  // file's fate.
+  rc = spawn_sh({"sh", "-c", command}, {{data[0], STDIN_FILENO}}, false, child.guard, &child.pid);
+  close(data[0]);
+  if (rc != 0) {
+    child.pid = -1;
+    close(child.stdin_fd);
+    child.stdin_fd = -1;
+    release_guard(child);
+    return fail("cannot start the command '" + command + "'", rc);
+  }
+  return {};
+}
+
+// Tells the guard to let go of its write end (the input is complete, or the command has ended)
+// and reaps it.
+void ProcessTarget::release_guard(Child& child) {
+  if (child.lifeline >= 0) {
+    [[maybe_unused]] ssize_t n = write(child.lifeline, "done\n", 5); // EPIPE: it is gone
+    close(child.lifeline);
+    child.lifeline = -1;
+  }
+  if (child.guard > 0) {
+    int status = 0;
+    while (waitpid(child.guard, &status, 0) < 0 && errno == EINTR) {
+    }
+    child.guard = -1;
+  }
 }
 
 ProcessTarget::Child ProcessTarget::take(const std::string& name) {
@@ -149,7 +254,8 @@ Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
     set_outcome(file.name, Delivery::failed, written.message());
     return written;
   }
-  close(child.stdin_fd); // the end of input: the command may now complete its work
+  close(child.stdin_fd); // the end of input: the command may now complete its work,
+  release_guard(child);  // once its guard has let go too
   int status = 0;
   while (waitpid(child.pid, &status, 0) < 0 && errno == EINTR) {
   }
@@ -188,13 +294,14 @@ std::string ProcessTarget::interrupt(Child& child) {
   for (int sig : {SIGINT, SIGTERM, SIGKILL}) {
     if (gone)
       break;
-    kill(-child.pid, sig); // the whole group: the shell and the command it runs
+    kill(-child.guard, sig); // the whole group: the shell, the command it runs, the guard
     gone =
         wait_for(child.pid, sig == SIGKILL ? std::chrono::milliseconds(60'000) : grace_, &status);
   }
   close(child.stdin_fd);
   if (!gone)
     waitpid(child.pid, &status, 0);
+  release_guard(child);
   child = {};
   return describe_exit(status);
 }

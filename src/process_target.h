@@ -9,6 +9,14 @@
 // is closed, so it sees a signal rather than an ordinary end of input, and uploaders that honour
 // SIGINT leave no object behind.
 //
+// The same holds when shardshift itself dies (kill -9, a crash): each command's stdin pipe has a
+// second writer, a small guard (`sh`) that leads the command's process group, ignores SIGINT and
+// SIGTERM, and waits on a "lifeline" pipe for shardshift to say that the input is complete. Until
+// then the guard keeps the pipe open, so the command never sees an end of input that shardshift
+// did not mean; if the lifeline ends without that word (shardshift is gone), the guard sends the
+// group SIGINT, then SIGTERM and SIGKILL (itself included), each after the grace period, holding
+// the pipe to the end.
+//
 // REQUIRES: SIGPIPE is ignored (the app does so), so a command that exits early shows as EPIPE.
 // Thread-safety: open/finish/abandon may be called from several lanes for different files.
 #pragma once
@@ -54,9 +62,13 @@ public:
 
 private:
   struct Child {
-    pid_t pid = -1;
-    int stdin_fd = -1;
+    pid_t pid = -1;    ///< `sh -c COMMAND`, in the guard's process group
+    int stdin_fd = -1; ///< the write end of its stdin
+    pid_t guard = -1;  ///< leads the group; holds a second write end until told to let go
+    int lifeline = -1; ///< to the guard: a line = "let go"; end of file = "interrupt the group"
   };
+  Status start(const std::string& name, const std::string& command, Child& child);
+  static void release_guard(Child& child);
   Child take(const std::string& name);
   std::string interrupt(Child& child);
 

@@ -11,6 +11,7 @@
 #include "test_support.h"
 
 #include <csignal>
+#include <fstream>
 #include <numeric>
 #include <thread>
 
@@ -112,6 +113,46 @@ TEST_F(ProcessTargetTest, ACommandThatIgnoresSigintIsStoppedAnyway) {
   target.abandon(w, f);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
   EXPECT_FALSE(std::filesystem::exists(tmp / "marker"));
+}
+
+// True once process `pid` has ended (gone, or a zombie nobody has reaped yet).
+bool process_ended(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line))
+    return true;
+  const size_t paren = line.rfind(')');
+  return paren == std::string::npos || line.substr(paren + 2, 1) == "Z";
+}
+
+TEST_F(ProcessTargetTest, ACommandIsInterruptedWhenShardshiftIsKilled) {
+  // kill -9 of the process that feeds a command closes its end of the pipe, which the command
+  // would take for a complete input (an uploader then commits a truncated object). The guard
+  // holding a second write end must interrupt the command instead: it never records an exit.
+  const std::string status = shell_quote((tmp / "status").string());
+  const std::string ready = shell_quote((tmp / "ready").string());
+  const std::string pid = shell_quote((tmp / "pid").string());
+  const std::string command =
+      "echo $$ > " + pid + "; touch " + ready + "; cat > /dev/null; echo $? > " + status;
+  EXPECT_EXIT(
+      {
+        ProcessTarget target(command, std::chrono::milliseconds(500));
+        const OutputFile f = small_file("k.bin", "HEADER", 10);
+        ShardWriter w;
+        if (!target.open(w, f).ok() || !w.append(std::as_bytes(std::span("01234", 5))).ok())
+          std::_Exit(3);
+        for (int i = 0; i < 2000 && !std::filesystem::exists(tmp / "ready"); ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        raise(SIGKILL); // no destructor, no abandon: only the guard can act
+      },
+      ::testing::KilledBySignal(SIGKILL), "");
+  ASSERT_TRUE(std::filesystem::exists(tmp / "pid"));
+  const pid_t shell = std::stoi(read_bytes(tmp / "pid"));
+  for (int i = 0; i < 1000 && !process_ended(shell); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(process_ended(shell)) << "the command still runs 10 s after its starter died";
+  EXPECT_FALSE(std::filesystem::exists(tmp / "status"))
+      << "the command took the cut input for complete: " << read_bytes(tmp / "status");
 }
 
 // Runs the pipeline over every file of `plan` into `target`, in 64 KiB chunks, 3 tokens a lane.
