@@ -154,7 +154,7 @@ download_all() { # into $1
 expect_nothing_truncated() {
   local sums=$1 name size want got
   objects > "$T/objects" || fail "cannot list the bucket"
-  note "objects after the run: $(tr '\n' ';' < "$T/objects")"
+  note "objects after the run: $(tr '\n' ';' < "$T/objects"); parts of unfinished uploads left on the server: $(du -sb "$T/s3/bucket/._S3rver_uploads" 2>/dev/null | cut -f1) bytes"
   ! grep -q '^model.safetensors.index.json ' "$T/objects" ||
     fail "the index was uploaded although the run failed"
   download_all "$T/dl-check"
