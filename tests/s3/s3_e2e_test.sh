@@ -294,6 +294,7 @@ case_input_error() {
   wait $pid
   expect_rc 1 $? "convert of an input truncated mid-stream"
   cat "$T/err" >&2
+  expect_in_err "$T/in/model.safetensors: file changed while reading"
   expect_big_summary
   expect_no_process_left
   expect_nothing_truncated "$FIXTURE/big.SHA256SUMS"
@@ -376,6 +377,7 @@ case_readme_loop_failure() {
   wait $loop
   expect_rc 1 $? "the README's loop with an input truncated mid-stream"
   cat "$T/err" >&2
+  expect_in_err "hf/model.safetensors: file changed while reading"
   grep -qF "delete: s3://bucket/native/model.safetensors" "$T/out" ||
     fail "the loop did not remove the failed object: $(cat "$T/out")"
   expect_no_process_left
