@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds shardshift and its tests with AddressSanitizer and UndefinedBehaviorSanitizer into
+# build-asan/ (GCC, CUDA off) and runs the unit and e2e tests there. Any sanitizer report ends the
+# program that made it, so the test fails. scripts/test.sh runs this after the normal suite.
+# Usage: scripts/sanitize.sh [extra ctest args...]   (after scripts/setup.sh has installed the packages)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# -O1 -g1: ASan's recommended optimisation and line tables for the stack traces; twice as fast to
+# compile as -O2 -g, which is most of this script's time on a small machine.
+cmake -S . -B build-asan -DSHARDSHIFT_SANITIZE=ON -DSHARDSHIFT_CUDA=OFF -DSHARDSHIFT_PERF=OFF \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" >/dev/null
+cmake --build build-asan -j"$(nproc)"
+
+# Fail on the first report, with a symbolized stack; leaks are reported at exit. The tests that
+# run the binary (e2e) inherit these.
+export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_string_checks=1:check_initialization_order=1"
+export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
+cd build-asan
+ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' "$@"
