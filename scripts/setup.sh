@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake pkg-config libsimdjson-dev libtbb-dev libboost-program-options-dev
           libboost-iostreams-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libpcre2-dev
           xfsprogs help2man file
-          awscli rclone) # the uploaders of the S3 tests (tests/s3)
+          awscli rclone # the uploaders of the S3 tests (tests/s3)
+          clang libclang-rt-14-dev) # libFuzzer and clang's sanitizers (scripts/fuzz.sh)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
