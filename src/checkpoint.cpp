@@ -121,6 +121,7 @@ struct Opening {
   Index index;                                   ///< when ckpt.has_index
   std::vector<Status> shard_status;              ///< per shard: mapped and parsed, or why not
   std::set<std::string, std::less<>> duplicated; ///< tensor names found in two shards
+  uint64_t header_bytes = 0;                     ///< the shards' header lengths, summed
 };
 
 // The index's shards: each listed path must stay inside the directory and exist. Fails only when
@@ -224,21 +225,60 @@ Status find_files(Opening& o, const fs::path& path) {
   return {};
 }
 
-// Map and validate every shard. Headers are independent, so they are read in parallel; each
-// slot's Status is merged in shard order afterwards so messages come out deterministically.
+// Map every shard and read its header's length, so that their total can be checked before any
+// is parsed.
 void map_shards(Opening& o) {
   Checkpoint& ckpt = o.ckpt;
   ckpt.shards.resize(o.shard_names.size());
   o.shard_status.assign(o.shard_names.size(), Status());
-  tbb::parallel_for(size_t{0}, o.shard_names.size(), [&](size_t i) {
+  o.header_bytes = 0;
+  for (size_t i = 0; i < o.shard_names.size(); ++i) {
     Shard& shard = ckpt.shards[i];
     shard.file_name = o.shard_names[i];
     auto mapped = MappedFile::open(ckpt.root / shard.file_name);
     if (!mapped) {
       o.shard_status[i] = mapped.status();
-      return;
+      continue;
     }
     shard.file = std::move(mapped).value();
+    uint64_t length = 0;
+    if (Status s = guard_mapped_access(*shard.file, [&] {
+          const auto bytes = shard.file->bytes();
+          for (size_t b = 0; b < 8 && b < bytes.size(); ++b)
+            length |= uint64_t(std::to_integer<uint8_t>(bytes[b])) << (8 * b);
+        });
+        !s.ok())
+      o.shard_status[i] = s;
+    // A length past the file's end is the parser's to report; only what is there gets parsed.
+    o.header_bytes += std::min(length, shard.file->size());
+  }
+}
+
+// The headers' parsed form must fit the memory limit (Checkpoint::open), with at least half of it
+// left for the data in flight, as the engine requires once it knows the exact figure.
+Status check_header_memory(const Opening& o, uint64_t memory_limit) {
+  if (memory_limit == 0 || o.header_bytes <= memory_limit / (2 * HEADER_MEMORY_FACTOR))
+    return {};
+  const uint64_t need_mib = (2 * o.header_bytes * HEADER_MEMORY_FACTOR >> 20) + 64;
+  return Status(Errc::unsupported,
+                o.ckpt.root.string() + ": the headers of the " +
+                    std::to_string(o.shard_names.size()) + " shard(s) hold " +
+                    std::to_string(o.header_bytes) + " bytes of JSON, which take up to " +
+                    std::to_string(HEADER_MEMORY_FACTOR) +
+                    " times as much memory once parsed and planned: more than half of the "
+                    "memory budget of " + std::to_string(memory_limit) +
+                    " bytes; raise it (--max-memory " + std::to_string(need_mib) + "MiB)");
+}
+
+// Validate every header. Headers are independent, so they are parsed in parallel; each slot's
+// Status is merged in shard order afterwards so messages come out deterministically. The header's
+// pages are released once parsed: the parsed form is what the conversion keeps.
+void parse_headers(Opening& o) {
+  Checkpoint& ckpt = o.ckpt;
+  tbb::parallel_for(size_t{0}, o.shard_names.size(), [&](size_t i) {
+    Shard& shard = ckpt.shards[i];
+    if (!shard.file || !o.shard_status[i].ok())
+      return;
     Result<Header> header = error(Errc::format, "unreachable");
     // A SIGBUS during the parse skips destructors of the parser's locals (a bounded leak on a
     // path that ends the run); the objects that outlive the guard are declared outside it.
@@ -250,6 +290,8 @@ void map_shards(Opening& o) {
       o.shard_status[i] = header.status();
     else
       shard.header = std::move(header).value();
+    if (shard.header.data_start > 0)
+      shard.file->release(0, shard.header.data_start);
   });
   for (const auto& s : o.shard_status)
     if (!s.ok())
@@ -318,11 +360,14 @@ void read_config(Opening& o) {
 
 } // namespace
 
-Result<Checkpoint> Checkpoint::open(const fs::path& path) {
+Result<Checkpoint> Checkpoint::open(const fs::path& path, uint64_t memory_limit) {
   Opening o;
   if (Status s = find_files(o, path); !s.ok())
     return s;
   map_shards(o);
+  if (Status s = check_header_memory(o, memory_limit); !s.ok())
+    return s;
+  parse_headers(o);
   index_tensors(o);
   if (o.ckpt.has_index)
     check_index(o);

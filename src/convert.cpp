@@ -101,7 +101,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   if (auto device = parse_device(options.device); !device)
     return device.status();
   const uint64_t t0 = profiler.now();
-  auto opened = Checkpoint::open(options.input);
+  const uint64_t heap_before = heap_in_use_bytes();
+  auto opened = Checkpoint::open(options.input, options.max_memory);
   if (!opened)
     return opened.status();
   const Checkpoint& input = *opened;
@@ -119,7 +120,9 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   const unsigned threads =
       options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
-  auto engine = configure_engine(options, threads, plan.files.size(), io, callbacks);
+  // The parsed headers and the plan are part of the budget too (they grow with the tensor count).
+  const uint64_t held = std::max(heap_in_use_bytes(), heap_before) - heap_before;
+  auto engine = configure_engine(options, threads, plan.files.size(), io, callbacks, held);
   if (!engine)
     return engine.status();
 

@@ -51,7 +51,15 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
 } // namespace
 
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                Io& io, const ConvertCallbacks& callbacks) {
+                                Io& io, const ConvertCallbacks& callbacks, uint64_t held) {
+  if (held > options.max_memory / 2)
+    return Status(Errc::unsupported,
+                  "the parsed input and its plan take " + std::to_string(held) +
+                      " bytes, more than half of the memory budget of " +
+                      std::to_string(options.max_memory) +
+                      " bytes, leaving too little for the data in flight; raise it (--max-memory " +
+                      std::to_string((2 * held >> 20) + 64) + "MiB)");
+  const uint64_t budget = options.max_memory - held;
   Engine e;
   PipelineConfig& c = e.config;
   c.writers = options.writers ? options.writers : default_writers(threads, files);
@@ -64,13 +72,13 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
   // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
-  size_pipeline(options.max_memory, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
+  size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
   auto gpu = open_device(options.device, threads, c.chunk_bytes, gpu_slots, &e.device);
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());
   if (!e.gpu)
-    size_pipeline(options.max_memory, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
+    size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
   c.gpu = e.gpu.get();
   c.io = &io;
   c.cancel = options.cancel;

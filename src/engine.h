@@ -25,8 +25,11 @@ struct Engine {
 /// The engine for converting `files` output files with `threads` worker threads (the caller
 /// holds the tbb::global_control): writer lanes from options.writers (or --pipe-to's uploads, or
 /// one for tar), the memory split of size_pipeline, and the GPU when options.device asks for or
-/// allows one (its staging slots come out of the same budget). config.io is `io`.
+/// allows one (its staging slots come out of the same budget). config.io is `io`. `held`: memory
+/// the run already holds for the parsed input and the plan, which the budget covers too: the
+/// pipeline gets the rest, and a run where that is less than half the budget is refused
+/// (Errc::unsupported, saying what budget would do).
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                Io& io, const ConvertCallbacks& callbacks);
+                                Io& io, const ConvertCallbacks& callbacks, uint64_t held = 0);
 
 } // namespace shardshift

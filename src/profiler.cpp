@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <functional>
 #include <optional>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -288,6 +289,11 @@ uint64_t peak_rss_bytes() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+}
+
+uint64_t heap_in_use_bytes() {
+  const struct mallinfo2 m = mallinfo2();
+  return static_cast<uint64_t>(m.uordblks) + static_cast<uint64_t>(m.hblkhd);
 }
 
 uint64_t current_rss_bytes() {

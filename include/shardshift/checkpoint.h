@@ -40,12 +40,19 @@ struct TensorRef {
   uint32_t tensor = 0; ///< index into that shard's header.tensors
 };
 
+/// Memory a header takes once parsed into a Checkpoint and planned, per byte of its JSON, at most
+/// (measured: 13 on 800,000 tensors of one-element shapes, the worst case of short entries).
+inline constexpr uint64_t HEADER_MEMORY_FACTOR = 16;
+
 class Checkpoint {
 public:
   /// Opens `path`: a `.safetensors` file, a directory with model.safetensors.index.json
   /// (cross-checked against every shard header), or a directory of `*.safetensors` shards without
-  /// an index. Reports every problem found in every shard before failing.
-  static Result<Checkpoint> open(const std::filesystem::path& path);
+  /// an index. Reports every problem found in every shard before failing. With `memory_limit`
+  /// (bytes; 0: none), the headers' total length is checked before any is parsed: parsed and
+  /// planned, a header takes up to HEADER_MEMORY_FACTOR times its bytes, and input whose headers
+  /// would take more than half the limit is refused (Errc::unsupported) before it is parsed.
+  static Result<Checkpoint> open(const std::filesystem::path& path, uint64_t memory_limit = 0);
 
   std::filesystem::path root; ///< the directory (or, for one file, its directory)
   bool single_file = false;   ///< opened from a path to one .safetensors file

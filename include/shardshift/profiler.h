@@ -111,5 +111,8 @@ private:
 uint64_t peak_rss_bytes();
 /// Current resident set size in bytes (/proc/self/statm); 0 when unavailable.
 uint64_t current_rss_bytes();
+/// Bytes of the heap allocated and not freed (glibc's mallinfo2): what the process holds for its
+/// data structures, without mapped files.
+uint64_t heap_in_use_bytes();
 
 } // namespace shardshift
