@@ -75,8 +75,11 @@ Status lay_out_headers(PlanContext& ctx) {
     if (ctx.options.align_for_reflink)
       ho.data_start_mod_4096 = reflink_alignment(ctx.input, out, file.tensors);
     auto header = build_header(planned, ho);
-    if (!header)
-      return header.status();
+    if (!header) // e.g. a header over the format's limit: many small tensors in one file
+      return Status(header.status().code(),
+                    "output file " + file.name + " (" + std::to_string(file.tensors.size()) +
+                        " tensors): " + header.status().message() +
+                        "; a smaller --max-shard-size spreads the tensors over more files");
     file.header = std::move(header.value());
     ctx.plan.files.push_back(std::move(file));
   }

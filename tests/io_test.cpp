@@ -4,6 +4,7 @@
 
 #include "test_support.h"
 
+#include <atomic>
 #include <cerrno>
 #include <fcntl.h>
 #include <string>
@@ -108,10 +109,11 @@ TEST(ForwardingIo, ForwardsEveryCallWithItsArgumentsAndResult) {
 }
 
 // Passes everything to the kernel, counting removals; can refuse to remove directories.
+// Thread-safe, like every Io (remove_tree removes a directory's entries in parallel).
 class RemovalCountingIo final : public ForwardingIo {
 public:
   RemovalCountingIo() : ForwardingIo(Io::system()) {}
-  int unlinks = 0, rmdirs = 0, mkdirs = 0;
+  std::atomic<int> unlinks = 0, rmdirs = 0, mkdirs = 0;
   bool refuse_rmdir = false;
 
   int unlink(const char* path) override {
