@@ -338,6 +338,8 @@ Status check_checksum_file(const fs::path& out, const KnownDigests& known, Verif
     return read_error(path, errno);
   std::string line;
   for (uint64_t number = 1; std::getline(in, line); ++number) {
+    if (line.ends_with('\r')) // written on Windows; sha256sum -c takes it too
+      line.pop_back();
     if (line.empty())
       continue;
     auto problem = [&](const std::string& what) {
