@@ -50,8 +50,12 @@ void emit_expert(PlanContext& ctx, const Classified& c) {
     return; // the group had problems, already reported
   const ExpertOut& eo = it->second;
   const ExpertGroup& g = ctx.groups.at(c.layer);
-  const TensorInfo& info = ctx.input.info(c.ref);
   const bool down = c.action == RuleAction::expert_down;
+  // Only the piece the group kept was validated; a second one was refused by
+  // group_expert_pieces, and its shape may not even be 3-D.
+  if ((down ? g.down : g.gate_up) != &c)
+    return;
+  const TensorInfo& info = ctx.input.info(c.ref);
   OutputTensor t;
   t.name = c.output;
   t.op = OpKind::transpose;

@@ -140,6 +140,27 @@ TEST(PlannerPasses, GroupExpertPiecesRefusesASecondPieceAndEscapesNames) {
   EXPECT_NE(ctx.groups["layers.0"].scale, nullptr);
 }
 
+// Found by fuzz/planner_fuzz: the second piece, refused above, was still emitted from the first
+// piece's validated group, reading its shape as if it were 3-D (past the end of a 2-D one) and
+// adding a spurious "written twice". Only the piece the group kept is emitted.
+TEST(PlannerPasses, EmitOutputTensorsSkipsAPieceTheGroupRefused) {
+  std::vector<Fake> keys = dg_layer(0, 2, 4, 3);
+  keys.push_back({"x.model.decoder.layers.0.experts.down_proj", DType::BF16, {128, 16}});
+  Checkpoint in = fake_checkpoint({keys});
+  PlanOptions o;
+  o.tied_head = false;
+  PlanContext ctx(in, o, spec("diffusion_gemma", Direction::from_hf));
+  run_through(ctx, 4);
+  ASSERT_EQ(ctx.problems.size(), 1u) << all_problems(ctx);
+  EXPECT_NE(ctx.problems.lines()[0].find("layers.0 already has this expert piece"),
+            std::string::npos)
+      << all_problems(ctx);
+  size_t downs = 0;
+  for (const OutputTensor& t : ctx.plan.tensors)
+    downs += t.name == "model.layers.0.moe.experts.down_projs";
+  EXPECT_EQ(downs, 1u);
+}
+
 TEST(PlannerPasses, ValidateGroupsReportsMissingPiecesAndDisagreements) {
   std::vector<Fake> keys = dg_layer(0, 2, 4, 3);
   keys.pop_back(); // router proj: irrelevant to the group
