@@ -7,6 +7,7 @@
 #include "shardshift/dtype.h"
 #include "shardshift/json_text.h"
 #include "shardshift/plan.h"
+#include "shardshift/ranks.h"
 #include "shardshift/units.h"
 
 #include "cli.h"
@@ -126,6 +127,8 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("peak_rss").value(s.peak_rss).key("chunk_bytes").value(s.chunk_bytes);
   w.key("tokens").value(s.tokens).key("writers").value(s.writers);
   w.key("kept_files").value(s.kept_files).key("kept_bytes").value(s.kept_bytes);
+  if (!s.rank.empty())
+    w.key("rank").value(s.rank);
   w.key("stages").begin_object();
   for (const StageSummary& st : s.stages) {
     if (st.count == 0)
@@ -312,6 +315,21 @@ void add_convert_flags(ConvertFlags& f) {
                 "plan) and only the rest is converted; if this run fails too, what "
                 "it finished is kept for the next --resume. Without --resume, such leftovers are "
                 "removed. Example: convert hf native --resume")(
+      "rank", po::value<unsigned>()->value_name("R"),
+      "This process's rank in a job of several processes writing one OUT together (each "
+      "converts its share of the output files, rank 0 commits); needs --world-size. Without "
+      "them, taken from the launcher: mpirun (Open MPI), PMI (MPICH), torchrun, srun. Example: "
+      "--rank 0 --world-size 4")(
+      "world-size", po::value<unsigned>()->value_name("N"),
+      "The number of processes of the job (see --rank).")(
+      "job-timeout", po::value<unsigned>()->default_value(120)->value_name("SECONDS"),
+      "In a job of several processes: a rank silent this long (no heartbeat in the shared "
+      "staging directory) is taken for dead and the job fails. Example: --job-timeout 600")(
+      "ep-from-launcher",
+      "Each process of the job writes its own expert-parallel checkpoint: --ep-size is the "
+      "world size and --ep-rank the rank (from the launcher or --rank/--world-size), and "
+      "'{rank}' in OUT is replaced by the rank. Example: mpirun -np 4 shardshift convert hf "
+      "'ep-{rank}' --ep-from-launcher")(
       "no-sync", "Skip fsync: faster, and still never a partial file under a final name, but "
                  "a power loss can lose what the page cache had not yet written (as with cp).")(
       "only", po::value<std::string>()->value_name("NAME"),
@@ -375,6 +393,32 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
     return Status(Errc::invalid_argument, why);
   o.force = vm.count("force") > 0;
   o.resume = vm.count("resume") > 0;
+  if (vm.count("rank"))
+    o.rank = vm["rank"].as<unsigned>();
+  if (vm.count("world-size"))
+    o.world_size = vm["world-size"].as<unsigned>();
+  o.job_timeout = std::chrono::seconds(vm["job-timeout"].as<unsigned>());
+  if (vm.count("ep-from-launcher")) {
+    // One single-process conversion per rank, each into its own OUT, of its own experts.
+    auto rank = detect_rank(o.rank, o.world_size, environment());
+    if (!rank)
+      return rank.status();
+    if (o.plan.ep_size != 1 || o.plan.ep_rank != 0)
+      return Status(Errc::invalid_argument, "--ep-from-launcher sets --ep-size and --ep-rank; "
+                                            "give one or the other");
+    std::string out = o.output.string();
+    const size_t at = out.find("{rank}");
+    if (at == std::string::npos)
+      return Status(Errc::invalid_argument,
+                    "--ep-from-launcher: OUT must contain {rank}, so that each process writes "
+                    "its own checkpoint (e.g. 'native-ep{rank}')");
+    out.replace(at, 6, std::to_string(rank->rank));
+    o.output = out;
+    o.plan.ep_size = rank->world;
+    o.plan.ep_rank = rank->rank;
+    o.rank = 0;
+    o.world_size = 1;
+  }
   o.sync = vm.count("no-sync") == 0;
   if (vm.count("only"))
     o.only = vm["only"].as<std::string>();
@@ -425,7 +469,8 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
   const std::string where = o.pipe_to.empty() ? o.output.string() : "--pipe-to commands";
   const double rate = s.seconds > 0 ? static_cast<double>(s.output_bytes) / s.seconds : 0;
   if (!quiet)
-    std::fputs(summary_line(s, where, rate).c_str(), stderr);
+    std::fputs(((s.rank.empty() ? "" : s.rank + ": ") + summary_line(s, where, rate)).c_str(),
+               stderr);
   if (!quiet && s.kept_files > 0)
     std::fprintf(stderr, "  resumed: %llu file(s), %s, were kept from the earlier run\n",
                  static_cast<unsigned long long>(s.kept_files), format_bytes(s.kept_bytes).c_str());

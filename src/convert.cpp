@@ -6,6 +6,7 @@
 #include "shardshift/shard_writer.h"
 
 #include "engine.h"
+#include "job.h"
 #include "outputs.h"
 #include "pipeline.h"
 #include "upload.h"
@@ -100,6 +101,14 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
     return s;
   if (auto device = parse_device(options.device); !device)
     return device.status();
+  auto rank = detect_rank(options.rank, options.world_size, environment());
+  if (!rank)
+    return rank.status();
+  if (rank->world > 1 && (is_stream(options) || !options.pipe_to.empty()))
+    return Status(Errc::invalid_argument,
+                  "a job of " + std::to_string(rank->world) + " ranks (" + rank->source +
+                      ") writes one directory OUT together; it cannot stream to stdout or "
+                      "--pipe-to (run one process for those)");
   const uint64_t t0 = profiler.now();
   const uint64_t heap_before = heap_in_use_bytes();
   auto opened = Checkpoint::open(options.input, options.max_memory);
@@ -127,7 +136,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
     return engine.status();
 
   // 3. Move the bytes: into OUT (which first clears, or with --resume continues, what killed
-  // runs into it left), one file to stdout, or every file into its own command.
+  // runs into it left; with several ranks, this rank's share: job.h), one file to stdout, or
+  // every file into its own command.
   std::vector<std::string> digests(plan.files.size());
   if (options.checksums)
     engine->config.digests = &digests;
@@ -139,6 +149,9 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
       : tar ? stream_tar(options, input, plan, engine->config, io, profiler)
       : is_stream(options)
           ? stream_one_file(options, input, plan, engine->config, io, profiler, &tensors)
+      : rank->world > 1
+          ? write_directory_as_rank(options, input, plan, engine->config, io, profiler, *rank,
+                                    callbacks.warnings)
           : write_directory(options, input, plan, engine->config, io, profiler,
                             callbacks.warnings);
   if (!moved && is_stream(options) && moved.status().code() == Errc::interrupted)
@@ -151,7 +164,11 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
     return moved.status();
   if (is_stream(options) && !tar)
     files = 1;
-  return summarize(plan, *moved, *engine, tensors, files, profiler);
+  ConvertSummary summary = summarize(plan, *moved, *engine, tensors, files, profiler);
+  if (rank->world > 1)
+    summary.rank = "rank " + std::to_string(rank->rank) + " of " + std::to_string(rank->world) +
+                   " (" + rank->source + ")";
+  return summary;
 }
 
 } // namespace shardshift

@@ -178,10 +178,6 @@ Status check_output(const ConvertOptions& o) {
   return {};
 }
 
-namespace {
-
-// Marks the finished staging directory as shardshift's and renames it to the output, replacing
-// an old output when forced.
 Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bool force) {
   // Written last, so only a complete output carries the marker that lets --force replace it.
   if (Status s = write_file_atomic(io, staging / OUTPUT_MARKER_NAME,
@@ -211,13 +207,6 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
   return sync_directory(io, fs::absolute(output).parent_path());
 }
 
-} // namespace
-
-// OUT a directory: build it in a staging directory beside it, then side files, the index (the
-// commit point of a sharded checkpoint) and one rename. The staging directory is removed on any
-// failure, so OUT appears whole or not at all.
-namespace {
-
 // A message about a file being built names where the user will look for it: OUT/name, not the
 // hidden staging directory or the file's temporary name inside it.
 Status name_final_paths(const Status& s, const fs::path& staging, const fs::path& output) {
@@ -232,6 +221,11 @@ Status name_final_paths(const Status& s, const fs::path& staging, const fs::path
   m = std::regex_replace(m, TEMP_NAME, "/$1");
   return Status(s.code(), m);
 }
+
+// OUT a directory: build it in a staging directory beside it, then side files, the index (the
+// commit point of a sharded checkpoint) and one rename. The staging directory is removed on any
+// failure (or kept with --resume), so OUT appears whole or not at all.
+namespace {
 
 // The staging directory of this run: created and locked, or adopted from an earlier run
 // (--resume). Unless committed, it is removed when the run ends, or with --resume kept for the

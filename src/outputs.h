@@ -44,6 +44,16 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
                                      Profiler& profiler,
                                      const std::function<void(const std::vector<std::string>&)>& notes);
 
+/// Marks the finished `staging` directory as shardshift's output and renames it to `output`,
+/// replacing (with `force`) a previous shardshift output, which is put back if the rename fails.
+Status commit_output(Io& io, const std::filesystem::path& staging,
+                     const std::filesystem::path& output, bool force);
+
+/// `s` with the staging directory and temporary file names in its message replaced by OUT/name,
+/// where the user will look for the file.
+Status name_final_paths(const Status& s, const std::filesystem::path& staging,
+                        const std::filesystem::path& output);
+
 /// OUT '-': the one file --only names (a shard, the index or a side file; or the only file).
 /// `*tensors` is set to the number of tensors streamed.
 Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkpoint& input,

@@ -126,9 +126,9 @@ AdoptedStaging adopt_staging(Io& io, const fs::path& output, const std::string& 
 
 namespace {
 
-// Whether `path` holds exactly `file`'s size and header bytes (the data is the writer's to have
-// fsync'ed before the rename that gave the file this name).
-bool matches(const fs::path& path, const OutputFile& file) {
+} // namespace
+
+bool keeps_file(const fs::path& path, const OutputFile& file) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0)
     return false;
@@ -141,8 +141,6 @@ bool matches(const fs::path& path, const OutputFile& file) {
   ::close(fd);
   return ok;
 }
-
-} // namespace
 
 KeptFiles keep_finished_files(Io& io, const fs::path& staging, const Plan& plan) {
   KeptFiles kept;
@@ -157,7 +155,7 @@ KeptFiles keep_finished_files(Io& io, const fs::path& staging, const Plan& plan)
     if (name == PLAN_FINGERPRINT_NAME)
       continue;
     auto found = by_name.find(name);
-    if (found != by_name.end() && matches(it->path(), plan.files[found->second])) {
+    if (found != by_name.end() && keeps_file(it->path(), plan.files[found->second])) {
       kept.finished[found->second] = true;
       ++kept.files;
       kept.bytes += plan.files[found->second].size();

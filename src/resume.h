@@ -56,6 +56,11 @@ struct KeptFiles {
 };
 KeptFiles keep_finished_files(Io& io, const std::filesystem::path& staging, const Plan& plan);
 
+/// Whether `path` is a regular file (not a link) with exactly `file`'s size and header bytes: a
+/// shard a run finished (the data is the writer's to have fsync'ed before the rename that gave the
+/// file this name).
+bool keeps_file(const std::filesystem::path& path, const OutputFile& file);
+
 /// SHA-256 (hex) of a file already on disk, read in pieces of `chunk` bytes (--checksums of a
 /// file kept by --resume).
 Result<std::string> sha256_of_file(const std::filesystem::path& path, uint64_t chunk);

@@ -15,6 +15,7 @@
 #include "shardshift/status.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -44,6 +45,11 @@ struct ConvertOptions {
   /// --resume: continue the staging directory a killed or interrupted run of the same conversion
   /// into the same OUT left (its finished files kept), and keep this run's if it fails too.
   bool resume = false;
+  /// One job of several processes (mpirun, srun, torchrun: README "Ranks"): this process's rank
+  /// and the world size; unset: from the launcher's variables (ranks.h), else a single process.
+  std::optional<unsigned> rank, world_size;
+  /// A rank whose heartbeat is this old is taken for dead, and the job fails (--job-timeout).
+  std::chrono::seconds job_timeout{120};
   const std::atomic<bool>* cancel = nullptr; ///< set (e.g. by SIGINT) to stop; result: interrupted
   Io* io = nullptr;                          ///< nullptr = Io::system()
   bool sync = true;                          ///< fsync files and directories (--no-sync: false)
@@ -75,6 +81,7 @@ struct ConvertSummary {
   uint64_t chunk_bytes = 0, tokens = 0; ///< the memory budget's split (tokens per writer lane)
   uint64_t writers = 0;                 ///< writer lanes (output files written at once)
   uint64_t kept_files = 0, kept_bytes = 0; ///< --resume: finished by an earlier run, not rewritten
+  std::string rank; ///< in a job of several processes: "rank R of N (Open MPI)"; else empty
   double seconds = 0;
   uint64_t peak_rss = 0;
   std::vector<StageSummary> stages;
