@@ -262,8 +262,8 @@ using KnownDigests = std::map<std::string, std::string>;
 // left out (step 1 reported them).
 Status compare_data(const VerifyOptions& options, const Checkpoint& input, const Plan& plan,
                     const std::vector<Expected>& expected, bool want_digests,
-                    const VerifyCallbacks& callbacks, VerifySummary* summary, KnownDigests* digests,
-                    Profiler& profiler) {
+                    const VerifyCallbacks& callbacks, uint64_t held, VerifySummary* summary,
+                    KnownDigests* digests, Profiler& profiler) {
   std::vector<uint32_t> files;
   std::vector<const Expected*> side_files;
   for (const Expected& e : expected) {
@@ -286,8 +286,8 @@ Status compare_data(const VerifyOptions& options, const Checkpoint& input, const
   shape.cancel = options.cancel;
   ConvertCallbacks progress;
   progress.progress = callbacks.progress;
-  auto engine =
-      configure_engine(shape, threads, std::max<size_t>(1, files.size()), target.io(), progress);
+  auto engine = configure_engine(shape, threads, std::max<size_t>(1, files.size()), target.io(),
+                                 progress, held);
   if (!engine)
     return engine.status();
   summary->device = engine->device;
@@ -411,7 +411,8 @@ Result<VerifySummary> verify(const VerifyOptions& options, const VerifyCallbacks
   if (auto device = parse_device(options.device); !device)
     return device.status();
   const uint64_t t0 = profiler.now();
-  auto opened = Checkpoint::open(options.input);
+  const uint64_t heap_before = heap_in_use_bytes();
+  auto opened = Checkpoint::open(options.input, options.max_memory);
   if (!opened)
     return opened.status();
   const Checkpoint& input = *opened;
@@ -453,8 +454,10 @@ Result<VerifySummary> verify(const VerifyOptions& options, const VerifyCallbacks
   if (!options.quick) {
     // 2. The data, recomputed as a stream and compared as it is produced.
     KnownDigests digests;
+    // As for convert, the parsed headers and the plan come out of the budget.
+    const uint64_t held = std::max(heap_in_use_bytes(), heap_before) - heap_before;
     if (Status s = compare_data(options, input, plan, *expected, summary.checksum_file, callbacks,
-                                &summary, &digests, profiler);
+                                held, &summary, &digests, profiler);
         !s.ok())
       return s;
     // 3. SHA256SUMS, like sha256sum -c.
