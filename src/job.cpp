@@ -338,6 +338,9 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
   }
   heart.stop_beating();
   if (!failures.empty()) {
+    // Ranks that finished their share poll for the outcome; give them time to read the failure
+    // before the directory (with the markers) goes.
+    std::this_thread::sleep_for(4 * POLL + BEAT);
     if (!options.resume)
       remove_tree(io, staging).ignore();
     std::string m = "the job of " + std::to_string(rank.world) + " ranks failed; nothing was "

@@ -1,0 +1,183 @@
+// ranks_e2e_test.cpp: one conversion spread over several processes (issue 13). Under Open MPI's
+// mpirun (-np 3 and 4, both directions, a multi-file output) the output is byte-identical to one
+// process's. Ranks started by hand (--rank/--world-size): a rank killed mid-way fails the job on
+// every rank and leaves nothing under OUT; ranks given different world sizes are refused; the
+// expert-parallel export of 4 ranks in one command equals four single-rank conversions.
+#include "test_support.h"
+
+#include <chrono>
+#include <csignal>
+#include <fcntl.h>
+#include <map>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace shardshift {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::list_dir;
+using testing::read_bytes;
+using testing::run_shardshift;
+using testing::run_shell;
+using testing::shell_quoted;
+
+std::map<std::string, std::string> files_of(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const std::string& name : list_dir(dir))
+    files[name] = read_bytes(dir / name);
+  return files;
+}
+
+// The entries of `dir` (hidden ones too).
+std::vector<std::string> entries(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// shardshift in the background with stdout and stderr into `log`.
+pid_t spawn(const std::vector<std::string>& args, const fs::path& log) {
+  std::vector<char*> argv{const_cast<char*>(SHARDSHIFT_BINARY)};
+  for (const std::string& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, SHARDSHIFT_BINARY, &actions, nullptr, argv.data(), environ) != 0)
+    pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+int wait_status(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+class Ranks : public ::testing::Test {
+protected:
+  void SetUp() override {
+    auto r = run_shardshift("synth " + shell_quoted(tmp / "hf") +
+                            " --layers 3 --scale 8 --seed 5 -q --max-shard-size 8MB");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto ref = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                              shell_quoted(tmp / "ref") + " " + FLAGS);
+    ASSERT_EQ(ref.exit_code, 0) << ref.err;
+    ASSERT_GE(list_dir(tmp / "ref").size(), 8u); // several shards for several ranks
+  }
+  static constexpr const char* FLAGS = "--max-shard-size 2MB --checksums -j 1 -q";
+  testing::TempDir tmp;
+};
+
+TEST_F(Ranks, UnderMpirunTheOutputIsTheSameAsOneProcesss) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                             "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe -np ";
+  // Back to Hugging Face from the single-process native output, as the other direction.
+  auto back = run_shardshift("convert " + shell_quoted(tmp / "ref") + " " +
+                             shell_quoted(tmp / "back") + " " + FLAGS);
+  ASSERT_EQ(back.exit_code, 0) << back.err;
+  for (int np : {3, 4}) {
+    for (auto [from, expected] : {std::pair{"hf", "ref"}, {"ref", "back"}}) {
+      SCOPED_TRACE(std::to_string(np) + " ranks from " + from);
+      fs::remove_all(tmp / "out");
+      auto r = run_shell(mpirun + std::to_string(np) + " " + SHARDSHIFT_BINARY + " convert " +
+                         shell_quoted(tmp / from) + " " + shell_quoted(tmp / "out") + " " + FLAGS);
+      ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+      EXPECT_EQ(files_of(tmp / "out"), files_of(tmp / expected));
+      EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"back", "hf", "out", "ref"}));
+    }
+  }
+}
+
+TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {
+  std::vector<pid_t> pids;
+  for (unsigned r = 0; r < 3; ++r)
+    pids.push_back(spawn({"convert", (tmp / "hf").string(), (tmp / "out").string(),
+                          "--max-shard-size", "2MB", "-j", "1", "--rank", std::to_string(r),
+                          "--world-size", "3", "--job-timeout", "2"},
+                         tmp / ("log" + std::to_string(r))));
+  ASSERT_TRUE(std::all_of(pids.begin(), pids.end(), [](pid_t p) { return p > 0; }));
+  // Once the job's staging directory exists, rank 2 dies without a word.
+  for (int i = 0; i < 5000; ++i) {
+    bool started = false;
+    for (const std::string& name : entries(tmp.path()))
+      started |= name.find(".shardshift-job-") != std::string::npos;
+    if (started)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ::kill(pids[2], SIGKILL);
+  EXPECT_TRUE(WIFSIGNALED(wait_status(pids[2])));
+  for (unsigned r = 0; r < 2; ++r) {
+    const int status = wait_status(pids[r]);
+    const std::string log = read_bytes(tmp / ("log" + std::to_string(r)));
+    ASSERT_TRUE(WIFEXITED(status)) << log;
+    if (WEXITSTATUS(status) == 0)
+      GTEST_SKIP() << "the job finished before the kill";
+    EXPECT_EQ(WEXITSTATUS(status), 1) << log;
+    EXPECT_NE(log.find("rank 2"), std::string::npos) << "rank " << r << ": " << log;
+  }
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+  EXPECT_EQ(entries(tmp.path()),
+            (std::vector<std::string>{"hf", "log0", "log1", "log2", "ref"}));
+}
+
+TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
+  const pid_t one = spawn({"convert", (tmp / "hf").string(), (tmp / "out").string(),
+                           "--max-shard-size", "2MB", "-j", "1", "--rank", "1", "--world-size",
+                           "3", "--job-timeout", "3"},
+                          tmp / "log1");
+  const pid_t zero = spawn({"convert", (tmp / "hf").string(), (tmp / "out").string(),
+                            "--max-shard-size", "2MB", "-j", "1", "--rank", "0", "--world-size",
+                            "2", "--job-timeout", "3"},
+                           tmp / "log0");
+  const int s0 = wait_status(zero), s1 = wait_status(one);
+  const std::string log0 = read_bytes(tmp / "log0");
+  EXPECT_TRUE(WIFEXITED(s0) && WEXITSTATUS(s0) == 1) << log0;
+  EXPECT_TRUE(WIFEXITED(s1) && WEXITSTATUS(s1) == 1) << read_bytes(tmp / "log1");
+  EXPECT_NE(log0.find("runs with a world size of 3, this one with 2"), std::string::npos) << log0;
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+}
+
+TEST_F(Ranks, ExpertParallelExportOfFourRanksEqualsFourSingleRankConversions) {
+  std::vector<pid_t> pids;
+  for (unsigned r = 0; r < 4; ++r)
+    pids.push_back(spawn({"convert", (tmp / "hf").string(), (tmp / "ep{rank}").string(), "-q",
+                          "-j", "1", "--rank", std::to_string(r), "--world-size", "4",
+                          "--ep-from-launcher"},
+                         tmp / ("log" + std::to_string(r))));
+  for (unsigned r = 0; r < 4; ++r) {
+    const int status = wait_status(pids[r]);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << read_bytes(tmp / ("log" + std::to_string(r)));
+  }
+  for (unsigned r = 0; r < 4; ++r) {
+    const std::string one = "single" + std::to_string(r);
+    auto s = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / one) +
+                            " -q -j 1 --ep-size 4 --ep-rank " + std::to_string(r));
+    ASSERT_EQ(s.exit_code, 0) << s.err;
+    EXPECT_EQ(files_of(tmp / ("ep" + std::to_string(r))), files_of(tmp / one)) << "rank " << r;
+  }
+  auto usage = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                              shell_quoted(tmp / "no-placeholder") + " --ep-from-launcher");
+  EXPECT_EQ(usage.exit_code, 2);
+  EXPECT_NE(usage.err.find("{rank}"), std::string::npos) << usage.err;
+}
+
+} // namespace
+} // namespace shardshift
