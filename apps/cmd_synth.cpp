@@ -31,7 +31,7 @@ const HelpText SYNTH_HELP = {
         "model.safetensors.index.json, or a single model.safetensors; and a config.json. Memory "
         "stays flat whatever the size.\n\n"
         "At full size (no --scale) diffusion_gemma is about 1.52 GB per layer plus 1.5 GB of "
-        "embedding.",
+        "embedding; qwen3_moe about 1.23 GB per layer plus 1.24 GB of embedding and head.",
     .examples = "shardshift synth demo-hf --layers 2 --scale 8\n"
                 "shardshift synth moe-hf --model gemma4_moe --layers 4 --scale-experts 4 \\\n"
                 "    --max-shard-size 1GB\n"
@@ -63,7 +63,8 @@ void add_synth_flags(SynthFlags& f) {
       "model", po::value(&f.model)->default_value("diffusion_gemma")->value_name("MODEL"),
       "diffusion_gemma: keys under model.decoder.* and model.encoder.*, no lm_head; or "
       "gemma4_moe: keys under model.language_model.* and model.vision_tower.*, plus "
-      "lm_head.weight. Example: --model gemma4_moe")(
+      "lm_head.weight; or qwen3_moe (Qwen3-30B-A3B: H 2048, 128 experts of I 768, every expert "
+      "as its own gate_proj, up_proj and down_proj). Example: --model gemma4_moe")(
       "layers", po::value(&f.layers)->default_value(30)->value_name("N"),
       "Number of decoder layers (30 in the real model); layers with L % 6 == 5 are "
       "full-attention layers (no v_proj). Example: --layers 2")(

@@ -24,7 +24,7 @@ Commands:
   verify IN OUT    check that OUT holds exactly what converting IN gives (after
                    a copy or a download)
   inspect PATH     validate a checkpoint and list its tensors
-  synth OUT        write a synthetic diffusion_gemma or gemma4_moe checkpoint
+  synth OUT        write a synthetic checkpoint of a supported model (--model)
                    (demo and test data)
 
 Every command takes -h/--help and -q/--quiet; --json prints its result as JSON.

@@ -32,7 +32,7 @@ FlagGroup output_flags() {
   FlagGroup d("What to write");
   d.flags.add_options()(
       "adapter", po::value<std::string>()->value_name("MODEL"),
-      "Model adapter: diffusion_gemma or gemma4_moe. Default: the model_type of "
+      "Model adapter: diffusion_gemma, gemma4_moe or qwen3_moe. Default: the model_type of "
       "config.json, else guessed from the key names. Example: --adapter gemma4_moe")(
       "direction", po::value<std::string>()->value_name("DIRECTION"),
       "from_hf (Hugging Face to native) or to_hf (native to Hugging Face). Default: guessed "

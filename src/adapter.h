@@ -7,6 +7,9 @@
 // through unchanged. Patterns are ECMAScript regexes searched anywhere in the key (like Python's
 // re.search); outputs are templates where $1..$9 are capture groups, {layer} is the `layers.N`
 // text of an expert key and {P} is "model." when any input key starts with "model.", else "".
+// Stacking rules (`stack_piece`, `unstack`, docs/semantics.md section 14) capture the layer path
+// as group 1 and, for `stack_piece`, the expert index as group 2; {expert} in an `unstack`
+// template is the expert index.
 // Thread-safety: the tables are immutable.
 #pragma once
 
@@ -29,13 +32,19 @@ enum class RuleAction {
   expert_down,     ///< [E, X, Y] -> [E, Y, X] at `output`, times the layer's scale when from_hf;
                    ///< to_hf also emits ones(E) at `extra`
   expert_scale,    ///< the layer's per-expert scale: consumed by the fold, not written
+  stack_piece,     ///< one expert's 2-D [A, R] matrix: transposed into column block `slot` of
+                   ///< `slots` of the [N, R, slots * A] output `output` (from_hf qwen3_moe)
+  unstack,         ///< [N, R, C]: each expert's column block k of `slots`, transposed, becomes
+                   ///< a 2-D tensor; block 0 is named by `output`, block 1 by `extra` (to_hf)
 };
 
 struct Rule {
   RuleAction action;
   std::string_view pattern;
   std::string_view output = {}; ///< template (see above); the message for `reject`
-  std::string_view extra = {};  ///< expert_down to_hf: where the ones go
+  std::string_view extra = {};  ///< expert_down to_hf: where the ones go; unstack: block 1
+  unsigned slot = 0, slots = 1; ///< stack_piece: which column block; both: how many blocks
+  std::string_view piece = {};  ///< stack_piece / unstack: the piece's name in messages
 };
 
 struct AdapterSpec {
@@ -47,6 +56,7 @@ struct AdapterSpec {
   std::string_view tied_head_source = {};
   bool fold_scale = false;      ///< from_hf: expert_down multiplies by the layer's scale
   bool honours_exclude = false; ///< to_hf: the exclusion pattern applies
+  bool expert_parallel = true;  ///< --ep-size / --ep-shard-size are offered
 };
 
 /// The adapter for (model, direction); nullptr when unknown.

@@ -85,8 +85,83 @@ const AdapterSpec GEMMA4_MOE_TO_HF = {
     .honours_exclude = true,
 };
 
-const std::array<const AdapterSpec*, 4> ALL_ADAPTERS = {
-    &DIFFUSION_GEMMA_FROM_HF, &DIFFUSION_GEMMA_TO_HF, &GEMMA4_MOE_FROM_HF, &GEMMA4_MOE_TO_HF};
+// qwen3_moe (semantics 14): every expert is three 2-D tensors in HF; native stacks them. The
+// expert pattern is the reference's (an optional `model.` then `language_model.` at the start).
+#define QWEN3_EXPERT(proj)                                                                         \
+  R"(^((?:model\.)?(?:language_model\.)?layers\.\d+)\.mlp\.experts\.(\d+)\.)" proj R"(\.weight$)"
+const AdapterSpec QWEN3_MOE_FROM_HF = {
+    .model = "qwen3_moe",
+    .direction = Direction::from_hf,
+    .rules =
+        {
+            // The reference drops FP8 block scales and loads the weights unscaled (14.5).
+            {RuleAction::reject, R"(_scale_inv$)",
+             "FP8 block scale: shardshift does not dequantize qwen3_moe checkpoints yet (the "
+             "reference would drop the scales and load the FP8 weights unscaled); convert a "
+             "BF16 checkpoint"},
+            {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
+             "per-expert LoRA weights are not supported for qwen3_moe; convert the base "
+             "checkpoint"},
+            {RuleAction::stack_piece,
+             QWEN3_EXPERT("gate_proj"),
+             "$1.mlp.experts.gate_and_up_projs",
+             {},
+             0,
+             2,
+             "gate_proj"},
+            {RuleAction::stack_piece,
+             QWEN3_EXPERT("up_proj"),
+             "$1.mlp.experts.gate_and_up_projs",
+             {},
+             1,
+             2,
+             "up_proj"},
+            {RuleAction::stack_piece,
+             QWEN3_EXPERT("down_proj"),
+             "$1.mlp.experts.down_projs",
+             {},
+             0,
+             1,
+             "down_proj"},
+            // The reference's pattern is not anchored at its end: it would stack this key too.
+            {RuleAction::reject,
+             R"(^(?:model\.)?(?:language_model\.)?layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight.*\.weight$)",
+             "expert key with more after '.weight'; the reference would take it for the expert's "
+             "weight"},
+        },
+    .expert_parallel = false,
+};
+#undef QWEN3_EXPERT
+
+const AdapterSpec QWEN3_MOE_TO_HF = {
+    .model = "qwen3_moe",
+    .direction = Direction::to_hf,
+    .rules =
+        {
+            {RuleAction::reject, R"(\.mlp\.experts\.lora_(gate_and_up|down)_[AB]$)",
+             "grouped-expert LoRA weights are not supported for qwen3_moe; merge them first"},
+            // The layer is the first `layers.N` of the key and the HF prefix is always `model.`,
+            // as in the reference (14.3).
+            {RuleAction::unstack, R"(^.*?(layers\.\d+).*\.mlp\.experts\.gate_and_up_projs$)",
+             "model.$1.mlp.experts.{expert}.gate_proj.weight",
+             "model.$1.mlp.experts.{expert}.up_proj.weight", 0, 2, "gate_and_up_projs"},
+            {RuleAction::unstack,
+             R"(^.*?(layers\.\d+).*\.mlp\.experts\.down_projs$)",
+             "model.$1.mlp.experts.{expert}.down_proj.weight",
+             {},
+             0,
+             1,
+             "down_projs"},
+            {RuleAction::reject, R"(\.mlp\.experts\.(gate_and_up_projs|down_projs)$)",
+             "native expert tensor without a layers.N path (the reference would crash)"},
+        },
+    .honours_exclude = true,
+    .expert_parallel = false,
+};
+
+const std::array<const AdapterSpec*, 6> ALL_ADAPTERS = {
+    &DIFFUSION_GEMMA_FROM_HF, &DIFFUSION_GEMMA_TO_HF, &GEMMA4_MOE_FROM_HF,
+    &GEMMA4_MOE_TO_HF,        &QWEN3_MOE_FROM_HF,     &QWEN3_MOE_TO_HF};
 
 bool any_key(std::span<const std::string> keys, auto&& pred) {
   return std::any_of(keys.begin(), keys.end(), pred);
@@ -94,6 +169,20 @@ bool any_key(std::span<const std::string> keys, auto&& pred) {
 bool contains(std::string_view s, std::string_view part) {
   return s.find(part) != std::string_view::npos;
 }
+// `.mlp.experts.` followed by a digit: a Hugging Face per-expert key (qwen3_moe).
+bool per_expert_key(std::string_view k) {
+  constexpr std::string_view marker = ".mlp.experts.";
+  for (size_t at = k.find(marker); at != std::string_view::npos; at = k.find(marker, at + 1)) {
+    const size_t next = at + marker.size();
+    if (next < k.size() && k[next] >= '0' && k[next] <= '9')
+      return true;
+  }
+  return false;
+}
+bool stacked_expert_key(std::string_view k) {
+  return contains(k, ".mlp.experts.gate_and_up_projs") || contains(k, ".mlp.experts.down_projs");
+}
+constexpr std::string_view KNOWN = "diffusion_gemma, gemma4_moe, qwen3_moe";
 
 } // namespace
 
@@ -105,7 +194,7 @@ const AdapterSpec* find_adapter(std::string_view model, Direction direction) {
 }
 
 std::vector<std::string_view> adapter_models() {
-  return {"diffusion_gemma", "gemma4_moe"};
+  return {"diffusion_gemma", "gemma4_moe", "qwen3_moe"};
 }
 
 Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
@@ -118,19 +207,24 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
       model = "diffusion_gemma";
     else if (config_model_type.starts_with("gemma4") || config_model_type.starts_with("gemma3n"))
       model = "gemma4_moe";
+    else if (config_model_type == "qwen3_moe")
+      model = "qwen3_moe";
     else if (any_key(keys, [](auto& k) {
                return k.starts_with("model.decoder.") || k.starts_with("model.encoder.");
              }))
       model = "diffusion_gemma";
     else if (any_key(keys, [](auto& k) { return contains(k, "language_model."); }))
       model = "gemma4_moe";
+    else if (any_key(keys, [](auto& k) { return per_expert_key(k) || stacked_expert_key(k); }))
+      model = "qwen3_moe";
     else if (any_key(keys, [](auto& k) { return k.starts_with("model.layers."); }))
       model = "diffusion_gemma"; // native diffusion_gemma keeps one stack at model.*
     else
       return Status(Errc::invalid_argument,
                     "cannot tell the model of this checkpoint (config.json model_type '" +
                         std::string(config_model_type) +
-                        "', no recognisable keys); pass --adapter diffusion_gemma or gemma4_moe");
+                        "', no recognisable keys); pass --adapter diffusion_gemma, gemma4_moe or "
+                        "qwen3_moe");
   }
   Direction direction;
   if (forced_direction) {
@@ -138,11 +232,13 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
   } else {
     bool native = any_key(keys, [](auto& k) {
       return contains(k, ".moe.experts.gate_and_up_projs") ||
-             contains(k, ".moe.experts.down_projs") || contains(k, ".moe.gate.");
+             contains(k, ".moe.experts.down_projs") || contains(k, ".moe.gate.") ||
+             stacked_expert_key(k);
     });
     bool hf = any_key(keys, [](auto& k) {
       return k.ends_with(".gate_up_proj") || k.ends_with(".down_proj") || contains(k, ".router.") ||
-             k.starts_with("model.decoder.") || k.starts_with("model.encoder.");
+             k.starts_with("model.decoder.") || k.starts_with("model.encoder.") ||
+             per_expert_key(k);
     });
     if (native == hf)
       return Status(
@@ -155,7 +251,7 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
   const AdapterSpec* spec = find_adapter(model, direction);
   if (!spec)
     return Status(Errc::invalid_argument,
-                  "unknown adapter '" + model + "'; known: diffusion_gemma, gemma4_moe");
+                  "unknown adapter '" + model + "'; known: " + std::string(KNOWN));
   return spec;
 }
 

@@ -40,6 +40,10 @@ std::unique_ptr<Item> Emitter::next() {
       if (auto item = transform_chunk(t))
         return item;
       break; // an empty tensor: nothing to do, move on
+    case OpKind::stack:
+      if (auto item = stack_chunk(t))
+        return item;
+      break;
     }
   }
 }
@@ -147,6 +151,75 @@ std::unique_ptr<Item> Emitter::transform_chunk(const OutputTensor& t) {
   }
   item->shard->file->will_need(in_base, ne * expert_in);
   if (e_ == t.experts) {
+    e_ = 0;
+    ++k_;
+  }
+  return item;
+}
+
+// The next chunk of a stacked tensor [N, R, C] (semantics 14.1): whole experts when one expert's
+// output and its pieces fit in a chunk, else a range of output rows of one expert. Output row j
+// of expert e is row j of every piece's transpose, side by side, so a chunk is one strided
+// transpose per piece of its experts, each into its columns of the buffer. The pieces may lie in
+// different shards; each is released once its expert's last row is written.
+std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
+  const uint64_t N = t.shape[0], R = t.shape[1], C = t.shape[2];
+  if (N == 0 || R == 0 || C == 0 || t.pieces.empty()) {
+    ++k_;
+    return nullptr;
+  }
+  const uint64_t per_expert = t.pieces.size() / N; // validated: every expert has every piece
+  const uint64_t es_out = dtype_bits(t.dtype) / 8;
+  const uint64_t out_row = C * es_out, expert_out = R * out_row;
+  uint64_t expert_in = 0;
+  for (uint64_t j = 0; j < per_expert; ++j)
+    expert_in += in_.bytes(t.pieces[j].source).size();
+  auto item = make(ItemKind::transform);
+  item->tensor = &t;
+  const uint64_t e0 = e_, r0 = c_;
+  uint64_t ne, nr;
+  if (std::max(expert_out, expert_in) <= chunk_) {
+    ne = std::min(N - e0, chunk_ / std::max(expert_out, expert_in));
+    nr = R;
+    e_ += ne;
+  } else {
+    ne = 1;
+    nr = std::min(R - r0, std::max<uint64_t>(1, chunk_ / out_row));
+    c_ += nr;
+    if (c_ == R) {
+      c_ = 0;
+      ++e_;
+    }
+  }
+  for (uint64_t e = e0; e < e0 + ne; ++e)
+    for (uint64_t j = 0; j < per_expert; ++j) {
+      const StackPiece& p = t.pieces[e * per_expert + j];
+      const TensorInfo& info = in_.info(p.source);
+      const uint64_t in_offset = in_.file_offset(p.source);
+      const uint64_t in_bytes = in_.bytes(p.source).size();
+      StackPart part;
+      part.shard = &in_.shard(p.source);
+      TransposeArgs& a = part.args;
+      a.src = in_.bytes(p.source).data();
+      a.experts = 1;
+      a.A = info.shape[0];
+      a.B = info.shape[1];
+      a.col_begin = r0;
+      a.cols = nr;
+      a.src_dtype = info.dtype;
+      a.dst_dtype = t.dtype;
+      a.dst_pitch = C;
+      part.dst_offset = (e - e0) * nr * out_row + p.col * es_out;
+      if (r0 == 0)
+        part.shard->file->will_need(in_offset, in_bytes);
+      if (c_ == 0)
+        item->releases.push_back({part.shard, in_offset, in_bytes});
+      item->parts.push_back(part);
+    }
+  item->shard = item->parts.front().shard;
+  item->length = ne * nr * out_row;
+  item->on_gpu = false; // the CUDA stage has no strided output rows: stacks run on the CPU
+  if (e_ == N) {
     e_ = 0;
     ++k_;
   }

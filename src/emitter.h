@@ -1,6 +1,7 @@
 // emitter.h: the first pipeline stage of one writer lane. Takes output files from the shared
 // FileQueue, one at a time, and cuts each into work items: open, pieces of copy runs and transform
-// chunks of at most `chunk` bytes, ones, close.
+// chunks of at most `chunk` bytes (stacked tensors: whole experts or rows of one, made from
+// every piece of those experts), ones, close.
 // Thread-safety: an Emitter is used by one thread at a time (its lane's serial first stage); the
 // FileQueue is shared by every lane.
 #pragma once
@@ -47,6 +48,7 @@ private:
   std::unique_ptr<Item> make(ItemKind kind);
   std::unique_ptr<Item> copy_piece(const OutputFile& file);
   std::unique_ptr<Item> transform_chunk(const OutputTensor& t);
+  std::unique_ptr<Item> stack_chunk(const OutputTensor& t);
 
   const Checkpoint& in_;
   const Plan& plan_;
@@ -58,7 +60,7 @@ private:
   bool opened_ = false;    ///< its open item was emitted
   size_t k_ = 0;           ///< next tensor within the file
   uint64_t run_done_ = 0;  ///< bytes of the current copy run already emitted
-  uint64_t e_ = 0, c_ = 0; ///< next expert, next column of the current transform tensor
+  uint64_t e_ = 0, c_ = 0; ///< next expert, next column (stack: row) of the current tensor
 };
 
 } // namespace shardshift

@@ -62,6 +62,12 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
       c.action = RuleAction::reject;
       c.output = std::string(cr.rule->output);
       return c;
+    case RuleAction::stack_piece:
+    case RuleAction::unstack:
+      c.rule = cr.rule;
+      if (cr.rule->action == RuleAction::stack_piece && m.size() > 2)
+        c.expert = m[2].str();
+      [[fallthrough]];
     case RuleAction::rename:
     case RuleAction::expert_gate_up:
     case RuleAction::expert_down:

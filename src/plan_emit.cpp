@@ -8,10 +8,8 @@
 
 namespace shardshift {
 
-namespace {
-
 // Adds `t` unless the exclusion pattern removes it (Python re.match: anchored at the start only).
-void emit(PlanContext& ctx, OutputTensor t) {
+void emit_tensor(PlanContext& ctx, OutputTensor t) {
   if (ctx.exclude) {
     auto excluded = ctx.exclude->match(t.name);
     if (!excluded) {
@@ -27,6 +25,8 @@ void emit(PlanContext& ctx, OutputTensor t) {
   t.size = tensor_byte_size(t.dtype, t.shape).value_or(0); // overflow: check_unique_names says so
   ctx.plan.tensors.push_back(std::move(t));
 }
+
+namespace {
 
 // A pass-through tensor: the input's bytes under a (possibly) new name.
 OutputTensor copy_of(const PlanContext& ctx, const Classified& c) {
@@ -74,7 +74,7 @@ void emit_expert(PlanContext& ctx, const Classified& c) {
   }
   t.note += " from " + c.input_name;
   const std::string down_name = t.name;
-  emit(ctx, std::move(t));
+  emit_tensor(ctx, std::move(t));
   if (down && !c.extra.empty()) {
     OutputTensor ones;
     ones.name = c.extra;
@@ -82,7 +82,7 @@ void emit_expert(PlanContext& ctx, const Classified& c) {
     ones.dtype = eo.ones_dtype;
     ones.shape = {info.shape[0]};
     ones.note = "ones (scale stays folded in " + down_name + ")";
-    emit(ctx, std::move(ones));
+    emit_tensor(ctx, std::move(ones));
   }
 }
 
@@ -111,19 +111,25 @@ void emit_output_tensors(PlanContext& ctx) {
     case RuleAction::rename_continue:
       break;
     case RuleAction::rename:
-      emit(ctx, copy_of(ctx, c));
+      emit_tensor(ctx, copy_of(ctx, c));
       if (want_tied_head && c.output == head_source) {
         // The tied head is a second copy of the embedding, right after it.
         OutputTensor head = copy_of(ctx, c);
         head.name = "lm_head.weight";
         head.note = "tied to " + c.output;
-        emit(ctx, std::move(head));
+        emit_tensor(ctx, std::move(head));
         tied_head_done = true;
       }
       break;
     case RuleAction::expert_gate_up:
     case RuleAction::expert_down:
       emit_expert(ctx, c);
+      break;
+    case RuleAction::stack_piece:
+      emit_stack(ctx, c);
+      break;
+    case RuleAction::unstack:
+      emit_unstack(ctx, c);
       break;
     }
   }

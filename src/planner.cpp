@@ -19,6 +19,8 @@ const char* op_name(OpKind op) {
     return "transpose";
   case OpKind::ones:
     return "ones";
+  case OpKind::stack:
+    return "stack";
   }
   return "?";
 }
@@ -38,6 +40,10 @@ Status check_options(PlanContext& ctx) {
   if (o.ep_shard_size == 0 || o.ep_shard_rank >= o.ep_shard_size)
     return Status(Errc::invalid_argument, "--ep-shard-rank must be below --ep-shard-size");
   const bool expert_parallel = o.ep_size > 1 || o.ep_shard_size > 1;
+  if (expert_parallel && !ctx.spec.expert_parallel)
+    return Status(Errc::invalid_argument, "expert-parallel export (--ep-size, --ep-shard-size) is "
+                                          "not offered for " +
+                                              std::string(ctx.spec.model) + " yet");
   if (expert_parallel && ctx.spec.direction != Direction::from_hf)
     return Status(Errc::invalid_argument,
                   "expert-parallel export (--ep-size, --ep-shard-size) applies to from_hf only");
@@ -65,7 +71,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
   // The checking passes collect every problem; the plan fails with all of them at once.
   const std::pair<const char*, void (*)(PlanContext&)> checking[] = {
       {"classify_keys", classify_keys},           {"group_expert_pieces", group_expert_pieces},
-      {"validate_groups", validate_groups},       {"emit_output_tensors", emit_output_tensors},
+      {"validate_groups", validate_groups},       {"group_stacks", group_stacks},
+      {"validate_stacks", validate_stacks},       {"emit_output_tensors", emit_output_tensors},
       {"check_unique_names", check_unique_names},
   };
   for (auto [name, pass] : checking) {

@@ -6,6 +6,9 @@
 //   classify_keys        every input key, in data order, through the adapter's rules
 //   group_expert_pieces  the expert pieces (gate_up, down, scale) of each layer, duplicates refused
 //   validate_groups      all pieces present, shapes and dtypes agree, the EP split is even
+//   group_stacks         per-expert pieces of each stacked output (from_hf), or the stacked
+//                        inputs to split (to_hf), duplicates refused (plan_stack.cpp)
+//   validate_stacks      every expert and piece present, one shape and dtype per stack
 //   emit_output_tensors  output tensors in input order (tied head, ones, --exclude)
 //   check_unique_names   no output name twice, no size past 64 bits
 //   cut_files            Hugging Face's greedy split into files, copies first in each file
@@ -40,6 +43,25 @@ struct Classified {
   std::string output;                     ///< the output name (the message for `reject`)
   std::string extra;                      ///< expert_down to_hf: the ones tensor's name
   std::string layer;                      ///< expert pieces: "layers.N"
+  const Rule* rule = nullptr;             ///< the deciding rule (stack_piece, unstack)
+  std::string expert;                     ///< stack_piece: the expert index as written
+};
+
+/// One stacked output tensor and what makes it (set by group_stacks, checked by validate_stacks).
+/// from_hf: pieces[expert][slot] are the per-expert inputs; to_hf: `whole` is the stacked input.
+struct StackGroup {
+  std::string output; ///< from_hf: the stacked tensor's name
+  std::string layer;  ///< the rule's group 1 (layer path or number), to pair gate_up and down
+  const Rule* rule = nullptr;
+  std::map<uint64_t, std::vector<const Classified*>> pieces; ///< expert -> slot -> piece
+  const Classified* whole = nullptr;                         ///< to_hf: the [N, R, C] input
+  std::vector<std::string> slot_names;                       ///< from_hf: "gate_proj", ...
+  bool ok = false;                                           ///< validate_stacks found no problem
+  uint64_t experts = 0;                                      ///< N
+  uint64_t rows = 0;  ///< R: rows of each expert's output matrix (from_hf: piece axis 1)
+  uint64_t block = 0; ///< A: columns per slot (from_hf: piece axis 0)
+  DType in_dtype = DType::BF16, out_dtype = DType::BF16;
+  bool emitted = false; ///< from_hf: written at its first piece in data order
 };
 
 /// The pieces of one layer's experts (pointers into PlanContext::classified).
@@ -66,7 +88,8 @@ struct PlanContext {
 
   std::vector<Classified> classified; ///< every input key, in data order
   std::map<std::string, ExpertGroup> groups;
-  std::map<std::string, ExpertOut> expert_out;     ///< only groups without problems
+  std::map<std::string, ExpertOut> expert_out; ///< only groups without problems
+  std::map<std::string, StackGroup> stacks;    ///< by output name (from_hf) or input name (to_hf)
   std::vector<std::vector<uint32_t>> file_tensors; ///< cut_files: tensor indices per file
   ProblemList problems;
   Plan plan; ///< filled pass by pass
@@ -83,6 +106,14 @@ Status check_options(PlanContext& ctx);
 void classify_keys(PlanContext& ctx);
 void group_expert_pieces(PlanContext& ctx);
 void validate_groups(PlanContext& ctx);
+void group_stacks(PlanContext& ctx);
+void validate_stacks(PlanContext& ctx);
+/// emit_output_tensors' helpers for the stacking rules (plan_stack.cpp): the stacked output at
+/// its first piece (from_hf), or every expert's matrices of a stacked input (to_hf).
+void emit_stack(PlanContext& ctx, const Classified& c);
+void emit_unstack(PlanContext& ctx, const Classified& c);
+/// Adds an output tensor unless --exclude removes it; sets its size.
+void emit_tensor(PlanContext& ctx, OutputTensor t);
 void emit_output_tensors(PlanContext& ctx);
 void check_unique_names(PlanContext& ctx);
 void cut_files(PlanContext& ctx);

@@ -1,4 +1,5 @@
-// synth.cpp: synthetic diffusion_gemma / gemma4_moe checkpoints (see synth.h for the layout).
+// synth.cpp: synthetic diffusion_gemma / gemma4_moe / qwen3_moe checkpoints (see synth.h for the
+// layout).
 //
 // The run is three passes: derive the scaled sizes and the tensor inventory, cut the inventory
 // into shards, then stream every shard through a ShardWriter, filling one reusable buffer chunk by
@@ -81,6 +82,25 @@ Result<Dims> derive_dims(const SynthOptions& o) {
     unsigned scale;
     const char* what;
   };
+  if (o.model == "qwen3_moe") {
+    // Qwen/Qwen3-30B-A3B: 32 query heads and 4 KV heads of 128, no dense layer.
+    const Item qwen[] = {
+        {&d.hidden, 2048, o.scale_hidden, "hidden size 2048"},
+        {&d.intermediate, 768, o.scale_intermediate, "expert intermediate size 768"},
+        {&d.experts, 128, o.scale_experts, "expert count 128"},
+        {&d.vocab, 151936, o.scale_vocab, "vocabulary 151936"},
+        {&d.q_full, 4096, o.scale_hidden, "q_proj rows 4096"},
+        {&d.kv_full, 512, o.scale_hidden, "k/v_proj rows 512"},
+        {&d.head_full, 128, o.scale_hidden, "head dim 128"},
+    };
+    for (const auto& item : qwen) {
+      *item.dim = item.real / item.scale;
+      if (*item.dim == 0)
+        return error(Errc::invalid_argument, "synth: scale " + std::to_string(item.scale) +
+                                                 " leaves nothing of the " + item.what);
+    }
+    return d;
+  }
   const Item items[] = {
       {&d.hidden, 2816, o.scale_hidden, "hidden size 2816"},
       {&d.dense, 2112, o.scale_hidden, "dense MLP size 2112"},
@@ -171,9 +191,37 @@ void add_vision_tower(Inventory& inv, const std::string& prefix, const Dims& d) 
   inv.add(prefix + "post_layernorm.weight", {vh}, Init::unit);
 }
 
+// One Qwen3-MoE decoder layer: attention with q/k norms, the router, and every expert as three
+// 2-D tensors (Hugging Face's layout; semantics 14).
+void add_qwen3_layer(Inventory& inv, unsigned layer, const Dims& d) {
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  const uint64_t h = d.hidden;
+  inv.add(p + "input_layernorm.weight", {h}, Init::unit);
+  inv.add(p + "self_attn.q_proj.weight", {d.q_full, h});
+  inv.add(p + "self_attn.k_proj.weight", {d.kv_full, h});
+  inv.add(p + "self_attn.v_proj.weight", {d.kv_full, h});
+  inv.add(p + "self_attn.o_proj.weight", {h, d.q_full});
+  inv.add(p + "self_attn.q_norm.weight", {d.head_full}, Init::unit);
+  inv.add(p + "self_attn.k_norm.weight", {d.head_full}, Init::unit);
+  inv.add(p + "post_attention_layernorm.weight", {h}, Init::unit);
+  inv.add(p + "mlp.gate.weight", {d.experts, h});
+  for (uint64_t e = 0; e < d.experts; ++e) {
+    const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+    inv.add(x + "gate_proj.weight", {d.intermediate, h});
+    inv.add(x + "up_proj.weight", {d.intermediate, h});
+    inv.add(x + "down_proj.weight", {h, d.intermediate});
+  }
+}
+
 std::vector<SynthTensor> build_inventory(const SynthOptions& o, const Dims& d) {
   Inventory inv;
-  if (o.model == "diffusion_gemma") {
+  if (o.model == "qwen3_moe") {
+    inv.add("model.embed_tokens.weight", {d.vocab, d.hidden});
+    for (unsigned layer = 0; layer < o.layers; ++layer)
+      add_qwen3_layer(inv, layer, d);
+    inv.add("model.norm.weight", {d.hidden}, Init::unit);
+    inv.add("lm_head.weight", {d.vocab, d.hidden}); // tie_word_embeddings is false
+  } else if (o.model == "diffusion_gemma") {
     const std::string decoder = "model.decoder.";
     inv.add(decoder + "embed_tokens.weight", {d.vocab, d.hidden});
     for (unsigned layer = 0; layer < o.layers; ++layer)
@@ -237,6 +285,19 @@ Status prepare_output(const SynthOptions& o, Io& io, bool* created) {
 }
 
 std::string config_json(const SynthOptions& o, const Dims& d) {
+  if (o.model == "qwen3_moe")
+    return "{\n  \"architectures\": [\"Qwen3MoeForCausalLM\"],\n  \"model_type\": \"qwen3_moe\""
+           ",\n  \"num_hidden_layers\": " +
+           std::to_string(o.layers) + ",\n  \"hidden_size\": " + std::to_string(d.hidden) +
+           ",\n  \"num_attention_heads\": " + std::to_string(d.q_full / d.head_full) +
+           ",\n  \"num_key_value_heads\": " + std::to_string(d.kv_full / d.head_full) +
+           ",\n  \"head_dim\": " + std::to_string(d.head_full) +
+           ",\n  \"num_experts\": " + std::to_string(d.experts) +
+           ",\n  \"num_experts_per_tok\": 8" +
+           ",\n  \"moe_intermediate_size\": " + std::to_string(d.intermediate) +
+           ",\n  \"decoder_sparse_step\": 1,\n  \"mlp_only_layers\": []" +
+           ",\n  \"tie_word_embeddings\": false,\n  \"torch_dtype\": \"bfloat16\"" +
+           ",\n  \"vocab_size\": " + std::to_string(d.vocab) + "\n}\n";
   return "{\n  \"model_type\": \"" + o.model +
          "\",\n  \"num_hidden_layers\": " + std::to_string(o.layers) +
          ",\n  \"hidden_size\": " + std::to_string(d.hidden) +
@@ -350,9 +411,11 @@ private:
 Status synth(const SynthOptions& options, Io& io,
              const std::function<void(uint64_t done, uint64_t total)>& progress,
              SynthSummary* summary) {
-  if (options.model != "diffusion_gemma" && options.model != "gemma4_moe")
-    return error(Errc::invalid_argument, "synth: unknown model '" + options.model +
-                                             "' (expected diffusion_gemma or gemma4_moe)");
+  if (options.model != "diffusion_gemma" && options.model != "gemma4_moe" &&
+      options.model != "qwen3_moe")
+    return error(Errc::invalid_argument,
+                 "synth: unknown model '" + options.model +
+                     "' (expected diffusion_gemma, gemma4_moe or qwen3_moe)");
   if (options.max_shard_size == 0)
     return error(Errc::invalid_argument, "synth: the maximum shard size must be positive");
   if (options.out.empty())

@@ -224,6 +224,8 @@ Result<StreamSummary> for_each_converted_tensor(const std::filesystem::path& inp
     // write stage does, so the resident set stays flat.
     if (item->release_length)
       item->shard->file->release(item->release_offset, item->release_length);
+    for (const InputRange& r : item->releases)
+      r.shard->file->release(r.offset, r.length);
     if (!more) {
       if (!walk.stopped())
         return walk.status();

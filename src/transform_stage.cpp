@@ -57,6 +57,10 @@ void TransformStage::run(Item& item) {
   if (item.kind != ItemKind::transform)
     return;
   const uint64_t t0 = profiler_.now();
+  if (!item.parts.empty()) {
+    run_stack(item, t0);
+    return;
+  }
   const MappedFile& file = *item.shard->file;
   // The kernels read the input through the mapping; fault its pages in with one call.
   file.populate(static_cast<uint64_t>(item.args.src - file.bytes().data()),
@@ -101,6 +105,24 @@ bool TransformStage::run_gpu(Item& item, uint64_t t0) {
 
 void TransformStage::run_cpu(Item& item, uint64_t t0) {
   item.status = guard_mapped_access(*item.shard->file, [&] { transpose_fold_cpu(item.args); });
+  profiler_.record(Stage::transform_cpu, t0, profiler_.now(), item.length, item.tensor->name);
+  cpu_bytes_ += item.length;
+}
+
+// A stacked chunk is one transpose per piece, each from its own mapping (pieces may be in
+// different shards) into its columns of the buffer. The CUDA stage has no strided output rows,
+// so these run on the CPU whatever the device (semantics 14.1: the same bits on every device).
+void TransformStage::run_stack(Item& item, uint64_t t0) {
+  for (StackPart& part : item.parts) {
+    const MappedFile& file = *part.shard->file;
+    const TransposeArgs& a = part.args;
+    file.populate(static_cast<uint64_t>(a.src - file.bytes().data()),
+                  a.A * a.B * (dtype_bits(a.src_dtype) / 8));
+    part.args.dst = item.buffer + part.dst_offset;
+    item.status = guard_mapped_access(file, [&] { transpose_fold_cpu(part.args); });
+    if (!item.status.ok())
+      break;
+  }
   profiler_.record(Stage::transform_cpu, t0, profiler_.now(), item.length, item.tensor->name);
   cpu_bytes_ += item.length;
 }

@@ -31,6 +31,7 @@ public:
 private:
   bool run_gpu(Item& item, uint64_t t0); ///< false: no free GPU slot, nothing done
   void run_cpu(Item& item, uint64_t t0);
+  void run_stack(Item& item, uint64_t t0); ///< a chunk of a stacked tensor: CPU only
 
   CudaTransformer* gpu_;
   Profiler& profiler_;

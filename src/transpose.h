@@ -31,6 +31,10 @@ struct TransposeArgs {
   uint64_t experts = 0;
   uint64_t A = 0, B = 0;            ///< input matrix shape; input expert stride is A * B elements
   uint64_t col_begin = 0, cols = 0; ///< input columns kept (= output rows); cols == B for all
+  /// Output row length in elements; 0 means A (rows back to back). A larger pitch places the
+  /// transposed matrix inside wider output rows (a stacked piece: out[e][j][col + i], semantics
+  /// 14.1), leaving the other columns alone. CPU only: the CUDA stage never gets such a call.
+  uint64_t dst_pitch = 0;
   DType src_dtype = DType::BF16;
   DType scale_dtype = DType::BF16;
   DType dst_dtype = DType::BF16;

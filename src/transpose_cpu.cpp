@@ -164,6 +164,7 @@ struct Matrix {
   const std::byte* src; ///< element (0, col_begin) of one expert
   std::byte* dst;       ///< element (0, 0) of its output
   uint64_t A, B, cols;
+  uint64_t pitch; ///< output row length in elements (A unless a stacked piece)
 };
 
 /// A SIMD tile function: transposes and converts ni x nj input elements (ni a multiple of the
@@ -191,7 +192,7 @@ template <class Op> void run_matrix(const Kernel<Op>& k, const Matrix& m, bool s
   using In = typename Op::In;
   using Out = typename Op::Out;
   const uint64_t src_stride = m.B * sizeof(In);
-  const uint64_t dst_stride = m.A * sizeof(Out);
+  const uint64_t dst_stride = m.pitch * sizeof(Out);
   // Multiples of every kernel's block (at most 32 x 16 elements), and whole lines per row so that
   // streamed rows stay 64-byte aligned.
   constexpr uint64_t TILE_I = std::max<uint64_t>(TILE_OUT_BYTES / sizeof(Out), 32);
@@ -235,16 +236,22 @@ template <class Op> void run_matrix(const Kernel<Op>& k, const Matrix& m, bool s
 template <class Op, class Make> void run_experts(const TransposeArgs& a, Make make) {
   using In = typename Op::In;
   using Out = typename Op::Out;
-  const uint64_t out_bytes = a.experts * a.cols * a.A * sizeof(Out);
+  const uint64_t pitch = a.dst_pitch != 0 ? a.dst_pitch : a.A;
+  const uint64_t out_bytes = a.experts * a.cols * pitch * sizeof(Out);
   for (uint64_t e = 0; e < a.experts; ++e) {
     const Kernel<Op> k = make(e);
     // Streaming needs every output row to start on the kernel's alignment (so whole lines are
     // written) and the output to be large enough not to be wanted in cache right after.
     const bool stream = k.stream_align != 0 && out_bytes >= STREAM_MIN_BYTES &&
                         reinterpret_cast<uintptr_t>(a.dst) % k.stream_align == 0 &&
-                        (a.A * sizeof(Out)) % k.stream_align == 0;
+                        (a.A * sizeof(Out)) % k.stream_align == 0 &&
+                        (pitch * sizeof(Out)) % k.stream_align == 0;
     const Matrix m{a.src + (e * a.A * a.B + a.col_begin) * sizeof(In),
-                   a.dst + e * a.cols * a.A * sizeof(Out), a.A, a.B, a.cols};
+                   a.dst + e * a.cols * pitch * sizeof(Out),
+                   a.A,
+                   a.B,
+                   a.cols,
+                   pitch};
     run_matrix(k, m, stream);
   }
 }

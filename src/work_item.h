@@ -10,6 +10,7 @@
 #include "transpose.h"
 
 #include <cstdint>
+#include <vector>
 
 namespace shardshift {
 
@@ -19,6 +20,20 @@ enum class ItemKind {
   transform,  ///< a chunk of an expert tensor (whole experts, or rows of one expert)
   ones,       ///< a vector of ones
   close_file, ///< finish plan.files[file]: check its size, fsync, rename
+};
+
+/// A range of one input shard's file.
+struct InputRange {
+  const Shard* shard = nullptr;
+  uint64_t offset = 0, length = 0;
+};
+
+/// One transpose of a stacked chunk (OpKind::stack): a piece's rows into its columns of the
+/// item's buffer, `dst_offset` bytes in. args.dst is set from the buffer when the item runs.
+struct StackPart {
+  const Shard* shard = nullptr; ///< the piece's shard (for populate and the SIGBUS guard)
+  TransposeArgs args;
+  uint64_t dst_offset = 0;
 };
 
 struct Item {
@@ -32,6 +47,10 @@ struct Item {
   std::byte* buffer = nullptr;          ///< transform / ones: the output bytes (from BufferPool)
   uint64_t release_offset = 0, release_length = 0; ///< input range done once this is written
   bool on_gpu = false;                             ///< transform: run by the CUDA stage
+  /// transform of a stack tensor: its transposes (CPU only), and the input ranges done once the
+  /// item is written, in any shards (the write stage releases them beside release_offset).
+  std::vector<StackPart> parts;
+  std::vector<InputRange> releases;
   Status status;
 };
 

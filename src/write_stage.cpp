@@ -4,18 +4,26 @@
 namespace shardshift {
 
 Status WriteStage::write(const Item& item) {
+  Status s;
   switch (item.kind) {
   case ItemKind::open_file:
-    return open_file(item);
+    s = open_file(item);
+    break;
   case ItemKind::copy_run:
-    return copy_run(item);
+    s = copy_run(item);
+    break;
   case ItemKind::transform:
   case ItemKind::ones:
-    return append_chunk(item);
+    s = append_chunk(item);
+    break;
   case ItemKind::close_file:
-    return close_file(item);
+    s = close_file(item);
+    break;
   }
-  return {};
+  // A stacked chunk's pieces may lie in several shards; their pages are done once it is written.
+  for (const InputRange& r : item.releases)
+    r.shard->file->release(r.offset, r.length);
+  return s;
 }
 
 void WriteStage::abandon() {

@@ -138,8 +138,9 @@ TEST_F(SemanticsCli, AdapterDirectionAndDetectionErrorsAreUsageErrors) {
   auto adapter = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
                                 shell_quoted(tmp / "n") + " --adapter llama");
   EXPECT_EQ(adapter.exit_code, 2);
-  EXPECT_NE(adapter.err.find("unknown adapter 'llama'; known: diffusion_gemma, gemma4_moe"),
-            std::string::npos)
+  EXPECT_NE(
+      adapter.err.find("unknown adapter 'llama'; known: diffusion_gemma, gemma4_moe, qwen3_moe"),
+      std::string::npos)
       << adapter.err;
   auto direction = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
                                   shell_quoted(tmp / "n") + " --direction sideways");

@@ -25,8 +25,19 @@ enum class OpKind {
   copy,      ///< the source's bytes unchanged (zero-copy; also the tied-head alias)
   transpose, ///< swap the last two axes of [E, A, B], optionally fold a scale, cast, slice (EP)
   ones,      ///< a vector of ones (the per-expert scale written by to_hf)
+  stack,     ///< many 2-D input pieces, each transposed into its place of an [N, R, C] output
 };
 const char* op_name(OpKind op);
+
+/// One input matrix of a `stack` output (docs/semantics.md section 14): the 2-D piece [A, R] is
+/// transposed into out[index][:, col : col + A], cast to the output dtype. A piece may live in any
+/// input shard. Later families add a per-piece operation here (FP8 block dequantization: the
+/// piece's scale tensor), so that one stacked output can mix operations piece by piece.
+struct StackPiece {
+  TensorRef source{};
+  uint64_t index = 0; ///< position along the output's axis 0 (the expert)
+  uint64_t col = 0;   ///< first column of the output's last axis that this piece fills
+};
 
 struct OutputTensor {
   std::string name;
@@ -41,6 +52,8 @@ struct OutputTensor {
   // transpose: experts [expert_begin, expert_begin + experts) and input columns
   // [col_begin, col_begin + cols) of the [E, A, B] source are kept.
   uint64_t expert_begin = 0, experts = 0, col_begin = 0, cols = 0;
+  /// stack: the pieces, sorted by (index, col); together they cover the [N, R, C] output exactly.
+  std::vector<StackPiece> pieces;
   std::string
       note; ///< for humans: "alias of model.embed_tokens.weight", "fold router.per_expert_scale"
 };

@@ -9,6 +9,10 @@
 //     every L, and a small two-block vision tower under model.encoder.vision_tower.*. No lm_head.
 //   gemma4_moe: the same backbone under model.language_model.* (no self_conditioning, no
 //     encoder), lm_head.weight, and the small vision tower under model.vision_tower.*.
+//   qwen3_moe (Qwen/Qwen3-30B-A3B: H 2048, 128 experts of I 768, vocabulary 151936, 32 query
+//     and 4 KV heads of 128): model.embed_tokens.weight, per layer model.layers.L.* (attention
+//     with q_norm/k_norm, mlp.gate.weight, and mlp.experts.E.{gate,up,down}_proj.weight for
+//     every expert), model.norm.weight, lm_head.weight (not tied).
 //
 // The vision tower is a stand-in (patch embedding, position embedding, two transformer blocks,
 // a final norm), not the real one: converters only pass it through or drop it.
@@ -31,7 +35,7 @@ namespace shardshift {
 
 struct SynthOptions {
   std::filesystem::path out;
-  std::string model = "diffusion_gemma"; ///< or "gemma4_moe"
+  std::string model = "diffusion_gemma"; ///< or "gemma4_moe", "qwen3_moe"
   unsigned layers = 30;
   uint64_t seed = 0;
   /// Divisors of the real sizes: hidden (H = 2816, also every attention and dense-MLP size and

@@ -201,4 +201,26 @@ Dict tiny_gemma4(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint6
   return d;
 }
 
+Dict tiny_qwen3(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint64_t I, DType expert,
+                bool model_prefix, bool special) {
+  Dict d;
+  const std::string root = model_prefix ? "model." : "";
+  d[root + "embed_tokens.weight"] = random_tensor(rng, DType::BF16, {16, H});
+  d[root + "norm.weight"] = random_tensor(rng, DType::BF16, {H});
+  d["lm_head.weight"] = random_tensor(rng, DType::BF16, {16, H});
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = root + "layers." + std::to_string(l) + ".";
+    d[p + "self_attn.q_proj.weight"] = random_tensor(rng, DType::BF16, {8, H});
+    d[p + "self_attn.q_norm.weight"] = random_tensor(rng, DType::BF16, {4});
+    d[p + "mlp.gate.weight"] = random_tensor(rng, DType::BF16, {E, H});
+    for (uint64_t e = 0; e < E; ++e) {
+      const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+      d[x + "gate_proj.weight"] = random_tensor(rng, expert, {I, H}, special);
+      d[x + "up_proj.weight"] = random_tensor(rng, expert, {I, H}, special);
+      d[x + "down_proj.weight"] = random_tensor(rng, expert, {H, I}, special);
+    }
+  }
+  return d;
+}
+
 } // namespace shardshift::reference

@@ -34,4 +34,10 @@ Dict tiny_diffusion(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, ui
 Dict tiny_gemma4(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint64_t I,
                  bool model_prefix, const std::string& scale_at = "router");
 
+/// A qwen3_moe HF checkpoint in miniature: per layer attention, router (mlp.gate.weight) and E
+/// experts' gate_proj / up_proj [I, H] and down_proj [H, I] in `expert` dtype, keys under
+/// `model.` (model_prefix) or bare `layers.N`.
+Dict tiny_qwen3(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint64_t I,
+                DType expert = DType::BF16, bool model_prefix = true, bool special = false);
+
 } // namespace shardshift::reference

@@ -235,4 +235,122 @@ Dict ref_to_hf(const Dict& in, bool diffusion, const RefOptions& o) {
   return out;
 }
 
+// qwen3_moe (semantics 14), written as plain element loops from the text.
+namespace {
+
+// Element (r, c) of a row-major 2-D tensor with `cols` columns, cast to `to` when given.
+uint64_t elem(const Tensor& t, uint64_t index, std::optional<DType> to) {
+  const uint64_t bits = get_bits(t, index);
+  if (!to || *to == t.dtype)
+    return bits;
+  return encode(*to, decode(t.dtype, bits));
+}
+
+Tensor empty_tensor(DType d, std::vector<uint64_t> shape) {
+  Tensor t;
+  t.dtype = d;
+  t.shape = std::move(shape);
+  t.bytes.assign(numel(t.shape) * esize(d), '\0');
+  return t;
+}
+
+} // namespace
+
+Dict ref_qwen3_from_hf(const Dict& in, const RefOptions& o) {
+  static const std::regex piece(
+      R"(^((?:model\.)?(?:language_model\.)?layers\.\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$)");
+  // layer path -> projection -> expert -> tensor
+  std::map<std::string, std::map<std::string, std::map<uint64_t, const Tensor*>>> pieces;
+  Dict out;
+  uint64_t E = 0;
+  for (auto& [k, t] : in) {
+    std::smatch m;
+    if (std::regex_match(k, m, piece)) {
+      const uint64_t e = std::stoull(m[2].str());
+      pieces[m[1].str()][m[3].str()][e] = &t;
+      E = std::max(E, e + 1);
+    } else {
+      out[k] = t;
+    }
+  }
+  for (auto& [layer, by_proj] : pieces) {
+    if (by_proj.count("gate_proj")) {
+      const Tensor& g0 = *by_proj["gate_proj"].at(0);
+      const uint64_t I = g0.shape[0], H = g0.shape[1];
+      const DType d = o.cast.value_or(g0.dtype);
+      Tensor gu = empty_tensor(d, {E, H, 2 * I});
+      for (uint64_t e = 0; e < E; ++e) {
+        const Tensor& gate = *by_proj["gate_proj"].at(e);
+        const Tensor& up = *by_proj["up_proj"].at(e);
+        for (uint64_t h = 0; h < H; ++h)
+          for (uint64_t j = 0; j < 2 * I; ++j) {
+            const uint64_t v =
+                j < I ? elem(gate, j * H + h, o.cast) : elem(up, (j - I) * H + h, o.cast);
+            put_bits(gu, (e * H + h) * 2 * I + j, v);
+          }
+      }
+      out[layer + ".mlp.experts.gate_and_up_projs"] = std::move(gu);
+    }
+    if (by_proj.count("down_proj")) {
+      const Tensor& d0 = *by_proj["down_proj"].at(0);
+      const uint64_t H = d0.shape[0], I = d0.shape[1];
+      Tensor dn = empty_tensor(o.cast.value_or(d0.dtype), {E, I, H});
+      for (uint64_t e = 0; e < E; ++e) {
+        const Tensor& down = *by_proj["down_proj"].at(e);
+        for (uint64_t i = 0; i < I; ++i)
+          for (uint64_t h = 0; h < H; ++h)
+            put_bits(dn, (e * I + i) * H + h, elem(down, h * I + i, o.cast));
+      }
+      out[layer + ".mlp.experts.down_projs"] = std::move(dn);
+    }
+  }
+  return out;
+}
+
+Dict ref_qwen3_to_hf(const Dict& in, const RefOptions& o) {
+  static const std::regex layer_re(R"(layers\.(\d+))");
+  Dict out;
+  for (auto& [k, t] : in) {
+    const bool gate_up = ends_with(k, ".mlp.experts.gate_and_up_projs");
+    const bool down = ends_with(k, ".mlp.experts.down_projs");
+    std::smatch m;
+    if (!(gate_up || down) || !std::regex_search(k, m, layer_re)) {
+      out[k] = t;
+      continue;
+    }
+    const std::string base = "model.layers." + m[1].str() + ".mlp.experts.";
+    const uint64_t E = t.shape[0], R = t.shape[1], C = t.shape[2];
+    const DType d = o.cast.value_or(t.dtype);
+    if (gate_up) {
+      const uint64_t I = C / 2, H = R;
+      for (uint64_t e = 0; e < E; ++e) {
+        Tensor gate = empty_tensor(d, {I, H}), up = empty_tensor(d, {I, H});
+        for (uint64_t j = 0; j < I; ++j)
+          for (uint64_t h = 0; h < H; ++h) {
+            put_bits(gate, j * H + h, elem(t, (e * H + h) * C + j, o.cast));
+            put_bits(up, j * H + h, elem(t, (e * H + h) * C + I + j, o.cast));
+          }
+        out[base + std::to_string(e) + ".gate_proj.weight"] = std::move(gate);
+        out[base + std::to_string(e) + ".up_proj.weight"] = std::move(up);
+      }
+    } else {
+      const uint64_t I = R, H = C;
+      for (uint64_t e = 0; e < E; ++e) {
+        Tensor dn = empty_tensor(d, {H, I});
+        for (uint64_t h = 0; h < H; ++h)
+          for (uint64_t i = 0; i < I; ++i)
+            put_bits(dn, h * I + i, elem(t, (e * I + i) * H + h, o.cast));
+        out[base + std::to_string(e) + ".down_proj.weight"] = std::move(dn);
+      }
+    }
+  }
+  if (!o.exclude.empty()) {
+    std::regex ex(o.exclude);
+    for (auto it = out.begin(); it != out.end();)
+      it = std::regex_search(it->first, ex, std::regex_constants::match_continuous) ? out.erase(it)
+                                                                                    : std::next(it);
+  }
+  return out;
+}
+
 } // namespace shardshift::reference

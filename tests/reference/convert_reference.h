@@ -65,4 +65,13 @@ Dict ref_from_hf(const Dict& in, bool diffusion, const RefOptions& o);
 /// Native -> HF (semantics 2 and 3).
 Dict ref_to_hf(const Dict& in, bool diffusion, const RefOptions& o);
 
+/// qwen3_moe, HF -> native (semantics 14.2): each layer's per-expert gate_proj / up_proj
+/// [I, H] become gate_and_up_projs [E, H, 2I] (gate's transpose in columns [0, I), up's in
+/// [I, 2I)), down_proj [H, I] becomes down_projs [E, I, H]; o.cast casts them; every other key
+/// is copied unchanged. REQUIRES: a complete, well-shaped input.
+Dict ref_qwen3_from_hf(const Dict& in, const RefOptions& o);
+/// qwen3_moe, native -> HF (semantics 14.3): the reverse split, names under `model.layers.N.`,
+/// then o.exclude.
+Dict ref_qwen3_to_hf(const Dict& in, const RefOptions& o);
+
 } // namespace shardshift::reference

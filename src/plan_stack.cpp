@@ -1,0 +1,267 @@
+// plan_stack.cpp: the planning passes for output tensors made of many input tensors and input
+// tensors split into many outputs (docs/semantics.md section 14). A family whose Hugging Face
+// layout keeps every expert as its own 2-D tensors (qwen3_moe) stacks them into one [N, R, C]
+// native tensor: each expert's pieces, transposed, side by side along the last axis. The rules
+// say which piece goes into which column block (adapter.h: stack_piece, unstack); these passes
+// gather the pieces, check that they cover the output exactly, and write the plan entries that
+// the emitter and the transform stage turn into bytes chunk by chunk.
+#include "planner.h"
+#include "transpose.h"
+
+#include <algorithm>
+#include <charconv>
+
+namespace shardshift {
+
+namespace {
+
+// The expert index of a key, as the reference's int() reads it (leading zeros allowed).
+std::optional<uint64_t> expert_index(const std::string& text) {
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size())
+    return std::nullopt;
+  return value;
+}
+
+std::string piece_name(const Rule* rule) {
+  return rule && !rule->piece.empty() ? std::string(rule->piece) : std::string("piece");
+}
+
+// At most this many missing pieces are listed per stacked tensor; the rest are counted.
+constexpr size_t MAX_LISTED = 8;
+
+// from_hf: every expert 0..experts-1 has every slot; all pieces are 2-D of one shape and dtype.
+void validate_pieces(PlanContext& ctx, StackGroup& g, uint64_t experts) {
+  const unsigned slots = g.rule->slots;
+  std::vector<std::string> missing;
+  for (uint64_t e = 0; e < experts; ++e) {
+    auto it = g.pieces.find(e);
+    for (unsigned s = 0; s < slots; ++s)
+      if (it == g.pieces.end() || it->second[s] == nullptr)
+        missing.push_back("expert " + std::to_string(e) + " " + g.slot_names[s]);
+  }
+  bool ok = missing.empty();
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < std::min(missing.size(), MAX_LISTED); ++i)
+      list += (i ? ", " : "") + missing[i];
+    if (missing.size() > MAX_LISTED)
+      list += " (and " + std::to_string(missing.size() - MAX_LISTED) + " more)";
+    ctx.problems.add(Errc::plan, "", "",
+                     printable(g.layer) + ": '" + printable(g.output) + "' needs every expert 0-" +
+                         std::to_string(experts - 1) + " (" + std::to_string(slots) +
+                         " pieces each); missing: " + list);
+  }
+  // The first piece sets the shape and dtype every other piece must have.
+  const TensorInfo* first = nullptr;
+  for (const auto& [e, slots_of] : g.pieces)
+    for (unsigned s = 0; s < slots; ++s) {
+      const Classified* c = slots_of[s];
+      if (!c)
+        continue;
+      const TensorInfo& t = ctx.input.info(c->ref);
+      const std::string where = printable(g.layer) + ": expert " + std::to_string(e) + " " +
+                                piece_name(c->rule) + " '" + printable(t.name) + "'";
+      if (t.shape.size() != 2) {
+        ctx.problems.add(Errc::plan, "", "",
+                         where + " must be 2-D, has shape " + shape_text(t.shape));
+        ok = false;
+        continue;
+      }
+      if (!first) {
+        first = &t;
+        continue;
+      }
+      if (t.shape != first->shape) {
+        ctx.problems.add(Errc::plan, "", "",
+                         where + " has shape " + shape_text(t.shape) + " but '" +
+                             printable(first->name) + "' has " + shape_text(first->shape));
+        ok = false;
+      }
+      if (t.dtype != first->dtype) {
+        ctx.problems.add(Errc::plan, "", "",
+                         where + " is " + std::string(dtype_name(t.dtype)) + " but '" +
+                             printable(first->name) + "' is " +
+                             std::string(dtype_name(first->dtype)));
+        ok = false;
+      }
+    }
+  if (!first)
+    return;
+  g.in_dtype = first->dtype;
+  g.out_dtype = ctx.options.expert_dtype.value_or(g.in_dtype);
+  Status s = check_transpose_supported(g.in_dtype, false, g.in_dtype, g.out_dtype);
+  if (!s.ok()) {
+    ctx.problems.add(Errc::plan, "", first->name, s.message());
+    ok = false;
+  }
+  g.experts = experts;
+  g.block = first->shape[0];
+  g.rows = first->shape[1];
+  g.ok = ok;
+}
+
+// to_hf: the stacked input is [N, R, C] with C a multiple of the slot count.
+void validate_whole(PlanContext& ctx, StackGroup& g) {
+  const TensorInfo& t = ctx.input.info(g.whole->ref);
+  const unsigned slots = g.rule->slots;
+  if (t.shape.size() != 3) {
+    ctx.problems.add(Errc::plan, "", t.name,
+                     "stacked expert tensor must be 3-D [E, R, C], has shape " +
+                         shape_text(t.shape));
+    return;
+  }
+  if (t.shape[2] % slots != 0) {
+    ctx.problems.add(Errc::plan, "", t.name,
+                     "last axis of " + shape_text(t.shape) + " does not split into " +
+                         std::to_string(slots) + " equal blocks");
+    return;
+  }
+  g.in_dtype = t.dtype;
+  g.out_dtype = ctx.options.expert_dtype.value_or(t.dtype);
+  Status s = check_transpose_supported(g.in_dtype, false, g.in_dtype, g.out_dtype);
+  if (!s.ok()) {
+    ctx.problems.add(Errc::plan, "", t.name, s.message());
+    return;
+  }
+  g.experts = t.shape[0];
+  g.rows = t.shape[1];
+  g.block = t.shape[2] / slots;
+  g.ok = true;
+}
+
+// A layer's gate-and-up stack (two slots) and down stack (one slot) describe one MLP: from_hf
+// pieces [I, H] and [H, I]; to_hf inputs [E, H, 2I] and [E, I, H]. Their sizes must agree.
+void check_layer_pairs(PlanContext& ctx) {
+  std::map<std::string, std::pair<StackGroup*, StackGroup*>> by_layer;
+  for (auto& [key, g] : ctx.stacks)
+    if (g.ok)
+      (g.rule->slots == 2 ? by_layer[g.layer].first : by_layer[g.layer].second) = &g;
+  for (auto& [layer, pair] : by_layer) {
+    auto [up, down] = pair;
+    if (!up || !down)
+      continue;
+    if (up->experts == down->experts && up->block == down->rows && up->rows == down->block)
+      continue;
+    auto name = [&](const StackGroup* g) {
+      return g->whole ? "'" + printable(g->whole->input_name) + "'"
+                      : "'" + printable(g->output) + "'";
+    };
+    ctx.problems.add(
+        Errc::plan, "", "",
+        printable(layer) + ": the expert sizes of " + name(up) + " (" +
+            std::to_string(up->experts) + " experts, " + piece_name(up->rule) + " blocks of " +
+            std::to_string(up->block) + " x " + std::to_string(up->rows) + ") and " + name(down) +
+            " (" + std::to_string(down->experts) + " experts, " + std::to_string(down->block) +
+            " x " + std::to_string(down->rows) + ") disagree");
+    up->ok = down->ok = false;
+  }
+}
+
+} // namespace
+
+void group_stacks(PlanContext& ctx) {
+  for (const Classified& c : ctx.classified) {
+    if (c.action == RuleAction::unstack) {
+      StackGroup& g = ctx.stacks[c.input_name];
+      g.whole = &c;
+      g.layer = c.layer;
+      g.rule = c.rule;
+      continue;
+    }
+    if (c.action != RuleAction::stack_piece)
+      continue;
+    const std::optional<uint64_t> e = expert_index(c.expert);
+    if (!e) {
+      ctx.problems.add(Errc::plan, "", c.input_name,
+                       "expert index '" + c.expert + "' is too large");
+      continue;
+    }
+    StackGroup& g = ctx.stacks[c.output];
+    g.output = c.output;
+    g.layer = c.layer;
+    if (!g.rule || c.rule->slot == 0)
+      g.rule = c.rule; // any rule of the stack gives the slot count; slot 0 names it
+    g.slot_names.resize(c.rule->slots, "piece");
+    g.slot_names[c.rule->slot] = piece_name(c.rule);
+    std::vector<const Classified*>& slots = g.pieces[*e];
+    slots.resize(c.rule->slots, nullptr);
+    const Classified*& slot = slots[c.rule->slot];
+    if (slot)
+      ctx.problems.add(Errc::plan, "", c.input_name,
+                       c.layer + ": expert " + std::to_string(*e) + " already has its " +
+                           piece_name(c.rule) + " in '" + printable(slot->input_name) + "'");
+    else
+      slot = &c;
+  }
+}
+
+void validate_stacks(PlanContext& ctx) {
+  // One expert count for the whole model, as the reference's n_routed_experts: the highest
+  // index seen, plus one. A layer missing its last experts is then reported, not shrunk.
+  uint64_t experts = 0;
+  for (const auto& [key, g] : ctx.stacks)
+    if (!g.pieces.empty())
+      experts = std::max(experts, g.pieces.rbegin()->first + 1);
+  for (auto& [key, g] : ctx.stacks) {
+    if (g.whole)
+      validate_whole(ctx, g);
+    else
+      validate_pieces(ctx, g, experts);
+  }
+  check_layer_pairs(ctx);
+}
+
+void emit_stack(PlanContext& ctx, const Classified& c) {
+  auto it = ctx.stacks.find(c.output);
+  if (it == ctx.stacks.end() || !it->second.ok || it->second.emitted)
+    return;
+  StackGroup& g = it->second;
+  g.emitted = true;
+  const unsigned slots = g.rule->slots;
+  OutputTensor t;
+  t.name = g.output;
+  t.op = OpKind::stack;
+  t.dtype = g.out_dtype;
+  t.shape = {g.experts, g.rows, slots * g.block};
+  for (const auto& [e, pieces] : g.pieces)
+    for (unsigned s = 0; s < slots; ++s)
+      t.pieces.push_back({pieces[s]->ref, e, s * g.block});
+  std::string names;
+  for (unsigned s = 0; s < slots; ++s)
+    names += (s ? ", " : "") + g.slot_names[s];
+  t.note = "stack of " + std::to_string(g.experts) + " experts' " + names + ", transposed, from " +
+           g.layer;
+  emit_tensor(ctx, std::move(t));
+}
+
+void emit_unstack(PlanContext& ctx, const Classified& c) {
+  auto it = ctx.stacks.find(c.input_name);
+  if (it == ctx.stacks.end() || !it->second.ok || it->second.whole != &c)
+    return;
+  const StackGroup& g = it->second;
+  for (uint64_t e = 0; e < g.experts; ++e)
+    for (unsigned s = 0; s < g.rule->slots; ++s) {
+      std::string name(s == 0 ? c.output : c.extra);
+      const std::string marker = "{expert}";
+      for (size_t at = name.find(marker); at != std::string::npos; at = name.find(marker))
+        name.replace(at, marker.size(), std::to_string(e));
+      OutputTensor t;
+      t.name = std::move(name);
+      t.op = OpKind::transpose;
+      t.source = c.ref;
+      t.dtype = g.out_dtype;
+      t.expert_begin = e;
+      t.experts = 1;
+      t.col_begin = s * g.block;
+      t.cols = g.block;
+      t.shape = {g.block, g.rows};
+      t.note = "transpose of expert " + std::to_string(e) + ", columns [" +
+               std::to_string(t.col_begin) + ", " + std::to_string(t.col_begin + t.cols) + ") of " +
+               c.input_name;
+      emit_tensor(ctx, std::move(t));
+    }
+}
+
+} // namespace shardshift

@@ -1,0 +1,268 @@
+// qwen3_convert_test.cpp: qwen3_moe conversions (docs/semantics.md section 14) against the
+// independent reference (tests/reference/), both directions, every dtype, pieces of one expert
+// spread over shards, chunking inside one expert, and the refusals.
+#include "shardshift/checkpoint.h"
+#include "shardshift/convert.h"
+#include "shardshift/synth.h"
+
+#include "convert_harness.h"
+#include "reference/checkpoint_files.h"
+#include "reference/convert_reference.h"
+#include "test_support.h"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace shardshift {
+namespace {
+
+// Every file of a directory, by name, as bytes.
+std::map<std::string, std::string> files_of(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const std::string& name : testing::list_dir(dir))
+    out[name] = testing::read_bytes(dir / name);
+  return out;
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+TEST_F(ConvertTest, Qwen3FromHfMatchesTheReferenceForEveryDtype) {
+  const std::optional<DType> casts[] = {std::nullopt, DType::BF16, DType::F16, DType::F32};
+  for (DType expert : {DType::BF16, DType::F16, DType::F32}) {
+    Dict in = tiny_qwen3(rng, 2, 4, 6, 5, expert, true, /*special=*/true);
+    const fs::path hf = tmp / ("hf" + std::string(dtype_name(expert)));
+    write_checkpoint(hf, in, 3, "qwen3_moe");
+    for (std::optional<DType> cast : casts) {
+      SCOPED_TRACE(std::string(dtype_name(expert)) + " --dtype " +
+                   (cast ? std::string(dtype_name(*cast)) : "keep"));
+      const fs::path out = tmp / "n";
+      auto r = run(hf, out, opts([&](ConvertOptions& o) {
+                     o.plan.expert_dtype = cast;
+                     o.force = true;
+                   }));
+      ASSERT_TRUE(r.ok()) << r.status().message();
+      RefOptions ro;
+      ro.cast = cast;
+      expect_same(read_checkpoint(out), ref_qwen3_from_hf(in, ro));
+    }
+  }
+}
+
+TEST_F(ConvertTest, Qwen3LayoutIsGateThenUpAlongTheLastAxis) {
+  // One hand-checked element per block, independent of both converters' loops.
+  Dict in = tiny_qwen3(rng, 1, 3, 4, 2);
+  write_checkpoint(tmp / "hf", in);
+  ASSERT_TRUE(run(tmp / "hf", tmp / "n").ok());
+  Dict got = read_checkpoint(tmp / "n");
+  const Tensor& gu = got.at("model.layers.0.mlp.experts.gate_and_up_projs");
+  const Tensor& dn = got.at("model.layers.0.mlp.experts.down_projs");
+  ASSERT_EQ(gu.shape, (std::vector<uint64_t>{3, 4, 4}));
+  ASSERT_EQ(dn.shape, (std::vector<uint64_t>{3, 2, 4}));
+  // gate_and_up[e=2][h=3][j=1] = gate_2[1][3]; [2][3][2 + 1] = up_2[1][3]; down[2][1][3] =
+  // down_2[3][1].
+  EXPECT_EQ(get_bits(gu, (2 * 4 + 3) * 4 + 1),
+            get_bits(in.at("model.layers.0.mlp.experts.2.gate_proj.weight"), 1 * 4 + 3));
+  EXPECT_EQ(get_bits(gu, (2 * 4 + 3) * 4 + 3),
+            get_bits(in.at("model.layers.0.mlp.experts.2.up_proj.weight"), 1 * 4 + 3));
+  EXPECT_EQ(get_bits(dn, (2 * 2 + 1) * 4 + 3),
+            get_bits(in.at("model.layers.0.mlp.experts.2.down_proj.weight"), 3 * 2 + 1));
+  // Router, attention and norms keep their names and bytes.
+  EXPECT_EQ(got.at("model.layers.0.mlp.gate.weight").bytes,
+            in.at("model.layers.0.mlp.gate.weight").bytes);
+  EXPECT_EQ(got.size(), in.size() - 3 * 3 + 2);
+}
+
+TEST_F(ConvertTest, Qwen3ToHfMatchesTheReferenceForEveryDtype) {
+  for (DType expert : {DType::BF16, DType::F16, DType::F32}) {
+    Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 2, 3, 5, 4, expert, true, true), {});
+    native["model.layers.0.self_attn._extra_state"] = random_tensor(rng, DType::U8, {4});
+    const fs::path in = tmp / ("native" + std::string(dtype_name(expert)));
+    write_checkpoint(in, native, 2);
+    for (std::optional<DType> cast : {std::optional<DType>(), std::optional(DType::F32)}) {
+      auto r = run(in, tmp / "hf", opts([&](ConvertOptions& o) {
+                     o.plan.expert_dtype = cast;
+                     o.force = true;
+                   }));
+      ASSERT_TRUE(r.ok()) << r.status().message();
+      RefOptions ro;
+      ro.cast = cast;
+      Dict got = read_checkpoint(tmp / "hf");
+      expect_same(got, ref_qwen3_to_hf(native, ro));
+      EXPECT_EQ(got.count("model.layers.0.self_attn._extra_state"), 0u); // the default --exclude
+    }
+  }
+}
+
+TEST_F(ConvertTest, Qwen3RoundTripIsByteIdenticalWithAndWithoutModelPrefix) {
+  for (bool prefix : {true, false}) {
+    Dict in = tiny_qwen3(rng, 2, 5, 8, 6, DType::BF16, prefix, true);
+    write_checkpoint(tmp / "hf", in, 3);
+    ASSERT_TRUE(run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) { o.force = true; })).ok());
+    ASSERT_TRUE(run(tmp / "n", tmp / "back", opts([](ConvertOptions& o) { o.force = true; })).ok());
+    Dict back = read_checkpoint(tmp / "back");
+    if (prefix) {
+      ASSERT_EQ(back.size(), in.size());
+      for (auto& [name, t] : in) {
+        ASSERT_TRUE(back.count(name)) << name;
+        EXPECT_EQ(back.at(name).dtype, t.dtype) << name;
+        EXPECT_EQ(back.at(name).shape, t.shape) << name;
+        EXPECT_TRUE(back.at(name).bytes == t.bytes) << name;
+      }
+    } else {
+      // to_hf always writes experts under `model.` (14.3); the rest keeps its names.
+      EXPECT_TRUE(back.count("model.layers.1.mlp.experts.4.up_proj.weight"));
+      EXPECT_EQ(back.at("model.layers.1.mlp.experts.4.up_proj.weight").bytes,
+                in.at("layers.1.mlp.experts.4.up_proj.weight").bytes);
+      EXPECT_TRUE(back.count("layers.1.mlp.gate.weight"));
+    }
+  }
+}
+
+TEST_F(ConvertTest, Qwen3BytesAreTheSameForEveryThreadsWritersAndBudget) {
+  // Experts of H 128, I 160: one expert's gate_and_up is 80 KiB, over the 64 KiB chunk of the
+  // 256 KiB budget (and of 1 MiB with 3 writers), so it is cut into rows; its pieces are in
+  // three different shards.
+  Dict in = tiny_qwen3(rng, 2, 4, 128, 160);
+  write_checkpoint(tmp / "hf", in, 3);
+  std::optional<std::map<std::string, std::string>> first;
+  struct Setting {
+    unsigned threads, writers;
+    uint64_t memory;
+  };
+  for (Setting s : {Setting{1, 1, 256 << 10},
+                    {2, 1, 1 << 20},
+                    {4, 3, 1 << 20},
+                    {4, 2, 64 << 20},
+                    {1, 1, 256 << 20}}) {
+    SCOPED_TRACE("-j " + std::to_string(s.threads) + " --writers " + std::to_string(s.writers) +
+                 " --max-memory " + std::to_string(s.memory));
+    auto r = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) {
+                   o.threads = s.threads;
+                   o.writers = s.writers;
+                   o.max_memory = s.memory;
+                   o.plan.max_shard_size = 400'000;
+                   o.force = true;
+                 }));
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    auto files = files_of(tmp / "n");
+    if (!first) {
+      first = files;
+      expect_same(read_checkpoint(tmp / "n"), ref_qwen3_from_hf(in, {}));
+    } else {
+      EXPECT_TRUE(files == *first);
+    }
+  }
+}
+
+TEST_F(ConvertTest, Qwen3MissingOrMisshapenExpertPiecesAreNamedBeforeAnyWrite) {
+  Dict in = tiny_qwen3(rng, 2, 4, 6, 5);
+  in.erase("model.layers.1.mlp.experts.2.up_proj.weight");
+  in["model.layers.0.mlp.experts.1.down_proj.weight"] = random_tensor(rng, DType::BF16, {6, 4});
+  in["model.layers.0.mlp.experts.3.gate_proj.weight"] = random_tensor(rng, DType::F16, {5, 6});
+  write_checkpoint(tmp / "hf", in, 2);
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_FALSE(r.ok());
+  const std::string& m = r.status().message();
+  EXPECT_TRUE(contains(m, "model.layers.1: 'model.layers.1.mlp.experts.gate_and_up_projs' needs "
+                          "every expert 0-3 (2 pieces each); missing: expert 2 up_proj"))
+      << m;
+  EXPECT_TRUE(contains(m, "model.layers.0: expert 1 down_proj "
+                          "'model.layers.0.mlp.experts.1.down_proj.weight' has shape [6, 4]"))
+      << m;
+  EXPECT_TRUE(contains(m, "model.layers.0: expert 3 gate_proj "
+                          "'model.layers.0.mlp.experts.3.gate_proj.weight' is F16"))
+      << m;
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+}
+
+TEST_F(ConvertTest, Qwen3Fp8ScaleTensorsAndDuplicateExpertsAreRefused) {
+  Dict in = tiny_qwen3(rng, 1, 2, 4, 3);
+  in["model.layers.0.mlp.experts.0.gate_proj.weight_scale_inv"] =
+      random_tensor(rng, DType::F32, {1, 1});
+  in["model.layers.0.mlp.experts.01.up_proj.weight"] = random_tensor(rng, DType::BF16, {3, 4});
+  write_checkpoint(tmp / "hf", in);
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_FALSE(r.ok());
+  const std::string& m = r.status().message();
+  EXPECT_TRUE(contains(m, "model.layers.0.mlp.experts.0.gate_proj.weight_scale_inv")) << m;
+  EXPECT_TRUE(contains(m, "FP8 block scale: shardshift does not dequantize qwen3_moe")) << m;
+  EXPECT_TRUE(contains(m, "expert 1 already has its up_proj")) << m;
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+}
+
+TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {
+  Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 3, 6, 4), {});
+  native["model.layers.0.mlp.experts.down_projs"] = random_tensor(rng, DType::BF16, {3, 5, 6});
+  write_checkpoint(tmp / "native", native);
+  auto r = run(tmp / "native", tmp / "hf");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(contains(r.status().message(), "layers.0: the expert sizes of"))
+      << r.status().message();
+
+  write_checkpoint(tmp / "hf2", tiny_qwen3(rng, 1, 4, 4, 2));
+  auto ep = run(tmp / "hf2", tmp / "n", opts([](ConvertOptions& o) { o.plan.ep_size = 2; }));
+  ASSERT_FALSE(ep.ok());
+  EXPECT_TRUE(contains(ep.status().message(), "not offered for qwen3_moe"))
+      << ep.status().message();
+}
+
+TEST_F(ConvertTest, Qwen3IsDetectedFromConfigAndFromKeysInBothDirections) {
+  Dict in = tiny_qwen3(rng, 1, 2, 4, 3);
+  write_checkpoint(tmp / "keys", in);
+  write_checkpoint(tmp / "config", in, 1, "qwen3_moe");
+  for (const char* dir : {"keys", "config"}) {
+    auto ck = Checkpoint::open(tmp / dir);
+    ASSERT_TRUE(ck.ok());
+    auto plan = make_plan(*ck, {});
+    ASSERT_TRUE(plan.ok()) << plan.status().message();
+    EXPECT_EQ(plan->adapter, "qwen3_moe");
+    EXPECT_EQ(plan->direction, Direction::from_hf);
+  }
+  write_checkpoint(tmp / "native", ref_qwen3_from_hf(in, {}));
+  auto ck = Checkpoint::open(tmp / "native");
+  ASSERT_TRUE(ck.ok());
+  auto plan = make_plan(*ck, {});
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(plan->adapter, "qwen3_moe");
+  EXPECT_EQ(plan->direction, Direction::to_hf);
+}
+
+TEST(Qwen3Synth, WritesTheRealInventoryScaledAndConvertsBothWays) {
+  TempDir tmp;
+  SynthOptions o;
+  o.out = tmp / "hf";
+  o.model = "qwen3_moe";
+  o.layers = 2;
+  o.scale_hidden = o.scale_experts = o.scale_vocab = o.scale_intermediate = 8;
+  o.max_shard_size = 3'000'000;
+  ASSERT_TRUE(synth(o, Io::system(), {}).ok());
+  auto ck = Checkpoint::open(tmp / "hf");
+  ASSERT_TRUE(ck.ok()) << ck.status().message();
+  EXPECT_EQ(ck->config_model_type, "qwen3_moe");
+  // 16 experts x 3 per layer, 9 other tensors per layer, embedding, norm, head.
+  EXPECT_EQ(ck->tensors.size(), 2u * (16 * 3 + 9) + 3);
+  auto shape = [&](const std::string& name) { return ck->info(ck->tensors.at(name)).shape; };
+  EXPECT_EQ(shape("model.layers.1.mlp.experts.15.gate_proj.weight"),
+            (std::vector<uint64_t>{96, 256}));
+  EXPECT_EQ(shape("model.layers.1.mlp.experts.15.down_proj.weight"),
+            (std::vector<uint64_t>{256, 96}));
+  EXPECT_EQ(shape("model.layers.0.self_attn.q_proj.weight"), (std::vector<uint64_t>{512, 256}));
+  EXPECT_EQ(shape("model.layers.0.self_attn.k_norm.weight"), (std::vector<uint64_t>{16}));
+  EXPECT_EQ(shape("lm_head.weight"), (std::vector<uint64_t>{18992, 256}));
+  Dict in = read_checkpoint(tmp / "hf");
+  ASSERT_TRUE(run(tmp / "hf", tmp / "n").ok());
+  expect_same(read_checkpoint(tmp / "n"), ref_qwen3_from_hf(in, {}));
+  ASSERT_TRUE(run(tmp / "n", tmp / "back").ok());
+  Dict back = read_checkpoint(tmp / "back");
+  ASSERT_EQ(back.size(), in.size());
+  for (auto& [name, t] : in)
+    EXPECT_TRUE(back.count(name) && back.at(name).bytes == t.bytes) << name;
+}
+
+} // namespace
+} // namespace shardshift
