@@ -13,8 +13,14 @@ cmake -S . -B build-asan -DSHARDSHIFT_SANITIZE=ON -DSHARDSHIFT_CUDA=OFF -DSHARDS
 cmake --build build-asan -j"$(nproc)"
 
 # Fail on the first report, with a symbolized stack; leaks are reported at exit. The tests that
-# run the binary (e2e) inherit these.
-export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_string_checks=1:check_initialization_order=1"
-export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
+# run the binary (e2e) inherit these. A report ends the program with a failure status, not a
+# signal: the SIGBUS death tests (mapped_file_test) expect exactly that under ASan.
+export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:strict_string_checks=1:check_initialization_order=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+# Left out: ResumeE2e.KilledAtRandomMoments* signals the binary at random moments and takes a
+# death by SIGINT or SIGTERM for "interrupted before OUT existed". Under ASan the binary's start
+# (before its handlers are installed) and its exit (after they are restored, OUT already
+# committed) take long enough that the signal often lands there, and the test then fails.
 cd build-asan
-ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' "$@"
+ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' \
+      -E '^ResumeE2e\.KilledAtRandomMoments' "$@"
