@@ -109,19 +109,12 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
                   "a job of " + std::to_string(rank->world) + " ranks (" + rank->source +
                       ") writes one directory OUT together; it cannot stream to stdout or "
                       "--pipe-to (run one process for those)");
-  const uint64_t t0 = profiler.now();
-  const uint64_t heap_before = heap_in_use_bytes();
-  auto opened = Checkpoint::open(options.input, options.max_memory);
+  auto opened =
+      open_and_plan(options.input, options.plan, options.max_memory, callbacks.warnings, profiler);
   if (!opened)
     return opened.status();
-  const Checkpoint& input = *opened;
-  profiler.record(Stage::plan, t0, profiler.now(), 0, "open_checkpoint");
-  if (callbacks.warnings && !input.warnings.empty())
-    callbacks.warnings(input.warnings);
-  auto planned = make_plan(input, options.plan, &profiler);
-  if (!planned)
-    return planned.status();
-  const Plan& plan = *planned;
+  const Checkpoint& input = opened->input;
+  const Plan& plan = opened->plan;
   if (callbacks.planned)
     callbacks.planned(plan);
 
@@ -130,8 +123,7 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
       options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
   // The parsed headers and the plan are part of the budget too (they grow with the tensor count).
-  const uint64_t held = std::max(heap_in_use_bytes(), heap_before) - heap_before;
-  auto engine = configure_engine(options, threads, plan.files.size(), io, callbacks, held);
+  auto engine = configure_engine(options, threads, plan.files.size(), io, callbacks, opened->held);
   if (!engine)
     return engine.status();
 

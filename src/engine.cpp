@@ -50,6 +50,26 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
 
 } // namespace
 
+Result<PlannedInput> open_and_plan(const std::filesystem::path& input, const PlanOptions& options,
+                                   uint64_t max_memory,
+                                   const std::function<void(const std::vector<std::string>&)>& warnings,
+                                   Profiler& profiler) {
+  const uint64_t t0 = profiler.now();
+  const uint64_t heap_before = heap_in_use_bytes();
+  auto opened = Checkpoint::open(input, max_memory);
+  if (!opened)
+    return opened.status();
+  profiler.record(Stage::plan, t0, profiler.now(), 0, "open_checkpoint");
+  if (warnings && !opened->warnings.empty())
+    warnings(opened->warnings);
+  auto planned = make_plan(*opened, options, &profiler);
+  if (!planned)
+    return planned.status();
+  PlannedInput p{std::move(opened.value()), std::move(planned.value()), 0};
+  p.held = std::max(heap_in_use_bytes(), heap_before) - heap_before;
+  return p;
+}
+
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
                                 Io& io, const ConvertCallbacks& callbacks, uint64_t held) {
   if (held > options.max_memory / 2)

@@ -5,16 +5,35 @@
 // Thread-safety: one call per run; the Engine belongs to that run.
 #pragma once
 
+#include "shardshift/checkpoint.h"
 #include "shardshift/convert.h"
 #include "shardshift/io.h"
+#include "shardshift/plan.h"
+#include "shardshift/profiler.h"
 
 #include "cuda_transform.h"
 #include "pipeline.h"
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace shardshift {
+
+/// IN opened and planned, as convert() and verify() both need it: Checkpoint::open with the
+/// memory limit, its warnings handed to `warnings`, make_plan, each a `plan` span of `profiler`.
+/// `held` is the heap the parsed input and the plan hold, which the budget covers too
+/// (configure_engine).
+struct PlannedInput {
+  Checkpoint input;
+  Plan plan;
+  uint64_t held = 0;
+};
+Result<PlannedInput> open_and_plan(const std::filesystem::path& input, const PlanOptions& options,
+                                   uint64_t max_memory,
+                                   const std::function<void(const std::vector<std::string>&)>& warnings,
+                                   Profiler& profiler);
 
 struct Engine {
   PipelineConfig config;

@@ -410,19 +410,12 @@ Result<VerifySummary> verify(const VerifyOptions& options, const VerifyCallbacks
     return s;
   if (auto device = parse_device(options.device); !device)
     return device.status();
-  const uint64_t t0 = profiler.now();
-  const uint64_t heap_before = heap_in_use_bytes();
-  auto opened = Checkpoint::open(options.input, options.max_memory);
+  auto opened =
+      open_and_plan(options.input, options.plan, options.max_memory, callbacks.warnings, profiler);
   if (!opened)
     return opened.status();
-  const Checkpoint& input = *opened;
-  profiler.record(Stage::plan, t0, profiler.now(), 0, "open_checkpoint");
-  if (callbacks.warnings && !input.warnings.empty())
-    callbacks.warnings(input.warnings);
-  auto planned = make_plan(input, options.plan, &profiler);
-  if (!planned)
-    return planned.status();
-  const Plan& plan = *planned;
+  const Checkpoint& input = opened->input;
+  const Plan& plan = opened->plan;
   std::string index_text;
   if (plan.write_index) {
     auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
@@ -455,9 +448,8 @@ Result<VerifySummary> verify(const VerifyOptions& options, const VerifyCallbacks
     // 2. The data, recomputed as a stream and compared as it is produced.
     KnownDigests digests;
     // As for convert, the parsed headers and the plan come out of the budget.
-    const uint64_t held = std::max(heap_in_use_bytes(), heap_before) - heap_before;
     if (Status s = compare_data(options, input, plan, *expected, summary.checksum_file, callbacks,
-                                held, &summary, &digests, profiler);
+                                opened->held, &summary, &digests, profiler);
         !s.ok())
       return s;
     // 3. SHA256SUMS, like sha256sum -c.

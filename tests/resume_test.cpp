@@ -225,6 +225,21 @@ TEST_F(Resume, TheFingerprintFollowsThePlanAndTheInputFiles) {
   EXPECT_EQ(plan_fingerprint(*input, *plan3), base);
 }
 
+TEST_F(Resume, TheFingerprintCoversEveryPieceOfAStackedTensor) {
+  reference::write_checkpoint(tmp / "qwen", reference::tiny_qwen3(rng, 1, 3, 4, 2), 2,
+                              "qwen3_moe");
+  auto input = Checkpoint::open(tmp / "qwen");
+  ASSERT_TRUE(input.ok()) << input.status().message();
+  auto plan = make_plan(*input, PlanOptions{});
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  const std::string base = plan_fingerprint(*input, *plan);
+  auto stacked = std::find_if(plan->tensors.begin(), plan->tensors.end(),
+                              [](const OutputTensor& t) { return t.pieces.size() >= 2; });
+  ASSERT_NE(stacked, plan->tensors.end());
+  std::swap(stacked->pieces[0].source, stacked->pieces[1].source); // same sizes, other bytes
+  EXPECT_NE(plan_fingerprint(*input, *plan), base);
+}
+
 TEST_F(Resume, ResumeIsRefusedWhereNothingCanBeTakenBack) {
   auto to_stdout = run(tmp / "hf", "-", with([](ConvertOptions& o) {
                          o.resume = true;
