@@ -144,6 +144,7 @@ private:
   Item* hash(Item* item) {
     if (s_.failure.failed())
       return item;
+    const uint64_t t0 = s_.profiler.now();
     switch (item->kind) {
     case ItemKind::open_file:
       sha_.reset();
@@ -152,6 +153,7 @@ private:
     case ItemKind::copy_run: {
       const MappedFile& in = *item->shard->file;
       auto view = in.view(item->in_offset, item->length);
+      in.populate(item->in_offset, item->length); // one call rather than a fault per page
       Status st = view ? guard_mapped_access(in, [&] { sha_.update(*view); }) : view.status();
       if (!st.ok())
         s_.failure.fail(std::move(st));
@@ -165,6 +167,8 @@ private:
       (*s_.config.digests)[item->file] = sha_.hex();
       break;
     }
+    const bool bytes = item->kind != ItemKind::open_file && item->kind != ItemKind::close_file;
+    s_.profiler.record(Stage::hash, t0, s_.profiler.now(), bytes ? item->length : 0);
     return item;
   }
 

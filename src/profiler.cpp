@@ -21,7 +21,7 @@ namespace shardshift {
 const char* stage_name(Stage stage) {
   static const char* const NAMES[STAGE_COUNT] = {
       "plan",       "read",    "transform_cpu", "transform_gpu", "gpu_stage", "gpu_h2d",
-      "gpu_kernel", "gpu_d2h", "write_copy",    "write_data",    "commit",    "wait"};
+      "gpu_kernel", "gpu_d2h", "write_copy",    "write_data",    "commit",    "wait",       "hash"};
   return NAMES[static_cast<int>(stage)];
 }
 

@@ -40,8 +40,9 @@ enum class Stage : uint8_t {
   write_data,    ///< transformed bytes written from buffers
   commit,        ///< fsync, rename, index, side files
   wait,          ///< waiting for a free buffer (memory budget)
+  hash,          ///< --checksums: SHA-256 of each output file's bytes, in order
 };
-inline constexpr int STAGE_COUNT = 12;
+inline constexpr int STAGE_COUNT = 13;
 const char* stage_name(Stage stage);
 
 struct StageSummary {
