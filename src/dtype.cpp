@@ -4,6 +4,8 @@
 // wraps around 2^64 to a small number would otherwise pass the size-versus-offsets check.
 #include "shardshift/dtype.h"
 
+#include "numerics.h"
+
 #include <array>
 
 namespace shardshift {
@@ -73,6 +75,19 @@ unsigned dtype_bits(DType dtype) {
 
 bool dtype_is_ieee_float(DType dtype) {
   return dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::F32 || dtype == DType::F64;
+}
+
+bool dtype_is_8bit_float(DType dtype) {
+  return dtype == DType::F8_E4M3 || dtype == DType::F8_E5M2 || dtype == DType::F8_E8M0 ||
+         dtype == DType::F8_E4M3FNUZ || dtype == DType::F8_E5M2FNUZ;
+}
+
+bool dtype_is_decodable_fp8(DType dtype) {
+  return dtype == DType::F8_E4M3 || dtype == DType::F8_E5M2;
+}
+
+float fp8_to_float(DType dtype, uint8_t code) {
+  return dtype == DType::F8_E4M3 ? numerics::f8_e4m3_to_f32(code) : numerics::f8_e5m2_to_f32(code);
 }
 
 std::optional<uint64_t> element_count(std::span<const uint64_t> shape) {

@@ -151,4 +151,35 @@ SHARDSHIFT_NUMERIC float f32_canonical(float f) {
   return f32_from_bits(f32_canonical_bits(f32_bits(f)));
 }
 
+/// F8_E4M3 (float8_e4m3fn) -> F32, exact. Sign, 4 exponent bits (bias 7), 3 mantissa bits; no
+/// infinities: S.1111.111 is NaN (the canonical quiet F32 NaN with the code's sign), so
+/// S.1111.110 = 448 is the largest finite value; exponent 0 holds the subnormals m * 2^-9 and the
+/// signed zeros. Every value is an F32 normal or zero.
+SHARDSHIFT_NUMERIC float f8_e4m3_to_f32(uint8_t c) {
+  const uint32_t sign = uint32_t(c & 0x80u) << 24;
+  const uint32_t exponent = (c >> 3) & 0xFu;
+  uint32_t mantissa = c & 0x7u;
+  if (exponent == 0xF && mantissa == 0x7)
+    return f32_from_bits(sign | F32_CANONICAL_NAN);
+  if (exponent != 0) // normal: rebias 7 -> 127
+    return f32_from_bits(sign | ((exponent + 120u) << 23) | (mantissa << 20));
+  if (mantissa == 0)
+    return f32_from_bits(sign);
+  // Subnormal mantissa * 2^-9: shift the leading one up to the implicit bit, lowering the
+  // exponent once per shift. 2^-6 has F32 exponent field 121.
+  uint32_t f32_exponent = 121;
+  while ((mantissa & 0x8u) == 0) {
+    mantissa <<= 1;
+    --f32_exponent;
+  }
+  return f32_from_bits(sign | (f32_exponent << 23) | ((mantissa & 0x7u) << 20));
+}
+
+/// F8_E5M2 -> F32, exact: E5M2 is the upper byte of an F16 (bias 15, infinities S.11111.00, NaN
+/// S.11111.xx with xx != 0, subnormals m * 2^-16). A NaN gives the canonical quiet F32 NaN with the
+/// code's sign.
+SHARDSHIFT_NUMERIC float f8_e5m2_to_f32(uint8_t c) {
+  return f32_canonical(f16_to_f32(uint16_t(uint16_t(c) << 8)));
+}
+
 } // namespace shardshift::numerics

@@ -1,6 +1,10 @@
 // dtype_test.cpp: the dtype table and checked size arithmetic.
 #include "shardshift/dtype.h"
 
+#include "reference/numeric_reference.h"
+
+#include <bit>
+#include <cmath>
 #include <cstdint>
 #include <set>
 #include <string>
@@ -57,6 +61,52 @@ TEST(DType, IeeeFloats) {
   EXPECT_TRUE(dtype_is_ieee_float(DType::F64));
   EXPECT_FALSE(dtype_is_ieee_float(DType::F8_E4M3));
   EXPECT_FALSE(dtype_is_ieee_float(DType::C64));
+}
+
+// Semantics 15.1: every one of the 256 codes of both 8-bit floats decodes exactly, checked
+// against the reference's decoding from the format definitions and against values written out by
+// hand (largest finite, smallest subnormal, one, negative zero, NaN, infinity).
+TEST(DType, Fp8DecodesEveryCodeExactly) {
+  for (DType t : {DType::F8_E4M3, DType::F8_E5M2}) {
+    ASSERT_TRUE(dtype_is_decodable_fp8(t));
+    for (int c = 0; c < 256; ++c) {
+      SCOPED_TRACE(std::string(dtype_name(t)) + " code " + std::to_string(c));
+      const uint8_t code = uint8_t(c);
+      const float got = fp8_to_float(t, code);
+      const uint32_t bits = std::bit_cast<uint32_t>(got);
+      if (reference::ref_fp8_is_nan(t, code)) {
+        EXPECT_EQ(bits, 0x7FC00000u | (c & 0x80 ? 0x80000000u : 0u)); // canonical, sign kept
+        continue;
+      }
+      const double want = reference::ref_fp8_decode(t, code);
+      EXPECT_EQ(double(got), want);
+      EXPECT_EQ(std::signbit(got), bool(c & 0x80)); // -0 included
+    }
+  }
+  EXPECT_FALSE(dtype_is_decodable_fp8(DType::F8_E4M3FNUZ));
+  EXPECT_FALSE(dtype_is_decodable_fp8(DType::BF16));
+  // float8_e4m3fn by hand: 0x7E = 1.75 * 2^8, 0x01 = 2^-9 (smallest subnormal), 0x07 = 7 * 2^-9
+  // (largest subnormal), 0x08 = 2^-6 (smallest normal), 0x38 = 1, 0x80 = -0, 0x7F/0xFF NaN.
+  EXPECT_EQ(fp8_to_float(DType::F8_E4M3, 0x7E), 448.0f);
+  EXPECT_EQ(fp8_to_float(DType::F8_E4M3, 0xFE), -448.0f);
+  EXPECT_EQ(fp8_to_float(DType::F8_E4M3, 0x01), 0.001953125f);
+  EXPECT_EQ(fp8_to_float(DType::F8_E4M3, 0x07), 0.013671875f);
+  EXPECT_EQ(fp8_to_float(DType::F8_E4M3, 0x08), 0.015625f);
+  EXPECT_EQ(fp8_to_float(DType::F8_E4M3, 0x38), 1.0f);
+  EXPECT_EQ(fp8_to_float(DType::F8_E4M3, 0x39), 1.125f);
+  EXPECT_EQ(std::bit_cast<uint32_t>(fp8_to_float(DType::F8_E4M3, 0x80)), 0x80000000u);
+  EXPECT_TRUE(std::isnan(fp8_to_float(DType::F8_E4M3, 0x7F)));
+  EXPECT_TRUE(std::isnan(fp8_to_float(DType::F8_E4M3, 0xFF)));
+  EXPECT_FALSE(std::isinf(fp8_to_float(DType::F8_E4M3, 0x78))); // 0x78 = 256: no infinities
+  EXPECT_EQ(fp8_to_float(DType::F8_E4M3, 0x78), 256.0f);
+  // E5M2 by hand: 0x7B = 57344 (largest finite), 0x7C = inf, 0x01 = 2^-16, 0x3C = 1.
+  EXPECT_EQ(fp8_to_float(DType::F8_E5M2, 0x7B), 57344.0f);
+  EXPECT_TRUE(std::isinf(fp8_to_float(DType::F8_E5M2, 0x7C)));
+  EXPECT_TRUE(std::isinf(fp8_to_float(DType::F8_E5M2, 0xFC)) &&
+              fp8_to_float(DType::F8_E5M2, 0xFC) < 0);
+  EXPECT_TRUE(std::isnan(fp8_to_float(DType::F8_E5M2, 0x7D)));
+  EXPECT_EQ(fp8_to_float(DType::F8_E5M2, 0x01), 0x1p-16f);
+  EXPECT_EQ(fp8_to_float(DType::F8_E5M2, 0x3C), 1.0f);
 }
 
 TEST(DType, ElementCount) {

@@ -46,6 +46,16 @@ unsigned dtype_bits(DType dtype);
 /// True for F16, BF16, F32 and F64: the types the fold arithmetic accepts (F64 transposes only).
 bool dtype_is_ieee_float(DType dtype);
 
+/// True for the five 8-bit float dtypes (F8_*).
+bool dtype_is_8bit_float(DType dtype);
+/// True for F8_E4M3 (float8_e4m3fn) and F8_E5M2: the 8-bit floats shardshift can decode (FP8
+/// block dequantization, docs/semantics.md section 15).
+bool dtype_is_decodable_fp8(DType dtype);
+/// The exact value of one F8_E4M3 or F8_E5M2 element (every such value is an F32 normal, a
+/// signed zero or, for E5M2, an infinity); a NaN code gives the quiet NaN 0x7FC00000 with the
+/// code's sign. REQUIRES: dtype_is_decodable_fp8(dtype).
+float fp8_to_float(DType dtype, uint8_t code);
+
 /// Number of elements of a shape ([] is a scalar: 1); nullopt on 64-bit overflow.
 std::optional<uint64_t> element_count(std::span<const uint64_t> shape);
 /// Byte length of a tensor; nullopt when the element or bit count overflows 64 bits or the bit

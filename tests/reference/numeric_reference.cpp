@@ -148,4 +148,42 @@ uint64_t ref_element(DType src, uint64_t x, bool has_scale, DType scale_dtype, u
   return ref_encode(dst, ref_round(format_of(dst), p));
 }
 
+bool ref_fp8_is_nan(DType t, uint8_t code) {
+  if (t == DType::F8_E4M3)
+    return (code & 0x7F) == 0x7F; // S.1111.111, the only NaN
+  return (code & 0x7C) == 0x7C && (code & 0x03) != 0; // exponent all ones, mantissa not zero
+}
+
+double ref_fp8_decode(DType t, uint8_t code) {
+  const double sign = (code & 0x80) ? -1.0 : 1.0;
+  if (t == DType::F8_E4M3) {
+    const int exponent = (code >> 3) & 15, mantissa = code & 7;
+    if (exponent == 0) // subnormal: 0.m * 2^(1 - 7)
+      return sign * std::ldexp(double(mantissa) / 8.0, -6);
+    return sign * std::ldexp(1.0 + double(mantissa) / 8.0, exponent - 7);
+  }
+  const int exponent = (code >> 2) & 31, mantissa = code & 3;
+  if (exponent == 31)
+    return sign * std::numeric_limits<double>::infinity();
+  if (exponent == 0) // subnormal: 0.m * 2^(1 - 15)
+    return sign * std::ldexp(double(mantissa) / 4.0, -14);
+  return sign * std::ldexp(1.0 + double(mantissa) / 4.0, exponent - 15);
+}
+
+uint64_t ref_dequant_element(DType src, uint64_t x, DType scale_dtype, uint64_t s, DType dst) {
+  const bool fp8 = src == DType::F8_E4M3 || src == DType::F8_E5M2;
+  const bool x_sign = fp8 ? (x >> 7) & 1 : ref_sign(src, x);
+  const bool x_nan = fp8 ? ref_fp8_is_nan(src, uint8_t(x)) : ref_is_nan(src, x);
+  const bool nan_sign = x_sign != ref_sign(scale_dtype, s);
+  if (x_nan || ref_is_nan(scale_dtype, s))
+    return ref_canonical_nan(dst, nan_sign);
+  const double vx = fp8 ? ref_fp8_decode(src, uint8_t(x)) : ref_decode(src, x);
+  const double vs = ref_decode(scale_dtype, s);
+  if ((std::isinf(vx) && vs == 0) || (vx == 0 && std::isinf(vs)))
+    return ref_canonical_nan(dst, nan_sign);
+  // The exact product fits a double (at most 24 + 24 significant bits); float32 rounds it once.
+  const double p = ref_round(format_of(DType::F32), vx * vs);
+  return ref_encode(dst, ref_round(format_of(dst), p));
+}
+
 } // namespace shardshift::reference

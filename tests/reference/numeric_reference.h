@@ -39,4 +39,15 @@ DType ref_promote(DType a, DType b);
 uint64_t ref_element(DType src, uint64_t x, bool has_scale, DType scale_dtype, uint64_t s,
                      DType dst);
 
+/// FP8 (semantics 15.1), from the formats' definitions: F8_E4M3 is float8_e4m3fn (bias 7, no
+/// infinities, S.1111.111 NaN), F8_E5M2 the IEEE-style 1-5-2 format (bias 15, infinities, NaNs).
+bool ref_fp8_is_nan(DType t, uint8_t code);
+/// The exact value of a non-NaN code (an infinity for E5M2 S.11111.00).
+double ref_fp8_decode(DType t, uint8_t code);
+/// One element of FP8 block dequantization (semantics 15.3): the weight element x (an FP8 code or
+/// a BF16/F16/F32 pattern) times the F32/BF16/F16 block scale s, formed in float32 (one rounding
+/// of the exact product), then rounded once to dst; NaN results are the canonical quiet NaN with
+/// sign(x) xor sign(s).
+uint64_t ref_dequant_element(DType src, uint64_t x, DType scale_dtype, uint64_t s, DType dst);
+
 } // namespace shardshift::reference
