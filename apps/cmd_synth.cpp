@@ -31,7 +31,9 @@ const HelpText SYNTH_HELP = {
         "model.safetensors.index.json, or a single model.safetensors; and a config.json. Memory "
         "stays flat whatever the size.\n\n"
         "At full size (no --scale) diffusion_gemma is about 1.52 GB per layer plus 1.5 GB of "
-        "embedding; qwen3_moe about 1.23 GB per layer plus 1.24 GB of embedding and head.",
+        "embedding; qwen3_moe about 1.23 GB per layer plus 1.24 GB of embedding and head; "
+        "deepseek_v3 about 11.5 GB per MoE layer (FP8), 0.6 GB per dense layer, plus 3.7 GB of "
+        "embedding and head and 15 GB for the multi-token-prediction layer.",
     .examples = "shardshift synth demo-hf --layers 2 --scale 8\n"
                 "shardshift synth moe-hf --model gemma4_moe --layers 4 --scale-experts 4 \\\n"
                 "    --max-shard-size 1GB\n"
@@ -52,7 +54,7 @@ namespace {
 // The flags of `synth` and the values they are parsed into.
 struct SynthFlags {
   std::string model, max_shard_size;
-  long long layers = 30, scale = 1;
+  long long layers = 30, scale = 1, mtp_layers = 1;
   uint64_t seed = 0;
   std::optional<long long> scale_hidden, scale_intermediate, scale_experts, scale_vocab;
   FlagGroup group{"Options"};
@@ -64,10 +66,15 @@ void add_synth_flags(SynthFlags& f) {
       "diffusion_gemma: keys under model.decoder.* and model.encoder.*, no lm_head; or "
       "gemma4_moe: keys under model.language_model.* and model.vision_tower.*, plus "
       "lm_head.weight; or qwen3_moe (Qwen3-30B-A3B: H 2048, 128 experts of I 768, every expert "
-      "as its own gate_proj, up_proj and down_proj). Example: --model gemma4_moe")(
+      "as its own gate_proj, up_proj and down_proj); or deepseek_v3 (DeepSeek-V3: H 7168, the "
+      "first 3 layers dense, 256 routed + 1 shared expert of I 2048, MLA attention, FP8 "
+      "weights with F32 128 x 128 block scales). Example: --model gemma4_moe")(
       "layers", po::value(&f.layers)->default_value(30)->value_name("N"),
       "Number of decoder layers (30 in the real model); layers with L % 6 == 5 are "
       "full-attention layers (no v_proj). Example: --layers 2")(
+      "mtp-layers", po::value(&f.mtp_layers)->default_value(1)->value_name("N"),
+      "deepseek_v3: multi-token-prediction layers after the decoder layers (1 in the real "
+      "model, model.layers.61). Example: --mtp-layers 0")(
       "seed", po::value(&f.seed)->default_value(0)->value_name("N"),
       "Seed of the values; the same seed gives identical bytes. Example: --seed 7")(
       "scale", po::value(&f.scale)->default_value(1)->value_name("N"),
@@ -104,6 +111,9 @@ Result<SynthOptions> synth_options(const SynthFlags& f, const po::variables_map&
   options.out = vm["out"].as<std::string>();
   options.model = f.model;
   options.layers = static_cast<unsigned>(f.layers);
+  if (f.mtp_layers < 0 || f.mtp_layers > 16)
+    return Status(Errc::invalid_argument, "--mtp-layers must be between 0 and 16");
+  options.mtp_layers = static_cast<unsigned>(f.mtp_layers);
   options.seed = f.seed;
   options.scale_hidden = static_cast<unsigned>(f.scale_hidden.value_or(f.scale));
   options.scale_intermediate =

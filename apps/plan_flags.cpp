@@ -32,7 +32,8 @@ FlagGroup output_flags() {
   FlagGroup d("What to write");
   d.flags.add_options()(
       "adapter", po::value<std::string>()->value_name("MODEL"),
-      "Model adapter: diffusion_gemma, gemma4_moe or qwen3_moe. Default: the model_type of "
+      "Model adapter: diffusion_gemma, gemma4_moe, qwen3_moe or deepseek_v3. Default: the "
+      "model_type of "
       "config.json, else guessed from the key names. Example: --adapter gemma4_moe")(
       "direction", po::value<std::string>()->value_name("DIRECTION"),
       "from_hf (Hugging Face to native) or to_hf (native to Hugging Face). Default: guessed "
@@ -42,7 +43,8 @@ FlagGroup output_flags() {
        SIZE_SYNTAX + " Example: --max-shard-size 64MiB")
           .c_str())("dtype", po::value<std::string>()->default_value("keep")->value_name("DTYPE"),
                     "Dtype of the expert tensors: keep, bf16, f16 or f32 (other tensors are "
-                    "never cast). Example: --dtype bf16")(
+                    "never cast; deepseek_v3 from_hf: also of the FP8 weights it dequantizes, "
+                    "and keep means bf16). Example: --dtype bf16")(
       "scale-dtype", po::value<std::string>()->value_name("DTYPE"),
       "to_hf: dtype of the per_expert_scale ones it writes: bf16, f16 or f32. Default: the "
       "dtype of down_proj. Example: --scale-dtype f32")(

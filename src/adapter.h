@@ -36,6 +36,10 @@ enum class RuleAction {
                    ///< `slots` of the [N, R, slots * A] output `output` (from_hf qwen3_moe)
   unstack,         ///< [N, R, C]: each expert's column block k of `slots`, transposed, becomes
                    ///< a 2-D tensor; block 0 is named by `output`, block 1 by `extra` (to_hf)
+  block_scale,     ///< `W_scale_inv`, the block scales of the weight `W` (group 1): consumed by
+                   ///< W's dequantization (semantics 15), not written; W's own rule still
+                   ///< decides W's name and place (pass-through becomes dequant, stack_piece a
+                   ///< dequantized piece)
 };
 
 struct Rule {
@@ -57,6 +61,9 @@ struct AdapterSpec {
   bool fold_scale = false;      ///< from_hf: expert_down multiplies by the layer's scale
   bool honours_exclude = false; ///< to_hf: the exclusion pattern applies
   bool expert_parallel = true;  ///< --ep-size / --ep-shard-size are offered
+  /// The dtype of stacked experts and dequantized weights when --dtype is not given; nullopt:
+  /// the input's (deepseek_v3: BF16, the reference adapter's default, semantics 15.2).
+  std::optional<DType> default_dtype = std::nullopt;
 };
 
 /// The adapter for (model, direction); nullptr when unknown.

@@ -131,6 +131,52 @@ const AdapterSpec QWEN3_MOE_FROM_HF = {
         },
     .expert_parallel = false,
 };
+
+// deepseek_v3 (semantics 15): the same per-expert stacking (the same mixin in the reference),
+// after FP8 block dequantization of every `W` that has a `W_scale_inv`. Stacked experts and
+// dequantized weights are written in BF16 unless --dtype says otherwise.
+const AdapterSpec DEEPSEEK_V3_FROM_HF = {
+    .model = "deepseek_v3",
+    .direction = Direction::from_hf,
+    .rules =
+        {
+            {RuleAction::block_scale, R"(^(.*\.weight)_scale_inv$)", "$1"},
+            // The reference drops any other `_scale_inv` key without a word.
+            {RuleAction::reject, R"(_scale_inv$)",
+             "block scale whose name does not end in '.weight_scale_inv': no weight to apply it "
+             "to (the reference would drop it silently)"},
+            {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
+             "per-expert LoRA weights are not supported for deepseek_v3; convert the base "
+             "checkpoint"},
+            {RuleAction::stack_piece,
+             QWEN3_EXPERT("gate_proj"),
+             "$1.mlp.experts.gate_and_up_projs",
+             {},
+             0,
+             2,
+             "gate_proj"},
+            {RuleAction::stack_piece,
+             QWEN3_EXPERT("up_proj"),
+             "$1.mlp.experts.gate_and_up_projs",
+             {},
+             1,
+             2,
+             "up_proj"},
+            {RuleAction::stack_piece,
+             QWEN3_EXPERT("down_proj"),
+             "$1.mlp.experts.down_projs",
+             {},
+             0,
+             1,
+             "down_proj"},
+            {RuleAction::reject,
+             R"(^(?:model\.)?(?:language_model\.)?layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight.*\.weight$)",
+             "expert key with more after '.weight'; the reference would take it for the expert's "
+             "weight"},
+        },
+    .expert_parallel = false,
+    .default_dtype = DType::BF16,
+};
 #undef QWEN3_EXPERT
 
 const AdapterSpec QWEN3_MOE_TO_HF = {
@@ -159,9 +205,19 @@ const AdapterSpec QWEN3_MOE_TO_HF = {
     .expert_parallel = false,
 };
 
-const std::array<const AdapterSpec*, 6> ALL_ADAPTERS = {
+// deepseek_v3 to_hf (15.4): the qwen3_moe split, unchanged (the same mixin); BF16 stays BF16.
+const AdapterSpec DEEPSEEK_V3_TO_HF = [] {
+  AdapterSpec spec = QWEN3_MOE_TO_HF;
+  spec.model = "deepseek_v3";
+  spec.rules.front().output =
+      "grouped-expert LoRA weights are not supported for deepseek_v3; merge them first";
+  return spec;
+}();
+
+const std::array<const AdapterSpec*, 8> ALL_ADAPTERS = {
     &DIFFUSION_GEMMA_FROM_HF, &DIFFUSION_GEMMA_TO_HF, &GEMMA4_MOE_FROM_HF,
-    &GEMMA4_MOE_TO_HF,        &QWEN3_MOE_FROM_HF,     &QWEN3_MOE_TO_HF};
+    &GEMMA4_MOE_TO_HF,        &QWEN3_MOE_FROM_HF,     &QWEN3_MOE_TO_HF,
+    &DEEPSEEK_V3_FROM_HF,     &DEEPSEEK_V3_TO_HF};
 
 bool any_key(std::span<const std::string> keys, auto&& pred) {
   return std::any_of(keys.begin(), keys.end(), pred);
@@ -182,7 +238,12 @@ bool per_expert_key(std::string_view k) {
 bool stacked_expert_key(std::string_view k) {
   return contains(k, ".mlp.experts.gate_and_up_projs") || contains(k, ".mlp.experts.down_projs");
 }
-constexpr std::string_view KNOWN = "diffusion_gemma, gemma4_moe, qwen3_moe";
+// Keys only DeepSeek-V3 has: MLA attention, the gate's bias.
+bool deepseek_key(std::string_view k) {
+  return contains(k, ".self_attn.kv_a_proj_with_mqa.") ||
+         contains(k, ".mlp.gate.e_score_correction_bias");
+}
+constexpr std::string_view KNOWN = "diffusion_gemma, gemma4_moe, qwen3_moe, deepseek_v3";
 
 } // namespace
 
@@ -194,7 +255,7 @@ const AdapterSpec* find_adapter(std::string_view model, Direction direction) {
 }
 
 std::vector<std::string_view> adapter_models() {
-  return {"diffusion_gemma", "gemma4_moe", "qwen3_moe"};
+  return {"diffusion_gemma", "gemma4_moe", "qwen3_moe", "deepseek_v3"};
 }
 
 Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
@@ -209,12 +270,16 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
       model = "gemma4_moe";
     else if (config_model_type == "qwen3_moe")
       model = "qwen3_moe";
+    else if (config_model_type == "deepseek_v3")
+      model = "deepseek_v3";
     else if (any_key(keys, [](auto& k) {
                return k.starts_with("model.decoder.") || k.starts_with("model.encoder.");
              }))
       model = "diffusion_gemma";
     else if (any_key(keys, [](auto& k) { return contains(k, "language_model."); }))
       model = "gemma4_moe";
+    else if (any_key(keys, [](auto& k) { return deepseek_key(k); }))
+      model = "deepseek_v3";
     else if (any_key(keys, [](auto& k) { return per_expert_key(k) || stacked_expert_key(k); }))
       model = "qwen3_moe";
     else if (any_key(keys, [](auto& k) { return k.starts_with("model.layers."); }))
@@ -223,8 +288,8 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
       return Status(Errc::invalid_argument,
                     "cannot tell the model of this checkpoint (config.json model_type '" +
                         std::string(config_model_type) +
-                        "', no recognisable keys); pass --adapter diffusion_gemma, gemma4_moe or "
-                        "qwen3_moe");
+                        "', no recognisable keys); pass --adapter diffusion_gemma, gemma4_moe, "
+                        "qwen3_moe or deepseek_v3");
   }
   Direction direction;
   if (forced_direction) {
@@ -238,7 +303,7 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
     bool hf = any_key(keys, [](auto& k) {
       return k.ends_with(".gate_up_proj") || k.ends_with(".down_proj") || contains(k, ".router.") ||
              k.starts_with("model.decoder.") || k.starts_with("model.encoder.") ||
-             per_expert_key(k);
+             per_expert_key(k) || k.ends_with("_scale_inv");
     });
     if (native == hf)
       return Status(

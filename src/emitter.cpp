@@ -44,6 +44,10 @@ std::unique_ptr<Item> Emitter::next() {
       if (auto item = stack_chunk(t))
         return item;
       break;
+    case OpKind::dequant:
+      if (auto item = dequant_chunk(t))
+        return item;
+      break;
     }
   }
 }
@@ -157,6 +161,71 @@ std::unique_ptr<Item> Emitter::transform_chunk(const OutputTensor& t) {
   return item;
 }
 
+// Rows per chunk when a tensor is cut into rows: at least one, and whole 128-row block rows when
+// a chunk holds one or more, so that a chunk of a dequantized weight reads each of its scales'
+// blocks once (the bytes do not depend on the cut).
+uint64_t Emitter::block_rows(uint64_t rows) {
+  if (rows >= FP8_BLOCK)
+    return rows / FP8_BLOCK * FP8_BLOCK;
+  return std::max<uint64_t>(1, rows);
+}
+
+// A part that dequantizes (semantics 15.3): `source` [A, B] with its block scale, output rows
+// [begin, begin + count) of the weight (rows, or columns when transposed), rows `pitch` apart.
+void Emitter::set_dequant(StackPart& part, TensorRef source, TensorRef scale, bool transpose,
+                          uint64_t begin, uint64_t count, uint64_t pitch, DType dst) {
+  const TensorInfo& info = in_.info(source);
+  const TensorInfo& sc = in_.info(scale);
+  part.dequant = true;
+  DequantArgs& d = part.dq;
+  d.src = in_.bytes(source).data();
+  d.scales = in_.bytes(scale).data();
+  d.R = info.shape[0];
+  d.C = info.shape[1];
+  d.transpose = transpose;
+  d.begin = begin;
+  d.count = count;
+  d.dst_pitch = pitch;
+  d.src_dtype = info.dtype;
+  d.scale_dtype = sc.dtype;
+  d.dst_dtype = dst;
+  part.scale_shard = &in_.shard(scale);
+  part.scale_bytes = in_.bytes(scale).size();
+}
+
+// The next chunk of a dequantized weight [R, C] (semantics 15.3): a range of whole rows, in
+// 128-row block rows when the chunk holds one. Input rows are released once written.
+std::unique_ptr<Item> Emitter::dequant_chunk(const OutputTensor& t) {
+  const TensorInfo& src = in_.info(t.source);
+  const uint64_t R = t.shape[0], C = t.shape[1];
+  if (R == 0 || C == 0) {
+    ++k_;
+    return nullptr;
+  }
+  const uint64_t es_in = dtype_bits(src.dtype) / 8, es_out = dtype_bits(t.dtype) / 8;
+  const uint64_t out_row = C * es_out, in_row = C * es_in;
+  const uint64_t r0 = c_;
+  const uint64_t nr = std::min(R - r0, block_rows(chunk_ / std::max(out_row, in_row)));
+  auto item = make(ItemKind::transform);
+  item->tensor = &t;
+  StackPart part;
+  part.shard = &in_.shard(t.source);
+  set_dequant(part, t.source, *t.scale, false, r0, nr, 0, t.dtype);
+  const uint64_t in_offset = in_.file_offset(t.source) + r0 * in_row;
+  part.shard->file->will_need(in_offset, nr * in_row);
+  item->releases.push_back({part.shard, in_offset, nr * in_row});
+  item->shard = part.shard;
+  item->parts.push_back(part);
+  item->length = nr * out_row;
+  item->on_gpu = false; // no CUDA kernel yet: the CPU on every device, same bits
+  c_ += nr;
+  if (c_ == R) {
+    c_ = 0;
+    ++k_;
+  }
+  return item;
+}
+
 // The next chunk of a stacked tensor [N, R, C] (semantics 14.1): whole experts when one expert's
 // output and its pieces fit in a chunk, else a range of output rows of one expert. Output row j
 // of expert e is row j of every piece's transpose, side by side, so a chunk is one strided
@@ -184,7 +253,7 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
     e_ += ne;
   } else {
     ne = 1;
-    nr = std::min(R - r0, std::max<uint64_t>(1, chunk_ / out_row));
+    nr = std::min(R - r0, block_rows(chunk_ / out_row));
     c_ += nr;
     if (c_ == R) {
       c_ = 0;
@@ -210,6 +279,8 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
       a.dst_dtype = t.dtype;
       a.dst_pitch = C;
       part.dst_offset = (e - e0) * nr * out_row + p.col * es_out;
+      if (p.scale)
+        set_dequant(part, p.source, *p.scale, true, r0, nr, C, t.dtype);
       if (r0 == 0)
         part.shard->file->will_need(in_offset, in_bytes);
       if (c_ == 0)

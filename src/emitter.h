@@ -1,7 +1,7 @@
 // emitter.h: the first pipeline stage of one writer lane. Takes output files from the shared
 // FileQueue, one at a time, and cuts each into work items: open, pieces of copy runs and transform
 // chunks of at most `chunk` bytes (stacked tensors: whole experts or rows of one, made from
-// every piece of those experts), ones, close.
+// every piece of those experts; dequantized weights: rows), ones, close.
 // Thread-safety: an Emitter is used by one thread at a time (its lane's serial first stage); the
 // FileQueue is shared by every lane.
 #pragma once
@@ -49,6 +49,10 @@ private:
   std::unique_ptr<Item> copy_piece(const OutputFile& file);
   std::unique_ptr<Item> transform_chunk(const OutputTensor& t);
   std::unique_ptr<Item> stack_chunk(const OutputTensor& t);
+  std::unique_ptr<Item> dequant_chunk(const OutputTensor& t);
+  static uint64_t block_rows(uint64_t rows);
+  void set_dequant(StackPart& part, TensorRef source, TensorRef scale, bool transpose,
+                   uint64_t begin, uint64_t count, uint64_t pitch, DType dst);
 
   const Checkpoint& in_;
   const Plan& plan_;

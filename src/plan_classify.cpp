@@ -69,6 +69,7 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
         c.expert = m[2].str();
       [[fallthrough]];
     case RuleAction::rename:
+    case RuleAction::block_scale: // output: the weight's name
     case RuleAction::expert_gate_up:
     case RuleAction::expert_down:
       c.action = cr.rule->action;

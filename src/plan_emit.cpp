@@ -105,12 +105,17 @@ void emit_output_tensors(PlanContext& ctx) {
     switch (c.action) {
     case RuleAction::drop:
     case RuleAction::expert_scale:
+    case RuleAction::block_scale: // consumed by its weight's dequantization
       ++ctx.plan.dropped;
       break;
     case RuleAction::reject:
     case RuleAction::rename_continue:
       break;
     case RuleAction::rename:
+      if (ctx.block_scales.count(c.input_name)) {
+        emit_dequant(ctx, c);
+        break;
+      }
       emit_tensor(ctx, copy_of(ctx, c));
       if (want_tied_head && c.output == head_source) {
         // The tied head is a second copy of the embedding, right after it.

@@ -90,8 +90,12 @@ void validate_pieces(PlanContext& ctx, StackGroup& g, uint64_t experts) {
   if (!first)
     return;
   g.in_dtype = first->dtype;
-  g.out_dtype = ctx.options.expert_dtype.value_or(g.in_dtype);
-  Status s = check_transpose_supported(g.in_dtype, false, g.in_dtype, g.out_dtype);
+  g.out_dtype = converted_dtype(ctx, g.in_dtype);
+  // 8-bit float pieces are dequantized: pair_block_scales checked them with their scales (and
+  // refused any without one). Other pieces without a scale are transposed and cast.
+  Status s = dtype_is_8bit_float(g.in_dtype)
+                 ? Status()
+                 : check_transpose_supported(g.in_dtype, false, g.in_dtype, g.out_dtype);
   if (!s.ok()) {
     ctx.problems.add(Errc::plan, "", first->name, s.message());
     ok = false;
@@ -225,14 +229,21 @@ void emit_stack(PlanContext& ctx, const Classified& c) {
   t.op = OpKind::stack;
   t.dtype = g.out_dtype;
   t.shape = {g.experts, g.rows, slots * g.block};
+  bool dequantized = false;
   for (const auto& [e, pieces] : g.pieces)
-    for (unsigned s = 0; s < slots; ++s)
-      t.pieces.push_back({pieces[s]->ref, e, s * g.block});
+    for (unsigned s = 0; s < slots; ++s) {
+      StackPiece p{pieces[s]->ref, e, s * g.block, std::nullopt};
+      if (auto it = ctx.block_scales.find(pieces[s]->input_name); it != ctx.block_scales.end()) {
+        p.scale = it->second->ref;
+        dequantized = true;
+      }
+      t.pieces.push_back(p);
+    }
   std::string names;
   for (unsigned s = 0; s < slots; ++s)
     names += (s ? ", " : "") + g.slot_names[s];
-  t.note = "stack of " + std::to_string(g.experts) + " experts' " + names + ", transposed, from " +
-           g.layer;
+  t.note = "stack of " + std::to_string(g.experts) + " experts' " + names +
+           (dequantized ? ", dequantized" : "") + ", transposed, from " + g.layer;
   emit_tensor(ctx, std::move(t));
 }
 

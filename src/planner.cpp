@@ -21,6 +21,8 @@ const char* op_name(OpKind op) {
     return "ones";
   case OpKind::stack:
     return "stack";
+  case OpKind::dequant:
+    return "dequant";
   }
   return "?";
 }
@@ -71,7 +73,8 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
   // The checking passes collect every problem; the plan fails with all of them at once.
   const std::pair<const char*, void (*)(PlanContext&)> checking[] = {
       {"classify_keys", classify_keys},           {"group_expert_pieces", group_expert_pieces},
-      {"validate_groups", validate_groups},       {"group_stacks", group_stacks},
+      {"validate_groups", validate_groups},       {"pair_block_scales", pair_block_scales},
+      {"group_stacks", group_stacks},
       {"validate_stacks", validate_stacks},       {"emit_output_tensors", emit_output_tensors},
       {"check_unique_names", check_unique_names},
   };

@@ -6,6 +6,8 @@
 //   classify_keys        every input key, in data order, through the adapter's rules
 //   group_expert_pieces  the expert pieces (gate_up, down, scale) of each layer, duplicates refused
 //   validate_groups      all pieces present, shapes and dtypes agree, the EP split is even
+//   pair_block_scales    each FP8 block scale with its weight, shapes checked; FP8 weights
+//                        without one refused (plan_dequant.cpp, semantics 15)
 //   group_stacks         per-expert pieces of each stacked output (from_hf), or the stacked
 //                        inputs to split (to_hf), duplicates refused (plan_stack.cpp)
 //   validate_stacks      every expert and piece present, one shape and dtype per stack
@@ -90,6 +92,8 @@ struct PlanContext {
   std::map<std::string, ExpertGroup> groups;
   std::map<std::string, ExpertOut> expert_out; ///< only groups without problems
   std::map<std::string, StackGroup> stacks;    ///< by output name (from_hf) or input name (to_hf)
+  /// pair_block_scales: weight input name -> its block scale (only pairs without problems)
+  std::map<std::string, const Classified*> block_scales;
   std::vector<std::vector<uint32_t>> file_tensors; ///< cut_files: tensor indices per file
   ProblemList problems;
   Plan plan; ///< filled pass by pass
@@ -106,12 +110,18 @@ Status check_options(PlanContext& ctx);
 void classify_keys(PlanContext& ctx);
 void group_expert_pieces(PlanContext& ctx);
 void validate_groups(PlanContext& ctx);
+void pair_block_scales(PlanContext& ctx);
+/// The dtype a dequantized weight or a stacked expert tensor is written in: --dtype, else the
+/// adapter's default, else `input`.
+DType converted_dtype(const PlanContext& ctx, DType input);
 void group_stacks(PlanContext& ctx);
 void validate_stacks(PlanContext& ctx);
 /// emit_output_tensors' helpers for the stacking rules (plan_stack.cpp): the stacked output at
 /// its first piece (from_hf), or every expert's matrices of a stacked input (to_hf).
 void emit_stack(PlanContext& ctx, const Classified& c);
 void emit_unstack(PlanContext& ctx, const Classified& c);
+/// emit_output_tensors' helper for a pass-through weight with a block scale (plan_dequant.cpp).
+void emit_dequant(PlanContext& ctx, const Classified& c);
 /// Adds an output tensor unless --exclude removes it; sets its size.
 void emit_tensor(PlanContext& ctx, OutputTensor t);
 void emit_output_tensors(PlanContext& ctx);

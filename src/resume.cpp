@@ -69,12 +69,14 @@ std::string plan_fingerprint(const Checkpoint& input, const Plan& plan) {
       f.add(t.shape.size());
       for (uint64_t d : t.shape)
         f.add(d);
-      if (t.op == OpKind::copy || t.op == OpKind::transpose)
+      if (t.op == OpKind::copy || t.op == OpKind::transpose || t.op == OpKind::dequant)
         add_source(f, input, t.source);
       f.add(t.pieces.size()); // stack: each piece's source and place
       for (const StackPiece& piece : t.pieces) {
         add_source(f, input, piece.source);
-        f.add(piece.index).add(piece.col);
+        f.add(piece.index).add(piece.col).add(piece.scale.has_value());
+        if (piece.scale)
+          add_source(f, input, *piece.scale);
       }
       f.add(t.scale.has_value());
       if (t.scale)

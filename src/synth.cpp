@@ -1,5 +1,5 @@
-// synth.cpp: synthetic diffusion_gemma / gemma4_moe / qwen3_moe checkpoints (see synth.h for the
-// layout).
+// synth.cpp: synthetic diffusion_gemma / gemma4_moe / qwen3_moe / deepseek_v3 checkpoints (see
+// synth.h for the layout).
 //
 // The run is three passes: derive the scaled sizes and the tensor inventory, cut the inventory
 // into shards, then stream every shard through a ShardWriter, filling one reusable buffer chunk by
@@ -37,7 +37,9 @@ constexpr uint64_t GRAIN_ELEMENTS = uint64_t{64} << 10;
 // How a tensor's values are distributed. Weights are centred on zero; norms, scales and
 // layer_scalar are centred on one, as trained checkpoints roughly are, so a folded product of a
 // synthetic checkpoint is as well-conditioned as a real one.
-enum class Init { weight, unit };
+// deepseek_v3 adds FP8 weights (random finite F8_E4M3 codes), their F32 block scales (positive,
+// around 1/448 of a typical weight magnitude, as real ones are) and the gate's F32 bias.
+enum class Init { weight, unit, fp8, block_scale };
 
 struct SynthTensor {
   PlannedTensor planned;
@@ -48,6 +50,7 @@ struct SynthTensor {
 
 struct Dims {
   uint64_t hidden, dense, intermediate, experts, vocab;
+  uint64_t heads, q_lora, kv_lora, rope, nope, v_head; ///< deepseek_v3's MLA
   uint64_t q_sliding, kv_sliding, head_sliding, q_full, kv_full, head_full;
   uint64_t vision_hidden, vision_mlp, vision_positions;
 };
@@ -71,6 +74,21 @@ inline uint16_t synth_value(uint64_t bits, Init init) {
   return numerics::f32_to_bf16_rne(init == Init::unit ? 1.0f + centred : centred);
 }
 
+// One F32 value: Init::block_scale gives a positive scale around 1e-4 (DeepSeek-V3's are
+// max|w| / 448), anything else the BF16 distribution's value.
+inline uint32_t synth_f32(uint64_t bits, Init init) {
+  const float v = numerics::bf16_to_f32(synth_value(bits, Init::unit)); // in [0.9, 1.1]
+  if (init == Init::block_scale)
+    return numerics::f32_bits(v * (0.05f / 448.0f));
+  return numerics::f32_bits(init == Init::unit ? v : v - 1.0f);
+}
+
+// One F8_E4M3 code: uniform over the 254 finite codes (0x7F and 0xFF are NaN).
+inline uint8_t synth_fp8(uint64_t bits) {
+  const uint8_t code = static_cast<uint8_t>(bits);
+  return (code & 0x7F) == 0x7F ? static_cast<uint8_t>(code ^ 0x01) : code;
+}
+
 Result<Dims> derive_dims(const SynthOptions& o) {
   if (o.scale_hidden == 0 || o.scale_experts == 0 || o.scale_vocab == 0 ||
       o.scale_intermediate == 0)
@@ -82,6 +100,31 @@ Result<Dims> derive_dims(const SynthOptions& o) {
     unsigned scale;
     const char* what;
   };
+  if (o.model == "deepseek_v3") {
+    // deepseek-ai/DeepSeek-V3 (config.json): MLA with 128 heads, q_lora_rank 1536, kv_lora_rank
+    // 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128; dense MLP 18432; 256
+    // routed experts of 2048 and one shared expert of 2048.
+    const Item deepseek[] = {
+        {&d.hidden, 7168, o.scale_hidden, "hidden size 7168"},
+        {&d.dense, 18432, o.scale_hidden, "dense MLP size 18432"},
+        {&d.intermediate, 2048, o.scale_intermediate, "expert intermediate size 2048"},
+        {&d.experts, 256, o.scale_experts, "expert count 256"},
+        {&d.vocab, 129280, o.scale_vocab, "vocabulary 129280"},
+        {&d.heads, 128, o.scale_hidden, "head count 128"},
+        {&d.q_lora, 1536, o.scale_hidden, "q_lora_rank 1536"},
+        {&d.kv_lora, 512, o.scale_hidden, "kv_lora_rank 512"},
+        {&d.rope, 64, o.scale_hidden, "qk_rope_head_dim 64"},
+        {&d.nope, 128, o.scale_hidden, "qk_nope_head_dim 128"},
+        {&d.v_head, 128, o.scale_hidden, "v_head_dim 128"},
+    };
+    for (const auto& item : deepseek) {
+      *item.dim = item.real / item.scale;
+      if (*item.dim == 0)
+        return error(Errc::invalid_argument, "synth: scale " + std::to_string(item.scale) +
+                                                 " leaves nothing of the " + item.what);
+    }
+    return d;
+  }
   if (o.model == "qwen3_moe") {
     // Qwen/Qwen3-30B-A3B: 32 query heads and 4 KV heads of 128, no dense layer.
     const Item qwen[] = {
@@ -128,15 +171,23 @@ Result<Dims> derive_dims(const SynthOptions& o) {
 
 class Inventory {
 public:
-  void add(std::string name, std::vector<uint64_t> shape, Init init = Init::weight) {
+  void add(std::string name, std::vector<uint64_t> shape, Init init = Init::weight,
+           DType dtype = DType::BF16) {
     SynthTensor t;
     t.elements = 1;
     for (uint64_t s : shape)
       t.elements *= s;
-    t.bytes = t.elements * 2;
-    t.planned = {std::move(name), DType::BF16, std::move(shape)};
+    t.bytes = t.elements * (dtype_bits(dtype) / 8);
+    t.planned = {std::move(name), dtype, std::move(shape)};
     t.init = init;
     tensors.push_back(std::move(t));
+  }
+  /// An FP8 weight [rows, cols] and its F32 block scales `<name>_scale_inv` [ceil(rows/128),
+  /// ceil(cols/128)], as DeepSeek-V3 stores its linear layers.
+  void add_fp8(const std::string& name, uint64_t rows, uint64_t cols) {
+    add(name, {rows, cols}, Init::fp8, DType::F8_E4M3);
+    add(name + "_scale_inv", {(rows + 127) / 128, (cols + 127) / 128}, Init::block_scale,
+        DType::F32);
   }
   std::vector<SynthTensor> tensors;
 };
@@ -213,9 +264,64 @@ void add_qwen3_layer(Inventory& inv, unsigned layer, const Dims& d) {
   }
 }
 
+// One DeepSeek-V3 decoder layer in the order of the real index: MLA attention, then the dense
+// MLP (layers below 3) or the MoE (router with its F32 bias, one shared expert, every routed
+// expert as three 2-D tensors); every linear weight FP8 with its block scales (semantics 15.6).
+void add_deepseek_layer(Inventory& inv, unsigned layer, const Dims& d, bool moe) {
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  const uint64_t h = d.hidden;
+  inv.add(p + "input_layernorm.weight", {h}, Init::unit);
+  inv.add_fp8(p + "self_attn.q_a_proj.weight", d.q_lora, h);
+  inv.add(p + "self_attn.q_a_layernorm.weight", {d.q_lora}, Init::unit);
+  inv.add_fp8(p + "self_attn.q_b_proj.weight", d.heads * (d.nope + d.rope), d.q_lora);
+  inv.add_fp8(p + "self_attn.kv_a_proj_with_mqa.weight", d.kv_lora + d.rope, h);
+  inv.add(p + "self_attn.kv_a_layernorm.weight", {d.kv_lora}, Init::unit);
+  inv.add_fp8(p + "self_attn.kv_b_proj.weight", d.heads * (d.nope + d.v_head), d.kv_lora);
+  inv.add_fp8(p + "self_attn.o_proj.weight", h, d.heads * d.v_head);
+  inv.add(p + "post_attention_layernorm.weight", {h}, Init::unit);
+  if (!moe) {
+    inv.add_fp8(p + "mlp.gate_proj.weight", d.dense, h);
+    inv.add_fp8(p + "mlp.up_proj.weight", d.dense, h);
+    inv.add_fp8(p + "mlp.down_proj.weight", h, d.dense);
+    return;
+  }
+  inv.add(p + "mlp.gate.weight", {d.experts, h});
+  inv.add(p + "mlp.gate.e_score_correction_bias", {d.experts}, Init::weight, DType::F32);
+  inv.add_fp8(p + "mlp.shared_experts.gate_proj.weight", d.intermediate, h);
+  inv.add_fp8(p + "mlp.shared_experts.up_proj.weight", d.intermediate, h);
+  inv.add_fp8(p + "mlp.shared_experts.down_proj.weight", h, d.intermediate);
+  for (uint64_t e = 0; e < d.experts; ++e) {
+    const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+    inv.add_fp8(x + "gate_proj.weight", d.intermediate, h);
+    inv.add_fp8(x + "up_proj.weight", d.intermediate, h);
+    inv.add_fp8(x + "down_proj.weight", h, d.intermediate);
+  }
+}
+
+// The multi-token-prediction layer after the last decoder layer: a full MoE layer plus its own
+// embedding, the two norms of its inputs, their projection (BF16) and its head.
+void add_deepseek_mtp_layer(Inventory& inv, unsigned layer, const Dims& d) {
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  inv.add(p + "embed_tokens.weight", {d.vocab, d.hidden});
+  inv.add(p + "enorm.weight", {d.hidden}, Init::unit);
+  inv.add(p + "hnorm.weight", {d.hidden}, Init::unit);
+  inv.add(p + "eh_proj.weight", {d.hidden, 2 * d.hidden});
+  add_deepseek_layer(inv, layer, d, true);
+  inv.add(p + "shared_head.norm.weight", {d.hidden}, Init::unit);
+  inv.add(p + "shared_head.head.weight", {d.vocab, d.hidden});
+}
+
 std::vector<SynthTensor> build_inventory(const SynthOptions& o, const Dims& d) {
   Inventory inv;
-  if (o.model == "qwen3_moe") {
+  if (o.model == "deepseek_v3") {
+    inv.add("model.embed_tokens.weight", {d.vocab, d.hidden});
+    for (unsigned layer = 0; layer < o.layers; ++layer)
+      add_deepseek_layer(inv, layer, d, layer >= 3); // first_k_dense_replace 3
+    for (unsigned m = 0; m < o.mtp_layers; ++m)
+      add_deepseek_mtp_layer(inv, o.layers + m, d);
+    inv.add("model.norm.weight", {d.hidden}, Init::unit);
+    inv.add("lm_head.weight", {d.vocab, d.hidden}); // tie_word_embeddings is false
+  } else if (o.model == "qwen3_moe") {
     inv.add("model.embed_tokens.weight", {d.vocab, d.hidden});
     for (unsigned layer = 0; layer < o.layers; ++layer)
       add_qwen3_layer(inv, layer, d);
@@ -285,6 +391,25 @@ Status prepare_output(const SynthOptions& o, Io& io, bool* created) {
 }
 
 std::string config_json(const SynthOptions& o, const Dims& d) {
+  auto n = [](uint64_t v) { return std::to_string(v); };
+  if (o.model == "deepseek_v3")
+    return "{\n  \"architectures\": [\"DeepseekV3ForCausalLM\"],\n  \"model_type\": "
+           "\"deepseek_v3\",\n  \"num_hidden_layers\": " +
+           n(o.layers) + ",\n  \"num_nextn_predict_layers\": " + n(o.mtp_layers) +
+           ",\n  \"first_k_dense_replace\": 3,\n  \"hidden_size\": " + n(d.hidden) +
+           ",\n  \"intermediate_size\": " + n(d.dense) +
+           ",\n  \"moe_intermediate_size\": " + n(d.intermediate) +
+           ",\n  \"n_routed_experts\": " + n(d.experts) +
+           ",\n  \"n_shared_experts\": 1,\n  \"num_experts_per_tok\": 8" +
+           ",\n  \"num_attention_heads\": " + n(d.heads) + ",\n  \"num_key_value_heads\": " +
+           n(d.heads) + ",\n  \"q_lora_rank\": " + n(d.q_lora) +
+           ",\n  \"kv_lora_rank\": " + n(d.kv_lora) + ",\n  \"qk_rope_head_dim\": " +
+           n(d.rope) + ",\n  \"qk_nope_head_dim\": " + n(d.nope) +
+           ",\n  \"v_head_dim\": " + n(d.v_head) +
+           ",\n  \"quantization_config\": {\"activation_scheme\": \"dynamic\", \"fmt\": "
+           "\"e4m3\", \"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}" +
+           ",\n  \"tie_word_embeddings\": false,\n  \"torch_dtype\": \"bfloat16\"" +
+           ",\n  \"vocab_size\": " + n(d.vocab) + "\n}\n";
   if (o.model == "qwen3_moe")
     return "{\n  \"architectures\": [\"Qwen3MoeForCausalLM\"],\n  \"model_type\": \"qwen3_moe\""
            ",\n  \"num_hidden_layers\": " +
@@ -321,7 +446,7 @@ public:
     for (const auto& t : tensors)
       sizes.push_back(t.bytes);
     const std::vector<std::vector<uint32_t>> shards = cut_shards(sizes, o_.max_shard_size);
-    std::vector<uint16_t> buffer(CHUNK_ELEMENTS);
+    std::vector<std::byte> buffer(CHUNK_ELEMENTS * 4);
     std::map<std::string, std::string> weight_map;
     const uint64_t stream_base = mix64(o_.seed);
 
@@ -373,7 +498,8 @@ public:
 
 private:
   Status write_tensor(ShardWriter& writer, const SynthTensor& t, uint64_t key,
-                      std::vector<uint16_t>& buffer) {
+                      std::vector<std::byte>& buffer) {
+    const uint64_t es = dtype_bits(t.planned.dtype) / 8;
     for (uint64_t start = 0; start < t.elements; start += CHUNK_ELEMENTS) {
       if (o_.cancel && o_.cancel->load(std::memory_order_relaxed))
         return error(Errc::interrupted, o_.out.string() + ": interrupted");
@@ -382,17 +508,20 @@ private:
       tbb::parallel_for(tbb::blocked_range<uint64_t>(0, count, GRAIN_ELEMENTS),
                         [&](const tbb::blocked_range<uint64_t>& r) {
                           for (uint64_t j = r.begin(); j < r.end(); ++j) {
-                            const uint16_t v = synth_value(mix64(key + start + j), t.init);
+                            const uint64_t bits = mix64(key + start + j);
+                            const uint32_t v = es == 1   ? synth_fp8(bits)
+                                               : es == 4 ? synth_f32(bits, t.init)
+                                                         : synth_value(bits, t.init);
                             // safetensors is little-endian; store the bytes explicitly.
-                            auto* out = reinterpret_cast<unsigned char*>(&buffer[j]);
-                            out[0] = static_cast<unsigned char>(v & 0xFF);
-                            out[1] = static_cast<unsigned char>(v >> 8);
+                            auto* out = reinterpret_cast<unsigned char*>(&buffer[j * es]);
+                            for (uint64_t b = 0; b < es; ++b)
+                              out[b] = static_cast<unsigned char>(v >> (8 * b));
                           }
                         });
-      Status st = writer.append(std::as_bytes(std::span(buffer.data(), count)));
+      Status st = writer.append(std::span<const std::byte>(buffer.data(), count * es));
       if (!st.ok())
         return st;
-      done_ += count * 2;
+      done_ += count * es;
       if (progress_)
         progress_(done_, total_);
     }
@@ -412,10 +541,10 @@ Status synth(const SynthOptions& options, Io& io,
              const std::function<void(uint64_t done, uint64_t total)>& progress,
              SynthSummary* summary) {
   if (options.model != "diffusion_gemma" && options.model != "gemma4_moe" &&
-      options.model != "qwen3_moe")
+      options.model != "qwen3_moe" && options.model != "deepseek_v3")
     return error(Errc::invalid_argument,
                  "synth: unknown model '" + options.model +
-                     "' (expected diffusion_gemma, gemma4_moe or qwen3_moe)");
+                     "' (expected diffusion_gemma, gemma4_moe, qwen3_moe or deepseek_v3)");
   if (options.max_shard_size == 0)
     return error(Errc::invalid_argument, "synth: the maximum shard size must be positive");
   if (options.out.empty())

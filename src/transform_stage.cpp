@@ -113,8 +113,15 @@ void TransformStage::run_cpu(Item& item, uint64_t t0) {
 // different shards) into its columns of the buffer. The CUDA stage has no strided output rows,
 // so these run on the CPU whatever the device (semantics 14.1: the same bits on every device).
 void TransformStage::run_stack(Item& item, uint64_t t0) {
+  std::vector<std::byte> scales; // a dequantized part's scale tensor, copied under its own guard
   for (StackPart& part : item.parts) {
     const MappedFile& file = *part.shard->file;
+    if (part.dequant) {
+      run_dequant(item, part, scales);
+      if (!item.status.ok())
+        break;
+      continue;
+    }
     const TransposeArgs& a = part.args;
     file.populate(static_cast<uint64_t>(a.src - file.bytes().data()),
                   a.A * a.B * (dtype_bits(a.src_dtype) / 8));
@@ -125,6 +132,29 @@ void TransformStage::run_stack(Item& item, uint64_t t0) {
   }
   profiler_.record(Stage::transform_cpu, t0, profiler_.now(), item.length, item.tensor->name);
   cpu_bytes_ += item.length;
+}
+
+// A dequantizing part (semantics 15.3). Its scale tensor may lie in another shard than the
+// weight, and the SIGBUS guard covers one file, so the (small) scale tensor is first copied out
+// under its own file's guard; the kernel then reads only the weight's mapping.
+void TransformStage::run_dequant(Item& item, StackPart& part, std::vector<std::byte>& scales) {
+  DequantArgs d = part.dq;
+  scales.resize(part.scale_bytes);
+  const std::byte* planned = d.scales;
+  item.status = guard_mapped_access(*part.scale_shard->file, [&] {
+    std::memcpy(scales.data(), planned, part.scale_bytes);
+  });
+  if (!item.status.ok())
+    return;
+  d.scales = scales.data();
+  d.dst = item.buffer + part.dst_offset;
+  const MappedFile& file = *part.shard->file;
+  const uint64_t es = dtype_bits(d.src_dtype) / 8;
+  // The input the call reads: whole rows [begin, begin + count), or every row when transposed.
+  const uint64_t first = d.transpose ? 0 : d.begin * d.C * es;
+  const uint64_t length = (d.transpose ? d.R : d.count) * d.C * es;
+  file.populate(static_cast<uint64_t>(d.src - file.bytes().data()) + first, length);
+  item.status = guard_mapped_access(file, [&] { dequant_cpu(d); });
 }
 
 } // namespace shardshift

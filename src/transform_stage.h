@@ -14,6 +14,7 @@
 #include "work_item.h"
 
 #include <atomic>
+#include <vector>
 
 namespace shardshift {
 
@@ -32,6 +33,8 @@ private:
   bool run_gpu(Item& item, uint64_t t0); ///< false: no free GPU slot, nothing done
   void run_cpu(Item& item, uint64_t t0);
   void run_stack(Item& item, uint64_t t0); ///< a chunk of a stacked tensor: CPU only
+  /// One dequantizing part of a stack or dequant chunk (CPU only); `scales` is scratch.
+  void run_dequant(Item& item, StackPart& part, std::vector<std::byte>& scales);
 
   CudaTransformer* gpu_;
   Profiler& profiler_;

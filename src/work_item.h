@@ -7,6 +7,7 @@
 #include "shardshift/checkpoint.h"
 #include "shardshift/plan.h"
 
+#include "dequant.h"
 #include "transpose.h"
 
 #include <cstdint>
@@ -17,7 +18,8 @@ namespace shardshift {
 enum class ItemKind {
   open_file,  ///< start plan.files[file]: write its header
   copy_run,   ///< (a piece of) a run of pass-through tensors back to back in one input shard
-  transform,  ///< a chunk of an expert tensor (whole experts, or rows of one expert)
+  transform,  ///< a chunk of an expert tensor (whole experts, or rows of one expert) or of a
+              ///< dequantized weight (rows)
   ones,       ///< a vector of ones
   close_file, ///< finish plan.files[file]: check its size, fsync, rename
 };
@@ -34,6 +36,13 @@ struct StackPart {
   const Shard* shard = nullptr; ///< the piece's shard (for populate and the SIGBUS guard)
   TransposeArgs args;
   uint64_t dst_offset = 0;
+  /// A piece with a block scale, or a chunk of a dequant tensor (semantics 15): `dq` replaces
+  /// `args` (dq.dst is set from the buffer, dq.scales from a copy of the scale tensor, which may
+  /// lie in another shard: `scale_shard`, `scale_bytes` bytes at dq.scales as planned).
+  bool dequant = false;
+  DequantArgs dq;
+  const Shard* scale_shard = nullptr;
+  uint64_t scale_bytes = 0;
 };
 
 struct Item {

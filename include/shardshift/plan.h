@@ -26,17 +26,20 @@ enum class OpKind {
   transpose, ///< swap the last two axes of [E, A, B], optionally fold a scale, cast, slice (EP)
   ones,      ///< a vector of ones (the per-expert scale written by to_hf)
   stack,     ///< many 2-D input pieces, each transposed into its place of an [N, R, C] output
+  dequant,   ///< a 2-D [R, C] weight times its block scales (FP8 block dequantization), cast
 };
 const char* op_name(OpKind op);
 
 /// One input matrix of a `stack` output (docs/semantics.md section 14): the 2-D piece [A, R] is
 /// transposed into out[index][:, col : col + A], cast to the output dtype. A piece may live in any
-/// input shard. Later families add a per-piece operation here (FP8 block dequantization: the
-/// piece's scale tensor), so that one stacked output can mix operations piece by piece.
+/// input shard. A piece with a block scale is dequantized on the way (semantics 15.3: each
+/// element times its 128 x 128 block's scale, in float32, then rounded once to the output dtype),
+/// so one stacked output can mix operations piece by piece.
 struct StackPiece {
   TensorRef source{};
   uint64_t index = 0; ///< position along the output's axis 0 (the expert)
   uint64_t col = 0;   ///< first column of the output's last axis that this piece fills
+  std::optional<TensorRef> scale; ///< the piece's [ceil(A/128), ceil(R/128)] block scale
 };
 
 struct OutputTensor {
@@ -47,8 +50,9 @@ struct OutputTensor {
   uint64_t offset = 0; ///< within its file's data section
   uint32_t file = 0;   ///< index into Plan::files
   OpKind op = OpKind::copy;
-  TensorRef source{};             ///< copy / transpose: the input tensor
-  std::optional<TensorRef> scale; ///< transpose: the folded per-expert scale
+  TensorRef source{};             ///< copy / transpose / dequant: the input tensor
+  std::optional<TensorRef> scale; ///< transpose: the folded per-expert scale; dequant: the
+                                  ///< [ceil(R/128), ceil(C/128)] block scale
   // transpose: experts [expert_begin, expert_begin + experts) and input columns
   // [col_begin, col_begin + cols) of the [E, A, B] source are kept.
   uint64_t expert_begin = 0, experts = 0, col_begin = 0, cols = 0;

@@ -13,11 +13,20 @@
 //     and 4 KV heads of 128): model.embed_tokens.weight, per layer model.layers.L.* (attention
 //     with q_norm/k_norm, mlp.gate.weight, and mlp.experts.E.{gate,up,down}_proj.weight for
 //     every expert), model.norm.weight, lm_head.weight (not tied).
+//   deepseek_v3 (deepseek-ai/DeepSeek-V3: H 7168, 61 layers of which the first 3 dense with
+//     I 18432, 256 routed experts and 1 shared of I 2048, vocabulary 129280, MLA with 128 heads,
+//     q_lora_rank 1536, kv_lora_rank 512, qk_nope 128, qk_rope 64, v_head 128):
+//     model.embed_tokens.weight, per layer model.layers.L.* (MLA attention and its two norms, the
+//     dense MLP or mlp.gate.{weight,e_score_correction_bias}, mlp.shared_experts.* and
+//     mlp.experts.E.{gate,up,down}_proj.weight), then `mtp_layers` multi-token-prediction layers
+//     (a MoE layer plus embed_tokens, enorm, hnorm, eh_proj, shared_head.{norm,head}),
+//     model.norm.weight, lm_head.weight. Every linear weight of a layer is F8_E4M3 (random finite
+//     codes) with an F32 `_scale_inv` of one scale per 128 x 128 block; the router bias is F32.
 //
 // The vision tower is a stand-in (patch embedding, position embedding, two transformer blocks,
 // a final norm), not the real one: converters only pass it through or drop it.
 //
-// Every tensor is BF16. Element i of tensor t is a pure function of (seed, t, i), so the bytes are
+// Every other tensor is BF16. Element i of tensor t is a pure function of (seed, t, i), so the bytes are
 // generated in bounded chunks, in parallel, and identically on every run and machine.
 // Thread-safety: synth() may run concurrently for different output directories.
 #pragma once
@@ -35,8 +44,11 @@ namespace shardshift {
 
 struct SynthOptions {
   std::filesystem::path out;
-  std::string model = "diffusion_gemma"; ///< or "gemma4_moe", "qwen3_moe"
+  std::string model = "diffusion_gemma"; ///< or "gemma4_moe", "qwen3_moe", "deepseek_v3"
   unsigned layers = 30;
+  /// deepseek_v3: multi-token-prediction layers written after the decoder layers (the real
+  /// checkpoint has 1: model.layers.61).
+  unsigned mtp_layers = 1;
   uint64_t seed = 0;
   /// Divisors of the real sizes: hidden (H = 2816, also every attention and dense-MLP size and
   /// the vision tower), experts (E = 128), vocab (262144), expert intermediate (I = 704).

@@ -223,4 +223,66 @@ Dict tiny_qwen3(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint64
   return d;
 }
 
+Tensor random_block_scales(std::mt19937_64& rng, uint64_t rows, uint64_t cols, bool special) {
+  Tensor t{DType::F32, {(rows + 127) / 128, (cols + 127) / 128}, {}};
+  t.bytes.assign(numel(t.shape) * 4, '\0');
+  for (uint64_t i = 0; i < numel(t.shape); ++i) {
+    double v = std::ldexp(1.0 + double(rng() % 1024) / 1024.0, -int(rng() % 16) - 6);
+    if (special && rng() % 3 == 0) {
+      const double picks[] = {std::ldexp(1.0, -140), 3e38, 0.0, -v, INFINITY, NAN, -0.0, 1.0};
+      v = picks[rng() % 8];
+    }
+    put_bits(t, i, encode(DType::F32, v));
+  }
+  return t;
+}
+
+Dict tiny_deepseek(std::mt19937_64& rng, int layers, int dense, uint64_t E, uint64_t H,
+                   uint64_t I, uint64_t D, uint64_t Q, DType fp8, bool special) {
+  Dict d;
+  auto weight = [&](const std::string& name, uint64_t rows, uint64_t cols) {
+    Tensor w{fp8, {rows, cols}, std::string(rows * cols, '\0')};
+    for (uint64_t i = 0; i < rows * cols; ++i) {
+      uint8_t code = uint8_t(rng());
+      if (!special && fp8 == DType::F8_E4M3 && (code & 0x7F) == 0x7F)
+        code ^= 1; // no NaN
+      if (!special && fp8 == DType::F8_E5M2 && (code & 0x7C) == 0x7C)
+        code &= 0xF3; // no infinity or NaN
+      w.bytes[i] = char(code);
+    }
+    d[name] = std::move(w);
+    d[name + "_scale_inv"] = random_block_scales(rng, rows, cols, special);
+  };
+  d["model.embed_tokens.weight"] = random_tensor(rng, DType::BF16, {16, H});
+  d["model.norm.weight"] = random_tensor(rng, DType::BF16, {H});
+  d["lm_head.weight"] = random_tensor(rng, DType::BF16, {16, H});
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    d[p + "input_layernorm.weight"] = random_tensor(rng, DType::BF16, {H});
+    weight(p + "self_attn.q_a_proj.weight", Q, H);
+    d[p + "self_attn.q_a_layernorm.weight"] = random_tensor(rng, DType::BF16, {Q});
+    weight(p + "self_attn.kv_a_proj_with_mqa.weight", 5, H);
+    weight(p + "self_attn.o_proj.weight", H, Q);
+    d[p + "post_attention_layernorm.weight"] = random_tensor(rng, DType::BF16, {H});
+    if (l < dense) {
+      weight(p + "mlp.gate_proj.weight", D, H);
+      weight(p + "mlp.up_proj.weight", D, H);
+      weight(p + "mlp.down_proj.weight", H, D);
+      continue;
+    }
+    d[p + "mlp.gate.weight"] = random_tensor(rng, DType::BF16, {E, H});
+    d[p + "mlp.gate.e_score_correction_bias"] = random_tensor(rng, DType::F32, {E});
+    weight(p + "mlp.shared_experts.gate_proj.weight", I, H);
+    weight(p + "mlp.shared_experts.up_proj.weight", I, H);
+    weight(p + "mlp.shared_experts.down_proj.weight", H, I);
+    for (uint64_t e = 0; e < E; ++e) {
+      const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+      weight(x + "gate_proj.weight", I, H);
+      weight(x + "up_proj.weight", I, H);
+      weight(x + "down_proj.weight", H, I);
+    }
+  }
+  return d;
+}
+
 } // namespace shardshift::reference

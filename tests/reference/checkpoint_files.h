@@ -40,4 +40,15 @@ Dict tiny_gemma4(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint6
 Dict tiny_qwen3(std::mt19937_64& rng, int layers, uint64_t E, uint64_t H, uint64_t I,
                 DType expert = DType::BF16, bool model_prefix = true, bool special = false);
 
+/// A deepseek_v3 HF checkpoint in miniature (semantics 15.2): `layers` layers of which the first
+/// `dense` have a dense MLP [D, H] and the rest a router, its F32 bias, a shared expert and E
+/// routed experts [I, H] / [H, I]; MLA attention [Q, H], [H, Q]; every linear weight in `fp8`
+/// (random codes, NaNs included when `special`) with an F32 `_scale_inv` of random scales
+/// (subnormal, huge, zero, negative, infinite and NaN ones when `special`).
+Dict tiny_deepseek(std::mt19937_64& rng, int layers, int dense, uint64_t E, uint64_t H,
+                   uint64_t I, uint64_t D, uint64_t Q, DType fp8 = DType::F8_E4M3,
+                   bool special = false);
+/// Random F32 block scales for a [rows, cols] weight ([ceil(rows/128), ceil(cols/128)]).
+Tensor random_block_scales(std::mt19937_64& rng, uint64_t rows, uint64_t cols, bool special);
+
 } // namespace shardshift::reference

@@ -1,5 +1,6 @@
 // convert_reference.cpp: see convert_reference.h.
 #include "reference/convert_reference.h"
+#include "reference/numeric_reference.h"
 
 #include <algorithm>
 #include <cmath>
@@ -29,7 +30,12 @@ uint64_t numel(const std::vector<uint64_t>& s) {
   return n;
 }
 unsigned esize(DType d) {
-  return d == DType::F32 ? 4 : d == DType::F64 ? 8 : d == DType::U8 || d == DType::I8 ? 1 : 2;
+  return d == DType::F32                                           ? 4
+         : d == DType::F64                                         ? 8
+         : d == DType::U8 || d == DType::I8 || d == DType::F8_E4M3 ||
+                 d == DType::F8_E5M2
+             ? 1
+             : 2;
 }
 
 uint64_t get_bits(const Tensor& t, uint64_t i) {
@@ -351,6 +357,37 @@ Dict ref_qwen3_to_hf(const Dict& in, const RefOptions& o) {
                                                                                     : std::next(it);
   }
   return out;
+}
+
+// deepseek_v3 (semantics 15), from the text: dequantize what has a scale, then stack as qwen3_moe.
+Tensor ref_dequant(const Tensor& weight, const Tensor& scale, DType to) {
+  const uint64_t R = weight.shape[0], C = weight.shape[1];
+  const uint64_t scale_cols = (C + 127) / 128;
+  Tensor out = empty_tensor(to, {R, C});
+  for (uint64_t r = 0; r < R; ++r)
+    for (uint64_t c = 0; c < C; ++c)
+      put_bits(out, r * C + c,
+               ref_dequant_element(weight.dtype, get_bits(weight, r * C + c), scale.dtype,
+                                   get_bits(scale, (r / 128) * scale_cols + c / 128), to));
+  return out;
+}
+
+Dict ref_deepseek_from_hf(const Dict& in, const RefOptions& o) {
+  const DType to = o.cast.value_or(DType::BF16);
+  Dict plain;
+  for (auto& [k, t] : in) {
+    if (ends_with(k, "_scale_inv"))
+      continue; // consumed by its weight
+    auto scale = in.find(k + "_scale_inv");
+    plain[k] = ends_with(k, ".weight") && scale != in.end() ? ref_dequant(t, scale->second, to) : t;
+  }
+  RefOptions stack = o;
+  stack.cast = to; // stacked experts always in the adapter's dtype
+  return ref_qwen3_from_hf(plain, stack);
+}
+
+Dict ref_deepseek_to_hf(const Dict& in, const RefOptions& o) {
+  return ref_qwen3_to_hf(in, o);
 }
 
 } // namespace shardshift::reference

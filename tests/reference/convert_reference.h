@@ -74,4 +74,14 @@ Dict ref_qwen3_from_hf(const Dict& in, const RefOptions& o);
 /// then o.exclude.
 Dict ref_qwen3_to_hf(const Dict& in, const RefOptions& o);
 
+/// FP8 block dequantization of a 2-D weight (semantics 15.3): every element times its 128 x 128
+/// block's element of `scale`, by ref_dequant_element, in dtype `to`.
+Tensor ref_dequant(const Tensor& weight, const Tensor& scale, DType to);
+/// deepseek_v3, HF -> native (semantics 15.2): every `W` with a `W_scale_inv` dequantized to
+/// o.cast (BF16 when unset) and the scale removed, then the qwen3_moe stacking with the stacked
+/// experts in that dtype. REQUIRES: a complete, well-shaped input.
+Dict ref_deepseek_from_hf(const Dict& in, const RefOptions& o);
+/// deepseek_v3, native -> HF (semantics 15.4): the qwen3_moe split.
+Dict ref_deepseek_to_hf(const Dict& in, const RefOptions& o);
+
 } // namespace shardshift::reference
