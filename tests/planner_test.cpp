@@ -451,7 +451,8 @@ TEST(PlannerPasses, MakePlanRecordsOneSpanPerPass) {
   for (const StageSummary& s : profiler.summaries())
     if (s.stage == Stage::plan)
       plan_spans = s.count;
-  EXPECT_EQ(plan_spans, 10u); // classify ... check_unique_names, cut, lay out, summarize
+  EXPECT_EQ(plan_spans, 11u); // classify ... pair_block_scales ... check_unique_names, cut, lay out,
+                              // summarize
   EXPECT_EQ(plan->adapter, "diffusion_gemma");
   EXPECT_EQ(plan->files.size(), 1u);
   EXPECT_EQ(plan->files[0].name, "model.safetensors");
