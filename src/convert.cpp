@@ -31,6 +31,7 @@ class NoSyncIo final : public ForwardingIo {
 public:
   using ForwardingIo::ForwardingIo;
   int fsync(int) override { return 0; }
+  int sync_file_range(int, off_t, off_t, unsigned) override { return 0; }
 };
 
 ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const Engine& engine,

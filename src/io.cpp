@@ -44,6 +44,9 @@ public:
     return ::fallocate(fd, 0, offset, length);
   }
   int fsync(int fd) override { return ::fsync(fd); }
+  int sync_file_range(int fd, off_t offset, off_t length, unsigned flags) override {
+    return ::sync_file_range(fd, offset, length, flags);
+  }
   int rename(const char* from, const char* to) override { return std::rename(from, to); }
   int unlink(const char* path) override { return ::unlink(path); }
   int mkdir(const char* path, unsigned mode) override {
@@ -90,6 +93,10 @@ int ForwardingIo::fallocate(int fd, off_t offset, off_t length) {
 
 int ForwardingIo::fsync(int fd) {
   return base_.fsync(fd);
+}
+
+int ForwardingIo::sync_file_range(int fd, off_t offset, off_t length, unsigned flags) {
+  return base_.sync_file_range(fd, offset, length, flags);
 }
 
 int ForwardingIo::rename(const char* from, const char* to) {

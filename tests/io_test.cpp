@@ -56,6 +56,11 @@ public:
                7);
   }
   int fsync(int fd) override { return log("fsync " + std::to_string(fd), 8); }
+  int sync_file_range(int fd, off_t offset, off_t length, unsigned flags) override {
+    return log("sync_file_range " + std::to_string(fd) + " " + std::to_string(offset) + " " +
+                   std::to_string(length) + " " + std::to_string(flags),
+               13);
+  }
   int rename(const char* from, const char* to) override {
     return log("rename " + std::string(from) + " " + to, 9);
   }
@@ -91,6 +96,7 @@ TEST(ForwardingIo, ForwardsEveryCallWithItsArgumentsAndResult) {
   EXPECT_EQ(io.unlink("/d"), 10);
   EXPECT_EQ(io.mkdir("/e", 0755), 11);
   EXPECT_EQ(io.rmdir("/f"), 12);
+  EXPECT_EQ(io.sync_file_range(9, 4096, 8192, 2), 13);
   const std::vector<std::string> expected = {
       "open /a " + std::to_string(O_WRONLY) + " 420",
       "close 3",
@@ -104,6 +110,7 @@ TEST(ForwardingIo, ForwardsEveryCallWithItsArgumentsAndResult) {
       "unlink /d",
       "mkdir /e 493",
       "rmdir /f",
+      "sync_file_range 9 4096 8192 2",
   };
   EXPECT_EQ(recorder.calls, expected);
 }

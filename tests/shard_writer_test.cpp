@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <random>
+#include <thread>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -310,6 +311,77 @@ TEST(ShardWriter, FinishReplacesAnExistingFileAtomically) {
   ASSERT_TRUE(write_shard(Io::system(), dir / "m.safetensors", tensors).ok());
   expect_file_holds(dir / "m.safetensors", tensors);
   EXPECT_EQ(list_dir(dir.path()), std::vector<std::string>{"m.safetensors"});
+}
+
+} // namespace
+} // namespace shardshift
+
+namespace shardshift {
+namespace {
+
+// Records the write-back requests of a file being written.
+class WriteBehindIo final : public ForwardingIo {
+public:
+  WriteBehindIo() : ForwardingIo(Io::system()) {}
+  struct Call {
+    off_t offset, length;
+    unsigned flags;
+  };
+  std::vector<Call> calls;
+  int sync_file_range(int fd, off_t offset, off_t length, unsigned flags) override {
+    calls.push_back({offset, length, flags});
+    return ForwardingIo::sync_file_range(fd, offset, length, flags);
+  }
+};
+
+TEST(ShardWriter, WritesBackAsItGoesSoAtMostTwoWindowsAreDirty) {
+  testing::TempDir dir;
+  WriteBehindIo io;
+  ShardWriter writer(io);
+  const std::string chunk(5 << 20, 'x'); // 5 MiB appends, 100 MiB in all
+  ASSERT_TRUE(writer.open(dir / "f.safetensors", std::string(), 20 * chunk.size()).ok());
+  uint64_t written = 0;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(writer.append(std::as_bytes(std::span(chunk))).ok());
+    written += chunk.size();
+    // Everything but the last two windows (of at least 8 MiB) has been written back and waited for.
+    uint64_t waited = 0;
+    for (const auto& c : io.calls)
+      if (c.flags & SYNC_FILE_RANGE_WAIT_AFTER)
+        waited = std::max<uint64_t>(waited, c.offset + c.length);
+    EXPECT_LE(written - waited, uint64_t{2} * ((8 << 20) + chunk.size())) << "after " << written;
+  }
+  ASSERT_TRUE(writer.finish().ok());
+  // Write-back was started on contiguous windows from the start of the file.
+  uint64_t next = 0;
+  for (const auto& c : io.calls)
+    if (c.flags == SYNC_FILE_RANGE_WRITE) {
+      EXPECT_EQ(static_cast<uint64_t>(c.offset), next);
+      EXPECT_GE(static_cast<uint64_t>(c.length), uint64_t{8} << 20);
+      next = static_cast<uint64_t>(c.offset + c.length);
+    }
+  EXPECT_GE(next, uint64_t{80} << 20);
+}
+
+TEST(ShardWriter, AStreamIsNeverWrittenBack) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  WriteBehindIo io;
+  ShardWriter writer(io);
+  const std::string chunk(1 << 20, 'y');
+  std::thread reader([&] {
+    char buf[1 << 16];
+    while (::read(fds[0], buf, sizeof buf) > 0) {
+    }
+  });
+  ASSERT_TRUE(writer.open_stream(fds[1], "s", std::string(), 40 * chunk.size()).ok());
+  for (int i = 0; i < 40; ++i)
+    ASSERT_TRUE(writer.append(std::as_bytes(std::span(chunk))).ok());
+  ASSERT_TRUE(writer.finish().ok());
+  ::close(fds[1]);
+  reader.join();
+  ::close(fds[0]);
+  EXPECT_TRUE(io.calls.empty());
 }
 
 } // namespace

@@ -33,6 +33,9 @@ public:
   virtual ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) = 0;
   virtual int fallocate(int fd, off_t offset, off_t length) = 0;
   virtual int fsync(int fd) = 0;
+  /// sync_file_range(2): start (and with SYNC_FILE_RANGE_WAIT_* flags, wait for) the write-back of
+  /// a range of `fd`, without the metadata fsync commits. A hint: callers ignore its errors.
+  virtual int sync_file_range(int fd, off_t offset, off_t length, unsigned flags) = 0;
   virtual int rename(const char* from, const char* to) = 0;
   virtual int unlink(const char* path) = 0;
   virtual int mkdir(const char* path, unsigned mode) = 0;
@@ -57,6 +60,7 @@ public:
   ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override;
   int fallocate(int fd, off_t offset, off_t length) override;
   int fsync(int fd) override;
+  int sync_file_range(int fd, off_t offset, off_t length, unsigned flags) override;
   int rename(const char* from, const char* to) override;
   int unlink(const char* path) override;
   int mkdir(const char* path, unsigned mode) override;

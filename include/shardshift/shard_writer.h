@@ -59,6 +59,7 @@ public:
 private:
   Status fail(Status s);
   Status write_bytes(std::span<const std::byte> bytes, const std::string* source);
+  void write_behind();
   Io* io_;
   int fd_ = -1;
   bool owns_fd_ = false;
@@ -67,6 +68,7 @@ private:
   std::string display_path_;
   uint64_t expected_size_ = 0;
   uint64_t position_ = 0;
+  uint64_t started_ = 0, waited_ = 0; ///< write_behind: write-back started / waited for up to here
   Status status_;
 };
 
