@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # -O1 -g1: ASan's recommended optimisation and line tables for the stack traces; twice as fast to
-# compile as -O2 -g, which is most of this script's time on a small machine.
+# compile as -O2 -g, which is most of this script's time on a small machine. GCC 12 with ASan
+# warns falsely of uninitialized members inside std::regex; the Release build keeps the warning.
 cmake -S . -B build-asan -DSHARDSHIFT_SANITIZE=ON -DSHARDSHIFT_CUDA=OFF -DSHARDSHIFT_PERF=OFF \
-      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" >/dev/null
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG -Wno-maybe-uninitialized" >/dev/null
 cmake --build build-asan -j"$(nproc)"
 
 # Fail on the first report, with a symbolized stack; leaks are reported at exit. The tests that
