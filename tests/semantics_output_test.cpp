@@ -258,7 +258,7 @@ TEST_F(SemanticsRules, UndetectableModelOrDirectionAndUnknownAdapterAreRefused) 
   EXPECT_EQ(model.status().code(), Errc::invalid_argument);
   EXPECT_EQ(model.status().message(),
             "cannot tell the model of this checkpoint (config.json model_type '', no recognisable "
-            "keys); pass --adapter diffusion_gemma, gemma4_moe or qwen3_moe");
+            "keys); pass --adapter diffusion_gemma, gemma4_moe, qwen3_moe or deepseek_v3");
   testing::write_bytes(tmp / "anon" / "config.json", "{\"model_type\": \"llama\"}");
   model = plan_conversion(tmp / "anon", {});
   ASSERT_FALSE(model.ok());
@@ -294,7 +294,7 @@ TEST_F(SemanticsRules, UndetectableModelOrDirectionAndUnknownAdapterAreRefused) 
   ASSERT_FALSE(adapter.ok());
   EXPECT_EQ(adapter.status().code(), Errc::invalid_argument);
   EXPECT_EQ(adapter.status().message(),
-            "unknown adapter 'llama'; known: diffusion_gemma, gemma4_moe, qwen3_moe");
+            "unknown adapter 'llama'; known: diffusion_gemma, gemma4_moe, qwen3_moe, deepseek_v3");
 
   // convert() refuses the same way and writes nothing.
   auto r = run(tmp / "anon", tmp / "out");

@@ -44,7 +44,7 @@ TEST(Version, PrintsTheProjectVersionRevisionAndFeatures) {
   EXPECT_FALSE(info.cuda);
   EXPECT_EQ(lines[4], "cuda: off");
 #endif
-  EXPECT_EQ(lines[5], "models: diffusion_gemma gemma4_moe qwen3_moe");
+  EXPECT_EQ(lines[5], "models: diffusion_gemma gemma4_moe qwen3_moe deepseek_v3");
 }
 
 TEST(FlagConventions, EveryCommandTakesQuietJsonAndOneSizeSyntax) {
