@@ -9,6 +9,7 @@
 // (FTZ/DAZ and the rounding mode are cleared for the duration of a call, as in transpose_cpu.cpp).
 #include "dequant.h"
 
+#include "float_environment.h"
 #include "numerics.h"
 
 #include <algorithm>
@@ -29,25 +30,6 @@ namespace {
 
 using namespace numerics;
 
-// The kernel's one multiply must be a plain IEEE multiply with subnormals (transpose_cpu.cpp's
-// guard, for the same reason).
-class FloatEnvironmentGuard {
-public:
-#if SHARDSHIFT_X86
-  FloatEnvironmentGuard() : saved_(_mm_getcsr()) {
-    if ((saved_ & NOT_IEEE) != 0)
-      _mm_setcsr(saved_ & ~NOT_IEEE);
-  }
-  ~FloatEnvironmentGuard() {
-    if ((saved_ & NOT_IEEE) != 0)
-      _mm_setcsr(saved_);
-  }
-
-private:
-  static constexpr unsigned NOT_IEEE = 0x8000u /*FTZ*/ | 0x6000u /*rounding*/ | 0x0040u /*DAZ*/;
-  unsigned saved_;
-#endif
-};
 
 template <float (*Decode)(uint8_t)> constexpr std::array<float, 256> fp8_table() {
   std::array<float, 256> t{};

@@ -15,6 +15,7 @@
 // AVX512-BF16 flushes) the SIMD code only flags the tile, and the scalar code built on
 // numerics.h recomputes it. Elements outside whole blocks (matrix edges) are scalar too. So
 // every SimdLevel gives the same bits, which tests/transpose_test.cpp checks.
+#include "float_environment.h"
 #include "numerics.h"
 #include "transpose.h"
 
@@ -270,27 +271,6 @@ float load_scale(DType dtype, const std::byte* scales, uint64_t e) {
 // The SIMD tiles (AVX2, AVX-512) live beside this file.
 #include "transpose_tiles_x86.inc"
 
-/// The one floating-point operation, the multiply, must be a plain IEEE multiply: round to
-/// nearest even, subnormal inputs and results kept. A library built with -ffast-math sets
-/// flush-to-zero and denormals-are-zero for the whole process at load time; this guard clears
-/// them (and any directed rounding) for the duration of a call and restores the caller's state.
-class FloatEnvironmentGuard {
-public:
-#if SHARDSHIFT_X86
-  FloatEnvironmentGuard() : saved_(_mm_getcsr()) {
-    if ((saved_ & NOT_IEEE) != 0)
-      _mm_setcsr(saved_ & ~NOT_IEEE);
-  }
-  ~FloatEnvironmentGuard() {
-    if ((saved_ & NOT_IEEE) != 0)
-      _mm_setcsr(saved_);
-  }
-
-private:
-  static constexpr unsigned NOT_IEEE = 0x8000u /*FTZ*/ | 0x6000u /*rounding*/ | 0x0040u /*DAZ*/;
-  unsigned saved_;
-#endif
-};
 
 // ---------------------------------------------------------------------------------------------
 // Dispatch: pick the kernel of a dtype combination at a level.
