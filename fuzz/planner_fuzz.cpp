@@ -208,10 +208,62 @@ Checkpoint decode(std::string_view text, PlanOptions& options) {
   return c;
 }
 
+bool source_exists(const Checkpoint& in, TensorRef r) {
+  return r.shard < in.shards.size() && r.tensor < in.shards[r.shard].header.tensors.size();
+}
+
+uint64_t blocks_of(uint64_t n) {
+  return n / 128 + (n % 128 != 0);
+}
+
+// An FP8 block scale for an [R, C] weight: [ceil(R/128), ceil(C/128)] (docs/semantics.md 15).
+bool block_scale_fits(const Checkpoint& in, TensorRef scale, uint64_t rows, uint64_t cols) {
+  return source_exists(in, scale) &&
+         in.info(scale).shape == std::vector<uint64_t>{blocks_of(rows), blocks_of(cols)};
+}
+
+// transpose: [E, A, B] -> this rank's [experts, cols, A] (or, one expert taken apart by to_hf's
+// unstack, [cols, A]); a folded scale has E entries.
+void check_transpose(const Checkpoint& in, const OutputTensor& t, const TensorInfo& src) {
+  check(src.shape.size() == 3, "a transpose of a tensor that is not [E, A, B]");
+  const bool one_expert = t.experts == 1 && t.shape == std::vector<uint64_t>{t.cols, src.shape[1]};
+  check(t.expert_begin + t.experts <= src.shape[0] && t.col_begin + t.cols <= src.shape[2] &&
+            (one_expert || t.shape == std::vector<uint64_t>{t.experts, t.cols, src.shape[1]}),
+        "a transpose outside its source");
+  if (t.scale) {
+    check(source_exists(in, *t.scale), "a folded scale that does not exist");
+    auto count = element_count(in.info(*t.scale).shape);
+    check(count && *count == src.shape[0], "a folded scale of the wrong length");
+  }
+}
+
+// stack: [N, R, C] filled by 2-D [A, R] pieces, each transposed into out[index][:, col : col + A];
+// sorted by (index, col), they tile every row of experts exactly.
+void check_stack(const Checkpoint& in, const OutputTensor& t) {
+  check(t.shape.size() == 3 && !t.pieces.empty(), "a stack that is not [N, R, C] or has no pieces");
+  const uint64_t n = t.shape[0], r = t.shape[1], c = t.shape[2];
+  uint64_t index = 0, col = 0;
+  for (const StackPiece& p : t.pieces) {
+    check(source_exists(in, p.source), "a stack piece that does not exist");
+    const TensorInfo& src = in.info(p.source);
+    check(src.shape.size() == 2 && src.shape[1] == r, "a stack piece that is not [A, R]");
+    if (col == c && p.index == index + 1) {
+      index = p.index;
+      col = 0;
+    }
+    check(p.index == index && p.col == col && src.shape[0] <= c - col,
+          "stack pieces that do not tile the output");
+    col += src.shape[0];
+    if (p.scale)
+      check(block_scale_fits(in, *p.scale, src.shape[0], src.shape[1]),
+            "a stack piece's block scale does not fit it");
+  }
+  check(index + 1 == n && col == c, "stack pieces that do not cover the output");
+}
+
 // What the engine relies on in a plan.
 void check_plan(const Checkpoint& in, const Plan& plan) {
   check(plan.weight_map.size() == plan.tensors.size(), "weight map and tensors disagree");
-  std::vector<uint64_t> file_data(plan.files.size(), 0);
   for (const OutputTensor& t : plan.tensors) {
     auto size = tensor_byte_size(t.dtype, t.shape);
     check(size && *size == t.size, "a tensor's size is not its shape's");
@@ -223,23 +275,27 @@ void check_plan(const Checkpoint& in, const Plan& plan) {
       check(t.shape.size() == 1, "ones that are not a vector");
       continue;
     }
-    check(t.source.shard < in.shards.size() &&
-              t.source.tensor < in.shards[t.source.shard].header.tensors.size(),
-          "a source that does not exist");
-    const TensorInfo& src = in.info(t.source);
-    if (t.op == OpKind::copy) {
-      check(src.size() == t.size && src.dtype == t.dtype && src.shape == t.shape,
-            "a copy that is not its source");
+    if (t.op == OpKind::stack) {
+      check_stack(in, t);
       continue;
     }
-    check(src.shape.size() == 3, "a transpose of a tensor that is not [E, A, B]");
-    check(t.expert_begin + t.experts <= src.shape[0] && t.col_begin + t.cols <= src.shape[2] &&
-              t.shape == std::vector<uint64_t>{t.experts, t.cols, src.shape[1]},
-          "a transpose outside its source");
-    if (t.scale) {
-      const TensorInfo& scale = in.info(*t.scale);
-      auto count = element_count(scale.shape);
-      check(count && *count == src.shape[0], "a folded scale of the wrong length");
+    check(source_exists(in, t.source), "a source that does not exist");
+    const TensorInfo& src = in.info(t.source);
+    switch (t.op) {
+    case OpKind::copy:
+      check(src.size() == t.size && src.dtype == t.dtype && src.shape == t.shape,
+            "a copy that is not its source");
+      break;
+    case OpKind::transpose:
+      check_transpose(in, t, src);
+      break;
+    case OpKind::dequant:
+      check(src.shape.size() == 2 && t.shape == src.shape && t.scale &&
+                block_scale_fits(in, *t.scale, src.shape[0], src.shape[1]),
+            "a dequantized weight whose shape or block scale does not fit");
+      break;
+    default:
+      check(false, "an operation this target does not know (add its checks)");
     }
   }
   uint64_t total = 0;
