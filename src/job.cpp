@@ -266,7 +266,7 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
     if (Status s = heart.write(marker(rank.rank, rank.world, "done"), done); !s.ok())
       return fail_job(s);
   } else {
-    fail_job(own);
+    fail_job(own).ignore(); // reported below, with every rank's
   }
 
   // 2. The outcome. Ranks > 0 wait for rank 0's commit (or a failure) and report it.
@@ -327,13 +327,13 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
       seen.push_back(odd);
     if (!seen.empty() && failures.empty()) { // tell the others to stop
       failures = seen;
-      fail_job(Status(Errc::io, "stopping the job: " + seen.front()));
+      fail_job(Status(Errc::io, "stopping the job: " + seen.front())).ignore();
     }
     if (all_ended) // all done, or every rank stopped after a failure
       break;
     if (options.cancel && options.cancel->load() && failures.empty()) {
       failures.push_back(who + ": interrupted");
-      fail_job(Status(Errc::interrupted, "interrupted"));
+      fail_job(Status(Errc::interrupted, "interrupted")).ignore();
     }
   }
   heart.stop_beating();

@@ -15,13 +15,6 @@ namespace {
 using reference::Dict;
 
 // Every file of a directory, by name.
-std::map<std::string, std::string> files_of(const std::filesystem::path& dir) {
-  std::map<std::string, std::string> out;
-  for (const std::string& name : list_dir(dir))
-    out[name] = read_bytes(dir / name);
-  return out;
-}
-
 TEST_F(ConvertTest, WritersThreadsAndBudgetsGiveTheSameBytes) {
   // Pass-through tensors larger than the smallest chunk (64 KiB), so copy runs are cut in pieces.
   Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);

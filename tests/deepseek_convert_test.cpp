@@ -21,12 +21,7 @@
 namespace shardshift {
 namespace {
 
-std::map<std::string, std::string> files_of(const fs::path& dir) {
-  std::map<std::string, std::string> out;
-  for (const std::string& name : testing::list_dir(dir))
-    out[name] = testing::read_bytes(dir / name);
-  return out;
-}
+using testing::files_of;
 
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;

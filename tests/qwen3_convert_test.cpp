@@ -19,14 +19,9 @@
 namespace shardshift {
 namespace {
 
-// Every file of a directory, by name, as bytes.
-std::map<std::string, std::string> files_of(const fs::path& dir) {
-  std::map<std::string, std::string> out;
-  for (const std::string& name : testing::list_dir(dir))
-    out[name] = testing::read_bytes(dir / name);
-  return out;
-}
+using testing::files_of;
 
+// Every file of a directory, by name, as bytes.
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }

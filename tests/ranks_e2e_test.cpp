@@ -14,24 +14,17 @@
 #include <thread>
 #include <unistd.h>
 
-extern char** environ;
-
 namespace shardshift {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::files_of;
+using testing::wait_status;
 using testing::list_dir;
 using testing::read_bytes;
 using testing::run_shardshift;
 using testing::run_shell;
 using testing::shell_quoted;
-
-std::map<std::string, std::string> files_of(const fs::path& dir) {
-  std::map<std::string, std::string> files;
-  for (const std::string& name : list_dir(dir))
-    files[name] = read_bytes(dir / name);
-  return files;
-}
 
 // The entries of `dir` (hidden ones too).
 std::vector<std::string> entries(const fs::path& dir) {
@@ -40,31 +33,6 @@ std::vector<std::string> entries(const fs::path& dir) {
     names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
-}
-
-// shardshift in the background with stdout and stderr into `log`.
-pid_t spawn(const std::vector<std::string>& args, const fs::path& log) {
-  std::vector<char*> argv{const_cast<char*>(SHARDSHIFT_BINARY)};
-  for (const std::string& a : args)
-    argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  pid_t pid = -1;
-  if (posix_spawn(&pid, SHARDSHIFT_BINARY, &actions, nullptr, argv.data(), environ) != 0)
-    pid = -1;
-  posix_spawn_file_actions_destroy(&actions);
-  return pid;
-}
-
-int wait_status(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return status;
 }
 
 class Ranks : public ::testing::Test {
@@ -107,7 +75,7 @@ TEST_F(Ranks, UnderMpirunTheOutputIsTheSameAsOneProcesss) {
 TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {
   std::vector<pid_t> pids;
   for (unsigned r = 0; r < 3; ++r)
-    pids.push_back(spawn({"convert", (tmp / "hf").string(), (tmp / "out").string(),
+    pids.push_back(testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
                           "--max-shard-size", "2MB", "-j", "1", "--rank", std::to_string(r),
                           "--world-size", "3", "--job-timeout", "2"},
                          tmp / ("log" + std::to_string(r))));
@@ -138,11 +106,11 @@ TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {
 }
 
 TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
-  const pid_t one = spawn({"convert", (tmp / "hf").string(), (tmp / "out").string(),
+  const pid_t one = testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
                            "--max-shard-size", "2MB", "-j", "1", "--rank", "1", "--world-size",
                            "3", "--job-timeout", "3"},
                           tmp / "log1");
-  const pid_t zero = spawn({"convert", (tmp / "hf").string(), (tmp / "out").string(),
+  const pid_t zero = testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
                             "--max-shard-size", "2MB", "-j", "1", "--rank", "0", "--world-size",
                             "2", "--job-timeout", "3"},
                            tmp / "log0");
@@ -157,7 +125,7 @@ TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
 TEST_F(Ranks, ExpertParallelExportOfFourRanksEqualsFourSingleRankConversions) {
   std::vector<pid_t> pids;
   for (unsigned r = 0; r < 4; ++r)
-    pids.push_back(spawn({"convert", (tmp / "hf").string(), (tmp / "ep{rank}").string(), "-q",
+    pids.push_back(testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "ep{rank}").string(), "-q",
                           "-j", "1", "--rank", std::to_string(r), "--world-size", "4",
                           "--ep-from-launcher"},
                          tmp / ("log" + std::to_string(r))));

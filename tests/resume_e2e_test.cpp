@@ -13,33 +13,21 @@
 #include <thread>
 #include <unistd.h>
 
-extern char** environ;
-
 namespace shardshift {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::files_of;
 using testing::list_dir;
 using testing::read_bytes;
 using testing::run_shardshift;
 using testing::shell_quoted;
 
-// shardshift started in the background, its stderr into a file.
+// shardshift started in the background, its output into a file; killed if never waited for.
 class Running {
 public:
-  Running(const std::vector<std::string>& args, const fs::path& err) {
-    std::vector<char*> argv{const_cast<char*>(SHARDSHIFT_BINARY)};
-    for (const std::string& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    started_ = posix_spawn(&pid_, SHARDSHIFT_BINARY, &actions, nullptr, argv.data(), environ) == 0;
-    posix_spawn_file_actions_destroy(&actions);
-  }
+  Running(const std::vector<std::string>& args, const fs::path& err)
+      : pid_(testing::spawn_shardshift(args, err)), started_(pid_ > 0) {}
   ~Running() {
     if (started_ && !waited_) {
       ::kill(pid_, SIGKILL);
@@ -50,24 +38,14 @@ public:
   void signal(int sig) { ::kill(pid_, sig); }
   // The wait status.
   int wait() {
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
     waited_ = true;
-    return status;
+    return testing::wait_status(pid_);
   }
 
 private:
   pid_t pid_ = -1;
   bool started_ = false, waited_ = false;
 };
-
-std::map<std::string, std::string> files_of(const fs::path& dir) {
-  std::map<std::string, std::string> files;
-  for (const std::string& name : list_dir(dir))
-    files[name] = read_bytes(dir / name);
-  return files;
-}
 
 // Entries of `dir` other than those named.
 std::vector<std::string> others(const fs::path& dir, const std::vector<std::string>& expected) {
@@ -135,9 +113,11 @@ TEST_F(ResumeE2e, KilledAtRandomMomentsAndResumedGivesTheSameBytesAndLeavesNothi
         std::this_thread::sleep_for(std::chrono::duration<double>(at));
         run.signal(sig);
         status = run.wait();
-        // Killed, interrupted (130) or done before the signal came (0).
+        // Killed, interrupted (130) or done before the signal came (0). SIGINT and SIGTERM also
+        // kill outright outside convert's handler: before it is installed (nothing written yet)
+        // or after OUT was committed.
         if (WIFSIGNALED(status)) {
-          EXPECT_EQ(WTERMSIG(status), SIGKILL);
+          EXPECT_TRUE(WTERMSIG(status) == sig) << WTERMSIG(status);
         } else {
           EXPECT_TRUE(WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 130)
               << WEXITSTATUS(status) << ": " << read_bytes(err);
@@ -152,8 +132,9 @@ TEST_F(ResumeE2e, KilledAtRandomMomentsAndResumedGivesTheSameBytesAndLeavesNothi
         ++resumed_with_files;
       if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
         break;
-      // Until a run completes, OUT does not exist.
-      EXPECT_FALSE(fs::exists(tmp / "out"));
+      // Until a run completes OUT does not exist, unless the signal came after its commit.
+      if (fs::exists(tmp / "out"))
+        break;
     }
     EXPECT_EQ(files_of(tmp / "out"), files_of(tmp / "ref"));
     EXPECT_EQ(others(tmp.path(), {"hf", "ref", "out", "err.txt"}), std::vector<std::string>{});

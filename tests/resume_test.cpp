@@ -42,13 +42,6 @@ std::vector<fs::path> staging_dirs(const fs::path& out) {
 }
 
 // Every file of `dir`, by name, with its bytes.
-std::map<std::string, std::string> files_of(const fs::path& dir) {
-  std::map<std::string, std::string> files;
-  for (const std::string& name : list_dir(dir))
-    files[name] = read_bytes(dir / name);
-  return files;
-}
-
 class Resume : public ConvertTest {
 protected:
   void SetUp() override {

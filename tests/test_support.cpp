@@ -1,5 +1,13 @@
 #include "test_support.h"
 
+#include <cerrno>
+
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <spawn.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -8,6 +16,8 @@
 #include <iostream>
 #include <sstream>
 #include <sys/wait.h>
+
+extern char** environ;
 
 namespace shardshift::testing {
 
@@ -110,6 +120,37 @@ std::vector<std::string> list_dir(const fs::path& dir) {
     names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
+}
+
+std::map<std::string, std::string> files_of(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const std::string& name : list_dir(dir))
+    files[name] = read_bytes(dir / name);
+  return files;
+}
+
+int spawn_shardshift(const std::vector<std::string>& args, const std::filesystem::path& log) {
+  std::vector<char*> argv{const_cast<char*>(SHARDSHIFT_BINARY)};
+  for (const std::string& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, SHARDSHIFT_BINARY, &actions, nullptr, argv.data(), environ) != 0)
+    pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+int wait_status(int pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
 }
 
 } // namespace shardshift::testing

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -45,6 +46,11 @@ struct CommandResult {
 /// Runs the built shardshift binary with `args` (a shell-quoted string), capturing stdout and
 /// stderr.
 CommandResult run_shardshift(const std::string& args);
+/// Starts the built shardshift binary with `args` in the background, its stdout and stderr into
+/// `log`; the process id, or -1.
+int spawn_shardshift(const std::vector<std::string>& args, const std::filesystem::path& log);
+/// Waits for a process started by spawn_shardshift; its wait status (WIFEXITED...).
+int wait_status(int pid);
 /// Runs a shell command, capturing its output.
 CommandResult run_shell(const std::string& command);
 /// `path` in single quotes, as one word of run_shardshift's or run_shell's argument string (the
@@ -57,5 +63,9 @@ std::vector<std::string> lines_of(const std::string& text);
 
 /// Names of the files in `dir` (not recursive), sorted.
 std::vector<std::string> list_dir(const std::filesystem::path& dir);
+
+/// Every file of `dir` (list_dir) with its bytes: two outputs compare equal when they hold the
+/// same files with the same bytes.
+std::map<std::string, std::string> files_of(const std::filesystem::path& dir);
 
 } // namespace shardshift::testing
