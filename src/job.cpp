@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <fcntl.h>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -194,190 +195,232 @@ std::vector<uint32_t> my_files(Io& io, const Plan& plan, const fs::path& staging
 
 } // namespace
 
-Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
-                                             const Checkpoint& input, const Plan& plan,
-                                             const PipelineConfig& config, Io& io,
-                                             Profiler& profiler, const RankInfo& rank,
-                                             const Notes& notes) {
-  const fs::path output = fs::absolute(options.output);
-  const std::string fingerprint = plan_fingerprint(input, plan);
-  const fs::path staging = output.parent_path() / ("." + output.filename().string() +
-                                                   ".shardshift-job-" + fingerprint.substr(0, 16));
-  const std::string who = "rank " + std::to_string(rank.rank) + " of " + std::to_string(rank.world);
-  if (io.mkdir(staging.c_str(), 0777) != 0 && errno != EEXIST)
-    return Status(Errc::io, staging.string() + ": cannot create the job's staging directory: " +
-                                errno_text(errno));
+namespace {
+
+// What every step of a rank's part of the job shares.
+struct Job {
+  const ConvertOptions& options;
+  const RankInfo& rank;
+  fs::path output, staging;
   struct stat staging_st {};
-  if (::stat(staging.c_str(), &staging_st) != 0 || !S_ISDIR(staging_st.st_mode))
-    return Status(Errc::io, staging.string() + ": is not a directory");
-  const std::string fp_text = fingerprint_file_text(fingerprint);
-  if (read_fingerprint(staging) != fingerprint)
-    if (Status s = write_file_atomic(io, staging / PLAN_FINGERPRINT_NAME,
-                                     std::as_bytes(std::span(fp_text)));
-        !s.ok())
-      return s;
+  std::string who; ///< "rank R of N", for messages
+  Heartbeat* heart = nullptr;
 
-  Heartbeat heart(io, staging, rank, options.cancel);
-  for (const char* what : {"done", "failed"}) // this rank's own leftovers
-    io.unlink((staging / marker(rank.rank, rank.world, what)).c_str());
-  if (Status s = heart.start(); !s.ok())
+  // Tells the other ranks (a "failed" marker) and returns `s`.
+  Status fail(const Status& s) const {
+    heart->write(marker(rank.rank, rank.world, "failed"),
+                 heart->nonce() + "\n" + who + ": " + s.message())
+        .ignore(); // best effort: the error itself is what this rank reports
     return s;
-  const auto fail_job = [&](const Status& s) {
-    heart.write(marker(rank.rank, rank.world, "failed"),
-                heart.nonce() + "\n" + who + ": " + s.message()).ignore();
-    return s;
-  };
-
-  // 1. This rank's share.
-  UploadResult r;
-  const std::vector<uint32_t> files = my_files(io, plan, staging, rank, options.resume, r);
-  if (notes && r.kept_files)
-    notes({output.string() + ": " + who + " keeps " + std::to_string(r.kept_files) +
-           " finished file(s) of an earlier run"});
-  std::vector<std::string> digests(plan.files.size());
-  PipelineConfig mine = config;
-  mine.cancel = heart.stop_flag();
-  if (config.digests)
-    mine.digests = &digests;
-  DirectoryTarget target(staging);
-  auto moved = run_pipeline(input, plan, files, target, mine, profiler);
-  Status own = moved ? Status() : name_final_paths(moved.status(), staging, output);
-  if (own.ok() && heart.stop_flag()->load())
-    own = Status(Errc::interrupted, who + ": stopped: " +
-                                        (options.cancel && options.cancel->load()
-                                             ? std::string("interrupted")
-                                             : Heartbeat::first_failure(staging, rank.world,
-                                                                        heart.started_ns())));
-  if (own.ok()) {
-    if (moved)
-      r.moved = *moved;
-    std::string done = heart.nonce() + "\n";
-    const std::vector<std::vector<uint32_t>> shares = assign_files(plan, rank.world);
-    for (uint32_t f : shares[rank.rank]) {
-      std::string digest = digests[f];
-      if (config.digests && digest.empty()) { // kept by --resume: read back
-        auto d = sha256_of_file(staging / plan.files[f].name, config.chunk_bytes);
-        if (!d)
-          return fail_job(d.status());
-        digest = *d;
-      }
-      done += plan.files[f].name + " " + digest + "\n";
-    }
-    if (Status s = heart.write(marker(rank.rank, rank.world, "done"), done); !s.ok())
-      return fail_job(s);
-  } else {
-    fail_job(own).ignore(); // reported below, with every rank's
   }
-
-  // 2. The outcome. Ranks > 0 wait for rank 0's commit (or a failure) and report it.
-  const auto commit_seen = [&] {
+  bool cancelled() const { return options.cancel && options.cancel->load(); }
+  // OUT is the staging directory (a rename keeps device and inode), holding its marker.
+  bool commit_seen() const {
     struct stat st {};
     return ::stat(output.c_str(), &st) == 0 && st.st_dev == staging_st.st_dev &&
            st.st_ino == staging_st.st_ino && fs::exists(output / OUTPUT_MARKER_NAME);
-  };
-  if (rank.rank != 0) {
-    if (!own.ok())
-      return own;
-    for (;; std::this_thread::sleep_for(POLL)) {
-      if (commit_seen())
-        return r;
-      const std::string failure =
-          Heartbeat::first_failure(staging, rank.world, heart.started_ns());
-      if (!failure.empty())
-        return Status(Errc::io, "the job failed: " + failure);
-      if (options.cancel && options.cancel->load())
-        return fail_job(Status(Errc::interrupted, "interrupted while waiting for the commit"));
-      std::error_code ec;
-      if (!fs::exists(staging, ec) && !commit_seen())
-        return Status(Errc::io, "the job failed: rank 0 removed the staging directory without "
-                                "committing; see its output");
-      const Observed zero = observe(staging, 0, rank.world, mtime_ns(staging / marker(
-                                                                rank.rank, rank.world, "alive")),
-                                    heart.started_ns(), options.job_timeout);
-      if (zero.state == RankState::gone)
-        return fail_job(Status(Errc::io, "the job failed: rank 0 " + zero.text));
-    }
   }
+};
 
-  // Rank 0: wait until every rank has ended its share, then commit or clean up.
-  std::vector<std::string> failures;
-  if (!own.ok())
-    failures.push_back(who + ": " + own.message());
-  std::vector<std::pair<std::string, std::string>> sums_by_file;
+// Ranks > 0, their share done: wait for rank 0's commit, or a failure, and report it.
+Result<UploadResult> wait_for_commit(const Job& job, UploadResult r) {
+  const Heartbeat& heart = *job.heart;
   for (;; std::this_thread::sleep_for(POLL)) {
-    const int64_t now = mtime_ns(staging / marker(0, rank.world, "alive"));
+    if (job.commit_seen())
+      return r;
+    const std::string failure =
+        Heartbeat::first_failure(job.staging, job.rank.world, heart.started_ns());
+    if (!failure.empty())
+      return Status(Errc::io, "the job failed: " + failure);
+    if (job.cancelled())
+      return job.fail(Status(Errc::interrupted, "interrupted while waiting for the commit"));
+    std::error_code ec;
+    if (!fs::exists(job.staging, ec) && !job.commit_seen())
+      return Status(Errc::io, "the job failed: rank 0 removed the staging directory without "
+                              "committing; see its output");
+    const int64_t now = mtime_ns(job.staging / marker(job.rank.rank, job.rank.world, "alive"));
+    const Observed zero = observe(job.staging, 0, job.rank.world, now, heart.started_ns(),
+                                  job.options.job_timeout);
+    if (zero.state == RankState::gone)
+      return job.fail(Status(Errc::io, "the job failed: rank 0 " + zero.text));
+  }
+}
+
+// Rank 0: waits until every rank has ended its share. Returns the failures (none: every rank is
+// done) and fills `digests` (one per plan file) from the done markers.
+std::vector<std::string> wait_for_ranks(const Job& job, const Plan& plan,
+                                        std::vector<std::string> failures,
+                                        std::vector<std::string>* digests) {
+  const unsigned world = job.rank.world;
+  std::map<std::string, size_t, std::less<>> file_index;
+  for (size_t i = 0; i < plan.files.size(); ++i)
+    file_index.emplace(plan.files[i].name, i);
+  for (;; std::this_thread::sleep_for(POLL)) {
+    const int64_t now = mtime_ns(job.staging / marker(0, world, "alive"));
     bool all_ended = true;
     std::vector<std::string> seen;
-    sums_by_file.clear();
-    for (unsigned k = 0; k < rank.world; ++k) {
-      const Observed o = observe(staging, k, rank.world, now, heart.started_ns(), options.job_timeout);
+    for (unsigned k = 0; k < world; ++k) {
+      const Observed o =
+          observe(job.staging, k, world, now, job.heart->started_ns(), job.options.job_timeout);
       // After a failure, a rank that never started is not waited for.
       if (o.state == RankState::working &&
-          (failures.empty() || mtime_ns(staging / marker(k, rank.world, "alive")) != 0))
+          (failures.empty() || mtime_ns(job.staging / marker(k, world, "alive")) != 0))
         all_ended = false;
       if (o.state == RankState::failed || o.state == RankState::gone)
         seen.push_back(k == 0 ? o.text : "rank " + std::to_string(k) + ": " + o.text);
       if (o.state == RankState::done) {
         std::istringstream lines(o.text);
         for (std::string name, digest; lines >> name >> digest;)
-          sums_by_file.emplace_back(name, digest);
+          if (auto it = file_index.find(name); it != file_index.end())
+            (*digests)[it->second] = digest;
       }
     }
-    if (const std::string odd = other_world(staging, rank.world, heart.started_ns()); !odd.empty())
+    if (const std::string odd = other_world(job.staging, world, job.heart->started_ns());
+        !odd.empty())
       seen.push_back(odd);
     if (!seen.empty() && failures.empty()) { // tell the others to stop
       failures = seen;
-      fail_job(Status(Errc::io, "stopping the job: " + seen.front())).ignore();
+      job.fail(Status(Errc::io, "stopping the job: " + seen.front())).ignore();
     }
     if (all_ended) // all done, or every rank stopped after a failure
-      break;
-    if (options.cancel && options.cancel->load() && failures.empty()) {
-      failures.push_back(who + ": interrupted");
-      fail_job(Status(Errc::interrupted, "interrupted")).ignore();
+      return failures;
+    if (job.cancelled() && failures.empty()) {
+      failures.push_back(job.who + ": interrupted");
+      job.fail(Status(Errc::interrupted, "interrupted")).ignore();
     }
   }
-  heart.stop_beating();
-  if (!failures.empty()) {
-    // Ranks that finished their share poll for the outcome; give them time to read the failure
-    // before the directory (with the markers) goes.
-    std::this_thread::sleep_for(4 * POLL + BEAT);
-    if (!options.resume)
-      remove_tree(io, staging).ignore();
-    std::string m = "the job of " + std::to_string(rank.world) + " ranks failed; nothing was "
-                    "written to " + output.string() + ":";
-    for (const std::string& f : failures)
-      m += "\n  " + f;
-    if (options.resume)
-      m += "\n" + output.string() + ": the files finished so far are kept in " +
-           staging.string() + "; run the same job with --resume to continue from them";
-    return Status(options.cancel && options.cancel->load() ? Errc::interrupted : Errc::io, m);
-  }
+}
 
-  // 3. Rank 0 commits: side files, SHA256SUMS, the index, then the directory into place.
-  std::vector<std::string> all_digests(plan.files.size());
-  for (const auto& [name, digest] : sums_by_file)
-    for (size_t i = 0; i < plan.files.size(); ++i)
-      if (plan.files[i].name == name)
-        all_digests[i] = digest;
-  for (unsigned k = 0; k < rank.world; ++k)
+// Rank 0 after a failure: removes the staging directory (kept with --resume) and says why.
+Status end_failed_job(const Job& job, Io& io, const std::vector<std::string>& failures) {
+  // Ranks that finished their share poll for the outcome; give them time to read the failure
+  // before the directory (with the markers) goes.
+  std::this_thread::sleep_for(4 * POLL + BEAT);
+  if (!job.options.resume)
+    remove_tree(io, job.staging).ignore();
+  std::string m = "the job of " + std::to_string(job.rank.world) + " ranks failed; nothing was " +
+                  "written to " + job.output.string() + ":";
+  for (const std::string& f : failures)
+    m += "\n  " + f;
+  if (job.options.resume)
+    m += "\n" + job.output.string() + ": the files finished so far are kept in " +
+         job.staging.string() + "; run the same job with --resume to continue from them";
+  return Status(job.cancelled() ? Errc::interrupted : Errc::io, m);
+}
+
+// Rank 0, every rank done: side files, SHA256SUMS, the index, then the directory into place.
+Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& plan,
+                  const PipelineConfig& config, const std::vector<std::string>& digests,
+                  UploadResult& r) {
+  for (unsigned k = 0; k < job.rank.world; ++k)
     for (const char* what : {"done", "failed", "alive"})
-      io.unlink((staging / marker(k, rank.world, what)).c_str());
-  DirectoryTarget side_target(staging, &io);
+      io.unlink((job.staging / marker(k, job.rank.world, what)).c_str());
+  DirectoryTarget side_target(job.staging, &io);
   Status s = deliver_after_shards(
-      side_target, io, input, plan, config.chunk_bytes, config.digests ? &all_digests : nullptr,
-      options.cancel,
+      side_target, io, input, plan, config.chunk_bytes, config.digests ? &digests : nullptr,
+      job.options.cancel,
       [&](const std::string& name, std::string_view bytes) {
-        return write_file_atomic(io, staging / name, std::as_bytes(std::span(bytes)));
+        return write_file_atomic(io, job.staging / name, std::as_bytes(std::span(bytes)));
       },
       &r.checksums, nullptr);
-  if (s.ok() && io.unlink((staging / PLAN_FINGERPRINT_NAME).c_str()) != 0)
-    s = Status(Errc::io, staging.string() + ": cannot remove the fingerprint: " + errno_text(errno));
+  if (s.ok() && io.unlink((job.staging / PLAN_FINGERPRINT_NAME).c_str()) != 0)
+    s = Status(Errc::io,
+               job.staging.string() + ": cannot remove the fingerprint: " + errno_text(errno));
   if (s.ok())
-    s = commit_output(io, staging, output, options.force);
+    s = commit_output(io, job.staging, job.output, job.options.force);
   if (!s.ok()) {
-    remove_tree(io, staging).ignore();
-    return name_final_paths(s, staging, output);
+    remove_tree(io, job.staging).ignore();
+    return name_final_paths(s, job.staging, job.output);
   }
+  return {};
+}
+
+} // namespace
+
+Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
+                                             const Checkpoint& input, const Plan& plan,
+                                             const PipelineConfig& config, Io& io,
+                                             Profiler& profiler, const RankInfo& rank,
+                                             const Notes& notes) {
+  const std::string fingerprint = plan_fingerprint(input, plan);
+  Job job{options, rank, fs::absolute(options.output), {}, {}, {}, nullptr};
+  job.staging = job.output.parent_path() / ("." + job.output.filename().string() +
+                                            ".shardshift-job-" + fingerprint.substr(0, 16));
+  job.who = "rank " + std::to_string(rank.rank) + " of " + std::to_string(rank.world);
+  if (io.mkdir(job.staging.c_str(), 0777) != 0 && errno != EEXIST)
+    return Status(Errc::io, job.staging.string() +
+                                ": cannot create the job's staging directory: " + errno_text(errno));
+  if (::stat(job.staging.c_str(), &job.staging_st) != 0 || !S_ISDIR(job.staging_st.st_mode))
+    return Status(Errc::io, job.staging.string() + ": is not a directory");
+  const std::string fp_text = fingerprint_file_text(fingerprint);
+  if (read_fingerprint(job.staging) != fingerprint)
+    if (Status s = write_file_atomic(io, job.staging / PLAN_FINGERPRINT_NAME,
+                                     std::as_bytes(std::span(fp_text)));
+        !s.ok())
+      return s;
+
+  Heartbeat heart(io, job.staging, rank, options.cancel);
+  job.heart = &heart;
+  for (const char* what : {"done", "failed"}) // this rank's own leftovers
+    io.unlink((job.staging / marker(rank.rank, rank.world, what)).c_str());
+  if (Status s = heart.start(); !s.ok())
+    return s;
+
+  // 1. This rank's share, then its marker.
+  UploadResult r;
+  const std::vector<uint32_t> files = my_files(io, plan, job.staging, rank, options.resume, r);
+  if (notes && r.kept_files)
+    notes({job.output.string() + ": " + job.who + " keeps " + std::to_string(r.kept_files) +
+           " finished file(s) of an earlier run"});
+  std::vector<std::string> digests(plan.files.size());
+  PipelineConfig mine = config;
+  mine.cancel = heart.stop_flag();
+  if (config.digests)
+    mine.digests = &digests;
+  DirectoryTarget target(job.staging);
+  auto moved = run_pipeline(input, plan, files, target, mine, profiler);
+  Status own = moved ? Status() : name_final_paths(moved.status(), job.staging, job.output);
+  if (own.ok() && heart.stop_flag()->load())
+    own = Status(Errc::interrupted,
+                 job.who + ": stopped: " +
+                     (job.cancelled() ? std::string("interrupted")
+                                      : Heartbeat::first_failure(job.staging, rank.world,
+                                                                 heart.started_ns())));
+  if (own.ok()) {
+    r.moved = *moved;
+    std::string done = heart.nonce() + "\n";
+    const std::vector<std::vector<uint32_t>> shares = assign_files(plan, rank.world);
+    for (uint32_t f : shares[rank.rank]) { // (a temporary's element would not outlive the loop)
+      std::string digest = digests[f];
+      if (config.digests && digest.empty()) { // kept by --resume: read back
+        auto d = sha256_of_file(job.staging / plan.files[f].name, config.chunk_bytes);
+        if (!d)
+          return job.fail(d.status());
+        digest = *d;
+      }
+      done += plan.files[f].name + " " + digest + "\n";
+    }
+    if (Status s = heart.write(marker(rank.rank, rank.world, "done"), done); !s.ok())
+      return job.fail(s);
+  } else {
+    job.fail(own).ignore(); // reported below, with every rank's
+  }
+
+  // 2. The outcome: ranks > 0 wait for rank 0's commit; rank 0 waits for every rank.
+  if (rank.rank != 0)
+    return own.ok() ? wait_for_commit(job, r) : Result<UploadResult>(own);
+  std::vector<std::string> failures;
+  if (!own.ok())
+    failures.push_back(job.who + ": " + own.message());
+  std::vector<std::string> all_digests(plan.files.size());
+  failures = wait_for_ranks(job, plan, std::move(failures), &all_digests);
+  heart.stop_beating();
+  if (!failures.empty())
+    return end_failed_job(job, io, failures);
+
+  // 3. Rank 0 commits.
+  if (Status s = commit_job(job, io, input, plan, config, all_digests, r); !s.ok())
+    return s;
   return r;
 }
 
