@@ -19,6 +19,8 @@
 #include "shardshift/dtype.h"
 #include "shardshift/status.h"
 
+#include "transpose.h" // SimdLevel, detect_simd_level
+
 #include <cstddef>
 #include <cstdint>
 
@@ -50,8 +52,12 @@ inline uint64_t scale_blocks(uint64_t n, uint64_t block = FP8_BLOCK) {
   return n / block + (n % block != 0);
 }
 
-/// Runs the operation on the CPU. REQUIRES: check_dequant_supported ok; the scale matrix has the
+/// Runs the operation on the CPU at the detected SIMD level (detect_simd_level(): the CPU's best,
+/// capped by SHARDSHIFT_SIMD). REQUIRES: check_dequant_supported ok; the scale matrix has the
 /// shape above.
 void dequant_cpu(const DequantArgs& args);
+/// Same at an explicit level (for tests and benchmarks; a level above the CPU's runs portable).
+/// Every level gives the same bits.
+void dequant_cpu(const DequantArgs& args, SimdLevel level);
 
 } // namespace shardshift
