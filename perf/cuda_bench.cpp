@@ -13,6 +13,9 @@
 //     run, target >= 0.80. Beside it, what bounds it from the host side: the staging memcpy
 //     alone, and the pipeline's host-side traffic replayed without the transformer (copy, then
 //     + upload, then + download), and the alternative of page-locking chunks in place.
+// (e) the FP8 block dequantization kernel (dequant_cuda.h) on DeepSeek-V3 shapes: 16 expert
+//     pieces transposed into their stacked rows (one launch each, as the pipeline does), and a
+//     dense weight by rows; bytes read + written, ratio to (a), target >= 0.70.
 //
 // A plain program, not Google Benchmark: each number needs its own timing method (events for
 // device work, wall clock for the pipeline). Without CUDA it prints "no CUDA" and exits 0.
@@ -20,6 +23,7 @@
 //   --quick    1 GB pipeline buffer, fewer repeats
 //   --kernels  only (c), one timed run per case: for ncu and compute-sanitizer
 //   --pipeline only (b) and (d)
+//   --dequant  only (a) and (e)
 #include <cstdio>
 #include <cstring>
 
@@ -30,6 +34,7 @@ int main() {
 }
 #else
 #include "cuda_transform.h"
+#include "dequant_cuda.h"
 #include "transpose.h"
 #include "transpose_cuda.h"
 
@@ -52,6 +57,7 @@ using namespace shardshift;
 bool g_quick = false;
 bool g_kernels_only = false;  // --kernels: section (c) only, one timed run each (for profilers)
 bool g_pipeline_only = false; // --pipeline: sections (b) and (d) only
+bool g_dequant_only = false;  // --dequant: sections (a) and (e) only
 
 void check(cudaError_t err, const char* what) {
   if (err == cudaSuccess)
@@ -256,6 +262,68 @@ void bench_kernel(const KernelCase& k, double ceiling) {
   // and the output.
   const double moved = double(in_bytes) * double(k.cols) / double(k.B) + double(out_bytes);
   line(std::string("(c) ") + k.name, gbps(moved, t), ceiling);
+  for (int s = 0; s < sets; ++s) {
+    cudaFree(in[s]);
+    cudaFree(out[s]);
+  }
+  cudaFree(scales);
+}
+
+// --- (e) FP8 block dequantization ---------------------------------------------------------------
+
+struct DequantCase {
+  const char* name;
+  uint64_t pieces, R, C;
+  bool transpose;
+  uint64_t pitch, col; ///< output row length and first column of a piece (stacked: gate | up)
+  DType src, dst;
+};
+
+void bench_dequant(const DequantCase& k, double ceiling) {
+  const uint64_t in_piece = k.R * k.C * (dtype_bits(k.src) / 8);
+  const uint64_t rows = k.transpose ? k.C : k.R;
+  const uint64_t width = k.pitch ? k.pitch : (k.transpose ? k.R : k.C);
+  const uint64_t out_es = dtype_bits(k.dst) / 8;
+  const uint64_t out_piece = rows * width * out_es;
+  const uint64_t scale_bytes = scale_blocks(k.R) * scale_blocks(k.C) * 4;
+  const int sets = 2; // each set is far larger than the 60 MB L2
+  std::vector<std::byte*> in(sets), out(sets);
+  for (int s = 0; s < sets; ++s) {
+    check(cudaMalloc(reinterpret_cast<void**>(&in[s]), in_piece * k.pieces), "cudaMalloc");
+    check(cudaMalloc(reinterpret_cast<void**>(&out[s]), out_piece * k.pieces), "cudaMalloc");
+    fill_device(in[s], in_piece * k.pieces);
+  }
+  // Scales: finite positive floats (random bytes would make many NaN and infinite products).
+  std::vector<float> host_scales(scale_bytes / 4);
+  for (size_t i = 0; i < host_scales.size(); ++i)
+    host_scales[i] = 1.0f / float(1 + i % 97);
+  std::byte* scales = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&scales), scale_bytes), "cudaMalloc");
+  check(cudaMemcpy(scales, host_scales.data(), scale_bytes, cudaMemcpyHostToDevice), "scales");
+  const double t = time_events(nullptr, g_quick ? 5 : 15, [&](int r) {
+    const int s = (r + sets) % sets;
+    for (uint64_t p = 0; p < k.pieces; ++p) {
+      DequantArgs a;
+      a.src = in[s] + p * in_piece;
+      a.scales = scales;
+      a.dst = out[s] + p * out_piece + k.col * out_es;
+      a.R = k.R;
+      a.C = k.C;
+      a.transpose = k.transpose;
+      a.begin = 0;
+      a.count = rows;
+      a.dst_pitch = k.pitch;
+      a.src_dtype = k.src;
+      a.dst_dtype = k.dst;
+      check(launch_dequant(a, nullptr), k.name);
+    }
+  });
+  check(cudaDeviceSynchronize(), k.name);
+  // Moved: every input byte once, every output element written once (a stacked piece writes
+  // its R columns of each row, not the whole pitch).
+  const uint64_t written = rows * (k.transpose ? k.R : k.C) * out_es;
+  const double moved = double(k.pieces) * double(in_piece + written);
+  line(std::string("(e) ") + k.name, gbps(moved, t), ceiling);
   for (int s = 0; s < sets; ++s) {
     cudaFree(in[s]);
     cudaFree(out[s]);
@@ -492,6 +560,8 @@ int main(int argc, char** argv) {
       g_kernels_only = true;
     else if (std::strcmp(argv[i], "--pipeline") == 0)
       g_pipeline_only = true;
+    else if (std::strcmp(argv[i], "--dequant") == 0)
+      g_dequant_only = true;
   if (CudaTransformer::device_count() == 0) {
     std::printf("no CUDA device\n");
     return 0;
@@ -503,6 +573,21 @@ int main(int argc, char** argv) {
               props.l2CacheSize / 1e6, double(props.totalGlobalMem) / 1e9);
 
   const double copy = g_kernels_only || g_pipeline_only ? 0 : bench_device_copy();
+  const auto E4M3 = DType::F8_E4M3;
+  const DequantCase dequant_cases[] = {
+      {"gate piece E4M3 -> BF16 T [2048,7168] x16", 16, 2048, 7168, true, 4096, 0, E4M3,
+       DType::BF16},
+      {"down piece E4M3 -> BF16 T [7168,2048] x16", 16, 7168, 2048, true, 0, 0, E4M3, DType::BF16},
+      {"dense E4M3 -> BF16 rows [18432,7168]", 1, 18432, 7168, false, 0, 0, E4M3, DType::BF16},
+      {"dense E4M3 -> F32 rows [18432,7168]", 1, 18432, 7168, false, 0, 0, E4M3, DType::F32},
+      {"gate piece E5M2 -> F16 T [2048,7168] x16", 16, 2048, 7168, true, 4096, 0,
+       DType::F8_E5M2, DType::F16},
+  };
+  if (g_dequant_only) {
+    for (const auto& k : dequant_cases)
+      bench_dequant(k, copy);
+    return 0;
+  }
   const Pcie pcie = g_kernels_only ? Pcie{} : bench_pcie();
 
   const auto BF16 = DType::BF16, F32 = DType::F32, F16 = DType::F16;
@@ -530,6 +615,9 @@ int main(int argc, char** argv) {
   };
   for (const auto& k : cases)
     bench_kernel(k, copy);
+  if (!g_pipeline_only)
+    for (const auto& k : dequant_cases)
+      bench_dequant(k, copy);
 
   const HostBuffer host = make_host_buffer(g_quick ? uint64_t(1) << 30 : uint64_t(8) << 30);
   for (unsigned n : {1u, 4u, 8u, 16u})

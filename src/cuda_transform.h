@@ -12,12 +12,15 @@
 
 #include "shardshift/status.h"
 
+#include "dequant.h"
 #include "transpose.h"
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace shardshift {
 
@@ -26,6 +29,17 @@ struct CudaTimings { ///< per-call phase times measured with CUDA events, in nan
   int stream = 0;        ///< which slot/stream ran the call
   uint64_t start_ns = 0; ///< host steady_clock time (ns) when the call started
 };
+
+/// One dequantizing part of a chunk (a stacked piece, or rows of a dequantized weight): `args`
+/// with host pointers (src into the input mapping, scales anywhere readable; args.dst unused),
+/// its output `dst_offset` bytes into the chunk's buffer.
+struct CudaDequantPart {
+  DequantArgs args;
+  uint64_t dst_offset = 0;
+};
+/// Runs `copy`, which reads part `part`'s input from its mapping, and returns what went wrong
+/// (the caller wraps it in the SIGBUS guard of the file that part lies in).
+using StagingGuard = std::function<Status(size_t part, const std::function<void()>& copy)>;
 
 class CudaTransformer {
 public:
@@ -48,6 +62,13 @@ public:
   /// As run(), but only when a staging slot is free at once; otherwise sets *ran = false and
   /// returns ok without doing anything, so the caller can do the chunk on the CPU instead.
   virtual Status try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) = 0;
+  /// Dequantizes a chunk on the GPU (dequant_cuda.h), only when a staging slot is free at once
+  /// and the parts' regions (dequant_region.h) fit it; otherwise sets *ran = false and does
+  /// nothing. Together the parts must write all `dst_bytes` of `dst` (pinned, alloc_pinned()):
+  /// the whole device buffer is downloaded.
+  virtual Status try_run_dequant(const std::vector<CudaDequantPart>& parts, std::byte* dst,
+                                 uint64_t dst_bytes, const StagingGuard& guard,
+                                 CudaTimings* timings, bool* ran) = 0;
 };
 
 } // namespace shardshift

@@ -18,6 +18,8 @@
 // runtime's message and the device. After a failure the slot's stream is synchronized before the
 // slot is reused, so no queued copy can still be writing into a buffer that the next chunk uses.
 #include "cuda_transform.h"
+#include "dequant_cuda.h"
+#include "dequant_region.h"
 #include "transpose_cuda.h"
 
 #include <algorithm>
@@ -101,6 +103,9 @@ public:
   void free_pinned(void* p) override;
   Status run(const TransposeArgs& args, CudaTimings* timings) override;
   Status try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) override;
+  Status try_run_dequant(const std::vector<CudaDequantPart>& parts, std::byte* dst,
+                         uint64_t dst_bytes, const StagingGuard& guard, CudaTimings* timings,
+                         bool* ran) override;
 
 private:
   enum Event { H2D_START, H2D_END, KERNEL_END, D2H_END, EVENTS };
@@ -130,6 +135,18 @@ private:
   Status check_args(const TransposeArgs& args, uint64_t* in_bytes, uint64_t* out_bytes) const;
   Status run_checked(Slot* slot, const TransposeArgs& args, uint64_t in_bytes,
                      uint64_t out_bytes, CudaTimings* timings, uint64_t start_ns);
+  /// A dequantizing chunk on `s`: the parts' regions are staged at `offsets` (input) and
+  /// `scale_offsets`, uploaded, dequantized into the device output, and downloaded.
+  Status run_dequant_on(Slot& s, const std::vector<CudaDequantPart>& parts,
+                        const std::vector<DequantRegion>& regions,
+                        const std::vector<uint64_t>& offsets,
+                        const std::vector<uint64_t>& scale_offsets, uint64_t scale_bytes,
+                        std::byte* dst, uint64_t dst_bytes, const StagingGuard& guard,
+                        CudaTimings* timings);
+  /// Queues the download of `bytes` of the slot's device output into dst, waits for the slot's
+  /// work, and fills `timings` (stage_ns: the host staging time, already measured).
+  Status download_and_wait(Slot& s, std::byte* dst, uint64_t bytes, CudaTimings* timings,
+                           uint64_t stage_ns);
 
   const int ordinal_;
   const uint64_t max_chunk_;
@@ -419,10 +436,15 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   dev.scales = fold ? s.dev_scales : nullptr;
   if (Status st = check(launch_transpose_fold(dev, s.stream), "transpose_fold kernel launch"); !st)
     return st;
+  return download_and_wait(s, args.dst, out_bytes, timings, t1 - t0);
+}
+
+Status CudaTransformerImpl::download_and_wait(Slot& s, std::byte* dst, uint64_t bytes,
+                                              CudaTimings* timings, uint64_t stage_ns) {
   if (Status st = check(cudaEventRecord(s.events[KERNEL_END], s.stream), "cudaEventRecord"); !st)
     return st;
   if (Status st =
-          check(cudaMemcpyAsync(args.dst, s.dev_out, out_bytes, cudaMemcpyDeviceToHost, s.stream),
+          check(cudaMemcpyAsync(dst, s.dev_out, bytes, cudaMemcpyDeviceToHost, s.stream),
                 "cudaMemcpyAsync");
       !st)
     return st;
@@ -433,12 +455,101 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
     return st;
 
   if (timings) {
-    timings->stage_ns = t1 - t0;
+    timings->stage_ns = stage_ns;
     timings->h2d_ns = event_ns(s.events[H2D_START], s.events[H2D_END]);
     timings->kernel_ns = event_ns(s.events[H2D_END], s.events[KERNEL_END]);
     timings->d2h_ns = event_ns(s.events[KERNEL_END], s.events[D2H_END]);
   }
   return {};
+}
+
+Status CudaTransformerImpl::try_run_dequant(const std::vector<CudaDequantPart>& parts,
+                                            std::byte* dst, uint64_t dst_bytes,
+                                            const StagingGuard& guard, CudaTimings* timings,
+                                            bool* ran) {
+  const uint64_t start_ns = steady_ns();
+  *ran = false;
+  if (parts.empty() || dst_bytes == 0 || dst_bytes > max_chunk_)
+    return {};
+  // Where each part's region goes in the slot's buffers (256-byte aligned, as cudaMalloc's).
+  std::vector<DequantRegion> regions;
+  std::vector<uint64_t> offsets, scale_offsets;
+  uint64_t in_bytes = 0, scale_bytes = 0;
+  for (const CudaDequantPart& p : parts) {
+    if (p.args.block % 64 != 0 || p.args.count == 0)
+      return {}; // shapes the kernel does not take: the CPU does them
+    regions.push_back(dequant_region(p.args));
+    offsets.push_back(in_bytes);
+    scale_offsets.push_back(scale_bytes);
+    in_bytes += (regions.back().src_bytes + 255) / 256 * 256;
+    scale_bytes += (regions.back().scale_bytes + 255) / 256 * 256;
+  }
+  if (in_bytes > max_chunk_)
+    return {};
+  Slot* slot = acquire(false);
+  if (!slot)
+    return {};
+  *ran = true;
+  if (timings) {
+    *timings = CudaTimings{};
+    timings->start_ns = start_ns;
+  }
+  Status status = run_dequant_on(*slot, parts, regions, offsets, scale_offsets, scale_bytes, dst,
+                                 dst_bytes, guard, timings);
+  if (!status)
+    cudaStreamSynchronize(slot->stream); // nothing queued may outlive the call
+  release(slot);
+  if (timings)
+    timings->stream = slot->index;
+  return status;
+}
+
+Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequantPart>& parts,
+                                           const std::vector<DequantRegion>& regions,
+                                           const std::vector<uint64_t>& offsets,
+                                           const std::vector<uint64_t>& scale_offsets,
+                                           uint64_t scale_bytes, std::byte* dst,
+                                           uint64_t dst_bytes, const StagingGuard& guard,
+                                           CudaTimings* timings) {
+  if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
+    return st;
+  if (Status st = grow_scales(s, scale_bytes); !st)
+    return st;
+  // Stage and upload part by part: part k's upload runs while part k + 1 is being gathered.
+  const uint64_t t0 = steady_ns();
+  for (size_t i = 0; i < parts.size(); ++i) {
+    std::byte* in = s.host_in + offsets[i];
+    if (Status st = guard(i, [&] {
+          gather_region(parts[i].args, regions[i], in, s.host_scales + scale_offsets[i],
+                        copy_to_staging);
+        });
+        !st)
+      return st;
+    if (i == 0)
+      if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
+        return st;
+    if (Status st = check(cudaMemcpyAsync(s.dev_in + offsets[i], in, regions[i].src_bytes,
+                                          cudaMemcpyHostToDevice, s.stream),
+                          "cudaMemcpyAsync");
+        !st)
+      return st;
+  }
+  if (Status st = check(cudaMemcpyAsync(s.dev_scales, s.host_scales, scale_bytes,
+                                        cudaMemcpyHostToDevice, s.stream),
+                        "cudaMemcpyAsync");
+      !st)
+    return st;
+  const uint64_t t1 = steady_ns();
+  if (Status st = check(cudaEventRecord(s.events[H2D_END], s.stream), "cudaEventRecord"); !st)
+    return st;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    DequantArgs dev = rebase_dequant(parts[i].args, regions[i], s.dev_in + offsets[i],
+                                     s.dev_scales + scale_offsets[i]);
+    dev.dst = s.dev_out + parts[i].dst_offset;
+    if (Status st = check(launch_dequant(dev, s.stream), "dequant kernel launch"); !st)
+      return st;
+  }
+  return download_and_wait(s, dst, dst_bytes, timings, t1 - t0);
 }
 
 } // namespace

@@ -1,0 +1,39 @@
+// dequant_region.h: the part of the input one dequantization call reads (dequant.h), as a
+// self-contained smaller call. The CUDA stage copies only that part of the mapped weight and of
+// its scales into pinned memory, and runs the rebased call on the device: the same output, since
+// the region starts on a block boundary, so every element keeps its block and its scale.
+//
+//   transposed:     every row of W, columns [begin, begin + count) widened to whole blocks;
+//   not transposed: rows [begin, begin + count) widened to whole blocks, every column.
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include "dequant.h"
+
+#include <cstddef>
+#include <cstdint>
+
+namespace shardshift {
+
+struct DequantRegion {
+  uint64_t row0 = 0, rows = 0, col0 = 0, cols = 0;       ///< the sub-matrix of W; row0, col0 % block == 0
+  uint64_t srow0 = 0, srows = 0, scol0 = 0, scols = 0;   ///< its blocks in the scale matrix
+  uint64_t src_bytes = 0, scale_bytes = 0;               ///< sizes of the gathered copies
+};
+
+/// The region `args` reads. REQUIRES: args valid for dequant_cpu, count > 0.
+DequantRegion dequant_region(const DequantArgs& args);
+
+/// Copies the region's weight elements ([rows, cols] row-major) to `src_out` and its scales
+/// ([srows, scols]) to `scales_out`, through `copy` (memcpy by default; the CUDA stage passes a
+/// streaming copy into pinned memory). Contiguous runs are copied with one call each.
+void gather_region(const DequantArgs& args, const DequantRegion& region, std::byte* src_out,
+                   std::byte* scales_out,
+                   void (*copy)(std::byte*, const std::byte*, uint64_t) = nullptr);
+
+/// The call on the gathered region: the same output rows, written to args.dst with the same pitch.
+DequantArgs rebase_dequant(const DequantArgs& args, const DequantRegion& region,
+                           const std::byte* src, const std::byte* scales);
+
+} // namespace shardshift
