@@ -217,7 +217,7 @@ std::unique_ptr<Item> Emitter::dequant_chunk(const OutputTensor& t) {
   item->shard = part.shard;
   item->parts.push_back(part);
   item->length = nr * out_row;
-  item->on_gpu = false; // no CUDA kernel yet: the CPU on every device, same bits
+  item->on_gpu = gpu_ != nullptr; // dequant_cuda.cu, same bits as the CPU
   c_ += nr;
   if (c_ == R) {
     c_ = 0;
@@ -289,7 +289,10 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
     }
   item->shard = item->parts.front().shard;
   item->length = ne * nr * out_row;
-  item->on_gpu = false; // the CUDA stage has no strided output rows: stacks run on the CPU
+  // The CUDA stage dequantizes (dequant_cuda.cu, same bits); plain transposes of stacked pieces
+  // move bytes only and stay on the CPU (the GPU round trip costs a thread more than they do).
+  item->on_gpu = gpu_ != nullptr && std::all_of(item->parts.begin(), item->parts.end(),
+                                                [](const StackPart& p) { return p.dequant; });
   if (e_ == N) {
     e_ = 0;
     ++k_;

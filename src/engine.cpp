@@ -9,10 +9,14 @@ namespace shardshift {
 
 namespace {
 
+/// --device auto opens the GPU for a plan that dequantizes when the run has at most this many
+/// threads (docs/PERFORMANCE.md, "FP8 dequantization on the GPU").
+constexpr unsigned AUTO_DEQUANT_THREADS = 8;
+
 // Opens the CUDA stage when the device option asks for (or allows) it; nullptr means CPU.
 Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, unsigned threads,
-                                                     uint64_t chunk, unsigned slots,
-                                                     std::string* description) {
+                                                     bool dequantizes, uint64_t chunk,
+                                                     unsigned slots, std::string* description) {
   *description = std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
   if (device == "cpu")
     return std::unique_ptr<CudaTransformer>();
@@ -22,9 +26,12 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
   const int ordinal = std::max(0, *parsed);
   // auto: the GPU only where it was measured to make a conversion faster (docs/PERFORMANCE.md,
   // "GPU or CPU"). Its stage costs a pipeline thread a copy of each chunk into pinned memory plus
-  // the wait for the transfers, which is more than the AVX2/AVX-512 kernel costs once there are
-  // 4 or more threads; with 2 threads, or a CPU that only has the portable kernel, it helps.
-  if (device == "auto" && threads > 2 && detect_simd_level() != SimdLevel::portable)
+  // the wait for the transfers, which is more than the AVX2/AVX-512 transpose costs once there
+  // are 4 or more threads; with 2 threads, or a CPU that only has the portable kernel, it helps.
+  // Dequantization is compute per byte as well as traffic, and its staged input is half the
+  // output (FP8 in, BF16 out), so with it the GPU helps up to AUTO_DEQUANT_THREADS threads.
+  const unsigned most = dequantizes ? AUTO_DEQUANT_THREADS : 2;
+  if (device == "auto" && threads > most && detect_simd_level() != SimdLevel::portable)
     return std::unique_ptr<CudaTransformer>();
   const int count = CudaTransformer::device_count();
   if (count == 0) {
@@ -70,8 +77,20 @@ Result<PlannedInput> open_and_plan(const std::filesystem::path& input, const Pla
   return p;
 }
 
+bool plan_dequantizes(const Plan& plan) {
+  for (const OutputTensor& t : plan.tensors) {
+    if (t.op == OpKind::dequant)
+      return true;
+    for (const StackPiece& p : t.pieces)
+      if (p.scale)
+        return true;
+  }
+  return false;
+}
+
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                Io& io, const ConvertCallbacks& callbacks, uint64_t held) {
+                                bool dequantizes, Io& io, const ConvertCallbacks& callbacks,
+                                uint64_t held) {
   if (held > options.max_memory / 2)
     return Status(Errc::unsupported,
                   "the parsed input and its plan take " + std::to_string(held) +
@@ -93,7 +112,8 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
   size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
-  auto gpu = open_device(options.device, threads, c.chunk_bytes, gpu_slots, &e.device);
+  auto gpu =
+      open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, &e.device);
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());

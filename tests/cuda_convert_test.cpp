@@ -78,6 +78,45 @@ TEST(CudaConvert, DevicesGiveByteIdenticalCheckpoints) {
   }
 }
 
+// DeepSeek-V3 from FP8: the GPU dequantizes stacked expert pieces and dense weights (dequant_cuda)
+// with the CPU's bits, whatever the budget cuts and for every --dtype.
+TEST(CudaConvert, Fp8DeepSeekIsByteIdenticalOnBothDevices) {
+  if (CudaTransformer::device_count() == 0)
+    GTEST_SKIP() << "no usable CUDA device";
+  TempDir tmp;
+  SynthOptions so;
+  so.out = tmp / "hf";
+  so.model = "deepseek_v3";
+  so.layers = 5;
+  so.seed = testing::test_seed();
+  so.scale_hidden = 14; // H 512: 4 blocks of 128
+  so.scale_intermediate = 8;
+  so.scale_experts = 32;
+  so.scale_vocab = 64;
+  ASSERT_TRUE(synth(so, Io::system(), {}).ok());
+  for (std::optional<DType> dtype :
+       {std::optional<DType>(), std::optional<DType>(DType::F16), std::optional<DType>(DType::F32)}) {
+    const std::string tag = dtype ? std::string(dtype_name(*dtype)) : "keep";
+    auto cpu = convert_on(so.out, tmp / (tag + "-cpu"), "cpu", 0, uint64_t{1} << 30, dtype);
+    ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+    auto gpu = convert_on(so.out, tmp / (tag + "-gpu"), "cuda", 2, uint64_t{1} << 30, dtype);
+    ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+    EXPECT_GT(gpu->gpu_bytes, 0u) << "the GPU dequantized nothing";
+    EXPECT_TRUE(all_bytes(tmp / (tag + "-cpu")) == all_bytes(tmp / (tag + "-gpu"))) << tag;
+  }
+  // Small budgets cut experts into row ranges (strided pieces on the GPU).
+  for (uint64_t mem : {uint64_t{4} << 20, uint64_t{24} << 20}) {
+    const fs::path out = tmp / ("gpu-" + std::to_string(mem));
+    auto r = convert_on(so.out, out, "cuda", 2, mem);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_TRUE(all_bytes(out) == all_bytes(tmp / "keep-cpu")) << mem;
+  }
+  // auto opens the GPU for a plan that dequantizes at 4 threads (docs/PERFORMANCE.md).
+  auto a = convert_on(so.out, tmp / "auto", "auto", 4);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_EQ(a->device.rfind("cuda:0", 0), 0u) << a->device;
+}
+
 // --device auto takes the GPU only where it was measured faster (docs/PERFORMANCE.md, "GPU or
 // CPU"): with at most 2 threads; with more, the CPU's SIMD kernel.
 TEST(CudaConvert, AutoPicksTheGpuWithTwoThreadsAndTheCpuWithMore) {
