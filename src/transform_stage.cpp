@@ -58,7 +58,13 @@ void TransformStage::run(Item& item) {
     return;
   const uint64_t t0 = profiler_.now();
   if (!item.parts.empty()) {
+    if (item.on_gpu && dequant_router_.prefer_gpu() && run_gpu_dequant(item, t0)) {
+      dequant_router_.record(true, item.length, profiler_.now() - t0);
+      return;
+    }
     run_stack(item, t0);
+    if (item.on_gpu)
+      dequant_router_.record(false, item.length, profiler_.now() - t0);
     return;
   }
   const MappedFile& file = *item.shard->file;
@@ -88,6 +94,11 @@ bool TransformStage::run_gpu(Item& item, uint64_t t0) {
   if (guard.ok() && gpu_status.ok() && !ran)
     return false;
   item.status = guard.ok() ? gpu_status : guard;
+  record_gpu(item, t0, tm);
+  return true;
+}
+
+void TransformStage::record_gpu(const Item& item, uint64_t t0, const CudaTimings& tm) {
   profiler_.record(Stage::transform_gpu, t0, profiler_.now(), item.length, item.tensor->name);
   // The phases measured on the device, laid end to end on the stream's own track.
   const int track = profiler_.track_id("cuda stream " + std::to_string(tm.stream));
@@ -100,6 +111,59 @@ bool TransformStage::run_gpu(Item& item, uint64_t t0) {
     t += ns;
   }
   gpu_bytes_ += item.length;
+}
+
+namespace {
+
+// Faults in the pages one dequantizing part reads: whole rows [begin, begin + count) of the
+// weight, or every row when it is transposed.
+void populate_dequant_input(const StackPart& part) {
+  const DequantArgs& d = part.dq;
+  const MappedFile& file = *part.shard->file;
+  const uint64_t es = dtype_bits(d.src_dtype) / 8;
+  const uint64_t first = d.transpose ? 0 : d.begin * d.C * es;
+  const uint64_t length = (d.transpose ? d.R : d.count) * d.C * es;
+  file.populate(static_cast<uint64_t>(d.src - file.bytes().data()) + first, length);
+}
+
+// Copies a part's (small) scale tensor out of its mapping under its own file's guard: it may lie
+// in another shard than the weight, and a SIGBUS guard names one file.
+Status copy_scales(const StackPart& part, std::vector<std::byte>& out) {
+  out.resize(part.scale_bytes);
+  const std::byte* planned = part.dq.scales;
+  return guard_mapped_access(*part.scale_shard->file,
+                             [&] { std::memcpy(out.data(), planned, part.scale_bytes); });
+}
+
+} // namespace
+
+bool TransformStage::run_gpu_dequant(Item& item, uint64_t t0) {
+  for (const StackPart& part : item.parts)
+    if (!part.dequant)
+      return false;
+  std::vector<std::vector<std::byte>> scales(item.parts.size());
+  std::vector<CudaDequantPart> parts(item.parts.size());
+  for (size_t i = 0; i < item.parts.size(); ++i) {
+    if (Status s = copy_scales(item.parts[i], scales[i]); !s) {
+      item.status = s;
+      return true;
+    }
+    parts[i].args = item.parts[i].dq;
+    parts[i].args.scales = scales[i].data();
+    parts[i].dst_offset = item.parts[i].dst_offset;
+    populate_dequant_input(item.parts[i]);
+  }
+  // The GPU stage copies each part's input out of its mapping under that file's guard.
+  const StagingGuard guard = [&](size_t i, const std::function<void()>& copy) {
+    return guard_mapped_access(*item.parts[i].shard->file, copy);
+  };
+  CudaTimings tm;
+  bool ran = false;
+  const Status status = gpu_->try_run_dequant(parts, item.buffer, item.length, guard, &tm, &ran);
+  if (status.ok() && !ran)
+    return false;
+  item.status = status;
+  record_gpu(item, t0, tm);
   return true;
 }
 
@@ -138,23 +202,14 @@ void TransformStage::run_stack(Item& item, uint64_t t0) {
 // weight, and the SIGBUS guard covers one file, so the (small) scale tensor is first copied out
 // under its own file's guard; the kernel then reads only the weight's mapping.
 void TransformStage::run_dequant(Item& item, StackPart& part, std::vector<std::byte>& scales) {
-  DequantArgs d = part.dq;
-  scales.resize(part.scale_bytes);
-  const std::byte* planned = d.scales;
-  item.status = guard_mapped_access(*part.scale_shard->file, [&] {
-    std::memcpy(scales.data(), planned, part.scale_bytes);
-  });
+  item.status = copy_scales(part, scales);
   if (!item.status.ok())
     return;
+  DequantArgs d = part.dq;
   d.scales = scales.data();
   d.dst = item.buffer + part.dst_offset;
-  const MappedFile& file = *part.shard->file;
-  const uint64_t es = dtype_bits(d.src_dtype) / 8;
-  // The input the call reads: whole rows [begin, begin + count), or every row when transposed.
-  const uint64_t first = d.transpose ? 0 : d.begin * d.C * es;
-  const uint64_t length = (d.transpose ? d.R : d.count) * d.C * es;
-  file.populate(static_cast<uint64_t>(d.src - file.bytes().data()) + first, length);
-  item.status = guard_mapped_access(file, [&] { dequant_cpu(d); });
+  populate_dequant_input(part);
+  item.status = guard_mapped_access(*part.shard->file, [&] { dequant_cpu(d); });
 }
 
 } // namespace shardshift

@@ -3,7 +3,8 @@
 // item the GPU can take goes to the CUDA stage when the DeviceRouter finds the GPU the cheaper
 // device and one of its staging slots is free at once, and is done on the CPU with SIMD
 // otherwise: the same bits either way, and the GPU adds to the CPU's throughput, never holds it
-// back.
+// back. The same holds for chunks that dequantize (a stacked tensor of FP8 pieces, rows of an FP8
+// weight), routed by their own measurements; other stacked chunks run on the CPU.
 // Thread-safety: run() is called concurrently on different items.
 #pragma once
 
@@ -31,6 +32,10 @@ public:
 
 private:
   bool run_gpu(Item& item, uint64_t t0); ///< false: no free GPU slot, nothing done
+  /// A chunk whose parts all dequantize, on the GPU; false: it did not take it, nothing done.
+  bool run_gpu_dequant(Item& item, uint64_t t0);
+  /// The profiler spans of a chunk the GPU ran: the thread's span, the phases on the stream's.
+  void record_gpu(const Item& item, uint64_t t0, const CudaTimings& tm);
   void run_cpu(Item& item, uint64_t t0);
   void run_stack(Item& item, uint64_t t0); ///< a chunk of a stacked tensor: CPU only
   /// One dequantizing part of a stack or dequant chunk (CPU only); `scales` is scratch.
@@ -38,7 +43,8 @@ private:
 
   CudaTransformer* gpu_;
   Profiler& profiler_;
-  DeviceRouter router_;
+  DeviceRouter router_;         ///< transpose-fold chunks
+  DeviceRouter dequant_router_; ///< dequantizing chunks: a different cost on either device
   std::atomic<uint64_t> cpu_bytes_{0}, gpu_bytes_{0};
 };
 
