@@ -44,6 +44,8 @@
 #define SHARDSHIFT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define SHARDSHIFT_TARGET_AVX512                                                                   \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define SHARDSHIFT_TARGET_AVX512_BF16                                                              \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
 // The converters and transposes must be inlined into the block loops, and their fixed-count loops
 // unrolled, so that the arrays of registers stay in registers.
 #define SHARDSHIFT_INLINE inline __attribute__((always_inline))
@@ -128,12 +130,30 @@ using TileFn = void (*)(float scale, const uint8_t* src, uint64_t src_stride, st
 
 #include "dequant_tiles_x86.inc"
 
+/// A block's scale is plain when it is finite and at least 2^-109 in magnitude: then no product
+/// of the block is subnormal (the smallest nonzero FP8 magnitude is 2^-16) and only NaN codes
+/// give NaN products. The kernels for plain blocks skip the per-lane NaN fix-up and may use
+/// AVX512-BF16's rounding, which flushes subnormals. Real checkpoints have only plain scales.
+bool plain_scale(float s) {
+  const uint32_t a = f32_bits(s) & 0x7FFFFFFFu;
+  return a >= (127u - 109u) << 23 && a < 0x7F800000u;
+}
+
 struct Kernels {
-  RowFn row = nullptr; ///< nullptr: scalar rows
+  RowFn row = nullptr, row_plain = nullptr; ///< nullptr: scalar rows
   uint64_t row_step = 1;
-  TileFn tile = nullptr; ///< nullptr: scalar transposed tiles
+  TileFn tile = nullptr, tile_plain = nullptr; ///< nullptr: scalar transposed tiles
   uint64_t tile_i = 1, tile_j = 1;
 };
+
+bool detect_avx512_bf16() {
+#if SHARDSHIFT_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
 
 SimdLevel detect_cpu_level() {
 #if SHARDSHIFT_X86
@@ -155,24 +175,58 @@ SimdLevel cpu_level() {
   return level;
 }
 
+bool cpu_avx512_bf16() {
+  static const bool has = detect_avx512_bf16();
+  return has;
+}
+
 #if SHARDSHIFT_X86
 template <class Dec, class Dec512, DType D> Kernels kernels_for(SimdLevel level) {
   if (level == SimdLevel::avx512) {
-    if constexpr (D == DType::BF16)
-      return {&avx512_row_2<Avx512ToBf16<Dec512>>, 32, &avx512_tile_2<Avx512ToBf16<Dec512>>, 32,
+    if constexpr (D == DType::BF16) {
+      Kernels k{&avx512_row_2<Avx512ToBf16<Dec512, false>>,
+                &avx512_row_2<Avx512ToBf16<Dec512, true>>,
+                32,
+                &avx512_tile_2<Avx512ToBf16<Dec512, false>>,
+                &avx512_tile_2<Avx512ToBf16<Dec512, true>>,
+                32,
+                16};
+      if (cpu_avx512_bf16()) {
+        k.row_plain = &avx512bf16_row_2<Avx512Bf16ToBf16<Dec512>>;
+        k.tile_plain = &avx512bf16_tile_2<Avx512Bf16ToBf16<Dec512>>;
+      }
+      return k;
+    } else if constexpr (D == DType::F16) {
+      return {&avx512_row_2<Avx512ToF16<Dec512, false>>,
+              &avx512_row_2<Avx512ToF16<Dec512, true>>,
+              32,
+              &avx512_tile_2<Avx512ToF16<Dec512, false>>,
+              &avx512_tile_2<Avx512ToF16<Dec512, true>>,
+              32,
               16};
-    else if constexpr (D == DType::F16)
-      return {&avx512_row_2<Avx512ToF16<Dec512>>, 32, &avx512_tile_2<Avx512ToF16<Dec512>>, 32, 16};
-    else
-      return {&avx512_row_4<Avx512ToF32<Dec512>>, 16, &avx512_tile_4<Avx512ToF32<Dec512>>, 16, 16};
+    } else {
+      return {&avx512_row_4<Avx512ToF32<Dec512, false>>,
+              &avx512_row_4<Avx512ToF32<Dec512, true>>,
+              16,
+              &avx512_tile_4<Avx512ToF32<Dec512, false>>,
+              &avx512_tile_4<Avx512ToF32<Dec512, true>>,
+              16,
+              16};
+    }
   }
   if (level == SimdLevel::avx2) {
     if constexpr (D == DType::BF16)
-      return {&avx2_row<Avx2ToBf16<Dec>>, 16, &avx2_tile_2<Avx2ToBf16<Dec>>, 32, 16};
+      return {&avx2_row<Avx2ToBf16<Dec, false>>,    &avx2_row<Avx2ToBf16<Dec, true>>,    16,
+              &avx2_tile_2<Avx2ToBf16<Dec, false>>, &avx2_tile_2<Avx2ToBf16<Dec, true>>, 32,
+              16};
     else if constexpr (D == DType::F16)
-      return {&avx2_row<Avx2ToF16<Dec>>, 16, &avx2_tile_2<Avx2ToF16<Dec>>, 32, 16};
+      return {&avx2_row<Avx2ToF16<Dec, false>>,    &avx2_row<Avx2ToF16<Dec, true>>,    16,
+              &avx2_tile_2<Avx2ToF16<Dec, false>>, &avx2_tile_2<Avx2ToF16<Dec, true>>, 32,
+              16};
     else
-      return {&avx2_row<Avx2ToF32<Dec>>, 8, &avx2_tile_4<Avx2ToF32<Dec>>, 16, 8};
+      return {&avx2_row<Avx2ToF32<Dec, false>>,    &avx2_row<Avx2ToF32<Dec, true>>,    8,
+              &avx2_tile_4<Avx2ToF32<Dec, false>>, &avx2_tile_4<Avx2ToF32<Dec, true>>, 16,
+              8};
   }
   return {};
 }
@@ -241,7 +295,7 @@ template <DType S, DType D> void run(const DequantArgs& a, SimdLevel level) {
         if (k.row != nullptr) {
           const uint64_t n = (c1 - c0) - (c1 - c0) % k.row_step;
           if (n != 0)
-            k.row(s, codes + r * a.C + c0, a.dst + ((r - a.begin) * pitch + c0) * sizeof(Out), n,
+            (plain_scale(s) ? k.row_plain : k.row)(s, codes + r * a.C + c0, a.dst + ((r - a.begin) * pitch + c0) * sizeof(Out), n,
                   stream);
           c += n;
         }
@@ -274,7 +328,7 @@ template <DType S, DType D> void run(const DequantArgs& a, SimdLevel level) {
       const uint64_t ni = (r1 - r0) - (r1 - r0) % k.tile_i;
       const uint64_t nj = (j1 - j0) - (j1 - j0) % k.tile_j;
       if (ni != 0 && nj != 0)
-        k.tile(s, codes + r0 * a.C + j0, a.C,
+        (plain_scale(s) ? k.tile_plain : k.tile)(s, codes + r0 * a.C + j0, a.C,
                a.dst + ((j0 - a.begin) * pitch + r0) * sizeof(Out), pitch * sizeof(Out), ni, nj,
                stream);
       scalar_rect(r0 + ni, r1, j0, j0 + nj, s);
