@@ -36,6 +36,24 @@ std::string duration(double s) {
   return buf;
 }
 
+// The last line of a to_hf summary whose output lacks what from_hf dropped (semantics 16).
+std::string not_restored_note(const std::vector<std::string>& missing) {
+  if (missing.empty())
+    return {};
+  std::string what;
+  for (const std::string& m : missing)
+    what += (what.empty() ? "" : ", ") + m;
+  return "note: the Hugging Face checkpoint had " + what +
+         ", which from_hf dropped and this output lacks; pass --base HF_DIR to restore them\n";
+}
+
+void not_restored_json(JsonWriter& w, const std::vector<std::string>& missing) {
+  w.key("not_restored").begin_array();
+  for (const std::string& m : missing)
+    w.value(m);
+  w.end_array();
+}
+
 std::string plan_text(const Plan& plan) {
   std::string s = "adapter " + plan.adapter + " " + direction_name(plan.direction) + ": " +
                   std::to_string(plan.tensors.size()) + " tensors in " +
@@ -43,7 +61,10 @@ std::string plan_text(const Plan& plan) {
                   format_bytes(plan.total_tensor_bytes) + " (" + format_bytes(plan.copy_bytes) +
                   " copied, " + format_bytes(plan.transform_bytes) + " transformed); " +
                   std::to_string(plan.dropped) + " input tensors dropped, " +
-                  std::to_string(plan.excluded) + " excluded\n";
+                  std::to_string(plan.excluded) + " excluded" +
+                  (plan.restored ? ", " + std::to_string(plan.restored) + " restored from --base"
+                                 : std::string()) +
+                  "\n";
   for (const OutputFile& f : plan.files) {
     s += f.name + "  " + std::to_string(f.size()) + " bytes, " + std::to_string(f.tensors.size()) +
          " tensors\n";
@@ -60,6 +81,7 @@ std::string plan_text(const Plan& plan) {
     s += std::string(INDEX_FILE_NAME) + "\n";
   for (auto& side : plan.side_files)
     s += side + " (copied)\n";
+  s += not_restored_note(plan.not_restored);
   return s;
 }
 
@@ -71,6 +93,8 @@ std::string plan_json(const Plan& plan, const std::vector<OutputFileSize>& outpu
   w.key("total_size").value(plan.total_tensor_bytes).key("copy_bytes").value(plan.copy_bytes);
   w.key("transform_bytes").value(plan.transform_bytes).key("dropped").value(plan.dropped);
   w.key("excluded").value(plan.excluded).key("index").value(plan.write_index);
+  w.key("restored").value(plan.restored);
+  not_restored_json(w, plan.not_restored);
   w.key("side_files").begin_array();
   for (const std::string& name : plan.side_files)
     w.value(name);
@@ -123,6 +147,8 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("transformed_bytes").value(s.transformed_bytes);
   w.key("cpu_bytes").value(s.cpu_bytes).key("gpu_bytes").value(s.gpu_bytes);
   w.key("dropped").value(s.dropped).key("excluded").value(s.excluded);
+  w.key("restored").value(s.restored);
+  not_restored_json(w, s.not_restored);
   w.key("seconds").value(s.seconds).key("bytes_per_second").value(rate);
   w.key("peak_rss").value(s.peak_rss).key("chunk_bytes").value(s.chunk_bytes);
   w.key("tokens").value(s.tokens).key("writers").value(s.writers);
@@ -240,7 +266,7 @@ int cmd_plan(int argc, char** argv) {
   if (!opts)
     return usage_error("plan", opts.status().message());
 
-  auto input = Checkpoint::open(vm["input"].as<std::string>());
+  auto input = open_for_plan(vm["input"].as<std::string>(), *opts);
   if (!input)
     return report_error(input.status());
   print_warnings(input->warnings, vm.count("quiet") > 0);
@@ -282,7 +308,8 @@ const HelpText CONVERT_HELP = {
                 "shardshift convert hf --checksums --pipe-to \\\n"
                 "    'aws s3 cp - s3://b/nemo/{name} --expected-size {size}'\n"
                 "shardshift convert hf - --only model-00002-of-00011.safetensors | upload-tool\n"
-                "shardshift convert hf - --format tar | ssh host tar x -C /models/nemo",
+                "shardshift convert hf - --format tar | ssh host tar x -C /models/nemo\n"
+                "shardshift convert nemo hf-back --direction to_hf --base hf  # lose nothing",
     .exit_status = "0 converted, 1 failed (nothing is left behind), 2 bad usage, 130 "
                    "interrupted.",
 };
@@ -479,6 +506,11 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
       std::fprintf(stderr, "  %s: %s\n", d.name.c_str(), d.state.c_str());
   if (vm.count("stats"))
     print_stats(s);
+  if (!quiet && s.restored > 0)
+    std::fprintf(stderr, "  restored from --base: %llu tensor(s)\n",
+                 static_cast<unsigned long long>(s.restored));
+  if (!quiet) // last: what the output lacks and how to restore it
+    std::fputs(not_restored_note(s.not_restored).c_str(), stderr);
   if (vm.count("json")) {
     std::cout << summary_json(s, where, rate);
     if (!stdout_ok("convert"))

@@ -38,6 +38,7 @@ const HelpText VERIFY_HELP = {
         "bytes, reported as differences.",
     .examples = "shardshift verify diffusiongemma-26B nemo-26B\n"
                 "shardshift verify nemo-26B hf-26B --direction to_hf --dtype bf16\n"
+                "shardshift verify nemo-26B hf-26B --base diffusiongemma-26B  # to_hf --base\n"
                 "shardshift verify hf /mnt/copy/nemo --quick    # files, sizes, headers only\n"
                 "shardshift verify hf nemo --json | jq .differences",
     .exit_status = "0 identical, 1 different (or IN or OUT cannot be read), 2 bad usage, 130 "

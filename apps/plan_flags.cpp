@@ -63,6 +63,11 @@ FlagGroup output_flags() {
       "--ep-shard-size 2 --ep-shard-rank 0")(
       "ep-shard-rank", po::value<unsigned>()->default_value(0)->value_name("N"),
       "from_hf: which of those parts, counted from 0.")(
+      "base", po::value<std::string>()->value_name("HF_DIR"),
+      "to_hf: the original Hugging Face checkpoint IN was converted from; every tensor that "
+      "from_hf dropped from it (diffusion_gemma: model.encoder.*, the vision tower) is copied "
+      "back into the output, zero-copy, after the converted tensors, so a round trip loses "
+      "nothing. Example: convert nemo hf-out --direction to_hf --base hf-orig")(
       "no-side-files", "Do not copy config.json, the tokenizer files and the other files of the "
                        "input directory.")(
       "no-align", "Do not pad headers to keep copied tensors page-aligned (this disables "
@@ -107,6 +112,14 @@ Result<PlanOptions> plan_options(const po::variables_map& vm) {
   o.ep_shard_rank = vm["ep-shard-rank"].as<unsigned>();
   o.copy_side_files = !vm.count("no-side-files");
   o.align_for_reflink = !vm.count("no-align");
+  if (vm.count("base")) {
+    o.base = vm["base"].as<std::string>();
+    if (o.base.empty())
+      return Status(Errc::invalid_argument, "--base needs a directory (HF_DIR)");
+    if (o.direction == Direction::from_hf)
+      return Status(Errc::invalid_argument,
+                    "--base restores what from_hf dropped and applies to to_hf only");
+  }
   return o;
 }
 

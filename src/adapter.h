@@ -24,7 +24,8 @@
 namespace shardshift {
 
 enum class RuleAction {
-  drop,            ///< not written (counted as dropped)
+  drop,            ///< not written (counted as dropped); `output`: what it is, in words, for
+                   ///< the to_hf note of what a round trip lacks without --base (semantics 16)
   rename_continue, ///< rewrite the key, keep applying later rules to the new key
   rename,          ///< rewrite the key and pass the tensor through (zero-copy)
   reject,          ///< an error: `output` is the message
@@ -45,7 +46,8 @@ enum class RuleAction {
 struct Rule {
   RuleAction action;
   std::string_view pattern;
-  std::string_view output = {}; ///< template (see above); the message for `reject`
+  std::string_view output = {}; ///< template (see above); the message for `reject`; the words
+                                ///< for `drop`
   std::string_view extra = {};  ///< expert_down to_hf: where the ones go; unstack: block 1
   unsigned slot = 0, slots = 1; ///< stack_piece: which column block; both: how many blocks
   std::string_view piece = {};  ///< stack_piece / unstack: the piece's name in messages

@@ -20,7 +20,8 @@ const AdapterSpec DIFFUSION_GEMMA_FROM_HF = {
         {
             // The encoder's layer_scalar copies and the vision tower are not part of the native
             // model.
-            {RuleAction::drop, R"(^model\.encoder\.)"},
+            {RuleAction::drop, R"(^model\.encoder\.)",
+             "model.encoder.* (the vision tower and the encoder's layer_scalar copies)"},
             {RuleAction::rename_continue, R"(^model\.decoder\.(.*)$)", "model.$1"},
             {RuleAction::expert_scale, R"((layers\.\d+)\.router\.per_expert_scale$)"},
             {RuleAction::rename, ROUTER_RENAME, "$1.moe.gate.$2"},

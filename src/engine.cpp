@@ -63,7 +63,7 @@ Result<PlannedInput> open_and_plan(const std::filesystem::path& input, const Pla
                                    Profiler& profiler) {
   const uint64_t t0 = profiler.now();
   const uint64_t heap_before = heap_in_use_bytes();
-  auto opened = Checkpoint::open(input, max_memory);
+  auto opened = open_for_plan(input, options, max_memory);
   if (!opened)
     return opened.status();
   profiler.record(Stage::plan, t0, profiler.now(), 0, "open_checkpoint");

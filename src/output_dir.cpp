@@ -62,12 +62,17 @@ std::vector<fs::path> input_paths(const fs::path& input) {
   return paths;
 }
 
-// No flag may let the output replace, or be written into, what the conversion reads.
+// No flag may let the output replace, or be written into, what the conversion reads: IN, and
+// the --base checkpoint it restores keys from.
 Status check_not_input(const ConvertOptions& o) {
   const fs::path out = real_path(o.output);
   const std::string name = o.output.string();
   std::error_code ec;
-  for (const fs::path& in : input_paths(o.input)) {
+  std::vector<fs::path> read = input_paths(o.input);
+  if (!o.plan.base.empty())
+    for (fs::path& p : input_paths(o.plan.base))
+      read.push_back(std::move(p));
+  for (const fs::path& in : read) {
     if (is_within(in, out) || fs::equivalent(out, in, ec))
       return Status(Errc::invalid_argument,
                     name + ": the output must not be the input or contain it (" + in.string() +

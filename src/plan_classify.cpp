@@ -87,23 +87,28 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
 
 } // namespace
 
-void classify_keys(PlanContext& ctx) {
+std::vector<Classified> classify_refs(const AdapterSpec& spec, const Checkpoint& ckpt,
+                                      const std::vector<TensorRef>& refs) {
   std::vector<CompiledRule> rules;
-  for (const Rule& r : ctx.spec.rules)
+  for (const Rule& r : spec.rules)
     rules.push_back({&r, std::regex(r.pattern.begin(), r.pattern.end())});
-  const std::vector<TensorRef> order = data_order(ctx.input);
-  const bool model_prefix = std::any_of(order.begin(), order.end(), [&](TensorRef r) {
-    return ctx.input.info(r).name.starts_with("model.");
+  const bool model_prefix = std::any_of(refs.begin(), refs.end(), [&](TensorRef r) {
+    return ckpt.info(r).name.starts_with("model.");
   });
   const std::string prefix = model_prefix ? "model." : "";
 
-  ctx.classified.clear();
-  ctx.classified.reserve(order.size());
-  for (TensorRef r : order) {
-    Classified c = classify(rules, ctx.input.info(r).name, prefix);
+  std::vector<Classified> classified;
+  classified.reserve(refs.size());
+  for (TensorRef r : refs) {
+    Classified c = classify(rules, ckpt.info(r).name, prefix);
     c.ref = r;
-    ctx.classified.push_back(std::move(c));
+    classified.push_back(std::move(c));
   }
+  return classified;
+}
+
+void classify_keys(PlanContext& ctx) {
+  ctx.classified = classify_refs(ctx.spec, ctx.input, data_order(ctx.input));
 }
 
 void group_expert_pieces(PlanContext& ctx) {

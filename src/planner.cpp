@@ -27,12 +27,24 @@ const char* op_name(OpKind op) {
   return "?";
 }
 
-std::vector<TensorRef> data_order(const Checkpoint& input) {
+namespace {
+
+std::vector<TensorRef> shard_order(const Checkpoint& input, uint32_t begin, uint32_t end) {
   std::vector<TensorRef> order;
-  for (uint32_t s = 0; s < input.shards.size(); ++s)
+  for (uint32_t s = begin; s < end; ++s)
     for (uint32_t t = 0; t < input.shards[s].header.tensors.size(); ++t)
       order.push_back({s, t});
   return order;
+}
+
+} // namespace
+
+std::vector<TensorRef> data_order(const Checkpoint& input) {
+  return shard_order(input, 0, input.own_shard_count());
+}
+
+std::vector<TensorRef> base_order(const Checkpoint& input) {
+  return shard_order(input, input.own_shard_count(), static_cast<uint32_t>(input.shards.size()));
 }
 
 Status check_options(PlanContext& ctx) {
@@ -69,6 +81,13 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
   PlanContext ctx(input, options, **selected);
   if (Status s = check_options(ctx); !s.ok())
     return s;
+  if (input.base_first_shard && ctx.spec.direction != Direction::to_hf)
+    return Status(Errc::invalid_argument,
+                  "--base restores what from_hf dropped and applies to to_hf only; " +
+                      input.root.string() + " is converted from_hf (Hugging Face to native)");
+  if (!options.base.empty() && !input.base_first_shard)
+    return Status(Errc::invalid_argument, "--base " + options.base.string() +
+                                              " is not attached to the input (open_for_plan)");
 
   // The checking passes collect every problem; the plan fails with all of them at once.
   const std::pair<const char*, void (*)(PlanContext&)> checking[] = {
@@ -76,7 +95,7 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
       {"validate_groups", validate_groups},       {"pair_block_scales", pair_block_scales},
       {"group_stacks", group_stacks},
       {"validate_stacks", validate_stacks},       {"emit_output_tensors", emit_output_tensors},
-      {"check_unique_names", check_unique_names},
+      {"restore_base_keys", restore_base_keys},   {"check_unique_names", check_unique_names},
   };
   for (auto [name, pass] : checking) {
     PassTimer timer(profiler, name);

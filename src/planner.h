@@ -12,6 +12,9 @@
 //                        inputs to split (to_hf), duplicates refused (plan_stack.cpp)
 //   validate_stacks      every expert and piece present, one shape and dtype per stack
 //   emit_output_tensors  output tensors in input order (tied head, ones, --exclude)
+//   restore_base_keys    to_hf: the keys from_hf dropped, copied back from --base after the
+//                        converted tensors; without a base, the note of what is missing
+//                        (plan_base.cpp, semantics 16)
 //   check_unique_names   no output name twice, no size past 64 bits
 //   cut_files            Hugging Face's greedy split into files, copies first in each file
 //   lay_out_headers      offsets and the exact header bytes of each file (page alignment)
@@ -100,8 +103,13 @@ struct PlanContext {
 };
 
 /// Input tensors in data order: shard by shard, offset by offset. Output follows this order so
-/// the input is read front to back.
+/// the input is read front to back. Only the input's own shards (not an attached --base).
 std::vector<TensorRef> data_order(const Checkpoint& input);
+/// The attached --base's tensors in the same order (empty without one).
+std::vector<TensorRef> base_order(const Checkpoint& input);
+/// Each of `refs` (tensors of `ckpt`) through `spec`'s rules (classify_keys' rule walk).
+std::vector<Classified> classify_refs(const AdapterSpec& spec, const Checkpoint& ckpt,
+                                      const std::vector<TensorRef>& refs);
 
 /// Checks the options that do not depend on the keys (EP ranks, --exclude) and compiles the
 /// exclusion pattern into ctx.exclude. A bad option fails at once (Errc::invalid_argument).
@@ -125,6 +133,7 @@ void emit_dequant(PlanContext& ctx, const Classified& c);
 /// Adds an output tensor unless --exclude removes it; sets its size.
 void emit_tensor(PlanContext& ctx, OutputTensor t);
 void emit_output_tensors(PlanContext& ctx);
+void restore_base_keys(PlanContext& ctx);
 void check_unique_names(PlanContext& ctx);
 void cut_files(PlanContext& ctx);
 Status lay_out_headers(PlanContext& ctx);

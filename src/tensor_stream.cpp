@@ -191,7 +191,7 @@ Result<StreamSummary> for_each_converted_tensor(const std::filesystem::path& inp
                                                 const TensorPieceCallback& callback) {
   if (options.max_piece_bytes == 0)
     return error(Errc::invalid_argument, "tensor stream: max_piece_bytes must be positive");
-  auto opened = Checkpoint::open(input);
+  auto opened = open_for_plan(input, plan_options);
   if (!opened)
     return opened.status();
   const Checkpoint& checkpoint = *opened;

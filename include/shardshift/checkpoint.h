@@ -69,6 +69,24 @@ public:
   /// The library never prints them; the apps do.
   std::vector<std::string> warnings;
 
+  /// `--base DIR` (to_hf): the original Hugging Face checkpoint whose keys from_hf dropped, so
+  /// that the plan can copy them back (docs/semantics.md section 16). attach_base() appends its
+  /// shards to `shards`, from index `base_first_shard` on, so that a TensorRef names a shard of
+  /// either checkpoint and the engine reads, releases and fingerprints both alike. Those shards'
+  /// `file_name` is their path (they are not under `root`); their tensors are not in `tensors`,
+  /// and every other member describes this checkpoint only. nullopt: no base attached.
+  std::optional<uint32_t> base_first_shard;
+  std::filesystem::path base_root;    ///< DIR as given
+  std::string base_config_model_type; ///< DIR's config.json "model_type"
+
+  /// Opens `base` (any form open() takes) and attaches it as above; its warnings join these.
+  /// Refuses (Errc::invalid_argument) a base that is this checkpoint itself, and a second base.
+  Status attach_base(const std::filesystem::path& base, uint64_t memory_limit = 0);
+  /// The number of this checkpoint's own shards (those before the base's).
+  uint32_t own_shard_count() const {
+    return base_first_shard.value_or(static_cast<uint32_t>(shards.size()));
+  }
+
   /// Lookup by name; nullopt when absent.
   std::optional<TensorRef> find(std::string_view name) const;
   const TensorInfo& info(TensorRef ref) const {

@@ -82,6 +82,11 @@ struct Plan {
   uint64_t dropped = 0;                ///< input tensors not written (encoder, lm_head, scales)
   uint64_t excluded = 0;               ///< removed by the exclusion pattern
   uint64_t copy_bytes = 0, transform_bytes = 0, ones_bytes = 0; ///< output bytes by operation
+  uint64_t restored = 0; ///< to_hf --base: tensors copied back from the base (semantics 16)
+  /// to_hf without --base: what the Hugging Face checkpoint had that this output lacks, one entry
+  /// per drop rule of the family's from_hf adapter, in words ("model.encoder.* (vision tower,
+  /// ...)"); empty when from_hf drops nothing or a base was given.
+  std::vector<std::string> not_restored;
 };
 
 struct PlanOptions {
@@ -97,6 +102,9 @@ struct PlanOptions {
   unsigned ep_shard_size = 1, ep_shard_rank = 0;
   bool align_for_reflink = true; ///< pad headers so the largest copied run keeps its page offset
   bool copy_side_files = true;
+  /// to_hf: the original Hugging Face checkpoint whose keys from_hf dropped (--base, semantics
+  /// 16); open_for_plan() attaches it. Empty: none.
+  std::filesystem::path base;
 };
 
 /// Validates `input` against the adapter and computes the whole output. Reports every problem
@@ -104,5 +112,11 @@ struct PlanOptions {
 /// Does no file I/O. Each planning pass is recorded as a `plan` span of `profiler` when given.
 Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options,
                        Profiler* profiler = nullptr);
+
+/// Opens `input` for make_plan(): Checkpoint::open(), then, when options.base is set, the base
+/// attached to it (Checkpoint::attach_base). --base on a from_hf conversion (forced, or detected
+/// from the key names) is refused before the base is opened (Errc::invalid_argument).
+Result<Checkpoint> open_for_plan(const std::filesystem::path& input, const PlanOptions& options,
+                                 uint64_t memory_limit = 0);
 
 } // namespace shardshift

@@ -390,4 +390,13 @@ Dict ref_deepseek_to_hf(const Dict& in, const RefOptions& o) {
   return ref_qwen3_to_hf(in, o);
 }
 
+Dict ref_with_base(const Dict& out, const Dict& base, const std::string& model) {
+  Dict d = out;
+  if (model == "diffusion_gemma")
+    for (const auto& [name, t] : base)
+      if (name.rfind("model.encoder.", 0) == 0)
+        d[name] = t;
+  return d;
+}
+
 } // namespace shardshift::reference

@@ -84,4 +84,9 @@ Dict ref_deepseek_from_hf(const Dict& in, const RefOptions& o);
 /// deepseek_v3, native -> HF (semantics 15.4): the qwen3_moe split.
 Dict ref_deepseek_to_hf(const Dict& in, const RefOptions& o);
 
+/// to_hf with --base (semantics 16): `out` (a to_hf result) plus every key of the original
+/// Hugging Face checkpoint `base` that the model's from_hf drops: for diffusion_gemma the keys
+/// beginning with `model.encoder.`; the other models drop none. REQUIRES: no name in both.
+Dict ref_with_base(const Dict& out, const Dict& base, const std::string& model);
+
 } // namespace shardshift::reference
