@@ -115,6 +115,11 @@ foreach(link IN LISTS shardshift_links)
     set(find "if(NOT TARGET PkgConfig::PCRE2)\n  find_dependency(PkgConfig)\n  pkg_check_modules(PCRE2 REQUIRED QUIET IMPORTED_TARGET libpcre2-8)\nendif()")
     set(deb "libpcre2-dev, pkg-config")
     set(pc libpcre2-8)
+  elseif(link STREQUAL "MPI::MPI_CXX")
+    # MPI's C API, found as the main CMakeLists.txt finds it (without the C++ bindings).
+    set(find "set(MPI_CXX_SKIP_MPICXX ON)\nfind_dependency(MPI COMPONENTS CXX)")
+    set(deb libopenmpi-dev)
+    set(pc ompi-c)
   elseif(link MATCHES "^CUDA::")
     set(find "find_dependency(CUDAToolkit)")
     set(deb "") # the CUDA toolkit is not a Debian package shardshift-dev can name

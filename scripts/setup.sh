@@ -8,7 +8,7 @@ PACKAGES=(build-essential cmake pkg-config libsimdjson-dev libtbb-dev libboost-p
           libboost-iostreams-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libpcre2-dev
           xfsprogs help2man file
           awscli rclone # the uploaders of the S3 tests (tests/s3)
-          openmpi-bin # mpirun, for the tests of a job of several ranks (tests/ranks_e2e_test.cpp)
+          openmpi-bin libopenmpi-dev # mpirun and MPI, for jobs of several ranks (src/mpi_coordinator.cpp)
           clang libclang-rt-14-dev) # libFuzzer and clang's sanitizers (scripts/fuzz.sh)
 missing=()
 for p in "${PACKAGES[@]}"; do

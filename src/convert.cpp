@@ -5,6 +5,7 @@
 
 #include "shardshift/shard_writer.h"
 
+#include "coordinator.h"
 #include "engine.h"
 #include "job.h"
 #include "outputs.h"
@@ -52,8 +53,6 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
   sum.gpu_bytes = moved.gpu_bytes;
   sum.transformed_bytes = moved.cpu_bytes + moved.gpu_bytes + moved.ones_bytes;
   sum.dropped = plan.dropped;
-  sum.restored = plan.restored;
-  sum.not_restored = plan.not_restored;
   sum.excluded = plan.excluded;
   sum.chunk_bytes = engine.config.chunk_bytes;
   sum.tokens = engine.config.tokens;
@@ -84,7 +83,7 @@ Result<int> parse_device(std::string_view device) {
 }
 
 Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
-  auto checkpoint = open_for_plan(input, options);
+  auto checkpoint = Checkpoint::open(input);
   if (!checkpoint)
     return checkpoint.status();
   return make_plan(*checkpoint, options);
@@ -163,7 +162,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   ConvertSummary summary = summarize(plan, *moved, *engine, tensors, files, profiler);
   if (rank->world > 1)
     summary.rank = "rank " + std::to_string(rank->rank) + " of " + std::to_string(rank->world) +
-                   " (" + rank->source + ")";
+                   " (" + rank->source + ", coordinated through " +
+                   (coordinates_through_mpi(*rank) ? "MPI" : "marker files") + ")";
   return summary;
 }
 

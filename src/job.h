@@ -1,22 +1,22 @@
 // job.h: a directory output written by several processes at once, the ranks of one job started by
-// a launcher (ranks.h), on a filesystem they all see. No coordinator and no messages: everything
-// goes through one staging directory beside OUT whose name every rank derives from the plan's
-// fingerprint (".OUT.shardshift-job-<16 hex>"):
+// a launcher (ranks.h), on a filesystem they all see. Every rank writes into one staging directory
+// beside OUT whose name every rank derives from the plan's fingerprint
+// (".OUT.shardshift-job-<16 hex>"); the ranks learn of each other through a coordinator
+// (coordinator.h: MPI collectives under Open MPI's mpirun, else marker files in that directory):
 //
-//   every rank   writes its share of the shards (ranks.h: assign_files), then a marker
-//                ".rank-R-of-N.done" holding its files' SHA-256 (or ".rank-R-of-N.failed" with its
-//                error), and touches ".rank-R-of-N.alive" every second while it works;
-//   every rank   stops at its next piece of work when a ".failed" marker appears;
-//   rank 0       waits until every rank has a marker (or a rank's heartbeat is older than the job
-//                timeout), then writes the side files, SHA256SUMS and the index, removes the
-//                markers and the fingerprint, marks and renames the directory into OUT; on any
-//                failure it removes the directory (or keeps it with --resume) instead;
-//   ranks > 0    wait for that outcome: OUT is the staging directory (same device and inode, since
-//                a rename keeps them) holding its marker, or a failure.
+//   every rank   agrees on the plan with the others, before anything is written;
+//   every rank   writes its share of the shards (ranks.h: assign_files) durably and reports it
+//                ended, with its files' SHA-256, or that it failed and why;
+//   rank 0       once every rank has reported, writes the side files, SHA256SUMS and the index,
+//                removes the fingerprint, marks and renames the directory into OUT, and tells the
+//                other ranks; after any failure it tells them why and removes the directory (or
+//                keeps it with --resume) instead;
+//   ranks > 0    return the outcome rank 0 told, so every rank exits alike.
 //
 // What the shared filesystem must give (README "Ranks"): an atomic rename within a directory,
-// close-to-open consistency (a file closed on one node reads whole on another after open), and
-// modification times from one clock (the heartbeat ages are read against a file rank 0 touches).
+// close-to-open consistency (a file closed on one node reads whole on another after open), and,
+// for marker files, modification times from one clock (heartbeat ages are read against a file
+// rank 0 touches).
 // Thread-safety: one call per process.
 #pragma once
 

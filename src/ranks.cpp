@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <string_view>
 #include <unistd.h>
 
 extern char** environ;
@@ -67,7 +68,7 @@ Result<RankInfo> detect_rank(std::optional<unsigned> rank, std::optional<unsigne
       return Status(Errc::invalid_argument, names + ": not numbers");
     if (Status s = check_pair(*rn, *wn, names); !s.ok())
       return s;
-    return RankInfo{*rn, *wn, l.name};
+    return RankInfo{*rn, *wn, l.name, std::string_view(l.name) == "Open MPI"};
   }
   return RankInfo{0, 1, "a single process"};
 }

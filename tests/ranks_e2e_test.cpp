@@ -1,11 +1,18 @@
 // ranks_e2e_test.cpp: one conversion spread over several processes (issue 13). Under Open MPI's
 // mpirun (-np 3 and 4, both directions, a multi-file output) the output is byte-identical to one
-// process's. Ranks started by hand (--rank/--world-size): a rank killed mid-way fails the job on
-// every rank and leaves nothing under OUT; ranks given different world sizes are refused; the
-// expert-parallel export of 4 ranks in one command equals four single-rank conversions.
+// process's and the ranks coordinate through MPI (in a build with MPI); ranks given different
+// plans are refused before anything is written; a rank killed mid-way fails the job and leaves
+// nothing. Ranks started by hand (--rank/--world-size) or with torchrun's variables coordinate
+// through marker files: a rank killed mid-way fails the job on every rank and leaves nothing
+// under OUT; ranks given different world sizes are refused; the expert-parallel export of 4 ranks
+// in one command equals four single-rank conversions.
+#include "coordinator.h"
+
 #include "test_support.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <csignal>
 #include <fcntl.h>
 #include <map>
@@ -35,6 +42,23 @@ std::vector<std::string> entries(const fs::path& dir) {
   return names;
 }
 
+// How many times `what` occurs in `text`.
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+    ++n;
+  return n;
+}
+
+// mpirun as the tests run it (as root in CI: Open MPI refuses root without these).
+const std::string MPIRUN = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                           "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe ";
+
+// The coordinator a job started by mpirun uses in this build.
+const char* mpirun_coordinator() {
+  return coordinates_through_mpi(RankInfo{0, 2, "Open MPI", true}) ? "MPI" : "marker files";
+}
+
 class Ranks : public ::testing::Test {
 protected:
   void SetUp() override {
@@ -53,8 +77,7 @@ protected:
 TEST_F(Ranks, UnderMpirunTheOutputIsTheSameAsOneProcesss) {
   if (run_shell("command -v mpirun").exit_code != 0)
     GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
-  const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-                             "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe -np ";
+  const std::string mpirun = MPIRUN + "-np ";
   // Back to Hugging Face from the single-process native output, as the other direction.
   auto back = run_shardshift("convert " + shell_quoted(tmp / "ref") + " " +
                              shell_quoted(tmp / "back") + " " + FLAGS);
@@ -70,6 +93,114 @@ TEST_F(Ranks, UnderMpirunTheOutputIsTheSameAsOneProcesss) {
       EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"back", "hf", "out", "ref"}));
     }
   }
+}
+
+TEST_F(Ranks, UnderMpirunEveryRankSaysHowTheJobIsCoordinated) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  auto r = run_shell(MPIRUN + "-np 3 " + SHARDSHIFT_BINARY + " convert " +
+                     shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
+                     " --max-shard-size 2MB -j 1");
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string said = r.out + r.err;
+  for (unsigned k = 0; k < 3; ++k)
+    EXPECT_EQ(count(said, "rank " + std::to_string(k) + " of 3 (Open MPI, coordinated through " +
+                              mpirun_coordinator() + "): converted"),
+              1u)
+        << said;
+  for (const std::string& name : list_dir(tmp / "out"))
+    EXPECT_FALSE(name.starts_with(".rank-")) << name;
+}
+
+TEST_F(Ranks, UnderMpirunRanksGivenDifferentPlansAreRefusedBeforeWriting) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  if (std::string(mpirun_coordinator()) != "MPI")
+    GTEST_SKIP() << "built without MPI: ranks of other plans write into other staging "
+                    "directories (and time out)";
+  // Rank 2 is given another shard size, so another plan (Open MPI's MPMD syntax, "A : B").
+  const std::string convert = std::string(SHARDSHIFT_BINARY) + " convert " +
+                              shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
+                              " -j 1 -q --max-shard-size ";
+  auto r = run_shell(MPIRUN + "-np 2 " + convert + "2MB : -np 1 " + convert + "3MB");
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err; // a usage error, on every rank
+  const std::string said = r.out + r.err;
+  for (unsigned k = 0; k < 3; ++k)
+    EXPECT_EQ(count(said, "shardshift: rank " + std::to_string(k) +
+                              " of 3: the ranks of this job disagree"),
+              1u)
+        << said;
+  EXPECT_EQ(count(said, "rank 2 planned another output than rank 0 (plan fingerprints "), 3u)
+      << said;
+  // Refused before the staging directory was made.
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
+}
+
+TEST_F(Ranks, UnderMpirunAKilledRankFailsTheJobAndLeavesNothing) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  // mpirun ends the other ranks with SIGTERM, then SIGKILL after odls_base_sigkill_timeout
+  // seconds (1 by default): rank 0 removes the staging directory in between (README "Ranks").
+  const std::string command =
+      "exec env " + MPIRUN + "--mca odls_base_sigkill_timeout 5 -np 3 " + SHARDSHIFT_BINARY +
+      " convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
+      " --max-shard-size 1MB --checksums -j 1 > " + shell_quoted(tmp / "log") + " 2>&1";
+  const pid_t mpirun = ::fork();
+  ASSERT_GE(mpirun, 0);
+  if (mpirun == 0) {
+    ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Rank 2 (a child of mpirun with OMPI_COMM_WORLD_RANK=2) dies without a word once the job's
+  // staging directory exists.
+  pid_t victim = 0;
+  for (int i = 0; i < 20000 && victim == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    bool started = false;
+    for (const std::string& name : entries(tmp.path()))
+      started |= name.find(".shardshift-job-") != std::string::npos;
+    if (!started)
+      continue;
+    for (const auto& proc : fs::directory_iterator("/proc")) {
+      const std::string stat = read_bytes(proc.path() / "stat");
+      const size_t paren = stat.rfind(')');
+      if (paren == std::string::npos || std::atoi(stat.c_str() + paren + 4) != mpirun)
+        continue; // "PID (NAME) STATE PPID ..."
+      std::string env = read_bytes(proc.path() / "environ");
+      std::replace(env.begin(), env.end(), '\0', '\n');
+      if (env.find("\nOMPI_COMM_WORLD_RANK=2\n") != std::string::npos)
+        victim = std::atoi(proc.path().filename().c_str());
+    }
+  }
+  ASSERT_GT(victim, 0) << read_bytes(tmp / "log");
+  ::kill(victim, SIGKILL);
+  const int status = wait_status(mpirun);
+  const std::string log = read_bytes(tmp / "log");
+  ASSERT_TRUE(WIFEXITED(status)) << log;
+  if (WEXITSTATUS(status) == 0)
+    GTEST_SKIP() << "the job finished before the kill";
+  EXPECT_NE(log.find("exited on signal 9"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log", "ref"})) << log;
+}
+
+TEST_F(Ranks, WithTorchrunsVariablesTheRanksCoordinateThroughMarkerFiles) {
+  // Two ranks as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK), each with its own log.
+  std::string command;
+  for (unsigned k = 0; k < 2; ++k)
+    command += "RANK=" + std::to_string(k) + " WORLD_SIZE=2 LOCAL_RANK=" + std::to_string(k) +
+               " " + SHARDSHIFT_BINARY + " convert " + shell_quoted(tmp / "hf") + " " +
+               shell_quoted(tmp / "out") + " --max-shard-size 2MB --checksums -j 1 > " +
+               shell_quoted(tmp / ("log" + std::to_string(k))) + " 2>&1 & ";
+  auto r = run_shell(command + "wait %1 && wait %2");
+  const std::string logs = read_bytes(tmp / "log0") + read_bytes(tmp / "log1");
+  ASSERT_EQ(r.exit_code, 0) << logs;
+  EXPECT_EQ(files_of(tmp / "out"), files_of(tmp / "ref"));
+  for (unsigned k = 0; k < 2; ++k)
+    EXPECT_EQ(count(logs, "rank " + std::to_string(k) +
+                              " of 2 (torchrun, coordinated through marker files): converted"),
+              1u)
+        << logs;
 }
 
 TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {

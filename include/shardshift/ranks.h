@@ -20,6 +20,9 @@ namespace shardshift {
 struct RankInfo {
   unsigned rank = 0, world = 1;
   std::string source; ///< where they came from: "--rank/--world-size", "Open MPI", "Slurm", ...
+  /// Started by Open MPI's mpirun (its variables gave the rank): MPI_Init can reach the launcher,
+  /// so the ranks may coordinate through MPI (job.h).
+  bool launcher_is_mpi = false;
 };
 
 /// The rank and world size of this process: `rank` / `world` when given (both or neither), else

@@ -1,0 +1,344 @@
+// marker_coordinator.cpp: the ranks of a job coordinated through files in the shared staging
+// directory (coordinator.h), for every launcher but Open MPI's mpirun and for builds without MPI.
+//
+//   every rank   touches ".rank-R-of-N.alive" every BEAT while it works or waits, and when its
+//                share ends writes ".rank-R-of-N.done" (its files' SHA-256) or
+//                ".rank-R-of-N.failed" (its error);
+//   every rank   stops at its next piece of work when a ".failed" marker appears;
+//   rank 0       waits until every rank has a marker, or a rank's heartbeat is older than
+//                --job-timeout, and removes the markers before it commits;
+//   ranks > 0    wait for the outcome: OUT is the staging directory (same device and inode, since
+//                a rename keeps them) holding its marker, or a failure.
+#include "coordinator.h"
+
+#include "outputs.h"
+#include "staging.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <fcntl.h>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <sys/stat.h>
+#include <thread>
+
+namespace shardshift {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr auto BEAT = std::chrono::milliseconds(500);
+constexpr auto POLL = std::chrono::milliseconds(100);
+
+std::string marker(unsigned r, unsigned n, const char* what) {
+  return ".rank-" + std::to_string(r) + "-of-" + std::to_string(n) + "." + what;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Modification time in nanoseconds on the filesystem's clock; 0 when absent.
+int64_t mtime_ns(const fs::path& p) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0)
+    return 0;
+  return int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+// This rank's heartbeat: ".rank-R-of-N.alive" holds a random nonce (a new one per run) and is
+// touched every BEAT while the rank works or waits; its markers carry the same nonce, so a marker
+// left by an earlier job with the same plan is never taken for this job's. The same thread
+// watches for failures elsewhere (and the user's Ctrl-C) and raises `stop`.
+class Heartbeat {
+public:
+  Heartbeat(Io& io, fs::path staging, const RankInfo& rank, const std::atomic<bool>* cancel)
+      : io_(io), staging_(std::move(staging)), rank_(rank), cancel_(cancel) {
+    std::random_device rd;
+    nonce_ = std::to_string(rd()) + std::to_string(rd());
+  }
+  ~Heartbeat() { stop_beating(); }
+
+  Status start() {
+    if (Status s = write(marker(rank_.rank, rank_.world, "alive"), nonce_); !s.ok())
+      return s;
+    started_ns_ = mtime_ns(staging_ / marker(rank_.rank, rank_.world, "alive"));
+    thread_ = std::thread([this] { beat(); });
+    return {};
+  }
+  void stop_beating() {
+    {
+      std::lock_guard lock(mutex_);
+      quit_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable())
+      thread_.join();
+  }
+  /// Set when this rank should stop: another rank failed, or the user interrupted.
+  const std::atomic<bool>* stop_flag() const { return &stop_; }
+  const std::string& nonce() const { return nonce_; }
+  int64_t started_ns() const { return started_ns_; }
+  Status write(const std::string& name, const std::string& text) {
+    return write_file_atomic(io_, staging_ / name, std::as_bytes(std::span(text)));
+  }
+
+private:
+  void beat() {
+    const fs::path alive = staging_ / marker(rank_.rank, rank_.world, "alive");
+    std::unique_lock lock(mutex_);
+    while (!wake_.wait_for(lock, BEAT, [this] { return quit_; })) {
+      ::utimensat(AT_FDCWD, alive.c_str(), nullptr, 0); // now, on the filesystem's clock
+      if ((cancel_ && cancel_->load()) || !first_failure(staging_, rank_.world, started_ns_).empty())
+        stop_ = true;
+    }
+  }
+  Io& io_;
+  fs::path staging_;
+  RankInfo rank_;
+  const std::atomic<bool>* cancel_;
+  std::string nonce_;
+  int64_t started_ns_ = 0;
+  std::atomic<bool> stop_{false};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool quit_ = false;
+  std::thread thread_;
+
+public:
+  // The message of a ".failed" marker written after `since` (this job's), or "".
+  static std::string first_failure(const fs::path& staging, unsigned world, int64_t since) {
+    for (unsigned r = 0; r < world; ++r) {
+      const fs::path f = staging / marker(r, world, "failed");
+      if (mtime_ns(f) >= since && since > 0) {
+        const std::string text = read_text(f); // the writer's nonce, then its message
+        return text.substr(std::min(text.size(), text.find('\n') + 1));
+      }
+    }
+    return {};
+  }
+};
+
+// A rank of this job that runs with another world size: its heartbeat is ".rank-K-of-M.alive"
+// with M != world, touched since this job began. "" when there is none.
+std::string other_world(const fs::path& staging, unsigned world, int64_t since) {
+  std::error_code ec;
+  for (fs::directory_iterator it(staging, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    unsigned k = 0, m = 0;
+    char tail[8] = {};
+    if (std::sscanf(name.c_str(), ".rank-%u-of-%u.%7s", &k, &m, tail) == 3 &&
+        std::string(tail) == "alive" && m != world && mtime_ns(it->path()) >= since)
+      return "rank " + std::to_string(k) + " runs with a world size of " + std::to_string(m) +
+             ", this one with " + std::to_string(world) +
+             ": every process of a job must be given the same";
+  }
+  return {};
+}
+
+// A rank's state as rank 0 sees it.
+enum class RankState { working, done, failed, gone };
+
+struct Observed {
+  RankState state = RankState::working;
+  std::string text; ///< the done marker's digests, or the failure
+};
+
+// Rank r's marker, valid only when it carries the nonce now in its heartbeat file; a heartbeat
+// not touched for `timeout` (against rank 0's own, on the same clock) means the rank is gone.
+Observed observe(const fs::path& staging, unsigned r, unsigned world, int64_t now_ns,
+                 int64_t job_start_ns, std::chrono::seconds timeout) {
+  const std::string nonce = read_text(staging / marker(r, world, "alive"));
+  const int64_t beat = mtime_ns(staging / marker(r, world, "alive"));
+  for (auto [what, state] : {std::pair{"done", RankState::done}, {"failed", RankState::failed}}) {
+    const std::string text = read_text(staging / marker(r, world, what));
+    const size_t eol = text.find('\n');
+    if (!nonce.empty() && eol != std::string::npos && text.substr(0, eol) == nonce)
+      return {state, text.substr(eol + 1)};
+  }
+  const int64_t limit = std::chrono::nanoseconds(timeout).count();
+  if (beat == 0 ? now_ns - job_start_ns > limit : now_ns - beat > limit)
+    return {RankState::gone, "gave no sign of life for " +
+                                 std::to_string(timeout.count()) +
+                                 " s (killed, or never started); see its own output"};
+  return {};
+}
+
+class MarkerCoordinator final : public Coordinator {
+public:
+  MarkerCoordinator(const ConvertOptions& options, const RankInfo& rank, Io& io,
+                    const JobPaths& paths)
+      : options_(options), rank_(rank), io_(io), paths_(paths),
+        who_("rank " + std::to_string(rank.rank) + " of " + std::to_string(rank.world)) {}
+
+  const char* name() const override { return "marker files"; }
+
+  // Ranks given other plans write into other staging directories (the name is the plan's); ranks
+  // given other world sizes are found by rank 0 from their heartbeats (other_world).
+  Status agree_on_plan(const std::string&) override { return {}; }
+
+  Status begin(const fs::path& staging) override {
+    if (::stat(staging.c_str(), &staging_st_) != 0)
+      return Status(Errc::io, staging.string() + ": " + errno_text(errno));
+    heart_ = std::make_unique<Heartbeat>(io_, staging, rank_, options_.cancel);
+    for (const char* what : {"done", "failed"}) // this rank's own leftovers
+      io_.unlink((staging / marker(rank_.rank, rank_.world, what)).c_str());
+    if (Status s = heart_->start(); !s.ok()) {
+      heart_.reset();
+      return s;
+    }
+    return {};
+  }
+
+  const std::atomic<bool>* stop_flag() const override {
+    static const std::atomic<bool> never{false};
+    return heart_ ? heart_->stop_flag() : options_.cancel ? options_.cancel : &never;
+  }
+  std::string stop_reason() const override {
+    return cancelled() ? std::string("interrupted")
+                       : Heartbeat::first_failure(paths_.staging, rank_.world,
+                                                  heart_ ? heart_->started_ns() : 0);
+  }
+
+  Result<SharesEnded> end_share(const Status& own, const std::string& done) override {
+    if (!heart_) // begin() was never reached: nothing to tell, nobody to wait for
+      return own.ok() ? Result<SharesEnded>(SharesEnded{}) : Result<SharesEnded>(own);
+    if (own.ok()) {
+      if (Status s = heart_->write(marker(rank_.rank, rank_.world, "done"),
+                                   heart_->nonce() + "\n" + done);
+          !s.ok())
+        return fail(s);
+    } else {
+      fail(own).ignore(); // reported with every rank's
+    }
+    if (rank_.rank != 0)
+      return SharesEnded{};
+    std::vector<std::string> failures;
+    if (!own.ok())
+      failures.push_back(who_ + ": " + own.message());
+    SharesEnded ended = wait_for_ranks(std::move(failures));
+    heart_->stop_beating();
+    if (ended.failures.empty()) // the committed OUT carries no markers
+      for (unsigned k = 0; k < rank_.world; ++k)
+        for (const char* what : {"done", "failed", "alive"})
+          io_.unlink((paths_.staging / marker(k, rank_.world, what)).c_str());
+    return ended;
+  }
+
+  // Ranks that finished their share poll for the outcome; give them time to read a failure
+  // before the directory (with the markers) goes. A commit they see in OUT itself.
+  void tell_outcome(const Status& outcome) override {
+    if (!outcome.ok())
+      std::this_thread::sleep_for(4 * POLL + BEAT);
+  }
+
+  Status learn_outcome(const Status& own) override {
+    if (!own.ok())
+      return own;
+    return wait_for_commit();
+  }
+
+private:
+  bool cancelled() const { return options_.cancel && options_.cancel->load(); }
+
+  // Tells the other ranks (a "failed" marker) and returns `s`.
+  Status fail(const Status& s) const {
+    heart_->write(marker(rank_.rank, rank_.world, "failed"),
+                  heart_->nonce() + "\n" + who_ + ": " + s.message())
+        .ignore(); // best effort: the error itself is what this rank reports
+    return s;
+  }
+
+  // OUT is the staging directory (a rename keeps device and inode), holding its marker.
+  bool commit_seen() const {
+    struct stat st {};
+    return ::stat(paths_.output.c_str(), &st) == 0 && st.st_dev == staging_st_.st_dev &&
+           st.st_ino == staging_st_.st_ino && fs::exists(paths_.output / OUTPUT_MARKER_NAME);
+  }
+
+  // Ranks > 0, their share done: wait for rank 0's commit, or a failure, and report it.
+  Status wait_for_commit() const {
+    for (;; std::this_thread::sleep_for(POLL)) {
+      if (commit_seen())
+        return {};
+      const std::string failure =
+          Heartbeat::first_failure(paths_.staging, rank_.world, heart_->started_ns());
+      if (!failure.empty())
+        return Status(Errc::io, "the job failed: " + failure);
+      if (cancelled())
+        return fail(Status(Errc::interrupted, "interrupted while waiting for the commit"));
+      std::error_code ec;
+      if (!fs::exists(paths_.staging, ec) && !commit_seen())
+        return Status(Errc::io, "the job failed: rank 0 removed the staging directory without "
+                                "committing; see its output");
+      const int64_t now = mtime_ns(paths_.staging / marker(rank_.rank, rank_.world, "alive"));
+      const Observed zero = observe(paths_.staging, 0, rank_.world, now, heart_->started_ns(),
+                                    options_.job_timeout);
+      if (zero.state == RankState::gone)
+        return fail(Status(Errc::io, "the job failed: rank 0 " + zero.text));
+    }
+  }
+
+  // Rank 0: waits until every rank has ended its share. Returns the failures (none: every rank
+  // is done) and every done rank's digests.
+  SharesEnded wait_for_ranks(std::vector<std::string> failures) const {
+    const unsigned world = rank_.world;
+    const fs::path& staging = paths_.staging;
+    for (;; std::this_thread::sleep_for(POLL)) {
+      const int64_t now = mtime_ns(staging / marker(0, world, "alive"));
+      bool all_ended = true;
+      std::vector<std::string> seen, done;
+      for (unsigned k = 0; k < world; ++k) {
+        const Observed o =
+            observe(staging, k, world, now, heart_->started_ns(), options_.job_timeout);
+        // After a failure, a rank that never started is not waited for.
+        if (o.state == RankState::working &&
+            (failures.empty() || mtime_ns(staging / marker(k, world, "alive")) != 0))
+          all_ended = false;
+        if (o.state == RankState::failed || o.state == RankState::gone)
+          seen.push_back(k == 0 ? o.text : "rank " + std::to_string(k) + ": " + o.text);
+        if (o.state == RankState::done)
+          done.push_back(o.text);
+      }
+      if (const std::string odd = other_world(staging, world, heart_->started_ns());
+          !odd.empty())
+        seen.push_back(odd);
+      if (!seen.empty() && failures.empty()) { // tell the others to stop
+        failures = seen;
+        fail(Status(Errc::io, "stopping the job: " + seen.front())).ignore();
+      }
+      if (all_ended) // all done, or every rank stopped after a failure
+        return SharesEnded{failures, done};
+      if (cancelled() && failures.empty()) {
+        failures.push_back(who_ + ": interrupted");
+        fail(Status(Errc::interrupted, "interrupted")).ignore();
+      }
+    }
+  }
+
+  const ConvertOptions& options_;
+  RankInfo rank_;
+  Io& io_;
+  JobPaths paths_;
+  std::string who_; ///< "rank R of N", for messages
+  struct stat staging_st_ {};
+  std::unique_ptr<Heartbeat> heart_;
+};
+
+} // namespace
+
+std::unique_ptr<Coordinator> make_marker_coordinator(const ConvertOptions& options,
+                                                     const RankInfo& rank, Io& io,
+                                                     const JobPaths& paths) {
+  return std::make_unique<MarkerCoordinator>(options, rank, io, paths);
+}
+
+} // namespace shardshift

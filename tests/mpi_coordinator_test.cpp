@@ -1,0 +1,117 @@
+// mpi_coordinator_test.cpp: the MPI coordinator (src/mpi_coordinator.cpp) between real processes.
+// Each test runs this program again under `mpirun -np 3` with a filter naming itself; the copies
+// see Open MPI's variables and act as the ranks, and any failed expectation in a rank makes
+// mpirun exit non-zero. Skipped in a build without MPI or without mpirun.
+#include "coordinator.h"
+
+#include "shardshift/ranks.h"
+
+#include "test_support.h"
+
+#include <cstdlib>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+namespace shardshift {
+namespace {
+
+// In the test process: runs `test` (this program's test of that name) as 3 ranks under mpirun
+// and returns true; in a rank: returns false, and the caller acts as the rank.
+bool ran_under_mpirun(const char* test) {
+  if (std::getenv("OMPI_COMM_WORLD_SIZE"))
+    return false;
+  char self[4096] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  EXPECT_GT(n, 0);
+  auto r = testing::run_shell(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 3 " +
+      testing::shell_quoted(self) + " --gtest_filter=MpiCoordinator." + test);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  return true;
+}
+
+bool can_run() {
+  return coordinates_through_mpi(RankInfo{0, 2, "Open MPI", true}) &&
+         testing::run_shell("command -v mpirun").exit_code == 0;
+}
+
+TEST(MpiCoordinator, RankZeroLearnsEveryRanksFilesAndEveryRankTheCommit) {
+  if (!can_run())
+    GTEST_SKIP() << "built without MPI (libopenmpi-dev), or no mpirun";
+  if (ran_under_mpirun("RankZeroLearnsEveryRanksFilesAndEveryRankTheCommit"))
+    return;
+  auto rank = detect_rank(std::nullopt, std::nullopt, environment());
+  ASSERT_TRUE(rank.ok()) << rank.status().message();
+  ASSERT_EQ(rank->world, 3u);
+  ConvertOptions options;
+  auto coordinator = make_mpi_coordinator(options, *rank);
+  ASSERT_TRUE(coordinator);
+  EXPECT_STREQ(coordinator->name(), "MPI");
+  ASSERT_TRUE(coordinator->agree_on_plan(std::string(64, 'a')).ok());
+  // Texts of different lengths, the longest in the middle.
+  const std::string mine(10 + 1000 * (rank->rank == 1), char('x' + rank->rank));
+  auto ended = coordinator->end_share(Status(), mine);
+  ASSERT_TRUE(ended.ok()) << ended.status().message();
+  if (rank->rank == 0) {
+    EXPECT_TRUE(ended->failures.empty());
+    EXPECT_EQ(ended->done, (std::vector<std::string>{std::string(10, 'x'), std::string(1010, 'y'),
+                                                     std::string(10, 'z')}));
+    coordinator->tell_outcome(Status());
+  } else {
+    EXPECT_TRUE(ended->done.empty()); // only rank 0 is told the files
+    EXPECT_TRUE(coordinator->learn_outcome(Status()).ok());
+  }
+}
+
+TEST(MpiCoordinator, ARankThatFailedIsNamedToEveryRankAndTheJobFailsOnAll) {
+  if (!can_run())
+    GTEST_SKIP() << "built without MPI (libopenmpi-dev), or no mpirun";
+  if (ran_under_mpirun("ARankThatFailedIsNamedToEveryRankAndTheJobFailsOnAll"))
+    return;
+  auto rank = detect_rank(std::nullopt, std::nullopt, environment());
+  ASSERT_TRUE(rank.ok()) << rank.status().message();
+  ConvertOptions options;
+  auto coordinator = make_mpi_coordinator(options, *rank);
+  ASSERT_TRUE(coordinator->agree_on_plan(std::string(64, 'b')).ok());
+  const Status own = rank->rank == 2 ? Status(Errc::no_space, "out: no space left on purpose")
+                                     : Status();
+  auto ended = coordinator->end_share(own, own.ok() ? "f 0\n" : "");
+  ASSERT_TRUE(ended.ok()) << ended.status().message();
+  if (rank->rank == 0) {
+    EXPECT_EQ(ended->failures,
+              (std::vector<std::string>{"rank 2 of 3: out: no space left on purpose"}));
+    EXPECT_EQ(ended->done.size(), 2u);
+    coordinator->tell_outcome(Status(Errc::io, "the job of 3 ranks failed"));
+    return;
+  }
+  const Status outcome = coordinator->learn_outcome(own);
+  if (rank->rank == 2) {
+    EXPECT_EQ(outcome.code(), Errc::no_space);
+    EXPECT_EQ(outcome.message(), own.message()); // its own error, as it happened
+  } else {
+    EXPECT_EQ(outcome.code(), Errc::io);
+    EXPECT_EQ(outcome.message(), "the job failed: rank 2 of 3: out: no space left on purpose");
+  }
+}
+
+TEST(MpiCoordinator, RanksWithDifferentPlansAreRefusedOnEveryRank) {
+  if (!can_run())
+    GTEST_SKIP() << "built without MPI (libopenmpi-dev), or no mpirun";
+  if (ran_under_mpirun("RanksWithDifferentPlansAreRefusedOnEveryRank"))
+    return;
+  auto rank = detect_rank(std::nullopt, std::nullopt, environment());
+  ASSERT_TRUE(rank.ok()) << rank.status().message();
+  ConvertOptions options;
+  auto coordinator = make_mpi_coordinator(options, *rank);
+  const Status s = coordinator->agree_on_plan(std::string(64, rank->rank == 1 ? 'd' : 'c'));
+  EXPECT_EQ(s.code(), Errc::invalid_argument);
+  EXPECT_NE(s.message().find("rank 1 planned another output than rank 0 (plan fingerprints "
+                             "dddddddddddddddd and cccccccccccccccc)"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(s.message().find("rank 2 planned"), std::string::npos) << s.message();
+}
+
+} // namespace
+} // namespace shardshift
