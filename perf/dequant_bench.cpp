@@ -61,7 +61,8 @@ uint64_t out_rows(const Shape& s) {
 
 void bench_memcpy(benchmark::State& state, Shape shape, DType dst) {
   // The bytes the kernel writes (a transposed piece fills half of each stacked row).
-  const uint64_t bytes = out_rows(shape) * (shape.transpose ? shape.R : shape.C) * dtype_bits(dst) / 8;
+  const uint64_t bytes =
+      out_rows(shape) * (shape.transpose ? shape.R : shape.C) * dtype_bits(dst) / 8;
   auto src = make_buffer(bytes), out = make_buffer(bytes);
   if (!src || !out)
     return state.SkipWithError("out of memory");
@@ -78,7 +79,8 @@ void bench_kernel(benchmark::State& state, Shape shape, DType src_dtype, DType d
                   SimdLevel level) {
   const uint64_t in_bytes = shape.R * shape.C;
   const uint64_t scale_count = scale_blocks(shape.R) * scale_blocks(shape.C);
-  const uint64_t written = out_rows(shape) * (shape.transpose ? shape.R : shape.C) * dtype_bits(dst) / 8;
+  const uint64_t written =
+      out_rows(shape) * (shape.transpose ? shape.R : shape.C) * dtype_bits(dst) / 8;
   auto src = make_buffer(in_bytes), scales = make_buffer(scale_count * 4);
   auto out = make_buffer(out_rows(shape) * out_row_length(shape) * dtype_bits(dst) / 8);
   if (!src || !scales || !out)
@@ -134,14 +136,15 @@ void register_all() {
   for (const Shape& shape : {PIECE, DENSE})
     for (DType dst : {DType::BF16, DType::F32})
       benchmark::RegisterBenchmark(
-          (std::string("memcpy/") + std::string(dtype_name(dst)) + "/" + shape.name).c_str(), bench_memcpy,
-          shape, dst)
+          (std::string("memcpy/") + std::string(dtype_name(dst)) + "/" + shape.name).c_str(),
+          bench_memcpy, shape, dst)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
   for (const Case& c : cases)
     for (SimdLevel level : levels)
-      benchmark::RegisterBenchmark((std::string(dtype_name(c.src)) + "_to_" + std::string(dtype_name(c.dst)) +
-                                    "/" + c.shape.name + "/" + simd_level_name(level))
+      benchmark::RegisterBenchmark((std::string(dtype_name(c.src)) + "_to_" +
+                                    std::string(dtype_name(c.dst)) + "/" + c.shape.name + "/" +
+                                    simd_level_name(level))
                                        .c_str(),
                                    bench_kernel, c.shape, c.src, c.dst, level)
           ->Unit(benchmark::kMillisecond)

@@ -20,7 +20,6 @@
 // products included (dequant_tiles_x86.inc says how), so every level gives the same output;
 // tests/dequant_simd_test.cpp checks each level against the scalar path and the reference.
 #include "dequant.h"
-
 #include "float_environment.h"
 #include "numerics.h"
 
@@ -59,7 +58,6 @@ namespace shardshift {
 namespace {
 
 using namespace numerics;
-
 
 template <float (*Decode)(uint8_t)> constexpr std::array<float, 256> fp8_table() {
   std::array<float, 256> t{};
@@ -184,11 +182,14 @@ bool cpu_avx512_bf16() {
 template <class Dec, class Dec512, DType D> Kernels kernels_for(SimdLevel level) {
   if (level == SimdLevel::avx512) {
     if constexpr (D == DType::BF16) {
+      // Plain blocks use AVX512-BF16's rounding where the CPU has it; elsewhere every block
+      // takes the general kernel (a plain-block variant of it would be the one path this
+      // project's CPUs never run in the tests).
       Kernels k{&avx512_row_2<Avx512ToBf16<Dec512, false>>,
-                &avx512_row_2<Avx512ToBf16<Dec512, true>>,
+                &avx512_row_2<Avx512ToBf16<Dec512, false>>,
                 32,
                 &avx512_tile_2<Avx512ToBf16<Dec512, false>>,
-                &avx512_tile_2<Avx512ToBf16<Dec512, true>>,
+                &avx512_tile_2<Avx512ToBf16<Dec512, false>>,
                 32,
                 16};
       if (cpu_avx512_bf16()) {
@@ -207,7 +208,7 @@ template <class Dec, class Dec512, DType D> Kernels kernels_for(SimdLevel level)
     } else {
       return {&avx512_row_4<Avx512ToF32<Dec512, false>>,
               &avx512_row_4<Avx512ToF32<Dec512, true>>,
-              16,
+              32,
               &avx512_tile_4<Avx512ToF32<Dec512, false>>,
               &avx512_tile_4<Avx512ToF32<Dec512, true>>,
               16,
@@ -216,16 +217,28 @@ template <class Dec, class Dec512, DType D> Kernels kernels_for(SimdLevel level)
   }
   if (level == SimdLevel::avx2) {
     if constexpr (D == DType::BF16)
-      return {&avx2_row<Avx2ToBf16<Dec, false>>,    &avx2_row<Avx2ToBf16<Dec, true>>,    16,
-              &avx2_tile_2<Avx2ToBf16<Dec, false>>, &avx2_tile_2<Avx2ToBf16<Dec, true>>, 32,
+      return {&avx2_row<Avx2ToBf16<Dec, false>>,
+              &avx2_row<Avx2ToBf16<Dec, true>>,
+              16,
+              &avx2_tile_2<Avx2ToBf16<Dec, false>>,
+              &avx2_tile_2<Avx2ToBf16<Dec, true>>,
+              32,
               16};
     else if constexpr (D == DType::F16)
-      return {&avx2_row<Avx2ToF16<Dec, false>>,    &avx2_row<Avx2ToF16<Dec, true>>,    16,
-              &avx2_tile_2<Avx2ToF16<Dec, false>>, &avx2_tile_2<Avx2ToF16<Dec, true>>, 32,
+      return {&avx2_row<Avx2ToF16<Dec, false>>,
+              &avx2_row<Avx2ToF16<Dec, true>>,
+              16,
+              &avx2_tile_2<Avx2ToF16<Dec, false>>,
+              &avx2_tile_2<Avx2ToF16<Dec, true>>,
+              32,
               16};
     else
-      return {&avx2_row<Avx2ToF32<Dec, false>>,    &avx2_row<Avx2ToF32<Dec, true>>,    8,
-              &avx2_tile_4<Avx2ToF32<Dec, false>>, &avx2_tile_4<Avx2ToF32<Dec, true>>, 16,
+      return {&avx2_row<Avx2ToF32<Dec, false>>,
+              &avx2_row<Avx2ToF32<Dec, true>>,
+              8,
+              &avx2_tile_4<Avx2ToF32<Dec, false>>,
+              &avx2_tile_4<Avx2ToF32<Dec, true>>,
+              16,
               8};
   }
   return {};
@@ -295,8 +308,9 @@ template <DType S, DType D> void run(const DequantArgs& a, SimdLevel level) {
         if (k.row != nullptr) {
           const uint64_t n = (c1 - c0) - (c1 - c0) % k.row_step;
           if (n != 0)
-            (plain_scale(s) ? k.row_plain : k.row)(s, codes + r * a.C + c0, a.dst + ((r - a.begin) * pitch + c0) * sizeof(Out), n,
-                  stream);
+            (plain_scale(s) ? k.row_plain
+                            : k.row)(s, codes + r * a.C + c0,
+                                     a.dst + ((r - a.begin) * pitch + c0) * sizeof(Out), n, stream);
           c += n;
         }
         for (; c < c1; ++c)
@@ -310,31 +324,31 @@ template <DType S, DType D> void run(const DequantArgs& a, SimdLevel level) {
       for (uint64_t r = ra; r < rb; ++r)
         put(j - a.begin, r, pitch, mul_f32(in(r, j), s));
   };
-  for (uint64_t r0 = 0; r0 < a.R; r0 += B) {
-    const uint64_t r1 = std::min(a.R, r0 + B);
-    for (uint64_t j0 = a.begin; j0 < end;) {
-      const uint64_t j1 = std::min(end, (j0 / B + 1) * B);
+  // Block columns outer: the output rows of one block column (at most `block` of them) are
+  // written whole before the next, so the stores stay within a few pages at a time (the other
+  // order touches every output row, each on its own page, once per tile: a TLB miss per row).
+  for (uint64_t j0 = a.begin; j0 < end;) {
+    const uint64_t j1 = std::min(end, (j0 / B + 1) * B);
+    for (uint64_t r0 = 0; r0 < a.R; r0 += B) {
+      const uint64_t r1 = std::min(a.R, r0 + B);
       const float s = scale(r0 / B, j0 / B);
       if (k.tile == nullptr) {
         scalar_rect(r0, r1, j0, j1, s);
-        j0 = j1;
         continue;
       }
-      // The next tile's input: the next block column of these rows, or the next block row.
-      const uint64_t next_r = j1 < end ? r0 : r1, next_j = j1 < end ? j1 : a.begin;
-      if (next_r < a.R)
-        prefetch_rows(a.src + next_r * a.C + next_j, a.C, std::min(a.R - next_r, B),
-                      std::min(end - next_j, B));
+      // The next tile's input: the next block row of these columns.
+      if (r1 < a.R)
+        prefetch_rows(a.src + r1 * a.C + j0, a.C, std::min(a.R - r1, B), j1 - j0);
       const uint64_t ni = (r1 - r0) - (r1 - r0) % k.tile_i;
       const uint64_t nj = (j1 - j0) - (j1 - j0) % k.tile_j;
       if (ni != 0 && nj != 0)
-        (plain_scale(s) ? k.tile_plain : k.tile)(s, codes + r0 * a.C + j0, a.C,
-               a.dst + ((j0 - a.begin) * pitch + r0) * sizeof(Out), pitch * sizeof(Out), ni, nj,
-               stream);
+        (plain_scale(s) ? k.tile_plain : k.tile)(
+            s, codes + r0 * a.C + j0, a.C, a.dst + ((j0 - a.begin) * pitch + r0) * sizeof(Out),
+            pitch * sizeof(Out), ni, nj, stream);
       scalar_rect(r0 + ni, r1, j0, j0 + nj, s);
       scalar_rect(r0, r1, j0 + nj, j1, s);
-      j0 = j1;
     }
+    j0 = j1;
   }
 }
 

@@ -7,11 +7,8 @@
 // than a row, misaligned outputs, and outputs large enough for streaming stores (semantics 15.3).
 // Elements outside the call's output must keep their bytes.
 #include "dequant.h"
-
 #include "reference/numeric_reference.h"
 #include "test_support.h"
-
-#include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +17,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #if defined(__x86_64__)
 #include <xmmintrin.h>
@@ -83,8 +82,8 @@ struct Problem {
     std::ostringstream o;
     o << dtype_name(src) << " x " << dtype_name(scale) << " -> " << dtype_name(dst) << " [" << R
       << ", " << C << "] block " << block << (transpose ? " transposed" : "") << " begin " << begin
-      << " count " << count << " pitch " << pitch << " col_offset " << col_offset
-      << " byte_offset " << byte_offset;
+      << " count " << count << " pitch " << pitch << " col_offset " << col_offset << " byte_offset "
+      << byte_offset;
     return o.str();
   }
 };
@@ -161,11 +160,13 @@ void expect_every_level_exact(const Problem& p, const std::string& what, unsigne
     const std::vector<std::byte> got =
         level == SimdLevel::portable ? scalar : run_at(p, level, mxcsr);
     if (level != SimdLevel::portable)
-      EXPECT_TRUE(got == scalar) << simd_level_name(level) << " differs from the scalar path: "
-                                 << what << ": " << p.describe();
+      EXPECT_TRUE(got == scalar) << simd_level_name(level)
+                                 << " differs from the scalar path: " << what << ": "
+                                 << p.describe();
     uint64_t bad = 0;
     for (uint64_t e = 0; e < want.size() / ow; ++e) {
-      const uint64_t g = load_bits(got.data() + e * ow, ow), x = load_bits(want.data() + e * ow, ow);
+      const uint64_t g = load_bits(got.data() + e * ow, ow),
+                     x = load_bits(want.data() + e * ow, ow);
       if (g == x || bad++ >= 5)
         continue;
       const uint64_t k = e / p.pitch, col = e % p.pitch;
@@ -177,8 +178,7 @@ void expect_every_level_exact(const Problem& p, const std::string& what, unsigne
         const uint64_t r = p.transpose ? i : p.begin + k, c = p.transpose ? p.begin + k : i;
         o << " = W[" << r << "][" << c << "] "
           << hex(load_bits(p.w.data() + (r * p.C + c) * iw, iw)) << " x scale "
-          << hex(load_bits(
-                 p.s.data() + ((r / p.block) * p.scale_cols() + c / p.block) * sw, sw));
+          << hex(load_bits(p.s.data() + ((r / p.block) * p.scale_cols() + c / p.block) * sw, sw));
       } else {
         o << " (outside the call's output)";
       }
@@ -193,16 +193,17 @@ void expect_every_level_exact(const Problem& p, const std::string& what, unsigne
 /// infinities and NaNs (quiet, signalling, with payloads), each sign.
 std::vector<uint64_t> special_scales(DType t) {
   if (t == DType::F32)
-    return {0x00000000, 0x80000000, 0x3F800000, 0xBF800000, 0x00000001, 0x80000001,
-            0x00012345, 0x00800000, 0x03800000, // 2^-120: every E4M3 product is subnormal
-            0x04000000, 0x3B124925,             // ~1/448, DeepSeek's typical
-            0x3F2AAAAB, 0x72800000,             // 2/3; 2^102
-            0x7B800000,                         // 2^120: 448 x 2^120 overflows
-            0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000,
-            0x7F800001, 0x7FC12345, 0xFFA00001};
+    return {
+        0x00000000, 0x80000000, 0x3F800000, 0xBF800000, 0x00000001,
+        0x80000001, 0x00012345, 0x00800000, 0x03800000, // 2^-120: every E4M3 product is subnormal
+        0x04000000, 0x3B124925,                         // ~1/448, DeepSeek's typical
+        0x3F2AAAAB, 0x72800000,                         // 2/3; 2^102
+        0x7B800000,                                     // 2^120: 448 x 2^120 overflows
+        0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000,
+        0xFFC00000, 0x7F800001, 0x7FC12345, 0xFFA00001};
   if (t == DType::BF16)
-    return {0x0000, 0x8000, 0x3F80, 0xBF80, 0x0001, 0x8040, 0x0080, 0x0380, 0x3B12, 0x7B80,
-            0x7F7F, 0xFF7F, 0x7F80, 0xFF80, 0x7FC0, 0xFFC0, 0x7F81, 0xFFA1};
+    return {0x0000, 0x8000, 0x3F80, 0xBF80, 0x0001, 0x8040, 0x0080, 0x0380, 0x3B12,
+            0x7B80, 0x7F7F, 0xFF7F, 0x7F80, 0xFF80, 0x7FC0, 0xFFC0, 0x7F81, 0xFFA1};
   return {0x0000, 0x8000, 0x3C00, 0xBC00, 0x0001, 0x83FF, 0x0400, 0x1C92,
           0x7BFF, 0xFBFF, 0x7C00, 0xFC00, 0x7E00, 0xFE00, 0x7C01, 0xFD23};
 }
@@ -246,7 +247,7 @@ TEST(DequantSimd, EveryCodeTimesEverySpecialScaleAtEveryLevel) {
 // boundaries; under a caller's FTZ/DAZ and round-toward-zero, which the kernel must clear.
 TEST(DequantSimd, ProductsThatUnderflowOrOverflowRoundExactly) {
   std::vector<uint64_t> scales;
-  for (uint32_t e : {1u, 2u, 3u, 10u, 100u, 110u, 116u, 117u, 118u, 119u, 120u, 121u, 122u,
+  for (uint32_t e : {1u,   2u,   3u,   10u,  100u, 110u, 116u, 117u, 118u, 119u, 120u, 121u, 122u,
                      123u, 124u, 125u, 126u, 200u, 244u, 245u, 246u, 247u, 248u, 250u, 254u})
     for (uint32_t m : {0x000000u, 0x7FFFFFu, 0x400001u, 0x123457u})
       scales.push_back((e << 23) | m);
@@ -343,10 +344,8 @@ TEST(DequantSimd, LargeOutputsWithStreamingStoresAreExact) {
   const Shape shapes[] = {
       {DType::BF16, true, 1024, 2048, 2048, 0},    // gate: [I, H] -> columns [0, I) of [H, 2I]
       {DType::BF16, true, 1024, 2048, 2048, 1024}, // up: columns [I, 2I)
-      {DType::BF16, false, 2048, 2048, 0, 0},
-      {DType::F16, true, 2048, 2048, 0, 0},
-      {DType::F32, true, 1024, 2048, 0, 0},
-      {DType::F32, false, 1024, 2048, 0, 0},
+      {DType::BF16, false, 2048, 2048, 0, 0},      {DType::F16, true, 2048, 2048, 0, 0},
+      {DType::F32, true, 1024, 2048, 0, 0},        {DType::F32, false, 1024, 2048, 0, 0},
   };
   for (const Shape& sh : shapes) {
     Problem p;
