@@ -351,7 +351,9 @@ void add_convert_flags(ConvertFlags& f) {
       "The number of processes of the job (see --rank).")(
       "job-timeout", po::value<unsigned>()->default_value(120)->value_name("SECONDS"),
       "In a job of several processes: a rank silent this long (no heartbeat in the shared "
-      "staging directory) is taken for dead and the job fails. Example: --job-timeout 600")(
+      "staging directory) is taken for dead and the job fails. Under mpirun (coordinated "
+      "through MPI) it bounds the waits for every rank to agree on the plan and for rank 0's "
+      "commit; a rank that dies is mpirun's to see. Example: --job-timeout 600")(
       "ep-from-launcher",
       "Each process of the job writes its own expert-parallel checkpoint: --ep-size is the "
       "world size and --ep-rank the rank (from the launcher or --rank/--world-size), and "
