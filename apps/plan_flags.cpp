@@ -68,6 +68,11 @@ FlagGroup output_flags() {
       "from_hf dropped from it (diffusion_gemma: model.encoder.*, the vision tower) is copied "
       "back into the output, zero-copy, after the converted tensors, so a round trip loses "
       "nothing. Example: convert nemo hf-out --direction to_hf --base hf-orig")(
+      "quantize", po::value<std::string>()->value_name("QUANT"),
+      "to_hf deepseek_v3: write the linear weights as F8_E4M3 with F32 128 x 128 block scales "
+      "(W_scale_inv), each block's largest magnitude mapped to 448, as DeepSeek's own "
+      "checkpoints; norms, embeddings, heads and the router stay as they are. QUANT: fp8. Not "
+      "with --dtype. Example: convert nemo hf-fp8 --direction to_hf --quantize fp8")(
       "no-side-files", "Do not copy config.json, the tokenizer files and the other files of the "
                        "input directory.")(
       "no-align", "Do not pad headers to keep copied tensors page-aligned (this disables "
@@ -112,6 +117,12 @@ Result<PlanOptions> plan_options(const po::variables_map& vm) {
   o.ep_shard_rank = vm["ep-shard-rank"].as<unsigned>();
   o.copy_side_files = !vm.count("no-side-files");
   o.align_for_reflink = !vm.count("no-align");
+  if (vm.count("quantize")) {
+    const auto q = vm["quantize"].as<std::string>();
+    if (q != "fp8")
+      return Status(Errc::invalid_argument, "--quantize '" + q + "': use fp8");
+    o.quantize_fp8 = true;
+  }
   if (vm.count("base")) {
     o.base = vm["base"].as<std::string>();
     if (o.base.empty())

@@ -66,6 +66,10 @@ struct AdapterSpec {
   /// The dtype of stacked experts and dequantized weights when --dtype is not given; nullopt:
   /// the input's (deepseek_v3: BF16, the reference adapter's default, semantics 15.2).
   std::optional<DType> default_dtype = std::nullopt;
+  /// to_hf: --quantize fp8 is offered (semantics 15.7); it quantizes every output key ending in
+  /// `.weight` that contains none of `not_quantized`.
+  bool quantizes = false;
+  std::vector<std::string_view> not_quantized = {};
 };
 
 /// The adapter for (model, direction); nullptr when unknown.

@@ -212,6 +212,14 @@ const AdapterSpec DEEPSEEK_V3_TO_HF = [] {
   spec.model = "deepseek_v3";
   spec.rules.front().output =
       "grouped-expert LoRA weights are not supported for deepseek_v3; merge them first";
+  // --quantize fp8 (15.7): the reference's list of weights kept as they are, plus the two of the
+  // multi-token-prediction layer that DeepSeek's checkpoint keeps in BF16 and the reference
+  // would quantize.
+  spec.quantizes = true;
+  spec.not_quantized = {"input_layernorm.weight", "post_attention_layernorm.weight",
+                        "norm.weight",            "lm_head.weight",
+                        "embed_tokens.weight",    "mlp.gate.weight",
+                        "eh_proj.weight",         "shared_head.head.weight"};
   return spec;
 }();
 

@@ -48,6 +48,11 @@ std::unique_ptr<Item> Emitter::next() {
       if (auto item = dequant_chunk(t))
         return item;
       break;
+    case OpKind::quantize:
+    case OpKind::quantize_scale:
+      if (auto item = quantize_chunk(t))
+        return item;
+      break;
     }
   }
 }
@@ -295,6 +300,81 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
                                                 [](const StackPart& p) { return p.dequant; });
   if (e_ == N) {
     e_ = 0;
+    ++k_;
+  }
+  return item;
+}
+
+// The next chunk of a --quantize fp8 output (semantics 15.7). The matrix X [R, C] is a 2-D
+// source, or (3-D source) columns [col_begin, col_begin + R) of expert expert_begin, transposed.
+// A chunk of codes is a range of X's rows, in whole 128-row block rows when the chunk holds one
+// (a row range that cuts a block still reads the whole block for its scale); a chunk of scales is
+// a range of block rows. The input rows read are released once written; an expert's whole input
+// once the tensor's last chunk is (every chunk reads across all its rows).
+std::unique_ptr<Item> Emitter::quantize_chunk(const OutputTensor& t) {
+  const TensorInfo& src = in_.info(t.source);
+  const bool expert = src.shape.size() == 3;
+  const uint64_t es_in = dtype_bits(src.dtype) / 8;
+  QuantizeArgs q;
+  q.src_dtype = src.dtype;
+  q.scales = t.op == OpKind::quantize_scale;
+  uint64_t in_base = in_.file_offset(t.source), in_bytes = 0;
+  if (expert) {
+    const uint64_t A = src.shape[1], B = src.shape[2];
+    q.R = t.cols;
+    q.C = A;
+    q.row_stride = 1;
+    q.col_stride = B;
+    in_base += t.expert_begin * A * B * es_in;
+    in_bytes = A * B * es_in;
+    q.src = in_.bytes(t.source).data() + (t.expert_begin * A * B + t.col_begin) * es_in;
+  } else {
+    q.R = src.shape[0];
+    q.C = src.shape[1];
+    q.src = in_.bytes(t.source).data();
+  }
+  const uint64_t units = q.scales ? scale_blocks(q.R) : q.R;
+  if (units == 0 || q.C == 0) {
+    ++k_;
+    return nullptr;
+  }
+  // Bytes per unit: a row of codes reads a row of X; a block row of scales reads 128 rows.
+  const uint64_t unit_in = q.C * es_in * (q.scales ? FP8_BLOCK : 1);
+  const uint64_t unit_out = q.scales ? scale_blocks(q.C) * 4 : q.C;
+  const uint64_t per_chunk = chunk_ / std::max(unit_in, unit_out);
+  q.begin = c_;
+  q.count = std::min(units - c_, q.scales ? std::max<uint64_t>(1, per_chunk)
+                                          : block_rows(per_chunk));
+  auto item = make(ItemKind::transform);
+  item->tensor = &t;
+  item->shard = &in_.shard(t.source);
+  item->length = q.count * unit_out;
+  item->on_gpu = false; // no CUDA kernel: the CPU on every device, same bits
+  c_ += q.count;
+  const bool last = c_ == units;
+  if (!expert) {
+    // X's rows [first, end) as read by this chunk (whole blocks, for the scales).
+    const uint64_t first = q.scales ? q.begin * FP8_BLOCK : q.begin / FP8_BLOCK * FP8_BLOCK;
+    const uint64_t end =
+        std::min(q.R, q.scales ? (q.begin + q.count) * FP8_BLOCK
+                               : scale_blocks(q.begin + q.count) * FP8_BLOCK);
+    const uint64_t row = q.C * es_in;
+    item->shard->file->will_need(in_base + first * row, (end - first) * row);
+    // Release only rows no later chunk of this tensor reads again (a cut block is read twice).
+    const uint64_t done = last || q.scales ? end : (q.begin + q.count) / FP8_BLOCK * FP8_BLOCK;
+    const uint64_t from = std::min(first, done);
+    if (done > from)
+      item->releases.push_back({item->shard, in_base + from * row, (done - from) * row});
+  } else {
+    if (q.begin == 0)
+      item->shard->file->will_need(in_base, in_bytes);
+    if (last)
+      item->releases.push_back({item->shard, in_base, in_bytes});
+  }
+  item->quantize = q;
+  item->quantize_source = src.name;
+  if (last) {
+    c_ = 0;
     ++k_;
   }
   return item;

@@ -50,6 +50,7 @@ private:
   std::unique_ptr<Item> transform_chunk(const OutputTensor& t);
   std::unique_ptr<Item> stack_chunk(const OutputTensor& t);
   std::unique_ptr<Item> dequant_chunk(const OutputTensor& t);
+  std::unique_ptr<Item> quantize_chunk(const OutputTensor& t);
   static uint64_t block_rows(uint64_t rows);
   void set_dequant(StackPart& part, TensorRef source, TensorRef scale, bool transpose,
                    uint64_t begin, uint64_t count, uint64_t pitch, DType dst);

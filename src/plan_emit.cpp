@@ -9,21 +9,22 @@
 namespace shardshift {
 
 // Adds `t` unless the exclusion pattern removes it (Python re.match: anchored at the start only).
-void emit_tensor(PlanContext& ctx, OutputTensor t) {
+bool emit_tensor(PlanContext& ctx, OutputTensor t) {
   if (ctx.exclude) {
     auto excluded = ctx.exclude->match(t.name);
     if (!excluded) {
       ctx.problems.add(excluded.status().code(), "", "",
                        "--exclude: " + excluded.status().message());
-      return;
+      return false;
     }
     if (*excluded) {
       ++ctx.plan.excluded;
-      return;
+      return false;
     }
   }
   t.size = tensor_byte_size(t.dtype, t.shape).value_or(0); // overflow: check_unique_names says so
   ctx.plan.tensors.push_back(std::move(t));
+  return true;
 }
 
 namespace {
@@ -114,6 +115,10 @@ void emit_output_tensors(PlanContext& ctx) {
     case RuleAction::rename:
       if (ctx.block_scales.count(c.input_name)) {
         emit_dequant(ctx, c);
+        break;
+      }
+      if (quantized_output(ctx, c.output)) {
+        emit_quantized(ctx, copy_of(ctx, c));
         break;
       }
       emit_tensor(ctx, copy_of(ctx, c));

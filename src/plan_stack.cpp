@@ -271,7 +271,10 @@ void emit_unstack(PlanContext& ctx, const Classified& c) {
       t.note = "transpose of expert " + std::to_string(e) + ", columns [" +
                std::to_string(t.col_begin) + ", " + std::to_string(t.col_begin + t.cols) + ") of " +
                c.input_name;
-      emit_tensor(ctx, std::move(t));
+      if (quantized_output(ctx, t.name))
+        emit_quantized(ctx, std::move(t));
+      else
+        emit_tensor(ctx, std::move(t));
     }
 }
 

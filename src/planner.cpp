@@ -23,6 +23,10 @@ const char* op_name(OpKind op) {
     return "stack";
   case OpKind::dequant:
     return "dequant";
+  case OpKind::quantize:
+    return "quantize";
+  case OpKind::quantize_scale:
+    return "quantize_scale";
   }
   return "?";
 }
@@ -61,6 +65,14 @@ Status check_options(PlanContext& ctx) {
   if (expert_parallel && ctx.spec.direction != Direction::from_hf)
     return Status(Errc::invalid_argument,
                   "expert-parallel export (--ep-size, --ep-shard-size) applies to from_hf only");
+  if (o.quantize_fp8 && !(ctx.spec.quantizes && ctx.spec.direction == Direction::to_hf))
+    return Status(Errc::invalid_argument,
+                  "--quantize fp8 applies to deepseek_v3 to_hf only (this is " +
+                      std::string(ctx.spec.model) + " " + direction_name(ctx.spec.direction) +
+                      ")");
+  if (o.quantize_fp8 && o.expert_dtype)
+    return Status(Errc::invalid_argument,
+                  "--quantize fp8 writes F8_E4M3 weights; --dtype must be keep");
   if (ctx.spec.honours_exclude && o.exclude && !o.exclude->empty()) {
     auto pattern = KeyPattern::compile(*o.exclude);
     if (!pattern)

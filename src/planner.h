@@ -11,7 +11,8 @@
 //   group_stacks         per-expert pieces of each stacked output (from_hf), or the stacked
 //                        inputs to split (to_hf), duplicates refused (plan_stack.cpp)
 //   validate_stacks      every expert and piece present, one shape and dtype per stack
-//   emit_output_tensors  output tensors in input order (tied head, ones, --exclude)
+//   emit_output_tensors  output tensors in input order (tied head, ones, --exclude, FP8
+//                        quantization of to_hf weights: plan_quantize.cpp, semantics 15.7)
 //   restore_base_keys    to_hf: the keys from_hf dropped, copied back from --base after the
 //                        converted tensors; without a base, the note of what is missing
 //                        (plan_base.cpp, semantics 16)
@@ -130,8 +131,13 @@ void emit_stack(PlanContext& ctx, const Classified& c);
 void emit_unstack(PlanContext& ctx, const Classified& c);
 /// emit_output_tensors' helper for a pass-through weight with a block scale (plan_dequant.cpp).
 void emit_dequant(PlanContext& ctx, const Classified& c);
-/// Adds an output tensor unless --exclude removes it; sets its size.
-void emit_tensor(PlanContext& ctx, OutputTensor t);
+/// Adds an output tensor unless --exclude removes it (then false); sets its size.
+bool emit_tensor(PlanContext& ctx, OutputTensor t);
+/// to_hf --quantize fp8 (plan_quantize.cpp, semantics 15.7): whether the output weight `name` is
+/// written in FP8, and emit_tensor's replacement for it: `t` (a copy of a 2-D tensor or an
+/// expert's transpose) becomes its F8_E4M3 codes and its `_scale_inv` block scales.
+bool quantized_output(const PlanContext& ctx, std::string_view name);
+void emit_quantized(PlanContext& ctx, OutputTensor t);
 void emit_output_tensors(PlanContext& ctx);
 void restore_base_keys(PlanContext& ctx);
 void check_unique_names(PlanContext& ctx);

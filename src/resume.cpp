@@ -69,7 +69,8 @@ std::string plan_fingerprint(const Checkpoint& input, const Plan& plan) {
       f.add(t.shape.size());
       for (uint64_t d : t.shape)
         f.add(d);
-      if (t.op == OpKind::copy || t.op == OpKind::transpose || t.op == OpKind::dequant)
+      if (t.op == OpKind::copy || t.op == OpKind::transpose || t.op == OpKind::dequant ||
+          t.op == OpKind::quantize || t.op == OpKind::quantize_scale)
         add_source(f, input, t.source);
       f.add(t.pieces.size()); // stack: each piece's source and place
       for (const StackPiece& piece : t.pieces) {

@@ -57,6 +57,10 @@ void TransformStage::run(Item& item) {
   if (item.kind != ItemKind::transform)
     return;
   const uint64_t t0 = profiler_.now();
+  if (item.quantize) {
+    run_quantize(item, t0);
+    return;
+  }
   if (!item.parts.empty()) {
     if (item.on_gpu && dequant_router_.prefer_gpu() && run_gpu_dequant(item, t0)) {
       dequant_router_.record(true, item.length, profiler_.now() - t0);
@@ -210,6 +214,28 @@ void TransformStage::run_dequant(Item& item, StackPart& part, std::vector<std::b
   d.dst = item.buffer + part.dst_offset;
   populate_dequant_input(part);
   item.status = guard_mapped_access(*part.shard->file, [&] { dequant_cpu(d); });
+}
+
+// A chunk of a --quantize fp8 output (semantics 15.7), read through the source's mapping under
+// its SIGBUS guard. A block with a NaN or an infinity has no FP8 scale: the error names the
+// input file, the input tensor and the output weight, then the element.
+void TransformStage::run_quantize(Item& item, uint64_t t0) {
+  QuantizeArgs q = *item.quantize;
+  q.dst = item.buffer;
+  Status kernel;
+  item.status = guard_mapped_access(*item.shard->file, [&] { kernel = quantize_cpu(q); });
+  if (item.status.ok() && !kernel.ok()) {
+    const std::string& out = item.tensor->name;
+    const std::string weight =
+        item.tensor->op == OpKind::quantize_scale && out.ends_with("_scale_inv")
+            ? out.substr(0, out.size() - 10)
+            : out;
+    item.status = Status(kernel.code(), item.shard->file_name + ": tensor '" +
+                                            item.quantize_source + "': --quantize fp8 of '" +
+                                            weight + "': " + kernel.message());
+  }
+  profiler_.record(Stage::transform_cpu, t0, profiler_.now(), item.length, item.tensor->name);
+  cpu_bytes_ += item.length;
 }
 
 } // namespace shardshift

@@ -40,6 +40,8 @@ private:
   void run_stack(Item& item, uint64_t t0); ///< a chunk of a stacked tensor: CPU only
   /// One dequantizing part of a stack or dequant chunk (CPU only); `scales` is scratch.
   void run_dequant(Item& item, StackPart& part, std::vector<std::byte>& scales);
+  /// A chunk of a --quantize fp8 output: codes or block scales (CPU only).
+  void run_quantize(Item& item, uint64_t t0);
 
   CudaTransformer* gpu_;
   Profiler& profiler_;

@@ -8,9 +8,12 @@
 #include "shardshift/plan.h"
 
 #include "dequant.h"
+#include "quantize.h"
 #include "transpose.h"
 
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace shardshift {
@@ -60,6 +63,10 @@ struct Item {
   /// item is written, in any shards (the write stage releases them beside release_offset).
   std::vector<StackPart> parts;
   std::vector<InputRange> releases;
+  /// transform of a quantize / quantize_scale tensor (semantics 15.7, CPU only): rows of its
+  /// codes or of its block scales; args.dst is set from the buffer when the item runs.
+  std::optional<QuantizeArgs> quantize;
+  std::string quantize_source; ///< the input tensor's name, for errors
   Status status;
 };
 

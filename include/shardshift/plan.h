@@ -27,6 +27,9 @@ enum class OpKind {
   ones,      ///< a vector of ones (the per-expert scale written by to_hf)
   stack,     ///< many 2-D input pieces, each transposed into its place of an [N, R, C] output
   dequant,   ///< a 2-D [R, C] weight times its block scales (FP8 block dequantization), cast
+  quantize,  ///< to_hf --quantize fp8: a 2-D matrix (a weight, or one expert's transposed
+             ///< column block as `transpose`) as F8_E4M3 codes of its 128 x 128 block scales
+  quantize_scale, ///< the F32 block scales of the `quantize` output of the same source
 };
 const char* op_name(OpKind op);
 
@@ -102,6 +105,9 @@ struct PlanOptions {
   unsigned ep_shard_size = 1, ep_shard_rank = 0;
   bool align_for_reflink = true; ///< pad headers so the largest copied run keeps its page offset
   bool copy_side_files = true;
+  /// to_hf deepseek_v3: write the weights the adapter names as F8_E4M3 with real 128 x 128
+  /// block scales (--quantize fp8, docs/semantics.md 15.7).
+  bool quantize_fp8 = false;
   /// to_hf: the original Hugging Face checkpoint whose keys from_hf dropped (--base, semantics
   /// 16); open_for_plan() attaches it. Empty: none.
   std::filesystem::path base;

@@ -1,0 +1,135 @@
+// quantize_bench.cpp: the CPU FP8 block quantization kernel (quantize.h, to_hf --quantize fp8) on
+// one core, against memcpy of the same number of input bytes.
+//
+// Shapes are DeepSeek-V3's (semantics 15): a BF16 routed expert's gate_proj [I, H] = [2048, 7168]
+// read as to_hf reads it, columns [0, 2048) of one expert of gate_and_up_projs [7168, 4096],
+// transposed (row_stride 1, col_stride 4096); the same matrix stored plainly (a pass-through
+// weight); and the dense MLP's [18432, 7168]. Each case writes the codes, then the scales (the
+// pipeline's two outputs, the source read twice). Rates count the BF16 input bytes, so "ratio to
+// memcpy" is how close quantizing comes to just reading its input once and writing it back.
+//
+//   build/perf/quantize_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+#include "shardshift/dtype.h"
+
+#include "quantize.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+
+#include <benchmark/benchmark.h>
+
+namespace shardshift {
+namespace {
+
+struct FreeDeleter {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<std::byte[], FreeDeleter>;
+
+AlignedBuffer make_buffer(uint64_t bytes) {
+  const uint64_t rounded = (bytes + 63) / 64 * 64;
+  AlignedBuffer buffer(static_cast<std::byte*>(std::aligned_alloc(64, rounded)));
+  if (buffer)
+    std::memset(buffer.get(), 0, rounded);
+  return buffer;
+}
+
+struct Shape {
+  const char* name;
+  uint64_t R, C;    ///< the quantized matrix
+  uint64_t stacked; ///< 0: stored plainly; else the stacked row length it is a column block of
+};
+
+constexpr Shape EXPERT_T{"expert2048x7168_from_stacked4096T", 2048, 7168, 4096};
+constexpr Shape EXPERT{"expert2048x7168", 2048, 7168, 0};
+constexpr Shape DENSE{"dense18432x7168", 18432, 7168, 0};
+
+uint64_t source_elements(const Shape& s) {
+  return s.stacked ? s.C * s.stacked : s.R * s.C;
+}
+
+void bench_memcpy(benchmark::State& state, Shape shape) {
+  const uint64_t bytes = shape.R * shape.C * 2;
+  auto src = make_buffer(bytes), out = make_buffer(bytes);
+  if (!src || !out)
+    return state.SkipWithError("out of memory");
+  std::memset(src.get(), 0x3C, bytes);
+  for (auto _ : state) {
+    std::memcpy(out.get(), src.get(), bytes);
+    benchmark::DoNotOptimize(out.get());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(bytes));
+}
+
+void bench_quantize(benchmark::State& state, Shape shape) {
+  const uint64_t n = source_elements(shape);
+  auto src = make_buffer(n * 2), codes = make_buffer(shape.R * shape.C);
+  auto scales = make_buffer(scale_blocks(shape.R) * scale_blocks(shape.C) * 4);
+  if (!src || !codes || !scales)
+    return state.SkipWithError("out of memory");
+  // BF16 weights of a trained model's magnitude: normal, standard deviation about 0.02.
+  std::mt19937_64 rng(42);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  for (uint64_t i = 0; i < n; ++i) {
+    const float v = nd(rng);
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    const uint16_t h = uint16_t(u >> 16);
+    std::memcpy(src.get() + 2 * i, &h, 2);
+  }
+  QuantizeArgs a;
+  a.src = src.get();
+  a.R = shape.R;
+  a.C = shape.C;
+  a.row_stride = shape.stacked ? 1 : shape.C;
+  a.col_stride = shape.stacked ? shape.stacked : 1;
+  a.src_dtype = DType::BF16;
+  for (auto _ : state) {
+    a.scales = false;
+    a.begin = 0;
+    a.count = shape.R;
+    a.dst = codes.get();
+    if (!quantize_cpu(a).ok())
+      return state.SkipWithError("quantize failed");
+    a.scales = true;
+    a.count = scale_blocks(shape.R);
+    a.dst = scales.get();
+    if (!quantize_cpu(a).ok())
+      return state.SkipWithError("quantize failed");
+    benchmark::DoNotOptimize(codes.get());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(shape.R * shape.C * 2));
+}
+
+void register_all() {
+  for (const Shape& shape : {EXPERT, DENSE})
+    benchmark::RegisterBenchmark((std::string("memcpy/BF16/") + shape.name).c_str(), bench_memcpy,
+                                 shape)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  for (const Shape& shape : {EXPERT_T, EXPERT, DENSE})
+    benchmark::RegisterBenchmark((std::string("BF16_to_F8_E4M3/") + shape.name).c_str(),
+                                 bench_quantize, shape)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+}
+
+} // namespace
+} // namespace shardshift
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv))
+    return 1;
+  shardshift::register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
