@@ -569,8 +569,11 @@ int main(int argc, char** argv) {
   check(cudaSetDevice(0), "cudaSetDevice");
   cudaDeviceProp props{};
   check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
-  std::printf("device: %s, %d SMs, %.0f MB L2, %.1f GB\n", props.name, props.multiProcessorCount,
-              props.l2CacheSize / 1e6, double(props.totalGlobalMem) / 1e9);
+  std::printf("device: %s, %d SMs, %.0f MB L2, %.1f GB; pageable memory access %d (through "
+              "host page tables %d)\n",
+              props.name, props.multiProcessorCount, props.l2CacheSize / 1e6,
+              double(props.totalGlobalMem) / 1e9, props.pageableMemoryAccess,
+              props.pageableMemoryAccessUsesHostPageTables);
 
   const double copy = g_kernels_only || g_pipeline_only ? 0 : bench_device_copy();
   const auto E4M3 = DType::F8_E4M3;

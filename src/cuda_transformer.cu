@@ -23,6 +23,7 @@
 #include "transpose_cuda.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -476,7 +477,7 @@ Status CudaTransformerImpl::try_run_dequant(const std::vector<CudaDequantPart>& 
   std::vector<uint64_t> offsets, scale_offsets;
   uint64_t in_bytes = 0, scale_bytes = 0;
   for (const CudaDequantPart& p : parts) {
-    if (p.args.block % 64 != 0 || p.args.count == 0)
+    if (p.args.block < 64 || !std::has_single_bit(p.args.block) || p.args.count == 0)
       return {}; // shapes the kernel does not take: the CPU does them
     regions.push_back(dequant_region(p.args));
     offsets.push_back(in_bytes);

@@ -1,25 +1,31 @@
 // dequant_cuda.cu: FP8 block dequantization (dequant.h) on the GPU, with the bits of
 // dequant_cpu().
 //
-// Every element is numerics.h's arithmetic, the functions the CPU kernel calls: the weight is
-// widened exactly (FP8 through a 256-entry table built in shared memory from f8_e4m3_to_f32 /
-// f8_e5m2_to_f32, 16- and 32-bit types by their bit patterns), multiplied by its block's scale
-// with mul_f32 (one IEEE multiply, canonical NaN with the product's sign) and rounded once to the
-// destination (f32_to_bf16_rne, f32_to_f16_rne, f32_canonical_bits). Nothing here depends on
-// -ftz or on fused multiply-adds: there is no add.
+// Every element gets the arithmetic of numerics.h, which the CPU kernel uses: the weight is
+// widened exactly (FP8 pairs through the hardware FP8 -> F16 conversion, exact since F16 holds
+// every FP8 value, then F16 -> F32; 16- and 32-bit types by their bit patterns), multiplied by
+// its block's scale with mul_f32 (one IEEE multiply, canonical NaN with the product's sign) and
+// rounded once to the destination (f32_to_bf16_rne, f32_to_f16_rne, f32_canonical_bits). Nothing
+// here depends on -ftz or on fused multiply-adds: there is no add.
 //
 // Transposed calls (a stacked expert piece: out[k][r] = deq(W[r][begin + k])) go through a
 // 64 x 64 tile in shared memory: the block reads 64 rows of 64 columns with 16-byte loads, keeps
-// the products as floats in a padded tile (no bank conflicts on the way out), then writes 64
-// output rows of 64 elements with 16-byte stores. A tile lies inside one 128 x 128 scale block
-// (the region starts on a block boundary and tiles on multiples of 64), so a block reads one
-// scale. Plain calls (rows of W) are elementwise: one thread per 16 bytes of input.
+// the products as floats in a padded tile (at most 2-way bank conflicts), then writes 64 output
+// rows of 64 elements with 16-byte stores; each block walks a strip of tiles down the rows, the
+// next tile's loads in flight while the current one is written. A tile lies inside one
+// 128 x 128 scale block (the region starts on a block boundary, tiles on multiples of 64), so it
+// reads one scale. Plain calls (rows of W) are elementwise: each block walks output rows, each
+// thread 16 input bytes at a time, two loads in flight.
 // Rows that are not 16-byte aligned (odd widths, pitches or pointers) take element-wise loads and
 // stores; the arithmetic is the same.
 #include "dequant_cuda.h"
 #include "numerics.h"
 
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 
 namespace shardshift {
@@ -55,23 +61,33 @@ struct Geometry {
   const std::byte* src;
   const std::byte* scales;
   std::byte* dst;
-  uint64_t R, C, begin, count, pitch, block, scale_cols;
+  uint64_t R, C, begin, count, pitch, scale_cols;
+  int block_shift;    ///< log2 of the block (a power of two >= 64)
   DType scale_dtype;
   bool vector_loads;  ///< src and every row of W start on 16 bytes
   bool vector_stores; ///< dst and every output row start on 16 bytes
+  uint32_t r_tiles_per_block; ///< transposed: row tiles one block walks through
 };
 
-/// The FP8 decode table of `S` in shared memory (filled by the block's threads).
-template <DType S> __device__ void fill_table(float* table) {
-  for (int c = threadIdx.x; c < 256; c += blockDim.x)
-    table[c] = S == DType::F8_E4M3 ? f8_e4m3_to_f32(uint8_t(c)) : f8_e5m2_to_f32(uint8_t(c));
+/// Two FP8 codes (the low and high byte of `pair`) as floats, exactly: through F16, which holds
+/// every E4M3 and E5M2 value (hardware conversion from sm_89; E5M2 is the top byte of an F16),
+/// then F16 -> F32, exact without -ftz. A NaN code gives a NaN with the code's sign, as
+/// f8_e4m3_to_f32 / f8_e5m2_to_f32 do (its payload does not matter: mul_f32 canonicalizes).
+template <DType S> __device__ __forceinline__ void decode_fp8x2(uint32_t pair, float& lo, float& hi) {
+  __half2_raw h;
+  if constexpr (S == DType::F8_E4M3) {
+    h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair), __NV_E4M3);
+  } else {
+    h.x = uint16_t((pair & 0xFFu) << 8);
+    h.y = uint16_t(pair & 0xFF00u);
+  }
+  lo = __uint_as_float(__float_as_uint(__half2float(__ushort_as_half(h.x))) | ((pair & 0x80u) << 24));
+  hi = __uint_as_float(__float_as_uint(__half2float(__ushort_as_half(h.y))) | ((pair & 0x8000u) << 16));
 }
 
-template <DType S>
-__device__ __forceinline__ float widen(typename In<S>::type x, const float* table) {
-  if constexpr (is_fp8(S))
-    return table[x];
-  else if constexpr (S == DType::BF16)
+/// A 16- or 32-bit weight as a float, exactly (numerics.h).
+template <DType S> __device__ __forceinline__ float widen(typename In<S>::type x) {
+  if constexpr (S == DType::BF16)
     return bf16_to_f32(x);
   else if constexpr (S == DType::F16)
     return f16_to_f32(x);
@@ -97,118 +113,210 @@ __device__ __forceinline__ float load_scale(const Geometry& g, uint64_t br, uint
   return g.scale_dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
 }
 
-/// 16 bytes as N elements of T.
-template <class T> union Vec {
+/// 16 bytes as N = 16 / sizeof(T) elements of T, in four 32-bit words. Elements are taken
+/// and put with shifts on constant indices (loops below are unrolled), so the vector stays in
+/// registers: a union of uint4 and T[N] indexed element by element would go through local memory.
+template <class T> struct Vec {
+  static constexpr int N = 16 / sizeof(T);
   uint4 v;
-  T e[16 / sizeof(T)];
+
+  __device__ __forceinline__ uint32_t word(int i) const {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+  }
+  __device__ __forceinline__ T get(int e) const {
+    constexpr int PER_WORD = 4 / int(sizeof(T) < 4 ? sizeof(T) : 4);
+    const uint32_t w = word(e / PER_WORD);
+    if constexpr (sizeof(T) == 4)
+      return T(w);
+    else
+      return T(w >> (e % PER_WORD * 8 * sizeof(T)));
+  }
+  /// Elements 2k and 2k + 1 of a byte vector, as the low 16 bits.
+  __device__ __forceinline__ uint32_t pair(int k) const {
+    return (word(k / 2) >> (k % 2 * 16)) & 0xFFFFu;
+  }
+  __device__ __forceinline__ void put(int e, T x) { // REQUIRES: element e was zero
+    constexpr int PER_WORD = 4 / int(sizeof(T) < 4 ? sizeof(T) : 4);
+    const uint32_t bits = sizeof(T) == 4 ? uint32_t(x) : uint32_t(x) << (e % PER_WORD * 8 * sizeof(T));
+    switch (e / PER_WORD) {
+    case 0: v.x |= bits; break;
+    case 1: v.y |= bits; break;
+    case 2: v.z |= bits; break;
+    default: v.w |= bits; break;
+    }
+  }
 };
 
-/// Stores n (<= 16 / sizeof(T)) elements at p: one 16-byte store when `vector` and n is whole.
+/// Loads n (<= N) elements from p: one 16-byte load when `vector` and n is whole.
 template <class T>
-__device__ __forceinline__ void store(T* p, const Vec<T>& v, int n, bool vector) {
-  constexpr int N = 16 / sizeof(T);
-  if (vector && n == N) {
-    *reinterpret_cast<uint4*>(p) = v.v;
-    return;
+__device__ __forceinline__ Vec<T> load(const T* p, int n, bool vector) {
+  Vec<T> x;
+  x.v = make_uint4(0, 0, 0, 0);
+  if (vector && n == Vec<T>::N) {
+    x.v = *reinterpret_cast<const uint4*>(p);
+  } else {
+#pragma unroll
+    for (int e = 0; e < Vec<T>::N; ++e)
+      if (e < n)
+        x.put(e, p[e]);
   }
-  for (int e = 0; e < n; ++e)
-    p[e] = v.e[e];
+  return x;
 }
 
-// out[k][r] = deq(W[r][begin + k]); grid.x: tiles of columns of W from the tile holding begin,
-// grid.y: tiles of rows of W.
+/// Stores n (<= N) elements at p: one 16-byte store when `vector` and n is whole.
+template <class T>
+__device__ __forceinline__ void store(T* p, const Vec<T>& y, int n, bool vector) {
+  if (vector && n == Vec<T>::N) {
+    *reinterpret_cast<uint4*>(p) = y.v;
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < Vec<T>::N; ++e)
+    if (e < n)
+      p[e] = y.get(e);
+}
+
+/// The elements of `x` as floats times `scale` (mul_f32: canonical NaN with the product's sign).
+template <DType S>
+__device__ __forceinline__ void dequantize(const Vec<typename In<S>::type>& x, float scale,
+                                           float* out) {
+  constexpr int N = Vec<typename In<S>::type>::N;
+  if constexpr (is_fp8(S)) {
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+      float lo, hi;
+      decode_fp8x2<S>(x.pair(k), lo, hi);
+      out[2 * k] = mul_f32(lo, scale);
+      out[2 * k + 1] = mul_f32(hi, scale);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e)
+      out[e] = mul_f32(widen<S>(x.get(e)), scale);
+  }
+}
+
+// out[k][r] = deq(W[r][begin + k]). grid.x: tiles of 64 columns of W from the tile holding
+// begin; grid.y: strips of r_tiles_per_block tiles of 64 rows, which the block walks down, the
+// next tile's load in flight while the current one is written.
 template <DType S, DType D> __global__ void __launch_bounds__(THREADS) transposed_kernel(Geometry g) {
   using I = typename In<S>::type;
   using O = typename Out<D>::type;
-  constexpr int V = 16 / sizeof(I); // input elements per 16-byte load
-  constexpr int W = 16 / sizeof(O); // output elements per 16-byte store
-  __shared__ float table[is_fp8(S) ? 256 : 1];
+  constexpr int V = 16 / sizeof(I);     // input elements per 16-byte load
+  constexpr int W = 16 / sizeof(O);     // output elements per 16-byte store
+  constexpr int LOADS = TILE * TILE / V / THREADS;  // per thread per tile (1, 2 or 4)
+  constexpr int STORES = TILE * TILE / W / THREADS; // per thread per tile (2 or 4)
   __shared__ float tile[TILE][TILE + 1]; // [column of W][row of W]
-  if constexpr (is_fp8(S)) {
-    fill_table<S>(table);
-    __syncthreads();
-  }
   const uint64_t end = g.begin + g.count;
-  const uint64_t j0 = g.begin / TILE * TILE + uint64_t(blockIdx.x) * TILE;
-  const uint64_t r0 = uint64_t(blockIdx.y) * TILE;
-  const float scale = load_scale(g, r0 / g.block, j0 / g.block);
+  const uint64_t j0 = (g.begin >> 6 << 6) + uint64_t(blockIdx.x) * TILE;
   const I* src = reinterpret_cast<const I*>(g.src);
-
-  for (int v = threadIdx.x; v < TILE * (TILE / V); v += THREADS) {
-    const int row = v / (TILE / V), seg = v % (TILE / V);
-    const uint64_t r = r0 + row, c = j0 + uint64_t(seg) * V;
-    if (r >= g.R || c >= g.C)
-      continue;
-    const I* p = src + r * g.C + c;
-    Vec<I> x;
-    const int n = count_up_to(V, g.C - c);
-    if (g.vector_loads && n == V)
-      x.v = *reinterpret_cast<const uint4*>(p);
-    else
-      for (int e = 0; e < n; ++e)
-        x.e[e] = p[e];
-    for (int e = 0; e < n; ++e)
-      tile[seg * V + e][row] = mul_f32(widen<S>(x.e[e], table), scale);
-  }
-  __syncthreads();
-
   O* dst = reinterpret_cast<O*>(g.dst);
-  for (int v = threadIdx.x; v < TILE * (TILE / W); v += THREADS) {
-    const int col = v / (TILE / W), seg = v % (TILE / W);
-    const uint64_t j = j0 + col, r = r0 + uint64_t(seg) * W;
-    if (j < g.begin || j >= end || r >= g.R)
-      continue;
-    const int n = count_up_to(W, g.R - r);
-    Vec<O> y;
-    for (int e = 0; e < n; ++e)
-      y.e[e] = narrow<D>(tile[col][seg * W + e]);
-    store(dst + (j - g.begin) * g.pitch + r, y, n, g.vector_stores);
+  // This thread's place in the load and store patterns (the same for every tile).
+  int lrow[LOADS], lcol[LOADS], ln[LOADS];
+#pragma unroll
+  for (int l = 0; l < LOADS; ++l) {
+    const int v = threadIdx.x + l * THREADS;
+    lrow[l] = v / (TILE / V);
+    lcol[l] = v % (TILE / V) * V;
+    ln[l] = j0 + lcol[l] >= g.C ? 0 : count_up_to(V, g.C - j0 - lcol[l]);
+  }
+  const uint64_t r_first = uint64_t(blockIdx.y) * g.r_tiles_per_block * TILE;
+  const uint64_t r_last = min(g.R, r_first + uint64_t(g.r_tiles_per_block) * TILE);
+  Vec<I> x[LOADS];
+  auto fetch = [&](uint64_t r0) {
+#pragma unroll
+    for (int l = 0; l < LOADS; ++l) {
+      const uint64_t r = r0 + lrow[l];
+      const int n = r < g.R ? ln[l] : 0;
+      x[l] = load(src + r * g.C + j0 + lcol[l], n, g.vector_loads);
+    }
+  };
+  fetch(r_first);
+  for (uint64_t r0 = r_first; r0 < r_last; r0 += TILE) {
+    const float scale = load_scale(g, r0 >> g.block_shift, j0 >> g.block_shift);
+#pragma unroll
+    for (int l = 0; l < LOADS; ++l) {
+      float v[V];
+      dequantize<S>(x[l], scale, v);
+#pragma unroll
+      for (int e = 0; e < V; ++e)
+        tile[lcol[l] + e][lrow[l]] = v[e];
+    }
+    __syncthreads();
+    if (r0 + TILE < r_last)
+      fetch(r0 + TILE); // in flight while this tile is written
+#pragma unroll
+    for (int t = 0; t < STORES; ++t) {
+      const int v = threadIdx.x + t * THREADS;
+      const int col = v / (TILE / W), seg = v % (TILE / W) * W;
+      const uint64_t j = j0 + col, r = r0 + seg;
+      if (j < g.begin || j >= end || r >= g.R)
+        continue;
+      const int n = count_up_to(W, g.R - r);
+      Vec<O> y;
+      y.v = make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int e = 0; e < W; ++e)
+        y.put(e, narrow<D>(tile[col][seg + e]));
+      store(dst + (j - g.begin) * g.pitch + r, y, n, g.vector_stores);
+    }
+    __syncthreads();
   }
 }
 
-// out[k][c] = deq(W[begin + k][c]); one thread per V input elements, grid-stride.
+// out[k][c] = deq(W[begin + k][c]). Each block walks output rows (grid-stride); its threads
+// cover a row 16 input bytes each, two loads in flight.
 template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows_kernel(Geometry g) {
   using I = typename In<S>::type;
   using O = typename Out<D>::type;
   constexpr int V = 16 / sizeof(I);
   constexpr int W = 16 / sizeof(O);
-  __shared__ float table[is_fp8(S) ? 256 : 1];
-  if constexpr (is_fp8(S)) {
-    fill_table<S>(table);
-    __syncthreads();
-  }
   const I* src = reinterpret_cast<const I*>(g.src);
   O* dst = reinterpret_cast<O*>(g.dst);
-  const uint64_t per_row = (g.C + V - 1) / V;
-  const uint64_t total = g.count * per_row;
-  for (uint64_t i = uint64_t(blockIdx.x) * THREADS + threadIdx.x; i < total;
-       i += uint64_t(gridDim.x) * THREADS) {
-    const uint64_t k = i / per_row, c = (i % per_row) * V, r = g.begin + k;
-    const int n = count_up_to(V, g.C - c);
-    const I* p = src + r * g.C + c;
-    Vec<I> x;
-    if (g.vector_loads && n == V)
-      x.v = *reinterpret_cast<const uint4*>(p);
-    else
-      for (int e = 0; e < n; ++e)
-        x.e[e] = p[e];
-    // V elements never cross a block: c is a multiple of V, the block a multiple of 64.
-    const float scale = load_scale(g, r / g.block, c / g.block);
-    O* q = dst + k * g.pitch + c;
-    // V inputs are V / W output vectors (V >= W) or a part of one (V < W: element stores).
-    if constexpr (V >= W) {
-      for (int o = 0; o < V / W; ++o) {
-        const int m = min(W, n - o * W);
-        if (m <= 0)
-          break;
-        Vec<O> y;
-        for (int e = 0; e < m; ++e)
-          y.e[e] = narrow<D>(mul_f32(widen<S>(x.e[o * W + e], table), scale));
-        store(q + o * W, y, m, g.vector_stores);
+  const uint64_t per_row = (g.C + V - 1) / V; // vectors in a row
+  for (uint64_t k = blockIdx.x; k < g.count; k += gridDim.x) {
+    const uint64_t r = g.begin + k;
+    const I* row = src + r * g.C;
+    O* out = dst + k * g.pitch;
+    const uint64_t br = r >> g.block_shift;
+    for (uint64_t i = threadIdx.x; i < per_row; i += 2 * THREADS) {
+      Vec<I> x[2];
+      int n[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const uint64_t c = (i + u * THREADS) * V;
+        n[u] = c < g.C ? count_up_to(V, g.C - c) : 0;
+        x[u] = load(row + c, n[u], g.vector_loads);
       }
-    } else {
-      for (int e = 0; e < n; ++e)
-        q[e] = narrow<D>(mul_f32(widen<S>(x.e[e], table), scale));
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        if (n[u] == 0)
+          continue;
+        const uint64_t c = (i + u * THREADS) * V;
+        // V elements never cross a block: c is a multiple of V, the block a multiple of 64.
+        const float scale = load_scale(g, br, c >> g.block_shift);
+        float v[V];
+        dequantize<S>(x[u], scale, v);
+        if constexpr (V >= W) {
+#pragma unroll
+          for (int o = 0; o < V / W; ++o) {
+            const int m = min(W, n[u] - o * W);
+            if (m <= 0)
+              break;
+            Vec<O> y;
+            y.v = make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int e = 0; e < W; ++e)
+              y.put(e, narrow<D>(v[o * W + e]));
+            store(out + c + o * W, y, m, g.vector_stores);
+          }
+        } else {
+#pragma unroll
+          for (int e = 0; e < V; ++e)
+            if (e < n[u])
+              out[c + e] = narrow<D>(v[e]);
+        }
+      }
     }
   }
 }
@@ -217,23 +325,47 @@ bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
+int multiprocessors() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      n = 0;
+    cudaGetLastError();
+    return n > 0 ? n : 132;
+  }();
+  return count;
+}
+
 template <DType S, DType D> cudaError_t launch(const DequantArgs& a, cudaStream_t stream) {
   const uint64_t in_es = dtype_bits(S) / 8, out_es = dtype_bits(D) / 8;
-  Geometry g{a.src,   a.scales, a.dst,   a.R,
-             a.C,     a.begin,  a.count, a.dst_pitch ? a.dst_pitch : (a.transpose ? a.R : a.C),
-             a.block, scale_blocks(a.C, a.block), a.scale_dtype, false, false};
+  Geometry g{};
+  g.src = a.src;
+  g.scales = a.scales;
+  g.dst = a.dst;
+  g.R = a.R;
+  g.C = a.C;
+  g.begin = a.begin;
+  g.count = a.count;
+  g.pitch = a.dst_pitch ? a.dst_pitch : (a.transpose ? a.R : a.C);
+  g.scale_cols = scale_blocks(a.C, a.block);
+  g.block_shift = std::countr_zero(a.block);
+  g.scale_dtype = a.scale_dtype;
   g.vector_loads = aligned16(a.src) && (a.C * in_es) % 16 == 0;
   g.vector_stores = aligned16(a.dst) && (g.pitch * out_es) % 16 == 0;
+  // Enough blocks to fill every multiprocessor several times over, each with work to walk.
+  const uint64_t target_blocks = uint64_t(multiprocessors()) * 8;
   if (a.transpose) {
     const uint64_t j_tiles = (a.begin + a.count + TILE - 1) / TILE - a.begin / TILE;
     const uint64_t r_tiles = (a.R + TILE - 1) / TILE;
-    if (r_tiles > 65535)
+    const uint64_t strips = std::clamp<uint64_t>(target_blocks / j_tiles, 1, r_tiles);
+    g.r_tiles_per_block = uint32_t((r_tiles + strips - 1) / strips);
+    const uint64_t y = (r_tiles + g.r_tiles_per_block - 1) / g.r_tiles_per_block;
+    if (j_tiles > 0x7FFFFFFF || y > 65535)
       return cudaErrorInvalidConfiguration;
-    transposed_kernel<S, D><<<dim3(unsigned(j_tiles), unsigned(r_tiles)), THREADS, 0, stream>>>(g);
+    transposed_kernel<S, D><<<dim3(unsigned(j_tiles), unsigned(y)), THREADS, 0, stream>>>(g);
   } else {
-    const uint64_t V = 16 / in_es;
-    const uint64_t vectors = a.count * ((a.C + V - 1) / V);
-    const uint64_t blocks = std::min<uint64_t>((vectors + THREADS - 1) / THREADS, 65535);
+    const uint64_t blocks = std::clamp<uint64_t>(a.count, 1, std::min<uint64_t>(target_blocks * 4, 0x7FFFFFFF));
     rows_kernel<S, D><<<unsigned(blocks), THREADS, 0, stream>>>(g);
   }
   return cudaGetLastError();
@@ -255,7 +387,7 @@ template <DType S> cudaError_t dispatch_dst(const DequantArgs& a, cudaStream_t s
 cudaError_t launch_dequant(const DequantArgs& a, cudaStream_t stream) {
   if (a.count == 0 || a.R == 0 || a.C == 0)
     return cudaSuccess;
-  if (a.block % TILE != 0)
+  if (a.block < TILE || !std::has_single_bit(a.block))
     return cudaErrorInvalidValue;
   switch (a.src_dtype) {
   case DType::F8_E4M3:

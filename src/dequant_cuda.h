@@ -15,7 +15,8 @@ namespace shardshift {
 /// Enqueues `args` on `stream`. args.src, args.scales and args.dst are device pointers (any
 /// alignment; 16-byte aligned rows take the vector paths). Returns the launch error; cudaSuccess
 /// without a launch when there is nothing to do.
-/// REQUIRES: check_dequant_supported() accepts the dtypes; args.block is a multiple of 64.
+/// REQUIRES: check_dequant_supported() accepts the dtypes; args.block is a power of two >= 64
+/// (cudaErrorInvalidValue otherwise).
 cudaError_t launch_dequant(const DequantArgs& args, cudaStream_t stream);
 
 } // namespace shardshift
