@@ -53,6 +53,8 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
   sum.gpu_bytes = moved.gpu_bytes;
   sum.transformed_bytes = moved.cpu_bytes + moved.gpu_bytes + moved.ones_bytes;
   sum.dropped = plan.dropped;
+  sum.restored = plan.restored;
+  sum.not_restored = plan.not_restored;
   sum.excluded = plan.excluded;
   sum.chunk_bytes = engine.config.chunk_bytes;
   sum.tokens = engine.config.tokens;
@@ -83,7 +85,7 @@ Result<int> parse_device(std::string_view device) {
 }
 
 Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) {
-  auto checkpoint = Checkpoint::open(input);
+  auto checkpoint = open_for_plan(input, options);
   if (!checkpoint)
     return checkpoint.status();
   return make_plan(*checkpoint, options);

@@ -78,6 +78,8 @@ struct ConvertSummary {
   uint64_t transformed_bytes = 0;        ///< bytes produced by transpose-fold and ones
   uint64_t cpu_bytes = 0, gpu_bytes = 0; ///< transformed bytes by device
   uint64_t dropped = 0, excluded = 0;
+  uint64_t restored = 0;                ///< Plan::restored (--base)
+  std::vector<std::string> not_restored; ///< Plan::not_restored: what a to_hf output lacks
   uint64_t chunk_bytes = 0, tokens = 0; ///< the memory budget's split (tokens per writer lane)
   uint64_t writers = 0;                 ///< writer lanes (output files written at once)
   uint64_t kept_files = 0, kept_bytes = 0; ///< --resume: finished by an earlier run, not rewritten
