@@ -5,12 +5,15 @@
 //
 // Shape of the work: the output is visited one block x block tile of W at a time, so that each
 // tile's one scale is read once and the tile's input (16 KiB of FP8) stays in L1 while a
-// transposed tile reads it column by column; the next tile's input is prefetched (its 128 rows are
-// too many streams for the hardware prefetchers). Within a tile the SIMD kernels take whole
-// register blocks (a run of 16 or 32 codes of one row; or, transposed, 32 x 16 or 16 x 16 codes,
-// converted row by row and transposed in registers into whole 64-byte output lines); the rows and
-// columns left over at the tile's edges are scalar. Large outputs are written with streaming
-// stores, as in transpose_cpu.cpp, where every row and block starts on a 64-byte line.
+// transposed tile reads it column by column. Transposed, the tiles go down each block column
+// (the output rows of one block column are finished before the next: the other order stores to
+// every output row, each on its own page, once per tile) and the next tile's input is prefetched
+// (its 128 rows are too many streams for the hardware prefetchers). Within a tile the SIMD
+// kernels take whole register blocks (runs of 16 or 32 codes of one row; or, transposed, 32 x 16
+// or 16 x 16 codes, converted row by row and transposed in registers into whole 64-byte output
+// lines); the rows and columns left over at a tile's edges are scalar. Outputs of 8 MiB and more
+// are written with streaming stores, as in transpose_cpu.cpp, when every row and block starts on
+// a 64-byte line (3x faster transposed; docs/PERFORMANCE.md has the rates).
 //
 // Exactness: the scalar path decodes FP8 through a 256-entry table built from numerics.h's exact
 // decoders at compile time (16- and 32-bit weights widen exactly) and uses numerics.h's mul_f32
