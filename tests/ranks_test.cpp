@@ -55,12 +55,15 @@ TEST(DetectRank, FromEachLaunchersVariables) {
     EXPECT_EQ(r->rank, c.rank) << c.source;
     EXPECT_EQ(r->world, c.world) << c.source;
     EXPECT_EQ(r->source, c.source);
+    // Only Open MPI's mpirun lets the ranks coordinate through MPI (coordinator.h).
+    EXPECT_EQ(r->launcher_is_mpi, std::string(c.source) == "Open MPI") << c.source;
   }
   // The flags win over every launcher.
   auto flags = detect_rank(1u, 2u, {{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "4"}});
   ASSERT_TRUE(flags.ok());
   EXPECT_EQ(flags->rank, 1u);
   EXPECT_EQ(flags->world, 2u);
+  EXPECT_FALSE(flags->launcher_is_mpi); // ranks set by hand coordinate through marker files
 }
 
 TEST(DetectRank, RefusesInconsistentValuesNamingThem) {
