@@ -9,10 +9,6 @@ namespace shardshift {
 
 namespace {
 
-/// --device auto opens the GPU for a plan that dequantizes when the run has at most this many
-/// threads (docs/PERFORMANCE.md, "FP8 dequantization on the GPU").
-constexpr unsigned AUTO_DEQUANT_THREADS = 8;
-
 // Opens the CUDA stage when the device option asks for (or allows) it; nullptr means CPU.
 Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, unsigned threads,
                                                      bool dequantizes, uint64_t chunk,
@@ -28,10 +24,13 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
   // "GPU or CPU"). Its stage costs a pipeline thread a copy of each chunk into pinned memory plus
   // the wait for the transfers, which is more than the AVX2/AVX-512 transpose costs once there
   // are 4 or more threads; with 2 threads, or a CPU that only has the portable kernel, it helps.
-  // Dequantization is compute per byte as well as traffic, and its staged input is half the
-  // output (FP8 in, BF16 out), so with it the GPU helps up to AUTO_DEQUANT_THREADS threads.
-  const unsigned most = dequantizes ? AUTO_DEQUANT_THREADS : 2;
-  if (device == "auto" && threads > most && detect_simd_level() != SimdLevel::portable)
+  // A plan that dequantizes FP8 is the same story: the AVX-512 dequantization kernel costs a
+  // thread about what the staging copy does, so with it the CPU is as fast at 2 threads and
+  // faster beyond; with AVX2 only, the GPU gained 5-9% at 2 threads (docs/PERFORMANCE.md, "FP8
+  // dequantization on the GPU").
+  const SimdLevel simd = detect_simd_level();
+  const unsigned most = dequantizes && simd == SimdLevel::avx512 ? 0 : 2;
+  if (device == "auto" && threads > most && simd != SimdLevel::portable)
     return std::unique_ptr<CudaTransformer>();
   const int count = CudaTransformer::device_count();
   if (count == 0) {
