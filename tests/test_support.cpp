@@ -1,6 +1,7 @@
 #include "test_support.h"
 
 #include <cerrno>
+#include <csignal>
 
 #include <unistd.h>
 
@@ -22,6 +23,20 @@ extern char** environ;
 namespace shardshift::testing {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// The library writes into pipes (--pipe-to, streams) on the promise that SIGPIPE is ignored, as
+// the app ignores it (process_target.h, shard_writer.cpp): a command that exits early then shows
+// as EPIPE, not as the death of the process. Every test program that links this file calls the
+// library the way the app does. (app_cli_test sets the default disposition itself before it
+// checks what the app's guard does to it.)
+const bool sigpipe_ignored = [] {
+  std::signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
+
+} // namespace
 
 TempDir::TempDir() {
   std::string tmpl = (fs::temp_directory_path() / "shardshift-test-XXXXXX").string();
