@@ -334,9 +334,11 @@ void add_convert_flags(ConvertFlags& f) {
                    "it plus about 200 MB. ") +
        SIZE_SYNTAX + " Example: --max-memory 4GiB")
           .c_str())("device", po::value<std::string>()->default_value("auto")->value_name("DEVICE"),
-                    "Where expert tensors are transformed: auto (a GPU when one is usable, "
-                    "else the CPU), cpu, cuda (GPU 0) or cuda:N (GPU number N). Example: "
-                    "--device cuda:1")("force", "Replace OUT if it exists.")(
+                    "Where expert tensors are transformed and FP8 weights dequantized: auto "
+                    "(a usable GPU where it was measured faster: at most 2 threads, or a CPU "
+                    "without SIMD kernels; for FP8 only without AVX-512; else the CPU), cpu, "
+                    "cuda (GPU 0, beside the CPU) or cuda:N (GPU number N); the bytes are the "
+                    "same on every device. Example: --device cuda:1")("force", "Replace OUT if it exists.")(
       "resume", "Continue a run into the same OUT that was killed, interrupted or failed: its "
                 "finished files are kept (when the same input files and flags give the same "
                 "plan) and only the rest is converted; if this run fails too, what "
