@@ -56,7 +56,9 @@ static int print_version() {
   if (info.cuda)
     std::cout << " (architectures " << info.cuda_architectures << "; " << info.cuda_devices
               << (info.cuda_devices == 1 ? " device" : " devices") << " usable)";
-  std::cout << "\nmodels: " << joined(info.models) << "\n";
+  std::cout << "\nmodels: " << joined(info.models) << "\n"
+            << "mpi: " << (info.mpi ? "on (jobs started by mpirun coordinate through MPI)" : "off")
+            << "\n";
   return shardshift::app::stdout_ok("--version") ? shardshift::app::EXIT_OK
                                                  : shardshift::app::EXIT_FAIL;
 }

@@ -3,6 +3,7 @@
 #include "shardshift/version.h"
 
 #include "adapter.h"
+#include "coordinator.h"
 #include "cuda_transform.h"
 #include "transpose.h"
 #include "version_config.h"
@@ -29,6 +30,7 @@ BuildInfo build_info() {
   info.cuda_devices = CudaTransformer::device_count();
   for (std::string_view model : adapter_models())
     info.models.emplace_back(model);
+  info.mpi = coordinates_through_mpi(RankInfo{0, 2, "Open MPI", true});
   return info;
 }
 

@@ -45,6 +45,10 @@ TEST(Version, PrintsTheProjectVersionRevisionAndFeatures) {
   EXPECT_EQ(lines[4], "cuda: off");
 #endif
   EXPECT_EQ(lines[5], "models: diffusion_gemma gemma4_moe qwen3_moe deepseek_v3");
+  // Whether jobs under mpirun coordinate through MPI (SHARDSHIFT_MPI), as the ranks decide it.
+  ASSERT_GE(lines.size(), 7u) << r.out;
+  EXPECT_EQ(lines[6], info.mpi ? "mpi: on (jobs started by mpirun coordinate through MPI)"
+                               : "mpi: off");
 }
 
 TEST(FlagConventions, EveryCommandTakesQuietJsonAndOneSizeSyntax) {

@@ -22,6 +22,7 @@ struct BuildInfo {
   std::string cuda_architectures;  ///< its CUDA_ARCHITECTURES ("90"); empty without CUDA
   int cuda_devices = 0;            ///< usable CUDA devices now (0 without CUDA, driver or GPU)
   std::vector<std::string> models; ///< the model adapters ("diffusion_gemma", "gemma4_moe")
+  bool mpi = false; ///< jobs of several ranks started by Open MPI's mpirun coordinate through MPI
 };
 
 /// This build's description. Queries the CPU and, with CUDA, the driver (cheap, but not free:
