@@ -23,6 +23,7 @@
 // products included (dequant_tiles_x86.inc says how), so every level gives the same output;
 // tests/dequant_simd_test.cpp checks each level against the scalar path and the reference.
 #include "dequant.h"
+#include "float_elements.h"
 #include "float_environment.h"
 #include "numerics.h"
 
@@ -62,50 +63,8 @@ namespace {
 
 using namespace numerics;
 
-template <float (*Decode)(uint8_t)> constexpr std::array<float, 256> fp8_table() {
-  std::array<float, 256> t{};
-  for (int c = 0; c < 256; ++c)
-    t[c] = Decode(uint8_t(c));
-  return t;
-}
-constexpr std::array<float, 256> E4M3 = fp8_table<f8_e4m3_to_f32>();
-constexpr std::array<float, 256> E5M2 = fp8_table<f8_e5m2_to_f32>();
-
-template <DType S> struct Source;
-template <> struct Source<DType::F8_E4M3> {
-  using type = uint8_t;
-  static float widen(uint8_t x) { return E4M3[x]; }
-};
-template <> struct Source<DType::F8_E5M2> {
-  using type = uint8_t;
-  static float widen(uint8_t x) { return E5M2[x]; }
-};
-template <> struct Source<DType::BF16> {
-  using type = uint16_t;
-  static float widen(uint16_t x) { return bf16_to_f32(x); }
-};
-template <> struct Source<DType::F16> {
-  using type = uint16_t;
-  static float widen(uint16_t x) { return f16_to_f32(x); }
-};
-template <> struct Source<DType::F32> {
-  using type = uint32_t;
-  static float widen(uint32_t x) { return f32_from_bits(x); }
-};
-
-template <DType D> struct Dest;
-template <> struct Dest<DType::BF16> {
-  using type = uint16_t;
-  static uint16_t narrow(float v) { return f32_to_bf16_rne(v); }
-};
-template <> struct Dest<DType::F16> {
-  using type = uint16_t;
-  static uint16_t narrow(float v) { return f32_to_f16_rne(v); }
-};
-template <> struct Dest<DType::F32> {
-  using type = uint32_t;
-  static uint32_t narrow(float v) { return f32_canonical_bits(f32_bits(v)); }
-};
+using elements::Dest;
+using elements::Source;
 
 float load_scale(DType dtype, const std::byte* p) {
   if (dtype == DType::F32) {

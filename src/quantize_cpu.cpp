@@ -7,6 +7,7 @@
 // from L1/L2 whichever of the two strides is the contiguous one. The two divisions per block
 // (amax / 448) and per element (x / s) are plain IEEE float32 divisions, nearest even, subnormals
 // kept: FloatEnvironmentGuard clears FTZ/DAZ and directed rounding for the duration of a call.
+#include "float_elements.h"
 #include "float_environment.h"
 #include "numerics.h"
 #include "quantize.h"
@@ -27,19 +28,7 @@ constexpr uint32_t F32_MIN_NORMAL_BITS = 0x00800000u;  // 2^-126
 constexpr uint32_t E4M3_MAX_BITS = 0x43E00000u;        // 448 = 1.75 * 2^8 as an F32
 constexpr uint32_t E4M3_MIN_NORMAL_BITS = 0x3C800000u; // 2^-6 as an F32
 
-template <DType S> struct Source;
-template <> struct Source<DType::BF16> {
-  using type = uint16_t;
-  static float widen(uint16_t x) { return bf16_to_f32(x); }
-};
-template <> struct Source<DType::F16> {
-  using type = uint16_t;
-  static float widen(uint16_t x) { return f16_to_f32(x); }
-};
-template <> struct Source<DType::F32> {
-  using type = uint32_t;
-  static float widen(uint32_t x) { return f32_from_bits(x); }
-};
+using elements::Source;
 
 template <DType S> class Matrix {
 public:
