@@ -22,40 +22,17 @@
 // call). The SIMD kernels compute every lane to the same bits, NaN, subnormal and overflowing
 // products included (dequant_tiles_x86.inc says how), so every level gives the same output;
 // tests/dequant_simd_test.cpp checks each level against the scalar path and the reference.
+#include "cpu_features.h"
 #include "dequant.h"
 #include "float_elements.h"
 #include "float_environment.h"
 #include "numerics.h"
+#include "simd_x86.h"
 
 #include <algorithm>
 #include <array>
 #include <cstring>
 #include <string>
-
-#if defined(__x86_64__) || defined(__i386__)
-// GCC 12's AVX-512 intrinsics trip -Wmaybe-uninitialized inside the header (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#include <cpuid.h>
-#define SHARDSHIFT_X86 1
-#define SHARDSHIFT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define SHARDSHIFT_TARGET_AVX512                                                                   \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define SHARDSHIFT_TARGET_AVX512_BF16                                                              \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
-// The converters and transposes must be inlined into the block loops, and their fixed-count loops
-// unrolled, so that the arrays of registers stay in registers.
-#define SHARDSHIFT_INLINE inline __attribute__((always_inline))
-#define SHARDSHIFT_UNROLL _Pragma("GCC unroll 16")
-#else
-#define SHARDSHIFT_X86 0
-#endif
 
 namespace shardshift {
 
@@ -106,40 +83,6 @@ struct Kernels {
   uint64_t tile_i = 1, tile_j = 1;
 };
 
-bool detect_avx512_bf16() {
-#if SHARDSHIFT_X86
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16");
-#else
-  return false;
-#endif
-}
-
-SimdLevel detect_cpu_level() {
-#if SHARDSHIFT_X86
-  __builtin_cpu_init();
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return SimdLevel::avx512;
-  if (avx2)
-    return SimdLevel::avx2;
-#endif
-  return SimdLevel::portable;
-}
-
-SimdLevel cpu_level() {
-  static const SimdLevel level = detect_cpu_level();
-  return level;
-}
-
-bool cpu_avx512_bf16() {
-  static const bool has = detect_avx512_bf16();
-  return has;
-}
-
 #if SHARDSHIFT_X86
 template <class Dec, class Dec512, DType D> Kernels kernels_for(SimdLevel level) {
   if (level == SimdLevel::avx512) {
@@ -154,7 +97,7 @@ template <class Dec, class Dec512, DType D> Kernels kernels_for(SimdLevel level)
                 &avx512_tile_2<Avx512ToBf16<Dec512, false>>,
                 32,
                 16};
-      if (cpu_avx512_bf16()) {
+      if (cpu_features().avx512_bf16) {
         k.row_plain = &avx512bf16_row_2<Avx512Bf16ToBf16<Dec512>>;
         k.tile_plain = &avx512bf16_tile_2<Avx512Bf16ToBf16<Dec512>>;
       }
@@ -354,7 +297,7 @@ void dequant_cpu(const DequantArgs& a) {
 }
 
 void dequant_cpu(const DequantArgs& a, SimdLevel level) {
-  level = level > cpu_level() ? SimdLevel::portable : level;
+  level = level > cpu_features().level ? SimdLevel::portable : level;
   if (a.count == 0 || a.R == 0 || a.C == 0)
     return;
   [[maybe_unused]] const FloatEnvironmentGuard ieee{};

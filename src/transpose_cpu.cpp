@@ -15,43 +15,15 @@
 // AVX512-BF16 flushes) the SIMD code only flags the tile, and the scalar code built on
 // numerics.h recomputes it. Elements outside whole blocks (matrix edges) are scalar too. So
 // every SimdLevel gives the same bits, which tests/transpose_test.cpp checks.
+#include "cpu_features.h"
 #include "float_environment.h"
 #include "numerics.h"
+#include "simd_x86.h"
 #include "transpose.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <string>
-#include <string_view>
-
-#if defined(__x86_64__) || defined(__i386__)
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), a self-initialised variable that
-// -Wmaybe-uninitialized reports once inlined (GCC bug 105593, fixed in GCC 13). The warning is
-// located in the header, so ignoring it there is enough.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#include <cpuid.h>
-#define SHARDSHIFT_X86 1
-#define SHARDSHIFT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define SHARDSHIFT_TARGET_AVX512                                                                   \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define SHARDSHIFT_TARGET_AVX512_BF16                                                              \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
-// The block helpers must be inlined into the tile loops: called, their 16 registers go through
-// memory...
-#define SHARDSHIFT_INLINE inline __attribute__((always_inline))
-// ... and their fixed-count loops unrolled, so the arrays of registers stay in registers.
-#define SHARDSHIFT_UNROLL _Pragma("GCC unroll 16")
-#else
-#define SHARDSHIFT_X86 0
-#endif
 
 namespace shardshift {
 
@@ -271,7 +243,6 @@ float load_scale(DType dtype, const std::byte* scales, uint64_t e) {
 // The SIMD tiles (AVX2, AVX-512) live beside this file.
 #include "transpose_tiles_x86.inc"
 
-
 // ---------------------------------------------------------------------------------------------
 // Dispatch: pick the kernel of a dtype combination at a level.
 
@@ -280,36 +251,6 @@ struct TileSpec {
   uint64_t block_i = 1, block_j = 1;
   uint64_t stream_align = 0;
 };
-
-struct CpuFeatures {
-  SimdLevel level = SimdLevel::portable;
-  bool avx512_bf16 = false;
-};
-
-CpuFeatures detect_cpu() {
-  CpuFeatures f;
-#if SHARDSHIFT_X86
-  __builtin_cpu_init();
-  // F16C through cpuid: clang's __builtin_cpu_supports does not know the name. (Every AVX2 CPU
-  // has it, but the AVX2 kernels use it, so check.)
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    f.level = SimdLevel::avx512;
-    f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
-  } else if (avx2) {
-    f.level = SimdLevel::avx2;
-  }
-#endif
-  return f;
-}
-
-const CpuFeatures& cpu() {
-  static const CpuFeatures features = detect_cpu();
-  return features;
-}
 
 // The element operations that have SIMD tiles.
 enum class SimdOp { none, move2, move4, fold_bf16, fold_f16, fold_f32 };
@@ -324,7 +265,7 @@ TileSpec tile_for(SimdOp op, SimdLevel level) {
       return {&avx512_tile_16x16<Avx512Move>, 16, 16, 64};
     case SimdOp::fold_bf16:
       // Without AVX512-BF16 the AVX2 kernel (exact integer rounding) is the faster choice.
-      if (cpu().avx512_bf16)
+      if (cpu_features().avx512_bf16)
         return {&avx512bf16_tile_32x16, 32, 16, 64};
       return tile_for(op, SimdLevel::avx2);
     case SimdOp::fold_f16:
@@ -499,41 +440,12 @@ Status check_transpose_supported(DType src, bool has_scale, DType scale, DType d
   return {};
 }
 
-SimdLevel detect_simd_level() {
-  const SimdLevel best = cpu().level;
-  // Read on every call (cheap next to a kernel call) so a test or a user can change the cap.
-  const char* cap = std::getenv("SHARDSHIFT_SIMD");
-  if (cap == nullptr)
-    return best;
-  const std::string_view name(cap);
-  SimdLevel requested = best;
-  if (name == "portable")
-    requested = SimdLevel::portable;
-  else if (name == "avx2")
-    requested = SimdLevel::avx2;
-  else if (name == "avx512")
-    requested = SimdLevel::avx512;
-  return std::min(best, requested);
-}
-
-const char* simd_level_name(SimdLevel level) {
-  switch (level) {
-  case SimdLevel::portable:
-    return "portable";
-  case SimdLevel::avx2:
-    return "avx2";
-  case SimdLevel::avx512:
-    return "avx512";
-  }
-  return "unknown";
-}
-
 void transpose_fold_cpu(const TransposeArgs& args) {
   transpose_fold_cpu(args, detect_simd_level());
 }
 
 void transpose_fold_cpu(const TransposeArgs& args, SimdLevel level) {
-  level = level > cpu().level ? SimdLevel::portable : level;
+  level = level > cpu_features().level ? SimdLevel::portable : level;
   if (args.experts == 0 || args.A == 0 || args.cols == 0)
     return;
   [[maybe_unused]] const FloatEnvironmentGuard ieee{};
