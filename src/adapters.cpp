@@ -130,7 +130,6 @@ const AdapterSpec QWEN3_MOE_FROM_HF = {
              "expert key with more after '.weight'; the reference would take it for the expert's "
              "weight"},
         },
-    .expert_parallel = false,
 };
 
 // deepseek_v3 (semantics 15): the same per-expert stacking (the same mixin in the reference),
@@ -175,7 +174,6 @@ const AdapterSpec DEEPSEEK_V3_FROM_HF = {
              "expert key with more after '.weight'; the reference would take it for the expert's "
              "weight"},
         },
-    .expert_parallel = false,
     .default_dtype = DType::BF16,
 };
 #undef QWEN3_EXPERT
@@ -203,7 +201,6 @@ const AdapterSpec QWEN3_MOE_TO_HF = {
              "native expert tensor without a layers.N path (the reference would crash)"},
         },
     .honours_exclude = true,
-    .expert_parallel = false,
 };
 
 // deepseek_v3 to_hf (15.4): the qwen3_moe split, unchanged (the same mixin); BF16 stays BF16.

@@ -278,14 +278,14 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
       a.experts = 1;
       a.A = info.shape[0];
       a.B = info.shape[1];
-      a.col_begin = r0;
+      a.col_begin = t.col_begin + r0; // EP second sharding: this rank's rows start there
       a.cols = nr;
       a.src_dtype = info.dtype;
       a.dst_dtype = t.dtype;
       a.dst_pitch = C;
       part.dst_offset = (e - e0) * nr * out_row + p.col * es_out;
       if (p.scale)
-        set_dequant(part, p.source, *p.scale, true, r0, nr, C, t.dtype);
+        set_dequant(part, p.source, *p.scale, true, t.col_begin + r0, nr, C, t.dtype);
       if (r0 == 0)
         part.shard->file->will_need(in_offset, in_bytes);
       if (c_ == 0)

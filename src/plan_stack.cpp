@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <tuple>
 
 namespace shardshift {
 
@@ -163,6 +164,22 @@ void check_layer_pairs(PlanContext& ctx) {
   }
 }
 
+// The second sharding (--ep-shard-size S) keeps rows [k * R / S, (k + 1) * R / S) of each
+// stacked output's axis 1 (H for gate_and_up, I for down): refuse an R that S does not divide.
+void check_ep_rows(PlanContext& ctx) {
+  const uint64_t n = ctx.options.ep_shard_size;
+  if (n <= 1)
+    return;
+  for (auto& [key, g] : ctx.stacks)
+    if (g.ok && !g.whole && g.rows % n != 0) {
+      ctx.problems.add(Errc::plan, "", g.output,
+                       "axis 1 of size " + std::to_string(g.rows) + " does not split evenly into " +
+                           std::to_string(n) +
+                           " shards (--ep-shard-size); shardshift writes no partial rows");
+      g.ok = false;
+    }
+}
+
 } // namespace
 
 void group_stacks(PlanContext& ctx) {
@@ -215,6 +232,7 @@ void validate_stacks(PlanContext& ctx) {
       validate_pieces(ctx, g, experts);
   }
   check_layer_pairs(ctx);
+  check_ep_rows(ctx);
 }
 
 void emit_stack(PlanContext& ctx, const Classified& c) {
@@ -224,26 +242,41 @@ void emit_stack(PlanContext& ctx, const Classified& c) {
   StackGroup& g = it->second;
   g.emitted = true;
   const unsigned slots = g.rule->slots;
+  const PlanOptions& o = ctx.options;
   OutputTensor t;
   t.name = g.output;
   t.op = OpKind::stack;
   t.dtype = g.out_dtype;
-  t.shape = {g.experts, g.rows, slots * g.block};
+  // Expert-parallel export (semantics 14.7): this rank's experts, and with the second sharding
+  // its rows of axis 1 (= columns of every piece); the other ranks' pieces are not read.
+  std::tie(t.expert_begin, t.experts) = ep_range(g.experts, o.ep_size, o.ep_rank);
+  t.cols = g.rows / o.ep_shard_size;
+  t.col_begin = o.ep_shard_rank * t.cols;
+  t.shape = {t.experts, t.cols, slots * g.block};
   bool dequantized = false;
-  for (const auto& [e, pieces] : g.pieces)
+  for (const auto& [e, pieces] : g.pieces) {
+    if (e < t.expert_begin || e >= t.expert_begin + t.experts)
+      continue;
     for (unsigned s = 0; s < slots; ++s) {
-      StackPiece p{pieces[s]->ref, e, s * g.block, std::nullopt};
+      StackPiece p{pieces[s]->ref, e - t.expert_begin, s * g.block, std::nullopt};
       if (auto it = ctx.block_scales.find(pieces[s]->input_name); it != ctx.block_scales.end()) {
         p.scale = it->second->ref;
         dequantized = true;
       }
       t.pieces.push_back(p);
     }
+  }
   std::string names;
   for (unsigned s = 0; s < slots; ++s)
     names += (s ? ", " : "") + g.slot_names[s];
-  t.note = "stack of " + std::to_string(g.experts) + " experts' " + names +
-           (dequantized ? ", dequantized" : "") + ", transposed, from " + g.layer;
+  const bool ep = o.ep_size > 1 || o.ep_shard_size > 1;
+  t.note = "stack of " +
+           (ep ? "experts [" + std::to_string(t.expert_begin) + ", " +
+                     std::to_string(t.expert_begin + t.experts) + ") of " +
+                     std::to_string(g.experts) + ", rows [" + std::to_string(t.col_begin) + ", " +
+                     std::to_string(t.col_begin + t.cols) + ") of " + std::to_string(g.rows) + ","
+              : std::to_string(g.experts) + " experts'") +
+           " " + names + (dequantized ? ", dequantized" : "") + ", transposed, from " + g.layer;
   emit_tensor(ctx, std::move(t));
 }
 

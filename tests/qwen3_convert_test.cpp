@@ -191,6 +191,7 @@ TEST_F(ConvertTest, Qwen3Fp8ScaleTensorsAndDuplicateExpertsAreRefused) {
 }
 
 TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {
+  // (from_hf's expert-parallel export: tests/convert_ep_test.cpp.)
   Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 3, 6, 4), {});
   native["model.layers.0.mlp.experts.down_projs"] = random_tensor(rng, DType::BF16, {3, 5, 6});
   write_checkpoint(tmp / "native", native);
@@ -199,10 +200,10 @@ TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {
   EXPECT_TRUE(contains(r.status().message(), "layers.0: the expert sizes of"))
       << r.status().message();
 
-  write_checkpoint(tmp / "hf2", tiny_qwen3(rng, 1, 4, 4, 2));
-  auto ep = run(tmp / "hf2", tmp / "n", opts([](ConvertOptions& o) { o.plan.ep_size = 2; }));
+  write_checkpoint(tmp / "native2", ref_qwen3_from_hf(tiny_qwen3(rng, 1, 4, 4, 2), {}));
+  auto ep = run(tmp / "native2", tmp / "h", opts([](ConvertOptions& o) { o.plan.ep_size = 2; }));
   ASSERT_FALSE(ep.ok());
-  EXPECT_TRUE(contains(ep.status().message(), "not offered for qwen3_moe"))
+  EXPECT_TRUE(contains(ep.status().message(), "applies to from_hf only"))
       << ep.status().message();
 }
 

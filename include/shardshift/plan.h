@@ -40,7 +40,7 @@ const char* op_name(OpKind op);
 /// so one stacked output can mix operations piece by piece.
 struct StackPiece {
   TensorRef source{};
-  uint64_t index = 0; ///< position along the output's axis 0 (the expert)
+  uint64_t index = 0; ///< position along the output's axis 0 (expert expert_begin + index)
   uint64_t col = 0;   ///< first column of the output's last axis that this piece fills
   std::optional<TensorRef> scale; ///< the piece's [ceil(A/128), ceil(R/128)] block scale
 };
@@ -57,7 +57,9 @@ struct OutputTensor {
   std::optional<TensorRef> scale; ///< transpose: the folded per-expert scale; dequant: the
                                   ///< [ceil(R/128), ceil(C/128)] block scale
   // transpose: experts [expert_begin, expert_begin + experts) and input columns
-  // [col_begin, col_begin + cols) of the [E, A, B] source are kept.
+  // [col_begin, col_begin + cols) of the [E, A, B] source are kept. stack: the model's experts
+  // [expert_begin, expert_begin + experts) and rows [col_begin, col_begin + cols) of axis 1
+  // (= columns of every piece) are kept (expert-parallel export; the whole tensor otherwise).
   uint64_t expert_begin = 0, experts = 0, col_begin = 0, cols = 0;
   /// stack: the pieces, sorted by (index, col); together they cover the [N, R, C] output exactly.
   std::vector<StackPiece> pieces;

@@ -153,6 +153,34 @@ std::pair<uint64_t, uint64_t> ref_ep_range(uint64_t e, uint64_t w, uint64_t r) {
   return {start, count};
 }
 
+// Written from semantics 14.7: a slice of the whole export, experts along axis 0, rows along
+// axis 1; element by element, through get_bits/put_bits.
+Dict ref_stacked_expert_parallel(const Dict& native, const RefOptions& o) {
+  auto is_expert = [](const std::string& k) {
+    for (const std::string end : {".mlp.experts.gate_and_up_projs", ".mlp.experts.down_projs"})
+      if (k.size() >= end.size() && k.compare(k.size() - end.size(), end.size(), end) == 0)
+        return true;
+    return false;
+  };
+  Dict out;
+  for (const auto& [name, t] : native) {
+    if (!is_expert(name)) {
+      out[name] = t;
+      continue;
+    }
+    const uint64_t R = t.shape[1], C = t.shape[2];
+    auto [e0, ne] = ref_ep_range(t.shape[0], o.ep_size, o.ep_rank);
+    const uint64_t n = R / o.ep_shard_size, r0 = o.ep_shard_rank * n;
+    Tensor s{t.dtype, {ne, n, C}, std::string(ne * n * C * esize(t.dtype), '\0')};
+    for (uint64_t e = 0; e < ne; ++e)
+      for (uint64_t r = 0; r < n; ++r)
+        for (uint64_t c = 0; c < C; ++c)
+          put_bits(s, (e * n + r) * C + c, get_bits(t, ((e0 + e) * R + r0 + r) * C + c));
+    out[name] = std::move(s);
+  }
+  return out;
+}
+
 // diffusion_gemma / gemma4_moe, HF -> native (semantics 1 and 3).
 Dict ref_from_hf(const Dict& in, bool diffusion, const RefOptions& o) {
   Dict out;

@@ -74,6 +74,13 @@ Dict ref_qwen3_from_hf(const Dict& in, const RefOptions& o);
 /// then o.exclude.
 Dict ref_qwen3_to_hf(const Dict& in, const RefOptions& o);
 
+/// Expert-parallel export of a stacked family (qwen3_moe, deepseek_v3; semantics 14.7): `native`
+/// is the whole from_hf output; every key ending in `.mlp.experts.gate_and_up_projs` or
+/// `.mlp.experts.down_projs` keeps the experts ref_ep_range gives rank o.ep_rank of o.ep_size
+/// (axis 0) and rows [k * n, (k + 1) * n) of axis 1, n = axis 1 / o.ep_shard_size, k =
+/// o.ep_shard_rank; every other key is unchanged. REQUIRES: axis 1 divisible.
+Dict ref_stacked_expert_parallel(const Dict& native, const RefOptions& o);
+
 /// FP8 block dequantization of a 2-D weight (semantics 15.3): every element times its 128 x 128
 /// block's element of `scale`, by ref_dequant_element, in dtype `to`.
 Tensor ref_dequant(const Tensor& weight, const Tensor& scale, DType to);
