@@ -184,6 +184,32 @@ TEST_F(SemanticsCli, ExpertParallelFlagErrors) {
   EXPECT_FALSE(fs::exists(tmp / "n"));
 }
 
+TEST_F(SemanticsCli, EpFromLauncherSplitsAStackedFamilyByRank) {
+  // qwen3_moe, 6 experts over the 4 ranks of a launcher (--rank/--world-size stand for its
+  // variables): 2, 2, 1, 1 experts; each OUT holds its rank's slice, everything else whole.
+  Dict in = tiny_qwen3(rng, 2, 6, 8, 4);
+  write_checkpoint(tmp / "qwen", in, 2, "qwen3_moe");
+  const Dict whole = ref_qwen3_from_hf(in, {});
+  for (unsigned r = 0; r < 4; ++r) {
+    auto c = run_shardshift("convert " + shell_quoted(tmp / "qwen") + " " +
+                            shell_quoted(tmp / "ep{rank}") + " -q --rank " + std::to_string(r) +
+                            " --world-size 4 --ep-from-launcher");
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    RefOptions ro;
+    ro.ep_size = 4;
+    ro.ep_rank = r;
+    const Dict want = ref_stacked_expert_parallel(whole, ro);
+    const Dict got = read_checkpoint(tmp / ("ep" + std::to_string(r)));
+    ASSERT_EQ(got.size(), want.size()) << "rank " << r;
+    for (const auto& [name, t] : want) {
+      ASSERT_TRUE(got.count(name)) << name;
+      EXPECT_EQ(got.at(name).shape, t.shape) << name << " rank " << r;
+      EXPECT_TRUE(got.at(name).bytes == t.bytes) << name << " rank " << r;
+    }
+    EXPECT_EQ(got.at("model.layers.1.mlp.experts.down_projs").shape[0], r < 2 ? 2u : 1u);
+  }
+}
+
 TEST_F(SemanticsCli, OutputChecks) {
   auto same = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
                              shell_quoted(tmp / "hf") + " --force");
