@@ -487,7 +487,11 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
       exit_code = report_error(s);
   if (!result) {
     if (result.status().code() == Errc::interrupted) {
-      if (!o.pipe_to.empty() || o.output == "-" || o.resume)
+      // A rank of a job says where it stopped: a rank waiting for rank 0's commit cannot know
+      // whether it happened.
+      auto rank = detect_rank(o.rank, o.world_size, environment());
+      const bool in_a_job = rank && rank->world > 1;
+      if (!o.pipe_to.empty() || o.output == "-" || o.resume || in_a_job)
         report_error(result.status()); // every file's state, what went to stdout, what is kept
       else
         std::cerr << "shardshift: interrupted; nothing was written to " << o.output.string()

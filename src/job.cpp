@@ -216,7 +216,12 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
   if (!ended) { // gave up waiting: the job's other ranks are ended by their launcher
     if (staged && !options.resume)
       remove_tree(io, job.paths.staging).ignore();
-    return ended.status();
+    return Status(ended.status().code(),
+                  ended.status().message() + "; nothing was written to " +
+                      job.paths.output.string() +
+                      (options.resume && staged ? " (the finished files are kept in " +
+                                                      job.paths.staging.string() + " for --resume)"
+                                                : std::string()));
   }
   if (!ended->failures.empty()) {
     Status failed = failed_job(job, ended->failures);

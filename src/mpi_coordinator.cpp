@@ -177,7 +177,8 @@ public:
     OutcomeRecord record{};
     std::string message;
     if (Status s = broadcast(record, message); !s.ok())
-      return s;
+      return Status(s.code(), s.message() + "; OUT is whole if rank 0 committed before it heard, "
+                                            "else absent (see rank 0's output)");
     if (record.code == 0)
       return own;
     if (!own.ok())

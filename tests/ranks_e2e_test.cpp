@@ -16,6 +16,7 @@
 #include <csignal>
 #include <fcntl.h>
 #include <map>
+#include <optional>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <thread>
@@ -136,28 +137,28 @@ TEST_F(Ranks, UnderMpirunRanksGivenDifferentPlansAreRefusedBeforeWriting) {
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
 }
 
-TEST_F(Ranks, UnderMpirunAKilledRankFailsTheJobAndLeavesNothing) {
-  if (run_shell("command -v mpirun").exit_code != 0)
-    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+// Runs the fixture's job as 3 ranks under mpirun and sends `signal` to rank 2 once the job's
+// staging directory exists. Returns mpirun's wait status (nullopt: the job finished first).
+std::optional<int> signal_rank_under_mpirun(const fs::path& dir, int signal) {
   // mpirun ends the other ranks with SIGTERM, then SIGKILL after odls_base_sigkill_timeout
   // seconds (1 by default): rank 0 removes the staging directory in between (README "Ranks").
   const std::string command =
       "exec env " + MPIRUN + "--mca odls_base_sigkill_timeout 5 -np 3 " + SHARDSHIFT_BINARY +
-      " convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
-      " --max-shard-size 1MB --checksums -j 1 > " + shell_quoted(tmp / "log") + " 2>&1";
+      " convert " + shell_quoted(dir / "hf") + " " + shell_quoted(dir / "out") +
+      " --max-shard-size 1MB --checksums -j 1 > " + shell_quoted(dir / "log") + " 2>&1";
   const pid_t mpirun = ::fork();
-  ASSERT_GE(mpirun, 0);
+  if (mpirun < 0)
+    return std::nullopt;
   if (mpirun == 0) {
     ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
-  // Rank 2 (a child of mpirun with OMPI_COMM_WORLD_RANK=2) dies without a word once the job's
-  // staging directory exists.
+  // Rank 2 is the child of mpirun with OMPI_COMM_WORLD_RANK=2.
   pid_t victim = 0;
   for (int i = 0; i < 20000 && victim == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
     bool started = false;
-    for (const std::string& name : entries(tmp.path()))
+    for (const std::string& name : entries(dir))
       started |= name.find(".shardshift-job-") != std::string::npos;
     if (!started)
       continue;
@@ -172,14 +173,43 @@ TEST_F(Ranks, UnderMpirunAKilledRankFailsTheJobAndLeavesNothing) {
         victim = std::atoi(proc.path().filename().c_str());
     }
   }
-  ASSERT_GT(victim, 0) << read_bytes(tmp / "log");
-  ::kill(victim, SIGKILL);
+  EXPECT_GT(victim, 0) << read_bytes(dir / "log");
+  if (victim > 0)
+    ::kill(victim, signal);
   const int status = wait_status(mpirun);
-  const std::string log = read_bytes(tmp / "log");
-  ASSERT_TRUE(WIFEXITED(status)) << log;
-  if (WEXITSTATUS(status) == 0)
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return std::nullopt;
+  return status;
+}
+
+TEST_F(Ranks, UnderMpirunAKilledRankFailsTheJobAndLeavesNothing) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  const std::optional<int> status = signal_rank_under_mpirun(tmp.path(), SIGKILL);
+  if (!status)
     GTEST_SKIP() << "the job finished before the kill";
+  const std::string log = read_bytes(tmp / "log");
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) != 0) << log;
   EXPECT_NE(log.find("exited on signal 9"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log", "ref"})) << log;
+}
+
+TEST_F(Ranks, UnderMpirunAnInterruptedRankEndsTheJobOnEveryRankAndLeavesNothing) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  if (std::string(mpirun_coordinator()) != "MPI")
+    GTEST_SKIP() << "built without MPI: the marker files' tests cover this";
+  // SIGTERM, as Ctrl-C: rank 2 stops and gives up; mpirun ends ranks 0 and 1 with SIGTERM.
+  const std::optional<int> status = signal_rank_under_mpirun(tmp.path(), SIGTERM);
+  if (!status)
+    GTEST_SKIP() << "the job finished before the signal";
+  const std::string log = read_bytes(tmp / "log");
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 130) << log;
+  EXPECT_NE(log.find("shardshift: rank 2 of 3: interrupted while waiting for "), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("shardshift: rank 0 of 3: interrupted while waiting for "), std::string::npos)
+      << log;
   EXPECT_FALSE(fs::exists(tmp / "out"));
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log", "ref"})) << log;
 }
