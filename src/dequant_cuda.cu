@@ -21,6 +21,7 @@
 #include "dequant_cuda.h"
 #include "numerics.h"
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
@@ -176,12 +177,42 @@ __device__ __forceinline__ void store(T* p, const Vec<T>& y, int n, bool vector)
       p[e] = y.get(e);
 }
 
+/// Whether no product of `x` and `scale` can be NaN: the scale is finite and not zero, and no
+/// code of `x` is a NaN (E4M3 S.1111.111; E5M2 S.11111.xx with xx != 0). Then the plain IEEE
+/// multiply gives mul_f32's bits without its NaN check.
+template <DType S>
+__device__ __forceinline__ bool no_nan_products(const Vec<typename In<S>::type>& x, float scale) {
+  if (!isfinite(scale) || scale == 0.0f)
+    return false;
+  if constexpr (S == DType::F8_E4M3 || S == DType::F8_E5M2) {
+    const uint32_t nan = S == DType::F8_E4M3 ? 0x7F7F7F7Fu : 0x7D7D7D7Du;
+    uint32_t any = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      any |= S == DType::F8_E4M3 ? __vcmpeq4(x.word(i) & 0x7F7F7F7Fu, nan)
+                                 : __vcmpgeu4(x.word(i) & 0x7F7F7F7Fu, nan);
+    return any == 0;
+  } else {
+    return false; // 16- and 32-bit weights: the checked multiply
+  }
+}
+
 /// The elements of `x` as floats times `scale` (mul_f32: canonical NaN with the product's sign).
 template <DType S>
 __device__ __forceinline__ void dequantize(const Vec<typename In<S>::type>& x, float scale,
                                            float* out) {
   constexpr int N = Vec<typename In<S>::type>::N;
   if constexpr (is_fp8(S)) {
+    if (no_nan_products<S>(x, scale)) {
+#pragma unroll
+      for (int k = 0; k < N / 2; ++k) {
+        float lo, hi;
+        decode_fp8x2<S>(x.pair(k), lo, hi);
+        out[2 * k] = __fmul_rn(lo, scale);
+        out[2 * k + 1] = __fmul_rn(hi, scale);
+      }
+      return;
+    }
 #pragma unroll
     for (int k = 0; k < N / 2; ++k) {
       float lo, hi;
@@ -194,6 +225,46 @@ __device__ __forceinline__ void dequantize(const Vec<typename In<S>::type>& x, f
     for (int e = 0; e < N; ++e)
       out[e] = mul_f32(widen<S>(x.get(e)), scale);
   }
+}
+
+/// Two floats rounded to D (16-bit) and packed, low first: the hardware's round-to-nearest-even
+/// pair conversion, which matches f32_to_bf16_rne / f32_to_f16_rne for every non-NaN value
+/// (subnormals kept, overflow to infinity), and NaN lanes set to the canonical NaN with the
+/// value's sign as those functions do.
+template <DType D> __device__ __forceinline__ uint32_t narrow2(float a, float b) {
+  uint32_t bits;
+  uint32_t canonical;
+  if constexpr (D == DType::BF16) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    bits = *reinterpret_cast<const uint32_t*>(&h);
+    canonical = BF16_CANONICAL_NAN;
+  } else {
+    const __half2 h = __floats2half2_rn(a, b);
+    bits = *reinterpret_cast<const uint32_t*>(&h);
+    canonical = F16_CANONICAL_NAN;
+  }
+  if (isnan(a))
+    bits = (bits & 0xFFFF0000u) | ((__float_as_uint(a) >> 16) & 0x8000u) | canonical;
+  if (isnan(b))
+    bits = (bits & 0x0000FFFFu) | (((__float_as_uint(b) >> 16) & 0x8000u) | canonical) << 16;
+  return bits;
+}
+
+/// W results of D from out[0, W) into one vector: pairs through narrow2 for 16-bit types.
+template <DType D> __device__ __forceinline__ Vec<typename Out<D>::type> pack(const float* v) {
+  using O = typename Out<D>::type;
+  constexpr int W = Vec<O>::N;
+  Vec<O> y;
+  if constexpr (sizeof(O) == 2) {
+    y.v = make_uint4(narrow2<D>(v[0], v[1]), narrow2<D>(v[2], v[3]), narrow2<D>(v[4], v[5]),
+                     narrow2<D>(v[6], v[7]));
+  } else {
+    y.v = make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int e = 0; e < W; ++e)
+      y.put(e, narrow<D>(v[e]));
+  }
+  return y;
 }
 
 // out[k][r] = deq(W[r][begin + k]). grid.x: tiles of 64 columns of W from the tile holding
@@ -253,12 +324,11 @@ template <DType S, DType D> __global__ void __launch_bounds__(THREADS) transpose
       if (j < g.begin || j >= end || r >= g.R)
         continue;
       const int n = count_up_to(W, g.R - r);
-      Vec<O> y;
-      y.v = make_uint4(0, 0, 0, 0);
+      float vals[W];
 #pragma unroll
       for (int e = 0; e < W; ++e)
-        y.put(e, narrow<D>(tile[col][seg + e]));
-      store(dst + (j - g.begin) * g.pitch + r, y, n, g.vector_stores);
+        vals[e] = tile[col][seg + e];
+      store(dst + (j - g.begin) * g.pitch + r, pack<D>(vals), n, g.vector_stores);
     }
     __syncthreads();
   }
@@ -303,12 +373,7 @@ template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows_kern
             const int m = min(W, n[u] - o * W);
             if (m <= 0)
               break;
-            Vec<O> y;
-            y.v = make_uint4(0, 0, 0, 0);
-#pragma unroll
-            for (int e = 0; e < W; ++e)
-              y.put(e, narrow<D>(v[o * W + e]));
-            store(out + c + o * W, y, m, g.vector_stores);
+            store(out + c + o * W, pack<D>(v + o * W), m, g.vector_stores);
           }
         } else {
 #pragma unroll
