@@ -5,8 +5,12 @@
 // widened exactly (FP8 pairs through the hardware FP8 -> F16 conversion, exact since F16 holds
 // every FP8 value, then F16 -> F32; 16- and 32-bit types by their bit patterns), multiplied by
 // its block's scale with mul_f32 (one IEEE multiply, canonical NaN with the product's sign) and
-// rounded once to the destination (f32_to_bf16_rne, f32_to_f16_rne, f32_canonical_bits). Nothing
-// here depends on -ftz or on fused multiply-adds: there is no add.
+// rounded once to the destination (f32_to_bf16_rne, f32_to_f16_rne, f32_canonical_bits). Two
+// shortcuts give the same bits: where no product of a vector can be NaN (a finite non-zero scale
+// and no NaN code), the plain IEEE multiply is mul_f32; and 16-bit results are rounded in pairs
+// by the hardware's round-to-nearest-even conversion, which agrees with those functions on every
+// non-NaN value, NaN lanes being set to the canonical NaN by hand. Nothing here depends on -ftz
+// or on fused multiply-adds: there is no add.
 //
 // Transposed calls (a stacked expert piece: out[k][r] = deq(W[r][begin + k])) go through a
 // 64 x 64 tile in shared memory: the block reads 64 rows of 64 columns with 16-byte loads, keeps
