@@ -80,7 +80,7 @@ class Lane {
 public:
   explicit Lane(Shared& s)
       : s_(s), emitter_(s.input, s.plan, s.config.chunk_bytes, s.config.gpu, s.queue),
-        writer_(s.io, s.plan, s.target, s.profiler) {}
+        writer_(s.io, s.plan, s.target, s.profiler, s.config.cancel) {}
 
   WriteTotals run() {
     auto produce =
@@ -179,6 +179,9 @@ private:
     if (last_write_end_)
       s_.profiler.record(Stage::wait, last_write_end_, t0, 0);
     const uint64_t before = writer_.totals().done;
+    // Items emitted before a Ctrl-C are not written after it (the emitter stops at the next one).
+    if (!s_.failure.failed() && s_.config.cancel && s_.config.cancel->load())
+      s_.failure.fail(Status(Errc::interrupted, "interrupted"));
     if (!s_.failure.failed())
       if (Status st = writer_.write(*item); !st.ok())
         s_.failure.fail(std::move(st));

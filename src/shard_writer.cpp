@@ -173,7 +173,9 @@ Status ShardWriter::write_bytes(std::span<const std::byte> bytes, const std::str
     return fail(error(Errc::io, display_path_ + ": internal: writing past the planned size of " +
                                     std::to_string(expected_size_) + " bytes"));
   while (!bytes.empty()) {
-    size_t chunk = std::min(bytes.size(), MAX_IO_CHUNK);
+    if (cancelled())
+      return fail(error(Errc::interrupted, "interrupted"));
+    size_t chunk = std::min(bytes.size(), WRITE_PIECE);
     ssize_t n = is_stream_ ? io_->write(fd_, bytes.data(), chunk)
                            : io_->pwrite(fd_, bytes.data(), chunk, static_cast<off_t>(position_));
     if (n < 0) {
@@ -241,7 +243,9 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
   // some bytes went through finishes the rest the same way, so the result never depends on it.
   uint64_t done = 0;
   while (done < length) {
-    size_t chunk = static_cast<size_t>(std::min<uint64_t>(length - done, MAX_IO_CHUNK));
+    if (cancelled())
+      return fail(error(Errc::interrupted, "interrupted"));
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(length - done, WRITE_PIECE));
     auto in_off = static_cast<off_t>(in_offset + done);
     ssize_t n;
     if (is_stream_) {

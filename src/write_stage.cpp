@@ -36,6 +36,7 @@ void WriteStage::abandon() {
 Status WriteStage::open_file(const Item& item) {
   const OutputFile& file = plan_.files[item.file];
   writer_ = std::make_unique<ShardWriter>(io_);
+  writer_->set_cancel(cancel_);
   open_file_ = &file;
   totals_.done += file.header.size();
   return target_.open(*writer_, file);

@@ -12,6 +12,7 @@
 
 #include "work_item.h"
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
 
@@ -76,8 +77,10 @@ struct WriteTotals {
 
 class WriteStage {
 public:
-  WriteStage(Io& io, const Plan& plan, OutputTarget& target, Profiler& profiler)
-      : io_(io), plan_(plan), target_(target), profiler_(profiler) {}
+  /// `cancel` (may be nullptr): once set, writes stop within a ShardWriter::WRITE_PIECE.
+  WriteStage(Io& io, const Plan& plan, OutputTarget& target, Profiler& profiler,
+             const std::atomic<bool>* cancel = nullptr)
+      : io_(io), plan_(plan), target_(target), profiler_(profiler), cancel_(cancel) {}
   ~WriteStage() { abandon(); }
 
   /// Moves the item's bytes to the output (or opens / finishes a file).
@@ -96,6 +99,7 @@ private:
   const Plan& plan_;
   OutputTarget& target_;
   Profiler& profiler_;
+  const std::atomic<bool>* cancel_;
   std::unique_ptr<ShardWriter> writer_;
   const OutputFile* open_file_ = nullptr; ///< the file writer_ is writing
   WriteTotals totals_;

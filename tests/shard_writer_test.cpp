@@ -7,6 +7,8 @@
 #include "test_support.h"
 
 #include <fcntl.h>
+#include <atomic>
+#include <fstream>
 #include <random>
 #include <thread>
 #include <unistd.h>
@@ -361,6 +363,63 @@ TEST(ShardWriter, WritesBackAsItGoesSoAtMostTwoWindowsAreDirty) {
       next = static_cast<uint64_t>(c.offset + c.length);
     }
   EXPECT_GE(next, uint64_t{80} << 20);
+}
+
+// Sets a cancel flag once `after` bytes have gone through pwrite or copy_file_range, as a
+// Ctrl-C arriving in the middle of one large append or copy would.
+class CancelAfterIo final : public ForwardingIo {
+public:
+  CancelAfterIo(std::atomic<bool>& cancel, uint64_t after)
+      : ForwardingIo(Io::system()), cancel_(cancel), after_(after) {}
+  uint64_t largest_call = 0;
+  ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) override {
+    return count_bytes(ForwardingIo::pwrite(fd, buf, count, offset), count);
+  }
+  ssize_t copy_file_range(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
+    return count_bytes(ForwardingIo::copy_file_range(in, in_off, out, out_off, len), len);
+  }
+
+private:
+  ssize_t count_bytes(ssize_t n, size_t asked) {
+    largest_call = std::max<uint64_t>(largest_call, asked);
+    if (n > 0 && (done_ += uint64_t(n)) >= after_)
+      cancel_ = true;
+    return n;
+  }
+  std::atomic<bool>& cancel_;
+  uint64_t after_, done_ = 0;
+};
+
+TEST(ShardWriter, StopsWithinAPieceOnceCancelled) {
+  testing::TempDir dir;
+  const std::string data(64 << 20, 'c'); // one 64 MiB append, and one 64 MiB copy
+  {
+    std::ofstream(dir / "in.bin", std::ios::binary) << data;
+  }
+  for (bool copy : {false, true}) {
+    SCOPED_TRACE(copy ? "append_copy" : "append");
+    std::atomic<bool> cancel{false};
+    CancelAfterIo io(cancel, 1 << 20);
+    ShardWriter writer(io);
+    writer.set_cancel(&cancel);
+    ASSERT_TRUE(writer.open(dir / "f.safetensors", std::string(), data.size()).ok());
+    Status s;
+    if (copy) {
+      const int in = ::open((dir / "in.bin").c_str(), O_RDONLY);
+      ASSERT_GE(in, 0);
+      s = writer.append_copy(in, 0, data.size(), std::as_bytes(std::span(data)));
+      ::close(in);
+    } else {
+      s = writer.append(std::as_bytes(std::span(data)));
+    }
+    EXPECT_EQ(s.code(), Errc::interrupted) << s.message();
+    // The piece in progress when the flag was set is the last one.
+    EXPECT_LE(writer.bytes_written(), ShardWriter::WRITE_PIECE);
+    EXPECT_LE(io.largest_call, ShardWriter::WRITE_PIECE);
+    writer.abandon();
+    EXPECT_EQ(testing::list_dir(dir.path()), std::vector<std::string>{"in.bin"})
+        << "the temporary file was not removed";
+  }
 }
 
 TEST(ShardWriter, AStreamIsNeverWrittenBack) {

@@ -13,6 +13,8 @@
 #include "shardshift/safetensors.h"
 #include "shardshift/status.h"
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -52,15 +54,23 @@ public:
   /// Removes the temporary file (no-op when finished or never opened).
   void abandon();
 
+  /// Stops between pieces of WRITE_PIECE bytes once *cancel is set (Errc::interrupted), so a
+  /// Ctrl-C does not wait for a whole chunk to reach the disk. nullptr (the default): never.
+  void set_cancel(const std::atomic<bool>* cancel) { cancel_ = cancel; }
+  /// Bytes one write, copy or splice call moves at most.
+  static constexpr size_t WRITE_PIECE = size_t{8} << 20;
+
   const Status& status() const { return status_; }
   uint64_t bytes_written() const { return position_; }
   const std::string& path() const { return display_path_; }
 
 private:
   Status fail(Status s);
+  bool cancelled() const { return cancel_ && cancel_->load(std::memory_order_relaxed); }
   Status write_bytes(std::span<const std::byte> bytes, const std::string* source);
   void write_behind();
   Io* io_;
+  const std::atomic<bool>* cancel_ = nullptr;
   int fd_ = -1;
   bool owns_fd_ = false;
   bool is_stream_ = false;
