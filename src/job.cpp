@@ -8,6 +8,7 @@
 #include "coordinator.h"
 #include "outputs.h"
 #include "resume.h"
+#include "sha256.h"
 #include "side_files.h"
 #include "staging.h"
 
@@ -169,12 +170,28 @@ std::unique_ptr<Coordinator> make_coordinator(const ConvertOptions& options, con
   return make_marker_coordinator(options, rank, io, paths);
 }
 
+namespace {
+
+// What every rank must agree on: the plan, and whether the files are hashed (--checksums), or
+// rank 0 would list empty digests for the files of ranks that did not hash theirs. The two
+// settings give different fingerprints, hence different staging directories and a refusal
+// (MPI) or a rank that never turns up (markers), never a wrong SHA256SUMS.
+std::string job_fingerprint(const std::string& plan, bool checksums) {
+  if (!checksums)
+    return plan;
+  const std::string text = plan + " --checksums";
+  return sha256_hex(std::as_bytes(std::span(text)));
+}
+
+} // namespace
+
 Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
                                              const Checkpoint& input, const Plan& plan,
                                              const PipelineConfig& config, Io& io,
                                              Profiler& profiler, const RankInfo& rank,
                                              const Notes& notes) {
-  const std::string fingerprint = plan_fingerprint(input, plan);
+  const std::string fingerprint =
+      job_fingerprint(plan_fingerprint(input, plan), config.digests != nullptr);
   Job job{options, rank, {fs::absolute(options.output), {}},
           "rank " + std::to_string(rank.rank) + " of " + std::to_string(rank.world)};
   job.paths.staging = job.paths.output.parent_path() /

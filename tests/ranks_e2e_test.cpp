@@ -137,6 +137,23 @@ TEST_F(Ranks, UnderMpirunRanksGivenDifferentPlansAreRefusedBeforeWriting) {
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
 }
 
+// Ranks that hash their files and ranks that do not would leave rank 0 listing empty digests in
+// SHA256SUMS: --checksums is part of what the ranks must agree on.
+TEST_F(Ranks, UnderMpirunRanksThatDisagreeOnChecksumsAreRefusedBeforeWriting) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  if (std::string(mpirun_coordinator()) != "MPI")
+    GTEST_SKIP() << "built without MPI: the ranks write into different staging directories";
+  const std::string convert = std::string(SHARDSHIFT_BINARY) + " convert " +
+                              shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
+                              " -j 1 -q --max-shard-size 2MB";
+  auto r = run_shell(MPIRUN + "-np 2 " + convert + " --checksums : -np 1 " + convert);
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_EQ(count(r.out + r.err, "rank 2 planned another output than rank 0"), 3u)
+      << r.out << r.err;
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
+}
+
 // Runs the fixture's job as 3 ranks under mpirun and sends `signal` to rank 2 once the job's
 // staging directory exists. Returns mpirun's wait status (nullopt: the job finished first).
 std::optional<int> signal_rank_under_mpirun(const fs::path& dir, int signal) {
