@@ -9,6 +9,7 @@
 // memcpy" is how close quantizing comes to just reading its input once and writing it back.
 //
 //   build/perf/quantize_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+#include "bench_support.h"
 #include "shardshift/dtype.h"
 
 #include "quantize.h"
@@ -26,18 +27,7 @@
 namespace shardshift {
 namespace {
 
-struct FreeDeleter {
-  void operator()(std::byte* p) const { std::free(p); }
-};
-using AlignedBuffer = std::unique_ptr<std::byte[], FreeDeleter>;
-
-AlignedBuffer make_buffer(uint64_t bytes) {
-  const uint64_t rounded = (bytes + 63) / 64 * 64;
-  AlignedBuffer buffer(static_cast<std::byte*>(std::aligned_alloc(64, rounded)));
-  if (buffer)
-    std::memset(buffer.get(), 0, rounded);
-  return buffer;
-}
+using bench::make_buffer;
 
 struct Shape {
   const char* name;
@@ -125,11 +115,5 @@ void register_all() {
 } // namespace shardshift
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv))
-    return 1;
-  shardshift::register_all();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return shardshift::bench::run_benchmarks(argc, argv, shardshift::register_all);
 }
