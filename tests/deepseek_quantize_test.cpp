@@ -227,33 +227,11 @@ TEST_F(ConvertTest, DeepseekQuantizeBytesAreTheSameForEveryThreadsWritersAndBudg
   const Dict native = ref_deepseek_from_hf(hf, f32);
   write_checkpoint(tmp / "native", native, 3, "deepseek_v3");
   const Dict want = ref_deepseek_to_hf_fp8(native, {});
-  std::optional<std::map<std::string, std::string>> first;
-  struct Setting {
-    unsigned threads, writers;
-    uint64_t memory;
-  };
-  for (Setting s : {Setting{1, 1, 256 << 10},
-                    {2, 1, 1 << 20},
-                    {2, 3, 2 << 20},
-                    {1, 3, 64 << 20},
-                    {2, 2, 256 << 20}}) {
-    SCOPED_TRACE("-j " + std::to_string(s.threads) + " --writers " + std::to_string(s.writers) +
-                 " --max-memory " + std::to_string(s.memory));
-    auto r = run(tmp / "native", tmp / "hf", quantize([&](ConvertOptions& o) {
-                   o.threads = s.threads;
-                   o.writers = s.writers;
-                   o.max_memory = s.memory;
-                   o.plan.max_shard_size = 400'000;
-                 }));
-    ASSERT_TRUE(r.ok()) << r.status().message();
-    auto files = files_of(tmp / "hf");
-    if (!first) {
-      first = files;
-      expect_identical(read_checkpoint(tmp / "hf"), want);
-    } else {
-      EXPECT_TRUE(files == *first);
-    }
-  }
+  expect_same_files_for_every_setting(
+      tmp / "native", tmp / "hf",
+      quantize([](ConvertOptions& o) { o.plan.max_shard_size = 400'000; }),
+      {{1, 1, 256 << 10}, {2, 1, 1 << 20}, {2, 3, 2 << 20}, {1, 3, 64 << 20}, {2, 2, 256 << 20}});
+  expect_identical(read_checkpoint(tmp / "hf"), want);
 }
 
 TEST_F(ConvertTest, DeepseekQuantizeRefusesWhatItCannotDo) {
