@@ -27,27 +27,6 @@ bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
-// Exact comparison: names, dtypes, shapes and every byte (NaNs included: semantics 15.3.5 fixes
-// their bits).
-void expect_identical(const Dict& got, const Dict& want) {
-  ASSERT_EQ(got.size(), want.size());
-  for (auto& [name, w] : want) {
-    auto it = got.find(name);
-    ASSERT_NE(it, got.end()) << name;
-    EXPECT_EQ(it->second.dtype, w.dtype) << name;
-    EXPECT_EQ(it->second.shape, w.shape) << name;
-    if (it->second.bytes == w.bytes)
-      continue;
-    const uint64_t n = numel(w.shape);
-    for (uint64_t i = 0; i < n; ++i)
-      if (get_bits(it->second, i) != get_bits(w, i)) {
-        ADD_FAILURE() << name << ": element " << i << " is 0x" << std::hex
-                      << get_bits(it->second, i) << ", expected 0x" << get_bits(w, i);
-        break;
-      }
-  }
-}
-
 const char* name_of(std::optional<DType> d) {
   return d ? dtype_name(*d).data() : "keep";
 }

@@ -30,24 +30,6 @@ bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
-void expect_identical(const Dict& got, const Dict& want) {
-  ASSERT_EQ(got.size(), want.size());
-  for (auto& [name, w] : want) {
-    auto it = got.find(name);
-    ASSERT_NE(it, got.end()) << name;
-    EXPECT_EQ(it->second.dtype, w.dtype) << name;
-    EXPECT_EQ(it->second.shape, w.shape) << name;
-    if (it->second.bytes == w.bytes)
-      continue;
-    for (uint64_t i = 0; i < numel(w.shape); ++i)
-      if (get_bits(it->second, i) != get_bits(w, i)) {
-        ADD_FAILURE() << name << ": element " << i << " is 0x" << std::hex
-                      << get_bits(it->second, i) << ", expected 0x" << get_bits(w, i);
-        break;
-      }
-  }
-}
-
 // Names, dtypes and shapes, without the bytes.
 std::map<std::string, std::pair<DType, std::vector<uint64_t>>> inventory(const Dict& d) {
   std::map<std::string, std::pair<DType, std::vector<uint64_t>>> out;

@@ -87,6 +87,25 @@ Dict read_checkpoint(const fs::path& dir) {
   return d;
 }
 
+void expect_identical(const Dict& got, const Dict& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (auto& [name, w] : want) {
+    auto it = got.find(name);
+    ASSERT_NE(it, got.end()) << name;
+    EXPECT_EQ(it->second.dtype, w.dtype) << name;
+    EXPECT_EQ(it->second.shape, w.shape) << name;
+    if (it->second.bytes == w.bytes)
+      continue;
+    const uint64_t n = numel(w.shape);
+    for (uint64_t i = 0; i < n; ++i)
+      if (get_bits(it->second, i) != get_bits(w, i)) {
+        ADD_FAILURE() << name << ": element " << i << " is 0x" << std::hex
+                      << get_bits(it->second, i) << ", expected 0x" << get_bits(w, i);
+        break;
+      }
+  }
+}
+
 // Element-by-element comparison; any two NaNs are equal (semantics 1.1).
 void expect_same(const Dict& got, const Dict& want) {
   std::vector<std::string> g, w;

@@ -21,6 +21,9 @@ Dict read_checkpoint(const std::filesystem::path& dir);
 
 /// Element-by-element comparison as GoogleTest failures; any two NaNs are equal (semantics 1.1).
 void expect_same(const Dict& got, const Dict& want);
+/// Exact comparison: names, dtypes, shapes and every bit, NaNs included (for rules that fix the
+/// NaN bits, such as semantics 15.3.5); names the first element that differs in each tensor.
+void expect_identical(const Dict& got, const Dict& want);
 
 /// Random tensor bytes; `special` mixes in infinities, NaNs, subnormals, signed zeros, huge values.
 Tensor random_tensor(std::mt19937_64& rng, DType d, std::vector<uint64_t> shape,
