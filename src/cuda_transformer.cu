@@ -27,6 +27,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -134,8 +135,10 @@ private:
   Slot* acquire(bool wait = true);
   void release(Slot* s);
   Status check_args(const TransposeArgs& args, uint64_t* in_bytes, uint64_t* out_bytes) const;
-  Status run_checked(Slot* slot, const TransposeArgs& args, uint64_t in_bytes,
-                     uint64_t out_bytes, CudaTimings* timings, uint64_t start_ns);
+  /// Runs `work` on the acquired `slot` and gives the slot back: timings reset (start_ns kept),
+  /// the slot's stream synchronized after a failure so nothing queued outlives the call.
+  Status run_checked(Slot* slot, CudaTimings* timings, uint64_t start_ns,
+                     const std::function<Status(Slot&)>& work);
   /// A dequantizing chunk on `s`: the parts' regions are staged at `offsets` (input) and
   /// `scale_offsets`, uploaded, dequantized into the device output, and downloaded.
   Status run_dequant_on(Slot& s, const std::vector<CudaDequantPart>& parts,
@@ -347,14 +350,13 @@ Status CudaTransformerImpl::check_args(const TransposeArgs& args, uint64_t* in_b
   return {};
 }
 
-Status CudaTransformerImpl::run_checked(Slot* slot, const TransposeArgs& args, uint64_t in_bytes,
-                                        uint64_t out_bytes, CudaTimings* timings,
-                                        uint64_t start_ns) {
+Status CudaTransformerImpl::run_checked(Slot* slot, CudaTimings* timings, uint64_t start_ns,
+                                        const std::function<Status(Slot&)>& work) {
   if (timings) {
     *timings = CudaTimings{};
     timings->start_ns = start_ns;
   }
-  Status status = run_on(*slot, args, in_bytes, out_bytes, timings);
+  Status status = work(*slot);
   if (!status)
     cudaStreamSynchronize(slot->stream); // nothing queued may outlive the call
   release(slot);
@@ -372,7 +374,9 @@ Status CudaTransformerImpl::run(const TransposeArgs& args, CudaTimings* timings)
     return s;
   if (args.experts == 0 || args.A == 0 || args.cols == 0)
     return {};
-  return run_checked(acquire(), args, in_bytes, out_bytes, timings, start_ns);
+  return run_checked(acquire(), timings, start_ns, [&](Slot& s) {
+    return run_on(s, args, in_bytes, out_bytes, timings);
+  });
 }
 
 Status CudaTransformerImpl::try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) {
@@ -389,7 +393,9 @@ Status CudaTransformerImpl::try_run(const TransposeArgs& args, CudaTimings* timi
     release(slot);
     return {};
   }
-  return run_checked(slot, args, in_bytes, out_bytes, timings, start_ns);
+  return run_checked(slot, timings, start_ns, [&](Slot& s) {
+    return run_on(s, args, in_bytes, out_bytes, timings);
+  });
 }
 
 Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes,
@@ -491,18 +497,10 @@ Status CudaTransformerImpl::try_run_dequant(const std::vector<CudaDequantPart>& 
   if (!slot)
     return {};
   *ran = true;
-  if (timings) {
-    *timings = CudaTimings{};
-    timings->start_ns = start_ns;
-  }
-  Status status = run_dequant_on(*slot, parts, regions, offsets, scale_offsets, scale_bytes, dst,
-                                 dst_bytes, guard, timings);
-  if (!status)
-    cudaStreamSynchronize(slot->stream); // nothing queued may outlive the call
-  release(slot);
-  if (timings)
-    timings->stream = slot->index;
-  return status;
+  return run_checked(slot, timings, start_ns, [&](Slot& s) {
+    return run_dequant_on(s, parts, regions, offsets, scale_offsets, scale_bytes, dst, dst_bytes,
+                          guard, timings);
+  });
 }
 
 Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequantPart>& parts,
