@@ -28,6 +28,20 @@ inline AlignedBuffer make_buffer(uint64_t bytes, uint8_t fill = 0) {
   return buffer;
 }
 
+/// The physical floor beside a kernel: memcpy of `bytes` between two aligned buffers, each
+/// iteration counted as `counted` bytes processed (the output bytes, or read + write).
+inline void bench_memcpy_bytes(benchmark::State& state, uint64_t bytes, uint64_t counted) {
+  auto src = make_buffer(bytes, 0x3C), dst = make_buffer(bytes, 0);
+  if (!src || !dst)
+    return state.SkipWithError("out of memory");
+  for (auto _ : state) {
+    std::memcpy(dst.get(), src.get(), bytes);
+    benchmark::DoNotOptimize(dst.get());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(counted));
+}
+
 /// main() of a benchmark program: Google Benchmark's flags, then `register_all`, then the runs.
 inline int run_benchmarks(int argc, char** argv, void (*register_all)()) {
   benchmark::Initialize(&argc, argv);

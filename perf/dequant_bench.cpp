@@ -53,16 +53,7 @@ void bench_memcpy(benchmark::State& state, Shape shape, DType dst) {
   // The bytes the kernel writes (a transposed piece fills half of each stacked row).
   const uint64_t bytes =
       out_rows(shape) * (shape.transpose ? shape.R : shape.C) * dtype_bits(dst) / 8;
-  auto src = make_buffer(bytes), out = make_buffer(bytes);
-  if (!src || !out)
-    return state.SkipWithError("out of memory");
-  std::memset(src.get(), 0x3C, bytes);
-  for (auto _ : state) {
-    std::memcpy(out.get(), src.get(), bytes);
-    benchmark::DoNotOptimize(out.get());
-    benchmark::ClobberMemory();
-  }
-  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(bytes));
+  bench::bench_memcpy_bytes(state, bytes, bytes);
 }
 
 void bench_kernel(benchmark::State& state, Shape shape, DType src_dtype, DType dst,

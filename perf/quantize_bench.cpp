@@ -45,16 +45,7 @@ uint64_t source_elements(const Shape& s) {
 
 void bench_memcpy(benchmark::State& state, Shape shape) {
   const uint64_t bytes = shape.R * shape.C * 2;
-  auto src = make_buffer(bytes), out = make_buffer(bytes);
-  if (!src || !out)
-    return state.SkipWithError("out of memory");
-  std::memset(src.get(), 0x3C, bytes);
-  for (auto _ : state) {
-    std::memcpy(out.get(), src.get(), bytes);
-    benchmark::DoNotOptimize(out.get());
-    benchmark::ClobberMemory();
-  }
-  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(bytes));
+  bench::bench_memcpy_bytes(state, bytes, bytes);
 }
 
 void bench_quantize(benchmark::State& state, Shape shape) {

@@ -44,15 +44,7 @@ uint64_t width(DType t) {
 
 void bench_memcpy(benchmark::State& state, Shape shape, DType dtype) {
   const uint64_t bytes = shape.experts * shape.A * shape.B * width(dtype);
-  auto src = make_buffer(bytes, 0x3F), dst = make_buffer(bytes, 0);
-  if (!src || !dst)
-    return state.SkipWithError("out of memory");
-  for (auto _ : state) {
-    std::memcpy(dst.get(), src.get(), bytes);
-    benchmark::DoNotOptimize(dst.get());
-    benchmark::ClobberMemory();
-  }
-  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(2 * bytes));
+  bench::bench_memcpy_bytes(state, bytes, 2 * bytes); // read + write
 }
 
 void bench_kernel(benchmark::State& state, Shape shape, DType src_dtype, bool fold, DType dst_dtype,
