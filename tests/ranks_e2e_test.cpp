@@ -126,12 +126,12 @@ TEST_F(Ranks, UnderMpirunRanksGivenDifferentPlansAreRefusedBeforeWriting) {
   auto r = run_shell(MPIRUN + "-np 2 " + convert + "2MB : -np 1 " + convert + "3MB");
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err; // a usage error, on every rank
   const std::string said = r.out + r.err;
-  for (unsigned k = 0; k < 3; ++k)
-    EXPECT_EQ(count(said, "shardshift: rank " + std::to_string(k) +
-                              " of 3: the ranks of this job disagree"),
-              1u)
-        << said;
-  EXPECT_EQ(count(said, "rank 2 planned another output than rank 0 (plan fingerprints "), 3u)
+  // Every rank refuses, but mpirun ends the others as soon as the first exits, so how many get
+  // to print their refusal is a race: at least one does, and none prints anything else.
+  const size_t refusals = count(said, " of 3: the ranks of this job disagree");
+  EXPECT_GE(refusals, 1u) << said;
+  EXPECT_LE(refusals, 3u) << said;
+  EXPECT_EQ(count(said, "rank 2 planned another output than rank 0 (plan fingerprints "), refusals)
       << said;
   // Refused before the staging directory was made.
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
@@ -149,7 +149,8 @@ TEST_F(Ranks, UnderMpirunRanksThatDisagreeOnChecksumsAreRefusedBeforeWriting) {
                               " -j 1 -q --max-shard-size 2MB";
   auto r = run_shell(MPIRUN + "-np 2 " + convert + " --checksums : -np 1 " + convert);
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
-  EXPECT_EQ(count(r.out + r.err, "rank 2 planned another output than rank 0"), 3u)
+  // At least one rank prints its refusal before mpirun ends the others (see above).
+  EXPECT_GE(count(r.out + r.err, "rank 2 planned another output than rank 0"), 1u)
       << r.out << r.err;
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
 }
