@@ -240,8 +240,14 @@ void check_transpose(const Checkpoint& in, const OutputTensor& t, const TensorIn
 // stack: [N, R, C] filled by 2-D [A, R] pieces, each transposed into out[index][:, col : col + A];
 // sorted by (index, col), they tile every row of experts exactly.
 void check_stack(const Checkpoint& in, const OutputTensor& t) {
-  check(t.shape.size() == 3 && !t.pieces.empty(), "a stack that is not [N, R, C] or has no pieces");
+  check(t.shape.size() == 3, "a stack that is not [N, R, C]");
   const uint64_t n = t.shape[0], r = t.shape[1], c = t.shape[2];
+  // An expert-parallel rank past the last expert (E < --ep-size) keeps none (semantics 14.7).
+  if (n == 0) {
+    check(t.pieces.empty() && t.size == 0, "a stack of no experts that reads pieces");
+    return;
+  }
+  check(!t.pieces.empty(), "a stack of experts that has no pieces");
   uint64_t index = 0, col = 0;
   for (const StackPiece& p : t.pieces) {
     check(source_exists(in, p.source), "a stack piece that does not exist");

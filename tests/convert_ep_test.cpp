@@ -99,8 +99,9 @@ void expect_bytes_equal(const Dict& got, const Dict& want) {
 }
 
 // The single-rank export of `hf` (checked against the reference's `want`), then every rank of
-// N = 2, 3 (uneven: 3, 3, 2 of 8 experts) and 4, and N = 2 with the second sharding of 2: each
-// rank's export equals the slice of the single-rank export (ref_stacked_expert_parallel).
+// N = 2, 3 (uneven: 3, 3, 2 of 8 experts), 4 and 10 (more ranks than experts: the last two keep
+// stacks of shape [0, ...]), and N = 2 with the second sharding of 2: each rank's export equals
+// the slice of the single-rank export (ref_stacked_expert_parallel).
 void expect_every_rank_is_a_slice(const fs::path& hf, const fs::path& tmp, const Dict& want) {
   ASSERT_TRUE(run(hf, tmp / "whole", opts([](ConvertOptions& o) { o.force = true; })).ok());
   const Dict whole = read_checkpoint(tmp / "whole");
@@ -111,7 +112,7 @@ void expect_every_rank_is_a_slice(const fs::path& hf, const fs::path& tmp, const
   struct Split {
     unsigned n, s;
   };
-  for (Split sp : {Split{2, 1}, {3, 1}, {4, 1}, {2, 2}})
+  for (Split sp : {Split{2, 1}, {3, 1}, {4, 1}, {10, 1}, {2, 2}})
     for (unsigned r = 0; r < sp.n; ++r)
       for (unsigned k = 0; k < sp.s; ++k) {
         SCOPED_TRACE("--ep-size " + std::to_string(sp.n) + " --ep-rank " + std::to_string(r) +
