@@ -15,7 +15,9 @@
 //     + upload, then + download), and the alternative of page-locking chunks in place.
 // (e) the FP8 block dequantization kernel (dequant_cuda.h) on DeepSeek-V3 shapes: 16 expert
 //     pieces transposed into their stacked rows (one launch each, as the pipeline does), and a
-//     dense weight by rows; bytes read + written, ratio to (a), target >= 0.70.
+//     dense weight by rows; bytes read + written, ratio to (a), target >= 0.70. Codes are
+//     weight-like (no NaN) except in the cases marked "NaN codes"; beside them, the floor of a
+//     kernel that only reads one byte and writes two (cuda_floor.cu).
 //
 // A plain program, not Google Benchmark: each number needs its own timing method (events for
 // device work, wall clock for the pipeline). Without CUDA it prints "no CUDA" and exits 0.
@@ -33,6 +35,7 @@ int main() {
   return 0;
 }
 #else
+#include "cuda_floor.h"
 #include "cuda_transform.h"
 #include "dequant_cuda.h"
 #include "transpose.h"
@@ -277,7 +280,54 @@ struct DequantCase {
   bool transpose;
   uint64_t pitch, col; ///< output row length and first column of a piece (stacked: gate | up)
   DType src, dst;
+  bool nan_codes = false; ///< uniformly random bytes, NaN codes included (no real weight has one)
 };
+
+/// Fills device memory with FP8 weights as a checkpoint holds them: pseudo-random codes, none of
+/// them NaN (E4M3 S.1111.111 becomes 448; E5M2 exponent 11111 becomes 11110).
+void fill_device_fp8(std::byte* dev, uint64_t bytes, DType type) {
+  std::vector<std::byte> p(uint64_t(64) << 20);
+  std::mt19937_64 rng(7);
+  for (size_t i = 0; i < p.size(); i += 8) {
+    uint64_t r = rng();
+    std::memcpy(p.data() + i, &r, 8);
+  }
+  for (std::byte& b : p) {
+    uint8_t c = uint8_t(b);
+    if (type == DType::F8_E4M3 && (c & 0x7F) == 0x7F)
+      c ^= 1;
+    else if (type == DType::F8_E5M2 && (c & 0x7C) == 0x7C)
+      c &= 0xFB;
+    b = std::byte(c);
+  }
+  for (uint64_t off = 0; off < bytes; off += p.size())
+    check(cudaMemcpy(dev + off, p.data(), std::min<uint64_t>(p.size(), bytes - off),
+                     cudaMemcpyHostToDevice),
+          "fill");
+}
+
+// What device memory gives a kernel that reads one byte for every two it writes (cuda_floor.cu),
+// on the bytes of the dense case: the write-heavy ceiling beside (a).
+void bench_widen_floor(double ceiling) {
+  const uint64_t in_bytes = uint64_t(18432) * 7168;
+  const int sets = 2;
+  std::vector<std::byte*> in(sets), out(sets);
+  for (int s = 0; s < sets; ++s) {
+    check(cudaMalloc(reinterpret_cast<void**>(&in[s]), in_bytes), "cudaMalloc");
+    check(cudaMalloc(reinterpret_cast<void**>(&out[s]), 2 * in_bytes), "cudaMalloc");
+    fill_device(in[s], in_bytes);
+  }
+  const double t = time_events(nullptr, g_quick ? 5 : 15, [&](int r) {
+    const int s = (r + sets) % sets;
+    check(launch_widen_floor(in[s], out[s], in_bytes, nullptr), "widen floor");
+  });
+  check(cudaDeviceSynchronize(), "widen floor");
+  line("(e) floor: read 1 B, write 2 B, no work", gbps(3.0 * double(in_bytes), t), ceiling);
+  for (int s = 0; s < sets; ++s) {
+    cudaFree(in[s]);
+    cudaFree(out[s]);
+  }
+}
 
 void bench_dequant(const DequantCase& k, double ceiling) {
   const uint64_t in_piece = k.R * k.C * (dtype_bits(k.src) / 8);
@@ -291,7 +341,10 @@ void bench_dequant(const DequantCase& k, double ceiling) {
   for (int s = 0; s < sets; ++s) {
     check(cudaMalloc(reinterpret_cast<void**>(&in[s]), in_piece * k.pieces), "cudaMalloc");
     check(cudaMalloc(reinterpret_cast<void**>(&out[s]), out_piece * k.pieces), "cudaMalloc");
-    fill_device(in[s], in_piece * k.pieces);
+    if (k.nan_codes || dtype_bits(k.src) != 8)
+      fill_device(in[s], in_piece * k.pieces);
+    else
+      fill_device_fp8(in[s], in_piece * k.pieces, k.src);
   }
   // Scales: finite positive floats (random bytes would make many NaN and infinite products).
   std::vector<float> host_scales(scale_bytes / 4);
@@ -585,8 +638,12 @@ int main(int argc, char** argv) {
       {"dense E4M3 -> F32 rows [18432,7168]", 1, 18432, 7168, false, 0, 0, E4M3, DType::F32},
       {"gate piece E5M2 -> F16 T [2048,7168] x16", 16, 2048, 7168, true, 4096, 0,
        DType::F8_E5M2, DType::F16},
+      {"gate piece E4M3 -> BF16 T, NaN codes", 16, 2048, 7168, true, 4096, 0, E4M3, DType::BF16,
+       true},
+      {"dense E4M3 -> BF16 rows, NaN codes", 1, 18432, 7168, false, 0, 0, E4M3, DType::BF16, true},
   };
   if (g_dequant_only) {
+    bench_widen_floor(copy);
     for (const auto& k : dequant_cases)
       bench_dequant(k, copy);
     return 0;
@@ -618,9 +675,11 @@ int main(int argc, char** argv) {
   };
   for (const auto& k : cases)
     bench_kernel(k, copy);
-  if (!g_pipeline_only)
+  if (!g_pipeline_only) {
+    bench_widen_floor(copy);
     for (const auto& k : dequant_cases)
       bench_dequant(k, copy);
+  }
 
   const HostBuffer host = make_host_buffer(g_quick ? uint64_t(1) << 30 : uint64_t(8) << 30);
   for (unsigned n : {1u, 4u, 8u, 16u})
