@@ -6,6 +6,7 @@
 #include "shardshift/shard_writer.h"
 
 #include "coordinator.h"
+#include "discard.h"
 #include "engine.h"
 #include "job.h"
 #include "outputs.h"
@@ -93,6 +94,10 @@ Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) 
 
 Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallbacks& callbacks,
                                Profiler* external_profiler) {
+  // Files a stopped run removed but still holds (discard.h) are let go however it ends.
+  struct ReleaseDiscarded {
+    ~ReleaseDiscarded() { release_discarded(); }
+  } release_at_end;
   Profiler local_profiler(options.trace);
   Profiler& profiler = external_profiler ? *external_profiler : local_profiler;
   NoSyncIo no_sync_io(options.io ? *options.io : Io::system());

@@ -3,6 +3,8 @@
 // overrides one call exercises exactly the caller's handling.
 #include "shardshift/io.h"
 
+#include "discard.h"
+
 #include <cstdio>
 #include <errno.h>
 #include <fcntl.h>
@@ -135,7 +137,9 @@ Status make_directories(Io& io, const fs::path& dir) {
   return {};
 }
 
-Status remove_tree(Io& io, const fs::path& path) {
+namespace {
+
+Status remove_tree(Io& io, const fs::path& path, bool discard) {
   std::error_code ec;
   // symlink_status: a link to a directory is removed as a link, its target left alone.
   const fs::file_status status = fs::symlink_status(path, ec);
@@ -153,17 +157,31 @@ Status remove_tree(Io& io, const fs::path& path) {
     // of a second or more per gigabyte, and a cancelled conversion removes several at once
     // (docs/PERFORMANCE.md, "Stopping"). Io implementations are thread-safe.
     std::vector<Status> removed(children.size());
-    tbb::parallel_for(size_t{0}, children.size(),
-                      [&](size_t i) { removed[i] = remove_tree(io, children[i]); });
+    tbb::parallel_for(size_t{0}, children.size(), [&](size_t i) {
+      removed[i] = remove_tree(io, children[i], discard);
+    });
     for (Status& s : removed)
       if (first.ok())
         first = std::move(s);
     if (io.rmdir(path.c_str()) != 0 && first.ok())
       first = error(Errc::io, path.string() + ": cannot remove directory: " + errno_text(errno));
-  } else if (io.unlink(path.c_str()) != 0 && errno != ENOENT && first.ok()) {
+  } else if ((discard ? discard_file(io, path) : io.unlink(path.c_str())) != 0 &&
+             errno != ENOENT && first.ok()) {
     first = error(Errc::io, path.string() + ": cannot remove: " + errno_text(errno));
   }
   return first;
+}
+
+} // namespace
+
+Status remove_tree(Io& io, const fs::path& path) {
+  return remove_tree(io, path, false);
+}
+
+Status discard_tree(Io& io, const fs::path& path) {
+  Status s = remove_tree(io, path, true);
+  release_discarded();
+  return s;
 }
 
 } // namespace shardshift

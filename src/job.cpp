@@ -154,7 +154,7 @@ Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& p
   if (s.ok())
     s = commit_output(io, staging, job.paths.output, job.options.force);
   if (!s.ok()) {
-    remove_tree(io, staging).ignore();
+    discard_tree(io, staging).ignore();
     return name_final_paths(s, staging, job.paths.output);
   }
   return {};
@@ -232,7 +232,7 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
   // 4. Rank 0: commit once every rank's files are durable, never after a failure.
   if (!ended) { // gave up waiting: the job's other ranks are ended by their launcher
     if (staged && !options.resume)
-      remove_tree(io, job.paths.staging).ignore();
+      discard_tree(io, job.paths.staging).ignore();
     return Status(ended.status().code(),
                   ended.status().message() + "; nothing was written to " +
                       job.paths.output.string() +
@@ -244,7 +244,7 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
     Status failed = failed_job(job, ended->failures);
     coordinator->tell_outcome(failed);
     if (staged && !options.resume)
-      remove_tree(io, job.paths.staging).ignore();
+      discard_tree(io, job.paths.staging).ignore();
     return failed;
   }
   Status committed = commit_job(job, io, input, plan, config, ended->done, r);

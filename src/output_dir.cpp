@@ -208,7 +208,7 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
     return s;
   }
   if (!old.empty())
-    remove_tree(io, old).ignore(); // the new output is in place; a leftover is only clutter
+    discard_tree(io, old).ignore(); // the new output is in place; a leftover is only clutter
   return sync_directory(io, fs::absolute(output).parent_path());
 }
 
@@ -240,7 +240,7 @@ public:
   StagingGuard(Io& io, fs::path dir, bool keep) : io_(io), dir_(std::move(dir)), keep_(keep) {}
   ~StagingGuard() {
     if (armed_ && !keep_)
-      remove_tree(io_, dir_).ignore(); // the failure being reported matters more
+      discard_tree(io_, dir_).ignore(); // the failure being reported matters more
     if (lock_ >= 0)
       ::close(lock_);
   }

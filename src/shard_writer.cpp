@@ -10,6 +10,8 @@
 
 #include "shardshift/mapped_file.h"
 
+#include "discard.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -316,6 +318,14 @@ Status ShardWriter::finish() {
 }
 
 void ShardWriter::abandon() {
+  // A staged file with much written into it is discarded (discard.h): its name goes now, its
+  // blocks are freed without this run waiting for the disk.
+  if (fd_ >= 0 && owns_fd_ && !temp_path_.empty() && position_ >= DISCARD_MIN_BYTES) {
+    discard_open_file(*io_, fd_, temp_path_);
+    fd_ = -1;
+    temp_path_.clear();
+    return;
+  }
   if (fd_ >= 0 && owns_fd_)
     io_->close(fd_);
   fd_ = -1;

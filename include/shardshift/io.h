@@ -79,6 +79,11 @@ Status make_directories(Io& io, const std::filesystem::path& dir);
 /// past a failure and returns the first.
 Status remove_tree(Io& io, const std::filesystem::path& path);
 
+/// remove_tree for what a stopped or finished run throws away: every name is gone when it
+/// returns, as with remove_tree, but the space of large files is freed by a detached process
+/// rather than waited for (src/discard.h says why and how). Not for making room before writing.
+Status discard_tree(Io& io, const std::filesystem::path& path);
+
 /// Largest byte count passed to one read, write or copy call (Linux moves at most ~2 GiB a call).
 inline constexpr size_t MAX_IO_CHUNK = size_t{1} << 30;
 
