@@ -1,12 +1,15 @@
 // quantize_bench.cpp: the CPU FP8 block quantization kernel (quantize.h, to_hf --quantize fp8) on
-// one core, against memcpy of the same number of input bytes.
+// one core at every SIMD level this CPU runs, against memcpy of the same number of input bytes.
 //
 // Shapes are DeepSeek-V3's (semantics 15): a BF16 routed expert's gate_proj [I, H] = [2048, 7168]
 // read as to_hf reads it, columns [0, 2048) of one expert of gate_and_up_projs [7168, 4096],
 // transposed (row_stride 1, col_stride 4096); the same matrix stored plainly (a pass-through
 // weight); and the dense MLP's [18432, 7168]. Each case writes the codes, then the scales (the
 // pipeline's two outputs, the source read twice). Rates count the BF16 input bytes, so "ratio to
-// memcpy" is how close quantizing comes to just reading its input once and writing it back.
+// memcpy" is how close quantizing comes to just reading its input once and writing it back. Each
+// kernel case also reports `x_memcpy`: its rate over memcpy's for the same bytes, both in CPU time
+// of the benchmark thread (so a VM shared with builds still gives the kernel's own cost), memcpy
+// through bench_memcpy_bytes' buffers, best of 5.
 //
 //   build/perf/quantize_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include "bench_support.h"
@@ -14,6 +17,7 @@
 
 #include "quantize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -21,6 +25,8 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <time.h>
+#include <vector>
 
 #include <benchmark/benchmark.h>
 
@@ -48,7 +54,26 @@ void bench_memcpy(benchmark::State& state, Shape shape) {
   bench::bench_memcpy_bytes(state, bytes, bytes);
 }
 
-void bench_quantize(benchmark::State& state, Shape shape) {
+double thread_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return double(t.tv_sec) + double(t.tv_nsec) * 1e-9;
+}
+
+/// memcpy of `bytes` between two aligned buffers, in CPU seconds of this thread, best of 5.
+double memcpy_cpu_seconds(uint64_t bytes) {
+  auto src = make_buffer(bytes, 0x3C), dst = make_buffer(bytes, 0);
+  double best = 1e30;
+  for (int k = 0; k < 5 && src && dst; ++k) {
+    const double t0 = thread_cpu_seconds();
+    std::memcpy(dst.get(), src.get(), bytes);
+    benchmark::DoNotOptimize(dst.get());
+    best = std::min(best, thread_cpu_seconds() - t0);
+  }
+  return best;
+}
+
+void bench_quantize(benchmark::State& state, Shape shape, SimdLevel level) {
   const uint64_t n = source_elements(shape);
   auto src = make_buffer(n * 2), codes = make_buffer(shape.R * shape.C);
   auto scales = make_buffer(scale_blocks(shape.R) * scale_blocks(shape.C) * 4);
@@ -71,22 +96,25 @@ void bench_quantize(benchmark::State& state, Shape shape) {
   a.row_stride = shape.stacked ? 1 : shape.C;
   a.col_stride = shape.stacked ? shape.stacked : 1;
   a.src_dtype = DType::BF16;
+  const double t0 = thread_cpu_seconds();
   for (auto _ : state) {
     a.scales = false;
     a.begin = 0;
     a.count = shape.R;
     a.dst = codes.get();
-    if (!quantize_cpu(a).ok())
+    if (!quantize_cpu(a, level).ok())
       return state.SkipWithError("quantize failed");
     a.scales = true;
     a.count = scale_blocks(shape.R);
     a.dst = scales.get();
-    if (!quantize_cpu(a).ok())
+    if (!quantize_cpu(a, level).ok())
       return state.SkipWithError("quantize failed");
     benchmark::DoNotOptimize(codes.get());
     benchmark::ClobberMemory();
   }
+  const double kernel = (thread_cpu_seconds() - t0) / double(state.iterations());
   state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(shape.R * shape.C * 2));
+  state.counters["x_memcpy"] = memcpy_cpu_seconds(shape.R * shape.C * 2) / kernel;
 }
 
 void register_all() {
@@ -95,11 +123,18 @@ void register_all() {
                                  shape)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
+  // Levels up to the CPU's (quantize_cpu runs a level above it as portable).
+  std::vector<SimdLevel> levels;
+  for (int l = 0; l <= int(detect_simd_level()); ++l)
+    levels.push_back(SimdLevel(l));
   for (const Shape& shape : {EXPERT_T, EXPERT, DENSE})
-    benchmark::RegisterBenchmark((std::string("BF16_to_F8_E4M3/") + shape.name).c_str(),
-                                 bench_quantize, shape)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    for (SimdLevel level : levels)
+      benchmark::RegisterBenchmark((std::string("BF16_to_F8_E4M3/") + shape.name + "/" +
+                                    simd_level_name(level))
+                                       .c_str(),
+                                   bench_quantize, shape, level)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
 }
 
 } // namespace
