@@ -12,9 +12,9 @@
 // through bench_memcpy_bytes' buffers, best of 5.
 //
 //   build/perf/quantize_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
-#include "bench_support.h"
 #include "shardshift/dtype.h"
 
+#include "bench_support.h"
 #include "quantize.h"
 
 #include <algorithm>
@@ -129,10 +129,9 @@ void register_all() {
     levels.push_back(SimdLevel(l));
   for (const Shape& shape : {EXPERT_T, EXPERT, DENSE})
     for (SimdLevel level : levels)
-      benchmark::RegisterBenchmark((std::string("BF16_to_F8_E4M3/") + shape.name + "/" +
-                                    simd_level_name(level))
-                                       .c_str(),
-                                   bench_quantize, shape, level)
+      benchmark::RegisterBenchmark(
+          (std::string("BF16_to_F8_E4M3/") + shape.name + "/" + simd_level_name(level)).c_str(),
+          bench_quantize, shape, level)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
 }

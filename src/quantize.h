@@ -55,10 +55,10 @@ uint8_t f32_to_e4m3_sat(float y);
 /// The block scale of a block whose largest magnitude is `amax` (finite, >= 0), as above.
 float fp8_block_scale(float amax);
 
-/// Runs the operation on the CPU, with the SIMD kernels of detect_simd_level(). A block with a NaN or infinity fails with Errc::unsupported and
-/// a message naming the element and its block ("row 5, column 130 (block [0, 1]) is NaN: ...").
-/// Quantizing rows that do not start or end on a block boundary still reads their whole blocks.
-/// REQUIRES: check_quantize_supported ok.
+/// Runs the operation on the CPU, with the SIMD kernels of detect_simd_level(). A block with a NaN
+/// or infinity fails with Errc::unsupported and a message naming the element and its block ("row 5,
+/// column 130 (block [0, 1]) is NaN: ..."). Quantizing rows that do not start or end on a block
+/// boundary still reads their whole blocks. REQUIRES: check_quantize_supported ok.
 Status quantize_cpu(const QuantizeArgs& args);
 
 /// The same at a given SIMD level (tests and benchmarks compare them; a level above the CPU's runs

@@ -17,9 +17,9 @@
 // and columns a tile does not cover at a block's edges are scalar, and so is any other stride
 // pair. A block with a NaN or an infinity is found by the SIMD scan and then scanned again by
 // the scalar code, whose message names the first such element, so every level fails alike.
+#include "cpu_features.h"
 #include "float_elements.h"
 #include "float_environment.h"
-#include "cpu_features.h"
 #include "numerics.h"
 #include "quantize.h"
 #include "simd_x86.h"
@@ -95,7 +95,8 @@ template <DType S> class Matrix {
 public:
   Matrix(const QuantizeArgs& a, SimdLevel level)
       : a_(a), row_stride_(a.row_stride ? a.row_stride : a.C), rows_(scale_blocks(a.R)),
-        cols_(scale_blocks(a.C)), plain_(a.col_stride == 1), transposed_(!plain_ && row_stride_ == 1),
+        cols_(scale_blocks(a.C)), plain_(a.col_stride == 1),
+        transposed_(!plain_ && row_stride_ == 1),
         k_(plain_ || transposed_ ? kernels<S>(level) : Kernels{}) {}
 
   const std::byte* ptr(uint64_t r, uint64_t c) const {
