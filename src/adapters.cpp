@@ -86,50 +86,47 @@ const AdapterSpec GEMMA4_MOE_TO_HF = {
     .honours_exclude = true,
 };
 
-// qwen3_moe (semantics 14): every expert is three 2-D tensors in HF; native stacks them. The
-// expert pattern is the reference's (an optional `model.` then `language_model.` at the start).
-#define QWEN3_EXPERT(proj)                                                                         \
+// The per-expert stacking of the reference's MoE mixin (semantics 14.2), which qwen3_moe and
+// deepseek_v3 share: every expert is three 2-D tensors in HF, and native stacks gate and up into
+// gate_and_up_projs (slots 0 and 1 of 2) and down into down_projs. The expert pattern is the
+// reference's (an optional `model.` then `language_model.` at the start).
+#define MIXIN_EXPERT(proj)                                                                         \
   R"(^((?:model\.)?(?:language_model\.)?layers\.\d+)\.mlp\.experts\.(\d+)\.)" proj R"(\.weight$)"
+const Rule MIXIN_STACKING[] = {
+    {RuleAction::stack_piece, MIXIN_EXPERT("gate_proj"), "$1.mlp.experts.gate_and_up_projs", {}, 0,
+     2, "gate_proj"},
+    {RuleAction::stack_piece, MIXIN_EXPERT("up_proj"), "$1.mlp.experts.gate_and_up_projs", {}, 1, 2,
+     "up_proj"},
+    {RuleAction::stack_piece, MIXIN_EXPERT("down_proj"), "$1.mlp.experts.down_projs", {}, 0, 1,
+     "down_proj"},
+    // The reference's pattern is not anchored at its end: it would stack this key too.
+    {RuleAction::reject,
+     R"(^(?:model\.)?(?:language_model\.)?layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight.*\.weight$)",
+     "expert key with more after '.weight'; the reference would take it for the expert's weight"},
+};
+#undef MIXIN_EXPERT
+
+/// `first`, then the mixin's stacking rules.
+std::vector<Rule> then_mixin_stacking(std::initializer_list<Rule> first) {
+  std::vector<Rule> rules(first);
+  rules.insert(rules.end(), std::begin(MIXIN_STACKING), std::end(MIXIN_STACKING));
+  return rules;
+}
+
+// qwen3_moe (semantics 14): the mixin's stacking.
 const AdapterSpec QWEN3_MOE_FROM_HF = {
     .model = "qwen3_moe",
     .direction = Direction::from_hf,
-    .rules =
-        {
-            // The reference drops FP8 block scales and loads the weights unscaled (14.5).
-            {RuleAction::reject, R"(_scale_inv$)",
-             "FP8 block scale: shardshift does not dequantize qwen3_moe checkpoints yet (the "
-             "reference would drop the scales and load the FP8 weights unscaled); convert a "
-             "BF16 checkpoint"},
-            {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
-             "per-expert LoRA weights are not supported for qwen3_moe; convert the base "
-             "checkpoint"},
-            {RuleAction::stack_piece,
-             QWEN3_EXPERT("gate_proj"),
-             "$1.mlp.experts.gate_and_up_projs",
-             {},
-             0,
-             2,
-             "gate_proj"},
-            {RuleAction::stack_piece,
-             QWEN3_EXPERT("up_proj"),
-             "$1.mlp.experts.gate_and_up_projs",
-             {},
-             1,
-             2,
-             "up_proj"},
-            {RuleAction::stack_piece,
-             QWEN3_EXPERT("down_proj"),
-             "$1.mlp.experts.down_projs",
-             {},
-             0,
-             1,
-             "down_proj"},
-            // The reference's pattern is not anchored at its end: it would stack this key too.
-            {RuleAction::reject,
-             R"(^(?:model\.)?(?:language_model\.)?layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight.*\.weight$)",
-             "expert key with more after '.weight'; the reference would take it for the expert's "
-             "weight"},
-        },
+    .rules = then_mixin_stacking({
+        // The reference drops FP8 block scales and loads the weights unscaled (14.5).
+        {RuleAction::reject, R"(_scale_inv$)",
+         "FP8 block scale: shardshift does not dequantize qwen3_moe checkpoints yet (the "
+         "reference would drop the scales and load the FP8 weights unscaled); convert a "
+         "BF16 checkpoint"},
+        {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
+         "per-expert LoRA weights are not supported for qwen3_moe; convert the base "
+         "checkpoint"},
+    }),
 };
 
 // deepseek_v3 (semantics 15): the same per-expert stacking (the same mixin in the reference),
@@ -138,45 +135,18 @@ const AdapterSpec QWEN3_MOE_FROM_HF = {
 const AdapterSpec DEEPSEEK_V3_FROM_HF = {
     .model = "deepseek_v3",
     .direction = Direction::from_hf,
-    .rules =
-        {
-            {RuleAction::block_scale, R"(^(.*\.weight)_scale_inv$)", "$1"},
-            // The reference drops any other `_scale_inv` key without a word.
-            {RuleAction::reject, R"(_scale_inv$)",
-             "block scale whose name does not end in '.weight_scale_inv': no weight to apply it "
-             "to (the reference would drop it silently)"},
-            {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
-             "per-expert LoRA weights are not supported for deepseek_v3; convert the base "
-             "checkpoint"},
-            {RuleAction::stack_piece,
-             QWEN3_EXPERT("gate_proj"),
-             "$1.mlp.experts.gate_and_up_projs",
-             {},
-             0,
-             2,
-             "gate_proj"},
-            {RuleAction::stack_piece,
-             QWEN3_EXPERT("up_proj"),
-             "$1.mlp.experts.gate_and_up_projs",
-             {},
-             1,
-             2,
-             "up_proj"},
-            {RuleAction::stack_piece,
-             QWEN3_EXPERT("down_proj"),
-             "$1.mlp.experts.down_projs",
-             {},
-             0,
-             1,
-             "down_proj"},
-            {RuleAction::reject,
-             R"(^(?:model\.)?(?:language_model\.)?layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight.*\.weight$)",
-             "expert key with more after '.weight'; the reference would take it for the expert's "
-             "weight"},
-        },
+    .rules = then_mixin_stacking({
+        {RuleAction::block_scale, R"(^(.*\.weight)_scale_inv$)", "$1"},
+        // The reference drops any other `_scale_inv` key without a word.
+        {RuleAction::reject, R"(_scale_inv$)",
+         "block scale whose name does not end in '.weight_scale_inv': no weight to apply it "
+         "to (the reference would drop it silently)"},
+        {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
+         "per-expert LoRA weights are not supported for deepseek_v3; convert the base "
+         "checkpoint"},
+    }),
     .default_dtype = DType::BF16,
 };
-#undef QWEN3_EXPERT
 
 const AdapterSpec QWEN3_MOE_TO_HF = {
     .model = "qwen3_moe",
