@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <mutex>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +26,29 @@ namespace {
 
 std::mutex g_mu;
 std::vector<int> g_held; // descriptors of removed files, closed by release_discarded()
+
+// Filesystems on which removing an open file is quick and leaves no trace: the name goes, the
+// inode lives on as an orphan until its last close. NFS and SMB clients instead rename the file
+// to a hidden name in the same directory until then (which would keep the staging directory
+// from being removed), and FUSE filesystems may do the same; those are unlinked plainly.
+bool unlinks_open_files_cleanly(int fd) {
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) != 0)
+    return false;
+  switch (static_cast<unsigned long>(fs.f_type)) {
+  case 0xEF53:     // ext2, ext3, ext4
+  case 0x58465342: // XFS
+  case 0x9123683E: // btrfs
+  case 0x01021994: // tmpfs
+  case 0xF2F52010: // F2FS
+  case 0x2FC12FC1: // ZFS
+  case 0x0BD00BD0: // Lustre
+  case 0x47504653: // GPFS (IBM Storage Scale)
+    return true;
+  default:
+    return false;
+  }
+}
 
 void hold(int fd) {
   std::lock_guard lock(g_mu);
@@ -71,7 +95,8 @@ int discard_file(Io& io, const std::filesystem::path& path) {
   const int fd = io.open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0);
   struct stat st {};
   if (fd >= 0 && (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-                  uint64_t(st.st_blocks) * 512 < DISCARD_MIN_BYTES)) {
+                  uint64_t(st.st_blocks) * 512 < DISCARD_MIN_BYTES ||
+                  !unlinks_open_files_cleanly(fd))) {
     io.close(fd);
     return io.unlink(path.c_str());
   }
@@ -81,6 +106,10 @@ int discard_file(Io& io, const std::filesystem::path& path) {
 }
 
 int discard_open_file(Io& io, int fd, const std::filesystem::path& path) {
+  if (!unlinks_open_files_cleanly(fd)) {
+    io.close(fd);
+    return io.unlink(path.c_str());
+  }
   if (io.unlink(path.c_str()) != 0) {
     const int err = errno;
     io.close(fd);

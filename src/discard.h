@@ -25,13 +25,15 @@ namespace shardshift {
 inline constexpr uint64_t DISCARD_MIN_BYTES = uint64_t{64} << 20;
 
 /// Removes the name `path` through `io` (0, or -1 with errno, as unlink(2)). A regular file with
-/// DISCARD_MIN_BYTES or more on disk is kept open until release_discarded(), so its space is
-/// freed by the detached process; anything else is unlinked plainly. Never follows a symlink.
+/// DISCARD_MIN_BYTES or more on disk, on a local or cluster filesystem that removes open files
+/// without a trace (ext4, XFS, btrfs, tmpfs, F2FS, ZFS, Lustre, GPFS; not NFS, SMB or FUSE, which
+/// keep a hidden name until the last close), is kept open until release_discarded(), so its space
+/// is freed by the detached process; anything else is unlinked plainly. Never follows a symlink.
 int discard_file(Io& io, const std::filesystem::path& path);
 
 /// The same for a file this process has open: removes `path`, then keeps `fd` (which it now
-/// owns) until release_discarded(). When the unlink fails, `fd` is closed through `io` and -1
-/// is returned with errno.
+/// owns) until release_discarded(), or closes it first where the filesystem is not one of those.
+/// When the unlink fails, `fd` is closed through `io` and -1 is returned with errno.
 int discard_open_file(Io& io, int fd, const std::filesystem::path& path);
 
 /// Hands every file held by the calls above to a detached process, which closes them and exits

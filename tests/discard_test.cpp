@@ -102,6 +102,22 @@ TEST(Discard, NamesGoAtOnceAndTheSpaceComesBack) {
       << "the space of the discarded files was not freed within 20 s";
 }
 
+TEST(Discard, HoldsALargeFileUntilReleasedAndASmallOneNot) {
+  ShmDir shm;
+  if (shm.path().empty())
+    GTEST_SKIP() << "no /dev/shm (a tmpfs) to discard on";
+  write_file(shm.path() / "large", DISCARD_MIN_BYTES);
+  write_file(shm.path() / "small", DISCARD_MIN_BYTES - MiB);
+  const int descriptors = open_descriptors();
+  ASSERT_EQ(discard_file(Io::system(), shm.path() / "small"), 0);
+  EXPECT_EQ(open_descriptors(), descriptors) << "a small file was held";
+  ASSERT_EQ(discard_file(Io::system(), shm.path() / "large"), 0);
+  EXPECT_FALSE(fs::exists(shm.path() / "large"));
+  EXPECT_EQ(open_descriptors(), descriptors + 1) << "a large file on tmpfs was not held";
+  release_discarded();
+  EXPECT_EQ(open_descriptors(), descriptors);
+}
+
 TEST(Discard, AbandonedShardWriterLeavesNoNameAndNoSpace) {
   ShmDir shm;
   if (shm.path().empty())
