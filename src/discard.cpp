@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <fcntl.h>
 #include <mutex>
 #include <sys/stat.h>
@@ -48,6 +49,26 @@ bool unlinks_open_files_cleanly(int fd) {
   default:
     return false;
   }
+}
+
+// Forking copies the page tables of the process's private memory: a few milliseconds for
+// shardshift's own (its budget), but seconds and gigabytes of page tables for a host process
+// with a large heap that calls the library. Above this much private resident memory, the files
+// are closed here instead.
+constexpr uint64_t MAX_FORKED_PRIVATE_BYTES = uint64_t{4} << 30;
+
+bool small_enough_to_fork() {
+  const int fd = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return false;
+  char text[128] = {};
+  const ssize_t n = ::read(fd, text, sizeof(text) - 1);
+  ::close(fd);
+  unsigned long long size = 0, resident = 0, shared = 0;
+  if (n <= 0 || std::sscanf(text, "%llu %llu %llu", &size, &resident, &shared) != 3)
+    return false;
+  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+  return (resident > shared ? resident - shared : 0) * page <= MAX_FORKED_PRIVATE_BYTES;
 }
 
 void hold(int fd) {
@@ -130,7 +151,8 @@ void release_discarded() {
     return;
   // The grandchild reads `done` until this process closes its write end.
   int done[2] = {-1, -1};
-  const pid_t child = ::pipe2(done, O_CLOEXEC) == 0 ? ::_Fork() : -1;
+  const pid_t child =
+      small_enough_to_fork() && ::pipe2(done, O_CLOEXEC) == 0 ? ::_Fork() : -1;
   if (child == 0) {
     const pid_t grandchild = ::_Fork();
     if (grandchild == 0)

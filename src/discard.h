@@ -39,7 +39,8 @@ int discard_open_file(Io& io, int fd, const std::filesystem::path& path);
 /// Hands every file held by the calls above to a detached process, which closes them and exits
 /// (nobody waits for it, and it keeps no other file of this process open: not stdout, not a
 /// pipe), then closes this process's descriptors. Returns at once when nothing is held. When
-/// the process cannot be started, the files are closed here.
+/// the process cannot be started, or this process holds more than 4 GiB of private memory (a
+/// host with a large heap, whose page tables a fork would copy), the files are closed here.
 void release_discarded();
 
 } // namespace shardshift
