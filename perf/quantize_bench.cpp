@@ -8,8 +8,9 @@
 // pipeline's two outputs, the source read twice). Rates count the BF16 input bytes, so "ratio to
 // memcpy" is how close quantizing comes to just reading its input once and writing it back. Each
 // kernel case also reports `x_memcpy`: its rate over memcpy's for the same bytes, both in CPU time
-// of the benchmark thread (so a VM shared with builds still gives the kernel's own cost), memcpy
-// through bench_memcpy_bytes' buffers, best of 5.
+// of the benchmark thread (so a VM shared with builds still gives the kernel's own cost); the
+// memcpy is bench_memcpy_bytes' (between two 64-byte aligned make_buffer buffers), best of 5
+// runs, and the memcpy/ rows report its rate in wall time.
 //
 //   build/perf/quantize_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include "shardshift/dtype.h"
