@@ -6,6 +6,7 @@
 // sizes that are not multiples of the vector width, begin/count sub-ranges, output pitches wider
 // than a row, misaligned outputs, and outputs large enough for streaming stores (semantics 15.3).
 // Elements outside the call's output must keep their bytes.
+#include "cpu_features.h"
 #include "dequant.h"
 #include "reference/numeric_reference.h"
 #include "test_support.h"
@@ -54,14 +55,8 @@ std::string hex(uint64_t v) {
 
 /// The levels this CPU runs, whatever SHARDSHIFT_SIMD says.
 std::vector<SimdLevel> supported_levels() {
-  const char* saved = std::getenv("SHARDSHIFT_SIMD");
-  const std::string saved_value = saved ? saved : "";
-  unsetenv("SHARDSHIFT_SIMD");
-  const SimdLevel best = detect_simd_level();
-  if (saved)
-    setenv("SHARDSHIFT_SIMD", saved_value.c_str(), 1);
   std::vector<SimdLevel> levels;
-  for (int l = 0; l <= int(best); ++l)
+  for (int l = 0; l <= int(cpu_features().level); ++l)
     levels.push_back(SimdLevel(l));
   return levels;
 }

@@ -7,6 +7,7 @@
 // 448, subnormal quotients, signed zeros, zero blocks, scales clamped to 2^-126, random float32
 // patterns, row windows that start and end inside blocks, and the refusal of NaN and infinities
 // with the scalar path's message. Bytes outside a call's output must keep their sentinel.
+#include "cpu_features.h"
 #include "quantize.h"
 #include "reference/convert_reference.h"
 #include "reference/numeric_reference.h"
@@ -31,13 +32,7 @@ constexpr char SENTINEL = '\x5A';
 
 /// The best level this CPU runs, whatever SHARDSHIFT_SIMD says.
 SimdLevel best_level() {
-  const char* saved = std::getenv("SHARDSHIFT_SIMD");
-  const std::string saved_value = saved ? saved : "";
-  unsetenv("SHARDSHIFT_SIMD");
-  const SimdLevel best = detect_simd_level();
-  if (saved)
-    setenv("SHARDSHIFT_SIMD", saved_value.c_str(), 1);
-  return best;
+  return cpu_features().level;
 }
 
 uint64_t esize(DType d) {

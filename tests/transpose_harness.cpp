@@ -1,6 +1,8 @@
 // transpose_harness.cpp: see transpose_harness.h.
 #include "transpose_harness.h"
 
+#include "cpu_features.h"
+
 #include "reference/numeric_reference.h"
 
 #include <cmath>
@@ -116,14 +118,8 @@ std::string hex(uint64_t v) {
 
 /// The levels this CPU runs (whatever SHARDSHIFT_SIMD says).
 std::vector<SimdLevel> supported_levels() {
-  const char* saved = std::getenv("SHARDSHIFT_SIMD");
-  const std::string saved_value = saved ? saved : "";
-  unsetenv("SHARDSHIFT_SIMD");
-  const SimdLevel best = detect_simd_level();
-  if (saved)
-    setenv("SHARDSHIFT_SIMD", saved_value.c_str(), 1);
   std::vector<SimdLevel> levels;
-  for (int l = 0; l <= int(best); ++l)
+  for (int l = 0; l <= int(cpu_features().level); ++l)
     levels.push_back(SimdLevel(l));
   return levels;
 }
