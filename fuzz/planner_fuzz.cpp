@@ -252,7 +252,10 @@ void check_stack(const Checkpoint& in, const OutputTensor& t) {
   for (const StackPiece& p : t.pieces) {
     check(source_exists(in, p.source), "a stack piece that does not exist");
     const TensorInfo& src = in.info(p.source);
-    check(src.shape.size() == 2 && src.shape[1] == r, "a stack piece that is not [A, R]");
+    // With the second sharding (--ep-shard-size) the output keeps rows [col_begin, col_begin +
+    // r) of axis 1, i.e. those columns of every piece (semantics 14.7).
+    check(src.shape.size() == 2 && t.cols == r && t.col_begin + r <= src.shape[1],
+          "a stack piece that is not [A, R] or whose columns do not hold the output's rows");
     if (col == c && p.index == index + 1) {
       index = p.index;
       col = 0;
