@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# h200_open_targets.sh: in one call of the lent H200 machine (device time is short), every
+# measurement that the open targets of issues 9-12 wait for, each figure printed with what it is
+# compared against (docs/PERFORMANCE.md keeps the results):
+#   1. the CUDA tests (bit-exactness on the GPU) of the binaries carried;
+#   2. cuda_bench --dequant: the FP8 kernel against the device copy and the read-1-write-2 floor;
+#   3. Ctrl-C to exit onto the machine's disk with fsync, and into RAM (perf/cancel_bench.py);
+#   4. DeepSeek-V3 FP8 -> BF16 end to end, cpu against cuda at 2, 4 and 16 cores
+#      (perf/dequant_e2e_bench.sh);
+#   5. --checksums against none, 8 real layers into RAM, --no-sync (the SHA-256 share).
+#
+# Usage, from the repository root on the H200 machine, with the binaries of a build for sm_90
+# and the shared libraries they need carried in D (default .dev: shardshift, cuda_bench,
+# cuda_*_test, lib/*.so):  perf/h200_open_targets.sh [D [SCRATCH]]
+# SCRATCH (default /var/tmp) is on the disk; a tmpfs is mounted at /mnt/ram for the RAM cases.
+set -uo pipefail
+D=$(realpath "${1:-.dev}")
+SCRATCH=${2:-/var/tmp}
+export LD_LIBRARY_PATH=$D/lib
+B=$D/shardshift
+mkdir -p /mnt/ram && (mountpoint -q /mnt/ram || mount -t tmpfs -o size=100g tmpfs /mnt/ram)
+step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
+grep -m1 'model name' /proc/cpuinfo; nproc
+findmnt -no SOURCE,FSTYPE,OPTIONS --target "$SCRATCH"
+
+step "1. CUDA tests"
+for t in "$D"/cuda_*_test; do
+  [ -x "$t" ] && { "$t" --gtest_brief=1 2>&1 | tail -3; }
+done
+
+step "2. FP8 dequantization kernel (GB/s read + written, ratio to the device copy)"
+"$D"/cuda_bench --dequant
+
+step "3. Ctrl-C to exit, disk with fsync, then RAM"
+python3 perf/cancel_bench.py --bin "$B" --layers 2 --scratch "$SCRATCH" --dest "$SCRATCH/cb" \
+  --trials 12 --sync
+python3 perf/cancel_bench.py --bin "$B" --layers 2 --scratch "$SCRATCH" --dest /mnt/ram/cb \
+  --trials 8
+rm -rf "$SCRATCH/cb" /mnt/ram/cb
+
+step "4. DeepSeek-V3 end to end, cpu against cuda"
+perf/dequant_e2e_bench.sh "$B" "$SCRATCH/ds" /mnt/ram/out
+rm -rf /mnt/ram/out
+
+step "5. --checksums against none (8 real layers into RAM, --no-sync, two runs each)"
+IN8=$SCRATCH/in8
+[ -d "$IN8" ] || "$B" synth "$IN8" --layers 8 -q || exit 1
+cat "$IN8"/* >/dev/null
+for rep in 1 2; do
+  for flags in "" "--checksums"; do
+    rm -rf /mnt/ram/out
+    /usr/bin/time -f "   ${flags:-plain}: %e s, peak %M KB" "$B" convert "$IN8" /mnt/ram/out \
+      --no-sync -q $flags
+  done
+done
+rm -rf /mnt/ram/out
+python3 -c "import hashlib,time; b=bytes(1<<30); t=time.time(); hashlib.sha256(b); \
+print('   one core SHA-256 (the per-file floor): %.2f GB/s' % ((1<<30)/(time.time()-t)/1e9))"
