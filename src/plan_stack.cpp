@@ -16,11 +16,17 @@ namespace shardshift {
 
 namespace {
 
-// The expert index of a key, as the reference's int() reads it (leading zeros allowed).
+// The most experts one stacked tensor may have (semantics 14.2 rule 8): far beyond any released
+// model (DeepSeek-V3 has 256), and small enough that the plan of a header naming expert 10^12,
+// or a stacked tensor [10^12, 0, 8] of no bytes, cannot take the machine's memory.
+constexpr uint64_t MAX_EXPERTS = uint64_t{1} << 16;
+
+// The expert index of a key, as the reference's int() reads it (leading zeros allowed); none when
+// it is not a number below MAX_EXPERTS.
 std::optional<uint64_t> expert_index(const std::string& text) {
   uint64_t value = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || end != text.data() + text.size())
+  if (ec != std::errc() || end != text.data() + text.size() || value >= MAX_EXPERTS)
     return std::nullopt;
   return value;
 }
@@ -35,20 +41,27 @@ constexpr size_t MAX_LISTED = 8;
 // from_hf: every expert 0..experts-1 has every slot; all pieces are 2-D of one shape and dtype.
 void validate_pieces(PlanContext& ctx, StackGroup& g, uint64_t experts) {
   const unsigned slots = g.rule->slots;
-  std::vector<std::string> missing;
-  for (uint64_t e = 0; e < experts; ++e) {
+  // The first MAX_LISTED missing pieces are named and the rest counted: every expert has
+  // `slots` pieces, and those present are the map's.
+  uint64_t present = 0;
+  for (const auto& [e, slots_of] : g.pieces)
+    present += uint64_t(std::count_if(slots_of.begin(), slots_of.end(),
+                                      [](const Classified* c) { return c != nullptr; }));
+  const uint64_t missing = experts * slots - present;
+  std::vector<std::string> listed;
+  for (uint64_t e = 0; e < experts && listed.size() < MAX_LISTED; ++e) {
     auto it = g.pieces.find(e);
-    for (unsigned s = 0; s < slots; ++s)
+    for (unsigned s = 0; s < slots && listed.size() < MAX_LISTED; ++s)
       if (it == g.pieces.end() || it->second[s] == nullptr)
-        missing.push_back("expert " + std::to_string(e) + " " + g.slot_names[s]);
+        listed.push_back("expert " + std::to_string(e) + " " + g.slot_names[s]);
   }
-  bool ok = missing.empty();
-  if (!missing.empty()) {
+  bool ok = missing == 0;
+  if (missing != 0) {
     std::string list;
-    for (size_t i = 0; i < std::min(missing.size(), MAX_LISTED); ++i)
-      list += (i ? ", " : "") + missing[i];
-    if (missing.size() > MAX_LISTED)
-      list += " (and " + std::to_string(missing.size() - MAX_LISTED) + " more)";
+    for (size_t i = 0; i < listed.size(); ++i)
+      list += (i ? ", " : "") + listed[i];
+    if (missing > listed.size())
+      list += " (and " + std::to_string(missing - listed.size()) + " more)";
     ctx.problems.add(Errc::plan, "", "",
                      printable(g.layer) + ": '" + printable(g.output) + "' needs every expert 0-" +
                          std::to_string(experts - 1) + " (" + std::to_string(slots) +
@@ -130,6 +143,12 @@ void validate_whole(PlanContext& ctx, StackGroup& g) {
     ctx.problems.add(Errc::plan, "", t.name, s.message());
     return;
   }
+  if (t.shape[0] > MAX_EXPERTS) {
+    ctx.problems.add(Errc::plan, "", t.name,
+                     "stacked expert tensor " + shape_text(t.shape) + " has more than " +
+                         std::to_string(MAX_EXPERTS) + " experts, which shardshift does not take");
+    return;
+  }
   g.experts = t.shape[0];
   g.rows = t.shape[1];
   g.block = t.shape[2] / slots;
@@ -196,7 +215,8 @@ void group_stacks(PlanContext& ctx) {
     const std::optional<uint64_t> e = expert_index(c.expert);
     if (!e) {
       ctx.problems.add(Errc::plan, "", c.input_name,
-                       "expert index '" + c.expert + "' is too large");
+                       "expert index '" + c.expert + "' is too large (shardshift takes at most " +
+                           std::to_string(MAX_EXPERTS) + " experts per layer)");
       continue;
     }
     StackGroup& g = ctx.stacks[c.output];

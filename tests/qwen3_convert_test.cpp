@@ -151,6 +151,46 @@ TEST_F(ConvertTest, Qwen3MissingOrMisshapenExpertPiecesAreNamedBeforeAnyWrite) {
   EXPECT_FALSE(fs::exists(tmp / "n"));
 }
 
+// Rule 14.2.8: a far expert index is counted, not listed piece by piece (the plan stays small),
+// and an index or a stacked axis past 65536 experts is refused with the number.
+TEST_F(ConvertTest, Qwen3FarExpertIndexIsCountedAndTooManyExpertsAreRefused) {
+  Dict in = tiny_qwen3(rng, 1, 2, 4, 3);
+  in["model.layers.0.mlp.experts.60000.down_proj.weight"] = random_tensor(rng, DType::BF16, {4, 3});
+  write_checkpoint(tmp / "far", in);
+  auto far = run(tmp / "far", tmp / "n");
+  ASSERT_FALSE(far.ok());
+  // Experts 0-60000: down_projs has 3 of its 60001 pieces (59998 missing, 8 listed),
+  // gate_and_up_projs 4 of its 120002 (119998 missing, 8 listed).
+  EXPECT_TRUE(contains(far.status().message(),
+                       "'model.layers.0.mlp.experts.down_projs' needs every expert 0-60000 (1 "
+                       "pieces each); missing: expert 2 down_proj, expert 3 down_proj"))
+      << far.status().message();
+  EXPECT_TRUE(contains(far.status().message(), "(and 59990 more)")) << far.status().message();
+  EXPECT_TRUE(contains(far.status().message(), "(and 119990 more)")) << far.status().message();
+
+  in.erase("model.layers.0.mlp.experts.60000.down_proj.weight");
+  in["model.layers.0.mlp.experts.65536.up_proj.weight"] = random_tensor(rng, DType::BF16, {3, 4});
+  write_checkpoint(tmp / "huge", in);
+  auto huge = run(tmp / "huge", tmp / "n");
+  ASSERT_FALSE(huge.ok());
+  EXPECT_TRUE(contains(huge.status().message(),
+                       "expert index '65536' is too large (shardshift takes at most 65536 "
+                       "experts per layer)"))
+      << huge.status().message();
+
+  // to_hf: a stacked tensor of no bytes may claim any number of experts.
+  Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 2, 4, 3), {});
+  native["model.layers.0.mlp.experts.gate_and_up_projs"] = random_tensor(rng, DType::BF16, {65537, 0, 6});
+  write_checkpoint(tmp / "native", native);
+  auto split = run(tmp / "native", tmp / "h");
+  ASSERT_FALSE(split.ok());
+  EXPECT_TRUE(contains(split.status().message(),
+                       "stacked expert tensor [65537, 0, 6] has more than 65536 experts"))
+      << split.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+  EXPECT_FALSE(fs::exists(tmp / "h"));
+}
+
 TEST_F(ConvertTest, Qwen3Fp8ScaleTensorsAndDuplicateExpertsAreRefused) {
   Dict in = tiny_qwen3(rng, 1, 2, 4, 3);
   in["model.layers.0.mlp.experts.0.gate_proj.weight_scale_inv"] =
