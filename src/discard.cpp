@@ -86,10 +86,10 @@ void close_between(unsigned first, unsigned last) {
     ::close(int(fd));
 }
 
-// The grandchild: closes every descriptor it inherited except `held` (sorted) and `wait_fd`,
-// waits until this process has closed its own copies of `held` (end of file on `wait_fd`: the
-// last close of a file is the one that frees its blocks, and it must be this one), then closes
-// `held` and exits.
+// The grandchild: closes every descriptor it inherited except `held` and `wait_fd` (appended
+// within the capacity reserved before the fork: nothing is allocated after it), waits until this
+// process has closed its own copies of `held` (end of file on `wait_fd`: the last close of a file
+// is the one that frees its blocks, and it must be this one), then closes `held` and exits.
 [[noreturn]] void close_and_exit(std::vector<int>& held, int wait_fd) {
   held.push_back(wait_fd);
   std::sort(held.begin(), held.end());
@@ -149,6 +149,7 @@ void release_discarded() {
   }
   if (held.empty())
     return;
+  held.reserve(held.size() + 1); // the grandchild appends one without allocating (no malloc there)
   // The grandchild reads `done` until this process closes its write end.
   int done[2] = {-1, -1};
   const pid_t child =
