@@ -87,8 +87,9 @@ void line(const std::string& name, double rate, double ceiling) {
 }
 
 /// Fills device memory with pseudo-random bytes (never zeros: they can run faster than data).
-void fill_device(std::byte* dev, uint64_t bytes) {
-  static std::vector<std::byte> pattern = [] {
+/// 64 MiB of pseudo-random bytes (never zeros: they can run faster than data).
+const std::vector<std::byte>& random_pattern() {
+  static const std::vector<std::byte> pattern = [] {
     std::vector<std::byte> p(uint64_t(64) << 20);
     std::mt19937_64 rng(42);
     for (size_t i = 0; i < p.size(); i += 8) {
@@ -97,6 +98,12 @@ void fill_device(std::byte* dev, uint64_t bytes) {
     }
     return p;
   }();
+  return pattern;
+}
+
+/// Fills device memory with `pattern`, repeated.
+void fill_device(std::byte* dev, uint64_t bytes,
+                 const std::vector<std::byte>& pattern = random_pattern()) {
   for (uint64_t off = 0; off < bytes; off += pattern.size())
     check(cudaMemcpy(dev + off, pattern.data(), std::min<uint64_t>(pattern.size(), bytes - off),
                      cudaMemcpyHostToDevice),
@@ -286,12 +293,7 @@ struct DequantCase {
 /// Fills device memory with FP8 weights as a checkpoint holds them: pseudo-random codes, none of
 /// them NaN (E4M3 S.1111.111 becomes 448; E5M2 exponent 11111 becomes 11110).
 void fill_device_fp8(std::byte* dev, uint64_t bytes, DType type) {
-  std::vector<std::byte> p(uint64_t(64) << 20);
-  std::mt19937_64 rng(7);
-  for (size_t i = 0; i < p.size(); i += 8) {
-    uint64_t r = rng();
-    std::memcpy(p.data() + i, &r, 8);
-  }
+  std::vector<std::byte> p = random_pattern();
   for (std::byte& b : p) {
     uint8_t c = uint8_t(b);
     if (type == DType::F8_E4M3 && (c & 0x7F) == 0x7F)
@@ -300,10 +302,7 @@ void fill_device_fp8(std::byte* dev, uint64_t bytes, DType type) {
       c &= 0xFB;
     b = std::byte(c);
   }
-  for (uint64_t off = 0; off < bytes; off += p.size())
-    check(cudaMemcpy(dev + off, p.data(), std::min<uint64_t>(p.size(), bytes - off),
-                     cudaMemcpyHostToDevice),
-          "fill");
+  fill_device(dev, bytes, p);
 }
 
 // What device memory gives a kernel that reads one byte for every two it writes (cuda_floor.cu),

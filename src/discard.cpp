@@ -114,16 +114,15 @@ void close_between(unsigned first, unsigned last) {
 
 int discard_file(Io& io, const std::filesystem::path& path) {
   const int fd = io.open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0);
+  if (fd < 0) // a symlink, a file we cannot read, or none: a plain unlink says which
+    return io.unlink(path.c_str());
   struct stat st {};
-  if (fd >= 0 && (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-                  uint64_t(st.st_blocks) * 512 < DISCARD_MIN_BYTES ||
-                  !unlinks_open_files_cleanly(fd))) {
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      uint64_t(st.st_blocks) * 512 < DISCARD_MIN_BYTES) {
     io.close(fd);
     return io.unlink(path.c_str());
   }
-  if (fd < 0) // a symlink, a file we cannot read, or none: a plain unlink says which
-    return io.unlink(path.c_str());
-  return discard_open_file(io, fd, path);
+  return discard_open_file(io, fd, path); // which checks the filesystem
 }
 
 int discard_open_file(Io& io, int fd, const std::filesystem::path& path) {
