@@ -17,7 +17,8 @@
 //     pieces transposed into their stacked rows (one launch each, as the pipeline does), and a
 //     dense weight by rows; bytes read + written, ratio to (a), target >= 0.70. Codes are
 //     weight-like (no NaN) except in the cases marked "NaN codes"; beside them, the floor of a
-//     kernel that only reads one byte and writes two (cuda_floor.cu).
+//     kernel that only reads one byte and writes two (cuda_floor.cu) in several thread layouts,
+//     a write-only floor, and an experimental rows kernel (cuda_floor.cu).
 //
 // A plain program, not Google Benchmark: each number needs its own timing method (events for
 // device work, wall clock for the pipeline). Without CUDA it prints "no CUDA" and exits 0.
@@ -26,6 +27,7 @@
 //   --kernels  only (c), one timed run per case: for ncu and compute-sanitizer
 //   --pipeline only (b) and (d)
 //   --dequant  only (a) and (e)
+//   --init     what opening the CUDA stage costs, step by step (run it in a fresh process)
 #include <cstdio>
 #include <cstring>
 
@@ -61,6 +63,7 @@ bool g_quick = false;
 bool g_kernels_only = false;  // --kernels: section (c) only, one timed run each (for profilers)
 bool g_pipeline_only = false; // --pipeline: sections (b) and (d) only
 bool g_dequant_only = false;  // --dequant: sections (a) and (e) only
+bool g_init_only = false;     // --init: what opening the GPU stage costs, step by step
 
 void check(cudaError_t err, const char* what) {
   if (err == cudaSuccess)
@@ -306,9 +309,12 @@ void fill_device_fp8(std::byte* dev, uint64_t bytes, DType type) {
 }
 
 // What device memory gives a kernel that reads one byte for every two it writes (cuda_floor.cu),
-// on the bytes of the dense case: the write-heavy ceiling beside (a).
+// in each thread layout, on the bytes of the dense case: the write-heavy ceiling beside (a). Then
+// a write-only ceiling (cudaMemsetAsync of the output bytes), and the experimental rows kernel in
+// the load8 layout against the library's, output compared byte for byte.
 void bench_widen_floor(double ceiling) {
-  const uint64_t in_bytes = uint64_t(18432) * 7168;
+  const uint64_t R = 18432, C = 7168;
+  const uint64_t in_bytes = R * C;
   const int sets = 2;
   std::vector<std::byte*> in(sets), out(sets);
   for (int s = 0; s < sets; ++s) {
@@ -316,12 +322,62 @@ void bench_widen_floor(double ceiling) {
     check(cudaMalloc(reinterpret_cast<void**>(&out[s]), 2 * in_bytes), "cudaMalloc");
     fill_device(in[s], in_bytes);
   }
-  const double t = time_events(nullptr, g_quick ? 5 : 15, [&](int r) {
-    const int s = (r + sets) % sets;
-    check(launch_widen_floor(in[s], out[s], in_bytes, nullptr), "widen floor");
+  const int reps = g_quick ? 5 : 15;
+  const std::pair<FloorLayout, const char*> layouts[] = {
+      {FloorLayout::load16, "(e) floor: read 1 B, write 2 B (16 B loads)"},
+      {FloorLayout::load16_streaming, "(e) floor: the same, streaming stores"},
+      {FloorLayout::load8, "(e) floor: 8 B loads, 16 B stores"},
+      {FloorLayout::load8_deep, "(e) floor: 8 B loads, 8 in flight"},
+  };
+  for (const auto& [layout, name] : layouts) {
+    const double t = time_events(nullptr, reps, [&](int r) {
+      const int s = (r + sets) % sets;
+      check(launch_widen_floor(in[s], out[s], in_bytes, nullptr, layout), "widen floor");
+    });
+    check(cudaDeviceSynchronize(), "widen floor");
+    line(name, gbps(3.0 * double(in_bytes), t), ceiling);
+  }
+  const double w = time_events(nullptr, reps, [&](int r) {
+    check(cudaMemsetAsync(out[(r + sets) % sets], 0x5A, 2 * in_bytes, nullptr), "memset");
   });
-  check(cudaDeviceSynchronize(), "widen floor");
-  line("(e) floor: read 1 B, write 2 B, no work", gbps(3.0 * double(in_bytes), t), ceiling);
+  line("(e) write only: cudaMemsetAsync", gbps(2.0 * double(in_bytes), w), ceiling);
+
+  // The experimental rows kernel, weight-like codes, against the library's on the same data.
+  for (int s = 0; s < sets; ++s)
+    fill_device_fp8(in[s], in_bytes, DType::F8_E4M3);
+  const uint64_t n_scales = scale_blocks(R) * scale_blocks(C);
+  std::vector<float> host_scales(n_scales);
+  for (size_t i = 0; i < n_scales; ++i)
+    host_scales[i] = 1.0f / float(1 + i % 97);
+  float* scales = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&scales), n_scales * 4), "cudaMalloc");
+  check(cudaMemcpy(scales, host_scales.data(), n_scales * 4, cudaMemcpyHostToDevice), "scales");
+  const double e = time_events(nullptr, reps, [&](int r) {
+    const int s = (r + sets) % sets;
+    check(launch_dequant_rows8(in[s], scales, out[s], R, C, nullptr), "rows8");
+  });
+  line("(e) experiment: rows, 8 B loads, fast path", gbps(3.0 * double(in_bytes), e), ceiling);
+  std::byte* lib = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&lib), 2 * in_bytes), "cudaMalloc");
+  check(launch_dequant_rows8(in[0], scales, out[0], R, C, nullptr), "rows8");
+  DequantArgs a;
+  a.src = in[0];
+  a.scales = reinterpret_cast<const std::byte*>(scales);
+  a.dst = lib;
+  a.R = R;
+  a.C = C;
+  a.begin = 0;
+  a.count = R;
+  a.src_dtype = DType::F8_E4M3;
+  a.dst_dtype = DType::BF16;
+  check(launch_dequant(a, nullptr), "library rows");
+  check(cudaDeviceSynchronize(), "rows8");
+  std::vector<std::byte> x(2 * in_bytes), y(2 * in_bytes);
+  check(cudaMemcpy(x.data(), out[0], x.size(), cudaMemcpyDeviceToHost), "download");
+  check(cudaMemcpy(y.data(), lib, y.size(), cudaMemcpyDeviceToHost), "download");
+  std::printf("    experiment output %s the library's\n", x == y ? "equals" : "DIFFERS FROM");
+  cudaFree(lib);
+  cudaFree(scales);
   for (int s = 0; s < sets; ++s) {
     cudaFree(in[s]);
     cudaFree(out[s]);
@@ -602,6 +658,53 @@ void bench_pipeline(const HostBuffer& host, unsigned slots, bool fold, double ce
               double(chunk) / 1e6, stage / n, h2d / n, kernel / n, d2h / n);
 }
 
+// What opening the CUDA stage costs the process, step by step, in a fresh process: the driver,
+// the context, then the staging memory of 16 slots of 32 MiB (pinned host and device), and
+// page-locking 16 ordinary buffers of that size in place.
+void bench_init() {
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::time_point a) {
+    return std::chrono::duration<double, std::milli>(clock::now() - a).count();
+  };
+  auto t = clock::now();
+  const int n = CudaTransformer::device_count();
+  std::printf("init: device_count %d: %.1f ms\n", n, ms(t));
+  if (n == 0)
+    return;
+  t = clock::now();
+  check(cudaSetDevice(0), "cudaSetDevice");
+  check(cudaFree(nullptr), "cudaFree");
+  std::printf("init: context: %.1f ms\n", ms(t));
+  const uint64_t size = uint64_t(32) << 20;
+  std::vector<void*> host(16), dev(32), plain(16);
+  t = clock::now();
+  for (auto& p : host)
+    check(cudaHostAlloc(&p, size, cudaHostAllocPortable), "cudaHostAlloc");
+  std::printf("init: cudaHostAlloc 16 x 32 MiB: %.1f ms\n", ms(t));
+  t = clock::now();
+  for (auto& p : dev)
+    check(cudaMalloc(&p, size), "cudaMalloc");
+  std::printf("init: cudaMalloc 32 x 32 MiB: %.1f ms\n", ms(t));
+  for (auto& p : plain) {
+    p = std::aligned_alloc(4096, size);
+    std::memset(p, 1, size);
+  }
+  t = clock::now();
+  for (auto& p : plain)
+    check(cudaHostRegister(p, size, cudaHostRegisterPortable), "cudaHostRegister");
+  std::printf("init: cudaHostRegister 16 x 32 MiB (touched): %.1f ms\n", ms(t));
+  t = clock::now();
+  for (auto& p : plain)
+    cudaHostUnregister(p);
+  for (auto& p : host)
+    cudaFreeHost(p);
+  for (auto& p : dev)
+    cudaFree(p);
+  std::printf("init: freeing it all: %.1f ms\n", ms(t));
+  for (auto& p : plain)
+    std::free(p);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -614,6 +717,12 @@ int main(int argc, char** argv) {
       g_pipeline_only = true;
     else if (std::strcmp(argv[i], "--dequant") == 0)
       g_dequant_only = true;
+    else if (std::strcmp(argv[i], "--init") == 0)
+      g_init_only = true;
+  if (g_init_only) {
+    bench_init();
+    return 0;
+  }
   if (CudaTransformer::device_count() == 0) {
     std::printf("no CUDA device\n");
     return 0;
