@@ -1,12 +1,15 @@
 // buffer_pool.h: the output buffers of transform and ones chunks. At most `tokens` are ever live
 // (the pipeline's token count), so acquire() never waits; they are allocated on first use and
-// reused. With a GPU they are pinned, so device-to-host copies land in them directly.
+// reused. With a GPU they are page-locked, so device-to-host copies land in them directly: the
+// GPU opens beside the work (gpu_handle.h), so buffers made before it is open are ordinary and
+// are pinned in place when it opens, before any chunk can reach it; later ones are allocated
+// pinned.
 // Thread-safety: all members are thread-safe.
 #pragma once
 
 #include "shardshift/status.h"
 
-#include "cuda_transform.h"
+#include "gpu_handle.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -17,7 +20,8 @@ namespace shardshift {
 
 class BufferPool {
 public:
-  BufferPool(uint64_t bytes, CudaTransformer* gpu) : bytes_(bytes), gpu_(gpu) {}
+  /// Buffers of `bytes`; `gpu` (may be null) is the run's GPU, open or opening.
+  BufferPool(uint64_t bytes, GpuHandle* gpu);
   ~BufferPool();
   BufferPool(const BufferPool&) = delete;
   BufferPool& operator=(const BufferPool&) = delete;
@@ -25,12 +29,24 @@ public:
   Result<std::byte*> acquire();
   void release(std::byte* p);
   size_t in_use();
+  /// Whether the device can write into p directly (p from acquire()).
+  bool pinned(const std::byte* p);
 
 private:
+  enum class Kind { plain, pinned_in_place, allocated_pinned };
+  struct Buffer {
+    std::byte* p;
+    Kind kind;
+  };
+  /// The GPU has opened: later buffers are allocated pinned, earlier ones pinned in place.
+  void pin_all(CudaTransformer& gpu);
+
   uint64_t bytes_;
-  CudaTransformer* gpu_;
+  GpuHandle* handle_;
+  CudaTransformer* gpu_ = nullptr; ///< guarded by mu_: set once the device is open
   std::mutex mu_;
-  std::vector<std::byte*> all_, free_;
+  std::vector<Buffer> all_;
+  std::vector<std::byte*> free_;
 };
 
 } // namespace shardshift

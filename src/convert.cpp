@@ -44,7 +44,7 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
   sum.checksums = delivered.checksums;
   sum.adapter = plan.adapter;
   sum.direction = plan.direction;
-  sum.device = engine.device;
+  sum.device = engine.device();
   sum.tensors = tensors;
   sum.files = files;
   sum.output_bytes = moved.output_bytes;

@@ -56,6 +56,11 @@ public:
   /// Page-locked host memory for outputs (so the download is a true async DMA); nullptr on failure.
   virtual void* alloc_pinned(uint64_t bytes) = 0;
   virtual void free_pinned(void* p) = 0;
+  /// Page-locks `bytes` of ordinary host memory at p in place (a buffer made before the GPU was
+  /// open, gpu_handle.h); false if it could not be, and p stays pageable. unpin_in_place() undoes
+  /// it; either way the caller still frees p.
+  virtual bool pin_in_place(void* p, uint64_t bytes) = 0;
+  virtual void unpin_in_place(void* p) = 0;
   /// Runs one chunk. args.src is host memory (the input mapping), args.dst host memory that
   /// receives the result. Input and output must each fit in max_chunk_bytes.
   virtual Status run(const TransposeArgs& args, CudaTimings* timings = nullptr) = 0;

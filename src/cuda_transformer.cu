@@ -103,6 +103,8 @@ public:
   uint64_t pinned_bytes() const override;
   void* alloc_pinned(uint64_t bytes) override;
   void free_pinned(void* p) override;
+  bool pin_in_place(void* p, uint64_t bytes) override;
+  void unpin_in_place(void* p) override;
   Status run(const TransposeArgs& args, CudaTimings* timings) override;
   Status try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) override;
   Status try_run_dequant(const std::vector<CudaDequantPart>& parts, std::byte* dst,
@@ -162,7 +164,8 @@ private:
   std::vector<Slot*> free_;
 
   mutable std::mutex pinned_mu_;
-  std::unordered_map<void*, uint64_t> pinned_; ///< alloc_pinned() blocks and their sizes
+  std::unordered_map<void*, uint64_t> pinned_;     ///< alloc_pinned() blocks and their sizes
+  std::unordered_map<void*, uint64_t> registered_; ///< pin_in_place() blocks and their sizes
   uint64_t slot_bytes_ = 0;                    ///< pinned + device bytes of the slots
 };
 
@@ -274,12 +277,16 @@ CudaTransformerImpl::~CudaTransformerImpl() {
   }
   for (auto& [p, bytes] : pinned_)
     cudaFreeHost(p);
+  for (auto& [p, bytes] : registered_)
+    cudaHostUnregister(p);
 }
 
 uint64_t CudaTransformerImpl::pinned_bytes() const {
   std::lock_guard lock(pinned_mu_);
   uint64_t total = slot_bytes_;
   for (const auto& [p, bytes] : pinned_)
+    total += bytes;
+  for (const auto& [p, bytes] : registered_)
     total += bytes;
   return total;
 }
@@ -301,6 +308,26 @@ void CudaTransformerImpl::free_pinned(void* p) {
     pinned_.erase(p);
   }
   cudaFreeHost(p);
+}
+
+bool CudaTransformerImpl::pin_in_place(void* p, uint64_t bytes) {
+  cudaSetDevice(ordinal_);
+  if (cudaHostRegister(p, bytes, cudaHostRegisterPortable) != cudaSuccess) {
+    cudaGetLastError(); // not sticky: the buffer stays pageable, the device stays usable
+    return false;
+  }
+  std::lock_guard lock(pinned_mu_);
+  registered_[p] = bytes;
+  return true;
+}
+
+void CudaTransformerImpl::unpin_in_place(void* p) {
+  {
+    std::lock_guard lock(pinned_mu_);
+    if (registered_.erase(p) == 0)
+      return;
+  }
+  cudaHostUnregister(p);
 }
 
 CudaTransformerImpl::Slot* CudaTransformerImpl::acquire(bool wait) {

@@ -390,6 +390,114 @@ template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows_kern
   }
 }
 
+// --- FP8 -> 16-bit in the 8-byte layout -----------------------------------------------------
+// The kernels above give each thread 16 input bytes, so each thread writes 32 output bytes with
+// two 16-byte stores, and each store instruction of a warp covers every other 16 bytes of its
+// span: half of every 32-byte sector. Device memory takes such writes at about 0.58 of a copy's
+// rate (cuda_bench's floors), whatever the arithmetic. With 8 input bytes per thread, each store
+// instruction covers whole sectors (0.83 of a copy). For FP8 weights and 16-bit results (the
+// DeepSeek-V3 case) the two kernels below use that layout when the shape and pointers allow;
+// the arithmetic is dequantize()'s and narrow2()'s, so the bits are the same.
+
+/// Eight FP8 codes (two words) times `scale`, rounded in pairs to D and packed (four words):
+/// dequantize()'s arithmetic on half a vector.
+template <DType S, DType D>
+__device__ __forceinline__ void dequant8(uint32_t w0, uint32_t w1, float scale, uint32_t out[4]) {
+  bool fast = isfinite(scale) && scale != 0.0f;
+  {
+    const uint32_t nan = S == DType::F8_E4M3 ? 0x7F7F7F7Fu : 0x7D7D7D7Du;
+    const uint32_t any =
+        S == DType::F8_E4M3
+            ? __vcmpeq4(w0 & 0x7F7F7F7Fu, nan) | __vcmpeq4(w1 & 0x7F7F7F7Fu, nan)
+            : __vcmpgeu4(w0 & 0x7F7F7F7Fu, nan) | __vcmpgeu4(w1 & 0x7F7F7F7Fu, nan);
+    fast = fast && any == 0;
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    float lo, hi;
+    decode_fp8x2<S>(((k < 2 ? w0 : w1) >> (k % 2 * 16)) & 0xFFFFu, lo, hi);
+    out[k] = fast ? narrow2<D>(__fmul_rn(lo, scale), __fmul_rn(hi, scale))
+                  : narrow2<D>(mul_f32(lo, scale), mul_f32(hi, scale));
+  }
+}
+
+// out[k][c] = deq(W[begin + k][c]), k < count, c < C: each thread one 8-byte word of a row.
+// REQUIRES: C % 8 == 0, src 8-byte and dst 16-byte aligned, pitch % 8 == 0, count * C / 8 < 2^32.
+template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows8_kernel(Geometry g) {
+  constexpr int UNROLL = 4;
+  const uint32_t per_row = uint32_t(g.C / 8);
+  const uint32_t n = uint32_t(g.count * per_row);
+  const uint2* src = reinterpret_cast<const uint2*>(g.src) + g.begin * per_row;
+  uint16_t* dst = reinterpret_cast<uint16_t*>(g.dst);
+  const uint32_t stride = gridDim.x * THREADS;
+  for (uint32_t i = blockIdx.x * THREADS + threadIdx.x; i < n; i += stride * UNROLL) {
+    uint2 x[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u)
+      if (i + u * stride < n)
+        x[u] = src[i + u * stride];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const uint32_t w = i + u * stride;
+      if (w >= n)
+        continue;
+      const uint32_t k = w / per_row, c = (w - k * per_row) * 8;
+      const float scale = load_scale(g, (g.begin + k) >> g.block_shift, c >> g.block_shift);
+      uint32_t y[4];
+      dequant8<S, D>(x[u].x, x[u].y, scale, y);
+      *reinterpret_cast<uint4*>(dst + k * g.pitch + c) = make_uint4(y[0], y[1], y[2], y[3]);
+    }
+  }
+}
+
+// out[k][r] = deq(W[r][begin + k]): each thread an 8 x 8 block of W (8 rows, 8 columns), read
+// as 8 words and written, transposed in registers, as 8 output rows of 16 bytes. A warp is 4
+// threads down the rows by 8 across the columns, so each load instruction reads 64 contiguous
+// bytes of 4 rows and each store writes 64 contiguous bytes of 8 output rows: whole sectors,
+// no shared memory. The 8 x 8 block lies in one scale block (block >= 64, both aligned to 8).
+// grid.x: 64-column groups of [begin, begin + count); grid.y: 256-row groups (8 warps of 32).
+// REQUIRES: R, C, begin, count multiples of 8; src 8-byte and dst 16-byte aligned; pitch % 8 == 0.
+template <DType S, DType D> __global__ void __launch_bounds__(THREADS) transposed8_kernel(Geometry g) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const uint64_t k0 = uint64_t(blockIdx.x) * 64 + (lane % 8) * 8; // first output row (column of W)
+  const uint64_t r0 = uint64_t(blockIdx.y) * 256 + warp * 32 + (lane / 8) * 8; // first row of W
+  if (k0 >= g.count || r0 >= g.R)
+    return;
+  const uint64_t j0 = g.begin + k0;
+  const uint8_t* src = reinterpret_cast<const uint8_t*>(g.src);
+  uint2 x[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    x[i] = *reinterpret_cast<const uint2*>(src + (r0 + i) * g.C + j0);
+  const float scale = load_scale(g, r0 >> g.block_shift, j0 >> g.block_shift);
+  uint32_t p[8][4]; // p[i][m]: row r0 + i, columns j0 + 2m and j0 + 2m + 1, packed
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    dequant8<S, D>(x[i].x, x[i].y, scale, p[i]);
+  uint16_t* dst = reinterpret_cast<uint16_t*>(g.dst);
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {
+    // Output row k0 + c holds column j0 + c of rows r0 .. r0 + 7: the low (c even) or high
+    // (c odd) halves of p[2w][c / 2] and p[2w + 1][c / 2], paired.
+    const uint32_t sel = c % 2 == 0 ? 0x5410u : 0x7632u;
+    const uint4 y = make_uint4(__byte_perm(p[0][c / 2], p[1][c / 2], sel),
+                               __byte_perm(p[2][c / 2], p[3][c / 2], sel),
+                               __byte_perm(p[4][c / 2], p[5][c / 2], sel),
+                               __byte_perm(p[6][c / 2], p[7][c / 2], sel));
+    *reinterpret_cast<uint4*>(dst + (k0 + c) * g.pitch + r0) = y;
+  }
+}
+
+/// Whether the 8-byte-layout kernels take the call (their REQUIRES).
+bool fits_layout8(const DequantArgs& a, uint64_t pitch) {
+  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  if (addr(a.src) % 8 != 0 || addr(a.dst) % 16 != 0 || pitch % 8 != 0 || a.C % 8 != 0)
+    return false;
+  if (a.transpose)
+    return a.R % 8 == 0 && a.begin % 8 == 0 && a.count % 8 == 0 && a.R / 256 < 65535;
+  return a.count * (a.C / 8) < (uint64_t(1) << 32);
+}
+
 bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
@@ -424,6 +532,20 @@ template <DType S, DType D> cudaError_t launch(const DequantArgs& a, cudaStream_
   g.vector_stores = aligned16(a.dst) && (g.pitch * out_es) % 16 == 0;
   // Enough blocks to fill every multiprocessor several times over, each with work to walk.
   const uint64_t target_blocks = uint64_t(multiprocessors()) * 8;
+  if constexpr (is_fp8(S) && D != DType::F32) {
+    if (fits_layout8(a, g.pitch)) {
+      if (a.transpose) {
+        const dim3 grid(unsigned((a.count + 63) / 64), unsigned((a.R + 255) / 256));
+        transposed8_kernel<S, D><<<grid, THREADS, 0, stream>>>(g);
+      } else {
+        const uint64_t words = a.count * (a.C / 8);
+        const uint64_t blocks =
+            std::clamp<uint64_t>((words + THREADS * 4 - 1) / (THREADS * 4), 1, target_blocks);
+        rows8_kernel<S, D><<<unsigned(blocks), THREADS, 0, stream>>>(g);
+      }
+      return cudaGetLastError();
+    }
+  }
   if (a.transpose) {
     const uint64_t j_tiles = (a.begin + a.count + TILE - 1) / TILE - a.begin / TILE;
     const uint64_t r_tiles = (a.R + TILE - 1) / TILE;

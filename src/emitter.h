@@ -6,7 +6,7 @@
 // FileQueue is shared by every lane.
 #pragma once
 
-#include "cuda_transform.h"
+#include "gpu_handle.h"
 #include "work_item.h"
 
 #include <atomic>
@@ -37,7 +37,7 @@ private:
 
 class Emitter {
 public:
-  Emitter(const Checkpoint& in, const Plan& plan, uint64_t chunk, CudaTransformer* gpu,
+  Emitter(const Checkpoint& in, const Plan& plan, uint64_t chunk, const GpuHandle* gpu,
           FileQueue& queue)
       : in_(in), plan_(plan), chunk_(chunk), gpu_(gpu), queue_(queue) {}
 
@@ -58,7 +58,7 @@ private:
   const Checkpoint& in_;
   const Plan& plan_;
   uint64_t chunk_;
-  CudaTransformer* gpu_;
+  const GpuHandle* gpu_; ///< non-null: chunks the GPU can take are marked on_gpu
   FileQueue& queue_;
   uint32_t f_ = 0; ///< current file
   bool have_file_ = false;

@@ -9,13 +9,13 @@ namespace shardshift {
 
 namespace {
 
-// Opens the CUDA stage when the device option asks for (or allows) it; nullptr means CPU.
-Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, unsigned threads,
-                                                     bool dequantizes, uint64_t chunk,
-                                                     unsigned slots, std::string* description) {
-  *description = std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
+// Starts opening the CUDA stage when the device option asks for (or allows) it; nullptr means
+// CPU. The GPU opens beside the work (gpu_handle.h): a device that fails to open is found out on
+// the opening thread, and fails the run only when it was asked for by name.
+Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsigned threads,
+                                               bool dequantizes, uint64_t chunk, unsigned slots) {
   if (device == "cpu")
-    return std::unique_ptr<CudaTransformer>();
+    return std::unique_ptr<GpuHandle>();
   auto parsed = parse_device(device);
   if (!parsed)
     return parsed.status();
@@ -30,28 +30,26 @@ Result<std::unique_ptr<CudaTransformer>> open_device(const std::string& device, 
   // dequantization on the GPU").
   const SimdLevel simd = detect_simd_level();
   const unsigned most = dequantizes && simd == SimdLevel::avx512 ? 0 : 2;
-  if (device == "auto" && threads > most && simd != SimdLevel::portable)
-    return std::unique_ptr<CudaTransformer>();
+  if (device == "auto" && (threads > most && simd != SimdLevel::portable))
+    return std::unique_ptr<GpuHandle>();
+  // Counting devices (the driver's start, 0.1-0.2 s on the H200 host) stays before the work: a
+  // machine without one sizes the pipeline without staging slots, and one asked for by name and
+  // missing is told so before a stream to stdout has begun. The rest of the opening (context,
+  // pinned slots: about 0.3 s) happens beside the work.
   const int count = CudaTransformer::device_count();
-  if (count == 0) {
-    if (device == "auto")
-      return std::unique_ptr<CudaTransformer>();
-    return Status(Errc::cuda, "--device " + device +
-                                  ": no usable CUDA GPU (no driver, no device, or built without "
-                                  "CUDA); use --device cpu or auto");
+  if (device == "auto" && count == 0)
+    return std::unique_ptr<GpuHandle>();
+  if (device != "auto") {
+    if (count == 0)
+      return Status(Errc::cuda, "--device " + device +
+                                    ": no usable CUDA GPU (no driver, no device, or built "
+                                    "without CUDA); use --device cpu or auto");
+    if (ordinal >= count)
+      return Status(Errc::invalid_argument, "--device " + device + ": there are " +
+                                                std::to_string(count) +
+                                                " CUDA device(s), numbered from 0");
   }
-  if (ordinal < 0 || ordinal >= count)
-    return Status(Errc::invalid_argument, "--device " + device + ": there are " +
-                                              std::to_string(count) +
-                                              " CUDA device(s), numbered from 0");
-  auto gpu = CudaTransformer::create(ordinal, chunk, slots);
-  if (!gpu) {
-    if (device == "auto")
-      return std::unique_ptr<CudaTransformer>(); // usable GPU or fall back
-    return gpu.status();
-  }
-  *description = "cuda:" + std::to_string(ordinal) + " (" + (*gpu)->device_name() + ")";
-  return std::move(gpu.value());
+  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto");
 }
 
 } // namespace
@@ -87,6 +85,11 @@ bool plan_dequantizes(const Plan& plan) {
   return false;
 }
 
+std::string Engine::device() const {
+  return gpu ? gpu->description()
+             : std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
+}
+
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
                                 bool dequantizes, Io& io, const ConvertCallbacks& callbacks,
                                 uint64_t held) {
@@ -111,13 +114,21 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
   size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
-  auto gpu =
-      open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, &e.device);
+  auto gpu = open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots);
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());
   if (!e.gpu)
     size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
+  if (e.gpu && options.wait_for_gpu) {
+    e.gpu->wait();
+    if (Status s = e.gpu->required_status(); !s)
+      return s;
+    if (!e.gpu->get()) { // auto, and it did not open: the CPU alone, without staging slots
+      e.gpu.reset();
+      size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
+    }
+  }
   c.gpu = e.gpu.get();
   c.io = &io;
   c.cancel = options.cancel;

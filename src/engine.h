@@ -11,7 +11,7 @@
 #include "shardshift/plan.h"
 #include "shardshift/profiler.h"
 
-#include "cuda_transform.h"
+#include "gpu_handle.h"
 #include "pipeline.h"
 
 #include <functional>
@@ -37,14 +37,17 @@ Result<PlannedInput> open_and_plan(const std::filesystem::path& input, const Pla
 
 struct Engine {
   PipelineConfig config;
-  std::unique_ptr<CudaTransformer> gpu;
-  std::string device; ///< for the summary: "cpu (avx512)", "cuda:0 (NVIDIA H200)"
+  std::unique_ptr<GpuHandle> gpu; ///< the GPU, open or opening (gpu_handle.h); null: the CPU
+  /// For the summary: "cpu (avx512)", "cuda:0 (NVIDIA H200)" (or "cpu (...)" when a GPU that
+  /// --device auto allowed could not be opened).
+  std::string device() const;
 };
 
 /// The engine for converting `files` output files with `threads` worker threads (the caller
 /// holds the tbb::global_control): writer lanes from options.writers (or --pipe-to's uploads, or
 /// one for tar), the memory split of size_pipeline, and the GPU when options.device asks for or
-/// allows one (its staging slots come out of the same budget). config.io is `io`. `held`: memory
+/// allows one (its staging slots come out of the same budget; it opens beside the work unless
+/// options.wait_for_gpu). config.io is `io`. `held`: memory
 /// the run already holds for the parsed input and the plan, which the budget covers too: the
 /// pipeline gets the rest, and a run where that is less than half the budget is refused
 /// (Errc::unsupported, saying what budget would do).

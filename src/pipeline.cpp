@@ -216,7 +216,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   FileQueue queue(files);
   FailureLatch failure;
   BufferPool pool(config.chunk_bytes, config.gpu);
-  TransformStage transformer(config.gpu, profiler);
+  TransformStage transformer(config.gpu, &pool, profiler);
   ProgressMeter meter(profiler, pool, config.gpu != nullptr, total,
                       static_cast<uint32_t>(files.size()), config.progress);
   Shared shared{input,  plan,  config,  profiler, config.io ? *config.io : Io::system(),
@@ -229,6 +229,13 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   tbb::parallel_for(0u, lanes, [&](unsigned lane) { totals[lane] = Lane(shared).run(); });
   if (failure.failed())
     return failure.first();
+  // A GPU asked for by name that could not be opened fails the run even if no chunk noticed
+  // (the CPU did them all while it was opening), as it would have before any work.
+  if (config.gpu && config.gpu->required()) {
+    config.gpu->wait();
+    if (Status s = config.gpu->required_status(); !s)
+      return s;
+  }
 
   PipelineResult result;
   for (const WriteTotals& t : totals) {

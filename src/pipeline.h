@@ -22,7 +22,7 @@
 #include "shardshift/profiler.h"
 #include "shardshift/progress.h"
 
-#include "cuda_transform.h"
+#include "gpu_handle.h"
 #include "write_stage.h"
 
 #include <atomic>
@@ -38,7 +38,7 @@ struct PipelineConfig {
   uint64_t chunk_bytes = 64 << 20;
   unsigned tokens = 8;            ///< items alive per lane
   unsigned writers = 1;           ///< lanes: output files written at once
-  CudaTransformer* gpu = nullptr; ///< nullptr: transform on the CPU
+  GpuHandle* gpu = nullptr; ///< nullptr: transform on the CPU; else the GPU, open or opening
   Io* io = nullptr;
   const std::atomic<bool>* cancel = nullptr;
   std::function<void(const Progress&)> progress;

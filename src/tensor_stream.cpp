@@ -214,7 +214,7 @@ Result<StreamSummary> for_each_converted_tensor(const std::filesystem::path& inp
   FileQueue queue(files);
   Emitter emitter(checkpoint, plan, options.max_piece_bytes, nullptr, queue);
   Profiler profiler(false);
-  TransformStage transformer(nullptr, profiler);
+  TransformStage transformer(nullptr, nullptr, profiler);
   TensorWalk walk(checkpoint, plan, options, callback, summary);
   std::vector<std::byte> buffer;
 

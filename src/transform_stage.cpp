@@ -61,13 +61,16 @@ void TransformStage::run(Item& item) {
     run_quantize(item, t0);
     return;
   }
+  CudaTransformer* gpu = item.on_gpu ? gpu_for(item) : nullptr;
+  if (!item.status.ok())
+    return;
   if (!item.parts.empty()) {
-    if (item.on_gpu && dequant_router_.prefer_gpu() && run_gpu_dequant(item, t0)) {
+    if (gpu && dequant_router_.prefer_gpu() && run_gpu_dequant(item, *gpu, t0)) {
       dequant_router_.record(true, item.length, profiler_.now() - t0);
       return;
     }
     run_stack(item, t0);
-    if (item.on_gpu)
+    if (gpu)
       dequant_router_.record(false, item.length, profiler_.now() - t0);
     return;
   }
@@ -78,23 +81,37 @@ void TransformStage::run(Item& item) {
                     (dtype_bits(item.args.src_dtype) / 8));
   // A chunk the GPU can take goes there when the router finds it the cheaper device and a
   // staging slot is free; otherwise the CPU does it. Each records what it cost this thread.
-  if (item.on_gpu && router_.prefer_gpu() && run_gpu(item, t0)) {
+  if (gpu && router_.prefer_gpu() && run_gpu(item, *gpu, t0)) {
     router_.record(true, item.length, profiler_.now() - t0);
     return;
   }
   run_cpu(item, t0);
-  if (item.on_gpu)
+  if (gpu)
     router_.record(false, item.length, profiler_.now() - t0);
+}
+
+// Until the GPU has opened (gpu_handle.h), its chunks run on the CPU; the router compares the
+// devices only once both can run. A GPU that was asked for by name and could not be opened fails
+// the run at the next chunk it could have taken, as it would have before any work.
+CudaTransformer* TransformStage::gpu_for(Item& item) {
+  if (!handle_)
+    return nullptr;
+  CudaTransformer* gpu = handle_->get();
+  if (!gpu) {
+    item.status = handle_->required_status();
+    return nullptr;
+  }
+  return pool_->pinned(item.buffer) ? gpu : nullptr;
 }
 
 // The GPU takes the chunk when one of its staging slots is free at once; otherwise the CPU does
 // it (same bits), so a busy GPU never holds the pipeline back.
-bool TransformStage::run_gpu(Item& item, uint64_t t0) {
+bool TransformStage::run_gpu(Item& item, CudaTransformer& gpu, uint64_t t0) {
   CudaTimings tm;
   Status gpu_status;
   bool ran = false;
   Status guard = guard_mapped_access(
-      *item.shard->file, [&] { gpu_status = gpu_->try_run(item.args, &tm, &ran); });
+      *item.shard->file, [&] { gpu_status = gpu.try_run(item.args, &tm, &ran); });
   if (guard.ok() && gpu_status.ok() && !ran)
     return false;
   item.status = guard.ok() ? gpu_status : guard;
@@ -141,7 +158,7 @@ Status copy_scales(const StackPart& part, std::vector<std::byte>& out) {
 
 } // namespace
 
-bool TransformStage::run_gpu_dequant(Item& item, uint64_t t0) {
+bool TransformStage::run_gpu_dequant(Item& item, CudaTransformer& gpu, uint64_t t0) {
   for (const StackPart& part : item.parts)
     if (!part.dequant)
       return false;
@@ -163,7 +180,7 @@ bool TransformStage::run_gpu_dequant(Item& item, uint64_t t0) {
   };
   CudaTimings tm;
   bool ran = false;
-  const Status status = gpu_->try_run_dequant(parts, item.buffer, item.length, guard, &tm, &ran);
+  const Status status = gpu.try_run_dequant(parts, item.buffer, item.length, guard, &tm, &ran);
   if (status.ok() && !ran)
     return false;
   item.status = status;

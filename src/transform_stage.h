@@ -10,7 +10,8 @@
 
 #include "shardshift/profiler.h"
 
-#include "cuda_transform.h"
+#include "buffer_pool.h"
+#include "gpu_handle.h"
 #include "device_router.h"
 #include "work_item.h"
 
@@ -21,7 +22,10 @@ namespace shardshift {
 
 class TransformStage {
 public:
-  TransformStage(CudaTransformer* gpu, Profiler& profiler) : gpu_(gpu), profiler_(profiler) {}
+  /// `gpu` (may be null): the run's GPU, open or opening; `pool`: where item buffers come from
+  /// (needed with a GPU only).
+  TransformStage(GpuHandle* gpu, BufferPool* pool, Profiler& profiler)
+      : handle_(gpu), pool_(pool), profiler_(profiler) {}
 
   /// Produces the item's bytes; a failure (e.g. the input shrank under the mapping) is left in
   /// item.status.
@@ -31,9 +35,9 @@ public:
   uint64_t gpu_bytes() const { return gpu_bytes_; }
 
 private:
-  bool run_gpu(Item& item, uint64_t t0); ///< false: no free GPU slot, nothing done
+  bool run_gpu(Item& item, CudaTransformer& gpu, uint64_t t0); ///< false: no free slot, nothing done
   /// A chunk whose parts all dequantize, on the GPU; false: it did not take it, nothing done.
-  bool run_gpu_dequant(Item& item, uint64_t t0);
+  bool run_gpu_dequant(Item& item, CudaTransformer& gpu, uint64_t t0);
   /// The profiler spans of a chunk the GPU ran: the thread's span, the phases on the stream's.
   void record_gpu(const Item& item, uint64_t t0, const CudaTimings& tm);
   void run_cpu(Item& item, uint64_t t0);
@@ -43,7 +47,11 @@ private:
   /// A chunk of a --quantize fp8 output: codes or block scales (CPU only).
   void run_quantize(Item& item, uint64_t t0);
 
-  CudaTransformer* gpu_;
+  /// The GPU for this item, or nullptr: not open (yet), or the item's buffer is not pinned.
+  CudaTransformer* gpu_for(Item& item);
+
+  GpuHandle* handle_;
+  BufferPool* pool_;
   Profiler& profiler_;
   DeviceRouter router_;         ///< transpose-fold chunks
   DeviceRouter dequant_router_; ///< dequantizing chunks: a different cost on either device

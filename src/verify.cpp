@@ -290,12 +290,12 @@ Status compare_data(const VerifyOptions& options, const Checkpoint& input, const
                                  plan_dequantizes(plan), target.io(), progress, held);
   if (!engine)
     return engine.status();
-  summary->device = engine->device;
   std::vector<std::string> shard_digests(plan.files.size());
   if (want_digests)
     engine->config.digests = &shard_digests;
 
   auto moved = run_pipeline(input, plan, files, target, engine->config, profiler);
+  summary->device = engine->device(); // after the run: the GPU opens beside it
   if (!moved)
     return target.error().ok() ? moved.status() : target.error();
   std::map<std::string, std::string> side_digests;

@@ -25,8 +25,12 @@ std::string all_bytes(const fs::path& dir) {
 Result<ConvertSummary> convert_on(const fs::path& in, const fs::path& out,
                                   const std::string& device, unsigned threads = 0,
                                   uint64_t mem = uint64_t{1} << 30,
-                                  std::optional<DType> dtype = std::nullopt) {
+                                  std::optional<DType> dtype = std::nullopt,
+                                  bool wait_for_gpu = true) {
   ConvertOptions o;
+  // The GPU opens beside the work by default (gpu_handle.h), and these small conversions can end
+  // before it is open; waiting makes them exercise it.
+  o.wait_for_gpu = wait_for_gpu;
   o.input = in;
   o.output = out;
   o.device = device;
@@ -76,6 +80,35 @@ TEST(CudaConvert, DevicesGiveByteIdenticalCheckpoints) {
       ASSERT_TRUE(convert_on(so.out, out, "cuda", 2, mem).ok());
       EXPECT_TRUE(all_bytes(out) == all_bytes(tmp / (std::string(model) + "keep-cpu"))) << mem;
     }
+  }
+}
+
+// Without waiting, the GPU joins a run already under way: the buffers made before it opened are
+// pinned in place on its opening thread, and chunks reach it only then. The bytes are the same
+// whenever it arrives (this run may or may not see it: only the bytes are asserted).
+TEST(CudaConvert, AGpuThatOpensDuringTheRunChangesNoByte) {
+  if (CudaTransformer::device_count() == 0)
+    GTEST_SKIP() << "no usable CUDA device";
+  TempDir tmp;
+  SynthOptions so;
+  so.out = tmp / "hf";
+  so.layers = 4;
+  so.seed = testing::test_seed();
+  so.scale_hidden = so.scale_intermediate = 2;
+  so.scale_experts = 4;
+  so.scale_vocab = 8;
+  ASSERT_TRUE(synth(so, Io::system(), {}).ok());
+  auto cpu = convert_on(so.out, tmp / "cpu", "cpu", 2, uint64_t{16} << 20);
+  ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+  for (int round = 0; round < 3; ++round) {
+    const fs::path out = tmp / ("gpu" + std::to_string(round));
+    auto gpu = convert_on(so.out, out, "cuda", 2, uint64_t{16} << 20, std::nullopt, false);
+    ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+    std::printf("round %d: the GPU took %llu of %llu transformed bytes\n", round,
+                static_cast<unsigned long long>(gpu->gpu_bytes),
+                static_cast<unsigned long long>(gpu->gpu_bytes + gpu->cpu_bytes));
+    EXPECT_EQ(gpu->gpu_bytes + gpu->cpu_bytes, cpu->cpu_bytes);
+    EXPECT_TRUE(all_bytes(out) == all_bytes(tmp / "cpu")) << round;
   }
 }
 

@@ -203,6 +203,34 @@ TEST_F(CudaDequant, RangesPitchesAndMisalignedPointers) {
   }
 }
 
+// FP8 weights into 16-bit results whose shapes, ranges, pitches and pointers are multiples of 8
+// take the kernels of the 8-byte layout (dequant_cuda.cu); random bytes include NaN codes, so
+// both the plain and the checked multiply run. Against the CPU, bit for bit.
+TEST_F(CudaDequant, AlignedShapesMatchTheCpu) {
+  const uint64_t seed = testing::test_seed();
+  std::mt19937_64 rng(seed);
+  for (int i = 0; i < 40; ++i) {
+    const uint64_t R = 8 * (1 + rng() % 90), C = 8 * (1 + rng() % 90);
+    const bool transpose = rng() % 2;
+    const uint64_t n = (transpose ? C : R) / 8;
+    const uint64_t begin = 8 * (rng() % n), count = 8 * (1 + rng() % (n - begin / 8));
+    const uint64_t width = transpose ? R : C;
+    const uint64_t pitch = rng() % 2 ? 0 : width + 8 * (rng() % 12);
+    const DType src = rng() % 2 ? DType::F8_E4M3 : DType::F8_E5M2;
+    const DType scale = SCALES[rng() % 3], dst = rng() % 2 ? DType::BF16 : DType::F16;
+    SCOPED_TRACE(::testing::Message() << "seed " << seed << " case " << i << ": [" << R << ", "
+                                      << C << "] t" << transpose << " [" << begin << ", +"
+                                      << count << ") pitch " << pitch << " " << dtype_name(src)
+                                      << " x " << dtype_name(scale) << " -> " << dtype_name(dst));
+    Problem p = make_problem(rng, R, C, transpose, begin, count, pitch, src, scale, dst);
+    const auto want = on_cpu(p);
+    EXPECT_TRUE(same_written(p, on_transformer(p), want));
+#if defined(SHARDSHIFT_HAVE_CUDA)
+    EXPECT_TRUE(on_kernel(p, 0) == want);
+#endif
+  }
+}
+
 // Every FP8 code (NaN, subnormals, 448 / 57344, zeros of both signs) against scales that are
 // zero, negative zero, subnormal, huge, infinite and NaN: each 128 x 128 block gets one scale.
 TEST_F(CudaDequant, EveryCodeTimesSpecialScales) {

@@ -59,6 +59,10 @@ struct ConvertOptions {
   std::string pipe_to;
   unsigned uploads = 0;   ///< --uploads: commands running at once (0 = 4)
   bool checksums = false; ///< --checksums: SHA-256 of every output file, written as SHA256SUMS
+  /// With a GPU: start moving bytes only once it is open (tests and benchmarks of the GPU path).
+  /// By default it opens beside the work, which starts on the CPU, and takes chunks once it is
+  /// there (README "Devices").
+  bool wait_for_gpu = false;
 };
 
 /// What became of one output file delivered to a command (--pipe-to).

@@ -1,0 +1,90 @@
+// gpu_handle.cpp: opening the CUDA stage on its own thread (gpu_handle.h says why). This is the
+// one thread shardshift starts outside oneTBB's pool: opening a device is a blocking driver call
+// of a few hundred milliseconds, which would otherwise hold one of the pipeline's workers.
+#include "gpu_handle.h"
+
+#include "transpose.h" // simd_level_name
+
+namespace shardshift {
+
+GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required)
+    : ordinal_(ordinal), required_(required) {
+  thread_ = std::thread([this, chunk_bytes, slots] { open(chunk_bytes, slots); });
+}
+
+GpuHandle::~GpuHandle() {
+  thread_.join();
+  ready_.store(nullptr);
+}
+
+void GpuHandle::open(uint64_t chunk_bytes, unsigned slots) {
+  Status failure;
+  std::unique_ptr<CudaTransformer> gpu;
+  const int count = CudaTransformer::device_count();
+  if (ordinal_ >= count) { // --device auto (a required device was counted before)
+    failure = Status(Errc::cuda, "no usable CUDA GPU " + std::to_string(ordinal_));
+  } else {
+    auto created = CudaTransformer::create(ordinal_, chunk_bytes, slots);
+    if (created)
+      gpu = std::move(created.value());
+    else
+      failure = created.status();
+  }
+  std::lock_guard lock(mu_);
+  if (gpu) {
+    gpu_ = std::move(gpu);
+    if (hook_)
+      hook_(*gpu_); // before publishing: nothing reaches the GPU before the hook has run
+    ready_.store(gpu_.get(), std::memory_order_release);
+    state_.store(opened);
+  } else {
+    failure_ = failure;
+    state_.store(failed);
+  }
+  done_cv_.notify_all();
+}
+
+void GpuHandle::wait() {
+  std::unique_lock lock(mu_);
+  done_cv_.wait(lock, [&] { return state_.load() != opening; });
+}
+
+Status GpuHandle::required_status() const {
+  if (!required_ || state_.load() != failed)
+    return {};
+  std::lock_guard lock(mu_);
+  return failure_;
+}
+
+bool GpuHandle::may_open() const {
+  return state_.load() != failed;
+}
+
+std::string GpuHandle::description() const {
+  const std::string device = "cuda:" + std::to_string(ordinal_);
+  switch (state_.load()) {
+  case opened:
+    return device + " (" + gpu_->device_name() + ")";
+  case opening:
+    return device;
+  default:
+    return std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
+  }
+}
+
+void GpuHandle::on_open(std::function<void(CudaTransformer&)> hook) {
+  std::unique_lock lock(mu_);
+  if (gpu_) {
+    lock.unlock();
+    hook(*gpu_);
+    return;
+  }
+  hook_ = std::move(hook);
+}
+
+void GpuHandle::remove_hook() {
+  std::lock_guard lock(mu_); // the opening thread runs the hook under mu_
+  hook_ = nullptr;
+}
+
+} // namespace shardshift

@@ -1,0 +1,80 @@
+// gpu_handle.h: the CUDA stage of one run, opened beside the work rather than before it.
+//
+// Opening the GPU stage costs about half a second on the H200 host (the driver, the context and
+// the pinned staging slots: docs/PERFORMANCE.md, "GPU or CPU"), as long as a whole conversion of
+// a few GB takes on 16 cores. Waiting for it made `--device cuda` slower than `--device cpu`
+// whenever the CPU alone was fast. So a GpuHandle opens the device on a thread of its own while
+// the pipeline starts on the CPU: the transform stage asks get() for each chunk and sends chunks
+// to the GPU once it is there (and once the DeviceRouter finds it the cheaper device). The bytes
+// are the same on either device, so when the GPU arrives changes only the time.
+//
+// Buffers that the GPU writes into must be page-locked. The buffer pool pins the buffers it made
+// before the GPU arrived from a hook that runs on the opening thread before get() publishes the
+// device (on_open), so no chunk reaches the GPU with a buffer that is not pinned.
+//
+// Thread-safety: get(), failed(), wait(), description() and the hooks are thread-safe; the handle
+// is created and destroyed by one thread (the destructor waits for the opening to end).
+#pragma once
+
+#include "shardshift/status.h"
+
+#include "cuda_transform.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace shardshift {
+
+class GpuHandle {
+public:
+  /// Starts opening CUDA device `ordinal` with `slots` staging sets of `chunk_bytes`
+  /// (CudaTransformer::create). `required` (an explicit --device cuda): a failure to open fails
+  /// the run (required_status); otherwise the run goes on without the GPU.
+  GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required);
+  ~GpuHandle();
+  GpuHandle(const GpuHandle&) = delete;
+  GpuHandle& operator=(const GpuHandle&) = delete;
+
+  /// The open GPU stage; nullptr while it is opening or if it could not be opened.
+  CudaTransformer* get() const { return ready_.load(std::memory_order_acquire); }
+  /// Blocks until the opening has ended (successfully or not).
+  void wait();
+  /// ok, or, when the device is required and could not be opened, why (without waiting).
+  Status required_status() const;
+  /// Whether it was asked for by name (--device cuda[:N]) rather than allowed by auto.
+  bool required() const { return required_; }
+  /// "cuda:N (name)" once open, "cuda:N" while opening, "cpu (level)" when it could not be.
+  std::string description() const;
+  /// Whether get() may still return a device (opening, or open).
+  bool may_open() const;
+
+  /// Runs `hook` with the device once it is open: on the opening thread before get() returns
+  /// it, or at once on the calling thread when it already has. One hook at a time.
+  void on_open(std::function<void(CudaTransformer&)> hook);
+  /// Removes the hook; when this returns, the hook is not running and will not run.
+  void remove_hook();
+
+private:
+  void open(uint64_t chunk_bytes, unsigned slots);
+
+  enum State { opening, opened, failed };
+
+  const int ordinal_;
+  const bool required_;
+  std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_
+  std::atomic<CudaTransformer*> ready_{nullptr};
+  std::atomic<int> state_{opening}; ///< read without mu_ on every chunk
+  mutable std::mutex mu_;
+  std::condition_variable done_cv_;
+  Status failure_; ///< guarded by mu_: why the device could not be opened
+  std::function<void(CudaTransformer&)> hook_; ///< guarded by mu_
+  std::thread thread_;
+};
+
+} // namespace shardshift
