@@ -21,36 +21,26 @@ __device__ __forceinline__ uint4 widen_low(uint32_t a, uint32_t b) {
                     __byte_perm(b, 0, 0x4342));
 }
 
-template <int UNROLL, bool STREAM>
-__global__ void __launch_bounds__(THREADS) widen16_kernel(const uint4* in, uint4* out, uint64_t n) {
-  const uint64_t stride = uint64_t(gridDim.x) * THREADS;
-  for (uint64_t i = uint64_t(blockIdx.x) * THREADS + threadIdx.x; i < n; i += stride * UNROLL) {
-    uint4 x[UNROLL];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u)
-      if (i + u * stride < n)
-        x[u] = in[i + u * stride];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u)
-      if (i + u * stride < n) {
-        const uint4 a = widen_low(x[u].x, x[u].y), b = widen_low(x[u].z, x[u].w);
-        if constexpr (STREAM) {
-          __stcs(&out[2 * (i + u * stride)], a);
-          __stcs(&out[2 * (i + u * stride) + 1], b);
-        } else {
-          out[2 * (i + u * stride)] = a;
-          out[2 * (i + u * stride) + 1] = b;
-        }
-      }
-  }
+__device__ __forceinline__ uint32_t word(const uint2& v, int i) { return i == 0 ? v.x : v.y; }
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-// n: 8-byte input words; thread i reads word i and writes 16-byte output word i.
-template <int UNROLL>
-__global__ void __launch_bounds__(THREADS) widen8_kernel(const uint2* in, uint4* out, uint64_t n) {
+template <bool STREAM> __device__ __forceinline__ void put(uint4* p, uint4 v) {
+  if constexpr (STREAM)
+    __stcs(p, v);
+  else
+    *p = v;
+}
+
+// n input vectors of In (8 or 16 bytes); thread i reads vector i and writes its 16-byte output
+// vectors (one or two, adjacent), UNROLL vectors in flight.
+template <class In, int UNROLL, bool STREAM>
+__global__ void __launch_bounds__(THREADS) widen_kernel(const In* in, uint4* out, uint64_t n) {
+  constexpr int OUTS = sizeof(In) / 8;
   const uint64_t stride = uint64_t(gridDim.x) * THREADS;
   for (uint64_t i = uint64_t(blockIdx.x) * THREADS + threadIdx.x; i < n; i += stride * UNROLL) {
-    uint2 x[UNROLL];
+    In x[UNROLL];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u)
       if (i + u * stride < n)
@@ -58,7 +48,10 @@ __global__ void __launch_bounds__(THREADS) widen8_kernel(const uint2* in, uint4*
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u)
       if (i + u * stride < n)
-        out[i + u * stride] = widen_low(x[u].x, x[u].y);
+#pragma unroll
+        for (int o = 0; o < OUTS; ++o)
+          put<STREAM>(&out[OUTS * (i + u * stride) + o],
+                      widen_low(word(x[u], 2 * o), word(x[u], 2 * o + 1)));
   }
 }
 
@@ -111,25 +104,23 @@ __global__ void __launch_bounds__(THREADS)
 
 cudaError_t launch_widen_floor(const void* in, void* out, uint64_t in_bytes, cudaStream_t stream,
                                FloorLayout layout) {
+  const auto* in16 = static_cast<const uint4*>(in);
+  const auto* in8 = static_cast<const uint2*>(in);
+  auto* o = static_cast<uint4*>(out);
+  const uint64_t n16 = in_bytes / 16, n8 = in_bytes / 8;
   switch (layout) {
   case FloorLayout::load16:
-  case FloorLayout::load16_streaming: {
-    const uint64_t n = in_bytes / 16;
-    auto* k = layout == FloorLayout::load16 ? widen16_kernel<4, false> : widen16_kernel<4, true>;
-    k<<<grid(n, 4), THREADS, 0, stream>>>(static_cast<const uint4*>(in), static_cast<uint4*>(out), n);
+    widen_kernel<uint4, 4, false><<<grid(n16, 4), THREADS, 0, stream>>>(in16, o, n16);
     break;
-  }
+  case FloorLayout::load16_streaming:
+    widen_kernel<uint4, 4, true><<<grid(n16, 4), THREADS, 0, stream>>>(in16, o, n16);
+    break;
   case FloorLayout::load8:
-  case FloorLayout::load8_deep: {
-    const uint64_t n = in_bytes / 8;
-    if (layout == FloorLayout::load8)
-      widen8_kernel<4><<<grid(n, 4), THREADS, 0, stream>>>(static_cast<const uint2*>(in),
-                                                           static_cast<uint4*>(out), n);
-    else
-      widen8_kernel<8><<<grid(n, 8), THREADS, 0, stream>>>(static_cast<const uint2*>(in),
-                                                           static_cast<uint4*>(out), n);
+    widen_kernel<uint2, 4, false><<<grid(n8, 4), THREADS, 0, stream>>>(in8, o, n8);
     break;
-  }
+  case FloorLayout::load8_deep:
+    widen_kernel<uint2, 8, false><<<grid(n8, 8), THREADS, 0, stream>>>(in8, o, n8);
+    break;
   }
   return cudaGetLastError();
 }
