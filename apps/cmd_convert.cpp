@@ -168,6 +168,11 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
 }
 
 std::string summary_line(const ConvertSummary& s, const std::string& output, double rate) {
+  // With a GPU, the CPU takes the chunks the GPU was not worth or free for (and all of them
+  // while it opens): say how much the GPU did.
+  std::string device = s.device;
+  if (device.rfind("cuda", 0) == 0)
+    device += ", " + format_bytes(s.gpu_bytes) + " of it on the GPU";
   char buf[1024];
   std::snprintf(buf, sizeof buf,
                 "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
@@ -177,7 +182,7 @@ std::string summary_line(const ConvertSummary& s, const std::string& output, dou
                 output.c_str(), format_bytes(s.output_bytes).c_str(), s.seconds,
                 format_rate(rate).c_str(),
                 format_bytes(s.zero_copy_bytes + s.fallback_copy_bytes).c_str(),
-                format_bytes(s.transformed_bytes).c_str(), s.device.c_str(),
+                format_bytes(s.transformed_bytes).c_str(), device.c_str(),
                 format_bytes(s.peak_rss).c_str());
   return buf;
 }
@@ -337,8 +342,9 @@ void add_convert_flags(ConvertFlags& f) {
                     "Where expert tensors are transformed and FP8 weights dequantized: auto "
                     "(a usable GPU where it was measured faster: at most 2 threads, or a CPU "
                     "without SIMD kernels; for FP8 only without AVX-512; else the CPU), cpu, "
-                    "cuda (GPU 0, beside the CPU) or cuda:N (GPU number N); the bytes are the "
-                    "same on every device. Example: --device cuda:1")("force", "Replace OUT if it exists.")(
+                    "cuda (GPU 0, beside the CPU, which starts while the GPU opens) or cuda:N (GPU "
+                    "number N); the bytes are the same on every device; the summary says how "
+                    "much the GPU did. Example: --device cuda:1")("force", "Replace OUT if it exists.")(
       "resume", "Continue a run into the same OUT that was killed, interrupted or failed: its "
                 "finished files are kept (when the same input files and flags give the same "
                 "plan) and only the rest is converted; if this run fails too, what "
