@@ -231,22 +231,25 @@ __device__ __forceinline__ void dequantize(const Vec<typename In<S>::type>& x, f
   }
 }
 
+/// Two non-NaN floats rounded to D (16-bit) by the hardware's round-to-nearest-even pair
+/// conversion and packed, low first: narrow2() for values that cannot be NaN.
+template <DType D> __device__ __forceinline__ uint32_t round2(float a, float b) {
+  if constexpr (D == DType::BF16) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
 /// Two floats rounded to D (16-bit) and packed, low first: the hardware's round-to-nearest-even
 /// pair conversion, which matches f32_to_bf16_rne / f32_to_f16_rne for every non-NaN value
 /// (subnormals kept, overflow to infinity), and NaN lanes set to the canonical NaN with the
 /// value's sign as those functions do.
 template <DType D> __device__ __forceinline__ uint32_t narrow2(float a, float b) {
-  uint32_t bits;
-  uint32_t canonical;
-  if constexpr (D == DType::BF16) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    bits = *reinterpret_cast<const uint32_t*>(&h);
-    canonical = BF16_CANONICAL_NAN;
-  } else {
-    const __half2 h = __floats2half2_rn(a, b);
-    bits = *reinterpret_cast<const uint32_t*>(&h);
-    canonical = F16_CANONICAL_NAN;
-  }
+  const uint32_t canonical = D == DType::BF16 ? BF16_CANONICAL_NAN : F16_CANONICAL_NAN;
+  uint32_t bits = round2<D>(a, b);
   if (isnan(a))
     bits = (bits & 0xFFFF0000u) | ((__float_as_uint(a) >> 16) & 0x8000u) | canonical;
   if (isnan(b))
@@ -396,8 +399,10 @@ template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows_kern
 // span: half of every 32-byte sector. Device memory takes such writes at about 0.58 of a copy's
 // rate (cuda_bench's floors), whatever the arithmetic. With 8 input bytes per thread, each store
 // instruction covers whole sectors (0.83 of a copy). For FP8 weights and 16-bit results (the
-// DeepSeek-V3 case) the two kernels below use that layout when the shape and pointers allow;
-// the arithmetic is dequantize()'s and narrow2()'s, so the bits are the same.
+// DeepSeek-V3 case) the rows kernel below uses that layout when the shape and pointers allow;
+// the arithmetic is dequantize()'s and narrow2()'s, so the bits are the same. (A transposed
+// kernel in that layout, each thread an 8 x 8 block transposed in registers, ran at 0.27 of a
+// copy against the shared-memory tile's 0.48, and was dropped: docs/PERFORMANCE.md.)
 
 /// Eight FP8 codes (two words) times `scale`, rounded in pairs to D and packed (four words):
 /// dequantize()'s arithmetic on half a vector.
@@ -416,7 +421,9 @@ __device__ __forceinline__ void dequant8(uint32_t w0, uint32_t w1, float scale, 
   for (int k = 0; k < 4; ++k) {
     float lo, hi;
     decode_fp8x2<S>(((k < 2 ? w0 : w1) >> (k % 2 * 16)) & 0xFFFFu, lo, hi);
-    out[k] = fast ? narrow2<D>(__fmul_rn(lo, scale), __fmul_rn(hi, scale))
+    // No product of the fast path is NaN (finite codes times a finite non-zero scale), so the
+    // hardware pair rounding needs none of narrow2's NaN fix-ups.
+    out[k] = fast ? round2<D>(__fmul_rn(lo, scale), __fmul_rn(hi, scale))
                   : narrow2<D>(mul_f32(lo, scale), mul_f32(hi, scale));
   }
 }
@@ -450,52 +457,11 @@ template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows8_ker
   }
 }
 
-// out[k][r] = deq(W[r][begin + k]): each thread an 8 x 8 block of W (8 rows, 8 columns), read
-// as 8 words and written, transposed in registers, as 8 output rows of 16 bytes. A warp is 4
-// threads down the rows by 8 across the columns, so each load instruction reads 64 contiguous
-// bytes of 4 rows and each store writes 64 contiguous bytes of 8 output rows: whole sectors,
-// no shared memory. The 8 x 8 block lies in one scale block (block >= 64, both aligned to 8).
-// grid.x: 64-column groups of [begin, begin + count); grid.y: 256-row groups (8 warps of 32).
-// REQUIRES: R, C, begin, count multiples of 8; src 8-byte and dst 16-byte aligned; pitch % 8 == 0.
-template <DType S, DType D> __global__ void __launch_bounds__(THREADS) transposed8_kernel(Geometry g) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const uint64_t k0 = uint64_t(blockIdx.x) * 64 + (lane % 8) * 8; // first output row (column of W)
-  const uint64_t r0 = uint64_t(blockIdx.y) * 256 + warp * 32 + (lane / 8) * 8; // first row of W
-  if (k0 >= g.count || r0 >= g.R)
-    return;
-  const uint64_t j0 = g.begin + k0;
-  const uint8_t* src = reinterpret_cast<const uint8_t*>(g.src);
-  uint2 x[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i)
-    x[i] = *reinterpret_cast<const uint2*>(src + (r0 + i) * g.C + j0);
-  const float scale = load_scale(g, r0 >> g.block_shift, j0 >> g.block_shift);
-  uint32_t p[8][4]; // p[i][m]: row r0 + i, columns j0 + 2m and j0 + 2m + 1, packed
-#pragma unroll
-  for (int i = 0; i < 8; ++i)
-    dequant8<S, D>(x[i].x, x[i].y, scale, p[i]);
-  uint16_t* dst = reinterpret_cast<uint16_t*>(g.dst);
-#pragma unroll
-  for (int c = 0; c < 8; ++c) {
-    // Output row k0 + c holds column j0 + c of rows r0 .. r0 + 7: the low (c even) or high
-    // (c odd) halves of p[2w][c / 2] and p[2w + 1][c / 2], paired.
-    const uint32_t sel = c % 2 == 0 ? 0x5410u : 0x7632u;
-    const uint4 y = make_uint4(__byte_perm(p[0][c / 2], p[1][c / 2], sel),
-                               __byte_perm(p[2][c / 2], p[3][c / 2], sel),
-                               __byte_perm(p[4][c / 2], p[5][c / 2], sel),
-                               __byte_perm(p[6][c / 2], p[7][c / 2], sel));
-    *reinterpret_cast<uint4*>(dst + (k0 + c) * g.pitch + r0) = y;
-  }
-}
-
-/// Whether the 8-byte-layout kernels take the call (their REQUIRES).
-bool fits_layout8(const DequantArgs& a, uint64_t pitch) {
+/// Whether rows8_kernel takes the call (its REQUIRES).
+bool fits_rows8(const DequantArgs& a, uint64_t pitch) {
   const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
-  if (addr(a.src) % 8 != 0 || addr(a.dst) % 16 != 0 || pitch % 8 != 0 || a.C % 8 != 0)
-    return false;
-  if (a.transpose)
-    return a.R % 8 == 0 && a.begin % 8 == 0 && a.count % 8 == 0 && a.R / 256 < 65535;
-  return a.count * (a.C / 8) < (uint64_t(1) << 32);
+  return !a.transpose && addr(a.src) % 8 == 0 && addr(a.dst) % 16 == 0 && pitch % 8 == 0 &&
+         a.C % 8 == 0 && a.count * (a.C / 8) < (uint64_t(1) << 32);
 }
 
 bool aligned16(const void* p) {
@@ -533,16 +499,11 @@ template <DType S, DType D> cudaError_t launch(const DequantArgs& a, cudaStream_
   // Enough blocks to fill every multiprocessor several times over, each with work to walk.
   const uint64_t target_blocks = uint64_t(multiprocessors()) * 8;
   if constexpr (is_fp8(S) && D != DType::F32) {
-    if (fits_layout8(a, g.pitch)) {
-      if (a.transpose) {
-        const dim3 grid(unsigned((a.count + 63) / 64), unsigned((a.R + 255) / 256));
-        transposed8_kernel<S, D><<<grid, THREADS, 0, stream>>>(g);
-      } else {
-        const uint64_t words = a.count * (a.C / 8);
-        const uint64_t blocks =
-            std::clamp<uint64_t>((words + THREADS * 4 - 1) / (THREADS * 4), 1, target_blocks);
-        rows8_kernel<S, D><<<unsigned(blocks), THREADS, 0, stream>>>(g);
-      }
+    if (fits_rows8(a, g.pitch)) {
+      const uint64_t words = a.count * (a.C / 8);
+      const uint64_t blocks =
+          std::clamp<uint64_t>((words + THREADS * 4 - 1) / (THREADS * 4), 1, target_blocks);
+      rows8_kernel<S, D><<<unsigned(blocks), THREADS, 0, stream>>>(g);
       return cudaGetLastError();
     }
   }
