@@ -30,7 +30,7 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
   // dequantization on the GPU").
   const SimdLevel simd = detect_simd_level();
   const unsigned most = dequantizes && simd == SimdLevel::avx512 ? 0 : 2;
-  if (device == "auto" && (threads > most && simd != SimdLevel::portable))
+  if (device == "auto" && threads > most && simd != SimdLevel::portable)
     return std::unique_ptr<GpuHandle>();
   // Counting devices (the driver's start, 0.1-0.2 s on the H200 host) stays before the work: a
   // machine without one sizes the pipeline without staging slots, and one asked for by name and
