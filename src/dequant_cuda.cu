@@ -181,24 +181,28 @@ __device__ __forceinline__ void store(T* p, const Vec<T>& y, int n, bool vector)
       p[e] = y.get(e);
 }
 
+/// Non-zero where a byte of `w` (four FP8 codes) is a NaN code.
+template <DType S> __device__ __forceinline__ uint32_t nan_codes(uint32_t w) {
+  return S == DType::F8_E4M3 ? __vcmpeq4(w & 0x7F7F7F7Fu, 0x7F7F7F7Fu)
+                             : __vcmpgeu4(w & 0x7F7F7F7Fu, 0x7D7D7D7Du);
+}
+
+/// A scale no FP8 value can make a NaN product with: finite and not zero.
+__device__ __forceinline__ bool usable_scale(float scale) {
+  return isfinite(scale) && scale != 0.0f;
+}
+
 /// Whether no product of `x` and `scale` can be NaN: the scale is finite and not zero, and no
 /// code of `x` is a NaN (E4M3 S.1111.111; E5M2 S.11111.xx with xx != 0). Then the plain IEEE
 /// multiply gives mul_f32's bits without its NaN check.
 template <DType S>
 __device__ __forceinline__ bool no_nan_products(const Vec<typename In<S>::type>& x, float scale) {
-  if (!isfinite(scale) || scale == 0.0f)
-    return false;
-  if constexpr (S == DType::F8_E4M3 || S == DType::F8_E5M2) {
-    const uint32_t nan = S == DType::F8_E4M3 ? 0x7F7F7F7Fu : 0x7D7D7D7Du;
-    uint32_t any = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      any |= S == DType::F8_E4M3 ? __vcmpeq4(x.word(i) & 0x7F7F7F7Fu, nan)
-                                 : __vcmpgeu4(x.word(i) & 0x7F7F7F7Fu, nan);
-    return any == 0;
-  } else {
+  if constexpr (S == DType::F8_E4M3 || S == DType::F8_E5M2)
+    return usable_scale(scale) &&
+           (nan_codes<S>(x.word(0)) | nan_codes<S>(x.word(1)) | nan_codes<S>(x.word(2)) |
+            nan_codes<S>(x.word(3))) == 0;
+  else
     return false; // 16- and 32-bit weights: the checked multiply
-  }
 }
 
 /// The elements of `x` as floats times `scale` (mul_f32: canonical NaN with the product's sign).
@@ -408,15 +412,7 @@ template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows_kern
 /// dequantize()'s arithmetic on half a vector.
 template <DType S, DType D>
 __device__ __forceinline__ void dequant8(uint32_t w0, uint32_t w1, float scale, uint32_t out[4]) {
-  bool fast = isfinite(scale) && scale != 0.0f;
-  {
-    const uint32_t nan = S == DType::F8_E4M3 ? 0x7F7F7F7Fu : 0x7D7D7D7Du;
-    const uint32_t any =
-        S == DType::F8_E4M3
-            ? __vcmpeq4(w0 & 0x7F7F7F7Fu, nan) | __vcmpeq4(w1 & 0x7F7F7F7Fu, nan)
-            : __vcmpgeu4(w0 & 0x7F7F7F7Fu, nan) | __vcmpgeu4(w1 & 0x7F7F7F7Fu, nan);
-    fast = fast && any == 0;
-  }
+  const bool fast = usable_scale(scale) && (nan_codes<S>(w0) | nan_codes<S>(w1)) == 0;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     float lo, hi;

@@ -118,17 +118,15 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());
-  if (!e.gpu)
-    size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
   if (e.gpu && options.wait_for_gpu) {
     e.gpu->wait();
     if (Status s = e.gpu->required_status(); !s)
       return s;
-    if (!e.gpu->get()) { // auto, and it did not open: the CPU alone, without staging slots
+    if (!e.gpu->get()) // auto, and it did not open
       e.gpu.reset();
-      size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
-    }
   }
+  if (!e.gpu) // the CPU alone: no staging slots to budget for
+    size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
   c.gpu = e.gpu.get();
   c.io = &io;
   c.cancel = options.cancel;

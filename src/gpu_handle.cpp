@@ -14,7 +14,6 @@ GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool req
 
 GpuHandle::~GpuHandle() {
   thread_.join();
-  ready_.store(nullptr);
 }
 
 void GpuHandle::open(uint64_t chunk_bytes, unsigned slots) {
@@ -35,8 +34,7 @@ void GpuHandle::open(uint64_t chunk_bytes, unsigned slots) {
     gpu_ = std::move(gpu);
     if (hook_)
       hook_(*gpu_); // before publishing: nothing reaches the GPU before the hook has run
-    ready_.store(gpu_.get(), std::memory_order_release);
-    state_.store(opened);
+    state_.store(opened, std::memory_order_release);
   } else {
     failure_ = failure;
     state_.store(failed);

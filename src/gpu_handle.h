@@ -1,7 +1,7 @@
 // gpu_handle.h: the CUDA stage of one run, opened beside the work rather than before it.
 //
 // Opening the GPU stage costs about half a second on the H200 host (the driver, the context and
-// the pinned staging slots: docs/PERFORMANCE.md, "GPU or CPU"), as long as a whole conversion of
+// the pinned staging slots: docs/PERFORMANCE.md, "Opening the GPU beside the work"), as long as a whole conversion of
 // a few GB takes on 16 cores. Waiting for it made `--device cuda` slower than `--device cpu`
 // whenever the CPU alone was fast. So a GpuHandle opens the device on a thread of its own while
 // the pipeline starts on the CPU: the transform stage asks get() for each chunk and sends chunks
@@ -12,7 +12,7 @@
 // before the GPU arrived from a hook that runs on the opening thread before get() publishes the
 // device (on_open), so no chunk reaches the GPU with a buffer that is not pinned.
 //
-// Thread-safety: get(), failed(), wait(), description() and the hooks are thread-safe; the handle
+// Thread-safety: every member is thread-safe but construction and destruction; the handle
 // is created and destroyed by one thread (the destructor waits for the opening to end).
 #pragma once
 
@@ -42,7 +42,9 @@ public:
   GpuHandle& operator=(const GpuHandle&) = delete;
 
   /// The open GPU stage; nullptr while it is opening or if it could not be opened.
-  CudaTransformer* get() const { return ready_.load(std::memory_order_acquire); }
+  CudaTransformer* get() const {
+    return state_.load(std::memory_order_acquire) == opened ? gpu_.get() : nullptr;
+  }
   /// Blocks until the opening has ended (successfully or not).
   void wait();
   /// ok, or, when the device is required and could not be opened, why (without waiting).
@@ -67,9 +69,8 @@ private:
 
   const int ordinal_;
   const bool required_;
-  std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_
-  std::atomic<CudaTransformer*> ready_{nullptr};
-  std::atomic<int> state_{opening}; ///< read without mu_ on every chunk
+  std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_, before state_
+  std::atomic<int> state_{opening}; ///< read without mu_ on every chunk; opened publishes gpu_
   mutable std::mutex mu_;
   std::condition_variable done_cv_;
   Status failure_; ///< guarded by mu_: why the device could not be opened

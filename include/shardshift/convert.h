@@ -61,7 +61,7 @@ struct ConvertOptions {
   bool checksums = false; ///< --checksums: SHA-256 of every output file, written as SHA256SUMS
   /// With a GPU: start moving bytes only once it is open (tests and benchmarks of the GPU path).
   /// By default it opens beside the work, which starts on the CPU, and takes chunks once it is
-  /// there (README "Devices").
+  /// there (README, `convert`: `--device cuda`).
   bool wait_for_gpu = false;
 };
 
