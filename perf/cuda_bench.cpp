@@ -408,23 +408,25 @@ void bench_dequant(const DequantCase& k, double ceiling) {
   std::byte* scales = nullptr;
   check(cudaMalloc(reinterpret_cast<void**>(&scales), scale_bytes), "cudaMalloc");
   check(cudaMemcpy(scales, host_scales.data(), scale_bytes, cudaMemcpyHostToDevice), "scales");
-  const double t = time_events(nullptr, g_quick ? 5 : 15, [&](int r) {
-    const int s = (r + sets) % sets;
-    for (uint64_t p = 0; p < k.pieces; ++p) {
-      DequantArgs a;
-      a.src = in[s] + p * in_piece;
-      a.scales = scales;
-      a.dst = out[s] + p * out_piece + k.col * out_es;
-      a.R = k.R;
-      a.C = k.C;
-      a.transpose = k.transpose;
-      a.begin = 0;
-      a.count = rows;
-      a.dst_pitch = k.pitch;
-      a.src_dtype = k.src;
-      a.dst_dtype = k.dst;
-      check(launch_dequant(a, nullptr), k.name);
-    }
+  auto piece = [&](int s, uint64_t p) {
+    DequantArgs a;
+    a.src = in[s] + p * in_piece;
+    a.scales = scales;
+    a.dst = out[s] + p * out_piece + k.col * out_es;
+    a.R = k.R;
+    a.C = k.C;
+    a.transpose = k.transpose;
+    a.begin = 0;
+    a.count = rows;
+    a.dst_pitch = k.pitch;
+    a.src_dtype = k.src;
+    a.dst_dtype = k.dst;
+    return a;
+  };
+  const int reps = g_quick ? 5 : 15;
+  const double t = time_events(nullptr, reps, [&](int r) {
+    for (uint64_t p = 0; p < k.pieces; ++p)
+      check(launch_dequant(piece((r + sets) % sets, p), nullptr), k.name);
   });
   check(cudaDeviceSynchronize(), k.name);
   // Moved: every input byte once, every output element written once (a stacked piece writes
@@ -432,6 +434,16 @@ void bench_dequant(const DequantCase& k, double ceiling) {
   const uint64_t written = rows * (k.transpose ? k.R : k.C) * out_es;
   const double moved = double(k.pieces) * double(in_piece + written);
   line(std::string("(e) ") + k.name, gbps(moved, t), ceiling);
+  if (k.pieces > 1) { // the pieces as the CUDA stage launches a chunk's: one batch
+    std::vector<DequantArgs> batch(k.pieces);
+    const double b = time_events(nullptr, reps, [&](int r) {
+      for (uint64_t p = 0; p < k.pieces; ++p)
+        batch[p] = piece((r + sets) % sets, p);
+      check(launch_dequant_batch(batch.data(), batch.size(), nullptr), k.name);
+    });
+    check(cudaDeviceSynchronize(), k.name);
+    line(std::string("(e) ") + k.name + ", one batch", gbps(moved, b), ceiling);
+  }
   for (int s = 0; s < sets; ++s) {
     cudaFree(in[s]);
     cudaFree(out[s]);

@@ -568,13 +568,16 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
   const uint64_t t1 = steady_ns();
   if (Status st = check(cudaEventRecord(s.events[H2D_END], s.stream), "cudaEventRecord"); !st)
     return st;
+  std::vector<DequantArgs> dev(parts.size());
   for (size_t i = 0; i < parts.size(); ++i) {
-    DequantArgs dev = rebase_dequant(parts[i].args, regions[i], s.dev_in + offsets[i],
-                                     s.dev_scales + scale_offsets[i]);
-    dev.dst = s.dev_out + parts[i].dst_offset;
-    if (Status st = check(launch_dequant(dev, s.stream), "dequant kernel launch"); !st)
-      return st;
+    dev[i] = rebase_dequant(parts[i].args, regions[i], s.dev_in + offsets[i],
+                            s.dev_scales + scale_offsets[i]);
+    dev[i].dst = s.dev_out + parts[i].dst_offset;
   }
+  if (Status st = check(launch_dequant_batch(dev.data(), dev.size(), s.stream),
+                        "dequant kernel launch");
+      !st)
+    return st;
   return download_and_wait(s, dst, dst_bytes, timings, t1 - t0);
 }
 

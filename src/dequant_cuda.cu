@@ -12,14 +12,15 @@
 // non-NaN value, NaN lanes being set to the canonical NaN by hand. Nothing here depends on -ftz
 // or on fused multiply-adds: there is no add.
 //
-// Transposed calls (a stacked expert piece: out[k][r] = deq(W[r][begin + k])) go through a
-// 64 x 64 tile in shared memory: the block reads 64 rows of 64 columns with 16-byte loads, keeps
-// the products as floats in a padded tile (at most 2-way bank conflicts), then writes 64 output
-// rows of 64 elements with 16-byte stores; each block walks a strip of tiles down the rows, the
-// next tile's loads in flight while the current one is written. A tile lies inside one
-// 128 x 128 scale block (the region starts on a block boundary, tiles on multiples of 64), so it
-// reads one scale. Plain calls (rows of W) are elementwise: each block walks output rows, each
-// thread 16 input bytes at a time, two loads in flight.
+// Transposed calls (a stacked expert piece: out[k][r] = deq(W[r][begin + k])) go through a tile
+// in shared memory, each block walking a strip of tiles down the rows with the next tile's loads
+// in flight while the current one is written. FP8 into 16-bit results with shapes in multiples
+// of 8 (every real checkpoint) take transposed8_kernel: 128 x 64 tiles of packed 16-bit pairs,
+// 8-byte loads and whole-line 16-byte stores. Other calls take transposed_kernel: 64 x 64 tiles
+// of floats, 16-byte loads; such a tile lies inside one scale block (blocks are powers of two
+// >= 64), so it reads one scale. Plain calls (rows of W) are elementwise: FP8 into 16-bit
+// results in the 8-byte layout (rows8_kernel), the rest with each block walking output rows,
+// each thread 16 input bytes at a time, two loads in flight.
 // Rows that are not 16-byte aligned (odd widths, pitches or pointers) take element-wise loads and
 // stores; the arithmetic is the same.
 #include "dequant_cuda.h"
@@ -401,27 +402,178 @@ template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows_kern
 // The kernels above give each thread 16 input bytes, so each thread writes 32 output bytes with
 // two 16-byte stores, and each store instruction of a warp covers every other 16 bytes of its
 // span: half of every 32-byte sector. Device memory takes such writes at about 0.58 of a copy's
-// rate (cuda_bench's floors), whatever the arithmetic. With 8 input bytes per thread, each store
-// instruction covers whole sectors (0.83 of a copy). For FP8 weights and 16-bit results (the
-// DeepSeek-V3 case) the rows kernel below uses that layout when the shape and pointers allow;
-// the arithmetic is dequantize()'s and narrow2()'s, so the bits are the same. (A transposed
-// kernel in that layout, each thread an 8 x 8 block transposed in registers, ran at 0.27 of a
-// copy against the shared-memory tile's 0.48, and was dropped: docs/PERFORMANCE.md.)
+// rate (cuda_bench's floors), whatever the arithmetic. With 8 input bytes per 16-byte store,
+// each store instruction covers whole sectors (0.83 of a copy). For FP8 weights and 16-bit
+// results (the DeepSeek-V3 case) the kernels below use that layout, by rows and transposed, when
+// the shape and pointers allow; the arithmetic is dequantize()'s and narrow2()'s, so the bits
+// are the same. (A transposed kernel with each thread an 8 x 8 block transposed in registers ran
+// at 0.27 of a copy and was dropped: docs/PERFORMANCE.md.)
 
-/// Eight FP8 codes (two words) times `scale`, rounded in pairs to D and packed (four words):
-/// dequantize()'s arithmetic on half a vector.
+/// Two products of FP8 values with `scale`, rounded to D (16-bit) and packed, low first. `fast`
+/// says that no product can be NaN (finite codes times a finite non-zero scale): then plain
+/// multiplies and the hardware pair rounding, which need none of narrow2's NaN fix-ups.
+template <DType D>
+__device__ __forceinline__ uint32_t product2(bool fast, float lo, float hi, float scale) {
+  return fast ? round2<D>(__fmul_rn(lo, scale), __fmul_rn(hi, scale))
+              : narrow2<D>(mul_f32(lo, scale), mul_f32(hi, scale));
+}
+
+/// Whether no product of the FP8 codes in `w0`, `w1` with `scale` can be NaN.
+template <DType S>
+__device__ __forceinline__ bool no_nan_products8(uint32_t w0, uint32_t w1, float scale) {
+  return usable_scale(scale) && (nan_codes<S>(w0) | nan_codes<S>(w1)) == 0;
+}
+
+/// Codes 2k and 2k + 1 of the eight in `w` (a row's 8-byte word), as floats.
+template <DType S> __device__ __forceinline__ void decode_pair(uint2 w, int k, float& lo, float& hi) {
+  decode_fp8x2<S>(((k < 2 ? w.x : w.y) >> (k % 2 * 16)) & 0xFFFFu, lo, hi);
+}
+
+/// Eight FP8 codes (one word of a row) times `scale`, rounded in pairs to D and packed (four
+/// words): dequantize()'s arithmetic on half a vector.
 template <DType S, DType D>
-__device__ __forceinline__ void dequant8(uint32_t w0, uint32_t w1, float scale, uint32_t out[4]) {
-  const bool fast = usable_scale(scale) && (nan_codes<S>(w0) | nan_codes<S>(w1)) == 0;
+__device__ __forceinline__ void dequant8(uint2 w, float scale, uint32_t out[4]) {
+  const bool fast = no_nan_products8<S>(w.x, w.y, scale);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     float lo, hi;
-    decode_fp8x2<S>(((k < 2 ? w0 : w1) >> (k % 2 * 16)) & 0xFFFFu, lo, hi);
-    // No product of the fast path is NaN (finite codes times a finite non-zero scale), so the
-    // hardware pair rounding needs none of narrow2's NaN fix-ups.
-    out[k] = fast ? round2<D>(__fmul_rn(lo, scale), __fmul_rn(hi, scale))
-                  : narrow2<D>(mul_f32(lo, scale), mul_f32(hi, scale));
+    decode_pair<S>(w, k, lo, hi);
+    out[k] = product2<D>(fast, lo, hi, scale);
   }
+}
+
+/// Eight FP8 codes of two adjacent rows (`a` above `b`, same columns) times `scale`: out[e] packs
+/// column e's two results, a's low. A transposed output row holds them in this order.
+template <DType S, DType D>
+__device__ __forceinline__ void dequant8_pairs(uint2 a, uint2 b, float scale, uint32_t out[8]) {
+  const bool fast = no_nan_products8<S>(a.x, a.y, scale) && no_nan_products8<S>(b.x, b.y, scale);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    float a0, a1, b0, b1;
+    decode_pair<S>(a, k, a0, a1);
+    decode_pair<S>(b, k, b0, b1);
+    out[2 * k] = product2<D>(fast, a0, b0, scale);
+    out[2 * k + 1] = product2<D>(fast, a1, b1, scale);
+  }
+}
+
+// The transposed calls of one batch (launch_dequant_batch), as one list of tiles: part p owns
+// tiles [first_tile[p], first_tile[p + 1]), row-major over its (row tile, column tile) grid.
+constexpr int MAX_BATCH = 32;
+struct TileBatch {
+  Geometry part[MAX_BATCH];
+  uint32_t first_tile[MAX_BATCH + 1];
+  uint32_t col_tiles[MAX_BATCH]; ///< column tiles of each part
+  int parts;
+};
+
+constexpr int TW8 = 128; ///< columns of W per transposed8 tile
+constexpr int TH8 = 64;  ///< rows of W per transposed8 tile
+
+// out[k][r] = deq(W[r][begin + k]) for FP8 W and 16-bit results, in the 8-byte layout, for every
+// part of a batch. A tile is 128 columns by 64 rows of W. Loading it, each thread takes two units
+// of 2 rows x 8 columns (two 8-byte loads each; a warp's load covers 8 rows x 32 bytes, whole
+// sectors), dequantizes them and puts each column's two 16-bit results as one 32-bit word into
+// the tile: [column][row pair], 33 words a column, so a warp's 32 words land in 32 banks. Writing
+// it, 8 threads cover an output row's 64 elements (128 bytes, a whole line) with one 16-byte
+// store each, from four words of one column (again 32 banks). The grid is persistent: block b
+// does tiles b, b + grid, ... of the batch, the next tile's loads in flight while the current
+// one is written, so neither a piece's tail nor a launch per piece leaves multiprocessors idle.
+// The scale is per unit: a unit never crosses a block.
+// REQUIRES: every part fits_transposed8().
+template <DType S, DType D>
+__global__ void __launch_bounds__(THREADS) transposed8_kernel(const __grid_constant__ TileBatch batch) {
+  constexpr int COL_WARPS = TW8 / 32;                  // warps side by side across a tile
+  constexpr int UNITS = TW8 / 8 * (TH8 / 2) / THREADS; // units per thread per tile
+  constexpr int STORES = TW8 * TH8 / 8 / THREADS;      // 16-byte stores per thread per tile
+  static_assert(UNITS >= 1 && STORES >= 1);
+  __shared__ uint32_t tile[TW8][TH8 / 2 + 1];
+  int ucol[UNITS], upair[UNITS]; // this thread's units: first column and row pair in a tile
+#pragma unroll
+  for (int u = 0; u < UNITS; ++u) {
+    const int q = threadIdx.x + u * THREADS, lane = q % 32, warp = q / 32;
+    ucol[u] = (lane % 4 + warp % COL_WARPS * 4) * 8;
+    upair[u] = lane / 4 + warp / COL_WARPS * 8;
+  }
+  const uint32_t total = batch.first_tile[batch.parts];
+  // Where tile t lies: its part, first column and first row of W.
+  struct Place {
+    int p;
+    uint64_t j0, r0;
+  };
+  auto place = [&](uint32_t t) {
+    int p = 0;
+    while (t >= batch.first_tile[p + 1])
+      ++p;
+    const Geometry& g = batch.part[p];
+    const uint32_t local = t - batch.first_tile[p];
+    return Place{p, g.begin / TW8 * TW8 + uint64_t(local % batch.col_tiles[p]) * TW8,
+                 uint64_t(local / batch.col_tiles[p]) * TH8};
+  };
+  uint2 a[UNITS], b[UNITS];
+  auto fetch = [&](const Place& at) {
+    const Geometry& g = batch.part[at.p];
+#pragma unroll
+    for (int u = 0; u < UNITS; ++u) {
+      const uint64_t r = at.r0 + 2 * upair[u], c = at.j0 + ucol[u];
+      a[u] = b[u] = make_uint2(0, 0);
+      if (r < g.R && c < g.C) {
+        const uint2* p = reinterpret_cast<const uint2*>(g.src + r * g.C + c);
+        a[u] = p[0];
+        b[u] = p[g.C / 8];
+      }
+    }
+  };
+  uint32_t t = blockIdx.x;
+  if (t >= total)
+    return;
+  Place at = place(t);
+  fetch(at);
+  for (;;) {
+    const Geometry& g = batch.part[at.p];
+#pragma unroll
+    for (int u = 0; u < UNITS; ++u) {
+      const uint64_t r = at.r0 + 2 * upair[u], c = at.j0 + ucol[u];
+      if (r >= g.R || c >= g.C)
+        continue; // no output element reads these words
+      uint32_t words[8];
+      dequant8_pairs<S, D>(a[u], b[u], load_scale(g, r >> g.block_shift, c >> g.block_shift),
+                           words);
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        tile[ucol[u] + e][upair[u]] = words[e];
+    }
+    __syncthreads();
+    const uint32_t next = t + gridDim.x;
+    const Place next_at = next < total ? place(next) : at;
+    if (next < total)
+      fetch(next_at); // in flight while this tile is written
+    uint16_t* dst = reinterpret_cast<uint16_t*>(g.dst);
+    const uint64_t end = g.begin + g.count;
+#pragma unroll
+    for (int k = 0; k < STORES; ++k) {
+      const int v = threadIdx.x + k * THREADS;
+      const int col = v / 8, seg = v % 8 * 4; // a column of W, four of its row-pair words
+      const uint64_t j = at.j0 + col, r = at.r0 + 2 * seg;
+      if (j < g.begin || j >= end || r >= g.R)
+        continue;
+      const uint4 y = make_uint4(tile[col][seg], tile[col][seg + 1], tile[col][seg + 2],
+                                 tile[col][seg + 3]);
+      *reinterpret_cast<uint4*>(dst + (j - g.begin) * g.pitch + r) = y;
+    }
+    if (next >= total)
+      return;
+    __syncthreads();
+    t = next;
+    at = next_at;
+  }
+}
+
+/// Whether transposed8_kernel takes the call (its REQUIRES).
+bool fits_transposed8(const DequantArgs& a, uint64_t pitch) {
+  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  return a.transpose && addr(a.src) % 8 == 0 && addr(a.dst) % 16 == 0 && pitch % 8 == 0 &&
+         a.R % 8 == 0 && a.C % 8 == 0;
 }
 
 // out[k][c] = deq(W[begin + k][c]), k < count, c < C: each thread one 8-byte word of a row.
@@ -447,7 +599,7 @@ template <DType S, DType D> __global__ void __launch_bounds__(THREADS) rows8_ker
       const uint32_t k = w / per_row, c = (w - k * per_row) * 8;
       const float scale = load_scale(g, (g.begin + k) >> g.block_shift, c >> g.block_shift);
       uint32_t y[4];
-      dequant8<S, D>(x[u].x, x[u].y, scale, y);
+      dequant8<S, D>(x[u], scale, y);
       *reinterpret_cast<uint4*>(dst + k * g.pitch + c) = make_uint4(y[0], y[1], y[2], y[3]);
     }
   }
@@ -476,7 +628,7 @@ int multiprocessors() {
   return count;
 }
 
-template <DType S, DType D> cudaError_t launch(const DequantArgs& a, cudaStream_t stream) {
+template <DType S, DType D> Geometry geometry(const DequantArgs& a) {
   const uint64_t in_es = dtype_bits(S) / 8, out_es = dtype_bits(D) / 8;
   Geometry g{};
   g.src = a.src;
@@ -492,6 +644,47 @@ template <DType S, DType D> cudaError_t launch(const DequantArgs& a, cudaStream_
   g.scale_dtype = a.scale_dtype;
   g.vector_loads = aligned16(a.src) && (a.C * in_es) % 16 == 0;
   g.vector_stores = aligned16(a.dst) && (g.pitch * out_es) % 16 == 0;
+  return g;
+}
+
+/// Blocks of transposed8_kernel<S, D> that fit one multiprocessor at once.
+template <DType S, DType D> int transposed8_per_sm() {
+  static const int n = [] {
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, transposed8_kernel<S, D>, THREADS,
+                                                      0) != cudaSuccess)
+      blocks = 0;
+    cudaGetLastError();
+    return blocks > 0 ? blocks : 4;
+  }();
+  return n;
+}
+
+/// One launch of transposed8_kernel for the n (<= MAX_BATCH) calls at a, every one of them
+/// non-empty and fits_transposed8(): a persistent grid of at most one full wave.
+template <DType S, DType D>
+cudaError_t launch_transposed8(const DequantArgs* a, size_t n, cudaStream_t stream) {
+  TileBatch batch{};
+  uint64_t tiles = 0;
+  for (size_t i = 0; i < n; ++i) {
+    batch.part[i] = geometry<S, D>(a[i]);
+    const uint64_t cols = (a[i].begin + a[i].count + TW8 - 1) / TW8 - a[i].begin / TW8;
+    const uint64_t rows = (a[i].R + TH8 - 1) / TH8;
+    batch.first_tile[i] = uint32_t(tiles);
+    batch.col_tiles[i] = uint32_t(cols);
+    tiles += cols * rows;
+    if (tiles > UINT32_MAX)
+      return cudaErrorInvalidConfiguration; // 2^32 tiles: 35 TB of weights in one call
+  }
+  batch.first_tile[n] = uint32_t(tiles);
+  batch.parts = int(n);
+  const uint64_t wave = uint64_t(multiprocessors()) * transposed8_per_sm<S, D>();
+  transposed8_kernel<S, D><<<unsigned(std::min(tiles, wave)), THREADS, 0, stream>>>(batch);
+  return cudaGetLastError();
+}
+
+template <DType S, DType D> cudaError_t launch(const DequantArgs& a, cudaStream_t stream) {
+  Geometry g = geometry<S, D>(a);
   // Enough blocks to fill every multiprocessor several times over, each with work to walk.
   const uint64_t target_blocks = uint64_t(multiprocessors()) * 8;
   if constexpr (is_fp8(S) && D != DType::F32) {
@@ -502,6 +695,8 @@ template <DType S, DType D> cudaError_t launch(const DequantArgs& a, cudaStream_
       rows8_kernel<S, D><<<unsigned(blocks), THREADS, 0, stream>>>(g);
       return cudaGetLastError();
     }
+    if (fits_transposed8(a, g.pitch))
+      return launch_transposed8<S, D>(&a, 1, stream);
   }
   if (a.transpose) {
     const uint64_t j_tiles = (a.begin + a.count + TILE - 1) / TILE - a.begin / TILE;
@@ -530,10 +725,21 @@ template <DType S> cudaError_t dispatch_dst(const DequantArgs& a, cudaStream_t s
   }
 }
 
+bool empty(const DequantArgs& a) {
+  return a.count == 0 || a.R == 0 || a.C == 0;
+}
+
+/// Whether a call can join a batch of transposed8_kernel.
+bool batchable(const DequantArgs& a) {
+  return is_fp8(a.src_dtype) && (a.dst_dtype == DType::BF16 || a.dst_dtype == DType::F16) &&
+         !empty(a) && a.block >= TILE && std::has_single_bit(a.block) &&
+         fits_transposed8(a, a.dst_pitch ? a.dst_pitch : a.R);
+}
+
 } // namespace
 
 cudaError_t launch_dequant(const DequantArgs& a, cudaStream_t stream) {
-  if (a.count == 0 || a.R == 0 || a.C == 0)
+  if (empty(a))
     return cudaSuccess;
   if (a.block < TILE || !std::has_single_bit(a.block))
     return cudaErrorInvalidValue;
@@ -549,6 +755,34 @@ cudaError_t launch_dequant(const DequantArgs& a, cudaStream_t stream) {
   default:
     return dispatch_dst<DType::F32>(a, stream);
   }
+}
+
+cudaError_t launch_dequant_batch(const DequantArgs* args, size_t n, cudaStream_t stream) {
+  for (size_t i = 0; i < n;) {
+    const DequantArgs& a = args[i];
+    size_t k = 0; // calls from i that share one launch
+    if (batchable(a))
+      while (k < MAX_BATCH && i + k < n && batchable(args[i + k]) &&
+             args[i + k].src_dtype == a.src_dtype && args[i + k].dst_dtype == a.dst_dtype)
+        ++k;
+    cudaError_t err = cudaSuccess;
+    if (k == 0) {
+      err = launch_dequant(a, stream);
+      k = 1;
+    } else if (a.src_dtype == DType::F8_E4M3) {
+      err = a.dst_dtype == DType::BF16
+                ? launch_transposed8<DType::F8_E4M3, DType::BF16>(args + i, k, stream)
+                : launch_transposed8<DType::F8_E4M3, DType::F16>(args + i, k, stream);
+    } else {
+      err = a.dst_dtype == DType::BF16
+                ? launch_transposed8<DType::F8_E5M2, DType::BF16>(args + i, k, stream)
+                : launch_transposed8<DType::F8_E5M2, DType::F16>(args + i, k, stream);
+    }
+    if (err != cudaSuccess)
+      return err;
+    i += k;
+  }
+  return cudaSuccess;
 }
 
 } // namespace shardshift

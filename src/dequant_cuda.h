@@ -10,6 +10,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
+
 namespace shardshift {
 
 /// Enqueues `args` on `stream`. args.src, args.scales and args.dst are device pointers (any
@@ -18,5 +20,12 @@ namespace shardshift {
 /// REQUIRES: check_dequant_supported() accepts the dtypes; args.block is a power of two >= 64
 /// (cudaErrorInvalidValue otherwise).
 cudaError_t launch_dequant(const DequantArgs& args, cudaStream_t stream);
+
+/// Enqueues args[0, n) on `stream`, in order, as launch_dequant() would each, but with as few
+/// launches as the kernels allow: consecutive transposed FP8 calls into 16-bit results (a
+/// chunk's stacked pieces) share one launch, so no piece's tail leaves the GPU half idle.
+/// Returns the first launch error. REQUIRES: as launch_dequant() for each call, and the calls'
+/// outputs do not overlap (a shared launch runs them in any order).
+cudaError_t launch_dequant_batch(const DequantArgs* args, size_t n, cudaStream_t stream);
 
 } // namespace shardshift

@@ -39,12 +39,13 @@ uint64_t width_of(const DequantArgs& a) {
 }
 
 Problem make_problem(std::mt19937_64& rng, uint64_t R, uint64_t C, bool transpose, uint64_t begin,
-                     uint64_t count, uint64_t pitch, DType src, DType scale, DType dst) {
+                     uint64_t count, uint64_t pitch, DType src, DType scale, DType dst,
+                     uint64_t block = FP8_BLOCK) {
   Problem p;
   p.w.resize(R * C * (dtype_bits(src) / 8));
   for (auto& b : p.w)
     b = std::byte(rng());
-  const uint64_t n = scale_blocks(R) * scale_blocks(C);
+  const uint64_t n = scale_blocks(R, block) * scale_blocks(C, block);
   p.s.resize(n * (dtype_bits(scale) / 8));
   for (uint64_t i = 0; i < n; ++i) {
     // Scales from 2^-12 to 2^12 and both signs, so products reach subnormals and large values.
@@ -71,6 +72,7 @@ Problem make_problem(std::mt19937_64& rng, uint64_t R, uint64_t C, bool transpos
   a.src_dtype = src;
   a.scale_dtype = scale;
   a.dst_dtype = dst;
+  a.block = block;
   p.out_bytes = count * width_of(a) * (dtype_bits(dst) / 8);
   return p;
 }
@@ -203,26 +205,31 @@ TEST_F(CudaDequant, RangesPitchesAndMisalignedPointers) {
   }
 }
 
-// FP8 weights into 16-bit results whose shapes, ranges, pitches and pointers are multiples of 8
-// take the kernels of the 8-byte layout (dequant_cuda.cu); random bytes include NaN codes, so
-// both the plain and the checked multiply run. Against the CPU, bit for bit.
+// FP8 weights into 16-bit results whose shapes, pitches and pointers are multiples of 8 take the
+// kernels of the 8-byte layout (dequant_cuda.cu): rows whose range is too, and transposed calls
+// with any range (output rows are masked one by one); blocks of 64 put two scale columns in one
+// 128-column tile. Random bytes include NaN codes, so both the plain and the checked multiply
+// run. Against the CPU, bit for bit.
 TEST_F(CudaDequant, AlignedShapesMatchTheCpu) {
   const uint64_t seed = testing::test_seed();
   std::mt19937_64 rng(seed);
-  for (int i = 0; i < 40; ++i) {
+  for (int i = 0; i < 60; ++i) {
     const uint64_t R = 8 * (1 + rng() % 90), C = 8 * (1 + rng() % 90);
     const bool transpose = rng() % 2;
-    const uint64_t n = (transpose ? C : R) / 8;
-    const uint64_t begin = 8 * (rng() % n), count = 8 * (1 + rng() % (n - begin / 8));
+    const uint64_t n = transpose ? C : R;
+    const uint64_t begin = transpose ? rng() % n : 8 * (rng() % (n / 8));
+    const uint64_t count = transpose ? 1 + rng() % (n - begin) : 8 * (1 + rng() % ((n - begin) / 8));
     const uint64_t width = transpose ? R : C;
     const uint64_t pitch = rng() % 2 ? 0 : width + 8 * (rng() % 12);
     const DType src = rng() % 2 ? DType::F8_E4M3 : DType::F8_E5M2;
     const DType scale = SCALES[rng() % 3], dst = rng() % 2 ? DType::BF16 : DType::F16;
+    const uint64_t block = uint64_t(64) << (rng() % 3);
     SCOPED_TRACE(::testing::Message() << "seed " << seed << " case " << i << ": [" << R << ", "
                                       << C << "] t" << transpose << " [" << begin << ", +"
-                                      << count << ") pitch " << pitch << " " << dtype_name(src)
-                                      << " x " << dtype_name(scale) << " -> " << dtype_name(dst));
-    Problem p = make_problem(rng, R, C, transpose, begin, count, pitch, src, scale, dst);
+                                      << count << ") pitch " << pitch << " block " << block
+                                      << " " << dtype_name(src) << " x " << dtype_name(scale)
+                                      << " -> " << dtype_name(dst));
+    Problem p = make_problem(rng, R, C, transpose, begin, count, pitch, src, scale, dst, block);
     const auto want = on_cpu(p);
     EXPECT_TRUE(same_written(p, on_transformer(p), want));
 #if defined(SHARDSHIFT_HAVE_CUDA)
@@ -230,6 +237,64 @@ TEST_F(CudaDequant, AlignedShapesMatchTheCpu) {
 #endif
   }
 }
+
+#if defined(SHARDSHIFT_HAVE_CUDA)
+// launch_dequant_batch: 40 calls in one list, more than one launch takes (32), stacked pieces of
+// several shapes, ranges and blocks side by side with calls that must go alone (rows, F32
+// results, a width that is not a multiple of 8, an empty call): each call's output against the
+// CPU, bit for bit.
+TEST_F(CudaDequant, ABatchMatchesItsCallsOneByOne) {
+  const uint64_t seed = testing::test_seed();
+  std::mt19937_64 rng(seed);
+  std::vector<Problem> problems;
+  for (int i = 0; i < 40; ++i) {
+    const int kind = i % 10 == 9 ? int(rng() % 4) : 4; // mostly stacked pieces
+    const uint64_t R = kind == 2 ? 8 * (1 + rng() % 40) + 3 : 8 * (1 + rng() % 40);
+    const uint64_t C = 8 * (1 + rng() % 40);
+    const bool transpose = kind != 0;
+    const uint64_t n = transpose ? C : R;
+    const uint64_t begin = rng() % n, count = kind == 3 ? 0 : 1 + rng() % (n - begin);
+    const uint64_t pitch = rng() % 2 ? 0 : (transpose ? R : C) + 8 * (rng() % 4);
+    const DType src = rng() % 2 ? DType::F8_E4M3 : DType::F8_E5M2;
+    const DType dst = kind == 1 ? DType::F32 : (i / 20 == 0 ? DType::BF16 : DType::F16);
+    problems.push_back(make_problem(rng, R, C, transpose, begin, count, pitch, src,
+                                    SCALES[rng() % 3], dst, uint64_t(64) << (rng() % 3)));
+  }
+  struct Device {
+    std::byte *w = nullptr, *s = nullptr, *d = nullptr;
+  };
+  std::vector<Device> dev(problems.size());
+  std::vector<DequantArgs> calls;
+  for (size_t i = 0; i < problems.size(); ++i) {
+    const Problem& p = problems[i];
+    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dev[i].w), p.w.size()), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dev[i].s), p.s.size()), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dev[i].d), p.out_bytes + GUARD), cudaSuccess);
+    cudaMemcpy(dev[i].w, p.w.data(), p.w.size(), cudaMemcpyHostToDevice);
+    cudaMemcpy(dev[i].s, p.s.data(), p.s.size(), cudaMemcpyHostToDevice);
+    cudaMemset(dev[i].d, int(POISON), p.out_bytes + GUARD);
+    DequantArgs a = p.a;
+    a.src = dev[i].w;
+    a.scales = dev[i].s;
+    a.dst = dev[i].d;
+    calls.push_back(a);
+  }
+  ASSERT_EQ(launch_dequant_batch(calls.data(), calls.size(), nullptr), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (size_t i = 0; i < problems.size(); ++i) {
+    const Problem& p = problems[i];
+    std::vector<std::byte> got(p.out_bytes + GUARD);
+    cudaMemcpy(got.data(), dev[i].d, got.size(), cudaMemcpyDeviceToHost);
+    EXPECT_TRUE(got == on_cpu(p)) << "seed " << seed << " call " << i << ": [" << p.a.R << ", "
+                                  << p.a.C << "] t" << p.a.transpose << " [" << p.a.begin
+                                  << ", +" << p.a.count << ") block " << p.a.block << " -> "
+                                  << dtype_name(p.a.dst_dtype);
+    cudaFree(dev[i].w);
+    cudaFree(dev[i].s);
+    cudaFree(dev[i].d);
+  }
+}
+#endif
 
 // Every FP8 code (NaN, subnormals, 448 / 57344, zeros of both signs) against scales that are
 // zero, negative zero, subnormal, huge, infinite and NaN: each 128 x 128 block gets one scale.
