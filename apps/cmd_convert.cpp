@@ -146,6 +146,7 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("fallback_copy_bytes").value(s.fallback_copy_bytes);
   w.key("transformed_bytes").value(s.transformed_bytes);
   w.key("cpu_bytes").value(s.cpu_bytes).key("gpu_bytes").value(s.gpu_bytes);
+  w.key("gpu_in_place_bytes").value(s.gpu_in_place_bytes);
   w.key("dropped").value(s.dropped).key("excluded").value(s.excluded);
   w.key("restored").value(s.restored);
   not_restored_json(w, s.not_restored);
@@ -207,6 +208,9 @@ void print_stats(const ConvertSummary& s) {
       format_bytes(s.zero_copy_bytes).c_str(), format_bytes(s.fallback_copy_bytes).c_str(),
       format_bytes(s.transformed_bytes).c_str(), format_bytes(s.cpu_bytes).c_str(),
       format_bytes(s.gpu_bytes).c_str());
+  if (s.gpu_bytes > 0)
+    std::fprintf(stderr, "gpu input: %s read in place from the mappings, the rest staged\n",
+                 format_bytes(s.gpu_in_place_bytes).c_str());
   std::fprintf(stderr, "memory: %llu writer lane(s) x %llu tokens x %s chunks; peak RSS %s\n",
                static_cast<unsigned long long>(s.writers),
                static_cast<unsigned long long>(s.tokens), format_bytes(s.chunk_bytes).c_str(),
@@ -340,8 +344,8 @@ void add_convert_flags(ConvertFlags& f) {
        SIZE_SYNTAX + " Example: --max-memory 4GiB")
           .c_str())("device", po::value<std::string>()->default_value("auto")->value_name("DEVICE"),
                     "Where expert tensors are transformed and FP8 weights dequantized: auto "
-                    "(a usable GPU where it was measured faster: at most 2 threads, or a CPU "
-                    "without SIMD kernels; for FP8 only without AVX-512; else the CPU), cpu, "
+                    "(a usable GPU where it was measured faster: FP8 input with at most 2 "
+                    "threads, or a CPU without SIMD kernels; else the CPU), cpu, "
                     "cuda (GPU 0, beside the CPU, which starts while the GPU opens) or cuda:N (GPU "
                     "number N); the bytes are the same on every device; the summary says how "
                     "much the GPU did. Example: --device cuda:1")("force", "Replace OUT if it exists.")(

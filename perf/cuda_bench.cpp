@@ -28,6 +28,7 @@
 //   --pipeline only (b) and (d)
 //   --dequant  only (a) and (e)
 //   --init     what opening the CUDA stage costs, step by step (run it in a fresh process)
+//   --register DIR  a chunk of a file's mapping to the GPU: staged copy or page-locked in place
 #include <cstdio>
 #include <cstring>
 
@@ -53,6 +54,10 @@ int main() {
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cuda_runtime_api.h>
 
 namespace {
@@ -63,6 +68,7 @@ bool g_quick = false;
 bool g_kernels_only = false;  // --kernels: section (c) only, one timed run each (for profilers)
 bool g_pipeline_only = false; // --pipeline: sections (b) and (d) only
 bool g_dequant_only = false;  // --dequant: sections (a) and (e) only
+const char* g_register_dir = nullptr; // --register DIR: page-locking the mapping in place
 bool g_init_only = false;     // --init: what opening the GPU stage costs, step by step
 
 void check(cudaError_t err, const char* what) {
@@ -717,6 +723,114 @@ void bench_init() {
     std::free(p);
 }
 
+// What it costs one thread to get a chunk of a file's mapping to the GPU, two ways: copying it
+// into pinned memory and uploading it (the CUDA stage's way), or page-locking the mapped chunk
+// in place (cudaHostRegister, read-only), uploading from it and unlocking it. The file (4 GiB,
+// in `dir`: a tmpfs stands for the page cache of a warm input) is mapped as MappedFile maps
+// input, read-only and shared, and read once before timing. Chunk sizes 8 to 512 MiB; 1 and 4
+// threads, each on its own chunks.
+void bench_register(const char* dir) {
+  const uint64_t bytes = uint64_t(4) << 30;
+  const std::string path = std::string(dir) + "/cuda_bench_register.bin";
+  {
+    const HostBuffer h = make_host_buffer(uint64_t(64) << 20);
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) {
+      std::printf("register: cannot create %s\n", path.c_str());
+      return;
+    }
+    for (uint64_t off = 0; off < bytes; off += h.bytes)
+      std::fwrite(h.data.get(), 1, h.bytes, f);
+    std::fclose(f);
+  }
+  const int fd = open(path.c_str(), O_RDONLY);
+  auto* map = static_cast<std::byte*>(mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0));
+  close(fd);
+  std::remove(path.c_str());
+  if (map == MAP_FAILED) {
+    std::printf("register: mmap failed\n");
+    return;
+  }
+  volatile uint64_t sum = 0;
+  for (uint64_t off = 0; off < bytes; off += 4096)
+    sum = sum + uint64_t(map[off]);
+  for (const uint64_t chunk : {uint64_t(8) << 20, uint64_t(32) << 20, uint64_t(128) << 20,
+                               uint64_t(512) << 20})
+    for (const unsigned n : {1u, 4u})
+      for (const bool in_place : {false, true}) {
+        struct Lane {
+          std::byte *pinned = nullptr, *dev = nullptr;
+          cudaStream_t stream = nullptr;
+        };
+        std::vector<Lane> lanes(n);
+        for (auto& l : lanes) {
+          if (!in_place)
+            check(cudaHostAlloc(reinterpret_cast<void**>(&l.pinned), chunk, 0), "cudaHostAlloc");
+          check(cudaMalloc(reinterpret_cast<void**>(&l.dev), chunk), "cudaMalloc");
+          check(cudaStreamCreateWithFlags(&l.stream, cudaStreamNonBlocking), "stream");
+        }
+        std::atomic<uint64_t> next{0};
+        std::atomic<bool> failed{false};
+        std::vector<double> reg_ms(n), unreg_ms(n);
+        const uint64_t chunks = bytes / chunk;
+        const auto t0 = std::chrono::steady_clock::now();
+        std::vector<std::thread> threads;
+        for (unsigned k = 0; k < n; ++k)
+          threads.emplace_back([&, k] {
+            Lane& l = lanes[k];
+            using clock = std::chrono::steady_clock;
+            for (uint64_t c; (c = next.fetch_add(1)) < chunks;) {
+              std::byte* src = map + c * chunk;
+              if (in_place) {
+                const auto r0 = clock::now();
+                if (cudaHostRegister(src, chunk, cudaHostRegisterReadOnly) != cudaSuccess) {
+                  std::printf("register: %s\n", cudaGetErrorString(cudaGetLastError()));
+                  failed = true;
+                  return;
+                }
+                reg_ms[k] += std::chrono::duration<double, std::milli>(clock::now() - r0).count();
+                check(cudaMemcpyAsync(l.dev, src, chunk, cudaMemcpyHostToDevice, l.stream), "h2d");
+                check(cudaStreamSynchronize(l.stream), "sync");
+                const auto u0 = clock::now();
+                check(cudaHostUnregister(src), "unregister");
+                unreg_ms[k] += std::chrono::duration<double, std::milli>(clock::now() - u0).count();
+              } else {
+                std::memcpy(l.pinned, src, chunk);
+                check(cudaMemcpyAsync(l.dev, l.pinned, chunk, cudaMemcpyHostToDevice, l.stream),
+                      "h2d");
+                check(cudaStreamSynchronize(l.stream), "sync");
+              }
+            }
+          });
+        for (auto& th : threads)
+          th.join();
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (!failed) {
+          char name[160];
+          std::snprintf(name, sizeof name, "register: %s, %3llu MiB chunks, %u thread%s",
+                        in_place ? "in place + upload" : "copy + upload   ",
+                        (unsigned long long)(chunk >> 20), n, n > 1 ? "s" : "");
+          line(name, gbps(double(chunks * chunk), s), 0);
+          if (in_place) {
+            double r = 0, u = 0;
+            for (unsigned k = 0; k < n; ++k) {
+              r += reg_ms[k];
+              u += unreg_ms[k];
+            }
+            std::printf("    cudaHostRegister %.2f GB/s, cudaHostUnregister %.2f GB/s (per thread)\n",
+                        double(bytes) / (r / n) / 1e6, double(bytes) / (u / n) / 1e6);
+          }
+        }
+        for (auto& l : lanes) {
+          cudaFreeHost(l.pinned);
+          cudaFree(l.dev);
+          cudaStreamDestroy(l.stream);
+        }
+      }
+  munmap(map, bytes);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -731,6 +845,13 @@ int main(int argc, char** argv) {
       g_dequant_only = true;
     else if (std::strcmp(argv[i], "--init") == 0)
       g_init_only = true;
+    else if (std::strcmp(argv[i], "--register") == 0 && i + 1 < argc)
+      g_register_dir = argv[++i];
+  if (g_register_dir) {
+    check(cudaSetDevice(0), "cudaSetDevice");
+    bench_register(g_register_dir);
+    return 0;
+  }
   if (g_init_only) {
     bench_init();
     return 0;

@@ -4,9 +4,10 @@
 // A CudaTransformer owns one device context, a ring of `slots` staging sets (pinned input buffer,
 // device input, device output, one stream each) sized for `max_chunk_bytes` of input and of output.
 // run() is called concurrently from the pipeline's worker threads: each call takes a free slot,
-// copies the chunk from the (mapped) source into pinned memory, uploads it, runs the transpose-fold
-// kernel and downloads the result into args.dst (a pinned buffer from alloc_pinned()), so with
-// several threads uploads, kernels and downloads of different chunks overlap.
+// uploads the chunk from the (mapped) source, page-locked in place where it can, else copied into
+// pinned memory first, runs the transpose-fold kernel and downloads the result into args.dst (a
+// pinned buffer from alloc_pinned()), so with several threads uploads, kernels and downloads of
+// different chunks overlap.
 // Thread-safety: run() and alloc/free_pinned are thread-safe; create/destroy are not.
 #pragma once
 
@@ -26,6 +27,7 @@ namespace shardshift {
 
 struct CudaTimings { ///< per-call phase times measured with CUDA events, in nanoseconds
   uint64_t stage_ns = 0, h2d_ns = 0, kernel_ns = 0, d2h_ns = 0;
+  uint64_t in_place_bytes = 0; ///< input bytes uploaded straight from the mapping (not staged)
   int stream = 0;        ///< which slot/stream ran the call
   uint64_t start_ns = 0; ///< host steady_clock time (ns) when the call started
 };

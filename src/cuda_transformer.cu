@@ -5,14 +5,17 @@
 // run() takes a free slot, so up to `slots` chunks are in flight from different threads; the
 // copy engines (one per direction) and the SMs then work on different chunks at once.
 //
-// Staging. The source is pageable (the input mapping), which the GPU cannot read directly, so it
-// is first copied into the slot's pinned buffer. That host copy is the slowest step of a chunk,
-// so it is cut into pieces and each piece's upload is queued right after its copy: the DMA of
-// piece k runs while the CPU copies piece k + 1, and only the last piece's upload is exposed.
-// Page-locking the source in place instead (cudaHostRegister per chunk) was measured on an H200
-// host at a third of the staged rate (docs/PERFORMANCE.md), so the copy stays. Each input byte
-// thus crosses host memory four times (copy read and write, upload, download of the result):
-// with enough slots the stage runs at the host's memory bandwidth, not at the PCIe rate.
+// Input. The source is pageable (the input mapping), which the GPU cannot read directly. Where
+// the device allows it, a chunk's input is page-locked in place (cudaHostRegister, read-only)
+// and uploaded straight from the mapping, then unlocked once the chunk is done: only the whole
+// pages inside the chunk, so that two chunks never lock the same page (the runtime refuses
+// overlapping registrations); the bytes before the first and after the last whole page go
+// through the slot's pinned buffer. On the H200 host this costs a thread a quarter of the copy
+// below, and the input crosses host memory once instead of three times (docs/PERFORMANCE.md,
+// "Reading the input in place"). Otherwise (no support, a failed registration, a strided region,
+// or SHARDSHIFT_CUDA_INPUT=staged) the chunk is first copied into the slot's pinned buffer, in
+// pieces, each piece's upload queued right after its copy, so that only the last piece's upload
+// is exposed.
 //
 // Errors. Every runtime call is checked; a failure becomes Errc::cuda with the call, the
 // runtime's message and the device. After a failure the slot's stream is synchronized before the
@@ -23,9 +26,11 @@
 #include "transpose_cuda.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -91,6 +96,60 @@ uint64_t event_ns(cudaEvent_t from, cudaEvent_t to) {
   return uint64_t(double(ms) * 1e6);
 }
 
+/// The whole pages of [p, p + n) page-locked in place for one chunk's upload, or nothing (empty
+/// begin == end) when locking them failed or would not pay. The destructor waits for `stream`
+/// (nothing queued may still read the pages) and unlocks them.
+class InPlaceInput {
+public:
+  /// Below this many whole pages the registration's fixed cost outweighs the copy it saves.
+  static constexpr uint64_t MIN_BYTES = uint64_t(1) << 20;
+
+  InPlaceInput(const std::byte* p, uint64_t n, cudaStream_t stream, std::atomic<int>* failures)
+      : stream_(stream) {
+    const uint64_t page = 4096;
+    const uintptr_t first = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+    const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+    if (last < first + MIN_BYTES)
+      return;
+    void* base = reinterpret_cast<void*>(first);
+    const cudaError_t err = cudaHostRegister(base, last - first, cudaHostRegisterReadOnly);
+    if (err != cudaSuccess) {
+      cudaGetLastError(); // not sticky: the chunk is staged instead
+      if (err != cudaErrorHostMemoryAlreadyRegistered)
+        failures->fetch_add(1);
+      return;
+    }
+    begin_ = reinterpret_cast<const std::byte*>(first);
+    end_ = reinterpret_cast<const std::byte*>(last);
+  }
+  ~InPlaceInput() {
+    if (begin_ == end_)
+      return;
+    cudaStreamSynchronize(stream_);
+    cudaHostUnregister(const_cast<std::byte*>(begin_));
+  }
+  InPlaceInput(const InPlaceInput&) = delete;
+  InPlaceInput& operator=(const InPlaceInput&) = delete;
+
+  bool locked() const { return begin_ != end_; }
+  /// Copies the bytes of [src, src + n) outside the locked pages to the same offsets from
+  /// `staged`. REQUIRES: locked(), and [src, src + n) is the range given to the constructor.
+  void copy_around(std::byte* staged, const std::byte* src, uint64_t n) const;
+  const std::byte* begin() const { return begin_; }
+  const std::byte* end() const { return end_; }
+
+private:
+  cudaStream_t stream_;
+  const std::byte* begin_ = nullptr;
+  const std::byte* end_ = nullptr;
+};
+
+/// Whether chunks may be read in place: SHARDSHIFT_CUDA_INPUT=staged says no (for comparisons).
+bool in_place_allowed() {
+  const char* v = std::getenv("SHARDSHIFT_CUDA_INPUT");
+  return !(v && std::strcmp(v, "staged") == 0);
+}
+
 class CudaTransformerImpl final : public CudaTransformer {
 public:
   CudaTransformerImpl(int ordinal, uint64_t max_chunk_bytes)
@@ -154,9 +213,21 @@ private:
   Status download_and_wait(Slot& s, std::byte* dst, uint64_t bytes, CudaTimings* timings,
                            uint64_t stage_ns);
 
+  /// Locks [src, src + n) in place for slot `s` when reading in place is on, or returns nullptr.
+  std::unique_ptr<InPlaceInput> lock_in_place(Slot& s, const std::byte* src, uint64_t n);
+  /// Queues the upload of n bytes at src (the mapping) to dev: the locked pages straight from the
+  /// mapping, the bytes around them from `staged` (pin.copy_around() put them there).
+  Status upload_in_place(Slot& s, const InPlaceInput& pin, std::byte* dev,
+                         const std::byte* staged, const std::byte* src, uint64_t n);
+
   const int ordinal_;
   const uint64_t max_chunk_;
   std::string name_;
+  /// Reading in place: on where the device supports read-only registration and the environment
+  /// allows it; off for good after a few registrations fail for other reasons than an overlap.
+  bool in_place_ = false;
+  std::atomic<int> in_place_failures_{0};
+  static constexpr int MAX_IN_PLACE_FAILURES = 3;
   std::vector<Slot> slots_;
 
   std::mutex slots_mu_;
@@ -182,6 +253,12 @@ Status CudaTransformerImpl::init(unsigned slots) {
   if (Status s = check(cudaGetDeviceProperties(&props, ordinal_), "cudaGetDeviceProperties"); !s)
     return s;
   name_ = props.name;
+  int read_only = 0;
+  if (cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, ordinal_) !=
+      cudaSuccess)
+    read_only = 0;
+  cudaGetLastError();
+  in_place_ = read_only != 0 && in_place_allowed();
   slots_.resize(slots);
   for (unsigned i = 0; i < slots; ++i) {
     slots_[i].index = int(i);
@@ -435,22 +512,30 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   if (Status st = grow_scales(s, scale_bytes); !st)
     return st;
 
-  // Stage and upload in pieces (see the file comment).
+  // Upload the input, in place or staged (see the file comment).
   const uint64_t t0 = steady_ns();
-  const uint64_t piece = (std::max(MIN_PIECE, (in_bytes + MAX_PIECES - 1) / MAX_PIECES) + 4095) /
-                         4096 * 4096; // whole pages
-
-  for (uint64_t off = 0; off < in_bytes; off += piece) {
-    const uint64_t n = std::min(piece, in_bytes - off);
-    copy_to_staging(s.host_in + off, args.src + off, n);
-    if (off == 0)
-      if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
-        return st;
-    if (Status st = check(
-            cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n, cudaMemcpyHostToDevice, s.stream),
-            "cudaMemcpyAsync");
-        !st)
+  if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
+    return st;
+  const std::unique_ptr<InPlaceInput> pin = lock_in_place(s, args.src, in_bytes);
+  if (pin) {
+    if (timings)
+      timings->in_place_bytes = uint64_t(pin->end() - pin->begin());
+    pin->copy_around(s.host_in, args.src, in_bytes);
+    if (Status st = upload_in_place(s, *pin, s.dev_in, s.host_in, args.src, in_bytes); !st)
       return st;
+  } else {
+    // Copy and upload in pieces: the DMA of piece k runs while the CPU copies piece k + 1.
+    const uint64_t piece =
+        (std::max(MIN_PIECE, (in_bytes + MAX_PIECES - 1) / MAX_PIECES) + 4095) / 4096 * 4096;
+    for (uint64_t off = 0; off < in_bytes; off += piece) {
+      const uint64_t n = std::min(piece, in_bytes - off);
+      copy_to_staging(s.host_in + off, args.src + off, n);
+      if (Status st = check(cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n,
+                                            cudaMemcpyHostToDevice, s.stream),
+                            "cudaMemcpyAsync");
+          !st)
+        return st;
+    }
   }
   if (fold) {
     std::memcpy(s.host_scales, args.scales, scale_bytes);
@@ -471,6 +556,38 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   if (Status st = check(launch_transpose_fold(dev, s.stream), "transpose_fold kernel launch"); !st)
     return st;
   return download_and_wait(s, args.dst, out_bytes, timings, t1 - t0);
+}
+
+std::unique_ptr<InPlaceInput> CudaTransformerImpl::lock_in_place(Slot& s, const std::byte* src,
+                                                                 uint64_t n) {
+  if (!in_place_ || in_place_failures_.load() >= MAX_IN_PLACE_FAILURES)
+    return nullptr;
+  auto pin = std::make_unique<InPlaceInput>(src, n, s.stream, &in_place_failures_);
+  return pin->locked() ? std::move(pin) : nullptr;
+}
+
+void InPlaceInput::copy_around(std::byte* staged, const std::byte* src, uint64_t n) const {
+  copy_to_staging(staged, src, uint64_t(begin_ - src));
+  copy_to_staging(staged + (end_ - src), end_, uint64_t(src + n - end_));
+}
+
+Status CudaTransformerImpl::upload_in_place(Slot& s, const InPlaceInput& pin, std::byte* dev,
+                                            const std::byte* staged, const std::byte* src,
+                                            uint64_t n) {
+  const uint64_t head = uint64_t(pin.begin() - src), body = uint64_t(pin.end() - pin.begin());
+  const std::pair<uint64_t, const std::byte*> runs[] = {
+      {head, staged}, {body, pin.begin()}, {n - head - body, staged + head + body}};
+  uint64_t off = 0;
+  for (const auto& [bytes, from] : runs) {
+    if (bytes != 0)
+      if (Status st = check(cudaMemcpyAsync(dev + off, from, bytes, cudaMemcpyHostToDevice,
+                                            s.stream),
+                            "cudaMemcpyAsync");
+          !st)
+        return st;
+    off += bytes;
+  }
+  return {};
 }
 
 Status CudaTransformerImpl::download_and_wait(Slot& s, std::byte* dst, uint64_t bytes,
@@ -541,22 +658,37 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
     return st;
   if (Status st = grow_scales(s, scale_bytes); !st)
     return st;
-  // Stage and upload part by part: part k's upload runs while part k + 1 is being gathered.
+  // Upload part by part: part k's upload runs while part k + 1 is being locked or gathered. A
+  // region that is one run of the mapping may be read in place; a strided one is gathered.
   const uint64_t t0 = steady_ns();
+  if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
+    return st;
+  std::vector<std::unique_ptr<InPlaceInput>> pins(parts.size()); // unlocked last, at return
   for (size_t i = 0; i < parts.size(); ++i) {
+    const DequantArgs& a = parts[i].args;
     std::byte* in = s.host_in + offsets[i];
+    std::byte* scales = s.host_scales + scale_offsets[i];
+    const std::byte* run = region_run(a, regions[i]);
+    if (run)
+      pins[i] = lock_in_place(s, run, regions[i].src_bytes);
+    const InPlaceInput* pin = pins[i].get();
+    if (pin && timings)
+      timings->in_place_bytes += uint64_t(pin->end() - pin->begin());
+    const uint64_t n = regions[i].src_bytes;
     if (Status st = guard(i, [&] {
-          gather_region(parts[i].args, regions[i], in, s.host_scales + scale_offsets[i],
-                        copy_to_staging);
+          if (pin) { // only the bytes around the locked pages: the reads that may fault
+            pin->copy_around(in, run, n);
+            gather_scales(a, regions[i], scales);
+          } else {
+            gather_region(a, regions[i], in, scales, copy_to_staging);
+          }
         });
         !st)
       return st;
-    if (i == 0)
-      if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
-        return st;
-    if (Status st = check(cudaMemcpyAsync(s.dev_in + offsets[i], in, regions[i].src_bytes,
-                                          cudaMemcpyHostToDevice, s.stream),
-                          "cudaMemcpyAsync");
+    if (Status st = pin ? upload_in_place(s, *pin, s.dev_in + offsets[i], in, run, n)
+                        : check(cudaMemcpyAsync(s.dev_in + offsets[i], in, n,
+                                                cudaMemcpyHostToDevice, s.stream),
+                                "cudaMemcpyAsync");
         !st)
       return st;
   }

@@ -60,6 +60,14 @@ void gather_region(const DequantArgs& a, const DequantRegion& g, std::byte* src_
     copy = plain_copy;
   copy_window(src_out, a.src, a.C, g.row0, g.rows, g.col0, g.cols, dtype_bits(a.src_dtype) / 8,
               copy);
+  gather_scales(a, g, scales_out);
+}
+
+const std::byte* region_run(const DequantArgs& a, const DequantRegion& g) {
+  return g.cols == a.C ? a.src + g.row0 * a.C * (dtype_bits(a.src_dtype) / 8) : nullptr;
+}
+
+void gather_scales(const DequantArgs& a, const DequantRegion& g, std::byte* scales_out) {
   copy_window(scales_out, a.scales, scale_blocks(a.C, a.block), g.srow0, g.srows, g.scol0,
               g.scols, dtype_bits(a.scale_dtype) / 8, plain_copy);
 }

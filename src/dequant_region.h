@@ -32,6 +32,14 @@ void gather_region(const DequantArgs& args, const DequantRegion& region, std::by
                    std::byte* scales_out,
                    void (*copy)(std::byte*, const std::byte*, uint64_t) = nullptr);
 
+/// The region's weights where they lie in the input as one run of bytes (whole rows of W: every
+/// call by rows, and transposed calls that take every column), else nullptr. Such a run can be
+/// read in place (the CUDA stage uploads it straight from the mapping).
+const std::byte* region_run(const DequantArgs& args, const DequantRegion& region);
+
+/// Copies only the region's scales ([srows, scols]) to `scales_out`.
+void gather_scales(const DequantArgs& args, const DequantRegion& region, std::byte* scales_out);
+
 /// The call on the gathered region: the same output rows, written to args.dst with the same pitch.
 DequantArgs rebase_dequant(const DequantArgs& args, const DequantRegion& region,
                            const std::byte* src, const std::byte* scales);

@@ -1,7 +1,8 @@
 // device_router.h: which device transforms the next chunk, when a GPU is open. The GPU stage costs
-// the calling CPU thread too: it copies the chunk into pinned memory and waits for the upload, the
-// kernel and the download, and on a host whose SIMD kernel is about as fast as that copy, the GPU
-// only adds host memory traffic (docs/PERFORMANCE.md, "GPU or CPU"). So the router measures what a
+// the calling CPU thread too: it page-locks the chunk's input in place (or copies it into pinned
+// memory) and waits for the upload, the kernel and the download, and on a host whose SIMD kernel
+// is about as fast as that, the GPU only adds host memory traffic (docs/PERFORMANCE.md, "GPU or
+// CPU"). So the router measures what a
 // chunk has cost a pipeline thread per byte on each device (moving averages) and sends chunks to
 // the cheaper one, re-trying the other every PROBE_EVERY chunks in case the load changed. The
 // output is the same whichever device runs a chunk; only the time differs.

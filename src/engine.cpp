@@ -21,15 +21,14 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
     return parsed.status();
   const int ordinal = std::max(0, *parsed);
   // auto: the GPU only where it was measured to make a conversion faster (docs/PERFORMANCE.md,
-  // "GPU or CPU"). Its stage costs a pipeline thread a copy of each chunk into pinned memory plus
-  // the wait for the transfers, which is more than the AVX2/AVX-512 transpose costs once there
-  // are 4 or more threads; with 2 threads, or a CPU that only has the portable kernel, it helps.
-  // A plan that dequantizes FP8 is the same story: the AVX-512 dequantization kernel costs a
-  // thread about what the staging copy does, so with it the CPU is as fast at 2 threads and
-  // faster beyond; with AVX2 only, the GPU gained 5-9% at 2 threads (docs/PERFORMANCE.md, "FP8
-  // dequantization on the GPU").
+  // "Reading the input in place"). With the input read in place, a GPU chunk costs its thread
+  // little, but it still crosses host memory, which the writer lanes share: a plan that
+  // dequantizes FP8 (half the bytes in, all the arithmetic on the GPU) ran 1.00-1.37x faster on
+  // the GPU with 2 threads and even with 4; transposes ran even with 2 threads and slower with
+  // more. So: the GPU for FP8 plans with at most 2 threads, or on a CPU that only has the
+  // portable kernels; the CPU otherwise (it also holds less memory).
   const SimdLevel simd = detect_simd_level();
-  const unsigned most = dequantizes && simd == SimdLevel::avx512 ? 0 : 2;
+  const unsigned most = dequantizes ? 2 : 0;
   if (device == "auto" && threads > most && simd != SimdLevel::portable)
     return std::unique_ptr<GpuHandle>();
   // Counting devices (the driver's start, 0.1-0.2 s on the H200 host) stays before the work: a

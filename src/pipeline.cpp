@@ -32,7 +32,8 @@ void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, un
 }
 
 unsigned default_writers(unsigned threads, size_t files) {
-  const size_t lanes = std::min<size_t>({std::max(1u, threads / 2), files, 16});
+  const unsigned per_threads = threads <= 8 ? threads : std::max(8u, threads / 2);
+  const size_t lanes = std::min<size_t>({per_threads, files, 16});
   return static_cast<unsigned>(std::max<size_t>(1, lanes));
 }
 
@@ -246,6 +247,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   }
   result.cpu_bytes = transformer.cpu_bytes();
   result.gpu_bytes = transformer.gpu_bytes();
+  result.gpu_in_place_bytes = transformer.gpu_in_place_bytes();
   return result;
 }
 

@@ -50,6 +50,7 @@ struct PipelineConfig {
 struct PipelineResult {
   uint64_t zero_copy_bytes = 0, fallback_copy_bytes = 0;
   uint64_t cpu_bytes = 0, gpu_bytes = 0, ones_bytes = 0;
+  uint64_t gpu_in_place_bytes = 0; ///< TransformStage::gpu_in_place_bytes()
   uint64_t output_bytes = 0;
 };
 
@@ -60,8 +61,11 @@ struct PipelineResult {
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
                    uint64_t* chunk_bytes, unsigned* tokens);
 
-/// The default number of writer lanes: one per two threads (a lane's writes and the transforms
-/// feeding it), at most one per file and at most 16; 1 on a machine of 1-3 threads.
+/// The default number of writer lanes: one per thread up to 8 threads, then one per two threads
+/// (and never fewer than 8), at most one per file and at most 16. Writing into the page cache or a
+/// tmpfs is CPU work (a copy, and a zeroed page for each new one), so with few threads every
+/// thread is best spent as a lane; beyond 8 lanes the transforms need the rest (PERFORMANCE.md,
+/// "Writer lanes" and "Reading the input in place").
 unsigned default_writers(unsigned threads, size_t files);
 
 /// Writes plan.files[i] for every i in `files` through `target` (a directory: each file committed

@@ -132,6 +132,7 @@ void TransformStage::record_gpu(const Item& item, uint64_t t0, const CudaTimings
     t += ns;
   }
   gpu_bytes_ += item.length;
+  gpu_in_place_bytes_ += tm.in_place_bytes;
 }
 
 namespace {

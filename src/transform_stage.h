@@ -33,6 +33,8 @@ public:
 
   uint64_t cpu_bytes() const { return cpu_bytes_; }
   uint64_t gpu_bytes() const { return gpu_bytes_; }
+  /// Input bytes the GPU read straight from the mappings (page-locked in place, not staged).
+  uint64_t gpu_in_place_bytes() const { return gpu_in_place_bytes_; }
 
 private:
   bool run_gpu(Item& item, CudaTransformer& gpu, uint64_t t0); ///< false: no free slot, nothing done
@@ -55,7 +57,7 @@ private:
   Profiler& profiler_;
   DeviceRouter router_;         ///< transpose-fold chunks
   DeviceRouter dequant_router_; ///< dequantizing chunks: a different cost on either device
-  std::atomic<uint64_t> cpu_bytes_{0}, gpu_bytes_{0};
+  std::atomic<uint64_t> cpu_bytes_{0}, gpu_bytes_{0}, gpu_in_place_bytes_{0};
 };
 
 /// The bit pattern of 1 in `dtype` (for C64, of its real part). REQUIRES: dtype_bits(dtype) >= 8.

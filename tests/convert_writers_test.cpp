@@ -96,8 +96,12 @@ TEST_F(ConvertTest, AFailingLaneStopsEveryLaneAndLeavesNothing) {
 
 TEST(WriterLanes, DefaultFollowsThreadsAndFiles) {
   EXPECT_EQ(default_writers(1, 10), 1u);
-  EXPECT_EQ(default_writers(2, 10), 1u);
+  EXPECT_EQ(default_writers(2, 10), 2u);
+  EXPECT_EQ(default_writers(4, 10), 4u);
+  EXPECT_EQ(default_writers(8, 10), 8u);
+  EXPECT_EQ(default_writers(12, 10), 8u);
   EXPECT_EQ(default_writers(16, 10), 8u);
+  EXPECT_EQ(default_writers(24, 100), 12u);
   EXPECT_EQ(default_writers(16, 3), 3u);
   EXPECT_EQ(default_writers(64, 100), 16u);
   EXPECT_EQ(default_writers(8, 0), 1u);

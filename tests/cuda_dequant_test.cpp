@@ -6,6 +6,7 @@
 // every FP8 code against special scales. Outputs are poisoned first and followed by a guard, so
 // unwritten elements and overruns show. Skips without a usable GPU.
 #include "cuda_transform.h"
+#include "dequant_region.h"
 #include "dequant.h"
 #include "test_support.h"
 
@@ -110,7 +111,7 @@ protected:
   }
 
   /// The problem through the transformer as one part, into a pinned buffer.
-  std::vector<std::byte> on_transformer(const Problem& p) {
+  std::vector<std::byte> on_transformer(const Problem& p, CudaTimings* timings = nullptr) {
     std::byte* dst = static_cast<std::byte*>(gpu_->alloc_pinned(p.out_bytes + GUARD));
     std::memset(dst, int(POISON), p.out_bytes + GUARD);
     std::vector<CudaDequantPart> parts{{p.a, 0}};
@@ -121,7 +122,7 @@ protected:
       return Status{};
     };
     bool ran = false;
-    Status s = gpu_->try_run_dequant(parts, dst, p.out_bytes, guard, nullptr, &ran);
+    Status s = gpu_->try_run_dequant(parts, dst, p.out_bytes, guard, timings, &ran);
     EXPECT_TRUE(s.ok()) << s.message();
     EXPECT_TRUE(ran);
     EXPECT_EQ(guarded, 1);
@@ -397,6 +398,33 @@ TEST_F(CudaDequant, RealExpertShapes) {
                               DType::BF16);
   EXPECT_TRUE(same_written(down, on_transformer(down), on_cpu(down)));
 }
+
+#if defined(SHARDSHIFT_HAVE_CUDA)
+// Regions that are one run of the input (whole rows: rows of a dense weight, a whole stacked
+// piece) are uploaded in place where the device supports read-only registration; strided ones
+// (a column range of a piece) are gathered. Same bytes either way.
+TEST_F(CudaDequant, RunsAreReadInPlaceAndStridedRegionsGathered) {
+  int read_only = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, 0),
+            cudaSuccess);
+  std::mt19937_64 rng(testing::test_seed());
+  Problem rows = make_problem(rng, 2048, 7168, false, 300, 1000, 0, DType::F8_E4M3, DType::F32,
+                              DType::BF16);
+  Problem piece = make_problem(rng, 2048, 3584, true, 0, 3584, 0, DType::F8_E4M3, DType::F32,
+                               DType::BF16);
+  Problem strided = make_problem(rng, 2048, 7168, true, 1024, 512, 4096, DType::F8_E4M3,
+                                 DType::F32, DType::BF16);
+  for (Problem* p : {&rows, &piece, &strided}) {
+    CudaTimings t;
+    EXPECT_TRUE(same_written(*p, on_transformer(*p, &t), on_cpu(*p)));
+    const DequantRegion region = dequant_region(p->a);
+    if (read_only && region_run(p->a, region))
+      EXPECT_GE(t.in_place_bytes, region.src_bytes - 2 * 4096);
+    else
+      EXPECT_EQ(t.in_place_bytes, 0u);
+  }
+}
+#endif
 
 } // namespace
 } // namespace shardshift

@@ -5,6 +5,8 @@
 // dtype combination, element width, shape (tiny, odd, prime, real-sized), column slice and special
 // value. Outputs are poisoned before each run and followed by a guard region, so unwritten
 // elements and overruns show. Without a usable GPU every test that needs one is skipped.
+#include "shardshift/mapped_file.h"
+
 #include "cuda_transform.h"
 #include "test_support.h"
 #include "transpose.h"
@@ -14,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -398,6 +401,56 @@ TEST_F(CudaTransform, RealExpertShapes) {
   for (const Case& c : cases)
     EXPECT_TRUE(check_case(*transformer_, rng_, c));
 }
+
+#if defined(SHARDSHIFT_HAVE_CUDA)
+// A chunk of a file's read-only mapping, starting mid-page, is uploaded in place (its whole pages
+// page-locked, the bytes around them staged) where the device supports read-only registration,
+// and staged whole with SHARDSHIFT_CUDA_INPUT=staged: the same bytes either way, and the timings
+// say which path ran.
+TEST_F(CudaTransform, ReadsTheMappedInputInPlaceOrStagedWithTheSameBytes) {
+  int read_only = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, 0),
+            cudaSuccess);
+  const Case c{4, 1408, 1024, 0, 1024, DType::BF16, DType::BF16, true, DType::BF16};
+  Inputs in = make_inputs(rng_, c);
+  const uint64_t lead = 1000; // the tensor's offset in the file: not on a page
+  testing::TempDir tmp;
+  const auto path = tmp / "input.bin";
+  std::string file(lead, '\0');
+  file.append(reinterpret_cast<const char*>(in.src.data() + in.src_offset), in_bytes(c));
+  testing::write_bytes(path, file);
+  auto mapped = MappedFile::open(path);
+  ASSERT_TRUE(mapped.ok()) << mapped.status().message();
+  const std::byte* src = (*mapped)->bytes().data() + lead;
+
+  auto run = [&](CudaTransformer& t, CudaTimings* timings) {
+    const uint64_t n = out_bytes(c);
+    auto* out = static_cast<std::byte*>(t.alloc_pinned(n + GUARD));
+    std::memset(out, POISON, n + GUARD);
+    TransposeArgs a = make_args(c, in, out);
+    a.src = src;
+    const Status s = t.run(a, timings);
+    ::testing::AssertionResult r = s.ok() ? same_bytes(c, out, in.ref)
+                                          : ::testing::AssertionFailure() << s.message();
+    t.free_pinned(out);
+    return r;
+  };
+  CudaTimings in_place;
+  EXPECT_TRUE(run(*transformer_, &in_place));
+  if (read_only)
+    EXPECT_GE(in_place.in_place_bytes, in_bytes(c) - 2 * 4096) << "the whole pages in place";
+  else
+    EXPECT_EQ(in_place.in_place_bytes, 0u);
+
+  ::setenv("SHARDSHIFT_CUDA_INPUT", "staged", 1);
+  auto staged_made = CudaTransformer::create(0, MAX_CHUNK, 1);
+  ::unsetenv("SHARDSHIFT_CUDA_INPUT");
+  ASSERT_TRUE(staged_made.ok()) << staged_made.status().message();
+  CudaTimings staged;
+  EXPECT_TRUE(run(**staged_made, &staged));
+  EXPECT_EQ(staged.in_place_bytes, 0u);
+}
+#endif
 
 TEST_F(CudaTransform, ConcurrentCallsFromMoreThreadsThanSlots) {
   // A transformer with 2 slots driven by 6 threads: callers wait for slots, chunks of different

@@ -81,6 +81,16 @@ void check_case(const Case& c, std::mt19937_64& rng) {
   // Gathered into exactly-sized buffers (a larger read would show under ASan), then rebased.
   std::vector<std::byte> src(g.src_bytes), scales(g.scale_bytes);
   gather_region(a, g, src.data(), scales.data());
+  // A region of whole rows is one run of the input, the gathered bytes; others have none.
+  if (const std::byte* run = region_run(a, g)) {
+    EXPECT_EQ(g.cols, c.C);
+    EXPECT_TRUE(std::memcmp(run, src.data(), g.src_bytes) == 0);
+  } else {
+    EXPECT_LT(g.cols, c.C);
+  }
+  std::vector<std::byte> only_scales(g.scale_bytes);
+  gather_scales(a, g, only_scales.data());
+  EXPECT_TRUE(only_scales == scales);
   DequantArgs r = rebase_dequant(a, g, src.data(), scales.data());
   r.dst = part.data();
   dequant_cpu(r);
