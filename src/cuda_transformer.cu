@@ -52,6 +52,9 @@ constexpr uint64_t MAX_PIECES = 4;
 constexpr uint64_t MIN_PIECE = uint64_t(1) << 20;
 /// Initial capacity of a slot's scale buffers (grown on demand; a scale is at most 4 bytes).
 constexpr uint64_t INITIAL_SCALE_BYTES = 4096;
+/// Initial capacity of a slot's input staging when chunks are read in place (grown on demand):
+/// enough for a region too small to lock (InPlaceInput::MIN_BYTES) and the pages around it.
+constexpr uint64_t INITIAL_STAGING_BYTES = (uint64_t(1) << 20) + 3 * 4096;
 
 uint64_t steady_ns() {
   return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -132,8 +135,12 @@ public:
   InPlaceInput& operator=(const InPlaceInput&) = delete;
 
   bool locked() const { return begin_ != end_; }
-  /// Copies the bytes of [src, src + n) outside the locked pages to the same offsets from
-  /// `staged`. REQUIRES: locked(), and [src, src + n) is the range given to the constructor.
+  /// Bytes of [src, src + n) outside the locked pages (less than two pages).
+  uint64_t around(const std::byte* src, uint64_t n) const {
+    return uint64_t(begin_ - src) + uint64_t(src + n - end_);
+  }
+  /// Copies those bytes to `staged`, the ones before the locked pages first.
+  /// REQUIRES: locked(), and [src, src + n) is the range given to the constructor.
   void copy_around(std::byte* staged, const std::byte* src, uint64_t n) const;
   const std::byte* begin() const { return begin_; }
   const std::byte* end() const { return end_; }
@@ -176,6 +183,7 @@ private:
     int index = 0;
     cudaStream_t stream = nullptr;
     std::byte* host_in = nullptr; ///< pinned staging for the input
+    uint64_t host_in_capacity = 0;
     std::byte* dev_in = nullptr;
     std::byte* dev_out = nullptr;
     std::byte* host_scales = nullptr; ///< pinned
@@ -217,6 +225,9 @@ private:
   std::unique_ptr<InPlaceInput> lock_in_place(Slot& s, const std::byte* src, uint64_t n);
   /// Queues the upload of n bytes at src (the mapping) to dev: the locked pages straight from the
   /// mapping, the bytes around them from `staged` (pin.copy_around() put them there).
+  /// Grows the slot's pinned staging buffer to at least `bytes`. The slot's previous chunk is done
+  /// (a slot is given back only then), so its old buffer can go.
+  Status grow_staging(Slot& s, uint64_t bytes);
   Status upload_in_place(Slot& s, const InPlaceInput& pin, std::byte* dev,
                          const std::byte* staged, const std::byte* src, uint64_t n);
 
@@ -283,13 +294,11 @@ Status CudaTransformerImpl::init_slot(Slot& s) {
         !st)
       return st;
   }
-  // Portable: the staging buffer is read by this device's copy engine whatever the thread.
-  if (Status st = check(
-          cudaHostAlloc(reinterpret_cast<void**>(&s.host_in), max_chunk_, cudaHostAllocPortable),
-          "cudaHostAlloc");
-      !st)
+  // Reading in place, a chunk stages only the bytes around its locked pages (or a strided or
+  // small region): the buffer starts small and grows when a chunk needs more. Staging every
+  // chunk, it is made whole now, as part of the opening.
+  if (Status st = grow_staging(s, in_place_ ? INITIAL_STAGING_BYTES : max_chunk_); !st)
     return st;
-  slot_bytes_ += max_chunk_;
   if (Status st = check(cudaMalloc(reinterpret_cast<void**>(&s.dev_in), max_chunk_), "cudaMalloc");
       !st)
     return st;
@@ -517,6 +526,8 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
     return st;
   const std::unique_ptr<InPlaceInput> pin = lock_in_place(s, args.src, in_bytes);
+  if (Status st = grow_staging(s, pin ? pin->around(args.src, in_bytes) : in_bytes); !st)
+    return st;
   if (pin) {
     if (timings)
       timings->in_place_bytes = uint64_t(pin->end() - pin->begin());
@@ -558,6 +569,25 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   return download_and_wait(s, args.dst, out_bytes, timings, t1 - t0);
 }
 
+Status CudaTransformerImpl::grow_staging(Slot& s, uint64_t bytes) {
+  if (bytes <= s.host_in_capacity)
+    return {};
+  // Doubling, so a slot grows a few times at most; never past a chunk unless asked to.
+  const uint64_t capacity = std::max(bytes, std::min(max_chunk_, 2 * s.host_in_capacity));
+  std::byte* p = nullptr;
+  // Portable: the staging buffer is read by this device's copy engine whatever the thread.
+  if (Status st = check(cudaHostAlloc(reinterpret_cast<void**>(&p), capacity, cudaHostAllocPortable),
+                        "cudaHostAlloc");
+      !st)
+    return st;
+  cudaFreeHost(s.host_in);
+  std::lock_guard lock(pinned_mu_);
+  slot_bytes_ += capacity - s.host_in_capacity;
+  s.host_in = p;
+  s.host_in_capacity = capacity;
+  return {};
+}
+
 std::unique_ptr<InPlaceInput> CudaTransformerImpl::lock_in_place(Slot& s, const std::byte* src,
                                                                  uint64_t n) {
   if (!in_place_ || in_place_failures_.load() >= MAX_IN_PLACE_FAILURES)
@@ -568,7 +598,7 @@ std::unique_ptr<InPlaceInput> CudaTransformerImpl::lock_in_place(Slot& s, const 
 
 void InPlaceInput::copy_around(std::byte* staged, const std::byte* src, uint64_t n) const {
   copy_to_staging(staged, src, uint64_t(begin_ - src));
-  copy_to_staging(staged + (end_ - src), end_, uint64_t(src + n - end_));
+  copy_to_staging(staged + (begin_ - src), end_, uint64_t(src + n - end_));
 }
 
 Status CudaTransformerImpl::upload_in_place(Slot& s, const InPlaceInput& pin, std::byte* dev,
@@ -576,7 +606,7 @@ Status CudaTransformerImpl::upload_in_place(Slot& s, const InPlaceInput& pin, st
                                             uint64_t n) {
   const uint64_t head = uint64_t(pin.begin() - src), body = uint64_t(pin.end() - pin.begin());
   const std::pair<uint64_t, const std::byte*> runs[] = {
-      {head, staged}, {body, pin.begin()}, {n - head - body, staged + head + body}};
+      {head, staged}, {body, pin.begin()}, {n - head - body, staged + head}};
   uint64_t off = 0;
   for (const auto& [bytes, from] : runs) {
     if (bytes != 0)
@@ -658,22 +688,31 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
     return st;
   if (Status st = grow_scales(s, scale_bytes); !st)
     return st;
-  // Upload part by part: part k's upload runs while part k + 1 is being locked or gathered. A
-  // region that is one run of the mapping may be read in place; a strided one is gathered.
+  // A region that is one run of the mapping may be read in place (locked first, so that the
+  // staging buffer is sized once for what remains); a strided one is gathered. Then part by
+  // part: part k's upload runs while part k + 1 is being gathered.
   const uint64_t t0 = steady_ns();
   if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
     return st;
   std::vector<std::unique_ptr<InPlaceInput>> pins(parts.size()); // unlocked last, at return
+  std::vector<uint64_t> staged(parts.size() + 1, 0); // each part's staged bytes, from host_in
   for (size_t i = 0; i < parts.size(); ++i) {
-    const DequantArgs& a = parts[i].args;
-    std::byte* in = s.host_in + offsets[i];
-    std::byte* scales = s.host_scales + scale_offsets[i];
-    const std::byte* run = region_run(a, regions[i]);
+    const std::byte* run = region_run(parts[i].args, regions[i]);
     if (run)
       pins[i] = lock_in_place(s, run, regions[i].src_bytes);
+    staged[i + 1] = staged[i] + (pins[i] ? pins[i]->around(run, regions[i].src_bytes)
+                                         : regions[i].src_bytes);
+    if (pins[i] && timings)
+      timings->in_place_bytes += uint64_t(pins[i]->end() - pins[i]->begin());
+  }
+  if (Status st = grow_staging(s, staged.back()); !st)
+    return st;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const DequantArgs& a = parts[i].args;
+    std::byte* in = s.host_in + staged[i];
+    std::byte* scales = s.host_scales + scale_offsets[i];
+    const std::byte* run = region_run(a, regions[i]);
     const InPlaceInput* pin = pins[i].get();
-    if (pin && timings)
-      timings->in_place_bytes += uint64_t(pin->end() - pin->begin());
     const uint64_t n = regions[i].src_bytes;
     if (Status st = guard(i, [&] {
           if (pin) { // only the bytes around the locked pages: the reads that may fault
