@@ -2,7 +2,8 @@
 // .cu implementation and plain C++ (the pipeline, the stub used without CUDA) include it.
 //
 // A CudaTransformer owns one device context, a ring of `slots` staging sets (pinned input buffer,
-// device input, device output, one stream each) sized for `max_chunk_bytes` of input and of output.
+// device input, device output, one stream each) sized for `max_chunk_bytes` of input and of output
+// (the pinned input buffer only as far as chunks needed it, where inputs are read in place).
 // run() is called concurrently from the pipeline's worker threads: each call takes a free slot,
 // uploads the chunk from the (mapped) source, page-locked in place where it can, else copied into
 // pinned memory first, runs the transpose-fold kernel and downloads the result into args.dst (a

@@ -223,11 +223,11 @@ private:
 
   /// Locks [src, src + n) in place for slot `s` when reading in place is on, or returns nullptr.
   std::unique_ptr<InPlaceInput> lock_in_place(Slot& s, const std::byte* src, uint64_t n);
-  /// Queues the upload of n bytes at src (the mapping) to dev: the locked pages straight from the
-  /// mapping, the bytes around them from `staged` (pin.copy_around() put them there).
   /// Grows the slot's pinned staging buffer to at least `bytes`. The slot's previous chunk is done
   /// (a slot is given back only then), so its old buffer can go.
   Status grow_staging(Slot& s, uint64_t bytes);
+  /// Queues the upload of n bytes at src (the mapping) to dev: the locked pages straight from the
+  /// mapping, the bytes around them from `staged` (pin.copy_around() put them there).
   Status upload_in_place(Slot& s, const InPlaceInput& pin, std::byte* dev,
                          const std::byte* staged, const std::byte* src, uint64_t n);
 
