@@ -7,7 +7,10 @@
 #   3. Ctrl-C to exit onto the machine's disk with fsync, and into RAM (perf/cancel_bench.py);
 #   4. DeepSeek-V3 FP8 -> BF16 end to end, cpu against cuda at 2, 4 and 16 cores
 #      (perf/dequant_e2e_bench.sh);
-#   5. --checksums against none, 8 real layers into RAM, --no-sync (the SHA-256 share).
+#   5. --checksums against none, 8 real layers into RAM, --no-sync (the SHA-256 share);
+#   6. a chunk of a mapping to the GPU, copied or page-locked in place (cuda_bench --register),
+#      and cpu against cuda against auto for both plans at 2, 4 and 16 cores
+#      (perf/device_choice_bench.sh).
 #
 # Usage, from the repository root on the H200 machine, with the binaries of a build for sm_90
 # and the shared libraries they need carried in D (default .dev: shardshift, cuda_bench,
@@ -59,3 +62,7 @@ done
 rm -rf /mnt/ram/out
 python3 -c "import hashlib,time; b=bytes(1<<30); t=time.time(); hashlib.sha256(b); \
 print('   one core SHA-256 (the per-file floor): %.2f GB/s' % ((1<<30)/(time.time()-t)/1e9))"
+
+step "6. reading the input in place; cpu against cuda against auto"
+"$D"/cuda_bench --register /mnt/ram
+perf/device_choice_bench.sh --bin "$B" --ram /mnt/ram

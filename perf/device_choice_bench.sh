@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# device_choice_bench.sh: cpu against cuda end to end, as docs/PERFORMANCE.md "Reading the input
+# in place, and a writer lane per thread" measured it: for each model, a real-dimension checkpoint
+# synthesized into a tmpfs, then `convert ... --no-sync` into the same tmpfs, the process pinned
+# to C cores (`taskset -c 0-(C-1)`, `-j C`), devices alternating, wall seconds and peak RSS from
+# /usr/bin/time, and what the GPU took from the summary. One warm-up run after each synth is
+# not reported (the first run after writing the input was up to 2x slower).
+#
+# Usage, on the GPU machine, with the binaries and their libraries carried in D:
+#   perf/device_choice_bench.sh [options]
+#     --bin PATH        shardshift (default .dev/shardshift)
+#     --ram DIR         where to work, in RAM (default /mnt/ram; a tmpfs is mounted there when
+#                       it is not on one already)
+#     --models LIST     "deepseek_v3 diffusion_gemma" (default both)
+#     --cores LIST      "2 4 16" (default)
+#     --devices LIST    devices to alternate (default "cpu cuda"); "staged" is cuda with
+#                       SHARDSHIFT_CUDA_INPUT=staged (the input copied into pinned memory first)
+#     --writers LIST    --writers values to sweep (default: none, shardshift's own default)
+#     --runs R          rounds (default 2); then one `--device auto` run per core count
+#     --scale K         synth --scale K: small inputs, to try this script (figures use 1)
+# DeepSeek-V3: `synth --model deepseek_v3 --layers 5 --scale-experts 4 --mtp-layers 0
+# --max-shard-size 2GB` (11 GB of FP8 in, 19.4 GB of BF16 out); diffusion_gemma: `synth --layers 8
+# --max-shard-size 1GB` (14.6 GB in, 16.0 GB out).
+set -uo pipefail
+BIN=.dev/shardshift RAM=/mnt/ram MODELS="deepseek_v3 diffusion_gemma" CORES="2 4 16"
+DEVICES="cpu cuda" WRITERS="" RUNS=2 SCALE=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --bin) BIN=$2; shift 2 ;;
+  --ram) RAM=$2; shift 2 ;;
+  --models) MODELS=$2; shift 2 ;;
+  --cores) CORES=$2; shift 2 ;;
+  --devices) DEVICES=$2; shift 2 ;;
+  --writers) WRITERS=$2; shift 2 ;;
+  --runs) RUNS=$2; shift 2 ;;
+  --scale) SCALE=$2; shift 2 ;;
+  -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+  *) echo "device_choice_bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$RAM" || exit 1
+if [ "$(stat -f -c %T "$RAM")" != tmpfs ]; then # not in RAM yet: make it so
+  mount -t tmpfs -o size=100g tmpfs "$RAM" || exit 1
+fi
+IN=$RAM/in OUT=$RAM/out
+
+run() { # cores device [writers]
+  local dev=$2 env=() extra=()
+  [ "$dev" = staged ] && { dev=cuda; env=(SHARDSHIFT_CUDA_INPUT=staged); }
+  [ -n "${3:-}" ] && extra=(--writers "$3")
+  rm -rf "$OUT"
+  env "${env[@]}" /usr/bin/time -f "%e s, peak %M KB" taskset -c "0-$(($1 - 1))" \
+    "$BIN" convert "$IN" "$OUT" --no-sync -j "$1" --device "$dev" "${extra[@]}" \
+    >/dev/null 2>/tmp/device_choice.err || { tail -3 /tmp/device_choice.err; return; }
+  printf '  cores %-2s %-6s %-4s %s | %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \
+    "$(grep -o 'transformed [0-9.]* [GM]B on [^;]*' /tmp/device_choice.err | head -1)"
+}
+
+for model in $MODELS; do
+  rm -rf "$IN" "$OUT"
+  case "$model" in
+  deepseek_v3) scale=(--scale-experts 4)
+    [ "$SCALE" != 1 ] && scale=(--scale "$SCALE")
+    "$BIN" synth "$IN" --model deepseek_v3 --layers 5 "${scale[@]}" --mtp-layers 0 \
+      --max-shard-size 2GB -q || exit 1 ;;
+  *) "$BIN" synth "$IN" --model "$model" --layers 8 --scale "$SCALE" --max-shard-size 1GB -q \
+    || exit 1 ;;
+  esac
+  echo "== $model ($(date -u +%H:%M:%S))"
+  run "${CORES%% *}" cpu >/dev/null # warm-up
+  for c in $CORES; do
+    for r in $(seq "$RUNS"); do
+      for d in $DEVICES; do
+        if [ -z "$WRITERS" ]; then run "$c" "$d"; else for w in $WRITERS; do run "$c" "$d" "$w"; done; fi
+      done
+    done
+    run "$c" auto
+  done
+done
+rm -rf "$IN" "$OUT"
