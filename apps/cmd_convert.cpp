@@ -337,7 +337,8 @@ void add_convert_flags(ConvertFlags& f) {
                           "Worker threads; 0 uses every core. Example: -j 8")(
       "writers", po::value<unsigned>()->default_value(0)->value_name("N"),
       "Output files written at once, each by its own bounded pipeline within the one memory "
-      "budget; 0 picks from the thread count and the number of files. Example: --writers 2")(
+      "budget; 0 picks one per thread up to 8 threads, then one per two threads (at least 8), "
+      "at most one per file and 16. Example: --writers 2")(
       "max-memory", po::value<std::string>()->default_value("1GiB")->value_name("SIZE"),
       (std::string("Budget for buffers and mapped input in flight; peak memory stays within "
                    "it plus about 200 MB. ") +
