@@ -695,12 +695,13 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
   if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
     return st;
   std::vector<std::unique_ptr<InPlaceInput>> pins(parts.size()); // unlocked last, at return
+  std::vector<const std::byte*> runs(parts.size()); // region_run() of each part
   std::vector<uint64_t> staged(parts.size() + 1, 0); // each part's staged bytes, from host_in
   for (size_t i = 0; i < parts.size(); ++i) {
-    const std::byte* run = region_run(parts[i].args, regions[i]);
-    if (run)
-      pins[i] = lock_in_place(s, run, regions[i].src_bytes);
-    staged[i + 1] = staged[i] + (pins[i] ? pins[i]->around(run, regions[i].src_bytes)
+    runs[i] = region_run(parts[i].args, regions[i]);
+    if (runs[i])
+      pins[i] = lock_in_place(s, runs[i], regions[i].src_bytes);
+    staged[i + 1] = staged[i] + (pins[i] ? pins[i]->around(runs[i], regions[i].src_bytes)
                                          : regions[i].src_bytes);
     if (pins[i] && timings)
       timings->in_place_bytes += uint64_t(pins[i]->end() - pins[i]->begin());
@@ -711,7 +712,7 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
     const DequantArgs& a = parts[i].args;
     std::byte* in = s.host_in + staged[i];
     std::byte* scales = s.host_scales + scale_offsets[i];
-    const std::byte* run = region_run(a, regions[i]);
+    const std::byte* run = runs[i];
     const InPlaceInput* pin = pins[i].get();
     const uint64_t n = regions[i].src_bytes;
     if (Status st = guard(i, [&] {

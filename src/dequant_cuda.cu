@@ -13,12 +13,12 @@
 // or on fused multiply-adds: there is no add.
 //
 // Transposed calls (a stacked expert piece: out[k][r] = deq(W[r][begin + k])) go through a tile
-// in shared memory, each block walking a strip of tiles down the rows with the next tile's loads
-// in flight while the current one is written. FP8 into 16-bit results with shapes in multiples
-// of 8 (every real checkpoint) take transposed8_kernel: 128 x 64 tiles of packed 16-bit pairs,
-// 8-byte loads and whole-line 16-byte stores. Other calls take transposed_kernel: 64 x 64 tiles
-// of floats, 16-byte loads; such a tile lies inside one scale block (blocks are powers of two
-// >= 64), so it reads one scale. Plain calls (rows of W) are elementwise: FP8 into 16-bit
+// in shared memory, each block's next tile's loads in flight while the current one is written.
+// FP8 into 16-bit results with shapes in multiples of 8 (every real checkpoint) take
+// transposed8_kernel: 128 x 64 tiles of packed 16-bit pairs, 8-byte loads, whole-line 16-byte
+// stores, and a persistent grid over every piece of a batch. Other calls take transposed_kernel:
+// 64 x 64 tiles of floats, 16-byte loads, each block walking a strip of tiles down the rows; such
+// a tile lies inside one scale block (blocks are powers of two >= 64), so it reads one scale. Plain calls (rows of W) are elementwise: FP8 into 16-bit
 // results in the 8-byte layout (rows8_kernel), the rest with each block walking output rows,
 // each thread 16 input bytes at a time, two loads in flight.
 // Rows that are not 16-byte aligned (odd widths, pitches or pointers) take element-wise loads and

@@ -32,7 +32,8 @@ void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, un
 }
 
 unsigned default_writers(unsigned threads, size_t files) {
-  const unsigned per_threads = threads <= 8 ? threads : std::max(8u, threads / 2);
+  // One per thread up to 8 threads, then one per two threads (at least 8).
+  const unsigned per_threads = std::max(std::min(threads, 8u), threads / 2);
   const size_t lanes = std::min<size_t>({per_threads, files, 16});
   return static_cast<unsigned>(std::max<size_t>(1, lanes));
 }
