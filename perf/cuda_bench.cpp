@@ -27,8 +27,14 @@
 //   --kernels  only (c), one timed run per case: for ncu and compute-sanitizer
 //   --pipeline only (b) and (d)
 //   --dequant  only (a) and (e)
-//   --init     what opening the CUDA stage costs, step by step (run it in a fresh process)
+//   --init     what opening the CUDA stage costs, step by step (run it in a fresh process), and
+//              closing it
+//   --init-leave  the opening steps, then _exit without closing anything (time the process
+//              from outside: what the end of a process costs that leaves it to the driver)
 //   --register DIR  a chunk of a file's mapping to the GPU: staged copy or page-locked in place
+//   --register-out DIR  a chunk of results from the GPU into a new file in DIR: downloaded into
+//                   pinned memory then written (pwrite), or downloaded straight into the file's
+//                   shared mapping page-locked in place
 #include <cstdio>
 #include <cstring>
 
@@ -69,7 +75,9 @@ bool g_kernels_only = false;  // --kernels: section (c) only, one timed run each
 bool g_pipeline_only = false; // --pipeline: sections (b) and (d) only
 bool g_dequant_only = false;  // --dequant: sections (a) and (e) only
 const char* g_register_dir = nullptr; // --register DIR: page-locking the mapping in place
+const char* g_register_out_dir = nullptr; // --register-out DIR: downloading into a file mapping
 bool g_init_only = false;     // --init: what opening the GPU stage costs, step by step
+bool g_init_leave = false;    // --init-leave: the same, then _exit without freeing anything
 
 void check(cudaError_t err, const char* what) {
   if (err == cudaSuccess)
@@ -679,11 +687,12 @@ void bench_pipeline(const HostBuffer& host, unsigned slots, bool fold, double ce
 // What opening the CUDA stage costs the process, step by step, in a fresh process: the driver,
 // the context, then the staging memory of 16 slots of 32 MiB (pinned host and device), and
 // page-locking 16 ordinary buffers of that size in place.
-void bench_init() {
+void bench_init(bool leave) {
   using clock = std::chrono::steady_clock;
   auto ms = [](clock::time_point a) {
     return std::chrono::duration<double, std::milli>(clock::now() - a).count();
   };
+  const auto start = clock::now();
   auto t = clock::now();
   const int n = CudaTransformer::device_count();
   std::printf("init: device_count %d: %.1f ms\n", n, ms(t));
@@ -711,18 +720,43 @@ void bench_init() {
   for (auto& p : plain)
     check(cudaHostRegister(p, size, cudaHostRegisterPortable), "cudaHostRegister");
   std::printf("init: cudaHostRegister 16 x 32 MiB (touched): %.1f ms\n", ms(t));
+  if (leave) { // what the process's end costs when nothing is freed: time the process outside
+    std::printf("init: in the process %.1f ms, now _exit without freeing\n", ms(start));
+    std::fflush(stdout);
+    _exit(0);
+  }
+  std::vector<void*> fresh(16);
+  t = clock::now();
+  for (auto& p : fresh) {
+    p = std::aligned_alloc(4096, size);
+    check(cudaHostRegister(p, size, cudaHostRegisterPortable), "cudaHostRegister");
+  }
+  std::printf("init: aligned_alloc + cudaHostRegister 16 x 32 MiB (untouched): %.1f ms\n", ms(t));
   t = clock::now();
   for (auto& p : plain)
     cudaHostUnregister(p);
-  for (auto& p : host)
-    cudaFreeHost(p);
-  for (auto& p : dev)
-    cudaFree(p);
-  std::printf("init: freeing it all: %.1f ms\n", ms(t));
+  for (auto& p : fresh)
+    cudaHostUnregister(p);
+  std::printf("init: cudaHostUnregister 32 x 32 MiB: %.1f ms\n", ms(t));
+  t = clock::now();
   for (auto& p : plain)
     std::free(p);
+  for (auto& p : fresh)
+    std::free(p);
+  std::printf("init: free 32 x 32 MiB: %.1f ms\n", ms(t));
+  t = clock::now();
+  for (auto& p : host)
+    cudaFreeHost(p);
+  std::printf("init: cudaFreeHost 16 x 32 MiB: %.1f ms\n", ms(t));
+  t = clock::now();
+  for (auto& p : dev)
+    cudaFree(p);
+  std::printf("init: cudaFree 32 x 32 MiB: %.1f ms\n", ms(t));
+  t = clock::now();
+  check(cudaDeviceReset(), "cudaDeviceReset");
+  std::printf("init: cudaDeviceReset: %.1f ms\n", ms(t));
+  std::printf("init: in the process %.1f ms\n", ms(start));
 }
-
 // What it costs one thread to get a chunk of a file's mapping to the GPU, two ways: copying it
 // into pinned memory and uploading it (the CUDA stage's way), or page-locking the mapped chunk
 // in place (cudaHostRegister, read-only), uploading from it and unlocking it. The file (4 GiB,
@@ -831,6 +865,146 @@ void bench_register(const char* dir) {
   munmap(map, bytes);
 }
 
+// What it costs threads to get chunks of results from the GPU into a new file (in `dir`: a tmpfs
+// stands for the page cache), three ways:
+//   download + pwrite: into a pinned buffer, then written into the file (the writer lanes' way);
+//   register + download: the file's chunk mapped shared and writable, page-locked in place
+//     (cudaHostRegister, which allocates the file's pages), the download straight into it;
+//   populate + register + download: the same after MADV_POPULATE_WRITE has allocated the pages.
+// Each trial writes a new 4 GiB file; the bytes are checked, one per page.
+void bench_register_out(const char* dir) {
+  const uint64_t bytes = uint64_t(4) << 30;
+  const std::string path = std::string(dir) + "/cuda_bench_register_out.bin";
+  enum Way { pwrite_way, register_way, populate_way };
+  for (const uint64_t chunk : {uint64_t(16) << 20, uint64_t(64) << 20})
+    for (const unsigned n : {1u, 2u, 4u, 8u})
+      for (const Way way : {pwrite_way, register_way, populate_way}) {
+        const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+          std::printf("register-out: cannot create %s\n", path.c_str());
+          return;
+        }
+        std::byte* map = nullptr;
+        if (way != pwrite_way) {
+          map = static_cast<std::byte*>(
+              mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+          if (map == MAP_FAILED) {
+            std::printf("register-out: mmap failed\n");
+            return;
+          }
+        }
+        struct Lane {
+          std::byte *pinned = nullptr, *dev = nullptr;
+          cudaStream_t stream = nullptr;
+        };
+        std::vector<Lane> lanes(n);
+        for (unsigned k = 0; k < n; ++k) {
+          Lane& l = lanes[k];
+          if (way == pwrite_way)
+            check(cudaHostAlloc(reinterpret_cast<void**>(&l.pinned), chunk, 0), "cudaHostAlloc");
+          check(cudaMalloc(reinterpret_cast<void**>(&l.dev), chunk), "cudaMalloc");
+          check(cudaMemset(l.dev, 0x5A, chunk), "cudaMemset");
+          check(cudaStreamCreateWithFlags(&l.stream, cudaStreamNonBlocking), "stream");
+        }
+        check(cudaDeviceSynchronize(), "sync");
+        std::atomic<uint64_t> next{0};
+        std::atomic<bool> failed{false};
+        std::vector<double> reg_ms(n), pop_ms(n), write_ms(n);
+        const uint64_t chunks = bytes / chunk;
+        using clock = std::chrono::steady_clock;
+        const auto ms_since = [](clock::time_point t) {
+          return std::chrono::duration<double, std::milli>(clock::now() - t).count();
+        };
+        const auto t0 = clock::now();
+        std::vector<std::thread> threads;
+        for (unsigned k = 0; k < n; ++k)
+          threads.emplace_back([&, k] {
+            Lane& l = lanes[k];
+            for (uint64_t c; !failed && (c = next.fetch_add(1)) < chunks;) {
+              if (way == pwrite_way) {
+                check(cudaMemcpyAsync(l.pinned, l.dev, chunk, cudaMemcpyDeviceToHost, l.stream),
+                      "d2h");
+                check(cudaStreamSynchronize(l.stream), "sync");
+                const auto w0 = clock::now();
+                for (uint64_t done = 0; done < chunk;) {
+                  const ssize_t w = pwrite(fd, l.pinned + done, chunk - done,
+                                           static_cast<off_t>(c * chunk + done));
+                  if (w <= 0) {
+                    std::printf("register-out: pwrite failed\n");
+                    failed = true;
+                    return;
+                  }
+                  done += static_cast<uint64_t>(w);
+                }
+                write_ms[k] += ms_since(w0);
+                continue;
+              }
+              std::byte* dst = map + c * chunk;
+              if (way == populate_way) {
+                const auto p0 = clock::now();
+                if (madvise(dst, chunk, 23 /* MADV_POPULATE_WRITE */) != 0) {
+                  std::printf("register-out: MADV_POPULATE_WRITE failed\n");
+                  failed = true;
+                  return;
+                }
+                pop_ms[k] += ms_since(p0);
+              }
+              const auto r0 = clock::now();
+              if (const cudaError_t e = cudaHostRegister(dst, chunk, 0); e != cudaSuccess) {
+                std::printf("register-out: cudaHostRegister: %s\n", cudaGetErrorString(e));
+                failed = true;
+                return;
+              }
+              reg_ms[k] += ms_since(r0);
+              check(cudaMemcpyAsync(dst, l.dev, chunk, cudaMemcpyDeviceToHost, l.stream), "d2h");
+              check(cudaStreamSynchronize(l.stream), "sync");
+              check(cudaHostUnregister(dst), "unregister");
+            }
+          });
+        for (auto& th : threads)
+          th.join();
+        const double s = std::chrono::duration<double>(clock::now() - t0).count();
+        bool right = !failed;
+        std::vector<unsigned char> page(1);
+        for (uint64_t off = 0; right && off < bytes; off += 4096 * 97) {
+          unsigned char b = 0;
+          if (map)
+            b = static_cast<unsigned char>(map[off]);
+          else if (pread(fd, &b, 1, static_cast<off_t>(off)) != 1)
+            right = false;
+          right = right && b == 0x5A;
+        }
+        if (!failed) {
+          static const char* names[] = {"download + pwrite          ",
+                                        "register + download        ",
+                                        "populate + register + down."};
+          char name[160];
+          std::snprintf(name, sizeof name, "register-out: %s %3llu MiB chunks, %u thread%s%s",
+                        names[way], (unsigned long long)(chunk >> 20), n, n > 1 ? "s" : "",
+                        right ? "" : " WRONG BYTES");
+          line(name, gbps(double(bytes), s), 0);
+          double r = 0, p = 0, w = 0;
+          for (unsigned k = 0; k < n; ++k) {
+            r += reg_ms[k];
+            p += pop_ms[k];
+            w += write_ms[k];
+          }
+          const auto rate = [&](double ms) { return ms > 0 ? double(bytes) / (ms / n) / 1e6 : 0; };
+          std::printf("    per thread: pwrite %.2f GB/s, populate %.2f GB/s, register %.2f GB/s\n",
+                      rate(w), rate(p), rate(r));
+        }
+        for (auto& l : lanes) {
+          cudaFreeHost(l.pinned);
+          cudaFree(l.dev);
+          cudaStreamDestroy(l.stream);
+        }
+        if (map)
+          munmap(map, bytes);
+        close(fd);
+        std::remove(path.c_str());
+      }
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -845,15 +1019,24 @@ int main(int argc, char** argv) {
       g_dequant_only = true;
     else if (std::strcmp(argv[i], "--init") == 0)
       g_init_only = true;
+    else if (std::strcmp(argv[i], "--init-leave") == 0)
+      g_init_only = g_init_leave = true;
     else if (std::strcmp(argv[i], "--register") == 0 && i + 1 < argc)
       g_register_dir = argv[++i];
+    else if (std::strcmp(argv[i], "--register-out") == 0 && i + 1 < argc)
+      g_register_out_dir = argv[++i];
+  if (g_register_out_dir) {
+    check(cudaSetDevice(0), "cudaSetDevice");
+    bench_register_out(g_register_out_dir);
+    return 0;
+  }
   if (g_register_dir) {
     check(cudaSetDevice(0), "cudaSetDevice");
     bench_register(g_register_dir);
     return 0;
   }
   if (g_init_only) {
-    bench_init();
+    bench_init(g_init_leave);
     return 0;
   }
   if (CudaTransformer::device_count() == 0) {

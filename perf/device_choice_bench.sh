@@ -14,7 +14,9 @@
 #     --models LIST     "deepseek_v3 diffusion_gemma" (default both)
 #     --cores LIST      "2 4 16" (default)
 #     --devices LIST    devices to alternate (default "cpu cuda"); "staged" is cuda with
-#                       SHARDSHIFT_CUDA_INPUT=staged (the input copied into pinned memory first)
+#                       SHARDSHIFT_CUDA_INPUT=staged (the input copied into pinned memory first);
+#                       "cuda-none" and "cuda-all" are cuda with SHARDSHIFT_ROUTER=cpu (the GPU
+#                       opened but given no chunk) and =gpu (every chunk it can take)
 #     --writers LIST    --writers values to sweep (default: none, shardshift's own default)
 #     --runs R          rounds (default 2); then one `--device auto` run per core count
 #     --scale K         synth --scale K: small inputs, to try this script (figures use 1)
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
   --writers) WRITERS=$2; shift 2 ;;
   --runs) RUNS=$2; shift 2 ;;
   --scale) SCALE=$2; shift 2 ;;
-  -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
   *) echo "device_choice_bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,13 +48,17 @@ IN=$RAM/in OUT=$RAM/out
 
 run() { # cores device [writers]
   local dev=$2 env=() extra=()
-  [ "$dev" = staged ] && { dev=cuda; env=(SHARDSHIFT_CUDA_INPUT=staged); }
+  case "$dev" in
+  staged) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=staged) ;;
+  cuda-none) dev=cuda env=(SHARDSHIFT_ROUTER=cpu) ;;
+  cuda-all) dev=cuda env=(SHARDSHIFT_ROUTER=gpu) ;;
+  esac
   [ -n "${3:-}" ] && extra=(--writers "$3")
   rm -rf "$OUT"
   env "${env[@]}" /usr/bin/time -f "%e s, peak %M KB" taskset -c "0-$(($1 - 1))" \
     "$BIN" convert "$IN" "$OUT" --no-sync -j "$1" --device "$dev" "${extra[@]}" \
     >/dev/null 2>/tmp/device_choice.err || { tail -3 /tmp/device_choice.err; return; }
-  printf '  cores %-2s %-6s %-4s %s | %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \
+  printf '  cores %-2s %-9s %-4s %s | %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \
     "$(grep -o 'transformed [0-9.]* [GM]B on [^;]*' /tmp/device_choice.err | head -1)"
 }
 

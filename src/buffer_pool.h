@@ -2,8 +2,9 @@
 // (the pipeline's token count), so acquire() never waits; they are allocated on first use and
 // reused. With a GPU they are page-locked, so device-to-host copies land in them directly: the
 // GPU opens beside the work (gpu_handle.h), so buffers made before it is open are ordinary and
-// are pinned in place when it opens, before any chunk can reach it; later ones are allocated
-// pinned.
+// are pinned in place when it opens, before any chunk can reach it; later ones are pinned in
+// place as they are made. A buffer that cannot be pinned stays ordinary, and its chunks run on
+// the CPU.
 // Thread-safety: all members are thread-safe.
 #pragma once
 
@@ -33,12 +34,12 @@ public:
   bool pinned(const std::byte* p);
 
 private:
-  enum class Kind { plain, pinned_in_place, allocated_pinned };
+  enum class Kind { plain, pinned_in_place };
   struct Buffer {
     std::byte* p;
     Kind kind;
   };
-  /// The GPU has opened: later buffers are allocated pinned, earlier ones pinned in place.
+  /// The GPU has opened: the buffers made before are pinned in place (later ones as they are made).
   void pin_all(CudaTransformer& gpu);
 
   uint64_t bytes_;

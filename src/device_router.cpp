@@ -1,9 +1,28 @@
 // device_router.cpp: moving averages of each device's cost per byte, and the choice.
 #include "device_router.h"
 
+#include <cstdlib>
+#include <cstring>
+
 namespace shardshift {
 
+namespace {
+
+// SHARDSHIFT_ROUTER=cpu|gpu overrides the measurements, for comparisons: cpu sends no chunk to
+// the GPU (it is still opened), gpu sends every chunk it can take.
+int forced_choice() {
+  static const int choice = [] {
+    const char* v = std::getenv("SHARDSHIFT_ROUTER");
+    return !v ? -1 : std::strcmp(v, "gpu") == 0 ? 1 : std::strcmp(v, "cpu") == 0 ? 0 : -1;
+  }();
+  return choice;
+}
+
+} // namespace
+
 bool DeviceRouter::prefer_gpu() {
+  if (const int forced = forced_choice(); forced >= 0)
+    return forced == 1;
   const uint64_t n = chunks_.fetch_add(1);
   std::lock_guard lock(mu_);
   // Warm up by alternating, so both devices are measured on the same kind of chunks.

@@ -1,6 +1,7 @@
 // engine.cpp: picking the device and splitting the memory budget for one run of the pipeline.
 #include "engine.h"
 
+#include "outputs.h"
 #include "transpose.h"
 
 #include <algorithm>
@@ -13,7 +14,8 @@ namespace {
 // CPU. The GPU opens beside the work (gpu_handle.h): a device that fails to open is found out on
 // the opening thread, and fails the run only when it was asked for by name.
 Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsigned threads,
-                                               bool dequantizes, uint64_t chunk, unsigned slots) {
+                                               bool dequantizes, uint64_t chunk, unsigned slots,
+                                               bool count_first) {
   if (device == "cpu")
     return std::unique_ptr<GpuHandle>();
   auto parsed = parse_device(device);
@@ -31,24 +33,20 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
   const unsigned most = dequantizes ? 2 : 0;
   if (device == "auto" && threads > most && simd != SimdLevel::portable)
     return std::unique_ptr<GpuHandle>();
-  // Counting devices (the driver's start, 0.1-0.2 s on the H200 host) stays before the work: a
-  // machine without one sizes the pipeline without staging slots, and one asked for by name and
-  // missing is told so before a stream to stdout has begun. The rest of the opening (context,
-  // pinned slots: about 0.3 s) happens beside the work.
-  const int count = CudaTransformer::device_count();
-  if (device == "auto" && count == 0)
-    return std::unique_ptr<GpuHandle>();
-  if (device != "auto") {
-    if (count == 0)
-      return Status(Errc::cuda, "--device " + device +
-                                    ": no usable CUDA GPU (no driver, no device, or built "
-                                    "without CUDA); use --device cpu or auto");
-    if (ordinal >= count)
-      return Status(Errc::invalid_argument, "--device " + device + ": there are " +
-                                                std::to_string(count) +
-                                                " CUDA device(s), numbered from 0");
+  // Counting devices is the driver's start (0.1-0.2 s on the H200 host). Where the output is a
+  // stream (stdout, commands), it comes before the work, so that a device asked for by name and
+  // missing is told before a stream has begun. Into a directory it is part of the opening,
+  // beside the work: a missing device fails the run at the first chunk it could have taken (or
+  // at its end), before anything is committed under OUT.
+  if (count_first) {
+    const int count = CudaTransformer::device_count();
+    if (device == "auto" && count == 0)
+      return std::unique_ptr<GpuHandle>();
+    if (device != "auto")
+      if (Status s = check_device_count(device, ordinal, count); !s)
+        return s;
   }
-  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto");
+  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto", device);
 }
 
 } // namespace
@@ -113,7 +111,9 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
   size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
-  auto gpu = open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots);
+  const bool stream = is_stream(options) || !options.pipe_to.empty();
+  auto gpu =
+      open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, stream);
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());

@@ -7,8 +7,21 @@
 
 namespace shardshift {
 
-GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required)
-    : ordinal_(ordinal), required_(required) {
+Status check_device_count(const std::string& device, int ordinal, int count) {
+  if (count == 0)
+    return Status(Errc::cuda, "--device " + device +
+                                  ": no usable CUDA GPU (no driver, no device, or built "
+                                  "without CUDA); use --device cpu or auto");
+  if (ordinal >= count)
+    return Status(Errc::invalid_argument, "--device " + device + ": there are " +
+                                              std::to_string(count) +
+                                              " CUDA device(s), numbered from 0");
+  return {};
+}
+
+GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required,
+                     std::string device)
+    : ordinal_(ordinal), required_(required), device_(std::move(device)) {
   thread_ = std::thread([this, chunk_bytes, slots] { open(chunk_bytes, slots); });
 }
 
@@ -20,8 +33,8 @@ void GpuHandle::open(uint64_t chunk_bytes, unsigned slots) {
   Status failure;
   std::unique_ptr<CudaTransformer> gpu;
   const int count = CudaTransformer::device_count();
-  if (ordinal_ >= count) { // --device auto (a required device was counted before)
-    failure = Status(Errc::cuda, "no usable CUDA GPU " + std::to_string(ordinal_));
+  if (ordinal_ >= count) {
+    failure = check_device_count(device_, ordinal_, count);
   } else {
     auto created = CudaTransformer::create(ordinal_, chunk_bytes, slots);
     if (created)

@@ -31,12 +31,21 @@
 
 namespace shardshift {
 
+/// Whether `count` CUDA devices can serve --device `device` (ordinal `ordinal`): ok, or the error
+/// that explains it to the user (no device at all: Errc::cuda; a number beyond the last one:
+/// Errc::invalid_argument). REQUIRES: device is not "auto" or "cpu".
+Status check_device_count(const std::string& device, int ordinal, int count);
+
 class GpuHandle {
 public:
   /// Starts opening CUDA device `ordinal` with `slots` staging sets of `chunk_bytes`
   /// (CudaTransformer::create). `required` (an explicit --device cuda): a failure to open fails
-  /// the run (required_status); otherwise the run goes on without the GPU.
-  GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required);
+  /// the run (required_status); otherwise the run goes on without the GPU. Counting the devices
+  /// (the driver's start, 0.1-0.2 s) is part of the opening; `device` (the option as given,
+  /// "cuda:1") names the device in the error when there is none or too few
+  /// (check_device_count).
+  GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required,
+            std::string device = "cuda");
   ~GpuHandle();
   GpuHandle(const GpuHandle&) = delete;
   GpuHandle& operator=(const GpuHandle&) = delete;
@@ -69,6 +78,7 @@ private:
 
   const int ordinal_;
   const bool required_;
+  const std::string device_; ///< --device as given, for errors
   std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_, before state_
   std::atomic<int> state_{opening}; ///< read without mu_ on every chunk; opened publishes gpu_
   mutable std::mutex mu_;
