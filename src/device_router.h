@@ -5,7 +5,8 @@
 // CPU"). So the router measures what a
 // chunk has cost a pipeline thread per byte on each device (moving averages) and sends chunks to
 // the cheaper one, re-trying the other every PROBE_EVERY chunks in case the load changed. The
-// output is the same whichever device runs a chunk; only the time differs.
+// output is the same whichever device runs a chunk; only the time differs. For comparisons,
+// SHARDSHIFT_ROUTER=cpu sends the GPU nothing (it is still opened) and =gpu every chunk.
 // Thread-safety: all members are thread-safe.
 #pragma once
 

@@ -1,12 +1,13 @@
 // gpu_handle.h: the CUDA stage of one run, opened beside the work rather than before it.
 //
-// Opening the GPU stage costs about half a second on the H200 host (the driver, the context and
-// the pinned staging slots: docs/PERFORMANCE.md, "Opening the GPU beside the work"), as long as
-// a whole conversion of a few GB takes on 16 cores. Waiting for it made `--device cuda` slower than `--device cpu`
-// whenever the CPU alone was fast. So a GpuHandle opens the device on a thread of its own while
-// the pipeline starts on the CPU: the transform stage asks get() for each chunk and sends chunks
-// to the GPU once it is there (and once the DeviceRouter finds it the cheaper device). The bytes
-// are the same on either device, so when the GPU arrives changes only the time.
+// Opening the GPU stage costs about half a second on the H200 host (the driver's start, the
+// context and the staging slots: docs/PERFORMANCE.md, "Opening the GPU beside the work" and
+// "The GPU's fixed cost"), a good part of what a whole conversion of a few GB takes on 16 cores.
+// Waiting for it made `--device cuda` slower than `--device cpu` whenever the CPU alone was fast.
+// So a GpuHandle counts the devices and opens one on a thread of its own while the pipeline
+// starts on the CPU: the transform stage asks get() for each chunk and sends chunks to the GPU
+// once it is there (and once the DeviceRouter finds it the cheaper device). The bytes are the
+// same on either device, so when the GPU arrives changes only the time.
 //
 // Buffers that the GPU writes into must be page-locked. The buffer pool pins the buffers it made
 // before the GPU arrived from a hook that runs on the opening thread before get() publishes the
