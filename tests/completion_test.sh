@@ -19,12 +19,15 @@ complete_words() {
   printf '%s\n' "${COMPREPLY[@]}"
 }
 expect_offer() { # WORD OFFERS... (the offers of complete_words, in $offers' order)
-  local word=$1
+  # A loop, not `printf | grep -q`: grep -q exits at the first match, and under pipefail the
+  # SIGPIPE that printf may then get would fail the pipeline now and then.
+  local word=$1 offer
   shift
-  printf '%s\n' "$@" | grep -qxF -- "$word" || {
-    echo "completion: '$word' not offered ($context); offered: $*" >&2
-    fail=1
-  }
+  for offer in "$@"; do
+    [ "$offer" = "$word" ] && return 0
+  done
+  echo "completion: '$word' not offered ($context); offered: $*" >&2
+  fail=1
 }
 
 commands=$("$shardshift" --help | sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\) .*/\1/p')
