@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <set>
+#include <string>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -146,12 +148,22 @@ TEST_F(ConvertCli, ExitCodes) {
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("nope"), std::string::npos) << missing.err;
   // --device cuda without a GPU (or without CUDA) is a clear error, not a silent fallback.
+  // Into a directory the devices are counted beside the work, so the run has begun when it
+  // fails: it must leave nothing behind, neither OUT nor a staging directory.
   if (std::getenv("SHARDSHIFT_EXPECT_GPU") == nullptr) {
+    const auto entries = [&] {
+      std::set<std::string> names;
+      for (const auto& e : fs::directory_iterator(tmp.path()))
+        names.insert(e.path().filename().string());
+      return names;
+    };
+    const std::set<std::string> before = entries();
     auto cuda = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
                                shell_quoted(tmp / "x") + " --device cuda");
     if (cuda.exit_code != 0) {
       EXPECT_EQ(cuda.exit_code, 1);
-      EXPECT_NE(cuda.err.find("--device"), std::string::npos) << cuda.err;
+      EXPECT_NE(cuda.err.find("--device cuda: no usable CUDA GPU"), std::string::npos) << cuda.err;
+      EXPECT_EQ(entries(), before);
     }
   }
   auto help = run_shardshift("convert --help");

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace shardshift {
@@ -30,6 +31,23 @@ TEST(GpuHandle, ADeviceThatCannotOpenFailsOnlyARunThatAskedForIt) {
     // The summary names the device that did the work: the CPU.
     EXPECT_EQ(gpu.description().rfind("cpu (", 0), 0u) << gpu.description();
   }
+}
+
+// The errors a missing or out-of-range device gives, whether counted before the work (a stream)
+// or on the opening thread (a directory): they name the option as given and say what to do.
+TEST(GpuHandle, DeviceCountErrorsNameTheOptionAndWhatToDo) {
+  const Status none = check_device_count("cuda", 0, 0);
+  EXPECT_EQ(none.code(), Errc::cuda);
+  EXPECT_NE(none.message().find("--device cuda: no usable CUDA GPU"), std::string::npos)
+      << none.message();
+  EXPECT_NE(none.message().find("use --device cpu or auto"), std::string::npos) << none.message();
+  const Status beyond = check_device_count("cuda:3", 3, 2);
+  EXPECT_EQ(beyond.code(), Errc::invalid_argument);
+  EXPECT_NE(beyond.message().find("--device cuda:3: there are 2 CUDA device(s)"),
+            std::string::npos)
+      << beyond.message();
+  EXPECT_TRUE(check_device_count("cuda:1", 1, 2).ok());
+  EXPECT_TRUE(check_device_count("cuda", 0, 1).ok());
 }
 
 TEST(GpuHandle, BuffersStayOrdinaryAndTheHookNeverRunsWhenNoDeviceOpens) {
