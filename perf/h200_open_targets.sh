@@ -10,7 +10,10 @@
 #   5. --checksums against none, 8 real layers into RAM, --no-sync (the SHA-256 share);
 #   6. a chunk of a mapping to the GPU, copied or page-locked in place (cuda_bench --register),
 #      and cpu against cuda against auto for both plans at 2, 4 and 16 cores
-#      (perf/device_choice_bench.sh).
+#      (perf/device_choice_bench.sh);
+#   7. the GPU's fixed cost: opening and closing it (cuda_bench --init, --init-leave), results
+#      downloaded into the output file's pages (--register-out), the GPU opened but given no
+#      chunk or every chunk, and five rounds of cpu against cuda.
 #
 # Usage, from the repository root on the H200 machine, with the binaries of a build for sm_90
 # and the shared libraries they need carried in D (default .dev: shardshift, cuda_bench,
@@ -66,3 +69,14 @@ print('   one core SHA-256 (the per-file floor): %.2f GB/s' % ((1<<30)/(time.tim
 step "6. reading the input in place; cpu against cuda against auto"
 "$D"/cuda_bench --register /mnt/ram
 perf/device_choice_bench.sh --bin "$B" --ram /mnt/ram
+
+step "7. the GPU's fixed cost"
+for mode in --init --init-leave; do
+  start=$(date +%s%N)
+  "$D"/cuda_bench $mode
+  echo "   $mode: the process took $(( ($(date +%s%N) - start) / 1000000 )) ms"
+done
+"$D"/cuda_bench --register-out /mnt/ram
+perf/device_choice_bench.sh --bin "$B" --ram /mnt/ram --cores "16 2" \
+  --devices "cpu cuda cuda-none cuda-all"
+perf/device_choice_bench.sh --bin "$B" --ram /mnt/ram --cores "2 4 16" --runs 5
