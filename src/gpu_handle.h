@@ -34,7 +34,7 @@ namespace shardshift {
 
 /// Whether `count` CUDA devices can serve --device `device` (ordinal `ordinal`): ok, or the error
 /// that explains it to the user (no device at all: Errc::cuda; a number beyond the last one:
-/// Errc::invalid_argument). REQUIRES: device is not "auto" or "cpu".
+/// Errc::invalid_argument). With "auto" the error is only kept: the run stays on the CPU.
 Status check_device_count(const std::string& device, int ordinal, int count);
 
 class GpuHandle {
