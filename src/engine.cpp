@@ -5,6 +5,7 @@
 #include "transpose.h"
 
 #include <algorithm>
+#include <filesystem>
 
 namespace shardshift {
 
@@ -38,6 +39,11 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
   // missing is told before a stream has begun. Into a directory it is part of the opening,
   // beside the work: a missing device fails the run at the first chunk it could have taken (or
   // at its end), before anything is committed under OUT.
+  // auto on a machine with no NVIDIA driver's device nodes (Linux: /dev/nvidiactl; WSL: /dev/dxg)
+  // has no GPU to find: it stays on the CPU without starting the opening or sizing for it.
+  if (device == "auto" && !count_first && !std::filesystem::exists("/dev/nvidiactl") &&
+      !std::filesystem::exists("/dev/dxg"))
+    return std::unique_ptr<GpuHandle>();
   if (count_first) {
     const int count = CudaTransformer::device_count();
     if (device == "auto" && count == 0)
