@@ -13,7 +13,9 @@
 #      (perf/device_choice_bench.sh);
 #   7. the GPU's fixed cost: opening and closing it (cuda_bench --init, --init-leave), results
 #      downloaded into the output file's pages (--register-out), the GPU opened but given no
-#      chunk or every chunk, and five rounds of cpu against cuda.
+#      chunk or every chunk, five rounds of cpu against cuda, and the cpu at the smaller chunks
+#      that the GPU slots' share of the budget leaves cuda at 16 threads (--max-memory 768MiB
+#      against 1GiB: DeepSeek-V3, where cuda stays 0.3 s behind within the run).
 #
 # Usage, from the repository root on the H200 machine, with the binaries of a build for sm_90
 # and the shared libraries they need carried in D (default .dev: shardshift, cuda_bench,
@@ -80,3 +82,15 @@ done
 perf/device_choice_bench.sh --bin "$B" --ram /mnt/ram --cores "16 2" \
   --devices "cpu cuda cuda-none cuda-all"
 perf/device_choice_bench.sh --bin "$B" --ram /mnt/ram --cores "2 4 16" --runs 5
+IN=/mnt/ram/ds
+"$B" synth "$IN" --model deepseek_v3 --layers 5 --scale-experts 4 --mtp-layers 0 \
+  --max-shard-size 2GB -q || exit 1
+for rep in 0 1 2 3 4; do
+  for mem in 1GiB 768MiB; do
+    rm -rf /mnt/ram/out
+    /usr/bin/time -f "   cpu --max-memory $mem: %e s, peak %M KB" taskset -c 0-15 "$B" convert "$IN" \
+      /mnt/ram/out --no-sync -j 16 --device cpu --max-memory "$mem" -q
+    [ "$rep" = 0 ] && break # the first run after synth warms the input up
+  done
+done
+rm -rf "$IN" /mnt/ram/out
