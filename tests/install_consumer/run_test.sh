@@ -26,7 +26,9 @@ libdir=$(dirname "$(find "$prefix" -name libshardshift.a | head -1)")
 [ -f "$libdir/cmake/shardshift/shardshiftConfig.cmake" ] || fail "no CMake package"
 [ -f "$libdir/cmake/shardshift/shardshiftConfigVersion.cmake" ] || fail "no CMake version file"
 # The installed tool runs and says its version.
-"$prefix/bin/shardshift" --version | head -1 | grep -q '^shardshift [0-9]' || fail "--version"
+# (The output is captured first: under pipefail, `| head -1` could fail the line with SIGPIPE.)
+version=$("$prefix/bin/shardshift" --version) || fail "--version failed"
+[[ "${version%%$'\n'*}" =~ ^shardshift\ [0-9] ]] || fail "--version: $version"
 
 # pkg-config: the prefix is found from the .pc file's place, so -I names the installed headers.
 if command -v pkg-config >/dev/null; then
