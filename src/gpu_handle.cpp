@@ -21,27 +21,33 @@ Status check_device_count(const std::string& device, int ordinal, int count) {
 
 GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required,
                      std::string device)
-    : ordinal_(ordinal), required_(required), device_(std::move(device)) {
-  thread_ = std::thread([this, chunk_bytes, slots] { open(chunk_bytes, slots); });
+    : GpuHandle(
+          ordinal,
+          [ordinal, chunk_bytes, slots,
+           device = std::move(device)]() -> Result<std::unique_ptr<CudaTransformer>> {
+            const int count = CudaTransformer::device_count();
+            if (Status s = check_device_count(device, ordinal, count); !s)
+              return s;
+            return CudaTransformer::create(ordinal, chunk_bytes, slots);
+          },
+          required) {}
+
+GpuHandle::GpuHandle(int ordinal, Opener open, bool required)
+    : ordinal_(ordinal), required_(required) {
+  thread_ = std::thread([this, opener = std::move(open)] { this->open(opener); });
 }
 
 GpuHandle::~GpuHandle() {
   thread_.join();
 }
 
-void GpuHandle::open(uint64_t chunk_bytes, unsigned slots) {
+void GpuHandle::open(const Opener& opener) {
   Status failure;
   std::unique_ptr<CudaTransformer> gpu;
-  const int count = CudaTransformer::device_count();
-  if (ordinal_ >= count) {
-    failure = check_device_count(device_, ordinal_, count);
-  } else {
-    auto created = CudaTransformer::create(ordinal_, chunk_bytes, slots);
-    if (created)
-      gpu = std::move(created.value());
-    else
-      failure = created.status();
-  }
+  if (auto created = opener(); created)
+    gpu = std::move(created.value());
+  else
+    failure = created.status();
   std::lock_guard lock(mu_);
   if (gpu) {
     gpu_ = std::move(gpu);

@@ -47,6 +47,11 @@ public:
   /// (check_device_count).
   GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required,
             std::string device = "cuda");
+  /// What opens the device, on the opening thread.
+  using Opener = std::function<Result<std::unique_ptr<CudaTransformer>>()>;
+  /// The same with the opening given: `open` runs on the opening thread in place of counting the
+  /// devices and CudaTransformer::create (tests open a stand-in device with it, without a GPU).
+  GpuHandle(int ordinal, Opener open, bool required);
   ~GpuHandle();
   GpuHandle(const GpuHandle&) = delete;
   GpuHandle& operator=(const GpuHandle&) = delete;
@@ -73,13 +78,12 @@ public:
   void remove_hook();
 
 private:
-  void open(uint64_t chunk_bytes, unsigned slots);
+  void open(const Opener& opener);
 
   enum State { opening, opened, failed };
 
   const int ordinal_;
   const bool required_;
-  const std::string device_; ///< --device as given, for errors
   std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_, before state_
   std::atomic<int> state_{opening}; ///< read without mu_ on every chunk; opened publishes gpu_
   mutable std::mutex mu_;

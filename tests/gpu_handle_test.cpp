@@ -1,6 +1,7 @@
 // gpu_handle_test.cpp: the GPU opening beside the work (gpu_handle.h) and the buffer pool that
 // pins its buffers when it opens (buffer_pool.h). The failure cases run everywhere (device 999
-// exists nowhere); the pinning case needs a GPU and skips without one.
+// exists nowhere), and so do the pool's cases with a stand-in device that records what is
+// page-locked; the last case needs a GPU and skips without one.
 #include "buffer_pool.h"
 #include "gpu_handle.h"
 
@@ -8,6 +9,10 @@
 
 #include <atomic>
 #include <cstring>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,6 +71,143 @@ TEST(GpuHandle, BuffersStayOrdinaryAndTheHookNeverRunsWhenNoDeviceOpens) {
   pool.release(*a);
   pool.release(*b);
   EXPECT_EQ(pool.in_use(), 0u);
+}
+
+// A stand-in for the CUDA stage: it page-locks nothing but records what it was asked to, and
+// can refuse; it declines every chunk. Its log outlives it, for the checks after the handle.
+struct PinLog {
+  std::mutex mu;
+  std::set<void*> pinned;
+  int pins = 0, unpins = 0;
+  bool refuse = false;
+};
+
+class StandInDevice final : public CudaTransformer {
+public:
+  explicit StandInDevice(std::shared_ptr<PinLog> log) : log_(std::move(log)) {}
+  std::string device_name() const override { return "stand-in"; }
+  uint64_t pinned_bytes() const override { return 0; }
+  void* alloc_pinned(uint64_t) override { return nullptr; }
+  void free_pinned(void*) override {}
+  bool pin_in_place(void* p, uint64_t) override {
+    std::lock_guard lock(log_->mu);
+    ++log_->pins;
+    return !log_->refuse && log_->pinned.insert(p).second;
+  }
+  void unpin_in_place(void* p) override {
+    std::lock_guard lock(log_->mu);
+    ++log_->unpins;
+    EXPECT_EQ(log_->pinned.erase(p), 1u) << "unpinned a buffer that was not pinned";
+  }
+  Status run(const TransposeArgs&, CudaTimings*) override {
+    return Status(Errc::cuda, "the stand-in runs nothing");
+  }
+  Status try_run(const TransposeArgs&, CudaTimings*, bool* ran) override {
+    *ran = false;
+    return {};
+  }
+  Status try_run_dequant(const std::vector<CudaDequantPart>&, std::byte*, uint64_t,
+                         const StagingGuard&, CudaTimings*, bool* ran) override {
+    *ran = false;
+    return {};
+  }
+
+private:
+  std::shared_ptr<PinLog> log_;
+};
+
+// The pool's buffers are page-locked in place whether they were made before the device opened
+// (by the opening thread's hook) or after (as they are made), their contents untouched, reused
+// without being locked again, and unlocked once each when the pool goes.
+TEST(GpuHandle, PoolBuffersArePinnedInPlaceBeforeAndAfterTheDeviceOpens) {
+  auto log = std::make_shared<PinLog>();
+  std::promise<void> go;
+  std::shared_future<void> gate = go.get_future().share();
+  GpuHandle gpu(
+      0,
+      [log, gate]() -> Result<std::unique_ptr<CudaTransformer>> {
+        gate.wait();
+        return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
+      },
+      true);
+  {
+    BufferPool pool(CHUNK, &gpu);
+    std::vector<std::byte*> early;
+    for (int i = 0; i < 2; ++i) {
+      auto p = pool.acquire();
+      ASSERT_TRUE(p.ok());
+      std::memset(*p, 0x40 + i, CHUNK);
+      EXPECT_FALSE(pool.pinned(*p)) << "pinned before the device opened";
+      early.push_back(*p);
+    }
+    EXPECT_EQ(gpu.get(), nullptr);
+    go.set_value();
+    gpu.wait();
+    ASSERT_NE(gpu.get(), nullptr);
+    EXPECT_EQ(gpu.description(), "cuda:0 (stand-in)");
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_TRUE(pool.pinned(early[i])) << i;
+      EXPECT_EQ(early[i][CHUNK - 1], std::byte(0x40 + i)) << i;
+    }
+    auto later = pool.acquire();
+    ASSERT_TRUE(later.ok());
+    EXPECT_TRUE(pool.pinned(*later));
+    {
+      std::lock_guard lock(log->mu);
+      EXPECT_EQ(log->pins, 3);
+      EXPECT_EQ(log->pinned.size(), 3u);
+    }
+    pool.release(*later);
+    auto again = pool.acquire(); // the released buffer, already locked
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, *later);
+    pool.release(*again);
+    for (std::byte* p : early)
+      pool.release(p);
+    std::lock_guard lock(log->mu);
+    EXPECT_EQ(log->pins, 3);
+  }
+  std::lock_guard lock(log->mu);
+  EXPECT_EQ(log->unpins, 3);
+  EXPECT_TRUE(log->pinned.empty());
+}
+
+// A buffer the device cannot page-lock stays ordinary: pinned() says so (its chunks stay on the
+// CPU), and the pool does not unlock it at the end.
+TEST(GpuHandle, ABufferTheDeviceCannotPinStaysOrdinary) {
+  auto log = std::make_shared<PinLog>();
+  log->refuse = true;
+  GpuHandle gpu(
+      0,
+      [log]() -> Result<std::unique_ptr<CudaTransformer>> {
+        return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
+      },
+      false);
+  gpu.wait();
+  ASSERT_NE(gpu.get(), nullptr);
+  {
+    BufferPool pool(CHUNK, &gpu);
+    auto p = pool.acquire();
+    ASSERT_TRUE(p.ok());
+    EXPECT_FALSE(pool.pinned(*p));
+    pool.release(*p);
+  }
+  std::lock_guard lock(log->mu);
+  EXPECT_EQ(log->pins, 1);
+  EXPECT_EQ(log->unpins, 0);
+}
+
+// An opening that fails with a device asked for by name fails the run with the opening's error.
+TEST(GpuHandle, AFailedOpeningIsTheRequiredStatus) {
+  GpuHandle gpu(
+      0, []() -> Result<std::unique_ptr<CudaTransformer>> {
+        return Status(Errc::cuda, "stand-in: out of device memory");
+      },
+      true);
+  gpu.wait();
+  EXPECT_EQ(gpu.get(), nullptr);
+  EXPECT_FALSE(gpu.may_open());
+  EXPECT_EQ(gpu.required_status().message(), "stand-in: out of device memory");
 }
 
 TEST(GpuHandle, AHookRemovedIsNotCalledAfterwards) {
