@@ -9,6 +9,7 @@
 // pinned memory first, runs the transpose-fold kernel and downloads the result into args.dst (a
 // pinned buffer from alloc_pinned()), so with several threads uploads, kernels and downloads of
 // different chunks overlap.
+// A caller may hand its thread back while the GPU works (a GpuWait), and go on on another.
 // Thread-safety: run() and alloc/free_pinned are thread-safe; create/destroy are not.
 #pragma once
 
@@ -44,6 +45,17 @@ struct CudaDequantPart {
 /// (the caller wraps it in the SIGBUS guard of the file that part lies in).
 using StagingGuard = std::function<Status(size_t part, const std::function<void()>& copy)>;
 
+/// Wakes a caller waiting for its chunk: called once, from any thread, with the token it was
+/// armed with.
+using GpuWake = void (*)(void* token);
+/// How a caller waits for its chunk's work on the GPU (the upload, the kernel, the download). A
+/// GpuWait calls `arm(wake, token)` once: arm asks the device to call wake(token) when the work
+/// is done or has failed, and returns false if it could not (then nothing will wake the caller,
+/// and the GpuWait returns at once). Otherwise the GpuWait returns once wake(token) has run. The
+/// pipeline's suspends its task meanwhile, so the thread runs other chunks and the call may go on
+/// on another thread (gpu_wait.h); an empty GpuWait puts the thread to sleep on the stream.
+using GpuWait = std::function<void(const std::function<bool(GpuWake wake, void* token)>& arm)>;
+
 class CudaTransformer {
 public:
   /// Number of usable CUDA devices; 0 when built without CUDA, with no driver or no GPU.
@@ -68,15 +80,17 @@ public:
   /// receives the result. Input and output must each fit in max_chunk_bytes.
   virtual Status run(const TransposeArgs& args, CudaTimings* timings = nullptr) = 0;
   /// As run(), but only when a staging slot is free at once; otherwise sets *ran = false and
-  /// returns ok without doing anything, so the caller can do the chunk on the CPU instead.
-  virtual Status try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) = 0;
+  /// returns ok without doing anything, so the caller can do the chunk on the CPU instead. The
+  /// reads of args.src that may fault run inside guard(0, ...); the wait for the GPU is `wait`'s.
+  virtual Status try_run(const TransposeArgs& args, const StagingGuard& guard,
+                         const GpuWait& wait, CudaTimings* timings, bool* ran) = 0;
   /// Dequantizes a chunk on the GPU (dequant_cuda.h), only when a staging slot is free at once
   /// and the parts' regions (dequant_region.h) fit it; otherwise sets *ran = false and does
   /// nothing. Together the parts must write all `dst_bytes` of `dst` (pinned, alloc_pinned()):
   /// the whole device buffer is downloaded.
   virtual Status try_run_dequant(const std::vector<CudaDequantPart>& parts, std::byte* dst,
                                  uint64_t dst_bytes, const StagingGuard& guard,
-                                 CudaTimings* timings, bool* ran) = 0;
+                                 const GpuWait& wait, CudaTimings* timings, bool* ran) = 0;
 };
 
 } // namespace shardshift

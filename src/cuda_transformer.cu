@@ -17,6 +17,11 @@
 // pieces, each piece's upload queued right after its copy, so that only the last piece's upload
 // is exposed.
 //
+// Waiting. Once a chunk's work is queued, its caller waits for the stream: asleep on the last
+// event, or, given a GpuWait (the pipeline's suspends its task), until a stream callback wakes
+// it, its thread free for other chunks meanwhile. Either way the last event is then synchronized,
+// which reports any failure of the queued work.
+//
 // Errors. Every runtime call is checked; a failure becomes Errc::cuda with the call, the
 // runtime's message and the device. After a failure the slot's stream is synchronized before the
 // slot is reused, so no queued copy can still be writing into a buffer that the next chunk uses.
@@ -172,10 +177,11 @@ public:
   bool pin_in_place(void* p, uint64_t bytes) override;
   void unpin_in_place(void* p) override;
   Status run(const TransposeArgs& args, CudaTimings* timings) override;
-  Status try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) override;
+  Status try_run(const TransposeArgs& args, const StagingGuard& guard, const GpuWait& wait,
+                 CudaTimings* timings, bool* ran) override;
   Status try_run_dequant(const std::vector<CudaDequantPart>& parts, std::byte* dst,
-                         uint64_t dst_bytes, const StagingGuard& guard, CudaTimings* timings,
-                         bool* ran) override;
+                         uint64_t dst_bytes, const StagingGuard& guard, const GpuWait& wait,
+                         CudaTimings* timings, bool* ran) override;
 
 private:
   enum Event { H2D_START, H2D_END, KERNEL_END, D2H_END, EVENTS };
@@ -190,6 +196,8 @@ private:
     std::byte* dev_scales = nullptr;
     uint64_t scale_capacity = 0;
     cudaEvent_t events[EVENTS] = {};
+    GpuWake wake = nullptr; ///< who the stream's callback wakes (a GpuWait's), and its token
+    void* wake_token = nullptr;
   };
 
   /// Status for a failed runtime call, "CUDA error in <call>: <message> (device N <name>)".
@@ -200,7 +208,7 @@ private:
   Status init_slot(Slot& s);
   Status grow_scales(Slot& s, uint64_t bytes);
   Status run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes, uint64_t out_bytes,
-                CudaTimings* timings);
+                const StagingGuard& guard, const GpuWait& wait, CudaTimings* timings);
   Slot* acquire(bool wait = true);
   void release(Slot* s);
   Status check_args(const TransposeArgs& args, uint64_t* in_bytes, uint64_t* out_bytes) const;
@@ -215,11 +223,12 @@ private:
                         const std::vector<uint64_t>& offsets,
                         const std::vector<uint64_t>& scale_offsets, uint64_t scale_bytes,
                         std::byte* dst, uint64_t dst_bytes, const StagingGuard& guard,
-                        CudaTimings* timings);
+                        const GpuWait& wait, CudaTimings* timings);
   /// Queues the download of `bytes` of the slot's device output into dst, waits for the slot's
-  /// work, and fills `timings` (stage_ns: the host staging time, already measured).
-  Status download_and_wait(Slot& s, std::byte* dst, uint64_t bytes, CudaTimings* timings,
-                           uint64_t stage_ns);
+  /// work (through `wait` when it is set), and fills `timings` (stage_ns: the host staging time,
+  /// already measured).
+  Status download_and_wait(Slot& s, std::byte* dst, uint64_t bytes, const GpuWait& wait,
+                           CudaTimings* timings, uint64_t stage_ns);
 
   /// Locks [src, src + n) in place for slot `s` when reading in place is on, or returns nullptr.
   std::unique_ptr<InPlaceInput> lock_in_place(Slot& s, const std::byte* src, uint64_t n);
@@ -487,12 +496,17 @@ Status CudaTransformerImpl::run(const TransposeArgs& args, CudaTimings* timings)
     return s;
   if (args.experts == 0 || args.A == 0 || args.cols == 0)
     return {};
+  const StagingGuard unguarded = [](size_t, const std::function<void()>& copy) {
+    copy();
+    return Status{};
+  };
   return run_checked(acquire(), timings, start_ns, [&](Slot& s) {
-    return run_on(s, args, in_bytes, out_bytes, timings);
+    return run_on(s, args, in_bytes, out_bytes, unguarded, GpuWait{}, timings);
   });
 }
 
-Status CudaTransformerImpl::try_run(const TransposeArgs& args, CudaTimings* timings, bool* ran) {
+Status CudaTransformerImpl::try_run(const TransposeArgs& args, const StagingGuard& guard,
+                                    const GpuWait& wait, CudaTimings* timings, bool* ran) {
   const uint64_t start_ns = steady_ns();
   *ran = false;
   uint64_t in_bytes = 0, out_bytes = 0;
@@ -507,12 +521,13 @@ Status CudaTransformerImpl::try_run(const TransposeArgs& args, CudaTimings* timi
     return {};
   }
   return run_checked(slot, timings, start_ns, [&](Slot& s) {
-    return run_on(s, args, in_bytes, out_bytes, timings);
+    return run_on(s, args, in_bytes, out_bytes, guard, wait, timings);
   });
 }
 
 Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes,
-                                   uint64_t out_bytes, CudaTimings* timings) {
+                                   uint64_t out_bytes, const StagingGuard& guard,
+                                   const GpuWait& wait, CudaTimings* timings) {
   // Runtime calls act on the calling thread's current device; pipeline threads are not ours.
   if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
     return st;
@@ -531,22 +546,28 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   if (pin) {
     if (timings)
       timings->in_place_bytes = uint64_t(pin->end() - pin->begin());
-    pin->copy_around(s.host_in, args.src, in_bytes);
+    if (Status st = guard(0, [&] { pin->copy_around(s.host_in, args.src, in_bytes); }); !st)
+      return st;
     if (Status st = upload_in_place(s, *pin, s.dev_in, s.host_in, args.src, in_bytes); !st)
       return st;
   } else {
     // Copy and upload in pieces: the DMA of piece k runs while the CPU copies piece k + 1.
     const uint64_t piece =
         (std::max(MIN_PIECE, (in_bytes + MAX_PIECES - 1) / MAX_PIECES) + 4095) / 4096 * 4096;
-    for (uint64_t off = 0; off < in_bytes; off += piece) {
-      const uint64_t n = std::min(piece, in_bytes - off);
-      copy_to_staging(s.host_in + off, args.src + off, n);
-      if (Status st = check(cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n,
-                                            cudaMemcpyHostToDevice, s.stream),
-                            "cudaMemcpyAsync");
-          !st)
-        return st;
-    }
+    Status queued;
+    if (Status st = guard(0, [&] {
+          for (uint64_t off = 0; off < in_bytes && queued.ok(); off += piece) {
+            const uint64_t n = std::min(piece, in_bytes - off);
+            copy_to_staging(s.host_in + off, args.src + off, n);
+            queued = check(cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n,
+                                           cudaMemcpyHostToDevice, s.stream),
+                           "cudaMemcpyAsync");
+          }
+        });
+        !st)
+      return st;
+    if (!queued)
+      return queued;
   }
   if (fold) {
     std::memcpy(s.host_scales, args.scales, scale_bytes);
@@ -566,7 +587,7 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   dev.scales = fold ? s.dev_scales : nullptr;
   if (Status st = check(launch_transpose_fold(dev, s.stream), "transpose_fold kernel launch"); !st)
     return st;
-  return download_and_wait(s, args.dst, out_bytes, timings, t1 - t0);
+  return download_and_wait(s, args.dst, out_bytes, wait, timings, t1 - t0);
 }
 
 Status CudaTransformerImpl::grow_staging(Slot& s, uint64_t bytes) {
@@ -621,7 +642,8 @@ Status CudaTransformerImpl::upload_in_place(Slot& s, const InPlaceInput& pin, st
 }
 
 Status CudaTransformerImpl::download_and_wait(Slot& s, std::byte* dst, uint64_t bytes,
-                                              CudaTimings* timings, uint64_t stage_ns) {
+                                              const GpuWait& wait, CudaTimings* timings,
+                                              uint64_t stage_ns) {
   if (Status st = check(cudaEventRecord(s.events[KERNEL_END], s.stream), "cudaEventRecord"); !st)
     return st;
   if (Status st =
@@ -631,6 +653,26 @@ Status CudaTransformerImpl::download_and_wait(Slot& s, std::byte* dst, uint64_t 
     return st;
   if (Status st = check(cudaEventRecord(s.events[D2H_END], s.stream), "cudaEventRecord"); !st)
     return st;
+  if (wait) {
+    // The stream calls back once all it was given is done. A stream callback (unlike a host
+    // function) is called after a failure too, with the error, so a waiting caller is always
+    // woken; the error itself is reported by the synchronization below.
+    wait([&s](GpuWake wake, void* token) {
+      s.wake = wake;
+      s.wake_token = token;
+      const auto done = [](cudaStream_t, cudaError_t, void* slot) {
+        const Slot& woken = *static_cast<const Slot*>(slot);
+        woken.wake(woken.wake_token);
+      };
+      if (cudaStreamAddCallback(s.stream, done, &s, 0) == cudaSuccess)
+        return true;
+      cudaGetLastError(); // not sticky: the caller waits on the stream instead, below
+      return false;
+    });
+    // The caller may go on on another thread, whose current device is not ours.
+    if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
+      return st;
+  }
   // Kernel faults surface here (asynchronous errors are reported by the next synchronizing call).
   if (Status st = check(cudaEventSynchronize(s.events[D2H_END]), "cudaEventSynchronize"); !st)
     return st;
@@ -646,8 +688,8 @@ Status CudaTransformerImpl::download_and_wait(Slot& s, std::byte* dst, uint64_t 
 
 Status CudaTransformerImpl::try_run_dequant(const std::vector<CudaDequantPart>& parts,
                                             std::byte* dst, uint64_t dst_bytes,
-                                            const StagingGuard& guard, CudaTimings* timings,
-                                            bool* ran) {
+                                            const StagingGuard& guard, const GpuWait& wait,
+                                            CudaTimings* timings, bool* ran) {
   const uint64_t start_ns = steady_ns();
   *ran = false;
   if (parts.empty() || dst_bytes == 0 || dst_bytes > max_chunk_)
@@ -673,7 +715,7 @@ Status CudaTransformerImpl::try_run_dequant(const std::vector<CudaDequantPart>& 
   *ran = true;
   return run_checked(slot, timings, start_ns, [&](Slot& s) {
     return run_dequant_on(s, parts, regions, offsets, scale_offsets, scale_bytes, dst, dst_bytes,
-                          guard, timings);
+                          guard, wait, timings);
   });
 }
 
@@ -683,7 +725,7 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
                                            const std::vector<uint64_t>& scale_offsets,
                                            uint64_t scale_bytes, std::byte* dst,
                                            uint64_t dst_bytes, const StagingGuard& guard,
-                                           CudaTimings* timings) {
+                                           const GpuWait& wait, CudaTimings* timings) {
   if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
     return st;
   if (Status st = grow_scales(s, scale_bytes); !st)
@@ -750,7 +792,7 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
                         "dequant kernel launch");
       !st)
     return st;
-  return download_and_wait(s, dst, dst_bytes, timings, t1 - t0);
+  return download_and_wait(s, dst, dst_bytes, wait, timings, t1 - t0);
 }
 
 } // namespace

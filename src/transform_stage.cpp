@@ -1,6 +1,8 @@
 // transform_stage.cpp: running one chunk on the CPU or the CUDA stage, with its profiler spans.
 #include "transform_stage.h"
 
+#include "gpu_wait.h"
+
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -65,9 +67,12 @@ void TransformStage::run(Item& item) {
   if (!item.status.ok())
     return;
   if (!item.parts.empty()) {
-    if (gpu && dequant_router_.prefer_gpu() && run_gpu_dequant(item, *gpu, t0)) {
-      dequant_router_.record(true, item.length, profiler_.now() - t0);
-      return;
+    if (gpu && dequant_router_.prefer_gpu()) {
+      GpuCall call(*this, item, t0);
+      if (run_gpu_dequant(item, *gpu, call)) {
+        dequant_router_.record(true, item.length, call.thread_ns());
+        return;
+      }
     }
     run_stack(item, t0);
     if (gpu)
@@ -81,9 +86,12 @@ void TransformStage::run(Item& item) {
                     (dtype_bits(item.args.src_dtype) / 8));
   // A chunk the GPU can take goes there when the router finds it the cheaper device and a
   // staging slot is free; otherwise the CPU does it. Each records what it cost this thread.
-  if (gpu && router_.prefer_gpu() && run_gpu(item, *gpu, t0)) {
-    router_.record(true, item.length, profiler_.now() - t0);
-    return;
+  if (gpu && router_.prefer_gpu()) {
+    GpuCall call(*this, item, t0);
+    if (run_gpu(item, *gpu, call)) {
+      router_.record(true, item.length, call.thread_ns());
+      return;
+    }
   }
   run_cpu(item, t0);
   if (gpu)
@@ -104,35 +112,60 @@ CudaTransformer* TransformStage::gpu_for(Item& item) {
   return pool_->pinned(item.buffer) ? gpu : nullptr;
 }
 
-// The GPU takes the chunk when one of its staging slots is free at once; otherwise the CPU does
-// it (same bits), so a busy GPU never holds the pipeline back.
-bool TransformStage::run_gpu(Item& item, CudaTransformer& gpu, uint64_t t0) {
-  CudaTimings tm;
-  Status gpu_status;
-  bool ran = false;
-  Status guard = guard_mapped_access(
-      *item.shard->file, [&] { gpu_status = gpu.try_run(item.args, &tm, &ran); });
-  if (guard.ok() && gpu_status.ok() && !ran)
-    return false;
-  item.status = guard.ok() ? gpu_status : guard;
-  record_gpu(item, t0, tm);
-  return true;
+TransformStage::GpuCall::GpuCall(TransformStage& stage, const Item& item, uint64_t t0)
+    : stage_(stage), item_(item), t0_(t0) {
+  if (GpuWait suspend = suspending_wait())
+    wait = [this, suspend = std::move(suspend)](const std::function<bool(GpuWake, void*)>& arm) {
+      // The part before the wait is this thread's; the rest is recorded by whichever thread
+      // the task goes on on.
+      suspended_at_ = stage_.profiler_.now();
+      stage_.profiler_.record(Stage::transform_gpu, t0_, suspended_at_, item_.length,
+                              item_.tensor->name);
+      suspend(arm);
+      resumed_at_ = stage_.profiler_.now();
+    };
 }
 
-void TransformStage::record_gpu(const Item& item, uint64_t t0, const CudaTimings& tm) {
-  profiler_.record(Stage::transform_gpu, t0, profiler_.now(), item.length, item.tensor->name);
+uint64_t TransformStage::GpuCall::thread_ns() const {
+  return stage_.profiler_.now() - t0_ - (resumed_at_ - suspended_at_);
+}
+
+void TransformStage::GpuCall::record(const CudaTimings& tm) {
+  Profiler& profiler = stage_.profiler_;
+  if (resumed_at_ == 0) // not suspended (or failed before): one span, the whole call
+    profiler.record(Stage::transform_gpu, t0_, profiler.now(), item_.length, item_.tensor->name);
+  else // the part after the wait (the bytes were counted with the first)
+    profiler.record(Stage::transform_gpu, resumed_at_, profiler.now(), 0, item_.tensor->name);
   // The phases measured on the device, laid end to end on the stream's own track.
-  const int track = profiler_.track_id("cuda stream " + std::to_string(tm.stream));
-  uint64_t t = t0;
+  const int track = profiler.track_id("cuda stream " + std::to_string(tm.stream));
+  uint64_t t = t0_;
   for (auto [stage, ns] : {std::pair{Stage::gpu_stage, tm.stage_ns},
                            {Stage::gpu_h2d, tm.h2d_ns},
                            {Stage::gpu_kernel, tm.kernel_ns},
                            {Stage::gpu_d2h, tm.d2h_ns}}) {
-    profiler_.record(stage, t, t + ns, item.length, item.tensor->name, track);
+    profiler.record(stage, t, t + ns, item_.length, item_.tensor->name, track);
     t += ns;
   }
-  gpu_bytes_ += item.length;
-  gpu_in_place_bytes_ += tm.in_place_bytes;
+  stage_.gpu_bytes_ += item_.length;
+  stage_.gpu_in_place_bytes_ += tm.in_place_bytes;
+}
+
+// The GPU takes the chunk when one of its staging slots is free at once; otherwise the CPU does
+// it (same bits), so a busy GPU never holds the pipeline back. Only the staging copies read the
+// mapping under its SIGBUS guard: the wait for the GPU may go on on another thread.
+bool TransformStage::run_gpu(Item& item, CudaTransformer& gpu, GpuCall& call) {
+  const MappedFile& file = *item.shard->file;
+  const StagingGuard guard = [&file](size_t, const std::function<void()>& copy) {
+    return guard_mapped_access(file, copy);
+  };
+  CudaTimings tm;
+  bool ran = false;
+  const Status status = gpu.try_run(item.args, guard, call.wait, &tm, &ran);
+  if (status.ok() && !ran)
+    return false;
+  item.status = status;
+  call.record(tm);
+  return true;
 }
 
 namespace {
@@ -159,7 +192,7 @@ Status copy_scales(const StackPart& part, std::vector<std::byte>& out) {
 
 } // namespace
 
-bool TransformStage::run_gpu_dequant(Item& item, CudaTransformer& gpu, uint64_t t0) {
+bool TransformStage::run_gpu_dequant(Item& item, CudaTransformer& gpu, GpuCall& call) {
   for (const StackPart& part : item.parts)
     if (!part.dequant)
       return false;
@@ -181,11 +214,12 @@ bool TransformStage::run_gpu_dequant(Item& item, CudaTransformer& gpu, uint64_t 
   };
   CudaTimings tm;
   bool ran = false;
-  const Status status = gpu.try_run_dequant(parts, item.buffer, item.length, guard, &tm, &ran);
+  const Status status =
+      gpu.try_run_dequant(parts, item.buffer, item.length, guard, call.wait, &tm, &ran);
   if (status.ok() && !ran)
     return false;
   item.status = status;
-  record_gpu(item, t0, tm);
+  call.record(tm);
   return true;
 }
 

@@ -3,14 +3,16 @@
 // item the GPU can take goes to the CUDA stage when the DeviceRouter finds the GPU the cheaper
 // device and one of its staging slots is free at once, and is done on the CPU with SIMD
 // otherwise: the same bits either way, and the GPU adds to the CPU's throughput, never holds it
-// back. The same holds for chunks that dequantize (a stacked tensor of FP8 pieces, rows of an FP8
-// weight), routed by their own measurements; other stacked chunks run on the CPU.
+// back. The same holds for chunks that dequantize (a stacked tensor of FP8 pieces, rows of an
+// FP8 weight), routed by their own measurements; other stacked chunks run on the CPU. While the
+// GPU works on a chunk, its thread is free for other work (gpu_wait.h).
 // Thread-safety: run() is called concurrently on different items.
 #pragma once
 
 #include "shardshift/profiler.h"
 
 #include "buffer_pool.h"
+#include "cuda_transform.h"
 #include "gpu_handle.h"
 #include "device_router.h"
 #include "work_item.h"
@@ -37,11 +39,28 @@ public:
   uint64_t gpu_in_place_bytes() const { return gpu_in_place_bytes_; }
 
 private:
-  bool run_gpu(Item& item, CudaTransformer& gpu, uint64_t t0); ///< false: no free slot, nothing done
+  /// One chunk's call to the GPU as its pipeline thread sees it: how it waits (its task
+  /// suspended, gpu_wait.h), what it cost the thread, and its profiler spans.
+  class GpuCall {
+  public:
+    GpuCall(TransformStage& stage, const Item& item, uint64_t t0);
+    GpuWait wait; ///< empty: the thread sleeps on the stream
+    /// Thread time since t0, the time the task was suspended left out.
+    uint64_t thread_ns() const;
+    /// The spans of a chunk the GPU ran: the thread's (two when it was suspended: before and
+    /// after), the phases on the stream's track. Counts its bytes as the GPU's.
+    void record(const CudaTimings& tm);
+
+  private:
+    TransformStage& stage_;
+    const Item& item_;
+    const uint64_t t0_;
+    uint64_t suspended_at_ = 0, resumed_at_ = 0;
+  };
+
+  bool run_gpu(Item& item, CudaTransformer& gpu, GpuCall& call); ///< false: no free slot, nothing done
   /// A chunk whose parts all dequantize, on the GPU; false: it did not take it, nothing done.
-  bool run_gpu_dequant(Item& item, CudaTransformer& gpu, uint64_t t0);
-  /// The profiler spans of a chunk the GPU ran: the thread's span, the phases on the stream's.
-  void record_gpu(const Item& item, uint64_t t0, const CudaTimings& tm);
+  bool run_gpu_dequant(Item& item, CudaTransformer& gpu, GpuCall& call);
   void run_cpu(Item& item, uint64_t t0);
   void run_stack(Item& item, uint64_t t0); ///< a chunk of a stacked tensor: CPU only
   /// One dequantizing part of a stack or dequant chunk (CPU only); `scales` is scratch.

@@ -122,7 +122,7 @@ protected:
       return Status{};
     };
     bool ran = false;
-    Status s = gpu_->try_run_dequant(parts, dst, p.out_bytes, guard, timings, &ran);
+    Status s = gpu_->try_run_dequant(parts, dst, p.out_bytes, guard, GpuWait{}, timings, &ran);
     EXPECT_TRUE(s.ok()) << s.message();
     EXPECT_TRUE(ran);
     EXPECT_EQ(guarded, 1);
@@ -347,7 +347,7 @@ TEST_F(CudaDequant, PartsFillTheirColumnsOfOneBufferAndGuardsReportErrors) {
   };
   bool ran = false;
   CudaTimings tm;
-  ASSERT_TRUE(gpu_->try_run_dequant(parts, dst, bytes, guard, &tm, &ran).ok());
+  ASSERT_TRUE(gpu_->try_run_dequant(parts, dst, bytes, guard, GpuWait{}, &tm, &ran).ok());
   EXPECT_TRUE(ran);
   EXPECT_EQ(seen, (std::vector<size_t>{0, 1}));
   EXPECT_TRUE(std::vector<std::byte>(dst, dst + bytes) == want);
@@ -359,12 +359,12 @@ TEST_F(CudaDequant, PartsFillTheirColumnsOfOneBufferAndGuardsReportErrors) {
     copy();
     return Status{};
   };
-  Status s = gpu_->try_run_dequant(parts, dst, bytes, failing, nullptr, &ran);
+  Status s = gpu_->try_run_dequant(parts, dst, bytes, failing, GpuWait{}, nullptr, &ran);
   EXPECT_TRUE(ran);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("up.safetensors"), std::string::npos) << s.message();
   // The slot is usable again afterwards.
-  ASSERT_TRUE(gpu_->try_run_dequant(parts, dst, bytes, guard, nullptr, &ran).ok());
+  ASSERT_TRUE(gpu_->try_run_dequant(parts, dst, bytes, guard, GpuWait{}, nullptr, &ran).ok());
   EXPECT_TRUE(std::vector<std::byte>(dst, dst + bytes) == want);
   gpu_->free_pinned(dst);
 }
@@ -382,7 +382,7 @@ TEST_F(CudaDequant, ChunksLargerThanASlotAreDeclined) {
     copy();
     return Status{};
   };
-  EXPECT_TRUE((*made)->try_run_dequant({{p.a, 0}}, dst.data(), p.out_bytes, guard, nullptr, &ran)
+  EXPECT_TRUE((*made)->try_run_dequant({{p.a, 0}}, dst.data(), p.out_bytes, guard, GpuWait{}, nullptr, &ran)
                   .ok());
   EXPECT_FALSE(ran);
 }

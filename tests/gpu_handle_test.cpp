@@ -102,12 +102,13 @@ public:
   Status run(const TransposeArgs&, CudaTimings*) override {
     return Status(Errc::cuda, "the stand-in runs nothing");
   }
-  Status try_run(const TransposeArgs&, CudaTimings*, bool* ran) override {
+  Status try_run(const TransposeArgs&, const StagingGuard&, const GpuWait&, CudaTimings*,
+                 bool* ran) override {
     *ran = false;
     return {};
   }
   Status try_run_dequant(const std::vector<CudaDequantPart>&, std::byte*, uint64_t,
-                         const StagingGuard&, CudaTimings*, bool* ran) override {
+                         const StagingGuard&, const GpuWait&, CudaTimings*, bool* ran) override {
     *ran = false;
     return {};
   }
