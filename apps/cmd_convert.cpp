@@ -433,6 +433,7 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   // Strictly here: the library would read "cuda:x" as a GPU number.
   if (std::string why = check_device(o.device); !why.empty())
     return Status(Errc::invalid_argument, why);
+  o.owns_gpu = true; // this process is the GPU's one user
   o.force = vm.count("force") > 0;
   o.resume = vm.count("resume") > 0;
   if (vm.count("rank"))

@@ -98,6 +98,7 @@ Result<VerifyOptions> verify_options(const po::variables_map& vm) {
   o.device = vm["device"].as<std::string>();
   if (std::string why = check_device(o.device); !why.empty())
     return Status(Errc::invalid_argument, why);
+  o.owns_gpu = true; // this process is the GPU's one user
   return o;
 }
 

@@ -9,6 +9,7 @@
 # Usage, on the GPU machine, with the binaries and their libraries carried in D:
 #   perf/device_choice_bench.sh [options]
 #     --bin PATH        shardshift (default .dev/shardshift)
+#     --old-bin PATH    another shardshift, run by the device "cuda-old" (before and after)
 #     --ram DIR         where to work, in RAM (default /mnt/ram; a tmpfs is mounted there when
 #                       it is not on one already)
 #     --models LIST     "deepseek_v3 diffusion_gemma" (default both)
@@ -16,7 +17,11 @@
 #     --devices LIST    devices to alternate (default "cpu cuda"); "staged" is cuda with
 #                       SHARDSHIFT_CUDA_INPUT=staged (the input copied into pinned memory first);
 #                       "cuda-none" and "cuda-all" are cuda with SHARDSHIFT_ROUTER=cpu (the GPU
-#                       opened but given no chunk) and =gpu (every chunk it can take)
+#                       opened but given no chunk) and =gpu (every chunk it can take);
+#                       "cuda-block" is cuda with SHARDSHIFT_GPU_WAIT=block (a thread sleeps
+#                       through its chunk's GPU work rather than running other work);
+#                       "cpu-768" is cpu with --max-memory 768MiB (the chunk size cuda gets
+#                       from the default 1GiB, its staging slots budgeted for)
 #     --writers LIST    --writers values to sweep (default: none, shardshift's own default)
 #     --runs R          rounds (default 2); then one `--device auto` run per core count
 #     --scale K         synth --scale K: small inputs, to try this script (figures use 1)
@@ -24,11 +29,12 @@
 # --max-shard-size 2GB` (11 GB of FP8 in, 19.4 GB of BF16 out); diffusion_gemma: `synth --layers 8
 # --max-shard-size 1GB` (14.6 GB in, 16.0 GB out).
 set -uo pipefail
-BIN=.dev/shardshift RAM=/mnt/ram MODELS="deepseek_v3 diffusion_gemma" CORES="2 4 16"
+BIN=.dev/shardshift OLD_BIN="" RAM=/mnt/ram MODELS="deepseek_v3 diffusion_gemma" CORES="2 4 16"
 DEVICES="cpu cuda" WRITERS="" RUNS=2 SCALE=1
 while [ $# -gt 0 ]; do
   case "$1" in
   --bin) BIN=$2; shift 2 ;;
+  --old-bin) OLD_BIN=$2; shift 2 ;;
   --ram) RAM=$2; shift 2 ;;
   --models) MODELS=$2; shift 2 ;;
   --cores) CORES=$2; shift 2 ;;
@@ -36,7 +42,7 @@ while [ $# -gt 0 ]; do
   --writers) WRITERS=$2; shift 2 ;;
   --runs) RUNS=$2; shift 2 ;;
   --scale) SCALE=$2; shift 2 ;;
-  -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
   *) echo "device_choice_bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,16 +53,19 @@ fi
 IN=$RAM/in OUT=$RAM/out
 
 run() { # cores device [writers]
-  local dev=$2 env=() extra=()
+  local dev=$2 env=() extra=() bin=$BIN
   case "$dev" in
+  cuda-old) dev=cuda bin=$OLD_BIN ;;
+  cuda-block) dev=cuda env=(SHARDSHIFT_GPU_WAIT=block) ;;
+  cpu-768) dev=cpu extra=(--max-memory 768MiB) ;;
   staged) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=staged) ;;
   cuda-none) dev=cuda env=(SHARDSHIFT_ROUTER=cpu) ;;
   cuda-all) dev=cuda env=(SHARDSHIFT_ROUTER=gpu) ;;
   esac
-  [ -n "${3:-}" ] && extra=(--writers "$3")
+  [ -n "${3:-}" ] && extra+=(--writers "$3")
   rm -rf "$OUT"
   env "${env[@]}" /usr/bin/time -f "%e s, peak %M KB" taskset -c "0-$(($1 - 1))" \
-    "$BIN" convert "$IN" "$OUT" --no-sync -j "$1" --device "$dev" "${extra[@]}" \
+    "$bin" convert "$IN" "$OUT" --no-sync -j "$1" --device "$dev" "${extra[@]}" \
     >/dev/null 2>/tmp/device_choice.err || { tail -3 /tmp/device_choice.err; return; }
   printf '  cores %-2s %-9s %-4s %s | %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \
     "$(grep -o 'transformed [0-9.]* [GM]B on [^;]*' /tmp/device_choice.err | head -1)"

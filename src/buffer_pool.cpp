@@ -81,6 +81,21 @@ bool BufferPool::pinned(const std::byte* p) {
   return it != all_.end() && it->kind != Kind::plain;
 }
 
+void BufferPool::unpin_all(CudaTransformer& gpu) {
+  std::vector<std::byte*> locked;
+  {
+    std::lock_guard lock(mu_);
+    for (Buffer& b : all_)
+      if (b.kind == Kind::pinned_in_place) {
+        locked.push_back(b.p);
+        b.kind = Kind::plain;
+      }
+    gpu_ = nullptr;
+  }
+  for (std::byte* p : locked)
+    gpu.unpin_in_place(p);
+}
+
 // Runs on the GPU's opening thread (GpuHandle::on_open). Pinning a buffer in place is a slow
 // system call (it locks every page), so it happens outside the lock: the pipeline keeps taking
 // and returning buffers meanwhile; the contents are untouched.

@@ -32,6 +32,9 @@ public:
   size_t in_use();
   /// Whether the device can write into p directly (p from acquire()).
   bool pinned(const std::byte* p);
+  /// The device is done with the buffers (GpuHandle::retire): unlocks them. They stay in use by
+  /// the writes still to come, as ordinary memory. REQUIRES: acquire() is not called again.
+  void unpin_all(CudaTransformer& gpu);
 
 private:
   enum class Kind { plain, pinned_in_place };

@@ -8,6 +8,8 @@ int CudaTransformer::device_count() {
   return 0;
 }
 
+void CudaTransformer::reset_device(int) {}
+
 Result<std::unique_ptr<CudaTransformer>> CudaTransformer::create(int, uint64_t, unsigned) {
   return Status(Errc::cuda,
                 "this shardshift was built without CUDA (-DSHARDSHIFT_CUDA=OFF or no nvcc at build "

@@ -60,6 +60,9 @@ class CudaTransformer {
 public:
   /// Number of usable CUDA devices; 0 when built without CUDA, with no driver or no GPU.
   static int device_count();
+  /// Ends the process's context on device `ordinal` now rather than at exit (cudaDeviceReset):
+  /// everything the process holds there goes. Only for a process that is the device's one user.
+  static void reset_device(int ordinal);
   /// Opens device `ordinal` with `slots` staging sets of `max_chunk_bytes` each.
   static Result<std::unique_ptr<CudaTransformer>> create(int ordinal, uint64_t max_chunk_bytes,
                                                          unsigned slots);

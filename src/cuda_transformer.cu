@@ -808,6 +808,12 @@ int CudaTransformer::device_count() {
   return count;
 }
 
+void CudaTransformer::reset_device(int ordinal) {
+  if (cudaSetDevice(ordinal) == cudaSuccess)
+    cudaDeviceReset();
+  cudaGetLastError();
+}
+
 Result<std::unique_ptr<CudaTransformer>>
 CudaTransformer::create(int ordinal, uint64_t max_chunk_bytes, unsigned slots) {
   const int count = device_count();

@@ -16,7 +16,7 @@ namespace {
 // the opening thread, and fails the run only when it was asked for by name.
 Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsigned threads,
                                                bool dequantizes, uint64_t chunk, unsigned slots,
-                                               bool count_first) {
+                                               bool count_first, bool owns_device) {
   if (device == "cpu")
     return std::unique_ptr<GpuHandle>();
   auto parsed = parse_device(device);
@@ -52,7 +52,8 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
       if (Status s = check_device_count(device, ordinal, count); !s)
         return s;
   }
-  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto", device);
+  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto", device,
+                                     owns_device);
 }
 
 } // namespace
@@ -119,7 +120,8 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
   const bool stream = is_stream(options) || !options.pipe_to.empty();
   auto gpu =
-      open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, stream);
+      open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, stream,
+                  options.owns_gpu);
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());

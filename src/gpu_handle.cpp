@@ -20,7 +20,7 @@ Status check_device_count(const std::string& device, int ordinal, int count) {
 }
 
 GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required,
-                     std::string device)
+                     std::string device, bool owns_device)
     : GpuHandle(
           ordinal,
           [ordinal, chunk_bytes, slots,
@@ -30,15 +30,39 @@ GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool req
               return s;
             return CudaTransformer::create(ordinal, chunk_bytes, slots);
           },
-          required) {}
+          required, owns_device) {}
 
-GpuHandle::GpuHandle(int ordinal, Opener open, bool required)
-    : ordinal_(ordinal), required_(required) {
+GpuHandle::GpuHandle(int ordinal, Opener open, bool required, bool owns_device)
+    : ordinal_(ordinal), required_(required), owns_device_(owns_device) {
   thread_ = std::thread([this, opener = std::move(open)] { this->open(opener); });
 }
 
 GpuHandle::~GpuHandle() {
-  thread_.join();
+  if (closer_.joinable())
+    closer_.join(); // it joined the opening
+  else
+    thread_.join();
+}
+
+void GpuHandle::retire(std::function<void(CudaTransformer&)> last) {
+  if (retired_.exchange(true))
+    return;
+  closer_ = std::thread([this, last = std::move(last)]() mutable {
+    thread_.join();
+    std::unique_ptr<CudaTransformer> gpu;
+    {
+      std::lock_guard lock(mu_);
+      gpu = std::move(gpu_);
+    }
+    if (!gpu)
+      return;
+    if (last)
+      last(*gpu);
+    last = nullptr; // what it holds (the pool) may go before the device
+    gpu.reset();
+    if (owns_device_)
+      CudaTransformer::reset_device(ordinal_);
+  });
 }
 
 void GpuHandle::open(const Opener& opener) {
@@ -51,6 +75,7 @@ void GpuHandle::open(const Opener& opener) {
   std::lock_guard lock(mu_);
   if (gpu) {
     gpu_ = std::move(gpu);
+    name_ = gpu_->device_name();
     if (hook_)
       hook_(*gpu_); // before publishing: nothing reaches the GPU before the hook has run
     state_.store(opened, std::memory_order_release);
@@ -80,8 +105,10 @@ bool GpuHandle::may_open() const {
 std::string GpuHandle::description() const {
   const std::string device = "cuda:" + std::to_string(ordinal_);
   switch (state_.load()) {
-  case opened:
-    return device + " (" + gpu_->device_name() + ")";
+  case opened: {
+    std::lock_guard lock(mu_);
+    return device + " (" + name_ + ")";
+  }
   case opening:
     return device;
   default:

@@ -13,6 +13,11 @@
 // before the GPU arrived from a hook that runs on the opening thread before get() publishes the
 // device (on_open), so no chunk reaches the GPU with a buffer that is not pinned.
 //
+// Closing it costs again (0.1-0.15 s there: freeing the slots, unlocking the pool's buffers,
+// and the context's end at exit), which a run that waits for it at its end pays in full. So the
+// pipeline retires the handle as soon as its last chunk is transformed (retire()): the closing
+// runs on a thread of its own while the writer lanes finish, and the process ends without it.
+//
 // Thread-safety: every member is thread-safe but construction and destruction; the handle
 // is created and destroyed by one thread (the destructor waits for the opening to end).
 #pragma once
@@ -46,19 +51,22 @@ public:
   /// "cuda:1") names the device in the error when there is none or too few
   /// (check_device_count).
   GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required,
-            std::string device = "cuda");
+            std::string device = "cuda", bool owns_device = false);
   /// What opens the device, on the opening thread.
   using Opener = std::function<Result<std::unique_ptr<CudaTransformer>>()>;
   /// The same with the opening given: `open` runs on the opening thread in place of counting the
   /// devices and CudaTransformer::create (tests open a stand-in device with it, without a GPU).
-  GpuHandle(int ordinal, Opener open, bool required);
+  /// `owns_device`: the process is the device's only user (the command-line tool), so retire()
+  /// may reset it (cudaDeviceReset: its context ends then rather than at exit).
+  GpuHandle(int ordinal, Opener open, bool required, bool owns_device = false);
   ~GpuHandle();
   GpuHandle(const GpuHandle&) = delete;
   GpuHandle& operator=(const GpuHandle&) = delete;
 
-  /// The open GPU stage; nullptr while it is opening or if it could not be opened.
+  /// The open GPU stage; nullptr while it is opening, if it could not be opened, or once retired.
   CudaTransformer* get() const {
-    return state_.load(std::memory_order_acquire) == opened ? gpu_.get() : nullptr;
+    return state_.load(std::memory_order_acquire) == opened && !retired_.load() ? gpu_.get()
+                                                                                 : nullptr;
   }
   /// Blocks until the opening has ended (successfully or not).
   void wait();
@@ -77,6 +85,13 @@ public:
   /// Removes the hook; when this returns, the hook is not running and will not run.
   void remove_hook();
 
+  /// The run is done with the device: get() returns nullptr from now on, and a thread of its
+  /// own waits for the opening to end and, if the device opened, runs `last` with it (the pool
+  /// unlocks its buffers), frees it, and with owns_device resets it. The destructor waits for
+  /// that thread. Later calls do nothing.
+  /// REQUIRES: no chunk is on the device, and none will be asked for.
+  void retire(std::function<void(CudaTransformer&)> last);
+
 private:
   void open(const Opener& opener);
 
@@ -84,13 +99,17 @@ private:
 
   const int ordinal_;
   const bool required_;
+  const bool owns_device_;
   std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_, before state_
   std::atomic<int> state_{opening}; ///< read without mu_ on every chunk; opened publishes gpu_
   mutable std::mutex mu_;
   std::condition_variable done_cv_;
   Status failure_; ///< guarded by mu_: why the device could not be opened
   std::function<void(CudaTransformer&)> hook_; ///< guarded by mu_
-  std::thread thread_;
+  std::string name_;                           ///< guarded by mu_: the device's, once open
+  std::atomic<bool> retired_{false};
+  std::thread thread_; ///< the opening
+  std::thread closer_; ///< the closing, once retired
 };
 
 } // namespace shardshift

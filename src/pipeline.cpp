@@ -61,6 +61,36 @@ private:
   std::atomic<bool> failed_{false};
 };
 
+// Once every lane's emitter has stopped and every item it emitted has passed the transform stage,
+// no chunk will reach the GPU again: it is retired then (GpuHandle::retire), so that it closes
+// beside the writes still to come instead of after them.
+class GpuRetirement {
+public:
+  GpuRetirement(unsigned lanes, std::function<void()> retire)
+      : emitting_(lanes), retire_(std::move(retire)) {}
+  void emitted() { ++pending_; }
+  void transformed() {
+    if (--pending_ == 0)
+      check();
+  }
+  void lane_stopped() {
+    if (--emitting_ == 0)
+      check();
+  }
+
+private:
+  // Sequentially consistent: of a last transform and a last stop on two threads, at least one
+  // sees both counts at zero.
+  void check() {
+    if (emitting_.load() == 0 && pending_.load() == 0 && !done_.exchange(true) && retire_)
+      retire_();
+  }
+  std::atomic<unsigned> emitting_;
+  std::atomic<uint64_t> pending_{0};
+  std::atomic<bool> done_{false};
+  std::function<void()> retire_;
+};
+
 // What every lane shares.
 struct Shared {
   const Checkpoint& input;
@@ -74,6 +104,7 @@ struct Shared {
   BufferPool& pool;
   TransformStage& transformer;
   ProgressMeter& meter;
+  GpuRetirement& retirement;
 };
 
 // One writer lane: a bounded pipeline over the files it takes from the queue. Its stages are the
@@ -123,8 +154,10 @@ private:
     }
     if (!item) {
       fc.stop();
+      s_.retirement.lane_stopped();
       return nullptr;
     }
+    s_.retirement.emitted();
     s_.profiler.record(Stage::read, t0, s_.profiler.now(),
                        item->kind == ItemKind::transform ? item->length : 0,
                        item->tensor ? std::string_view(item->tensor->name) : std::string_view());
@@ -138,6 +171,7 @@ private:
       if (!item->status.ok())
         s_.failure.fail(item->status);
     }
+    s_.retirement.transformed();
     return item;
   }
 
@@ -217,13 +251,18 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
 
   FileQueue queue(files);
   FailureLatch failure;
-  BufferPool pool(config.chunk_bytes, config.gpu);
-  TransformStage transformer(config.gpu, &pool, profiler);
-  ProgressMeter meter(profiler, pool, config.gpu != nullptr, total,
+  // The pool may outlive this call: the GPU's closing thread unlocks its buffers.
+  auto pool = std::make_shared<BufferPool>(config.chunk_bytes, config.gpu);
+  TransformStage transformer(config.gpu, pool.get(), profiler);
+  ProgressMeter meter(profiler, *pool, config.gpu != nullptr, total,
                       static_cast<uint32_t>(files.size()), config.progress);
-  Shared shared{input,  plan,  config,  profiler, config.io ? *config.io : Io::system(),
-                target, queue, failure, pool,     transformer,
-                meter};
+  GpuRetirement retirement(lanes, [&config, pool] {
+    if (config.gpu)
+      config.gpu->retire([pool](CudaTransformer& device) { pool->unpin_all(device); });
+  });
+  Shared shared{input,  plan,  config,  profiler,    config.io ? *config.io : Io::system(),
+                target, queue, failure, *pool,       transformer,
+                meter,  retirement};
 
   // Lanes run side by side on the one task arena; each blocks only in its own write calls.
   std::vector<WriteTotals> totals(lanes);

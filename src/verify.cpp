@@ -283,6 +283,7 @@ Status compare_data(const VerifyOptions& options, const Checkpoint& input, const
   shape.writers = options.writers;
   shape.max_memory = options.max_memory;
   shape.device = options.device;
+  shape.owns_gpu = options.owns_gpu;
   shape.cancel = options.cancel;
   ConvertCallbacks progress;
   progress.progress = callbacks.progress;

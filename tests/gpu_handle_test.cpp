@@ -1,7 +1,8 @@
-// gpu_handle_test.cpp: the GPU opening beside the work (gpu_handle.h) and the buffer pool that
-// pins its buffers when it opens (buffer_pool.h). The failure cases run everywhere (device 999
-// exists nowhere), and so do the pool's cases with a stand-in device that records what is
-// page-locked; the last case needs a GPU and skips without one.
+// gpu_handle_test.cpp: the GPU opened beside the work and closed beside its end (gpu_handle.h),
+// and the buffer pool that pins its buffers when it opens and unlocks them when it closes
+// (buffer_pool.h). The failure cases run everywhere (device 999 exists nowhere), and so do the
+// pool's cases with a stand-in device that records what is page-locked; the last case needs a
+// GPU and skips without one.
 #include "buffer_pool.h"
 #include "gpu_handle.h"
 
@@ -80,11 +81,18 @@ struct PinLog {
   std::set<void*> pinned;
   int pins = 0, unpins = 0;
   bool refuse = false;
+  bool closed = false;         ///< the device was destroyed
+  size_t pinned_at_close = 0;  ///< buffers still locked then
 };
 
 class StandInDevice final : public CudaTransformer {
 public:
   explicit StandInDevice(std::shared_ptr<PinLog> log) : log_(std::move(log)) {}
+  ~StandInDevice() override {
+    std::lock_guard lock(log_->mu);
+    log_->closed = true;
+    log_->pinned_at_close = log_->pinned.size();
+  }
   std::string device_name() const override { return "stand-in"; }
   uint64_t pinned_bytes() const override { return 0; }
   void* alloc_pinned(uint64_t) override { return nullptr; }
@@ -171,6 +179,86 @@ TEST(GpuHandle, PoolBuffersArePinnedInPlaceBeforeAndAfterTheDeviceOpens) {
   std::lock_guard lock(log->mu);
   EXPECT_EQ(log->unpins, 3);
   EXPECT_TRUE(log->pinned.empty());
+}
+
+// Retiring closes the device on a thread of its own, beside the rest of the run: get() gives
+// nothing from then on, the pool's buffers are unlocked before the device goes (their contents
+// kept: the writers still need them), a second retire does nothing, the summary still names the
+// device, and the handle's destructor waits for the closing.
+TEST(GpuHandle, ARetiredDeviceUnlocksThePoolThenClosesBesideTheRun) {
+  auto log = std::make_shared<PinLog>();
+  auto gpu = std::make_unique<GpuHandle>(
+      0,
+      [log]() -> Result<std::unique_ptr<CudaTransformer>> {
+        return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
+      },
+      true);
+  gpu->wait();
+  ASSERT_NE(gpu->get(), nullptr);
+  auto pool = std::make_shared<BufferPool>(CHUNK, gpu.get());
+  std::vector<std::byte*> held;
+  for (int i = 0; i < 3; ++i) {
+    auto p = pool->acquire();
+    ASSERT_TRUE(p.ok());
+    std::memset(*p, 0x60 + i, CHUNK);
+    EXPECT_TRUE(pool->pinned(*p)) << i;
+    held.push_back(*p);
+  }
+  std::atomic<int> last_calls{0};
+  gpu->retire([pool, &last_calls](CudaTransformer& device) {
+    ++last_calls;
+    EXPECT_EQ(device.device_name(), "stand-in");
+    pool->unpin_all(device);
+  });
+  EXPECT_EQ(gpu->get(), nullptr);
+  gpu->retire([&last_calls](CudaTransformer&) { last_calls += 100; });
+  EXPECT_EQ(gpu->description(), "cuda:0 (stand-in)");
+  gpu.reset(); // waits for the closing
+  EXPECT_EQ(last_calls.load(), 1);
+  {
+    std::lock_guard lock(log->mu);
+    EXPECT_TRUE(log->closed);
+    EXPECT_EQ(log->pinned_at_close, 0u) << "the device went before the pool's buffers were unlocked";
+    EXPECT_EQ(log->unpins, 3);
+  }
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_FALSE(pool->pinned(held[i])) << i;
+    EXPECT_EQ(held[i][CHUNK - 1], std::byte(0x60 + i)) << i;
+    pool->release(held[i]);
+  }
+}
+
+// A device retired while it is still opening is closed once it has opened; one that fails to
+// open is still reported as the run's failure.
+TEST(GpuHandle, RetiringWhileOpeningClosesItOnceOpen) {
+  auto log = std::make_shared<PinLog>();
+  std::promise<void> go;
+  std::shared_future<void> gate = go.get_future().share();
+  auto gpu = std::make_unique<GpuHandle>(
+      0,
+      [log, gate]() -> Result<std::unique_ptr<CudaTransformer>> {
+        gate.wait();
+        return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
+      },
+      true);
+  std::atomic<int> last_calls{0};
+  gpu->retire([&last_calls](CudaTransformer&) { ++last_calls; });
+  EXPECT_EQ(gpu->get(), nullptr);
+  go.set_value();
+  gpu->wait();
+  EXPECT_EQ(gpu->get(), nullptr) << "a retired device came back";
+  EXPECT_TRUE(gpu->required_status().ok());
+  gpu.reset();
+  EXPECT_EQ(last_calls.load(), 1);
+  std::lock_guard lock(log->mu);
+  EXPECT_TRUE(log->closed);
+
+  GpuHandle failing(
+      0, []() -> Result<std::unique_ptr<CudaTransformer>> { return Status(Errc::cuda, "no"); },
+      true);
+  failing.retire([](CudaTransformer&) { ADD_FAILURE() << "ran without a device"; });
+  failing.wait();
+  EXPECT_EQ(failing.required_status().code(), Errc::cuda);
 }
 
 // A buffer the device cannot page-lock stays ordinary: pinned() says so (its chunks stay on the

@@ -36,10 +36,18 @@ namespace {
 // Does each chunk's transpose on the CPU, but later and on its own thread, as a GPU does: the
 // caller stages the input (under its guard), queues the job and waits through its GpuWait. The
 // device thread holds a job until a second one is queued (or 200 ms have passed), so a caller
-// whose thread is free has a second chunk there in time, and the deepest queue is recorded.
+// whose thread is free has a second chunk there in time, and the deepest queue is recorded. Its
+// log outlives it: the pipeline retires (closes) the device once its last chunk is done.
+struct AsyncLog {
+  std::atomic<size_t> max_queued{0};
+  std::atomic<int> async_runs{0}, sync_runs{0};
+  std::atomic<bool> closed{false};
+};
+
 class AsyncStandIn final : public CudaTransformer {
 public:
-  AsyncStandIn() : worker_([this] { work(); }) {}
+  explicit AsyncStandIn(std::shared_ptr<AsyncLog> log)
+      : log_(std::move(log)), worker_([this] { work(); }) {}
   ~AsyncStandIn() override {
     {
       std::lock_guard lock(mu_);
@@ -47,6 +55,7 @@ public:
     }
     cv_.notify_all();
     worker_.join();
+    log_->closed = true;
   }
   std::string device_name() const override { return "async stand-in"; }
   uint64_t pinned_bytes() const override { return 0; }
@@ -68,7 +77,7 @@ public:
       return s;
     job->args.src = job->input.data();
     if (!wait) { // asleep: done at once, on this thread
-      ++sync_runs_;
+      ++log_->sync_runs;
       transpose_fold_cpu(job->args);
       return {};
     }
@@ -77,7 +86,7 @@ public:
       job->token = token;
       std::lock_guard lock(mu_);
       queue_.push_back(job);
-      max_queued_ = std::max(max_queued_, queue_.size());
+      log_->max_queued = std::max(log_->max_queued.load(), queue_.size());
       cv_.notify_all();
       return true;
     });
@@ -90,20 +99,13 @@ public:
     return {};
   }
 
-  size_t max_queued() {
-    std::lock_guard lock(mu_);
-    return max_queued_;
-  }
-  int async_runs() const { return async_runs_; }
-  int sync_runs() const { return sync_runs_; }
-
 private:
   struct Job {
     TransposeArgs args;
     std::vector<std::byte> input;
     GpuWake wake = nullptr;
     void* token = nullptr;
-    bool done = false;
+    std::atomic<bool> done{false};
   };
 
   void work() {
@@ -119,7 +121,7 @@ private:
       lock.unlock();
       transpose_fold_cpu(job->args);
       job->done = true;
-      ++async_runs_;
+      ++log_->async_runs;
       job->wake(job->token); // the caller may go on (and free the job) from here
       lock.lock();
     }
@@ -128,9 +130,8 @@ private:
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
-  size_t max_queued_ = 0;
   bool stop_ = false;
-  std::atomic<int> async_runs_{0}, sync_runs_{0};
+  std::shared_ptr<AsyncLog> log_;
   std::thread worker_;
 };
 
@@ -160,13 +161,11 @@ TEST_F(GpuWaitTest, AThreadWaitingForTheGpuRunsOtherChunksMeanwhile) {
   o.plan = po;
   ASSERT_TRUE(convert(o).ok());
 
-  AsyncStandIn* device = nullptr;
+  auto log = std::make_shared<AsyncLog>();
   GpuHandle gpu(
       0,
-      [&]() -> Result<std::unique_ptr<CudaTransformer>> {
-        auto d = std::make_unique<AsyncStandIn>();
-        device = d.get();
-        return std::unique_ptr<CudaTransformer>(std::move(d));
+      [log]() -> Result<std::unique_ptr<CudaTransformer>> {
+        return std::unique_ptr<CudaTransformer>(std::make_unique<AsyncStandIn>(log));
       },
       true);
   gpu.wait();
@@ -186,13 +185,14 @@ TEST_F(GpuWaitTest, AThreadWaitingForTheGpuRunsOtherChunksMeanwhile) {
   tbb::task_arena one_thread(1);
   one_thread.execute([&] { moved = run_pipeline(*input, *plan, files, target, config, profiler); });
   ASSERT_TRUE(moved.ok()) << moved.status().message();
+  EXPECT_EQ(gpu.get(), nullptr) << "the pipeline did not retire the device after its last chunk";
 
   for (const OutputFile& f : plan->files)
     EXPECT_EQ(read_bytes(tmp / "gpu" / f.name), read_bytes(tmp / "cpu" / f.name)) << f.name;
   EXPECT_GE(moved->gpu_bytes, 1u);
-  EXPECT_EQ(device->sync_runs(), 0) << "a pipeline task waited asleep";
-  EXPECT_GE(device->async_runs(), int(DeviceRouter::WARMUP));
-  EXPECT_GE(device->max_queued(), 2u)
+  EXPECT_EQ(log->sync_runs.load(), 0) << "a pipeline task waited asleep";
+  EXPECT_GE(log->async_runs.load(), int(DeviceRouter::WARMUP));
+  EXPECT_GE(log->max_queued.load(), 2u)
       << "the arena's one thread never had two chunks on the device at once";
 }
 

@@ -63,6 +63,10 @@ struct ConvertOptions {
   /// By default it opens beside the work, which starts on the CPU, and takes chunks once it is
   /// there (README, `convert`: `--device cuda`).
   bool wait_for_gpu = false;
+  /// The process is the GPU's one user (the command-line tool sets it): once the run is done with
+  /// the device, its context is ended beside the rest of the run (cudaDeviceReset) rather than at
+  /// exit. A program that uses CUDA itself leaves it false: the reset would end its work too.
+  bool owns_gpu = false;
 };
 
 /// What became of one output file delivered to a command (--pipe-to).

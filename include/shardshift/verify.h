@@ -42,6 +42,7 @@ struct VerifyOptions {
   unsigned writers = 0;                    ///< files compared at once; 0 = as convert picks
   uint64_t max_memory = uint64_t{1} << 30; ///< the same budget as convert's
   std::string device = "auto";             ///< auto | cpu | cuda | cuda:N
+  bool owns_gpu = false;                   ///< as ConvertOptions::owns_gpu
   const std::atomic<bool>* cancel = nullptr;
 };
 
