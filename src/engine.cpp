@@ -15,7 +15,7 @@ namespace {
 // CPU. The GPU opens beside the work (gpu_handle.h): a device that fails to open is found out on
 // the opening thread, and fails the run only when it was asked for by name.
 Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsigned threads,
-                                               bool dequantizes, uint64_t chunk, unsigned slots,
+                                               uint64_t chunk, unsigned slots,
                                                bool count_first, bool owns_device) {
   if (device == "cpu")
     return std::unique_ptr<GpuHandle>();
@@ -24,15 +24,16 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
     return parsed.status();
   const int ordinal = std::max(0, *parsed);
   // auto: the GPU only where it was measured to make a conversion faster (docs/PERFORMANCE.md,
-  // "Reading the input in place"). With the input read in place, a GPU chunk costs its thread
-  // little, but it still crosses host memory, which the writer lanes share: a plan that
-  // dequantizes FP8 (half the bytes in, all the arithmetic on the GPU) ran 1.00-1.37x faster on
-  // the GPU with 2 threads and even with 4; transposes ran even with 2 threads and slower with
-  // more. So: the GPU for FP8 plans with at most 2 threads, or on a CPU that only has the
-  // portable kernels; the CPU otherwise (it also holds less memory).
+  // "A thread free while the GPU works"). A GPU chunk costs its thread only the staging (the
+  // task is suspended while the GPU works), but the bytes still cross host memory, which the
+  // writer lanes share, and opening and closing the device cost a few tenths of a second. With
+  // 2 threads, DeepSeek-V3 (FP8 dequantization) ran 1.04x and diffusion_gemma (transposes)
+  // 1.11x faster on the GPU (medians of five rounds); with 4 they were even, with 16 the CPU
+  // was faster. So: the GPU with at most 2 threads, or on a CPU that only has the portable
+  // kernels; the CPU otherwise (it also holds less memory).
   const SimdLevel simd = detect_simd_level();
-  const unsigned most = dequantizes ? 2 : 0;
-  if (device == "auto" && threads > most && simd != SimdLevel::portable)
+  constexpr unsigned MOST_THREADS = 2;
+  if (device == "auto" && threads > MOST_THREADS && simd != SimdLevel::portable)
     return std::unique_ptr<GpuHandle>();
   // Counting devices is the driver's start (0.1-0.2 s on the H200 host). Where the output is a
   // stream (stdout, commands), it comes before the work, so that a device asked for by name and
@@ -78,24 +79,13 @@ Result<PlannedInput> open_and_plan(const std::filesystem::path& input, const Pla
   return p;
 }
 
-bool plan_dequantizes(const Plan& plan) {
-  for (const OutputTensor& t : plan.tensors) {
-    if (t.op == OpKind::dequant)
-      return true;
-    for (const StackPiece& p : t.pieces)
-      if (p.scale)
-        return true;
-  }
-  return false;
-}
-
 std::string Engine::device() const {
   return gpu ? gpu->description()
              : std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
 }
 
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                bool dequantizes, Io& io, const ConvertCallbacks& callbacks,
+                                Io& io, const ConvertCallbacks& callbacks,
                                 uint64_t held) {
   if (held > options.max_memory / 2)
     return Status(Errc::unsupported,
@@ -120,7 +110,7 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
   const bool stream = is_stream(options) || !options.pipe_to.empty();
   auto gpu =
-      open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, stream,
+      open_device(options.device, threads, c.chunk_bytes, gpu_slots, stream,
                   options.owns_gpu);
   if (!gpu)
     return gpu.status();

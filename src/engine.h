@@ -51,14 +51,7 @@ struct Engine {
 /// the run already holds for the parsed input and the plan, which the budget covers too: the
 /// pipeline gets the rest, and a run where that is less than half the budget is refused
 /// (Errc::unsupported, saying what budget would do).
-/// `dequantizes`: the plan has FP8 block dequantization (plan_dequantizes), which changes where
-/// --device auto finds the GPU worth opening (engine.cpp).
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                bool dequantizes, Io& io, const ConvertCallbacks& callbacks,
-                                uint64_t held = 0);
-
-/// Whether any output tensor of the plan dequantizes (a dequant tensor or a stacked piece with a
-/// block scale).
-bool plan_dequantizes(const Plan& plan);
+                                Io& io, const ConvertCallbacks& callbacks, uint64_t held = 0);
 
 } // namespace shardshift
