@@ -82,6 +82,9 @@ bool BufferPool::pinned(const std::byte* p) {
 }
 
 void BufferPool::unpin_all(CudaTransformer& gpu) {
+  if (handle_) // the device is closing: nothing of the handle is needed any more
+    handle_->remove_hook();
+  handle_ = nullptr;
   std::vector<std::byte*> locked;
   {
     std::lock_guard lock(mu_);

@@ -33,7 +33,8 @@ public:
   /// Whether the device can write into p directly (p from acquire()).
   bool pinned(const std::byte* p);
   /// The device is done with the buffers (GpuHandle::retire): unlocks them. They stay in use by
-  /// the writes still to come, as ordinary memory. REQUIRES: acquire() is not called again.
+  /// the writes still to come, as ordinary memory, and the pool no longer refers to the handle,
+  /// which may then go first. REQUIRES: acquire() is not called again.
   void unpin_all(CudaTransformer& gpu);
 
 private:
