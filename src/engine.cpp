@@ -23,14 +23,14 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
   if (!parsed)
     return parsed.status();
   const int ordinal = std::max(0, *parsed);
-  // auto: the GPU only where it was measured to make a conversion faster (docs/PERFORMANCE.md,
-  // "A thread free while the GPU works"). A GPU chunk costs its thread only the staging (the
-  // task is suspended while the GPU works), but the bytes still cross host memory, which the
-  // writer lanes share, and opening and closing the device cost a few tenths of a second. With
-  // 2 threads, DeepSeek-V3 (FP8 dequantization) ran 1.04x and diffusion_gemma (transposes)
-  // 1.11x faster on the GPU (medians of five rounds); with 4 they were even, with 16 the CPU
-  // was faster. So: the GPU with at most 2 threads, or on a CPU that only has the portable
-  // kernels; the CPU otherwise (it also holds less memory).
+  // auto: the GPU only where it was measured even or faster (docs/PERFORMANCE.md, "A thread
+  // free while the GPU works"). A GPU chunk costs its thread only the staging (the task is
+  // suspended while the GPU works), but the bytes still cross host memory, which the writer
+  // lanes share, and opening the device costs a few tenths of a second. With 2 threads,
+  // DeepSeek-V3 (FP8 dequantization) and diffusion_gemma (transposes) ran 1.04x and 1.11x
+  // faster on the GPU on one H200 host and even on another (medians of five rounds); with 4,
+  // even or slower (0.94-1.00x); with 16, slower. So: the GPU with at most 2 threads, or on a
+  // CPU that only has the portable kernels; the CPU otherwise (it also holds less memory).
   const SimdLevel simd = detect_simd_level();
   constexpr unsigned MOST_THREADS = 2;
   if (device == "auto" && threads > MOST_THREADS && simd != SimdLevel::portable)
