@@ -15,7 +15,10 @@
 #      downloaded into the output file's pages (--register-out), the GPU opened but given no
 #      chunk or every chunk, five rounds of cpu against cuda, and the cpu at the smaller chunks
 #      that the GPU slots' share of the budget leaves cuda at 16 threads (--max-memory 768MiB
-#      against 1GiB: DeepSeek-V3, where cuda stays 0.3 s behind within the run).
+#      against 1GiB: DeepSeek-V3, where cuda stays 0.3 s behind within the run);
+#   8. a thread free while the GPU works and the GPU closed beside the end: cpu, cuda, the same
+#      with a sleeping wait (cuda-block) and, when D holds shardshift-old (an earlier build),
+#      that build (cuda-old), one round at 2 and 16 cores, then five rounds at 2, 4 and 16.
 #
 # Usage, from the repository root on the H200 machine, with the binaries of a build for sm_90
 # and the shared libraries they need carried in D (default .dev: shardshift, cuda_bench,
@@ -94,3 +97,12 @@ for rep in 0 1 2 3 4; do
   done
 done
 rm -rf "$IN" /mnt/ram/out
+
+step "8. a thread free while the GPU works, the GPU closed beside the end"
+OLD=()
+[ -x "$D/shardshift-old" ] && OLD=(--old-bin "$D/shardshift-old")
+old_dev=${OLD:+cuda-old}
+perf/device_choice_bench.sh --bin "$B" "${OLD[@]}" --ram /mnt/ram --cores "2 16" \
+  --devices "cpu $old_dev cuda cuda-block cpu-768" --runs 1
+perf/device_choice_bench.sh --bin "$B" "${OLD[@]}" --ram /mnt/ram --cores "2 4 16" \
+  --devices "cpu cuda $old_dev" --runs 5
