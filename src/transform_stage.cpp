@@ -123,6 +123,7 @@ TransformStage::GpuCall::GpuCall(TransformStage& stage, const Item& item, uint64
                               item_.tensor->name);
       suspend(arm);
       resumed_at_ = stage_.profiler_.now();
+      suspended_ = true;
     };
 }
 
@@ -132,7 +133,7 @@ uint64_t TransformStage::GpuCall::thread_ns() const {
 
 void TransformStage::GpuCall::record(const CudaTimings& tm) {
   Profiler& profiler = stage_.profiler_;
-  if (resumed_at_ == 0) // not suspended (or failed before): one span, the whole call
+  if (!suspended_) // asleep on the stream, or failed before the wait: one span, the whole call
     profiler.record(Stage::transform_gpu, t0_, profiler.now(), item_.length, item_.tensor->name);
   else // the part after the wait (the bytes were counted with the first)
     profiler.record(Stage::transform_gpu, resumed_at_, profiler.now(), 0, item_.tensor->name);

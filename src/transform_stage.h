@@ -56,6 +56,7 @@ private:
     const Item& item_;
     const uint64_t t0_;
     uint64_t suspended_at_ = 0, resumed_at_ = 0;
+    bool suspended_ = false;
   };
 
   bool run_gpu(Item& item, CudaTransformer& gpu, GpuCall& call); ///< false: no free slot, nothing done
