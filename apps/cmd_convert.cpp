@@ -345,8 +345,8 @@ void add_convert_flags(ConvertFlags& f) {
        SIZE_SYNTAX + " Example: --max-memory 4GiB")
           .c_str())("device", po::value<std::string>()->default_value("auto")->value_name("DEVICE"),
                     "Where expert tensors are transformed and FP8 weights dequantized: auto "
-                    "(a usable GPU where it was measured faster: FP8 input with at most 2 "
-                    "threads, or a CPU without SIMD kernels; else the CPU), cpu, "
+                    "(a usable GPU where it was measured even or faster: at most 2 threads, "
+                    "or a CPU without SIMD kernels; else the CPU), cpu, "
                     "cuda (GPU 0, beside the CPU, which starts while the GPU opens) or cuda:N (GPU "
                     "number N); the bytes are the same on every device; the summary says how "
                     "much the GPU did. Example: --device cuda:1")("force", "Replace OUT if it exists.")(
