@@ -556,12 +556,16 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
         (std::max(MIN_PIECE, (in_bytes + MAX_PIECES - 1) / MAX_PIECES) + 4095) / 4096 * 4096;
     Status queued;
     if (Status st = guard(0, [&] {
-          for (uint64_t off = 0; off < in_bytes && queued.ok(); off += piece) {
+          for (uint64_t off = 0; off < in_bytes; off += piece) {
             const uint64_t n = std::min(piece, in_bytes - off);
             copy_to_staging(s.host_in + off, args.src + off, n);
-            queued = check(cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n,
-                                           cudaMemcpyHostToDevice, s.stream),
-                           "cudaMemcpyAsync");
+            Status st = check(cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n,
+                                              cudaMemcpyHostToDevice, s.stream),
+                              "cudaMemcpyAsync");
+            if (!st) {
+              std::swap(queued, st); // (an assignment's result would be a discarded Status)
+              break;
+            }
           }
         });
         !st)
