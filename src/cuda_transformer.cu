@@ -554,24 +554,16 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
     // Copy and upload in pieces: the DMA of piece k runs while the CPU copies piece k + 1.
     const uint64_t piece =
         (std::max(MIN_PIECE, (in_bytes + MAX_PIECES - 1) / MAX_PIECES) + 4095) / 4096 * 4096;
-    Status queued;
-    if (Status st = guard(0, [&] {
-          for (uint64_t off = 0; off < in_bytes; off += piece) {
-            const uint64_t n = std::min(piece, in_bytes - off);
-            copy_to_staging(s.host_in + off, args.src + off, n);
-            Status st = check(cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n,
-                                              cudaMemcpyHostToDevice, s.stream),
-                              "cudaMemcpyAsync");
-            if (!st) {
-              std::swap(queued, st); // (an assignment's result would be a discarded Status)
-              break;
-            }
-          }
-        });
-        !st)
-      return st;
-    if (!queued)
-      return queued;
+    for (uint64_t off = 0; off < in_bytes; off += piece) {
+      const uint64_t n = std::min(piece, in_bytes - off);
+      if (Status st = guard(0, [&] { copy_to_staging(s.host_in + off, args.src + off, n); }); !st)
+        return st;
+      if (Status st = check(cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n,
+                                            cudaMemcpyHostToDevice, s.stream),
+                            "cudaMemcpyAsync");
+          !st)
+        return st;
+    }
   }
   if (fold) {
     std::memcpy(s.host_scales, args.scales, scale_bytes);

@@ -16,7 +16,7 @@
 // Closing it costs again (0.1-0.15 s there: freeing the slots, unlocking the pool's buffers,
 // and the context's end at exit), which a run that waits for it at its end pays in full. So the
 // pipeline retires the handle as soon as its last chunk is transformed (retire()): the closing
-// runs on a thread of its own while the writer lanes finish, and the process ends without it.
+// runs on a thread of its own while the writer lanes finish, and is mostly done by the end.
 //
 // Thread-safety: every member is thread-safe but construction and destruction; the handle
 // is created and destroyed by one thread (the destructor waits for the opening to end).
