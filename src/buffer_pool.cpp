@@ -39,29 +39,38 @@ Result<std::byte*> BufferPool::acquire() {
       return p;
     }
     gpu = gpu_;
+    pinning_ += gpu != nullptr;
   }
   // A new buffer, made outside the lock: page-locking it is a system call of milliseconds. With
   // the GPU open it is page-locked in place rather than allocated pinned: on the H200 host
   // cudaHostAlloc ran at about 2.5 GB/s, registering ordinary pages several times faster
-  // (PERFORMANCE.md, "Opening the GPU beside the work").
+  // (PERFORMANCE.md, "Opening the GPU beside the work"). While it is, unpin_all() waits, so the
+  // device stays.
   auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, bytes_));
-  if (!p)
-    return Status(Errc::io,
-                  "out of memory allocating a " + std::to_string(bytes_) + "-byte buffer");
-  const bool pinned = gpu && gpu->pin_in_place(p, bytes_);
+  const bool pinned = p && gpu && gpu->pin_in_place(p, bytes_);
   {
     std::lock_guard lock(mu_);
+    if (gpu) {
+      --pinning_;
+      unpinned_.notify_all();
+    }
+    if (!p)
+      return Status(Errc::io,
+                    "out of memory allocating a " + std::to_string(bytes_) + "-byte buffer");
     all_.push_back({p, pinned ? Kind::pinned_in_place : Kind::plain});
     if (gpu || !gpu_)
       return p;
     gpu = gpu_; // it opened meanwhile, after pin_all had listed the buffers
+    ++pinning_;
   }
-  if (gpu->pin_in_place(p, bytes_)) {
-    std::lock_guard lock(mu_);
+  const bool late = gpu->pin_in_place(p, bytes_);
+  std::lock_guard lock(mu_);
+  if (late)
     for (Buffer& b : all_)
       if (b.p == p)
         b.kind = Kind::pinned_in_place;
-  }
+  --pinning_;
+  unpinned_.notify_all();
   return p;
 }
 
@@ -84,16 +93,17 @@ bool BufferPool::pinned(const std::byte* p) {
 void BufferPool::unpin_all(CudaTransformer& gpu) {
   if (handle_) // the device is closing: nothing of the handle is needed any more
     handle_->remove_hook();
-  handle_ = nullptr;
   std::vector<std::byte*> locked;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    handle_ = nullptr;
+    gpu_ = nullptr;                                      // buffers made from now on stay ordinary
+    unpinned_.wait(lock, [&] { return pinning_ == 0; }); // and the ones being pinned are done
     for (Buffer& b : all_)
       if (b.kind == Kind::pinned_in_place) {
         locked.push_back(b.p);
         b.kind = Kind::plain;
       }
-    gpu_ = nullptr;
   }
   for (std::byte* p : locked)
     gpu.unpin_in_place(p);

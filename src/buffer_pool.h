@@ -12,6 +12,7 @@
 
 #include "gpu_handle.h"
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -32,9 +33,10 @@ public:
   size_t in_use();
   /// Whether the device can write into p directly (p from acquire()).
   bool pinned(const std::byte* p);
-  /// The device is done with the buffers (GpuHandle::retire): unlocks them. They stay in use by
-  /// the writes still to come, as ordinary memory, and the pool no longer refers to the handle,
-  /// which may then go first. REQUIRES: acquire() is not called again.
+  /// The device is done with the buffers (GpuHandle::retire): unlocks them, once the pinning of
+  /// any buffer being made has ended. They stay in use by the rest of the run, as ordinary
+  /// memory, as do buffers made from now on, and the pool no longer refers to the handle, which
+  /// may then go first.
   void unpin_all(CudaTransformer& gpu);
 
 private:
@@ -48,8 +50,10 @@ private:
 
   uint64_t bytes_;
   GpuHandle* handle_;
-  CudaTransformer* gpu_ = nullptr; ///< guarded by mu_: set once the device is open
+  CudaTransformer* gpu_ = nullptr; ///< guarded by mu_: set once the device is open, until unpin_all
   std::mutex mu_;
+  std::condition_variable unpinned_; ///< signalled when pinning_ drops
+  unsigned pinning_ = 0; ///< guarded by mu_: acquire() calls pinning a new buffer outside mu_
   std::vector<Buffer> all_;
   std::vector<std::byte*> free_;
 };

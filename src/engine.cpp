@@ -15,8 +15,8 @@ namespace {
 // CPU. The GPU opens beside the work (gpu_handle.h): a device that fails to open is found out on
 // the opening thread, and fails the run only when it was asked for by name.
 Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsigned threads,
-                                               uint64_t chunk, unsigned slots,
-                                               bool count_first, bool owns_device) {
+                                               uint64_t chunk, unsigned slots, bool count_first,
+                                               bool owns_device) {
   if (device == "cpu")
     return std::unique_ptr<GpuHandle>();
   auto parsed = parse_device(device);
@@ -53,16 +53,15 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
       if (Status s = check_device_count(device, ordinal, count); !s)
         return s;
   }
-  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto", device,
-                                     owns_device);
+  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto", device, owns_device);
 }
 
 } // namespace
 
-Result<PlannedInput> open_and_plan(const std::filesystem::path& input, const PlanOptions& options,
-                                   uint64_t max_memory,
-                                   const std::function<void(const std::vector<std::string>&)>& warnings,
-                                   Profiler& profiler) {
+Result<PlannedInput>
+open_and_plan(const std::filesystem::path& input, const PlanOptions& options, uint64_t max_memory,
+              const std::function<void(const std::vector<std::string>&)>& warnings,
+              Profiler& profiler) {
   const uint64_t t0 = profiler.now();
   const uint64_t heap_before = heap_in_use_bytes();
   auto opened = open_for_plan(input, options, max_memory);
@@ -85,8 +84,7 @@ std::string Engine::device() const {
 }
 
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                Io& io, const ConvertCallbacks& callbacks,
-                                uint64_t held) {
+                                Io& io, const ConvertCallbacks& callbacks, uint64_t held) {
   if (held > options.max_memory / 2)
     return Status(Errc::unsupported,
                   "the parsed input and its plan take " + std::to_string(held) +
@@ -110,8 +108,7 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
   const bool stream = is_stream(options) || !options.pipe_to.empty();
   auto gpu =
-      open_device(options.device, threads, c.chunk_bytes, gpu_slots, stream,
-                  options.owns_gpu);
+      open_device(options.device, threads, c.chunk_bytes, gpu_slots, stream, options.owns_gpu);
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());
@@ -119,12 +116,15 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
     e.gpu->wait();
     if (Status s = e.gpu->required_status(); !s)
       return s;
-    if (!e.gpu->get()) // auto, and it did not open
+    if (!e.gpu->opened()) // auto, and it did not open
       e.gpu.reset();
   }
   if (!e.gpu) // the CPU alone: no staging slots to budget for
     size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
   c.gpu = e.gpu.get();
+  // Waiting for the GPU (tests and benchmarks of its path) also keeps it to the last chunk.
+  if (options.wait_for_gpu)
+    c.gpu_retire_ahead_ns = 0;
   c.io = &io;
   c.cancel = options.cancel;
   c.progress = callbacks.progress;

@@ -44,15 +44,60 @@ GpuHandle::~GpuHandle() {
     thread_.join();
 }
 
+GpuHandle::Use GpuHandle::use() {
+  if (!opened() || retired_.load())
+    return {};
+  users_.fetch_add(1);
+  if (retired_.load()) { // retired meanwhile: it may be closing already
+    end_use();
+    return {};
+  }
+  return Use(this, gpu_.get()); // gpu_ stays until the closing, which waits for this Use
+}
+
+GpuHandle::Use& GpuHandle::Use::operator=(Use&& other) noexcept {
+  if (this != &other) {
+    end();
+    handle_ = std::exchange(other.handle_, nullptr);
+    gpu_ = std::exchange(other.gpu_, nullptr);
+  }
+  return *this;
+}
+
+void GpuHandle::Use::end() {
+  if (handle_)
+    std::exchange(handle_, nullptr)->end_use();
+  gpu_ = nullptr;
+}
+
+void GpuHandle::end_use() {
+  if (users_.fetch_sub(1) == 1 && retired_.load())
+    start_closing();
+}
+
 void GpuHandle::retire(std::function<void(CudaTransformer&)> last) {
-  if (retired_.exchange(true))
+  {
+    std::lock_guard lock(mu_);
+    if (retired_.load())
+      return;
+    last_ = std::move(last);
+    retired_.store(true);
+  }
+  if (users_.load() == 0)
+    start_closing();
+}
+
+void GpuHandle::start_closing() {
+  if (closing_.exchange(true))
     return;
-  closer_ = std::thread([this, last = std::move(last)]() mutable {
+  closer_ = std::thread([this] {
     thread_.join();
     std::unique_ptr<CudaTransformer> gpu;
+    std::function<void(CudaTransformer&)> last;
     {
       std::lock_guard lock(mu_);
       gpu = std::move(gpu_);
+      last = std::move(last_);
     }
     if (!gpu)
       return;
@@ -78,7 +123,7 @@ void GpuHandle::open(const Opener& opener) {
     name_ = gpu_->device_name();
     if (hook_)
       hook_(*gpu_); // before publishing: nothing reaches the GPU before the hook has run
-    state_.store(opened, std::memory_order_release);
+    state_.store(opened_state, std::memory_order_release);
   } else {
     failure_ = failure;
     state_.store(failed);
@@ -105,7 +150,7 @@ bool GpuHandle::may_open() const {
 std::string GpuHandle::description() const {
   const std::string device = "cuda:" + std::to_string(ordinal_);
   switch (state_.load()) {
-  case opened: {
+  case opened_state: {
     std::lock_guard lock(mu_);
     return device + " (" + name_ + ")";
   }

@@ -5,21 +5,22 @@
 // "The GPU's fixed cost"), a good part of what a whole conversion of a few GB takes on 16 cores.
 // Waiting for it made `--device cuda` slower than `--device cpu` whenever the CPU alone was fast.
 // So a GpuHandle counts the devices and opens one on a thread of its own while the pipeline
-// starts on the CPU: the transform stage asks get() for each chunk and sends chunks to the GPU
+// starts on the CPU: the transform stage asks use() for each chunk and sends chunks to the GPU
 // once it is there (and once the DeviceRouter finds it the cheaper device). The bytes are the
 // same on either device, so when the GPU arrives changes only the time.
 //
 // Buffers that the GPU writes into must be page-locked. The buffer pool pins the buffers it made
-// before the GPU arrived from a hook that runs on the opening thread before get() publishes the
-// device (on_open), so no chunk reaches the GPU with a buffer that is not pinned.
+// before the GPU arrived from a hook that runs on the opening thread before use() hands the
+// device out (on_open), so no chunk reaches the GPU with a buffer that is not pinned.
 //
-// Closing it costs again (0.1-0.15 s there: freeing the slots, unlocking the pool's buffers,
-// and the context's end at exit), which a run that waits for it at its end pays in full. So the
-// pipeline retires the handle as soon as its last chunk is transformed (retire()): the closing
-// runs on a thread of its own while the writer lanes finish, and is mostly done by the end.
+// Closing it costs again (about 70 ms there: freeing the slots and resetting the device), which
+// a run that waits for it at its end pays in full. So the pipeline retires the handle before the
+// end (retire()): use() hands the device out no more, and once the last chunk on it is done
+// (the last Use ends), the closing runs on a thread of its own while the writer lanes finish.
 //
 // Thread-safety: every member is thread-safe but construction and destruction; the handle
-// is created and destroyed by one thread (the destructor waits for the opening to end).
+// is created and destroyed by one thread (the destructor waits for the opening and the closing
+// to end). No Use may outlive the handle.
 #pragma once
 
 #include "shardshift/status.h"
@@ -34,6 +35,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 
 namespace shardshift {
 
@@ -63,11 +65,35 @@ public:
   GpuHandle(const GpuHandle&) = delete;
   GpuHandle& operator=(const GpuHandle&) = delete;
 
-  /// The open GPU stage; nullptr while it is opening, if it could not be opened, or once retired.
-  CudaTransformer* get() const {
-    return state_.load(std::memory_order_acquire) == opened && !retired_.load() ? gpu_.get()
-                                                                                 : nullptr;
-  }
+  /// A hold on the open device for one chunk: while any Use lives, the device is not closed.
+  class Use {
+  public:
+    Use() = default;
+    Use(Use&& other) noexcept
+        : handle_(std::exchange(other.handle_, nullptr)), gpu_(std::exchange(other.gpu_, nullptr)) {
+    }
+    Use& operator=(Use&& other) noexcept;
+    ~Use() { end(); }
+    /// The device; nullptr for an empty Use.
+    CudaTransformer* get() const { return gpu_; }
+    CudaTransformer& operator*() const { return *gpu_; }
+    CudaTransformer* operator->() const { return gpu_; }
+    explicit operator bool() const { return gpu_ != nullptr; }
+    /// Lets go of the device now (the destructor does it otherwise).
+    void end();
+
+  private:
+    friend class GpuHandle;
+    Use(GpuHandle* handle, CudaTransformer* gpu) : handle_(handle), gpu_(gpu) {}
+    GpuHandle* handle_ = nullptr;
+    CudaTransformer* gpu_ = nullptr;
+  };
+
+  /// The open device, held until the Use ends; empty while it is opening, if it could not be
+  /// opened, or once retired.
+  Use use();
+  /// Whether the device has opened (retired or not).
+  bool opened() const { return state_.load(std::memory_order_acquire) == opened_state; }
   /// Blocks until the opening has ended (successfully or not).
   void wait();
   /// ok, or, when the device is required and could not be opened, why (without waiting).
@@ -76,40 +102,46 @@ public:
   bool required() const { return required_; }
   /// "cuda:N (name)" once open, "cuda:N" while opening, "cpu (level)" when it could not be.
   std::string description() const;
-  /// Whether get() may still return a device (opening, or open).
+  /// Whether use() may still give a device (opening, or open).
   bool may_open() const;
 
-  /// Runs `hook` with the device once it is open: on the opening thread before get() returns
-  /// it, or at once on the calling thread when it already has. One hook at a time.
+  /// Runs `hook` with the device once it is open: on the opening thread before use() hands
+  /// it out, or at once on the calling thread when it already has. One hook at a time.
   void on_open(std::function<void(CudaTransformer&)> hook);
   /// Removes the hook; when this returns, the hook is not running and will not run.
   void remove_hook();
 
-  /// The run is done with the device: get() returns nullptr from now on, and a thread of its
-  /// own waits for the opening to end and, if the device opened, runs `last` with it (the pool
-  /// unlocks its buffers), frees it, and with owns_device resets it. The destructor waits for
-  /// that thread. Later calls do nothing.
-  /// REQUIRES: no chunk is on the device, and none will be asked for.
+  /// The run is done with the device: use() gives nothing from now on. Once the last Use has
+  /// ended (at once when none is held), a thread of its own waits for the opening to end and, if
+  /// the device opened, runs `last` with it (the pool unlocks its buffers), frees it, and with
+  /// owns_device resets it. The destructor waits for that thread. Later calls do nothing.
   void retire(std::function<void(CudaTransformer&)> last);
 
 private:
   void open(const Opener& opener);
+  void end_use();
+  void start_closing(); ///< retired and no Use left: starts the closing thread, once
 
-  enum State { opening, opened, failed };
+  enum State { opening, opened_state, failed };
 
   const int ordinal_;
   const bool required_;
   const bool owns_device_;
   std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_, before state_
-  std::atomic<int> state_{opening}; ///< read without mu_ on every chunk; opened publishes gpu_
+  std::atomic<int> state_{opening};      ///< read without mu_ on every chunk; opened publishes gpu_
   mutable std::mutex mu_;
   std::condition_variable done_cv_;
   Status failure_; ///< guarded by mu_: why the device could not be opened
   std::function<void(CudaTransformer&)> hook_; ///< guarded by mu_
+  std::function<void(CudaTransformer&)> last_; ///< guarded by mu_: retire()'s, until the closing
   std::string name_;                           ///< guarded by mu_: the device's, once open
+  // Sequentially consistent, with users_: of a retire() and the end of the last Use on two
+  // threads, at least one sees the other's change and starts the closing (closing_: once).
   std::atomic<bool> retired_{false};
+  std::atomic<unsigned> users_{0}; ///< Uses alive
+  std::atomic<bool> closing_{false};
   std::thread thread_; ///< the opening
-  std::thread closer_; ///< the closing, once retired
+  std::thread closer_; ///< the closing, once retired and unused
 };
 
 } // namespace shardshift

@@ -4,6 +4,7 @@
 
 #include "buffer_pool.h"
 #include "emitter.h"
+#include "gpu_retirement.h"
 #include "progress_meter.h"
 #include "sha256.h"
 #include "transform_stage.h"
@@ -59,36 +60,6 @@ private:
   mutable std::mutex mu_;
   Status first_;
   std::atomic<bool> failed_{false};
-};
-
-// Once every lane's emitter has stopped and every item it emitted has passed the transform stage,
-// no chunk will reach the GPU again: it is retired then (GpuHandle::retire), so that it closes
-// beside the writes still to come instead of after them.
-class GpuRetirement {
-public:
-  GpuRetirement(unsigned lanes, std::function<void()> retire)
-      : emitting_(lanes), retire_(std::move(retire)) {}
-  void emitted() { ++pending_; }
-  void transformed() {
-    if (--pending_ == 0)
-      check();
-  }
-  void lane_stopped() {
-    if (--emitting_ == 0)
-      check();
-  }
-
-private:
-  // Sequentially consistent: of a last transform and a last stop on two threads, at least one
-  // sees both counts at zero.
-  void check() {
-    if (emitting_.load() == 0 && pending_.load() == 0 && !done_.exchange(true) && retire_)
-      retire_();
-  }
-  std::atomic<unsigned> emitting_;
-  std::atomic<uint64_t> pending_{0};
-  std::atomic<bool> done_{false};
-  std::function<void()> retire_;
 };
 
 // What every lane shares.
@@ -157,7 +128,6 @@ private:
       s_.retirement.lane_stopped();
       return nullptr;
     }
-    s_.retirement.emitted();
     s_.profiler.record(Stage::read, t0, s_.profiler.now(),
                        item->kind == ItemKind::transform ? item->length : 0,
                        item->tensor ? std::string_view(item->tensor->name) : std::string_view());
@@ -171,7 +141,6 @@ private:
       if (!item->status.ok())
         s_.failure.fail(item->status);
     }
-    s_.retirement.transformed();
     return item;
   }
 
@@ -224,6 +193,7 @@ private:
     if (item->release_length)
       item->shard->file->release(item->release_offset, item->release_length);
     s_.meter.wrote(*item, writer_.totals().done - before);
+    s_.retirement.wrote(s_.meter.done(), s_.profiler.now());
     if (item->buffer) {
       s_.pool.release(item->buffer);
       s_.meter.sub_in_flight(item->length);
@@ -256,12 +226,13 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   TransformStage transformer(config.gpu, pool.get(), profiler);
   ProgressMeter meter(profiler, *pool, config.gpu != nullptr, total,
                       static_cast<uint32_t>(files.size()), config.progress);
-  GpuRetirement retirement(lanes, [&config, pool] {
-    if (config.gpu)
-      config.gpu->retire([pool](CudaTransformer& device) { pool->unpin_all(device); });
-  });
-  Shared shared{input,  plan,  config,  profiler,    config.io ? *config.io : Io::system(),
-                target, queue, failure, *pool,       transformer,
+  GpuRetirement retirement(
+      lanes, total, config.gpu_retire_ahead_ns, profiler.now(), [&config, pool] {
+        if (config.gpu)
+          config.gpu->retire([pool](CudaTransformer& device) { pool->unpin_all(device); });
+      });
+  Shared shared{input,  plan,      config,  profiler, config.io ? *config.io : Io::system(),
+                target, queue,     failure, *pool,    transformer,
                 meter,  retirement};
 
   // Lanes run side by side on the one task arena; each blocks only in its own write calls.

@@ -23,6 +23,7 @@
 #include "shardshift/progress.h"
 
 #include "gpu_handle.h"
+#include "gpu_retirement.h"
 #include "write_stage.h"
 
 #include <atomic>
@@ -36,9 +37,12 @@ namespace shardshift {
 
 struct PipelineConfig {
   uint64_t chunk_bytes = 64 << 20;
-  unsigned tokens = 8;            ///< items alive per lane
-  unsigned writers = 1;           ///< lanes: output files written at once
+  unsigned tokens = 8;      ///< items alive per lane
+  unsigned writers = 1;     ///< lanes: output files written at once
   GpuHandle* gpu = nullptr; ///< nullptr: transform on the CPU; else the GPU, open or opening
+  /// The GPU is retired once less than this is left of the run at its pace so far, 0: only once
+  /// no chunk can reach it (gpu_retirement.h).
+  uint64_t gpu_retire_ahead_ns = GpuRetirement::AHEAD_NS;
   Io* io = nullptr;
   const std::atomic<bool>* cancel = nullptr;
   std::function<void(const Progress&)> progress;

@@ -63,7 +63,8 @@ void TransformStage::run(Item& item) {
     run_quantize(item, t0);
     return;
   }
-  CudaTransformer* gpu = item.on_gpu ? gpu_for(item) : nullptr;
+  // Held to the end of the chunk, the wait for the GPU included: the device is not closed under it.
+  const GpuHandle::Use gpu = item.on_gpu ? gpu_for(item) : GpuHandle::Use();
   if (!item.status.ok())
     return;
   if (!item.parts.empty()) {
@@ -98,18 +99,19 @@ void TransformStage::run(Item& item) {
     router_.record(false, item.length, profiler_.now() - t0);
 }
 
-// Until the GPU has opened (gpu_handle.h), its chunks run on the CPU; the router compares the
-// devices only once both can run. A GPU that was asked for by name and could not be opened fails
-// the run at the next chunk it could have taken, as it would have before any work.
-CudaTransformer* TransformStage::gpu_for(Item& item) {
+// Until the GPU has opened (gpu_handle.h), and once it is retired, its chunks run on the CPU; the
+// router compares the devices only while both can run. A GPU that was asked for by name and could
+// not be opened fails the run at the next chunk it could have taken, as it would have before any
+// work.
+GpuHandle::Use TransformStage::gpu_for(Item& item) {
   if (!handle_)
-    return nullptr;
-  CudaTransformer* gpu = handle_->get();
+    return {};
+  GpuHandle::Use gpu = handle_->use();
   if (!gpu) {
     item.status = handle_->required_status();
-    return nullptr;
+    return {};
   }
-  return pool_->pinned(item.buffer) ? gpu : nullptr;
+  return pool_->pinned(item.buffer) ? std::move(gpu) : GpuHandle::Use();
 }
 
 TransformStage::GpuCall::GpuCall(TransformStage& stage, const Item& item, uint64_t t0)
@@ -283,9 +285,9 @@ void TransformStage::run_quantize(Item& item, uint64_t t0) {
         item.tensor->op == OpKind::quantize_scale && out.ends_with("_scale_inv")
             ? out.substr(0, out.size() - 10)
             : out;
-    item.status = Status(kernel.code(), item.shard->file_name + ": tensor '" +
-                                            item.quantize_source + "': --quantize fp8 of '" +
-                                            weight + "': " + kernel.message());
+    item.status =
+        Status(kernel.code(), item.shard->file_name + ": tensor '" + item.quantize_source +
+                                  "': --quantize fp8 of '" + weight + "': " + kernel.message());
   }
   profiler_.record(Stage::transform_cpu, t0, profiler_.now(), item.length, item.tensor->name);
   cpu_bytes_ += item.length;

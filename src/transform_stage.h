@@ -13,8 +13,8 @@
 
 #include "buffer_pool.h"
 #include "cuda_transform.h"
-#include "gpu_handle.h"
 #include "device_router.h"
+#include "gpu_handle.h"
 #include "work_item.h"
 
 #include <atomic>
@@ -59,7 +59,8 @@ private:
     bool suspended_ = false;
   };
 
-  bool run_gpu(Item& item, CudaTransformer& gpu, GpuCall& call); ///< false: no free slot, nothing done
+  bool run_gpu(Item& item, CudaTransformer& gpu,
+               GpuCall& call); ///< false: no free slot, nothing done
   /// A chunk whose parts all dequantize, on the GPU; false: it did not take it, nothing done.
   bool run_gpu_dequant(Item& item, CudaTransformer& gpu, GpuCall& call);
   void run_cpu(Item& item, uint64_t t0);
@@ -69,8 +70,9 @@ private:
   /// A chunk of a --quantize fp8 output: codes or block scales (CPU only).
   void run_quantize(Item& item, uint64_t t0);
 
-  /// The GPU for this item, or nullptr: not open (yet), or the item's buffer is not pinned.
-  CudaTransformer* gpu_for(Item& item);
+  /// The GPU for this item, or an empty Use: not open (yet), retired, or the item's buffer is not
+  /// pinned.
+  GpuHandle::Use gpu_for(Item& item);
 
   GpuHandle* handle_;
   BufferPool* pool_;

@@ -22,13 +22,13 @@
 #include <deque>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <thread>
 
+#include <gtest/gtest.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
-
-#include <gtest/gtest.h>
 
 namespace shardshift::testing {
 namespace {
@@ -139,61 +139,102 @@ class GpuWaitTest : public ::testing::Test {
 protected:
   void SetUp() override { old_ = std::signal(SIGPIPE, SIG_IGN); } // as the app does
   void TearDown() override { std::signal(SIGPIPE, old_); }
+
+  // A tiny diffusion_gemma checkpoint, its plan, and the files the CPU alone makes of it.
+  void make_input() {
+    std::mt19937_64 rng(test_seed());
+    reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 3, 8, 64, 48), 2,
+                                "diffusion_gemma");
+    auto opened = Checkpoint::open(tmp / "hf");
+    ASSERT_TRUE(opened.ok()) << opened.status().message();
+    input.emplace(std::move(opened.value()));
+    PlanOptions po;
+    po.max_shard_size = 60'000;
+    auto planned = make_plan(*input, po);
+    ASSERT_TRUE(planned.ok()) << planned.status().message();
+    plan.emplace(std::move(planned.value()));
+    ConvertOptions o;
+    o.input = tmp / "hf";
+    o.output = tmp / "cpu";
+    o.device = "cpu";
+    o.plan = po;
+    ASSERT_TRUE(convert(o).ok());
+  }
+
+  // Runs the pipeline with the stand-in device in an arena of one thread, into OUT, retiring
+  // the device `ahead_ns` before the end (PipelineConfig::gpu_retire_ahead_ns), and checks that
+  // the files equal the CPU's and that the device was retired.
+  Result<PipelineResult> run_on_stand_in(GpuHandle& gpu, const std::string& out,
+                                         uint64_t ahead_ns) {
+    std::filesystem::create_directory(tmp / out);
+    ProcessTarget target("cat > " + shell_quote((tmp / out).string()) + "/{name}");
+    std::vector<uint32_t> files(plan->files.size());
+    std::iota(files.begin(), files.end(), 0u);
+    PipelineConfig config;
+    config.writers = 2;
+    config.chunk_bytes = 8 << 10; // several transform chunks a tensor
+    config.tokens = 4;
+    config.gpu = &gpu;
+    config.gpu_retire_ahead_ns = ahead_ns;
+    Profiler profiler(false);
+    Result<PipelineResult> moved = Status(Errc::unsupported, "not run");
+    tbb::task_arena one_thread(1);
+    one_thread.execute(
+        [&] { moved = run_pipeline(*input, *plan, files, target, config, profiler); });
+    if (!moved.ok())
+      return moved;
+    EXPECT_FALSE(gpu.use()) << "the pipeline did not retire the device";
+    for (const OutputFile& f : plan->files)
+      EXPECT_EQ(read_bytes(tmp / out / f.name), read_bytes(tmp / "cpu" / f.name)) << f.name;
+    return moved;
+  }
+
+  static std::unique_ptr<GpuHandle> open_stand_in(const std::shared_ptr<AsyncLog>& log) {
+    auto gpu = std::make_unique<GpuHandle>(
+        0,
+        [log]() -> Result<std::unique_ptr<CudaTransformer>> {
+          return std::unique_ptr<CudaTransformer>(std::make_unique<AsyncStandIn>(log));
+        },
+        true);
+    gpu->wait();
+    return gpu;
+  }
+
   TempDir tmp;
+  std::optional<Checkpoint> input;
+  std::optional<Plan> plan;
   void (*old_)(int) = nullptr;
 };
 
 TEST_F(GpuWaitTest, AThreadWaitingForTheGpuRunsOtherChunksMeanwhile) {
-  std::mt19937_64 rng(test_seed());
-  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 3, 8, 64, 48), 2,
-                              "diffusion_gemma");
-  auto input = Checkpoint::open(tmp / "hf");
-  ASSERT_TRUE(input.ok()) << input.status().message();
-  PlanOptions po;
-  po.max_shard_size = 60'000;
-  auto plan = make_plan(*input, po);
-  ASSERT_TRUE(plan.ok()) << plan.status().message();
-
-  ConvertOptions o; // the same files, by the CPU alone
-  o.input = tmp / "hf";
-  o.output = tmp / "cpu";
-  o.device = "cpu";
-  o.plan = po;
-  ASSERT_TRUE(convert(o).ok());
-
+  ASSERT_NO_FATAL_FAILURE(make_input());
   auto log = std::make_shared<AsyncLog>();
-  GpuHandle gpu(
-      0,
-      [log]() -> Result<std::unique_ptr<CudaTransformer>> {
-        return std::unique_ptr<CudaTransformer>(std::make_unique<AsyncStandIn>(log));
-      },
-      true);
-  gpu.wait();
-  ASSERT_NE(gpu.get(), nullptr);
-
-  std::filesystem::create_directory(tmp / "gpu");
-  ProcessTarget target("cat > " + shell_quote((tmp / "gpu").string()) + "/{name}");
-  std::vector<uint32_t> files(plan->files.size());
-  std::iota(files.begin(), files.end(), 0u);
-  PipelineConfig config;
-  config.writers = 2;
-  config.chunk_bytes = 8 << 10; // several transform chunks a tensor
-  config.tokens = 4;
-  config.gpu = &gpu;
-  Profiler profiler(false);
-  Result<PipelineResult> moved = Status(Errc::unsupported, "not run");
-  tbb::task_arena one_thread(1);
-  one_thread.execute([&] { moved = run_pipeline(*input, *plan, files, target, config, profiler); });
+  auto gpu = open_stand_in(log);
+  ASSERT_TRUE(gpu->use());
+  // The device to the last chunk: this run is far shorter than any lead.
+  auto moved = run_on_stand_in(*gpu, "gpu", 0);
   ASSERT_TRUE(moved.ok()) << moved.status().message();
-  EXPECT_EQ(gpu.get(), nullptr) << "the pipeline did not retire the device after its last chunk";
-
-  for (const OutputFile& f : plan->files)
-    EXPECT_EQ(read_bytes(tmp / "gpu" / f.name), read_bytes(tmp / "cpu" / f.name)) << f.name;
   EXPECT_GE(moved->gpu_bytes, 1u);
   EXPECT_EQ(log->sync_runs.load(), 0) << "a pipeline task waited asleep";
   EXPECT_GE(log->async_runs.load(), int(DeviceRouter::WARMUP));
   EXPECT_GE(log->max_queued.load(), 2u)
       << "the arena's one thread never had two chunks on the device at once";
+}
+
+// With a lead longer than the run, the device is retired at the first write: it takes no more
+// chunks than were in flight then (every lane's tokens), the CPU does the rest, and the files are
+// the same. (Retired only once the emitters stop, it takes 17 or so of this run's chunks.)
+TEST_F(GpuWaitTest, ARunRetiresItsGpuAheadOfTheEndAndTheCpuDoesTheRest) {
+  ASSERT_NO_FATAL_FAILURE(make_input());
+  auto log = std::make_shared<AsyncLog>();
+  auto gpu = open_stand_in(log);
+  constexpr uint64_t HOUR_NS = 3'600'000'000'000;
+  auto moved = run_on_stand_in(*gpu, "early", HOUR_NS);
+  ASSERT_TRUE(moved.ok()) << moved.status().message();
+  EXPECT_GE(moved->cpu_bytes, 1u);
+  EXPECT_LE(log->async_runs.load(), 2 * 4) << "more chunks on the device than were in flight";
+  gpu.reset(); // waits for the closing
+  EXPECT_TRUE(log->closed);
 }
 
 // A thread oneTBB does not know has nothing else to do: its wait is empty (it sleeps on the

@@ -59,9 +59,10 @@ struct ConvertOptions {
   std::string pipe_to;
   unsigned uploads = 0;   ///< --uploads: commands running at once (0 = 4)
   bool checksums = false; ///< --checksums: SHA-256 of every output file, written as SHA256SUMS
-  /// With a GPU: start moving bytes only once it is open (tests and benchmarks of the GPU path).
-  /// By default it opens beside the work, which starts on the CPU, and takes chunks once it is
-  /// there (README, `convert`: `--device cuda`).
+  /// With a GPU: start moving bytes only once it is open, and keep it to the last chunk (tests
+  /// and benchmarks of the GPU path). By default it opens beside the work, which starts on the
+  /// CPU, takes chunks once it is there, and is closed a little ahead of the end (README,
+  /// `convert`: `--device cuda`).
   bool wait_for_gpu = false;
   /// The process is the GPU's one user (the command-line tool sets it): once the run is done with
   /// the device, its context is ended beside the rest of the run (cudaDeviceReset) rather than at
