@@ -18,6 +18,8 @@
 #                       SHARDSHIFT_CUDA_INPUT=staged (the input copied into pinned memory first);
 #                       "cuda-none" and "cuda-all" are cuda with SHARDSHIFT_ROUTER=cpu (the GPU
 #                       opened but given no chunk) and =gpu (every chunk it can take);
+#                       "cuda-late" is cuda with SHARDSHIFT_GPU_CLOSE=late (the GPU closed
+#                       only once no chunk can reach it, not ahead of the end);
 #                       "cuda-block" is cuda with SHARDSHIFT_GPU_WAIT=block (a thread sleeps
 #                       through its chunk's GPU work rather than running other work);
 #                       "cpu-768" is cpu with --max-memory 768MiB (the chunk size cuda gets
@@ -57,6 +59,7 @@ run() { # cores device [writers]
   case "$dev" in
   cuda-old) dev=cuda bin=$OLD_BIN ;;
   cuda-block) dev=cuda env=(SHARDSHIFT_GPU_WAIT=block) ;;
+  cuda-late) dev=cuda env=(SHARDSHIFT_GPU_CLOSE=late) ;;
   cpu-768) dev=cpu extra=(--max-memory 768MiB) ;;
   staged) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=staged) ;;
   cuda-none) dev=cuda env=(SHARDSHIFT_ROUTER=cpu) ;;

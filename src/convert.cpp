@@ -133,7 +133,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
       options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
   // The parsed headers and the plan are part of the budget too (they grow with the tensor count).
-  auto engine = configure_engine(options, threads, plan.files.size(), io, callbacks, opened->held);
+  auto engine = configure_engine(options, threads, plan.files.size(), io, callbacks, opened->held,
+                                 &profiler);
   if (!engine)
     return engine.status();
 

@@ -5,7 +5,9 @@
 #include "transpose.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
+#include <string_view>
 
 namespace shardshift {
 
@@ -16,7 +18,7 @@ namespace {
 // the opening thread, and fails the run only when it was asked for by name.
 Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsigned threads,
                                                uint64_t chunk, unsigned slots, bool count_first,
-                                               bool owns_device) {
+                                               bool owns_device, Profiler* profiler) {
   if (device == "cpu")
     return std::unique_ptr<GpuHandle>();
   auto parsed = parse_device(device);
@@ -53,7 +55,8 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
       if (Status s = check_device_count(device, ordinal, count); !s)
         return s;
   }
-  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto", device, owns_device);
+  return std::make_unique<GpuHandle>(ordinal, chunk, slots, device != "auto", device, owns_device,
+                                     profiler);
 }
 
 } // namespace
@@ -84,7 +87,8 @@ std::string Engine::device() const {
 }
 
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                Io& io, const ConvertCallbacks& callbacks, uint64_t held) {
+                                Io& io, const ConvertCallbacks& callbacks, uint64_t held,
+                                Profiler* profiler) {
   if (held > options.max_memory / 2)
     return Status(Errc::unsupported,
                   "the parsed input and its plan take " + std::to_string(held) +
@@ -107,8 +111,8 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
   size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
   const bool stream = is_stream(options) || !options.pipe_to.empty();
-  auto gpu =
-      open_device(options.device, threads, c.chunk_bytes, gpu_slots, stream, options.owns_gpu);
+  auto gpu = open_device(options.device, threads, c.chunk_bytes, gpu_slots, stream,
+                         options.owns_gpu, profiler);
   if (!gpu)
     return gpu.status();
   e.gpu = std::move(gpu.value());
@@ -122,8 +126,10 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   if (!e.gpu) // the CPU alone: no staging slots to budget for
     size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
   c.gpu = e.gpu.get();
-  // Waiting for the GPU (tests and benchmarks of its path) also keeps it to the last chunk.
-  if (options.wait_for_gpu)
+  // Waiting for the GPU (tests and benchmarks of its path) also keeps it to the last chunk, as
+  // SHARDSHIFT_GPU_CLOSE=late does (for comparisons: the closing after the last chunk).
+  const char* close = std::getenv("SHARDSHIFT_GPU_CLOSE");
+  if (options.wait_for_gpu || (close && std::string_view(close) == "late"))
     c.gpu_retire_ahead_ns = 0;
   c.io = &io;
   c.cancel = options.cancel;

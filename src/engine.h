@@ -30,10 +30,10 @@ struct PlannedInput {
   Plan plan;
   uint64_t held = 0;
 };
-Result<PlannedInput> open_and_plan(const std::filesystem::path& input, const PlanOptions& options,
-                                   uint64_t max_memory,
-                                   const std::function<void(const std::vector<std::string>&)>& warnings,
-                                   Profiler& profiler);
+Result<PlannedInput>
+open_and_plan(const std::filesystem::path& input, const PlanOptions& options, uint64_t max_memory,
+              const std::function<void(const std::vector<std::string>&)>& warnings,
+              Profiler& profiler);
 
 struct Engine {
   PipelineConfig config;
@@ -50,8 +50,10 @@ struct Engine {
 /// options.wait_for_gpu). config.io is `io`. `held`: memory
 /// the run already holds for the parsed input and the plan, which the budget covers too: the
 /// pipeline gets the rest, and a run where that is less than half the budget is refused
-/// (Errc::unsupported, saying what budget would do).
+/// (Errc::unsupported, saying what budget would do). `profiler` (may be null) gets the GPU's
+/// opening and closing spans (GpuHandle).
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                Io& io, const ConvertCallbacks& callbacks, uint64_t held = 0);
+                                Io& io, const ConvertCallbacks& callbacks, uint64_t held = 0,
+                                Profiler* profiler = nullptr);
 
 } // namespace shardshift

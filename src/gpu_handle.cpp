@@ -20,7 +20,7 @@ Status check_device_count(const std::string& device, int ordinal, int count) {
 }
 
 GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required,
-                     std::string device, bool owns_device)
+                     std::string device, bool owns_device, Profiler* profiler)
     : GpuHandle(
           ordinal,
           [ordinal, chunk_bytes, slots,
@@ -30,10 +30,10 @@ GpuHandle::GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool req
               return s;
             return CudaTransformer::create(ordinal, chunk_bytes, slots);
           },
-          required, owns_device) {}
+          required, owns_device, profiler) {}
 
-GpuHandle::GpuHandle(int ordinal, Opener open, bool required, bool owns_device)
-    : ordinal_(ordinal), required_(required), owns_device_(owns_device) {
+GpuHandle::GpuHandle(int ordinal, Opener open, bool required, bool owns_device, Profiler* profiler)
+    : ordinal_(ordinal), required_(required), owns_device_(owns_device), profiler_(profiler) {
   thread_ = std::thread([this, opener = std::move(open)] { this->open(opener); });
 }
 
@@ -92,6 +92,7 @@ void GpuHandle::start_closing() {
     return;
   closer_ = std::thread([this] {
     thread_.join();
+    const uint64_t t0 = profiler_ ? profiler_->now() : 0;
     std::unique_ptr<CudaTransformer> gpu;
     std::function<void(CudaTransformer&)> last;
     {
@@ -107,10 +108,18 @@ void GpuHandle::start_closing() {
     gpu.reset();
     if (owns_device_)
       CudaTransformer::reset_device(ordinal_);
+    record(Stage::gpu_close, t0);
   });
 }
 
+void GpuHandle::record(Stage stage, uint64_t t0) {
+  if (profiler_)
+    profiler_->record(stage, t0, profiler_->now(), 0, {},
+                      profiler_->track_id("cuda:" + std::to_string(ordinal_) + " open/close"));
+}
+
 void GpuHandle::open(const Opener& opener) {
+  const uint64_t t0 = profiler_ ? profiler_->now() : 0;
   Status failure;
   std::unique_ptr<CudaTransformer> gpu;
   if (auto created = opener(); created)
@@ -123,9 +132,11 @@ void GpuHandle::open(const Opener& opener) {
     name_ = gpu_->device_name();
     if (hook_)
       hook_(*gpu_); // before publishing: nothing reaches the GPU before the hook has run
+    record(Stage::gpu_open, t0);
     state_.store(opened_state, std::memory_order_release);
   } else {
     failure_ = failure;
+    record(Stage::gpu_open, t0); // failed: the time it took to find out
     state_.store(failed);
   }
   done_cv_.notify_all();

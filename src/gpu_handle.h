@@ -23,6 +23,7 @@
 // to end). No Use may outlive the handle.
 #pragma once
 
+#include "shardshift/profiler.h"
 #include "shardshift/status.h"
 
 #include "cuda_transform.h"
@@ -52,15 +53,18 @@ public:
   /// (the driver's start, 0.1-0.2 s) is part of the opening; `device` (the option as given,
   /// "cuda:1") names the device in the error when there is none or too few
   /// (check_device_count).
+  /// `profiler` (may be null; it must outlive the handle) gets the opening and the closing as
+  /// gpu_open and gpu_close spans on a track of their own ("cuda:N open/close").
   GpuHandle(int ordinal, uint64_t chunk_bytes, unsigned slots, bool required,
-            std::string device = "cuda", bool owns_device = false);
+            std::string device = "cuda", bool owns_device = false, Profiler* profiler = nullptr);
   /// What opens the device, on the opening thread.
   using Opener = std::function<Result<std::unique_ptr<CudaTransformer>>()>;
   /// The same with the opening given: `open` runs on the opening thread in place of counting the
   /// devices and CudaTransformer::create (tests open a stand-in device with it, without a GPU).
   /// `owns_device`: the process is the device's only user (the command-line tool), so retire()
   /// may reset it (cudaDeviceReset: its context ends then rather than at exit).
-  GpuHandle(int ordinal, Opener open, bool required, bool owns_device = false);
+  GpuHandle(int ordinal, Opener open, bool required, bool owns_device = false,
+            Profiler* profiler = nullptr);
   ~GpuHandle();
   GpuHandle(const GpuHandle&) = delete;
   GpuHandle& operator=(const GpuHandle&) = delete;
@@ -121,12 +125,15 @@ private:
   void open(const Opener& opener);
   void end_use();
   void start_closing(); ///< retired and no Use left: starts the closing thread, once
+  /// A gpu_open or gpu_close span from t0 to now, when there is a profiler.
+  void record(Stage stage, uint64_t t0);
 
   enum State { opening, opened_state, failed };
 
   const int ordinal_;
   const bool required_;
   const bool owns_device_;
+  Profiler* const profiler_;
   std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_, before state_
   std::atomic<int> state_{opening};      ///< read without mu_ on every chunk; opened publishes gpu_
   mutable std::mutex mu_;

@@ -8,8 +8,8 @@
 #include <cstdio>
 #include <fcntl.h>
 #include <functional>
-#include <optional>
 #include <malloc.h>
+#include <optional>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -20,8 +20,9 @@ namespace shardshift {
 
 const char* stage_name(Stage stage) {
   static const char* const NAMES[STAGE_COUNT] = {
-      "plan",       "read",    "transform_cpu", "transform_gpu", "gpu_stage", "gpu_h2d",
-      "gpu_kernel", "gpu_d2h", "write_copy",    "write_data",    "commit",    "wait",       "hash"};
+      "plan",    "read",       "transform_cpu", "transform_gpu", "gpu_stage",
+      "gpu_h2d", "gpu_kernel", "gpu_d2h",       "write_copy",    "write_data",
+      "commit",  "wait",       "hash",          "gpu_open",      "gpu_close"};
   return NAMES[static_cast<int>(stage)];
 }
 

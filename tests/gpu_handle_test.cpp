@@ -458,6 +458,43 @@ TEST(GpuRetirement, RetiresWhenLessThanTheLeadIsLeftOrWhenTheEmittersStop) {
   EXPECT_EQ(slow, 1);
 }
 
+// With a profiler, the opening and the closing are spans of their own (gpu_open, gpu_close), on
+// the device's track: --stats and --trace show what the GPU's fixed cost was and when. A failed
+// opening is a gpu_open span too (the time it took to find out), with no closing.
+TEST(GpuHandle, TheOpeningAndTheClosingAreProfiled) {
+  Profiler profiler(true);
+  auto log = std::make_shared<PinLog>();
+  auto gpu = std::make_unique<GpuHandle>(
+      0,
+      [log]() -> Result<std::unique_ptr<CudaTransformer>> {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20)); // as a driver takes its time
+        return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
+      },
+      true, false, &profiler);
+  gpu->wait();
+  gpu->retire([](CudaTransformer&) {});
+  gpu.reset();
+  auto s = profiler.summaries();
+  const StageSummary& open = s[static_cast<int>(Stage::gpu_open)];
+  EXPECT_EQ(open.count, 1u);
+  EXPECT_GE(open.busy_ns, 20'000'000u);
+  EXPECT_EQ(s[static_cast<int>(Stage::gpu_close)].count, 1u);
+  EXPECT_STREQ(stage_name(Stage::gpu_open), "gpu_open");
+  EXPECT_STREQ(stage_name(Stage::gpu_close), "gpu_close");
+
+  Profiler failed_profiler(false);
+  {
+    GpuHandle failing(
+        0, []() -> Result<std::unique_ptr<CudaTransformer>> { return Status(Errc::cuda, "no"); },
+        false, false, &failed_profiler);
+    failing.wait();
+    failing.retire([](CudaTransformer&) { ADD_FAILURE() << "ran without a device"; });
+  }
+  s = failed_profiler.summaries();
+  EXPECT_EQ(s[static_cast<int>(Stage::gpu_open)].count, 1u);
+  EXPECT_EQ(s[static_cast<int>(Stage::gpu_close)].count, 0u);
+}
+
 // A buffer the device cannot page-lock stays ordinary: pinned() says so (its chunks stay on the
 // CPU), and the pool does not unlock it at the end.
 TEST(GpuHandle, ABufferTheDeviceCannotPinStaysOrdinary) {

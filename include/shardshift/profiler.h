@@ -41,8 +41,10 @@ enum class Stage : uint8_t {
   commit,        ///< fsync, rename, index, side files
   wait,          ///< waiting for a free buffer (memory budget)
   hash,          ///< --checksums: SHA-256 of each output file's bytes, in order
+  gpu_open,      ///< CUDA: counting the devices, the context, the slots, pinning the pool
+  gpu_close,     ///< CUDA: unpinning the pool, freeing the slots, resetting the device
 };
-inline constexpr int STAGE_COUNT = 13;
+inline constexpr int STAGE_COUNT = 15;
 const char* stage_name(Stage stage);
 
 struct StageSummary {
