@@ -127,6 +127,13 @@ private:
   std::shared_ptr<PinLog> log_;
 };
 
+// Opens a StandInDevice that logs into `log`.
+GpuHandle::Opener stand_in(std::shared_ptr<PinLog> log) {
+  return [log = std::move(log)]() -> Result<std::unique_ptr<CudaTransformer>> {
+    return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
+  };
+}
+
 // The pool's buffers are page-locked in place whether they were made before the device opened
 // (by the opening thread's hook) or after (as they are made), their contents untouched, reused
 // without being locked again, and unlocked once each when the pool goes.
@@ -183,18 +190,13 @@ TEST(GpuHandle, PoolBuffersArePinnedInPlaceBeforeAndAfterTheDeviceOpens) {
   EXPECT_TRUE(log->pinned.empty());
 }
 
-// Retiring closes the device on a thread of its own, beside the rest of the run: get() gives
+// Retiring closes the device on a thread of its own, beside the rest of the run: use() gives
 // nothing from then on, the pool's buffers are unlocked before the device goes (their contents
 // kept: the writers still need them), a second retire does nothing, the summary still names the
 // device, and the handle's destructor waits for the closing.
 TEST(GpuHandle, ARetiredDeviceUnlocksThePoolThenClosesBesideTheRun) {
   auto log = std::make_shared<PinLog>();
-  auto gpu = std::make_unique<GpuHandle>(
-      0,
-      [log]() -> Result<std::unique_ptr<CudaTransformer>> {
-        return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
-      },
-      true);
+  auto gpu = std::make_unique<GpuHandle>(0, stand_in(log), true);
   gpu->wait();
   ASSERT_TRUE(gpu->use());
   auto pool = std::make_shared<BufferPool>(CHUNK, gpu.get());
@@ -268,12 +270,7 @@ TEST(GpuHandle, RetiringWhileOpeningClosesItOnceOpen) {
 // unlocking, then the device's end) waits for the last one to end, however the two race.
 TEST(GpuHandle, RetiringWaitsForTheChunksStillOnTheDevice) {
   auto log = std::make_shared<PinLog>();
-  auto gpu = std::make_unique<GpuHandle>(
-      0,
-      [log]() -> Result<std::unique_ptr<CudaTransformer>> {
-        return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
-      },
-      true);
+  auto gpu = std::make_unique<GpuHandle>(0, stand_in(log), true);
   gpu->wait();
   GpuHandle::Use held = gpu->use();
   ASSERT_TRUE(held);
@@ -304,12 +301,7 @@ TEST(GpuHandle, ConcurrentUsesAndARetireCloseOnceWithNoUseLeft) {
   for (int round = 0; round < 20; ++round) {
     SCOPED_TRACE(round);
     auto log = std::make_shared<PinLog>();
-    auto gpu = std::make_unique<GpuHandle>(
-        0,
-        [log]() -> Result<std::unique_ptr<CudaTransformer>> {
-          return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
-        },
-        true);
+    auto gpu = std::make_unique<GpuHandle>(0, stand_in(log), true);
     gpu->wait();
     std::atomic<int> live{0}, last_calls{0}, live_at_close{-1};
     std::atomic<bool> stop{false};
@@ -500,12 +492,7 @@ TEST(GpuHandle, TheOpeningAndTheClosingAreProfiled) {
 TEST(GpuHandle, ABufferTheDeviceCannotPinStaysOrdinary) {
   auto log = std::make_shared<PinLog>();
   log->refuse = true;
-  GpuHandle gpu(
-      0,
-      [log]() -> Result<std::unique_ptr<CudaTransformer>> {
-        return std::unique_ptr<CudaTransformer>(std::make_unique<StandInDevice>(log));
-      },
-      false);
+  GpuHandle gpu(0, stand_in(log), false);
   gpu.wait();
   ASSERT_TRUE(gpu.use());
   {
