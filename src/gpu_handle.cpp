@@ -77,7 +77,8 @@ void GpuHandle::end_use() {
 
 void GpuHandle::retire(std::function<void(CudaTransformer&)> last) {
   {
-    std::lock_guard lock(mu_);
+    // Not mu_: the opening thread holds that while the pool's buffers are pinned.
+    std::lock_guard lock(last_mu_);
     if (retired_.load())
       return;
     last_ = std::move(last);
@@ -98,6 +99,9 @@ void GpuHandle::start_closing() {
     {
       std::lock_guard lock(mu_);
       gpu = std::move(gpu_);
+    }
+    {
+      std::lock_guard lock(last_mu_);
       last = std::move(last_);
     }
     if (!gpu)

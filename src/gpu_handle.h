@@ -140,7 +140,8 @@ private:
   std::condition_variable done_cv_;
   Status failure_; ///< guarded by mu_: why the device could not be opened
   std::function<void(CudaTransformer&)> hook_; ///< guarded by mu_
-  std::function<void(CudaTransformer&)> last_; ///< guarded by mu_: retire()'s, until the closing
+  std::mutex last_mu_;
+  std::function<void(CudaTransformer&)> last_; ///< guarded by last_mu_: retire()'s, until closing
   std::string name_;                           ///< guarded by mu_: the device's, once open
   // Sequentially consistent, with users_: of a retire() and the end of the last Use on two
   // threads, at least one sees the other's change and starts the closing (closing_: once).

@@ -333,46 +333,47 @@ TEST(GpuHandle, ConcurrentUsesAndARetireCloseOnceWithNoUseLeft) {
   }
 }
 
+// The stand-in, with its first page-locking held until the gate opens (it says when it is held).
+class SlowPin final : public CudaTransformer {
+public:
+  SlowPin(std::shared_ptr<PinLog> log, std::promise<void>& pinning, std::shared_future<void> gate)
+      : inner_(std::move(log)), pinning_(pinning), gate_(std::move(gate)) {}
+  std::string device_name() const override { return inner_.device_name(); }
+  uint64_t pinned_bytes() const override { return 0; }
+  void* alloc_pinned(uint64_t) override { return nullptr; }
+  void free_pinned(void*) override {}
+  bool pin_in_place(void* p, uint64_t n) override {
+    if (std::exchange(first_, false)) {
+      pinning_.set_value();
+      gate_.wait();
+    }
+    return inner_.pin_in_place(p, n);
+  }
+  void unpin_in_place(void* p) override { inner_.unpin_in_place(p); }
+  Status run(const TransposeArgs& a, CudaTimings* t) override { return inner_.run(a, t); }
+  Status try_run(const TransposeArgs& a, const StagingGuard& g, const GpuWait& w, CudaTimings* t,
+                 bool* ran) override {
+    return inner_.try_run(a, g, w, t, ran);
+  }
+  Status try_run_dequant(const std::vector<CudaDequantPart>& parts, std::byte* d, uint64_t n,
+                         const StagingGuard& g, const GpuWait& w, CudaTimings* t,
+                         bool* ran) override {
+    return inner_.try_run_dequant(parts, d, n, g, w, t, ran);
+  }
+
+private:
+  StandInDevice inner_;
+  std::promise<void>& pinning_;
+  std::shared_future<void> gate_;
+  bool first_ = true;
+};
+
 // Unlocking the pool's buffers (the closing's first step) waits for a buffer being page-locked
 // as it is made, then unlocks it too; buffers made afterwards stay ordinary.
 TEST(GpuHandle, UnpinningWaitsForABufferBeingPinned) {
   auto log = std::make_shared<PinLog>();
   std::promise<void> pinning, go;
   std::shared_future<void> gate = go.get_future().share();
-  // The stand-in, with its first page-locking held until the gate opens.
-  class SlowPin final : public CudaTransformer {
-  public:
-    SlowPin(std::shared_ptr<PinLog> log, std::promise<void>& pinning, std::shared_future<void> gate)
-        : inner_(std::move(log)), pinning_(pinning), gate_(std::move(gate)) {}
-    std::string device_name() const override { return inner_.device_name(); }
-    uint64_t pinned_bytes() const override { return 0; }
-    void* alloc_pinned(uint64_t) override { return nullptr; }
-    void free_pinned(void*) override {}
-    bool pin_in_place(void* p, uint64_t n) override {
-      if (std::exchange(first_, false)) {
-        pinning_.set_value();
-        gate_.wait();
-      }
-      return inner_.pin_in_place(p, n);
-    }
-    void unpin_in_place(void* p) override { inner_.unpin_in_place(p); }
-    Status run(const TransposeArgs& a, CudaTimings* t) override { return inner_.run(a, t); }
-    Status try_run(const TransposeArgs& a, const StagingGuard& g, const GpuWait& w, CudaTimings* t,
-                   bool* ran) override {
-      return inner_.try_run(a, g, w, t, ran);
-    }
-    Status try_run_dequant(const std::vector<CudaDequantPart>& parts, std::byte* d, uint64_t n,
-                           const StagingGuard& g, const GpuWait& w, CudaTimings* t,
-                           bool* ran) override {
-      return inner_.try_run_dequant(parts, d, n, g, w, t, ran);
-    }
-
-  private:
-    StandInDevice inner_;
-    std::promise<void>& pinning_;
-    std::shared_future<void> gate_;
-    bool first_ = true;
-  };
   GpuHandle gpu(
       0,
       [&]() -> Result<std::unique_ptr<CudaTransformer>> {
@@ -485,6 +486,46 @@ TEST(GpuHandle, TheOpeningAndTheClosingAreProfiled) {
   s = failed_profiler.summaries();
   EXPECT_EQ(s[static_cast<int>(Stage::gpu_open)].count, 1u);
   EXPECT_EQ(s[static_cast<int>(Stage::gpu_close)].count, 0u);
+}
+
+// Retiring while the opening thread pins the pool's buffers (holding the handle's lock) returns
+// at once: the writer lane that retires is not held up by the opening. The closing follows it.
+TEST(GpuHandle, RetiringDoesNotWaitForTheOpeningsPinning) {
+  auto log = std::make_shared<PinLog>();
+  std::promise<void> pinning, go;
+  std::shared_future<void> gate = go.get_future().share();
+  std::promise<void> opener_go;
+  std::shared_future<void> opener_gate = opener_go.get_future().share();
+  auto gpu = std::make_unique<GpuHandle>(
+      0,
+      [&, opener_gate]() -> Result<std::unique_ptr<CudaTransformer>> {
+        opener_gate.wait(); // until the pool has a buffer for the hook to pin
+        return std::unique_ptr<CudaTransformer>(std::make_unique<SlowPin>(log, pinning, gate));
+      },
+      true);
+  auto pool = std::make_shared<BufferPool>(CHUNK, gpu.get());
+  auto early = pool->acquire();
+  ASSERT_TRUE(early.ok());
+  opener_go.set_value();
+  pinning.get_future().wait(); // the opening thread is in the hook, pinning `early`
+  std::atomic<int> last_calls{0};
+  auto retired = std::async(std::launch::async, [&] {
+    gpu->retire([pool, &last_calls](CudaTransformer& device) {
+      ++last_calls;
+      pool->unpin_all(device);
+    });
+  });
+  const bool prompt = retired.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  go.set_value();
+  retired.wait();
+  EXPECT_TRUE(prompt) << "retire() waited for the opening's pinning";
+  gpu.reset();
+  EXPECT_EQ(last_calls.load(), 1);
+  EXPECT_FALSE(pool->pinned(*early));
+  pool->release(*early);
+  std::lock_guard lock(log->mu);
+  EXPECT_TRUE(log->closed);
+  EXPECT_TRUE(log->pinned.empty());
 }
 
 // A buffer the device cannot page-lock stays ordinary: pinned() says so (its chunks stay on the
