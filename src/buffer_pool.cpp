@@ -30,7 +30,6 @@ BufferPool::~BufferPool() {
 }
 
 Result<std::byte*> BufferPool::acquire() {
-  CudaTransformer* gpu = nullptr;
   {
     std::lock_guard lock(mu_);
     if (!free_.empty()) {
@@ -38,34 +37,28 @@ Result<std::byte*> BufferPool::acquire() {
       free_.pop_back();
       return p;
     }
-    gpu = gpu_;
-    pinning_ += gpu != nullptr;
   }
-  // A new buffer, made outside the lock: page-locking it is a system call of milliseconds. With
-  // the GPU open it is page-locked in place rather than allocated pinned: on the H200 host
-  // cudaHostAlloc ran at about 2.5 GB/s, registering ordinary pages several times faster
-  // (PERFORMANCE.md, "Opening the GPU beside the work"). While it is, unpin_all() waits, so the
-  // device stays.
   auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, bytes_));
-  const bool pinned = p && gpu && gpu->pin_in_place(p, bytes_);
+  if (!p)
+    return Status(Errc::io,
+                  "out of memory allocating a " + std::to_string(bytes_) + "-byte buffer");
+  // Listed and the device read under one lock: either the device is not open yet, and pin_all
+  // will pin the buffer with the others, or it is, and the buffer is pinned here.
+  CudaTransformer* gpu = nullptr;
   {
     std::lock_guard lock(mu_);
-    if (gpu) {
-      --pinning_;
-      unpinned_.notify_all();
-    }
-    if (!p)
-      return Status(Errc::io,
-                    "out of memory allocating a " + std::to_string(bytes_) + "-byte buffer");
-    all_.push_back({p, pinned ? Kind::pinned_in_place : Kind::plain});
-    if (gpu || !gpu_)
+    all_.push_back({p, Kind::plain});
+    gpu = gpu_;
+    if (!gpu)
       return p;
-    gpu = gpu_; // it opened meanwhile, after pin_all had listed the buffers
-    ++pinning_;
+    ++pinning_; // unpin_all() waits for it, so the device stays
   }
-  const bool late = gpu->pin_in_place(p, bytes_);
+  // Outside the lock: page-locking is a system call of milliseconds. In place rather than
+  // allocated pinned: on the H200 host cudaHostAlloc ran at about 2.5 GB/s, registering ordinary
+  // pages several times faster (PERFORMANCE.md, "Opening the GPU beside the work").
+  const bool pinned = gpu->pin_in_place(p, bytes_);
   std::lock_guard lock(mu_);
-  if (late)
+  if (pinned)
     for (Buffer& b : all_)
       if (b.p == p)
         b.kind = Kind::pinned_in_place;

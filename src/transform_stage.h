@@ -59,8 +59,8 @@ private:
     bool suspended_ = false;
   };
 
-  bool run_gpu(Item& item, CudaTransformer& gpu,
-               GpuCall& call); ///< false: no free slot, nothing done
+  /// A chunk on the GPU; false: no free slot, nothing done.
+  bool run_gpu(Item& item, CudaTransformer& gpu, GpuCall& call);
   /// A chunk whose parts all dequantize, on the GPU; false: it did not take it, nothing done.
   bool run_gpu_dequant(Item& item, CudaTransformer& gpu, GpuCall& call);
   void run_cpu(Item& item, uint64_t t0);
