@@ -1,9 +1,10 @@
 // cuda_transformer.cu: CudaTransformer (cuda_transform.h) on the CUDA runtime.
 //
 // A slot is everything one chunk needs on its way through the GPU: a stream, a pinned staging
-// buffer for the input, device buffers for input, output and scales, and four timing events.
-// run() takes a free slot, so up to `slots` chunks are in flight from different threads; the
-// copy engines (one per direction) and the SMs then work on different chunks at once.
+// buffer for the input, device buffers for input, output and scales. run() takes a free slot, so
+// up to `slots` chunks are in flight from different threads; the copy engines (one per direction)
+// and the SMs then work on different chunks at once. Each call also takes a set of four timing
+// events of its own (a pool of them, grown on demand), which it keeps until it has read them.
 //
 // Input. The source is pageable (the input mapping), which the GPU cannot read directly. Where
 // the device allows it, a chunk's input is page-locked in place (cudaHostRegister, read-only)
@@ -19,8 +20,11 @@
 //
 // Waiting. Once a chunk's work is queued, its caller waits for the stream: asleep on the last
 // event, or, given a GpuWait (the pipeline's suspends its task), until a stream callback wakes
-// it, its thread free for other chunks meanwhile. Either way the last event is then synchronized,
-// which reports any failure of the queued work.
+// it, its thread free for other chunks meanwhile. The callback first gives the slot back: its
+// work is done, and the next chunk can have it at once rather than when the woken caller next
+// gets a thread, which on a busy host is many milliseconds later (a chunk's round trip on the
+// GPU is a few). Either way the caller then synchronizes its own last event, which reports any
+// failure of the queued work, and reads its own timing events.
 //
 // Errors. Every runtime call is checked; a failure becomes Errc::cuda with the call, the
 // runtime's message and the device. After a failure the slot's stream is synchronized before the
@@ -106,7 +110,8 @@ uint64_t event_ns(cudaEvent_t from, cudaEvent_t to) {
 
 /// The whole pages of [p, p + n) page-locked in place for one chunk's upload, or nothing (empty
 /// begin == end) when locking them failed or would not pay. The destructor waits for `stream`
-/// (nothing queued may still read the pages) and unlocks them.
+/// (nothing queued may still read the pages) unless told the chunk is finished(), and unlocks
+/// them.
 class InPlaceInput {
 public:
   /// Below this many whole pages the registration's fixed cost outweighs the copy it saves.
@@ -133,13 +138,17 @@ public:
   ~InPlaceInput() {
     if (begin_ == end_)
       return;
-    cudaStreamSynchronize(stream_);
+    if (stream_)
+      cudaStreamSynchronize(stream_);
     cudaHostUnregister(const_cast<std::byte*>(begin_));
   }
   InPlaceInput(const InPlaceInput&) = delete;
   InPlaceInput& operator=(const InPlaceInput&) = delete;
 
   bool locked() const { return begin_ != end_; }
+  /// The chunk's work is done: the destructor need not wait for the stream, which may by then
+  /// carry another chunk (the slot is given back as soon as its work is done).
+  void finished() { stream_ = nullptr; }
   /// Bytes of [src, src + n) outside the locked pages (less than two pages).
   uint64_t around(const std::byte* src, uint64_t n) const {
     return uint64_t(begin_ - src) + uint64_t(src + n - end_);
@@ -195,9 +204,18 @@ private:
     std::byte* host_scales = nullptr; ///< pinned
     std::byte* dev_scales = nullptr;
     uint64_t scale_capacity = 0;
-    cudaEvent_t events[EVENTS] = {};
-    GpuWake wake = nullptr; ///< who the stream's callback wakes (a GpuWait's), and its token
+  };
+  struct EventSet {
+    cudaEvent_t at[EVENTS] = {};
+  };
+  /// One chunk's passage through a slot, from acquire() to the end of run_checked().
+  struct Call {
+    CudaTransformerImpl* owner = nullptr;
+    Slot* slot = nullptr;
+    cudaEvent_t* events = nullptr; ///< the call's own EVENTS timing events (an EventSet's)
+    GpuWake wake = nullptr;        ///< who the stream's callback wakes (a GpuWait's), and its token
     void* wake_token = nullptr;
+    std::atomic<bool> released{false}; ///< the stream's callback gave the slot back
   };
 
   /// Status for a failed runtime call, "CUDA error in <call>: <message> (device N <name>)".
@@ -206,28 +224,33 @@ private:
     return err == cudaSuccess ? Status{} : fail(err, call);
   }
   Status init_slot(Slot& s);
+  /// A free event set (made when none is), or the runtime's error.
+  Result<EventSet*> take_events();
+  void give_events(EventSet* set);
   Status grow_scales(Slot& s, uint64_t bytes);
-  Status run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes, uint64_t out_bytes,
+  Status run_on(Call& c, const TransposeArgs& args, uint64_t in_bytes, uint64_t out_bytes,
                 const StagingGuard& guard, const GpuWait& wait, CudaTimings* timings);
   Slot* acquire(bool wait = true);
   void release(Slot* s);
   Status check_args(const TransposeArgs& args, uint64_t* in_bytes, uint64_t* out_bytes) const;
-  /// Runs `work` on the acquired `slot` and gives the slot back: timings reset (start_ns kept),
-  /// the slot's stream synchronized after a failure so nothing queued outlives the call.
+  /// Runs `work` on the acquired `slot`, with an event set, and gives the slot back unless the
+  /// stream's callback did: timings reset (start_ns kept), the slot's stream synchronized after a
+  /// failure so nothing queued outlives the call.
   Status run_checked(Slot* slot, CudaTimings* timings, uint64_t start_ns,
-                     const std::function<Status(Slot&)>& work);
+                     const std::function<Status(Call&)>& work);
   /// A dequantizing chunk on `s`: the parts' regions are staged at `offsets` (input) and
   /// `scale_offsets`, uploaded, dequantized into the device output, and downloaded.
-  Status run_dequant_on(Slot& s, const std::vector<CudaDequantPart>& parts,
+  Status run_dequant_on(Call& c, const std::vector<CudaDequantPart>& parts,
                         const std::vector<DequantRegion>& regions,
                         const std::vector<uint64_t>& offsets,
                         const std::vector<uint64_t>& scale_offsets, uint64_t scale_bytes,
                         std::byte* dst, uint64_t dst_bytes, const StagingGuard& guard,
                         const GpuWait& wait, CudaTimings* timings);
   /// Queues the download of `bytes` of the slot's device output into dst, waits for the slot's
-  /// work (through `wait` when it is set), and fills `timings` (stage_ns: the host staging time,
-  /// already measured).
-  Status download_and_wait(Slot& s, std::byte* dst, uint64_t bytes, const GpuWait& wait,
+  /// work (through `wait` when it is set, whose callback gives the slot back first), and fills
+  /// `timings` (stage_ns: the host staging time, already measured). On success the chunk's work
+  /// is done; the slot may already be another call's.
+  Status download_and_wait(Call& c, std::byte* dst, uint64_t bytes, const GpuWait& wait,
                            CudaTimings* timings, uint64_t stage_ns);
 
   /// Locks [src, src + n) in place for slot `s` when reading in place is on, or returns nullptr.
@@ -237,8 +260,8 @@ private:
   Status grow_staging(Slot& s, uint64_t bytes);
   /// Queues the upload of n bytes at src (the mapping) to dev: the locked pages straight from the
   /// mapping, the bytes around them from `staged` (pin.copy_around() put them there).
-  Status upload_in_place(Slot& s, const InPlaceInput& pin, std::byte* dev,
-                         const std::byte* staged, const std::byte* src, uint64_t n);
+  Status upload_in_place(Slot& s, const InPlaceInput& pin, std::byte* dev, const std::byte* staged,
+                         const std::byte* src, uint64_t n);
 
   const int ordinal_;
   const uint64_t max_chunk_;
@@ -253,11 +276,13 @@ private:
   std::mutex slots_mu_;
   std::condition_variable slot_freed_;
   std::vector<Slot*> free_;
+  std::vector<std::unique_ptr<EventSet>> event_sets_; ///< under slots_mu_, as free_event_sets_
+  std::vector<EventSet*> free_event_sets_;
 
   mutable std::mutex pinned_mu_;
   std::unordered_map<void*, uint64_t> pinned_;     ///< alloc_pinned() blocks and their sizes
   std::unordered_map<void*, uint64_t> registered_; ///< pin_in_place() blocks and their sizes
-  uint64_t slot_bytes_ = 0;                    ///< pinned + device bytes of the slots
+  uint64_t slot_bytes_ = 0;                        ///< pinned + device bytes of the slots
 };
 
 Status CudaTransformerImpl::fail(cudaError_t err, const char* call) const {
@@ -294,15 +319,11 @@ Status CudaTransformerImpl::init_slot(Slot& s) {
                         "cudaStreamCreateWithFlags");
       !st)
     return st;
-  // The last event of a chunk is waited on: blocking sync puts the waiting thread to sleep
-  // instead of spinning, leaving the core to the threads that stage other chunks.
-  for (int i = 0; i < EVENTS; ++i) {
-    const unsigned flags = i == D2H_END ? cudaEventBlockingSync : cudaEventDefault;
-    if (Status st =
-            check(cudaEventCreateWithFlags(&s.events[i], flags), "cudaEventCreateWithFlags");
-        !st)
-      return st;
-  }
+  // One event set per slot now; more are made if calls keep theirs after the slot is back.
+  auto set = take_events();
+  if (!set)
+    return set.status();
+  give_events(*set);
   // Reading in place, a chunk stages only the bytes around its locked pages (or a strided or
   // small region): the buffer starts small and grows when a chunk needs more. Staging every
   // chunk, it is made whole now, as part of the opening.
@@ -319,11 +340,42 @@ Status CudaTransformerImpl::init_slot(Slot& s) {
   return grow_scales(s, INITIAL_SCALE_BYTES);
 }
 
+Result<CudaTransformerImpl::EventSet*> CudaTransformerImpl::take_events() {
+  {
+    std::lock_guard lock(slots_mu_);
+    if (!free_event_sets_.empty()) {
+      EventSet* set = free_event_sets_.back();
+      free_event_sets_.pop_back();
+      return set;
+    }
+  }
+  auto set = std::make_unique<EventSet>();
+  // The last event of a chunk is waited on: blocking sync puts the waiting thread to sleep
+  // instead of spinning, leaving the core to the threads that stage other chunks.
+  for (int i = 0; i < EVENTS; ++i) {
+    const unsigned flags = i == D2H_END ? cudaEventBlockingSync : cudaEventDefault;
+    if (Status st = check(cudaEventCreateWithFlags(&set->at[i], flags), "cudaEventCreateWithFlags");
+        !st) {
+      for (int j = 0; j < i; ++j)
+        cudaEventDestroy(set->at[j]);
+      return st;
+    }
+  }
+  std::lock_guard lock(slots_mu_);
+  event_sets_.push_back(std::move(set));
+  return event_sets_.back().get();
+}
+
+void CudaTransformerImpl::give_events(EventSet* set) {
+  std::lock_guard lock(slots_mu_);
+  free_event_sets_.push_back(set);
+}
+
 Status CudaTransformerImpl::grow_scales(Slot& s, uint64_t bytes) {
   if (bytes <= s.scale_capacity)
     return {};
-  // The old buffers may still be read by this slot's previous chunk: wait for it first.
-  if (Status st = check(cudaEventSynchronize(s.events[D2H_END]), "cudaEventSynchronize"); !st)
+  // A slot is given back once its chunk's work is done; the wait only makes that certain.
+  if (Status st = check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize"); !st)
     return st;
   {
     std::lock_guard lock(pinned_mu_);
@@ -359,9 +411,6 @@ CudaTransformerImpl::~CudaTransformerImpl() {
   for (auto& s : slots_) {
     if (s.stream)
       cudaStreamSynchronize(s.stream);
-    for (auto ev : s.events)
-      if (ev)
-        cudaEventDestroy(ev);
     if (s.stream)
       cudaStreamDestroy(s.stream);
     cudaFreeHost(s.host_in);
@@ -370,6 +419,9 @@ CudaTransformerImpl::~CudaTransformerImpl() {
     cudaFree(s.dev_out);
     cudaFree(s.dev_scales);
   }
+  for (const auto& set : event_sets_)
+    for (cudaEvent_t ev : set->at)
+      cudaEventDestroy(ev);
   for (auto& [p, bytes] : pinned_)
     cudaFreeHost(p);
   for (auto& [p, bytes] : registered_)
@@ -473,17 +525,28 @@ Status CudaTransformerImpl::check_args(const TransposeArgs& args, uint64_t* in_b
 }
 
 Status CudaTransformerImpl::run_checked(Slot* slot, CudaTimings* timings, uint64_t start_ns,
-                                        const std::function<Status(Slot&)>& work) {
+                                        const std::function<Status(Call&)>& work) {
   if (timings) {
     *timings = CudaTimings{};
     timings->start_ns = start_ns;
-  }
-  Status status = work(*slot);
-  if (!status)
-    cudaStreamSynchronize(slot->stream); // nothing queued may outlive the call
-  release(slot);
-  if (timings)
     timings->stream = slot->index;
+  }
+  auto set = take_events();
+  if (!set) {
+    release(slot);
+    return set.status();
+  }
+  Call call;
+  call.owner = this;
+  call.slot = slot;
+  call.events = (*set)->at;
+  Status status = work(call);
+  if (!call.released.load()) {
+    if (!status)
+      cudaStreamSynchronize(slot->stream); // nothing queued may outlive the call
+    release(slot);
+  }
+  give_events(*set);
   return status;
 }
 
@@ -500,8 +563,8 @@ Status CudaTransformerImpl::run(const TransposeArgs& args, CudaTimings* timings)
     copy();
     return Status{};
   };
-  return run_checked(acquire(), timings, start_ns, [&](Slot& s) {
-    return run_on(s, args, in_bytes, out_bytes, unguarded, GpuWait{}, timings);
+  return run_checked(acquire(), timings, start_ns, [&](Call& c) {
+    return run_on(c, args, in_bytes, out_bytes, unguarded, GpuWait{}, timings);
   });
 }
 
@@ -520,14 +583,15 @@ Status CudaTransformerImpl::try_run(const TransposeArgs& args, const StagingGuar
     release(slot);
     return {};
   }
-  return run_checked(slot, timings, start_ns, [&](Slot& s) {
-    return run_on(s, args, in_bytes, out_bytes, guard, wait, timings);
+  return run_checked(slot, timings, start_ns, [&](Call& c) {
+    return run_on(c, args, in_bytes, out_bytes, guard, wait, timings);
   });
 }
 
-Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t in_bytes,
+Status CudaTransformerImpl::run_on(Call& c, const TransposeArgs& args, uint64_t in_bytes,
                                    uint64_t out_bytes, const StagingGuard& guard,
                                    const GpuWait& wait, CudaTimings* timings) {
+  Slot& s = *c.slot;
   // Runtime calls act on the calling thread's current device; pipeline threads are not ours.
   if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
     return st;
@@ -538,7 +602,7 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
 
   // Upload the input, in place or staged (see the file comment).
   const uint64_t t0 = steady_ns();
-  if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
+  if (Status st = check(cudaEventRecord(c.events[H2D_START], s.stream), "cudaEventRecord"); !st)
     return st;
   const std::unique_ptr<InPlaceInput> pin = lock_in_place(s, args.src, in_bytes);
   if (Status st = grow_staging(s, pin ? pin->around(args.src, in_bytes) : in_bytes); !st)
@@ -558,9 +622,9 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
       const uint64_t n = std::min(piece, in_bytes - off);
       if (Status st = guard(0, [&] { copy_to_staging(s.host_in + off, args.src + off, n); }); !st)
         return st;
-      if (Status st = check(cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n,
-                                            cudaMemcpyHostToDevice, s.stream),
-                            "cudaMemcpyAsync");
+      if (Status st = check(
+              cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n, cudaMemcpyHostToDevice, s.stream),
+              "cudaMemcpyAsync");
           !st)
         return st;
     }
@@ -574,7 +638,7 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
       return st;
   }
   const uint64_t t1 = steady_ns();
-  if (Status st = check(cudaEventRecord(s.events[H2D_END], s.stream), "cudaEventRecord"); !st)
+  if (Status st = check(cudaEventRecord(c.events[H2D_END], s.stream), "cudaEventRecord"); !st)
     return st;
 
   TransposeArgs dev = args;
@@ -583,7 +647,10 @@ Status CudaTransformerImpl::run_on(Slot& s, const TransposeArgs& args, uint64_t 
   dev.scales = fold ? s.dev_scales : nullptr;
   if (Status st = check(launch_transpose_fold(dev, s.stream), "transpose_fold kernel launch"); !st)
     return st;
-  return download_and_wait(s, args.dst, out_bytes, wait, timings, t1 - t0);
+  Status st = download_and_wait(c, args.dst, out_bytes, wait, timings, t1 - t0);
+  if (st && pin)
+    pin->finished();
+  return st;
 }
 
 Status CudaTransformerImpl::grow_staging(Slot& s, uint64_t bytes) {
@@ -593,8 +660,9 @@ Status CudaTransformerImpl::grow_staging(Slot& s, uint64_t bytes) {
   const uint64_t capacity = std::max(bytes, std::min(max_chunk_, 2 * s.host_in_capacity));
   std::byte* p = nullptr;
   // Portable: the staging buffer is read by this device's copy engine whatever the thread.
-  if (Status st = check(cudaHostAlloc(reinterpret_cast<void**>(&p), capacity, cudaHostAllocPortable),
-                        "cudaHostAlloc");
+  if (Status st =
+          check(cudaHostAlloc(reinterpret_cast<void**>(&p), capacity, cudaHostAllocPortable),
+                "cudaHostAlloc");
       !st)
     return st;
   cudaFreeHost(s.host_in);
@@ -627,9 +695,9 @@ Status CudaTransformerImpl::upload_in_place(Slot& s, const InPlaceInput& pin, st
   uint64_t off = 0;
   for (const auto& [bytes, from] : runs) {
     if (bytes != 0)
-      if (Status st = check(cudaMemcpyAsync(dev + off, from, bytes, cudaMemcpyHostToDevice,
-                                            s.stream),
-                            "cudaMemcpyAsync");
+      if (Status st =
+              check(cudaMemcpyAsync(dev + off, from, bytes, cudaMemcpyHostToDevice, s.stream),
+                    "cudaMemcpyAsync");
           !st)
         return st;
     off += bytes;
@@ -637,30 +705,35 @@ Status CudaTransformerImpl::upload_in_place(Slot& s, const InPlaceInput& pin, st
   return {};
 }
 
-Status CudaTransformerImpl::download_and_wait(Slot& s, std::byte* dst, uint64_t bytes,
+Status CudaTransformerImpl::download_and_wait(Call& c, std::byte* dst, uint64_t bytes,
                                               const GpuWait& wait, CudaTimings* timings,
                                               uint64_t stage_ns) {
-  if (Status st = check(cudaEventRecord(s.events[KERNEL_END], s.stream), "cudaEventRecord"); !st)
+  Slot& s = *c.slot;
+  if (Status st = check(cudaEventRecord(c.events[KERNEL_END], s.stream), "cudaEventRecord"); !st)
     return st;
-  if (Status st =
-          check(cudaMemcpyAsync(dst, s.dev_out, bytes, cudaMemcpyDeviceToHost, s.stream),
-                "cudaMemcpyAsync");
+  if (Status st = check(cudaMemcpyAsync(dst, s.dev_out, bytes, cudaMemcpyDeviceToHost, s.stream),
+                        "cudaMemcpyAsync");
       !st)
     return st;
-  if (Status st = check(cudaEventRecord(s.events[D2H_END], s.stream), "cudaEventRecord"); !st)
+  if (Status st = check(cudaEventRecord(c.events[D2H_END], s.stream), "cudaEventRecord"); !st)
     return st;
   if (wait) {
     // The stream calls back once all it was given is done. A stream callback (unlike a host
     // function) is called after a failure too, with the error, so a waiting caller is always
-    // woken; the error itself is reported by the synchronization below.
-    wait([&s](GpuWake wake, void* token) {
-      s.wake = wake;
-      s.wake_token = token;
-      const auto done = [](cudaStream_t, cudaError_t, void* slot) {
-        const Slot& woken = *static_cast<const Slot*>(slot);
-        woken.wake(woken.wake_token);
+    // woken; the error itself is reported by the synchronization below. The callback gives the
+    // slot back before it wakes the caller, and from then on only the call is the caller's.
+    wait([&c](GpuWake wake, void* token) {
+      c.wake = wake;
+      c.wake_token = token;
+      const auto done = [](cudaStream_t, cudaError_t, void* p) {
+        Call& call = *static_cast<Call*>(p);
+        const GpuWake woken = call.wake;
+        void* const woken_token = call.wake_token;
+        call.released.store(true);
+        call.owner->release(call.slot);
+        woken(woken_token); // the call may end from here on
       };
-      if (cudaStreamAddCallback(s.stream, done, &s, 0) == cudaSuccess)
+      if (cudaStreamAddCallback(c.slot->stream, done, &c, 0) == cudaSuccess)
         return true;
       cudaGetLastError(); // not sticky: the caller waits on the stream instead, below
       return false;
@@ -670,14 +743,14 @@ Status CudaTransformerImpl::download_and_wait(Slot& s, std::byte* dst, uint64_t 
       return st;
   }
   // Kernel faults surface here (asynchronous errors are reported by the next synchronizing call).
-  if (Status st = check(cudaEventSynchronize(s.events[D2H_END]), "cudaEventSynchronize"); !st)
+  if (Status st = check(cudaEventSynchronize(c.events[D2H_END]), "cudaEventSynchronize"); !st)
     return st;
 
   if (timings) {
     timings->stage_ns = stage_ns;
-    timings->h2d_ns = event_ns(s.events[H2D_START], s.events[H2D_END]);
-    timings->kernel_ns = event_ns(s.events[H2D_END], s.events[KERNEL_END]);
-    timings->d2h_ns = event_ns(s.events[KERNEL_END], s.events[D2H_END]);
+    timings->h2d_ns = event_ns(c.events[H2D_START], c.events[H2D_END]);
+    timings->kernel_ns = event_ns(c.events[H2D_END], c.events[KERNEL_END]);
+    timings->d2h_ns = event_ns(c.events[KERNEL_END], c.events[D2H_END]);
   }
   return {};
 }
@@ -709,19 +782,20 @@ Status CudaTransformerImpl::try_run_dequant(const std::vector<CudaDequantPart>& 
   if (!slot)
     return {};
   *ran = true;
-  return run_checked(slot, timings, start_ns, [&](Slot& s) {
-    return run_dequant_on(s, parts, regions, offsets, scale_offsets, scale_bytes, dst, dst_bytes,
+  return run_checked(slot, timings, start_ns, [&](Call& c) {
+    return run_dequant_on(c, parts, regions, offsets, scale_offsets, scale_bytes, dst, dst_bytes,
                           guard, wait, timings);
   });
 }
 
-Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequantPart>& parts,
+Status CudaTransformerImpl::run_dequant_on(Call& c, const std::vector<CudaDequantPart>& parts,
                                            const std::vector<DequantRegion>& regions,
                                            const std::vector<uint64_t>& offsets,
                                            const std::vector<uint64_t>& scale_offsets,
-                                           uint64_t scale_bytes, std::byte* dst,
-                                           uint64_t dst_bytes, const StagingGuard& guard,
-                                           const GpuWait& wait, CudaTimings* timings) {
+                                           uint64_t scale_bytes, std::byte* dst, uint64_t dst_bytes,
+                                           const StagingGuard& guard, const GpuWait& wait,
+                                           CudaTimings* timings) {
+  Slot& s = *c.slot;
   if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
     return st;
   if (Status st = grow_scales(s, scale_bytes); !st)
@@ -730,10 +804,10 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
   // staging buffer is sized once for what remains); a strided one is gathered. Then part by
   // part: part k's upload runs while part k + 1 is being gathered.
   const uint64_t t0 = steady_ns();
-  if (Status st = check(cudaEventRecord(s.events[H2D_START], s.stream), "cudaEventRecord"); !st)
+  if (Status st = check(cudaEventRecord(c.events[H2D_START], s.stream), "cudaEventRecord"); !st)
     return st;
   std::vector<std::unique_ptr<InPlaceInput>> pins(parts.size()); // unlocked last, at return
-  std::vector<const std::byte*> runs(parts.size()); // region_run() of each part
+  std::vector<const std::byte*> runs(parts.size());              // region_run() of each part
   std::vector<uint64_t> staged(parts.size() + 1, 0); // each part's staged bytes, from host_in
   for (size_t i = 0; i < parts.size(); ++i) {
     runs[i] = region_run(parts[i].args, regions[i]);
@@ -753,14 +827,16 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
     const std::byte* run = runs[i];
     const InPlaceInput* pin = pins[i].get();
     const uint64_t n = regions[i].src_bytes;
-    if (Status st = guard(i, [&] {
-          if (pin) { // only the bytes around the locked pages: the reads that may fault
-            pin->copy_around(in, run, n);
-            gather_scales(a, regions[i], scales);
-          } else {
-            gather_region(a, regions[i], in, scales, copy_to_staging);
-          }
-        });
+    if (Status st =
+            guard(i,
+                  [&] {
+                    if (pin) { // only the bytes around the locked pages: the reads that may fault
+                      pin->copy_around(in, run, n);
+                      gather_scales(a, regions[i], scales);
+                    } else {
+                      gather_region(a, regions[i], in, scales, copy_to_staging);
+                    }
+                  });
         !st)
       return st;
     if (Status st = pin ? upload_in_place(s, *pin, s.dev_in + offsets[i], in, run, n)
@@ -776,7 +852,7 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
       !st)
     return st;
   const uint64_t t1 = steady_ns();
-  if (Status st = check(cudaEventRecord(s.events[H2D_END], s.stream), "cudaEventRecord"); !st)
+  if (Status st = check(cudaEventRecord(c.events[H2D_END], s.stream), "cudaEventRecord"); !st)
     return st;
   std::vector<DequantArgs> dev(parts.size());
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -784,11 +860,16 @@ Status CudaTransformerImpl::run_dequant_on(Slot& s, const std::vector<CudaDequan
                             s.dev_scales + scale_offsets[i]);
     dev[i].dst = s.dev_out + parts[i].dst_offset;
   }
-  if (Status st = check(launch_dequant_batch(dev.data(), dev.size(), s.stream),
-                        "dequant kernel launch");
+  if (Status st =
+          check(launch_dequant_batch(dev.data(), dev.size(), s.stream), "dequant kernel launch");
       !st)
     return st;
-  return download_and_wait(s, dst, dst_bytes, wait, timings, t1 - t0);
+  Status st = download_and_wait(c, dst, dst_bytes, wait, timings, t1 - t0);
+  if (st)
+    for (const auto& pin : pins)
+      if (pin)
+        pin->finished();
+  return st;
 }
 
 } // namespace
