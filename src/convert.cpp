@@ -133,8 +133,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
       options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
   // The parsed headers and the plan are part of the budget too (they grow with the tensor count).
-  auto engine = configure_engine(options, threads, plan.files.size(), io, callbacks, opened->held,
-                                 &profiler);
+  auto engine = configure_engine(options, threads, plan.files.size(), plan_dequantizes(plan), io,
+                                 callbacks, opened->held, &profiler);
   if (!engine)
     return engine.status();
 
@@ -155,8 +155,7 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
       : rank->world > 1
           ? write_directory_as_rank(options, input, plan, engine->config, io, profiler, *rank,
                                     callbacks.warnings)
-          : write_directory(options, input, plan, engine->config, io, profiler,
-                            callbacks.warnings);
+          : write_directory(options, input, plan, engine->config, io, profiler, callbacks.warnings);
   if (!moved && is_stream(options) && moved.status().code() == Errc::interrupted)
     return Status(Errc::interrupted,
                   "interrupted after " + std::to_string(to_stdout.count()) +

@@ -17,25 +17,16 @@ namespace {
 // CPU. The GPU opens beside the work (gpu_handle.h): a device that fails to open is found out on
 // the opening thread, and fails the run only when it was asked for by name.
 Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsigned threads,
-                                               uint64_t chunk, unsigned slots, bool count_first,
-                                               bool owns_device, Profiler* profiler) {
+                                               bool dequantizes, uint64_t chunk, unsigned slots,
+                                               bool count_first, bool owns_device,
+                                               Profiler* profiler) {
   if (device == "cpu")
     return std::unique_ptr<GpuHandle>();
   auto parsed = parse_device(device);
   if (!parsed)
     return parsed.status();
   const int ordinal = std::max(0, *parsed);
-  // auto: the GPU only where it was measured even or faster (docs/PERFORMANCE.md, "A thread
-  // free while the GPU works"). A GPU chunk costs its thread only the staging (the task is
-  // suspended while the GPU works), but the bytes still cross host memory, which the writer
-  // lanes share, and opening the device costs a few tenths of a second. With 2 threads,
-  // DeepSeek-V3 (FP8 dequantization) and diffusion_gemma (transposes) ran 1.04x and 1.11x
-  // faster on the GPU on one H200 host and even on another (medians of five rounds); with 4,
-  // even or slower (0.94-1.00x); with 16, slower. So: the GPU with at most 2 threads, or on a
-  // CPU that only has the portable kernels; the CPU otherwise (it also holds less memory).
-  const SimdLevel simd = detect_simd_level();
-  constexpr unsigned MOST_THREADS = 2;
-  if (device == "auto" && threads > MOST_THREADS && simd != SimdLevel::portable)
+  if (device == "auto" && !auto_uses_gpu(threads, detect_simd_level(), dequantizes))
     return std::unique_ptr<GpuHandle>();
   // Counting devices is the driver's start (0.1-0.2 s on the H200 host). Where the output is a
   // stream (stdout, commands), it comes before the work, so that a device asked for by name and
@@ -81,14 +72,39 @@ open_and_plan(const std::filesystem::path& input, const PlanOptions& options, ui
   return p;
 }
 
+bool plan_dequantizes(const Plan& plan) {
+  for (const OutputTensor& t : plan.tensors) {
+    if (t.op == OpKind::dequant)
+      return true;
+    for (const StackPiece& p : t.pieces)
+      if (p.scale)
+        return true;
+  }
+  return false;
+}
+
+// The GPU only where it was measured faster. A GPU chunk costs its thread only the staging (the
+// task is suspended while the GPU works, and its slot is free again once the GPU is done), but
+// opening the device costs the process about 0.35 s of CPU, and its bytes still cross host
+// memory, which the writer lanes share. FP8 dequantization is arithmetic the GPU takes off the
+// CPU: with 2 threads DeepSeek-V3 ran 1.14x faster on the GPU (and 0.99-1.09x on earlier hosts
+// and code); with 4 it was within the noise (0.94-1.05x), with 16 slower. Transposes cost the
+// CPU about what the staging costs: diffusion_gemma with 2 threads ran 0.85-0.95x (0.94-1.11x on
+// earlier code), slower with more. Where the two are even, the CPU holds less memory (about
+// 0.4 GB against 0.9 GB at 2 threads). A CPU with only the portable kernels always gains.
+bool auto_uses_gpu(unsigned threads, SimdLevel simd, bool dequantizes) {
+  constexpr unsigned MOST_THREADS = 2;
+  return simd == SimdLevel::portable || (dequantizes && threads <= MOST_THREADS);
+}
+
 std::string Engine::device() const {
   return gpu ? gpu->description()
              : std::string("cpu (") + simd_level_name(detect_simd_level()) + ")";
 }
 
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                Io& io, const ConvertCallbacks& callbacks, uint64_t held,
-                                Profiler* profiler) {
+                                bool dequantizes, Io& io, const ConvertCallbacks& callbacks,
+                                uint64_t held, Profiler* profiler) {
   if (held > options.max_memory / 2)
     return Status(Errc::unsupported,
                   "the parsed input and its plan take " + std::to_string(held) +
@@ -111,7 +127,7 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
   size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
   const bool stream = is_stream(options) || !options.pipe_to.empty();
-  auto gpu = open_device(options.device, threads, c.chunk_bytes, gpu_slots, stream,
+  auto gpu = open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, stream,
                          options.owns_gpu, profiler);
   if (!gpu)
     return gpu.status();

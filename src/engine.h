@@ -13,6 +13,7 @@
 
 #include "gpu_handle.h"
 #include "pipeline.h"
+#include "transpose.h"
 
 #include <functional>
 #include <memory>
@@ -53,7 +54,16 @@ struct Engine {
 /// (Errc::unsupported, saying what budget would do). `profiler` (may be null) gets the GPU's
 /// opening and closing spans (GpuHandle).
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
-                                Io& io, const ConvertCallbacks& callbacks, uint64_t held = 0,
-                                Profiler* profiler = nullptr);
+                                bool dequantizes, Io& io, const ConvertCallbacks& callbacks,
+                                uint64_t held = 0, Profiler* profiler = nullptr);
+
+/// Whether the plan dequantizes FP8 block-scaled weights (semantics 15.3), as a stack piece or a
+/// whole tensor: arithmetic on every byte, where the GPU can pay for itself.
+bool plan_dequantizes(const Plan& plan);
+
+/// --device auto's choice: the GPU for a plan that dequantizes, run with at most 2 threads, or on
+/// a CPU with only the portable kernels; the CPU otherwise (docs/PERFORMANCE.md, "A GPU slot free
+/// once its work is done").
+bool auto_uses_gpu(unsigned threads, SimdLevel simd, bool dequantizes);
 
 } // namespace shardshift

@@ -287,8 +287,8 @@ Status compare_data(const VerifyOptions& options, const Checkpoint& input, const
   shape.cancel = options.cancel;
   ConvertCallbacks progress;
   progress.progress = callbacks.progress;
-  auto engine = configure_engine(shape, threads, std::max<size_t>(1, files.size()), target.io(),
-                                 progress, held, &profiler);
+  auto engine = configure_engine(shape, threads, std::max<size_t>(1, files.size()),
+                                 plan_dequantizes(plan), target.io(), progress, held, &profiler);
   if (!engine)
     return engine.status();
   std::vector<std::string> shard_digests(plan.files.size());

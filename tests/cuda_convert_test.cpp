@@ -4,12 +4,12 @@
 #include "shardshift/synth.h"
 
 #include "cuda_transform.h"
-#include "transpose.h"
 #include "test_support.h"
-
-#include <gtest/gtest.h>
+#include "transpose.h"
 
 #include <cstdlib>
+
+#include <gtest/gtest.h>
 
 namespace shardshift {
 namespace {
@@ -130,8 +130,8 @@ TEST(CudaConvert, Fp8DeepSeekIsByteIdenticalOnBothDevices) {
   so.scale_experts = 32;
   so.scale_vocab = 64;
   ASSERT_TRUE(synth(so, Io::system(), {}).ok());
-  for (std::optional<DType> dtype :
-       {std::optional<DType>(), std::optional<DType>(DType::F16), std::optional<DType>(DType::F32)}) {
+  for (std::optional<DType> dtype : {std::optional<DType>(), std::optional<DType>(DType::F16),
+                                     std::optional<DType>(DType::F32)}) {
     const std::string tag = dtype ? std::string(dtype_name(*dtype)) : "keep";
     auto cpu = convert_on(so.out, tmp / (tag + "-cpu"), "cpu", 0, uint64_t{1} << 30, dtype);
     ASSERT_TRUE(cpu.ok()) << cpu.status().message();
@@ -158,33 +158,49 @@ TEST(CudaConvert, Fp8DeepSeekIsByteIdenticalOnBothDevices) {
   EXPECT_EQ(wide->device.rfind("cpu", 0), 0u) << wide->device;
 }
 
-// --device auto takes the GPU only where it was measured faster (docs/PERFORMANCE.md, "A thread
-// free while the GPU works"): for a plan of transposes as for FP8, with at most 2 threads where
-// the CPU has a SIMD kernel; on a CPU with only the portable kernels (SHARDSHIFT_SIMD=portable
-// stands for one), always.
-TEST(CudaConvert, AutoTakesTheGpuForFewThreadsOrAPortableCpu) {
+// --device auto takes the GPU only where it was measured faster (docs/PERFORMANCE.md, "A GPU slot
+// free once its work is done"): for a plan that dequantizes FP8, with at most 2 threads where the
+// CPU has a SIMD kernel; on a CPU with only the portable kernels (SHARDSHIFT_SIMD=portable stands
+// for one), always. The rule itself is DeviceChoice.* (device_choice_test.cpp); here it opens a
+// real GPU, or does not, and the bytes are the same.
+TEST(CudaConvert, AutoTakesTheGpuToDequantizeWithFewThreadsOrOnAPortableCpu) {
   if (CudaTransformer::device_count() == 0)
     GTEST_SKIP() << "no usable CUDA device";
   TempDir tmp;
   SynthOptions so;
-  so.out = tmp / "hf";
-  so.layers = 1;
-  so.scale_hidden = so.scale_intermediate = so.scale_vocab = 8;
+  so.out = tmp / "ds";
+  so.model = "deepseek_v3";
+  so.layers = 2;
+  so.mtp_layers = 0;
+  so.seed = testing::test_seed();
+  so.scale_hidden = 14;
+  so.scale_intermediate = 8;
+  so.scale_experts = 64;
+  so.scale_vocab = 64;
   ASSERT_TRUE(synth(so, Io::system(), {}).ok());
-  auto r = convert_on(so.out, tmp / "n", "auto", 2);
-  ASSERT_TRUE(r.ok()) << r.status().message();
-  EXPECT_EQ(r->device.rfind("cuda:0", 0), 0u) << r->device;
-  ::setenv("SHARDSHIFT_SIMD", "portable", 1);
-  auto portable = convert_on(so.out, tmp / "p", "auto", 8);
-  ::unsetenv("SHARDSHIFT_SIMD");
-  ASSERT_TRUE(portable.ok()) << portable.status().message();
-  EXPECT_EQ(portable->device.rfind("cuda:0", 0), 0u) << portable->device;
-  EXPECT_TRUE(all_bytes(tmp / "n") == all_bytes(tmp / "p"));
+  auto few = convert_on(so.out, tmp / "n", "auto", 2);
+  ASSERT_TRUE(few.ok()) << few.status().message();
+  EXPECT_EQ(few->device.rfind("cuda:0", 0), 0u) << few->device;
   auto wide = convert_on(so.out, tmp / "w", "auto", 8);
   ASSERT_TRUE(wide.ok()) << wide.status().message();
   EXPECT_EQ(wide->device.rfind("cpu", 0), 0u) << wide->device;
   EXPECT_TRUE(all_bytes(tmp / "n") == all_bytes(tmp / "w"));
-  auto bad = convert_on(so.out, tmp / "m", "cuda:99");
+
+  SynthOptions gemma;
+  gemma.out = tmp / "gemma";
+  gemma.layers = 1;
+  gemma.scale_hidden = gemma.scale_intermediate = gemma.scale_vocab = 8;
+  ASSERT_TRUE(synth(gemma, Io::system(), {}).ok());
+  auto transposes = convert_on(gemma.out, tmp / "t", "auto", 2);
+  ASSERT_TRUE(transposes.ok()) << transposes.status().message();
+  EXPECT_EQ(transposes->device.rfind("cpu", 0), 0u) << transposes->device;
+  ::setenv("SHARDSHIFT_SIMD", "portable", 1);
+  auto portable = convert_on(gemma.out, tmp / "p", "auto", 8);
+  ::unsetenv("SHARDSHIFT_SIMD");
+  ASSERT_TRUE(portable.ok()) << portable.status().message();
+  EXPECT_EQ(portable->device.rfind("cuda:0", 0), 0u) << portable->device;
+  EXPECT_TRUE(all_bytes(tmp / "t") == all_bytes(tmp / "p"));
+  auto bad = convert_on(gemma.out, tmp / "m", "cuda:99");
   EXPECT_FALSE(bad.ok());
 }
 

@@ -28,8 +28,8 @@ void write_many_tensors(const std::filesystem::path& dir, int shards, int tensor
     for (int t = 0; t < tensors; ++t) {
       if (t)
         json += ",";
-      json += "\"model.decoder.layers." + std::to_string(s) + ".extra.piece_" +
-              std::to_string(t) + ".weight\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[" +
+      json += "\"model.decoder.layers." + std::to_string(s) + ".extra.piece_" + std::to_string(t) +
+              ".weight\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[" +
               std::to_string(2 * t) + "," + std::to_string(2 * t + 2) + "]}";
     }
     json += "}";
@@ -66,15 +66,15 @@ TEST(HeaderMemory, WhatTheInputHoldsComesOutOfThePipelinesShare) {
   ConvertOptions o;
   o.device = "cpu";
   o.max_memory = 256 << 20;
-  auto full = configure_engine(o, 4, 8, Io::system(), {}, 0);
+  auto full = configure_engine(o, 4, 8, false, Io::system(), {}, 0);
   ASSERT_TRUE(full.ok());
-  auto reduced = configure_engine(o, 4, 8, Io::system(), {}, 100 << 20);
+  auto reduced = configure_engine(o, 4, 8, false, Io::system(), {}, 100 << 20);
   ASSERT_TRUE(reduced.ok());
   EXPECT_LT(reduced->config.chunk_bytes, full->config.chunk_bytes);
   // Memory in flight (the pipeline's formula) plus what is held stays within the budget.
   const PipelineConfig& c = reduced->config;
   EXPECT_LE(uint64_t{c.writers} * c.tokens * 2 * c.chunk_bytes + (100 << 20), o.max_memory);
-  auto refused = configure_engine(o, 4, 8, Io::system(), {}, 129 << 20);
+  auto refused = configure_engine(o, 4, 8, false, Io::system(), {}, 129 << 20);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Errc::unsupported);
   EXPECT_NE(refused.status().message().find("--max-memory 322MiB"), std::string::npos)
