@@ -175,16 +175,15 @@ std::string summary_line(const ConvertSummary& s, const std::string& output, dou
   if (device.rfind("cuda", 0) == 0)
     device += ", " + format_bytes(s.gpu_bytes) + " of it on the GPU";
   char buf[1024];
-  std::snprintf(buf, sizeof buf,
-                "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
-                "zero-copy %s, transformed %s on %s; peak RSS %s\n",
-                static_cast<unsigned long long>(s.tensors), s.adapter.c_str(),
-                direction_name(s.direction), static_cast<unsigned long long>(s.files),
-                output.c_str(), format_bytes(s.output_bytes).c_str(), s.seconds,
-                format_rate(rate).c_str(),
-                format_bytes(s.zero_copy_bytes + s.fallback_copy_bytes).c_str(),
-                format_bytes(s.transformed_bytes).c_str(), device.c_str(),
-                format_bytes(s.peak_rss).c_str());
+  std::snprintf(
+      buf, sizeof buf,
+      "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
+      "zero-copy %s, transformed %s on %s; peak RSS %s\n",
+      static_cast<unsigned long long>(s.tensors), s.adapter.c_str(), direction_name(s.direction),
+      static_cast<unsigned long long>(s.files), output.c_str(),
+      format_bytes(s.output_bytes).c_str(), s.seconds, format_rate(rate).c_str(),
+      format_bytes(s.zero_copy_bytes + s.fallback_copy_bytes).c_str(),
+      format_bytes(s.transformed_bytes).c_str(), device.c_str(), format_bytes(s.peak_rss).c_str());
   return buf;
 }
 
@@ -345,11 +344,12 @@ void add_convert_flags(ConvertFlags& f) {
        SIZE_SYNTAX + " Example: --max-memory 4GiB")
           .c_str())("device", po::value<std::string>()->default_value("auto")->value_name("DEVICE"),
                     "Where expert tensors are transformed and FP8 weights dequantized: auto "
-                    "(a usable GPU where it was measured even or faster: at most 2 threads, "
-                    "or a CPU without SIMD kernels; else the CPU), cpu, "
+                    "(a usable GPU where it was measured faster: to dequantize FP8 with at most "
+                    "2 threads, or on a CPU without SIMD kernels; else the CPU), cpu, "
                     "cuda (GPU 0, beside the CPU, which starts while the GPU opens) or cuda:N (GPU "
                     "number N); the bytes are the same on every device; the summary says how "
-                    "much the GPU did. Example: --device cuda:1")("force", "Replace OUT if it exists.")(
+                    "much the GPU did. Example: --device cuda:1")("force",
+                                                                  "Replace OUT if it exists.")(
       "resume", "Continue a run into the same OUT that was killed, interrupted or failed: its "
                 "finished files are kept (when the same input files and flags give the same "
                 "plan) and only the rest is converted; if this run fails too, what "
@@ -359,9 +359,8 @@ void add_convert_flags(ConvertFlags& f) {
       "This process's rank in a job of several processes writing one OUT together (each "
       "converts its share of the output files, rank 0 commits); needs --world-size. Without "
       "them, taken from the launcher: mpirun (Open MPI), PMI (MPICH), torchrun, srun. Example: "
-      "--rank 0 --world-size 4")(
-      "world-size", po::value<unsigned>()->value_name("N"),
-      "The number of processes of the job (see --rank).")(
+      "--rank 0 --world-size 4")("world-size", po::value<unsigned>()->value_name("N"),
+                                 "The number of processes of the job (see --rank).")(
       "job-timeout", po::value<unsigned>()->default_value(120)->value_name("SECONDS"),
       "In a job of several processes: a rank silent this long (no heartbeat in the shared "
       "staging directory) is taken for dead and the job fails. Under mpirun (coordinated "
