@@ -456,17 +456,15 @@ TEST_F(CudaTransform, ReadsTheMappedInputInPlaceOrStagedWithTheSameBytes) {
 }
 #endif
 
-TEST_F(CudaTransform, ConcurrentCallsFromMoreThreadsThanSlots) {
-  // A transformer with 2 slots driven by 6 threads: callers wait for slots, chunks of different
-  // threads overlap on the GPU, and every result is still exact.
-  auto made = CudaTransformer::create(0, 8 << 20, 2);
-  ASSERT_TRUE(made.ok()) << made.status().message();
-  CudaTransformer& t = *made.value();
+// Drives `t` from 6 threads, 12 random chunks each (from generators seeded `seed` + thread), every
+// third a plain BF16 transpose, into poisoned pinned buffers; `call` runs one chunk with its
+// thread's generator. Returns what went wrong: errors and results that are not exact.
+std::vector<std::string> six_threads_of_random_chunks(
+    CudaTransformer& t, uint64_t seed,
+    const std::function<Status(const TransposeArgs& args, std::mt19937_64& rng)>& call) {
   const auto conversions = all_conversions();
-  const uint64_t seed = rng_();
   std::mutex mu;
   std::vector<std::string> failures;
-  std::atomic<int> bad_stream{0};
   std::vector<std::thread> threads;
   for (int k = 0; k < 6; ++k) {
     threads.emplace_back([&, k] {
@@ -483,19 +481,14 @@ TEST_F(CudaTransform, ConcurrentCallsFromMoreThreadsThanSlots) {
         const Inputs in = make_inputs(rng, c);
         const uint64_t n = out_bytes(c);
         auto* out = static_cast<std::byte*>(t.alloc_pinned(n));
-        if (!out) {
-          std::lock_guard lock(mu);
-          failures.push_back("alloc_pinned failed");
-          return;
+        ::testing::AssertionResult same = ::testing::AssertionFailure() << "alloc_pinned failed";
+        if (out) {
+          std::memset(out, POISON, n);
+          const Status s = call(make_args(c, in, out), rng);
+          same = s.ok() ? same_bytes(c, out, in.ref)
+                        : ::testing::AssertionFailure() << c.describe() << ": " << s.message();
+          t.free_pinned(out);
         }
-        std::memset(out, POISON, n);
-        CudaTimings timings;
-        const Status s = t.run(make_args(c, in, out), &timings);
-        if (timings.stream < 0 || timings.stream >= 2)
-          ++bad_stream;
-        auto same = s.ok() ? same_bytes(c, out, in.ref)
-                           : ::testing::AssertionFailure() << c.describe() << ": " << s.message();
-        t.free_pinned(out);
         if (!same) {
           std::lock_guard lock(mu);
           failures.push_back(same.message());
@@ -505,6 +498,24 @@ TEST_F(CudaTransform, ConcurrentCallsFromMoreThreadsThanSlots) {
   }
   for (auto& th : threads)
     th.join();
+  return failures;
+}
+
+TEST_F(CudaTransform, ConcurrentCallsFromMoreThreadsThanSlots) {
+  // A transformer with 2 slots driven by 6 threads: callers wait for slots, chunks of different
+  // threads overlap on the GPU, and every result is still exact.
+  auto made = CudaTransformer::create(0, 8 << 20, 2);
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  CudaTransformer& t = *made.value();
+  std::atomic<int> bad_stream{0};
+  const auto failures =
+      six_threads_of_random_chunks(t, rng_(), [&](const TransposeArgs& args, std::mt19937_64&) {
+        CudaTimings timings;
+        const Status s = t.run(args, &timings);
+        if (timings.stream < 0 || timings.stream >= 2)
+          ++bad_stream;
+        return s;
+      });
   EXPECT_TRUE(failures.empty()) << failures.size() << " failures, first: " << failures.front();
   EXPECT_EQ(bad_stream.load(), 0);
 }
@@ -587,48 +598,20 @@ TEST_F(CudaTransform, ConcurrentCallersWokenLateStillGetExactResults) {
   auto made = CudaTransformer::create(0, 8 << 20, 2);
   ASSERT_TRUE(made.ok()) << made.status().message();
   CudaTransformer& t = *made.value();
-  const auto conversions = all_conversions();
-  const uint64_t seed = rng_();
-  std::mutex mu;
-  std::vector<std::string> failures;
   std::atomic<int> declined{0};
-  std::vector<std::thread> threads;
-  for (int k = 0; k < 6; ++k) {
-    threads.emplace_back([&, k] {
-      std::mt19937_64 rng(seed + uint64_t(k));
-      const GpuWait wait = sleeping_wait(
-          [&rng] { std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000)); });
-      for (int iter = 0; iter < 12; ++iter) {
-        Case c = conversions[rng() % conversions.size()];
-        c.experts = 1 + rng() % 4;
-        c.A = 1 + rng() % 700;
-        c.B = 1 + rng() % 700;
-        c.col_begin = rng() % c.B;
-        c.cols = c.B - c.col_begin;
-        const Inputs in = make_inputs(rng, c);
-        const uint64_t n = out_bytes(c);
-        auto* dst = static_cast<std::byte*>(t.alloc_pinned(n));
-        if (dst)
-          std::memset(dst, POISON, n);
+  const uint64_t seed = rng_();
+  const auto failures =
+      six_threads_of_random_chunks(t, seed, [&](const TransposeArgs& args, std::mt19937_64& rng) {
+        const GpuWait wait = sleeping_wait(
+            [&rng] { std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000)); });
         bool ran = false;
-        Status s = dst ? t.try_run(make_args(c, in, dst), UNGUARDED, wait, nullptr, &ran)
-                       : Status(Errc::io, "alloc_pinned failed");
+        Status s = t.try_run(args, UNGUARDED, wait, nullptr, &ran);
         if (s.ok() && !ran) { // both slots busy: as the pipeline's CPU would, do it anyway
           ++declined;
-          s = t.run(make_args(c, in, dst), nullptr);
+          s = t.run(args, nullptr);
         }
-        auto same = s.ok() ? same_bytes(c, dst, in.ref)
-                           : ::testing::AssertionFailure() << c.describe() << ": " << s.message();
-        t.free_pinned(dst);
-        if (!same) {
-          std::lock_guard lock(mu);
-          failures.push_back(same.message());
-        }
-      }
-    });
-  }
-  for (auto& th : threads)
-    th.join();
+        return s;
+      });
   EXPECT_TRUE(failures.empty()) << failures.size() << " failures, first: " << failures.front();
   std::printf("seed %llu: %d of 72 calls found both slots busy\n", (unsigned long long)seed,
               declined.load());
