@@ -246,6 +246,15 @@ private:
                         const std::vector<uint64_t>& scale_offsets, uint64_t scale_bytes,
                         std::byte* dst, uint64_t dst_bytes, const StagingGuard& guard,
                         const GpuWait& wait, CudaTimings* timings);
+  /// Queues the upload of each dequantizing part's region to its `offsets` in the device input:
+  /// a run of the mapping locked in place where it can be (its lock put in `pins`, which the
+  /// caller keeps until the chunk is done), else gathered into the staging buffer, the scales
+  /// gathered at `scale_offsets` of the slot's pinned scales (uploaded by the caller).
+  Status upload_parts(Slot& s, const std::vector<CudaDequantPart>& parts,
+                      const std::vector<DequantRegion>& regions,
+                      const std::vector<uint64_t>& offsets,
+                      const std::vector<uint64_t>& scale_offsets, const StagingGuard& guard,
+                      CudaTimings* timings, std::vector<std::unique_ptr<InPlaceInput>>& pins);
   /// Queues the download of `bytes` of the slot's device output into dst, waits for the slot's
   /// work (through `wait` when it is set, whose callback gives the slot back first), and fills
   /// `timings` (stage_ns: the host staging time, already measured). On success the chunk's work
@@ -788,26 +797,16 @@ Status CudaTransformerImpl::try_run_dequant(const std::vector<CudaDequantPart>& 
   });
 }
 
-Status CudaTransformerImpl::run_dequant_on(Call& c, const std::vector<CudaDequantPart>& parts,
-                                           const std::vector<DequantRegion>& regions,
-                                           const std::vector<uint64_t>& offsets,
-                                           const std::vector<uint64_t>& scale_offsets,
-                                           uint64_t scale_bytes, std::byte* dst, uint64_t dst_bytes,
-                                           const StagingGuard& guard, const GpuWait& wait,
-                                           CudaTimings* timings) {
-  Slot& s = *c.slot;
-  if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
-    return st;
-  if (Status st = grow_scales(s, scale_bytes); !st)
-    return st;
+Status CudaTransformerImpl::upload_parts(Slot& s, const std::vector<CudaDequantPart>& parts,
+                                         const std::vector<DequantRegion>& regions,
+                                         const std::vector<uint64_t>& offsets,
+                                         const std::vector<uint64_t>& scale_offsets,
+                                         const StagingGuard& guard, CudaTimings* timings,
+                                         std::vector<std::unique_ptr<InPlaceInput>>& pins) {
   // A region that is one run of the mapping may be read in place (locked first, so that the
   // staging buffer is sized once for what remains); a strided one is gathered. Then part by
   // part: part k's upload runs while part k + 1 is being gathered.
-  const uint64_t t0 = steady_ns();
-  if (Status st = check(cudaEventRecord(c.events[H2D_START], s.stream), "cudaEventRecord"); !st)
-    return st;
-  std::vector<std::unique_ptr<InPlaceInput>> pins(parts.size()); // unlocked last, at return
-  std::vector<const std::byte*> runs(parts.size());              // region_run() of each part
+  std::vector<const std::byte*> runs(parts.size());  // region_run() of each part
   std::vector<uint64_t> staged(parts.size() + 1, 0); // each part's staged bytes, from host_in
   for (size_t i = 0; i < parts.size(); ++i) {
     runs[i] = region_run(parts[i].args, regions[i]);
@@ -846,6 +845,28 @@ Status CudaTransformerImpl::run_dequant_on(Call& c, const std::vector<CudaDequan
         !st)
       return st;
   }
+  return {};
+}
+
+Status CudaTransformerImpl::run_dequant_on(Call& c, const std::vector<CudaDequantPart>& parts,
+                                           const std::vector<DequantRegion>& regions,
+                                           const std::vector<uint64_t>& offsets,
+                                           const std::vector<uint64_t>& scale_offsets,
+                                           uint64_t scale_bytes, std::byte* dst, uint64_t dst_bytes,
+                                           const StagingGuard& guard, const GpuWait& wait,
+                                           CudaTimings* timings) {
+  Slot& s = *c.slot;
+  if (Status st = check(cudaSetDevice(ordinal_), "cudaSetDevice"); !st)
+    return st;
+  if (Status st = grow_scales(s, scale_bytes); !st)
+    return st;
+  const uint64_t t0 = steady_ns();
+  if (Status st = check(cudaEventRecord(c.events[H2D_START], s.stream), "cudaEventRecord"); !st)
+    return st;
+  std::vector<std::unique_ptr<InPlaceInput>> pins(parts.size()); // unlocked last, at return
+  if (Status st = upload_parts(s, parts, regions, offsets, scale_offsets, guard, timings, pins);
+      !st)
+    return st;
   if (Status st = check(cudaMemcpyAsync(s.dev_scales, s.host_scales, scale_bytes,
                                         cudaMemcpyHostToDevice, s.stream),
                         "cudaMemcpyAsync");
