@@ -27,12 +27,13 @@
 #     --writers LIST    --writers values to sweep (default: none, shardshift's own default)
 #     --runs R          rounds (default 2); then one `--device auto` run per core count
 #     --scale K         synth --scale K: small inputs, to try this script (figures use 1)
+#     --stats           run with --stats and add what the GPU read in place from the mappings
 # DeepSeek-V3: `synth --model deepseek_v3 --layers 5 --scale-experts 4 --mtp-layers 0
 # --max-shard-size 2GB` (11 GB of FP8 in, 19.4 GB of BF16 out); diffusion_gemma: `synth --layers 8
 # --max-shard-size 1GB` (14.6 GB in, 16.0 GB out).
 set -uo pipefail
 BIN=.dev/shardshift OLD_BIN="" RAM=/mnt/ram MODELS="deepseek_v3 diffusion_gemma" CORES="2 4 16"
-DEVICES="cpu cuda" WRITERS="" RUNS=2 SCALE=1
+DEVICES="cpu cuda" WRITERS="" RUNS=2 SCALE=1 STATS=()
 while [ $# -gt 0 ]; do
   case "$1" in
   --bin) BIN=$2; shift 2 ;;
@@ -44,6 +45,7 @@ while [ $# -gt 0 ]; do
   --writers) WRITERS=$2; shift 2 ;;
   --runs) RUNS=$2; shift 2 ;;
   --scale) SCALE=$2; shift 2 ;;
+  --stats) STATS=(--stats); shift ;;
   -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
   *) echo "device_choice_bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -68,10 +70,11 @@ run() { # cores device [writers]
   [ -n "${3:-}" ] && extra+=(--writers "$3")
   rm -rf "$OUT"
   env "${env[@]}" /usr/bin/time -f "%e s, peak %M KB" taskset -c "0-$(($1 - 1))" \
-    "$bin" convert "$IN" "$OUT" --no-sync -j "$1" --device "$dev" "${extra[@]}" \
+    "$bin" convert "$IN" "$OUT" --no-sync -j "$1" --device "$dev" "${extra[@]}" "${STATS[@]}" \
     >/dev/null 2>/tmp/device_choice.err || { tail -3 /tmp/device_choice.err; return; }
-  printf '  cores %-2s %-9s %-4s %s | %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \
-    "$(grep -o 'transformed [0-9.]* [GM]B on [^;]*' /tmp/device_choice.err | head -1)"
+  printf '  cores %-2s %-9s %-4s %s | %s %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \
+    "$(grep -o 'transformed [0-9.]* [GM]B on [^;]*' /tmp/device_choice.err | head -1)" \
+    "$(grep -o '^gpu input: [0-9.]* [GMk]*B' /tmp/device_choice.err | sed 's/^gpu input: /in place /')"
 }
 
 for model in $MODELS; do

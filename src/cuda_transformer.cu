@@ -30,6 +30,7 @@
 // runtime's message and the device. After a failure the slot's stream is synchronized before the
 // slot is reused, so no queued copy can still be writing into a buffer that the next chunk uses.
 #include "cuda_transform.h"
+#include "cuda_weight_locks.h"
 #include "dequant_cuda.h"
 #include "dequant_region.h"
 #include "transpose_cuda.h"
@@ -165,6 +166,24 @@ private:
   const std::byte* end_ = nullptr;
 };
 
+/// How one dequantizing part's region reaches the device, decided before it is staged: a run of
+/// the mapping locked for this chunk (`pin`), or rows [first, last) of the region in the locked
+/// pages of its whole weight (`hold`, a transposed part), or else gathered into pinned memory.
+struct PartInput {
+  const std::byte* run = nullptr; ///< region_run(): the region as one run of the mapping, or null
+  std::unique_ptr<InPlaceInput> pin;
+  WeightLocks::Hold hold;
+  RegionRows rows;     ///< with hold: the region's rows inside the locked pages
+  uint64_t staged = 0; ///< bytes of the region that go through the staging buffer
+
+  /// The chunk's work is done: the locks need not wait for its stream.
+  void finished() {
+    if (pin)
+      pin->finished();
+    hold.finished();
+  }
+};
+
 /// Whether chunks may be read in place: SHARDSHIFT_CUDA_INPUT=staged says no (for comparisons).
 bool in_place_allowed() {
   const char* v = std::getenv("SHARDSHIFT_CUDA_INPUT");
@@ -254,7 +273,13 @@ private:
                       const std::vector<DequantRegion>& regions,
                       const std::vector<uint64_t>& offsets,
                       const std::vector<uint64_t>& scale_offsets, const StagingGuard& guard,
-                      CudaTimings* timings, std::vector<std::unique_ptr<InPlaceInput>>& pins);
+                      CudaTimings* timings, std::vector<PartInput>& inputs);
+  /// How part `a`'s region `g` will reach the device (its locks taken), and its staged bytes.
+  PartInput plan_part_input(Slot& s, const DequantArgs& a, const DequantRegion& g);
+  /// Queues the upload of a held part's region to dev: rows inside the weight's locked pages
+  /// with one 2-D copy from the mapping, the others from `staged` (those before, then after).
+  Status upload_held_rows(Slot& s, const DequantArgs& a, const DequantRegion& g,
+                          const PartInput& in, const std::byte* staged, std::byte* dev);
   /// Queues the download of `bytes` of the slot's device output into dst, waits for the slot's
   /// work (through `wait` when it is set, whose callback gives the slot back first), and fills
   /// `timings` (stage_ns: the host staging time, already measured). On success the chunk's work
@@ -280,6 +305,10 @@ private:
   bool in_place_ = false;
   std::atomic<int> in_place_failures_{0};
   static constexpr int MAX_IN_PLACE_FAILURES = 3;
+  /// Transposed weights' pages, locked once for the chunks that read them (cuda_weight_locks.h).
+  WeightLocks weight_locks_{&in_place_failures_};
+  /// Rows of a held region narrower than this are gathered: a 2-D copy of short rows is slow.
+  static constexpr uint64_t MIN_HELD_ROW = 1024;
   std::vector<Slot> slots_;
 
   std::mutex slots_mu_;
@@ -797,52 +826,105 @@ Status CudaTransformerImpl::try_run_dequant(const std::vector<CudaDequantPart>& 
   });
 }
 
+PartInput CudaTransformerImpl::plan_part_input(Slot& s, const DequantArgs& a,
+                                               const DequantRegion& g) {
+  PartInput in;
+  in.run = region_run(a, g);
+  in.staged = g.src_bytes;
+  const uint64_t es = dtype_bits(a.src_dtype) / 8, row = g.cols * es;
+  if (a.transpose && in_place_ && in_place_failures_.load() < MAX_IN_PLACE_FAILURES &&
+      a.R * a.C * es >= InPlaceInput::MIN_BYTES && row >= MIN_HELD_ROW) {
+    // Every chunk of a transposed weight reads pages across all of it: one lock for them all.
+    in.hold = weight_locks_.lock(a.src, a.R * a.C * es, s.stream);
+    if (in.hold.locked()) {
+      in.rows = region_rows_within(a, g, in.hold.begin(), in.hold.end());
+      in.staged -= (in.rows.last - in.rows.first) * row;
+    }
+  } else if (in.run) {
+    in.pin = lock_in_place(s, in.run, g.src_bytes);
+    if (in.pin)
+      in.staged = in.pin->around(in.run, g.src_bytes);
+  }
+  return in;
+}
+
+Status CudaTransformerImpl::upload_held_rows(Slot& s, const DequantArgs& a, const DequantRegion& g,
+                                             const PartInput& in, const std::byte* staged,
+                                             std::byte* dev) {
+  const uint64_t es = dtype_bits(a.src_dtype) / 8, row = g.cols * es;
+  const auto [first, last] = in.rows;
+  if (first > 0)
+    if (Status st =
+            check(cudaMemcpyAsync(dev, staged, first * row, cudaMemcpyHostToDevice, s.stream),
+                  "cudaMemcpyAsync");
+        !st)
+      return st;
+  if (last > first)
+    if (Status st =
+            check(cudaMemcpy2DAsync(dev + first * row, row,
+                                    a.src + ((g.row0 + first) * a.C + g.col0) * es, a.C * es, row,
+                                    last - first, cudaMemcpyHostToDevice, s.stream),
+                  "cudaMemcpy2DAsync");
+        !st)
+      return st;
+  if (last < g.rows)
+    if (Status st = check(cudaMemcpyAsync(dev + last * row, staged + first * row,
+                                          (g.rows - last) * row, cudaMemcpyHostToDevice, s.stream),
+                          "cudaMemcpyAsync");
+        !st)
+      return st;
+  return {};
+}
+
 Status CudaTransformerImpl::upload_parts(Slot& s, const std::vector<CudaDequantPart>& parts,
                                          const std::vector<DequantRegion>& regions,
                                          const std::vector<uint64_t>& offsets,
                                          const std::vector<uint64_t>& scale_offsets,
                                          const StagingGuard& guard, CudaTimings* timings,
-                                         std::vector<std::unique_ptr<InPlaceInput>>& pins) {
-  // A region that is one run of the mapping may be read in place (locked first, so that the
-  // staging buffer is sized once for what remains); a strided one is gathered. Then part by
-  // part: part k's upload runs while part k + 1 is being gathered.
-  std::vector<const std::byte*> runs(parts.size());  // region_run() of each part
+                                         std::vector<PartInput>& inputs) {
+  // Each part's locks are taken first (plan_part_input), so that the staging buffer is sized once
+  // for what remains. Then part by part: part k's upload runs while part k + 1 is being staged.
   std::vector<uint64_t> staged(parts.size() + 1, 0); // each part's staged bytes, from host_in
   for (size_t i = 0; i < parts.size(); ++i) {
-    runs[i] = region_run(parts[i].args, regions[i]);
-    if (runs[i])
-      pins[i] = lock_in_place(s, runs[i], regions[i].src_bytes);
-    staged[i + 1] = staged[i] + (pins[i] ? pins[i]->around(runs[i], regions[i].src_bytes)
-                                         : regions[i].src_bytes);
-    if (pins[i] && timings)
-      timings->in_place_bytes += uint64_t(pins[i]->end() - pins[i]->begin());
+    inputs[i] = plan_part_input(s, parts[i].args, regions[i]);
+    staged[i + 1] = staged[i] + inputs[i].staged;
+    if (timings)
+      timings->in_place_bytes += regions[i].src_bytes - inputs[i].staged;
   }
   if (Status st = grow_staging(s, staged.back()); !st)
     return st;
   for (size_t i = 0; i < parts.size(); ++i) {
     const DequantArgs& a = parts[i].args;
-    std::byte* in = s.host_in + staged[i];
+    const DequantRegion& g = regions[i];
+    const PartInput& in = inputs[i];
+    std::byte* host = s.host_in + staged[i];
+    std::byte* dev = s.dev_in + offsets[i];
     std::byte* scales = s.host_scales + scale_offsets[i];
-    const std::byte* run = runs[i];
-    const InPlaceInput* pin = pins[i].get();
-    const uint64_t n = regions[i].src_bytes;
-    if (Status st =
-            guard(i,
-                  [&] {
-                    if (pin) { // only the bytes around the locked pages: the reads that may fault
-                      pin->copy_around(in, run, n);
-                      gather_scales(a, regions[i], scales);
-                    } else {
-                      gather_region(a, regions[i], in, scales, copy_to_staging);
-                    }
-                  });
+    // Only the bytes outside the locked pages are read here: the reads that may fault.
+    if (Status st = guard(i,
+                          [&] {
+                            if (in.hold.locked()) {
+                              gather_region_rows(a, g, 0, in.rows.first, host, copy_to_staging);
+                              gather_region_rows(a, g, in.rows.last, g.rows,
+                                                 host + in.rows.first * g.cols *
+                                                            (dtype_bits(a.src_dtype) / 8),
+                                                 copy_to_staging);
+                              gather_scales(a, g, scales);
+                            } else if (in.pin) {
+                              in.pin->copy_around(host, in.run, g.src_bytes);
+                              gather_scales(a, g, scales);
+                            } else {
+                              gather_region(a, g, host, scales, copy_to_staging);
+                            }
+                          });
         !st)
       return st;
-    if (Status st = pin ? upload_in_place(s, *pin, s.dev_in + offsets[i], in, run, n)
-                        : check(cudaMemcpyAsync(s.dev_in + offsets[i], in, n,
-                                                cudaMemcpyHostToDevice, s.stream),
-                                "cudaMemcpyAsync");
-        !st)
+    const Status st =
+        in.hold.locked() ? upload_held_rows(s, a, g, in, host, dev)
+        : in.pin         ? upload_in_place(s, *in.pin, dev, host, in.run, g.src_bytes)
+                 : check(cudaMemcpyAsync(dev, host, g.src_bytes, cudaMemcpyHostToDevice, s.stream),
+                         "cudaMemcpyAsync");
+    if (!st)
       return st;
   }
   return {};
@@ -863,8 +945,8 @@ Status CudaTransformerImpl::run_dequant_on(Call& c, const std::vector<CudaDequan
   const uint64_t t0 = steady_ns();
   if (Status st = check(cudaEventRecord(c.events[H2D_START], s.stream), "cudaEventRecord"); !st)
     return st;
-  std::vector<std::unique_ptr<InPlaceInput>> pins(parts.size()); // unlocked last, at return
-  if (Status st = upload_parts(s, parts, regions, offsets, scale_offsets, guard, timings, pins);
+  std::vector<PartInput> inputs(parts.size()); // their locks end last, at return
+  if (Status st = upload_parts(s, parts, regions, offsets, scale_offsets, guard, timings, inputs);
       !st)
     return st;
   if (Status st = check(cudaMemcpyAsync(s.dev_scales, s.host_scales, scale_bytes,
@@ -887,9 +969,8 @@ Status CudaTransformerImpl::run_dequant_on(Call& c, const std::vector<CudaDequan
     return st;
   Status st = download_and_wait(c, dst, dst_bytes, wait, timings, t1 - t0);
   if (st)
-    for (const auto& pin : pins)
-      if (pin)
-        pin->finished();
+    for (PartInput& in : inputs)
+      in.finished();
   return st;
 }
 

@@ -56,10 +56,7 @@ DequantRegion dequant_region(const DequantArgs& a) {
 
 void gather_region(const DequantArgs& a, const DequantRegion& g, std::byte* src_out,
                    std::byte* scales_out, void (*copy)(std::byte*, const std::byte*, uint64_t)) {
-  if (!copy)
-    copy = plain_copy;
-  copy_window(src_out, a.src, a.C, g.row0, g.rows, g.col0, g.cols, dtype_bits(a.src_dtype) / 8,
-              copy);
+  gather_region_rows(a, g, 0, g.rows, src_out, copy);
   gather_scales(a, g, scales_out);
 }
 
@@ -67,9 +64,33 @@ const std::byte* region_run(const DequantArgs& a, const DequantRegion& g) {
   return g.cols == a.C ? a.src + g.row0 * a.C * (dtype_bits(a.src_dtype) / 8) : nullptr;
 }
 
+RegionRows region_rows_within(const DequantArgs& a, const DequantRegion& g, const std::byte* begin,
+                              const std::byte* end) {
+  // Row r (of W) lies in [src + (r C + col0) es, src + (r C + col0 + cols) es).
+  const uint64_t es = dtype_bits(a.src_dtype) / 8, pitch = a.C * es;
+  const uint64_t lo = begin > a.src ? uint64_t(begin - a.src) : 0;
+  if (end <= a.src || g.rows == 0)
+    return {};
+  const uint64_t hi = uint64_t(end - a.src), head = g.col0 * es, tail = (g.col0 + g.cols) * es;
+  if (hi < tail)
+    return {};
+  const uint64_t first = std::max(g.row0, lo > head ? (lo - head + pitch - 1) / pitch : 0);
+  const uint64_t last = std::min(g.row0 + g.rows, (hi - tail) / pitch + 1);
+  if (first >= last)
+    return {};
+  return {first - g.row0, last - g.row0};
+}
+
+void gather_region_rows(const DequantArgs& a, const DequantRegion& g, uint64_t first, uint64_t last,
+                        std::byte* out, void (*copy)(std::byte*, const std::byte*, uint64_t)) {
+  if (first < last)
+    copy_window(out, a.src, a.C, g.row0 + first, last - first, g.col0, g.cols,
+                dtype_bits(a.src_dtype) / 8, copy ? copy : plain_copy);
+}
+
 void gather_scales(const DequantArgs& a, const DequantRegion& g, std::byte* scales_out) {
-  copy_window(scales_out, a.scales, scale_blocks(a.C, a.block), g.srow0, g.srows, g.scol0,
-              g.scols, dtype_bits(a.scale_dtype) / 8, plain_copy);
+  copy_window(scales_out, a.scales, scale_blocks(a.C, a.block), g.srow0, g.srows, g.scol0, g.scols,
+              dtype_bits(a.scale_dtype) / 8, plain_copy);
 }
 
 DequantArgs rebase_dequant(const DequantArgs& a, const DequantRegion& g, const std::byte* src,

@@ -17,9 +17,9 @@
 namespace shardshift {
 
 struct DequantRegion {
-  uint64_t row0 = 0, rows = 0, col0 = 0, cols = 0;       ///< the sub-matrix of W; row0, col0 % block == 0
-  uint64_t srow0 = 0, srows = 0, scol0 = 0, scols = 0;   ///< its blocks in the scale matrix
-  uint64_t src_bytes = 0, scale_bytes = 0;               ///< sizes of the gathered copies
+  uint64_t row0 = 0, rows = 0, col0 = 0, cols = 0; ///< the sub-matrix of W; row0, col0 % block == 0
+  uint64_t srow0 = 0, srows = 0, scol0 = 0, scols = 0; ///< its blocks in the scale matrix
+  uint64_t src_bytes = 0, scale_bytes = 0;             ///< sizes of the gathered copies
 };
 
 /// The region `args` reads. REQUIRES: args valid for dequant_cpu, count > 0.
@@ -36,6 +36,21 @@ void gather_region(const DequantArgs& args, const DequantRegion& region, std::by
 /// call by rows, and transposed calls that take every column), else nullptr. Such a run can be
 /// read in place (the CUDA stage uploads it straight from the mapping).
 const std::byte* region_run(const DequantArgs& args, const DequantRegion& region);
+
+/// The rows [first, last) of the region (counted from its first row) whose elements all lie in
+/// [begin, end) of the input: the rows that a lock of those pages lets the CUDA stage upload
+/// straight from the mapping. The rows inside are consecutive; first == last when there are none.
+struct RegionRows {
+  uint64_t first = 0, last = 0;
+};
+RegionRows region_rows_within(const DequantArgs& args, const DequantRegion& region,
+                              const std::byte* begin, const std::byte* end);
+
+/// Copies the region's rows [first, last) ([last - first, cols] row-major) to `out`, through
+/// `copy` as gather_region() does.
+void gather_region_rows(const DequantArgs& args, const DequantRegion& region, uint64_t first,
+                        uint64_t last, std::byte* out,
+                        void (*copy)(std::byte*, const std::byte*, uint64_t) = nullptr);
 
 /// Copies only the region's scales ([srows, scols]) to `scales_out`.
 void gather_scales(const DequantArgs& args, const DequantRegion& region, std::byte* scales_out);

@@ -6,13 +6,15 @@
 // every FP8 code against special scales. Outputs are poisoned first and followed by a guard, so
 // unwritten elements and overruns show. Skips without a usable GPU.
 #include "cuda_transform.h"
-#include "dequant_region.h"
 #include "dequant.h"
+#include "dequant_region.h"
 #include "test_support.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -57,7 +59,8 @@ Problem make_problem(std::mt19937_64& rng, uint64_t R, uint64_t C, bool transpos
     } else {
       uint32_t u;
       std::memcpy(&u, &f, 4);
-      const uint16_t h = scale == DType::BF16 ? uint16_t(u >> 16) : uint16_t(0x3C00 + rng() % 0x800);
+      const uint16_t h =
+          scale == DType::BF16 ? uint16_t(u >> 16) : uint16_t(0x3C00 + rng() % 0x800);
       std::memcpy(p.s.data() + 2 * i, &h, 2);
     }
   }
@@ -174,8 +177,8 @@ TEST_F(CudaDequant, EveryDtypeCombinationMatchesTheCpu) {
         for (bool transpose : {false, true}) {
           SCOPED_TRACE(::testing::Message() << dtype_name(src) << " x " << dtype_name(scale)
                                             << " -> " << dtype_name(dst) << " t" << transpose);
-          Problem p = make_problem(rng, 300, 260, transpose, 0, transpose ? 260 : 300, 0, src,
-                                   scale, dst);
+          Problem p =
+              make_problem(rng, 300, 260, transpose, 0, transpose ? 260 : 300, 0, src, scale, dst);
           const auto want = on_cpu(p);
           EXPECT_TRUE(same_written(p, on_transformer(p), want));
         }
@@ -191,10 +194,10 @@ TEST_F(CudaDequant, RangesPitchesAndMisalignedPointers) {
     const uint64_t width = transpose ? R : C;
     const uint64_t pitch = rng() % 2 ? 0 : width + rng() % 100;
     const DType src = SOURCES[rng() % 5], scale = SCALES[rng() % 3], dst = DESTS[rng() % 3];
-    SCOPED_TRACE(::testing::Message() << "case " << i << ": [" << R << ", " << C << "] t"
-                                      << transpose << " [" << begin << ", +" << count
-                                      << ") pitch " << pitch << " " << dtype_name(src) << " x "
-                                      << dtype_name(scale) << " -> " << dtype_name(dst));
+    SCOPED_TRACE(::testing::Message()
+                 << "case " << i << ": [" << R << ", " << C << "] t" << transpose << " [" << begin
+                 << ", +" << count << ") pitch " << pitch << " " << dtype_name(src) << " x "
+                 << dtype_name(scale) << " -> " << dtype_name(dst));
     Problem p = make_problem(rng, R, C, transpose, begin, count, pitch, src, scale, dst);
     const auto want = on_cpu(p);
     EXPECT_TRUE(same_written(p, on_transformer(p), want));
@@ -219,17 +222,18 @@ TEST_F(CudaDequant, AlignedShapesMatchTheCpu) {
     const bool transpose = rng() % 2;
     const uint64_t n = transpose ? C : R;
     const uint64_t begin = transpose ? rng() % n : 8 * (rng() % (n / 8));
-    const uint64_t count = transpose ? 1 + rng() % (n - begin) : 8 * (1 + rng() % ((n - begin) / 8));
+    const uint64_t count =
+        transpose ? 1 + rng() % (n - begin) : 8 * (1 + rng() % ((n - begin) / 8));
     const uint64_t width = transpose ? R : C;
     const uint64_t pitch = rng() % 2 ? 0 : width + 8 * (rng() % 12);
     const DType src = rng() % 2 ? DType::F8_E4M3 : DType::F8_E5M2;
     const DType scale = SCALES[rng() % 3], dst = rng() % 2 ? DType::BF16 : DType::F16;
     const uint64_t block = uint64_t(64) << (rng() % 3);
-    SCOPED_TRACE(::testing::Message() << "seed " << seed << " case " << i << ": [" << R << ", "
-                                      << C << "] t" << transpose << " [" << begin << ", +"
-                                      << count << ") pitch " << pitch << " block " << block
-                                      << " " << dtype_name(src) << " x " << dtype_name(scale)
-                                      << " -> " << dtype_name(dst));
+    SCOPED_TRACE(::testing::Message()
+                 << "seed " << seed << " case " << i << ": [" << R << ", " << C << "] t"
+                 << transpose << " [" << begin << ", +" << count << ") pitch " << pitch << " block "
+                 << block << " " << dtype_name(src) << " x " << dtype_name(scale) << " -> "
+                 << dtype_name(dst));
     Problem p = make_problem(rng, R, C, transpose, begin, count, pitch, src, scale, dst, block);
     const auto want = on_cpu(p);
     EXPECT_TRUE(same_written(p, on_transformer(p), want));
@@ -287,8 +291,8 @@ TEST_F(CudaDequant, ABatchMatchesItsCallsOneByOne) {
     std::vector<std::byte> got(p.out_bytes + GUARD);
     cudaMemcpy(got.data(), dev[i].d, got.size(), cudaMemcpyDeviceToHost);
     EXPECT_TRUE(got == on_cpu(p)) << "seed " << seed << " call " << i << ": [" << p.a.R << ", "
-                                  << p.a.C << "] t" << p.a.transpose << " [" << p.a.begin
-                                  << ", +" << p.a.count << ") block " << p.a.block << " -> "
+                                  << p.a.C << "] t" << p.a.transpose << " [" << p.a.begin << ", +"
+                                  << p.a.count << ") block " << p.a.block << " -> "
                                   << dtype_name(p.a.dst_dtype);
     cudaFree(dev[i].w);
     cudaFree(dev[i].s);
@@ -300,9 +304,9 @@ TEST_F(CudaDequant, ABatchMatchesItsCallsOneByOne) {
 // Every FP8 code (NaN, subnormals, 448 / 57344, zeros of both signs) against scales that are
 // zero, negative zero, subnormal, huge, infinite and NaN: each 128 x 128 block gets one scale.
 TEST_F(CudaDequant, EveryCodeTimesSpecialScales) {
-  const float scales[] = {0.0f,      -0.0f,     1.0f,      -1.0f,       1e-40f, -3e-39f,
-                          3e38f,     1e-20f,    INFINITY,  -INFINITY,   NAN,    -NAN,
-                          0.0078125f, 448.0f,   65504.0f,  1.1754944e-38f};
+  const float scales[] = {0.0f,       -0.0f,  1.0f,     -1.0f,         1e-40f, -3e-39f,
+                          3e38f,      1e-20f, INFINITY, -INFINITY,     NAN,    -NAN,
+                          0.0078125f, 448.0f, 65504.0f, 1.1754944e-38f};
   const uint64_t blocks = sizeof(scales) / sizeof(scales[0]);
   for (DType src : {DType::F8_E4M3, DType::F8_E5M2})
     for (DType dst : DESTS)
@@ -314,8 +318,8 @@ TEST_F(CudaDequant, EveryCodeTimesSpecialScales) {
         for (uint64_t i = 0; i < p.w.size(); ++i)
           p.w[i] = std::byte(i % 256);
         std::memcpy(p.s.data(), scales, sizeof(scales));
-        SCOPED_TRACE(::testing::Message() << dtype_name(src) << " -> " << dtype_name(dst) << " t"
-                                          << transpose);
+        SCOPED_TRACE(::testing::Message()
+                     << dtype_name(src) << " -> " << dtype_name(dst) << " t" << transpose);
         const auto want = on_cpu(p);
         EXPECT_TRUE(same_written(p, on_transformer(p), want));
       }
@@ -326,10 +330,10 @@ TEST_F(CudaDequant, EveryCodeTimesSpecialScales) {
 TEST_F(CudaDequant, PartsFillTheirColumnsOfOneBufferAndGuardsReportErrors) {
   std::mt19937_64 rng(testing::test_seed());
   const uint64_t I = 300, H = 200; // pieces [I, H] -> output rows of H, [gate | up] = 2I wide
-  Problem gate = make_problem(rng, I, H, true, 64, 136, 2 * I, DType::F8_E4M3, DType::F32,
-                              DType::BF16);
-  Problem up = make_problem(rng, I, H, true, 64, 136, 2 * I, DType::F8_E4M3, DType::F32,
-                            DType::BF16);
+  Problem gate =
+      make_problem(rng, I, H, true, 64, 136, 2 * I, DType::F8_E4M3, DType::F32, DType::BF16);
+  Problem up =
+      make_problem(rng, I, H, true, 64, 136, 2 * I, DType::F8_E4M3, DType::F32, DType::BF16);
   const uint64_t bytes = 136 * 2 * I * 2;
   std::vector<std::byte> want(bytes, POISON);
   DequantArgs g = gate.a, u = up.a;
@@ -374,16 +378,17 @@ TEST_F(CudaDequant, ChunksLargerThanASlotAreDeclined) {
   std::mt19937_64 rng(testing::test_seed());
   auto made = CudaTransformer::create(0, 1 << 16, 1);
   ASSERT_TRUE(made.ok());
-  Problem p = make_problem(rng, 512, 512, true, 0, 512, 0, DType::F8_E4M3, DType::F32,
-                           DType::BF16);
+  Problem p = make_problem(rng, 512, 512, true, 0, 512, 0, DType::F8_E4M3, DType::F32, DType::BF16);
   std::vector<std::byte> dst(p.out_bytes);
   bool ran = true;
   const StagingGuard guard = [](size_t, const std::function<void()>& copy) {
     copy();
     return Status{};
   };
-  EXPECT_TRUE((*made)->try_run_dequant({{p.a, 0}}, dst.data(), p.out_bytes, guard, GpuWait{}, nullptr, &ran)
-                  .ok());
+  EXPECT_TRUE(
+      (*made)
+          ->try_run_dequant({{p.a, 0}}, dst.data(), p.out_bytes, guard, GpuWait{}, nullptr, &ran)
+          .ok());
   EXPECT_FALSE(ran);
 }
 
@@ -391,38 +396,135 @@ TEST_F(CudaDequant, ChunksLargerThanASlotAreDeclined) {
 // down [7168, 2048] transposed, in chunks of whole 128-column blocks as the emitter cuts them.
 TEST_F(CudaDequant, RealExpertShapes) {
   std::mt19937_64 rng(testing::test_seed());
-  Problem gate = make_problem(rng, 2048, 7168, true, 1024, 512, 4096, DType::F8_E4M3, DType::F32,
-                              DType::BF16);
+  Problem gate =
+      make_problem(rng, 2048, 7168, true, 1024, 512, 4096, DType::F8_E4M3, DType::F32, DType::BF16);
   EXPECT_TRUE(same_written(gate, on_transformer(gate), on_cpu(gate)));
-  Problem down = make_problem(rng, 7168, 2048, true, 0, 1024, 0, DType::F8_E4M3, DType::F32,
-                              DType::BF16);
+  Problem down =
+      make_problem(rng, 7168, 2048, true, 0, 1024, 0, DType::F8_E4M3, DType::F32, DType::BF16);
   EXPECT_TRUE(same_written(down, on_transformer(down), on_cpu(down)));
 }
 
 #if defined(SHARDSHIFT_HAVE_CUDA)
-// Regions that are one run of the input (whole rows: rows of a dense weight, a whole stacked
-// piece) are uploaded in place where the device supports read-only registration; strided ones
-// (a column range of a piece) are gathered. Same bytes either way.
-TEST_F(CudaDequant, RunsAreReadInPlaceAndStridedRegionsGathered) {
+/// Whether the whole pages inside p's weight can be page-locked now: no lock of the transformer
+/// is left on them.
+bool pages_free(const Problem& p) {
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p.w.data()) + 4095) / 4096 * 4096;
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p.w.data()) + p.w.size()) / 4096 * 4096;
+  if (cudaHostRegister(reinterpret_cast<void*>(lo), hi - lo, cudaHostRegisterReadOnly) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  cudaHostUnregister(reinterpret_cast<void*>(lo));
+  return true;
+}
+
+/// The bytes of a region that cannot lie in its weight's locked pages: a run's bytes around its
+/// whole pages, or, for a transposed weight locked whole, the rows reaching into its first or
+/// last partial page.
+uint64_t at_most_staged(const Problem& p, const DequantRegion& g) {
+  const uint64_t es = dtype_bits(p.a.src_dtype) / 8;
+  if (!p.a.transpose)
+    return 2 * 4096;
+  return 2 * (4096 / (p.a.C * es) + 1) * g.cols * es;
+}
+
+// Where the device supports read-only registration, a region that is one run of the input (rows
+// of a dense weight) is uploaded in place; a transposed weight's pages are locked whole and the
+// region's rows in them uploaded in place with a 2-D copy, whether it takes every column or a
+// range; a range of rows too narrow for that (under 1 KiB) is gathered. Same bytes every way,
+// and no lock is left on the input afterwards.
+TEST_F(CudaDequant, RunsAndTransposedWeightsAreReadInPlaceNarrowRangesGathered) {
   int read_only = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, 0),
             cudaSuccess);
   std::mt19937_64 rng(testing::test_seed());
-  Problem rows = make_problem(rng, 2048, 7168, false, 300, 1000, 0, DType::F8_E4M3, DType::F32,
+  Problem rows =
+      make_problem(rng, 2048, 7168, false, 300, 1000, 0, DType::F8_E4M3, DType::F32, DType::BF16);
+  Problem piece =
+      make_problem(rng, 2048, 3584, true, 0, 3584, 0, DType::F8_E4M3, DType::F32, DType::BF16);
+  Problem wide = make_problem(rng, 2048, 7168, true, 1000, 2100, 4096, DType::F8_E4M3, DType::F32,
                               DType::BF16);
-  Problem piece = make_problem(rng, 2048, 3584, true, 0, 3584, 0, DType::F8_E4M3, DType::F32,
-                               DType::BF16);
-  Problem strided = make_problem(rng, 2048, 7168, true, 1024, 512, 4096, DType::F8_E4M3,
-                                 DType::F32, DType::BF16);
-  for (Problem* p : {&rows, &piece, &strided}) {
+  Problem narrow =
+      make_problem(rng, 2048, 7168, true, 1024, 512, 4096, DType::F8_E4M3, DType::F32, DType::BF16);
+  for (Problem* p : {&rows, &piece, &wide, &narrow}) {
+    SCOPED_TRACE(::testing::Message() << "[" << p->a.R << ", " << p->a.C << "] t" << p->a.transpose
+                                      << " [" << p->a.begin << ", +" << p->a.count << ")");
     CudaTimings t;
     EXPECT_TRUE(same_written(*p, on_transformer(*p, &t), on_cpu(*p)));
     const DequantRegion region = dequant_region(p->a);
-    if (read_only && region_run(p->a, region))
-      EXPECT_GE(t.in_place_bytes, region.src_bytes - 2 * 4096);
-    else
+    const bool held = p->a.transpose && region.cols >= 1024;
+    if (read_only && (held || region_run(p->a, region))) {
+      EXPECT_GE(t.in_place_bytes, region.src_bytes - at_most_staged(*p, region));
+      EXPECT_LE(t.in_place_bytes, region.src_bytes);
+    } else {
       EXPECT_EQ(t.in_place_bytes, 0u);
+    }
+    EXPECT_TRUE(pages_free(*p));
   }
+}
+
+// Chunks of one transposed weight from several threads at once share its lock: every chunk but
+// those at the weight's ends reads in place, each result is exact, and the last chunk done
+// unlocks the pages.
+TEST_F(CudaDequant, ChunksOfOneWeightFromManyThreadsShareItsLock) {
+  int read_only = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, 0),
+            cudaSuccess);
+  if (!read_only)
+    GTEST_SKIP() << "the device cannot lock host memory read-only";
+  const uint64_t seed = testing::test_seed();
+  std::mt19937_64 rng(seed);
+  auto made = CudaTransformer::create(0, uint64_t(32) << 20, 4);
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  CudaTransformer& gpu = **made;
+  // A real gate piece, [2048, 7168] FP8, into the first half of 4096-wide rows.
+  Problem whole =
+      make_problem(rng, 2048, 7168, true, 0, 7168, 4096, DType::F8_E4M3, DType::F32, DType::BF16);
+  const std::vector<std::byte> want = on_cpu(whole);
+  const uint64_t row_bytes = 4096 * 2;
+  std::atomic<int> wrong{0}, staged_whole{0}, calls{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937_64 local(seed + t);
+      for (int round = 0; round < 6; ++round) {
+        // Chunks of 1024-2047 output rows, from an offset cut inside a block.
+        const uint64_t begin = local() % 5000, count = 1024 + local() % 1024;
+        DequantArgs a = whole.a;
+        a.begin = begin;
+        a.count = count;
+        const uint64_t bytes = count * row_bytes;
+        auto* dst = static_cast<std::byte*>(gpu.alloc_pinned(bytes));
+        const StagingGuard guard = [](size_t, const std::function<void()>& copy) {
+          copy();
+          return Status{};
+        };
+        bool ran = false;
+        CudaTimings tm;
+        Status s;
+        while (!ran && s.ok()) // another thread may hold every slot
+          s = gpu.try_run_dequant({{a, 0}}, dst, bytes, guard, GpuWait{}, &tm, &ran);
+        ++calls;
+        if (!s.ok())
+          ++wrong;
+        for (uint64_t k = 0; k < count && s.ok(); ++k)
+          if (std::memcmp(dst + k * row_bytes, want.data() + (begin + k) * row_bytes, 2048 * 2) !=
+              0) {
+            ++wrong;
+            break;
+          }
+        if (tm.in_place_bytes == 0)
+          ++staged_whole;
+        gpu.free_pinned(dst);
+      }
+    });
+  for (auto& th : threads)
+    th.join();
+  EXPECT_EQ(calls.load(), 24);
+  EXPECT_EQ(wrong.load(), 0) << "seed " << seed;
+  EXPECT_EQ(staged_whole.load(), 0) << "seed " << seed;
+  EXPECT_TRUE(pages_free(whole));
 }
 #endif
 

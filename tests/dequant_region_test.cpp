@@ -32,10 +32,10 @@ std::vector<std::byte> random_bytes(std::mt19937_64& rng, uint64_t n) {
 }
 
 void check_case(const Case& c, std::mt19937_64& rng) {
-  SCOPED_TRACE(::testing::Message() << "R " << c.R << " C " << c.C << " begin " << c.begin
-                                    << " count " << c.count << " pitch " << c.pitch
-                                    << (c.transpose ? " transposed " : " rows ")
-                                    << dtype_name(c.src));
+  SCOPED_TRACE(::testing::Message()
+               << "R " << c.R << " C " << c.C << " begin " << c.begin << " count " << c.count
+               << " pitch " << c.pitch << (c.transpose ? " transposed " : " rows ")
+               << dtype_name(c.src));
   const uint64_t es = dtype_bits(c.src) / 8;
   auto w = random_bytes(rng, c.R * c.C * es);
   // Scales: finite positive F32 values, so that every output element depends on its scale.
@@ -102,11 +102,11 @@ TEST(DequantRegion, RebasedCallsWriteWhatTheWholeCallWrites) {
   std::mt19937_64 rng(seed);
   // Edges: blocks cut at both ends, a range inside one block, whole matrices, pitched rows.
   const std::vector<Case> fixed = {
-      {300, 260, 0, 260, 0, true, DType::F8_E4M3},   {300, 260, 130, 2, 0, true, DType::F8_E4M3},
+      {300, 260, 0, 260, 0, true, DType::F8_E4M3},     {300, 260, 130, 2, 0, true, DType::F8_E4M3},
       {300, 260, 127, 129, 700, true, DType::F8_E5M2}, {300, 260, 256, 4, 0, true, DType::BF16},
-      {300, 260, 0, 300, 0, false, DType::F8_E4M3},  {300, 260, 129, 171, 0, false, DType::F16},
-      {300, 260, 5, 1, 999, false, DType::F32},      {128, 128, 0, 128, 0, true, DType::F8_E4M3},
-      {1, 1, 0, 1, 0, true, DType::F8_E4M3},         {1, 1, 0, 1, 0, false, DType::F8_E4M3}};
+      {300, 260, 0, 300, 0, false, DType::F8_E4M3},    {300, 260, 129, 171, 0, false, DType::F16},
+      {300, 260, 5, 1, 999, false, DType::F32},        {128, 128, 0, 128, 0, true, DType::F8_E4M3},
+      {1, 1, 0, 1, 0, true, DType::F8_E4M3},           {1, 1, 0, 1, 0, false, DType::F8_E4M3}};
   for (const Case& c : fixed)
     check_case(c, rng);
   const DType dtypes[] = {DType::F8_E4M3, DType::F8_E5M2, DType::BF16, DType::F16, DType::F32};
@@ -123,6 +123,75 @@ TEST(DequantRegion, RebasedCallsWriteWhatTheWholeCallWrites) {
     c.src = dtypes[rng() % 5];
     check_case(c, rng);
   }
+}
+
+// The rows a locked range [begin, end) lets the CUDA stage read in place: exactly those whose
+// elements all lie inside it, checked row by row, for ranges that start and end before, inside
+// and after the weight; and the rows gathered in three pieces around them make the region.
+TEST(DequantRegion, RowsWithinARangeAreExactlyThoseWhollyInsideIt) {
+  const uint64_t seed = testing::test_seed();
+  std::mt19937_64 rng(seed);
+  const DType dtypes[] = {DType::F8_E4M3, DType::F8_E5M2, DType::BF16, DType::F32};
+  int some_inside = 0;
+  for (int i = 0; i < 300; ++i) {
+    DequantArgs a;
+    a.R = 1 + rng() % 300;
+    a.C = 1 + rng() % 300;
+    a.transpose = rng() % 2;
+    a.src_dtype = dtypes[rng() % 4];
+    const uint64_t n = a.transpose ? a.C : a.R;
+    a.begin = rng() % n;
+    a.count = 1 + rng() % (n - a.begin);
+    const uint64_t es = dtype_bits(a.src_dtype) / 8, pitch = a.C * es, size = a.R * pitch;
+    // The weight inside a larger buffer, so that the range may start or end outside it.
+    std::vector<std::byte> buffer = random_bytes(rng, size + 4 * pitch);
+    a.src = buffer.data() + 2 * pitch;
+    std::vector<float> s(scale_blocks(a.R) * scale_blocks(a.C), 1.0f);
+    a.scales = reinterpret_cast<const std::byte*>(s.data());
+    const DequantRegion g = dequant_region(a);
+    // A range anywhere; one shorter than a row of the region (none inside); or whole pages
+    // inside the weight, as a lock takes them.
+    uint64_t lo = rng() % buffer.size(), hi = rng() % (buffer.size() + 1);
+    if (lo > hi)
+      std::swap(lo, hi);
+    if (i % 3 == 1) {
+      hi = std::min<uint64_t>(buffer.size(), lo + rng() % (g.cols * es));
+    } else if (i % 3 == 2) {
+      lo = 2 * pitch + rng() % std::min<uint64_t>(size, 4096);
+      hi = std::max(lo, 2 * pitch + size - rng() % std::min<uint64_t>(size, 4096));
+    }
+    const std::byte *begin = buffer.data() + lo, *end = buffer.data() + hi;
+    SCOPED_TRACE(::testing::Message()
+                 << "seed " << seed << " R " << a.R << " C " << a.C
+                 << (a.transpose ? " transposed " : " rows ") << a.begin << " +" << a.count << " "
+                 << dtype_name(a.src_dtype) << " range [" << lo << ", " << hi << ") of the buffer");
+    std::vector<uint64_t> inside;
+    for (uint64_t k = 0; k < g.rows; ++k) {
+      const std::byte* row = a.src + ((g.row0 + k) * a.C + g.col0) * es;
+      if (row >= begin && row + g.cols * es <= end)
+        inside.push_back(k);
+    }
+    const RegionRows got = region_rows_within(a, g, begin, end);
+    if (inside.empty()) {
+      EXPECT_EQ(got.first, got.last);
+      continue;
+    }
+    ++some_inside;
+    EXPECT_EQ(got.first, inside.front());
+    EXPECT_EQ(got.last, inside.back() + 1);
+    EXPECT_EQ(inside.size(), inside.back() + 1 - inside.front()); // consecutive
+
+    const uint64_t row_bytes = g.cols * es;
+    std::vector<std::byte> whole(g.src_bytes), scales(g.scale_bytes), pieces(g.src_bytes);
+    gather_region(a, g, whole.data(), scales.data());
+    gather_region_rows(a, g, 0, got.first, pieces.data());
+    gather_region_rows(a, g, got.first, got.last, pieces.data() + got.first * row_bytes);
+    gather_region_rows(a, g, got.last, g.rows, pieces.data() + got.last * row_bytes);
+    EXPECT_TRUE(pieces == whole);
+  }
+  // Rows inside were drawn often enough to mean something (ranges shorter than a row, a third
+  // of the draws, have none).
+  EXPECT_GT(some_inside, 100);
 }
 
 } // namespace
