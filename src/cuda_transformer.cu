@@ -13,10 +13,13 @@
 // overlapping registrations); the bytes before the first and after the last whole page go
 // through the slot's pinned buffer. On the H200 host this costs a thread a quarter of the copy
 // below, and the input crosses host memory once instead of three times (docs/PERFORMANCE.md,
-// "Reading the input in place"). Otherwise (no support, a failed registration, a strided region,
-// or SHARDSHIFT_CUDA_INPUT=staged) the chunk is first copied into the slot's pinned buffer, in
-// pieces, each piece's upload queued right after its copy, so that only the last piece's upload
-// is exposed.
+// "Reading the input in place"). A transposed FP8 weight is read by many chunks, each taking a
+// column range of every row: its whole pages are locked once for all the chunks that read it at
+// the time (WeightLocks, cuda_weight_locks.h), and each chunk uploads its rows with a 2-D copy
+// straight from the mapping. Otherwise (no support, a failed registration, a column range under
+// 1 KiB wide, or SHARDSHIFT_CUDA_INPUT=staged) the chunk is first copied into the slot's pinned
+// buffer, in pieces, each piece's upload queued right after its copy, so that only the last
+// piece's upload is exposed.
 //
 // Waiting. Once a chunk's work is queued, its caller waits for the stream: asleep on the last
 // event, or, given a GpuWait (the pipeline's suspends its task), until a stream callback wakes
@@ -266,9 +269,9 @@ private:
                         std::byte* dst, uint64_t dst_bytes, const StagingGuard& guard,
                         const GpuWait& wait, CudaTimings* timings);
   /// Queues the upload of each dequantizing part's region to its `offsets` in the device input:
-  /// a run of the mapping locked in place where it can be (its lock put in `pins`, which the
-  /// caller keeps until the chunk is done), else gathered into the staging buffer, the scales
-  /// gathered at `scale_offsets` of the slot's pinned scales (uploaded by the caller).
+  /// read in place where it can be (its locks put in `inputs`, which the caller keeps until the
+  /// chunk is done), else gathered into the staging buffer, the scales gathered at
+  /// `scale_offsets` of the slot's pinned scales (uploaded by the caller).
   Status upload_parts(Slot& s, const std::vector<CudaDequantPart>& parts,
                       const std::vector<DequantRegion>& regions,
                       const std::vector<uint64_t>& offsets,
@@ -362,7 +365,7 @@ Status CudaTransformerImpl::init_slot(Slot& s) {
   if (!set)
     return set.status();
   give_events(*set);
-  // Reading in place, a chunk stages only the bytes around its locked pages (or a strided or
+  // Reading in place, a chunk stages only the bytes around its locked pages (or a narrow or
   // small region): the buffer starts small and grows when a chunk needs more. Staging every
   // chunk, it is made whole now, as part of the opening.
   if (Status st = grow_staging(s, in_place_ ? INITIAL_STAGING_BYTES : max_chunk_); !st)
