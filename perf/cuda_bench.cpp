@@ -35,6 +35,9 @@
 //   --register-out DIR  a chunk of results from the GPU into a new file in DIR: downloaded into
 //                   pinned memory then written (pwrite), or downloaded straight into the file's
 //                   shared mapping page-locked in place
+//   --rows2d   a column range of every row of page-locked host memory to the GPU, by row width:
+//              one 2-D copy straight from it (the CUDA stage's held weights), against the rows
+//              gathered into pinned memory by one thread and uploaded, and a contiguous upload
 #include <cstdio>
 #include <cstring>
 
@@ -54,15 +57,14 @@ int main() {
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <fcntl.h>
 #include <memory>
 #include <random>
 #include <string>
-#include <thread>
-#include <vector>
-
-#include <fcntl.h>
 #include <sys/mman.h>
+#include <thread>
 #include <unistd.h>
+#include <vector>
 
 #include <cuda_runtime_api.h>
 
@@ -74,10 +76,11 @@ bool g_quick = false;
 bool g_kernels_only = false;  // --kernels: section (c) only, one timed run each (for profilers)
 bool g_pipeline_only = false; // --pipeline: sections (b) and (d) only
 bool g_dequant_only = false;  // --dequant: sections (a) and (e) only
-const char* g_register_dir = nullptr; // --register DIR: page-locking the mapping in place
+const char* g_register_dir = nullptr;     // --register DIR: page-locking the mapping in place
 const char* g_register_out_dir = nullptr; // --register-out DIR: downloading into a file mapping
-bool g_init_only = false;     // --init: what opening the GPU stage costs, step by step
-bool g_init_leave = false;    // --init-leave: the same, then _exit without freeing anything
+bool g_init_only = false;                 // --init: what opening the GPU stage costs, step by step
+bool g_init_leave = false; // --init-leave: the same, then _exit without freeing anything
+bool g_rows2d = false;     // --rows2d: 2-D uploads of column ranges, by row width
 
 void check(cudaError_t err, const char* what) {
   if (err == cudaSuccess)
@@ -788,8 +791,8 @@ void bench_register(const char* dir) {
   volatile uint64_t sum = 0;
   for (uint64_t off = 0; off < bytes; off += 4096)
     sum = sum + uint64_t(map[off]);
-  for (const uint64_t chunk : {uint64_t(8) << 20, uint64_t(32) << 20, uint64_t(128) << 20,
-                               uint64_t(512) << 20})
+  for (const uint64_t chunk :
+       {uint64_t(8) << 20, uint64_t(32) << 20, uint64_t(128) << 20, uint64_t(512) << 20})
     for (const unsigned n : {1u, 4u})
       for (const bool in_place : {false, true}) {
         struct Lane {
@@ -852,8 +855,9 @@ void bench_register(const char* dir) {
               r += reg_ms[k];
               u += unreg_ms[k];
             }
-            std::printf("    cudaHostRegister %.2f GB/s, cudaHostUnregister %.2f GB/s (per thread)\n",
-                        double(bytes) / (r / n) / 1e6, double(bytes) / (u / n) / 1e6);
+            std::printf(
+                "    cudaHostRegister %.2f GB/s, cudaHostUnregister %.2f GB/s (per thread)\n",
+                double(bytes) / (r / n) / 1e6, double(bytes) / (u / n) / 1e6);
           }
         }
         for (auto& l : lanes) {
@@ -1005,6 +1009,63 @@ void bench_register_out(const char* dir) {
       }
 }
 
+// The 2-D upload of a column range of every row of 16 DeepSeek-V3 gate pieces ([2048, 7168] FP8,
+// 235 MB, page-locked read-only as WeightLocks locks them) by row width, against gathering the
+// same rows with one thread into pinned memory and uploading that (what a chunk did before), and
+// a contiguous upload of as many bytes (the PCIe ceiling). Wall time of each over all pieces.
+void bench_rows2d() {
+  const uint64_t R = 2048, C = 7168, pieces = 16, bytes = pieces * R * C;
+  const HostBuffer host = make_host_buffer(bytes);
+  check(cudaHostRegister(host.data.get(), bytes, cudaHostRegisterReadOnly), "cudaHostRegister");
+  std::byte *dev = nullptr, *pinned = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&dev), bytes), "cudaMalloc");
+  check(cudaHostAlloc(reinterpret_cast<void**>(&pinned), bytes, cudaHostAllocDefault),
+        "cudaHostAlloc");
+  cudaStream_t stream = nullptr;
+  check(cudaStreamCreate(&stream), "cudaStreamCreate");
+  const auto seconds = [&](auto&& work) {
+    double best = 1e30;
+    for (int r = 0; r < (g_quick ? 2 : 5); ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      work();
+      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+      best = std::min(best,
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+  };
+  for (const uint64_t w : {128u, 256u, 512u, 1024u, 2048u, 4096u, 7168u}) {
+    const uint64_t moved = pieces * R * w;
+    const double two_d = seconds([&] {
+      for (uint64_t p = 0; p < pieces; ++p)
+        check(cudaMemcpy2DAsync(dev + p * R * w, w, host.data.get() + p * R * C + (C - w) / 2, C, w,
+                                R, cudaMemcpyHostToDevice, stream),
+              "cudaMemcpy2DAsync");
+    });
+    const double gathered = seconds([&] {
+      for (uint64_t p = 0; p < pieces; ++p) {
+        for (uint64_t r = 0; r < R; ++r)
+          std::memcpy(pinned + (p * R + r) * w, host.data.get() + p * R * C + r * C + (C - w) / 2,
+                      w);
+        check(cudaMemcpyAsync(dev + p * R * w, pinned + p * R * w, R * w, cudaMemcpyHostToDevice,
+                              stream),
+              "cudaMemcpyAsync");
+      }
+    });
+    const double flat = seconds([&] {
+      check(cudaMemcpyAsync(dev, pinned, moved, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+    });
+    std::printf("rows2d width %5llu B : 2-D in place %6.1f GB/s (%.2f of contiguous), gathered + "
+                "upload %6.1f GB/s, contiguous %6.1f GB/s\n",
+                static_cast<unsigned long long>(w), moved / two_d / 1e9, flat / two_d,
+                moved / gathered / 1e9, moved / flat / 1e9);
+  }
+  cudaStreamDestroy(stream);
+  cudaFreeHost(pinned);
+  cudaFree(dev);
+  cudaHostUnregister(host.data.get());
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -1025,6 +1086,13 @@ int main(int argc, char** argv) {
       g_register_dir = argv[++i];
     else if (std::strcmp(argv[i], "--register-out") == 0 && i + 1 < argc)
       g_register_out_dir = argv[++i];
+    else if (std::strcmp(argv[i], "--rows2d") == 0)
+      g_rows2d = true;
+  if (g_rows2d) {
+    check(cudaSetDevice(0), "cudaSetDevice");
+    bench_rows2d();
+    return 0;
+  }
   if (g_register_out_dir) {
     check(cudaSetDevice(0), "cudaSetDevice");
     bench_register_out(g_register_out_dir);
@@ -1060,8 +1128,8 @@ int main(int argc, char** argv) {
       {"down piece E4M3 -> BF16 T [7168,2048] x16", 16, 7168, 2048, true, 0, 0, E4M3, DType::BF16},
       {"dense E4M3 -> BF16 rows [18432,7168]", 1, 18432, 7168, false, 0, 0, E4M3, DType::BF16},
       {"dense E4M3 -> F32 rows [18432,7168]", 1, 18432, 7168, false, 0, 0, E4M3, DType::F32},
-      {"gate piece E5M2 -> F16 T [2048,7168] x16", 16, 2048, 7168, true, 4096, 0,
-       DType::F8_E5M2, DType::F16},
+      {"gate piece E5M2 -> F16 T [2048,7168] x16", 16, 2048, 7168, true, 4096, 0, DType::F8_E5M2,
+       DType::F16},
       {"gate piece E4M3 -> BF16 T, NaN codes", 16, 2048, 7168, true, 4096, 0, E4M3, DType::BF16,
        true},
       {"dense E4M3 -> BF16 rows, NaN codes", 1, 18432, 7168, false, 0, 0, E4M3, DType::BF16, true},

@@ -17,7 +17,7 @@
 // column range of every row: its whole pages are locked once for all the chunks that read it at
 // the time (WeightLocks, cuda_weight_locks.h), and each chunk uploads its rows with a 2-D copy
 // straight from the mapping. Otherwise (no support, a failed registration, a column range under
-// 1 KiB wide, or SHARDSHIFT_CUDA_INPUT=staged) the chunk is first copied into the slot's pinned
+// 128 bytes wide, or SHARDSHIFT_CUDA_INPUT=staged) the chunk is first copied into the slot's pinned
 // buffer, in pieces, each piece's upload queued right after its copy, so that only the last
 // piece's upload is exposed.
 //
@@ -310,8 +310,11 @@ private:
   static constexpr int MAX_IN_PLACE_FAILURES = 3;
   /// Transposed weights' pages, locked once for the chunks that read them (cuda_weight_locks.h).
   WeightLocks weight_locks_{&in_place_failures_};
-  /// Rows of a held region narrower than this are gathered: a 2-D copy of short rows is slow.
-  static constexpr uint64_t MIN_HELD_ROW = 1024;
+  /// Rows of a held region narrower than this are gathered. The 2-D copy from locked pages of
+  /// 128-byte rows still ran at 19.7 GB/s on the H200 host, twice one thread's gather and upload
+  /// (0.94 of a contiguous upload at 1 KiB; docs/PERFORMANCE.md, "A transposed weight locked
+  /// once"); narrower rows were not measured.
+  static constexpr uint64_t MIN_HELD_ROW = 128;
   std::vector<Slot> slots_;
 
   std::mutex slots_mu_;

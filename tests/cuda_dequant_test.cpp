@@ -432,7 +432,7 @@ uint64_t at_most_staged(const Problem& p, const DequantRegion& g) {
 // Where the device supports read-only registration, a region that is one run of the input (rows
 // of a dense weight) is uploaded in place; a transposed weight's pages are locked whole and the
 // region's rows in them uploaded in place with a 2-D copy, whether it takes every column or a
-// range; a range of rows too narrow for that (under 1 KiB) is gathered. Same bytes every way,
+// range; rows too narrow for that (under 128 bytes) are gathered. Same bytes every way,
 // and no lock is left on the input afterwards.
 TEST_F(CudaDequant, RunsAndTransposedWeightsAreReadInPlaceNarrowRangesGathered) {
   int read_only = 0;
@@ -445,15 +445,18 @@ TEST_F(CudaDequant, RunsAndTransposedWeightsAreReadInPlaceNarrowRangesGathered) 
       make_problem(rng, 2048, 3584, true, 0, 3584, 0, DType::F8_E4M3, DType::F32, DType::BF16);
   Problem wide = make_problem(rng, 2048, 7168, true, 1000, 2100, 4096, DType::F8_E4M3, DType::F32,
                               DType::BF16);
-  Problem narrow =
+  Problem range =
       make_problem(rng, 2048, 7168, true, 1024, 512, 4096, DType::F8_E4M3, DType::F32, DType::BF16);
-  for (Problem* p : {&rows, &piece, &wide, &narrow}) {
+  // Columns [128, 200) of a 200-wide weight: rows of 72 bytes.
+  Problem narrow =
+      make_problem(rng, 8192, 200, true, 150, 20, 0, DType::F8_E4M3, DType::F32, DType::BF16);
+  for (Problem* p : {&rows, &piece, &wide, &range, &narrow}) {
     SCOPED_TRACE(::testing::Message() << "[" << p->a.R << ", " << p->a.C << "] t" << p->a.transpose
                                       << " [" << p->a.begin << ", +" << p->a.count << ")");
     CudaTimings t;
     EXPECT_TRUE(same_written(*p, on_transformer(*p, &t), on_cpu(*p)));
     const DequantRegion region = dequant_region(p->a);
-    const bool held = p->a.transpose && region.cols >= 1024;
+    const bool held = p->a.transpose && region.cols >= 128;
     if (read_only && (held || region_run(p->a, region))) {
       EXPECT_GE(t.in_place_bytes, region.src_bytes - at_most_staged(*p, region));
       EXPECT_LE(t.in_place_bytes, region.src_bytes);
