@@ -859,12 +859,15 @@ Status CudaTransformerImpl::upload_held_rows(Slot& s, const DequantArgs& a, cons
                                              std::byte* dev) {
   const uint64_t es = dtype_bits(a.src_dtype) / 8, row = g.cols * es;
   const auto [first, last] = in.rows;
-  if (first > 0)
-    if (Status st =
-            check(cudaMemcpyAsync(dev, staged, first * row, cudaMemcpyHostToDevice, s.stream),
-                  "cudaMemcpyAsync");
-        !st)
-      return st;
+  // Rows [k, k + n) of the region from the staging buffer.
+  const auto from_staging = [&](uint64_t k, uint64_t n, const std::byte* from) {
+    return n == 0 ? Status{}
+                  : check(cudaMemcpyAsync(dev + k * row, from, n * row, cudaMemcpyHostToDevice,
+                                          s.stream),
+                          "cudaMemcpyAsync");
+  };
+  if (Status st = from_staging(0, first, staged); !st)
+    return st;
   if (last > first)
     if (Status st =
             check(cudaMemcpy2DAsync(dev + first * row, row,
@@ -873,13 +876,7 @@ Status CudaTransformerImpl::upload_held_rows(Slot& s, const DequantArgs& a, cons
                   "cudaMemcpy2DAsync");
         !st)
       return st;
-  if (last < g.rows)
-    if (Status st = check(cudaMemcpyAsync(dev + last * row, staged + first * row,
-                                          (g.rows - last) * row, cudaMemcpyHostToDevice, s.stream),
-                          "cudaMemcpyAsync");
-        !st)
-      return st;
-  return {};
+  return from_staging(last, g.rows - last, staged + first * row);
 }
 
 Status CudaTransformerImpl::upload_parts(Slot& s, const std::vector<CudaDequantPart>& parts,

@@ -78,12 +78,4 @@ void WeightLocks::give_back(const std::byte* key) {
   entries_.erase(it);
 }
 
-size_t WeightLocks::locked_weights() const {
-  std::lock_guard lock(mu_);
-  size_t n = 0;
-  for (const auto& [key, e] : entries_)
-    n += e.begin != e.end;
-  return n;
-}
-
 } // namespace shardshift

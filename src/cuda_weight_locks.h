@@ -65,9 +65,6 @@ public:
   /// p and n. Blocks while another chunk is locking the same weight.
   Hold lock(const std::byte* p, uint64_t n, cudaStream_t stream);
 
-  /// Weights locked now (for tests).
-  size_t locked_weights() const;
-
 private:
   struct Entry {
     const std::byte* begin = nullptr; ///< the locked pages; begin == end when locking failed
@@ -78,7 +75,7 @@ private:
   void give_back(const std::byte* key);
 
   std::atomic<int>* failures_;
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable ready_;
   std::map<const std::byte*, Entry> entries_; ///< by the weight's first byte
 };
