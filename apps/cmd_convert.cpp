@@ -153,6 +153,10 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("seconds").value(s.seconds).key("bytes_per_second").value(rate);
   w.key("peak_rss").value(s.peak_rss).key("chunk_bytes").value(s.chunk_bytes);
   w.key("tokens").value(s.tokens).key("writers").value(s.writers);
+  w.key("lane_ends").begin_array();
+  for (const ConvertSummary::LaneEnd& lane : s.lane_ends)
+    w.begin_object().key("seconds").value(lane.seconds).key("file").value(lane.file).end_object();
+  w.end_array();
   w.key("kept_files").value(s.kept_files).key("kept_bytes").value(s.kept_bytes);
   if (!s.rank.empty())
     w.key("rank").value(s.rank);
@@ -187,6 +191,22 @@ std::string summary_line(const ConvertSummary& s, const std::string& output, dou
   return buf;
 }
 
+// When the lanes ended: the gap before the last is the last file written by one lane alone, a
+// tail more lanes (--writers) or smaller files (--max-shard-size) can shorten.
+void print_lane_ends(const std::vector<ConvertSummary::LaneEnd>& ends) {
+  if (ends.size() < 2)
+    return;
+  std::string times;
+  for (const ConvertSummary::LaneEnd& lane : ends) {
+    char t[32];
+    std::snprintf(t, sizeof t, "%s%.2f", times.empty() ? "" : ", ", lane.seconds);
+    times += t;
+  }
+  const ConvertSummary::LaneEnd& last = ends.back();
+  std::fprintf(stderr, "lanes: ended at %s s; the last (%s) wrote alone for %.2f s\n",
+               times.c_str(), last.file.c_str(), last.seconds - ends[ends.size() - 2].seconds);
+}
+
 void print_stats(const ConvertSummary& s) {
   std::fprintf(stderr, "%-14s %8s %12s %10s %7s %12s %10s %10s\n", "stage", "count", "bytes",
                "busy", "share", "rate", "p50", "p99");
@@ -214,6 +234,7 @@ void print_stats(const ConvertSummary& s) {
                static_cast<unsigned long long>(s.writers),
                static_cast<unsigned long long>(s.tokens), format_bytes(s.chunk_bytes).c_str(),
                format_bytes(s.peak_rss).c_str());
+  print_lane_ends(s.lane_ends);
 }
 
 std::string progress_text(const Progress& p) {

@@ -61,6 +61,9 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
   sum.chunk_bytes = engine.config.chunk_bytes;
   sum.tokens = engine.config.tokens;
   sum.writers = engine.config.writers;
+  for (const LaneEnd& lane : moved.lanes) // a lane that found the queue empty wrote nothing
+    if (lane.file < plan.files.size())
+      sum.lane_ends.push_back({static_cast<double>(lane.end_ns) / 1e9, plan.files[lane.file].name});
   sum.kept_files = delivered.kept_files;
   sum.kept_bytes = delivered.kept_bytes;
   sum.seconds = static_cast<double>(profiler.now()) / 1e9;

@@ -106,6 +106,9 @@ public:
     return writer_.totals();
   }
 
+  /// The last file this lane wrote (UINT32_MAX: none).
+  uint32_t last_file() const { return last_file_; }
+
 private:
   // Stage 1: the next item, with a buffer when it needs one (a token holds at most one).
   Item* emit(tbb::flow_control& fc) {
@@ -184,6 +187,7 @@ private:
     if (last_write_end_)
       s_.profiler.record(Stage::wait, last_write_end_, t0, 0);
     const uint64_t before = writer_.totals().done;
+    last_file_ = item->file;
     // Items emitted before a Ctrl-C are not written after it (the emitter stops at the next one).
     if (!s_.failure.failed() && s_.config.cancel && s_.config.cancel->load())
       s_.failure.fail(Status(Errc::interrupted, "interrupted"));
@@ -206,6 +210,7 @@ private:
   WriteStage writer_;
   Sha256 sha_;
   uint64_t last_write_end_ = 0;
+  uint32_t last_file_ = UINT32_MAX;
 };
 
 } // namespace
@@ -237,8 +242,13 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
 
   // Lanes run side by side on the one task arena; each blocks only in its own write calls.
   std::vector<WriteTotals> totals(lanes);
+  std::vector<LaneEnd> ends(lanes);
   profiler.name_thread("main");
-  tbb::parallel_for(0u, lanes, [&](unsigned lane) { totals[lane] = Lane(shared).run(); });
+  tbb::parallel_for(0u, lanes, [&](unsigned i) {
+    Lane lane(shared);
+    totals[i] = lane.run();
+    ends[i] = {profiler.now(), lane.last_file()};
+  });
   if (failure.failed())
     return failure.first();
   // A GPU asked for by name that could not be opened fails the run even if no chunk noticed
@@ -259,6 +269,9 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   result.cpu_bytes = transformer.cpu_bytes();
   result.gpu_bytes = transformer.gpu_bytes();
   result.gpu_in_place_bytes = transformer.gpu_in_place_bytes();
+  std::sort(ends.begin(), ends.end(),
+            [](const LaneEnd& a, const LaneEnd& b) { return a.end_ns < b.end_ns; });
+  result.lanes = std::move(ends);
   return result;
 }
 

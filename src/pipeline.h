@@ -51,11 +51,20 @@ struct PipelineConfig {
   std::vector<std::string>* digests = nullptr;
 };
 
+/// When one writer lane ran out of files, and the last file it wrote. A run ends with its last
+/// lane; the time between the lanes' ends is time the last files were written by fewer lanes
+/// (PERFORMANCE.md, "The last file written alone").
+struct LaneEnd {
+  uint64_t end_ns = 0;        ///< Profiler::now() when the lane's pipeline returned
+  uint32_t file = UINT32_MAX; ///< plan.files index of its last file; UINT32_MAX: it wrote none
+};
+
 struct PipelineResult {
   uint64_t zero_copy_bytes = 0, fallback_copy_bytes = 0;
   uint64_t cpu_bytes = 0, gpu_bytes = 0, ones_bytes = 0;
   uint64_t gpu_in_place_bytes = 0; ///< TransformStage::gpu_in_place_bytes()
   uint64_t output_bytes = 0;
+  std::vector<LaneEnd> lanes; ///< one per writer lane, in the order they ended
 };
 
 /// Chunk size and per-lane token count for a memory budget, thread count and lane count (the

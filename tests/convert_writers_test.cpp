@@ -8,6 +8,7 @@
 #include "pipeline.h"
 
 #include <cstring>
+#include <set>
 
 namespace shardshift::testing {
 namespace {
@@ -48,6 +49,43 @@ TEST_F(ConvertTest, WritersThreadsAndBudgetsGiveTheSameBytes) {
         EXPECT_EQ(files_of(tmp / out), want)
             << writers << " writers, " << threads << " threads, budget " << budget;
       }
+}
+
+TEST_F(ConvertTest, EachLaneSaysWhenItEndedAndItsLastFile) {
+  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
+  reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
+  PlanOptions plan_options;
+  plan_options.max_shard_size = 120'000;
+  auto plan = plan_conversion(tmp / "hf", plan_options);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_GE(plan->files.size(), 4u) << "the test needs more files than lanes";
+  std::set<std::string> names;
+  for (const OutputFile& f : plan->files)
+    names.insert(f.name);
+  for (unsigned writers : {1u, 3u}) {
+    auto r = run(tmp / "hf", tmp / ("out" + std::to_string(writers)), opts([&](ConvertOptions& o) {
+                   o.writers = writers;
+                   o.plan = plan_options;
+                 }));
+    ASSERT_TRUE(r.ok());
+    // Every lane that wrote a file, in the order they ended (a lane that found the queue empty,
+    // the files being small, is not listed).
+    ASSERT_GE(r->lane_ends.size(), 1u);
+    ASSERT_LE(r->lane_ends.size(), writers);
+    std::set<std::string> last_files;
+    double before = 0;
+    for (const ConvertSummary::LaneEnd& lane : r->lane_ends) {
+      EXPECT_GE(lane.seconds, before) << "in the order they ended";
+      EXPECT_LE(lane.seconds, r->seconds);
+      EXPECT_TRUE(names.contains(lane.file)) << "'" << lane.file << "'";
+      last_files.insert(lane.file);
+      before = lane.seconds;
+    }
+    EXPECT_EQ(last_files.size(), r->lane_ends.size()) << "each lane ends with a file of its own";
+    // Lanes take files in the plan's order, so whichever lane took the plan's last file ended
+    // with it; one lane wrote them all and ended with it.
+    EXPECT_TRUE(last_files.contains(plan->files.back().name));
+  }
 }
 
 // Fails the rename that commits one chosen output file.

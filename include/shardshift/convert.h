@@ -39,9 +39,9 @@ struct ConvertOptions {
   PlanOptions plan;
   unsigned threads = 0; ///< 0 = all hardware threads (-j)
   unsigned writers = 0; ///< output files written at once; 0 = from threads and files (--writers)
-  uint64_t max_memory = uint64_t{1} << 30;   ///< budget for buffers and mapped input in flight
-  std::string device = "auto";               ///< auto | cpu | cuda | cuda:N
-  bool force = false;                        ///< replace an existing output directory
+  uint64_t max_memory = uint64_t{1} << 30; ///< budget for buffers and mapped input in flight
+  std::string device = "auto";             ///< auto | cpu | cuda | cuda:N
+  bool force = false;                      ///< replace an existing output directory
   /// --resume: continue the staging directory a killed or interrupted run of the same conversion
   /// into the same OUT left (its finished files kept), and keep this run's if it fails too.
   bool resume = false;
@@ -88,10 +88,18 @@ struct ConvertSummary {
   uint64_t cpu_bytes = 0, gpu_bytes = 0; ///< transformed bytes by device
   uint64_t gpu_in_place_bytes = 0;       ///< input the GPU read from the mappings, not staged
   uint64_t dropped = 0, excluded = 0;
-  uint64_t restored = 0;                ///< Plan::restored (--base)
+  uint64_t restored = 0;                 ///< Plan::restored (--base)
   std::vector<std::string> not_restored; ///< Plan::not_restored: what a to_hf output lacks
-  uint64_t chunk_bytes = 0, tokens = 0; ///< the memory budget's split (tokens per writer lane)
-  uint64_t writers = 0;                 ///< writer lanes (output files written at once)
+  uint64_t chunk_bytes = 0, tokens = 0;  ///< the memory budget's split (tokens per writer lane)
+  uint64_t writers = 0;                  ///< writer lanes (output files written at once)
+  /// Each writer lane that wrote a file, in the order they ended: seconds from the start, and the
+  /// last file it wrote. The time from the one before last to the last is the last file written
+  /// by one lane alone.
+  struct LaneEnd {
+    double seconds = 0;
+    std::string file;
+  };
+  std::vector<LaneEnd> lane_ends;
   uint64_t kept_files = 0, kept_bytes = 0; ///< --resume: finished by an earlier run, not rewritten
   std::string rank; ///< in a job of several processes: "rank R of N (Open MPI, coordinated through
                     ///< MPI)" (or "marker files"); else empty
