@@ -115,7 +115,11 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   const uint64_t budget = options.max_memory - held;
   Engine e;
   PipelineConfig& c = e.config;
-  c.writers = options.writers ? options.writers : default_writers(threads, files);
+  const bool gpu_may_transform =
+      options.device != "cpu" &&
+      (options.device != "auto" || auto_uses_gpu(threads, detect_simd_level(), dequantizes));
+  c.writers =
+      options.writers ? options.writers : default_writers(threads, files, gpu_may_transform);
   if (!options.pipe_to.empty()) // each lane feeds one command: --uploads of them at once
     c.writers = options.uploads ? options.uploads : 4;
   if (options.format == OutputFormat::tar) // one stream, its entries in order

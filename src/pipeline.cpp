@@ -32,10 +32,15 @@ void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, un
   *tokens = t;
 }
 
-unsigned default_writers(unsigned threads, size_t files) {
+unsigned default_writers(unsigned threads, size_t files, bool gpu) {
   // One per thread up to 8 threads, then one per two threads (at least 8).
   const unsigned per_threads = std::max(std::min(threads, 8u), threads / 2);
-  const size_t lanes = std::min<size_t>({per_threads, files, 16});
+  size_t lanes = std::min<size_t>({per_threads, files, 16});
+  // With the GPU taking the transforms, a lane holds a thread only while it writes, and from 4
+  // threads up the cores are not all busy: a few files (at most two per lane) get a lane each,
+  // so that none is left to be written by one lane alone at the end.
+  if (gpu && threads >= 4 && files <= 2 * size_t{per_threads})
+    lanes = std::min<size_t>(files, 16);
   return static_cast<unsigned>(std::max<size_t>(1, lanes));
 }
 

@@ -78,8 +78,11 @@ void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, un
 /// (and never fewer than 8), at most one per file and at most 16. Writing into the page cache or a
 /// tmpfs is CPU work (a copy, and a zeroed page for each new one), so with few threads every
 /// thread is best spent as a lane; beyond 8 lanes the transforms need the rest (PERFORMANCE.md,
-/// "Writer lanes" and "Reading the input in place").
-unsigned default_writers(unsigned threads, size_t files);
+/// "Writer lanes" and "Reading the input in place"). With `gpu` (a GPU that may take the
+/// transforms) and at least 4 threads, a few files (at most two per lane) get a lane each: the
+/// GPU leaves cores free, and otherwise the file beyond the lanes is written alone at the end
+/// ("The last file written alone").
+unsigned default_writers(unsigned threads, size_t files, bool gpu = false);
 
 /// Writes plan.files[i] for every i in `files` through `target` (a directory: each file committed
 /// by rename as it completes; a stream: one file only).

@@ -145,6 +145,21 @@ TEST(WriterLanes, DefaultFollowsThreadsAndFiles) {
   EXPECT_EQ(default_writers(8, 0), 1u);
 }
 
+TEST(WriterLanes, WithTheGpuAFewFilesGetALaneEach) {
+  // From 4 threads, files up to twice the lanes get one each; more files, as without the GPU.
+  EXPECT_EQ(default_writers(4, 5, true), 5u);
+  EXPECT_EQ(default_writers(4, 8, true), 8u);
+  EXPECT_EQ(default_writers(4, 9, true), 4u);
+  EXPECT_EQ(default_writers(16, 12, true), 12u);
+  EXPECT_EQ(default_writers(16, 40, true), 8u);
+  EXPECT_EQ(default_writers(64, 30, true), 16u);
+  EXPECT_EQ(default_writers(4, 3, true), 3u);
+  // Below 4 threads writing keeps every core busy: one lane per thread, as without the GPU.
+  EXPECT_EQ(default_writers(2, 3, true), 2u);
+  EXPECT_EQ(default_writers(2, 5, true), 2u);
+  EXPECT_EQ(default_writers(4, 5, false), 4u);
+}
+
 TEST(WriterLanes, MemoryInFlightStaysOneFormula) {
   // writers * tokens * 2 chunks (+ GPU slots) fit the budget whatever the lane count.
   for (unsigned writers : {1u, 2u, 4u, 8u, 16u})
