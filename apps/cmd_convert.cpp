@@ -358,7 +358,8 @@ void add_convert_flags(ConvertFlags& f) {
       "writers", po::value<unsigned>()->default_value(0)->value_name("N"),
       "Output files written at once, each by its own bounded pipeline within the one memory "
       "budget; 0 picks one per thread up to 8 threads, then one per two threads (at least 8), "
-      "at most one per file and 16. Example: --writers 2")(
+      "at most one per file and 16; with the GPU and 4 threads or more, one per file when the "
+      "files are at most twice that. Example: --writers 2")(
       "max-memory", po::value<std::string>()->default_value("1GiB")->value_name("SIZE"),
       (std::string("Budget for buffers and mapped input in flight; peak memory stays within "
                    "it plus about 200 MB. ") +
