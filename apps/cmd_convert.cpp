@@ -367,7 +367,7 @@ void add_convert_flags(ConvertFlags& f) {
           .c_str())("device", po::value<std::string>()->default_value("auto")->value_name("DEVICE"),
                     "Where expert tensors are transformed and FP8 weights dequantized: auto "
                     "(a usable GPU where it was measured faster: to dequantize FP8 with at most "
-                    "2 threads, or on a CPU without SIMD kernels; else the CPU), cpu, "
+                    "4 threads, or on a CPU without SIMD kernels; else the CPU), cpu, "
                     "cuda (GPU 0, beside the CPU, which starts while the GPU opens) or cuda:N (GPU "
                     "number N); the bytes are the same on every device; the summary says how "
                     "much the GPU did. Example: --device cuda:1")("force",

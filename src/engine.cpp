@@ -87,13 +87,14 @@ bool plan_dequantizes(const Plan& plan) {
 // task is suspended while the GPU works, and its slot is free again once the GPU is done), but
 // opening the device costs the process about 0.35 s of CPU, and its bytes still cross host
 // memory, which the writer lanes share. FP8 dequantization is arithmetic the GPU takes off the
-// CPU: with 2 threads DeepSeek-V3 ran 1.14x faster on the GPU (and 0.99-1.09x on earlier hosts
-// and code); with 4 it was within the noise (0.94-1.05x), with 16 slower. Transposes cost the
+// CPU: with 2 threads DeepSeek-V3 ran 1.13-1.14x faster on the GPU (and 0.99-1.09x on earlier
+// hosts and code); with 4, 1.15x once the GPU's runs write a few files with a lane each (even
+// before: "The last file written alone"), with 16 slower. Transposes cost the
 // CPU about what the staging costs: diffusion_gemma with 2 threads ran 0.85-0.94x (0.94-1.11x on
 // earlier code), slower with more. Where the two are even, the CPU holds less memory (about
 // 0.4 GB against 0.9 GB at 2 threads). A CPU with only the portable kernels always gains.
 bool auto_uses_gpu(unsigned threads, SimdLevel simd, bool dequantizes) {
-  constexpr unsigned MOST_THREADS = 2;
+  constexpr unsigned MOST_THREADS = 4;
   return simd == SimdLevel::portable || (dequantizes && threads <= MOST_THREADS);
 }
 

@@ -61,9 +61,9 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
 /// whole tensor: arithmetic on every byte, where the GPU can pay for itself.
 bool plan_dequantizes(const Plan& plan);
 
-/// --device auto's choice: the GPU for a plan that dequantizes, run with at most 2 threads, or on
-/// a CPU with only the portable kernels; the CPU otherwise (docs/PERFORMANCE.md, "A GPU slot free
-/// once its work is done").
+/// --device auto's choice: the GPU for a plan that dequantizes, run with at most 4 threads, or on
+/// a CPU with only the portable kernels; the CPU otherwise (docs/PERFORMANCE.md, "A transposed
+/// weight locked once" and "The last file written alone").
 bool auto_uses_gpu(unsigned threads, SimdLevel simd, bool dequantizes);
 
 } // namespace shardshift

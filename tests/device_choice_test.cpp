@@ -1,5 +1,5 @@
 // device_choice_test.cpp: what --device auto picks (engine.h): the GPU for plans that dequantize
-// FP8 with at most 2 threads, or on a CPU with only the portable kernels; the CPU otherwise. The
+// FP8 with at most 4 threads, or on a CPU with only the portable kernels; the CPU otherwise. The
 // choice changes only the time (every device gives the same bytes: cuda_convert_test); these
 // tests need no GPU.
 #include "shardshift/checkpoint.h"
@@ -17,9 +17,9 @@ using testing::TempDir;
 
 TEST(DeviceChoice, AutoTakesTheGpuToDequantizeWithFewThreadsOrOnAPortableCpu) {
   for (SimdLevel simd : {SimdLevel::avx2, SimdLevel::avx512}) {
-    for (unsigned threads : {1u, 2u})
+    for (unsigned threads : {1u, 2u, 3u, 4u})
       EXPECT_TRUE(auto_uses_gpu(threads, simd, true)) << threads << " threads dequantizing";
-    for (unsigned threads : {3u, 4u, 16u})
+    for (unsigned threads : {5u, 8u, 16u})
       EXPECT_FALSE(auto_uses_gpu(threads, simd, true)) << threads << " threads dequantizing";
     for (unsigned threads : {1u, 2u, 4u, 16u})
       EXPECT_FALSE(auto_uses_gpu(threads, simd, false)) << threads << " threads transposing";
