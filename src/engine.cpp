@@ -13,6 +13,12 @@ namespace shardshift {
 
 namespace {
 
+// The NVIDIA driver's device nodes (Linux: /dev/nvidiactl; WSL: /dev/dxg): without them no GPU
+// can be found.
+bool has_gpu_device_nodes() {
+  return std::filesystem::exists("/dev/nvidiactl") || std::filesystem::exists("/dev/dxg");
+}
+
 // Starts opening the CUDA stage when the device option asks for (or allows) it; nullptr means
 // CPU. The GPU opens beside the work (gpu_handle.h): a device that fails to open is found out on
 // the opening thread, and fails the run only when it was asked for by name.
@@ -33,10 +39,9 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
   // missing is told before a stream has begun. Into a directory it is part of the opening,
   // beside the work: a missing device fails the run at the first chunk it could have taken (or
   // at its end), before anything is committed under OUT.
-  // auto on a machine with no NVIDIA driver's device nodes (Linux: /dev/nvidiactl; WSL: /dev/dxg)
-  // has no GPU to find: it stays on the CPU without starting the opening or sizing for it.
-  if (device == "auto" && !count_first && !std::filesystem::exists("/dev/nvidiactl") &&
-      !std::filesystem::exists("/dev/dxg"))
+  // auto on a machine with no NVIDIA driver's device nodes has no GPU to find: it stays on the
+  // CPU without starting the opening or sizing for it.
+  if (device == "auto" && !count_first && !has_gpu_device_nodes())
     return std::unique_ptr<GpuHandle>();
   if (count_first) {
     const int count = CudaTransformer::device_count();
@@ -118,7 +123,8 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   PipelineConfig& c = e.config;
   const bool gpu_may_transform =
       options.device != "cpu" &&
-      (options.device != "auto" || auto_uses_gpu(threads, detect_simd_level(), dequantizes));
+      (options.device != "auto" ||
+       (auto_uses_gpu(threads, detect_simd_level(), dequantizes) && has_gpu_device_nodes()));
   c.writers =
       options.writers ? options.writers : default_writers(threads, files, gpu_may_transform);
   if (!options.pipe_to.empty()) // each lane feeds one command: --uploads of them at once
