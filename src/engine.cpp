@@ -13,10 +13,17 @@ namespace shardshift {
 
 namespace {
 
-// The NVIDIA driver's device nodes (Linux: /dev/nvidiactl; WSL: /dev/dxg): without them no GPU
-// can be found.
-bool has_gpu_device_nodes() {
-  return std::filesystem::exists("/dev/nvidiactl") || std::filesystem::exists("/dev/dxg");
+// Whether the device option may open a GPU for this plan: a device named, or auto where it takes
+// the GPU (auto_uses_gpu) and the NVIDIA driver's device nodes exist (Linux: /dev/nvidiactl; WSL:
+// /dev/dxg; without them there is no GPU to find, and auto stays on the CPU without starting the
+// opening or sizing for it).
+bool may_open_gpu(const std::string& device, unsigned threads, bool dequantizes) {
+  if (device == "cpu")
+    return false;
+  if (device != "auto")
+    return true;
+  return auto_uses_gpu(threads, detect_simd_level(), dequantizes) &&
+         (std::filesystem::exists("/dev/nvidiactl") || std::filesystem::exists("/dev/dxg"));
 }
 
 // Starts opening the CUDA stage when the device option asks for (or allows) it; nullptr means
@@ -26,23 +33,17 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
                                                bool dequantizes, uint64_t chunk, unsigned slots,
                                                bool count_first, bool owns_device,
                                                Profiler* profiler) {
-  if (device == "cpu")
+  if (!may_open_gpu(device, threads, dequantizes))
     return std::unique_ptr<GpuHandle>();
   auto parsed = parse_device(device);
   if (!parsed)
     return parsed.status();
   const int ordinal = std::max(0, *parsed);
-  if (device == "auto" && !auto_uses_gpu(threads, detect_simd_level(), dequantizes))
-    return std::unique_ptr<GpuHandle>();
   // Counting devices is the driver's start (0.1-0.2 s on the H200 host). Where the output is a
   // stream (stdout, commands), it comes before the work, so that a device asked for by name and
   // missing is told before a stream has begun. Into a directory it is part of the opening,
   // beside the work: a missing device fails the run at the first chunk it could have taken (or
   // at its end), before anything is committed under OUT.
-  // auto on a machine with no NVIDIA driver's device nodes has no GPU to find: it stays on the
-  // CPU without starting the opening or sizing for it.
-  if (device == "auto" && !count_first && !has_gpu_device_nodes())
-    return std::unique_ptr<GpuHandle>();
   if (count_first) {
     const int count = CudaTransformer::device_count();
     if (device == "auto" && count == 0)
@@ -121,12 +122,9 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   const uint64_t budget = options.max_memory - held;
   Engine e;
   PipelineConfig& c = e.config;
-  const bool gpu_may_transform =
-      options.device != "cpu" &&
-      (options.device != "auto" ||
-       (auto_uses_gpu(threads, detect_simd_level(), dequantizes) && has_gpu_device_nodes()));
-  c.writers =
-      options.writers ? options.writers : default_writers(threads, files, gpu_may_transform);
+  c.writers = options.writers ? options.writers
+                              : default_writers(threads, files,
+                                                may_open_gpu(options.device, threads, dequantizes));
   if (!options.pipe_to.empty()) // each lane feeds one command: --uploads of them at once
     c.writers = options.uploads ? options.uploads : 4;
   if (options.format == OutputFormat::tar) // one stream, its entries in order
