@@ -97,8 +97,10 @@ public:
                                       [this](tbb::flow_control& fc) { return emit(fc); }) &
         tbb::make_filter<Item*, Item*>(tbb::filter_mode::parallel,
                                        [this](Item* item) { return transform(item); });
-    auto consume = tbb::make_filter<Item*, void>(tbb::filter_mode::serial_in_order,
-                                                 [this](Item* item) { write(item); });
+    auto consume = tbb::make_filter<Item*, Item*>(tbb::filter_mode::serial_in_order,
+                                                  [this](Item* item) { return write(item); }) &
+                   tbb::make_filter<Item*, void>(tbb::filter_mode::parallel,
+                                                 [this](Item* item) { give_back(item); });
     if (s_.config.digests)
       tbb::parallel_pipeline(s_.config.tokens, produce &
                                                    tbb::make_filter<Item*, Item*>(
@@ -185,9 +187,8 @@ private:
     return item;
   }
 
-  // Stage 3: write in order, then give back what the item held (input pages, its buffer).
-  void write(Item* raw) {
-    std::unique_ptr<Item> item(raw);
+  // Stage 3: write in order.
+  Item* write(Item* item) {
     const uint64_t t0 = s_.profiler.now();
     if (last_write_end_)
       s_.profiler.record(Stage::wait, last_write_end_, t0, 0);
@@ -199,15 +200,27 @@ private:
     if (!s_.failure.failed())
       if (Status st = writer_.write(*item); !st.ok())
         s_.failure.fail(std::move(st));
-    if (item->release_length)
-      item->shard->file->release(item->release_offset, item->release_length);
-    s_.meter.wrote(*item, writer_.totals().done - before);
+    item->written = writer_.totals().done - before;
+    last_write_end_ = s_.profiler.now();
+    return item;
+  }
+
+  // Stage 4 (parallel): give back what the written item held, off the lane's one writing thread:
+  // its input pages (dropping them from the mapping is page-table work that grows with the bytes)
+  // and its buffer. Releasing after the write is safe for any later item: a released page that
+  // is read again faults back in from the file.
+  void give_back(Item* raw) {
+    std::unique_ptr<Item> item(raw);
+    const uint64_t t0 = s_.profiler.now();
+    const uint64_t released = item->release_input();
+    s_.meter.wrote(*item, item->written);
     s_.retirement.wrote(s_.meter.done(), s_.profiler.now());
     if (item->buffer) {
       s_.pool.release(item->buffer);
       s_.meter.sub_in_flight(item->length);
     }
-    last_write_end_ = s_.profiler.now();
+    if (released)
+      s_.profiler.record(Stage::release, t0, s_.profiler.now(), released);
   }
 
   Shared& s_;

@@ -1,12 +1,16 @@
 // pipeline.h: moving a plan's bytes. Each output file is a unit of work; `writers` lanes take
-// files from one queue and each runs a bounded tbb::parallel_pipeline of three stage objects:
+// files from one queue and each runs a bounded tbb::parallel_pipeline of three stage objects and
+// a last step that gives back what an item held:
 //
-//   Emitter (serial, in order) -> TransformStage (parallel)    -> WriteStage (serial, in order)
-//   takes the lane's next file,   transpose-fold a chunk on the   appends to the lane's file
-//   cuts copy runs and experts    CPU or the CUDA stage, or       through an OutputTarget
-//   into chunks, takes a buffer   fills ones                      (copy_file_range / splice for
-//                                                                 runs); frees the buffer,
-//                                                                 releases the input pages
+//   Emitter (serial, in order) -> TransformStage (parallel) -> WriteStage (serial, in order)
+//   takes the lane's next file,   transpose-fold a chunk on    opens the lane's file, appends
+//   cuts copy runs and experts    the CPU or the CUDA stage,   to it through an OutputTarget
+//   into chunks, takes a buffer   or fills ones                (copy_file_range / splice for
+//                                                              runs), commits it
+//   -> give back (parallel): drops the item's input pages from the mappings, frees its buffer
+//
+// Giving back runs after the in-order write, on any thread, so the lane's one writing thread
+// only writes.
 //
 // Lanes share the transform threads, the buffer pool and one memory budget: each lane has at
 // most `tokens` items alive, each holding at most one buffer of `chunk_bytes` and reading at most

@@ -20,9 +20,9 @@ namespace shardshift {
 
 const char* stage_name(Stage stage) {
   static const char* const NAMES[STAGE_COUNT] = {
-      "plan",    "read",       "transform_cpu", "transform_gpu", "gpu_stage",
-      "gpu_h2d", "gpu_kernel", "gpu_d2h",       "write_copy",    "write_data",
-      "commit",  "wait",       "hash",          "gpu_open",      "gpu_close"};
+      "plan",       "read",     "transform_cpu", "transform_gpu", "gpu_stage", "gpu_h2d",
+      "gpu_kernel", "gpu_d2h",  "write_copy",    "write_data",    "commit",    "wait",
+      "hash",       "gpu_open", "gpu_close",     "release",       "open"};
   return NAMES[static_cast<int>(stage)];
 }
 

@@ -222,10 +222,7 @@ Result<StreamSummary> for_each_converted_tensor(const std::filesystem::path& inp
     const bool more = walk.take(*item, buffer, transformer);
     // What the item read of the input is done with: drop it from the mapping, as the pipeline's
     // write stage does, so the resident set stays flat.
-    if (item->release_length)
-      item->shard->file->release(item->release_offset, item->release_length);
-    for (const InputRange& r : item->releases)
-      r.shard->file->release(r.offset, r.length);
+    item->release_input();
     if (!more) {
       if (!walk.stopped())
         return walk.status();

@@ -1,6 +1,6 @@
 // work_item.h: the unit that flows through the pipeline (pipeline.h). The emitter cuts the plan
 // into items in output order; the transform stage fills the buffers of transform and ones items;
-// the write stage moves every item's bytes to its output file and releases what it held.
+// the write stage moves every item's bytes to its output file; then what it held is given back.
 // Thread-safety: an item belongs to one stage at a time (TBB hands it over).
 #pragma once
 
@@ -68,6 +68,20 @@ struct Item {
   std::optional<QuantizeArgs> quantize;
   std::string quantize_source; ///< the input tensor's name, for errors
   Status status;
+  uint64_t written = 0; ///< bytes the write stage counted for it (the header's, for open_file)
+
+  /// Drops the input this item read from the mappings (release_offset and `releases`), once it
+  /// is written; returns the bytes. Safe whatever still runs: a page read again faults back in.
+  uint64_t release_input() const {
+    if (release_length)
+      shard->file->release(release_offset, release_length);
+    uint64_t bytes = release_length;
+    for (const InputRange& r : releases) {
+      r.shard->file->release(r.offset, r.length);
+      bytes += r.length;
+    }
+    return bytes;
+  }
 };
 
 } // namespace shardshift

@@ -20,9 +20,6 @@ Status WriteStage::write(const Item& item) {
     s = close_file(item);
     break;
   }
-  // A stacked chunk's pieces may lie in several shards; their pages are done once it is written.
-  for (const InputRange& r : item.releases)
-    r.shard->file->release(r.offset, r.length);
   return s;
 }
 
@@ -39,7 +36,10 @@ Status WriteStage::open_file(const Item& item) {
   writer_->set_cancel(cancel_);
   open_file_ = &file;
   totals_.done += file.header.size();
-  return target_.open(*writer_, file);
+  const uint64_t t0 = profiler_.now();
+  Status s = target_.open(*writer_, file);
+  profiler_.record(Stage::open, t0, profiler_.now(), file.size(), file.name);
+  return s;
 }
 
 Status WriteStage::copy_run(const Item& item) {

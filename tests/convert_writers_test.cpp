@@ -88,6 +88,40 @@ TEST_F(ConvertTest, EachLaneSaysWhenItEndedAndItsLastFile) {
   }
 }
 
+// --stats accounts for the lanes' time beyond the writes: each output file's opening (its temp
+// name and the space reserved for it) and the input pages given back once written, which run on
+// any thread after the lane's in-order write.
+TEST_F(ConvertTest, StatsCountEachFileOpenedAndEveryInputByteGivenBack) {
+  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
+  reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
+  PlanOptions plan_options;
+  plan_options.max_shard_size = 120'000;
+  auto plan = plan_conversion(tmp / "hf", plan_options);
+  ASSERT_TRUE(plan.ok());
+  uint64_t file_bytes = 0;
+  for (const OutputFile& f : plan->files)
+    file_bytes += f.size();
+  for (unsigned writers : {1u, 3u}) {
+    auto r = run(tmp / "hf", tmp / ("out" + std::to_string(writers)), opts([&](ConvertOptions& o) {
+                   o.writers = writers;
+                   o.plan = plan_options;
+                 }));
+    ASSERT_TRUE(r.ok());
+    const StageSummary& open = r->stages[static_cast<int>(Stage::open)];
+    const StageSummary& release = r->stages[static_cast<int>(Stage::release)];
+    EXPECT_STREQ(stage_name(Stage::open), "open");
+    EXPECT_STREQ(stage_name(Stage::release), "release");
+    EXPECT_EQ(open.count, plan->files.size()) << writers << " lanes";
+    EXPECT_EQ(open.bytes, file_bytes);
+    // The experts are transposed within BF16 and nothing is filled in, so every byte read (copied
+    // or transformed) was given back once, and nothing else was.
+    ASSERT_GT(r->transformed_bytes, 0u);
+    EXPECT_EQ(release.bytes, r->zero_copy_bytes + r->fallback_copy_bytes + r->transformed_bytes)
+        << writers << " lanes";
+    EXPECT_GT(release.count, 0u);
+  }
+}
+
 // Fails the rename that commits one chosen output file.
 class FailOneCommit final : public ForwardingIo {
 public:

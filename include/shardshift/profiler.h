@@ -43,8 +43,10 @@ enum class Stage : uint8_t {
   hash,          ///< --checksums: SHA-256 of each output file's bytes, in order
   gpu_open,      ///< CUDA: counting the devices, the context, the slots, pinning the pool
   gpu_close,     ///< CUDA: unpinning the pool, freeing the slots, resetting the device
+  release,       ///< dropping written items' input pages from the mappings
+  open,          ///< creating an output file (its temp name) and reserving its space
 };
-inline constexpr int STAGE_COUNT = 15;
+inline constexpr int STAGE_COUNT = 17;
 const char* stage_name(Stage stage);
 
 struct StageSummary {
