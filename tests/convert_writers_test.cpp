@@ -51,16 +51,27 @@ TEST_F(ConvertTest, WritersThreadsAndBudgetsGiveTheSameBytes) {
       }
 }
 
-TEST_F(ConvertTest, EachLaneSaysWhenItEndedAndItsLastFile) {
-  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
-  reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
+// A tiny diffusion_gemma checkpoint in three shards at tmp/hf, planned into output files of at
+// most 120 kB: more files than the lanes the tests below run.
+class SeveralFilesTest : public ConvertTest {
+protected:
+  void SetUp() override {
+    ConvertTest::SetUp();
+    reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 6, 4, 96, 40), 3,
+                                "diffusion_gemma");
+    plan_options.max_shard_size = 120'000;
+    auto planned = plan_conversion(tmp / "hf", plan_options);
+    ASSERT_TRUE(planned.ok());
+    plan = std::move(*planned);
+    ASSERT_GE(plan.files.size(), 4u) << "the tests need more files than lanes";
+  }
   PlanOptions plan_options;
-  plan_options.max_shard_size = 120'000;
-  auto plan = plan_conversion(tmp / "hf", plan_options);
-  ASSERT_TRUE(plan.ok());
-  ASSERT_GE(plan->files.size(), 4u) << "the test needs more files than lanes";
+  Plan plan;
+};
+
+TEST_F(SeveralFilesTest, EachLaneSaysWhenItEndedAndItsLastFile) {
   std::set<std::string> names;
-  for (const OutputFile& f : plan->files)
+  for (const OutputFile& f : plan.files)
     names.insert(f.name);
   for (unsigned writers : {1u, 3u}) {
     auto r = run(tmp / "hf", tmp / ("out" + std::to_string(writers)), opts([&](ConvertOptions& o) {
@@ -84,22 +95,16 @@ TEST_F(ConvertTest, EachLaneSaysWhenItEndedAndItsLastFile) {
     EXPECT_EQ(last_files.size(), r->lane_ends.size()) << "each lane ends with a file of its own";
     // Lanes take files in the plan's order, so whichever lane took the plan's last file ended
     // with it; one lane wrote them all and ended with it.
-    EXPECT_TRUE(last_files.contains(plan->files.back().name));
+    EXPECT_TRUE(last_files.contains(plan.files.back().name));
   }
 }
 
 // --stats accounts for the lanes' time beyond the writes: each output file's opening (its temp
 // name and the space reserved for it) and the input pages given back once written, which run on
 // any thread after the lane's in-order write.
-TEST_F(ConvertTest, StatsCountEachFileOpenedAndEveryInputByteGivenBack) {
-  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
-  reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
-  PlanOptions plan_options;
-  plan_options.max_shard_size = 120'000;
-  auto plan = plan_conversion(tmp / "hf", plan_options);
-  ASSERT_TRUE(plan.ok());
+TEST_F(SeveralFilesTest, StatsCountEachFileOpenedAndEveryInputByteGivenBack) {
   uint64_t file_bytes = 0;
-  for (const OutputFile& f : plan->files)
+  for (const OutputFile& f : plan.files)
     file_bytes += f.size();
   for (unsigned writers : {1u, 3u}) {
     auto r = run(tmp / "hf", tmp / ("out" + std::to_string(writers)), opts([&](ConvertOptions& o) {
@@ -111,7 +116,7 @@ TEST_F(ConvertTest, StatsCountEachFileOpenedAndEveryInputByteGivenBack) {
     const StageSummary& release = r->stages[static_cast<int>(Stage::release)];
     EXPECT_STREQ(stage_name(Stage::open), "open");
     EXPECT_STREQ(stage_name(Stage::release), "release");
-    EXPECT_EQ(open.count, plan->files.size()) << writers << " lanes";
+    EXPECT_EQ(open.count, plan.files.size()) << writers << " lanes";
     EXPECT_EQ(open.bytes, file_bytes);
     // The experts are transposed within BF16 and nothing is filled in, so every byte read (copied
     // or transformed) was given back once, and nothing else was.
