@@ -18,6 +18,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <iterator>
 
 #include <boost/program_options.hpp>
 
@@ -210,7 +211,18 @@ void print_lane_ends(const std::vector<ConvertSummary::LaneEnd>& ends) {
 void print_stats(const ConvertSummary& s) {
   std::fprintf(stderr, "%-14s %8s %12s %10s %7s %12s %10s %10s\n", "stage", "count", "bytes",
                "busy", "share", "rate", "p50", "p99");
-  for (const StageSummary& st : s.stages) {
+  // In the order a chunk meets them, the GPU's opening and closing last.
+  static constexpr Stage ORDER[] = {Stage::plan,          Stage::open,          Stage::read,
+                                    Stage::transform_cpu, Stage::transform_gpu, Stage::gpu_stage,
+                                    Stage::gpu_h2d,       Stage::gpu_kernel,    Stage::gpu_d2h,
+                                    Stage::hash,          Stage::write_copy,    Stage::write_data,
+                                    Stage::wait,          Stage::release,       Stage::commit,
+                                    Stage::gpu_open,      Stage::gpu_close};
+  static_assert(std::size(ORDER) == STAGE_COUNT, "every stage once");
+  for (Stage stage : ORDER) {
+    if (static_cast<size_t>(stage) >= s.stages.size())
+      continue;
+    const StageSummary& st = s.stages[static_cast<size_t>(stage)];
     if (st.count == 0)
       continue;
     double busy = static_cast<double>(st.busy_ns) / 1e9;

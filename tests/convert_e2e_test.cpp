@@ -7,9 +7,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <set>
-#include <string>
 #include <signal.h>
 #include <spawn.h>
+#include <string>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -196,6 +196,15 @@ TEST_F(ConvertCli, TraceIsChromeTraceJson) {
   EXPECT_NE(trace.find("\"ph\":\"X\""), std::string::npos);
   EXPECT_NE(trace.find("\"name\":\"thread_name\""), std::string::npos);
   EXPECT_NE(r.err.find("transform_cpu"), std::string::npos) << r.err; // the --stats table
+  // Its rows in the order a chunk meets the stages, not the order they were added in.
+  size_t before = 0;
+  for (const char* row : {"\nplan ", "\nopen ", "\nread ", "\ntransform_cpu ", "\nwrite_data ",
+                          "\nrelease ", "\ncommit "}) {
+    const size_t at = r.err.find(row);
+    ASSERT_NE(at, std::string::npos) << row << " in\n" << r.err;
+    EXPECT_GT(at, before) << row << " in\n" << r.err;
+    before = at;
+  }
 }
 
 TEST_F(ConvertCli, InterruptRemovesEverything) {
