@@ -10,6 +10,10 @@
 #   perf/device_choice_bench.sh [options]
 #     --bin PATH        shardshift (default .dev/shardshift)
 #     --old-bin PATH    another shardshift, run by the device "cuda-old" (before and after)
+#     --out DIR         where the output goes (default RAM/out), for another filesystem: say
+#                       a tmpfs with huge pages, mounted first (`mount -t tmpfs -o
+#                       size=60g,huge=within_size tmpfs /mnt/rh`, then `--out /mnt/rh/out`), as
+#                       "Where a lane's time goes" measured it
 #     --ram DIR         where to work, in RAM (default /mnt/ram; a tmpfs is mounted there when
 #                       it is not on one already)
 #     --models LIST     "deepseek_v3 diffusion_gemma" (default both)
@@ -28,17 +32,19 @@
 #     --runs R          rounds (default 2); then one `--device auto` run per core count
 #     --scale K         synth --scale K: small inputs, to try this script (figures use 1)
 #     --stats           run with --stats and add what the GPU read in place from the mappings
+#                       and the lanes' time in `open` (creating the files, reserving their space)
 # DeepSeek-V3: `synth --model deepseek_v3 --layers 5 --scale-experts 4 --mtp-layers 0
 # --max-shard-size 2GB` (11 GB of FP8 in, 19.4 GB of BF16 out); diffusion_gemma: `synth --layers 8
 # --max-shard-size 1GB` (14.6 GB in, 16.0 GB out).
 set -uo pipefail
-BIN=.dev/shardshift OLD_BIN="" RAM=/mnt/ram MODELS="deepseek_v3 diffusion_gemma" CORES="2 4 16"
+BIN=.dev/shardshift OLD_BIN="" RAM=/mnt/ram OUT="" MODELS="deepseek_v3 diffusion_gemma" CORES="2 4 16"
 DEVICES="cpu cuda" WRITERS="" RUNS=2 SCALE=1 STATS=()
 while [ $# -gt 0 ]; do
   case "$1" in
   --bin) BIN=$2; shift 2 ;;
   --old-bin) OLD_BIN=$2; shift 2 ;;
   --ram) RAM=$2; shift 2 ;;
+  --out) OUT=$2; shift 2 ;;
   --models) MODELS=$2; shift 2 ;;
   --cores) CORES=$2; shift 2 ;;
   --devices) DEVICES=$2; shift 2 ;;
@@ -46,7 +52,7 @@ while [ $# -gt 0 ]; do
   --runs) RUNS=$2; shift 2 ;;
   --scale) SCALE=$2; shift 2 ;;
   --stats) STATS=(--stats); shift ;;
-  -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,/^set -uo/{/^set -uo/!p}' "$0"; exit 0 ;;
   *) echo "device_choice_bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -54,7 +60,7 @@ mkdir -p "$RAM" || exit 1
 if [ "$(stat -f -c %T "$RAM")" != tmpfs ]; then # not in RAM yet: make it so
   mount -t tmpfs -o size=100g tmpfs "$RAM" || exit 1
 fi
-IN=$RAM/in OUT=$RAM/out
+IN=$RAM/in OUT=${OUT:-$RAM/out}
 
 run() { # cores device [writers]
   local dev=$2 env=() extra=() bin=$BIN
@@ -72,9 +78,10 @@ run() { # cores device [writers]
   env "${env[@]}" /usr/bin/time -f "%e s, peak %M KB" taskset -c "0-$(($1 - 1))" \
     "$bin" convert "$IN" "$OUT" --no-sync -j "$1" --device "$dev" "${extra[@]}" "${STATS[@]}" \
     >/dev/null 2>/tmp/device_choice.err || { tail -3 /tmp/device_choice.err; return; }
-  printf '  cores %-2s %-9s %-4s %s | %s %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \
+  printf '  cores %-2s %-9s %-4s %s | %s %s %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \
     "$(grep -o 'transformed [0-9.]* [GM]B on [^;]*' /tmp/device_choice.err | head -1)" \
-    "$(grep -o '^gpu input: [0-9.]* [GMk]*B' /tmp/device_choice.err | sed 's/^gpu input: /in place /')"
+    "$(grep -o '^gpu input: [0-9.]* [GMk]*B' /tmp/device_choice.err | sed 's/^gpu input: /in place /')" \
+    "$(awk '$1 == "open" {print "open " $5}' /tmp/device_choice.err)"
 }
 
 for model in $MODELS; do
