@@ -27,7 +27,10 @@
 #                       "cuda-block" is cuda with SHARDSHIFT_GPU_WAIT=block (a thread sleeps
 #                       through its chunk's GPU work rather than running other work);
 #                       "cpu-768" is cpu with --max-memory 768MiB (the chunk size cuda gets
-#                       from the default 1GiB, its staging slots budgeted for)
+#                       from the default 1GiB, its staging slots budgeted for);
+#                       "cpu-write", "cuda-write", "cpu-mapped" and "cuda-mapped" set
+#                       SHARDSHIFT_FILL=write or =mapped (every file written in order by its
+#                       lane, or filled through its mapping, whatever the default would choose)
 #     --writers LIST    --writers values to sweep (default: none, shardshift's own default)
 #     --runs R          rounds (default 2); then one `--device auto` run per core count
 #     --scale K         synth --scale K: small inputs, to try this script (figures use 1)
@@ -72,6 +75,7 @@ run() { # cores device [writers]
   staged) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=staged) ;;
   cuda-none) dev=cuda env=(SHARDSHIFT_ROUTER=cpu) ;;
   cuda-all) dev=cuda env=(SHARDSHIFT_ROUTER=gpu) ;;
+  *-write | *-mapped) dev=${2%-*} env=(SHARDSHIFT_FILL=${2##*-}) ;;
   esac
   [ -n "${3:-}" ] && extra+=(--writers "$3")
   rm -rf "$OUT"

@@ -34,6 +34,7 @@ public:
   using ForwardingIo::ForwardingIo;
   int fsync(int) override { return 0; }
   int sync_file_range(int, off_t, off_t, unsigned) override { return 0; }
+  bool maps_writes() const override { return base().maps_writes(); } // it drops no write
 };
 
 ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const Engine& engine,

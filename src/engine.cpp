@@ -157,6 +157,7 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   if (options.wait_for_gpu || (close && std::string_view(close) == "late"))
     c.gpu_retire_ahead_ns = 0;
   c.io = &io;
+  c.fill = fill_mode(threads, c.writers, io);
   c.cancel = options.cancel;
   c.progress = callbacks.progress;
   return e;

@@ -45,6 +45,7 @@ public:
     // filesystem without support reports EOPNOTSUPP, which the writer ignores.
     return ::fallocate(fd, 0, offset, length);
   }
+  int ftruncate(int fd, off_t length) override { return ::ftruncate(fd, length); }
   int fsync(int fd) override { return ::fsync(fd); }
   int sync_file_range(int fd, off_t offset, off_t length, unsigned flags) override {
     return ::sync_file_range(fd, offset, length, flags);
@@ -55,6 +56,7 @@ public:
     return ::mkdir(path, static_cast<mode_t>(mode));
   }
   int rmdir(const char* path) override { return ::rmdir(path); }
+  bool maps_writes() const override { return true; }
 };
 
 } // namespace
@@ -91,6 +93,9 @@ ssize_t ForwardingIo::splice(int fd_in, off_t* off_in, int fd_out, off_t* off_ou
 
 int ForwardingIo::fallocate(int fd, off_t offset, off_t length) {
   return base_.fallocate(fd, offset, length);
+}
+int ForwardingIo::ftruncate(int fd, off_t length) {
+  return base_.ftruncate(fd, length);
 }
 
 int ForwardingIo::fsync(int fd) {

@@ -89,7 +89,7 @@ Result<std::string> write_share(const Job& job, Io& io, const Checkpoint& input,
   mine.cancel = coordinator.stop_flag();
   if (config.digests)
     mine.digests = &digests;
-  DirectoryTarget target(staging);
+  DirectoryTarget target(staging, nullptr, config.fill);
   auto moved = run_pipeline(input, plan, files, target, mine, profiler);
   if (!moved)
     return name_final_paths(moved.status(), staging, job.paths.output);

@@ -162,14 +162,14 @@ Status file_changed_error(const std::string& path) {
                              "mapped); re-run when no other process is writing it");
 }
 
-Status guard_mapped_access(const MappedFile& file, const std::function<void()>& fn) {
+bool run_catching_sigbus(const std::function<void()>& fn) {
   install_sigbus_handler();
   sigjmp_buf jump;
   sigjmp_buf* const outer = t_guard_jump;
   // savemask = 1: the handler runs with SIGBUS blocked; siglongjmp must unblock it again.
   if (sigsetjmp(jump, 1) != 0) {
     t_guard_jump = outer;
-    return file_changed_error(file.path());
+    return false;
   }
   t_guard_jump = &jump;
   try {
@@ -179,6 +179,12 @@ Status guard_mapped_access(const MappedFile& file, const std::function<void()>& 
     throw;
   }
   t_guard_jump = outer;
+  return true;
+}
+
+Status guard_mapped_access(const MappedFile& file, const std::function<void()>& fn) {
+  if (!run_catching_sigbus(fn))
+    return file_changed_error(file.path());
   return {};
 }
 

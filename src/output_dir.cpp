@@ -329,7 +329,7 @@ Result<UploadResult> build_directory(const ConvertOptions& options, const Checkp
   auto files = files_to_write(io, plan, config, output, staging, adopted, notes, r);
   if (!files)
     return files.status();
-  DirectoryTarget target(staging);
+  DirectoryTarget target(staging, nullptr, config.fill);
   auto moved = run_pipeline(input, plan, *files, target, config, profiler);
   if (!moved)
     return moved.status();

@@ -11,9 +11,11 @@
 #include "write_stage.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <tbb/parallel_for.h>
@@ -42,6 +44,18 @@ unsigned default_writers(unsigned threads, size_t files, bool gpu) {
   if (gpu && threads >= 4 && files <= 2 * size_t{per_threads})
     lanes = std::min<size_t>(files, 16);
   return static_cast<unsigned>(std::max<size_t>(1, lanes));
+}
+
+FillMode fill_mode(unsigned threads, unsigned writers, const Io& io) {
+  if (const char* forced = std::getenv("SHARDSHIFT_FILL")) {
+    if (std::string_view(forced) == "write")
+      return FillMode::write;
+    if (std::string_view(forced) == "mapped")
+      return FillMode::mapped;
+  }
+  if (!io.maps_writes() || threads < 3 * std::max(1u, writers))
+    return FillMode::write;
+  return FillMode::mapped_on_tmpfs;
 }
 
 namespace {
@@ -205,21 +219,34 @@ private:
     return item;
   }
 
-  // Stage 4 (parallel): give back what the written item held, off the lane's one writing thread:
-  // its input pages (dropping them from the mapping is page-table work that grows with the bytes)
-  // and its buffer. Releasing after the write is safe for any later item: a released page that
-  // is read again faults back in from the file.
+  // Stage 4 (parallel): a reserved item's bytes copied into its mapped file (write_stage.h),
+  // then what the written item held given back, off the lane's one writing thread: its input
+  // pages (dropping them from the mapping is page-table work that grows with the bytes) and its
+  // buffer. Releasing after the write is safe for any later item: a released page that is read
+  // again faults back in.
   void give_back(Item* raw) {
     std::unique_ptr<Item> item(raw);
-    const uint64_t t0 = s_.profiler.now();
-    const uint64_t released = item->release_input();
+    // A chunk's input is done with once it is transformed, so it goes before the copy into the
+    // mapped file (which makes pages of its own); a copy run's input is what is copied.
+    const bool input_first = item->fill && item->kind != ItemKind::copy_run;
+    if (input_first)
+      give_back_input(*item);
+    if (item->fill)
+      if (Status st = writer_.fill(*item, s_.failure.failed()); !st.ok())
+        s_.failure.fail(std::move(st));
+    if (!input_first)
+      give_back_input(*item);
     s_.meter.wrote(*item, item->written);
     s_.retirement.wrote(s_.meter.done(), s_.profiler.now());
     if (item->buffer) {
       s_.pool.release(item->buffer);
       s_.meter.sub_in_flight(item->length);
     }
-    if (released)
+  }
+
+  void give_back_input(const Item& item) {
+    const uint64_t t0 = s_.profiler.now();
+    if (const uint64_t released = item.release_input())
       s_.profiler.record(Stage::release, t0, s_.profiler.now(), released);
   }
 

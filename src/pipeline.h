@@ -53,6 +53,8 @@ struct PipelineConfig {
   /// --checksums: when set (one entry per plan file), the SHA-256 of each file written is stored
   /// at its index, computed by a serial stage of its lane between transform and write.
   std::vector<std::string>* digests = nullptr;
+  /// How a directory output's files are filled (DirectoryTarget; fill_mode() chooses).
+  FillMode fill = FillMode::write;
 };
 
 /// When one writer lane ran out of files, and the last file it wrote. A run ends with its last
@@ -87,6 +89,15 @@ void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, un
 /// GPU leaves cores free, and otherwise the file beyond the lanes is written alone at the end
 /// ("The last file written alone").
 unsigned default_writers(unsigned threads, size_t files, bool gpu = false);
+
+/// How the files of a directory output are filled (FillMode), for `threads` threads and `writers`
+/// lanes, through `io`: SHARDSHIFT_FILL=write or =mapped when set (for comparisons); otherwise
+/// through mappings on a tmpfs when there are at least three threads per lane and `io` allows it
+/// (Io::maps_writes), and written in order otherwise. Filling through a mapping costs about 2.5
+/// times the CPU per byte of a write (each new page is zeroed, then copied into), so it pays only
+/// where threads would otherwise wait for a lane writing one file alone (PERFORMANCE.md, "One
+/// file filled by several threads"). On a disk the page cache's write-back is left to writes.
+FillMode fill_mode(unsigned threads, unsigned writers, const Io& io);
 
 /// Writes plan.files[i] for every i in `files` through `target` (a directory: each file committed
 /// by rename as it completes; a stream: one file only).

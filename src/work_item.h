@@ -12,11 +12,14 @@
 #include "transpose.h"
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace shardshift {
+
+struct FillingFile; // write_stage.h
 
 enum class ItemKind {
   open_file,  ///< start plan.files[file]: write its header
@@ -69,6 +72,10 @@ struct Item {
   std::string quantize_source; ///< the input tensor's name, for errors
   Status status;
   uint64_t written = 0; ///< bytes the write stage counted for it (the header's, for open_file)
+  /// Reserved by the write stage at fill_offset of a file filled through its mapping: the step
+  /// after it copies the bytes there (WriteStage::fill).
+  std::shared_ptr<FillingFile> fill;
+  uint64_t fill_offset = 0;
 
   /// Drops the input this item read from the mappings (release_offset and `releases`), once it
   /// is written; returns the bytes. Safe whatever still runs: a page read again faults back in.

@@ -1,9 +1,24 @@
-// write_stage.cpp: opening, filling and finishing output files, one item at a time.
+// write_stage.cpp: opening, filling and finishing output files, one item at a time, or for a
+// mapped file, item by item on any thread.
 #include "write_stage.h"
+
+#include <sys/vfs.h>
+
+#include <linux/magic.h>
 
 namespace shardshift {
 
-Status WriteStage::write(const Item& item) {
+DirectoryTarget::DirectoryTarget(std::filesystem::path dir, Io* io, FillMode fill)
+    : dir_(std::move(dir)), io_(io) {
+  struct statfs info;
+  mapped_ = fill == FillMode::mapped ||
+            (fill == FillMode::mapped_on_tmpfs && ::statfs(dir_.c_str(), &info) == 0 &&
+             info.f_type == TMPFS_MAGIC);
+}
+
+Status WriteStage::write(Item& item) {
+  if (filling_ && item.kind != ItemKind::open_file && item.kind != ItemKind::close_file)
+    return reserve(item);
   Status s;
   switch (item.kind) {
   case ItemKind::open_file:
@@ -28,6 +43,73 @@ void WriteStage::abandon() {
     target_.abandon(*writer_, *open_file_);
   writer_.reset();
   open_file_ = nullptr;
+  if (filling_) { // never closed; nothing fills it any more once the pipeline has ended
+    filling_->failed = true;
+    (void)release(std::exchange(filling_, nullptr));
+  }
+}
+
+Status WriteStage::reserve(Item& item) {
+  auto offset = filling_->writer->reserve(item.length);
+  if (!offset)
+    return offset.status();
+  item.fill = filling_;
+  item.fill_offset = *offset;
+  filling_->pending.fetch_add(1);
+  if (item.kind == ItemKind::copy_run)
+    totals_.fallback_copy_bytes += item.length; // copied through memory, not by the kernel
+  if (item.kind == ItemKind::ones)
+    totals_.ones_bytes += item.length;
+  totals_.done += item.length;
+  return {};
+}
+
+Status WriteStage::fill(Item& item, bool skip) {
+  if (!item.fill)
+    return {};
+  const std::shared_ptr<FillingFile> f = std::move(item.fill);
+  Status s;
+  if (skip || f->failed.load()) {
+    f->failed = true;
+  } else {
+    const uint64_t t0 = profiler_.now();
+    if (item.kind == ItemKind::copy_run) {
+      const MappedFile& in = *item.shard->file;
+      auto view = in.view(item.in_offset, item.length);
+      if (!view) {
+        s = view.status();
+      } else {
+        in.populate(item.in_offset, item.length); // one call rather than a fault per page
+        s = f->writer->fill(item.fill_offset, *view, &in.path());
+      }
+    } else {
+      s = f->writer->fill(item.fill_offset, {item.buffer, item.length});
+    }
+    profiler_.record(item.kind == ItemKind::copy_run ? Stage::write_copy : Stage::write_data, t0,
+                     profiler_.now(), item.length, item.tensor->name);
+    if (!s.ok())
+      f->failed = true;
+  }
+  Status finished = release(f);
+  return s.ok() ? finished : s;
+}
+
+Status WriteStage::release(const std::shared_ptr<FillingFile>& f) {
+  if (f->pending.fetch_sub(1, std::memory_order_acq_rel) != 1)
+    return {};
+  if (f->failed.load()) {
+    target_.abandon(*f->writer, *f->file);
+    return {};
+  }
+  const uint64_t t0 = profiler_.now();
+  Status s = target_.finish(*f->writer, *f->file);
+  if (!s.ok()) {
+    target_.abandon(*f->writer, *f->file);
+    return s;
+  }
+  filled_output_bytes_ += f->file->size();
+  profiler_.record(Stage::commit, t0, profiler_.now(), f->file->size(), f->file->name);
+  return s;
 }
 
 Status WriteStage::open_file(const Item& item) {
@@ -39,6 +121,12 @@ Status WriteStage::open_file(const Item& item) {
   const uint64_t t0 = profiler_.now();
   Status s = target_.open(*writer_, file);
   profiler_.record(Stage::open, t0, profiler_.now(), file.size(), file.name);
+  if (s.ok() && writer_->mapped()) {
+    filling_ = std::make_shared<FillingFile>();
+    filling_->writer = std::move(writer_);
+    filling_->file = &file;
+    open_file_ = nullptr;
+  }
   return s;
 }
 
@@ -83,6 +171,8 @@ Status WriteStage::append_chunk(const Item& item) {
 }
 
 Status WriteStage::close_file(const Item& item) {
+  if (filling_) // finished by the last of its items still filling, or now
+    return release(std::exchange(filling_, nullptr));
   const OutputFile& file = plan_.files[item.file];
   const uint64_t t0 = profiler_.now();
   Status s = target_.finish(*writer_, file);

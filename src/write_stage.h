@@ -3,7 +3,17 @@
 // headers and buffers by write, pass-through runs by copy_file_range / splice (zero-copy). An
 // OutputTarget decides where a file's ShardWriter points: a staged file in a directory, or an
 // open descriptor (stdout, a pipe). A new destination is a new OutputTarget.
-// Thread-safety: one thread at a time (the serial in-order stage).
+//
+// A file that the target opened mapped (FillMode::mapped: a tmpfs, with cores to spare) is not
+// written in order by the lane's one thread. The write stage only hands each item its place in
+// the file (reserve), and fill() copies the bytes there from the parallel step after it, on
+// whichever thread runs that item: several threads fill one file at once, which write calls into
+// one file cannot (they serialize on the file's lock; PERFORMANCE.md, "One file filled by several
+// threads"). A FillingFile counts the items still to copy; the last of them, or the file's close
+// if it comes after them, finishes the file.
+// Thread-safety: write() and abandon() from one thread at a time (the serial in-order stage);
+// fill() from any thread, several at once; totals() from the serial stage or once the pipeline
+// has ended.
 #pragma once
 
 #include "shardshift/io.h"
@@ -37,23 +47,41 @@ public:
   }
 };
 
+/// How a directory's files are filled (PipelineConfig::fill): each written in order by its
+/// lane's one thread; or copied into a shared mapping of it by the threads that run its items
+/// (ShardWriter::open_mapped), always or only where the directory is on a tmpfs.
+enum class FillMode { write, mapped, mapped_on_tmpfs };
+
 /// Each file staged under a temporary name in `dir`, fsync'ed and renamed into place.
 /// A file whose name has a directory part ("original/params.json", a side file) gets its
-/// subdirectories created first, through `io`.
+/// subdirectories created first, through `io`. `fill`: whether files are opened mapped (FillMode).
 class DirectoryTarget final : public OutputTarget {
 public:
-  explicit DirectoryTarget(std::filesystem::path dir, Io* io = nullptr)
-      : dir_(std::move(dir)), io_(io) {}
+  explicit DirectoryTarget(std::filesystem::path dir, Io* io = nullptr,
+                           FillMode fill = FillMode::write);
   Status open(ShardWriter& writer, const OutputFile& file) override {
     if (io_ && file.name.find('/') != std::string::npos)
       if (Status s = make_directories(*io_, (dir_ / file.name).parent_path()); !s.ok())
         return s;
+    if (mapped_)
+      return writer.open_mapped(dir_ / file.name, file.header, file.data_size);
     return writer.open(dir_ / file.name, file.header, file.data_size);
   }
 
 private:
   std::filesystem::path dir_;
   Io* io_;
+  bool mapped_ = false;
+};
+
+/// A file being filled through its mapping, shared by the write stage and the items reserved in
+/// it (Item::fill).
+struct FillingFile {
+  std::unique_ptr<ShardWriter> writer;
+  const OutputFile* file = nullptr;
+  /// Items reserved and not yet filled, plus one until the file's close has been reached.
+  std::atomic<uint64_t> pending{1};
+  std::atomic<bool> failed{false}; ///< a fill failed, or the run did: abandon rather than finish
 };
 
 /// The file's bytes written to an open descriptor (stdout or a pipe); nothing to rename.
@@ -83,17 +111,29 @@ public:
       : io_(io), plan_(plan), target_(target), profiler_(profiler), cancel_(cancel) {}
   ~WriteStage() { abandon(); }
 
-  /// Moves the item's bytes to the output (or opens / finishes a file).
-  Status write(const Item& item);
+  /// Moves the item's bytes to the output (or opens / finishes a file). Into a mapped file,
+  /// reserves the item's place instead (Item::fill, Item::fill_offset) for fill().
+  Status write(Item& item);
+  /// Copies a reserved item's bytes into its file's mapping (nothing for other items); the last
+  /// item of a closed file finishes it. `skip` (the run has failed): copies nothing, and the file
+  /// is abandoned rather than finished. Any thread.
+  Status fill(Item& item, bool skip);
   /// Removes the file being written, if any (after a failure).
   void abandon();
-  const WriteTotals& totals() const { return totals_; }
+  WriteTotals totals() const {
+    WriteTotals t = totals_;
+    t.output_bytes += filled_output_bytes_.load();
+    return t;
+  }
 
 private:
   Status open_file(const Item& item);
   Status copy_run(const Item& item);
   Status append_chunk(const Item& item);
   Status close_file(const Item& item);
+  Status reserve(Item& item);
+  /// One of the file's pending counts is done; the last finishes (or abandons) it.
+  Status release(const std::shared_ptr<FillingFile>& f);
 
   Io& io_;
   const Plan& plan_;
@@ -102,7 +142,9 @@ private:
   const std::atomic<bool>* cancel_;
   std::unique_ptr<ShardWriter> writer_;
   const OutputFile* open_file_ = nullptr; ///< the file writer_ is writing
+  std::shared_ptr<FillingFile> filling_; ///< the open file, when it is mapped (writer_ is null)
   WriteTotals totals_;
+  std::atomic<uint64_t> filled_output_bytes_{0}; ///< mapped files finished (by any thread)
 };
 
 } // namespace shardshift

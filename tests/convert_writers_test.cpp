@@ -7,7 +7,12 @@
 #include "convert_harness.h"
 #include "pipeline.h"
 
+#include <cstdlib>
 #include <cstring>
+#include <iostream>
+#include <sys/mount.h>
+#include <optional>
+#include <string>
 #include <set>
 
 namespace shardshift::testing {
@@ -49,6 +54,64 @@ TEST_F(ConvertTest, WritersThreadsAndBudgetsGiveTheSameBytes) {
         EXPECT_EQ(files_of(tmp / out), want)
             << writers << " writers, " << threads << " threads, budget " << budget;
       }
+}
+
+// Sets an environment variable for a scope, restoring what was there.
+class ScopedEnv {
+public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name))
+      old_ = old;
+    if (value)
+      ::setenv(name, value, 1);
+    else
+      ::unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
+  }
+
+private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+TEST_F(ConvertTest, FilesFilledThroughMappingsGiveTheSameBytes) {
+  // As above, with every file filled through its mapping by the threads that run its items.
+  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
+  in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {512, 96});
+  reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
+  auto written = run(tmp / "hf", tmp / "written", opts([](ConvertOptions& o) {
+                       o.plan.max_shard_size = 120'000;
+                     }));
+  ASSERT_TRUE(written.ok());
+  ASSERT_GE(written->files, 4u);
+  const auto want = files_of(tmp / "written");
+
+  ScopedEnv mapped("SHARDSHIFT_FILL", "mapped");
+  int n = 0;
+  for (unsigned writers : {1u, 3u})
+    for (unsigned threads : {1u, 2u, 5u})
+      for (uint64_t budget : {uint64_t{256} << 10, uint64_t{1} << 30}) {
+        const std::string out = "mapped" + std::to_string(n++);
+        auto r = run(tmp / "hf", tmp / out, opts([&](ConvertOptions& o) {
+                       o.writers = writers;
+                       o.threads = threads;
+                       o.max_memory = budget;
+                       o.plan.max_shard_size = 120'000;
+                     }));
+        ASSERT_TRUE(r.ok()) << r.status().message();
+        // Nothing went through the kernel's copy: every pass-through byte was copied in place.
+        EXPECT_EQ(r->zero_copy_bytes, 0u);
+        EXPECT_GT(r->fallback_copy_bytes, 0u);
+        EXPECT_EQ(files_of(tmp / out), want)
+            << writers << " writers, " << threads << " threads, budget " << budget;
+      }
+  reference::expect_same(reference::read_checkpoint(tmp / "mapped0"),
+                         reference::ref_from_hf(in, true, {}));
 }
 
 // A tiny diffusion_gemma checkpoint in three shards at tmp/hf, planned into output files of at
@@ -171,6 +234,43 @@ TEST_F(ConvertTest, AFailingLaneStopsEveryLaneAndLeavesNothing) {
   EXPECT_TRUE(list_dir(tmp / "parent").empty()) << "staging or output left behind";
 }
 
+TEST_F(ConvertTest, AFilesystemFullWhileFillingMappedFilesFailsCleanly) {
+  // A tmpfs that holds any one output file but not all of them: files filled side by side pass
+  // the check of free space at their opening, and one runs out while it is filled (or, opened
+  // after the others took the space, fails that check). Either way: a full disk, and nothing left.
+  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
+  in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {1024, 96});
+  reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
+  auto sized = run(tmp / "hf", tmp / "sized", opts([](ConvertOptions& o) {
+                     o.plan.max_shard_size = 120'000;
+                   }));
+  ASSERT_TRUE(sized.ok());
+  ASSERT_GE(sized->files, 4u);
+  uint64_t largest = 0;
+  for (const auto& [name, bytes] : files_of(tmp / "sized"))
+    largest = std::max<uint64_t>(largest, bytes.size());
+  ASSERT_GT(sized->output_bytes, 2 * largest);
+  std::filesystem::create_directory(tmp / "mnt");
+  const std::string size = "size=" + std::to_string((largest * 3 / 2 + 8192) / 4096 * 4096);
+  if (::mount("tmpfs", (tmp / "mnt").c_str(), "tmpfs", 0, size.c_str()) != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno) << ")";
+  ScopedEnv mapped("SHARDSHIFT_FILL", "mapped");
+  auto r = run(tmp / "hf", tmp / "mnt" / "out", opts([&](ConvertOptions& o) {
+                 o.writers = static_cast<unsigned>(sized->files);
+                 o.threads = 4;
+                 o.plan.max_shard_size = 120'000;
+               }));
+  const std::vector<std::string> left = list_dir(tmp / "mnt");
+  ::umount((tmp / "mnt").c_str());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::no_space) << r.status().message();
+  EXPECT_NE(r.status().message().find("free space or choose another output directory"),
+            std::string::npos)
+      << r.status().message();
+  EXPECT_TRUE(left.empty()) << "left on the full filesystem: " << left.front();
+  std::cout << "[ note ] " << r.status().message() << "\n";
+}
+
 TEST(WriterLanes, DefaultFollowsThreadsAndFiles) {
   EXPECT_EQ(default_writers(1, 10), 1u);
   EXPECT_EQ(default_writers(2, 10), 2u);
@@ -197,6 +297,28 @@ TEST(WriterLanes, WithTheGpuAFewFilesGetALaneEach) {
   EXPECT_EQ(default_writers(2, 3, true), 2u);
   EXPECT_EQ(default_writers(2, 5, true), 2u);
   EXPECT_EQ(default_writers(4, 5, false), 4u);
+}
+
+TEST(WriterLanes, FilesAreMappedOnlyWithThreadsToSpare) {
+  ScopedEnv unset("SHARDSHIFT_FILL", nullptr);
+  Io& io = Io::system();
+  EXPECT_EQ(fill_mode(16, 5, io), FillMode::mapped_on_tmpfs); // DeepSeek-V3's 5 files
+  EXPECT_EQ(fill_mode(16, 4, io), FillMode::mapped_on_tmpfs);
+  EXPECT_EQ(fill_mode(3, 1, io), FillMode::mapped_on_tmpfs);
+  EXPECT_EQ(fill_mode(16, 8, io), FillMode::write); // every thread a lane or a transform
+  EXPECT_EQ(fill_mode(4, 4, io), FillMode::write);
+  EXPECT_EQ(fill_mode(2, 1, io), FillMode::write);
+  // A decorator (a test's fault injection) sees every write.
+  ForwardingIo decorated(io);
+  EXPECT_EQ(fill_mode(16, 1, decorated), FillMode::write);
+  {
+    ScopedEnv forced("SHARDSHIFT_FILL", "mapped");
+    EXPECT_EQ(fill_mode(2, 2, io), FillMode::mapped);
+  }
+  {
+    ScopedEnv forced("SHARDSHIFT_FILL", "write");
+    EXPECT_EQ(fill_mode(16, 1, io), FillMode::write);
+  }
 }
 
 TEST(WriterLanes, MemoryInFlightStaysOneFormula) {

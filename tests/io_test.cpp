@@ -69,6 +69,10 @@ public:
     return log("mkdir " + std::string(path) + " " + std::to_string(mode), 11);
   }
   int rmdir(const char* path) override { return log("rmdir " + std::string(path), 12); }
+  int ftruncate(int fd, off_t length) override {
+    return log("ftruncate " + std::to_string(fd) + " " + std::to_string(length), 14);
+  }
+  bool maps_writes() const override { return true; }
 
 private:
   int log(std::string call, int result) {
@@ -97,6 +101,7 @@ TEST(ForwardingIo, ForwardsEveryCallWithItsArgumentsAndResult) {
   EXPECT_EQ(io.mkdir("/e", 0755), 11);
   EXPECT_EQ(io.rmdir("/f"), 12);
   EXPECT_EQ(io.sync_file_range(9, 4096, 8192, 2), 13);
+  EXPECT_EQ(io.ftruncate(10, 4096), 14);
   const std::vector<std::string> expected = {
       "open /a " + std::to_string(O_WRONLY) + " 420",
       "close 3",
@@ -111,8 +116,13 @@ TEST(ForwardingIo, ForwardsEveryCallWithItsArgumentsAndResult) {
       "mkdir /e 493",
       "rmdir /f",
       "sync_file_range 9 4096 8192 2",
+      "ftruncate 10 4096",
   };
   EXPECT_EQ(recorder.calls, expected);
+  // The one answer not passed on: a decorator that does not say otherwise sees every byte
+  // written, so files are not filled through mappings under it.
+  EXPECT_TRUE(recorder.maps_writes());
+  EXPECT_FALSE(io.maps_writes());
 }
 
 // Passes everything to the kernel, counting removals; can refuse to remove directories.

@@ -4,8 +4,9 @@
 // The input (made by `shardshift synth` in another process, so it costs this one nothing) has a
 // 369 MB embedding, one pass-through run ten times the budget, and a 320 MB side file. It is
 // converted (1) with the kernel's copy refused, as across filesystems on many kernels, so every
-// pass-through byte is written from the mapping; (2) onto a tmpfs mounted for the test (another
-// filesystem; skipped without the privilege to mount); (3) to a pipe. Mapped input pages must be
+// pass-through byte is written from the mapping; (1b) with every file filled through a shared
+// mapping of it; (2) onto a tmpfs mounted for the test (another filesystem; skipped without the
+// privilege to mount), written and filled; (3) to a pipe. Mapped input pages must be
 // released chunk by chunk on every path, so the peak stays near the budget, far below the
 // embedding's size.
 #include "shardshift/convert.h"
@@ -77,11 +78,26 @@ TEST(MemoryBudget, HoldsWhenCopiesFallBackAcrossFilesystemsAndToPipes) {
   EXPECT_GT(fallback->fallback_copy_bytes, uint64_t{369} << 20);
   std::filesystem::remove_all(tmp / "fallback");
 
+  // Every file filled through a shared mapping of it (pipeline.h, fill_mode): the pages it makes
+  // are dropped from the process as they are filled, so they do not pile up either.
+  ::setenv("SHARDSHIFT_FILL", "mapped", 1);
+  auto mapped = convert_with(tmp / "in", tmp / "mapped", nullptr);
+  ::unsetenv("SHARDSHIFT_FILL");
+  ASSERT_TRUE(mapped.ok()) << mapped.status().message();
+  EXPECT_EQ(mapped->zero_copy_bytes, 0u);
+  EXPECT_GT(mapped->fallback_copy_bytes, uint64_t{369} << 20);
+  std::filesystem::remove_all(tmp / "mapped");
+
   std::filesystem::create_directory(tmp / "mnt");
   const bool mounted = ::mount("tmpfs", (tmp / "mnt").c_str(), "tmpfs", 0, "size=3g") == 0;
   if (mounted) {
     auto across = convert_with(tmp / "in", tmp / "mnt" / "out", nullptr);
     EXPECT_TRUE(across.ok()) << across.status().message();
+    std::filesystem::remove_all(tmp / "mnt" / "out");
+    ::setenv("SHARDSHIFT_FILL", "mapped", 1);
+    auto across_mapped = convert_with(tmp / "in", tmp / "mnt" / "out", nullptr);
+    ::unsetenv("SHARDSHIFT_FILL");
+    EXPECT_TRUE(across_mapped.ok()) << across_mapped.status().message();
     ::umount((tmp / "mnt").c_str());
   } else {
     std::cout << "[ note ] cannot mount a tmpfs here (" << std::strerror(errno)

@@ -8,9 +8,13 @@
 
 #include <fcntl.h>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <thread>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -441,6 +445,185 @@ TEST(ShardWriter, AStreamIsNeverWrittenBack) {
   reader.join();
   ::close(fds[0]);
   EXPECT_TRUE(io.calls.empty());
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Files filled through their mapping (open_mapped, reserve, fill)
+
+// Reads a whole file into a string.
+std::string file_text(const fs::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+TEST(ShardWriter, AMappedFileIsFilledByThreadsInAnyOrder) {
+  std::mt19937_64 rng(testing::test_seed());
+  TempDir dir;
+  // Pieces of random sizes (some larger than a WRITE_PIECE, some not page multiples), filled by
+  // four threads in a shuffled order: the file holds them in reserve order.
+  std::string data;
+  std::vector<std::pair<uint64_t, uint64_t>> pieces; // offset in data, length
+  while (data.size() < (uint64_t{20} << 20)) {
+    const uint64_t length = rng() % 3 == 0 ? rng() % 100 : 1 + rng() % (ShardWriter::WRITE_PIECE * 3 / 2);
+    pieces.emplace_back(data.size(), length);
+    for (uint64_t i = 0; i < length; ++i)
+      data.push_back(static_cast<char>(rng()));
+  }
+  const std::string header = "HEADER-BYTES";
+  ShardWriter writer;
+  ASSERT_TRUE(writer.open_mapped(dir / "f.safetensors", header, data.size()).ok());
+  ASSERT_TRUE(writer.mapped()) << "this filesystem refused a shared writable mapping";
+  std::vector<uint64_t> offsets;
+  for (auto [at, length] : pieces) {
+    auto offset = writer.reserve(length);
+    ASSERT_TRUE(offset.ok()) << offset.status().message();
+    EXPECT_EQ(*offset, header.size() + at);
+    offsets.push_back(*offset);
+  }
+  std::vector<size_t> order(pieces.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::shuffle(order.begin(), order.end(), rng);
+  std::atomic<size_t> next{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (size_t k; (k = next.fetch_add(1)) < order.size();) {
+        const auto [at, length] = pieces[order[k]];
+        if (!writer.fill(offsets[order[k]], as_span(data).subspan(at, length)).ok())
+          ++failures;
+      }
+    });
+  for (auto& t : threads)
+    t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_FALSE(writer.fill(header.size() + data.size() - 4, as_span(data).first(5)).ok())
+      << "filled past the end of the file";
+  ASSERT_TRUE(writer.finish().ok()) << writer.status().message();
+  EXPECT_TRUE(file_text(dir / "f.safetensors") == header + data);
+  EXPECT_TRUE(temp_files(dir.path()).empty());
+
+  ShardWriter small;
+  ASSERT_TRUE(small.open_mapped(dir / "small", header, 10).ok());
+  EXPECT_TRUE(small.reserve(6).ok());
+  EXPECT_FALSE(small.reserve(5).ok()) << "reserved past the planned size";
+}
+
+TEST(ShardWriter, UnderADecoratorAMappedOpenWrites) {
+  // A decorator (a fault-injecting test double) must see every byte: no mapping then.
+  TempDir dir;
+  ForwardingIo io(Io::system());
+  ShardWriter writer(io);
+  ASSERT_TRUE(writer.open_mapped(dir / "f", "H", 3).ok());
+  EXPECT_FALSE(writer.mapped());
+  EXPECT_FALSE(writer.reserve(3).ok());
+  ShardWriter plain(io); // the failed reserve above is sticky; write the bytes on a new one
+  ASSERT_TRUE(plain.open_mapped(dir / "g", "H", 3).ok());
+  ASSERT_TRUE(plain.append(as_span(std::string("abc"))).ok());
+  ASSERT_TRUE(plain.finish().ok());
+  EXPECT_EQ(file_text(dir / "g"), "Habc");
+}
+
+// Lets files be mapped, and holds a write once hold() is called until go(): so that a fill can
+// be made to find another thread writing, and copy through the mapping.
+class HeldWriteIo final : public ForwardingIo {
+public:
+  HeldWriteIo() : ForwardingIo(Io::system()) {}
+  bool maps_writes() const override { return true; }
+  ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) override {
+    {
+      std::unique_lock lock(mu_);
+      if (held_) {
+        writing_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !held_; });
+      }
+    }
+    return ForwardingIo::pwrite(fd, buf, count, offset);
+  }
+  void hold() {
+    std::lock_guard lock(mu_);
+    held_ = true;
+  }
+  void wait_writing() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return writing_; });
+  }
+  void go() {
+    std::lock_guard lock(mu_);
+    held_ = false;
+    cv_.notify_all();
+  }
+
+private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool held_ = false, writing_ = false;
+};
+
+TEST(ShardWriter, AFillThatFindsAnotherWritingCopiesThroughTheMapping) {
+  TempDir dir;
+  std::string data(3 << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i)
+    data[i] = static_cast<char>(i * 7 + i / 4093);
+  HeldWriteIo io;
+  ShardWriter writer(io);
+  ASSERT_TRUE(writer.open_mapped(dir / "f", "H", data.size()).ok());
+  ASSERT_TRUE(writer.mapped());
+  const uint64_t a = writer.reserve(1 << 20).value(),
+                 b = writer.reserve(data.size() - (1 << 20)).value();
+  io.hold();
+  Status first;
+  std::thread t([&] { first = writer.fill(a, as_span(data).first(1 << 20)); });
+  io.wait_writing();
+  // The first fill holds the write: this one copies through the mapping, not a byte by pwrite.
+  Status second = writer.fill(b, as_span(data).subspan(1 << 20));
+  io.go();
+  t.join();
+  ASSERT_TRUE(first.ok()) << first.message();
+  ASSERT_TRUE(second.ok()) << second.message();
+  ASSERT_TRUE(writer.finish().ok());
+  EXPECT_TRUE(file_text(dir / "f") == "H" + data);
+}
+
+TEST(ShardWriter, AMappedFileTruncatedUnderItFailsTheFillWithoutACrash) {
+  TempDir dir;
+  HeldWriteIo io;
+  ShardWriter writer(io);
+  const std::string data(1 << 20, 'z');
+  ASSERT_TRUE(writer.open_mapped(dir / "f", "H", 2 * data.size()).ok());
+  ASSERT_TRUE(writer.mapped());
+  const uint64_t a = writer.reserve(data.size()).value(), b = writer.reserve(data.size()).value();
+  const std::vector<std::string> temps = temp_files(dir.path());
+  ASSERT_EQ(temps.size(), 1u);
+  ASSERT_EQ(::truncate((dir / temps[0]).c_str(), 0), 0); // another process, say
+  io.hold();
+  std::thread t([&] { (void)writer.fill(a, as_span(data)); });
+  io.wait_writing();
+  Status s = writer.fill(b, as_span(data)); // through the mapping: past the file's new end
+  io.go();
+  t.join();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), Errc::io);
+  EXPECT_NE(s.message().find("truncated"), std::string::npos) << s.message();
+  writer.abandon();
+  EXPECT_TRUE(temp_files(dir.path()).empty());
+  EXPECT_FALSE(fs::exists(dir / "f"));
+}
+
+TEST(ShardWriter, AMappedOpenRefusesMoreThanTheFilesystemHolds) {
+  TempDir dir;
+  struct statvfs info;
+  ASSERT_EQ(::statvfs(dir.path().c_str(), &info), 0);
+  const uint64_t free_bytes = static_cast<uint64_t>(info.f_bavail) * info.f_frsize;
+  ShardWriter writer;
+  Status s = writer.open_mapped(dir / "f", "H", 2 * free_bytes + (uint64_t{1} << 30));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), Errc::no_space);
+  EXPECT_NE(s.message().find("free space or choose another output directory"), std::string::npos)
+      << s.message();
+  EXPECT_TRUE(testing::list_dir(dir.path()).empty()) << "the temporary file was left";
 }
 
 } // namespace

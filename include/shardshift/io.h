@@ -32,6 +32,7 @@ public:
                                   size_t len) = 0;
   virtual ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) = 0;
   virtual int fallocate(int fd, off_t offset, off_t length) = 0;
+  virtual int ftruncate(int fd, off_t length) = 0;
   virtual int fsync(int fd) = 0;
   /// sync_file_range(2): start (and with SYNC_FILE_RANGE_WAIT_* flags, wait for) the write-back of
   /// a range of `fd`, without the metadata fsync commits. A hint: callers ignore its errors.
@@ -40,6 +41,11 @@ public:
   virtual int unlink(const char* path) = 0;
   virtual int mkdir(const char* path, unsigned mode) = 0;
   virtual int rmdir(const char* path) = 0;
+  /// Whether output files may be filled through shared mappings of them (ShardWriter::
+  /// open_mapped): their bytes are then copied into the file's pages, not written by a call of
+  /// this Io. The system Io: yes. A decorator: only if it says so (ForwardingIo: no), so that a
+  /// fault-injecting test double sees every byte written.
+  virtual bool maps_writes() const = 0;
 
   /// The process-wide Io that calls the kernel, adding nothing (no retry, no wording). Its class
   /// is private to io.cpp: nothing derives from it, and decorators wrap it through ForwardingIo.
@@ -59,12 +65,17 @@ public:
                           size_t len) override;
   ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override;
   int fallocate(int fd, off_t offset, off_t length) override;
+  int ftruncate(int fd, off_t length) override;
   int fsync(int fd) override;
   int sync_file_range(int fd, off_t offset, off_t length, unsigned flags) override;
   int rename(const char* from, const char* to) override;
   int unlink(const char* path) override;
   int mkdir(const char* path, unsigned mode) override;
   int rmdir(const char* path) override;
+  bool maps_writes() const override { return false; }
+
+protected:
+  Io& base() const { return base_; }
 
 private:
   Io& base_;

@@ -59,6 +59,11 @@ private:
 /// recovery unwinds with siglongjmp). Nested guards on one thread are allowed.
 Status guard_mapped_access(const MappedFile& file, const std::function<void()>& fn);
 
+/// The same guard for any mapping (an output file filled through one, ShardWriter::fill): runs
+/// `fn` and returns false, instead of crashing, if it touched a mapped page that could not be
+/// provided (SIGBUS: the file shrank, or its filesystem had no room for a new page).
+bool run_catching_sigbus(const std::function<void()>& fn);
+
 /// The error of an input file that changed while it was read (Errc::file_changed, naming `path`):
 /// what guard_mapped_access returns on SIGBUS, and what ShardWriter::append_copy returns when the
 /// kernel can no longer read its source (EFAULT from a mapping, a copy that ends early).

@@ -35,6 +35,32 @@ public:
   /// (from build_header). `data_size` is the exact number of data bytes that will follow;
   /// space for them is reserved up front so a full disk is found before most of the work.
   Status open(const std::filesystem::path& final_path, std::string header, uint64_t data_size);
+  /// Like open(), but the data bytes are then copied into a shared mapping of the file by fill(),
+  /// at the offsets reserve() hands out, on any thread and several at once: write calls into one
+  /// file serialize on its lock, copies into its pages do not (docs/PERFORMANCE.md, "One file
+  /// filled by several threads"). The header is written at once. Space is checked against the
+  /// filesystem's free space rather than reserved (reserving is that same serial work); a
+  /// filesystem that runs full while the file is filled fails fill() with Errc::no_space. Where
+  /// the file cannot be mapped (io.maps_writes() is false, or the filesystem refuses), this is
+  /// open(): mapped() says which.
+  Status open_mapped(const std::filesystem::path& final_path, std::string header,
+                     uint64_t data_size);
+  /// Whether the file is filled through its mapping (open_mapped succeeded in mapping it).
+  bool mapped() const { return map_ != nullptr; }
+  /// A mapped file: the offset at which the next `length` bytes go. The writer's position moves
+  /// past them as if they were written; fill() must then put them there.
+  Result<uint64_t> reserve(uint64_t length);
+  /// A mapped file: puts `bytes` at `offset` (from reserve()). One thread at a time writes them
+  /// (pwrite: no page is zeroed first, and writes into one file serialize anyway); a thread that
+  /// finds another writing copies into the mapping instead, then drops the pages it touched from
+  /// this process's page tables (the bytes stay in the file), so that filling holds at most the
+  /// pages of the fills under way. Safe on any thread, beside other fill() and reserve() calls;
+  /// finish() and abandon() must come after every fill() has returned.
+  /// `source` (may be null): the input file `bytes` are mapped from, named (Errc::file_changed)
+  /// when a page of it has vanished. Does not change status(): the caller keeps the failure.
+  Status fill(uint64_t offset, std::span<const std::byte> bytes,
+              const std::string* source = nullptr) const;
+
   /// Starts a stream to an already open descriptor (a pipe or stdout): no temp file, no rename.
   Status open_stream(int fd, std::string name, std::string header, uint64_t data_size);
 
@@ -69,6 +95,14 @@ private:
   bool cancelled() const { return cancel_ && cancel_->load(std::memory_order_relaxed); }
   Status write_bytes(std::span<const std::byte> bytes, const std::string* source);
   void write_behind();
+  Status start_file(const std::filesystem::path& final_path, uint64_t header_size,
+                    uint64_t data_size);
+  Status create_temp(int access);
+  Status reserve_space();
+  Status fill_by_write(uint64_t offset, std::span<const std::byte> bytes,
+                       const std::string* source) const;
+  Status fill_fault(uint64_t offset, const std::string* source) const;
+  void unmap();
   Io* io_;
   const std::atomic<bool>* cancel_ = nullptr;
   int fd_ = -1;
@@ -79,6 +113,8 @@ private:
   uint64_t expected_size_ = 0;
   uint64_t position_ = 0;
   uint64_t started_ = 0, waited_ = 0; ///< write_behind: write-back started / waited for up to here
+  std::byte* map_ = nullptr;          ///< open_mapped: the whole file, shared and writable
+  mutable std::atomic_flag writing_;  ///< fill: a thread is writing (the others copy)
   Status status_;
 };
 
