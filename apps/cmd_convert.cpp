@@ -371,7 +371,8 @@ void add_convert_flags(ConvertFlags& f) {
       "Output files written at once, each by its own bounded pipeline within the one memory "
       "budget; 0 picks one per thread up to 8 threads, then one per two threads (at least 8), "
       "at most one per file and 16; with the GPU and 4 threads or more, one per file when the "
-      "files are at most twice that. Example: --writers 2")(
+      "files are at most twice that. Into a tmpfs with at least 3 threads per writer, each "
+      "file is filled by several threads. Example: --writers 2")(
       "max-memory", po::value<std::string>()->default_value("1GiB")->value_name("SIZE"),
       (std::string("Budget for buffers and mapped input in flight; peak memory stays within "
                    "it plus about 200 MB. ") +

@@ -79,7 +79,7 @@ run() { # cores device [writers]
   esac
   [ -n "${3:-}" ] && extra+=(--writers "$3")
   rm -rf "$OUT"
-  env "${env[@]}" /usr/bin/time -f "%e s, peak %M KB" taskset -c "0-$(($1 - 1))" \
+  env "${env[@]}" /usr/bin/time -f "%e s (%U user, %S sys), peak %M KB" taskset -c "0-$(($1 - 1))" \
     "$bin" convert "$IN" "$OUT" --no-sync -j "$1" --device "$dev" "${extra[@]}" "${STATS[@]}" \
     >/dev/null 2>/tmp/device_choice.err || { tail -3 /tmp/device_choice.err; return; }
   printf '  cores %-2s %-9s %-4s %s | %s %s %s\n' "$1" "$2" "${3:+w=$3}" "$(tail -1 /tmp/device_choice.err)" \

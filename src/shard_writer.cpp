@@ -13,16 +13,16 @@
 #include "discard.h"
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/mman.h>
-#include <sys/statvfs.h>
 #include <random>
 #include <string_view>
+#include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 namespace shardshift {
@@ -63,7 +63,7 @@ void wait_writable(int fd) {
 // Every write-side errno becomes one of three messages; the byte counts tell the user how far the
 // file got, which matters when the cause is a full disk or a reader that stopped early.
 Status write_error(const std::string& path, int err, uint64_t done, uint64_t total,
-                          const char* what) {
+                   const char* what) {
   if (err == ENOSPC || err == EDQUOT)
     return error(Errc::no_space, path + ": disk full after writing " + std::to_string(done) +
                                      " of " + std::to_string(total) +
@@ -114,12 +114,11 @@ Status ShardWriter::open_mapped(const fs::path& final_path, std::string header,
   struct statvfs fs_info;
   if (::fstatvfs(fd_, &fs_info) == 0 &&
       static_cast<uint64_t>(fs_info.f_bavail) * fs_info.f_frsize < expected_size_)
-    return fail(error(Errc::no_space,
-                      display_path_ + ": disk full: " + std::to_string(expected_size_) +
-                          " bytes needed, " +
-                          std::to_string(static_cast<uint64_t>(fs_info.f_bavail) *
-                                         fs_info.f_frsize) +
-                          " free; free space or choose another output directory"));
+    return fail(
+        error(Errc::no_space,
+              display_path_ + ": disk full: " + std::to_string(expected_size_) + " bytes needed, " +
+                  std::to_string(static_cast<uint64_t>(fs_info.f_bavail) * fs_info.f_frsize) +
+                  " free; free space or choose another output directory"));
   int rc;
   do {
     rc = io_->ftruncate(fd_, static_cast<off_t>(expected_size_));
@@ -191,10 +190,10 @@ Status ShardWriter::reserve_space() {
   if (rc != 0) {
     int err = errno;
     if (err == ENOSPC || err == EDQUOT)
-      return fail(error(Errc::no_space,
-                        display_path_ + ": disk full: cannot reserve " +
-                            std::to_string(expected_size_) +
-                            " bytes; free space or choose another output directory"));
+      return fail(
+          error(Errc::no_space, display_path_ + ": disk full: cannot reserve " +
+                                    std::to_string(expected_size_) +
+                                    " bytes; free space or choose another output directory"));
     if (err != EOPNOTSUPP && err != ENOSYS)
       return fail(error(Errc::io, display_path_ + ": cannot reserve space: " + errno_text(err)));
   }
@@ -344,8 +343,9 @@ Result<uint64_t> ShardWriter::reserve(uint64_t length) {
   if (!map_)
     return status_ = error(Errc::io, display_path_ + ": internal: reserve on an unmapped file");
   if (length > expected_size_ - position_)
-    return status_ = error(Errc::io, display_path_ + ": internal: writing past the planned size of " +
-                                         std::to_string(expected_size_) + " bytes");
+    return status_ =
+               error(Errc::io, display_path_ + ": internal: writing past the planned size of " +
+                                   std::to_string(expected_size_) + " bytes");
   const uint64_t offset = position_;
   position_ += length;
   return offset;
@@ -389,8 +389,7 @@ Status ShardWriter::fill_by_write(uint64_t offset, std::span<const std::byte> by
     if (cancelled())
       return error(Errc::interrupted, "interrupted");
     const size_t n = static_cast<size_t>(std::min<uint64_t>(bytes.size() - done, WRITE_PIECE));
-    const ssize_t w =
-        io_->pwrite(fd_, bytes.data() + done, n, static_cast<off_t>(offset + done));
+    const ssize_t w = io_->pwrite(fd_, bytes.data() + done, n, static_cast<off_t>(offset + done));
     if (w < 0) {
       const int err = errno;
       if (err == EINTR)

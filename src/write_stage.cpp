@@ -2,9 +2,8 @@
 // mapped file, item by item on any thread.
 #include "write_stage.h"
 
-#include <sys/vfs.h>
-
 #include <linux/magic.h>
+#include <sys/vfs.h>
 
 namespace shardshift {
 

@@ -142,7 +142,7 @@ private:
   const std::atomic<bool>* cancel_;
   std::unique_ptr<ShardWriter> writer_;
   const OutputFile* open_file_ = nullptr; ///< the file writer_ is writing
-  std::shared_ptr<FillingFile> filling_; ///< the open file, when it is mapped (writer_ is null)
+  std::shared_ptr<FillingFile> filling_;  ///< the open file, when it is mapped (writer_ is null)
   WriteTotals totals_;
   std::atomic<uint64_t> filled_output_bytes_{0}; ///< mapped files finished (by any thread)
 };

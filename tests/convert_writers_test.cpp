@@ -10,10 +10,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
-#include <sys/mount.h>
 #include <optional>
-#include <string>
 #include <set>
+#include <string>
+#include <sys/mount.h>
 
 namespace shardshift::testing {
 namespace {
@@ -84,9 +84,8 @@ TEST_F(ConvertTest, FilesFilledThroughMappingsGiveTheSameBytes) {
   Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
   in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {512, 96});
   reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
-  auto written = run(tmp / "hf", tmp / "written", opts([](ConvertOptions& o) {
-                       o.plan.max_shard_size = 120'000;
-                     }));
+  auto written = run(tmp / "hf", tmp / "written",
+                     opts([](ConvertOptions& o) { o.plan.max_shard_size = 120'000; }));
   ASSERT_TRUE(written.ok());
   ASSERT_GE(written->files, 4u);
   const auto want = files_of(tmp / "written");
@@ -241,9 +240,8 @@ TEST_F(ConvertTest, AFilesystemFullWhileFillingMappedFilesFailsCleanly) {
   Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
   in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {1024, 96});
   reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
-  auto sized = run(tmp / "hf", tmp / "sized", opts([](ConvertOptions& o) {
-                     o.plan.max_shard_size = 120'000;
-                   }));
+  auto sized = run(tmp / "hf", tmp / "sized",
+                   opts([](ConvertOptions& o) { o.plan.max_shard_size = 120'000; }));
   ASSERT_TRUE(sized.ok());
   ASSERT_GE(sized->files, 4u);
   uint64_t largest = 0;

@@ -6,15 +6,15 @@
 #include "shard_writer_support.h"
 #include "test_support.h"
 
-#include <fcntl.h>
 #include <atomic>
 #include <condition_variable>
-#include <mutex>
+#include <fcntl.h>
 #include <fstream>
+#include <mutex>
 #include <numeric>
 #include <random>
-#include <thread>
 #include <sys/statvfs.h>
+#include <thread>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -397,9 +397,7 @@ private:
 TEST(ShardWriter, StopsWithinAPieceOnceCancelled) {
   testing::TempDir dir;
   const std::string data(64 << 20, 'c'); // one 64 MiB append, and one 64 MiB copy
-  {
-    std::ofstream(dir / "in.bin", std::ios::binary) << data;
-  }
+  { std::ofstream(dir / "in.bin", std::ios::binary) << data; }
   for (bool copy : {false, true}) {
     SCOPED_TRACE(copy ? "append_copy" : "append");
     std::atomic<bool> cancel{false};
@@ -447,7 +445,6 @@ TEST(ShardWriter, AStreamIsNeverWrittenBack) {
   EXPECT_TRUE(io.calls.empty());
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Files filled through their mapping (open_mapped, reserve, fill)
 
@@ -465,7 +462,8 @@ TEST(ShardWriter, AMappedFileIsFilledByThreadsInAnyOrder) {
   std::string data;
   std::vector<std::pair<uint64_t, uint64_t>> pieces; // offset in data, length
   while (data.size() < (uint64_t{20} << 20)) {
-    const uint64_t length = rng() % 3 == 0 ? rng() % 100 : 1 + rng() % (ShardWriter::WRITE_PIECE * 3 / 2);
+    const uint64_t length =
+        rng() % 3 == 0 ? rng() % 100 : 1 + rng() % (ShardWriter::WRITE_PIECE * 3 / 2);
     pieces.emplace_back(data.size(), length);
     for (uint64_t i = 0; i < length; ++i)
       data.push_back(static_cast<char>(rng()));
