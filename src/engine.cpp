@@ -134,8 +134,11 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   // The GPU stage is bound by host memory traffic (each byte is staged into pinned memory, then
   // uploaded and downloaded), so it wants about one staging slot per core doing those copies.
   const unsigned gpu_slots = options.device == "cpu" ? 0 : std::clamp(threads, 2u, 16u);
-  size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
   const bool stream = is_stream(options) || !options.pipe_to.empty();
+  // The staging directory the files are written in lies beside OUT.
+  c.fill = stream ? FillMode::write
+                  : fill_mode(threads, c.writers, io, on_tmpfs(options.output.parent_path()));
+  size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens, c.fill);
   auto gpu = open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, stream,
                          options.owns_gpu, profiler);
   if (!gpu)
@@ -149,7 +152,7 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
       e.gpu.reset();
   }
   if (!e.gpu) // the CPU alone: no staging slots to budget for
-    size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
+    size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens, c.fill);
   c.gpu = e.gpu.get();
   // Waiting for the GPU (tests and benchmarks of its path) also keeps it to the last chunk, as
   // SHARDSHIFT_GPU_CLOSE=late does (for comparisons: the closing after the last chunk).
@@ -157,7 +160,6 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   if (options.wait_for_gpu || (close && std::string_view(close) == "late"))
     c.gpu_retire_ahead_ns = 0;
   c.io = &io;
-  c.fill = fill_mode(threads, c.writers, io);
   c.cancel = options.cancel;
   c.progress = callbacks.progress;
   return e;

@@ -18,15 +18,20 @@
 #include <string_view>
 #include <vector>
 
+#include <sys/vfs.h>
+
+#include <linux/magic.h>
+
 #include <tbb/parallel_for.h>
 #include <tbb/parallel_pipeline.h>
 
 namespace shardshift {
 
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
-                   uint64_t* chunk_bytes, unsigned* tokens) {
+                   uint64_t* chunk_bytes, unsigned* tokens, FillMode fill) {
   writers = std::max(1u, writers);
-  const unsigned t = std::max(3u, (threads + 2 + writers - 1) / writers);
+  const unsigned t = fill == FillMode::mapped ? std::max(3u, threads + 2)
+                                              : std::max(3u, (threads + 2 + writers - 1) / writers);
   uint64_t chunk = max_memory / (2ull * writers * t + gpu_slots);
   chunk &= ~uint64_t{4095};
   chunk = std::clamp<uint64_t>(chunk, 64 << 10, 64ull << 20);
@@ -46,16 +51,24 @@ unsigned default_writers(unsigned threads, size_t files, bool gpu) {
   return static_cast<unsigned>(std::max<size_t>(1, lanes));
 }
 
-FillMode fill_mode(unsigned threads, unsigned writers, const Io& io) {
+FillMode fill_mode(unsigned threads, unsigned writers, const Io& io, bool tmpfs) {
   if (const char* forced = std::getenv("SHARDSHIFT_FILL")) {
     if (std::string_view(forced) == "write")
       return FillMode::write;
     if (std::string_view(forced) == "mapped")
       return FillMode::mapped;
   }
-  if (!io.maps_writes() || threads < 3 * std::max(1u, writers))
+  if (!tmpfs || !io.maps_writes() || threads < 3 * std::max(1u, writers))
     return FillMode::write;
-  return FillMode::mapped_on_tmpfs;
+  return FillMode::mapped;
+}
+
+bool on_tmpfs(const std::filesystem::path& dir) {
+  struct statfs info;
+  std::error_code ec;
+  const std::filesystem::path where =
+      std::filesystem::exists(dir, ec) || !dir.has_parent_path() ? dir : dir.parent_path();
+  return ::statfs(where.empty() ? "." : where.c_str(), &info) == 0 && info.f_type == TMPFS_MAGIC;
 }
 
 namespace {

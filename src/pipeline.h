@@ -77,9 +77,11 @@ struct PipelineResult {
 /// Chunk size and per-lane token count for a memory budget, thread count and lane count (the
 /// formula of README "Memory"): tokens = max(3, ceil((threads + 2) / writers)),
 /// chunk = budget / (2 * writers * tokens + gpu_slots), rounded down to 4 KiB and clamped to
-/// [64 KiB, 64 MiB].
+/// [64 KiB, 64 MiB]. With `fill` FillMode::mapped, tokens = threads + 2 for every lane: a lane's
+/// file is then filled by as many threads as it has items in flight, so that a lane left alone
+/// with the largest file can use every thread (the same memory in smaller chunks).
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
-                   uint64_t* chunk_bytes, unsigned* tokens);
+                   uint64_t* chunk_bytes, unsigned* tokens, FillMode fill = FillMode::write);
 
 /// The default number of writer lanes: one per thread up to 8 threads, then one per two threads
 /// (and never fewer than 8), at most one per file and at most 16. Writing into the page cache or a
@@ -92,13 +94,17 @@ void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, un
 unsigned default_writers(unsigned threads, size_t files, bool gpu = false);
 
 /// How the files of a directory output are filled (FillMode), for `threads` threads and `writers`
-/// lanes, through `io`: SHARDSHIFT_FILL=write or =mapped when set (for comparisons); otherwise
-/// through mappings on a tmpfs when there are at least three threads per lane and `io` allows it
-/// (Io::maps_writes), and written in order otherwise. Filling through a mapping costs about 2.5
-/// times the CPU per byte of a write (each new page is zeroed, then copied into), so it pays only
-/// where threads would otherwise wait for a lane writing one file alone (PERFORMANCE.md, "One
-/// file filled by several threads"). On a disk the page cache's write-back is left to writes.
-FillMode fill_mode(unsigned threads, unsigned writers, const Io& io);
+/// lanes, through `io`, into a directory on a tmpfs or not (on_tmpfs): SHARDSHIFT_FILL=write or
+/// =mapped when set (for comparisons); otherwise by several threads on a tmpfs when there are at
+/// least three threads per lane and `io` allows it (Io::maps_writes), and written in order
+/// otherwise. A copy into a mapping costs about three times the CPU per byte of a write (each new
+/// page is zeroed, then copied into), so it pays only where threads would otherwise wait for a
+/// lane writing one file alone (PERFORMANCE.md, "One file filled by several threads"). On a disk
+/// the page cache's write-back is left to writes.
+FillMode fill_mode(unsigned threads, unsigned writers, const Io& io, bool tmpfs);
+
+/// Whether `dir` (or, when it does not exist yet, its parent) is on a tmpfs.
+bool on_tmpfs(const std::filesystem::path& dir);
 
 /// Writes plan.files[i] for every i in `files` through `target` (a directory: each file committed
 /// by rename as it completes; a stream: one file only).

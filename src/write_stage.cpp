@@ -2,18 +2,7 @@
 // mapped file, item by item on any thread.
 #include "write_stage.h"
 
-#include <linux/magic.h>
-#include <sys/vfs.h>
-
 namespace shardshift {
-
-DirectoryTarget::DirectoryTarget(std::filesystem::path dir, Io* io, FillMode fill)
-    : dir_(std::move(dir)), io_(io) {
-  struct statfs info;
-  mapped_ = fill == FillMode::mapped ||
-            (fill == FillMode::mapped_on_tmpfs && ::statfs(dir_.c_str(), &info) == 0 &&
-             info.f_type == TMPFS_MAGIC);
-}
 
 Status WriteStage::write(Item& item) {
   if (filling_ && item.kind != ItemKind::open_file && item.kind != ItemKind::close_file)

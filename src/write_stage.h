@@ -47,10 +47,10 @@ public:
   }
 };
 
-/// How a directory's files are filled (PipelineConfig::fill): each written in order by its
-/// lane's one thread; or copied into a shared mapping of it by the threads that run its items
-/// (ShardWriter::open_mapped), always or only where the directory is on a tmpfs.
-enum class FillMode { write, mapped, mapped_on_tmpfs };
+/// How a directory's files are filled (PipelineConfig::fill, from fill_mode): each written in
+/// order by its lane's one thread; or put in place by the threads that run its items, through a
+/// shared mapping of it (ShardWriter::open_mapped).
+enum class FillMode { write, mapped };
 
 /// Each file staged under a temporary name in `dir`, fsync'ed and renamed into place.
 /// A file whose name has a directory part ("original/params.json", a side file) gets its
@@ -58,7 +58,8 @@ enum class FillMode { write, mapped, mapped_on_tmpfs };
 class DirectoryTarget final : public OutputTarget {
 public:
   explicit DirectoryTarget(std::filesystem::path dir, Io* io = nullptr,
-                           FillMode fill = FillMode::write);
+                           FillMode fill = FillMode::write)
+      : dir_(std::move(dir)), io_(io), mapped_(fill == FillMode::mapped) {}
   Status open(ShardWriter& writer, const OutputFile& file) override {
     if (io_ && file.name.find('/') != std::string::npos)
       if (Status s = make_directories(*io_, (dir_ / file.name).parent_path()); !s.ok())
@@ -71,7 +72,7 @@ public:
 private:
   std::filesystem::path dir_;
   Io* io_;
-  bool mapped_ = false;
+  bool mapped_;
 };
 
 /// A file being filled through its mapping, shared by the write stage and the items reserved in

@@ -297,26 +297,30 @@ TEST(WriterLanes, WithTheGpuAFewFilesGetALaneEach) {
   EXPECT_EQ(default_writers(4, 5, false), 4u);
 }
 
-TEST(WriterLanes, FilesAreMappedOnlyWithThreadsToSpare) {
+TEST(WriterLanes, FilesAreFilledByThreadsOnlyOnATmpfsWithThreadsToSpare) {
   ScopedEnv unset("SHARDSHIFT_FILL", nullptr);
   Io& io = Io::system();
-  EXPECT_EQ(fill_mode(16, 5, io), FillMode::mapped_on_tmpfs); // DeepSeek-V3's 5 files
-  EXPECT_EQ(fill_mode(16, 4, io), FillMode::mapped_on_tmpfs);
-  EXPECT_EQ(fill_mode(3, 1, io), FillMode::mapped_on_tmpfs);
-  EXPECT_EQ(fill_mode(16, 8, io), FillMode::write); // every thread a lane or a transform
-  EXPECT_EQ(fill_mode(4, 4, io), FillMode::write);
-  EXPECT_EQ(fill_mode(2, 1, io), FillMode::write);
+  EXPECT_EQ(fill_mode(16, 5, io, true), FillMode::mapped); // DeepSeek-V3's 5 files
+  EXPECT_EQ(fill_mode(16, 4, io, true), FillMode::mapped);
+  EXPECT_EQ(fill_mode(3, 1, io, true), FillMode::mapped);
+  EXPECT_EQ(fill_mode(16, 8, io, true), FillMode::write); // every thread a lane or a transform
+  EXPECT_EQ(fill_mode(4, 4, io, true), FillMode::write);
+  EXPECT_EQ(fill_mode(2, 1, io, true), FillMode::write);
+  EXPECT_EQ(fill_mode(16, 1, io, false), FillMode::write); // a disk: writes
   // A decorator (a test's fault injection) sees every write.
   ForwardingIo decorated(io);
-  EXPECT_EQ(fill_mode(16, 1, decorated), FillMode::write);
+  EXPECT_EQ(fill_mode(16, 1, decorated, true), FillMode::write);
   {
     ScopedEnv forced("SHARDSHIFT_FILL", "mapped");
-    EXPECT_EQ(fill_mode(2, 2, io), FillMode::mapped);
+    EXPECT_EQ(fill_mode(2, 2, io, false), FillMode::mapped);
   }
   {
     ScopedEnv forced("SHARDSHIFT_FILL", "write");
-    EXPECT_EQ(fill_mode(16, 1, io), FillMode::write);
+    EXPECT_EQ(fill_mode(16, 1, io, true), FillMode::write);
   }
+  EXPECT_FALSE(on_tmpfs("/proc"));
+  if (on_tmpfs("/dev/shm")) // where it is one: a directory not made yet is judged by its parent
+    EXPECT_TRUE(on_tmpfs("/dev/shm/not-made-yet"));
 }
 
 TEST(WriterLanes, MemoryInFlightStaysOneFormula) {
@@ -337,6 +341,14 @@ TEST(WriterLanes, MemoryInFlightStaysOneFormula) {
   unsigned tokens = 0;
   size_pipeline(uint64_t{1} << 30, 16, 0, 1, &chunk, &tokens);
   EXPECT_EQ(tokens, 18u); // one lane: threads + 2, as before lanes existed
+  // Files filled by several threads: every lane gets threads + 2, in smaller chunks.
+  for (unsigned writers : {1u, 4u, 5u})
+    for (unsigned slots : {0u, 16u}) {
+      const uint64_t budget = uint64_t{1} << 30;
+      size_pipeline(budget, 16, slots, writers, &chunk, &tokens, FillMode::mapped);
+      EXPECT_EQ(tokens, 18u);
+      EXPECT_LE((2ull * writers * tokens + slots) * chunk, budget) << writers << " writers";
+    }
 }
 
 } // namespace
