@@ -154,6 +154,7 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("seconds").value(s.seconds).key("bytes_per_second").value(rate);
   w.key("peak_rss").value(s.peak_rss).key("chunk_bytes").value(s.chunk_bytes);
   w.key("tokens").value(s.tokens).key("writers").value(s.writers);
+  w.key("filled_by_threads").value(s.filled_by_threads);
   w.key("lane_ends").begin_array();
   for (const ConvertSummary::LaneEnd& lane : s.lane_ends)
     w.begin_object().key("seconds").value(lane.seconds).key("file").value(lane.file).end_object();
@@ -246,6 +247,9 @@ void print_stats(const ConvertSummary& s) {
                static_cast<unsigned long long>(s.writers),
                static_cast<unsigned long long>(s.tokens), format_bytes(s.chunk_bytes).c_str(),
                format_bytes(s.peak_rss).c_str());
+  if (s.filled_by_threads)
+    std::fprintf(stderr, "files: each filled by several threads (a tmpfs, with threads to "
+                         "spare; README, --writers)\n");
   print_lane_ends(s.lane_ends);
 }
 

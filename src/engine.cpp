@@ -138,7 +138,7 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
   // The staging directory the files are written in lies beside OUT.
   c.fill = stream ? FillMode::write
                   : fill_mode(threads, c.writers, io, on_tmpfs(options.output.parent_path()));
-  size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens, c.fill);
+  size_pipeline(budget, threads, gpu_slots, c.writers, &c.chunk_bytes, &c.tokens);
   auto gpu = open_device(options.device, threads, dequantizes, c.chunk_bytes, gpu_slots, stream,
                          options.owns_gpu, profiler);
   if (!gpu)
@@ -152,7 +152,7 @@ Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads,
       e.gpu.reset();
   }
   if (!e.gpu) // the CPU alone: no staging slots to budget for
-    size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens, c.fill);
+    size_pipeline(budget, threads, 0, c.writers, &c.chunk_bytes, &c.tokens);
   c.gpu = e.gpu.get();
   // Waiting for the GPU (tests and benchmarks of its path) also keeps it to the last chunk, as
   // SHARDSHIFT_GPU_CLOSE=late does (for comparisons: the closing after the last chunk).

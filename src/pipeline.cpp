@@ -12,15 +12,13 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <linux/magic.h>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <vector>
-
 #include <sys/vfs.h>
-
-#include <linux/magic.h>
+#include <vector>
 
 #include <tbb/parallel_for.h>
 #include <tbb/parallel_pipeline.h>
@@ -28,10 +26,9 @@
 namespace shardshift {
 
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
-                   uint64_t* chunk_bytes, unsigned* tokens, FillMode fill) {
+                   uint64_t* chunk_bytes, unsigned* tokens) {
   writers = std::max(1u, writers);
-  const unsigned t = fill == FillMode::mapped ? std::max(3u, threads + 2)
-                                              : std::max(3u, (threads + 2 + writers - 1) / writers);
+  const unsigned t = std::max(3u, (threads + 2 + writers - 1) / writers);
   uint64_t chunk = max_memory / (2ull * writers * t + gpu_slots);
   chunk &= ~uint64_t{4095};
   chunk = std::clamp<uint64_t>(chunk, 64 << 10, 64ull << 20);

@@ -77,11 +77,11 @@ struct PipelineResult {
 /// Chunk size and per-lane token count for a memory budget, thread count and lane count (the
 /// formula of README "Memory"): tokens = max(3, ceil((threads + 2) / writers)),
 /// chunk = budget / (2 * writers * tokens + gpu_slots), rounded down to 4 KiB and clamped to
-/// [64 KiB, 64 MiB]. With `fill` FillMode::mapped, tokens = threads + 2 for every lane: a lane's
-/// file is then filled by as many threads as it has items in flight, so that a lane left alone
-/// with the largest file can use every thread (the same memory in smaller chunks).
+/// [64 KiB, 64 MiB]. (Giving every lane threads + 2 tokens where files are filled by several
+/// threads, in smaller chunks, was tried and was slower: PERFORMANCE.md, "One file filled by
+/// several threads".)
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
-                   uint64_t* chunk_bytes, unsigned* tokens, FillMode fill = FillMode::write);
+                   uint64_t* chunk_bytes, unsigned* tokens);
 
 /// The default number of writer lanes: one per thread up to 8 threads, then one per two threads
 /// (and never fewer than 8), at most one per file and at most 16. Writing into the page cache or a

@@ -13,48 +13,13 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <sys/mount.h>
 
 namespace shardshift::testing {
 namespace {
 
 using reference::Dict;
-
-// Every file of a directory, by name.
-TEST_F(ConvertTest, WritersThreadsAndBudgetsGiveTheSameBytes) {
-  // Pass-through tensors larger than the smallest chunk (64 KiB), so copy runs are cut in pieces.
-  Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
-  in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {512, 96});
-  reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
-
-  auto base = run(tmp / "hf", tmp / "w1", opts([](ConvertOptions& o) {
-                    o.writers = 1;
-                    o.plan.max_shard_size = 120'000;
-                  }));
-  ASSERT_TRUE(base.ok());
-  ASSERT_GE(base->files, 4u) << "the test needs several output files";
-  EXPECT_EQ(base->writers, 1u);
-  reference::expect_same(reference::read_checkpoint(tmp / "w1"),
-                         reference::ref_from_hf(in, true, {}));
-  const auto want = files_of(tmp / "w1");
-
-  int n = 0;
-  for (unsigned writers : {2u, 3u, 16u})
-    for (unsigned threads : {1u, 2u, 5u})
-      for (uint64_t budget : {uint64_t{256} << 10, uint64_t{1} << 30}) {
-        const std::string out = "out" + std::to_string(n++);
-        auto r = run(tmp / "hf", tmp / out, opts([&](ConvertOptions& o) {
-                       o.writers = writers;
-                       o.threads = threads;
-                       o.max_memory = budget;
-                       o.plan.max_shard_size = 120'000;
-                     }));
-        ASSERT_TRUE(r.ok()) << writers << " writers, " << threads << " threads";
-        EXPECT_EQ(r->writers, std::min<uint64_t>(writers, base->files));
-        EXPECT_EQ(files_of(tmp / out), want)
-            << writers << " writers, " << threads << " threads, budget " << budget;
-      }
-}
 
 // Sets an environment variable for a scope, restoring what was there.
 class ScopedEnv {
@@ -79,38 +44,50 @@ private:
   std::optional<std::string> old_;
 };
 
-TEST_F(ConvertTest, FilesFilledThroughMappingsGiveTheSameBytes) {
-  // As above, with every file filled through its mapping by the threads that run its items.
+TEST_F(ConvertTest, WritersThreadsBudgetsAndFillsGiveTheSameBytes) {
+  // Pass-through tensors larger than the smallest chunk (64 KiB), so copy runs are cut in pieces.
   Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
   in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {512, 96});
   reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
-  auto written = run(tmp / "hf", tmp / "written",
-                     opts([](ConvertOptions& o) { o.plan.max_shard_size = 120'000; }));
-  ASSERT_TRUE(written.ok());
-  ASSERT_GE(written->files, 4u);
-  const auto want = files_of(tmp / "written");
 
-  ScopedEnv mapped("SHARDSHIFT_FILL", "mapped");
-  int n = 0;
-  for (unsigned writers : {1u, 3u})
-    for (unsigned threads : {1u, 2u, 5u})
-      for (uint64_t budget : {uint64_t{256} << 10, uint64_t{1} << 30}) {
-        const std::string out = "mapped" + std::to_string(n++);
-        auto r = run(tmp / "hf", tmp / out, opts([&](ConvertOptions& o) {
-                       o.writers = writers;
-                       o.threads = threads;
-                       o.max_memory = budget;
-                       o.plan.max_shard_size = 120'000;
-                     }));
-        ASSERT_TRUE(r.ok()) << r.status().message();
-        // Nothing went through the kernel's copy: every pass-through byte was copied in place.
-        EXPECT_EQ(r->zero_copy_bytes, 0u);
-        EXPECT_GT(r->fallback_copy_bytes, 0u);
-        EXPECT_EQ(files_of(tmp / out), want)
-            << writers << " writers, " << threads << " threads, budget " << budget;
-      }
-  reference::expect_same(reference::read_checkpoint(tmp / "mapped0"),
+  std::optional<ScopedEnv> fill(std::in_place, "SHARDSHIFT_FILL", "write");
+  auto base = run(tmp / "hf", tmp / "w1", opts([](ConvertOptions& o) {
+                    o.writers = 1;
+                    o.plan.max_shard_size = 120'000;
+                  }));
+  ASSERT_TRUE(base.ok());
+  ASSERT_GE(base->files, 4u) << "the test needs several output files";
+  EXPECT_EQ(base->writers, 1u);
+  EXPECT_FALSE(base->filled_by_threads);
+  reference::expect_same(reference::read_checkpoint(tmp / "w1"),
                          reference::ref_from_hf(in, true, {}));
+  const auto want = files_of(tmp / "w1");
+
+  // Each file written in order by its lane, and filled by the threads that run its items.
+  int n = 0;
+  for (const char* mode : {"write", "mapped"}) {
+    fill.emplace("SHARDSHIFT_FILL", mode);
+    const bool mapped = std::string_view(mode) == "mapped";
+    for (unsigned writers : {1u, 2u, 3u, 16u})
+      for (unsigned threads : {1u, 2u, 5u})
+        for (uint64_t budget : {uint64_t{256} << 10, uint64_t{1} << 30}) {
+          const std::string out = "out" + std::to_string(n++);
+          auto r = run(tmp / "hf", tmp / out, opts([&](ConvertOptions& o) {
+                         o.writers = writers;
+                         o.threads = threads;
+                         o.max_memory = budget;
+                         o.plan.max_shard_size = 120'000;
+                       }));
+          ASSERT_TRUE(r.ok()) << mode << ", " << writers << " writers, " << threads
+                              << " threads: " << r.status().message();
+          EXPECT_EQ(r->writers, std::min<uint64_t>(writers, base->files));
+          EXPECT_EQ(r->filled_by_threads, mapped);
+          if (mapped) // no byte went through the kernel's copy: each was put in place by a thread
+            EXPECT_EQ(r->zero_copy_bytes, 0u);
+          EXPECT_EQ(files_of(tmp / out), want) << mode << ", " << writers << " writers, " << threads
+                                               << " threads, budget " << budget;
+        }
+  }
 }
 
 // A tiny diffusion_gemma checkpoint in three shards at tmp/hf, planned into output files of at
@@ -341,14 +318,6 @@ TEST(WriterLanes, MemoryInFlightStaysOneFormula) {
   unsigned tokens = 0;
   size_pipeline(uint64_t{1} << 30, 16, 0, 1, &chunk, &tokens);
   EXPECT_EQ(tokens, 18u); // one lane: threads + 2, as before lanes existed
-  // Files filled by several threads: every lane gets threads + 2, in smaller chunks.
-  for (unsigned writers : {1u, 4u, 5u})
-    for (unsigned slots : {0u, 16u}) {
-      const uint64_t budget = uint64_t{1} << 30;
-      size_pipeline(budget, 16, slots, writers, &chunk, &tokens, FillMode::mapped);
-      EXPECT_EQ(tokens, 18u);
-      EXPECT_LE((2ull * writers * tokens + slots) * chunk, budget) << writers << " writers";
-    }
 }
 
 } // namespace

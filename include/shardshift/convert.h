@@ -92,6 +92,9 @@ struct ConvertSummary {
   std::vector<std::string> not_restored; ///< Plan::not_restored: what a to_hf output lacks
   uint64_t chunk_bytes = 0, tokens = 0;  ///< the memory budget's split (tokens per writer lane)
   uint64_t writers = 0;                  ///< writer lanes (output files written at once)
+  /// Whether each output file was filled by several threads (through a mapping of it) rather
+  /// than written in order by its lane (README, --writers).
+  bool filled_by_threads = false;
   /// Each writer lane that wrote a file, in the order they ended: seconds from the start, and the
   /// last file it wrote. The time from the one before last to the last is the last file written
   /// by one lane alone.
