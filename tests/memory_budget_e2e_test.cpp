@@ -25,6 +25,15 @@
 
 #include <gtest/gtest.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+// Under AddressSanitizer, freed memory waits in a quarantine (256 MB by default) before it is
+// reused, so each conversion of this test would add its buffers to the process's peak (139 MiB
+// after five, against 80 MiB with this). A small quarantine keeps the peak the program's own.
+extern "C" const char* __asan_default_options() {
+  return "quarantine_size_mb=4";
+}
+#endif
+
 namespace shardshift::testing {
 namespace {
 
