@@ -2,11 +2,14 @@
 //
 // The header is computed up front from the planned tensors (build_header, in safetensors.h, which
 // this header includes for its callers), written first, and the tensor bytes follow strictly in
-// header order, so a shard can go to a pipe as well as to a file.
+// header order, so a shard can go to a pipe as well as to a file. A file opened mapped
+// (open_mapped) is the exception: its bytes are placed at offsets handed out in order (reserve)
+// by several threads at once (fill).
 // Files are written to a temporary name in the destination directory, fsync'ed, renamed into place,
 // and the directory is fsync'ed (commit). Any failure is sticky: later calls return the first
 // error, and abandon() (or the destructor) removes the temporary file.
-// Thread-safety: a ShardWriter is used by one thread at a time.
+// Thread-safety: a ShardWriter is used by one thread at a time, but for fill(), which any number
+// of threads may call at once, beside reserve().
 #pragma once
 
 #include "shardshift/io.h"
