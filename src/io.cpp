@@ -162,15 +162,16 @@ Status remove_tree(Io& io, const fs::path& path, bool discard) {
     // of a second or more per gigabyte, and a cancelled conversion removes several at once
     // (docs/PERFORMANCE.md, "Stopping"). Io implementations are thread-safe.
     std::vector<Status> removed(children.size());
-    tbb::parallel_for(size_t{0}, children.size(),
-                      [&](size_t i) { removed[i] = remove_tree(io, children[i], discard); });
+    tbb::parallel_for(size_t{0}, children.size(), [&](size_t i) {
+      removed[i] = remove_tree(io, children[i], discard);
+    });
     for (Status& s : removed)
       if (first.ok())
         first = std::move(s);
     if (io.rmdir(path.c_str()) != 0 && first.ok())
       first = error(Errc::io, path.string() + ": cannot remove directory: " + errno_text(errno));
-  } else if ((discard ? discard_file(io, path) : io.unlink(path.c_str())) != 0 && errno != ENOENT &&
-             first.ok()) {
+  } else if ((discard ? discard_file(io, path) : io.unlink(path.c_str())) != 0 &&
+             errno != ENOENT && first.ok()) {
     first = error(Errc::io, path.string() + ": cannot remove: " + errno_text(errno));
   }
   return first;

@@ -79,10 +79,11 @@ Result<std::string> write_share(const Job& job, Io& io, const Checkpoint& input,
                                 const PipelineConfig& config, Profiler& profiler,
                                 Coordinator& coordinator, const Notes& notes, UploadResult& r) {
   const fs::path& staging = job.paths.staging;
-  const std::vector<uint32_t> files = my_files(io, plan, staging, job.rank, job.options.resume, r);
+  const std::vector<uint32_t> files =
+      my_files(io, plan, staging, job.rank, job.options.resume, r);
   if (notes && r.kept_files)
-    notes({job.paths.output.string() + ": " + job.who + " keeps " + std::to_string(r.kept_files) +
-           " finished file(s) of an earlier run"});
+    notes({job.paths.output.string() + ": " + job.who + " keeps " +
+           std::to_string(r.kept_files) + " finished file(s) of an earlier run"});
   std::vector<std::string> digests(plan.files.size());
   PipelineConfig mine = config;
   mine.cancel = coordinator.stop_flag();
@@ -149,8 +150,7 @@ Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& p
       },
       &r.checksums, nullptr);
   if (s.ok() && io.unlink((staging / PLAN_FINGERPRINT_NAME).c_str()) != 0)
-    s = Status(Errc::io,
-               staging.string() + ": cannot remove the fingerprint: " + errno_text(errno));
+    s = Status(Errc::io, staging.string() + ": cannot remove the fingerprint: " + errno_text(errno));
   if (s.ok())
     s = commit_output(io, staging, job.paths.output, job.options.force);
   if (!s.ok()) {
@@ -185,19 +185,18 @@ std::string job_fingerprint(const std::string& plan, bool checksums) {
 
 } // namespace
 
-Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, const Checkpoint& input,
-                                             const Plan& plan, const PipelineConfig& config, Io& io,
+Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
+                                             const Checkpoint& input, const Plan& plan,
+                                             const PipelineConfig& config, Io& io,
                                              Profiler& profiler, const RankInfo& rank,
                                              const Notes& notes) {
   const std::string fingerprint =
       job_fingerprint(plan_fingerprint(input, plan), config.digests != nullptr);
-  Job job{options,
-          rank,
-          {fs::absolute(options.output), {}},
+  Job job{options, rank, {fs::absolute(options.output), {}},
           "rank " + std::to_string(rank.rank) + " of " + std::to_string(rank.world)};
-  job.paths.staging =
-      job.paths.output.parent_path() /
-      ("." + job.paths.output.filename().string() + ".shardshift-job-" + fingerprint.substr(0, 16));
+  job.paths.staging = job.paths.output.parent_path() /
+                      ("." + job.paths.output.filename().string() + ".shardshift-job-" +
+                       fingerprint.substr(0, 16));
   const std::unique_ptr<Coordinator> coordinator = make_coordinator(options, rank, io, job.paths);
 
   // 1. Every rank works on the same plan, before anything is written.

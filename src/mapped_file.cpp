@@ -159,7 +159,7 @@ void install_sigbus_handler() {
 Status file_changed_error(const std::string& path) {
   return error(Errc::file_changed,
                path + ": file changed while reading (it shrank or was truncated while "
-                      "mapped); re-run when no other process is writing it");
+                             "mapped); re-run when no other process is writing it");
 }
 
 bool run_catching_sigbus(const std::function<void()>& fn) {

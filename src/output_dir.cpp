@@ -5,9 +5,9 @@
 
 #include "outputs.h"
 #include "resume.h"
+#include "staging.h"
 #include "sha256.h"
 #include "side_files.h"
-#include "staging.h"
 
 #include <cerrno>
 #include <csignal>
@@ -251,8 +251,8 @@ public:
   // leftover of a run that was killed (staging.h).
   Status create() {
     if (io_.mkdir(dir_.c_str(), 0777) != 0)
-      return Status(Errc::io,
-                    dir_.string() + ": cannot create the staging directory: " + errno_text(errno));
+      return Status(Errc::io, dir_.string() + ": cannot create the staging directory: " +
+                                  errno_text(errno));
     armed_ = true;
     lock_ = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (lock_ < 0 || flock(lock_, LOCK_EX | LOCK_NB) != 0)
@@ -279,7 +279,8 @@ using Notes = std::function<void(const std::vector<std::string>&)>;
 // Which plan files this run writes: all of them, or with an adopted staging directory those it
 // does not already hold. Files kept get their SHA-256 from disk (--checksums): this run does not
 // see their bytes go by.
-Result<std::vector<uint32_t>> files_to_write(Io& io, const Plan& plan, const PipelineConfig& config,
+Result<std::vector<uint32_t>> files_to_write(Io& io, const Plan& plan,
+                                             const PipelineConfig& config,
                                              const fs::path& output, const fs::path& staging,
                                              const AdoptedStaging& adopted, const Notes& notes,
                                              UploadResult& r) {
@@ -371,8 +372,8 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
     adopted = adopt_staging(io, output, fingerprint, staging);
   if (auto removed = remove_stale_staging(io, output); !removed.empty() && notes)
     notes(removed);
-  auto built = build_directory(options, input, plan, config, io, profiler, output, staging, adopted,
-                               fingerprint, notes);
+  auto built = build_directory(options, input, plan, config, io, profiler, output, staging,
+                               adopted, fingerprint, notes);
   if (built)
     return built;
   Status s = name_final_paths(built.status(), staging, output);

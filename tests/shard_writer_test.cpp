@@ -397,7 +397,9 @@ private:
 TEST(ShardWriter, StopsWithinAPieceOnceCancelled) {
   testing::TempDir dir;
   const std::string data(64 << 20, 'c'); // one 64 MiB append, and one 64 MiB copy
-  { std::ofstream(dir / "in.bin", std::ios::binary) << data; }
+  {
+    std::ofstream(dir / "in.bin", std::ios::binary) << data;
+  }
   for (bool copy : {false, true}) {
     SCOPED_TRACE(copy ? "append_copy" : "append");
     std::atomic<bool> cancel{false};
@@ -448,12 +450,6 @@ TEST(ShardWriter, AStreamIsNeverWrittenBack) {
 // ---------------------------------------------------------------------------------------------
 // Files filled through their mapping (open_mapped, reserve, fill)
 
-// Reads a whole file into a string.
-std::string file_text(const fs::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 TEST(ShardWriter, AMappedFileIsFilledByThreadsInAnyOrder) {
   std::mt19937_64 rng(testing::test_seed());
   TempDir dir;
@@ -499,7 +495,7 @@ TEST(ShardWriter, AMappedFileIsFilledByThreadsInAnyOrder) {
   EXPECT_FALSE(writer.fill(header.size() + data.size() - 4, as_span(data).first(5)).ok())
       << "filled past the end of the file";
   ASSERT_TRUE(writer.finish().ok()) << writer.status().message();
-  EXPECT_TRUE(file_text(dir / "f.safetensors") == header + data);
+  EXPECT_TRUE(testing::read_bytes(dir / "f.safetensors") == header + data);
   EXPECT_TRUE(temp_files(dir.path()).empty());
 
   ShardWriter small;
@@ -520,7 +516,7 @@ TEST(ShardWriter, UnderADecoratorAMappedOpenWrites) {
   ASSERT_TRUE(plain.open_mapped(dir / "g", "H", 3).ok());
   ASSERT_TRUE(plain.append(as_span(std::string("abc"))).ok());
   ASSERT_TRUE(plain.finish().ok());
-  EXPECT_EQ(file_text(dir / "g"), "Habc");
+  EXPECT_EQ(testing::read_bytes(dir / "g"), "Habc");
 }
 
 // Lets files be mapped, and holds a write once hold() is called until go(): so that a fill can
@@ -582,7 +578,7 @@ TEST(ShardWriter, AFillThatFindsAnotherWritingCopiesThroughTheMapping) {
   ASSERT_TRUE(first.ok()) << first.message();
   ASSERT_TRUE(second.ok()) << second.message();
   ASSERT_TRUE(writer.finish().ok());
-  EXPECT_TRUE(file_text(dir / "f") == "H" + data);
+  EXPECT_TRUE(testing::read_bytes(dir / "f") == "H" + data);
 }
 
 TEST(ShardWriter, AMappedFileTruncatedUnderItFailsTheFillWithoutACrash) {
