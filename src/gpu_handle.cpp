@@ -3,6 +3,7 @@
 // of a few hundred milliseconds, which would otherwise hold one of the pipeline's workers.
 #include "gpu_handle.h"
 
+#include "driver_files.h"
 #include "transpose.h" // simd_level_name
 
 namespace shardshift {
@@ -110,8 +111,12 @@ void GpuHandle::start_closing() {
       last(*gpu);
     last = nullptr; // what it holds (the pool) may go before the device
     gpu.reset();
-    if (owns_device_)
+    if (owns_device_) {
       CudaTransformer::reset_device(ordinal_);
+      // The driver's files too, which the kernel would otherwise release at exit, after the
+      // last write (driver_files.h): nothing of this process uses the device again.
+      release_gpu_driver_files(driver_files_before_);
+    }
     record(Stage::gpu_close, t0);
   });
 }
@@ -126,6 +131,8 @@ void GpuHandle::open(const Opener& opener) {
   const uint64_t t0 = profiler_ ? profiler_->now() : 0;
   Status failure;
   std::unique_ptr<CudaTransformer> gpu;
+  if (owns_device_) // what the driver opens from here on is this handle's to hand back
+    driver_files_before_ = gpu_driver_files();
   if (auto created = opener(); created)
     gpu = std::move(created.value());
   else

@@ -37,6 +37,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 namespace shardshift {
 
@@ -62,7 +63,8 @@ public:
   /// The same with the opening given: `open` runs on the opening thread in place of counting the
   /// devices and CudaTransformer::create (tests open a stand-in device with it, without a GPU).
   /// `owns_device`: the process is the device's only user (the command-line tool), so retire()
-  /// may reset it (cudaDeviceReset: its context ends then rather than at exit).
+  /// may reset it (cudaDeviceReset: its context ends then rather than at exit) and hand the
+  /// driver's files back (driver_files.h); the process makes no CUDA call after that.
   GpuHandle(int ordinal, Opener open, bool required, bool owns_device = false,
             Profiler* profiler = nullptr);
   ~GpuHandle();
@@ -118,7 +120,7 @@ public:
   /// The run is done with the device: use() gives nothing from now on. Once the last Use has
   /// ended (at once when none is held), a thread of its own waits for the opening to end and, if
   /// the device opened, runs `last` with it (the pool unlocks its buffers), frees it, and with
-  /// owns_device resets it. The destructor waits for that thread. Later calls do nothing.
+  /// owns_device resets it and hands the driver's files back. The destructor waits for that thread. Later calls do nothing.
   void retire(std::function<void(CudaTransformer&)> last);
 
 private:
@@ -133,6 +135,9 @@ private:
   const int ordinal_;
   const bool required_;
   const bool owns_device_;
+  /// With owns_device: the GPU driver's files open before the opening (another library's), which
+  /// the closing leaves alone. Written by the opening thread, read by the closing one after it.
+  std::vector<int> driver_files_before_;
   Profiler* const profiler_;
   std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_, before state_
   std::atomic<int> state_{opening};      ///< read without mu_ on every chunk; opened publishes gpu_
