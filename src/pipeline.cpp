@@ -7,7 +7,6 @@
 #include "gpu_retirement.h"
 #include "progress_meter.h"
 #include "sha256.h"
-#include "token_pool.h"
 #include "transform_stage.h"
 #include "write_stage.h"
 
@@ -16,7 +15,6 @@
 #include <linux/magic.h>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <sys/vfs.h>
@@ -24,7 +22,6 @@
 
 #include <tbb/parallel_for.h>
 #include <tbb/parallel_pipeline.h>
-#include <tbb/task_arena.h>
 
 namespace shardshift {
 
@@ -108,8 +105,6 @@ struct Shared {
   TransformStage& transformer;
   ProgressMeter& meter;
   GpuRetirement& retirement;
-  TokenPool* tokens;   ///< shared by the lanes (token_pool.h), or null: each has its own
-  unsigned lane_tokens; ///< items in flight per lane at most
 };
 
 // One writer lane: a bounded pipeline over the files it takes from the queue. Its stages are the
@@ -131,13 +126,13 @@ public:
                    tbb::make_filter<Item*, void>(tbb::filter_mode::parallel,
                                                  [this](Item* item) { give_back(item); });
     if (s_.config.digests)
-      tbb::parallel_pipeline(s_.lane_tokens, produce &
+      tbb::parallel_pipeline(s_.config.tokens, produce &
                                                    tbb::make_filter<Item*, Item*>(
                                                        tbb::filter_mode::serial_in_order,
                                                        [this](Item* i) { return hash(i); }) &
                                                    consume);
     else
-      tbb::parallel_pipeline(s_.lane_tokens, produce & consume);
+      tbb::parallel_pipeline(s_.config.tokens, produce & consume);
     writer_.abandon();
     return writer_.totals();
   }
@@ -150,8 +145,6 @@ private:
   Item* emit(tbb::flow_control& fc) {
     if (!s_.failure.failed() && s_.config.cancel && s_.config.cancel->load())
       s_.failure.fail(Status(Errc::interrupted, "interrupted"));
-    if (s_.tokens)
-      s_.tokens->acquire(); // may suspend this task until another item is given back
     const uint64_t t0 = s_.profiler.now();
     std::unique_ptr<Item> item = s_.failure.failed() ? nullptr : emitter_.next();
     if (item && (item->kind == ItemKind::transform || item->kind == ItemKind::ones)) {
@@ -165,8 +158,6 @@ private:
       }
     }
     if (!item) {
-      if (s_.tokens)
-        s_.tokens->release();
       fc.stop();
       s_.retirement.lane_stopped();
       return nullptr;
@@ -261,9 +252,6 @@ private:
       s_.pool.release(item->buffer);
       s_.meter.sub_in_flight(item->length);
     }
-    item.reset(); // what it held is given back before its token
-    if (s_.tokens)
-      s_.tokens->release();
   }
 
   void give_back_input(const Item& item) {
@@ -303,30 +291,9 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
         if (config.gpu)
           config.gpu->retire([pool](CudaTransformer& device) { pool->unpin_all(device); });
       });
-  // Lanes whose files are filled by several threads share their tokens: the lane of the
-  // largest file, left alone at the end, then has the others' (token_pool.h). A lane written by
-  // one thread keeps its own, so that no lane's writer waits while another's items queue.
-  std::optional<TokenPool> tokens;
-  unsigned lane_tokens = config.tokens;
-  if (config.fill == FillMode::mapped && lanes > 1) {
-    tokens.emplace(config.tokens * lanes);
-    const unsigned threads = static_cast<unsigned>(tbb::this_task_arena::max_concurrency());
-    lane_tokens = std::clamp(threads + 2, config.tokens, tokens->total());
-  }
-  Shared shared{input,
-                plan,
-                config,
-                profiler,
-                config.io ? *config.io : Io::system(),
-                target,
-                queue,
-                failure,
-                *pool,
-                transformer,
-                meter,
-                retirement,
-                tokens ? &*tokens : nullptr,
-                lane_tokens};
+  Shared shared{input,  plan,      config,  profiler, config.io ? *config.io : Io::system(),
+                target, queue,     failure, *pool,    transformer,
+                meter,  retirement};
 
   // Lanes run side by side on the one task arena; each blocks only in its own write calls.
   std::vector<WriteTotals> totals(lanes);
