@@ -210,10 +210,12 @@ TEST_F(ConvertTest, AFailingLaneStopsEveryLaneAndLeavesNothing) {
   EXPECT_TRUE(list_dir(tmp / "parent").empty()) << "staging or output left behind";
 }
 
-TEST_F(ConvertTest, AFilesystemFullWhileFillingMappedFilesFailsCleanly) {
-  // A tmpfs that holds any one output file but not all of them: files filled side by side pass
-  // the check of free space at their opening, and one runs out while it is filled (or, opened
-  // after the others took the space, fails that check). Either way: a full disk, and nothing left.
+TEST_F(ConvertTest, AFilesystemFullWhileFillingFilesOnATmpfsFailsCleanly) {
+  // A tmpfs that holds any one output file but not all of them. On a tmpfs no file's space is
+  // reserved, whether its lane writes it or threads fill it through its mapping: files written
+  // side by side pass the check of free space at their opening, and one runs out while it is
+  // written (or, opened after the others took the space, fails that check). Either way: a full
+  // disk, and nothing left.
   Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
   in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {1024, 96});
   reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");
@@ -229,21 +231,26 @@ TEST_F(ConvertTest, AFilesystemFullWhileFillingMappedFilesFailsCleanly) {
   const std::string size = "size=" + std::to_string((largest * 3 / 2 + 8192) / 4096 * 4096);
   if (::mount("tmpfs", (tmp / "mnt").c_str(), "tmpfs", 0, size.c_str()) != 0)
     GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno) << ")";
-  ScopedEnv mapped("SHARDSHIFT_FILL", "mapped");
-  auto r = run(tmp / "hf", tmp / "mnt" / "out", opts([&](ConvertOptions& o) {
-                 o.writers = static_cast<unsigned>(sized->files);
-                 o.threads = 4;
-                 o.plan.max_shard_size = 120'000;
-               }));
-  const std::vector<std::string> left = list_dir(tmp / "mnt");
-  ::umount((tmp / "mnt").c_str());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), Errc::no_space) << r.status().message();
-  EXPECT_NE(r.status().message().find("free space or choose another output directory"),
-            std::string::npos)
-      << r.status().message();
-  EXPECT_TRUE(left.empty()) << "left on the full filesystem: " << left.front();
-  std::cout << "[ note ] " << r.status().message() << "\n";
+  struct Unmount {
+    std::filesystem::path at;
+    ~Unmount() { ::umount(at.c_str()); }
+  } unmount{tmp / "mnt"};
+  for (const char* mode : {"mapped", "write"}) {
+    ScopedEnv fill("SHARDSHIFT_FILL", mode);
+    auto r = run(tmp / "hf", tmp / "mnt" / "out", opts([&](ConvertOptions& o) {
+                   o.writers = static_cast<unsigned>(sized->files);
+                   o.threads = 4;
+                   o.plan.max_shard_size = 120'000;
+                 }));
+    const std::vector<std::string> left = list_dir(tmp / "mnt");
+    ASSERT_FALSE(r.ok()) << mode;
+    EXPECT_EQ(r.status().code(), Errc::no_space) << mode << ": " << r.status().message();
+    EXPECT_NE(r.status().message().find("free space or choose another output directory"),
+              std::string::npos)
+        << r.status().message();
+    EXPECT_TRUE(left.empty()) << mode << ": left on the full filesystem: " << left.front();
+    std::cout << "[ note ] " << mode << ": " << r.status().message() << "\n";
+  }
 }
 
 TEST(WriterLanes, DefaultFollowsThreadsAndFiles) {
