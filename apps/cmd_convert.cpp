@@ -147,6 +147,7 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("fallback_copy_bytes").value(s.fallback_copy_bytes);
   w.key("transformed_bytes").value(s.transformed_bytes);
   w.key("cpu_bytes").value(s.cpu_bytes).key("gpu_bytes").value(s.gpu_bytes);
+  w.key("gpu_input_bytes").value(s.gpu_input_bytes);
   w.key("gpu_in_place_bytes").value(s.gpu_in_place_bytes);
   w.key("dropped").value(s.dropped).key("excluded").value(s.excluded);
   w.key("restored").value(s.restored);
@@ -241,7 +242,9 @@ void print_stats(const ConvertSummary& s) {
       format_bytes(s.transformed_bytes).c_str(), format_bytes(s.cpu_bytes).c_str(),
       format_bytes(s.gpu_bytes).c_str());
   if (s.gpu_bytes > 0)
-    std::fprintf(stderr, "gpu input: %s read in place from the mappings, the rest staged\n",
+    std::fprintf(stderr,
+                 "gpu input: %s, %s of it read in place from the mappings, the rest staged\n",
+                 format_bytes(s.gpu_input_bytes).c_str(),
                  format_bytes(s.gpu_in_place_bytes).c_str());
   std::fprintf(stderr, "memory: %llu writer lane(s) x %llu tokens x %s chunks; peak RSS %s\n",
                static_cast<unsigned long long>(s.writers),

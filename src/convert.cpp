@@ -54,6 +54,7 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
   sum.cpu_bytes = moved.cpu_bytes;
   sum.gpu_bytes = moved.gpu_bytes;
   sum.gpu_in_place_bytes = moved.gpu_in_place_bytes;
+  sum.gpu_input_bytes = moved.gpu_input_bytes;
   sum.transformed_bytes = moved.cpu_bytes + moved.gpu_bytes + moved.ones_bytes;
   sum.dropped = plan.dropped;
   sum.restored = plan.restored;

@@ -29,7 +29,8 @@ namespace shardshift {
 
 struct CudaTimings { ///< per-call phase times measured with CUDA events, in nanoseconds
   uint64_t stage_ns = 0, h2d_ns = 0, kernel_ns = 0, d2h_ns = 0;
-  uint64_t in_place_bytes = 0; ///< input bytes uploaded straight from the mapping (not staged)
+  uint64_t input_bytes = 0;    ///< input bytes uploaded, in place or staged
+  uint64_t in_place_bytes = 0; ///< of those, uploaded straight from the mapping (not staged)
   int stream = 0;        ///< which slot/stream ran the call
   uint64_t start_ns = 0; ///< host steady_clock time (ns) when the call started
 };

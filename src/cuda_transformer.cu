@@ -651,6 +651,8 @@ Status CudaTransformerImpl::run_on(Call& c, const TransposeArgs& args, uint64_t 
   const std::unique_ptr<InPlaceInput> pin = lock_in_place(s, args.src, in_bytes);
   if (Status st = grow_staging(s, pin ? pin->around(args.src, in_bytes) : in_bytes); !st)
     return st;
+  if (timings)
+    timings->input_bytes = in_bytes;
   if (pin) {
     if (timings)
       timings->in_place_bytes = uint64_t(pin->end() - pin->begin());
@@ -891,8 +893,10 @@ Status CudaTransformerImpl::upload_parts(Slot& s, const std::vector<CudaDequantP
   for (size_t i = 0; i < parts.size(); ++i) {
     inputs[i] = plan_part_input(s, parts[i].args, regions[i]);
     staged[i + 1] = staged[i] + inputs[i].staged;
-    if (timings)
+    if (timings) {
+      timings->input_bytes += regions[i].src_bytes;
       timings->in_place_bytes += regions[i].src_bytes - inputs[i].staged;
+    }
   }
   if (Status st = grow_staging(s, staged.back()); !st)
     return st;

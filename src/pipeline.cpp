@@ -324,6 +324,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   result.cpu_bytes = transformer.cpu_bytes();
   result.gpu_bytes = transformer.gpu_bytes();
   result.gpu_in_place_bytes = transformer.gpu_in_place_bytes();
+  result.gpu_input_bytes = transformer.gpu_input_bytes();
   std::sort(ends.begin(), ends.end(),
             [](const LaneEnd& a, const LaneEnd& b) { return a.end_ns < b.end_ns; });
   result.lanes = std::move(ends);

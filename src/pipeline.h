@@ -70,6 +70,7 @@ struct PipelineResult {
   uint64_t zero_copy_bytes = 0, fallback_copy_bytes = 0;
   uint64_t cpu_bytes = 0, gpu_bytes = 0, ones_bytes = 0;
   uint64_t gpu_in_place_bytes = 0; ///< TransformStage::gpu_in_place_bytes()
+  uint64_t gpu_input_bytes = 0;    ///< TransformStage::gpu_input_bytes()
   uint64_t output_bytes = 0;
   std::vector<LaneEnd> lanes; ///< one per writer lane, in the order they ended
 };

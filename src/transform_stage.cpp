@@ -150,6 +150,7 @@ void TransformStage::GpuCall::record(const CudaTimings& tm) {
     t += ns;
   }
   stage_.gpu_bytes_ += item_.length;
+  stage_.gpu_input_bytes_ += tm.input_bytes;
   stage_.gpu_in_place_bytes_ += tm.in_place_bytes;
 }
 

@@ -37,6 +37,8 @@ public:
   uint64_t gpu_bytes() const { return gpu_bytes_; }
   /// Input bytes the GPU read straight from the mappings (page-locked in place, not staged).
   uint64_t gpu_in_place_bytes() const { return gpu_in_place_bytes_; }
+  /// Input bytes the GPU uploaded, read in place or staged (its output is gpu_bytes()).
+  uint64_t gpu_input_bytes() const { return gpu_input_bytes_; }
 
 private:
   /// One chunk's call to the GPU as its pipeline thread sees it: how it waits (its task
@@ -79,7 +81,7 @@ private:
   Profiler& profiler_;
   DeviceRouter router_;         ///< transpose-fold chunks
   DeviceRouter dequant_router_; ///< dequantizing chunks: a different cost on either device
-  std::atomic<uint64_t> cpu_bytes_{0}, gpu_bytes_{0}, gpu_in_place_bytes_{0};
+  std::atomic<uint64_t> cpu_bytes_{0}, gpu_bytes_{0}, gpu_in_place_bytes_{0}, gpu_input_bytes_{0};
 };
 
 /// The bit pattern of 1 in `dtype` (for C64, of its real part). REQUIRES: dtype_bits(dtype) >= 8.

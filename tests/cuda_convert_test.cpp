@@ -68,6 +68,10 @@ TEST(CudaConvert, DevicesGiveByteIdenticalCheckpoints) {
       // The DeviceRouter measures both devices on the first chunks, so the GPU takes some.
       EXPECT_GT(gpu->gpu_bytes, 0u) << "the GPU transformed nothing";
       EXPECT_EQ(gpu->gpu_bytes + gpu->cpu_bytes, cpu->cpu_bytes);
+      // A transpose reads as many elements as it writes: bytes in and out differ by the dtypes.
+      const uint64_t in_bits = 16, out_bits = dtype ? dtype_bits(*dtype) : 16;
+      EXPECT_EQ(gpu->gpu_input_bytes * out_bits, gpu->gpu_bytes * in_bits) << tag;
+      EXPECT_LE(gpu->gpu_in_place_bytes, gpu->gpu_input_bytes) << tag;
       EXPECT_TRUE(all_bytes(tmp / (tag + "-cpu")) == all_bytes(tmp / (tag + "-gpu"))) << tag;
       // And back to HF on the GPU, compared with the CPU again.
       auto back_cpu = convert_on(tmp / (tag + "-cpu"), tmp / (tag + "-back-cpu"), "cpu");
@@ -138,6 +142,11 @@ TEST(CudaConvert, Fp8DeepSeekIsByteIdenticalOnBothDevices) {
     auto gpu = convert_on(so.out, tmp / (tag + "-gpu"), "cuda", 2, uint64_t{1} << 30, dtype);
     ASSERT_TRUE(gpu.ok()) << gpu.status().message();
     EXPECT_GT(gpu->gpu_bytes, 0u) << "the GPU dequantized nothing";
+    // FP8 in: at least one byte read per element written (two bytes in BF16, four in F32); a
+    // column range of a transposed weight uploads whole rows.
+    const uint64_t out_bytes = dtype ? dtype_bits(*dtype) / 8 : 2;
+    EXPECT_GE(gpu->gpu_input_bytes * out_bytes, gpu->gpu_bytes) << tag;
+    EXPECT_LE(gpu->gpu_in_place_bytes, gpu->gpu_input_bytes) << tag;
     EXPECT_TRUE(all_bytes(tmp / (tag + "-cpu")) == all_bytes(tmp / (tag + "-gpu"))) << tag;
   }
   // Small budgets cut experts into row ranges (strided pieces on the GPU).

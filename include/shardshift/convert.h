@@ -86,7 +86,8 @@ struct ConvertSummary {
   uint64_t fallback_copy_bytes = 0;      ///< pass-through bytes the kernel refused to move (pwrite)
   uint64_t transformed_bytes = 0;        ///< bytes produced by transpose-fold and ones
   uint64_t cpu_bytes = 0, gpu_bytes = 0; ///< transformed bytes by device
-  uint64_t gpu_in_place_bytes = 0;       ///< input the GPU read from the mappings, not staged
+  uint64_t gpu_input_bytes = 0;          ///< input the GPU read (for FP8, half its output)
+  uint64_t gpu_in_place_bytes = 0;       ///< of it, read from the mappings, not staged
   uint64_t dropped = 0, excluded = 0;
   uint64_t restored = 0;                 ///< Plan::restored (--base)
   std::vector<std::string> not_restored; ///< Plan::not_restored: what a to_hf output lacks
