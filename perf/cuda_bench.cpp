@@ -31,6 +31,9 @@
 //              closing it
 //   --init-leave  the opening steps, then _exit without closing anything (time the process
 //              from outside: what the end of a process costs that leaves it to the driver)
+//   --init-handback  --init, then the driver's files handed back as shardshift's closing does
+//              (driver_files.h), each timed (time the process from outside: what is left of
+//              its end)
 //   --register DIR  a chunk of a file's mapping to the GPU: staged copy or page-locked in place
 //   --register-out DIR  a chunk of results from the GPU into a new file in DIR: downloaded into
 //                   pinned memory then written (pwrite), or downloaded straight into the file's
@@ -50,6 +53,7 @@ int main() {
 #include "cuda_floor.h"
 #include "cuda_transform.h"
 #include "dequant_cuda.h"
+#include "driver_files.h"
 #include "transpose.h"
 #include "transpose_cuda.h"
 
@@ -80,6 +84,7 @@ const char* g_register_dir = nullptr;     // --register DIR: page-locking the ma
 const char* g_register_out_dir = nullptr; // --register-out DIR: downloading into a file mapping
 bool g_init_only = false;                 // --init: what opening the GPU stage costs, step by step
 bool g_init_leave = false; // --init-leave: the same, then _exit without freeing anything
+bool g_init_handback = false; // --init-handback: --init, then the driver's files handed back
 bool g_rows2d = false;     // --rows2d: 2-D uploads of column ranges, by row width
 
 void check(cudaError_t err, const char* what) {
@@ -690,7 +695,7 @@ void bench_pipeline(const HostBuffer& host, unsigned slots, bool fold, double ce
 // What opening the CUDA stage costs the process, step by step, in a fresh process: the driver,
 // the context, then the staging memory of 16 slots of 32 MiB (pinned host and device), and
 // page-locking 16 ordinary buffers of that size in place.
-void bench_init(bool leave) {
+void bench_init(bool leave, bool hand_back) {
   using clock = std::chrono::steady_clock;
   auto ms = [](clock::time_point a) {
     return std::chrono::duration<double, std::milli>(clock::now() - a).count();
@@ -758,7 +763,15 @@ void bench_init(bool leave) {
   t = clock::now();
   check(cudaDeviceReset(), "cudaDeviceReset");
   std::printf("init: cudaDeviceReset: %.1f ms\n", ms(t));
+  if (hand_back) {
+    const std::vector<int> files = gpu_driver_files();
+    t = clock::now();
+    const unsigned n = release_gpu_driver_files();
+    std::printf("init: %u of the driver's %zu files handed back: %.1f ms\n", n, files.size(),
+                ms(t));
+  }
   std::printf("init: in the process %.1f ms\n", ms(start));
+  std::fflush(stdout);
 }
 // What it costs one thread to get a chunk of a file's mapping to the GPU, two ways: copying it
 // into pinned memory and uploading it (the CUDA stage's way), or page-locking the mapped chunk
@@ -1082,6 +1095,8 @@ int main(int argc, char** argv) {
       g_init_only = true;
     else if (std::strcmp(argv[i], "--init-leave") == 0)
       g_init_only = g_init_leave = true;
+    else if (std::strcmp(argv[i], "--init-handback") == 0)
+      g_init_only = g_init_handback = true;
     else if (std::strcmp(argv[i], "--register") == 0 && i + 1 < argc)
       g_register_dir = argv[++i];
     else if (std::strcmp(argv[i], "--register-out") == 0 && i + 1 < argc)
@@ -1104,7 +1119,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (g_init_only) {
-    bench_init(g_init_leave);
+    bench_init(g_init_leave, g_init_handback);
     return 0;
   }
   if (CudaTransformer::device_count() == 0) {
