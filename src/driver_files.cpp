@@ -50,7 +50,8 @@ std::vector<int> files_under(std::initializer_list<std::string_view> prefixes) {
 unsigned release_files_under(std::initializer_list<std::string_view> prefixes,
                              std::span<const int> keep) {
   std::vector<int> matched = files_under(prefixes);
-  std::erase_if(matched, [&](int fd) { return std::find(keep.begin(), keep.end(), fd) != keep.end(); });
+  std::erase_if(matched,
+                [&](int fd) { return std::find(keep.begin(), keep.end(), fd) != keep.end(); });
   if (matched.empty())
     return 0;
   const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -75,7 +76,9 @@ unsigned release_files_under(std::initializer_list<std::string_view> prefixes,
 }
 
 // The NVIDIA driver's device files, and WSL's GPU.
-std::vector<int> gpu_driver_files() { return files_under({"/dev/nvidia", "/dev/dxg"}); }
+std::vector<int> gpu_driver_files() {
+  return files_under({"/dev/nvidia", "/dev/dxg"});
+}
 
 unsigned release_gpu_driver_files(std::span<const int> before) {
   return release_files_under({"/dev/nvidia", "/dev/dxg"}, before);

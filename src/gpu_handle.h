@@ -120,7 +120,8 @@ public:
   /// The run is done with the device: use() gives nothing from now on. Once the last Use has
   /// ended (at once when none is held), a thread of its own waits for the opening to end and, if
   /// the device opened, runs `last` with it (the pool unlocks its buffers), frees it, and with
-  /// owns_device resets it and hands the driver's files back. The destructor waits for that thread. Later calls do nothing.
+  /// owns_device resets it and hands the driver's files back. The destructor waits for that
+  /// thread. Later calls do nothing.
   void retire(std::function<void(CudaTransformer&)> last);
 
 private:

@@ -3,16 +3,15 @@
 // every other descriptor (standard ones included) alone. The GPU driver's own files are only
 // there on a GPU machine; the mechanism is tested here on files of a scratch directory.
 #include "driver_files.h"
-
 #include "test_support.h"
-
-#include <gtest/gtest.h>
 
 #include <fcntl.h>
 #include <string>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 namespace shardshift {
 namespace {
@@ -82,7 +81,8 @@ TEST(DriverFiles, StandardDescriptorsAreNeverReplaced) {
   ASSERT_EQ(::dup2(fd, STDIN_FILENO), STDIN_FILENO);
   const unsigned replaced = release_files_under({driver.path().string() + "/"});
   const std::string stdin_path = path_of(STDIN_FILENO);
-  ASSERT_EQ(::dup2(saved, STDIN_FILENO), STDIN_FILENO); // restored before any assertion can end the test
+  ASSERT_EQ(::dup2(saved, STDIN_FILENO),
+            STDIN_FILENO); // restored before any assertion can end the test
   ::close(saved);
   EXPECT_EQ(replaced, 1u); // fd, not stdin
   EXPECT_EQ(stdin_path, (driver / "ctl").string());
@@ -94,7 +94,8 @@ TEST(DriverFiles, GpuDriverFilesAreTheNvidiaAndWslDevices) {
   // with one (a CUDA test binary that opened a device) this would end its use of the GPU, so
   // only the former is checked.
   for (int fd = 3; fd < 1024; ++fd)
-    if (const std::string p = path_of(fd); p.starts_with("/dev/nvidia") || p.starts_with("/dev/dxg"))
+    if (const std::string p = path_of(fd);
+        p.starts_with("/dev/nvidia") || p.starts_with("/dev/dxg"))
       GTEST_SKIP() << "this process has the GPU driver open";
   EXPECT_EQ(release_gpu_driver_files(), 0u);
 }
