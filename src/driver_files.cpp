@@ -80,6 +80,11 @@ std::vector<int> gpu_driver_files() {
   return files_under({"/dev/nvidia", "/dev/dxg"});
 }
 
+const std::vector<int>& gpu_driver_files_before_cuda() {
+  static const std::vector<int> before = gpu_driver_files();
+  return before;
+}
+
 unsigned release_gpu_driver_files(std::span<const int> before) {
   return release_files_under({"/dev/nvidia", "/dev/dxg"}, before);
 }

@@ -32,6 +32,10 @@ unsigned release_files_under(std::initializer_list<std::string_view> prefixes,
 
 /// The GPU driver's files open now: the NVIDIA driver's (/dev/nvidia*) and WSL's (/dev/dxg).
 std::vector<int> gpu_driver_files();
+/// gpu_driver_files() as they were at the first call of this function in the process: called
+/// before the process's first CUDA call, the files of other libraries (a monitoring one, say),
+/// which the process's own use of the device must not hand back.
+const std::vector<int>& gpu_driver_files_before_cuda();
 /// Hands back the GPU driver's files but those in `before` (gpu_driver_files() taken before the
 /// device was opened: another library's, such as a monitoring one, stay as they are).
 unsigned release_gpu_driver_files(std::span<const int> before = {});

@@ -1,6 +1,7 @@
 // engine.cpp: picking the device and splitting the memory budget for one run of the pipeline.
 #include "engine.h"
 
+#include "driver_files.h"
 #include "outputs.h"
 #include "transpose.h"
 
@@ -35,6 +36,8 @@ Result<std::unique_ptr<GpuHandle>> open_device(const std::string& device, unsign
                                                Profiler* profiler) {
   if (!may_open_gpu(device, threads, dequantizes))
     return std::unique_ptr<GpuHandle>();
+  if (owns_device) // before counting the devices starts the driver (driver_files.h)
+    gpu_driver_files_before_cuda();
   auto parsed = parse_device(device);
   if (!parsed)
     return parsed.status();

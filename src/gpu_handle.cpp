@@ -131,8 +131,8 @@ void GpuHandle::open(const Opener& opener) {
   const uint64_t t0 = profiler_ ? profiler_->now() : 0;
   Status failure;
   std::unique_ptr<CudaTransformer> gpu;
-  if (owns_device_) // what the driver opens from here on is this handle's to hand back
-    driver_files_before_ = gpu_driver_files();
+  if (owns_device_) // what the driver opened for this process is this handle's to hand back
+    driver_files_before_ = gpu_driver_files_before_cuda();
   if (auto created = opener(); created)
     gpu = std::move(created.value());
   else
