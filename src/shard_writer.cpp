@@ -18,13 +18,11 @@
 #include <cstring>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/magic.h>
 #include <poll.h>
 #include <random>
 #include <string_view>
 #include <sys/mman.h>
 #include <sys/statvfs.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
 namespace shardshift {
@@ -187,18 +185,13 @@ Status ShardWriter::check_space() {
 }
 
 // Reserves the whole file so a full disk shows up now, before the expensive part of the work,
-// and so the filesystem can lay the file out contiguously. Not on a tmpfs: there reserving
-// makes and zeroes every page of the file (0.5-0.75 s for a 4 GB file on the H200 host, a
-// fifth of the lanes' time at 4 cores), and the writes then copy over them; written into
-// holes, a whole page is made and copied in one step. The free space is checked instead, and a
-// tmpfs that fills up meanwhile fails the write as a full disk. (Under an Io that does not map
-// writes, a test's fault-injecting decorator, every file is reserved: it must see each call.)
+// and so the filesystem can lay the file out contiguously. On a tmpfs too: there reserving makes
+// and zeroes every page before the writes copy over them, yet writing into holes instead was no
+// faster on the H200 host and 9% slower on a 2-core VM (docs/PERFORMANCE.md, "The driver's
+// files handed back").
 Status ShardWriter::reserve_space() {
   if (expected_size_ == 0)
     return {};
-  struct statfs fs_type;
-  if (io_->maps_writes() && ::fstatfs(fd_, &fs_type) == 0 && fs_type.f_type == TMPFS_MAGIC)
-    return check_space();
   int rc;
   do {
     rc = io_->fallocate(fd_, 0, static_cast<off_t>(expected_size_));

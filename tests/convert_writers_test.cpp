@@ -211,11 +211,11 @@ TEST_F(ConvertTest, AFailingLaneStopsEveryLaneAndLeavesNothing) {
 }
 
 TEST_F(ConvertTest, AFilesystemFullWhileFillingFilesOnATmpfsFailsCleanly) {
-  // A tmpfs that holds any one output file but not all of them. On a tmpfs no file's space is
-  // reserved, whether its lane writes it or threads fill it through its mapping: files written
-  // side by side pass the check of free space at their opening, and one runs out while it is
-  // written (or, opened after the others took the space, fails that check). Either way: a full
-  // disk, and nothing left.
+  // A tmpfs that holds any one output file but not all of them. Files filled by several threads
+  // have their free space checked at the opening, not reserved: files filled side by side pass
+  // that check, and one runs out while it is filled (or, opened after the others took the space,
+  // fails the check). Files written in order are reserved: one fails its reservation. Either
+  // way: a full disk, and nothing left.
   Dict in = reference::tiny_diffusion(rng, 6, 4, 96, 40);
   in["model.decoder.embed_tokens.weight"] = reference::random_tensor(rng, DType::BF16, {1024, 96});
   reference::write_checkpoint(tmp / "hf", in, 3, "diffusion_gemma");

@@ -10,13 +10,10 @@
 #include <condition_variable>
 #include <fcntl.h>
 #include <fstream>
-#include <linux/magic.h>
 #include <mutex>
 #include <numeric>
 #include <random>
-#include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/vfs.h>
 #include <thread>
 #include <unistd.h>
 
@@ -621,54 +618,6 @@ TEST(ShardWriter, AMappedOpenRefusesMoreThanTheFilesystemHolds) {
   EXPECT_NE(s.message().find("free space or choose another output directory"), std::string::npos)
       << s.message();
   EXPECT_TRUE(testing::list_dir(dir.path()).empty()) << "the temporary file was left";
-}
-
-// A written file is reserved on a disk (its blocks allocated at the opening) but not on a tmpfs,
-// where reserving would make and zero every page before the writes copy over them; there the
-// free space is checked instead.
-TEST(ShardWriter, AWrittenFileIsReservedOnADiskButNotOnATmpfs) {
-  constexpr uint64_t size = uint64_t{8} << 20;
-  auto blocks_after_open = [&](const fs::path& dir, uint64_t data_size) -> Result<uint64_t> {
-    ShardWriter writer;
-    if (Status s = writer.open(dir / "f.safetensors", "H", data_size); !s.ok())
-      return s;
-    uint64_t blocks = 0;
-    for (const auto& entry : fs::directory_iterator(dir)) { // the temporary file
-      struct stat st {};
-      EXPECT_EQ(::stat(entry.path().c_str(), &st), 0);
-      blocks += static_cast<uint64_t>(st.st_blocks);
-    }
-    writer.abandon();
-    return blocks;
-  };
-  TempDir disk;
-  struct statfs type {};
-  ASSERT_EQ(::statfs(disk.path().c_str(), &type), 0);
-  if (type.f_type != TMPFS_MAGIC) {
-    auto reserved = blocks_after_open(disk.path(), size);
-    ASSERT_TRUE(reserved.ok()) << reserved.status().message();
-    // 512-byte blocks; a filesystem without fallocate (EOPNOTSUPP) reserves nothing.
-    if (*reserved > 0)
-      EXPECT_GE(*reserved * 512, size);
-  }
-  if (::statfs("/dev/shm", &type) != 0 || type.f_type != TMPFS_MAGIC)
-    GTEST_SKIP() << "no tmpfs at /dev/shm";
-  char name[] = "/dev/shm/shardshift-reserve-XXXXXX";
-  ASSERT_NE(::mkdtemp(name), nullptr);
-  const fs::path shm(name);
-  auto unreserved = blocks_after_open(shm, size);
-  // More than the tmpfs holds: refused at the opening, nothing left.
-  struct statvfs info {};
-  ASSERT_EQ(::statvfs(shm.c_str(), &info), 0);
-  auto too_big =
-      blocks_after_open(shm, 2 * static_cast<uint64_t>(info.f_bavail) * info.f_frsize + size);
-  const bool left = !fs::is_empty(shm);
-  fs::remove_all(shm);
-  ASSERT_TRUE(unreserved.ok()) << unreserved.status().message();
-  EXPECT_LT(*unreserved * 512, uint64_t{64} << 10) << "a tmpfs file was reserved";
-  ASSERT_FALSE(too_big.ok());
-  EXPECT_EQ(too_big.status().code(), Errc::no_space) << too_big.status().message();
-  EXPECT_FALSE(left) << "the temporary file was left";
 }
 
 } // namespace
