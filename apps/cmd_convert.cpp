@@ -181,16 +181,21 @@ std::string summary_line(const ConvertSummary& s, const std::string& output, dou
   std::string device = s.device;
   if (device.rfind("cuda", 0) == 0)
     device += ", " + format_bytes(s.gpu_bytes) + " of it on the GPU";
+  // Tensors only renamed were moved by the kernel (zero-copy) unless it refused (another
+  // filesystem) or threads filled the file: then say how much of them was copied.
+  std::string passed = "zero-copy " + format_bytes(s.zero_copy_bytes);
+  if (s.fallback_copy_bytes > 0)
+    passed = "passed through " + format_bytes(s.zero_copy_bytes + s.fallback_copy_bytes) + " (" +
+             format_bytes(s.zero_copy_bytes) + " of it zero-copy)";
   char buf[1024];
-  std::snprintf(
-      buf, sizeof buf,
-      "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
-      "zero-copy %s, transformed %s on %s; peak RSS %s\n",
-      static_cast<unsigned long long>(s.tensors), s.adapter.c_str(), direction_name(s.direction),
-      static_cast<unsigned long long>(s.files), output.c_str(),
-      format_bytes(s.output_bytes).c_str(), s.seconds, format_rate(rate).c_str(),
-      format_bytes(s.zero_copy_bytes + s.fallback_copy_bytes).c_str(),
-      format_bytes(s.transformed_bytes).c_str(), device.c_str(), format_bytes(s.peak_rss).c_str());
+  std::snprintf(buf, sizeof buf,
+                "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
+                "%s, transformed %s on %s; peak RSS %s\n",
+                static_cast<unsigned long long>(s.tensors), s.adapter.c_str(),
+                direction_name(s.direction), static_cast<unsigned long long>(s.files),
+                output.c_str(), format_bytes(s.output_bytes).c_str(), s.seconds,
+                format_rate(rate).c_str(), passed.c_str(), format_bytes(s.transformed_bytes).c_str(),
+                device.c_str(), format_bytes(s.peak_rss).c_str());
   return buf;
 }
 

@@ -20,6 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::run_shardshift;
+using testing::run_shell;
 using testing::shell_quoted;
 using testing::TempDir;
 
@@ -68,6 +69,36 @@ TEST_F(ConvertCli, RoundTripThroughTheBinary) {
       EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << name;
     }
   }
+}
+
+// The summary calls pass-through bytes zero-copy only when the kernel moved them: where they were
+// copied (here every one, by threads filling the file), it says how much was.
+TEST_F(ConvertCli, TheSummarySaysHowMuchOfThePassThroughWasCopied) {
+  auto moved = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                              shell_quoted(tmp / "moved") + " --json");
+  ASSERT_EQ(moved.exit_code, 0) << moved.err;
+  const auto number = [](const std::string& json, const std::string& key) {
+    const size_t at = json.find("\"" + key + "\": ");
+    return at == std::string::npos ? -1.0 : std::stod(json.substr(at + key.size() + 4));
+  };
+  const double zero_copy = number(moved.out, "zero_copy_bytes");
+  const double copied = number(moved.out, "fallback_copy_bytes");
+  ASSERT_GE(zero_copy, 0);
+  ASSERT_GE(copied, 0);
+  auto summary = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
+                                shell_quoted(tmp / "moved2"));
+  ASSERT_EQ(summary.exit_code, 0) << summary.err;
+  if (copied == 0) // the kernel moved every byte (copy_file_range within one filesystem)
+    EXPECT_NE(summary.err.find("; zero-copy "), std::string::npos) << summary.err;
+
+  auto filled = run_shell("SHARDSHIFT_FILL=mapped " + std::string(SHARDSHIFT_BINARY) +
+                          " convert " + shell_quoted(tmp / "hf") + " " +
+                          shell_quoted(tmp / "filled") + " -j 4 </dev/null");
+  ASSERT_EQ(filled.exit_code, 0) << filled.err;
+  EXPECT_NE(filled.err.find("; passed through "), std::string::npos) << filled.err;
+  EXPECT_NE(filled.err.find(" (0 B of it zero-copy), transformed "), std::string::npos)
+      << filled.err;
+  EXPECT_EQ(filled.err.find("; zero-copy "), std::string::npos) << filled.err;
 }
 
 TEST_F(ConvertCli, JsonGoesToStdoutAlone) {
