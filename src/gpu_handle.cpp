@@ -115,7 +115,7 @@ void GpuHandle::start_closing() {
       CudaTransformer::reset_device(ordinal_);
       // The driver's files too, which the kernel would otherwise release at exit, after the
       // last write (driver_files.h): nothing of this process uses the device again.
-      release_gpu_driver_files(driver_files_before_);
+      release_gpu_driver_files(gpu_driver_files_before_cuda());
     }
     record(Stage::gpu_close, t0);
   });
@@ -131,8 +131,8 @@ void GpuHandle::open(const Opener& opener) {
   const uint64_t t0 = profiler_ ? profiler_->now() : 0;
   Status failure;
   std::unique_ptr<CudaTransformer> gpu;
-  if (owns_device_) // what the driver opened for this process is this handle's to hand back
-    driver_files_before_ = gpu_driver_files_before_cuda();
+  if (owns_device_) // what the driver opens from here on is this handle's to hand back
+    gpu_driver_files_before_cuda();
   if (auto created = opener(); created)
     gpu = std::move(created.value());
   else

@@ -37,7 +37,6 @@
 #include <string>
 #include <thread>
 #include <utility>
-#include <vector>
 
 namespace shardshift {
 
@@ -136,10 +135,6 @@ private:
   const int ordinal_;
   const bool required_;
   const bool owns_device_;
-  /// With owns_device: the GPU driver's files open before the process's first CUDA call
-  /// (another library's), which the closing leaves alone. Written by the opening thread, read by
-  /// the closing one after it.
-  std::vector<int> driver_files_before_;
   Profiler* const profiler_;
   std::unique_ptr<CudaTransformer> gpu_; ///< set by the opening thread, under mu_, before state_
   std::atomic<int> state_{opening};      ///< read without mu_ on every chunk; opened publishes gpu_
