@@ -156,6 +156,7 @@ std::string summary_json(const ConvertSummary& s, const std::string& output, dou
   w.key("peak_rss").value(s.peak_rss).key("chunk_bytes").value(s.chunk_bytes);
   w.key("tokens").value(s.tokens).key("writers").value(s.writers);
   w.key("filled_by_threads").value(s.filled_by_threads);
+  w.key("helped_bytes").value(s.helped_bytes);
   w.key("lane_ends").begin_array();
   for (const ConvertSummary::LaneEnd& lane : s.lane_ends)
     w.begin_object().key("seconds").value(lane.seconds).key("file").value(lane.file).end_object();
@@ -200,8 +201,10 @@ std::string summary_line(const ConvertSummary& s, const std::string& output, dou
 }
 
 // When the lanes ended: the gap before the last is the last file written by one lane alone, a
-// tail more lanes (--writers) or smaller files (--max-shard-size) can shorten.
-void print_lane_ends(const std::vector<ConvertSummary::LaneEnd>& ends) {
+// tail more lanes (--writers) or smaller files (--max-shard-size) can shorten; where files are
+// filled by several threads, lanes out of files help with the others' instead.
+void print_lane_ends(const ConvertSummary& s) {
+  const std::vector<ConvertSummary::LaneEnd>& ends = s.lane_ends;
   if (ends.size() < 2)
     return;
   std::string times;
@@ -211,8 +214,12 @@ void print_lane_ends(const std::vector<ConvertSummary::LaneEnd>& ends) {
     times += t;
   }
   const ConvertSummary::LaneEnd& last = ends.back();
-  std::fprintf(stderr, "lanes: ended at %s s; the last (%s) wrote alone for %.2f s\n",
-               times.c_str(), last.file.c_str(), last.seconds - ends[ends.size() - 2].seconds);
+  std::string helped;
+  if (s.filled_by_threads)
+    helped = "; " + format_bytes(s.helped_bytes) + " written by lanes helping with another's file";
+  std::fprintf(stderr, "lanes: ended at %s s; the last (%s) wrote alone for %.2f s%s\n",
+               times.c_str(), last.file.c_str(), last.seconds - ends[ends.size() - 2].seconds,
+               helped.c_str());
 }
 
 void print_stats(const ConvertSummary& s) {
@@ -258,7 +265,7 @@ void print_stats(const ConvertSummary& s) {
   if (s.filled_by_threads)
     std::fprintf(stderr, "files: each filled by several threads (a tmpfs, with threads to "
                          "spare; README, --writers)\n");
-  print_lane_ends(s.lane_ends);
+  print_lane_ends(s);
 }
 
 std::string progress_text(const Progress& p) {

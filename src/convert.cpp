@@ -63,6 +63,7 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
   sum.chunk_bytes = engine.config.chunk_bytes;
   sum.tokens = engine.config.tokens;
   sum.filled_by_threads = engine.config.fill == FillMode::mapped;
+  sum.helped_bytes = moved.helped_bytes;
   sum.writers = engine.config.writers;
   for (const LaneEnd& lane : moved.lanes) // a lane that found the queue empty wrote nothing
     if (lane.file < plan.files.size())

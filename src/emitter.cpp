@@ -7,25 +7,93 @@
 
 namespace shardshift {
 
+std::shared_ptr<FileWork> FileQueue::take() {
+  const size_t i = next_.fetch_add(1);
+  if (i >= files_.size())
+    return nullptr;
+  auto work = std::make_shared<FileWork>();
+  work->at.file = files_[i];
+  const OutputFile& file = plan_.files[files_[i]];
+  work->left = file.data_size;
+  if (filled_) {
+    work->fill = std::make_shared<FillingFile>();
+    work->fill->file = &file;
+  }
+  if (help_) {
+    std::lock_guard lock(mu_);
+    std::erase_if(active_, [](const std::shared_ptr<FileWork>& w) { return w->left.load() == 0; });
+    active_.push_back(work);
+  }
+  return work;
+}
+
+std::shared_ptr<FileWork> FileQueue::help() {
+  if (!help_)
+    return nullptr;
+  std::lock_guard lock(mu_);
+  std::shared_ptr<FileWork> best;
+  for (const auto& w : active_)
+    if (w->fill->opened.load(std::memory_order_acquire) && w->left.load() > 0 &&
+        (!best || w->left.load() > best->left.load()))
+      best = w;
+  return best;
+}
+
 std::unique_ptr<Item> Emitter::next() {
   for (;;) {
-    if (!have_file_) {
-      if (!queue_.take(&f_))
+    if (!work_) {
+      work_ = queue_.take();
+      helping_ = !work_;
+      if (!work_)
+        work_ = queue_.help();
+      if (!work_)
         return nullptr;
-      have_file_ = true;
-      opened_ = false;
-      k_ = 0;
     }
-    const OutputFile& file = plan_.files[f_];
-    if (!opened_) {
-      opened_ = true;
+    std::unique_ptr<Item> item;
+    {
+      std::lock_guard lock(work_->mu);
+      at_ = &work_->at;
+      item = cut();
+      if (item && work_->fill) {
+        item->fill = work_->fill;
+        if (item->kind != ItemKind::open_file && item->kind != ItemKind::close_file) {
+          item->fill_offset = at_->offset;
+          at_->offset += item->length;
+          work_->fill->pending.fetch_add(1); // given back when the item is filled
+        }
+      }
+      if (item && item->kind != ItemKind::open_file && item->kind != ItemKind::close_file) {
+        work_->left -= item->length;
+        if (helping_)
+          helped_bytes_ += item->length;
+      }
+      at_ = nullptr;
+    }
+    if (item) {
+      if (item->kind == ItemKind::close_file)
+        work_.reset();
+      return item;
+    }
+    work_.reset(); // cut to its end by another lane
+  }
+}
+
+// The current file's next item, from the cursor at_.
+std::unique_ptr<Item> Emitter::cut() {
+  for (;;) {
+    if (at_->closed)
+      return nullptr;
+    const OutputFile& file = plan_.files[at_->file];
+    if (!at_->opened) {
+      at_->opened = true;
+      at_->offset = file.header.size();
       return make(ItemKind::open_file);
     }
-    if (k_ == file.tensors.size()) {
-      have_file_ = false;
+    if (at_->k == file.tensors.size()) {
+      at_->closed = true;
       return make(ItemKind::close_file);
     }
-    const OutputTensor& t = plan_.tensors[file.tensors[k_]];
+    const OutputTensor& t = plan_.tensors[file.tensors[at_->k]];
     switch (t.op) {
     case OpKind::copy:
       return copy_piece(file);
@@ -33,7 +101,7 @@ std::unique_ptr<Item> Emitter::next() {
       auto item = make(ItemKind::ones);
       item->tensor = &t;
       item->length = t.size;
-      ++k_;
+      ++at_->k;
       return item;
     }
     case OpKind::transpose:
@@ -60,7 +128,7 @@ std::unique_ptr<Item> Emitter::next() {
 std::unique_ptr<Item> Emitter::make(ItemKind kind) {
   auto item = std::make_unique<Item>();
   item->kind = kind;
-  item->file = static_cast<uint32_t>(f_);
+  item->file = at_->file;
   return item;
 }
 
@@ -71,10 +139,10 @@ std::unique_ptr<Item> Emitter::make(ItemKind kind) {
 // input offset, so a run whose output offset the plan kept congruent (reflink_alignment) is cut
 // at whole blocks on both sides and can still share extents.
 std::unique_ptr<Item> Emitter::copy_piece(const OutputFile& file) {
-  const OutputTensor& first = plan_.tensors[file.tensors[k_]];
+  const OutputTensor& first = plan_.tensors[file.tensors[at_->k]];
   const uint64_t run_begin = in_.file_offset(first.source);
   uint64_t run_end = run_begin;
-  size_t j = k_;
+  size_t j = at_->k;
   while (j < file.tensors.size()) {
     const OutputTensor& t = plan_.tensors[file.tensors[j]];
     if (t.op != OpKind::copy || t.source.shard != first.source.shard ||
@@ -83,7 +151,7 @@ std::unique_ptr<Item> Emitter::copy_piece(const OutputFile& file) {
     run_end += t.size;
     ++j;
   }
-  const uint64_t begin = run_begin + run_done_;
+  const uint64_t begin = run_begin + at_->run_done;
   uint64_t end = run_end;
   if (end - begin > chunk_) {
     end = (begin + chunk_) / 4096 * 4096;
@@ -98,10 +166,10 @@ std::unique_ptr<Item> Emitter::copy_piece(const OutputFile& file) {
   item->release_offset = begin;
   item->release_length = item->length;
   if (end == run_end) {
-    k_ = j;
-    run_done_ = 0;
+    at_->k = j;
+    at_->run_done = 0;
   } else {
-    run_done_ = end - run_begin;
+    at_->run_done = end - run_begin;
   }
   return item;
 }
@@ -116,24 +184,24 @@ std::unique_ptr<Item> Emitter::transform_chunk(const OutputTensor& t) {
   const uint64_t expert_out = t.cols * out_row;
   const uint64_t expert_in = A * B * es_in;
   if (t.experts == 0 || t.cols == 0 || A == 0) {
-    ++k_;
+    ++at_->k;
     return nullptr;
   }
   auto item = make(ItemKind::transform);
   item->tensor = &t;
   item->shard = &in_.shard(t.source);
-  uint64_t e0 = e_, c0 = c_, ne, nc;
+  uint64_t e0 = at_->e, c0 = at_->c, ne, nc;
   if (std::max(expert_out, expert_in) <= chunk_) {
     ne = std::min(t.experts - e0, chunk_ / std::max(expert_out, expert_in));
     nc = t.cols;
-    e_ += ne;
+    at_->e += ne;
   } else {
     ne = 1;
     nc = std::min(t.cols - c0, std::max<uint64_t>(1, chunk_ / out_row));
-    c_ += nc;
-    if (c_ == t.cols) {
-      c_ = 0;
-      ++e_;
+    at_->c += nc;
+    if (at_->c == t.cols) {
+      at_->c = 0;
+      ++at_->e;
     }
   }
   const uint64_t in_base = in_.file_offset(t.source) + (t.expert_begin + e0) * expert_in;
@@ -154,14 +222,14 @@ std::unique_ptr<Item> Emitter::transform_chunk(const OutputTensor& t) {
   item->length = ne * nc * out_row;
   item->on_gpu = gpu_ && nc == t.cols; // the GPU stage works on whole expert matrices
   // The input experts are released once their last output row is written.
-  if (c_ == 0) {
+  if (at_->c == 0) {
     item->release_offset = in_base;
     item->release_length = ne * expert_in;
   }
   item->shard->file->will_need(in_base, ne * expert_in);
-  if (e_ == t.experts) {
-    e_ = 0;
-    ++k_;
+  if (at_->e == t.experts) {
+    at_->e = 0;
+    ++at_->k;
   }
   return item;
 }
@@ -204,12 +272,12 @@ std::unique_ptr<Item> Emitter::dequant_chunk(const OutputTensor& t) {
   const TensorInfo& src = in_.info(t.source);
   const uint64_t R = t.shape[0], C = t.shape[1];
   if (R == 0 || C == 0) {
-    ++k_;
+    ++at_->k;
     return nullptr;
   }
   const uint64_t es_in = dtype_bits(src.dtype) / 8, es_out = dtype_bits(t.dtype) / 8;
   const uint64_t out_row = C * es_out, in_row = C * es_in;
-  const uint64_t r0 = c_;
+  const uint64_t r0 = at_->c;
   const uint64_t nr = std::min(R - r0, block_rows(chunk_ / std::max(out_row, in_row)));
   auto item = make(ItemKind::transform);
   item->tensor = &t;
@@ -223,10 +291,10 @@ std::unique_ptr<Item> Emitter::dequant_chunk(const OutputTensor& t) {
   item->parts.push_back(part);
   item->length = nr * out_row;
   item->on_gpu = gpu_ != nullptr; // dequant_cuda.cu, same bits as the CPU
-  c_ += nr;
-  if (c_ == R) {
-    c_ = 0;
-    ++k_;
+  at_->c += nr;
+  if (at_->c == R) {
+    at_->c = 0;
+    ++at_->k;
   }
   return item;
 }
@@ -239,7 +307,7 @@ std::unique_ptr<Item> Emitter::dequant_chunk(const OutputTensor& t) {
 std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
   const uint64_t N = t.shape[0], R = t.shape[1], C = t.shape[2];
   if (N == 0 || R == 0 || C == 0 || t.pieces.empty()) {
-    ++k_;
+    ++at_->k;
     return nullptr;
   }
   const uint64_t per_expert = t.pieces.size() / N; // validated: every expert has every piece
@@ -250,19 +318,19 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
     expert_in += in_.bytes(t.pieces[j].source).size();
   auto item = make(ItemKind::transform);
   item->tensor = &t;
-  const uint64_t e0 = e_, r0 = c_;
+  const uint64_t e0 = at_->e, r0 = at_->c;
   uint64_t ne, nr;
   if (std::max(expert_out, expert_in) <= chunk_) {
     ne = std::min(N - e0, chunk_ / std::max(expert_out, expert_in));
     nr = R;
-    e_ += ne;
+    at_->e += ne;
   } else {
     ne = 1;
     nr = std::min(R - r0, block_rows(chunk_ / out_row));
-    c_ += nr;
-    if (c_ == R) {
-      c_ = 0;
-      ++e_;
+    at_->c += nr;
+    if (at_->c == R) {
+      at_->c = 0;
+      ++at_->e;
     }
   }
   for (uint64_t e = e0; e < e0 + ne; ++e)
@@ -288,7 +356,7 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
         set_dequant(part, p.source, *p.scale, true, t.col_begin + r0, nr, C, t.dtype);
       if (r0 == 0)
         part.shard->file->will_need(in_offset, in_bytes);
-      if (c_ == 0)
+      if (at_->c == 0)
         item->releases.push_back({part.shard, in_offset, in_bytes});
       item->parts.push_back(part);
     }
@@ -298,9 +366,9 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
   // move bytes only and stay on the CPU (the GPU round trip costs a thread more than they do).
   item->on_gpu = gpu_ != nullptr && std::all_of(item->parts.begin(), item->parts.end(),
                                                 [](const StackPart& p) { return p.dequant; });
-  if (e_ == N) {
-    e_ = 0;
-    ++k_;
+  if (at_->e == N) {
+    at_->e = 0;
+    ++at_->k;
   }
   return item;
 }
@@ -335,23 +403,23 @@ std::unique_ptr<Item> Emitter::quantize_chunk(const OutputTensor& t) {
   }
   const uint64_t units = q.scales ? scale_blocks(q.R) : q.R;
   if (units == 0 || q.C == 0) {
-    ++k_;
+    ++at_->k;
     return nullptr;
   }
   // Bytes per unit: a row of codes reads a row of X; a block row of scales reads 128 rows.
   const uint64_t unit_in = q.C * es_in * (q.scales ? FP8_BLOCK : 1);
   const uint64_t unit_out = q.scales ? scale_blocks(q.C) * 4 : q.C;
   const uint64_t per_chunk = chunk_ / std::max(unit_in, unit_out);
-  q.begin = c_;
-  q.count = std::min(units - c_, q.scales ? std::max<uint64_t>(1, per_chunk)
+  q.begin = at_->c;
+  q.count = std::min(units - at_->c, q.scales ? std::max<uint64_t>(1, per_chunk)
                                           : block_rows(per_chunk));
   auto item = make(ItemKind::transform);
   item->tensor = &t;
   item->shard = &in_.shard(t.source);
   item->length = q.count * unit_out;
   item->on_gpu = false; // no CUDA kernel: the CPU on every device, same bits
-  c_ += q.count;
-  const bool last = c_ == units;
+  at_->c += q.count;
+  const bool last = at_->c == units;
   if (!expert) {
     // X's rows [first, end) as read by this chunk (whole blocks, for the scales).
     const uint64_t first = q.scales ? q.begin * FP8_BLOCK : q.begin / FP8_BLOCK * FP8_BLOCK;
@@ -374,8 +442,8 @@ std::unique_ptr<Item> Emitter::quantize_chunk(const OutputTensor& t) {
   item->quantize = q;
   item->quantize_source = src.name;
   if (last) {
-    c_ = 0;
-    ++k_;
+    at_->c = 0;
+    ++at_->k;
   }
   return item;
 }

@@ -139,6 +139,8 @@ public:
 
   /// The last file this lane wrote (UINT32_MAX: none).
   uint32_t last_file() const { return last_file_; }
+  /// Bytes it wrote of files other lanes took (emitter.h).
+  uint64_t helped_bytes() const { return emitter_.helped_bytes(); }
 
 private:
   // Stage 1: the next item, with a buffer when it needs one (a token holds at most one).
@@ -279,7 +281,9 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   const unsigned lanes = std::max<unsigned>(
       1, std::min<unsigned>(config.writers, static_cast<unsigned>(files.size())));
 
-  FileQueue queue(files);
+  // Lanes help with each other's files where the files are filled at their offsets, and each
+  // file's bytes are not hashed in order (--checksums: one lane hashes a file from start to end).
+  FileQueue queue(files, plan, target.fills_at_offsets(), !config.digests);
   FailureLatch failure;
   // The pool may outlive this call: the GPU's closing thread unlocks its buffers.
   auto pool = std::make_shared<BufferPool>(config.chunk_bytes, config.gpu);
@@ -298,11 +302,13 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   // Lanes run side by side on the one task arena; each blocks only in its own write calls.
   std::vector<WriteTotals> totals(lanes);
   std::vector<LaneEnd> ends(lanes);
+  std::vector<uint64_t> helped(lanes);
   profiler.name_thread("main");
   tbb::parallel_for(0u, lanes, [&](unsigned i) {
     Lane lane(shared);
     totals[i] = lane.run();
     ends[i] = {profiler.now(), lane.last_file()};
+    helped[i] = lane.helped_bytes();
   });
   if (failure.failed())
     return failure.first();
@@ -325,6 +331,8 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   result.gpu_bytes = transformer.gpu_bytes();
   result.gpu_in_place_bytes = transformer.gpu_in_place_bytes();
   result.gpu_input_bytes = transformer.gpu_input_bytes();
+  for (uint64_t h : helped)
+    result.helped_bytes += h;
   std::sort(ends.begin(), ends.end(),
             [](const LaneEnd& a, const LaneEnd& b) { return a.end_ns < b.end_ns; });
   result.lanes = std::move(ends);

@@ -72,6 +72,7 @@ struct PipelineResult {
   uint64_t gpu_in_place_bytes = 0; ///< TransformStage::gpu_in_place_bytes()
   uint64_t gpu_input_bytes = 0;    ///< TransformStage::gpu_input_bytes()
   uint64_t output_bytes = 0;
+  uint64_t helped_bytes = 0;  ///< written by lanes helping with another lane's file (emitter.h)
   std::vector<LaneEnd> lanes; ///< one per writer lane, in the order they ended
 };
 

@@ -103,8 +103,11 @@ Status ShardWriter::open(const fs::path& final_path, std::string header, uint64_
 
 Status ShardWriter::open_mapped(const fs::path& final_path, std::string header,
                                 uint64_t data_size) {
-  if (!io_->maps_writes() || data_size == 0)
-    return open(final_path, std::move(header), data_size);
+  if (!io_->maps_writes() || data_size == 0) { // filled by positioned writes
+    Status s = open(final_path, std::move(header), data_size);
+    filled_ = s.ok();
+    return s;
+  }
   if (Status s = start_file(final_path, header.size(), data_size); !s.ok())
     return s;
   if (Status s = create_temp(O_RDWR); !s.ok())
@@ -128,7 +131,9 @@ Status ShardWriter::open_mapped(const fs::path& final_path, std::string header,
   } else {
     map_ = static_cast<std::byte*>(map);
   }
-  return append(std::as_bytes(std::span(header)));
+  Status s = append(std::as_bytes(std::span(header)));
+  filled_ = s.ok();
+  return s;
 }
 
 Status ShardWriter::start_file(const fs::path& final_path, uint64_t header_size,
@@ -143,7 +148,10 @@ Status ShardWriter::start_file(const fs::path& final_path, uint64_t header_size,
   final_path_ = final_path;
   is_stream_ = false;
   expected_size_ = header_size + data_size;
+  data_begin_ = header_size;
   position_ = 0;
+  claimed_ = 0;
+  filled_ = false;
   started_ = waited_ = 0;
   return {};
 }
@@ -221,6 +229,7 @@ Status ShardWriter::open_stream(int fd, std::string name, std::string header, ui
   fd_ = fd;
   owns_fd_ = false;
   expected_size_ = header.size() + data_size;
+  data_begin_ = header.size();
   position_ = 0;
   return append(std::as_bytes(std::span(header)));
 }
@@ -345,25 +354,23 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
   return {};
 }
 
-Result<uint64_t> ShardWriter::reserve(uint64_t length) {
-  if (!status_.ok())
-    return status_;
-  // Not fail(): that would remove the file while other threads fill it.
-  if (!map_)
-    return status_ = error(Errc::io, display_path_ + ": internal: reserve on an unmapped file");
-  if (length > expected_size_ - position_)
-    return status_ =
-               error(Errc::io, display_path_ + ": internal: writing past the planned size of " +
-                                   std::to_string(expected_size_) + " bytes");
-  const uint64_t offset = position_;
-  position_ += length;
-  return offset;
+Status ShardWriter::claim(uint64_t offset, uint64_t length) {
+  if (!filled_)
+    return error(Errc::io, display_path_ + ": internal: claim on a file not opened for filling");
+  if (offset < data_begin_ || offset > expected_size_ || length > expected_size_ - offset)
+    return error(Errc::io, display_path_ + ": internal: bytes " + std::to_string(offset) + "-" +
+                               std::to_string(offset + length) + " lie outside the data, bytes " +
+                               std::to_string(data_begin_) + "-" + std::to_string(expected_size_));
+  claimed_.fetch_add(length, std::memory_order_relaxed);
+  return {};
 }
 
 Status ShardWriter::fill(uint64_t offset, std::span<const std::byte> bytes,
                          const std::string* source) const {
-  if (!map_ || offset > expected_size_ || bytes.size() > expected_size_ - offset)
-    return error(Errc::io, display_path_ + ": internal: fill outside the mapped file");
+  if (!filled_ || offset > expected_size_ || bytes.size() > expected_size_ - offset)
+    return error(Errc::io, display_path_ + ": internal: fill outside the file");
+  if (!map_)
+    return fill_by_write(offset, bytes, source);
   // One thread at a time writes (the kernel would serialize more on the file's lock), which
   // costs a fraction of the CPU of making pages through the mapping; the others copy.
   if (!writing_.test_and_set(std::memory_order_acquire)) {
@@ -443,8 +450,9 @@ Status ShardWriter::finish() {
     return status_;
   if (fd_ < 0)
     return fail(error(Errc::io, display_path_ + ": internal: finish without open"));
-  if (position_ != expected_size_)
-    return fail(error(Errc::io, display_path_ + ": internal: wrote " + std::to_string(position_) +
+  const uint64_t done = position_ + claimed_.load();
+  if (done != expected_size_)
+    return fail(error(Errc::io, display_path_ + ": internal: wrote " + std::to_string(done) +
                                     " of " + std::to_string(expected_size_) + " bytes"));
   unmap(); // every fill has returned: the bytes are in the file's pages
   if (is_stream_) {

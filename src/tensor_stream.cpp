@@ -211,7 +211,7 @@ Result<StreamSummary> for_each_converted_tensor(const std::filesystem::path& inp
   std::vector<uint32_t> files(plan.files.size());
   for (uint32_t f = 0; f < files.size(); ++f)
     files[f] = f;
-  FileQueue queue(files);
+  FileQueue queue(files, plan);
   Emitter emitter(checkpoint, plan, options.max_piece_bytes, nullptr, queue);
   Profiler profiler(false);
   TransformStage transformer(nullptr, nullptr, profiler);

@@ -5,8 +5,13 @@
 namespace shardshift {
 
 Status WriteStage::write(Item& item) {
-  if (filling_ && item.kind != ItemKind::open_file && item.kind != ItemKind::close_file)
-    return reserve(item);
+  if (item.fill) {
+    if (item.kind == ItemKind::open_file)
+      return open_filled(item);
+    if (item.kind == ItemKind::close_file)
+      return {}; // its count is given back after it, with the items' (fill)
+    return claim(item);
+  }
   Status s;
   switch (item.kind) {
   case ItemKind::open_file:
@@ -31,19 +36,31 @@ void WriteStage::abandon() {
     target_.abandon(*writer_, *open_file_);
   writer_.reset();
   open_file_ = nullptr;
-  if (filling_) { // never closed; nothing fills it any more once the pipeline has ended
-    filling_->failed = true;
-    (void)release(std::exchange(filling_, nullptr));
-  }
+  // A filled file left unfinished by a failed run goes with its last holder (~ShardWriter).
 }
 
-Status WriteStage::reserve(Item& item) {
-  auto offset = filling_->writer->reserve(item.length);
-  if (!offset)
-    return offset.status();
-  item.fill = filling_;
-  item.fill_offset = *offset;
-  filling_->pending.fetch_add(1);
+Status WriteStage::open_filled(Item& item) {
+  FillingFile& f = *item.fill;
+  auto writer = std::make_unique<ShardWriter>(io_);
+  writer->set_cancel(cancel_);
+  totals_.done += f.file->header.size();
+  const uint64_t t0 = profiler_.now();
+  Status s = target_.open(*writer, *f.file);
+  profiler_.record(Stage::open, t0, profiler_.now(), f.file->size(), f.file->name);
+  f.writer = std::move(writer);
+  if (s.ok())
+    f.opened.store(true, std::memory_order_release);
+  else
+    f.failed = true;
+  return s;
+}
+
+Status WriteStage::claim(Item& item) {
+  FillingFile& f = *item.fill;
+  if (!f.writer)
+    return Status(Errc::io, f.file->name + ": internal: an item reached a file not opened");
+  if (Status s = f.writer->claim(item.fill_offset, item.length); !s.ok())
+    return s;
   if (item.kind == ItemKind::copy_run)
     totals_.fallback_copy_bytes += item.length; // copied through memory, not by the kernel
   if (item.kind == ItemKind::ones)
@@ -56,10 +73,14 @@ Status WriteStage::fill(Item& item, bool skip) {
   if (!item.fill)
     return {};
   const std::shared_ptr<FillingFile> f = std::move(item.fill);
-  Status s;
-  if (skip || f->failed.load()) {
+  if (item.kind == ItemKind::open_file) // nothing counted for it
+    return {};
+  if (skip)
     f->failed = true;
-  } else {
+  if (item.kind == ItemKind::close_file)
+    return release(f);
+  Status s;
+  if (!f->failed.load()) {
     const uint64_t t0 = profiler_.now();
     if (item.kind == ItemKind::copy_run) {
       const MappedFile& in = *item.shard->file;
@@ -85,6 +106,8 @@ Status WriteStage::fill(Item& item, bool skip) {
 Status WriteStage::release(const std::shared_ptr<FillingFile>& f) {
   if (f->pending.fetch_sub(1, std::memory_order_acq_rel) != 1)
     return {};
+  if (!f->writer) // never opened: the run failed first
+    return {};
   if (f->failed.load()) {
     target_.abandon(*f->writer, *f->file);
     return {};
@@ -109,12 +132,6 @@ Status WriteStage::open_file(const Item& item) {
   const uint64_t t0 = profiler_.now();
   Status s = target_.open(*writer_, file);
   profiler_.record(Stage::open, t0, profiler_.now(), file.size(), file.name);
-  if (s.ok() && writer_->mapped()) {
-    filling_ = std::make_shared<FillingFile>();
-    filling_->writer = std::move(writer_);
-    filling_->file = &file;
-    open_file_ = nullptr;
-  }
   return s;
 }
 
@@ -159,8 +176,6 @@ Status WriteStage::append_chunk(const Item& item) {
 }
 
 Status WriteStage::close_file(const Item& item) {
-  if (filling_) // finished by the last of its items still filling, or now
-    return release(std::exchange(filling_, nullptr));
   const OutputFile& file = plan_.files[item.file];
   const uint64_t t0 = profiler_.now();
   Status s = target_.finish(*writer_, file);

@@ -4,13 +4,14 @@
 // OutputTarget decides where a file's ShardWriter points: a staged file in a directory, or an
 // open descriptor (stdout, a pipe). A new destination is a new OutputTarget.
 //
-// A file that the target opened mapped (FillMode::mapped: a tmpfs, with cores to spare) is not
-// written in order by the lane's one thread. The write stage only hands each item its place in
-// the file (reserve), and fill() copies the bytes there from the parallel step after it, on
-// whichever thread runs that item: several threads fill one file at once, which write calls into
-// one file cannot (they serialize on the file's lock; PERFORMANCE.md, "One file filled by several
-// threads"). A FillingFile counts the items still to copy; the last of them, or the file's close
-// if it comes after them, finishes the file.
+// A file filled at its offsets (FillMode::mapped: a tmpfs, with cores to spare) is not written in
+// order by one lane's thread. Each of its items carries the file's FillingFile and its offset,
+// fixed when it was cut; the write stage only checks the offset (claim), and fill() copies the
+// bytes there from the parallel step after it, on whichever thread runs the item: several
+// threads fill one file at once, which write calls into one file cannot (they serialize on the
+// file's lock; PERFORMANCE.md, "One file filled by several threads"), and several lanes may take
+// items of one file (emitter.h). A FillingFile counts the items cut and not yet filled; the last
+// of them, or the file's close if it comes after them, finishes the file.
 // Thread-safety: write() and abandon() from one thread at a time (the serial in-order stage);
 // fill() from any thread, several at once; totals() from the serial stage or once the pipeline
 // has ended.
@@ -45,6 +46,9 @@ public:
     (void)file;
     writer.abandon();
   }
+  /// Whether open() opens files for filling at their offsets (ShardWriter::open_mapped), so that
+  /// their items may be written in any order, by any lane.
+  virtual bool fills_at_offsets() const { return false; }
 };
 
 /// How a directory's files are filled (PipelineConfig::fill, from fill_mode): each written in
@@ -68,6 +72,7 @@ public:
       return writer.open_mapped(dir_ / file.name, file.header, file.data_size);
     return writer.open(dir_ / file.name, file.header, file.data_size);
   }
+  bool fills_at_offsets() const override { return mapped_; }
 
 private:
   std::filesystem::path dir_;
@@ -75,12 +80,13 @@ private:
   bool mapped_;
 };
 
-/// A file being filled through its mapping, shared by the write stage and the items reserved in
-/// it (Item::fill).
+/// A file filled at its offsets, shared by the lanes that take its items and by those items
+/// (Item::fill).
 struct FillingFile {
-  std::unique_ptr<ShardWriter> writer;
   const OutputFile* file = nullptr;
-  /// Items reserved and not yet filled, plus one until the file's close has been reached.
+  std::unique_ptr<ShardWriter> writer; ///< set by the open item's write stage
+  std::atomic<bool> opened{false};     ///< writer is open: other lanes may take items
+  /// Items cut and not yet filled, plus one until the file's close has been reached.
   std::atomic<uint64_t> pending{1};
   std::atomic<bool> failed{false}; ///< a fill failed, or the run did: abandon rather than finish
 };
@@ -112,12 +118,12 @@ public:
       : io_(io), plan_(plan), target_(target), profiler_(profiler), cancel_(cancel) {}
   ~WriteStage() { abandon(); }
 
-  /// Moves the item's bytes to the output (or opens / finishes a file). Into a mapped file,
-  /// reserves the item's place instead (Item::fill, Item::fill_offset) for fill().
+  /// Moves the item's bytes to the output (or opens / finishes a file). For a file filled at its
+  /// offsets (Item::fill), opens it, or checks the item's place (Item::fill_offset) for fill().
   Status write(Item& item);
-  /// Copies a reserved item's bytes into its file's mapping (nothing for other items); the last
-  /// item of a closed file finishes it. `skip` (the run has failed): copies nothing, and the file
-  /// is abandoned rather than finished. Any thread.
+  /// Puts an item of a filled file at its offset (nothing for other items); its close, or the
+  /// last of its items after the close, finishes the file. `skip` (the run has failed): copies
+  /// nothing, and the file is abandoned rather than finished. Any thread.
   Status fill(Item& item, bool skip);
   /// Removes the file being written, if any (after a failure).
   void abandon();
@@ -132,7 +138,8 @@ private:
   Status copy_run(const Item& item);
   Status append_chunk(const Item& item);
   Status close_file(const Item& item);
-  Status reserve(Item& item);
+  Status open_filled(Item& item);
+  Status claim(Item& item);
   /// One of the file's pending counts is done; the last finishes (or abandons) it.
   Status release(const std::shared_ptr<FillingFile>& f);
 
@@ -143,7 +150,6 @@ private:
   const std::atomic<bool>* cancel_;
   std::unique_ptr<ShardWriter> writer_;
   const OutputFile* open_file_ = nullptr; ///< the file writer_ is writing
-  std::shared_ptr<FillingFile> filling_;  ///< the open file, when it is mapped (writer_ is null)
   WriteTotals totals_;
   std::atomic<uint64_t> filled_output_bytes_{0}; ///< mapped files finished (by any thread)
 };

@@ -5,7 +5,9 @@
 #include "shardshift/io.h"
 
 #include "convert_harness.h"
+#include "emitter.h"
 #include "pipeline.h"
+#include "sha256.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -135,6 +137,135 @@ TEST_F(SeveralFilesTest, EachLaneSaysWhenItEndedAndItsLastFile) {
     // Lanes take files in the plan's order, so whichever lane took the plan's last file ended
     // with it; one lane wrote them all and ended with it.
     EXPECT_TRUE(last_files.contains(plan.files.back().name));
+  }
+}
+
+// Where files are filled at their offsets, a lane out of files takes items of the open file with
+// the most bytes left. Lane A takes the plan's first file; lane B takes the second and cuts it to
+// its close, then helps with A's (once it is open), and the two cut A's items in turns. The items
+// and their offsets are those one lane alone cuts, in the same order, so the bytes cannot differ;
+// every cut data item counts on the file until filled.
+TEST_F(SeveralFilesTest, ALaneOutOfFilesHelpsWithTheOpenFileWithTheMostLeft) {
+  auto input = open_for_plan(tmp / "hf", plan_options);
+  ASSERT_TRUE(input.ok()) << input.status().message();
+  const std::vector<uint32_t> files = {0, 1};
+  const uint64_t chunk = 64 << 10; // the smallest: many items per file
+  struct Cut {
+    ItemKind kind;
+    uint32_t file;
+    uint64_t offset, length;
+    std::string tensor;
+    bool operator==(const Cut&) const = default;
+  };
+  auto cut_of = [](const Item& item) {
+    return Cut{item.kind, item.file, item.fill_offset, item.length,
+               item.tensor ? item.tensor->name : std::string()};
+  };
+
+  // One lane alone: every item of both files in order, each data item at the next offset.
+  std::vector<Cut> alone;
+  {
+    FileQueue queue(files, plan, true, true);
+    Emitter lane(*input, plan, chunk, nullptr, queue);
+    std::vector<std::unique_ptr<Item>> held; // the items hold their files' counts
+    while (auto item = lane.next()) {
+      if (item->kind == ItemKind::open_file)
+        item->fill->opened = true; // what the write stage does once the file is open
+      alone.push_back(cut_of(*item));
+      held.push_back(std::move(item));
+    }
+    EXPECT_EQ(lane.helped_bytes(), 0u);
+  }
+  uint64_t offset = 0, data_items = 0;
+  for (const Cut& c : alone) {
+    if (c.kind == ItemKind::open_file)
+      offset = plan.files[c.file].header.size();
+    else if (c.kind == ItemKind::close_file)
+      EXPECT_EQ(offset, plan.files[c.file].size()) << "the items fill file " << c.file;
+    else {
+      EXPECT_EQ(c.offset, offset);
+      offset += c.length;
+      ++data_items;
+    }
+  }
+  ASSERT_GT(data_items, 8u) << "the test needs files of many items";
+
+  FileQueue queue(files, plan, true, true);
+  Emitter a(*input, plan, chunk, nullptr, queue), b(*input, plan, chunk, nullptr, queue);
+  std::vector<std::unique_ptr<Item>> held;
+  auto open = a.next();
+  ASSERT_TRUE(open);
+  ASSERT_EQ(open->kind, ItemKind::open_file);
+  ASSERT_EQ(open->file, 0u);
+  const std::shared_ptr<FillingFile> first = open->fill;
+  ASSERT_TRUE(first);
+  std::vector<Cut> of_first = {cut_of(*open)};
+  held.push_back(std::move(open));
+  // B cuts the second file to its close; the first is not open yet, so B has nothing to help.
+  std::vector<Cut> of_second;
+  while (true) {
+    auto item = b.next();
+    ASSERT_TRUE(item);
+    ASSERT_EQ(item->file, 1u);
+    of_second.push_back(cut_of(*item));
+    const bool close = item->kind == ItemKind::close_file;
+    held.push_back(std::move(item));
+    if (close)
+      break;
+  }
+  EXPECT_FALSE(b.next()) << "helped with a file not open yet";
+  first->opened = true;
+  // Now A and B take the first file's items in turns until it is cut to its close.
+  uint64_t helped = 0;
+  for (int turn = 0;; ++turn) {
+    auto item = (turn % 2 ? b : a).next();
+    ASSERT_TRUE(item) << "the file ended without its close";
+    EXPECT_EQ(item->file, 0u);
+    EXPECT_EQ(item->fill, first);
+    if (turn % 2 && item->kind != ItemKind::close_file)
+      helped += item->length;
+    of_first.push_back(cut_of(*item));
+    const bool close = item->kind == ItemKind::close_file;
+    held.push_back(std::move(item));
+    if (close)
+      break;
+  }
+  EXPECT_FALSE(a.next());
+  EXPECT_FALSE(b.next());
+  EXPECT_GT(helped, 0u);
+  EXPECT_EQ(b.helped_bytes(), helped);
+  EXPECT_EQ(a.helped_bytes(), 0u);
+  std::vector<Cut> both = of_first;
+  both.insert(both.end(), of_second.begin(), of_second.end());
+  EXPECT_TRUE(both == alone) << "the two lanes cut other items than one lane alone";
+  // Each data item cut and not yet filled counts, plus one for the close not yet given back.
+  uint64_t first_items = 0;
+  for (const Cut& c : of_first)
+    first_items += c.kind != ItemKind::open_file && c.kind != ItemKind::close_file;
+  EXPECT_EQ(first->pending.load(), first_items + 1);
+}
+
+// --checksums hashes each file's bytes in order on one lane, so lanes do not help with each
+// other's files there; the files are still filled by several threads, and each digest is that of
+// the file on disk.
+TEST_F(SeveralFilesTest, WithChecksumsEachFileIsHashedWholeByTheLaneThatTookIt) {
+  ScopedEnv fill("SHARDSHIFT_FILL", "mapped");
+  auto r = run(tmp / "hf", tmp / "out", opts([&](ConvertOptions& o) {
+                 o.writers = 2;
+                 o.threads = 5;
+                 o.max_memory = 256 << 10;
+                 o.checksums = true;
+                 o.plan = plan_options;
+               }));
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(r->filled_by_threads);
+  EXPECT_EQ(r->helped_bytes, 0u);
+  const auto written = files_of(tmp / "out");
+  const std::map<std::string, std::string> digests(r->checksums.begin(), r->checksums.end());
+  for (const OutputFile& file : plan.files) {
+    ASSERT_TRUE(written.contains(file.name) && digests.contains(file.name)) << file.name;
+    EXPECT_EQ(digests.at(file.name), sha256_hex(std::as_bytes(std::span(written.at(file.name)))))
+        << file.name;
   }
 }
 

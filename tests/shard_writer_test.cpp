@@ -448,13 +448,13 @@ TEST(ShardWriter, AStreamIsNeverWrittenBack) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Files filled through their mapping (open_mapped, reserve, fill)
+// Files filled at their offsets (open_mapped, claim, fill)
 
 TEST(ShardWriter, AMappedFileIsFilledByThreadsInAnyOrder) {
   std::mt19937_64 rng(testing::test_seed());
   TempDir dir;
-  // Pieces of random sizes (some larger than a WRITE_PIECE, some not page multiples), filled by
-  // four threads in a shuffled order: the file holds them in reserve order.
+  // Pieces of random sizes (some larger than a WRITE_PIECE, some not page multiples), claimed and
+  // filled by four threads in a shuffled order: the file holds each at its offset.
   std::string data;
   std::vector<std::pair<uint64_t, uint64_t>> pieces; // offset in data, length
   while (data.size() < (uint64_t{20} << 20)) {
@@ -468,13 +468,6 @@ TEST(ShardWriter, AMappedFileIsFilledByThreadsInAnyOrder) {
   ShardWriter writer;
   ASSERT_TRUE(writer.open_mapped(dir / "f.safetensors", header, data.size()).ok());
   ASSERT_TRUE(writer.mapped()) << "this filesystem refused a shared writable mapping";
-  std::vector<uint64_t> offsets;
-  for (auto [at, length] : pieces) {
-    auto offset = writer.reserve(length);
-    ASSERT_TRUE(offset.ok()) << offset.status().message();
-    EXPECT_EQ(*offset, header.size() + at);
-    offsets.push_back(*offset);
-  }
   std::vector<size_t> order(pieces.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::shuffle(order.begin(), order.end(), rng);
@@ -485,7 +478,8 @@ TEST(ShardWriter, AMappedFileIsFilledByThreadsInAnyOrder) {
     threads.emplace_back([&] {
       for (size_t k; (k = next.fetch_add(1)) < order.size();) {
         const auto [at, length] = pieces[order[k]];
-        if (!writer.fill(offsets[order[k]], as_span(data).subspan(at, length)).ok())
+        if (!writer.claim(header.size() + at, length).ok() ||
+            !writer.fill(header.size() + at, as_span(data).subspan(at, length)).ok())
           ++failures;
       }
     });
@@ -500,8 +494,19 @@ TEST(ShardWriter, AMappedFileIsFilledByThreadsInAnyOrder) {
 
   ShardWriter small;
   ASSERT_TRUE(small.open_mapped(dir / "small", header, 10).ok());
-  EXPECT_TRUE(small.reserve(6).ok());
-  EXPECT_FALSE(small.reserve(5).ok()) << "reserved past the planned size";
+  EXPECT_FALSE(small.claim(header.size() - 1, 2).ok()) << "claimed bytes of the header";
+  EXPECT_TRUE(small.claim(header.size(), 6).ok());
+  EXPECT_FALSE(small.claim(header.size() + 6, 5).ok()) << "claimed past the planned size";
+  EXPECT_TRUE(small.claim(header.size() + 6, 3).ok());
+  EXPECT_FALSE(small.finish().ok()) << "finished with a byte never claimed";
+}
+
+TEST(ShardWriter, AFileNotOpenedForFillingRefusesClaims) {
+  TempDir dir;
+  ShardWriter writer;
+  ASSERT_TRUE(writer.open(dir / "f", "H", 3).ok());
+  EXPECT_FALSE(writer.claim(1, 3).ok());
+  EXPECT_FALSE(writer.fill(1, as_span(std::string("abc"))).ok());
 }
 
 TEST(ShardWriter, UnderADecoratorAMappedOpenWrites) {
@@ -511,12 +516,13 @@ TEST(ShardWriter, UnderADecoratorAMappedOpenWrites) {
   ShardWriter writer(io);
   ASSERT_TRUE(writer.open_mapped(dir / "f", "H", 3).ok());
   EXPECT_FALSE(writer.mapped());
-  EXPECT_FALSE(writer.reserve(3).ok());
-  ShardWriter plain(io); // the failed reserve above is sticky; write the bytes on a new one
-  ASSERT_TRUE(plain.open_mapped(dir / "g", "H", 3).ok());
-  ASSERT_TRUE(plain.append(as_span(std::string("abc"))).ok());
-  ASSERT_TRUE(plain.finish().ok());
-  EXPECT_EQ(testing::read_bytes(dir / "g"), "Habc");
+  // Filled by positioned writes, which the decorator sees, in any order.
+  ASSERT_TRUE(writer.claim(3, 1).ok());
+  ASSERT_TRUE(writer.fill(3, as_span(std::string("c"))).ok());
+  ASSERT_TRUE(writer.claim(1, 2).ok());
+  ASSERT_TRUE(writer.fill(1, as_span(std::string("ab"))).ok());
+  ASSERT_TRUE(writer.finish().ok());
+  EXPECT_EQ(testing::read_bytes(dir / "f"), "Habc");
 }
 
 // Lets files be mapped, and holds a write once hold() is called until go(): so that a fill can
@@ -565,8 +571,9 @@ TEST(ShardWriter, AFillThatFindsAnotherWritingCopiesThroughTheMapping) {
   ShardWriter writer(io);
   ASSERT_TRUE(writer.open_mapped(dir / "f", "H", data.size()).ok());
   ASSERT_TRUE(writer.mapped());
-  const uint64_t a = writer.reserve(1 << 20).value(),
-                 b = writer.reserve(data.size() - (1 << 20)).value();
+  const uint64_t a = 1, b = 1 + (1 << 20);
+  ASSERT_TRUE(writer.claim(a, 1 << 20).ok());
+  ASSERT_TRUE(writer.claim(b, data.size() - (1 << 20)).ok());
   io.hold();
   Status first;
   std::thread t([&] { first = writer.fill(a, as_span(data).first(1 << 20)); });
@@ -588,7 +595,9 @@ TEST(ShardWriter, AMappedFileTruncatedUnderItFailsTheFillWithoutACrash) {
   const std::string data(1 << 20, 'z');
   ASSERT_TRUE(writer.open_mapped(dir / "f", "H", 2 * data.size()).ok());
   ASSERT_TRUE(writer.mapped());
-  const uint64_t a = writer.reserve(data.size()).value(), b = writer.reserve(data.size()).value();
+  const uint64_t a = 1, b = 1 + data.size();
+  ASSERT_TRUE(writer.claim(a, data.size()).ok());
+  ASSERT_TRUE(writer.claim(b, data.size()).ok());
   const std::vector<std::string> temps = temp_files(dir.path());
   ASSERT_EQ(temps.size(), 1u);
   ASSERT_EQ(::truncate((dir / temps[0]).c_str(), 0), 0); // another process, say

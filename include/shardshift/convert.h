@@ -96,6 +96,9 @@ struct ConvertSummary {
   /// Whether each output file was filled by several threads (through a mapping of it) rather
   /// than written in order by its lane (README, --writers).
   bool filled_by_threads = false;
+  /// Bytes written by writer lanes that had run out of files, helping with a file another lane
+  /// took (files filled by several threads only).
+  uint64_t helped_bytes = 0;
   /// Each writer lane that wrote a file, in the order they ended: seconds from the start, and the
   /// last file it wrote. The time from the one before last to the last is the last file written
   /// by one lane alone.

@@ -2,14 +2,14 @@
 //
 // The header is computed up front from the planned tensors (build_header, in safetensors.h, which
 // this header includes for its callers), written first, and the tensor bytes follow strictly in
-// header order, so a shard can go to a pipe as well as to a file. A file opened mapped
-// (open_mapped) is the exception: its bytes are placed at offsets handed out in order (reserve)
-// by several threads at once (fill).
+// header order, so a shard can go to a pipe as well as to a file. A file opened for filling
+// (open_mapped) is the exception: its bytes are placed at offsets the caller knows from the plan
+// (claim), by several threads at once (fill).
 // Files are written to a temporary name in the destination directory, fsync'ed, renamed into place,
 // and the directory is fsync'ed (commit). Any failure is sticky: later calls return the first
 // error, and abandon() (or the destructor) removes the temporary file.
-// Thread-safety: a ShardWriter is used by one thread at a time, but for fill(), which any number
-// of threads may call at once, beside reserve().
+// Thread-safety: a ShardWriter is used by one thread at a time, but for claim() and fill(), which
+// any number of threads may call at once.
 #pragma once
 
 #include "shardshift/io.h"
@@ -38,27 +38,30 @@ public:
   /// (from build_header). `data_size` is the exact number of data bytes that will follow;
   /// space for them is reserved up front so a full disk is found before most of the work.
   Status open(const std::filesystem::path& final_path, std::string header, uint64_t data_size);
-  /// Like open(), but the data bytes are then copied into a shared mapping of the file by fill(),
-  /// at the offsets reserve() hands out, on any thread and several at once: write calls into one
-  /// file serialize on its lock, copies into its pages do not (docs/PERFORMANCE.md, "One file
-  /// filled by several threads"). The header is written at once. Space is checked against the
-  /// filesystem's free space rather than reserved (reserving is that same serial work); a
-  /// filesystem that runs full while the file is filled fails fill() with Errc::no_space. Where
-  /// the file cannot be mapped (io.maps_writes() is false, or the filesystem refuses), this is
-  /// open(): mapped() says which.
+  /// Like open(), but the data bytes are then placed by fill(), at the offsets claim() has
+  /// checked, on any thread and several at once: into a shared mapping of the file, since write
+  /// calls into one file serialize on its lock and copies into its pages do not
+  /// (docs/PERFORMANCE.md, "One file filled by several threads"). The header is written at once.
+  /// Space is checked against the filesystem's free space rather than reserved (reserving is that
+  /// same serial work); a filesystem that runs full while the file is filled fails fill() with
+  /// Errc::no_space. Where the file cannot be mapped (io.maps_writes() is false, or the
+  /// filesystem refuses), its space is reserved and fill() writes at the offsets instead:
+  /// mapped() says which.
   Status open_mapped(const std::filesystem::path& final_path, std::string header,
                      uint64_t data_size);
   /// Whether the file is filled through its mapping (open_mapped succeeded in mapping it).
   bool mapped() const { return map_ != nullptr; }
-  /// A mapped file: the offset at which the next `length` bytes go. The writer's position moves
-  /// past them as if they were written; fill() must then put them there.
-  Result<uint64_t> reserve(uint64_t length);
-  /// A mapped file: puts `bytes` at `offset` (from reserve()). One thread at a time writes them
-  /// (pwrite: no page is zeroed first, and writes into one file serialize anyway); a thread that
-  /// finds another writing copies into the mapping instead, then drops the pages it touched from
-  /// this process's page tables (the bytes stay in the file), so that filling holds at most the
-  /// pages of the fills under way. Safe on any thread, beside other fill() and reserve() calls;
-  /// finish() and abandon() must come after every fill() has returned.
+  /// A file opened with open_mapped: `length` bytes at `offset` (from the start of the file) are
+  /// to be filled. Checks that they lie in the data part and counts them: finish() wants the
+  /// claims to add up to the data size (the caller keeps them from overlapping). Any thread.
+  Status claim(uint64_t offset, uint64_t length);
+  /// A file opened with open_mapped: puts `bytes` at `offset` (claimed). One thread at a time
+  /// writes them (pwrite: no page is zeroed first, and writes into one file serialize anyway); a
+  /// thread that finds another writing copies into the mapping instead, then drops the pages it
+  /// touched from this process's page tables (the bytes stay in the file), so that filling holds
+  /// at most the pages of the fills under way. Unmapped, every fill writes. Safe on any thread,
+  /// beside other fill() and claim() calls; finish() and abandon() must come after every fill()
+  /// has returned.
   /// `source` (may be null): the input file `bytes` are mapped from, named (Errc::file_changed)
   /// when a page of it has vanished. Does not change status(): the caller keeps the failure.
   Status fill(uint64_t offset, std::span<const std::byte> bytes,
@@ -115,10 +118,13 @@ private:
   std::filesystem::path final_path_, temp_path_;
   std::string display_path_;
   uint64_t expected_size_ = 0;
+  uint64_t data_begin_ = 0; ///< the header's size
   uint64_t position_ = 0;
   uint64_t started_ = 0, waited_ = 0; ///< write_behind: write-back started / waited for up to here
   std::byte* map_ = nullptr;          ///< open_mapped: the whole file, shared and writable
   mutable std::atomic_flag writing_;  ///< fill: a thread is writing (the others copy)
+  bool filled_ = false;               ///< opened with open_mapped: claim() and fill()
+  std::atomic<uint64_t> claimed_{0};  ///< bytes claimed so far
   Status status_;
 };
 
