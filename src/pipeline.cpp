@@ -283,7 +283,10 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
 
   // Lanes help with each other's files where the files are filled at their offsets, and each
   // file's bytes are not hashed in order (--checksums: one lane hashes a file from start to end).
-  FileQueue queue(files, plan, target.fills_at_offsets(), !config.digests);
+  // SHARDSHIFT_LANES_HELP=no turns it off, for comparisons.
+  const char* help_env = std::getenv("SHARDSHIFT_LANES_HELP");
+  const bool help = !config.digests && !(help_env && std::string_view(help_env) == "no");
+  FileQueue queue(files, plan, target.fills_at_offsets(), help);
   FailureLatch failure;
   // The pool may outlive this call: the GPU's closing thread unlocks its buffers.
   auto pool = std::make_shared<BufferPool>(config.chunk_bytes, config.gpu);
