@@ -32,10 +32,20 @@ std::shared_ptr<FileWork> FileQueue::help() {
     return nullptr;
   std::lock_guard lock(mu_);
   std::shared_ptr<FileWork> best;
-  for (const auto& w : active_)
-    if (w->fill->opened.load(std::memory_order_acquire) && w->left.load() > 0 &&
-        (!best || w->left.load() > best->left.load()))
+  uint64_t best_left = 0, total_left = 0;
+  for (const auto& w : active_) {
+    const uint64_t left = w->left.load();
+    total_left += left;
+    if (left > best_left && w->fill->opened.load(std::memory_order_acquire)) {
       best = w;
+      best_left = left;
+    }
+  }
+  // Only the file that would otherwise be written last, by its lane alone: one holding more than
+  // half of what is left. Lanes that fill one file together cost the kernel more per byte (all
+  // but one of them copy through the mapping), which pays only where cores would idle.
+  if (!best || 2 * best_left <= total_left)
+    return nullptr;
   return best;
 }
 

@@ -5,11 +5,12 @@
 //
 // Where files are filled at their offsets (FillMode::mapped: several threads put a file's bytes
 // in place at once), a file is not tied to the lane that opened it. A lane that finds the queue
-// empty helps with the open file that has the most bytes left to cut: it takes that file's next
-// items, under the file's lock, into its own pipeline. The run then ends when the last items are
-// written, not when the lane of the largest file has written it alone (docs/PERFORMANCE.md,
-// "Lanes that help"). Each item's offset is fixed as it is cut, in the file's order, so which
-// lane writes it changes nothing in the output.
+// empty helps with the open file that has the most bytes left to cut, when that file holds more
+// than half of all the bytes left (the file that would otherwise be written last, alone): it
+// takes that file's next items, under the file's lock, into its own pipeline; otherwise the lane
+// ends. The run then ends when the last items are written, not when the lane of the largest file
+// has written it alone (docs/PERFORMANCE.md, "Lanes that help"). Each item's offset is fixed as
+// it is cut, in the file's order, so which lane writes it changes nothing in the output.
 // Thread-safety: an Emitter is used by one thread at a time (its lane's serial first stage); the
 // FileQueue and the files it hands out are shared by every lane.
 #pragma once
@@ -60,7 +61,8 @@ public:
       : files_(files), plan_(plan), filled_(filled), help_(filled && help) {}
   /// The next file, or nullptr when none is left.
   std::shared_ptr<FileWork> take();
-  /// With `help`: the file in progress, open, with the most bytes left to cut (nullptr: none).
+  /// With `help`: the file in progress, open, with the most bytes left to cut, if it holds more
+  /// than half of the bytes left in all files taken (nullptr: none).
   std::shared_ptr<FileWork> help();
 
 private:

@@ -18,11 +18,12 @@ namespace shardshift {
 
 class GpuRetirement {
 public:
-  /// The default lead: about twice the closing measured on the H200 host while 16 threads work
-  /// (0.2 s; 70 ms on an idle host), so that it ends before the last write even when the pace so
-  /// far was a little optimistic. Lanes that help each other end together, with no tail of idle
-  /// cores for the closing to hide in (PERFORMANCE.md, "Lanes that help").
-  static constexpr uint64_t AHEAD_NS = 400'000'000;
+  /// The default lead: about three times the closing measured on an idle H200 host (70 ms), so
+  /// that it ends before the last write even when the pace so far was a little optimistic.
+  static constexpr uint64_t AHEAD_NS = 200'000'000;
+  /// Where lanes help each other (emitter.h) they end together, with no tail of idle cores for
+  /// the closing to hide in, and the closing takes 0.2 s while 16 threads work: twice that.
+  static constexpr uint64_t HELPING_AHEAD_NS = 400'000'000;
 
   /// `lanes` emitters; `total_bytes` of output in the run, which started at `start_ns`;
   /// `ahead_ns` 0: only once the emitters have stopped.

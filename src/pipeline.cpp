@@ -287,6 +287,11 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   const char* help_env = std::getenv("SHARDSHIFT_LANES_HELP");
   const bool help = !config.digests && !(help_env && std::string_view(help_env) == "no");
   FileQueue queue(files, plan, target.fills_at_offsets(), help);
+  const bool helping = target.fills_at_offsets() && help && lanes > 1;
+  const uint64_t retire_ahead_ns =
+      helping && config.gpu_retire_ahead_ns == GpuRetirement::AHEAD_NS
+          ? GpuRetirement::HELPING_AHEAD_NS
+          : config.gpu_retire_ahead_ns;
   FailureLatch failure;
   // The pool may outlive this call: the GPU's closing thread unlocks its buffers.
   auto pool = std::make_shared<BufferPool>(config.chunk_bytes, config.gpu);
@@ -294,7 +299,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   ProgressMeter meter(profiler, *pool, config.gpu != nullptr, total,
                       static_cast<uint32_t>(files.size()), config.progress);
   GpuRetirement retirement(
-      lanes, total, config.gpu_retire_ahead_ns, profiler.now(), [&config, pool] {
+      lanes, total, retire_ahead_ns, profiler.now(), [&config, pool] {
         if (config.gpu)
           config.gpu->retire([pool](CudaTransformer& device) { pool->unpin_all(device); });
       });

@@ -245,6 +245,89 @@ TEST_F(SeveralFilesTest, ALaneOutOfFilesHelpsWithTheOpenFileWithTheMostLeft) {
   EXPECT_EQ(first->pending.load(), first_items + 1);
 }
 
+// A lane out of files helps only with the file that would be written last, alone: the open one
+// holding more than half of the bytes left. Three lanes take a file each and open it; a fourth,
+// finding the queue empty, helps with the largest only if it dominates (the test's files are of
+// about one size: it does not). Once the second file is cut to its end and the third to less than
+// the first has left, the first dominates and is helped; once the first is cut too, the third,
+// alone, is helped whatever its size.
+TEST_F(SeveralFilesTest, ALaneHelpsOnlyWithTheFileThatWouldEndAlone) {
+  auto input = open_for_plan(tmp / "hf", plan_options);
+  ASSERT_TRUE(input.ok()) << input.status().message();
+  const uint64_t chunk = 64 << 10;
+  for (uint32_t shift = 0; shift < 3; ++shift) { // three sets of files
+    const std::vector<uint32_t> files = {shift, shift + 1, shift + 2};
+    FileQueue queue(files, plan, true, true);
+    std::vector<std::unique_ptr<Emitter>> lanes;
+    std::vector<std::unique_ptr<Item>> held;
+    std::map<uint32_t, uint64_t> left; // data bytes not yet cut, by file
+    auto take = [&](std::unique_ptr<Item> item) {
+      if (item->kind != ItemKind::open_file && item->kind != ItemKind::close_file)
+        left[item->file] -= item->length;
+      held.push_back(std::move(item));
+    };
+    for (int i = 0; i < 3; ++i) {
+      lanes.push_back(std::make_unique<Emitter>(*input, plan, chunk, nullptr, queue));
+      auto open = lanes.back()->next();
+      ASSERT_TRUE(open && open->kind == ItemKind::open_file);
+      open->fill->opened = true;
+      left[open->file] = plan.files[open->file].data_size;
+      take(std::move(open));
+    }
+    auto most = [&] {
+      uint64_t total = 0, best = 0;
+      uint32_t file = 0;
+      for (auto [f, l] : left) {
+        total += l;
+        if (l > best) {
+          best = l;
+          file = f;
+        }
+      }
+      return std::pair{file, 2 * best > total};
+    };
+    Emitter fourth(*input, plan, chunk, nullptr, queue);
+    auto helped = fourth.next();
+    std::cout << "[ files ] " << left[shift] << ", " << left[shift + 1] << ", " << left[shift + 2]
+              << " bytes: " << (helped ? "helped" : "not helped") << "\n";
+    if (auto [file, dominates] = most(); dominates) {
+      ASSERT_TRUE(helped) << "did not help with a file holding most of the bytes left";
+      EXPECT_EQ(helped->file, file);
+      take(std::move(helped));
+    } else {
+      EXPECT_FALSE(helped) << "helped with file " << helped->file << " holding at most half";
+    }
+    // Lane 1 cuts its file to its end, lane 2 its own to less than lane 0's has left.
+    auto cut_until = [&](Emitter& lane, uint32_t file, auto done) {
+      while (!done()) {
+        auto item = lane.next();
+        ASSERT_TRUE(item);
+        ASSERT_EQ(item->file, file);
+        const bool closed = item->kind == ItemKind::close_file;
+        take(std::move(item));
+        if (closed)
+          return;
+      }
+    };
+    cut_until(*lanes[1], shift + 1, [] { return false; });
+    cut_until(*lanes[2], shift + 2, [&] { return left[shift + 2] < left[shift]; });
+    ASSERT_TRUE(most().second);
+    Emitter fifth(*input, plan, chunk, nullptr, queue);
+    auto first = fifth.next();
+    ASSERT_TRUE(first) << "did not help with the file holding most of the bytes left";
+    EXPECT_EQ(first->file, shift);
+    EXPECT_GT(fifth.helped_bytes(), 0u);
+    take(std::move(first));
+    // Lane 0 cuts its file to its end: the third is left alone, and helped.
+    cut_until(*lanes[0], shift, [] { return false; });
+    Emitter sixth(*input, plan, chunk, nullptr, queue);
+    auto last = sixth.next();
+    ASSERT_TRUE(last) << "did not help with the last file";
+    EXPECT_EQ(last->file, shift + 2);
+    take(std::move(last));
+  }
+}
+
 // --checksums hashes each file's bytes in order on one lane, so lanes do not help with each
 // other's files there; the files are still filled by several threads, and each digest is that of
 // the file on disk.
