@@ -22,6 +22,8 @@
 #                       SHARDSHIFT_CUDA_INPUT=staged (the input copied into pinned memory first);
 #                       "cuda-none" and "cuda-all" are cuda with SHARDSHIFT_ROUTER=cpu (the GPU
 #                       opened but given no chunk) and =gpu (every chunk it can take);
+#                       "cpu-nohelp" and "cuda-nohelp" set SHARDSHIFT_LANES_HELP=no (lanes
+#                       out of files do not help with another lane's file);
 #                       "cuda-late" is cuda with SHARDSHIFT_GPU_CLOSE=late (the GPU closed
 #                       only once no chunk can reach it, not ahead of the end);
 #                       "cuda-block" is cuda with SHARDSHIFT_GPU_WAIT=block (a thread sleeps
@@ -75,6 +77,7 @@ run() { # cores device [writers]
   staged) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=staged) ;;
   cuda-none) dev=cuda env=(SHARDSHIFT_ROUTER=cpu) ;;
   cuda-all) dev=cuda env=(SHARDSHIFT_ROUTER=gpu) ;;
+  *-nohelp) dev=${2%-*} env=(SHARDSHIFT_LANES_HELP=no) ;;
   *-write | *-mapped) dev=${2%-*} env=(SHARDSHIFT_FILL=${2##*-}) ;;
   esac
   [ -n "${3:-}" ] && extra+=(--writers "$3")
