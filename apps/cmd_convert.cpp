@@ -391,7 +391,8 @@ void add_convert_flags(ConvertFlags& f) {
       "budget; 0 picks one per thread up to 8 threads, then one per two threads (at least 8), "
       "at most one per file and 16; with the GPU and 4 threads or more, one per file when the "
       "files are at most twice that. Into a tmpfs with at least 3 threads per writer, each "
-      "file is filled by several threads. Example: --writers 2")(
+      "file is filled by several threads, and a writer out of files helps with the file that "
+      "would end last, alone. Example: --writers 2")(
       "max-memory", po::value<std::string>()->default_value("1GiB")->value_name("SIZE"),
       (std::string("Budget for buffers and mapped input in flight; peak memory stays within "
                    "it plus about 200 MB. ") +
