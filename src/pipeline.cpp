@@ -231,7 +231,7 @@ private:
     return item;
   }
 
-  // Stage 4 (parallel): a reserved item's bytes copied into its mapped file (write_stage.h),
+  // Stage 4 (parallel): an item of a file filled at its offsets put in place (write_stage.h),
   // then what the written item held given back, off the lane's one writing thread: its input
   // pages (dropping them from the mapping is page-table work that grows with the bytes) and its
   // buffer. Releasing after the write is safe for any later item: a released page that is read

@@ -7,11 +7,13 @@
 //   cuts copy runs and experts    the CPU or the CUDA stage,   to it through an OutputTarget
 //   into chunks, takes a buffer   or fills ones                (copy_file_range / splice for
 //                                                              runs), commits it
-//   -> give back (parallel): puts an item reserved in a file filled by several threads in its
-//      place (WriteStage::fill), drops the item's input pages from the mappings, frees its buffer
+//   -> give back (parallel): puts an item of a file filled by several threads in its place
+//      (WriteStage::fill), drops the item's input pages from the mappings, frees its buffer
 //
 // Giving back runs after the in-order write, on any thread, so the lane's one writing thread
-// only writes (or, for a file filled by several threads, only hands out places).
+// only writes (or, for a file filled by several threads, only checks places). Such a file's
+// items carry their places from the cutting, so a lane out of files can take items of another
+// lane's file, the one that would end alone (emitter.h, FileQueue::help).
 //
 // Lanes share the transform threads, the buffer pool and one memory budget: each lane has at
 // most `tokens` items alive, each holding at most one buffer of `chunk_bytes` and reading at most

@@ -72,8 +72,9 @@ struct Item {
   std::string quantize_source; ///< the input tensor's name, for errors
   Status status;
   uint64_t written = 0; ///< bytes the write stage counted for it (the header's, for open_file)
-  /// Reserved by the write stage at fill_offset of a file filled through its mapping: the step
-  /// after it copies the bytes there (WriteStage::fill).
+  /// The file this item belongs to, when it is filled at its offsets (emitter.h): its place,
+  /// fill_offset, was fixed when the item was cut, and the step after the write stage puts the
+  /// bytes there (WriteStage::fill). Open and close items carry it too.
   std::shared_ptr<FillingFile> fill;
   uint64_t fill_offset = 0;
 
