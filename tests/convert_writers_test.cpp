@@ -328,6 +328,29 @@ TEST_F(SeveralFilesTest, ALaneHelpsOnlyWithTheFileThatWouldEndAlone) {
   }
 }
 
+// Where files are filled at their offsets but cannot be mapped (an Io decorator sees every byte;
+// a filesystem without shared writable mappings), each item goes in place by a positioned
+// write, from any lane: the same bytes as one lane writing in order.
+TEST_F(SeveralFilesTest, FilesFilledAtTheirOffsetsWithoutAMappingGiveTheSameBytes) {
+  auto base = run(tmp / "hf", tmp / "w1", opts([&](ConvertOptions& o) {
+                    o.writers = 1;
+                    o.plan = plan_options;
+                  }));
+  ASSERT_TRUE(base.ok());
+  ScopedEnv fill("SHARDSHIFT_FILL", "mapped");
+  ForwardingIo io(Io::system());
+  auto r = run(tmp / "hf", tmp / "out", opts([&](ConvertOptions& o) {
+                 o.writers = 3;
+                 o.threads = 5;
+                 o.max_memory = 256 << 10;
+                 o.plan = plan_options;
+                 o.io = &io;
+               }));
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(r->filled_by_threads);
+  EXPECT_TRUE(files_of(tmp / "out") == files_of(tmp / "w1"));
+}
+
 // --checksums hashes each file's bytes in order on one lane, so lanes do not help with each
 // other's files there; the files are still filled by several threads, and each digest is that of
 // the file on disk.
@@ -407,21 +430,27 @@ TEST_F(ConvertTest, AFailingLaneStopsEveryLaneAndLeavesNothing) {
   ASSERT_GE(plan->files.size(), 4u);
   const std::string victim = plan->files[1].name;
   FailOneCommit io(Io::system(), victim);
-  auto r = run(tmp / "hf", tmp / "parent" / "out", opts([&](ConvertOptions& o) {
-                 o.writers = 3;
-                 o.plan = plan_options;
-                 o.io = &io;
-               }));
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), Errc::io);
-  // The message names the file where the user will look for it, not the hidden staging path.
-  EXPECT_EQ(r.status().message().find(".shardshift-tmp"), std::string::npos)
-      << r.status().message();
-  EXPECT_NE(r.status().message().find((tmp / "parent" / "out" / victim).string()),
-            std::string::npos)
-      << r.status().message();
-  EXPECT_NE(r.status().message().find(victim), std::string::npos) << r.status().message();
-  EXPECT_TRUE(list_dir(tmp / "parent").empty()) << "staging or output left behind";
+  // Files written in order by their lanes, and filled at their offsets (here by positioned
+  // writes: the decorator maps nothing), where lanes out of files help with the others'.
+  for (const char* mode : {"write", "mapped"}) {
+    ScopedEnv fill("SHARDSHIFT_FILL", mode);
+    auto r = run(tmp / "hf", tmp / "parent" / "out", opts([&](ConvertOptions& o) {
+                   o.writers = 3;
+                   o.threads = 5;
+                   o.plan = plan_options;
+                   o.io = &io;
+                 }));
+    ASSERT_FALSE(r.ok()) << mode;
+    EXPECT_EQ(r.status().code(), Errc::io) << mode;
+    // The message names the file where the user will look for it, not the hidden staging path.
+    EXPECT_EQ(r.status().message().find(".shardshift-tmp"), std::string::npos)
+        << r.status().message();
+    EXPECT_NE(r.status().message().find((tmp / "parent" / "out" / victim).string()),
+              std::string::npos)
+        << r.status().message();
+    EXPECT_NE(r.status().message().find(victim), std::string::npos) << r.status().message();
+    EXPECT_TRUE(list_dir(tmp / "parent").empty()) << mode << ": staging or output left behind";
+  }
 }
 
 TEST_F(ConvertTest, AFilesystemFullWhileFillingFilesOnATmpfsFailsCleanly) {
