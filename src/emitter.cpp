@@ -64,15 +64,14 @@ std::unique_ptr<Item> Emitter::next() {
       std::lock_guard lock(work_->mu);
       at_ = &work_->at;
       item = cut();
-      if (item && work_->fill) {
+      if (item)
         item->fill = work_->fill;
-        if (item->kind != ItemKind::open_file && item->kind != ItemKind::close_file) {
+      if (item && item->is_data()) {
+        if (work_->fill) {
           item->fill_offset = at_->offset;
           at_->offset += item->length;
           work_->fill->pending.fetch_add(1); // given back when the item is filled
         }
-      }
-      if (item && item->kind != ItemKind::open_file && item->kind != ItemKind::close_file) {
         work_->left -= item->length;
         if (helping_)
           helped_bytes_ += item->length;

@@ -59,6 +59,8 @@ public:
   FileQueue(std::span<const uint32_t> files, const Plan& plan, bool filled = false,
             bool help = false)
       : files_(files), plan_(plan), filled_(filled), help_(filled && help) {}
+  /// Whether lanes out of files may help with others' (`filled` and `help`).
+  bool helps() const { return help_; }
   /// The next file, or nullptr when none is left.
   std::shared_ptr<FileWork> take();
   /// With `help`: the file in progress, open, with the most bytes left to cut, if it holds more

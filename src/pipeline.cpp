@@ -208,7 +208,7 @@ private:
       (*s_.config.digests)[item->file] = sha_.hex();
       break;
     }
-    const bool bytes = item->kind != ItemKind::open_file && item->kind != ItemKind::close_file;
+    const bool bytes = item->is_data();
     s_.profiler.record(Stage::hash, t0, s_.profiler.now(), bytes ? item->length : 0);
     return item;
   }
@@ -287,7 +287,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   const char* help_env = std::getenv("SHARDSHIFT_LANES_HELP");
   const bool help = !config.digests && !(help_env && std::string_view(help_env) == "no");
   FileQueue queue(files, plan, target.fills_at_offsets(), help);
-  const bool helping = target.fills_at_offsets() && help && lanes > 1;
+  const bool helping = queue.helps() && lanes > 1;
   const uint64_t retire_ahead_ns =
       helping && config.gpu_retire_ahead_ns == GpuRetirement::AHEAD_NS
           ? GpuRetirement::HELPING_AHEAD_NS

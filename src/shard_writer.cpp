@@ -229,7 +229,6 @@ Status ShardWriter::open_stream(int fd, std::string name, std::string header, ui
   fd_ = fd;
   owns_fd_ = false;
   expected_size_ = header.size() + data_size;
-  data_begin_ = header.size();
   position_ = 0;
   return append(std::as_bytes(std::span(header)));
 }

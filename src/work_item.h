@@ -53,6 +53,8 @@ struct StackPart {
 
 struct Item {
   ItemKind kind = ItemKind::open_file;
+  /// Whether the item carries bytes of its file's data (not its open or close).
+  bool is_data() const { return kind != ItemKind::open_file && kind != ItemKind::close_file; }
   uint32_t file = 0;
   const OutputTensor* tensor = nullptr; ///< first tensor of a copy run; the tensor of a chunk
   const Shard* shard = nullptr;         ///< copy_run / transform: the input shard

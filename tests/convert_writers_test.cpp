@@ -262,7 +262,7 @@ TEST_F(SeveralFilesTest, ALaneHelpsOnlyWithTheFileThatWouldEndAlone) {
     std::vector<std::unique_ptr<Item>> held;
     std::map<uint32_t, uint64_t> left; // data bytes not yet cut, by file
     auto take = [&](std::unique_ptr<Item> item) {
-      if (item->kind != ItemKind::open_file && item->kind != ItemKind::close_file)
+      if (item->is_data())
         left[item->file] -= item->length;
       held.push_back(std::move(item));
     };
