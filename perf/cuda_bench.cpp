@@ -38,6 +38,10 @@
 //   --register-out DIR  a chunk of results from the GPU into a new file in DIR: downloaded into
 //                   pinned memory then written (pwrite), or downloaded straight into the file's
 //                   shared mapping page-locked in place
+//   --host-cost DIR  what an open CUDA context costs the host's page-table work: threads
+//              fill new files in DIR through shared mappings and read them back through
+//              read-only mappings, releasing each piece with MADV_DONTNEED as a lane does; system
+//              time per GiB before any CUDA call, with a context, and after cudaDeviceReset
 //   --rows2d   a column range of every row of page-locked host memory to the GPU, by row width:
 //              one 2-D copy straight from it (the CUDA stage's held weights), against the rows
 //              gathered into pinned memory by one thread and uploaded, and a contiguous upload
@@ -66,6 +70,7 @@ int main() {
 #include <random>
 #include <string>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -83,9 +88,10 @@ bool g_dequant_only = false;  // --dequant: sections (a) and (e) only
 const char* g_register_dir = nullptr;     // --register DIR: page-locking the mapping in place
 const char* g_register_out_dir = nullptr; // --register-out DIR: downloading into a file mapping
 bool g_init_only = false;                 // --init: what opening the GPU stage costs, step by step
-bool g_init_leave = false; // --init-leave: the same, then _exit without freeing anything
+bool g_init_leave = false;    // --init-leave: the same, then _exit without freeing anything
 bool g_init_handback = false; // --init-handback: --init, then the driver's files handed back
-bool g_rows2d = false;     // --rows2d: 2-D uploads of column ranges, by row width
+bool g_rows2d = false;        // --rows2d: 2-D uploads of column ranges, by row width
+const char* g_host_cost_dir = nullptr; // --host-cost DIR: page-table work with and without CUDA
 
 void check(cudaError_t err, const char* what) {
   if (err == cudaSuccess)
@@ -1081,6 +1087,109 @@ void bench_rows2d() {
 
 } // namespace
 
+/// CPU and wall seconds of this process, for the host-cost phases.
+struct Times {
+  double wall = 0, sys = 0, user = 0;
+  static Times now() {
+    rusage r{};
+    getrusage(RUSAGE_SELF, &r);
+    Times t;
+    t.wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    t.sys = double(r.ru_stime.tv_sec) + double(r.ru_stime.tv_usec) / 1e6;
+    t.user = double(r.ru_utime.tv_sec) + double(r.ru_utime.tv_usec) / 1e6;
+    return t;
+  }
+  Times operator-(const Times& o) const { return {wall - o.wall, sys - o.sys, user - o.user}; }
+};
+
+/// One host-cost trial: each of `threads` threads fills its own new file in `dir` through a
+/// shared mapping, a piece at a time, releasing each piece (MADV_DONTNEED) after copying it, as
+/// a lane filling a file at its offsets does; then reads the file back through a read-only
+/// mapping into a private buffer, releasing each piece after it, as a lane reading its input.
+/// Prints the two steps' wall and system seconds, and system seconds per GiB.
+void host_cost_trial(const char* dir, const char* phase, unsigned threads, uint64_t per_thread,
+                     uint64_t piece) {
+  std::vector<std::vector<std::byte>> bufs; // filled: every page touched before timing
+  for (unsigned t = 0; t < threads; ++t)
+    bufs.emplace_back(piece, std::byte(0x31 + t));
+  std::vector<std::string> paths;
+  for (unsigned t = 0; t < threads; ++t)
+    paths.push_back(std::string(dir) + "/cuda_bench_host_cost." + std::to_string(t));
+  std::atomic<bool> failed{false};
+  const auto run = [&](bool fill) {
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        const int fd = open(paths[t].c_str(), fill ? O_RDWR | O_CREAT | O_TRUNC : O_RDONLY, 0644);
+        if (fd < 0 || (fill && ftruncate(fd, static_cast<off_t>(per_thread)) != 0)) {
+          failed = true;
+          if (fd >= 0)
+            close(fd);
+          return;
+        }
+        void* m =
+            mmap(nullptr, per_thread, fill ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+        close(fd);
+        if (m == MAP_FAILED) {
+          failed = true;
+          return;
+        }
+        auto* base = static_cast<std::byte*>(m);
+        for (uint64_t at = 0; at < per_thread; at += piece) {
+          const uint64_t n = std::min(piece, per_thread - at);
+          if (fill)
+            std::memcpy(base + at, bufs[t].data(), n);
+          else
+            std::memcpy(bufs[t].data(), base + at, n);
+          madvise(base + at, n, MADV_DONTNEED);
+        }
+        munmap(m, per_thread);
+      });
+    for (auto& th : pool)
+      th.join();
+  };
+  const double gib = double(per_thread) * threads / double(uint64_t(1) << 30);
+  for (const bool fill : {true, false}) {
+    const Times t0 = Times::now();
+    run(fill);
+    const Times d = Times::now() - t0;
+    std::printf("host cost %-22s %-4s %u threads %.1f GiB, %3llu MiB pieces : wall %6.3f s  sys "
+                "%6.3f s (%.3f s/GiB)  user %6.3f s\n",
+                phase, fill ? "fill" : "read", threads, gib,
+                static_cast<unsigned long long>(piece >> 20), d.wall, d.sys, d.sys / gib, d.user);
+  }
+  std::fflush(stdout);
+  for (const auto& p : paths)
+    unlink(p.c_str());
+  if (failed)
+    std::printf("host cost: cannot create, map or read files in %s\n", dir);
+}
+
+/// --host-cost DIR: whether a process's open CUDA context makes its page-table work dearer
+/// (faults, MADV_DONTNEED: each interrupts every core running one of its threads, and the
+/// driver may watch the address space). The same trials before any CUDA call, with a context
+/// (cudaFree(0)), and after cudaDeviceReset, two of each, on all cores and on two.
+void bench_host_cost(const char* dir) {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const uint64_t per_thread = (g_quick ? uint64_t(64) : uint64_t(256)) << 20;
+  const auto trials = [&](const char* phase) {
+    for (const unsigned threads : {cores, std::min(2u, cores)})
+      for (const uint64_t piece : {uint64_t(2) << 20, uint64_t(16) << 20})
+        for (int rep = 0; rep < 2; ++rep)
+          host_cost_trial(dir, phase, threads, per_thread, piece);
+  };
+  trials("(no CUDA yet)");
+  const Times t0 = Times::now();
+  check(cudaSetDevice(0), "cudaSetDevice");
+  check(cudaFree(nullptr), "cudaFree (context)");
+  const Times open = Times::now() - t0;
+  std::printf("host cost: context opened in %.3f s (sys %.3f s)\n", open.wall, open.sys);
+  trials("(context open)");
+  check(cudaDeviceReset(), "cudaDeviceReset");
+  trials("(after reset)");
+}
+
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::strcmp(argv[i], "--quick") == 0)
@@ -1103,6 +1212,12 @@ int main(int argc, char** argv) {
       g_register_out_dir = argv[++i];
     else if (std::strcmp(argv[i], "--rows2d") == 0)
       g_rows2d = true;
+    else if (std::strcmp(argv[i], "--host-cost") == 0 && i + 1 < argc)
+      g_host_cost_dir = argv[++i];
+  if (g_host_cost_dir) { // before any CUDA call: its first phase is the process without CUDA
+    bench_host_cost(g_host_cost_dir);
+    return 0;
+  }
   if (g_rows2d) {
     check(cudaSetDevice(0), "cudaSetDevice");
     bench_rows2d();

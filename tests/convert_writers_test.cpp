@@ -9,14 +9,18 @@
 #include "pipeline.h"
 #include "sha256.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
 #include <sys/mount.h>
+#include <thread>
+#include <tuple>
 
 namespace shardshift::testing {
 namespace {
@@ -243,6 +247,74 @@ TEST_F(SeveralFilesTest, ALaneOutOfFilesHelpsWithTheOpenFileWithTheMostLeft) {
   for (const Cut& c : of_first)
     first_items += c.kind != ItemKind::open_file && c.kind != ItemKind::close_file;
   EXPECT_EQ(first->pending.load(), first_items + 1);
+}
+
+// Lanes cutting at the same time, on their own threads, as the pipelines run them: every item one
+// lane alone cuts is cut exactly once, at the same offset, whichever lane cuts it, and each file's
+// pending count holds one for each of its data items plus its close. Many rounds, with as many
+// lanes as files and more, so that lanes end, help and race for the same file's lock.
+TEST_F(SeveralFilesTest, LanesCuttingAtOnceCutEveryItemOnceAtItsOffset) {
+  auto input = open_for_plan(tmp / "hf", plan_options);
+  ASSERT_TRUE(input.ok()) << input.status().message();
+  std::vector<uint32_t> files(plan.files.size());
+  for (uint32_t i = 0; i < files.size(); ++i)
+    files[i] = i;
+  const uint64_t chunk = 64 << 10;
+  using Cut = std::tuple<uint32_t, uint64_t, int, uint64_t, std::string>; // file, offset, kind...
+  const auto cut_of = [](const Item& item) {
+    return Cut{item.file, item.fill_offset, int(item.kind), item.length,
+               item.tensor ? item.tensor->name : std::string()};
+  };
+  std::vector<Cut> alone;
+  {
+    FileQueue queue(files, plan, true, true);
+    Emitter lane(*input, plan, chunk, nullptr, queue);
+    std::vector<std::unique_ptr<Item>> held;
+    while (auto item = lane.next()) {
+      if (item->kind == ItemKind::open_file)
+        item->fill->opened = true;
+      alone.push_back(cut_of(*item));
+      held.push_back(std::move(item));
+    }
+  }
+  std::sort(alone.begin(), alone.end());
+  uint64_t helped_any = 0;
+  for (int round = 0; round < 40; ++round) {
+    const unsigned lanes = 2 + unsigned(round) % 4 * 2; // 2, 4, 6, 8 lanes
+    FileQueue queue(files, plan, true, true);
+    std::vector<std::vector<Cut>> cuts(lanes);
+    std::vector<std::vector<std::unique_ptr<Item>>> held(lanes);
+    std::vector<uint64_t> helped(lanes);
+    std::vector<std::thread> threads;
+    for (unsigned l = 0; l < lanes; ++l)
+      threads.emplace_back([&, l] {
+        Emitter lane(*input, plan, chunk, nullptr, queue);
+        while (auto item = lane.next()) {
+          if (item->kind == ItemKind::open_file)
+            item->fill->opened = true; // what the write stage does once the file is open
+          cuts[l].push_back(cut_of(*item));
+          held[l].push_back(std::move(item));
+        }
+        helped[l] = lane.helped_bytes();
+      });
+    for (auto& t : threads)
+      t.join();
+    std::vector<Cut> all;
+    std::map<FillingFile*, uint64_t> pending_want;
+    for (unsigned l = 0; l < lanes; ++l) {
+      all.insert(all.end(), cuts[l].begin(), cuts[l].end());
+      for (const auto& item : held[l])
+        pending_want[item->fill.get()] += item->kind != ItemKind::open_file;
+      helped_any += helped[l];
+    }
+    std::sort(all.begin(), all.end());
+    ASSERT_TRUE(all == alone) << "round " << round << ", " << lanes
+                              << " lanes: the items cut differ from one lane's";
+    ASSERT_EQ(pending_want.size(), files.size());
+    for (const auto& [fill, want] : pending_want)
+      EXPECT_EQ(fill->pending.load(), want) << "round " << round;
+  }
+  std::cout << "bytes cut by helping lanes over all rounds: " << helped_any << "\n";
 }
 
 // A lane out of files helps only with the file that would be written last, alone: the open one
