@@ -18,7 +18,10 @@
 #      against 1GiB: DeepSeek-V3, where cuda stays 0.3 s behind within the run);
 #   8. a thread free while the GPU works and the GPU closed beside the end: cpu, cuda, the same
 #      with a sleeping wait (cuda-block) and, when D holds shardshift-old (an earlier build),
-#      that build (cuda-old), one round at 2 and 16 cores, then five rounds at 2, 4 and 16.
+#      that build (cuda-old), one round at 2 and 16 cores, then five rounds at 2, 4 and 16;
+#   9. what an open CUDA context costs the host's page-table work (cuda_bench --host-cost: faults
+#      and MADV_DONTNEED before any CUDA call, with a context, after its reset), and the GPU
+#      opened but given no chunk against cpu and cuda at 16 cores, with each run's system time.
 #
 # Usage, from the repository root on the H200 machine, with the binaries of a build for sm_90
 # and the shared libraries they need carried in D (default .dev: shardshift, cuda_bench,
@@ -106,3 +109,8 @@ perf/device_choice_bench.sh --bin "$B" "${OLD[@]}" --ram /mnt/ram --cores "2 16"
   --devices "cpu $old_dev cuda cuda-block cpu-768" --runs 1
 perf/device_choice_bench.sh --bin "$B" "${OLD[@]}" --ram /mnt/ram --cores "2 4 16" \
   --devices "cpu cuda $old_dev" --runs 5
+
+step "9. the GPU's cost to the host's page-table work"
+"$D"/cuda_bench --host-cost /mnt/ram
+perf/device_choice_bench.sh --bin "$B" --ram /mnt/ram --cores 16 --devices "cpu cuda-none cuda" \
+  --runs 4
