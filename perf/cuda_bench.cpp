@@ -41,7 +41,9 @@
 //   --host-cost DIR  what an open CUDA context costs the host's page-table work: threads
 //              fill new files in DIR through shared mappings and read them back through
 //              read-only mappings, releasing each piece with MADV_DONTNEED as a lane does; system
-//              time per GiB before any CUDA call, with a context, and after cudaDeviceReset
+//              time per GiB before any CUDA call, while a child process holds a context, with a
+//              context of its own, with a conversion's chunk buffers page-locked, and after
+//              cudaDeviceReset
 //   --rows2d   a column range of every row of page-locked host memory to the GPU, by row width:
 //              one 2-D copy straight from it (the CUDA stage's held weights), against the rows
 //              gathered into pinned memory by one thread and uploaded, and a contiguous upload
@@ -71,6 +73,7 @@ int main() {
 #include <string>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -1168,24 +1171,80 @@ void host_cost_trial(const char* dir, const char* phase, unsigned threads, uint6
 
 /// --host-cost DIR: whether a process's open CUDA context makes its page-table work dearer
 /// (faults, MADV_DONTNEED: each interrupts every core running one of its threads, and the
-/// driver may watch the address space). The same trials before any CUDA call, with a context
-/// (cudaFree(0)), and after cudaDeviceReset, two of each, on all cores and on two.
+/// driver may watch the address space). The same trials in five phases: before any CUDA call;
+/// while a child process holds a context (what a helper process owning the GPU would leave the
+/// converting process); with a context of its own (cudaFree(0)); with the chunk buffers a
+/// 16-thread conversion keeps page-locked (20 of 19 MiB, each locked in place, the locking and
+/// unlocking timed); and after cudaDeviceReset.
 void bench_host_cost(const char* dir) {
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const uint64_t per_thread = (g_quick ? uint64_t(64) : uint64_t(256)) << 20;
   const auto trials = [&](const char* phase) {
-    for (const unsigned threads : {cores, std::min(2u, cores)})
-      for (const uint64_t piece : {uint64_t(2) << 20, uint64_t(16) << 20})
-        for (int rep = 0; rep < 2; ++rep)
-          host_cost_trial(dir, phase, threads, per_thread, piece);
+    for (const uint64_t piece : {uint64_t(2) << 20, uint64_t(16) << 20})
+      for (int rep = 0; rep < 2; ++rep)
+        host_cost_trial(dir, phase, cores, per_thread, piece);
+    host_cost_trial(dir, phase, std::min(2u, cores), per_thread, uint64_t(16) << 20);
   };
   trials("(no CUDA yet)");
+
+  // Forked before this process makes any CUDA call (a child may not use a parent's CUDA state).
+  int up[2], down[2];
+  if (pipe(up) != 0 || pipe(down) != 0) {
+    std::printf("host cost: pipe failed\n");
+    return;
+  }
+  const pid_t child = fork();
+  if (child == 0) {
+    close(up[0]);
+    close(down[1]);
+    char c = cudaSetDevice(0) == cudaSuccess && cudaFree(nullptr) == cudaSuccess ? 'y' : 'n';
+    if (write(up[1], &c, 1) != 1 || read(down[0], &c, 1) < 0) // holds it until the parent is done
+      _exit(1);
+    _exit(0);
+  }
+  close(up[1]);
+  close(down[0]);
+  char opened = 'n';
+  if (child > 0 && read(up[0], &opened, 1) == 1 && opened == 'y')
+    trials("(context in a child)");
+  else
+    std::printf("host cost: no child with a context\n");
+  close(down[1]); // the child's read returns and it exits
+  close(up[0]);
+  if (child > 0)
+    waitpid(child, nullptr, 0);
+
   const Times t0 = Times::now();
   check(cudaSetDevice(0), "cudaSetDevice");
   check(cudaFree(nullptr), "cudaFree (context)");
   const Times open = Times::now() - t0;
   std::printf("host cost: context opened in %.3f s (sys %.3f s)\n", open.wall, open.sys);
   trials("(context open)");
+
+  const uint64_t buffer = uint64_t(19) << 20;
+  std::vector<std::byte*> pool;
+  for (int i = 0; i < 20; ++i) {
+    auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, buffer));
+    if (!p)
+      break;
+    std::memset(p, 0x5A, buffer); // resident, as a used chunk buffer is
+    pool.push_back(p);
+  }
+  const Times l0 = Times::now();
+  for (std::byte* p : pool)
+    check(cudaHostRegister(p, buffer, cudaHostRegisterPortable), "cudaHostRegister");
+  const Times lock = Times::now() - l0;
+  std::printf("host cost: %zu buffers of 19 MiB locked in %.3f s (sys %.3f s)\n", pool.size(),
+              lock.wall, lock.sys);
+  trials("(buffers locked)");
+  const Times u0 = Times::now();
+  for (std::byte* p : pool)
+    check(cudaHostUnregister(p), "cudaHostUnregister");
+  const Times unlock = Times::now() - u0;
+  std::printf("host cost: unlocked in %.3f s (sys %.3f s)\n", unlock.wall, unlock.sys);
+  for (std::byte* p : pool)
+    std::free(p);
+
   check(cudaDeviceReset(), "cudaDeviceReset");
   trials("(after reset)");
 }

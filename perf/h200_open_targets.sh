@@ -20,7 +20,8 @@
 #      with a sleeping wait (cuda-block) and, when D holds shardshift-old (an earlier build),
 #      that build (cuda-old), one round at 2 and 16 cores, then five rounds at 2, 4 and 16;
 #   9. what an open CUDA context costs the host's page-table work (cuda_bench --host-cost: faults
-#      and MADV_DONTNEED before any CUDA call, with a context, after its reset), and the GPU
+#      and MADV_DONTNEED before any CUDA call, while a child process holds a context, with one of
+#      its own, with a conversion's chunk buffers page-locked, after its reset), and the GPU
 #      opened but given no chunk against cpu and cuda at 16 cores, with each run's system time.
 #
 # Usage, from the repository root on the H200 machine, with the binaries of a build for sm_90
