@@ -85,15 +85,15 @@ TEST_F(ConvertCli, TheSummarySaysHowMuchOfThePassThroughWasCopied) {
   const double copied = number(moved.out, "fallback_copy_bytes");
   ASSERT_GE(zero_copy, 0);
   ASSERT_GE(copied, 0);
-  auto summary = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " +
-                                shell_quoted(tmp / "moved2"));
+  auto summary =
+      run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "moved2"));
   ASSERT_EQ(summary.exit_code, 0) << summary.err;
   if (copied == 0) // the kernel moved every byte (copy_file_range within one filesystem)
     EXPECT_NE(summary.err.find("; zero-copy "), std::string::npos) << summary.err;
 
-  auto filled = run_shell("SHARDSHIFT_FILL=mapped " + std::string(SHARDSHIFT_BINARY) +
-                          " convert " + shell_quoted(tmp / "hf") + " " +
-                          shell_quoted(tmp / "filled") + " -j 4 </dev/null");
+  auto filled =
+      run_shell("SHARDSHIFT_FILL=mapped " + std::string(SHARDSHIFT_BINARY) + " convert " +
+                shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "filled") + " -j 4 </dev/null");
   ASSERT_EQ(filled.exit_code, 0) << filled.err;
   EXPECT_NE(filled.err.find("; passed through "), std::string::npos) << filled.err;
   EXPECT_NE(filled.err.find(" (0 B of it zero-copy), transformed "), std::string::npos)
@@ -238,20 +238,34 @@ TEST_F(ConvertCli, TraceIsChromeTraceJson) {
   }
 }
 
-TEST_F(ConvertCli, InterruptRemovesEverything) {
-  // SIGINT as soon as the staging directory appears (the pipeline is running): exit 130, and
-  // nothing but the inputs is left.
-  auto big = run_shardshift("synth " + shell_quoted(tmp / "big") + " --layers 4 --scale 4");
+// Starts `convert big n -j THREADS --max-memory 1MiB ARGS...` with `env` added to the
+// environment, sends SIGINT as soon as the staging directory appears (the pipeline is running),
+// and checks the exit status 130 and that nothing but the inputs is left.
+void interrupt_and_expect_nothing_left(const fs::path& dir, const char* threads,
+                                       std::vector<std::string> args,
+                                       const std::vector<std::string>& env) {
+  auto big = run_shardshift("synth " + shell_quoted(dir / "big") + " --layers 4 --scale 4");
   ASSERT_EQ(big.exit_code, 0) << big.err;
-  std::string in = (tmp / "big").string(), out = (tmp / "n").string();
-  const char* argv[] = {SHARDSHIFT_BINARY, "convert", in.c_str(), out.c_str(), "-j", "1",
-                        "--max-memory",    "1MiB",    nullptr};
+  std::vector<std::string> words = {SHARDSHIFT_BINARY,    "convert", (dir / "big").string(),
+                                    (dir / "n").string(), "-j",      threads,
+                                    "--max-memory",       "1MiB"};
+  words.insert(words.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& w : words)
+    argv.push_back(w.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_words(env);
+  for (char** e = environ; *e; ++e)
+    env_words.emplace_back(*e);
+  std::vector<char*> envp;
+  for (std::string& e : env_words)
+    envp.push_back(e.data());
+  envp.push_back(nullptr);
   pid_t pid;
-  ASSERT_EQ(
-      posix_spawn(&pid, SHARDSHIFT_BINARY, nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  ASSERT_EQ(posix_spawn(&pid, SHARDSHIFT_BINARY, nullptr, nullptr, argv.data(), envp.data()), 0);
   bool signalled = false;
   for (int i = 0; i < 20000 && !signalled; ++i) {
-    for (auto& e : fs::directory_iterator(tmp.path()))
+    for (auto& e : fs::directory_iterator(dir))
       if (e.path().filename().string().starts_with(".n.shardshift-tmp")) {
         kill(pid, SIGINT);
         signalled = true;
@@ -265,7 +279,19 @@ TEST_F(ConvertCli, InterruptRemovesEverything) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 130);
-  EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"big", "hf"}));
+  EXPECT_EQ(testing::list_dir(dir), (std::vector<std::string>{"big", "hf"}));
+}
+
+TEST_F(ConvertCli, InterruptRemovesEverything) {
+  interrupt_and_expect_nothing_left(tmp.path(), "1", {}, {});
+}
+
+// The same with the output's files (six, of at most 40 MB) filled at their offsets by several
+// threads through shared mappings, two lanes at once: the interrupted files, opened mapped and
+// filled out of order, go too, and so do those finished before the signal.
+TEST_F(ConvertCli, InterruptRemovesEverythingWhenThreadsFillTheFiles) {
+  interrupt_and_expect_nothing_left(tmp.path(), "6", {"--writers", "2", "--max-shard-size", "40MB"},
+                                    {"SHARDSHIFT_FILL=mapped"});
 }
 
 } // namespace
