@@ -11,6 +11,12 @@
 #   --scratch DIR      where the checkpoint and the outputs go (default $TMPDIR, else /var/tmp);
 #                      must be a real disk: the input is ~1.63 GB per layer + 1.6 GB
 #   --bin PATH         shardshift binary (default build-bench/shardshift, then build/shardshift)
+#   --old-bin PATH     instead of the comparison: a same-minute A/B of --bin against another
+#                      binary (an earlier build), both --device cpu, with `cp -r` + fsync in each
+#                      round; the order of the two alternates from round to round (the first run
+#                      after a removal was the slower on the 2-core VM's disk). Reports the median
+#                      of each and both ratios to `cp -r` + fsync: whether the code, rather than
+#                      the disk's mood, moved the ratio. Use --runs 6 or more
 #   --runs R           runs per case (default 2): with 1 or 2 the last is reported, with 3 or
 #                      more the median; the page cache is warm before every run
 #   --max-memory SIZE  --max-memory of shardshift (default: its own default, 1GiB)
@@ -32,6 +38,7 @@ set -euo pipefail
 LAYERS=4
 SCRATCH="${TMPDIR:-/var/tmp}"
 BIN=""
+OLD_BIN=""
 RUNS=2
 MAX_MEMORY=""
 SWEEP=""
@@ -41,13 +48,14 @@ SCALE=1
 POSITIONAL=()
 
 die() { echo "e2e_bench: $*" >&2; exit 1; }
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while (($#)); do
   case "$1" in
     --layers) LAYERS="$2"; shift 2 ;;
     --scratch) SCRATCH="$2"; shift 2 ;;
     --bin) BIN="$2"; shift 2 ;;
+    --old-bin) OLD_BIN="$2"; shift 2 ;;
     --runs) RUNS="$2"; shift 2 ;;
     --max-memory) MAX_MEMORY="$2"; shift 2 ;;
     --rss-sweep) SWEEP="$2"; shift 2 ;;
@@ -82,6 +90,7 @@ if [[ -z "$BIN" ]]; then
   done
 fi
 [[ -x "$BIN" ]] || die "no shardshift binary; build it or pass --bin"
+[[ -z "$OLD_BIN" || -x "$OLD_BIN" ]] || die "--old-bin $OLD_BIN: not an executable"
 [[ -x /usr/bin/time ]] || die "/usr/bin/time (GNU time) is needed for the peak RSS"
 mkdir -p "$SCRATCH"
 WORK="$(mktemp -d "$SCRATCH/e2e-bench.XXXXXX")"
@@ -230,6 +239,40 @@ IN="$WORK/in"
 generate "$LAYERS" "$IN"
 IN_BYTES="$(dir_bytes "$IN")"
 echo "checkpoint: $LAYERS layers, $( ((SCALE == 1)) && echo "real dimensions" || echo "scale $SCALE"), $(gb "$IN_BYTES") GB in $(find "$IN" -name '*.safetensors' | wc -l) file(s); $RUNS run(s) per case$( ((RUNS >= 3)) && echo ", median" || echo ", last reported")"
+
+if [[ -n "$OLD_BIN" ]]; then
+  echo "old binary: $OLD_BIN"
+  NEW_WALLS=() OLD_WALLS=() CP_FLOORS=() NEW_RSSS=() OLD_RSSS=() CP_RSSS=()
+  for ((r = 1; r <= RUNS; r++)); do
+    order="old new cp"
+    ((r % 2)) || order="new old cp"
+    for v in $order; do
+      warm "$IN"
+      case "$v" in
+        old) run_timed "$WORK/out" "$OLD_BIN" convert "$IN" "$WORK/out" --device cpu -q "${MEM_FLAGS[@]}"
+             OLD_WALLS+=("$T_WALL"); OLD_RSSS+=("$T_RSS") ;;
+        new) run_timed "$WORK/out" "$BIN" convert "$IN" "$WORK/out" --device cpu -q "${MEM_FLAGS[@]}"
+             NEW_WALLS+=("$T_WALL"); NEW_RSSS+=("$T_RSS") ;;
+        cp) run_timed "$WORK/out" cp -r "$IN" "$WORK/out"
+            CP_FLOORS+=("$(awk -v a="$T_WALL" -v b="$T_FSYNC" 'BEGIN { printf "%.3f", a + b }')")
+            CP_RSSS+=("$T_RSS") ;;
+      esac
+      echo "  round $r/$RUNS $v: ${T_WALL} s (+${T_FSYNC} s fsync), peak RSS $((T_RSS / 1024)) MB, load $LAST_LOAD" >&2
+      rm -rf "$WORK/out"; sync
+    done
+  done
+  FLOOR="$(pick "${CP_FLOORS[@]}")"
+  NEW_WALL="$(pick "${NEW_WALLS[@]}")"; OLD_WALL="$(pick "${OLD_WALLS[@]}")"
+  echo "rounds: $RUNS, the order of the two binaries alternating; medians (the last with 1 or 2 rounds)"
+  echo "cp -r + fsync             : ${CP_FLOORS[*]}"
+  echo "shardshift (--bin)        : ${NEW_WALLS[*]}"
+  echo "shardshift (--old-bin)    : ${OLD_WALLS[*]}"
+  line "cp -r + fsync" "$FLOOR" "$(pick "${CP_RSSS[@]}")" "$FLOOR"
+  line "shardshift (--bin)" "$NEW_WALL" "$(pick "${NEW_RSSS[@]}")" "$FLOOR"
+  line "shardshift (--old-bin)" "$OLD_WALL" "$(pick "${OLD_RSSS[@]}")" "$FLOOR"
+  awk -v n="$NEW_WALL" -v o="$OLD_WALL" 'BEGIN { printf "--bin against --old-bin: %.2fx as fast\n", o / n }'
+  exit 0
+fi
 
 echo "case cp" >&2
 bench_case "cp -r" "$WORK/out" cp -r "$IN" "$WORK/out"
