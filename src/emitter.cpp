@@ -420,8 +420,8 @@ std::unique_ptr<Item> Emitter::quantize_chunk(const OutputTensor& t) {
   const uint64_t unit_out = q.scales ? scale_blocks(q.C) * 4 : q.C;
   const uint64_t per_chunk = chunk_ / std::max(unit_in, unit_out);
   q.begin = at_->c;
-  q.count = std::min(units - at_->c, q.scales ? std::max<uint64_t>(1, per_chunk)
-                                          : block_rows(per_chunk));
+  q.count =
+      std::min(units - at_->c, q.scales ? std::max<uint64_t>(1, per_chunk) : block_rows(per_chunk));
   auto item = make(ItemKind::transform);
   item->tensor = &t;
   item->shard = &in_.shard(t.source);
@@ -432,9 +432,8 @@ std::unique_ptr<Item> Emitter::quantize_chunk(const OutputTensor& t) {
   if (!expert) {
     // X's rows [first, end) as read by this chunk (whole blocks, for the scales).
     const uint64_t first = q.scales ? q.begin * FP8_BLOCK : q.begin / FP8_BLOCK * FP8_BLOCK;
-    const uint64_t end =
-        std::min(q.R, q.scales ? (q.begin + q.count) * FP8_BLOCK
-                               : scale_blocks(q.begin + q.count) * FP8_BLOCK);
+    const uint64_t end = std::min(q.R, q.scales ? (q.begin + q.count) * FP8_BLOCK
+                                                : scale_blocks(q.begin + q.count) * FP8_BLOCK);
     const uint64_t row = q.C * es_in;
     item->shard->file->will_need(in_base + first * row, (end - first) * row);
     // Release only rows no later chunk of this tensor reads again (a cut block is read twice).

@@ -30,12 +30,12 @@ namespace shardshift {
 /// Where the cutting of one output file stands.
 struct FileCursor {
   uint32_t file = 0;
-  bool opened = false;     ///< its open item was cut
-  bool closed = false;     ///< its close item was cut: nothing is left
-  size_t k = 0;            ///< next tensor within the file
-  uint64_t run_done = 0;   ///< bytes of the current copy run already cut
-  uint64_t e = 0, c = 0;   ///< next expert, next column (stack: row) of the current tensor
-  uint64_t offset = 0;     ///< where the next data item goes in the file (filled files)
+  bool opened = false;   ///< its open item was cut
+  bool closed = false;   ///< its close item was cut: nothing is left
+  size_t k = 0;          ///< next tensor within the file
+  uint64_t run_done = 0; ///< bytes of the current copy run already cut
+  uint64_t e = 0, c = 0; ///< next expert, next column (stack: row) of the current tensor
+  uint64_t offset = 0;   ///< where the next data item goes in the file (filled files)
 };
 
 /// An output file being cut into items, by the lane that took it and by any that help.

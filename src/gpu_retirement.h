@@ -22,7 +22,8 @@ public:
   /// that it ends before the last write even when the pace so far was a little optimistic.
   static constexpr uint64_t AHEAD_NS = 200'000'000;
   /// Where lanes help each other (emitter.h) they end together, with no tail of idle cores for
-  /// the closing to hide in, and the closing takes 0.2 s while 16 threads work: twice that.
+  /// the closing to hide in, and the closing took 0.28-0.48 s while 16 threads worked
+  /// (PERFORMANCE.md, "Lanes that help"): it starts that much sooner.
   static constexpr uint64_t HELPING_AHEAD_NS = 400'000'000;
 
   /// `lanes` emitters; `total_bytes` of output in the run, which started at `start_ns`;

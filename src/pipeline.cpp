@@ -288,21 +288,19 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   const bool help = !config.digests && !(help_env && std::string_view(help_env) == "no");
   FileQueue queue(files, plan, target.fills_at_offsets(), help);
   const bool helping = queue.helps() && lanes > 1;
-  const uint64_t retire_ahead_ns =
-      helping && config.gpu_retire_ahead_ns == GpuRetirement::AHEAD_NS
-          ? GpuRetirement::HELPING_AHEAD_NS
-          : config.gpu_retire_ahead_ns;
+  const uint64_t retire_ahead_ns = helping && config.gpu_retire_ahead_ns == GpuRetirement::AHEAD_NS
+                                       ? GpuRetirement::HELPING_AHEAD_NS
+                                       : config.gpu_retire_ahead_ns;
   FailureLatch failure;
   // The pool may outlive this call: the GPU's closing thread unlocks its buffers.
   auto pool = std::make_shared<BufferPool>(config.chunk_bytes, config.gpu);
   TransformStage transformer(config.gpu, pool.get(), profiler);
   ProgressMeter meter(profiler, *pool, config.gpu != nullptr, total,
                       static_cast<uint32_t>(files.size()), config.progress);
-  GpuRetirement retirement(
-      lanes, total, retire_ahead_ns, profiler.now(), [&config, pool] {
-        if (config.gpu)
-          config.gpu->retire([pool](CudaTransformer& device) { pool->unpin_all(device); });
-      });
+  GpuRetirement retirement(lanes, total, retire_ahead_ns, profiler.now(), [&config, pool] {
+    if (config.gpu)
+      config.gpu->retire([pool](CudaTransformer& device) { pool->unpin_all(device); });
+  });
   Shared shared{input,  plan,      config,  profiler, config.io ? *config.io : Io::system(),
                 target, queue,     failure, *pool,    transformer,
                 meter,  retirement};
