@@ -1,9 +1,10 @@
 # Packaging.cmake: shardshift installed like the Debian tools and C++ libraries it sits beside.
 # Included by the top-level CMakeLists.txt once the targets exist.
 #
-#   build_info()   include/shardshift/version.h, from generated/version_config.h: the version of
-#                  project(VERSION) (the one place it is set), the git revision at configure time
-#                  ("unknown" outside a git checkout) and the CUDA architectures of the library.
+#   build_info()   include/shardshift/version.h, from generated/version_config.h (the version of
+#                  project(VERSION), the one place it is set, and the CUDA architectures of the
+#                  library) and generated/git_revision.h (the git revision, read again before
+#                  every build; "unknown" outside a git checkout).
 #   shardshift.1   the man page, made by help2man from the built binary's --help plus a COMMANDS
 #                  section holding each command's own --help (cmake/man_page.cmake); skipped with
 #                  a note when help2man is missing (apt install help2man).
@@ -18,17 +19,18 @@
 #                  what the static library links). scripts/package.sh builds and checks both.
 
 # --- Version ------------------------------------------------------------------------------------
-set(SHARDSHIFT_GIT_REVISION unknown)
+# The git revision is read before every build (cmake/git_revision.cmake), not only at configure
+# time: a build directory configured once and rebuilt after commits still names its commit.
 find_package(Git QUIET)
-if(GIT_FOUND AND EXISTS ${PROJECT_SOURCE_DIR}/.git)
-  execute_process(COMMAND ${GIT_EXECUTABLE} describe --always --dirty --abbrev=12
-                  WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-                  OUTPUT_VARIABLE revision RESULT_VARIABLE revision_rc
-                  OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-  if(revision_rc EQUAL 0 AND revision)
-    set(SHARDSHIFT_GIT_REVISION ${revision})
-  endif()
-endif()
+set(SHARDSHIFT_REVISION_HEADER ${PROJECT_BINARY_DIR}/generated/git_revision.h)
+set(SHARDSHIFT_REVISION_COMMAND
+    ${CMAKE_COMMAND} -DGIT=${GIT_EXECUTABLE} -DSOURCE_DIR=${PROJECT_SOURCE_DIR}
+    -DOUT=${SHARDSHIFT_REVISION_HEADER} -P ${PROJECT_SOURCE_DIR}/cmake/git_revision.cmake)
+execute_process(COMMAND ${SHARDSHIFT_REVISION_COMMAND}) # so the header exists after configuring
+add_custom_target(shardshift_revision COMMAND ${SHARDSHIFT_REVISION_COMMAND}
+                  BYPRODUCTS ${SHARDSHIFT_REVISION_HEADER}
+                  COMMENT "Reading the git revision" VERBATIM)
+add_dependencies(shardshift_lib shardshift_revision)
 # The architectures the CUDA stage was compiled for, read back from the target (the truth).
 set(SHARDSHIFT_CUDA_ARCHITECTURES_BUILT "")
 if(SHARDSHIFT_HAVE_CUDA)
@@ -37,7 +39,9 @@ if(SHARDSHIFT_HAVE_CUDA)
 endif()
 configure_file(${PROJECT_SOURCE_DIR}/cmake/version_config.h.in
                ${PROJECT_BINARY_DIR}/generated/version_config.h @ONLY)
-message(STATUS "shardshift: version ${PROJECT_VERSION}, revision ${SHARDSHIFT_GIT_REVISION}")
+file(READ ${SHARDSHIFT_REVISION_HEADER} revision_header)
+string(REGEX MATCH "REVISION \"([^\"]*)\"" revision_define "${revision_header}")
+message(STATUS "shardshift: version ${PROJECT_VERSION}, revision ${CMAKE_MATCH_1}")
 
 # --- Man page -----------------------------------------------------------------------------------
 find_program(SHARDSHIFT_HELP2MAN help2man)

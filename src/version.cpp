@@ -1,10 +1,11 @@
-// version.cpp: build_info(), from the header CMake generates at configure time
-// (cmake/version_config.h.in) and what the machine reports at run time.
+// version.cpp: build_info(), from the headers CMake generates (the configuration at configure
+// time, the git revision before each build) and what the machine reports at run time.
 #include "shardshift/version.h"
 
 #include "adapter.h"
 #include "coordinator.h"
 #include "cuda_transform.h"
+#include "git_revision.h"
 #include "transpose.h"
 #include "version_config.h"
 

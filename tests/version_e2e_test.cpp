@@ -47,8 +47,24 @@ TEST(Version, PrintsTheProjectVersionRevisionAndFeatures) {
   EXPECT_EQ(lines[5], "models: diffusion_gemma gemma4_moe qwen3_moe deepseek_v3");
   // Whether jobs under mpirun coordinate through MPI (SHARDSHIFT_MPI), as the ranks decide it.
   ASSERT_GE(lines.size(), 7u) << r.out;
-  EXPECT_EQ(lines[6], info.mpi ? "mpi: on (jobs started by mpirun coordinate through MPI)"
-                               : "mpi: off");
+  EXPECT_EQ(lines[6],
+            info.mpi ? "mpi: on (jobs started by mpirun coordinate through MPI)" : "mpi: off");
+}
+
+// The revision is read again before every build, so a build directory configured at one commit
+// and rebuilt at a later one names the later. Compared without "-dirty": files edited since the
+// build would make a current binary look stale. Skips outside a git checkout (a source tarball).
+TEST(Version, RevisionIsTheCommitBuilt) {
+  const std::string source = SHARDSHIFT_SOURCE_DIR;
+  auto head = testing::run_shell("git -C " + testing::shell_quoted(source) +
+                                 " describe --always --abbrev=12 2>/dev/null");
+  if (head.exit_code != 0 || head.out.empty())
+    GTEST_SKIP() << "not a git checkout, or no git: " << source;
+  const std::string commit = lines_of(head.out).at(0);
+  const std::string revision = build_info().git_revision;
+  EXPECT_TRUE(revision == commit || revision == commit + "-dirty")
+      << "built as " << revision << ", the checkout is at " << commit
+      << ": rebuild, or the revision was read at configure time only";
 }
 
 TEST(FlagConventions, EveryCommandTakesQuietJsonAndOneSizeSyntax) {
