@@ -158,56 +158,58 @@ simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::fi
   return simdjson::SUCCESS;
 }
 
-simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,
-                                   std::vector<std::string>& problems, unsigned depth) {
-  using simdjson::ondemand::json_type;
-  if (depth >= MAX_JSON_DEPTH)
-    return simdjson::DEPTH_ERROR;
-  json_type type;
-  if (auto ec = value.type().get(type))
+namespace {
+
+simdjson::error_code compact_object(simdjson::ondemand::value value, std::string& out,
+                                    std::vector<std::string>& problems, unsigned depth) {
+  simdjson::ondemand::object object;
+  if (auto ec = value.get_object().get(object))
     return ec;
+  out += '{';
+  bool first = true;
+  auto ec = for_each_field(
+      object, [&](const std::string& key, simdjson::ondemand::value field_value, bool duplicate) {
+        if (duplicate)
+          problems.push_back("duplicate key '" + shardshift::printable(key) + "'");
+        if (!first)
+          out += ',';
+        first = false;
+        append_json_string(out, key);
+        out += ':';
+        return visit_compact(field_value, out, problems, depth + 1);
+      });
+  if (ec)
+    return ec;
+  out += '}';
+  return simdjson::SUCCESS;
+}
+
+simdjson::error_code compact_array(simdjson::ondemand::value value, std::string& out,
+                                   std::vector<std::string>& problems, unsigned depth) {
+  simdjson::ondemand::array array;
+  if (auto ec = value.get_array().get(array))
+    return ec;
+  out += '[';
+  bool first = true;
+  for (auto element : array) {
+    simdjson::ondemand::value child;
+    if (auto ec = std::move(element).get(child))
+      return ec;
+    if (!first)
+      out += ',';
+    first = false;
+    if (auto ec = visit_compact(child, out, problems, depth + 1))
+      return ec;
+  }
+  out += ']';
+  return simdjson::SUCCESS;
+}
+
+/// A string, number, boolean or null, validated and appended as written.
+simdjson::error_code compact_scalar(simdjson::ondemand::value value,
+                                    simdjson::ondemand::json_type type, std::string& out) {
+  using simdjson::ondemand::json_type;
   switch (type) {
-  case json_type::object: {
-    simdjson::ondemand::object object;
-    if (auto ec = value.get_object().get(object))
-      return ec;
-    out += '{';
-    bool first = true;
-    auto ec = for_each_field(
-        object, [&](const std::string& key, simdjson::ondemand::value field_value, bool duplicate) {
-          if (duplicate)
-            problems.push_back("duplicate key '" + shardshift::printable(key) + "'");
-          if (!first)
-            out += ',';
-          first = false;
-          append_json_string(out, key);
-          out += ':';
-          return visit_compact(field_value, out, problems, depth + 1);
-        });
-    if (ec)
-      return ec;
-    out += '}';
-    return simdjson::SUCCESS;
-  }
-  case json_type::array: {
-    simdjson::ondemand::array array;
-    if (auto ec = value.get_array().get(array))
-      return ec;
-    out += '[';
-    bool first = true;
-    for (auto element : array) {
-      simdjson::ondemand::value child;
-      if (auto ec = std::move(element).get(child))
-        return ec;
-      if (!first)
-        out += ',';
-      first = false;
-      if (auto ec = visit_compact(child, out, problems, depth + 1))
-        return ec;
-    }
-    out += ']';
-    return simdjson::SUCCESS;
-  }
   case json_type::string: {
     std::string_view text;
     if (auto ec = value.get_string().get(text))
@@ -240,8 +242,26 @@ simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string&
     out += "null";
     return simdjson::SUCCESS;
   }
+  default:
+    return simdjson::INCORRECT_TYPE;
   }
-  return simdjson::INCORRECT_TYPE;
+}
+
+} // namespace
+
+simdjson::error_code visit_compact(simdjson::ondemand::value value, std::string& out,
+                                   std::vector<std::string>& problems, unsigned depth) {
+  using simdjson::ondemand::json_type;
+  if (depth >= MAX_JSON_DEPTH)
+    return simdjson::DEPTH_ERROR;
+  json_type type;
+  if (auto ec = value.type().get(type))
+    return ec;
+  if (type == json_type::object)
+    return compact_object(value, out, problems, depth);
+  if (type == json_type::array)
+    return compact_array(value, out, problems, depth);
+  return compact_scalar(value, type, out);
 }
 
 } // namespace shardshift::json
