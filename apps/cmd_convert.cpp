@@ -189,14 +189,14 @@ std::string summary_line(const ConvertSummary& s, const std::string& output, dou
     passed = "passed through " + format_bytes(s.zero_copy_bytes + s.fallback_copy_bytes) + " (" +
              format_bytes(s.zero_copy_bytes) + " of it zero-copy)";
   char buf[1024];
-  std::snprintf(buf, sizeof buf,
-                "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
-                "%s, transformed %s on %s; peak RSS %s\n",
-                static_cast<unsigned long long>(s.tensors), s.adapter.c_str(),
-                direction_name(s.direction), static_cast<unsigned long long>(s.files),
-                output.c_str(), format_bytes(s.output_bytes).c_str(), s.seconds,
-                format_rate(rate).c_str(), passed.c_str(), format_bytes(s.transformed_bytes).c_str(),
-                device.c_str(), format_bytes(s.peak_rss).c_str());
+  std::snprintf(
+      buf, sizeof buf,
+      "converted %llu tensors (%s %s) into %llu file(s) in %s: %s in %.2fs (%s); "
+      "%s, transformed %s on %s; peak RSS %s\n",
+      static_cast<unsigned long long>(s.tensors), s.adapter.c_str(), direction_name(s.direction),
+      static_cast<unsigned long long>(s.files), output.c_str(),
+      format_bytes(s.output_bytes).c_str(), s.seconds, format_rate(rate).c_str(), passed.c_str(),
+      format_bytes(s.transformed_bytes).c_str(), device.c_str(), format_bytes(s.peak_rss).c_str());
   return buf;
 }
 
@@ -254,10 +254,9 @@ void print_stats(const ConvertSummary& s) {
       format_bytes(s.transformed_bytes).c_str(), format_bytes(s.cpu_bytes).c_str(),
       format_bytes(s.gpu_bytes).c_str());
   if (s.gpu_bytes > 0)
-    std::fprintf(stderr,
-                 "gpu input: %s, %s of it read in place from the mappings, the rest staged\n",
-                 format_bytes(s.gpu_input_bytes).c_str(),
-                 format_bytes(s.gpu_in_place_bytes).c_str());
+    std::fprintf(
+        stderr, "gpu input: %s, %s of it read in place from the mappings, the rest staged\n",
+        format_bytes(s.gpu_input_bytes).c_str(), format_bytes(s.gpu_in_place_bytes).c_str());
   std::fprintf(stderr, "memory: %llu writer lane(s) x %llu tokens x %s chunks; peak RSS %s\n",
                static_cast<unsigned long long>(s.writers),
                static_cast<unsigned long long>(s.tokens), format_bytes(s.chunk_bytes).c_str(),
@@ -395,7 +394,8 @@ void add_convert_flags(ConvertFlags& f) {
       "would end last, alone. Example: --writers 2")(
       "max-memory", po::value<std::string>()->default_value("1GiB")->value_name("SIZE"),
       (std::string("Budget for buffers and mapped input in flight; peak memory stays within "
-                   "it plus about 200 MB. ") +
+                   "it plus the program: about 20 MB, and about 200 MB more once the CUDA runtime "
+                   "is loaded. ") +
        SIZE_SYNTAX + " Example: --max-memory 4GiB")
           .c_str())("device", po::value<std::string>()->default_value("auto")->value_name("DEVICE"),
                     "Where expert tensors are transformed and FP8 weights dequantized: auto "
@@ -444,7 +444,7 @@ void add_convert_flags(ConvertFlags& f) {
       "stream to stdout; needs OUT '-'. A failed run ends the stream without the end-of-archive "
       "blocks, so tar x reports it. Example: - --format tar | ssh host tar x -C /models/nemo")(
       "uploads", po::value<unsigned>()->default_value(4)->value_name("N"),
-      "With --pipe-to: commands running at once. Default: 4. Example: --uploads 8")(
+      "With --pipe-to: commands running at once. Example: --uploads 8")(
       "checksums", "Compute the SHA-256 of every output file while it is written (no second "
                    "read) and write them as SHA256SUMS (sha256sum -c format) beside the output, "
                    "or deliver it before the index with --pipe-to; also in --json.");

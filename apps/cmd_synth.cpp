@@ -26,8 +26,9 @@ const HelpText SYNTH_HELP = {
     .usage = "shardshift synth OUT [options]",
     .description =
         "Writes a synthetic Hugging Face checkpoint into the directory OUT with the real key "
-        "inventory and tensor shapes of the model (all BF16, deterministic pseudo-random values "
-        "from --seed), sharded like Hugging Face: model-0000i-of-0000N.safetensors plus "
+        "inventory, dtypes and tensor shapes of the model (BF16; deepseek_v3's linear weights "
+        "F8_E4M3 with F32 block scales; deterministic pseudo-random values from --seed), sharded "
+        "like Hugging Face: model-0000i-of-0000N.safetensors plus "
         "model.safetensors.index.json, or a single model.safetensors; and a config.json. Memory "
         "stays flat whatever the size.\n\n"
         "At full size (no --scale) diffusion_gemma is about 1.52 GB per layer plus 1.5 GB of "
@@ -70,17 +71,20 @@ void add_synth_flags(SynthFlags& f) {
       "first 3 layers dense, 256 routed + 1 shared expert of I 2048, MLA attention, FP8 "
       "weights with F32 128 x 128 block scales). Example: --model gemma4_moe")(
       "layers", po::value(&f.layers)->default_value(30)->value_name("N"),
-      "Number of decoder layers (30 in the real model); layers with L % 6 == 5 are "
-      "full-attention layers (no v_proj). Example: --layers 2")(
+      "Number of decoder layers (diffusion_gemma and gemma4_moe: 30 in the real model, layers "
+      "with L % 6 == 5 full-attention layers without v_proj; qwen3_moe: 48; deepseek_v3: 61, "
+      "the first 3 dense). Example: --layers 2")(
       "mtp-layers", po::value(&f.mtp_layers)->default_value(1)->value_name("N"),
       "deepseek_v3: multi-token-prediction layers after the decoder layers (1 in the real "
       "model, model.layers.61). Example: --mtp-layers 0")(
       "seed", po::value(&f.seed)->default_value(0)->value_name("N"),
       "Seed of the values; the same seed gives identical bytes. Example: --seed 7")(
       "scale", po::value(&f.scale)->default_value(1)->value_name("N"),
-      "Divide every size by N: hidden 2816 (and the attention, dense-MLP and vision sizes), "
-      "expert intermediate 704, experts 128, vocabulary 262144. Every size must stay at least "
-      "1. Example: --scale 8")(
+      "Divide every size of the model by N: the hidden size (and the attention, dense-MLP and "
+      "vision sizes), the expert intermediate size, the number of experts and the vocabulary "
+      "(diffusion_gemma and gemma4_moe: 2816, 704, 128, 262144; qwen3_moe: 2048, 768, 128, "
+      "151936; deepseek_v3: 7168, 2048, 256, 129280). Every size must stay at least 1. Example: "
+      "--scale 8")(
       "scale-hidden", optional_into(f.scale_hidden),
       "Divisor for the hidden, attention, dense-MLP and vision sizes instead of --scale.")(
       "scale-intermediate", optional_into(f.scale_intermediate),

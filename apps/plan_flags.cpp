@@ -71,10 +71,11 @@ FlagGroup output_flags() {
       "quantize", po::value<std::string>()->value_name("QUANT"),
       "to_hf deepseek_v3: write the linear weights as F8_E4M3 with F32 128 x 128 block scales "
       "(W_scale_inv), each block's largest magnitude mapped to 448, as DeepSeek's own "
-      "checkpoints; norms, embeddings, heads and the router stay as they are. QUANT: fp8. Not "
-      "with --dtype. Example: convert nemo hf-fp8 --direction to_hf --quantize fp8")(
-      "no-side-files", "Do not copy config.json, the tokenizer files and the other files of the "
-                       "input directory.")(
+      "checkpoints; norms, embeddings, heads and the router stay as they are. QUANT: fp8. Only "
+      "with --dtype keep (the default). Example: convert nemo hf-fp8 --direction to_hf --quantize "
+      "fp8")("no-side-files",
+             "Do not copy config.json, the tokenizer files and the other files of the "
+             "input directory.")(
       "no-align", "Do not pad headers to keep copied tensors page-aligned (this disables "
                   "reflink sharing of their bytes).");
   return d;

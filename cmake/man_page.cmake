@@ -20,6 +20,14 @@ foreach(command IN LISTS commands)
   string(REGEX REPLACE "(^|\n)([.'])" "\\1\\\\&\\2" help "${help}")
   file(APPEND ${include_file} ".SS \"shardshift ${command}\"\n.nf\n${help}.fi\n")
 endforeach()
+# The top-level --help's examples, one per line: help2man would join them into one paragraph.
+execute_process(COMMAND ${SHARDSHIFT} --help OUTPUT_VARIABLE top_help RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0 OR NOT top_help MATCHES "\nExamples:\n(.*)$")
+  message(FATAL_ERROR "man page: '${SHARDSHIFT} --help' failed (${rc}) or has no Examples")
+endif()
+string(REGEX REPLACE "(^|\n)  " "\\1" examples "${CMAKE_MATCH_1}")
+string(REPLACE "\\" "\\e" examples "${examples}")
+file(APPEND ${include_file} "[=EXAMPLES]\n.nf\n${examples}.fi\n")
 file(APPEND ${include_file} "[ENVIRONMENT]
 .TP
 .B SHARDSHIFT_SIMD

@@ -44,6 +44,12 @@ for f in ./usr/bin/shardshift ./usr/share/man/man1/shardshift.1.gz \
   grep -q " $f\$" <<<"$files" || fail "$tool lacks $f"
 done
 grep -q '/include/' <<<"$files" && fail "$tool holds headers (they belong in -dev)"
+# The man page holds every command's --help and keeps the examples one per line (verbatim).
+man=$(dpkg-deb --fsys-tarfile "$tool" | tar -xOf - ./usr/share/man/man1/shardshift.1.gz | gzip -dc)
+for command in convert plan verify inspect synth; do
+  grep -q "^\.SS \"shardshift $command\"" <<<"$man" || fail "man page lacks 'shardshift $command'"
+done
+grep -A1 '^\.SH EXAMPLES' <<<"$man" | grep -q '^\.nf' || fail "man page: EXAMPLES is not verbatim"
 dev_files=$(dpkg-deb -c "$dev")
 for f in ./usr/include/shardshift/convert.h ./usr/include/shardshift/tensor_stream.h \
          /libshardshift.a /cmake/shardshift/shardshiftConfig.cmake /pkgconfig/shardshift.pc; do

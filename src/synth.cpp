@@ -100,6 +100,16 @@ Result<Dims> derive_dims(const SynthOptions& o) {
     unsigned scale;
     const char* what;
   };
+  // Each of the model's sizes divided by its divisor; none may come out 0.
+  auto scaled = [&d](std::span<const Item> model) -> Result<Dims> {
+    for (const Item& item : model) {
+      *item.dim = item.real / item.scale;
+      if (*item.dim == 0)
+        return error(Errc::invalid_argument, "synth: scale " + std::to_string(item.scale) +
+                                                 " leaves nothing of the " + item.what);
+    }
+    return d;
+  };
   if (o.model == "deepseek_v3") {
     // deepseek-ai/DeepSeek-V3 (config.json): MLA with 128 heads, q_lora_rank 1536, kv_lora_rank
     // 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128; dense MLP 18432; 256
@@ -117,13 +127,7 @@ Result<Dims> derive_dims(const SynthOptions& o) {
         {&d.nope, 128, o.scale_hidden, "qk_nope_head_dim 128"},
         {&d.v_head, 128, o.scale_hidden, "v_head_dim 128"},
     };
-    for (const auto& item : deepseek) {
-      *item.dim = item.real / item.scale;
-      if (*item.dim == 0)
-        return error(Errc::invalid_argument, "synth: scale " + std::to_string(item.scale) +
-                                                 " leaves nothing of the " + item.what);
-    }
-    return d;
+    return scaled(deepseek);
   }
   if (o.model == "qwen3_moe") {
     // Qwen/Qwen3-30B-A3B: 32 query heads and 4 KV heads of 128, no dense layer.
@@ -136,13 +140,7 @@ Result<Dims> derive_dims(const SynthOptions& o) {
         {&d.kv_full, 512, o.scale_hidden, "k/v_proj rows 512"},
         {&d.head_full, 128, o.scale_hidden, "head dim 128"},
     };
-    for (const auto& item : qwen) {
-      *item.dim = item.real / item.scale;
-      if (*item.dim == 0)
-        return error(Errc::invalid_argument, "synth: scale " + std::to_string(item.scale) +
-                                                 " leaves nothing of the " + item.what);
-    }
-    return d;
+    return scaled(qwen);
   }
   const Item items[] = {
       {&d.hidden, 2816, o.scale_hidden, "hidden size 2816"},
@@ -160,13 +158,7 @@ Result<Dims> derive_dims(const SynthOptions& o) {
       {&d.vision_mlp, 4304, o.scale_hidden, "vision MLP size 4304"},
       {&d.vision_positions, 256, o.scale_hidden, "vision positions 256"},
   };
-  for (const auto& item : items) {
-    *item.dim = item.real / item.scale;
-    if (*item.dim == 0)
-      return error(Errc::invalid_argument, "synth: scale " + std::to_string(item.scale) +
-                                               " leaves nothing of the " + item.what);
-  }
-  return d;
+  return scaled(items);
 }
 
 class Inventory {
@@ -401,11 +393,10 @@ std::string config_json(const SynthOptions& o, const Dims& d) {
            ",\n  \"moe_intermediate_size\": " + n(d.intermediate) +
            ",\n  \"n_routed_experts\": " + n(d.experts) +
            ",\n  \"n_shared_experts\": 1,\n  \"num_experts_per_tok\": 8" +
-           ",\n  \"num_attention_heads\": " + n(d.heads) + ",\n  \"num_key_value_heads\": " +
-           n(d.heads) + ",\n  \"q_lora_rank\": " + n(d.q_lora) +
-           ",\n  \"kv_lora_rank\": " + n(d.kv_lora) + ",\n  \"qk_rope_head_dim\": " +
-           n(d.rope) + ",\n  \"qk_nope_head_dim\": " + n(d.nope) +
-           ",\n  \"v_head_dim\": " + n(d.v_head) +
+           ",\n  \"num_attention_heads\": " + n(d.heads) +
+           ",\n  \"num_key_value_heads\": " + n(d.heads) + ",\n  \"q_lora_rank\": " + n(d.q_lora) +
+           ",\n  \"kv_lora_rank\": " + n(d.kv_lora) + ",\n  \"qk_rope_head_dim\": " + n(d.rope) +
+           ",\n  \"qk_nope_head_dim\": " + n(d.nope) + ",\n  \"v_head_dim\": " + n(d.v_head) +
            ",\n  \"quantization_config\": {\"activation_scheme\": \"dynamic\", \"fmt\": "
            "\"e4m3\", \"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}" +
            ",\n  \"tie_word_embeddings\": false,\n  \"torch_dtype\": \"bfloat16\"" +
