@@ -79,9 +79,9 @@ Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name
   return {};
 }
 
-// Streams the index or a side file (small files) to fd.
+// Streams the index or a side file (small files) to fd; `written` counts its bytes.
 Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& plan,
-                         const std::string& name, uint64_t chunk) {
+                         const std::string& name, uint64_t chunk, uint64_t* written) {
   if (name == INDEX_FILE_NAME) {
     if (!plan.write_index)
       return Status(Errc::invalid_argument,
@@ -89,10 +89,11 @@ Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& pl
     auto text = index_json(plan.total_tensor_bytes, plan.weight_map);
     if (!text)
       return text.status();
+    *written = text->size();
     return write_all(io, fd, *text, name);
   }
   StreamTarget target(fd);
-  return deliver_side_file(target, io, input, name, chunk, nullptr);
+  return deliver_side_file(target, io, input, name, chunk, nullptr, written);
 }
 
 } // namespace
@@ -112,10 +113,14 @@ Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkp
         std::find(plan.side_files.begin(), plan.side_files.end(), *target) != plan.side_files.end();
     if (!side && *target != INDEX_FILE_NAME)
       return not_in_plan(plan, *target);
-    if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target, config.chunk_bytes);
+    // No tensor is converted: the summary counts the file's bytes alone.
+    UploadResult r;
+    *tensors = 0;
+    if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target, config.chunk_bytes,
+                                     &r.moved.output_bytes);
         !s.ok())
       return s;
-    return UploadResult{};
+    return r;
   }
   *tensors = file->tensors.size();
   const uint32_t only[] = {static_cast<uint32_t>(file - plan.files.begin())};

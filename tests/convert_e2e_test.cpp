@@ -1,6 +1,7 @@
 // convert_e2e_test.cpp: the shardshift binary end to end: synth -> plan -> convert -> inspect ->
 // convert back, exit codes, stdout discipline, --print-size, --trace and Ctrl-C.
 #include "shardshift/checkpoint.h"
+#include "shardshift/units.h"
 
 #include "test_support.h"
 
@@ -142,11 +143,17 @@ TEST_F(ConvertCli, StreamsOneFileToStdout) {
   ASSERT_GT(files.size(), 3u);
   for (const std::string& name : files) {
     auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " +
-                                shell_quoted(tmp / "hf") + " - --max-shard-size 2MB -q --only " +
+                                shell_quoted(tmp / "hf") + " - --max-shard-size 2MB --only " +
                                 name + " | cat > " + shell_quoted(tmp / "streamed"));
     ASSERT_EQ(r.exit_code, 0) << name << ": " << r.err;
-    EXPECT_TRUE(testing::read_bytes(tmp / "streamed") == testing::read_bytes(tmp / "dir" / name))
-        << name;
+    const std::string bytes = testing::read_bytes(tmp / "dir" / name);
+    EXPECT_TRUE(testing::read_bytes(tmp / "streamed") == bytes) << name;
+    // The summary counts that one file: its bytes, and no tensor for the index or a side file.
+    EXPECT_NE(r.err.find("into 1 file(s) in -: " + format_bytes(bytes.size()) + " in"),
+              std::string::npos)
+        << name << ": " << r.err;
+    if (!name.ends_with(".safetensors"))
+      EXPECT_EQ(r.err.rfind("converted 0 tensors ", 0), 0u) << name << ": " << r.err;
   }
   auto many = run_shardshift("convert " + shell_quoted(tmp / "hf") + " - --max-shard-size 2MB");
   EXPECT_EQ(many.exit_code, 2);
