@@ -16,6 +16,7 @@
 #include "progress_line.h"
 #include "signals.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <iterator>
@@ -453,7 +454,8 @@ void add_convert_flags(ConvertFlags& f) {
                              "busy time, share, rate, p50 and p99 per stage.")(
       "trace", po::value<std::string>()->value_name("FILE"),
       "Write a Chrome trace of every stage to FILE, gzip-compressed when FILE ends in .gz; "
-      "open it in https://ui.perfetto.dev or chrome://tracing. Example: --trace run.json.gz");
+      "open it in https://ui.perfetto.dev or chrome://tracing. Checked before any work: not an "
+      "input, not inside IN or OUT, in an existing directory. Example: --trace run.json.gz");
   add_common_flags(report, "No progress line and no summary on stderr.",
                    "what was converted, the byte counts by path (zero-copy, transformed, cpu, "
                    "gpu), time, rate, peak RSS and the per-stage figures of --stats.");
@@ -526,6 +528,8 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   if (o.output == "-" && vm.count("json"))
     return Status(Errc::invalid_argument, "--json and OUT '-' both write to stdout; use one");
   o.trace = vm.count("trace") > 0;
+  if (o.trace)
+    o.trace_file = vm["trace"].as<std::string>();
   return o;
 }
 
@@ -548,9 +552,17 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
   line.clear();
 
   int exit_code = EXIT_OK;
-  if (o.trace)
-    if (Status s = profiler.write_trace(vm["trace"].as<std::string>()); !s.ok())
-      exit_code = report_error(s);
+  // A run refused before any work (a bad flag, OUT or --trace itself) recorded nothing and
+  // writes no trace: the file could be where it must not go.
+  const std::vector<StageSummary> stages = profiler.summaries();
+  const bool worked = std::any_of(stages.begin(), stages.end(),
+                                  [](const StageSummary& st) { return st.count > 0; });
+  if (o.trace && worked)
+    if (Status s = profiler.write_trace(o.trace_file); !s.ok())
+      exit_code = report_error(
+          !result ? s
+                  : Status(s.code(), "the conversion finished and its output is complete, but " +
+                                         s.message()));
   if (!result) {
     if (result.status().code() == Errc::interrupted) {
       // A rank of a job says where it stopped: a rank waiting for rank 0's commit cannot know

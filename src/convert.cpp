@@ -116,6 +116,8 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   // 1. Check OUT, open and validate the input, plan the output. Nothing is written before this.
   if (Status s = check_output(options); !s.ok())
     return s;
+  if (Status s = check_trace_file(options); !s.ok())
+    return s;
   if (auto device = parse_device(options.device); !device)
     return device.status();
   auto rank = detect_rank(options.rank, options.world_size, environment());

@@ -5,9 +5,9 @@
 
 #include "outputs.h"
 #include "resume.h"
-#include "staging.h"
 #include "sha256.h"
 #include "side_files.h"
+#include "staging.h"
 
 #include <cerrno>
 #include <csignal>
@@ -62,17 +62,22 @@ std::vector<fs::path> input_paths(const fs::path& input) {
   return paths;
 }
 
+// IN and the --base checkpoint: every path the conversion reads.
+std::vector<fs::path> read_paths(const ConvertOptions& o) {
+  std::vector<fs::path> read = input_paths(o.input);
+  if (!o.plan.base.empty())
+    for (fs::path& p : input_paths(o.plan.base))
+      read.push_back(std::move(p));
+  return read;
+}
+
 // No flag may let the output replace, or be written into, what the conversion reads: IN, and
 // the --base checkpoint it restores keys from.
 Status check_not_input(const ConvertOptions& o) {
   const fs::path out = real_path(o.output);
   const std::string name = o.output.string();
   std::error_code ec;
-  std::vector<fs::path> read = input_paths(o.input);
-  if (!o.plan.base.empty())
-    for (fs::path& p : input_paths(o.plan.base))
-      read.push_back(std::move(p));
-  for (const fs::path& in : read) {
+  for (const fs::path& in : read_paths(o)) {
     if (is_within(in, out) || fs::equivalent(out, in, ec))
       return Status(Errc::invalid_argument,
                     name + ": the output must not be the input or contain it (" + in.string() +
@@ -183,6 +188,33 @@ Status check_output(const ConvertOptions& o) {
   return {};
 }
 
+Status check_trace_file(const ConvertOptions& o) {
+  if (o.trace_file.empty())
+    return {};
+  const std::string name = "--trace " + o.trace_file.string();
+  const fs::path trace = real_path(o.trace_file);
+  std::error_code ec;
+  for (const fs::path& in : read_paths(o))
+    if (is_within(trace, in) || fs::equivalent(trace, in, ec))
+      return Status(Errc::invalid_argument,
+                    name + ": the trace would be written " + (trace == in ? "over " : "inside ") +
+                        in.string() +
+                        ", which this conversion reads; choose a file outside the input");
+  if (!o.output.empty() && !is_stream(o) && is_within(trace, real_path(o.output)))
+    return Status(Errc::invalid_argument,
+                  name + ": the trace would become part of the output directory " +
+                      o.output.string() + "; choose a file outside it");
+  if (fs::is_directory(trace, ec))
+    return Status(Errc::invalid_argument, name + ": is a directory; name a file");
+  const fs::path dir = trace.parent_path();
+  if (!fs::is_directory(dir, ec))
+    return Status(Errc::invalid_argument, name + ": the directory " + dir.string() +
+                                              " does not exist; create it or choose another");
+  if (access(dir.c_str(), W_OK | X_OK) != 0)
+    return Status(Errc::io, name + ": cannot write in " + dir.string() + ": " + errno_text(errno));
+  return {};
+}
+
 Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bool force) {
   // Written last, so only a complete output carries the marker that lets --force replace it.
   if (Status s = write_file_atomic(io, staging / OUTPUT_MARKER_NAME,
@@ -251,8 +283,8 @@ public:
   // leftover of a run that was killed (staging.h).
   Status create() {
     if (io_.mkdir(dir_.c_str(), 0777) != 0)
-      return Status(Errc::io, dir_.string() + ": cannot create the staging directory: " +
-                                  errno_text(errno));
+      return Status(Errc::io,
+                    dir_.string() + ": cannot create the staging directory: " + errno_text(errno));
     armed_ = true;
     lock_ = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (lock_ < 0 || flock(lock_, LOCK_EX | LOCK_NB) != 0)
@@ -279,8 +311,7 @@ using Notes = std::function<void(const std::vector<std::string>&)>;
 // Which plan files this run writes: all of them, or with an adopted staging directory those it
 // does not already hold. Files kept get their SHA-256 from disk (--checksums): this run does not
 // see their bytes go by.
-Result<std::vector<uint32_t>> files_to_write(Io& io, const Plan& plan,
-                                             const PipelineConfig& config,
+Result<std::vector<uint32_t>> files_to_write(Io& io, const Plan& plan, const PipelineConfig& config,
                                              const fs::path& output, const fs::path& staging,
                                              const AdoptedStaging& adopted, const Notes& notes,
                                              UploadResult& r) {
@@ -372,8 +403,8 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
     adopted = adopt_staging(io, output, fingerprint, staging);
   if (auto removed = remove_stale_staging(io, output); !removed.empty() && notes)
     notes(removed);
-  auto built = build_directory(options, input, plan, config, io, profiler, output, staging,
-                               adopted, fingerprint, notes);
+  auto built = build_directory(options, input, plan, config, io, profiler, output, staging, adopted,
+                               fingerprint, notes);
   if (built)
     return built;
   Status s = name_final_paths(built.status(), staging, output);

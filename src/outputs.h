@@ -15,8 +15,8 @@
 #include "upload.h"
 
 #include <atomic>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,6 +32,11 @@ inline bool is_stream(const ConvertOptions& o) {
 /// of streams and --pipe-to. Errc::invalid_argument for usage, Errc::io for the filesystem.
 Status check_output(const ConvertOptions& o);
 
+/// options.trace_file, when set: not a file the conversion reads (IN, a file in it, --base), not
+/// inside IN, --base or OUT (it would become part of what they hold), not a directory, and in
+/// an existing directory this process can write. Errc::invalid_argument or Errc::io.
+Status check_trace_file(const ConvertOptions& o);
+
 /// OUT a directory: built in a staging directory beside it (staging.h; shards by the writer
 /// lanes, then side files, SHA256SUMS with --checksums, the index), marked as shardshift's output
 /// and renamed into place, so OUT appears whole or not at all. First clears what killed runs into
@@ -39,10 +44,10 @@ Status check_output(const ConvertOptions& o);
 /// directory is removed, or with options.resume kept for the next run, which the error says.
 /// `notes` receives what the user should hear before the work starts (directories removed, files
 /// kept).
-Result<UploadResult> write_directory(const ConvertOptions& options, const Checkpoint& input,
-                                     const Plan& plan, const PipelineConfig& config, Io& io,
-                                     Profiler& profiler,
-                                     const std::function<void(const std::vector<std::string>&)>& notes);
+Result<UploadResult>
+write_directory(const ConvertOptions& options, const Checkpoint& input, const Plan& plan,
+                const PipelineConfig& config, Io& io, Profiler& profiler,
+                const std::function<void(const std::vector<std::string>&)>& notes);
 
 /// Marks the finished `staging` directory as shardshift's output and renames it to `output`,
 /// replacing (with `force`) a previous shardshift output, which is put back if the rename fails.

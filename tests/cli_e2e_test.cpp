@@ -199,8 +199,42 @@ TEST_F(CliCheckpoint, GzTraceOpensAsJson) {
   auto unwritable =
       run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "m") +
                      " -q --trace " + shell_quoted(tmp / "no-such-dir" / "t.json"));
-  EXPECT_EQ(unwritable.exit_code, 1);
+  // Refused before any work, as a bad OUT is: nothing converted.
+  EXPECT_EQ(unwritable.exit_code, 2);
   EXPECT_NE(unwritable.err.find("no-such-dir"), std::string::npos) << unwritable.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "m"));
+}
+
+// The trace never goes over or into what the conversion reads, nor into OUT (it would become part
+// of the output): refused before any work, the input byte for byte as it was, no trace written.
+TEST_F(CliCheckpoint, TraceIsNeverWrittenOverTheInputOrIntoTheOutput) {
+  const auto before = testing::files_of(tmp / "hf");
+  ASSERT_FALSE(before.empty());
+  const std::string shard = before.rbegin()->first; // a file the conversion reads
+  struct Case {
+    std::filesystem::path trace;
+    std::string message;
+  };
+  const Case cases[] = {
+      {tmp / "hf" / shard, "which this conversion reads"},
+      {tmp / "hf" / "new-trace.json", "which this conversion reads"},
+      {tmp / "hf", "which this conversion reads"},
+      {tmp / "out" / "t.json", "would become part of the output directory"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.trace.string());
+    for (const char* out : {"out", "-"}) {
+      auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " +
+                                  shell_quoted(tmp / "hf") + " " +
+                                  (out == std::string("-") ? "-" : shell_quoted(tmp / out)) +
+                                  " -q --trace " + shell_quoted(c.trace) + " > /dev/null");
+      EXPECT_EQ(r.exit_code, 2) << r.err;
+      if (out == std::string("out")) // with OUT '-', tmp/out is only a missing directory
+        EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+      EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
+      EXPECT_EQ(testing::files_of(tmp / "hf"), before) << "the input changed";
+    }
+  }
 }
 
 } // namespace

@@ -54,6 +54,9 @@ struct ConvertOptions {
   Io* io = nullptr;                          ///< nullptr = Io::system()
   bool sync = true;                          ///< fsync files and directories (--no-sync: false)
   bool trace = false;                        ///< keep per-span events for Profiler::write_trace
+  /// Where the caller will write the trace (--trace), checked with OUT before any work: not a
+  /// file the conversion reads, not inside IN or OUT, and its directory writable. Empty: none.
+  std::filesystem::path trace_file;
   /// --pipe-to: instead of OUT, stream every output file into its own `sh -c` command ({name} and
   /// {size} replaced, shell-quoted); the index goes last, only after every shard was delivered.
   std::string pipe_to;
