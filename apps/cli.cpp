@@ -97,13 +97,43 @@ int usage_error(const std::string& command, const std::string& message) {
   return EXIT_USAGE;
 }
 
+namespace {
+
+// Boost reads "-1" into an unsigned flag as 4294967295 (strtoul wraps it), so a typo such as
+// `--ep-size -1` would run with a nonsense value. The value of every unsigned flag must be
+// digits alone; the message names the flag.
+std::string whole_number_problem(const po::parsed_options& parsed,
+                                 const po::options_description& options) {
+  for (const po::option& given : parsed.options) {
+    const po::option_description* flag = options.find_nothrow(given.string_key, false);
+    if (given.position_key != -1 || !flag)
+      continue;
+    const po::value_semantic* semantic = flag->semantic().get();
+    if (!dynamic_cast<const po::typed_value<unsigned>*>(semantic) &&
+        !dynamic_cast<const po::typed_value<unsigned long>*>(semantic) &&
+        !dynamic_cast<const po::typed_value<unsigned long long>*>(semantic))
+      continue;
+    for (const std::string& value : given.value)
+      if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos)
+        return "--" + given.string_key + " '" + value + "': expects a whole number (0, 1, 2, ...)";
+  }
+  return {};
+}
+
+} // namespace
+
 bool parse_args(const std::string& command, int argc, char** argv,
                 const po::options_description& options,
                 const po::positional_options_description& positional, po::variables_map& vm,
                 int* exit_code) {
   try {
-    po::store(po::command_line_parser(argc, argv).options(options).positional(positional).run(),
-              vm);
+    const po::parsed_options parsed =
+        po::command_line_parser(argc, argv).options(options).positional(positional).run();
+    if (std::string problem = whole_number_problem(parsed, options); !problem.empty()) {
+      *exit_code = usage_error(command, problem);
+      return false;
+    }
+    po::store(parsed, vm);
     po::notify(vm);
     return true;
   } catch (const po::error& e) {

@@ -53,9 +53,13 @@ std::vector<TensorRef> base_order(const Checkpoint& input) {
 
 Status check_options(PlanContext& ctx) {
   const PlanOptions& o = ctx.options;
-  if (o.ep_size == 0 || o.ep_rank >= o.ep_size)
+  if (o.ep_size == 0 || o.ep_shard_size == 0)
+    return Status(Errc::invalid_argument,
+                  std::string(o.ep_size == 0 ? "--ep-size" : "--ep-shard-size") +
+                      " 0: the parts are counted from 1 (1, the default, keeps them whole)");
+  if (o.ep_rank >= o.ep_size)
     return Status(Errc::invalid_argument, "--ep-rank must be below --ep-size");
-  if (o.ep_shard_size == 0 || o.ep_shard_rank >= o.ep_shard_size)
+  if (o.ep_shard_rank >= o.ep_shard_size)
     return Status(Errc::invalid_argument, "--ep-shard-rank must be below --ep-shard-size");
   const bool expert_parallel = o.ep_size > 1 || o.ep_shard_size > 1;
   if (expert_parallel && !ctx.spec.expert_parallel)
@@ -68,8 +72,7 @@ Status check_options(PlanContext& ctx) {
   if (o.quantize_fp8 && !(ctx.spec.quantizes && ctx.spec.direction == Direction::to_hf))
     return Status(Errc::invalid_argument,
                   "--quantize fp8 applies to deepseek_v3 to_hf only (this is " +
-                      std::string(ctx.spec.model) + " " + direction_name(ctx.spec.direction) +
-                      ")");
+                      std::string(ctx.spec.model) + " " + direction_name(ctx.spec.direction) + ")");
   if (o.quantize_fp8 && o.expert_dtype)
     return Status(Errc::invalid_argument,
                   "--quantize fp8 writes F8_E4M3 weights; --dtype must be keep");
@@ -103,11 +106,15 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
 
   // The checking passes collect every problem; the plan fails with all of them at once.
   const std::pair<const char*, void (*)(PlanContext&)> checking[] = {
-      {"classify_keys", classify_keys},           {"group_expert_pieces", group_expert_pieces},
-      {"validate_groups", validate_groups},       {"pair_block_scales", pair_block_scales},
+      {"classify_keys", classify_keys},
+      {"group_expert_pieces", group_expert_pieces},
+      {"validate_groups", validate_groups},
+      {"pair_block_scales", pair_block_scales},
       {"group_stacks", group_stacks},
-      {"validate_stacks", validate_stacks},       {"emit_output_tensors", emit_output_tensors},
-      {"restore_base_keys", restore_base_keys},   {"check_unique_names", check_unique_names},
+      {"validate_stacks", validate_stacks},
+      {"emit_output_tensors", emit_output_tensors},
+      {"restore_base_keys", restore_base_keys},
+      {"check_unique_names", check_unique_names},
   };
   for (auto [name, pass] : checking) {
     PassTimer timer(profiler, name);

@@ -37,6 +37,10 @@ std::optional<unsigned> number(const std::string& text) {
 Status check_pair(unsigned rank, unsigned world, const std::string& names) {
   if (world == 0)
     return Status(Errc::invalid_argument, names + ": the world size must be at least 1");
+  if (world > MAX_WORLD)
+    return Status(Errc::invalid_argument, names + ": a world size of " + std::to_string(world) +
+                                              " is more than the " + std::to_string(MAX_WORLD) +
+                                              " processes one job may have");
   if (rank >= world)
     return Status(Errc::invalid_argument,
                   names + ": rank " + std::to_string(rank) + " is not below the world size " +
@@ -65,7 +69,8 @@ Result<RankInfo> detect_rank(std::optional<unsigned> rank, std::optional<unsigne
                               l.world + "=" + w->second + ")";
     auto rn = number(r->second), wn = number(w->second);
     if (!rn || !wn)
-      return Status(Errc::invalid_argument, names + ": not numbers");
+      return Status(Errc::invalid_argument,
+                    names + ": not whole numbers (digits only, at most 9 of them)");
     if (Status s = check_pair(*rn, *wn, names); !s.ok())
       return s;
     return RankInfo{*rn, *wn, l.name, std::string_view(l.name) == "Open MPI"};

@@ -105,6 +105,37 @@ TEST_F(CliCheckpoint, DeviceMustBeAutoCpuCudaOrCudaNumber) {
   EXPECT_EQ(cpu.exit_code, 0) << cpu.err;
 }
 
+// Boost would read "-1" into an unsigned flag as 4294967295: `--ep-size -1` ran and kept one
+// expert per layer. Every whole-number flag of every command takes digits alone.
+TEST_F(CliCheckpoint, WholeNumberFlagsTakeDigitsAlone) {
+  const std::string in = shell_quoted(tmp / "hf"), out = shell_quoted(tmp / "out");
+  const std::string commands[] = {
+      "convert " + in + " " + out + " -j -1",
+      "convert " + in + " " + out + " --writers=-1",
+      "convert " + in + " " + out + " --ep-size -1",
+      "convert " + in + " " + out + " --ep-rank -2 --ep-size 2",
+      "convert " + in + " " + out + " --ep-shard-size +2",
+      "convert " + in + " " + out + " --job-timeout -5",
+      "convert " + in + " " + out + " --rank -1 --world-size 2",
+      "convert " + in + " --pipe-to cat --uploads -1",
+      "plan " + in + " --ep-size -4 --ep-rank 2",
+      "verify " + in + " " + in + " -j -1",
+      "synth " + out + " --seed -1 --layers 1 --scale 32",
+  };
+  for (const std::string& command : commands) {
+    auto r = run_shardshift(command);
+    EXPECT_EQ(r.exit_code, 2) << command << ": " << r.err;
+    EXPECT_NE(r.err.find("expects a whole number"), std::string::npos) << command << ": " << r.err;
+    EXPECT_EQ(r.out, "") << command;
+    EXPECT_FALSE(std::filesystem::exists(tmp / "out")) << command;
+  }
+  // Zero parts is refused by name, not as a rank out of range.
+  auto zero = run_shardshift("plan " + in + " --ep-size 0");
+  EXPECT_EQ(zero.exit_code, 2);
+  EXPECT_NE(zero.err.find("--ep-size 0: the parts are counted from 1"), std::string::npos)
+      << zero.err;
+}
+
 TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
   // -q: nothing but errors; --json is printed even then.
   auto inspect = run_shardshift("inspect -q " + shell_quoted(tmp / "hf"));

@@ -80,7 +80,17 @@ TEST(DetectRank, RefusesInconsistentValuesNamingThem) {
        std::nullopt,
        {{"OMPI_COMM_WORLD_RANK", "4"}, {"OMPI_COMM_WORLD_SIZE", "4"}},
        "OMPI_COMM_WORLD_RANK=4"},
-      {std::nullopt, std::nullopt, {{"PMI_RANK", "x"}, {"PMI_SIZE", "2"}}, "not numbers"},
+      {std::nullopt, std::nullopt, {{"PMI_RANK", "x"}, {"PMI_SIZE", "2"}}, "not whole numbers"},
+      {std::nullopt,
+       std::nullopt,
+       {{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "4294967295"}},
+       "not whole numbers"},
+      // A world too large to coordinate, from a flag or a launcher: refused, not hours of polling.
+      {0u, MAX_WORLD + 1, {}, "more than the 65536 processes one job may have"},
+      {std::nullopt,
+       std::nullopt,
+       {{"RANK", "0"}, {"WORLD_SIZE", "100000000"}, {"LOCAL_RANK", "0"}},
+       "a world size of 100000000 is more than"},
   };
   for (const Case& c : cases) {
     auto r = detect_rank(c.rank, c.world, c.env);

@@ -25,14 +25,19 @@ struct RankInfo {
   bool launcher_is_mpi = false;
 };
 
+/// The most processes one job may have. Rank 0 looks at every rank's markers each heartbeat
+/// (marker_coordinator.cpp) and every rank holds a share list per rank: a world of 10^8, a typo,
+/// would run for hours before failing; the largest launchers' jobs stay far below this.
+inline constexpr unsigned MAX_WORLD = 65536;
+
 /// The rank and world size of this process: `rank` / `world` when given (both or neither), else
 /// from the variables of the innermost launcher in `env`, in this order: Open MPI
 /// (OMPI_COMM_WORLD_RANK/SIZE), PMI (PMI_RANK/PMI_SIZE: MPICH, Intel MPI), torchrun (RANK and
 /// WORLD_SIZE, with LOCAL_RANK), Slurm's srun (SLURM_PROCID and SLURM_STEP_NUM_TASKS, which a
 /// batch script without srun does not have); else rank 0 of 1. A launcher started inside another
 /// (mpirun or torchrun in a Slurm allocation) sets its own variables, and those win. Refuses
-/// (Errc::invalid_argument) a rank >= world size, a world size of 0 and values that are not
-/// numbers, naming the variables.
+/// (Errc::invalid_argument) a rank >= world size, a world size of 0 or above MAX_WORLD and values
+/// that are not numbers, naming the variables.
 Result<RankInfo> detect_rank(std::optional<unsigned> rank, std::optional<unsigned> world,
                              const std::map<std::string, std::string>& env);
 
