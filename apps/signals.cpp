@@ -43,6 +43,12 @@ CancelOnSignal::CancelOnSignal(bool ignore_sigpipe) : ignore_sigpipe_(ignore_sig
   action.sa_flags = SA_RESTART;
   sigaction(SIGINT, &action, &old_int_);
   sigaction(SIGTERM, &action, &old_term_);
+  // A closed terminal or a dropped ssh session (SIGHUP) stops the run the same way, so it does
+  // not leave a staging directory of gigabytes behind; unless the signal was ignored on entry
+  // (nohup), which is a request to keep running.
+  sigaction(SIGHUP, nullptr, &old_hup_);
+  if (old_hup_.sa_handler != SIG_IGN)
+    sigaction(SIGHUP, &action, nullptr);
   if (ignore_sigpipe_) {
     struct sigaction ignore {};
     ignore.sa_handler = SIG_IGN;
@@ -54,6 +60,7 @@ CancelOnSignal::CancelOnSignal(bool ignore_sigpipe) : ignore_sigpipe_(ignore_sig
 CancelOnSignal::~CancelOnSignal() {
   if (ignore_sigpipe_)
     sigaction(SIGPIPE, &old_pipe_, nullptr);
+  sigaction(SIGHUP, &old_hup_, nullptr);
   sigaction(SIGTERM, &old_term_, nullptr);
   sigaction(SIGINT, &old_int_, nullptr);
   guard_active.store(false);

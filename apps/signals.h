@@ -1,8 +1,10 @@
-// signals.h: how a long-running command stops on Ctrl-C or SIGTERM. While a CancelOnSignal is in
-// scope, SIGINT and SIGTERM set a flag that the library polls (ConvertOptions::cancel,
+// signals.h: how a long-running command stops on Ctrl-C, SIGTERM or a hangup. While a
+// CancelOnSignal is in scope, SIGINT, SIGTERM and SIGHUP (unless ignored on entry, as under
+// nohup) set a flag that the library polls (ConvertOptions::cancel,
 // SynthOptions::cancel) so it can remove what it wrote and return Errc::interrupted; later
-// signals do not cut that short (they print that cleanup is under way). Leaving the scope restores the dispositions found on entry.
-// Thread-safety: one CancelOnSignal at a time per process (the handler is process-wide).
+// signals do not cut that short (they print that cleanup is under way). Leaving the scope restores
+// the dispositions found on entry. Thread-safety: one CancelOnSignal at a time per process (the
+// handler is process-wide).
 #pragma once
 
 #include <atomic>
@@ -25,7 +27,7 @@ public:
 
 private:
   struct sigaction old_int_ {
-  }, old_term_{}, old_pipe_{};
+  }, old_term_{}, old_hup_{}, old_pipe_{};
   bool ignore_sigpipe_;
 };
 

@@ -246,11 +246,11 @@ TEST_F(ConvertCli, TraceIsChromeTraceJson) {
 }
 
 // Starts `convert big n -j THREADS --max-memory 1MiB ARGS...` with `env` added to the
-// environment, sends SIGINT as soon as the staging directory appears (the pipeline is running),
+// environment, sends `signal` as soon as the staging directory appears (the pipeline is running),
 // and checks the exit status 130 and that nothing but the inputs is left.
 void interrupt_and_expect_nothing_left(const fs::path& dir, const char* threads,
                                        std::vector<std::string> args,
-                                       const std::vector<std::string>& env) {
+                                       const std::vector<std::string>& env, int signal = SIGINT) {
   auto big = run_shardshift("synth " + shell_quoted(dir / "big") + " --layers 4 --scale 4");
   ASSERT_EQ(big.exit_code, 0) << big.err;
   std::vector<std::string> words = {SHARDSHIFT_BINARY,    "convert", (dir / "big").string(),
@@ -274,7 +274,7 @@ void interrupt_and_expect_nothing_left(const fs::path& dir, const char* threads,
   for (int i = 0; i < 20000 && !signalled; ++i) {
     for (auto& e : fs::directory_iterator(dir))
       if (e.path().filename().string().starts_with(".n.shardshift-tmp")) {
-        kill(pid, SIGINT);
+        kill(pid, signal);
         signalled = true;
       }
     if (waitpid(pid, nullptr, WNOHANG) == pid)
@@ -291,6 +291,27 @@ void interrupt_and_expect_nothing_left(const fs::path& dir, const char* threads,
 
 TEST_F(ConvertCli, InterruptRemovesEverything) {
   interrupt_and_expect_nothing_left(tmp.path(), "1", {}, {});
+}
+
+// A closed terminal or a dropped ssh session: SIGHUP stops the run like Ctrl-C (it killed the
+// process and left the staging directory behind).
+TEST_F(ConvertCli, HangupRemovesEverything) {
+  interrupt_and_expect_nothing_left(tmp.path(), "1", {}, {}, SIGHUP);
+}
+
+// Under nohup (SIGHUP ignored when the run starts) a hangup is not a request to stop.
+TEST_F(ConvertCli, HangupIgnoredOnEntryKeepsRunning) {
+  auto big = run_shardshift("synth " + shell_quoted(tmp / "big") + " --layers 4 --scale 4 -q");
+  ASSERT_EQ(big.exit_code, 0) << big.err;
+  const std::string script =
+      "trap \"\" HUP; cd " + shell_quoted(tmp.path()) + " || exit; " + SHARDSHIFT_BINARY +
+      " convert big n -j 1 --max-memory 1MiB -q & pid=$!; "
+      "until ls -A | grep -q \"^[.]n[.]shardshift-tmp\" || ! kill -0 $pid; do :; done; "
+      "kill -HUP $pid && echo sent; wait $pid";
+  auto r = run_shell("sh -c " + shell_quoted(script));
+  ASSERT_EQ(r.out, "sent\n") << "finished before the hangup could be sent: " << r.err;
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(tmp / "n" / OUTPUT_MARKER_NAME)) << "OUT committed: " << r.err;
 }
 
 // The same with the output's files (six, of at most 40 MB) filled at their offsets by several
