@@ -61,10 +61,11 @@ Result<std::vector<std::string>> regular_files_of(const fs::path& dir) {
 // place, streamed under that name; a *.safetensors among them is one too (the model's shards are
 // those at the top, or the index's). Regular files and links to regular files are taken, a link
 // wherever it points, as at the top (a hub cache links each file into its blobs/ directory).
-// Not taken: hidden subdirectories (.git, the .cache/ of `huggingface-cli download --local-dir`),
-// which hold a tool's state and would copy a git clone's LFS objects a second time; and links to
-// directories, which are reported as problems rather than followed, since one can lead out of the
-// input (and upload what is there) or back into it (a loop).
+// A link that points nowhere, here or at the top, is a problem. Not taken: hidden subdirectories
+// (.git, the .cache/ of `huggingface-cli download --local-dir`), which hold a tool's state and
+// would copy a git clone's LFS objects a second time; and links to directories, which are reported
+// as problems rather than followed, since one can lead out of the input (and upload what is there)
+// or back into it (a loop).
 void list_subdirectories(const fs::path& root, const fs::path& rel, std::vector<std::string>* files,
                          ProblemList& problems) {
   std::error_code ec;
@@ -88,6 +89,14 @@ void list_subdirectories(const fs::path& root, const fs::path& rel, std::vector<
       }
     } else if (!rel.empty() && fs::is_regular_file(target)) {
       files->push_back((rel / name).generic_string());
+    } else if (fs::is_symlink(link) && !fs::exists(target)) {
+      // Left out silently, the output would lack a file the model needs (a tokenizer whose
+      // blob an interrupted hub download never fetched).
+      std::error_code read_ec;
+      problems.add(Errc::format, it->path().string(), {},
+                   "a link to '" + fs::read_symlink(it->path(), read_ec).string() +
+                       "', which does not exist (an unfinished download?); fetch the file it "
+                       "points to, or remove the link");
     }
   }
   if (ec)
@@ -242,11 +251,13 @@ void map_shards(Opening& o) {
     }
     shard.file = std::move(mapped).value();
     uint64_t length = 0;
-    if (Status s = guard_mapped_access(*shard.file, [&] {
-          const auto bytes = shard.file->bytes();
-          for (size_t b = 0; b < 8 && b < bytes.size(); ++b)
-            length |= uint64_t(std::to_integer<uint8_t>(bytes[b])) << (8 * b);
-        });
+    if (Status s = guard_mapped_access(*shard.file,
+                                       [&] {
+                                         const auto bytes = shard.file->bytes();
+                                         for (size_t b = 0; b < 8 && b < bytes.size(); ++b)
+                                           length |= uint64_t(std::to_integer<uint8_t>(bytes[b]))
+                                                     << (8 * b);
+                                       });
         !s.ok())
       o.shard_status[i] = s;
     // A length past the file's end is the parser's to report; only what is there gets parsed.
@@ -266,8 +277,9 @@ Status check_header_memory(const Opening& o, uint64_t memory_limit) {
                     std::to_string(o.header_bytes) + " bytes of JSON, which take up to " +
                     std::to_string(HEADER_MEMORY_FACTOR) +
                     " times as much memory once parsed and planned: more than half of the "
-                    "memory budget of " + std::to_string(memory_limit) +
-                    " bytes; raise it (--max-memory " + std::to_string(need_mib) + "MiB)");
+                    "memory budget of " +
+                    std::to_string(memory_limit) + " bytes; raise it (--max-memory " +
+                    std::to_string(need_mib) + "MiB)");
 }
 
 // Validate every header. Headers are independent, so they are parsed in parallel; each slot's

@@ -2,7 +2,7 @@
 // original/) are side files with their relative paths: listed by Checkpoint::open and by
 // list_output_files (plan --print-size), copied into a directory output in the same place, and
 // delivered under that name by --pipe-to. *.safetensors there are side files too; hidden
-// subdirectories are skipped; a link to a directory is refused with its name.
+// subdirectories are skipped; a link to a directory, or to nothing, is refused with its name.
 #include "convert_harness.h"
 
 namespace shardshift::testing {
@@ -79,6 +79,26 @@ TEST_F(SideSubdirectoriesTest, ALinkToADirectoryIsRefusedByName) {
   EXPECT_NE(m.find((in / "original" / "linked").string() + ": a link to the directory"),
             std::string::npos)
       << m;
+}
+
+// A side file whose link points nowhere (a hub download that never fetched the blob) is refused,
+// at the top and below it, rather than left out of the output without a word.
+TEST_F(SideSubdirectoriesTest, ALinkToNothingIsRefusedByName) {
+  for (const std::filesystem::path& link :
+       {in / "tokenizer.json", in / "original" / "sub" / "vocab.txt"}) {
+    SCOPED_TRACE(link.string());
+    std::filesystem::create_symlink(tmp / "no-such-blob", link);
+    auto ckpt = Checkpoint::open(in);
+    ASSERT_FALSE(ckpt.ok());
+    EXPECT_EQ(ckpt.status().code(), Errc::format);
+    const std::string& m = ckpt.status().message();
+    EXPECT_NE(m.find(link.string() + ": a link to '" + (tmp / "no-such-blob").string() +
+                     "', which does not exist"),
+              std::string::npos)
+        << m;
+    std::filesystem::remove(link);
+  }
+  EXPECT_TRUE(Checkpoint::open(in).ok()) << "without the links it opens";
 }
 
 } // namespace
