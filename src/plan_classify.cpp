@@ -42,6 +42,14 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
                     std::string_view prefix) {
   Classified c;
   c.input_name = key;
+  // The rules' '.' and '$' stop at a line break (ECMAScript), where the reference's prefix tests
+  // and Python's '$' do not: such a key would keep its old name here and be renamed there.
+  if (key.find_first_of("\n\r") != std::string::npos) {
+    c.action = RuleAction::reject;
+    c.output = "the name holds a line break, which the renaming rules cannot read as the "
+               "reference does; rename the tensor";
+    return c;
+  }
   std::string name = key;
   for (const CompiledRule& cr : rules) {
     std::smatch m;

@@ -121,8 +121,8 @@ TEST(PlannerPasses, ClassifyKeysFollowsDataOrderAcrossShards) {
 
 TEST(PlannerPasses, GroupExpertPiecesRefusesASecondPieceAndEscapesNames) {
   std::vector<Fake> keys = dg_layer(0, 2, 4, 3);
-  // A second gate_up for layers.0 under another prefix, with a newline in its name.
-  keys.push_back({"x\nmodel.decoder.layers.0.experts.gate_up_proj", DType::BF16, {2, 6, 4}});
+  // A second gate_up for layers.0 under another prefix, with a tab in its name.
+  keys.push_back({"x\tmodel.decoder.layers.0.experts.gate_up_proj", DType::BF16, {2, 6, 4}});
   Checkpoint in = fake_checkpoint({keys});
   PlanOptions o;
   PlanContext ctx(in, o, spec("diffusion_gemma", Direction::from_hf));
@@ -131,7 +131,7 @@ TEST(PlannerPasses, GroupExpertPiecesRefusesASecondPieceAndEscapesNames) {
   ASSERT_EQ(ctx.problems.size(), 1u) << all_problems(ctx);
   const std::string& line = ctx.problems.lines()[0];
   EXPECT_EQ(line.find('\n'), std::string::npos) << line;
-  EXPECT_NE(line.find("tensor 'x\\x0amodel.decoder.layers.0.experts.gate_up_proj'"),
+  EXPECT_NE(line.find("tensor 'x\\x09model.decoder.layers.0.experts.gate_up_proj'"),
             std::string::npos)
       << line;
   EXPECT_NE(line.find("layers.0 already has this expert piece"), std::string::npos) << line;

@@ -98,10 +98,14 @@ TEST_F(SemanticsRules, RanksMustBeBelowTheirSizes) {
     unsigned ep_size, ep_rank, shard_size, shard_rank;
     const char* message;
   };
-  for (Case c : {Case{2, 2, 1, 0, "--ep-rank must be below --ep-size"},
-                 Case{0, 0, 1, 0, "--ep-rank must be below --ep-size"},
-                 Case{1, 0, 2, 2, "--ep-shard-rank must be below --ep-shard-size"},
-                 Case{1, 0, 0, 0, "--ep-shard-rank must be below --ep-shard-size"}}) {
+  for (Case c :
+       {Case{2, 2, 1, 0, "--ep-rank must be below --ep-size"},
+        Case{0, 0, 1, 0,
+             "--ep-size 0: the parts are counted from 1 (1, the default, keeps them whole)"},
+        Case{1, 0, 2, 2, "--ep-shard-rank must be below --ep-shard-size"},
+        Case{1, 0, 0, 0,
+             "--ep-shard-size 0: the parts are counted from 1 (1, the default, keeps them "
+             "whole)"}}) {
     auto r = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) {
                    o.plan.ep_size = c.ep_size;
                    o.plan.ep_rank = c.ep_rank;
