@@ -165,12 +165,18 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
           ? write_directory_as_rank(options, input, plan, engine->config, io, profiler, *rank,
                                     callbacks.warnings)
           : write_directory(options, input, plan, engine->config, io, profiler, callbacks.warnings);
-  if (!moved && is_stream(options) && moved.status().code() == Errc::interrupted)
-    return Status(Errc::interrupted,
-                  "interrupted after " + std::to_string(to_stdout.count()) +
-                      " bytes had been written to stdout; what read them holds an incomplete " +
-                      (tar ? "archive (without its end-of-archive blocks)" : "file") +
-                      " and must discard it");
+  if (!moved && is_stream(options)) {
+    // Whoever reads stdout must know that what it got is not a whole file, whatever the cause.
+    const std::string what = std::to_string(to_stdout.count()) +
+                             " bytes had been written to stdout; what read them holds an "
+                             "incomplete " +
+                             (tar ? "archive (without its end-of-archive blocks)" : "file") +
+                             " and must discard it";
+    if (moved.status().code() == Errc::interrupted)
+      return Status(Errc::interrupted, "interrupted after " + what);
+    if (to_stdout.count() > 0 && moved.status().code() != Errc::broken_pipe)
+      return Status(moved.status().code(), moved.status().message() + "\n" + what);
+  }
   if (!moved)
     return moved.status();
   if (is_stream(options) && !tar)

@@ -1,6 +1,7 @@
 // stream_failure_test.cpp: what a stream to stdout leaves behind when the conversion fails or is
-// interrupted. A tar stream that failed inside an entry or between entries is refused by tar; an
-// interrupted stream's message says how many bytes had gone out; --only with a shard name from a
+// interrupted. A tar stream that failed inside an entry or between entries is refused by tar; the
+// message of a failed or interrupted stream says how many bytes had gone out and that the reader
+// must discard them; --only with a shard name from a
 // plan of another shard count names the flag that differs. convert() writes to fd 1, which each
 // test points at a file for the call.
 #include "convert_harness.h"
@@ -107,6 +108,11 @@ TEST_F(StreamFailureTest, AWriteFailingInsideAShardLeavesAnArchiveTarRefuses) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(read_bytes(tmp / "out.tar").size(), 30'000u);
   EXPECT_NE(tar_list(tmp / "out.tar"), 0);
+  // The message says, after the cause, that the reader got an incomplete archive.
+  EXPECT_NE(r.status().message().find("\n30000 bytes had been written to stdout; what read them "
+                                      "holds an incomplete archive"),
+            std::string::npos)
+      << r.status().message();
   // The control: the same conversion, whole, lists fine.
   ASSERT_TRUE(convert_to_file(tmp / "whole.tar", tar_options()).ok());
   EXPECT_EQ(tar_list(tmp / "whole.tar"), 0);
@@ -121,6 +127,12 @@ TEST_F(StreamFailureTest, AFailureBetweenEntriesStillLeavesNoArchive) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("tokenizer.json"), std::string::npos) << r.status().message();
   EXPECT_NE(tar_list(tmp / "out.tar"), 0);
+  EXPECT_NE(r.status().message().find(std::to_string(read_bytes(tmp / "out.tar").size()) +
+                                      " bytes had been written to stdout; what read them holds "
+                                      "an incomplete archive (without its end-of-archive blocks) "
+                                      "and must discard it"),
+            std::string::npos)
+      << r.status().message();
 }
 
 TEST_F(StreamFailureTest, AnInterruptedStreamSaysHowManyBytesWentOut) {
