@@ -120,6 +120,19 @@ std::string whole_number_problem(const po::parsed_options& parsed,
   return {};
 }
 
+// An empty IN, OUT or PATH ('' from an unset shell variable) would be read as the current
+// directory by some calls and refused with a puzzling message by others: name it at once.
+std::string empty_path_problem(const po::parsed_options& parsed) {
+  for (const po::option& given : parsed.options) {
+    if (given.position_key == -1 || given.value.empty() || !given.value.front().empty())
+      continue;
+    const std::string& key = given.string_key;
+    const std::string name = key == "input" ? "IN" : key == "path" ? "PATH" : "OUT";
+    return name + " is empty (''); give a path";
+  }
+  return {};
+}
+
 } // namespace
 
 bool parse_args(const std::string& command, int argc, char** argv,
@@ -129,7 +142,10 @@ bool parse_args(const std::string& command, int argc, char** argv,
   try {
     const po::parsed_options parsed =
         po::command_line_parser(argc, argv).options(options).positional(positional).run();
-    if (std::string problem = whole_number_problem(parsed, options); !problem.empty()) {
+    std::string problem = whole_number_problem(parsed, options);
+    if (problem.empty())
+      problem = empty_path_problem(parsed);
+    if (!problem.empty()) {
       *exit_code = usage_error(command, problem);
       return false;
     }

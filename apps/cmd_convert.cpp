@@ -467,6 +467,9 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   if (!opts)
     return opts.status();
   ConvertOptions o;
+  for (const char* flag : {"pipe-to", "trace", "only"})
+    if (vm.count(flag) && vm[flag].as<std::string>().empty())
+      return Status(Errc::invalid_argument, std::string("--") + flag + " is empty ('')");
   o.input = vm["input"].as<std::string>();
   if (vm.count("output"))
     o.output = vm["output"].as<std::string>();

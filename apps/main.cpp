@@ -70,7 +70,14 @@ int main(int argc, char** argv) {
     return EXIT_USAGE;
   }
   std::string_view cmd = argv[1];
-  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+  // `shardshift help convert` is `shardshift convert --help`, as git and cargo read it.
+  static char help_flag[] = "--help";
+  char* help_argv[] = {argv[0], argc > 2 ? argv[2] : nullptr, help_flag, nullptr};
+  if (cmd == "help" && argc == 3) {
+    cmd = argv[2];
+    argc = 3;
+    argv = help_argv;
+  } else if (cmd == "--help" || cmd == "-h" || cmd == "help") {
     std::cout << USAGE;
     return EXIT_OK;
   }

@@ -68,8 +68,9 @@ TEST(CliHelp, FitsEightyColumnsAndExplainsEveryFlag) {
     EXPECT_GE(flags.size(), 3u) << r.out;
     for (const std::string& flag : flags)
       EXPECT_EQ(std::count(flags.begin(), flags.end(), flag), 1) << flag << " listed twice";
-    // -h/--help is accepted the same way.
+    // -h/--help is accepted the same way, and so is `shardshift help COMMAND`.
     EXPECT_EQ(run_shardshift(std::string(command) + " -h").out, r.out);
+    EXPECT_EQ(run_shardshift(std::string("help ") + command).out, r.out);
   }
   auto convert = run_shardshift("convert --help").out;
   for (const char* flag : {"--trace", "--device", "--max-memory", "--only", "--json", "--stats"})
@@ -134,6 +135,27 @@ TEST_F(CliCheckpoint, WholeNumberFlagsTakeDigitsAlone) {
   EXPECT_EQ(zero.exit_code, 2);
   EXPECT_NE(zero.err.find("--ep-size 0: the parts are counted from 1"), std::string::npos)
       << zero.err;
+}
+
+// An empty argument (an unset shell variable) is named, not taken for the current directory.
+TEST_F(CliCheckpoint, EmptyPathsAreNamed) {
+  const std::string in = shell_quoted(tmp / "hf");
+  const std::pair<std::string, std::string> cases[] = {
+      {"convert " + in + " ''", "OUT is empty ('')"},
+      {"convert '' " + shell_quoted(tmp / "out"), "IN is empty ('')"},
+      {"plan ''", "IN is empty ('')"},
+      {"verify " + in + " ''", "OUT is empty ('')"},
+      {"inspect ''", "PATH is empty ('')"},
+      {"synth ''", "OUT is empty ('')"},
+      {"convert " + in + " --pipe-to ''", "--pipe-to is empty ('')"},
+      {"convert " + in + " " + shell_quoted(tmp / "out") + " --trace ''", "--trace is empty ('')"},
+  };
+  for (const auto& [command, message] : cases) {
+    auto r = run_shardshift(command);
+    EXPECT_EQ(r.exit_code, 2) << command << ": " << r.err;
+    EXPECT_NE(r.err.find(message), std::string::npos) << command << ": " << r.err;
+  }
+  EXPECT_EQ(testing::list_dir(tmp.path()), std::vector<std::string>{"hf"});
 }
 
 TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
