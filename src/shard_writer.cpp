@@ -62,8 +62,13 @@ void wait_writable(int fd) {
 
 // Every write-side errno becomes one of three messages; the byte counts tell the user how far the
 // file got, which matters when the cause is a full disk or a reader that stopped early.
+// A stream (stdout, a pipe) fills up where it leads, which shardshift does not choose.
 Status write_error(const std::string& path, int err, uint64_t done, uint64_t total,
-                   const char* what) {
+                   const char* what, bool stream = false) {
+  if ((err == ENOSPC || err == EDQUOT) && stream)
+    return error(Errc::no_space, path + ": no space left where the stream is written, after " +
+                                     std::to_string(done) + " of " + std::to_string(total) +
+                                     " bytes; free space there");
   if (err == ENOSPC || err == EDQUOT)
     return error(Errc::no_space, path + ": disk full after writing " + std::to_string(done) +
                                      " of " + std::to_string(total) +
@@ -262,7 +267,7 @@ Status ShardWriter::write_bytes(std::span<const std::byte> bytes, const std::str
       }
       if (err == EFAULT && source) // a mapping whose file shrank
         return fail(file_changed_error(*source));
-      return fail(write_error(display_path_, err, position_, expected_size_, "write"));
+      return fail(write_error(display_path_, err, position_, expected_size_, "write", is_stream_));
     }
     if (n == 0)
       return fail(error(Errc::io, display_path_ + ": write made no progress after " +
@@ -340,7 +345,7 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
       if (refused)
         return write_bytes(fallback.subspan(static_cast<size_t>(done)), &source);
       return fail(write_error(display_path_, err, position_, expected_size_,
-                              is_stream_ ? "splice" : "copy_file_range"));
+                              is_stream_ ? "splice" : "copy_file_range", is_stream_));
     }
     if (n == 0) // the source ended early: it shrank
       return fail(file_changed_error(source));

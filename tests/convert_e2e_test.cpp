@@ -164,6 +164,20 @@ TEST_F(ConvertCli, StreamsOneFileToStdout) {
   EXPECT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " - --json").exit_code, 2);
 }
 
+// A full device behind stdout is not "choose another output directory": there is none.
+TEST_F(ConvertCli, AFullStdoutSaysWhereSpaceIsMissing) {
+  const std::string whole =
+      std::string(SHARDSHIFT_BINARY) + " convert " + shell_quoted(tmp / "hf") + " - -q";
+  auto one = run_shell(whole + " --max-shard-size 100MB > /dev/full");
+  EXPECT_EQ(one.exit_code, 1) << one.err;
+  EXPECT_NE(one.err.find("no space left where the stream is written"), std::string::npos)
+      << one.err;
+  EXPECT_EQ(one.err.find("output directory"), std::string::npos) << one.err;
+  auto tar = run_shell(whole + " --format tar > /dev/full");
+  EXPECT_EQ(tar.exit_code, 1) << tar.err;
+  EXPECT_NE(tar.err.find("No space left on device"), std::string::npos) << tar.err;
+}
+
 TEST_F(ConvertCli, ExitCodes) {
   EXPECT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf")).exit_code, 2); // missing OUT
   EXPECT_EQ(run_shardshift("convert --bogus a b").exit_code, 2);                 // unknown flag
