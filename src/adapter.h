@@ -50,7 +50,9 @@ struct Rule {
                                 ///< for `drop`
   std::string_view extra = {};  ///< expert_down to_hf: where the ones go; unstack: block 1
   unsigned slot = 0, slots = 1; ///< stack_piece: which column block; both: how many blocks
-  std::string_view piece = {};  ///< stack_piece / unstack: the piece's name in messages
+  /// stack_piece / unstack, and to_hf's expert_gate_up / expert_down: the piece's name in
+  /// messages (to_hf: the native tensor, which every MoE layer must have: plan_experts.cpp)
+  std::string_view piece = {};
 };
 
 struct AdapterSpec {

@@ -72,7 +72,6 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
       return c;
     case RuleAction::stack_piece:
     case RuleAction::unstack:
-      c.rule = cr.rule;
       if (cr.rule->action == RuleAction::stack_piece && m.size() > 2)
         c.expert = m[2].str();
       [[fallthrough]];
@@ -81,6 +80,7 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
     case RuleAction::expert_gate_up:
     case RuleAction::expert_down:
       c.action = cr.rule->action;
+      c.rule = cr.rule;
       c.layer = layer;
       c.output = expand(cr.rule->output, m, layer, prefix);
       if (!cr.rule->extra.empty())

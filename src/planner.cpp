@@ -108,6 +108,7 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
   const std::pair<const char*, void (*)(PlanContext&)> checking[] = {
       {"classify_keys", classify_keys},
       {"group_expert_pieces", group_expert_pieces},
+      {"check_expert_layers", check_expert_layers},
       {"validate_groups", validate_groups},
       {"pair_block_scales", pair_block_scales},
       {"group_stacks", group_stacks},

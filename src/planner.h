@@ -5,6 +5,8 @@
 //
 //   classify_keys        every input key, in data order, through the adapter's rules
 //   group_expert_pieces  the expert pieces (gate_up, down, scale) of each layer, duplicates refused
+//   check_expert_layers  to_hf: a MoE layer with some native expert tensors has them all
+//                        (plan_experts.cpp)
 //   validate_groups      all pieces present, shapes and dtypes agree, the EP split is even
 //   pair_block_scales    each FP8 block scale with its weight, shapes checked; FP8 weights
 //                        without one refused (plan_dequant.cpp, semantics 15)
@@ -49,7 +51,8 @@ struct Classified {
   std::string output;                     ///< the output name (the message for `reject`)
   std::string extra;                      ///< expert_down to_hf: the ones tensor's name
   std::string layer;                      ///< expert pieces: "layers.N"
-  const Rule* rule = nullptr;             ///< the deciding rule (stack_piece, unstack)
+  const Rule* rule = nullptr;             ///< the deciding rule (not set for drop, reject,
+                                          ///< expert_scale, nor for a key no rule claims)
   std::string expert;                     ///< stack_piece: the expert index as written
 };
 
@@ -118,6 +121,7 @@ Status check_options(PlanContext& ctx);
 
 void classify_keys(PlanContext& ctx);
 void group_expert_pieces(PlanContext& ctx);
+void check_expert_layers(PlanContext& ctx);
 void validate_groups(PlanContext& ctx);
 void pair_block_scales(PlanContext& ctx);
 /// The dtype a dequantized weight or a stacked expert tensor is written in: --dtype, else the

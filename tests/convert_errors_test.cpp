@@ -98,5 +98,94 @@ TEST_F(ConvertTest, ToHfRejectsGateKeysWithoutModelPrefix) {
       << r.status().message();
 }
 
+// A native checkpoint of one family for to_hf, and the key of one of a MoE layer's expert
+// tensors with the one that layer keeps.
+struct NativeLayerCase {
+  const char* model;
+  Dict native;
+  std::string removed, kept;
+  const char *removed_piece, *kept_piece;
+};
+
+std::vector<NativeLayerCase> native_cases(std::mt19937_64& rng) {
+  return {
+      {"diffusion_gemma", ref_from_hf(tiny_diffusion(rng, 2, 4, 8, 4), true, {}),
+       "model.layers.1.moe.experts.down_projs", "model.layers.1.moe.experts.gate_and_up_projs",
+       "down_projs", "gate_and_up_projs"},
+      {"gemma4_moe", ref_from_hf(tiny_gemma4(rng, 2, 4, 8, 4, true), false, {}),
+       "model.language_model.layers.1.moe.experts.gate_and_up_projs",
+       "model.language_model.layers.1.moe.experts.down_projs", "gate_and_up_projs", "down_projs"},
+      {"qwen3_moe", ref_qwen3_from_hf(tiny_qwen3(rng, 2, 4, 8, 4), {}),
+       "model.layers.1.mlp.experts.down_projs", "model.layers.1.mlp.experts.gate_and_up_projs",
+       "down_projs", "gate_and_up_projs"},
+      // Layer 0 is dense: it has no expert tensor and needs none.
+      {"deepseek_v3", ref_deepseek_from_hf(tiny_deepseek(rng, 3, 1, 3, 140, 36, 40, 24), {}),
+       "model.layers.2.mlp.experts.gate_and_up_projs", "model.layers.2.mlp.experts.down_projs",
+       "gate_and_up_projs", "down_projs"},
+  };
+}
+
+// The reverse of the from_hf checks (semantics 2.8, 14.3): a native MoE layer missing one of its
+// expert tensors would convert into a checkpoint without that layer's down_proj (or gate_proj and
+// up_proj, or the per_expert_scale ones), silently; it is refused, naming the layer, what it has
+// and what it lacks, and nothing is written. The complete checkpoint converts.
+TEST_F(ConvertTest, ToHfRefusesALayerMissingOneOfItsExpertTensors) {
+  for (NativeLayerCase& c : native_cases(rng)) {
+    SCOPED_TRACE(c.model);
+    const fs::path dir = tmp / c.model;
+    write_checkpoint(dir / "complete", c.native, 2, c.model);
+    ASSERT_TRUE(run(dir / "complete", dir / "hf").ok());
+    ASSERT_EQ(c.native.erase(c.removed), 1u);
+    write_checkpoint(dir / "incomplete", c.native, 2, c.model);
+    auto r = run(dir / "incomplete", dir / "out");
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Errc::plan);
+    const std::string layer = c.removed.substr(c.removed.find("layers."), 8); // "layers.N"
+    EXPECT_NE(r.status().message().find(layer + ": incomplete expert tensors: has " + c.kept_piece +
+                                        " '" + c.kept + "' but is missing " + c.removed_piece +
+                                        " (every MoE layer of a native " + c.model +
+                                        " checkpoint has gate_and_up_projs and down_projs; "),
+              std::string::npos)
+        << r.status().message();
+    EXPECT_NE(r.status().message().find("(1 problem):"), std::string::npos) // no other layer
+        << r.status().message();
+    EXPECT_FALSE(fs::exists(dir / "out"));
+  }
+}
+
+TEST_F(ConvertTest, ToHfNamesTheIncompleteLayerWhatItHasAndWhatItLacks) {
+  Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 2, 4, 8, 4), {});
+  native.erase("model.layers.1.mlp.experts.down_projs");
+  write_checkpoint(tmp / "native", native, 1, "qwen3_moe");
+  auto r = run(tmp / "native", tmp / "out");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            (tmp / "native").string() +
+                ": the checkpoint does not fit the qwen3_moe to_hf adapter (1 problem):\n"
+                "  layers.1: incomplete expert tensors: has gate_and_up_projs "
+                "'model.layers.1.mlp.experts.gate_and_up_projs' but is missing down_projs (every "
+                "MoE layer of a native qwen3_moe checkpoint has gate_and_up_projs and down_projs; "
+                "the output would lack the Hugging Face tensors made from the missing ones); "
+                "convert a native checkpoint that has them all");
+}
+
+// An expert-parallel rank's checkpoint has fewer experts in each tensor, but every tensor: it
+// converts as before, into that rank's experts.
+TEST_F(ConvertTest, ToHfTakesExpertParallelCheckpoints) {
+  RefOptions rank1;
+  rank1.ep_size = 2;
+  rank1.ep_rank = 1;
+  const Dict diffusion = ref_from_hf(tiny_diffusion(rng, 2, 4, 8, 4), true, rank1);
+  const Dict qwen3 =
+      ref_stacked_expert_parallel(ref_qwen3_from_hf(tiny_qwen3(rng, 2, 4, 8, 4), {}), rank1);
+  ASSERT_EQ(qwen3.at("model.layers.1.mlp.experts.down_projs").shape[0], 2u);
+  write_checkpoint(tmp / "dg", diffusion, 1, "diffusion_gemma");
+  write_checkpoint(tmp / "qw", qwen3, 1, "qwen3_moe");
+  ASSERT_TRUE(run(tmp / "dg", tmp / "dg-hf").ok());
+  ASSERT_TRUE(run(tmp / "qw", tmp / "qw-hf").ok());
+  expect_same(read_checkpoint(tmp / "dg-hf"), ref_to_hf(diffusion, true, {}));
+  expect_same(read_checkpoint(tmp / "qw-hf"), ref_qwen3_to_hf(qwen3, {}));
+}
+
 } // namespace
 } // namespace shardshift
