@@ -4,7 +4,9 @@
 // into another tensor, such as block scales or per-expert pieces, are not dropped) becomes a
 // pass-through copy from DIR's shard, after the converted tensors, in DIR's data order. Without
 // a base, the to_hf plan lists the family's drop rules in words, for the note that says what the
-// output lacks.
+// output lacks. A base that is evidently not the checkpoint IN was converted from (another
+// family, another size, other layers) restores nothing and fails the plan: its keys would be
+// another model's, written into this one.
 #include "planner.h"
 
 #include <set>
@@ -51,6 +53,106 @@ bool check_base_family(PlanContext& ctx, const std::vector<TensorRef>& order) {
   return true;
 }
 
+const char* const BASE_ADVICE = "; pass the Hugging Face checkpoint IN came from";
+
+// Every tensor the conversion writes and DIR also holds must have DIR's shape: a base of the same
+// family but another size (hidden size, expert count, vocabulary) has the same names. Dtypes may
+// differ (--dtype, FP8 dequantized to BF16), so only shapes are compared; names DIR lacks (FP8
+// scales of --quantize fp8 against a BF16 base) are not its to judge. A key from_hf drops that
+// the conversion writes too is a clash of its own, reported by restore_base_keys.
+bool check_base_shapes(PlanContext& ctx, const std::vector<Classified>& base) {
+  std::map<std::string_view, const TensorInfo*> by_name;
+  for (const Classified& c : base)
+    if (c.action != RuleAction::drop)
+      by_name.emplace(ctx.input.info(c.ref).name, &ctx.input.info(c.ref));
+  for (const OutputTensor& t : ctx.plan.tensors) {
+    auto it = by_name.find(t.name);
+    if (it == by_name.end() || it->second->shape == t.shape)
+      continue;
+    ctx.problems.add(Errc::plan, ctx.input.base_root.string(), "",
+                     "--base is not the checkpoint IN was converted from: tensor '" +
+                         printable(t.name) + "' is " + shape_text(it->second->shape) +
+                         " there and " + shape_text(t.shape) + " in this output" + BASE_ADVICE);
+    return false;
+  }
+  return true;
+}
+
+// The layer path of a key: the text up to the number of its first `layers.N` that a dot or the
+// end follows ("model.decoder.layers.2"), and where that number begins (what comes before it
+// names the stack of layers); nullopt without one.
+struct LayerPath {
+  std::string_view path;
+  size_t number_at;
+  std::string_view stack() const { return path.substr(0, number_at); }
+};
+std::optional<LayerPath> layer_path(std::string_view name) {
+  constexpr std::string_view marker = "layers.";
+  for (size_t at = name.find(marker); at != std::string_view::npos;
+       at = name.find(marker, at + 1)) {
+    if (at != 0 && name[at - 1] != '.')
+      continue;
+    const size_t number_at = at + marker.size();
+    size_t end = number_at;
+    while (end < name.size() && name[end] >= '0' && name[end] <= '9')
+      ++end;
+    if (end > number_at && (end == name.size() || name[end] == '.'))
+      return LayerPath{name.substr(0, end), number_at};
+  }
+  return std::nullopt;
+}
+
+// The layer paths of a set of keys, and their stacks ("model.decoder.layers.").
+struct LayerSet {
+  std::set<std::string_view> paths, stacks;
+  void add(std::string_view name) {
+    if (auto l = layer_path(name)) {
+      paths.insert(l->path);
+      stacks.insert(l->stack());
+    }
+  }
+  // A layer of a stack this holds, but not that layer.
+  bool lacks(const std::optional<LayerPath>& l) const {
+    return l && stacks.contains(l->stack()) && !paths.contains(l->path);
+  }
+};
+
+// DIR and the output must have the same layers in each stack of layers both hold. With more
+// layers (a deeper model of the same size), what DIR restores of the layers IN lacks (the
+// encoder's layer_scalar copies of diffusion_gemma) would belong to no layer of the output; with
+// fewer, the output would lack them for its last layers. Only the stacks that from_hf converts
+// are compared: a dropped stack (the vision tower's blocks) counts its own layers.
+bool check_base_layers(PlanContext& ctx, const std::vector<Classified>& base) {
+  LayerSet out, in_base;
+  for (const OutputTensor& t : ctx.plan.tensors)
+    out.add(t.name);
+  for (const Classified& c : base)
+    if (c.action != RuleAction::drop)
+      in_base.add(ctx.input.info(c.ref).name);
+  const std::string dir = ctx.input.base_root.string();
+  const std::string heading = "--base is not the checkpoint IN was converted from: ";
+  for (const Classified& c : base) {
+    const std::string& name = ctx.input.info(c.ref).name;
+    const auto l = layer_path(name);
+    if (c.action == RuleAction::drop || !out.lacks(l))
+      continue;
+    ctx.problems.add(Errc::plan, dir, "",
+                     heading + "it has layer '" + printable(l->path) + "' (tensor '" +
+                         printable(name) + "'), which this output lacks" + BASE_ADVICE);
+    return false;
+  }
+  for (const OutputTensor& t : ctx.plan.tensors) {
+    const auto l = layer_path(t.name);
+    if (!in_base.lacks(l))
+      continue;
+    ctx.problems.add(Errc::plan, dir, "",
+                     heading + "this output has layer '" + printable(l->path) + "' (tensor '" +
+                         printable(t.name) + "'), which the base lacks" + BASE_ADVICE);
+    return false;
+  }
+  return true;
+}
+
 } // namespace
 
 void restore_base_keys(PlanContext& ctx) {
@@ -69,12 +171,15 @@ void restore_base_keys(PlanContext& ctx) {
   const std::vector<TensorRef> order = base_order(in);
   if (!check_base_family(ctx, order))
     return;
+  const std::vector<Classified> base = classify_refs(*from_hf, in, order);
+  if (!check_base_shapes(ctx, base) || !check_base_layers(ctx, base))
+    return;
 
   std::map<std::string_view, const OutputTensor*> converted;
   for (const OutputTensor& t : ctx.plan.tensors)
     converted.emplace(t.name, &t);
   std::vector<OutputTensor> restored;
-  for (const Classified& c : classify_refs(*from_hf, in, order)) {
+  for (const Classified& c : base) {
     if (c.action != RuleAction::drop)
       continue;
     const TensorInfo& info = in.info(c.ref);

@@ -112,6 +112,9 @@ TEST_F(RoundTripCli, MisusesAreRefusedBeforeAnythingIsWritten) {
                 .exit_code,
             0);
   ASSERT_EQ(testing::run_shell("cp -r " + q("native") + " " + q("native-copy")).exit_code, 0);
+  // The same family, but not the checkpoint IN was converted from: larger, or deeper.
+  ASSERT_EQ(run_shardshift("synth " + q("wide") + " --layers 1 --scale 8").exit_code, 0);
+  ASSERT_EQ(run_shardshift("synth " + q("deep") + " --layers 3 --scale 16").exit_code, 0);
   const std::string native = "convert " + q("native") + " ";
   const Case cases[] = {
       {"not a checkpoint", native + q("out") + " --base " + q("empty"), 1,
@@ -119,6 +122,12 @@ TEST_F(RoundTripCli, MisusesAreRefusedBeforeAnythingIsWritten) {
       {"another family", native + q("out") + " --base " + q("qwen"), 1,
        (tmp / "qwen").string() + ": --base is a qwen3_moe checkpoint (config.json model_type "
                                  "'qwen3_moe') but this conversion is diffusion_gemma"},
+      {"another size", native + q("out") + " --base " + q("wide"), 1,
+       (tmp / "wide").string() + ": --base is not the checkpoint IN was converted from: tensor "
+                                 "'model.decoder.embed_tokens.weight' is "},
+      {"another depth", native + q("out") + " --base " + q("deep"), 1,
+       (tmp / "deep").string() + ": --base is not the checkpoint IN was converted from: it has "
+                                 "layer 'model.decoder.layers.2'"},
       {"the input itself", native + q("out") + " --base " + q("native"), 1,
        "--base is the input checkpoint itself"},
       {"a native checkpoint", native + q("out") + " --base " + q("native-copy"), 1,

@@ -136,6 +136,45 @@ TEST_F(RoundTrip, DeepseekInFp8ComesBackDequantizedAndBaseRestoresNothing) {
   EXPECT_EQ(testing::files_of(tmp / "back"), testing::files_of(tmp / "plain"));
 }
 
+// The base must be the checkpoint IN was converted from: one of another size or depth (same
+// family, same names) is refused before anything is written; the right one with another --dtype
+// is not.
+TEST_F(RoundTrip, ABaseOfAnotherSizeOrDepthIsRefusedBeforeWriting) {
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 2, 4, 32, 16), 2, "diffusion_gemma");
+  write_checkpoint(tmp / "wider", tiny_diffusion(rng, 2, 4, 64, 16), 2, "diffusion_gemma");
+  write_checkpoint(tmp / "deeper", tiny_diffusion(rng, 3, 4, 32, 16), 2, "diffusion_gemma");
+  ASSERT_TRUE(run(tmp / "hf", tmp / "native").ok());
+  auto back = [&](const char* base, std::optional<DType> dtype = std::nullopt) {
+    return run(tmp / "native", tmp / "back", opts([&](ConvertOptions& o) {
+                 o.plan.base = tmp / base;
+                 o.plan.expert_dtype = dtype;
+               }));
+  };
+  for (const char* base : {"wider", "deeper"}) {
+    SCOPED_TRACE(base);
+    auto r = back(base);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Errc::plan);
+    EXPECT_NE(r.status().message().find((tmp / base).string() +
+                                        ": --base is not the checkpoint IN was converted from: "),
+              std::string::npos)
+        << r.status().message();
+    EXPECT_FALSE(fs::exists(tmp / "back"));
+  }
+  auto wider = back("wider");
+  EXPECT_NE(wider.status().message().find("tensor 'model.decoder.embed_tokens.weight' is "),
+            std::string::npos)
+      << wider.status().message();
+  auto deeper = back("deeper");
+  EXPECT_NE(deeper.status().message().find("it has layer 'model.decoder.layers.2'"),
+            std::string::npos)
+      << deeper.status().message();
+
+  auto cast = back("hf", DType::F32);
+  ASSERT_TRUE(cast.ok());
+  EXPECT_EQ(cast->restored, count_prefix(read_checkpoint(tmp / "hf"), "model.encoder."));
+}
+
 TEST_F(RoundTrip, WithoutBaseThePlanNamesWhatIsMissing) {
   write_checkpoint(tmp / "hf", tiny_diffusion(rng, 2, 2, 8, 4), 1, "diffusion_gemma");
   ASSERT_TRUE(run(tmp / "hf", tmp / "native").ok());
@@ -237,14 +276,16 @@ Shard fake_shard(const std::string& file_name, const std::vector<Fake>& tensors)
 // A native diffusion_gemma checkpoint (one shard) with an HF base of two shards attached as
 // Checkpoint::attach_base does.
 Checkpoint native_with_base(const std::string& base_model_type,
-                            const std::vector<Fake>& base_extra = {}) {
+                            const std::vector<Fake>& base_extra = {},
+                            const std::vector<Fake>& native_extra = {}) {
   Checkpoint c;
   c.root = "/nonexistent/native";
-  c.shards.push_back(fake_shard("model.safetensors",
-                                {{"model.embed_tokens.weight", {8, 4}},
-                                 {"model.layers.0.moe.gate.proj.weight", {2, 4}},
-                                 {"model.layers.0.moe.experts.gate_and_up_projs", {2, 4, 6}},
-                                 {"model.layers.0.moe.experts.down_projs", {2, 3, 4}}}));
+  std::vector<Fake> native = {{"model.embed_tokens.weight", {8, 4}},
+                              {"model.layers.0.moe.gate.proj.weight", {2, 4}},
+                              {"model.layers.0.moe.experts.gate_and_up_projs", {2, 4, 6}},
+                              {"model.layers.0.moe.experts.down_projs", {2, 3, 4}}};
+  native.insert(native.end(), native_extra.begin(), native_extra.end());
+  c.shards.push_back(fake_shard("model.safetensors", native));
   for (uint32_t t = 0; t < c.shards[0].header.tensors.size(); ++t)
     c.tensors[c.shards[0].header.tensors[t].name] = {0, t};
   c.base_first_shard = 1;
@@ -336,6 +377,68 @@ TEST(PlanBase, ABaseOfAnotherFamilyOrANativeBaseIsRefused) {
   ASSERT_FALSE(native.ok());
   EXPECT_NE(native.status().message().find("--base is a native checkpoint"), std::string::npos)
       << native.status().message();
+}
+
+// The one problem of a plan that failed.
+std::string only_problem(const Result<Plan>& plan) {
+  if (plan.ok())
+    return "(the plan succeeded)";
+  const auto lines = testing::lines_of(plan.status().message());
+  return lines.size() == 2 ? lines[1].substr(lines[1].find_first_not_of(' '))
+                           : plan.status().message();
+}
+
+TEST(PlanBase, ABaseOfAnotherSizeIsRefusedNamingTheFirstShapeThatDiffers) {
+  // Same names, another hidden size: the embedding is the first output tensor the base holds.
+  Checkpoint c = native_with_base("diffusion_gemma");
+  c.shards[1].header.tensors[1].shape = {8, 6};
+  c.shards[2].header.tensors[0].shape = {2, 6, 3};
+  auto plan = make_plan(c, with_base());
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), Errc::plan);
+  EXPECT_EQ(only_problem(plan),
+            "/nonexistent/hf: --base is not the checkpoint IN was converted from: tensor "
+            "'model.decoder.embed_tokens.weight' is [8, 6] there and [8, 4] in this output; pass "
+            "the Hugging Face checkpoint IN came from");
+
+  // Another dtype is not another checkpoint: --dtype and FP8 change dtypes, not shapes.
+  Checkpoint cast = native_with_base("diffusion_gemma");
+  cast.shards[1].header.tensors[1].dtype = DType::F32;
+  cast.shards[2].header.tensors[0].dtype = DType::F16;
+  auto accepted = make_plan(cast, with_base());
+  ASSERT_TRUE(accepted.ok()) << accepted.status().message();
+  EXPECT_EQ(accepted->restored, 3u);
+}
+
+TEST(PlanBase, ABaseWithOtherLayersIsRefused) {
+  // A deeper base: its encoder's copy of layer 1's scalar would belong to no layer of the output.
+  auto deeper =
+      make_plan(native_with_base("diffusion_gemma",
+                                 {{"model.decoder.layers.1.input_layernorm.weight", {4}},
+                                  {"model.encoder.language_model.layers.1.layer_scalar", {1}}}),
+                with_base());
+  EXPECT_EQ(only_problem(deeper),
+            "/nonexistent/hf: --base is not the checkpoint IN was converted from: it has layer "
+            "'model.decoder.layers.1' (tensor 'model.decoder.layers.1.input_layernorm.weight'), "
+            "which this output lacks; pass the Hugging Face checkpoint IN came from");
+
+  // A shallower base: the output's layer 1 would get no encoder scalar back.
+  auto shallower = make_plan(
+      native_with_base("diffusion_gemma", {}, {{"model.layers.1.input_layernorm.weight", {4}}}),
+      with_base());
+  EXPECT_EQ(only_problem(shallower),
+            "/nonexistent/hf: --base is not the checkpoint IN was converted from: this output has "
+            "layer 'model.decoder.layers.1' (tensor 'model.decoder.layers.1.input_layernorm."
+            "weight'), which the base lacks; pass the Hugging Face checkpoint IN came from");
+
+  // The layers of a stack that from_hf drops are their own: a vision tower with more blocks than
+  // the decoder has layers is the right base (synth --layers 1 writes two blocks).
+  auto vision = make_plan(
+      native_with_base("diffusion_gemma",
+                       {{"model.encoder.vision_tower.encoder.layers.3.mlp.fc1.weight", {4, 4}}}),
+      with_base());
+  ASSERT_TRUE(vision.ok()) << vision.status().message();
+  EXPECT_EQ(vision->restored, 4u);
 }
 
 TEST(PlanBase, BaseOnFromHfIsAUsageErrorAndAnUnattachedBaseIsRefused) {
