@@ -267,10 +267,21 @@ void map_shards(Opening& o) {
 
 // The headers' parsed form must fit the memory limit (Checkpoint::open), with at least half of it
 // left for the data in flight, as the engine requires once it knows the exact figure.
+//
+// The advice is the smallest budget in whole MiB that passes this check: the check allows
+// header_bytes <= limit / (2 * HEADER_MEMORY_FACTOR), a division a MiB makes exactly, so the
+// figure is 2 * HEADER_MEMORY_FACTOR * header_bytes rounded up to a MiB. Nothing more is needed
+// for the data in flight: that is the half the check already keeps back, and the pipeline sizes
+// its chunks to whatever it gets (size_pipeline). (The advice once added 64 MiB, so that a
+// 6 MiB need was told as 69 MiB.) The engine weighs the exact figure once the input is parsed
+// and planned, and may still ask for more, with advice of its own: a to_hf of stacked experts
+// plans three tensors per expert from each input tensor, more than the factor allows for.
 Status check_header_memory(const Opening& o, uint64_t memory_limit) {
+  constexpr uint64_t MIB = uint64_t{1} << 20;
+  static_assert(MIB % (2 * HEADER_MEMORY_FACTOR) == 0, "the advice relies on an exact division");
   if (memory_limit == 0 || o.header_bytes <= memory_limit / (2 * HEADER_MEMORY_FACTOR))
     return {};
-  const uint64_t need_mib = (2 * o.header_bytes * HEADER_MEMORY_FACTOR >> 20) + 64;
+  const uint64_t need_mib = (2 * HEADER_MEMORY_FACTOR * o.header_bytes + MIB - 1) / MIB;
   return Status(Errc::unsupported,
                 o.ckpt.root.string() + ": the headers of the " +
                     std::to_string(o.shard_names.size()) + " shard(s) hold " +

@@ -115,13 +115,19 @@ std::string Engine::device() const {
 Result<Engine> configure_engine(const ConvertOptions& options, unsigned threads, size_t files,
                                 bool dequantizes, Io& io, const ConvertCallbacks& callbacks,
                                 uint64_t held, Profiler* profiler) {
+  // The advice is the smallest budget in whole MiB that passes this check, 2 * held rounded up
+  // (not 64 MiB more, as it once said: the other half is the data in flight, and the pipeline
+  // sizes its chunks to it). `held` is measured for this input and these options, and
+  // --max-memory does not change it, so the same command with the advised budget measures the
+  // same figure and passes. (Other flags may move it by a few hundred bytes: -q, say.)
+  constexpr uint64_t MIB = uint64_t{1} << 20;
   if (held > options.max_memory / 2)
     return Status(Errc::unsupported,
                   "the parsed input and its plan take " + std::to_string(held) +
                       " bytes, more than half of the memory budget of " +
                       std::to_string(options.max_memory) +
                       " bytes, leaving too little for the data in flight; raise it (--max-memory " +
-                      std::to_string((2 * held >> 20) + 64) + "MiB)");
+                      std::to_string((2 * held + MIB - 1) / MIB) + "MiB)");
   const uint64_t budget = options.max_memory - held;
   Engine e;
   PipelineConfig& c = e.config;
