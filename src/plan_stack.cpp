@@ -155,16 +155,42 @@ void validate_whole(PlanContext& ctx, StackGroup& g) {
   g.ok = true;
 }
 
+// from_hf: a layer whose experts have pieces of one stack and not one piece of the other (all
+// 16 down_proj gone, say) would convert into a layer without that stacked tensor. validate_pieces
+// sees only the pieces a stack has, so the absent stack is reported here, with the pieces the
+// adapter's table gives it. (to_hf's whole tensors: check_expert_layers.)
+void report_half_layer(PlanContext& ctx, const std::string& layer, StackGroup& present) {
+  if (present.whole)
+    return;
+  const unsigned missing_slots = present.rule->slots == 2 ? 1 : 2;
+  std::string missing;
+  for (const Rule& r : ctx.spec.rules)
+    if (r.action == RuleAction::stack_piece && r.slots == missing_slots)
+      missing += (missing.empty() ? "" : " and ") + piece_name(&r);
+  std::string has;
+  for (const std::string& name : present.slot_names)
+    has += (has.empty() ? "" : " and ") + name;
+  ctx.problems.add(Errc::plan, "", "",
+                   printable(layer) + ": its experts have " + has + " (for '" +
+                       printable(present.output) + "') but no " + missing +
+                       " at all; every MoE layer needs both stacks, and the output would lack "
+                       "one; convert a checkpoint that has every expert's pieces");
+  present.ok = false;
+}
+
 // A layer's gate-and-up stack (two slots) and down stack (one slot) describe one MLP: from_hf
 // pieces [I, H] and [H, I]; to_hf inputs [E, H, 2I] and [E, I, H]. Their sizes must agree.
 void check_layer_pairs(PlanContext& ctx) {
   std::map<std::string, std::pair<StackGroup*, StackGroup*>> by_layer;
   for (auto& [key, g] : ctx.stacks)
-    if (g.ok)
-      (g.rule->slots == 2 ? by_layer[g.layer].first : by_layer[g.layer].second) = &g;
+    (g.rule->slots == 2 ? by_layer[g.layer].first : by_layer[g.layer].second) = &g;
   for (auto& [layer, pair] : by_layer) {
     auto [up, down] = pair;
-    if (!up || !down)
+    if (!up || !down) {
+      report_half_layer(ctx, layer, up ? *up : *down);
+      continue;
+    }
+    if (!up->ok || !down->ok)
       continue;
     if (up->experts == down->experts && up->block == down->rows && up->rows == down->block)
       continue;
@@ -295,7 +321,7 @@ void emit_stack(PlanContext& ctx, const Classified& c) {
                      std::to_string(t.expert_begin + t.experts) + ") of " +
                      std::to_string(g.experts) + ", rows [" + std::to_string(t.col_begin) + ", " +
                      std::to_string(t.col_begin + t.cols) + ") of " + std::to_string(g.rows) + ","
-              : std::to_string(g.experts) + " experts'") +
+               : std::to_string(g.experts) + " experts'") +
            " " + names + (dequantized ? ", dequantized" : "") + ", transposed, from " + g.layer;
   emit_tensor(ctx, std::move(t));
 }

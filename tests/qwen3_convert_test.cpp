@@ -151,6 +151,36 @@ TEST_F(ConvertTest, Qwen3MissingOrMisshapenExpertPiecesAreNamedBeforeAnyWrite) {
   EXPECT_FALSE(fs::exists(tmp / "n"));
 }
 
+// A layer whose experts lack one kind of piece altogether (every down_proj, or every gate_proj
+// and up_proj) is refused: there is no stack to find it missing from, and it converted into a
+// layer without that stacked tensor.
+TEST_F(ConvertTest, Qwen3ALayerWithoutOneKindOfPieceIsRefused) {
+  for (const std::vector<std::string> kinds :
+       {std::vector<std::string>{"down_proj"}, std::vector<std::string>{"gate_proj", "up_proj"}}) {
+    SCOPED_TRACE(kinds.front());
+    Dict in = tiny_qwen3(rng, 2, 4, 6, 5);
+    for (int e = 0; e < 4; ++e)
+      for (const std::string& kind : kinds)
+        ASSERT_EQ(
+            in.erase("model.layers.1.mlp.experts." + std::to_string(e) + "." + kind + ".weight"),
+            1u);
+    fs::remove_all(tmp / "hf");
+    write_checkpoint(tmp / "hf", in, 2);
+    auto r = run(tmp / "hf", tmp / "n");
+    ASSERT_FALSE(r.ok());
+    const std::string& m = r.status().message();
+    const std::string missing =
+        kinds.size() == 1 ? "gate_proj and up_proj (for " : "down_proj (for ";
+    EXPECT_TRUE(contains(m, "model.layers.1: its experts have " + missing)) << m;
+    EXPECT_TRUE(contains(m, "but no " +
+                                (kinds.size() == 1 ? std::string("down_proj")
+                                                   : std::string("gate_proj and up_proj")) +
+                                " at all"))
+        << m;
+    EXPECT_FALSE(fs::exists(tmp / "n"));
+  }
+}
+
 // Rule 14.2.8: a far expert index is counted, not listed piece by piece (the plan stays small),
 // and an index or a stacked axis past 65536 experts is refused with the number.
 TEST_F(ConvertTest, Qwen3FarExpertIndexIsCountedAndTooManyExpertsAreRefused) {
@@ -180,7 +210,8 @@ TEST_F(ConvertTest, Qwen3FarExpertIndexIsCountedAndTooManyExpertsAreRefused) {
 
   // to_hf: a stacked tensor of no bytes may claim any number of experts.
   Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 2, 4, 3), {});
-  native["model.layers.0.mlp.experts.gate_and_up_projs"] = random_tensor(rng, DType::BF16, {65537, 0, 6});
+  native["model.layers.0.mlp.experts.gate_and_up_projs"] =
+      random_tensor(rng, DType::BF16, {65537, 0, 6});
   write_checkpoint(tmp / "native", native);
   auto split = run(tmp / "native", tmp / "h");
   ASSERT_FALSE(split.ok());
@@ -219,8 +250,7 @@ TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {
   write_checkpoint(tmp / "native2", ref_qwen3_from_hf(tiny_qwen3(rng, 1, 4, 4, 2), {}));
   auto ep = run(tmp / "native2", tmp / "h", opts([](ConvertOptions& o) { o.plan.ep_size = 2; }));
   ASSERT_FALSE(ep.ok());
-  EXPECT_TRUE(contains(ep.status().message(), "applies to from_hf only"))
-      << ep.status().message();
+  EXPECT_TRUE(contains(ep.status().message(), "applies to from_hf only")) << ep.status().message();
 }
 
 TEST_F(ConvertTest, Qwen3IsDetectedFromConfigAndFromKeysInBothDirections) {
