@@ -445,7 +445,7 @@ void add_convert_flags(ConvertFlags& f) {
       "stream to stdout; needs OUT '-'. A failed run ends the stream without the end-of-archive "
       "blocks, so tar x reports it. Example: - --format tar | ssh host tar x -C /models/nemo")(
       "uploads", po::value<unsigned>()->default_value(4)->value_name("N"),
-      "With --pipe-to: commands running at once. Example: --uploads 8")(
+      "With --pipe-to (only): commands running at once. Example: --uploads 8")(
       "checksums", "Compute the SHA-256 of every output file while it is written (no second "
                    "read) and write them as SHA256SUMS (sha256sum -c format) beside the output, "
                    "or deliver it before the index with --pipe-to; also in --json.");
@@ -476,6 +476,9 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   if (vm.count("pipe-to"))
     o.pipe_to = vm["pipe-to"].as<std::string>();
   o.uploads = vm["uploads"].as<unsigned>();
+  if (!vm["uploads"].defaulted() && !vm.count("pipe-to"))
+    return Status(Errc::invalid_argument, "--uploads sets how many --pipe-to commands run at "
+                                          "once; without --pipe-to it has nothing to set");
   if (o.uploads == 0)
     return Status(Errc::invalid_argument, "--uploads must be at least 1");
   o.checksums = vm.count("checksums") > 0;

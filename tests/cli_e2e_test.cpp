@@ -158,6 +158,15 @@ TEST_F(CliCheckpoint, EmptyPathsAreNamed) {
   EXPECT_EQ(testing::list_dir(tmp.path()), std::vector<std::string>{"hf"});
 }
 
+// --uploads without --pipe-to would be ignored without a word (as if it sped up a directory).
+TEST_F(CliCheckpoint, UploadsWithoutPipeToIsAUsageError) {
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
+                          " --uploads 8");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("without --pipe-to it has nothing to set"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
+}
+
 TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
   // -q: nothing but errors; --json is printed even then.
   auto inspect = run_shardshift("inspect -q " + shell_quoted(tmp / "hf"));
