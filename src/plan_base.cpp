@@ -33,10 +33,10 @@ bool check_base_family(PlanContext& ctx, const std::vector<TensorRef>& order) {
     return false;
   }
   const AdapterSpec& spec = **detected;
-  const std::string seen = in.base_config_model_type.empty()
-                               ? std::string("by its key names")
-                               : "config.json model_type '" +
-                                     printable(in.base_config_model_type) + "'";
+  const std::string seen =
+      in.base_config_model_type.empty()
+          ? std::string("by its key names")
+          : "config.json model_type '" + printable(in.base_config_model_type) + "'";
   if (spec.model != ctx.spec.model) {
     ctx.problems.add(Errc::plan, base, "",
                      "--base is a " + std::string(spec.model) + " checkpoint (" + seen +
@@ -55,6 +55,16 @@ bool check_base_family(PlanContext& ctx, const std::vector<TensorRef>& order) {
 
 const char* const BASE_ADVICE = "; pass the Hugging Face checkpoint IN came from";
 
+// An expert tensor made from one expert-parallel rank's native checkpoint (--ep-size on from_hf)
+// holds that rank's experts only: axis 0 is shorter than the base's, the rest alike. The router's
+// weights, copied whole, still tell a base with another expert count.
+bool holds_some_experts(const OutputTensor& t, const std::vector<uint64_t>& base_shape) {
+  if (t.op != OpKind::transpose && t.op != OpKind::ones)
+    return false;
+  return !t.shape.empty() && t.shape.size() == base_shape.size() && t.shape[0] < base_shape[0] &&
+         std::equal(t.shape.begin() + 1, t.shape.end(), base_shape.begin() + 1);
+}
+
 // Every tensor the conversion writes and DIR also holds must have DIR's shape: a base of the same
 // family but another size (hidden size, expert count, vocabulary) has the same names. Dtypes may
 // differ (--dtype, FP8 dequantized to BF16), so only shapes are compared; names DIR lacks (FP8
@@ -67,7 +77,8 @@ bool check_base_shapes(PlanContext& ctx, const std::vector<Classified>& base) {
       by_name.emplace(ctx.input.info(c.ref).name, &ctx.input.info(c.ref));
   for (const OutputTensor& t : ctx.plan.tensors) {
     auto it = by_name.find(t.name);
-    if (it == by_name.end() || it->second->shape == t.shape)
+    if (it == by_name.end() || it->second->shape == t.shape ||
+        holds_some_experts(t, it->second->shape))
       continue;
     ctx.problems.add(Errc::plan, ctx.input.base_root.string(), "",
                      "--base is not the checkpoint IN was converted from: tensor '" +
@@ -185,13 +196,13 @@ void restore_base_keys(PlanContext& ctx) {
     const TensorInfo& info = in.info(c.ref);
     const std::string& file = in.shard(c.ref).file_name; // the shard's path
     if (auto it = converted.find(info.name); it != converted.end()) {
-      ctx.problems.add(Errc::plan, file, info.name,
-                       "would be restored from --base, but the to_hf conversion writes a tensor "
-                       "of this name too (" +
-                           printable(it->second->note.empty() ? "from the input"
-                                                              : it->second->note) +
-                           "); the native checkpoint already has it, so leave out --base or "
-                           "remove it from IN");
+      ctx.problems.add(
+          Errc::plan, file, info.name,
+          "would be restored from --base, but the to_hf conversion writes a tensor "
+          "of this name too (" +
+              printable(it->second->note.empty() ? "from the input" : it->second->note) +
+              "); the native checkpoint already has it, so leave out --base or "
+              "remove it from IN");
       continue;
     }
     OutputTensor t;

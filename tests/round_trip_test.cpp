@@ -65,8 +65,8 @@ TEST_F(RoundTrip, DiffusionGemmaGetsItsEncoderBack) {
   ASSERT_GT(count_prefix(in, "model.encoder."), 3u);
   ConvertSummary s = trip(in, "diffusion_gemma");
   Dict back = read_checkpoint(tmp / "back");
-  expect_same(back, ref_with_base(ref_to_hf(ref_from_hf(in, true, {}), true, {}), in,
-                                  "diffusion_gemma"));
+  expect_same(back,
+              ref_with_base(ref_to_hf(ref_from_hf(in, true, {}), true, {}), in, "diffusion_gemma"));
   expect_every_tensor(in, back, folded);
   EXPECT_EQ(s.restored, count_prefix(in, "model.encoder."));
   EXPECT_TRUE(s.not_restored.empty());
@@ -76,8 +76,8 @@ TEST_F(RoundTrip, Gemma4LosesNothingAndRestoresNothing) {
   Dict in = tiny_gemma4(rng, 3, 4, 32, 16, true);
   ConvertSummary s = trip(in, "gemma4_moe");
   Dict back = read_checkpoint(tmp / "back");
-  expect_same(back, ref_with_base(ref_to_hf(ref_from_hf(in, false, {}), false, {}), in,
-                                  "gemma4_moe"));
+  expect_same(back,
+              ref_with_base(ref_to_hf(ref_from_hf(in, false, {}), false, {}), in, "gemma4_moe"));
   expect_every_tensor(in, back, folded);
   EXPECT_EQ(s.restored, 0u);
 }
@@ -130,9 +130,9 @@ TEST_F(RoundTrip, DeepseekInFp8ComesBackDequantizedAndBaseRestoresNothing) {
       EXPECT_EQ(back.at(name).dtype, DType::BF16);
   }
   // The same output as without --base.
-  ASSERT_TRUE(run(tmp / "native", tmp / "plain", opts([&](ConvertOptions& o) {
-                    o.plan.max_shard_size = 40'000;
-                  })).ok());
+  ASSERT_TRUE(run(tmp / "native", tmp / "plain",
+                  opts([&](ConvertOptions& o) { o.plan.max_shard_size = 40'000; }))
+                  .ok());
   EXPECT_EQ(testing::files_of(tmp / "back"), testing::files_of(tmp / "plain"));
 }
 
@@ -173,6 +173,28 @@ TEST_F(RoundTrip, ABaseOfAnotherSizeOrDepthIsRefusedBeforeWriting) {
   auto cast = back("hf", DType::F32);
   ASSERT_TRUE(cast.ok());
   EXPECT_EQ(cast->restored, count_prefix(read_checkpoint(tmp / "hf"), "model.encoder."));
+}
+
+// One expert-parallel rank's native checkpoint holds some experts: its expert tensors are shorter
+// along axis 0 than the base's, and the base is still the one it came from. A base with another
+// expert count is still refused, by the router's weights, which every rank holds whole.
+TEST_F(RoundTrip, AnExpertParallelRankTakesTheBaseItCameFrom) {
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 2, 4, 32, 16), 2, "diffusion_gemma");
+  write_checkpoint(tmp / "more-experts", tiny_diffusion(rng, 2, 8, 32, 16), 2, "diffusion_gemma");
+  ASSERT_TRUE(run(tmp / "hf", tmp / "rank1", opts([](ConvertOptions& o) {
+                    o.plan.ep_size = 2;
+                    o.plan.ep_rank = 1;
+                  }))
+                  .ok());
+  auto back =
+      run(tmp / "rank1", tmp / "back", opts([&](ConvertOptions& o) { o.plan.base = tmp / "hf"; }));
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->restored, count_prefix(read_checkpoint(tmp / "hf"), "model.encoder."));
+  auto other = run(tmp / "rank1", tmp / "other",
+                   opts([&](ConvertOptions& o) { o.plan.base = tmp / "more-experts"; }));
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("router"), std::string::npos) << other.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "other"));
 }
 
 TEST_F(RoundTrip, WithoutBaseThePlanNamesWhatIsMissing) {
