@@ -161,7 +161,13 @@ TEST(HeaderMemory, TheAdvisedBudgetIsTheLeastThatPassesAndTheRunConverts) {
       EXPECT_EQ(advised_mib(less.err), advised) << less.err;
       mib = advised;
     }
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer's allocator keeps no mallinfo2 figures: the engine measures nothing
+    // held, so only the check before parsing can refuse.
+    EXPECT_EQ(seen, std::vector<std::string>{"headers"});
+#else
     EXPECT_EQ(seen, c.refusals);
+#endif
     EXPECT_TRUE(std::filesystem::exists(tmp / c.out / "config.json"));
   }
 }
