@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -61,6 +62,28 @@ bool wait_for(pid_t pid, std::chrono::milliseconds limit, int* status) {
     if (std::chrono::steady_clock::now() >= deadline)
       return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+// Waits until the command has read everything written into its pipe, or has exited, whichever
+// comes first. Returns the bytes it left unread (0 once drained); *exited says whether it
+// ended (and *status how). FIONREAD counts what is in the pipe from either end.
+uint64_t wait_until_read(pid_t pid, int pipe_fd, bool* exited, int* status) {
+  auto delay = std::chrono::microseconds(100);
+  for (;;) {
+    int unread = 0;
+    if (ioctl(pipe_fd, FIONREAD, &unread) != 0)
+      unread = 0; // cannot tell: as before, the exit status alone decides
+    if (unread == 0 && !*exited)
+      return 0;
+    if (*exited)
+      return static_cast<uint64_t>(std::max(unread, 0));
+    const pid_t r = waitpid(pid, status, WNOHANG);
+    *exited = r == pid || (r < 0 && errno != EINTR);
+    if (!*exited) {
+      std::this_thread::sleep_for(delay);
+      delay = std::min(delay * 2, std::chrono::microseconds(10'000));
+    }
   }
 }
 
@@ -124,8 +147,8 @@ int spawn_sh(const std::vector<std::string>& args, const std::vector<std::pair<i
   sigaddset(&defaults, SIGTERM);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   posix_spawnattr_setpgroup(&attr, group);
   std::vector<char*> argv;
   for (const std::string& a : args)
@@ -254,19 +277,29 @@ Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
     set_outcome(file.name, Delivery::failed, written.message());
     return written;
   }
+  // Delivered means read to the end: a command that exits 0 with bytes still in its pipe (one
+  // that stopped reading early but reports success) must not count as an upload of the file.
+  int status = 0;
+  bool exited = false;
+  const uint64_t unread = wait_until_read(child.pid, child.stdin_fd, &exited, &status);
   close(child.stdin_fd); // the end of input: the command may now complete its work,
   release_guard(child);  // once its guard has let go too
-  int status = 0;
-  while (waitpid(child.pid, &status, 0) < 0 && errno == EINTR) {
+  while (!exited && waitpid(child.pid, &status, 0) < 0 && errno == EINTR) {
   }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && unread == 0) {
     set_outcome(file.name, Delivery::delivered);
     return {};
   }
   const std::string why = "the command " + describe_exit(status);
-  set_outcome(file.name, Delivery::failed, why);
-  return Status(Errc::io, file.name + ": " + why + " after reading all " +
-                              std::to_string(file.size()) + " bytes; the file is not delivered");
+  set_outcome(file.name, Delivery::failed,
+              unread ? why + " without reading the last " + std::to_string(unread) + " bytes"
+                     : why);
+  return Status(Errc::io,
+                file.name + ": " + why +
+                    (unread ? " without reading the last " + std::to_string(unread) + " of its " +
+                                  std::to_string(file.size()) + " bytes"
+                            : " after reading all " + std::to_string(file.size()) + " bytes") +
+                    "; the file is not delivered");
 }
 
 void ProcessTarget::abandon(ShardWriter& writer, const OutputFile& file) {

@@ -67,9 +67,51 @@ TEST_F(ProcessTargetTest, ACommandThatFailsFailsTheFile) {
   ASSERT_TRUE(target.open(w, f).ok());
   Status s = target.finish(w, f);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("b.bin: the command exited with status 3"),
-            std::string::npos)
+  EXPECT_NE(s.message().find("b.bin: the command exited with status 3"), std::string::npos)
       << s.message();
+}
+
+// A command that exits 0 but left bytes in its pipe did not take the whole file (an uploader that
+// stopped early and says it succeeded): not delivered. Both a large file, cut 100 bytes short,
+// and a small one the command never read; and the same command reading everything is delivered.
+TEST_F(ProcessTargetTest, ACommandThatExitsZeroWithoutReadingItAllFailsTheFile) {
+  const std::string big(200'000, 'x');
+  struct Case {
+    const char* command;
+    std::string data;
+    uint64_t unread;
+  };
+  const Case cases[] = {
+      {"head -c $(({size} - 100)) > /dev/null", big, 100},
+      {"exit 0", "small", 6},
+      {"cat > /dev/null", big, 0},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.command);
+    ProcessTarget target(c.command);
+    const OutputFile f = small_file("c.bin", "H", c.data.size());
+    ShardWriter w;
+    ASSERT_TRUE(target.open(w, f).ok());
+    Status appended = w.append(std::as_bytes(std::span(c.data.data(), c.data.size())));
+    // A command that never reads may leave the small write in the pipe, or end before it.
+    Status s = appended.ok() ? target.finish(w, f) : appended;
+    if (!appended.ok())
+      target.abandon(w, f);
+    if (c.unread == 0) {
+      EXPECT_TRUE(s.ok()) << s.message();
+      EXPECT_EQ(target.outcome("c.bin").state, Delivery::delivered);
+      continue;
+    }
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(target.outcome("c.bin").state, Delivery::delivered);
+    if (appended.ok())
+      EXPECT_NE(s.message().find("c.bin: the command exited with status 0 without reading the "
+                                 "last " +
+                                 std::to_string(c.unread) + " of its " + std::to_string(f.size()) +
+                                 " bytes"),
+                std::string::npos)
+          << s.message();
+  }
 }
 
 TEST_F(ProcessTargetTest, AnAbandonedFileIsInterruptedBeforeItsInputEnds) {
