@@ -61,6 +61,15 @@ public:
   [[nodiscard]] virtual Result<SharesEnded> end_share(const Status& own,
                                                       const std::string& done) = 0;
 
+  /// Rank 0, every share done, just before the staging directory is renamed into OUT: remove
+  /// what of the coordination is still in it (markers: rank 0's heartbeat, which goes on until
+  /// here so that the other ranks can tell a rank 0 still committing from one that died).
+  virtual void before_commit() {}
+
+  /// Whether the staging directory is still the one this rank began in (not committed or
+  /// replaced by another process, say a second rank 0): only then may a failed job remove it.
+  virtual bool staging_intact() const { return true; }
+
   /// Rank 0: the job's outcome (ok: OUT is committed; else why not) to every other rank, before
   /// the staging directory of a failed job is removed.
   virtual void tell_outcome(const Status& outcome) = 0;

@@ -79,11 +79,10 @@ Result<std::string> write_share(const Job& job, Io& io, const Checkpoint& input,
                                 const PipelineConfig& config, Profiler& profiler,
                                 Coordinator& coordinator, const Notes& notes, UploadResult& r) {
   const fs::path& staging = job.paths.staging;
-  const std::vector<uint32_t> files =
-      my_files(io, plan, staging, job.rank, job.options.resume, r);
+  const std::vector<uint32_t> files = my_files(io, plan, staging, job.rank, job.options.resume, r);
   if (notes && r.kept_files)
-    notes({job.paths.output.string() + ": " + job.who + " keeps " +
-           std::to_string(r.kept_files) + " finished file(s) of an earlier run"});
+    notes({job.paths.output.string() + ": " + job.who + " keeps " + std::to_string(r.kept_files) +
+           " finished file(s) of an earlier run"});
   std::vector<std::string> digests(plan.files.size());
   PipelineConfig mine = config;
   mine.cancel = coordinator.stop_flag();
@@ -129,7 +128,7 @@ Status failed_job(const Job& job, const std::vector<std::string>& failures) {
 // index, then the directory into place.
 Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& plan,
                   const PipelineConfig& config, const std::vector<std::string>& done,
-                  UploadResult& r) {
+                  Coordinator& coordinator, UploadResult& r) {
   const fs::path& staging = job.paths.staging;
   std::map<std::string, size_t, std::less<>> file_index;
   for (size_t i = 0; i < plan.files.size(); ++i)
@@ -150,9 +149,12 @@ Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& p
       },
       &r.checksums, nullptr);
   if (s.ok() && io.unlink((staging / PLAN_FINGERPRINT_NAME).c_str()) != 0)
-    s = Status(Errc::io, staging.string() + ": cannot remove the fingerprint: " + errno_text(errno));
-  if (s.ok())
+    s = Status(Errc::io,
+               staging.string() + ": cannot remove the fingerprint: " + errno_text(errno));
+  if (s.ok()) {
+    coordinator.before_commit();
     s = commit_output(io, staging, job.paths.output, job.options.force);
+  }
   if (!s.ok()) {
     discard_tree(io, staging).ignore();
     return name_final_paths(s, staging, job.paths.output);
@@ -185,18 +187,19 @@ std::string job_fingerprint(const std::string& plan, bool checksums) {
 
 } // namespace
 
-Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
-                                             const Checkpoint& input, const Plan& plan,
-                                             const PipelineConfig& config, Io& io,
+Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, const Checkpoint& input,
+                                             const Plan& plan, const PipelineConfig& config, Io& io,
                                              Profiler& profiler, const RankInfo& rank,
                                              const Notes& notes) {
   const std::string fingerprint =
       job_fingerprint(plan_fingerprint(input, plan), config.digests != nullptr);
-  Job job{options, rank, {fs::absolute(options.output), {}},
+  Job job{options,
+          rank,
+          {fs::absolute(options.output), {}},
           "rank " + std::to_string(rank.rank) + " of " + std::to_string(rank.world)};
-  job.paths.staging = job.paths.output.parent_path() /
-                      ("." + job.paths.output.filename().string() + ".shardshift-job-" +
-                       fingerprint.substr(0, 16));
+  job.paths.staging =
+      job.paths.output.parent_path() /
+      ("." + job.paths.output.filename().string() + ".shardshift-job-" + fingerprint.substr(0, 16));
   const std::unique_ptr<Coordinator> coordinator = make_coordinator(options, rank, io, job.paths);
 
   // 1. Every rank works on the same plan, before anything is written.
@@ -231,7 +234,7 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
 
   // 4. Rank 0: commit once every rank's files are durable, never after a failure.
   if (!ended) { // gave up waiting: the job's other ranks are ended by their launcher
-    if (staged && !options.resume)
+    if (staged && !options.resume && coordinator->staging_intact())
       discard_tree(io, job.paths.staging).ignore();
     return Status(ended.status().code(),
                   ended.status().message() + "; nothing was written to " +
@@ -243,11 +246,11 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options,
   if (!ended->failures.empty()) {
     Status failed = failed_job(job, ended->failures);
     coordinator->tell_outcome(failed);
-    if (staged && !options.resume)
+    if (staged && !options.resume && coordinator->staging_intact())
       discard_tree(io, job.paths.staging).ignore();
     return failed;
   }
-  Status committed = commit_job(job, io, input, plan, config, ended->done, r);
+  Status committed = commit_job(job, io, input, plan, config, ended->done, *coordinator, r);
   coordinator->tell_outcome(committed);
   if (!committed.ok())
     return committed;

@@ -10,7 +10,6 @@
 //   ranks > 0    wait for the outcome: OUT is the staging directory (same device and inode, since
 //                a rename keeps them) holding its marker, or a failure.
 #include "coordinator.h"
-
 #include "outputs.h"
 #include "staging.h"
 
@@ -97,7 +96,8 @@ private:
     std::unique_lock lock(mutex_);
     while (!wake_.wait_for(lock, BEAT, [this] { return quit_; })) {
       ::utimensat(AT_FDCWD, alive.c_str(), nullptr, 0); // now, on the filesystem's clock
-      if ((cancel_ && cancel_->load()) || !first_failure(staging_, rank_.world, started_ns_).empty())
+      if ((cancel_ && cancel_->load()) ||
+          !first_failure(staging_, rank_.world, started_ns_).empty())
         stop_ = true;
     }
   }
@@ -166,8 +166,7 @@ Observed observe(const fs::path& staging, unsigned r, unsigned world, int64_t no
   }
   const int64_t limit = std::chrono::nanoseconds(timeout).count();
   if (beat == 0 ? now_ns - job_start_ns > limit : now_ns - beat > limit)
-    return {RankState::gone, "gave no sign of life for " +
-                                 std::to_string(timeout.count()) +
+    return {RankState::gone, "gave no sign of life for " + std::to_string(timeout.count()) +
                                  " s (killed, or never started); see its own output"};
   return {};
 }
@@ -212,8 +211,8 @@ public:
     if (!heart_) // begin() was never reached: nothing to tell, nobody to wait for
       return own.ok() ? Result<SharesEnded>(SharesEnded{}) : Result<SharesEnded>(own);
     if (own.ok()) {
-      if (Status s = heart_->write(marker(rank_.rank, rank_.world, "done"),
-                                   heart_->nonce() + "\n" + done);
+      if (Status s =
+              heart_->write(marker(rank_.rank, rank_.world, "done"), heart_->nonce() + "\n" + done);
           !s.ok())
         return fail(s);
     } else {
@@ -225,12 +224,24 @@ public:
     if (!own.ok())
       failures.push_back(who_ + ": " + own.message());
     SharesEnded ended = wait_for_ranks(std::move(failures));
-    heart_->stop_beating();
-    if (ended.failures.empty()) // the committed OUT carries no markers
-      for (unsigned k = 0; k < rank_.world; ++k)
-        for (const char* what : {"done", "failed", "alive"})
+    if (!ended.failures.empty()) {
+      heart_->stop_beating();
+      return ended;
+    }
+    // The committed OUT carries no markers. Rank 0's heartbeat goes on through the commit (side
+    // files, the index): the others wait for it, and tell a slow commit from a dead rank 0 by it.
+    for (unsigned k = 0; k < rank_.world; ++k)
+      for (const char* what : {"done", "failed", "alive"})
+        if (k != 0 || std::string_view(what) != "alive")
           io_.unlink((paths_.staging / marker(k, rank_.world, what)).c_str());
     return ended;
+  }
+
+  void before_commit() override {
+    if (!heart_)
+      return;
+    heart_->stop_beating();
+    io_.unlink((paths_.staging / marker(0, rank_.world, "alive")).c_str());
   }
 
   // Ranks that finished their share poll for the outcome; give them time to read a failure
@@ -251,10 +262,20 @@ private:
 
   // Tells the other ranks (a "failed" marker) and returns `s`.
   Status fail(const Status& s) const {
-    heart_->write(marker(rank_.rank, rank_.world, "failed"),
-                  heart_->nonce() + "\n" + who_ + ": " + s.message())
+    heart_
+        ->write(marker(rank_.rank, rank_.world, "failed"),
+                heart_->nonce() + "\n" + who_ + ": " + s.message())
         .ignore(); // best effort: the error itself is what this rank reports
     return s;
+  }
+
+  bool staging_intact() const override { return staging_st_.st_ino == 0 || staging_is_ours(); }
+
+  // The staging directory is still the one this rank began in.
+  bool staging_is_ours() const {
+    struct stat st {};
+    return ::stat(paths_.staging.c_str(), &st) == 0 && st.st_dev == staging_st_.st_dev &&
+           st.st_ino == staging_st_.st_ino;
   }
 
   // OUT is the staging directory (a rename keeps device and inode), holding its marker.
@@ -264,8 +285,14 @@ private:
            st.st_ino == staging_st_.st_ino && fs::exists(paths_.output / OUTPUT_MARKER_NAME);
   }
 
-  // Ranks > 0, their share done: wait for rank 0's commit, or a failure, and report it.
+  // Ranks > 0, their share done: wait for rank 0's commit, or a failure, and report it. Rank 0
+  // is gone when its heartbeat has not changed for --job-timeout on this rank's own clock: once
+  // rank 0 has cleared the markers for its commit, no file here is touched but its heartbeat,
+  // and a rank 0 killed then leaves it still, or gone, for good.
   Status wait_for_commit() const {
+    const fs::path beat = paths_.staging / marker(0, rank_.world, "alive");
+    int64_t last_beat = mtime_ns(beat);
+    auto last_change = std::chrono::steady_clock::now();
     for (;; std::this_thread::sleep_for(POLL)) {
       if (commit_seen())
         return {};
@@ -279,11 +306,14 @@ private:
       if (!fs::exists(paths_.staging, ec) && !commit_seen())
         return Status(Errc::io, "the job failed: rank 0 removed the staging directory without "
                                 "committing; see its output");
-      const int64_t now = mtime_ns(paths_.staging / marker(rank_.rank, rank_.world, "alive"));
-      const Observed zero = observe(paths_.staging, 0, rank_.world, now, heart_->started_ns(),
-                                    options_.job_timeout);
-      if (zero.state == RankState::gone)
-        return fail(Status(Errc::io, "the job failed: rank 0 " + zero.text));
+      if (const int64_t b = mtime_ns(beat); b != last_beat) {
+        last_beat = b;
+        last_change = std::chrono::steady_clock::now();
+      } else if (std::chrono::steady_clock::now() - last_change > options_.job_timeout) {
+        return fail(Status(Errc::io, "the job failed: rank 0 gave no sign of life for " +
+                                         std::to_string(options_.job_timeout.count()) +
+                                         " s and did not commit (killed?); see its output"));
+      }
     }
   }
 
@@ -293,6 +323,12 @@ private:
     const unsigned world = rank_.world;
     const fs::path& staging = paths_.staging;
     for (;; std::this_thread::sleep_for(POLL)) {
+      if (!staging_is_ours()) // another rank 0 committed it, or something removed it
+        return SharesEnded{{who_ + ": the staging directory " + staging.string() +
+                            (commit_seen() ? " was committed into OUT by another process"
+                                           : " was removed or replaced by another process") +
+                            " (was rank 0 started twice?)"},
+                           {}};
       const int64_t now = mtime_ns(staging / marker(0, world, "alive"));
       bool all_ended = true;
       std::vector<std::string> seen, done;
@@ -308,8 +344,7 @@ private:
         if (o.state == RankState::done)
           done.push_back(o.text);
       }
-      if (const std::string odd = other_world(staging, world, heart_->started_ns());
-          !odd.empty())
+      if (const std::string odd = other_world(staging, world, heart_->started_ns()); !odd.empty())
         seen.push_back(odd);
       if (!seen.empty() && failures.empty()) { // tell the others to stop
         failures = seen;

@@ -7,13 +7,12 @@
 // under OUT; ranks given different world sizes are refused; the expert-parallel export of 4 ranks
 // in one command equals four single-rank conversions.
 #include "coordinator.h"
-
 #include "test_support.h"
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <csignal>
+#include <cstdlib>
 #include <fcntl.h>
 #include <map>
 #include <optional>
@@ -27,12 +26,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::files_of;
-using testing::wait_status;
 using testing::list_dir;
 using testing::read_bytes;
 using testing::run_shardshift;
 using testing::run_shell;
 using testing::shell_quoted;
+using testing::wait_status;
 
 // The entries of `dir` (hidden ones too).
 std::vector<std::string> entries(const fs::path& dir) {
@@ -99,9 +98,9 @@ TEST_F(Ranks, UnderMpirunTheOutputIsTheSameAsOneProcesss) {
 TEST_F(Ranks, UnderMpirunEveryRankSaysHowTheJobIsCoordinated) {
   if (run_shell("command -v mpirun").exit_code != 0)
     GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
-  auto r = run_shell(MPIRUN + "-np 3 " + SHARDSHIFT_BINARY + " convert " +
-                     shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
-                     " --max-shard-size 2MB -j 1");
+  auto r =
+      run_shell(MPIRUN + "-np 3 " + SHARDSHIFT_BINARY + " convert " + shell_quoted(tmp / "hf") +
+                " " + shell_quoted(tmp / "out") + " --max-shard-size 2MB -j 1");
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   const std::string said = r.out + r.err;
   for (unsigned k = 0; k < 3; ++k)
@@ -241,8 +240,8 @@ TEST_F(Ranks, WithTorchrunsVariablesTheRanksCoordinateThroughMarkerFiles) {
   // Two ranks as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK), each with its own log.
   std::string command;
   for (unsigned k = 0; k < 2; ++k)
-    command += "RANK=" + std::to_string(k) + " WORLD_SIZE=2 LOCAL_RANK=" + std::to_string(k) +
-               " " + SHARDSHIFT_BINARY + " convert " + shell_quoted(tmp / "hf") + " " +
+    command += "RANK=" + std::to_string(k) + " WORLD_SIZE=2 LOCAL_RANK=" + std::to_string(k) + " " +
+               SHARDSHIFT_BINARY + " convert " + shell_quoted(tmp / "hf") + " " +
                shell_quoted(tmp / "out") + " --max-shard-size 2MB --checksums -j 1 > " +
                shell_quoted(tmp / ("log" + std::to_string(k))) + " 2>&1 & ";
   auto r = run_shell(command + "wait %1 && wait %2");
@@ -259,10 +258,10 @@ TEST_F(Ranks, WithTorchrunsVariablesTheRanksCoordinateThroughMarkerFiles) {
 TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {
   std::vector<pid_t> pids;
   for (unsigned r = 0; r < 3; ++r)
-    pids.push_back(testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
-                          "--max-shard-size", "2MB", "-j", "1", "--rank", std::to_string(r),
-                          "--world-size", "3", "--job-timeout", "2"},
-                         tmp / ("log" + std::to_string(r))));
+    pids.push_back(testing::spawn_shardshift(
+        {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
+         "1", "--rank", std::to_string(r), "--world-size", "3", "--job-timeout", "2"},
+        tmp / ("log" + std::to_string(r))));
   ASSERT_TRUE(std::all_of(pids.begin(), pids.end(), [](pid_t p) { return p > 0; }));
   // Once the job's staging directory exists, rank 2 dies without a word.
   for (int i = 0; i < 5000; ++i) {
@@ -285,19 +284,67 @@ TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {
     EXPECT_NE(log.find("rank 2"), std::string::npos) << "rank " << r << ": " << log;
   }
   EXPECT_FALSE(fs::exists(tmp / "out"));
-  EXPECT_EQ(entries(tmp.path()),
-            (std::vector<std::string>{"hf", "log0", "log1", "log2", "ref"}));
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log0", "log1", "log2", "ref"}));
+}
+
+// Rank 0 clears every marker before its commit; killed then, it leaves ranks whose own heartbeat
+// files are gone too. They waited for ever, --job-timeout or not. Here the test plays that rank
+// 0: ranks 1 and 2 finish their shares, then every marker goes and no commit comes. Each must
+// fail within its timeout, naming rank 0.
+TEST_F(Ranks, ARankZeroThatDiesWhileCommittingFailsTheOthersWithinTheTimeout) {
+  std::vector<pid_t> pids;
+  for (unsigned r = 1; r < 3; ++r)
+    pids.push_back(testing::spawn_shardshift(
+        {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
+         "1", "--rank", std::to_string(r), "--world-size", "3", "--job-timeout", "2"},
+        tmp / ("log" + std::to_string(r))));
+  ASSERT_TRUE(std::all_of(pids.begin(), pids.end(), [](pid_t p) { return p > 0; }));
+  auto staging = [&]() -> std::optional<fs::path> {
+    for (const std::string& name : entries(tmp.path()))
+      if (name.find(".shardshift-job-") != std::string::npos)
+        return tmp / name;
+    return std::nullopt;
+  };
+  bool cleared = false;
+  for (int i = 0; i < 30'000 && !cleared; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const auto dir = staging();
+    if (!dir || !fs::exists(*dir / ".rank-1-of-3.done") || !fs::exists(*dir / ".rank-2-of-3.done"))
+      continue;
+    for (const std::string& name : entries(*dir)) // as rank 0 does before it commits
+      if (name.starts_with(".rank-"))
+        fs::remove(*dir / name);
+    cleared = true;
+  }
+  ASSERT_TRUE(cleared) << "the ranks never finished their shares";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (size_t k = 0; k < pids.size(); ++k) {
+    int status = 0;
+    while (waitpid(pids[k], &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        for (pid_t p : pids)
+          ::kill(p, SIGKILL);
+        FAIL() << "rank " << k + 1 << " still waits for a commit 30 s on, with --job-timeout 2";
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const std::string log = read_bytes(tmp / ("log" + std::to_string(k + 1)));
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << log;
+    EXPECT_NE(log.find("rank 0 gave no sign of life for 2 s and did not commit"), std::string::npos)
+        << log;
+  }
+  EXPECT_FALSE(fs::exists(tmp / "out"));
 }
 
 TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
-  const pid_t one = testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
-                           "--max-shard-size", "2MB", "-j", "1", "--rank", "1", "--world-size",
-                           "3", "--job-timeout", "3"},
-                          tmp / "log1");
-  const pid_t zero = testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
-                            "--max-shard-size", "2MB", "-j", "1", "--rank", "0", "--world-size",
-                            "2", "--job-timeout", "3"},
-                           tmp / "log0");
+  const pid_t one = testing::spawn_shardshift(
+      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
+       "1", "--rank", "1", "--world-size", "3", "--job-timeout", "3"},
+      tmp / "log1");
+  const pid_t zero = testing::spawn_shardshift(
+      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
+       "1", "--rank", "0", "--world-size", "2", "--job-timeout", "3"},
+      tmp / "log0");
   const int s0 = wait_status(zero), s1 = wait_status(one);
   const std::string log0 = read_bytes(tmp / "log0");
   EXPECT_TRUE(WIFEXITED(s0) && WEXITSTATUS(s0) == 1) << log0;
@@ -309,10 +356,10 @@ TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
 TEST_F(Ranks, ExpertParallelExportOfFourRanksEqualsFourSingleRankConversions) {
   std::vector<pid_t> pids;
   for (unsigned r = 0; r < 4; ++r)
-    pids.push_back(testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "ep{rank}").string(), "-q",
-                          "-j", "1", "--rank", std::to_string(r), "--world-size", "4",
-                          "--ep-from-launcher"},
-                         tmp / ("log" + std::to_string(r))));
+    pids.push_back(testing::spawn_shardshift(
+        {"convert", (tmp / "hf").string(), (tmp / "ep{rank}").string(), "-q", "-j", "1", "--rank",
+         std::to_string(r), "--world-size", "4", "--ep-from-launcher"},
+        tmp / ("log" + std::to_string(r))));
   for (unsigned r = 0; r < 4; ++r) {
     const int status = wait_status(pids[r]);
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
