@@ -124,6 +124,24 @@ Status failed_job(const Job& job, const std::vector<std::string>& failures) {
   return Status(job.cancelled() ? Errc::interrupted : Errc::io, m);
 }
 
+// Rank 0, every rank done, so nothing else writes in the staging directory: the temporary files
+// killed runs of this job left there (a side file's, in a subdirectory too, or a marker's) go,
+// or the commit would carry them into OUT. Each rank cleared its own shards' already.
+void remove_temporaries(Io& io, const fs::path& staging) {
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(staging, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.starts_with(".") && name.find(".shardshift-tmp-") != std::string::npos) {
+      found.push_back(it->path());
+      if (it->is_directory(ec))
+        it.disable_recursion_pending();
+    }
+  }
+  for (const fs::path& p : found)
+    remove_tree(io, p).ignore();
+}
+
 // Rank 0, every rank done: side files, SHA256SUMS (from the ranks' "NAME DIGEST" lines), the
 // index, then the directory into place.
 Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& plan,
@@ -140,6 +158,7 @@ Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& p
       if (auto it = file_index.find(name); it != file_index.end())
         digests[it->second] = digest;
   }
+  remove_temporaries(io, staging);
   DirectoryTarget side_target(staging, &io);
   Status s = deliver_after_shards(
       side_target, io, input, plan, config.chunk_bytes, config.digests ? &digests : nullptr,

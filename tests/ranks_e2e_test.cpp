@@ -336,6 +336,40 @@ TEST_F(Ranks, ARankZeroThatDiesWhileCommittingFailsTheOthersWithinTheTimeout) {
   EXPECT_FALSE(fs::exists(tmp / "out"));
 }
 
+// A job taking over the staging directory of a killed one finds the temporary files that run
+// left (a side file's, a marker's): they must not reach OUT with the commit.
+TEST_F(Ranks, TemporaryFilesOfAKilledJobDoNotReachTheOutput) {
+  std::vector<pid_t> pids;
+  for (unsigned r = 0; r < 2; ++r)
+    pids.push_back(testing::spawn_shardshift(
+        {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
+         "1", "--rank", std::to_string(r), "--world-size", "2", "--job-timeout", "5"},
+        tmp / ("log" + std::to_string(r))));
+  ASSERT_TRUE(std::all_of(pids.begin(), pids.end(), [](pid_t p) { return p > 0; }));
+  bool planted = false;
+  for (int i = 0; i < 20'000 && !planted; ++i) {
+    for (const std::string& name : entries(tmp.path()))
+      if (name.find(".shardshift-job-") != std::string::npos) {
+        const fs::path dir = tmp / name;
+        testing::write_bytes(dir / ".config.json.shardshift-tmp-99999-1a2b", "{");
+        testing::write_bytes(dir / "..rank-1-of-2.alive.shardshift-tmp-99999-3c4d", "");
+        planted = true;
+      }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  ASSERT_TRUE(planted);
+  for (size_t k = 0; k < pids.size(); ++k) {
+    const int status = wait_status(pids[k]);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << read_bytes(tmp / ("log" + std::to_string(k)));
+  }
+  for (const std::string& name : entries(tmp / "out"))
+    EXPECT_EQ(name.find(".shardshift-tmp-"), std::string::npos) << name;
+  auto verify = run_shardshift("verify " + shell_quoted(tmp / "hf") + " " +
+                               shell_quoted(tmp / "out") + " --max-shard-size 2MB");
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
 TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
   const pid_t one = testing::spawn_shardshift(
       {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
