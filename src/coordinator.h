@@ -70,6 +70,10 @@ public:
   /// replaced by another process, say a second rank 0): only then may a failed job remove it.
   virtual bool staging_intact() const { return true; }
 
+  /// Ranks > 0, after learn_outcome failed: rank 0, whose staging directory it is to remove, is
+  /// gone or never joined (markers), so the waiting ranks remove it themselves.
+  virtual bool owner_gone() const { return false; }
+
   /// Rank 0: the job's outcome (ok: OUT is committed; else why not) to every other rank, before
   /// the staging directory of a failed job is removed.
   virtual void tell_outcome(const Status& outcome) = 0;

@@ -246,8 +246,11 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
   if (rank.rank != 0) {
     if (!ended)
       return ended.status();
-    if (Status s = coordinator->learn_outcome(own); !s.ok())
+    if (Status s = coordinator->learn_outcome(own); !s.ok()) {
+      if (staged && !options.resume && coordinator->owner_gone() && coordinator->staging_intact())
+        discard_tree(io, job.paths.staging).ignore();
       return s;
+    }
     return r;
   }
 

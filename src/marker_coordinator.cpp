@@ -144,6 +144,25 @@ std::string other_world(const fs::path& staging, unsigned world, int64_t since) 
   return {};
 }
 
+// Rank `k` of this world at work in another staging directory of the same OUT: a job directory
+// of another plan (".OUT.shardshift-job-OTHER"), its heartbeat touched since this job began. Ranks
+// given other flags or other input files plan differently and never meet; without this each
+// would wait out --job-timeout and call the other dead. "" when there is none.
+std::string other_plan(const JobPaths& paths, unsigned k, unsigned world, int64_t since) {
+  const std::string prefix = "." + paths.output.filename().string() + ".shardshift-job-";
+  std::error_code ec;
+  for (fs::directory_iterator it(paths.staging.parent_path(), ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const fs::path dir = it->path();
+    if (!dir.filename().string().starts_with(prefix) || dir.filename() == paths.staging.filename())
+      continue;
+    if (mtime_ns(dir / marker(k, world, "alive")) >= since && since > 0)
+      return "rank " + std::to_string(k) + " works on another plan (in " + dir.string() +
+             "): every process of a job must be given the same input and flags";
+  }
+  return {};
+}
+
 // A rank's state as rank 0 sees it.
 enum class RankState { working, done, failed, gone };
 
@@ -165,9 +184,13 @@ Observed observe(const fs::path& staging, unsigned r, unsigned world, int64_t no
       return {state, text.substr(eol + 1)};
   }
   const int64_t limit = std::chrono::nanoseconds(timeout).count();
-  if (beat == 0 ? now_ns - job_start_ns > limit : now_ns - beat > limit)
+  if (beat == 0 && now_ns - job_start_ns > limit)
+    return {RankState::gone, "never joined this job in " + std::to_string(timeout.count()) +
+                                 " s (not started, or given other input or flags, which make "
+                                 "another plan); see its own output"};
+  if (beat != 0 && now_ns - beat > limit)
     return {RankState::gone, "gave no sign of life for " + std::to_string(timeout.count()) +
-                                 " s (killed, or never started); see its own output"};
+                                 " s (killed?); see its own output"};
   return {};
 }
 
@@ -269,6 +292,8 @@ private:
     return s;
   }
 
+  bool owner_gone() const override { return rank0_gone_; }
+
   bool staging_intact() const override { return staging_st_.st_ino == 0 || staging_is_ours(); }
 
   // The staging directory is still the one this rank began in.
@@ -304,15 +329,24 @@ private:
         return fail(Status(Errc::interrupted, "interrupted while waiting for the commit"));
       std::error_code ec;
       if (!fs::exists(paths_.staging, ec) && !commit_seen())
-        return Status(Errc::io, "the job failed: rank 0 removed the staging directory without "
-                                "committing; see its output");
+        return Status(Errc::io, "the job failed: its staging directory was removed without a "
+                                "commit (by rank 0, or by a rank that found rank 0 gone); see "
+                                "rank 0's output");
+      if (const std::string odd = other_plan(paths_, 0, rank_.world, heart_->started_ns());
+          !odd.empty() && mtime_ns(beat) == 0) {
+        rank0_gone_ = true;
+        return fail(Status(Errc::io, "the job failed: " + odd));
+      }
       if (const int64_t b = mtime_ns(beat); b != last_beat) {
         last_beat = b;
         last_change = std::chrono::steady_clock::now();
       } else if (std::chrono::steady_clock::now() - last_change > options_.job_timeout) {
+        rank0_gone_ = true;
         return fail(Status(Errc::io, "the job failed: rank 0 gave no sign of life for " +
                                          std::to_string(options_.job_timeout.count()) +
-                                         " s and did not commit (killed?); see its output"));
+                                         " s and did not commit (killed, not started, or given "
+                                         "other input or flags, which make another plan); see "
+                                         "its output"));
       }
     }
   }
@@ -344,6 +378,10 @@ private:
         if (o.state == RankState::done)
           done.push_back(o.text);
       }
+      for (unsigned k = 0; k < world && seen.empty(); ++k)
+        if (const std::string odd = other_plan(paths_, k, world, heart_->started_ns());
+            !odd.empty())
+          seen.push_back(odd);
       if (const std::string odd = other_world(staging, world, heart_->started_ns()); !odd.empty())
         seen.push_back(odd);
       if (!seen.empty() && failures.empty()) { // tell the others to stop
@@ -366,6 +404,7 @@ private:
   std::string who_; ///< "rank R of N", for messages
   struct stat staging_st_ {};
   std::unique_ptr<Heartbeat> heart_;
+  mutable bool rank0_gone_ = false; ///< wait_for_commit found rank 0 gone or never there
 };
 
 } // namespace
