@@ -210,8 +210,8 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
                                              const Plan& plan, const PipelineConfig& config, Io& io,
                                              Profiler& profiler, const RankInfo& rank,
                                              const Notes& notes) {
-  const std::string fingerprint =
-      job_fingerprint(plan_fingerprint(input, plan), config.digests != nullptr);
+  const std::string fingerprint = job_fingerprint(
+      plan_fingerprint(input, plan, InputIdentity::shared), config.digests != nullptr);
   Job job{options,
           rank,
           {fs::absolute(options.output), {}},

@@ -38,14 +38,17 @@ private:
 };
 
 // What tells a later run that an input file is the one this plan was made from.
-void add_identity(FingerprintText& f, const Shard& shard) {
+void add_identity(FingerprintText& f, const Shard& shard, InputIdentity identity) {
   f.add(shard.file_name).add(shard.file->size());
   struct stat st {};
-  if (::fstat(shard.file->fd(), &st) == 0)
-    f.add(static_cast<uint64_t>(st.st_mtim.tv_sec) * 1'000'000'000u +
-          static_cast<uint64_t>(st.st_mtim.tv_nsec))
-        .add(static_cast<uint64_t>(st.st_ino))
-        .add(static_cast<uint64_t>(st.st_dev));
+  if (::fstat(shard.file->fd(), &st) != 0)
+    return;
+  auto ns = [](const timespec& t) {
+    return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(t.tv_nsec);
+  };
+  f.add(ns(st.st_mtim)).add(ns(st.st_ctim));
+  if (identity == InputIdentity::local)
+    f.add(static_cast<uint64_t>(st.st_ino)).add(static_cast<uint64_t>(st.st_dev));
 }
 
 void add_source(FingerprintText& f, const Checkpoint& input, const TensorRef& ref) {
@@ -54,12 +57,12 @@ void add_source(FingerprintText& f, const Checkpoint& input, const TensorRef& re
 
 } // namespace
 
-std::string plan_fingerprint(const Checkpoint& input, const Plan& plan) {
+std::string plan_fingerprint(const Checkpoint& input, const Plan& plan, InputIdentity identity) {
   FingerprintText f;
   f.add(FINGERPRINT_FORMAT).add(plan.adapter).add(direction_name(plan.direction));
   f.add(input.shards.size());
   for (const Shard& shard : input.shards)
-    add_identity(f, shard);
+    add_identity(f, shard, identity);
   f.add(plan.files.size());
   for (const OutputFile& file : plan.files) {
     f.add(file.name).add(file.header).add(file.data_size).add(file.tensors.size());
@@ -132,9 +135,7 @@ AdoptedStaging adopt_staging(Io& io, const fs::path& output, const std::string& 
   return adopted;
 }
 
-namespace {
-
-} // namespace
+namespace {} // namespace
 
 bool keeps_file(const fs::path& path, const OutputFile& file) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);

@@ -21,9 +21,19 @@
 
 namespace shardshift {
 
+/// How the input files' identity enters a fingerprint: `local` for runs on one machine (size,
+/// modification and change times, inode and device); `shared` for the ranks of a job, which may
+/// run on several nodes of a shared filesystem (NFS, Lustre), where the device number is each
+/// client's own (and the inode not promised alike): size and the two times, which the server
+/// keeps.
+enum class InputIdentity { local, shared };
+
 /// 64 hex digits: equal for two runs only when they would write the same bytes from the same
-/// input files (unchanged since: same size, modification time and inode).
-std::string plan_fingerprint(const Checkpoint& input, const Plan& plan);
+/// input files (unchanged since, as `identity` tells it). The change time is part of it because a
+/// copy tool can put a file's modification time back after rewriting it (touch -r, cp -p onto
+/// the file), never its change time.
+std::string plan_fingerprint(const Checkpoint& input, const Plan& plan,
+                             InputIdentity identity = InputIdentity::local);
 
 /// The fingerprint file's text: a format line, then the fingerprint.
 std::string fingerprint_file_text(const std::string& fingerprint);
@@ -43,8 +53,7 @@ struct AdoptedStaging {
 /// process is gone, whose lock is free and whose fingerprint is `fingerprint`; locks it and
 /// renames it to `staging`. Returns lock -1 when there is none.
 AdoptedStaging adopt_staging(Io& io, const std::filesystem::path& output,
-                             const std::string& fingerprint,
-                             const std::filesystem::path& staging);
+                             const std::string& fingerprint, const std::filesystem::path& staging);
 
 /// What a resumed staging directory already holds: finished[i] for plan.files[i] when the file
 /// is there under its final name as a regular file with the plan's size and header. Temporary

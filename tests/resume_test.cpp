@@ -4,12 +4,14 @@
 // the rest, and the output is byte-identical to an uninterrupted run. Without resume, or when the
 // plan differs (other flags, an input file changed), the leftover is removed, never used.
 #include "convert_harness.h"
-
 #include "resume.h"
 #include "staging.h"
 
-#include <sys/stat.h>
+#include <chrono>
 #include <fcntl.h>
+#include <fstream>
+#include <sys/stat.h>
+#include <thread>
 
 namespace shardshift::testing {
 namespace {
@@ -96,7 +98,9 @@ TEST_F(Resume, AFailedRunIsContinuedAndGivesTheSameBytes) {
 
   std::vector<std::string> notes;
   ConvertCallbacks cb;
-  cb.warnings = [&](const std::vector<std::string>& w) { notes.insert(notes.end(), w.begin(), w.end()); };
+  cb.warnings = [&](const std::vector<std::string>& w) {
+    notes.insert(notes.end(), w.begin(), w.end());
+  };
   ConvertOptions o = with([](ConvertOptions& o) { o.resume = true; });
   o.input = tmp / "hf";
   o.output = tmp / "out";
@@ -142,7 +146,9 @@ TEST_F(Resume, WithoutResumeTheLeftoverIsRemovedNotUsed) {
   fail_at(3);
   std::vector<std::string> notes;
   ConvertCallbacks cb;
-  cb.warnings = [&](const std::vector<std::string>& w) { notes.insert(notes.end(), w.begin(), w.end()); };
+  cb.warnings = [&](const std::vector<std::string>& w) {
+    notes.insert(notes.end(), w.begin(), w.end());
+  };
   ConvertOptions o = with({});
   o.input = tmp / "hf";
   o.output = tmp / "out";
@@ -164,7 +170,8 @@ TEST_F(Resume, ADifferentPlanOrAChangedInputIsNeverResumed) {
   };
   const Case cases[] = {
       {"another --dtype", [](ConvertOptions& o) { o.plan.expert_dtype = DType::F32; }, false},
-      {"another --max-shard-size", [](ConvertOptions& o) { o.plan.max_shard_size = 300'000; }, false},
+      {"another --max-shard-size", [](ConvertOptions& o) { o.plan.max_shard_size = 300'000; },
+       false},
       {"an input shard modified since", nullptr, true},
   };
   for (const Case& c : cases) {
@@ -191,7 +198,8 @@ TEST_F(Resume, ADifferentPlanOrAChangedInputIsNeverResumed) {
     ASSERT_TRUE(run(tmp / "hf", tmp / "ref2", with([&](ConvertOptions& o) {
                       if (c.flags)
                         c.flags(o);
-                    })).ok());
+                    }))
+                    .ok());
     EXPECT_EQ(files_of(tmp / "out"), files_of(tmp / "ref2"));
     EXPECT_TRUE(staging_dirs(tmp / "out").empty());
   }
@@ -218,9 +226,43 @@ TEST_F(Resume, TheFingerprintFollowsThePlanAndTheInputFiles) {
   EXPECT_EQ(plan_fingerprint(*input, *plan3), base);
 }
 
+// A shard rewritten in place with its modification time put back (touch -r, cp -p onto it) is
+// another input: its change time moved, and with it both kinds of fingerprint.
+TEST_F(Resume, AShardRewrittenWithItsTimePutBackIsAnotherInput) {
+  const fs::path shard = tmp / "hf" / "part-0.safetensors";
+  ASSERT_TRUE(fs::exists(shard));
+  auto fingerprints = [&] {
+    auto input = Checkpoint::open(tmp / "hf");
+    EXPECT_TRUE(input.ok());
+    auto plan = make_plan(*input, plan_options);
+    EXPECT_TRUE(plan.ok());
+    return std::pair{plan_fingerprint(*input, *plan, InputIdentity::local),
+                     plan_fingerprint(*input, *plan, InputIdentity::shared)};
+  };
+  const auto before = fingerprints();
+  struct stat st {};
+  ASSERT_EQ(::stat(shard.c_str(), &st), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20)); // a later change time
+  std::string bytes = read_bytes(shard);
+  bytes.back() ^= 0x55; // a byte of tensor data
+  {
+    std::ofstream out(shard, std::ios::binary | std::ios::in | std::ios::out);
+    out.seekp(static_cast<std::streamoff>(bytes.size() - 1));
+    out.put(bytes.back());
+  }
+  const timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, shard.c_str(), times, 0), 0);
+  struct stat after_st {};
+  ASSERT_EQ(::stat(shard.c_str(), &after_st), 0);
+  ASSERT_EQ(after_st.st_mtim.tv_nsec, st.st_mtim.tv_nsec) << "the time was put back";
+  const auto after = fingerprints();
+  EXPECT_NE(after.first, before.first);
+  EXPECT_NE(after.second, before.second);
+  EXPECT_NE(before.first, before.second); // the two identities are told apart
+}
+
 TEST_F(Resume, TheFingerprintCoversEveryPieceOfAStackedTensor) {
-  reference::write_checkpoint(tmp / "qwen", reference::tiny_qwen3(rng, 1, 3, 4, 2), 2,
-                              "qwen3_moe");
+  reference::write_checkpoint(tmp / "qwen", reference::tiny_qwen3(rng, 1, 3, 4, 2), 2, "qwen3_moe");
   auto input = Checkpoint::open(tmp / "qwen");
   ASSERT_TRUE(input.ok()) << input.status().message();
   auto plan = make_plan(*input, PlanOptions{});
