@@ -233,8 +233,15 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
                     output.string() + ": cannot move the old output aside: " + errno_text(errno));
   }
   if (io.rename(staging.c_str(), output.c_str()) != 0) {
-    Status s(Errc::io, output.string() +
-                           ": cannot rename the finished output into place: " + errno_text(errno));
+    const int err = errno;
+    // OUT was free when the run began (check_output): another process made it meanwhile.
+    Status s(Errc::io, err == ENOTEMPTY || err == EEXIST
+                           ? output.string() + ": another process created it while this run "
+                                               "worked, so this output was not put in its place; "
+                                               "check what is there, then run again with --force "
+                                               "to replace it"
+                           : output.string() + ": cannot rename the finished output into place: " +
+                                 errno_text(err));
     if (!old.empty())
       io.rename(old.c_str(), output.c_str());
     return s;

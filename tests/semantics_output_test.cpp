@@ -414,6 +414,37 @@ TEST_F(SemanticsRules, OldOutputIsPutBackWhenTheFinalRenameFails) {
   EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"hf", "hf2", "n"}));
 }
 
+// Another process makes OUT just before the final rename (a second conversion into it).
+class AnotherProcessMakesOut final : public ForwardingIo {
+public:
+  AnotherProcessMakesOut(Io& base, fs::path output)
+      : ForwardingIo(base), output_(std::move(output)) {}
+  int rename(const char* from, const char* to) override {
+    if (fs::path(to) == output_ &&
+        std::string_view(from).find("shardshift-tmp") != std::string::npos) {
+      fs::create_directory(output_);
+      testing::write_bytes(output_ / "theirs", "x");
+    }
+    return ForwardingIo::rename(from, to);
+  }
+
+private:
+  fs::path output_;
+};
+
+TEST_F(SemanticsRules, AnOutMadeMeanwhileByAnotherProcessIsNamedAndKept) {
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 1, 2, 4, 2), 1, "diffusion_gemma");
+  AnotherProcessMakesOut io(Io::system(), tmp / "n");
+  auto r = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) { o.io = &io; }));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find((tmp / "n").string() +
+                                      ": another process created it while this run worked"),
+            std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(testing::list_dir(tmp / "n"), std::vector<std::string>{"theirs"}); // theirs, kept
+  EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"hf", "n"}));
+}
+
 // --- 12.2: names with a line break
 // ----------------------------------------------------------------
 
