@@ -10,6 +10,7 @@
 //   ranks > 0    wait for the outcome: OUT is the staging directory (same device and inode, since
 //                a rename keeps them) holding its marker, or a failure.
 #include "coordinator.h"
+
 #include "outputs.h"
 #include "staging.h"
 

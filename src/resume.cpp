@@ -135,8 +135,6 @@ AdoptedStaging adopt_staging(Io& io, const fs::path& output, const std::string& 
   return adopted;
 }
 
-namespace {} // namespace
-
 bool keeps_file(const fs::path& path, const OutputFile& file) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0)

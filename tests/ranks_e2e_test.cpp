@@ -7,6 +7,7 @@
 // under OUT; ranks given different world sizes are refused; the expert-parallel export of 4 ranks
 // in one command equals four single-rank conversions.
 #include "coordinator.h"
+
 #include "test_support.h"
 
 #include <algorithm>

@@ -4,6 +4,7 @@
 // the rest, and the output is byte-identical to an uninterrupted run. Without resume, or when the
 // plan differs (other flags, an input file changed), the leftover is removed, never used.
 #include "convert_harness.h"
+
 #include "resume.h"
 #include "staging.h"
 
