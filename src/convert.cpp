@@ -76,6 +76,21 @@ ConvertSummary summarize(const Plan& plan, const UploadResult& delivered, const 
   return sum;
 }
 
+// A stream to stdout that failed: whoever reads it must know that what it got is not a whole
+// file, whatever the cause (a reader that went away needs no telling).
+Status stream_failure(const Status& cause, uint64_t bytes_out, bool tar) {
+  const std::string what = std::to_string(bytes_out) +
+                           " bytes had been written to stdout; what read them holds an "
+                           "incomplete " +
+                           (tar ? "archive (without its end-of-archive blocks)" : "file") +
+                           " and must discard it";
+  if (cause.code() == Errc::interrupted)
+    return Status(Errc::interrupted, "interrupted after " + what);
+  if (bytes_out > 0 && cause.code() != Errc::broken_pipe)
+    return Status(cause.code(), cause.message() + "\n" + what);
+  return cause;
+}
+
 } // namespace
 
 Result<int> parse_device(std::string_view device) {
@@ -165,20 +180,9 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
           ? write_directory_as_rank(options, input, plan, engine->config, io, profiler, *rank,
                                     callbacks.warnings)
           : write_directory(options, input, plan, engine->config, io, profiler, callbacks.warnings);
-  if (!moved && is_stream(options)) {
-    // Whoever reads stdout must know that what it got is not a whole file, whatever the cause.
-    const std::string what = std::to_string(to_stdout.count()) +
-                             " bytes had been written to stdout; what read them holds an "
-                             "incomplete " +
-                             (tar ? "archive (without its end-of-archive blocks)" : "file") +
-                             " and must discard it";
-    if (moved.status().code() == Errc::interrupted)
-      return Status(Errc::interrupted, "interrupted after " + what);
-    if (to_stdout.count() > 0 && moved.status().code() != Errc::broken_pipe)
-      return Status(moved.status().code(), moved.status().message() + "\n" + what);
-  }
   if (!moved)
-    return moved.status();
+    return is_stream(options) ? stream_failure(moved.status(), to_stdout.count(), tar)
+                              : moved.status();
   if (is_stream(options) && !tar)
     files = 1;
   ConvertSummary summary = summarize(plan, *moved, *engine, tensors, files, profiler);
