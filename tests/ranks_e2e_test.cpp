@@ -72,6 +72,16 @@ protected:
     ASSERT_GE(list_dir(tmp / "ref").size(), 8u); // several shards for several ranks
   }
   static constexpr const char* FLAGS = "--max-shard-size 2MB --checksums -j 1 -q";
+  // Starts rank `r` of a job of `world` processes started by hand (--rank/--world-size),
+  // converting hf into out, its stdout and stderr in log<r>.
+  pid_t spawn_rank(unsigned r, unsigned world, const char* job_timeout,
+                   const char* max_shard_size = "2MB") {
+    return testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
+                                      "--max-shard-size", max_shard_size, "-j", "1", "--rank",
+                                      std::to_string(r), "--world-size", std::to_string(world),
+                                      "--job-timeout", job_timeout},
+                                     tmp / ("log" + std::to_string(r)));
+  }
   testing::TempDir tmp;
 };
 
@@ -259,10 +269,7 @@ TEST_F(Ranks, WithTorchrunsVariablesTheRanksCoordinateThroughMarkerFiles) {
 TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {
   std::vector<pid_t> pids;
   for (unsigned r = 0; r < 3; ++r)
-    pids.push_back(testing::spawn_shardshift(
-        {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
-         "1", "--rank", std::to_string(r), "--world-size", "3", "--job-timeout", "2"},
-        tmp / ("log" + std::to_string(r))));
+    pids.push_back(spawn_rank(r, 3, "2"));
   ASSERT_TRUE(std::all_of(pids.begin(), pids.end(), [](pid_t p) { return p > 0; }));
   // Once the job's staging directory exists, rank 2 dies without a word.
   for (int i = 0; i < 5000; ++i) {
@@ -295,10 +302,7 @@ TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {
 TEST_F(Ranks, ARankZeroThatDiesWhileCommittingFailsTheOthersWithinTheTimeout) {
   std::vector<pid_t> pids;
   for (unsigned r = 1; r < 3; ++r)
-    pids.push_back(testing::spawn_shardshift(
-        {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
-         "1", "--rank", std::to_string(r), "--world-size", "3", "--job-timeout", "2"},
-        tmp / ("log" + std::to_string(r))));
+    pids.push_back(spawn_rank(r, 3, "2"));
   ASSERT_TRUE(std::all_of(pids.begin(), pids.end(), [](pid_t p) { return p > 0; }));
   auto staging = [&]() -> std::optional<fs::path> {
     for (const std::string& name : entries(tmp.path()))
@@ -347,10 +351,7 @@ TEST_F(Ranks, ARankZeroThatDiesWhileCommittingFailsTheOthersWithinTheTimeout) {
 TEST_F(Ranks, TemporaryFilesOfAKilledJobDoNotReachTheOutput) {
   std::vector<pid_t> pids;
   for (unsigned r = 0; r < 2; ++r)
-    pids.push_back(testing::spawn_shardshift(
-        {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
-         "1", "--rank", std::to_string(r), "--world-size", "2", "--job-timeout", "5"},
-        tmp / ("log" + std::to_string(r))));
+    pids.push_back(spawn_rank(r, 2, "5"));
   ASSERT_TRUE(std::all_of(pids.begin(), pids.end(), [](pid_t p) { return p > 0; }));
   bool planted = false;
   for (int i = 0; i < 20'000 && !planted; ++i) {
@@ -381,11 +382,7 @@ TEST_F(Ranks, TemporaryFilesOfAKilledJobDoNotReachTheOutput) {
 TEST_F(Ranks, RanksGivenDifferentFlagsAreToldSoAndLeaveNothing) {
   std::vector<pid_t> pids;
   for (unsigned r = 0; r < 2; ++r)
-    pids.push_back(
-        testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
-                                   "--max-shard-size", r == 0 ? "2MB" : "3MB", "-j", "1", "--rank",
-                                   std::to_string(r), "--world-size", "2", "--job-timeout", "3"},
-                                  tmp / ("log" + std::to_string(r))));
+    pids.push_back(spawn_rank(r, 2, "3", r == 0 ? "2MB" : "3MB"));
   ASSERT_TRUE(std::all_of(pids.begin(), pids.end(), [](pid_t p) { return p > 0; }));
   for (unsigned r = 0; r < 2; ++r) {
     const int status = wait_status(pids[r]);
@@ -403,14 +400,8 @@ TEST_F(Ranks, RanksGivenDifferentFlagsAreToldSoAndLeaveNothing) {
 }
 
 TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
-  const pid_t one = testing::spawn_shardshift(
-      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
-       "1", "--rank", "1", "--world-size", "3", "--job-timeout", "3"},
-      tmp / "log1");
-  const pid_t zero = testing::spawn_shardshift(
-      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
-       "1", "--rank", "0", "--world-size", "2", "--job-timeout", "3"},
-      tmp / "log0");
+  const pid_t one = spawn_rank(1, 3, "3");
+  const pid_t zero = spawn_rank(0, 2, "3");
   const int s0 = wait_status(zero), s1 = wait_status(one);
   const std::string log0 = read_bytes(tmp / "log0");
   EXPECT_TRUE(WIFEXITED(s0) && WEXITSTATUS(s0) == 1) << log0;
