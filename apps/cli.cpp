@@ -168,9 +168,11 @@ void add_common_flags(FlagGroup& group, const std::string& quiet_meaning,
   if (!json_result.empty())
     group.flags.add_options()("json", ("Print the result as one JSON object on stdout, and nothing "
                                        "else there: " +
-                                       json_result)
+                                       json_result + " Example: --json | python3 -m json.tool")
                                           .c_str());
-  group.flags.add_options()("quiet,q", quiet_meaning.c_str())("help,h", "Show this help and exit.");
+  group.flags.add_options()(
+      "quiet,q", (quiet_meaning + " Example: -q, in a script that reads the exit status").c_str())(
+      "help,h", "Show this help and exit.");
 }
 
 std::string wrap_text(std::string_view text, unsigned indent, unsigned width) {

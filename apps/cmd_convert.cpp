@@ -300,7 +300,8 @@ int cmd_plan(int argc, char** argv) {
   report.flags.add_options()(
       "print-size", "Print only 'SIZE<TAB>NAME' for every file OUT will hold: the shards, "
                     "the index and the side files, each with its exact size in bytes, e.g. "
-                    "for an upload tool that wants sizes ahead of time.");
+                    "for an upload tool that wants sizes ahead of time. Example: plan hf native "
+                    "--print-size | sort -n | tail -1");
   add_common_flags(report,
                    "Print nothing on stdout (unless --json or --print-size): only check that IN "
                    "can be converted, and let the exit status say so.",
@@ -404,8 +405,9 @@ void add_convert_flags(ConvertFlags& f) {
                     "4 threads, or on a CPU without SIMD kernels; else the CPU), cpu, "
                     "cuda (GPU 0, beside the CPU, which starts while the GPU opens) or cuda:N (GPU "
                     "number N); the bytes are the same on every device; the summary says how "
-                    "much the GPU did. Example: --device cuda:1")("force",
-                                                                  "Replace OUT if it exists.")(
+                    "much the GPU did. Example: --device cuda:1")(
+      "force", "Replace OUT if it exists. Example: "
+               "convert hf native --force")(
       "resume", "Continue a run into the same OUT that was killed, interrupted or failed: its "
                 "finished files are kept (when the same input files and flags give the same "
                 "plan) and only the rest is converted; if this run fails too, what "
@@ -416,7 +418,8 @@ void add_convert_flags(ConvertFlags& f) {
       "converts its share of the output files, rank 0 commits); needs --world-size. Without "
       "them, taken from the launcher: mpirun (Open MPI), PMI (MPICH), torchrun, srun. Example: "
       "--rank 0 --world-size 4")("world-size", po::value<unsigned>()->value_name("N"),
-                                 "The number of processes of the job (see --rank).")(
+                                 "The number of processes of the job (see --rank). Example: "
+                                 "--rank 3 --world-size 4")(
       "job-timeout", po::value<unsigned>()->default_value(120)->value_name("SECONDS"),
       "In a job of several processes: a rank silent this long (no heartbeat in the shared "
       "staging directory) is taken for dead and the job fails. Under mpirun (coordinated "
@@ -428,7 +431,8 @@ void add_convert_flags(ConvertFlags& f) {
       "'{rank}' in OUT is replaced by the rank. Example: mpirun -np 4 shardshift convert hf "
       "'ep-{rank}' --ep-from-launcher")(
       "no-sync", "Skip fsync: faster, and still never a partial file under a final name, but "
-                 "a power loss can lose what the page cache had not yet written (as with cp).")(
+                 "a power loss can lose what the page cache had not yet written (as with cp). "
+                 "Example: convert hf /dev/shm/native --no-sync")(
       "only", po::value<std::string>()->value_name("NAME"),
       "With OUT '-': stream only the output file NAME (a shard, the index or a side file) to "
       "stdout, e.g. into an upload tool. Not needed when the output is a single file. "
@@ -448,10 +452,12 @@ void add_convert_flags(ConvertFlags& f) {
       "With --pipe-to (only): commands running at once. Example: --uploads 8")(
       "checksums", "Compute the SHA-256 of every output file while it is written (no second "
                    "read) and write them as SHA256SUMS (sha256sum -c format) beside the output, "
-                   "or deliver it before the index with --pipe-to; also in --json.");
+                   "or deliver it before the index with --pipe-to; also in --json. Example: "
+                   "convert hf native --checksums && (cd native && sha256sum -c SHA256SUMS)");
   report.flags.add_options()("stats",
                              "Print a table of the pipeline stages on stderr: count, bytes, "
-                             "busy time, share, rate, p50 and p99 per stage.")(
+                             "busy time, share, rate, p50 and p99 per stage. Example: convert hf "
+                             "native --stats")(
       "trace", po::value<std::string>()->value_name("FILE"),
       "Write a Chrome trace of every stage to FILE, gzip-compressed when FILE ends in .gz; "
       "open it in https://ui.perfetto.dev or chrome://tracing. Checked before any work: not an "

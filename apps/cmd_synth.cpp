@@ -86,18 +86,21 @@ void add_synth_flags(SynthFlags& f) {
       "151936; deepseek_v3: 7168, 2048, 256, 129280). Every size must stay at least 1. Example: "
       "--scale 8")(
       "scale-hidden", optional_into(f.scale_hidden),
-      "Divisor for the hidden, attention, dense-MLP and vision sizes instead of --scale.")(
+      "Divisor for the hidden, attention, dense-MLP and vision sizes instead of --scale. "
+      "Example: --scale-hidden 4 --scale-experts 1")(
       "scale-intermediate", optional_into(f.scale_intermediate),
-      "Divisor for the expert intermediate size. Default: --scale-hidden.")(
+      "Divisor for the expert intermediate size. Default: --scale-hidden. Example: "
+      "--scale-intermediate 2")(
       "scale-experts", optional_into(f.scale_experts),
       "Divisor for the number of experts instead of --scale. Example: --scale-experts 4")(
       "scale-vocab", optional_into(f.scale_vocab),
-      "Divisor for the vocabulary size instead of --scale.")(
+      "Divisor for the vocabulary size instead of --scale. Example: --scale-vocab 64")(
       "max-shard-size", po::value(&f.max_shard_size)->default_value("5GB")->value_name("SIZE"),
       (std::string("Largest shard; a tensor larger than SIZE gets a shard of its own. ") +
        SIZE_SYNTAX + " Example: --max-shard-size 64MiB")
           .c_str())("force", "Write into an existing non-empty OUT: its *.safetensors files, "
-                             "index and config.json are removed first (other files are kept).");
+                             "index and config.json are removed first (other files are kept). "
+                             "Example: synth demo --force");
   add_common_flags(f.group, "No progress line and no summary on stderr.",
                    "the output directory, model, tensor count, bytes, shard count and seconds.");
 }

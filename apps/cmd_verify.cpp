@@ -55,7 +55,8 @@ struct VerifyFlags {
 void add_verify_flags(VerifyFlags& f) {
   f.run.flags.add_options()(
       "quick", "Compare only the files, their sizes, the shards' headers and the index: no "
-               "tensor data is read, so a damaged tensor is not found; SHA256SUMS is not checked.")(
+               "tensor data is read, so a damaged tensor is not found; SHA256SUMS is not checked. "
+               "Example: verify hf native --quick")(
       "jobs,j", po::value<unsigned>()->default_value(0)->value_name("N"),
       "Worker threads; 0 uses every core. Example: -j 8")(
       "writers", po::value<unsigned>()->default_value(0)->value_name("N"),

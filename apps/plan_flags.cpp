@@ -52,17 +52,19 @@ FlagGroup output_flags() {
       "to_hf: drop output keys that REGEX matches at their start (like Python's re.match); an "
       "empty REGEX keeps every key. Example: --exclude ''")(
       "no-tied-head", "from_hf diffusion_gemma: do not write lm_head.weight as a copy of the "
-                      "embedding.")(
+                      "embedding. Example: convert hf native --no-tied-head")(
       "ep-size", po::value<unsigned>()->default_value(1)->value_name("N"),
       "from_hf: expert-parallel world size; only this rank's experts are written. Example: "
       "--ep-size 4 --ep-rank 1")("ep-rank",
                                  po::value<unsigned>()->default_value(0)->value_name("N"),
-                                 "from_hf: expert-parallel rank, counted from 0.")(
+                                 "from_hf: expert-parallel rank, counted from 0. Example: "
+                                 "--ep-size 8 --ep-rank 7 (the last of 8)")(
       "ep-shard-size", po::value<unsigned>()->default_value(1)->value_name("N"),
       "from_hf: also cut axis 1 of each expert tensor into N equal parts. Example: "
       "--ep-shard-size 2 --ep-shard-rank 0")(
       "ep-shard-rank", po::value<unsigned>()->default_value(0)->value_name("N"),
-      "from_hf: which of those parts, counted from 0.")(
+      "from_hf: which of those parts, counted from 0. Example: --ep-shard-size 2 "
+      "--ep-shard-rank 1")(
       "base", po::value<std::string>()->value_name("HF_DIR"),
       "to_hf: the original Hugging Face checkpoint IN was converted from; every tensor that "
       "from_hf dropped from it (diffusion_gemma: model.encoder.*, the vision tower) is copied "
@@ -75,9 +77,9 @@ FlagGroup output_flags() {
       "with --dtype keep (the default). Example: convert nemo hf-fp8 --direction to_hf --quantize "
       "fp8")("no-side-files",
              "Do not copy config.json, the tokenizer files and the other files of the "
-             "input directory.")(
+             "input directory. Example: convert hf native --no-side-files")(
       "no-align", "Do not pad headers to keep copied tensors page-aligned (this disables "
-                  "reflink sharing of their bytes).");
+                  "reflink sharing of their bytes). Example: convert hf native --no-align");
   return d;
 }
 

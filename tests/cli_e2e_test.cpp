@@ -43,6 +43,23 @@ std::vector<std::string> listed_flags(const std::string& help) {
   return flags;
 }
 
+// Each listed flag with its description: the lines from the flag's own line to the next flag's.
+std::vector<std::pair<std::string, std::string>> flag_descriptions(const std::string& help) {
+  std::vector<std::pair<std::string, std::string>> found;
+  for (const std::string& line : lines_of(help)) {
+    if (line == "Examples:")
+      break;
+    auto flag = listed_flags(line + "\n");
+    if (!flag.empty())
+      found.emplace_back(flag.front(), "");
+    else if (line.empty() || line[0] != ' ')
+      continue; // a section heading ends nothing and adds nothing
+    if (!found.empty())
+      found.back().second += line + "\n";
+  }
+  return found;
+}
+
 TEST(CliHelp, FitsEightyColumnsAndExplainsEveryFlag) {
   // Boost prints at 80 columns by default, and a line that fills all 80 is where a word would
   // be cut; every line of every help stays shorter.
@@ -68,6 +85,12 @@ TEST(CliHelp, FitsEightyColumnsAndExplainsEveryFlag) {
     EXPECT_GE(flags.size(), 3u) << r.out;
     for (const std::string& flag : flags)
       EXPECT_EQ(std::count(flags.begin(), flags.end(), flag), 1) << flag << " listed twice";
+    // ... and an example of its use, but --help.
+    auto described = flag_descriptions(r.out);
+    EXPECT_EQ(described.size(), flags.size());
+    for (const auto& [flag, text] : described)
+      if (flag != "--help")
+        EXPECT_NE(text.find("Example"), std::string::npos) << flag << " has no example:\n" << text;
     // -h/--help is accepted the same way, and so is `shardshift help COMMAND`.
     EXPECT_EQ(run_shardshift(std::string(command) + " -h").out, r.out);
     EXPECT_EQ(run_shardshift(std::string("help ") + command).out, r.out);
