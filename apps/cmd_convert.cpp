@@ -559,6 +559,12 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
       if (line.due())
         line.draw(progress_text(p));
     };
+  if (!vm["job-timeout"].defaulted())
+    if (auto rank = detect_rank(o.rank, o.world_size, environment()); rank && rank->world == 1)
+      print_warnings({"--job-timeout has no effect: this run is one process, not one of a job's "
+                      "ranks (no --world-size above 1, and no launcher's variables: mpirun, "
+                      "srun, torchrun)"},
+                     quiet);
   Profiler profiler(o.trace);
   auto result = convert(o, cb, &profiler);
   line.clear();

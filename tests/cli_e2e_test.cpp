@@ -160,6 +160,19 @@ TEST_F(CliCheckpoint, WholeNumberFlagsTakeDigitsAlone) {
       << zero.err;
 }
 
+// --job-timeout outside a job of several processes changes nothing, and the user is told so.
+TEST_F(CliCheckpoint, JobTimeoutOutsideAJobIsNamedUseless) {
+  const std::string in = shell_quoted(tmp / "hf"), out = shell_quoted(tmp / "out");
+  auto alone = run_shardshift("convert " + in + " " + out + " --job-timeout 60");
+  EXPECT_EQ(alone.exit_code, 0) << alone.err;
+  EXPECT_NE(alone.err.find("warning: --job-timeout has no effect: this run is one process"),
+            std::string::npos)
+      << alone.err;
+  auto plain = run_shardshift("convert " + in + " " + out + " --force");
+  EXPECT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(plain.err.find("--job-timeout"), std::string::npos) << plain.err;
+}
+
 // An empty argument (an unset shell variable) is named, not taken for the current directory.
 TEST_F(CliCheckpoint, EmptyPathsAreNamed) {
   const std::string in = shell_quoted(tmp / "hf");
