@@ -117,6 +117,14 @@ Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) 
 
 Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallbacks& callbacks,
                                Profiler* external_profiler) {
+  // "out/" (a shell's completion) names the directory "out": without its trailing separators,
+  // the parent of the output and the name of its staging directory come out right.
+  if (const std::string out = options.output.string(); out.size() > 1 && out.back() == '/') {
+    ConvertOptions same = options;
+    const size_t end = out.find_last_not_of('/');
+    same.output = end == std::string::npos ? std::string("/") : out.substr(0, end + 1);
+    return convert(same, callbacks, external_profiler);
+  }
   // Files a stopped run removed but still holds (discard.h) are let go however it ends.
   struct ReleaseDiscarded {
     ~ReleaseDiscarded() { release_discarded(); }
