@@ -71,8 +71,9 @@ void add_verify_flags(VerifyFlags& f) {
   add_common_flags(f.report,
                    "Print nothing on stdout and no progress: the exit status says whether OUT "
                    "is identical (errors are still reported).",
-                   "the verdict (\"identical\"), what was compared, every difference (kind, "
-                   "file, detail, offset, tensor) and the SHA256SUMS lines that hold.");
+                   "the verdict (\"identical\": true or false; null with --quick when it "
+                   "found no difference), what was compared, every difference (kind, file, "
+                   "detail, offset, tensor) and the SHA256SUMS lines that hold.");
 }
 
 Result<VerifyOptions> verify_options(const po::variables_map& vm) {
@@ -128,7 +129,14 @@ std::string verdict(const VerifySummary& s) {
 
 std::string summary_json(const VerifySummary& s) {
   JsonWriter w;
-  w.begin_object().key("identical").value(s.identical()).key("quick").value(s.quick);
+  // --quick compared no tensor data: it cannot say "identical", only find a difference. Its
+  // "identical" is null then, which a script testing it (jq -e .identical) does not take for yes.
+  w.begin_object().key("identical");
+  if (s.quick && s.identical())
+    w.null();
+  else
+    w.value(s.identical());
+  w.key("quick").value(s.quick);
   w.key("adapter").value(s.adapter).key("direction").value(direction_name(s.direction));
   w.key("device").value(s.device).key("files").value(s.files).key("bytes").value(s.bytes);
   w.key("compared_bytes").value(s.compared_bytes);

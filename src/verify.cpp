@@ -18,6 +18,7 @@
 #include <map>
 #include <numeric>
 #include <set>
+#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 
@@ -99,11 +100,17 @@ Result<std::optional<uint64_t>> first_difference(const fs::path& path, std::stri
   return differs;
 }
 
-// SHA-256 of a file of OUT, read in blocks.
+// SHA-256 of a regular file of OUT, read in blocks. Anything else is refused without reading:
+// opening a FIFO would wait for a writer, and a device may never end.
 Result<std::string> hash_file(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     return read_error(path, errno);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status(Errc::io, path.string() + ": is not a regular file");
+  }
   std::vector<std::byte> block(READ_BLOCK);
   Sha256 sha;
   for (;;) {
@@ -338,6 +345,7 @@ Status check_checksum_file(const fs::path& out, const KnownDigests& known, Verif
   if (!in)
     return read_error(path, errno);
   std::string line;
+  uint64_t checked = 0; // lines of the checksum format
   for (uint64_t number = 1; std::getline(in, line); ++number) {
     if (line.ends_with('\r')) // written on Windows; sha256sum -c takes it too
       line.pop_back();
@@ -347,6 +355,10 @@ Status check_checksum_file(const fs::path& out, const KnownDigests& known, Verif
       summary->differences.push_back(difference(Kind::checksum, CHECKSUMS_FILE_NAME,
                                                 "line " + std::to_string(number) + ": " + what));
     };
+    // A line that starts with a backslash has its name escaped (sha256sums_text).
+    const bool escaped = line.starts_with('\\');
+    if (escaped)
+      line.erase(0, 1);
     // "<64 hex digits> <' ' or '*'><name>", the GNU coreutils format.
     const bool hex = line.size() > 66 && line.find_first_not_of("0123456789abcdefABCDEF") == 64 &&
                      line[64] == ' ' && (line[65] == ' ' || line[65] == '*');
@@ -357,7 +369,14 @@ Status check_checksum_file(const fs::path& out, const KnownDigests& known, Verif
     std::string digest = line.substr(0, 64);
     std::transform(digest.begin(), digest.end(), digest.begin(),
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    const std::string name = line.substr(66);
+    std::optional<std::string> unescaped =
+        escaped ? sha256sums_unescape(std::string_view(line).substr(66)) : line.substr(66);
+    if (!unescaped) {
+      problem("an escape other than \\\\, \\n or \\r in the file name");
+      continue;
+    }
+    ++checked;
+    const std::string& name = *unescaped;
     const fs::path rel = fs::path(name).lexically_normal();
     if (rel.is_absolute() || rel.empty() || *rel.begin() == "..") {
       problem("'" + printable(name) + "' is not a file of OUT");
@@ -381,6 +400,9 @@ Status check_checksum_file(const fs::path& out, const KnownDigests& known, Verif
   }
   if (in.bad())
     return read_error(path, errno);
+  if (checked == 0) // as sha256sum -c, which fails such a file
+    summary->differences.push_back(
+        difference(Kind::checksum, CHECKSUMS_FILE_NAME, "no checksum lines ('<sha256>  <file>')"));
   return {};
 }
 
@@ -437,7 +459,11 @@ Result<VerifySummary> verify(const VerifyOptions& options, const VerifyCallbacks
     summary.bytes += e.size;
   }
   std::error_code ec;
-  summary.checksum_file = fs::is_regular_file(fs::status(options.output / CHECKSUMS_FILE_NAME, ec));
+  const fs::file_status sums = fs::status(options.output / CHECKSUMS_FILE_NAME, ec);
+  summary.checksum_file = fs::is_regular_file(sums);
+  if (fs::exists(sums) && !summary.checksum_file) // a directory, a FIFO: nothing checks it
+    summary.differences.push_back(
+        difference(Kind::checksum, CHECKSUMS_FILE_NAME, "is not a regular file"));
 
   // 1. The files: list, sizes, headers and the index.
   if (Status s =

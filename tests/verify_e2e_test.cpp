@@ -101,6 +101,14 @@ TEST_F(VerifyCli, ADamagedTensorIsNamedAndExitsOne) {
   auto quick = verify(std::string(SHARDS) + " --quick");
   EXPECT_EQ(quick.exit_code, 0);
   EXPECT_EQ(quick.out.rfind("identical headers and sizes: ", 0), 0u) << quick.out;
+  // Nor does its --json say "identical": a script reading .identical gets null, not true.
+  auto quick_json = verify(std::string(SHARDS) + " --quick --json");
+  EXPECT_EQ(quick_json.exit_code, 0);
+  simdjson::dom::parser quick_parser;
+  simdjson::dom::element quick_doc;
+  ASSERT_EQ(quick_parser.parse(quick_json.out).get(quick_doc), simdjson::SUCCESS) << quick_json.out;
+  EXPECT_TRUE(quick_doc["identical"].is_null()) << quick_json.out;
+  EXPECT_TRUE(quick_doc["quick"].get_bool().value());
 
   auto json = verify(std::string(SHARDS) + " --json");
   EXPECT_EQ(json.exit_code, 1);

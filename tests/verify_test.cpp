@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 
 namespace shardshift {
@@ -302,6 +304,60 @@ TEST_F(VerifyTest, AWrongChecksumLineFailsLikeSha256sum) {
   EXPECT_NE(r->differences[0].detail.find(": FAILED (its SHA-256 is "), std::string::npos);
   EXPECT_NE(r->differences[1].detail.find("not a checksum line"), std::string::npos);
   EXPECT_EQ(r->checksums_ok, r->files - 1);
+}
+
+// A side file whose name holds a line feed or a backslash: SHA256SUMS escapes it as sha256sum
+// does, so `sha256sum -c` and verify both pass the output.
+TEST_F(VerifyTest, NamesWithLineBreaksOrBackslashesAreEscapedAsSha256sumDoes) {
+  testing::write_bytes(tmp / "hf" / "new\nline.txt", "x\n");
+  testing::write_bytes(tmp / "hf" / "back\\slash\r.txt", "y");
+  auto converted = run(tmp / "hf", tmp / "out", opts([](ConvertOptions& o) {
+                         o.plan.max_shard_size = SHARD_SIZE;
+                         o.checksums = true;
+                         o.force = true;
+                       }));
+  ASSERT_TRUE(converted.ok()) << converted.status().message();
+  const std::string sums = testing::read_bytes(tmp / "out" / "SHA256SUMS");
+  EXPECT_NE(sums.find("  new\\nline.txt\n"), std::string::npos) << sums;
+  EXPECT_NE(sums.find("  back\\\\slash\\r.txt\n"), std::string::npos) << sums;
+  for (const std::string& line : testing::lines_of(sums))
+    EXPECT_EQ(line[0] == '\\', line.find('\\', 1) != std::string::npos) << line;
+  auto r = check();
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->identical());
+  EXPECT_EQ(r->checksums_ok, r->files);
+  const int rc = std::system(("cd " + testing::shell_quoted(tmp / "out") +
+                              " && sha256sum --quiet -c SHA256SUMS")
+                                 .c_str());
+  EXPECT_EQ(rc, 0) << "sha256sum -c fails on the SHA256SUMS written";
+}
+
+// SHA256SUMS naming a FIFO (or anything but a regular file) is a failed line, not a read that
+// waits for ever; an empty SHA256SUMS, or one that is not a file, fails as with sha256sum -c.
+TEST_F(VerifyTest, AChecksumFileThatChecksNothingOrNamesAFifoFails) {
+  ASSERT_EQ(mkfifo((tmp / "out" / "extra.fifo").c_str(), 0644), 0);
+  std::string sums = testing::read_bytes(tmp / "out" / "SHA256SUMS");
+  testing::write_bytes(tmp / "out" / "SHA256SUMS", sums + std::string(64, '0') + "  extra.fifo\n");
+  auto r = check();
+  ASSERT_TRUE(r.ok());
+  ASSERT_FALSE(r->differences.empty());
+  EXPECT_NE(r->differences.back().detail.find("extra.fifo: FAILED open or read"),
+            std::string::npos)
+      << r->differences.back().text();
+  fs::remove(tmp / "out" / "extra.fifo");
+
+  testing::write_bytes(tmp / "out" / "SHA256SUMS", "");
+  r = check();
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->differences.size(), 1u);
+  EXPECT_EQ(r->differences[0].text(), "SHA256SUMS: no checksum lines ('<sha256>  <file>')");
+
+  fs::remove(tmp / "out" / "SHA256SUMS");
+  fs::create_directory(tmp / "out" / "SHA256SUMS");
+  r = check();
+  ASSERT_TRUE(r.ok());
+  ASSERT_FALSE(r->differences.empty());
+  EXPECT_EQ(r->differences[0].text(), "SHA256SUMS: is not a regular file");
 }
 
 TEST_F(VerifyTest, OtherConversionFlagsGiveDifferences) {
