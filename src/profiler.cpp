@@ -3,6 +3,8 @@
 #include "shardshift/json_text.h"
 #include "shardshift/shard_writer.h"
 
+#include "temp_name.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -180,7 +182,8 @@ private:
 std::filesystem::path trace_temp_path(const std::filesystem::path& path, int attempt) {
   static std::atomic<uint64_t> counter{0};
   return path.parent_path() /
-         ("." + path.filename().string() + ".shardshift-tmp-" + std::to_string(::getpid()) + "-" +
+         ("." + temp_name_stem(path.filename().string()) + ".shardshift-tmp-" +
+          std::to_string(::getpid()) + "-" +
           std::to_string(counter.fetch_add(1)) + "-" + std::to_string(attempt));
 }
 

@@ -11,6 +11,7 @@
 #include "shardshift/mapped_file.h"
 
 #include "discard.h"
+#include "temp_name.h"
 
 #include <algorithm>
 #include <atomic>
@@ -42,7 +43,7 @@ fs::path temp_path_for(const fs::path& final_path) {
   std::snprintf(suffix, sizeof suffix, "-%ld-%016llx", static_cast<long>(::getpid()),
                 static_cast<unsigned long long>(rng() ^ counter.fetch_add(1)));
   std::string name = ".";
-  name += final_path.filename().string();
+  name += temp_name_stem(final_path.filename().string());
   name += TEMP_MARKER;
   name += suffix;
   return final_path.parent_path() / name;

@@ -1,6 +1,8 @@
 // staging.cpp: naming staging directories, and finding and removing those of killed runs.
 #include "staging.h"
 
+#include "temp_name.h"
+
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -16,13 +18,14 @@ namespace fs = std::filesystem;
 fs::path staging_path(const fs::path& output, const char* what) {
   // Beside OUT, so that the final rename stays within one filesystem and is atomic.
   std::random_device rd;
-  return output.parent_path() / ("." + output.filename().string() + ".shardshift-" + what + "-" +
+  return output.parent_path() / ("." + temp_name_stem(output.filename().string()) + ".shardshift-" +
+                                 what + "-" +
                                  std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
 }
 
 std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
   const fs::path output = fs::absolute(out);
-  const std::string prefix = "." + output.filename().string() + ".shardshift-tmp-";
+  const std::string prefix = "." + temp_name_stem(output.filename().string()) + ".shardshift-tmp-";
   std::vector<fs::path> dirs;
   std::error_code ec;
   for (fs::directory_iterator it(output.parent_path(), ec), end; !ec && it != end;

@@ -5,6 +5,7 @@
 
 #include "test_support.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 #include <string>
@@ -191,6 +192,27 @@ TEST_F(CliCheckpoint, AnOutputWithATrailingSlashIsThatDirectory) {
     ++entries;
   }
   EXPECT_EQ(entries, 2u) << "only hf and out: no staging directory or old output is left";
+}
+
+// A name of up to 255 bytes (the longest a filesystem takes), for a side file or for OUT, has
+// temporary names that are valid too: the conversion, its --force and its trace succeed.
+TEST_F(CliCheckpoint, TheLongestNamesConvert) {
+  const std::string side(255, 'b'), out(255, 'o');
+  testing::write_bytes(tmp / "hf" / side, "x\n");
+  const std::string in = shell_quoted(tmp / "hf");
+  for (const char* again : {"", " --force"}) {
+    auto r = run_shardshift("convert " + in + " " + shell_quoted(tmp / out) + again +
+                            " --checksums -q --trace " + shell_quoted(tmp / std::string(255, 't')));
+    ASSERT_EQ(r.exit_code, 0) << again << ": " << r.err;
+  }
+  EXPECT_EQ(testing::read_bytes(tmp / out / side), "x\n");
+  auto check = run_shardshift("verify " + in + " " + shell_quoted(tmp / out) + " -q");
+  EXPECT_EQ(check.exit_code, 0) << check.err;
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(tmp.path()))
+    left.push_back(e.path().filename().string().substr(0, 1));
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"h", "o", "t"})) << "no temporary name is left";
 }
 
 // An empty argument (an unset shell variable) is named, not taken for the current directory.

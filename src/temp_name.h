@@ -1,0 +1,24 @@
+// temp_name.h: the part of a final name that its temporary names (".NAME.shardshift-tmp-PID-N",
+// a file being written, a staging directory, a trace) begin with. A file name may be 255 bytes
+// long (NAME_MAX), and the marker, process id and random part add about 45: a long name keeps
+// only its first bytes, so that the temporary name is still a valid name.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace shardshift {
+
+/// `name`, or its first TEMP_STEM_MAX bytes when it is longer, never cutting a UTF-8 character.
+inline std::string temp_name_stem(std::string_view name) {
+  constexpr size_t TEMP_STEM_MAX = 160;
+  if (name.size() <= TEMP_STEM_MAX)
+    return std::string(name);
+  size_t end = TEMP_STEM_MAX;
+  while (end > 0 && (static_cast<unsigned char>(name[end]) & 0xC0) == 0x80)
+    --end; // name[end] continues a character: cut before its first byte
+  return std::string(name.substr(0, end));
+}
+
+} // namespace shardshift
