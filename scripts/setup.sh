@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake pkg-config libsimdjson-dev libtbb-dev libboost-program-options-dev
           libboost-iostreams-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libpcre2-dev
           xfsprogs help2man file
+          python3 # a test reads a failed tar stream with Python's tarfile (tests/tar_target_test.cpp)
           awscli rclone # the uploaders of the S3 tests (tests/s3)
           openmpi-bin libopenmpi-dev # mpirun and MPI, for jobs of several ranks (src/mpi_coordinator.cpp)
           clang libclang-rt-14-dev) # libFuzzer and clang's sanitizers (scripts/fuzz.sh)

@@ -186,10 +186,19 @@ Status TarTarget::deliver(const std::string& name, std::string_view bytes) {
 void TarTarget::end_incomplete() {
   if (inside_entry_)
     return; // the missing bytes already make it a truncated archive
-  // Its checksum field is zeros, so no tar takes this block for a header, nor for the end.
-  std::string block = "shardshift: this tar stream is incomplete: the conversion failed\n";
+  // A block whose checksum field is zeros: no tar takes it for a header, nor for the end. GNU
+  // tar fails on it. A reader that takes a bad header after the first entry for the archive's
+  // end (Python's tarfile) does not; but a bad header right after an extended header is an
+  // error to every reader, so one comes first, saying why.
+  const std::string why = "shardshift: this tar stream is incomplete: the conversion failed\n";
+  const std::string records = pax_record("comment", why.substr(0, why.size() - 1));
+  std::string out = ustar_block({}, "PaxHeaders/incomplete", records.size(), 'x');
+  out += records;
+  out.append(tar_padding(records.size()), '\0');
+  std::string block = why;
   block.resize(BLOCK, '\0');
-  write(block, "end of a failed stream").ignore();
+  out += block;
+  write(out, "end of a failed stream").ignore();
   inside_entry_ = true;
 }
 
