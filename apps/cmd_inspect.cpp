@@ -3,6 +3,7 @@
 #include "shardshift/checkpoint.h"
 #include "shardshift/dtype.h"
 #include "shardshift/json_text.h"
+#include "shardshift/problems.h"
 #include "shardshift/units.h"
 
 #include "cli.h"
@@ -63,16 +64,18 @@ std::vector<std::string> split_lines(const std::string& text) {
 std::string metadata_text(const Metadata& metadata) {
   std::string s;
   for (const auto& [key, value] : metadata)
-    s += (s.empty() ? "" : ", ") + key + "=" + value;
+    s += (s.empty() ? "" : ", ") + printable(key) + "=" + printable(value);
   return s;
 }
 
+// One line per tensor, whatever its name holds: a line feed or NUL in a name (the format allows
+// them) is printed escaped, as in the problems' messages.
 std::string listing_text(const Checkpoint& ckpt) {
   // ckpt.tensors is a std::map, so iteration is already sorted by name.
   size_t name_width = 4, dtype_width = 5, shape_width = 5, bytes_width = 5;
   for (const auto& [name, ref] : ckpt.tensors) {
     const TensorInfo& t = ckpt.info(ref);
-    name_width = std::max(name_width, name.size());
+    name_width = std::max(name_width, printable(name).size());
     dtype_width = std::max(dtype_width, dtype_name(t.dtype).size());
     shape_width = std::max(shape_width, shape_text(t.shape).size());
     bytes_width = std::max(bytes_width, std::to_string(t.size()).size());
@@ -87,10 +90,11 @@ std::string listing_text(const Checkpoint& ckpt) {
   std::string out;
   for (const auto& [name, ref] : ckpt.tensors) {
     const TensorInfo& t = ckpt.info(ref);
-    out += pad(name, name_width) + "  " + pad(std::string(dtype_name(t.dtype)), dtype_width) +
-           "  " + pad(shape_text(t.shape), shape_width) + "  " +
-           pad_left(std::to_string(t.size()), bytes_width) + "  " + ckpt.shard(ref).file_name +
-           "\n";
+    out += pad(printable(name), name_width) + "  " +
+           pad(std::string(dtype_name(t.dtype)), dtype_width) + "  " +
+           pad(shape_text(t.shape), shape_width) + "  " +
+           pad_left(std::to_string(t.size()), bytes_width) + "  " +
+           printable(ckpt.shard(ref).file_name) + "\n";
   }
   uint64_t total = ckpt.total_tensor_bytes();
   out += std::to_string(ckpt.tensors.size()) + " tensors, " + std::to_string(total) + " bytes (" +
@@ -99,13 +103,14 @@ std::string listing_text(const Checkpoint& ckpt) {
          "\n";
   for (const auto& shard : ckpt.shards)
     if (!shard.header.metadata.empty())
-      out += "metadata of " + shard.file_name + ": " + metadata_text(shard.header.metadata) + "\n";
+      out += "metadata of " + printable(shard.file_name) + ": " +
+             metadata_text(shard.header.metadata) + "\n";
   if (!ckpt.index_metadata.empty())
     out += "index metadata: " + metadata_text(ckpt.index_metadata) + "\n";
   if (!ckpt.other_files.empty()) {
     out += "other files:";
     for (const auto& f : ckpt.other_files)
-      out += " " + f;
+      out += " " + printable(f);
     out += "\n";
   }
   return out;

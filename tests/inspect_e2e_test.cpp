@@ -45,6 +45,24 @@ TEST(InspectE2E, ListsTensorsSortedByName) {
   EXPECT_NE(r.out.find("format=pt"), std::string::npos);
 }
 
+// The format allows any text in a name, a line feed or NUL too: the listing stays one line per
+// tensor, the name escaped.
+TEST(InspectE2E, ANameWithALineBreakStaysOnItsLine) {
+  TempDir dir;
+  write_bytes(dir / "model.safetensors",
+              raw_safetensors(R"({"__metadata__":{"note":"two\nlines"},)"
+                              R"("a\nb":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                              R"("c\u0000d":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+                              std::string(2, '\x01')));
+  auto r = run_shardshift("inspect " + shell_quoted(dir / "model.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto lines = lines_of(r.out);
+  ASSERT_EQ(lines.size(), 4u) << r.out; // two tensors, the count, the metadata
+  EXPECT_EQ(lines[0].rfind("a\\x0ab  ", 0), 0u) << lines[0];
+  EXPECT_EQ(lines[1].rfind("c\\x00d  ", 0), 0u) << lines[1];
+  EXPECT_NE(lines[3].find("note=two\\x0alines"), std::string::npos) << lines[3];
+}
+
 TEST(InspectE2E, ShardedDirectoryShowsIndexMetadataAndOtherFiles) {
   TempDir dir;
   write_bytes(dir / "model-00001-of-00002.safetensors",
