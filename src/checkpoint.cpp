@@ -149,6 +149,11 @@ Status use_index(Opening& o, const fs::path& dir, const std::vector<std::string>
   o.index = std::move(parsed).value();
   o.ckpt.index_metadata = o.index.metadata;
   std::set<std::string> listed, reported;
+  // "./model-00001-of-00002.safetensors" is that shard, as Hugging Face's loader reads it, not
+  // a second one under another spelling.
+  for (auto& [name, file] : o.index.weight_map)
+    if (safe_relative_path(file))
+      file = fs::path(file).lexically_normal().generic_string();
   for (const auto& [name, file] : o.index.weight_map) {
     if (!safe_relative_path(file)) {
       if (reported.insert(file).second)

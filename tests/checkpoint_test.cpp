@@ -206,6 +206,19 @@ TEST(CheckpointIndex, IndexPointsAtTheWrongShard) {
       {"tensor 'b': listed in shard '" + B + "', which lacks it (it is in shard '" + A + "')"}, 1);
 }
 
+// "./A" names shard A, as Hugging Face's loader reads it: not a second shard, nor a tensor in two.
+TEST(CheckpointIndex, ADotSlashPathIsTheSameShard) {
+  TempDir dir;
+  write_sharded(dir);
+  write_bytes(dir / INDEX_FILE_NAME, index_json({{"a", "./" + A}, {"b", A}, {"c", "./" + B}}));
+  auto ckpt = Checkpoint::open(dir.path());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status().message();
+  ASSERT_EQ(ckpt->shards.size(), 2u);
+  EXPECT_EQ(ckpt->shards[0].file_name, A);
+  EXPECT_EQ(ckpt->shards[1].file_name, B);
+  EXPECT_EQ(ckpt->tensors.size(), 3u);
+}
+
 TEST(CheckpointIndex, ShardTensorAbsentFromIndex) {
   TempDir dir;
   write_sharded(dir);
