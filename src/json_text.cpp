@@ -23,6 +23,28 @@ template <class Integer> void append_integer(std::string& out, Integer number) {
   out.append(buf, std::to_chars(buf, buf + sizeof buf, number).ptr);
 }
 
+// The length of the valid UTF-8 sequence at the start of `text` (which starts with a byte of
+// 0x80 or more) and its code point, or 0 when it is not one: a stray continuation byte, a
+// sequence cut short, an overlong form, a surrogate or a value beyond U+10FFFF.
+size_t utf8_sequence(std::string_view text, uint32_t* cp) {
+  const auto c = static_cast<unsigned char>(text[0]);
+  const size_t extra = (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : 0;
+  if (extra == 0 || text.size() <= extra)
+    return 0;
+  uint32_t value = c & (extra == 1 ? 0x1F : extra == 2 ? 0x0F : 0x07);
+  for (size_t k = 1; k <= extra; ++k) {
+    const auto next = static_cast<unsigned char>(text[k]);
+    if ((next & 0xC0) != 0x80)
+      return 0;
+    value = (value << 6) | (next & 0x3F);
+  }
+  static constexpr uint32_t SMALLEST[] = {0, 0x80, 0x800, 0x10000};
+  if (value < SMALLEST[extra] || value > 0x10FFFF || (value >= 0xD800 && value <= 0xDFFF))
+    return 0;
+  *cp = value;
+  return extra + 1;
+}
+
 } // namespace
 
 void append_json_string(std::string& out, std::string_view text, bool ascii_only) {
@@ -30,13 +52,22 @@ void append_json_string(std::string& out, std::string_view text, bool ascii_only
   size_t i = 0;
   while (i < text.size()) {
     auto c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x80 && ascii_only) {
-      // Decode one UTF-8 sequence (the caller guarantees it is valid).
-      int extra = (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : 3;
-      uint32_t cp = c & (extra == 1 ? 0x1F : extra == 2 ? 0x0F : 0x07);
-      for (int k = 1; k <= extra; ++k)
-        cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
-      i += extra + 1;
+    if (c >= 0x80) {
+      // JSON text is Unicode: a byte that starts no valid UTF-8 sequence (a file name in another
+      // encoding) becomes U+FFFD, the replacement character, so the document stays valid.
+      uint32_t cp = 0;
+      const size_t length = utf8_sequence(text.substr(i), &cp);
+      if (length == 0) {
+        append_hex4(out, 0xFFFD);
+        ++i;
+        continue;
+      }
+      if (!ascii_only) {
+        out.append(text.substr(i, length));
+        i += length;
+        continue;
+      }
+      i += length;
       if (cp >= 0x10000) {
         cp -= 0x10000;
         append_hex4(out, 0xD800 + (cp >> 10));

@@ -74,10 +74,17 @@ std::optional<std::string> sha256sums_unescape(std::string_view name) {
     if (++i == name.size())
       return std::nullopt;
     switch (name[i]) {
-    case '\\': out += '\\'; break;
-    case 'n': out += '\n'; break;
-    case 'r': out += '\r'; break;
-    default: return std::nullopt;
+    case '\\':
+      out += '\\';
+      break;
+    case 'n':
+      out += '\n';
+      break;
+    case 'r':
+      out += '\r';
+      break;
+    default:
+      return std::nullopt;
     }
   }
   return out;

@@ -18,9 +18,9 @@ namespace fs = std::filesystem;
 fs::path staging_path(const fs::path& output, const char* what) {
   // Beside OUT, so that the final rename stays within one filesystem and is atomic.
   std::random_device rd;
-  return output.parent_path() / ("." + temp_name_stem(output.filename().string()) + ".shardshift-" +
-                                 what + "-" +
-                                 std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
+  return output.parent_path() /
+         ("." + temp_name_stem(output.filename().string()) + ".shardshift-" + what + "-" +
+          std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
 }
 
 std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
@@ -62,7 +62,8 @@ std::vector<std::string> remove_stale_staging(Io& io, const fs::path& output) {
       if (remove_tree(io, dir).ok())
         notes.push_back(dir.string() +
                         ": removed the staging directory of an earlier run that did not finish "
-                        "(process " + pid + "); " + std::to_string(bytes) + " bytes freed");
+                        "(process " +
+                        pid + "); " + std::to_string(bytes) + " bytes freed");
     }
     ::close(fd);
   }

@@ -61,7 +61,7 @@ std::string ustar_block(std::string_view prefix, std::string_view name, uint64_t
   std::memcpy(&b[263], "00", 2);
   put_octal(&b[329], 8, 0); // devmajor
   put_octal(&b[337], 8, 0); // devminor
-  if (!prefix.empty()) // an empty view may have no data pointer, which memcpy must not get
+  if (!prefix.empty())      // an empty view may have no data pointer, which memcpy must not get
     std::memcpy(&b[345], prefix.data(), std::min(prefix.size(), PREFIX_LEN));
   // The checksum is the sum of the block's bytes with its own field read as eight spaces.
   std::memset(&b[148], ' ', 8);

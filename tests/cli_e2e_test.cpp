@@ -177,12 +177,12 @@ TEST_F(CliCheckpoint, JobTimeoutOutsideAJobIsNamedUseless) {
 // "out/" (a shell's completion adds the slash) is the directory "out", made and replaced as such.
 TEST_F(CliCheckpoint, AnOutputWithATrailingSlashIsThatDirectory) {
   const std::string in = shell_quoted(tmp / "hf");
-  auto first = run_shardshift("convert " + in + " " + shell_quoted(tmp.path().string() + "/out/") +
-                              " -q");
+  auto first =
+      run_shardshift("convert " + in + " " + shell_quoted(tmp.path().string() + "/out/") + " -q");
   ASSERT_EQ(first.exit_code, 0) << first.err;
   ASSERT_TRUE(fs::is_regular_file(tmp / "out" / "model.safetensors"));
-  auto again = run_shardshift("convert " + in + " " +
-                              shell_quoted(tmp.path().string() + "/out//") + " --force -q");
+  auto again = run_shardshift("convert " + in + " " + shell_quoted(tmp.path().string() + "/out//") +
+                              " --force -q");
   EXPECT_EQ(again.exit_code, 0) << again.err;
   auto check = run_shardshift("verify " + in + " " + shell_quoted(tmp / "out") + " -q");
   EXPECT_EQ(check.exit_code, 0) << check.err;

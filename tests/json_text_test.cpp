@@ -20,6 +20,32 @@ TEST(JsonString, EscapesQuotesBackslashesAndControls) {
   EXPECT_EQ(ascii, "\"caf\\u00e9 \\ud83d\\ude00\"");
 }
 
+// A file name in another encoding is no UTF-8: each byte that starts no valid sequence becomes
+// U+FFFD, and the document parses; valid sequences around it are kept.
+TEST(JsonString, BytesThatAreNoUtf8BecomeTheReplacementCharacter) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"caf\xe9.txt", "\"caf\\ufffd.txt\""}, // Latin-1
+      {"a\x80"
+       "b",
+       "\"a\\ufffdb\""},                                        // a stray continuation byte
+      {"\xc3", "\"\\ufffd\""},                                  // cut short at the end
+      {"\xc0\xaf", "\"\\ufffd\\ufffd\""},                       // an overlong '/'
+      {"\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""},            // a surrogate
+      {"\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, // beyond U+10FFFF
+      {"\xf0\x9f\x98\x80\xff", "\"\xf0\x9f\x98\x80\\ufffd\""},  // valid, then not
+  };
+  for (const auto& [text, want] : cases) {
+    EXPECT_EQ(json_string(text), want);
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    EXPECT_EQ(parser.parse(json_string(text)).get(doc), simdjson::SUCCESS) << want;
+    std::string ascii;
+    append_json_string(ascii, text, /*ascii_only=*/true);
+    EXPECT_EQ(parser.parse(ascii).get(doc), simdjson::SUCCESS) << ascii;
+    EXPECT_NE(ascii.find("\\ufffd"), std::string::npos) << ascii;
+  }
+}
+
 TEST(JsonWriter, SpacedStyleIsPythonsDefault) {
   JsonWriter w;
   w.begin_object().key("name").value("x").key("shape").begin_array().value(2u).value(3u);

@@ -16,9 +16,8 @@
 #include <fstream>
 #include <iostream>
 #include <string>
-#include <vector>
-
 #include <sys/stat.h>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -326,9 +325,8 @@ TEST_F(VerifyTest, NamesWithLineBreaksOrBackslashesAreEscapedAsSha256sumDoes) {
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(r->identical());
   EXPECT_EQ(r->checksums_ok, r->files);
-  const int rc = std::system(("cd " + testing::shell_quoted(tmp / "out") +
-                              " && sha256sum --quiet -c SHA256SUMS")
-                                 .c_str());
+  const int rc = std::system(
+      ("cd " + testing::shell_quoted(tmp / "out") + " && sha256sum --quiet -c SHA256SUMS").c_str());
   EXPECT_EQ(rc, 0) << "sha256sum -c fails on the SHA256SUMS written";
 }
 
@@ -341,8 +339,7 @@ TEST_F(VerifyTest, AChecksumFileThatChecksNothingOrNamesAFifoFails) {
   auto r = check();
   ASSERT_TRUE(r.ok());
   ASSERT_FALSE(r->differences.empty());
-  EXPECT_NE(r->differences.back().detail.find("extra.fifo: FAILED open or read"),
-            std::string::npos)
+  EXPECT_NE(r->differences.back().detail.find("extra.fifo: FAILED open or read"), std::string::npos)
       << r->differences.back().text();
   fs::remove(tmp / "out" / "extra.fifo");
 

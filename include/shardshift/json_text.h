@@ -15,7 +15,8 @@ namespace shardshift {
 
 /// Appends `text` to `out` as a JSON string literal, quotes included. With `ascii_only`, every
 /// character outside printable ASCII becomes \uXXXX (surrogate pairs above U+FFFF), as Python's
-/// json.dumps writes by default; REQUIRES then: `text` is valid UTF-8.
+/// json.dumps writes by default. A byte that starts no valid UTF-8 sequence (a file name in
+/// another encoding) is written as \ufffd, so the literal is always valid JSON.
 void append_json_string(std::string& out, std::string_view text, bool ascii_only = false);
 /// `text` as a JSON string literal.
 std::string json_string(std::string_view text);
