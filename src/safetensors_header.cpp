@@ -39,9 +39,14 @@ private:
   void tensor_problem(std::string_view name, std::string text) {
     problems_.tensor(Errc::format, path_, std::string(name), std::move(text));
   }
-  // A malformed JSON text: report where, and stop reading it.
+  // A malformed JSON text: report what and, where the parser knows it, where (a byte of the
+  // file: the header starts after its 8-byte length), and stop reading it.
   bool json_error(simdjson::error_code ec) {
-    problem(std::string("header is not valid JSON: ") + simdjson::error_message(ec));
+    std::string where;
+    const char* at = nullptr;
+    if (doc_ && !doc_->current_location().get(at) && at >= text_begin_ && at < text_end_)
+      where = " (near byte " + std::to_string(8 + (at - text_begin_)) + " of the file)";
+    problem(std::string("header is not valid JSON: ") + simdjson::error_message(ec) + where);
     return false;
   }
 
@@ -55,6 +60,9 @@ private:
   void check_layout(uint64_t data_size);
 
   std::string path_;
+  simdjson::ondemand::document* doc_ = nullptr; ///< while parse_json reads the text
+  const char* text_begin_ = nullptr;
+  const char* text_end_ = nullptr;
   ProblemList problems_;
   std::vector<Entry> entries_;
   Metadata metadata_;
@@ -131,6 +139,12 @@ bool HeaderParser::parse_json(const std::string& text) {
   simdjson::padded_string json(text);
   simdjson::ondemand::parser parser;
   simdjson::ondemand::document doc;
+  text_begin_ = json.data();
+  text_end_ = json.data() + json.size();
+  struct Forget { // json_error may look at the document only while it lives
+    simdjson::ondemand::document*& doc;
+    ~Forget() { doc = nullptr; }
+  } forget{doc_};
   if (auto ec = parser.iterate(json).get(doc)) {
     if (ec == simdjson::EMPTY) {
       problem("header is empty or only whitespace (expected a JSON object)");
@@ -138,6 +152,7 @@ bool HeaderParser::parse_json(const std::string& text) {
     }
     return json_error(ec);
   }
+  doc_ = &doc;
   json_type type;
   if (auto ec = doc.type().get(type))
     return json_error(ec);

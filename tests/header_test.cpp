@@ -93,6 +93,13 @@ TEST(HeaderRejects, NotOneObject) {
   expect_rejected(raw_safetensors("{}x", ""), {"header"});
   expect_rejected(raw_safetensors("{\"a\":", ""), {"not valid JSON"});
   expect_rejected(raw_safetensors("{\"a\":{\"dtype\":\"U8\",}}", ""), {"not valid JSON"});
+  // Where the parser stopped, as a byte of the file (the header starts at byte 8), to look at
+  // with a hex viewer: just after the key with the bad escape (8 + 7), or at the ']' that
+  // follows a superfluous comma (8 + 17).
+  expect_rejected(raw_safetensors("{\"a\\q\":{}}", ""),
+                  {"not valid JSON: Problem while parsing a string (near byte 15 of the file)"});
+  expect_rejected(raw_safetensors("{\"a\":{\"shape\":[1,],\"dtype\":\"U8\"}}", ""),
+                  {"not valid JSON", "(near byte 25 of the file)"});
 }
 
 // ---- Rule 6: duplicate keys ----------------------------------------------------------------
