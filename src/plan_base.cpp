@@ -132,11 +132,15 @@ struct LayerSet {
 // layers (a deeper model of the same size), what DIR restores of the layers IN lacks (the
 // encoder's layer_scalar copies of diffusion_gemma) would belong to no layer of the output; with
 // fewer, the output would lack them for its last layers. Only the stacks that from_hf converts
-// are compared: a dropped stack (the vision tower's blocks) counts its own layers.
+// are compared: a dropped stack (the vision tower's blocks) counts its own layers. A layer whose
+// every tensor --exclude removed is still one of the output's: the user dropped it, not the
+// conversion.
 bool check_base_layers(PlanContext& ctx, const std::vector<Classified>& base) {
   LayerSet out, in_base;
   for (const OutputTensor& t : ctx.plan.tensors)
     out.add(t.name);
+  for (const std::string& name : ctx.excluded_names)
+    out.add(name);
   for (const Classified& c : base)
     if (c.action != RuleAction::drop)
       in_base.add(ctx.input.info(c.ref).name);

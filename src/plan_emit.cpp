@@ -19,6 +19,7 @@ bool emit_tensor(PlanContext& ctx, OutputTensor t) {
     }
     if (*excluded) {
       ++ctx.plan.excluded;
+      ctx.excluded_names.push_back(std::move(t.name));
       return false;
     }
   }

@@ -102,6 +102,9 @@ struct PlanContext {
   /// pair_block_scales: weight input name -> its block scale (only pairs without problems)
   std::map<std::string, const Classified*> block_scales;
   std::vector<std::vector<uint32_t>> file_tensors; ///< cut_files: tensor indices per file
+  /// Output names --exclude removed: the output would have had them (restore_base_keys counts
+  /// their layers as the output's).
+  std::vector<std::string> excluded_names;
   ProblemList problems;
   Plan plan; ///< filled pass by pass
 };

@@ -197,6 +197,34 @@ TEST_F(RoundTrip, AnExpertParallelRankTakesTheBaseItCameFrom) {
   EXPECT_FALSE(fs::exists(tmp / "other"));
 }
 
+// --exclude that drops a whole layer leaves the output without it by the user's choice: the base
+// is still the one IN came from, and what it restores of that layer is excluded too.
+TEST_F(RoundTrip, AnExcludedLayerIsNotAMissingLayerOfTheBase) {
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 2, 4, 32, 16), 2, "diffusion_gemma");
+  ASSERT_TRUE(run(tmp / "hf", tmp / "native").ok());
+  auto back = run(tmp / "native", tmp / "back", opts([&](ConvertOptions& o) {
+                    o.plan.base = tmp / "hf";
+                    o.plan.exclude = R"(.*layers\.1\.)";
+                  }));
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_GT(back->excluded, 0u);
+  size_t layer0 = 0;
+  for (const auto& [name, t] : read_checkpoint(tmp / "back")) {
+    EXPECT_EQ(name.find("layers.1."), std::string::npos) << name;
+    layer0 += name.find("layers.0.") != std::string::npos;
+  }
+  EXPECT_GT(layer0, 0u);
+  // A base one layer deeper is still refused.
+  write_checkpoint(tmp / "deeper", tiny_diffusion(rng, 3, 4, 32, 16), 2, "diffusion_gemma");
+  auto deeper = run(tmp / "native", tmp / "other", opts([&](ConvertOptions& o) {
+                      o.plan.base = tmp / "deeper";
+                      o.plan.exclude = R"(.*layers\.1\.)";
+                    }));
+  ASSERT_FALSE(deeper.ok());
+  EXPECT_NE(deeper.status().message().find("layers.2"), std::string::npos)
+      << deeper.status().message();
+}
+
 TEST_F(RoundTrip, WithoutBaseThePlanNamesWhatIsMissing) {
   write_checkpoint(tmp / "hf", tiny_diffusion(rng, 2, 2, 8, 4), 1, "diffusion_gemma");
   ASSERT_TRUE(run(tmp / "hf", tmp / "native").ok());
