@@ -22,7 +22,9 @@
 #   9. what an open CUDA context costs the host's page-table work (cuda_bench --host-cost: faults
 #      and MADV_DONTNEED before any CUDA call, while a child process holds a context, with one of
 #      its own, with a conversion's chunk buffers page-locked, after its reset), and the GPU
-#      opened but given no chunk against cpu and cuda at 16 cores, with each run's system time.
+#      opened but given no chunk against cpu and cuda at 16 cores, with each run's system time
+#      (2026-12-05: a context makes that work no dearer; docs/PERFORMANCE.md, "What an open GPU
+#      costs the host").
 #
 # Usage, from the repository root on the H200 machine, with the binaries of a build for sm_90
 # and the shared libraries they need carried in D (default .dev: shardshift, cuda_bench,
