@@ -382,6 +382,55 @@ struct ConvertFlags {
   FlagGroup report{"Reporting"};
 };
 
+// The flags of a job of several processes writing one OUT (ranks.h, job.h).
+void add_job_flags(FlagGroup& run) {
+  run.flags.add_options()(
+      "rank", po::value<unsigned>()->value_name("R"),
+      "This process's rank in a job of several processes writing one OUT together (each "
+      "converts its share of the output files, rank 0 commits); needs --world-size. Without "
+      "them, taken from the launcher: mpirun (Open MPI), PMI (MPICH), torchrun, srun. Example: "
+      "--rank 0 --world-size 4")("world-size", po::value<unsigned>()->value_name("N"),
+                                 "The number of processes of the job (see --rank). Example: "
+                                 "--rank 3 --world-size 4")(
+      "job-timeout", po::value<unsigned>()->default_value(120)->value_name("SECONDS"),
+      "In a job of several processes: a rank silent this long (no heartbeat in the shared "
+      "staging directory) is taken for dead and the job fails. Under mpirun (coordinated "
+      "through MPI) it bounds the waits for every rank to agree on the plan and for rank 0's "
+      "commit; a rank that dies is mpirun's to see. Example: --job-timeout 600")(
+      "ep-from-launcher",
+      "Each process of the job writes its own expert-parallel checkpoint: --ep-size is the "
+      "world size and --ep-rank the rank (from the launcher or --rank/--world-size), and "
+      "'{rank}' in OUT is replaced by the rank. Example: mpirun -np 4 shardshift convert hf "
+      "'ep-{rank}' --ep-from-launcher");
+}
+
+// Where the output goes other than a directory (stdout, a tar stream, upload commands), and its
+// checksums.
+void add_delivery_flags(FlagGroup& run) {
+  run.flags.add_options()(
+      "only", po::value<std::string>()->value_name("NAME"),
+      "With OUT '-': stream only the output file NAME (a shard, the index or a side file) to "
+      "stdout, e.g. into an upload tool. Not needed when the output is a single file. "
+      "Example: - --only model-00001-of-00004.safetensors")(
+      "pipe-to", po::value<std::string>()->value_name("COMMAND"),
+      "Instead of OUT: stream every output file into its own COMMAND (run by sh -c, {name} and "
+      "{size} replaced, shell-quoted), e.g. an uploader reading stdin. The index goes last, "
+      "only after every shard was delivered; a file that fails has its command interrupted "
+      "(SIGINT, then SIGTERM, SIGKILL) before its input ends, so the uploader discards it. "
+      "Example: --pipe-to 'aws s3 cp - s3://bucket/native/{name} --expected-size {size}'")(
+      "format", po::value<std::string>()->default_value("dir")->value_name("FORMAT"),
+      "dir: OUT is a directory (or, with OUT '-', one of its files: --only). tar: the whole "
+      "output directory (shards, side files, SHA256SUMS, the index last) as one POSIX tar "
+      "stream to stdout; needs OUT '-'. A failed run ends the stream without the end-of-archive "
+      "blocks, so tar x reports it. Example: - --format tar | ssh host tar x -C /models/nemo")(
+      "uploads", po::value<unsigned>()->default_value(4)->value_name("N"),
+      "With --pipe-to (only): commands running at once. Example: --uploads 8")(
+      "checksums", "Compute the SHA-256 of every output file while it is written (no second "
+                   "read) and write them as SHA256SUMS (sha256sum -c format) beside the output, "
+                   "or deliver it before the index with --pipe-to; also in --json. Example: "
+                   "convert hf native --checksums && (cd native && sha256sum -c SHA256SUMS)");
+}
+
 void add_convert_flags(ConvertFlags& f) {
   FlagGroup& run = f.run;
   FlagGroup& report = f.report;
@@ -412,48 +461,13 @@ void add_convert_flags(ConvertFlags& f) {
                 "finished files are kept (when the same input files and flags give the same "
                 "plan) and only the rest is converted; if this run fails too, what "
                 "it finished is kept for the next --resume. Without --resume, such leftovers are "
-                "removed. Example: convert hf native --resume")(
-      "rank", po::value<unsigned>()->value_name("R"),
-      "This process's rank in a job of several processes writing one OUT together (each "
-      "converts its share of the output files, rank 0 commits); needs --world-size. Without "
-      "them, taken from the launcher: mpirun (Open MPI), PMI (MPICH), torchrun, srun. Example: "
-      "--rank 0 --world-size 4")("world-size", po::value<unsigned>()->value_name("N"),
-                                 "The number of processes of the job (see --rank). Example: "
-                                 "--rank 3 --world-size 4")(
-      "job-timeout", po::value<unsigned>()->default_value(120)->value_name("SECONDS"),
-      "In a job of several processes: a rank silent this long (no heartbeat in the shared "
-      "staging directory) is taken for dead and the job fails. Under mpirun (coordinated "
-      "through MPI) it bounds the waits for every rank to agree on the plan and for rank 0's "
-      "commit; a rank that dies is mpirun's to see. Example: --job-timeout 600")(
-      "ep-from-launcher",
-      "Each process of the job writes its own expert-parallel checkpoint: --ep-size is the "
-      "world size and --ep-rank the rank (from the launcher or --rank/--world-size), and "
-      "'{rank}' in OUT is replaced by the rank. Example: mpirun -np 4 shardshift convert hf "
-      "'ep-{rank}' --ep-from-launcher")(
+                "removed. Example: convert hf native --resume");
+  add_job_flags(run);
+  run.flags.add_options()(
       "no-sync", "Skip fsync: faster, and still never a partial file under a final name, but "
                  "a power loss can lose what the page cache had not yet written (as with cp). "
-                 "Example: convert hf /dev/shm/native --no-sync")(
-      "only", po::value<std::string>()->value_name("NAME"),
-      "With OUT '-': stream only the output file NAME (a shard, the index or a side file) to "
-      "stdout, e.g. into an upload tool. Not needed when the output is a single file. "
-      "Example: - --only model-00001-of-00004.safetensors")(
-      "pipe-to", po::value<std::string>()->value_name("COMMAND"),
-      "Instead of OUT: stream every output file into its own COMMAND (run by sh -c, {name} and "
-      "{size} replaced, shell-quoted), e.g. an uploader reading stdin. The index goes last, "
-      "only after every shard was delivered; a file that fails has its command interrupted "
-      "(SIGINT, then SIGTERM, SIGKILL) before its input ends, so the uploader discards it. "
-      "Example: --pipe-to 'aws s3 cp - s3://bucket/native/{name} --expected-size {size}'")(
-      "format", po::value<std::string>()->default_value("dir")->value_name("FORMAT"),
-      "dir: OUT is a directory (or, with OUT '-', one of its files: --only). tar: the whole "
-      "output directory (shards, side files, SHA256SUMS, the index last) as one POSIX tar "
-      "stream to stdout; needs OUT '-'. A failed run ends the stream without the end-of-archive "
-      "blocks, so tar x reports it. Example: - --format tar | ssh host tar x -C /models/nemo")(
-      "uploads", po::value<unsigned>()->default_value(4)->value_name("N"),
-      "With --pipe-to (only): commands running at once. Example: --uploads 8")(
-      "checksums", "Compute the SHA-256 of every output file while it is written (no second "
-                   "read) and write them as SHA256SUMS (sha256sum -c format) beside the output, "
-                   "or deliver it before the index with --pipe-to; also in --json. Example: "
-                   "convert hf native --checksums && (cd native && sha256sum -c SHA256SUMS)");
+                 "Example: convert hf /dev/shm/native --no-sync");
+  add_delivery_flags(run);
   report.flags.add_options()("stats",
                              "Print a table of the pipeline stages on stderr: count, bytes, "
                              "busy time, share, rate, p50 and p99 per stage. Example: convert hf "

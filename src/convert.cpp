@@ -115,28 +115,21 @@ Result<Plan> plan_conversion(const fs::path& input, const PlanOptions& options) 
   return make_plan(*checkpoint, options);
 }
 
-Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallbacks& callbacks,
-                               Profiler* external_profiler) {
-  // "out/" (a shell's completion) names the directory "out": without its trailing separators,
-  // the parent of the output and the name of its staging directory come out right.
-  if (const std::string out = options.output.string(); out.size() > 1 && out.back() == '/') {
-    ConvertOptions same = options;
-    const size_t end = out.find_last_not_of('/');
-    same.output = end == std::string::npos ? std::string("/") : out.substr(0, end + 1);
-    return convert(same, callbacks, external_profiler);
-  }
-  // Files a stopped run removed but still holds (discard.h) are let go however it ends.
-  struct ReleaseDiscarded {
-    ~ReleaseDiscarded() { release_discarded(); }
-  } release_at_end;
-  Profiler local_profiler(options.trace);
-  Profiler& profiler = external_profiler ? *external_profiler : local_profiler;
-  NoSyncIo no_sync_io(options.io ? *options.io : Io::system());
-  Io& base_io = !options.sync ? no_sync_io : options.io ? *options.io : Io::system();
-  CountingIo to_stdout(base_io, STDOUT_FILENO);
-  Io& io = is_stream(options) ? to_stdout : base_io;
+namespace {
 
-  // 1. Check OUT, open and validate the input, plan the output. Nothing is written before this.
+// "out/" (a shell's completion) names the directory "out": without its trailing separators, the
+// parent of the output and the name of its staging directory come out right.
+fs::path without_trailing_slashes(const fs::path& output) {
+  const std::string out = output.string();
+  if (out.size() <= 1 || out.back() != '/')
+    return output;
+  const size_t end = out.find_last_not_of('/');
+  return end == std::string::npos ? fs::path("/") : fs::path(out.substr(0, end + 1));
+}
+
+// The checks on the options that need no input: OUT, --trace, --device, and this process's
+// rank, which a stream to stdout or --pipe-to cannot have beside others.
+Result<RankInfo> check_options(const ConvertOptions& options) {
   if (Status s = check_output(options); !s.ok())
     return s;
   if (Status s = check_trace_file(options); !s.ok())
@@ -151,6 +144,33 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
                   "a job of " + std::to_string(rank->world) + " ranks (" + rank->source +
                       ") writes one directory OUT together; it cannot stream to stdout or "
                       "--pipe-to (run one process for those)");
+  return rank;
+}
+
+} // namespace
+
+Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallbacks& callbacks,
+                               Profiler* external_profiler) {
+  if (fs::path out = without_trailing_slashes(options.output); out != options.output) {
+    ConvertOptions same = options;
+    same.output = std::move(out);
+    return convert(same, callbacks, external_profiler);
+  }
+  // Files a stopped run removed but still holds (discard.h) are let go however it ends.
+  struct ReleaseDiscarded {
+    ~ReleaseDiscarded() { release_discarded(); }
+  } release_at_end;
+  Profiler local_profiler(options.trace);
+  Profiler& profiler = external_profiler ? *external_profiler : local_profiler;
+  NoSyncIo no_sync_io(options.io ? *options.io : Io::system());
+  Io& base_io = !options.sync ? no_sync_io : options.io ? *options.io : Io::system();
+  CountingIo to_stdout(base_io, STDOUT_FILENO);
+  Io& io = is_stream(options) ? to_stdout : base_io;
+
+  // 1. Check OUT, open and validate the input, plan the output. Nothing is written before this.
+  auto rank = check_options(options);
+  if (!rank)
+    return rank.status();
   auto opened =
       open_and_plan(options.input, options.plan, options.max_memory, callbacks.warnings, profiler);
   if (!opened)

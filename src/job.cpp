@@ -40,7 +40,7 @@ std::vector<uint32_t> my_files(Io& io, const Plan& plan, const fs::path& staging
     remove_tree(io, path).ignore(); // a leftover of an earlier job: written again
     todo.push_back(f);
     // Temporary names of this file left by a killed writer (".NAME.shardshift-tmp-PID-RANDOM").
-    const std::string prefix = "." + temp_name_stem(plan.files[f].name) + ".shardshift-tmp-";
+    const std::string prefix = temp_name_prefix(plan.files[f].name);
     std::error_code ec;
     for (fs::directory_iterator it(staging, ec), end; !ec && it != end; it.increment(ec))
       if (it->path().filename().string().starts_with(prefix))

@@ -182,9 +182,8 @@ private:
 std::filesystem::path trace_temp_path(const std::filesystem::path& path, int attempt) {
   static std::atomic<uint64_t> counter{0};
   return path.parent_path() /
-         ("." + temp_name_stem(path.filename().string()) + ".shardshift-tmp-" +
-          std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1)) + "-" +
-          std::to_string(attempt));
+         (temp_name_prefix(path.filename().string()) + std::to_string(::getpid()) + "-" +
+          std::to_string(counter.fetch_add(1)) + "-" + std::to_string(attempt));
 }
 
 } // namespace

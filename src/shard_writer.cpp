@@ -40,13 +40,9 @@ fs::path temp_path_for(const fs::path& final_path) {
   static std::atomic<uint64_t> counter{0};
   thread_local std::mt19937_64 rng{std::random_device{}()};
   char suffix[64];
-  std::snprintf(suffix, sizeof suffix, "-%ld-%016llx", static_cast<long>(::getpid()),
+  std::snprintf(suffix, sizeof suffix, "%ld-%016llx", static_cast<long>(::getpid()),
                 static_cast<unsigned long long>(rng() ^ counter.fetch_add(1)));
-  std::string name = ".";
-  name += temp_name_stem(final_path.filename().string());
-  name += TEMP_MARKER;
-  name += suffix;
-  return final_path.parent_path() / name;
+  return final_path.parent_path() / (temp_name_prefix(final_path.filename().string()) + suffix);
 }
 
 bool is_copy_refusal(int err) {

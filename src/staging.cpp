@@ -18,14 +18,13 @@ namespace fs = std::filesystem;
 fs::path staging_path(const fs::path& output, const char* what) {
   // Beside OUT, so that the final rename stays within one filesystem and is atomic.
   std::random_device rd;
-  return output.parent_path() /
-         ("." + temp_name_stem(output.filename().string()) + ".shardshift-" + what + "-" +
-          std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
+  return output.parent_path() / (temp_name_prefix(output.filename().string(), what) +
+                                 std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
 }
 
 std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
   const fs::path output = fs::absolute(out);
-  const std::string prefix = "." + temp_name_stem(output.filename().string()) + ".shardshift-tmp-";
+  const std::string prefix = temp_name_prefix(output.filename().string());
   std::vector<fs::path> dirs;
   std::error_code ec;
   for (fs::directory_iterator it(output.parent_path(), ec), end; !ec && it != end;

@@ -21,4 +21,16 @@ inline std::string temp_name_stem(std::string_view name) {
   return std::string(name.substr(0, end));
 }
 
+/// How every temporary name made from `name` begins: ".NAME.shardshift-WHAT-" ("tmp" for what
+/// is being written, "old" for an output --force moves aside), the process id and a unique part
+/// to follow.
+inline std::string temp_name_prefix(std::string_view name, std::string_view what = "tmp") {
+  std::string prefix = "."; // appended, not "." + ...: GCC 12 warns falsely on that (-Wrestrict)
+  prefix += temp_name_stem(name);
+  prefix += ".shardshift-";
+  prefix += what;
+  prefix += '-';
+  return prefix;
+}
+
 } // namespace shardshift
