@@ -28,14 +28,17 @@ export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan_openmpi.supp:print_suppressi
 # The tests whose ranks run under mpirun run apart, with the slow unwinder on malloc: Open MPI
 # unloads its components at MPI_Finalize, so the stack of memory they keep is named only by the
 # frames of Open MPI's libraries below them (scripts/lsan_openmpi.supp), which the fast unwinder
-# does not reach. Slower, so for those tests only. A failing one runs once more: LeakSanitizer's
-# check at a rank's exit stops every thread of the process, and on a loaded 2-core machine its
-# tracer has crashed there ("Tracer caught signal 11", 2026-12-04; the same test passed 9 runs
-# of 9 after it). Both failures are printed; a real leak or error fails the second run too.
+# does not reach. Slower, so for those tests only. They also run without LeakSanitizer's record of
+# dynamic TLS blocks (intercept_tls_get_addr=0): in a rank that record came to hold a bogus block
+# ("DTLS 7 at 0x0000000045ab-0x0004000056ad" with LSAN_OPTIONS=verbosity=1:log_threads=1), and
+# scanning it at exit crashed the leak check ("Tracer caught signal 11: addr=0x45b0", pc in
+# __lsan::ScanRangeForPointers), in about one run in three of
+# Ranks.UnderMpirunTheOutputIsTheSameAsOneProcesss (2026-12-05; 0 in 12 runs without the record).
+# Dynamic TLS belongs to modules loaded with dlopen, here Open MPI's components; shardshift's
+# own thread-local data is static TLS, which the leak check still scans.
 MPI_TESTS='^(Ranks|MpiCoordinator)\.'
 cd build-asan
 ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' \
       -E "^ResumeE2e\.KilledAtRandomMoments|$MPI_TESTS" "$@"
-ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0" \
-  ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' -R "$MPI_TESTS" \
-        --repeat until-pass:2 "$@"
+ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0:intercept_tls_get_addr=0" \
+  ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' -R "$MPI_TESTS" "$@"
