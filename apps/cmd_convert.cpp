@@ -300,7 +300,9 @@ int cmd_plan(int argc, char** argv) {
   report.flags.add_options()(
       "print-size", "Print only 'SIZE<TAB>NAME' for every file OUT will hold: the shards, "
                     "the index and the side files, each with its exact size in bytes, e.g. "
-                    "for an upload tool that wants sizes ahead of time. Example: plan hf native "
+                    "for an upload tool that wants sizes ahead of time. A name holding a line "
+                    "break or a backslash is escaped as sha256sum escapes it (the line starts "
+                    "with '\\'). Example: plan hf native "
                     "--print-size | sort -n | tail -1");
   add_common_flags(report,
                    "Print nothing on stdout (unless --json or --print-size): only check that IN "
@@ -341,10 +343,7 @@ int cmd_plan(int argc, char** argv) {
     if (json) {
       std::cout << plan_json(*plan, *outputs);
     } else {
-      std::string lines;
-      for (const OutputFileSize& f : *outputs)
-        lines += std::to_string(f.size) + "\t" + f.name + "\n";
-      std::cout << lines;
+      std::cout << output_sizes_text(*outputs);
     }
   } else if (!vm.count("quiet")) {
     std::cout << plan_text(*plan);

@@ -5,6 +5,8 @@
 #include "shardshift/convert.h"
 #include "shardshift/shard_writer.h"
 
+#include "listing_line.h"
+
 #include <cerrno>
 #include <sys/stat.h>
 
@@ -33,6 +35,13 @@ Result<std::vector<OutputFileSize>> list_output_files(const Checkpoint& input, c
     files.push_back({name, static_cast<uint64_t>(st.st_size)});
   }
   return files;
+}
+
+std::string output_sizes_text(std::span<const OutputFileSize> files) {
+  std::string text;
+  for (const OutputFileSize& f : files)
+    text += listing_line(std::to_string(f.size), "\t", f.name);
+  return text;
 }
 
 } // namespace shardshift

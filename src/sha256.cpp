@@ -1,6 +1,8 @@
 // sha256.cpp: the EVP digest interface of libcrypto.
 #include "sha256.h"
 
+#include "listing_line.h"
+
 #include <openssl/evp.h>
 #include <stdexcept>
 
@@ -49,44 +51,8 @@ std::string sha256_hex(std::span<const std::byte> bytes) {
 
 std::string sha256sums_text(std::span<const std::pair<std::string, std::string>> name_digest) {
   std::string out;
-  for (const auto& [name, digest] : name_digest) {
-    if (name.find_first_of("\\\n\r") == std::string::npos) {
-      out += digest + "  " + name + "\n";
-      continue;
-    }
-    // As sha256sum writes such a name: the line starts with a backslash, and the name's
-    // backslashes, line feeds and carriage returns are written \\, \n and \r.
-    out += "\\" + digest + "  ";
-    for (const char c : name)
-      out += c == '\\' ? "\\\\" : c == '\n' ? "\\n" : c == '\r' ? "\\r" : std::string(1, c);
-    out += "\n";
-  }
-  return out;
-}
-
-std::optional<std::string> sha256sums_unescape(std::string_view name) {
-  std::string out;
-  for (size_t i = 0; i < name.size(); ++i) {
-    if (name[i] != '\\') {
-      out += name[i];
-      continue;
-    }
-    if (++i == name.size())
-      return std::nullopt;
-    switch (name[i]) {
-    case '\\':
-      out += '\\';
-      break;
-    case 'n':
-      out += '\n';
-      break;
-    case 'r':
-      out += '\r';
-      break;
-    default:
-      return std::nullopt;
-    }
-  }
+  for (const auto& [name, digest] : name_digest)
+    out += listing_line(digest, "  ", name);
   return out;
 }
 

@@ -35,11 +35,8 @@ private:
 std::string sha256_hex(std::span<const std::byte> bytes);
 
 /// `SHA256SUMS` text in GNU coreutils format ("<hex>  <name>\n" each, in the order given), which
-/// `sha256sum -c` checks. A name holding a backslash, line feed or carriage return is written as
-/// sha256sum writes it: the line starts with a backslash, and those are written \\, \n and \r.
+/// `sha256sum -c` checks. A name holding a backslash, line feed or carriage return is escaped as
+/// sha256sum escapes it (listing_line).
 std::string sha256sums_text(std::span<const std::pair<std::string, std::string>> name_digest);
-/// The name of an escaped line (one that starts with a backslash), its escapes undone; nullopt
-/// for an escape sha256sum does not write.
-std::optional<std::string> sha256sums_unescape(std::string_view name);
 
 } // namespace shardshift

@@ -7,6 +7,7 @@
 
 #include "compare_target.h"
 #include "engine.h"
+#include "listing_line.h"
 #include "pipeline.h"
 #include "sha256.h"
 #include "side_files.h"
@@ -355,7 +356,7 @@ Status check_checksum_file(const fs::path& out, const KnownDigests& known, Verif
       summary->differences.push_back(difference(Kind::checksum, CHECKSUMS_FILE_NAME,
                                                 "line " + std::to_string(number) + ": " + what));
     };
-    // A line that starts with a backslash has its name escaped (sha256sums_text).
+    // A line that starts with a backslash has its name escaped (listing_line).
     const bool escaped = line.starts_with('\\');
     if (escaped)
       line.erase(0, 1);
@@ -370,7 +371,7 @@ Status check_checksum_file(const fs::path& out, const KnownDigests& known, Verif
     std::transform(digest.begin(), digest.end(), digest.begin(),
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     std::optional<std::string> unescaped =
-        escaped ? sha256sums_unescape(std::string_view(line).substr(66)) : line.substr(66);
+        escaped ? listing_name_unescape(std::string_view(line).substr(66)) : line.substr(66);
     if (!unescaped) {
       problem("an escape other than \\\\, \\n or \\r in the file name");
       continue;

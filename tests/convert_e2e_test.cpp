@@ -132,6 +132,39 @@ TEST_F(ConvertCli, PrintSizeMatchesTheFilesWritten) {
   EXPECT_GT(n, 1);
 }
 
+// A side file whose name holds a line break or a backslash keeps one line in --print-size,
+// escaped as sha256sum escapes names, and the line read back names the file convert writes.
+TEST_F(ConvertCli, PrintSizeKeepsEveryNameOnOneLine) {
+  testing::write_bytes(tmp / "hf" / "new\nline.txt", "xy");
+  testing::write_bytes(tmp / "hf" / "back\\slash.txt", "z");
+  auto p = run_shardshift("plan " + shell_quoted(tmp / "hf") + " --print-size");
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_NE(p.out.find("\n\\2\tnew\\nline.txt\n"), std::string::npos) << p.out;
+  EXPECT_NE(p.out.find("\n\\1\tback\\\\slash.txt\n"), std::string::npos) << p.out;
+  ASSERT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n"))
+                .exit_code,
+            0);
+  size_t files = 0;
+  for (std::string line : testing::lines_of(p.out)) {
+    const bool escaped = line[0] == '\\';
+    const size_t tab = line.find('\t');
+    ASSERT_NE(tab, std::string::npos) << line;
+    const uint64_t size = std::stoull(line.substr(escaped, tab - escaped));
+    std::string name;
+    for (size_t i = tab + 1; i < line.size(); ++i) {
+      if (escaped && line[i] == '\\')
+        name += line[++i] == 'n' ? '\n' : line[i]; // \n or \\ in this test's names
+      else
+        name += line[i];
+    }
+    EXPECT_EQ(fs::file_size(tmp / "n" / name), size) << line;
+    ++files;
+  }
+  auto written = testing::list_dir(tmp / "n");
+  std::erase(written, std::string(OUTPUT_MARKER_NAME)); // the directory's marker, not an output
+  EXPECT_EQ(files, written.size());
+}
+
 TEST_F(ConvertCli, StreamsOneFileToStdout) {
   // Each output file streamed through a pipe equals the file a directory conversion writes.
   ASSERT_EQ(run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "dir") +

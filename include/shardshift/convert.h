@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -150,5 +151,10 @@ struct OutputFileSize {
 /// writing anything (`shardshift plan --print-size`). REQUIRES: `plan` was made from `input`.
 /// Fails (Errc::io) when a side file cannot be stat'ed.
 Result<std::vector<OutputFileSize>> list_output_files(const Checkpoint& input, const Plan& plan);
+
+/// `files` as `plan --print-size` prints them: "SIZE<TAB>NAME\n" each. A name holding a
+/// backslash, line feed or carriage return is escaped as GNU sha256sum escapes names (the line
+/// starts with a backslash; those bytes are written \\, \n and \r), so each file is one line.
+std::string output_sizes_text(std::span<const OutputFileSize> files);
 
 } // namespace shardshift
