@@ -204,7 +204,10 @@ void check_layer_pairs(PlanContext& ctx) {
             std::to_string(up->experts) + " experts, " + piece_name(up->rule) + " blocks of " +
             std::to_string(up->block) + " x " + std::to_string(up->rows) + ") and " + name(down) +
             " (" + std::to_string(down->experts) + " experts, " + std::to_string(down->block) +
-            " x " + std::to_string(down->rows) + ") disagree");
+            " x " + std::to_string(down->rows) + ") disagree" +
+            (ctx.spec.direction == Direction::to_hf
+                 ? ep_shard_part_hint(up->rows, up->block, down->rows, down->block)
+                 : ""));
     up->ok = down->ok = false;
   }
 }

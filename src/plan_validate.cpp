@@ -15,6 +15,20 @@ std::pair<uint64_t, uint64_t> ep_range(uint64_t e, uint64_t w, uint64_t r) {
   return {r * base + rem, base};
 }
 
+std::string ep_shard_part_hint(uint64_t gate_up_rows, uint64_t gate_up_half, uint64_t down_rows,
+                               uint64_t down_cols) {
+  if (gate_up_rows == 0 || down_cols % gate_up_rows != 0)
+    return {};
+  const uint64_t s = down_cols / gate_up_rows;
+  if (s < 2 || gate_up_half != down_rows * s)
+    return {};
+  const std::string n = std::to_string(s);
+  return "; these are the shapes of one part of a from_hf export with --ep-shard-size " + n +
+         ", which keeps 1/" + n +
+         " of axis 1 of each expert tensor: to_hf needs whole expert "
+         "tensors, so convert the export made without --ep-shard-size";
+}
+
 namespace {
 
 // The input pieces of one group (nullptr where absent).
@@ -83,9 +97,11 @@ bool check_shapes(PlanContext& ctx, const std::string& layer, const Pieces& p, u
     const uint64_t h_gu = from_hf ? p.gate_up->shape[2] : p.gate_up->shape[1];
     const uint64_t h_dn = from_hf ? p.down->shape[1] : p.down->shape[2];
     if (h_gu != h_dn) {
+      const std::string hint =
+          from_hf ? "" : ep_shard_part_hint(h_gu, p.gate_up->shape[2] / 2, p.down->shape[1], h_dn);
       ctx.problems.add(Errc::plan, "", "",
                        layer + ": hidden size disagrees: " + quoted(*p.gate_up) + " vs " +
-                           quoted(*p.down));
+                           quoted(*p.down) + hint);
       ok = false;
     }
   }

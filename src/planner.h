@@ -164,6 +164,12 @@ std::optional<uint64_t> reflink_alignment(const Checkpoint& input,
 /// (docs/semantics.md 1.2): the first e % w ranks get one expert more.
 std::pair<uint64_t, uint64_t> ep_range(uint64_t e, uint64_t w, uint64_t r);
 
+/// to_hf: where a layer's gate_and_up [E, A, 2B] and down [E, C, D] disagree as one part of a
+/// from_hf --ep-shard-size S export does (D = A * S and B = C * S, S > 1), the sentence that says
+/// so and what to do, to end the problem's message; "" otherwise.
+std::string ep_shard_part_hint(uint64_t gate_up_rows, uint64_t gate_up_half, uint64_t down_rows,
+                               uint64_t down_cols);
+
 /// Records one pass as a plan-stage span named after it (when a profiler is given).
 class PassTimer {
 public:

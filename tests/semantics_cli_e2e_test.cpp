@@ -184,6 +184,45 @@ TEST_F(SemanticsCli, ExpertParallelFlagErrors) {
   EXPECT_FALSE(fs::exists(tmp / "n"));
 }
 
+// One part of an --ep-shard-size export holds a fraction of each expert tensor's axis 1; to_hf
+// refuses it (its sizes disagree), and the message says what it is and what to convert instead.
+// A whole export converts back.
+TEST_F(SemanticsCli, ToHfNamesAPartOfASecondShardingForWhatItIs) {
+  for (const char* model : {"diffusion_gemma", "gemma4_moe", "qwen3_moe", "deepseek_v3"}) {
+    SCOPED_TRACE(model);
+    const fs::path in = tmp / model;
+    ASSERT_EQ(run_shardshift("synth " + shell_quoted(in) + " --model " + model +
+                             " --layers 2 --scale 16 -q")
+                  .exit_code,
+              0);
+    for (const char* parts : {"2", "4"}) {
+      fs::remove_all(tmp / "part");
+      ASSERT_EQ(run_shardshift("convert " + shell_quoted(in) + " " + shell_quoted(tmp / "part") +
+                               " -q --ep-shard-size " + parts + " --ep-shard-rank 1")
+                    .exit_code,
+                0);
+      auto back = run_shardshift("convert " + shell_quoted(tmp / "part") + " " +
+                                 shell_quoted(tmp / "back") + " -q");
+      EXPECT_EQ(back.exit_code, 1);
+      EXPECT_NE(back.err.find("one part of a from_hf export with --ep-shard-size " +
+                              std::string(parts) + ", which keeps 1/" + parts + " of axis 1"),
+                std::string::npos)
+          << back.err;
+      EXPECT_FALSE(fs::exists(tmp / "back"));
+    }
+    fs::remove_all(tmp / "part");
+    ASSERT_EQ(
+        run_shardshift("convert " + shell_quoted(in) + " " + shell_quoted(tmp / "part") + " -q")
+            .exit_code,
+        0);
+    auto whole = run_shardshift("convert " + shell_quoted(tmp / "part") + " " +
+                                shell_quoted(tmp / "back") + " -q");
+    EXPECT_EQ(whole.exit_code, 0) << whole.err;
+    fs::remove_all(tmp / "part");
+    fs::remove_all(tmp / "back");
+  }
+}
+
 TEST_F(SemanticsCli, EpFromLauncherSplitsAStackedFamilyByRank) {
   // qwen3_moe, 6 experts over the 4 ranks of a launcher (--rank/--world-size stand for its
   // variables): 2, 2, 1, 1 experts; each OUT holds its rank's slice, everything else whole.
