@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
+#include <poll.h>
 #include <spawn.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
@@ -85,6 +86,13 @@ uint64_t wait_until_read(pid_t pid, int pipe_fd, bool* exited, int* status) {
       delay = std::min(delay * 2, std::chrono::microseconds(10'000));
     }
   }
+}
+
+// Whether any process still holds the read end of the pipe whose write end is `fd`: once none
+// does, the write end polls POLLERR. A poll that fails counts as a reader (signal on).
+bool has_reader(int fd) {
+  pollfd p{fd, POLLOUT, 0};
+  return poll(&p, 1, 0) < 0 || (p.revents & POLLERR) == 0;
 }
 
 } // namespace
@@ -320,16 +328,32 @@ void ProcessTarget::abandon(ShardWriter& writer, const OutputFile& file) {
 }
 
 // Signals first, pipe last: while the command still has its stdin open it cannot mistake the
-// interruption for a complete input. Returns how the command ended ("exited with status 3").
+// interruption for a complete input. Whatever still holds the pipe's read end is signalled too,
+// not only the shell: a job the command left running in the background reads on after the shell
+// has exited, and would take the closing of its input for the end of a whole file. Each signal
+// goes to the whole group (the shell, what it started, the guard); the next one follows unless
+// the shell has ended and no reader is left within the grace period. Returns how the command
+// ended ("exited with status 3").
 std::string ProcessTarget::interrupt(Child& child) {
   int status = 0;
   bool gone = waitpid(child.pid, &status, WNOHANG) == child.pid;
+  auto ended = [&] { return gone && !has_reader(child.stdin_fd); };
   for (int sig : {SIGINT, SIGTERM, SIGKILL}) {
-    if (gone)
+    if (ended())
       break;
-    kill(-child.guard, sig); // the whole group: the shell, the command it runs, the guard
-    gone =
-        wait_for(child.pid, sig == SIGKILL ? std::chrono::milliseconds(60'000) : grace_, &status);
+    kill(-child.guard, sig);
+    // The shell gets 60 s to die of SIGKILL; a reader outside the group cannot be signalled,
+    // so it is given the grace period only.
+    const auto start = std::chrono::steady_clock::now();
+    const auto shell_limit = sig == SIGKILL ? std::chrono::milliseconds(60'000) : grace_;
+    for (;;) {
+      if (!gone)
+        gone = waitpid(child.pid, &status, WNOHANG) == child.pid;
+      const auto waited = std::chrono::steady_clock::now() - start;
+      if (ended() || (gone && waited >= grace_) || (!gone && waited >= shell_limit))
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
   }
   close(child.stdin_fd);
   if (!gone)

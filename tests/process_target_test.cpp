@@ -153,6 +153,28 @@ TEST_F(ProcessTargetTest, ACommandThatIgnoresSigintIsStoppedAnyway) {
   EXPECT_FALSE(std::filesystem::exists(tmp / "marker"));
 }
 
+// A command may leave a job in the background reading its input and exit at once. When the file
+// is abandoned, that reader must be stopped too before its input closes: it would otherwise see a
+// plain end of input and take the cut file for a whole one.
+TEST_F(ProcessTargetTest, AReaderLeftInTheBackgroundIsInterruptedToo) {
+  const std::string marker = shell_quote((tmp / "eof").string());
+  const std::string ready = shell_quote((tmp / "ready").string());
+  // Without job control an asynchronous list has stdin on /dev/null; fd 3 passes the pipe on.
+  ProcessTarget target("exec 3<&0; (cat <&3 > /dev/null && echo eof > " + marker + ") & touch " +
+                           ready + "; exit 0",
+                       std::chrono::milliseconds(200));
+  const OutputFile f = small_file("e.bin", "H", 10);
+  ShardWriter w;
+  ASSERT_TRUE(target.open(w, f).ok());
+  ASSERT_TRUE(w.append(std::as_bytes(std::span("01234", 5))).ok());
+  wait_for_file(tmp / "ready");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100)); // the shell has exited
+  target.abandon(w, f);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "eof"))
+      << "the background reader saw the end of a cut file as a complete input";
+}
+
 // True once process `pid` has ended (gone, or a zombie nobody has reaped yet).
 bool process_ended(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
