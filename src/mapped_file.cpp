@@ -3,7 +3,9 @@
 // Why a guard: a MAP_SHARED mapping stays valid when another process truncates the file, but any
 // page past the new end raises SIGBUS when touched. For a conversion that streams tens of gigabytes
 // that is a realistic failure (a download still being written, a file replaced in place), and a
-// crash with "Bus error" tells the user nothing. The guard turns it into Errc::file_changed.
+// crash with "Bus error" tells the user nothing. The guard turns it into Errc::file_changed. A
+// file rewritten in place at the same size raises nothing; MappedFile::unchanged() tells it by
+// its times, and the pipeline asks before its output can count as finished.
 #include "shardshift/mapped_file.h"
 
 #include <atomic>
@@ -26,6 +28,10 @@ uint64_t page_size() {
   return size;
 }
 
+int64_t nanoseconds(const timespec& t) {
+  return static_cast<int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
+}
+
 } // namespace
 
 Result<std::unique_ptr<MappedFile>> MappedFile::open(const std::filesystem::path& path) {
@@ -41,6 +47,8 @@ Result<std::unique_ptr<MappedFile>> MappedFile::open(const std::filesystem::path
   if (!S_ISREG(st.st_mode))
     return error(Errc::io, file->path_ + ": not a regular file");
   file->size_ = static_cast<uint64_t>(st.st_size);
+  file->modified_ns_ = nanoseconds(st.st_mtim);
+  file->changed_ns_ = nanoseconds(st.st_ctim);
 
   // mmap of length 0 fails with EINVAL; an empty file simply has an empty span.
   if (file->size_ == 0)
@@ -61,6 +69,23 @@ MappedFile::~MappedFile() {
     munmap(const_cast<std::byte*>(data_), size_);
   if (fd_ >= 0)
     ::close(fd_);
+}
+
+Status MappedFile::unchanged() const {
+  struct stat st;
+  if (fstat(fd_, &st) != 0)
+    return error(Errc::io, path_ + ": cannot stat: " + errno_text(errno));
+  if (static_cast<uint64_t>(st.st_size) == size_ && nanoseconds(st.st_mtim) == modified_ns_ &&
+      nanoseconds(st.st_ctim) == changed_ns_)
+    return {};
+  return error(Errc::file_changed,
+               path_ + ": file changed while reading (it was written to after it was opened: " +
+                   (static_cast<uint64_t>(st.st_size) != size_
+                        ? "its size went from " + std::to_string(size_) + " to " +
+                              std::to_string(st.st_size) + " bytes"
+                        : std::string("its modification or change time moved")) +
+                   "); the output would match neither version; re-run when no other process is "
+                   "writing it");
 }
 
 Result<std::span<const std::byte>> MappedFile::view(uint64_t offset, uint64_t length) const {
@@ -159,7 +184,7 @@ void install_sigbus_handler() {
 Status file_changed_error(const std::string& path) {
   return error(Errc::file_changed,
                path + ": file changed while reading (it shrank or was truncated while "
-                             "mapped); re-run when no other process is writing it");
+                      "mapped); re-run when no other process is writing it");
 }
 
 bool run_catching_sigbus(const std::function<void()>& fn) {

@@ -318,6 +318,12 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   });
   if (failure.failed())
     return failure.first();
+  // An input rewritten in place while it was read (at the same size: no page vanished, so no
+  // SIGBUS) gives bytes of both versions. Asked here, before the caller commits OUT, delivers the
+  // index or ends the archive, so such a run fails as a truncated input does.
+  for (const Shard& shard : input.shards)
+    if (Status s = shard.file->unchanged(); !s)
+      return s;
   // A GPU asked for by name that could not be opened fails the run even if no chunk noticed
   // (the CPU did them all while it was opening), as it would have before any work.
   if (config.gpu && config.gpu->required()) {

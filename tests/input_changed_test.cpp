@@ -2,10 +2,14 @@
 // copied is reported against that input file, as "file changed while reading" (issue 12, defect
 // 6: it used to be "write failed: Bad address" or "input ended" against the output file), on each
 // pass-through path: copy_file_range, the pwrite fallback from the mapping, splice to a pipe.
-// Nothing is left under OUT.
+// Nothing is left under OUT. An input rewritten in place at the same size (no page vanishes, so
+// no SIGBUS) fails the run the same way, before OUT is committed or the index delivered.
 #include "convert_harness.h"
 
 #include <climits>
+#include <fcntl.h>
+#include <map>
+#include <thread>
 #include <unistd.h>
 
 namespace shardshift::testing {
@@ -51,8 +55,9 @@ TEST_F(ConvertTest, AnInputTruncatedWhileCopiedIsNamedAsTheFileThatChanged) {
     const char* path;
     bool refuse, pipe;
   };
-  for (const Case& c : {Case{"copy_file_range", false, false},
-                        Case{"pwrite from the mapping", true, false}, Case{"splice", false, true}}) {
+  for (const Case& c :
+       {Case{"copy_file_range", false, false}, Case{"pwrite from the mapping", true, false},
+        Case{"splice", false, true}}) {
     SCOPED_TRACE(c.path);
     std::filesystem::remove_all(tmp / "hf");
     reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 2, 4, 64, 24), 2,
@@ -71,6 +76,74 @@ TEST_F(ConvertTest, AnInputTruncatedWhileCopiedIsNamedAsTheFileThatChanged) {
     EXPECT_NE(m.find(io.truncated() + ": file changed while reading"), std::string::npos) << m;
     EXPECT_EQ(m.find("Bad address"), std::string::npos) << m;
     EXPECT_EQ(m.find("input ended"), std::string::npos) << m;
+    EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
+  }
+}
+
+// Rewrites one byte of the source of the first zero-copy call in place, as a process writing the
+// checkpoint again would (the file keeps its size), then lets the call go through.
+class RewriteSourceOnFirstCopy final : public ForwardingIo {
+public:
+  RewriteSourceOnFirstCopy() : ForwardingIo(Io::system()) {}
+  ssize_t copy_file_range(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
+    rewrite_source(in, in_off ? *in_off : 0);
+    return ForwardingIo::copy_file_range(in, in_off, out, out_off, len);
+  }
+  ssize_t splice(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
+    rewrite_source(in, in_off ? *in_off : 0);
+    return ForwardingIo::splice(in, in_off, out, out_off, len);
+  }
+  const std::string& rewritten() const { return rewritten_; }
+
+private:
+  void rewrite_source(int fd, off_t at) {
+    if (!rewritten_.empty())
+      return;
+    char path[PATH_MAX] = {};
+    const std::string link = "/proc/self/fd/" + std::to_string(fd);
+    if (::readlink(link.c_str(), path, sizeof path - 1) <= 0)
+      return;
+    // File times move with the kernel's clock tick (a few ms): let one pass since the test wrote
+    // the file, so the rewrite shows in them as any later one would.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const int w = ::open(path, O_WRONLY | O_CLOEXEC);
+    char byte = 0;
+    if (w < 0 || ::pread(fd, &byte, 1, at) != 1 || (byte ^= 0x5a, ::pwrite(w, &byte, 1, at)) != 1) {
+      if (w >= 0)
+        ::close(w);
+      return;
+    }
+    ::close(w);
+    rewritten_ = path;
+  }
+  std::string rewritten_;
+};
+
+TEST_F(ConvertTest, AnInputRewrittenInPlaceWhileReadFailsTheRun) {
+  for (const bool pipe : {false, true}) {
+    SCOPED_TRACE(pipe ? "--pipe-to" : "directory");
+    std::filesystem::remove_all(tmp / "hf");
+    reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 2, 4, 64, 24), 2,
+                                "diffusion_gemma");
+    std::map<std::string, uintmax_t> sizes;
+    for (const auto& e : std::filesystem::directory_iterator(tmp / "hf"))
+      sizes[e.path().string()] = e.file_size();
+    RewriteSourceOnFirstCopy io;
+    auto r = run(tmp / "hf", pipe ? "" : tmp / "out", opts([&](ConvertOptions& o) {
+                   o.io = &io;
+                   o.writers = 1;
+                   if (pipe)
+                     o.pipe_to = "cat > /dev/null";
+                 }));
+    ASSERT_FALSE(io.rewritten().empty()) << "no pass-through copy was made";
+    EXPECT_EQ(std::filesystem::file_size(io.rewritten()), sizes[io.rewritten()]);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Errc::file_changed) << r.status().message();
+    EXPECT_NE(r.status().message().find(io.rewritten() +
+                                        ": file changed while reading (it was written to after "
+                                        "it was opened"),
+              std::string::npos)
+        << r.status().message();
     EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
   }
 }
