@@ -3,6 +3,7 @@
 // completed with the side files, SHA256SUMS and the index, marked, and renamed into place.
 #include "shardshift/shard_writer.h"
 
+#include "output_marker.h"
 #include "outputs.h"
 #include "resume.h"
 #include "sha256.h"
@@ -25,12 +26,6 @@ namespace shardshift {
 namespace fs = std::filesystem;
 
 namespace {
-
-// What the marker file of an output directory says (OUTPUT_MARKER_NAME). Fixed text, so that
-// outputs stay byte-identical from run to run; the number is the marker's format version.
-constexpr std::string_view OUTPUT_MARKER_TEXT =
-    "shardshift-output 1\n"
-    "This directory was written by shardshift convert; convert --force may replace it.\n";
 
 // `p` absolute, with every symlink of the part that exists resolved, normalized, and without a
 // trailing separator: two spellings of one place compare equal.
@@ -87,30 +82,6 @@ Status check_not_input(const ConvertOptions& o) {
                                                 in.string() + "; choose an OUT outside it");
   }
   return {};
-}
-
-// --force replaces only what shardshift can tell it wrote: a directory holding its marker (a
-// regular file, not a link, in the format it writes), or an empty directory (nothing to lose).
-Status check_replaceable(const fs::path& output) {
-  std::error_code ec;
-  if (fs::is_symlink(fs::symlink_status(output, ec))) // replacing it would move the link only
-    return Status(Errc::invalid_argument, output.string() + ": is a symbolic link; --force "
-                                                            "replaces only a real directory");
-  const fs::path marker = output / OUTPUT_MARKER_NAME;
-  if (fs::is_regular_file(fs::symlink_status(marker, ec))) {
-    std::ifstream in(marker, std::ios::binary);
-    std::string first_line;
-    std::getline(in, first_line);
-    if (first_line.starts_with("shardshift-output "))
-      return {};
-  } else if (fs::is_empty(output, ec) && !ec) {
-    return {};
-  }
-  return Status(Errc::invalid_argument,
-                output.string() + ": exists and is not a previous shardshift output (it has no " +
-                    OUTPUT_MARKER_NAME +
-                    " file), so --force will not replace it; remove it yourself or choose "
-                    "another OUT");
 }
 
 } // namespace
@@ -217,8 +188,11 @@ Status check_trace_file(const ConvertOptions& o) {
 
 Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bool force) {
   // Written last, so only a complete output carries the marker that lets --force replace it.
-  if (Status s = write_file_atomic(io, staging / OUTPUT_MARKER_NAME,
-                                   std::as_bytes(std::span(OUTPUT_MARKER_TEXT)));
+  auto marker = output_marker_text(staging);
+  if (!marker)
+    return marker.status();
+  if (Status s =
+          write_file_atomic(io, staging / OUTPUT_MARKER_NAME, std::as_bytes(std::span(*marker)));
       !s.ok())
     return s;
   std::error_code ec;

@@ -2,7 +2,8 @@
 // through the shardshift binary:
 //   - input is sacred: no flag removes or overwrites a path that is, contains or lies inside an
 //     input (real paths, links resolved, both directions); --force replaces only a directory
-//     holding shardshift's marker (or an empty one)            (defect 1: --force deleted IN)
+//     holding shardshift's marker (or an empty one), and only while it holds nothing the
+//     marker does not list                                     (defect 1: --force deleted IN)
 //   - a deeply nested index is a format error, not a crash     (defect 2: SIGSEGV)
 //   - OUT's problems fail before anything is written           (defect 8: dangling symlink)
 //   - a stray shard is a warning and is not copied             (defect 10)
@@ -134,9 +135,36 @@ TEST_F(Reliability, ForceReplacesOnlyAPreviousOutput) {
   EXPECT_EQ(convert(in(), tmp / "mine").exit_code, 2);
   EXPECT_EQ(read_bytes(tmp / "mine" / "notes.txt"), "precious");
 
-  // Every output carries the marker; --force replaces such an output, and an empty directory.
-  ASSERT_EQ(convert(in(), tmp / "out").exit_code, 0);
-  EXPECT_EQ(read_bytes(tmp / "out" / OUTPUT_MARKER_NAME).rfind("shardshift-output 1\n", 0), 0u);
+  // Every output carries the marker, which lists the files the run wrote; --force replaces such
+  // an output, its own files only (here an output of more shards than the new one has).
+  ASSERT_EQ(convert(in(), tmp / "out", "-q --max-shard-size 200KB --checksums").exit_code, 0);
+  const std::string marker = read_bytes(tmp / "out" / OUTPUT_MARKER_NAME);
+  EXPECT_EQ(marker.rfind("shardshift-output 2\n", 0), 0u) << marker;
+  for (const std::string& name : list_dir(tmp / "out"))
+    if (name != OUTPUT_MARKER_NAME)
+      EXPECT_NE(marker.find("\n" + name + "\n"), std::string::npos) << name << " is not listed";
+  const size_t old_files = list_dir(tmp / "out").size();
+  r = convert(in(), tmp / "out");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_LT(list_dir(tmp / "out").size(), old_files);
+  // A file or a directory it does not list is the user's: --force refuses, naming them, and
+  // removes nothing; once they are moved out, --force replaces the output.
+  write_bytes(tmp / "out" / "notes.txt", "the user's");
+  fs::create_directories(tmp / "out" / "runs");
+  write_bytes(tmp / "out" / "runs" / "train.log", "the user's too");
+  r = convert(in(), tmp / "out");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("out: holds 2 entries that shardshift did not write (notes.txt, runs/), "
+                       "which --force would remove with the old output"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(read_bytes(tmp / "out" / "notes.txt"), "the user's");
+  EXPECT_EQ(read_bytes(tmp / "out" / "runs" / "train.log"), "the user's too");
+  fs::remove(tmp / "out" / "notes.txt");
+  fs::remove_all(tmp / "out" / "runs");
+  EXPECT_EQ(convert(in(), tmp / "out").exit_code, 0);
+  // An output of an older shardshift (format 1, no list) is replaced whole, as it was then.
+  write_bytes(tmp / "out" / OUTPUT_MARKER_NAME, "shardshift-output 1\n");
   write_bytes(tmp / "out" / "stale.txt", "from an older run");
   r = convert(in(), tmp / "out");
   EXPECT_EQ(r.exit_code, 0) << r.err;
