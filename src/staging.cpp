@@ -22,6 +22,20 @@ fs::path staging_path(const fs::path& output, const char* what) {
                                  std::to_string(getpid()) + "-" + std::to_string(rd() % 100000));
 }
 
+namespace {
+
+// Whether `dir` holds nothing but files with shardshift's temporary names (no subdirectory).
+bool only_temporary_files(const fs::path& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (it->path().filename().string().find(".shardshift-tmp-") == std::string::npos ||
+        !it->is_regular_file(ec) || it->is_symlink(ec))
+      return false;
+  return !ec;
+}
+
+} // namespace
+
 std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
   const fs::path output = fs::absolute(out);
   const std::string prefix = temp_name_prefix(output.filename().string());
@@ -32,12 +46,17 @@ std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
     const std::string name = it->path().filename().string();
     if (!name.starts_with(prefix) || it->is_symlink(ec) || !it->is_directory(ec))
       continue;
-    // The process id in the name: a live process (or one we may not signal) keeps a directory
-    // that has no fingerprint yet, as it may not have taken the lock yet.
-    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-    const bool gone = pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
-    if (!gone && !fs::exists(it->path() / PLAN_FINGERPRINT_NAME, ec))
-      continue;
+    // The fingerprint is the first thing a run writes into its staging directory, once locked.
+    // Without one, the directory is a run's only if that run's process (the id in the name) is
+    // gone, it may not have taken the lock yet, and the directory holds nothing but what a run
+    // can leave before its fingerprint (nothing, or a temporary file): a directory a user made
+    // with such a name, with their files in it, is not shardshift's to remove.
+    if (!fs::exists(it->path() / PLAN_FINGERPRINT_NAME, ec)) {
+      const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+      const bool gone = pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+      if (!gone || !only_temporary_files(it->path()))
+        continue;
+    }
     dirs.push_back(it->path());
   }
   return dirs;

@@ -22,9 +22,11 @@ inline constexpr const char* PLAN_FINGERPRINT_NAME = ".shardshift-plan";
 /// directory being built, "old" for a previous output that --force moves aside).
 std::filesystem::path staging_path(const std::filesystem::path& output, const char* what);
 
-/// The "-tmp-" staging directories of `output` that may have been abandoned: their process is
-/// gone, or they hold a plan fingerprint (written only after the lock was taken, so a free lock
-/// then means nobody writes there any more). Their locks are not checked here: a caller takes
+/// The "-tmp-" staging directories of `output` that may have been abandoned: they hold a plan
+/// fingerprint (written only after the lock was taken, so a free lock then means nobody writes
+/// there any more), or their process is gone and they hold nothing a run could not have left
+/// before its fingerprint (no file, or only temporary ones: a directory of a user's that merely
+/// has such a name is never taken). Their locks are not checked here: a caller takes
 /// the lock before touching one.
 std::vector<std::filesystem::path> abandoned_staging_dirs(const std::filesystem::path& output);
 

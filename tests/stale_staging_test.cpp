@@ -1,8 +1,12 @@
 // stale_staging_test.cpp: a run killed with kill -9 leaves its staging directory behind; the next
 // run into the same OUT removes it (its process is gone and its lock is free) and says how much
-// it freed. A staging directory whose process lives, or whose lock is held, is left alone.
+// it freed. A staging directory whose process lives, or whose lock is held, is left alone, and so
+// is a directory that merely has such a name: without the plan fingerprint a run writes first,
+// only an empty one (or one of temporary files) of a process that is gone counts as a run's.
 #include "convert_harness.h"
+#include "staging.h"
 
+#include <algorithm>
 #include <csignal>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -26,7 +30,16 @@ TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
   ASSERT_NE(dead, 0);
   const auto stale = tmp / (".out.shardshift-tmp-" + std::to_string(dead) + "-42");
   std::filesystem::create_directory(stale);
+  write_bytes(stale / PLAN_FINGERPRINT_NAME, "fingerprint\n");
   write_bytes(stale / "model-00001-of-00002.safetensors", std::string(5000, 'x'));
+  // Killed before its fingerprint: empty, or holding only the fingerprint's temporary file.
+  const auto early = tmp / (".out.shardshift-tmp-" + std::to_string(dead) + "-43");
+  std::filesystem::create_directory(early);
+  write_bytes(early / ".shardshift-plan.shardshift-tmp-1-ab", "fing");
+  // A user's directory with such a name, holding their data, is not shardshift's.
+  const auto users = tmp / (".out.shardshift-tmp-" + std::to_string(dead) + "-44");
+  std::filesystem::create_directory(users);
+  write_bytes(users / "mydata.txt", "precious");
   // A staging directory of a live process (this one), and one whose lock is held: both stay.
   const auto live = tmp / (".out.shardshift-tmp-" + std::to_string(::getpid()) + "-7");
   std::filesystem::create_directory(live);
@@ -50,13 +63,17 @@ TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
   ::close(lock);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_FALSE(std::filesystem::exists(stale));
+  EXPECT_FALSE(std::filesystem::exists(early));
+  EXPECT_EQ(read_bytes(users / "mydata.txt"), "precious");
   EXPECT_TRUE(std::filesystem::exists(live));
   EXPECT_TRUE(std::filesystem::exists(locked));
   EXPECT_TRUE(std::filesystem::exists(tmp / ".other.shardshift-tmp-1-1"));
-  ASSERT_EQ(warnings.size(), 1u);
-  EXPECT_NE(warnings[0].find("removed the staging directory of an earlier run"), std::string::npos)
-      << warnings[0];
-  EXPECT_NE(warnings[0].find("5000 bytes freed"), std::string::npos) << warnings[0];
+  ASSERT_EQ(warnings.size(), 2u);
+  std::sort(warnings.begin(), warnings.end()); // "-42" before "-43"
+  for (const std::string& w : warnings)
+    EXPECT_NE(w.find("removed the staging directory of an earlier run"), std::string::npos) << w;
+  EXPECT_NE(warnings[0].find("5012 bytes freed"), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[1].find("4 bytes freed"), std::string::npos) << warnings[1];
 }
 
 } // namespace
