@@ -413,7 +413,8 @@ void add_delivery_flags(FlagGroup& run) {
       "Example: - --only model-00001-of-00004.safetensors")(
       "pipe-to", po::value<std::string>()->value_name("COMMAND"),
       "Instead of OUT: stream every output file into its own COMMAND (run by sh -c, {name} and "
-      "{size} replaced, shell-quoted), e.g. an uploader reading stdin. The index goes last, "
+      "{size} replaced, shell-quoted: write them bare, never inside quotes), e.g. an uploader "
+      "reading stdin; with --json, its stdout goes to stderr. The index goes last, "
       "only after every shard was delivered; a file that fails has its command interrupted "
       "(SIGINT, then SIGTERM, SIGKILL) before its input ends, so the uploader discards it. "
       "Example: --pipe-to 'aws s3 cp - s3://bucket/native/{name} --expected-size {size}'")(
@@ -552,6 +553,7 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
     return Status(Errc::invalid_argument, "--format '" + format + "': use dir or tar");
   if (o.output == "-" && vm.count("json"))
     return Status(Errc::invalid_argument, "--json and OUT '-' both write to stdout; use one");
+  o.pipe_to_stdout_to_stderr = vm.count("json") > 0; // stdout holds the JSON alone
   o.trace = vm.count("trace") > 0;
   if (o.trace)
     o.trace_file = vm["trace"].as<std::string>();

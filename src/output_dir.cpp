@@ -5,6 +5,7 @@
 
 #include "output_marker.h"
 #include "outputs.h"
+#include "process_target.h"
 #include "resume.h"
 #include "sha256.h"
 #include "side_files.h"
@@ -95,6 +96,8 @@ Status check_output(const ConvertOptions& o) {
     if (!o.output.empty())
       return Status(Errc::invalid_argument,
                     "--pipe-to delivers every file to its command: give no OUT with it");
+    if (Status s = check_command_template(o.pipe_to); !s.ok())
+      return s;
     if (!o.only.empty())
       return Status(Errc::invalid_argument, "--only streams one file to stdout; --pipe-to "
                                             "delivers every file: use one of them");

@@ -42,6 +42,38 @@ std::string expand_command(std::string_view command, std::string_view name, uint
   return out;
 }
 
+Status check_command_template(std::string_view command) {
+  // The quote the scan is inside (', " or none), one entry per $( ) it has entered: a command
+  // substitution starts unquoted again, even inside double quotes.
+  std::vector<char> quotes = {0};
+  for (size_t i = 0; i < command.size(); ++i) {
+    char& quote = quotes.back();
+    const char c = command[i];
+    if (quote != '\'' && c == '\\') {
+      ++i; // an escaped character, in no quotes or in double quotes
+    } else if (quote != '\'' && command.substr(i).starts_with("$(")) {
+      quotes.push_back(0);
+      ++i;
+    } else if (quote == 0 && c == ')' && quotes.size() > 1) {
+      quotes.pop_back();
+    } else if (quote == 0 && (c == '\'' || c == '"')) {
+      quote = c;
+    } else if (c == quote) {
+      quote = 0;
+    } else if (quote != 0) {
+      for (std::string_view p : {"{name}", "{size}"})
+        if (command.substr(i).starts_with(p))
+          return Status(Errc::invalid_argument,
+                        "--pipe-to: " + std::string(p) + " stands inside quotes in '" +
+                            std::string(command) +
+                            "'; shardshift quotes the value itself, and inside quotes a file name "
+                            "could end them and run as shell code: write it bare, as in "
+                            "cat > dir/{name} or s3://bucket/prefix/{name}");
+    }
+  }
+  return {};
+}
+
 namespace {
 
 // How a finished child ended, for messages.
@@ -212,7 +244,10 @@ Status ProcessTarget::start(const std::string& name, const std::string& command,
   // The command's group is the guard's: signals reach the shell and whatever it started (the
   // uploader), and a Ctrl-C at the terminal reaches shardshift alone, which then decides each
   // file's fate.
-  rc = spawn_sh({"sh", "-c", command}, {{data[0], STDIN_FILENO}}, false, child.guard, &child.pid);
+  std::vector<std::pair<int, int>> moves = {{data[0], STDIN_FILENO}};
+  if (command_stdout_to_stderr_)
+    moves.emplace_back(STDERR_FILENO, STDOUT_FILENO);
+  rc = spawn_sh({"sh", "-c", command}, moves, false, child.guard, &child.pid);
   close(data[0]);
   if (rc != 0) {
     child.pid = -1;

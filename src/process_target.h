@@ -36,6 +36,11 @@ namespace shardshift {
 std::string shell_quote(std::string_view text);
 /// `command` with {name} and {size} replaced by shell-quoted values (other braces are kept).
 std::string expand_command(std::string_view command, std::string_view name, uint64_t size);
+/// Refuses (Errc::invalid_argument) a --pipe-to command with {name} or {size} inside single or
+/// double quotes: the value comes shell-quoted already, and inside quotes a file name (which the
+/// input directory decides) could end them and run as shell code. Bare, the placeholder may
+/// still be part of a word (s3://bucket/{name}).
+Status check_command_template(std::string_view command);
 
 /// What became of one file handed to a ProcessTarget.
 struct Delivery {
@@ -45,9 +50,13 @@ struct Delivery {
 
 class ProcessTarget final : public OutputTarget {
 public:
+  /// `command_stdout_to_stderr`: each command's stdout is shardshift's stderr (where shardshift's
+  /// own stdout carries results, --json), not its stdout.
   explicit ProcessTarget(std::string command,
-                         std::chrono::milliseconds grace = std::chrono::milliseconds(5000))
-      : command_(std::move(command)), grace_(grace) {}
+                         std::chrono::milliseconds grace = std::chrono::milliseconds(5000),
+                         bool command_stdout_to_stderr = false)
+      : command_(std::move(command)), grace_(grace),
+        command_stdout_to_stderr_(command_stdout_to_stderr) {}
   ~ProcessTarget() override;
 
   Status open(ShardWriter& writer, const OutputFile& file) override;
@@ -74,6 +83,7 @@ private:
 
   std::string command_;
   std::chrono::milliseconds grace_;
+  bool command_stdout_to_stderr_ = false;
   mutable std::mutex mu_;
   std::map<std::string, Child> children_;    ///< by file name, while open
   std::map<std::string, Delivery> outcomes_; ///< by file name, once opened

@@ -39,11 +39,11 @@ std::string state_text(const Delivery& d) {
 
 } // namespace
 
-Result<UploadResult> upload_outputs(const std::string& command, const Checkpoint& input,
-                                    const Plan& plan, const PipelineConfig& config, Io& io,
-                                    Profiler& profiler) {
+Result<UploadResult> upload_outputs(const std::string& command, bool command_stdout_to_stderr,
+                                    const Checkpoint& input, const Plan& plan,
+                                    const PipelineConfig& config, Io& io, Profiler& profiler) {
   UploadResult r;
-  ProcessTarget target(command);
+  ProcessTarget target(command, std::chrono::milliseconds(5000), command_stdout_to_stderr);
   std::vector<uint32_t> shards(plan.files.size());
   std::iota(shards.begin(), shards.end(), 0u);
   auto moved = run_pipeline(input, plan, shards, target, config, profiler);

@@ -28,8 +28,9 @@ struct UploadResult {
 /// Delivers every output file of `plan` through `command` (see process_target.h for {name} and
 /// {size}). With config.digests set, SHA-256 sums are computed and delivered as SHA256SUMS before
 /// the index. On failure the Status lists every file's state, one per line.
-Result<UploadResult> upload_outputs(const std::string& command, const Checkpoint& input,
-                                    const Plan& plan, const PipelineConfig& config, Io& io,
-                                    Profiler& profiler);
+/// `command_stdout_to_stderr`: see ProcessTarget.
+Result<UploadResult> upload_outputs(const std::string& command, bool command_stdout_to_stderr,
+                                    const Checkpoint& input, const Plan& plan,
+                                    const PipelineConfig& config, Io& io, Profiler& profiler);
 
 } // namespace shardshift

@@ -245,6 +245,37 @@ TEST_F(CliCheckpoint, UploadsWithoutPipeToIsAUsageError) {
   EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
 }
 
+// --pipe-to --json: what the commands print goes to stderr, so stdout is the JSON alone; without
+// --json their stdout stays shardshift's (a caller may collect what they print there).
+TEST_F(CliCheckpoint, PipeToJsonKeepsTheCommandsOutputOffStdout) {
+  const std::string convert = "convert " + shell_quoted(tmp / "hf") +
+                              " --pipe-to 'cat > /dev/null; echo uploaded {name}' -q";
+  auto json = run_shardshift(convert + " --json");
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  EXPECT_EQ(parser.parse(json.out).get(doc), simdjson::SUCCESS) << json.out;
+  EXPECT_EQ(json.out.find("uploaded"), std::string::npos) << json.out;
+  EXPECT_NE(json.err.find("uploaded config.json"), std::string::npos) << json.err;
+  auto plain = run_shardshift(convert);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_NE(plain.out.find("uploaded config.json"), std::string::npos) << plain.out;
+}
+
+// A side file may be named '$(touch x)': quoted by the user, {name} would run it. Refused before
+// anything is read or started.
+TEST_F(CliCheckpoint, PipeToRefusesAQuotedPlaceholder) {
+  testing::write_bytes(tmp / "hf" / "$(touch PWNED)", "x");
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " --pipe-to " +
+                          shell_quoted("cat > \"" + (tmp / "got").string() + "-{name}\""));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--pipe-to: {name} stands inside quotes"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists("PWNED"));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "PWNED"));
+  for (const std::string& name : testing::list_dir(tmp.path()))
+    EXPECT_FALSE(name.starts_with("got")) << name;
+}
+
 TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
   // -q: nothing but errors; --json is printed even then.
   auto inspect = run_shardshift("inspect -q " + shell_quoted(tmp / "hf"));

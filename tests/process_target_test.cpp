@@ -50,6 +50,24 @@ TEST(ProcessTargetCommand, QuotesEveryValue) {
             "up 'x'\\''; rm -rf /; '\\''' --size 42 {other}");
 }
 
+TEST(ProcessTargetCommand, RefusesAPlaceholderInsideQuotes) {
+  // Inside quotes the quoted value would be literal, or end them: refused, naming the placeholder.
+  for (const char* bad : {"cat > '/x/{name}'", "cat > \"/x/{name}\"", "up \"{size}\"",
+                          "echo \"$(echo '{name}')\"", "a 'b' \"c {name}\""}) {
+    const Status s = check_command_template(bad);
+    EXPECT_EQ(s.code(), Errc::invalid_argument) << bad;
+    EXPECT_NE(s.message().find("stands inside quotes"), std::string::npos) << bad;
+  }
+  // Bare, also inside a word, after closed quotes, escaped quotes, or a command substitution
+  // inside double quotes (which starts unquoted again).
+  for (const char* good :
+       {"cat > /x/{name}", "aws s3 cp - \"s3://$b/n/\"{name} --expected-size {size}",
+        "echo \\'{name}", "a 'it'\\''s' {name}", "mkdir -p \"$(dirname /x/{name})\" && cat",
+        "echo '{other}' {name}"})
+    EXPECT_TRUE(check_command_template(good).ok())
+        << good << ": " << check_command_template(good).message();
+}
+
 TEST_F(ProcessTargetTest, AFinishedFileReachesItsCommandWhole) {
   ProcessTarget target("cat > " + shell_quote((tmp / "got").string()) + "-{name}");
   const OutputFile f = small_file("a.bin", "HEADER", 5);

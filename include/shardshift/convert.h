@@ -61,6 +61,9 @@ struct ConvertOptions {
   /// --pipe-to: instead of OUT, stream every output file into its own `sh -c` command ({name} and
   /// {size} replaced, shell-quoted); the index goes last, only after every shard was delivered.
   std::string pipe_to;
+  /// --pipe-to with --json: each command's stdout goes to stderr, so that stdout holds the
+  /// caller's results alone.
+  bool pipe_to_stdout_to_stderr = false;
   unsigned uploads = 0;   ///< --uploads: commands running at once (0 = 4)
   bool checksums = false; ///< --checksums: SHA-256 of every output file, written as SHA256SUMS
   /// With a GPU: start moving bytes only once it is open, and keep it to the last chunk (tests
