@@ -523,6 +523,9 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   if (vm.count("world-size"))
     o.world_size = vm["world-size"].as<unsigned>();
   o.job_timeout = std::chrono::seconds(vm["job-timeout"].as<unsigned>());
+  if (o.job_timeout.count() == 0) // every rank would fail at its first look at the others
+    return Status(Errc::invalid_argument,
+                  "--job-timeout must be at least 1 (seconds a rank waits for a sign of life)");
   if (vm.count("ep-from-launcher")) {
     // One single-process conversion per rank, each into its own OUT, of its own experts.
     auto rank = detect_rank(o.rank, o.world_size, environment());

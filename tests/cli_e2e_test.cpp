@@ -162,6 +162,14 @@ TEST_F(CliCheckpoint, WholeNumberFlagsTakeDigitsAlone) {
 }
 
 // --job-timeout outside a job of several processes changes nothing, and the user is told so.
+TEST_F(CliCheckpoint, JobTimeoutOfZeroIsAUsageError) {
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
+                          " --rank 0 --world-size 2 --job-timeout 0");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--job-timeout must be at least 1"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
+}
+
 TEST_F(CliCheckpoint, JobTimeoutOutsideAJobIsNamedUseless) {
   const std::string in = shell_quoted(tmp / "hf"), out = shell_quoted(tmp / "out");
   auto alone = run_shardshift("convert " + in + " " + out + " --job-timeout 60");
