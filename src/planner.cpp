@@ -76,6 +76,28 @@ Status check_options(PlanContext& ctx) {
   if (o.quantize_fp8 && o.expert_dtype)
     return Status(Errc::invalid_argument,
                   "--quantize fp8 writes F8_E4M3 weights; --dtype must be keep");
+  // Flags of the other direction (or of another model) would change nothing here: refused, so
+  // that a user who gave one learns it had no effect.
+  const std::string here = std::string(ctx.spec.model) + " " + direction_name(ctx.spec.direction);
+  if (!ctx.spec.honours_exclude && o.exclude != PlanOptions{}.exclude)
+    return Status(Errc::invalid_argument,
+                  "--exclude applies to to_hf only (it removes keys of the Hugging Face output, "
+                  "as the reference's to_hf does); this is " +
+                      here);
+  const bool writes_ones =
+      std::any_of(ctx.spec.rules.begin(), ctx.spec.rules.end(), [](const Rule& r) {
+        return r.action == RuleAction::expert_down && !r.extra.empty();
+      });
+  if (o.scale_dtype && !(writes_ones && ctx.spec.direction == Direction::to_hf))
+    return Status(Errc::invalid_argument,
+                  "--scale-dtype sets the dtype of the per_expert_scale that to_hf writes for "
+                  "diffusion_gemma and gemma4_moe; this is " +
+                      here + ", which writes none");
+  if (!o.tied_head && ctx.spec.tied_head_source.empty())
+    return Status(Errc::invalid_argument,
+                  "--no-tied-head applies where from_hf writes a tied lm_head.weight "
+                  "(diffusion_gemma); this is " +
+                      here + ", which writes none");
   if (ctx.spec.honours_exclude && o.exclude && !o.exclude->empty()) {
     auto pattern = KeyPattern::compile(*o.exclude);
     if (!pattern)

@@ -71,9 +71,14 @@ TEST_F(ConvertTest, ExistingOutputNeedsForce) {
   EXPECT_TRUE(fs::exists(tmp / "n" / "old.txt"));
   fs::remove_all(tmp / "n");
   ASSERT_TRUE(run(tmp / "hf", tmp / "n").ok());
+  // Nor one that holds a file the output's marker does not list.
   testing::write_bytes(tmp / "n" / "old.txt", "old");
+  forced = run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) { o.force = true; }));
+  ASSERT_FALSE(forced.ok());
+  EXPECT_EQ(forced.status().code(), Errc::invalid_argument);
+  EXPECT_TRUE(fs::exists(tmp / "n" / "old.txt"));
+  fs::remove(tmp / "n" / "old.txt");
   ASSERT_TRUE(run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) { o.force = true; })).ok());
-  EXPECT_FALSE(fs::exists(tmp / "n" / "old.txt"));
   expect_same(read_checkpoint(tmp / "n"), ref_from_hf(in, true, {}));
 }
 

@@ -331,11 +331,46 @@ TEST_F(SemanticsRules, InvalidExcludeIsRefusedOnToHfOnly) {
         << r.status().message();
   }
   EXPECT_FALSE(fs::exists(tmp / "hf"));
-  // from_hf never uses the pattern, so it is not compiled there.
+  // from_hf has no exclusion: a pattern given there is refused as having no effect, not
+  // ignored; the default pattern is no pattern given.
   write_checkpoint(tmp / "hf_in", tiny_diffusion(rng, 1, 2, 4, 2));
   auto from = run(tmp / "hf_in", tmp / "n",
                   opts([](ConvertOptions& o) { o.plan.exclude = std::string("([unclosed"); }));
-  EXPECT_TRUE(from.ok());
+  ASSERT_FALSE(from.ok());
+  EXPECT_EQ(from.status().code(), Errc::invalid_argument);
+  EXPECT_NE(from.status().message().find("--exclude applies to to_hf only"), std::string::npos)
+      << from.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+  EXPECT_TRUE(run(tmp / "hf_in", tmp / "n").ok());
+}
+
+// --scale-dtype and --no-tied-head where they have nothing to set are refused the same way.
+TEST_F(SemanticsRules, FlagsWithNothingToSetAreRefused) {
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 1, 2, 4, 2));
+  write_checkpoint(tmp / "native", tiny_native(rng, 1, 2, 4, 2));
+  auto scale =
+      run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) { o.plan.scale_dtype = DType::F32; }));
+  ASSERT_FALSE(scale.ok());
+  EXPECT_EQ(scale.status().code(), Errc::invalid_argument);
+  EXPECT_NE(scale.status().message().find("--scale-dtype sets the dtype of the per_expert_scale "
+                                          "that to_hf writes"),
+            std::string::npos)
+      << scale.status().message();
+  auto head =
+      run(tmp / "native", tmp / "n", opts([](ConvertOptions& o) { o.plan.tied_head = false; }));
+  ASSERT_FALSE(head.ok());
+  EXPECT_NE(head.status().message().find("--no-tied-head applies where from_hf writes a tied "
+                                         "lm_head.weight (diffusion_gemma); this is "
+                                         "diffusion_gemma to_hf"),
+            std::string::npos)
+      << head.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+  // Where they apply, they convert.
+  EXPECT_TRUE(run(tmp / "native", tmp / "a",
+                  opts([](ConvertOptions& o) { o.plan.scale_dtype = DType::F32; }))
+                  .ok());
+  EXPECT_TRUE(
+      run(tmp / "hf", tmp / "b", opts([](ConvertOptions& o) { o.plan.tied_head = false; })).ok());
 }
 
 // --- 10.1: checks on OUT ------------------------------------------------------------------------
