@@ -98,6 +98,9 @@ Status check_output(const ConvertOptions& o) {
                     "--pipe-to delivers every file to its command: give no OUT with it");
     if (Status s = check_command_template(o.pipe_to); !s.ok())
       return s;
+    if (o.force)
+      return Status(Errc::invalid_argument, "--force replaces an existing OUT; --pipe-to writes "
+                                            "no OUT: drop --force");
     if (!o.only.empty())
       return Status(Errc::invalid_argument, "--only streams one file to stdout; --pipe-to "
                                             "delivers every file: use one of them");
@@ -115,6 +118,9 @@ Status check_output(const ConvertOptions& o) {
                                             "file: use one of them");
   }
   if (is_stream(o)) {
+    if (o.force)
+      return Status(Errc::invalid_argument, "--force replaces an existing OUT; OUT '-' is stdout, "
+                                            "which it cannot replace: drop --force");
     if (isatty(STDOUT_FILENO))
       return Status(
           Errc::invalid_argument,

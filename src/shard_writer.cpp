@@ -174,10 +174,12 @@ Status ShardWriter::create_temp(int access) {
     if (err == EEXIST && attempt < 8)
       continue;
     if (err == ENOSPC || err == EDQUOT)
-      return fail(
-          error(Errc::no_space, display_path_ + ": disk full after writing 0 of " +
-                                    std::to_string(expected_size_) +
-                                    " bytes; free space or choose another output directory"));
+      return fail(error(Errc::no_space, display_path_ +
+                                            ": cannot create the file: the file system has "
+                                            "no space or no free inodes left (" +
+                                            std::to_string(expected_size_) +
+                                            " bytes to write); free some or choose another output "
+                                            "directory"));
     return fail(error(Errc::io, candidate.string() + ": cannot create: " + errno_text(err)));
   }
 }

@@ -245,6 +245,17 @@ TEST_F(CliCheckpoint, EmptyPathsAreNamed) {
 }
 
 // --uploads without --pipe-to would be ignored without a word (as if it sped up a directory).
+TEST_F(CliCheckpoint, ForceWithoutAnOutToReplaceIsAUsageError) {
+  for (const char* where : {" --pipe-to 'cat > /dev/null'", " - --only config.json"}) {
+    auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " +
+                                shell_quoted(tmp / "hf") + where + " --force | cat");
+    EXPECT_NE(r.err.find("--force replaces an existing OUT"), std::string::npos) << where << r.err;
+  }
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") +
+                          " --pipe-to 'cat > /dev/null' --force");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+}
+
 TEST_F(CliCheckpoint, UploadsWithoutPipeToIsAUsageError) {
   auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "out") +
                           " --uploads 8");

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <fcntl.h>
 #include <filesystem>
 #include <optional>
 #include <random>
@@ -60,12 +61,18 @@ public:
   size_t max_per_call = SIZE_MAX;     ///< short writes: at most this many bytes per call
   int eintr_every = 0;                ///< every Nth write call fails with EINTR
   int fallocate_errno = 0;
+  int create_errno = 0;    ///< open with O_CREAT fails with this
   int write_errno = 0;     ///< pwrite/write fail with this (after space_left, when both)
   int copy_errno = 0;      ///< copy_file_range/splice fail with this
   int copy_fail_after = 0; ///< ... after this many successful copy calls
   int write_calls = 0, copy_calls = 0;
   size_t largest_write = 0;
 
+  int open(const char* path, int flags, unsigned mode) override {
+    if (create_errno && (flags & O_CREAT))
+      return errno = create_errno, -1;
+    return ForwardingIo::open(path, flags, mode);
+  }
   ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) override {
     ssize_t n = limit(count);
     if (n < 0)

@@ -203,6 +203,24 @@ TEST(ShardWriter, DiskFullMidWay) {
   EXPECT_TRUE(list_dir(dir.path()).empty());
 }
 
+// ENOSPC where a file is created: the file system may have bytes to spare but no inode left;
+// the message says both.
+TEST(ShardWriter, NoRoomToCreateTheFileNamesInodesToo) {
+  TempDir dir;
+  FaultIo io;
+  io.create_errno = ENOSPC;
+  auto header = build_header(std::vector<PlannedTensor>{{"t", DType::U8, {100}}}, {});
+  ASSERT_TRUE(header.ok());
+  ShardWriter writer(io);
+  Status s = writer.open(dir / "x.safetensors", header.value(), 100);
+  EXPECT_EQ(s.code(), Errc::no_space);
+  EXPECT_NE(s.message().find("x.safetensors: cannot create the file: the file system has no "
+                             "space or no free inodes left"),
+            std::string::npos)
+      << s.message();
+  EXPECT_TRUE(list_dir(dir.path()).empty());
+}
+
 TEST(ShardWriter, DiskFullWhenReserving) {
   TempDir dir;
   FaultIo io;
@@ -397,9 +415,7 @@ private:
 TEST(ShardWriter, StopsWithinAPieceOnceCancelled) {
   testing::TempDir dir;
   const std::string data(64 << 20, 'c'); // one 64 MiB append, and one 64 MiB copy
-  {
-    std::ofstream(dir / "in.bin", std::ios::binary) << data;
-  }
+  { std::ofstream(dir / "in.bin", std::ios::binary) << data; }
   for (bool copy : {false, true}) {
     SCOPED_TRACE(copy ? "append_copy" : "append");
     std::atomic<bool> cancel{false};
