@@ -70,7 +70,8 @@ void print_option(std::ostream& out, const po::option_description& option) {
 
 const char* const SIZE_SYNTAX =
     "SIZE is a byte count with an optional unit: kB, MB, GB, TB are powers of 1000 (5GB = 5e9 "
-    "bytes, as Hugging Face counts); KiB, MiB, GiB, TiB are powers of 1024.";
+    "bytes, as Hugging Face counts); KiB, MiB, GiB, TiB are powers of 1024. 5Gb (bits to "
+    "Hugging Face) and a bare 5G (GiB to dd) are refused.";
 
 void print_warnings(const std::vector<std::string>& warnings, bool quiet) {
   if (!quiet)

@@ -29,16 +29,33 @@ Result<uint64_t> parse_size(std::string_view text) {
   std::string suffix;
   for (char c : text.substr(i))
     suffix += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  // Spellings that others read otherwise are refused rather than guessed: Hugging Face reads a
+  // lowercase b after a decimal unit as bits ("5Gb" is 625 MB there), and dd or sort read a bare
+  // K, M, G or T as a power of 1024.
+  const std::string number_text(text.substr(0, i));
+  if (suffix.size() == 2 && suffix[1] == 'b' && text.back() == 'b' &&
+      std::string_view("kmgt").find(suffix[0]) != std::string_view::npos)
+    return Status(Errc::invalid_argument,
+                  "size '" + std::string(text) +
+                      "': a lowercase b after the unit means bits to Hugging Face; write " +
+                      number_text + static_cast<char>(std::toupper(suffix[0])) + "B (decimal) or " +
+                      number_text + static_cast<char>(std::toupper(suffix[0])) + "iB (binary)");
+  if (suffix.size() == 1 && std::string_view("kmgt").find(suffix[0]) != std::string_view::npos)
+    return Status(Errc::invalid_argument,
+                  "size '" + std::string(text) + "' is ambiguous (dd and sort read " +
+                      static_cast<char>(std::toupper(suffix[0])) + " as a power of 1024); write " +
+                      number_text + static_cast<char>(std::toupper(suffix[0])) + "B (decimal) or " +
+                      number_text + static_cast<char>(std::toupper(suffix[0])) + "iB (binary)");
   double mult;
   if (suffix.empty() || suffix == "b")
     mult = 1;
-  else if (suffix == "kb" || suffix == "k")
+  else if (suffix == "kb")
     mult = 1e3;
-  else if (suffix == "mb" || suffix == "m")
+  else if (suffix == "mb")
     mult = 1e6;
-  else if (suffix == "gb" || suffix == "g")
+  else if (suffix == "gb")
     mult = 1e9;
-  else if (suffix == "tb" || suffix == "t")
+  else if (suffix == "tb")
     mult = 1e12;
   else if (suffix == "kib")
     mult = 1024.0;

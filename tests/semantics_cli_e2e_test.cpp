@@ -60,7 +60,6 @@ TEST_F(SemanticsCli, MaxShardSizeTakesUnitsAndRefusesZero) {
   EXPECT_NE(decimal.find("model-00001-of-"), std::string::npos) << decimal;
   EXPECT_EQ(sizes("3kB"), decimal);
   EXPECT_EQ(sizes("3KB"), decimal);
-  EXPECT_EQ(sizes("3k"), decimal);
   EXPECT_EQ(sizes("3072"), sizes("3KiB"));
   EXPECT_EQ(sizes("3072"), sizes("3kib"));
 
@@ -72,6 +71,12 @@ TEST_F(SemanticsCli, MaxShardSizeTakesUnitsAndRefusesZero) {
                             " --max-shard-size 3XB");
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--max-shard-size: invalid size '3XB'"), std::string::npos) << bad.err;
+  auto bits = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
+                             " --max-shard-size 3kb");
+  EXPECT_EQ(bits.exit_code, 2);
+  EXPECT_NE(bits.err.find("--max-shard-size: size '3kb': a lowercase b after the unit means bits"),
+            std::string::npos)
+      << bits.err;
   EXPECT_FALSE(fs::exists(tmp / "n"));
 }
 

@@ -157,17 +157,17 @@ TEST_F(SemanticsRules, OneOutputFileIsModelSafetensorsWithoutIndex) {
   expect_same(read_checkpoint(tmp / "n"), ref_from_hf(in, true, {}));
 }
 
-TEST(SemanticsUnits, SizesTakeDecimalAndBinaryUnitsInAnyCase) {
+TEST(SemanticsUnits, SizesTakeDecimalAndBinaryUnitsAndRefuseWhatOthersReadOtherwise) {
   struct Case {
     const char* text;
     uint64_t bytes;
   };
   for (Case c :
-       {Case{"123", 123}, Case{"123B", 123}, Case{"5GB", 5'000'000'000}, Case{"5gb", 5'000'000'000},
+       {Case{"123", 123}, Case{"123B", 123}, Case{"5GB", 5'000'000'000}, Case{"5gB", 5'000'000'000},
         Case{"2kB", 2000}, Case{"2KB", 2000}, Case{"3MB", 3'000'000},
         Case{"1TB", 1'000'000'000'000}, Case{"2KiB", 2048}, Case{"3MiB", 3u << 20},
         Case{"1gib", uint64_t{1} << 30}, Case{"1TiB", uint64_t{1} << 40}, Case{"0", 0},
-        Case{"2k", 2000}, Case{"1.5GB", 1'500'000'000}, Case{"0.5KiB", 512}}) {
+        Case{"1.5GB", 1'500'000'000}, Case{"0.5KiB", 512}}) {
     auto v = parse_size(c.text);
     ASSERT_TRUE(v.ok()) << c.text;
     EXPECT_EQ(*v, c.bytes) << c.text;
@@ -178,6 +178,18 @@ TEST(SemanticsUnits, SizesTakeDecimalAndBinaryUnitsInAnyCase) {
     if (!v.ok())
       EXPECT_EQ(v.status().code(), Errc::invalid_argument) << bad;
   }
+  // Hugging Face reads "5Gb" as bits (625 MB); dd reads a bare "2K" as 2048: refused, saying what
+  // to write instead.
+  for (const char* ambiguous : {"5gb", "10Mb", "2kb", "1tb", "2k", "10M", "1G", "3T"}) {
+    auto v = parse_size(ambiguous);
+    ASSERT_FALSE(v.ok()) << ambiguous;
+    EXPECT_EQ(v.status().code(), Errc::invalid_argument) << ambiguous;
+    EXPECT_NE(v.status().message().find("(decimal) or "), std::string::npos)
+        << v.status().message();
+  }
+  EXPECT_NE(parse_size("10Mb").status().message().find("write 10MB (decimal) or 10MiB (binary)"),
+            std::string::npos)
+      << parse_size("10Mb").status().message();
 }
 
 // --- 4.7: side files ----------------------------------------------------------------------------

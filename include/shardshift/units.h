@@ -11,7 +11,9 @@
 namespace shardshift {
 
 /// Parses a size: a number with an optional suffix B, kB/KB, MB, GB, TB (powers of 1000) or KiB,
-/// MiB, GiB, TiB (powers of 1024), case-insensitive. Errc::invalid_argument when malformed.
+/// MiB, GiB, TiB (powers of 1024), the unit letter in either case. Errc::invalid_argument when
+/// malformed, and for spellings others read otherwise: a lowercase b after a decimal unit (bits
+/// to Hugging Face: "5Gb") and a bare K, M, G or T (a power of 1024 to dd), saying what to write.
 Result<uint64_t> parse_size(std::string_view text);
 /// "1.52 GB"-style decimal rendering with three significant digits.
 std::string format_bytes(uint64_t bytes);
