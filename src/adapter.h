@@ -72,6 +72,10 @@ struct AdapterSpec {
   /// `.weight` that contains none of `not_quantized`.
   bool quantizes = false;
   std::vector<std::string_view> not_quantized = {};
+  /// to_hf with per-expert output keys: the key of config.json that gives the model's expert
+  /// count (qwen3_moe "num_experts", deepseek_v3 "n_routed_experts"). A stacked tensor holding
+  /// another count is refused, as the reference's split refuses it; empty: not checked.
+  std::string_view config_expert_count = {};
 };
 
 /// The adapter for (model, direction); nullptr when unknown.

@@ -101,11 +101,26 @@ const AdapterSpec GEMMA4_MOE_TO_HF = {
 #define MIXIN_EXPERT(proj)                                                                         \
   R"(^((?:model\.)?(?:language_model\.)?layers\.\d+)\.mlp\.experts\.(\d+)\.)" proj R"(\.weight$)"
 const Rule MIXIN_STACKING[] = {
-    {RuleAction::stack_piece, MIXIN_EXPERT("gate_proj"), "$1.mlp.experts.gate_and_up_projs", {}, 0,
-     2, "gate_proj"},
-    {RuleAction::stack_piece, MIXIN_EXPERT("up_proj"), "$1.mlp.experts.gate_and_up_projs", {}, 1, 2,
+    {RuleAction::stack_piece,
+     MIXIN_EXPERT("gate_proj"),
+     "$1.mlp.experts.gate_and_up_projs",
+     {},
+     0,
+     2,
+     "gate_proj"},
+    {RuleAction::stack_piece,
+     MIXIN_EXPERT("up_proj"),
+     "$1.mlp.experts.gate_and_up_projs",
+     {},
+     1,
+     2,
      "up_proj"},
-    {RuleAction::stack_piece, MIXIN_EXPERT("down_proj"), "$1.mlp.experts.down_projs", {}, 0, 1,
+    {RuleAction::stack_piece,
+     MIXIN_EXPERT("down_proj"),
+     "$1.mlp.experts.down_projs",
+     {},
+     0,
+     1,
      "down_proj"},
     // The reference's pattern is not anchored at its end: it would stack this key too.
     {RuleAction::reject,
@@ -179,6 +194,7 @@ const AdapterSpec QWEN3_MOE_TO_HF = {
              "native expert tensor without a layers.N path (the reference would crash)"},
         },
     .honours_exclude = true,
+    .config_expert_count = "num_experts",
 };
 
 // deepseek_v3 to_hf (15.4): the qwen3_moe split, unchanged (the same mixin); BF16 stays BF16.
@@ -190,18 +206,22 @@ const AdapterSpec DEEPSEEK_V3_TO_HF = [] {
   // --quantize fp8 (15.7): the reference's list of weights kept as they are, plus the two of the
   // multi-token-prediction layer that DeepSeek's checkpoint keeps in BF16 and the reference
   // would quantize.
+  spec.config_expert_count = "n_routed_experts";
   spec.quantizes = true;
-  spec.not_quantized = {"input_layernorm.weight", "post_attention_layernorm.weight",
-                        "norm.weight",            "lm_head.weight",
-                        "embed_tokens.weight",    "mlp.gate.weight",
-                        "eh_proj.weight",         "shared_head.head.weight"};
+  spec.not_quantized = {"input_layernorm.weight",
+                        "post_attention_layernorm.weight",
+                        "norm.weight",
+                        "lm_head.weight",
+                        "embed_tokens.weight",
+                        "mlp.gate.weight",
+                        "eh_proj.weight",
+                        "shared_head.head.weight"};
   return spec;
 }();
 
 const std::array<const AdapterSpec*, 8> ALL_ADAPTERS = {
-    &DIFFUSION_GEMMA_FROM_HF, &DIFFUSION_GEMMA_TO_HF, &GEMMA4_MOE_FROM_HF,
-    &GEMMA4_MOE_TO_HF,        &QWEN3_MOE_FROM_HF,     &QWEN3_MOE_TO_HF,
-    &DEEPSEEK_V3_FROM_HF,     &DEEPSEEK_V3_TO_HF};
+    &DIFFUSION_GEMMA_FROM_HF, &DIFFUSION_GEMMA_TO_HF, &GEMMA4_MOE_FROM_HF,  &GEMMA4_MOE_TO_HF,
+    &QWEN3_MOE_FROM_HF,       &QWEN3_MOE_TO_HF,       &DEEPSEEK_V3_FROM_HF, &DEEPSEEK_V3_TO_HF};
 
 bool any_key(std::span<const std::string> keys, auto&& pred) {
   return std::any_of(keys.begin(), keys.end(), pred);

@@ -380,10 +380,12 @@ void read_config(Opening& o) {
   if (std::find(side.begin(), side.end(), "config.json") == side.end())
     return;
   auto model_type = read_config_model_type(o.ckpt.root / "config.json");
-  if (model_type)
+  if (model_type) {
     o.ckpt.config_model_type = std::move(*model_type);
-  else
+    o.ckpt.config_counts = read_config_counts(o.ckpt.root / "config.json");
+  } else {
     o.problems.add(model_type.status());
+  }
 }
 
 } // namespace

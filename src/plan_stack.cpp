@@ -267,6 +267,34 @@ void group_stacks(PlanContext& ctx) {
   }
 }
 
+namespace {
+
+// to_hf: each stacked tensor holds the model's experts, as many as config.json says. The
+// reference splits a tensor only when its axis 0 is that count and raises otherwise; without the
+// check, one expert-parallel rank's export (experts 8 to 15, say) would come out as experts 0 to
+// 7 of a checkpoint whose router still has them all.
+void check_config_expert_count(PlanContext& ctx) {
+  const std::string_view key = ctx.spec.config_expert_count;
+  if (key.empty())
+    return;
+  auto count = ctx.input.config_counts.find(key);
+  if (count == ctx.input.config_counts.end())
+    return;
+  for (auto& [name, g] : ctx.stacks) {
+    if (!g.whole || !g.ok || g.experts == count->second)
+      continue;
+    ctx.problems.add(Errc::plan, "", g.whole->input_name,
+                     "holds " + std::to_string(g.experts) + " experts, but config.json's " +
+                         std::string(key) + " is " + std::to_string(count->second) +
+                         " (one expert-parallel rank's export?): the reference's to_hf refuses "
+                         "such a tensor, and splitting it would number its experts from 0 "
+                         "whatever their place in the model; convert the whole export");
+    g.ok = false;
+  }
+}
+
+} // namespace
+
 void validate_stacks(PlanContext& ctx) {
   // One expert count for the whole model, as the reference's n_routed_experts: the highest
   // index seen, plus one. A layer missing its last experts is then reported, not shrunk.
@@ -282,6 +310,7 @@ void validate_stacks(PlanContext& ctx) {
   }
   check_layer_pairs(ctx);
   check_ep_rows(ctx);
+  check_config_expert_count(ctx);
 }
 
 void emit_stack(PlanContext& ctx, const Classified& c) {

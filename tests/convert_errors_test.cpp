@@ -184,7 +184,19 @@ TEST_F(ConvertTest, ToHfTakesExpertParallelCheckpoints) {
   ASSERT_TRUE(run(tmp / "dg", tmp / "dg-hf").ok());
   ASSERT_TRUE(run(tmp / "qw", tmp / "qw-hf").ok());
   expect_same(read_checkpoint(tmp / "dg-hf"), ref_to_hf(diffusion, true, {}));
+  // Without an expert count in config.json there is nothing to hold the stacked tensors to.
   expect_same(read_checkpoint(tmp / "qw-hf"), ref_qwen3_to_hf(qwen3, {}));
+  // With one, a tensor holding fewer experts is refused, as the reference's split refuses it.
+  testing::write_bytes(tmp / "qw" / "config.json",
+                       R"({"model_type": "qwen3_moe", "num_experts": 4})");
+  auto refused = run(tmp / "qw", tmp / "qw-hf2");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find(
+                "'model.layers.1.mlp.experts.down_projs': holds 2 experts, but config.json's "
+                "num_experts is 4"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "qw-hf2"));
 }
 
 } // namespace

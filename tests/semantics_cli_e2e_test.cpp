@@ -228,6 +228,43 @@ TEST_F(SemanticsCli, ToHfNamesAPartOfASecondShardingForWhatItIs) {
   }
 }
 
+// One expert-parallel rank's export of a family whose Hugging Face layout names every expert
+// holds fewer experts than config.json's count: the reference's to_hf refuses to split it, and
+// so does shardshift (it would number them from 0). The whole export converts back.
+TEST_F(SemanticsCli, ToHfRefusesARanksExportOfPerExpertFamilies) {
+  for (auto [model, key] : {std::pair{"qwen3_moe", "num_experts"},
+                            std::pair{"deepseek_v3", "n_routed_experts"}}) {
+    SCOPED_TRACE(model);
+    const fs::path in = tmp / model;
+    ASSERT_EQ(run_shardshift("synth " + shell_quoted(in) + " --model " + model +
+                             " --layers 2 --scale 16 -q")
+                  .exit_code,
+              0);
+    ASSERT_EQ(run_shardshift("convert " + shell_quoted(in) + " " + shell_quoted(tmp / "rank") +
+                             " -q --ep-size 2 --ep-rank 1")
+                  .exit_code,
+              0);
+    auto back = run_shardshift("convert " + shell_quoted(tmp / "rank") + " " +
+                               shell_quoted(tmp / "back") + " -q");
+    EXPECT_EQ(back.exit_code, 1);
+    EXPECT_NE(back.err.find("experts, but config.json's " + std::string(key) + " is "),
+              std::string::npos)
+        << back.err;
+    EXPECT_NE(back.err.find("the reference's to_hf refuses such a tensor"), std::string::npos)
+        << back.err;
+    EXPECT_FALSE(fs::exists(tmp / "back"));
+    ASSERT_EQ(run_shardshift("convert " + shell_quoted(in) + " " + shell_quoted(tmp / "whole") +
+                             " -q")
+                  .exit_code,
+              0);
+    auto whole = run_shardshift("convert " + shell_quoted(tmp / "whole") + " " +
+                                shell_quoted(tmp / "back") + " -q");
+    EXPECT_EQ(whole.exit_code, 0) << whole.err;
+    for (const char* dir : {"rank", "whole", "back"})
+      fs::remove_all(tmp / dir);
+  }
+}
+
 TEST_F(SemanticsCli, EpFromLauncherSplitsAStackedFamilyByRank) {
   // qwen3_moe, 6 experts over the 4 ranks of a launcher (--rank/--world-size stand for its
   // variables): 2, 2, 1, 1 experts; each OUT holds its rank's slice, everything else whole.

@@ -67,6 +67,9 @@ public:
   std::vector<std::string> other_files;
   Metadata index_metadata;       ///< the index's "metadata" as strings (e.g. total_size)
   std::string config_model_type; ///< config.json's "model_type"; empty when absent or not JSON
+  /// config.json's top-level whole numbers ("num_experts": 128), which an adapter may check the
+  /// tensors against; empty when absent or not JSON.
+  std::map<std::string, uint64_t, std::less<>> config_counts;
   /// Things that do not stop a conversion but that a user should hear about, one message each
   /// ("path: what"), e.g. a *.safetensors file the index does not list (ignored, not copied).
   /// The library never prints them; the apps do.
