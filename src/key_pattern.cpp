@@ -5,7 +5,9 @@
 
 #include "shardshift/problems.h"
 
+#include <cstdio>
 #include <pcre2.h>
+#include <utility>
 
 namespace shardshift {
 
@@ -24,6 +26,64 @@ bool is_ascii_letter(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
+// The code point of the UTF-8 character at `at` and its length in bytes; a byte that starts no
+// valid character stands for itself (PCRE2 refuses the pattern then: it compiles in UTF mode).
+std::pair<char32_t, size_t> utf8_at(std::string_view s, size_t at) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[at + k]); };
+  const unsigned char lead = b(0);
+  const size_t length = lead < 0x80         ? 1
+                        : (lead >> 5) == 6  ? 2
+                        : (lead >> 4) == 14 ? 3
+                        : (lead >> 3) == 30 ? 4
+                                            : 0;
+  if (length == 0 || at + length > s.size())
+    return {lead, 1};
+  char32_t cp = length == 1 ? lead : lead & (0x7F >> length);
+  for (size_t k = 1; k < length; ++k) {
+    if ((b(k) & 0xC0) != 0x80)
+      return {lead, 1};
+    cp = (cp << 6) | (b(k) & 0x3F);
+  }
+  return {cp, length};
+}
+
+// Python's \s for str patterns: exactly the characters for which str.isspace() is true. Derived
+// with Python 3.11.7 by grouping into ranges
+//   [c for c in range(0x110000) if re.match(r'\s', chr(c))]
+// (the same list as [c for c in range(0x110000) if chr(c).isspace()]). PCRE2's \s (with UCP) is
+// Unicode's White_Space instead, which lacks U+001C..U+001F and, in PCRE2 10.42, has U+180E; so
+// \s and \S are written out as these ranges.
+constexpr std::pair<char32_t, char32_t> PYTHON_SPACE[] = {
+    {0x9, 0xD},       {0x1C, 0x20},     {0x85, 0x85},     {0xA0, 0xA0},     {0x1680, 0x1680},
+    {0x2000, 0x200A}, {0x2028, 0x2029}, {0x202F, 0x202F}, {0x205F, 0x205F}, {0x3000, 0x3000}};
+
+std::string class_range(char32_t lo, char32_t hi) {
+  char text[32];
+  if (lo == hi)
+    std::snprintf(text, sizeof text, "\\x{%x}", static_cast<unsigned>(lo));
+  else
+    std::snprintf(text, sizeof text, "\\x{%x}-\\x{%x}", static_cast<unsigned>(lo),
+                  static_cast<unsigned>(hi));
+  return text;
+}
+
+// The inside of a character class (no brackets) holding Python's \s, or (`negated`) its
+// complement among all code points, which is Python's \S.
+std::string python_space_ranges(bool negated) {
+  std::string out;
+  char32_t next = 0; // the first code point not yet covered, for the complement
+  for (auto [lo, hi] : PYTHON_SPACE) {
+    if (!negated)
+      out += class_range(lo, hi);
+    else if (lo > next)
+      out += class_range(next, lo - 1);
+    next = hi + 1;
+  }
+  if (negated)
+    out += class_range(next, 0x10FFFF);
+  return out;
+}
+
 std::string pcre2_message(int code) {
   PCRE2_UCHAR buffer[256];
   if (pcre2_get_error_message(code, buffer, sizeof buffer) < 0)
@@ -37,7 +97,7 @@ public:
 
   Result<std::string> run() {
     while (i_ < p_.size()) {
-      Status s = p_[i_] == '\\' ? escape() : in_class_ ? class_char() : outside_char();
+      Status s = in_class_ ? class_item() : p_[i_] == '\\' ? escape() : outside_char();
       if (!s.ok())
         return s;
     }
@@ -52,8 +112,10 @@ private:
   }
 
   // Python's escapes, one by one. Letters Python does not know are errors in Python and mean
-  // something else in PCRE2, so only the listed ones pass.
+  // something else in PCRE2, so only the listed ones pass. Sets `atom_` to the character an
+  // escape stands for, or to -1 for a class (\d, \s, ...) or an assertion.
   Status escape() {
+    atom_ = -1;
     if (i_ + 1 >= p_.size())
       return refuse(i_, 1, "a pattern cannot end with a backslash");
     const char e = p_[i_ + 1];
@@ -62,6 +124,7 @@ private:
         size_t j = i_ + 2;
         while (j < p_.size() && j < i_ + 4 && is_octal(p_[j]))
           ++j;
+        atom_ = std::stoi(std::string(p_.substr(i_ + 1, j - i_ - 1)), nullptr, 8);
         return copy(j - i_);
       }
       if (in_class_ || (i_ + 2 < p_.size() && is_digit(p_[i_ + 2])))
@@ -70,21 +133,32 @@ private:
                       "and PCRE2; use \\xHH or (?P<name>...) with (?P=name)");
       return copy(2); // \1 .. \9: the same backreference in both
     }
-    if (!is_ascii_letter(e))
-      return copy(2); // an escaped punctuation character is itself in both
+    if (!is_ascii_letter(e)) { // an escaped punctuation (or non-ASCII) character is itself in both
+      const auto [cp, length] = utf8_at(p_, i_ + 1);
+      atom_ = cp;
+      return copy(1 + length);
+    }
     switch (e) {
+    case 's': // Python's whitespace, which is not PCRE2's: written out (PYTHON_SPACE)
+    case 'S':
+      out_ += in_class_ ? python_space_ranges(e == 'S')
+                        : (e == 'S' ? "[^" : "[") + python_space_ranges(false) + "]";
+      i_ += 2;
+      return {};
     case 'd':
     case 'D':
-    case 's':
-    case 'S':
     case 'w':
     case 'W':
+      return copy(2);
     case 'b': // a word boundary outside a class, a backspace inside one, in both
+      atom_ = in_class_ ? 0x08 : -1;
+      return copy(2);
     case 'a':
     case 'f':
     case 'n':
     case 'r':
     case 't':
+      atom_ = e == 'a' ? 0x07 : e == 'f' ? 0x0C : e == 'n' ? 0x0A : e == 'r' ? 0x0D : 0x09;
       return copy(2);
     case 'A':
     case 'B':
@@ -98,6 +172,7 @@ private:
       }
       return copy(2);
     case 'v': // a vertical tab in Python, any vertical space in PCRE2
+      atom_ = 0x0B;
       out_ += "\\x0b";
       i_ += 2;
       return {};
@@ -111,7 +186,8 @@ private:
       for (char h : hex)
         if (!is_hex(h))
           return refuse(i_, 2 + digits, "needs exactly " + std::to_string(digits) + " hex digits");
-      if (std::stoul(hex, nullptr, 16) > 0x10FFFF)
+      atom_ = static_cast<int64_t>(std::stoul(hex, nullptr, 16));
+      if (atom_ > 0x10FFFF)
         return refuse(i_, 2 + digits, "is not a Unicode code point");
       out_ += "\\x{" + hex + "}";
       i_ += 2 + digits;
@@ -127,14 +203,45 @@ private:
     }
   }
 
-  Status class_char() {
-    const char c = p_[i_];
-    if (c == '[' && i_ + 1 < p_.size() &&
+  // One item of a character class, read as Python reads it: a ']' that ends the class, or a
+  // character or class escape, possibly followed by '-' and the end of a range.
+  Status class_item() {
+    if (p_[i_] == ']' && i_ != class_first_) { // a ']' first in the class is a literal in both
+      in_class_ = false;
+      return copy(1);
+    }
+    const size_t at = i_;
+    Status s = class_atom();
+    if (!s.ok())
+      return s;
+    // "a-" before the closing ']' is two characters, in both.
+    if (i_ + 1 >= p_.size() || p_[i_] != '-' || p_[i_ + 1] == ']')
+      return {};
+    const int64_t lo = atom_;
+    out_ += '-';
+    ++i_;
+    s = class_atom();
+    if (!s.ok())
+      return s;
+    // Python refuses a class escape at either end of a range; PCRE2 would read "\s-a" with
+    // Python's \s written out as a range of other ends.
+    if (lo < 0 || atom_ < 0)
+      return refuse(at, i_ - at,
+                    "Python refuses a class escape (\\d, \\s, \\w, ...) at either end of a range "
+                    "(bad character range); escape the '-' to mean the character");
+    return {};
+  }
+
+  // A character of a class, or an escape: sets `atom_` (see escape()).
+  Status class_atom() {
+    if (p_[i_] == '\\')
+      return escape();
+    if (p_[i_] == '[' && i_ + 1 < p_.size() &&
         (p_[i_ + 1] == ':' || p_[i_ + 1] == '.' || p_[i_ + 1] == '='))
       return refuse_posix(i_);
-    if (c == ']' && i_ != class_first_)
-      in_class_ = false; // a ']' first in the class is a literal in both
-    return copy(1);
+    const auto [cp, length] = utf8_at(p_, i_);
+    atom_ = cp;
+    return copy(length);
   }
 
   // "[:alpha:]" inside a class is a POSIX class for PCRE2 but the characters ":alph" for Python.
@@ -242,6 +349,7 @@ private:
   size_t i_ = 0;
   bool in_class_ = false;
   size_t class_first_ = 0;
+  int64_t atom_ = -1; ///< the character the last escape or class atom stands for; -1: none
 };
 
 } // namespace

@@ -2,12 +2,12 @@
 //
 // The reference (NeMo Automodel) drops keys with re.match(pattern, key). shardshift compiles the
 // same text with PCRE2, the engine closest to Python's `re`, anchored at the start only, in UTF
-// mode with Unicode classes (\d, \w, \s, \b as in Python 3 str patterns). The spellings whose
-// meaning differs are translated first (\Z -> \z, {,n} -> {0,n}, \v, \uXXXX, \UXXXXXXXX), and
-// every construct that would still match differently, or that Python does not have (POSIX
-// classes, octal and multi-digit escapes, PCRE2-only groups and verbs, letter escapes Python does
-// not know), is refused with an error naming it, so a pattern never silently keeps or drops
-// different keys than the reference would.
+// mode with Unicode classes (\d, \w, \b as in Python 3 str patterns). The spellings whose meaning
+// differs are translated first (\Z -> \z, {,n} -> {0,n}, \v, \uXXXX, \UXXXXXXXX, and \s, \S
+// written out as classes of exactly Python's whitespace), and every construct that would still
+// match differently, or that Python does not have (POSIX classes, octal and multi-digit escapes,
+// PCRE2-only groups and verbs, letter escapes Python does not know), is refused with an error
+// naming it, so a pattern never silently keeps or drops different keys than the reference would.
 // Thread-safety: a compiled KeyPattern is immutable; match() may be called from any thread.
 #pragma once
 

@@ -15,6 +15,27 @@
 namespace shardshift {
 namespace {
 
+// `c` as UTF-8.
+std::string utf8(char32_t c) {
+  std::string s;
+  if (c < 0x80) {
+    s += static_cast<char>(c);
+  } else if (c < 0x800) {
+    s += static_cast<char>(0xC0 | (c >> 6));
+    s += static_cast<char>(0x80 | (c & 0x3F));
+  } else if (c < 0x10000) {
+    s += static_cast<char>(0xE0 | (c >> 12));
+    s += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (c & 0x3F));
+  } else {
+    s += static_cast<char>(0xF0 | (c >> 18));
+    s += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+    s += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (c & 0x3F));
+  }
+  return s;
+}
+
 struct Row {
   const char* pattern;
   const char* key;
@@ -26,7 +47,7 @@ struct Row {
 // edit an answer by hand: rerun Python. The rows cover the default pattern, anchoring, $ and \Z
 // before a final newline, \A, (?i) and scoped flags, lookbehind, named groups and
 // backreferences, {,n}, '.' and keys with newlines, (?s), (?m), Unicode \d and \w, \uXXXX,
-// \v, conditionals, and Unicode case folding (the Kelvin sign, no full folding of 'ß').
+// \v, conditionals, Unicode case folding (the Kelvin sign, no full folding of 'ß') and \s.
 const Row PYTHON_ROWS[] = {
     {".*_extra_state.*", "model.layers.0.mlp._extra_state", true},
     {".*_extra_state.*", "model.layers.0.mlp.weight", false},
@@ -96,6 +117,54 @@ const Row PYTHON_ROWS[] = {
     {"\\bx", "x y", true},
     {"(?i)stra\\u00dfe", "STRASSE", false},
     {"(?i)\\u212a", "k", true},
+    // \s and \S are Python's str.isspace() set: U+001C..U+001F in and U+180E out (PCRE2's own \s
+    // is the other way round for these), inside and outside classes, negated or not.
+    {"a\\sb",
+     "a\x1c"
+     "b",
+     true},
+    {"a\\sb",
+     "a\x1f"
+     "b",
+     true},
+    {"a\\sb",
+     "a\xe1\xa0\x8e"
+     "b",
+     false},
+    {"a\\sb",
+     "a\xc2\x85"
+     "b",
+     true},
+    {"a\\sb",
+     "a\xe3\x80\x80"
+     "b",
+     true},
+    {"a\\sb", "a\nb", true},
+    {"a\\Sb",
+     "a\x1c"
+     "b",
+     false},
+    {"a\\Sb",
+     "a\xe1\xa0\x8e"
+     "b",
+     true},
+    {"a\\Sb", "axb", true},
+    {"[\\s,]+\\Z", " ,\x1d", true},
+    {"[\\s,]+\\Z", " ,\xe1\xa0\x8e", false},
+    {"[^\\s]", "\x1e", false},
+    {"[^\\s]", "\xe1\xa0\x8e", true},
+    {"[\\S]", "\x1f", false},
+    {"[\\S]", "x", true},
+    {"[\\S]", "\xf4\x8f\xbf\xbf", true},
+    {"[^\\S]", "\x1c", true},
+    {"[^\\S]", "x", false},
+    {"[^\\S]", "\xe1\xa0\x8e", false},
+    {"[\\S,]+\\Z", "a,\xe1\xa0\x8e", true},
+    {"[\\S,]+\\Z", "a,\x1c", false},
+    {"[^\\S,]+\\Z", "\x1c\xe2\x80\xa8", true},
+    {"[^\\S,]+\\Z", "\x1c,", false},
+    {"[\\s-]+\\Z", "-\x1c", true},
+    {"(?i)\\s", "\x1f", true},
 };
 
 TEST(KeyPattern, MatchesLikePythonReMatch) {
@@ -111,6 +180,37 @@ TEST(KeyPattern, MatchesLikePythonReMatch) {
   }
 }
 
+// Python's \s is the 29 code points for which str.isspace() is true; computed with python3
+// (3.11.7): [hex(c) for c in range(0x110000) if re.match(r'\s', chr(c))]. Every spelling of \s and
+// \S, inside a class or not, must agree with that list over all code points.
+TEST(KeyPattern, WhitespaceIsPythonsIsspace) {
+  const char32_t python_space[] = {0x9,    0xa,    0xb,    0xc,    0xd,    0x1c,   0x1d,   0x1e,
+                                   0x1f,   0x20,   0x85,   0xa0,   0x1680, 0x2000, 0x2001, 0x2002,
+                                   0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a,
+                                   0x2028, 0x2029, 0x202f, 0x205f, 0x3000};
+  const std::pair<const char*, bool> spellings[] = {
+      {"\\s\\Z", true},     {"[\\s]\\Z", true},    {"[^\\S]\\Z", true},
+      {"[x\\s]\\Z", true},  {"\\S\\Z", false},     {"[\\S]\\Z", false},
+      {"[^\\s]\\Z", false}, {"[^x\\s]\\Z", false}, {"[\\S\\s]\\Z", false}};
+  for (auto [spelling, is_space] : spellings) {
+    auto pattern = KeyPattern::compile(spelling);
+    ASSERT_TRUE(pattern.ok()) << spelling << ": " << pattern.status().message();
+    const bool everything = std::string_view(spelling) == "[\\S\\s]\\Z";
+    size_t listed = 0;
+    for (char32_t c = 0; c <= 0x10FFFF; ++c) {
+      if (c >= 0xD800 && c <= 0xDFFF)
+        continue; // no key holds a surrogate: keys are UTF-8
+      const bool space = listed < std::size(python_space) && python_space[listed] == c;
+      listed += space;
+      const bool x = c == 'x' && std::string_view(spelling).find('x') != std::string_view::npos;
+      const bool expected = everything || (space == is_space) != x;
+      auto matched = pattern->match(utf8(c));
+      ASSERT_TRUE(matched.ok()) << matched.status().message();
+      ASSERT_EQ(*matched, expected) << spelling << " on U+" << std::hex << uint32_t(c);
+    }
+  }
+}
+
 TEST(KeyPattern, TranslatesPythonOnlySpellings) {
   auto t = [](const char* p) { return translate_python_pattern(p).value(); };
   EXPECT_EQ(t("a\\Z"), "a\\z");
@@ -122,6 +222,15 @@ TEST(KeyPattern, TranslatesPythonOnlySpellings) {
   EXPECT_EQ(t("(?u)a(?iu:b)"), "a(?i:b)");
   EXPECT_EQ(t("[Z]"), "[Z]"); // a plain Z is untouched
   EXPECT_EQ(t("(?P<n>x)(?P=n)"), "(?P<n>x)(?P=n)");
+  const std::string space = "\\x{9}-\\x{d}\\x{1c}-\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}"
+                            "\\x{2028}-\\x{2029}\\x{202f}\\x{205f}\\x{3000}";
+  EXPECT_EQ(t("a\\sb"), "a[" + space + "]b");
+  EXPECT_EQ(t("\\S"), "[^" + space + "]");
+  EXPECT_EQ(t("[^\\s,]"), "[^" + space + ",]");
+  EXPECT_EQ(t("[\\S]"),
+            "[\\x{0}-\\x{8}\\x{e}-\\x{1b}\\x{21}-\\x{84}\\x{86}-\\x{9f}\\x{a1}-\\x{167f}"
+            "\\x{1681}-\\x{1fff}\\x{200b}-\\x{2027}\\x{202a}-\\x{202e}\\x{2030}-\\x{205e}"
+            "\\x{2060}-\\x{2fff}\\x{3001}-\\x{10ffff}]");
 }
 
 TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
@@ -143,6 +252,10 @@ TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
       {"(?(R)a|b)", "only (?(number)...) and (?(name)...)"},
       {"[\\A]", "inside a character class"},
       {"\\x4", "exactly 2 hex digits"},
+      // Python: "bad character range"; PCRE2 would read '-' after a class escape as itself
+      {"[\\w-a]", "'\\\\w-a' at offset 1: Python refuses a class escape"},
+      {"[a-\\s]", "at either end of a range"},
+      {"[\\s-\\uffff]", "at either end of a range"},
       {"a\\", "cannot end with a backslash"},
   };
   for (auto [pattern, why] : refused) {
