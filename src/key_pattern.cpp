@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <pcre2.h>
 #include <utility>
+#include <vector>
 
 namespace shardshift {
 
@@ -57,6 +58,12 @@ constexpr std::pair<char32_t, char32_t> PYTHON_SPACE[] = {
     {0x9, 0xD},       {0x1C, 0x20},     {0x85, 0x85},     {0xA0, 0xA0},     {0x1680, 0x1680},
     {0x2000, 0x200A}, {0x2028, 0x2029}, {0x202F, 0x202F}, {0x205F, 0x205F}, {0x3000, 0x3000}};
 
+std::string hex(char32_t c) {
+  char text[16];
+  std::snprintf(text, sizeof text, "%x", static_cast<unsigned>(c));
+  return text;
+}
+
 std::string class_range(char32_t lo, char32_t hi) {
   char text[32];
   if (lo == hi)
@@ -91,6 +98,11 @@ std::string pcre2_message(int code) {
   return reinterpret_cast<const char*>(buffer);
 }
 
+// A group being translated: what its ')' restores.
+struct Group {
+  bool caseless = false, verbose = false; ///< the flags in force outside it
+};
+
 class Translator {
 public:
   explicit Translator(std::string_view p) : p_(p) {}
@@ -116,6 +128,7 @@ private:
   // escape stands for, or to -1 for a class (\d, \s, ...) or an assertion.
   Status escape() {
     atom_ = -1;
+    at_start_ = false;
     if (i_ + 1 >= p_.size())
       return refuse(i_, 1, "a pattern cannot end with a backslash");
     const char e = p_[i_ + 1];
@@ -254,6 +267,13 @@ private:
 
   Status outside_char() {
     const char c = p_[i_];
+    if (verbose_ && (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'))
+      return copy(1); // PCRE2's extended mode skips the same ASCII white space
+    if (verbose_ && c == '#')
+      return verbose_comment();
+    if (c == '(' && i_ + 1 < p_.size() && p_[i_ + 1] == '?')
+      return group(); // flags and comments are no item: group() says what is
+    at_start_ = false;
     if (c == '[') {
       out_ += '[';
       ++i_;
@@ -287,18 +307,100 @@ private:
     }
     if (c == '(' && i_ + 1 < p_.size() && p_[i_ + 1] == '*')
       return refuse(i_, 2, "PCRE2 verbs ((*VERB)) are not Python syntax");
-    if (c == '(' && i_ + 1 < p_.size() && p_[i_ + 1] == '?')
-      return group();
+    if (c == '(') { // a numbered group
+      open(Group{});
+      return copy(1);
+    }
+    if (c == ')')
+      return close();
+    const auto [cp, length] = utf8_at(p_, i_);
+    // PCRE2's extended mode also skips these (Unicode's Pattern_White_Space); Python's verbose
+    // mode reads them as themselves.
+    if (verbose_ && (cp == 0x85 || cp == 0x200E || cp == 0x200F || cp == 0x2028 || cp == 0x2029)) {
+      out_ += "\\x{" + hex(cp) + "}";
+      i_ += length;
+      return {};
+    }
+    return copy(length);
+  }
+
+  void open(Group group) {
+    group.caseless = caseless_;
+    group.verbose = verbose_;
+    open_.push_back(group);
+  }
+
+  // A ')': the flags of the group it closes end with it.
+  Status close() {
+    if (!open_.empty()) { // else PCRE2 refuses the pattern, as Python does
+      caseless_ = open_.back().caseless;
+      verbose_ = open_.back().verbose;
+      open_.pop_back();
+    }
     return copy(1);
+  }
+
+  // The flags `on` and `off` (letters of "imsx") from here to the end of the group or pattern.
+  void apply(std::string_view on, std::string_view off) {
+    if (on.find('i') != std::string_view::npos)
+      caseless_ = uses_caseless_ = true;
+    if (on.find('x') != std::string_view::npos)
+      verbose_ = true;
+    if (off.find('i') != std::string_view::npos)
+      caseless_ = false;
+    if (off.find('x') != std::string_view::npos)
+      verbose_ = false;
+  }
+
+  // A '#' comment of the verbose mode, up to the end of the line. Python reads it token by token,
+  // a backslash and the character after it being one, so "\<newline>" does not end it; PCRE2
+  // would end it there. The comment's text is left out: PCRE2 gets an empty one.
+  Status verbose_comment() {
+    size_t j = i_ + 1;
+    while (j < p_.size() && p_[j] != '\n')
+      j += p_[j] == '\\' ? 2 : 1;
+    if (j > p_.size())
+      return refuse(p_.size() - 1, 1, "a pattern cannot end with a backslash");
+    out_ += j < p_.size() ? "#\n" : "#";
+    i_ = std::min(j + 1, p_.size());
+    return {};
   }
 
   // "(?" extensions: the ones Python has, and the inline flags both read alike.
   Status group() {
     const std::string_view rest = p_.substr(i_ + 2);
     auto starts = [&](std::string_view s) { return rest.starts_with(s); };
-    if (starts(":") || starts("=") || starts("!") || starts(">") || starts("<=") || starts("<!") ||
-        starts("P<") || starts("P=") || starts("#"))
-      return copy(2);
+    if (starts("#")) { // a comment, up to the first ')' that no backslash escapes (as for Python)
+      size_t j = i_ + 3;
+      while (j < p_.size() && p_[j] != ')')
+        j += p_[j] == '\\' ? 2 : 1;
+      if (j >= p_.size())
+        return refuse(i_, p_.size() - i_,
+                      "an unterminated comment (Python: missing ), "
+                      "unterminated comment)");
+      out_ += "(?#)"; // its text left out: PCRE2 would end it at an escaped ')'
+      i_ = j + 1;
+      return {};
+    }
+    if (!starts("-") && (rest.empty() || !is_ascii_letter(rest[0])))
+      at_start_ = false; // anything but flags is an item
+    if (starts("P=")) {  // a named backreference, "(?P=name)": no group
+      const size_t close = p_.find(')', i_);
+      return copy(close == std::string_view::npos ? p_.size() - i_ : close + 1 - i_);
+    }
+    if (starts("P<")) { // a named group, "(?P<name>"
+      const size_t close = p_.find('>', i_);
+      open(Group{});
+      return copy(close == std::string_view::npos ? p_.size() - i_ : close + 1 - i_);
+    }
+    if (starts(":") || starts("=") || starts("!") || starts(">")) {
+      open(Group{});
+      return copy(3);
+    }
+    if (starts("<=") || starts("<!")) {
+      open(Group{});
+      return copy(4);
+    }
     if (starts("(")) { // a conditional on a group number or name
       size_t close = rest.find(')');
       std::string_view id = rest.substr(1, close == std::string_view::npos ? 0 : close - 1);
@@ -310,31 +412,69 @@ private:
           plain = plain && is_digit(d);
       if (!plain)
         return refuse(i_, 3 + id.size(), "only (?(number)...) and (?(name)...) are Python syntax");
-      return copy(2);
+      open(Group{});
+      return copy(3 + id.size() + 1);
     }
-    // Inline flags: (?imsx), (?imsx-imsx:...). 'u' is Python's default for str patterns.
-    size_t j = 0;
-    std::string flags;
-    while (j < rest.size() && (is_ascii_letter(rest[j]) || rest[j] == '-')) {
-      const char f = rest[j];
+    return flags();
+  }
+
+  // Inline flags, in Python's grammar: "(?imsxu)" at the very start of the pattern (global), or
+  // "(?imsxu-imsx:...)" anywhere (scoped). 'u' is Python's default for str patterns and dropped.
+  Status flags() {
+    size_t j = i_ + 2;
+    std::string on, off;
+    bool turning_off = false;
+    for (; j < p_.size() && (is_ascii_letter(p_[j]) || p_[j] == '-'); ++j) {
+      const char f = p_[j];
+      if (f == '-') {
+        if (turning_off)
+          return refuse(i_, j + 1 - i_, "not Python syntax (missing :)");
+        turning_off = true;
+        continue;
+      }
       if (f == 'a' || f == 'L')
-        return refuse(i_, 3 + j,
+        return refuse(i_, j + 1 - i_,
                       std::string("the flag '") + f +
                           "' (ASCII-only or locale classes) cannot be matched alike");
-      if (f != 'i' && f != 'm' && f != 's' && f != 'x' && f != 'u' && f != '-')
-        return refuse(i_, 3 + j, "not Python syntax");
-      if (f != 'u')
-        flags += f;
-      ++j;
+      if (f == 't')
+        return refuse(i_, j + 1 - i_,
+                      "the flag 't' (Python's deprecated template mode) is not "
+                      "supported");
+      if (f != 'i' && f != 'm' && f != 's' && f != 'x' && f != 'u')
+        return refuse(i_, j + 1 - i_, "not Python syntax (unknown flag)");
+      if (turning_off && f == 'u')
+        return refuse(i_, j + 1 - i_, "Python cannot turn off the flag 'u'");
+      std::string& set = turning_off ? off : on;
+      if (f != 'u' && set.find(f) == std::string::npos)
+        set += f; // once: PCRE2 reads "xx" as another flag than 'x'
     }
-    if (j == 0 || j >= rest.size() || (rest[j] != ')' && rest[j] != ':'))
-      return refuse(i_, 2 + std::min(rest.size(), j + 1), "not Python syntax");
-    if (flags.empty() || flags == "-") { // (?u) or (?u:...): nothing left to say
-      out_ += rest[j] == ')' ? "" : "(?:";
-    } else {
-      out_ += "(?" + flags + rest[j];
+    const size_t length = std::min(j + 1, p_.size()) - i_;
+    if (j >= p_.size() || j == i_ + 2 || (p_[j] != ')' && p_[j] != ':'))
+      return refuse(i_, length, "not Python syntax");
+    if (turning_off && (p_[j] != ':' || p_[j - 1] == '-'))
+      return refuse(i_, length,
+                    p_[j] != ':' ? "not Python syntax (missing :)"
+                                 : "not Python syntax (missing flag)");
+    for (char f : off)
+      if (on.find(f) != std::string::npos)
+        return refuse(i_, length, "Python refuses a flag turned on and off");
+    if (p_[j] == ')') { // global: for the whole pattern
+      // Python 3.11 refuses global flags anywhere else; PCRE2 would apply them from there on.
+      if (!at_start_ || !open_.empty())
+        return refuse(i_, length,
+                      "Python refuses global flags not at the start of the expression; move "
+                      "them to the start or scope them, as in (?i:...)");
+      apply(on, "");
+      if (!on.empty())
+        out_ += "(?" + on + ")";
+      i_ += length;
+      return {};
     }
-    i_ += 3 + j;
+    at_start_ = false;
+    open(Group{});
+    apply(on, off);
+    out_ += "(?" + on + (off.empty() ? "" : "-" + off) + ":";
+    i_ += length;
     return {};
   }
 
@@ -350,6 +490,10 @@ private:
   bool in_class_ = false;
   size_t class_first_ = 0;
   int64_t atom_ = -1; ///< the character the last escape or class atom stands for; -1: none
+  // The flags in force ((?i), (?x)) and the groups open, each with the flags to restore at its
+  // ')'. Python allows global flags only before anything else: `at_start_`.
+  bool caseless_ = false, verbose_ = false, uses_caseless_ = false, at_start_ = true;
+  std::vector<Group> open_;
 };
 
 } // namespace

@@ -165,6 +165,39 @@ const Row PYTHON_ROWS[] = {
     {"[^\\S,]+\\Z", "\x1c,", false},
     {"[\\s-]+\\Z", "-\x1c", true},
     {"(?i)\\s", "\x1f", true},
+    // Global flags at the start (after comments and other flags too), scoped flags on and off,
+    // a repeated flag ("xx" is another flag to PCRE2), comments as Python ends them (a backslash
+    // takes the next character along, even a ')' or a line break) and the characters that PCRE2's
+    // verbose mode would skip but Python's reads (U+0085, U+200E, U+2028, ...).
+    {"(?#c)(?i)A", "a", true},
+    {"(?x) (?i)A", "a", true},
+    {"(?i)(?x)A B", "ab", true},
+    {"(?ii)a", "A", true},
+    {"(?x:a b)c d", "abc d", true},
+    {"(?x:a b)c d", "abcd", false},
+    {"(?i:a)B", "AB", true},
+    {"(?i)a(?-i:B)", "Ab", false},
+    {"(?x)a#\\\nb", "a", true},
+    {"(?#a\\)(b)", "x", true},
+    {"(?xx)[ a]", " ", true},
+    {"(?x)a\xc2\x85"
+     "b",
+     "ab", false},
+    {"(?x)a\xc2\x85"
+     "b",
+     "a\xc2\x85"
+     "b",
+     true},
+    {"(?x)a\xe2\x80\xa8"
+     "b",
+     "a\xe2\x80\xa8"
+     "b",
+     true},
+    {"(?x)a\xe2\x80\x8e"
+     "b",
+     "ab", false},
+    {"(?u-i:a)", "A", false},
+    {"(?i-m:a$)", "A\nb", false},
 };
 
 TEST(KeyPattern, MatchesLikePythonReMatch) {
@@ -226,6 +259,11 @@ TEST(KeyPattern, TranslatesPythonOnlySpellings) {
                             "\\x{2028}-\\x{2029}\\x{202f}\\x{205f}\\x{3000}";
   EXPECT_EQ(t("a\\sb"), "a[" + space + "]b");
   EXPECT_EQ(t("\\S"), "[^" + space + "]");
+  EXPECT_EQ(t("(?ix)a # b\n c"), "(?ix)a #\n c");  // a comment's text is left out
+  EXPECT_EQ(t("a(?#x\\)(y)b"), "a(?#)b");          // Python's comment ends at the last ')'
+  EXPECT_EQ(t("(?xx)(?ii-ss:a)"), "(?x)(?i-s:a)"); // each flag once
+  EXPECT_EQ(t("(?x)a\u2028b c"), "(?x)a\\x{2028}b c");
+  EXPECT_EQ(t("(?x:\u2028)\u2028"), "(?x:\\x{2028})\u2028"); // verbose mode's scope only
   EXPECT_EQ(t("[^\\s,]"), "[^" + space + ",]");
   EXPECT_EQ(t("[\\S]"),
             "[\\x{0}-\\x{8}\\x{e}-\\x{1b}\\x{21}-\\x{84}\\x{86}-\\x{9f}\\x{a1}-\\x{167f}"
@@ -249,6 +287,17 @@ TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
       {"(*UTF)a", "'(*' at offset 0"},
       {"(?|a)", "not Python syntax"},
       {"(?R)", "not Python syntax"},
+      // Python 3.11: "global flags not at the start of the expression"; PCRE2 applies them there
+      {"x\\.a(?i)BC", "'(?i)' at offset 4: Python refuses global flags not at the start"},
+      {"a|(?i)b", "'(?i)' at offset 2: Python refuses global flags"},
+      {"((?i)a)", "'(?i)' at offset 1: Python refuses global flags"},
+      {"(?:)(?i)a", "Python refuses global flags"},
+      {"(?-i)a", "missing :"},           // Python turns flags off only in a group
+      {"(?i-i:a)", "turned on and off"}, // PCRE2 would read the last one
+      {"(?-u:a)", "cannot turn off the flag 'u'"},
+      {"(?t)a", "the flag 't'"},
+      {"(?#a\\)b", "unterminated comment"}, // Python's comment does not end at "\)"
+      {"(?x)a#\\", "cannot end with a backslash"},
       {"(?(R)a|b)", "only (?(number)...) and (?(name)...)"},
       {"[\\A]", "inside a character class"},
       {"\\x4", "exactly 2 hex digits"},
