@@ -6,6 +6,7 @@
 #include "shardshift/problems.h"
 
 #include <cstdio>
+#include <map>
 #include <pcre2.h>
 #include <utility>
 #include <vector>
@@ -98,29 +99,69 @@ std::string pcre2_message(int code) {
   return reinterpret_cast<const char*>(buffer);
 }
 
-// A group being translated: what its ')' restores.
+// "cannot be matched as Python's re would: 'PIECE' at offset N: WHY", PIECE being
+// `pattern.substr(at, length)`.
+Status refusal(std::string_view pattern, size_t at, size_t length, const std::string& why) {
+  return Status(Errc::invalid_argument, "cannot be matched as Python's re would: '" +
+                                            printable(pattern.substr(at, length)) + "' at offset " +
+                                            std::to_string(at) + ": " + why);
+}
+
+// A look-behind of the pattern, "(?<=...)" or "(?<!...)", and where its '(' is in the translation.
+struct Lookbehind {
+  size_t at = 0, length = 0, translated_at = 0;
+};
+
+// The pattern as PCRE2 compiles it, and what matching it needs to know.
+struct Translation {
+  std::string pcre2;
+  bool caseless = false; ///< case-insensitive somewhere ((?i), (?i:...))
+  std::vector<Lookbehind> lookbehinds;
+};
+
+// A group being translated: what its ')' closes and restores.
 struct Group {
   bool caseless = false, verbose = false; ///< the flags in force outside it
+  int number = 0;                         ///< a capturing group's number
+  int lookbehind = -1;                    ///< a look-behind's index in Translation::lookbehinds
+  bool outermost_lookbehind = false;      ///< the look-behind no other look-behind holds
 };
 
 class Translator {
 public:
   explicit Translator(std::string_view p) : p_(p) {}
 
-  Result<std::string> run() {
+  Result<Translation> run() {
     while (i_ < p_.size()) {
       Status s = in_class_ ? class_item() : p_[i_] == '\\' ? escape() : outside_char();
       if (!s.ok())
         return s;
     }
-    return std::move(out_);
+    for (Lookbehind& open : lookbehinds_) // unterminated: PCRE2 says so; quote up to the end
+      if (open.length == 0)
+        open.length = p_.size() - open.at;
+    return Translation{std::move(out_), uses_caseless_, std::move(lookbehinds_)};
   }
 
 private:
   Status refuse(size_t at, size_t length, const std::string& why) const {
-    return Status(Errc::invalid_argument, "cannot be matched as Python's re would: '" +
-                                              printable(p_.substr(at, length)) + "' at offset " +
-                                              std::to_string(at) + ": " + why);
+    return refusal(p_, at, length, why);
+  }
+
+  // A backreference to group `number` (\N, (?P=name)), which Python allows only to a group
+  // defined and closed before it, and inside a look-behind only to one defined outside it; PCRE2
+  // allows more, matching what Python refuses.
+  Status reference(int number, size_t at, size_t length) const {
+    if (number > groups_)
+      return refuse(at, length,
+                    "Python refuses a reference to a group defined after it (invalid group "
+                    "reference)");
+    if (!closed_[number])
+      return refuse(at, length, "Python refuses a reference to a group still open at it");
+    if (lookbehind_groups_ >= 0 && number > lookbehind_groups_)
+      return refuse(at, length,
+                    "Python refuses a reference to a group defined in the same look-behind");
+    return {};
   }
 
   // Python's escapes, one by one. Letters Python does not know are errors in Python and mean
@@ -144,6 +185,8 @@ private:
         return refuse(i_, in_class_ ? 2 : 3,
                       "octal escapes and backreferences above 9 are read differently by Python "
                       "and PCRE2; use \\xHH or (?P<name>...) with (?P=name)");
+      if (Status s = reference(e - '0', i_, 2); !s.ok())
+        return s;
       return copy(2); // \1 .. \9: the same backreference in both
     }
     if (!is_ascii_letter(e)) { // an escaped punctuation (or non-ASCII) character is itself in both
@@ -308,7 +351,7 @@ private:
     if (c == '(' && i_ + 1 < p_.size() && p_[i_ + 1] == '*')
       return refuse(i_, 2, "PCRE2 verbs ((*VERB)) are not Python syntax");
     if (c == '(') { // a numbered group
-      open(Group{});
+      open(Group{.number = new_group()});
       return copy(1);
     }
     if (c == ')')
@@ -330,12 +373,28 @@ private:
     open_.push_back(group);
   }
 
+  // The number of a capturing group opening here.
+  int new_group() {
+    closed_.push_back(false);
+    return ++groups_;
+  }
+
   // A ')': the flags of the group it closes end with it.
   Status close() {
-    if (!open_.empty()) { // else PCRE2 refuses the pattern, as Python does
-      caseless_ = open_.back().caseless;
-      verbose_ = open_.back().verbose;
-      open_.pop_back();
+    if (open_.empty()) // PCRE2 refuses the pattern, as Python does
+      return copy(1);
+    const Group group = open_.back();
+    open_.pop_back();
+    caseless_ = group.caseless;
+    verbose_ = group.verbose;
+    if (group.number > 0)
+      closed_[group.number] = true;
+    if (group.outermost_lookbehind)
+      lookbehind_groups_ = -1;
+    if (group.lookbehind >= 0) { // the end of the group of its branches, too (see group())
+      Lookbehind& lookbehind = lookbehinds_[group.lookbehind];
+      lookbehind.length = i_ + 1 - lookbehind.at;
+      out_ += ')';
     }
     return copy(1);
   }
@@ -386,20 +445,44 @@ private:
       at_start_ = false; // anything but flags is an item
     if (starts("P=")) {  // a named backreference, "(?P=name)": no group
       const size_t close = p_.find(')', i_);
-      return copy(close == std::string_view::npos ? p_.size() - i_ : close + 1 - i_);
+      if (close == std::string_view::npos) // PCRE2 refuses it, as Python does
+        return copy(p_.size() - i_);
+      const auto name = names_.find(p_.substr(i_ + 4, close - i_ - 4));
+      if (name == names_.end()) // PCRE2 would look further on
+        return refuse(i_, close + 1 - i_, "Python refuses a name no group before it has");
+      if (Status s = reference(name->second, i_, close + 1 - i_); !s.ok())
+        return s;
+      return copy(close + 1 - i_);
     }
     if (starts("P<")) { // a named group, "(?P<name>"
       const size_t close = p_.find('>', i_);
-      open(Group{});
-      return copy(close == std::string_view::npos ? p_.size() - i_ : close + 1 - i_);
+      if (close == std::string_view::npos) // PCRE2 refuses it, as Python does
+        return copy(p_.size() - i_);
+      const int number = new_group();
+      names_.emplace(p_.substr(i_ + 4, close - i_ - 4), number); // twice: PCRE2 refuses it
+      open(Group{.number = number});
+      return copy(close + 1 - i_);
     }
     if (starts(":") || starts("=") || starts("!") || starts(">")) {
       open(Group{});
       return copy(3);
     }
     if (starts("<=") || starts("<!")) {
-      open(Group{});
-      return copy(4);
+      // Python wants one width for the whole look-behind; PCRE2 10.42 one width for each of its
+      // branches, which may differ ("(?<=c|bc)"). Its branches go into one group, "(?<=(?:c|bc))",
+      // whose alternatives PCRE2 does want to be of one width: it then refuses what Python
+      // refuses (PCRE2_ERROR_LOOKBEHIND_NOT_FIXED_LENGTH, said as Python says it by compile()).
+      Group group{.lookbehind = static_cast<int>(lookbehinds_.size())};
+      lookbehinds_.push_back(Lookbehind{.at = i_, .translated_at = out_.size()});
+      if (lookbehind_groups_ < 0) {
+        lookbehind_groups_ = groups_;
+        group.outermost_lookbehind = true;
+      }
+      open(group);
+      out_.append(p_.substr(i_, 4));
+      out_ += "(?:";
+      i_ += 4;
+      return {};
     }
     if (starts("(")) { // a conditional on a group number or name
       size_t close = rest.find(')');
@@ -494,6 +577,13 @@ private:
   // ')'. Python allows global flags only before anything else: `at_start_`.
   bool caseless_ = false, verbose_ = false, uses_caseless_ = false, at_start_ = true;
   std::vector<Group> open_;
+  // Capturing groups: how many opened so far, which of them closed (by number), their names, and
+  // how many were opened before the outermost look-behind open here (-1: none is).
+  int groups_ = 0;
+  std::vector<bool> closed_{false};
+  std::map<std::string, int, std::less<>> names_;
+  int lookbehind_groups_ = -1;
+  std::vector<Lookbehind> lookbehinds_;
 };
 
 } // namespace
@@ -504,13 +594,17 @@ struct KeyPattern::Code {
 };
 
 Result<std::string> translate_python_pattern(std::string_view python_pattern) {
-  return Translator(python_pattern).run();
+  auto translated = Translator(python_pattern).run();
+  if (!translated)
+    return translated.status();
+  return std::move(translated->pcre2);
 }
 
 Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
-  auto translated = translate_python_pattern(python_pattern);
-  if (!translated)
-    return translated.status();
+  auto translation = Translator(python_pattern).run();
+  if (!translation)
+    return translation.status();
+  const std::string* translated = &translation->pcre2;
   // Newlines are "\n" alone, as in Python: '.', '$' and (?m)'s '^' look at nothing else.
   std::unique_ptr<pcre2_compile_context, void (*)(pcre2_compile_context*)> context(
       pcre2_compile_context_create(nullptr), pcre2_compile_context_free);
@@ -528,6 +622,12 @@ Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
   auto code = std::make_shared<Code>();
   code->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated->data()), translated->size(),
                              options, &error_code, &error_offset, context.get());
+  if (!code->code && error_code == PCRE2_ERROR_LOOKBEHIND_NOT_FIXED_LENGTH)
+    for (const Lookbehind& l : translation->lookbehinds) // PCRE2 points at its '('
+      if (l.translated_at == error_offset)
+        return refusal(python_pattern, l.at, l.length,
+                       "a look-behind must match one fixed width, the same in each of its "
+                       "branches (Python: look-behind requires fixed-width pattern)");
   if (!code->code)
     return Status(Errc::invalid_argument,
                   "is not a valid regular expression: " + pcre2_message(error_code) +
@@ -536,7 +636,7 @@ Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
   KeyPattern pattern;
   pattern.code_ = std::move(code);
   pattern.pattern_ = std::string(python_pattern);
-  pattern.pcre2_ = std::move(translated).value();
+  pattern.pcre2_ = std::move(translation->pcre2);
   return pattern;
 }
 

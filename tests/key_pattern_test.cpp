@@ -198,6 +198,16 @@ const Row PYTHON_ROWS[] = {
      "ab", false},
     {"(?u-i:a)", "A", false},
     {"(?i-m:a$)", "A\nb", false},
+    // Look-behinds whose branches have one width, and backreferences to groups before them.
+    {"..(?<=ab|cd)x", "cdx", true},
+    {"..(?<=ab|cd)x", "abx", true},
+    {"..(?<=ab|cd)x", "acx", false},
+    {".(?<!a|b)x", "cx", true},
+    {".(?<!a|b)x", "bx", false},
+    {"(a)(?<=\\1)", "a", true},
+    {"..(?<=a(?:b|c))", "ac", true},
+    {"(?P<p>.)(?<=(?P=p))", "a", true},
+    {".(?<=[ab]|\\d)", "7", true},
 };
 
 TEST(KeyPattern, MatchesLikePythonReMatch) {
@@ -263,7 +273,8 @@ TEST(KeyPattern, TranslatesPythonOnlySpellings) {
   EXPECT_EQ(t("a(?#x\\)(y)b"), "a(?#)b");          // Python's comment ends at the last ')'
   EXPECT_EQ(t("(?xx)(?ii-ss:a)"), "(?x)(?i-s:a)"); // each flag once
   EXPECT_EQ(t("(?x)a\u2028b c"), "(?x)a\\x{2028}b c");
-  EXPECT_EQ(t("(?x:\u2028)\u2028"), "(?x:\\x{2028})\u2028"); // verbose mode's scope only
+  EXPECT_EQ(t("(?x:\u2028)\u2028"), "(?x:\\x{2028})\u2028");  // verbose mode's scope only
+  EXPECT_EQ(t("(?<=a|b)x(?<!c)"), "(?<=(?:a|b))x(?<!(?:c))"); // one width for all branches
   EXPECT_EQ(t("[^\\s,]"), "[^" + space + ",]");
   EXPECT_EQ(t("[\\S]"),
             "[\\x{0}-\\x{8}\\x{e}-\\x{1b}\\x{21}-\\x{84}\\x{86}-\\x{9f}\\x{a1}-\\x{167f}"
@@ -298,6 +309,19 @@ TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
       {"(?t)a", "the flag 't'"},
       {"(?#a\\)b", "unterminated comment"}, // Python's comment does not end at "\)"
       {"(?x)a#\\", "cannot end with a backslash"},
+      // Python: "look-behind requires fixed-width pattern"; PCRE2 allows branches of different
+      // fixed widths
+      {"(?<=c|bc)", "'(?<=c|bc)' at offset 0: a look-behind must match one fixed width"},
+      {"x(?<!a|bc)", "'(?<!a|bc)' at offset 1: a look-behind must match one fixed width"},
+      {"(?<=a|)", "one fixed width"},
+      {"..(?<=a(?<=a|bc))", "'(?<=a|bc)' at offset 7: a look-behind must match"},
+      {"(?<=a+)", "'(?<=a+)' at offset 0: a look-behind must match"}, // refused by both
+      // Python refuses these references; PCRE2 would look forward, or into the group
+      {"\\1(a)|b", "'\\\\1' at offset 0: Python refuses a reference to a group defined after it"},
+      {"(a\\1)|b", "'\\\\1' at offset 2: Python refuses a reference to a group still open"},
+      {".(?<=(a)\\1)", "'\\\\1' at offset 8: Python refuses a reference to a group defined in the "
+                       "same look-behind"},
+      {"(?P=n)(?P<n>a)|b", "'(?P=n)' at offset 0: Python refuses a name no group before it has"},
       {"(?(R)a|b)", "only (?(number)...) and (?(name)...)"},
       {"[\\A]", "inside a character class"},
       {"\\x4", "exactly 2 hex digits"},
