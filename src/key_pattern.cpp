@@ -5,6 +5,7 @@
 
 #include "shardshift/problems.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <pcre2.h>
@@ -484,21 +485,54 @@ private:
       i_ += 4;
       return {};
     }
-    if (starts("(")) { // a conditional on a group number or name
-      size_t close = rest.find(')');
-      std::string_view id = rest.substr(1, close == std::string_view::npos ? 0 : close - 1);
-      bool plain = !id.empty() && id != "R" && id != "DEFINE" && !id.starts_with("R&") &&
-                   !id.starts_with("VERSION") &&
-                   (is_digit(id[0]) || id.find_first_of("<'+-&") == std::string_view::npos);
-      if (plain && is_digit(id[0]))
-        for (char d : id)
-          plain = plain && is_digit(d);
-      if (!plain)
-        return refuse(i_, 3 + id.size(), "only (?(number)...) and (?(name)...) are Python syntax");
-      open(Group{});
-      return copy(3 + id.size() + 1);
-    }
+    if (starts("("))
+      return conditional();
     return flags();
+  }
+
+  // "(?(id)yes|no)": Python's condition is a group's number or name, which PCRE2 reads alike;
+  // PCRE2's other conditions ("(?(?=a)...)", "(?(R)...)", "(?(DEFINE)...)", ...) are refused, as
+  // are the names PCRE2 would read as one of them.
+  Status conditional() {
+    const size_t close = p_.find(')', i_ + 3);
+    if (close == std::string_view::npos)
+      return refuse(i_, p_.size() - i_, "an unterminated condition");
+    const std::string_view id = p_.substr(i_ + 3, close - i_ - 3);
+    const size_t length = close + 1 - i_;
+    const auto digits = [](std::string_view s) {
+      return !s.empty() && std::all_of(s.begin(), s.end(), is_digit);
+    };
+    const bool name =
+        !id.empty() && !is_digit(id[0]) && std::all_of(id.begin(), id.end(), [](char c) {
+          return is_ascii_letter(c) || is_digit(c) || c == '_' ||
+                 static_cast<unsigned char>(c) >= 0x80;
+        });
+    if (!digits(id) && !name)
+      return refuse(i_, length,
+                    "only (?(number)...) and (?(name)...) are Python syntax; PCRE2 would read "
+                    "this as another kind of condition");
+    if (id == "R" || id == "DEFINE" || id.starts_with("VERSION") ||
+        (id[0] == 'R' && digits(id.substr(1))))
+      return refuse(i_, length,
+                    "only (?(number)...) and (?(name)...) are Python syntax; PCRE2 reads R, Rn, "
+                    "DEFINE and VERSION as conditions of its own, whatever the groups' names");
+    int number = 0;
+    if (name) {
+      const auto named = names_.find(id);
+      if (named == names_.end()) // PCRE2 would look further on
+        return refuse(i_, length, "Python refuses a name no group before it has");
+      number = named->second;
+    } else {
+      if (id.size() > 9 || std::stoi(std::string(id)) == 0) // 0, or more groups than anyone has
+        return refuse(i_, length, "Python refuses this group number (bad group number)");
+      // A later group's number too, in both; one that no group has is refused by both.
+      number = std::stoi(std::string(id));
+    }
+    if (lookbehind_groups_ >= 0)
+      if (Status s = reference(number, i_, length); !s.ok())
+        return s;
+    open(Group{});
+    return copy(length);
   }
 
   // Inline flags, in Python's grammar: "(?imsxu)" at the very start of the pattern (global), or

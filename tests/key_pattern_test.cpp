@@ -208,6 +208,12 @@ const Row PYTHON_ROWS[] = {
     {"..(?<=a(?:b|c))", "ac", true},
     {"(?P<p>.)(?<=(?P=p))", "a", true},
     {".(?<=[ab]|\\d)", "7", true},
+    // Conditions on a group's name, on a later group's number, without a "no" branch.
+    {"(?P<n>a)?(?(n)b|c)", "ab", true},
+    {"(?P<n>a)?(?(n)b|c)", "c", true},
+    {"(?P<n>a)?(?(n)b|c)", "b", false},
+    {"(?(1)b|c)(a)?", "ca", true},
+    {"(a)?(?(1)b)", "a", true},
 };
 
 TEST(KeyPattern, MatchesLikePythonReMatch) {
@@ -322,7 +328,15 @@ TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
       {".(?<=(a)\\1)", "'\\\\1' at offset 8: Python refuses a reference to a group defined in the "
                        "same look-behind"},
       {"(?P=n)(?P<n>a)|b", "'(?P=n)' at offset 0: Python refuses a name no group before it has"},
+      // Python's conditions are a group's number or name; PCRE2 has more kinds
       {"(?(R)a|b)", "only (?(number)...) and (?(name)...)"},
+      {"(?(?=a)abc|ABC)", "'(?(?=a)' at offset 0: only (?(number)...) and (?(name)...)"},
+      {"(?(DEFINE)a)b", "'(?(DEFINE)' at offset 0: only (?(number)...) and (?(name)...)"},
+      {"(?(R1)a|b)(c)", "PCRE2 reads R, Rn, DEFINE and VERSION as conditions of its own"},
+      {"(?(n)b|c)(?P<n>a)", "'(?(n)' at offset 0: Python refuses a name no group before it has"},
+      {"(?(0)b|c)", "Python refuses this group number"},
+      {"(?<=(a)(?(1)b|c))", "'(?(1)' at offset 7: Python refuses a reference to a group defined in "
+                            "the same look-behind"},
       {"[\\A]", "inside a character class"},
       {"\\x4", "exactly 2 hex digits"},
       // Python: "bad character range"; PCRE2 would read '-' after a class escape as itself
