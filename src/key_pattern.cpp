@@ -134,7 +134,10 @@ public:
 
   Result<Translation> run() {
     while (i_ < p_.size()) {
+      const size_t at = i_;
       Status s = in_class_ ? class_item() : p_[i_] == '\\' ? escape() : outside_char();
+      if (s.ok() && !in_class_ && p_[at] == '\\')
+        s = cased(at, atom_, atom_);
       if (!s.ok())
         return s;
     }
@@ -147,6 +150,20 @@ public:
 private:
   Status refuse(size_t at, size_t length, const std::string& why) const {
     return refusal(p_, at, length, why);
+  }
+
+  // The characters `lo`..`hi` (-1: none), written from `at` to here. Under (?i), Python pairs
+  // U+0130 (İ) and U+0131 (ı) with 'i' and 'I' (its simple lowercase and uppercase, and a fix for
+  // ı); PCRE2's Unicode case folding does not. Every other character matches the same ASCII
+  // letters in both under (?i), found with Python 3.11.7 and PCRE2 10.42 by matching (?i)C, (?i)[C]
+  // and (?i)[^C] against the 128 ASCII characters for every code point C. Keys that are not ASCII
+  // are refused by match() instead.
+  Status cased(size_t at, int64_t lo, int64_t hi) const {
+    if (!caseless_ || lo < 0 || hi < 0x130 || lo > 0x131)
+      return {};
+    return refuse(at, i_ - at,
+                  "under (?i) Python matches U+0130 and U+0131 (İ, ı) with 'i' and 'I', PCRE2 "
+                  "does not; write the characters out without (?i), e.g. [iIİı]");
   }
 
   // A backreference to group `number` (\N, (?P=name)), which Python allows only to a group
@@ -273,7 +290,7 @@ private:
       return s;
     // "a-" before the closing ']' is two characters, in both.
     if (i_ + 1 >= p_.size() || p_[i_] != '-' || p_[i_ + 1] == ']')
-      return {};
+      return cased(at, atom_, atom_);
     const int64_t lo = atom_;
     out_ += '-';
     ++i_;
@@ -286,7 +303,7 @@ private:
       return refuse(at, i_ - at,
                     "Python refuses a class escape (\\d, \\s, \\w, ...) at either end of a range "
                     "(bad character range); escape the '-' to mean the character");
-    return {};
+    return cased(at, lo, atom_);
   }
 
   // A character of a class, or an escape: sets `atom_` (see escape()).
@@ -365,7 +382,10 @@ private:
       i_ += length;
       return {};
     }
-    return copy(length);
+    const size_t at = i_;
+    out_.append(p_.substr(i_, length));
+    i_ += length;
+    return cased(at, cp, cp);
   }
 
   void open(Group group) {
@@ -624,6 +644,7 @@ private:
 
 struct KeyPattern::Code {
   pcre2_code* code = nullptr;
+  bool caseless = false; ///< see KeyPattern::match()
   ~Code() { pcre2_code_free(code); }
 };
 
@@ -667,6 +688,7 @@ Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
                   "is not a valid regular expression: " + pcre2_message(error_code) +
                       " (near offset " + std::to_string(error_offset) + " of '" +
                       printable(*translated) + "')");
+  code->caseless = translation->caseless;
   KeyPattern pattern;
   pattern.code_ = std::move(code);
   pattern.pattern_ = std::string(python_pattern);
@@ -675,6 +697,16 @@ Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
 }
 
 Result<bool> KeyPattern::match(std::string_view key) const {
+  // Under (?i) Python compares characters by its simple lowercase and uppercase, PCRE2 by
+  // Unicode case folding: the two differ for some non-ASCII characters (Python matches "x.İ" and
+  // "x.ı" with (?i)x\.i, PCRE2 does not). For ASCII keys they agree (see Translator::cased()).
+  if (code_->caseless && std::any_of(key.begin(), key.end(),
+                                     [](char c) { return static_cast<unsigned char>(c) >= 0x80; }))
+    return Status(Errc::unsupported,
+                  "'" + printable(key) +
+                      "': a case-insensitive pattern ((?i)) cannot be matched as Python's re "
+                      "would against a name that is not ASCII: Python's case rules for non-ASCII "
+                      "characters are not PCRE2's; spell the cases out instead, e.g. [Mm]odel");
   std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> data(
       pcre2_match_data_create_from_pattern(code_->code, nullptr), pcre2_match_data_free);
   if (!data)

@@ -27,8 +27,10 @@ public:
   /// worded to follow the pattern's name.
   static Result<KeyPattern> compile(std::string_view python_pattern);
 
-  /// Whether re.match(pattern, key) would match. Fails only when PCRE2 gives up (its backtracking
-  /// limit), where Python would keep searching.
+  /// Whether re.match(pattern, key) would match. Fails (Errc::unsupported, naming the key) when
+  /// PCRE2 gives up (its backtracking limit), where Python would keep searching, and when the
+  /// pattern is case-insensitive ((?i) anywhere) and the key is not ASCII, whose case Python and
+  /// PCRE2 compare by different rules.
   Result<bool> match(std::string_view key) const;
 
   const std::string& pattern() const { return pattern_; }  ///< as the user wrote it

@@ -214,6 +214,19 @@ const Row PYTHON_ROWS[] = {
     {"(?P<n>a)?(?(n)b|c)", "b", false},
     {"(?(1)b|c)(a)?", "ca", true},
     {"(a)?(?(1)b)", "a", true},
+    // (?i) on ASCII keys: ASCII ranges, and the non-ASCII pattern characters Python and PCRE2
+    // both pair with ASCII letters (U+017F with 's' and 'S', U+212A with 'k' and 'K', above).
+    {"(?i)x\\.I", "x.i", true},
+    {"(?i)x\\.i", "X.I", true},
+    {"(?i)[h-j]+\\Z", "HiJ", true},
+    {"(?i)[a-z]+\\Z", "Kelvin", true},
+    {"(?i)k", "K", true},
+    {"(?i)s", "S", true},
+    {"(?i)[^k]", "K", false},
+    {"(?i)\\u017f", "s", true},
+    {"(?i)\\u017f", "S", true},
+    {"(?i)[\\u0100-\\u012f\\u0132-\\u0200]", "s", true},
+    {"(?i)[\\u0100-\\u012f\\u0132-\\u0200]", "i", false},
 };
 
 TEST(KeyPattern, MatchesLikePythonReMatch) {
@@ -281,6 +294,7 @@ TEST(KeyPattern, TranslatesPythonOnlySpellings) {
   EXPECT_EQ(t("(?x)a\u2028b c"), "(?x)a\\x{2028}b c");
   EXPECT_EQ(t("(?x:\u2028)\u2028"), "(?x:\\x{2028})\u2028");  // verbose mode's scope only
   EXPECT_EQ(t("(?<=a|b)x(?<!c)"), "(?<=(?:a|b))x(?<!(?:c))"); // one width for all branches
+  EXPECT_EQ(t("(?i:x)\\u0130"), "(?i:x)\\x{0130}");           // İ outside the scope of (?i)
   EXPECT_EQ(t("[^\\s,]"), "[^" + space + ",]");
   EXPECT_EQ(t("[\\S]"),
             "[\\x{0}-\\x{8}\\x{e}-\\x{1b}\\x{21}-\\x{84}\\x{86}-\\x{9f}\\x{a1}-\\x{167f}"
@@ -328,6 +342,11 @@ TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
       {".(?<=(a)\\1)", "'\\\\1' at offset 8: Python refuses a reference to a group defined in the "
                        "same look-behind"},
       {"(?P=n)(?P<n>a)|b", "'(?P=n)' at offset 0: Python refuses a name no group before it has"},
+      // Under (?i), Python pairs U+0130 and U+0131 with 'i' and 'I', PCRE2 does not
+      {"(?i)x\\.\\u0130", "'\\\\u0130' at offset 7: under (?i) Python matches U+0130 and U+0131"},
+      {"(?i)\xc4\xb1", "'\xc4\xb1' at offset 4: under (?i)"},
+      {"(?i)[\\u0100-\\u0200]", "'\\\\u0100-\\\\u0200' at offset 5: under (?i)"},
+      {"x(?i:[^\\u0131])", "under (?i)"},
       // Python's conditions are a group's number or name; PCRE2 has more kinds
       {"(?(R)a|b)", "only (?(number)...) and (?(name)...)"},
       {"(?(?=a)abc|ABC)", "'(?(?=a)' at offset 0: only (?(number)...) and (?(name)...)"},
@@ -358,6 +377,34 @@ TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
   ASSERT_FALSE(broken.ok());
   EXPECT_EQ(broken.status().message().rfind("is not a valid regular expression: ", 0), 0u)
       << broken.status().message();
+}
+
+// Python's (?i) and PCRE2's differ on some non-ASCII characters (Python's own case rules against
+// Unicode case folding), so a case-insensitive pattern refuses a key that is not ASCII, naming it,
+// rather than guess. Python's answers, computed with python3 (3.11.7): re.match(r'(?i)x\.i', k)
+// matches all of 'x.İ', 'x.ı', 'x.I' and 'x.i'; PCRE2 matched only the last two.
+TEST(KeyPattern, CaseInsensitivePatternRefusesKeysThatAreNotAscii) {
+  auto p = KeyPattern::compile("(?i)x\\.i");
+  ASSERT_TRUE(p.ok());
+  EXPECT_TRUE(p->match("x.I").value());
+  EXPECT_TRUE(p->match("x.i").value());
+  for (const char* key : {"x.\xc4\xb0", "x.\xc4\xb1", "y.\xc3\xa9"}) {
+    auto r = p->match(key);
+    ASSERT_FALSE(r.ok()) << key;
+    EXPECT_EQ(r.status().code(), Errc::unsupported);
+    EXPECT_EQ(
+        r.status().message().rfind("'" + std::string(key) + "': a case-insensitive pattern", 0), 0u)
+        << r.status().message();
+  }
+  // (?i) anywhere, even where it cannot apply to the key.
+  auto scoped = KeyPattern::compile("(?i:a)|b");
+  ASSERT_TRUE(scoped.ok());
+  EXPECT_FALSE(scoped->match("b\xc3\xa9").ok());
+  // Without (?i), a key that is not ASCII is matched as ever.
+  auto cased = KeyPattern::compile("x\\.i");
+  ASSERT_TRUE(cased.ok());
+  EXPECT_FALSE(cased->match("x.\xc4\xb0").value());
+  EXPECT_TRUE(cased->match("x.i\xc3\xa9").value());
 }
 
 TEST(KeyPattern, AKeyIsNeverAnError) {
@@ -400,6 +447,32 @@ TEST(KeyPattern, PlannerExcludesAsTheReferenceWould) {
   EXPECT_EQ(excluded("(?P<m>model)\\.decoder\\.norm"), 1);
   EXPECT_EQ(excluded("decoder\\.norm"), 0); // anchored at the start, like re.match
   EXPECT_EQ(excluded(".*_extra_state.*"), 0);
+  // (?i) and an output name that is not ASCII: the plan fails, naming the tensor.
+  {
+    reference::Dict hf = reference::tiny_diffusion(rng, 2, 2, 4, 2);
+    hf["model.decoder.caf\xc3\xa9.weight"] = reference::random_tensor(rng, DType::BF16, {2});
+    reference::write_checkpoint(tmp / "hf2", hf);
+    ConvertOptions o = to_native;
+    o.input = tmp / "hf2";
+    o.output = tmp / "native2";
+    ASSERT_TRUE(convert(o).ok());
+    auto other = Checkpoint::open(tmp / "native2");
+    ASSERT_TRUE(other.ok()) << other.status().message();
+    PlanOptions caseless;
+    caseless.direction = Direction::to_hf;
+    caseless.exclude = "(?i)MODEL\\.DECODER\\.NORM";
+    auto plan = make_plan(*other, caseless);
+    ASSERT_FALSE(plan.ok());
+    EXPECT_EQ(plan.status().code(), Errc::unsupported);
+    EXPECT_NE(plan.status().message().find(
+                  "--exclude: 'model.decoder.caf\xc3\xa9.weight': a case-insensitive pattern"),
+              std::string::npos)
+        << plan.status().message();
+    caseless.exclude = "model\\.decoder\\.norm"; // the same keys without (?i): no problem
+    auto fine = make_plan(*other, caseless);
+    ASSERT_TRUE(fine.ok()) << fine.status().message();
+    EXPECT_EQ(fine->excluded, 1u);
+  }
   PlanOptions posix;
   posix.direction = Direction::to_hf;
   posix.exclude = "[[:alpha:]]+";
