@@ -135,11 +135,23 @@ public:
   Result<Translation> run() {
     while (i_ < p_.size()) {
       const size_t at = i_;
+      const bool outside = !in_class_, repeat = outside && quantifier();
+      // Python refuses a quantifier after a quantified item ("multiple repeat") even with a
+      // comment or verbose white space between them; PCRE2 reads "a+(?#)+" as "a++".
+      if (repeat && after_quantifier_ && separated_)
+        return refuse(at, 1,
+                      "Python refuses a quantifier after a quantified item (multiple repeat)");
       Status s = in_class_ ? class_item() : p_[i_] == '\\' ? escape() : outside_char();
-      if (s.ok() && !in_class_ && p_[at] == '\\')
+      if (s.ok() && outside && p_[at] == '\\')
         s = cased(at, atom_, atom_);
       if (!s.ok())
         return s;
+      if (outside && !separator_) {
+        after_quantifier_ = repeat;
+        separated_ = false;
+      }
+      separated_ = separated_ || separator_;
+      separator_ = false;
     }
     for (Lookbehind& open : lookbehinds_) // unterminated: PCRE2 says so; quote up to the end
       if (open.length == 0)
@@ -150,6 +162,23 @@ public:
 private:
   Status refuse(size_t at, size_t length, const std::string& why) const {
     return refusal(p_, at, length, why);
+  }
+
+  // Whether a quantifier begins at i_: '*', '+', '?' or, as Python reads braces, "{m,n}" with
+  // m and n optional ("{}" and anything else are the characters themselves).
+  bool quantifier() const {
+    const char c = p_[i_];
+    if (c == '*' || c == '+' || c == '?')
+      return true;
+    if (c != '{' || i_ + 1 >= p_.size() || p_[i_ + 1] == '}')
+      return false;
+    size_t j = i_ + 1;
+    while (j < p_.size() && is_digit(p_[j]))
+      ++j;
+    if (j < p_.size() && p_[j] == ',')
+      for (++j; j < p_.size() && is_digit(p_[j]);)
+        ++j;
+    return j < p_.size() && p_[j] == '}';
   }
 
   // The characters `lo`..`hi` (-1: none), written from `at` to here. Under (?i), Python pairs
@@ -328,10 +357,14 @@ private:
 
   Status outside_char() {
     const char c = p_[i_];
-    if (verbose_ && (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'))
+    if (verbose_ && (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f')) {
+      separator_ = true;
       return copy(1); // PCRE2's extended mode skips the same ASCII white space
-    if (verbose_ && c == '#')
+    }
+    if (verbose_ && c == '#') {
+      separator_ = true;
       return verbose_comment();
+    }
     if (c == '(' && i_ + 1 < p_.size() && p_[i_ + 1] == '?')
       return group(); // flags and comments are no item: group() says what is
     at_start_ = false;
@@ -350,21 +383,13 @@ private:
       class_first_ = i_;
       return {};
     }
-    if (c == '{') { // Python reads {,n} as {0,n}; PCRE2 10.42 as the literal text
-      size_t j = i_ + 1;
-      if (j < p_.size() && p_[j] == ',') {
-        size_t k = j + 1;
-        while (k < p_.size() && is_digit(p_[k]))
-          ++k;
-        if (k < p_.size() && p_[k] == '}') {
-          out_ += "{0,";
-          out_ += p_.substr(j + 1, k - j - 1);
-          out_ += '}';
-          i_ = k + 1;
-          return {};
-        }
+    if (c == '{' && quantifier()) { // whole, so that run() sees one quantifier
+      const size_t close = p_.find('}', i_);
+      if (p_[i_ + 1] == ',') { // Python reads {,n} as {0,n}; PCRE2 10.42 as the literal text
+        out_ += "{0";
+        ++i_;
       }
-      return copy(1);
+      return copy(close + 1 - i_);
     }
     if (c == '(' && i_ + 1 < p_.size() && p_[i_ + 1] == '*')
       return refuse(i_, 2, "PCRE2 verbs ((*VERB)) are not Python syntax");
@@ -458,6 +483,7 @@ private:
         return refuse(i_, p_.size() - i_,
                       "an unterminated comment (Python: missing ), "
                       "unterminated comment)");
+      separator_ = true;
       out_ += "(?#)"; // its text left out: PCRE2 would end it at an escaped ')'
       i_ = j + 1;
       return {};
@@ -630,6 +656,9 @@ private:
   // The flags in force ((?i), (?x)) and the groups open, each with the flags to restore at its
   // ')'. Python allows global flags only before anything else: `at_start_`.
   bool caseless_ = false, verbose_ = false, uses_caseless_ = false, at_start_ = true;
+  // Comments and verbose white space separate tokens (`separator_`: the one just read is one);
+  // a quantifier after a quantifier and such a separator is refused (see run()).
+  bool separator_ = false, separated_ = false, after_quantifier_ = false;
   std::vector<Group> open_;
   // Capturing groups: how many opened so far, which of them closed (by number), their names, and
   // how many were opened before the outermost look-behind open here (-1: none is).

@@ -347,6 +347,9 @@ TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
       {"(?i)\xc4\xb1", "'\xc4\xb1' at offset 4: under (?i)"},
       {"(?i)[\\u0100-\\u0200]", "'\\\\u0100-\\\\u0200' at offset 5: under (?i)"},
       {"x(?i:[^\\u0131])", "under (?i)"},
+      // Python: "multiple repeat"; PCRE2 reads the second quantifier as lazy or possessive
+      {"a+(?#c)+", "'+' at offset 7: Python refuses a quantifier after a quantified item"},
+      {"(?x)a{2} ?", "'?' at offset 9: Python refuses a quantifier after a quantified item"},
       // Python's conditions are a group's number or name; PCRE2 has more kinds
       {"(?(R)a|b)", "only (?(number)...) and (?(name)...)"},
       {"(?(?=a)abc|ABC)", "'(?(?=a)' at offset 0: only (?(number)...) and (?(name)...)"},
