@@ -1,5 +1,7 @@
-// key_pattern.cpp: see key_pattern.h. The translation walks the pattern once, tracking whether it
-// is inside a character class, and copies every construct both engines read the same way.
+// key_pattern.cpp: see key_pattern.h. The translation walks the pattern once, as Python's parser
+// reads it, tracking whether it is inside a character class, the groups open (with the flags each
+// restores) and the capturing groups defined, and copies every construct both engines read the
+// same way.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "key_pattern.h"
 
@@ -285,14 +287,14 @@ private:
       const size_t digits = e == 'x' ? 2 : e == 'u' ? 4 : 8;
       if (i_ + 2 + digits > p_.size())
         return refuse(i_, 2, "needs exactly " + std::to_string(digits) + " hex digits");
-      std::string hex(p_.substr(i_ + 2, digits));
-      for (char h : hex)
+      const std::string text(p_.substr(i_ + 2, digits));
+      for (char h : text)
         if (!is_hex(h))
           return refuse(i_, 2 + digits, "needs exactly " + std::to_string(digits) + " hex digits");
-      atom_ = static_cast<int64_t>(std::stoul(hex, nullptr, 16));
+      atom_ = static_cast<int64_t>(std::stoul(text, nullptr, 16));
       if (atom_ > 0x10FFFF)
         return refuse(i_, 2 + digits, "is not a Unicode code point");
-      out_ += "\\x{" + hex + "}";
+      out_ += "\\x{" + text + "}";
       i_ += 2 + digits;
       return {};
     }
@@ -481,14 +483,13 @@ private:
         j += p_[j] == '\\' ? 2 : 1;
       if (j >= p_.size())
         return refuse(i_, p_.size() - i_,
-                      "an unterminated comment (Python: missing ), "
-                      "unterminated comment)");
+                      "an unterminated comment (Python: missing ), unterminated comment)");
       separator_ = true;
       out_ += "(?#)"; // its text left out: PCRE2 would end it at an escaped ')'
       i_ = j + 1;
       return {};
     }
-    if (!starts("-") && (rest.empty() || !is_ascii_letter(rest[0])))
+    if (!starts("-") && (rest.empty() || !is_ascii_letter(rest[0]) || starts("P")))
       at_start_ = false; // anything but flags is an item
     if (starts("P=")) {  // a named backreference, "(?P=name)": no group
       const size_t close = p_.find(')', i_);
@@ -601,8 +602,7 @@ private:
                           "' (ASCII-only or locale classes) cannot be matched alike");
       if (f == 't')
         return refuse(i_, j + 1 - i_,
-                      "the flag 't' (Python's deprecated template mode) is not "
-                      "supported");
+                      "the flag 't' (Python's deprecated template mode) is not supported");
       if (f != 'i' && f != 'm' && f != 's' && f != 'x' && f != 'u')
         return refuse(i_, j + 1 - i_, "not Python syntax (unknown flag)");
       if (turning_off && f == 'u')
@@ -696,7 +696,8 @@ Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
     return Status(Errc::io, "cannot allocate a PCRE2 compile context");
   pcre2_set_newline(context.get(), PCRE2_NEWLINE_LF);
   pcre2_set_bsr(context.get(), PCRE2_BSR_UNICODE);
-  // ANCHORED: re.match tries the start only. UCP: \d \w \s \b are Unicode, as for Python str.
+  // ANCHORED: re.match tries the start only. UCP: \d \w \b are Unicode, as for Python str (\s is
+  // written out, see PYTHON_SPACE).
   // ALT_CIRCUMFLEX: (?m)'s '^' also matches after a final newline, as in Python.
   // MATCH_INVALID_UTF: a key is never an error, whatever bytes it holds.
   const uint32_t options = PCRE2_ANCHORED | PCRE2_UTF | PCRE2_UCP | PCRE2_ALT_CIRCUMFLEX |

@@ -3,11 +3,14 @@
 // The reference (NeMo Automodel) drops keys with re.match(pattern, key). shardshift compiles the
 // same text with PCRE2, the engine closest to Python's `re`, anchored at the start only, in UTF
 // mode with Unicode classes (\d, \w, \b as in Python 3 str patterns). The spellings whose meaning
-// differs are translated first (\Z -> \z, {,n} -> {0,n}, \v, \uXXXX, \UXXXXXXXX, and \s, \S
-// written out as classes of exactly Python's whitespace), and every construct that would still
-// match differently, or that Python does not have (POSIX classes, octal and multi-digit escapes,
-// PCRE2-only groups and verbs, letter escapes Python does not know), is refused with an error
-// naming it, so a pattern never silently keeps or drops different keys than the reference would.
+// differs are translated first (\Z -> \z, {,n} -> {0,n}, \v, \uXXXX, \UXXXXXXXX, \s and \S
+// written out as classes of exactly Python's whitespace, a look-behind's branches grouped so that
+// PCRE2 wants one width for all), and every construct that would still match differently, that
+// Python does not have (POSIX classes, octal and multi-digit escapes, PCRE2-only groups, verbs and
+// conditions, letter escapes Python does not know) or that Python 3.11 refuses (global flags not at
+// the start, references to groups not yet closed, ...) is refused with an error naming it, so a
+// pattern never silently keeps or drops different keys than the reference would. Under (?i) the
+// two engines' case rules differ for some non-ASCII characters: match() fails on such keys.
 // Thread-safety: a compiled KeyPattern is immutable; match() may be called from any thread.
 #pragma once
 
