@@ -696,6 +696,11 @@ Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
     return Status(Errc::io, "cannot allocate a PCRE2 compile context");
   pcre2_set_newline(context.get(), PCRE2_NEWLINE_LF);
   pcre2_set_bsr(context.get(), PCRE2_BSR_UNICODE);
+#if PCRE2_MAJOR > 10 || (PCRE2_MAJOR == 10 && PCRE2_MINOR >= 43)
+  // From PCRE2 10.43 a look-behind may vary in width by default; Python's must not (the
+  // fixed-width refusal below relies on PCRE2 refusing it too).
+  pcre2_set_max_varlookbehind(context.get(), 0);
+#endif
   // ANCHORED: re.match tries the start only. UCP: \d \w \b are Unicode, as for Python str (\s is
   // written out, see PYTHON_SPACE).
   // ALT_CIRCUMFLEX: (?m)'s '^' also matches after a final newline, as in Python.
