@@ -123,6 +123,8 @@ uint64_t wait_until_read(pid_t pid, int pipe_fd, bool* exited, int* status) {
 // Whether any process still holds the read end of the pipe whose write end is `fd`: once none
 // does, the write end polls POLLERR. A poll that fails counts as a reader (signal on).
 bool has_reader(int fd) {
+  if (fd < 0) // no pipe of ours left to ask about
+    return false;
   pollfd p{fd, POLLOUT, 0};
   return poll(&p, 1, 0) < 0 || (p.revents & POLLERR) == 0;
 }
