@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
 namespace shardshift::app {
@@ -110,13 +112,21 @@ std::string whole_number_problem(const po::parsed_options& parsed,
     if (given.position_key != -1 || !flag)
       continue;
     const po::value_semantic* semantic = flag->semantic().get();
-    if (!dynamic_cast<const po::typed_value<unsigned>*>(semantic) &&
-        !dynamic_cast<const po::typed_value<unsigned long>*>(semantic) &&
+    const bool narrow = dynamic_cast<const po::typed_value<unsigned>*>(semantic) != nullptr;
+    if (!narrow && !dynamic_cast<const po::typed_value<unsigned long>*>(semantic) &&
         !dynamic_cast<const po::typed_value<unsigned long long>*>(semantic))
       continue;
-    for (const std::string& value : given.value)
+    const unsigned long long most =
+        narrow ? std::numeric_limits<unsigned>::max() : std::numeric_limits<uint64_t>::max();
+    for (const std::string& value : given.value) {
       if (value.empty() || value.find_first_not_of("0123456789") != std::string::npos)
-        return "--" + given.string_key + " '" + value + "': expects a whole number (0, 1, 2, ...)";
+        return "--" + given.string_key + " '" + value + "': expects a whole number (digits only)";
+      unsigned long long n = 0;
+      const auto [end, err] = std::from_chars(value.data(), value.data() + value.size(), n);
+      if (err != std::errc() || n > most)
+        return "--" + given.string_key + " '" + value + "': too large (at most " +
+               std::to_string(most) + ")";
+    }
   }
   return {};
 }

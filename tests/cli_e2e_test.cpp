@@ -154,6 +154,16 @@ TEST_F(CliCheckpoint, WholeNumberFlagsTakeDigitsAlone) {
     EXPECT_EQ(r.out, "") << command;
     EXPECT_FALSE(std::filesystem::exists(tmp / "out")) << command;
   }
+  // Digits beyond the flag's type are named as too large, not as Boost's "invalid" argument.
+  for (const std::string& command :
+       {"convert " + in + " " + out + " --writers 4294967296",
+        "convert " + in + " " + out + " --job-timeout 99999999999",
+        "synth " + out + " --seed 99999999999999999999999 --layers 1 --scale 32"}) {
+    auto r = run_shardshift(command);
+    EXPECT_EQ(r.exit_code, 2) << command << ": " << r.err;
+    EXPECT_NE(r.err.find("': too large (at most "), std::string::npos) << command << ": " << r.err;
+    EXPECT_FALSE(std::filesystem::exists(tmp / "out")) << command;
+  }
   // Zero parts is refused by name, not as a rank out of range.
   auto zero = run_shardshift("plan " + in + " --ep-size 0");
   EXPECT_EQ(zero.exit_code, 2);
