@@ -28,12 +28,18 @@ namespace shardshift {
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
                    uint64_t* chunk_bytes, unsigned* tokens) {
   writers = std::max(1u, writers);
-  const unsigned t = std::max(3u, (threads + 2 + writers - 1) / writers);
+  constexpr uint64_t MIN_CHUNK = 64 << 10;
+  uint64_t t = std::max<uint64_t>(3, (uint64_t{threads} + 2 + writers - 1) / writers);
+  // No more tokens than the budget holds at the smallest chunk: a -j far beyond the cores would
+  // otherwise put more in flight than --max-memory (the chunk stops shrinking at MIN_CHUNK).
+  const uint64_t fit = max_memory / MIN_CHUNK;
+  if (fit > gpu_slots)
+    t = std::min(t, std::max<uint64_t>(3, (fit - gpu_slots) / (2ull * writers)));
   uint64_t chunk = max_memory / (2ull * writers * t + gpu_slots);
   chunk &= ~uint64_t{4095};
-  chunk = std::clamp<uint64_t>(chunk, 64 << 10, 64ull << 20);
+  chunk = std::clamp<uint64_t>(chunk, MIN_CHUNK, 64ull << 20);
   *chunk_bytes = chunk;
-  *tokens = t;
+  *tokens = static_cast<unsigned>(t);
 }
 
 unsigned default_writers(unsigned threads, size_t files, bool gpu) {

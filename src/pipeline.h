@@ -81,9 +81,10 @@ struct PipelineResult {
 /// Chunk size and per-lane token count for a memory budget, thread count and lane count (the
 /// formula of README "Memory"): tokens = max(3, ceil((threads + 2) / writers)),
 /// chunk = budget / (2 * writers * tokens + gpu_slots), rounded down to 4 KiB and clamped to
-/// [64 KiB, 64 MiB]. (Giving every lane threads + 2 tokens where files are filled by several
-/// threads, in smaller chunks, was tried and was slower: PERFORMANCE.md, "One file filled by
-/// several threads".)
+/// [64 KiB, 64 MiB]; tokens are first cut to what the budget holds at 64 KiB chunks (a -j far
+/// beyond the cores would otherwise break the budget). (Giving every lane threads + 2 tokens where
+/// files are filled by several threads, in smaller chunks, was tried and was slower:
+/// PERFORMANCE.md, "One file filled by several threads".)
 void size_pipeline(uint64_t max_memory, unsigned threads, unsigned gpu_slots, unsigned writers,
                    uint64_t* chunk_bytes, unsigned* tokens);
 

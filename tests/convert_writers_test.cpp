@@ -640,6 +640,14 @@ TEST(WriterLanes, MemoryInFlightStaysOneFormula) {
   unsigned tokens = 0;
   size_pipeline(uint64_t{1} << 30, 16, 0, 1, &chunk, &tokens);
   EXPECT_EQ(tokens, 18u); // one lane: threads + 2, as before lanes existed
+  // A -j far beyond any machine's cores (up to the largest the flag takes) gets no more tokens
+  // than the budget holds at the smallest chunk, and the sum does not wrap.
+  for (unsigned threads : {100'000u, 4'294'967'295u})
+    for (uint64_t budget : {uint64_t{64} << 20, uint64_t{1} << 30}) {
+      size_pipeline(budget, threads, 16, 1, &chunk, &tokens);
+      EXPECT_GE(tokens, 3u);
+      EXPECT_LE((2ull * tokens + 16) * chunk, budget) << threads << " threads, budget " << budget;
+    }
 }
 
 } // namespace
