@@ -168,10 +168,7 @@ Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& p
         return write_file_atomic(io, staging / name, std::as_bytes(std::span(bytes)));
       },
       &r.checksums, nullptr);
-  if (s.ok() && io.unlink((staging / PLAN_FINGERPRINT_NAME).c_str()) != 0)
-    s = Status(Errc::io,
-               staging.string() + ": cannot remove the fingerprint: " + errno_text(errno));
-  if (s.ok()) {
+  if (s.ok()) { // commit_output removes the fingerprint once the output's marker is written
     coordinator.before_commit();
     s = commit_output(io, staging, job.paths.output, job.options.force);
   }

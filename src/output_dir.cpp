@@ -197,6 +197,9 @@ Status check_trace_file(const ConvertOptions& o) {
 
 Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bool force) {
   // Written last, so only a complete output carries the marker that lets --force replace it.
+  // The plan fingerprint goes only once the marker is there: at every moment the staging
+  // directory holds one of the two, so a run killed in between leaves a directory that the next
+  // run can tell for a run's (staging.h) and remove.
   auto marker = output_marker_text(staging);
   if (!marker)
     return marker.status();
@@ -204,6 +207,9 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
           write_file_atomic(io, staging / OUTPUT_MARKER_NAME, std::as_bytes(std::span(*marker)));
       !s.ok())
     return s;
+  const fs::path fingerprint = staging / PLAN_FINGERPRINT_NAME;
+  if (io.unlink(fingerprint.c_str()) != 0 && errno != ENOENT)
+    return Status(Errc::io, fingerprint.string() + ": cannot remove: " + errno_text(errno));
   std::error_code ec;
   fs::path old;
   if (force && fs::exists(fs::symlink_status(output, ec))) {
@@ -368,9 +374,6 @@ Result<UploadResult> build_directory(const ConvertOptions& options, const Checkp
           &r.checksums, nullptr);
       !s.ok())
     return s;
-  const fs::path fingerprint_file = staging / PLAN_FINGERPRINT_NAME;
-  if (io.unlink(fingerprint_file.c_str()) != 0)
-    return Status(Errc::io, fingerprint_file.string() + ": cannot remove: " + errno_text(errno));
   if (Status s = commit_output(io, staging, output, options.force); !s.ok())
     return s;
   guard.committed();

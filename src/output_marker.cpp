@@ -6,6 +6,7 @@
 #include "shardshift/problems.h"
 
 #include "listing_line.h"
+#include "staging.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -124,7 +125,8 @@ Result<std::string> output_marker_text(const fs::path& dir) {
   for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
        it.increment(ec)) {
     const std::string rel = it->path().lexically_relative(dir).string();
-    if (rel != OUTPUT_MARKER_NAME && it->is_regular_file(ec) && !it->is_symlink(ec))
+    if (rel != OUTPUT_MARKER_NAME && rel != PLAN_FINGERPRINT_NAME && it->is_regular_file(ec) &&
+        !it->is_symlink(ec))
       files.push_back(rel);
   }
   if (ec)

@@ -15,7 +15,8 @@
 namespace shardshift {
 
 /// The marker's text for the finished directory `dir`: a fixed first line with the format
-/// version, a sentence for whoever opens it, then every regular file under `dir` (relative,
+/// version, a sentence for whoever opens it, then every regular file under `dir` but the plan
+/// fingerprint of its staging (relative,
 /// sorted, escaped as sha256sum escapes names: listing_line). The same files give the same text,
 /// so outputs stay byte-identical from run to run.
 Result<std::string> output_marker_text(const std::filesystem::path& dir);

@@ -1,6 +1,8 @@
 // staging.cpp: naming staging directories, and finding and removing those of killed runs.
 #include "staging.h"
 
+#include "shardshift/checkpoint.h"
+
 #include "temp_name.h"
 
 #include <cerrno>
@@ -46,12 +48,14 @@ std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
     const std::string name = it->path().filename().string();
     if (!name.starts_with(prefix) || it->is_symlink(ec) || !it->is_directory(ec))
       continue;
-    // The fingerprint is the first thing a run writes into its staging directory, once locked.
+    // The fingerprint is the first thing a run writes into its staging directory, once locked,
+    // and it goes only once the output's marker is written (commit_output).
     // Without one, the directory is a run's only if that run's process (the id in the name) is
     // gone, it may not have taken the lock yet, and the directory holds nothing but what a run
     // can leave before its fingerprint (nothing, or a temporary file): a directory a user made
     // with such a name, with their files in it, is not shardshift's to remove.
-    if (!fs::exists(it->path() / PLAN_FINGERPRINT_NAME, ec)) {
+    if (!fs::exists(it->path() / PLAN_FINGERPRINT_NAME, ec) &&
+        !fs::exists(it->path() / OUTPUT_MARKER_NAME, ec)) {
       const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
       const bool gone = pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
       if (!gone || !only_temporary_files(it->path()))

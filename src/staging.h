@@ -24,10 +24,10 @@ std::filesystem::path staging_path(const std::filesystem::path& output, const ch
 
 /// The "-tmp-" staging directories of `output` that may have been abandoned: they hold a plan
 /// fingerprint (written only after the lock was taken, so a free lock then means nobody writes
-/// there any more), or their process is gone and they hold nothing a run could not have left
-/// before its fingerprint (no file, or only temporary ones: a directory of a user's that merely
-/// has such a name is never taken). Their locks are not checked here: a caller takes
-/// the lock before touching one.
+/// there any more) or, from the commit on, the output's marker, or their process is gone and they
+/// hold nothing a run could not have left before its fingerprint (no file, or only temporary ones:
+/// a directory of a user's that merely has such a name is never taken). Their locks are not checked
+/// here: a caller takes the lock before touching one.
 std::vector<std::filesystem::path> abandoned_staging_dirs(const std::filesystem::path& output);
 
 /// Removes every abandoned staging directory of `output` whose lock is free. Returns one note per

@@ -36,6 +36,12 @@ TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
   const auto early = tmp / (".out.shardshift-tmp-" + std::to_string(dead) + "-43");
   std::filesystem::create_directory(early);
   write_bytes(early / ".shardshift-plan.shardshift-tmp-1-ab", "fing");
+  // Killed during its commit, between the fingerprint's removal and the rename: the output's
+  // marker is there instead.
+  const auto committing = tmp / (".out.shardshift-tmp-" + std::to_string(dead) + "-45");
+  std::filesystem::create_directory(committing);
+  write_bytes(committing / OUTPUT_MARKER_NAME, "shardshift-output 2\n");
+  write_bytes(committing / "model.safetensors", std::string(100, 'y'));
   // A user's directory with such a name, holding their data, is not shardshift's.
   const auto users = tmp / (".out.shardshift-tmp-" + std::to_string(dead) + "-44");
   std::filesystem::create_directory(users);
@@ -64,16 +70,18 @@ TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_FALSE(std::filesystem::exists(stale));
   EXPECT_FALSE(std::filesystem::exists(early));
+  EXPECT_FALSE(std::filesystem::exists(committing));
   EXPECT_EQ(read_bytes(users / "mydata.txt"), "precious");
   EXPECT_TRUE(std::filesystem::exists(live));
   EXPECT_TRUE(std::filesystem::exists(locked));
   EXPECT_TRUE(std::filesystem::exists(tmp / ".other.shardshift-tmp-1-1"));
-  ASSERT_EQ(warnings.size(), 2u);
-  std::sort(warnings.begin(), warnings.end()); // "-42" before "-43"
+  ASSERT_EQ(warnings.size(), 3u);
+  std::sort(warnings.begin(), warnings.end()); // "-42", "-43", "-45"
   for (const std::string& w : warnings)
     EXPECT_NE(w.find("removed the staging directory of an earlier run"), std::string::npos) << w;
   EXPECT_NE(warnings[0].find("5012 bytes freed"), std::string::npos) << warnings[0];
   EXPECT_NE(warnings[1].find("4 bytes freed"), std::string::npos) << warnings[1];
+  EXPECT_NE(warnings[2].find("120 bytes freed"), std::string::npos) << warnings[2];
 }
 
 } // namespace
