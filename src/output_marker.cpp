@@ -75,10 +75,17 @@ struct Foreign {
   std::string error; ///< the walk failed: why
 };
 Foreign foreign_entries(const fs::path& output, const Marker& marker, size_t limit) {
+  // The directories the listed files lie in. A name shardshift writes is relative and goes
+  // down only; any other (absolute, "..") stands for nothing here.
   std::set<std::string> dirs;
-  for (const std::string& f : marker.files)
-    for (fs::path p = fs::path(f).parent_path(); !p.empty(); p = p.parent_path())
+  for (const std::string& f : marker.files) {
+    const fs::path path(f);
+    if (path.is_absolute() ||
+        std::any_of(path.begin(), path.end(), [](const fs::path& part) { return part == ".."; }))
+      continue;
+    for (fs::path p = path.parent_path(); !p.empty() && p != p.parent_path(); p = p.parent_path())
       dirs.insert(p.string());
+  }
   Foreign foreign;
   struct stat root {};
   if (::lstat(output.c_str(), &root) != 0) {

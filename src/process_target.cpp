@@ -43,12 +43,33 @@ std::string expand_command(std::string_view command, std::string_view name, uint
 }
 
 Status check_command_template(std::string_view command) {
+  auto refuse = [&](std::string_view placeholder, const std::string& where) {
+    return Status(Errc::invalid_argument,
+                  "--pipe-to: " + std::string(placeholder) + " stands " + where + " in '" +
+                      std::string(command) +
+                      "'; shardshift shell-quotes the value, which protects it only as a word of "
+                      "the command, and a file name could otherwise run as shell code: write it "
+                      "bare, as in cat > dir/{name} or s3://bucket/prefix/{name}");
+  };
+  auto placeholder_at = [&](size_t i) -> std::string_view {
+    for (std::string_view p : {"{name}", "{size}"})
+      if (command.substr(i).starts_with(p))
+        return p;
+    return {};
+  };
   // The quote the scan is inside (', " or none), one entry per $( ) it has entered: a command
   // substitution starts unquoted again, even inside double quotes.
   std::vector<char> quotes = {0};
+  bool heredoc = false; // a here-document began: its body is not shell words
   for (size_t i = 0; i < command.size(); ++i) {
     char& quote = quotes.back();
     const char c = command[i];
+    if (const std::string_view p = placeholder_at(i); !p.empty()) {
+      if (heredoc)
+        return refuse(p, "after a here-document ('<<'), whose body is not quoted as words are");
+      if (quote != 0)
+        return refuse(p, "inside quotes");
+    }
     if (quote != '\'' && c == '\\') {
       ++i; // an escaped character, in no quotes or in double quotes
     } else if (quote != '\'' && command.substr(i).starts_with("$(")) {
@@ -60,15 +81,18 @@ Status check_command_template(std::string_view command) {
       quote = c;
     } else if (c == quote) {
       quote = 0;
-    } else if (quote != 0) {
-      for (std::string_view p : {"{name}", "{size}"})
-        if (command.substr(i).starts_with(p))
-          return Status(Errc::invalid_argument,
-                        "--pipe-to: " + std::string(p) + " stands inside quotes in '" +
-                            std::string(command) +
-                            "'; shardshift quotes the value itself, and inside quotes a file name "
-                            "could end them and run as shell code: write it bare, as in "
-                            "cat > dir/{name} or s3://bucket/prefix/{name}");
+    } else if (quote == 0 && command.substr(i).starts_with("<<<")) {
+      i += 2; // a here-string (bash) takes a word, quoted like any other
+    } else if (quote == 0 && command.substr(i).starts_with("<<")) {
+      heredoc = true;
+      ++i;
+    } else if (quote == 0 && c == '#' &&
+               (i == 0 ||
+                std::string_view(" \t\n;&|()<>").find(command[i - 1]) != std::string_view::npos)) {
+      // A comment, to the end of its line: a line break in a name would end it.
+      for (; i < command.size() && command[i] != '\n'; ++i)
+        if (const std::string_view p = placeholder_at(i); !p.empty())
+          return refuse(p, "in a comment");
     }
   }
   return {};

@@ -58,12 +58,22 @@ TEST(ProcessTargetCommand, RefusesAPlaceholderInsideQuotes) {
     EXPECT_EQ(s.code(), Errc::invalid_argument) << bad;
     EXPECT_NE(s.message().find("stands inside quotes"), std::string::npos) << bad;
   }
+  // A here-document's body and a comment are not shell words either: a name such as
+  // '$(touch x)' would run in the one, a line break in a name would end the other.
+  for (const char* bad : {"cat > /dev/null <<EOF\n{name}\nEOF", "cat <<-X; echo {name}",
+                          "cat > /dev/null # {name}", "up;#{size}", "a\n# '{name}'"}) {
+    const Status s = check_command_template(bad);
+    EXPECT_EQ(s.code(), Errc::invalid_argument) << bad;
+    EXPECT_TRUE(s.message().find("here-document") != std::string::npos ||
+                s.message().find("in a comment") != std::string::npos)
+        << bad << ": " << s.message();
+  }
   // Bare, also inside a word, after closed quotes, escaped quotes, or a command substitution
   // inside double quotes (which starts unquoted again).
   for (const char* good :
        {"cat > /x/{name}", "aws s3 cp - \"s3://$b/n/\"{name} --expected-size {size}",
         "echo \\'{name}", "a 'it'\\''s' {name}", "mkdir -p \"$(dirname /x/{name})\" && cat",
-        "echo '{other}' {name}"})
+        "echo '{other}' {name}", "cat <<< {name}", "up a#b {name}", "cat # note\nup {name}"})
     EXPECT_TRUE(check_command_template(good).ok())
         << good << ": " << check_command_template(good).message();
 }

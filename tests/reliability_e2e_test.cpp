@@ -163,6 +163,11 @@ TEST_F(Reliability, ForceReplacesOnlyAPreviousOutput) {
   fs::remove(tmp / "out" / "notes.txt");
   fs::remove_all(tmp / "out" / "runs");
   EXPECT_EQ(convert(in(), tmp / "out").exit_code, 0);
+  // A marker naming what shardshift never writes (absolute paths, "..") stands for nothing
+  // (it once made --force loop for ever on "/x").
+  write_bytes(tmp / "out" / OUTPUT_MARKER_NAME,
+              read_bytes(tmp / "out" / OUTPUT_MARKER_NAME) + "/x\n//\n../outside\n");
+  EXPECT_EQ(convert(in(), tmp / "out").exit_code, 0);
   // An output of an older shardshift (format 1, no list) is replaced whole, as it was then.
   write_bytes(tmp / "out" / OUTPUT_MARKER_NAME, "shardshift-output 1\n");
   write_bytes(tmp / "out" / "stale.txt", "from an older run");
