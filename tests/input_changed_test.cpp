@@ -9,6 +9,7 @@
 #include <climits>
 #include <fcntl.h>
 #include <map>
+#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 
@@ -84,7 +85,10 @@ TEST_F(ConvertTest, AnInputTruncatedWhileCopiedIsNamedAsTheFileThatChanged) {
 // checkpoint again would (the file keeps its size), then lets the call go through.
 class RewriteSourceOnFirstCopy final : public ForwardingIo {
 public:
-  RewriteSourceOnFirstCopy() : ForwardingIo(Io::system()) {}
+  /// `bytes` = false: change the file's metadata only (chmod, a hard link, its access time),
+  /// which moves its change time and leaves every byte and its modification time alone.
+  explicit RewriteSourceOnFirstCopy(bool bytes = true)
+      : ForwardingIo(Io::system()), bytes_(bytes) {}
   ssize_t copy_file_range(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
     rewrite_source(in, in_off ? *in_off : 0);
     return ForwardingIo::copy_file_range(in, in_off, out, out_off, len);
@@ -106,6 +110,14 @@ private:
     // File times move with the kernel's clock tick (a few ms): let one pass since the test wrote
     // the file, so the rewrite shows in them as any later one would.
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (!bytes_) {
+      const std::string link = std::string(path) + ".link";
+      const timespec times[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
+      if (::chmod(path, 0640) == 0 && ::link(path, link.c_str()) == 0 &&
+          ::unlink(link.c_str()) == 0 && ::utimensat(AT_FDCWD, path, times, 0) == 0)
+        rewritten_ = path;
+      return;
+    }
     const int w = ::open(path, O_WRONLY | O_CLOEXEC);
     char byte = 0;
     if (w < 0 || ::pread(fd, &byte, 1, at) != 1 || (byte ^= 0x5a, ::pwrite(w, &byte, 1, at)) != 1) {
@@ -116,6 +128,7 @@ private:
     ::close(w);
     rewritten_ = path;
   }
+  bool bytes_;
   std::string rewritten_;
 };
 
@@ -146,6 +159,20 @@ TEST_F(ConvertTest, AnInputRewrittenInPlaceWhileReadFailsTheRun) {
         << r.status().message();
     EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
   }
+}
+
+// chmod, a new hard link or touch -a move the change time and no byte: no alarm.
+TEST_F(ConvertTest, AnInputWhoseMetadataAloneChangesConvertsAsUsual) {
+  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 2, 4, 64, 24), 2,
+                              "diffusion_gemma");
+  RewriteSourceOnFirstCopy io(/*bytes=*/false);
+  auto r = run(tmp / "hf", tmp / "out", opts([&](ConvertOptions& o) {
+                 o.io = &io;
+                 o.writers = 1;
+               }));
+  ASSERT_FALSE(io.rewritten().empty()) << "no pass-through copy was made";
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(std::filesystem::exists(tmp / "out"));
 }
 
 } // namespace

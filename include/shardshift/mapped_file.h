@@ -44,9 +44,10 @@ public:
   void populate(uint64_t offset, uint64_t length) const;
   /// Asks the kernel to read the range ahead (MADV_WILLNEED). Never fails.
   void will_need(uint64_t offset, uint64_t length) const;
-  /// OK while the file is as it was opened: the same size, modification time and change time
-  /// (fstat). Otherwise Errc::file_changed naming it: bytes rewritten in place while a run read
-  /// them (at the same size, so no page vanished) would give output that matches neither version.
+  /// OK while the file is as it was opened: the same size and modification time (fstat; not the
+  /// change time, which chmod, a hard link or touch -a move too). Otherwise Errc::file_changed
+  /// naming it: bytes rewritten in place while a run read them (at the same size, so no page
+  /// vanished) would give output that matches neither version.
   Status unchanged() const;
 
 private:
@@ -55,7 +56,7 @@ private:
   int fd_ = -1;
   const std::byte* data_ = nullptr;
   uint64_t size_ = 0;
-  int64_t modified_ns_ = 0, changed_ns_ = 0; ///< st_mtim and st_ctim at open
+  int64_t modified_ns_ = 0; ///< st_mtim at open
 };
 
 /// Runs `fn`, which reads mapped memory of `file`. If a page of any mapping has vanished (the file
