@@ -9,6 +9,7 @@
 #include "staging.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <fstream>
 #include <optional>
@@ -124,6 +125,38 @@ Foreign foreign_entries(const fs::path& output, const Marker& marker, size_t lim
   return foreign;
 }
 
+// The mount points strictly under `dir` (from /proc/self/mountinfo, whose fifth field is the
+// mount point with space, tab, line feed and backslash written as octal escapes). A bind mount
+// of the same file system has the same st_dev as the directory above it, so only this tells it.
+std::vector<std::string> mount_points_under(const fs::path& dir) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  const std::string root = fs::canonical(dir, ec).string();
+  if (ec)
+    return found;
+  std::ifstream mounts("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(mounts, line)) {
+    std::istringstream fields(line);
+    std::string field, point;
+    for (int k = 0; k < 5 && fields >> field; ++k)
+      point = field;
+    std::string unescaped;
+    for (size_t i = 0; i < point.size(); ++i) {
+      if (point[i] == '\\' && i + 3 < point.size() &&
+          std::isdigit(static_cast<unsigned char>(point[i + 1]))) {
+        unescaped += static_cast<char>(std::stoi(point.substr(i + 1, 3), nullptr, 8));
+        i += 3;
+      } else {
+        unescaped += point[i];
+      }
+    }
+    if (unescaped.size() > root.size() + 1 && unescaped.starts_with(root + "/"))
+      found.push_back(unescaped.substr(root.size() + 1));
+  }
+  return found;
+}
+
 } // namespace
 
 Result<std::string> output_marker_text(const fs::path& dir) {
@@ -160,6 +193,14 @@ Status check_replaceable(const fs::path& output) {
                       " file), so --force will not replace it; remove it yourself or choose "
                       "another OUT");
   }
+  // Whatever the marker says, a file system mounted inside OUT is not the old output's: removing
+  // the old output would empty it.
+  if (const std::vector<std::string> mounts = mount_points_under(output); !mounts.empty())
+    return Status(Errc::invalid_argument,
+                  output.string() + ": a file system is mounted inside it (" +
+                      printable(mounts.front()) + (mounts.size() > 1 ? ", ..." : "") +
+                      "), which --force would empty with the old output; unmount it, then run "
+                      "again");
   if (marker->version == 1)
     return {};
   if (marker->version != 2)

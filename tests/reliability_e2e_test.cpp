@@ -184,6 +184,34 @@ TEST_F(Reliability, ForceReplacesOnlyAPreviousOutput) {
   expect_input_intact();
 }
 
+// A file system mounted inside an old output is not the output's, whatever its marker says:
+// --force would empty it with the old output. Refused with both marker formats; needs root.
+TEST_F(Reliability, ForceNeverEmptiesAFileSystemMountedInside) {
+  ASSERT_EQ(convert(in(), tmp / "out", "-q").exit_code, 0);
+  fs::create_directory(tmp / "out" / "m nt");
+  const std::string mount_point = shell_quoted(tmp / "out" / "m nt");
+  if (testing::run_shell("mount -t tmpfs -o size=1m tmpfs " + mount_point).exit_code != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  struct Unmount {
+    std::string point;
+    ~Unmount() { testing::run_shell("umount " + point); }
+  } unmount{mount_point};
+  write_bytes(tmp / "out" / "m nt" / "data", "the user's");
+  const std::string marker = read_bytes(tmp / "out" / OUTPUT_MARKER_NAME);
+  for (const std::string& first_line :
+       {std::string("shardshift-output 2"), std::string("shardshift-output 1")}) {
+    SCOPED_TRACE(first_line);
+    write_bytes(tmp / "out" / OUTPUT_MARKER_NAME, first_line + marker.substr(marker.find('\n')));
+    auto r = convert(in(), tmp / "out");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("out: a file system is mounted inside it (m nt), which --force would "
+                         "empty with the old output"),
+              std::string::npos)
+        << r.err;
+    EXPECT_EQ(read_bytes(tmp / "out" / "m nt" / "data"), "the user's");
+  }
+}
+
 TEST_F(Reliability, OutputProblemsFailBeforeWriting) {
   // A dangling symlink used to fail at the final rename, after the whole output was written.
   fs::create_symlink(tmp / "nowhere" / "x", tmp / "dangling");
