@@ -2,6 +2,8 @@
 // order that keeps the destination consistent at every moment.
 #include "upload.h"
 
+#include "shardshift/problems.h"
+
 #include "process_target.h"
 #include "side_files.h"
 
@@ -16,7 +18,7 @@ Status failure_report(const Status& first, const std::vector<FileDelivery>& file
   std::string message = first.message() + "\nfiles:";
   size_t failed = 0;
   for (const FileDelivery& f : files) {
-    message += "\n  " + f.name + ": " + f.state;
+    message += "\n  " + printable(f.name) + ": " + f.state; // one line per file, whatever its name
     failed += f.state != "delivered";
   }
   message += "\n" + std::to_string(failed) + " of " + std::to_string(files.size()) +

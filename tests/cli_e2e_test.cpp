@@ -305,6 +305,22 @@ TEST_F(CliCheckpoint, PipeToRefusesAQuotedPlaceholder) {
     EXPECT_FALSE(name.starts_with("got")) << name;
 }
 
+// The list of files that ends a failed --pipe-to run keeps one line per file: a side file's name
+// cannot add a line of its own (a fake "delivered", say).
+TEST_F(CliCheckpoint, PipeToFailureListsEveryFileOnOneLine) {
+  testing::write_bytes(tmp / "hf" / "evil\nconfig.json: delivered", "x");
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " --pipe-to 'exit 3'");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("evil\\x0aconfig.json: delivered: not started"), std::string::npos) << r.err;
+  size_t naming_it = 0; // the lines that end like the fake one: the escaped name's alone
+  for (const std::string& line : testing::lines_of(r.err))
+    if (line.find("config.json: delivered: not started") != std::string::npos) {
+      ++naming_it;
+      EXPECT_NE(line.find("evil\\x0a"), std::string::npos) << line;
+    }
+  EXPECT_EQ(naming_it, 1u) << r.err;
+}
+
 TEST_F(CliCheckpoint, QuietAndJsonMeanTheSameEverywhere) {
   // -q: nothing but errors; --json is printed even then.
   auto inspect = run_shardshift("inspect -q " + shell_quoted(tmp / "hf"));
