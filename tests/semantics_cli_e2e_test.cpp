@@ -43,6 +43,19 @@ protected:
   }
   // Every tensor of the checkpoint at `dir`.
   static Dict open(const fs::path& dir) { return read_checkpoint(dir); }
+  // A small synthetic checkpoint of `model` at `dir` (synth --layers 2 --scale 16).
+  static void synth(const fs::path& dir, const std::string& model) {
+    ASSERT_EQ(run_shardshift("synth " + shell_quoted(dir) + " --model " + model +
+                             " --layers 2 --scale 16 -q")
+                  .exit_code,
+              0);
+  }
+  // shardshift convert FROM TO -q FLAGS.
+  static testing::CommandResult convert(const fs::path& from, const fs::path& to,
+                                        const std::string& flags = "") {
+    return run_shardshift("convert " + shell_quoted(from) + " " + shell_quoted(to) + " -q " +
+                          flags);
+  }
 
   std::mt19937_64 rng;
   TempDir tmp;
@@ -196,18 +209,14 @@ TEST_F(SemanticsCli, ToHfNamesAPartOfASecondShardingForWhatItIs) {
   for (const char* model : {"diffusion_gemma", "gemma4_moe", "qwen3_moe", "deepseek_v3"}) {
     SCOPED_TRACE(model);
     const fs::path in = tmp / model;
-    ASSERT_EQ(run_shardshift("synth " + shell_quoted(in) + " --model " + model +
-                             " --layers 2 --scale 16 -q")
-                  .exit_code,
-              0);
+    synth(in, model);
     for (const char* parts : {"2", "4"}) {
       fs::remove_all(tmp / "part");
-      ASSERT_EQ(run_shardshift("convert " + shell_quoted(in) + " " + shell_quoted(tmp / "part") +
-                               " -q --ep-shard-size " + parts + " --ep-shard-rank 1")
-                    .exit_code,
-                0);
-      auto back = run_shardshift("convert " + shell_quoted(tmp / "part") + " " +
-                                 shell_quoted(tmp / "back") + " -q");
+      ASSERT_EQ(
+          convert(in, tmp / "part", std::string("--ep-shard-size ") + parts + " --ep-shard-rank 1")
+              .exit_code,
+          0);
+      auto back = convert(tmp / "part", tmp / "back");
       EXPECT_EQ(back.exit_code, 1);
       EXPECT_NE(back.err.find("one part of a from_hf export with --ep-shard-size " +
                               std::string(parts) + ", which keeps 1/" + parts + " of axis 1"),
@@ -216,12 +225,8 @@ TEST_F(SemanticsCli, ToHfNamesAPartOfASecondShardingForWhatItIs) {
       EXPECT_FALSE(fs::exists(tmp / "back"));
     }
     fs::remove_all(tmp / "part");
-    ASSERT_EQ(
-        run_shardshift("convert " + shell_quoted(in) + " " + shell_quoted(tmp / "part") + " -q")
-            .exit_code,
-        0);
-    auto whole = run_shardshift("convert " + shell_quoted(tmp / "part") + " " +
-                                shell_quoted(tmp / "back") + " -q");
+    ASSERT_EQ(convert(in, tmp / "part").exit_code, 0);
+    auto whole = convert(tmp / "part", tmp / "back");
     EXPECT_EQ(whole.exit_code, 0) << whole.err;
     fs::remove_all(tmp / "part");
     fs::remove_all(tmp / "back");
@@ -232,20 +237,13 @@ TEST_F(SemanticsCli, ToHfNamesAPartOfASecondShardingForWhatItIs) {
 // holds fewer experts than config.json's count: the reference's to_hf refuses to split it, and
 // so does shardshift (it would number them from 0). The whole export converts back.
 TEST_F(SemanticsCli, ToHfRefusesARanksExportOfPerExpertFamilies) {
-  for (auto [model, key] : {std::pair{"qwen3_moe", "num_experts"},
-                            std::pair{"deepseek_v3", "n_routed_experts"}}) {
+  for (auto [model, key] :
+       {std::pair{"qwen3_moe", "num_experts"}, std::pair{"deepseek_v3", "n_routed_experts"}}) {
     SCOPED_TRACE(model);
     const fs::path in = tmp / model;
-    ASSERT_EQ(run_shardshift("synth " + shell_quoted(in) + " --model " + model +
-                             " --layers 2 --scale 16 -q")
-                  .exit_code,
-              0);
-    ASSERT_EQ(run_shardshift("convert " + shell_quoted(in) + " " + shell_quoted(tmp / "rank") +
-                             " -q --ep-size 2 --ep-rank 1")
-                  .exit_code,
-              0);
-    auto back = run_shardshift("convert " + shell_quoted(tmp / "rank") + " " +
-                               shell_quoted(tmp / "back") + " -q");
+    synth(in, model);
+    ASSERT_EQ(convert(in, tmp / "rank", "--ep-size 2 --ep-rank 1").exit_code, 0);
+    auto back = convert(tmp / "rank", tmp / "back");
     EXPECT_EQ(back.exit_code, 1);
     EXPECT_NE(back.err.find("experts, but config.json's " + std::string(key) + " is "),
               std::string::npos)
@@ -253,12 +251,8 @@ TEST_F(SemanticsCli, ToHfRefusesARanksExportOfPerExpertFamilies) {
     EXPECT_NE(back.err.find("the reference's to_hf refuses such a tensor"), std::string::npos)
         << back.err;
     EXPECT_FALSE(fs::exists(tmp / "back"));
-    ASSERT_EQ(run_shardshift("convert " + shell_quoted(in) + " " + shell_quoted(tmp / "whole") +
-                             " -q")
-                  .exit_code,
-              0);
-    auto whole = run_shardshift("convert " + shell_quoted(tmp / "whole") + " " +
-                                shell_quoted(tmp / "back") + " -q");
+    ASSERT_EQ(convert(in, tmp / "whole").exit_code, 0);
+    auto whole = convert(tmp / "whole", tmp / "back");
     EXPECT_EQ(whole.exit_code, 0) << whole.err;
     for (const char* dir : {"rank", "whole", "back"})
       fs::remove_all(tmp / dir);
