@@ -379,12 +379,12 @@ void read_config(Opening& o) {
   const auto& side = o.ckpt.other_files;
   if (std::find(side.begin(), side.end(), "config.json") == side.end())
     return;
-  auto model_type = read_config_model_type(o.ckpt.root / "config.json");
-  if (model_type) {
-    o.ckpt.config_model_type = std::move(*model_type);
-    o.ckpt.config_counts = read_config_counts(o.ckpt.root / "config.json");
+  auto config = shardshift::read_config(o.ckpt.root / "config.json");
+  if (config) {
+    o.ckpt.config_model_type = std::move(config->model_type);
+    o.ckpt.config_counts = std::move(config->counts);
   } else {
-    o.problems.add(model_type.status());
+    o.problems.add(config.status());
   }
 }
 

@@ -9,7 +9,7 @@
 
 namespace shardshift {
 
-Result<std::string> read_config_model_type(const std::filesystem::path& path) {
+Result<ConfigFacts> read_config(const std::filesystem::path& path) {
   simdjson::padded_string text;
   errno = 0;
   if (simdjson::padded_string::load(path.string()).get(text) != simdjson::SUCCESS) {
@@ -23,31 +23,31 @@ Result<std::string> read_config_model_type(const std::filesystem::path& path) {
   if (json::nesting_depth(std::string_view(text)) > json::MAX_JSON_DEPTH)
     return Status(Errc::format,
                   path.string() + ": " + std::string(json::describe(json::Precheck::too_deep)));
-  simdjson::dom::parser parser;
-  simdjson::dom::element config;
-  std::string_view type;
-  if (parser.parse(text).get(config) == simdjson::SUCCESS && config.is_object() &&
-      config["model_type"].get_string().get(type) == simdjson::SUCCESS)
-    return std::string(type);
-  return std::string();
-}
-
-std::map<std::string, uint64_t, std::less<>> read_config_counts(const std::filesystem::path& path) {
-  std::map<std::string, uint64_t, std::less<>> counts;
-  simdjson::padded_string text;
-  if (simdjson::padded_string::load(path.string()).get(text) != simdjson::SUCCESS ||
-      json::nesting_depth(std::string_view(text)) > json::MAX_JSON_DEPTH)
-    return counts;
+  ConfigFacts facts;
   simdjson::dom::parser parser;
   simdjson::dom::object config;
   if (parser.parse(text).get(config) != simdjson::SUCCESS)
-    return counts;
+    return facts;
+  bool typed = false; // a repeated key counts as its first, as simdjson's lookup reads it
   for (auto [key, value] : config) {
+    std::string_view type;
     uint64_t n = 0;
-    if (value.get_uint64().get(n) == simdjson::SUCCESS)
-      counts.emplace(std::string(key), n);
+    if (key == "model_type" && !typed) {
+      typed = true;
+      if (value.get_string().get(type) == simdjson::SUCCESS)
+        facts.model_type = std::string(type);
+    } else if (value.get_uint64().get(n) == simdjson::SUCCESS) {
+      facts.counts.emplace(std::string(key), n);
+    }
   }
-  return counts;
+  return facts;
+}
+
+Result<std::string> read_config_model_type(const std::filesystem::path& path) {
+  auto facts = read_config(path);
+  if (!facts)
+    return facts.status();
+  return std::move(facts->model_type);
 }
 
 } // namespace shardshift

@@ -13,14 +13,19 @@
 
 namespace shardshift {
 
-/// config.json's "model_type" at `path`: empty when the file is not JSON or has no string
-/// "model_type" (the key names decide the model then). A file that cannot be read at all is an
-/// error now, not after the conversion has been written (it is also a side file to copy).
-Result<std::string> read_config_model_type(const std::filesystem::path& path);
+/// What shardshift reads from one config.json.
+struct ConfigFacts {
+  std::string model_type; ///< empty when not JSON or no string "model_type" (keys decide then)
+  /// The top-level whole numbers ("num_experts": 128), which an adapter may check the tensors
+  /// against; empty when the file is not a JSON object.
+  std::map<std::string, uint64_t, std::less<>> counts;
+};
 
-/// config.json's top-level whole numbers at `path` ("num_experts": 128), for the adapters that
-/// check tensors against them; empty when the file is not a JSON object. Call after
-/// read_config_model_type accepted the file (this one reports nothing).
-std::map<std::string, uint64_t, std::less<>> read_config_counts(const std::filesystem::path& path);
+/// config.json at `path`, read and parsed once. A file that cannot be read at all is an error now,
+/// not after the conversion has been written (it is also a side file to copy).
+Result<ConfigFacts> read_config(const std::filesystem::path& path);
+
+/// read_config(path)'s model_type alone.
+Result<std::string> read_config_model_type(const std::filesystem::path& path);
 
 } // namespace shardshift

@@ -213,6 +213,41 @@ private:
     return {};
   }
 
+  // \0 with up to two more octal digits (a character in both), or \1 .. \9 (the same
+  // backreference in both); octal escapes and references above 9 are read differently.
+  Status digit_escape(char e) {
+    if (e == '0') {
+      size_t j = i_ + 2;
+      while (j < p_.size() && j < i_ + 4 && is_octal(p_[j]))
+        ++j;
+      atom_ = std::stoi(std::string(p_.substr(i_ + 1, j - i_ - 1)), nullptr, 8);
+      return copy(j - i_);
+    }
+    if (in_class_ || (i_ + 2 < p_.size() && is_digit(p_[i_ + 2])))
+      return refuse(i_, in_class_ ? 2 : 3,
+                    "octal escapes and backreferences above 9 are read differently by Python "
+                    "and PCRE2; use \\xHH or (?P<name>...) with (?P=name)");
+    if (Status s = reference(e - '0', i_, 2); !s.ok())
+      return s;
+    return copy(2);
+  }
+
+  // \xHH, \uHHHH or \UHHHHHHHH: exactly `digits` hex digits, a code point, written \x{...}.
+  Status hex_escape(size_t digits) {
+    if (i_ + 2 + digits > p_.size())
+      return refuse(i_, 2, "needs exactly " + std::to_string(digits) + " hex digits");
+    const std::string text(p_.substr(i_ + 2, digits));
+    for (char h : text)
+      if (!is_hex(h))
+        return refuse(i_, 2 + digits, "needs exactly " + std::to_string(digits) + " hex digits");
+    atom_ = static_cast<int64_t>(std::stoul(text, nullptr, 16));
+    if (atom_ > 0x10FFFF)
+      return refuse(i_, 2 + digits, "is not a Unicode code point");
+    out_ += "\\x{" + text + "}";
+    i_ += 2 + digits;
+    return {};
+  }
+
   // Python's escapes, one by one. Letters Python does not know are errors in Python and mean
   // something else in PCRE2, so only the listed ones pass. Sets `atom_` to the character an
   // escape stands for, or to -1 for a class (\d, \s, ...) or an assertion.
@@ -222,22 +257,8 @@ private:
     if (i_ + 1 >= p_.size())
       return refuse(i_, 1, "a pattern cannot end with a backslash");
     const char e = p_[i_ + 1];
-    if (is_digit(e)) {
-      if (e == '0') { // \0 and up to two more octal digits: a character in both
-        size_t j = i_ + 2;
-        while (j < p_.size() && j < i_ + 4 && is_octal(p_[j]))
-          ++j;
-        atom_ = std::stoi(std::string(p_.substr(i_ + 1, j - i_ - 1)), nullptr, 8);
-        return copy(j - i_);
-      }
-      if (in_class_ || (i_ + 2 < p_.size() && is_digit(p_[i_ + 2])))
-        return refuse(i_, in_class_ ? 2 : 3,
-                      "octal escapes and backreferences above 9 are read differently by Python "
-                      "and PCRE2; use \\xHH or (?P<name>...) with (?P=name)");
-      if (Status s = reference(e - '0', i_, 2); !s.ok())
-        return s;
-      return copy(2); // \1 .. \9: the same backreference in both
-    }
+    if (is_digit(e))
+      return digit_escape(e);
     if (!is_ascii_letter(e)) { // an escaped punctuation (or non-ASCII) character is itself in both
       const auto [cp, length] = utf8_at(p_, i_ + 1);
       atom_ = cp;
@@ -283,21 +304,8 @@ private:
       return {};
     case 'x':
     case 'u':
-    case 'U': {
-      const size_t digits = e == 'x' ? 2 : e == 'u' ? 4 : 8;
-      if (i_ + 2 + digits > p_.size())
-        return refuse(i_, 2, "needs exactly " + std::to_string(digits) + " hex digits");
-      const std::string text(p_.substr(i_ + 2, digits));
-      for (char h : text)
-        if (!is_hex(h))
-          return refuse(i_, 2 + digits, "needs exactly " + std::to_string(digits) + " hex digits");
-      atom_ = static_cast<int64_t>(std::stoul(text, nullptr, 16));
-      if (atom_ > 0x10FFFF)
-        return refuse(i_, 2 + digits, "is not a Unicode code point");
-      out_ += "\\x{" + text + "}";
-      i_ += 2 + digits;
-      return {};
-    }
+    case 'U':
+      return hex_escape(e == 'x' ? 2 : e == 'u' ? 4 : 8);
     case 'N':
       return refuse(
           i_, 2, "named characters (\\N{...}) are not supported; write the character or \\uXXXX");

@@ -32,20 +32,22 @@ Result<uint64_t> parse_size(std::string_view text) {
   // Spellings that others read otherwise are refused rather than guessed: Hugging Face reads a
   // lowercase b after a decimal unit as bits ("5Gb" is 625 MB there), and dd or sort read a bare
   // K, M, G or T as a power of 1024.
-  const std::string number_text(text.substr(0, i));
-  if (suffix.size() == 2 && suffix[1] == 'b' && text.back() == 'b' &&
-      std::string_view("kmgt").find(suffix[0]) != std::string_view::npos)
-    return Status(Errc::invalid_argument,
-                  "size '" + std::string(text) +
-                      "': a lowercase b after the unit means bits to Hugging Face; write " +
-                      number_text + static_cast<char>(std::toupper(suffix[0])) + "B (decimal) or " +
-                      number_text + static_cast<char>(std::toupper(suffix[0])) + "iB (binary)");
-  if (suffix.size() == 1 && std::string_view("kmgt").find(suffix[0]) != std::string_view::npos)
-    return Status(Errc::invalid_argument,
-                  "size '" + std::string(text) + "' is ambiguous (dd and sort read " +
-                      static_cast<char>(std::toupper(suffix[0])) + " as a power of 1024); write " +
-                      number_text + static_cast<char>(std::toupper(suffix[0])) + "B (decimal) or " +
-                      number_text + static_cast<char>(std::toupper(suffix[0])) + "iB (binary)");
+  const char unit = suffix.empty()
+                        ? '\0'
+                        : static_cast<char>(std::toupper(static_cast<unsigned char>(suffix[0])));
+  const bool unit_letter =
+      unit != '\0' && std::string_view("KMGT").find(unit) != std::string_view::npos;
+  auto refuse = [&](const std::string& why) {
+    const std::string number(text.substr(0, i));
+    return Status(Errc::invalid_argument, "size '" + std::string(text) + "'" + why + "; write " +
+                                              number + unit + "B (decimal) or " + number + unit +
+                                              "iB (binary)");
+  };
+  if (unit_letter && suffix.size() == 2 && suffix[1] == 'b' && text.back() == 'b')
+    return refuse(": a lowercase b after the unit means bits to Hugging Face");
+  if (unit_letter && suffix.size() == 1)
+    return refuse(" is ambiguous (dd and sort read " + std::string(1, unit) +
+                  " as a power of 1024)");
   double mult;
   if (suffix.empty() || suffix == "b")
     mult = 1;
