@@ -76,6 +76,10 @@ struct AdapterSpec {
   /// count (qwen3_moe "num_experts", deepseek_v3 "n_routed_experts"). A stacked tensor holding
   /// another count is refused, as the reference's split refuses it; empty: not checked.
   std::string_view config_expert_count = {};
+  /// to_hf, where config.json does not give that count: the router beside a layer's experts
+  /// (".gate.weight": `...mlp.experts.down_projs` -> `...mlp.gate.weight`), whose axis 0 is the
+  /// model's expert count. Empty: not checked.
+  std::string_view expert_router = {};
 };
 
 /// The adapter for (model, direction); nullptr when unknown.

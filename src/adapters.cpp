@@ -195,6 +195,7 @@ const AdapterSpec QWEN3_MOE_TO_HF = {
         },
     .honours_exclude = true,
     .config_expert_count = "num_experts",
+    .expert_router = ".gate.weight",
 };
 
 // deepseek_v3 to_hf (15.4): the qwen3_moe split, unchanged (the same mixin); BF16 stays BF16.

@@ -180,13 +180,27 @@ TEST_F(ConvertTest, ToHfTakesExpertParallelCheckpoints) {
       ref_stacked_expert_parallel(ref_qwen3_from_hf(tiny_qwen3(rng, 2, 4, 8, 4), {}), rank1);
   ASSERT_EQ(qwen3.at("model.layers.1.mlp.experts.down_projs").shape[0], 2u);
   write_checkpoint(tmp / "dg", diffusion, 1, "diffusion_gemma");
-  write_checkpoint(tmp / "qw", qwen3, 1, "qwen3_moe");
   ASSERT_TRUE(run(tmp / "dg", tmp / "dg-hf").ok());
-  ASSERT_TRUE(run(tmp / "qw", tmp / "qw-hf").ok());
   expect_same(read_checkpoint(tmp / "dg-hf"), ref_to_hf(diffusion, true, {}));
-  // Without an expert count in config.json there is nothing to hold the stacked tensors to.
-  expect_same(read_checkpoint(tmp / "qw-hf"), ref_qwen3_to_hf(qwen3, {}));
-  // With one, a tensor holding fewer experts is refused, as the reference's split refuses it.
+  // Without an expert count in config.json and without routers there is nothing to hold the
+  // stacked tensors to.
+  Dict no_router = qwen3;
+  for (int l = 0; l < 2; ++l)
+    ASSERT_EQ(no_router.erase("model.layers." + std::to_string(l) + ".mlp.gate.weight"), 1u);
+  write_checkpoint(tmp / "qw0", no_router, 1, "qwen3_moe");
+  ASSERT_TRUE(run(tmp / "qw0", tmp / "qw0-hf").ok());
+  expect_same(read_checkpoint(tmp / "qw0-hf"), ref_qwen3_to_hf(no_router, {}));
+  // Without the count, the layer's router gives it: 4 rows, the whole model's experts.
+  write_checkpoint(tmp / "qw", qwen3, 1, "qwen3_moe");
+  auto by_router = run(tmp / "qw", tmp / "qw-hf");
+  ASSERT_FALSE(by_router.ok());
+  EXPECT_NE(by_router.status().message().find(
+                "'model.layers.1.mlp.experts.down_projs': holds 2 experts, but its layer's router "
+                "'model.layers.1.mlp.gate.weight' has 4 rows, and config.json gives no num_experts"),
+            std::string::npos)
+      << by_router.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "qw-hf"));
+  // With a count, a tensor holding fewer experts is refused, as the reference's split refuses it.
   testing::write_bytes(tmp / "qw" / "config.json",
                        R"({"model_type": "qwen3_moe", "num_experts": 4})");
   auto refused = run(tmp / "qw", tmp / "qw-hf2");
