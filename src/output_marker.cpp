@@ -33,14 +33,18 @@ constexpr std::string_view MARKER_SENTENCE =
 // What the marker of `output` says: nullopt when there is none that shardshift wrote (no regular
 // file, or another first line); otherwise its format version and, from format 2, the files.
 struct Marker {
-  int version = 0;
+  int version = 0; ///< 1 or 2; -1: a format this build does not know; -2: too large to be ours
   std::set<std::string> files;
 };
+// A marker lists one line per file written; no output of shardshift's comes near this.
+constexpr uint64_t MARKER_MAX_BYTES = 64ull << 20;
 std::optional<Marker> read_marker(const fs::path& output) {
   const fs::path path = output / OUTPUT_MARKER_NAME;
   std::error_code ec;
   if (!fs::is_regular_file(fs::symlink_status(path, ec)))
     return std::nullopt;
+  if (const uintmax_t size = fs::file_size(path, ec); !ec && size > MARKER_MAX_BYTES)
+    return Marker{-2, {}};
   std::ifstream in(path, std::ios::binary);
   std::string line;
   std::getline(in, line);
@@ -116,7 +120,12 @@ Foreign foreign_entries(const fs::path& output, const Marker& marker, size_t lim
         add(rel + "/");
         it.disable_recursion_pending();
       }
-    } else if (!S_ISREG(st.st_mode) || !marker.files.count(rel)) {
+    } else if (!S_ISREG(st.st_mode)) {
+      add(rel + (S_ISLNK(st.st_mode)    ? " (a symbolic link)"
+                 : S_ISFIFO(st.st_mode) ? " (a FIFO)"
+                 : S_ISSOCK(st.st_mode) ? " (a socket)"
+                                        : " (a device)"));
+    } else if (!marker.files.count(rel)) {
       add(rel);
     }
   }
@@ -203,6 +212,12 @@ Status check_replaceable(const fs::path& output) {
                       "again");
   if (marker->version == 1)
     return {};
+  if (marker->version == -2)
+    return Status(Errc::invalid_argument,
+                  output.string() + ": its " + OUTPUT_MARKER_NAME + " is larger than " +
+                      std::to_string(MARKER_MAX_BYTES >> 20) +
+                      " MiB, more than any shardshift writes, so --force will not replace it; "
+                      "remove it yourself or choose another OUT");
   if (marker->version != 2)
     return Status(Errc::invalid_argument,
                   output.string() + ": was written by a newer shardshift (its " +

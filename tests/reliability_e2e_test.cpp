@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -162,6 +163,33 @@ TEST_F(Reliability, ForceReplacesOnlyAPreviousOutput) {
   EXPECT_EQ(read_bytes(tmp / "out" / "runs" / "train.log"), "the user's too");
   fs::remove(tmp / "out" / "notes.txt");
   fs::remove_all(tmp / "out" / "runs");
+  // A link or a FIFO, even at a name the marker lists, is not a file shardshift wrote: named for
+  // what it is, and kept.
+  const std::string listed = list_dir(tmp / "out").front() == OUTPUT_MARKER_NAME
+                                 ? list_dir(tmp / "out").back()
+                                 : list_dir(tmp / "out").front();
+  fs::rename(tmp / "out" / listed, tmp / "kept");
+  fs::create_symlink(tmp / "kept", tmp / "out" / listed);
+  ASSERT_EQ(::mkfifo((tmp / "out" / "pipe").c_str(), 0600), 0);
+  r = convert(in(), tmp / "out");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(listed + " (a symbolic link)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("pipe (a FIFO)"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_symlink(tmp / "out" / listed));
+  EXPECT_TRUE(fs::is_fifo(tmp / "out" / "pipe"));
+  fs::remove(tmp / "out" / listed);
+  fs::remove(tmp / "out" / "pipe");
+  fs::rename(tmp / "kept", tmp / "out" / listed);
+  EXPECT_EQ(convert(in(), tmp / "out").exit_code, 0);
+  // A marker larger than any shardshift writes is not read, and proves nothing.
+  const std::string good_marker = read_bytes(tmp / "out" / OUTPUT_MARKER_NAME);
+  fs::resize_file(tmp / "out" / OUTPUT_MARKER_NAME, (64u << 20) + 1);
+  r = convert(in(), tmp / "out");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("is larger than 64 MiB, more than any shardshift writes"),
+            std::string::npos)
+      << r.err;
+  write_bytes(tmp / "out" / OUTPUT_MARKER_NAME, good_marker);
   EXPECT_EQ(convert(in(), tmp / "out").exit_code, 0);
   // A marker naming what shardshift never writes (absolute paths, "..") stands for nothing
   // (it once made --force loop for ever on "/x").
