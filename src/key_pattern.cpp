@@ -726,11 +726,13 @@ Result<KeyPattern> KeyPattern::compile(std::string_view python_pattern) {
         return refusal(python_pattern, l.at, l.length,
                        "a look-behind must match one fixed width, the same in each of its "
                        "branches (Python: look-behind requires fixed-width pattern)");
-  if (!code->code)
+  if (!code->code) // the offset is PCRE2's, in the translation when that differs
     return Status(Errc::invalid_argument,
                   "is not a valid regular expression: " + pcre2_message(error_code) +
-                      " (near offset " + std::to_string(error_offset) + " of '" +
-                      printable(*translated) + "')");
+                      " (near offset " + std::to_string(error_offset) +
+                      (*translated == python_pattern
+                           ? std::string(")")
+                           : " of its PCRE2 form '" + printable(*translated) + "')"));
   code->caseless = translation->caseless;
   KeyPattern pattern;
   pattern.code_ = std::move(code);

@@ -380,6 +380,15 @@ TEST(KeyPattern, RefusesWhatPythonReadsDifferently) {
   ASSERT_FALSE(broken.ok());
   EXPECT_EQ(broken.status().message().rfind("is not a valid regular expression: ", 0), 0u)
       << broken.status().message();
+  EXPECT_EQ(broken.status().message().find("PCRE2 form"), std::string::npos)
+      << broken.status().message();
+  // PCRE2's offset is in the translation; where that differs from the user's pattern the message
+  // says so and shows it, rather than pass it off as what the user wrote.
+  auto translated = KeyPattern::compile("\\Z(");
+  ASSERT_FALSE(translated.ok());
+  EXPECT_NE(translated.status().message().find("(near offset 3 of its PCRE2 form '\\\\z(')"),
+            std::string::npos)
+      << translated.status().message();
 }
 
 // Python's (?i) and PCRE2's differ on some non-ASCII characters (Python's own case rules against
