@@ -144,6 +144,31 @@ std::string empty_path_problem(const po::parsed_options& parsed) {
   return {};
 }
 
+// Boost refuses `--flag=` ("should follow immediately after the equal sign"), where a shell
+// user means the empty value, as `--flag ''` gives it (`--exclude=` keeps every key, as
+// `exclude_key_regex=""` does in the reference). Such an argument of a flag that takes a value is
+// split in two; anything after a bare "--" is an operand and left alone.
+std::vector<std::string> split_empty_values(int argc, char** argv,
+                                            const po::options_description& options) {
+  std::vector<std::string> args;
+  bool operands = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    operands = operands || arg == "--";
+    if (!operands && arg.size() > 3 && arg.starts_with("--") && arg.ends_with('=')) {
+      const std::string name(arg.substr(2, arg.size() - 3));
+      const po::option_description* flag = options.find_nothrow(name, false);
+      if (flag && flag->semantic()->max_tokens() > 0) {
+        args.push_back("--" + name);
+        args.emplace_back();
+        continue;
+      }
+    }
+    args.emplace_back(arg);
+  }
+  return args;
+}
+
 } // namespace
 
 bool parse_args(const std::string& command, int argc, char** argv,
@@ -152,7 +177,10 @@ bool parse_args(const std::string& command, int argc, char** argv,
                 int* exit_code) {
   try {
     const po::parsed_options parsed =
-        po::command_line_parser(argc, argv).options(options).positional(positional).run();
+        po::command_line_parser(split_empty_values(argc, argv, options))
+            .options(options)
+            .positional(positional)
+            .run();
     std::string problem = whole_number_problem(parsed, options);
     if (problem.empty())
       problem = empty_path_problem(parsed);

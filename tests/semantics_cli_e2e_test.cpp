@@ -133,6 +133,16 @@ TEST_F(SemanticsCli, EmptyExcludeKeepsEveryKeyAndInvalidExcludeIsRefused) {
   all.exclude = "";
   expect_same(open(tmp / "keep"), ref_to_hf(native, true, all));
   EXPECT_EQ(open(tmp / "keep").at("model.decoder.layers.0.self_attn._extra_state").bytes, "state");
+  // `--exclude=` is the same empty value, written with '='; a flag that takes no value is still
+  // refused with one.
+  auto eq = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
+                           shell_quoted(tmp / "eq") + " --exclude= -q");
+  ASSERT_EQ(eq.exit_code, 0) << eq.err;
+  expect_same(open(tmp / "eq"), ref_to_hf(native, true, all));
+  auto flag = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
+                             shell_quoted(tmp / "flag") + " --no-sync= -q");
+  EXPECT_EQ(flag.exit_code, 2) << flag.err;
+  EXPECT_FALSE(fs::exists(tmp / "flag"));
 
   auto bad = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
                             shell_quoted(tmp / "bad") + " --exclude '([unclosed'");
