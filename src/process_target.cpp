@@ -57,29 +57,47 @@ Status check_command_template(std::string_view command) {
         return p;
     return {};
   };
-  // The quote the scan is inside (', " or none), one entry per $( ) it has entered: a command
-  // substitution starts unquoted again, even inside double quotes.
+  // The context the scan is inside: a quote (', "), arithmetic ('a': $(( )), (( ))) or none,
+  // one entry per $( ) it has entered: a command substitution starts unquoted again, even inside
+  // double quotes.
   std::vector<char> quotes = {0};
   bool heredoc = false; // a here-document began: its body is not shell words
+  bool any = false;     // a placeholder was seen
   for (size_t i = 0; i < command.size(); ++i) {
     char& quote = quotes.back();
     const char c = command[i];
     if (const std::string_view p = placeholder_at(i); !p.empty()) {
+      any = true;
       if (heredoc)
         return refuse(p, "after a here-document ('<<'), whose body is not quoted as words are");
+      if (quote == 'a')
+        return refuse(p, "in an arithmetic expression ($(( )) or (( ))), which bash evaluates, "
+                         "array subscripts and the command substitutions in them included");
       if (quote != 0)
         return refuse(p, "inside quotes");
     }
     if (quote != '\'' && c == '\\') {
+      if (const std::string_view p = placeholder_at(i + 1); !p.empty())
+        return refuse(p, "after a backslash, which would take the quote that begins the value "
+                         "as a plain character");
       ++i; // an escaped character, in no quotes or in double quotes
-    } else if (quote != '\'' && command.substr(i).starts_with("$(")) {
+    } else if ((quote == 0 || quote == '"') && command.substr(i).starts_with("$((")) {
+      quotes.push_back('a');
+      i += 2;
+    } else if (quote == 0 && command.substr(i).starts_with("((")) {
+      quotes.push_back('a');
+      ++i;
+    } else if (quote == 'a' && command.substr(i).starts_with("))")) {
+      quotes.pop_back();
+      ++i;
+    } else if (quote != '\'' && quote != 'a' && command.substr(i).starts_with("$(")) {
       quotes.push_back(0);
       ++i;
     } else if (quote == 0 && c == ')' && quotes.size() > 1) {
       quotes.pop_back();
     } else if (quote == 0 && (c == '\'' || c == '"')) {
       quote = c;
-    } else if (c == quote) {
+    } else if (c == quote && quote != 'a') {
       quote = 0;
     } else if (quote == 0 && command.substr(i).starts_with("<<<")) {
       i += 2; // a here-string (bash) takes a word, quoted like any other
@@ -95,6 +113,12 @@ Status check_command_template(std::string_view command) {
           return refuse(p, "in a comment");
     }
   }
+  // A template that ends inside quotes would have the value's own quotes close them.
+  if (any && (quotes.size() > 1 || quotes.back() != 0))
+    return Status(Errc::invalid_argument,
+                  "--pipe-to: '" + std::string(command) +
+                      "' ends inside quotes, an arithmetic expression or a $( ), where a file "
+                      "name could end them and run as shell code; close them");
   return {};
 }
 

@@ -68,12 +68,31 @@ TEST(ProcessTargetCommand, RefusesAPlaceholderInsideQuotes) {
                 s.message().find("in a comment") != std::string::npos)
         << bad << ": " << s.message();
   }
+  // A backslash would take the value's opening quote as a plain character, and bash evaluates
+  // an arithmetic expression, subscripts and command substitutions in them included: with a name
+  // such as 'a";touch x;"' or 'a[$(touch x)]' either runs code. A template left inside quotes
+  // would have the value's quotes close them.
+  const std::vector<std::pair<const char*, const char*>> unsafe = {
+      {"cat >/dev/null; echo \"got \\{name}\"", "after a backslash"},
+      {"cat >/dev/null; : \\{name}'", "after a backslash"},
+      {"up \\{size}", "after a backslash"},
+      {"echo $(( {size} + 1 ))", "in an arithmetic expression"},
+      {"echo \"$(( {size} ))\"", "in an arithmetic expression"},
+      {"(( {size} > 0 )) && cat", "in an arithmetic expression"},
+      {"cat > {name} '", "ends inside quotes"},
+      {"cat > $(echo {name}", "ends inside quotes"}};
+  for (auto [bad, why] : unsafe) {
+    const Status s = check_command_template(bad);
+    EXPECT_EQ(s.code(), Errc::invalid_argument) << bad;
+    EXPECT_NE(s.message().find(why), std::string::npos) << bad << ": " << s.message();
+  }
   // Bare, also inside a word, after closed quotes, escaped quotes, or a command substitution
   // inside double quotes (which starts unquoted again).
   for (const char* good :
        {"cat > /x/{name}", "aws s3 cp - \"s3://$b/n/\"{name} --expected-size {size}",
         "echo \\'{name}", "a 'it'\\''s' {name}", "mkdir -p \"$(dirname /x/{name})\" && cat",
-        "echo '{other}' {name}", "cat <<< {name}", "up a#b {name}", "cat # note\nup {name}"})
+        "echo '{other}' {name}", "cat <<< {name}", "up a#b {name}", "cat # note\nup {name}",
+        "n=$((1 + 2)); cat > /x/$n-{name}", "echo \\\\ {name}"})
     EXPECT_TRUE(check_command_template(good).ok())
         << good << ": " << check_command_template(good).message();
 }
