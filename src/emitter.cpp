@@ -64,8 +64,11 @@ std::unique_ptr<Item> Emitter::next() {
       std::lock_guard lock(work_->mu);
       at_ = &work_->at;
       item = cut();
-      if (item)
+      if (item && work_->fill) {
         item->fill = work_->fill;
+        item->fill_seq = at_->seq++;
+        work_->fill->release.cut(item->fill_seq);
+      }
       if (item && item->is_data()) {
         if (work_->fill) {
           item->fill_offset = at_->offset;
@@ -138,6 +141,7 @@ std::unique_ptr<Item> Emitter::make(ItemKind kind) {
   auto item = std::make_unique<Item>();
   item->kind = kind;
   item->file = at_->file;
+  item->release_after = at_->seq; // the input it releases is its own, unless set otherwise
   return item;
 }
 
@@ -207,6 +211,9 @@ std::unique_ptr<Item> Emitter::transform_chunk(const OutputTensor& t) {
   } else {
     ne = 1;
     nc = std::min(t.cols - c0, std::max<uint64_t>(1, chunk_ / out_row));
+    if (c0 == 0)
+      at_->readers = at_->seq; // every chunk of this expert reads all of its input
+    item->release_after = at_->readers;
     at_->c += nc;
     if (at_->c == t.cols) {
       at_->c = 0;
@@ -336,6 +343,9 @@ std::unique_ptr<Item> Emitter::stack_chunk(const OutputTensor& t) {
   } else {
     ne = 1;
     nr = std::min(R - r0, block_rows(chunk_ / out_row));
+    if (r0 == 0)
+      at_->readers = at_->seq; // every chunk of this expert reads all of its pieces
+    item->release_after = at_->readers;
     at_->c += nr;
     if (at_->c == R) {
       at_->c = 0;
@@ -427,6 +437,10 @@ std::unique_ptr<Item> Emitter::quantize_chunk(const OutputTensor& t) {
   item->shard = &in_.shard(t.source);
   item->length = q.count * unit_out;
   item->on_gpu = false; // no CUDA kernel: the CPU on every device, same bits
+  if (q.begin == 0)
+    at_->readers = at_->seq;
+  // An expert's chunks all read its whole input; a 2-D source's, a block cut between two chunks.
+  item->release_after = expert ? at_->readers : at_->seq - (q.begin > 0 ? 1 : 0);
   at_->c += q.count;
   const bool last = at_->c == units;
   if (!expert) {

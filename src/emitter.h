@@ -36,6 +36,8 @@ struct FileCursor {
   uint64_t run_done = 0; ///< bytes of the current copy run already cut
   uint64_t e = 0, c = 0; ///< next expert, next column (stack: row) of the current tensor
   uint64_t offset = 0;   ///< where the next data item goes in the file (filled files)
+  uint64_t seq = 0;      ///< the next item's Item::fill_seq
+  uint64_t readers = 0;  ///< the first item reading the input the current tensor's chunks share
 };
 
 /// An output file being cut into items, by the lane that took it and by any that help.

@@ -246,14 +246,15 @@ private:
     std::unique_ptr<Item> item(raw);
     // A chunk's input is done with once it is transformed, so it goes before the copy into the
     // mapped file (which makes pages of its own); a copy run's input is what is copied.
-    const bool input_first = item->fill && item->kind != ItemKind::copy_run;
+    const std::shared_ptr<FillingFile> file = item->fill; // fill() takes the item's
+    const bool input_first = file && item->kind != ItemKind::copy_run;
     if (input_first)
-      give_back_input(*item);
-    if (item->fill)
+      give_back_input(*item, file.get());
+    if (file)
       if (Status st = writer_.fill(*item, s_.failure.failed()); !st.ok())
         s_.failure.fail(std::move(st));
     if (!input_first)
-      give_back_input(*item);
+      give_back_input(*item, file.get());
     s_.meter.wrote(*item, item->written);
     s_.retirement.wrote(s_.meter.done(), s_.profiler.now());
     if (item->buffer) {
@@ -262,9 +263,13 @@ private:
     }
   }
 
-  void give_back_input(const Item& item) {
+  // Where lanes share the file, once no earlier reader of it runs (release_order.h).
+  void give_back_input(const Item& item, FillingFile* file) {
     const uint64_t t0 = s_.profiler.now();
-    if (const uint64_t released = item.release_input())
+    const uint64_t released = file ? Item::release_ranges(file->release.given_back(
+                                         item.fill_seq, item.release_after, item.input_ranges()))
+                                   : item.release_input();
+    if (released)
       s_.profiler.record(Stage::release, t0, s_.profiler.now(), released);
   }
 

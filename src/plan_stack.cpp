@@ -290,8 +290,7 @@ std::optional<ExpertCount> expected_experts(const PlanContext& ctx, const StackG
   const size_t experts = name.rfind(".experts.");
   if (ctx.spec.expert_router.empty() || experts == std::string_view::npos)
     return std::nullopt;
-  const std::string router =
-      std::string(name.substr(0, experts)).append(ctx.spec.expert_router);
+  const std::string router = std::string(name.substr(0, experts)).append(ctx.spec.expert_router);
   const auto ref = ctx.input.find(router);
   if (!ref || ctx.input.info(*ref).shape.size() != 2)
     return std::nullopt;

@@ -79,14 +79,28 @@ struct Item {
   /// bytes there (WriteStage::fill). Open and close items carry it too.
   std::shared_ptr<FillingFile> fill;
   uint64_t fill_offset = 0;
+  uint64_t fill_seq = 0; ///< with `fill`: its place among the file's items in cut order
+  /// With `fill`: the first item (fill_seq) that read the input this one releases; the input
+  /// waits until every item from that one to this is given back (release_order.h).
+  uint64_t release_after = 0;
 
-  /// Drops the input this item read from the mappings (release_offset and `releases`), once it
-  /// is written; returns the bytes. Safe whatever still runs: a page read again faults back in.
-  uint64_t release_input() const {
+  /// The input this item leaves done once it is written: release_offset and `releases`.
+  std::vector<InputRange> input_ranges() const {
+    std::vector<InputRange> ranges;
     if (release_length)
-      shard->file->release(release_offset, release_length);
-    uint64_t bytes = release_length;
-    for (const InputRange& r : releases) {
+      ranges.push_back({shard, release_offset, release_length});
+    ranges.insert(ranges.end(), releases.begin(), releases.end());
+    return ranges;
+  }
+
+  /// Drops the input this item read from the mappings (input_ranges()), once it is written;
+  /// returns the bytes. Safe whatever still runs: a page read again faults back in (and stays:
+  /// where lanes share a file, ReleaseOrder decides when).
+  uint64_t release_input() const { return release_ranges(input_ranges()); }
+
+  static uint64_t release_ranges(const std::vector<InputRange>& ranges) {
+    uint64_t bytes = 0;
+    for (const InputRange& r : ranges) {
       r.shard->file->release(r.offset, r.length);
       bytes += r.length;
     }

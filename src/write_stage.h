@@ -21,6 +21,7 @@
 #include "shardshift/profiler.h"
 #include "shardshift/shard_writer.h"
 
+#include "release_order.h"
 #include "work_item.h"
 
 #include <atomic>
@@ -89,6 +90,7 @@ struct FillingFile {
   /// Items cut and not yet filled, plus one until the file's close has been reached.
   std::atomic<uint64_t> pending{1};
   std::atomic<bool> failed{false}; ///< a fill failed, or the run did: abandon rather than finish
+  ReleaseOrder release;            ///< when its items' input may be released
 };
 
 /// The file's bytes written to an open descriptor (stdout or a pipe); nothing to rename.

@@ -194,10 +194,11 @@ TEST_F(ConvertTest, ToHfTakesExpertParallelCheckpoints) {
   write_checkpoint(tmp / "qw", qwen3, 1, "qwen3_moe");
   auto by_router = run(tmp / "qw", tmp / "qw-hf");
   ASSERT_FALSE(by_router.ok());
-  EXPECT_NE(by_router.status().message().find(
-                "'model.layers.1.mlp.experts.down_projs': holds 2 experts, but its layer's router "
-                "'model.layers.1.mlp.gate.weight' has 4 rows, and config.json gives no num_experts"),
-            std::string::npos)
+  EXPECT_NE(
+      by_router.status().message().find(
+          "'model.layers.1.mlp.experts.down_projs': holds 2 experts, but its layer's router "
+          "'model.layers.1.mlp.gate.weight' has 4 rows, and config.json gives no num_experts"),
+      std::string::npos)
       << by_router.status().message();
   EXPECT_FALSE(fs::exists(tmp / "qw-hf"));
   // With a count, a tensor holding fewer experts is refused, as the reference's split refuses it.

@@ -186,8 +186,7 @@ TEST_F(Reliability, ForceReplacesOnlyAPreviousOutput) {
   fs::resize_file(tmp / "out" / OUTPUT_MARKER_NAME, (64u << 20) + 1);
   r = convert(in(), tmp / "out");
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_NE(r.err.find("is larger than 64 MiB, more than any shardshift writes"),
-            std::string::npos)
+  EXPECT_NE(r.err.find("is larger than 64 MiB, more than any shardshift writes"), std::string::npos)
       << r.err;
   write_bytes(tmp / "out" / OUTPUT_MARKER_NAME, good_marker);
   EXPECT_EQ(convert(in(), tmp / "out").exit_code, 0);
