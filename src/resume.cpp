@@ -136,7 +136,9 @@ AdoptedStaging adopt_staging(Io& io, const fs::path& output, const std::string& 
 }
 
 bool keeps_file(const fs::path& path, const OutputFile& file) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  // O_NONBLOCK: a FIFO at the name opens at once (and is then no regular file), rather than
+  // waiting for a writer.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0)
     return false;
   struct stat st {};

@@ -142,6 +142,19 @@ TEST_F(Resume, AKeptFileThatDoesNotMatchThePlanIsWrittenAgain) {
   EXPECT_EQ(files_of(tmp / "out"), files_of(tmp / "ref"));
 }
 
+// A FIFO at a finished file's name is not that file, and looking at it must not wait for a
+// writer that never comes (opening it for reading blocked the resume for ever, deaf to signals).
+TEST_F(Resume, AFifoAtAKeptNameIsWrittenAgainWithoutWaiting) {
+  fail_at(3);
+  const fs::path staging = staging_dirs(tmp / "out").front();
+  fs::remove(staging / names[0]);
+  ASSERT_EQ(::mkfifo((staging / names[0]).c_str(), 0600), 0);
+  auto r = run(tmp / "hf", tmp / "out", with([](ConvertOptions& o) { o.resume = true; }));
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->kept_files, 2u); // of the three finished
+  EXPECT_EQ(files_of(tmp / "out"), files_of(tmp / "ref"));
+}
+
 TEST_F(Resume, WithoutResumeTheLeftoverIsRemovedNotUsed) {
   fail_at(3);
   std::vector<std::string> notes;
