@@ -556,6 +556,19 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
     return Status(Errc::invalid_argument, "--format '" + format + "': use dir or tar");
   if (o.output == "-" && vm.count("json"))
     return Status(Errc::invalid_argument, "--json and OUT '-' both write to stdout; use one");
+  // Flags that would be silently ignored (README: a flag with nothing to set is refused).
+  if (o.output == "-" && o.format != OutputFormat::tar && o.checksums)
+    return Status(Errc::invalid_argument,
+                  "--checksums writes SHA256SUMS beside the output, and OUT '-' without "
+                  "--format tar is one file on stdout with no place for it; add --format tar "
+                  "(SHA256SUMS goes into the archive), or pipe stdout through sha256sum");
+  if ((o.output == "-" || vm.count("pipe-to")) && !o.sync)
+    return Status(Errc::invalid_argument,
+                  std::string("--no-sync skips the fsyncs of files written into OUT; ") +
+                      (o.output == "-" ? "OUT '-' streams to stdout"
+                                       : "--pipe-to streams into "
+                                         "commands") +
+                      " and syncs nothing, so it has nothing to set");
   o.pipe_to_stdout_to_stderr = vm.count("json") > 0; // stdout holds the JSON alone
   o.trace = vm.count("trace") > 0;
   if (o.trace)

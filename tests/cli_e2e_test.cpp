@@ -274,6 +274,28 @@ TEST_F(CliCheckpoint, UploadsWithoutPipeToIsAUsageError) {
   EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
 }
 
+// Streams have no place for SHA256SUMS (one file on stdout) and nothing to fsync: --checksums
+// and --no-sync there would be ignored without a word.
+TEST_F(CliCheckpoint, StreamFlagsWithNothingToSetAreUsageErrors) {
+  const std::string in = "convert " + shell_quoted(tmp / "hf");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {" - --checksums", "OUT '-' without --format tar is one file on stdout"},
+      {" - --no-sync", "OUT '-' streams to stdout and syncs nothing"},
+      {" --pipe-to 'cat > /dev/null' --no-sync", "--pipe-to streams into commands"}};
+  for (const auto& [flags, why] : cases) {
+    auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " " + in + flags + " | cat");
+    EXPECT_NE(r.err.find(why), std::string::npos) << flags << ": " << r.err;
+    EXPECT_EQ(r.out, "") << flags;
+  }
+  auto r = run_shardshift(in + " - --checksums");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  // In a tar stream SHA256SUMS is a member of the archive: accepted.
+  auto tar = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " " + in +
+                                " - --format tar --checksums -q | tar t");
+  EXPECT_EQ(tar.exit_code, 0) << tar.err;
+  EXPECT_NE(tar.out.find("SHA256SUMS"), std::string::npos) << tar.out;
+}
+
 // --pipe-to --json: what the commands print goes to stderr, so stdout is the JSON alone; without
 // --json their stdout stays shardshift's (a caller may collect what they print there).
 TEST_F(CliCheckpoint, PipeToJsonKeepsTheCommandsOutputOffStdout) {
