@@ -20,6 +20,7 @@
 #include <random>
 #include <regex>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace shardshift {
@@ -85,6 +86,29 @@ Status check_not_input(const ConvertOptions& o) {
   return {};
 }
 
+// OUT '-' into a file (`> x`, `1<> x`) must not be a file the conversion reads, nor lie inside
+// IN: the stream would overwrite an input shard while it is read, or grow IN's side files.
+Status check_stdout_not_input(const ConvertOptions& o) {
+  struct stat st {};
+  if (::fstat(STDOUT_FILENO, &st) != 0 || !S_ISREG(st.st_mode))
+    return {};
+  std::error_code ec;
+  const fs::path target = fs::read_symlink("/proc/self/fd/1", ec);
+  const fs::path out = ec ? fs::path() : real_path(target);
+  for (const fs::path& in : read_paths(o)) {
+    struct stat is {};
+    const bool same =
+        ::stat(in.c_str(), &is) == 0 && is.st_dev == st.st_dev && is.st_ino == st.st_ino;
+    if (same || (!out.empty() && is_within(out, in)))
+      return Status(
+          Errc::invalid_argument,
+          "stdout (OUT '-') is " + (out.empty() ? std::string("a file") : out.string()) +
+              (same ? ", which this conversion reads" : ", inside the input " + in.string()) +
+              "; redirect it to a file outside the input");
+  }
+  return {};
+}
+
 } // namespace
 
 Status check_output(const ConvertOptions& o) {
@@ -125,7 +149,7 @@ Status check_output(const ConvertOptions& o) {
       return Status(
           Errc::invalid_argument,
           "refusing to write safetensors data to a terminal; pipe it (OUT '-' is stdout)");
-    return {};
+    return check_stdout_not_input(o);
   }
   if (!o.only.empty())
     return Status(Errc::invalid_argument, "--only streams one file and needs OUT '-' (stdout)");

@@ -296,6 +296,25 @@ TEST_F(CliCheckpoint, StreamFlagsWithNothingToSetAreUsageErrors) {
   EXPECT_NE(tar.out.find("SHA256SUMS"), std::string::npos) << tar.out;
 }
 
+// OUT '-' redirected into the input (`1<> shard`, `>> config.json`) would overwrite a shard while
+// it is read, or grow a side file: refused before a byte is written, the input unchanged.
+TEST_F(CliCheckpoint, StdoutIntoTheInputIsRefused) {
+  const std::string shard = (tmp / "hf" / "model.safetensors").string();
+  const std::string before = testing::read_bytes(shard);
+  for (const std::string& redirect :
+       {"1<> " + shell_quoted(shard), ">> " + shell_quoted(tmp / "hf" / "config.json")}) {
+    auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " +
+                                shell_quoted(tmp / "hf") + " - " + redirect);
+    EXPECT_EQ(r.exit_code, 2) << redirect << ": " << r.err;
+    EXPECT_NE(r.err.find("stdout (OUT '-') is "), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(testing::read_bytes(shard), before);
+  auto outside =
+      testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " + shell_quoted(tmp / "hf") +
+                         " - -q > " + shell_quoted(tmp / "one.safetensors"));
+  EXPECT_EQ(outside.exit_code, 0) << outside.err;
+}
+
 // --pipe-to --json: what the commands print goes to stderr, so stdout is the JSON alone; without
 // --json their stdout stays shardshift's (a caller may collect what they print there).
 TEST_F(CliCheckpoint, PipeToJsonKeepsTheCommandsOutputOffStdout) {
