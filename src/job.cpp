@@ -219,8 +219,12 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
       ("." + job.paths.output.filename().string() + ".shardshift-job-" + fingerprint.substr(0, 16));
   const std::unique_ptr<Coordinator> coordinator = make_coordinator(options, rank, io, job.paths);
 
-  // 1. Every rank works on the same plan, before anything is written.
-  if (Status s = coordinator->agree_on_plan(fingerprint); !s.ok())
+  // 1. Every rank works on the same plan, into the same OUT, before anything is written.
+  std::error_code ec;
+  fs::path resolved = fs::weakly_canonical(job.paths.output, ec);
+  if (ec)
+    resolved = job.paths.output.lexically_normal();
+  if (Status s = coordinator->agree_on_plan(fingerprint, resolved); !s.ok())
     return s;
 
   // 2. This rank's share into the shared staging directory. From here on a failure is reported

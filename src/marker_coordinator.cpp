@@ -204,9 +204,11 @@ public:
 
   const char* name() const override { return "marker files"; }
 
-  // Ranks given other plans write into other staging directories (the name is the plan's); ranks
-  // given other world sizes are found by rank 0 from their heartbeats (other_world).
-  Status agree_on_plan(const std::string&) override { return {}; }
+  // Ranks given other plans, or another OUT, write into other staging directories (the name is
+  // OUT's and the plan's): rank 0 never sees them join, and fails the job after --job-timeout
+  // (observe). Ranks given other world sizes meet in this one and see each other's markers
+  // (other_world). Nothing is exchanged before the staging directory exists.
+  Status agree_on_plan(const std::string&, const fs::path&) override { return {}; }
 
   Status begin(const fs::path& staging) override {
     if (::stat(staging.c_str(), &staging_st_) != 0)

@@ -165,6 +165,31 @@ TEST_F(Ranks, UnderMpirunRanksThatDisagreeOnChecksumsAreRefusedBeforeWriting) {
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
 }
 
+// A relative OUT is taken from each rank's working directory (here mpirun's -wdir; on a cluster a
+// different directory per node): the ranks would fill different staging directories and rank 0
+// commit its own share alone, exit 0 everywhere. Refused before anything is written, naming both.
+TEST_F(Ranks, UnderMpirunRanksGivenDifferentOutputsAreRefusedBeforeWriting) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  if (std::string(mpirun_coordinator()) != "MPI")
+    GTEST_SKIP() << "built without MPI: the ranks write into different staging directories";
+  fs::create_directories(tmp / "a");
+  fs::create_directories(tmp / "b");
+  const std::string convert = std::string(SHARDSHIFT_BINARY) + " convert " +
+                              shell_quoted(tmp / "hf") + " out -j 1 -q --max-shard-size 2MB";
+  auto r = run_shell(MPIRUN + "-np 1 -wdir " + shell_quoted(tmp / "a") + " " + convert +
+                     " : -np 2 -wdir " + shell_quoted(tmp / "b") + " " + convert);
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err; // a usage error, as for different flags
+  const std::string said = r.out + r.err;
+  const std::string a = fs::weakly_canonical(tmp / "a" / "out").string();
+  const std::string b = fs::weakly_canonical(tmp / "b" / "out").string();
+  // At least one rank prints its refusal before mpirun ends the others (see above).
+  EXPECT_GE(count(said, "rank 2 writes into " + b + ", rank 0 into " + a), 1u) << said;
+  EXPECT_GE(count(said, "a relative OUT is taken from each rank's working directory"), 1u) << said;
+  EXPECT_TRUE(fs::is_empty(tmp / "a"));
+  EXPECT_TRUE(fs::is_empty(tmp / "b"));
+}
+
 // Runs the fixture's job as 3 ranks under mpirun and sends `signal` to rank 2 once the job's
 // staging directory exists. Returns mpirun's wait status (nullopt: the job finished first).
 std::optional<int> signal_rank_under_mpirun(const fs::path& dir, int signal) {
