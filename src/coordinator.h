@@ -40,10 +40,14 @@ public:
   /// How this job coordinates, for the summary line: "MPI" or "marker files".
   virtual const char* name() const = 0;
 
-  /// Before anything is written: every rank planned the output with this fingerprint, and the
-  /// launcher's world is the one detect_rank found. A mismatch is an error on every rank that can
-  /// see it (MPI: all of them; markers: none here, rank 0 later sees another world's heartbeat).
-  [[nodiscard]] virtual Status agree_on_plan(const std::string& fingerprint) = 0;
+  /// Before anything is written: every rank planned the output with this fingerprint, into this
+  /// `output` (OUT's absolute path, symbolic links resolved), and the launcher's world is the one
+  /// detect_rank found. A mismatch is an error on every rank that can see it (MPI: all of them,
+  /// naming the paths where OUTs differ; markers: none here, since ranks of other plans or OUTs
+  /// work in other staging directories, and ranks of another world are found from their
+  /// heartbeats while the job runs).
+  [[nodiscard]] virtual Status agree_on_plan(const std::string& fingerprint,
+                                             const std::filesystem::path& output) = 0;
 
   /// The job's staging directory exists: start watching (markers: the heartbeat begins).
   [[nodiscard]] virtual Status begin(const std::filesystem::path& staging) = 0;

@@ -3,6 +3,7 @@
 // and rank 0's commit.
 #include "job.h"
 
+#include "shardshift/safetensors.h"
 #include "shardshift/shard_writer.h"
 
 #include "coordinator.h"
@@ -14,6 +15,7 @@
 #include "temp_name.h"
 
 #include <map>
+#include <set>
 #include <sstream>
 #include <sys/stat.h>
 
@@ -91,9 +93,15 @@ Result<std::string> write_share(const Job& job, Io& io, const Checkpoint& input,
     mine.digests = &digests;
   DirectoryTarget target(staging, nullptr, config.fill);
   auto moved = run_pipeline(input, plan, files, target, mine, profiler);
+  // Stopped because of another rank (it failed, or runs with another world size): that is the
+  // cause to report, not what the stop left here (a file whose directory rank 0 removed, say).
+  // Only this process's own interruption is one (exit 130).
+  const bool stopped = coordinator.stop_flag()->load();
+  if (stopped && !job.cancelled())
+    return Status(Errc::io, job.who + ": stopped: " + coordinator.stop_reason());
   if (!moved)
     return name_final_paths(moved.status(), staging, job.paths.output);
-  if (coordinator.stop_flag()->load())
+  if (stopped)
     return Status(Errc::interrupted, job.who + ": stopped: " + coordinator.stop_reason());
   r.moved = *moved;
   std::string done;
@@ -123,6 +131,70 @@ Status failed_job(const Job& job, const std::vector<std::string>& failures) {
     m += "\n" + output.string() + ": the files finished so far are kept in " +
          job.paths.staging.string() + "; run the same job with --resume to continue from them";
   return Status(job.cancelled() ? Errc::interrupted : Errc::io, m);
+}
+
+// Rank 0, every rank reported its share written: each file the plan writes is in the staging
+// directory, a regular file of its planned size. A rank that wrote into another directory (OUT on
+// a disk of its own node under the same path, a relative OUT from another working directory, or
+// anything the coordinator could not see) reports done like the others; committing then would
+// give an OUT whose index names files it does not hold, and exit 0 everywhere. Returns the
+// failure to report ("" when every file is there).
+std::string missing_files(const Job& job, const Plan& plan) {
+  const std::vector<std::vector<uint32_t>> shares = assign_files(plan, job.rank.world);
+  std::vector<std::string> wrong;
+  for (size_t k = 0; k < shares.size(); ++k)
+    for (uint32_t f : shares[k]) {
+      const std::string& name = plan.files[f].name;
+      const std::string whose = " (rank " + std::to_string(k) + "'s share): ";
+      struct stat st {};
+      if (::lstat((job.paths.staging / name).c_str(), &st) != 0)
+        wrong.push_back(name + whose + "missing");
+      else if (!S_ISREG(st.st_mode))
+        wrong.push_back(name + whose + "not a regular file");
+      else if (static_cast<uint64_t>(st.st_size) != plan.files[f].size())
+        wrong.push_back(name + whose + std::to_string(st.st_size) + " bytes, planned " +
+                        std::to_string(plan.files[f].size()));
+    }
+  if (wrong.empty())
+    return {};
+  constexpr size_t SHOWN = 10;
+  std::string m =
+      job.who + ": " + std::to_string(wrong.size()) + " of " + std::to_string(plan.files.size()) +
+      " file(s) the plan writes are not in the job's staging directory " +
+      job.paths.staging.string() + " as planned, though every rank reported its share written:";
+  for (size_t i = 0; i < wrong.size() && i < SHOWN; ++i)
+    m += "\n    " + wrong[i];
+  if (wrong.size() > SHOWN)
+    m += "\n    and " + std::to_string(wrong.size() - SHOWN) + " more";
+  m += "\n    every rank must write into this one directory, on a filesystem all of them share: "
+       "is OUT on a disk of each node's own (the same path on every node, not the same disk), "
+       "or did a rank take a relative OUT from another working directory?";
+  return m;
+}
+
+// Rank 0, just before the rename: the staging directory holds what the plan writes (its files,
+// the side files, SHA256SUMS, the index) and the fingerprint that commit_output replaces by the
+// output's marker, and nothing else. Whatever else is at its top is coordination (a marker of a
+// killed job of this plan, of any world size, or of a rank that went on after its share) or a
+// killed job's leftover, and would otherwise be renamed into OUT and listed as its own.
+void remove_strays(Io& io, const fs::path& staging, const Plan& plan, bool digests) {
+  std::set<std::string, std::less<>> expected{PLAN_FINGERPRINT_NAME};
+  auto top = [](const std::string& name) { return name.substr(0, name.find('/')); };
+  for (const auto& file : plan.files)
+    expected.insert(top(file.name));
+  for (const std::string& name : plan.side_files)
+    expected.insert(top(name));
+  if (digests)
+    expected.insert("SHA256SUMS");
+  if (plan.write_index)
+    expected.insert(INDEX_FILE_NAME);
+  std::vector<fs::path> strays;
+  std::error_code ec;
+  for (fs::directory_iterator it(staging, ec), end; !ec && it != end; it.increment(ec))
+    if (!expected.contains(it->path().filename().string()))
+      strays.push_back(it->path());
+  for (const fs::path& p : strays)
+    remove_tree(io, p).ignore();
 }
 
 // Rank 0, every rank done, so nothing else writes in the staging directory: the temporary files
@@ -170,6 +242,7 @@ Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& p
       &r.checksums, nullptr);
   if (s.ok()) { // commit_output removes the fingerprint once the output's marker is written
     coordinator.before_commit();
+    remove_strays(io, staging, plan, config.digests != nullptr);
     s = commit_output(io, staging, job.paths.output, job.options.force);
   }
   if (!s.ok()) {
@@ -219,8 +292,12 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
       ("." + job.paths.output.filename().string() + ".shardshift-job-" + fingerprint.substr(0, 16));
   const std::unique_ptr<Coordinator> coordinator = make_coordinator(options, rank, io, job.paths);
 
-  // 1. Every rank works on the same plan, before anything is written.
-  if (Status s = coordinator->agree_on_plan(fingerprint); !s.ok())
+  // 1. Every rank works on the same plan, into the same OUT, before anything is written.
+  std::error_code ec;
+  fs::path resolved = fs::weakly_canonical(job.paths.output, ec);
+  if (ec)
+    resolved = job.paths.output.lexically_normal();
+  if (Status s = coordinator->agree_on_plan(fingerprint, resolved); !s.ok())
     return s;
 
   // 2. This rank's share into the shared staging directory. From here on a failure is reported
@@ -252,7 +329,8 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
     return r;
   }
 
-  // 4. Rank 0: commit once every rank's files are durable, never after a failure.
+  // 4. Rank 0: commit once every rank's files are durable and where the plan puts them, never
+  // after a failure.
   if (!ended) { // gave up waiting: the job's other ranks are ended by their launcher
     if (staged && !options.resume && coordinator->staging_intact())
       discard_tree(io, job.paths.staging).ignore();
@@ -263,6 +341,9 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
                                                       job.paths.staging.string() + " for --resume)"
                                                 : std::string()));
   }
+  if (ended->failures.empty())
+    if (std::string missing = missing_files(job, plan); !missing.empty())
+      ended->failures.push_back(std::move(missing));
   if (!ended->failures.empty()) {
     Status failed = failed_job(job, ended->failures);
     coordinator->tell_outcome(failed);

@@ -7,8 +7,11 @@
 //   every rank   agrees on the plan with the others, before anything is written;
 //   every rank   writes its share of the shards (ranks.h: assign_files) durably and reports it
 //                ended, with its files' SHA-256, or that it failed and why;
-//   rank 0       once every rank has reported, writes the side files, SHA256SUMS and the index,
-//                removes the fingerprint, marks and renames the directory into OUT, and tells the
+//   rank 0       once every rank has reported, checks that every file the plan writes is in the
+//                directory with its planned size (a rank that wrote elsewhere, say onto a disk
+//                of its own node, reports done too), writes the side files, SHA256SUMS and the
+//                index, removes what else is there (coordination files, a killed job's leftovers)
+//                and the fingerprint, marks and renames the directory into OUT, and tells the
 //                other ranks; after any failure it tells them why and removes the directory (or
 //                keeps it with --resume) instead;
 //   ranks > 0    return the outcome rank 0 told, so every rank exits alike.

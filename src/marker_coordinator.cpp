@@ -6,9 +6,16 @@
 //                ".rank-R-of-N.failed" (its error);
 //   every rank   stops at its next piece of work when a ".failed" marker appears;
 //   rank 0       waits until every rank has a marker, or a rank's heartbeat is older than
-//                --job-timeout, and removes the markers before it commits;
+//                --job-timeout, and removes the markers (of every world size: a killed job's of
+//                the same plan too) before it commits;
 //   ranks > 0    wait for the outcome: OUT is the staging directory (same device and inode, since
-//                a rename keeps them) holding its marker, or a failure.
+//                a rename keeps them) holding its marker, or a failure. A rank whose share is
+//                done writes nothing more here (rank 0 may be committing the directory): one
+//                interrupted then leaves quietly, and the job goes on.
+//
+// Ranks given different world sizes plan the same files and meet in one staging directory: each
+// looks for another world's live heartbeat before it writes anything, and for another world's
+// markers while it works and waits, so that every rank names the mismatch, not what it causes.
 #include "coordinator.h"
 
 #include "outputs.h"
@@ -54,10 +61,89 @@ int64_t mtime_ns(const fs::path& p) {
   return int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
 }
 
+// A marker file in a staging directory, of any rank and world: this job's, a killed job's of the
+// same plan (which may have had another world size), or a rank's given another world size.
+struct MarkerFile {
+  fs::path path;
+  unsigned rank = 0, world = 0;
+  std::string what; ///< "alive", "done" or "failed"
+};
+
+std::vector<MarkerFile> marker_files(const fs::path& staging) {
+  std::vector<MarkerFile> found;
+  std::error_code ec;
+  for (fs::directory_iterator it(staging, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    unsigned k = 0, m = 0;
+    char tail[8] = {};
+    if (std::sscanf(name.c_str(), ".rank-%u-of-%u.%7s", &k, &m, tail) != 3)
+      continue;
+    const std::string what = tail;
+    if ((what == "alive" || what == "done" || what == "failed") &&
+        name == marker(k, m, what.c_str()))
+      found.push_back({it->path(), k, m, what});
+  }
+  return found;
+}
+
+// A rank that runs with another world size in this staging directory (the plan does not depend
+// on the world, so such ranks meet here): any of its markers written since this job began, a
+// heartbeat or the failure it reported on seeing this job's. Found before anything else a
+// mismatched job shows (files removed under a rank, ranks that never join), so that every rank
+// that can see it names it. "" when there is none.
+std::string world_mismatch(const MarkerFile& other, unsigned world) {
+  return "rank " + std::to_string(other.rank) + " runs with a world size of " +
+         std::to_string(other.world) + ", this one with " + std::to_string(world) +
+         ": every process of a job must be given the same";
+}
+
+std::string other_world(const fs::path& staging, unsigned world, int64_t since) {
+  if (since <= 0)
+    return {};
+  for (const MarkerFile& f : marker_files(staging))
+    if (f.world != world && mtime_ns(f.path) >= since)
+      return world_mismatch(f, world);
+  return {};
+}
+
+// Before this rank writes anything: a rank of another world size at work here now, whose
+// heartbeat is touched while this one looks (a killed job's, of whatever world, never is). Such a
+// rank writes its own share of the same files under the same names, and each would take the
+// other's temporary files for a killed writer's and remove them: without this, a rank's first
+// error could be a rename of a vanished file instead of the mismatch. Of two ranks of different
+// worlds that start together, the later one to write its heartbeat sees the other's here; the
+// earlier learns of it from the later one's "failed" marker (other_world). "" when there is none.
+std::string live_other_world(const fs::path& staging, unsigned world, int64_t since) {
+  std::vector<std::pair<MarkerFile, int64_t>> seen;
+  for (MarkerFile& f : marker_files(staging))
+    if (f.world != world && f.what == "alive")
+      seen.emplace_back(std::move(f), mtime_ns(f.path));
+  if (seen.empty())
+    return {};
+  std::this_thread::sleep_for(BEAT + 2 * POLL); // a live heartbeat is touched at least once
+  for (const auto& [f, before] : seen)
+    if (const int64_t now = mtime_ns(f.path); now != 0 && now != before)
+      return world_mismatch(f, world);
+  return other_world(staging, world, since);
+}
+
+// The message of a ".failed" marker of this world written since `since` (this job's), or "".
+std::string first_failure(const fs::path& staging, unsigned world, int64_t since) {
+  for (unsigned r = 0; r < world; ++r) {
+    const fs::path f = staging / marker(r, world, "failed");
+    if (mtime_ns(f) >= since && since > 0) {
+      const std::string text = read_text(f); // the writer's nonce, then its message
+      return text.substr(std::min(text.size(), text.find('\n') + 1));
+    }
+  }
+  return {};
+}
+
 // This rank's heartbeat: ".rank-R-of-N.alive" holds a random nonce (a new one per run) and is
 // touched every BEAT while the rank works or waits; its markers carry the same nonce, so a marker
 // left by an earlier job with the same plan is never taken for this job's. The same thread
-// watches for failures elsewhere (and the user's Ctrl-C) and raises `stop`.
+// watches for failures elsewhere, ranks of another world size and the user's Ctrl-C, and raises
+// `stop` with the reason.
 class Heartbeat {
 public:
   Heartbeat(Io& io, fs::path staging, const RankInfo& rank, const std::atomic<bool>* cancel)
@@ -83,8 +169,14 @@ public:
     if (thread_.joinable())
       thread_.join();
   }
-  /// Set when this rank should stop: another rank failed, or the user interrupted.
+  /// Set when this rank should stop: another rank failed, a rank runs with another world size,
+  /// or the user interrupted.
   const std::atomic<bool>* stop_flag() const { return &stop_; }
+  /// Why stop_flag() was raised; "" before.
+  std::string reason() const {
+    std::lock_guard lock(reason_mutex_);
+    return reason_;
+  }
   const std::string& nonce() const { return nonce_; }
   int64_t started_ns() const { return started_ns_; }
   Status write(const std::string& name, const std::string& text) {
@@ -97,9 +189,18 @@ private:
     std::unique_lock lock(mutex_);
     while (!wake_.wait_for(lock, BEAT, [this] { return quit_; })) {
       ::utimensat(AT_FDCWD, alive.c_str(), nullptr, 0); // now, on the filesystem's clock
-      if ((cancel_ && cancel_->load()) ||
-          !first_failure(staging_, rank_.world, started_ns_).empty())
+      if (stop_)
+        continue;
+      std::string why = cancel_ && cancel_->load()
+                            ? std::string("interrupted")
+                            : other_world(staging_, rank_.world, started_ns_);
+      if (why.empty())
+        why = first_failure(staging_, rank_.world, started_ns_);
+      if (!why.empty()) {
+        std::lock_guard reason_lock(reason_mutex_);
+        reason_ = why;
         stop_ = true;
+      }
     }
   }
   Io& io_;
@@ -109,41 +210,13 @@ private:
   std::string nonce_;
   int64_t started_ns_ = 0;
   std::atomic<bool> stop_{false};
+  mutable std::mutex reason_mutex_;
+  std::string reason_;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool quit_ = false;
   std::thread thread_;
-
-public:
-  // The message of a ".failed" marker written after `since` (this job's), or "".
-  static std::string first_failure(const fs::path& staging, unsigned world, int64_t since) {
-    for (unsigned r = 0; r < world; ++r) {
-      const fs::path f = staging / marker(r, world, "failed");
-      if (mtime_ns(f) >= since && since > 0) {
-        const std::string text = read_text(f); // the writer's nonce, then its message
-        return text.substr(std::min(text.size(), text.find('\n') + 1));
-      }
-    }
-    return {};
-  }
 };
-
-// A rank of this job that runs with another world size: its heartbeat is ".rank-K-of-M.alive"
-// with M != world, touched since this job began. "" when there is none.
-std::string other_world(const fs::path& staging, unsigned world, int64_t since) {
-  std::error_code ec;
-  for (fs::directory_iterator it(staging, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    unsigned k = 0, m = 0;
-    char tail[8] = {};
-    if (std::sscanf(name.c_str(), ".rank-%u-of-%u.%7s", &k, &m, tail) == 3 &&
-        std::string(tail) == "alive" && m != world && mtime_ns(it->path()) >= since)
-      return "rank " + std::to_string(k) + " runs with a world size of " + std::to_string(m) +
-             ", this one with " + std::to_string(world) +
-             ": every process of a job must be given the same";
-  }
-  return {};
-}
 
 // Rank `k` of this world at work in another staging directory of the same OUT: a job directory
 // of another plan (".OUT.shardshift-job-OTHER"), its heartbeat touched since this job began. Ranks
@@ -186,9 +259,12 @@ Observed observe(const fs::path& staging, unsigned r, unsigned world, int64_t no
   }
   const int64_t limit = std::chrono::nanoseconds(timeout).count();
   if (beat == 0 && now_ns - job_start_ns > limit)
-    return {RankState::gone, "never joined this job in " + std::to_string(timeout.count()) +
-                                 " s (not started, or given other input or flags, which make "
-                                 "another plan); see its own output"};
+    return {RankState::gone,
+            "never joined this job in " + std::to_string(timeout.count()) +
+                " s (not started; given other input or flags, which make another plan; or given "
+                "another OUT, say a relative one from another working directory, or one on a "
+                "disk of its own node, not on a filesystem every rank shares); see its own "
+                "output"};
   if (beat != 0 && now_ns - beat > limit)
     return {RankState::gone, "gave no sign of life for " + std::to_string(timeout.count()) +
                                  " s (killed?); see its own output"};
@@ -204,9 +280,11 @@ public:
 
   const char* name() const override { return "marker files"; }
 
-  // Ranks given other plans write into other staging directories (the name is the plan's); ranks
-  // given other world sizes are found by rank 0 from their heartbeats (other_world).
-  Status agree_on_plan(const std::string&) override { return {}; }
+  // Ranks given other plans, or another OUT, write into other staging directories (the name is
+  // OUT's and the plan's): rank 0 never sees them join, and fails the job after --job-timeout
+  // (observe). Ranks given other world sizes meet in this one and see each other's markers
+  // (other_world). Nothing is exchanged before the staging directory exists.
+  Status agree_on_plan(const std::string&, const fs::path&) override { return {}; }
 
   Status begin(const fs::path& staging) override {
     if (::stat(staging.c_str(), &staging_st_) != 0)
@@ -218,6 +296,9 @@ public:
       heart_.reset();
       return s;
     }
+    if (std::string odd = live_other_world(staging, rank_.world, heart_->started_ns());
+        !odd.empty())
+      return Status(Errc::io, odd); // (named with this rank where it is reported)
     return {};
   }
 
@@ -226,9 +307,11 @@ public:
     return heart_ ? heart_->stop_flag() : options_.cancel ? options_.cancel : &never;
   }
   std::string stop_reason() const override {
-    return cancelled() ? std::string("interrupted")
-                       : Heartbeat::first_failure(paths_.staging, rank_.world,
-                                                  heart_ ? heart_->started_ns() : 0);
+    if (cancelled())
+      return "interrupted";
+    if (std::string why = heart_ ? heart_->reason() : std::string(); !why.empty())
+      return why;
+    return first_failure(paths_.staging, rank_.world, heart_ ? heart_->started_ns() : 0);
   }
 
   Result<SharesEnded> end_share(const Status& own, const std::string& done) override {
@@ -252,12 +335,14 @@ public:
       heart_->stop_beating();
       return ended;
     }
-    // The committed OUT carries no markers. Rank 0's heartbeat goes on through the commit (side
-    // files, the index): the others wait for it, and tell a slow commit from a dead rank 0 by it.
-    for (unsigned k = 0; k < rank_.world; ++k)
-      for (const char* what : {"done", "failed", "alive"})
-        if (k != 0 || std::string_view(what) != "alive")
-          io_.unlink((paths_.staging / marker(k, rank_.world, what)).c_str());
+    // The committed OUT carries no markers: neither this job's nor those a killed job of the
+    // same plan left, whatever its world size. Rank 0's heartbeat goes on through the commit
+    // (side files, the index): the others wait for it, and tell a slow commit from a dead rank 0
+    // by it. Every other rank has ended its share and writes nothing here any more.
+    const std::string own_beat = marker(0, rank_.world, "alive");
+    for (const MarkerFile& f : marker_files(paths_.staging))
+      if (f.path.filename() != own_beat)
+        io_.unlink(f.path.c_str());
     return ended;
   }
 
@@ -265,14 +350,20 @@ public:
     if (!heart_)
       return;
     heart_->stop_beating();
-    io_.unlink((paths_.staging / marker(0, rank_.world, "alive")).c_str());
+    for (const MarkerFile& f : marker_files(paths_.staging))
+      io_.unlink(f.path.c_str());
   }
 
   // Ranks that finished their share poll for the outcome; give them time to read a failure
-  // before the directory (with the markers) goes. A commit they see in OUT itself.
+  // before the directory (with the markers) goes. A commit they see in OUT itself. A failure
+  // rank 0 found only after every share was done (a planned file missing, a side file that
+  // could not be copied) is told here, so that they name it rather than the removal.
   void tell_outcome(const Status& outcome) override {
-    if (!outcome.ok())
-      std::this_thread::sleep_for(4 * POLL + BEAT);
+    if (outcome.ok())
+      return;
+    if (heart_ && !told_failure_)
+      fail(outcome).ignore();
+    std::this_thread::sleep_for(4 * POLL + BEAT);
   }
 
   Status learn_outcome(const Status& own) override {
@@ -286,6 +377,7 @@ private:
 
   // Tells the other ranks (a "failed" marker) and returns `s`.
   Status fail(const Status& s) const {
+    told_failure_ = true;
     heart_
         ->write(marker(rank_.rank, rank_.world, "failed"),
                 heart_->nonce() + "\n" + who_ + ": " + s.message())
@@ -315,6 +407,12 @@ private:
   // is gone when its heartbeat has not changed for --job-timeout on this rank's own clock: once
   // rank 0 has cleared the markers for its commit, no file here is touched but its heartbeat,
   // and a rank 0 killed then leaves it still, or gone, for good.
+  //
+  // A rank whose share is done writes nothing more into the staging directory: rank 0 may be
+  // committing it, and a marker written now would be renamed into OUT with it. So an interrupted
+  // rank leaves quietly (its files are durable, its "done" marker read or about to be: the job
+  // goes on without the process), and one that finds rank 0 gone removes the directory instead
+  // of telling the others, who then see it gone.
   Status wait_for_commit() const {
     const fs::path beat = paths_.staging / marker(0, rank_.world, "alive");
     int64_t last_beat = mtime_ns(beat);
@@ -322,12 +420,18 @@ private:
     for (;; std::this_thread::sleep_for(POLL)) {
       if (commit_seen())
         return {};
-      const std::string failure =
-          Heartbeat::first_failure(paths_.staging, rank_.world, heart_->started_ns());
+      if (const std::string odd = other_world(paths_.staging, rank_.world, heart_->started_ns());
+          !odd.empty())
+        return Status(Errc::io, "the job failed: " + odd);
+      const std::string failure = first_failure(paths_.staging, rank_.world, heart_->started_ns());
       if (!failure.empty())
         return Status(Errc::io, "the job failed: " + failure);
       if (cancelled())
-        return fail(Status(Errc::interrupted, "interrupted while waiting for the commit"));
+        return Status(Errc::interrupted,
+                      who_ +
+                          ": interrupted while waiting for rank 0's commit; this rank's share "
+                          "was finished, so the job goes on without this process: whether " +
+                          paths_.output.string() + " was committed, rank 0's output says");
       std::error_code ec;
       if (!fs::exists(paths_.staging, ec) && !commit_seen())
         return Status(Errc::io, "the job failed: its staging directory was removed without a "
@@ -336,18 +440,18 @@ private:
       if (const std::string odd = other_plan(paths_, 0, rank_.world, heart_->started_ns());
           !odd.empty() && mtime_ns(beat) == 0) {
         rank0_gone_ = true;
-        return fail(Status(Errc::io, "the job failed: " + odd));
+        return Status(Errc::io, "the job failed: " + odd);
       }
       if (const int64_t b = mtime_ns(beat); b != last_beat) {
         last_beat = b;
         last_change = std::chrono::steady_clock::now();
       } else if (std::chrono::steady_clock::now() - last_change > options_.job_timeout) {
         rank0_gone_ = true;
-        return fail(Status(Errc::io, "the job failed: rank 0 gave no sign of life for " +
-                                         std::to_string(options_.job_timeout.count()) +
-                                         " s and did not commit (killed, not started, or given "
-                                         "other input or flags, which make another plan); see "
-                                         "its output"));
+        return Status(Errc::io, "the job failed: rank 0 gave no sign of life for " +
+                                    std::to_string(options_.job_timeout.count()) +
+                                    " s and did not commit (killed, not started, or given other "
+                                    "input or flags, which make another plan, or another OUT); "
+                                    "see its output");
       }
     }
   }
@@ -367,6 +471,10 @@ private:
       const int64_t now = mtime_ns(staging / marker(0, world, "alive"));
       bool all_ended = true;
       std::vector<std::string> seen, done;
+      // A rank of another world size first: the ranks it displaced never join, and it may write
+      // its share over theirs; that would be what the user reads instead.
+      if (const std::string odd = other_world(staging, world, heart_->started_ns()); !odd.empty())
+        seen.push_back(odd);
       for (unsigned k = 0; k < world; ++k) {
         const Observed o =
             observe(staging, k, world, now, heart_->started_ns(), options_.job_timeout);
@@ -383,8 +491,6 @@ private:
         if (const std::string odd = other_plan(paths_, k, world, heart_->started_ns());
             !odd.empty())
           seen.push_back(odd);
-      if (const std::string odd = other_world(staging, world, heart_->started_ns()); !odd.empty())
-        seen.push_back(odd);
       if (!seen.empty() && failures.empty()) { // tell the others to stop
         failures = seen;
         fail(Status(Errc::io, "stopping the job: " + seen.front())).ignore();
@@ -405,7 +511,8 @@ private:
   std::string who_; ///< "rank R of N", for messages
   struct stat staging_st_ {};
   std::unique_ptr<Heartbeat> heart_;
-  mutable bool rank0_gone_ = false; ///< wait_for_commit found rank 0 gone or never there
+  mutable bool rank0_gone_ = false;   ///< wait_for_commit found rank 0 gone or never there
+  mutable bool told_failure_ = false; ///< this rank wrote its "failed" marker
 };
 
 } // namespace

@@ -4,8 +4,9 @@
 // embeds the library and uses MPI itself never sees our messages), polled with MPI_Test and a
 // short sleep, so that Ctrl-C (the cancel flag) and --job-timeout act while a rank waits:
 //
-//   agree_on_plan  allgather of (plan fingerprint, rank and world from the environment): every
-//                  rank checks every other, so a mismatch is an error on all of them at once;
+//   agree_on_plan  allgather of (plan fingerprint, OUT's path's digest, rank and world from the
+//                  environment): every rank checks every other, so a mismatch is an error on all
+//                  of them at once; where the OUTs differ, an allgatherv of the paths names them;
 //   end_share      allgather of (ok or failed, length), then allgatherv of the texts (the files'
 //                  digests, or the failure): rank 0 learns which rank failed and why;
 //   tell/learn     broadcast from rank 0 of the commit's outcome, so every rank exits alike.
@@ -15,6 +16,8 @@
 // the process exits non-zero, and mpirun then ends the job's other ranks with SIGTERM, which they
 // handle as Ctrl-C (rank 0 removes the staging directory). Every other way out finalizes.
 #include "coordinator.h"
+
+#include "sha256.h"
 
 #include <chrono>
 #include <cstring>
@@ -38,6 +41,7 @@ constexpr size_t MAX_MESSAGE = 16 * 1024;
 // One rank's part of the plan agreement.
 struct PlanRecord {
   char fingerprint[64];
+  char output[64];      ///< SHA-256 (hex) of OUT's absolute path, as this rank resolved it
   uint32_t rank, world; ///< as detect_rank found them in the environment
 };
 // One rank's part of the share exchange, before its text.
@@ -75,7 +79,8 @@ public:
 
   const char* name() const override { return "MPI"; }
 
-  Status agree_on_plan(const std::string& fingerprint) override {
+  Status agree_on_plan(const std::string& fingerprint,
+                       const std::filesystem::path& output) override {
     if (Status s = init(); !s.ok())
       return s;
     int size = 0;
@@ -83,6 +88,9 @@ public:
     PlanRecord mine{};
     std::memcpy(mine.fingerprint, fingerprint.data(),
                 std::min(fingerprint.size(), sizeof mine.fingerprint));
+    const std::string path = output.string();
+    const std::string path_digest = sha256_hex(std::as_bytes(std::span(path)));
+    std::memcpy(mine.output, path_digest.data(), sizeof mine.output);
     mine.rank = rank_.rank;
     mine.world = rank_.world;
     std::vector<PlanRecord> all(static_cast<size_t>(size));
@@ -109,11 +117,30 @@ public:
                     "(plan fingerprints " + std::string(fp.substr(0, 16)) + " and " +
                     std::string(first.substr(0, 16)) + ")";
     }
+    // Ranks that write into different directories would each fill their own staging directory,
+    // and rank 0 would commit only its own share: the paths must be one, before anything is
+    // written. Every rank saw the same digests, so every rank takes part in naming them or none.
+    bool outputs_differ = false;
+    for (const PlanRecord& r : all)
+      outputs_differ |= std::memcmp(r.output, all[0].output, sizeof r.output) != 0;
+    if (outputs_differ) {
+      auto paths = gather_texts(path);
+      if (!paths)
+        return paths.status();
+      for (size_t k = 1; k < paths->size(); ++k)
+        if ((*paths)[k] != (*paths)[0])
+          problems += "\n  rank " + std::to_string(k) + " writes into " + (*paths)[k] +
+                      ", rank 0 into " + (*paths)[0];
+      problems += "\n  (every rank must name one OUT, on a filesystem they all share: a relative "
+                  "OUT is taken from each rank's working directory, which mpirun's -wdir and a "
+                  "different directory per node change; give an absolute path)";
+    }
     if (!problems.empty())
-      return Status(Errc::invalid_argument,
-                    who_ + ": the ranks of this job disagree; every process of a job must be " +
-                        "given the same input (the same files, unchanged), options and " +
-                        "shardshift version, and the launcher's environment:" + problems);
+      return Status(
+          Errc::invalid_argument,
+          who_ + ": the ranks of this job disagree; every process of a job must be " +
+              "given the same input (the same files, unchanged), output directory, " +
+              "options and shardshift version, and the launcher's environment:" + problems);
     return {};
   }
 
@@ -250,19 +277,51 @@ private:
       }
       if (timed && std::chrono::steady_clock::now() - start > options_.job_timeout) {
         abandoned_ = true;
-        return Status(Errc::io, who_ + ": waited " +
-                                    std::to_string(options_.job_timeout.count()) +
+        return Status(Errc::io, who_ + ": waited " + std::to_string(options_.job_timeout.count()) +
                                     " s (--job-timeout) for " + what +
                                     "; a rank is stuck or gone (see its own output)");
       }
     }
   }
 
+  // Every rank's `text`, in rank order, on every rank.
+  Result<std::vector<std::string>> gather_texts(const std::string& text) {
+    int size = 0;
+    MPI_Comm_size(comm_, &size);
+    const int32_t mine = static_cast<int32_t>(text.size());
+    std::vector<int> counts(static_cast<size_t>(size)), offsets(static_cast<size_t>(size));
+    MPI_Request request;
+    if (Status s = check(
+            MPI_Iallgather(&mine, 1, MPI_INT32_T, counts.data(), 1, MPI_INT32_T, comm_, &request),
+            "MPI_Iallgather");
+        !s.ok())
+      return s;
+    if (Status s = wait(request, "every rank's output directory", true); !s.ok())
+      return s;
+    int total = 0;
+    for (size_t k = 0; k < counts.size(); ++k) {
+      offsets[k] = total;
+      total += counts[k];
+    }
+    std::string texts(static_cast<size_t>(total), '\0');
+    if (Status s = check(MPI_Iallgatherv(text.data(), mine, MPI_CHAR, texts.data(), counts.data(),
+                                         offsets.data(), MPI_CHAR, comm_, &request),
+                         "MPI_Iallgatherv");
+        !s.ok())
+      return s;
+    if (Status s = wait(request, "every rank's output directory", true); !s.ok())
+      return s;
+    std::vector<std::string> all;
+    for (size_t k = 0; k < counts.size(); ++k)
+      all.push_back(texts.substr(static_cast<size_t>(offsets[k]), static_cast<size_t>(counts[k])));
+    return all;
+  }
+
   // Rank 0 sends `record` and `message`; the other ranks receive them.
   Status broadcast(OutcomeRecord& record, std::string& message) {
     MPI_Request request;
-    if (Status s = check(MPI_Ibcast(&record, sizeof record, MPI_BYTE, 0, comm_, &request),
-                         "MPI_Ibcast");
+    if (Status s =
+            check(MPI_Ibcast(&record, sizeof record, MPI_BYTE, 0, comm_, &request), "MPI_Ibcast");
         !s.ok())
       return s;
     if (Status s = wait(request, "rank 0's commit", true); !s.ok())

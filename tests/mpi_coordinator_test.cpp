@@ -48,7 +48,7 @@ TEST(MpiCoordinator, RankZeroLearnsEveryRanksFilesAndEveryRankTheCommit) {
   auto coordinator = make_mpi_coordinator(options, *rank);
   ASSERT_TRUE(coordinator);
   EXPECT_STREQ(coordinator->name(), "MPI");
-  ASSERT_TRUE(coordinator->agree_on_plan(std::string(64, 'a')).ok());
+  ASSERT_TRUE(coordinator->agree_on_plan(std::string(64, 'a'), "/out").ok());
   // Texts of different lengths, the longest in the middle.
   const std::string mine(10 + 1000 * (rank->rank == 1), char('x' + rank->rank));
   auto ended = coordinator->end_share(Status(), mine);
@@ -73,7 +73,7 @@ TEST(MpiCoordinator, ARankThatFailedIsNamedToEveryRankAndTheJobFailsOnAll) {
   ASSERT_TRUE(rank.ok()) << rank.status().message();
   ConvertOptions options;
   auto coordinator = make_mpi_coordinator(options, *rank);
-  ASSERT_TRUE(coordinator->agree_on_plan(std::string(64, 'b')).ok());
+  ASSERT_TRUE(coordinator->agree_on_plan(std::string(64, 'b'), "/out").ok());
   const Status own = rank->rank == 2 ? Status(Errc::no_space, "out: no space left on purpose")
                                      : Status();
   auto ended = coordinator->end_share(own, own.ok() ? "f 0\n" : "");
@@ -104,13 +104,38 @@ TEST(MpiCoordinator, RanksWithDifferentPlansAreRefusedOnEveryRank) {
   ASSERT_TRUE(rank.ok()) << rank.status().message();
   ConvertOptions options;
   auto coordinator = make_mpi_coordinator(options, *rank);
-  const Status s = coordinator->agree_on_plan(std::string(64, rank->rank == 1 ? 'd' : 'c'));
+  const Status s = coordinator->agree_on_plan(std::string(64, rank->rank == 1 ? 'd' : 'c'), "/out");
   EXPECT_EQ(s.code(), Errc::invalid_argument);
   EXPECT_NE(s.message().find("rank 1 planned another output than rank 0 (plan fingerprints "
                              "dddddddddddddddd and cccccccccccccccc)"),
             std::string::npos)
       << s.message();
   EXPECT_EQ(s.message().find("rank 2 planned"), std::string::npos) << s.message();
+}
+
+// Ranks that resolved OUT to different directories (a relative OUT and another working
+// directory, mpirun's -wdir) would each fill a staging directory of their own, and rank 0 would
+// commit its share alone: refused on every rank, naming both paths.
+TEST(MpiCoordinator, RanksWithDifferentOutputsAreRefusedOnEveryRankNamingThePaths) {
+  if (!can_run())
+    GTEST_SKIP() << "built without MPI (libopenmpi-dev), or no mpirun";
+  if (ran_under_mpirun("RanksWithDifferentOutputsAreRefusedOnEveryRankNamingThePaths"))
+    return;
+  auto rank = detect_rank(std::nullopt, std::nullopt, environment());
+  ASSERT_TRUE(rank.ok()) << rank.status().message();
+  ConvertOptions options;
+  auto coordinator = make_mpi_coordinator(options, *rank);
+  const Status s = coordinator->agree_on_plan(std::string(64, 'e'),
+                                              rank->rank == 2 ? "/node-b/out" : "/shared/out");
+  EXPECT_EQ(s.code(), Errc::invalid_argument);
+  EXPECT_NE(s.message().find("rank 2 writes into /node-b/out, rank 0 into /shared/out"),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("a relative OUT is taken from each rank's working directory"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(s.message().find("rank 1 writes"), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find("planned another output"), std::string::npos) << s.message();
 }
 
 } // namespace

@@ -82,6 +82,22 @@ protected:
                                       "--job-timeout", job_timeout},
                                      tmp / ("log" + std::to_string(r)));
   }
+  // The job's staging directory, once it exists.
+  std::optional<fs::path> job_staging() const {
+    for (const std::string& name : entries(tmp.path()))
+      if (name.find(".shardshift-job-") != std::string::npos)
+        return tmp / name;
+    return std::nullopt;
+  }
+  // Waits (at most 30 s) until the job's staging directory holds `name`; returns the directory.
+  std::optional<fs::path> wait_for_in_staging(const std::string& name) const {
+    for (int i = 0; i < 30'000; ++i) {
+      if (const auto dir = job_staging(); dir && fs::exists(*dir / name))
+        return dir;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return std::nullopt;
+  }
   testing::TempDir tmp;
 };
 
@@ -163,6 +179,31 @@ TEST_F(Ranks, UnderMpirunRanksThatDisagreeOnChecksumsAreRefusedBeforeWriting) {
   EXPECT_GE(count(r.out + r.err, "rank 2 planned another output than rank 0"), 1u)
       << r.out << r.err;
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
+}
+
+// A relative OUT is taken from each rank's working directory (here mpirun's -wdir; on a cluster a
+// different directory per node): the ranks would fill different staging directories and rank 0
+// commit its own share alone, exit 0 everywhere. Refused before anything is written, naming both.
+TEST_F(Ranks, UnderMpirunRanksGivenDifferentOutputsAreRefusedBeforeWriting) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  if (std::string(mpirun_coordinator()) != "MPI")
+    GTEST_SKIP() << "built without MPI: the ranks write into different staging directories";
+  fs::create_directories(tmp / "a");
+  fs::create_directories(tmp / "b");
+  const std::string convert = std::string(SHARDSHIFT_BINARY) + " convert " +
+                              shell_quoted(tmp / "hf") + " out -j 1 -q --max-shard-size 2MB";
+  auto r = run_shell(MPIRUN + "-np 1 -wdir " + shell_quoted(tmp / "a") + " " + convert +
+                     " : -np 2 -wdir " + shell_quoted(tmp / "b") + " " + convert);
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err; // a usage error, as for different flags
+  const std::string said = r.out + r.err;
+  const std::string a = fs::weakly_canonical(tmp / "a" / "out").string();
+  const std::string b = fs::weakly_canonical(tmp / "b" / "out").string();
+  // At least one rank prints its refusal before mpirun ends the others (see above).
+  EXPECT_GE(count(said, "rank 2 writes into " + b + ", rank 0 into " + a), 1u) << said;
+  EXPECT_GE(count(said, "a relative OUT is taken from each rank's working directory"), 1u) << said;
+  EXPECT_TRUE(fs::is_empty(tmp / "a"));
+  EXPECT_TRUE(fs::is_empty(tmp / "b"));
 }
 
 // Runs the fixture's job as 3 ranks under mpirun and sends `signal` to rank 2 once the job's
@@ -399,6 +440,98 @@ TEST_F(Ranks, RanksGivenDifferentFlagsAreToldSoAndLeaveNothing) {
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log0", "log1", "ref"}));
 }
 
+// Rank 0 commits only what is there: a rank that reported its share done but wrote it elsewhere
+// (an OUT on a disk of its own node, a relative OUT from another working directory) fails the job,
+// whatever the coordinator. Here the test plays rank 1 of 2: its markers say done, its files are
+// nowhere.
+TEST_F(Ranks, RankZeroNeverCommitsWithoutEveryPlannedFile) {
+  const pid_t zero = spawn_rank(0, 2, "30");
+  ASSERT_GT(zero, 0);
+  const auto dir = wait_for_in_staging(".rank-0-of-2.alive");
+  ASSERT_TRUE(dir) << read_bytes(tmp / "log0");
+  testing::write_bytes(*dir / ".rank-1-of-2.alive", "4242");
+  testing::write_bytes(*dir / ".rank-1-of-2.done", "4242\n");
+  const int status = wait_status(zero);
+  const std::string log = read_bytes(tmp / "log0");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << log;
+  EXPECT_NE(log.find("the job of 2 ranks failed; nothing was written to " + (tmp / "out").string()),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("file(s) the plan writes are not in the job's staging directory"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("(rank 1's share): missing"), std::string::npos) << log;
+  EXPECT_EQ(log.find("(rank 0's share)"), std::string::npos) << log;
+  EXPECT_NE(log.find("is OUT on a disk of each node's own"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log0", "ref"}));
+}
+
+// A rank interrupted once its share is done (its files durable, its "done" marker written) no
+// longer stops the job, and writes nothing more into the staging directory, which rank 0 may be
+// committing: it says so and exits 130; the others commit and exit 0, and OUT holds no marker.
+// Rank 0 starts only after the interruption, so the rank is certainly waiting when interrupted.
+TEST_F(Ranks, ARankInterruptedAfterItsShareLeavesTheJobToCommit) {
+  const pid_t one = spawn_rank(1, 3, "30");
+  const pid_t two = spawn_rank(2, 3, "30");
+  ASSERT_TRUE(one > 0 && two > 0);
+  ASSERT_TRUE(wait_for_in_staging(".rank-1-of-3.done")) << read_bytes(tmp / "log1");
+  ::kill(one, SIGINT);
+  const int s1 = wait_status(one);
+  const std::string log1 = read_bytes(tmp / "log1");
+  EXPECT_TRUE(WIFEXITED(s1) && WEXITSTATUS(s1) == 130) << log1;
+  EXPECT_NE(log1.find("rank 1 of 3: interrupted while waiting for rank 0's commit; this rank's "
+                      "share was finished, so the job goes on without this process: whether " +
+                      (tmp / "out").string() + " was committed, rank 0's output says"),
+            std::string::npos)
+      << log1;
+  const pid_t zero = spawn_rank(0, 3, "30");
+  ASSERT_GT(zero, 0);
+  for (auto [pid, r] : {std::pair{zero, 0}, {two, 2}}) {
+    const int status = wait_status(pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << read_bytes(tmp / ("log" + std::to_string(r)));
+  }
+  for (const std::string& name : entries(tmp / "out"))
+    EXPECT_FALSE(name.starts_with(".rank-")) << name;
+  auto verify = run_shardshift("verify " + shell_quoted(tmp / "hf") + " " +
+                               shell_quoted(tmp / "out") + " --max-shard-size 2MB");
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+  EXPECT_EQ(entries(tmp.path()),
+            (std::vector<std::string>{"hf", "log0", "log1", "log2", "out", "ref"}));
+}
+
+// A job of 3 ranks killed after two of them finished leaves their markers in the staging
+// directory; the same conversion run again as 2 ranks takes it over. No marker of the killed job
+// (another world size) may reach OUT: the commit holds the plan's files and nothing else.
+TEST_F(Ranks, ARerunWithAnotherWorldSizeCommitsNoMarkerOfTheKilledJob) {
+  const pid_t one = spawn_rank(1, 3, "30");
+  const pid_t two = spawn_rank(2, 3, "30");
+  ASSERT_TRUE(one > 0 && two > 0);
+  ASSERT_TRUE(wait_for_in_staging(".rank-1-of-3.done")) << read_bytes(tmp / "log1");
+  ASSERT_TRUE(wait_for_in_staging(".rank-2-of-3.done")) << read_bytes(tmp / "log2");
+  ::kill(one, SIGKILL);
+  ::kill(two, SIGKILL);
+  wait_status(one);
+  wait_status(two);
+  const auto dir = job_staging();
+  ASSERT_TRUE(dir);
+  testing::write_bytes(*dir / ".rank-6-of-7.failed", "1\nrank 6 of 7: of a job long gone");
+  std::vector<pid_t> pids{spawn_rank(0, 2, "30"), spawn_rank(1, 2, "30")};
+  for (size_t r = 0; r < pids.size(); ++r) {
+    const int status = wait_status(pids[r]);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << read_bytes(tmp / ("log" + std::to_string(r)));
+  }
+  for (const std::string& name : entries(tmp / "out"))
+    EXPECT_FALSE(name.starts_with(".rank-")) << name;
+  auto verify = run_shardshift("verify " + shell_quoted(tmp / "hf") + " " +
+                               shell_quoted(tmp / "out") + " --max-shard-size 2MB");
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+  EXPECT_EQ(entries(tmp.path()),
+            (std::vector<std::string>{"hf", "log0", "log1", "log2", "out", "ref"}));
+}
+
 TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
   const pid_t one = spawn_rank(1, 3, "3");
   const pid_t zero = spawn_rank(0, 2, "3");
@@ -408,6 +541,37 @@ TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
   EXPECT_TRUE(WIFEXITED(s1) && WEXITSTATUS(s1) == 1) << read_bytes(tmp / "log1");
   EXPECT_NE(log0.find("runs with a world size of 3, this one with 2"), std::string::npos) << log0;
   EXPECT_FALSE(fs::exists(tmp / "out"));
+}
+
+// Ranks 0 and 2 of 3 and rank 1 of 2, started together (as a launcher given two world sizes
+// would): every rank names the mismatch, never what it causes (a rank that never joins, a file
+// renamed away by a rank of the other world). Three rounds, so that the order in which the ranks
+// write their heartbeats varies.
+TEST_F(Ranks, RanksGivenDifferentWorldSizesEachNameTheMismatch) {
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    const std::vector<std::pair<unsigned, unsigned>> ranks{{0, 3}, {1, 2}, {2, 3}};
+    std::vector<pid_t> pids;
+    for (auto [r, world] : ranks)
+      pids.push_back(spawn_rank(r, world, "10"));
+    for (size_t k = 0; k < ranks.size(); ++k) {
+      const int status = wait_status(pids[k]);
+      const std::string log = read_bytes(tmp / ("log" + std::to_string(ranks[k].first)));
+      const std::string who =
+          "rank " + std::to_string(ranks[k].first) + " of " + std::to_string(ranks[k].second);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << who << ": " << log;
+      EXPECT_NE(log.find(ranks[k].second == 3 ? "runs with a world size of 2, this one with 3"
+                                              : "runs with a world size of 3, this one with 2"),
+                std::string::npos)
+          << who << ": " << log;
+      for (const char* symptom : {"never joined", "cannot rename", "No such file", "no sign"})
+        EXPECT_EQ(log.find(symptom), std::string::npos) << who << ": " << log;
+    }
+    EXPECT_FALSE(fs::exists(tmp / "out"));
+    EXPECT_FALSE(job_staging()) << "the staging directory is left";
+    for (unsigned r = 0; r < 3; ++r)
+      fs::remove(tmp / ("log" + std::to_string(r)));
+  }
 }
 
 TEST_F(Ranks, ExpertParallelExportOfFourRanksEqualsFourSingleRankConversions) {
