@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <poll.h>
+#include <set>
 #include <spawn.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
@@ -147,11 +148,17 @@ bool wait_for(pid_t pid, std::chrono::milliseconds limit, int* status) {
 }
 
 // Waits until the command has read everything written into its pipe, or has exited, whichever
-// comes first. Returns the bytes it left unread (0 once drained); *exited says whether it
-// ended (and *status how). FIONREAD counts what is in the pipe from either end.
-uint64_t wait_until_read(pid_t pid, int pipe_fd, bool* exited, int* status) {
+// comes first, or `cancel` is raised (*stopped). Returns the bytes it left unread (0 once
+// drained); *exited says whether it ended (and *status how). FIONREAD counts what is in the pipe
+// from either end.
+uint64_t wait_until_read(pid_t pid, int pipe_fd, const std::atomic<bool>* cancel, bool* exited,
+                         int* status, bool* stopped) {
   auto delay = std::chrono::microseconds(100);
   for (;;) {
+    if (cancel && cancel->load()) {
+      *stopped = true;
+      return 0;
+    }
     int unread = 0;
     if (ioctl(pipe_fd, FIONREAD, &unread) != 0)
       unread = 0; // cannot tell: as before, the exit status alone decides
@@ -179,10 +186,60 @@ bool has_reader(int fd) {
 
 } // namespace
 
+ProcessTarget::ProcessTarget(std::string command, std::chrono::milliseconds grace,
+                             bool command_stdout_to_stderr, const std::atomic<bool>* cancel)
+    : command_(std::move(command)), grace_(grace),
+      command_stdout_to_stderr_(command_stdout_to_stderr), cancel_(cancel) {
+  if (cancel_)
+    watcher_ = std::thread([this] { watch(); });
+}
+
 ProcessTarget::~ProcessTarget() {
+  quit_ = true;
+  if (watcher_.joinable())
+    watcher_.join();
   // Files still open here were neither finished nor abandoned (an exception, a bug): interrupt.
   for (auto& [name, child] : children_)
     interrupt(child);
+}
+
+namespace {
+
+// After a Ctrl-C, what a command's group gets `waited` after the first signal: SIGINT at once,
+// SIGTERM after the grace period, SIGKILL after two (0: nothing new).
+int escalation(std::chrono::steady_clock::duration waited, std::chrono::milliseconds grace,
+               int last) {
+  const int due = waited >= 2 * grace ? SIGKILL : waited >= grace ? SIGTERM : SIGINT;
+  return due == last ? 0 : due;
+}
+
+} // namespace
+
+// Once the cancel flag is up, each running command's group gets SIGINT, then SIGTERM and SIGKILL
+// after the grace periods while it still runs: the lane writing into it, blocked on a full pipe,
+// then sees the command stop reading (a broken pipe) and abandons the file (interrupt()).
+void ProcessTarget::watch() {
+  struct Sent {
+    std::chrono::steady_clock::time_point first;
+    int last = 0;
+  };
+  std::map<pid_t, Sent> sent;
+  while (!quit_.load()) {
+    if (cancelled()) {
+      const auto now = std::chrono::steady_clock::now();
+      std::lock_guard lock(mu_);
+      for (const auto& [name, child] : children_) {
+        if (child.guard <= 0)
+          continue;
+        Sent& s = sent.try_emplace(child.guard, Sent{now, 0}).first->second;
+        if (const int sig = escalation(now - s.first, grace_, s.last)) {
+          kill(-child.guard, sig);
+          s.last = sig;
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 Status ProcessTarget::open(ShardWriter& writer, const OutputFile& file) {
@@ -373,11 +430,41 @@ Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
   // Delivered means read to the end: a command that exits 0 with bytes still in its pipe (one
   // that stopped reading early but reports success) must not count as an upload of the file.
   int status = 0;
-  bool exited = false;
-  const uint64_t unread = wait_until_read(child.pid, child.stdin_fd, &exited, &status);
+  bool exited = false, stopped = false;
+  const uint64_t unread =
+      wait_until_read(child.pid, child.stdin_fd, cancel_, &exited, &status, &stopped);
+  if (stopped) { // Ctrl-C before the command read it all: signalled before its input ends
+    interrupt(child);
+    set_outcome(file.name, Delivery::failed, "interrupted; its command was interrupted");
+    return Status(Errc::interrupted, "interrupted");
+  }
+  const pid_t group = child.guard;
   close(child.stdin_fd); // the end of input: the command may now complete its work,
   release_guard(child);  // once its guard has let go too
-  while (!exited && waitpid(child.pid, &status, 0) < 0 && errno == EINTR) {
+  // The command read every byte and completes its work (an upload's last part, say); a Ctrl-C
+  // meanwhile interrupts it, and the file is not delivered, however it then ends.
+  int last = 0;
+  std::chrono::steady_clock::time_point first;
+  while (!exited) {
+    const pid_t r = waitpid(child.pid, &status, WNOHANG);
+    exited = r == child.pid || (r < 0 && errno != EINTR);
+    if (exited)
+      break;
+    if (cancelled()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (last == 0)
+        first = now;
+      if (const int sig = escalation(now - first, grace_, last)) {
+        kill(-group, sig);
+        last = sig;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (last != 0) {
+    set_outcome(file.name, Delivery::failed,
+                "interrupted after it read every byte; its command " + describe_exit(status));
+    return Status(Errc::interrupted, "interrupted");
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && unread == 0) {
     set_outcome(file.name, Delivery::delivered);

@@ -17,18 +17,25 @@
 // group SIGINT, then SIGTERM and SIGKILL (itself included), each after the grace period, holding
 // the pipe to the end.
 //
+// With a cancel flag (Ctrl-C, SIGTERM): a Ctrl-C at a terminal reaches shardshift alone (each
+// command leads no group of the terminal's), so a watcher sends every running command's group
+// SIGINT once the flag is raised; a write blocked on a command that stopped reading then fails
+// with a broken pipe, and waiting for a command to read its last bytes or to exit stops too.
+//
 // REQUIRES: SIGPIPE is ignored (the app does so), so a command that exits early shows as EPIPE.
 // Thread-safety: open/finish/abandon may be called from several lanes for different files.
 #pragma once
 
 #include "write_stage.h"
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
+#include <thread>
 
 namespace shardshift {
 
@@ -52,11 +59,11 @@ class ProcessTarget final : public OutputTarget {
 public:
   /// `command_stdout_to_stderr`: each command's stdout is shardshift's stderr (where shardshift's
   /// own stdout carries results, --json), not its stdout.
+  /// `cancel` (may be nullptr): once raised, every command is interrupted (see above).
   explicit ProcessTarget(std::string command,
                          std::chrono::milliseconds grace = std::chrono::milliseconds(5000),
-                         bool command_stdout_to_stderr = false)
-      : command_(std::move(command)), grace_(grace),
-        command_stdout_to_stderr_(command_stdout_to_stderr) {}
+                         bool command_stdout_to_stderr = false,
+                         const std::atomic<bool>* cancel = nullptr);
   ~ProcessTarget() override;
 
   Status open(ShardWriter& writer, const OutputFile& file) override;
@@ -81,9 +88,15 @@ private:
   Child take(const std::string& name);
   std::string interrupt(Child& child);
 
+  bool cancelled() const { return cancel_ && cancel_->load(); }
+  void watch();
+
   std::string command_;
   std::chrono::milliseconds grace_;
   bool command_stdout_to_stderr_ = false;
+  const std::atomic<bool>* cancel_ = nullptr;
+  std::atomic<bool> quit_{false}; ///< the watcher ends
+  std::thread watcher_;
   mutable std::mutex mu_;
   std::map<std::string, Child> children_;    ///< by file name, while open
   std::map<std::string, Delivery> outcomes_; ///< by file name, once opened

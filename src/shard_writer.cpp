@@ -266,6 +266,8 @@ Status ShardWriter::write_bytes(std::span<const std::byte> bytes, const std::str
       }
       if (err == EFAULT && source) // a mapping whose file shrank
         return fail(file_changed_error(*source));
+      if (err == EPIPE && cancelled()) // the reader went because Ctrl-C reached it too
+        return fail(error(Errc::interrupted, "interrupted"));
       return fail(write_error(display_path_, err, position_, expected_size_, "write", is_stream_));
     }
     if (n == 0)
@@ -343,6 +345,8 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
       bool refused = is_stream_ ? err == EINVAL || err == ENOSYS : is_copy_refusal(err);
       if (refused)
         return write_bytes(fallback.subspan(static_cast<size_t>(done)), &source);
+      if (err == EPIPE && cancelled())
+        return fail(error(Errc::interrupted, "interrupted"));
       return fail(write_error(display_path_, err, position_, expected_size_,
                               is_stream_ ? "splice" : "copy_file_range", is_stream_));
     }

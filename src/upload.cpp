@@ -45,7 +45,8 @@ Result<UploadResult> upload_outputs(const std::string& command, bool command_std
                                     const Checkpoint& input, const Plan& plan,
                                     const PipelineConfig& config, Io& io, Profiler& profiler) {
   UploadResult r;
-  ProcessTarget target(command, std::chrono::milliseconds(5000), command_stdout_to_stderr);
+  ProcessTarget target(command, std::chrono::milliseconds(5000), command_stdout_to_stderr,
+                       config.cancel);
   std::vector<uint32_t> shards(plan.files.size());
   std::iota(shards.begin(), shards.end(), 0u);
   auto moved = run_pipeline(input, plan, shards, target, config, profiler);

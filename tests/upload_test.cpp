@@ -5,6 +5,8 @@
 #include "convert_harness.h"
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 
 namespace shardshift::testing {
 namespace {
@@ -112,6 +114,33 @@ TEST_F(UploadTest, CancellingInterruptsTheUploadsInFlightAndDeliversNoIndex) {
   ASSERT_TRUE(local.ok());
   for (const std::string& name : in_bucket)
     EXPECT_EQ(read_bytes(tmp / "bucket" / name), read_bytes(tmp / "dir" / name)) << name;
+}
+
+// A Ctrl-C reaches shardshift alone (each command leads a group of its own), and a command may
+// not be reading (a stalled network), so the lane writing into it is blocked on a full pipe; or
+// it read everything and still works (an upload's last part). Cancelling interrupts the commands
+// either way, within moments rather than when they are done, and the run is interrupted.
+TEST_F(UploadTest, CancellingStopsCommandsThatDoNotReadOrDoNotEnd) {
+  for (const char* command : {"sleep 30", "cat > /dev/null; sleep 30"}) {
+    SCOPED_TRACE(command);
+    std::atomic<bool> cancel{false};
+    ConvertOptions o = pipe_options(command);
+    o.cancel = &cancel;
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      cancel = true;
+    });
+    const auto start = std::chrono::steady_clock::now();
+    auto r = convert(o);
+    const auto took = std::chrono::steady_clock::now() - start;
+    canceller.join();
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Errc::interrupted) << r.status().message();
+    // Not the 30 s of the commands (the grace period is 5 s; these die of the first SIGINT).
+    EXPECT_LT(took, std::chrono::seconds(10));
+    auto left = run_shell("pgrep -f '^sleep 3[0]$' || true");
+    EXPECT_EQ(left.out, "") << "commands left running";
+  }
 }
 
 TEST_F(UploadTest, PipeToRefusesAnOutAndOnly) {
