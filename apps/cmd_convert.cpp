@@ -424,7 +424,8 @@ void add_delivery_flags(FlagGroup& run) {
       "stream to stdout; needs OUT '-'. A failed run ends the stream without the end-of-archive "
       "blocks, so tar x reports it. Example: - --format tar | ssh host tar x -C /models/nemo")(
       "uploads", po::value<unsigned>()->default_value(4)->value_name("N"),
-      "With --pipe-to (only): commands running at once. Example: --uploads 8")(
+      "With --pipe-to (only): commands running at once, whatever -j is: a thread "
+      "waits on each, beside the -j threads that convert. Example: --uploads 8")(
       "checksums", "Compute the SHA-256 of every output file while it is written (no second "
                    "read) and write them as SHA256SUMS (sha256sum -c format) beside the output, "
                    "or deliver it before the index with --pipe-to; also in --json. Example: "
@@ -435,7 +436,8 @@ void add_convert_flags(ConvertFlags& f) {
   FlagGroup& run = f.run;
   FlagGroup& report = f.report;
   run.flags.add_options()("jobs,j", po::value<unsigned>()->default_value(0)->value_name("N"),
-                          "Worker threads; 0 uses every core. Example: -j 8")(
+                          "Worker threads; 0 uses every core this process may use (its CPU "
+                          "affinity); more than the cores runs that many threads. Example: -j 8")(
       "writers", po::value<unsigned>()->default_value(0)->value_name("N"),
       "Output files written at once, each by its own bounded pipeline within the one memory "
       "budget; 0 picks one per thread up to 8 threads, then one per two threads (at least 8), "

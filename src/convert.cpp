@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <tbb/global_control.h>
+#include <tbb/info.h>
 
 namespace shardshift {
 
@@ -183,12 +184,21 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   // 2. Size the pipeline from the memory budget; pick the device and the writer lanes.
   const unsigned threads =
       options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
-  tbb::global_control limit(tbb::global_control::max_allowed_parallelism, threads);
+  // With --pipe-to, a lane spends its time waiting on its command (an upload's pace), in its
+  // write stage and, for its next file, in its first: two threads more per upload, so that
+  // --uploads commands run at once whatever -j is.
+  const unsigned pool = options.pipe_to.empty() ? threads : threads + 2 * options.uploads;
+  tbb::global_control limit(tbb::global_control::max_allowed_parallelism, pool);
   // The parsed headers and the plan are part of the budget too (they grow with the tensor count).
   auto engine = configure_engine(options, threads, plan.files.size(), plan_dequantizes(plan), io,
                                  callbacks, opened->held, &profiler);
   if (!engine)
     return engine.status();
+  // The default arena has one thread per core this process may use (its affinity): enough
+  // unless more are asked for (-j beyond the cores, or waiting on uploads).
+  if (pool > static_cast<unsigned>(tbb::info::default_concurrency()))
+    engine->config.arena_threads = pool;
+  engine->config.file_at_a_time = !options.pipe_to.empty();
 
   // 3. Move the bytes: into OUT (which first clears, or with --resume continues, what killed
   // runs into it left; with several ranks, this rank's share: job.h), one file to stdout, or

@@ -90,6 +90,8 @@ public:
   /// The next item: in output order within each file; nullptr when the queue has no more files
   /// (and, where lanes help, no file in progress has items left).
   std::unique_ptr<Item> next();
+  /// Whether the next item comes from a file not yet taken (the last one was cut to its close).
+  bool between_files() const { return !work_; }
 
 private:
   std::unique_ptr<Item> cut(); ///< the next item of the current file; nullptr at its end

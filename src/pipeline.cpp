@@ -11,6 +11,8 @@
 #include "write_stage.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <linux/magic.h>
 #include <memory>
@@ -18,10 +20,13 @@
 #include <string>
 #include <string_view>
 #include <sys/vfs.h>
+#include <thread>
 #include <vector>
 
+#include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 #include <tbb/parallel_pipeline.h>
+#include <tbb/task_arena.h>
 
 namespace shardshift {
 
@@ -154,7 +159,13 @@ private:
     if (!s_.failure.failed() && s_.config.cancel && s_.config.cancel->load())
       s_.failure.fail(Status(Errc::interrupted, "interrupted"));
     const uint64_t t0 = s_.profiler.now();
+    if (s_.config.file_at_a_time && emitter_.between_files())
+      while (open_files_.load() > 0 && !s_.failure.failed() &&
+             !(s_.config.cancel && s_.config.cancel->load()))
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     std::unique_ptr<Item> item = s_.failure.failed() ? nullptr : emitter_.next();
+    if (item && item->kind == ItemKind::open_file)
+      ++open_files_;
     if (item && (item->kind == ItemKind::transform || item->kind == ItemKind::ones)) {
       auto buffer = s_.pool.acquire();
       if (!buffer) {
@@ -232,6 +243,8 @@ private:
     if (!s_.failure.failed())
       if (Status st = writer_.write(*item); !st.ok())
         s_.failure.fail(std::move(st));
+    if (item->kind == ItemKind::close_file)
+      --open_files_;
     item->written = writer_.totals().done - before;
     last_write_end_ = s_.profiler.now();
     return item;
@@ -279,6 +292,7 @@ private:
   Sha256 sha_;
   uint64_t last_write_end_ = 0;
   uint32_t last_file_ = UINT32_MAX;
+  std::atomic<unsigned> open_files_{0}; ///< files whose open this lane cut and close not written
 };
 
 } // namespace
@@ -321,12 +335,29 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   std::vector<LaneEnd> ends(lanes);
   std::vector<uint64_t> helped(lanes);
   profiler.name_thread("main");
-  tbb::parallel_for(0u, lanes, [&](unsigned i) {
-    Lane lane(shared);
-    totals[i] = lane.run();
-    ends[i] = {profiler.now(), lane.last_file()};
-    helped[i] = lane.helped_bytes();
-  });
+  auto run_lanes = [&] {
+    // A task per lane (simple_partitioner), each run in isolation: a thread waiting inside one
+    // lane's pipeline runs only that lane's tasks, never starts another lane nested on its
+    // stack, where a lane waiting on its command (an upload's pace) would hold up both.
+    tbb::parallel_for(
+        tbb::blocked_range<unsigned>(0, lanes, 1),
+        [&](const tbb::blocked_range<unsigned>& range) {
+          for (unsigned i = range.begin(); i != range.end(); ++i)
+            tbb::this_task_arena::isolate([&] {
+              Lane lane(shared);
+              totals[i] = lane.run();
+              ends[i] = {profiler.now(), lane.last_file()};
+              helped[i] = lane.helped_bytes();
+            });
+        },
+        tbb::simple_partitioner());
+  };
+  if (config.arena_threads) { // the default arena has one thread per core, whatever the limit
+    tbb::task_arena arena(static_cast<int>(config.arena_threads));
+    arena.execute(run_lanes);
+  } else {
+    run_lanes();
+  }
   if (failure.failed())
     return failure.first();
   // An input rewritten in place while it was read (at the same size: no page vanished, so no

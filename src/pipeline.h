@@ -44,8 +44,15 @@ namespace shardshift {
 
 struct PipelineConfig {
   uint64_t chunk_bytes = 64 << 20;
-  unsigned tokens = 8;      ///< items alive per lane
-  unsigned writers = 1;     ///< lanes: output files written at once
+  unsigned tokens = 8;  ///< items alive per lane
+  unsigned writers = 1; ///< lanes: output files written at once
+  /// Threads of the task arena the lanes run in (0: the default arena, one per core). More than
+  /// the cores where lanes mostly wait (--pipe-to: one more per upload), or where -j asks for it.
+  unsigned arena_threads = 0;
+  /// A lane takes its next file only once it has finished the last (--pipe-to: finishing is
+  /// waiting for the command, an upload; a lane that took its next file meanwhile would leave
+  /// another lane without one, and fewer commands running than --uploads).
+  bool file_at_a_time = false;
   GpuHandle* gpu = nullptr; ///< nullptr: transform on the CPU; else the GPU, open or opening
   /// The GPU is retired once less than this is left of the run at its pace so far, 0: only once
   /// no chunk can reach it (gpu_retirement.h).

@@ -143,6 +143,31 @@ TEST_F(UploadTest, CancellingStopsCommandsThatDoNotReadOrDoNotEnd) {
   }
 }
 
+// --uploads N runs N commands at once, whatever -j: a lane waits on its command (in the write
+// stage, and before its next file), not on a core. With one thread, three uploads overlapped
+// two at a time at most before (the default arena has a thread per core, and a lane took its
+// next file while its last was still uploading, leaving another lane without one).
+TEST_F(UploadTest, UploadsRunAtOnceWhateverTheThreads) {
+  const std::string log = shell_quoted(tmp / "log");
+  ConvertOptions o =
+      pipe_options("echo s >> " + log + "; cat > /dev/null; sleep 0.5; echo e >> " + log);
+  o.checksums = false;
+  o.threads = 1;
+  o.uploads = 3;
+  o.plan.max_shard_size = 20'000; // 6 or more shards
+  auto r = convert(o);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ASSERT_GE(r->files, 6u);
+  // Appends of a line are atomic and in time order: the most starts without their end.
+  int running = 0, most = 0;
+  for (char c : read_bytes(tmp / "log"))
+    if (c == 's')
+      most = std::max(most, ++running);
+    else if (c == 'e')
+      --running;
+  EXPECT_EQ(most, 3);
+}
+
 TEST_F(UploadTest, PipeToRefusesAnOutAndOnly) {
   ConvertOptions o = pipe_options("cat > /dev/null");
   o.output = tmp / "out";
