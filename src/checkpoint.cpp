@@ -97,6 +97,18 @@ void list_subdirectories(const fs::path& root, const fs::path& rel, std::vector<
                    "a link to '" + fs::read_symlink(it->path(), read_ec).string() +
                        "', which does not exist (an unfinished download?); fetch the file it "
                        "points to, or remove the link");
+    } else if (!fs::is_regular_file(target) && fs::exists(target) && !name.starts_with(".")) {
+      // A FIFO, a socket or a device (a link to /dev/null too): not a file to copy, and left out
+      // silently the output would lack a name the input has.
+      const char* what = fs::is_fifo(target)             ? "a FIFO"
+                         : fs::is_socket(target)         ? "a socket"
+                         : fs::is_character_file(target) ? "a character device"
+                         : fs::is_block_file(target)     ? "a block device"
+                                                         : "not a regular file";
+      problems.add(Errc::format, it->path().string(), {},
+                   std::string(fs::is_symlink(link) ? "a link to " : "") + what +
+                       ", not a file: side files are copied as regular files only; move it out "
+                       "of the input");
     }
   }
   if (ec)

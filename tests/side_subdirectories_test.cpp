@@ -5,6 +5,8 @@
 // subdirectories are skipped; a link to a directory, or to nothing, is refused with its name.
 #include "convert_harness.h"
 
+#include <sys/stat.h>
+
 namespace shardshift::testing {
 namespace {
 
@@ -99,6 +101,26 @@ TEST_F(SideSubdirectoriesTest, ALinkToNothingIsRefusedByName) {
     std::filesystem::remove(link);
   }
   EXPECT_TRUE(Checkpoint::open(in).ok()) << "without the links it opens";
+}
+
+// A FIFO, or a link to a device, in the input is no file to copy: refused by name, at the top and
+// below it, rather than left out of the output without a word (it was).
+TEST_F(SideSubdirectoriesTest, AFifoOrADeviceIsRefusedByName) {
+  const std::filesystem::path fifo = in / "tokenizer.json";
+  const std::filesystem::path device = in / "original" / "sub" / "vocab.txt";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::filesystem::create_symlink("/dev/null", device);
+  auto ckpt = Checkpoint::open(in);
+  ASSERT_FALSE(ckpt.ok());
+  EXPECT_EQ(ckpt.status().code(), Errc::format);
+  const std::string& m = ckpt.status().message();
+  EXPECT_NE(m.find(fifo.string() + ": a FIFO, not a file"), std::string::npos) << m;
+  EXPECT_NE(m.find(device.string() + ": a link to a character device, not a file"),
+            std::string::npos)
+      << m;
+  std::filesystem::remove(fifo);
+  std::filesystem::remove(device);
+  EXPECT_TRUE(Checkpoint::open(in).ok()) << "without them it opens";
 }
 
 } // namespace
