@@ -598,9 +598,30 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
                       "ranks (no --world-size above 1, and no launcher's variables: mpirun, "
                       "srun, torchrun)"},
                      quiet);
+  // --pipe-to --json: a failed run still says on stdout which files were delivered (a caller
+  // removes those objects, or keeps them for a rerun), as one JSON object with "ok": false.
+  std::vector<FileDelivery> deliveries;
+  if (vm.count("json") && !o.pipe_to.empty())
+    cb.delivered = [&deliveries](const std::vector<FileDelivery>& d) { deliveries = d; };
   Profiler profiler(o.trace);
   auto result = convert(o, cb, &profiler);
   line.clear();
+  if (!result && !deliveries.empty()) {
+    JsonWriter w;
+    w.begin_object().key("ok").value(false).key("error").value(result.status().message());
+    w.key("interrupted").value(result.status().code() == Errc::interrupted);
+    w.key("deliveries").begin_array();
+    for (const FileDelivery& d : deliveries)
+      w.line_break()
+          .begin_object()
+          .key("name")
+          .value(d.name)
+          .key("state")
+          .value(d.state)
+          .end_object();
+    w.end_array().end_object();
+    std::cout << w.take() << "\n" << std::flush;
+  }
 
   int exit_code = EXIT_OK;
   // A run refused before any work (a bad flag, OUT or --trace itself) recorded nothing and

@@ -209,9 +209,10 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   uint64_t tensors = plan.tensors.size(), files = plan.files.size();
   const bool tar = options.format == OutputFormat::tar;
   Result<UploadResult> moved =
-      !options.pipe_to.empty() ? upload_outputs(options.pipe_to, options.pipe_to_stdout_to_stderr,
-                                                input, plan, engine->config, io, profiler)
-      : tar                    ? stream_tar(options, input, plan, engine->config, io, profiler)
+      !options.pipe_to.empty()
+          ? upload_outputs(options.pipe_to, options.pipe_to_stdout_to_stderr, input, plan,
+                           engine->config, io, profiler, callbacks.delivered)
+      : tar ? stream_tar(options, input, plan, engine->config, io, profiler)
       : is_stream(options)
           ? stream_one_file(options, input, plan, engine->config, io, profiler, &tensors)
       : rank->world > 1

@@ -41,9 +41,10 @@ std::string state_text(const Delivery& d) {
 
 } // namespace
 
-Result<UploadResult> upload_outputs(const std::string& command, bool command_stdout_to_stderr,
-                                    const Checkpoint& input, const Plan& plan,
-                                    const PipelineConfig& config, Io& io, Profiler& profiler) {
+Result<UploadResult>
+upload_outputs(const std::string& command, bool command_stdout_to_stderr, const Checkpoint& input,
+               const Plan& plan, const PipelineConfig& config, Io& io, Profiler& profiler,
+               const std::function<void(const std::vector<FileDelivery>&)>& delivered) {
   UploadResult r;
   ProcessTarget target(command, std::chrono::milliseconds(5000), command_stdout_to_stderr,
                        config.cancel);
@@ -71,6 +72,8 @@ Result<UploadResult> upload_outputs(const std::string& command, bool command_std
     r.files.push_back({"SHA256SUMS", state_text(target.outcome("SHA256SUMS"))});
   if (plan.write_index)
     r.files.push_back({INDEX_FILE_NAME, state_text(target.outcome(INDEX_FILE_NAME))});
+  if (delivered)
+    delivered(r.files);
   if (!first.ok())
     return failure_report(first, r.files);
   return r;

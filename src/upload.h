@@ -12,6 +12,7 @@
 
 #include "pipeline.h"
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,8 +30,10 @@ struct UploadResult {
 /// {size}). With config.digests set, SHA-256 sums are computed and delivered as SHA256SUMS before
 /// the index. On failure the Status lists every file's state, one per line.
 /// `command_stdout_to_stderr`: see ProcessTarget.
-Result<UploadResult> upload_outputs(const std::string& command, bool command_stdout_to_stderr,
-                                    const Checkpoint& input, const Plan& plan,
-                                    const PipelineConfig& config, Io& io, Profiler& profiler);
+/// `delivered` (may be empty) gets every file's state at the end, on success or failure.
+Result<UploadResult>
+upload_outputs(const std::string& command, bool command_stdout_to_stderr, const Checkpoint& input,
+               const Plan& plan, const PipelineConfig& config, Io& io, Profiler& profiler,
+               const std::function<void(const std::vector<FileDelivery>&)>& delivered = {});
 
 } // namespace shardshift

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -330,6 +331,28 @@ TEST_F(CliCheckpoint, PipeToJsonKeepsTheCommandsOutputOffStdout) {
   auto plain = run_shardshift(convert);
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   EXPECT_NE(plain.out.find("uploaded config.json"), std::string::npos) << plain.out;
+}
+
+// A failed --pipe-to run with --json still puts on stdout, as one JSON object, which files were
+// delivered (what a caller must clean up or may keep): before, stdout was empty.
+TEST_F(CliCheckpoint, PipeToJsonReportsEveryFileOfAFailedRun) {
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") +
+                          " --json -q --pipe-to 'if [ {name} = config.json ]; then exit 3; fi; "
+                          "cat > /dev/null'");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  ASSERT_EQ(parser.parse(r.out).get(doc), simdjson::SUCCESS) << r.out;
+  EXPECT_FALSE(bool(doc["ok"]));
+  EXPECT_FALSE(bool(doc["interrupted"]));
+  std::map<std::string, std::string> states;
+  for (simdjson::dom::element d : simdjson::dom::array(doc["deliveries"]))
+    states[std::string(std::string_view(d["name"]))] = std::string(std::string_view(d["state"]));
+  EXPECT_EQ(states["model.safetensors"], "delivered") << r.out;
+  EXPECT_EQ(states["config.json"].rfind("failed: the command exited with status 3", 0), 0u)
+      << r.out;
+  EXPECT_EQ(states["model.safetensors.index.json"], "") << "a single file has no index";
+  EXPECT_NE(std::string_view(doc["error"]).find("config.json"), std::string::npos);
 }
 
 // A side file may be named '$(touch x)': quoted by the user, {name} would run it. Refused before

@@ -129,6 +129,9 @@ struct ConvertCallbacks {
   std::function<void(const Plan&)> planned;      ///< called once the plan is made
   /// Called once the input is open with each of its warnings (Checkpoint::warnings).
   std::function<void(const std::vector<std::string>&)> warnings;
+  /// --pipe-to: called once the deliveries are over, whether the run succeeded or not, with
+  /// every file's state (on success also in ConvertSummary::deliveries).
+  std::function<void(const std::vector<FileDelivery>&)> delivered;
 };
 
 /// Converts options.input into options.output. `profiler` (optional) receives the timings.
