@@ -51,19 +51,23 @@ size_t shard_count_in_name(const std::string& name) {
 // often, and converting with these would not give the file that was asked for.
 Status not_in_plan(const Plan& plan, const std::string& name) {
   const size_t count = shard_count_in_name(name);
-  const std::string files = std::to_string(plan.files.size()) +
-                            (plan.files.size() == 1 ? " file (" : " files (") +
-                            plan.files.front().name + (plan.files.size() > 1 ? ", ...)" : ")");
+  const size_t others = plan.side_files.size() + (plan.write_index ? 1 : 0);
+  const std::string files =
+      std::to_string(plan.files.size()) + (plan.files.size() == 1 ? " shard (" : " shards (") +
+      plan.files.front().name + (plan.files.size() > 1 ? ", ...)" : ")") +
+      (others ? " and " + std::to_string(others) + " other file(s)" : std::string());
   if (count > 0 && count != plan.files.size())
     return Status(Errc::invalid_argument,
                   "--only " + name + ": not in this plan, which has " + files +
                       "; that name comes from a plan of " + std::to_string(count) +
-                      " files: pass the same --max-shard-size as to `shardshift plan` (and the "
+                      " shards: pass the same --max-shard-size as to `shardshift plan` (and the "
                       "same --dtype, --exclude, --no-tied-head and --ep-* flags)");
-  return Status(Errc::invalid_argument, "--only " + name + ": not in this plan, which has " +
+  return Status(Errc::invalid_argument, "--only " + name +
+                                            ": no such file in this plan, which "
+                                            "has " +
                                             files +
-                                            " and no such file (see shardshift plan IN "
-                                            "--print-size with the same flags)");
+                                            " (see shardshift plan IN --print-size with the "
+                                            "same flags)");
 }
 
 Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name) {
