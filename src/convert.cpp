@@ -180,6 +180,18 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   const Plan& plan = opened->plan;
   if (callbacks.planned)
     callbacks.planned(plan);
+  // Several files into one command line that names none of them: each file would go to the same
+  // place (`cat > model.bin` keeps only the last). Legal, but said.
+  if (const size_t delivered =
+          plan.files.size() + plan.side_files.size() + (plan.write_index ? 1 : 0);
+      !options.pipe_to.empty() && delivered > 1 && callbacks.warnings &&
+      options.pipe_to.find("{name}") == std::string::npos &&
+      options.pipe_to.find("SHARDSHIFT_NAME") == std::string::npos)
+    callbacks.warnings({"--pipe-to: the command names no file ({name}, or $SHARDSHIFT_NAME in "
+                        "its environment), and this conversion delivers " +
+                        std::to_string(delivered) +
+                        " files: each is handed to the same command line (cat > FILE would keep "
+                        "the last one only)"});
 
   // 2. Size the pipeline from the memory budget; pick the device and the writer lanes.
   const unsigned threads =

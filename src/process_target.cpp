@@ -245,7 +245,7 @@ void ProcessTarget::watch() {
 Status ProcessTarget::open(ShardWriter& writer, const OutputFile& file) {
   const std::string command = expand_command(command_, file.name, file.size());
   Child child;
-  if (Status s = start(file.name, command, child); !s.ok())
+  if (Status s = start(file.name, file.size(), command, child); !s.ok())
     return s;
   {
     std::lock_guard lock(mu_);
@@ -276,7 +276,8 @@ constexpr const char* kGuardScript = "trap '' INT TERM\n"
 // its starter had), after the dup2s `moves` (from, to) and, with `quiet_stdio`, stdin and stdout
 // on /dev/null. Returns 0 or an errno.
 int spawn_sh(const std::vector<std::string>& args, const std::vector<std::pair<int, int>>& moves,
-             bool quiet_stdio, pid_t group, pid_t* pid) {
+             bool quiet_stdio, pid_t group, pid_t* pid,
+             const std::vector<std::string>& extra_env = {}) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   if (quiet_stdio) {
@@ -301,7 +302,17 @@ int spawn_sh(const std::vector<std::string>& args, const std::vector<std::pair<i
   for (const std::string& a : args)
     argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  const int rc = posix_spawn(pid, "/bin/sh", &actions, &attr, argv.data(), environ);
+  // This process's environment, with `extra_env` ("NAME=value") in place of any of those names.
+  std::vector<char*> envp;
+  for (char** e = environ; *e; ++e)
+    if (std::none_of(extra_env.begin(), extra_env.end(), [e](const std::string& x) {
+          return std::string_view(*e).starts_with(x.substr(0, x.find('=') + 1));
+        }))
+      envp.push_back(*e);
+  for (const std::string& x : extra_env)
+    envp.push_back(const_cast<char*>(x.c_str()));
+  envp.push_back(nullptr);
+  const int rc = posix_spawn(pid, "/bin/sh", &actions, &attr, argv.data(), envp.data());
   posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&actions);
   return rc;
@@ -314,7 +325,8 @@ int spawn_sh(const std::vector<std::string>& args, const std::vector<std::pair<i
 // at which the command runs and shardshift's death would close its input. Every descriptor is
 // close-on-exec, so no other file's command or guard inherits one (an inherited write end would
 // hide this pipe's end of input; an inherited lifeline would hide shardshift's death).
-Status ProcessTarget::start(const std::string& name, const std::string& command, Child& child) {
+Status ProcessTarget::start(const std::string& name, uint64_t size, const std::string& command,
+                            Child& child) {
   auto fail = [&](const std::string& what, int err) {
     return Status(Errc::io, name + ": " + what + ": " + errno_text(err));
   };
@@ -354,7 +366,8 @@ Status ProcessTarget::start(const std::string& name, const std::string& command,
   std::vector<std::pair<int, int>> moves = {{data[0], STDIN_FILENO}};
   if (command_stdout_to_stderr_)
     moves.emplace_back(STDERR_FILENO, STDOUT_FILENO);
-  rc = spawn_sh({"sh", "-c", command}, moves, false, child.guard, &child.pid);
+  rc = spawn_sh({"sh", "-c", command}, moves, false, child.guard, &child.pid,
+                {"SHARDSHIFT_NAME=" + name, "SHARDSHIFT_SIZE=" + std::to_string(size)});
   close(data[0]);
   if (rc != 0) {
     child.pid = -1;

@@ -2,12 +2,13 @@
 // as `aws s3 cp - s3://bucket/{name}` or `rclone rcat remote:{name}`).
 //
 // For each file, `sh -c COMMAND` is started with {name} and {size} replaced by the file's name and
-// exact byte size (shell-quoted), and the file's bytes are written to its stdin (splice for
-// pass-through runs). A file is finished only when every byte went in and the command then exited
-// with status 0. A file that fails or is cancelled is never handed over as complete: the command
-// is interrupted (SIGINT, then SIGTERM, then SIGKILL, each after a grace period) *before* its stdin
-// is closed, so it sees a signal rather than an ordinary end of input, and uploaders that honour
-// SIGINT leave no object behind.
+// exact byte size (shell-quoted), the same in its environment as SHARDSHIFT_NAME and
+// SHARDSHIFT_SIZE (for a script that takes them from there), and the file's bytes are written to
+// its stdin (splice for pass-through runs). A file is finished only when every byte went in and the
+// command then exited with status 0. A file that fails or is cancelled is never handed over as
+// complete: the command is interrupted (SIGINT, then SIGTERM, then SIGKILL, each after a grace
+// period) *before* its stdin is closed, so it sees a signal rather than an ordinary end of input,
+// and uploaders that honour SIGINT leave no object behind.
 //
 // The same holds when shardshift itself dies (kill -9, a crash): each command's stdin pipe has a
 // second writer, a small guard (`sh`) that leads the command's process group, ignores SIGINT and
@@ -83,7 +84,7 @@ private:
     pid_t guard = -1;  ///< leads the group; holds a second write end until told to let go
     int lifeline = -1; ///< to the guard: a line = "let go"; end of file = "interrupt the group"
   };
-  Status start(const std::string& name, const std::string& command, Child& child);
+  Status start(const std::string& name, uint64_t size, const std::string& command, Child& child);
   static void release_guard(Child& child);
   Child take(const std::string& name);
   std::string interrupt(Child& child);

@@ -355,6 +355,20 @@ TEST_F(CliCheckpoint, PipeToJsonReportsEveryFileOfAFailedRun) {
   EXPECT_NE(std::string_view(doc["error"]).find("config.json"), std::string::npos);
 }
 
+// A command line that names no file gets every file alike (cat > FILE keeps the last): said.
+TEST_F(CliCheckpoint, PipeToWithoutANameWarnsWhereSeveralFilesGo) {
+  auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + " --pipe-to 'cat > /dev/null'");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: --pipe-to: the command names no file"), std::string::npos)
+      << r.err;
+  for (const char* named : {" --pipe-to 'cat > /dev/null; : {name}'",
+                            " --pipe-to 'cat > /dev/null; : \"$SHARDSHIFT_NAME\"'"}) {
+    auto ok = run_shardshift("convert " + shell_quoted(tmp / "hf") + named);
+    EXPECT_EQ(ok.exit_code, 0) << ok.err;
+    EXPECT_EQ(ok.err.find("names no file"), std::string::npos) << named << ok.err;
+  }
+}
+
 // A side file may be named '$(touch x)': quoted by the user, {name} would run it. Refused before
 // anything is read or started.
 TEST_F(CliCheckpoint, PipeToRefusesAQuotedPlaceholder) {

@@ -107,6 +107,23 @@ TEST_F(ProcessTargetTest, AFinishedFileReachesItsCommandWhole) {
   EXPECT_EQ(read_bytes(tmp.path().string() + "/got-a.bin"), "HEADER12345");
 }
 
+// The name and size are in the command's environment too, for a script that takes them there;
+// a variable of the same name from shardshift's own environment does not leak through.
+TEST_F(ProcessTargetTest, TheCommandGetsTheNameAndSizeInItsEnvironment) {
+  ::setenv("SHARDSHIFT_NAME", "stale", 1);
+  ProcessTarget target(
+      "cat > /dev/null; printf '%s %s' \"$SHARDSHIFT_NAME\" \"$SHARDSHIFT_SIZE\" > " +
+      shell_quote((tmp / "env").string()));
+  const OutputFile f = small_file("it's a.bin", "HEADER", 5);
+  ShardWriter w;
+  const Status opened = target.open(w, f);
+  ::unsetenv("SHARDSHIFT_NAME");
+  ASSERT_TRUE(opened.ok());
+  ASSERT_TRUE(w.append(std::as_bytes(std::span("12345", 5))).ok());
+  ASSERT_TRUE(target.finish(w, f).ok());
+  EXPECT_EQ(read_bytes(tmp / "env"), "it's a.bin 11");
+}
+
 TEST_F(ProcessTargetTest, ACommandThatFailsFailsTheFile) {
   ProcessTarget target("cat > /dev/null; exit 3");
   const OutputFile f = small_file("b.bin", "H", 0);
