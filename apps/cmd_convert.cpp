@@ -413,7 +413,8 @@ void add_delivery_flags(FlagGroup& run) {
       "Example: - --only model-00001-of-00004.safetensors")(
       "pipe-to", po::value<std::string>()->value_name("COMMAND"),
       "Instead of OUT: stream every output file into its own COMMAND (run by sh -c, {name} and "
-      "{size} replaced, shell-quoted: write them bare, never inside quotes), e.g. an uploader "
+      "{size} replaced, shell-quoted: write them bare, never inside quotes; also in its "
+      "environment as SHARDSHIFT_NAME and SHARDSHIFT_SIZE), e.g. an uploader "
       "reading stdin; with --json, its stdout goes to stderr. The index goes last, "
       "only after every shard was delivered; a file that fails has its command interrupted "
       "(SIGINT, then SIGTERM, SIGKILL) before its input ends, so the uploader discards it. "
