@@ -335,20 +335,26 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   std::vector<LaneEnd> ends(lanes);
   std::vector<uint64_t> helped(lanes);
   profiler.name_thread("main");
+  auto run_lane = [&](unsigned i) {
+    Lane lane(shared);
+    totals[i] = lane.run();
+    ends[i] = {profiler.now(), lane.last_file()};
+    helped[i] = lane.helped_bytes();
+  };
   auto run_lanes = [&] {
-    // A task per lane (simple_partitioner), each run in isolation: a thread waiting inside one
-    // lane's pipeline runs only that lane's tasks, never starts another lane nested on its
-    // stack, where a lane waiting on its command (an upload's pace) would hold up both.
+    if (!config.file_at_a_time) {
+      tbb::parallel_for(0u, lanes, run_lane);
+      return;
+    }
+    // Lanes that wait on commands (--pipe-to): a task per lane (simple_partitioner), each run in
+    // isolation, so that a thread waiting inside one lane's pipeline runs only that lane's tasks
+    // and never starts another lane nested on its stack, where a lane waiting on its command
+    // would hold up both.
     tbb::parallel_for(
         tbb::blocked_range<unsigned>(0, lanes, 1),
         [&](const tbb::blocked_range<unsigned>& range) {
           for (unsigned i = range.begin(); i != range.end(); ++i)
-            tbb::this_task_arena::isolate([&] {
-              Lane lane(shared);
-              totals[i] = lane.run();
-              ends[i] = {profiler.now(), lane.last_file()};
-              helped[i] = lane.helped_bytes();
-            });
+            tbb::this_task_arena::isolate([&] { run_lane(i); });
         },
         tbb::simple_partitioner());
   };
