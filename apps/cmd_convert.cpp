@@ -437,8 +437,7 @@ void add_convert_flags(ConvertFlags& f) {
   FlagGroup& run = f.run;
   FlagGroup& report = f.report;
   run.flags.add_options()("jobs,j", po::value<unsigned>()->default_value(0)->value_name("N"),
-                          "Worker threads; 0 uses every core this process may use (its CPU "
-                          "affinity); more than the cores runs that many threads. Example: -j 8")(
+                          "Worker threads; 0 uses every core. Example: -j 8")(
       "writers", po::value<unsigned>()->default_value(0)->value_name("N"),
       "Output files written at once, each by its own bounded pipeline within the one memory "
       "budget; 0 picks one per thread up to 8 threads, then one per two threads (at least 8), "

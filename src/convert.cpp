@@ -206,9 +206,9 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
                                  callbacks, opened->held, &profiler);
   if (!engine)
     return engine.status();
-  // The default arena has one thread per core this process may use (its affinity): enough
-  // unless more are asked for (-j beyond the cores, or waiting on uploads).
-  if (pool > static_cast<unsigned>(tbb::info::default_concurrency()))
+  // The default arena has one thread per core this process may use (its affinity): enough for
+  // work, not for lanes that wait on uploads.
+  if (!options.pipe_to.empty() && pool > static_cast<unsigned>(tbb::info::default_concurrency()))
     engine->config.arena_threads = pool;
   engine->config.file_at_a_time = !options.pipe_to.empty();
 

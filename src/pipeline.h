@@ -47,7 +47,7 @@ struct PipelineConfig {
   unsigned tokens = 8;  ///< items alive per lane
   unsigned writers = 1; ///< lanes: output files written at once
   /// Threads of the task arena the lanes run in (0: the default arena, one per core). More than
-  /// the cores where lanes mostly wait (--pipe-to: one more per upload), or where -j asks for it.
+  /// the cores where lanes mostly wait (--pipe-to: two more per upload).
   unsigned arena_threads = 0;
   /// A lane takes its next file only once it has finished the last (--pipe-to: finishing is
   /// waiting for the command, an upload; a lane that took its next file meanwhile would leave

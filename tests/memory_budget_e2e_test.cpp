@@ -98,38 +98,6 @@ TEST(MemoryBudget, HoldsWhenCopiesFallBackAcrossFilesystemsAndToPipes) {
   EXPECT_GT(mapped->fallback_copy_bytes, uint64_t{369} << 20);
   std::filesystem::remove_all(tmp / "mapped");
 
-  // Lanes helping with one file (emitter.h): output in 600 MB files, filled through their
-  // mappings by 16 threads, so a lane out of files takes the next items of another's. Its own
-  // input, with experts of real size (3 layers of 32): each is larger than a chunk and cut into
-  // column chunks whose input the last one releases. On another lane an earlier chunk could
-  // still be reading it, fault the pages back in and keep them (release_order.h): this held
-  // 192-217 MB of input at this budget, where a 400 MB file held 91-161 MB.
-  made = run_shardshift("synth " + (tmp / "experts").string() +
-                        " --layers 3 --scale-experts 4 --scale-vocab 16 -q");
-  ASSERT_EQ(made.exit_code, 0) << made.err;
-  ::setenv("SHARDSHIFT_FILL", "mapped", 1);
-  ConvertOptions lanes;
-  lanes.input = tmp / "experts";
-  lanes.output = tmp / "lanes";
-  lanes.device = "cpu";
-  lanes.threads = 16;
-  lanes.max_memory = BUDGET;
-  lanes.sync = false;
-  lanes.plan.max_shard_size = 600'000'000;
-  // Which lane cuts the last chunk of an expert is a race: the leak showed in about half of
-  // the runs, so three.
-  for (int run = 0; run < 3; ++run) {
-    auto helped = convert(lanes);
-    ASSERT_TRUE(helped.ok()) << helped.status().message();
-    EXPECT_TRUE(helped->filled_by_threads);
-    std::cout << "[ lanes ] " << helped->writers << " lanes, " << (helped->helped_bytes >> 20)
-              << " MiB written by lanes helping with another's file; peak so far "
-              << (peak_rss_bytes() >> 20) << " MiB\n";
-    std::filesystem::remove_all(tmp / "lanes");
-  }
-  ::unsetenv("SHARDSHIFT_FILL");
-  std::filesystem::remove_all(tmp / "experts");
-
   std::filesystem::create_directory(tmp / "mnt");
   const bool mounted = ::mount("tmpfs", (tmp / "mnt").c_str(), "tmpfs", 0, "size=3g") == 0;
   if (mounted) {
@@ -173,6 +141,48 @@ TEST(MemoryBudget, HoldsWhenCopiesFallBackAcrossFilesystemsAndToPipes) {
   const uint64_t peak = peak_rss_bytes();
   std::cout << "[ peak ] " << (peak >> 20) << " MiB with a " << (BUDGET >> 20) << " MiB budget\n";
   EXPECT_LT(peak, BUDGET + OVERHEAD) << "peak RSS " << peak;
+
+#if !defined(__SANITIZE_ADDRESS__)
+  // Lanes helping with one file (emitter.h): output in 600 MB files, filled through their
+  // mappings by 16 threads, so a lane out of files takes the next items of another's. Its own
+  // input, with experts of real size (3 layers of 32): each is larger than a chunk and cut into
+  // column chunks whose input the last one releases. On another lane an earlier chunk could
+  // still be reading it, fault the pages back in and keep them (release_order.h): this held
+  // 192-217 MB of input at this budget, where a 400 MB file held 91-161 MB.
+  made = run_shardshift("synth " + (tmp / "experts").string() +
+                        " --layers 3 --scale-experts 4 --scale-vocab 16 -q");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  ::setenv("SHARDSHIFT_FILL", "mapped", 1);
+  ConvertOptions lanes;
+  lanes.input = tmp / "experts";
+  lanes.output = tmp / "lanes";
+  lanes.device = "cpu";
+  lanes.threads = 16;
+  lanes.max_memory = BUDGET;
+  lanes.sync = false;
+  lanes.plan.max_shard_size = 600'000'000;
+  // Which lane cuts the last chunk of an expert is a race: the leak showed in about half of
+  // the runs, so three.
+  for (int run = 0; run < 3; ++run) {
+    auto helped = convert(lanes);
+    ASSERT_TRUE(helped.ok()) << helped.status().message();
+    EXPECT_TRUE(helped->filled_by_threads);
+    std::cout << "[ lanes ] " << helped->writers << " lanes, " << (helped->helped_bytes >> 20)
+              << " MiB written by lanes helping with another's file; peak so far "
+              << (peak_rss_bytes() >> 20) << " MiB\n";
+    std::filesystem::remove_all(tmp / "lanes");
+  }
+  ::unsetenv("SHARDSHIFT_FILL");
+  std::filesystem::remove_all(tmp / "experts");
+  // Before, 185-217 MiB in the runs that met the race (and 581 MB on a larger input).
+  const uint64_t lanes_peak = peak_rss_bytes();
+  EXPECT_LT(lanes_peak, BUDGET + OVERHEAD) << "peak RSS " << lanes_peak;
+#else
+  // Under AddressSanitizer its own allocator caches and shadow memory for many threads stand
+  // beside the budget (131 MiB here): the release build's run of this test counts for the
+  // lanes case.
+  std::cout << "[ note ] AddressSanitizer: the lanes case runs in the release build only\n";
+#endif
 }
 
 } // namespace
