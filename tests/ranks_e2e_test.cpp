@@ -7,7 +7,6 @@
 // under OUT; ranks given different world sizes are refused; the expert-parallel export of 4 ranks
 // in one command equals four single-rank conversions.
 #include "coordinator.h"
-
 #include "test_support.h"
 
 #include <algorithm>
@@ -81,6 +80,17 @@ protected:
                                       std::to_string(r), "--world-size", std::to_string(world),
                                       "--job-timeout", job_timeout},
                                      tmp / ("log" + std::to_string(r)));
+  }
+  // OUT committed with the plan's files and nothing of the job's coordination (no marker), equal
+  // to what converting in one process gives, and nothing left beside it.
+  void expect_committed_alone() {
+    for (const std::string& name : entries(tmp / "out"))
+      EXPECT_FALSE(name.starts_with(".rank-")) << name;
+    auto verify = run_shardshift("verify " + shell_quoted(tmp / "hf") + " " +
+                                 shell_quoted(tmp / "out") + " --max-shard-size 2MB");
+    EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+    EXPECT_EQ(entries(tmp.path()),
+              (std::vector<std::string>{"hf", "log0", "log1", "log2", "out", "ref"}));
   }
   // The job's staging directory, once it exists.
   std::optional<fs::path> job_staging() const {
@@ -492,13 +502,7 @@ TEST_F(Ranks, ARankInterruptedAfterItsShareLeavesTheJobToCommit) {
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
         << read_bytes(tmp / ("log" + std::to_string(r)));
   }
-  for (const std::string& name : entries(tmp / "out"))
-    EXPECT_FALSE(name.starts_with(".rank-")) << name;
-  auto verify = run_shardshift("verify " + shell_quoted(tmp / "hf") + " " +
-                               shell_quoted(tmp / "out") + " --max-shard-size 2MB");
-  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
-  EXPECT_EQ(entries(tmp.path()),
-            (std::vector<std::string>{"hf", "log0", "log1", "log2", "out", "ref"}));
+  expect_committed_alone();
 }
 
 // A job of 3 ranks killed after two of them finished leaves their markers in the staging
@@ -523,13 +527,7 @@ TEST_F(Ranks, ARerunWithAnotherWorldSizeCommitsNoMarkerOfTheKilledJob) {
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
         << read_bytes(tmp / ("log" + std::to_string(r)));
   }
-  for (const std::string& name : entries(tmp / "out"))
-    EXPECT_FALSE(name.starts_with(".rank-")) << name;
-  auto verify = run_shardshift("verify " + shell_quoted(tmp / "hf") + " " +
-                               shell_quoted(tmp / "out") + " --max-shard-size 2MB");
-  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
-  EXPECT_EQ(entries(tmp.path()),
-            (std::vector<std::string>{"hf", "log0", "log1", "log2", "out", "ref"}));
+  expect_committed_alone();
 }
 
 TEST_F(Ranks, RanksGivenDifferentWorldSizesAreRefused) {
