@@ -36,9 +36,14 @@ export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan_openmpi.supp:print_suppressi
 # Ranks.UnderMpirunTheOutputIsTheSameAsOneProcesss (2026-12-05; 0 in 12 runs without the record).
 # Dynamic TLS belongs to modules loaded with dlopen, here Open MPI's components; shardshift's
 # own thread-local data is static TLS, which the leak check still scans.
+# Ranks.RanksGivenDifferentWorldSizesEachNameTheMismatch tells a live rank of another world
+# from a killed job's by its heartbeat being touched within 0.7 s; with the slow unwinder its
+# ranks of one world missed the other's (2026-12-05: "never joined" instead of the mismatch, on
+# two rounds of three). It runs in the release build's suite.
 MPI_TESTS='^(Ranks|MpiCoordinator)\.'
+TIMED='^Ranks\.RanksGivenDifferentWorldSizesEachNameTheMismatch$'
 cd build-asan
 ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' \
       -E "^ResumeE2e\.KilledAtRandomMoments|$MPI_TESTS" "$@"
 ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0:intercept_tls_get_addr=0" \
-  ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' -R "$MPI_TESTS" "$@"
+  ctest --output-on-failure -j"$(nproc)" --timeout 900 -L 'unit|e2e' -R "$MPI_TESTS" -E "$TIMED" "$@"
