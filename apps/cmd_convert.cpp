@@ -578,6 +578,24 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   return o;
 }
 
+// --pipe-to --json, a failed run: one JSON object with "ok": false and every file's state.
+void print_failed_deliveries(const Status& failed, const std::vector<FileDelivery>& deliveries) {
+  JsonWriter w;
+  w.begin_object().key("ok").value(false).key("error").value(failed.message());
+  w.key("interrupted").value(failed.code() == Errc::interrupted);
+  w.key("deliveries").begin_array();
+  for (const FileDelivery& d : deliveries)
+    w.line_break()
+        .begin_object()
+        .key("name")
+        .value(d.name)
+        .key("state")
+        .value(d.state)
+        .end_object();
+  w.end_array().end_object();
+  std::cout << w.take() << "\n" << std::flush;
+}
+
 // Runs the conversion with a progress line, Ctrl-C handling and the trace; prints the summary.
 int run_convert(ConvertOptions& o, const po::variables_map& vm) {
   const bool quiet = vm.count("quiet") > 0;
@@ -606,22 +624,8 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
   Profiler profiler(o.trace);
   auto result = convert(o, cb, &profiler);
   line.clear();
-  if (!result && !deliveries.empty()) {
-    JsonWriter w;
-    w.begin_object().key("ok").value(false).key("error").value(result.status().message());
-    w.key("interrupted").value(result.status().code() == Errc::interrupted);
-    w.key("deliveries").begin_array();
-    for (const FileDelivery& d : deliveries)
-      w.line_break()
-          .begin_object()
-          .key("name")
-          .value(d.name)
-          .key("state")
-          .value(d.state)
-          .end_object();
-    w.end_array().end_object();
-    std::cout << w.take() << "\n" << std::flush;
-  }
+  if (!result && !deliveries.empty())
+    print_failed_deliveries(result.status(), deliveries);
 
   int exit_code = EXIT_OK;
   // A run refused before any work (a bad flag, OUT or --trace itself) recorded nothing and

@@ -148,6 +148,22 @@ Result<RankInfo> check_options(const ConvertOptions& options) {
   return rank;
 }
 
+// Several files into one --pipe-to command line that names none of them: each would go to the
+// same place (`cat > model.bin` keeps only the last). Legal, but said.
+void warn_if_no_file_named(const ConvertOptions& options, const Plan& plan,
+                           const ConvertCallbacks& callbacks) {
+  const size_t delivered = plan.files.size() + plan.side_files.size() + (plan.write_index ? 1 : 0);
+  if (options.pipe_to.empty() || delivered < 2 || !callbacks.warnings ||
+      options.pipe_to.find("{name}") != std::string::npos ||
+      options.pipe_to.find("SHARDSHIFT_NAME") != std::string::npos)
+    return;
+  callbacks.warnings({"--pipe-to: the command names no file ({name}, or $SHARDSHIFT_NAME in its "
+                      "environment), and this conversion delivers " +
+                      std::to_string(delivered) +
+                      " files: each is handed to the same command line (cat > FILE would keep "
+                      "the last one only)"});
+}
+
 } // namespace
 
 Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallbacks& callbacks,
@@ -180,18 +196,7 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   const Plan& plan = opened->plan;
   if (callbacks.planned)
     callbacks.planned(plan);
-  // Several files into one command line that names none of them: each file would go to the same
-  // place (`cat > model.bin` keeps only the last). Legal, but said.
-  if (const size_t delivered =
-          plan.files.size() + plan.side_files.size() + (plan.write_index ? 1 : 0);
-      !options.pipe_to.empty() && delivered > 1 && callbacks.warnings &&
-      options.pipe_to.find("{name}") == std::string::npos &&
-      options.pipe_to.find("SHARDSHIFT_NAME") == std::string::npos)
-    callbacks.warnings({"--pipe-to: the command names no file ({name}, or $SHARDSHIFT_NAME in "
-                        "its environment), and this conversion delivers " +
-                        std::to_string(delivered) +
-                        " files: each is handed to the same command line (cat > FILE would keep "
-                        "the last one only)"});
+  warn_if_no_file_named(options, plan, callbacks);
 
   // 2. Size the pipeline from the memory budget; pick the device and the writer lanes.
   const unsigned threads =
