@@ -11,6 +11,7 @@
 #include "job.h"
 #include "outputs.h"
 #include "pipeline.h"
+#include "stream_fd.h"
 #include "upload.h"
 
 #include <algorithm>
@@ -181,7 +182,10 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   Profiler& profiler = external_profiler ? *external_profiler : local_profiler;
   NoSyncIo no_sync_io(options.io ? *options.io : Io::system());
   Io& base_io = !options.sync ? no_sync_io : options.io ? *options.io : Io::system();
-  CountingIo to_stdout(base_io, STDOUT_FILENO);
+  // OUT '-': stdout, or when it is a pipe a description of its own that a stalled reader never
+  // keeps a stopped run waiting on (stream_fd.h).
+  const StreamDescriptor out(is_stream(options) ? STDOUT_FILENO : -1);
+  CountingIo to_stdout(base_io, out.fd());
   Io& io = is_stream(options) ? to_stdout : base_io;
 
   // 1. Check OUT, open and validate the input, plan the output. Nothing is written before this.
@@ -229,9 +233,9 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
       !options.pipe_to.empty()
           ? upload_outputs(options.pipe_to, options.pipe_to_stdout_to_stderr, input, plan,
                            engine->config, io, profiler, callbacks.delivered)
-      : tar ? stream_tar(options, input, plan, engine->config, io, profiler)
+      : tar ? stream_tar(options, input, plan, engine->config, io, out.fd(), profiler)
       : is_stream(options)
-          ? stream_one_file(options, input, plan, engine->config, io, profiler, &tensors)
+          ? stream_one_file(options, input, plan, engine->config, io, out.fd(), profiler, &tensors)
       : rank->world > 1
           ? write_directory_as_rank(options, input, plan, engine->config, io, profiler, *rank,
                                     callbacks.warnings)

@@ -5,6 +5,7 @@
 #include "outputs.h"
 #include "sha256.h"
 #include "side_files.h"
+#include "stream_fd.h"
 #include "tar_target.h"
 
 #include <algorithm>
@@ -70,11 +71,17 @@ Status not_in_plan(const Plan& plan, const std::string& name) {
                                             "same flags)");
 }
 
-Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name) {
+Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name,
+                 const std::atomic<bool>* cancel) {
   while (!bytes.empty()) {
     ssize_t n = io.write(fd, bytes.data(), std::min<size_t>(bytes.size(), MAX_IO_CHUNK));
     if (n < 0 && errno == EINTR)
       continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { // full (stream_fd.h)
+      if (!wait_writable(fd, cancel))
+        return Status(Errc::interrupted, "interrupted");
+      continue;
+    }
     if (n < 0)
       return Status(errno == EPIPE ? Errc::broken_pipe : Errc::io,
                     name + ": cannot write to stdout: " + errno_text(errno));
@@ -85,7 +92,8 @@ Status write_all(Io& io, int fd, std::string_view bytes, const std::string& name
 
 // Streams the index or a side file (small files) to fd; `written` counts its bytes.
 Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& plan,
-                         const std::string& name, uint64_t chunk, uint64_t* written) {
+                         const std::string& name, uint64_t chunk, uint64_t* written,
+                         const std::atomic<bool>* cancel) {
   if (name == INDEX_FILE_NAME) {
     if (!plan.write_index)
       return Status(Errc::invalid_argument,
@@ -94,10 +102,10 @@ Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& pl
     if (!text)
       return text.status();
     *written = text->size();
-    return write_all(io, fd, *text, name);
+    return write_all(io, fd, *text, name, cancel);
   }
   StreamTarget target(fd);
-  return deliver_side_file(target, io, input, name, chunk, nullptr, written);
+  return deliver_side_file(target, io, input, name, chunk, nullptr, written, cancel);
 }
 
 } // namespace
@@ -105,7 +113,7 @@ Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& pl
 // OUT '-': one output file to stdout, for uploads that never land on local disk. There is nothing
 // to commit: a failure shows as the exit code, and the reader must discard the data.
 Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkpoint& input,
-                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     const Plan& plan, const PipelineConfig& config, Io& io, int fd,
                                      Profiler& profiler, uint64_t* tensors) {
   auto target = stream_target(plan, options.only);
   if (!target)
@@ -120,15 +128,15 @@ Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkp
     // No tensor is converted: the summary counts the file's bytes alone.
     UploadResult r;
     *tensors = 0;
-    if (Status s = stream_small_file(io, STDOUT_FILENO, input, plan, *target, config.chunk_bytes,
-                                     &r.moved.output_bytes);
+    if (Status s = stream_small_file(io, fd, input, plan, *target, config.chunk_bytes,
+                                     &r.moved.output_bytes, options.cancel);
         !s.ok())
       return s;
     return r;
   }
   *tensors = file->tensors.size();
   const uint32_t only[] = {static_cast<uint32_t>(file - plan.files.begin())};
-  StreamTarget stdout_target(STDOUT_FILENO);
+  StreamTarget stdout_target(fd);
   auto moved = run_pipeline(input, plan, only, stdout_target, config, profiler);
   if (!moved)
     return moved.status();
@@ -177,9 +185,9 @@ Result<UploadResult> tar_entries(TarTarget& target, const ConvertOptions& option
 // OUT '-' with --format tar: the whole output directory as one tar stream. Only a complete run
 // ends the archive; a failed one ends so that `tar x` fails (tar_target.h says how).
 Result<UploadResult> stream_tar(const ConvertOptions& options, const Checkpoint& input,
-                                const Plan& plan, const PipelineConfig& config, Io& io,
+                                const Plan& plan, const PipelineConfig& config, Io& io, int fd,
                                 Profiler& profiler) {
-  TarTarget target(io, STDOUT_FILENO);
+  TarTarget target(io, fd, options.cancel);
   auto entries = tar_entries(target, options, input, plan, config, io, profiler);
   if (!entries)
     target.end_incomplete();

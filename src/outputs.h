@@ -59,15 +59,16 @@ Status commit_output(Io& io, const std::filesystem::path& staging,
 Status name_final_paths(const Status& s, const std::filesystem::path& staging,
                         const std::filesystem::path& output);
 
-/// OUT '-': the one file --only names (a shard, the index or a side file; or the only file).
+/// OUT '-': the one file --only names (a shard, the index or a side file; or the only file),
+/// written to `fd` (stdout, or its own description of stdout's pipe: stream_fd.h).
 /// `*tensors` is set to the number of tensors streamed.
 Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkpoint& input,
-                                     const Plan& plan, const PipelineConfig& config, Io& io,
+                                     const Plan& plan, const PipelineConfig& config, Io& io, int fd,
                                      Profiler& profiler, uint64_t* tensors);
 
-/// OUT '-' with --format tar: the whole output as one POSIX tar stream (tar_target.h).
+/// OUT '-' with --format tar: the whole output as one POSIX tar stream (tar_target.h) to `fd`.
 Result<UploadResult> stream_tar(const ConvertOptions& options, const Checkpoint& input,
-                                const Plan& plan, const PipelineConfig& config, Io& io,
+                                const Plan& plan, const PipelineConfig& config, Io& io, int fd,
                                 Profiler& profiler);
 
 // Counts the bytes that reach one descriptor (stdout), so that a stream cut short can say how much

@@ -11,6 +11,7 @@
 #include "shardshift/mapped_file.h"
 
 #include "discard.h"
+#include "stream_fd.h"
 #include "temp_name.h"
 
 #include <algorithm>
@@ -19,7 +20,6 @@
 #include <cstring>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <random>
 #include <string_view>
 #include <sys/mman.h>
@@ -47,14 +47,6 @@ fs::path temp_path_for(const fs::path& final_path) {
 
 bool is_copy_refusal(int err) {
   return err == EXDEV || err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == EBADF;
-}
-
-// Waits until a non-blocking stream can take more bytes (stdout may have been left O_NONBLOCK by
-// another process). Not an Io call: it moves no data, so there is nothing for a test to inject.
-void wait_writable(int fd) {
-  pollfd p{fd, POLLOUT, 0};
-  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
-  }
 }
 
 // Every write-side errno becomes one of three messages; the byte counts tell the user how far the
@@ -260,8 +252,10 @@ Status ShardWriter::write_bytes(std::span<const std::byte> bytes, const std::str
       int err = errno;
       if (err == EINTR)
         continue;
+      // A full non-blocking stream (stream_fd.h): wait for room, or stop once cancelled.
       if (is_stream_ && (err == EAGAIN || err == EWOULDBLOCK)) {
-        wait_writable(fd_);
+        if (!wait_writable(fd_, cancel_))
+          return fail(error(Errc::interrupted, "interrupted"));
         continue;
       }
       if (err == EFAULT && source) // a mapping whose file shrank
@@ -338,8 +332,10 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
       int err = errno;
       if (err == EINTR)
         continue;
+      // A full non-blocking stream (stream_fd.h): wait for room, or stop once cancelled.
       if (is_stream_ && (err == EAGAIN || err == EWOULDBLOCK)) {
-        wait_writable(fd_);
+        if (!wait_writable(fd_, cancel_))
+          return fail(error(Errc::interrupted, "interrupted"));
         continue;
       }
       bool refused = is_stream_ ? err == EINVAL || err == ENOSYS : is_copy_refusal(err);

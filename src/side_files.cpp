@@ -10,7 +10,7 @@ namespace shardshift {
 
 Status deliver_side_file(OutputTarget& target, Io& io, const Checkpoint& input,
                          const std::string& name, uint64_t chunk, std::string* digest,
-                         uint64_t* written) {
+                         uint64_t* written, const std::atomic<bool>* cancel) {
   auto mapped = MappedFile::open(input.root / name);
   if (!mapped)
     return mapped.status();
@@ -19,6 +19,7 @@ Status deliver_side_file(OutputTarget& target, Io& io, const Checkpoint& input,
   file.name = name;
   file.data_size = in.size(); // no header: the file's bytes are all data
   ShardWriter writer(io);
+  writer.set_cancel(cancel);
   std::optional<Sha256> sha;
   if (digest)
     sha.emplace();
@@ -68,7 +69,7 @@ Status deliver_after_shards(
       return Status(Errc::interrupted, "interrupted");
     std::string digest;
     if (Status s = deliver_side_file(target, io, input, name, chunk,
-                                     shard_digests ? &digest : nullptr, written);
+                                     shard_digests ? &digest : nullptr, written, cancel);
         !s.ok())
       return s;
     if (shard_digests)

@@ -25,9 +25,10 @@ namespace shardshift {
 /// Delivers side file `name` of `input` (a path relative to its directory) through `target`:
 /// open, the bytes, finish; abandon on failure. With `digest`, its SHA-256 (hex) is computed from
 /// the same pieces. `written` (optional) is increased by the file's size once delivered.
+/// `cancel` (optional): once set, the writes stop (Errc::interrupted), waits for a full stream too.
 Status deliver_side_file(OutputTarget& target, Io& io, const Checkpoint& input,
                          const std::string& name, uint64_t chunk, std::string* digest,
-                         uint64_t* written = nullptr);
+                         uint64_t* written = nullptr, const std::atomic<bool>* cancel = nullptr);
 
 /// What follows the shards of every output kind, in the order that keeps each prefix of the
 /// output consistent: the side files (streamed through `target`), then SHA256SUMS (when

@@ -1,12 +1,13 @@
 // tar_target.cpp: ustar headers (pax where ustar has no room), padding and the end of archive.
 #include "tar_target.h"
 
+#include "stream_fd.h"
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <poll.h>
 
 namespace shardshift {
 
@@ -116,9 +117,9 @@ Status TarTarget::write(std::string_view bytes, const std::string& what) {
     const ssize_t n = io_.write(fd_, bytes.data(), std::min(bytes.size(), MAX_IO_CHUNK));
     if (n < 0 && errno == EINTR)
       continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      pollfd p{fd_, POLLOUT, 0}; // a non-blocking stdout (inherited): wait until it drains
-      ::poll(&p, 1, -1);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { // full (stream_fd.h)
+      if (!wait_writable(fd_, cancel_))
+        return Status(Errc::interrupted, "interrupted");
       continue;
     }
     if (n <= 0)
@@ -126,6 +127,7 @@ Status TarTarget::write(std::string_view bytes, const std::string& what) {
                     what + ": cannot write the tar stream to stdout: " +
                         (n < 0 ? errno_text(errno) : std::string("no progress")));
     bytes.remove_prefix(static_cast<size_t>(n));
+    inside_entry_ = true; // until the caller has written the entry's last byte
   }
   return {};
 }
@@ -140,6 +142,7 @@ Status TarTarget::write_directories(std::string_view name) {
       continue;
     if (Status s = write(tar_header(dir, 0, '5'), dir); !s.ok())
       return s;
+    inside_entry_ = false;
   }
   return {};
 }
@@ -147,7 +150,6 @@ Status TarTarget::write_directories(std::string_view name) {
 Status TarTarget::open(ShardWriter& writer, const OutputFile& file) {
   if (Status s = write_directories(file.name); !s.ok())
     return s;
-  inside_entry_ = true;
   if (Status s = write(tar_header(file.name, file.size()), file.name); !s.ok())
     return s;
   return writer.open_stream(fd_, file.name, file.header, file.data_size);
@@ -172,7 +174,6 @@ void TarTarget::abandon(ShardWriter& writer, const OutputFile& file) {
 Status TarTarget::deliver(const std::string& name, std::string_view bytes) {
   if (Status s = write_directories(name); !s.ok())
     return s;
-  inside_entry_ = true;
   if (Status s = write(tar_header(name, bytes.size()), name); !s.ok())
     return s;
   if (Status s = write(bytes, name); !s.ok())
@@ -198,6 +199,12 @@ void TarTarget::end_incomplete() {
   std::string block = why;
   block.resize(BLOCK, '\0');
   out += block;
+  // Stopped with a full pipe: room for the block, so that the stream never ends at an entry's
+  // boundary, which a reader that reads on later would take for a whole archive.
+  // Without that room, the write gives up at once; cut inside the block, the stream is a
+  // truncated archive all the same.
+  if (cancel_ && cancel_->load())
+    make_room(fd_, out.size());
   write(out, "end of a failed stream").ignore();
   inside_entry_ = true;
 }

@@ -21,6 +21,7 @@
 
 #include "write_stage.h"
 
+#include <atomic>
 #include <set>
 #include <string>
 #include <string_view>
@@ -36,7 +37,9 @@ uint64_t tar_padding(uint64_t size);
 
 class TarTarget final : public OutputTarget {
 public:
-  TarTarget(Io& io, int fd) : io_(io), fd_(fd) {}
+  /// `cancel` (may be null): once set, a wait for a full stream ends (Errc::interrupted).
+  TarTarget(Io& io, int fd, const std::atomic<bool>* cancel = nullptr)
+      : io_(io), fd_(fd), cancel_(cancel) {}
 
   /// Writes the entry's header (and the directory entries its path needs), then starts `writer`
   /// on the descriptor for the file's bytes.
@@ -51,6 +54,9 @@ public:
   Status close();
   /// After a failure: ends the stream so that no tar reads it as a whole archive (see above).
   /// Best effort: when stdout itself failed, nothing more can be written, and nothing needs to be.
+  /// A run stopped while its reader has stopped reading does not wait for room: the pipe is
+  /// grown to take the block (stream_fd.h, make_room), so that a reader that reads on later
+  /// still finds it.
   void end_incomplete();
 
 private:
@@ -59,8 +65,9 @@ private:
 
   Io& io_;
   int fd_;
+  const std::atomic<bool>* cancel_;
   std::set<std::string> directories_; ///< directory entries written so far ("original/")
-  bool inside_entry_ = false;         ///< an entry has begun and not all its blocks went out
+  bool inside_entry_ = false;         ///< bytes of an entry went out, and not yet all of its blocks
 };
 
 } // namespace shardshift

@@ -8,8 +8,12 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <fcntl.h>
+#include <future>
+#include <poll.h>
+#include <thread>
 #include <unistd.h>
 
 namespace shardshift::testing {
@@ -85,6 +89,18 @@ protected:
       names.push_back(f.name);
     return names;
   }
+  // The size of the planned file `name`.
+  uint64_t planned_size(const std::string& name) {
+    PlanOptions po;
+    po.max_shard_size = 40'000;
+    auto plan = plan_conversion(tmp / "hf", po);
+    EXPECT_TRUE(plan.ok());
+    for (const OutputFile& f : plan->files)
+      if (f.name == name)
+        return f.size();
+    ADD_FAILURE() << name << " is not planned";
+    return 0;
+  }
   ConvertOptions tar_options() {
     ConvertOptions o;
     o.input = tmp / "hf";
@@ -157,6 +173,63 @@ TEST_F(StreamFailureTest, AnInterruptedStreamSaysHowManyBytesWentOut) {
         << r.status().message();
     if (tar)
       EXPECT_NE(tar_list(tmp / "out"), 0);
+  }
+}
+
+// stdout is a pipe whose reader has stopped reading (an uploader stalled on its network), and the
+// run is told to stop (a SIGTERM sent to shardshift alone: the reader gets none). The run must end
+// at once, not when the reader reads again: a blocking write into the full pipe would wait for
+// ever. A tar stream read afterwards is refused; a single file is cut short.
+TEST_F(StreamFailureTest, AStoppedRunDoesNotWaitForAReaderThatStoppedReading) {
+  for (bool tar : {true, false}) {
+    SCOPED_TRACE(tar ? "tar" : "--only");
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    ASSERT_EQ(::fcntl(p[1], F_SETPIPE_SZ, 4096), 4096);
+    std::atomic<bool> cancel{false};
+    ConvertOptions o = tar_options();
+    if (!tar) {
+      o.format = OutputFormat::dir;
+      o.only = planned_files().front();
+    }
+    o.cancel = &cancel;
+    std::fflush(stdout);
+    const int saved = ::dup(STDOUT_FILENO);
+    ::dup2(p[1], STDOUT_FILENO);
+    ::close(p[1]);
+    auto run = std::async(std::launch::async, [&] { return convert(o); });
+    // Wait until the pipe is full (the run is then stuck on its reader), then stop the run.
+    for (pollfd out{STDOUT_FILENO, POLLOUT, 0};
+         ::poll(&out, 1, 0) != 0 &&
+         run.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready;) {
+    }
+    EXPECT_NE(run.wait_for(std::chrono::milliseconds(0)), std::future_status::ready)
+        << "the run ended before the pipe was full";
+    cancel = true;
+    // Not a timing: a run that waits for its reader never ends on its own. After a generous
+    // wait the test reads, so that such a run ends and the failure is reported, not a hang.
+    const bool ended = run.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+    EXPECT_TRUE(ended) << "the stopped run waited for its stalled reader";
+    std::string stream;
+    char buf[4096];
+    for (pollfd in{p[0], POLLIN, 0};
+         !ended && run.wait_for(std::chrono::milliseconds(0)) != std::future_status::ready;)
+      if (::poll(&in, 1, 20) > 0)
+        if (ssize_t n = ::read(p[0], buf, sizeof buf); n > 0)
+          stream.append(buf, static_cast<size_t>(n));
+    auto r = run.get();
+    ::dup2(saved, STDOUT_FILENO);
+    ::close(saved);
+    for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
+      stream.append(buf, static_cast<size_t>(n));
+    ::close(p[0]);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Errc::interrupted) << r.status().message();
+    write_bytes(tmp / "out", stream);
+    if (tar)
+      EXPECT_NE(tar_list(tmp / "out"), 0);
+    else
+      EXPECT_LT(stream.size(), planned_size(o.only));
   }
 }
 

@@ -1,10 +1,13 @@
 // tar_target_test.cpp: the tar headers shardshift writes, read back by GNU tar: ustar names, names
 // split into prefix and name, pax headers for names ustar cannot hold and for sizes of 8 GiB or
 // more, directory entries, and a stream that stops between entries after a failure.
+#include "stream_fd.h"
 #include "tar_target.h"
 #include "test_support.h"
 
+#include <atomic>
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -126,6 +129,43 @@ TEST(TarTarget, AStreamThatStopsBetweenEntriesIsNoArchive) {
   auto failed = run_shell(python + shell_quoted(tmp / "failed.tar") + " 2>&1");
   EXPECT_NE(failed.exit_code, 0) << failed.out;
   EXPECT_NE(failed.out.find("ReadError"), std::string::npos) << failed.out;
+}
+
+// A run stopped while its reader has stopped reading, the pipe full exactly at an entry's end:
+// the next header cannot go, and waiting for room would never end. The stream must still not end
+// at that boundary (a reader that reads on later would take it for a whole archive): the pipe is
+// grown for the closing block.
+TEST(TarTarget, StoppedWithAFullPipeAtABoundaryStillEndsAsNoArchive) {
+  TempDir tmp;
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  ASSERT_EQ(::fcntl(p[1], F_SETPIPE_SZ, 4096), 4096);
+  ASSERT_EQ(::fcntl(p[1], F_SETFL, O_NONBLOCK), 0); // as StreamDescriptor opens it
+  std::atomic<bool> cancel{false};
+  {
+    TarTarget tar(Io::system(), p[1], &cancel);
+    // Header (512) and 3584 bytes, no padding: the one page of the pipe is full at the boundary.
+    ASSERT_TRUE(tar.deliver("a", std::string(3584, 'a')).ok());
+    int queued = 0;
+    ASSERT_EQ(::ioctl(p[0], FIONREAD, &queued), 0);
+    ASSERT_EQ(queued, 4096);
+    cancel = true;
+    const Status s = tar.deliver("b", "b");
+    EXPECT_EQ(s.code(), Errc::interrupted) << s.message();
+    tar.end_incomplete();
+  }
+  ::close(p[1]);
+  std::string stream;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
+    stream.append(buf, static_cast<size_t>(n));
+  ::close(p[0]);
+  EXPECT_GT(stream.size(), 4096u) << "the closing block did not go out";
+  write_bytes(tmp / "stopped.tar", stream);
+  EXPECT_NE(run_shell("tar -tf " + shell_quoted(tmp / "stopped.tar")).exit_code, 0);
+  // The control: the same first 4096 bytes alone, ending at the boundary, pass for an archive.
+  write_bytes(tmp / "boundary.tar", stream.substr(0, 4096));
+  EXPECT_EQ(run_shell("tar -tf " + shell_quoted(tmp / "boundary.tar")).exit_code, 0);
 }
 
 } // namespace

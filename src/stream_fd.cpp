@@ -1,0 +1,63 @@
+// stream_fd.cpp: a non-blocking description of stdout's pipe, and waits on it that a cancel ends.
+#include "stream_fd.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <fcntl.h>
+#include <poll.h>
+#include <string>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace shardshift {
+
+namespace {
+constexpr int POLL_MS = 50;
+} // namespace
+
+StreamDescriptor::StreamDescriptor(int fd) : fd_(fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode))
+    return;
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || (flags & O_ACCMODE) == O_RDONLY)
+    return;
+  // Opening a pipe's /proc/self/fd entry opens the pipe itself, as a FIFO's name would: a new
+  // description, with flags of its own. Without a reader it fails (ENXIO), and the writes that
+  // follow on `fd` report the broken pipe as before.
+  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  own_ = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+}
+
+StreamDescriptor::~StreamDescriptor() {
+  if (own_ >= 0)
+    ::close(own_);
+}
+
+bool wait_writable(int fd, const std::atomic<bool>* cancel) {
+  for (;;) {
+    if (cancel && cancel->load(std::memory_order_relaxed))
+      return false;
+    pollfd p{fd, POLLOUT, 0};
+    const int n = ::poll(&p, 1, POLL_MS);
+    // Ready, or an error (POLLERR: no reader) that the next write reports with its errno.
+    if (n > 0 || (n < 0 && errno != EINTR))
+      return !(cancel && cancel->load(std::memory_order_relaxed));
+  }
+}
+
+bool make_room(int fd, size_t bytes) {
+  const int capacity = ::fcntl(fd, F_GETPIPE_SZ);
+  int queued = 0;
+  if (capacity < 0 || ::ioctl(fd, FIONREAD, &queued) != 0)
+    return false;
+  // The kernel rounds the size up to a power of two pages; a pipe's buffers are whole pages, so
+  // a page more than the bytes is asked for, and never less than twice what it holds now.
+  const long wanted =
+      std::max(2L * capacity, static_cast<long>(queued) + static_cast<long>(bytes) + 2 * 4096);
+  return wanted <= INT_MAX && ::fcntl(fd, F_SETPIPE_SZ, static_cast<int>(wanted)) >= 0;
+}
+
+} // namespace shardshift
