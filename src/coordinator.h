@@ -49,8 +49,11 @@ public:
   [[nodiscard]] virtual Status agree_on_plan(const std::string& fingerprint,
                                              const std::filesystem::path& output) = 0;
 
-  /// The job's staging directory exists: start watching (markers: the heartbeat begins).
-  [[nodiscard]] virtual Status begin(const std::filesystem::path& staging) = 0;
+  /// The job's staging directory exists (`made` ok), or this rank could not make it (`made` its
+  /// error, which begin returns). Start watching (markers: the heartbeat begins). MPI: every
+  /// rank checks that it sees the directory rank 0 made (not one of its own node's, for an OUT
+  /// on node-local disks), so every rank calls begin, whatever `made`.
+  [[nodiscard]] virtual Status begin(const std::filesystem::path& staging, const Status& made) = 0;
 
   /// Raised when this rank should stop its share at its next piece of work: the user interrupted,
   /// or (markers) another rank failed. Never null.
@@ -70,12 +73,18 @@ public:
   /// here so that the other ranks can tell a rank 0 still committing from one that died).
   virtual void before_commit() {}
 
+  /// Whether begin's error is one every rank found alike (MPI: a rank that cannot see rank 0's
+  /// staging directory), so that each rank reports it and ends at once, as after agree_on_plan,
+  /// without end_share's exchange.
+  virtual bool failed_alike() const { return false; }
+
   /// Whether the staging directory is still the one this rank began in (not committed or
   /// replaced by another process, say a second rank 0): only then may a failed job remove it.
   virtual bool staging_intact() const { return true; }
 
   /// Ranks > 0, after learn_outcome failed: rank 0, whose staging directory it is to remove, is
-  /// gone or never joined (markers), so the waiting ranks remove it themselves.
+  /// gone or never joined (markers), or this rank's staging directory is not rank 0's (MPI: OUT
+  /// on a disk of each node's own), so the rank removes it itself.
   virtual bool owner_gone() const { return false; }
 
   /// Rank 0: the job's outcome (ok: OUT is committed; else why not) to every other rank, before

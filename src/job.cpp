@@ -305,8 +305,13 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
   UploadResult r;
   Status own = make_staging(job, io, fingerprint);
   const bool staged = own.ok(); // rank 0 removes only a staging directory that is the job's
-  if (own.ok())
-    own = coordinator->begin(job.paths.staging);
+  own = coordinator->begin(job.paths.staging, own);
+  if (coordinator->failed_alike()) { // each rank removes the directory no other rank will
+    if (staged && !options.resume && (rank.rank == 0 || coordinator->owner_gone()) &&
+        coordinator->staging_intact())
+      discard_tree(io, job.paths.staging).ignore();
+    return own;
+  }
   std::string done;
   if (own.ok()) {
     auto written = write_share(job, io, input, plan, config, profiler, *coordinator, notes, r);

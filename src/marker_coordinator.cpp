@@ -17,7 +17,6 @@
 // looks for another world's live heartbeat before it writes anything, and for another world's
 // markers while it works and waits, so that every rank names the mismatch, not what it causes.
 #include "coordinator.h"
-
 #include "outputs.h"
 #include "staging.h"
 
@@ -286,7 +285,9 @@ public:
   // (other_world). Nothing is exchanged before the staging directory exists.
   Status agree_on_plan(const std::string&, const fs::path&) override { return {}; }
 
-  Status begin(const fs::path& staging) override {
+  Status begin(const fs::path& staging, const Status& made) override {
+    if (!made.ok())
+      return made;
     if (::stat(staging.c_str(), &staging_st_) != 0)
       return Status(Errc::io, staging.string() + ": " + errno_text(errno));
     heart_ = std::make_unique<Heartbeat>(io_, staging, rank_, options_.cancel);

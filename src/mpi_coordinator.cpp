@@ -7,6 +7,9 @@
 //   agree_on_plan  allgather of (plan fingerprint, OUT's path's digest, rank and world from the
 //                  environment): every rank checks every other, so a mismatch is an error on all
 //                  of them at once; where the OUTs differ, an allgatherv of the paths names them;
+//   begin          allgather of rank 0's check (a random nonce it wrote into the staging
+//                  directory), then of what every rank read back there and its host's name:
+//                  every rank must see the directory rank 0 made, not one on its own node;
 //   end_share      allgather of (ok or failed, length), then allgatherv of the texts (the files'
 //                  digests, or the failure): rank 0 learns which rank failed and why;
 //   tell/learn     broadcast from rank 0 of the commit's outcome, so every rank exits alike.
@@ -16,12 +19,15 @@
 // the process exits non-zero, and mpirun then ends the job's other ranks with SIGTERM, which they
 // handle as Ctrl-C (rank 0 removes the staging directory). Every other way out finalizes.
 #include "coordinator.h"
-
 #include "sha256.h"
 
 #include <chrono>
 #include <cstring>
+#include <fcntl.h>
+#include <random>
+#include <string_view>
 #include <thread>
+#include <unistd.h>
 
 #if SHARDSHIFT_HAVE_MPI
 #include <mpi.h>
@@ -49,6 +55,16 @@ struct ShareRecord {
   int32_t ok;
   int32_t bytes;
 };
+// The staging directory check (begin): rank 0's nonce, then what each rank found.
+struct CheckRecord {
+  int32_t written; ///< rank 0: it wrote the check file; others: they have a staging directory
+  char nonce[32];
+};
+struct SeenRecord {
+  int32_t seen; ///< 1: read rank 0's nonce; 0: did not; -1: nothing to check (a failure before)
+  char host[64];
+};
+
 // Rank 0's broadcast of the outcome, before its message.
 struct OutcomeRecord {
   int32_t code; ///< an Errc; 0: committed
@@ -144,7 +160,71 @@ public:
     return {};
   }
 
-  Status begin(const std::filesystem::path&) override { return {}; }
+  // An OUT on a disk of each node's own (/tmp, /dev/shm, a local NVMe) under the same path on
+  // every node passes agree_on_plan, and each node would fill a staging directory of its own:
+  // the job would convert everything, and fail only at rank 0's commit with files missing. So
+  // rank 0 writes a random nonce into the staging directory, and every rank reads it back.
+  Status begin(const std::filesystem::path& staging, const Status& made) override {
+    const std::filesystem::path check_file = staging / ".rank-0.shared-check";
+    CheckRecord mine{};
+    mine.written = made.ok() ? 1 : 0;
+    Status own = made;
+    if (rank_.rank == 0 && made.ok()) {
+      std::random_device rd;
+      for (char& c : mine.nonce)
+        c = "0123456789abcdef"[rd() % 16];
+      own = write_check(check_file, std::string_view(mine.nonce, sizeof mine.nonce));
+      mine.written = own.ok() ? 1 : 0;
+    }
+    int size = 0;
+    MPI_Comm_size(comm_, &size);
+    std::vector<CheckRecord> checks(static_cast<size_t>(size));
+    MPI_Request request;
+    if (Status s = check(MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, checks.data(), sizeof mine,
+                                        MPI_BYTE, comm_, &request),
+                         "MPI_Iallgather");
+        !s.ok())
+      return s;
+    if (Status s = wait(request, "every rank to make the staging directory", true); !s.ok())
+      return s;
+    SeenRecord seen{};
+    seen.seen = -1;
+    if (own.ok() && checks[0].written)
+      seen.seen = rank_.rank == 0 ||
+                  read_check(check_file) == std::string_view(checks[0].nonce, sizeof mine.nonce);
+    ::gethostname(seen.host, sizeof seen.host - 1);
+    std::vector<SeenRecord> seens(static_cast<size_t>(size));
+    if (Status s = check(MPI_Iallgather(&seen, sizeof seen, MPI_BYTE, seens.data(), sizeof seen,
+                                        MPI_BYTE, comm_, &request),
+                         "MPI_Iallgather");
+        !s.ok())
+      return s;
+    if (Status s = wait(request, "every rank to check the staging directory", true); !s.ok())
+      return s;
+    if (rank_.rank == 0)
+      ::unlink(check_file.c_str());
+    if (!own.ok())
+      return own;
+    std::string apart;
+    for (size_t k = 1; k < seens.size(); ++k)
+      if (seens[k].seen == 0)
+        apart += (apart.empty() ? "" : ", ") + std::string("rank ") + std::to_string(k) + " (on " +
+                 host_of(seens[k]) + ")";
+    if (apart.empty())
+      return {};
+    not_rank0s_staging_ = seen.seen == 0;
+    failed_alike_ = true;
+    return Status(Errc::invalid_argument,
+                  who_ + ": OUT is not on a filesystem every rank shares: " + apart +
+                      " cannot see the staging directory rank 0 (on " + host_of(seens[0]) +
+                      ") made, " + staging.string() +
+                      "; each node would fill a directory of its own, and no rank could commit "
+                      "the whole output. Give an OUT on a filesystem every node mounts (not "
+                      "/tmp, /dev/shm or a disk of each node's own)");
+  }
+
+  bool owner_gone() const override { return not_rank0s_staging_; }
+  bool failed_alike() const override { return failed_alike_; }
 
   // A failure elsewhere is learned at the end of this rank's share (end_share), not during it.
   const std::atomic<bool>* stop_flag() const override {
@@ -249,8 +329,7 @@ private:
                     who_ + ": MPI was initialized with a thread level that does not allow this "
                            "thread to call it");
     MPI_Request request;
-    if (Status s = check(MPI_Comm_idup(MPI_COMM_WORLD, &comm_, &request), "MPI_Comm_idup");
-        !s.ok())
+    if (Status s = check(MPI_Comm_idup(MPI_COMM_WORLD, &comm_, &request), "MPI_Comm_idup"); !s.ok())
       return s;
     if (Status s = wait(request, "every rank to start", true); !s.ok())
       return s;
@@ -264,8 +343,7 @@ private:
     const auto start = std::chrono::steady_clock::now();
     for (;; std::this_thread::sleep_for(POLL)) {
       int complete = 0;
-      if (Status s = check(MPI_Test(&request, &complete, MPI_STATUS_IGNORE), "MPI_Test");
-          !s.ok()) {
+      if (Status s = check(MPI_Test(&request, &complete, MPI_STATUS_IGNORE), "MPI_Test"); !s.ok()) {
         abandoned_ = true;
         return s;
       }
@@ -317,6 +395,39 @@ private:
     return all;
   }
 
+  static std::string host_of(const SeenRecord& r) {
+    const std::string host(r.host, strnlen(r.host, sizeof r.host));
+    return host.empty() ? "an unnamed host" : host;
+  }
+
+  // Rank 0's check file: its nonce, written and closed (a network filesystem shows a closed
+  // file's bytes to the other nodes that open it after).
+  Status write_check(const std::filesystem::path& path, std::string_view nonce) const {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+      return Status(Errc::io, who_ + ": " + path.string() + ": " + errno_text(errno));
+    const bool whole =
+        ::write(fd, nonce.data(), nonce.size()) == static_cast<ssize_t>(nonce.size());
+    const int err = errno;
+    ::close(fd);
+    if (!whole) {
+      ::unlink(path.c_str());
+      return Status(Errc::io, who_ + ": " + path.string() + ": " + errno_text(err));
+    }
+    return {};
+  }
+
+  // What this rank reads at rank 0's check file: its nonce, or "" when it is not there.
+  static std::string read_check(const std::filesystem::path& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+      return {};
+    char text[64] = {};
+    const ssize_t n = ::read(fd, text, sizeof text);
+    ::close(fd);
+    return n > 0 ? std::string(text, static_cast<size_t>(n)) : std::string();
+  }
+
   // Rank 0 sends `record` and `message`; the other ranks receive them.
   Status broadcast(OutcomeRecord& record, std::string& message) {
     MPI_Request request;
@@ -342,6 +453,8 @@ private:
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool we_initialized_ = false;
   bool abandoned_ = false;            ///< a collective was left open: no MPI_Finalize
+  bool not_rank0s_staging_ = false;   ///< begin: this rank's staging directory is not rank 0's
+  bool failed_alike_ = false;         ///< begin: every rank found the same failure
   std::vector<std::string> failures_; ///< every failed rank's line, from end_share
 };
 

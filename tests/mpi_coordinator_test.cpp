@@ -2,10 +2,9 @@
 // Each test runs this program again under `mpirun -np 3` with a filter naming itself; the copies
 // see Open MPI's variables and act as the ranks, and any failed expectation in a rank makes
 // mpirun exit non-zero. Skipped in a build without MPI or without mpirun.
-#include "coordinator.h"
-
 #include "shardshift/ranks.h"
 
+#include "coordinator.h"
 #include "test_support.h"
 
 #include <cstdlib>
@@ -18,14 +17,17 @@ namespace {
 
 // In the test process: runs `test` (this program's test of that name) as 3 ranks under mpirun
 // and returns true; in a rank: returns false, and the caller acts as the rank.
-bool ran_under_mpirun(const char* test) {
+// `dir` (optional) reaches the ranks as SHARDSHIFT_TEST_DIR.
+bool ran_under_mpirun(const char* test, const std::filesystem::path& dir = {}) {
   if (std::getenv("OMPI_COMM_WORLD_SIZE"))
     return false;
   char self[4096] = {};
   const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
   EXPECT_GT(n, 0);
   auto r = testing::run_shell(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 3 " +
+      "SHARDSHIFT_TEST_DIR=" + testing::shell_quoted(dir) +
+      " OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 3 "
+      "-x SHARDSHIFT_TEST_DIR " +
       testing::shell_quoted(self) + " --gtest_filter=MpiCoordinator." + test);
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   return true;
@@ -74,8 +76,8 @@ TEST(MpiCoordinator, ARankThatFailedIsNamedToEveryRankAndTheJobFailsOnAll) {
   ConvertOptions options;
   auto coordinator = make_mpi_coordinator(options, *rank);
   ASSERT_TRUE(coordinator->agree_on_plan(std::string(64, 'b'), "/out").ok());
-  const Status own = rank->rank == 2 ? Status(Errc::no_space, "out: no space left on purpose")
-                                     : Status();
+  const Status own =
+      rank->rank == 2 ? Status(Errc::no_space, "out: no space left on purpose") : Status();
   auto ended = coordinator->end_share(own, own.ok() ? "f 0\n" : "");
   ASSERT_TRUE(ended.ok()) << ended.status().message();
   if (rank->rank == 0) {
@@ -136,6 +138,47 @@ TEST(MpiCoordinator, RanksWithDifferentOutputsAreRefusedOnEveryRankNamingThePath
       << s.message();
   EXPECT_EQ(s.message().find("rank 1 writes"), std::string::npos) << s.message();
   EXPECT_EQ(s.message().find("planned another output"), std::string::npos) << s.message();
+}
+
+// An OUT on a disk of each node's own: one path, but rank 2's node has a directory of its own
+// there (here: another directory, as that node would see). Found before any work, on every rank,
+// naming rank 2 and the hosts; rank 2 alone is told to remove its directory (rank 0 removes its
+// own), and rank 0's check file is gone. First the control: every rank in one directory.
+TEST(MpiCoordinator, ARankThatCannotSeeRankZerosStagingDirectoryIsNamedOnEveryRank) {
+  if (!can_run())
+    GTEST_SKIP() << "built without MPI (libopenmpi-dev), or no mpirun";
+  testing::TempDir tmp;
+  if (ran_under_mpirun("ARankThatCannotSeeRankZerosStagingDirectoryIsNamedOnEveryRank",
+                       tmp.path())) {
+    EXPECT_EQ(testing::list_dir(tmp / "shared"), std::vector<std::string>{});
+    EXPECT_EQ(testing::list_dir(tmp / "node-b"), std::vector<std::string>{});
+    return;
+  }
+  const std::filesystem::path dir = std::getenv("SHARDSHIFT_TEST_DIR");
+  auto rank = detect_rank(std::nullopt, std::nullopt, environment());
+  ASSERT_TRUE(rank.ok()) << rank.status().message();
+  std::filesystem::create_directories(dir / "shared");
+  std::filesystem::create_directories(dir / "node-b");
+  ConvertOptions options;
+  auto coordinator = make_mpi_coordinator(options, *rank);
+  ASSERT_TRUE(coordinator->agree_on_plan(std::string(64, 'f'), "/out").ok());
+  const Status shared = coordinator->begin(dir / "shared", Status());
+  EXPECT_TRUE(shared.ok()) << shared.message();
+  EXPECT_FALSE(coordinator->owner_gone());
+
+  // (The path is one on every node; here each rank names the one it was given.)
+  const std::filesystem::path staging = dir / (rank->rank == 2 ? "node-b" : "shared");
+  const Status s = coordinator->begin(staging, Status());
+  EXPECT_EQ(s.code(), Errc::invalid_argument);
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  EXPECT_NE(s.message().find("OUT is not on a filesystem every rank shares: rank 2 (on " +
+                             std::string(host) + ") cannot see the staging directory rank 0 (on " +
+                             host + ") made, " + staging.string()),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(s.message().find("rank 1 (on"), std::string::npos) << s.message();
+  EXPECT_EQ(coordinator->owner_gone(), rank->rank == 2);
 }
 
 } // namespace

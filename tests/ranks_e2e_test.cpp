@@ -216,6 +216,36 @@ TEST_F(Ranks, UnderMpirunRanksGivenDifferentOutputsAreRefusedBeforeWriting) {
   EXPECT_TRUE(fs::is_empty(tmp / "b"));
 }
 
+// OUT on a disk of each node's own: one path on every rank, but rank 2's node has a directory of
+// its own mounted there (here: a mount namespace of its own, with another directory bound over
+// OUT's parent). Every rank would convert its share, and rank 0 fail at its commit with files
+// missing, leaving each node's staging directory behind. Refused before any work (a usage
+// error, as for different OUTs), and each node's staging directory removed.
+TEST_F(Ranks, UnderMpirunAnOutOnEachNodesOwnDiskIsRefusedBeforeWriting) {
+  if (run_shell("command -v mpirun").exit_code != 0)
+    GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
+  if (std::string(mpirun_coordinator()) != "MPI")
+    GTEST_SKIP() << "built without MPI: ranks that never join are waited for (--job-timeout)";
+  if (run_shell("unshare -m --propagation private true").exit_code != 0)
+    GTEST_SKIP() << "no mount namespaces here (unshare -m needs root)";
+  fs::create_directories(tmp / "node");
+  fs::create_directories(tmp / "node-b");
+  const std::string convert = std::string(SHARDSHIFT_BINARY) + " convert " +
+                              shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "node" / "out") +
+                              " -j 1 --max-shard-size 2MB";
+  const std::string other_node = "unshare -m --propagation private sh -c " +
+                                 shell_quoted("mount --bind " + (tmp / "node-b").string() + " " +
+                                              (tmp / "node").string() + " && exec " + convert);
+  auto r = run_shell(MPIRUN + "-np 2 " + convert + " : -np 1 " + other_node);
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  const std::string said = r.out + r.err;
+  EXPECT_GE(count(said, "OUT is not on a filesystem every rank shares: rank 2 (on "), 1u) << said;
+  EXPECT_EQ(count(said, "rank 1 (on"), 0u) << said;
+  EXPECT_EQ(count(said, "shards written"), 0u) << said; // no rank converted its share
+  EXPECT_TRUE(fs::is_empty(tmp / "node")) << entries(tmp / "node").front();
+  EXPECT_TRUE(fs::is_empty(tmp / "node-b")) << entries(tmp / "node-b").front();
+}
+
 // Runs the fixture's job as 3 ranks under mpirun and sends `signal` to rank 2 once the job's
 // staging directory exists. Returns mpirun's wait status (nullopt: the job finished first).
 std::optional<int> signal_rank_under_mpirun(const fs::path& dir, int signal) {
