@@ -20,6 +20,7 @@
 #include "outputs.h"
 #include "staging.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -102,6 +103,25 @@ std::string other_world(const fs::path& staging, unsigned world, int64_t since) 
   for (const MarkerFile& f : marker_files(staging))
     if (f.world != world && mtime_ns(f.path) >= since)
       return world_mismatch(f, world);
+  return {};
+}
+
+// A rank of another world size that failed here on finding a rank of this world (its "failed"
+// marker names this world size), up to `window` before this rank began. Such a rank may come
+// and go before a slow rank of this world starts, leaving no heartbeat to see, and the ranks it
+// displaced never join. Used only to explain a rank that never joined or went silent, so a job
+// run again soon after such a failure, in the staging directory it left, gets the mismatch named
+// as the likely cause of a failure it has anyway. "" when there is none.
+std::string recent_other_world_failure(const fs::path& staging, unsigned world, int64_t since,
+                                       std::chrono::seconds window) {
+  if (since <= 0)
+    return {};
+  const int64_t from = since - std::chrono::nanoseconds(window).count();
+  const std::string names_this = "runs with a world size of " + std::to_string(world) + ",";
+  for (const MarkerFile& f : marker_files(staging))
+    if (f.world != world && f.what == "failed" && mtime_ns(f.path) >= from &&
+        read_text(f.path).find(names_this) != std::string::npos)
+      return world_mismatch(f, world) + " (it stopped on meeting this job's ranks)";
   return {};
 }
 
@@ -448,6 +468,10 @@ private:
         last_change = std::chrono::steady_clock::now();
       } else if (std::chrono::steady_clock::now() - last_change > options_.job_timeout) {
         rank0_gone_ = true;
+        if (const std::string odd = recent_other_world_failure(
+                paths_.staging, rank_.world, heart_->started_ns(), options_.job_timeout);
+            !odd.empty())
+          return Status(Errc::io, "the job failed: " + odd);
         return Status(Errc::io, "the job failed: rank 0 gave no sign of life for " +
                                     std::to_string(options_.job_timeout.count()) +
                                     " s and did not commit (killed, not started, or given other "
@@ -483,8 +507,15 @@ private:
         if (o.state == RankState::working &&
             (failures.empty() || mtime_ns(staging / marker(k, world, "alive")) != 0))
           all_ended = false;
-        if (o.state == RankState::failed || o.state == RankState::gone)
-          seen.push_back(k == 0 ? o.text : "rank " + std::to_string(k) + ": " + o.text);
+        std::string why = k == 0 ? o.text : "rank " + std::to_string(k) + ": " + o.text;
+        if (o.state == RankState::gone) // displaced by a rank of another world size?
+          if (std::string odd = recent_other_world_failure(staging, world, heart_->started_ns(),
+                                                           options_.job_timeout);
+              !odd.empty())
+            why = std::move(odd);
+        if ((o.state == RankState::failed || o.state == RankState::gone) &&
+            std::find(seen.begin(), seen.end(), why) == seen.end())
+          seen.push_back(std::move(why));
         if (o.state == RankState::done)
           done.push_back(o.text);
       }
