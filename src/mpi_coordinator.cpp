@@ -109,15 +109,10 @@ public:
     std::memcpy(mine.output, path_digest.data(), sizeof mine.output);
     mine.rank = rank_.rank;
     mine.world = rank_.world;
-    std::vector<PlanRecord> all(static_cast<size_t>(size));
-    MPI_Request request;
-    if (Status s = check(MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine,
-                                        MPI_BYTE, comm_, &request),
-                         "MPI_Iallgather");
-        !s.ok())
-      return s;
-    if (Status s = wait(request, "every rank to plan the output", true); !s.ok())
-      return s;
+    auto gathered = gather(mine, "every rank to plan the output", true);
+    if (!gathered)
+      return gathered.status();
+    const std::vector<PlanRecord>& all = *gathered;
     // Every rank checks every rank, so every rank reports the same problems.
     std::string problems;
     const std::string_view first(all[0].fingerprint, sizeof all[0].fingerprint);
@@ -176,31 +171,19 @@ public:
       own = write_check(check_file, std::string_view(mine.nonce, sizeof mine.nonce));
       mine.written = own.ok() ? 1 : 0;
     }
-    int size = 0;
-    MPI_Comm_size(comm_, &size);
-    std::vector<CheckRecord> checks(static_cast<size_t>(size));
-    MPI_Request request;
-    if (Status s = check(MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, checks.data(), sizeof mine,
-                                        MPI_BYTE, comm_, &request),
-                         "MPI_Iallgather");
-        !s.ok())
-      return s;
-    if (Status s = wait(request, "every rank to make the staging directory", true); !s.ok())
-      return s;
+    auto checks = gather(mine, "every rank to make the staging directory", true);
+    if (!checks)
+      return checks.status();
     SeenRecord seen{};
     seen.seen = -1;
-    if (own.ok() && checks[0].written)
+    if (own.ok() && (*checks)[0].written)
       seen.seen = rank_.rank == 0 ||
-                  read_check(check_file) == std::string_view(checks[0].nonce, sizeof mine.nonce);
+                  read_check(check_file) == std::string_view((*checks)[0].nonce, sizeof mine.nonce);
     ::gethostname(seen.host, sizeof seen.host - 1);
-    std::vector<SeenRecord> seens(static_cast<size_t>(size));
-    if (Status s = check(MPI_Iallgather(&seen, sizeof seen, MPI_BYTE, seens.data(), sizeof seen,
-                                        MPI_BYTE, comm_, &request),
-                         "MPI_Iallgather");
-        !s.ok())
-      return s;
-    if (Status s = wait(request, "every rank to check the staging directory", true); !s.ok())
-      return s;
+    auto gathered = gather(seen, "every rank to check the staging directory", true);
+    if (!gathered)
+      return gathered.status();
+    const std::vector<SeenRecord>& seens = *gathered;
     if (rank_.rank == 0)
       ::unlink(check_file.c_str());
     if (!own.ok())
@@ -237,19 +220,13 @@ public:
     std::string text = own.ok() ? done : who_ + ": " + own.message();
     if (!own.ok() && text.size() > MAX_MESSAGE)
       text.resize(MAX_MESSAGE);
-    int size = 0;
-    MPI_Comm_size(comm_, &size);
     const ShareRecord mine{own.ok() ? 1 : 0, static_cast<int32_t>(text.size())};
-    std::vector<ShareRecord> all(static_cast<size_t>(size));
-    MPI_Request request;
-    if (Status s = check(MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine,
-                                        MPI_BYTE, comm_, &request),
-                         "MPI_Iallgather");
-        !s.ok())
-      return s;
     // As long as the slowest rank's share: no timeout (a rank that dies is mpirun's to see).
-    if (Status s = wait(request, "every rank to end its share", false); !s.ok())
-      return s;
+    auto gathered = gather(mine, "every rank to end its share", false);
+    if (!gathered)
+      return gathered.status();
+    const std::vector<ShareRecord>& all = *gathered;
+    MPI_Request request;
     std::vector<int> counts(all.size()), offsets(all.size());
     int total = 0;
     for (size_t k = 0; k < all.size(); ++k) {
@@ -360,6 +337,24 @@ private:
                                     "; a rank is stuck or gone (see its own output)");
       }
     }
+  }
+
+  // Every rank's `mine` (a record of plain bytes), in rank order, on every rank; `what` names the
+  // wait, which --job-timeout bounds when `timed`.
+  template <typename Record>
+  Result<std::vector<Record>> gather(const Record& mine, const std::string& what, bool timed) {
+    int size = 0;
+    MPI_Comm_size(comm_, &size);
+    std::vector<Record> all(static_cast<size_t>(size));
+    MPI_Request request;
+    if (Status s = check(MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine,
+                                        MPI_BYTE, comm_, &request),
+                         "MPI_Iallgather");
+        !s.ok())
+      return s;
+    if (Status s = wait(request, what, timed); !s.ok())
+      return s;
+    return all;
   }
 
   // Every rank's `text`, in rank order, on every rank.
