@@ -112,15 +112,19 @@ std::string tar_header(std::string_view name, uint64_t size, char type) {
   return out;
 }
 
-Status TarTarget::write(std::string_view bytes, const std::string& what) {
+Status TarTarget::write(std::string_view bytes, const std::string& what, bool room_when_stopped) {
   while (!bytes.empty()) {
     const ssize_t n = io_.write(fd_, bytes.data(), std::min(bytes.size(), MAX_IO_CHUNK));
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { // full (stream_fd.h)
-      if (!wait_writable(fd_, cancel_))
-        return Status(Errc::interrupted, "interrupted");
-      continue;
+      if (wait_writable(fd_, cancel_))
+        continue;
+      if (room_when_stopped && make_room(fd_, bytes.size())) {
+        room_when_stopped = false; // once: then the rest goes, or nothing does
+        continue;
+      }
+      return Status(Errc::interrupted, "interrupted");
     }
     if (n <= 0)
       return Status(n < 0 && errno == EPIPE ? Errc::broken_pipe : Errc::io,
@@ -199,13 +203,11 @@ void TarTarget::end_incomplete() {
   std::string block = why;
   block.resize(BLOCK, '\0');
   out += block;
-  // Stopped with a full pipe: room for the block, so that the stream never ends at an entry's
-  // boundary, which a reader that reads on later would take for a whole archive.
-  // Without that room, the write gives up at once; cut inside the block, the stream is a
+  // Stopped (now or while this waits) with a full pipe: room for the block, so that the stream
+  // never ends at an entry's boundary, which a reader that reads on later would take for a whole
+  // archive. Without that room, the write gives up; cut inside the block, the stream is a
   // truncated archive all the same.
-  if (cancel_ && cancel_->load())
-    make_room(fd_, out.size());
-  write(out, "end of a failed stream").ignore();
+  write(out, "end of a failed stream", true).ignore();
   inside_entry_ = true;
 }
 

@@ -61,7 +61,9 @@ public:
 
 private:
   Status write_directories(std::string_view name);
-  Status write(std::string_view bytes, const std::string& what);
+  /// `room_when_stopped`: stopped while the stream is full, grow the pipe once (make_room)
+  /// rather than give up.
+  Status write(std::string_view bytes, const std::string& what, bool room_when_stopped = false);
 
   Io& io_;
   int fd_;

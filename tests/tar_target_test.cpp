@@ -6,8 +6,10 @@
 #include "test_support.h"
 
 #include <atomic>
+#include <chrono>
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <thread>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -134,38 +136,51 @@ TEST(TarTarget, AStreamThatStopsBetweenEntriesIsNoArchive) {
 // A run stopped while its reader has stopped reading, the pipe full exactly at an entry's end:
 // the next header cannot go, and waiting for room would never end. The stream must still not end
 // at that boundary (a reader that reads on later would take it for a whole archive): the pipe is
-// grown for the closing block.
+// grown for the closing block. Twice: stopped before the failed end, and a failure (not a stop)
+// whose end waits for room until the stop comes.
 TEST(TarTarget, StoppedWithAFullPipeAtABoundaryStillEndsAsNoArchive) {
-  TempDir tmp;
-  int p[2];
-  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
-  ASSERT_EQ(::fcntl(p[1], F_SETPIPE_SZ, 4096), 4096);
-  ASSERT_EQ(::fcntl(p[1], F_SETFL, O_NONBLOCK), 0); // as StreamDescriptor opens it
-  std::atomic<bool> cancel{false};
-  {
-    TarTarget tar(Io::system(), p[1], &cancel);
-    // Header (512) and 3584 bytes, no padding: the one page of the pipe is full at the boundary.
-    ASSERT_TRUE(tar.deliver("a", std::string(3584, 'a')).ok());
-    int queued = 0;
-    ASSERT_EQ(::ioctl(p[0], FIONREAD, &queued), 0);
-    ASSERT_EQ(queued, 4096);
-    cancel = true;
-    const Status s = tar.deliver("b", "b");
-    EXPECT_EQ(s.code(), Errc::interrupted) << s.message();
-    tar.end_incomplete();
+  for (bool stop_while_waiting : {false, true}) {
+    SCOPED_TRACE(stop_while_waiting ? "stopped while the end waits" : "stopped first");
+    TempDir tmp;
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    ASSERT_EQ(::fcntl(p[1], F_SETPIPE_SZ, 4096), 4096);
+    ASSERT_EQ(::fcntl(p[1], F_SETFL, O_NONBLOCK), 0); // as StreamDescriptor opens it
+    std::atomic<bool> cancel{false};
+    {
+      TarTarget tar(Io::system(), p[1], &cancel);
+      // Header (512) and 3584 bytes, no padding: the pipe's one page is full at the boundary.
+      ASSERT_TRUE(tar.deliver("a", std::string(3584, 'a')).ok());
+      int queued = 0;
+      ASSERT_EQ(::ioctl(p[0], FIONREAD, &queued), 0);
+      ASSERT_EQ(queued, 4096);
+      if (stop_while_waiting) {
+        std::thread stop([&] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          cancel = true;
+        });
+        tar.end_incomplete(); // waits for room until the stop
+        stop.join();
+      } else {
+        cancel = true;
+        const Status s = tar.deliver("b", "b");
+        EXPECT_EQ(s.code(), Errc::interrupted) << s.message();
+        tar.end_incomplete();
+      }
+    }
+    ::close(p[1]);
+    std::string stream;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
+      stream.append(buf, static_cast<size_t>(n));
+    ::close(p[0]);
+    EXPECT_GT(stream.size(), 4096u) << "the closing block did not go out";
+    write_bytes(tmp / "stopped.tar", stream);
+    EXPECT_NE(run_shell("tar -tf " + shell_quoted(tmp / "stopped.tar")).exit_code, 0);
+    // The control: the same first 4096 bytes alone, ending at the boundary, pass for an archive.
+    write_bytes(tmp / "boundary.tar", stream.substr(0, 4096));
+    EXPECT_EQ(run_shell("tar -tf " + shell_quoted(tmp / "boundary.tar")).exit_code, 0);
   }
-  ::close(p[1]);
-  std::string stream;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
-    stream.append(buf, static_cast<size_t>(n));
-  ::close(p[0]);
-  EXPECT_GT(stream.size(), 4096u) << "the closing block did not go out";
-  write_bytes(tmp / "stopped.tar", stream);
-  EXPECT_NE(run_shell("tar -tf " + shell_quoted(tmp / "stopped.tar")).exit_code, 0);
-  // The control: the same first 4096 bytes alone, ending at the boundary, pass for an archive.
-  write_bytes(tmp / "boundary.tar", stream.substr(0, 4096));
-  EXPECT_EQ(run_shell("tar -tf " + shell_quoted(tmp / "boundary.tar")).exit_code, 0);
 }
 
 } // namespace
