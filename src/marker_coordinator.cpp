@@ -179,14 +179,21 @@ public:
     thread_ = std::thread([this] { beat(); });
     return {};
   }
+  // A last touch as the heartbeat stops: a rank that leaves on finding a rank of another world
+  // size (its share done, so it writes no marker) is then seen by that rank as having been here
+  // since it began (other_world), even if it left between two beats. A touch creates nothing:
+  // once rank 0 has removed the file, or committed the directory, it does nothing.
   void stop_beating() {
     {
       std::lock_guard lock(mutex_);
       quit_ = true;
     }
     wake_.notify_all();
-    if (thread_.joinable())
+    if (thread_.joinable()) {
       thread_.join();
+      ::utimensat(AT_FDCWD, (staging_ / marker(rank_.rank, rank_.world, "alive")).c_str(), nullptr,
+                  0);
+    }
   }
   /// Set when this rank should stop: another rank failed, a rank runs with another world size,
   /// or the user interrupted.

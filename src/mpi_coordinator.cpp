@@ -320,29 +320,34 @@ private:
     const auto start = std::chrono::steady_clock::now();
     for (;; std::this_thread::sleep_for(POLL)) {
       int complete = 0;
-      if (Status s = check(MPI_Test(&request, &complete, MPI_STATUS_IGNORE), "MPI_Test"); !s.ok()) {
-        abandoned_ = true;
-        return s;
-      }
+      if (Status s = check(MPI_Test(&request, &complete, MPI_STATUS_IGNORE), "MPI_Test"); !s.ok())
+        return abandon(s);
       if (complete)
         return {};
-      if (cancelled()) {
-        abandoned_ = true;
-        return Status(Errc::interrupted, who_ + ": interrupted while waiting for " + what);
-      }
-      if (timed && std::chrono::steady_clock::now() - start > options_.job_timeout) {
-        abandoned_ = true;
-        return Status(Errc::io, who_ + ": waited " + std::to_string(options_.job_timeout.count()) +
-                                    " s (--job-timeout) for " + what +
-                                    "; a rank is stuck or gone (see its own output)");
-      }
+      if (cancelled())
+        return abandon(Status(Errc::interrupted, who_ + ": interrupted while waiting for " + what));
+      if (timed && std::chrono::steady_clock::now() - start > options_.job_timeout)
+        return abandon(Status(Errc::io, who_ + ": waited " +
+                                            std::to_string(options_.job_timeout.count()) +
+                                            " s (--job-timeout) for " + what +
+                                            "; a rank is stuck or gone (see its own output)"));
     }
+  }
+
+  // A collective left open: the ranks' collectives no longer pair up, so this rank starts none
+  // again (a later one would be matched with the others' open one) and reports why it gave up.
+  Status abandon(Status why) {
+    abandoned_ = true;
+    abandoned_why_ = why;
+    return why;
   }
 
   // Every rank's `mine` (a record of plain bytes), in rank order, on every rank; `what` names the
   // wait, which --job-timeout bounds when `timed`.
   template <typename Record>
   Result<std::vector<Record>> gather(const Record& mine, const std::string& what, bool timed) {
+    if (abandoned_)
+      return abandoned_why_;
     int size = 0;
     MPI_Comm_size(comm_, &size);
     std::vector<Record> all(static_cast<size_t>(size));
@@ -359,6 +364,8 @@ private:
 
   // Every rank's `text`, in rank order, on every rank.
   Result<std::vector<std::string>> gather_texts(const std::string& text) {
+    if (abandoned_)
+      return abandoned_why_;
     int size = 0;
     MPI_Comm_size(comm_, &size);
     const int32_t mine = static_cast<int32_t>(text.size());
@@ -425,6 +432,8 @@ private:
 
   // Rank 0 sends `record` and `message`; the other ranks receive them.
   Status broadcast(OutcomeRecord& record, std::string& message) {
+    if (abandoned_)
+      return abandoned_why_;
     MPI_Request request;
     if (Status s =
             check(MPI_Ibcast(&record, sizeof record, MPI_BYTE, 0, comm_, &request), "MPI_Ibcast");
@@ -447,7 +456,8 @@ private:
   std::string who_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool we_initialized_ = false;
-  bool abandoned_ = false;            ///< a collective was left open: no MPI_Finalize
+  bool abandoned_ = false; ///< a collective was left open: no MPI_Finalize, no more collectives
+  Status abandoned_why_;   ///< why (abandon)
   bool not_rank0s_staging_ = false;   ///< begin: this rank's staging directory is not rank 0's
   bool failed_alike_ = false;         ///< begin: every rank found the same failure
   std::vector<std::string> failures_; ///< every failed rank's line, from end_share

@@ -616,7 +616,7 @@ TEST_F(Ranks, RanksStartedAfterAnotherWorldsRankFailedNameTheMismatch) {
   const int s_other = wait_status(other), s_early = wait_status(early);
   ASSERT_TRUE(WIFEXITED(s_other) && WEXITSTATUS(s_other) == 1) << read_bytes(tmp / "log1");
   ASSERT_TRUE(WIFEXITED(s_early) && WEXITSTATUS(s_early) == 1) << read_bytes(tmp / "log2");
-  ASSERT_TRUE(fs::exists(*staging / ".rank-1-of-2.failed"));
+  ASSERT_TRUE(fs::exists(*staging / ".rank-1-of-2.failed")) << read_bytes(tmp / "log1") << read_bytes(tmp / "log2");
   for (const char* what : {"alive", "done", "failed"})
     fs::remove(*staging / (std::string(".rank-2-of-3.") + what));
   // (A rank that failed more than --job-timeout before a rank started is no part of its job.)
