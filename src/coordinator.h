@@ -69,8 +69,9 @@ public:
                                                       const std::string& done) = 0;
 
   /// Rank 0, every share done, just before the staging directory is renamed into OUT: remove
-  /// what of the coordination is still in it (markers: rank 0's heartbeat, which goes on until
-  /// here so that the other ranks can tell a rank 0 still committing from one that died).
+  /// what of the coordination is still in it (markers: every marker file; rank 0's heartbeat
+  /// goes on, on the staging directory itself, until the coordinator ends, so that the other
+  /// ranks can tell a rank 0 still committing, however slowly, from one that died).
   virtual void before_commit() {}
 
   /// Whether begin's error is one every rank found alike (MPI: a rank that cannot see rank 0's

@@ -195,6 +195,10 @@ public:
                   0);
     }
   }
+  /// Rank 0, committing: its markers go (before_commit), and the beat touches the staging
+  /// directory itself from now on (a rename keeps it), so that the waiting ranks still see rank
+  /// 0 alive however long the commit takes.
+  void committing() { committing_ = true; }
   /// Set when this rank should stop: another rank failed, a rank runs with another world size,
   /// or the user interrupted.
   const std::atomic<bool>* stop_flag() const { return &stop_; }
@@ -214,8 +218,9 @@ private:
     const fs::path alive = staging_ / marker(rank_.rank, rank_.world, "alive");
     std::unique_lock lock(mutex_);
     while (!wake_.wait_for(lock, BEAT, [this] { return quit_; })) {
-      ::utimensat(AT_FDCWD, alive.c_str(), nullptr, 0); // now, on the filesystem's clock
-      if (stop_)
+      // Now, on the filesystem's clock.
+      ::utimensat(AT_FDCWD, committing_ ? staging_.c_str() : alive.c_str(), nullptr, 0);
+      if (stop_ || committing_)
         continue;
       std::string why = cancel_ && cancel_->load()
                             ? std::string("interrupted")
@@ -236,6 +241,7 @@ private:
   std::string nonce_;
   int64_t started_ns_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> committing_{false};
   mutable std::mutex reason_mutex_;
   std::string reason_;
   std::mutex mutex_;
@@ -377,7 +383,7 @@ public:
   void before_commit() override {
     if (!heart_)
       return;
-    heart_->stop_beating();
+    heart_->committing(); // beats on, on the directory, until the coordinator ends
     for (const MarkerFile& f : marker_files(paths_.staging))
       io_.unlink(f.path.c_str());
   }
@@ -432,9 +438,10 @@ private:
   }
 
   // Ranks > 0, their share done: wait for rank 0's commit, or a failure, and report it. Rank 0
-  // is gone when its heartbeat has not changed for --job-timeout on this rank's own clock: once
-  // rank 0 has cleared the markers for its commit, no file here is touched but its heartbeat,
-  // and a rank 0 killed then leaves it still, or gone, for good.
+  // is gone when its heartbeat has not changed for --job-timeout on this rank's own clock: its
+  // heartbeat file, or once rank 0 has cleared the markers for its commit, the staging
+  // directory itself, which it touches until the rename however long the commit takes (a
+  // rank 0 killed then leaves it still for good).
   //
   // A rank whose share is done writes nothing more into the staging directory: rank 0 may be
   // committing it, and a marker written now would be renamed into OUT with it. So an interrupted
@@ -443,7 +450,7 @@ private:
   // of telling the others, who then see it gone.
   Status wait_for_commit() const {
     const fs::path beat = paths_.staging / marker(0, rank_.world, "alive");
-    int64_t last_beat = mtime_ns(beat);
+    int64_t last_beat = beat_or_staging(beat);
     auto last_change = std::chrono::steady_clock::now();
     for (;; std::this_thread::sleep_for(POLL)) {
       if (commit_seen())
@@ -470,7 +477,7 @@ private:
         rank0_gone_ = true;
         return Status(Errc::io, "the job failed: " + odd);
       }
-      if (const int64_t b = mtime_ns(beat); b != last_beat) {
+      if (const int64_t b = beat_or_staging(beat); b != last_beat) {
         last_beat = b;
         last_change = std::chrono::steady_clock::now();
       } else if (std::chrono::steady_clock::now() - last_change > options_.job_timeout) {
@@ -486,6 +493,13 @@ private:
                                     "see its output");
       }
     }
+  }
+
+  // Rank 0's sign of life while this rank waits: its heartbeat file's time, or once that is gone
+  // (cleared for the commit), the staging directory's.
+  int64_t beat_or_staging(const fs::path& beat) const {
+    const int64_t b = mtime_ns(beat);
+    return b != 0 ? b : mtime_ns(paths_.staging);
   }
 
   // Rank 0: waits until every rank has ended its share. Returns the failures (none: every rank

@@ -1,0 +1,76 @@
+// marker_coordinator_test.cpp: the marker-file coordinator (src/marker_coordinator.cpp) of two
+// ranks in one process, driven step by step: rank 0's commit as the waiting rank sees it.
+#include "shardshift/checkpoint.h"
+
+#include "coordinator.h"
+#include "test_support.h"
+
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+namespace shardshift::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+class MarkerCoordinatorTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    fs::create_directories(paths.staging);
+    options.job_timeout = std::chrono::seconds(1);
+    zero = make_marker_coordinator(options, RankInfo{0, 2, "--rank/--world-size", false},
+                                   Io::system(), paths);
+    one = make_marker_coordinator(options, RankInfo{1, 2, "--rank/--world-size", false},
+                                  Io::system(), paths);
+    ASSERT_TRUE(zero->begin(paths.staging, Status()).ok());
+    ASSERT_TRUE(one->begin(paths.staging, Status()).ok());
+    ASSERT_TRUE(one->end_share(Status(), "b 0\n").ok());
+    auto ended = zero->end_share(Status(), "a 0\n");
+    ASSERT_TRUE(ended.ok()) << ended.status().message();
+    ASSERT_TRUE(ended->failures.empty());
+    // Rank 1, its share done, waits for the commit.
+    waiting = std::async(std::launch::async, [this] { return one->learn_outcome(Status()); });
+    zero->before_commit();
+  }
+  // Whether rank 1 has given its answer within `d`.
+  bool answered_within(std::chrono::seconds d) {
+    return waiting.wait_for(d) == std::future_status::ready;
+  }
+  TempDir tmp;
+  JobPaths paths{tmp / "out", tmp / ".out.shardshift-job-0123456789abcdef"};
+  ConvertOptions options;
+  std::unique_ptr<Coordinator> zero, one;
+  std::future<Status> waiting;
+};
+
+// A commit that takes longer than --job-timeout (a slow filesystem, --force over a large old OUT):
+// rank 0's markers are gone, but it still beats, and rank 1 waits for the commit rather than
+// calling rank 0 gone and removing the staging directory under its rename.
+TEST_F(MarkerCoordinatorTest, ARankZeroWhoseCommitOutlastsTheTimeoutIsWaitedFor) {
+  EXPECT_FALSE(answered_within(std::chrono::seconds(3))) << waiting.get().message();
+  write_bytes(paths.staging / OUTPUT_MARKER_NAME, "{}\n");
+  fs::rename(paths.staging, paths.output);
+  zero->tell_outcome(Status());
+  ASSERT_TRUE(answered_within(std::chrono::seconds(10)));
+  const Status s = waiting.get();
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_FALSE(one->owner_gone());
+}
+
+// The control: a rank 0 that dies while committing stops beating, and rank 1 finds it gone
+// after --job-timeout, told to remove the staging directory itself.
+TEST_F(MarkerCoordinatorTest, ARankZeroThatDiesWhileCommittingIsFoundGone) {
+  zero.reset(); // its heartbeat ends, as at a kill
+  ASSERT_TRUE(answered_within(std::chrono::seconds(10)));
+  const Status s = waiting.get();
+  EXPECT_NE(s.message().find("rank 0 gave no sign of life for 1 s and did not commit"),
+            std::string::npos)
+      << s.message();
+  EXPECT_TRUE(one->owner_gone());
+}
+
+} // namespace
+} // namespace shardshift::testing
