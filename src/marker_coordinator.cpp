@@ -351,6 +351,9 @@ public:
   Result<SharesEnded> end_share(const Status& own, const std::string& done) override {
     if (!heart_) // begin() was never reached: nothing to tell, nobody to wait for
       return own.ok() ? Result<SharesEnded>(SharesEnded{}) : Result<SharesEnded>(own);
+    // Rank 0 clears its heartbeat file only after reading every "done" marker: seen before
+    // this rank writes its own, it is this job's rank 0 (see wait_for_commit).
+    zero_seen_ = mtime_ns(paths_.staging / marker(0, rank_.world, "alive")) != 0;
     if (own.ok()) {
       if (Status s =
               heart_->write(marker(rank_.rank, rank_.world, "done"), heart_->nonce() + "\n" + done);
@@ -453,6 +456,7 @@ private:
     int64_t last_beat = beat_or_staging(beat);
     auto last_change = std::chrono::steady_clock::now();
     for (;; std::this_thread::sleep_for(POLL)) {
+      zero_seen_ = zero_seen_ || mtime_ns(beat) != 0;
       if (commit_seen())
         return {};
       if (const std::string odd = other_world(paths_.staging, rank_.world, heart_->started_ns());
@@ -472,7 +476,13 @@ private:
         return Status(Errc::io, "the job failed: its staging directory was removed without a "
                                 "commit (by rank 0, or by a rank that found rank 0 gone); see "
                                 "rank 0's output");
-      if (const std::string odd = other_plan(paths_, 0, rank_.world, heart_->started_ns());
+      // Another plan's rank 0 explains a rank 0 never seen here; once this job's has beaten, a
+      // heartbeat file gone means its commit (markers cleared), not a rank 0 at work elsewhere.
+      // (A rank 0 that starts after this rank's share ended and clears its markers within one
+      // poll is never seen: then a live rank 0 of another plan still fails this job.)
+      if (const std::string odd = zero_seen_ ? std::string()
+                                            : other_plan(paths_, 0, rank_.world,
+                                                         heart_->started_ns());
           !odd.empty() && mtime_ns(beat) == 0) {
         rank0_gone_ = true;
         return Status(Errc::io, "the job failed: " + odd);
@@ -564,6 +574,7 @@ private:
   std::string who_; ///< "rank R of N", for messages
   struct stat staging_st_ {};
   std::unique_ptr<Heartbeat> heart_;
+  mutable bool zero_seen_ = false;    ///< ranks > 0: this job's rank 0 was seen beating
   mutable bool rank0_gone_ = false;   ///< wait_for_commit found rank 0 gone or never there
   mutable bool told_failure_ = false; ///< this rank wrote its "failed" marker
 };

@@ -5,6 +5,7 @@
 #include "coordinator.h"
 #include "test_support.h"
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <thread>
@@ -54,6 +55,34 @@ TEST_F(MarkerCoordinatorTest, ARankZeroWhoseCommitOutlastsTheTimeoutIsWaitedFor)
   write_bytes(paths.staging / OUTPUT_MARKER_NAME, "{}\n");
   fs::rename(paths.staging, paths.output);
   zero->tell_outcome(Status());
+  ASSERT_TRUE(answered_within(std::chrono::seconds(10)));
+  const Status s = waiting.get();
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_FALSE(one->owner_gone());
+}
+
+// Another job of another plan for the same OUT, its rank 0 alive, while this job's rank 0
+// commits (its heartbeat file cleared): rank 1 has seen its own rank 0 beat, so it does not take
+// the other job's rank 0 for its own and fail a job that is being committed.
+TEST_F(MarkerCoordinatorTest, AnotherPlansRankZeroDoesNotFailAJobWhoseRankZeroCommits) {
+  const fs::path other = tmp / ".out.shardshift-job-fedcba9876543210";
+  fs::create_directories(other);
+  write_bytes(other / ".rank-0-of-2.alive", "other\n");
+  std::atomic<bool> stop{false};
+  std::thread beating([&] {
+    while (!stop) { // the other job's rank 0 beats as long as this test looks
+      fs::last_write_time(other / ".rank-0-of-2.alive", fs::file_time_type::clock::now());
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  const bool answered = answered_within(std::chrono::seconds(2));
+  write_bytes(paths.staging / OUTPUT_MARKER_NAME, "{}\n");
+  fs::rename(paths.staging, paths.output);
+  zero->tell_outcome(Status());
+  stop = true;
+  beating.join();
+  if (answered)
+    FAIL() << "rank 1 answered during the commit: " << waiting.get().message();
   ASSERT_TRUE(answered_within(std::chrono::seconds(10)));
   const Status s = waiting.get();
   EXPECT_TRUE(s.ok()) << s.message();
