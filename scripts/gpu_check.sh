@@ -18,7 +18,8 @@ export LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 src=$(cat "$D/source_dir") build=$(cat "$D/build_dir")
 if [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
 mkdir -p "$src/$build" && cp "$D/bin/shardshift" "$src/$build/shardshift"
-if command -v nvidia-smi >/dev/null; then nvidia-smi -L | head -4; else echo "no nvidia-smi: the CUDA tests will skip"; fi echo "cores: $(nproc), $(date -u '+%F %T') UTC"
+if command -v nvidia-smi >/dev/null; then nvidia-smi -L | head -4; else echo "no nvidia-smi: the CUDA tests will skip"; fi
+echo "cores: $(nproc), $(date -u '+%F %T') UTC"
 failed=0
 for t in "$D"/bin/*_test; do
   log=$("$t" 2>&1); rc=$?
