@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PACK=.dev/gpu_pack.tar.xz
 [ "${1:-}" = --pack ] && { PACK=$2; shift 2; }
-D=$(mktemp -d /tmp/gpu_check.XXXXXX)
+D=$(mktemp -d /tmp/gpu_check.XXXXXX) && trap 'rm -rf "$D"' EXIT
 tar -C "$D" -xJf "$PACK" || exit 1
 export LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The tests run the binary by the path it had where it was built.
