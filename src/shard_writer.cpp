@@ -141,6 +141,8 @@ Status ShardWriter::start_file(const fs::path& final_path, uint64_t header_size,
     return fail(error(Errc::invalid_argument, display_path_ + ": size overflows 64 bits"));
   final_path_ = final_path;
   is_stream_ = false;
+  hold_from_ = UINT64_MAX;
+  held_.clear();
   expected_size_ = header_size + data_size;
   data_begin_ = header_size;
   position_ = 0;
@@ -213,7 +215,8 @@ Status ShardWriter::reserve_space() {
   return {};
 }
 
-Status ShardWriter::open_stream(int fd, std::string name, std::string header, uint64_t data_size) {
+Status ShardWriter::open_stream(int fd, std::string name, std::string header, uint64_t data_size,
+                                uint64_t hold_back) {
   if (!status_.ok())
     return status_;
   display_path_ = std::move(name);
@@ -226,11 +229,25 @@ Status ShardWriter::open_stream(int fd, std::string name, std::string header, ui
   owns_fd_ = false;
   expected_size_ = header.size() + data_size;
   position_ = 0;
+  hold_from_ = expected_size_ - std::min(hold_back, expected_size_);
+  held_.clear();
   return append(std::as_bytes(std::span(header)));
 }
 
 Status ShardWriter::append(std::span<const std::byte> bytes) {
   return write_bytes(bytes, nullptr);
+}
+
+// A stream opened with hold_back: the part of `bytes` (the next bytes of the file) from
+// hold_from_ on is kept in held_; returns how many bytes that is, for the caller to count as
+// written once it has written the ones before them.
+size_t ShardWriter::hold(std::span<const std::byte> bytes) {
+  const uint64_t end = position_ + bytes.size();
+  if (end <= hold_from_)
+    return 0;
+  const size_t keep = static_cast<size_t>(std::min<uint64_t>(end - hold_from_, bytes.size()));
+  held_.append(reinterpret_cast<const char*>(bytes.data() + bytes.size() - keep), keep);
+  return keep;
 }
 
 // `source`: the input file the bytes are mapped from, named when the kernel cannot read them.
@@ -242,6 +259,8 @@ Status ShardWriter::write_bytes(std::span<const std::byte> bytes, const std::str
   if (bytes.size() > expected_size_ - position_)
     return fail(error(Errc::io, display_path_ + ": internal: writing past the planned size of " +
                                     std::to_string(expected_size_) + " bytes"));
+  const size_t held = hold(bytes);
+  bytes = bytes.first(bytes.size() - held);
   while (!bytes.empty()) {
     if (cancelled())
       return fail(error(Errc::interrupted, "interrupted"));
@@ -271,6 +290,7 @@ Status ShardWriter::write_bytes(std::span<const std::byte> bytes, const std::str
     bytes = bytes.subspan(static_cast<size_t>(n));
     write_behind();
   }
+  position_ += held;
   return {};
 }
 
@@ -310,6 +330,9 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
   if (length > expected_size_ - position_)
     return fail(error(Errc::io, display_path_ + ": internal: writing past the planned size of " +
                                     std::to_string(expected_size_) + " bytes"));
+  const size_t held = hold(fallback); // the tail is held, from the same bytes in memory
+  length -= held;
+  fallback = fallback.first(static_cast<size_t>(length));
 
   // The kernel copies (or shares extents) while we track both offsets ourselves. If it refuses
   // the pair of descriptors (different filesystems on old kernels, a pipe for copy_file_range, a
@@ -339,8 +362,12 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
         continue;
       }
       bool refused = is_stream_ ? err == EINVAL || err == ENOSYS : is_copy_refusal(err);
-      if (refused)
-        return write_bytes(fallback.subspan(static_cast<size_t>(done)), &source);
+      if (refused) {
+        Status s = write_bytes(fallback.subspan(static_cast<size_t>(done)), &source);
+        if (s.ok())
+          position_ += held;
+        return s;
+      }
       if (err == EPIPE && cancelled())
         return fail(error(Errc::interrupted, "interrupted"));
       return fail(write_error(display_path_, err, position_, expected_size_,
@@ -352,6 +379,7 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
     position_ += static_cast<uint64_t>(n);
     write_behind();
   }
+  position_ += held;
   if (zero_copy)
     *zero_copy = true;
   return {};

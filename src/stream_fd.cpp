@@ -1,13 +1,10 @@
 // stream_fd.cpp: a non-blocking description of stdout's pipe, and waits on it that a cancel ends.
 #include "stream_fd.h"
 
-#include <algorithm>
 #include <cerrno>
-#include <climits>
 #include <fcntl.h>
 #include <poll.h>
 #include <string>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -46,18 +43,6 @@ bool wait_writable(int fd, const std::atomic<bool>* cancel) {
     if (n > 0 || (n < 0 && errno != EINTR))
       return !(cancel && cancel->load(std::memory_order_relaxed));
   }
-}
-
-bool make_room(int fd, size_t bytes) {
-  const int capacity = ::fcntl(fd, F_GETPIPE_SZ);
-  int queued = 0;
-  if (capacity < 0 || ::ioctl(fd, FIONREAD, &queued) != 0)
-    return false;
-  // The kernel rounds the size up to a power of two pages; a pipe's buffers are whole pages, so
-  // a page more than the bytes is asked for, and never less than twice what it holds now.
-  const long wanted =
-      std::max(2L * capacity, static_cast<long>(queued) + static_cast<long>(bytes) + 2 * 4096);
-  return wanted <= INT_MAX && ::fcntl(fd, F_SETPIPE_SZ, static_cast<int>(wanted)) >= 0;
 }
 
 } // namespace shardshift

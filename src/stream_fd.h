@@ -38,10 +38,4 @@ private:
 /// False, at once or within a poll of 50 ms, once *cancel is set (cancel may be null).
 bool wait_writable(int fd, const std::atomic<bool>* cancel);
 
-/// For a pipe that is full and whose reader has stopped: grows its capacity so that `bytes` more
-/// fit without a read (F_SETPIPE_SZ, within the system's limit for unprivileged processes).
-/// Whether it did. The failed end of a tar stream (tar_target.h) uses it to write its last
-/// block when it could not otherwise.
-bool make_room(int fd, size_t bytes);
-
 } // namespace shardshift

@@ -4,6 +4,7 @@
 #include "stream_fd.h"
 
 #include <algorithm>
+#include <climits>
 #include <array>
 #include <cerrno>
 #include <cstdio>
@@ -112,107 +113,104 @@ std::string tar_header(std::string_view name, uint64_t size, char type) {
   return out;
 }
 
-Status TarTarget::write(std::string_view bytes, const std::string& what, bool room_when_stopped) {
-  while (!bytes.empty()) {
-    const ssize_t n = io_.write(fd_, bytes.data(), std::min(bytes.size(), MAX_IO_CHUNK));
-    if (n < 0 && errno == EINTR)
+// Bytes of an entry: a file's, or a header's, written until all went out. A full non-blocking
+// stream (stream_fd.h) is waited on until the run is stopped. Each write is at most `piece` bytes
+// and, but for the last, ends where no entry ends (an offset that is not `avoid` mod 512), so a
+// stop between two writes leaves the stream inside an entry.
+Status TarTarget::write(std::string_view bytes, const std::string& what, size_t piece,
+                        size_t avoid) {
+  size_t at = 0; // offset in `bytes`
+  while (at < bytes.size()) {
+    size_t n = std::min(bytes.size() - at, piece);
+    if (at + n < bytes.size() && (at + n) % BLOCK == avoid % BLOCK)
+      --n;
+    const ssize_t w = io_.write(fd_, bytes.data() + at, n);
+    if (w < 0 && errno == EINTR)
       continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { // full (stream_fd.h)
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { // full (stream_fd.h)
       if (wait_writable(fd_, cancel_))
         continue;
-      if (room_when_stopped && make_room(fd_, bytes.size())) {
-        room_when_stopped = false; // once: then the rest goes, or nothing does
-        continue;
-      }
       return Status(Errc::interrupted, "interrupted");
     }
-    if (n <= 0)
-      return Status(n < 0 && errno == EPIPE ? Errc::broken_pipe : Errc::io,
+    if (w <= 0)
+      return Status(w < 0 && errno == EPIPE ? Errc::broken_pipe : Errc::io,
                     what + ": cannot write the tar stream to stdout: " +
-                        (n < 0 ? errno_text(errno) : std::string("no progress")));
-    bytes.remove_prefix(static_cast<size_t>(n));
-    inside_entry_ = true; // until the caller has written the entry's last byte
+                        (w < 0 ? errno_text(errno) : std::string("no progress")));
+    at += static_cast<size_t>(w);
   }
   return {};
+}
+
+Status TarTarget::write_after_held(std::string bytes, const std::string& what) {
+  std::string out = std::move(held_);
+  out += bytes;
+  // Entries end in `out` at held_end_ and 512 bytes apart after it (headers and paddings are
+  // whole blocks); on a pipe, a write of at most PIPE_BUF goes whole or not at all.
+  Status s = write(out, what, PIPE_BUF, held_end_);
+  held_.clear();
+  held_end_ = 0;
+  return s;
 }
 
 // "a/b/c.json" needs the entries "a/" and "a/b/" first, so that tar x makes the directories with
 // a fixed mode whatever the umask of the writer (the umask of the reader still applies).
-Status TarTarget::write_directories(std::string_view name) {
+void TarTarget::hold_directories(std::string_view name) {
   for (size_t slash = name.find('/'); slash != std::string_view::npos;
        slash = name.find('/', slash + 1)) {
     std::string dir(name.substr(0, slash + 1));
-    if (!directories_.insert(dir).second)
-      continue;
-    if (Status s = write(tar_header(dir, 0, '5'), dir); !s.ok())
-      return s;
-    inside_entry_ = false;
+    if (directories_.insert(dir).second)
+      held_ += tar_header(dir, 0, '5');
   }
-  return {};
 }
 
 Status TarTarget::open(ShardWriter& writer, const OutputFile& file) {
-  if (Status s = write_directories(file.name); !s.ok())
+  hold_directories(file.name);
+  if (Status s = write_after_held(tar_header(file.name, file.size()), file.name); !s.ok())
     return s;
-  if (Status s = write(tar_header(file.name, file.size()), file.name); !s.ok())
-    return s;
-  return writer.open_stream(fd_, file.name, file.header, file.data_size);
+  // Its last byte is held, to go out with what follows (see tar_target.h).
+  return writer.open_stream(fd_, file.name, file.header, file.data_size, 1);
 }
 
 Status TarTarget::finish(ShardWriter& writer, const OutputFile& file) {
   if (Status s = writer.finish(); !s.ok()) // checks that every planned byte went out
     return s;
-  if (Status s = write(std::string(tar_padding(file.size()), '\0'), file.name); !s.ok())
-    return s;
-  inside_entry_ = false;
+  held_ = writer.take_held();
+  held_.append(tar_padding(file.size()), '\0');
+  held_end_ = held_.size();
   return {};
 }
 
-void TarTarget::abandon(ShardWriter& writer, const OutputFile& file) {
-  // Every byte out and nothing to pad: the stream stands at a boundary after all.
-  if (writer.bytes_written() == file.size() && tar_padding(file.size()) == 0)
-    inside_entry_ = false;
+void TarTarget::abandon(ShardWriter& writer, const OutputFile&) {
   writer.abandon();
 }
 
 Status TarTarget::deliver(const std::string& name, std::string_view bytes) {
-  if (Status s = write_directories(name); !s.ok())
+  hold_directories(name);
+  if (bytes.empty()) { // an entry of no bytes ends with its header: held whole
+    held_ += tar_header(name, 0);
+    return {};
+  }
+  std::string start = tar_header(name, bytes.size());
+  if (bytes.size() <= BLOCK) // small: with its header, ending before its last byte
+    start.append(bytes.substr(0, bytes.size() - 1));
+  if (Status s = write_after_held(std::move(start), name); !s.ok())
     return s;
-  if (Status s = write(tar_header(name, bytes.size()), name); !s.ok())
-    return s;
-  if (Status s = write(bytes, name); !s.ok())
-    return s;
-  if (Status s = write(std::string(tar_padding(bytes.size()), '\0'), name); !s.ok())
-    return s;
-  inside_entry_ = false;
+  if (bytes.size() > BLOCK) // the rest but the last byte: any write of it ends inside the entry
+    if (Status s = write(bytes.substr(0, bytes.size() - 1), name, MAX_IO_CHUNK, 0); !s.ok())
+      return s;
+  held_.assign(1, bytes.back());
+  held_.append(tar_padding(bytes.size()), '\0');
+  held_end_ = held_.size();
   return {};
 }
 
 void TarTarget::end_incomplete() {
-  if (inside_entry_)
-    return; // the missing bytes already make it a truncated archive
-  // A block whose checksum field is zeros: no tar takes it for a header, nor for the end. GNU
-  // tar fails on it. A reader that takes a bad header after the first entry for the archive's
-  // end (Python's tarfile) does not; but a bad header right after an extended header is an
-  // error to every reader, so one comes first, saying why.
-  const std::string why = "shardshift: this tar stream is incomplete: the conversion failed\n";
-  const std::string records = pax_record("comment", why.substr(0, why.size() - 1));
-  std::string out = ustar_block({}, "PaxHeaders/incomplete", records.size(), 'x');
-  out += records;
-  out.append(tar_padding(records.size()), '\0');
-  std::string block = why;
-  block.resize(BLOCK, '\0');
-  out += block;
-  // Stopped (now or while this waits) with a full pipe: room for the block, so that the stream
-  // never ends at an entry's boundary, which a reader that reads on later would take for a whole
-  // archive. Without that room, the write gives up; cut inside the block, the stream is a
-  // truncated archive all the same.
-  write(out, "end of a failed stream", true).ignore();
-  inside_entry_ = true;
+  held_.clear(); // the stream stays inside the last entry begun
+  held_end_ = 0;
 }
 
 Status TarTarget::close() {
-  return write(std::string(2 * BLOCK, '\0'), "end of archive");
+  return write_after_held(std::string(2 * BLOCK, '\0'), "end of archive");
 }
 
 } // namespace shardshift

@@ -11,10 +11,15 @@
 //
 // The two zero blocks that end an archive are written by close() only, which the caller calls
 // after every entry succeeded. A failed conversion stops the stream without them. Cut inside an
-// entry, `tar x` reports an unexpected end of file. Cut between entries it would not: GNU tar
-// takes an archive that ends at an entry boundary for complete, end blocks or not. So after a
-// failure the caller calls end_incomplete(), which at a boundary writes one block that is not a
-// tar header (a line of text saying the stream is incomplete), and `tar x` fails on it.
+// entry, `tar x` (and Python's tarfile) report an unexpected end of file. Cut between entries they
+// would not: they take an archive that ends at an entry's end for complete, end blocks or not.
+// So the stream never pauses at an entry's end: an entry's last byte and its padding are held
+// back (the last byte of a file's data by its ShardWriter, hold_back) and go out in one write
+// with the next entry's header, or with the end of archive; an entry of no bytes (a directory)
+// is held whole. Those writes are at most a pipe's atomic size (PIPE_BUF) and, where longer, cut
+// off an entry's end: on a non-blocking pipe each goes out whole or not at all. A run that stops,
+// however full the pipe and whatever its reader does, has then left the stream inside an entry,
+// and end_incomplete() drops what is held.
 //
 // Thread-safety: one writer lane (the stream is ordered); entries are written one at a time.
 #pragma once
@@ -52,24 +57,25 @@ public:
   Status deliver(const std::string& name, std::string_view bytes);
   /// The end-of-archive marker (two zero blocks). Call once, after every entry succeeded.
   Status close();
-  /// After a failure: ends the stream so that no tar reads it as a whole archive (see above).
-  /// Best effort: when stdout itself failed, nothing more can be written, and nothing needs to be.
-  /// A run stopped while its reader has stopped reading does not wait for room: the pipe is
-  /// grown to take the block (stream_fd.h, make_room), so that a reader that reads on later
-  /// still finds it.
+  /// After a failure: drops the bytes held back, so that the stream ends inside an entry and
+  /// no tar reads it as a whole archive (see above). Writes nothing and never waits.
   void end_incomplete();
 
 private:
-  Status write_directories(std::string_view name);
-  /// `room_when_stopped`: stopped while the stream is full, grow the pipe once (make_room)
-  /// rather than give up.
-  Status write(std::string_view bytes, const std::string& what, bool room_when_stopped = false);
+  /// Directory entries the path needs, held (they have no bytes of their own).
+  void hold_directories(std::string_view name);
+  /// What is held, then `bytes`: the start of an entry (its header, and for a small file its
+  /// bytes but the last) or the end of the archive, in writes that each end off an entry's end.
+  Status write_after_held(std::string bytes, const std::string& what);
+  /// `bytes` in writes of at most `piece` bytes, none ending at `avoid` (mod 512) but the last.
+  Status write(std::string_view bytes, const std::string& what, size_t piece, size_t avoid);
 
   Io& io_;
   int fd_;
   const std::atomic<bool>* cancel_;
   std::set<std::string> directories_; ///< directory entries written so far ("original/")
-  bool inside_entry_ = false;         ///< bytes of an entry went out, and not yet all of its blocks
+  std::string held_; ///< the end of the entries so far, not yet written (see above)
+  size_t held_end_ = 0; ///< where in held_ the first entry ends: the others end 512-aligned from it
 };
 
 } // namespace shardshift

@@ -1,13 +1,13 @@
 // tar_target_test.cpp: the tar headers shardshift writes, read back by GNU tar: ustar names, names
 // split into prefix and name, pax headers for names ustar cannot hold and for sizes of 8 GiB or
-// more, directory entries, and a stream that stops between entries after a failure.
-#include "stream_fd.h"
+// more, directory entries, and a stream that never stops where an entry ends before its end.
 #include "tar_target.h"
 #include "test_support.h"
 
 #include <atomic>
 #include <chrono>
 #include <fcntl.h>
+#include <random>
 #include <sys/ioctl.h>
 #include <thread>
 #include <unistd.h>
@@ -107,40 +107,95 @@ TEST(TarTarget, GnuTarExtractsEveryNameKind) {
   EXPECT_NE(list.out.find("original/sub/\n"), std::string::npos) << list.out;
 }
 
-TEST(TarTarget, AStreamThatStopsBetweenEntriesIsNoArchive) {
+TEST(TarTarget, AFailedStreamEndsInsideAnEntry) {
   TempDir tmp;
-  // GNU tar takes an archive that ends at an entry boundary for complete (its control):
+  // GNU tar and Python's tarfile take an archive that ends at an entry's end for complete (the
+  // control: the whole archive cut before its end blocks):
   write_archive(tmp / "whole.tar", {{"a", "1"}}, true);
   EXPECT_EQ(run_shell("tar -tf " + shell_quoted(tmp / "whole.tar")).exit_code, 0);
   auto cut = read_bytes(tmp / "whole.tar").substr(0, 1024); // header and one data block
   write_bytes(tmp / "cut.tar", cut);
   EXPECT_EQ(run_shell("tar -tf " + shell_quoted(tmp / "cut.tar")).exit_code, 0);
-  // so a failed run ends with a block that is no header, and tar fails.
+  const std::string python = "python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1]); "
+                             "[t.extractfile(m).read() for m in t]; print(len(t.getmembers()))' ";
+  auto cut_py = run_shell(python + shell_quoted(tmp / "cut.tar"));
+  EXPECT_EQ(cut_py.exit_code, 0) << cut_py.err;
+  // So a failed run's stream stops with the entry's last byte and padding never written: the
+  // header alone here, which both refuse.
   write_archive(tmp / "failed.tar", {{"a", "1"}}, false);
+  EXPECT_EQ(read_bytes(tmp / "failed.tar"), cut.substr(0, 512));
   auto r = run_shell("tar -tf " + shell_quoted(tmp / "failed.tar"));
   EXPECT_NE(r.exit_code, 0) << r.out;
-  // Entry, extended header with its record, the block that is no header.
-  EXPECT_EQ(read_bytes(tmp / "failed.tar").size(), 2560u);
-  // Python's tarfile ends an archive at a bad header after the first entry, but not at one that
-  // follows an extended header: it too refuses the stream, while it reads the whole one.
-  const std::string python = "python3 -c 'import sys, tarfile; print(len(tarfile.open(sys.argv[1])"
-                             ".getmembers()))' ";
-  auto whole = run_shell(python + shell_quoted(tmp / "whole.tar"));
-  EXPECT_EQ(whole.exit_code, 0) << whole.err;
-  EXPECT_EQ(whole.out, "1\n");
   auto failed = run_shell(python + shell_quoted(tmp / "failed.tar") + " 2>&1");
   EXPECT_NE(failed.exit_code, 0) << failed.out;
   EXPECT_NE(failed.out.find("ReadError"), std::string::npos) << failed.out;
 }
 
-// A run stopped while its reader has stopped reading, the pipe full exactly at an entry's end:
-// the next header cannot go, and waiting for room would never end. The stream must still not end
-// at that boundary (a reader that reads on later would take it for a whole archive): the pipe is
-// grown for the closing block. Twice: stopped before the failed end, and a failure (not a stop)
-// whose end waits for room until the stop comes.
-TEST(TarTarget, StoppedWithAFullPipeAtABoundaryStillEndsAsNoArchive) {
+// Every prefix of the stream that went out before close() is refused by GNU tar, whatever the
+// entries: files through a ShardWriter (their last byte held by it) or delivered whole, of sizes
+// at and around 512-byte multiples, empty ones, directories and pax headers; after close() the
+// archive is whole and its files are the bytes given.
+TEST(TarTarget, NoPrefixBeforeTheEndIsAWholeArchive) {
+  const uint64_t seed = test_seed();
+  std::mt19937_64 rng(seed);
+  TempDir tmp;
+  const std::filesystem::path stream = tmp / "s.tar";
+  const int fd = ::open(stream.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  TarTarget tar(Io::system(), fd);
+  std::vector<std::pair<std::string, std::string>> files;
+  const uint64_t sizes[] = {0, 1, 8, 511, 512, 513, 1023, 1024, 1536, 4095, 4096, 4097, 9000};
+  auto tar_accepts = [&] {
+    return run_shell("tar -tf " + shell_quoted(stream) + " >/dev/null 2>&1").exit_code == 0;
+  };
+  for (int i = 0; i < 14; ++i) {
+    const uint64_t size = sizes[rng() % std::size(sizes)];
+    std::string name = "f" + std::to_string(i);
+    if (rng() % 3 == 0)
+      name = "d" + std::to_string(i % 3) + "/sub/" + name;
+    if (rng() % 5 == 0)
+      name = std::string(120, 'n') + std::to_string(i); // a pax header
+    std::string bytes(size, '\0');
+    for (char& c : bytes)
+      c = static_cast<char>(rng());
+    if (size >= 8 && rng() % 2 == 0) { // through a ShardWriter: a header and data
+      OutputFile f;
+      f.name = name;
+      f.header = bytes.substr(0, 8);
+      f.data_size = size - 8;
+      ShardWriter w;
+      ASSERT_TRUE(tar.open(w, f).ok()) << "SHARDSHIFT_SEED=" << seed;
+      const std::string data = bytes.substr(8);
+      const size_t half = data.size() / 2;
+      ASSERT_TRUE(w.append(std::as_bytes(std::span(data.data(), half))).ok());
+      ASSERT_TRUE(w.append(std::as_bytes(std::span(data.data() + half, data.size() - half))).ok());
+      ASSERT_TRUE(tar.finish(w, f).ok());
+    } else {
+      ASSERT_TRUE(tar.deliver(name, bytes).ok()) << "SHARDSHIFT_SEED=" << seed;
+    }
+    files.emplace_back(name, bytes);
+    // An empty stream is no archive either: refused like every other prefix.
+    EXPECT_FALSE(tar_accepts()) << "SHARDSHIFT_SEED=" << seed << ": after " << name << " ("
+                                << size << " bytes), "
+                                << std::filesystem::file_size(stream) << " bytes out";
+  }
+  ASSERT_TRUE(tar.close().ok());
+  ::close(fd);
+  ASSERT_TRUE(tar_accepts()) << "SHARDSHIFT_SEED=" << seed;
+  std::filesystem::create_directory(tmp / "x");
+  auto r = run_shell("tar -xf " + shell_quoted(stream) + " -C " + shell_quoted(tmp / "x"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const auto& [name, bytes] : files)
+    EXPECT_EQ(read_bytes(tmp / "x" / name), bytes) << name << " SHARDSHIFT_SEED=" << seed;
+}
+
+// A run stopped while its reader has stopped reading, the pipe full: waiting for room would never
+// end, and nothing can be written. The stream must still not end where an entry ends (a reader
+// that reads on later would take it for a whole archive). Twice: stopped before the next entry,
+// and stopped while the next entry waits for room.
+TEST(TarTarget, StoppedWithAFullPipeStillEndsAsNoArchive) {
   for (bool stop_while_waiting : {false, true}) {
-    SCOPED_TRACE(stop_while_waiting ? "stopped while the end waits" : "stopped first");
+    SCOPED_TRACE(stop_while_waiting ? "stopped while the next entry waits" : "stopped first");
     TempDir tmp;
     int p[2];
     ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
@@ -149,24 +204,27 @@ TEST(TarTarget, StoppedWithAFullPipeAtABoundaryStillEndsAsNoArchive) {
     std::atomic<bool> cancel{false};
     {
       TarTarget tar(Io::system(), p[1], &cancel);
-      // Header (512) and 3584 bytes, no padding: the pipe's one page is full at the boundary.
+      // Header (512) and 3584 bytes, no padding: the entry would end where the pipe's one page
+      // is full; its last byte is held.
       ASSERT_TRUE(tar.deliver("a", std::string(3584, 'a')).ok());
       int queued = 0;
       ASSERT_EQ(::ioctl(p[0], FIONREAD, &queued), 0);
-      ASSERT_EQ(queued, 4096);
-      if (stop_while_waiting) {
-        std::thread stop([&] {
+      EXPECT_EQ(queued, 4095);
+      std::thread stop;
+      if (stop_while_waiting)
+        stop = std::thread([&] {
           std::this_thread::sleep_for(std::chrono::milliseconds(200));
           cancel = true;
         });
-        tar.end_incomplete(); // waits for room until the stop
-        stop.join();
-      } else {
+      else
         cancel = true;
-        const Status s = tar.deliver("b", "b");
-        EXPECT_EQ(s.code(), Errc::interrupted) << s.message();
-        tar.end_incomplete();
-      }
+      const Status s = tar.deliver("b", "b"); // the held byte and b's header: no room
+      EXPECT_EQ(s.code(), Errc::interrupted) << s.message();
+      if (stop.joinable())
+        stop.join();
+      const auto t0 = std::chrono::steady_clock::now();
+      tar.end_incomplete();
+      EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(50));
     }
     ::close(p[1]);
     std::string stream;
@@ -174,11 +232,11 @@ TEST(TarTarget, StoppedWithAFullPipeAtABoundaryStillEndsAsNoArchive) {
     for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
       stream.append(buf, static_cast<size_t>(n));
     ::close(p[0]);
-    EXPECT_GT(stream.size(), 4096u) << "the closing block did not go out";
+    EXPECT_EQ(stream.size(), 4095u);
     write_bytes(tmp / "stopped.tar", stream);
     EXPECT_NE(run_shell("tar -tf " + shell_quoted(tmp / "stopped.tar")).exit_code, 0);
-    // The control: the same first 4096 bytes alone, ending at the boundary, pass for an archive.
-    write_bytes(tmp / "boundary.tar", stream.substr(0, 4096));
+    // The control: with the held byte, ending at the boundary, it passes for an archive.
+    write_bytes(tmp / "boundary.tar", stream + "a");
     EXPECT_EQ(run_shell("tar -tf " + shell_quoted(tmp / "boundary.tar")).exit_code, 0);
   }
 }

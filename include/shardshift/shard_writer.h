@@ -23,6 +23,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace shardshift {
@@ -68,7 +69,13 @@ public:
               const std::string* source = nullptr) const;
 
   /// Starts a stream to an already open descriptor (a pipe or stdout): no temp file, no rename.
-  Status open_stream(int fd, std::string name, std::string header, uint64_t data_size);
+  /// `hold_back`: the file's last bytes are not written but kept, for the caller to write
+  /// together with what follows them (take_held; a tar stream, tar_target.h, so that it never
+  /// pauses at an entry's end).
+  Status open_stream(int fd, std::string name, std::string header, uint64_t data_size,
+                     uint64_t hold_back = 0);
+  /// After finish() of a stream opened with hold_back: the bytes held back (empty otherwise).
+  std::string take_held() { return std::exchange(held_, {}); }
 
   /// Appends bytes (looping over short writes).
   Status append(std::span<const std::byte> bytes);
@@ -100,6 +107,7 @@ private:
   Status fail(Status s);
   bool cancelled() const { return cancel_ && cancel_->load(std::memory_order_relaxed); }
   Status write_bytes(std::span<const std::byte> bytes, const std::string* source);
+  size_t hold(std::span<const std::byte> bytes);
   void write_behind();
   Status start_file(const std::filesystem::path& final_path, uint64_t header_size,
                     uint64_t data_size);
@@ -120,6 +128,8 @@ private:
   uint64_t expected_size_ = 0;
   uint64_t data_begin_ = 0; ///< the header's size
   uint64_t position_ = 0;
+  uint64_t hold_from_ = UINT64_MAX; ///< open_stream: bytes from here on are held, not written
+  std::string held_;
   uint64_t started_ = 0, waited_ = 0; ///< write_behind: write-back started / waited for up to here
   std::byte* map_ = nullptr;          ///< open_mapped: the whole file, shared and writable
   mutable std::atomic_flag writing_;  ///< fill: a thread is writing (the others copy)
