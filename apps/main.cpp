@@ -5,9 +5,12 @@
 #include "cli.h"
 #include "commands.h"
 
+#include <cerrno>
+#include <fcntl.h>
 #include <iostream>
 #include <string>
 #include <string_view>
+#include <unistd.h>
 
 static const char* const USAGE =
     R"(shardshift: convert Mixture-of-Experts safetensors checkpoints between the
@@ -65,6 +68,14 @@ static int print_version() {
 
 int main(int argc, char** argv) {
   using namespace shardshift::app;
+  // A descriptor 0, 1 or 2 closed at start (`>&-`) would be the number the next open() returns:
+  // an input file or an output file would become stdout, and a stream or a JSON report would be
+  // written into it. /dev/null takes each such number first; stdout's is opened for reading,
+  // so that OUT '-' is refused as for a stdout that cannot be written, and other output to it
+  // fails rather than vanishes.
+  for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd)
+    if (::fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+      ::open("/dev/null", fd == STDERR_FILENO ? O_WRONLY : O_RDONLY);
   if (argc < 2) {
     std::cerr << USAGE;
     return EXIT_USAGE;

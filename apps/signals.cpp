@@ -24,7 +24,7 @@ extern "C" void on_cancel_signal(int) {
   // matter here.
   if (cancel_requested.exchange(true)) {
     static constexpr char NOTE[] =
-        "\nshardshift: stopping: removing what this run wrote (interrupting its commands)...\n";
+        "\nshardshift: already stopping: cleaning up what this run started first...\n";
     [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, NOTE, sizeof NOTE - 1);
   }
 }

@@ -145,10 +145,17 @@ Status check_output(const ConvertOptions& o) {
     if (o.force)
       return Status(Errc::invalid_argument, "--force replaces an existing OUT; OUT '-' is stdout, "
                                             "which it cannot replace: drop --force");
+    // Closed at start, stdout is /dev/null opened for reading (main.cpp), so that no file this
+    // run opens takes its number: refused like one opened for reading.
+    if (const int flags = ::fcntl(STDOUT_FILENO, F_GETFL);
+        flags < 0 || (flags & O_ACCMODE) == O_RDONLY)
+      return Status(Errc::invalid_argument,
+                    "stdout is not open for writing (closed, or opened for reading only); OUT "
+                    "'-' writes there: pipe it or redirect it to a file");
     if (isatty(STDOUT_FILENO))
-      return Status(
-          Errc::invalid_argument,
-          "refusing to write safetensors data to a terminal; pipe it (OUT '-' is stdout)");
+      return Status(Errc::invalid_argument,
+                    "refusing to write binary output to a terminal; pipe it or redirect it to a "
+                    "file (OUT '-' is stdout)");
     return check_stdout_not_input(o);
   }
   if (!o.only.empty())

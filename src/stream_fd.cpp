@@ -16,21 +16,30 @@ constexpr int POLL_MS = 50;
 
 StreamDescriptor::StreamDescriptor(int fd) : fd_(fd) {
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode))
+  if (::fstat(fd, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
     return;
   const int flags = ::fcntl(fd, F_GETFL);
-  if (flags < 0 || (flags & O_ACCMODE) == O_RDONLY)
+  if (flags < 0 || (flags & O_ACCMODE) == O_RDONLY || (flags & O_NONBLOCK))
     return;
-  // Opening a pipe's /proc/self/fd entry opens the pipe itself, as a FIFO's name would: a new
-  // description, with flags of its own. Without a reader it fails (ENXIO), and the writes that
-  // follow on `fd` report the broken pipe as before.
-  const std::string path = "/proc/self/fd/" + std::to_string(fd);
-  own_ = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  if (S_ISFIFO(st.st_mode)) {
+    // Opening a pipe's /proc/self/fd entry opens the pipe itself, as a FIFO's name would: a new
+    // description, with flags of its own. Without a reader it fails (ENXIO), and the writes
+    // that follow on `fd` report the broken pipe as before.
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    own_ = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (own_ >= 0 || errno == ENXIO)
+      return;
+  }
+  // No description of its own (EACCES: a pipe of another user; a socket): this one, for the run.
+  if (::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0)
+    restore_flags_ = flags;
 }
 
 StreamDescriptor::~StreamDescriptor() {
   if (own_ >= 0)
     ::close(own_);
+  if (restore_flags_ >= 0)
+    ::fcntl(fd_, F_SETFL, restore_flags_);
 }
 
 bool wait_writable(int fd, const std::atomic<bool>* cancel) {

@@ -19,8 +19,14 @@ namespace shardshift {
 
 /// The descriptor to write stdout's stream through: when `fd` is a pipe (or a FIFO) with a
 /// reader, a new non-blocking, close-on-exec description of it (opened through /proc/self/fd);
-/// otherwise (a file, a terminal, a socket, no /proc) `fd` itself. The new one is closed by the
-/// destructor, so that the reader sees the end of the stream once the run's own `fd` is closed.
+/// otherwise `fd` itself. The new one is closed by the destructor, so that the reader sees the
+/// end of the stream once the run's own `fd` is closed. Where no description of its own can be
+/// had (a socket, which /proc cannot open; a pipe this process may not open, as one made by
+/// another user is to a run started with sudo -u), `fd`'s own description is made non-blocking
+/// and its flags are put back by the destructor: until then, another process writing through
+/// the same description (a shell script's later commands) would find it non-blocking too, and
+/// it stays so after a SIGKILL. A file or a terminal is left as it is: writes to them never wait
+/// on a reader.
 class StreamDescriptor {
 public:
   explicit StreamDescriptor(int fd);
@@ -32,6 +38,7 @@ public:
 private:
   int fd_;
   int own_ = -1;
+  int restore_flags_ = -1; ///< fd_'s flags before this made it non-blocking; -1: untouched
 };
 
 /// Waits until the stream `fd` can take more bytes (after a write or a splice returned EAGAIN).

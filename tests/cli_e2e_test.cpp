@@ -316,6 +316,23 @@ TEST_F(CliCheckpoint, StdoutIntoTheInputIsRefused) {
   EXPECT_EQ(outside.exit_code, 0) << outside.err;
 }
 
+// A stdout closed at start (`>&-`) or open for reading only is refused before any work (exit 2):
+// closed, its number would have gone to the next file opened (the input directory, a shard), and
+// the stream into that.
+TEST_F(CliCheckpoint, StdoutClosedOrReadOnlyIsRefused) {
+  const std::string shard = (tmp / "hf" / "model.safetensors").string();
+  const std::string before = testing::read_bytes(shard);
+  for (const std::string& args : {std::string(" - --format tar >&-"), std::string(" - >&-"),
+                                  std::string(" - --format tar 1< /dev/null"),
+                                  " - 1< " + shell_quoted(tmp / "hf" / "config.json")}) {
+    auto r = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " +
+                                shell_quoted(tmp / "hf") + args);
+    EXPECT_EQ(r.exit_code, 2) << args << ": " << r.err;
+    EXPECT_NE(r.err.find("stdout is not open for writing"), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(testing::read_bytes(shard), before);
+}
+
 // --pipe-to --json: what the commands print goes to stderr, so stdout is the JSON alone; without
 // --json their stdout stays shardshift's (a caller may collect what they print there).
 TEST_F(CliCheckpoint, PipeToJsonKeepsTheCommandsOutputOffStdout) {

@@ -14,6 +14,7 @@
 #include <future>
 #include <poll.h>
 #include <thread>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace shardshift::testing {
@@ -179,13 +180,22 @@ TEST_F(StreamFailureTest, AnInterruptedStreamSaysHowManyBytesWentOut) {
 // stdout is a pipe whose reader has stopped reading (an uploader stalled on its network), and the
 // run is told to stop (a SIGTERM sent to shardshift alone: the reader gets none). The run must end
 // at once, not when the reader reads again: a blocking write into the full pipe would wait for
-// ever. A tar stream read afterwards is refused; a single file is cut short.
+// ever. A tar stream read afterwards is refused; a single file is cut short. The same with a
+// socket for stdout (a program's child whose stdio are socket pairs), which has no description
+// of its own to open: its own is non-blocking during the run and blocking again after it.
 TEST_F(StreamFailureTest, AStoppedRunDoesNotWaitForAReaderThatStoppedReading) {
-  for (bool tar : {true, false}) {
-    SCOPED_TRACE(tar ? "tar" : "--only");
+  for (auto [socket, tar] : {std::pair{false, true}, {false, false}, {true, true}, {true, false}}) {
+    SCOPED_TRACE(std::string(socket ? "socket, " : "pipe, ") + (tar ? "tar" : "--only"));
     int p[2];
-    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
-    ASSERT_EQ(::fcntl(p[1], F_SETPIPE_SZ, 4096), 4096);
+    if (socket) {
+      ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p), 0);
+      const int small = 4096;
+      ASSERT_EQ(::setsockopt(p[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+      ASSERT_EQ(::setsockopt(p[0], SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    } else {
+      ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+      ASSERT_EQ(::fcntl(p[1], F_SETPIPE_SZ, 4096), 4096);
+    }
     std::atomic<bool> cancel{false};
     ConvertOptions o = tar_options();
     if (!tar) {
@@ -218,6 +228,7 @@ TEST_F(StreamFailureTest, AStoppedRunDoesNotWaitForAReaderThatStoppedReading) {
         if (ssize_t n = ::read(p[0], buf, sizeof buf); n > 0)
           stream.append(buf, static_cast<size_t>(n));
     auto r = run.get();
+    EXPECT_EQ(::fcntl(STDOUT_FILENO, F_GETFL) & O_NONBLOCK, 0) << "stdout left non-blocking";
     ::dup2(saved, STDOUT_FILENO);
     ::close(saved);
     for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
