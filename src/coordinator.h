@@ -31,6 +31,9 @@ namespace shardshift {
 struct SharesEnded {
   std::vector<std::string> failures; ///< one line per failed rank, naming it; empty: all done
   std::vector<std::string> done;     ///< every done rank's "NAME DIGEST" lines
+  /// Rank 0, every share done: where the staging directory is now, when the coordinator moved it
+  /// for the commit (markers: commit_path); empty when it stayed.
+  std::filesystem::path staging;
 };
 
 class Coordinator {
@@ -79,6 +82,17 @@ public:
   /// without end_share's exchange.
   virtual bool failed_alike() const { return false; }
 
+  /// After begin: this rank's share was finished by an earlier process of this rank, killed since
+  /// (markers: its "done" marker stands), so this process writes nothing and waits for the
+  /// outcome: rank 0 may be committing that share now.
+  virtual bool share_adopted() const { return false; }
+
+  /// Where the staging directory this rank began in is now (markers: moved by rank 0 for its
+  /// commit, commit_path); `staging` where nothing moved it.
+  virtual std::filesystem::path staging_now(const std::filesystem::path& staging) const {
+    return staging;
+  }
+
   /// Whether the staging directory is still the one this rank began in (not committed or
   /// replaced by another process, say a second rank 0): only then may a failed job remove it.
   virtual bool staging_intact() const { return true; }
@@ -100,6 +114,10 @@ public:
 struct JobPaths {
   std::filesystem::path output, staging;
 };
+
+/// Where rank 0 commits a marker-coordinated job's staging directory from, once every share is
+/// done: ".OUT.shardshift-commit-PLAN" beside ".OUT.shardshift-job-PLAN".
+std::filesystem::path commit_path(const JobPaths& paths);
 
 /// True when this process coordinates through MPI: built with MPI, and started by Open MPI's
 /// mpirun (rank.launcher_is_mpi). Every rank of a job decides alike, since they share a launcher.

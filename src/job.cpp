@@ -313,7 +313,7 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
     return own;
   }
   std::string done;
-  if (own.ok()) {
+  if (own.ok() && !coordinator->share_adopted()) {
     auto written = write_share(job, io, input, plan, config, profiler, *coordinator, notes, r);
     if (written)
       done = std::move(*written);
@@ -328,7 +328,7 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
       return ended.status();
     if (Status s = coordinator->learn_outcome(own); !s.ok()) {
       if (staged && !options.resume && coordinator->owner_gone() && coordinator->staging_intact())
-        discard_tree(io, job.paths.staging).ignore();
+        discard_tree(io, coordinator->staging_now(job.paths.staging)).ignore();
       return s;
     }
     return r;
@@ -346,6 +346,8 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
                                                       job.paths.staging.string() + " for --resume)"
                                                 : std::string()));
   }
+  if (!ended->staging.empty()) // moved for the commit (markers), whatever follows
+    job.paths.staging = ended->staging;
   if (ended->failures.empty())
     if (std::string missing = missing_files(job, plan); !missing.empty())
       ended->failures.push_back(std::move(missing));

@@ -28,6 +28,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <sys/stat.h>
@@ -36,6 +37,16 @@
 namespace shardshift {
 
 namespace fs = std::filesystem;
+
+fs::path commit_path(const JobPaths& paths) {
+  std::string name = paths.staging.filename().string();
+  const std::string job = ".shardshift-job-";
+  if (const size_t at = name.rfind(job); at != std::string::npos)
+    name.replace(at, job.size(), ".shardshift-commit-");
+  else
+    name += ".commit";
+  return paths.staging.parent_path() / name;
+}
 
 namespace {
 
@@ -195,10 +206,14 @@ public:
                   0);
     }
   }
-  /// Rank 0, committing: its markers go (before_commit), and the beat touches the staging
-  /// directory itself from now on (a rename keeps it), so that the waiting ranks still see rank
-  /// 0 alive however long the commit takes.
-  void committing() { committing_ = true; }
+  /// Rank 0, committing from `dir` (the staging directory moved to commit_path): the beat
+  /// touches the directory itself from now on (its markers are cleared; a rename keeps it), so
+  /// that the waiting ranks still see rank 0 alive however long the commit takes.
+  void committing(const fs::path& dir) {
+    std::lock_guard lock(mutex_); // the beat reads staging_ under it
+    staging_ = dir;
+    committing_ = true;
+  }
   /// Set when this rank should stop: another rank failed, a rank runs with another world size,
   /// or the user interrupted.
   const std::atomic<bool>* stop_flag() const { return &stop_; }
@@ -210,14 +225,19 @@ public:
   const std::string& nonce() const { return nonce_; }
   int64_t started_ns() const { return started_ns_; }
   Status write(const std::string& name, const std::string& text) {
-    return write_file_atomic(io_, staging_ / name, std::as_bytes(std::span(text)));
+    fs::path dir;
+    {
+      std::lock_guard lock(mutex_);
+      dir = staging_;
+    }
+    return write_file_atomic(io_, dir / name, std::as_bytes(std::span(text)));
   }
 
 private:
   void beat() {
-    const fs::path alive = staging_ / marker(rank_.rank, rank_.world, "alive");
     std::unique_lock lock(mutex_);
     while (!wake_.wait_for(lock, BEAT, [this] { return quit_; })) {
+      const fs::path alive = staging_ / marker(rank_.rank, rank_.world, "alive");
       // Now, on the filesystem's clock.
       ::utimensat(AT_FDCWD, committing_ ? staging_.c_str() : alive.c_str(), nullptr, 0);
       if (stop_ || committing_)
@@ -225,6 +245,8 @@ private:
       std::string why = cancel_ && cancel_->load()
                             ? std::string("interrupted")
                             : other_world(staging_, rank_.world, started_ns_);
+      if (why.empty())
+        why = twin(alive);
       if (why.empty())
         why = first_failure(staging_, rank_.world, started_ns_);
       if (!why.empty()) {
@@ -234,6 +256,21 @@ private:
       }
     }
   }
+  // Another process of the same rank rewrote this rank's heartbeat file (both started at once,
+  // before either could see the other's): this one stops, and fails the job under the other's
+  // nonce, so that every rank, the other too, learns why. "" when the file is still this one's.
+  std::string twin(const fs::path& alive) {
+    const std::string now = read_text(alive);
+    if (now.empty() || now == nonce_)
+      return {};
+    const std::string why = "rank " + std::to_string(rank_.rank) + " of " +
+                            std::to_string(rank_.world) +
+                            " was started twice (two processes took its heartbeat file " +
+                            alive.string() + ")";
+    write(marker(rank_.rank, rank_.world, "failed"), now + "\n" + why).ignore();
+    return why;
+  }
+
   Io& io_;
   fs::path staging_;
   RankInfo rank_;
@@ -277,19 +314,27 @@ struct Observed {
   std::string text; ///< the done marker's digests, or the failure
 };
 
-// Rank r's marker, valid only when it carries the nonce now in its heartbeat file; a heartbeat
-// not touched for `timeout` (against rank 0's own, on the same clock) means the rank is gone.
+// Rank r's marker, valid only when it carries the nonce now in its heartbeat file: a "done"
+// marker of a killed earlier job of this plan too (its files are this plan's; a process of that
+// rank that joins later adopts them and writes nothing, see begin), a "failed" one only when
+// written since this job began. A heartbeat not touched for `timeout` (against rank 0's own, on
+// the same clock; an earlier job's counts from rank 0's start) means the rank is gone.
 Observed observe(const fs::path& staging, unsigned r, unsigned world, int64_t now_ns,
                  int64_t job_start_ns, std::chrono::seconds timeout) {
   const std::string nonce = read_text(staging / marker(r, world, "alive"));
   const int64_t beat = mtime_ns(staging / marker(r, world, "alive"));
   for (auto [what, state] : {std::pair{"done", RankState::done}, {"failed", RankState::failed}}) {
-    const std::string text = read_text(staging / marker(r, world, what));
+    const fs::path f = staging / marker(r, world, what);
+    if (state == RankState::failed && mtime_ns(f) < job_start_ns)
+      continue; // an earlier job's failure (kept for --resume), not this job's
+    const std::string text = read_text(f);
     const size_t eol = text.find('\n');
     if (!nonce.empty() && eol != std::string::npos && text.substr(0, eol) == nonce)
       return {state, text.substr(eol + 1)};
   }
   const int64_t limit = std::chrono::nanoseconds(timeout).count();
+  if (beat != 0 && beat < job_start_ns && now_ns - job_start_ns <= limit)
+    return {}; // a heartbeat older than this job: its rank has until the timeout to join
   if (beat == 0 && now_ns - job_start_ns > limit)
     return {RankState::gone,
             "never joined this job in " + std::to_string(timeout.count()) +
@@ -323,13 +368,46 @@ public:
       return made;
     if (::stat(staging.c_str(), &staging_st_) != 0)
       return Status(Errc::io, staging.string() + ": " + errno_text(errno));
+    // A share this rank's earlier process finished, which was killed since (its "done" marker
+    // carries the nonce of the heartbeat it left, no longer touched; only a process of this rank
+    // changes that heartbeat): rank 0 may be committing it now, so this process writes nothing
+    // into the directory, neither a heartbeat nor its files again, and waits for the outcome.
+    // Rank 0 itself commits, with no one else writing, and does its share again.
+    const bool finished = rank_.rank != 0 && share_finished(staging);
+    // This rank's heartbeat file touched by another process now: the same rank started twice.
+    // The process that finds it leaves the job to the other, and removes nothing.
+    if (const int64_t before = mtime_ns(staging / marker(rank_.rank, rank_.world, "alive"));
+        before != 0) {
+      std::this_thread::sleep_for(BEAT + 2 * POLL); // a live heartbeat is touched at least once
+      // Touched, not gone (the directory moved for a commit meanwhile, or was removed).
+      if (const int64_t after = mtime_ns(staging / marker(rank_.rank, rank_.world, "alive"));
+          after != 0 && after != before) {
+        twin_ = true;
+        return Status(Errc::io, who_ + " already runs in this job (another process touches " +
+                                    (staging / marker(rank_.rank, rank_.world, "alive")).string() +
+                                    "): was it started twice? This process leaves the job to it");
+      }
+    }
+    // Read before the wait: rank 0 may have moved the directory for its commit since.
+    if (finished || (rank_.rank != 0 && share_finished(staging)))
+      return adopt();
     heart_ = std::make_unique<Heartbeat>(io_, staging, rank_, options_.cancel);
     for (const char* what : {"done", "failed"}) // this rank's own leftovers
       io_.unlink((staging / marker(rank_.rank, rank_.world, what)).c_str());
     if (Status s = heart_->start(); !s.ok()) {
       heart_.reset();
+      // Every share was done before this process could join: rank 0 moved the directory to
+      // commit it (what this process's heartbeat began is a stray that rank 0 removes).
+      if (where() == commit_path(paths_) || commit_seen()) {
+        if (rank_.rank != 0)
+          return adopt();
+        twin_ = true; // another rank 0 commits it: left to that one
+        return Status(Errc::io, who_ + ": another process of rank 0 is committing this job (was "
+                                       "rank 0 started twice?); this process leaves it to that one");
+      }
       return s;
     }
+    since_ns_ = heart_->started_ns();
     if (std::string odd = live_other_world(staging, rank_.world, heart_->started_ns());
         !odd.empty())
       return Status(Errc::io, odd); // (named with this rank where it is reported)
@@ -345,7 +423,7 @@ public:
       return "interrupted";
     if (std::string why = heart_ ? heart_->reason() : std::string(); !why.empty())
       return why;
-    return first_failure(paths_.staging, rank_.world, heart_ ? heart_->started_ns() : 0);
+    return first_failure(paths_.staging, rank_.world, since_ns_);
   }
 
   Result<SharesEnded> end_share(const Status& own, const std::string& done) override {
@@ -367,28 +445,44 @@ public:
     std::vector<std::string> failures;
     if (!own.ok())
       failures.push_back(who_ + ": " + own.message());
+    else
+      own_done_ = done;
     SharesEnded ended = wait_for_ranks(std::move(failures));
     if (!ended.failures.empty()) {
       heart_->stop_beating();
       return ended;
     }
+    // Every share is done: the directory moves to a name of its own for the commit (the same
+    // directory: the waiting ranks follow its inode). A process of this job that starts late
+    // (ranks start at their own times) then finds no staging directory by the job's name and
+    // makes its own, so nothing it writes can reach the directory being committed, nor take
+    // out a file of it. Rank 0's heartbeat goes on through the commit (side files, the index)
+    // on the directory itself: the others tell a slow commit from a dead rank 0 by it.
+    const fs::path commit = commit_path(paths_);
+    heart_->committing(commit);
+    if (fs::exists(commit)) // a killed commit's: this job writes every file again
+      discard_tree(io_, commit).ignore();
+    if (io_.rename(paths_.staging.c_str(), commit.c_str()) != 0) {
+      const int err = errno;
+      heart_->stop_beating();
+      ended.failures.push_back(who_ + ": cannot move the staging directory " +
+                               paths_.staging.string() + " to " + commit.string() +
+                               " for the commit: " + errno_text(err));
+      return ended;
+    }
+    paths_.staging = commit;
+    ended.staging = commit;
     // The committed OUT carries no markers: neither this job's nor those a killed job of the
-    // same plan left, whatever its world size. Rank 0's heartbeat goes on through the commit
-    // (side files, the index): the others wait for it, and tell a slow commit from a dead rank 0
-    // by it. Every other rank has ended its share and writes nothing here any more.
-    const std::string own_beat = marker(0, rank_.world, "alive");
+    // same plan left, whatever its world size.
     for (const MarkerFile& f : marker_files(paths_.staging))
-      if (f.path.filename() != own_beat)
-        io_.unlink(f.path.c_str());
+      io_.unlink(f.path.c_str());
     return ended;
   }
 
   void before_commit() override {
-    if (!heart_)
-      return;
-    heart_->committing(); // beats on, on the directory, until the coordinator ends
-    for (const MarkerFile& f : marker_files(paths_.staging))
-      io_.unlink(f.path.c_str());
+    if (heart_) // nothing but the plan's files: no marker written since end_share
+      for (const MarkerFile& f : marker_files(paths_.staging))
+        io_.unlink(f.path.c_str());
   }
 
   // Ranks that finished their share poll for the outcome; give them time to read a failure
@@ -424,7 +518,32 @@ private:
 
   bool owner_gone() const override { return rank0_gone_; }
 
-  bool staging_intact() const override { return staging_st_.st_ino == 0 || staging_is_ours(); }
+  bool share_adopted() const override { return adopted_; }
+
+  // This rank's "done" marker carries the nonce of its heartbeat file: the share is finished.
+  bool share_finished(const fs::path& staging) const {
+    const std::string nonce = read_text(staging / marker(rank_.rank, rank_.world, "alive"));
+    const std::string done = read_text(staging / marker(rank_.rank, rank_.world, "done"));
+    return !nonce.empty() && done.starts_with(nonce + "\n");
+  }
+
+  // Joins as a rank whose share is done, writing nothing; failures and the commit from now on.
+  Status adopt() {
+    adopted_ = true;
+    since_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+    return {};
+  }
+
+  bool staging_intact() const override {
+    return !twin_ && (staging_st_.st_ino == 0 || !where().empty());
+  }
+
+  fs::path staging_now(const fs::path& staging) const override {
+    const fs::path dir = where();
+    return dir.empty() ? staging : dir;
+  }
 
   // The staging directory is still the one this rank began in.
   bool staging_is_ours() const {
@@ -459,10 +578,10 @@ private:
       zero_seen_ = zero_seen_ || mtime_ns(beat) != 0;
       if (commit_seen())
         return {};
-      if (const std::string odd = other_world(paths_.staging, rank_.world, heart_->started_ns());
+      if (const std::string odd = other_world(here(), rank_.world, since_ns_);
           !odd.empty())
         return Status(Errc::io, "the job failed: " + odd);
-      const std::string failure = first_failure(paths_.staging, rank_.world, heart_->started_ns());
+      const std::string failure = first_failure(here(), rank_.world, since_ns_);
       if (!failure.empty())
         return Status(Errc::io, "the job failed: " + failure);
       if (cancelled())
@@ -471,18 +590,23 @@ private:
                           ": interrupted while waiting for rank 0's commit; this rank's share "
                           "was finished, so the job goes on without this process: whether " +
                           paths_.output.string() + " was committed, rank 0's output says");
-      std::error_code ec;
-      if (!fs::exists(paths_.staging, ec) && !commit_seen())
+      if (where().empty() && !commit_seen())
         return Status(Errc::io, "the job failed: its staging directory was removed without a "
                                 "commit (by rank 0, or by a rank that found rank 0 gone); see "
                                 "rank 0's output");
+      if (!where().empty() && committed_without_this_rank()) {
+        rank0_gone_ = true; // the directory is this process's own: it removes it
+        return Status(Errc::io, "the job was committed into " + paths_.output.string() +
+                                    " without this process: it started after every share was "
+                                    "done (rank 0 was committing); nothing of it reached OUT");
+      }
       // Another plan's rank 0 explains a rank 0 never seen here; once this job's has beaten, a
       // heartbeat file gone means its commit (markers cleared), not a rank 0 at work elsewhere.
       // (A rank 0 that starts after this rank's share ended and clears its markers within one
       // poll is never seen: then a live rank 0 of another plan still fails this job.)
       if (const std::string odd = zero_seen_ ? std::string()
                                             : other_plan(paths_, 0, rank_.world,
-                                                         heart_->started_ns());
+                                                         since_ns_);
           !odd.empty() && mtime_ns(beat) == 0) {
         rank0_gone_ = true;
         return Status(Errc::io, "the job failed: " + odd);
@@ -493,7 +617,7 @@ private:
       } else if (std::chrono::steady_clock::now() - last_change > options_.job_timeout) {
         rank0_gone_ = true;
         if (const std::string odd = recent_other_world_failure(
-                paths_.staging, rank_.world, heart_->started_ns(), options_.job_timeout);
+                paths_.staging, rank_.world, since_ns_, options_.job_timeout);
             !odd.empty())
           return Status(Errc::io, "the job failed: " + odd);
         return Status(Errc::io, "the job failed: rank 0 gave no sign of life for " +
@@ -506,10 +630,37 @@ private:
   }
 
   // Rank 0's sign of life while this rank waits: its heartbeat file's time, or once that is gone
-  // (cleared for the commit), the staging directory's.
+  // (the directory moved for the commit, the markers cleared), the directory's own.
   int64_t beat_or_staging(const fs::path& beat) const {
     const int64_t b = mtime_ns(beat);
-    return b != 0 ? b : mtime_ns(paths_.staging);
+    const fs::path dir = where();
+    return b != 0 || dir.empty() ? b : mtime_ns(dir);
+  }
+
+  fs::path here() const {
+    fs::path dir = where();
+    return dir.empty() ? paths_.staging : dir;
+  }
+
+  // Where the directory this rank began in is now: the staging directory, or rank 0's commit
+  // name for it (the same inode); "" when it is at neither.
+  fs::path where() const {
+    for (const fs::path& p : {paths_.staging, commit_path(paths_)}) {
+      struct stat st {};
+      if (::stat(p.c_str(), &st) == 0 && st.st_dev == staging_st_.st_dev &&
+          st.st_ino == staging_st_.st_ino)
+        return p;
+    }
+    return {};
+  }
+
+  // OUT committed from another directory than this rank's: this process started late and made
+  // a staging directory of its own while rank 0 committed the job's.
+  bool committed_without_this_rank() const {
+    struct stat st {};
+    return ::stat(paths_.output.c_str(), &st) == 0 &&
+           !(st.st_dev == staging_st_.st_dev && st.st_ino == staging_st_.st_ino) &&
+           fs::exists(paths_.output / OUTPUT_MARKER_NAME) && !commit_seen();
   }
 
   // Rank 0: waits until every rank has ended its share. Returns the failures (none: every rank
@@ -531,14 +682,16 @@ private:
       // its share over theirs; that would be what the user reads instead.
       if (const std::string odd = other_world(staging, world, heart_->started_ns()); !odd.empty())
         seen.push_back(odd);
-      for (unsigned k = 0; k < world; ++k) {
+      if (own_done_) // rank 0 itself, from what it knows, not from files another may write
+        done.push_back(*own_done_);
+      for (unsigned k = 1; k < world; ++k) {
         const Observed o =
             observe(staging, k, world, now, heart_->started_ns(), options_.job_timeout);
         // After a failure, a rank that never started is not waited for.
         if (o.state == RankState::working &&
             (failures.empty() || mtime_ns(staging / marker(k, world, "alive")) != 0))
           all_ended = false;
-        std::string why = k == 0 ? o.text : "rank " + std::to_string(k) + ": " + o.text;
+        std::string why = "rank " + std::to_string(k) + ": " + o.text;
         if (o.state == RankState::gone) // displaced by a rank of another world size?
           if (std::string odd = recent_other_world_failure(staging, world, heart_->started_ns(),
                                                            options_.job_timeout);
@@ -574,6 +727,10 @@ private:
   std::string who_; ///< "rank R of N", for messages
   struct stat staging_st_ {};
   std::unique_ptr<Heartbeat> heart_;
+  std::optional<std::string> own_done_; ///< rank 0: its own share's digests, once it is done
+  bool twin_ = false; ///< begin: another process runs this rank in this job; its directory stays
+  bool adopted_ = false; ///< begin: an earlier process of this rank finished its share
+  int64_t since_ns_ = 0; ///< when this rank joined (its heartbeat's start): markers before are older
   mutable bool zero_seen_ = false;    ///< ranks > 0: this job's rank 0 was seen beating
   mutable bool rank0_gone_ = false;   ///< wait_for_commit found rank 0 gone or never there
   mutable bool told_failure_ = false; ///< this rank wrote its "failed" marker

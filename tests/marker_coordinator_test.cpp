@@ -32,6 +32,7 @@ protected:
     auto ended = zero->end_share(Status(), "a 0\n");
     ASSERT_TRUE(ended.ok()) << ended.status().message();
     ASSERT_TRUE(ended->failures.empty());
+    ASSERT_EQ(ended->staging, commit_path(paths)); // moved for the commit
     // Rank 1, its share done, waits for the commit.
     waiting = std::async(std::launch::async, [this] { return one->learn_outcome(Status()); });
     zero->before_commit();
@@ -52,8 +53,8 @@ protected:
 // calling rank 0 gone and removing the staging directory under its rename.
 TEST_F(MarkerCoordinatorTest, ARankZeroWhoseCommitOutlastsTheTimeoutIsWaitedFor) {
   EXPECT_FALSE(answered_within(std::chrono::seconds(3))) << waiting.get().message();
-  write_bytes(paths.staging / OUTPUT_MARKER_NAME, "{}\n");
-  fs::rename(paths.staging, paths.output);
+  write_bytes(commit_path(paths) / OUTPUT_MARKER_NAME, "{}\n");
+  fs::rename(commit_path(paths), paths.output);
   zero->tell_outcome(Status());
   ASSERT_TRUE(answered_within(std::chrono::seconds(10)));
   const Status s = waiting.get();
@@ -76,8 +77,8 @@ TEST_F(MarkerCoordinatorTest, AnotherPlansRankZeroDoesNotFailAJobWhoseRankZeroCo
     }
   });
   const bool answered = answered_within(std::chrono::seconds(2));
-  write_bytes(paths.staging / OUTPUT_MARKER_NAME, "{}\n");
-  fs::rename(paths.staging, paths.output);
+  write_bytes(commit_path(paths) / OUTPUT_MARKER_NAME, "{}\n");
+  fs::rename(commit_path(paths), paths.output);
   zero->tell_outcome(Status());
   stop = true;
   beating.join();

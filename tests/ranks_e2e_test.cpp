@@ -535,6 +535,87 @@ TEST_F(Ranks, ARankInterruptedAfterItsShareLeavesTheJobToCommit) {
   expect_committed_alone();
 }
 
+// A rank killed after its share was done, started again: its share stands (the "done" marker
+// carries the nonce of the heartbeat it left), so the new process writes nothing into the staging
+// directory, which rank 0 may be committing at that moment (before, it wrote a new heartbeat and
+// its files again there, and a commit could take the directory with a shard missing or a
+// temporary file in it). The job then commits with it.
+TEST_F(Ranks, ARankWhoseShareAKilledProcessFinishedWritesNothingAgain) {
+  const pid_t first = spawn_rank(1, 3, "30");
+  ASSERT_GT(first, 0);
+  const auto dir = wait_for_in_staging(".rank-1-of-3.done");
+  ASSERT_TRUE(dir) << read_bytes(tmp / "log1");
+  ::kill(first, SIGKILL);
+  wait_status(first);
+  std::map<std::string, std::pair<std::string, fs::file_time_type>> before;
+  for (const std::string& name : entries(*dir))
+    before[name] = {read_bytes(*dir / name), fs::last_write_time(*dir / name)};
+  const pid_t again = spawn_rank(1, 3, "30");
+  ASSERT_GT(again, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500)); // beats would have come by now
+  std::map<std::string, std::pair<std::string, fs::file_time_type>> after;
+  for (const std::string& name : entries(*dir))
+    after[name] = {read_bytes(*dir / name), fs::last_write_time(*dir / name)};
+  EXPECT_TRUE(before == after) << "the restarted rank wrote into the staging directory";
+  std::vector<pid_t> pids{spawn_rank(0, 3, "30"), again, spawn_rank(2, 3, "30")};
+  for (size_t r = 0; r < pids.size(); ++r) {
+    const int status = wait_status(pids[r]);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << read_bytes(tmp / ("log" + std::to_string(r)));
+  }
+  expect_committed_alone();
+}
+
+// A rank killed in the middle of its share leaves a heartbeat file that stops changing. The job
+// run again, that rank started a second after the others and longer than --job-timeout after the
+// kill: rank 0 counts the timeout from its own start, not from the old heartbeat, and waits for
+// it (before, it called the rank gone at once and failed the job).
+TEST_F(Ranks, ARankKilledMidShareAndStartedLateIsWaitedFor) {
+  const pid_t first = spawn_rank(1, 3, "4");
+  ASSERT_GT(first, 0);
+  const auto dir = wait_for_in_staging(".rank-1-of-3.alive");
+  ASSERT_TRUE(dir) << read_bytes(tmp / "log1");
+  ::kill(first, SIGKILL);
+  wait_status(first);
+  fs::remove(*dir / ".rank-1-of-3.done"); // as if killed before the end of its share
+  std::this_thread::sleep_for(std::chrono::seconds(5)); // the heartbeat is older than the timeout
+  const pid_t zero = spawn_rank(0, 3, "4"), two = spawn_rank(2, 3, "4");
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const pid_t one = spawn_rank(1, 3, "4");
+  for (auto [pid, r] : {std::pair{zero, 0}, {one, 1}, {two, 2}}) {
+    const int status = wait_status(pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << read_bytes(tmp / ("log" + std::to_string(r)));
+  }
+  expect_committed_alone();
+}
+
+// A rank started a second time while the first process of it still works or waits: the second
+// finds its heartbeat file touched by another process, says so, exits 1 and removes nothing; the
+// job goes on with the first and commits.
+TEST_F(Ranks, ARankStartedTwiceLeavesTheJobToTheFirst) {
+  const pid_t first = spawn_rank(1, 2, "30");
+  ASSERT_GT(first, 0);
+  ASSERT_TRUE(wait_for_in_staging(".rank-1-of-2.done")) << read_bytes(tmp / "log1");
+  const pid_t twin = testing::spawn_shardshift(
+      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--max-shard-size", "2MB", "-j",
+       "1", "--rank", "1", "--world-size", "2", "--job-timeout", "30"},
+      tmp / "log2");
+  const int twin_status = wait_status(twin);
+  const std::string twin_log = read_bytes(tmp / "log2");
+  EXPECT_TRUE(WIFEXITED(twin_status) && WEXITSTATUS(twin_status) == 1) << twin_log;
+  EXPECT_NE(twin_log.find("rank 1 of 2 already runs in this job"), std::string::npos) << twin_log;
+  EXPECT_NE(twin_log.find("was it started twice?"), std::string::npos) << twin_log;
+  ASSERT_TRUE(job_staging()) << "the second process removed the job's staging directory";
+  const pid_t zero = spawn_rank(0, 2, "30");
+  for (auto [pid, r] : {std::pair{zero, 0}, {first, 1}}) {
+    const int status = wait_status(pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << read_bytes(tmp / ("log" + std::to_string(r)));
+  }
+  expect_committed_alone();
+}
+
 // A job of 3 ranks killed after two of them finished leaves their markers in the staging
 // directory; the same conversion run again as 2 ranks takes it over. No marker of the killed job
 // (another world size) may reach OUT: the commit holds the plan's files and nothing else.
