@@ -264,14 +264,20 @@ std::unique_ptr<Coordinator> make_coordinator(const ConvertOptions& options, con
 
 namespace {
 
-// What every rank must agree on: the plan, and whether the files are hashed (--checksums), or
-// rank 0 would list empty digests for the files of ranks that did not hash theirs. The two
-// settings give different fingerprints, hence different staging directories and a refusal
-// (MPI) or a rank that never turns up (markers), never a wrong SHA256SUMS.
-std::string job_fingerprint(const std::string& plan, bool checksums) {
-  if (!checksums)
-    return plan;
-  const std::string text = plan + " --checksums";
+// What every rank must agree on: the plan, whether the files are hashed (--checksums), or rank 0
+// would list empty digests for the files of ranks that did not hash theirs, and the side files
+// rank 0 copies (none with --no-side-files), so that a rank given other flags is refused rather
+// than a job committed with rank 0's. Different settings give different fingerprints, hence
+// different staging directories and a refusal (MPI) or a rank that never turns up (markers),
+// never a wrong SHA256SUMS.
+std::string job_fingerprint(const std::string& plan, bool checksums,
+                            const std::vector<std::string>& side_files) {
+  std::string text = plan;
+  if (checksums)
+    text += " --checksums";
+  text += " side files " + std::to_string(side_files.size());
+  for (const std::string& name : side_files)
+    text += " " + std::to_string(name.size()) + ":" + name;
   return sha256_hex(std::as_bytes(std::span(text)));
 }
 
@@ -281,8 +287,9 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
                                              const Plan& plan, const PipelineConfig& config, Io& io,
                                              Profiler& profiler, const RankInfo& rank,
                                              const Notes& notes) {
-  const std::string fingerprint = job_fingerprint(
-      plan_fingerprint(input, plan, InputIdentity::shared), config.digests != nullptr);
+  const std::string fingerprint =
+      job_fingerprint(plan_fingerprint(input, plan, InputIdentity::shared),
+                      config.digests != nullptr, plan.side_files);
   Job job{options,
           rank,
           {fs::absolute(options.output), {}},

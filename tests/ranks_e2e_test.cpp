@@ -174,8 +174,8 @@ TEST_F(Ranks, UnderMpirunRanksGivenDifferentPlansAreRefusedBeforeWriting) {
 }
 
 // Ranks that hash their files and ranks that do not would leave rank 0 listing empty digests in
-// SHA256SUMS: --checksums is part of what the ranks must agree on.
-TEST_F(Ranks, UnderMpirunRanksThatDisagreeOnChecksumsAreRefusedBeforeWriting) {
+// SHA256SUMS: --checksums is part of what the ranks must agree on, and so is --no-side-files.
+TEST_F(Ranks, UnderMpirunRanksThatDisagreeOnChecksumsOrSideFilesAreRefusedBeforeWriting) {
   if (run_shell("command -v mpirun").exit_code != 0)
     GTEST_SKIP() << "mpirun (Open MPI) is not installed; scripts/setup.sh installs openmpi-bin";
   if (std::string(mpirun_coordinator()) != "MPI")
@@ -188,6 +188,13 @@ TEST_F(Ranks, UnderMpirunRanksThatDisagreeOnChecksumsAreRefusedBeforeWriting) {
   // At least one rank prints its refusal before mpirun ends the others (see above).
   EXPECT_GE(count(r.out + r.err, "rank 2 planned another output than rank 0"), 1u)
       << r.out << r.err;
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
+  // So is --no-side-files: the side files are rank 0's to copy, and a job committed with them
+  // would not be what the other ranks were asked for (before, every rank exited 0).
+  auto side = run_shell(MPIRUN + "-np 2 " + convert + " : -np 1 " + convert + " --no-side-files");
+  EXPECT_EQ(side.exit_code, 2) << side.out << side.err;
+  EXPECT_GE(count(side.out + side.err, "rank 2 planned another output than rank 0"), 1u)
+      << side.out << side.err;
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "ref"}));
 }
 
