@@ -75,7 +75,7 @@ public:
   /// what of the coordination is still in it (markers: every marker file; rank 0's heartbeat
   /// goes on, on the staging directory itself, until the coordinator ends, so that the other
   /// ranks can tell a rank 0 still committing, however slowly, from one that died).
-  virtual void before_commit() {}
+  [[nodiscard]] virtual Status before_commit() { return {}; }
 
   /// Whether begin's error is one every rank found alike (MPI: a rank that cannot see rank 0's
   /// staging directory), so that each rank reports it and ends at once, as after agree_on_plan,

@@ -241,7 +241,8 @@ Status commit_job(const Job& job, Io& io, const Checkpoint& input, const Plan& p
       },
       &r.checksums, nullptr);
   if (s.ok()) { // commit_output removes the fingerprint once the output's marker is written
-    coordinator.before_commit();
+    if (Status b = coordinator.before_commit(); !b.ok())
+      return b; // not this job's directory any more: nothing of it to remove
     remove_strays(io, staging, plan, config.digests != nullptr);
     s = commit_output(io, staging, job.paths.output, job.options.force);
   }

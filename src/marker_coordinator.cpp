@@ -177,11 +177,21 @@ std::string first_failure(const fs::path& staging, unsigned world, int64_t since
 class Heartbeat {
 public:
   Heartbeat(Io& io, fs::path staging, const RankInfo& rank, const std::atomic<bool>* cancel)
-      : io_(io), staging_(std::move(staging)), rank_(rank), cancel_(cancel) {
+      : io_(io), staging_(std::move(staging)), rank_(rank), cancel_(cancel),
+        alive_name_(marker(rank.rank, rank.world, "alive")) {
     std::random_device rd;
     nonce_ = std::to_string(rd()) + std::to_string(rd());
+    // The directory itself, whatever its name: rank 0 moves it for the commit, and a process
+    // started late may make another under the old name, whose files this one must not touch.
+    dir_fd_ = ::open(staging_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd_ >= 0)
+      ::fstat(dir_fd_, &dir_st_);
   }
-  ~Heartbeat() { stop_beating(); }
+  ~Heartbeat() {
+    stop_beating();
+    if (dir_fd_ >= 0)
+      ::close(dir_fd_);
+  }
 
   Status start() {
     if (Status s = write(marker(rank_.rank, rank_.world, "alive"), nonce_); !s.ok())
@@ -202,8 +212,7 @@ public:
     wake_.notify_all();
     if (thread_.joinable()) {
       thread_.join();
-      ::utimensat(AT_FDCWD, (staging_ / marker(rank_.rank, rank_.world, "alive")).c_str(), nullptr,
-                  0);
+      ::utimensat(dir_fd_, alive_name_.c_str(), nullptr, 0);
     }
   }
   /// Rank 0, committing from `dir` (the staging directory moved to commit_path): the beat
@@ -225,23 +234,22 @@ public:
   const std::string& nonce() const { return nonce_; }
   int64_t started_ns() const { return started_ns_; }
   Status write(const std::string& name, const std::string& text) {
-    fs::path dir;
-    {
-      std::lock_guard lock(mutex_);
-      dir = staging_;
-    }
-    return write_file_atomic(io_, dir / name, std::as_bytes(std::span(text)));
+    std::lock_guard lock(mutex_);
+    return write_here(name, text);
   }
 
 private:
   void beat() {
     std::unique_lock lock(mutex_);
     while (!wake_.wait_for(lock, BEAT, [this] { return quit_; })) {
-      const fs::path alive = staging_ / marker(rank_.rank, rank_.world, "alive");
-      // Now, on the filesystem's clock.
-      ::utimensat(AT_FDCWD, committing_ ? staging_.c_str() : alive.c_str(), nullptr, 0);
-      if (stop_ || committing_)
-        continue;
+      const fs::path alive = staging_ / alive_name_;
+      // Now, on the filesystem's clock; through the directory's descriptor, wherever it is.
+      if (committing_)
+        ::futimens(dir_fd_, nullptr);
+      else
+        ::utimensat(dir_fd_, alive_name_.c_str(), nullptr, 0);
+      if (stop_ || committing_ || !still_here())
+        continue; // moved for the commit: what is under its old name is another's
       std::string why = cancel_ && cancel_->load()
                             ? std::string("interrupted")
                             : other_world(staging_, rank_.world, started_ns_);
@@ -259,6 +267,7 @@ private:
   // Another process of the same rank rewrote this rank's heartbeat file (both started at once,
   // before either could see the other's): this one stops, and fails the job under the other's
   // nonce, so that every rank, the other too, learns why. "" when the file is still this one's.
+  // Called by the beat, which holds mutex_.
   std::string twin(const fs::path& alive) {
     const std::string now = read_text(alive);
     if (now.empty() || now == nonce_)
@@ -267,14 +276,29 @@ private:
                             std::to_string(rank_.world) +
                             " was started twice (two processes took its heartbeat file " +
                             alive.string() + ")";
-    write(marker(rank_.rank, rank_.world, "failed"), now + "\n" + why).ignore();
+    write_here(marker(rank_.rank, rank_.world, "failed"), now + "\n" + why).ignore();
     return why;
+  }
+
+  // A marker written into the directory under its current name; mutex_ held.
+  Status write_here(const std::string& name, const std::string& text) {
+    return write_file_atomic(io_, staging_ / name, std::as_bytes(std::span(text)));
+  }
+
+  // The directory's current name still names it (not moved away, not replaced by another's).
+  bool still_here() const {
+    struct stat st {};
+    return ::stat(staging_.c_str(), &st) == 0 && st.st_dev == dir_st_.st_dev &&
+           st.st_ino == dir_st_.st_ino;
   }
 
   Io& io_;
   fs::path staging_;
   RankInfo rank_;
   const std::atomic<bool>* cancel_;
+  std::string alive_name_;
+  int dir_fd_ = -1;
+  struct stat dir_st_ {};
   std::string nonce_;
   int64_t started_ns_ = 0;
   std::atomic<bool> stop_{false};
@@ -459,9 +483,19 @@ public:
     // out a file of it. Rank 0's heartbeat goes on through the commit (side files, the index)
     // on the directory itself: the others tell a slow commit from a dead rank 0 by it.
     const fs::path commit = commit_path(paths_);
+    if (const int64_t before = mtime_ns(commit); before != 0) {
+      // A commit of this plan under way (another job's rank 0 touches it), or a killed one's.
+      std::this_thread::sleep_for(BEAT + 2 * POLL);
+      if (const int64_t after = mtime_ns(commit); after != 0 && after != before) {
+        heart_->stop_beating();
+        ended.failures.push_back(who_ + ": another job of this plan is committing " +
+                                 commit.string() + " into " + paths_.output.string() +
+                                 " (two jobs of the same conversion at once?)");
+        return ended;
+      }
+      discard_tree(io_, commit).ignore(); // a killed commit's: this job wrote every file again
+    }
     heart_->committing(commit);
-    if (fs::exists(commit)) // a killed commit's: this job writes every file again
-      discard_tree(io_, commit).ignore();
     if (io_.rename(paths_.staging.c_str(), commit.c_str()) != 0) {
       const int err = errno;
       heart_->stop_beating();
@@ -479,10 +513,16 @@ public:
     return ended;
   }
 
-  void before_commit() override {
-    if (heart_) // nothing but the plan's files: no marker written since end_share
-      for (const MarkerFile& f : marker_files(paths_.staging))
-        io_.unlink(f.path.c_str());
+  Status before_commit() override {
+    if (!heart_)
+      return {};
+    if (!staging_is_ours()) // moved or replaced by another process: not this job's to commit
+      return Status(Errc::io, who_ + ": the directory to commit, " + paths_.staging.string() +
+                                  ", was moved or replaced by another process (two jobs of the "
+                                  "same conversion at once?); nothing was committed");
+    for (const MarkerFile& f : marker_files(paths_.staging)) // none written since end_share
+      io_.unlink(f.path.c_str());
+    return {};
   }
 
   // Ranks that finished their share poll for the outcome; give them time to read a failure

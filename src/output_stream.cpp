@@ -105,7 +105,10 @@ Status stream_small_file(Io& io, int fd, const Checkpoint& input, const Plan& pl
     return write_all(io, fd, *text, name, cancel);
   }
   StreamTarget target(fd);
-  return deliver_side_file(target, io, input, name, chunk, nullptr, written, cancel);
+  if (Status s = deliver_side_file(target, io, input, name, chunk, nullptr, written, cancel);
+      !s.ok())
+    return s;
+  return write_all(io, fd, target.held(), name, cancel); // its last byte, once all is well
 }
 
 } // namespace
@@ -140,6 +143,9 @@ Result<UploadResult> stream_one_file(const ConvertOptions& options, const Checkp
   auto moved = run_pipeline(input, plan, only, stdout_target, config, profiler);
   if (!moved)
     return moved.status();
+  // Every check passed (the input unchanged, the GPU): the held last byte ends the file.
+  if (Status s = write_all(io, fd, stdout_target.held(), file->name, options.cancel); !s.ok())
+    return s;
   UploadResult r;
   r.moved = *moved;
   if (config.digests)

@@ -9,6 +9,11 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <sys/stat.h>
+#include <sys/ioctl.h>
+#include <fcntl.h>
+#include <thread>
+#include <chrono>
 
 namespace shardshift {
 
@@ -113,18 +118,11 @@ std::string tar_header(std::string_view name, uint64_t size, char type) {
   return out;
 }
 
-// Bytes of an entry: a file's, or a header's, written until all went out. A full non-blocking
-// stream (stream_fd.h) is waited on until the run is stopped. Each write is at most `piece` bytes
-// and, but for the last, ends where no entry ends (an offset that is not `avoid` mod 512), so a
-// stop between two writes leaves the stream inside an entry.
-Status TarTarget::write(std::string_view bytes, const std::string& what, size_t piece,
-                        size_t avoid) {
-  size_t at = 0; // offset in `bytes`
-  while (at < bytes.size()) {
-    size_t n = std::min(bytes.size() - at, piece);
-    if (at + n < bytes.size() && (at + n) % BLOCK == avoid % BLOCK)
-      --n;
-    const ssize_t w = io_.write(fd_, bytes.data() + at, n);
+// `bytes`, written until all went out. A full non-blocking stream (stream_fd.h) is waited on until
+// the run is stopped.
+Status TarTarget::write(std::string_view bytes, const std::string& what) {
+  while (!bytes.empty()) {
+    const ssize_t w = io_.write(fd_, bytes.data(), std::min(bytes.size(), MAX_IO_CHUNK));
     if (w < 0 && errno == EINTR)
       continue;
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { // full (stream_fd.h)
@@ -136,20 +134,33 @@ Status TarTarget::write(std::string_view bytes, const std::string& what, size_t 
       return Status(w < 0 && errno == EPIPE ? Errc::broken_pipe : Errc::io,
                     what + ": cannot write the tar stream to stdout: " +
                         (w < 0 ? errno_text(errno) : std::string("no progress")));
-    at += static_cast<size_t>(w);
+    bytes.remove_prefix(static_cast<size_t>(w));
   }
   return {};
 }
 
+// Readers take a stream cut at an entry's end, or anywhere in the block after it (a header cut
+// short), for a whole archive; between the held bytes and the next file's full header there is no
+// other place to stop. So these bytes go out in one write: on a pipe, whole or not at all when
+// at most PIPE_BUF; when longer (many directory entries, a long name's pax header), once the
+// pipe is empty and can take them all, which it then does in one write too.
 Status TarTarget::write_after_held(std::string bytes, const std::string& what) {
   std::string out = std::move(held_);
   out += bytes;
-  // Entries end in `out` at held_end_ and 512 bytes apart after it (headers and paddings are
-  // whole blocks); on a pipe, a write of at most PIPE_BUF goes whole or not at all.
-  Status s = write(out, what, PIPE_BUF, held_end_);
   held_.clear();
   held_end_ = 0;
-  return s;
+  struct stat st {};
+  if (out.size() > PIPE_BUF && ::fstat(fd_, &st) == 0 && S_ISFIFO(st.st_mode)) {
+    if (const int capacity = ::fcntl(fd_, F_GETPIPE_SZ);
+        capacity >= 0 && static_cast<size_t>(capacity) < out.size() && out.size() <= INT_MAX)
+      ::fcntl(fd_, F_SETPIPE_SZ, static_cast<int>(out.size())); // else: as much as it takes
+    for (int queued = 1; ::ioctl(fd_, FIONREAD, &queued) == 0 && queued > 0;) {
+      if (cancel_ && cancel_->load())
+        return Status(Errc::interrupted, "interrupted");
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  return write(out, what);
 }
 
 // "a/b/c.json" needs the entries "a/" and "a/b/" first, so that tar x makes the directories with
@@ -165,8 +176,11 @@ void TarTarget::hold_directories(std::string_view name) {
 
 Status TarTarget::open(ShardWriter& writer, const OutputFile& file) {
   hold_directories(file.name);
-  if (Status s = write_after_held(tar_header(file.name, file.size()), file.name); !s.ok())
+  if (file.size() == 0) { // an empty file (a side file) ends with its header: held whole
+    held_ += tar_header(file.name, 0);
+  } else if (Status s = write_after_held(tar_header(file.name, file.size()), file.name); !s.ok()) {
     return s;
+  }
   // Its last byte is held, to go out with what follows (see tar_target.h).
   return writer.open_stream(fd_, file.name, file.header, file.data_size, 1);
 }
@@ -174,6 +188,8 @@ Status TarTarget::open(ShardWriter& writer, const OutputFile& file) {
 Status TarTarget::finish(ShardWriter& writer, const OutputFile& file) {
   if (Status s = writer.finish(); !s.ok()) // checks that every planned byte went out
     return s;
+  if (file.size() == 0)
+    return {}; // its header is held already
   held_ = writer.take_held();
   held_.append(tar_padding(file.size()), '\0');
   held_end_ = held_.size();
@@ -196,7 +212,7 @@ Status TarTarget::deliver(const std::string& name, std::string_view bytes) {
   if (Status s = write_after_held(std::move(start), name); !s.ok())
     return s;
   if (bytes.size() > BLOCK) // the rest but the last byte: any write of it ends inside the entry
-    if (Status s = write(bytes.substr(0, bytes.size() - 1), name, MAX_IO_CHUNK, 0); !s.ok())
+    if (Status s = write(bytes.substr(0, bytes.size() - 1), name); !s.ok())
       return s;
   held_.assign(1, bytes.back());
   held_.append(tar_padding(bytes.size()), '\0');

@@ -13,13 +13,15 @@
 // after every entry succeeded. A failed conversion stops the stream without them. Cut inside an
 // entry, `tar x` (and Python's tarfile) report an unexpected end of file. Cut between entries they
 // would not: they take an archive that ends at an entry's end for complete, end blocks or not.
-// So the stream never pauses at an entry's end: an entry's last byte and its padding are held
-// back (the last byte of a file's data by its ShardWriter, hold_back) and go out in one write
-// with the next entry's header, or with the end of archive; an entry of no bytes (a directory)
-// is held whole. Those writes are at most a pipe's atomic size (PIPE_BUF) and, where longer, cut
-// off an entry's end: on a non-blocking pipe each goes out whole or not at all. A run that stops,
-// however full the pipe and whatever its reader does, has then left the stream inside an entry,
-// and end_incomplete() drops what is held.
+// Nor in the block after an entry's end: a header cut short there reads as the archive's end.
+// So the stream never pauses between a file's last byte and the next file's full header: an
+// entry's last byte and its padding are held back (the last byte of a file's data by its
+// ShardWriter, hold_back) and go out in one write with the next file's header (and the entries
+// of no bytes before it, directories and empty files, held whole), or with the end of archive.
+// On a non-blocking pipe, a write of at most PIPE_BUF goes out whole or not at all; a longer one
+// waits for the pipe to empty, which then takes it whole. A run that stops, however full the
+// pipe and whatever its reader does, has then left the stream inside a file's bytes, and
+// end_incomplete() drops what is held.
 //
 // Thread-safety: one writer lane (the stream is ordered); entries are written one at a time.
 #pragma once
@@ -65,10 +67,10 @@ private:
   /// Directory entries the path needs, held (they have no bytes of their own).
   void hold_directories(std::string_view name);
   /// What is held, then `bytes`: the start of an entry (its header, and for a small file its
-  /// bytes but the last) or the end of the archive, in writes that each end off an entry's end.
+  /// bytes but the last) or the end of the archive, in one write (see the .cpp).
   Status write_after_held(std::string bytes, const std::string& what);
-  /// `bytes` in writes of at most `piece` bytes, none ending at `avoid` (mod 512) but the last.
-  Status write(std::string_view bytes, const std::string& what, size_t piece, size_t avoid);
+  /// `bytes` until all went out, waiting for room in a full stream until stopped.
+  Status write(std::string_view bytes, const std::string& what);
 
   Io& io_;
   int fd_;

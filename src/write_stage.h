@@ -97,12 +97,23 @@ struct FillingFile {
 class StreamTarget final : public OutputTarget {
 public:
   explicit StreamTarget(int fd) : fd_(fd) {}
+  /// The file's last byte is held back (held()), to go out once the run has checked that its
+  /// input did not change while it was read: a run that fails then never leaves its reader a
+  /// file of the planned size.
   Status open(ShardWriter& writer, const OutputFile& file) override {
-    return writer.open_stream(fd_, file.name, file.header, file.data_size);
+    return writer.open_stream(fd_, file.name, file.header, file.data_size, 1);
   }
+  Status finish(ShardWriter& writer, const OutputFile&) override {
+    Status s = writer.finish();
+    if (s.ok())
+      held_ = writer.take_held();
+    return s;
+  }
+  const std::string& held() const { return held_; }
 
 private:
   int fd_;
+  std::string held_;
 };
 
 struct WriteTotals {

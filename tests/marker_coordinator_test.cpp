@@ -35,7 +35,7 @@ protected:
     ASSERT_EQ(ended->staging, commit_path(paths)); // moved for the commit
     // Rank 1, its share done, waits for the commit.
     waiting = std::async(std::launch::async, [this] { return one->learn_outcome(Status()); });
-    zero->before_commit();
+    ASSERT_TRUE(zero->before_commit().ok());
   }
   // Whether rank 1 has given its answer within `d`.
   bool answered_within(std::chrono::seconds d) {

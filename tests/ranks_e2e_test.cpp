@@ -623,6 +623,33 @@ TEST_F(Ranks, ARankStartedTwiceLeavesTheJobToTheFirst) {
   expect_committed_alone();
 }
 
+// Two processes of one rank that start at the same moment both write the heartbeat file before
+// either can see the other's; the one whose nonce was overwritten finds it at its next beat, and
+// fails the job naming why (its heartbeat's thread once deadlocked here, and the process hung).
+// Played here by rewriting the file under a waiting rank.
+TEST_F(Ranks, ARankWhoseHeartbeatAnotherProcessTookFailsTheJobNamingIt) {
+  const pid_t one = spawn_rank(1, 2, "30");
+  ASSERT_GT(one, 0);
+  const auto dir = wait_for_in_staging(".rank-1-of-2.done");
+  ASSERT_TRUE(dir) << read_bytes(tmp / "log1");
+  testing::write_bytes(*dir / ".rank-1-of-2.alive", "12345"); // another process's nonce
+  int status = 0;
+  bool ended = false; // not a timing: a generous bound, so that a hang fails rather than stalls
+  for (int i = 0; i < 600 && !ended; ++i) {
+    ended = ::waitpid(one, &status, WNOHANG) == one;
+    if (!ended)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!ended) {
+    ::kill(one, SIGKILL);
+    wait_status(one);
+  }
+  ASSERT_TRUE(ended) << "rank 1 hung after another process took its heartbeat file";
+  const std::string log = read_bytes(tmp / "log1");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << log;
+  EXPECT_NE(log.find("rank 1 of 2 was started twice"), std::string::npos) << log;
+}
+
 // A job of 3 ranks killed after two of them finished leaves their markers in the staging
 // directory; the same conversion run again as 2 ranks takes it over. No marker of the killed job
 // (another world size) may reach OUT: the commit holds the plan's files and nothing else.

@@ -117,6 +117,51 @@ protected:
   }
 };
 
+// Touches every input shard at the first write to stdout: the input changes while it is read
+// (as a rewrite in place at the same size would), which the run finds only once every byte of
+// its file was produced.
+class TouchInputAtFirstWrite final : public ForwardingIo {
+public:
+  explicit TouchInputAtFirstWrite(std::filesystem::path dir)
+      : ForwardingIo(Io::system()), dir_(std::move(dir)) {}
+  ssize_t write(int fd, const void* buf, size_t count) override {
+    touch(fd);
+    return ForwardingIo::write(fd, buf, count);
+  }
+  ssize_t splice(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
+    touch(out);
+    return ForwardingIo::splice(in, in_off, out, out_off, len);
+  }
+
+private:
+  void touch(int fd) {
+    if (fd != STDOUT_FILENO || touched_.exchange(true))
+      return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20)); // a later modification time
+    for (const auto& e : std::filesystem::directory_iterator(dir_))
+      if (e.path().extension() == ".safetensors")
+        ::utimensat(AT_FDCWD, e.path().c_str(), nullptr, 0);
+  }
+  std::filesystem::path dir_;
+  std::atomic<bool> touched_{false};
+};
+
+// A single file streamed to stdout (--only) whose input changed while it was read fails, and what
+// its reader got is shorter than the planned file: the file's last byte goes out only once the
+// run has checked its input (before, the reader got every byte, a file of the planned size that
+// a size check would take for whole).
+TEST_F(StreamFailureTest, AnOnlyStreamWhoseInputChangedIsShorterThanTheFile) {
+  ConvertOptions o = tar_options();
+  o.format = OutputFormat::dir;
+  o.only = planned_files().front();
+  TouchInputAtFirstWrite io(tmp / "hf");
+  o.io = &io;
+  auto r = convert_to_file(tmp / "out", o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::file_changed) << r.status().message();
+  EXPECT_EQ(read_bytes(tmp / "out").size(), planned_size(o.only) - 1);
+}
+
 TEST_F(StreamFailureTest, AWriteFailingInsideAShardLeavesAnArchiveTarRefuses) {
   ConvertOptions o = tar_options();
   FailingStdout io(30'000);

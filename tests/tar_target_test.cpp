@@ -149,7 +149,7 @@ TEST(TarTarget, NoPrefixBeforeTheEndIsAWholeArchive) {
     return run_shell("tar -tf " + shell_quoted(stream) + " >/dev/null 2>&1").exit_code == 0;
   };
   for (int i = 0; i < 14; ++i) {
-    const uint64_t size = sizes[rng() % std::size(sizes)];
+    const uint64_t size = i == 1 ? 0 : sizes[rng() % std::size(sizes)]; // one empty file always
     std::string name = "f" + std::to_string(i);
     if (rng() % 3 == 0)
       name = "d" + std::to_string(i % 3) + "/sub/" + name;
@@ -158,14 +158,14 @@ TEST(TarTarget, NoPrefixBeforeTheEndIsAWholeArchive) {
     std::string bytes(size, '\0');
     for (char& c : bytes)
       c = static_cast<char>(rng());
-    if (size >= 8 && rng() % 2 == 0) { // through a ShardWriter: a header and data
-      OutputFile f;
+    if (i == 1 || ((size >= 8 || size == 0) && rng() % 2 == 0)) { // through a ShardWriter
+      OutputFile f; // (an empty one: an empty side file, as the run streams side files)
       f.name = name;
-      f.header = bytes.substr(0, 8);
-      f.data_size = size - 8;
+      f.header = bytes.substr(0, std::min<size_t>(8, size));
+      f.data_size = size - f.header.size();
       ShardWriter w;
       ASSERT_TRUE(tar.open(w, f).ok()) << "SHARDSHIFT_SEED=" << seed;
-      const std::string data = bytes.substr(8);
+      const std::string data = bytes.substr(f.header.size());
       const size_t half = data.size() / 2;
       ASSERT_TRUE(w.append(std::as_bytes(std::span(data.data(), half))).ok());
       ASSERT_TRUE(w.append(std::as_bytes(std::span(data.data() + half, data.size() - half))).ok());
@@ -187,6 +187,66 @@ TEST(TarTarget, NoPrefixBeforeTheEndIsAWholeArchive) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const auto& [name, bytes] : files)
     EXPECT_EQ(read_bytes(tmp / "x" / name), bytes) << name << " SHARDSHIFT_SEED=" << seed;
+}
+
+// Entries of no bytes of their own (here 20 nested directories with names long enough for pax
+// headers, 30 KB of headers) between a file's last byte and the next file's header are more than
+// a pipe takes in one atomic write. Readers take a stream cut anywhere there for a whole archive
+// (at an entry's end, or inside the header block after it), so none of it may go out in pieces:
+// it waits for the pipe to empty, and a run stopped meanwhile writes none of it.
+TEST(TarTarget, AChainOfHeadersWaitsForAnEmptyPipeAndIsNeverCutShort) {
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  ASSERT_EQ(::fcntl(p[1], F_SETPIPE_SZ, 65536), 65536);
+  ASSERT_EQ(::fcntl(p[1], F_SETFL, O_NONBLOCK), 0); // as StreamDescriptor opens it
+  std::atomic<bool> cancel{false};
+  std::string deep;
+  for (int i = 0; i < 20; ++i)
+    deep += std::string(90, static_cast<char>('a' + i)) + "/";
+  {
+    TarTarget tar(Io::system(), p[1], &cancel);
+    ASSERT_TRUE(tar.deliver("first", std::string(40000, 'x')).ok()); // the pipe: 40 KB of 64
+    std::thread stop([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      cancel = true;
+    });
+    const Status s = tar.deliver(deep + "f", std::string(600, 'f'));
+    stop.join();
+    EXPECT_EQ(s.code(), Errc::interrupted) << s.message();
+    tar.end_incomplete();
+  }
+  ::close(p[1]);
+  std::string stream;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
+    stream.append(buf, static_cast<size_t>(n));
+  ::close(p[0]);
+  EXPECT_EQ(stream.size(), 512u + 40000 - 1) << "headers went out in pieces";
+  TempDir tmp;
+  write_bytes(tmp / "stopped.tar", stream);
+  EXPECT_NE(run_shell("tar -tf " + shell_quoted(tmp / "stopped.tar")).exit_code, 0);
+  // With a reader, the same entries go out whole.
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  ASSERT_EQ(::fcntl(p[1], F_SETFL, O_NONBLOCK), 0);
+  std::string got;
+  std::thread reader([&] {
+    for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;)
+      got.append(buf, static_cast<size_t>(n));
+  });
+  {
+    TarTarget tar(Io::system(), p[1], nullptr);
+    ASSERT_TRUE(tar.deliver("first", std::string(40000, 'x')).ok());
+    ASSERT_TRUE(tar.deliver(deep + "f", std::string(600, 'f')).ok());
+    ASSERT_TRUE(tar.close().ok());
+  }
+  ::close(p[1]);
+  reader.join();
+  ::close(p[0]);
+  write_bytes(tmp / "whole.tar", got);
+  std::filesystem::create_directory(tmp / "x");
+  auto r = run_shell("tar -xf " + shell_quoted(tmp / "whole.tar") + " -C " + shell_quoted(tmp / "x"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_bytes(tmp / "x" / (deep + "f")), std::string(600, 'f'));
 }
 
 // A run stopped while its reader has stopped reading, the pipe full: waiting for room would never
