@@ -495,15 +495,16 @@ public:
       }
       discard_tree(io_, commit).ignore(); // a killed commit's: this job wrote every file again
     }
-    heart_->committing(commit);
     if (io_.rename(paths_.staging.c_str(), commit.c_str()) != 0) {
       const int err = errno;
-      heart_->stop_beating();
       ended.failures.push_back(who_ + ": cannot move the staging directory " +
                                paths_.staging.string() + " to " + commit.string() +
                                " for the commit: " + errno_text(err));
+      fail(Status(Errc::io, "stopping the job: " + ended.failures.back())).ignore();
+      heart_->stop_beating();
       return ended;
     }
+    heart_->committing(commit);
     paths_.staging = commit;
     ended.staging = commit;
     // The committed OUT carries no markers: neither this job's nor those a killed job of the
