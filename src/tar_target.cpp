@@ -148,7 +148,6 @@ Status TarTarget::write_after_held(std::string bytes, const std::string& what) {
   std::string out = std::move(held_);
   out += bytes;
   held_.clear();
-  held_end_ = 0;
   struct stat st {};
   if (out.size() > PIPE_BUF && ::fstat(fd_, &st) == 0 && S_ISFIFO(st.st_mode)) {
     if (const int capacity = ::fcntl(fd_, F_GETPIPE_SZ);
@@ -192,7 +191,6 @@ Status TarTarget::finish(ShardWriter& writer, const OutputFile& file) {
     return {}; // its header is held already
   held_ = writer.take_held();
   held_.append(tar_padding(file.size()), '\0');
-  held_end_ = held_.size();
   return {};
 }
 
@@ -216,13 +214,11 @@ Status TarTarget::deliver(const std::string& name, std::string_view bytes) {
       return s;
   held_.assign(1, bytes.back());
   held_.append(tar_padding(bytes.size()), '\0');
-  held_end_ = held_.size();
   return {};
 }
 
 void TarTarget::end_incomplete() {
   held_.clear(); // the stream stays inside the last entry begun
-  held_end_ = 0;
 }
 
 Status TarTarget::close() {

@@ -77,7 +77,6 @@ private:
   const std::atomic<bool>* cancel_;
   std::set<std::string> directories_; ///< directory entries written so far ("original/")
   std::string held_; ///< the end of the entries so far, not yet written (see above)
-  size_t held_end_ = 0; ///< where in held_ the first entry ends: the others end 512-aligned from it
 };
 
 } // namespace shardshift
