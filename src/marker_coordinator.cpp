@@ -136,6 +136,17 @@ std::string recent_other_world_failure(const fs::path& staging, unsigned world, 
   return {};
 }
 
+// Whether a live process touches `path` (a heartbeat file, a directory being committed): its time
+// changes within a beat, and it is still there (not moved or removed meanwhile).
+bool touched_within_a_beat(const fs::path& path) {
+  const int64_t before = mtime_ns(path);
+  if (before == 0)
+    return false;
+  std::this_thread::sleep_for(BEAT + 2 * POLL); // a live heartbeat is touched at least once
+  const int64_t after = mtime_ns(path);
+  return after != 0 && after != before;
+}
+
 // Before this rank writes anything: a rank of another world size at work here now, whose
 // heartbeat is touched while this one looks (a killed job's, of whatever world, never is). Such a
 // rank writes its own share of the same files under the same names, and each would take the
@@ -400,17 +411,12 @@ public:
     const bool finished = rank_.rank != 0 && share_finished(staging);
     // This rank's heartbeat file touched by another process now: the same rank started twice.
     // The process that finds it leaves the job to the other, and removes nothing.
-    if (const int64_t before = mtime_ns(staging / marker(rank_.rank, rank_.world, "alive"));
-        before != 0) {
-      std::this_thread::sleep_for(BEAT + 2 * POLL); // a live heartbeat is touched at least once
-      // Touched, not gone (the directory moved for a commit meanwhile, or was removed).
-      if (const int64_t after = mtime_ns(staging / marker(rank_.rank, rank_.world, "alive"));
-          after != 0 && after != before) {
-        twin_ = true;
-        return Status(Errc::io, who_ + " already runs in this job (another process touches " +
-                                    (staging / marker(rank_.rank, rank_.world, "alive")).string() +
-                                    "): was it started twice? This process leaves the job to it");
-      }
+    if (const fs::path beat = staging / marker(rank_.rank, rank_.world, "alive");
+        touched_within_a_beat(beat)) {
+      twin_ = true;
+      return Status(Errc::io, who_ + " already runs in this job (another process touches " +
+                                  beat.string() +
+                                  "): was it started twice? This process leaves the job to it");
     }
     // Read before the wait: rank 0 may have moved the directory for its commit since.
     if (finished || (rank_.rank != 0 && share_finished(staging)))
@@ -483,10 +489,9 @@ public:
     // out a file of it. Rank 0's heartbeat goes on through the commit (side files, the index)
     // on the directory itself: the others tell a slow commit from a dead rank 0 by it.
     const fs::path commit = commit_path(paths_);
-    if (const int64_t before = mtime_ns(commit); before != 0) {
+    if (fs::exists(commit)) {
       // A commit of this plan under way (another job's rank 0 touches it), or a killed one's.
-      std::this_thread::sleep_for(BEAT + 2 * POLL);
-      if (const int64_t after = mtime_ns(commit); after != 0 && after != before) {
+      if (touched_within_a_beat(commit)) {
         heart_->stop_beating();
         ended.failures.push_back(who_ + ": another job of this plan is committing " +
                                  commit.string() + " into " + paths_.output.string() +
@@ -581,10 +586,7 @@ private:
     return !twin_ && (staging_st_.st_ino == 0 || !where().empty());
   }
 
-  fs::path staging_now(const fs::path& staging) const override {
-    const fs::path dir = where();
-    return dir.empty() ? staging : dir;
-  }
+  fs::path staging_now(const fs::path&) const override { return here(); }
 
   // The staging directory is still the one this rank began in.
   bool staging_is_ours() const {
