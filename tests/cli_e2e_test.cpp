@@ -6,11 +6,18 @@
 #include "test_support.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <fcntl.h>
+#include <pty.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <boost/iostreams/copy.hpp>
 #include <boost/iostreams/filter/gzip.hpp>
@@ -331,6 +338,116 @@ TEST_F(CliCheckpoint, StdoutClosedOrReadOnlyIsRefused) {
     EXPECT_NE(r.err.find("stdout is not open for writing"), std::string::npos) << r.err;
   }
   EXPECT_EQ(testing::read_bytes(shard), before);
+}
+
+// What a terminal on one of the standard streams saw of a run, and how it ended.
+struct TerminalRun {
+  int exit_code = -1;
+  std::string terminal; ///< every byte written to the terminal (the pseudo-terminal's master)
+  std::string other;    ///< what went to the other stream (a file)
+};
+
+// Runs shardshift with `args` and `fd` (stdout or stderr) on a pseudo-terminal `columns` wide;
+// the other of the two goes to a file, stdin is /dev/null.
+TerminalRun run_on_terminal(const std::vector<std::string>& args, int fd, unsigned short columns,
+                            const fs::path& scratch) {
+  TerminalRun r;
+  winsize size{};
+  size.ws_row = 24;
+  size.ws_col = columns;
+  int master = -1, slave = -1;
+  if (::openpty(&master, &slave, nullptr, nullptr, &size) != 0) {
+    ADD_FAILURE() << "openpty: " << std::strerror(errno);
+    return r;
+  }
+  const fs::path other = scratch / "other-stream";
+  std::vector<char*> argv{const_cast<char*>(SHARDSHIFT_BINARY)};
+  for (const std::string& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int file = ::open(other.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int null = ::open("/dev/null", O_RDONLY);
+    if (file < 0 || null < 0 || ::dup2(null, STDIN_FILENO) < 0 || ::dup2(slave, fd) < 0 ||
+        ::dup2(file, fd == STDOUT_FILENO ? STDERR_FILENO : STDOUT_FILENO) < 0)
+      ::_exit(127);
+    ::close(master);
+    ::execv(SHARDSHIFT_BINARY, argv.data());
+    ::_exit(127);
+  }
+  ::close(slave);
+  // Read until every copy of the slave is closed (the process ended): then read() fails (EIO).
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(master, buf, sizeof buf);
+    if (n > 0)
+      r.terminal.append(buf, size_t(n));
+    else if (n < 0 && errno == EINTR)
+      continue;
+    else
+      break;
+  }
+  ::close(master);
+  const int status = testing::wait_status(pid);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.other = testing::read_bytes(other);
+  return r;
+}
+
+// Rule 10.4: OUT '-' with a terminal on stdout is refused before any work (exit 2), and not one
+// byte of the checkpoint reaches the terminal; with stdout redirected, the same run streams.
+TEST_F(CliCheckpoint, ATerminalOnStdoutIsRefused) {
+  const std::string in = (tmp / "hf").string();
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"convert", in, "-", "--only", "config.json"},
+        std::vector<std::string>{"convert", in, "-", "--format", "tar"}}) {
+    const TerminalRun r = run_on_terminal(args, STDOUT_FILENO, 80, tmp.path());
+    EXPECT_EQ(r.exit_code, 2) << args.back() << ": " << r.other;
+    EXPECT_NE(r.other.find("refusing to write binary output to a terminal"), std::string::npos)
+        << r.other;
+    EXPECT_EQ(r.terminal, "") << "the terminal got bytes";
+  }
+  auto piped = testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " +
+                                  shell_quoted(tmp / "hf") + " - --format tar -q | tar t");
+  EXPECT_EQ(piped.exit_code, 0) << piped.err;
+  EXPECT_NE(piped.out.find("config.json"), std::string::npos) << piped.out;
+}
+
+// Rule 10.5: with stderr a terminal, convert draws a progress line there, each drawing cut to one
+// column less than the terminal's width and wiped before the summary; -q draws none; stdout stays
+// empty either way.
+TEST_F(CliCheckpoint, AProgressLineOnlyOnATerminalAndNarrowerThanIt) {
+  const unsigned short columns = 40;
+  const TerminalRun r = run_on_terminal(
+      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--no-sync"}, STDERR_FILENO,
+      columns, tmp.path());
+  ASSERT_EQ(r.exit_code, 0) << r.terminal;
+  EXPECT_EQ(r.other, "") << "stdout holds results only";
+  const std::string draw = "\r\x1b[K";
+  size_t at = r.terminal.find(draw + "[shard ");
+  ASSERT_NE(at, std::string::npos) << "no progress line: " << r.terminal;
+  int drawings = 0;
+  for (; at != std::string::npos; at = r.terminal.find(draw + "[shard ", at + 1)) {
+    const size_t begin = at + draw.size();
+    const size_t end = r.terminal.find_first_of("\r\n", begin);
+    ASSERT_NE(end, std::string::npos) << "a progress line never wiped: " << r.terminal;
+    EXPECT_LE(end - begin, size_t(columns - 1)) << r.terminal.substr(begin, end - begin);
+    ++drawings;
+  }
+  // The last drawing is wiped ("\r\x1b[K" with nothing after it) before the summary.
+  const size_t summary = r.terminal.find("converted");
+  ASSERT_NE(summary, std::string::npos) << r.terminal;
+  EXPECT_EQ(r.terminal.rfind(draw, summary) + draw.size(), summary) << r.terminal;
+  EXPECT_GE(drawings, 1);
+
+  fs::remove_all(tmp / "out");
+  const TerminalRun quiet = run_on_terminal(
+      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--no-sync", "-q"},
+      STDERR_FILENO, columns, tmp.path());
+  EXPECT_EQ(quiet.exit_code, 0) << quiet.terminal;
+  EXPECT_EQ(quiet.terminal, "") << "-q: nothing on the terminal";
+  EXPECT_EQ(quiet.other, "");
 }
 
 // --pipe-to --json: what the commands print goes to stderr, so stdout is the JSON alone; without
