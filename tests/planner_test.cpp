@@ -383,6 +383,36 @@ TEST(PlannerPasses, ReflinkAlignmentKeepsTheLongestCopyRunsPageOffset) {
   EXPECT_FALSE(reflink_alignment(odd, one, {0}).has_value());
 }
 
+// Rule 4.5: of two equally long runs, the first in the file's order sets the page offset,
+// whichever order the two take. x and y (8 KiB each) lie apart in the input (a small tensor
+// between them), so they are two runs, whose input page offsets differ (24 and 32).
+TEST(PlannerPasses, ReflinkAlignmentTakesTheFirstOfTwoEquallyLongRuns) {
+  Checkpoint in = fake_checkpoint(
+      {{{"x", DType::U8, {8192}}, {"gap", DType::U8, {8}}, {"y", DType::U8, {8192}}}}, 4120);
+  const uint64_t x_in = 4120, y_in = 4120 + 8192 + 8;
+  ASSERT_EQ(in.file_offset({0, 0}), x_in);
+  ASSERT_EQ(in.file_offset({0, 2}), y_in);
+  std::vector<OutputTensor> out(3);
+  for (uint32_t i = 0; i < 3; ++i) {
+    out[i].op = OpKind::copy;
+    out[i].source = {0, i};
+    out[i].size = in.info({0, i}).size();
+  }
+  // x first: x at output offset 0, y right after it.
+  out[0].offset = 0;
+  out[2].offset = 8192;
+  auto x_first = reflink_alignment(in, out, {0, 2});
+  ASSERT_TRUE(x_first.has_value());
+  EXPECT_EQ(*x_first, x_in % 4096);
+  // y first: y at 0, x after it.
+  out[2].offset = 0;
+  out[0].offset = 8192;
+  auto y_first = reflink_alignment(in, out, {2, 0});
+  ASSERT_TRUE(y_first.has_value());
+  EXPECT_EQ(*y_first, y_in % 4096);
+  EXPECT_NE(*x_first, *y_first) << "the two runs must ask for different paddings";
+}
+
 TEST(PlannerPasses, LayOutHeadersAssignsOffsetsNamesAndHeaders) {
   Checkpoint in =
       fake_checkpoint({{{"a", DType::F32, {10}}, {"b", DType::F32, {10}}, {"c", DType::F32, {4}}}});
