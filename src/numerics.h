@@ -18,6 +18,11 @@
 // Thread-safety: pure functions.
 #pragma once
 
+// GCC and Clang say so when -ffast-math (or -Ofast, -ffinite-math-only) is on: refuse to build.
+#if defined(__FAST_MATH__) || (defined(__FINITE_MATH_ONLY__) && __FINITE_MATH_ONLY__)
+#error "shardshift's kernels must be built without fast-math options (docs/semantics.md 1.1.7)"
+#endif
+
 #include <cstdint>
 
 #if defined(__CUDACC__)

@@ -323,6 +323,32 @@ TEST(PlannerPasses, CheckUniqueNamesRefusesAnOutputWrittenTwice) {
       << all_problems(ctx);
 }
 
+// Rule 9.4, the planner's side: a cast that makes an output tensor of more than 2^64 bytes is
+// refused, naming the tensor. An input cannot hold such a tensor, but --dtype can make one. Sizes
+// are counted in bits, so a tensor has fewer than 2^64 bits: gate_up here is 3 * 2^58 BF16
+// elements (3 * 2^62 bits, a size the input can state), 3 * 2^63 bits as float32. Kept in BF16,
+// the same input plans without that problem.
+TEST(PlannerPasses, CheckUniqueNamesRefusesAnOutputWhoseSizeOverflows) {
+  const uint64_t h = uint64_t(3) << 29, i = uint64_t(1) << 28;
+  Checkpoint in = fake_checkpoint({dg_layer(0, 1, h, i)});
+  ASSERT_EQ(in.info({0, 0}).size(), uint64_t(3) << 59);
+  for (const bool cast : {false, true}) {
+    PlanOptions o;
+    o.tied_head = false;
+    if (cast)
+      o.expert_dtype = DType::F32;
+    PlanContext ctx(in, o, spec("diffusion_gemma", Direction::from_hf));
+    run_through(ctx, 4);
+    const std::string problems = all_problems(ctx);
+    const bool overflow = problems.find("gate_and_up_projs': size overflows 64 bits") !=
+                          std::string::npos;
+    EXPECT_EQ(overflow, cast) << (cast ? "cast to F32" : "kept") << ":\n" << problems;
+    if (cast) {
+      EXPECT_EQ(problems.find("down_projs': size overflows"), std::string::npos) << problems;
+    }
+  }
+}
+
 TEST(PlannerPasses, CutFilesSplitsGreedilyAndPutsCopiesFirst) {
   // Output sizes in order: copy 40, transpose 48, copy 40, copy 16 (bytes); limit 100.
   std::vector<Fake> keys = {{"a", DType::F32, {10}}};
