@@ -65,9 +65,11 @@ struct AdapterSpec {
   bool fold_scale = false;      ///< from_hf: expert_down multiplies by the layer's scale
   bool honours_exclude = false; ///< to_hf: the exclusion pattern applies
   bool expert_parallel = true;  ///< --ep-size / --ep-shard-size are offered
-  /// The dtype of stacked experts and dequantized weights when --dtype is not given; nullopt:
-  /// the input's (deepseek_v3: BF16, the reference adapter's default, semantics 15.2).
-  std::optional<DType> default_dtype = std::nullopt;
+  /// from_hf: stacked experts and dequantized weights are cast, when --dtype is not given, to
+  /// config.json's torch_dtype (BF16 when it gives none), as the reference, whose model class
+  /// builds the adapter with get_dtype(config.torch_dtype, torch.bfloat16), casts them
+  /// (semantics 14.2.7, 15.2.6). false: the input's dtype is kept.
+  bool dtype_from_config = false;
   /// to_hf: --quantize fp8 is offered (semantics 15.7); it quantizes every output key ending in
   /// `.weight` that contains none of `not_quantized`.
   bool quantizes = false;

@@ -149,12 +149,18 @@ const AdapterSpec QWEN3_MOE_FROM_HF = {
         {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
          "per-expert LoRA weights are not supported for qwen3_moe; convert the base "
          "checkpoint"},
+        // PEFT's ParamWrapper layout, which the reference reshapes into grouped LoRA (14.5).
+        {RuleAction::reject, R"(\.mlp\.experts\.(base_layer\.)?lora_[AB]\.weight$)",
+         "expert LoRA weights in PEFT's ParamWrapper layout are not supported for qwen3_moe; "
+         "convert the base checkpoint"},
     }),
+    .dtype_from_config = true,
 };
 
 // deepseek_v3 (semantics 15): the same per-expert stacking (the same mixin in the reference),
 // after FP8 block dequantization of every `W` that has a `W_scale_inv`. Stacked experts and
-// dequantized weights are written in BF16 unless --dtype says otherwise.
+// dequantized weights are written in config.json's torch_dtype (BF16 when it gives none) unless
+// --dtype says otherwise.
 const AdapterSpec DEEPSEEK_V3_FROM_HF = {
     .model = "deepseek_v3",
     .direction = Direction::from_hf,
@@ -167,8 +173,11 @@ const AdapterSpec DEEPSEEK_V3_FROM_HF = {
         {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
          "per-expert LoRA weights are not supported for deepseek_v3; convert the base "
          "checkpoint"},
+        {RuleAction::reject, R"(\.mlp\.experts\.(base_layer\.)?lora_[AB]\.weight$)",
+         "expert LoRA weights in PEFT's ParamWrapper layout are not supported for deepseek_v3; "
+         "convert the base checkpoint"},
     }),
-    .default_dtype = DType::BF16,
+    .dtype_from_config = true,
 };
 
 const AdapterSpec QWEN3_MOE_TO_HF = {

@@ -395,6 +395,8 @@ void read_config(Opening& o) {
   if (config) {
     o.ckpt.config_model_type = std::move(config->model_type);
     o.ckpt.config_counts = std::move(config->counts);
+    o.ckpt.config_dtypes = std::move(config->dtypes);
+    o.ckpt.config_dtype_not_string = std::move(config->dtype_not_string);
   } else {
     o.problems.add(config.status());
   }

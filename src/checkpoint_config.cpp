@@ -1,4 +1,4 @@
-// checkpoint_config.cpp: reading config.json's model_type and whole numbers with simdjson.
+// checkpoint_config.cpp: reading config.json's model_type, whole numbers and dtype with simdjson.
 #include "checkpoint_config.h"
 
 #include "json_reader.h"
@@ -36,6 +36,19 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
       typed = true;
       if (value.get_string().get(type) == simdjson::SUCCESS)
         facts.model_type = std::string(type);
+    } else if (key == "torch_dtype" || key == "dtype") {
+      // Python's json keeps the last of a repeated key.
+      const std::string k(key);
+      std::erase(facts.dtype_not_string, k);
+      facts.dtypes.erase(k);
+      if (value.is_null())
+        continue;
+      if (value.get_string().get(type) == simdjson::SUCCESS) {
+        facts.dtypes.emplace(k, std::string(type));
+      } else {
+        facts.dtypes.emplace(k, simdjson::minify(value));
+        facts.dtype_not_string.push_back(k);
+      }
     } else if (value.get_uint64().get(n) == simdjson::SUCCESS) {
       facts.counts.emplace(std::string(key), n);
     }

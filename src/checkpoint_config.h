@@ -1,6 +1,6 @@
 // checkpoint_config.h: what shardshift reads from a checkpoint's config.json when it opens it.
-// "model_type" (it names the adapter) and the top-level whole numbers (an adapter may check the
-// tensors against one); the file itself is copied verbatim as a side file.
+// "model_type" (it names the adapter), the top-level whole numbers (an adapter may check the
+// tensors against one) and the model's dtype; the file itself is copied verbatim as a side file.
 // Thread-safety: pure function.
 #pragma once
 
@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace shardshift {
 
@@ -19,6 +20,9 @@ struct ConfigFacts {
   /// The top-level whole numbers ("num_experts": 128), which an adapter may check the tensors
   /// against; empty when the file is not a JSON object.
   std::map<std::string, uint64_t, std::less<>> counts;
+  /// "torch_dtype" and "dtype" when present and not null (Checkpoint::config_dtypes).
+  std::map<std::string, std::string, std::less<>> dtypes;
+  std::vector<std::string> dtype_not_string; ///< keys of `dtypes` whose value is no string
 };
 
 /// config.json at `path`, read and parsed once. A file that cannot be read at all is an error now,

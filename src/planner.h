@@ -94,6 +94,8 @@ struct PlanContext {
   const PlanOptions& options;
   const AdapterSpec& spec;
   std::optional<KeyPattern> exclude; ///< compiled --exclude (re.match) when the adapter honours it
+  /// read_adapter_dtype: the dtype the reference adapter casts to (spec.dtype_from_config)
+  std::optional<DType> adapter_dtype;
 
   std::vector<Classified> classified; ///< every input key, in data order
   std::map<std::string, ExpertGroup> groups;
@@ -129,6 +131,12 @@ void validate_groups(PlanContext& ctx);
 void pair_block_scales(PlanContext& ctx);
 /// The dtype a dequantized weight or a stacked expert tensor is written in: --dtype, else the
 /// adapter's default, else `input`.
+/// Where the adapter casts like its reference (spec.dtype_from_config) and --dtype is not given:
+/// config.json's torch_dtype into ctx.adapter_dtype (BF16 when absent); a value shardshift
+/// cannot write, or two keys that disagree, is a problem that names it and --dtype.
+void read_adapter_dtype(PlanContext& ctx);
+/// The dtype a stacked expert or a dequantized weight of dtype `input` is written in: --dtype,
+/// else the adapter's (read_adapter_dtype), else `input`.
 DType converted_dtype(const PlanContext& ctx, DType input);
 void group_stacks(PlanContext& ctx);
 void validate_stacks(PlanContext& ctx);

@@ -100,6 +100,67 @@ TEST_F(ConvertTest, DeepseekFromHfMatchesTheReferenceForEveryDtype) {
   }
 }
 
+// Semantics 14.2.7 and 15.2.6: without --dtype, qwen3_moe's stacked experts and deepseek_v3's
+// dequantized weights and stacked experts come out in config.json's torch_dtype (or "dtype",
+// which newer transformers write), as the reference's adapter, built with that dtype, casts
+// them; --dtype overrides it. A value shardshift cannot write, one that is no string, or two keys
+// that disagree is refused (exit 1) naming config.json and --dtype, unless --dtype is given.
+TEST_F(ConvertTest, StackedFamiliesCastToTheConfigsDtypeLikeTheReference) {
+  const Dict qwen = tiny_qwen3(rng, 1, 2, 4, 3, DType::F32);
+  const Dict deepseek = tiny_deepseek(rng, 2, 1, 2, 130, 20, 24, 16);
+  for (const std::string model : {"qwen3_moe", "deepseek_v3"}) {
+    const Dict& in = model == "qwen3_moe" ? qwen : deepseek;
+    const fs::path hf = tmp / model;
+    write_checkpoint(hf, in, 2, model);
+    auto reference = [&](DType cast) {
+      RefOptions ro;
+      ro.cast = cast;
+      return model == "qwen3_moe" ? ref_qwen3_from_hf(in, ro) : ref_deepseek_from_hf(in, ro);
+    };
+    auto convert = [&](const std::string& dtype_fields, std::optional<DType> flag) {
+      testing::write_bytes(hf / "config.json",
+                           "{\"model_type\": \"" + model + "\"" + dtype_fields + "}\n");
+      return run(hf, tmp / "n", opts([&](ConvertOptions& o) {
+                   o.plan.expert_dtype = flag;
+                   o.force = true;
+                 }));
+    };
+    struct Case {
+      std::string fields;
+      DType want;
+    };
+    for (const Case& c : {Case{", \"torch_dtype\": \"float32\"", DType::F32},
+                          Case{", \"torch_dtype\": \"float16\"", DType::F16},
+                          Case{", \"dtype\": \"float16\"", DType::F16},
+                          Case{", \"torch_dtype\": \"bfloat16\"", DType::BF16},
+                          Case{", \"torch_dtype\": null", DType::BF16},
+                          Case{", \"torch_dtype\": \"float32\", \"dtype\": \"float32\"", DType::F32},
+                          Case{", \"torch_dtype\": \"float64\", \"torch_dtype\": \"float16\"",
+                               DType::F16}}) {
+      SCOPED_TRACE(model + c.fields);
+      auto r = convert(c.fields, std::nullopt);
+      ASSERT_TRUE(r.ok()) << r.status().message();
+      expect_identical(read_checkpoint(tmp / "n"), reference(c.want));
+    }
+    for (const std::string bad : {", \"torch_dtype\": \"float64\"", ", \"torch_dtype\": \"auto\"",
+                                  ", \"dtype\": 16", ", \"torch_dtype\": \"float32\", \"dtype\": \"bfloat16\""}) {
+      SCOPED_TRACE(model + bad);
+      fs::remove_all(tmp / "n");
+      auto r = convert(bad, std::nullopt);
+      ASSERT_FALSE(r.ok());
+      EXPECT_NE(r.status().message().find("config.json's "), std::string::npos)
+          << r.status().message();
+      EXPECT_NE(r.status().message().find("--dtype bf16|f16|f32"), std::string::npos)
+          << r.status().message();
+      EXPECT_FALSE(fs::exists(tmp / "n"));
+      // --dtype settles it.
+      auto given = convert(bad, DType::F16);
+      ASSERT_TRUE(given.ok()) << given.status().message();
+      expect_identical(read_checkpoint(tmp / "n"), reference(DType::F16));
+    }
+  }
+}
+
 TEST_F(ConvertTest, DeepseekKeepsWhatTheAdapterKeeps) {
   Dict in = tiny_deepseek(rng, 2, 1, 2, 130, 20, 24, 16);
   // The multi-token-prediction layer's own tensors (15.2.5), after the last decoder layer.

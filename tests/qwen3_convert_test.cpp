@@ -41,8 +41,10 @@ TEST_F(ConvertTest, Qwen3FromHfMatchesTheReferenceForEveryDtype) {
                      o.force = true;
                    }));
       ASSERT_TRUE(r.ok()) << r.status().message();
+      // Without --dtype the reference casts to config.json's torch_dtype, BF16 when absent
+      // (this config.json names the model only).
       RefOptions ro;
-      ro.cast = cast;
+      ro.cast = cast.value_or(DType::BF16);
       expect_same(read_checkpoint(out), ref_qwen3_from_hf(in, ro));
     }
   }
@@ -235,6 +237,50 @@ TEST_F(ConvertTest, Qwen3Fp8ScaleTensorsAndDuplicateExpertsAreRefused) {
   EXPECT_TRUE(contains(m, "FP8 block scale: shardshift does not dequantize qwen3_moe")) << m;
   EXPECT_TRUE(contains(m, "expert 1 already has its up_proj")) << m;
   EXPECT_FALSE(fs::exists(tmp / "n"));
+}
+
+// Semantics 14.5: the expert LoRA layouts the reference recombines are refused, never passed
+// through under their own names: per-expert LoRA (from_hf), PEFT's ParamWrapper layout
+// (`experts.lora_A.weight`, `experts.base_layer.lora_B.weight`: the reference reshapes them into
+// grouped LoRA), and grouped LoRA (to_hf). Each key is named; nothing is written.
+TEST_F(ConvertTest, Qwen3AndDeepseekExpertLoraLayoutsAreRefused) {
+  struct Case {
+    std::string model, key;
+    std::string says;
+  };
+  for (const Case& c :
+       {Case{"qwen3_moe", "model.layers.0.mlp.experts.1.gate_proj.lora_A.weight",
+             "per-expert LoRA weights are not supported for qwen3_moe"},
+        Case{"qwen3_moe", "model.layers.0.mlp.experts.lora_A.weight",
+             "PEFT's ParamWrapper layout are not supported for qwen3_moe"},
+        Case{"qwen3_moe", "base_model.model.model.layers.0.mlp.experts.base_layer.lora_B.weight",
+             "PEFT's ParamWrapper layout are not supported for qwen3_moe"},
+        Case{"deepseek_v3", "model.layers.1.mlp.experts.lora_B.weight",
+             "PEFT's ParamWrapper layout are not supported for deepseek_v3"},
+        Case{"deepseek_v3", "model.layers.1.mlp.experts.base_layer.lora_A.weight",
+             "PEFT's ParamWrapper layout are not supported for deepseek_v3"}}) {
+    SCOPED_TRACE(c.key);
+    Dict in = c.model == "qwen3_moe" ? tiny_qwen3(rng, 1, 2, 4, 3)
+                                     : tiny_deepseek(rng, 2, 1, 2, 130, 20, 24, 16);
+    in[c.key] = random_tensor(rng, DType::BF16, {2, 4});
+    const fs::path hf = tmp / "hf";
+    fs::remove_all(hf);
+    write_checkpoint(hf, in, 1, c.model);
+    auto r = run(hf, tmp / "n");
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(contains(r.status().message(), c.key)) << r.status().message();
+    EXPECT_TRUE(contains(r.status().message(), c.says)) << r.status().message();
+    EXPECT_FALSE(fs::exists(tmp / "n"));
+  }
+  // Grouped LoRA in a native checkpoint (to_hf).
+  Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 2, 4, 3), {});
+  native["model.layers.0.mlp.experts.lora_gate_and_up_A"] = random_tensor(rng, DType::BF16, {2, 4});
+  write_checkpoint(tmp / "native", native, 1, "qwen3_moe");
+  auto r = run(tmp / "native", tmp / "h");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(contains(r.status().message(), "grouped-expert LoRA weights are not supported"))
+      << r.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "h"));
 }
 
 TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {

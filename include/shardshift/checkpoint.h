@@ -70,6 +70,12 @@ public:
   /// config.json's top-level whole numbers ("num_experts": 128), which an adapter may check the
   /// tensors against; empty when absent or not JSON.
   std::map<std::string, uint64_t, std::less<>> config_counts;
+  /// config.json's "torch_dtype" and "dtype" (newer transformers write the second), each present
+  /// and not null: key -> value, the string itself, or the JSON text of a value that is no string
+  /// (then in `config_dtype_not_string`). A repeated key counts as its last, as Python's json
+  /// reads it. The qwen3_moe and deepseek_v3 references cast to this dtype (semantics 14.2.7).
+  std::map<std::string, std::string, std::less<>> config_dtypes;
+  std::vector<std::string> config_dtype_not_string; ///< keys of config_dtypes whose value is no string
   /// Things that do not stop a conversion but that a user should hear about, one message each
   /// ("path: what"), e.g. a *.safetensors file the index does not list (ignored, not copied).
   /// The library never prints them; the apps do.
