@@ -78,6 +78,11 @@ struct AdapterSpec {
   /// count (qwen3_moe "num_experts", deepseek_v3 "n_routed_experts"). A stacked tensor holding
   /// another count is refused, as the reference's split refuses it; empty: not checked.
   std::string_view config_expert_count = {};
+  /// to_hf with per-expert output keys: the key of config.json that gives each expert's
+  /// intermediate size I ("moe_intermediate_size"), where the reference splits gate_and_up_projs
+  /// (and splits down_projs only when its axis 1 is I). A stacked tensor of another I is refused;
+  /// empty, or absent from config.json: not checked.
+  std::string_view config_expert_size = {};
   /// to_hf, where config.json does not give that count: the router beside a layer's experts
   /// (".gate.weight": `...mlp.experts.down_projs` -> `...mlp.gate.weight`), whose axis 0 is the
   /// model's expert count. Empty: not checked.

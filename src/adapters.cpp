@@ -204,6 +204,7 @@ const AdapterSpec QWEN3_MOE_TO_HF = {
         },
     .honours_exclude = true,
     .config_expert_count = "num_experts",
+    .config_expert_size = "moe_intermediate_size",
     .expert_router = ".gate.weight",
 };
 

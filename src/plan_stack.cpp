@@ -316,6 +316,35 @@ void check_expert_count(PlanContext& ctx) {
   }
 }
 
+// to_hf: the reference splits gate_and_up_projs [E, H, 2I] at config.json's I, whatever the
+// tensor's last axis, and passes down_projs [E, I, H] through unsplit when its axis 1 is not I.
+// shardshift splits at the tensor's own middle: where the two disagree, refused.
+void check_expert_size(PlanContext& ctx) {
+  const std::string_view key = ctx.spec.config_expert_size;
+  if (key.empty())
+    return;
+  const auto size = ctx.input.config_counts.find(key);
+  if (size == ctx.input.config_counts.end())
+    return;
+  for (auto& [name, g] : ctx.stacks) {
+    if (!g.whole || !g.ok)
+      continue;
+    const bool gate_up = g.rule->slots == 2;
+    const uint64_t i = gate_up ? g.block : g.rows;
+    if (i == size->second)
+      continue;
+    ctx.problems.add(Errc::plan, "", g.whole->input_name,
+                     "has an expert intermediate size of " + std::to_string(i) +
+                         ", but config.json's " + std::string(key) + " is " +
+                         std::to_string(size->second) +
+                         (gate_up ? ": the reference's to_hf would split it at " +
+                                        std::to_string(size->second) + " columns"
+                                  : ": the reference's to_hf would pass it through unsplit") +
+                         "; make config.json agree with the tensors");
+    g.ok = false;
+  }
+}
+
 } // namespace
 
 void validate_stacks(PlanContext& ctx) {
@@ -334,6 +363,7 @@ void validate_stacks(PlanContext& ctx) {
   check_layer_pairs(ctx);
   check_ep_rows(ctx);
   check_expert_count(ctx);
+  check_expert_size(ctx);
 }
 
 void emit_stack(PlanContext& ctx, const Classified& c) {

@@ -283,6 +283,43 @@ TEST_F(ConvertTest, Qwen3AndDeepseekExpertLoraLayoutsAreRefused) {
   EXPECT_FALSE(fs::exists(tmp / "h"));
 }
 
+// Semantics 14.3.6: the reference's to_hf splits gate_and_up_projs at config.json's
+// moe_intermediate_size whatever the tensor holds, and passes down_projs through unsplit when its
+// axis 1 differs; shardshift splits at the tensor's middle, so a disagreement is refused, naming
+// both tensors of the layer. A config.json that agrees, or gives no size, converts.
+TEST_F(ConvertTest, Qwen3AndDeepseekToHfRefuseAnIntermediateSizeConfigJsonDoesNotGive) {
+  for (const std::string model : {"qwen3_moe", "deepseek_v3"}) {
+    SCOPED_TRACE(model);
+    const Dict hf = model == "qwen3_moe" ? tiny_qwen3(rng, 1, 2, 4, 3)
+                                         : tiny_deepseek(rng, 2, 1, 2, 130, 20, 24, 16);
+    const uint64_t i = model == "qwen3_moe" ? 3 : 20;
+    const Dict native = model == "qwen3_moe" ? ref_qwen3_from_hf(hf, {}) : ref_deepseek_from_hf(hf, {});
+    const fs::path dir = tmp / ("native-" + model);
+    write_checkpoint(dir, native, 1, model);
+    for (const uint64_t said : {i + 1, i - 1, i}) {
+      testing::write_bytes(dir / "config.json", "{\"model_type\": \"" + model +
+                                                    "\", \"moe_intermediate_size\": " +
+                                                    std::to_string(said) + "}\n");
+      fs::remove_all(tmp / "h");
+      auto r = run(dir, tmp / "h");
+      if (said == i) {
+        EXPECT_TRUE(r.ok()) << r.status().message();
+        continue;
+      }
+      ASSERT_FALSE(r.ok());
+      const std::string& m = r.status().message();
+      EXPECT_TRUE(contains(m, "mlp.experts.gate_and_up_projs': has an expert intermediate size of " +
+                                  std::to_string(i) + ", but config.json's moe_intermediate_size is " +
+                                  std::to_string(said)))
+          << m;
+      EXPECT_TRUE(contains(m, "mlp.experts.down_projs': has an expert intermediate size of " +
+                                  std::to_string(i)))
+          << m;
+      EXPECT_FALSE(fs::exists(tmp / "h"));
+    }
+  }
+}
+
 TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {
   // (from_hf's expert-parallel export: tests/convert_ep_test.cpp.)
   Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 3, 6, 4), {});
