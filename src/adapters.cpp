@@ -58,6 +58,9 @@ const AdapterSpec DIFFUSION_GEMMA_TO_HF = {
             {RuleAction::rename, R"(^model\.(.*)$)", "model.decoder.$1"},
         },
     .honours_exclude = true,
+    // The reference writes per_expert_scale with the model's count (2.4.2).
+    .config_expert_count = "num_experts",
+    .expert_router = ".gate.proj.weight",
 };
 
 const AdapterSpec GEMMA4_MOE_FROM_HF = {
@@ -92,6 +95,8 @@ const AdapterSpec GEMMA4_MOE_TO_HF = {
              .piece = "down_projs"},
         },
     .honours_exclude = true,
+    .config_expert_count = "num_experts",
+    .expert_router = ".gate.proj.weight",
 };
 
 // The per-expert stacking of the reference's MoE mixin (semantics 14.2), which qwen3_moe and

@@ -269,49 +269,15 @@ void group_stacks(PlanContext& ctx) {
 
 namespace {
 
-// to_hf: each stacked tensor holds the model's experts, as many as config.json says. The
-// reference splits a tensor only when its axis 0 is that count and raises otherwise; without the
-// check, one expert-parallel rank's export (experts 8 to 15, say) would come out as experts 0 to
-// 7 of a checkpoint whose router still has them all. Where config.json does not give the count,
-// the layer's router does: its axis 0 is the model's expert count in every rank's export.
-struct ExpertCount {
-  uint64_t count = 0;
-  std::string said; ///< where the count comes from and what it is, for the message
-};
-
-std::optional<ExpertCount> expected_experts(const PlanContext& ctx, const StackGroup& g) {
-  const std::string_view key = ctx.spec.config_expert_count;
-  if (key.empty())
-    return std::nullopt;
-  if (auto count = ctx.input.config_counts.find(key); count != ctx.input.config_counts.end())
-    return ExpertCount{count->second, "config.json's " + std::string(key) + " is " +
-                                          std::to_string(count->second)};
-  const std::string_view name = g.whole->input_name;
-  const size_t experts = name.rfind(".experts.");
-  if (ctx.spec.expert_router.empty() || experts == std::string_view::npos)
-    return std::nullopt;
-  const std::string router = std::string(name.substr(0, experts)).append(ctx.spec.expert_router);
-  const auto ref = ctx.input.find(router);
-  if (!ref || ctx.input.info(*ref).shape.size() != 2)
-    return std::nullopt;
-  const uint64_t rows = ctx.input.info(*ref).shape[0];
-  return ExpertCount{rows, "its layer's router '" + printable(router) + "' has " +
-                               std::to_string(rows) + " rows, and config.json gives no " +
-                               std::string(key)};
-}
-
 void check_expert_count(PlanContext& ctx) {
   for (auto& [name, g] : ctx.stacks) {
     if (!g.whole || !g.ok)
       continue;
-    const auto expected = expected_experts(ctx, g);
+    const auto expected = model_expert_count(ctx, g.whole->input_name);
     if (!expected || g.experts == expected->count)
       continue;
     ctx.problems.add(Errc::plan, "", g.whole->input_name,
-                     "holds " + std::to_string(g.experts) + " experts, but " + expected->said +
-                         " (one expert-parallel rank's export?): the reference's to_hf refuses "
-                         "such a tensor, and splitting it would number its experts from 0 "
-                         "whatever their place in the model; convert the whole export");
+                     expert_count_problem(g.experts, *expected));
     g.ok = false;
   }
 }
@@ -346,6 +312,39 @@ void check_expert_size(PlanContext& ctx) {
 }
 
 } // namespace
+
+// to_hf: each expert tensor holds the model's experts, as many as config.json says. The
+// reference's to_hf splits a stacked tensor only when its axis 0 is that count and raises
+// otherwise, and writes gemma's per_expert_scale with that count; without the check, one
+// expert-parallel rank's export (experts 8 to 15, say) would come out as experts 0 to 7 of a
+// checkpoint whose router still has them all. Where config.json does not give the count, the
+// layer's router does: its axis 0 is the model's expert count in every rank's export.
+std::optional<ExpertCount> model_expert_count(const PlanContext& ctx, std::string_view name) {
+  const std::string_view key = ctx.spec.config_expert_count;
+  if (key.empty())
+    return std::nullopt;
+  if (auto count = ctx.input.config_counts.find(key); count != ctx.input.config_counts.end())
+    return ExpertCount{count->second, "config.json's " + std::string(key) + " is " +
+                                          std::to_string(count->second)};
+  const size_t experts = name.rfind(".experts.");
+  if (ctx.spec.expert_router.empty() || experts == std::string_view::npos)
+    return std::nullopt;
+  const std::string router = std::string(name.substr(0, experts)).append(ctx.spec.expert_router);
+  const auto ref = ctx.input.find(router);
+  if (!ref || ctx.input.info(*ref).shape.size() != 2)
+    return std::nullopt;
+  const uint64_t rows = ctx.input.info(*ref).shape[0];
+  return ExpertCount{rows, "its layer's router '" + printable(router) + "' has " +
+                               std::to_string(rows) + " rows, and config.json gives no " +
+                               std::string(key)};
+}
+
+std::string expert_count_problem(uint64_t held, const ExpertCount& expected) {
+  return "holds " + std::to_string(held) + " experts, but " + expected.said +
+         " (one expert-parallel rank's export?): the reference's to_hf refuses such a tensor, or "
+         "writes the model's count beside it, and converting it would number its experts from 0 "
+         "whatever their place in the model; convert the whole export";
+}
 
 void validate_stacks(PlanContext& ctx) {
   // One expert count for the whole model, as the reference's n_routed_experts: the highest

@@ -171,6 +171,15 @@ void validate_groups(PlanContext& ctx) {
     if (!check_complete(ctx, layer, p) || !check_shapes(ctx, layer, p, &experts) ||
         !check_dtypes(ctx, p, &eo))
       continue;
+    if (ctx.spec.direction == Direction::to_hf && g.down) {
+      // The reference writes per_expert_scale with the model's count (2.4.2).
+      const auto expected = model_expert_count(ctx, g.down->input_name);
+      if (expected && experts != expected->count) {
+        ctx.problems.add(Errc::plan, "", g.down->input_name,
+                         expert_count_problem(experts, *expected));
+        continue;
+      }
+    }
     std::tie(eo.expert_begin, eo.experts) = ep_range(experts, o.ep_size, o.ep_rank);
     ctx.expert_out[layer] = eo;
     if (o.ep_size > 1 || o.ep_shard_size > 1)

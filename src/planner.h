@@ -131,6 +131,18 @@ void validate_groups(PlanContext& ctx);
 void pair_block_scales(PlanContext& ctx);
 /// The dtype a dequantized weight or a stacked expert tensor is written in: --dtype, else the
 /// adapter's default, else `input`.
+/// The model's expert count, and where it comes from (for messages).
+struct ExpertCount {
+  uint64_t count = 0;
+  std::string said; ///< "config.json's num_experts is 16", or the router's rows
+};
+/// to_hf: how many experts the expert tensor `name` must hold: config.json's
+/// spec.config_expert_count, else the rows of its layer's router (spec.expert_router beside
+/// `.experts.`); nullopt when neither says (or the adapter checks none).
+std::optional<ExpertCount> model_expert_count(const PlanContext& ctx, std::string_view name);
+/// The problem of an expert tensor holding `held` experts where `expected` says otherwise.
+std::string expert_count_problem(uint64_t held, const ExpertCount& expected);
+
 /// Where the adapter casts like its reference (spec.dtype_from_config) and --dtype is not given:
 /// config.json's torch_dtype into ctx.adapter_dtype (BF16 when absent); a value shardshift
 /// cannot write, or two keys that disagree, is a problem that names it and --dtype.

@@ -171,7 +171,7 @@ TEST_F(ConvertTest, ToHfNamesTheIncompleteLayerWhatItHasAndWhatItLacks) {
 
 // An expert-parallel rank's checkpoint has fewer experts in each tensor, but every tensor: it
 // converts as before, into that rank's experts.
-TEST_F(ConvertTest, ToHfTakesExpertParallelCheckpoints) {
+TEST_F(ConvertTest, ToHfHoldsExpertParallelCheckpointsToTheModelsExpertCount) {
   RefOptions rank1;
   rank1.ep_size = 2;
   rank1.ep_rank = 1;
@@ -179,9 +179,40 @@ TEST_F(ConvertTest, ToHfTakesExpertParallelCheckpoints) {
   const Dict qwen3 =
       ref_stacked_expert_parallel(ref_qwen3_from_hf(tiny_qwen3(rng, 2, 4, 8, 4), {}), rank1);
   ASSERT_EQ(qwen3.at("model.layers.1.mlp.experts.down_projs").shape[0], 2u);
+  // diffusion_gemma: the reference's to_hf writes per_expert_scale with the model's count (4,
+  // from config.json, else the router's rows) beside the rank's 2 experts: refused both ways.
   write_checkpoint(tmp / "dg", diffusion, 1, "diffusion_gemma");
-  ASSERT_TRUE(run(tmp / "dg", tmp / "dg-hf").ok());
-  expect_same(read_checkpoint(tmp / "dg-hf"), ref_to_hf(diffusion, true, {}));
+  auto dg_router = run(tmp / "dg", tmp / "dg-hf");
+  ASSERT_FALSE(dg_router.ok());
+  EXPECT_NE(dg_router.status().message().find(
+                "'model.layers.1.moe.experts.down_projs': holds 2 experts, but its layer's router "
+                "'model.layers.1.moe.gate.proj.weight' has 4 rows"),
+            std::string::npos)
+      << dg_router.status().message();
+  testing::write_bytes(tmp / "dg" / "config.json",
+                       R"({"model_type": "diffusion_gemma", "num_experts": 4})");
+  auto dg_config = run(tmp / "dg", tmp / "dg-hf");
+  ASSERT_FALSE(dg_config.ok());
+  EXPECT_NE(dg_config.status().message().find(
+                "'model.layers.0.moe.experts.down_projs': holds 2 experts, but config.json's "
+                "num_experts is 4"),
+            std::string::npos)
+      << dg_config.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "dg-hf"));
+  // Without the count and the routers there is nothing to hold them to: converted as they are.
+  Dict dg_alone = diffusion;
+  for (int l = 0; l < 2; ++l)
+    ASSERT_EQ(dg_alone.erase("model.layers." + std::to_string(l) + ".moe.gate.proj.weight"), 1u);
+  write_checkpoint(tmp / "dg0", dg_alone, 1, "diffusion_gemma");
+  ASSERT_TRUE(run(tmp / "dg0", tmp / "dg0-hf").ok());
+  expect_same(read_checkpoint(tmp / "dg0-hf"), ref_to_hf(dg_alone, true, {}));
+  // The whole export converts.
+  const Dict whole = ref_from_hf(tiny_diffusion(rng, 2, 4, 8, 4), true, {});
+  write_checkpoint(tmp / "dgw", whole, 1, "diffusion_gemma");
+  testing::write_bytes(tmp / "dgw" / "config.json",
+                       R"({"model_type": "diffusion_gemma", "num_experts": 4})");
+  ASSERT_TRUE(run(tmp / "dgw", tmp / "dgw-hf").ok());
+  expect_same(read_checkpoint(tmp / "dgw-hf"), ref_to_hf(whole, true, {}));
   // Without an expert count in config.json and without routers there is nothing to hold the
   // stacked tensors to.
   Dict no_router = qwen3;
