@@ -12,6 +12,14 @@ namespace {
 // inside them, wherever the prefix is.
 constexpr std::string_view ROUTER_RENAME = R"(^(.*layers\.\d+)\.router\.(proj\.weight|scale)$)";
 constexpr std::string_view GATE_TO_ROUTER = R"(^(.*layers\.\d+)\.moe\.gate\.(proj\.weight|scale)$)";
+// The reference renames a router key with Python's str.replace of its `layers.N.router.ATTR`
+// tail, which also rewrites any earlier copy of that text in the key; these rules rewrite the
+// tail only, so a key holding it twice is refused.
+constexpr std::string_view ROUTER_TWICE = R"((layers\.\d+\.router\.(proj\.weight|scale)).*\1$)";
+constexpr std::string_view GATE_TWICE = R"((layers\.\d+\.moe\.gate\.(proj\.weight|scale)).*\1$)";
+constexpr std::string_view TWICE_MESSAGE =
+    "the name holds its router part twice; the reference renames both, shardshift's rules the "
+    "last only: rename the tensor";
 
 const AdapterSpec DIFFUSION_GEMMA_FROM_HF = {
     .model = "diffusion_gemma",
@@ -24,6 +32,7 @@ const AdapterSpec DIFFUSION_GEMMA_FROM_HF = {
              "model.encoder.* (the vision tower and the encoder's layer_scalar copies)"},
             {RuleAction::rename_continue, R"(^model\.decoder\.(.*)$)", "model.$1"},
             {RuleAction::expert_scale, R"((layers\.\d+)\.router\.per_expert_scale$)"},
+            {RuleAction::reject, ROUTER_TWICE, TWICE_MESSAGE},
             {RuleAction::rename, ROUTER_RENAME, "$1.moe.gate.$2"},
             {RuleAction::expert_gate_up, R"((layers\.\d+)\.experts\.gate_up_proj$)",
              "model.{layer}.moe.experts.gate_and_up_projs"},
@@ -40,6 +49,7 @@ const AdapterSpec DIFFUSION_GEMMA_TO_HF = {
     .rules =
         {
             {RuleAction::drop, R"(^lm_head\.weight$)"},
+            {RuleAction::reject, GATE_TWICE, TWICE_MESSAGE},
             {RuleAction::rename, R"(^model\.(.*layers\.\d+)\.moe\.gate\.(proj\.weight|scale)$)",
              "model.decoder.$1.router.$2"},
             // The reference strips six characters without checking them; we refuse instead.
@@ -69,6 +79,7 @@ const AdapterSpec GEMMA4_MOE_FROM_HF = {
     .rules =
         {
             {RuleAction::expert_scale, R"((layers\.\d+)\.(moe|experts|router)\.per_expert_scale$)"},
+            {RuleAction::reject, ROUTER_TWICE, TWICE_MESSAGE},
             {RuleAction::rename, ROUTER_RENAME, "$1.moe.gate.$2"},
             {RuleAction::expert_gate_up, R"((layers\.\d+)\.(moe|experts)\.gate_up_proj$)",
              "{P}language_model.{layer}.moe.experts.gate_and_up_projs"},
@@ -83,6 +94,7 @@ const AdapterSpec GEMMA4_MOE_TO_HF = {
     .direction = Direction::to_hf,
     .rules =
         {
+            {RuleAction::reject, GATE_TWICE, TWICE_MESSAGE},
             {RuleAction::rename, GATE_TO_ROUTER, "$1.router.$2"},
             {.action = RuleAction::expert_gate_up,
              .pattern = R"((layers\.\d+)\.moe\.experts\.gate_and_up_projs$)",

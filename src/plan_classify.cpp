@@ -32,6 +32,16 @@ std::string expand(std::string_view tmpl, const std::smatch& m, std::string_view
   return out;
 }
 
+// Whether `key` holds a character Python's \d matches (any Unicode decimal digit) other than 0-9:
+// the rules' \d (ECMAScript) takes 0-9 only. Asked of KeyPattern, which reads \d as Python does.
+bool holds_other_digit(const std::string& key) {
+  if (std::all_of(key.begin(), key.end(), [](char c) { return (unsigned char)c < 0x80; }))
+    return false;
+  static const KeyPattern other_digit = KeyPattern::compile(R"(.*?(?![0-9])\d)").value();
+  Result<bool> m = other_digit.match(key);
+  return !m || *m; // a key PCRE2 gives up on is refused too
+}
+
 struct CompiledRule {
   const Rule* rule;
   std::regex re;
@@ -48,6 +58,12 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
     c.action = RuleAction::reject;
     c.output = "the name holds a line break, which the renaming rules cannot read as the "
                "reference does; rename the tensor";
+    return c;
+  }
+  if (holds_other_digit(key)) {
+    c.action = RuleAction::reject;
+    c.output = "the name holds a decimal digit other than 0-9, which the reference's patterns "
+               "(Python's \\d) read as a digit and shardshift's rules do not; rename the tensor";
     return c;
   }
   std::string name = key;

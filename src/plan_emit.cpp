@@ -153,13 +153,17 @@ void emit_output_tensors(PlanContext& ctx) {
 }
 
 void check_unique_names(PlanContext& ctx) {
+  // What each of the two is made of; a tensor passed through under its own name has no note.
+  auto made_of = [](const OutputTensor& t) {
+    return t.note.empty() ? "the input tensor of that name" : printable(t.note);
+  };
   std::map<std::string_view, const OutputTensor*> seen;
   for (const OutputTensor& t : ctx.plan.tensors) {
     auto [pos, inserted] = seen.emplace(t.name, &t);
     if (!inserted)
       ctx.problems.add(Errc::plan, "", "",
                        "output tensor '" + printable(t.name) + "' would be written twice (" +
-                           printable(pos->second->note) + "; " + printable(t.note) + ")");
+                           made_of(*pos->second) + "; " + made_of(t) + ")");
   }
   for (const OutputTensor& t : ctx.plan.tensors)
     if (!tensor_byte_size(t.dtype, t.shape))

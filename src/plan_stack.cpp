@@ -400,13 +400,13 @@ void emit_stack(PlanContext& ctx, const Classified& c) {
   for (unsigned s = 0; s < slots; ++s)
     names += (s ? ", " : "") + g.slot_names[s];
   const bool ep = o.ep_size > 1 || o.ep_shard_size > 1;
-  t.note = "stack of " +
+  t.note = "stack of " + names + " of " +
            (ep ? "experts [" + std::to_string(t.expert_begin) + ", " +
                      std::to_string(t.expert_begin + t.experts) + ") of " +
                      std::to_string(g.experts) + ", rows [" + std::to_string(t.col_begin) + ", " +
-                     std::to_string(t.col_begin + t.cols) + ") of " + std::to_string(g.rows) + ","
-               : std::to_string(g.experts) + " experts'") +
-           " " + names + (dequantized ? ", dequantized" : "") + ", transposed, from " + g.layer;
+                     std::to_string(t.col_begin + t.cols) + ") of " + std::to_string(g.rows)
+               : std::to_string(g.experts) + " experts") +
+           (dequantized ? ", dequantized" : "") + ", transposed, from " + g.layer;
   emit_tensor(ctx, std::move(t));
 }
 

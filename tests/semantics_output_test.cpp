@@ -513,5 +513,66 @@ TEST_F(SemanticsRules, KeysWithALineBreakAreRenamedLikeThePythonReferenceOrRefus
   EXPECT_TRUE(got.count("model.extra\n"));
 }
 
+// The reference's patterns are Python's: its \d takes every Unicode decimal digit, so
+// 'layers.\u0661.router.scale' (an Arabic-Indic one) is a router key there and not under the rules'
+// ECMAScript \d. Refused, naming the key, in every family and direction; a key whose digits
+// are 0-9 but which holds other non-ASCII text converts.
+TEST_F(SemanticsRules, KeysWithADigitOtherThanZeroToNineAreRefused) {
+  const std::string arabic_one = "\xd9\xa1"; // U+0661 in UTF-8
+  Dict in = tiny_diffusion(rng, 1, 2, 4, 2);
+  in["model.decoder.layers." + arabic_one + ".router.scale"] = random_tensor(rng, DType::BF16, {4});
+  fs::create_directories(tmp / "hf");
+  write_ordered(tmp / "hf" / "model.safetensors", Ordered(in.begin(), in.end()));
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("a decimal digit other than 0-9"), std::string::npos)
+      << r.status().message();
+  EXPECT_NE(r.status().message().find("layers." + arabic_one + ".router.scale"), std::string::npos)
+      << r.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+  // Non-ASCII text that holds no other digit (an accented letter, a CJK one) passes through.
+  Dict ok = tiny_diffusion(rng, 1, 2, 4, 2);
+  ok["model.decoder.caf\xc3\xa9.\xe4\xb8\x80"] = random_tensor(rng, DType::BF16, {2});
+  fs::create_directories(tmp / "hf2");
+  write_ordered(tmp / "hf2" / "model.safetensors", Ordered(ok.begin(), ok.end()));
+  auto fine = run(tmp / "hf2", tmp / "n2");
+  ASSERT_TRUE(fine.ok()) << fine.status().message();
+  EXPECT_TRUE(read_checkpoint(tmp / "n2").count("model.caf\xc3\xa9.\xe4\xb8\x80"));
+}
+
+// The reference renames a router key with Python's str.replace of its 'layers.N.router.ATTR'
+// tail (from_hf; '.moe.gate.' to_hf), which rewrites every copy of that text in the key; the
+// rules rewrite the tail only. A key holding it twice is refused, naming it, in both directions.
+TEST_F(SemanticsRules, ARouterKeyHoldingItsRouterPartTwiceIsRefused) {
+  Dict in = tiny_diffusion(rng, 1, 2, 4, 2);
+  in["model.decoder.layers.0.router.scale.ema.layers.0.router.scale"] =
+      random_tensor(rng, DType::BF16, {4});
+  // A copy of another layer's part is not replaced by the reference either: it converts.
+  in["model.decoder.layers.1.router.scale.ema.layers.0.router.scale"] =
+      random_tensor(rng, DType::BF16, {4});
+  fs::create_directories(tmp / "hf");
+  write_ordered(tmp / "hf" / "model.safetensors", Ordered(in.begin(), in.end()));
+  auto r = run(tmp / "hf", tmp / "n");
+  ASSERT_FALSE(r.ok());
+  const std::string& m = r.status().message();
+  EXPECT_NE(m.find("'model.decoder.layers.0.router.scale.ema.layers.0.router.scale': the name "
+                   "holds its router part twice"),
+            std::string::npos)
+      << m;
+  EXPECT_EQ(m.find("layers.1.router.scale.ema"), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+  // to_hf: the same with '.moe.gate.'.
+  Dict native = ref_from_hf(tiny_diffusion(rng, 1, 2, 4, 2), true, {});
+  native["model.layers.0.moe.gate.proj.weight.old.layers.0.moe.gate.proj.weight"] =
+      random_tensor(rng, DType::BF16, {2});
+  fs::create_directories(tmp / "native");
+  write_ordered(tmp / "native" / "model.safetensors", Ordered(native.begin(), native.end()));
+  auto back = run(tmp / "native", tmp / "h");
+  ASSERT_FALSE(back.ok());
+  EXPECT_NE(back.status().message().find("holds its router part twice"), std::string::npos)
+      << back.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "h"));
+}
+
 } // namespace
 } // namespace shardshift
