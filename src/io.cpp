@@ -5,6 +5,7 @@
 
 #include "discard.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <errno.h>
 #include <fcntl.h>
@@ -161,10 +162,22 @@ Status remove_tree(Io& io, const fs::path& path, bool discard) {
     // In parallel: removing a large file frees its extents and drops its cached pages, a tenth
     // of a second or more per gigabyte, and a cancelled conversion removes several at once
     // (docs/PERFORMANCE.md, "Stopping"). Io implementations are thread-safe.
+    // The marks that say whose a directory is (a staging directory's `.shardshift-plan`, an
+    // output's `.shardshift-output`) go last, and only once everything else has gone: a removal
+    // cut short (a SIGKILL) then leaves a directory the next run still knows as its own and
+    // removes, never one without its mark that nobody may touch.
+    const auto marks = std::stable_partition(children.begin(), children.end(), [](const fs::path& p) {
+      return !p.filename().string().starts_with(".shardshift-");
+    });
+    const size_t others = size_t(marks - children.begin());
     std::vector<Status> removed(children.size());
-    tbb::parallel_for(size_t{0}, children.size(), [&](size_t i) {
+    tbb::parallel_for(size_t{0}, others, [&](size_t i) {
       removed[i] = remove_tree(io, children[i], discard);
     });
+    const bool all_gone =
+        std::all_of(removed.begin(), removed.begin() + others, [](const Status& s) { return s.ok(); });
+    for (size_t i = others; i < children.size() && all_gone; ++i)
+      removed[i] = remove_tree(io, children[i], discard);
     for (Status& s : removed)
       if (first.ok())
         first = std::move(s);

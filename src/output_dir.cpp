@@ -184,7 +184,11 @@ Status check_output(const ConvertOptions& o) {
       return Status(Errc::invalid_argument,
                     name + ": exists and is not a directory; remove it or choose another OUT");
     if (!o.force)
-      return Status(Errc::invalid_argument, name + ": already exists; pass --force to replace it");
+      return Status(Errc::invalid_argument,
+                    name + ": already exists; pass --force to replace it" +
+                        (o.resume ? std::string(" (with --resume, the run continues from what an "
+                                                "earlier run of this conversion finished)")
+                                  : std::string()));
     if (Status s = check_replaceable(out); !s.ok())
       return s;
   }
@@ -239,6 +243,7 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
       !s.ok())
     return s;
   const fs::path fingerprint = staging / PLAN_FINGERPRINT_NAME;
+  const std::string plan = read_fingerprint(staging); // put back if the output cannot go in place
   if (io.unlink(fingerprint.c_str()) != 0 && errno != ENOENT)
     return Status(Errc::io, fingerprint.string() + ": cannot remove: " + errno_text(errno));
   std::error_code ec;
@@ -264,6 +269,13 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
                                  errno_text(err));
     if (!old.empty())
       io.rename(old.c_str(), output.c_str());
+    // The staging directory is a run's again (fingerprint first, then no marker), so that
+    // --resume can take it up once OUT is out of the way.
+    if (!plan.empty()) {
+      const std::string text = fingerprint_file_text(plan);
+      if (write_file_atomic(io, fingerprint, std::as_bytes(std::span(text))).ok())
+        io.unlink((staging / OUTPUT_MARKER_NAME).c_str());
+    }
     return s;
   }
   if (!old.empty())
@@ -433,11 +445,21 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
     return built;
   Status s = name_final_paths(built.status(), staging, output);
   std::error_code ec;
-  if (options.resume && fs::is_directory(staging, ec))
+  if (options.resume && fs::is_directory(staging, ec)) {
+    // OUT may exist now (another process made it while this run worked): then only --force
+    // lets a rerun put this conversion in its place.
+    const bool taken = !options.force && fs::exists(fs::symlink_status(output, ec));
     s = Status(s.code(), s.message() + "\n" + output.string() +
                              ": the files finished so far are kept in " + staging.string() +
-                             "; run the same command with --resume to continue from them (or "
-                             "without it to start over)");
+                             (taken ? "; " + output.string() +
+                                          " exists now: once it is out of the way (moved, "
+                                          "removed, or with --force if it is a shardshift "
+                                          "output), run the same command with --resume to "
+                                          "continue from them (or remove " +
+                                          staging.string() + ")"
+                                    : "; run the same command with --resume to continue from "
+                                      "them (or without it to start over)"));
+  }
   return s;
 }
 

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cerrno>
 #include <fcntl.h>
+#include <mutex>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -193,6 +194,69 @@ TEST(RemoveTree, ReportsAnInjectedFailureAfterRemovingWhatItCan) {
   EXPECT_EQ(io.unlinks, 2);
   EXPECT_EQ(io.rmdirs, 2); // it went on to the parent after the first refusal
   EXPECT_TRUE(list_dir(dir / "tree").size() == 1 && list_dir(dir / "tree/sub").empty());
+}
+
+// Records the order of unlinks; can refuse to unlink one name.
+class RemovalOrderIo final : public ForwardingIo {
+public:
+  RemovalOrderIo() : ForwardingIo(Io::system()) {}
+  std::string refuse; ///< a file name whose unlink fails (EACCES)
+
+  int unlink(const char* path) override {
+    const std::string name = fs::path(path).filename().string();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      order_.push_back(name);
+    }
+    if (name == refuse)
+      return errno = EACCES, -1;
+    return ForwardingIo::unlink(path);
+  }
+  std::vector<std::string> order() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return order_;
+  }
+
+private:
+  std::mutex mu_;
+  std::vector<std::string> order_;
+};
+
+// A directory's `.shardshift-*` marks (a staging directory's plan, an output's marker) go after
+// everything else, and stay when something else could not be removed: a removal cut short leaves
+// a directory the next run still knows as a run's staging and removes, never files without the
+// mark, which no run may touch.
+TEST(RemoveTree, RemovesTheMarksThatSayWhoseADirectoryIsLast) {
+  TempDir dir;
+  fs::create_directories(dir / "staging/sub");
+  const std::vector<std::string> files = {"model-00001.safetensors", "model-00002.safetensors",
+                                          "..shardshift-plan.shardshift-tmp-1-2", "zz",
+                                          "aa"};
+  for (const std::string& f : files)
+    testing::write_bytes(dir / "staging" / f, "x");
+  testing::write_bytes(dir / "staging/sub/.shardshift-plan", "inner");
+  testing::write_bytes(dir / "staging/.shardshift-plan", "p");
+  testing::write_bytes(dir / "staging/.shardshift-output", "o");
+  {
+    RemovalOrderIo io;
+    ASSERT_TRUE(remove_tree(io, dir / "staging").ok());
+    const std::vector<std::string> order = io.order();
+    ASSERT_EQ(order.size(), files.size() + 3);
+    const std::vector<std::string> last(order.end() - 2, order.end());
+    EXPECT_TRUE((last == std::vector<std::string>{".shardshift-plan", ".shardshift-output"}) ||
+                (last == std::vector<std::string>{".shardshift-output", ".shardshift-plan"}))
+        << last[0] << ", " << last[1];
+    EXPECT_FALSE(fs::exists(dir / "staging"));
+  }
+  // One file that cannot go: the marks stay with it.
+  fs::create_directories(dir / "again");
+  testing::write_bytes(dir / "again/model-00001.safetensors", "x");
+  testing::write_bytes(dir / "again/stuck", "x");
+  testing::write_bytes(dir / "again/.shardshift-plan", "p");
+  RemovalOrderIo io;
+  io.refuse = "stuck";
+  EXPECT_FALSE(remove_tree(io, dir / "again").ok());
+  EXPECT_EQ(list_dir(dir / "again"), (std::vector<std::string>{".shardshift-plan", "stuck"}));
 }
 
 TEST(MakeDirectories, CreatesMissingParentsThroughTheIo) {

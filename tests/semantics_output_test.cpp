@@ -490,6 +490,23 @@ TEST_F(SemanticsRules, AnOutMadeMeanwhileByAnotherProcessIsNamedAndKept) {
       << r.status().message();
   EXPECT_EQ(testing::list_dir(tmp / "n"), std::vector<std::string>{"theirs"}); // theirs, kept
   EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"hf", "n"}));
+
+  // With --resume the finished files are kept, and the advice says what to do first now that OUT
+  // exists; done, the rerun with --resume continues from them.
+  fs::remove_all(tmp / "n");
+  auto kept = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) {
+                    o.io = &io;
+                    o.resume = true;
+                  }));
+  ASSERT_FALSE(kept.ok());
+  EXPECT_NE(kept.status().message().find(" exists now: once it is out of the way"),
+            std::string::npos)
+      << kept.status().message();
+  fs::remove_all(tmp / "n");
+  auto again = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) { o.resume = true; }));
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(again->kept_files, 1u);
+  EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"hf", "n"}));
 }
 
 // --- 12.2: names with a line break
