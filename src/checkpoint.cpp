@@ -151,10 +151,14 @@ Status use_index(Opening& o, const fs::path& dir, const std::vector<std::string>
                  std::vector<std::string>* stray) {
   const std::string index_path = (dir / INDEX_FILE_NAME).string();
   o.ckpt.has_index = true;
+  errno = 0;
   auto loaded = simdjson::padded_string::load(index_path);
-  if (loaded.error())
+  if (loaded.error()) {
+    // simdjson says only "Error reading the file"; errno says why (as config.json's reader does).
+    const int err = errno;
     return error(Errc::io, index_path + ": cannot read the index: " +
-                               simdjson::error_message(loaded.error()));
+                               (err ? errno_text(err) : simdjson::error_message(loaded.error())));
+  }
   auto parsed = parse_index(index_path, std::string_view(loaded.value_unsafe()));
   if (!parsed)
     return parsed.status();
