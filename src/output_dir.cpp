@@ -439,6 +439,8 @@ Result<UploadResult> write_directory(const ConvertOptions& options, const Checkp
     adopted = adopt_staging(io, output, fingerprint, staging);
   if (auto removed = remove_stale_staging(io, output); !removed.empty() && notes)
     notes(removed);
+  if (auto aside = set_aside_outputs(output); !aside.empty() && notes)
+    notes(aside);
   auto built = build_directory(options, input, plan, config, io, profiler, output, staging, adopted,
                                fingerprint, notes);
   if (built)

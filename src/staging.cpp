@@ -66,6 +66,27 @@ std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
   return dirs;
 }
 
+std::vector<std::string> set_aside_outputs(const fs::path& out) {
+  const fs::path output = fs::absolute(out);
+  const std::string prefix = temp_name_prefix(output.filename().string(), "old");
+  std::vector<std::string> notes;
+  std::error_code ec;
+  for (fs::directory_iterator it(output.parent_path(), ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.starts_with(prefix) || it->is_symlink(ec) || !it->is_directory(ec))
+      continue;
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    if (pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH)
+      continue; // its run may still be replacing OUT
+    notes.push_back(it->path().string() + ": a previous " + output.filename().string() +
+                    " that a run with --force (process " + std::to_string(pid) +
+                    ") moved aside and was stopped before removing; it is yours: remove it, or "
+                    "move it back if " + output.filename().string() + " is not what you want");
+  }
+  return notes;
+}
+
 std::vector<std::string> remove_stale_staging(Io& io, const fs::path& output) {
   std::vector<std::string> notes;
   for (const fs::path& dir : abandoned_staging_dirs(output)) {

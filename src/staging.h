@@ -35,4 +35,9 @@ std::vector<std::filesystem::path> abandoned_staging_dirs(const std::filesystem:
 /// hold a previous output that --force moved aside, the user's to recover.
 std::vector<std::string> remove_stale_staging(Io& io, const std::filesystem::path& output);
 
+/// One note per "-old-" directory of `output` whose process is gone: a previous output that a
+/// run with --force moved aside and was stopped before removing (between its two renames, OUT's
+/// only copy). Never removed: the user's to keep, move back or remove.
+std::vector<std::string> set_aside_outputs(const std::filesystem::path& output);
+
 } // namespace shardshift

@@ -55,6 +55,13 @@ TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
   ASSERT_EQ(::flock(lock, LOCK_EX), 0);
   // Something else's hidden directory with a similar name stays too.
   std::filesystem::create_directory(tmp / ".other.shardshift-tmp-1-1");
+  // A previous output that a killed --force run moved aside is the user's: kept, and named. One
+  // of a live process (its run may still be replacing OUT) is not named.
+  const auto aside = tmp / (".out.shardshift-old-" + std::to_string(dead) + "-46");
+  std::filesystem::create_directory(aside);
+  write_bytes(aside / "model.safetensors", "theirs");
+  const auto aside_live = tmp / (".out.shardshift-old-" + std::to_string(::getpid()) + "-47");
+  std::filesystem::create_directory(aside_live);
 
   std::vector<std::string> warnings;
   ConvertOptions o;
@@ -75,8 +82,15 @@ TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
   EXPECT_TRUE(std::filesystem::exists(live));
   EXPECT_TRUE(std::filesystem::exists(locked));
   EXPECT_TRUE(std::filesystem::exists(tmp / ".other.shardshift-tmp-1-1"));
-  ASSERT_EQ(warnings.size(), 3u);
-  std::sort(warnings.begin(), warnings.end()); // "-42", "-43", "-45"
+  EXPECT_EQ(read_bytes(aside / "model.safetensors"), "theirs");
+  EXPECT_TRUE(std::filesystem::exists(aside_live));
+  ASSERT_EQ(warnings.size(), 4u);
+  std::sort(warnings.begin(), warnings.end()); // "-old-...-46", then "-tmp-" "-42", "-43", "-45"
+  EXPECT_EQ(warnings.front(), aside.string() + ": a previous out that a run with --force (process " +
+                                  std::to_string(dead) +
+                                  ") moved aside and was stopped before removing; it is yours: "
+                                  "remove it, or move it back if out is not what you want");
+  warnings.erase(warnings.begin());
   for (const std::string& w : warnings)
     EXPECT_NE(w.find("removed the staging directory of an earlier run"), std::string::npos) << w;
   EXPECT_NE(warnings[0].find("5012 bytes freed"), std::string::npos) << warnings[0];
