@@ -36,54 +36,54 @@ bool only_temporary_files(const fs::path& dir) {
   return !ec;
 }
 
-} // namespace
-
-std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
+// The directories (not links) beside OUT named ".OUT.shardshift-WHAT-PID-N", with their PID.
+std::vector<std::pair<fs::path, long>> temp_dirs(const fs::path& out, const char* what) {
   const fs::path output = fs::absolute(out);
-  const std::string prefix = temp_name_prefix(output.filename().string());
-  std::vector<fs::path> dirs;
+  const std::string prefix = temp_name_prefix(output.filename().string(), what);
+  std::vector<std::pair<fs::path, long>> dirs;
   std::error_code ec;
   for (fs::directory_iterator it(output.parent_path(), ec), end; !ec && it != end;
        it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (!name.starts_with(prefix) || it->is_symlink(ec) || !it->is_directory(ec))
-      continue;
+    if (name.starts_with(prefix) && !it->is_symlink(ec) && it->is_directory(ec))
+      dirs.emplace_back(it->path(), std::strtol(name.c_str() + prefix.size(), nullptr, 10));
+  }
+  return dirs;
+}
+
+bool process_gone(long pid) {
+  return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+} // namespace
+
+std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  for (const auto& [dir, pid] : temp_dirs(out, "tmp")) {
     // The fingerprint is the first thing a run writes into its staging directory, once locked,
     // and it goes only once the output's marker is written (commit_output).
     // Without one, the directory is a run's only if that run's process (the id in the name) is
     // gone, it may not have taken the lock yet, and the directory holds nothing but what a run
     // can leave before its fingerprint (nothing, or a temporary file): a directory a user made
     // with such a name, with their files in it, is not shardshift's to remove.
-    if (!fs::exists(it->path() / PLAN_FINGERPRINT_NAME, ec) &&
-        !fs::exists(it->path() / OUTPUT_MARKER_NAME, ec)) {
-      const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-      const bool gone = pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
-      if (!gone || !only_temporary_files(it->path()))
-        continue;
-    }
-    dirs.push_back(it->path());
+    if (!fs::exists(dir / PLAN_FINGERPRINT_NAME, ec) && !fs::exists(dir / OUTPUT_MARKER_NAME, ec) &&
+        (!process_gone(pid) || !only_temporary_files(dir)))
+      continue;
+    dirs.push_back(dir);
   }
   return dirs;
 }
 
 std::vector<std::string> set_aside_outputs(const fs::path& out) {
-  const fs::path output = fs::absolute(out);
-  const std::string prefix = temp_name_prefix(output.filename().string(), "old");
+  const std::string name = fs::absolute(out).filename().string();
   std::vector<std::string> notes;
-  std::error_code ec;
-  for (fs::directory_iterator it(output.parent_path(), ec), end; !ec && it != end;
-       it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (!name.starts_with(prefix) || it->is_symlink(ec) || !it->is_directory(ec))
-      continue;
-    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-    if (pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH)
-      continue; // its run may still be replacing OUT
-    notes.push_back(it->path().string() + ": a previous " + output.filename().string() +
-                    " that a run with --force (process " + std::to_string(pid) +
-                    ") moved aside and was stopped before removing; it is yours: remove it, or "
-                    "move it back if " + output.filename().string() + " is not what you want");
-  }
+  for (const auto& [dir, pid] : temp_dirs(out, "old"))
+    if (process_gone(pid)) // otherwise its run may still be replacing OUT
+      notes.push_back(dir.string() + ": a previous " + name + " that a run with --force (process " +
+                      std::to_string(pid) +
+                      ") moved aside and was stopped before removing; it is yours: remove it, "
+                      "or move it back if " + name + " is not what you want");
   return notes;
 }
 
