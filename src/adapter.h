@@ -53,6 +53,10 @@ struct Rule {
   /// stack_piece / unstack, and to_hf's expert_gate_up / expert_down: the piece's name in
   /// messages (to_hf: the native tensor, which every MoE layer must have: plan_experts.cpp)
   std::string_view piece = {};
+  /// rename: the reference renames with Python's str.replace of the key's tail from the last
+  /// occurrence of this text ("layers."), which rewrites every copy of that tail; the rule
+  /// rewrites the end only, so a key holding its tail twice is refused. Empty: not checked.
+  std::string_view tail_from = {};
 };
 
 struct AdapterSpec {

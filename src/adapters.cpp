@@ -13,13 +13,7 @@ namespace {
 constexpr std::string_view ROUTER_RENAME = R"(^(.*layers\.\d+)\.router\.(proj\.weight|scale)$)";
 constexpr std::string_view GATE_TO_ROUTER = R"(^(.*layers\.\d+)\.moe\.gate\.(proj\.weight|scale)$)";
 // The reference renames a router key with Python's str.replace of its `layers.N.router.ATTR`
-// tail, which also rewrites any earlier copy of that text in the key; these rules rewrite the
-// tail only, so a key holding it twice is refused.
-constexpr std::string_view ROUTER_TWICE = R"((layers\.\d+\.router\.(proj\.weight|scale)).*\1$)";
-constexpr std::string_view GATE_TWICE = R"((layers\.\d+\.moe\.gate\.(proj\.weight|scale)).*\1$)";
-constexpr std::string_view TWICE_MESSAGE =
-    "the name holds its router part twice; the reference renames both, shardshift's rules the "
-    "last only: rename the tensor";
+// tail, which also rewrites any earlier copy of that text in the key (Rule::tail_from).
 
 const AdapterSpec DIFFUSION_GEMMA_FROM_HF = {
     .model = "diffusion_gemma",
@@ -32,8 +26,10 @@ const AdapterSpec DIFFUSION_GEMMA_FROM_HF = {
              "model.encoder.* (the vision tower and the encoder's layer_scalar copies)"},
             {RuleAction::rename_continue, R"(^model\.decoder\.(.*)$)", "model.$1"},
             {RuleAction::expert_scale, R"((layers\.\d+)\.router\.per_expert_scale$)"},
-            {RuleAction::reject, ROUTER_TWICE, TWICE_MESSAGE},
-            {RuleAction::rename, ROUTER_RENAME, "$1.moe.gate.$2"},
+            {.action = RuleAction::rename,
+             .pattern = ROUTER_RENAME,
+             .output = "$1.moe.gate.$2",
+             .tail_from = "layers."},
             {RuleAction::expert_gate_up, R"((layers\.\d+)\.experts\.gate_up_proj$)",
              "model.{layer}.moe.experts.gate_and_up_projs"},
             {RuleAction::expert_down, R"((layers\.\d+)\.experts\.down_proj$)",
@@ -49,9 +45,10 @@ const AdapterSpec DIFFUSION_GEMMA_TO_HF = {
     .rules =
         {
             {RuleAction::drop, R"(^lm_head\.weight$)"},
-            {RuleAction::reject, GATE_TWICE, TWICE_MESSAGE},
-            {RuleAction::rename, R"(^model\.(.*layers\.\d+)\.moe\.gate\.(proj\.weight|scale)$)",
-             "model.decoder.$1.router.$2"},
+            {.action = RuleAction::rename,
+             .pattern = R"(^model\.(.*layers\.\d+)\.moe\.gate\.(proj\.weight|scale)$)",
+             .output = "model.decoder.$1.router.$2",
+             .tail_from = "layers."},
             // The reference strips six characters without checking them; we refuse instead.
             {RuleAction::reject, GATE_TO_ROUTER,
              "router gate key does not start with 'model.'; native diffusion_gemma keys are "
@@ -79,8 +76,10 @@ const AdapterSpec GEMMA4_MOE_FROM_HF = {
     .rules =
         {
             {RuleAction::expert_scale, R"((layers\.\d+)\.(moe|experts|router)\.per_expert_scale$)"},
-            {RuleAction::reject, ROUTER_TWICE, TWICE_MESSAGE},
-            {RuleAction::rename, ROUTER_RENAME, "$1.moe.gate.$2"},
+            {.action = RuleAction::rename,
+             .pattern = ROUTER_RENAME,
+             .output = "$1.moe.gate.$2",
+             .tail_from = "layers."},
             {RuleAction::expert_gate_up, R"((layers\.\d+)\.(moe|experts)\.gate_up_proj$)",
              "{P}language_model.{layer}.moe.experts.gate_and_up_projs"},
             {RuleAction::expert_down, R"((layers\.\d+)\.(moe|experts)\.down_proj$)",
@@ -94,8 +93,10 @@ const AdapterSpec GEMMA4_MOE_TO_HF = {
     .direction = Direction::to_hf,
     .rules =
         {
-            {RuleAction::reject, GATE_TWICE, TWICE_MESSAGE},
-            {RuleAction::rename, GATE_TO_ROUTER, "$1.router.$2"},
+            {.action = RuleAction::rename,
+             .pattern = GATE_TO_ROUTER,
+             .output = "$1.router.$2",
+             .tail_from = "layers."},
             {.action = RuleAction::expert_gate_up,
              .pattern = R"((layers\.\d+)\.moe\.experts\.gate_and_up_projs$)",
              .output = "{P}language_model.{layer}.experts.gate_up_proj",
@@ -167,7 +168,7 @@ const AdapterSpec QWEN3_MOE_FROM_HF = {
          "per-expert LoRA weights are not supported for qwen3_moe; convert the base "
          "checkpoint"},
         // PEFT's ParamWrapper layout, which the reference reshapes into grouped LoRA (14.5).
-        {RuleAction::reject, R"(\.mlp\.experts\.(base_layer\.)?lora_[AB]\.weight$)",
+        {RuleAction::reject, R"(layers\.\d+\.mlp\.experts\.(base_layer\.)?lora_[AB]\.weight$)",
          "expert LoRA weights in PEFT's ParamWrapper layout are not supported for qwen3_moe; "
          "convert the base checkpoint"},
     }),
@@ -190,7 +191,7 @@ const AdapterSpec DEEPSEEK_V3_FROM_HF = {
         {RuleAction::reject, R"(\.mlp\.experts\.\d+\..*lora_)",
          "per-expert LoRA weights are not supported for deepseek_v3; convert the base "
          "checkpoint"},
-        {RuleAction::reject, R"(\.mlp\.experts\.(base_layer\.)?lora_[AB]\.weight$)",
+        {RuleAction::reject, R"(layers\.\d+\.mlp\.experts\.(base_layer\.)?lora_[AB]\.weight$)",
          "expert LoRA weights in PEFT's ParamWrapper layout are not supported for deepseek_v3; "
          "convert the base checkpoint"},
     }),

@@ -401,6 +401,7 @@ void read_config(Opening& o) {
     o.ckpt.config_counts = std::move(config->counts);
     o.ckpt.config_dtypes = std::move(config->dtypes);
     o.ckpt.config_dtype_not_string = std::move(config->dtype_not_string);
+    o.ckpt.config_error = std::move(config->error);
   } else {
     o.problems.add(config.status());
   }

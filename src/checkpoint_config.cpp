@@ -25,19 +25,23 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
                   path.string() + ": " + std::string(json::describe(json::Precheck::too_deep)));
   ConfigFacts facts;
   simdjson::dom::parser parser;
-  simdjson::dom::object config;
-  if (parser.parse(text).get(config) != simdjson::SUCCESS)
+  simdjson::dom::element root;
+  if (auto e = parser.parse(text).get(root); e != simdjson::SUCCESS) {
+    facts.error = simdjson::error_message(e);
     return facts;
-  bool typed = false; // a repeated key counts as its first, as simdjson's lookup reads it
+  }
+  simdjson::dom::object config;
+  if (root.get(config) != simdjson::SUCCESS)
+    return facts;
+  // A repeated key counts as its last, as Python's json (which transformers reads it with) keeps.
   for (auto [key, value] : config) {
     std::string_view type;
     uint64_t n = 0;
-    if (key == "model_type" && !typed) {
-      typed = true;
+    if (key == "model_type") {
+      facts.model_type.clear();
       if (value.get_string().get(type) == simdjson::SUCCESS)
         facts.model_type = std::string(type);
     } else if (key == "torch_dtype" || key == "dtype") {
-      // Python's json keeps the last of a repeated key.
       const std::string k(key);
       std::erase(facts.dtype_not_string, k);
       facts.dtypes.erase(k);
@@ -50,7 +54,9 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
         facts.dtype_not_string.push_back(k);
       }
     } else if (value.get_uint64().get(n) == simdjson::SUCCESS) {
-      facts.counts.emplace(std::string(key), n);
+      facts.counts.insert_or_assign(std::string(key), n);
+    } else {
+      facts.counts.erase(std::string(key));
     }
   }
   return facts;

@@ -23,6 +23,10 @@ struct ConfigFacts {
   /// "torch_dtype" and "dtype" when present and not null (Checkpoint::config_dtypes).
   std::map<std::string, std::string, std::less<>> dtypes;
   std::vector<std::string> dtype_not_string; ///< keys of `dtypes` whose value is no string
+  /// Why the file could not be read as JSON (simdjson's words); empty when it was. Python's json
+  /// takes some files simdjson does not (NaN, integers beyond 64 bits, lone surrogates): an
+  /// adapter that needs a value from the file refuses then rather than guess.
+  std::string error;
 };
 
 /// config.json at `path`, read and parsed once. A file that cannot be read at all is an error now,

@@ -145,7 +145,7 @@ Status make_directories(Io& io, const fs::path& dir) {
 
 namespace {
 
-Status remove_tree(Io& io, const fs::path& path, bool discard) {
+Status remove_tree(Io& io, const fs::path& path, bool discard, Marks marks) {
   std::error_code ec;
   // symlink_status: a link to a directory is removed as a link, its target left alone.
   const fs::file_status status = fs::symlink_status(path, ec);
@@ -163,21 +163,30 @@ Status remove_tree(Io& io, const fs::path& path, bool discard) {
     // of a second or more per gigabyte, and a cancelled conversion removes several at once
     // (docs/PERFORMANCE.md, "Stopping"). Io implementations are thread-safe.
     // The marks that say whose a directory is (a staging directory's `.shardshift-plan`, an
-    // output's `.shardshift-output`) go last, and only once everything else has gone: a removal
-    // cut short (a SIGKILL) then leaves a directory the next run still knows as its own and
-    // removes, never one without its mark that nobody may touch.
-    const auto marks = std::stable_partition(children.begin(), children.end(), [](const fs::path& p) {
+    // output's `.shardshift-output`) go last by default, and only once everything else has gone:
+    // a removal cut short (a SIGKILL) then leaves a directory the next run still knows as its
+    // own and removes, never one without its mark that nobody may touch. Marks::first removes
+    // them before the rest.
+    std::vector<fs::path> first_marks;
+    const auto at = std::stable_partition(children.begin(), children.end(), [](const fs::path& p) {
       return !p.filename().string().starts_with(".shardshift-");
     });
-    const size_t others = size_t(marks - children.begin());
+    if (marks == Marks::first) {
+      first_marks.assign(at, children.end());
+      children.erase(at, children.end());
+      for (const fs::path& m : first_marks)
+        if (Status s = remove_tree(io, m, discard, marks); !s.ok() && first.ok())
+          first = std::move(s);
+    }
+    const size_t others = marks == Marks::first ? children.size() : size_t(at - children.begin());
     std::vector<Status> removed(children.size());
     tbb::parallel_for(size_t{0}, others, [&](size_t i) {
-      removed[i] = remove_tree(io, children[i], discard);
+      removed[i] = remove_tree(io, children[i], discard, marks);
     });
     const bool all_gone =
         std::all_of(removed.begin(), removed.begin() + others, [](const Status& s) { return s.ok(); });
     for (size_t i = others; i < children.size() && all_gone; ++i)
-      removed[i] = remove_tree(io, children[i], discard);
+      removed[i] = remove_tree(io, children[i], discard, marks);
     for (Status& s : removed)
       if (first.ok())
         first = std::move(s);
@@ -193,11 +202,11 @@ Status remove_tree(Io& io, const fs::path& path, bool discard) {
 } // namespace
 
 Status remove_tree(Io& io, const fs::path& path) {
-  return remove_tree(io, path, false);
+  return remove_tree(io, path, false, Marks::last);
 }
 
-Status discard_tree(Io& io, const fs::path& path) {
-  Status s = remove_tree(io, path, true);
+Status discard_tree(Io& io, const fs::path& path, Marks marks) {
+  Status s = remove_tree(io, path, true, marks);
   release_discarded();
   return s;
 }

@@ -279,7 +279,9 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
     return s;
   }
   if (!old.empty())
-    discard_tree(io, old).ignore(); // the new output is in place; a leftover is only clutter
+    // The new output is in place; a leftover is only clutter, and its marker goes first so that
+    // what a stop leaves of it never reads as a complete output (set_aside_outputs).
+    discard_tree(io, old, Marks::first).ignore();
   return sync_directory(io, fs::absolute(output).parent_path());
 }
 

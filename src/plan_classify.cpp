@@ -32,12 +32,16 @@ std::string expand(std::string_view tmpl, const std::smatch& m, std::string_view
   return out;
 }
 
-// Whether `key` holds a character Python's \d matches (any Unicode decimal digit) other than 0-9:
-// the rules' \d (ECMAScript) takes 0-9 only. Asked of KeyPattern, which reads \d as Python does.
+constexpr size_t MAX_RENAMED_KEY = 4096;
+
+// Whether `key` holds, where the rules read a number (after `layers.` or `experts.`), a character
+// Python's \d matches (any Unicode decimal digit) other than 0-9: the rules' \d (ECMAScript) takes
+// 0-9 only. Asked of KeyPattern, which reads \d as Python does.
 bool holds_other_digit(const std::string& key) {
   if (std::all_of(key.begin(), key.end(), [](char c) { return (unsigned char)c < 0x80; }))
     return false;
-  static const KeyPattern other_digit = KeyPattern::compile(R"(.*?(?![0-9])\d)").value();
+  static const KeyPattern other_digit =
+      KeyPattern::compile(R"(.*?(?:layers|experts)\.\d*(?![0-9])\d)").value();
   Result<bool> m = other_digit.match(key);
   return !m || *m; // a key PCRE2 gives up on is refused too
 }
@@ -60,10 +64,20 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
                "reference does; rename the tensor";
     return c;
   }
+  // std::regex matches by recursion, one frame per character: a name of tens of kilobytes
+  // overflows the stack. Real names are a few hundred bytes.
+  if (key.size() > MAX_RENAMED_KEY) {
+    c.action = RuleAction::reject;
+    c.output = "the name is " + std::to_string(key.size()) + " bytes long; shardshift's renaming "
+               "rules read names of at most " + std::to_string(MAX_RENAMED_KEY) +
+               " bytes: rename the tensor";
+    return c;
+  }
   if (holds_other_digit(key)) {
     c.action = RuleAction::reject;
-    c.output = "the name holds a decimal digit other than 0-9, which the reference's patterns "
-               "(Python's \\d) read as a digit and shardshift's rules do not; rename the tensor";
+    c.output = "the name holds a decimal digit other than 0-9 in a layer or expert number, which "
+               "the reference's patterns (Python's \\d) read as a digit and shardshift's rules "
+               "do not; rename the tensor";
     return c;
   }
   std::string name = key;
@@ -92,6 +106,18 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
         c.expert = m[2].str();
       [[fallthrough]];
     case RuleAction::rename:
+      if (const std::string_view from = cr.rule->tail_from; !from.empty()) {
+        // The reference's str.replace rewrites every copy of the tail; the rule, the end only.
+        const std::string tail = name.substr(name.rfind(from));
+        if (name.find(tail) + tail.size() != name.size()) {
+          c.action = RuleAction::reject;
+          c.output = "the name holds '" + printable(tail) +
+                     "' twice; the reference renames both, shardshift's rules the last only: "
+                     "rename the tensor";
+          return c;
+        }
+      }
+      [[fallthrough]];
     case RuleAction::block_scale: // output: the weight's name
     case RuleAction::expert_gate_up:
     case RuleAction::expert_down:

@@ -21,63 +21,6 @@ bool takes_scale(RuleAction a) {
 
 } // namespace
 
-void read_adapter_dtype(PlanContext& ctx) {
-  if (!ctx.spec.dtype_from_config || ctx.options.expert_dtype)
-    return;
-  const auto& given = ctx.input.config_dtypes;
-  const std::string which = "config.json's " + std::string(given.size() > 1 ? "torch_dtype and "
-                                                                               "dtype"
-                                                           : given.empty() ? "torch_dtype"
-                                                                           : given.begin()->first);
-  if (given.empty()) {
-    ctx.adapter_dtype = DType::BF16; // get_dtype(None, torch.bfloat16)
-    return;
-  }
-  std::string value;
-  for (const auto& [key, text] : given) {
-    const bool is_string =
-        std::find(ctx.input.config_dtype_not_string.begin(), ctx.input.config_dtype_not_string.end(),
-                  key) == ctx.input.config_dtype_not_string.end();
-    const std::string shown = is_string ? "'" + printable(text) + "'" : printable(text);
-    if (!value.empty() && text != value) {
-      ctx.problems.add(Errc::plan, "", "",
-                       which + " disagree (" + printable(given.begin()->second) + ", " +
-                           printable(text) + "): the reference casts the " +
-                           std::string(ctx.spec.model) +
-                           " experts to one of them; say which with --dtype bf16|f16|f32");
-      return;
-    }
-    value = text;
-    if (!is_string) {
-      ctx.problems.add(Errc::plan, "", "",
-                       which + " is " + shown + ", not a dtype name; the reference casts the " +
-                           std::string(ctx.spec.model) +
-                           " experts to the dtype it names: give it with --dtype bf16|f16|f32");
-      return;
-    }
-  }
-  // The names torch and transformers write into config.json for the dtypes shardshift writes.
-  static const std::pair<std::string_view, DType> NAMES[] = {
-      {"bfloat16", DType::BF16}, {"float16", DType::F16}, {"float32", DType::F32}};
-  std::string_view name = value;
-  if (name.starts_with("torch."))
-    name.remove_prefix(6);
-  for (const auto& [known, dtype] : NAMES)
-    if (name == known) {
-      ctx.adapter_dtype = dtype;
-      return;
-    }
-  ctx.problems.add(Errc::plan, "", "",
-                   which + " is '" + printable(value) + "', which shardshift does not write the " +
-                       std::string(ctx.spec.model) +
-                       " experts in (the reference casts them to it); choose with --dtype "
-                       "bf16|f16|f32");
-}
-
-DType converted_dtype(const PlanContext& ctx, DType input) {
-  return ctx.options.expert_dtype.value_or(ctx.adapter_dtype.value_or(input));
-}
-
 void pair_block_scales(PlanContext& ctx) {
   const bool dequantizes =
       std::any_of(ctx.spec.rules.begin(), ctx.spec.rules.end(),

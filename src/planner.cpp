@@ -128,7 +128,7 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
 
   // The checking passes collect every problem; the plan fails with all of them at once.
   const std::pair<const char*, void (*)(PlanContext&)> checking[] = {
-      {"read_adapter_dtype", read_adapter_dtype},
+      {"read_config_facts", read_config_facts},
       {"classify_keys", classify_keys},
       {"group_expert_pieces", group_expert_pieces},
       {"check_expert_layers", check_expert_layers},

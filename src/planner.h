@@ -94,7 +94,7 @@ struct PlanContext {
   const PlanOptions& options;
   const AdapterSpec& spec;
   std::optional<KeyPattern> exclude; ///< compiled --exclude (re.match) when the adapter honours it
-  /// read_adapter_dtype: the dtype the reference adapter casts to (spec.dtype_from_config)
+  /// read_config_facts: the dtype the reference adapter casts to (spec.dtype_from_config)
   std::optional<DType> adapter_dtype;
 
   std::vector<Classified> classified; ///< every input key, in data order
@@ -143,12 +143,14 @@ std::optional<ExpertCount> model_expert_count(const PlanContext& ctx, std::strin
 /// The problem of an expert tensor holding `held` experts where `expected` says otherwise.
 std::string expert_count_problem(uint64_t held, const ExpertCount& expected);
 
-/// Where the adapter casts like its reference (spec.dtype_from_config) and --dtype is not given:
-/// config.json's torch_dtype into ctx.adapter_dtype (BF16 when absent); a value shardshift
-/// cannot write, or two keys that disagree, is a problem that names it and --dtype.
-void read_adapter_dtype(PlanContext& ctx);
+/// What the adapter takes from config.json, as its reference does: where it casts like its
+/// reference (spec.dtype_from_config) and --dtype is not given, the dtype ("dtype", else
+/// "torch_dtype", as transformers keeps them; BF16 when absent) into ctx.adapter_dtype; a value
+/// shardshift cannot write is a problem that names it and --dtype. A config.json that is not
+/// JSON simdjson reads is a problem where the adapter needs a value from it.
+void read_config_facts(PlanContext& ctx);
 /// The dtype a stacked expert or a dequantized weight of dtype `input` is written in: --dtype,
-/// else the adapter's (read_adapter_dtype), else `input`.
+/// else the adapter's (read_config_facts), else `input`.
 DType converted_dtype(const PlanContext& ctx, DType input);
 void group_stacks(PlanContext& ctx);
 void validate_stacks(PlanContext& ctx);

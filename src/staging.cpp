@@ -78,12 +78,22 @@ std::vector<fs::path> abandoned_staging_dirs(const fs::path& out) {
 std::vector<std::string> set_aside_outputs(const fs::path& out) {
   const std::string name = fs::absolute(out).filename().string();
   std::vector<std::string> notes;
-  for (const auto& [dir, pid] : temp_dirs(out, "old"))
-    if (process_gone(pid)) // otherwise its run may still be replacing OUT
+  std::error_code ec;
+  for (const auto& [dir, pid] : temp_dirs(out, "old")) {
+    if (!process_gone(pid)) // its run may still be replacing OUT
+      continue;
+    // The marker goes first when the run removes it (Marks::first): without it, the removal was
+    // under way and what is left is no whole output.
+    if (fs::exists(dir / OUTPUT_MARKER_NAME, ec))
       notes.push_back(dir.string() + ": a previous " + name + " that a run with --force (process " +
                       std::to_string(pid) +
                       ") moved aside and was stopped before removing; it is yours: remove it, "
                       "or move it back if " + name + " is not what you want");
+    else
+      notes.push_back(dir.string() + ": what is left of a previous " + name +
+                      " that a run with --force (process " + std::to_string(pid) +
+                      ") was removing when it was stopped; it is not a whole output: remove it");
+  }
   return notes;
 }
 

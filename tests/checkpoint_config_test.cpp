@@ -35,6 +35,30 @@ TEST(CheckpointConfig, NotJsonOrNoStringModelTypeIsEmpty) {
   }
 }
 
+// Python's json, which transformers reads config.json with, keeps the last of a repeated key;
+// so does shardshift, for the model type, the whole numbers and the dtype. A file simdjson cannot
+// read (Python's json takes NaN) says why, so that an adapter needing a value refuses.
+TEST(CheckpointConfig, ARepeatedKeyCountsAsItsLastAndAnUnreadableFileSaysWhy) {
+  TempDir dir;
+  write_bytes(dir / "config.json",
+              R"({"model_type": "gemma4_moe", "num_experts": 4, "moe_intermediate_size": 12,
+                  "model_type": "qwen3_moe", "num_experts": 8, "moe_intermediate_size": "x",
+                  "torch_dtype": "float64", "torch_dtype": "bfloat16", "dtype": null})");
+  auto facts = read_config(dir / "config.json");
+  ASSERT_TRUE(facts.ok()) << facts.status().message();
+  EXPECT_EQ(facts->model_type, "qwen3_moe");
+  EXPECT_EQ(facts->counts.at("num_experts"), 8u);
+  EXPECT_FALSE(facts->counts.count("moe_intermediate_size")) << "its last value is no number";
+  EXPECT_EQ(facts->dtypes, (std::map<std::string, std::string, std::less<>>{{"torch_dtype", "bfloat16"}}));
+  EXPECT_EQ(facts->error, "");
+
+  write_bytes(dir / "config.json", R"({"model_type": "qwen3_moe", "router_aux_loss_coef": NaN})");
+  auto nan = read_config(dir / "config.json");
+  ASSERT_TRUE(nan.ok());
+  EXPECT_NE(nan->error, "");
+  EXPECT_EQ(nan->model_type, "");
+}
+
 TEST(CheckpointConfig, MissingFileIsAnIoErrorNamingIt) {
   TempDir dir;
   auto t = read_config_model_type(dir / "config.json");

@@ -257,6 +257,18 @@ TEST(RemoveTree, RemovesTheMarksThatSayWhoseADirectoryIsLast) {
   io.refuse = "stuck";
   EXPECT_FALSE(remove_tree(io, dir / "again").ok());
   EXPECT_EQ(list_dir(dir / "again"), (std::vector<std::string>{".shardshift-plan", "stuck"}));
+
+  // Marks::first (an output moved aside): the marker goes before anything else, and stays gone
+  // when the rest could not all go.
+  fs::create_directories(dir / "old");
+  testing::write_bytes(dir / "old/model.safetensors", "x");
+  testing::write_bytes(dir / "old/stuck", "x");
+  testing::write_bytes(dir / "old/.shardshift-output", "o");
+  RemovalOrderIo first;
+  first.refuse = "stuck";
+  EXPECT_FALSE(discard_tree(first, dir / "old", Marks::first).ok());
+  EXPECT_EQ(first.order().front(), ".shardshift-output");
+  EXPECT_EQ(list_dir(dir / "old"), std::vector<std::string>{"stuck"});
 }
 
 TEST(MakeDirectories, CreatesMissingParentsThroughTheIo) {

@@ -272,6 +272,13 @@ TEST_F(ConvertTest, Qwen3AndDeepseekExpertLoraLayoutsAreRefused) {
     EXPECT_TRUE(contains(r.status().message(), c.says)) << r.status().message();
     EXPECT_FALSE(fs::exists(tmp / "n"));
   }
+  // A ParamWrapper-like key outside a `layers.N` path is not the reference's pattern either: it
+  // passes through under its name, as there.
+  Dict mtp = tiny_qwen3(rng, 1, 2, 4, 3);
+  mtp["model.mtp.mlp.experts.lora_A.weight"] = random_tensor(rng, DType::BF16, {2, 4});
+  write_checkpoint(tmp / "mtp", mtp, 1, "qwen3_moe");
+  ASSERT_TRUE(run(tmp / "mtp", tmp / "mtp-n").ok());
+  EXPECT_TRUE(read_checkpoint(tmp / "mtp-n").count("model.mtp.mlp.experts.lora_A.weight"));
   // Grouped LoRA in a native checkpoint (to_hf).
   Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 2, 4, 3), {});
   native["model.layers.0.mlp.experts.lora_gate_and_up_A"] = random_tensor(rng, DType::BF16, {2, 4});

@@ -532,8 +532,8 @@ TEST_F(SemanticsRules, KeysWithALineBreakAreRenamedLikeThePythonReferenceOrRefus
 
 // The reference's patterns are Python's: its \d takes every Unicode decimal digit, so
 // 'layers.\u0661.router.scale' (an Arabic-Indic one) is a router key there and not under the rules'
-// ECMAScript \d. Refused, naming the key, in every family and direction; a key whose digits
-// are 0-9 but which holds other non-ASCII text converts.
+// ECMAScript \d. Refused, naming the key, where the rules read a number (after `layers.` or
+// `experts.`); such a digit elsewhere, and other non-ASCII text, passes through as there.
 TEST_F(SemanticsRules, KeysWithADigitOtherThanZeroToNineAreRefused) {
   const std::string arabic_one = "\xd9\xa1"; // U+0661 in UTF-8
   Dict in = tiny_diffusion(rng, 1, 2, 4, 2);
@@ -550,16 +550,21 @@ TEST_F(SemanticsRules, KeysWithADigitOtherThanZeroToNineAreRefused) {
   // Non-ASCII text that holds no other digit (an accented letter, a CJK one) passes through.
   Dict ok = tiny_diffusion(rng, 1, 2, 4, 2);
   ok["model.decoder.caf\xc3\xa9.\xe4\xb8\x80"] = random_tensor(rng, DType::BF16, {2});
+  ok["model.decoder.extra_" + arabic_one + ".weight"] = random_tensor(rng, DType::BF16, {2});
   fs::create_directories(tmp / "hf2");
   write_ordered(tmp / "hf2" / "model.safetensors", Ordered(ok.begin(), ok.end()));
   auto fine = run(tmp / "hf2", tmp / "n2");
   ASSERT_TRUE(fine.ok()) << fine.status().message();
-  EXPECT_TRUE(read_checkpoint(tmp / "n2").count("model.caf\xc3\xa9.\xe4\xb8\x80"));
+  const Dict got = read_checkpoint(tmp / "n2");
+  EXPECT_TRUE(got.count("model.caf\xc3\xa9.\xe4\xb8\x80"));
+  EXPECT_TRUE(got.count("model.extra_" + arabic_one + ".weight"));
 }
 
 // The reference renames a router key with Python's str.replace of its 'layers.N.router.ATTR'
 // tail (from_hf; '.moe.gate.' to_hf), which rewrites every copy of that text in the key; the
-// rules rewrite the tail only. A key holding it twice is refused, naming it, in both directions.
+// rules rewrite the tail only. A key holding it twice is refused, naming it, in both directions,
+// in time linear in its length. A name longer than the rules read (4096 bytes) is refused too,
+// not a crash of the regular-expression engine.
 TEST_F(SemanticsRules, ARouterKeyHoldingItsRouterPartTwiceIsRefused) {
   Dict in = tiny_diffusion(rng, 1, 2, 4, 2);
   in["model.decoder.layers.0.router.scale.ema.layers.0.router.scale"] =
@@ -573,7 +578,7 @@ TEST_F(SemanticsRules, ARouterKeyHoldingItsRouterPartTwiceIsRefused) {
   ASSERT_FALSE(r.ok());
   const std::string& m = r.status().message();
   EXPECT_NE(m.find("'model.decoder.layers.0.router.scale.ema.layers.0.router.scale': the name "
-                   "holds its router part twice"),
+                   "holds 'layers.0.router.scale' twice"),
             std::string::npos)
       << m;
   EXPECT_EQ(m.find("layers.1.router.scale.ema"), std::string::npos) << m;
@@ -586,9 +591,28 @@ TEST_F(SemanticsRules, ARouterKeyHoldingItsRouterPartTwiceIsRefused) {
   write_ordered(tmp / "native" / "model.safetensors", Ordered(native.begin(), native.end()));
   auto back = run(tmp / "native", tmp / "h");
   ASSERT_FALSE(back.ok());
-  EXPECT_NE(back.status().message().find("holds its router part twice"), std::string::npos)
+  EXPECT_NE(back.status().message().find("holds 'layers.0.moe.gate.proj.weight' twice"),
+            std::string::npos)
       << back.status().message();
   EXPECT_FALSE(fs::exists(tmp / "h"));
+
+  // Long names: 4000 bytes of repeated router parts are refused at once; 5000 bytes of any name
+  // are beyond what the rules read.
+  std::string repeated;
+  while (repeated.size() < 4000)
+    repeated += "layers.0.router.scale.";
+  for (const std::string& name : {repeated + "layers.0.router.scale", std::string(5000, 'x')}) {
+    Dict big = tiny_diffusion(rng, 1, 2, 4, 2);
+    big["model.decoder." + name] = random_tensor(rng, DType::BF16, {2});
+    fs::remove_all(tmp / "big");
+    fs::create_directories(tmp / "big");
+    write_ordered(tmp / "big" / "model.safetensors", Ordered(big.begin(), big.end()));
+    auto long_name = run(tmp / "big", tmp / "nb");
+    ASSERT_FALSE(long_name.ok());
+    EXPECT_TRUE(long_name.status().message().find("twice") != std::string::npos ||
+                long_name.status().message().find("5014 bytes long") != std::string::npos)
+        << long_name.status().message().substr(0, 300);
+  }
 }
 
 } // namespace

@@ -76,6 +76,8 @@ public:
   /// reads it. The qwen3_moe and deepseek_v3 references cast to this dtype (semantics 14.2.7).
   std::map<std::string, std::string, std::less<>> config_dtypes;
   std::vector<std::string> config_dtype_not_string; ///< keys of config_dtypes whose value is no string
+  /// Why config.json could not be read as JSON; empty when it was (or there is none).
+  std::string config_error;
   /// Things that do not stop a conversion but that a user should hear about, one message each
   /// ("path: what"), e.g. a *.safetensors file the index does not list (ignored, not copied).
   /// The library never prints them; the apps do.

@@ -87,13 +87,19 @@ Status make_directories(Io& io, const std::filesystem::path& dir);
 
 /// Removes `path` and, for a directory, everything under it, through `io` (unlink and rmdir),
 /// like `rm -rf`: symbolic links are removed, never followed; a missing path is fine. Keeps going
-/// past a failure and returns the first.
+/// past a failure and returns the first. A directory's marks go last (Marks).
 Status remove_tree(Io& io, const std::filesystem::path& path);
+
+/// When a directory's `.shardshift-*` marks (a staging directory's plan fingerprint, an output's
+/// marker) are removed: `last`, once everything else has gone, so that a removal cut short
+/// leaves a directory the next run still knows for a run's staging and removes; `first`, so that
+/// what is left of an output cut short never claims to be a complete one.
+enum class Marks { last, first };
 
 /// remove_tree for what a stopped or finished run throws away: every name is gone when it
 /// returns, as with remove_tree, but the space of large files is freed by a detached process
 /// rather than waited for (src/discard.h says why and how). Not for making room before writing.
-Status discard_tree(Io& io, const std::filesystem::path& path);
+Status discard_tree(Io& io, const std::filesystem::path& path, Marks marks = Marks::last);
 
 /// Largest byte count passed to one read, write or copy call (Linux moves at most ~2 GiB a call).
 inline constexpr size_t MAX_IO_CHUNK = size_t{1} << 30;

@@ -1,0 +1,71 @@
+// plan_config.cpp: read_config_facts, the pass that takes from config.json what the reference's
+// model class builds its adapter with (the dtype it casts stacked experts to; the expert count
+// and size that to_hf's checks read), and converted_dtype, the output dtype it gives.
+#include "planner.h"
+
+#include <algorithm>
+
+namespace shardshift {
+
+void read_config_facts(PlanContext& ctx) {
+  const bool wants_dtype = ctx.spec.dtype_from_config && !ctx.options.expert_dtype;
+  const std::string_view count = ctx.spec.config_expert_count, size = ctx.spec.config_expert_size;
+  const std::string model(ctx.spec.model);
+  if (!ctx.input.config_error.empty() && (wants_dtype || !count.empty() || !size.empty())) {
+    std::string what = wants_dtype ? "torch_dtype" : "";
+    for (std::string_view key : {count, size})
+      if (!key.empty())
+        what += (what.empty() ? "" : " and ") + std::string(key);
+    ctx.problems.add(Errc::plan, "", "",
+                     "config.json is not JSON that shardshift can read (" +
+                         ctx.input.config_error + "), and the " + model +
+                         " reference reads its " + what +
+                         " (Python's json also takes NaN, Infinity and integers beyond 64 bits): "
+                         "make it plain JSON" +
+                         (wants_dtype ? ", or give --dtype bf16|f16|f32" : ""));
+    return;
+  }
+  if (!wants_dtype)
+    return;
+  // transformers keeps "dtype" over "torch_dtype" (its older name) when both are given.
+  const auto& given = ctx.input.config_dtypes;
+  auto it = given.find("dtype");
+  if (it == given.end())
+    it = given.find("torch_dtype");
+  if (it == given.end()) {
+    ctx.adapter_dtype = DType::BF16; // get_dtype(None, torch.bfloat16)
+    return;
+  }
+  const std::string which = "config.json's " + it->first;
+  const auto& not_string = ctx.input.config_dtype_not_string;
+  if (std::find(not_string.begin(), not_string.end(), it->first) != not_string.end()) {
+    ctx.problems.add(Errc::plan, "", "",
+                     which + " is " + printable(it->second) +
+                         ", not a dtype name; the reference casts the " + model +
+                         " experts to the dtype it names: give it with --dtype bf16|f16|f32");
+    return;
+  }
+  // The names transformers turns into the dtypes shardshift writes (getattr(torch, name)).
+  static const std::pair<std::string_view, DType> NAMES[] = {
+      {"bfloat16", DType::BF16}, {"float16", DType::F16}, {"half", DType::F16},
+      {"float32", DType::F32},   {"float", DType::F32}};
+  std::string_view name = it->second;
+  if (name.starts_with("torch."))
+    name.remove_prefix(6);
+  for (const auto& [known, dtype] : NAMES)
+    if (name == known) {
+      ctx.adapter_dtype = dtype;
+      return;
+    }
+  ctx.problems.add(Errc::plan, "", "",
+                   which + " is '" + printable(it->second) +
+                       "', which shardshift does not write the " + model +
+                       " experts in (the reference casts them to it); choose with --dtype "
+                       "bf16|f16|f32");
+}
+
+DType converted_dtype(const PlanContext& ctx, DType input) {
+  return ctx.options.expert_dtype.value_or(ctx.adapter_dtype.value_or(input));
+}
+
+} // namespace shardshift
