@@ -106,7 +106,8 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
         c.expert = m[2].str();
       [[fallthrough]];
     case RuleAction::rename:
-      if (const std::string_view from = cr.rule->tail_from; !from.empty()) {
+      if (const std::string_view from = cr.rule->tail_from;
+          !from.empty() && name.rfind(from) != std::string::npos) {
         // The reference's str.replace rewrites every copy of the tail; the rule, the end only.
         const std::string tail = name.substr(name.rfind(from));
         if (name.find(tail) + tail.size() != name.size()) {
