@@ -246,37 +246,41 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
   const std::string plan = read_fingerprint(staging); // put back if the output cannot go in place
   if (io.unlink(fingerprint.c_str()) != 0 && errno != ENOENT)
     return Status(Errc::io, fingerprint.string() + ": cannot remove: " + errno_text(errno));
-  std::error_code ec;
-  fs::path old;
-  if (force && fs::exists(fs::symlink_status(output, ec))) {
-    // check_output proved this when the run began; the run can take minutes, so again now.
-    if (Status s = check_replaceable(output); !s.ok())
-      return s;
-    old = staging_path(output, "old");
-    if (io.rename(output.c_str(), old.c_str()) != 0)
-      return Status(Errc::io,
-                    output.string() + ": cannot move the old output aside: " + errno_text(errno));
-  }
-  if (io.rename(staging.c_str(), output.c_str()) != 0) {
-    const int err = errno;
-    // OUT was free when the run began (check_output): another process made it meanwhile.
-    Status s(Errc::io, err == ENOTEMPTY || err == EEXIST
-                           ? output.string() + ": another process created it while this run "
-                                               "worked, so this output was not put in its place; "
-                                               "check what is there, then run again with --force "
-                                               "to replace it"
-                           : output.string() + ": cannot rename the finished output into place: " +
-                                 errno_text(err));
-    if (!old.empty())
-      io.rename(old.c_str(), output.c_str());
-    // The staging directory is a run's again (fingerprint first, then no marker), so that
-    // --resume can take it up once OUT is out of the way.
+  // Every failure from here on makes the staging directory a run's again (fingerprint first,
+  // then no marker), so that --resume can take it up once OUT is out of the way.
+  auto failed = [&](Status s) {
     if (!plan.empty()) {
       const std::string text = fingerprint_file_text(plan);
       if (write_file_atomic(io, fingerprint, std::as_bytes(std::span(text))).ok())
         io.unlink((staging / OUTPUT_MARKER_NAME).c_str());
     }
     return s;
+  };
+  std::error_code ec;
+  fs::path old;
+  if (force && fs::exists(fs::symlink_status(output, ec))) {
+    // check_output proved this when the run began; the run can take minutes, so again now.
+    if (Status s = check_replaceable(output); !s.ok())
+      return failed(std::move(s));
+    old = staging_path(output, "old");
+    if (io.rename(output.c_str(), old.c_str()) != 0)
+      return failed(Status(Errc::io, output.string() + ": cannot move the old output aside: " +
+                                         errno_text(errno)));
+  }
+  if (io.rename(staging.c_str(), output.c_str()) != 0) {
+    const int err = errno;
+    // OUT was free when the run began (check_output): another process made it meanwhile.
+    std::string why = err == ENOTEMPTY || err == EEXIST
+                          ? output.string() + ": another process created it while this run "
+                                              "worked, so this output was not put in its place; "
+                                              "check what is there, then run again with --force "
+                                              "to replace it"
+                          : output.string() + ": cannot rename the finished output into place: " +
+                                errno_text(err);
+    if (!old.empty() && io.rename(old.c_str(), output.c_str()) != 0)
+      why += "; the previous output, moved aside, could not be moved back (" +
+             errno_text(errno) + "): it is in " + old.string();
+    return failed(Status(Errc::io, why));
   }
   if (!old.empty())
     // The new output is in place; a leftover is only clutter, and its marker goes first so that

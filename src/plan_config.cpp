@@ -12,7 +12,7 @@ void read_config_facts(PlanContext& ctx) {
   const std::string_view count = ctx.spec.config_expert_count, size = ctx.spec.config_expert_size;
   const std::string model(ctx.spec.model);
   if (!ctx.input.config_error.empty() && (wants_dtype || !count.empty() || !size.empty())) {
-    std::string what = wants_dtype ? "torch_dtype" : "";
+    std::string what = wants_dtype ? "dtype (torch_dtype)" : "";
     for (std::string_view key : {count, size})
       if (!key.empty())
         what += (what.empty() ? "" : " and ") + std::string(key);

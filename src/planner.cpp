@@ -112,6 +112,16 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
   std::vector<std::string> keys;
   for (TensorRef r : data_order(input))
     keys.push_back(input.info(r).name);
+  // config.json's model_type names the adapter. A file simdjson cannot read may be one Python's
+  // json reads (NaN, Infinity, integers beyond 64 bits), whose model_type the reference would
+  // take: guessing from the keys instead could pick another adapter.
+  if (!input.config_error.empty() && options.adapter.empty())
+    return Status(Errc::format, (input.root / "config.json").string() +
+                                    ": is not JSON that shardshift can read (" +
+                                    input.config_error +
+                                    "), so its model_type cannot name the adapter (Python's json "
+                                    "also takes NaN, Infinity and integers beyond 64 bits): make "
+                                    "it plain JSON, or give --adapter");
   auto selected = select_adapter(input.config_model_type, keys, options.adapter, options.direction);
   if (!selected)
     return selected.status();

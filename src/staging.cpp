@@ -90,9 +90,10 @@ std::vector<std::string> set_aside_outputs(const fs::path& out) {
                       ") moved aside and was stopped before removing; it is yours: remove it, "
                       "or move it back if " + name + " is not what you want");
     else
-      notes.push_back(dir.string() + ": what is left of a previous " + name +
-                      " that a run with --force (process " + std::to_string(pid) +
-                      ") was removing when it was stopped; it is not a whole output: remove it");
+      notes.push_back(dir.string() + ": a previous " + name + " that a run with --force (process " +
+                      std::to_string(pid) +
+                      ") moved aside and did not finish removing; it holds no whole output (no " +
+                      OUTPUT_MARKER_NAME + "): remove it");
   }
   return notes;
 }

@@ -1,6 +1,7 @@
 // semantics_output_test.cpp: the output-file rules of docs/semantics.md (order, cutting, names,
 // the index, side files) and detection and option checks, each test named by its rule.
 #include "semantics_support.h"
+#include "staging.h"
 
 namespace shardshift {
 namespace {
@@ -504,6 +505,49 @@ TEST_F(SemanticsRules, AnOutMadeMeanwhileByAnotherProcessIsNamedAndKept) {
       << kept.status().message();
   fs::remove_all(tmp / "n");
   auto again = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) { o.resume = true; }));
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(again->kept_files, 1u);
+  EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"hf", "n"}));
+}
+
+// A file of the user's appears in OUT while a --force run works: the run's second look refuses
+// to replace OUT (after the plan fingerprint was taken down for the commit). With --resume, the
+// fingerprint is put back, so the kept files are taken up by the next --resume run as the
+// message says, not removed as an unknown run's leftovers.
+class UserWritesIntoOut final : public ForwardingIo {
+public:
+  UserWritesIntoOut(Io& base, fs::path output) : ForwardingIo(base), output_(std::move(output)) {}
+  int unlink(const char* path) override {
+    if (fs::path(path).filename() == PLAN_FINGERPRINT_NAME)
+      testing::write_bytes(output_ / "notes.txt", "mine");
+    return ForwardingIo::unlink(path);
+  }
+
+private:
+  fs::path output_;
+};
+
+TEST_F(SemanticsRules, AForceRunRefusedAtItsCommitKeepsAResumableStaging) {
+  write_checkpoint(tmp / "hf", tiny_diffusion(rng, 1, 2, 4, 2), 1, "diffusion_gemma");
+  ASSERT_TRUE(run(tmp / "hf", tmp / "n").ok());
+  UserWritesIntoOut io(Io::system(), tmp / "n");
+  auto refused = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) {
+                       o.io = &io;
+                       o.force = true;
+                       o.resume = true;
+                     }));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("notes.txt"), std::string::npos)
+      << refused.status().message();
+  EXPECT_NE(refused.status().message().find("run the same command with --resume"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_EQ(testing::read_bytes(tmp / "n" / "notes.txt"), "mine"); // theirs, kept
+  fs::remove(tmp / "n" / "notes.txt");
+  auto again = run(tmp / "hf", tmp / "n", opts([&](ConvertOptions& o) {
+                     o.force = true;
+                     o.resume = true;
+                   }));
   ASSERT_TRUE(again.ok()) << again.status().message();
   EXPECT_EQ(again->kept_files, 1u);
   EXPECT_EQ(testing::list_dir(tmp.path()), (std::vector<std::string>{"hf", "n"}));

@@ -97,10 +97,10 @@ TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
                              std::to_string(dead) +
                              ") moved aside and was stopped before removing; it is yours: "
                              "remove it, or move it back if out is not what you want");
-  EXPECT_EQ(warnings[1], cut.string() + ": what is left of a previous out that a run with --force "
-                                        "(process " + std::to_string(dead) +
-                             ") was removing when it was stopped; it is not a whole output: "
-                             "remove it");
+  EXPECT_EQ(warnings[1], cut.string() + ": a previous out that a run with --force (process " +
+                             std::to_string(dead) +
+                             ") moved aside and did not finish removing; it holds no whole "
+                             "output (no .shardshift-output): remove it");
   warnings.erase(warnings.begin(), warnings.begin() + 2);
   for (const std::string& w : warnings)
     EXPECT_NE(w.find("removed the staging directory of an earlier run"), std::string::npos) << w;
