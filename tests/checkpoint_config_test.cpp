@@ -1,5 +1,6 @@
 // checkpoint_config_test.cpp: config.json's model_type is read when a checkpoint is opened, so
-// planning does no file I/O; a config that is not JSON leaves the decision to the key names.
+// planning does no file I/O; a config that is not JSON gives no model type (the planner then
+// refuses unless --adapter is given, semantics 6.1).
 #include "shardshift/checkpoint.h"
 
 #include "checkpoint_config.h"
