@@ -248,27 +248,28 @@ TEST(RemoveTree, RemovesTheMarksThatSayWhoseADirectoryIsLast) {
         << last[0] << ", " << last[1];
     EXPECT_FALSE(fs::exists(dir / "staging"));
   }
+  // A directory of a shard, a file that cannot go, and `mark`.
+  auto with_stuck_file = [&](const std::string& name, const std::string& mark) {
+    fs::create_directories(dir / name);
+    for (const std::string& f : {std::string("model-00001.safetensors"), std::string("stuck"), mark})
+      testing::write_bytes(dir / name / f, "x");
+    return dir / name;
+  };
   // One file that cannot go: the marks stay with it.
-  fs::create_directories(dir / "again");
-  testing::write_bytes(dir / "again/model-00001.safetensors", "x");
-  testing::write_bytes(dir / "again/stuck", "x");
-  testing::write_bytes(dir / "again/.shardshift-plan", "p");
+  const fs::path again = with_stuck_file("again", ".shardshift-plan");
   RemovalOrderIo io;
   io.refuse = "stuck";
-  EXPECT_FALSE(remove_tree(io, dir / "again").ok());
-  EXPECT_EQ(list_dir(dir / "again"), (std::vector<std::string>{".shardshift-plan", "stuck"}));
+  EXPECT_FALSE(remove_tree(io, again).ok());
+  EXPECT_EQ(list_dir(again), (std::vector<std::string>{".shardshift-plan", "stuck"}));
 
   // Marks::first (an output moved aside): the marker goes before anything else, and stays gone
   // when the rest could not all go.
-  fs::create_directories(dir / "old");
-  testing::write_bytes(dir / "old/model.safetensors", "x");
-  testing::write_bytes(dir / "old/stuck", "x");
-  testing::write_bytes(dir / "old/.shardshift-output", "o");
+  const fs::path old = with_stuck_file("old", ".shardshift-output");
   RemovalOrderIo first;
   first.refuse = "stuck";
-  EXPECT_FALSE(discard_tree(first, dir / "old", Marks::first).ok());
+  EXPECT_FALSE(discard_tree(first, old, Marks::first).ok());
   EXPECT_EQ(first.order().front(), ".shardshift-output");
-  EXPECT_EQ(list_dir(dir / "old"), std::vector<std::string>{"stuck"});
+  EXPECT_EQ(list_dir(old), std::vector<std::string>{"stuck"});
 }
 
 TEST(MakeDirectories, CreatesMissingParentsThroughTheIo) {
