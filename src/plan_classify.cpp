@@ -46,6 +46,39 @@ bool holds_other_digit(const std::string& key) {
   return !m || *m; // a key PCRE2 gives up on is refused too
 }
 
+// Why the rules cannot read `key` as the reference reads it, or "" when they can.
+std::string unreadable_name(const std::string& key) {
+  // The rules' '.' and '$' stop at a line break (ECMAScript), where the reference's prefix tests
+  // and Python's '$' do not: such a key would keep its old name here and be renamed there.
+  if (key.find_first_of("\n\r") != std::string::npos)
+    return "the name holds a line break, which the renaming rules cannot read as the reference "
+           "does; rename the tensor";
+  // std::regex matches by recursion, one frame per character: a name of tens of kilobytes
+  // overflows the stack. Real names are a few hundred bytes.
+  if (key.size() > MAX_RENAMED_KEY)
+    return "the name is " + std::to_string(key.size()) + " bytes long; shardshift's renaming "
+           "rules read names of at most " + std::to_string(MAX_RENAMED_KEY) +
+           " bytes: rename the tensor";
+  if (holds_other_digit(key))
+    return "the name holds a decimal digit other than 0-9 in a layer or expert number, which the "
+           "reference's patterns (Python's \\d) read as a digit and shardshift's rules do not; "
+           "rename the tensor";
+  return {};
+}
+
+// Rule::tail_from: the reference's str.replace rewrites every copy of the name's tail (from the
+// last `from` on), the rule the end only. Why `name` is refused, or "".
+std::string repeated_tail(const std::string& name, std::string_view from) {
+  const size_t at = from.empty() ? std::string::npos : name.rfind(from);
+  if (at == std::string::npos)
+    return {};
+  const std::string tail = name.substr(at);
+  if (name.find(tail) == at)
+    return {};
+  return "the name holds '" + printable(tail) +
+         "' twice; the reference renames both, shardshift's rules the last only: rename the tensor";
+}
+
 struct CompiledRule {
   const Rule* rule;
   std::regex re;
@@ -56,28 +89,9 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
                     std::string_view prefix) {
   Classified c;
   c.input_name = key;
-  // The rules' '.' and '$' stop at a line break (ECMAScript), where the reference's prefix tests
-  // and Python's '$' do not: such a key would keep its old name here and be renamed there.
-  if (key.find_first_of("\n\r") != std::string::npos) {
+  if (std::string why = unreadable_name(key); !why.empty()) {
     c.action = RuleAction::reject;
-    c.output = "the name holds a line break, which the renaming rules cannot read as the "
-               "reference does; rename the tensor";
-    return c;
-  }
-  // std::regex matches by recursion, one frame per character: a name of tens of kilobytes
-  // overflows the stack. Real names are a few hundred bytes.
-  if (key.size() > MAX_RENAMED_KEY) {
-    c.action = RuleAction::reject;
-    c.output = "the name is " + std::to_string(key.size()) + " bytes long; shardshift's renaming "
-               "rules read names of at most " + std::to_string(MAX_RENAMED_KEY) +
-               " bytes: rename the tensor";
-    return c;
-  }
-  if (holds_other_digit(key)) {
-    c.action = RuleAction::reject;
-    c.output = "the name holds a decimal digit other than 0-9 in a layer or expert number, which "
-               "the reference's patterns (Python's \\d) read as a digit and shardshift's rules "
-               "do not; rename the tensor";
+    c.output = std::move(why);
     return c;
   }
   std::string name = key;
@@ -106,17 +120,10 @@ Classified classify(const std::vector<CompiledRule>& rules, const std::string& k
         c.expert = m[2].str();
       [[fallthrough]];
     case RuleAction::rename:
-      if (const std::string_view from = cr.rule->tail_from;
-          !from.empty() && name.rfind(from) != std::string::npos) {
-        // The reference's str.replace rewrites every copy of the tail; the rule, the end only.
-        const std::string tail = name.substr(name.rfind(from));
-        if (name.find(tail) + tail.size() != name.size()) {
-          c.action = RuleAction::reject;
-          c.output = "the name holds '" + printable(tail) +
-                     "' twice; the reference renames both, shardshift's rules the last only: "
-                     "rename the tensor";
-          return c;
-        }
+      if (std::string why = repeated_tail(name, cr.rule->tail_from); !why.empty()) {
+        c.action = RuleAction::reject;
+        c.output = std::move(why);
+        return c;
       }
       [[fallthrough]];
     case RuleAction::block_scale: // output: the weight's name
