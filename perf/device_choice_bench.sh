@@ -36,6 +36,10 @@
 #     --writers LIST    --writers values to sweep (default: none, shardshift's own default)
 #     --runs R          rounds (default 2); then one `--device auto` run per core count
 #     --scale K         synth --scale K: small inputs, to try this script (figures use 1)
+#     --deepseek-layers N, --gemma-layers N
+#                       the models' sizes (default 5 and 8 real layers; each layer adds about
+#                       2.3 GB in and 3.9 GB out for DeepSeek-V3, 1.8 GB in and 2.0 GB out for
+#                       gemma: mind the tmpfs, 100g unless mounted first)
 #     --stats           run with --stats and add what the GPU read in place from the mappings
 #                       and the lanes' time in `open` (creating the files, reserving their space)
 # DeepSeek-V3: `synth --model deepseek_v3 --layers 5 --scale-experts 4 --mtp-layers 0
@@ -43,7 +47,7 @@
 # --max-shard-size 1GB` (14.6 GB in, 16.0 GB out).
 set -uo pipefail
 BIN=.dev/shardshift OLD_BIN="" RAM=/mnt/ram OUT="" MODELS="deepseek_v3 diffusion_gemma" CORES="2 4 16"
-DEVICES="cpu cuda" WRITERS="" RUNS=2 SCALE=1 STATS=()
+DEVICES="cpu cuda" WRITERS="" RUNS=2 SCALE=1 STATS=() DS_LAYERS=5 GEMMA_LAYERS=8
 while [ $# -gt 0 ]; do
   case "$1" in
   --bin) BIN=$2; shift 2 ;;
@@ -57,6 +61,8 @@ while [ $# -gt 0 ]; do
   --runs) RUNS=$2; shift 2 ;;
   --scale) SCALE=$2; shift 2 ;;
   --stats) STATS=(--stats); shift ;;
+  --deepseek-layers) DS_LAYERS=$2; shift 2 ;;
+  --gemma-layers) GEMMA_LAYERS=$2; shift 2 ;;
   -h | --help) sed -n '2,/^set -uo/{/^set -uo/!p}' "$0"; exit 0 ;;
   *) echo "device_choice_bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -96,12 +102,12 @@ for model in $MODELS; do
   case "$model" in
   deepseek_v3) scale=(--scale-experts 4)
     [ "$SCALE" != 1 ] && scale=(--scale "$SCALE")
-    "$BIN" synth "$IN" --model deepseek_v3 --layers 5 "${scale[@]}" --mtp-layers 0 \
+    "$BIN" synth "$IN" --model deepseek_v3 --layers "$DS_LAYERS" "${scale[@]}" --mtp-layers 0 \
       --max-shard-size 2GB -q || exit 1 ;;
-  *) "$BIN" synth "$IN" --model "$model" --layers 8 --scale "$SCALE" --max-shard-size 1GB -q \
+  *) "$BIN" synth "$IN" --model "$model" --layers "$GEMMA_LAYERS" --scale "$SCALE" --max-shard-size 1GB -q \
     || exit 1 ;;
   esac
-  echo "== $model ($(date -u +%H:%M:%S))"
+  echo "== $model ($(du -sh "$IN" | cut -f1) in, $(date -u +%H:%M:%S))"
   run "${CORES%% *}" cpu >/dev/null # warm-up
   for c in $CORES; do
     for r in $(seq "$RUNS"); do

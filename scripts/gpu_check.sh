@@ -2,15 +2,18 @@
 # gpu_check.sh: on the GPU machine, in a copy of this repository with the archive that
 # scripts/gpu_pack.sh made here: unpacks it, puts the binary where the tests look for it, runs
 # every test program it holds, and prints one line per program. Exit status 1 when a test
-# failed. Then, with --bench, runs perf/device_choice_bench.sh with the arguments after it.
+# failed. Then, with --bench, runs perf/device_choice_bench.sh with the arguments after it;
+# --no-tests skips the tests (a second bench in the same call).
 #
-# Usage: scripts/gpu_check.sh [--pack FILE] [--bench BENCH_ARGS...]
+# Usage: scripts/gpu_check.sh [--pack FILE] [--no-tests] [--bench BENCH_ARGS...]
 # Example (the device tool's command, carrying .dev):
 #   scripts/gpu_check.sh --bench --cores 16 --runs 5
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PACK=.dev/gpu_pack.tar.xz
 [ "${1:-}" = --pack ] && { PACK=$2; shift 2; }
+TESTS=1
+[ "${1:-}" = --no-tests ] && { TESTS=0; shift; }
 D=$(mktemp -d /tmp/gpu_check.XXXXXX) && trap 'rm -rf "$D"' EXIT
 tar -C "$D" -xJf "$PACK" || exit 1
 export LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -22,6 +25,7 @@ if command -v nvidia-smi >/dev/null; then nvidia-smi -L | head -4; else echo "no
 echo "cores: $(nproc), $(date -u '+%F %T') UTC"
 failed=0
 for t in "$D"/bin/*_test; do
+  [ $TESTS = 1 ] || break
   log=$("$t" 2>&1); rc=$?
   printf '%-24s %s\n' "$(basename "$t")" \
     "$(echo "$log" | grep -E '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?[,.]' | sed 's/, listed below://' | tr '\n' ' ')"
