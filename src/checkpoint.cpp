@@ -21,17 +21,20 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A shard path from the index must stay inside the checkpoint directory.
-bool safe_relative_path(const std::string& file) {
+// What is wrong with a shard path from the index, or "" when it names a file inside the
+// checkpoint directory. A NUL byte would end the name the system sees early: another file.
+std::string shard_path_problem(const std::string& file) {
   if (file.empty())
-    return false;
+    return "is empty";
+  if (file.find('\0') != std::string::npos)
+    return "holds a NUL byte, which no file name can";
   fs::path p(file);
   if (p.is_absolute() || p.has_root_name() || p.has_root_directory())
-    return false;
+    return "must be relative to the checkpoint directory, without '..'";
   for (const auto& part : p)
     if (part == "..")
-      return false;
-  return true;
+      return "must be relative to the checkpoint directory, without '..'";
+  return "";
 }
 
 bool is_regular(const fs::directory_entry& entry) {
@@ -168,14 +171,13 @@ Status use_index(Opening& o, const fs::path& dir, const std::vector<std::string>
   // "./model-00001-of-00002.safetensors" is that shard, as Hugging Face's loader reads it, not
   // a second one under another spelling.
   for (auto& [name, file] : o.index.weight_map)
-    if (safe_relative_path(file))
+    if (shard_path_problem(file).empty())
       file = fs::path(file).lexically_normal().generic_string();
   for (const auto& [name, file] : o.index.weight_map) {
-    if (!safe_relative_path(file)) {
+    if (const std::string problem = shard_path_problem(file); !problem.empty()) {
       if (reported.insert(file).second)
         o.problems.tensor(Errc::format, index_path, name,
-                          "shard path '" + printable(file) +
-                              "' must be relative to the checkpoint directory, without '..'");
+                          "shard path '" + printable(file) + "' " + problem);
       continue;
     }
     listed.insert(file);

@@ -134,15 +134,22 @@ ssize_t CompareTarget::compare(OpenFile& f, const void* buf, size_t count) {
     const std::byte* found = out.bytes().data() + begin;
     out.populate(begin, length); // one call rather than one fault per page
     std::optional<uint64_t> differs;
-    Status read = guard_mapped_access(out, [&] {
+    const bool read = run_catching_sigbus([&] {
       if (std::memcmp(produced, found, length) != 0)
         differs = begin + static_cast<uint64_t>(
                               std::mismatch(produced, produced + length, found).first - produced);
     });
-    if (!read.ok()) {
+    if (!read) {
+      // The produced bytes of a copied tensor are the input's mapping: a page lost there is the
+      // input's, which the writer names when write(2) says EFAULT, as the kernel would.
+      const auto* at = static_cast<const std::byte*>(last_sigbus_address());
+      if (at < found || at >= found + length) {
+        errno = EFAULT;
+        return -1;
+      }
       std::lock_guard lock(mu_);
       if (error_.ok())
-        error_ = std::move(read);
+        error_ = file_changed_error(out.path());
       errno = EIO;
       return -1;
     }

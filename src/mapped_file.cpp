@@ -148,14 +148,17 @@ void MappedFile::will_need(uint64_t offset, uint64_t length) const {
 namespace {
 
 thread_local sigjmp_buf* t_guard_jump = nullptr;
+thread_local const void* t_fault_address = nullptr; // of the last SIGBUS a guard caught
 
 struct sigaction g_previous_action;
 std::once_flag g_install_once;
 
 void sigbus_handler(int sig, siginfo_t* info, void* context) {
   sigjmp_buf* jump = t_guard_jump;
-  if (jump != nullptr)
+  if (jump != nullptr) {
+    t_fault_address = info != nullptr ? info->si_addr : nullptr;
     siglongjmp(*jump, 1);
+  }
 
   // Not ours: give the signal to whoever had it before (normally the default action, which ends
   // the process with "Bus error"). For a fault, returning re-executes the faulting access, which
@@ -205,6 +208,10 @@ bool run_catching_sigbus(const std::function<void()>& fn) {
   }
   t_guard_jump = outer;
   return true;
+}
+
+const void* last_sigbus_address() {
+  return t_fault_address;
 }
 
 Status guard_mapped_access(const MappedFile& file, const std::function<void()>& fn) {

@@ -259,6 +259,17 @@ TEST(CheckpointIndex, AbsolutePath) {
   expect_fails(dir.path(), {"tensor 'c': shard path '" + absolute + "' must be relative"}, 1);
 }
 
+// A NUL byte ends the name the system opens early: "B\u0000x" would read B, which the index
+// does not list, under the name of a file that cannot exist. Refused, and printed escaped.
+TEST(CheckpointIndex, AShardPathHoldingANulByteIsRefused) {
+  TempDir dir;
+  write_sharded(dir);
+  write_bytes(dir / INDEX_FILE_NAME, index_json({{"a", A}, {"b", A}, {"c", B + "\\u0000x"}}));
+  expect_fails(dir.path(),
+               {"tensor 'c': shard path '" + B + "\\u0000x' holds a NUL byte, which no file name can"},
+               1);
+}
+
 TEST(CheckpointIndex, EveryProblemReportedTogether) {
   TempDir dir;
   write_sharded(dir);

@@ -70,6 +70,10 @@ Status guard_mapped_access(const MappedFile& file, const std::function<void()>& 
 /// provided (SIGBUS: the file shrank, or its filesystem had no room for a new page).
 bool run_catching_sigbus(const std::function<void()>& fn);
 
+/// The address whose access raised the SIGBUS that a guard on this thread caught last (null
+/// before any): which of two mappings an access that read both had lost a page of.
+const void* last_sigbus_address();
+
 /// The error of an input file that changed while it was read (Errc::file_changed, naming `path`):
 /// what guard_mapped_access returns on SIGBUS, and what ShardWriter::append_copy returns when the
 /// kernel can no longer read its source (EFAULT from a mapping, a copy that ends early).
