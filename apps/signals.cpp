@@ -49,15 +49,19 @@ CancelOnSignal::CancelOnSignal(bool ignore_sigpipe) : ignore_sigpipe_(ignore_sig
   sigaction(SIGHUP, nullptr, &old_hup_);
   if (old_hup_.sa_handler != SIG_IGN)
     sigaction(SIGHUP, &action, nullptr);
-  if (ignore_sigpipe_) {
-    struct sigaction ignore {};
-    ignore.sa_handler = SIG_IGN;
-    sigemptyset(&ignore.sa_mask);
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  if (ignore_sigpipe_)
     sigaction(SIGPIPE, &ignore, &old_pipe_);
-  }
+  // A file-size limit (ulimit -f) would kill the process at the write that passes it, with no
+  // message and the staging directory left; ignored, that write fails with EFBIG, which the run
+  // reports and cleans up after like a full disk.
+  sigaction(SIGXFSZ, &ignore, &old_xfsz_);
 }
 
 CancelOnSignal::~CancelOnSignal() {
+  sigaction(SIGXFSZ, &old_xfsz_, nullptr);
   if (ignore_sigpipe_)
     sigaction(SIGPIPE, &old_pipe_, nullptr);
   sigaction(SIGHUP, &old_hup_, nullptr);

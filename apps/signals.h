@@ -2,7 +2,8 @@
 // CancelOnSignal is in scope, SIGINT, SIGTERM and SIGHUP (unless ignored on entry, as under
 // nohup) set a flag that the library polls (ConvertOptions::cancel,
 // SynthOptions::cancel) so it can remove what it wrote and return Errc::interrupted; later
-// signals do not cut that short (they print that cleanup is under way). Leaving the scope restores
+// signals do not cut that short (they print that cleanup is under way). SIGXFSZ is ignored, so a
+// file-size limit fails a write (EFBIG) rather than the process. Leaving the scope restores
 // the dispositions found on entry. Thread-safety: one CancelOnSignal at a time per process (the
 // handler is process-wide).
 #pragma once
@@ -27,7 +28,7 @@ public:
 
 private:
   struct sigaction old_int_ {
-  }, old_term_{}, old_hup_{}, old_pipe_{};
+  }, old_term_{}, old_hup_{}, old_pipe_{}, old_xfsz_{};
   bool ignore_sigpipe_;
 };
 

@@ -442,6 +442,13 @@ std::span<const std::byte> Checkpoint::bytes(TensorRef ref) const {
   return s.file->bytes().subspan(s.header.data_start + t.begin, t.size());
 }
 
+Status Checkpoint::unchanged() const {
+  for (const Shard& shard : shards)
+    if (Status s = shard.file->unchanged(); !s.ok())
+      return s;
+  return {};
+}
+
 uint64_t Checkpoint::total_tensor_bytes() const {
   uint64_t total = 0;
   for (const auto& s : shards)

@@ -124,7 +124,7 @@ class Lane {
 public:
   explicit Lane(Shared& s)
       : s_(s), emitter_(s.input, s.plan, s.config.chunk_bytes, s.config.gpu, s.queue),
-        writer_(s.io, s.plan, s.target, s.profiler, s.config.cancel) {}
+        writer_(s.io, s.input, s.plan, s.target, s.profiler, s.config.cancel) {}
 
   WriteTotals run() {
     auto produce =
@@ -369,9 +369,8 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   // An input rewritten in place while it was read (at the same size: no page vanished, so no
   // SIGBUS) gives bytes of both versions. Asked here, before the caller commits OUT, delivers the
   // index or ends the archive, so such a run fails as a truncated input does.
-  for (const Shard& shard : input.shards)
-    if (Status s = shard.file->unchanged(); !s)
-      return s;
+  if (Status s = input.unchanged(); !s)
+    return s;
   // A GPU asked for by name that could not be opened fails the run even if no chunk noticed
   // (the CPU did them all while it was opening), as it would have before any work.
   if (config.gpu && config.gpu->required()) {

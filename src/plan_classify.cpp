@@ -56,9 +56,10 @@ std::string unreadable_name(const std::string& key) {
   // std::regex matches by recursion, one frame per character: a name of tens of kilobytes
   // overflows the stack. Real names are a few hundred bytes.
   if (key.size() > MAX_RENAMED_KEY)
-    return "the name is " + std::to_string(key.size()) + " bytes long; shardshift's renaming "
-           "rules read names of at most " + std::to_string(MAX_RENAMED_KEY) +
-           " bytes: rename the tensor";
+    return "the name is " + std::to_string(key.size()) +
+           " bytes long; shardshift's renaming "
+           "rules read names of at most " +
+           std::to_string(MAX_RENAMED_KEY) + " bytes: rename the tensor";
   if (holds_other_digit(key))
     return "the name holds a decimal digit other than 0-9 in a layer or expert number, which the "
            "reference's patterns (Python's \\d) read as a digit and shardshift's rules do not; "
@@ -167,6 +168,68 @@ std::vector<Classified> classify_refs(const AdapterSpec& spec, const Checkpoint&
 
 void classify_keys(PlanContext& ctx) {
   ctx.classified = classify_refs(ctx.spec, ctx.input, data_order(ctx.input));
+}
+
+namespace {
+
+// What the keys alone say (no config.json, no flag), as "diffusion_gemma from_hf (--adapter
+// diffusion_gemma --direction from_hf)"; "" when they say nothing definite.
+std::string adapter_by_keys(const std::vector<std::string>& keys) {
+  auto by_keys = select_adapter("", keys, "", std::nullopt);
+  if (!by_keys)
+    return "";
+  const std::string model((*by_keys)->model), direction = direction_name((*by_keys)->direction);
+  return model + " " + direction + " (--adapter " + model + " --direction " + direction + ")";
+}
+
+} // namespace
+
+// The reference converts whatever it is given: an adapter that claims no key (no rule, and no
+// prefix it renames) copies IN unchanged, and to_hf of a Hugging Face checkpoint renames model.* to
+// model.decoder.decoder.*. Both come from a config.json model_type, --adapter or --direction that
+// does not fit the keys, and are refused, with what the keys alone say.
+void check_adapter_fits_keys(PlanContext& ctx) {
+  std::vector<std::string> keys;
+  bool claimed = false;
+  for (const Classified& c : ctx.classified) {
+    claimed = claimed || c.rule || c.action != RuleAction::rename || c.output != c.input_name;
+    keys.push_back(c.input_name);
+  }
+  if (keys.empty())
+    return;
+  const std::string adapter =
+      std::string(ctx.spec.model) + " " + direction_name(ctx.spec.direction);
+  const std::string seen = adapter_by_keys(keys);
+  const std::string config =
+      ctx.input.config_model_type.empty()
+          ? std::string()
+          : "; config.json's model_type is '" + printable(ctx.input.config_model_type) + "'";
+  if (ctx.options.direction) {
+    // The direction the keys give for this model, where they give one.
+    auto layout = select_adapter("", keys, ctx.spec.model, std::nullopt);
+    if (layout && (*layout)->direction != ctx.spec.direction) {
+      ctx.problems.add(Errc::plan, "", "",
+                       std::string("--direction ") + direction_name(ctx.spec.direction) +
+                           " does not fit the keys, which are of the layout converted " +
+                           direction_name((*layout)->direction) +
+                           ": drop --direction, or give the checkpoint it was meant for");
+      return;
+    }
+  }
+  if (claimed)
+    return;
+  std::string why = "no key is one the " + adapter +
+                    " adapter converts (no expert or router tensor of its layout), so the "
+                    "output would be the input unchanged; ";
+  if (!seen.empty() && seen.rfind(adapter + " ", 0) != 0) {
+    why += "the keys are those of " + seen;
+  } else {
+    why += "no adapter recognizes the keys: shardshift converts the mixture-of-experts "
+           "checkpoints of";
+    for (std::string_view model : adapter_models())
+      why += " " + std::string(model);
+  }
+  ctx.problems.add(Errc::plan, "", "", why + config);
 }
 
 void group_expert_pieces(PlanContext& ctx) {

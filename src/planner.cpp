@@ -140,6 +140,7 @@ Result<Plan> make_plan(const Checkpoint& input, const PlanOptions& options, Prof
   const std::pair<const char*, void (*)(PlanContext&)> checking[] = {
       {"read_config_facts", read_config_facts},
       {"classify_keys", classify_keys},
+      {"check_adapter_fits_keys", check_adapter_fits_keys},
       {"group_expert_pieces", group_expert_pieces},
       {"check_expert_layers", check_expert_layers},
       {"validate_groups", validate_groups},

@@ -4,6 +4,7 @@
 // on its own (tests/planner_test.cpp).
 //
 //   classify_keys        every input key, in data order, through the adapter's rules
+//   check_adapter_fits_keys  the adapter converts some key, and --direction is the keys' own
 //   group_expert_pieces  the expert pieces (gate_up, down, scale) of each layer, duplicates refused
 //   check_expert_layers  to_hf: a MoE layer with some native expert tensors has them all
 //                        (plan_experts.cpp)
@@ -125,6 +126,7 @@ std::vector<Classified> classify_refs(const AdapterSpec& spec, const Checkpoint&
 Status check_options(PlanContext& ctx);
 
 void classify_keys(PlanContext& ctx);
+void check_adapter_fits_keys(PlanContext& ctx);
 void group_expert_pieces(PlanContext& ctx);
 void check_expert_layers(PlanContext& ctx);
 void validate_groups(PlanContext& ctx);

@@ -134,19 +134,6 @@ std::string describe_exit(int status) {
   return "ended abnormally";
 }
 
-// Waits up to `limit` for `pid`; true (and *status set) when it has exited.
-bool wait_for(pid_t pid, std::chrono::milliseconds limit, int* status) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    const pid_t r = waitpid(pid, status, WNOHANG);
-    if (r == pid || (r < 0 && errno != EINTR))
-      return true;
-    if (std::chrono::steady_clock::now() >= deadline)
-      return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
-
 // Waits until the command has read everything written into its pipe, or has exited, whichever
 // comes first, or `cancel` is raised (*stopped). Returns the bytes it left unread (0 once
 // drained); *exited says whether it ended (and *status how). FIONREAD counts what is in the pipe
@@ -271,10 +258,11 @@ constexpr const char* kGuardScript = "trap '' INT TERM\n"
                                      "sleep \"$1\"\n"
                                      "kill -s KILL 0\n";
 
-// posix_spawn of /bin/sh with `args`, in process group `group` (0: a new one), SIGINT and
-// SIGTERM at their defaults and no signal blocked (an uploader must be interruptible whatever
-// its starter had), after the dup2s `moves` (from, to) and, with `quiet_stdio`, stdin and stdout
-// on /dev/null. Returns 0 or an errno.
+// posix_spawn of /bin/sh with `args`, in process group `group` (0: a new one), SIGINT,
+// SIGTERM, SIGPIPE and SIGXFSZ at their defaults and no signal blocked (an uploader must be
+// interruptible whatever its starter had, and start as a shell would start it), after the dup2s
+// `moves` (from, to) and, with `quiet_stdio`, stdin and stdout on /dev/null. Returns 0 or an
+// errno.
 int spawn_sh(const std::vector<std::string>& args, const std::vector<std::pair<int, int>>& moves,
              bool quiet_stdio, pid_t group, pid_t* pid,
              const std::vector<std::string>& extra_env = {}) {
@@ -293,6 +281,8 @@ int spawn_sh(const std::vector<std::string>& args, const std::vector<std::pair<i
   sigemptyset(&defaults);
   sigaddset(&defaults, SIGINT);
   sigaddset(&defaults, SIGTERM);
+  sigaddset(&defaults, SIGPIPE); // ignored here (apps/signals.h); a command starts as a shell's
+  sigaddset(&defaults, SIGXFSZ);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &defaults);
   posix_spawnattr_setflags(&attr,

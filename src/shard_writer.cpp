@@ -377,6 +377,7 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
       return fail(file_changed_error(source));
     done += static_cast<uint64_t>(n);
     position_ += static_cast<uint64_t>(n);
+    spliced_ = spliced_ || is_stream_;
     write_behind();
   }
   position_ += held;
@@ -486,6 +487,14 @@ Status ShardWriter::finish() {
     return fail(error(Errc::io, display_path_ + ": internal: wrote " + std::to_string(done) +
                                     " of " + std::to_string(expected_size_) + " bytes"));
   unmap(); // every fill has returned: the bytes are in the file's pages
+  if (spliced_) {
+    wait_drained(fd_, cancel_);
+    if (cancelled()) // the wait ended early: what is in the pipe is unchecked
+      return fail(error(Errc::interrupted, "interrupted"));
+  }
+  if (final_check_)
+    if (Status s = final_check_(); !s.ok())
+      return fail(s);
   if (is_stream_) {
     // A pipe has nothing to sync; the descriptor belongs to the caller.
     fd_ = -1;

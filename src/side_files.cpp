@@ -20,6 +20,9 @@ Status deliver_side_file(OutputTarget& target, Io& io, const Checkpoint& input,
   file.data_size = in.size(); // no header: the file's bytes are all data
   ShardWriter writer(io);
   writer.set_cancel(cancel);
+  // Made final only if the file was not written to meanwhile: the held last byte, an uploaded
+  // object and the digest would otherwise stand for bytes of both versions.
+  writer.set_final_check([&in] { return in.unchanged(); });
   std::optional<Sha256> sha;
   if (digest)
     sha.emplace();

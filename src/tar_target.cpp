@@ -4,16 +4,17 @@
 #include "stream_fd.h"
 
 #include <algorithm>
-#include <climits>
 #include <array>
 #include <cerrno>
+#include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstring>
-#include <sys/stat.h>
-#include <sys/ioctl.h>
 #include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <thread>
-#include <chrono>
+#include <unistd.h>
 
 namespace shardshift {
 
@@ -118,6 +119,19 @@ std::string tar_header(std::string_view name, uint64_t size, char type) {
   return out;
 }
 
+TarTarget::TarTarget(Io& io, int fd, const std::atomic<bool>* cancel)
+    : io_(io), fd_(fd), cancel_(cancel) {
+  struct stat st {};
+  regular_ = ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+void TarTarget::data_ends_in(uint64_t left) {
+  if (!regular_)
+    return;
+  if (const off_t at = ::lseek(fd_, 0, SEEK_CUR); at >= 0)
+    data_end_ = at + static_cast<off_t>(left);
+}
+
 // `bytes`, written until all went out. A full non-blocking stream (stream_fd.h) is waited on until
 // the run is stopped.
 Status TarTarget::write(std::string_view bytes, const std::string& what) {
@@ -179,6 +193,8 @@ Status TarTarget::open(ShardWriter& writer, const OutputFile& file) {
     held_ += tar_header(file.name, 0);
   } else if (Status s = write_after_held(tar_header(file.name, file.size()), file.name); !s.ok()) {
     return s;
+  } else {
+    data_ends_in(file.size());
   }
   // Its last byte is held, to go out with what follows (see tar_target.h).
   return writer.open_stream(fd_, file.name, file.header, file.data_size, 1);
@@ -209,6 +225,7 @@ Status TarTarget::deliver(const std::string& name, std::string_view bytes) {
     start.append(bytes.substr(0, bytes.size() - 1));
   if (Status s = write_after_held(std::move(start), name); !s.ok())
     return s;
+  data_ends_in(bytes.size() <= BLOCK ? 1 : bytes.size());
   if (bytes.size() > BLOCK) // the rest but the last byte: any write of it ends inside the entry
     if (Status s = write(bytes.substr(0, bytes.size() - 1), name); !s.ok())
       return s;
@@ -219,6 +236,12 @@ Status TarTarget::deliver(const std::string& name, std::string_view bytes) {
 
 void TarTarget::end_incomplete() {
   held_.clear(); // the stream stays inside the last entry begun
+  // Unless a short write into a file took the held bytes and stopped after them: the file then
+  // ends at an entry's end, or in the header block after it, which readers take for the end.
+  // The cut is best done; the run has failed and says so either way.
+  const off_t at = regular_ && data_end_ > 0 ? ::lseek(fd_, 0, SEEK_CUR) : -1;
+  if (data_end_ > 0 && at >= data_end_ && io_.ftruncate(fd_, data_end_ - 1) == 0)
+    ::lseek(fd_, data_end_ - 1, SEEK_SET);
 }
 
 Status TarTarget::close() {

@@ -21,7 +21,10 @@
 // On a non-blocking pipe, a write of at most PIPE_BUF goes out whole or not at all; a longer one
 // waits for the pipe to empty, which then takes it whole. A run that stops, however full the
 // pipe and whatever its reader does, has then left the stream inside a file's bytes, and
-// end_incomplete() drops what is held.
+// end_incomplete() drops what is held. A regular file (`> out.tar`) takes no write whole: a full
+// disk or a size limit takes what fits, which may end exactly at an entry's end. There
+// end_incomplete() truncates the file back to before the last data byte written, which is this
+// run's, so that the archive again ends inside an entry.
 //
 // Thread-safety: one writer lane (the stream is ordered); entries are written one at a time.
 #pragma once
@@ -45,8 +48,7 @@ uint64_t tar_padding(uint64_t size);
 class TarTarget final : public OutputTarget {
 public:
   /// `cancel` (may be null): once set, a wait for a full stream ends (Errc::interrupted).
-  TarTarget(Io& io, int fd, const std::atomic<bool>* cancel = nullptr)
-      : io_(io), fd_(fd), cancel_(cancel) {}
+  TarTarget(Io& io, int fd, const std::atomic<bool>* cancel = nullptr);
 
   /// Writes the entry's header (and the directory entries its path needs), then starts `writer`
   /// on the descriptor for the file's bytes.
@@ -60,7 +62,8 @@ public:
   /// The end-of-archive marker (two zero blocks). Call once, after every entry succeeded.
   Status close();
   /// After a failure: drops the bytes held back, so that the stream ends inside an entry and
-  /// no tar reads it as a whole archive (see above). Writes nothing and never waits.
+  /// no tar reads it as a whole archive (see above); into a regular file, cuts it back inside
+  /// the last entry begun where a short write went past it. Never waits.
   void end_incomplete();
 
 private:
@@ -71,12 +74,17 @@ private:
   Status write_after_held(std::string bytes, const std::string& what);
   /// `bytes` until all went out, waiting for room in a full stream until stopped.
   Status write(std::string_view bytes, const std::string& what);
+  /// Into a regular file: the entry just begun ends its data `left` bytes past the file's
+  /// offset now (what end_incomplete() cuts back to before).
+  void data_ends_in(uint64_t left);
 
   Io& io_;
   int fd_;
   const std::atomic<bool>* cancel_;
   std::set<std::string> directories_; ///< directory entries written so far ("original/")
-  std::string held_; ///< the end of the entries so far, not yet written (see above)
+  std::string held_;     ///< the end of the entries so far, not yet written (see above)
+  bool regular_ = false; ///< fd_ is a regular file (see above)
+  off_t data_end_ = -1;  ///< in a regular file: the offset after the last begun entry's data
 };
 
 } // namespace shardshift

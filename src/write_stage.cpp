@@ -39,10 +39,19 @@ void WriteStage::abandon() {
   // A filled file left unfinished by a failed run goes with its last holder (~ShardWriter).
 }
 
-Status WriteStage::open_filled(Item& item) {
-  FillingFile& f = *item.fill;
+// The check runs as each file is made final: where files are committed one by one (--pipe-to),
+// the run's own check at its end would come after some were delivered. Every shard is asked, a
+// stat each: the file's own sources are spread over its items.
+std::unique_ptr<ShardWriter> WriteStage::new_writer() const {
   auto writer = std::make_unique<ShardWriter>(io_);
   writer->set_cancel(cancel_);
+  writer->set_final_check([&input = input_] { return input.unchanged(); });
+  return writer;
+}
+
+Status WriteStage::open_filled(Item& item) {
+  FillingFile& f = *item.fill;
+  auto writer = new_writer();
   totals_.done += f.file->header.size();
   const uint64_t t0 = profiler_.now();
   Status s = target_.open(*writer, *f.file);
@@ -125,8 +134,7 @@ Status WriteStage::release(const std::shared_ptr<FillingFile>& f) {
 
 Status WriteStage::open_file(const Item& item) {
   const OutputFile& file = plan_.files[item.file];
-  writer_ = std::make_unique<ShardWriter>(io_);
-  writer_->set_cancel(cancel_);
+  writer_ = new_writer();
   open_file_ = &file;
   totals_.done += file.header.size();
   const uint64_t t0 = profiler_.now();

@@ -17,6 +17,7 @@
 // has ended.
 #pragma once
 
+#include "shardshift/checkpoint.h"
 #include "shardshift/io.h"
 #include "shardshift/profiler.h"
 #include "shardshift/shard_writer.h"
@@ -126,9 +127,12 @@ struct WriteTotals {
 class WriteStage {
 public:
   /// `cancel` (may be nullptr): once set, writes stop within a ShardWriter::WRITE_PIECE.
-  WriteStage(Io& io, const Plan& plan, OutputTarget& target, Profiler& profiler,
-             const std::atomic<bool>* cancel = nullptr)
-      : io_(io), plan_(plan), target_(target), profiler_(profiler), cancel_(cancel) {}
+  /// `input`: the checkpoint the plan reads; each file is made final only while it is unchanged
+  /// (ShardWriter::set_final_check).
+  WriteStage(Io& io, const Checkpoint& input, const Plan& plan, OutputTarget& target,
+             Profiler& profiler, const std::atomic<bool>* cancel = nullptr)
+      : io_(io), input_(input), plan_(plan), target_(target), profiler_(profiler), cancel_(cancel) {
+  }
   ~WriteStage() { abandon(); }
 
   /// Moves the item's bytes to the output (or opens / finishes a file). For a file filled at its
@@ -156,7 +160,11 @@ private:
   /// One of the file's pending counts is done; the last finishes (or abandons) it.
   Status release(const std::shared_ptr<FillingFile>& f);
 
+  /// A new writer for one of the plan's files, checked against the input at its finish.
+  std::unique_ptr<ShardWriter> new_writer() const;
+
   Io& io_;
+  const Checkpoint& input_;
   const Plan& plan_;
   OutputTarget& target_;
   Profiler& profiler_;

@@ -82,13 +82,14 @@ TEST_F(ConvertTest, AnInputTruncatedWhileCopiedIsNamedAsTheFileThatChanged) {
 }
 
 // Rewrites one byte of the source of the first zero-copy call in place, as a process writing the
-// checkpoint again would (the file keeps its size), then lets the call go through.
+// checkpoint again would (the file keeps its size), then lets the call go through. `only`: the
+// first call whose source's path ends so.
 class RewriteSourceOnFirstCopy final : public ForwardingIo {
 public:
   /// `bytes` = false: change the file's metadata only (chmod, a hard link, its access time),
   /// which moves its change time and leaves every byte and its modification time alone.
-  explicit RewriteSourceOnFirstCopy(bool bytes = true)
-      : ForwardingIo(Io::system()), bytes_(bytes) {}
+  explicit RewriteSourceOnFirstCopy(bool bytes = true, std::string only = "")
+      : ForwardingIo(Io::system()), bytes_(bytes), only_(std::move(only)) {}
   ssize_t copy_file_range(int in, off_t* in_off, int out, off_t* out_off, size_t len) override {
     rewrite_source(in, in_off ? *in_off : 0);
     return ForwardingIo::copy_file_range(in, in_off, out, out_off, len);
@@ -105,7 +106,8 @@ private:
       return;
     char path[PATH_MAX] = {};
     const std::string link = "/proc/self/fd/" + std::to_string(fd);
-    if (::readlink(link.c_str(), path, sizeof path - 1) <= 0)
+    if (::readlink(link.c_str(), path, sizeof path - 1) <= 0 ||
+        !std::string_view(path).ends_with(only_))
       return;
     // File times move with the kernel's clock tick (a few ms): let one pass since the test wrote
     // the file, so the rewrite shows in them as any later one would.
@@ -129,6 +131,7 @@ private:
     rewritten_ = path;
   }
   bool bytes_;
+  std::string only_;
   std::string rewritten_;
 };
 
@@ -159,6 +162,48 @@ TEST_F(ConvertTest, AnInputRewrittenInPlaceWhileReadFailsTheRun) {
         << r.status().message();
     EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
   }
+}
+
+// --pipe-to commits each file as its command ends: the check comes before each commit, not only
+// at the run's end, so that no file holding bytes of both versions is delivered; nor a side file
+// rewritten while it streams.
+TEST_F(ConvertTest, NoFileOfAnInputRewrittenWhileItStreamsIsDelivered) {
+  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 2, 4, 64, 24), 2,
+                              "diffusion_gemma");
+  RewriteSourceOnFirstCopy io;
+  ConvertOptions o;
+  o.input = tmp / "hf";
+  o.device = "cpu";
+  o.io = &io;
+  o.writers = 1;
+  o.pipe_to = "cat > /dev/null";
+  std::vector<FileDelivery> deliveries;
+  ConvertCallbacks cb;
+  cb.delivered = [&](const std::vector<FileDelivery>& d) { deliveries = d; };
+  auto r = convert(o, cb);
+  ASSERT_FALSE(io.rewritten().empty()) << "no pass-through copy was made";
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Errc::file_changed) << r.status().message();
+  ASSERT_FALSE(deliveries.empty());
+  for (const FileDelivery& d : deliveries)
+    EXPECT_NE(d.state, "delivered") << d.name;
+
+  // A side file: the rewrite comes while it streams, after the shards were delivered.
+  std::filesystem::remove_all(tmp / "hf");
+  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 2, 4, 64, 24), 1,
+                              "diffusion_gemma");
+  write_bytes(tmp / "hf" / "tokenizer.json", std::string(100'000, 't'));
+  RewriteSourceOnFirstCopy side_io(/*bytes=*/true, "/tokenizer.json");
+  o.io = &side_io;
+  deliveries.clear();
+  r = convert(o, cb);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("tokenizer.json: file changed while reading"),
+            std::string::npos)
+      << r.status().message() << " (rewritten: " << side_io.rewritten() << ")";
+  for (const FileDelivery& d : deliveries)
+    if (d.name == "tokenizer.json" || d.name == INDEX_FILE_NAME)
+      EXPECT_NE(d.state, "delivered") << d.name;
 }
 
 // chmod, a new hard link or touch -a move the change time and no byte: no alarm.

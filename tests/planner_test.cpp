@@ -107,6 +107,58 @@ TEST(PlannerPasses, ClassifyKeysAppliesTheFirstMatchingRule) {
   EXPECT_EQ(other.output, "unrelated.key");
 }
 
+// The reference converts whatever it is given, so a model_type, --adapter or --direction that
+// does not fit the keys would copy IN unchanged, or rename every key wrongly (to_hf of a Hugging
+// Face checkpoint: model.decoder.decoder.*). Refused, saying what the keys are; the adapter that
+// fits them passes.
+TEST(PlannerPasses, AnAdapterOrDirectionThatDoesNotFitTheKeysIsRefused) {
+  std::vector<Fake> keys = dg_layer(0, 2, 4, 3);
+  keys.push_back({"model.decoder.embed_tokens.weight", DType::BF16, {8, 4}});
+  Checkpoint in = fake_checkpoint({keys});
+  struct Case {
+    const char* model;
+    Direction direction;
+    bool forced;
+    std::string expected; // "" : no problem
+  };
+  for (const Case& c : {
+           Case{"diffusion_gemma", Direction::from_hf, false, ""},
+           Case{"diffusion_gemma", Direction::from_hf, true, ""},
+           Case{"qwen3_moe", Direction::from_hf, false,
+                "no key is one the qwen3_moe from_hf adapter converts (no expert or router tensor "
+                "of its layout), so the output would be the input unchanged; the keys are those of "
+                "diffusion_gemma from_hf (--adapter diffusion_gemma --direction from_hf)"},
+           Case{"deepseek_v3", Direction::to_hf, true,
+                "--direction to_hf does not fit the keys, which are of the layout converted "
+                "from_hf: drop --direction, or give the checkpoint it was meant for"},
+           Case{"diffusion_gemma", Direction::to_hf, true,
+                "--direction to_hf does not fit the keys, which are of the layout converted "
+                "from_hf"},
+       }) {
+    SCOPED_TRACE(std::string(c.model) + " " + direction_name(c.direction));
+    PlanOptions o;
+    if (c.forced)
+      o.direction = c.direction;
+    PlanContext ctx(in, o, spec(c.model, c.direction));
+    classify_keys(ctx);
+    check_adapter_fits_keys(ctx);
+    if (c.expected.empty())
+      EXPECT_TRUE(ctx.problems.empty()) << all_problems(ctx);
+    else
+      EXPECT_NE(all_problems(ctx).find(c.expected), std::string::npos) << all_problems(ctx);
+  }
+  // Keys no adapter knows (a dense model): said so.
+  Checkpoint dense = fake_checkpoint({{{"lm_head.weight", DType::BF16, {8, 4}}}});
+  PlanOptions o;
+  PlanContext ctx(dense, o, spec("qwen3_moe", Direction::from_hf));
+  classify_keys(ctx);
+  check_adapter_fits_keys(ctx);
+  EXPECT_NE(all_problems(ctx).find("no adapter recognizes the keys: shardshift converts the "
+                                   "mixture-of-experts checkpoints of diffusion_gemma"),
+            std::string::npos)
+      << all_problems(ctx);
+}
+
 TEST(PlannerPasses, ClassifyKeysFollowsDataOrderAcrossShards) {
   Checkpoint in = fake_checkpoint({{{"b", DType::F32, {2}}, {"a", DType::F32, {2}}},
                                    {{"d", DType::F32, {1}}, {"c", DType::F32, {1}}}});

@@ -269,6 +269,39 @@ TEST_F(Reliability, OutputProblemsFailBeforeWriting) {
   expect_input_intact();
 }
 
+// A file-size limit (ulimit -f) sends SIGXFSZ at the write that passes it, whose default action
+// ends the process with no message and the staging directory left behind. The write fails with
+// EFBIG instead: a clear error, exit 1, nothing left.
+TEST_F(Reliability, AFileSizeLimitIsAnErrorAndLeavesNothing) {
+  auto r = testing::run_shell("ulimit -f 200 && " + std::string(SHARDSHIFT_BINARY) + " convert " +
+                              shell_quoted(in()) + " " + shell_quoted(tmp / "p" / "out") +
+                              " -q </dev/null");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("File too large"), std::string::npos) << r.err;
+  EXPECT_EQ(list_dir(tmp / "p"), (std::vector<std::string>{"in", "other.txt"}));
+  expect_input_intact();
+}
+
+// --json's report goes to stdout after the work: a stdout that cannot take it is refused before
+// any (exit 2), and one that fails at the end says the output is complete, not that the run
+// failed with nothing left.
+TEST_F(Reliability, AJsonReportThatCannotBeWrittenDoesNotHideACompleteOutput) {
+  auto closed = convert(in(), tmp / "p" / "out", "-q --json >&-");
+  EXPECT_EQ(closed.exit_code, 2) << closed.err;
+  EXPECT_NE(closed.err.find("--json writes its report to stdout, which is not open for writing"),
+            std::string::npos)
+      << closed.err;
+  EXPECT_FALSE(fs::exists(tmp / "p" / "out"));
+  auto full = convert(in(), tmp / "p" / "out", "-q --json >/dev/full");
+  EXPECT_EQ(full.exit_code, 1) << full.err;
+  EXPECT_NE(full.err.find("the conversion finished and its output is complete (" +
+                          (tmp / "p" / "out").string() +
+                          "), but the --json report could not be written to stdout"),
+            std::string::npos)
+      << full.err;
+  EXPECT_TRUE(fs::exists(tmp / "p" / "out" / "model.safetensors"));
+}
+
 TEST_F(Reliability, UnwritableParentFailsBeforeWriting) {
   if (geteuid() == 0)
     GTEST_SKIP() << "root may write any directory";

@@ -84,17 +84,19 @@ TEST_F(SemanticsRules, ToHfOnesComeRightAfterDownProj) {
 // --- 4.2, 4.3, 4.6: cutting, names, index -------------------------------------------------------
 
 TEST_F(SemanticsRules, ConverterCutsGreedilyInDataOrder) {
-  // Pass-through tensors of 60, 40, 1, 200, 0, 30 and 30 bytes under a limit of 100: [60, 40] fit
-  // exactly; 1 starts a file; 200 is alone (the file already holds a byte); the empty tensor
-  // would push the over-full file further past the limit, so it starts the last file, [0, 30, 30].
+  // Pass-through tensors (renamed from model.decoder.* to model.*: an adapter that converts
+  // nothing is refused, semantics 6.3) of 60, 40, 1, 200, 0, 30 and 30 bytes under a limit of 100:
+  // [60, 40] fit exactly; 1 starts a file; 200 is alone (the file already holds a byte); the empty
+  // tensor would push the over-full file further past the limit, so it starts the last file, [0,
+  // 30, 30].
   fs::create_directories(tmp / "in");
-  write_ordered(tmp / "in" / "model.safetensors", {{"t0", bytes_tensor(60)},
-                                                   {"t1", bytes_tensor(40)},
-                                                   {"t2", bytes_tensor(1)},
-                                                   {"t3", bytes_tensor(200)},
-                                                   {"t4", bytes_tensor(0)},
-                                                   {"t5", bytes_tensor(30)},
-                                                   {"t6", bytes_tensor(30)}});
+  write_ordered(tmp / "in" / "model.safetensors", {{"model.decoder.t0", bytes_tensor(60)},
+                                                   {"model.decoder.t1", bytes_tensor(40)},
+                                                   {"model.decoder.t2", bytes_tensor(1)},
+                                                   {"model.decoder.t3", bytes_tensor(200)},
+                                                   {"model.decoder.t4", bytes_tensor(0)},
+                                                   {"model.decoder.t5", bytes_tensor(30)},
+                                                   {"model.decoder.t6", bytes_tensor(30)}});
   auto r = run(tmp / "in", tmp / "out", opts([](ConvertOptions& o) {
                  o.plan.adapter = "diffusion_gemma";
                  o.plan.direction = Direction::from_hf;
@@ -108,9 +110,11 @@ TEST_F(SemanticsRules, ConverterCutsGreedilyInDataOrder) {
                                                                  "model-00003-of-00004.safetensors",
                                                                  "model-00004-of-00004.safetensors",
                                                                  "model.safetensors.index.json"}));
-  EXPECT_EQ(
-      names_in_data_order(tmp / "out"),
-      (std::vector<std::vector<std::string>>{{"t0", "t1"}, {"t2"}, {"t3"}, {"t4", "t5", "t6"}}));
+  EXPECT_EQ(names_in_data_order(tmp / "out"),
+            (std::vector<std::vector<std::string>>{{"model.t0", "model.t1"},
+                                                   {"model.t2"},
+                                                   {"model.t3"},
+                                                   {"model.t4", "model.t5", "model.t6"}}));
   // The index: total_size is the sum of the tensor bytes (headers excluded), and its exact text.
   EXPECT_EQ(testing::read_bytes(tmp / "out" / "model.safetensors.index.json"),
             "{\n"
@@ -118,13 +122,13 @@ TEST_F(SemanticsRules, ConverterCutsGreedilyInDataOrder) {
             "    \"total_size\": 361\n"
             "  },\n"
             "  \"weight_map\": {\n"
-            "    \"t0\": \"model-00001-of-00004.safetensors\",\n"
-            "    \"t1\": \"model-00001-of-00004.safetensors\",\n"
-            "    \"t2\": \"model-00002-of-00004.safetensors\",\n"
-            "    \"t3\": \"model-00003-of-00004.safetensors\",\n"
-            "    \"t4\": \"model-00004-of-00004.safetensors\",\n"
-            "    \"t5\": \"model-00004-of-00004.safetensors\",\n"
-            "    \"t6\": \"model-00004-of-00004.safetensors\"\n"
+            "    \"model.t0\": \"model-00001-of-00004.safetensors\",\n"
+            "    \"model.t1\": \"model-00001-of-00004.safetensors\",\n"
+            "    \"model.t2\": \"model-00002-of-00004.safetensors\",\n"
+            "    \"model.t3\": \"model-00003-of-00004.safetensors\",\n"
+            "    \"model.t4\": \"model-00004-of-00004.safetensors\",\n"
+            "    \"model.t5\": \"model-00004-of-00004.safetensors\",\n"
+            "    \"model.t6\": \"model-00004-of-00004.safetensors\"\n"
             "  }\n"
             "}\n");
 }

@@ -8,6 +8,7 @@
 #include <map>
 #include <random>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <thread>
 #include <unistd.h>
 
@@ -91,6 +92,61 @@ TEST(ShardWriterStream, SpliceAndFallbackToAPipe) {
     EXPECT_EQ(out, header.value() + payload);
     auto parsed = parse_header("<pipe>", as_span(out));
     EXPECT_TRUE(parsed.ok()) << parsed.status().message();
+  }
+  ::close(in);
+}
+
+// Spliced bytes are the source's pages until the reader reads them: finish() asks its final
+// check (are the inputs unchanged?) only once the pipe is empty, so that a source rewritten
+// before then fails the file rather than changing what its reader gets. A reader that reads
+// late makes finish() wait for it; a reader that is gone ends the wait.
+TEST(ShardWriterStream, TheFinalCheckComesOnceTheReaderHasReadEverySplicedByte) {
+  std::mt19937_64 rng(testing::test_seed());
+  TempDir dir;
+  const std::string payload = testing::random_bytes(rng, 40'000); // fits the pipe: no wait there
+  testing::write_bytes(dir / "payload.bin", payload);
+  const int in = ::open((dir / "payload.bin").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(in, 0);
+  auto header = build_header(std::vector<PlannedTensor>{{"t", DType::U8, {payload.size()}}}, {});
+  ASSERT_TRUE(header.ok());
+  for (const bool reader_stays : {true, false}) {
+    SCOPED_TRACE(reader_stays ? "a late reader" : "a reader that went away");
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    ShardWriter writer;
+    int unread_at_check = -1;
+    bool checked = false;
+    writer.set_final_check([&] {
+      checked = true;
+      EXPECT_EQ(::ioctl(fds[1], FIONREAD, &unread_at_check), 0);
+      return Status(Errc::file_changed, "the input changed");
+    });
+    ASSERT_TRUE(writer.open_stream(fds[1], "<pipe>", header.value(), payload.size()).ok());
+    bool zero_copy = false;
+    ASSERT_TRUE(writer.append_copy(in, 0, payload.size(), as_span(payload), &zero_copy).ok());
+    ASSERT_TRUE(zero_copy);
+    std::string received;
+    std::thread reader([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      if (!reader_stays) {
+        ::close(fds[0]);
+        return;
+      }
+      char buf[65536];
+      for (ssize_t n; received.size() < header->size() + payload.size() &&
+                      (n = ::read(fds[0], buf, sizeof buf)) > 0;)
+        received.append(buf, static_cast<size_t>(n));
+    });
+    const Status s = writer.finish();
+    reader.join();
+    EXPECT_TRUE(checked);
+    EXPECT_EQ(s.code(), Errc::file_changed) << s.message(); // the check's answer is finish()'s
+    if (reader_stays) {
+      EXPECT_EQ(unread_at_check, 0);
+      EXPECT_EQ(received, header.value() + payload);
+      ::close(fds[0]);
+    }
+    ::close(fds[1]);
   }
   ::close(in);
 }

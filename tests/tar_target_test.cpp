@@ -8,6 +8,7 @@
 #include <chrono>
 #include <fcntl.h>
 #include <random>
+#include <set>
 #include <sys/ioctl.h>
 #include <thread>
 #include <unistd.h>
@@ -142,6 +143,70 @@ TEST(TarTarget, AFailedStreamEndsInsideAnEntry) {
   EXPECT_NE(failed.out.find("ReadError"), std::string::npos) << failed.out;
 }
 
+// A disk with `room` bytes left: a write that passes it is cut short there, as a regular file's
+// is, and the next fails with ENOSPC.
+class FullDiskIo final : public ForwardingIo {
+public:
+  explicit FullDiskIo(uint64_t room) : ForwardingIo(Io::system()), room_(room) {}
+  ssize_t write(int fd, const void* buf, size_t count) override {
+    if (room_ == 0) {
+      errno = ENOSPC;
+      return -1;
+    }
+    const ssize_t n = ForwardingIo::write(fd, buf, std::min<uint64_t>(count, room_));
+    if (n > 0)
+      room_ -= static_cast<uint64_t>(n);
+    return n;
+  }
+
+private:
+  uint64_t room_;
+};
+
+// Into a regular file, a write is taken in part: a full disk could stop the stream right after
+// an entry's held last byte and padding, or inside the next header, where readers see a whole
+// archive. Wherever the disk fills (each block boundary, each entry's last byte, one either
+// side), the failed stream is refused by GNU tar and by Python's tarfile, and holds nothing but
+// a prefix of what the run wrote.
+TEST(TarTarget, AFileThatFillsAtAnEntrysEndIsCutBackInsideIt) {
+  TempDir tmp;
+  const std::vector<std::pair<std::string, std::string>> files = {
+      {"a", std::string(600, 'a')}, {"d/b", "bbbbb"}, {"c", std::string(1024, 'c')}};
+  write_archive(tmp / "whole.tar", files, true);
+  const std::string whole = read_bytes(tmp / "whole.tar");
+  std::set<uint64_t> rooms;
+  for (uint64_t at = 0; at <= whole.size(); at += 512)
+    rooms.insert({at, at + 1, at == 0 ? 0 : at - 1});
+  for (uint64_t end : {512 + 600, 3 * 512 + 512 + 5, 5 * 512 + 512 + 1024}) // each data's end
+    rooms.insert({end - 1, end, end + 1});
+  const std::string python = "python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1]); "
+                             "[t.extractfile(m).read() for m in t]' ";
+  for (uint64_t room : rooms) {
+    if (room >= whole.size())
+      continue;
+    SCOPED_TRACE("room for " + std::to_string(room) + " of " + std::to_string(whole.size()) +
+                 " bytes");
+    const auto path = tmp / ("cut" + std::to_string(room) + ".tar");
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    FullDiskIo disk(room);
+    TarTarget tar(disk, fd);
+    Status s;
+    for (const auto& [name, bytes] : files)
+      if (s = tar.deliver(name, bytes); !s.ok())
+        break;
+    if (s.ok())
+      s = tar.close();
+    ASSERT_FALSE(s.ok());
+    tar.end_incomplete();
+    ::close(fd);
+    const std::string cut = read_bytes(path);
+    EXPECT_EQ(cut, whole.substr(0, cut.size()));
+    EXPECT_NE(run_shell("tar -tf " + shell_quoted(path) + " >/dev/null 2>&1").exit_code, 0);
+    EXPECT_NE(run_shell(python + shell_quoted(path) + " 2>/dev/null").exit_code, 0);
+  }
+}
+
 // Every prefix of the stream that went out before close() is refused by GNU tar, whatever the
 // entries: files through a ShardWriter (their last byte held by it) or delivered whole, of sizes
 // at and around 512-byte multiples, empty ones, directories and pax headers; after close() the
@@ -186,9 +251,9 @@ TEST(TarTarget, NoPrefixBeforeTheEndIsAWholeArchive) {
     }
     files.emplace_back(name, bytes);
     // An empty stream is no archive either: refused like every other prefix.
-    EXPECT_FALSE(tar_accepts()) << "SHARDSHIFT_SEED=" << seed << ": after " << name << " ("
-                                << size << " bytes), "
-                                << std::filesystem::file_size(stream) << " bytes out";
+    EXPECT_FALSE(tar_accepts()) << "SHARDSHIFT_SEED=" << seed << ": after " << name << " (" << size
+                                << " bytes), " << std::filesystem::file_size(stream)
+                                << " bytes out";
   }
   ASSERT_TRUE(tar.close().ok());
   ::close(fd);
@@ -251,7 +316,8 @@ TEST(TarTarget, AChainOfHeadersWaitsForAnEmptyPipeAndIsNeverCutShort) {
   ::close(p[0]);
   write_bytes(tmp / "whole.tar", got);
   std::filesystem::create_directory(tmp / "x");
-  auto r = run_shell("tar -xf " + shell_quoted(tmp / "whole.tar") + " -C " + shell_quoted(tmp / "x"));
+  auto r =
+      run_shell("tar -xf " + shell_quoted(tmp / "whole.tar") + " -C " + shell_quoted(tmp / "x"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(read_bytes(tmp / "x" / (deep + "f")), std::string(600, 'f'));
 }

@@ -75,7 +75,8 @@ public:
   /// (then in `config_dtype_not_string`). A repeated key counts as its last, as Python's json
   /// reads it. The qwen3_moe and deepseek_v3 references cast to this dtype (semantics 14.2.7).
   std::map<std::string, std::string, std::less<>> config_dtypes;
-  std::vector<std::string> config_dtype_not_string; ///< keys of config_dtypes whose value is no string
+  std::vector<std::string>
+      config_dtype_not_string; ///< keys of config_dtypes whose value is no string
   /// Why config.json could not be read as JSON; empty when it was (or there is none).
   std::string config_error;
   /// Things that do not stop a conversion but that a user should hear about, one message each
@@ -114,6 +115,9 @@ public:
   /// The tensor's bytes in its shard's mapping (read them under guard_mapped_access()).
   std::span<const std::byte> bytes(TensorRef ref) const;
   uint64_t total_tensor_bytes() const;
+  /// Whether every shard is as it was when opened (MappedFile::unchanged): the first that was
+  /// written to since, as Errc::file_changed naming it.
+  Status unchanged() const;
 };
 
 } // namespace shardshift

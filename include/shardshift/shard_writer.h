@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <span>
 #include <string>
@@ -88,8 +89,14 @@ public:
   Status append_copy(int in_fd, uint64_t in_offset, uint64_t length,
                      std::span<const std::byte> fallback, bool* zero_copy = nullptr,
                      const std::string& source = "the input");
-  /// Checks the byte count, fsyncs, renames into place and fsyncs the directory.
+  /// Checks the byte count, fsyncs, renames into place and fsyncs the directory. With a final
+  /// check set, runs it first; for a stream that spliced bytes, once its reader has read them
+  /// (stream_fd.h, wait_drained), since until then they are the input's pages.
   Status finish();
+  /// What finish() asks before the file is made final: that the inputs its bytes came from are
+  /// as they were when opened (MappedFile::unchanged). A file copied from an input rewritten in
+  /// place holds bytes of both versions, and no page vanished to say so.
+  void set_final_check(std::function<Status()> check) { final_check_ = std::move(check); }
   /// Removes the temporary file (no-op when finished or never opened).
   void abandon();
 
@@ -123,6 +130,8 @@ private:
   int fd_ = -1;
   bool owns_fd_ = false;
   bool is_stream_ = false;
+  bool spliced_ = false; ///< a splice moved bytes into the stream: pages of the input until read
+  std::function<Status()> final_check_;
   std::filesystem::path final_path_, temp_path_;
   std::string display_path_;
   uint64_t expected_size_ = 0;
