@@ -87,8 +87,8 @@ TEST_F(SemanticsRules, ConverterCutsGreedilyInDataOrder) {
   // Pass-through tensors (renamed from model.decoder.* to model.*: an adapter that converts
   // nothing is refused, semantics 6.3) of 60, 40, 1, 200, 0, 30 and 30 bytes under a limit of 100:
   // [60, 40] fit exactly; 1 starts a file; 200 is alone (the file already holds a byte); the empty
-  // tensor would push the over-full file further past the limit, so it starts the last file, [0,
-  // 30, 30].
+  // tensor would push the over-full file further past the limit, so it starts the last file:
+  // [0, 30, 30].
   fs::create_directories(tmp / "in");
   write_ordered(tmp / "in" / "model.safetensors", {{"model.decoder.t0", bytes_tensor(60)},
                                                    {"model.decoder.t1", bytes_tensor(40)},
