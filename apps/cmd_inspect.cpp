@@ -33,7 +33,8 @@ const HelpText INSPECT_HELP = {
         "line, before exiting.\n\n"
         "Output: one line per tensor, sorted by name: name, dtype, shape, bytes, shard file; then "
         "the totals, each shard's __metadata__, the index metadata and the other files of the "
-        "directory.\n\n"
+        "directory. Columns are aligned to their widest cell up to 128 bytes of name and 64 of "
+        "shape; a longer cell widens only its own line.\n\n"
         "With --json, one object:\n\n"
         "  {\"path\", \"valid\": true,\n"
         "   \"shards\": [{\"file\", \"tensors\", \"bytes\", \"metadata\"}],\n"
@@ -68,16 +69,24 @@ std::string metadata_text(const Metadata& metadata) {
   return s;
 }
 
+// Columns are padded to their widest cell, but never wider than these: a longer cell is printed
+// whole and pushes only its own row. Uncapped, one long name (a header may hold a name of 100 MB)
+// padded every other row to its width, and the listing grew as the number of tensors times the
+// longest cell. The caps sit above what real checkpoints hold (names under 100 bytes, shapes of a
+// few dimensions), so their listings stay aligned.
+constexpr size_t NAME_COLUMN_CAP = 128, SHAPE_COLUMN_CAP = 64;
+
 // One line per tensor, whatever its name holds: a line feed or NUL in a name (the format allows
-// them) is printed escaped, as in the problems' messages.
-std::string listing_text(const Checkpoint& ckpt) {
+// them) is printed escaped, as in the problems' messages. Each line goes to `out` as it is made,
+// so memory stays one line, however long the listing.
+void print_listing(std::ostream& out, const Checkpoint& ckpt) {
   // ckpt.tensors is a std::map, so iteration is already sorted by name.
   size_t name_width = 4, dtype_width = 5, shape_width = 5, bytes_width = 5;
   for (const auto& [name, ref] : ckpt.tensors) {
     const TensorInfo& t = ckpt.info(ref);
-    name_width = std::max(name_width, printable(name).size());
+    name_width = std::max(name_width, std::min(printable(name).size(), NAME_COLUMN_CAP));
     dtype_width = std::max(dtype_width, dtype_name(t.dtype).size());
-    shape_width = std::max(shape_width, shape_text(t.shape).size());
+    shape_width = std::max(shape_width, std::min(shape_text(t.shape).size(), SHAPE_COLUMN_CAP));
     bytes_width = std::max(bytes_width, std::to_string(t.size()).size());
   }
   auto pad = [](std::string s, size_t width) {
@@ -87,33 +96,31 @@ std::string listing_text(const Checkpoint& ckpt) {
   auto pad_left = [](const std::string& s, size_t width) {
     return std::string(width > s.size() ? width - s.size() : 0, ' ') + s;
   };
-  std::string out;
   for (const auto& [name, ref] : ckpt.tensors) {
     const TensorInfo& t = ckpt.info(ref);
-    out += pad(printable(name), name_width) + "  " +
-           pad(std::string(dtype_name(t.dtype)), dtype_width) + "  " +
-           pad(shape_text(t.shape), shape_width) + "  " +
-           pad_left(std::to_string(t.size()), bytes_width) + "  " +
-           printable(ckpt.shard(ref).file_name) + "\n";
+    out << pad(printable(name), name_width) + "  " +
+               pad(std::string(dtype_name(t.dtype)), dtype_width) + "  " +
+               pad(shape_text(t.shape), shape_width) + "  " +
+               pad_left(std::to_string(t.size()), bytes_width) + "  " +
+               printable(ckpt.shard(ref).file_name) + "\n";
   }
   uint64_t total = ckpt.total_tensor_bytes();
-  out += std::to_string(ckpt.tensors.size()) + " tensors, " + std::to_string(total) + " bytes (" +
-         format_bytes(total) + "), " + std::to_string(ckpt.shards.size()) +
-         (ckpt.shards.size() == 1 ? " shard" : " shards") + (ckpt.has_index ? " (indexed)" : "") +
-         "\n";
+  out << std::to_string(ckpt.tensors.size()) + " tensors, " + std::to_string(total) + " bytes (" +
+             format_bytes(total) + "), " + std::to_string(ckpt.shards.size()) +
+             (ckpt.shards.size() == 1 ? " shard" : " shards") +
+             (ckpt.has_index ? " (indexed)" : "") + "\n";
   for (const auto& shard : ckpt.shards)
     if (!shard.header.metadata.empty())
-      out += "metadata of " + printable(shard.file_name) + ": " +
-             metadata_text(shard.header.metadata) + "\n";
+      out << "metadata of " + printable(shard.file_name) + ": " +
+                 metadata_text(shard.header.metadata) + "\n";
   if (!ckpt.index_metadata.empty())
-    out += "index metadata: " + metadata_text(ckpt.index_metadata) + "\n";
+    out << "index metadata: " + metadata_text(ckpt.index_metadata) + "\n";
   if (!ckpt.other_files.empty()) {
-    out += "other files:";
+    out << "other files:";
     for (const auto& f : ckpt.other_files)
-      out += " " + printable(f);
-    out += "\n";
+      out << " " + printable(f);
+    out << "\n";
   }
-  return out;
 }
 
 void write_metadata(JsonWriter& w, const Metadata& metadata) {
@@ -198,7 +205,7 @@ int cmd_inspect(int argc, char** argv) {
   if (json)
     std::cout << listing_json(path, *ckpt);
   else if (!quiet)
-    std::cout << listing_text(*ckpt);
+    print_listing(std::cout, *ckpt);
   return stdout_ok("inspect") ? EXIT_OK : EXIT_FAIL;
 }
 

@@ -63,6 +63,80 @@ TEST(InspectE2E, ANameWithALineBreakStaysOnItsLine) {
   EXPECT_NE(lines[3].find("note=two\\x0alines"), std::string::npos) << lines[3];
 }
 
+// The listing's exact bytes: every column padded to its widest cell, the byte counts
+// right-aligned. A name of 127 bytes and a shape of 60 characters are still below the caps on
+// padding, so they widen every row as before.
+TEST(InspectE2E, ListingColumnsAreAlignedToTheirWidestCell) {
+  TempDir dir;
+  write_bytes(dir / "model.safetensors", two_tensor_file());
+  auto r = run_shardshift("inspect " + shell_quoted(dir / "model.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "a.bias    F32    [2]         8  model.safetensors\n"
+                   "b.weight  BF16   [2, 3]     12  model.safetensors\n"
+                   "2 tensors, 20 bytes (20 B), 1 shard\n"
+                   "metadata of model.safetensors: format=pt\n");
+
+  const std::string name = "model." + std::string(114, 'x') + ".weight"; // 127 bytes
+  std::string dims = "[1";
+  for (int i = 0; i < 19; ++i)
+    dims += i == 18 ? ",2]" : ",1";
+  write_bytes(dir / "model.safetensors",
+              raw_safetensors(R"({")" + name + R"(":{"dtype":"U8","shape":)" + dims +
+                                  R"(,"data_offsets":[0,2]},)"
+                                  R"("w":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})",
+                              std::string(6, '\x01')));
+  r = run_shardshift("inspect " + shell_quoted(dir / "model.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string shape = "[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]";
+  ASSERT_EQ(shape.size(), 60u);
+  EXPECT_EQ(r.out, name + "  U8     " + shape + "      2  model.safetensors\n" + "w" +
+                       std::string(126, ' ') + "  F32    [1]" + std::string(57, ' ') +
+                       "      4  model.safetensors\n" + "2 tensors, 6 bytes (6 B), 1 shard\n");
+}
+
+// A header may hold a name of any length, or a shape of any number of dimensions. Padded to such
+// a cell, every row would be as long, and the listing (and the memory holding it) would grow as
+// the number of tensors times the longest cell: one 1 MB name among 1000 tensors made 1 GB. A
+// cell past the cap on padding is printed whole and pushes only its own row.
+TEST(InspectE2E, OneLongNameOrShapePushesOnlyItsOwnRow) {
+  const std::string long_name(100'000, 'n');
+  std::string many_dims = "[1";
+  for (int i = 1; i < 10'000; ++i)
+    many_dims += ",1";
+  many_dims += "]";
+  constexpr int SHORT_TENSORS = 500;
+  std::string header =
+      R"({")" + long_name + R"(":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)" +
+      R"("many_dims":{"dtype":"U8","shape":)" + many_dims + R"(,"data_offsets":[1,2]})";
+  for (int i = 0; i < SHORT_TENSORS; ++i)
+    header += R"(,"t)" + std::to_string(i) + R"(":{"dtype":"U8","shape":[1],"data_offsets":[)" +
+              std::to_string(2 + i) + "," + std::to_string(3 + i) + "]}";
+  header += "}";
+  TempDir dir;
+  write_bytes(dir / "model.safetensors",
+              raw_safetensors(header, std::string(2 + SHORT_TENSORS, '\x01')));
+  auto r = run_shardshift("inspect " + shell_quoted(dir / "model.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Linear in the input: the header's own text once, and a bounded line per tensor.
+  const size_t tensors = SHORT_TENSORS + 2;
+  EXPECT_LE(r.out.size(), header.size() + 512 * tensors)
+      << "the listing is " << r.out.size() << " bytes for a header of " << header.size();
+  auto lines = lines_of(r.out);
+  ASSERT_EQ(lines.size(), tensors + 1);
+  // Sorted by name: "many_dims", then the long name ("n..."), then t0, t1, ...
+  EXPECT_EQ(lines[0].rfind("many_dims", 0), 0u) << lines[0].substr(0, 80);
+  EXPECT_NE(lines[0].find(", 1]  "), std::string::npos) << "the whole shape is printed";
+  EXPECT_GE(lines[0].size(), 3 * 10'000u - 2);
+  EXPECT_EQ(lines[1].rfind(long_name + "  U8", 0), 0u) << "the whole name is printed";
+  for (size_t i = 2; i < tensors; ++i) {
+    EXPECT_LT(lines[i].size(), 512u) << lines[i].substr(0, 80);
+    EXPECT_EQ(lines[i].size(), lines[2].size()) << "the short rows stay aligned: " << lines[i];
+  }
+  EXPECT_EQ(lines.back(), std::to_string(tensors) + " tensors, " +
+                              std::to_string(2 + SHORT_TENSORS) + " bytes (" +
+                              std::to_string(2 + SHORT_TENSORS) + " B), 1 shard");
+}
+
 TEST(InspectE2E, ShardedDirectoryShowsIndexMetadataAndOtherFiles) {
   TempDir dir;
   write_bytes(dir / "model-00001-of-00002.safetensors",
