@@ -143,6 +143,41 @@ bool at_end(simdjson::ondemand::document& doc) {
   return doc.current_location().error() == simdjson::OUT_OF_BOUNDS;
 }
 
+bool object_then_more(const simdjson::padded_string& json) {
+  // Whether `root` is an object that simdjson reads through to its closing brace: every value
+  // visited, so that a malformed one inside it counts against it.
+  auto complete_object = [](simdjson::ondemand::value root) {
+    simdjson::ondemand::json_type type;
+    if (root.type().get(type) || type != simdjson::ondemand::json_type::object)
+      return false;
+    std::string compact;
+    std::vector<std::string> duplicates; // not this question's concern
+    return visit_compact(root, compact, duplicates) == simdjson::SUCCESS;
+  };
+  simdjson::ondemand::parser parser;
+  simdjson::ondemand::document doc;
+  if (parser.iterate(json).get(doc) == simdjson::SUCCESS) {
+    // Taken as a value, the root object is read as a nested one is, up to its own closing brace,
+    // without the check that the text ends there; at_end then says whether anything follows.
+    simdjson::ondemand::value root;
+    return doc.get_value().get(root) == simdjson::SUCCESS && complete_object(root) && !at_end(doc);
+  }
+  // The text as a whole failed simdjson's first pass: a string opened after the object and never
+  // closed. The pass for a stream of documents sets such a tail aside, so the first document is
+  // still read; the object being complete and valid, what failed the whole text follows it.
+  simdjson::ondemand::document_stream stream;
+  if (parser.iterate_many(json, std::max(json.size(), simdjson::dom::MINIMAL_BATCH_SIZE))
+          .get(stream))
+    return false;
+  auto first = stream.begin();
+  if (!(first != stream.end()))
+    return false;
+  simdjson::ondemand::document_reference first_doc;
+  simdjson::ondemand::value root;
+  return (*first).get(first_doc) == simdjson::SUCCESS &&
+         first_doc.get_value().get(root) == simdjson::SUCCESS && complete_object(root);
+}
+
 simdjson::error_code read_field(simdjson::simdjson_result<simdjson::ondemand::field> field_result,
                                 std::set<std::string, std::less<>>& seen, std::string& key,
                                 simdjson::ondemand::value& value, bool& duplicate) {

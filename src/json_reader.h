@@ -59,6 +59,14 @@ unsigned nesting_depth(std::string_view text, unsigned limit = MAX_JSON_DEPTH);
 /// True when every token of `doc` was consumed, i.e. nothing follows the top-level value.
 bool at_end(simdjson::ondemand::document& doc);
 
+/// True when `json` opens with one complete, valid JSON object and something other than JSON
+/// whitespace follows it. simdjson refuses most such texts before a reader can walk to the end of
+/// the object and see what follows (On-Demand takes a root object only when the text's last token
+/// closes it; a string opened after it and never closed fails the whole text), with a message
+/// about an unfinished object or string. A reader asks this on such an error to say what is
+/// really wrong. Parses `json` again: for error paths only.
+bool object_then_more(const simdjson::padded_string& json);
+
 /// Reads one field of an object being iterated: its unescaped key (copied: the view dies with
 /// the next token) and its value. `duplicate` is set when an earlier field of the same object had
 /// the same key (keys are compared after unescaping; `seen` holds them and must be one set per

@@ -39,9 +39,19 @@ private:
   void tensor_problem(std::string_view name, std::string text) {
     problems_.tensor(Errc::format, path_, std::string(name), std::move(text));
   }
+  // Text after a complete object, whether the walk reached it or simdjson refused the text on
+  // its account first.
+  bool content_after_object() {
+    problem("header has content after its JSON object (exactly one object is allowed)");
+    return false;
+  }
   // A malformed JSON text: report what and, where the parser knows it, where (a byte of the
-  // file: the header starts after its 8-byte length), and stop reading it.
+  // file: the header starts after its 8-byte length), and stop reading it. simdjson refuses a
+  // complete object followed by other text with a message about an unfinished object or string,
+  // so that case is told apart first.
   bool json_error(simdjson::error_code ec) {
+    if (json_ && json::object_then_more(*json_))
+      return content_after_object();
     std::string where;
     const char* at = nullptr;
     if (doc_ && !doc_->current_location().get(at) && at >= text_begin_ && at < text_end_)
@@ -60,7 +70,8 @@ private:
   void check_layout(uint64_t data_size);
 
   std::string path_;
-  simdjson::ondemand::document* doc_ = nullptr; ///< while parse_json reads the text
+  simdjson::ondemand::document* doc_ = nullptr;   ///< while parse_json reads the text
+  const simdjson::padded_string* json_ = nullptr; ///< the text, while parse_json reads it
   const char* text_begin_ = nullptr;
   const char* text_end_ = nullptr;
   ProblemList problems_;
@@ -139,12 +150,16 @@ bool HeaderParser::parse_json(const std::string& text) {
   simdjson::padded_string json(text);
   simdjson::ondemand::parser parser;
   simdjson::ondemand::document doc;
+  json_ = &json;
   text_begin_ = json.data();
   text_end_ = json.data() + json.size();
-  struct Forget { // json_error may look at the document only while it lives
-    simdjson::ondemand::document*& doc;
-    ~Forget() { doc = nullptr; }
-  } forget{doc_};
+  struct Forget { // json_error may look at the text and the document only while they live
+    HeaderParser& parser;
+    ~Forget() {
+      parser.doc_ = nullptr;
+      parser.json_ = nullptr;
+    }
+  } forget{*this};
   if (auto ec = parser.iterate(json).get(doc)) {
     if (ec == simdjson::EMPTY) {
       problem("header is empty or only whitespace (expected a JSON object)");
@@ -184,10 +199,8 @@ bool HeaderParser::parse_json(const std::string& text) {
     return json_error(ec);
   if (!ok)
     return false;
-  if (!json::at_end(doc)) {
-    problem("header has content after its JSON object (exactly one object is allowed)");
-    return false;
-  }
+  if (!json::at_end(doc))
+    return content_after_object();
   return true;
 }
 

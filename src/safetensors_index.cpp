@@ -30,6 +30,11 @@ public:
       return fail("index " + std::string(json::describe(bad)));
     // simdjson reads up to SIMDJSON_PADDING bytes past its input, so it gets a padded copy.
     const simdjson::padded_string json(text);
+    json_ = &json;
+    struct Forget { // json_error may look at the text only while it lives
+      const simdjson::padded_string*& json;
+      ~Forget() { json = nullptr; }
+    } forget{json_};
     simdjson::ondemand::parser parser;
     simdjson::ondemand::document doc;
     if (auto ec = parser.iterate(json).get(doc))
@@ -47,7 +52,7 @@ public:
         }))
       return json_error(ec);
     if (!json::at_end(doc))
-      return fail("index has content after its JSON object (exactly one object is allowed)");
+      return content_after_object();
     if (!have_weight_map_)
       return fail("index has no 'weight_map' object");
     std::sort(index_.metadata.begin(), index_.metadata.end());
@@ -62,7 +67,14 @@ private:
     problems_.add(Errc::format, std::string(path_), {}, std::move(what));
     return false;
   }
+  bool content_after_object() {
+    return fail("index has content after its JSON object (exactly one object is allowed)");
+  }
+  // simdjson refuses a complete object followed by other text with a message about an unfinished
+  // object or string, so that case is told apart first.
   bool json_error(simdjson::error_code ec) {
+    if (json_ && json::object_then_more(*json_))
+      return content_after_object();
     return fail(std::string("index is not valid JSON: ") + simdjson::error_message(ec));
   }
   // A problem with the content: recorded, the index is unusable, the walk goes on.
@@ -138,6 +150,7 @@ private:
   std::string_view path_;
   Index& index_;
   ProblemList& problems_;
+  const simdjson::padded_string* json_ = nullptr; ///< the text, while read() parses it
   bool have_weight_map_ = false, usable_ = true;
 };
 

@@ -179,6 +179,27 @@ TEST(CheckpointIndex, MalformedIndex) {
   expect_fails(dir.path(), {"metadata: 'm': duplicate key 'k'"});
 }
 
+// As for a header (HeaderRejects.AnythingButWhitespaceAfterTheObjectIsContentAfterIt): simdjson
+// refuses a complete index object followed by other text as if the object were unfinished.
+TEST(CheckpointIndex, AnythingButWhitespaceAfterTheObjectIsContentAfterIt) {
+  TempDir dir;
+  write_sharded(dir);
+  const std::string index = index_json({{"a", A}, {"b", A}, {"c", B}});
+  for (const std::string tail : {"x", "//x", "\f", "]", "\"", "\n{\"a\":"}) {
+    write_bytes(dir / INDEX_FILE_NAME, index + tail);
+    expect_fails(dir.path(),
+                 {INDEX_FILE_NAME + std::string(": index has content after its JSON object "
+                                                "(exactly one object is allowed)")},
+                 1);
+  }
+  write_bytes(dir / INDEX_FILE_NAME, index + std::string(1, '\0'));
+  expect_fails(dir.path(), {"index has content after its JSON object"}, 1);
+  write_bytes(dir / INDEX_FILE_NAME, index + " \n");
+  EXPECT_TRUE(Checkpoint::open(dir.path()).ok()) << "whitespace after the object is allowed";
+  write_bytes(dir / INDEX_FILE_NAME, index.substr(0, index.size() - 1) + "x");
+  expect_fails(dir.path(), {"index is not valid JSON: "}, 1);
+}
+
 TEST(CheckpointIndex, ListedShardMissing) {
   TempDir dir;
   write_sharded(dir);
