@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace po = boost::program_options;
 
@@ -87,8 +88,17 @@ FlagGroup output_flags() {
 
 Result<PlanOptions> plan_options(const po::variables_map& vm) {
   PlanOptions o;
-  if (vm.count("adapter"))
+  if (vm.count("adapter")) {
     o.adapter = vm["adapter"].as<std::string>();
+    // To the library an empty adapter means "detect", as if the flag were not given: an unset
+    // shell variable would let the key names choose. Refused as any unknown name is.
+    if (o.adapter.empty()) {
+      std::string known;
+      for (std::string_view model : adapter_models())
+        known += (known.empty() ? "" : ", ") + std::string(model);
+      return Status(Errc::invalid_argument, "unknown adapter ''; known: " + known);
+    }
+  }
   if (vm.count("direction")) {
     auto d = vm["direction"].as<std::string>();
     if (d == "from_hf")

@@ -96,8 +96,6 @@ struct AdapterSpec {
 
 /// The adapter for (model, direction); nullptr when unknown.
 const AdapterSpec* find_adapter(std::string_view model, Direction direction);
-/// Names of every model with an adapter, for --help and errors.
-std::vector<std::string_view> adapter_models();
 
 /// Detects the model from `config_model_type` (config.json's "model_type", may be empty) and
 /// the key names; the direction from the key names. Either can be forced. Errors say what was seen

@@ -192,6 +192,25 @@ TEST_F(SemanticsCli, AdapterDirectionAndDetectionErrorsAreUsageErrors) {
   EXPECT_FALSE(fs::exists(tmp / "n"));
 }
 
+// An empty --adapter (an unset shell variable) is not the flag left out, which lets config.json
+// and the key names choose: it is refused as any unknown name is, by every command that takes it.
+TEST_F(SemanticsCli, AnEmptyAdapterIsAnUnknownAdapter) {
+  const std::string in = shell_quoted(tmp / "hf"), out = shell_quoted(tmp / "n");
+  auto unknown = run_shardshift("convert " + in + " " + out + " --adapter llama");
+  ASSERT_EQ(unknown.exit_code, 2);
+  const std::string known = unknown.err.substr(unknown.err.find("; known: "));
+  for (const std::string& command :
+       {"convert " + in + " " + out + " --adapter ''", "convert " + in + " " + out + " --adapter=",
+        "plan " + in + " --adapter ''", "verify " + in + " " + in + " --adapter ''"}) {
+    auto r = run_shardshift(command);
+    EXPECT_EQ(r.exit_code, 2) << command << ": " << r.err;
+    EXPECT_NE(r.err.find("unknown adapter ''" + known), std::string::npos)
+        << command << ": " << r.err;
+    EXPECT_EQ(r.out, "") << command;
+  }
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+}
+
 TEST_F(SemanticsCli, ExpertParallelFlagErrors) {
   auto rank = run_shardshift("convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / "n") +
                              " --ep-size 2 --ep-rank 2");

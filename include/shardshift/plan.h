@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace shardshift {
@@ -114,6 +115,10 @@ struct PlanOptions {
   /// 16); open_for_plan() attaches it. Empty: none.
   std::filesystem::path base;
 };
+
+/// Names of every model with an adapter, as PlanOptions::adapter (and --adapter) take them, for
+/// help texts and errors: "diffusion_gemma", "gemma4_moe", "qwen3_moe", "deepseek_v3".
+std::vector<std::string_view> adapter_models();
 
 /// Validates `input` against the adapter and computes the whole output. Reports every problem
 /// (missing expert pieces, shape or dtype disagreements, missing embedding...) before failing.
