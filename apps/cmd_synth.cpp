@@ -76,7 +76,7 @@ void add_synth_flags(SynthFlags& f) {
       "the first 3 dense). Example: --layers 2")(
       "mtp-layers", po::value(&f.mtp_layers)->default_value(1)->value_name("N"),
       "deepseek_v3: multi-token-prediction layers after the decoder layers (1 in the real "
-      "model, model.layers.61). Example: --mtp-layers 0")(
+      "model, model.layers.61); refused with another --model. Example: --mtp-layers 0")(
       "seed", po::value(&f.seed)->default_value(0)->value_name("N"),
       "Seed of the values; the same seed gives identical bytes. Example: --seed 7")(
       "scale", po::value(&f.scale)->default_value(1)->value_name("N"),
@@ -120,6 +120,12 @@ Result<SynthOptions> synth_options(const SynthFlags& f, const po::variables_map&
   options.layers = static_cast<unsigned>(f.layers);
   if (f.mtp_layers < 0 || f.mtp_layers > 16)
     return Status(Errc::invalid_argument, "--mtp-layers must be between 0 and 16");
+  // Only DeepSeek-V3 has multi-token-prediction layers: for another model the flag would be
+  // ignored without a word (README: a flag with nothing to set is refused).
+  if (!vm["mtp-layers"].defaulted() && f.model != "deepseek_v3")
+    return Status(Errc::invalid_argument,
+                  "--mtp-layers applies to --model deepseek_v3 only; " + f.model +
+                      " has no multi-token-prediction layers, so it has nothing to set");
   options.mtp_layers = static_cast<unsigned>(f.mtp_layers);
   options.seed = f.seed;
   options.scale_hidden = static_cast<unsigned>(f.scale_hidden.value_or(f.scale));

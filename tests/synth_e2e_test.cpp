@@ -17,6 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::list_dir;
 using testing::run_shardshift;
+using testing::shell_quoted;
 using testing::TempDir;
 
 using Shapes = std::map<std::string, std::vector<uint64_t>>;
@@ -198,6 +199,25 @@ TEST(SynthCommand, FinerScalesOverrideScale) {
   EXPECT_EQ(shape("model.language_model.embed_tokens.weight"), (std::vector<uint64_t>{4096, 352}));
   EXPECT_EQ(shape("model.language_model.layers.0.mlp.gate_proj.weight"),
             (std::vector<uint64_t>{264, 352}));
+}
+
+// DeepSeek-V3 alone has multi-token-prediction layers: for another model --mtp-layers would be
+// ignored without a word, so it is refused as a flag with nothing to set.
+TEST(SynthCommand, MtpLayersIsForDeepseekV3Only) {
+  TempDir dir;
+  const std::string out = shell_quoted(dir / "x");
+  for (const char* model : {"", " --model gemma4_moe", " --model qwen3_moe"}) {
+    for (const char* mtp : {" --mtp-layers 0", " --mtp-layers 1"}) {
+      auto r = run_shardshift("synth " + out + model + mtp + " --layers 1 --scale 32");
+      EXPECT_EQ(r.exit_code, 2) << model << mtp << ": " << r.err;
+      EXPECT_NE(r.err.find("--mtp-layers applies to --model deepseek_v3 only"), std::string::npos)
+          << model << mtp << ": " << r.err;
+    }
+  }
+  EXPECT_FALSE(fs::exists(dir / "x")) << "a refused run writes nothing";
+  auto deepseek = run_shardshift("synth " + out +
+                                 " --model deepseek_v3 --mtp-layers 0 --layers 1 --scale 64 -q");
+  EXPECT_EQ(deepseek.exit_code, 0) << deepseek.err;
 }
 
 TEST(SynthCommand, HelpAndUsageErrors) {
