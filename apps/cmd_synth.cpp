@@ -39,8 +39,8 @@ const HelpText SYNTH_HELP = {
                 "shardshift synth moe-hf --model gemma4_moe --layers 4 --scale-experts 4 \\\n"
                 "    --max-shard-size 1GB\n"
                 "shardshift synth big-hf --seed 3 --force -q --json > summary.json",
-    .exit_status = "0 written, 1 failed (nothing is left behind), 2 bad usage or OUT exists "
-                   "without --force, 130 interrupted.",
+    .exit_status = "0 written, 1 failed (nothing is left behind), 2 bad usage, OUT exists "
+                   "without --force or OUT's parent directory does not exist, 130 interrupted.",
 };
 
 // Parsed as signed so that "--layers -1" is refused with a clear message instead of wrapping.

@@ -192,11 +192,21 @@ Status check_output(const ConvertOptions& o) {
     if (Status s = check_replaceable(out); !s.ok())
       return s;
   }
-  fs::path parent = out.parent_path();
+  return check_output_parent(out);
+}
+
+Status check_output_parent(const fs::path& output) {
+  std::error_code ec;
+  fs::path out = fs::absolute(output, ec);
+  // "out/" names the directory "out", whose parent is the one to look at.
+  while (!out.has_filename() && out.has_relative_path())
+    out = out.parent_path();
+  const fs::path parent = out.parent_path();
   if (!fs::is_directory(parent, ec))
     return Status(Errc::invalid_argument,
                   parent.string() + ": the output's parent directory does not exist");
-  // The staging directory and the final rename both need to write the parent.
+  // Creating the output needs to write the parent (a conversion's staging directory and its
+  // final rename both do).
   if (access(parent.c_str(), W_OK | X_OK) != 0)
     return Status(Errc::io, parent.string() + ": cannot create the output in this directory: " +
                                 errno_text(errno));
@@ -264,8 +274,8 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
       return failed(std::move(s));
     old = staging_path(output, "old");
     if (io.rename(output.c_str(), old.c_str()) != 0)
-      return failed(Status(Errc::io, output.string() + ": cannot move the old output aside: " +
-                                         errno_text(errno)));
+      return failed(Status(
+          Errc::io, output.string() + ": cannot move the old output aside: " + errno_text(errno)));
   }
   if (io.rename(staging.c_str(), output.c_str()) != 0) {
     const int err = errno;
@@ -278,8 +288,8 @@ Status commit_output(Io& io, const fs::path& staging, const fs::path& output, bo
                           : output.string() + ": cannot rename the finished output into place: " +
                                 errno_text(err);
     if (!old.empty() && io.rename(old.c_str(), output.c_str()) != 0)
-      why += "; the previous output, moved aside, could not be moved back (" +
-             errno_text(errno) + "): it is in " + old.string();
+      why += "; the previous output, moved aside, could not be moved back (" + errno_text(errno) +
+             "): it is in " + old.string();
     return failed(Status(Errc::io, why));
   }
   if (!old.empty())

@@ -32,6 +32,12 @@ inline bool is_stream(const ConvertOptions& o) {
 /// of streams and --pipe-to. Errc::invalid_argument for usage, Errc::io for the filesystem.
 Status check_output(const ConvertOptions& o);
 
+/// The parent directory of the output directory `output` ("out/" is "out") exists and this
+/// process can create entries in it. An output's parents are never created: a typo in one of
+/// their names would put the output somewhere else, unseen. check_output() and synth() ask it.
+/// Errc::invalid_argument when the parent is missing, Errc::io when it cannot be written.
+Status check_output_parent(const std::filesystem::path& output);
+
 /// options.trace_file, when set: not a file the conversion reads (IN, a file in it, --base), not
 /// inside IN, --base or OUT (it would become part of what they hold), not a directory, and in
 /// an existing directory this process can write. Errc::invalid_argument or Errc::io.

@@ -12,6 +12,7 @@
 #include "shardshift/shard_writer.h"
 
 #include "numerics.h"
+#include "outputs.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -345,14 +346,17 @@ std::vector<SynthTensor> build_inventory(const SynthOptions& o, const Dims& d) {
   return std::move(inv.tensors);
 }
 
-// Makes `out` ready: created when missing; when it exists it must be a directory, and a non-empty
-// one only with force, in which case the files a checkpoint consists of are removed so stale
-// shards of an earlier, differently cut run cannot mix with this one. Sets `*created`.
+// Makes `out` ready: created when missing, in an existing parent as convert's OUT is; when it
+// exists it must be a directory, and a non-empty one only with force, in which case the files a
+// checkpoint consists of are removed so stale shards of an earlier, differently cut run cannot
+// mix with this one. Sets `*created`.
 Status prepare_output(const SynthOptions& o, Io& io, bool* created) {
   *created = false;
   std::error_code ec;
   const std::string out = o.out.string();
   if (!fs::exists(o.out, ec)) {
+    if (Status st = check_output_parent(o.out); !st.ok())
+      return st;
     if (Status st = make_directories(io, o.out); !st.ok())
       return st;
     *created = true;

@@ -220,6 +220,26 @@ TEST(SynthCommand, MtpLayersIsForDeepseekV3Only) {
   EXPECT_EQ(deepseek.exit_code, 0) << deepseek.err;
 }
 
+// synth makes OUT in an existing directory only, as convert does: the same error, the same exit
+// code, and no directory made.
+TEST(SynthCommand, AMissingParentDirectoryIsRefusedAsConvertRefusesIt) {
+  TempDir dir;
+  const std::string out = shell_quoted(dir / "typo" / "out");
+  auto synth = run_shardshift("synth " + out + " --layers 1 --scale 32");
+  EXPECT_EQ(synth.exit_code, 2) << synth.err;
+  EXPECT_EQ(synth.err, "shardshift: " + (dir / "typo").string() +
+                           ": the output's parent directory does not exist\n");
+  EXPECT_FALSE(fs::exists(dir / "typo"));
+
+  ASSERT_EQ(
+      run_shardshift("synth " + shell_quoted(dir / "hf") + " --layers 1 --scale 32 -q").exit_code,
+      0);
+  auto convert = run_shardshift("convert " + shell_quoted(dir / "hf") + " " + out);
+  EXPECT_EQ(convert.exit_code, synth.exit_code) << convert.err;
+  EXPECT_EQ(convert.err, synth.err);
+  EXPECT_FALSE(fs::exists(dir / "typo"));
+}
+
 TEST(SynthCommand, HelpAndUsageErrors) {
   auto help = run_shardshift("synth --help");
   EXPECT_EQ(help.exit_code, 0);

@@ -230,6 +230,22 @@ TEST(Synth, RefusesExistingOutputWithoutForce) {
   EXPECT_EQ(synth(o, Io::system(), {}).code(), Errc::invalid_argument);
 }
 
+// OUT is made in an existing directory, never with its parents: a typo in a parent's name would
+// put the checkpoint somewhere unseen. convert refuses the same OUT with the same error.
+TEST(Synth, RefusesAMissingParentDirectory) {
+  TempDir dir;
+  SynthOptions o = tiny(dir / "typo" / "out");
+  Status s = synth(o, Io::system(), {});
+  EXPECT_EQ(s.code(), Errc::invalid_argument);
+  EXPECT_EQ(s.message(),
+            (dir / "typo").string() + ": the output's parent directory does not exist");
+  EXPECT_FALSE(fs::exists(dir / "typo"));
+
+  o.out = dir.path().string() + "/out/"; // "out/" is the directory "out" of an existing parent
+  ASSERT_TRUE(synth(o, Io::system(), {}).ok());
+  EXPECT_EQ(list_dir(dir / "out"), (std::vector<std::string>{"config.json", "model.safetensors"}));
+}
+
 TEST(Synth, RejectsBadOptions) {
   TempDir dir;
   SynthOptions o = tiny(dir / "out");

@@ -26,8 +26,8 @@
 // The vision tower is a stand-in (patch embedding, position embedding, two transformer blocks,
 // a final norm), not the real one: converters only pass it through or drop it.
 //
-// Every other tensor is BF16. Element i of tensor t is a pure function of (seed, t, i), so the bytes are
-// generated in bounded chunks, in parallel, and identically on every run and machine.
+// Every other tensor is BF16. Element i of tensor t is a pure function of (seed, t, i), so the
+// bytes are generated in bounded chunks, in parallel, and identically on every run and machine.
 // Thread-safety: synth() may run concurrently for different output directories.
 #pragma once
 
@@ -71,7 +71,9 @@ struct SynthSummary {
 };
 
 /// Writes the checkpoint into `options.out`: model.safetensors, or model-0000i-of-0000N.safetensors
-/// plus model.safetensors.index.json (written last), and config.json. Memory stays bounded (one
+/// plus model.safetensors.index.json (written last), and config.json. A missing `options.out` is
+/// created in its parent directory, which must exist, as a conversion's OUT (Errc::invalid_argument
+/// otherwise). Memory stays bounded (one
 /// ~16 MiB buffer) whatever the tensor sizes. On failure, everything this run wrote is removed.
 /// `progress` (may be empty) is called with tensor bytes written so far and the total.
 Status synth(const SynthOptions& options, Io& io,
