@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <system_error>
 
 namespace shardshift {
 
@@ -48,30 +49,46 @@ Result<uint64_t> parse_size(std::string_view text) {
   if (unit_letter && suffix.size() == 1)
     return refuse(" is ambiguous (dd and sort read " + std::string(1, unit) +
                   " as a power of 1024)");
-  double mult;
+  uint64_t mult;
   if (suffix.empty() || suffix == "b")
     mult = 1;
   else if (suffix == "kb")
-    mult = 1e3;
+    mult = 1'000;
   else if (suffix == "mb")
-    mult = 1e6;
+    mult = 1'000'000;
   else if (suffix == "gb")
-    mult = 1e9;
+    mult = 1'000'000'000;
   else if (suffix == "tb")
-    mult = 1e12;
+    mult = 1'000'000'000'000;
   else if (suffix == "kib")
-    mult = 1024.0;
+    mult = uint64_t{1} << 10;
   else if (suffix == "mib")
-    mult = 1024.0 * 1024;
+    mult = uint64_t{1} << 20;
   else if (suffix == "gib")
-    mult = 1024.0 * 1024 * 1024;
+    mult = uint64_t{1} << 30;
   else if (suffix == "tib")
-    mult = 1024.0 * 1024 * 1024 * 1024;
+    mult = uint64_t{1} << 40;
   else
     return bad();
-  double value = number * mult;
-  if (!std::isfinite(value) || value >= 1.8e19)
-    return bad();
+  // A well-formed size past the largest one is too large, not invalid: the user wrote what was
+  // meant, and needs to hear the limit.
+  auto too_large = [&] {
+    return Status(Errc::invalid_argument, "size '" + std::string(text) +
+                                              "' is too large (at most " +
+                                              std::to_string(MAX_SIZE) + " bytes)");
+  };
+  const std::string_view digits = text.substr(0, i);
+  if (digits.find('.') == std::string_view::npos) {
+    // Whole numbers exactly: a double would round a count of bytes past 2^53.
+    uint64_t count = 0, bytes = 0;
+    if (std::from_chars(digits.data(), digits.data() + digits.size(), count).ec != std::errc() ||
+        __builtin_mul_overflow(count, mult, &bytes) || bytes > MAX_SIZE)
+      return too_large();
+    return bytes;
+  }
+  const double value = number * static_cast<double>(mult);
+  if (!std::isfinite(value) || value >= 0x1p63) // MAX_SIZE + 1, which a double holds exactly
+    return too_large();
   return static_cast<uint64_t>(std::llround(value));
 }
 

@@ -197,6 +197,33 @@ TEST(SemanticsUnits, SizesTakeDecimalAndBinaryUnitsAndRefuseWhatOthersReadOtherw
       << parse_size("10Mb").status().message();
 }
 
+// A well-formed size past the largest (2^63 - 1 bytes) was called invalid, with examples of the
+// form the user had just written; a whole number near the top was also rounded through a double.
+TEST(SemanticsUnits, ASizePastTheLargestIsTooLargeNotInvalid) {
+  const std::string limit = "(at most 9223372036854775807 bytes)";
+  for (const char* huge : {"18446744073709551615", "18446744073709551616", "9223372036854775808",
+                           "99999999999TB", "20000000TB", "8388608TiB", "10000000000000000000B",
+                           "9223372036854775807.5", "99999999999999999999999999999999999999.5GB"}) {
+    auto v = parse_size(huge);
+    ASSERT_FALSE(v.ok()) << huge << " gave " << *v;
+    EXPECT_EQ(v.status().code(), Errc::invalid_argument) << huge;
+    EXPECT_EQ(v.status().message(), "size '" + std::string(huge) + "' is too large " + limit);
+  }
+  // The largest is taken exactly, in every spelling that reaches it or stays below.
+  struct Case {
+    const char* text;
+    uint64_t bytes;
+  };
+  for (Case c : {Case{"9223372036854775807", MAX_SIZE}, Case{"9223372036854775807B", MAX_SIZE},
+                 Case{"9223372036854775806", MAX_SIZE - 1}, Case{"8388607TiB", 8388607ull << 40},
+                 Case{"9223372TB", 9'223'372'000'000'000'000},
+                 Case{"4611686018427387903.5", 4611686018427387904}}) {
+    auto v = parse_size(c.text);
+    ASSERT_TRUE(v.ok()) << c.text << ": " << v.status().message();
+    EXPECT_EQ(*v, c.bytes) << c.text;
+  }
+}
+
 // --- 4.7: side files ----------------------------------------------------------------------------
 
 TEST_F(SemanticsRules, SideFilesAreCopiedUnlessNoSideFiles) {
