@@ -420,7 +420,8 @@ Status ProcessTarget::deliver(const std::string& name, std::string_view bytes, I
 }
 
 Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
-  Status written = writer.finish(); // checks that every planned byte went in
+  // Checks that every planned byte went in; the inputs are checked below, once read.
+  Status written = writer.finish(/*check=*/false);
   Child child = take(file.name);
   if (child.pid < 0)
     return written.ok() ? Status(Errc::io, file.name + ": internal: no command for this file")
@@ -440,6 +441,13 @@ Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
     interrupt(child);
     set_outcome(file.name, Delivery::failed, "interrupted; its command was interrupted");
     return Status(Errc::interrupted, "interrupted");
+  }
+  // The bytes it read were the inputs' pages until then (splice): an input written to meanwhile
+  // fails the file before its input ends.
+  if (Status s = writer.final_check(); !s.ok()) {
+    interrupt(child);
+    set_outcome(file.name, Delivery::failed, s.message());
+    return s;
   }
   const pid_t group = child.guard;
   close(child.stdin_fd); // the end of input: the command may now complete its work,

@@ -477,7 +477,7 @@ void ShardWriter::unmap() {
   map_ = nullptr;
 }
 
-Status ShardWriter::finish() {
+Status ShardWriter::finish(bool check) {
   if (!status_.ok())
     return status_;
   if (fd_ < 0)
@@ -487,13 +487,13 @@ Status ShardWriter::finish() {
     return fail(error(Errc::io, display_path_ + ": internal: wrote " + std::to_string(done) +
                                     " of " + std::to_string(expected_size_) + " bytes"));
   unmap(); // every fill has returned: the bytes are in the file's pages
-  if (spliced_) {
+  if (check && spliced_) {
     wait_drained(fd_, cancel_);
     if (cancelled()) // the wait ended early: what is in the pipe is unchecked
       return fail(error(Errc::interrupted, "interrupted"));
   }
-  if (final_check_)
-    if (Status s = final_check_(); !s.ok())
+  if (check)
+    if (Status s = final_check(); !s.ok())
       return fail(s);
   if (is_stream_) {
     // A pipe has nothing to sync; the descriptor belongs to the caller.

@@ -559,8 +559,8 @@ TEST(PlannerPasses, MakePlanRecordsOneSpanPerPass) {
   for (const StageSummary& s : profiler.summaries())
     if (s.stage == Stage::plan)
       plan_spans = s.count;
-  EXPECT_EQ(plan_spans, 14u); // classify ... restore_base_keys, check_unique_names, cut, lay out,
-                              // summarize
+  EXPECT_EQ(plan_spans, 15u); // read_config_facts, classify, check_adapter_fits_keys ...
+                              // restore_base_keys, check_unique_names, cut, lay out, summarize
   EXPECT_EQ(plan->adapter, "diffusion_gemma");
   EXPECT_EQ(plan->files.size(), 1u);
   EXPECT_EQ(plan->files[0].name, "model.safetensors");

@@ -11,6 +11,7 @@
 #include "test_support.h"
 
 #include <csignal>
+#include <fcntl.h>
 #include <fstream>
 #include <numeric>
 #include <thread>
@@ -237,6 +238,43 @@ TEST_F(ProcessTargetTest, AReaderLeftInTheBackgroundIsInterruptedToo) {
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_FALSE(std::filesystem::exists(tmp / "eof"))
       << "the background reader saw the end of a cut file as a complete input";
+}
+
+// Spliced bytes are the input's pages until read, so a file's inputs are checked once its
+// command has read them all; that wait also ends when the command exits, so a job it left in the
+// background holding the pipe unread does not hold the run: the file fails at once, with that
+// job still alive (fd 3 passes the pipe on, as above).
+TEST_F(ProcessTargetTest, AnUnreadingJobLeftInTheBackgroundDoesNotHoldTheFilesEnd) {
+  const std::string payload(20'000, 'p'); // fits the pipe: the splice needs no reader
+  write_bytes(tmp / "src", payload);
+  const int src = ::open((tmp / "src").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(src, 0);
+  const std::string pid_file = shell_quote((tmp / "job").string());
+  ProcessTarget target("exec 3<&0; sleep 60 <&3 & echo $! > " + pid_file + "; exit 0");
+  const OutputFile f = small_file("g.bin", "H", payload.size());
+  ShardWriter w;
+  bool checked = false;
+  w.set_final_check([&] {
+    checked = true;
+    return Status();
+  });
+  ASSERT_TRUE(target.open(w, f).ok());
+  bool zero_copy = false;
+  ASSERT_TRUE(
+      w.append_copy(src, 0, payload.size(), std::as_bytes(std::span(payload)), &zero_copy).ok());
+  EXPECT_TRUE(zero_copy);
+  wait_for_file(tmp / "job");
+  const Status s = target.finish(w, f);
+  const pid_t job = std::stoi(read_bytes(tmp / "job"));
+  const bool job_alive = ::kill(job, 0) == 0;
+  ::kill(job, SIGKILL);
+  ::close(src);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("without reading the last 20001 of its 20001 bytes"),
+            std::string::npos)
+      << s.message();
+  EXPECT_TRUE(job_alive) << "the file's end waited for the background job to go away";
+  EXPECT_TRUE(checked);
 }
 
 // True once process `pid` has ended (gone, or a zombie nobody has reaped yet).

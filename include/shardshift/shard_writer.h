@@ -91,8 +91,12 @@ public:
                      const std::string& source = "the input");
   /// Checks the byte count, fsyncs, renames into place and fsyncs the directory. With a final
   /// check set, runs it first; for a stream that spliced bytes, once its reader has read them
-  /// (stream_fd.h, wait_drained), since until then they are the input's pages.
-  Status finish();
+  /// (stream_fd.h, wait_drained), since until then they are the input's pages. `check` = false:
+  /// the caller runs final_check() itself, once its own wait for the reader is over (ProcessTarget:
+  /// that wait also ends when the command exits, which a reader left in the background outlives).
+  Status finish(bool check = true);
+  /// The final check alone (set_final_check); ok when none is set.
+  Status final_check() const { return final_check_ ? final_check_() : Status(); }
   /// What finish() asks before the file is made final: that the inputs its bytes came from are
   /// as they were when opened (MappedFile::unchanged). A file copied from an input rewritten in
   /// place holds bytes of both versions, and no page vanished to say so.
