@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <fcntl.h>
 #include <iostream>
 #include <limits>
 #include <sstream>
@@ -270,6 +271,23 @@ void print_help(std::ostream& out, const HelpText& text,
       s << "  " << line << "\n";
   s << "\n" << wrap_text("Exit status: " + text.exit_status, 0);
   out << s.str();
+}
+
+std::string json_stdout_problem() {
+  const int flags = ::fcntl(STDOUT_FILENO, F_GETFL);
+  if (flags >= 0 && (flags & O_ACCMODE) != O_RDONLY)
+    return "";
+  return "--json writes its report to stdout, which is not open for writing (closed, or opened "
+         "for reading only): redirect it to a file, or drop --json";
+}
+
+bool json_report_written(const std::string& command, const std::string& done) {
+  std::cout.flush();
+  if (std::cout)
+    return true;
+  std::cerr << "shardshift " << command << ": " << done
+            << ", but the --json report could not be written to stdout\n";
+  return false;
 }
 
 bool stdout_ok(const std::string& command) {

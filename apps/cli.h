@@ -76,6 +76,14 @@ void print_help(std::ostream& out, const HelpText& text,
 /// line of its own).
 std::string wrap_text(std::string_view text, unsigned indent, unsigned width = HELP_WIDTH);
 
+/// With --json, before any work: "" when stdout is open for writing, else why not, for a usage
+/// error (closed at start, stdout is /dev/null opened for reading: main.cpp). Found only after the
+/// work, it would fail a run whose output is complete.
+std::string json_stdout_problem();
+/// After the work, the --json report written: flushes stdout; false, having said on stderr that
+/// the work itself is done (`done`: "the conversion finished and its output is complete (OUT)"),
+/// when it could not be written.
+bool json_report_written(const std::string& command, const std::string& done);
 /// Flushes stdout; on failure (a closed pipe, a full disk) reports it for `command` and returns
 /// false.
 bool stdout_ok(const std::string& command);

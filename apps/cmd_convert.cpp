@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fcntl.h>
 #include <iostream>
 #include <iterator>
 
@@ -559,13 +558,8 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
     return Status(Errc::invalid_argument, "--format '" + format + "': use dir or tar");
   if (o.output == "-" && vm.count("json"))
     return Status(Errc::invalid_argument, "--json and OUT '-' both write to stdout; use one");
-  // Found only after the work, a stdout that cannot take the report would fail a run whose
-  // output is complete. Closed at start, stdout is /dev/null opened for reading (main.cpp).
-  if (const int flags = ::fcntl(STDOUT_FILENO, F_GETFL);
-      vm.count("json") && (flags < 0 || (flags & O_ACCMODE) == O_RDONLY))
-    return Status(Errc::invalid_argument,
-                  "--json writes its report to stdout, which is not open for writing (closed, or "
-                  "opened for reading only): redirect it to a file, or drop --json");
+  if (const std::string problem = vm.count("json") ? json_stdout_problem() : ""; !problem.empty())
+    return Status(Errc::invalid_argument, problem);
   // Flags that would be silently ignored (README: a flag with nothing to set is refused).
   if (o.output == "-" && o.format != OutputFormat::tar && o.checksums)
     return Status(Errc::invalid_argument,
@@ -683,12 +677,9 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
     std::fputs(not_restored_note(s.not_restored).c_str(), stderr);
   if (vm.count("json")) {
     std::cout << summary_json(s, where, rate);
-    std::cout.flush();
-    if (!std::cout) { // the work is done: say so, not that the run failed
-      std::cerr << "shardshift convert: the conversion finished and its output is complete ("
-                << where << "), but the --json report could not be written to stdout\n";
+    if (!json_report_written("convert",
+                             "the conversion finished and its output is complete (" + where + ")"))
       return EXIT_FAIL;
-    }
   }
   return exit_code;
 }

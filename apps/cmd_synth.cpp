@@ -179,7 +179,7 @@ int run_synth(SynthOptions& options, bool quiet, bool json) {
     w.key("tensors").value(summary.tensors).key("bytes").value(summary.bytes);
     w.key("shards").value(summary.shards).key("seconds").value(seconds).end_object();
     std::cout << w.take() << "\n";
-    if (!stdout_ok("synth"))
+    if (!json_report_written("synth", "the checkpoint is written (" + out + ")"))
       return EXIT_FAIL;
   }
   return EXIT_OK;
@@ -207,6 +207,8 @@ int cmd_synth(int argc, char** argv) {
   auto options = synth_options(f, vm);
   if (!options)
     return usage_error("synth", options.status().message());
+  if (const std::string problem = vm.count("json") ? json_stdout_problem() : ""; !problem.empty())
+    return usage_error("synth", problem);
   return run_synth(*options, vm.count("quiet") > 0, vm.count("json") > 0);
 }
 

@@ -218,18 +218,21 @@ void check_adapter_fits_keys(PlanContext& ctx) {
   }
   if (claimed)
     return;
-  std::string why = "no key is one the " + adapter +
-                    " adapter converts (no expert or router tensor of its layout), so the "
-                    "output would be the input unchanged; ";
-  if (!seen.empty() && seen.rfind(adapter + " ", 0) != 0) {
-    why += "the keys are those of " + seen;
-  } else {
-    why += "no adapter recognizes the keys: shardshift converts the mixture-of-experts "
-           "checkpoints of";
-    for (std::string_view model : adapter_models())
-      why += " " + std::string(model);
-  }
-  ctx.problems.add(Errc::plan, "", "", why + config);
+  // Converting nothing is what the reference does with a checkpoint that has nothing of this
+  // layout (a DeepSeek-V3 of dense layers only, say), and is kept; refused only where the keys
+  // are another adapter's, which would convert some of them.
+  auto other = select_adapter("", keys, "", std::nullopt);
+  if (!other || *other == &ctx.spec)
+    return;
+  const std::vector<Classified> by_other = classify_refs(**other, ctx.input, data_order(ctx.input));
+  if (std::none_of(by_other.begin(), by_other.end(),
+                   [](const Classified& c) { return c.rule || c.action != RuleAction::rename; }))
+    return;
+  ctx.problems.add(Errc::plan, "", "",
+                   "no key is one the " + adapter +
+                       " adapter converts (no expert or router tensor of its layout), so the "
+                       "output would be the input unchanged; the keys are those of " +
+                       seen + config);
 }
 
 void group_expert_pieces(PlanContext& ctx) {

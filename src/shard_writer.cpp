@@ -333,16 +333,28 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
   const size_t held = hold(fallback); // the tail is held, from the same bytes in memory
   length -= held;
   fallback = fallback.first(static_cast<size_t>(length));
+  // Bytes spliced into a pipe are references to the input's pages until they are read: a rewrite
+  // meanwhile would change them after the final check. So a stream with a final check splices
+  // only up to its last pipeful, which it writes as copies: once those are in, the pipe holds no
+  // spliced page, and the check needs no wait for the reader (one that reads only after the run
+  // ends would wait for ever).
+  uint64_t splice_length = length;
+  if (is_stream_ && final_check_) {
+    const int pipe_size = ::fcntl(fd_, F_GETPIPE_SZ); // -1: not a pipe, nothing referenced
+    const uint64_t pipeful = static_cast<uint64_t>(std::max(pipe_size, 0));
+    const uint64_t copies_from = hold_from_ - std::min(hold_from_, pipeful);
+    splice_length = position_ >= copies_from ? 0 : std::min(length, copies_from - position_);
+  }
 
   // The kernel copies (or shares extents) while we track both offsets ourselves. If it refuses
   // the pair of descriptors (different filesystems on old kernels, a pipe for copy_file_range, a
   // file for splice), the same bytes are written from the fallback span instead; a refusal after
   // some bytes went through finishes the rest the same way, so the result never depends on it.
   uint64_t done = 0;
-  while (done < length) {
+  while (done < splice_length) {
     if (cancelled())
       return fail(error(Errc::interrupted, "interrupted"));
-    size_t chunk = static_cast<size_t>(std::min<uint64_t>(length - done, WRITE_PIECE));
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(splice_length - done, WRITE_PIECE));
     auto in_off = static_cast<off_t>(in_offset + done);
     ssize_t n;
     if (is_stream_) {
@@ -377,9 +389,11 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
       return fail(file_changed_error(source));
     done += static_cast<uint64_t>(n);
     position_ += static_cast<uint64_t>(n);
-    spliced_ = spliced_ || is_stream_;
     write_behind();
   }
+  if (done < length) // a stream's last pipeful, as copies (above)
+    if (Status s = write_bytes(fallback.subspan(static_cast<size_t>(done)), &source); !s.ok())
+      return s;
   position_ += held;
   if (zero_copy)
     *zero_copy = true;
@@ -487,11 +501,6 @@ Status ShardWriter::finish(bool check) {
     return fail(error(Errc::io, display_path_ + ": internal: wrote " + std::to_string(done) +
                                     " of " + std::to_string(expected_size_) + " bytes"));
   unmap(); // every fill has returned: the bytes are in the file's pages
-  if (check && spliced_) {
-    wait_drained(fd_, cancel_);
-    if (cancelled()) // the wait ended early: what is in the pipe is unchecked
-      return fail(error(Errc::interrupted, "interrupted"));
-  }
   if (check)
     if (Status s = final_check(); !s.ok())
       return fail(s);

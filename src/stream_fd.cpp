@@ -1,12 +1,10 @@
 // stream_fd.cpp: a non-blocking description of stdout's pipe, and waits on it that a cancel ends.
 #include "stream_fd.h"
 
-#include <algorithm>
 #include <cerrno>
 #include <fcntl.h>
 #include <poll.h>
 #include <string>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -53,23 +51,6 @@ bool wait_writable(int fd, const std::atomic<bool>* cancel) {
     // Ready, or an error (POLLERR: no reader) that the next write reports with its errno.
     if (n > 0 || (n < 0 && errno != EINTR))
       return !(cancel && cancel->load(std::memory_order_relaxed));
-  }
-}
-
-void wait_drained(int fd, const std::atomic<bool>* cancel) {
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode))
-    return;
-  for (int wait_ms = 1;; wait_ms = std::min(wait_ms * 2, POLL_MS)) {
-    int unread = 0;
-    if (::ioctl(fd, FIONREAD, &unread) != 0 || unread <= 0)
-      return;
-    if (cancel && cancel->load(std::memory_order_relaxed))
-      return;
-    // No event asked: the poll sleeps, and ends early only with POLLERR (no reader left).
-    pollfd p{fd, 0, 0};
-    if (::poll(&p, 1, wait_ms) > 0 && (p.revents & POLLERR))
-      return;
   }
 }
 

@@ -41,13 +41,6 @@ private:
   int restore_flags_ = -1; ///< fd_'s flags before this made it non-blocking; -1: untouched
 };
 
-/// Waits until a pipe `fd` holds no byte its reader has not read, its reader is gone, or *cancel
-/// is set; at once for anything but a pipe. Bytes spliced into a pipe are references to the
-/// source's pages, not copies, until they are read: a source rewritten meanwhile would change
-/// them. The caller then checks its sources (ShardWriter::set_final_check). What the wait ended
-/// on is left to the next write, or the reader's exit status, to report.
-void wait_drained(int fd, const std::atomic<bool>* cancel);
-
 /// Waits until the stream `fd` can take more bytes (after a write or a splice returned EAGAIN).
 /// False, at once or within a poll of 50 ms, once *cancel is set (cancel may be null).
 bool wait_writable(int fd, const std::atomic<bool>* cancel);

@@ -300,6 +300,18 @@ TEST_F(Reliability, AJsonReportThatCannotBeWrittenDoesNotHideACompleteOutput) {
             std::string::npos)
       << full.err;
   EXPECT_TRUE(fs::exists(tmp / "p" / "out" / "model.safetensors"));
+  // synth likewise.
+  const std::string synth =
+      "synth " + shell_quoted(tmp / "p" / "s") + " --layers 1 --scale 32 -q --json";
+  auto synth_closed = run_shardshift(synth + " >&-");
+  EXPECT_EQ(synth_closed.exit_code, 2) << synth_closed.err;
+  EXPECT_FALSE(fs::exists(tmp / "p" / "s"));
+  auto synth_full = run_shardshift(synth + " >/dev/full");
+  EXPECT_EQ(synth_full.exit_code, 1) << synth_full.err;
+  EXPECT_NE(synth_full.err.find("the checkpoint is written (" + (tmp / "p" / "s").string() +
+                                "), but the --json report could not be written to stdout"),
+            std::string::npos)
+      << synth_full.err;
 }
 
 TEST_F(Reliability, UnwritableParentFailsBeforeWriting) {

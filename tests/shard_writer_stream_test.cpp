@@ -4,6 +4,7 @@
 #include "shard_writer_support.h"
 #include "test_support.h"
 
+#include <atomic>
 #include <fcntl.h>
 #include <map>
 #include <random>
@@ -96,59 +97,72 @@ TEST(ShardWriterStream, SpliceAndFallbackToAPipe) {
   ::close(in);
 }
 
-// Spliced bytes are the source's pages until the reader reads them: finish() asks its final
-// check (are the inputs unchanged?) only once the pipe is empty, so that a source rewritten
-// before then fails the file rather than changing what its reader gets. A reader that reads
-// late makes finish() wait for it; a reader that is gone ends the wait.
-TEST(ShardWriterStream, TheFinalCheckComesOnceTheReaderHasReadEverySplicedByte) {
+// Spliced bytes are the source's pages until the reader reads them: a source rewritten after the
+// final check would still change what the reader gets. With a final check, a stream's last pipeful
+// goes out as copies, so when finish() asks the check no spliced page is left in the pipe, and
+// finish() never waits for the reader (one that reads only after the run ends would wait for
+// ever). The reader stops a pipeful before the end; the source is then rewritten; the bytes it
+// reads after are the ones the check vouched for. Without a check every byte is spliced, and
+// the same rewrite shows through (the control).
+TEST(ShardWriterStream, AStreamsLastPipefulIsCopiedSoTheCheckVouchesForWhatIsRead) {
   std::mt19937_64 rng(testing::test_seed());
   TempDir dir;
-  const std::string payload = testing::random_bytes(rng, 40'000); // fits the pipe: no wait there
-  testing::write_bytes(dir / "payload.bin", payload);
-  const int in = ::open((dir / "payload.bin").c_str(), O_RDONLY | O_CLOEXEC);
-  ASSERT_GE(in, 0);
+  const std::string payload = testing::random_bytes(rng, 1 << 20);
   auto header = build_header(std::vector<PlannedTensor>{{"t", DType::U8, {payload.size()}}}, {});
   ASSERT_TRUE(header.ok());
-  for (const bool reader_stays : {true, false}) {
-    SCOPED_TRACE(reader_stays ? "a late reader" : "a reader that went away");
+  const std::string expected = header.value() + payload;
+  for (const bool checked : {true, false}) {
+    SCOPED_TRACE(checked ? "with a final check" : "without (every byte spliced)");
+    testing::write_bytes(dir / "payload.bin", payload);
+    const int in = ::open((dir / "payload.bin").c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(in, 0);
     int fds[2];
     ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-    ShardWriter writer;
-    int unread_at_check = -1;
-    bool checked = false;
-    writer.set_final_check([&] {
-      checked = true;
-      EXPECT_EQ(::ioctl(fds[1], FIONREAD, &unread_at_check), 0);
-      return Status(Errc::file_changed, "the input changed");
+    const size_t pipeful = static_cast<size_t>(::fcntl(fds[1], F_GETPIPE_SZ));
+    std::atomic<bool> go_on{false};
+    std::string received;
+    std::thread reader([&] {
+      char buf[65536];
+      for (ssize_t n; received.size() < expected.size(); received.append(buf, n)) {
+        const size_t stop = expected.size() - pipeful;
+        while (received.size() >= stop && !go_on.load())
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        const size_t want =
+            received.size() < stop ? std::min(sizeof buf, stop - received.size()) : sizeof buf;
+        if ((n = ::read(fds[0], buf, want)) <= 0)
+          break;
+      }
     });
+    ShardWriter writer;
+    int checks = 0;
+    if (checked)
+      writer.set_final_check([&] {
+        ++checks;
+        return Status();
+      });
     ASSERT_TRUE(writer.open_stream(fds[1], "<pipe>", header.value(), payload.size()).ok());
     bool zero_copy = false;
     ASSERT_TRUE(writer.append_copy(in, 0, payload.size(), as_span(payload), &zero_copy).ok());
-    ASSERT_TRUE(zero_copy);
-    std::string received;
-    std::thread reader([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      if (!reader_stays) {
-        ::close(fds[0]);
-        return;
-      }
-      char buf[65536];
-      for (ssize_t n; received.size() < header->size() + payload.size() &&
-                      (n = ::read(fds[0], buf, sizeof buf)) > 0;)
-        received.append(buf, static_cast<size_t>(n));
-    });
-    const Status s = writer.finish();
+    EXPECT_TRUE(zero_copy); // all but the last pipeful spliced
+    ASSERT_TRUE(writer.finish().ok());
+    EXPECT_EQ(checks, checked ? 1 : 0);
+    const std::string zeros(payload.size(), '\0'); // a rewrite in place, the reader a pipeful short
+    ASSERT_EQ(::pwrite(in, zeros.data(), zeros.size(), 0), static_cast<ssize_t>(zeros.size()));
+    go_on = true;
     reader.join();
-    EXPECT_TRUE(checked);
-    EXPECT_EQ(s.code(), Errc::file_changed) << s.message(); // the check's answer is finish()'s
-    if (reader_stays) {
-      EXPECT_EQ(unread_at_check, 0);
-      EXPECT_EQ(received, header.value() + payload);
-      ::close(fds[0]);
-    }
+    ::close(fds[0]);
     ::close(fds[1]);
+    ::close(in);
+    ASSERT_EQ(received.size(), expected.size());
+    if (checked)
+      EXPECT_TRUE(received == expected)
+          << "the reader got bytes written after the check, from byte "
+          << std::mismatch(received.begin(), received.end(), expected.begin()).first -
+                 received.begin()
+          << " of " << expected.size() << " (a pipeful: " << pipeful << ")";
+    else
+      EXPECT_FALSE(received == expected) << "control: spliced pages show the rewrite";
   }
-  ::close(in);
 }
 
 TEST(ShardWriterStream, FinishChecksTheCount) {

@@ -90,16 +90,16 @@ public:
                      std::span<const std::byte> fallback, bool* zero_copy = nullptr,
                      const std::string& source = "the input");
   /// Checks the byte count, fsyncs, renames into place and fsyncs the directory. With a final
-  /// check set, runs it first; for a stream that spliced bytes, once its reader has read them
-  /// (stream_fd.h, wait_drained), since until then they are the input's pages. `check` = false:
-  /// the caller runs final_check() itself, once its own wait for the reader is over (ProcessTarget:
-  /// that wait also ends when the command exits, which a reader left in the background outlives).
+  /// check set, runs it first (a stream's last pipeful went out as copies, so no spliced page of
+  /// an input is left in its pipe: append_copy). `check` = false: the caller runs final_check()
+  /// itself (ProcessTarget: once its command has read the file).
   Status finish(bool check = true);
   /// The final check alone (set_final_check); ok when none is set.
   Status final_check() const { return final_check_ ? final_check_() : Status(); }
   /// What finish() asks before the file is made final: that the inputs its bytes came from are
   /// as they were when opened (MappedFile::unchanged). A file copied from an input rewritten in
-  /// place holds bytes of both versions, and no page vanished to say so.
+  /// place holds bytes of both versions, and no page vanished to say so. Set it before the first
+  /// append_copy: with one, a stream into a pipe writes its last pipeful as copies.
   void set_final_check(std::function<Status()> check) { final_check_ = std::move(check); }
   /// Removes the temporary file (no-op when finished or never opened).
   void abandon();
@@ -134,7 +134,6 @@ private:
   int fd_ = -1;
   bool owns_fd_ = false;
   bool is_stream_ = false;
-  bool spliced_ = false; ///< a splice moved bytes into the stream: pages of the input until read
   std::function<Status()> final_check_;
   std::filesystem::path final_path_, temp_path_;
   std::string display_path_;
