@@ -287,6 +287,7 @@ Status ShardWriter::write_bytes(std::span<const std::byte> bytes, const std::str
       return fail(error(Errc::io, display_path_ + ": write made no progress after " +
                                       std::to_string(position_) + " bytes"));
     position_ += static_cast<uint64_t>(n);
+    since_splice_ += static_cast<uint64_t>(n);
     bytes = bytes.subspan(static_cast<size_t>(n));
     write_behind();
   }
@@ -389,6 +390,8 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
       return fail(file_changed_error(source));
     done += static_cast<uint64_t>(n);
     position_ += static_cast<uint64_t>(n);
+    spliced_ = spliced_ || is_stream_;
+    since_splice_ = 0;
     write_behind();
   }
   if (done < length) // a stream's last pipeful, as copies (above)
@@ -396,7 +399,7 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
       return s;
   position_ += held;
   if (zero_copy)
-    *zero_copy = true;
+    *zero_copy = done == length; // the kernel moved it all
   return {};
 }
 
@@ -501,6 +504,13 @@ Status ShardWriter::finish(bool check) {
     return fail(error(Errc::io, display_path_ + ": internal: wrote " + std::to_string(done) +
                                     " of " + std::to_string(expected_size_) + " bytes"));
   unmap(); // every fill has returned: the bytes are in the file's pages
+  if (check && final_check_ && spliced_) {
+    // The copies after the last splice fill the pipe as it was then; a pipe its reader has made
+    // larger since can still hold spliced pages before them, which must be read before the check.
+    wait_unread_at_most(fd_, since_splice_, cancel_);
+    if (cancelled())
+      return fail(error(Errc::interrupted, "interrupted"));
+  }
   if (check)
     if (Status s = final_check(); !s.ok())
       return fail(s);

@@ -1,10 +1,12 @@
 // stream_fd.cpp: a non-blocking description of stdout's pipe, and waits on it that a cancel ends.
 #include "stream_fd.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <fcntl.h>
 #include <poll.h>
 #include <string>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -51,6 +53,22 @@ bool wait_writable(int fd, const std::atomic<bool>* cancel) {
     // Ready, or an error (POLLERR: no reader) that the next write reports with its errno.
     if (n > 0 || (n < 0 && errno != EINTR))
       return !(cancel && cancel->load(std::memory_order_relaxed));
+  }
+}
+
+void wait_unread_at_most(int fd, uint64_t bytes, const std::atomic<bool>* cancel) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode))
+    return;
+  for (int wait_ms = 1;; wait_ms = std::min(2 * wait_ms, POLL_MS)) {
+    int unread = 0;
+    if (::ioctl(fd, FIONREAD, &unread) != 0 || static_cast<uint64_t>(std::max(unread, 0)) <= bytes)
+      return;
+    if (cancel && cancel->load(std::memory_order_relaxed))
+      return;
+    pollfd p{fd, 0, 0}; // no event asked: a sleep that POLLERR (no reader left) ends early
+    if (::poll(&p, 1, wait_ms) > 0 && (p.revents & POLLERR))
+      return;
   }
 }
 

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 
 namespace shardshift {
 
@@ -40,6 +41,11 @@ private:
   int own_ = -1;
   int restore_flags_ = -1; ///< fd_'s flags before this made it non-blocking; -1: untouched
 };
+
+/// Waits until a pipe `fd` holds at most `bytes` that its reader has not read, or its reader is
+/// gone, or *cancel is set (cancel may be null); at once for anything but a pipe. What ended the
+/// wait is left to the next write, or the caller's cancel check, to report.
+void wait_unread_at_most(int fd, uint64_t bytes, const std::atomic<bool>* cancel);
 
 /// Waits until the stream `fd` can take more bytes (after a write or a splice returned EAGAIN).
 /// False, at once or within a poll of 50 ms, once *cancel is set (cancel may be null).

@@ -143,7 +143,7 @@ TEST(ShardWriterStream, AStreamsLastPipefulIsCopiedSoTheCheckVouchesForWhatIsRea
     ASSERT_TRUE(writer.open_stream(fds[1], "<pipe>", header.value(), payload.size()).ok());
     bool zero_copy = false;
     ASSERT_TRUE(writer.append_copy(in, 0, payload.size(), as_span(payload), &zero_copy).ok());
-    EXPECT_TRUE(zero_copy); // all but the last pipeful spliced
+    EXPECT_EQ(zero_copy, !checked); // with a check, all but the last pipeful spliced
     ASSERT_TRUE(writer.finish().ok());
     EXPECT_EQ(checks, checked ? 1 : 0);
     const std::string zeros(payload.size(), '\0'); // a rewrite in place, the reader a pipeful short
@@ -163,6 +163,55 @@ TEST(ShardWriterStream, AStreamsLastPipefulIsCopiedSoTheCheckVouchesForWhatIsRea
     else
       EXPECT_FALSE(received == expected) << "control: spliced pages show the rewrite";
   }
+}
+
+// The copies fill the pipe as it was when they were planned; either end may enlarge the pipe
+// later, and then spliced pages can still sit before them. finish() then waits until the reader
+// has read past the last spliced byte before asking its check. Here 32 KiB are spliced, the pipe
+// grows to 1 MiB, the rest (480 KiB, inside the new last pipeful) goes as copies, and the reader
+// starts late.
+TEST(ShardWriterStream, APipeEnlargedAfterTheSplicesIsReadPastThemBeforeTheCheck) {
+  std::mt19937_64 rng(testing::test_seed());
+  TempDir dir;
+  const std::string payload = testing::random_bytes(rng, 512 * 1024);
+  testing::write_bytes(dir / "payload.bin", payload);
+  const int in = ::open((dir / "payload.bin").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(in, 0);
+  auto header = build_header(std::vector<PlannedTensor>{{"t", DType::U8, {payload.size()}}}, {});
+  ASSERT_TRUE(header.ok());
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  ShardWriter writer;
+  int unread_at_check = -1;
+  writer.set_final_check([&] {
+    EXPECT_EQ(::ioctl(fds[1], FIONREAD, &unread_at_check), 0);
+    return Status();
+  });
+  ASSERT_TRUE(writer.open_stream(fds[1], "<pipe>", header.value(), payload.size()).ok());
+  const size_t first = 32 * 1024;
+  bool zero_copy = false;
+  ASSERT_TRUE(writer.append_copy(in, 0, first, as_span(payload).first(first), &zero_copy).ok());
+  EXPECT_TRUE(zero_copy); // far from the end: spliced
+  ASSERT_GE(::fcntl(fds[1], F_SETPIPE_SZ, 1 << 20), 1 << 20);
+  const size_t rest = payload.size() - first;
+  ASSERT_TRUE(
+      writer.append_copy(in, first, rest, as_span(payload).subspan(first), &zero_copy).ok());
+  EXPECT_FALSE(zero_copy); // within the last pipeful: copies
+  std::string received;
+  std::thread reader([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    char buf[65536];
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
+      received.append(buf, static_cast<size_t>(n));
+  });
+  ASSERT_TRUE(writer.finish().ok());
+  ::close(fds[1]);
+  reader.join();
+  ::close(fds[0]);
+  ::close(in);
+  EXPECT_GE(unread_at_check, 0);
+  EXPECT_LE(static_cast<size_t>(unread_at_check), rest) << "a spliced page was left at the check";
+  EXPECT_TRUE(received == header.value() + payload);
 }
 
 TEST(ShardWriterStream, FinishChecksTheCount) {

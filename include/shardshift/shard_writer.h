@@ -141,6 +141,8 @@ private:
   uint64_t data_begin_ = 0; ///< the header's size
   uint64_t position_ = 0;
   uint64_t hold_from_ = UINT64_MAX; ///< open_stream: bytes from here on are held, not written
+  bool spliced_ = false;            ///< a stream: some bytes went into it by splice
+  uint64_t since_splice_ = 0;       ///< a stream: bytes written (copies) since the last splice
   std::string held_;
   uint64_t started_ = 0, waited_ = 0; ///< write_behind: write-back started / waited for up to here
   std::byte* map_ = nullptr;          ///< open_mapped: the whole file, shared and writable
