@@ -172,14 +172,10 @@ void classify_keys(PlanContext& ctx) {
 
 namespace {
 
-// What the keys alone say (no config.json, no flag), as "diffusion_gemma from_hf (--adapter
-// diffusion_gemma --direction from_hf)"; "" when they say nothing definite.
-std::string adapter_by_keys(const std::vector<std::string>& keys) {
-  auto by_keys = select_adapter("", keys, "", std::nullopt);
-  if (!by_keys)
-    return "";
-  const std::string model((*by_keys)->model), direction = direction_name((*by_keys)->direction);
-  return model + " " + direction + " (--adapter " + model + " --direction " + direction + ")";
+// Whether one of the adapter's rules decided what becomes of the key (a plain rename of a prefix
+// is not a rule's decision).
+bool ruled(const Classified& c) {
+  return c.rule || c.action != RuleAction::rename;
 }
 
 } // namespace
@@ -192,18 +188,11 @@ void check_adapter_fits_keys(PlanContext& ctx) {
   std::vector<std::string> keys;
   bool claimed = false;
   for (const Classified& c : ctx.classified) {
-    claimed = claimed || c.rule || c.action != RuleAction::rename || c.output != c.input_name;
+    claimed = claimed || ruled(c) || c.output != c.input_name;
     keys.push_back(c.input_name);
   }
   if (keys.empty())
     return;
-  const std::string adapter =
-      std::string(ctx.spec.model) + " " + direction_name(ctx.spec.direction);
-  const std::string seen = adapter_by_keys(keys);
-  const std::string config =
-      ctx.input.config_model_type.empty()
-          ? std::string()
-          : "; config.json's model_type is '" + printable(ctx.input.config_model_type) + "'";
   if (ctx.options.direction) {
     // The direction the keys give for this model, where they give one.
     auto layout = select_adapter("", keys, ctx.spec.model, std::nullopt);
@@ -220,19 +209,24 @@ void check_adapter_fits_keys(PlanContext& ctx) {
     return;
   // Converting nothing is what the reference does with a checkpoint that has nothing of this
   // layout (a DeepSeek-V3 of dense layers only, say), and is kept; refused only where the keys
-  // are another adapter's, which would convert some of them.
+  // alone (no config.json, no flag) name another adapter, which would convert some of them.
   auto other = select_adapter("", keys, "", std::nullopt);
   if (!other || *other == &ctx.spec)
     return;
   const std::vector<Classified> by_other = classify_refs(**other, ctx.input, data_order(ctx.input));
-  if (std::none_of(by_other.begin(), by_other.end(),
-                   [](const Classified& c) { return c.rule || c.action != RuleAction::rename; }))
+  if (std::none_of(by_other.begin(), by_other.end(), ruled))
     return;
-  ctx.problems.add(Errc::plan, "", "",
-                   "no key is one the " + adapter +
-                       " adapter converts (no expert or router tensor of its layout), so the "
-                       "output would be the input unchanged; the keys are those of " +
-                       seen + config);
+  const std::string model((*other)->model), direction = direction_name((*other)->direction);
+  ctx.problems.add(
+      Errc::plan, "", "",
+      "no key is one the " + std::string(ctx.spec.model) + " " +
+          direction_name(ctx.spec.direction) +
+          " adapter converts (no expert or router tensor of its layout), so the output would be "
+          "the input unchanged; the keys are those of " +
+          model + " " + direction + " (--adapter " + model + " --direction " + direction + ")" +
+          (ctx.input.config_model_type.empty()
+               ? std::string()
+               : "; config.json's model_type is '" + printable(ctx.input.config_model_type) + "'"));
 }
 
 void group_expert_pieces(PlanContext& ctx) {

@@ -315,6 +315,20 @@ void ShardWriter::write_behind() {
   started_ = position_;
 }
 
+// Bytes spliced into a pipe are references to the input's pages until they are read: a rewrite
+// meanwhile would change them after the final check. So a stream with a final check splices only
+// up to its last pipeful, which it writes as copies: once those are in, the pipe holds no spliced
+// page, and the check needs no wait for the reader (one that reads only after the run ends would
+// wait for ever). Of the next `length` bytes, how many may be spliced.
+uint64_t ShardWriter::spliceable(uint64_t length) const {
+  if (!is_stream_ || !final_check_)
+    return length;
+  const int pipe_size = ::fcntl(fd_, F_GETPIPE_SZ); // -1: not a pipe, nothing referenced
+  const uint64_t pipeful = static_cast<uint64_t>(std::max(pipe_size, 0));
+  const uint64_t copies_from = hold_from_ - std::min(hold_from_, pipeful);
+  return position_ >= copies_from ? 0 : std::min(length, copies_from - position_);
+}
+
 Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
                                 std::span<const std::byte> fallback, bool* zero_copy,
                                 const std::string& source) {
@@ -334,18 +348,7 @@ Status ShardWriter::append_copy(int in_fd, uint64_t in_offset, uint64_t length,
   const size_t held = hold(fallback); // the tail is held, from the same bytes in memory
   length -= held;
   fallback = fallback.first(static_cast<size_t>(length));
-  // Bytes spliced into a pipe are references to the input's pages until they are read: a rewrite
-  // meanwhile would change them after the final check. So a stream with a final check splices
-  // only up to its last pipeful, which it writes as copies: once those are in, the pipe holds no
-  // spliced page, and the check needs no wait for the reader (one that reads only after the run
-  // ends would wait for ever).
-  uint64_t splice_length = length;
-  if (is_stream_ && final_check_) {
-    const int pipe_size = ::fcntl(fd_, F_GETPIPE_SZ); // -1: not a pipe, nothing referenced
-    const uint64_t pipeful = static_cast<uint64_t>(std::max(pipe_size, 0));
-    const uint64_t copies_from = hold_from_ - std::min(hold_from_, pipeful);
-    splice_length = position_ >= copies_from ? 0 : std::min(length, copies_from - position_);
-  }
+  const uint64_t splice_length = spliceable(length);
 
   // The kernel copies (or shares extents) while we track both offsets ourselves. If it refuses
   // the pair of descriptors (different filesystems on old kernels, a pipe for copy_file_range, a

@@ -6,8 +6,32 @@
 #include <cstdio>
 #include <string>
 #include <system_error>
+#include <utility>
 
 namespace shardshift {
+
+namespace {
+
+// Bytes in one of a unit (a lowercase suffix: "", "b", "kb" ... "tb", "kib" ... "tib"); 0 when
+// it is none of them.
+uint64_t unit_bytes(std::string_view suffix) {
+  constexpr std::pair<std::string_view, uint64_t> UNITS[] = {{"", 1},
+                                                             {"b", 1},
+                                                             {"kb", 1'000},
+                                                             {"mb", 1'000'000},
+                                                             {"gb", 1'000'000'000},
+                                                             {"tb", 1'000'000'000'000},
+                                                             {"kib", uint64_t{1} << 10},
+                                                             {"mib", uint64_t{1} << 20},
+                                                             {"gib", uint64_t{1} << 30},
+                                                             {"tib", uint64_t{1} << 40}};
+  for (auto [name, bytes] : UNITS)
+    if (suffix == name)
+      return bytes;
+  return 0;
+}
+
+} // namespace
 
 Result<uint64_t> parse_size(std::string_view text) {
   auto bad = [&] {
@@ -49,26 +73,8 @@ Result<uint64_t> parse_size(std::string_view text) {
   if (unit_letter && suffix.size() == 1)
     return refuse(" is ambiguous (dd and sort read " + std::string(1, unit) +
                   " as a power of 1024)");
-  uint64_t mult;
-  if (suffix.empty() || suffix == "b")
-    mult = 1;
-  else if (suffix == "kb")
-    mult = 1'000;
-  else if (suffix == "mb")
-    mult = 1'000'000;
-  else if (suffix == "gb")
-    mult = 1'000'000'000;
-  else if (suffix == "tb")
-    mult = 1'000'000'000'000;
-  else if (suffix == "kib")
-    mult = uint64_t{1} << 10;
-  else if (suffix == "mib")
-    mult = uint64_t{1} << 20;
-  else if (suffix == "gib")
-    mult = uint64_t{1} << 30;
-  else if (suffix == "tib")
-    mult = uint64_t{1} << 40;
-  else
+  const uint64_t mult = unit_bytes(suffix);
+  if (mult == 0)
     return bad();
   // A well-formed size past the largest one is too large, not invalid: the user wrote what was
   // meant, and needs to hear the limit.

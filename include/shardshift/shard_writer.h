@@ -125,6 +125,7 @@ private:
   Status create_temp(int access);
   Status reserve_space();
   Status check_space(); ///< fails with no_space when the filesystem has less free than the file
+  uint64_t spliceable(uint64_t length) const; ///< of the next `length` bytes (append_copy)
   Status fill_by_write(uint64_t offset, std::span<const std::byte> bytes,
                        const std::string* source) const;
   Status fill_fault(uint64_t offset, const std::string* source) const;
