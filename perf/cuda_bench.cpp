@@ -44,6 +44,11 @@
 //              time per GiB before any CUDA call, while a child process holds a context, with a
 //              context of its own, with a conversion's chunk buffers page-locked, and after
 //              cudaDeviceReset
+//   --contention DIR  what getting chunks of input to the GPU costs the CPU lanes beside it:
+//              cores-1 (then cores) threads work as lanes (fault a piece of their input mapping
+//              in, copy it, write it to a new file, release it) while 0, 1 or 4 feeder threads
+//              get chunks of another input to the GPU: locked in place, copied from the
+//              mapping into pinned memory, or read from the file into pinned memory
 //   --rows2d   a column range of every row of page-locked host memory to the GPU, by row width:
 //              one 2-D copy straight from it (the CUDA stage's held weights), against the rows
 //              gathered into pinned memory by one thread and uploaded, and a contiguous upload
@@ -57,6 +62,7 @@ int main() {
 }
 #else
 #include "cuda_floor.h"
+#include "shardshift/mapped_file.h"
 #include "cuda_transform.h"
 #include "dequant_cuda.h"
 #include "driver_files.h"
@@ -93,6 +99,7 @@ const char* g_register_out_dir = nullptr; // --register-out DIR: downloading int
 bool g_init_only = false;                 // --init: what opening the GPU stage costs, step by step
 bool g_init_leave = false;    // --init-leave: the same, then _exit without freeing anything
 bool g_init_handback = false; // --init-handback: --init, then the driver's files handed back
+const char* g_contention_dir = nullptr; // --contention DIR: feeders' cost to the lanes beside
 bool g_rows2d = false;        // --rows2d: 2-D uploads of column ranges, by row width
 const char* g_host_cost_dir = nullptr; // --host-cost DIR: page-table work with and without CUDA
 
@@ -1249,6 +1256,160 @@ void bench_host_cost(const char* dir) {
   trials("(after reset)");
 }
 
+/// A file of `bytes` in `dir` (pseudo-random words), opened as the pipeline opens input; the
+/// name is unlinked at once, the mapping keeps it. Null on failure.
+std::unique_ptr<MappedFile> make_input(const std::string& path, uint64_t bytes) {
+  {
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+      return nullptr;
+    std::vector<uint64_t> block((uint64_t(16) << 20) / 8);
+    std::mt19937_64 rng(bytes);
+    for (auto& w : block)
+      w = rng();
+    bool ok = true;
+    for (uint64_t at = 0; ok && at < bytes; at += block.size() * 8)
+      ok = pwrite(fd, block.data(), std::min<uint64_t>(block.size() * 8, bytes - at),
+                  static_cast<off_t>(at)) > 0;
+    close(fd);
+    if (!ok)
+      return nullptr;
+  }
+  auto file = MappedFile::open(path);
+  unlink(path.c_str());
+  return file ? std::move(*file) : nullptr;
+}
+
+/// --contention DIR: whether a thread that gets chunks of input to the GPU slows the lanes
+/// beside it by more than the core it takes. Lanes (threads, as the pipeline's) each fault a
+/// 16 MiB piece of their own input in (MADV_POPULATE_READ), copy it into a buffer (the
+/// transform), write that to a new file of their own in DIR (pwrite) and release the piece
+/// (MADV_DONTNEED), over 512 MiB each. Meanwhile feeders take 16 MiB chunks of another input
+/// in turn, one of three ways, and upload them (cudaMemcpyAsync, then wait):
+///   in place: fault in, cudaHostRegister read-only, upload, unregister, release (the default);
+///   staged:   fault in, copy into pinned memory, upload, release (SHARDSHIFT_CUDA_INPUT=staged);
+///   read:     pread into pinned memory, upload (SHARDSHIFT_CUDA_INPUT=read).
+/// Prints the lanes' rate (input bytes per wall second), the feeders' rate, and the process's
+/// system and user seconds, for cores-1 lanes with 0, 1 and 4 feeders each way, and cores lanes.
+void bench_contention(const char* dir) {
+  const unsigned cores = std::max(2u, std::thread::hardware_concurrency());
+  const uint64_t per_lane = (g_quick ? uint64_t(64) : uint64_t(512)) << 20;
+  const uint64_t piece = uint64_t(16) << 20, feed_bytes = uint64_t(4) << 30;
+  std::vector<std::unique_ptr<MappedFile>> inputs;
+  for (unsigned t = 0; t < cores; ++t)
+    if (auto f = make_input(std::string(dir) + "/contention_in." + std::to_string(t), per_lane))
+      inputs.push_back(std::move(f));
+  auto feed = make_input(std::string(dir) + "/contention_feed", feed_bytes);
+  if (inputs.size() != cores || !feed) {
+    std::printf("contention: cannot make inputs in %s\n", dir);
+    return;
+  }
+  check(cudaSetDevice(0), "cudaSetDevice");
+  check(cudaFree(nullptr), "cudaFree (context)");
+  constexpr unsigned MAX_FEEDERS = 4;
+  struct Feeder {
+    std::byte *pinned = nullptr, *dev = nullptr;
+    cudaStream_t stream = nullptr;
+  };
+  std::vector<Feeder> feeders(MAX_FEEDERS);
+  for (auto& f : feeders) {
+    check(cudaHostAlloc(reinterpret_cast<void**>(&f.pinned), piece, 0), "cudaHostAlloc");
+    check(cudaMalloc(reinterpret_cast<void**>(&f.dev), piece), "cudaMalloc");
+    check(cudaStreamCreateWithFlags(&f.stream, cudaStreamNonBlocking), "stream");
+  }
+  enum Way { in_place, staged, read };
+  const char* way_names[] = {"in place", "staged", "read"};
+  const auto trial = [&](unsigned lanes, unsigned nfeed, Way way) {
+    std::atomic<bool> lanes_done{false}, failed{false};
+    std::atomic<uint64_t> next_feed{0}, fed{0};
+    std::vector<std::thread> threads;
+    const Times t0 = Times::now();
+    for (unsigned k = 0; k < nfeed; ++k)
+      threads.emplace_back([&, k] {
+        Feeder& f = feeders[k];
+        const MappedFile& in = *feed;
+        auto* base = const_cast<std::byte*>(in.bytes().data());
+        while (!lanes_done.load(std::memory_order_relaxed)) {
+          const uint64_t at = (next_feed.fetch_add(1) * piece) % feed_bytes;
+          std::byte* src = base + at;
+          const std::byte* from = f.pinned;
+          if (way == read) {
+            if (!read_mapped_bytes(f.pinned, src, piece)) {
+              failed = true;
+              return;
+            }
+          } else {
+            in.populate(at, piece);
+            if (way == staged)
+              std::memcpy(f.pinned, src, piece);
+            else if (cudaHostRegister(src, piece, cudaHostRegisterReadOnly) == cudaSuccess)
+              from = src;
+            else {
+              failed = true;
+              return;
+            }
+          }
+          check(cudaMemcpyAsync(f.dev, from, piece, cudaMemcpyHostToDevice, f.stream), "h2d");
+          check(cudaStreamSynchronize(f.stream), "sync");
+          if (from == src)
+            check(cudaHostUnregister(src), "cudaHostUnregister");
+          if (way != read)
+            in.release(at, piece);
+          fed += piece;
+        }
+      });
+    std::vector<std::thread> lane_threads;
+    for (unsigned t = 0; t < lanes; ++t)
+      lane_threads.emplace_back([&, t] {
+        const MappedFile& in = *inputs[t];
+        const std::string out = std::string(dir) + "/contention_out." + std::to_string(t);
+        const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        unlink(out.c_str());
+        std::vector<std::byte> buf(piece);
+        for (uint64_t at = 0; fd >= 0 && at < per_lane; at += piece) {
+          in.populate(at, piece);
+          std::memcpy(buf.data(), in.bytes().data() + at, piece);
+          if (pwrite(fd, buf.data(), piece, static_cast<off_t>(at)) != ssize_t(piece))
+            failed = true;
+          in.release(at, piece);
+        }
+        if (fd < 0)
+          failed = true;
+        else
+          close(fd);
+      });
+    for (auto& th : lane_threads)
+      th.join();
+    const Times lanes_t = Times::now() - t0;
+    lanes_done = true;
+    for (auto& th : threads)
+      th.join();
+    const Times d = Times::now() - t0;
+    if (failed) {
+      std::printf("contention: a trial failed (%s)\n", way_names[way]);
+      return;
+    }
+    std::printf("contention: %2u lanes, %u feeder%s %-8s : lanes %6.2f GB/s, feeders %6.2f GB/s"
+                " | sys %6.2f s, user %6.2f s, wall %5.2f s\n",
+                lanes, nfeed, nfeed == 1 ? " " : "s", nfeed ? way_names[way] : "",
+                gbps(double(per_lane) * lanes, lanes_t.wall), gbps(double(fed), d.wall), d.sys,
+                d.user, d.wall);
+    std::fflush(stdout);
+  };
+  for (int rep = 0; rep < (g_quick ? 1 : 3); ++rep) {
+    trial(cores, 0, in_place);
+    trial(cores - 1, 0, in_place);
+    for (const unsigned nfeed : {1u, MAX_FEEDERS})
+      for (const Way way : {in_place, staged, read})
+        trial(cores - 1, nfeed, way);
+  }
+  for (auto& f : feeders) {
+    cudaFreeHost(f.pinned);
+    cudaFree(f.dev);
+    cudaStreamDestroy(f.stream);
+  }
+}
+
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::strcmp(argv[i], "--quick") == 0)
@@ -1273,6 +1434,12 @@ int main(int argc, char** argv) {
       g_rows2d = true;
     else if (std::strcmp(argv[i], "--host-cost") == 0 && i + 1 < argc)
       g_host_cost_dir = argv[++i];
+    else if (std::strcmp(argv[i], "--contention") == 0 && i + 1 < argc)
+      g_contention_dir = argv[++i];
+  if (g_contention_dir) {
+    bench_contention(g_contention_dir);
+    return 0;
+  }
   if (g_host_cost_dir) { // before any CUDA call: its first phase is the process without CUDA
     bench_host_cost(g_host_cost_dir);
     return 0;

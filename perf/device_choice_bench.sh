@@ -20,6 +20,8 @@
 #     --cores LIST      "2 4 16" (default)
 #     --devices LIST    devices to alternate (default "cpu cuda"); "staged" is cuda with
 #                       SHARDSHIFT_CUDA_INPUT=staged (the input copied into pinned memory first);
+#                       "read" is cuda with SHARDSHIFT_CUDA_INPUT=read (the input read from its
+#                       file into pinned memory: the mapping's pages never faulted);
 #                       "cuda-none" and "cuda-all" are cuda with SHARDSHIFT_ROUTER=cpu (the GPU
 #                       opened but given no chunk) and =gpu (every chunk it can take);
 #                       "cpu-nohelp" and "cuda-nohelp" set SHARDSHIFT_LANES_HELP=no (lanes
@@ -81,6 +83,7 @@ run() { # cores device [writers]
   cuda-late) dev=cuda env=(SHARDSHIFT_GPU_CLOSE=late) ;;
   cpu-768) dev=cpu extra=(--max-memory 768MiB) ;;
   staged) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=staged) ;;
+  read) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=read) ;;
   cuda-none) dev=cuda env=(SHARDSHIFT_ROUTER=cpu) ;;
   cuda-all) dev=cuda env=(SHARDSHIFT_ROUTER=gpu) ;;
   *-nohelp) dev=${2%-*} env=(SHARDSHIFT_LANES_HELP=no) ;;

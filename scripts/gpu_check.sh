@@ -3,9 +3,10 @@
 # scripts/gpu_pack.sh made here: unpacks it, puts the binary where the tests look for it, runs
 # every test program it holds, and prints one line per program. Exit status 1 when a test
 # failed. Then, with --bench, runs perf/device_choice_bench.sh with the arguments after it;
-# --no-tests skips the tests (a second bench in the same call).
+# --no-tests skips the tests (a second bench in the same call); --cuda-bench "ARGS" runs the
+# packed perf/cuda_bench with ARGS first (say "--contention /mnt/ram").
 #
-# Usage: scripts/gpu_check.sh [--pack FILE] [--no-tests] [--bench BENCH_ARGS...]
+# Usage: scripts/gpu_check.sh [--pack FILE] [--no-tests] [--cuda-bench ARGS] [--bench BENCH_ARGS...]
 # Example (the device tool's command, carrying .dev):
 #   scripts/gpu_check.sh --bench --cores 16 --runs 5
 set -uo pipefail
@@ -14,6 +15,8 @@ PACK=.dev/gpu_pack.tar.xz
 [ "${1:-}" = --pack ] && { PACK=$2; shift 2; }
 TESTS=1
 [ "${1:-}" = --no-tests ] && { TESTS=0; shift; }
+CUDA_BENCH=""
+[ "${1:-}" = --cuda-bench ] && { CUDA_BENCH=$2; shift 2; }
 D=$(mktemp -d /tmp/gpu_check.XXXXXX) && trap 'rm -rf "$D"' EXIT
 tar -C "$D" -xJf "$PACK" || exit 1
 export LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -31,6 +34,14 @@ for t in "$D"/bin/*_test; do
     "$(echo "$log" | grep -E '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?[,.]' | sed 's/, listed below://' | tr '\n' ' ')"
   [ $rc -ne 0 ] && { failed=1; echo "$log" | grep -E '^\[  FAILED|Failure' | head -20; }
 done
+if [ -n "$CUDA_BENCH" ]; then
+  for dir in $CUDA_BENCH; do # a directory it names must exist, in RAM as the benches want
+    case "$dir" in /mnt/*) mkdir -p "$dir"
+      [ "$(stat -f -c %T "$dir")" = tmpfs ] || mount -t tmpfs -o size=100g tmpfs "$dir" ;; esac
+  done
+  # shellcheck disable=SC2086 # ARGS are words
+  "$D/bin/cuda_bench" $CUDA_BENCH || failed=1
+fi
 if [ "${1:-}" = --bench ]; then
   shift
   perf/device_choice_bench.sh --bin "$src/$build/shardshift" "$@"

@@ -24,6 +24,8 @@ work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/bin" "$work/lib" "$DEST"
 cp "$BUILD/shardshift" "$work/bin/"
 for t in $TESTS; do cp "$BUILD/tests/$t" "$work/bin/"; done
+# The CUDA stage's own benchmark, where it was built (gpu_check.sh --cuda-bench runs it).
+[ -x "$BUILD/perf/cuda_bench" ] && cp "$BUILD/perf/cuda_bench" "$work/bin/"
 strip "$work"/bin/*
 # Every library the programs load, but the C and C++ runtimes the other machine has its own of.
 ldd "$work"/bin/* 2>/dev/null | awk '/=> \//{print $3}' | sort -u |
