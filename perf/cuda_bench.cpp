@@ -49,6 +49,10 @@
 //              in, copy it, write it to a new file, release it) while 0, 1 or 4 feeder threads
 //              get chunks of another input to the GPU: locked in place, copied from the
 //              mapping into pinned memory, or read from the file into pinned memory
+//   --opening DIR  what the GPU's opening costs the lanes it runs beside: 16 lanes (as in
+//              --contention) with no CUDA, then again while another thread opens the GPU as the
+//              CUDA stage does (context, 16 slots, 20 page-locked pool buffers), then with the
+//              GPU open; in five fresh processes
 //   --rows2d   a column range of every row of page-locked host memory to the GPU, by row width:
 //              one 2-D copy straight from it (the CUDA stage's held weights), against the rows
 //              gathered into pinned memory by one thread and uploaded, and a contiguous upload
@@ -100,6 +104,7 @@ bool g_init_only = false;                 // --init: what opening the GPU stage 
 bool g_init_leave = false;    // --init-leave: the same, then _exit without freeing anything
 bool g_init_handback = false; // --init-handback: --init, then the driver's files handed back
 const char* g_contention_dir = nullptr; // --contention DIR: feeders' cost to the lanes beside
+const char* g_opening_dir = nullptr; // --opening DIR: the GPU's opening beside the lanes
 bool g_rows2d = false;        // --rows2d: 2-D uploads of column ranges, by row width
 const char* g_host_cost_dir = nullptr; // --host-cost DIR: page-table work with and without CUDA
 
@@ -1280,6 +1285,115 @@ std::unique_ptr<MappedFile> make_input(const std::string& path, uint64_t bytes) 
   return file ? std::move(*file) : nullptr;
 }
 
+/// Lanes as --contention runs them: each of `lanes` threads faults a `piece` of its input in
+/// (MADV_POPULATE_READ), copies it into a buffer (the transform), writes that to a new file of
+/// its own in `dir` (pwrite) and releases the piece (MADV_DONTNEED), over the whole input.
+/// False if a file could not be made or written.
+bool run_lanes(const char* dir, const std::vector<std::unique_ptr<MappedFile>>& inputs,
+               unsigned lanes, uint64_t piece) {
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < lanes; ++t)
+    threads.emplace_back([&, t] {
+      const MappedFile& in = *inputs[t];
+      const std::string out = std::string(dir) + "/contention_out." + std::to_string(t);
+      const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      unlink(out.c_str());
+      std::vector<std::byte> buf(piece);
+      for (uint64_t at = 0; fd >= 0 && at < in.size(); at += piece) {
+        const uint64_t n = std::min(piece, in.size() - at);
+        in.populate(at, n);
+        std::memcpy(buf.data(), in.bytes().data() + at, n);
+        if (pwrite(fd, buf.data(), n, static_cast<off_t>(at)) != ssize_t(n))
+          failed = true;
+        in.release(at, n);
+      }
+      if (fd < 0)
+        failed = true;
+      else
+        close(fd);
+    });
+  for (auto& th : threads)
+    th.join();
+  return !failed;
+}
+
+/// --opening DIR: whether opening the GPU costs the lanes running beside it more than the CPU
+/// time the opening itself takes (the driver maps and locks memory in the one address space that
+/// every lane's faults and releases go through): 16 lanes
+/// (run_lanes, 768 MiB each) before any CUDA call, after a warm-up run; the same while another thread opens the GPU
+/// as the CUDA stage does (cudaSetDevice, a context, 16 slots of two 64 MiB device buffers,
+/// 1 MiB of pinned staging and a stream, and 20 pool buffers of 20 MiB made and page-locked in
+/// place); then with the GPU open, in each of five fresh processes. Prints the lanes' wall seconds and the opener's wall and CPU
+/// seconds: lanes slower by more than the opener's CPU time over the cores is the presence cost.
+void bench_opening(const char* dir) {
+  for (int round = 0; round < 5; ++round) {
+    const pid_t child = fork();
+    if (child < 0) {
+      std::printf("opening: fork failed\n");
+      return;
+    }
+    if (child > 0) {
+      waitpid(child, nullptr, 0);
+      continue;
+    }
+    const unsigned lanes = 16;
+    const uint64_t piece = uint64_t(16) << 20, per_lane = uint64_t(768) << 20;
+    std::vector<std::unique_ptr<MappedFile>> inputs;
+    for (unsigned t = 0; t < lanes; ++t)
+      if (auto f = make_input(std::string(dir) + "/opening_in." + std::to_string(t), per_lane))
+        inputs.push_back(std::move(f));
+    if (inputs.size() != lanes) {
+      std::printf("opening: cannot make inputs in %s\n", dir);
+      std::fflush(stdout);
+      _exit(1);
+    }
+    const auto lanes_wall = [&] {
+      const Times t0 = Times::now();
+      if (!run_lanes(dir, inputs, lanes, piece))
+        std::printf("opening: a lane failed\n");
+      return (Times::now() - t0).wall;
+    };
+    lanes_wall(); // warm-up: the first run in a process is the slowest whatever runs beside it
+    const double before = lanes_wall();
+    double open_wall = 0, open_cpu = 0;
+    std::vector<void*> pool;
+    std::thread opener([&] {
+      const auto w0 = std::chrono::steady_clock::now();
+      check(cudaSetDevice(0), "cudaSetDevice");
+      check(cudaFree(nullptr), "cudaFree (context)");
+      for (int i = 0; i < 16; ++i) {
+        void *a = nullptr, *b = nullptr, *h = nullptr;
+        cudaStream_t st = nullptr;
+        check(cudaMalloc(&a, uint64_t(64) << 20), "cudaMalloc");
+        check(cudaMalloc(&b, uint64_t(64) << 20), "cudaMalloc");
+        check(cudaHostAlloc(&h, uint64_t(1) << 20, cudaHostAllocPortable), "cudaHostAlloc");
+        check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
+      }
+      for (int i = 0; i < 20; ++i) {
+        void* p = std::aligned_alloc(4096, uint64_t(20) << 20);
+        std::memset(p, 0x5A, uint64_t(20) << 20);
+        check(cudaHostRegister(p, uint64_t(20) << 20, cudaHostRegisterPortable), "register");
+        pool.push_back(p);
+      }
+      open_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+      timespec cpu{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+      open_cpu = double(cpu.tv_sec) + double(cpu.tv_nsec) / 1e9;
+    });
+    const double during = lanes_wall();
+    opener.join();
+    const double after = lanes_wall();
+    std::printf("opening: %u lanes of %llu MiB: before any CUDA %.3f s, while the GPU opens %.3f s,"
+                " with it open %.3f s | the opening: %.3f s wall, %.3f s CPU (%.3f s over %u "
+                "cores)\n",
+                lanes, static_cast<unsigned long long>(per_lane >> 20), before, during, after,
+                open_wall, open_cpu, open_cpu / lanes, lanes);
+    std::fflush(stdout);
+    _exit(0);
+  }
+}
+
 /// --contention DIR: whether a thread that gets chunks of input to the GPU slows the lanes
 /// beside it by more than the core it takes. Lanes (threads, as the pipeline's) each fault a
 /// 16 MiB piece of their own input in (MADV_POPULATE_READ), copy it into a buffer (the
@@ -1288,7 +1402,7 @@ std::unique_ptr<MappedFile> make_input(const std::string& path, uint64_t bytes) 
 /// in turn, one of three ways, and upload them (cudaMemcpyAsync, then wait):
 ///   in place: fault in, cudaHostRegister read-only, upload, unregister, release (the default);
 ///   staged:   fault in, copy into pinned memory, upload, release (SHARDSHIFT_CUDA_INPUT=staged);
-///   read:     pread into pinned memory, upload (SHARDSHIFT_CUDA_INPUT=read).
+///   read:     pread from the file into pinned memory, upload (no fault, nothing to release).
 /// Prints the lanes' rate (input bytes per wall second), the feeders' rate, and the process's
 /// system and user seconds, for cores-1 lanes with 0, 1 and 4 feeders each way, and cores lanes.
 void bench_contention(const char* dir) {
@@ -1334,9 +1448,14 @@ void bench_contention(const char* dir) {
           std::byte* src = base + at;
           const std::byte* from = f.pinned;
           if (way == read) {
-            if (!read_mapped_bytes(f.pinned, src, piece)) {
-              failed = true;
-              return;
+            for (uint64_t done = 0; done < piece;) { // the file, not the mapping
+              const ssize_t got = pread(in.fd(), f.pinned + done, piece - done,
+                                        static_cast<off_t>(at + done));
+              if (got <= 0) {
+                failed = true;
+                return;
+              }
+              done += uint64_t(got);
             }
           } else {
             in.populate(at, piece);
@@ -1358,28 +1477,8 @@ void bench_contention(const char* dir) {
           fed += piece;
         }
       });
-    std::vector<std::thread> lane_threads;
-    for (unsigned t = 0; t < lanes; ++t)
-      lane_threads.emplace_back([&, t] {
-        const MappedFile& in = *inputs[t];
-        const std::string out = std::string(dir) + "/contention_out." + std::to_string(t);
-        const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        unlink(out.c_str());
-        std::vector<std::byte> buf(piece);
-        for (uint64_t at = 0; fd >= 0 && at < per_lane; at += piece) {
-          in.populate(at, piece);
-          std::memcpy(buf.data(), in.bytes().data() + at, piece);
-          if (pwrite(fd, buf.data(), piece, static_cast<off_t>(at)) != ssize_t(piece))
-            failed = true;
-          in.release(at, piece);
-        }
-        if (fd < 0)
-          failed = true;
-        else
-          close(fd);
-      });
-    for (auto& th : lane_threads)
-      th.join();
+    if (!run_lanes(dir, inputs, lanes, piece))
+      failed = true;
     const Times lanes_t = Times::now() - t0;
     lanes_done = true;
     for (auto& th : threads)
@@ -1436,8 +1535,14 @@ int main(int argc, char** argv) {
       g_host_cost_dir = argv[++i];
     else if (std::strcmp(argv[i], "--contention") == 0 && i + 1 < argc)
       g_contention_dir = argv[++i];
+    else if (std::strcmp(argv[i], "--opening") == 0 && i + 1 < argc)
+      g_opening_dir = argv[++i];
   if (g_contention_dir) {
     bench_contention(g_contention_dir);
+    return 0;
+  }
+  if (g_opening_dir) { // before any CUDA call: each round opens the GPU in a fresh process
+    bench_opening(g_opening_dir);
     return 0;
   }
   if (g_host_cost_dir) { // before any CUDA call: its first phase is the process without CUDA

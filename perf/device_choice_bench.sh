@@ -20,8 +20,6 @@
 #     --cores LIST      "2 4 16" (default)
 #     --devices LIST    devices to alternate (default "cpu cuda"); "staged" is cuda with
 #                       SHARDSHIFT_CUDA_INPUT=staged (the input copied into pinned memory first);
-#                       "read" is cuda with SHARDSHIFT_CUDA_INPUT=read (the input read from its
-#                       file into pinned memory: the mapping's pages never faulted);
 #                       "cuda-none" and "cuda-all" are cuda with SHARDSHIFT_ROUTER=cpu (the GPU
 #                       opened but given no chunk) and =gpu (every chunk it can take);
 #                       "cpu-nohelp" and "cuda-nohelp" set SHARDSHIFT_LANES_HELP=no (lanes
@@ -35,6 +33,8 @@
 #                       "cpu-write", "cuda-write", "cpu-mapped" and "cuda-mapped" set
 #                       SHARDSHIFT_FILL=write or =mapped (every file written in order by its
 #                       lane, or filled through its mapping, whatever the default would choose)
+#     --fixed-order     every round in the order of --devices (the default reverses it in
+#                       every second round, so that no device always runs first)
 #     --writers LIST    --writers values to sweep (default: none, shardshift's own default)
 #     --runs R          rounds (default 2); then one `--device auto` run per core count
 #     --scale K         synth --scale K: small inputs, to try this script (figures use 1)
@@ -49,7 +49,7 @@
 # --max-shard-size 1GB` (14.6 GB in, 16.0 GB out).
 set -uo pipefail
 BIN=.dev/shardshift OLD_BIN="" RAM=/mnt/ram OUT="" MODELS="deepseek_v3 diffusion_gemma" CORES="2 4 16"
-DEVICES="cpu cuda" WRITERS="" RUNS=2 SCALE=1 STATS=() DS_LAYERS=5 GEMMA_LAYERS=8
+DEVICES="cpu cuda" ORDER=alternate WRITERS="" RUNS=2 SCALE=1 STATS=() DS_LAYERS=5 GEMMA_LAYERS=8
 while [ $# -gt 0 ]; do
   case "$1" in
   --bin) BIN=$2; shift 2 ;;
@@ -59,6 +59,7 @@ while [ $# -gt 0 ]; do
   --models) MODELS=$2; shift 2 ;;
   --cores) CORES=$2; shift 2 ;;
   --devices) DEVICES=$2; shift 2 ;;
+  --fixed-order) ORDER=fixed; shift ;;
   --writers) WRITERS=$2; shift 2 ;;
   --runs) RUNS=$2; shift 2 ;;
   --scale) SCALE=$2; shift 2 ;;
@@ -83,7 +84,6 @@ run() { # cores device [writers]
   cuda-late) dev=cuda env=(SHARDSHIFT_GPU_CLOSE=late) ;;
   cpu-768) dev=cpu extra=(--max-memory 768MiB) ;;
   staged) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=staged) ;;
-  read) dev=cuda env=(SHARDSHIFT_CUDA_INPUT=read) ;;
   cuda-none) dev=cuda env=(SHARDSHIFT_ROUTER=cpu) ;;
   cuda-all) dev=cuda env=(SHARDSHIFT_ROUTER=gpu) ;;
   *-nohelp) dev=${2%-*} env=(SHARDSHIFT_LANES_HELP=no) ;;
@@ -114,7 +114,11 @@ for model in $MODELS; do
   run "${CORES%% *}" cpu >/dev/null # warm-up
   for c in $CORES; do
     for r in $(seq "$RUNS"); do
-      for d in $DEVICES; do
+      order=$DEVICES
+      # Every other round in the opposite order (A B, B A, ...): a device's place in its round
+      # (after which run's output was removed, on a warmer or fuller host) weighs on all alike.
+      [ "$ORDER" = alternate ] && [ $((r % 2)) = 0 ] && order=$(printf '%s\n' $DEVICES | tac | xargs)
+      for d in $order; do
         if [ -z "$WRITERS" ]; then run "$c" "$d"; else for w in $WRITERS; do run "$c" "$d" "$w"; done; fi
       done
     done

@@ -79,10 +79,6 @@ public:
   /// open, gpu_handle.h); false if it could not be, and p stays pageable. unpin_in_place() undoes
   /// it; either way the caller still frees p.
   virtual bool pin_in_place(void* p, uint64_t bytes) = 0;
-  /// Whether run() reads a chunk's input through its mapping (locked in place, or copied), so that
-  /// the caller does best to fault the pages in with one call first; false when it reads the
-  /// input file instead (SHARDSHIFT_CUDA_INPUT=read), and faulting them would be work for nothing.
-  virtual bool reads_mapping() const { return true; }
   virtual void unpin_in_place(void* p) = 0;
   /// Runs one chunk. args.src is host memory (the input mapping), args.dst host memory that
   /// receives the result. Input and output must each fit in max_chunk_bytes.

@@ -38,8 +38,6 @@
 #include "dequant_region.h"
 #include "transpose_cuda.h"
 
-#include "shardshift/mapped_file.h"
-
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -105,17 +103,6 @@ void copy_to_staging(std::byte* dst, const std::byte* src, uint64_t n) {
 #else
   std::memcpy(dst, src, n);
 #endif
-}
-
-/// Below this many bytes a read of the input file costs more than faulting the mapping's pages.
-constexpr uint64_t MIN_READ_BYTES = uint64_t(64) << 10;
-
-/// copy_to_staging() for SHARDSHIFT_CUDA_INPUT=read: a run of the input mapping large enough is
-/// read from its file instead (read_mapped_bytes: no fault, no lock, nothing to release after),
-/// else copied from the mapping.
-void read_to_staging(std::byte* dst, const std::byte* src, uint64_t n) {
-  if (n < MIN_READ_BYTES || !read_mapped_bytes(dst, src, n))
-    copy_to_staging(dst, src, n);
 }
 
 uint64_t event_ns(cudaEvent_t from, cudaEvent_t to) {
@@ -200,17 +187,10 @@ struct PartInput {
   }
 };
 
-/// How chunks' input reaches the GPU (SHARDSHIFT_CUDA_INPUT, for comparisons): in place where the
-/// device allows it (the default), or "staged": copied from the mapping into pinned memory, or
-/// "read": read from the input file into pinned memory.
-enum class InputMode { in_place, staged, read };
-InputMode input_mode() {
+/// Whether chunks may be read in place: SHARDSHIFT_CUDA_INPUT=staged says no (for comparisons).
+bool in_place_allowed() {
   const char* v = std::getenv("SHARDSHIFT_CUDA_INPUT");
-  if (v && std::strcmp(v, "staged") == 0)
-    return InputMode::staged;
-  if (v && std::strcmp(v, "read") == 0)
-    return InputMode::read;
-  return InputMode::in_place;
+  return !(v && std::strcmp(v, "staged") == 0);
 }
 
 class CudaTransformerImpl final : public CudaTransformer {
@@ -227,7 +207,6 @@ public:
   void free_pinned(void* p) override;
   bool pin_in_place(void* p, uint64_t bytes) override;
   void unpin_in_place(void* p) override;
-  bool reads_mapping() const override { return stage_copy_ != read_to_staging; }
   Status run(const TransposeArgs& args, CudaTimings* timings) override;
   Status try_run(const TransposeArgs& args, const StagingGuard& guard, const GpuWait& wait,
                  CudaTimings* timings, bool* ran) override;
@@ -327,8 +306,6 @@ private:
   /// Reading in place: on where the device supports read-only registration and the environment
   /// allows it; off for good after a few registrations fail for other reasons than an overlap.
   bool in_place_ = false;
-  /// How staged input is copied from the mapping: copy_to_staging or read_to_staging.
-  void (*stage_copy_)(std::byte*, const std::byte*, uint64_t) = copy_to_staging;
   std::atomic<int> in_place_failures_{0};
   static constexpr int MAX_IN_PLACE_FAILURES = 3;
   /// Transposed weights' pages, locked once for the chunks that read them (cuda_weight_locks.h).
@@ -370,9 +347,7 @@ Status CudaTransformerImpl::init(unsigned slots) {
       cudaSuccess)
     read_only = 0;
   cudaGetLastError();
-  const InputMode mode = input_mode();
-  in_place_ = read_only != 0 && mode == InputMode::in_place;
-  stage_copy_ = mode == InputMode::read ? read_to_staging : copy_to_staging;
+  in_place_ = read_only != 0 && in_place_allowed();
   slots_.resize(slots);
   for (unsigned i = 0; i < slots; ++i) {
     slots_[i].index = int(i);
@@ -691,7 +666,7 @@ Status CudaTransformerImpl::run_on(Call& c, const TransposeArgs& args, uint64_t 
         (std::max(MIN_PIECE, (in_bytes + MAX_PIECES - 1) / MAX_PIECES) + 4095) / 4096 * 4096;
     for (uint64_t off = 0; off < in_bytes; off += piece) {
       const uint64_t n = std::min(piece, in_bytes - off);
-      if (Status st = guard(0, [&] { stage_copy_(s.host_in + off, args.src + off, n); }); !st)
+      if (Status st = guard(0, [&] { copy_to_staging(s.host_in + off, args.src + off, n); }); !st)
         return st;
       if (Status st = check(
               cudaMemcpyAsync(s.dev_in + off, s.host_in + off, n, cudaMemcpyHostToDevice, s.stream),
@@ -936,17 +911,17 @@ Status CudaTransformerImpl::upload_parts(Slot& s, const std::vector<CudaDequantP
     if (Status st = guard(i,
                           [&] {
                             if (in.hold.locked()) {
-                              gather_region_rows(a, g, 0, in.rows.first, host, stage_copy_);
+                              gather_region_rows(a, g, 0, in.rows.first, host, copy_to_staging);
                               gather_region_rows(a, g, in.rows.last, g.rows,
                                                  host + in.rows.first * g.cols *
                                                             (dtype_bits(a.src_dtype) / 8),
-                                                 stage_copy_);
+                                                 copy_to_staging);
                               gather_scales(a, g, scales);
                             } else if (in.pin) {
                               in.pin->copy_around(host, in.run, g.src_bytes);
                               gather_scales(a, g, scales);
                             } else {
-                              gather_region(a, g, host, scales, stage_copy_);
+                              gather_region(a, g, host, scales, copy_to_staging);
                             }
                           });
         !st)

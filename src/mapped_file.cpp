@@ -14,9 +14,7 @@
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
-#include <map>
 #include <mutex>
-#include <shared_mutex>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,17 +30,6 @@ uint64_t page_size() {
 
 int64_t nanoseconds(const timespec& t) {
   return static_cast<int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
-}
-
-/// The open input mappings by their first byte, for read_mapped_bytes().
-struct MappingRegistry {
-  std::shared_mutex mu;
-  std::map<const std::byte*, const MappedFile*> by_start;
-};
-
-MappingRegistry& mappings() {
-  static MappingRegistry registry;
-  return registry;
 }
 
 } // namespace
@@ -73,19 +60,12 @@ Result<std::unique_ptr<MappedFile>> MappedFile::open(const std::filesystem::path
   // Inputs are read front to back, once: ask for aggressive read-ahead and early reclaim.
   // Advice is a hint; failure changes only speed.
   (void)madvise(p, file->size_, MADV_SEQUENTIAL);
-  std::unique_lock lock(mappings().mu);
-  mappings().by_start.emplace(file->data_, file.get());
   return file;
 }
 
 MappedFile::~MappedFile() {
-  if (data_) {
-    {
-      std::unique_lock lock(mappings().mu);
-      mappings().by_start.erase(data_);
-    }
+  if (data_)
     munmap(const_cast<std::byte*>(data_), size_);
-  }
   if (fd_ >= 0)
     ::close(fd_);
 }
@@ -155,28 +135,6 @@ void MappedFile::will_need(uint64_t offset, uint64_t length) const {
   uint64_t page = page_size();
   uint64_t first = offset / page * page; // madvise wants a page-aligned start
   (void)madvise(const_cast<std::byte*>(data_) + first, end - first, MADV_WILLNEED);
-}
-
-bool read_mapped_bytes(std::byte* dst, const std::byte* src, uint64_t n) {
-  // Held through the reads: the file cannot close under them.
-  std::shared_lock lock(mappings().mu);
-  const auto& by_start = mappings().by_start;
-  auto it = by_start.upper_bound(src);
-  if (it == by_start.begin())
-    return false;
-  const MappedFile& file = *std::prev(it)->second;
-  const uint64_t offset = static_cast<uint64_t>(src - file.bytes().data());
-  if (offset > file.size() || n > file.size() - offset)
-    return false;
-  for (uint64_t done = 0; done < n;) {
-    const ssize_t got = pread(file.fd(), dst + done, n - done, static_cast<off_t>(offset + done));
-    if (got < 0 && errno == EINTR)
-      continue;
-    if (got <= 0)
-      return false;
-    done += static_cast<uint64_t>(got);
-  }
-  return true;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -82,27 +82,18 @@ void TransformStage::run(Item& item) {
   }
   const MappedFile& file = *item.shard->file;
   // The kernels read the input through the mapping; fault its pages in with one call.
-  const auto populate = [&] {
-    file.populate(static_cast<uint64_t>(item.args.src - file.bytes().data()),
-                  item.args.experts * item.args.A * item.args.B *
-                      (dtype_bits(item.args.src_dtype) / 8));
-  };
-  bool populated = false;
+  file.populate(static_cast<uint64_t>(item.args.src - file.bytes().data()),
+                item.args.experts * item.args.A * item.args.B *
+                    (dtype_bits(item.args.src_dtype) / 8));
   // A chunk the GPU can take goes there when the router finds it the cheaper device and a
   // staging slot is free; otherwise the CPU does it. Each records what it cost this thread.
   if (gpu && router_.prefer_gpu()) {
-    if (gpu->reads_mapping()) {
-      populate();
-      populated = true;
-    }
     GpuCall call(*this, item, t0);
     if (run_gpu(item, *gpu, call)) {
       router_.record(true, item.length, call.thread_ns());
       return;
     }
   }
-  if (!populated)
-    populate();
   run_cpu(item, t0);
   if (gpu)
     router_.record(false, item.length, profiler_.now() - t0);

@@ -94,40 +94,6 @@ TEST(MappedFile, ReleaseKeepsContentsReadable) {
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()), data);
 }
 
-TEST(ReadMappedBytes, ReadsARangeOfAnOpenMappingFromItsFileAndOnlyThat) {
-  TempDir dir;
-  std::string text;
-  for (int i = 0; i < 3000; ++i) // more than a page, so the range crosses pages
-    text += std::to_string(i * 7919 % 10007) + ",";
-  write_bytes(dir / "a", text);
-  write_bytes(dir / "b", "second file");
-  auto a = MappedFile::open(dir / "a");
-  auto b = MappedFile::open(dir / "b");
-  ASSERT_TRUE(a.ok() && b.ok());
-  const std::byte* base = (*a)->bytes().data();
-  std::string got(5000, '\0');
-  auto* dst = reinterpret_cast<std::byte*>(got.data());
-  ASSERT_TRUE(read_mapped_bytes(dst, base + 1234, got.size()));
-  EXPECT_EQ(got, text.substr(1234, got.size()));
-  std::string second(6, '\0');
-  ASSERT_TRUE(read_mapped_bytes(reinterpret_cast<std::byte*>(second.data()),
-                                (*b)->bytes().data() + 5, second.size()));
-  EXPECT_EQ(second, "d file");
-
-  // Past the mapping's end, or memory that is no input mapping: the caller copies instead.
-  EXPECT_FALSE(read_mapped_bytes(dst, base + text.size() - 10, 11));
-  const std::string not_mapped(64, 'x');
-  EXPECT_FALSE(read_mapped_bytes(dst, reinterpret_cast<const std::byte*>(not_mapped.data()), 8));
-  // A file that shrank has fewer bytes to read than asked for.
-  ASSERT_EQ(truncate((dir / "a").c_str(), 1000), 0);
-  EXPECT_FALSE(read_mapped_bytes(dst, base + 900, 200));
-  EXPECT_TRUE(read_mapped_bytes(dst, base + 900, 100));
-  // A closed file's mapping is no longer one.
-  const std::byte* b_base = (*b)->bytes().data();
-  b->reset();
-  EXPECT_FALSE(read_mapped_bytes(dst, b_base, 4));
-}
-
 TEST(GuardMappedAccess, RunsTheFunctionAndReturnsOk) {
   TempDir dir;
   write_bytes(dir / "f", "abc");

@@ -59,14 +59,6 @@ private:
   int64_t modified_ns_ = 0; ///< st_mtim at open
 };
 
-/// Copies [src, src + n), bytes inside one live MappedFile's mapping, into dst by reading the file
-/// (pread), so that no page of the mapping is faulted in, locked or released: the page-table work
-/// (and the other cores' TLB flushes it sends) that reading through the mapping costs. Returns
-/// false, having copied some or nothing, when src is not inside one open input mapping or the file
-/// has fewer bytes there now; the caller then copies from the mapping, under its guard, which
-/// reports a file that shrank as such.
-bool read_mapped_bytes(std::byte* dst, const std::byte* src, uint64_t n);
-
 /// Runs `fn`, which reads mapped memory of `file`. If a page of any mapping has vanished (the file
 /// shrank), returns Errc::file_changed naming `file` ("file changed while reading") instead of
 /// crashing. `fn` must not own objects with non-trivial destructors across the access (the
