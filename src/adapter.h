@@ -86,8 +86,12 @@ struct AdapterSpec {
   /// to_hf with per-expert output keys: the key of config.json that gives each expert's
   /// intermediate size I ("moe_intermediate_size"), where the reference splits gate_and_up_projs
   /// (and splits down_projs only when its axis 1 is I). A stacked tensor of another I is refused;
-  /// empty, or absent from config.json: not checked.
+  /// empty: not checked.
   std::string_view config_expert_size = {};
+  /// The I the reference splits at when config.json does not give it: its config class's default
+  /// (transformers' Qwen3MoeConfig 768, DeepseekV3Config 2048). A stacked tensor of another I is
+  /// then refused too; 0: not checked.
+  uint64_t config_expert_size_default = 0;
   /// to_hf, where config.json does not give that count: the router beside a layer's experts
   /// (".gate.weight": `...mlp.experts.down_projs` -> `...mlp.gate.weight`), whose axis 0 is the
   /// model's expert count. Empty: not checked.

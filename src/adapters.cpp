@@ -223,6 +223,7 @@ const AdapterSpec QWEN3_MOE_TO_HF = {
     .honours_exclude = true,
     .config_expert_count = "num_experts",
     .config_expert_size = "moe_intermediate_size",
+    .config_expert_size_default = 768, // transformers' Qwen3MoeConfig
     .expert_router = ".gate.weight",
 };
 
@@ -236,6 +237,7 @@ const AdapterSpec DEEPSEEK_V3_TO_HF = [] {
   // multi-token-prediction layer that DeepSeek's checkpoint keeps in BF16 and the reference
   // would quantize.
   spec.config_expert_count = "n_routed_experts";
+  spec.config_expert_size_default = 2048; // transformers' DeepseekV3Config
   spec.quantizes = true;
   spec.not_quantized = {"input_layernorm.weight",
                         "post_attention_layernorm.weight",

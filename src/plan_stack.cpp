@@ -284,29 +284,39 @@ void check_expert_count(PlanContext& ctx) {
 
 // to_hf: the reference splits gate_and_up_projs [E, H, 2I] at config.json's I, whatever the
 // tensor's last axis, and passes down_projs [E, I, H] through unsplit when its axis 1 is not I.
-// shardshift splits at the tensor's own middle: where the two disagree, refused.
+// Where config.json does not give I, its config class's default stands in. shardshift splits at
+// the tensor's own middle: where the two disagree, refused.
 void check_expert_size(PlanContext& ctx) {
   const std::string_view key = ctx.spec.config_expert_size;
   if (key.empty())
     return;
-  const auto size = ctx.input.config_counts.find(key);
-  if (size == ctx.input.config_counts.end())
+  const auto given = ctx.input.config_counts.find(key);
+  const bool said = given != ctx.input.config_counts.end();
+  if (!said && ctx.spec.config_expert_size_default == 0)
     return;
+  const uint64_t size = said ? given->second : ctx.spec.config_expert_size_default;
+  const auto& side = ctx.input.other_files;
+  const bool has_config = std::find(side.begin(), side.end(), "config.json") != side.end();
+  const std::string whose =
+      said ? "config.json's " + std::string(key) + " is " + std::to_string(size)
+           : (has_config ? "config.json gives no " + std::string(key) : "there is no config.json") +
+                 ", which the reference's " + std::string(ctx.spec.model) +
+                 " config then takes as " + std::to_string(size);
   for (auto& [name, g] : ctx.stacks) {
     if (!g.whole || !g.ok)
       continue;
     const bool gate_up = g.rule->slots == 2;
     const uint64_t i = gate_up ? g.block : g.rows;
-    if (i == size->second)
+    if (i == size)
       continue;
     ctx.problems.add(Errc::plan, "", g.whole->input_name,
-                     "has an expert intermediate size of " + std::to_string(i) +
-                         ", but config.json's " + std::string(key) + " is " +
-                         std::to_string(size->second) +
+                     "has an expert intermediate size of " + std::to_string(i) + ", but " + whose +
                          (gate_up ? ": the reference's to_hf would split it at " +
-                                        std::to_string(size->second) + " columns"
+                                        std::to_string(size) + " columns"
                                   : ": the reference's to_hf would pass it through unsplit") +
-                         "; make config.json agree with the tensors");
+                         (said ? "; make config.json agree with the tensors"
+                               : "; give \"" + std::string(key) + "\": " + std::to_string(i) +
+                                     " in config.json"));
     g.ok = false;
   }
 }

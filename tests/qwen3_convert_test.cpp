@@ -79,7 +79,7 @@ TEST_F(ConvertTest, Qwen3ToHfMatchesTheReferenceForEveryDtype) {
     Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 2, 3, 5, 4, expert, true, true), {});
     native["model.layers.0.self_attn._extra_state"] = random_tensor(rng, DType::U8, {4});
     const fs::path in = tmp / ("native" + std::string(dtype_name(expert)));
-    write_checkpoint(in, native, 2);
+    write_checkpoint(in, native, 2, "qwen3_moe");
     for (std::optional<DType> cast : {std::optional<DType>(), std::optional(DType::F32)}) {
       auto r = run(in, tmp / "hf", opts([&](ConvertOptions& o) {
                      o.plan.expert_dtype = cast;
@@ -98,7 +98,7 @@ TEST_F(ConvertTest, Qwen3ToHfMatchesTheReferenceForEveryDtype) {
 TEST_F(ConvertTest, Qwen3RoundTripIsByteIdenticalWithAndWithoutModelPrefix) {
   for (bool prefix : {true, false}) {
     Dict in = tiny_qwen3(rng, 2, 5, 8, 6, DType::BF16, prefix, true);
-    write_checkpoint(tmp / "hf", in, 3);
+    write_checkpoint(tmp / "hf", in, 3, "qwen3_moe");
     ASSERT_TRUE(run(tmp / "hf", tmp / "n", opts([](ConvertOptions& o) { o.force = true; })).ok());
     ASSERT_TRUE(run(tmp / "n", tmp / "back", opts([](ConvertOptions& o) { o.force = true; })).ok());
     Dict back = read_checkpoint(tmp / "back");
@@ -293,7 +293,9 @@ TEST_F(ConvertTest, Qwen3AndDeepseekExpertLoraLayoutsAreRefused) {
 // Semantics 14.3.6: the reference's to_hf splits gate_and_up_projs at config.json's
 // moe_intermediate_size whatever the tensor holds, and passes down_projs through unsplit when its
 // axis 1 differs; shardshift splits at the tensor's middle, so a disagreement is refused, naming
-// both tensors of the layer. A config.json that agrees, or gives no size, converts.
+// both tensors of the layer. A config.json that agrees converts. One that gives no size is read
+// as the reference's config class reads it, with its default (768 for Qwen3-MoE, 2048 for
+// DeepSeek-V3): other sizes are refused, saying what to add; that size converts.
 TEST_F(ConvertTest, Qwen3AndDeepseekToHfRefuseAnIntermediateSizeConfigJsonDoesNotGive) {
   for (const std::string model : {"qwen3_moe", "deepseek_v3"}) {
     SCOPED_TRACE(model);
@@ -324,7 +326,31 @@ TEST_F(ConvertTest, Qwen3AndDeepseekToHfRefuseAnIntermediateSizeConfigJsonDoesNo
           << m;
       EXPECT_FALSE(fs::exists(tmp / "h"));
     }
+    testing::write_bytes(dir / "config.json", "{\"model_type\": \"" + model + "\"}\n");
+    fs::remove_all(tmp / "h");
+    auto r = run(dir, tmp / "h");
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(contains(r.status().message(),
+                         "mlp.experts.gate_and_up_projs': has an expert intermediate size of " +
+                             std::to_string(i) + ", but config.json gives no " +
+                             "moe_intermediate_size, which the reference's " + model +
+                             " config then takes as " + (model == "qwen3_moe" ? "768" : "2048") +
+                             ": the reference's to_hf would split it at"))
+        << r.status().message();
+    EXPECT_TRUE(contains(r.status().message(),
+                         "give \"moe_intermediate_size\": " + std::to_string(i) + " in config.json"))
+        << r.status().message();
+    EXPECT_FALSE(fs::exists(tmp / "h"));
   }
+  // Experts of the default size convert with no size given, as the reference's split.
+  const Dict hf = tiny_qwen3(rng, 1, 2, 4, 768);
+  const Dict native = ref_qwen3_from_hf(hf, {});
+  const fs::path dir = tmp / "native-default";
+  write_checkpoint(dir, native, 1, "qwen3_moe");
+  testing::write_bytes(dir / "config.json", "{\"model_type\": \"qwen3_moe\"}\n");
+  auto r = run(dir, tmp / "h-default");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  expect_same(read_checkpoint(tmp / "h-default"), ref_qwen3_to_hf(native, {}));
 }
 
 TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {
@@ -356,6 +382,9 @@ TEST_F(ConvertTest, Qwen3IsDetectedFromConfigAndFromKeysInBothDirections) {
     EXPECT_EQ(plan->direction, Direction::from_hf);
   }
   write_checkpoint(tmp / "native", ref_qwen3_from_hf(in, {}));
+  // No model_type: the keys name the model. (The experts' size is given: without it to_hf takes
+  // the reference's default, which these tiny experts do not have.)
+  testing::write_bytes(tmp / "native" / "config.json", "{\"moe_intermediate_size\": 3}");
   auto ck = Checkpoint::open(tmp / "native");
   ASSERT_TRUE(ck.ok());
   auto plan = make_plan(*ck, {});

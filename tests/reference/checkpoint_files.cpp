@@ -68,8 +68,25 @@ void write_checkpoint(const fs::path& dir, const Dict& d, int shards,
   if (shards > 1)
     testing::write_bytes(dir / "model.safetensors.index.json",
                          "{\"metadata\":{},\"weight_map\":{" + weight_map + "}}");
-  if (!model_type.empty())
-    testing::write_bytes(dir / "config.json", "{\"model_type\": \"" + model_type + "\"}\n");
+  if (model_type.empty())
+    return;
+  // A native qwen3_moe or deepseek_v3 checkpoint's config gives its experts' intermediate size,
+  // as the model's own config.json does (without it the reference splits at a default).
+  // (Native: down_projs [E, I, H]; Hugging Face: each expert's down_proj.weight [H, I].)
+  std::string size;
+  for (auto& [k, t] : d) {
+    if (model_type != "qwen3_moe" && model_type != "deepseek_v3")
+      break;
+    const bool native = k.ends_with(".experts.down_projs") && t.shape.size() == 3;
+    const bool hf = k.ends_with(".down_proj.weight") && k.find(".experts.") != std::string::npos &&
+                    t.shape.size() == 2;
+    if (native || hf) {
+      size = ", \"moe_intermediate_size\": " + std::to_string(t.shape[1]);
+      break;
+    }
+  }
+  testing::write_bytes(dir / "config.json",
+                       "{\"model_type\": \"" + model_type + "\"" + size + "}\n");
 }
 
 Dict read_checkpoint(const fs::path& dir) {
