@@ -78,10 +78,12 @@ struct AdapterSpec {
   /// `.weight` that contains none of `not_quantized`.
   bool quantizes = false;
   std::vector<std::string_view> not_quantized = {};
-  /// to_hf: the key of config.json that gives the model's expert count (qwen3_moe, diffusion_gemma
-  /// and gemma4_moe "num_experts", deepseek_v3 "n_routed_experts"). An expert tensor holding
-  /// another count is refused, as the reference's split refuses it (or, for gemma, writes
-  /// per_expert_scale with the model's count beside it); empty: not checked.
+  /// The key of config.json that gives the model's expert count (qwen3_moe, diffusion_gemma
+  /// and gemma4_moe "num_experts", deepseek_v3 "n_routed_experts"). to_hf: an expert tensor
+  /// holding another count is refused, as the reference's split refuses it (or, for gemma, writes
+  /// per_expert_scale with the model's count beside it). from_hf of the stacked families: a
+  /// checkpoint whose experts (highest index + 1) are another count is refused, as the reference
+  /// stacks the count config.json gives. Empty: not checked.
   std::string_view config_expert_count = {};
   /// to_hf with per-expert output keys: the key of config.json that gives each expert's
   /// intermediate size I ("moe_intermediate_size"), where the reference splits gate_and_up_projs

@@ -173,6 +173,8 @@ const AdapterSpec QWEN3_MOE_FROM_HF = {
          "convert the base checkpoint"},
     }),
     .dtype_from_config = true,
+    // The reference stacks as many experts as config.json says (14.2.5).
+    .config_expert_count = "num_experts",
 };
 
 // deepseek_v3 (semantics 15): the same per-expert stacking (the same mixin in the reference),
@@ -196,6 +198,7 @@ const AdapterSpec DEEPSEEK_V3_FROM_HF = {
          "convert the base checkpoint"},
     }),
     .dtype_from_config = true,
+    .config_expert_count = "n_routed_experts",
 };
 
 const AdapterSpec QWEN3_MOE_TO_HF = {
@@ -219,6 +222,12 @@ const AdapterSpec QWEN3_MOE_TO_HF = {
              "down_projs"},
             {RuleAction::reject, R"(\.mlp\.experts\.(gate_and_up_projs|down_projs)$)",
              "native expert tensor without a layers.N path (the reference would crash)"},
+            // The reference splits any name that holds the marker and ends like it (14.3.3).
+            {RuleAction::reject,
+             R"(\.mlp\.experts\.gate_and_up_projs.*\.gate_and_up_projs$|\.mlp\.experts\.down_projs.*\.down_projs$)",
+             "the name holds '.mlp.experts.gate_and_up_projs' (or 'down_projs') before its end and "
+             "ends like it: the reference's to_hf would split it as a layer's stacked experts, "
+             "which shardshift does only where the name ends with the marker; rename the tensor"},
         },
     .honours_exclude = true,
     .config_expert_count = "num_experts",
@@ -311,12 +320,14 @@ Result<const AdapterSpec*> select_adapter(std::string_view config_model_type,
                return k.starts_with("model.decoder.") || k.starts_with("model.encoder.");
              }))
       model = "diffusion_gemma";
-    else if (any_key(keys, [](auto& k) { return contains(k, "language_model."); }))
-      model = "gemma4_moe";
+    // DeepSeek's and Qwen3's expert keys before gemma4's `language_model.`: the reference
+    // takes theirs under that prefix too, and gemma4 has neither kind.
     else if (any_key(keys, [](auto& k) { return deepseek_key(k); }))
       model = "deepseek_v3";
     else if (any_key(keys, [](auto& k) { return per_expert_key(k) || stacked_expert_key(k); }))
       model = "qwen3_moe";
+    else if (any_key(keys, [](auto& k) { return contains(k, "language_model."); }))
+      model = "gemma4_moe";
     else if (any_key(keys, [](auto& k) { return k.starts_with("model.layers."); }))
       model = "diffusion_gemma"; // native diffusion_gemma keeps one stack at model.*
     else

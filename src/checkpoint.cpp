@@ -401,6 +401,7 @@ void read_config(Opening& o) {
   if (config) {
     o.ckpt.config_model_type = std::move(config->model_type);
     o.ckpt.config_counts = std::move(config->counts);
+    o.ckpt.config_not_counts = std::move(config->not_counts);
     o.ckpt.config_dtypes = std::move(config->dtypes);
     o.ckpt.config_dtype_not_string = std::move(config->dtype_not_string);
     o.ckpt.config_error = std::move(config->error);

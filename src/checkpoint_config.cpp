@@ -55,8 +55,13 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
       }
     } else if (value.get_uint64().get(n) == simdjson::SUCCESS) {
       facts.counts.insert_or_assign(std::string(key), n);
+      facts.not_counts.erase(std::string(key));
     } else {
       facts.counts.erase(std::string(key));
+      std::string text = simdjson::minify(value);
+      if (text.size() > 40)
+        text = text.substr(0, 37) + "...";
+      facts.not_counts.insert_or_assign(std::string(key), std::move(text));
     }
   }
   return facts;

@@ -20,6 +20,9 @@ struct ConfigFacts {
   /// The top-level whole numbers ("num_experts": 128), which an adapter may check the tensors
   /// against; empty when the file is not a JSON object.
   std::map<std::string, uint64_t, std::less<>> counts;
+  /// The other top-level keys, whose value is no whole number, with that value's JSON text (cut
+  /// at 40 bytes): an adapter that needs a count from one of them refuses rather than guess.
+  std::map<std::string, std::string, std::less<>> not_counts;
   /// "torch_dtype" and "dtype" when present and not null (Checkpoint::config_dtypes).
   std::map<std::string, std::string, std::less<>> dtypes;
   std::vector<std::string> dtype_not_string; ///< keys of `dtypes` whose value is no string

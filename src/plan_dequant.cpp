@@ -21,11 +21,13 @@ bool takes_scale(RuleAction a) {
 
 } // namespace
 
+bool dequantizes(const AdapterSpec& spec) {
+  return std::any_of(spec.rules.begin(), spec.rules.end(),
+                     [](const Rule& r) { return r.action == RuleAction::block_scale; });
+}
+
 void pair_block_scales(PlanContext& ctx) {
-  const bool dequantizes =
-      std::any_of(ctx.spec.rules.begin(), ctx.spec.rules.end(),
-                  [](const Rule& r) { return r.action == RuleAction::block_scale; });
-  if (!dequantizes)
+  if (!dequantizes(ctx.spec))
     return;
   std::map<std::string_view, const Classified*> by_name;
   for (const Classified& c : ctx.classified)

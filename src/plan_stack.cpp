@@ -105,9 +105,10 @@ void validate_pieces(PlanContext& ctx, StackGroup& g, uint64_t experts) {
     return;
   g.in_dtype = first->dtype;
   g.out_dtype = converted_dtype(ctx, g.in_dtype);
-  // 8-bit float pieces are dequantized: pair_block_scales checked them with their scales (and
-  // refused any without one). Other pieces without a scale are transposed and cast.
-  Status s = dtype_is_8bit_float(g.in_dtype)
+  // 8-bit float pieces of an adapter that dequantizes are: pair_block_scales checked them with
+  // their scales (and refused any without one). Other pieces are transposed and cast, which the
+  // check refuses for 8-bit floats (qwen3_moe: the reference would decode them).
+  Status s = dtype_is_8bit_float(g.in_dtype) && dequantizes(ctx.spec)
                  ? Status()
                  : check_transpose_supported(g.in_dtype, false, g.in_dtype, g.out_dtype);
   if (!s.ok()) {
@@ -290,6 +291,14 @@ void check_expert_size(PlanContext& ctx) {
   const std::string_view key = ctx.spec.config_expert_size;
   if (key.empty())
     return;
+  if (const auto odd = ctx.input.config_not_counts.find(key);
+      odd != ctx.input.config_not_counts.end()) {
+    ctx.problems.add(Errc::plan, "", "",
+                     "config.json's " + std::string(key) + " is " + printable(odd->second) +
+                         ", not a whole number; the reference's to_hf splits the experts at it "
+                         "(or fails): give the experts' intermediate size");
+    return;
+  }
   const auto given = ctx.input.config_counts.find(key);
   const bool said = given != ctx.input.config_counts.end();
   if (!said && ctx.spec.config_expert_size_default == 0)
@@ -363,6 +372,19 @@ void validate_stacks(PlanContext& ctx) {
   for (const auto& [key, g] : ctx.stacks)
     if (!g.pieces.empty())
       experts = std::max(experts, g.pieces.rbegin()->first + 1);
+  // The reference stacks the count config.json gives, where it gives one: with fewer, it stacks
+  // each layer's first experts more than once; with more, it fails.
+  const std::string_view count_key = ctx.spec.config_expert_count;
+  if (const auto said = ctx.input.config_counts.find(count_key);
+      experts > 0 && !count_key.empty() && said != ctx.input.config_counts.end() &&
+      said->second != experts)
+    ctx.problems.add(Errc::plan, "", "",
+                     "the checkpoint's experts are 0-" + std::to_string(experts - 1) + " (" +
+                         std::to_string(experts) + "), but config.json's " +
+                         std::string(count_key) +
+                         " is " + std::to_string(said->second) +
+                         ": the reference stacks that many; make config.json agree with the "
+                         "checkpoint");
   for (auto& [key, g] : ctx.stacks) {
     if (g.whole)
       validate_whole(ctx, g);
@@ -390,6 +412,10 @@ void emit_stack(PlanContext& ctx, const Classified& c) {
   // Expert-parallel export (semantics 14.7): this rank's experts, and with the second sharding
   // its rows of axis 1 (= columns of every piece); the other ranks' pieces are not read.
   std::tie(t.expert_begin, t.experts) = ep_range(g.experts, o.ep_size, o.ep_rank);
+  // A rank with no expert (fewer experts than ranks): the reference skips every piece and writes
+  // no stacked tensor at all (14.7.1).
+  if (t.experts == 0)
+    return;
   t.cols = g.rows / o.ep_shard_size;
   t.col_begin = o.ep_shard_rank * t.cols;
   t.shape = {t.experts, t.cols, slots * g.block};

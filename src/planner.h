@@ -131,6 +131,9 @@ void group_expert_pieces(PlanContext& ctx);
 void check_expert_layers(PlanContext& ctx);
 void validate_groups(PlanContext& ctx);
 void pair_block_scales(PlanContext& ctx);
+/// Whether the adapter dequantizes 8-bit float weights with block scales (has a block_scale
+/// rule): then pair_block_scales checks every such weight; otherwise they are cast like others.
+bool dequantizes(const AdapterSpec& spec);
 /// The dtype a dequantized weight or a stacked expert tensor is written in: --dtype, else the
 /// adapter's default, else `input`.
 /// The model's expert count, and where it comes from (for messages).

@@ -22,6 +22,7 @@
 #include "transpose.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -349,8 +350,10 @@ void run_fold(const TransposeArgs& a, SimdLevel level) {
     if (p == F16)
       return run_convert_to<F16, F16, true>(a, level);
     return run_convert_to<F16, F32, true>(a, level);
-  default:
+  case F32:
     return run_convert_to<F32, F32, true>(a, level);
+  default: // check_transpose_supported refuses every other dtype: a plan that let one by is a bug
+    std::abort();
   }
 }
 
@@ -360,8 +363,10 @@ void run_cast(const TransposeArgs& a, SimdLevel level) {
     return run_convert_to<DType::BF16, DType::BF16, false>(a, level);
   case DType::F16:
     return run_convert_to<DType::F16, DType::F16, false>(a, level);
-  default:
+  case DType::F32:
     return run_convert_to<DType::F32, DType::F32, false>(a, level);
+  default: // as in run_fold: never planned
+    std::abort();
   }
 }
 

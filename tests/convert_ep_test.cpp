@@ -281,6 +281,34 @@ TEST_F(ConvertTest, StackedExpertParallelRefusals) {
       << back.status().message();
 }
 
+// 14.7.1: with fewer experts than ranks, a rank with no expert writes no stacked tensor (the
+// reference skips every piece); the others keep theirs, and everything else is whole everywhere.
+TEST_F(ConvertTest, AStackedRankWithNoExpertWritesNoStackedTensor) {
+  const Dict in = tiny_qwen3(rng, 2, 2, 4, 3);
+  write_checkpoint(tmp / "hf", in, 1, "qwen3_moe");
+  const Dict whole = ref_qwen3_from_hf(in, {});
+  for (unsigned rank = 0; rank < 4; ++rank) {
+    SCOPED_TRACE(rank);
+    const fs::path out = tmp / ("n" + std::to_string(rank));
+    auto r = run(tmp / "hf", out, opts([rank](ConvertOptions& o) {
+                   o.plan.ep_size = 4;
+                   o.plan.ep_rank = rank;
+                 }));
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    const Dict got = read_checkpoint(out);
+    for (const auto& [name, t] : whole) {
+      const bool stacked = name.ends_with("_projs");
+      if (!stacked || rank < 2) { // ranks 0 and 1 hold expert 0 and expert 1
+        ASSERT_TRUE(got.count(name)) << name;
+        EXPECT_EQ(got.at(name).shape[0], stacked ? 1u : t.shape[0]) << name;
+      } else {
+        EXPECT_EQ(got.count(name), 0u) << name;
+      }
+    }
+    EXPECT_EQ(got.size(), rank < 2 ? whole.size() : whole.size() - 4);
+  }
+}
+
 TEST_F(ConvertTest, StackedRanksHaveTheirOwnResumeFingerprints) {
   // A staging left by one rank is never taken for another's: the fingerprint covers the expert
   // range, the rows and the pieces.

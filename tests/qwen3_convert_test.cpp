@@ -353,6 +353,92 @@ TEST_F(ConvertTest, Qwen3AndDeepseekToHfRefuseAnIntermediateSizeConfigJsonDoesNo
   expect_same(read_checkpoint(tmp / "h-default"), ref_qwen3_to_hf(native, {}));
 }
 
+// Found by the audit of 2026-12-06 (semantics 14.2, 14.3.3, 14.3.6, 14.4): inputs the reference
+// takes that shardshift converted otherwise, each now converted as there or refused.
+TEST_F(ConvertTest, Qwen3InputsTheReferenceTakesDifferentlyAreConvertedAsThereOrRefused) {
+  // 8-bit float experts without scales: the reference would decode them; they were read as F32
+  // (past the end of each piece). Refused, naming a piece.
+  for (const DType fp8 : {DType::F8_E4M3, DType::F8_E5M2}) {
+    SCOPED_TRACE(dtype_name(fp8));
+    const fs::path dir = tmp / ("fp8-" + std::string(dtype_name(fp8)));
+    write_checkpoint(dir, tiny_qwen3(rng, 1, 2, 4, 3, fp8), 1, "qwen3_moe");
+    auto r = run(dir, tmp / "fp8-out");
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(contains(r.status().message(), "mlp.experts.0.") &&
+                contains(r.status().message(), "cannot cast " + std::string(dtype_name(fp8))))
+        << r.status().message();
+    EXPECT_FALSE(fs::exists(tmp / "fp8-out"));
+  }
+
+  // Keys under `model.language_model.` and no config.json: the reference's expert pattern takes
+  // them; they were detected as gemma4_moe and copied unchanged.
+  Dict prefixed;
+  const Dict plain = tiny_qwen3(rng, 1, 2, 4, 3);
+  for (const auto& [name, t] : plain)
+    prefixed["model.language_model." + name.substr(std::string("model.").size())] = t;
+  write_checkpoint(tmp / "lm", prefixed);
+  auto ck = Checkpoint::open(tmp / "lm");
+  ASSERT_TRUE(ck.ok());
+  auto plan = make_plan(*ck, {});
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(plan->adapter, "qwen3_moe");
+  ASSERT_TRUE(run(tmp / "lm", tmp / "lm-out").ok());
+  const Dict lm = read_checkpoint(tmp / "lm-out");
+  EXPECT_EQ(lm.count("model.language_model.layers.0.mlp.experts.gate_and_up_projs"), 1u);
+  EXPECT_EQ(lm.count("model.language_model.layers.0.mlp.experts.0.gate_proj.weight"), 0u);
+
+  // config.json's num_experts other than the checkpoint's experts: the reference stacks that
+  // many (the first ones twice, or it fails). Refused; the count that agrees converts.
+  const Dict four = tiny_qwen3(rng, 1, 4, 4, 3);
+  write_checkpoint(tmp / "count", four, 1, "qwen3_moe");
+  for (const int said : {2, 5, 4}) {
+    SCOPED_TRACE(said);
+    testing::write_bytes(tmp / "count" / "config.json",
+                         "{\"model_type\": \"qwen3_moe\", \"num_experts\": " +
+                             std::to_string(said) + "}");
+    fs::remove_all(tmp / "count-out");
+    auto r = run(tmp / "count", tmp / "count-out");
+    if (said == 4) {
+      EXPECT_TRUE(r.ok()) << r.status().message();
+      continue;
+    }
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(contains(r.status().message(),
+                         "the checkpoint's experts are 0-3 (4), but config.json's num_experts is " +
+                             std::to_string(said) + ": the reference stacks that many"))
+        << r.status().message();
+  }
+
+  // to_hf: a name that holds the marker before its end and ends like it, which the reference
+  // splits as a stacked tensor: refused.
+  Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 2, 4, 3), {});
+  native["model.layers.0.mlp.experts.gate_and_up_projs_ema.gate_and_up_projs"] =
+      native.at("model.layers.0.mlp.experts.gate_and_up_projs");
+  write_checkpoint(tmp / "marker", native, 1, "qwen3_moe");
+  auto marker = run(tmp / "marker", tmp / "marker-out");
+  ASSERT_FALSE(marker.ok());
+  EXPECT_TRUE(contains(marker.status().message(),
+                       "gate_and_up_projs_ema.gate_and_up_projs': the name holds "
+                       "'.mlp.experts.gate_and_up_projs' (or 'down_projs') before its end"))
+      << marker.status().message();
+
+  // to_hf: a moe_intermediate_size that is no whole number, which the reference splits at (or
+  // fails on): refused, whatever the tensors hold.
+  const Dict good = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 2, 4, 3), {});
+  write_checkpoint(tmp / "odd", good, 1, "qwen3_moe");
+  for (const std::string odd : {"3.0", "-1", "null", "\"3\""}) {
+    SCOPED_TRACE(odd);
+    testing::write_bytes(tmp / "odd" / "config.json",
+                         "{\"model_type\": \"qwen3_moe\", \"moe_intermediate_size\": " + odd + "}");
+    auto r = run(tmp / "odd", tmp / "odd-out");
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(contains(r.status().message(), "config.json's moe_intermediate_size is " + odd +
+                                                   ", not a whole number"))
+        << r.status().message();
+    EXPECT_FALSE(fs::exists(tmp / "odd-out"));
+  }
+}
+
 TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {
   // (from_hf's expert-parallel export: tests/convert_ep_test.cpp.)
   Dict native = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 3, 6, 4), {});

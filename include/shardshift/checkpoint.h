@@ -70,6 +70,9 @@ public:
   /// config.json's top-level whole numbers ("num_experts": 128), which an adapter may check the
   /// tensors against; empty when absent or not JSON.
   std::map<std::string, uint64_t, std::less<>> config_counts;
+  /// config.json's other top-level keys, whose value is no whole number: key -> the value's JSON
+  /// text (cut at 40 bytes).
+  std::map<std::string, std::string, std::less<>> config_not_counts;
   /// config.json's "torch_dtype" and "dtype" (newer transformers write the second), each present
   /// and not null: key -> value, the string itself, or the JSON text of a value that is no string
   /// (then in `config_dtype_not_string`). A repeated key counts as its last, as Python's json
