@@ -297,7 +297,7 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
           "rank " + std::to_string(rank.rank) + " of " + std::to_string(rank.world)};
   job.paths.staging =
       job.paths.output.parent_path() /
-      ("." + job.paths.output.filename().string() + ".shardshift-job-" + fingerprint.substr(0, 16));
+      (temp_name_prefix(job.paths.output.filename().string(), "job") + fingerprint.substr(0, 16));
   const std::unique_ptr<Coordinator> coordinator = make_coordinator(options, rank, io, job.paths);
 
   // 1. Every rank works on the same plan, into the same OUT, before anything is written.

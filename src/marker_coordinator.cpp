@@ -19,6 +19,7 @@
 #include "coordinator.h"
 #include "outputs.h"
 #include "staging.h"
+#include "temp_name.h"
 
 #include <algorithm>
 #include <chrono>
@@ -327,7 +328,7 @@ private:
 // given other flags or other input files plan differently and never meet; without this each
 // would wait out --job-timeout and call the other dead. "" when there is none.
 std::string other_plan(const JobPaths& paths, unsigned k, unsigned world, int64_t since) {
-  const std::string prefix = "." + paths.output.filename().string() + ".shardshift-job-";
+  const std::string prefix = temp_name_prefix(paths.output.filename().string(), "job");
   std::error_code ec;
   for (fs::directory_iterator it(paths.staging.parent_path(), ec), end; !ec && it != end;
        it.increment(ec)) {

@@ -1,24 +1,38 @@
 // temp_name.h: the part of a final name that its temporary names (".NAME.shardshift-tmp-PID-N",
 // a file being written, a staging directory, a trace) begin with. A file name may be 255 bytes
 // long (NAME_MAX), and the marker, process id and random part add about 45: a long name keeps
-// only its first bytes, so that the temporary name is still a valid name.
+// only its first bytes and a hash of the rest, so that the temporary name is still a valid name.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
 namespace shardshift {
 
-/// `name`, or its first TEMP_STEM_MAX bytes when it is longer, never cutting a UTF-8 character.
+/// `name`, or, when it is longer than TEMP_STEM_MAX bytes, its first bytes (never cutting a UTF-8
+/// character), "~" and 16 hex digits of a hash of the whole name: two long names that begin
+/// alike still get stems of their own, so that a run never takes another output's temporary
+/// names (its staging directory) for its own. The hash (64-bit FNV-1a) is the same on every
+/// machine, as the ranks of one job need.
 inline std::string temp_name_stem(std::string_view name) {
-  constexpr size_t TEMP_STEM_MAX = 160;
+  constexpr size_t TEMP_STEM_MAX = 160, HASH_PART = 17; // "~" and 16 hex digits
   if (name.size() <= TEMP_STEM_MAX)
     return std::string(name);
-  size_t end = TEMP_STEM_MAX;
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (const char c : name) {
+    hash ^= static_cast<unsigned char>(c);
+    hash *= 0x100000001b3ull;
+  }
+  size_t end = TEMP_STEM_MAX - HASH_PART;
   while (end > 0 && (static_cast<unsigned char>(name[end]) & 0xC0) == 0x80)
     --end; // name[end] continues a character: cut before its first byte
-  return std::string(name.substr(0, end));
+  std::string stem(name.substr(0, end));
+  stem += '~';
+  for (int shift = 60; shift >= 0; shift -= 4)
+    stem += "0123456789abcdef"[(hash >> shift) & 0xF];
+  return stem;
 }
 
 /// How every temporary name made from `name` begins: ".NAME.shardshift-WHAT-" ("tmp" for what

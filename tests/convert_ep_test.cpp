@@ -99,8 +99,8 @@ void expect_bytes_equal(const Dict& got, const Dict& want) {
 }
 
 // The single-rank export of `hf` (checked against the reference's `want`), then every rank of
-// N = 2, 3 (uneven: 3, 3, 2 of 8 experts), 4 and 10 (more ranks than experts: the last two keep
-// stacks of shape [0, ...]), and N = 2 with the second sharding of 2: each rank's export equals
+// N = 2, 3 (uneven: 3, 3, 2 of 8 experts), 4 and 10 (more ranks than experts: the last two
+// write no stacked tensor, as the reference's mixin), and N = 2 with the second sharding of 2: each rank's export equals
 // the slice of the single-rank export (ref_stacked_expert_parallel).
 void expect_every_rank_is_a_slice(const fs::path& hf, const fs::path& tmp, const Dict& want) {
   ASSERT_TRUE(run(hf, tmp / "whole", opts([](ConvertOptions& o) { o.force = true; })).ok());

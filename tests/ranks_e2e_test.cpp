@@ -354,6 +354,23 @@ TEST_F(Ranks, WithTorchrunsVariablesTheRanksCoordinateThroughMarkerFiles) {
         << logs;
 }
 
+// The job's staging and commit directories are temporary names too: an OUT of 240 bytes, which
+// one process converts, converts as a job of two (found by an audit on 2026-12-06: "File name too
+// long"), and nothing of the job is left beside it.
+TEST_F(Ranks, AJobConvertsIntoTheLongestNamesOneProcessTakes) {
+  const std::string out(240, 'o');
+  std::string command;
+  for (unsigned k = 0; k < 2; ++k)
+    command += std::string(SHARDSHIFT_BINARY) + " convert " + shell_quoted(tmp / "hf") + " " +
+               shell_quoted(tmp / out) + " " + FLAGS + " --rank " + std::to_string(k) +
+               " --world-size 2 --job-timeout 30 > " +
+               shell_quoted(tmp / ("log" + std::to_string(k))) + " 2>&1 & ";
+  auto r = run_shell(command + "wait %1 && wait %2");
+  ASSERT_EQ(r.exit_code, 0) << read_bytes(tmp / "log0") << read_bytes(tmp / "log1");
+  EXPECT_EQ(files_of(tmp / out), files_of(tmp / "ref"));
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log0", "log1", out, "ref"}));
+}
+
 TEST_F(Ranks, AKilledRankFailsTheJobOnEveryRankAndLeavesNothing) {
   std::vector<pid_t> pids;
   for (unsigned r = 0; r < 3; ++r)

@@ -5,6 +5,7 @@
 // only an empty one (or one of temporary files) of a process that is gone counts as a run's.
 #include "convert_harness.h"
 #include "staging.h"
+#include "temp_name.h"
 
 #include <algorithm>
 #include <csignal>
@@ -107,6 +108,50 @@ TEST_F(ConvertTest, AKilledRunsStagingIsRemovedByTheNextRunIntoTheSameOut) {
   EXPECT_NE(warnings[0].find("5012 bytes freed"), std::string::npos) << warnings[0];
   EXPECT_NE(warnings[1].find("4 bytes freed"), std::string::npos) << warnings[1];
   EXPECT_NE(warnings[2].find("120 bytes freed"), std::string::npos) << warnings[2];
+}
+
+// Two outputs whose names agree in their first 160 bytes (more than a temporary name keeps):
+// each has temporary names of its own (a hash of the whole name follows the bytes kept), so a run
+// into one never takes the other's staging directory, kept for --resume, for its own (found by an
+// audit on 2026-12-06: the run removed it).
+TEST_F(ConvertTest, OutputsWhoseLongNamesBeginAlikeKeepTheirStagingApart) {
+  reference::write_checkpoint(tmp / "hf", reference::tiny_diffusion(rng, 1, 4, 64, 24), 1,
+                              "diffusion_gemma");
+  const std::string common(200, 'n');
+  const std::string a = common + "_A", b = common + "_B";
+  EXPECT_NE(temp_name_stem(a), temp_name_stem(b));
+  EXPECT_EQ(temp_name_stem(a), temp_name_stem(std::string(a))); // the same on every call
+  EXPECT_LE(temp_name_stem(a).size(), 160u);
+  EXPECT_EQ(temp_name_stem("short"), "short");
+  const pid_t dead = dead_pid();
+  ASSERT_NE(dead, 0);
+  const auto kept = tmp / (temp_name_prefix(b) + std::to_string(dead) + "-42");
+  std::filesystem::create_directory(kept);
+  write_bytes(kept / PLAN_FINGERPRINT_NAME, "fingerprint\n");
+  write_bytes(kept / "model.safetensors", std::string(5000, 'x'));
+
+  std::vector<std::string> warnings;
+  ConvertOptions o;
+  o.input = tmp / "hf";
+  o.output = tmp / a;
+  o.device = "cpu";
+  ConvertCallbacks cb;
+  cb.warnings = [&](const std::vector<std::string>& w) {
+    warnings.insert(warnings.end(), w.begin(), w.end());
+  };
+  for (const bool resume : {false, true}) {
+    o.resume = resume;
+    o.force = true;
+    auto r = convert(o, cb);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_TRUE(std::filesystem::exists(kept / "model.safetensors")) << "resume " << resume;
+  }
+  EXPECT_TRUE(warnings.empty()) << warnings.front();
+  // Into B, it is B's: removed as an earlier run's.
+  o.output = tmp / b;
+  o.resume = false;
+  ASSERT_TRUE(convert(o, cb).ok());
+  EXPECT_FALSE(std::filesystem::exists(kept));
 }
 
 } // namespace
