@@ -387,7 +387,7 @@ void add_job_flags(FlagGroup& run) {
       "rank", po::value<unsigned>()->value_name("R"),
       "This process's rank in a job of several processes writing one OUT together (each "
       "converts its share of the output files, rank 0 commits); needs --world-size. Without "
-      "them, taken from the launcher: mpirun (Open MPI), PMI (MPICH), torchrun, srun. Example: "
+      "them, taken from the launcher: torchrun, mpirun (Open MPI), PMI (MPICH), srun. Example: "
       "--rank 0 --world-size 4")("world-size", po::value<unsigned>()->value_name("N"),
                                  "The number of processes of the job (see --rank). Example: "
                                  "--rank 3 --world-size 4")(

@@ -20,10 +20,12 @@ struct Launcher {
 };
 
 // Innermost first: the variables of a launcher started inside another are this process's own.
+// torchrun is started on each node by mpirun or srun (its workers inherit their variables), and
+// mpirun inside a Slurm allocation.
 constexpr Launcher LAUNCHERS[] = {
+    {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"},
     {"Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
     {"PMI", "PMI_RANK", "PMI_SIZE"},
-    {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"},
     {"Slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"},
 };
 

@@ -39,6 +39,17 @@ TEST(DetectRank, FromEachLaunchersVariables) {
        1,
        2,
        "Open MPI"},
+      // torchrun started by mpirun on each node: its workers inherit Open MPI's variables, and
+      // torchrun's win (found by an audit on 2026-12-06: Open MPI's did, and every worker
+      // converted everything alone, or aborted in MPI_Init).
+      {{{"RANK", "3"},
+        {"WORLD_SIZE", "4"},
+        {"LOCAL_RANK", "1"},
+        {"OMPI_COMM_WORLD_RANK", "1"},
+        {"OMPI_COMM_WORLD_SIZE", "2"}},
+       3,
+       4,
+       "torchrun"},
       // torchrun started by srun on each node: torchrun's variables win.
       {{{"RANK", "9"},
         {"WORLD_SIZE", "16"},
