@@ -120,14 +120,19 @@ Result<std::string> write_share(const Job& job, Io& io, const Checkpoint& input,
 }
 
 // Rank 0 after a failure: why nothing was written (the caller removes the staging directory,
-// or keeps it with --resume).
-Status failed_job(const Job& job, const std::vector<std::string>& failures) {
+// or keeps it with --resume). `for_commit`: the staging directory had been moved for the commit,
+// which the next run removes and writes again, so nothing there can be resumed.
+Status failed_job(const Job& job, const std::vector<std::string>& failures, bool for_commit) {
   const fs::path& output = job.paths.output;
   std::string m = "the job of " + std::to_string(job.rank.world) + " ranks failed; nothing was " +
                   "written to " + output.string() + ":";
   for (const std::string& f : failures)
     m += "\n  " + f;
-  if (job.options.resume)
+  if (job.options.resume && for_commit)
+    m += "\n" + output.string() + ": the files finished so far are in " +
+         job.paths.staging.string() + ", moved there for the commit; the next run of this job " +
+         "removes it and writes every file again (--resume cannot continue a commit)";
+  else if (job.options.resume)
     m += "\n" + output.string() + ": the files finished so far are kept in " +
          job.paths.staging.string() + "; run the same job with --resume to continue from them";
   return Status(job.cancelled() ? Errc::interrupted : Errc::io, m);
@@ -354,13 +359,14 @@ Result<UploadResult> write_directory_as_rank(const ConvertOptions& options, cons
                                                       job.paths.staging.string() + " for --resume)"
                                                 : std::string()));
   }
-  if (!ended->staging.empty()) // moved for the commit (markers), whatever follows
+  const bool for_commit = !ended->staging.empty();
+  if (for_commit) // moved for the commit (markers), whatever follows
     job.paths.staging = ended->staging;
   if (ended->failures.empty())
     if (std::string missing = missing_files(job, plan); !missing.empty())
       ended->failures.push_back(std::move(missing));
   if (!ended->failures.empty()) {
-    Status failed = failed_job(job, ended->failures);
+    Status failed = failed_job(job, ended->failures, for_commit);
     coordinator->tell_outcome(failed);
     if (staged && !options.resume && coordinator->staging_intact())
       discard_tree(io, job.paths.staging).ignore();

@@ -74,12 +74,13 @@ protected:
   // Starts rank `r` of a job of `world` processes started by hand (--rank/--world-size),
   // converting hf into out, its stdout and stderr in log<r>.
   pid_t spawn_rank(unsigned r, unsigned world, const char* job_timeout,
-                   const char* max_shard_size = "2MB") {
-    return testing::spawn_shardshift({"convert", (tmp / "hf").string(), (tmp / "out").string(),
-                                      "--max-shard-size", max_shard_size, "-j", "1", "--rank",
-                                      std::to_string(r), "--world-size", std::to_string(world),
-                                      "--job-timeout", job_timeout},
-                                     tmp / ("log" + std::to_string(r)));
+                   const char* max_shard_size = "2MB", const std::vector<std::string>& more = {}) {
+    std::vector<std::string> args = {"convert", (tmp / "hf").string(), (tmp / "out").string(),
+                                     "--max-shard-size", max_shard_size, "-j", "1", "--rank",
+                                     std::to_string(r), "--world-size", std::to_string(world),
+                                     "--job-timeout", job_timeout};
+    args.insert(args.end(), more.begin(), more.end());
+    return testing::spawn_shardshift(args, tmp / ("log" + std::to_string(r)));
   }
   // OUT committed with the plan's files and nothing of the job's coordination (no marker), equal
   // to what converting in one process gives, and nothing left beside it.
@@ -529,6 +530,28 @@ TEST_F(Ranks, RankZeroNeverCommitsWithoutEveryPlannedFile) {
   EXPECT_NE(log.find("is OUT on a disk of each node's own"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(tmp / "out"));
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log0", "ref"}));
+}
+
+// The same with --resume: the staging directory had been moved for the commit, which the next run
+// removes and writes again, so rank 0 does not promise a resume (found by an audit on
+// 2026-12-06: it told the user to run the job with --resume to continue from them).
+TEST_F(Ranks, AFailedCommitPromisesNoResume) {
+  const pid_t zero = spawn_rank(0, 2, "30", "2MB", {"--resume"});
+  ASSERT_GT(zero, 0);
+  const auto dir = wait_for_in_staging(".rank-0-of-2.alive");
+  ASSERT_TRUE(dir) << read_bytes(tmp / "log0");
+  testing::write_bytes(*dir / ".rank-1-of-2.alive", "4242");
+  testing::write_bytes(*dir / ".rank-1-of-2.done", "4242\n");
+  const int status = wait_status(zero);
+  const std::string log = read_bytes(tmp / "log0");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << log;
+  EXPECT_NE(log.find("(rank 1's share): missing"), std::string::npos) << log;
+  EXPECT_NE(log.find("moved there for the commit; the next run of this job removes it and writes "
+                     "every file again (--resume cannot continue a commit)"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("to continue from them"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(tmp / "out"));
 }
 
 // A rank interrupted once its share is done (its files durable, its "done" marker written) no
