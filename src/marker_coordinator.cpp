@@ -404,6 +404,9 @@ public:
       return made;
     if (::stat(staging.c_str(), &staging_st_) != 0)
       return Status(Errc::io, staging.string() + ": " + errno_text(errno));
+    // The OUT a --force run replaces, if any: never this job's commit.
+    if (::stat(paths_.output.c_str(), &output_st_) != 0)
+      output_st_ = {};
     // A share this rank's earlier process finished, which was killed since (its "done" marker
     // carries the nonce of the heartbeat it left, no longer touched; only a process of this rank
     // changes that heartbeat): rank 0 may be committing it now, so this process writes nothing
@@ -704,6 +707,7 @@ private:
     struct stat st {};
     return ::stat(paths_.output.c_str(), &st) == 0 &&
            !(st.st_dev == staging_st_.st_dev && st.st_ino == staging_st_.st_ino) &&
+           !(st.st_dev == output_st_.st_dev && st.st_ino == output_st_.st_ino) &&
            fs::exists(paths_.output / OUTPUT_MARKER_NAME) && !commit_seen();
   }
 
@@ -720,6 +724,13 @@ private:
                             " (was rank 0 started twice?)"},
                            {}};
       const int64_t now = mtime_ns(staging / marker(0, world, "alive"));
+      // The heartbeat only touches its file, never makes it again: gone, another process
+      // removed it, and it can no longer time the other ranks (this would wait for ever).
+      if (now == 0)
+        return SharesEnded{{who_ + ": its heartbeat file in " + staging.string() +
+                            " was removed by another process (was a rank started twice, or "
+                            "the directory cleaned by hand?)"},
+                           {}};
       bool all_ended = true;
       std::vector<std::string> seen, done;
       // A rank of another world size first: the ranks it displaced never join, and it may write
@@ -770,6 +781,7 @@ private:
   JobPaths paths_;
   std::string who_; ///< "rank R of N", for messages
   struct stat staging_st_ {};
+  struct stat output_st_ {}; ///< OUT as begin() found it (st_ino 0: none), which --force replaces
   std::unique_ptr<Heartbeat> heart_;
   std::optional<std::string> own_done_; ///< rank 0: its own share's digests, once it is done
   bool twin_ = false; ///< begin: another process runs this rank in this job; its directory stays

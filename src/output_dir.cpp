@@ -205,6 +205,14 @@ Status check_output_parent(const fs::path& output) {
   if (!fs::is_directory(parent, ec))
     return Status(Errc::invalid_argument,
                   parent.string() + ": the output's parent directory does not exist");
+  // A name the filesystem cannot hold would fail only at the final rename, after all the work.
+  const long name_max = ::pathconf(parent.c_str(), _PC_NAME_MAX);
+  const size_t limit = name_max > 0 ? static_cast<size_t>(name_max) : size_t(255);
+  if (const std::string name = out.filename().string(); name.size() > limit)
+    return Status(Errc::invalid_argument,
+                  out.string() + ": the output's name is " + std::to_string(name.size()) +
+                      " bytes long, more than the " + std::to_string(limit) +
+                      " its filesystem takes; choose a shorter OUT");
   // Creating the output needs to write the parent (a conversion's staging directory and its
   // final rename both do).
   if (access(parent.c_str(), W_OK | X_OK) != 0)

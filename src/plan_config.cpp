@@ -1,6 +1,6 @@
 // plan_config.cpp: read_config_facts, the pass that takes from config.json what the reference's
 // model class builds its adapter with (the dtype it casts stacked experts to; the expert count
-// and size that to_hf's checks read), and converted_dtype, the output dtype it gives.
+// and size that the checks read, refused where they are no whole numbers), and converted_dtype, the output dtype it gives.
 #include "planner.h"
 
 #include <algorithm>
@@ -25,6 +25,17 @@ void read_config_facts(PlanContext& ctx) {
                          (wants_dtype ? ", or give --dtype bf16|f16|f32" : ""));
     return;
   }
+  // A count the reference reads that is no whole number (3.0, -1, null, "16"): it splits or
+  // stacks the experts by it, or fails on it.
+  for (std::string_view key : {count, size})
+    if (const auto odd = ctx.input.config_not_counts.find(key);
+        !key.empty() && odd != ctx.input.config_not_counts.end())
+      ctx.problems.add(Errc::plan, "", "",
+                       "config.json's " + std::string(key) + " is " + printable(odd->second) +
+                           ", not a whole number; the " + model +
+                           " reference splits or stacks the experts by it (or fails): give " +
+                           (key == count ? "the model's expert count"
+                                         : "the experts' intermediate size"));
   if (!wants_dtype)
     return;
   // transformers keeps "dtype" over "torch_dtype" (its older name) when both are given.

@@ -291,14 +291,8 @@ void check_expert_size(PlanContext& ctx) {
   const std::string_view key = ctx.spec.config_expert_size;
   if (key.empty())
     return;
-  if (const auto odd = ctx.input.config_not_counts.find(key);
-      odd != ctx.input.config_not_counts.end()) {
-    ctx.problems.add(Errc::plan, "", "",
-                     "config.json's " + std::string(key) + " is " + printable(odd->second) +
-                         ", not a whole number; the reference's to_hf splits the experts at it "
-                         "(or fails): give the experts' intermediate size");
+  if (ctx.input.config_not_counts.count(key)) // no whole number: read_config_facts said so
     return;
-  }
   const auto given = ctx.input.config_counts.find(key);
   const bool said = given != ctx.input.config_counts.end();
   if (!said && ctx.spec.config_expert_size_default == 0)
@@ -308,7 +302,9 @@ void check_expert_size(PlanContext& ctx) {
   const bool has_config = std::find(side.begin(), side.end(), "config.json") != side.end();
   const std::string whose =
       said ? "config.json's " + std::string(key) + " is " + std::to_string(size)
-           : (has_config ? "config.json gives no " + std::string(key) : "there is no config.json") +
+           : (has_config              ? "config.json gives no " + std::string(key)
+              : ctx.input.single_file ? std::string("IN is one file, and no config.json is read")
+                                      : std::string("there is no config.json")) +
                  ", which the reference's " + std::string(ctx.spec.model) +
                  " config then takes as " + std::to_string(size);
   for (auto& [name, g] : ctx.stacks) {

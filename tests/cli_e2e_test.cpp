@@ -241,6 +241,26 @@ TEST_F(CliCheckpoint, TheLongestNamesConvert) {
   EXPECT_EQ(left, (std::vector<std::string>{"h", "o", "t"})) << "no temporary name is left";
 }
 
+// One byte more than a filesystem takes: refused before any work (exit 2), not at the final
+// rename after it all (found by an audit on 2026-12-06), by convert and by synth alike.
+TEST_F(CliCheckpoint, AnOutputNameLongerThanTheFilesystemTakesIsRefusedFirst) {
+  const std::string out(256, 'o');
+  for (const std::string& command :
+       {"convert " + shell_quoted(tmp / "hf") + " " + shell_quoted(tmp / out),
+        "synth " + shell_quoted(tmp / out) + " --layers 1 --scale 8"}) {
+    auto r = run_shardshift(command);
+    EXPECT_EQ(r.exit_code, 2) << command << ": " << r.err;
+    EXPECT_NE(r.err.find("the output's name is 256 bytes long, more than the 255 its filesystem "
+                         "takes; choose a shorter OUT"),
+              std::string::npos)
+        << r.err;
+  }
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(tmp.path()))
+    left.push_back(e.path().filename().string());
+  EXPECT_EQ(left, (std::vector<std::string>{"hf"})) << "nothing was written beside IN";
+}
+
 // An empty argument (an unset shell variable) is named, not taken for the current directory.
 TEST_F(CliCheckpoint, EmptyPathsAreNamed) {
   const std::string in = shell_quoted(tmp / "hf");

@@ -436,6 +436,22 @@ TEST_F(ConvertTest, Qwen3InputsTheReferenceTakesDifferentlyAreConvertedAsThereOr
                                                    ", not a whole number"))
         << r.status().message();
     EXPECT_FALSE(fs::exists(tmp / "odd-out"));
+    // The expert count likewise, in both directions (the re-audit found it was ignored).
+    testing::write_bytes(tmp / "odd" / "config.json",
+                         "{\"model_type\": \"qwen3_moe\", \"num_experts\": " + odd + "}");
+    auto count = run(tmp / "odd", tmp / "odd-out");
+    ASSERT_FALSE(count.ok());
+    EXPECT_TRUE(contains(count.status().message(),
+                         "config.json's num_experts is " + odd + ", not a whole number"))
+        << count.status().message();
+    testing::write_bytes(tmp / "count" / "config.json",
+                         "{\"model_type\": \"qwen3_moe\", \"num_experts\": " + odd + "}");
+    auto from = run(tmp / "count", tmp / "odd-out");
+    ASSERT_FALSE(from.ok());
+    EXPECT_TRUE(contains(from.status().message(),
+                         "config.json's num_experts is " + odd + ", not a whole number"))
+        << from.status().message();
+    EXPECT_FALSE(fs::exists(tmp / "odd-out"));
   }
 }
 

@@ -532,6 +532,49 @@ TEST_F(Ranks, RankZeroNeverCommitsWithoutEveryPlannedFile) {
   EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log0", "ref"}));
 }
 
+// A job run again with --force over the OUT its first run committed: the old OUT (its marker,
+// another directory than the job's staging) is not taken for this job's commit by a rank that
+// finished its share (found by an audit on 2026-12-06: rank 1 said the job was committed without
+// it and removed the staging directory, and both ranks failed).
+TEST_F(Ranks, AJobWithForceReplacesAnOutput) {
+  for (const bool force : {false, true}) {
+    SCOPED_TRACE(force);
+    const std::vector<std::string> more =
+        force ? std::vector<std::string>{"--force"} : std::vector<std::string>{};
+    const pid_t zero = spawn_rank(0, 2, "30", "2MB", more);
+    const pid_t one = spawn_rank(1, 2, "30", "2MB", more);
+    ASSERT_TRUE(zero > 0 && one > 0);
+    const int s0 = wait_status(zero), s1 = wait_status(one);
+    const std::string logs = read_bytes(tmp / "log0") + read_bytes(tmp / "log1");
+    EXPECT_TRUE(WIFEXITED(s0) && WEXITSTATUS(s0) == 0) << logs;
+    EXPECT_TRUE(WIFEXITED(s1) && WEXITSTATUS(s1) == 0) << logs;
+  }
+  auto verify = run_shardshift("verify " + shell_quoted(tmp / "hf") + " " +
+                               shell_quoted(tmp / "out") + " --max-shard-size 2MB");
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+  EXPECT_EQ(entries(tmp.path()), (std::vector<std::string>{"hf", "log0", "log1", "out", "ref"}));
+}
+
+// Rank 0 times the other ranks by its own heartbeat file: removed by another process, it fails
+// the job rather than wait for ever (an audit on 2026-12-06 found a rank 0 still waiting after
+// 11 minutes with --job-timeout 30, once a rank had cleared the directory's markers).
+TEST_F(Ranks, RankZeroWhoseHeartbeatIsRemovedFailsTheJob) {
+  const pid_t zero = spawn_rank(0, 2, "5");
+  ASSERT_GT(zero, 0);
+  const auto dir = wait_for_in_staging(".rank-0-of-2.alive");
+  ASSERT_TRUE(dir) << read_bytes(tmp / "log0");
+  // Once its share is done, it waits for rank 1; then its heartbeat goes.
+  ASSERT_TRUE(wait_for_in_staging(".rank-0-of-2.done")) << read_bytes(tmp / "log0");
+  fs::remove(*dir / ".rank-0-of-2.alive");
+  const int status = wait_status(zero);
+  const std::string log = read_bytes(tmp / "log0");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << log;
+  EXPECT_NE(log.find("its heartbeat file in " + dir->string() + " was removed by another process"),
+            std::string::npos)
+      << log;
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+}
+
 // The same with --resume: the staging directory had been moved for the commit, which the next run
 // removes and writes again, so rank 0 does not promise a resume (found by an audit on
 // 2026-12-06: it told the user to run the job with --resume to continue from them).
