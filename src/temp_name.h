@@ -4,34 +4,30 @@
 // only its first bytes and a hash of the rest, so that the temporary name is still a valid name.
 #pragma once
 
+#include "sha256.h"
+
 #include <cstddef>
-#include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
 namespace shardshift {
 
 /// `name`, or, when it is longer than TEMP_STEM_MAX bytes, its first bytes (never cutting a UTF-8
-/// character), "~" and 16 hex digits of a hash of the whole name: two long names that begin
-/// alike still get stems of their own, so that a run never takes another output's temporary
-/// names (its staging directory) for its own. The hash (64-bit FNV-1a) is the same on every
-/// machine, as the ranks of one job need.
+/// character), "~" and the first 16 hex digits of the whole name's SHA-256: two long names that
+/// begin alike still get stems of their own, so that a run never takes another output's
+/// temporary names (its staging directory) for its own; the same on every machine, as the ranks
+/// of one job need.
 inline std::string temp_name_stem(std::string_view name) {
   constexpr size_t TEMP_STEM_MAX = 160, HASH_PART = 17; // "~" and 16 hex digits
   if (name.size() <= TEMP_STEM_MAX)
     return std::string(name);
-  uint64_t hash = 0xcbf29ce484222325ull;
-  for (const char c : name) {
-    hash ^= static_cast<unsigned char>(c);
-    hash *= 0x100000001b3ull;
-  }
   size_t end = TEMP_STEM_MAX - HASH_PART;
   while (end > 0 && (static_cast<unsigned char>(name[end]) & 0xC0) == 0x80)
     --end; // name[end] continues a character: cut before its first byte
   std::string stem(name.substr(0, end));
   stem += '~';
-  for (int shift = 60; shift >= 0; shift -= 4)
-    stem += "0123456789abcdef"[(hash >> shift) & 0xF];
+  stem += sha256_hex(std::as_bytes(std::span(name))).substr(0, HASH_PART - 1);
   return stem;
 }
 

@@ -426,33 +426,21 @@ TEST_F(ConvertTest, Qwen3InputsTheReferenceTakesDifferentlyAreConvertedAsThereOr
   // fails on): refused, whatever the tensors hold.
   const Dict good = ref_qwen3_from_hf(tiny_qwen3(rng, 1, 2, 4, 3), {});
   write_checkpoint(tmp / "odd", good, 1, "qwen3_moe");
-  for (const std::string odd : {"3.0", "-1", "null", "\"3\""}) {
-    SCOPED_TRACE(odd);
-    testing::write_bytes(tmp / "odd" / "config.json",
-                         "{\"model_type\": \"qwen3_moe\", \"moe_intermediate_size\": " + odd + "}");
-    auto r = run(tmp / "odd", tmp / "odd-out");
-    ASSERT_FALSE(r.ok());
-    EXPECT_TRUE(contains(r.status().message(), "config.json's moe_intermediate_size is " + odd +
-                                                   ", not a whole number"))
-        << r.status().message();
-    EXPECT_FALSE(fs::exists(tmp / "odd-out"));
-    // The expert count likewise, in both directions (the re-audit found it was ignored).
-    testing::write_bytes(tmp / "odd" / "config.json",
-                         "{\"model_type\": \"qwen3_moe\", \"num_experts\": " + odd + "}");
-    auto count = run(tmp / "odd", tmp / "odd-out");
-    ASSERT_FALSE(count.ok());
-    EXPECT_TRUE(contains(count.status().message(),
-                         "config.json's num_experts is " + odd + ", not a whole number"))
-        << count.status().message();
-    testing::write_bytes(tmp / "count" / "config.json",
-                         "{\"model_type\": \"qwen3_moe\", \"num_experts\": " + odd + "}");
-    auto from = run(tmp / "count", tmp / "odd-out");
-    ASSERT_FALSE(from.ok());
-    EXPECT_TRUE(contains(from.status().message(),
-                         "config.json's num_experts is " + odd + ", not a whole number"))
-        << from.status().message();
-    EXPECT_FALSE(fs::exists(tmp / "odd-out"));
-  }
+  // The expert count likewise, in both directions (the re-audit found it was ignored).
+  const std::pair<const char*, const char*> cases[] = {
+      {"odd", "moe_intermediate_size"}, {"odd", "num_experts"}, {"count", "num_experts"}};
+  for (const std::string odd : {"3.0", "-1", "null", "\"3\""})
+    for (const auto& [dir, key] : cases) {
+      SCOPED_TRACE(odd + " " + dir + " " + key);
+      testing::write_bytes(tmp / dir / "config.json", "{\"model_type\": \"qwen3_moe\", \"" +
+                                                          std::string(key) + "\": " + odd + "}");
+      auto r = run(tmp / dir, tmp / "odd-out");
+      ASSERT_FALSE(r.ok());
+      EXPECT_TRUE(contains(r.status().message(), "config.json's " + std::string(key) + " is " +
+                                                     odd + ", not a whole number"))
+          << r.status().message();
+      EXPECT_FALSE(fs::exists(tmp / "odd-out"));
+    }
 }
 
 TEST_F(ConvertTest, Qwen3ToHfRefusesSizesThatDisagreeAndExpertParallel) {

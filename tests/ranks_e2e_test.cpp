@@ -93,6 +93,24 @@ protected:
     EXPECT_EQ(entries(tmp.path()),
               (std::vector<std::string>{"hf", "log0", "log1", "log2", "out", "ref"}));
   }
+  // Runs rank 0 of 2 (with `more` flags) while the test plays rank 1, whose markers say its
+  // share is done and whose files are nowhere; returns rank 0's wait status (-1, and a failure
+  // recorded, if it did not start; a failure also if it made no staging directory), its output in
+  // log0.
+  int rank_zero_beside_a_rank_one_done_elsewhere(const std::vector<std::string>& more = {}) {
+    const pid_t zero = spawn_rank(0, 2, "30", "2MB", more);
+    if (zero <= 0) {
+      ADD_FAILURE() << "rank 0 did not start";
+      return -1;
+    }
+    if (const auto dir = wait_for_in_staging(".rank-0-of-2.alive")) {
+      testing::write_bytes(*dir / ".rank-1-of-2.alive", "4242");
+      testing::write_bytes(*dir / ".rank-1-of-2.done", "4242\n");
+    } else {
+      ADD_FAILURE() << "rank 0 made no staging directory: " << read_bytes(tmp / "log0");
+    }
+    return wait_status(zero);
+  }
   // The job's staging directory, once it exists.
   std::optional<fs::path> job_staging() const {
     for (const std::string& name : entries(tmp.path()))
@@ -510,13 +528,7 @@ TEST_F(Ranks, RanksGivenDifferentFlagsAreToldSoAndLeaveNothing) {
 // whatever the coordinator. Here the test plays rank 1 of 2: its markers say done, its files are
 // nowhere.
 TEST_F(Ranks, RankZeroNeverCommitsWithoutEveryPlannedFile) {
-  const pid_t zero = spawn_rank(0, 2, "30");
-  ASSERT_GT(zero, 0);
-  const auto dir = wait_for_in_staging(".rank-0-of-2.alive");
-  ASSERT_TRUE(dir) << read_bytes(tmp / "log0");
-  testing::write_bytes(*dir / ".rank-1-of-2.alive", "4242");
-  testing::write_bytes(*dir / ".rank-1-of-2.done", "4242\n");
-  const int status = wait_status(zero);
+  const int status = rank_zero_beside_a_rank_one_done_elsewhere();
   const std::string log = read_bytes(tmp / "log0");
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << log;
   EXPECT_NE(log.find("the job of 2 ranks failed; nothing was written to " + (tmp / "out").string()),
@@ -579,13 +591,7 @@ TEST_F(Ranks, RankZeroWhoseHeartbeatIsRemovedFailsTheJob) {
 // removes and writes again, so rank 0 does not promise a resume (found by an audit on
 // 2026-12-06: it told the user to run the job with --resume to continue from them).
 TEST_F(Ranks, AFailedCommitPromisesNoResume) {
-  const pid_t zero = spawn_rank(0, 2, "30", "2MB", {"--resume"});
-  ASSERT_GT(zero, 0);
-  const auto dir = wait_for_in_staging(".rank-0-of-2.alive");
-  ASSERT_TRUE(dir) << read_bytes(tmp / "log0");
-  testing::write_bytes(*dir / ".rank-1-of-2.alive", "4242");
-  testing::write_bytes(*dir / ".rank-1-of-2.done", "4242\n");
-  const int status = wait_status(zero);
+  const int status = rank_zero_beside_a_rank_one_done_elsewhere({"--resume"});
   const std::string log = read_bytes(tmp / "log0");
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << log;
   EXPECT_NE(log.find("(rank 1's share): missing"), std::string::npos) << log;
