@@ -50,9 +50,10 @@
 //              get chunks of another input to the GPU: locked in place, copied from the
 //              mapping into pinned memory, or read from the file into pinned memory
 //   --opening DIR  what the GPU's opening costs the lanes it runs beside: 16 lanes (as in
-//              --contention) with no CUDA, then again while another thread opens the GPU as the
-//              CUDA stage does (context, 16 slots, 20 page-locked pool buffers), then with the
-//              GPU open; in five fresh processes
+//              --contention) with no CUDA, then while a child process opens the GPU as the
+//              CUDA stage does (context, 16 slots, 20 page-locked pool buffers), with no CUDA
+//              again, while a thread of this process opens it, then with the GPU open; in five
+//              fresh processes
 //   --rows2d   a column range of every row of page-locked host memory to the GPU, by row width:
 //              one 2-D copy straight from it (the CUDA stage's held weights), against the rows
 //              gathered into pinned memory by one thread and uploaded, and a contiguous upload
@@ -1318,14 +1319,38 @@ bool run_lanes(const char* dir, const std::vector<std::unique_ptr<MappedFile>>& 
   return !failed;
 }
 
+/// Opens the GPU as the CUDA stage does: cudaSetDevice, a context, 16 slots of two 64 MiB device
+/// buffers, 1 MiB of pinned staging and a stream each, and 20 pool buffers of 20 MiB made and
+/// page-locked in place (kept in `pool`).
+void open_like_the_stage(std::vector<void*>& pool) {
+  check(cudaSetDevice(0), "cudaSetDevice");
+  check(cudaFree(nullptr), "cudaFree (context)");
+  for (int i = 0; i < 16; ++i) {
+    void *a = nullptr, *b = nullptr, *h = nullptr;
+    cudaStream_t st = nullptr;
+    check(cudaMalloc(&a, uint64_t(64) << 20), "cudaMalloc");
+    check(cudaMalloc(&b, uint64_t(64) << 20), "cudaMalloc");
+    check(cudaHostAlloc(&h, uint64_t(1) << 20, cudaHostAllocPortable), "cudaHostAlloc");
+    check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
+  }
+  for (int i = 0; i < 20; ++i) {
+    void* p = std::aligned_alloc(4096, uint64_t(20) << 20);
+    std::memset(p, 0x5A, uint64_t(20) << 20);
+    check(cudaHostRegister(p, uint64_t(20) << 20, cudaHostRegisterPortable), "register");
+    pool.push_back(p);
+  }
+}
+
 /// --opening DIR: whether opening the GPU costs the lanes running beside it more than the CPU
-/// time the opening itself takes (the driver maps and locks memory in the one address space that
-/// every lane's faults and releases go through): 16 lanes
-/// (run_lanes, 768 MiB each) before any CUDA call, after a warm-up run; the same while another thread opens the GPU
-/// as the CUDA stage does (cudaSetDevice, a context, 16 slots of two 64 MiB device buffers,
-/// 1 MiB of pinned staging and a stream, and 20 pool buffers of 20 MiB made and page-locked in
-/// place); then with the GPU open, in each of five fresh processes. Prints the lanes' wall seconds and the opener's wall and CPU
-/// seconds: lanes slower by more than the opener's CPU time over the cores is the presence cost.
+/// time the opening itself takes, and whether that changes when the opening runs in a process of
+/// its own (a GPU helper process: its own address space, so none of the driver's mapping and
+/// locking goes through the one every lane's faults and releases use). In each of five fresh
+/// processes: 16 lanes (run_lanes, 768 MiB each) before any CUDA call, after a warm-up run; the
+/// same while a child process opens the GPU as the CUDA stage does (open_like_the_stage); again
+/// with no CUDA; the same while a thread of this process opens it; then with the GPU open here.
+/// Prints the lanes' wall seconds and each opener's wall and CPU seconds (the child's: its whole
+/// process, driver threads included; the thread's: its own): lanes slower by more than the
+/// opener's CPU time over the cores is the presence cost.
 void bench_opening(const char* dir) {
   for (int round = 0; round < 5; ++round) {
     const pid_t child = fork();
@@ -1356,26 +1381,46 @@ void bench_opening(const char* dir) {
     };
     lanes_wall(); // warm-up: the first run in a process is the slowest whatever runs beside it
     const double before = lanes_wall();
+
+    // The opening in a child process, which reports its wall and CPU seconds through a pipe and
+    // holds the GPU open until this process closes the other pipe.
+    int report[2], hold[2];
+    if (pipe(report) != 0 || pipe(hold) != 0)
+      _exit(1);
+    const pid_t opener_process = fork();
+    if (opener_process == 0) {
+      close(report[0]);
+      close(hold[1]);
+      const auto w0 = std::chrono::steady_clock::now();
+      std::vector<void*> pool;
+      open_like_the_stage(pool);
+      const Times t = Times::now();
+      const double got[2] = {
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count(),
+          t.sys + t.user};
+      if (write(report[1], got, sizeof got) != ssize_t(sizeof got))
+        _exit(1);
+      char c;
+      while (read(hold[0], &c, 1) > 0) {
+      }
+      _exit(0);
+    }
+    close(report[1]);
+    close(hold[0]);
+    const double during_process = lanes_wall();
+    double child_got[2] = {0, 0};
+    if (read(report[0], child_got, sizeof child_got) != ssize_t(sizeof child_got))
+      std::printf("opening: the child process did not report\n");
+    close(hold[1]);
+    close(report[0]);
+    waitpid(opener_process, nullptr, 0);
+    const double between = lanes_wall();
+
     double open_wall = 0, open_cpu = 0;
     std::vector<void*> pool;
     std::thread opener([&] {
       const auto w0 = std::chrono::steady_clock::now();
-      check(cudaSetDevice(0), "cudaSetDevice");
-      check(cudaFree(nullptr), "cudaFree (context)");
-      for (int i = 0; i < 16; ++i) {
-        void *a = nullptr, *b = nullptr, *h = nullptr;
-        cudaStream_t st = nullptr;
-        check(cudaMalloc(&a, uint64_t(64) << 20), "cudaMalloc");
-        check(cudaMalloc(&b, uint64_t(64) << 20), "cudaMalloc");
-        check(cudaHostAlloc(&h, uint64_t(1) << 20, cudaHostAllocPortable), "cudaHostAlloc");
-        check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
-      }
-      for (int i = 0; i < 20; ++i) {
-        void* p = std::aligned_alloc(4096, uint64_t(20) << 20);
-        std::memset(p, 0x5A, uint64_t(20) << 20);
-        check(cudaHostRegister(p, uint64_t(20) << 20, cudaHostRegisterPortable), "register");
-        pool.push_back(p);
-      }
+      open_like_the_stage(pool);
       open_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
       timespec cpu{};
       clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
@@ -1384,11 +1429,13 @@ void bench_opening(const char* dir) {
     const double during = lanes_wall();
     opener.join();
     const double after = lanes_wall();
-    std::printf("opening: %u lanes of %llu MiB: before any CUDA %.3f s, while the GPU opens %.3f s,"
-                " with it open %.3f s | the opening: %.3f s wall, %.3f s CPU (%.3f s over %u "
-                "cores)\n",
-                lanes, static_cast<unsigned long long>(per_lane >> 20), before, during, after,
-                open_wall, open_cpu, open_cpu / lanes, lanes);
+    std::printf("opening: %u lanes of %llu MiB: before any CUDA %.3f s, while a child process "
+                "opens the GPU %.3f s (it: %.3f s wall, %.3f s CPU), no CUDA again %.3f s, while "
+                "a thread here opens it %.3f s (it: %.3f s wall, %.3f s CPU, %.3f s over %u "
+                "cores), with it open here %.3f s\n",
+                lanes, static_cast<unsigned long long>(per_lane >> 20), before, during_process,
+                child_got[0], child_got[1], between, during, open_wall, open_cpu,
+                open_cpu / lanes, lanes, after);
     std::fflush(stdout);
     _exit(0);
   }
