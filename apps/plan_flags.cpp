@@ -45,9 +45,9 @@ FlagGroup output_flags() {
           .c_str())("dtype", po::value<std::string>()->default_value("keep")->value_name("DTYPE"),
                     "Dtype of the expert tensors: keep, bf16, f16 or f32 (other tensors are "
                     "never cast; deepseek_v3 from_hf: also of the FP8 weights it dequantizes). "
-                    "qwen3_moe and deepseek_v3 from_hf: keep means config.json's dtype "
-                    "(torch_dtype; bf16 when absent), as the reference casts them. Example: "
-                    "--dtype bf16")(
+                    "from_hf with a config.json: keep means the dtype the reference casts them "
+                    "to, config.json's (qwen3_moe, deepseek_v3: torch_dtype; diffusion_gemma, "
+                    "gemma4_moe: text_config's; bf16 when absent). Example: --dtype bf16")(
       "scale-dtype", po::value<std::string>()->value_name("DTYPE"),
       "to_hf: dtype of the per_expert_scale ones it writes: bf16, f16 or f32. Default: the "
       "dtype of down_proj. Example: --scale-dtype f32")(

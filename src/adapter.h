@@ -69,11 +69,17 @@ struct AdapterSpec {
   bool fold_scale = false;      ///< from_hf: expert_down multiplies by the layer's scale
   bool honours_exclude = false; ///< to_hf: the exclusion pattern applies
   bool expert_parallel = true;  ///< --ep-size / --ep-shard-size are offered
-  /// from_hf: stacked experts and dequantized weights are cast, when --dtype is not given, to
-  /// config.json's torch_dtype (BF16 when it gives none), as the reference, whose model class
-  /// builds the adapter with get_dtype(config.torch_dtype, torch.bfloat16), casts them
-  /// (semantics 14.2.7, 15.2.6). false: the input's dtype is kept.
-  bool dtype_from_config = false;
+  /// from_hf: where the expert outputs (and dequantized weights) are cast, when --dtype is not
+  /// given, to the dtype config.json gives, as the reference's model class builds its adapter with
+  /// get_dtype(config.torch_dtype, torch.bfloat16) and the adapter casts to it.
+  ///   none: the input's dtype is kept (no config dtype is read);
+  ///   top_level: config.json's own (semantics 14.2.7, 15.2.6), BF16 when it gives none or
+  ///     there is no config.json;
+  ///   text_config: the model class reads its text_config's dtype (the gemma families, 1.1.14);
+  ///     BF16 when text_config gives none; a top-level dtype that differs is refused (transformers
+  ///     may copy the top level's down when it loads the model); no config.json: kept.
+  enum class ConfigDtype { none, top_level, text_config };
+  ConfigDtype dtype_from_config = ConfigDtype::none;
   /// to_hf: --quantize fp8 is offered (semantics 15.7); it quantizes every output key ending in
   /// `.weight` that contains none of `not_quantized`.
   bool quantizes = false;

@@ -37,6 +37,7 @@ const AdapterSpec DIFFUSION_GEMMA_FROM_HF = {
         },
     .tied_head_source = "model.embed_tokens.weight",
     .fold_scale = true,
+    .dtype_from_config = AdapterSpec::ConfigDtype::text_config,
 };
 
 const AdapterSpec DIFFUSION_GEMMA_TO_HF = {
@@ -86,6 +87,7 @@ const AdapterSpec GEMMA4_MOE_FROM_HF = {
              "{P}language_model.{layer}.moe.experts.down_projs"},
         },
     .fold_scale = true,
+    .dtype_from_config = AdapterSpec::ConfigDtype::text_config,
 };
 
 const AdapterSpec GEMMA4_MOE_TO_HF = {
@@ -172,7 +174,7 @@ const AdapterSpec QWEN3_MOE_FROM_HF = {
          "expert LoRA weights in PEFT's ParamWrapper layout are not supported for qwen3_moe; "
          "convert the base checkpoint"},
     }),
-    .dtype_from_config = true,
+    .dtype_from_config = AdapterSpec::ConfigDtype::top_level,
     // The reference stacks as many experts as config.json says (14.2.5).
     .config_expert_count = "num_experts",
 };
@@ -197,7 +199,7 @@ const AdapterSpec DEEPSEEK_V3_FROM_HF = {
          "expert LoRA weights in PEFT's ParamWrapper layout are not supported for deepseek_v3; "
          "convert the base checkpoint"},
     }),
-    .dtype_from_config = true,
+    .dtype_from_config = AdapterSpec::ConfigDtype::top_level,
     .config_expert_count = "n_routed_experts",
 };
 

@@ -404,6 +404,7 @@ void read_config(Opening& o) {
     o.ckpt.config_not_counts = std::move(config->not_counts);
     o.ckpt.config_dtypes = std::move(config->dtypes);
     o.ckpt.config_dtype_not_string = std::move(config->dtype_not_string);
+    o.ckpt.config_has_text_config = config->has_text_config;
     o.ckpt.config_error = std::move(config->error);
   } else {
     o.problems.add(config.status());

@@ -34,6 +34,20 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
   if (root.get(config) != simdjson::SUCCESS)
     return facts;
   // A repeated key counts as its last, as Python's json (which transformers reads it with) keeps.
+  // k ("dtype", "text_config.torch_dtype", ...) names a dtype: remember its value.
+  const auto dtype_key = [&](std::string k, simdjson::dom::element value) {
+    std::erase(facts.dtype_not_string, k);
+    facts.dtypes.erase(k);
+    std::string_view name;
+    if (value.is_null())
+      return;
+    if (value.get_string().get(name) == simdjson::SUCCESS) {
+      facts.dtypes.emplace(std::move(k), std::string(name));
+    } else {
+      facts.dtypes.emplace(k, simdjson::minify(value));
+      facts.dtype_not_string.push_back(std::move(k));
+    }
+  };
   for (auto [key, value] : config) {
     std::string_view type;
     uint64_t n = 0;
@@ -42,17 +56,22 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
       if (value.get_string().get(type) == simdjson::SUCCESS)
         facts.model_type = std::string(type);
     } else if (key == "torch_dtype" || key == "dtype") {
-      const std::string k(key);
-      std::erase(facts.dtype_not_string, k);
-      facts.dtypes.erase(k);
-      if (value.is_null())
+      dtype_key(std::string(key), value);
+    } else if (key == "text_config") {
+      // A composite config's language model, which the gemma families' model classes build
+      // their adapter from. A repeated one replaces the one before, as in Python.
+      std::erase_if(facts.dtype_not_string,
+                    [](const std::string& k) { return k.starts_with("text_config."); });
+      std::erase_if(facts.dtypes,
+                    [](const auto& kv) { return kv.first.starts_with("text_config."); });
+      facts.has_text_config = false;
+      simdjson::dom::object text;
+      if (value.get(text) != simdjson::SUCCESS)
         continue;
-      if (value.get_string().get(type) == simdjson::SUCCESS) {
-        facts.dtypes.emplace(k, std::string(type));
-      } else {
-        facts.dtypes.emplace(k, simdjson::minify(value));
-        facts.dtype_not_string.push_back(k);
-      }
+      facts.has_text_config = true;
+      for (auto [inner, inner_value] : text)
+        if (inner == "torch_dtype" || inner == "dtype")
+          dtype_key("text_config." + std::string(inner), inner_value);
     } else if (value.get_uint64().get(n) == simdjson::SUCCESS) {
       facts.counts.insert_or_assign(std::string(key), n);
       facts.not_counts.erase(std::string(key));

@@ -23,9 +23,11 @@ struct ConfigFacts {
   /// The other top-level keys, whose value is no whole number, with that value's JSON text (cut
   /// at 40 bytes): an adapter that needs a count from one of them refuses rather than guess.
   std::map<std::string, std::string, std::less<>> not_counts;
-  /// "torch_dtype" and "dtype" when present and not null (Checkpoint::config_dtypes).
+  /// "torch_dtype" and "dtype" when present and not null, and the same of the "text_config"
+  /// object as "text_config.torch_dtype" and "text_config.dtype" (Checkpoint::config_dtypes).
   std::map<std::string, std::string, std::less<>> dtypes;
   std::vector<std::string> dtype_not_string; ///< keys of `dtypes` whose value is no string
+  bool has_text_config = false; ///< the last "text_config" is a JSON object
   /// Why the file could not be read as JSON (simdjson's words); empty when it was. Python's json
   /// takes some files simdjson does not (NaN, integers beyond 64 bits, lone surrogates): an
   /// adapter that needs a value from the file refuses then rather than guess.

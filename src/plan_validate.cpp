@@ -110,9 +110,11 @@ bool check_shapes(PlanContext& ctx, const std::string& layer, const Pieces& p, u
 }
 
 // Dtypes the transpose-fold supports, and the output dtypes (docs/semantics.md 1.1: the fold
-// computes in the promoted type of down and scale; --dtype overrides every expert output).
+// computes in the promoted type of down and scale; --dtype, else the dtype the reference takes from
+// config.json, overrides every expert output).
 bool check_dtypes(PlanContext& ctx, const Pieces& p, ExpertOut* eo) {
-  const std::optional<DType>& forced = ctx.options.expert_dtype;
+  const std::optional<DType> forced =
+      ctx.options.expert_dtype ? ctx.options.expert_dtype : ctx.adapter_dtype;
   bool ok = true;
   DType down_out = p.down ? p.down->dtype : DType::BF16;
   if (p.down) {

@@ -95,7 +95,9 @@ struct PlanContext {
   const PlanOptions& options;
   const AdapterSpec& spec;
   std::optional<KeyPattern> exclude; ///< compiled --exclude (re.match) when the adapter honours it
-  /// read_config_facts: the dtype the reference adapter casts to (spec.dtype_from_config)
+  /// read_config_facts: the dtype the reference adapter casts the expert outputs (and dequantized
+  /// weights) to (spec.dtype_from_config), where --dtype does not say
+
   std::optional<DType> adapter_dtype;
 
   std::vector<Classified> classified; ///< every input key, in data order
@@ -149,11 +151,16 @@ std::optional<ExpertCount> model_expert_count(const PlanContext& ctx, std::strin
 std::string expert_count_problem(uint64_t held, const ExpertCount& expected);
 
 /// What the adapter takes from config.json, as its reference does: where it casts like its
-/// reference (spec.dtype_from_config) and --dtype is not given, the dtype ("dtype", else
-/// "torch_dtype", as transformers keeps them; BF16 when absent) into ctx.adapter_dtype; a value
-/// shardshift cannot write is a problem that names it and --dtype. A config.json that is not
-/// JSON simdjson reads is a problem where the adapter needs a value from it.
+/// reference (spec.dtype_from_config) and --dtype is not given, the dtype into ctx.adapter_dtype
+/// (config_dtype, of the top level or of text_config as the spec says); a value shardshift cannot
+/// write, or a top level and a text_config that could each be the reference's and differ, is a
+/// problem that names them and --dtype. A config.json that is not JSON simdjson reads is a
+/// problem where the adapter needs a value from it.
 void read_config_facts(PlanContext& ctx);
+/// The dtype config.json gives at `level` ("" or "text_config."): "dtype", else "torch_dtype", as
+/// transformers keeps them; BF16 when neither is given (the reference's get_dtype(None,
+/// torch.bfloat16)). nullopt, with a problem, for a value shardshift cannot write.
+std::optional<DType> config_dtype(PlanContext& ctx, std::string_view level);
 /// The dtype a stacked expert or a dequantized weight of dtype `input` is written in: --dtype,
 /// else the adapter's (read_config_facts), else `input`.
 DType converted_dtype(const PlanContext& ctx, DType input);

@@ -50,7 +50,8 @@ TEST(CheckpointConfig, ARepeatedKeyCountsAsItsLastAndAnUnreadableFileSaysWhy) {
   EXPECT_EQ(facts->model_type, "qwen3_moe");
   EXPECT_EQ(facts->counts.at("num_experts"), 8u);
   EXPECT_FALSE(facts->counts.count("moe_intermediate_size")) << "its last value is no number";
-  EXPECT_EQ(facts->dtypes, (std::map<std::string, std::string, std::less<>>{{"torch_dtype", "bfloat16"}}));
+  EXPECT_EQ(facts->dtypes,
+            (std::map<std::string, std::string, std::less<>>{{"torch_dtype", "bfloat16"}}));
   EXPECT_EQ(facts->error, "");
 
   write_bytes(dir / "config.json", R"({"model_type": "qwen3_moe", "router_aux_loss_coef": NaN})");
@@ -58,6 +59,41 @@ TEST(CheckpointConfig, ARepeatedKeyCountsAsItsLastAndAnUnreadableFileSaysWhy) {
   ASSERT_TRUE(nan.ok());
   EXPECT_NE(nan->error, "");
   EXPECT_EQ(nan->model_type, "");
+}
+
+// The gemma families' model classes build their adapter with text_config's dtype: a composite
+// config's "text_config" object is read for it too, under prefixed keys; a later "text_config"
+// replaces an earlier one, as in Python, and one that is no object has no dtype.
+TEST(CheckpointConfig, TextConfigsDtypeIsReadUnderItsOwnKeys) {
+  TempDir dir;
+  using Dtypes = std::map<std::string, std::string, std::less<>>;
+  write_bytes(dir / "config.json",
+              R"({"model_type": "diffusion_gemma", "dtype": "bfloat16",
+                  "text_config": {"torch_dtype": "float32", "dtype": 16, "num_experts": 4}})");
+  auto facts = read_config(dir / "config.json");
+  ASSERT_TRUE(facts.ok()) << facts.status().message();
+  EXPECT_TRUE(facts->has_text_config);
+  EXPECT_EQ(facts->dtypes, (Dtypes{{"dtype", "bfloat16"},
+                                   {"text_config.dtype", "16"},
+                                   {"text_config.torch_dtype", "float32"}}));
+  EXPECT_EQ(facts->dtype_not_string, std::vector<std::string>{"text_config.dtype"});
+  EXPECT_FALSE(facts->counts.count("num_experts")) << "only the top level's numbers are counts";
+
+  write_bytes(dir / "config.json",
+              R"({"text_config": {"torch_dtype": "float16", "dtype": 3}, "torch_dtype": "float32",
+                  "text_config": {"dtype": "bfloat16"}})");
+  auto replaced = read_config(dir / "config.json");
+  ASSERT_TRUE(replaced.ok());
+  EXPECT_TRUE(replaced->has_text_config);
+  EXPECT_EQ(replaced->dtypes,
+            (Dtypes{{"text_config.dtype", "bfloat16"}, {"torch_dtype", "float32"}}));
+  EXPECT_TRUE(replaced->dtype_not_string.empty());
+
+  write_bytes(dir / "config.json", R"({"text_config": {"dtype": "float16"}, "text_config": null})");
+  auto not_object = read_config(dir / "config.json");
+  ASSERT_TRUE(not_object.ok());
+  EXPECT_FALSE(not_object->has_text_config);
+  EXPECT_TRUE(not_object->dtypes.empty());
 }
 
 TEST(CheckpointConfig, MissingFileIsAnIoErrorNamingIt) {

@@ -209,5 +209,99 @@ TEST_F(ConvertTest, Gemma4BothDirectionsWithAndWithoutModelPrefix) {
     }
 }
 
+// Semantics 1.1.14: the gemma families' model classes build their adapter with
+// get_dtype(text_config.torch_dtype, torch.bfloat16), and the adapter casts both expert outputs to
+// it. With a config.json, shardshift casts to that dtype when --dtype is not given; where the top
+// level's could be taken instead (transformers may copy it down) and differs, it refuses; without
+// a config.json, the fold's own dtypes are kept.
+TEST_F(ConvertTest, GemmaFamiliesCastToTheirTextConfigsDtypeLikeTheReference) {
+  // F32 experts and scale: what `keep` writes (F32) differs from the reference's default (BF16).
+  // Special values included; NaNs compare equal whatever their bits (the fold's NaN policy, 1.1.8,
+  // has its own tests).
+  const Dict diffusion = tiny_diffusion(rng, 2, 3, 8, 4, DType::F32, DType::F32, true);
+  const Dict gemma4 = tiny_gemma4(rng, 1, 4, 6, 3, true);
+  for (const std::string model : {"diffusion_gemma", "gemma4_moe"}) {
+    const bool is_diffusion = model == "diffusion_gemma";
+    const Dict& in = is_diffusion ? diffusion : gemma4;
+    const fs::path hf = tmp / model;
+    write_checkpoint(hf, in, 2);
+    auto reference = [&](std::optional<DType> cast) {
+      RefOptions ro;
+      ro.cast = cast;
+      return ref_from_hf(in, is_diffusion, ro);
+    };
+    auto convert = [&](const std::string& fields, std::optional<DType> flag) {
+      fs::remove_all(tmp / "n");
+      testing::write_bytes(hf / "config.json",
+                           "{\"model_type\": \"" + model + "\"" + fields + "}\n");
+      return run(hf, tmp / "n", opts([&](ConvertOptions& o) { o.plan.expert_dtype = flag; }));
+    };
+    // No config.json: the adapter alone, whose default shardshift keeps as the fold gives it.
+    {
+      SCOPED_TRACE(model + " without config.json");
+      fs::remove(hf / "config.json");
+      fs::remove_all(tmp / "n");
+      auto r = run(hf, tmp / "n", opts([&](ConvertOptions& o) { o.plan.adapter = model; }));
+      ASSERT_TRUE(r.ok()) << r.status().message();
+      expect_same(read_checkpoint(tmp / "n"), reference(std::nullopt));
+    }
+    struct Case {
+      std::string fields;
+      DType want;
+    };
+    for (const Case& c : {
+             Case{"", DType::BF16},
+             Case{", \"torch_dtype\": \"bfloat16\"", DType::BF16},
+             Case{", \"text_config\": {\"torch_dtype\": \"float32\"}", DType::F32},
+             Case{", \"dtype\": \"float16\", \"text_config\": {\"dtype\": \"torch.half\"}",
+                  DType::F16},
+             Case{", \"torch_dtype\": \"float32\", \"text_config\": {\"torch_dtype\": \"float\"}",
+                  DType::F32},
+             Case{", \"text_config\": {\"dtype\": \"float16\", \"torch_dtype\": \"float32\"}",
+                  DType::F16},
+             Case{", \"torch_dtype\": \"bfloat16\", \"text_config\": {}", DType::BF16},
+             Case{", \"text_config\": {\"torch_dtype\": null}", DType::BF16},
+             // A later text_config replaces the one before; one that is no object gives none.
+             Case{", \"text_config\": {\"dtype\": \"float32\"}, \"text_config\": null",
+                  DType::BF16},
+         }) {
+      SCOPED_TRACE(model + c.fields);
+      auto r = convert(c.fields, std::nullopt);
+      ASSERT_TRUE(r.ok()) << r.status().message();
+      expect_same(read_checkpoint(tmp / "n"), reference(c.want));
+    }
+    struct Refused {
+      std::string fields, says;
+    };
+    for (const Refused& c : {
+             Refused{", \"torch_dtype\": \"float32\"",
+                     "config.json gives the dtype F32 at its top level and BF16 for text_config "
+                     "(config.json has none"},
+             Refused{", \"dtype\": \"float16\", \"text_config\": {}",
+                     "F16 at its top level and BF16 in text_config (which gives none"},
+             Refused{", \"torch_dtype\": \"float32\", \"text_config\": {\"dtype\": \"bfloat16\"}",
+                     "F32 at its top level and BF16 in text_config;"},
+             Refused{", \"text_config\": {\"torch_dtype\": \"float64\"}",
+                     "config.json's text_config.torch_dtype is 'float64'"},
+             Refused{", \"text_config\": {\"dtype\": 16}",
+                     "config.json's text_config.dtype is 16, not a dtype name"},
+             Refused{", \"torch_dtype\": \"auto\", \"text_config\": {\"dtype\": \"float32\"}",
+                     "config.json's torch_dtype is 'auto'"},
+         }) {
+      SCOPED_TRACE(model + c.fields);
+      auto r = convert(c.fields, std::nullopt);
+      ASSERT_FALSE(r.ok());
+      EXPECT_NE(r.status().message().find(c.says), std::string::npos) << r.status().message();
+      EXPECT_NE(r.status().message().find("--dtype bf16|f16|f32"), std::string::npos)
+          << r.status().message();
+      EXPECT_FALSE(fs::exists(tmp / "n"));
+      // --dtype settles it.
+      auto given = convert(c.fields, DType::F16);
+      ASSERT_TRUE(given.ok()) << given.status().message();
+      expect_same(read_checkpoint(tmp / "n"), reference(DType::F16));
+    }
+  }
+}
+
 } // namespace
 } // namespace shardshift

@@ -75,11 +75,13 @@ public:
   std::map<std::string, std::string, std::less<>> config_not_counts;
   /// config.json's "torch_dtype" and "dtype" (newer transformers write the second), each present
   /// and not null: key -> value, the string itself, or the JSON text of a value that is no string
-  /// (then in `config_dtype_not_string`). A repeated key counts as its last, as Python's json
-  /// reads it. The qwen3_moe and deepseek_v3 references cast to this dtype (semantics 14.2.7).
+  /// (then in `config_dtype_not_string`); those of its "text_config" object under the keys
+  /// "text_config.torch_dtype" and "text_config.dtype". A repeated key counts as its last, as
+  /// Python's json reads it. The references cast to this dtype (semantics 14.2.7, 3.c).
   std::map<std::string, std::string, std::less<>> config_dtypes;
   std::vector<std::string>
       config_dtype_not_string; ///< keys of config_dtypes whose value is no string
+  bool config_has_text_config = false; ///< config.json's "text_config" is a JSON object
   /// Why config.json could not be read as JSON; empty when it was (or there is none).
   std::string config_error;
   /// Things that do not stop a conversion but that a user should hear about, one message each
