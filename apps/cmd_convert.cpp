@@ -484,6 +484,52 @@ void add_convert_flags(ConvertFlags& f) {
 }
 
 // ConvertOptions from the parsed flags; a bad value is a usage error (its message).
+// --ep-from-launcher: one single-process conversion per rank, each into its own OUT ({rank}
+// replaced), of its own experts (--ep-size and --ep-rank from the launcher's variables).
+Status take_ep_from_launcher(ConvertOptions& o) {
+  auto rank = detect_rank(o.rank, o.world_size, environment());
+  if (!rank)
+    return rank.status();
+  if (o.plan.ep_size != 1 || o.plan.ep_rank != 0)
+    return Status(Errc::invalid_argument, "--ep-from-launcher sets --ep-size and --ep-rank; "
+                                          "give one or the other");
+  std::string out = o.output.string();
+  const size_t at = out.find("{rank}");
+  if (at == std::string::npos)
+    return Status(Errc::invalid_argument,
+                  "--ep-from-launcher: OUT must contain {rank}, so that each process writes "
+                  "its own checkpoint (e.g. 'native-ep{rank}')");
+  out.replace(at, 6, std::to_string(rank->rank));
+  o.output = out;
+  o.plan.ep_size = rank->world;
+  o.plan.ep_rank = rank->rank;
+  o.rank = 0;
+  o.world_size = 1;
+  return {};
+}
+
+// Flags that clash with where the output goes, or would be silently ignored there (README: a
+// flag with nothing to set is refused).
+Status check_output_flags(const ConvertOptions& o, const po::variables_map& vm) {
+  if (o.output == "-" && vm.count("json"))
+    return Status(Errc::invalid_argument, "--json and OUT '-' both write to stdout; use one");
+  if (const std::string problem = vm.count("json") ? json_stdout_problem() : ""; !problem.empty())
+    return Status(Errc::invalid_argument, problem);
+  if (o.output == "-" && o.format != OutputFormat::tar && o.checksums)
+    return Status(Errc::invalid_argument,
+                  "--checksums writes SHA256SUMS beside the output, and OUT '-' without "
+                  "--format tar is one file on stdout with no place for it; add --format tar "
+                  "(SHA256SUMS goes into the archive), or pipe stdout through sha256sum");
+  if ((o.output == "-" || vm.count("pipe-to")) && !o.sync)
+    return Status(Errc::invalid_argument,
+                  std::string("--no-sync skips the fsyncs of files written into OUT; ") +
+                      (o.output == "-" ? "OUT '-' streams to stdout"
+                                       : "--pipe-to streams into "
+                                         "commands") +
+                      " and syncs nothing, so it has nothing to set");
+  return {};
+}
+
 Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   auto opts = plan_options(vm);
   if (!opts)
@@ -528,27 +574,9 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
   if (o.job_timeout.count() == 0) // every rank would fail at its first look at the others
     return Status(Errc::invalid_argument,
                   "--job-timeout must be at least 1 (seconds a rank waits for a sign of life)");
-  if (vm.count("ep-from-launcher")) {
-    // One single-process conversion per rank, each into its own OUT, of its own experts.
-    auto rank = detect_rank(o.rank, o.world_size, environment());
-    if (!rank)
-      return rank.status();
-    if (o.plan.ep_size != 1 || o.plan.ep_rank != 0)
-      return Status(Errc::invalid_argument, "--ep-from-launcher sets --ep-size and --ep-rank; "
-                                            "give one or the other");
-    std::string out = o.output.string();
-    const size_t at = out.find("{rank}");
-    if (at == std::string::npos)
-      return Status(Errc::invalid_argument,
-                    "--ep-from-launcher: OUT must contain {rank}, so that each process writes "
-                    "its own checkpoint (e.g. 'native-ep{rank}')");
-    out.replace(at, 6, std::to_string(rank->rank));
-    o.output = out;
-    o.plan.ep_size = rank->world;
-    o.plan.ep_rank = rank->rank;
-    o.rank = 0;
-    o.world_size = 1;
-  }
+  if (vm.count("ep-from-launcher"))
+    if (Status s = take_ep_from_launcher(o); !s.ok())
+      return s;
   o.sync = vm.count("no-sync") == 0;
   if (vm.count("only"))
     o.only = vm["only"].as<std::string>();
@@ -556,23 +584,8 @@ Result<ConvertOptions> convert_options(const po::variables_map& vm) {
     o.format = OutputFormat::tar;
   else if (format != "dir")
     return Status(Errc::invalid_argument, "--format '" + format + "': use dir or tar");
-  if (o.output == "-" && vm.count("json"))
-    return Status(Errc::invalid_argument, "--json and OUT '-' both write to stdout; use one");
-  if (const std::string problem = vm.count("json") ? json_stdout_problem() : ""; !problem.empty())
-    return Status(Errc::invalid_argument, problem);
-  // Flags that would be silently ignored (README: a flag with nothing to set is refused).
-  if (o.output == "-" && o.format != OutputFormat::tar && o.checksums)
-    return Status(Errc::invalid_argument,
-                  "--checksums writes SHA256SUMS beside the output, and OUT '-' without "
-                  "--format tar is one file on stdout with no place for it; add --format tar "
-                  "(SHA256SUMS goes into the archive), or pipe stdout through sha256sum");
-  if ((o.output == "-" || vm.count("pipe-to")) && !o.sync)
-    return Status(Errc::invalid_argument,
-                  std::string("--no-sync skips the fsyncs of files written into OUT; ") +
-                      (o.output == "-" ? "OUT '-' streams to stdout"
-                                       : "--pipe-to streams into "
-                                         "commands") +
-                      " and syncs nothing, so it has nothing to set");
+  if (Status s = check_output_flags(o, vm); !s.ok())
+    return s;
   o.pipe_to_stdout_to_stderr = vm.count("json") > 0; // stdout holds the JSON alone
   o.trace = vm.count("trace") > 0;
   if (o.trace)
@@ -596,6 +609,53 @@ void print_failed_deliveries(const Status& failed, const std::vector<FileDeliver
         .end_object();
   w.end_array().end_object();
   std::cout << w.take() << "\n" << std::flush;
+}
+
+// A failed run: what it says on stderr, and its exit code.
+int report_failed_run(const ConvertOptions& o, const Status& failed) {
+  if (failed.code() == Errc::interrupted) {
+    // A rank of a job says where it stopped: a rank waiting for rank 0's commit cannot know
+    // whether it happened.
+    auto rank = detect_rank(o.rank, o.world_size, environment());
+    const bool in_a_job = rank && rank->world > 1;
+    if (!o.pipe_to.empty() || o.output == "-" || o.resume || in_a_job)
+      report_error(failed); // every file's state, what went to stdout, what is kept
+    else
+      std::cerr << "shardshift: interrupted; nothing was written to " << o.output.string() << "\n";
+    return EXIT_INTERRUPTED;
+  }
+  return report_error(failed);
+}
+
+// A finished run: the summary line and what follows it on stderr, --stats, and --json on stdout.
+// Returns the exit code (EXIT_FAIL when the JSON could not be written).
+int print_summary(const ConvertOptions& o, const ConvertSummary& s, const po::variables_map& vm) {
+  const bool quiet = vm.count("quiet") > 0;
+  const std::string where = o.pipe_to.empty() ? o.output.string() : "--pipe-to commands";
+  const double rate = s.seconds > 0 ? static_cast<double>(s.output_bytes) / s.seconds : 0;
+  if (!quiet)
+    std::fputs(((s.rank.empty() ? "" : s.rank + ": ") + summary_line(s, where, rate)).c_str(),
+               stderr);
+  if (!quiet && s.kept_files > 0)
+    std::fprintf(stderr, "  resumed: %llu file(s), %s, were kept from the earlier run\n",
+                 static_cast<unsigned long long>(s.kept_files), format_bytes(s.kept_bytes).c_str());
+  if (!quiet)
+    for (const FileDelivery& d : s.deliveries)
+      std::fprintf(stderr, "  %s: %s\n", d.name.c_str(), d.state.c_str());
+  if (vm.count("stats"))
+    print_stats(s);
+  if (!quiet && s.restored > 0)
+    std::fprintf(stderr, "  restored from --base: %llu tensor(s)\n",
+                 static_cast<unsigned long long>(s.restored));
+  if (!quiet) // last: what the output lacks and how to restore it
+    std::fputs(not_restored_note(s.not_restored).c_str(), stderr);
+  if (vm.count("json")) {
+    std::cout << summary_json(s, where, rate);
+    if (!json_report_written("convert",
+                             "the conversion finished and its output is complete (" + where + ")"))
+      return EXIT_FAIL;
+  }
+  return EXIT_OK;
 }
 
 // Runs the conversion with a progress line, Ctrl-C handling and the trace; prints the summary.
@@ -641,46 +701,10 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
           !result ? s
                   : Status(s.code(), "the conversion finished and its output is complete, but " +
                                          s.message()));
-  if (!result) {
-    if (result.status().code() == Errc::interrupted) {
-      // A rank of a job says where it stopped: a rank waiting for rank 0's commit cannot know
-      // whether it happened.
-      auto rank = detect_rank(o.rank, o.world_size, environment());
-      const bool in_a_job = rank && rank->world > 1;
-      if (!o.pipe_to.empty() || o.output == "-" || o.resume || in_a_job)
-        report_error(result.status()); // every file's state, what went to stdout, what is kept
-      else
-        std::cerr << "shardshift: interrupted; nothing was written to " << o.output.string()
-                  << "\n";
-      return EXIT_INTERRUPTED;
-    }
-    return report_error(result.status());
-  }
-  const ConvertSummary& s = *result;
-  const std::string where = o.pipe_to.empty() ? o.output.string() : "--pipe-to commands";
-  const double rate = s.seconds > 0 ? static_cast<double>(s.output_bytes) / s.seconds : 0;
-  if (!quiet)
-    std::fputs(((s.rank.empty() ? "" : s.rank + ": ") + summary_line(s, where, rate)).c_str(),
-               stderr);
-  if (!quiet && s.kept_files > 0)
-    std::fprintf(stderr, "  resumed: %llu file(s), %s, were kept from the earlier run\n",
-                 static_cast<unsigned long long>(s.kept_files), format_bytes(s.kept_bytes).c_str());
-  if (!quiet)
-    for (const FileDelivery& d : s.deliveries)
-      std::fprintf(stderr, "  %s: %s\n", d.name.c_str(), d.state.c_str());
-  if (vm.count("stats"))
-    print_stats(s);
-  if (!quiet && s.restored > 0)
-    std::fprintf(stderr, "  restored from --base: %llu tensor(s)\n",
-                 static_cast<unsigned long long>(s.restored));
-  if (!quiet) // last: what the output lacks and how to restore it
-    std::fputs(not_restored_note(s.not_restored).c_str(), stderr);
-  if (vm.count("json")) {
-    std::cout << summary_json(s, where, rate);
-    if (!json_report_written("convert",
-                             "the conversion finished and its output is complete (" + where + ")"))
-      return EXIT_FAIL;
-  }
+  if (!result)
+    return report_failed_run(o, result.status());
+  if (int rc = print_summary(o, *result, vm); rc != EXIT_OK)
+    return rc;
   return exit_code;
 }
 
