@@ -679,14 +679,16 @@ int run_convert(ConvertOptions& o, const po::variables_map& vm) {
                       "srun, torchrun)"},
                      quiet);
   // --pipe-to --json: a failed run still says on stdout which files were delivered (a caller
-  // removes those objects, or keeps them for a rerun), as one JSON object with "ok": false.
+  // removes those objects, or keeps them for a rerun), as one JSON object with "ok": false; with
+  // no deliveries where it failed before any command started.
   std::vector<FileDelivery> deliveries;
-  if (vm.count("json") && !o.pipe_to.empty())
+  const bool report_deliveries = vm.count("json") && !o.pipe_to.empty();
+  if (report_deliveries)
     cb.delivered = [&deliveries](const std::vector<FileDelivery>& d) { deliveries = d; };
   Profiler profiler(o.trace);
   auto result = convert(o, cb, &profiler);
   line.clear();
-  if (!result && !deliveries.empty())
+  if (!result && report_deliveries)
     print_failed_deliveries(result.status(), deliveries);
 
   int exit_code = EXIT_OK;

@@ -42,12 +42,15 @@ FlagGroup output_flags() {
       "max-shard-size", po::value<std::string>()->default_value("5GB")->value_name("SIZE"),
       (std::string("Largest output file; a tensor larger than SIZE gets a file of its own. ") +
        SIZE_SYNTAX + " Example: --max-shard-size 64MiB")
-          .c_str())("dtype", po::value<std::string>()->default_value("keep")->value_name("DTYPE"),
-                    "Dtype of the expert tensors: keep, bf16, f16 or f32 (other tensors are "
-                    "never cast; deepseek_v3 from_hf: also of the FP8 weights it dequantizes). "
-                    "from_hf with a config.json: keep means the dtype the reference casts them "
-                    "to, config.json's (qwen3_moe, deepseek_v3: torch_dtype; diffusion_gemma, "
-                    "gemma4_moe: text_config's; bf16 when absent). Example: --dtype bf16")(
+          .c_str())("dtype", po::value<std::string>()->value_name("DTYPE"),
+                    "Dtype of the expert tensors: bf16, f16, f32, or keep (the dtypes the fold "
+                    "gives: the input's, down_proj's promoted by per_expert_scale's). Other "
+                    "tensors are never cast; deepseek_v3 from_hf: also the dtype of the FP8 "
+                    "weights it dequantizes. Default: from_hf casts to the dtype the reference "
+                    "takes from config.json (qwen3_moe, deepseek_v3: its torch_dtype; "
+                    "diffusion_gemma: its text_config's; gemma4_moe: its own, else its "
+                    "text_config's; bf16 when it names none; gemma families without a "
+                    "config.json: keep); to_hf keeps. Example: --dtype bf16")(
       "scale-dtype", po::value<std::string>()->value_name("DTYPE"),
       "to_hf: dtype of the per_expert_scale ones it writes: bf16, f16 or f32. Default: the "
       "dtype of down_proj. Example: --scale-dtype f32")(
@@ -114,10 +117,13 @@ Result<PlanOptions> plan_options(const po::variables_map& vm) {
   if (*size == 0)
     return Status(Errc::invalid_argument, "--max-shard-size must be positive");
   o.max_shard_size = *size;
-  auto dt = parse_dtype_flag(vm["dtype"].as<std::string>(), "--dtype");
-  if (!dt)
-    return dt.status();
-  o.expert_dtype = *dt;
+  if (vm.count("dtype")) {
+    auto dt = parse_dtype_flag(vm["dtype"].as<std::string>(), "--dtype");
+    if (!dt)
+      return dt.status();
+    o.expert_dtype = *dt;
+    o.keep_dtype = !*dt;
+  }
   if (vm.count("scale-dtype")) {
     auto sd = parse_dtype_flag(vm["scale-dtype"].as<std::string>(), "--scale-dtype");
     if (!sd)

@@ -75,10 +75,13 @@ struct AdapterSpec {
   ///   none: the input's dtype is kept (no config dtype is read);
   ///   top_level: config.json's own (semantics 14.2.7, 15.2.6), BF16 when it gives none or
   ///     there is no config.json;
-  ///   text_config: the model class reads its text_config's dtype (the gemma families, 1.1.14);
-  ///     BF16 when text_config gives none; a top-level dtype that differs is refused (transformers
-  ///     may copy the top level's down when it loads the model); no config.json: kept.
-  enum class ConfigDtype { none, top_level, text_config };
+  ///   text_config: diffusion_gemma's model class reads its text_config's dtype (1.1.14); BF16
+  ///     when text_config gives none; a top level naming another is refused (transformers'
+  ///     from_pretrained copies it down); no config.json: kept;
+  ///   top_then_text_config: gemma4_moe's model class sets text_config's dtype to the top
+  ///     level's when that gives one, else keeps text_config's (BF16 when none); no config.json:
+  ///     kept.
+  enum class ConfigDtype { none, top_level, text_config, top_then_text_config };
   ConfigDtype dtype_from_config = ConfigDtype::none;
   /// to_hf: --quantize fp8 is offered (semantics 15.7); it quantizes every output key ending in
   /// `.weight` that contains none of `not_quantized`.

@@ -87,7 +87,7 @@ const AdapterSpec GEMMA4_MOE_FROM_HF = {
              "{P}language_model.{layer}.moe.experts.down_projs"},
         },
     .fold_scale = true,
-    .dtype_from_config = AdapterSpec::ConfigDtype::text_config,
+    .dtype_from_config = AdapterSpec::ConfigDtype::top_then_text_config,
 };
 
 const AdapterSpec GEMMA4_MOE_TO_HF = {

@@ -212,6 +212,7 @@ Status find_files(Opening& o, const fs::path& path) {
   if (fs::is_regular_file(status)) {
     o.ckpt.single_file = true;
     o.ckpt.root = path.has_parent_path() ? path.parent_path() : fs::path(".");
+    o.ckpt.config_beside = fs::exists(o.ckpt.root / "config.json", ec);
     o.shard_names.push_back(path.filename().string());
     return {};
   }
@@ -405,6 +406,8 @@ void read_config(Opening& o) {
     o.ckpt.config_dtypes = std::move(config->dtypes);
     o.ckpt.config_dtype_not_string = std::move(config->dtype_not_string);
     o.ckpt.config_has_text_config = config->has_text_config;
+    o.ckpt.config_not_object = std::move(config->not_object);
+    o.ckpt.config_text_config_not_object = std::move(config->text_config_not_object);
     o.ckpt.config_error = std::move(config->error);
   } else {
     o.problems.add(config.status());

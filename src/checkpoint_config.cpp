@@ -30,9 +30,18 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
     facts.error = simdjson::error_message(e);
     return facts;
   }
+  // JSON text cut at 40 bytes, for messages.
+  const auto shown = [](simdjson::dom::element value) {
+    std::string text = simdjson::minify(value);
+    if (text.size() > 40)
+      text = text.substr(0, 37) + "...";
+    return text;
+  };
   simdjson::dom::object config;
-  if (root.get(config) != simdjson::SUCCESS)
+  if (root.get(config) != simdjson::SUCCESS) {
+    facts.not_object = shown(root);
     return facts;
+  }
   // A repeated key counts as its last, as Python's json (which transformers reads it with) keeps.
   // k ("dtype", "text_config.torch_dtype", ...) names a dtype: remember its value.
   const auto dtype_key = [&](std::string k, simdjson::dom::element value) {
@@ -65,9 +74,13 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
       std::erase_if(facts.dtypes,
                     [](const auto& kv) { return kv.first.starts_with("text_config."); });
       facts.has_text_config = false;
+      facts.text_config_not_object.clear();
       simdjson::dom::object text;
-      if (value.get(text) != simdjson::SUCCESS)
+      if (value.get(text) != simdjson::SUCCESS) {
+        if (!value.is_null())
+          facts.text_config_not_object = shown(value);
         continue;
+      }
       facts.has_text_config = true;
       for (auto [inner, inner_value] : text)
         if (inner == "torch_dtype" || inner == "dtype")
@@ -77,10 +90,7 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
       facts.not_counts.erase(std::string(key));
     } else {
       facts.counts.erase(std::string(key));
-      std::string text = simdjson::minify(value);
-      if (text.size() > 40)
-        text = text.substr(0, 37) + "...";
-      facts.not_counts.insert_or_assign(std::string(key), std::move(text));
+      facts.not_counts.insert_or_assign(std::string(key), shown(value));
     }
   }
   return facts;

@@ -28,6 +28,9 @@ struct ConfigFacts {
   std::map<std::string, std::string, std::less<>> dtypes;
   std::vector<std::string> dtype_not_string; ///< keys of `dtypes` whose value is no string
   bool has_text_config = false; ///< the last "text_config" is a JSON object
+  /// The top level, or the last "text_config" where it is neither an object nor null, as JSON
+  /// text (cut at 40 bytes), when it is no JSON object; empty otherwise.
+  std::string not_object, text_config_not_object;
   /// Why the file could not be read as JSON (simdjson's words); empty when it was. Python's json
   /// takes some files simdjson does not (NaN, integers beyond 64 bits, lone surrogates): an
   /// adapter that needs a value from the file refuses then rather than guess.

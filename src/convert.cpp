@@ -3,6 +3,7 @@
 // summarize. Where a tensor's bytes go is decided in planner.cpp and moved in pipeline.cpp.
 #include "shardshift/convert.h"
 
+#include "shardshift/problems.h"
 #include "shardshift/shard_writer.h"
 
 #include "coordinator.h"
@@ -16,6 +17,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <fstream>
+#include <sstream>
 #include <thread>
 #include <unistd.h>
 
@@ -149,20 +152,55 @@ Result<RankInfo> check_options(const ConvertOptions& options) {
   return rank;
 }
 
+// Whether a word of `command` names a file (a script the command runs, say) that mentions
+// SHARDSHIFT_NAME in its first 64 KiB: the command line cannot show that the script names the file.
+bool runs_a_script_naming_the_file(const std::string& command) {
+  std::istringstream words(command);
+  for (std::string word; words >> word;) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(word, ec))
+      continue;
+    std::ifstream in(word, std::ios::binary);
+    std::string head(64 * 1024, '\0');
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+    head.resize(static_cast<size_t>(in.gcount()));
+    if (head.find("SHARDSHIFT_NAME") != std::string::npos)
+      return true;
+  }
+  return false;
+}
+
 // Several files into one --pipe-to command line that names none of them: each would go to the
-// same place (`cat > model.bin` keeps only the last). Legal, but said.
+// same place (`cat > model.bin` keeps only the last). Legal, but said, unless a script the
+// command runs reads $SHARDSHIFT_NAME.
 void warn_if_no_file_named(const ConvertOptions& options, const Plan& plan,
                            const ConvertCallbacks& callbacks) {
   const size_t delivered = plan.files.size() + plan.side_files.size() + (plan.write_index ? 1 : 0);
   if (options.pipe_to.empty() || delivered < 2 || !callbacks.warnings ||
       options.pipe_to.find("{name}") != std::string::npos ||
-      options.pipe_to.find("SHARDSHIFT_NAME") != std::string::npos)
+      options.pipe_to.find("SHARDSHIFT_NAME") != std::string::npos ||
+      runs_a_script_naming_the_file(options.pipe_to))
     return;
   callbacks.warnings({"--pipe-to: the command names no file ({name}, or $SHARDSHIFT_NAME in its "
                       "environment), and this conversion delivers " +
                       std::to_string(delivered) +
                       " files: each is handed to the same command line (cat > FILE would keep "
                       "the last one only)"});
+}
+
+// OUT '-' without --only or --format tar streams the one tensor file alone: the side files that
+// a directory would get (config.json, ...) are not written anywhere. Legal, but said.
+void warn_if_stream_drops_files(const ConvertOptions& options, const Plan& plan,
+                                const ConvertCallbacks& callbacks) {
+  if (!is_stream(options) || options.format == OutputFormat::tar || !options.only.empty() ||
+      plan.files.size() != 1 || plan.side_files.empty() || !callbacks.warnings)
+    return;
+  std::string names;
+  for (const std::string& name : plan.side_files)
+    names += (names.empty() ? "" : ", ") + printable(name);
+  callbacks.warnings({"OUT '-' streams " + plan.files[0].name + " alone; the side files (" + names +
+                      ") are not written: pass --format tar to stream them with it, or --only "
+                      "NAME to stream one of them"});
 }
 
 } // namespace
@@ -201,6 +239,7 @@ Result<ConvertSummary> convert(const ConvertOptions& options, const ConvertCallb
   if (callbacks.planned)
     callbacks.planned(plan);
   warn_if_no_file_named(options, plan, callbacks);
+  warn_if_stream_drops_files(options, plan, callbacks);
 
   // 2. Size the pipeline from the memory budget; pick the device and the writer lanes.
   const unsigned threads =

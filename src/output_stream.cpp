@@ -1,5 +1,6 @@
 // output_stream.cpp: a conversion to stdout: one output file (--only), or the whole output as a
 // tar stream (--format tar) whose end-of-archive blocks come only after every entry succeeded.
+#include "shardshift/problems.h"
 #include "shardshift/shard_writer.h"
 
 #include "outputs.h"
@@ -27,11 +28,17 @@ Result<std::string> stream_target(const Plan& plan, const std::string& only) {
   std::string names;
   for (auto& f : plan.files)
     names += (names.empty() ? "" : ", ") + f.name;
+  if (plan.write_index)
+    names += std::string(", ") + INDEX_FILE_NAME;
+  for (const std::string& side : plan.side_files)
+    names += ", " + printable(side);
+  const size_t all = plan.files.size() + (plan.write_index ? 1 : 0) + plan.side_files.size();
   return Status(Errc::invalid_argument,
-                "the output has " + std::to_string(plan.files.size()) +
-                    " files and OUT '-' streams one: pass --only NAME with one of " + names +
-                    ", model.safetensors.index.json or a side file (sizes: shardshift plan IN "
-                    "--print-size)");
+                "the output has " + std::to_string(all) + " files (" +
+                    std::to_string(plan.files.size()) +
+                    " of tensors) and OUT '-' streams one: pass --only NAME with one of " + names +
+                    " (sizes: shardshift plan IN --print-size), or --format tar to stream them "
+                    "all");
 }
 
 // The N of "model-00002-of-0000N.safetensors", the names the planner gives the shards of a plan

@@ -14,10 +14,12 @@
 #include "pipeline.h"
 #include "upload.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 namespace shardshift {
@@ -87,6 +89,14 @@ public:
   }
   ssize_t splice(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len) override {
     return counted(fd_out, ForwardingIo::splice(fd_in, off_in, fd_out, off_out, len));
+  }
+  /// A cut-back of the stream's file (TarTarget::end_incomplete) takes back what it removes.
+  int ftruncate(int fd, off_t length) override {
+    const off_t at = fd == fd_ ? ::lseek(fd, 0, SEEK_CUR) : -1;
+    const int r = ForwardingIo::ftruncate(fd, length);
+    if (r == 0 && at > length)
+      count_ -= std::min<uint64_t>(count_.load(), static_cast<uint64_t>(at - length));
+    return r;
   }
   uint64_t count() const { return count_.load(); }
 

@@ -82,13 +82,19 @@ bool on_tmpfs(const std::filesystem::path& dir) {
 namespace {
 
 // The first failure of any stage; later ones are dropped (they are usually its consequences).
+// The first one also tells the output target (OutputTarget::run_failed).
 class FailureLatch {
 public:
+  explicit FailureLatch(OutputTarget& target) : target_(target) {}
   void fail(Status s) {
-    std::lock_guard lock(mu_);
-    if (first_.ok())
+    {
+      std::lock_guard lock(mu_);
+      if (!first_.ok())
+        return;
       first_ = std::move(s);
-    failed_ = true;
+      failed_ = true;
+    }
+    target_.run_failed();
   }
   bool failed() const { return failed_; }
   Status first() const {
@@ -97,6 +103,7 @@ public:
   }
 
 private:
+  OutputTarget& target_;
   mutable std::mutex mu_;
   Status first_;
   std::atomic<bool> failed_{false};
@@ -316,7 +323,7 @@ Result<PipelineResult> run_pipeline(const Checkpoint& input, const Plan& plan,
   const uint64_t retire_ahead_ns = helping && config.gpu_retire_ahead_ns == GpuRetirement::AHEAD_NS
                                        ? GpuRetirement::HELPING_AHEAD_NS
                                        : config.gpu_retire_ahead_ns;
-  FailureLatch failure;
+  FailureLatch failure(target);
   // The pool may outlive this call: the GPU's closing thread unlocks its buffers.
   auto pool = std::make_shared<BufferPool>(config.chunk_bytes, config.gpu);
   TransformStage transformer(config.gpu, pool.get(), profiler);

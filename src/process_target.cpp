@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
+#include <functional>
 #include <poll.h>
 #include <set>
 #include <spawn.h>
@@ -135,14 +136,14 @@ std::string describe_exit(int status) {
 }
 
 // Waits until the command has read everything written into its pipe, or has exited, whichever
-// comes first, or `cancel` is raised (*stopped). Returns the bytes it left unread (0 once
+// comes first, or `stop` says so (*stopped). Returns the bytes it left unread (0 once
 // drained); *exited says whether it ended (and *status how). FIONREAD counts what is in the pipe
 // from either end.
-uint64_t wait_until_read(pid_t pid, int pipe_fd, const std::atomic<bool>* cancel, bool* exited,
+uint64_t wait_until_read(pid_t pid, int pipe_fd, const std::function<bool()>& stop, bool* exited,
                          int* status, bool* stopped) {
   auto delay = std::chrono::microseconds(100);
   for (;;) {
-    if (cancel && cancel->load()) {
+    if (stop()) {
       *stopped = true;
       return 0;
     }
@@ -177,8 +178,7 @@ ProcessTarget::ProcessTarget(std::string command, std::chrono::milliseconds grac
                              bool command_stdout_to_stderr, const std::atomic<bool>* cancel)
     : command_(std::move(command)), grace_(grace),
       command_stdout_to_stderr_(command_stdout_to_stderr), cancel_(cancel) {
-  if (cancel_)
-    watcher_ = std::thread([this] { watch(); });
+  watcher_ = std::thread([this] { watch(); });
 }
 
 ProcessTarget::~ProcessTarget() {
@@ -192,8 +192,8 @@ ProcessTarget::~ProcessTarget() {
 
 namespace {
 
-// After a Ctrl-C, what a command's group gets `waited` after the first signal: SIGINT at once,
-// SIGTERM after the grace period, SIGKILL after two (0: nothing new).
+// After a Ctrl-C (or the run's failure), what a command's group gets `waited` after the first
+// signal: SIGINT at once, SIGTERM after the grace period, SIGKILL after two (0: nothing new).
 int escalation(std::chrono::steady_clock::duration waited, std::chrono::milliseconds grace,
                int last) {
   const int due = waited >= 2 * grace ? SIGKILL : waited >= grace ? SIGTERM : SIGINT;
@@ -202,9 +202,10 @@ int escalation(std::chrono::steady_clock::duration waited, std::chrono::millisec
 
 } // namespace
 
-// Once the cancel flag is up, each running command's group gets SIGINT, then SIGTERM and SIGKILL
-// after the grace periods while it still runs: the lane writing into it, blocked on a full pipe,
-// then sees the command stop reading (a broken pipe) and abandons the file (interrupt()).
+// Once the cancel flag is up, or the run has failed, each command still being fed gets SIGINT,
+// then SIGTERM and SIGKILL after the grace periods while it still runs: the lane writing into
+// it, blocked on a full pipe, then sees the command stop reading (a broken pipe) and abandons
+// the file (interrupt()).
 void ProcessTarget::watch() {
   struct Sent {
     std::chrono::steady_clock::time_point first;
@@ -212,7 +213,7 @@ void ProcessTarget::watch() {
   };
   std::map<pid_t, Sent> sent;
   while (!quit_.load()) {
-    if (cancelled()) {
+    if (stopping()) {
       const auto now = std::chrono::steady_clock::now();
       std::lock_guard lock(mu_);
       for (const auto& [name, child] : children_) {
@@ -222,6 +223,7 @@ void ProcessTarget::watch() {
         if (const int sig = escalation(now - s.first, grace_, s.last)) {
           kill(-child.guard, sig);
           s.last = sig;
+          signalled_.insert(child.guard);
         }
       }
     }
@@ -435,10 +437,16 @@ Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
   // that stopped reading early but reports success) must not count as an upload of the file.
   int status = 0;
   bool exited = false, stopped = false;
-  const uint64_t unread =
-      wait_until_read(child.pid, child.stdin_fd, cancel_, &exited, &status, &stopped);
-  if (stopped) { // Ctrl-C before the command read it all: signalled before its input ends
+  const uint64_t unread = wait_until_read(
+      child.pid, child.stdin_fd, [this] { return stopping(); }, &exited, &status, &stopped);
+  if (stopped) { // Ctrl-C, or the run failed, before the command read it all: signalled before
+                 // its input ends
     interrupt(child);
+    if (!cancelled()) {
+      set_outcome(file.name, Delivery::failed,
+                  "not finished: the run failed, so its command was interrupted");
+      return Status(Errc::io, file.name + ": not delivered: the run failed");
+    }
     set_outcome(file.name, Delivery::failed, "interrupted; its command was interrupted");
     return Status(Errc::interrupted, "interrupted");
   }
@@ -495,16 +503,25 @@ Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
 
 void ProcessTarget::abandon(ShardWriter& writer, const OutputFile& file) {
   Child child = take(file.name);
+  bool signalled = false; // by watch(), the run stopping: its command did not quit on its own
+  {
+    std::lock_guard lock(mu_);
+    signalled = child.pid >= 0 && signalled_.count(child.guard) > 0;
+  }
   std::string ended;
   if (child.pid >= 0)
     ended = interrupt(child);
   writer.abandon();
   if (outcome(file.name).state == Delivery::failed)
     return;
-  // A command that quit on its own shows first as a broken pipe; how it ended says more.
+  // A command that quit on its own shows first as a broken pipe; how it ended says more. One
+  // that shardshift interrupted because the run failed is said to be that.
   const Status& why = writer.status();
+  const bool ours = run_failed_.load() && !cancelled() &&
+                    (why.ok() || (why.code() == Errc::broken_pipe && signalled));
   set_outcome(file.name, Delivery::failed,
-              why.code() == Errc::broken_pipe && !ended.empty()
+              ours ? "not finished: the run failed, so its command was interrupted"
+              : why.code() == Errc::broken_pipe && !ended.empty()
                   ? "the command " + ended + " before reading all of it"
               : why.ok() ? "stopped before its end; its command was interrupted"
                          : why.message());

@@ -33,6 +33,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -60,7 +61,8 @@ class ProcessTarget final : public OutputTarget {
 public:
   /// `command_stdout_to_stderr`: each command's stdout is shardshift's stderr (where shardshift's
   /// own stdout carries results, --json), not its stdout.
-  /// `cancel` (may be nullptr): once raised, every command is interrupted (see above).
+  /// `cancel` (may be nullptr): once raised, every command is interrupted (see above), as once
+  /// the run has failed (run_failed).
   explicit ProcessTarget(std::string command,
                          std::chrono::milliseconds grace = std::chrono::milliseconds(5000),
                          bool command_stdout_to_stderr = false,
@@ -70,6 +72,11 @@ public:
   Status open(ShardWriter& writer, const OutputFile& file) override;
   Status finish(ShardWriter& writer, const OutputFile& file) override;
   void abandon(ShardWriter& writer, const OutputFile& file) override;
+  /// Every command still being fed is interrupted, as after a Ctrl-C: a lane blocked writing
+  /// into one that stopped reading then ends, and the failed run with it, rather than when that
+  /// command reads again. Commands that read their whole file and are completing their work (an
+  /// upload's last part) are left to complete.
+  void run_failed() override { run_failed_ = true; }
 
   /// Delivers a small file held in memory (a side file, the index, SHA256SUMS) the same way:
   /// its own command, its bytes on stdin, delivered only if the command then exits 0.
@@ -90,17 +97,21 @@ private:
   std::string interrupt(Child& child);
 
   bool cancelled() const { return cancel_ && cancel_->load(); }
+  /// Commands still being fed are to be interrupted: a Ctrl-C, or the run failed.
+  bool stopping() const { return cancelled() || run_failed_.load(); }
   void watch();
 
   std::string command_;
   std::chrono::milliseconds grace_;
   bool command_stdout_to_stderr_ = false;
   const std::atomic<bool>* cancel_ = nullptr;
-  std::atomic<bool> quit_{false}; ///< the watcher ends
+  std::atomic<bool> quit_{false};       ///< the watcher ends
+  std::atomic<bool> run_failed_{false}; ///< run_failed() was called
   std::thread watcher_;
   mutable std::mutex mu_;
   std::map<std::string, Child> children_;    ///< by file name, while open
   std::map<std::string, Delivery> outcomes_; ///< by file name, once opened
+  std::set<pid_t> signalled_; ///< guards of the groups watch() interrupted (the run stopping)
   void set_outcome(const std::string& name, Delivery::State state, std::string detail = {});
 };
 

@@ -14,7 +14,7 @@ namespace shardshift {
 namespace {
 
 // One line per file, for the error that ends a failed upload.
-Status failure_report(const Status& first, const std::vector<FileDelivery>& files) {
+Status failure_report(const Status& first, const std::vector<FileDelivery>& files, bool has_index) {
   std::string message = first.message() + "\nfiles:";
   size_t failed = 0;
   for (const FileDelivery& f : files) {
@@ -22,8 +22,11 @@ Status failure_report(const Status& first, const std::vector<FileDelivery>& file
     failed += f.state != "delivered";
   }
   message += "\n" + std::to_string(failed) + " of " + std::to_string(files.size()) +
-             " files not delivered; the index was not delivered, so no reader takes this "
-             "checkpoint for complete";
+             " files not delivered; " +
+             (has_index ? "the index was not delivered, so no reader takes this checkpoint for "
+                          "complete"
+                        : "this checkpoint has no index (its tensors are one file), so nothing "
+                          "marks what was delivered as unfinished: remove it, or rerun");
   return Status(first.code(), message);
 }
 
@@ -74,8 +77,14 @@ upload_outputs(const std::string& command, bool command_stdout_to_stderr, const 
     r.files.push_back({INDEX_FILE_NAME, state_text(target.outcome(INDEX_FILE_NAME))});
   if (delivered)
     delivered(r.files);
+  // A command that quit shows first as a broken pipe in its file's writes; how it ended, which
+  // its file's state says, is the cause to report.
+  if (first.code() == Errc::broken_pipe)
+    for (const FileDelivery& f : r.files)
+      if (first.message().starts_with(f.name + ": ") && f.state.starts_with("failed: the command"))
+        first = Status(Errc::io, f.name + ": " + f.state.substr(8) + "; the file is not delivered");
   if (!first.ok())
-    return failure_report(first, r.files);
+    return failure_report(first, r.files, plan.write_index);
   return r;
 }
 

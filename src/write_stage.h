@@ -51,6 +51,10 @@ public:
   /// Whether open() opens files for filling at their offsets (ShardWriter::open_mapped), so that
   /// their items may be written in any order, by any lane.
   virtual bool fills_at_offsets() const { return false; }
+  /// The run has failed (any file, any stage), once: no open file will be finished. A target
+  /// whose writes can block on a consumer (a command that stopped reading) unblocks them now,
+  /// rather than when the run's other lanes end. Called from any thread.
+  virtual void run_failed() {}
 };
 
 /// How a directory's files are filled (PipelineConfig::fill, from fill_mode): each written in

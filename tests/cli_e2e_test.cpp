@@ -8,16 +8,15 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <filesystem>
 #include <map>
+#include <pty.h>
 #include <sstream>
 #include <string>
-#include <vector>
-
-#include <fcntl.h>
-#include <pty.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <vector>
 
 #include <boost/iostreams/copy.hpp>
 #include <boost/iostreams/filter/gzip.hpp>
@@ -439,9 +438,9 @@ TEST_F(CliCheckpoint, ATerminalOnStdoutIsRefused) {
 // empty either way.
 TEST_F(CliCheckpoint, AProgressLineOnlyOnATerminalAndNarrowerThanIt) {
   const unsigned short columns = 40;
-  const TerminalRun r = run_on_terminal(
-      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--no-sync"}, STDERR_FILENO,
-      columns, tmp.path());
+  const TerminalRun r =
+      run_on_terminal({"convert", (tmp / "hf").string(), (tmp / "out").string(), "--no-sync"},
+                      STDERR_FILENO, columns, tmp.path());
   ASSERT_EQ(r.exit_code, 0) << r.terminal;
   EXPECT_EQ(r.other, "") << "stdout holds results only";
   const std::string draw = "\r\x1b[K";
@@ -462,9 +461,9 @@ TEST_F(CliCheckpoint, AProgressLineOnlyOnATerminalAndNarrowerThanIt) {
   EXPECT_GE(drawings, 1);
 
   fs::remove_all(tmp / "out");
-  const TerminalRun quiet = run_on_terminal(
-      {"convert", (tmp / "hf").string(), (tmp / "out").string(), "--no-sync", "-q"},
-      STDERR_FILENO, columns, tmp.path());
+  const TerminalRun quiet =
+      run_on_terminal({"convert", (tmp / "hf").string(), (tmp / "out").string(), "--no-sync", "-q"},
+                      STDERR_FILENO, columns, tmp.path());
   EXPECT_EQ(quiet.exit_code, 0) << quiet.terminal;
   EXPECT_EQ(quiet.terminal, "") << "-q: nothing on the terminal";
   EXPECT_EQ(quiet.other, "");
@@ -507,6 +506,22 @@ TEST_F(CliCheckpoint, PipeToJsonReportsEveryFileOfAFailedRun) {
       << r.out;
   EXPECT_EQ(states["model.safetensors.index.json"], "") << "a single file has no index";
   EXPECT_NE(std::string_view(doc["error"]).find("config.json"), std::string::npos);
+  // No index to withhold: the report says that nothing marks the delivered file unfinished.
+  EXPECT_NE(std::string_view(doc["error"]).find("this checkpoint has no index"), std::string::npos)
+      << r.out;
+
+  // A run that fails before any command starts (a shard whose header is damaged) prints the
+  // object too, with no deliveries.
+  std::filesystem::create_directory(tmp / "bad");
+  testing::write_bytes(tmp / "bad" / "model.safetensors", "this is no safetensors file");
+  auto early = run_shardshift("convert " + shell_quoted(tmp / "bad") +
+                              " --json -q --pipe-to 'cat > /dev/null; : {name}'");
+  EXPECT_EQ(early.exit_code, 1) << early.err;
+  ASSERT_EQ(parser.parse(early.out).get(doc), simdjson::SUCCESS) << early.out;
+  EXPECT_FALSE(bool(doc["ok"]));
+  EXPECT_EQ(simdjson::dom::array(doc["deliveries"]).size(), 0u) << early.out;
+  EXPECT_NE(std::string_view(doc["error"]).find("model.safetensors"), std::string::npos)
+      << early.out;
 }
 
 // A command line that names no file gets every file alike (cat > FILE keeps the last): said.
@@ -515,8 +530,20 @@ TEST_F(CliCheckpoint, PipeToWithoutANameWarnsWhereSeveralFilesGo) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("warning: --pipe-to: the command names no file"), std::string::npos)
       << r.err;
-  for (const char* named : {" --pipe-to 'cat > /dev/null; : {name}'",
-                            " --pipe-to 'cat > /dev/null; : \"$SHARDSHIFT_NAME\"'"}) {
+  // A script that reads $SHARDSHIFT_NAME names the file too, where the command line cannot show
+  // it.
+  std::filesystem::create_directory(tmp / "up");
+  testing::write_bytes(tmp / "up.sh", "#!/bin/sh\nexec cat > \"" + (tmp / "up").string() +
+                                          "/$SHARDSHIFT_NAME\"\n");
+  testing::write_bytes(tmp / "up_noname.sh", "#!/bin/sh\nexec cat > /dev/null\n");
+  auto script = run_shardshift("convert " + shell_quoted(tmp / "hf") + " --pipe-to 'sh " +
+                               (tmp / "up_noname.sh").string() + "'");
+  EXPECT_EQ(script.exit_code, 0) << script.err;
+  EXPECT_NE(script.err.find("names no file"), std::string::npos) << script.err;
+  for (const std::string named :
+       {std::string(" --pipe-to 'cat > /dev/null; : {name}'"),
+        std::string(" --pipe-to 'cat > /dev/null; : \"$SHARDSHIFT_NAME\"'"),
+        " --pipe-to 'sh " + (tmp / "up.sh").string() + "'"}) {
     auto ok = run_shardshift("convert " + shell_quoted(tmp / "hf") + named);
     EXPECT_EQ(ok.exit_code, 0) << ok.err;
     EXPECT_EQ(ok.err.find("names no file"), std::string::npos) << named << ok.err;

@@ -10,6 +10,7 @@
 #include "test_support.h"
 
 #include <cmath>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -209,11 +210,12 @@ TEST_F(ConvertTest, Gemma4BothDirectionsWithAndWithoutModelPrefix) {
     }
 }
 
-// Semantics 1.1.14: the gemma families' model classes build their adapter with
-// get_dtype(text_config.torch_dtype, torch.bfloat16), and the adapter casts both expert outputs to
-// it. With a config.json, shardshift casts to that dtype when --dtype is not given; where the top
-// level's could be taken instead (transformers may copy it down) and differs, it refuses; without
-// a config.json, the fold's own dtypes are kept.
+// Semantics 1.1.14: the gemma families' model classes build their adapter with their text
+// config's dtype (BF16 when it names none), and the adapter casts both expert outputs to it:
+// diffusion_gemma's is text_config's own (a top level naming another is refused: transformers'
+// from_pretrained would copy it down), gemma4_moe's model class copies the top level's down. With
+// a config.json, shardshift casts to that dtype unless --dtype says otherwise (`keep`: the fold's
+// dtypes); without one, it keeps the fold's dtypes.
 TEST_F(ConvertTest, GemmaFamiliesCastToTheirTextConfigsDtypeLikeTheReference) {
   // F32 experts and scale: what `keep` writes (F32) differs from the reference's default (BF16).
   // Special values included; NaNs compare equal whatever their bits (the fold's NaN policy, 1.1.8,
@@ -230,11 +232,15 @@ TEST_F(ConvertTest, GemmaFamiliesCastToTheirTextConfigsDtypeLikeTheReference) {
       ro.cast = cast;
       return ref_from_hf(in, is_diffusion, ro);
     };
-    auto convert = [&](const std::string& fields, std::optional<DType> flag) {
+    auto convert_with = [&](const fs::path& from, const std::string& config,
+                            const std::function<void(ConvertOptions&)>& set) {
       fs::remove_all(tmp / "n");
-      testing::write_bytes(hf / "config.json",
-                           "{\"model_type\": \"" + model + "\"" + fields + "}\n");
-      return run(hf, tmp / "n", opts([&](ConvertOptions& o) { o.plan.expert_dtype = flag; }));
+      testing::write_bytes(hf / "config.json", config);
+      return run(from, tmp / "n", opts(set));
+    };
+    auto convert = [&](const std::string& fields, std::optional<DType> flag) {
+      return convert_with(hf, "{\"model_type\": \"" + model + "\"" + fields + "}\n",
+                          [&](ConvertOptions& o) { o.plan.expert_dtype = flag; });
     };
     // No config.json: the adapter alone, whose default shardshift keeps as the fold gives it.
     {
@@ -245,51 +251,63 @@ TEST_F(ConvertTest, GemmaFamiliesCastToTheirTextConfigsDtypeLikeTheReference) {
       ASSERT_TRUE(r.ok()) << r.status().message();
       expect_same(read_checkpoint(tmp / "n"), reference(std::nullopt));
     }
+    // An empty `want` is a refusal whose message holds `says`.
     struct Case {
       std::string fields;
-      DType want;
+      std::optional<DType> diffusion_want, gemma4_want;
+      std::string says;
     };
+    const std::string both_refuse;
     for (const Case& c : {
-             Case{"", DType::BF16},
-             Case{", \"torch_dtype\": \"bfloat16\"", DType::BF16},
-             Case{", \"text_config\": {\"torch_dtype\": \"float32\"}", DType::F32},
-             Case{", \"dtype\": \"float16\", \"text_config\": {\"dtype\": \"torch.half\"}",
+             Case{"", DType::BF16, DType::BF16},
+             Case{", \"torch_dtype\": \"bfloat16\"", DType::BF16, DType::BF16},
+             Case{", \"text_config\": {\"torch_dtype\": \"float32\"}", DType::F32, DType::F32},
+             Case{", \"dtype\": \"float16\", \"text_config\": {\"dtype\": \"half\"}", DType::F16,
                   DType::F16},
              Case{", \"torch_dtype\": \"float32\", \"text_config\": {\"torch_dtype\": \"float\"}",
-                  DType::F32},
+                  DType::F32, DType::F32},
              Case{", \"text_config\": {\"dtype\": \"float16\", \"torch_dtype\": \"float32\"}",
-                  DType::F16},
-             Case{", \"torch_dtype\": \"bfloat16\", \"text_config\": {}", DType::BF16},
-             Case{", \"text_config\": {\"torch_dtype\": null}", DType::BF16},
-             // A later text_config replaces the one before; one that is no object gives none.
-             Case{", \"text_config\": {\"dtype\": \"float32\"}, \"text_config\": null",
+                  DType::F16, DType::F16},
+             Case{", \"torch_dtype\": \"bfloat16\", \"text_config\": {}", DType::BF16, DType::BF16},
+             Case{", \"text_config\": {\"torch_dtype\": null}", DType::BF16, DType::BF16},
+             Case{", \"text_config\": {\"dtype\": \"float32\"}, \"text_config\": null", DType::BF16,
                   DType::BF16},
+             // The top level against text_config: gemma4_moe's model class copies it down;
+             // diffusion_gemma's reads text_config's, which from_pretrained would overwrite.
+             Case{", \"torch_dtype\": \"float32\"", std::nullopt, DType::F32,
+                  "config.json gives the dtype F32 at its top level and BF16 for text_config, "
+                  "which config.json has none of"},
+             Case{", \"dtype\": \"float16\", \"text_config\": {}", std::nullopt, DType::F16,
+                  "F16 at its top level and BF16 for text_config, which gives none"},
+             Case{", \"torch_dtype\": \"float32\", \"text_config\": {\"dtype\": \"bfloat16\"}",
+                  std::nullopt, DType::F32, "F32 at its top level and BF16 in text_config;"},
+             // Values transformers casts to and shardshift does not write, or cannot read at all.
+             Case{", \"text_config\": {\"torch_dtype\": \"float64\"}", std::nullopt, std::nullopt,
+                  "config.json's text_config.torch_dtype is 'float64', which shardshift does not "
+                  "write"},
+             Case{", \"text_config\": {\"dtype\": 16}", std::nullopt, std::nullopt,
+                  "config.json's text_config.dtype is 16, not a dtype name"},
+             Case{", \"torch_dtype\": \"auto\", \"text_config\": {\"dtype\": \"float32\"}",
+                  std::nullopt, std::nullopt,
+                  "config.json's torch_dtype is 'auto', which is no name of a torch dtype"},
+             Case{", \"text_config\": {\"dtype\": \"torch.half\"}", std::nullopt, std::nullopt,
+                  "config.json's text_config.dtype is 'torch.half', which is no name of a torch "
+                  "dtype"},
+             Case{", \"text_config\": {\"dtype\": \"bf16\"}", std::nullopt, std::nullopt,
+                  "'bf16', which is no name of a torch dtype"},
+             Case{", \"text_config\": [1]", std::nullopt, std::nullopt,
+                  "config.json's text_config is [1], neither an object nor null"},
+             Case{", \"text_config\": \"x\"", std::nullopt, std::nullopt,
+                  "config.json's text_config is \"x\", neither an object nor null"},
          }) {
       SCOPED_TRACE(model + c.fields);
+      const std::optional<DType> want = is_diffusion ? c.diffusion_want : c.gemma4_want;
       auto r = convert(c.fields, std::nullopt);
-      ASSERT_TRUE(r.ok()) << r.status().message();
-      expect_same(read_checkpoint(tmp / "n"), reference(c.want));
-    }
-    struct Refused {
-      std::string fields, says;
-    };
-    for (const Refused& c : {
-             Refused{", \"torch_dtype\": \"float32\"",
-                     "config.json gives the dtype F32 at its top level and BF16 for text_config "
-                     "(config.json has none"},
-             Refused{", \"dtype\": \"float16\", \"text_config\": {}",
-                     "F16 at its top level and BF16 in text_config (which gives none"},
-             Refused{", \"torch_dtype\": \"float32\", \"text_config\": {\"dtype\": \"bfloat16\"}",
-                     "F32 at its top level and BF16 in text_config;"},
-             Refused{", \"text_config\": {\"torch_dtype\": \"float64\"}",
-                     "config.json's text_config.torch_dtype is 'float64'"},
-             Refused{", \"text_config\": {\"dtype\": 16}",
-                     "config.json's text_config.dtype is 16, not a dtype name"},
-             Refused{", \"torch_dtype\": \"auto\", \"text_config\": {\"dtype\": \"float32\"}",
-                     "config.json's torch_dtype is 'auto'"},
-         }) {
-      SCOPED_TRACE(model + c.fields);
-      auto r = convert(c.fields, std::nullopt);
+      if (want) {
+        ASSERT_TRUE(r.ok()) << r.status().message();
+        expect_same(read_checkpoint(tmp / "n"), reference(*want));
+        continue;
+      }
       ASSERT_FALSE(r.ok());
       EXPECT_NE(r.status().message().find(c.says), std::string::npos) << r.status().message();
       EXPECT_NE(r.status().message().find("--dtype bf16|f16|f32"), std::string::npos)
@@ -300,7 +318,65 @@ TEST_F(ConvertTest, GemmaFamiliesCastToTheirTextConfigsDtypeLikeTheReference) {
       ASSERT_TRUE(given.ok()) << given.status().message();
       expect_same(read_checkpoint(tmp / "n"), reference(DType::F16));
     }
+    // --dtype keep keeps the fold's dtypes whatever config.json says.
+    {
+      SCOPED_TRACE(model + " --dtype keep");
+      auto r = convert_with(
+          hf, "{\"model_type\": \"" + model + "\", \"text_config\": {\"dtype\": \"float16\"}}",
+          [](ConvertOptions& o) { o.plan.keep_dtype = true; });
+      ASSERT_TRUE(r.ok()) << r.status().message();
+      expect_same(read_checkpoint(tmp / "n"), reference(std::nullopt));
+    }
+    // A top level that is no object: transformers cannot load it.
+    {
+      SCOPED_TRACE(model + " [1, 2]");
+      auto r = convert_with(hf, "[1, 2]", [&](ConvertOptions& o) { o.plan.adapter = model; });
+      ASSERT_FALSE(r.ok());
+      EXPECT_NE(r.status().message().find("config.json's top level is [1,2], no JSON object"),
+                std::string::npos)
+          << r.status().message();
+      EXPECT_FALSE(fs::exists(tmp / "n"));
+    }
   }
+}
+
+// One file given as IN is converted without its directory's config.json: where the reference
+// would take the experts' dtype from one beside it, shardshift refuses rather than guess, until
+// --dtype (or --dtype keep) says which; with none beside it, the default stands.
+TEST_F(ConvertTest, OneFileWithAConfigBesideItIsRefusedWhereTheReferenceReadsIt) {
+  const Dict in = tiny_diffusion(rng, 1, 2, 8, 4, DType::F32, DType::F32);
+  const fs::path dir = tmp / "hf";
+  write_checkpoint(dir, in, 1);
+  const fs::path file = dir / "model.safetensors";
+  auto convert = [&](std::function<void(ConvertOptions&)> set) {
+    fs::remove_all(tmp / "n");
+    return run(file, tmp / "n", opts(set));
+  };
+  auto plain = convert([](ConvertOptions&) {});
+  ASSERT_TRUE(plain.ok()) << plain.status().message();
+  expect_same(read_checkpoint(tmp / "n"), ref_from_hf(in, true, {}));
+
+  testing::write_bytes(dir / "config.json",
+                       R"({"model_type": "diffusion_gemma", "text_config": {"dtype": "float16"}})");
+  auto refused = convert([](ConvertOptions&) {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find(
+                "IN is one file, and shardshift reads no config.json for it, but there is one "
+                "beside it"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_NE(refused.status().message().find("convert the directory, or choose with --dtype"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_FALSE(fs::exists(tmp / "n"));
+  RefOptions f16;
+  f16.cast = DType::F16;
+  auto chosen = convert([](ConvertOptions& o) { o.plan.expert_dtype = DType::F16; });
+  ASSERT_TRUE(chosen.ok()) << chosen.status().message();
+  expect_same(read_checkpoint(tmp / "n"), ref_from_hf(in, true, f16));
+  auto kept = convert([](ConvertOptions& o) { o.plan.keep_dtype = true; });
+  ASSERT_TRUE(kept.ok()) << kept.status().message();
+  expect_same(read_checkpoint(tmp / "n"), ref_from_hf(in, true, {}));
 }
 
 } // namespace

@@ -282,6 +282,45 @@ TEST_F(Reliability, AFileSizeLimitIsAnErrorAndLeavesNothing) {
   expect_input_intact();
 }
 
+// A tar stream into a file that a size limit stops where an entry's data ends: the file is cut
+// back inside that entry (tar_target.h), and the message counts what the file then holds, not
+// what was written before the cut. The limits are chosen from the whole archive's entries so
+// that the short write ends between an entry's last data byte and the end of the header after it
+// (the run_shell's sh counts ulimit -f in blocks of 512 bytes).
+TEST_F(Reliability, AStoppedTarStreamSaysWhatItsFileHolds) {
+  const fs::path whole = tmp / "p" / "whole.tar";
+  ASSERT_EQ(testing::run_shell(std::string(SHARDSHIFT_BINARY) + " convert " + shell_quoted(in()) +
+                               " - --format tar -q </dev/null >" + shell_quoted(whole))
+                .exit_code,
+            0);
+  const std::string archive = testing::read_bytes(whole);
+  std::vector<uint64_t> limits; // in blocks of 512 bytes, as sh's ulimit -f takes them
+  for (uint64_t at = 0; at + 512 <= archive.size() && archive[at] != '\0';) {
+    const uint64_t size = std::stoull(archive.substr(at + 124, 11), nullptr, 8);
+    const uint64_t data_end = at + 512 + size, next = at + 512 + (size + 511) / 512 * 512;
+    for (uint64_t blocks = data_end / 512; blocks * 512 < next + 512; ++blocks)
+      if (blocks * 512 >= data_end && blocks * 512 < archive.size() && size > 0)
+        limits.push_back(blocks);
+    at = next;
+  }
+  ASSERT_FALSE(limits.empty()) << "no entry ends where a limit can stop the stream";
+  for (uint64_t limit : limits) {
+    SCOPED_TRACE(limit);
+    const fs::path out = tmp / "p" / "out.tar";
+    auto r = testing::run_shell("ulimit -f " + std::to_string(limit) + " && " +
+                                std::string(SHARDSHIFT_BINARY) + " convert " + shell_quoted(in()) +
+                                " - --format tar -q </dev/null >" + shell_quoted(out));
+    ASSERT_EQ(r.exit_code, 1) << r.err;
+    const size_t at = r.err.find(" bytes had been written to stdout");
+    ASSERT_NE(at, std::string::npos) << r.err;
+    const size_t from = r.err.find_last_not_of("0123456789", at - 1) + 1;
+    EXPECT_EQ(std::stoull(r.err.substr(from, at - from)), fs::file_size(out)) << r.err;
+    EXPECT_LT(fs::file_size(out), limit * 512) << "cut back inside the entry";
+    EXPECT_NE(testing::run_shell("tar -tf " + shell_quoted(out) + " >/dev/null").exit_code, 0);
+    fs::remove(out);
+  }
+}
+
 // --json's report goes to stdout after the work: a stdout that cannot take it is refused before
 // any (exit 2), and one that fails at the end says the output is complete, not that the run
 // failed with nothing left.

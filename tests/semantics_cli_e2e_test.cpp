@@ -120,6 +120,24 @@ TEST_F(SemanticsCli, ScaleDtypeAndDtypeOnToHf) {
   EXPECT_FALSE(fs::exists(tmp / "c"));
 }
 
+// from_hf's default dtype is the one the reference takes from config.json (semantics 1.1.14);
+// `--dtype keep` given on the command line keeps the fold's dtypes instead.
+TEST_F(SemanticsCli, DtypeKeepKeepsWhatTheDefaultWouldCast) {
+  const Dict in = tiny_diffusion(rng, 1, 3, 8, 4, DType::F32, DType::F32);
+  write_checkpoint(tmp / "f32", in, 1);
+  testing::write_bytes(tmp / "f32" / "config.json",
+                       R"({"model_type": "diffusion_gemma", "text_config": {"dtype": "float16"}})");
+  auto def = convert(tmp / "f32", tmp / "def");
+  ASSERT_EQ(def.exit_code, 0) << def.err;
+  RefOptions f16;
+  f16.cast = DType::F16;
+  expect_same(open(tmp / "def"), ref_from_hf(in, true, f16));
+  auto keep = convert(tmp / "f32", tmp / "keep", "--dtype keep");
+  ASSERT_EQ(keep.exit_code, 0) << keep.err;
+  expect_same(open(tmp / "keep"), ref_from_hf(in, true, {}));
+  EXPECT_EQ(open(tmp / "keep").at("model.layers.0.moe.experts.down_projs").dtype, DType::F32);
+}
+
 TEST_F(SemanticsCli, EmptyExcludeKeepsEveryKeyAndInvalidExcludeIsRefused) {
   auto def = run_shardshift("convert " + shell_quoted(tmp / "native") + " " +
                             shell_quoted(tmp / "def") + " -q");
@@ -350,6 +368,24 @@ TEST_F(SemanticsCli, StreamingASingleFileOutput) {
   auto streamed = run_shardshift("convert " + shell_quoted(tmp / "hf") + " - -q");
   ASSERT_EQ(streamed.exit_code, 0) << streamed.err;
   EXPECT_TRUE(streamed.out == testing::read_bytes(tmp / "dir" / "model.safetensors"));
+  // The side files go nowhere then: said (a warning, which -q keeps quiet).
+  auto warned = run_shardshift("convert " + shell_quoted(tmp / "hf") + " -");
+  ASSERT_EQ(warned.exit_code, 0) << warned.err;
+  EXPECT_NE(warned.err.find("OUT '-' streams model.safetensors alone; the side files "
+                            "(config.json) are not written: pass --format tar"),
+            std::string::npos)
+      << warned.err;
+  EXPECT_EQ(streamed.err.find("side files"), std::string::npos) << streamed.err;
+  // Several files: the refusal counts and names all of them.
+  auto several =
+      run_shardshift("convert " + shell_quoted(tmp / "hf") + " - -q --max-shard-size 8KiB");
+  EXPECT_EQ(several.exit_code, 2);
+  EXPECT_EQ(several.out, "");
+  EXPECT_NE(several.err.find(" files ("), std::string::npos) << several.err;
+  EXPECT_NE(several.err.find("model.safetensors.index.json, config.json (sizes"), std::string::npos)
+      << several.err;
+  EXPECT_NE(several.err.find("or --format tar to stream them all"), std::string::npos)
+      << several.err;
   auto side = run_shardshift("convert " + shell_quoted(tmp / "hf") + " - -q --only config.json");
   ASSERT_EQ(side.exit_code, 0) << side.err;
   EXPECT_EQ(side.out, testing::read_bytes(tmp / "hf" / "config.json"));

@@ -143,6 +143,37 @@ TEST_F(UploadTest, CancellingStopsCommandsThatDoNotReadOrDoNotEnd) {
   }
 }
 
+// A command that fails while others are stalled (a network that stopped, say): the run fails at
+// once (their `sleep 31` is another than the test above's, which may run beside this one),
+// interrupting the commands still being fed, rather than when they read again; each file is
+// reported for what became of it.
+TEST_F(UploadTest, AFailureInterruptsTheCommandsStillBeingFed) {
+  PlanOptions po;
+  po.max_shard_size = 40'000;
+  auto plan = plan_conversion(tmp / "hf", po);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_GE(plan->files.size(), 3u);
+  const std::string victim = plan->files[0].name; // among the first commands started
+  ConvertOptions o =
+      pipe_options("if [ {name} = '" + victim + "' ]; then exit 5; fi; sleep 31; cat > /dev/null");
+  const auto start = std::chrono::steady_clock::now();
+  auto r = convert(o);
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().code(), Errc::interrupted) << r.status().message();
+  const std::string& m = r.status().message();
+  EXPECT_NE(m.find(victim + ": failed: the command exited with status 5"), std::string::npos) << m;
+  EXPECT_NE(m.find(": failed: not finished: the run failed, so its command was interrupted"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("model.safetensors.index.json: not started"), std::string::npos) << m;
+  // Not the 31 s of the stalled commands (they die of the first SIGINT).
+  EXPECT_LT(took, std::chrono::seconds(10));
+  auto left = run_shell("pgrep -f '^sleep 3[1]$' || true");
+  EXPECT_EQ(left.out, "") << "commands left running";
+  EXPECT_TRUE(visible_files(tmp / "bucket").empty());
+}
+
 // --uploads N runs N commands at once, whatever -j: a lane waits on its command (in the write
 // stage, and before its next file), not on a core. With one thread, three uploads overlapped
 // two at a time at most before (the default arena has a thread per core, and a lane took its

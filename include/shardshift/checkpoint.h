@@ -59,8 +59,12 @@ public:
 
   std::filesystem::path root; ///< the directory (or, for one file, its directory)
   bool single_file = false;   ///< opened from a path to one .safetensors file
-  bool has_index = false;     ///< model.safetensors.index.json was present and used
-  std::vector<Shard> shards;  ///< sorted by file name
+  /// single_file: a config.json lies beside the file. It is not read (nor copied): the file may be
+  /// one shard of many, or a file of its own in a shared directory; an adapter that would take a
+  /// value from it refuses rather than guess which.
+  bool config_beside = false;
+  bool has_index = false;    ///< model.safetensors.index.json was present and used
+  std::vector<Shard> shards; ///< sorted by file name
   std::map<std::string, TensorRef, std::less<>> tensors; ///< every tensor, by name
   /// The side files: the other regular files of the directory and of its subdirectories, as
   /// sorted relative paths ("config.json", "original/params.json").
@@ -80,8 +84,11 @@ public:
   /// Python's json reads it. The references cast to this dtype (semantics 14.2.7, 3.c).
   std::map<std::string, std::string, std::less<>> config_dtypes;
   std::vector<std::string>
-      config_dtype_not_string; ///< keys of config_dtypes whose value is no string
+      config_dtype_not_string;         ///< keys of config_dtypes whose value is no string
   bool config_has_text_config = false; ///< config.json's "text_config" is a JSON object
+  /// config.json's top level, or its "text_config" where present and neither an object nor null,
+  /// as JSON text (cut at 40 bytes), when it is no JSON object: transformers cannot load it.
+  std::string config_not_object, config_text_config_not_object;
   /// Why config.json could not be read as JSON; empty when it was (or there is none).
   std::string config_error;
   /// Things that do not stop a conversion but that a user should hear about, one message each

@@ -99,7 +99,10 @@ struct PlanOptions {
   std::string adapter;                     ///< "" = detect (config.json model_type, then key names)
   std::optional<Direction> direction;      ///< nullopt = detect from key names
   uint64_t max_shard_size = 5'000'000'000; ///< decimal 5 GB, like Hugging Face
-  std::optional<DType> expert_dtype;       ///< --dtype; nullopt = keep
+  /// --dtype: the expert outputs' dtype. nullopt: keep_dtype says (from_hf by default casts to
+  /// the dtype the reference takes from config.json, semantics 1.1.14 and 14.2.7).
+  std::optional<DType> expert_dtype;
+  bool keep_dtype = false; ///< --dtype keep given: the fold's and the input's dtypes, never cast
   std::optional<DType> scale_dtype; ///< to_hf: dtype of the emitted ones (default: down's dtype)
   std::optional<std::string> exclude =
       std::string(".*_extra_state.*"); ///< to_hf, Python re.match (docs/semantics.md 2.6, 7)
