@@ -527,6 +527,14 @@ Status check_output_flags(const ConvertOptions& o, const po::variables_map& vm) 
                                        : "--pipe-to streams into "
                                          "commands") +
                       " and syncs nothing, so it has nothing to set");
+  if (vm.count("pipe-to") && !vm["format"].defaulted() && o.format == OutputFormat::dir)
+    return Status(Errc::invalid_argument,
+                  "--format dir writes a directory OUT; --pipe-to hands each file to its own "
+                  "command instead, so it has nothing to set");
+  if (!o.only.empty() && !vm["writers"].defaulted())
+    return Status(Errc::invalid_argument,
+                  "--writers sets how many output files are written at once; --only streams "
+                  "one, so it has nothing to set");
   return {};
 }
 

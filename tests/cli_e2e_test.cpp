@@ -301,6 +301,24 @@ TEST_F(CliCheckpoint, UploadsWithoutPipeToIsAUsageError) {
   EXPECT_FALSE(std::filesystem::exists(tmp / "out"));
 }
 
+// --format dir with --pipe-to, and --writers with --only (one file), would change nothing.
+TEST_F(CliCheckpoint, FormatDirWithPipeToAndWritersWithOnlyAreUsageErrors) {
+  struct Case {
+    std::string flags, says;
+  };
+  for (const Case& c : {Case{" --pipe-to 'cat > /dev/null; : {name}' --format dir",
+                             "--format dir writes a directory OUT; --pipe-to hands each file to "
+                             "its own command instead, so it has nothing to set"},
+                        Case{" - --only config.json --writers 4",
+                             "--writers sets how many output files are written at once; --only "
+                             "streams one, so it has nothing to set"}}) {
+    auto r = run_shardshift("convert " + shell_quoted(tmp / "hf") + c.flags);
+    EXPECT_EQ(r.exit_code, 2) << c.flags << r.err;
+    EXPECT_EQ(r.out, "") << c.flags;
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << c.flags << r.err;
+  }
+}
+
 // Streams have no place for SHA256SUMS (one file on stdout) and nothing to fsync: --checksums
 // and --no-sync there would be ignored without a word.
 TEST_F(CliCheckpoint, StreamFlagsWithNothingToSetAreUsageErrors) {
