@@ -37,6 +37,15 @@ protected:
                                 "diffusion_gemma");
     std::filesystem::create_directory(tmp / "bucket");
   }
+  // The name of output file `i` of the plan pipe_options gives (which has at least 3 files).
+  std::string planned_file(size_t i) {
+    PlanOptions po;
+    po.max_shard_size = 40'000;
+    auto plan = plan_conversion(tmp / "hf", po);
+    EXPECT_TRUE(plan.ok());
+    EXPECT_GE(plan.ok() ? plan->files.size() : 0, 3u);
+    return plan.ok() && i < plan->files.size() ? plan->files[i].name : std::string();
+  }
   ConvertOptions pipe_options(const std::string& command) {
     ConvertOptions o;
     o.input = tmp / "hf";
@@ -76,12 +85,8 @@ TEST_F(UploadTest, EveryFileDeliveredWholeChecksumsBeforeTheIndexLast) {
 }
 
 TEST_F(UploadTest, AFailedUploadCommitsNeitherThatFileNorTheIndex) {
-  PlanOptions po;
-  po.max_shard_size = 40'000;
-  auto plan = plan_conversion(tmp / "hf", po);
-  ASSERT_TRUE(plan.ok());
-  ASSERT_GE(plan->files.size(), 3u);
-  const std::string victim = plan->files[1].name;
+  const std::string victim = planned_file(1);
+  ASSERT_FALSE(victim.empty());
   auto r = convert(pipe_options(uploader(tmp / "bucket", victim)));
   ASSERT_FALSE(r.ok());
   const std::string& m = r.status().message();
@@ -148,12 +153,8 @@ TEST_F(UploadTest, CancellingStopsCommandsThatDoNotReadOrDoNotEnd) {
 // interrupting the commands still being fed, rather than when they read again; each file is
 // reported for what became of it.
 TEST_F(UploadTest, AFailureInterruptsTheCommandsStillBeingFed) {
-  PlanOptions po;
-  po.max_shard_size = 40'000;
-  auto plan = plan_conversion(tmp / "hf", po);
-  ASSERT_TRUE(plan.ok());
-  ASSERT_GE(plan->files.size(), 3u);
-  const std::string victim = plan->files[0].name; // among the first commands started
+  const std::string victim = planned_file(0); // among the first commands started
+  ASSERT_FALSE(victim.empty());
   ConvertOptions o =
       pipe_options("if [ {name} = '" + victim + "' ]; then exit 5; fi; sleep 31; cat > /dev/null");
   const auto start = std::chrono::steady_clock::now();
