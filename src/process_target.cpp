@@ -136,17 +136,13 @@ std::string describe_exit(int status) {
 }
 
 // Waits until the command has read everything written into its pipe, or has exited, whichever
-// comes first, or `stop` says so (*stopped). Returns the bytes it left unread (0 once
+// comes first, or `stop` says so while bytes are still unread (*stopped). Returns the bytes it left unread (0 once
 // drained); *exited says whether it ended (and *status how). FIONREAD counts what is in the pipe
 // from either end.
 uint64_t wait_until_read(pid_t pid, int pipe_fd, const std::function<bool()>& stop, bool* exited,
                          int* status, bool* stopped) {
   auto delay = std::chrono::microseconds(100);
   for (;;) {
-    if (stop()) {
-      *stopped = true;
-      return 0;
-    }
     int unread = 0;
     if (ioctl(pipe_fd, FIONREAD, &unread) != 0)
       unread = 0; // cannot tell: as before, the exit status alone decides
@@ -154,6 +150,12 @@ uint64_t wait_until_read(pid_t pid, int pipe_fd, const std::function<bool()>& st
       return 0;
     if (*exited)
       return static_cast<uint64_t>(std::max(unread, 0));
+    // Asked only while bytes wait unread: a command that has read them all is not stopped here
+    // (after a Ctrl-C, the caller still interrupts it while it completes).
+    if (stop()) {
+      *stopped = true;
+      return 0;
+    }
     const pid_t r = waitpid(pid, status, WNOHANG);
     *exited = r == pid || (r < 0 && errno != EINTR);
     if (!*exited) {

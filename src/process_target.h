@@ -74,8 +74,8 @@ public:
   void abandon(ShardWriter& writer, const OutputFile& file) override;
   /// Every command still being fed is interrupted, as after a Ctrl-C: a lane blocked writing
   /// into one that stopped reading then ends, and the failed run with it, rather than when that
-  /// command reads again. Commands that read their whole file and are completing their work (an
-  /// upload's last part) are left to complete.
+  /// command reads again. Commands that were handed their whole file and read it, and are
+  /// completing their work (an upload's last part), are left to complete.
   void run_failed() override { run_failed_ = true; }
 
   /// Delivers a small file held in memory (a side file, the index, SHA256SUMS) the same way:
