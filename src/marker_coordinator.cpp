@@ -34,6 +34,7 @@
 #include <sstream>
 #include <sys/stat.h>
 #include <thread>
+#include <unistd.h>
 
 namespace shardshift {
 
@@ -284,17 +285,36 @@ private:
     const std::string now = read_text(alive);
     if (now.empty() || now == nonce_)
       return {};
-    const std::string why = "rank " + std::to_string(rank_.rank) + " of " +
-                            std::to_string(rank_.world) +
-                            " was started twice (two processes took its heartbeat file " +
-                            alive.string() + ")";
+    const std::string why =
+        "rank " + std::to_string(rank_.rank) + " of " + std::to_string(rank_.world) +
+        " was started twice (two processes took its heartbeat file " + alive.string() + ")";
     write_here(marker(rank_.rank, rank_.world, "failed"), now + "\n" + why).ignore();
     return why;
   }
 
   // A marker written into the directory under its current name; mutex_ held.
+  // A marker, whole or not at all. Its rename may be what lets rank 0 move the directory for the
+  // commit (this rank's "done", the last one it waited for): the sync of the directory by its
+  // old name then finds none. The marker is in place and is read: the directory is synced
+  // through its descriptor instead, which follows it.
   Status write_here(const std::string& name, const std::string& text) {
-    return write_file_atomic(io_, staging_ / name, std::as_bytes(std::span(text)));
+    Status s = write_file_atomic(io_, staging_ / name, std::as_bytes(std::span(text)));
+    if (s.ok() || dir_fd_ < 0 || still_here() || !holds(name, text))
+      return s;
+    return ::fsync(dir_fd_) == 0
+               ? Status()
+               : Status(Errc::io, staging_.string() + ": cannot sync: " + errno_text(errno));
+  }
+
+  // The directory (wherever it is now) holds `name` with exactly `text`.
+  bool holds(const std::string& name, const std::string& text) const {
+    const int fd = ::openat(dir_fd_, name.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      return false;
+    std::string got(text.size() + 1, '\0');
+    const ssize_t n = ::pread(fd, got.data(), got.size(), 0);
+    ::close(fd);
+    return n == static_cast<ssize_t>(text.size()) && got.compare(0, text.size(), text) == 0;
   }
 
   // The directory's current name still names it (not moved away, not replaced by another's).
@@ -436,8 +456,9 @@ public:
         if (rank_.rank != 0)
           return adopt();
         twin_ = true; // another rank 0 commits it: left to that one
-        return Status(Errc::io, who_ + ": another process of rank 0 is committing this job (was "
-                                       "rank 0 started twice?); this process leaves it to that one");
+        return Status(Errc::io, who_ +
+                                    ": another process of rank 0 is committing this job (was "
+                                    "rank 0 started twice?); this process leaves it to that one");
       }
       return s;
     }
@@ -625,8 +646,7 @@ private:
       zero_seen_ = zero_seen_ || mtime_ns(beat) != 0;
       if (commit_seen())
         return {};
-      if (const std::string odd = other_world(here(), rank_.world, since_ns_);
-          !odd.empty())
+      if (const std::string odd = other_world(here(), rank_.world, since_ns_); !odd.empty())
         return Status(Errc::io, "the job failed: " + odd);
       const std::string failure = first_failure(here(), rank_.world, since_ns_);
       if (!failure.empty())
@@ -651,9 +671,8 @@ private:
       // heartbeat file gone means its commit (markers cleared), not a rank 0 at work elsewhere.
       // (A rank 0 that starts after this rank's share ended and clears its markers within one
       // poll is never seen: then a live rank 0 of another plan still fails this job.)
-      if (const std::string odd = zero_seen_ ? std::string()
-                                            : other_plan(paths_, 0, rank_.world,
-                                                         since_ns_);
+      if (const std::string odd =
+              zero_seen_ ? std::string() : other_plan(paths_, 0, rank_.world, since_ns_);
           !odd.empty() && mtime_ns(beat) == 0) {
         rank0_gone_ = true;
         return Status(Errc::io, "the job failed: " + odd);
@@ -663,8 +682,8 @@ private:
         last_change = std::chrono::steady_clock::now();
       } else if (std::chrono::steady_clock::now() - last_change > options_.job_timeout) {
         rank0_gone_ = true;
-        if (const std::string odd = recent_other_world_failure(
-                paths_.staging, rank_.world, since_ns_, options_.job_timeout);
+        if (const std::string odd = recent_other_world_failure(paths_.staging, rank_.world,
+                                                               since_ns_, options_.job_timeout);
             !odd.empty())
           return Status(Errc::io, "the job failed: " + odd);
         return Status(Errc::io, "the job failed: rank 0 gave no sign of life for " +
@@ -784,9 +803,10 @@ private:
   struct stat output_st_ {}; ///< OUT as begin() found it (st_ino 0: none), which --force replaces
   std::unique_ptr<Heartbeat> heart_;
   std::optional<std::string> own_done_; ///< rank 0: its own share's digests, once it is done
-  bool twin_ = false; ///< begin: another process runs this rank in this job; its directory stays
+  bool twin_ = false;    ///< begin: another process runs this rank in this job; its directory stays
   bool adopted_ = false; ///< begin: an earlier process of this rank finished its share
-  int64_t since_ns_ = 0; ///< when this rank joined (its heartbeat's start): markers before are older
+  int64_t since_ns_ =
+      0; ///< when this rank joined (its heartbeat's start): markers before are older
   mutable bool zero_seen_ = false;    ///< ranks > 0: this job's rank 0 was seen beating
   mutable bool rank0_gone_ = false;   ///< wait_for_commit found rank 0 gone or never there
   mutable bool told_failure_ = false; ///< this rank wrote its "failed" marker

@@ -1,6 +1,7 @@
 // marker_coordinator_test.cpp: the marker-file coordinator (src/marker_coordinator.cpp) of two
 // ranks in one process, driven step by step: rank 0's commit as the waiting rank sees it.
 #include "shardshift/checkpoint.h"
+#include "shardshift/io.h"
 
 #include "coordinator.h"
 #include "test_support.h"
@@ -47,6 +48,38 @@ protected:
   std::unique_ptr<Coordinator> zero, one;
   std::future<Status> waiting;
 };
+
+// Rank 0 moves the staging directory for its commit the moment it has read the last "done"
+// marker, which may come before the rank that wrote it has synced the directory by its old
+// name: that rank's share is done all the same (it failed the job with "cannot open directory
+// to sync it", found by CI on 2026-12-06). Here rank 0's move comes right after the rename.
+TEST(MarkerCoordinator, ADoneMarkerWhoseDirectoryMovesAtOnceEndsTheShare) {
+  TempDir tmp;
+  const JobPaths paths{tmp / "out", tmp / ".out.shardshift-job-0123456789abcdef"};
+  fs::create_directories(paths.staging);
+  class MovedOnDone final : public ForwardingIo {
+  public:
+    explicit MovedOnDone(const JobPaths& p) : ForwardingIo(Io::system()), paths_(p) {}
+    int rename(const char* from, const char* to) override {
+      const int r = ForwardingIo::rename(from, to);
+      if (r == 0 && std::string_view(to).ends_with(".rank-1-of-2.done"))
+        fs::rename(paths_.staging, commit_path(paths_));
+      return r;
+    }
+
+  private:
+    const JobPaths& paths_;
+  } io(paths);
+  ConvertOptions options;
+  auto one =
+      make_marker_coordinator(options, RankInfo{1, 2, "--rank/--world-size", false}, io, paths);
+  ASSERT_TRUE(one->begin(paths.staging, Status()).ok());
+  auto ended = one->end_share(Status(), "b 0\n");
+  ASSERT_TRUE(ended.ok()) << ended.status().message();
+  EXPECT_EQ(read_bytes(commit_path(paths) / ".rank-1-of-2.done")
+                .substr(read_bytes(commit_path(paths) / ".rank-1-of-2.done").find('\n') + 1),
+            "b 0\n");
+}
 
 // A commit that takes longer than --job-timeout (a slow filesystem, --force over a large old OUT):
 // rank 0's markers are gone, but it still beats, and rank 1 waits for the commit rather than
