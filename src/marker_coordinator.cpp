@@ -22,6 +22,7 @@
 #include "temp_name.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -301,9 +302,11 @@ private:
     Status s = write_file_atomic(io_, staging_ / name, std::as_bytes(std::span(text)));
     if (s.ok() || dir_fd_ < 0 || still_here() || !holds(name, text))
       return s;
-    return ::fsync(dir_fd_) == 0
-               ? Status()
-               : Status(Errc::io, staging_.string() + ": cannot sync: " + errno_text(errno));
+    // A filesystem that cannot sync a directory (some FUSE and network ones) is taken as the
+    // sync by path takes it: the rename has happened.
+    if (::fsync(dir_fd_) == 0 || errno == EINVAL || errno == ENOTSUP)
+      return {};
+    return Status(Errc::io, staging_.string() + ": cannot sync: " + errno_text(errno));
   }
 
   // The directory (wherever it is now) holds `name` with exactly `text`.
