@@ -136,9 +136,9 @@ std::string describe_exit(int status) {
 }
 
 // Waits until the command has read everything written into its pipe, or has exited, whichever
-// comes first, or `stop` says so while bytes are still unread (*stopped). Returns the bytes it left unread (0 once
-// drained); *exited says whether it ended (and *status how). FIONREAD counts what is in the pipe
-// from either end.
+// comes first, or `stop` says so while bytes are still unread (*stopped). Returns the bytes it left
+// unread (0 once drained); *exited says whether it ended (and *status how). FIONREAD counts what is
+// in the pipe from either end.
 uint64_t wait_until_read(pid_t pid, int pipe_fd, const std::function<bool()>& stop, bool* exited,
                          int* status, bool* stopped) {
   auto delay = std::chrono::microseconds(100);
@@ -225,7 +225,6 @@ void ProcessTarget::watch() {
         if (const int sig = escalation(now - s.first, grace_, s.last)) {
           kill(-child.guard, sig);
           s.last = sig;
-          signalled_.insert(child.guard);
         }
       }
     }
@@ -505,28 +504,30 @@ Status ProcessTarget::finish(ShardWriter& writer, const OutputFile& file) {
 
 void ProcessTarget::abandon(ShardWriter& writer, const OutputFile& file) {
   Child child = take(file.name);
-  bool signalled = false; // by watch(), the run stopping: its command did not quit on its own
-  {
-    std::lock_guard lock(mu_);
-    signalled = child.pid >= 0 && signalled_.count(child.guard) > 0;
-  }
   std::string ended;
-  if (child.pid >= 0)
-    ended = interrupt(child);
+  int status = 0;
+  const bool had_command = child.pid >= 0;
+  if (had_command)
+    ended = interrupt(child, &status);
   writer.abandon();
   if (outcome(file.name).state == Delivery::failed)
     return;
-  // A command that quit on its own shows first as a broken pipe; how it ended says more. One
-  // that shardshift interrupted because the run failed is said to be that.
+  // A command that quit on its own shows first as a broken pipe, or not at all where nothing
+  // more was written; how it ended says more. One that the run's failure interrupted (it died of
+  // the signal, or exited 0 at it) is said to be that.
   const Status& why = writer.status();
-  const bool ours = run_failed_.load() && !cancelled() &&
-                    (why.ok() || (why.code() == Errc::broken_pipe && signalled));
-  set_outcome(file.name, Delivery::failed,
-              ours ? "not finished: the run failed, so its command was interrupted"
-              : why.code() == Errc::broken_pipe && !ended.empty()
-                  ? "the command " + ended + " before reading all of it"
-              : why.ok() ? "stopped before its end; its command was interrupted"
-                         : why.message());
+  const bool run_failed = run_failed_.load() && !cancelled();
+  const bool own_failure = had_command && WIFEXITED(status) && WEXITSTATUS(status) != 0;
+  std::string detail;
+  if (!why.ok() && why.code() != Errc::broken_pipe)
+    detail = why.message();
+  else if (run_failed && !own_failure)
+    detail = "not finished: the run failed, so its command was interrupted";
+  else if ((why.code() == Errc::broken_pipe || run_failed) && !ended.empty())
+    detail = "the command " + ended + " before reading all of it";
+  else
+    detail = "stopped before its end; its command was interrupted";
+  set_outcome(file.name, Delivery::failed, std::move(detail));
 }
 
 // Signals first, pipe last: while the command still has its stdin open it cannot mistake the
@@ -535,8 +536,8 @@ void ProcessTarget::abandon(ShardWriter& writer, const OutputFile& file) {
 // has exited, and would take the closing of its input for the end of a whole file. Each signal
 // goes to the whole group (the shell, what it started, the guard); the next one follows unless
 // the shell has ended and no reader is left within the grace period. Returns how the command
-// ended ("exited with status 3").
-std::string ProcessTarget::interrupt(Child& child) {
+// ended ("exited with status 3"), and its wait status in *wait_status where given.
+std::string ProcessTarget::interrupt(Child& child, int* wait_status) {
   int status = 0;
   bool gone = waitpid(child.pid, &status, WNOHANG) == child.pid;
   auto ended = [&] { return gone && !has_reader(child.stdin_fd); };
@@ -562,6 +563,8 @@ std::string ProcessTarget::interrupt(Child& child) {
     waitpid(child.pid, &status, 0);
   release_guard(child);
   child = {};
+  if (wait_status)
+    *wait_status = status;
   return describe_exit(status);
 }
 

@@ -33,7 +33,6 @@
 #include <chrono>
 #include <map>
 #include <mutex>
-#include <set>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -94,7 +93,7 @@ private:
   Status start(const std::string& name, uint64_t size, const std::string& command, Child& child);
   static void release_guard(Child& child);
   Child take(const std::string& name);
-  std::string interrupt(Child& child);
+  std::string interrupt(Child& child, int* wait_status = nullptr);
 
   bool cancelled() const { return cancel_ && cancel_->load(); }
   /// Commands still being fed are to be interrupted: a Ctrl-C, or the run failed.
@@ -111,7 +110,6 @@ private:
   mutable std::mutex mu_;
   std::map<std::string, Child> children_;    ///< by file name, while open
   std::map<std::string, Delivery> outcomes_; ///< by file name, once opened
-  std::set<pid_t> signalled_; ///< guards of the groups watch() interrupted (the run stopping)
   void set_outcome(const std::string& name, Delivery::State state, std::string detail = {});
 };
 

@@ -218,6 +218,34 @@ TEST_F(ProcessTargetTest, ACommandThatIgnoresSigintIsStoppedAnyway) {
   EXPECT_FALSE(std::filesystem::exists(tmp / "marker"));
 }
 
+// The run fails (here: the target is told so), and the commands still being fed are interrupted:
+// one that had quit on its own first (the failure itself, say) is reported for how it ended, one
+// that was interrupted as the run's doing.
+TEST_F(ProcessTargetTest, AfterTheRunFailsEachCommandIsReportedForWhatEndedIt) {
+  const std::string ready = shell_quote((tmp / "ready").string());
+  ProcessTarget target("if [ {name} = quit.bin ]; then exit 5; fi; touch " + ready +
+                           "; sleep 31; cat > /dev/null",
+                       std::chrono::milliseconds(100));
+  const OutputFile quit = small_file("quit.bin", "H", 10),
+                   stalled = small_file("stalled.bin", "H", 10);
+  ShardWriter wq, ws;
+  ASSERT_TRUE(target.open(wq, quit).ok());
+  ASSERT_TRUE(target.open(ws, stalled).ok());
+  wait_for_file(tmp / "ready");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100)); // quit.bin's command has exited
+  target.run_failed();
+  // The watcher signals every group still open, both; then the files are abandoned.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  target.abandon(wq, quit);
+  target.abandon(ws, stalled);
+  EXPECT_EQ(target.outcome("quit.bin").detail.rfind("stopped before its end", 0), std::string::npos)
+      << target.outcome("quit.bin").detail;
+  EXPECT_EQ(target.outcome("quit.bin").detail.find("the run failed"), std::string::npos)
+      << target.outcome("quit.bin").detail;
+  EXPECT_EQ(target.outcome("stalled.bin").detail,
+            "not finished: the run failed, so its command was interrupted");
+}
+
 // A command may leave a job in the background reading its input and exit at once. When the file
 // is abandoned, that reader must be stopped too before its input closes: it would otherwise see a
 // plain end of input and take the cut file for a whole one.
