@@ -223,8 +223,11 @@ TEST_F(ProcessTargetTest, ACommandThatIgnoresSigintIsStoppedAnyway) {
 // that was interrupted as the run's doing.
 TEST_F(ProcessTargetTest, AfterTheRunFailsEachCommandIsReportedForWhatEndedIt) {
   const std::string ready = shell_quote((tmp / "ready").string());
-  ProcessTarget target("if [ {name} = quit.bin ]; then exit 5; fi; touch " + ready +
-                           "; sleep 31; cat > /dev/null",
+  const std::string quitting = shell_quote((tmp / "quitting").string());
+  // quit.bin's command reads the header open() writes (so that open cannot meet a closed pipe),
+  // then quits.
+  ProcessTarget target("if [ {name} = quit.bin ]; then head -c 1 > /dev/null; touch " + quitting +
+                           "; exit 5; fi; touch " + ready + "; sleep 32; cat > /dev/null",
                        std::chrono::milliseconds(100));
   const OutputFile quit = small_file("quit.bin", "H", 10),
                    stalled = small_file("stalled.bin", "H", 10);
@@ -232,7 +235,8 @@ TEST_F(ProcessTargetTest, AfterTheRunFailsEachCommandIsReportedForWhatEndedIt) {
   ASSERT_TRUE(target.open(wq, quit).ok());
   ASSERT_TRUE(target.open(ws, stalled).ok());
   wait_for_file(tmp / "ready");
-  std::this_thread::sleep_for(std::chrono::milliseconds(100)); // quit.bin's command has exited
+  wait_for_file(tmp / "quitting");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300)); // quit.bin's command has exited
   target.run_failed();
   // The watcher signals every group still open, both; then the files are abandoned.
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
