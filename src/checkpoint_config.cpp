@@ -9,6 +9,53 @@
 
 namespace shardshift {
 
+namespace {
+
+// JSON text cut at 40 bytes, for messages.
+std::string shown(simdjson::dom::element value) {
+  std::string text = simdjson::minify(value);
+  if (text.size() > 40)
+    text = text.substr(0, 37) + "...";
+  return text;
+}
+
+// k ("dtype", "text_config.torch_dtype", ...) names a dtype: its value replaces any before.
+void dtype_key(ConfigFacts& facts, std::string k, simdjson::dom::element value) {
+  std::erase(facts.dtype_not_string, k);
+  facts.dtypes.erase(k);
+  std::string_view name;
+  if (value.is_null())
+    return;
+  if (value.get_string().get(name) == simdjson::SUCCESS) {
+    facts.dtypes.emplace(std::move(k), std::string(name));
+  } else {
+    facts.dtypes.emplace(k, simdjson::minify(value));
+    facts.dtype_not_string.push_back(std::move(k));
+  }
+}
+
+// A composite config's language model, which the gemma families' model classes build their
+// adapter from. A repeated one replaces the one before, as in Python.
+void read_text_config(ConfigFacts& facts, simdjson::dom::element value) {
+  std::erase_if(facts.dtype_not_string,
+                [](const std::string& k) { return k.starts_with("text_config."); });
+  std::erase_if(facts.dtypes, [](const auto& kv) { return kv.first.starts_with("text_config."); });
+  facts.has_text_config = false;
+  facts.text_config_not_object.clear();
+  simdjson::dom::object text;
+  if (value.get(text) != simdjson::SUCCESS) {
+    if (!value.is_null())
+      facts.text_config_not_object = shown(value);
+    return;
+  }
+  facts.has_text_config = true;
+  for (auto [inner, inner_value] : text)
+    if (inner == "torch_dtype" || inner == "dtype")
+      dtype_key(facts, "text_config." + std::string(inner), inner_value);
+}
+
+} // namespace
+
 Result<ConfigFacts> read_config(const std::filesystem::path& path) {
   simdjson::padded_string text;
   errno = 0;
@@ -30,33 +77,12 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
     facts.error = simdjson::error_message(e);
     return facts;
   }
-  // JSON text cut at 40 bytes, for messages.
-  const auto shown = [](simdjson::dom::element value) {
-    std::string text = simdjson::minify(value);
-    if (text.size() > 40)
-      text = text.substr(0, 37) + "...";
-    return text;
-  };
   simdjson::dom::object config;
   if (root.get(config) != simdjson::SUCCESS) {
     facts.not_object = shown(root);
     return facts;
   }
   // A repeated key counts as its last, as Python's json (which transformers reads it with) keeps.
-  // k ("dtype", "text_config.torch_dtype", ...) names a dtype: remember its value.
-  const auto dtype_key = [&](std::string k, simdjson::dom::element value) {
-    std::erase(facts.dtype_not_string, k);
-    facts.dtypes.erase(k);
-    std::string_view name;
-    if (value.is_null())
-      return;
-    if (value.get_string().get(name) == simdjson::SUCCESS) {
-      facts.dtypes.emplace(std::move(k), std::string(name));
-    } else {
-      facts.dtypes.emplace(k, simdjson::minify(value));
-      facts.dtype_not_string.push_back(std::move(k));
-    }
-  };
   for (auto [key, value] : config) {
     std::string_view type;
     uint64_t n = 0;
@@ -65,26 +91,9 @@ Result<ConfigFacts> read_config(const std::filesystem::path& path) {
       if (value.get_string().get(type) == simdjson::SUCCESS)
         facts.model_type = std::string(type);
     } else if (key == "torch_dtype" || key == "dtype") {
-      dtype_key(std::string(key), value);
+      dtype_key(facts, std::string(key), value);
     } else if (key == "text_config") {
-      // A composite config's language model, which the gemma families' model classes build
-      // their adapter from. A repeated one replaces the one before, as in Python.
-      std::erase_if(facts.dtype_not_string,
-                    [](const std::string& k) { return k.starts_with("text_config."); });
-      std::erase_if(facts.dtypes,
-                    [](const auto& kv) { return kv.first.starts_with("text_config."); });
-      facts.has_text_config = false;
-      facts.text_config_not_object.clear();
-      simdjson::dom::object text;
-      if (value.get(text) != simdjson::SUCCESS) {
-        if (!value.is_null())
-          facts.text_config_not_object = shown(value);
-        continue;
-      }
-      facts.has_text_config = true;
-      for (auto [inner, inner_value] : text)
-        if (inner == "torch_dtype" || inner == "dtype")
-          dtype_key("text_config." + std::string(inner), inner_value);
+      read_text_config(facts, value);
     } else if (value.get_uint64().get(n) == simdjson::SUCCESS) {
       facts.counts.insert_or_assign(std::string(key), n);
       facts.not_counts.erase(std::string(key));
